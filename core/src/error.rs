@@ -1,0 +1,377 @@
+//! Error types. Each is small, `#[non_exhaustive]`, implements `Display` and
+//! `core::error::Error`, and derives `defmt::Format` with the `defmt` feature.
+
+use core::fmt;
+
+use crate::layout::Projection;
+
+/// A layout, addressing or buffer error: dimensions, ranges, lengths and alignment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum LayoutError {
+    /// A block shape with zero elements or zero bytes.
+    InvalidBlockShape {
+        /// Elements per block given.
+        elems: u32,
+        /// Bytes per block given.
+        bytes: u32,
+    },
+    /// A GGML type id this crate's table does not know.
+    UnknownGgmlType {
+        /// The id.
+        id: u32,
+    },
+    /// `cols` is not a whole number of blocks.
+    NotWholeBlocks {
+        /// Columns given.
+        cols: usize,
+        /// Elements per block of the format.
+        block_elems: u32,
+    },
+    /// A dimension (experts, rows, cols, slots, layers, bytes per slot) is zero where it may not be.
+    ZeroDimension,
+    /// A size or offset does not fit `usize` (or `u64`).
+    Overflow,
+    /// An expert index at or past the expert count.
+    ExpertOutOfRange {
+        /// The index.
+        expert: usize,
+        /// The expert count.
+        experts: usize,
+    },
+    /// A row range that is empty-reversed or reaches past the row count.
+    RowsOutOfRange {
+        /// First row asked for.
+        start: usize,
+        /// One past the last row asked for.
+        end: usize,
+        /// The row count.
+        rows: usize,
+    },
+    /// A slot index at or past the slot count.
+    SlotOutOfRange {
+        /// The index.
+        slot: usize,
+        /// The slot count.
+        slots: usize,
+    },
+    /// A layer index at or past the layer count, or not the layer this object serves.
+    LayerOutOfRange {
+        /// The index.
+        layer: usize,
+        /// The layer count (or one past the only layer served).
+        layers: usize,
+    },
+    /// Bytes whose length does not match what the layout says.
+    LengthMismatch {
+        /// Bytes the layout expects.
+        expected: usize,
+        /// Bytes given.
+        actual: usize,
+    },
+    /// The projections of one layer disagree on the expert count.
+    ExpertCountMismatch {
+        /// Experts of the first projection.
+        expected: usize,
+        /// Experts of the projection that differs.
+        actual: usize,
+    },
+    /// An expert layout with no projection, more than [`crate::MAX_PROJECTIONS`], a repeated
+    /// projection, or a fused `gate_up` beside a separate `gate` or `up`.
+    InvalidProjectionSet,
+    /// The layout has no such projection.
+    ProjectionMissing {
+        /// The projection asked for.
+        projection: Projection,
+    },
+    /// An alignment that is zero or not a power of two.
+    AlignmentNotPowerOfTwo {
+        /// The alignment given.
+        align: usize,
+    },
+    /// A caller buffer smaller than the layout needs.
+    BufferTooSmall {
+        /// Bytes needed.
+        needed: usize,
+        /// Bytes given.
+        actual: usize,
+    },
+    /// A caller buffer whose start is not aligned as the layout requires.
+    BufferMisaligned {
+        /// The required alignment.
+        align: usize,
+    },
+}
+
+impl fmt::Display for LayoutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::InvalidBlockShape { elems, bytes } => {
+                write!(f, "invalid block shape: {elems} elements in {bytes} bytes (both must be non-zero)")
+            }
+            Self::UnknownGgmlType { id } => write!(f, "unknown GGML type id {id}"),
+            Self::NotWholeBlocks { cols, block_elems } => {
+                write!(f, "{cols} columns are not a whole number of {block_elems}-element blocks")
+            }
+            Self::ZeroDimension => f.write_str("a dimension is zero"),
+            Self::Overflow => f.write_str("size arithmetic overflows"),
+            Self::ExpertOutOfRange { expert, experts } => {
+                write!(f, "expert {expert} out of range (the layout has {experts})")
+            }
+            Self::RowsOutOfRange { start, end, rows } => {
+                write!(f, "rows {start}..{end} out of range (the layout has {rows})")
+            }
+            Self::SlotOutOfRange { slot, slots } => {
+                write!(f, "slot {slot} out of range (there are {slots})")
+            }
+            Self::LayerOutOfRange { layer, layers } => {
+                write!(f, "layer {layer} out of range (serving {layers})")
+            }
+            Self::LengthMismatch { expected, actual } => {
+                write!(f, "length mismatch: the layout needs {expected} bytes, got {actual}")
+            }
+            Self::ExpertCountMismatch { expected, actual } => {
+                write!(f, "projections disagree on the expert count: {expected} and {actual}")
+            }
+            Self::InvalidProjectionSet => f.write_str(
+                "invalid projection set: need 1 to 4 distinct projections, and no gate_up beside gate or up",
+            ),
+            Self::ProjectionMissing { projection } => {
+                write!(f, "the layout has no {} projection", projection.name())
+            }
+            Self::AlignmentNotPowerOfTwo { align } => {
+                write!(f, "alignment {align} is not a power of two")
+            }
+            Self::BufferTooSmall { needed, actual } => {
+                write!(f, "buffer too small: need {needed} bytes, got {actual}")
+            }
+            Self::BufferMisaligned { align } => {
+                write!(f, "buffer start is not aligned to {align} bytes")
+            }
+        }
+    }
+}
+
+impl core::error::Error for LayoutError {}
+
+/// A typed view over bytes could not be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum ViewError {
+    /// The bytes do not start at the element type's alignment; use a copying read instead.
+    Misaligned {
+        /// Alignment the element type needs.
+        align: usize,
+    },
+    /// The byte length is not a multiple of the element size, or does not fill the output.
+    LengthMismatch {
+        /// Bytes given.
+        bytes: usize,
+        /// Size of one element.
+        elem_size: usize,
+    },
+    /// The element type's size is neither one element nor one block of the stack's format.
+    ElementSize {
+        /// Size of the element type.
+        elem_size: usize,
+        /// Bytes per block of the format.
+        block_bytes: u32,
+    },
+    /// The addressing of the view failed.
+    Layout(LayoutError),
+}
+
+impl fmt::Display for ViewError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::Misaligned { align } => {
+                write!(f, "bytes are not aligned to {align}; read them with a copy instead")
+            }
+            Self::LengthMismatch { bytes, elem_size } => {
+                write!(f, "{bytes} bytes do not fit a whole number of {elem_size}-byte elements")
+            }
+            Self::ElementSize { elem_size, block_bytes } => write!(
+                f,
+                "a {elem_size}-byte element type does not match the format ({block_bytes} bytes per block)"
+            ),
+            Self::Layout(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl core::error::Error for ViewError {}
+
+impl From<LayoutError> for ViewError {
+    fn from(e: LayoutError) -> Self {
+        Self::Layout(e)
+    }
+}
+
+/// A pool could not be built or could not take a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum PoolError {
+    /// A layer with no experts.
+    NoExperts,
+    /// More experts than a pool indexes (ids are 16-bit).
+    TooManyExperts {
+        /// Experts asked for.
+        experts: usize,
+        /// The most a pool takes.
+        max: usize,
+    },
+    /// A step with more routing ids than the per-expert counters hold.
+    TooManyIds {
+        /// Ids given.
+        ids: usize,
+        /// The most one step takes.
+        max: usize,
+    },
+    /// An output buffer (mask) shorter than the pool needs.
+    BufferTooSmall {
+        /// Elements needed.
+        needed: usize,
+        /// Elements given.
+        actual: usize,
+    },
+    /// A per-layer argument list whose length is not the layer count.
+    LayerCountMismatch {
+        /// Layers of the pool set.
+        layers: usize,
+        /// Entries given.
+        actual: usize,
+    },
+}
+
+impl fmt::Display for PoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::NoExperts => f.write_str("a pool needs at least one expert"),
+            Self::TooManyExperts { experts, max } => {
+                write!(f, "{experts} experts is more than a pool indexes ({max})")
+            }
+            Self::TooManyIds { ids, max } => {
+                write!(f, "{ids} routing ids in one step is more than a pool counts ({max})")
+            }
+            Self::BufferTooSmall { needed, actual } => {
+                write!(f, "output buffer too small: need {needed} entries, got {actual}")
+            }
+            Self::LayerCountMismatch { layers, actual } => {
+                write!(f, "expected one entry per layer ({layers}), got {actual}")
+            }
+        }
+    }
+}
+
+impl core::error::Error for PoolError {}
+
+/// A promotion that does not fit the pool's current state (a stale or foreign plan).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum PlanError {
+    /// The plan was made for another layer.
+    LayerMismatch {
+        /// The plan's layer.
+        plan: usize,
+        /// The pool's layer.
+        pool: usize,
+    },
+    /// The expert id is out of the pool's range.
+    ExpertOutOfRange {
+        /// The id.
+        expert: usize,
+        /// The pool's expert count.
+        experts: usize,
+    },
+    /// The slot index is out of the pool's range.
+    SlotOutOfRange {
+        /// The index.
+        slot: usize,
+        /// The pool's slot count.
+        slots: usize,
+    },
+    /// The expert is already resident, in another slot.
+    AlreadyResident {
+        /// The expert.
+        expert: usize,
+        /// The slot it occupies.
+        slot: usize,
+    },
+    /// The target slot holds another expert.
+    SlotOccupied {
+        /// The slot.
+        slot: usize,
+        /// The expert it holds.
+        expert: usize,
+    },
+}
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::LayerMismatch { plan, pool } => {
+                write!(f, "plan for layer {plan} given to the pool of layer {pool}")
+            }
+            Self::ExpertOutOfRange { expert, experts } => {
+                write!(f, "expert {expert} out of range (the pool has {experts})")
+            }
+            Self::SlotOutOfRange { slot, slots } => {
+                write!(f, "slot {slot} out of range (the pool has {slots})")
+            }
+            Self::AlreadyResident { expert, slot } => {
+                write!(f, "expert {expert} is already resident in slot {slot}")
+            }
+            Self::SlotOccupied { slot, expert } => {
+                write!(f, "slot {slot} holds expert {expert}; the plan is stale")
+            }
+        }
+    }
+}
+
+impl core::error::Error for PlanError {}
+
+/// Why one promotion of a migration failed. `S` is the source's error, `K` the sink's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum MigrateError<S, K> {
+    /// The source could not give the expert's bytes.
+    Source(S),
+    /// The sink could not write or complete the copy.
+    Sink(K),
+    /// The promotion does not fit the pool's state.
+    Plan(PlanError),
+    /// The source gave a slab whose length is not the layout's.
+    SlabLength {
+        /// The projection.
+        projection: Projection,
+        /// Bytes the layout expects.
+        expected: usize,
+        /// Bytes the source gave.
+        actual: usize,
+    },
+}
+
+impl<S: fmt::Display, K: fmt::Display> fmt::Display for MigrateError<S, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Source(e) => write!(f, "source: {e}"),
+            Self::Sink(e) => write!(f, "sink: {e}"),
+            Self::Plan(e) => write!(f, "plan: {e}"),
+            Self::SlabLength { projection, expected, actual } => write!(
+                f,
+                "the source gave {actual} bytes for the {} slab, the layout needs {expected}",
+                projection.name()
+            ),
+        }
+    }
+}
+
+impl<S: fmt::Debug + fmt::Display, K: fmt::Debug + fmt::Display> core::error::Error
+    for MigrateError<S, K>
+{
+}

@@ -1,0 +1,86 @@
+//! Pools for every MoE layer of a model, each refreshed from its own routing ids on its own
+//! schedule.
+
+use alloc::vec::Vec;
+
+use crate::error::PoolError;
+use crate::plan::MigrationPlan;
+use crate::pool::{ExpertPool, PoolConfig, PoolStats};
+use crate::schedule::Step;
+
+/// One [`ExpertPool`] per MoE layer. Layer `l` is refreshed only from layer `l`'s ids and only
+/// when layer `l`'s schedule says so.
+#[derive(Debug, Clone)]
+pub struct LayerPools {
+    pools: Vec<ExpertPool>,
+}
+
+impl LayerPools {
+    /// Builds one pool per config; config `l` serves layer `l` (its own `layer` setting is
+    /// replaced by its position).
+    ///
+    /// # Errors
+    /// The first pool's [`PoolError`].
+    pub fn new(configs: &[PoolConfig]) -> Result<Self, PoolError> {
+        let pools = configs
+            .iter()
+            .enumerate()
+            .map(|(layer, config)| ExpertPool::new(config.layer(layer)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { pools })
+    }
+
+    /// Number of layers.
+    pub fn len(&self) -> usize {
+        self.pools.len()
+    }
+
+    /// Whether there are no layers.
+    pub fn is_empty(&self) -> bool {
+        self.pools.is_empty()
+    }
+
+    /// The pools, by layer.
+    pub fn pools(&self) -> &[ExpertPool] {
+        &self.pools
+    }
+
+    /// The pools, by layer, to migrate or serve one layer at a time.
+    pub fn pools_mut(&mut self) -> &mut [ExpertPool] {
+        &mut self.pools
+    }
+
+    /// A plan per layer, each with room for its pool's slots (so refreshes never allocate).
+    pub fn new_plans(&self) -> Vec<MigrationPlan> {
+        self.pools.iter().map(|p| MigrationPlan::new(p.slots())).collect()
+    }
+
+    /// Plans `step` for every layer from that layer's ids (`ids[l]`), each on its own schedule.
+    /// Returns how many layers refreshed.
+    ///
+    /// # Errors
+    /// [`PoolError::LayerCountMismatch`] when `ids` or `plans` does not have one entry per layer
+    /// (nothing changes), or a layer's [`PoolError::TooManyIds`] (layers before it have planned).
+    pub fn plan_step(&mut self, step: Step, ids: &[&[u32]], plans: &mut [MigrationPlan]) -> Result<usize, PoolError> {
+        let layers = self.pools.len();
+        for actual in [ids.len(), plans.len()] {
+            if actual != layers {
+                return Err(PoolError::LayerCountMismatch { layers, actual });
+            }
+        }
+        let mut refreshed = 0;
+        for ((pool, layer_ids), plan) in self.pools.iter_mut().zip(ids).zip(plans.iter_mut()) {
+            refreshed += usize::from(pool.plan_step(step, layer_ids, plan)?);
+        }
+        Ok(refreshed)
+    }
+
+    /// The counters of all layers added up.
+    pub fn total_stats(&self) -> PoolStats {
+        let mut total = PoolStats::default();
+        for pool in &self.pools {
+            total.accumulate(pool.stats());
+        }
+        total
+    }
+}

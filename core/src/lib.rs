@@ -1,0 +1,113 @@
+//! # expertslab
+//!
+//! Mixture-of-Experts expert residency for machines whose fast memory cannot hold every expert.
+//!
+//! Every expert's weights stay in slow memory (flash, host DRAM, a memory-mapped model file). Each
+//! MoE layer gets a fixed number of fast-memory *slots*; an [`ExpertPool`] decides from the
+//! router's choices which experts live in them (TIDE-style hit-count placement on a
+//! [`Schedule`]), and [`migrate`] copies only the promoted experts into memory the caller owns,
+//! committing each move only after its copy completed. Misses are served from slow memory, so
+//! placement never changes the model's output.
+//!
+//! The crate is `no_std` + `alloc`, has no `unsafe`, and allocates nothing on the refresh and
+//! migrate paths once a pool and its plan are built.
+//!
+//! ## Map
+//! | module | concept |
+//! |---|---|
+//! | [`format`] | element formats: plain and GGML block-quantized |
+//! | [`layout`] | `[experts, rows, cols]` stacks and the projections of one expert |
+//! | [`arena`] | slots laid out in a caller buffer |
+//! | [`budget`] | how many slots fit in a memory size |
+//! | [`view`] | typed views of slabs (bytemuck) |
+//! | [`pool`], [`policy`], [`schedule`] | residency, placement and when to refresh |
+//! | [`plan`], [`migrate`] | what moves, and moving it |
+//! | [`source`], [`sink`] | where bytes come from and go to |
+//! | [`layers`], [`shared`] | one pool per layer; a pool shared without std |
+//!
+//! ## Example
+//! One layer of 4 experts, each a 2 × 4 `F32` gate/up/down, with 2 slots in a caller buffer:
+//! ```
+//! use expertslab::{
+//!     migrate, ArenaSink, ExpertLayout, ExpertPool, Format, LayerStacks, MigrationPlan,
+//!     PoolConfig, SlotArena, StackLayout, Step,
+//! };
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let stack = StackLayout::new(Format::F32, 4, 2, 4)?; // 4 experts of 2 × 4 floats
+//! let layout = ExpertLayout::gate_up_down(stack, stack, stack)?;
+//!
+//! // Slow memory: each stack is 4 experts × 32 bytes; expert e's bytes are all `e`.
+//! let bytes: Vec<u8> = (0..4u8).flat_map(|e| [e; 32]).collect();
+//! let model = [LayerStacks::new(layout.clone(), &[&bytes, &bytes, &bytes])?];
+//!
+//! // Fast memory: two slots, 16-byte aligned, in a buffer the caller owns.
+//! let arena = SlotArena::new(&layout, 2, 16)?;
+//! let mut sram = vec![0u128; arena.total_bytes() / 16];
+//! let mut sink = ArenaSink::new(arena, 0, bytemuck::cast_slice_mut(&mut sram))?;
+//!
+//! let mut pool = ExpertPool::new(PoolConfig::new(4, 2))?;
+//! let mut plan = MigrationPlan::new(pool.slots());
+//! pool.initial_plan(&mut plan); // warm start: experts 0 and 1
+//! migrate(&mut pool, &plan, &layout, &model[..], &mut sink)?;
+//!
+//! // One decode step: two tokens routed top-2.
+//! let ids = [3, 1, 3, 2];
+//! pool.plan_step(Step::decode(0), &ids, &mut plan)?; // expert 3 replaces expert 0
+//! let report = migrate(&mut pool, &plan, &layout, &model[..], &mut sink)?;
+//! assert_eq!(report.bytes, 96); // one expert: three 32-byte slabs
+//! assert_eq!(pool.serve(&ids).hits, 3); // 3, 1, 3 hit; 2 is served from slow memory
+//!
+//! let slot = pool.slot_of(3).unwrap();
+//! assert!(sink.slab(slot, 0)?.iter().all(|&b| b == 3));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Feature flags
+//! - `defmt`: derive `defmt::Format` for the public data and error types.
+
+#![no_std]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+extern crate alloc;
+
+pub mod arena;
+pub mod budget;
+pub mod error;
+pub mod format;
+pub mod layers;
+pub mod layout;
+pub mod migrate;
+pub mod name;
+pub mod plan;
+pub mod policy;
+pub mod pool;
+pub mod schedule;
+pub mod shared;
+pub mod sink;
+pub mod source;
+pub mod view;
+
+pub use arena::SlotArena;
+pub use budget::{slots_per_layer, split_byte_budget, LayerDemand};
+pub use error::{LayoutError, MigrateError, PlanError, PoolError, ViewError};
+pub use format::{BlockShape, Format};
+pub use layers::LayerPools;
+pub use layout::{ExpertLayout, Projection, StackLayout, MAX_PROJECTIONS};
+pub use migrate::{migrate, push_stacks, MigrateFailure, MigrateReport, PushError};
+pub use name::{stack_name, TensorName};
+pub use plan::{MigrationPlan, Promotion};
+pub use pool::{
+    ExpertPool, InitialPlacement, PoolConfig, PoolStats, PromotionState, ServeCounts, MAX_EXPERTS, MAX_STEP_IDS,
+};
+pub use schedule::{Mode, Schedule, Step};
+pub use shared::SharedPool;
+pub use sink::{ArenaSink, ParamSink, SlotSink, SlotWrite};
+pub use source::{ExpertSource, LayerStacks, StackSource};
+pub use view::{cast_bytes, copy_bytes, copy_expert, expert_as};
+
+#[cfg(test)]
+extern crate std;

@@ -1,0 +1,181 @@
+//! Migration: copying a plan's promotions from slow memory into slots, committing each one only
+//! after its copy completed.
+
+use crate::error::{MigrateError, PlanError};
+use crate::layout::ExpertLayout;
+use crate::name::stack_name;
+use crate::plan::{MigrationPlan, Promotion};
+use crate::pool::{ExpertPool, PromotionState};
+use crate::sink::{ParamSink, SlotSink, SlotWrite};
+use crate::source::{ExpertSource, StackSource};
+
+/// What a migration did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct MigrateReport {
+    /// Promotions copied and committed by this call.
+    pub copied: usize,
+    /// Promotions found already committed (by an earlier, interrupted call), skipped.
+    pub skipped: usize,
+    /// Bytes copied by this call.
+    pub bytes: u64,
+}
+
+/// A migration that stopped at a failed promotion.
+///
+/// Every promotion before `failed` was committed (`completed` tells what they moved); `failed`
+/// and every promotion after it were not, and their slots are free. Migrating the same plan again
+/// skips what completed and retries the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct MigrateFailure<S, K> {
+    /// Why the promotion failed.
+    pub error: MigrateError<S, K>,
+    /// The promotion that failed.
+    pub failed: Promotion,
+    /// What completed before it.
+    pub completed: MigrateReport,
+}
+
+impl<S: core::fmt::Display, K: core::fmt::Display> core::fmt::Display for MigrateFailure<S, K> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "promoting expert {} into slot {} failed after {} completed promotions: {}",
+            self.failed.expert, self.failed.slot, self.completed.copied, self.error
+        )
+    }
+}
+
+impl<S, K> core::error::Error for MigrateFailure<S, K>
+where
+    S: core::fmt::Debug + core::fmt::Display,
+    K: core::fmt::Debug + core::fmt::Display,
+{
+}
+
+/// Copies each promotion of `plan` from `source` into `sink`, in plan order, and commits it to
+/// `pool` once its slabs are written and the sink has finished the slot. `layout` is the layer's
+/// expert layout: one slab per projection, each checked against its length.
+///
+/// Promotions already committed (a retry after a failure) are skipped. On the first failure the
+/// migration stops: the failed promotion's slot stays free, nothing after it is attempted, and the
+/// pool still holds exactly the experts whose bytes are in their slots.
+///
+/// # Errors
+/// [`MigrateFailure`] naming the promotion and the cause: a stale plan ([`MigrateError::Plan`]),
+/// the source, a slab of the wrong length, or the sink.
+pub fn migrate<S, K>(
+    pool: &mut ExpertPool,
+    plan: &MigrationPlan,
+    layout: &ExpertLayout,
+    source: &S,
+    sink: &mut K,
+) -> Result<MigrateReport, MigrateFailure<S::Error, K::Error>>
+where
+    S: ExpertSource + ?Sized,
+    K: SlotSink + ?Sized,
+{
+    let mut report = MigrateReport::default();
+    let fail = |error, failed, completed| MigrateFailure { error, failed, completed };
+    if plan.layer() != pool.layer() {
+        let error = MigrateError::Plan(PlanError::LayerMismatch { plan: plan.layer(), pool: pool.layer() });
+        if let Some(&first) = plan.promotions().first() {
+            return Err(fail(error, first, report));
+        }
+    }
+    for &promotion in plan.promotions() {
+        match pool.check(promotion) {
+            Ok(PromotionState::Done) => {
+                report.skipped += 1;
+                continue;
+            }
+            Ok(PromotionState::Pending) => {}
+            Err(e) => return Err(fail(MigrateError::Plan(e), promotion, report)),
+        }
+        let bytes = copy_expert(pool.layer(), promotion, layout, source, sink)
+            .map_err(|e| fail(e, promotion, report))?;
+        pool.commit(promotion, bytes).map_err(|e| fail(MigrateError::Plan(e), promotion, report))?;
+        report.copied += 1;
+        report.bytes += bytes;
+    }
+    Ok(report)
+}
+
+/// Copies every projection of one promotion and finishes the slot; returns the bytes copied.
+fn copy_expert<S, K>(
+    layer: usize,
+    promotion: Promotion,
+    layout: &ExpertLayout,
+    source: &S,
+    sink: &mut K,
+) -> Result<u64, MigrateError<S::Error, K::Error>>
+where
+    S: ExpertSource + ?Sized,
+    K: SlotSink + ?Sized,
+{
+    let expert = usize::from(promotion.expert);
+    let slot = usize::from(promotion.slot);
+    let mut bytes = 0u64;
+    for (index, &(projection, stack)) in layout.projections().iter().enumerate() {
+        let slab = source.expert(layer, projection, expert).map_err(MigrateError::Source)?;
+        if slab.len() != stack.expert_bytes() {
+            return Err(MigrateError::SlabLength { projection, expected: stack.expert_bytes(), actual: slab.len() });
+        }
+        sink.write(SlotWrite { layer, slot, projection, index }, slab).map_err(MigrateError::Sink)?;
+        bytes += slab.len() as u64;
+    }
+    sink.finish(layer, slot).map_err(MigrateError::Sink)?;
+    Ok(bytes)
+}
+
+/// Why pushing full stacks failed: the source (`S`) or the sink (`K`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum PushError<S, K> {
+    /// The source could not give a stack.
+    Source(S),
+    /// The sink refused a stack.
+    Sink(K),
+}
+
+impl<S: core::fmt::Display, K: core::fmt::Display> core::fmt::Display for PushError<S, K> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Source(e) => write!(f, "source: {e}"),
+            Self::Sink(e) => write!(f, "sink: {e}"),
+        }
+    }
+}
+
+impl<S, K> core::error::Error for PushError<S, K>
+where
+    S: core::fmt::Debug + core::fmt::Display,
+    K: core::fmt::Debug + core::fmt::Display,
+{
+}
+
+/// Pushes every projection stack of layer `layer` (as `layout` lists them) to `sink` under its
+/// GGUF name: the full, lossless refresh for runtimes that take whole parameters. Returns the
+/// bytes pushed.
+///
+/// # Errors
+/// [`PushError`] from the first stack that failed; stacks before it were pushed.
+pub fn push_stacks<S, K>(
+    layer: usize,
+    layout: &ExpertLayout,
+    source: &S,
+    sink: &mut K,
+) -> Result<u64, PushError<S::Error, K::Error>>
+where
+    S: StackSource + ?Sized,
+    K: ParamSink + ?Sized,
+{
+    let mut bytes = 0u64;
+    for &(projection, _) in layout.projections() {
+        let stack = source.stack(layer, projection).map_err(PushError::Source)?;
+        sink.write_stack(&stack_name(layer, projection), layer, projection, stack).map_err(PushError::Sink)?;
+        bytes += stack.len() as u64;
+    }
+    Ok(bytes)
+}

@@ -1,0 +1,66 @@
+//! Migration plans: the promotions a refresh decided, for `migrate` to copy and commit.
+
+use alloc::vec::Vec;
+
+/// One promotion: copy `expert`'s bytes into `slot`, then mark it resident there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Promotion {
+    /// The expert to make resident.
+    pub expert: u16,
+    /// The slot to copy it into (free when the plan was made).
+    pub slot: u16,
+    /// The expert the refresh demoted from this slot to make room, if any. Demotion copies
+    /// nothing: the slot was freed when the plan was made.
+    pub evicted: Option<u16>,
+}
+
+/// The promotions of one layer's refresh, in the order they should be copied (hottest first).
+///
+/// Build one per layer with [`MigrationPlan::new`] and reuse it: a refresh clears and refills it,
+/// allocating only when its capacity is below the pool's slot count (so at most once per pool).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MigrationPlan {
+    layer: usize,
+    promotions: Vec<Promotion>,
+}
+
+impl MigrationPlan {
+    /// An empty plan with room for `capacity` promotions (the pool's slot count avoids any later
+    /// allocation).
+    pub fn new(capacity: usize) -> Self {
+        Self { layer: 0, promotions: Vec::with_capacity(capacity) }
+    }
+
+    /// The layer the plan was made for.
+    pub const fn layer(&self) -> usize {
+        self.layer
+    }
+
+    /// The promotions, in copy order.
+    pub fn promotions(&self) -> &[Promotion] {
+        &self.promotions
+    }
+
+    /// Whether nothing is to be copied.
+    pub fn is_empty(&self) -> bool {
+        self.promotions.is_empty()
+    }
+
+    /// Number of promotions.
+    pub fn len(&self) -> usize {
+        self.promotions.len()
+    }
+
+    /// Starts a new plan for `layer`, keeping the storage and making room for `capacity`
+    /// promotions.
+    pub(crate) fn reset(&mut self, layer: usize, capacity: usize) {
+        self.layer = layer;
+        self.promotions.clear();
+        self.promotions.reserve(capacity);
+    }
+
+    pub(crate) fn push(&mut self, promotion: Promotion) {
+        self.promotions.push(promotion);
+    }
+}

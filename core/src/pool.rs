@@ -1,0 +1,551 @@
+//! The residency pool of one MoE layer: which experts live in which fast-memory slots.
+//!
+//! The pool decides; it never copies. A refresh (on the steps its [`Schedule`] names) turns the
+//! step's routing ids into a [`MigrationPlan`] and frees the slots of demoted experts at once
+//! (demotion copies nothing: slow memory holds every expert). Promotions become resident only
+//! through [`ExpertPool::commit`], which [`crate::migrate`] calls after each copy completed.
+//! [`ExpertPool::serve`] then counts the step's hits and misses against the real residency.
+//!
+//! # State
+//! Per expert one `u32`: its slot while resident (a hit-count scratch word during a refresh,
+//! rebuilt from the slot table before the refresh returns). Per slot: the expert it holds and the
+//! policy's scratch. Nothing is allocated after [`ExpertPool::new`].
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use crate::error::{PlanError, PoolError};
+use crate::plan::{MigrationPlan, Promotion};
+use crate::policy::{HitCount, RefreshState, COUNT_MASK};
+use crate::schedule::{Schedule, Step};
+
+/// Slot-table entry of a slot that holds no expert.
+pub(crate) const EMPTY_SLOT: u16 = u16::MAX;
+/// Per-expert word of an expert that is not resident.
+const NOT_RESIDENT: u32 = u32::MAX;
+
+/// The most experts one pool indexes (ids are 16-bit, one value marks an empty slot).
+pub const MAX_EXPERTS: usize = u16::MAX as usize;
+/// The most routing ids one step may carry (per-expert counters stay below their flag bits).
+pub const MAX_STEP_IDS: usize = COUNT_MASK as usize;
+
+/// Which experts are resident when a pool is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum InitialPlacement {
+    /// Experts `0..budget` in slots `0..budget`, as the TIDE reference starts. Like every
+    /// promotion they become resident only once copied: [`ExpertPool::initial_plan`] gives the
+    /// plan, [`crate::migrate`] fills the slots and commits it.
+    #[default]
+    Warm,
+    /// No expert resident until the first refresh.
+    Cold,
+}
+
+/// How one pool is built: layer index, expert count, budget, schedule and initial placement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct PoolConfig {
+    layer: usize,
+    experts: usize,
+    budget: usize,
+    schedule: Schedule,
+    initial: InitialPlacement,
+}
+
+impl PoolConfig {
+    /// A pool of `experts` experts and `budget` slots for layer 0, refreshing every forward pass,
+    /// starting warm. A budget above the expert count is clamped to it.
+    pub const fn new(experts: usize, budget: usize) -> Self {
+        Self { layer: 0, experts, budget, schedule: Schedule::EveryForward, initial: InitialPlacement::Warm }
+    }
+
+    /// The layer index this pool serves (plans and sink writes carry it).
+    pub const fn layer(self, layer: usize) -> Self {
+        Self { layer, ..self }
+    }
+
+    /// The refresh schedule.
+    pub const fn schedule(self, schedule: Schedule) -> Self {
+        Self { schedule, ..self }
+    }
+
+    /// The initial placement.
+    pub const fn initial(self, initial: InitialPlacement) -> Self {
+        Self { initial, ..self }
+    }
+}
+
+/// Counters of one pool since it was built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct PoolStats {
+    /// Refreshes run (scheduled, prefill or requested).
+    pub refreshes: u64,
+    /// Promotions committed (copies completed).
+    pub promotions: u64,
+    /// Demotions (slots freed by refreshes).
+    pub demotions: u64,
+    /// Valid ids served from a resident expert.
+    pub hits: u64,
+    /// Valid ids served from slow memory.
+    pub misses: u64,
+    /// Ids at or past the expert count, ignored.
+    pub invalid_ids: u64,
+    /// Bytes copied by committed promotions.
+    pub bytes_promoted: u64,
+}
+
+impl PoolStats {
+    /// Hits over valid ids, or 0 with none served.
+    pub fn hit_rate(&self) -> f64 {
+        let served = self.hits + self.misses;
+        if served == 0 {
+            0.0
+        } else {
+            self.hits as f64 / served as f64
+        }
+    }
+
+    /// Adds `other`'s counters to these.
+    pub fn accumulate(&mut self, other: &PoolStats) {
+        self.refreshes += other.refreshes;
+        self.promotions += other.promotions;
+        self.demotions += other.demotions;
+        self.hits += other.hits;
+        self.misses += other.misses;
+        self.invalid_ids += other.invalid_ids;
+        self.bytes_promoted += other.bytes_promoted;
+    }
+}
+
+/// Hits, misses and invalid ids of one served step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct ServeCounts {
+    /// Valid ids whose expert was resident.
+    pub hits: u32,
+    /// Valid ids whose expert was not resident.
+    pub misses: u32,
+    /// Ids at or past the expert count.
+    pub invalid: u32,
+}
+
+/// Whether a promotion still has to be copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum PromotionState {
+    /// The slot is free and the expert not resident: copy, then commit.
+    Pending,
+    /// The expert is already resident in that slot (committed earlier, for example by a retry).
+    Done,
+}
+
+/// The residency pool of one MoE layer. See the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct ExpertPool {
+    layer: usize,
+    schedule: Schedule,
+    /// Per expert: its slot while resident, `NOT_RESIDENT` otherwise; hit counts during a refresh.
+    expert_slot: Vec<u32>,
+    /// Per slot: the expert it holds, or `EMPTY_SLOT`.
+    slot_expert: Vec<u16>,
+    resident: usize,
+    policy: HitCount,
+    initial: InitialPlacement,
+    stats: PoolStats,
+}
+
+impl ExpertPool {
+    /// Builds a pool as `config` says; the budget is clamped to the expert count.
+    ///
+    /// # Errors
+    /// [`PoolError::NoExperts`] for zero experts, [`PoolError::TooManyExperts`] above
+    /// [`MAX_EXPERTS`].
+    pub fn new(config: PoolConfig) -> Result<Self, PoolError> {
+        let PoolConfig { layer, experts, budget, schedule, initial } = config;
+        if experts == 0 {
+            return Err(PoolError::NoExperts);
+        }
+        if experts > MAX_EXPERTS {
+            return Err(PoolError::TooManyExperts { experts, max: MAX_EXPERTS });
+        }
+        let slots = budget.min(experts);
+        Ok(Self {
+            layer,
+            schedule,
+            expert_slot: vec![NOT_RESIDENT; experts],
+            slot_expert: vec![EMPTY_SLOT; slots],
+            resident: 0,
+            policy: HitCount::new(slots),
+            initial,
+            stats: PoolStats::default(),
+        })
+    }
+
+    /// The layer index this pool serves.
+    pub const fn layer(&self) -> usize {
+        self.layer
+    }
+
+    /// Number of experts.
+    pub fn experts(&self) -> usize {
+        self.expert_slot.len()
+    }
+
+    /// Number of slots (the budget, clamped to the expert count).
+    pub fn slots(&self) -> usize {
+        self.slot_expert.len()
+    }
+
+    /// Number of resident experts.
+    pub const fn resident(&self) -> usize {
+        self.resident
+    }
+
+    /// The refresh schedule.
+    pub const fn schedule(&self) -> Schedule {
+        self.schedule
+    }
+
+    /// Changes the refresh schedule from the next step on.
+    pub fn set_schedule(&mut self, schedule: Schedule) {
+        self.schedule = schedule;
+    }
+
+    /// The counters since the pool was built.
+    pub const fn stats(&self) -> &PoolStats {
+        &self.stats
+    }
+
+    /// Whether `expert` is resident (false for ids out of range).
+    pub fn is_resident(&self, expert: usize) -> bool {
+        self.slot_of(expert).is_some()
+    }
+
+    /// The slot `expert` is resident in, if any.
+    pub fn slot_of(&self, expert: usize) -> Option<usize> {
+        match self.expert_slot.get(expert) {
+            Some(&slot) if slot != NOT_RESIDENT => Some(slot as usize),
+            _ => None,
+        }
+    }
+
+    /// The expert resident in `slot`, if any.
+    pub fn expert_in(&self, slot: usize) -> Option<usize> {
+        match self.slot_expert.get(slot) {
+            Some(&e) if e != EMPTY_SLOT => Some(usize::from(e)),
+            _ => None,
+        }
+    }
+
+    /// `(slot, expert)` of every occupied slot, in slot order.
+    pub fn residents(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.slot_expert
+            .iter()
+            .enumerate()
+            .filter(|(_, &e)| e != EMPTY_SLOT)
+            .map(|(s, &e)| (s, usize::from(e)))
+    }
+
+    /// Writes whether each expert is resident into `mask[..experts]`, for kernels that choose
+    /// between the slot and slow memory per expert.
+    ///
+    /// # Errors
+    /// [`PoolError::BufferTooSmall`] when `mask` is shorter than the expert count.
+    pub fn resident_mask(&self, mask: &mut [bool]) -> Result<(), PoolError> {
+        let actual = mask.len();
+        let out = mask.get_mut(..self.experts()).ok_or(PoolError::BufferTooSmall { needed: self.experts(), actual })?;
+        for (m, &slot) in out.iter_mut().zip(&self.expert_slot) {
+            *m = slot != NOT_RESIDENT;
+        }
+        Ok(())
+    }
+
+    /// Writes the resident set as a bit mask: bit `e % 32` of word `e / 32` is set when expert `e`
+    /// is resident. Words past the expert count are cleared.
+    ///
+    /// # Errors
+    /// [`PoolError::BufferTooSmall`] when `bits` has fewer than `experts.div_ceil(32)` words.
+    pub fn resident_bits(&self, bits: &mut [u32]) -> Result<(), PoolError> {
+        let needed = self.experts().div_ceil(32);
+        if bits.len() < needed {
+            return Err(PoolError::BufferTooSmall { needed, actual: bits.len() });
+        }
+        bits.fill(0);
+        for (word, chunk) in bits.iter_mut().zip(self.expert_slot.chunks(32)) {
+            for (bit, &slot) in chunk.iter().enumerate() {
+                *word |= u32::from(slot != NOT_RESIDENT) << bit;
+            }
+        }
+        Ok(())
+    }
+
+    /// The initial placement as a plan: for a warm start, expert `e` into slot `e` for every slot
+    /// that is still free and whose expert is not resident elsewhere; for a cold start, nothing.
+    /// Migrate it before the first step.
+    pub fn initial_plan(&self, plan: &mut MigrationPlan) {
+        plan.reset(self.layer, self.slots());
+        if self.initial == InitialPlacement::Cold {
+            return;
+        }
+        for slot in 0..self.slots() {
+            // slot < slots <= experts <= MAX_EXPERTS
+            let promotion = Promotion { expert: slot as u16, slot: slot as u16, evicted: None };
+            if self.check(promotion) == Ok(PromotionState::Pending) {
+                plan.push(promotion);
+            }
+        }
+    }
+
+    /// Runs `step`'s refresh if the schedule (or a prefill, or the step's mode) calls for one:
+    /// fills `plan` with the promotions, frees the slots of demoted experts. Otherwise clears
+    /// `plan`. Returns whether a refresh ran.
+    ///
+    /// # Errors
+    /// [`PoolError::TooManyIds`] when `ids` is longer than [`MAX_STEP_IDS`]; the pool is
+    /// unchanged.
+    pub fn plan_step(&mut self, step: Step, ids: &[u32], plan: &mut MigrationPlan) -> Result<bool, PoolError> {
+        if self.schedule.is_due(step) {
+            self.refresh(ids, plan)?;
+            Ok(true)
+        } else {
+            plan.reset(self.layer, 0);
+            Ok(false)
+        }
+    }
+
+    /// Refreshes now from `ids` (TIDE hit-count placement, see [`crate::policy`]): fills `plan`
+    /// with the promotions and frees the slots of demoted experts. Ids at or past the expert count
+    /// are ignored here (and counted by [`ExpertPool::serve`]). With every expert resident,
+    /// nothing moves.
+    ///
+    /// # Errors
+    /// [`PoolError::TooManyIds`] when `ids` is longer than [`MAX_STEP_IDS`]; the pool is
+    /// unchanged.
+    pub fn refresh(&mut self, ids: &[u32], plan: &mut MigrationPlan) -> Result<(), PoolError> {
+        if ids.len() > MAX_STEP_IDS {
+            return Err(PoolError::TooManyIds { ids: ids.len(), max: MAX_STEP_IDS });
+        }
+        plan.reset(self.layer, self.slots());
+        self.stats.refreshes += 1;
+        if self.resident == self.experts() {
+            return Ok(());
+        }
+        // The per-expert words become this step's hit counts; the slot table stays the truth.
+        self.expert_slot.fill(0);
+        for &id in ids {
+            if let Some(count) = self.expert_slot.get_mut(id as usize) {
+                *count += 1; // at most MAX_STEP_IDS, below the policy's flag bits
+            }
+        }
+        let state = RefreshState { counts: &mut self.expert_slot, slot_expert: &mut self.slot_expert };
+        let demoted = self.policy.refresh(state, plan);
+        self.resident -= demoted;
+        self.stats.demotions += demoted as u64;
+        self.rebuild_expert_slots();
+        Ok(())
+    }
+
+    /// Counts `ids` (one step's routing, token-major) as hits, misses and invalid ids against the
+    /// current residency, adds them to the statistics and returns them.
+    pub fn serve(&mut self, ids: &[u32]) -> ServeCounts {
+        let mut counts = ServeCounts::default();
+        for &id in ids {
+            match self.expert_slot.get(id as usize) {
+                None => counts.invalid += 1,
+                Some(&NOT_RESIDENT) => counts.misses += 1,
+                Some(_) => counts.hits += 1,
+            }
+        }
+        self.stats.hits += u64::from(counts.hits);
+        self.stats.misses += u64::from(counts.misses);
+        self.stats.invalid_ids += u64::from(counts.invalid);
+        counts
+    }
+
+    /// Checks `promotion` against the current state.
+    ///
+    /// # Errors
+    /// [`PlanError`] when the expert or slot is out of range, the expert is resident elsewhere, or
+    /// the slot holds another expert.
+    pub fn check(&self, promotion: Promotion) -> Result<PromotionState, PlanError> {
+        let expert = usize::from(promotion.expert);
+        let slot = usize::from(promotion.slot);
+        if expert >= self.experts() {
+            return Err(PlanError::ExpertOutOfRange { expert, experts: self.experts() });
+        }
+        if slot >= self.slots() {
+            return Err(PlanError::SlotOutOfRange { slot, slots: self.slots() });
+        }
+        match (self.slot_of(expert), self.expert_in(slot)) {
+            (Some(s), _) if s == slot => Ok(PromotionState::Done),
+            (Some(s), _) => Err(PlanError::AlreadyResident { expert, slot: s }),
+            (None, Some(other)) => Err(PlanError::SlotOccupied { slot, expert: other }),
+            (None, None) => Ok(PromotionState::Pending),
+        }
+    }
+
+    /// Marks `promotion.expert` resident in `promotion.slot` and counts `bytes` as promoted.
+    ///
+    /// Call it only after the expert's bytes are completely in the slot: [`crate::migrate`] does;
+    /// a custom migrator (parallel copies, a DMA engine) must too. Committing a promotion that is
+    /// already [`PromotionState::Done`] changes nothing and counts nothing.
+    ///
+    /// # Errors
+    /// As [`ExpertPool::check`]; the pool is unchanged.
+    pub fn commit(&mut self, promotion: Promotion, bytes: u64) -> Result<PromotionState, PlanError> {
+        let state = self.check(promotion)?;
+        if state == PromotionState::Pending {
+            let slot = usize::from(promotion.slot);
+            let expert = usize::from(promotion.expert);
+            if let (Some(s), Some(e)) = (self.slot_expert.get_mut(slot), self.expert_slot.get_mut(expert)) {
+                *s = promotion.expert;
+                *e = slot as u32;
+            }
+            self.resident += 1;
+            self.stats.promotions += 1;
+            self.stats.bytes_promoted += bytes;
+        }
+        Ok(state)
+    }
+
+    /// Rewrites the per-expert words from the slot table.
+    fn rebuild_expert_slots(&mut self) {
+        self.expert_slot.fill(NOT_RESIDENT);
+        for (slot, &expert) in self.slot_expert.iter().enumerate() {
+            if let Some(word) = self.expert_slot.get_mut(usize::from(expert)) {
+                *word = slot as u32;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(experts: usize, budget: usize, initial: InitialPlacement) -> ExpertPool {
+        let mut pool = ExpertPool::new(PoolConfig::new(experts, budget).initial(initial)).unwrap();
+        let mut plan = MigrationPlan::new(budget);
+        pool.initial_plan(&mut plan);
+        commit_all(&mut pool, &plan);
+        pool
+    }
+
+    fn commit_all(pool: &mut ExpertPool, plan: &MigrationPlan) {
+        for &p in plan.promotions() {
+            assert_eq!(pool.commit(p, 10), Ok(PromotionState::Pending));
+        }
+    }
+
+    #[test]
+    fn construction_checks_and_clamps() {
+        assert_eq!(ExpertPool::new(PoolConfig::new(0, 1)).unwrap_err(), PoolError::NoExperts);
+        assert!(matches!(ExpertPool::new(PoolConfig::new(MAX_EXPERTS + 1, 1)), Err(PoolError::TooManyExperts { .. })));
+        let p = ExpertPool::new(PoolConfig::new(4, 9)).unwrap();
+        assert_eq!((p.slots(), p.resident()), (4, 0));
+        let p = pool(4, 9, InitialPlacement::Warm);
+        assert_eq!((p.slots(), p.resident()), (4, 4));
+        let mut plan = MigrationPlan::new(4);
+        p.initial_plan(&mut plan);
+        assert!(plan.is_empty());
+        let p = pool(8, 3, InitialPlacement::Warm);
+        assert_eq!(p.residents().collect::<Vec<_>>(), [(0, 0), (1, 1), (2, 2)]);
+        assert_eq!(pool(8, 3, InitialPlacement::Cold).resident(), 0);
+    }
+
+    #[test]
+    fn refresh_promotes_into_free_slots_then_demotes_coldest() {
+        let mut p = pool(8, 3, InitialPlacement::Cold);
+        let mut plan = MigrationPlan::new(3);
+        p.refresh(&[5, 5, 2, 9, 5, 2], &mut plan).unwrap();
+        let got: Vec<_> = plan.promotions().iter().map(|m| (m.expert, m.slot, m.evicted)).collect();
+        assert_eq!(got, [(5, 0, None), (2, 1, None)]);
+        commit_all(&mut p, &plan);
+        assert_eq!(p.serve(&[5, 5, 2, 9, 5, 2]), ServeCounts { hits: 5, misses: 0, invalid: 1 });
+
+        // 7 and 6 are new targets; 5 stays; 2 is a target too but only 3 fit: 7(3) 5(2) 6(2) 2(1).
+        p.refresh(&[7, 7, 7, 5, 5, 6, 6, 2], &mut plan).unwrap();
+        let got: Vec<_> = plan.promotions().iter().map(|m| (m.expert, m.slot, m.evicted)).collect();
+        assert_eq!(got, [(7, 2, None), (6, 1, Some(2))]);
+        assert_eq!(p.stats().demotions, 1);
+        assert!(!p.is_resident(2) && p.expert_in(1).is_none());
+        commit_all(&mut p, &plan);
+        assert_eq!(p.residents().collect::<Vec<_>>(), [(0, 5), (1, 6), (2, 7)]);
+        assert_eq!(p.stats().promotions, 4);
+        assert_eq!(p.stats().bytes_promoted, 40);
+    }
+
+    #[test]
+    fn demotions_only_as_many_as_needed_and_coldest_first() {
+        let mut p = pool(10, 4, InitialPlacement::Warm); // residents 0..4
+        let mut plan = MigrationPlan::new(4);
+        // Targets: 9 (2), 3 (1), 1 (1), 8 (1) → promotions 9, 8; victims among {0, 2}: both count 0 → 0 first.
+        p.refresh(&[9, 3, 9, 1, 8], &mut plan).unwrap();
+        let got: Vec<_> = plan.promotions().iter().map(|m| (m.expert, m.evicted)).collect();
+        assert_eq!(got, [(9, Some(0)), (8, Some(2))]);
+        // One target only: nothing demoted beyond the single promotion's need.
+        let mut p = pool(10, 4, InitialPlacement::Warm);
+        p.refresh(&[7, 7, 7], &mut plan).unwrap();
+        assert_eq!(plan.len(), 1);
+        assert_eq!(p.resident(), 3);
+        assert_eq!(p.stats().demotions, 1);
+    }
+
+    #[test]
+    fn all_resident_never_moves_and_masks_report_residency() {
+        let mut p = pool(5, 5, InitialPlacement::Warm);
+        let mut plan = MigrationPlan::new(5);
+        p.refresh(&[4, 4, 0, 7], &mut plan).unwrap();
+        assert!(plan.is_empty());
+        assert_eq!(p.serve(&[4, 4, 0, 7]), ServeCounts { hits: 3, misses: 0, invalid: 1 });
+        let mut p = pool(40, 2, InitialPlacement::Warm);
+        let mut mask = [true; 41];
+        p.resident_mask(&mut mask).unwrap();
+        assert_eq!(mask.iter().filter(|&&m| m).count(), 3); // experts 0, 1, plus the untouched tail entry
+        let mut bits = [u32::MAX; 3];
+        p.resident_bits(&mut bits).unwrap();
+        assert_eq!(bits, [0b11, 0, 0]);
+        assert!(p.resident_bits(&mut [0; 1]).is_err());
+        assert!(p.resident_mask(&mut [false; 39]).is_err());
+        p.refresh(&[39, 39], &mut plan).unwrap();
+        commit_all(&mut p, &plan);
+        p.resident_bits(&mut bits).unwrap();
+        assert_eq!(bits, [0b10, 1 << 7, 0]);
+    }
+
+    #[test]
+    fn commits_are_checked_and_idempotent() {
+        let mut p = pool(4, 2, InitialPlacement::Warm);
+        let promo = |expert, slot| Promotion { expert, slot, evicted: None };
+        assert_eq!(p.commit(promo(0, 0), 1), Ok(PromotionState::Done));
+        assert_eq!(p.commit(promo(0, 1), 1), Err(PlanError::AlreadyResident { expert: 0, slot: 0 }));
+        assert_eq!(p.commit(promo(2, 1), 1), Err(PlanError::SlotOccupied { slot: 1, expert: 1 }));
+        assert_eq!(p.commit(promo(4, 1), 1), Err(PlanError::ExpertOutOfRange { expert: 4, experts: 4 }));
+        assert_eq!(p.commit(promo(2, 2), 1), Err(PlanError::SlotOutOfRange { slot: 2, slots: 2 }));
+        assert_eq!(p.stats().promotions, 2);
+    }
+
+    #[test]
+    fn schedule_gates_refreshes() {
+        let every2 = Schedule::EveryDecodeSteps(core::num::NonZeroU32::new(2).unwrap());
+        let mut p = ExpertPool::new(PoolConfig::new(8, 2).schedule(every2).initial(InitialPlacement::Cold)).unwrap();
+        let mut plan = MigrationPlan::new(2);
+        assert_eq!(p.plan_step(Step::decode(1), &[3], &mut plan), Ok(false));
+        assert!(plan.is_empty());
+        assert_eq!(p.plan_step(Step::decode(2), &[3], &mut plan), Ok(true));
+        assert_eq!(plan.len(), 1);
+        assert_eq!(p.plan_step(Step::prefill(3), &[4], &mut plan), Ok(true));
+        assert_eq!(p.stats().refreshes, 2);
+    }
+
+    #[test]
+    fn zero_budget_serves_everything_from_slow_memory() {
+        let mut p = pool(4, 0, InitialPlacement::Warm);
+        let mut plan = MigrationPlan::new(0);
+        p.refresh(&[1, 2, 3], &mut plan).unwrap();
+        assert!(plan.is_empty());
+        assert_eq!(p.serve(&[1, 2, 3]).misses, 3);
+    }
+}

@@ -1,0 +1,102 @@
+//! Refresh schedules: on which steps a layer re-decides its placement.
+
+use core::num::NonZeroU32;
+
+/// When a layer refreshes its placement.
+///
+/// A layer refreshes on step `s` when `s % n == 0` (`n = 1` for [`Schedule::EveryForward`]). A
+/// prefill step always refreshes; a step with [`Mode::Refresh`] always refreshes and one with
+/// [`Mode::Reuse`] never does. Each layer keeps its own schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum Schedule {
+    /// Refresh on every forward pass (TIDE's τ = 1).
+    EveryForward,
+    /// Refresh every `n` decode steps of an autoregressive model (the step index counts tokens).
+    EveryDecodeSteps(NonZeroU32),
+    /// Refresh every `n` denoising steps of a diffusion model (the step index counts denoising
+    /// iterations).
+    EveryDenoiseSteps(NonZeroU32),
+}
+
+impl Schedule {
+    /// The refresh interval τ in steps.
+    pub const fn interval(self) -> NonZeroU32 {
+        match self {
+            Schedule::EveryForward => NonZeroU32::MIN,
+            Schedule::EveryDecodeSteps(n) | Schedule::EveryDenoiseSteps(n) => n,
+        }
+    }
+
+    /// Whether `step` refreshes under this schedule.
+    pub const fn is_due(self, step: Step) -> bool {
+        match step.mode {
+            Mode::Reuse => false,
+            Mode::Refresh => true,
+            Mode::Scheduled => step.prefill || step.index % self.interval().get() as u64 == 0,
+        }
+    }
+}
+
+/// What a step asks of placement, beside its schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Mode {
+    /// Refresh when the schedule (or a prefill) says so.
+    #[default]
+    Scheduled,
+    /// Keep the current placement whatever the schedule says.
+    Reuse,
+    /// Refresh whatever the schedule says.
+    Refresh,
+}
+
+/// One step of one layer: its index, whether it is a prefill block, and its mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Step {
+    /// The step index the schedule counts (decode step or denoising step).
+    pub index: u64,
+    /// A prefill block: always refreshes unless the mode is [`Mode::Reuse`].
+    pub prefill: bool,
+    /// The explicit mode.
+    pub mode: Mode,
+}
+
+impl Step {
+    /// A decode (or denoise) step `index` that follows the schedule.
+    pub const fn decode(index: u64) -> Self {
+        Self { index, prefill: false, mode: Mode::Scheduled }
+    }
+
+    /// A prefill block at step `index`.
+    pub const fn prefill(index: u64) -> Self {
+        Self { index, prefill: true, mode: Mode::Scheduled }
+    }
+
+    /// This step with an explicit mode.
+    pub const fn with_mode(self, mode: Mode) -> Self {
+        Self { mode, ..self }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_follow_the_interval_prefill_and_mode() {
+        let every3 = Schedule::EveryDecodeSteps(NonZeroU32::new(3).unwrap());
+        let due: [bool; 7] = core::array::from_fn(|s| every3.is_due(Step::decode(s as u64)));
+        assert_eq!(due, [true, false, false, true, false, false, true]);
+        assert!(every3.is_due(Step::prefill(1)));
+        assert!(every3.is_due(Step::decode(1).with_mode(Mode::Refresh)));
+        assert!(!every3.is_due(Step::decode(3).with_mode(Mode::Reuse)));
+        assert!(!every3.is_due(Step::prefill(3).with_mode(Mode::Reuse)));
+        assert!((0..5).all(|s| Schedule::EveryForward.is_due(Step::decode(s))));
+        let denoise = Schedule::EveryDenoiseSteps(NonZeroU32::new(2).unwrap());
+        assert!(denoise.is_due(Step::decode(4)) && !denoise.is_due(Step::decode(5)));
+        assert_eq!(every3.interval().get(), 3);
+    }
+}

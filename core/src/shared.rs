@@ -1,0 +1,42 @@
+//! A pool shared between execution contexts without std: a spin lock around any pool state.
+//!
+//! On a microcontroller the main loop may run refreshes while an interrupt handler (a DMA
+//! completion, a timer) serves or commits. [`SharedPool`] wraps the state in a
+//! [`spin::Mutex`]. An interrupt handler must never spin on a lock its own core holds, so it uses
+//! [`SharedPool::try_with`], which gives up instead of waiting; threads and the main loop use
+//! [`SharedPool::with`]. With std, wrap it in an `Arc` (or use a `std::sync::Mutex`).
+
+use spin::Mutex;
+
+use crate::pool::ExpertPool;
+
+/// Pool state behind a spin lock, shareable by reference (`static`, `Arc`, …).
+#[derive(Debug, Default)]
+pub struct SharedPool<T = ExpertPool> {
+    inner: Mutex<T>,
+}
+
+impl<T> SharedPool<T> {
+    /// Wraps `value`.
+    pub const fn new(value: T) -> Self {
+        Self { inner: Mutex::new(value) }
+    }
+
+    /// Runs `f` with exclusive access, spinning until the lock is free.
+    ///
+    /// Never call it from an interrupt handler that may have preempted a holder on the same
+    /// core: it would spin forever. Use [`SharedPool::try_with`] there.
+    pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        f(&mut self.inner.lock())
+    }
+
+    /// Runs `f` with exclusive access if the lock is free now; `None` when it is held.
+    pub fn try_with<R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
+        self.inner.try_lock().map(|mut guard| f(&mut guard))
+    }
+
+    /// Unwraps the value.
+    pub fn into_inner(self) -> T {
+        self.inner.into_inner()
+    }
+}
