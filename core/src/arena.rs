@@ -104,7 +104,7 @@ impl SlotArena {
         if buffer.len() < self.total_bytes {
             return Err(LayoutError::BufferTooSmall { needed: self.total_bytes, actual: buffer.len() });
         }
-        if buffer.as_ptr().addr() % self.align != 0 {
+        if !buffer.as_ptr().addr().is_multiple_of(self.align) {
             return Err(LayoutError::BufferMisaligned { align: self.align });
         }
         Ok(())
@@ -114,7 +114,12 @@ impl SlotArena {
     ///
     /// # Errors
     /// As [`SlotArena::check_buffer`] and [`SlotArena::projection_range`].
-    pub fn projection_bytes<'a>(&self, buffer: &'a [u8], slot: usize, projection: usize) -> Result<&'a [u8], LayoutError> {
+    pub fn projection_bytes<'a>(
+        &self,
+        buffer: &'a [u8],
+        slot: usize,
+        projection: usize,
+    ) -> Result<&'a [u8], LayoutError> {
         self.check_buffer(buffer)?;
         let range = self.projection_range(slot, projection)?;
         buffer.get(range).ok_or(LayoutError::Overflow)
@@ -169,7 +174,10 @@ mod tests {
         let mut backing = [0u64; 16]; // 128 bytes, 8-aligned
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut backing);
         assert!(a.check_buffer(bytes).is_ok());
-        assert_eq!(a.check_buffer(&bytes[..a.total_bytes() - 1]), Err(LayoutError::BufferTooSmall { needed: 80, actual: 79 }));
+        assert_eq!(
+            a.check_buffer(&bytes[..a.total_bytes() - 1]),
+            Err(LayoutError::BufferTooSmall { needed: 80, actual: 79 })
+        );
         assert_eq!(a.check_buffer(&bytes[1..]), Err(LayoutError::BufferMisaligned { align: 8 }));
         a.projection_bytes_mut(bytes, 1, 1).unwrap().fill(9);
         assert_eq!(&bytes[64..74], &[9u8; 10]);

@@ -29,7 +29,13 @@ pub struct LayerDemand {
 /// # Errors
 /// [`LayoutError::ZeroDimension`] when `slot_bytes` or `layers` is zero,
 /// [`LayoutError::Overflow`] when `layers × slot_bytes` overflows `u64`.
-pub fn slots_per_layer(memory: u64, reserve: u64, slot_bytes: u64, layers: u32, experts: u32) -> Result<u32, LayoutError> {
+pub fn slots_per_layer(
+    memory: u64,
+    reserve: u64,
+    slot_bytes: u64,
+    layers: u32,
+    experts: u32,
+) -> Result<u32, LayoutError> {
     if slot_bytes == 0 || layers == 0 {
         return Err(LayoutError::ZeroDimension);
     }

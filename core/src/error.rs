@@ -192,10 +192,9 @@ impl fmt::Display for ViewError {
             Self::LengthMismatch { bytes, elem_size } => {
                 write!(f, "{bytes} bytes do not fit a whole number of {elem_size}-byte elements")
             }
-            Self::ElementSize { elem_size, block_bytes } => write!(
-                f,
-                "a {elem_size}-byte element type does not match the format ({block_bytes} bytes per block)"
-            ),
+            Self::ElementSize { elem_size, block_bytes } => {
+                write!(f, "a {elem_size}-byte element type does not match the format ({block_bytes} bytes per block)")
+            }
             Self::Layout(e) => write!(f, "{e}"),
         }
     }
@@ -371,7 +370,4 @@ impl<S: fmt::Display, K: fmt::Display> fmt::Display for MigrateError<S, K> {
     }
 }
 
-impl<S: fmt::Debug + fmt::Display, K: fmt::Debug + fmt::Display> core::error::Error
-    for MigrateError<S, K>
-{
-}
+impl<S: fmt::Debug + fmt::Display, K: fmt::Debug + fmt::Display> core::error::Error for MigrateError<S, K> {}

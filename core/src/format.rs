@@ -198,7 +198,7 @@ impl Format {
     pub fn row_bytes(self, cols: usize) -> Result<usize, LayoutError> {
         let block = self.block();
         let elems = block.elems as usize;
-        if cols % elems != 0 {
+        if !cols.is_multiple_of(elems) {
             return Err(LayoutError::NotWholeBlocks { cols, block_elems: block.elems });
         }
         (cols / elems).checked_mul(block.bytes as usize).ok_or(LayoutError::Overflow)
@@ -268,10 +268,7 @@ mod tests {
         assert_eq!(Format::Q4_K.row_bytes(4096), Ok(2304));
         assert_eq!(Format::Q6_K.row_bytes(14336), Ok(11760));
         assert_eq!(Format::F32.row_bytes(7), Ok(28));
-        assert_eq!(
-            Format::Q8_0.row_bytes(33),
-            Err(LayoutError::NotWholeBlocks { cols: 33, block_elems: 32 })
-        );
+        assert_eq!(Format::Q8_0.row_bytes(33), Err(LayoutError::NotWholeBlocks { cols: 33, block_elems: 32 }));
         assert_eq!(Format::F64.row_bytes(usize::MAX), Err(LayoutError::Overflow));
     }
 

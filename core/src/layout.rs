@@ -185,9 +185,8 @@ impl ExpertLayout {
         let first = projections.first().ok_or(LayoutError::InvalidProjectionSet)?;
         let list = FixedVec::from_slice(projections).map_err(|_| LayoutError::InvalidProjectionSet)?;
         let has = |p: Projection| projections.iter().filter(|(q, _)| *q == p).count();
-        let repeated = [Projection::Gate, Projection::Up, Projection::Down, Projection::GateUp]
-            .iter()
-            .any(|&p| has(p) > 1);
+        let repeated =
+            [Projection::Gate, Projection::Up, Projection::Down, Projection::GateUp].iter().any(|&p| has(p) > 1);
         let fused_clash = has(Projection::GateUp) > 0 && (has(Projection::Gate) > 0 || has(Projection::Up) > 0);
         if repeated || fused_clash {
             return Err(LayoutError::InvalidProjectionSet);
@@ -195,10 +194,7 @@ impl ExpertLayout {
         let mut expert_bytes = 0usize;
         for (_, stack) in projections {
             if stack.experts() != first.1.experts() {
-                return Err(LayoutError::ExpertCountMismatch {
-                    expected: first.1.experts(),
-                    actual: stack.experts(),
-                });
+                return Err(LayoutError::ExpertCountMismatch { expected: first.1.experts(), actual: stack.experts() });
             }
             expert_bytes = expert_bytes.checked_add(stack.expert_bytes()).ok_or(LayoutError::Overflow)?;
         }

@@ -93,8 +93,8 @@ where
             Ok(PromotionState::Pending) => {}
             Err(e) => return Err(fail(MigrateError::Plan(e), promotion, report)),
         }
-        let bytes = copy_expert(pool.layer(), promotion, layout, source, sink)
-            .map_err(|e| fail(e, promotion, report))?;
+        let bytes =
+            copy_expert(pool.layer(), promotion, layout, source, sink).map_err(|e| fail(e, promotion, report))?;
         pool.commit(promotion, bytes).map_err(|e| fail(MigrateError::Plan(e), promotion, report))?;
         report.copied += 1;
         report.bytes += bytes;

@@ -241,11 +241,7 @@ impl ExpertPool {
 
     /// `(slot, expert)` of every occupied slot, in slot order.
     pub fn residents(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        self.slot_expert
-            .iter()
-            .enumerate()
-            .filter(|(_, &e)| e != EMPTY_SLOT)
-            .map(|(s, &e)| (s, usize::from(e)))
+        self.slot_expert.iter().enumerate().filter(|(_, &e)| e != EMPTY_SLOT).map(|(s, &e)| (s, usize::from(e)))
     }
 
     /// Writes whether each expert is resident into `mask[..experts]`, for kernels that choose

@@ -34,7 +34,7 @@ impl Schedule {
         match step.mode {
             Mode::Reuse => false,
             Mode::Refresh => true,
-            Mode::Scheduled => step.prefill || step.index % self.interval().get() as u64 == 0,
+            Mode::Scheduled => step.prefill || step.index.is_multiple_of(self.interval().get() as u64),
         }
     }
 }

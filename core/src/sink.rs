@@ -142,5 +142,11 @@ pub trait ParamSink {
     ///
     /// # Errors
     /// When the runtime cannot take the stack.
-    fn write_stack(&mut self, name: &str, layer: usize, projection: Projection, bytes: &[u8]) -> Result<(), Self::Error>;
+    fn write_stack(
+        &mut self,
+        name: &str,
+        layer: usize,
+        projection: Projection,
+        bytes: &[u8],
+    ) -> Result<(), Self::Error>;
 }

@@ -117,7 +117,10 @@ mod tests {
         assert_eq!(source.expert(0, Projection::GateUp, 0), Ok(&gate_up[0..2]));
         assert_eq!(source.stack(0, Projection::Down), Ok(&down[..]));
         assert_eq!(source.expert(1, Projection::Down, 0), Err(LayoutError::LayerOutOfRange { layer: 1, layers: 1 }));
-        assert_eq!(source.expert(0, Projection::Gate, 0), Err(LayoutError::ProjectionMissing { projection: Projection::Gate }));
+        assert_eq!(
+            source.expert(0, Projection::Gate, 0),
+            Err(LayoutError::ProjectionMissing { projection: Projection::Gate })
+        );
         assert!(matches!(source.expert(0, Projection::Down, 3), Err(LayoutError::ExpertOutOfRange { .. })));
         assert_eq!(
             LayerStacks::new(layout.clone(), &[&gate_up]).unwrap_err(),

@@ -41,7 +41,11 @@ pub fn copy_bytes<T: AnyBitPattern + NoUninit>(bytes: &[u8], out: &mut [T]) -> R
 /// [`ViewError::ElementSize`] when `T` fits neither, [`ViewError::Layout`] when the stack's
 /// length or the expert index is wrong, [`ViewError::Misaligned`] when the slab does not start at
 /// `T`'s alignment (use [`copy_expert`] then).
-pub fn expert_as<'a, T: AnyBitPattern>(layout: &StackLayout, stack: &'a [u8], expert: usize) -> Result<&'a [T], ViewError> {
+pub fn expert_as<'a, T: AnyBitPattern>(
+    layout: &StackLayout,
+    stack: &'a [u8],
+    expert: usize,
+) -> Result<&'a [T], ViewError> {
     check_element::<T>(layout)?;
     cast_bytes(layout.expert_slab(stack, expert)?)
 }
@@ -120,6 +124,9 @@ mod tests {
             expert_as::<[u8; 34]>(&layout, &stack, 2),
             Err(ViewError::Layout(LayoutError::ExpertOutOfRange { expert: 2, experts: 2 }))
         );
-        assert!(matches!(cast_bytes::<u32>(&stack[..6]), Err(ViewError::LengthMismatch { bytes: 6, elem_size: 4 }) | Err(ViewError::Misaligned { .. })));
+        assert!(matches!(
+            cast_bytes::<u32>(&stack[..6]),
+            Err(ViewError::LengthMismatch { bytes: 6, elem_size: 4 }) | Err(ViewError::Misaligned { .. })
+        ));
     }
 }

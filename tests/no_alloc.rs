@@ -1,0 +1,86 @@
+//! Refresh, serve and migrate allocate nothing once the pool, its plan and its sink are built,
+//! measured with a counting global allocator.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use expertslab::{migrate, ArenaSink, ExpertPool, MigrationPlan, PoolConfig, SlotArena};
+use expertslab_tests::{borrow_layer, synthetic_layer};
+
+struct Counting;
+
+thread_local! {
+    /// Allocations made by this thread: tests run in parallel threads, each counts its own.
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn allocations() -> usize {
+    ALLOCATIONS.with(Cell::get)
+}
+
+fn count_one() {
+    // `try_with` fails only while the thread is being torn down; nothing is counted then.
+    let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+}
+
+// SAFETY: forwards every call unchanged to the system allocator; only counts allocations.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count_one();
+        // SAFETY: the caller's contract is passed on as is.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract is passed on as is.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count_one();
+        // SAFETY: the caller's contract is passed on as is.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// A deterministic routing stream with drift: ids from a window that slides over the experts.
+fn routing(step: u32, tokens: u32, top_k: u32, experts: u32) -> Vec<u32> {
+    (0..tokens * top_k).map(|i| (step / 3 + i * 7 + (i * i) % 5) % experts).collect()
+}
+
+#[test]
+fn refresh_serve_and_migrate_do_not_allocate() {
+    const EXPERTS: u32 = 64;
+    let (layout, stacks) = synthetic_layer(EXPERTS as usize, 2, 8);
+    let source = [borrow_layer(&layout, &stacks)];
+    let arena = SlotArena::new(&layout, 16, 16).unwrap();
+    let mut buffer = vec![0u128; arena.total_bytes() / 16];
+    let mut sink = ArenaSink::new(arena, 0, bytemuck::cast_slice_mut(&mut buffer)).unwrap();
+    let mut pool = ExpertPool::new(PoolConfig::new(EXPERTS as usize, 16)).unwrap();
+    let mut plan = MigrationPlan::new(pool.slots());
+    let trace: Vec<Vec<u32>> = (0..1000).map(|s| routing(s, 1 + s % 9, 4, EXPERTS)).collect();
+
+    let before = allocations();
+    pool.initial_plan(&mut plan);
+    migrate(&mut pool, &plan, &layout, &source[..], &mut sink).unwrap();
+    for ids in &trace {
+        pool.refresh(ids, &mut plan).unwrap();
+        migrate(&mut pool, &plan, &layout, &source[..], &mut sink).unwrap();
+        pool.serve(ids);
+    }
+    let allocations = allocations() - before;
+    assert!(pool.stats().promotions > 100, "the trace must move experts to prove anything");
+    assert_eq!(allocations, 0);
+}
+
+#[test]
+fn the_counter_sees_allocations() {
+    // The proof above is only as good as the counter: it must see a plain allocation.
+    let before = allocations();
+    let v = std::hint::black_box(vec![1u8; 32]);
+    assert!(allocations() > before);
+    drop(v);
+}

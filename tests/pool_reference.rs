@@ -1,0 +1,133 @@
+//! The pool against a plain reference model of TIDE placement, and its invariants, over random
+//! routing traces.
+
+use std::collections::HashSet;
+use std::num::NonZeroU32;
+
+use expertslab::{ExpertPool, InitialPlacement, MigrationPlan, PoolConfig, Schedule, Step};
+use expertslab_tests::ReferenceTide;
+use proptest::prelude::*;
+
+/// A random layer: experts, budget, warm or cold, and steps of ids (some out of range).
+fn trace() -> impl Strategy<Value = (u32, usize, bool, Vec<Vec<u32>>)> {
+    (1u32..40, 0usize..48, any::<bool>()).prop_flat_map(|(experts, budget, warm)| {
+        let ids = prop::collection::vec(prop::collection::vec(0..experts + 3, 0..48), 1..24);
+        (Just(experts), Just(budget), Just(warm), ids)
+    })
+}
+
+fn build(experts: u32, budget: usize, warm: bool, schedule: Schedule) -> (ExpertPool, MigrationPlan) {
+    let initial = if warm { InitialPlacement::Warm } else { InitialPlacement::Cold };
+    let config = PoolConfig::new(experts as usize, budget).initial(initial).schedule(schedule);
+    let mut pool = ExpertPool::new(config).expect("valid config");
+    let mut plan = MigrationPlan::new(pool.slots());
+    pool.initial_plan(&mut plan);
+    commit(&mut pool, &plan);
+    (pool, plan)
+}
+
+fn commit(pool: &mut ExpertPool, plan: &MigrationPlan) {
+    for &p in plan.promotions() {
+        pool.commit(p, 1).expect("a fresh plan commits");
+    }
+}
+
+fn resident_set(pool: &ExpertPool) -> HashSet<u32> {
+    pool.residents().map(|(_, e)| e as u32).collect()
+}
+
+/// Resident count within budget, and the slot table a bijection between residents and occupied
+/// slots, seen from both directions.
+fn check_invariants(pool: &ExpertPool) {
+    assert!(pool.resident() <= pool.slots());
+    let residents: Vec<_> = pool.residents().collect();
+    assert_eq!(residents.len(), pool.resident());
+    for &(slot, expert) in &residents {
+        assert_eq!(pool.slot_of(expert), Some(slot));
+        assert_eq!(pool.expert_in(slot), Some(expert));
+    }
+    let by_expert = (0..pool.experts()).filter(|&e| pool.is_resident(e)).count();
+    assert_eq!(by_expert, residents.len());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn every_forward_matches_the_reference((experts, budget, warm, steps) in trace()) {
+        let (mut pool, mut plan) = build(experts, budget, warm, Schedule::EveryForward);
+        let mut reference = ReferenceTide::new(experts, budget, warm);
+        prop_assert_eq!(resident_set(&pool), reference.resident.clone());
+        for (s, ids) in steps.iter().enumerate() {
+            let demotions_before = pool.stats().demotions;
+            prop_assert!(pool.plan_step(Step::decode(s as u64), ids, &mut plan).unwrap());
+            let expected = reference.refresh(ids);
+            let promoted: Vec<u32> = plan.promotions().iter().map(|p| u32::from(p.expert)).collect();
+            prop_assert_eq!(&promoted, &expected.promoted);
+            let evicted: Vec<u32> = plan.promotions().iter().filter_map(|p| p.evicted).map(u32::from).collect();
+            prop_assert_eq!(&evicted, &expected.demoted);
+            prop_assert_eq!(pool.stats().demotions - demotions_before, expected.demoted.len() as u64);
+            commit(&mut pool, &plan);
+            check_invariants(&pool);
+            prop_assert_eq!(resident_set(&pool), reference.resident.clone());
+            // Every target is resident after the refresh: the refreshed placement serves its step.
+            for t in &expected.targets {
+                prop_assert!(pool.is_resident(*t as usize));
+            }
+            let served = pool.serve(ids);
+            prop_assert_eq!(served.hits as usize, reference.hits(ids));
+            prop_assert_eq!(served.invalid as usize, ids.iter().filter(|&&id| id >= experts).count());
+        }
+    }
+
+    #[test]
+    fn schedules_refresh_only_when_due(
+        (experts, budget, warm, steps) in trace(),
+        interval in 1u32..5,
+        prefill_every in 2usize..7,
+    ) {
+        let schedule = Schedule::EveryDecodeSteps(NonZeroU32::new(interval).unwrap());
+        let (mut pool, mut plan) = build(experts, budget, warm, schedule);
+        let mut reference = ReferenceTide::new(experts, budget, warm);
+        for (s, ids) in steps.iter().enumerate() {
+            let step = if s % prefill_every == 0 { Step::prefill(s as u64) } else { Step::decode(s as u64) };
+            let due = step.prefill || s as u64 % u64::from(interval) == 0;
+            let before = resident_set(&pool);
+            prop_assert_eq!(pool.plan_step(step, ids, &mut plan).unwrap(), due);
+            if due {
+                reference.refresh(ids);
+                commit(&mut pool, &plan);
+            } else {
+                prop_assert!(plan.is_empty());
+                prop_assert_eq!(resident_set(&pool), before);
+            }
+            check_invariants(&pool);
+            prop_assert_eq!(resident_set(&pool), reference.resident.clone());
+        }
+    }
+
+    #[test]
+    fn all_resident_never_moves((experts, _budget, _warm, steps) in trace()) {
+        let (mut pool, mut plan) = build(experts, experts as usize, true, Schedule::EveryForward);
+        for ids in &steps {
+            pool.refresh(ids, &mut plan).unwrap();
+            prop_assert!(plan.is_empty());
+        }
+        prop_assert_eq!(pool.stats().demotions, 0);
+        prop_assert_eq!(pool.stats().promotions, u64::from(experts));
+    }
+
+    #[test]
+    fn uncommitted_plans_leave_a_consistent_pool((experts, budget, warm, steps) in trace(), keep in 0usize..4) {
+        // A runtime may commit only part of a plan (copies failed): the pool stays consistent and
+        // later refreshes still agree with the invariants.
+        let (mut pool, mut plan) = build(experts, budget, warm, Schedule::EveryForward);
+        for ids in &steps {
+            pool.refresh(ids, &mut plan).unwrap();
+            for &p in plan.promotions().iter().take(keep) {
+                pool.commit(p, 1).unwrap();
+            }
+            check_invariants(&pool);
+        }
+    }
+}
