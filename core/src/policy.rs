@@ -82,15 +82,28 @@ impl HitCount {
         // Residents: targets stay, the others may be demoted. Free slots in ascending order.
         self.victims.clear();
         self.free.clear();
+        let mut staying = 0;
         for (slot, &expert) in slot_expert.iter().enumerate() {
             let slot = slot as u16; // slots <= u16::MAX, checked when the pool is built
             match counts.get_mut(usize::from(expert)) {
                 None => self.free.push(slot),
-                Some(word) if *word & TARGET != 0 => *word |= STAYS,
+                Some(word) if *word & TARGET != 0 => {
+                    *word |= STAYS;
+                    staying += 1;
+                }
                 Some(word) => self.victims.push(Victim { count: *word & COUNT_MASK, expert, slot }),
             }
         }
-        self.victims.sort_unstable_by_key(|v| (v.count, v.expert));
+        // Only the coldest `needed` victims are used: select them, then order just those.
+        let promotions = self.targets.len() - staying;
+        let needed = promotions.saturating_sub(self.free.len()).min(self.victims.len());
+        let coldest = |v: &Victim| (v.count, v.expert);
+        if needed > 0 && needed < self.victims.len() {
+            self.victims.select_nth_unstable_by_key(needed - 1, coldest);
+        }
+        if let Some(chosen) = self.victims.get_mut(..needed) {
+            chosen.sort_unstable_by_key(coldest);
+        }
 
         let mut free = self.free.iter();
         let mut victims = self.victims.iter();
