@@ -167,13 +167,15 @@ fn source_errors_and_wrong_lengths_leave_the_slot_free() {
     let mut plan = MigrationPlan::new(SLOTS);
 
     pool.refresh(&[7, 7, 3], &mut plan).unwrap(); // warm start never migrated: slots are free
-    let failure = migrate(&mut pool, &plan, &layout, &BadSource { inner: &layers, short: false }, &mut sink).unwrap_err();
+    let failure =
+        migrate(&mut pool, &plan, &layout, &BadSource { inner: &layers, short: false }, &mut sink).unwrap_err();
     assert_eq!(failure.error, MigrateError::Source("flash read failed"));
     assert_eq!(failure.failed.expert, 7);
     assert_eq!(pool.resident(), 0);
 
     pool.refresh(&[3], &mut plan).unwrap();
-    let failure = migrate(&mut pool, &plan, &layout, &BadSource { inner: &layers, short: true }, &mut sink).unwrap_err();
+    let failure =
+        migrate(&mut pool, &plan, &layout, &BadSource { inner: &layers, short: true }, &mut sink).unwrap_err();
     assert_eq!(failure.error, MigrateError::SlabLength { projection: Projection::Down, expected: 16, actual: 15 });
     assert_eq!(pool.resident(), 0);
     assert_eq!(pool.stats().promotions, 0);
@@ -193,7 +195,8 @@ fn stale_and_foreign_plans_are_refused() {
 
     // A plan made before the slots were filled is stale: its slots are taken.
     let mut stale = MigrationPlan::new(SLOTS);
-    let mut other = ExpertPool::new(PoolConfig::new(EXPERTS, SLOTS).initial(expertslab::InitialPlacement::Cold)).unwrap();
+    let mut other =
+        ExpertPool::new(PoolConfig::new(EXPERTS, SLOTS).initial(expertslab::InitialPlacement::Cold)).unwrap();
     other.refresh(&[9], &mut stale).unwrap();
     let failure = migrate(&mut pool, &stale, &layout, &source[..], &mut sink).unwrap_err();
     assert_eq!(failure.error, MigrateError::Plan(PlanError::SlotOccupied { slot: 0, expert: 0 }));
@@ -260,5 +263,8 @@ fn a_model_sink_dispatches_by_layer() {
     assert_slots_hold_their_experts(&pools.pools()[1], &sinks[1]);
     assert!(pools.pools()[1].is_resident(6) && !pools.pools()[1].is_resident(4));
     let out_of_range = SlotWrite { layer: 2, slot: 0, projection: Projection::Gate, index: 0 };
-    assert!(matches!(sinks[..].write(out_of_range, &[0; 8]), Err(LayoutError::LayerOutOfRange { layer: 2, layers: 2 })));
+    assert!(matches!(
+        sinks[..].write(out_of_range, &[0; 8]),
+        Err(LayoutError::LayerOutOfRange { layer: 2, layers: 2 })
+    ));
 }
