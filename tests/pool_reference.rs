@@ -91,7 +91,7 @@ proptest! {
         let mut reference = ReferenceTide::new(experts, budget, warm);
         for (s, ids) in steps.iter().enumerate() {
             let step = if s % prefill_every == 0 { Step::prefill(s as u64) } else { Step::decode(s as u64) };
-            let due = step.prefill || s as u64 % u64::from(interval) == 0;
+            let due = step.prefill || (s as u64).is_multiple_of(u64::from(interval));
             let before = resident_set(&pool);
             prop_assert_eq!(pool.plan_step(step, ids, &mut plan).unwrap(), due);
             if due {

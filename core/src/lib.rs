@@ -5,7 +5,7 @@
 //! Every expert's weights stay in slow memory (flash, host DRAM, a memory-mapped model file). Each
 //! MoE layer gets a fixed number of fast-memory *slots*; an [`ExpertPool`] decides from the
 //! router's choices which experts live in them (TIDE-style hit-count placement on a
-//! [`Schedule`]), and [`migrate`] copies only the promoted experts into memory the caller owns,
+//! [`Schedule`]), and [`migrate()`] copies only the promoted experts into memory the caller owns,
 //! committing each move only after its copy completed. Misses are served from slow memory, so
 //! placement never changes the model's output.
 //!
@@ -21,7 +21,7 @@
 //! | [`budget`] | how many slots fit in a memory size |
 //! | [`view`] | typed views of slabs (bytemuck) |
 //! | [`pool`], [`policy`], [`schedule`] | residency, placement and when to refresh |
-//! | [`plan`], [`migrate`] | what moves, and moving it |
+//! | [`plan`], [`migrate`](mod@migrate) | what moves, and moving it |
 //! | [`source`], [`sink`] | where bytes come from and go to |
 //! | [`layers`], [`shared`] | one pool per layer; a pool shared without std |
 //!

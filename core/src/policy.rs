@@ -1,7 +1,7 @@
 //! Placement policies: how observed routing becomes a target set of resident experts.
 //!
-//! [`HitCount`] is TIDE's interval placement: on a refresh step, count each expert's valid ids;
-//! the targets are the experts with a count above zero, hottest first (ties to the lower id), at
+//! TIDE's hit-count placement decides on refresh steps: count each expert's valid ids; the
+//! targets are the experts with a count above zero, hottest first (ties to the lower id), at
 //! most one per slot. Targets already resident stay where they are; each other target is promoted
 //! into a free slot while one exists, then into the slot of a demoted resident; only residents
 //! that are not targets are demoted, as many as the promotions that found no free slot, coldest

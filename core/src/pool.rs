@@ -3,7 +3,7 @@
 //! The pool decides; it never copies. A refresh (on the steps its [`Schedule`] names) turns the
 //! step's routing ids into a [`MigrationPlan`] and frees the slots of demoted experts at once
 //! (demotion copies nothing: slow memory holds every expert). Promotions become resident only
-//! through [`ExpertPool::commit`], which [`crate::migrate`] calls after each copy completed.
+//! through [`ExpertPool::commit`], which [`crate::migrate()`] calls after each copy completed.
 //! [`ExpertPool::serve`] then counts the step's hits and misses against the real residency.
 //!
 //! # State
@@ -35,7 +35,7 @@ pub const MAX_STEP_IDS: usize = COUNT_MASK as usize;
 pub enum InitialPlacement {
     /// Experts `0..budget` in slots `0..budget`, as the TIDE reference starts. Like every
     /// promotion they become resident only once copied: [`ExpertPool::initial_plan`] gives the
-    /// plan, [`crate::migrate`] fills the slots and commits it.
+    /// plan, [`crate::migrate()`] fills the slots and commits it.
     #[default]
     Warm,
     /// No expert resident until the first refresh.
@@ -384,7 +384,7 @@ impl ExpertPool {
 
     /// Marks `promotion.expert` resident in `promotion.slot` and counts `bytes` as promoted.
     ///
-    /// Call it only after the expert's bytes are completely in the slot: [`crate::migrate`] does;
+    /// Call it only after the expert's bytes are completely in the slot: [`crate::migrate()`] does;
     /// a custom migrator (parallel copies, a DMA engine) must too. Committing a promotion that is
     /// already [`PromotionState::Done`] changes nothing and counts nothing.
     ///

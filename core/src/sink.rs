@@ -22,7 +22,7 @@ pub struct SlotWrite {
 /// Writes expert slabs into slots of caller-owned memory (an SRAM arena, a DMA region, device
 /// memory behind a driver).
 ///
-/// [`crate::migrate`] calls [`SlotSink::write`] once per projection of a promotion, then
+/// [`crate::migrate()`] calls [`SlotSink::write`] once per projection of a promotion, then
 /// [`SlotSink::finish`], and commits the promotion only when both succeeded. A sink that copies
 /// asynchronously (DMA) starts transfers in `write` and waits for them in `finish`.
 pub trait SlotSink {
