@@ -23,9 +23,9 @@ struct Candidate {
 }
 
 impl Candidate {
-    /// Ranks `self` below `other`: fewer hits, or as many hits and a higher id.
-    fn colder_than(self, other: Candidate) -> bool {
-        self.count < other.count || (self.count == other.count && self.expert > other.expert)
+    /// Ranks `self` above `other` as a target: more hits, or as many hits and a lower id.
+    fn hotter_than(&self, other: &Candidate) -> bool {
+        self.count > other.count || (self.count == other.count && self.expert < other.expert)
     }
 }
 
@@ -37,11 +37,21 @@ struct Victim {
     slot: u16,
 }
 
+impl Victim {
+    /// Ranks `self` before `other` for demotion: fewer hits, or as many hits and a lower id.
+    fn colder_than(&self, other: &Victim) -> bool {
+        (self.count, self.expert) < (other.count, other.expert)
+    }
+}
+
 /// TIDE's hit-count placement with its scratch space.
 #[derive(Debug, Clone)]
 pub(crate) struct HitCount {
-    /// Targets; a min-heap on (count, reversed id) while selecting, then sorted hottest first.
+    /// Targets; a heap with the coldest kept target at the root while selecting, then sorted
+    /// hottest first.
     targets: Vec<Candidate>,
+    /// Victims; a heap with the hottest kept victim at the root while selecting, then sorted
+    /// coldest first.
     victims: Vec<Victim>,
     free: Vec<u16>,
 }
@@ -49,18 +59,35 @@ pub(crate) struct HitCount {
 /// The slot table a refresh reads and changes, with per-expert words that hold hit counts for the
 /// duration of the refresh (see [`crate::ExpertPool`]).
 pub(crate) struct RefreshState<'a> {
-    /// Per expert: the step's hit count; the policy sets flag bits on it.
+    /// Per expert: the step's hit count, with [`RESIDENT`] set for residents; the policy sets
+    /// more flag bits. Valid for every resident expert and every expert in `candidates`.
     pub counts: &'a mut [u32],
+    /// Number of occupied slots.
+    pub resident: usize,
     /// Per slot: the expert it holds, or [`crate::pool::EMPTY_SLOT`].
     pub slot_expert: &'a mut [u16],
+    /// The experts that may have a count above zero.
+    pub candidates: Candidates<'a>,
+}
+
+/// Where a refresh looks for experts with hits.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Candidates<'a> {
+    /// Every expert: `counts` holds a count for each (best when the step has many ids).
+    All,
+    /// The experts named by these ids (best when the step has fewer ids than there are experts):
+    /// only their words, and the residents', hold counts.
+    Ids(&'a [u32]),
 }
 
 /// Flag on a count word: the expert is a target of this refresh.
 const TARGET: u32 = 1 << 31;
-/// Flag on a count word: the expert is a target and already resident.
-const STAYS: u32 = 1 << 30;
+/// Flag on a count word: the expert is resident (set by the pool before the refresh).
+pub(crate) const RESIDENT: u32 = 1 << 30;
+/// Flag on a count word: the expert was already offered as a candidate.
+const SEEN: u32 = 1 << 29;
 /// Counts stay below the flag bits.
-pub(crate) const COUNT_MASK: u32 = STAYS - 1;
+pub(crate) const COUNT_MASK: u32 = SEEN - 1;
 
 impl HitCount {
     pub(crate) fn new(slots: usize) -> Self {
@@ -70,46 +97,40 @@ impl HitCount {
     /// Decides the placement from `state.counts`, frees the slots of demoted experts in
     /// `state.slot_expert`, and fills `plan` with the promotions. Returns the number of demotions.
     pub(crate) fn refresh(&mut self, state: RefreshState<'_>, plan: &mut MigrationPlan) -> usize {
-        let RefreshState { counts, slot_expert } = state;
+        let RefreshState { counts, resident, slot_expert, candidates } = state;
         let slots = slot_expert.len();
-        self.select_targets(counts, slots);
+        self.select_targets(counts, candidates, slots);
+        let mut staying = 0;
         for t in &self.targets {
             if let Some(word) = counts.get_mut(usize::from(t.expert)) {
                 *word |= TARGET;
+                staying += usize::from(*word & RESIDENT != 0);
             }
         }
+        // Promotions that find no free slot each need a victim.
+        let needed = (self.targets.len() - staying).saturating_sub(slots - resident);
 
-        // Residents: targets stay, the others may be demoted. Free slots in ascending order.
+        // Free slots in ascending order; the `needed` coldest residents that are not targets.
         self.victims.clear();
         self.free.clear();
-        let mut staying = 0;
         for (slot, &expert) in slot_expert.iter().enumerate() {
             let slot = slot as u16; // slots <= u16::MAX, checked when the pool is built
-            match counts.get_mut(usize::from(expert)) {
+            match counts.get(usize::from(expert)) {
                 None => self.free.push(slot),
-                Some(word) if *word & TARGET != 0 => {
-                    *word |= STAYS;
-                    staying += 1;
+                Some(&word) if word & TARGET != 0 || needed == 0 => {}
+                Some(&word) => {
+                    let victim = Victim { count: word & COUNT_MASK, expert, slot };
+                    keep_best(&mut self.victims, needed, victim, Victim::colder_than);
                 }
-                Some(word) => self.victims.push(Victim { count: *word & COUNT_MASK, expert, slot }),
             }
         }
-        // Only the coldest `needed` victims are used: select them, then order just those.
-        let promotions = self.targets.len() - staying;
-        let needed = promotions.saturating_sub(self.free.len()).min(self.victims.len());
-        let coldest = |v: &Victim| (v.count, v.expert);
-        if needed > 0 && needed < self.victims.len() {
-            self.victims.select_nth_unstable_by_key(needed - 1, coldest);
-        }
-        if let Some(chosen) = self.victims.get_mut(..needed) {
-            chosen.sort_unstable_by_key(coldest);
-        }
+        self.victims.sort_unstable_by_key(|v| (v.count, v.expert));
 
         let mut free = self.free.iter();
         let mut victims = self.victims.iter();
         let mut demotions = 0;
         for t in &self.targets {
-            let stays = counts.get(usize::from(t.expert)).is_some_and(|w| w & STAYS != 0);
+            let stays = counts.get(usize::from(t.expert)).is_some_and(|w| w & RESIDENT != 0);
             if stays {
                 continue;
             }
@@ -133,57 +154,76 @@ impl HitCount {
     }
 
     /// Fills `self.targets` with the (at most `slots`) hottest experts of `counts`, hottest first.
-    fn select_targets(&mut self, counts: &[u32], slots: usize) {
+    fn select_targets(&mut self, counts: &mut [u32], candidates: Candidates<'_>, slots: usize) {
         self.targets.clear();
         if slots == 0 {
             return;
         }
-        for (expert, &count) in counts.iter().enumerate() {
-            if count == 0 {
-                continue;
-            }
-            // Experts number at most u16::MAX, checked when the pool is built.
-            let c = Candidate { count, expert: expert as u16 };
-            if self.targets.len() < slots {
-                self.targets.push(c);
-                if self.targets.len() == slots {
-                    heapify(&mut self.targets);
+        match candidates {
+            Candidates::All => {
+                for (expert, &word) in counts.iter().enumerate() {
+                    // Experts number at most u16::MAX, checked when the pool is built.
+                    self.offer(Candidate { count: word & COUNT_MASK, expert: expert as u16 }, slots);
                 }
-            } else if let Some(root) = self.targets.first_mut() {
-                // Experts arrive in ascending id order, so a later one with an equal count ranks
-                // below the root: only a strictly larger count displaces it.
-                if c.count > root.count {
-                    *root = c;
-                    sift_down(&mut self.targets, 0);
+            }
+            Candidates::Ids(ids) => {
+                for &id in ids {
+                    if let Some(word) = counts.get_mut(id as usize) {
+                        if *word & SEEN == 0 {
+                            *word |= SEEN;
+                            // A valid id is below the expert count, at most u16::MAX.
+                            self.offer(Candidate { count: *word & COUNT_MASK, expert: id as u16 }, slots);
+                        }
+                    }
                 }
             }
         }
         self.targets.sort_unstable_by(|a, b| b.count.cmp(&a.count).then(a.expert.cmp(&b.expert)));
     }
-}
 
-/// Arranges `heap` as a binary min-heap with the coldest candidate at the root.
-fn heapify(heap: &mut [Candidate]) {
-    for i in (0..heap.len() / 2).rev() {
-        sift_down(heap, i);
+    /// Keeps `c` among the `slots` hottest candidates offered so far.
+    fn offer(&mut self, c: Candidate, slots: usize) {
+        if c.count != 0 {
+            keep_best(&mut self.targets, slots, c, Candidate::hotter_than);
+        }
     }
 }
 
-fn sift_down(heap: &mut [Candidate], mut i: usize) {
+/// Keeps the `cap` best items offered to `kept` so far, `better(a, b)` saying whether `a` ranks
+/// above `b`. While filling, `kept` is a plain list; once full it is a binary heap with the worst
+/// kept item at the root, which a better offer replaces.
+fn keep_best<T: Copy>(kept: &mut Vec<T>, cap: usize, item: T, better: impl Fn(&T, &T) -> bool) {
+    if kept.len() < cap {
+        kept.push(item);
+        if kept.len() == cap {
+            for i in (0..cap / 2).rev() {
+                sift_down(kept, i, &better);
+            }
+        }
+    } else if let Some(root) = kept.first_mut() {
+        if better(&item, root) {
+            *root = item;
+            sift_down(kept, 0, &better);
+        }
+    }
+}
+
+/// Moves the item at `i` down until no child ranks below it (`better(parent, child)` holds).
+fn sift_down<T: Copy>(heap: &mut [T], mut i: usize, better: &impl Fn(&T, &T) -> bool) {
     loop {
-        let mut coldest = i;
+        let mut worst = i;
         for child in [2 * i + 1, 2 * i + 2] {
-            if let (Some(&c), Some(&best)) = (heap.get(child), heap.get(coldest)) {
-                if c.colder_than(best) {
-                    coldest = child;
+            if let (Some(c), Some(w)) = (heap.get(child), heap.get(worst)) {
+                if better(w, c) {
+                    worst = child;
                 }
             }
         }
-        if coldest == i {
+        if worst == i {
             return;
         }
-        heap.swap(i, coldest);
-        i = coldest;
+        heap.swap(i, worst);
+        i = worst;
     }
 }
 
@@ -194,16 +234,20 @@ mod tests {
     #[test]
     fn targets_are_the_hottest_with_ties_to_the_lower_id() {
         let mut p = HitCount::new(3);
-        let counts = [0, 5, 2, 5, 0, 2, 9, 1];
-        p.select_targets(&counts, 3);
+        let mut counts = [0, 5, 2, 5, 0, 2, 9, 1];
+        p.select_targets(&mut counts, Candidates::All, 3);
         let got: Vec<_> = p.targets.iter().map(|t| (t.expert, t.count)).collect();
         assert_eq!(got, [(6, 9), (1, 5), (3, 5)]);
-        p.select_targets(&counts, 5);
+        p.select_targets(&mut counts, Candidates::All, 5);
         let got: Vec<_> = p.targets.iter().map(|t| t.expert).collect();
         assert_eq!(got, [6, 1, 3, 2, 5]);
-        p.select_targets(&counts, 0);
+        // From ids, in any order and repeated: the same targets.
+        p.select_targets(&mut counts, Candidates::Ids(&[5, 3, 5, 9, 1, 6, 2, 3]), 3);
+        let got: Vec<_> = p.targets.iter().map(|t| t.expert).collect();
+        assert_eq!(got, [6, 1, 3]);
+        p.select_targets(&mut counts, Candidates::All, 0);
         assert!(p.targets.is_empty());
-        p.select_targets(&[0, 0, 1], 8);
+        p.select_targets(&mut [0, 0, 1], Candidates::All, 8);
         assert_eq!(p.targets.len(), 1);
     }
 }

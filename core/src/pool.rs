@@ -16,7 +16,7 @@ use alloc::vec::Vec;
 
 use crate::error::{PlanError, PoolError};
 use crate::plan::{MigrationPlan, Promotion};
-use crate::policy::{HitCount, RefreshState, COUNT_MASK};
+use crate::policy::{Candidates, HitCount, RefreshState, COUNT_MASK, RESIDENT};
 use crate::schedule::{Schedule, Step};
 
 /// Slot-table entry of a slot that holds no expert.
@@ -329,17 +329,51 @@ impl ExpertPool {
             return Ok(());
         }
         // The per-expert words become this step's hit counts; the slot table stays the truth.
-        self.expert_slot.fill(0);
+        // A short step (decode) zeroes and later restores only the words it touches, so its cost
+        // follows the ids and the slots rather than the expert count.
+        let sparse = ids.len() < self.experts();
+        if sparse {
+            for &id in ids {
+                if let Some(word) = self.expert_slot.get_mut(id as usize) {
+                    *word = 0;
+                }
+            }
+        } else {
+            self.expert_slot.fill(0);
+        }
+        for &expert in &self.slot_expert {
+            if let Some(word) = self.expert_slot.get_mut(usize::from(expert)) {
+                *word = RESIDENT;
+            }
+        }
         for &id in ids {
             if let Some(count) = self.expert_slot.get_mut(id as usize) {
                 *count += 1; // at most MAX_STEP_IDS, below the policy's flag bits
             }
         }
-        let state = RefreshState { counts: &mut self.expert_slot, slot_expert: &mut self.slot_expert };
+        let candidates = if sparse { Candidates::Ids(ids) } else { Candidates::All };
+        let state = RefreshState {
+            counts: &mut self.expert_slot,
+            resident: self.resident,
+            slot_expert: &mut self.slot_expert,
+            candidates,
+        };
         let demoted = self.policy.refresh(state, plan);
         self.resident -= demoted;
         self.stats.demotions += demoted as u64;
-        self.rebuild_expert_slots();
+
+        // Restore the per-expert words: not resident, then the slot of each resident.
+        if sparse {
+            let evicted = plan.promotions().iter().filter_map(|p| p.evicted).map(u32::from);
+            for id in ids.iter().copied().chain(evicted) {
+                if let Some(word) = self.expert_slot.get_mut(id as usize) {
+                    *word = NOT_RESIDENT;
+                }
+            }
+        } else {
+            self.expert_slot.fill(NOT_RESIDENT);
+        }
+        self.write_resident_slots();
         Ok(())
     }
 
@@ -406,9 +440,8 @@ impl ExpertPool {
         Ok(state)
     }
 
-    /// Rewrites the per-expert words from the slot table.
-    fn rebuild_expert_slots(&mut self) {
-        self.expert_slot.fill(NOT_RESIDENT);
+    /// Writes each resident expert's slot into its per-expert word.
+    fn write_resident_slots(&mut self) {
         for (slot, &expert) in self.slot_expert.iter().enumerate() {
             if let Some(word) = self.expert_slot.get_mut(usize::from(expert)) {
                 *word = slot as u32;
