@@ -84,3 +84,34 @@ impl LayerPools {
         total
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::InitialPlacement;
+    use crate::schedule::Schedule;
+    use core::num::NonZeroU32;
+
+    #[test]
+    fn each_layer_refreshes_from_its_own_ids_on_its_own_schedule() {
+        let every3 = Schedule::EveryDecodeSteps(NonZeroU32::new(3).unwrap());
+        let cold = PoolConfig::new(16, 2).initial(InitialPlacement::Cold);
+        let mut pools = LayerPools::new(&[cold, cold.schedule(every3)]).unwrap();
+        let mut plans = pools.new_plans();
+        let ids: [&[u32]; 2] = [&[1, 1, 2], &[7, 8, 8]];
+        assert_eq!(pools.plan_step(Step::decode(1), &ids, &mut plans), Ok(1));
+        let promoted = |plan: &MigrationPlan| plan.promotions().iter().map(|p| p.expert).collect::<Vec<_>>();
+        assert_eq!(promoted(&plans[0]), [1, 2]);
+        assert!(plans[1].is_empty());
+        assert_eq!((plans[0].layer(), pools.pools()[1].layer()), (0, 1));
+        assert_eq!(pools.plan_step(Step::decode(3), &ids, &mut plans), Ok(2));
+        assert_eq!(promoted(&plans[1]), [8, 7]);
+        assert_eq!(pools.total_stats().refreshes, 3);
+        let short: [&[u32]; 1] = [&[1]];
+        assert_eq!(
+            pools.plan_step(Step::decode(0), &short, &mut plans),
+            Err(PoolError::LayerCountMismatch { layers: 2, actual: 1 })
+        );
+        assert_eq!((pools.len(), pools.is_empty()), (2, false));
+    }
+}
