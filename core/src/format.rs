@@ -88,6 +88,15 @@ macro_rules! formats {
                 }
             }
 
+            /// The format ggml names `name` (`"f32"`, `"q4_K"`, …; case-sensitive as ggml spells
+            /// it), or `None` for names outside the table.
+            pub fn from_name(name: &str) -> Option<Format> {
+                match name {
+                    $( $name => Some(Format::$variant), )*
+                    _ => None,
+                }
+            }
+
             /// The format of GGML type id `id`.
             ///
             /// # Errors
@@ -223,6 +232,7 @@ mod tests {
         for (i, f) in Format::ALL.iter().enumerate() {
             let id = f.ggml_type().unwrap();
             assert_eq!(Format::from_ggml_type(id), Ok(*f));
+            assert_eq!(Format::from_name(f.name()), Some(*f));
             for g in &Format::ALL[i + 1..] {
                 assert_ne!(g.ggml_type(), Some(id));
                 assert_ne!(g.name(), f.name());
@@ -254,6 +264,12 @@ mod tests {
         for (f, e, b) in expect {
             assert_eq!((f.block().elems(), f.block().bytes()), (e, b), "{f}");
         }
+    }
+
+    #[test]
+    fn unknown_names_are_none() {
+        assert_eq!(Format::from_name("q4_k"), None);
+        assert_eq!(Format::from_name("custom"), None);
     }
 
     #[test]
