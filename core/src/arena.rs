@@ -110,6 +110,19 @@ impl SlotArena {
         Ok(())
     }
 
+    /// The part of `buffer` the arena can use: from its first byte aligned to the arena's
+    /// alignment, `total_bytes` long. Lets an arena live in any byte buffer (a `static`, a `Vec<u8>`
+    /// with `align - 1` spare bytes) without an aligned element type.
+    ///
+    /// # Errors
+    /// [`LayoutError::BufferTooSmall`] when what is left after aligning is too short.
+    pub fn fit<'a>(&self, buffer: &'a mut [u8]) -> Result<&'a mut [u8], LayoutError> {
+        let actual = buffer.len();
+        let skip = buffer.as_ptr().align_offset(self.align);
+        let needed = skip.checked_add(self.total_bytes).ok_or(LayoutError::Overflow)?;
+        buffer.get_mut(skip..needed).ok_or(LayoutError::BufferTooSmall { needed, actual })
+    }
+
     /// Projection number `projection` of slot `slot` within `buffer`.
     ///
     /// # Errors
@@ -179,6 +192,11 @@ mod tests {
             Err(LayoutError::BufferTooSmall { needed: 80, actual: 79 })
         );
         assert_eq!(a.check_buffer(&bytes[1..]), Err(LayoutError::BufferMisaligned { align: 8 }));
+        let unaligned = &mut bytes[3..];
+        let fitted = a.fit(unaligned).unwrap();
+        assert_eq!((fitted.len(), fitted.as_ptr().addr() % 8), (80, 0));
+        assert!(a.check_buffer(fitted).is_ok());
+        assert_eq!(a.fit(&mut bytes[3..85]).unwrap_err(), LayoutError::BufferTooSmall { needed: 85, actual: 82 });
         a.projection_bytes_mut(bytes, 1, 1).unwrap().fill(9);
         assert_eq!(&bytes[64..74], &[9u8; 10]);
         assert_eq!(a.projection_bytes(bytes, 1, 1).unwrap(), &[9u8; 10]);
