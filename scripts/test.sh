@@ -12,9 +12,15 @@ rustup target add thumbv7em-none-eabihf >/dev/null
 
 step "format"
 cargo fmt --all --check
+for firmware in tests/qemu examples/firmware; do (cd "$firmware" && cargo fmt --check); done
 
 step "clippy (warnings denied)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "clippy of the firmware (warnings denied)"
+(cd tests/qemu && cargo clippy --release --locked -- -D warnings \
+  && cargo clippy --release --locked --features defmt -- -D warnings)
+(cd examples/firmware && cargo clippy --release --locked -- -D warnings)
 
 step "host tests"
 cargo test --workspace --locked
@@ -28,3 +34,6 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 
 step "benchmarks build"
 cargo bench --workspace --no-run --locked
+
+step "Cortex-M4 under QEMU (mps2-an386): test firmware, plain and defmt, and the firmware example"
+bash scripts/qemu-test.sh

@@ -124,7 +124,7 @@ impl HitCount {
                 }
             }
         }
-        self.victims.sort_unstable_by_key(|v| (v.count, v.expert));
+        sort_best_first(&mut self.victims, Victim::colder_than);
 
         let mut free = self.free.iter();
         let mut victims = self.victims.iter();
@@ -178,7 +178,7 @@ impl HitCount {
                 }
             }
         }
-        self.targets.sort_unstable_by(|a, b| b.count.cmp(&a.count).then(a.expert.cmp(&b.expert)));
+        sort_best_first(&mut self.targets, Candidate::hotter_than);
     }
 
     /// Keeps `c` among the `slots` hottest candidates offered so far.
@@ -196,15 +196,33 @@ fn keep_best<T: Copy>(kept: &mut Vec<T>, cap: usize, item: T, better: impl Fn(&T
     if kept.len() < cap {
         kept.push(item);
         if kept.len() == cap {
-            for i in (0..cap / 2).rev() {
-                sift_down(kept, i, &better);
-            }
+            heapify(kept, &better);
         }
     } else if let Some(root) = kept.first_mut() {
         if better(&item, root) {
             *root = item;
             sift_down(kept, 0, &better);
         }
+    }
+}
+
+/// Sorts `items` best first, in place, without allocating: a heap sort on the same sift as
+/// [`keep_best`] (small code, which matters on a microcontroller more than the constant factor).
+fn sort_best_first<T: Copy>(items: &mut [T], better: impl Fn(&T, &T) -> bool) {
+    heapify(items, &better);
+    for end in (1..items.len()).rev() {
+        // The worst remaining item is at the root: move it behind the shrinking heap.
+        items.swap(0, end);
+        if let Some(heap) = items.get_mut(..end) {
+            sift_down(heap, 0, &better);
+        }
+    }
+}
+
+/// Arranges `heap` with the worst item at the root.
+fn heapify<T: Copy>(heap: &mut [T], better: &impl Fn(&T, &T) -> bool) {
+    for i in (0..heap.len() / 2).rev() {
+        sift_down(heap, i, better);
     }
 }
 
