@@ -2,7 +2,8 @@
 //! a bare count-per-expert pass over the same ids (the floor any refresh has to pay).
 //!
 //! Each iteration takes the next step of a drifting, skewed trace, refreshes and commits its plan
-//! (the pool's part of a step; copying is measured elsewhere). Run with
+//! (the pool's part of a step; copying is measured elsewhere). Every sample runs 256 iterations,
+//! four whole passes over the 64-step trace, so each sample sees the same mix of steps. Run with
 //! `cargo bench -p expertslab-tests --bench refresh`.
 
 use std::hint::black_box;
@@ -24,7 +25,7 @@ fn trace(tokens: usize) -> Vec<Vec<u32>> {
     (0..STEPS).map(|s| skewed_routing(&mut rng, tokens, TOP_K, EXPERTS, (s / 4) as u32)).collect()
 }
 
-#[divan::bench(args = [1, 4096])]
+#[divan::bench(args = [1, 4096], sample_size = 256)]
 fn pool(bencher: Bencher, tokens: usize) {
     let trace = trace(tokens);
     let mut pool = ExpertPool::new(PoolConfig::new(EXPERTS as usize, BUDGET)).expect("valid config");
@@ -41,7 +42,7 @@ fn pool(bencher: Bencher, tokens: usize) {
     });
 }
 
-#[divan::bench(args = [1, 4096])]
+#[divan::bench(args = [1, 4096], sample_size = 256)]
 fn naive_reference(bencher: Bencher, tokens: usize) {
     let trace = trace(tokens);
     let mut reference = ReferenceTide::new(EXPERTS, BUDGET, true);
@@ -53,7 +54,7 @@ fn naive_reference(bencher: Bencher, tokens: usize) {
     });
 }
 
-#[divan::bench(args = [1, 4096])]
+#[divan::bench(args = [1, 4096], sample_size = 256)]
 fn bare_count(bencher: Bencher, tokens: usize) {
     let trace = trace(tokens);
     let mut counts = vec![0u32; EXPERTS as usize];
