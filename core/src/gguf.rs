@@ -25,7 +25,7 @@ use crate::error::LayoutError;
 use crate::format::Format;
 use crate::layout::{ExpertLayout, Projection, StackLayout, MAX_PROJECTIONS};
 use crate::name::MAX_NAME_LEN;
-use crate::source::{ExpertSource, StackSource};
+use crate::source::{ExpertSource, LayeredSource, StackSource};
 
 const MAGIC: &[u8; 4] = b"GGUF";
 /// The alignment of the data section when `general.alignment` is absent.
@@ -940,6 +940,11 @@ impl<D: AsRef<[u8]>> GgufModel<D> {
         self.data.as_ref()
     }
 
+    /// The owner of the file's bytes.
+    pub const fn data(&self) -> &D {
+        &self.data
+    }
+
     fn slice(&self, range: Range<usize>) -> Result<&[u8], LayoutError> {
         let actual = self.data.as_ref().len();
         self.data.as_ref().get(range.clone()).ok_or(LayoutError::LengthMismatch { expected: range.end, actual })
@@ -951,6 +956,16 @@ impl<D: AsRef<[u8]>> ExpertSource for GgufModel<D> {
 
     fn expert(&self, layer: usize, projection: Projection, expert: usize) -> Result<&[u8], LayoutError> {
         self.slice(self.moe.slab_range(layer, projection, expert)?)
+    }
+}
+
+impl<D: AsRef<[u8]>> LayeredSource for GgufModel<D> {
+    fn moe_layers(&self) -> impl Iterator<Item = usize> + '_ {
+        self.moe.layers.iter().map(MoeLayer::block)
+    }
+
+    fn layer_layout(&self, layer: usize) -> Option<&ExpertLayout> {
+        self.moe.layer(layer).map(MoeLayer::layout)
     }
 }
 

@@ -30,6 +30,17 @@ impl LayerPools {
         Ok(Self { pools })
     }
 
+    /// Builds one pool per config, each serving the layer its config names
+    /// ([`PoolConfig::layer`]): for models whose MoE layers are not numbered `0..n` (leading
+    /// dense blocks). Position `i` of every per-layer list is the pool of `configs[i]`.
+    ///
+    /// # Errors
+    /// The first pool's [`PoolError`].
+    pub fn with_layer_numbers(configs: &[PoolConfig]) -> Result<Self, PoolError> {
+        let pools = configs.iter().map(|config| ExpertPool::new(*config)).collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { pools })
+    }
+
     /// Number of layers.
     pub fn len(&self) -> usize {
         self.pools.len()

@@ -99,7 +99,7 @@ pub use format::{BlockShape, Format};
 pub use gguf::{GgufError, GgufFile, GgufModel, MoeModel};
 pub use layers::LayerPools;
 pub use layout::{ExpertLayout, Projection, StackLayout, MAX_PROJECTIONS};
-pub use migrate::{migrate, push_stacks, MigrateFailure, MigrateReport, PushError};
+pub use migrate::{expert_slabs, migrate, push_stacks, ExpertSlab, MigrateFailure, MigrateReport, PushError};
 pub use name::{stack_name, TensorName};
 pub use plan::{MigrationPlan, Promotion};
 pub use pool::{
@@ -108,7 +108,7 @@ pub use pool::{
 pub use schedule::{Mode, Schedule, Step};
 pub use shared::SharedPool;
 pub use sink::{ArenaSink, ParamSink, SlotSink, SlotWrite};
-pub use source::{ExpertSource, LayerStacks, StackSource};
+pub use source::{ExpertSource, LayerStacks, LayeredSource, StackSource};
 pub use view::{cast_bytes, copy_bytes, copy_expert, expert_as};
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! after its copy completed.
 
 use crate::error::{MigrateError, PlanError};
-use crate::layout::ExpertLayout;
+use crate::layout::{ExpertLayout, Projection};
 use crate::name::stack_name;
 use crate::plan::{MigrationPlan, Promotion};
 use crate::pool::{ExpertPool, PromotionState};
@@ -114,19 +114,51 @@ where
     S: ExpertSource + ?Sized,
     K: SlotSink + ?Sized,
 {
-    let expert = usize::from(promotion.expert);
     let slot = usize::from(promotion.slot);
     let mut bytes = 0u64;
-    for (index, &(projection, stack)) in layout.projections().iter().enumerate() {
-        let slab = source.expert(layer, projection, expert).map_err(MigrateError::Source)?;
-        if slab.len() != stack.expert_bytes() {
-            return Err(MigrateError::SlabLength { projection, expected: stack.expert_bytes(), actual: slab.len() });
-        }
+    for slab in expert_slabs(source, layer, usize::from(promotion.expert), layout) {
+        let ExpertSlab { index, projection, bytes: slab } = slab?;
         sink.write(SlotWrite { layer, slot, projection, index }, slab).map_err(MigrateError::Sink)?;
         bytes += slab.len() as u64;
     }
     sink.finish(layer, slot).map_err(MigrateError::Sink)?;
     Ok(bytes)
+}
+
+/// One projection's slab of one expert, as [`expert_slabs`] gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpertSlab<'a> {
+    /// The projection's position in the layout.
+    pub index: usize,
+    /// The projection.
+    pub projection: Projection,
+    /// The slab, checked to be as long as the layout says.
+    pub bytes: &'a [u8],
+}
+
+/// The slabs of `expert` in every projection of `layout`, from `source`, each checked against
+/// the layout's length: what a promotion copies. For custom migrators (parallel, DMA) that place
+/// the bytes themselves; [`migrate`] uses it too. `K` is the migrator's sink error type.
+///
+/// # Errors
+/// Each item: [`MigrateError::Source`] when the source fails, [`MigrateError::SlabLength`] when a
+/// slab's length is not the layout's.
+pub fn expert_slabs<'a, S, K>(
+    source: &'a S,
+    layer: usize,
+    expert: usize,
+    layout: &'a ExpertLayout,
+) -> impl Iterator<Item = Result<ExpertSlab<'a>, MigrateError<S::Error, K>>> + 'a
+where
+    S: ExpertSource + ?Sized,
+{
+    layout.projections().iter().enumerate().map(move |(index, &(projection, stack))| {
+        let bytes = source.expert(layer, projection, expert).map_err(MigrateError::Source)?;
+        if bytes.len() != stack.expert_bytes() {
+            return Err(MigrateError::SlabLength { projection, expected: stack.expert_bytes(), actual: bytes.len() });
+        }
+        Ok(ExpertSlab { index, projection, bytes })
+    })
 }
 
 /// Why pushing full stacks failed: the source (`S`) or the sink (`K`).

@@ -65,6 +65,11 @@ impl PoolConfig {
         Self { layer, ..self }
     }
 
+    /// The expert count (for building several layers' pools from one configuration).
+    pub const fn experts(self, experts: usize) -> Self {
+        Self { experts, ..self }
+    }
+
     /// The refresh schedule.
     pub const fn schedule(self, schedule: Schedule) -> Self {
         Self { schedule, ..self }

@@ -20,6 +20,16 @@ pub trait ExpertSource {
     fn expert(&self, layer: usize, projection: Projection, expert: usize) -> Result<&[u8], Self::Error>;
 }
 
+/// A source that knows its MoE layers and the expert layout of each, so a runtime can build
+/// pools, arenas and migrations from it alone.
+pub trait LayeredSource: ExpertSource {
+    /// The layer indexes that have experts, ascending.
+    fn moe_layers(&self) -> impl Iterator<Item = usize> + '_;
+
+    /// The expert layout of layer `layer`, or `None` for a layer without experts.
+    fn layer_layout(&self, layer: usize) -> Option<&ExpertLayout>;
+}
+
 /// Gives the whole stack of one projection of one layer, for runtimes that take full parameters
 /// (see [`crate::ParamSink`]).
 pub trait StackSource {
@@ -88,6 +98,16 @@ impl ExpertSource for [LayerStacks<'_>] {
 
     fn expert(&self, layer: usize, projection: Projection, expert: usize) -> Result<&[u8], LayoutError> {
         layer_of(self, layer)?.slab_of(projection, expert)
+    }
+}
+
+impl LayeredSource for [LayerStacks<'_>] {
+    fn moe_layers(&self) -> impl Iterator<Item = usize> + '_ {
+        0..self.len()
+    }
+
+    fn layer_layout(&self, layer: usize) -> Option<&ExpertLayout> {
+        self.get(layer).map(LayerStacks::layout)
     }
 }
 

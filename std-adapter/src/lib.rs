@@ -1,15 +1,62 @@
 //! # expertslab-std
 //!
-//! The std side of [`expertslab`]: for now the core re-exported, so desktop runtimes depend on
-//! one crate. Shared stores, parallel migration and model files build on it.
+//! The std side of [`expertslab`]: everything of the core (re-exported), plus
 //!
+//! | module | what |
+//! |---|---|
+//! | [`bytes`] | [`SharedBytes`]: weight bytes shared by `Arc` (aligned copies, typed `Arc<[T]>`, memory maps) |
+//! | [`store`] | [`ExpertStore`]: a model's expert stacks as a source; [`open_gguf`]: GGUF files through mmap |
+//! | [`parallel`] | [`ParallelMigrator`]: a plan's copies run at once with rayon, committed after each copy |
+//! | [`capture`] | [`RoutingCapture`]: the router's ids per layer and step, `u32` or f32-encoded |
+//! | [`offload`] | [`Offloader`]: pools, plans and slot arenas of every MoE layer, stepped from a capture |
+//!
+//! Policy and layout live in the core; this crate adds only what needs std.
+//!
+//! ## Example
 //! ```
-//! use expertslab_std::{ExpertPool, PoolConfig};
-//! let pool = ExpertPool::new(PoolConfig::new(8, 2)).unwrap();
-//! assert_eq!(pool.slots(), 2);
+//! use std::sync::Arc;
+//! use expertslab_std::{
+//!     ExpertLayout, ExpertStore, Format, LayerWeights, Offloader, PoolConfig, Projection,
+//!     RoutingCapture, SharedBytes, StackLayout, Step,
+//! };
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // One MoE layer of 8 experts, F32 gate/up/down of 4 × 4, shared as Arc<[f32]>.
+//! let stack = StackLayout::new(Format::F32, 8, 4, 4)?;
+//! let layout = ExpertLayout::gate_up_down(stack, stack, stack)?;
+//! let weights: Arc<[f32]> = (0..8 * 16).map(|i| i as f32).collect();
+//! let shared = SharedBytes::from_typed(weights);
+//! let mut store = ExpertStore::new();
+//! store.insert(0, LayerWeights::new(layout, vec![shared.clone(), shared.clone(), shared])?);
+//!
+//! // Two slots per layer, 64-byte aligned, refreshed every step.
+//! let mut model = Offloader::new(store, PoolConfig::new(8, 2), 64)?;
+//! model.warm_up()?;
+//! let mut capture = RoutingCapture::new();
+//! capture.record(0, &[5, 6, 5]);
+//! let report = model.step(Step::decode(0), &capture)?;
+//! assert_eq!((report.hits, report.misses), (3, 0));
+//! let (slab, from_slot) = model.expert_slab(0, Projection::Down, 5)?;
+//! assert!(from_slot);
+//! assert_eq!(bytemuck::cast_slice::<u8, f32>(slab)[0], 80.0); // expert 5 starts at element 80
+//! # Ok(())
+//! # }
 //! ```
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod bytes;
+pub mod capture;
+pub mod error;
+pub mod offload;
+pub mod parallel;
+pub mod store;
+
+pub use bytes::SharedBytes;
+pub use capture::{CaptureError, RoutingCapture};
+pub use error::Error;
 pub use expertslab::*;
+pub use offload::{Offloader, StepReport};
+pub use parallel::ParallelMigrator;
+pub use store::{open_gguf, ExpertStore, LayerWeights};

@@ -1,0 +1,186 @@
+//! An offloaded MoE model: a source of expert weights, one pool per MoE layer with its own
+//! schedule, and one slot arena per layer in memory the offloader owns, stepped from the routing
+//! ids a runtime captures.
+
+use expertslab::{
+    push_stacks, ExpertLayout, ExpertPool, LayerPools, LayeredSource, LayoutError, MigrateReport, MigrationPlan,
+    ParamSink, PoolConfig, PoolStats, Projection, PushError, SlotArena, StackSource, Step,
+};
+
+use crate::capture::RoutingCapture;
+use crate::error::Error;
+use crate::parallel::ParallelMigrator;
+
+/// One layer's fast memory: its arena and the buffer it lays slots out in.
+#[derive(Debug)]
+struct LayerSlots {
+    layout: ExpertLayout,
+    arena: SlotArena,
+    buffer: Vec<u8>,
+}
+
+/// What one step did, over all layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StepReport {
+    /// Layers that refreshed.
+    pub refreshed: usize,
+    /// What migration copied.
+    pub migrated: MigrateReport,
+    /// Ids served from slots.
+    pub hits: u64,
+    /// Ids served from slow memory.
+    pub misses: u64,
+}
+
+/// A model whose experts live in `source` and whose fast memory is one slot arena per MoE layer.
+///
+/// Each layer refreshes from its own captured ids on its own schedule; promotions are copied by a
+/// [`ParallelMigrator`] and committed after their copy; [`Offloader::expert_slab`] serves each
+/// expert from its slot when resident and from the source otherwise, so results never depend on
+/// placement.
+#[derive(Debug)]
+pub struct Offloader<S> {
+    source: S,
+    pools: LayerPools,
+    plans: Vec<MigrationPlan>,
+    slots: Vec<LayerSlots>,
+    migrator: ParallelMigrator,
+}
+
+impl<S> Offloader<S>
+where
+    S: LayeredSource<Error = LayoutError> + Sync,
+{
+    /// One pool per MoE layer of `source`, built from `config` with the layer's index and expert
+    /// count (budget, schedule and initial placement as `config` says), and an arena of
+    /// `align`-aligned slots per layer.
+    ///
+    /// # Errors
+    /// [`Error::Pool`] or [`Error::Layout`] from building the pools and arenas.
+    pub fn new(source: S, config: PoolConfig, align: usize) -> Result<Self, Error> {
+        let mut configs = Vec::new();
+        let mut slots = Vec::new();
+        for layer in source.moe_layers() {
+            let missing = LayoutError::LayerOutOfRange { layer, layers: layer };
+            let layout = source.layer_layout(layer).ok_or(missing)?.clone();
+            let config = config.layer(layer).experts(layout.experts());
+            let arena = SlotArena::new(&layout, ExpertPool::new(config)?.slots(), align)?;
+            let buffer = vec![0u8; arena.total_bytes() + align];
+            configs.push(config);
+            slots.push(LayerSlots { layout, arena, buffer });
+        }
+        let pools = LayerPools::with_layer_numbers(&configs)?;
+        let plans = pools.new_plans();
+        Ok(Self { source, pools, plans, slots, migrator: ParallelMigrator::default() })
+    }
+
+    /// Uses `migrator` for copies.
+    pub fn with_migrator(mut self, migrator: ParallelMigrator) -> Self {
+        self.migrator = migrator;
+        self
+    }
+
+    /// Copies the initial placement (warm starts) of every layer into its slots.
+    ///
+    /// # Errors
+    /// [`Error::Migrate`] naming the layer.
+    pub fn warm_up(&mut self) -> Result<MigrateReport, Error> {
+        for (pool, plan) in self.pools.pools_mut().iter_mut().zip(self.plans.iter_mut()) {
+            pool.initial_plan(plan);
+        }
+        self.migrate_plans()
+    }
+
+    /// One step: every layer plans from its captured ids on its own schedule, copies what it
+    /// promotes, and serves its ids.
+    ///
+    /// # Errors
+    /// [`Error::Pool`] for a step with too many ids, [`Error::Migrate`] naming the layer whose
+    /// copy failed (layers before it have stepped; that layer's pool stays consistent).
+    pub fn step(&mut self, step: Step, capture: &RoutingCapture) -> Result<StepReport, Error> {
+        let mut report = StepReport::default();
+        for (pool, plan) in self.pools.pools_mut().iter_mut().zip(self.plans.iter_mut()) {
+            report.refreshed += usize::from(pool.plan_step(step, capture.ids(pool.layer()), plan)?);
+        }
+        report.migrated = self.migrate_plans()?;
+        for pool in self.pools.pools_mut() {
+            let served = pool.serve(capture.ids(pool.layer()));
+            report.hits += u64::from(served.hits);
+            report.misses += u64::from(served.misses);
+        }
+        Ok(report)
+    }
+
+    fn migrate_plans(&mut self) -> Result<MigrateReport, Error> {
+        let mut total = MigrateReport::default();
+        let layers = self.pools.pools_mut().iter_mut().zip(&self.plans).zip(self.slots.iter_mut());
+        for ((pool, plan), slots) in layers {
+            let buffer = slots.arena.fit(&mut slots.buffer)?;
+            let report = self
+                .migrator
+                .migrate(pool, plan, &slots.layout, &self.source, &slots.arena, buffer)
+                .map_err(|failure| Error::Migrate { layer: pool.layer(), failure })?;
+            total.copied += report.copied;
+            total.skipped += report.skipped;
+            total.bytes += report.bytes;
+        }
+        Ok(total)
+    }
+
+    /// Expert `expert`'s slab of `projection` in layer `layer`: from its slot when resident
+    /// (`true`), from the source otherwise (`false`).
+    ///
+    /// # Errors
+    /// [`LayoutError`] for a layer, projection or expert that does not exist.
+    pub fn expert_slab(&self, layer: usize, projection: Projection, expert: usize) -> Result<(&[u8], bool), LayoutError> {
+        let position = self.position(layer)?;
+        let (pool, slots) = (&self.pools.pools()[position], &self.slots[position]);
+        match pool.slot_of(expert) {
+            Some(slot) => {
+                let (index, _) = slots.layout.find(projection)?;
+                let start = slots.buffer.as_ptr().align_offset(slots.arena.align());
+                let buffer = slots.buffer.get(start..).unwrap_or(&[]);
+                Ok((slots.arena.projection_bytes(buffer, slot, index)?, true))
+            }
+            None => Ok((self.source.expert(layer, projection, expert)?, false)),
+        }
+    }
+
+    fn position(&self, layer: usize) -> Result<usize, LayoutError> {
+        let layers = self.pools.len();
+        self.pools.pools().iter().position(|p| p.layer() == layer).ok_or(LayoutError::LayerOutOfRange { layer, layers })
+    }
+
+    /// The pools, one per MoE layer in ascending layer order.
+    pub fn pools(&self) -> &LayerPools {
+        &self.pools
+    }
+
+    /// Counters of every layer added up.
+    pub fn stats(&self) -> PoolStats {
+        self.pools.total_stats()
+    }
+
+    /// The source.
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+}
+
+impl<S> Offloader<S>
+where
+    S: LayeredSource<Error = LayoutError> + StackSource<Error = LayoutError> + Sync,
+{
+    /// Pushes every full stack of every MoE layer to `sink` under its GGUF name: the lossless
+    /// full refresh for runtimes that take whole parameters. Returns the bytes pushed.
+    ///
+    /// # Errors
+    /// [`PushError`] from the first stack that failed.
+    pub fn push_full<K: ParamSink>(&self, sink: &mut K) -> Result<u64, PushError<LayoutError, K::Error>> {
+        let mut bytes = 0;
+        for (pool, slots) in self.pools.pools().iter().zip(&self.slots) {
+            bytes += push_stacks(pool.layer(), &slots.layout, &self.source, sink)?;
+        }
+        Ok(bytes)
+    }
+}

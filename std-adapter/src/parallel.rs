@@ -1,0 +1,182 @@
+//! Parallel migration: the promotions of a plan copied into their (disjoint) slots at once with
+//! rayon, each committed only after its copy completed.
+
+use expertslab::{
+    expert_slabs, migrate, ArenaSink, ExpertLayout, ExpertPool, ExpertSource, LayoutError, MigrateError,
+    MigrateFailure, MigrateReport, MigrationPlan, PlanError, Promotion, PromotionState, SlotArena,
+};
+use rayon::prelude::*;
+
+/// Copies plans into a slot arena, in parallel when the plan moves enough bytes to pay for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParallelMigrator {
+    threshold: usize,
+}
+
+impl Default for ParallelMigrator {
+    fn default() -> Self {
+        Self { threshold: Self::DEFAULT_THRESHOLD }
+    }
+}
+
+type Failure<E> = MigrateFailure<E, LayoutError>;
+
+impl ParallelMigrator {
+    /// Plans moving fewer bytes than this are copied sequentially: below it, handing work to
+    /// threads costs more than the copies (see BENCHMARKS.md).
+    pub const DEFAULT_THRESHOLD: usize = 256 * 1024;
+
+    /// A migrator that copies in parallel from `threshold` bytes per plan on.
+    pub const fn with_threshold(threshold: usize) -> Self {
+        Self { threshold }
+    }
+
+    /// The threshold in bytes.
+    pub const fn threshold(&self) -> usize {
+        self.threshold
+    }
+
+    /// Copies `plan`'s promotions from `source` into `buffer`, laid out by `arena`, and commits
+    /// each to `pool` once its copy completed: the semantics of the core's [`migrate`], with the
+    /// copies of one plan running at once when they move at least the threshold.
+    ///
+    /// Promotions already committed are skipped. The promotions before the first one that does
+    /// not fit the pool (a stale plan) are copied; on copy failures every promotion whose copy
+    /// completed is committed, failed slots stay free, and the first failure in plan order is
+    /// returned; migrating the same plan again retries what is left.
+    ///
+    /// # Errors
+    /// [`MigrateFailure`] as [`migrate`]; the sink errors are the arena's [`LayoutError`]s.
+    pub fn migrate<S>(
+        &self,
+        pool: &mut ExpertPool,
+        plan: &MigrationPlan,
+        layout: &ExpertLayout,
+        source: &S,
+        arena: &SlotArena,
+        buffer: &mut [u8],
+    ) -> Result<MigrateReport, Failure<S::Error>>
+    where
+        S: ExpertSource + Sync + ?Sized,
+        S::Error: Send,
+    {
+        let (pending, skipped, stop) = pending_prefix(pool, plan);
+        let bytes = pending.len().saturating_mul(layout.expert_bytes());
+        let first = match pending.first() {
+            Some(&first) if pending.len() >= 2 && bytes >= self.threshold => first,
+            _ => return sequential(pool, plan, layout, source, arena, buffer),
+        };
+        let mut report = MigrateReport { skipped, ..MigrateReport::default() };
+        if let Err(e) = arena.check_buffer(buffer) {
+            return Err(Failure { error: MigrateError::Sink(e), failed: first, completed: report });
+        }
+
+        // One disjoint chunk per slot; each pending promotion takes its slot's chunk.
+        let mut chunks: Vec<Option<&mut [u8]>> =
+            buffer.chunks_mut(arena.slot_stride()).take(arena.slots()).map(Some).collect();
+        let jobs: Vec<(Promotion, Option<&mut [u8]>)> =
+            pending.iter().map(|&p| (p, chunks.get_mut(usize::from(p.slot)).and_then(Option::take))).collect();
+        let layer = pool.layer();
+        let results: Vec<Result<u64, MigrateError<S::Error, LayoutError>>> = jobs
+            .into_par_iter()
+            .map(|(p, chunk)| {
+                let slots = arena.slots();
+                let chunk = chunk.ok_or(MigrateError::Sink(LayoutError::SlotOutOfRange { slot: p.slot.into(), slots }))?;
+                copy_into_slot(source, layer, p, layout, arena, chunk)
+            })
+            .collect();
+
+        let mut first_failure = None;
+        for (&promotion, result) in pending.iter().zip(results) {
+            match result.and_then(|bytes| {
+                pool.commit(promotion, bytes).map(|_| bytes).map_err(MigrateError::Plan)
+            }) {
+                Ok(bytes) => {
+                    report.copied += 1;
+                    report.bytes += bytes;
+                }
+                Err(error) => {
+                    first_failure.get_or_insert((promotion, error));
+                }
+            }
+        }
+        match first_failure.or(stop) {
+            Some((failed, error)) => Err(Failure { error, failed, completed: report }),
+            None => Ok(report),
+        }
+    }
+}
+
+/// The promotions still to copy before the first one that does not fit the pool (a stale or
+/// foreign plan), the number already done, and that first misfit.
+fn pending_prefix<E>(
+    pool: &ExpertPool,
+    plan: &MigrationPlan,
+) -> (Vec<Promotion>, usize, Option<(Promotion, MigrateError<E, LayoutError>)>) {
+    let mut pending: Vec<Promotion> = Vec::with_capacity(plan.len());
+    let mut skipped = 0;
+    let misfit = |p: Promotion, e: PlanError| Some((p, MigrateError::Plan(e)));
+    if plan.layer() != pool.layer() {
+        let stop = plan.promotions().first().and_then(|&p| {
+            misfit(p, PlanError::LayerMismatch { plan: plan.layer(), pool: pool.layer() })
+        });
+        return (pending, skipped, stop);
+    }
+    for &p in plan.promotions() {
+        match pool.check(p) {
+            Ok(PromotionState::Done) => skipped += 1,
+            // A pool's plan names distinct experts and slots, so pending promotions never clash.
+            Ok(PromotionState::Pending) => pending.push(p),
+            Err(e) => return (pending, skipped, misfit(p, e)),
+        }
+    }
+    (pending, skipped, None)
+}
+
+/// Copies one expert's slabs into its slot's chunk of the arena buffer.
+fn copy_into_slot<S>(
+    source: &S,
+    layer: usize,
+    promotion: Promotion,
+    layout: &ExpertLayout,
+    arena: &SlotArena,
+    chunk: &mut [u8],
+) -> Result<u64, MigrateError<S::Error, LayoutError>>
+where
+    S: ExpertSource + ?Sized,
+{
+    let mut bytes = 0u64;
+    for slab in expert_slabs(source, layer, usize::from(promotion.expert), layout) {
+        let slab = slab?;
+        // Offsets within a slot are those of slot 0.
+        let range = arena.projection_range(0, slab.index).map_err(MigrateError::Sink)?;
+        let actual = chunk.len();
+        let dst = chunk.get_mut(range.clone()).ok_or(MigrateError::Sink(LayoutError::BufferTooSmall { needed: range.end, actual }))?;
+        dst.copy_from_slice(slab.bytes);
+        bytes += slab.bytes.len() as u64;
+    }
+    Ok(bytes)
+}
+
+fn sequential<S>(
+    pool: &mut ExpertPool,
+    plan: &MigrationPlan,
+    layout: &ExpertLayout,
+    source: &S,
+    arena: &SlotArena,
+    buffer: &mut [u8],
+) -> Result<MigrateReport, Failure<S::Error>>
+where
+    S: ExpertSource + ?Sized,
+{
+    let mut sink = match ArenaSink::new(arena.clone(), pool.layer(), buffer) {
+        Ok(sink) => sink,
+        Err(e) => {
+            return match plan.promotions().first() {
+                Some(&failed) => Err(Failure { error: MigrateError::Sink(e), failed, completed: MigrateReport::default() }),
+                None => Ok(MigrateReport::default()),
+            }
+        }
+    };
+    migrate(pool, plan, layout, source, &mut sink)
+}
