@@ -88,7 +88,9 @@ impl<'a> ArenaSink<'a> {
     /// # Errors
     /// [`LayoutError::SlotOutOfRange`] or [`LayoutError::InvalidProjectionSet`].
     pub fn slab(&self, slot: usize, index: usize) -> Result<&[u8], LayoutError> {
-        self.arena.projection_bytes(self.buffer, slot, index)
+        // The buffer was checked against the arena when the sink was built.
+        let range = self.arena.projection_range(slot, index)?;
+        self.buffer.get(range).ok_or(LayoutError::Overflow)
     }
 
     /// Gives the buffer back.
@@ -104,7 +106,9 @@ impl SlotSink for ArenaSink<'_> {
         if dest.layer != self.layer {
             return Err(LayoutError::LayerOutOfRange { layer: dest.layer, layers: self.layer + 1 });
         }
-        let out = self.arena.projection_bytes_mut(self.buffer, dest.slot, dest.index)?;
+        // The buffer was checked against the arena when the sink was built.
+        let range = self.arena.projection_range(dest.slot, dest.index)?;
+        let out = self.buffer.get_mut(range).ok_or(LayoutError::Overflow)?;
         if out.len() != bytes.len() {
             return Err(LayoutError::LengthMismatch { expected: out.len(), actual: bytes.len() });
         }

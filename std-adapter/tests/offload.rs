@@ -1,0 +1,125 @@
+//! The offloader over an owned store and over GGUF files: every expert read through it equals
+//! the source's bytes, whichever memory it comes from, and full stacks are pushed by GGUF name.
+
+use std::path::PathBuf;
+
+use expertslab_std::{
+    open_gguf, ExpertSource, ExpertStore, InitialPlacement, LayerWeights, LayeredSource, Offloader, ParallelMigrator,
+    ParamSink, PoolConfig, Projection, RoutingCapture, Schedule, SharedBytes, Step,
+};
+use expertslab_tests::{skewed_routing, synthetic_layer, Xorshift};
+
+fn store(layers: &[usize], experts: usize) -> ExpertStore {
+    let mut store = ExpertStore::new();
+    for &layer in layers {
+        let (layout, stacks) = synthetic_layer(experts, 8, 16);
+        let shared = stacks.iter().map(|s| SharedBytes::copy_from(s)).collect();
+        store.insert(layer, LayerWeights::new(layout, shared).unwrap());
+    }
+    store
+}
+
+/// Every routed expert of every layer read through the offloader equals the source's bytes.
+fn check_reads<S: LayeredSource<Error = expertslab_std::LayoutError> + Sync>(
+    model: &Offloader<S>,
+    capture: &RoutingCapture,
+) -> (usize, usize) {
+    let (mut from_slots, mut from_source) = (0, 0);
+    for layer in model.source().moe_layers().collect::<Vec<_>>() {
+        let layout = model.source().layer_layout(layer).unwrap().clone();
+        for &id in capture.ids(layer) {
+            for &(projection, _) in layout.projections() {
+                let (bytes, resident) = model.expert_slab(layer, projection, id as usize).unwrap();
+                assert_eq!(bytes, model.source().expert(layer, projection, id as usize).unwrap());
+                if resident {
+                    from_slots += 1;
+                } else {
+                    from_source += 1;
+                }
+            }
+        }
+    }
+    (from_slots, from_source)
+}
+
+#[test]
+fn each_layer_steps_on_its_own_ids_and_reads_match_the_source() {
+    let every2 = Schedule::EveryDecodeSteps(std::num::NonZeroU32::new(2).unwrap());
+    let config = PoolConfig::new(0, 4).schedule(every2);
+    let mut model = Offloader::new(store(&[1, 3, 4], 32), config, 64)
+        .unwrap()
+        .with_migrator(ParallelMigrator::with_threshold(0));
+    model.warm_up().unwrap();
+    let layers: Vec<usize> = model.pools().pools().iter().map(|p| p.layer()).collect();
+    assert_eq!(layers, [1, 3, 4]);
+    let mut rng = Xorshift::new(7);
+    let mut capture = RoutingCapture::new();
+    let (mut from_slots, mut from_source) = (0, 0);
+    for step in 0..40u64 {
+        capture.clear();
+        for &layer in &layers {
+            capture.record(layer, &skewed_routing(&mut rng, 2, 2, 32, (step / 5) as u32 + layer as u32));
+        }
+        let report = model.step(Step::decode(step), &capture).unwrap();
+        assert_eq!(report.refreshed, if step % 2 == 0 { 3 } else { 0 });
+        let (s, o) = check_reads(&model, &capture);
+        from_slots += s;
+        from_source += o;
+    }
+    assert!(from_slots > 0 && from_source > 0, "both memories must serve reads: {from_slots} / {from_source}");
+    let stats = model.stats();
+    assert_eq!(stats.hits + stats.misses, 40 * 3 * 4);
+}
+
+#[derive(Default)]
+struct Names(Vec<(String, usize)>);
+
+impl ParamSink for Names {
+    type Error = ();
+
+    fn write_stack(&mut self, name: &str, _layer: usize, _p: Projection, bytes: &[u8]) -> Result<(), ()> {
+        self.0.push((name.to_string(), bytes.len()));
+        Ok(())
+    }
+}
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gguf").join(name)
+}
+
+#[test]
+fn gguf_files_offload_through_a_memory_map() {
+    for file in ["moe_types.gguf", "moe_fused.gguf", "moe_align64.gguf", "moe_legacy.gguf"] {
+        let mapped = open_gguf(fixture(file)).unwrap();
+        let store = ExpertStore::from_gguf(&mapped).unwrap();
+        // Stacked tensors are shared with the map, not copied; slabs are the file's bytes.
+        for layer in store.moe_layers() {
+            for &(projection, _) in store.layer_layout(layer).unwrap().projections() {
+                assert_eq!(store.expert(layer, projection, 1).unwrap(), mapped.expert(layer, projection, 1).unwrap());
+            }
+        }
+        let experts = mapped.moe().layers()[0].layout().experts();
+        let config = PoolConfig::new(experts, 2).initial(InitialPlacement::Cold);
+        let mut model = Offloader::new(store, config, 32).unwrap().with_migrator(ParallelMigrator::with_threshold(0));
+        let mut capture = RoutingCapture::new();
+        for step in 0..6u64 {
+            capture.clear();
+            for layer in mapped.moe_layers() {
+                capture.record(layer, &[(step % experts as u64) as u32, ((step + 1) % experts as u64) as u32]);
+            }
+            model.step(Step::decode(step), &capture).unwrap();
+            check_reads(&model, &capture);
+        }
+        let mut names = Names::default();
+        // Every layer's stacks, legacy per-expert layers included (gathered into one stack each).
+        let pushed = model.push_full(&mut names).unwrap();
+        assert_eq!(pushed, names.0.iter().map(|(_, len)| *len as u64).sum::<u64>());
+        assert!(names.0.iter().all(|(n, _)| n.starts_with("blk.") && n.ends_with("_exps.weight")), "{file}");
+    }
+}
+
+#[test]
+fn a_missing_file_names_its_path() {
+    let err = open_gguf("/nonexistent/model.gguf").unwrap_err();
+    assert!(err.to_string().starts_with("/nonexistent/model.gguf"), "{err}");
+}
