@@ -125,4 +125,14 @@ mod tests {
         );
         assert_eq!((pools.len(), pools.is_empty()), (2, false));
     }
+
+    #[test]
+    fn pools_can_keep_their_configured_layer_numbers() {
+        let pools =
+            LayerPools::with_layer_numbers(&[PoolConfig::new(4, 1).layer(3), PoolConfig::new(4, 1).layer(7)]).unwrap();
+        let layers: Vec<usize> = pools.pools().iter().map(ExpertPool::layer).collect();
+        assert_eq!(layers, [3, 7]);
+        assert_eq!(pools.new_plans().len(), 2);
+        assert!(LayerPools::with_layer_numbers(&[PoolConfig::new(0, 1)]).is_err());
+    }
 }

@@ -49,13 +49,15 @@ fn run(bencher: Bencher, count: usize, size: usize, migrator: ParallelMigrator) 
     let buffer = arena.fit(backing).expect("fits");
     let (layout, store, arena) = (&*layout, &*store, &*arena);
     let ids = (0..count as u32).collect::<Vec<_>>();
-    let template = Setup { layout: layout.clone(), store: store.clone(), arena: arena.clone(), backing: Vec::new(), ids };
-    bencher.counter(divan::counter::BytesCount::new(count * size)).with_inputs(|| fresh_plan(&template)).bench_local_values(
-        |(mut pool, plan)| {
+    let template =
+        Setup { layout: layout.clone(), store: store.clone(), arena: arena.clone(), backing: Vec::new(), ids };
+    bencher
+        .counter(divan::counter::BytesCount::new(count * size))
+        .with_inputs(|| fresh_plan(&template))
+        .bench_local_values(|(mut pool, plan)| {
             migrator.migrate(&mut pool, &plan, layout, store, arena, buffer).expect("migrates");
             pool
-        },
-    );
+        });
 }
 
 #[divan::bench(consts = COUNTS, args = SIZES, sample_count = 20)]

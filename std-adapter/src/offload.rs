@@ -132,7 +132,12 @@ where
     ///
     /// # Errors
     /// [`LayoutError`] for a layer, projection or expert that does not exist.
-    pub fn expert_slab(&self, layer: usize, projection: Projection, expert: usize) -> Result<(&[u8], bool), LayoutError> {
+    pub fn expert_slab(
+        &self,
+        layer: usize,
+        projection: Projection,
+        expert: usize,
+    ) -> Result<(&[u8], bool), LayoutError> {
         let position = self.position(layer)?;
         let (pool, slots) = (&self.pools.pools()[position], &self.slots[position]);
         match pool.slot_of(expert) {

@@ -82,16 +82,15 @@ impl ParallelMigrator {
             .into_par_iter()
             .map(|(p, chunk)| {
                 let slots = arena.slots();
-                let chunk = chunk.ok_or(MigrateError::Sink(LayoutError::SlotOutOfRange { slot: p.slot.into(), slots }))?;
+                let chunk =
+                    chunk.ok_or(MigrateError::Sink(LayoutError::SlotOutOfRange { slot: p.slot.into(), slots }))?;
                 copy_into_slot(source, layer, p, layout, arena, chunk)
             })
             .collect();
 
         let mut first_failure = None;
         for (&promotion, result) in pending.iter().zip(results) {
-            match result.and_then(|bytes| {
-                pool.commit(promotion, bytes).map(|_| bytes).map_err(MigrateError::Plan)
-            }) {
+            match result.and_then(|bytes| pool.commit(promotion, bytes).map(|_| bytes).map_err(MigrateError::Plan)) {
                 Ok(bytes) => {
                     report.copied += 1;
                     report.bytes += bytes;
@@ -118,9 +117,10 @@ fn pending_prefix<E>(
     let mut skipped = 0;
     let misfit = |p: Promotion, e: PlanError| Some((p, MigrateError::Plan(e)));
     if plan.layer() != pool.layer() {
-        let stop = plan.promotions().first().and_then(|&p| {
-            misfit(p, PlanError::LayerMismatch { plan: plan.layer(), pool: pool.layer() })
-        });
+        let stop = plan
+            .promotions()
+            .first()
+            .and_then(|&p| misfit(p, PlanError::LayerMismatch { plan: plan.layer(), pool: pool.layer() }));
         return (pending, skipped, stop);
     }
     for &p in plan.promotions() {
@@ -152,7 +152,9 @@ where
         // Offsets within a slot are those of slot 0.
         let range = arena.projection_range(0, slab.index).map_err(MigrateError::Sink)?;
         let actual = chunk.len();
-        let dst = chunk.get_mut(range.clone()).ok_or(MigrateError::Sink(LayoutError::BufferTooSmall { needed: range.end, actual }))?;
+        let dst = chunk
+            .get_mut(range.clone())
+            .ok_or(MigrateError::Sink(LayoutError::BufferTooSmall { needed: range.end, actual }))?;
         dst.copy_from_slice(slab.bytes);
         bytes += slab.bytes.len() as u64;
     }
@@ -174,7 +176,9 @@ where
         Ok(sink) => sink,
         Err(e) => {
             return match plan.promotions().first() {
-                Some(&failed) => Err(Failure { error: MigrateError::Sink(e), failed, completed: MigrateReport::default() }),
+                Some(&failed) => {
+                    Err(Failure { error: MigrateError::Sink(e), failed, completed: MigrateReport::default() })
+                }
                 None => Ok(MigrateReport::default()),
             }
         }

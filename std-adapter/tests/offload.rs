@@ -46,9 +46,8 @@ fn check_reads<S: LayeredSource<Error = expertslab_std::LayoutError> + Sync>(
 fn each_layer_steps_on_its_own_ids_and_reads_match_the_source() {
     let every2 = Schedule::EveryDecodeSteps(std::num::NonZeroU32::new(2).unwrap());
     let config = PoolConfig::new(0, 4).schedule(every2);
-    let mut model = Offloader::new(store(&[1, 3, 4], 32), config, 64)
-        .unwrap()
-        .with_migrator(ParallelMigrator::with_threshold(0));
+    let mut model =
+        Offloader::new(store(&[1, 3, 4], 32), config, 64).unwrap().with_migrator(ParallelMigrator::with_threshold(0));
     model.warm_up().unwrap();
     let layers: Vec<usize> = model.pools().pools().iter().map(|p| p.layer()).collect();
     assert_eq!(layers, [1, 3, 4]);

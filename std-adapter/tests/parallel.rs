@@ -113,7 +113,8 @@ fn stale_plans_and_small_buffers_are_refused() {
     let again = migrator.migrate(&mut pool, &plan, &layout, &source[..], &arena, buffer).unwrap();
     assert_eq!((again.copied, again.skipped), (0, SLOTS));
     // A plan made by another pool whose slots this pool has filled differently: refused.
-    let mut other = ExpertPool::new(PoolConfig::new(EXPERTS, SLOTS).initial(expertslab_std::InitialPlacement::Cold)).unwrap();
+    let mut other =
+        ExpertPool::new(PoolConfig::new(EXPERTS, SLOTS).initial(expertslab_std::InitialPlacement::Cold)).unwrap();
     let mut foreign = MigrationPlan::new(SLOTS);
     other.refresh(&[20, 21, 22], &mut foreign).unwrap();
     let failure = migrator.migrate(&mut pool, &foreign, &layout, &source[..], &arena, buffer).unwrap_err();
