@@ -38,7 +38,7 @@ impl ParallelMigrator {
     }
 
     /// Copies `plan`'s promotions from `source` into `buffer`, laid out by `arena`, and commits
-    /// each to `pool` once its copy completed: the semantics of the core's [`migrate`], with the
+    /// each to `pool` once its copy completed: the semantics of the core's [`migrate()`], with the
     /// copies of one plan running at once when they move at least the threshold.
     ///
     /// Promotions already committed are skipped. The promotions before the first one that does
@@ -47,7 +47,7 @@ impl ParallelMigrator {
     /// returned; migrating the same plan again retries what is left.
     ///
     /// # Errors
-    /// [`MigrateFailure`] as [`migrate`]; the sink errors are the arena's [`LayoutError`]s.
+    /// [`MigrateFailure`] as [`migrate()`]; the sink errors are the arena's [`LayoutError`]s.
     pub fn migrate<S>(
         &self,
         pool: &mut ExpertPool,
@@ -61,7 +61,7 @@ impl ParallelMigrator {
         S: ExpertSource + Sync + ?Sized,
         S::Error: Send,
     {
-        let (pending, skipped, stop) = pending_prefix(pool, plan);
+        let Pending { promotions: pending, skipped, misfit: stop } = pending_prefix(pool, plan);
         let bytes = pending.len().saturating_mul(layout.expert_bytes());
         let first = match pending.first() {
             Some(&first) if pending.len() >= 2 && bytes >= self.threshold => first,
@@ -107,31 +107,35 @@ impl ParallelMigrator {
     }
 }
 
-/// The promotions still to copy before the first one that does not fit the pool (a stale or
-/// foreign plan), the number already done, and that first misfit.
-fn pending_prefix<E>(
-    pool: &ExpertPool,
-    plan: &MigrationPlan,
-) -> (Vec<Promotion>, usize, Option<(Promotion, MigrateError<E, LayoutError>)>) {
-    let mut pending: Vec<Promotion> = Vec::with_capacity(plan.len());
-    let mut skipped = 0;
-    let misfit = |p: Promotion, e: PlanError| Some((p, MigrateError::Plan(e)));
+/// What of a plan is left to copy.
+struct Pending<E> {
+    /// The promotions to copy, before the first misfit.
+    promotions: Vec<Promotion>,
+    /// Promotions already committed.
+    skipped: usize,
+    /// The first promotion that does not fit the pool (a stale or foreign plan), and why.
+    misfit: Option<(Promotion, MigrateError<E, LayoutError>)>,
+}
+
+fn pending_prefix<E>(pool: &ExpertPool, plan: &MigrationPlan) -> Pending<E> {
+    let mut pending = Pending { promotions: Vec::with_capacity(plan.len()), skipped: 0, misfit: None };
     if plan.layer() != pool.layer() {
-        let stop = plan
-            .promotions()
-            .first()
-            .and_then(|&p| misfit(p, PlanError::LayerMismatch { plan: plan.layer(), pool: pool.layer() }));
-        return (pending, skipped, stop);
+        let error = PlanError::LayerMismatch { plan: plan.layer(), pool: pool.layer() };
+        pending.misfit = plan.promotions().first().map(|&p| (p, MigrateError::Plan(error)));
+        return pending;
     }
     for &p in plan.promotions() {
         match pool.check(p) {
-            Ok(PromotionState::Done) => skipped += 1,
+            Ok(PromotionState::Done) => pending.skipped += 1,
             // A pool's plan names distinct experts and slots, so pending promotions never clash.
-            Ok(PromotionState::Pending) => pending.push(p),
-            Err(e) => return (pending, skipped, misfit(p, e)),
+            Ok(PromotionState::Pending) => pending.promotions.push(p),
+            Err(e) => {
+                pending.misfit = Some((p, MigrateError::Plan(e)));
+                break;
+            }
         }
     }
-    (pending, skipped, None)
+    pending
 }
 
 /// Copies one expert's slabs into its slot's chunk of the arena buffer.
