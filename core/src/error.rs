@@ -236,6 +236,8 @@ pub enum PoolError {
         /// Elements given.
         actual: usize,
     },
+    /// An operation the pool's policy does not have (a future for a policy other than Belady).
+    PolicyMismatch,
     /// A per-layer argument list whose length is not the layer count.
     LayerCountMismatch {
         /// Layers of the pool set.
@@ -258,6 +260,7 @@ impl fmt::Display for PoolError {
             Self::BufferTooSmall { needed, actual } => {
                 write!(f, "output buffer too small: need {needed} entries, got {actual}")
             }
+            Self::PolicyMismatch => f.write_str("the pool's policy has no such operation"),
             Self::LayerCountMismatch { layers, actual } => {
                 write!(f, "expected one entry per layer ({layers}), got {actual}")
             }

@@ -102,6 +102,7 @@ pub use layout::{ExpertLayout, Projection, StackLayout, MAX_PROJECTIONS};
 pub use migrate::{expert_slabs, migrate, push_stacks, ExpertSlab, MigrateFailure, MigrateReport, PushError};
 pub use name::{stack_name, TensorName};
 pub use plan::{MigrationPlan, Promotion};
+pub use policy::{DecayConfig, Policy, PolicyError};
 pub use pool::{
     ExpertPool, InitialPlacement, PoolConfig, PoolStats, PromotionState, ServeCounts, MAX_EXPERTS, MAX_STEP_IDS,
 };

@@ -16,8 +16,8 @@ use alloc::vec::Vec;
 
 use crate::error::{PlanError, PoolError};
 use crate::plan::{MigrationPlan, Promotion};
-use crate::policy::{Candidates, HitCount, RefreshState, COUNT_MASK, RESIDENT};
-use crate::schedule::{Schedule, Step};
+use crate::policy::{AdmitState, Candidates, Policy, PolicyState, RefreshState, COUNT_MASK, RESIDENT};
+use crate::schedule::{Mode, Schedule, Step};
 
 /// Slot-table entry of a slot that holds no expert.
 pub(crate) const EMPTY_SLOT: u16 = u16::MAX;
@@ -28,6 +28,14 @@ const NOT_RESIDENT: u32 = u32::MAX;
 pub const MAX_EXPERTS: usize = u16::MAX as usize;
 /// The most routing ids one step may carry (per-expert counters stay below their flag bits).
 pub const MAX_STEP_IDS: usize = COUNT_MASK as usize;
+
+/// Refuses steps whose hit counts could reach the policy's flag bits.
+fn check_step(ids: &[u32]) -> Result<(), PoolError> {
+    if ids.len() > MAX_STEP_IDS {
+        return Err(PoolError::TooManyIds { ids: ids.len(), max: MAX_STEP_IDS });
+    }
+    Ok(())
+}
 
 /// Which experts are resident when a pool is built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -42,22 +50,36 @@ pub enum InitialPlacement {
     Cold,
 }
 
-/// How one pool is built: layer index, expert count, budget, schedule and initial placement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// How one pool is built: layer index, expert count, budget, policy, schedule and initial
+/// placement.
+#[derive(Debug, Clone, Copy, PartialEq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct PoolConfig {
     layer: usize,
     experts: usize,
     budget: usize,
+    policy: Policy,
     schedule: Schedule,
     initial: InitialPlacement,
 }
 
 impl PoolConfig {
-    /// A pool of `experts` experts and `budget` slots for layer 0, refreshing every forward pass,
-    /// starting warm. A budget above the expert count is clamped to it.
+    /// A pool of `experts` experts and `budget` slots for layer 0 with TIDE placement, refreshing
+    /// every forward pass, starting warm. A budget above the expert count is clamped to it.
     pub const fn new(experts: usize, budget: usize) -> Self {
-        Self { layer: 0, experts, budget, schedule: Schedule::EveryForward, initial: InitialPlacement::Warm }
+        Self {
+            layer: 0,
+            experts,
+            budget,
+            policy: Policy::Tide,
+            schedule: Schedule::EveryForward,
+            initial: InitialPlacement::Warm,
+        }
+    }
+
+    /// The placement policy.
+    pub const fn policy(self, policy: Policy) -> Self {
+        Self { policy, ..self }
     }
 
     /// The layer index this pool serves (plans and sink writes carry it).
@@ -156,8 +178,10 @@ pub struct ExpertPool {
     /// Per slot: the expert it holds, or `EMPTY_SLOT`.
     slot_expert: Vec<u16>,
     resident: usize,
-    policy: HitCount,
+    policy: PolicyState,
     initial: InitialPlacement,
+    /// A demand policy's accounting of the step it planned, for [`ExpertPool::serve`].
+    planned_serve: Option<ServeCounts>,
     stats: PoolStats,
 }
 
@@ -168,7 +192,7 @@ impl ExpertPool {
     /// [`PoolError::NoExperts`] for zero experts, [`PoolError::TooManyExperts`] above
     /// [`MAX_EXPERTS`].
     pub fn new(config: PoolConfig) -> Result<Self, PoolError> {
-        let PoolConfig { layer, experts, budget, schedule, initial } = config;
+        let PoolConfig { layer, experts, budget, policy, schedule, initial } = config;
         if experts == 0 {
             return Err(PoolError::NoExperts);
         }
@@ -182,8 +206,9 @@ impl ExpertPool {
             expert_slot: vec![NOT_RESIDENT; experts],
             slot_expert: vec![EMPTY_SLOT; slots],
             resident: 0,
-            policy: HitCount::new(slots),
+            policy: PolicyState::new(policy, experts, slots),
             initial,
+            planned_serve: None,
             stats: PoolStats::default(),
         })
     }
@@ -299,44 +324,72 @@ impl ExpertPool {
         }
     }
 
-    /// Runs `step`'s refresh if the schedule (or a prefill, or the step's mode) calls for one:
-    /// fills `plan` with the promotions, frees the slots of demoted experts. Otherwise clears
-    /// `plan`. Returns whether a refresh ran.
+    /// Plans `step` from its routing `ids`. With an interval policy: refreshes if the schedule
+    /// (or a prefill, or the step's mode) calls for it, filling `plan` with the promotions and
+    /// freeing the slots of demoted experts; otherwise clears `plan` (a decay policy still folds
+    /// the ids into its scores). With a demand policy: serves the ids in order and admits each
+    /// miss (every step, unless the step's mode is [`Mode::Reuse`]). Returns whether placement
+    /// was decided.
+    ///
+    /// Then migrate `plan` and call [`ExpertPool::serve`] with the same ids.
     ///
     /// # Errors
     /// [`PoolError::TooManyIds`] when `ids` is longer than [`MAX_STEP_IDS`]; the pool is
     /// unchanged.
     pub fn plan_step(&mut self, step: Step, ids: &[u32], plan: &mut MigrationPlan) -> Result<bool, PoolError> {
-        if self.schedule.is_due(step) {
+        let due = match &self.policy {
+            PolicyState::Interval(_) => self.schedule.is_due(step),
+            PolicyState::Demand(_) => step.mode != Mode::Reuse,
+        };
+        if due {
             self.refresh(ids, plan)?;
-            Ok(true)
         } else {
+            check_step(ids)?;
+            if let PolicyState::Interval(placement) = &mut self.policy {
+                placement.observe(ids);
+            }
             plan.reset(self.layer, 0);
-            Ok(false)
         }
+        Ok(due)
     }
 
-    /// Refreshes now from `ids` (TIDE hit-count placement, see [`crate::policy`]): fills `plan`
-    /// with the promotions and frees the slots of demoted experts. Ids at or past the expert count
-    /// are ignored here (and counted by [`ExpertPool::serve`]). With every expert resident,
-    /// nothing moves.
+    /// Decides placement now from `ids`, whatever the schedule: an interval policy refreshes (see
+    /// [`crate::policy`]), a demand policy serves the ids in order and admits each miss. Fills
+    /// `plan` with the promotions and frees the slots of demoted experts. Ids at or past the
+    /// expert count are ignored (and counted as invalid by [`ExpertPool::serve`]). With every
+    /// expert resident, nothing moves.
     ///
     /// # Errors
     /// [`PoolError::TooManyIds`] when `ids` is longer than [`MAX_STEP_IDS`]; the pool is
     /// unchanged.
     pub fn refresh(&mut self, ids: &[u32], plan: &mut MigrationPlan) -> Result<(), PoolError> {
-        if ids.len() > MAX_STEP_IDS {
-            return Err(PoolError::TooManyIds { ids: ids.len(), max: MAX_STEP_IDS });
-        }
+        check_step(ids)?;
         plan.reset(self.layer, self.slots());
         self.stats.refreshes += 1;
-        if self.resident == self.experts() {
+        let placement = match &mut self.policy {
+            PolicyState::Interval(placement) => placement,
+            PolicyState::Demand(cache) => {
+                let state = AdmitState {
+                    expert_slot: &mut self.expert_slot,
+                    slot_expert: &mut self.slot_expert,
+                    not_resident: NOT_RESIDENT,
+                };
+                let (counts, demoted) = cache.admit(state, ids, plan);
+                self.resident -= demoted;
+                self.stats.demotions += demoted as u64;
+                self.count_served(counts);
+                self.planned_serve = Some(counts);
+                return Ok(());
+            }
+        };
+        placement.observe(ids);
+        if self.resident == self.expert_slot.len() {
             return Ok(());
         }
         // The per-expert words become this step's hit counts; the slot table stays the truth.
         // A short step (decode) zeroes and later restores only the words it touches, so its cost
         // follows the ids and the slots rather than the expert count.
-        let sparse = ids.len() < self.experts();
+        let sparse = ids.len() < self.expert_slot.len() && !placement.scans_all_experts();
         if sparse {
             for &id in ids {
                 if let Some(word) = self.expert_slot.get_mut(id as usize) {
@@ -363,7 +416,7 @@ impl ExpertPool {
             slot_expert: &mut self.slot_expert,
             candidates,
         };
-        let demoted = self.policy.refresh(state, plan);
+        let demoted = placement.refresh(state, plan);
         self.resident -= demoted;
         self.stats.demotions += demoted as u64;
 
@@ -382,9 +435,35 @@ impl ExpertPool {
         Ok(())
     }
 
-    /// Counts `ids` (one step's routing, token-major) as hits, misses and invalid ids against the
-    /// current residency, adds them to the statistics and returns them.
+    /// Gives a [`Policy::Belady`] pool the layer's whole routing stream in serving order (every
+    /// step's ids, concatenated), so it can evict the resident used farthest in the future.
+    /// Allocates 4 bytes per id; for evaluation, not for a device.
+    ///
+    /// # Errors
+    /// [`PoolError::PolicyMismatch`] for other policies, [`PoolError::TooManyIds`] for a stream of
+    /// `u32::MAX` ids or more.
+    pub fn load_future(&mut self, stream: &[u32]) -> Result<(), PoolError> {
+        if stream.len() >= u32::MAX as usize {
+            return Err(PoolError::TooManyIds { ids: stream.len(), max: u32::MAX as usize - 1 });
+        }
+        match &mut self.policy {
+            PolicyState::Demand(cache) if cache.is_belady() => {
+                cache.load_future(self.expert_slot.len(), stream);
+                Ok(())
+            }
+            _ => Err(PoolError::PolicyMismatch),
+        }
+    }
+
+    /// Counts `ids` (one step's routing, token-major) as hits, misses and invalid ids, adds them
+    /// to the statistics and returns them. With an interval policy (or a step a demand policy did
+    /// not plan) they are counted against the current residency. After a demand policy planned
+    /// the step, they were decided id by id then (a miss is admitted, so later ids of the same
+    /// expert hit): that accounting is returned, and `ids` must be the planned step's.
     pub fn serve(&mut self, ids: &[u32]) -> ServeCounts {
+        if let Some(planned) = self.planned_serve.take() {
+            return planned;
+        }
         let mut counts = ServeCounts::default();
         for &id in ids {
             match self.expert_slot.get(id as usize) {
@@ -393,10 +472,14 @@ impl ExpertPool {
                 Some(_) => counts.hits += 1,
             }
         }
+        self.count_served(counts);
+        counts
+    }
+
+    fn count_served(&mut self, counts: ServeCounts) {
         self.stats.hits += u64::from(counts.hits);
         self.stats.misses += u64::from(counts.misses);
         self.stats.invalid_ids += u64::from(counts.invalid);
-        counts
     }
 
     /// Checks `promotion` against the current state.

@@ -1,0 +1,185 @@
+//! Placement policies: how observed routing becomes the resident set. Two families drive the same
+//! pool, slot table and migration plans:
+//!
+//! - **Interval placement** ([`Policy::Tide`], [`Policy::Decay`]): the
+//!   resident set is re-decided on refresh steps of the pool's [`crate::Schedule`]; between
+//!   refreshes misses are served from slow memory. The refreshed placement serves the step that
+//!   triggered it.
+//! - **Demand caching** ([`Policy::Lru`], [`Policy::Lfu`], [`Policy::Lru2`],
+//!   [`Policy::Belady`]): every step, ids are served in order and each miss is admitted at once,
+//!   evicting the policy's victim when the slots are full. The schedule does not apply.
+//!
+//! Every policy is deterministic (ties go to the lower expert id) and allocates nothing per step.
+
+mod demand;
+mod interval;
+pub(crate) mod select;
+
+use core::fmt;
+
+pub(crate) use demand::{AdmitState, DemandCache, DemandKind};
+pub(crate) use interval::{Candidates, IntervalPlacement, RefreshState, COUNT_MASK, RESIDENT};
+
+/// Settings of the decayed-frequency policy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct DecayConfig {
+    half_life: f32,
+    margin: f32,
+    max_promotions: Option<u16>,
+}
+
+/// A decay setting outside its range.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// A half-life that is not a positive finite number of steps.
+    HalfLife(f32),
+    /// A swap margin below 1 or not finite.
+    Margin(f32),
+    /// A policy name this crate does not know.
+    UnknownName,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::HalfLife(v) => write!(f, "decay half-life {v} is not a positive number of steps"),
+            Self::Margin(v) => write!(f, "swap margin {v} is not a finite factor of at least 1"),
+            Self::UnknownName => f.write_str("unknown policy (known: tide, decay, lru, lfu, lru2, belady)"),
+        }
+    }
+}
+
+impl core::error::Error for PolicyError {}
+
+impl DecayConfig {
+    /// The default: a half-life of 8 steps, a swap margin of 1.25, no cap.
+    pub const DEFAULT: Self = Self { half_life: 8.0, margin: 1.25, max_promotions: None };
+
+    /// Scores halve every `half_life` steps; a target replaces a resident only when its score is
+    /// more than `margin` times the resident's; a refresh promotes at most `max_promotions`
+    /// experts (the cap on bytes one refresh moves, divided by the bytes of one expert).
+    ///
+    /// # Errors
+    /// [`PolicyError::HalfLife`] unless `half_life` is positive and finite,
+    /// [`PolicyError::Margin`] unless `margin` is finite and at least 1.
+    pub fn new(half_life: f32, margin: f32, max_promotions: Option<u16>) -> Result<Self, PolicyError> {
+        if !(half_life.is_finite() && half_life > 0.0) {
+            return Err(PolicyError::HalfLife(half_life));
+        }
+        if !(margin.is_finite() && margin >= 1.0) {
+            return Err(PolicyError::Margin(margin));
+        }
+        Ok(Self { half_life, margin, max_promotions })
+    }
+
+    /// The half-life in steps.
+    pub const fn half_life(&self) -> f32 {
+        self.half_life
+    }
+
+    /// The swap margin.
+    pub const fn margin(&self) -> f32 {
+        self.margin
+    }
+
+    /// The cap on promotions per refresh.
+    pub const fn max_promotions(&self) -> Option<u16> {
+        self.max_promotions
+    }
+
+    /// The per-step decay factor, `0.5^(1 / half_life)`.
+    pub fn alpha(&self) -> f32 {
+        libm::powf(0.5, 1.0 / self.half_life)
+    }
+}
+
+impl Default for DecayConfig {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// How a pool chooses its resident experts. See the [module docs](self).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum Policy {
+    /// TIDE: on refresh steps, the experts with the most hits in that step.
+    #[default]
+    Tide,
+    /// On refresh steps, the experts with the highest decayed hit frequency, with a swap margin
+    /// and an optional cap on promotions.
+    Decay(DecayConfig),
+    /// Demand caching, evicting the least recently used.
+    Lru,
+    /// Demand caching, evicting the least frequently used.
+    Lfu,
+    /// Demand caching, evicting by the second-to-last use (LRU-2).
+    Lru2,
+    /// Demand caching, evicting the resident used farthest in the future (offline optimum; needs
+    /// [`crate::ExpertPool::load_future`]).
+    Belady,
+}
+
+impl Policy {
+    /// Every policy name [`Policy::from_name`] knows.
+    pub const NAMES: [&'static str; 6] = ["tide", "decay", "lru", "lfu", "lru2", "belady"];
+
+    /// The policy's name.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Self::Tide => "tide",
+            Self::Decay(_) => "decay",
+            Self::Lru => "lru",
+            Self::Lfu => "lfu",
+            Self::Lru2 => "lru2",
+            Self::Belady => "belady",
+        }
+    }
+
+    /// The policy named `name` (decay with [`DecayConfig::DEFAULT`]).
+    ///
+    /// # Errors
+    /// [`PolicyError::UnknownName`].
+    pub fn from_name(name: &str) -> Result<Self, PolicyError> {
+        Ok(match name {
+            "tide" => Self::Tide,
+            "decay" => Self::Decay(DecayConfig::DEFAULT),
+            "lru" => Self::Lru,
+            "lfu" => Self::Lfu,
+            "lru2" => Self::Lru2,
+            "belady" => Self::Belady,
+            _ => return Err(PolicyError::UnknownName),
+        })
+    }
+
+    /// Whether the policy admits every miss (demand caching) rather than placing on refresh
+    /// steps.
+    pub const fn is_demand(&self) -> bool {
+        matches!(self, Self::Lru | Self::Lfu | Self::Lru2 | Self::Belady)
+    }
+}
+
+/// A pool's policy with its state.
+#[derive(Debug, Clone)]
+pub(crate) enum PolicyState {
+    Interval(IntervalPlacement),
+    Demand(DemandCache),
+}
+
+impl PolicyState {
+    pub(crate) fn new(policy: Policy, experts: usize, slots: usize) -> Self {
+        let demand = |kind| Self::Demand(DemandCache::new(kind, experts, slots));
+        match policy {
+            Policy::Tide => Self::Interval(IntervalPlacement::hit_count(slots)),
+            Policy::Decay(config) => Self::Interval(IntervalPlacement::decay(slots, experts, config)),
+            Policy::Lru => demand(DemandKind::Lru),
+            Policy::Lfu => demand(DemandKind::Lfu),
+            Policy::Lru2 => demand(DemandKind::Lru2),
+            Policy::Belady => demand(DemandKind::Belady),
+        }
+    }
+}
