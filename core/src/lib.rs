@@ -86,10 +86,13 @@ pub mod name;
 pub mod plan;
 pub mod policy;
 pub mod pool;
+pub mod replay;
 pub mod schedule;
 pub mod shared;
 pub mod sink;
 pub mod source;
+pub mod synthetic;
+pub mod trace;
 pub mod view;
 
 pub use arena::SlotArena;

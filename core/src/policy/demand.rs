@@ -112,7 +112,12 @@ impl DemandCache {
 
     /// Serves `ids` in order, admitting misses; fills `plan` and returns the step's counts and
     /// the number of demotions.
-    pub(crate) fn admit(&mut self, state: AdmitState<'_>, ids: &[u32], plan: &mut MigrationPlan) -> (ServeCounts, usize) {
+    pub(crate) fn admit(
+        &mut self,
+        state: AdmitState<'_>,
+        ids: &[u32],
+        plan: &mut MigrationPlan,
+    ) -> (ServeCounts, usize) {
         let AdmitState { expert_slot, slot_expert, not_resident } = state;
         let mut counts = ServeCounts::default();
         let mut demotions = 0;

@@ -1,0 +1,523 @@
+//! Routing traces: the router's expert ids per layer and step, in a documented text format.
+//!
+//! Newline-delimited JSON. The first line is the header, then one line per layer and step:
+//!
+//! ```text
+//! {"format":"expertslab-trace","version":1,"experts":64,"layers":2,"top_k":2}
+//! {"layer":0,"step":0,"prefill":true,"ids":[3,17,3,5]}
+//! {"layer":1,"step":0,"prefill":true,"ids":[8,1,60,2]}
+//! {"layer":0,"step":1,"prefill":false,"ids":[3,9]}
+//! ```
+//!
+//! `ids` are flat and token-major (`top_k` per token, so their number is a multiple of `top_k`).
+//! Keys may come in any order, with any JSON whitespace; blank lines are skipped. Every other
+//! deviation is an error naming the line: unknown or repeated keys, missing keys, a layer at or
+//! past `layers`, a step smaller than the layer's previous one, ids that are not integers in
+//! `0..2^32`. Ids at or past `experts` are kept: replay counts them as invalid.
+
+use alloc::vec::Vec;
+use core::fmt;
+use core::ops::Range;
+
+/// The format name in the header.
+pub const FORMAT: &str = "expertslab-trace";
+/// The format version this crate reads and writes.
+pub const VERSION: u64 = 1;
+
+/// A trace's header: the model's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct TraceHeader {
+    /// Experts per layer.
+    pub experts: u32,
+    /// MoE layers.
+    pub layers: u32,
+    /// Experts per token.
+    pub top_k: u32,
+}
+
+/// One line of a trace: a layer's routing in one step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceRecord {
+    /// The layer.
+    pub layer: u32,
+    /// The step.
+    pub step: u64,
+    /// Whether the step is a prefill block.
+    pub prefill: bool,
+    ids: Range<usize>,
+}
+
+/// A trace that cannot be read or built, with the 1-based line (0 when built in code).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct TraceError {
+    /// The line.
+    pub line: usize,
+    /// What is wrong.
+    pub kind: TraceErrorKind,
+}
+
+/// What is wrong with a trace line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum TraceErrorKind {
+    /// The text is not the JSON this format allows, at byte `column` of the line.
+    Syntax {
+        /// Byte position in the line.
+        column: usize,
+    },
+    /// The first line is not a header of this format and version.
+    NotAHeader,
+    /// A header with a zero count.
+    EmptyShape,
+    /// A key the format does not have, or one given twice.
+    UnexpectedKey,
+    /// A key the line must have is missing.
+    MissingKey(&'static str),
+    /// A value of the wrong kind or out of range for its key.
+    BadValue(&'static str),
+    /// A layer at or past the header's count.
+    LayerOutOfRange(u32),
+    /// A step smaller than the same layer's previous step.
+    StepBackwards,
+    /// A number of ids that is not a multiple of `top_k`.
+    PartialToken,
+    /// No header line at all.
+    Empty,
+}
+
+impl fmt::Display for TraceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: ", self.line)?;
+        match &self.kind {
+            TraceErrorKind::Syntax { column } => write!(f, "malformed JSON at byte {column}"),
+            TraceErrorKind::NotAHeader => {
+                write!(f, "not a header {{\"format\":\"{FORMAT}\",\"version\":{VERSION},...}}")
+            }
+            TraceErrorKind::EmptyShape => f.write_str("experts, layers and top_k must be at least 1"),
+            TraceErrorKind::UnexpectedKey => f.write_str("unknown or repeated key"),
+            TraceErrorKind::MissingKey(key) => write!(f, "missing \"{key}\""),
+            TraceErrorKind::BadValue(key) => write!(f, "bad value for \"{key}\""),
+            TraceErrorKind::LayerOutOfRange(layer) => write!(f, "layer {layer} is past the header's layer count"),
+            TraceErrorKind::StepBackwards => f.write_str("step is smaller than this layer's previous step"),
+            TraceErrorKind::PartialToken => f.write_str("the number of ids is not a multiple of top_k"),
+            TraceErrorKind::Empty => f.write_str("no header"),
+        }
+    }
+}
+
+impl core::error::Error for TraceError {}
+
+/// A whole routing trace in memory: records in file order, their ids in one flat buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trace {
+    header: TraceHeader,
+    records: Vec<TraceRecord>,
+    ids: Vec<u32>,
+    last_step: Vec<Option<u64>>,
+}
+
+impl Trace {
+    /// An empty trace of the given shape.
+    ///
+    /// # Errors
+    /// [`TraceErrorKind::EmptyShape`] when a count is zero.
+    pub fn new(header: TraceHeader) -> Result<Self, TraceError> {
+        if header.experts == 0 || header.layers == 0 || header.top_k == 0 {
+            return Err(TraceError { line: 0, kind: TraceErrorKind::EmptyShape });
+        }
+        Ok(Self { header, records: Vec::new(), ids: Vec::new(), last_step: alloc::vec![None; header.layers as usize] })
+    }
+
+    /// The header.
+    pub const fn header(&self) -> TraceHeader {
+        self.header
+    }
+
+    /// The records, in order.
+    pub fn records(&self) -> &[TraceRecord] {
+        &self.records
+    }
+
+    /// The ids of `record`.
+    pub fn ids(&self, record: &TraceRecord) -> &[u32] {
+        self.ids.get(record.ids.clone()).unwrap_or(&[])
+    }
+
+    /// Appends a record.
+    ///
+    /// # Errors
+    /// [`TraceErrorKind::LayerOutOfRange`], [`TraceErrorKind::StepBackwards`] or
+    /// [`TraceErrorKind::PartialToken`] (line 0).
+    pub fn push(&mut self, layer: u32, step: u64, prefill: bool, ids: &[u32]) -> Result<(), TraceError> {
+        self.push_at(0, layer, step, prefill, ids.iter().copied())
+    }
+
+    fn push_at(
+        &mut self,
+        line: usize,
+        layer: u32,
+        step: u64,
+        prefill: bool,
+        ids: impl Iterator<Item = u32>,
+    ) -> Result<(), TraceError> {
+        let fail = |kind| TraceError { line, kind };
+        let last = self.last_step.get_mut(layer as usize).ok_or(fail(TraceErrorKind::LayerOutOfRange(layer)))?;
+        if last.is_some_and(|previous| step < previous) {
+            return Err(fail(TraceErrorKind::StepBackwards));
+        }
+        let start = self.ids.len();
+        self.ids.extend(ids);
+        if (self.ids.len() - start) % self.header.top_k as usize != 0 {
+            self.ids.truncate(start);
+            return Err(fail(TraceErrorKind::PartialToken));
+        }
+        *last = Some(step);
+        self.records.push(TraceRecord { layer, step, prefill, ids: start..self.ids.len() });
+        Ok(())
+    }
+
+    /// Reads a trace in the text format.
+    ///
+    /// # Errors
+    /// A [`TraceError`] naming the first bad line.
+    pub fn parse(text: &str) -> Result<Self, TraceError> {
+        let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l)).filter(|(_, l)| !l.trim().is_empty());
+        let (line, header) = lines.next().ok_or(TraceError { line: 1, kind: TraceErrorKind::Empty })?;
+        let mut trace = Self::new(parse_header(header).map_err(|kind| TraceError { line, kind })?)
+            .map_err(|e| TraceError { line, ..e })?;
+        let mut scratch = Vec::new();
+        for (line, text) in lines {
+            let record = parse_record(text, &mut scratch).map_err(|kind| TraceError { line, kind })?;
+            trace.push_at(line, record.0, record.1, record.2, scratch.iter().copied())?;
+        }
+        Ok(trace)
+    }
+
+    /// Writes the trace in the text format.
+    ///
+    /// # Errors
+    /// The writer's error.
+    pub fn write(&self, out: &mut impl fmt::Write) -> fmt::Result {
+        write_header(out, self.header)?;
+        for r in &self.records {
+            write_record(out, r.layer, r.step, r.prefill, self.ids(r))?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes a header line.
+///
+/// # Errors
+/// The writer's error.
+pub fn write_header(out: &mut impl fmt::Write, header: TraceHeader) -> fmt::Result {
+    let TraceHeader { experts, layers, top_k } = header;
+    writeln!(
+        out,
+        "{{\"format\":\"{FORMAT}\",\"version\":{VERSION},\"experts\":{experts},\"layers\":{layers},\"top_k\":{top_k}}}"
+    )
+}
+
+/// Writes one record line.
+///
+/// # Errors
+/// The writer's error.
+pub fn write_record(out: &mut impl fmt::Write, layer: u32, step: u64, prefill: bool, ids: &[u32]) -> fmt::Result {
+    write!(out, "{{\"layer\":{layer},\"step\":{step},\"prefill\":{prefill},\"ids\":[")?;
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            out.write_char(',')?;
+        }
+        write!(out, "{id}")?;
+    }
+    out.write_str("]}\n")
+}
+
+/// A value of this format's JSON subset.
+enum Value<'a> {
+    Str(&'a str),
+    Int(u64),
+    Bool(bool),
+    /// An array of integers, appended to the scratch buffer.
+    Ints,
+}
+
+/// Reads `{"key": value, ...}` with this format's values, calling `field` for each pair.
+fn parse_object<'a>(
+    line: &'a str,
+    ids: &mut Vec<u32>,
+    mut field: impl FnMut(&'a str, Value<'a>) -> Result<(), TraceErrorKind>,
+) -> Result<(), TraceErrorKind> {
+    let bytes = line.as_bytes();
+    let mut pos = 0;
+    let syntax = |column: usize| TraceErrorKind::Syntax { column };
+    let skip_ws = |pos: &mut usize| {
+        while bytes.get(*pos).is_some_and(|b| b.is_ascii_whitespace()) {
+            *pos += 1;
+        }
+    };
+    let expect = |pos: &mut usize, c: u8| -> Result<(), TraceErrorKind> {
+        skip_ws(pos);
+        if bytes.get(*pos) == Some(&c) {
+            *pos += 1;
+            Ok(())
+        } else {
+            Err(syntax(*pos))
+        }
+    };
+    let string = |pos: &mut usize| -> Result<&'a str, TraceErrorKind> {
+        expect(pos, b'"')?;
+        let start = *pos;
+        while let Some(&b) = bytes.get(*pos) {
+            match b {
+                b'"' => {
+                    *pos += 1;
+                    return line.get(start..*pos - 1).ok_or(syntax(start));
+                }
+                b'\\' => return Err(syntax(*pos)), // escapes never occur in this format
+                _ => *pos += 1,
+            }
+        }
+        Err(syntax(*pos))
+    };
+    let integer = |pos: &mut usize| -> Result<u64, TraceErrorKind> {
+        skip_ws(pos);
+        let start = *pos;
+        let mut value: u64 = 0;
+        while let Some(&b) = bytes.get(*pos).filter(|b| b.is_ascii_digit()) {
+            value = value.checked_mul(10).and_then(|v| v.checked_add(u64::from(b - b'0'))).ok_or(syntax(start))?;
+            *pos += 1;
+        }
+        if *pos == start {
+            return Err(syntax(start));
+        }
+        Ok(value)
+    };
+
+    expect(&mut pos, b'{')?;
+    skip_ws(&mut pos);
+    if bytes.get(pos) == Some(&b'}') {
+        pos += 1;
+    } else {
+        loop {
+            let key = string(&mut pos)?;
+            expect(&mut pos, b':')?;
+            skip_ws(&mut pos);
+            let value = match bytes.get(pos) {
+                Some(b'"') => Value::Str(string(&mut pos)?),
+                Some(b't') if bytes.get(pos..pos + 4) == Some(b"true") => {
+                    pos += 4;
+                    Value::Bool(true)
+                }
+                Some(b'f') if bytes.get(pos..pos + 5) == Some(b"false") => {
+                    pos += 5;
+                    Value::Bool(false)
+                }
+                Some(b'[') => {
+                    pos += 1;
+                    ids.clear();
+                    skip_ws(&mut pos);
+                    if bytes.get(pos) == Some(&b']') {
+                        pos += 1;
+                    } else {
+                        loop {
+                            let column = pos;
+                            let id = integer(&mut pos)?;
+                            ids.push(u32::try_from(id).map_err(|_| syntax(column))?);
+                            skip_ws(&mut pos);
+                            match bytes.get(pos) {
+                                Some(b',') => pos += 1,
+                                Some(b']') => {
+                                    pos += 1;
+                                    break;
+                                }
+                                _ => return Err(syntax(pos)),
+                            }
+                        }
+                    }
+                    Value::Ints
+                }
+                _ => Value::Int(integer(&mut pos)?),
+            };
+            field(key, value)?;
+            skip_ws(&mut pos);
+            match bytes.get(pos) {
+                Some(b',') => pos += 1,
+                Some(b'}') => {
+                    pos += 1;
+                    break;
+                }
+                _ => return Err(syntax(pos)),
+            }
+        }
+    }
+    skip_ws(&mut pos);
+    if pos != bytes.len() {
+        return Err(syntax(pos));
+    }
+    Ok(())
+}
+
+/// Records `value` for `key` once; a repeated key is an error.
+fn set<T>(slot: &mut Option<T>, value: Option<T>, key: &'static str) -> Result<(), TraceErrorKind> {
+    if slot.is_some() {
+        return Err(TraceErrorKind::UnexpectedKey);
+    }
+    *slot = Some(value.ok_or(TraceErrorKind::BadValue(key))?);
+    Ok(())
+}
+
+fn parse_header(line: &str) -> Result<TraceHeader, TraceErrorKind> {
+    let (mut format, mut version, mut experts, mut layers, mut top_k) = (None, None, None, None, None);
+    let u32_of = |v: &Value<'_>| match v {
+        Value::Int(n) => u32::try_from(*n).ok(),
+        _ => None,
+    };
+    parse_object(line, &mut Vec::new(), |key, value| match key {
+        "format" => set(&mut format, matches!(value, Value::Str(FORMAT)).then_some(()), "format"),
+        "version" => set(&mut version, matches!(value, Value::Int(VERSION)).then_some(()), "version"),
+        "experts" => set(&mut experts, u32_of(&value), "experts"),
+        "layers" => set(&mut layers, u32_of(&value), "layers"),
+        "top_k" => set(&mut top_k, u32_of(&value), "top_k"),
+        _ => Err(TraceErrorKind::UnexpectedKey),
+    })
+    .map_err(|e| match e {
+        TraceErrorKind::BadValue("format" | "version") => TraceErrorKind::NotAHeader,
+        other => other,
+    })?;
+    if format.is_none() || version.is_none() {
+        return Err(TraceErrorKind::NotAHeader);
+    }
+    Ok(TraceHeader {
+        experts: experts.ok_or(TraceErrorKind::MissingKey("experts"))?,
+        layers: layers.ok_or(TraceErrorKind::MissingKey("layers"))?,
+        top_k: top_k.ok_or(TraceErrorKind::MissingKey("top_k"))?,
+    })
+}
+
+fn parse_record(line: &str, ids: &mut Vec<u32>) -> Result<(u32, u64, bool), TraceErrorKind> {
+    let (mut layer, mut step, mut prefill, mut has_ids) = (None, None, None, None);
+    parse_object(line, ids, |key, value| match (key, value) {
+        ("layer", Value::Int(n)) => set(&mut layer, u32::try_from(n).ok(), "layer"),
+        ("step", Value::Int(n)) => set(&mut step, Some(n), "step"),
+        ("prefill", Value::Bool(b)) => set(&mut prefill, Some(b), "prefill"),
+        ("ids", Value::Ints) => set(&mut has_ids, Some(()), "ids"),
+        ("layer" | "step" | "prefill" | "ids", _) => Err(TraceErrorKind::BadValue(match key {
+            "layer" => "layer",
+            "step" => "step",
+            "prefill" => "prefill",
+            _ => "ids",
+        })),
+        _ => Err(TraceErrorKind::UnexpectedKey),
+    })?;
+    has_ids.ok_or(TraceErrorKind::MissingKey("ids"))?;
+    Ok((
+        layer.ok_or(TraceErrorKind::MissingKey("layer"))?,
+        step.ok_or(TraceErrorKind::MissingKey("step"))?,
+        prefill.ok_or(TraceErrorKind::MissingKey("prefill"))?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::String;
+
+    const SAMPLE: &str = r#"{"format":"expertslab-trace","version":1,"experts":8,"layers":2,"top_k":2}
+{"layer":0,"step":0,"prefill":true,"ids":[3,7,3,5]}
+
+{ "ids" : [ 9 , 1 ] , "prefill" : false, "step": 1, "layer": 1 }
+{"layer":0,"step":1,"prefill":false,"ids":[]}
+"#;
+
+    #[test]
+    fn parses_and_writes_back() {
+        let trace = Trace::parse(SAMPLE).unwrap();
+        assert_eq!(trace.header(), TraceHeader { experts: 8, layers: 2, top_k: 2 });
+        assert_eq!(trace.records().len(), 3);
+        assert_eq!(trace.ids(&trace.records()[0]), &[3, 7, 3, 5]);
+        assert_eq!(trace.ids(&trace.records()[1]), &[9, 1]);
+        assert!(trace.records()[0].prefill && !trace.records()[1].prefill);
+        let mut text = String::new();
+        trace.write(&mut text).unwrap();
+        assert_eq!(Trace::parse(&text).unwrap(), trace);
+        assert!(text.starts_with(r#"{"format":"expertslab-trace","version":1,"experts":8,"layers":2,"top_k":2}"#));
+    }
+
+    fn error(text: &str) -> TraceError {
+        Trace::parse(text).unwrap_err()
+    }
+
+    #[test]
+    fn bad_lines_name_their_line() {
+        let header = "{\"format\":\"expertslab-trace\",\"version\":1,\"experts\":8,\"layers\":2,\"top_k\":2}\n";
+        let with =
+            |line: &str| alloc::format!("{header}{{\"layer\":0,\"step\":0,\"prefill\":false,\"ids\":[1,2]}}\n{line}\n");
+        assert_eq!(
+            error(&with(r#"{"layer":2,"step":1,"prefill":false,"ids":[1,2]}"#)).kind,
+            TraceErrorKind::LayerOutOfRange(2)
+        );
+        assert_eq!(
+            error(&with(r#"{"layer":0,"step":1,"prefill":false,"ids":[1]}"#)).kind,
+            TraceErrorKind::PartialToken
+        );
+        assert_eq!(error(&with(r#"{"layer":0,"step":1,"prefill":false,"ids":[1,-2]}"#)).line, 3);
+        assert!(matches!(
+            error(&with(r#"{"layer":0,"step":1,"prefill":false,"ids":[1,2.5]}"#)).kind,
+            TraceErrorKind::Syntax { .. }
+        ));
+        assert!(matches!(
+            error(&with(r#"{"layer":0,"step":1,"prefill":false,"ids":[1,4294967296]}"#)).kind,
+            TraceErrorKind::Syntax { .. }
+        ));
+        assert_eq!(
+            error(&with(r#"{"layer":0,"step":1,"prefill":false,"ids":[1,2],"x":1}"#)).kind,
+            TraceErrorKind::UnexpectedKey
+        );
+        assert_eq!(
+            error(&with(r#"{"layer":0,"layer":0,"step":1,"prefill":false,"ids":[1,2]}"#)).kind,
+            TraceErrorKind::UnexpectedKey
+        );
+        assert_eq!(error(&with(r#"{"layer":0,"prefill":false,"ids":[1,2]}"#)).kind, TraceErrorKind::MissingKey("step"));
+        assert_eq!(
+            error(&with(r#"{"layer":0,"step":1,"prefill":0,"ids":[1,2]}"#)).kind,
+            TraceErrorKind::BadValue("prefill")
+        );
+        assert_eq!(error(&with(r#"{"layer":0,"step":0,"prefill":false,"ids":[1,2]} x"#)).line, 3);
+        assert_eq!(error(&with(r#"{"layer":0,"step":0,"prefill":false,"ids":[1,2]"#)).line, 3);
+        assert_eq!(error("").kind, TraceErrorKind::Empty);
+        assert_eq!(
+            error(r#"{"format":"other","version":1,"experts":8,"layers":2,"top_k":2}"#).kind,
+            TraceErrorKind::NotAHeader
+        );
+        assert_eq!(
+            error(r#"{"format":"expertslab-trace","version":2,"experts":8,"layers":2,"top_k":2}"#).kind,
+            TraceErrorKind::NotAHeader
+        );
+        assert_eq!(
+            error(r#"{"format":"expertslab-trace","version":1,"experts":0,"layers":2,"top_k":2}"#).kind,
+            TraceErrorKind::EmptyShape
+        );
+        assert_eq!(
+            error(r#"{"format":"expertslab-trace","version":1,"layers":2,"top_k":2}"#).kind,
+            TraceErrorKind::MissingKey("experts")
+        );
+        assert_eq!(
+            error(r#"{"format":"expertslab-trace","version":1,"experts":"8","layers":2,"top_k":2}"#).kind,
+            TraceErrorKind::BadValue("experts")
+        );
+    }
+
+    #[test]
+    fn steps_may_not_go_backwards_within_a_layer() {
+        let mut t = Trace::new(TraceHeader { experts: 4, layers: 2, top_k: 1 }).unwrap();
+        t.push(0, 5, false, &[1]).unwrap();
+        t.push(1, 0, false, &[1]).unwrap();
+        t.push(0, 5, false, &[2]).unwrap();
+        assert_eq!(t.push(0, 4, false, &[1]).unwrap_err().kind, TraceErrorKind::StepBackwards);
+        assert_eq!(t.records().len(), 3);
+    }
+}
