@@ -135,3 +135,181 @@ pub fn skewed_routing(rng: &mut Xorshift, tokens: usize, top_k: usize, experts: 
     }
     ids
 }
+
+/// Demand caching written as plainly as possible, to check the pool's LRU, LFU, LRU-2 and Belady.
+/// Residents are a list; victims are found by scanning it; Belady scans the stream for next uses.
+#[derive(Debug, Clone)]
+pub struct ReferenceDemand {
+    /// "lru", "lfu", "lru2" or "belady".
+    pub kind: &'static str,
+    /// Slots.
+    pub budget: usize,
+    /// Experts.
+    pub experts: u32,
+    /// (expert, last use, use before that).
+    pub resident: Vec<(u32, u64, u64)>,
+    frequency: HashMap<u32, u64>,
+    clock: u64,
+    stream: Vec<u32>,
+    position: usize,
+    /// Counters.
+    pub hits: u64,
+    /// Counters.
+    pub misses: u64,
+    /// Counters.
+    pub promotions: u64,
+    /// Counters.
+    pub demotions: u64,
+}
+
+impl ReferenceDemand {
+    /// A reference cache; warm starts with experts `0..budget`, used at time 0. Belady needs the
+    /// layer's whole stream.
+    pub fn new(kind: &'static str, experts: u32, budget: usize, warm: bool, stream: Vec<u32>) -> Self {
+        let budget = budget.min(experts as usize);
+        let resident = if warm { (0..budget as u32).map(|e| (e, 0, 0)).collect() } else { Vec::new() };
+        Self {
+            kind,
+            budget,
+            experts,
+            resident,
+            frequency: HashMap::new(),
+            clock: 0,
+            stream,
+            position: 0,
+            hits: 0,
+            misses: 0,
+            promotions: 0,
+            demotions: 0,
+        }
+    }
+
+    fn next_use(&self, expert: u32) -> usize {
+        self.stream.iter().skip(self.position).position(|&e| e == expert).map_or(usize::MAX, |p| p + self.position)
+    }
+
+    /// Serves one step.
+    pub fn step(&mut self, ids: &[u32]) {
+        let mut admitted: HashSet<u32> = HashSet::new();
+        for &id in ids {
+            self.position += 1;
+            if id >= self.experts {
+                continue;
+            }
+            self.clock += 1;
+            *self.frequency.entry(id).or_default() += 1;
+            if let Some(r) = self.resident.iter_mut().find(|r| r.0 == id) {
+                self.hits += 1;
+                r.2 = r.1;
+                r.1 = self.clock;
+                continue;
+            }
+            self.misses += 1;
+            if self.budget == 0 {
+                continue;
+            }
+            if self.resident.len() == self.budget {
+                let key = |r: &(u32, u64, u64)| -> (u64, u64, u32) {
+                    match self.kind {
+                        "lru" => (r.1, 0, r.0),
+                        "lfu" => (self.frequency.get(&r.0).copied().unwrap_or(0), 0, r.0),
+                        "lru2" => (r.2, r.1, r.0),
+                        "belady" => (u64::MAX - self.next_use(r.0) as u64, 0, r.0),
+                        other => panic!("unknown policy {other}"),
+                    }
+                };
+                let victim = (0..self.resident.len()).min_by_key(|&i| key(&self.resident[i])).expect("full");
+                let (expert, _, _) = self.resident.remove(victim);
+                if !admitted.remove(&expert) {
+                    self.demotions += 1;
+                }
+            }
+            self.resident.push((id, self.clock, 0));
+            admitted.insert(id);
+        }
+        self.promotions += admitted.len() as u64;
+    }
+
+    /// The resident set.
+    pub fn resident_set(&self) -> HashSet<u32> {
+        self.resident.iter().map(|r| r.0).collect()
+    }
+}
+
+/// Decayed-frequency interval placement written plainly, to check the pool's decay policy.
+#[derive(Debug, Clone)]
+pub struct ReferenceDecay {
+    alpha: f32,
+    margin: f32,
+    cap: Option<usize>,
+    budget: usize,
+    /// Scores per expert.
+    pub scores: Vec<f32>,
+    /// Resident experts.
+    pub resident: HashSet<u32>,
+    /// Counters.
+    pub promotions: u64,
+    /// Counters.
+    pub demotions: u64,
+}
+
+impl ReferenceDecay {
+    /// A reference; warm starts with experts `0..budget`.
+    pub fn new(config: expertslab::DecayConfig, experts: u32, budget: usize, warm: bool) -> Self {
+        let budget = budget.min(experts as usize);
+        Self {
+            alpha: config.alpha(),
+            margin: config.margin(),
+            cap: config.max_promotions().map(usize::from),
+            budget,
+            scores: vec![0.0; experts as usize],
+            resident: if warm { (0..budget as u32).collect() } else { HashSet::new() },
+            promotions: 0,
+            demotions: 0,
+        }
+    }
+
+    /// One step: fold the ids into the scores, and re-place when `refresh`.
+    pub fn step(&mut self, ids: &[u32], refresh: bool) {
+        for s in &mut self.scores {
+            *s *= self.alpha;
+        }
+        for &id in ids {
+            if let Some(s) = self.scores.get_mut(id as usize) {
+                *s += 1.0;
+            }
+        }
+        if !refresh || self.resident.len() == self.scores.len() {
+            return;
+        }
+        let mut ranked: Vec<u32> = (0..self.scores.len() as u32).filter(|&e| self.scores[e as usize] > 0.0).collect();
+        ranked.sort_by(|&a, &b| self.scores[b as usize].total_cmp(&self.scores[a as usize]).then(a.cmp(&b)));
+        ranked.truncate(self.budget);
+        let targets: HashSet<u32> = ranked.iter().copied().collect();
+        let mut victims: Vec<u32> = self.resident.iter().copied().filter(|e| !targets.contains(e)).collect();
+        victims.sort_by(|&a, &b| self.scores[a as usize].total_cmp(&self.scores[b as usize]).then(a.cmp(&b)));
+        let mut victims = victims.into_iter();
+        let mut free = self.budget - self.resident.len();
+        let mut promoted = 0;
+        let challengers: Vec<u32> = ranked.iter().copied().filter(|t| !self.resident.contains(t)).collect();
+        for t in challengers {
+            if self.cap.is_some_and(|cap| promoted >= cap) {
+                break;
+            }
+            if free > 0 {
+                free -= 1;
+            } else {
+                match victims.next() {
+                    Some(v) if self.scores[t as usize] > self.margin * self.scores[v as usize] => {
+                        self.resident.remove(&v);
+                        self.demotions += 1;
+                    }
+                    _ => break,
+                }
+            }
+            self.resident.insert(t);
+            promoted += 1;
+        }
+        self.promotions += promoted as u64;
+    }
+}

@@ -1,0 +1,160 @@
+//! Every policy of the pool against a plain reference model on random traces, and Belady's
+//! optimum against every demand policy.
+
+use std::collections::HashSet;
+use std::num::NonZeroU32;
+
+use expertslab::{DecayConfig, ExpertPool, InitialPlacement, MigrationPlan, Policy, PoolConfig, Schedule, Step};
+use expertslab_tests::{ReferenceDecay, ReferenceDemand};
+use proptest::prelude::*;
+
+fn trace() -> impl Strategy<Value = (u32, usize, bool, Vec<Vec<u32>>)> {
+    (1u32..24, 0usize..26, any::<bool>()).prop_flat_map(|(experts, budget, warm)| {
+        let ids = prop::collection::vec(prop::collection::vec(0..experts + 2, 0..20), 1..20);
+        (Just(experts), Just(budget), Just(warm), ids)
+    })
+}
+
+fn pool(experts: u32, budget: usize, warm: bool, policy: Policy, schedule: Schedule) -> (ExpertPool, MigrationPlan) {
+    let initial = if warm { InitialPlacement::Warm } else { InitialPlacement::Cold };
+    let config = PoolConfig::new(experts as usize, budget).initial(initial).policy(policy).schedule(schedule);
+    let mut pool = ExpertPool::new(config).unwrap();
+    let mut plan = MigrationPlan::new(pool.slots());
+    pool.initial_plan(&mut plan);
+    commit(&mut pool, &plan);
+    (pool, plan)
+}
+
+fn commit(pool: &mut ExpertPool, plan: &MigrationPlan) {
+    for &p in plan.promotions() {
+        pool.commit(p, 1).expect("a fresh plan commits");
+    }
+}
+
+fn resident_set(pool: &ExpertPool) -> HashSet<u32> {
+    pool.residents().map(|(_, e)| e as u32).collect()
+}
+
+/// Runs a demand policy on the pool and on the reference; returns the pool's misses.
+fn run_demand(policy: Policy, experts: u32, budget: usize, warm: bool, steps: &[Vec<u32>]) -> u64 {
+    let stream: Vec<u32> = steps.concat();
+    let name = policy.name();
+    let (mut pool, mut plan) = pool(experts, budget, warm, policy, Schedule::EveryForward);
+    if policy == Policy::Belady {
+        pool.load_future(&stream).unwrap();
+    }
+    let before = *pool.stats();
+    let mut reference = ReferenceDemand::new(name, experts, budget, warm, stream);
+    for (s, ids) in steps.iter().enumerate() {
+        assert!(pool.plan_step(Step::decode(s as u64), ids, &mut plan).unwrap());
+        commit(&mut pool, &plan);
+        let served = pool.serve(ids);
+        reference.step(ids);
+        assert_eq!(resident_set(&pool), reference.resident_set(), "{name} step {s}");
+        assert_eq!(served.invalid as usize, ids.iter().filter(|&&id| id >= experts).count());
+        assert!(pool.resident() <= pool.slots());
+    }
+    let stats = pool.stats();
+    assert_eq!((stats.hits, stats.misses), (reference.hits, reference.misses), "{name}");
+    assert_eq!(stats.promotions - before.promotions, reference.promotions, "{name}");
+    assert_eq!(stats.demotions, reference.demotions, "{name}");
+    stats.misses
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn demand_policies_match_their_references((experts, budget, warm, steps) in trace()) {
+        for policy in [Policy::Lru, Policy::Lfu, Policy::Lru2, Policy::Belady] {
+            run_demand(policy, experts, budget, warm, &steps);
+        }
+    }
+
+    #[test]
+    fn belady_never_misses_more_than_a_demand_policy((experts, budget, warm, steps) in trace()) {
+        let optimum = run_demand(Policy::Belady, experts, budget, warm, &steps);
+        for policy in [Policy::Lru, Policy::Lfu, Policy::Lru2] {
+            prop_assert!(optimum <= run_demand(policy, experts, budget, warm, &steps), "{}", policy.name());
+        }
+    }
+
+    #[test]
+    fn decay_matches_its_reference(
+        (experts, budget, warm, steps) in trace(),
+        half_life in 0.5f32..16.0,
+        margin in 1.0f32..2.0,
+        cap in prop::option::of(0u16..4),
+        interval in 1u32..4,
+    ) {
+        let config = DecayConfig::new(half_life, margin, cap).unwrap();
+        let schedule = Schedule::EveryDecodeSteps(NonZeroU32::new(interval).unwrap());
+        let (mut pool, mut plan) = pool(experts, budget, warm, Policy::Decay(config), schedule);
+        let mut reference = ReferenceDecay::new(config, experts, budget, warm);
+        let before = *pool.stats();
+        for (s, ids) in steps.iter().enumerate() {
+            let refreshed = pool.plan_step(Step::decode(s as u64), ids, &mut plan).unwrap();
+            prop_assert_eq!(refreshed, (s as u32).is_multiple_of(interval));
+            if let Some(cap) = cap {
+                prop_assert!(plan.len() <= usize::from(cap));
+            }
+            commit(&mut pool, &plan);
+            pool.serve(ids);
+            reference.step(ids, refreshed);
+            prop_assert_eq!(resident_set(&pool), reference.resident.clone(), "step {}", s);
+        }
+        prop_assert_eq!(pool.stats().promotions - before.promotions, reference.promotions);
+        prop_assert_eq!(pool.stats().demotions, reference.demotions);
+    }
+}
+
+#[test]
+fn demand_policies_admit_misses_within_the_step() {
+    // Two slots, LRU: 5 misses and is admitted, the second 5 hits; 6 and 7 then evict in turn.
+    let (mut pool, mut plan) = pool(8, 2, false, Policy::Lru, Schedule::EveryForward);
+    pool.plan_step(Step::decode(0), &[5, 5, 6, 7], &mut plan).unwrap();
+    let promoted: Vec<u16> = plan.promotions().iter().map(|p| p.expert).collect();
+    // 5 was admitted, then evicted by 7 within the step: its slot went to 7.
+    assert_eq!(promoted, [7, 6]);
+    commit(&mut pool, &plan);
+    let served = pool.serve(&[5, 5, 6, 7]);
+    assert_eq!((served.hits, served.misses), (1, 3));
+    // A later serve without a planned step counts against residency.
+    assert_eq!(pool.serve(&[6, 7, 5]).hits, 2);
+    // Reuse steps admit nothing.
+    assert!(!pool.plan_step(Step::decode(1).with_mode(expertslab::Mode::Reuse), &[1, 2], &mut plan).unwrap());
+    assert!(plan.is_empty());
+    assert!(pool.load_future(&[1]).is_err(), "only Belady takes a future");
+}
+
+#[test]
+fn decay_settings_are_checked() {
+    assert!(DecayConfig::new(0.0, 1.0, None).is_err());
+    assert!(DecayConfig::new(f32::NAN, 1.0, None).is_err());
+    assert!(DecayConfig::new(4.0, 0.9, None).is_err());
+    assert!(DecayConfig::new(4.0, f32::INFINITY, None).is_err());
+    let c = DecayConfig::new(2.0, 1.0, Some(3)).unwrap();
+    assert!((c.alpha() - 0.5f32.sqrt()).abs() < 1e-6);
+    for name in Policy::NAMES {
+        assert_eq!(Policy::from_name(name).unwrap().name(), name);
+    }
+    assert!(Policy::from_name("fifo").is_err());
+}
+
+#[test]
+fn decay_replaces_a_resident_only_past_the_margin() {
+    // One slot, decay so slow that scores are plain counts over these few steps.
+    let run = |margin: f32, challenger_hits: usize| {
+        let config = DecayConfig::new(1e9, margin, None).unwrap();
+        let (mut pool, mut plan) = pool(4, 1, false, Policy::Decay(config), Schedule::EveryForward);
+        pool.plan_step(Step::decode(0), &[2, 2], &mut plan).unwrap();
+        commit(&mut pool, &plan);
+        pool.plan_step(Step::decode(1), &vec![3; challenger_hits], &mut plan).unwrap();
+        commit(&mut pool, &plan);
+        pool.is_resident(3)
+    };
+    assert!(!run(1.0, 2), "an equal score does not replace");
+    assert!(run(1.0, 3));
+    assert!(!run(2.0, 4), "4 is not more than 2 × 2");
+    assert!(run(2.0, 5));
+}
