@@ -21,6 +21,15 @@ pub struct MigrateReport {
     pub bytes: u64,
 }
 
+impl MigrateReport {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &MigrateReport) {
+        self.copied += other.copied;
+        self.skipped += other.skipped;
+        self.bytes += other.bytes;
+    }
+}
+
 /// A migration that stopped at a failed promotion.
 ///
 /// Every promotion before `failed` was committed (`completed` tells what they moved); `failed`

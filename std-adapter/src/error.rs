@@ -4,6 +4,8 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
+use expertslab::replay::ReplayError;
+use expertslab::trace::TraceError;
 use expertslab::{GgufError, LayoutError, MigrateFailure, PoolError};
 
 use crate::capture::CaptureError;
@@ -27,6 +29,10 @@ pub enum Error {
     Pool(PoolError),
     /// Routing ids could not be captured.
     Capture(CaptureError),
+    /// A routing trace is malformed.
+    Trace(TraceError),
+    /// A trace could not be replayed.
+    Replay(ReplayError),
     /// A migration stopped at a failed promotion of layer `layer`.
     Migrate {
         /// The layer.
@@ -44,6 +50,8 @@ impl fmt::Display for Error {
             Self::Layout(e) => write!(f, "{e}"),
             Self::Pool(e) => write!(f, "{e}"),
             Self::Capture(e) => write!(f, "{e}"),
+            Self::Trace(e) => write!(f, "trace: {e}"),
+            Self::Replay(e) => write!(f, "replay: {e}"),
             Self::Migrate { layer, failure } => write!(f, "layer {layer}: {failure}"),
         }
     }
@@ -57,6 +65,8 @@ impl std::error::Error for Error {
             Self::Layout(e) => Some(e),
             Self::Pool(e) => Some(e),
             Self::Capture(e) => Some(e),
+            Self::Trace(e) => Some(e),
+            Self::Replay(e) => Some(e),
             Self::Migrate { failure, .. } => Some(failure),
         }
     }
@@ -77,6 +87,18 @@ impl From<LayoutError> for Error {
 impl From<PoolError> for Error {
     fn from(e: PoolError) -> Self {
         Self::Pool(e)
+    }
+}
+
+impl From<TraceError> for Error {
+    fn from(e: TraceError) -> Self {
+        Self::Trace(e)
+    }
+}
+
+impl From<ReplayError> for Error {
+    fn from(e: ReplayError) -> Self {
+        Self::Replay(e)
     }
 }
 

@@ -8,6 +8,7 @@
 //! | [`store`] | [`ExpertStore`]: a model's expert stacks as a source; [`open_gguf`]: GGUF files through mmap |
 //! | [`parallel`] | [`ParallelMigrator`]: a plan's copies run at once with rayon, committed after each copy |
 //! | [`capture`] | [`RoutingCapture`]: the router's ids per layer and step, `u32` or f32-encoded |
+//! | [`recorder`] | [`TraceRecorder`]: routing traces written in the core's format; [`read_trace`] |
 //! | [`offload`] | [`Offloader`]: pools, plans and slot arenas of every MoE layer, stepped from a capture |
 //!
 //! Policy and layout live in the core; this crate adds only what needs std.
@@ -51,6 +52,7 @@ pub mod capture;
 pub mod error;
 pub mod offload;
 pub mod parallel;
+pub mod recorder;
 pub mod store;
 
 pub use bytes::SharedBytes;
@@ -59,4 +61,5 @@ pub use error::Error;
 pub use expertslab::*;
 pub use offload::{Offloader, StepReport};
 pub use parallel::ParallelMigrator;
+pub use recorder::{read_trace, TraceRecorder};
 pub use store::{open_gguf, ExpertStore, LayerWeights};

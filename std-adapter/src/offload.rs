@@ -91,40 +91,68 @@ where
         self.migrate_plans()
     }
 
-    /// One step: every layer plans from its captured ids on its own schedule, copies what it
-    /// promotes, and serves its ids.
+    /// One step of every layer, each from its captured ids (see [`Offloader::step_layer`]).
     ///
     /// # Errors
-    /// [`Error::Pool`] for a step with too many ids, [`Error::Migrate`] naming the layer whose
-    /// copy failed (layers before it have stepped; that layer's pool stays consistent).
+    /// As [`Offloader::step_layer`]; layers before a failing one have stepped.
     pub fn step(&mut self, step: Step, capture: &RoutingCapture) -> Result<StepReport, Error> {
         let mut report = StepReport::default();
-        for (pool, plan) in self.pools.pools_mut().iter_mut().zip(self.plans.iter_mut()) {
-            report.refreshed += usize::from(pool.plan_step(step, capture.ids(pool.layer()), plan)?);
-        }
-        report.migrated = self.migrate_plans()?;
-        for pool in self.pools.pools_mut() {
-            let served = pool.serve(capture.ids(pool.layer()));
-            report.hits += u64::from(served.hits);
-            report.misses += u64::from(served.misses);
+        let layers: Vec<usize> = self.pools.pools().iter().map(ExpertPool::layer).collect();
+        for layer in layers {
+            let r = self.step_layer(layer, step, capture.ids(layer))?;
+            report.refreshed += r.refreshed;
+            report.migrated.add(&r.migrated);
+            report.hits += r.hits;
+            report.misses += r.misses;
         }
         Ok(report)
+    }
+
+    /// One step of layer `layer`, as a runtime calls it when the layer's router has chosen:
+    /// the layer plans from `ids` on its own schedule, copies what it promotes, and serves the
+    /// ids. Afterwards [`Offloader::expert_slab`] gives each routed expert's weights.
+    ///
+    /// # Errors
+    /// [`Error::Layout`] for a layer without experts, [`Error::Pool`] for a step with too many
+    /// ids, [`Error::Migrate`] when a copy failed (the layer's pool stays consistent).
+    pub fn step_layer(&mut self, layer: usize, step: Step, ids: &[u32]) -> Result<StepReport, Error> {
+        let position = self.position(layer)?;
+        let (Some(pool), Some(plan), Some(slots)) =
+            (self.pools.pools_mut().get_mut(position), self.plans.get_mut(position), self.slots.get_mut(position))
+        else {
+            return Err(LayoutError::LayerOutOfRange { layer, layers: position }.into());
+        };
+        let refreshed = pool.plan_step(step, ids, plan)?;
+        let migrated = Self::migrate_layer(&self.migrator, &self.source, pool, plan, slots)?;
+        let served = pool.serve(ids);
+        Ok(StepReport {
+            refreshed: usize::from(refreshed),
+            migrated,
+            hits: u64::from(served.hits),
+            misses: u64::from(served.misses),
+        })
     }
 
     fn migrate_plans(&mut self) -> Result<MigrateReport, Error> {
         let mut total = MigrateReport::default();
         let layers = self.pools.pools_mut().iter_mut().zip(&self.plans).zip(self.slots.iter_mut());
         for ((pool, plan), slots) in layers {
-            let buffer = slots.arena.fit(&mut slots.buffer)?;
-            let report = self
-                .migrator
-                .migrate(pool, plan, &slots.layout, &self.source, &slots.arena, buffer)
-                .map_err(|failure| Error::Migrate { layer: pool.layer(), failure })?;
-            total.copied += report.copied;
-            total.skipped += report.skipped;
-            total.bytes += report.bytes;
+            total.add(&Self::migrate_layer(&self.migrator, &self.source, pool, plan, slots)?);
         }
         Ok(total)
+    }
+
+    fn migrate_layer(
+        migrator: &ParallelMigrator,
+        source: &S,
+        pool: &mut ExpertPool,
+        plan: &MigrationPlan,
+        slots: &mut LayerSlots,
+    ) -> Result<MigrateReport, Error> {
+        let buffer = slots.arena.fit(&mut slots.buffer)?;
+        migrator
+            .migrate(pool, plan, &slots.layout, source, &slots.arena, buffer)
+            .map_err(|failure| Error::Migrate { layer: pool.layer(), failure })
     }
 
     /// Expert `expert`'s slab of `projection` in layer `layer`: from its slot when resident

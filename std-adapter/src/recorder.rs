@@ -1,0 +1,108 @@
+//! Routing traces on disk: a recorder that runtimes call once per step, writing the core's
+//! trace format (see [`expertslab::trace`]), and a reader.
+
+use std::io::Write;
+use std::path::Path;
+
+use expertslab::trace::{write_header, write_record, Trace, TraceHeader};
+
+use crate::capture::RoutingCapture;
+use crate::error::Error;
+
+/// Writes a routing trace: the header when created, then each step's captured ids, one line
+/// per layer that has ids.
+#[derive(Debug)]
+pub struct TraceRecorder<W: Write> {
+    out: W,
+    header: TraceHeader,
+    line: String,
+}
+
+impl<W: Write> TraceRecorder<W> {
+    /// Starts a trace of the given shape on `out`.
+    ///
+    /// # Errors
+    /// The writer's error.
+    pub fn new(mut out: W, header: TraceHeader) -> std::io::Result<Self> {
+        let mut line = String::new();
+        // Writing to a String cannot fail.
+        let _ = write_header(&mut line, header);
+        out.write_all(line.as_bytes())?;
+        Ok(Self { out, header, line })
+    }
+
+    /// Appends step `step`: one line for each of the header's layers with ids in `capture`.
+    ///
+    /// # Errors
+    /// The writer's error.
+    pub fn record(&mut self, step: u64, prefill: bool, capture: &RoutingCapture) -> std::io::Result<()> {
+        for layer in 0..self.header.layers {
+            let ids = capture.ids(layer as usize);
+            if ids.is_empty() {
+                continue;
+            }
+            self.line.clear();
+            let _ = write_record(&mut self.line, layer, step, prefill, ids);
+            self.out.write_all(self.line.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Flushes and gives the writer back.
+    ///
+    /// # Errors
+    /// The flush error.
+    pub fn finish(mut self) -> std::io::Result<W> {
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+/// Reads a routing trace file.
+///
+/// # Errors
+/// [`Error::Io`] naming the path, or [`Error::Trace`] naming the bad line.
+pub fn read_trace(path: impl AsRef<Path>) -> Result<Trace, Error> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    Trace::parse(&text).map_err(Error::Trace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_steps_read_back() {
+        let header = TraceHeader { experts: 16, layers: 3, top_k: 2 };
+        let mut recorder = TraceRecorder::new(Vec::new(), header).unwrap();
+        let mut capture = RoutingCapture::new();
+        capture.record(0, &[1, 2]);
+        capture.record(2, &[3, 4, 5, 6]);
+        recorder.record(0, true, &capture).unwrap();
+        capture.clear();
+        capture.record_f32(1, &[7.0, 8.0]).unwrap();
+        recorder.record(1, false, &capture).unwrap();
+        let bytes = recorder.finish().unwrap();
+        let trace = Trace::parse(std::str::from_utf8(&bytes).unwrap()).unwrap();
+        assert_eq!(trace.header(), header);
+        let lines: Vec<(u32, u64, bool, Vec<u32>)> =
+            trace.records().iter().map(|r| (r.layer, r.step, r.prefill, trace.ids(r).to_vec())).collect();
+        assert_eq!(lines, [(0, 0, true, vec![1, 2]), (2, 0, true, vec![3, 4, 5, 6]), (1, 1, false, vec![7, 8])]);
+    }
+
+    #[test]
+    fn unreadable_traces_name_the_path_or_line() {
+        let err = read_trace("/nonexistent/trace.ndjson").unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/trace.ndjson"));
+        let path = std::env::temp_dir().join(format!("expertslab-trace-{}.ndjson", std::process::id()));
+        std::fs::write(
+            &path,
+            "{\"format\":\"expertslab-trace\",\"version\":1,\"experts\":4,\"layers\":1,\"top_k\":1}\n{\"layer\":0}\n",
+        )
+        .unwrap();
+        let err = read_trace(&path).unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+        std::fs::remove_file(path).unwrap();
+    }
+}
