@@ -8,12 +8,12 @@ use std::fmt::Write as _;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 
+use expertslab::synthetic::{RoutingShape, SplitMix64, SyntheticRouting};
 use expertslab::{Format, InitialPlacement, Mode, Schedule, Step};
 use expertslab_golden::{
     blob_layout, blob_stacks, check_layouts, parse_scenario, replay, write_scenario, LayerSpec, LayoutCase, Scenario,
     ScenarioStep, EXPERT_BLOB, LAYOUT_VECTORS, ROUTING_VECTORS,
 };
-use expertslab_tests::{skewed_routing, Xorshift};
 
 fn vectors_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("vectors")
@@ -69,7 +69,16 @@ fn scenario() -> Scenario {
         },
         LayerSpec { experts: 8, budget: 12, schedule: Schedule::EveryForward, initial: InitialPlacement::Warm },
     ];
-    let mut rng = Xorshift::new(0x60_1d);
+    let mut routings: Vec<SyntheticRouting> = layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            SyntheticRouting::new(
+                RoutingShape { phase_steps: 8, ..RoutingShape::new(l.experts as u32, 2) },
+                0x60_1d + i as u64,
+            )
+        })
+        .collect();
     let steps = (0..48u64)
         .map(|s| {
             let step = match s {
@@ -81,8 +90,10 @@ fn scenario() -> Scenario {
             let tokens = if step.prefill { 6 } else { 1 + (s % 2) as usize };
             let ids = layers
                 .iter()
-                .map(|l| {
-                    let mut ids = skewed_routing(&mut rng, tokens, 2, l.experts as u32, (s / 8) as u32);
+                .zip(routings.iter_mut())
+                .map(|(l, routing)| {
+                    let mut ids = Vec::new();
+                    routing.step(tokens, &mut ids);
                     if s % 7 == 3 {
                         ids.push(l.experts as u32 + 5); // an invalid id, counted and ignored
                     }
@@ -96,7 +107,7 @@ fn scenario() -> Scenario {
 }
 
 fn blob() -> Vec<u8> {
-    let mut rng = Xorshift::new(0xb10b);
+    let mut rng = SplitMix64::new(0xb10b);
     let layout = blob_layout().unwrap();
     let total: usize = layout.projections().iter().map(|(_, s)| s.total_bytes()).sum();
     (0..total).map(|_| rng.next_u64() as u8).collect()

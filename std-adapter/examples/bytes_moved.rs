@@ -7,11 +7,12 @@
 use std::error::Error;
 use std::num::NonZeroU32;
 
+use expertslab_std::synthetic::{RoutingShape, SyntheticRouting};
 use expertslab_std::{
     ExpertStore, LayerWeights, Offloader, ParamSink, PoolConfig, Projection, RoutingCapture, Schedule, SharedBytes,
     Step,
 };
-use expertslab_tests::{skewed_routing, synthetic_layer, Xorshift};
+use expertslab_tests::synthetic_layer;
 
 const LAYERS: usize = 4;
 const EXPERTS: usize = 64;
@@ -39,7 +40,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
     let expert_kib = store.layer(0).map_or(0, |l| l.layout().expert_bytes()) / 1024;
     println!("{LAYERS} layers × {EXPERTS} experts of {expert_kib} KiB, 1 token × top-{TOP_K} per step, {STEPS} steps");
-    println!("routing: skewed popularity whose hot set drifts by one expert every 16 steps");
+    println!("routing: expertslab::synthetic, Zipf 0.9, reuse 0.5, a new phase every 64 steps");
     println!();
     println!(
         "| budget | τ | refreshes | promotions | incremental MiB | full push MiB | full / incremental | hit rate |"
@@ -53,12 +54,16 @@ fn main() -> Result<(), Box<dyn Error>> {
             model.warm_up()?;
             let mut full = CountingParams::default();
             let mut incremental = 0u64;
-            let mut rng = Xorshift::new(42);
+            let shape = RoutingShape { phase_steps: 64, ..RoutingShape::new(EXPERTS as u32, TOP_K as u32) };
+            let mut routings: Vec<SyntheticRouting> =
+                (0..LAYERS as u64).map(|l| SyntheticRouting::new(shape, 42 + l)).collect();
+            let mut ids = Vec::new();
             let mut capture = RoutingCapture::new();
             for step in 0..STEPS {
                 capture.clear();
-                for layer in 0..LAYERS {
-                    let ids = skewed_routing(&mut rng, 1, TOP_K, EXPERTS as u32, (step / 16) as u32 + layer as u32 * 7);
+                for (layer, routing) in routings.iter_mut().enumerate() {
+                    ids.clear();
+                    routing.step(1, &mut ids);
                     capture.record(layer, &ids);
                 }
                 let report = model.step(Step::decode(step), &capture)?;

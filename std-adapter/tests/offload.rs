@@ -3,11 +3,12 @@
 
 use std::path::PathBuf;
 
+use expertslab_std::synthetic::{RoutingShape, SyntheticRouting};
 use expertslab_std::{
     open_gguf, ExpertSource, ExpertStore, InitialPlacement, LayerWeights, LayeredSource, Offloader, ParallelMigrator,
     ParamSink, PoolConfig, Projection, RoutingCapture, Schedule, SharedBytes, Step,
 };
-use expertslab_tests::{skewed_routing, synthetic_layer, Xorshift};
+use expertslab_tests::synthetic_layer;
 
 fn store(layers: &[usize], experts: usize) -> ExpertStore {
     let mut store = ExpertStore::new();
@@ -51,13 +52,16 @@ fn each_layer_steps_on_its_own_ids_and_reads_match_the_source() {
     model.warm_up().unwrap();
     let layers: Vec<usize> = model.pools().pools().iter().map(|p| p.layer()).collect();
     assert_eq!(layers, [1, 3, 4]);
-    let mut rng = Xorshift::new(7);
+    let shape = RoutingShape { phase_steps: 5, ..RoutingShape::new(32, 2) };
+    let mut routings: Vec<SyntheticRouting> = (0..3).map(|l| SyntheticRouting::new(shape, 7 + l)).collect();
     let mut capture = RoutingCapture::new();
     let (mut from_slots, mut from_source) = (0, 0);
     for step in 0..40u64 {
         capture.clear();
-        for &layer in &layers {
-            capture.record(layer, &skewed_routing(&mut rng, 2, 2, 32, (step / 5) as u32 + layer as u32));
+        for (&layer, routing) in layers.iter().zip(routings.iter_mut()) {
+            let mut ids = Vec::new();
+            routing.step(2, &mut ids);
+            capture.record(layer, &ids);
         }
         let report = model.step(Step::decode(step), &capture).unwrap();
         assert_eq!(report.refreshed, if step % 2 == 0 { 3 } else { 0 });

@@ -9,8 +9,9 @@
 use std::hint::black_box;
 
 use divan::{AllocProfiler, Bencher};
+use expertslab::synthetic::{RoutingShape, SyntheticRouting};
 use expertslab::{ExpertPool, MigrationPlan, PoolConfig};
-use expertslab_tests::{skewed_routing, ReferenceTide, Xorshift};
+use expertslab_tests::ReferenceTide;
 
 #[global_allocator]
 static ALLOC: AllocProfiler = AllocProfiler::system();
@@ -21,8 +22,15 @@ const TOP_K: usize = 8;
 const STEPS: usize = 64;
 
 fn trace(tokens: usize) -> Vec<Vec<u32>> {
-    let mut rng = Xorshift::new(0x5eed);
-    (0..STEPS).map(|s| skewed_routing(&mut rng, tokens, TOP_K, EXPERTS, (s / 4) as u32)).collect()
+    let shape = RoutingShape { phase_steps: 16, ..RoutingShape::new(EXPERTS, TOP_K as u32) };
+    let mut routing = SyntheticRouting::new(shape, 0x5eed);
+    (0..STEPS)
+        .map(|_| {
+            let mut ids = Vec::with_capacity(tokens * TOP_K);
+            routing.step(tokens, &mut ids);
+            ids
+        })
+        .collect()
 }
 
 #[divan::bench(args = [1, 4096], sample_size = 256)]

@@ -93,49 +93,6 @@ pub fn borrow_layer<'a>(layout: &ExpertLayout, stacks: &'a [Vec<u8>]) -> LayerSt
 /// The projections of a gate/up/down layout, in order.
 pub const GATE_UP_DOWN: [Projection; 3] = [Projection::Gate, Projection::Up, Projection::Down];
 
-/// A small deterministic generator (xorshift64*), so tests and benchmarks need no randomness
-/// crate and give the same streams everywhere.
-#[derive(Debug, Clone)]
-pub struct Xorshift(u64);
-
-impl Xorshift {
-    /// A generator from `seed` (any value; zero is remapped).
-    pub fn new(seed: u64) -> Self {
-        Self(seed.max(1))
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// A value in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: u32) -> u32 {
-        (((self.next_u64() >> 32) * u64::from(n)) >> 32) as u32
-    }
-}
-
-/// One step of skewed top-k routing: `tokens` tokens, each with `top_k` distinct experts drawn
-/// with a popularity that falls off with the expert's rank (a product of two uniforms), the rank
-/// order rotated by `shift` to model drift between steps.
-pub fn skewed_routing(rng: &mut Xorshift, tokens: usize, top_k: usize, experts: u32, shift: u32) -> Vec<u32> {
-    let mut ids = Vec::with_capacity(tokens * top_k);
-    for _ in 0..tokens {
-        let start = ids.len();
-        while ids.len() - start < top_k.min(experts as usize) {
-            let rank = (u64::from(rng.below(experts)) * u64::from(rng.below(experts)) / u64::from(experts)) as u32;
-            let expert = (rank + shift) % experts;
-            if !ids[start..].contains(&expert) {
-                ids.push(expert);
-            }
-        }
-    }
-    ids
-}
-
 /// Demand caching written as plainly as possible, to check the pool's LRU, LFU, LRU-2 and Belady.
 /// Residents are a list; victims are found by scanning it; Belady scans the stream for next uses.
 #[derive(Debug, Clone)]

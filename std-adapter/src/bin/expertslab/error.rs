@@ -21,6 +21,8 @@ pub enum CliError {
         /// Why.
         reason: String,
     },
+    /// The arguments, valid one by one, do not work together.
+    Usage(String),
     /// Writing the output failed.
     Output(io::Error),
 }
@@ -44,6 +46,7 @@ impl fmt::Display for CliError {
             Self::Model { source: source @ expertslab_std::Error::Io { .. }, .. } => write!(f, "{source}"),
             Self::Model { path, source } => write!(f, "{}: {source}", path.display()),
             Self::Unusable { path, reason } => write!(f, "{}: {reason}", path.display()),
+            Self::Usage(reason) => f.write_str(reason),
             Self::Output(e) => write!(f, "writing the output: {e}"),
         }
     }
@@ -53,7 +56,7 @@ impl std::error::Error for CliError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Model { source, .. } => Some(source),
-            Self::Unusable { .. } => None,
+            Self::Unusable { .. } | Self::Usage(_) => None,
             Self::Output(e) => Some(e),
         }
     }

@@ -1,7 +1,9 @@
-//! `expertslab`: look into GGUF Mixture-of-Experts models and size their expert slots.
+//! `expertslab`: run an offloaded MoE model, look into GGUF models, size their expert slots,
+//! and study placement policies on routing traces.
 //!
 //! One module per subcommand, each with its `Args` (clap) and `run`; shared pieces: [`error`]
-//! (the one error every subcommand returns), [`units`] (byte sizes) and [`table`] (text output).
+//! (the one error every subcommand returns), [`units`] (byte sizes), [`table`] (text output),
+//! [`replay_args`] (trace, cost model and replay runs of `simulate` and `tune`) and [`plot`].
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -11,15 +13,21 @@ use clap::{Parser, Subcommand};
 use expertslab_std::gguf::GgufModel;
 use expertslab_std::SharedBytes;
 
+mod demo;
 mod error;
 mod inspect;
 mod plan;
+mod plot;
+mod replay_args;
+mod simulate;
+mod synth;
 mod table;
+mod tune;
 mod units;
 
 use error::CliError;
 
-/// Mixture-of-Experts expert offloading: inspect models and plan fast-memory slots.
+/// Mixture-of-Experts expert offloading: run, inspect, plan and simulate.
 #[derive(Debug, Parser)]
 #[command(name = "expertslab", version)]
 struct Cli {
@@ -29,16 +37,28 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a built-in MoE model with its experts offloaded and check its output (the main job).
+    Demo(demo::Args),
     /// List the MoE layers of a GGUF file: projections, types, dims and bytes per expert.
     Inspect(inspect::Args),
     /// How many experts of each MoE layer fit in a memory size.
     Plan(plan::Args),
+    /// Replay a routing trace under several policies and budgets, priced by a cost model.
+    Simulate(simulate::Args),
+    /// Find the policy, budget and refresh interval with the lowest modeled time for a trace.
+    Tune(tune::Args),
+    /// Write a synthetic routing trace (Zipf popularity, reuse, phase changes).
+    Synth(synth::Args),
 }
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Inspect(args) => inspect::run(&args),
         Command::Plan(args) => plan::run(&args),
+        Command::Demo(args) => demo::run(&args),
+        Command::Simulate(args) => simulate::run(&args),
+        Command::Tune(args) => tune::run(&args),
+        Command::Synth(args) => synth::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

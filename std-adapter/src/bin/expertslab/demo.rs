@@ -1,0 +1,255 @@
+//! `expertslab demo`: the main job on a built-in model. A small MoE model is built in memory (F32
+//! experts, real router weights); a token stream with drift is routed through it (softmax, top-k)
+//! and run with its experts offloaded: every layer's pool plans from its own routing, the
+//! migrator fills the slots, resident experts compute from their slots and the others from slow
+//! memory. Every layer's output is checked to be bit-identical to the output computed with every
+//! expert read from slow memory.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Args as ClapArgs;
+use expertslab_std::trace::TraceHeader;
+use expertslab_std::{
+    ExpertLayout, ExpertSource, ExpertStore, Format, LayerWeights, Offloader, PoolConfig, Projection, RoutingCapture,
+    Schedule, SharedBytes, StackLayout, Step, TraceRecorder,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::error::CliError;
+use crate::replay_args::{parse_policy, parse_schedule, schedule_name};
+use crate::units::format_size;
+
+/// `demo`'s arguments.
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    /// MoE layers.
+    #[arg(long, default_value_t = 4)]
+    layers: usize,
+    /// Experts per layer.
+    #[arg(long, default_value_t = 32)]
+    experts: usize,
+    /// Experts per token.
+    #[arg(long, default_value_t = 4)]
+    top_k: usize,
+    /// Model width.
+    #[arg(long, default_value_t = 256)]
+    d_model: usize,
+    /// Expert hidden width.
+    #[arg(long, default_value_t = 512)]
+    d_ff: usize,
+    /// Fast-memory slots per layer.
+    #[arg(long, default_value_t = 8)]
+    slots: usize,
+    /// Decode steps (one token each).
+    #[arg(long, default_value_t = 200)]
+    steps: u64,
+    /// Placement policy (tide, decay, lru, lfu, lru2).
+    #[arg(long, default_value = "tide", value_parser = parse_policy)]
+    policy: expertslab_std::replay::ReplayPolicy,
+    /// Refresh schedule of interval policies: every:N or forward.
+    #[arg(long, default_value = "every:4", value_parser = parse_schedule)]
+    schedule: Schedule,
+    /// Also write the routing as a trace file (for `simulate` and `tune`).
+    #[arg(long)]
+    trace: Option<PathBuf>,
+}
+
+/// A deterministic pseudo-random value in [-1, 1) from an index (splitmix64's finalizer).
+fn pseudo(index: u64) -> f32 {
+    let mut z = index.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+}
+
+/// The model: router rows per layer and the expert store.
+struct Model {
+    d_model: usize,
+    d_ff: usize,
+    top_k: usize,
+    routers: Vec<Vec<f32>>,
+    store: ExpertStore,
+}
+
+fn build(args: &Args) -> Result<Model, CliError> {
+    let usage = |e: expertslab_std::LayoutError| CliError::Usage(format!("model shape: {e}"));
+    let gate = StackLayout::new(Format::F32, args.experts, args.d_ff, args.d_model).map_err(usage)?;
+    let down = StackLayout::new(Format::F32, args.experts, args.d_model, args.d_ff).map_err(usage)?;
+    let layout = ExpertLayout::gate_up_down(gate, gate, down).map_err(usage)?;
+    let mut store = ExpertStore::new();
+    let mut routers = Vec::with_capacity(args.layers);
+    let scale = 1.0 / (args.d_model as f32).sqrt();
+    for layer in 0..args.layers {
+        let seed = (layer as u64) << 48;
+        routers.push((0..args.experts * args.d_model).map(|i| 4.0 * scale * pseudo(seed + i as u64)).collect());
+        let stacks = layout
+            .projections()
+            .iter()
+            .enumerate()
+            .map(|(p, (_, stack))| {
+                let base = seed + ((p as u64 + 1) << 40);
+                let values: Arc<[f32]> =
+                    (0..stack.total_bytes() / 4).map(|i| scale * pseudo(base + i as u64)).collect();
+                SharedBytes::from_typed(values)
+            })
+            .collect();
+        store.insert(layer, LayerWeights::new(layout.clone(), stacks).map_err(usage)?);
+    }
+    Ok(Model { d_model: args.d_model, d_ff: args.d_ff, top_k: args.top_k, routers, store })
+}
+
+/// Softmax over the router's scores, the top-k experts (ties to the lower id) and their
+/// renormalised weights.
+fn route(router: &[f32], x: &[f32], top_k: usize) -> Vec<(u32, f32)> {
+    let scores: Vec<f32> = router.chunks(x.len()).map(|row| row.iter().zip(x).map(|(w, v)| w * v).sum()).collect();
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+    let mut order: Vec<u32> = (0..exp.len() as u32).collect();
+    order.sort_by(|&a, &b| exp[b as usize].total_cmp(&exp[a as usize]).then(a.cmp(&b)));
+    order.truncate(top_k);
+    let total: f32 = order.iter().map(|&e| exp[e as usize]).sum();
+    order.into_iter().map(|e| (e, exp[e as usize] / total)).collect()
+}
+
+/// One expert's FFN added to `out`: `weight × down(silu(gate·x) ⊙ up·x)`.
+fn expert_ffn(weights: [&[f32]; 3], x: &[f32], d_ff: usize, weight: f32, out: &mut [f32]) {
+    let [gate, up, down] = weights;
+    let dot = |row: &[f32], v: &[f32]| row.iter().zip(v).map(|(a, b)| a * b).sum::<f32>();
+    let hidden: Vec<f32> = gate
+        .chunks(x.len())
+        .zip(up.chunks(x.len()))
+        .map(|(g, u)| {
+            let g = dot(g, x);
+            g / (1.0 + (-g).exp()) * dot(u, x)
+        })
+        .collect();
+    for (o, row) in out.iter_mut().zip(down.chunks(d_ff)) {
+        *o += weight * dot(row, &hidden);
+    }
+}
+
+const PROJECTIONS: [Projection; 3] = [Projection::Gate, Projection::Up, Projection::Down];
+
+fn floats(bytes: &[u8]) -> Result<&[f32], CliError> {
+    expertslab_std::cast_bytes(bytes).map_err(|e| CliError::Usage(format!("expert weights: {e}")))
+}
+
+pub fn run(args: &Args) -> Result<(), CliError> {
+    let policy = match args.policy {
+        expertslab_std::replay::ReplayPolicy::Pool(p) if p != expertslab_std::Policy::Belady => p,
+        other => {
+            return Err(CliError::Usage(format!("demo runs deployable policies; {} is a reference", other.name())))
+        }
+    };
+    if args.layers == 0 || args.top_k == 0 || args.top_k > args.experts {
+        return Err(CliError::Usage("need layers >= 1 and experts >= top_k >= 1".into()));
+    }
+    let model = build(args)?;
+    let expert_bytes = model.store.layer(0).map_or(0, |l| l.layout().expert_bytes());
+    let config = PoolConfig::new(args.experts, args.slots).policy(policy).schedule(args.schedule);
+    let source = model.store.clone();
+    let mut offloader = Offloader::new(model.store.clone(), config, 64).map_err(|e| CliError::Usage(e.to_string()))?;
+    offloader.warm_up().map_err(|e| CliError::Usage(e.to_string()))?;
+    let mut recorder = match &args.trace {
+        Some(path) => {
+            let io = |source| CliError::model(path, expertslab_std::Error::Io { path: path.clone(), source });
+            let header =
+                TraceHeader { experts: args.experts as u32, layers: args.layers as u32, top_k: args.top_k as u32 };
+            Some(TraceRecorder::new(BufWriter::new(File::create(path).map_err(io)?), header).map_err(io)?)
+        }
+        None => None,
+    };
+
+    let bar = ProgressBar::new(args.steps);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} decoding {bar:30} {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let start = Instant::now();
+    let mut x: Vec<f32> = (0..model.d_model).map(|i| pseudo(1 << 60 | i as u64)).collect();
+    let mut capture = RoutingCapture::new();
+    let mut bytes_moved = 0u64;
+    for step in 0..args.steps {
+        // The token's embedding drifts slowly, so routing has locality.
+        for (i, v) in x.iter_mut().enumerate() {
+            *v = 0.97 * *v + 0.25 * pseudo(step << 20 | i as u64 | 1 << 61);
+        }
+        let mut h = x.clone();
+        capture.clear();
+        for (layer, router) in model.routers.iter().enumerate() {
+            let routed = route(router, &h, model.top_k);
+            let ids: Vec<u32> = routed.iter().map(|&(e, _)| e).collect();
+            capture.record(layer, &ids);
+            let report =
+                offloader.step_layer(layer, Step::decode(step), &ids).map_err(|e| CliError::Usage(e.to_string()))?;
+            bytes_moved += report.migrated.bytes;
+            let (mut offloaded, mut reference) = (vec![0f32; model.d_model], vec![0f32; model.d_model]);
+            for &(expert, weight) in &routed {
+                let mut from_offloader: [&[f32]; 3] = [&[]; 3];
+                let mut from_source: [&[f32]; 3] = [&[]; 3];
+                for (i, p) in PROJECTIONS.into_iter().enumerate() {
+                    let (slab, _) =
+                        offloader.expert_slab(layer, p, expert as usize).map_err(|e| CliError::Usage(e.to_string()))?;
+                    from_offloader[i] = floats(slab)?;
+                    from_source[i] =
+                        floats(source.expert(layer, p, expert as usize).map_err(|e| CliError::Usage(e.to_string()))?)?;
+                }
+                expert_ffn(from_offloader, &h, model.d_ff, weight, &mut offloaded);
+                expert_ffn(from_source, &h, model.d_ff, weight, &mut reference);
+            }
+            if offloaded.iter().zip(&reference).any(|(a, b)| a.to_bits() != b.to_bits()) {
+                return Err(CliError::Usage(format!("step {step}, layer {layer}: offloaded output differs")));
+            }
+            h.iter_mut().zip(&offloaded).for_each(|(v, o)| *v += o);
+        }
+        if let (Some(recorder), Some(path)) = (recorder.as_mut(), &args.trace) {
+            recorder
+                .record(step, false, &capture)
+                .map_err(|source| CliError::model(path, expertslab_std::Error::Io { path: path.clone(), source }))?;
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if let (Some(recorder), Some(path)) = (recorder, &args.trace) {
+        recorder
+            .finish()
+            .map_err(|source| CliError::model(path, expertslab_std::Error::Io { path: path.clone(), source }))?;
+    }
+    let elapsed = start.elapsed();
+
+    let stats = offloader.stats();
+    let mut out = io::stdout().lock();
+    writeln!(
+        out,
+        "expertslab demo: {} layers × {} experts of {} (F32, top-{}), {} slots per layer, {}, {}",
+        args.layers,
+        args.experts,
+        format_size(expert_bytes as u64),
+        args.top_k,
+        args.slots,
+        policy.name(),
+        schedule_name(args.schedule)
+    )?;
+    writeln!(out, "  steps        {}", args.steps)?;
+    writeln!(out, "  output       identical to the all-resident output at every step and layer")?;
+    writeln!(
+        out,
+        "  hit rate     {:.1}% ({} hits, {} misses; uniform placement would give {:.1}%)",
+        100.0 * stats.hit_rate(),
+        stats.hits,
+        stats.misses,
+        100.0 * args.slots.min(args.experts) as f64 / args.experts as f64
+    )?;
+    writeln!(out, "  promotions   {} ({} demotions)", stats.promotions, stats.demotions)?;
+    writeln!(out, "  bytes moved  {}", format_size(bytes_moved))?;
+    writeln!(out, "  time         {:.2} s", elapsed.as_secs_f64())?;
+    if let Some(path) = &args.trace {
+        writeln!(out, "  trace        {}", path.display())?;
+    }
+    Ok(())
+}

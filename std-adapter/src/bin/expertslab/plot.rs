@@ -1,0 +1,72 @@
+//! `simulate --plot`: hit rate and modeled time against budget, one line per policy, as SVG.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::replay_args::Run;
+
+/// Line colours, one per policy in order of first appearance.
+const COLOURS: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+];
+
+/// Draws two panels into `path`: hit rate (top) and modeled time (bottom) against budget.
+pub fn draw(path: &Path, runs: &[Run]) -> Result<(), String> {
+    let mut policies: Vec<&str> = Vec::new();
+    for run in runs {
+        if !policies.contains(&run.policy.name()) {
+            policies.push(run.policy.name());
+        }
+    }
+    let budgets = runs.iter().map(|r| r.budget as f64);
+    let (lo, hi) = budgets.fold((f64::MAX, 0.0f64), |(lo, hi), b| (lo.min(b), hi.max(b)));
+    let (lo, hi) = if lo >= hi { (lo - 1.0, hi + 1.0) } else { (lo, hi) };
+    let max_time = runs.iter().map(|r| r.report.total.modeled_time_s).fold(0.0, f64::max).max(1e-9) * 1.05;
+
+    let root = SVGBackend::new(path, (800, 900)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let (top, bottom) = root.split_vertically(450);
+    let panels: [(&DrawingArea<_, _>, &str, &str, f64, fn(&Run) -> f64); 2] = [
+        (&top, "hit rate by budget", "hit rate", 1.0, |r| r.report.total.hit_rate()),
+        (&bottom, "modeled time by budget", "modeled time (s)", max_time, |r| r.report.total.modeled_time_s),
+    ];
+    for (area, caption, y_label, y_max, value) in panels {
+        let mut chart = ChartBuilder::on(area)
+            .caption(caption, ("sans-serif", 22))
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(lo..hi, 0.0..y_max)
+            .map_err(|e| e.to_string())?;
+        chart.configure_mesh().x_desc("slots per layer").y_desc(y_label).draw().map_err(|e| e.to_string())?;
+        for (i, policy) in policies.iter().enumerate() {
+            let colour = COLOURS[i % COLOURS.len()];
+            let points: Vec<(f64, f64)> =
+                runs.iter().filter(|r| r.policy.name() == *policy).map(|r| (r.budget as f64, value(r))).collect();
+            chart
+                .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
+                .map_err(|e| e.to_string())?
+                .label(*policy)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+            chart
+                .draw_series(points.into_iter().map(|p| Circle::new(p, 3, colour.filled())))
+                .map_err(|e| e.to_string())?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| e.to_string())?;
+    }
+    root.present().map_err(|e| e.to_string())
+}

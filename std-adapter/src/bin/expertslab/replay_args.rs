@@ -1,0 +1,166 @@
+//! Arguments shared by `simulate` and `tune`: the trace, the cost model, the schedule and the
+//! decay settings, and running replays with a progress bar.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use expertslab_std::replay::{replay, CostModel, ReplayConfig, ReplayError, ReplayPolicy, ReplayReport};
+use expertslab_std::trace::Trace;
+use expertslab_std::{DecayConfig, InitialPlacement, LayeredSource, Policy, Schedule};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+
+use crate::error::CliError;
+use crate::units;
+
+/// The hardware a replay prices.
+#[derive(Debug, Clone, Args)]
+pub struct CostArgs {
+    /// Bytes of one expert, all projections (default 4MiB); or see --model.
+    #[arg(long, value_parser = units::parse_size, conflicts_with = "model")]
+    pub expert_bytes: Option<u64>,
+    /// A GGUF model whose MoE layers give the bytes of one expert (their mean).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Bandwidth from slow memory into slots, in GB/s.
+    #[arg(long, default_value_t = 16.0, value_parser = positive)]
+    pub link_gbps: f64,
+    /// Time to compute one token–expert pair from slow memory, in µs.
+    #[arg(long, default_value_t = 20.0, value_parser = non_negative)]
+    pub slow_pair_us: f64,
+}
+
+/// Bytes of one expert when neither --expert-bytes nor --model is given.
+pub const DEFAULT_EXPERT_BYTES: u64 = 4 << 20;
+
+fn positive(text: &str) -> Result<f64, String> {
+    let v: f64 = text.parse().map_err(|_| format!("'{text}' is not a number"))?;
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("'{text}' must be a positive number"))
+    }
+}
+
+fn non_negative(text: &str) -> Result<f64, String> {
+    let v: f64 = text.parse().map_err(|_| format!("'{text}' is not a number"))?;
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("'{text}' must be a number of at least 0"))
+    }
+}
+
+impl CostArgs {
+    /// The cost model these arguments describe.
+    pub fn cost_model(&self) -> Result<CostModel, CliError> {
+        let expert_bytes = match (&self.expert_bytes, &self.model) {
+            (Some(bytes), _) => *bytes,
+            (None, Some(path)) => {
+                let model = crate::open_model(path)?;
+                let sizes: Vec<u64> =
+                    model.moe_layers().filter_map(|l| model.layer_layout(l)).map(|l| l.expert_bytes() as u64).collect();
+                if sizes.is_empty() {
+                    return Err(CliError::unusable(path, "the model has no MoE layers"));
+                }
+                sizes.iter().sum::<u64>() / sizes.len() as u64
+            }
+            (None, None) => DEFAULT_EXPERT_BYTES,
+        };
+        Ok(CostModel {
+            expert_bytes,
+            slow_pair_seconds: self.slow_pair_us * 1e-6,
+            link_bytes_per_second: self.link_gbps * 1e9,
+        })
+    }
+}
+
+/// The decay policy's settings.
+#[derive(Debug, Clone, Args)]
+pub struct DecayArgs {
+    /// Decay: steps for a score to halve.
+    #[arg(long, default_value_t = DecayConfig::DEFAULT.half_life())]
+    pub half_life: f32,
+    /// Decay: a target replaces a resident only when its score is this many times higher.
+    #[arg(long, default_value_t = DecayConfig::DEFAULT.margin())]
+    pub margin: f32,
+    /// Decay: the most experts one refresh promotes.
+    #[arg(long)]
+    pub max_promotions: Option<u16>,
+}
+
+impl DecayArgs {
+    /// The decay settings, checked.
+    pub fn config(&self) -> Result<DecayConfig, CliError> {
+        DecayConfig::new(self.half_life, self.margin, self.max_promotions).map_err(|e| CliError::Usage(e.to_string()))
+    }
+}
+
+/// Reads a policy name.
+pub fn parse_policy(text: &str) -> Result<ReplayPolicy, String> {
+    ReplayPolicy::from_name(text).map_err(|e| e.to_string())
+}
+
+/// Reads a refresh schedule: `every:N` (every N decode steps) or `forward` (every step).
+pub fn parse_schedule(text: &str) -> Result<Schedule, String> {
+    if text == "forward" {
+        return Ok(Schedule::EveryForward);
+    }
+    text.strip_prefix("every:")
+        .and_then(|n| n.parse().ok())
+        .and_then(std::num::NonZeroU32::new)
+        .map(Schedule::EveryDecodeSteps)
+        .ok_or_else(|| format!("'{text}' is not a schedule (every:N with N at least 1, or forward)"))
+}
+
+/// A schedule as the command line spells it.
+pub fn schedule_name(schedule: Schedule) -> String {
+    format!("every:{}", schedule.interval())
+}
+
+/// Reads a trace file.
+pub fn read_trace(path: &Path) -> Result<Trace, CliError> {
+    expertslab_std::read_trace(path).map_err(|e| CliError::model(path, e))
+}
+
+/// The policy with the decay settings applied.
+pub fn with_decay(policy: ReplayPolicy, decay: DecayConfig) -> ReplayPolicy {
+    match policy {
+        ReplayPolicy::Pool(Policy::Decay(_)) => ReplayPolicy::Pool(Policy::Decay(decay)),
+        other => other,
+    }
+}
+
+/// One replay to run and its result.
+pub struct Run {
+    pub policy: ReplayPolicy,
+    pub budget: usize,
+    pub schedule: Schedule,
+    pub report: ReplayReport,
+}
+
+/// Replays `trace` for every (policy, budget, schedule), in parallel, with a progress bar on a
+/// terminal (nothing is drawn when stderr is not one).
+pub fn run_all(
+    trace: &Trace,
+    jobs: &[(ReplayPolicy, usize, Schedule)],
+    initial: InitialPlacement,
+    cost: CostModel,
+) -> Result<Vec<Run>, CliError> {
+    let bar = ProgressBar::new(jobs.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} replaying {bar:30} {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let runs: Vec<Result<Run, ReplayError>> = jobs
+        .par_iter()
+        .map(|&(policy, budget, schedule)| {
+            let config = ReplayConfig { policy, budget, schedule, initial, cost };
+            let run = replay(trace, &config).map(|report| Run { policy, budget, schedule, report });
+            bar.inc(1);
+            run
+        })
+        .collect();
+    bar.finish_and_clear();
+    runs.into_iter().collect::<Result<_, _>>().map_err(|e| CliError::Usage(format!("replay: {e}")))
+}

@@ -1,0 +1,197 @@
+//! `expertslab simulate`: replay a routing trace under several policies and budgets, and price
+//! each with the cost model.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+
+use clap::Args as ClapArgs;
+use expertslab_std::replay::{ReplayCounters, ReplayPolicy};
+use expertslab_std::{InitialPlacement, Schedule};
+use serde_json::{json, Value};
+
+use crate::error::CliError;
+use crate::plot;
+use crate::replay_args::{
+    parse_policy, parse_schedule, read_trace, run_all, schedule_name, with_decay, CostArgs, DecayArgs, Run,
+};
+use crate::table::{Align, Table};
+use crate::units::format_size;
+
+/// `simulate`'s arguments.
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    /// The routing trace (newline-delimited JSON in the expertslab-trace format).
+    #[arg(long)]
+    trace: PathBuf,
+    /// Policies, comma-separated: tide, decay, lru, lfu, lru2, belady, oracle, uniform.
+    #[arg(long, value_delimiter = ',', value_parser = parse_policy,
+          default_value = "tide,decay,lru,lfu,lru2,belady,oracle,uniform")]
+    policy: Vec<ReplayPolicy>,
+    /// Slots per layer (default: a quarter of the experts).
+    #[arg(long, conflicts_with = "sweep")]
+    budget: Option<usize>,
+    /// Budgets to sweep: A..B doubles from A up to B (B included); A..B:S steps by S.
+    #[arg(long, value_parser = parse_sweep)]
+    sweep: Option<Sweep>,
+    /// Refresh schedule of interval policies: every:N (every N decode steps) or forward.
+    #[arg(long, default_value = "every:1", value_parser = parse_schedule)]
+    schedule: Schedule,
+    /// Start with no expert resident (default: experts 0..budget, as TIDE starts).
+    #[arg(long)]
+    cold: bool,
+    #[command(flatten)]
+    cost: CostArgs,
+    #[command(flatten)]
+    decay: DecayArgs,
+    /// Print one JSON document instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Draw hit rate and modeled time against budget, one line per policy, as SVG.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+/// The budgets of a sweep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sweep(Vec<usize>);
+
+/// Reads `A..B` (doubling) or `A..B:S` (steps of S) into the budgets it names.
+pub fn parse_sweep(text: &str) -> Result<Sweep, String> {
+    let bad = || format!("'{text}' is not a sweep (A..B or A..B:STEP, with 1 <= A <= B)");
+    let (range, step) = match text.split_once(':') {
+        Some((range, step)) => (range, Some(step.parse::<usize>().map_err(|_| bad())?)),
+        None => (text, None),
+    };
+    let (a, b) = range.split_once("..").ok_or_else(bad)?;
+    let (a, b): (usize, usize) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+    if a == 0 || a > b || step == Some(0) {
+        return Err(bad());
+    }
+    let mut budgets = Vec::new();
+    let mut x = a;
+    while x <= b {
+        budgets.push(x);
+        x = match step {
+            Some(s) => x.saturating_add(s),
+            None => x.saturating_mul(2),
+        };
+        if x == usize::MAX {
+            break;
+        }
+    }
+    if budgets.last() != Some(&b) {
+        budgets.push(b);
+    }
+    Ok(Sweep(budgets))
+}
+
+/// The counters of one layer or of the total as JSON.
+pub fn counters_json(c: &ReplayCounters) -> Value {
+    json!({
+        "pairs": c.pairs,
+        "hits": c.hits,
+        "misses": c.misses,
+        "invalid": c.invalid,
+        "hit_rate": c.hit_rate(),
+        "promotions": c.promotions,
+        "demotions": c.demotions,
+        "bytes_moved": c.bytes_moved,
+        "modeled_time_s": c.modeled_time_s,
+    })
+}
+
+/// One run as JSON: policy, budget, schedule, layers and total.
+pub fn run_json(run: &Run) -> Value {
+    json!({
+        "policy": run.policy.name(),
+        "budget": run.budget,
+        "schedule": schedule_name(run.schedule),
+        "layers": run.report.layers.iter().map(counters_json).collect::<Vec<_>>(),
+        "total": counters_json(&run.report.total),
+    })
+}
+
+pub fn run(args: &Args) -> Result<(), CliError> {
+    let trace = read_trace(&args.trace)?;
+    let cost = args.cost.cost_model()?;
+    let decay = args.decay.config()?;
+    let experts = trace.header().experts as usize;
+    let budgets = match (&args.sweep, args.budget) {
+        (Some(Sweep(sweep)), _) => sweep.clone(),
+        (None, Some(budget)) => vec![budget],
+        (None, None) => vec![(experts / 4).max(1)],
+    };
+    let jobs: Vec<_> = budgets
+        .iter()
+        .flat_map(|&b| args.policy.iter().map(move |&p| (with_decay(p, decay), b, args.schedule)))
+        .collect();
+    let initial = if args.cold { InitialPlacement::Cold } else { InitialPlacement::Warm };
+    let runs = run_all(&trace, &jobs, initial, cost)?;
+
+    if let Some(path) = &args.plot {
+        plot::draw(path, &runs).map_err(|e| CliError::unusable(path, e))?;
+    }
+    let mut out = io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &runs.iter().map(run_json).collect::<Vec<_>>())?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let header = trace.header();
+    writeln!(
+        out,
+        "{} layers × {} experts, top-{}, {} records; {}; expert {} over {} GB/s, slow pair {} µs",
+        header.layers,
+        header.experts,
+        header.top_k,
+        trace.records().len(),
+        schedule_name(args.schedule),
+        format_size(cost.expert_bytes),
+        cost.link_bytes_per_second / 1e9,
+        cost.slow_pair_seconds * 1e6
+    )?;
+    write_table(&mut out, &runs)?;
+    Ok(())
+}
+
+/// The runs as a text table, one row per run.
+pub fn write_table(out: &mut impl Write, runs: &[Run]) -> io::Result<()> {
+    let mut table = Table::new(&[
+        ("budget", Align::Right),
+        ("policy", Align::Left),
+        ("hit rate", Align::Right),
+        ("misses", Align::Right),
+        ("promotions", Align::Right),
+        ("bytes moved", Align::Right),
+        ("modeled time", Align::Right),
+    ]);
+    for run in runs {
+        let t = &run.report.total;
+        table.row(vec![
+            run.budget.to_string(),
+            run.policy.name().to_string(),
+            format!("{:.1}%", 100.0 * t.hit_rate()),
+            t.misses.to_string(),
+            t.promotions.to_string(),
+            format_size(t.bytes_moved),
+            format!("{:.3} s", t.modeled_time_s),
+        ]);
+    }
+    table.write(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweeps_double_or_step_and_include_the_end() {
+        assert_eq!(parse_sweep("4..64").unwrap().0, [4, 8, 16, 32, 64]);
+        assert_eq!(parse_sweep("3..20").unwrap().0, [3, 6, 12, 20]);
+        assert_eq!(parse_sweep("4..16:4").unwrap().0, [4, 8, 12, 16]);
+        assert_eq!(parse_sweep("5..5").unwrap().0, [5]);
+        for bad in ["0..4", "8..4", "4..16:0", "4-16", "a..b", "4..16:x"] {
+            assert!(parse_sweep(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! `expertslab synth`: write a synthetic routing trace (Zipf popularity, reuse between
+//! consecutive tokens, phase changes; see `expertslab_std::synthetic`).
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::PathBuf;
+
+use clap::Args as ClapArgs;
+use expertslab_std::synthetic::{RoutingShape, SyntheticRouting};
+use expertslab_std::trace::TraceHeader;
+use expertslab_std::{RoutingCapture, TraceRecorder};
+
+use crate::error::CliError;
+
+/// `synth`'s arguments.
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    /// Where to write the trace.
+    #[arg(long)]
+    out: PathBuf,
+    /// Experts per layer.
+    #[arg(long, default_value_t = 64)]
+    experts: u32,
+    /// MoE layers.
+    #[arg(long, default_value_t = 4)]
+    layers: u32,
+    /// Experts per token.
+    #[arg(long, default_value_t = 8)]
+    top_k: u32,
+    /// Decode steps after the prefill block.
+    #[arg(long, default_value_t = 1000)]
+    steps: u64,
+    /// Tokens per decode step.
+    #[arg(long, default_value_t = 1)]
+    tokens: usize,
+    /// Tokens of the prefill block (step 0); 0 for none.
+    #[arg(long, default_value_t = 64)]
+    prefill_tokens: usize,
+    /// Zipf exponent of expert popularity (0 = uniform).
+    #[arg(long, default_value_t = 0.9)]
+    zipf: f64,
+    /// Probability that a token repeats the previous token's choice in the same position.
+    #[arg(long, default_value_t = 0.5)]
+    reuse: f64,
+    /// Steps between reshuffles of the popularity (0 = never).
+    #[arg(long, default_value_t = 256)]
+    phase: u64,
+    /// Seed; layer `l` uses `seed + l`.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+pub fn run(args: &Args) -> Result<(), CliError> {
+    if args.experts == 0 || args.layers == 0 || args.top_k == 0 || args.top_k > args.experts {
+        return Err(CliError::Usage("need experts >= top_k >= 1 and layers >= 1".into()));
+    }
+    let shape = RoutingShape {
+        experts: args.experts,
+        top_k: args.top_k,
+        zipf_s: args.zipf,
+        reuse: args.reuse,
+        phase_steps: args.phase,
+    };
+    let mut layers: Vec<SyntheticRouting> =
+        (0..args.layers).map(|l| SyntheticRouting::new(shape, args.seed.wrapping_add(u64::from(l)))).collect();
+    let io = |source| CliError::model(&args.out, expertslab_std::Error::Io { path: args.out.clone(), source });
+    let file = File::create(&args.out).map_err(io)?;
+    let header = TraceHeader { experts: args.experts, layers: args.layers, top_k: args.top_k };
+    let mut recorder = TraceRecorder::new(BufWriter::new(file), header).map_err(io)?;
+    let mut capture = RoutingCapture::new();
+    let mut ids = Vec::new();
+    let prefill = args.prefill_tokens > 0;
+    for step in 0..args.steps + u64::from(prefill) {
+        let (tokens, is_prefill) =
+            if prefill && step == 0 { (args.prefill_tokens, true) } else { (args.tokens, false) };
+        capture.clear();
+        for (layer, routing) in layers.iter_mut().enumerate() {
+            ids.clear();
+            routing.step(tokens, &mut ids);
+            capture.record(layer, &ids);
+        }
+        recorder.record(step, is_prefill, &capture).map_err(io)?;
+    }
+    recorder.finish().map_err(io)?;
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! `expertslab tune`: the policy, budget and refresh interval with the lowest modeled time for a
+//! trace and a cost model, within a slot limit, and how much it beats TIDE at τ = 1 and LRU.
+
+use std::io::{self, Write};
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+
+use clap::Args as ClapArgs;
+use expertslab_std::replay::ReplayPolicy;
+use expertslab_std::{InitialPlacement, Policy, Schedule};
+use serde_json::json;
+
+use crate::error::CliError;
+use crate::replay_args::{parse_policy, read_trace, run_all, schedule_name, with_decay, CostArgs, DecayArgs, Run};
+use crate::simulate::{run_json, write_table};
+use crate::units::{self, format_size};
+
+/// `tune`'s arguments.
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    /// The routing trace.
+    #[arg(long)]
+    trace: PathBuf,
+    /// The most slots per layer (default: a quarter of the experts); or see --memory.
+    #[arg(long, conflicts_with = "memory")]
+    max_budget: Option<usize>,
+    /// Fast memory for all layers' slots: the slot limit is memory / (layers × expert bytes).
+    #[arg(long, value_parser = units::parse_size)]
+    memory: Option<u64>,
+    /// Policies to consider (deployable ones; the references are shown for comparison).
+    #[arg(long, value_delimiter = ',', value_parser = parse_policy, default_value = "tide,decay,lru,lfu,lru2")]
+    policy: Vec<ReplayPolicy>,
+    /// Refresh intervals τ (decode steps) to consider for interval policies.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32")]
+    intervals: Vec<NonZeroU32>,
+    /// Start with no expert resident.
+    #[arg(long)]
+    cold: bool,
+    #[command(flatten)]
+    cost: CostArgs,
+    #[command(flatten)]
+    decay: DecayArgs,
+    /// Print one JSON document.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The budgets tried up to `max`: powers of two, and `max` itself.
+fn budgets(max: usize) -> Vec<usize> {
+    let mut b: Vec<usize> =
+        std::iter::successors(Some(1usize), |x| x.checked_mul(2)).take_while(|&x| x < max).collect();
+    b.push(max);
+    b
+}
+
+pub fn run(args: &Args) -> Result<(), CliError> {
+    let trace = read_trace(&args.trace)?;
+    let cost = args.cost.cost_model()?;
+    let decay = args.decay.config()?;
+    let header = trace.header();
+    let experts = header.experts as usize;
+    let max = match (args.max_budget, args.memory) {
+        (Some(b), _) => b,
+        (None, Some(memory)) => (memory / (u64::from(header.layers) * cost.expert_bytes.max(1))) as usize,
+        (None, None) => (experts / 4).max(1),
+    }
+    .min(experts);
+    if max == 0 {
+        return Err(CliError::Usage("not one expert per layer fits in that memory".into()));
+    }
+    let forward = Schedule::EveryForward;
+    let mut jobs = Vec::new();
+    for &budget in &budgets(max) {
+        for &policy in &args.policy {
+            let policy = with_decay(policy, decay);
+            if matches!(policy, ReplayPolicy::Pool(p) if p.is_demand()) {
+                jobs.push((policy, budget, forward));
+            } else {
+                jobs.extend(args.intervals.iter().map(|&n| (policy, budget, Schedule::EveryDecodeSteps(n))));
+            }
+        }
+    }
+    // The baselines and references at the full budget.
+    let baselines = [
+        (ReplayPolicy::Pool(Policy::Tide), max, forward),
+        (ReplayPolicy::Pool(Policy::Lru), max, forward),
+        (ReplayPolicy::Pool(Policy::Belady), max, forward),
+        (ReplayPolicy::Oracle, max, forward),
+        (ReplayPolicy::Uniform, max, forward),
+    ];
+    let initial = if args.cold { InitialPlacement::Cold } else { InitialPlacement::Warm };
+    let candidates = run_all(&trace, &jobs, initial, cost)?;
+    let references = run_all(&trace, &baselines, initial, cost)?;
+    let time = |r: &Run| r.report.total.modeled_time_s;
+    let best = candidates
+        .iter()
+        .min_by(|a, b| time(a).total_cmp(&time(b)).then(a.budget.cmp(&b.budget)))
+        .ok_or_else(|| CliError::Usage("no policy to tune".into()))?;
+    let (tide, lru) = (&references[0], &references[1]);
+    let gain = |base: &Run| if time(base) > 0.0 { 1.0 - time(best) / time(base) } else { 0.0 };
+
+    let mut out = io::stdout().lock();
+    if args.json {
+        let doc = json!({
+            "best": run_json(best),
+            "vs_tide_tau1": { "run": run_json(tide), "time_saved": gain(tide) },
+            "vs_lru": { "run": run_json(lru), "time_saved": gain(lru) },
+            "references": references.iter().map(run_json).collect::<Vec<_>>(),
+            "candidates": candidates.len(),
+        });
+        serde_json::to_writer_pretty(&mut out, &doc)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{} candidates (budgets up to {max}, intervals {:?}), expert {} over {} GB/s, slow pair {} µs",
+        candidates.len(),
+        args.intervals,
+        format_size(cost.expert_bytes),
+        cost.link_bytes_per_second / 1e9,
+        cost.slow_pair_seconds * 1e6
+    )?;
+    writeln!(
+        out,
+        "best: {} with {} slots per layer, {}: modeled time {:.3} s, hit rate {:.1}%",
+        best.policy.name(),
+        best.budget,
+        schedule_name(best.schedule),
+        time(best),
+        100.0 * best.report.total.hit_rate()
+    )?;
+    writeln!(out, "  {:.1}% less time than TIDE at τ = 1 ({:.3} s)", 100.0 * gain(tide), time(tide))?;
+    writeln!(out, "  {:.1}% less time than LRU ({:.3} s)", 100.0 * gain(lru), time(lru))?;
+    writeln!(out, "\nbaselines and references at {max} slots per layer:")?;
+    write_table(&mut out, &references)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budgets_are_powers_of_two_up_to_the_limit() {
+        assert_eq!(budgets(20), [1, 2, 4, 8, 16, 20]);
+        assert_eq!(budgets(16), [1, 2, 4, 8, 16]);
+        assert_eq!(budgets(1), [1]);
+    }
+}
