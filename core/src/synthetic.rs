@@ -129,7 +129,7 @@ impl SyntheticRouting {
     /// Appends one step of `tokens` tokens (`tokens × top_k` ids, token-major) to `out`.
     pub fn step(&mut self, tokens: usize, out: &mut Vec<u32>) {
         let phase = self.shape.phase_steps;
-        if phase > 0 && self.step > 0 && self.step % phase == 0 {
+        if phase > 0 && self.step > 0 && self.step.is_multiple_of(phase) {
             self.reshuffle();
         }
         self.step += 1;

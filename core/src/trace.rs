@@ -170,7 +170,7 @@ impl Trace {
         }
         let start = self.ids.len();
         self.ids.extend(ids);
-        if (self.ids.len() - start) % self.header.top_k as usize != 0 {
+        if !(self.ids.len() - start).is_multiple_of(self.header.top_k as usize) {
             self.ids.truncate(start);
             return Err(fail(TraceErrorKind::PartialToken));
         }

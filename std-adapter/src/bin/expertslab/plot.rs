@@ -34,39 +34,49 @@ pub fn draw(path: &Path, runs: &[Run]) -> Result<(), String> {
     let root = SVGBackend::new(path, (800, 900)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let (top, bottom) = root.split_vertically(450);
-    let panels: [(&DrawingArea<_, _>, &str, &str, f64, fn(&Run) -> f64); 2] = [
-        (&top, "hit rate by budget", "hit rate", 1.0, |r| r.report.total.hit_rate()),
-        (&bottom, "modeled time by budget", "modeled time (s)", max_time, |r| r.report.total.modeled_time_s),
-    ];
-    for (area, caption, y_label, y_max, value) in panels {
-        let mut chart = ChartBuilder::on(area)
-            .caption(caption, ("sans-serif", 22))
-            .margin(15)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(lo..hi, 0.0..y_max)
-            .map_err(|e| e.to_string())?;
-        chart.configure_mesh().x_desc("slots per layer").y_desc(y_label).draw().map_err(|e| e.to_string())?;
-        for (i, policy) in policies.iter().enumerate() {
-            let colour = COLOURS[i % COLOURS.len()];
-            let points: Vec<(f64, f64)> =
-                runs.iter().filter(|r| r.policy.name() == *policy).map(|r| (r.budget as f64, value(r))).collect();
-            chart
-                .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
-                .map_err(|e| e.to_string())?
-                .label(*policy)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
-            chart
-                .draw_series(points.into_iter().map(|p| Circle::new(p, 3, colour.filled())))
-                .map_err(|e| e.to_string())?;
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| e.to_string())?;
-    }
+    let x = lo..hi;
+    panel(&top, "hit rate by budget", "hit rate", x.clone(), 1.0, runs, &policies, |r| r.report.total.hit_rate())?;
+    let time = |r: &Run| r.report.total.modeled_time_s;
+    panel(&bottom, "modeled time by budget", "modeled time (s)", x, max_time, runs, &policies, time)?;
     root.present().map_err(|e| e.to_string())
+}
+
+/// One chart: `value` of each run against its budget, one line per policy.
+#[allow(clippy::too_many_arguments)]
+fn panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    caption: &str,
+    y_label: &str,
+    x: std::ops::Range<f64>,
+    y_max: f64,
+    runs: &[Run],
+    policies: &[&str],
+    value: impl Fn(&Run) -> f64,
+) -> Result<(), String> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x, 0.0..y_max)
+        .map_err(|e| e.to_string())?;
+    chart.configure_mesh().x_desc("slots per layer").y_desc(y_label).draw().map_err(|e| e.to_string())?;
+    for (i, policy) in policies.iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        let points: Vec<(f64, f64)> =
+            runs.iter().filter(|r| r.policy.name() == *policy).map(|r| (r.budget as f64, value(r))).collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
+            .map_err(|e| e.to_string())?
+            .label(*policy)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+        chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, colour.filled()))).map_err(|e| e.to_string())?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| e.to_string())
 }
