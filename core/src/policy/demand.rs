@@ -121,6 +121,9 @@ impl DemandCache {
         let AdmitState { expert_slot, slot_expert, not_resident } = state;
         let mut counts = ServeCounts::default();
         let mut demotions = 0;
+        // Slots holding an expert, committed or admitted: while every slot does, no search for a
+        // free one is needed.
+        let mut occupied = slot_expert.iter().filter(|&&e| e != EMPTY_SLOT).count();
         for &id in ids {
             let position = self.future.cursor;
             self.future.cursor += 1;
@@ -145,9 +148,11 @@ impl DemandCache {
                 continue;
             }
             counts.misses += 1;
-            let Some(slot) = self.free_slot(slot_expert).or_else(|| self.victim(slot_expert)) else {
+            let free = if occupied < slot_expert.len() { self.free_slot(slot_expert) } else { None };
+            let Some(slot) = free.or_else(|| self.victim(slot_expert)) else {
                 continue; // no slot at all: served from slow memory
             };
+            occupied += usize::from(free.is_some());
             // Evict the slot's occupant: a committed resident is demoted, an expert admitted
             // earlier in this step loses its place in the plan.
             let admitted_before = self.admitted.get(slot).copied().unwrap_or(EMPTY_SLOT);
