@@ -25,9 +25,13 @@ pub struct CostArgs {
     /// Bandwidth from slow memory into slots, in GB/s.
     #[arg(long, default_value_t = 16.0, value_parser = positive)]
     pub link_gbps: f64,
-    /// Time to compute one token–expert pair from slow memory, in µs.
-    #[arg(long, default_value_t = 20.0, value_parser = non_negative)]
-    pub slow_pair_us: f64,
+    /// Time to compute one token–expert pair from slow memory, in µs (default: reading the
+    /// expert's bytes once at --slow-gbps, which is what one decode token costs).
+    #[arg(long, value_parser = non_negative)]
+    pub slow_pair_us: Option<f64>,
+    /// Bandwidth at which slow memory is read when computing there, in GB/s.
+    #[arg(long, default_value_t = 20.0, value_parser = positive, conflicts_with = "slow_pair_us")]
+    pub slow_gbps: f64,
 }
 
 /// Bytes of one expert when neither --expert-bytes nor --model is given.
@@ -67,11 +71,11 @@ impl CostArgs {
             }
             (None, None) => DEFAULT_EXPERT_BYTES,
         };
-        Ok(CostModel {
-            expert_bytes,
-            slow_pair_seconds: self.slow_pair_us * 1e-6,
-            link_bytes_per_second: self.link_gbps * 1e9,
-        })
+        let slow_pair_seconds = match self.slow_pair_us {
+            Some(us) => us * 1e-6,
+            None => expert_bytes as f64 / (self.slow_gbps * 1e9),
+        };
+        Ok(CostModel { expert_bytes, slow_pair_seconds, link_bytes_per_second: self.link_gbps * 1e9 })
     }
 }
 

@@ -140,7 +140,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     let header = trace.header();
     writeln!(
         out,
-        "{} layers × {} experts, top-{}, {} records; {}; expert {} over {} GB/s, slow pair {} µs",
+        "{} layers × {} experts, top-{}, {} records; {}; expert {} over {} GB/s, slow pair {:.1} µs",
         header.layers,
         header.experts,
         header.top_k,

@@ -114,7 +114,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     }
     writeln!(
         out,
-        "{} candidates (budgets up to {max}, intervals {:?}), expert {} over {} GB/s, slow pair {} µs",
+        "{} candidates (budgets up to {max}, intervals {:?}), expert {} over {} GB/s, slow pair {:.1} µs",
         candidates.len(),
         args.intervals,
         format_size(cost.expert_bytes),
