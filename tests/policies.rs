@@ -1,11 +1,10 @@
 //! Every policy of the pool against a plain reference model on random traces, and Belady's
 //! optimum against every demand policy.
 
-use std::collections::HashSet;
 use std::num::NonZeroU32;
 
 use expertslab::{DecayConfig, ExpertPool, InitialPlacement, MigrationPlan, Policy, PoolConfig, Schedule, Step};
-use expertslab_tests::{ReferenceDecay, ReferenceDemand};
+use expertslab_tests::{commit_plan as commit, resident_set, started_pool, ReferenceDecay, ReferenceDemand};
 use proptest::prelude::*;
 
 fn trace() -> impl Strategy<Value = (u32, usize, bool, Vec<Vec<u32>>)> {
@@ -17,22 +16,7 @@ fn trace() -> impl Strategy<Value = (u32, usize, bool, Vec<Vec<u32>>)> {
 
 fn pool(experts: u32, budget: usize, warm: bool, policy: Policy, schedule: Schedule) -> (ExpertPool, MigrationPlan) {
     let initial = if warm { InitialPlacement::Warm } else { InitialPlacement::Cold };
-    let config = PoolConfig::new(experts as usize, budget).initial(initial).policy(policy).schedule(schedule);
-    let mut pool = ExpertPool::new(config).unwrap();
-    let mut plan = MigrationPlan::new(pool.slots());
-    pool.initial_plan(&mut plan);
-    commit(&mut pool, &plan);
-    (pool, plan)
-}
-
-fn commit(pool: &mut ExpertPool, plan: &MigrationPlan) {
-    for &p in plan.promotions() {
-        pool.commit(p, 1).expect("a fresh plan commits");
-    }
-}
-
-fn resident_set(pool: &ExpertPool) -> HashSet<u32> {
-    pool.residents().map(|(_, e)| e as u32).collect()
+    started_pool(PoolConfig::new(experts as usize, budget).initial(initial).policy(policy).schedule(schedule))
 }
 
 /// Runs a demand policy on the pool and on the reference; returns the pool's misses.

@@ -1,11 +1,10 @@
 //! The pool against a plain reference model of TIDE placement, and its invariants, over random
 //! routing traces.
 
-use std::collections::HashSet;
 use std::num::NonZeroU32;
 
 use expertslab::{ExpertPool, InitialPlacement, MigrationPlan, PoolConfig, Schedule, Step};
-use expertslab_tests::ReferenceTide;
+use expertslab_tests::{commit_plan as commit, resident_set, started_pool, ReferenceTide};
 use proptest::prelude::*;
 
 /// A random layer: experts, budget, warm or cold, and steps of ids (some out of range).
@@ -18,22 +17,7 @@ fn trace() -> impl Strategy<Value = (u32, usize, bool, Vec<Vec<u32>>)> {
 
 fn build(experts: u32, budget: usize, warm: bool, schedule: Schedule) -> (ExpertPool, MigrationPlan) {
     let initial = if warm { InitialPlacement::Warm } else { InitialPlacement::Cold };
-    let config = PoolConfig::new(experts as usize, budget).initial(initial).schedule(schedule);
-    let mut pool = ExpertPool::new(config).expect("valid config");
-    let mut plan = MigrationPlan::new(pool.slots());
-    pool.initial_plan(&mut plan);
-    commit(&mut pool, &plan);
-    (pool, plan)
-}
-
-fn commit(pool: &mut ExpertPool, plan: &MigrationPlan) {
-    for &p in plan.promotions() {
-        pool.commit(p, 1).expect("a fresh plan commits");
-    }
-}
-
-fn resident_set(pool: &ExpertPool) -> HashSet<u32> {
-    pool.residents().map(|(_, e)| e as u32).collect()
+    started_pool(PoolConfig::new(experts as usize, budget).initial(initial).schedule(schedule))
 }
 
 /// Resident count within budget, and the slot table a bijection between residents and occupied

@@ -5,7 +5,29 @@
 
 use std::collections::{HashMap, HashSet};
 
-use expertslab::{ExpertLayout, Format, LayerStacks, Projection, StackLayout};
+use expertslab::{ExpertLayout, ExpertPool, Format, LayerStacks, MigrationPlan, PoolConfig, Projection, StackLayout};
+
+/// A pool built from `config` with its initial plan committed (no bytes: placement only), and a
+/// plan with room for its slots.
+pub fn started_pool(config: PoolConfig) -> (ExpertPool, MigrationPlan) {
+    let mut pool = ExpertPool::new(config).expect("valid config");
+    let mut plan = MigrationPlan::new(pool.slots());
+    pool.initial_plan(&mut plan);
+    commit_plan(&mut pool, &plan);
+    (pool, plan)
+}
+
+/// Commits every promotion of `plan` as if copied.
+pub fn commit_plan(pool: &mut ExpertPool, plan: &MigrationPlan) {
+    for &p in plan.promotions() {
+        pool.commit(p, 1).expect("a fresh plan commits");
+    }
+}
+
+/// The resident experts of `pool`.
+pub fn resident_set(pool: &ExpertPool) -> HashSet<u32> {
+    pool.residents().map(|(_, e)| e as u32).collect()
+}
 
 /// TIDE's hit-count refresh written as plainly as possible with hash sets, to check the pool.
 #[derive(Debug, Clone, Default)]

@@ -13,6 +13,33 @@ use rayon::prelude::*;
 use crate::error::CliError;
 use crate::units;
 
+/// What every replaying subcommand takes: the trace, the start, the cost model, the decay
+/// settings.
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// The routing trace (newline-delimited JSON in the expertslab-trace format).
+    #[arg(long)]
+    pub trace: PathBuf,
+    /// Start with no expert resident (default: experts 0..budget, as TIDE starts).
+    #[arg(long)]
+    pub cold: bool,
+    #[command(flatten)]
+    pub cost: CostArgs,
+    #[command(flatten)]
+    pub decay: DecayArgs,
+}
+
+impl ReplayArgs {
+    /// The initial placement.
+    pub fn initial(&self) -> InitialPlacement {
+        if self.cold {
+            InitialPlacement::Cold
+        } else {
+            InitialPlacement::Warm
+        }
+    }
+}
+
 /// The hardware a replay prices.
 #[derive(Debug, Clone, Args)]
 pub struct CostArgs {

@@ -6,13 +6,13 @@ use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
 use expertslab_std::replay::{ReplayCounters, ReplayPolicy};
-use expertslab_std::{InitialPlacement, Schedule};
+use expertslab_std::Schedule;
 use serde_json::{json, Value};
 
 use crate::error::CliError;
 use crate::plot;
 use crate::replay_args::{
-    parse_policy, parse_schedule, read_trace, run_all, schedule_name, with_decay, CostArgs, DecayArgs, Run,
+    parse_policy, parse_schedule, read_trace, run_all, schedule_name, with_decay, ReplayArgs, Run,
 };
 use crate::table::{Align, Table};
 use crate::units::format_size;
@@ -20,9 +20,8 @@ use crate::units::format_size;
 /// `simulate`'s arguments.
 #[derive(Debug, ClapArgs)]
 pub struct Args {
-    /// The routing trace (newline-delimited JSON in the expertslab-trace format).
-    #[arg(long)]
-    trace: PathBuf,
+    #[command(flatten)]
+    replay: ReplayArgs,
     /// Policies, comma-separated: tide, decay, lru, lfu, lru2, belady, oracle, uniform.
     #[arg(long, value_delimiter = ',', value_parser = parse_policy,
           default_value = "tide,decay,lru,lfu,lru2,belady,oracle,uniform")]
@@ -36,13 +35,6 @@ pub struct Args {
     /// Refresh schedule of interval policies: every:N (every N decode steps) or forward.
     #[arg(long, default_value = "every:1", value_parser = parse_schedule)]
     schedule: Schedule,
-    /// Start with no expert resident (default: experts 0..budget, as TIDE starts).
-    #[arg(long)]
-    cold: bool,
-    #[command(flatten)]
-    cost: CostArgs,
-    #[command(flatten)]
-    decay: DecayArgs,
     /// Print one JSON document instead of tables.
     #[arg(long)]
     json: bool,
@@ -112,9 +104,9 @@ pub fn run_json(run: &Run) -> Value {
 }
 
 pub fn run(args: &Args) -> Result<(), CliError> {
-    let trace = read_trace(&args.trace)?;
-    let cost = args.cost.cost_model()?;
-    let decay = args.decay.config()?;
+    let trace = read_trace(&args.replay.trace)?;
+    let cost = args.replay.cost.cost_model()?;
+    let decay = args.replay.decay.config()?;
     let experts = trace.header().experts as usize;
     let budgets = match (&args.sweep, args.budget) {
         (Some(Sweep(sweep)), _) => sweep.clone(),
@@ -125,8 +117,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         .iter()
         .flat_map(|&b| args.policy.iter().map(move |&p| (with_decay(p, decay), b, args.schedule)))
         .collect();
-    let initial = if args.cold { InitialPlacement::Cold } else { InitialPlacement::Warm };
-    let runs = run_all(&trace, &jobs, initial, cost)?;
+    let runs = run_all(&trace, &jobs, args.replay.initial(), cost)?;
 
     if let Some(path) = &args.plot {
         plot::draw(path, &runs).map_err(|e| CliError::unusable(path, e))?;

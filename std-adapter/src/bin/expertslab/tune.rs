@@ -3,24 +3,22 @@
 
 use std::io::{self, Write};
 use std::num::NonZeroU32;
-use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
 use expertslab_std::replay::ReplayPolicy;
-use expertslab_std::{InitialPlacement, Policy, Schedule};
+use expertslab_std::{Policy, Schedule};
 use serde_json::json;
 
 use crate::error::CliError;
-use crate::replay_args::{parse_policy, read_trace, run_all, schedule_name, with_decay, CostArgs, DecayArgs, Run};
+use crate::replay_args::{parse_policy, read_trace, run_all, schedule_name, with_decay, ReplayArgs, Run};
 use crate::simulate::{run_json, write_table};
 use crate::units::{self, format_size};
 
 /// `tune`'s arguments.
 #[derive(Debug, ClapArgs)]
 pub struct Args {
-    /// The routing trace.
-    #[arg(long)]
-    trace: PathBuf,
+    #[command(flatten)]
+    replay: ReplayArgs,
     /// The most slots per layer (default: a quarter of the experts); or see --memory.
     #[arg(long, conflicts_with = "memory")]
     max_budget: Option<usize>,
@@ -33,13 +31,6 @@ pub struct Args {
     /// Refresh intervals τ (decode steps) to consider for interval policies.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32")]
     intervals: Vec<NonZeroU32>,
-    /// Start with no expert resident.
-    #[arg(long)]
-    cold: bool,
-    #[command(flatten)]
-    cost: CostArgs,
-    #[command(flatten)]
-    decay: DecayArgs,
     /// Print one JSON document.
     #[arg(long)]
     json: bool,
@@ -54,9 +45,9 @@ fn budgets(max: usize) -> Vec<usize> {
 }
 
 pub fn run(args: &Args) -> Result<(), CliError> {
-    let trace = read_trace(&args.trace)?;
-    let cost = args.cost.cost_model()?;
-    let decay = args.decay.config()?;
+    let trace = read_trace(&args.replay.trace)?;
+    let cost = args.replay.cost.cost_model()?;
+    let decay = args.replay.decay.config()?;
     let header = trace.header();
     let experts = header.experts as usize;
     let max = match (args.max_budget, args.memory) {
@@ -88,7 +79,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         (ReplayPolicy::Oracle, max, forward),
         (ReplayPolicy::Uniform, max, forward),
     ];
-    let initial = if args.cold { InitialPlacement::Cold } else { InitialPlacement::Warm };
+    let initial = args.replay.initial();
     let candidates = run_all(&trace, &jobs, initial, cost)?;
     let references = run_all(&trace, &baselines, initial, cost)?;
     let time = |r: &Run| r.report.total.modeled_time_s;
