@@ -94,12 +94,12 @@ proptest! {
 
 #[test]
 fn demand_policies_admit_misses_within_the_step() {
-    // Two slots, LRU: 5 misses and is admitted, the second 5 hits; 6 and 7 then evict in turn.
+    // Two slots, LRU: 5 misses and is admitted, the second 5 hits; 6 is admitted; 7 finds both
+    // slots pinned by this step and is served from slow memory.
     let (mut pool, mut plan) = pool(8, 2, false, Policy::Lru, Schedule::EveryForward);
     pool.plan_step(Step::decode(0), &[5, 5, 6, 7], &mut plan).unwrap();
     let promoted: Vec<u16> = plan.promotions().iter().map(|p| p.expert).collect();
-    // 5 was admitted, then evicted by 7 within the step: its slot went to 7.
-    assert_eq!(promoted, [7, 6]);
+    assert_eq!(promoted, [5, 6]);
     commit(&mut pool, &plan);
     let served = pool.serve(&[5, 5, 6, 7]);
     assert_eq!((served.hits, served.misses), (1, 3));
@@ -141,4 +141,37 @@ fn decay_replaces_a_resident_only_past_the_margin() {
     assert!(run(1.0, 3));
     assert!(!run(2.0, 4), "4 is not more than 2 × 2");
     assert!(run(2.0, 5));
+}
+
+#[test]
+fn demand_hits_need_the_copy_to_have_landed() {
+    // The admission of 3 is planned but never committed (its copy failed): every id of 3 is a
+    // miss, none is claimed as a hit.
+    let (mut lru, mut plan) = pool(8, 1, false, Policy::Lru, Schedule::EveryForward);
+    lru.plan_step(Step::decode(0), &[3, 3], &mut plan).unwrap();
+    assert_eq!(plan.len(), 1);
+    let served = lru.serve(&[3, 3]);
+    assert_eq!((served.hits, served.misses), (0, 2));
+    // A step planned and never served leaves nothing behind for the next one.
+    let (mut lru, mut plan) = pool(8, 2, true, Policy::Lru, Schedule::EveryForward);
+    lru.plan_step(Step::decode(0), &[5, 5, 5, 5], &mut plan).unwrap();
+    lru.plan_step(Step::decode(1).with_mode(expertslab::Mode::Reuse), &[0, 1], &mut plan).unwrap();
+    let served = lru.serve(&[0, 1]);
+    assert_eq!((served.hits, served.misses), (1, 1), "expert 0 was demoted for 5, expert 1 stayed");
+}
+
+#[test]
+fn belady_follows_its_stream_through_reuse_steps() {
+    // Two slots holding 0 and 1. A reuse step uses 2 and 0; the next step admits 3, evicting the
+    // resident used farthest ahead: 0 (next at position 4), not 1 (position 3). Reading the future
+    // from a position that ignored the reuse step would still see 0 at position 1 and evict 1.
+    let stream = [2, 0, 3, 1, 0];
+    let (mut belady, mut plan) = pool(4, 2, true, Policy::Belady, Schedule::EveryForward);
+    belady.load_future(&stream).unwrap();
+    belady.plan_step(Step::decode(0).with_mode(expertslab::Mode::Reuse), &stream[..2], &mut plan).unwrap();
+    assert!(plan.is_empty());
+    belady.serve(&stream[..2]);
+    belady.plan_step(Step::decode(1), &stream[2..3], &mut plan).unwrap();
+    let promoted: Vec<(u16, Option<u16>)> = plan.promotions().iter().map(|p| (p.expert, p.evicted)).collect();
+    assert_eq!(promoted, [(3, Some(0))]);
 }

@@ -60,10 +60,6 @@ impl MigrationPlan {
         self.promotions.reserve(capacity);
     }
 
-    pub(crate) fn promotions_mut(&mut self) -> &mut [Promotion] {
-        &mut self.promotions
-    }
-
     pub(crate) fn push(&mut self, promotion: Promotion) {
         self.promotions.push(promotion);
     }

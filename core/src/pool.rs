@@ -180,8 +180,6 @@ pub struct ExpertPool {
     resident: usize,
     policy: PolicyState,
     initial: InitialPlacement,
-    /// A demand policy's accounting of the step it planned, for [`ExpertPool::serve`].
-    planned_serve: Option<ServeCounts>,
     stats: PoolStats,
 }
 
@@ -208,7 +206,6 @@ impl ExpertPool {
             resident: 0,
             policy: PolicyState::new(policy, experts, slots),
             initial,
-            planned_serve: None,
             stats: PoolStats::default(),
         })
     }
@@ -345,10 +342,19 @@ impl ExpertPool {
             self.refresh(ids, plan)?;
         } else {
             check_step(ids)?;
-            if let PolicyState::Interval(placement) = &mut self.policy {
-                placement.observe(ids);
-            }
             plan.reset(self.layer, 0);
+            match &mut self.policy {
+                PolicyState::Interval(placement) => placement.observe(ids),
+                PolicyState::Demand(cache) => {
+                    // The ids are still uses: recency, frequency and Belady's position follow them.
+                    let state = AdmitState {
+                        expert_slot: &mut self.expert_slot,
+                        slot_expert: &mut self.slot_expert,
+                        not_resident: NOT_RESIDENT,
+                    };
+                    cache.step(state, ids, false, plan);
+                }
+            }
         }
         Ok(due)
     }
@@ -374,11 +380,9 @@ impl ExpertPool {
                     slot_expert: &mut self.slot_expert,
                     not_resident: NOT_RESIDENT,
                 };
-                let (counts, demoted) = cache.admit(state, ids, plan);
+                let demoted = cache.step(state, ids, true, plan);
                 self.resident -= demoted;
                 self.stats.demotions += demoted as u64;
-                self.count_served(counts);
-                self.planned_serve = Some(counts);
                 return Ok(());
             }
         };
@@ -455,15 +459,11 @@ impl ExpertPool {
         }
     }
 
-    /// Counts `ids` (one step's routing, token-major) as hits, misses and invalid ids, adds them
-    /// to the statistics and returns them. With an interval policy (or a step a demand policy did
-    /// not plan) they are counted against the current residency. After a demand policy planned
-    /// the step, they were decided id by id then (a miss is admitted, so later ids of the same
-    /// expert hit): that accounting is returned, and `ids` must be the planned step's.
+    /// Counts `ids` (one step's routing, token-major) as hits, misses and invalid ids against the
+    /// current residency, adds them to the statistics and returns them. After a demand policy
+    /// planned the step, the first id of each expert it admitted (and that is now resident) is the
+    /// miss that admitted it; its later ids hit.
     pub fn serve(&mut self, ids: &[u32]) -> ServeCounts {
-        if let Some(planned) = self.planned_serve.take() {
-            return planned;
-        }
         let mut counts = ServeCounts::default();
         for &id in ids {
             match self.expert_slot.get(id as usize) {
@@ -472,14 +472,20 @@ impl ExpertPool {
                 Some(_) => counts.hits += 1,
             }
         }
-        self.count_served(counts);
+        if let PolicyState::Demand(cache) = &mut self.policy {
+            for &expert in cache.admissions() {
+                let admitted_here = ids.contains(&u32::from(expert));
+                if admitted_here && self.expert_slot.get(usize::from(expert)).is_some_and(|&w| w != NOT_RESIDENT) {
+                    counts.hits = counts.hits.saturating_sub(1);
+                    counts.misses += 1;
+                }
+            }
+            cache.clear_admissions();
+        }
+        self.stats.hits = self.stats.hits.saturating_add(u64::from(counts.hits));
+        self.stats.misses = self.stats.misses.saturating_add(u64::from(counts.misses));
+        self.stats.invalid_ids = self.stats.invalid_ids.saturating_add(u64::from(counts.invalid));
         counts
-    }
-
-    fn count_served(&mut self, counts: ServeCounts) {
-        self.stats.hits += u64::from(counts.hits);
-        self.stats.misses += u64::from(counts.misses);
-        self.stats.invalid_ids += u64::from(counts.invalid);
     }
 
     /// Checks `promotion` against the current state.

@@ -117,6 +117,8 @@ pub const GATE_UP_DOWN: [Projection; 3] = [Projection::Gate, Projection::Up, Pro
 
 /// Demand caching written as plainly as possible, to check the pool's LRU, LFU, LRU-2 and Belady.
 /// Residents are a list; victims are found by scanning it; Belady scans the stream for next uses.
+/// Experts used or admitted in the current step are never victims; with no other victim a miss is
+/// not admitted.
 #[derive(Debug, Clone)]
 pub struct ReferenceDemand {
     /// "lru", "lfu", "lru2" or "belady".
@@ -170,6 +172,7 @@ impl ReferenceDemand {
     /// Serves one step.
     pub fn step(&mut self, ids: &[u32]) {
         let mut admitted: HashSet<u32> = HashSet::new();
+        let mut pinned: HashSet<u32> = HashSet::new();
         for &id in ids {
             self.position += 1;
             if id >= self.experts {
@@ -177,6 +180,7 @@ impl ReferenceDemand {
             }
             self.clock += 1;
             *self.frequency.entry(id).or_default() += 1;
+            pinned.insert(id);
             if let Some(r) = self.resident.iter_mut().find(|r| r.0 == id) {
                 self.hits += 1;
                 r.2 = r.1;
@@ -188,6 +192,9 @@ impl ReferenceDemand {
                 continue;
             }
             if self.resident.len() == self.budget {
+                if self.resident.iter().all(|r| pinned.contains(&r.0)) {
+                    continue;
+                }
                 let key = |r: &(u32, u64, u64)| -> (u64, u64, u32) {
                     match self.kind {
                         "lru" => (r.1, 0, r.0),
@@ -197,11 +204,12 @@ impl ReferenceDemand {
                         other => panic!("unknown policy {other}"),
                     }
                 };
-                let victim = (0..self.resident.len()).min_by_key(|&i| key(&self.resident[i])).expect("full");
-                let (expert, _, _) = self.resident.remove(victim);
-                if !admitted.remove(&expert) {
-                    self.demotions += 1;
-                }
+                let victim = (0..self.resident.len())
+                    .filter(|&i| !pinned.contains(&self.resident[i].0))
+                    .min_by_key(|&i| key(&self.resident[i]))
+                    .expect("an unpinned resident");
+                self.resident.remove(victim);
+                self.demotions += 1;
             }
             self.resident.push((id, self.clock, 0));
             admitted.insert(id);

@@ -14,15 +14,17 @@
 //!   (never used again is farthest). Needs the stream in advance
 //!   ([`crate::ExpertPool::load_future`]); for evaluation only.
 //!
-//! Admissions of one step are promotions of that step's plan: an expert admitted and then evicted
-//! within the same step is dropped from the plan (its slot goes to the later admission), so the
-//! plan holds one promotion per slot and never copies twice.
+//! A step's ids are served together once its plan is migrated, so the experts a step uses or
+//! admits are pinned until the step ends: a victim is never one of them. When every slot holds
+//! one, a miss is served from slow memory without being admitted. With this rule the hits and
+//! misses decided id by id are exactly those of serving after migration: an admitted expert's
+//! first id is the miss that admitted it, its later ids hit its slot.
 
 use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::plan::{MigrationPlan, Promotion};
-use crate::pool::{ServeCounts, EMPTY_SLOT};
+use crate::pool::EMPTY_SLOT;
 
 /// Which demand policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,11 +35,13 @@ pub(crate) enum DemandKind {
     Belady,
 }
 
-/// The last two uses of a slot's occupant (clock ticks; 0 = never).
+/// The last two uses of a slot's occupant (clock ticks; 0 = never), and the last step that used
+/// or admitted it (pinned for that step).
 #[derive(Debug, Clone, Copy, Default)]
 struct Uses {
     last: u64,
     prev: u64,
+    step: u64,
 }
 
 /// Position in the stream meaning "never again".
@@ -59,9 +63,13 @@ struct Future {
 pub(crate) struct DemandCache {
     kind: DemandKind,
     clock: u64,
+    /// Steps served so far (the current one included).
+    step: u64,
     uses: Vec<Uses>,
     /// Per slot: the expert admitted into it during the current step, or `EMPTY_SLOT`.
     admitted: Vec<u16>,
+    /// The experts admitted by the last planned step, for the serve that follows it.
+    admissions: Vec<u16>,
     frequency: Vec<u32>,
     future: Future,
 }
@@ -84,8 +92,10 @@ impl DemandCache {
         Self {
             kind,
             clock: 0,
+            step: 0,
             uses: vec![Uses::default(); slots],
             admitted: vec![EMPTY_SLOT; slots],
+            admissions: Vec::with_capacity(slots),
             frequency: if kind == DemandKind::Lfu { vec![0; experts] } else { Vec::new() },
             future: Future::default(),
         }
@@ -110,16 +120,24 @@ impl DemandCache {
         self.future = Future { next, next_use, cursor: 0 };
     }
 
-    /// Serves `ids` in order, admitting misses; fills `plan` and returns the step's counts and
+    /// The experts the last planned step admitted (their first id was the miss that admitted
+    /// them).
+    pub(crate) fn admissions(&self) -> &[u16] {
+        &self.admissions
+    }
+
+    /// Forgets the last step's admissions (once served).
+    pub(crate) fn clear_admissions(&mut self) {
+        self.admissions.clear();
+    }
+
+    /// Serves `ids` in order, updating the policy's state. With `admit`, each miss is admitted:
+    /// `plan` gets a promotion into a free slot or the victim's, whose expert is demoted. Returns
     /// the number of demotions.
-    pub(crate) fn admit(
-        &mut self,
-        state: AdmitState<'_>,
-        ids: &[u32],
-        plan: &mut MigrationPlan,
-    ) -> (ServeCounts, usize) {
+    pub(crate) fn step(&mut self, state: AdmitState<'_>, ids: &[u32], admit: bool, plan: &mut MigrationPlan) -> usize {
         let AdmitState { expert_slot, slot_expert, not_resident } = state;
-        let mut counts = ServeCounts::default();
+        self.step += 1;
+        self.admissions.clear();
         let mut demotions = 0;
         // Slots holding an expert, committed or admitted: while every slot does, no search for a
         // free one is needed.
@@ -129,8 +147,7 @@ impl DemandCache {
             self.future.cursor += 1;
             let expert = id as usize;
             let Some(&word) = expert_slot.get(expert) else {
-                counts.invalid += 1;
-                continue;
+                continue; // invalid: counted by serve
             };
             self.clock += 1;
             if let Some(f) = self.frequency.get_mut(expert) {
@@ -141,47 +158,38 @@ impl DemandCache {
                 *n = next;
             }
             if word != not_resident {
-                counts.hits += 1;
                 if let Some(u) = self.uses.get_mut((word & !ADMITTED) as usize) {
-                    *u = Uses { prev: u.last, last: self.clock };
+                    *u = Uses { prev: u.last, last: self.clock, step: self.step };
                 }
                 continue;
             }
-            counts.misses += 1;
+            if !admit {
+                continue;
+            }
             let free = if occupied < slot_expert.len() { self.free_slot(slot_expert) } else { None };
             let Some(slot) = free.or_else(|| self.victim(slot_expert)) else {
-                continue; // no slot at all: served from slow memory
+                continue; // every slot pinned by this step (or none at all): slow memory
             };
             occupied += usize::from(free.is_some());
-            // Evict the slot's occupant: a committed resident is demoted, an expert admitted
-            // earlier in this step loses its place in the plan.
-            let admitted_before = self.admitted.get(slot).copied().unwrap_or(EMPTY_SLOT);
-            let committed = slot_expert.get(slot).copied().unwrap_or(EMPTY_SLOT);
-            let evicted = if admitted_before != EMPTY_SLOT { admitted_before } else { committed };
-            if let Some(w) = expert_slot.get_mut(usize::from(evicted)) {
-                *w = not_resident;
-            }
-            if admitted_before == EMPTY_SLOT && committed != EMPTY_SLOT {
+            // A victim is a committed resident this step has not used: demote it.
+            let evicted = slot_expert.get(slot).copied().filter(|&e| e != EMPTY_SLOT);
+            if let Some(victim) = evicted {
+                if let Some(w) = expert_slot.get_mut(usize::from(victim)) {
+                    *w = not_resident;
+                }
                 if let Some(s) = slot_expert.get_mut(slot) {
                     *s = EMPTY_SLOT;
                 }
                 demotions += 1;
             }
             // slot < slots <= u16::MAX and expert < experts <= u16::MAX, checked at build time.
-            let promotion = Promotion {
-                expert: expert as u16,
-                slot: slot as u16,
-                evicted: (committed != EMPTY_SLOT).then_some(committed),
-            };
-            match plan.promotions_mut().iter_mut().find(|p| usize::from(p.slot) == slot) {
-                Some(p) => p.expert = promotion.expert,
-                None => plan.push(promotion),
-            }
+            plan.push(Promotion { expert: expert as u16, slot: slot as u16, evicted });
+            self.admissions.push(expert as u16);
             if let Some(a) = self.admitted.get_mut(slot) {
                 *a = expert as u16;
             }
             if let Some(u) = self.uses.get_mut(slot) {
-                *u = Uses { prev: 0, last: self.clock };
+                *u = Uses { prev: 0, last: self.clock, step: self.step };
             }
             if let Some(w) = expert_slot.get_mut(expert) {
                 *w = ADMITTED | slot as u32;
@@ -194,7 +202,7 @@ impl DemandCache {
             }
             *a = EMPTY_SLOT;
         }
-        (counts, demotions)
+        demotions
     }
 
     /// The first slot holding no expert, committed or admitted.
@@ -202,7 +210,7 @@ impl DemandCache {
         slot_expert.iter().zip(&self.admitted).position(|(&c, &a)| c == EMPTY_SLOT && a == EMPTY_SLOT)
     }
 
-    /// The slot of the policy's victim among every occupied slot.
+    /// The slot of the policy's victim among the occupied slots this step has not pinned.
     fn victim(&self, slot_expert: &[u16]) -> Option<usize> {
         let occupant = |slot: usize| {
             let a = self.admitted.get(slot).copied().unwrap_or(EMPTY_SLOT);
@@ -212,7 +220,8 @@ impl DemandCache {
                 slot_expert.get(slot).copied().unwrap_or(EMPTY_SLOT)
             }
         };
-        (0..slot_expert.len()).min_by_key(|&slot| {
+        let unpinned = |slot: &usize| self.uses.get(*slot).is_some_and(|u| u.step != self.step);
+        (0..slot_expert.len()).filter(unpinned).min_by_key(|&slot| {
             let expert = occupant(slot);
             let uses = self.uses.get(slot).copied().unwrap_or_default();
             let key = match self.kind {
