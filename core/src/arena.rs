@@ -117,10 +117,47 @@ impl SlotArena {
     /// # Errors
     /// [`LayoutError::BufferTooSmall`] when what is left after aligning is too short.
     pub fn fit<'a>(&self, buffer: &'a mut [u8]) -> Result<&'a mut [u8], LayoutError> {
+        let range = self.fit_range(buffer)?;
+        buffer.get_mut(range).ok_or(LayoutError::Overflow)
+    }
+
+    /// [`SlotArena::fit`] for reading.
+    ///
+    /// # Errors
+    /// As [`SlotArena::fit`].
+    pub fn fit_ref<'a>(&self, buffer: &'a [u8]) -> Result<&'a [u8], LayoutError> {
+        let range = self.fit_range(buffer)?;
+        buffer.get(range).ok_or(LayoutError::Overflow)
+    }
+
+    fn fit_range(&self, buffer: &[u8]) -> Result<Range<usize>, LayoutError> {
         let actual = buffer.len();
         let skip = buffer.as_ptr().align_offset(self.align);
         let needed = skip.checked_add(self.total_bytes).ok_or(LayoutError::Overflow)?;
-        buffer.get_mut(skip..needed).ok_or(LayoutError::BufferTooSmall { needed, actual })
+        if needed > actual {
+            return Err(LayoutError::BufferTooSmall { needed, actual });
+        }
+        Ok(skip..needed)
+    }
+
+    /// Writes `bytes` as projection number `projection` of one slot, given as that slot's bytes
+    /// (a chunk of [`SlotArena::slot_stride`] bytes of the buffer).
+    ///
+    /// # Errors
+    /// [`LayoutError::InvalidProjectionSet`] for a projection the layout lacks,
+    /// [`LayoutError::LengthMismatch`] when `bytes` is not the projection's length,
+    /// [`LayoutError::BufferTooSmall`] when `slot` is shorter than the projection's end.
+    pub fn write_projection(&self, slot: &mut [u8], projection: usize, bytes: &[u8]) -> Result<(), LayoutError> {
+        let &(offset, len) = self.projections.get(projection).ok_or(LayoutError::InvalidProjectionSet)?;
+        if bytes.len() != len {
+            return Err(LayoutError::LengthMismatch { expected: len, actual: bytes.len() });
+        }
+        let actual = slot.len();
+        // offset + len <= slot_stride, which fits usize (checked in `new`).
+        let out =
+            slot.get_mut(offset..offset + len).ok_or(LayoutError::BufferTooSmall { needed: offset + len, actual })?;
+        out.copy_from_slice(bytes);
+        Ok(())
     }
 
     /// Projection number `projection` of slot `slot` within `buffer`.
@@ -197,6 +234,13 @@ mod tests {
         assert_eq!((fitted.len(), fitted.as_ptr().addr() % 8), (80, 0));
         assert!(a.check_buffer(fitted).is_ok());
         assert_eq!(a.fit(&mut bytes[3..85]).unwrap_err(), LayoutError::BufferTooSmall { needed: 85, actual: 82 });
+        assert_eq!(a.fit_ref(&bytes[3..]).unwrap().len(), 80);
+        let slot = &mut bytes[..a.slot_stride()];
+        a.write_projection(slot, 1, &[5; 10]).unwrap();
+        assert_eq!(&slot[24..34], &[5; 10]);
+        assert_eq!(a.write_projection(slot, 1, &[5; 9]), Err(LayoutError::LengthMismatch { expected: 10, actual: 9 }));
+        assert_eq!(a.write_projection(slot, 2, &[5; 10]), Err(LayoutError::InvalidProjectionSet));
+        assert!(matches!(a.write_projection(&mut [0; 20], 1, &[5; 10]), Err(LayoutError::BufferTooSmall { .. })));
         a.projection_bytes_mut(bytes, 1, 1).unwrap().fill(9);
         assert_eq!(&bytes[64..74], &[9u8; 10]);
         assert_eq!(a.projection_bytes(bytes, 1, 1).unwrap(), &[9u8; 10]);

@@ -479,13 +479,12 @@ impl<'a> GgufFile<'a> {
         let kv_count = c.count("metadata entries", MIN_KV_BYTES)?;
 
         let mut metadata: Vec<(&'a str, MetaValue<'a>)> = Vec::with_capacity(kv_count as usize);
+        let mut key_offsets: Vec<(&'a str, u64)> = Vec::with_capacity(kv_count as usize);
         let mut alignment = DEFAULT_ALIGNMENT;
         for _ in 0..kv_count {
             let offset = c.offset();
             let key = c.string("a metadata key")?;
-            if metadata.iter().any(|(k, _)| *k == key) {
-                return Err(GgufError::DuplicateKey { offset });
-            }
+            key_offsets.push((key, offset));
             let type_id = c.u32("a metadata value type")?;
             let value = c.value(type_id, 0)?;
             if key == "general.alignment" {
@@ -496,6 +495,13 @@ impl<'a> GgufFile<'a> {
                 };
             }
             metadata.push((key, value));
+        }
+
+        // A repeated key, found by sorting rather than comparing every pair.
+        key_offsets.sort_unstable();
+        if let Some(pair) = key_offsets.windows(2).find(|w| matches!(w, [a, b] if a.0 == b.0)) {
+            let offset = pair.iter().map(|&(_, o)| o).max().unwrap_or(0);
+            return Err(GgufError::DuplicateKey { offset });
         }
 
         if tensor_count > c.remaining() / MIN_TENSOR_BYTES {
@@ -785,34 +791,49 @@ fn expert_tensor(name: &str) -> Option<(usize, Projection, Option<usize>)> {
 
 const PROJECTION_ORDER: [Projection; 4] = [Projection::GateUp, Projection::Gate, Projection::Up, Projection::Down];
 
+/// An expert tensor of the directory, with where it belongs.
+struct ExpertTensor<'t, 'a> {
+    block: usize,
+    /// Position of the projection in [`PROJECTION_ORDER`].
+    order: usize,
+    projection: Projection,
+    /// The expert of a per-expert tensor; `None` for a stack.
+    expert: Option<usize>,
+    tensor: &'t TensorInfo<'a>,
+}
+
 impl MoeModel {
     fn from_file(file: &GgufFile<'_>) -> Result<Self, GgufError> {
         let expert_count = file.arch_u64("expert_count");
-        let mut blocks: Vec<usize> =
-            file.tensors().iter().filter_map(|t| expert_tensor(t.name)).map(|(b, _, _)| b).collect();
-        blocks.sort_unstable();
-        blocks.dedup();
-        let mut layers = Vec::with_capacity(blocks.len());
-        for block in blocks {
-            layers.push(Self::build_layer(file, block, expert_count)?);
+        // Every expert tensor once, grouped by block, then projection, then expert.
+        let mut entries: Vec<ExpertTensor<'_, '_>> = file
+            .tensors()
+            .iter()
+            .filter_map(|tensor| {
+                let (block, projection, expert) = expert_tensor(tensor.name)?;
+                let order = PROJECTION_ORDER.iter().position(|&p| p == projection)?;
+                Some(ExpertTensor { block, order, projection, expert, tensor })
+            })
+            .collect();
+        entries.sort_unstable_by_key(|e| (e.block, e.order, e.expert));
+        let mut layers = Vec::new();
+        for block in entries.chunk_by(|a, b| a.block == b.block) {
+            layers.push(Self::build_layer(block, expert_count)?);
         }
         Ok(Self { layers, expert_count, expert_used_count: file.arch_u64("expert_used_count") })
     }
 
-    fn build_layer(file: &GgufFile<'_>, block: usize, expert_count: Option<u64>) -> Result<MoeLayer, GgufError> {
+    /// The layer of one block's expert tensors (sorted by projection, then expert).
+    fn build_layer(entries: &[ExpertTensor<'_, '_>], expert_count: Option<u64>) -> Result<MoeLayer, GgufError> {
+        let block = entries.first().map_or(0, |e| e.block);
         let moe = |problem| GgufError::Moe { block, problem };
         let mut stacks: heapless::Vec<(Projection, StackLayout), MAX_PROJECTIONS> = heapless::Vec::new();
         let mut placements = heapless::Vec::new();
-        for projection in PROJECTION_ORDER {
-            let mut stacked = None;
-            let mut per_expert: Vec<(usize, &TensorInfo<'_>)> = Vec::new();
-            for t in file.tensors() {
-                match expert_tensor(t.name) {
-                    Some((b, p, None)) if b == block && p == projection => stacked = Some(t),
-                    Some((b, p, Some(e))) if b == block && p == projection => per_expert.push((e, t)),
-                    _ => {}
-                }
-            }
+        for group in entries.chunk_by(|a, b| a.order == b.order) {
+            let Some(projection) = group.first().map(|e| e.projection) else { continue };
+            let stacked = group.iter().find(|e| e.expert.is_none()).map(|e| e.tensor);
+            let per_expert: Vec<(usize, &TensorInfo<'_>)> =
+                group.iter().filter_map(|e| e.expert.map(|x| (x, e.tensor))).collect();
             let (stack, placement) = match (stacked, per_expert.is_empty()) {
                 (None, true) => continue,
                 (Some(_), false) => return Err(moe(MoeProblem::MixedLayouts)),
@@ -823,7 +844,6 @@ impl MoeModel {
                     (stack_layout(t, t.ne[2], block)?, Placement::Stacked(t.range()?))
                 }
                 (None, false) => {
-                    per_expert.sort_unstable_by_key(|(e, _)| *e);
                     let mut ranges = Vec::with_capacity(per_expert.len());
                     for (position, (e, t)) in per_expert.iter().enumerate() {
                         if *e != position {

@@ -24,17 +24,19 @@ pub struct MigrateReport {
 impl MigrateReport {
     /// Adds `other`'s counts to these.
     pub fn add(&mut self, other: &MigrateReport) {
-        self.copied += other.copied;
-        self.skipped += other.skipped;
-        self.bytes += other.bytes;
+        self.copied = self.copied.saturating_add(other.copied);
+        self.skipped = self.skipped.saturating_add(other.skipped);
+        self.bytes = self.bytes.saturating_add(other.bytes);
     }
 }
 
 /// A migration that stopped at a failed promotion.
 ///
-/// Every promotion before `failed` was committed (`completed` tells what they moved); `failed`
-/// and every promotion after it were not, and their slots are free. Migrating the same plan again
-/// skips what completed and retries the rest.
+/// `failed` was not committed and its slot is free; every promotion before it was committed
+/// (`completed` tells what all committed promotions moved). [`migrate`] attempts nothing after
+/// `failed`; a parallel migrator may have committed later promotions whose copies completed, and
+/// `completed` counts them too. Migrating the same plan again skips what completed and retries the
+/// rest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct MigrateFailure<S, K> {
@@ -106,7 +108,7 @@ where
             copy_expert(pool.layer(), promotion, layout, source, sink).map_err(|e| fail(e, promotion, report))?;
         pool.commit(promotion, bytes).map_err(|e| fail(MigrateError::Plan(e), promotion, report))?;
         report.copied += 1;
-        report.bytes += bytes;
+        report.bytes = report.bytes.saturating_add(bytes);
     }
     Ok(report)
 }

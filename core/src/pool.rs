@@ -103,7 +103,7 @@ impl PoolConfig {
     }
 }
 
-/// Counters of one pool since it was built.
+/// Counters of one pool since it was built. They saturate rather than wrap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct PoolStats {
@@ -136,13 +136,13 @@ impl PoolStats {
 
     /// Adds `other`'s counters to these.
     pub fn accumulate(&mut self, other: &PoolStats) {
-        self.refreshes += other.refreshes;
-        self.promotions += other.promotions;
-        self.demotions += other.demotions;
-        self.hits += other.hits;
-        self.misses += other.misses;
-        self.invalid_ids += other.invalid_ids;
-        self.bytes_promoted += other.bytes_promoted;
+        self.refreshes = self.refreshes.saturating_add(other.refreshes);
+        self.promotions = self.promotions.saturating_add(other.promotions);
+        self.demotions = self.demotions.saturating_add(other.demotions);
+        self.hits = self.hits.saturating_add(other.hits);
+        self.misses = self.misses.saturating_add(other.misses);
+        self.invalid_ids = self.invalid_ids.saturating_add(other.invalid_ids);
+        self.bytes_promoted = self.bytes_promoted.saturating_add(other.bytes_promoted);
     }
 }
 
@@ -529,7 +529,7 @@ impl ExpertPool {
             }
             self.resident += 1;
             self.stats.promotions += 1;
-            self.stats.bytes_promoted += bytes;
+            self.stats.bytes_promoted = self.stats.bytes_promoted.saturating_add(bytes);
         }
         Ok(state)
     }

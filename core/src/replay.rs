@@ -129,23 +129,23 @@ impl ReplayCounters {
 
     /// Adds `other` to these counters.
     pub fn add(&mut self, other: &ReplayCounters) {
-        self.pairs += other.pairs;
-        self.hits += other.hits;
-        self.misses += other.misses;
-        self.invalid += other.invalid;
-        self.promotions += other.promotions;
-        self.demotions += other.demotions;
-        self.bytes_moved += other.bytes_moved;
-        self.slow_pairs += other.slow_pairs;
+        self.pairs = self.pairs.saturating_add(other.pairs);
+        self.hits = self.hits.saturating_add(other.hits);
+        self.misses = self.misses.saturating_add(other.misses);
+        self.invalid = self.invalid.saturating_add(other.invalid);
+        self.promotions = self.promotions.saturating_add(other.promotions);
+        self.demotions = self.demotions.saturating_add(other.demotions);
+        self.bytes_moved = self.bytes_moved.saturating_add(other.bytes_moved);
+        self.slow_pairs = self.slow_pairs.saturating_add(other.slow_pairs);
         self.modeled_time_s += other.modeled_time_s;
     }
 }
 
-/// A replay's result: per layer, and the total (the sum of the layers).
+/// A replay's result: per layer that has records, and the total (the sum of the layers).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReplayReport {
-    /// Per layer, by layer index.
-    pub layers: Vec<ReplayCounters>,
+    /// `(layer, counters)` for every layer with records, ascending.
+    pub layers: Vec<(u32, ReplayCounters)>,
     /// Over all layers.
     pub total: ReplayCounters,
 }
@@ -180,17 +180,17 @@ impl core::error::Error for ReplayError {}
 /// [`ReplayError::Pool`] when a pool cannot be built (no experts, too many) or a step has too many
 /// ids.
 pub fn replay(trace: &Trace, config: &ReplayConfig) -> Result<ReplayReport, ReplayError> {
-    let layers = trace.header().layers;
-    let mut report = ReplayReport { layers: Vec::with_capacity(layers as usize), total: ReplayCounters::default() };
-    let mut records: Vec<&TraceRecord> = Vec::new();
+    // Records grouped by layer in one pass, each group in file order.
+    let mut by_layer: Vec<&TraceRecord> = trace.records().iter().collect();
+    by_layer.sort_by_key(|r| r.layer);
+    let mut report = ReplayReport { layers: Vec::new(), total: ReplayCounters::default() };
     let mut scratch = Vec::new();
-    for layer in 0..layers {
-        records.clear();
-        records.extend(trace.records().iter().filter(|r| r.layer == layer));
-        let counters = replay_layer(trace, &records, layer, config, &mut scratch)
+    for records in by_layer.chunk_by(|a, b| a.layer == b.layer) {
+        let Some(layer) = records.first().map(|r| r.layer) else { continue };
+        let counters = replay_layer(trace, records, layer, config, &mut scratch)
             .map_err(|error| ReplayError::Pool { layer, error })?;
         report.total.add(&counters);
-        report.layers.push(counters);
+        report.layers.push((layer, counters));
     }
     Ok(report)
 }
@@ -274,14 +274,14 @@ fn commit(pool: &mut ExpertPool, plan: &MigrationPlan, bytes: u64) {
 }
 
 fn counters(end: &PoolStats, start: &PoolStats, slow_pairs: u64, cost: &CostModel) -> ReplayCounters {
-    let bytes_moved = end.bytes_promoted - start.bytes_promoted;
+    let bytes_moved = end.bytes_promoted.saturating_sub(start.bytes_promoted);
     ReplayCounters {
         pairs: end.hits + end.misses,
         hits: end.hits,
         misses: end.misses,
         invalid: end.invalid_ids,
-        promotions: end.promotions - start.promotions,
-        demotions: end.demotions - start.demotions,
+        promotions: end.promotions.saturating_sub(start.promotions),
+        demotions: end.demotions.saturating_sub(start.demotions),
         bytes_moved,
         slow_pairs,
         modeled_time_s: cost.seconds(slow_pairs, bytes_moved),
@@ -320,7 +320,7 @@ mod tests {
             assert_eq!(policy.name(), name);
             let r = replay(&trace(), &config(policy)).unwrap();
             let mut sum = ReplayCounters::default();
-            r.layers.iter().for_each(|l| sum.add(l));
+            r.layers.iter().for_each(|(_, l)| sum.add(l));
             assert_eq!(sum, r.total, "{name}");
             assert_eq!(r.total.pairs, 29, "{name}");
             assert_eq!(r.total.invalid, 1, "{name}");

@@ -104,16 +104,11 @@ impl SlotSink for ArenaSink<'_> {
 
     fn write(&mut self, dest: SlotWrite, bytes: &[u8]) -> Result<(), LayoutError> {
         if dest.layer != self.layer {
-            return Err(LayoutError::LayerOutOfRange { layer: dest.layer, layers: self.layer + 1 });
+            return Err(LayoutError::LayerOutOfRange { layer: dest.layer, layers: self.layer.saturating_add(1) });
         }
         // The buffer was checked against the arena when the sink was built.
-        let range = self.arena.projection_range(dest.slot, dest.index)?;
-        let out = self.buffer.get_mut(range).ok_or(LayoutError::Overflow)?;
-        if out.len() != bytes.len() {
-            return Err(LayoutError::LengthMismatch { expected: out.len(), actual: bytes.len() });
-        }
-        out.copy_from_slice(bytes);
-        Ok(())
+        let slot = self.buffer.get_mut(self.arena.slot_range(dest.slot)?).ok_or(LayoutError::Overflow)?;
+        self.arena.write_projection(slot, dest.index, bytes)
     }
 }
 

@@ -15,6 +15,7 @@
 //! past `layers`, a step smaller than the layer's previous one, ids that are not integers in
 //! `0..2^32`. Ids at or past `experts` are kept: replay counts them as invalid.
 
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::fmt;
 use core::ops::Range;
@@ -116,7 +117,8 @@ pub struct Trace {
     header: TraceHeader,
     records: Vec<TraceRecord>,
     ids: Vec<u32>,
-    last_step: Vec<Option<u64>>,
+    /// Each layer's last step, for the layers seen.
+    last_step: BTreeMap<u32, u64>,
 }
 
 impl Trace {
@@ -128,7 +130,7 @@ impl Trace {
         if header.experts == 0 || header.layers == 0 || header.top_k == 0 {
             return Err(TraceError { line: 0, kind: TraceErrorKind::EmptyShape });
         }
-        Ok(Self { header, records: Vec::new(), ids: Vec::new(), last_step: alloc::vec![None; header.layers as usize] })
+        Ok(Self { header, records: Vec::new(), ids: Vec::new(), last_step: BTreeMap::new() })
     }
 
     /// The header.
@@ -139,6 +141,11 @@ impl Trace {
     /// The records, in order.
     pub fn records(&self) -> &[TraceRecord] {
         &self.records
+    }
+
+    /// The layers that have records, ascending.
+    pub fn layers(&self) -> impl Iterator<Item = u32> + '_ {
+        self.last_step.keys().copied()
     }
 
     /// The ids of `record`.
@@ -164,8 +171,10 @@ impl Trace {
         ids: impl Iterator<Item = u32>,
     ) -> Result<(), TraceError> {
         let fail = |kind| TraceError { line, kind };
-        let last = self.last_step.get_mut(layer as usize).ok_or(fail(TraceErrorKind::LayerOutOfRange(layer)))?;
-        if last.is_some_and(|previous| step < previous) {
+        if layer >= self.header.layers {
+            return Err(fail(TraceErrorKind::LayerOutOfRange(layer)));
+        }
+        if self.last_step.get(&layer).is_some_and(|&previous| step < previous) {
             return Err(fail(TraceErrorKind::StepBackwards));
         }
         let start = self.ids.len();
@@ -174,7 +183,7 @@ impl Trace {
             self.ids.truncate(start);
             return Err(fail(TraceErrorKind::PartialToken));
         }
-        *last = Some(step);
+        self.last_step.insert(layer, step);
         self.records.push(TraceRecord { layer, step, prefill, ids: start..self.ids.len() });
         Ok(())
     }
@@ -509,6 +518,13 @@ mod tests {
             error(r#"{"format":"expertslab-trace","version":1,"experts":"8","layers":2,"top_k":2}"#).kind,
             TraceErrorKind::BadValue("experts")
         );
+    }
+
+    #[test]
+    fn a_huge_layer_count_costs_nothing_until_used() {
+        let text = "{\"format\":\"expertslab-trace\",\"version\":1,\"experts\":4,\"layers\":4294967295,\"top_k\":1}\n{\"layer\":4294967294,\"step\":0,\"prefill\":false,\"ids\":[1]}\n{\"layer\":3,\"step\":0,\"prefill\":false,\"ids\":[2]}\n";
+        let trace = Trace::parse(text).unwrap();
+        assert_eq!(trace.layers().collect::<Vec<_>>(), [3, 4_294_967_294]);
     }
 
     #[test]

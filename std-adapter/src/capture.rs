@@ -1,6 +1,7 @@
 //! Routing capture: the router's top-k expert ids of each layer for the current step, as a
 //! runtime reports them.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// An id that cannot be an expert id.
@@ -35,7 +36,7 @@ impl std::error::Error for CaptureError {}
 /// Ids at or past a layer's expert count are kept: the pool counts them as invalid.
 #[derive(Debug, Clone, Default)]
 pub struct RoutingCapture {
-    layers: Vec<Vec<u32>>,
+    layers: BTreeMap<usize, Vec<u32>>,
 }
 
 impl RoutingCapture {
@@ -46,15 +47,11 @@ impl RoutingCapture {
 
     /// Forgets every layer's ids, keeping the storage for the next step.
     pub fn clear(&mut self) {
-        self.layers.iter_mut().for_each(Vec::clear);
+        self.layers.values_mut().for_each(Vec::clear);
     }
 
     fn layer_mut(&mut self, layer: usize) -> &mut Vec<u32> {
-        if self.layers.len() <= layer {
-            self.layers.resize_with(layer + 1, Vec::new);
-        }
-        // Just grown to hold `layer`.
-        &mut self.layers[layer]
+        self.layers.entry(layer).or_default()
     }
 
     /// Appends `ids` to layer `layer`'s ids of this step.
@@ -83,7 +80,12 @@ impl RoutingCapture {
 
     /// Layer `layer`'s ids of this step (empty when none were recorded).
     pub fn ids(&self, layer: usize) -> &[u32] {
-        self.layers.get(layer).map_or(&[], Vec::as_slice)
+        self.layers.get(&layer).map_or(&[], Vec::as_slice)
+    }
+
+    /// The layers with ids this step, ascending.
+    pub fn layers(&self) -> impl Iterator<Item = usize> + '_ {
+        self.layers.iter().filter(|(_, ids)| !ids.is_empty()).map(|(&layer, _)| layer)
     }
 }
 
@@ -103,7 +105,11 @@ mod tests {
             assert!(matches!(err, CaptureError::NotAnId { layer: 0, position: 1, .. }), "{bad}");
             assert_eq!(c.ids(0), &[3, 0], "a refused call keeps nothing");
         }
+        assert_eq!(c.layers().collect::<Vec<_>>(), [0, 2]);
+        c.record(usize::MAX, &[1]);
+        assert_eq!(c.ids(usize::MAX), &[1]);
         c.clear();
         assert!(c.ids(2).is_empty());
+        assert_eq!(c.layers().count(), 0);
     }
 }

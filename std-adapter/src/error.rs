@@ -29,6 +29,11 @@ pub enum Error {
     Pool(PoolError),
     /// Routing ids could not be captured.
     Capture(CaptureError),
+    /// Memory for slots could not be had.
+    Allocation {
+        /// Bytes asked for.
+        bytes: usize,
+    },
     /// A routing trace is malformed.
     Trace(TraceError),
     /// A trace could not be replayed.
@@ -50,6 +55,7 @@ impl fmt::Display for Error {
             Self::Layout(e) => write!(f, "{e}"),
             Self::Pool(e) => write!(f, "{e}"),
             Self::Capture(e) => write!(f, "{e}"),
+            Self::Allocation { bytes } => write!(f, "could not allocate {bytes} bytes for slots"),
             Self::Trace(e) => write!(f, "trace: {e}"),
             Self::Replay(e) => write!(f, "replay: {e}"),
             Self::Migrate { layer, failure } => write!(f, "layer {layer}: {failure}"),
@@ -65,6 +71,7 @@ impl std::error::Error for Error {
             Self::Layout(e) => Some(e),
             Self::Pool(e) => Some(e),
             Self::Capture(e) => Some(e),
+            Self::Allocation { .. } => None,
             Self::Trace(e) => Some(e),
             Self::Replay(e) => Some(e),
             Self::Migrate { failure, .. } => Some(failure),

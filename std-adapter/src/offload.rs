@@ -65,7 +65,11 @@ where
             let layout = source.layer_layout(layer).ok_or(missing)?.clone();
             let config = config.layer(layer).experts(layout.experts());
             let arena = SlotArena::new(&layout, ExpertPool::new(config)?.slots(), align)?;
-            let buffer = vec![0u8; arena.total_bytes() + align];
+            // Room to align the arena's start inside the buffer.
+            let bytes = arena.total_bytes().checked_add(align - 1).ok_or(LayoutError::Overflow)?;
+            let mut buffer = Vec::new();
+            buffer.try_reserve_exact(bytes).map_err(|_| Error::Allocation { bytes })?;
+            buffer.resize(bytes, 0);
             configs.push(config);
             slots.push(LayerSlots { layout, arena, buffer });
         }
@@ -171,8 +175,7 @@ where
         match pool.slot_of(expert) {
             Some(slot) => {
                 let (index, _) = slots.layout.find(projection)?;
-                let start = slots.buffer.as_ptr().align_offset(slots.arena.align());
-                let buffer = slots.buffer.get(start..).unwrap_or(&[]);
+                let buffer = slots.arena.fit_ref(&slots.buffer)?;
                 Ok((slots.arena.projection_bytes(buffer, slot, index)?, true))
             }
             None => Ok((self.source.expert(layer, projection, expert)?, false)),

@@ -93,7 +93,7 @@ impl ParallelMigrator {
             match result.and_then(|bytes| pool.commit(promotion, bytes).map(|_| bytes).map_err(MigrateError::Plan)) {
                 Ok(bytes) => {
                     report.copied += 1;
-                    report.bytes += bytes;
+                    report.bytes = report.bytes.saturating_add(bytes);
                 }
                 Err(error) => {
                     first_failure.get_or_insert((promotion, error));
@@ -153,13 +153,7 @@ where
     let mut bytes = 0u64;
     for slab in expert_slabs(source, layer, usize::from(promotion.expert), layout) {
         let slab = slab?;
-        // Offsets within a slot are those of slot 0.
-        let range = arena.projection_range(0, slab.index).map_err(MigrateError::Sink)?;
-        let actual = chunk.len();
-        let dst = chunk
-            .get_mut(range.clone())
-            .ok_or(MigrateError::Sink(LayoutError::BufferTooSmall { needed: range.end, actual }))?;
-        dst.copy_from_slice(slab.bytes);
+        arena.write_projection(chunk, slab.index, slab.bytes).map_err(MigrateError::Sink)?;
         bytes += slab.bytes.len() as u64;
     }
     Ok(bytes)

@@ -31,18 +31,21 @@ impl<W: Write> TraceRecorder<W> {
         Ok(Self { out, header, line })
     }
 
-    /// Appends step `step`: one line for each of the header's layers with ids in `capture`.
+    /// Appends step `step`: one line for each layer with ids in `capture`.
     ///
     /// # Errors
-    /// The writer's error.
+    /// [`std::io::ErrorKind::InvalidInput`] when a layer with ids is at or past the header's layer
+    /// count (nothing of the step is written then); otherwise the writer's error.
     pub fn record(&mut self, step: u64, prefill: bool, capture: &RoutingCapture) -> std::io::Result<()> {
-        for layer in 0..self.header.layers {
-            let ids = capture.ids(layer as usize);
-            if ids.is_empty() {
-                continue;
-            }
+        let layers = self.header.layers as usize;
+        if let Some(layer) = capture.layers().find(|&l| l >= layers) {
+            let message = format!("layer {layer} is past the trace header's {layers} layers");
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, message));
+        }
+        for layer in capture.layers() {
             self.line.clear();
-            let _ = write_record(&mut self.line, layer, step, prefill, ids);
+            // layer < header.layers, a u32.
+            let _ = write_record(&mut self.line, layer as u32, step, prefill, capture.ids(layer));
             self.out.write_all(self.line.as_bytes())?;
         }
         Ok(())
@@ -83,6 +86,8 @@ mod tests {
         capture.clear();
         capture.record_f32(1, &[7.0, 8.0]).unwrap();
         recorder.record(1, false, &capture).unwrap();
+        capture.record(3, &[1, 2]);
+        assert_eq!(recorder.record(2, false, &capture).unwrap_err().kind(), std::io::ErrorKind::InvalidInput);
         let bytes = recorder.finish().unwrap();
         let trace = Trace::parse(std::str::from_utf8(&bytes).unwrap()).unwrap();
         assert_eq!(trace.header(), header);

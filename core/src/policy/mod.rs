@@ -47,7 +47,7 @@ impl fmt::Display for PolicyError {
         match *self {
             Self::HalfLife(v) => write!(f, "decay half-life {v} is not a positive number of steps"),
             Self::Margin(v) => write!(f, "swap margin {v} is not a finite factor of at least 1"),
-            Self::UnknownName => f.write_str("unknown policy (known: tide, decay, lru, lfu, lru2, belady)"),
+            Self::UnknownName => f.write_str("unknown policy name"),
         }
     }
 }

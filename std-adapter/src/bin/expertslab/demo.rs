@@ -155,6 +155,8 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     let source = model.store.clone();
     let mut offloader = Offloader::new(model.store.clone(), config, 64).map_err(|e| CliError::Usage(e.to_string()))?;
     offloader.warm_up().map_err(|e| CliError::Usage(e.to_string()))?;
+    // Counted from here: the warm start is the state the run begins in.
+    let warm = offloader.stats();
     let mut recorder = match &args.trace {
         Some(path) => {
             let io = |source| CliError::model(path, expertslab_std::Error::Io { path: path.clone(), source });
@@ -245,7 +247,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         stats.misses,
         100.0 * args.slots.min(args.experts) as f64 / args.experts as f64
     )?;
-    writeln!(out, "  promotions   {} ({} demotions)", stats.promotions, stats.demotions)?;
+    writeln!(out, "  promotions   {} ({} demotions)", stats.promotions - warm.promotions, stats.demotions)?;
     writeln!(out, "  bytes moved  {}", format_size(bytes_moved))?;
     writeln!(out, "  time         {:.2} s", elapsed.as_secs_f64())?;
     if let Some(path) = &args.trace {

@@ -129,7 +129,7 @@ impl DecayArgs {
 
 /// Reads a policy name.
 pub fn parse_policy(text: &str) -> Result<ReplayPolicy, String> {
-    ReplayPolicy::from_name(text).map_err(|e| e.to_string())
+    ReplayPolicy::from_name(text).map_err(|e| format!("{e} '{text}' (known: {})", ReplayPolicy::NAMES.join(", ")))
 }
 
 /// Reads a refresh schedule: `every:N` (every N decode steps) or `forward` (every step).

@@ -98,7 +98,16 @@ pub fn run_json(run: &Run) -> Value {
         "policy": run.policy.name(),
         "budget": run.budget,
         "schedule": schedule_name(run.schedule),
-        "layers": run.report.layers.iter().map(counters_json).collect::<Vec<_>>(),
+        "layers": run
+            .report
+            .layers
+            .iter()
+            .map(|(layer, c)| {
+                let mut object = counters_json(c);
+                object["layer"] = json!(layer);
+                object
+            })
+            .collect::<Vec<_>>(),
         "total": counters_json(&run.report.total),
     })
 }

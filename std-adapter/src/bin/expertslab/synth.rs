@@ -70,7 +70,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     let mut capture = RoutingCapture::new();
     let mut ids = Vec::new();
     let prefill = args.prefill_tokens > 0;
-    for step in 0..args.steps + u64::from(prefill) {
+    for step in 0..args.steps.saturating_add(u64::from(prefill)) {
         let (tokens, is_prefill) =
             if prefill && step == 0 { (args.prefill_tokens, true) } else { (args.tokens, false) };
         capture.clear();

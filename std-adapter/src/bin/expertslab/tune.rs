@@ -52,12 +52,20 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     let experts = header.experts as usize;
     let max = match (args.max_budget, args.memory) {
         (Some(b), _) => b,
-        (None, Some(memory)) => (memory / (u64::from(header.layers) * cost.expert_bytes.max(1))) as usize,
+        (None, Some(memory)) => u64::from(header.layers)
+            .checked_mul(cost.expert_bytes.max(1))
+            .map_or(0, |per_slot| usize::try_from(memory / per_slot).unwrap_or(usize::MAX)),
         (None, None) => (experts / 4).max(1),
     }
     .min(experts);
     if max == 0 {
         return Err(CliError::Usage("not one expert per layer fits in that memory".into()));
+    }
+    if let Some(reference) = args.policy.iter().find(|p| !matches!(p, ReplayPolicy::Pool(p) if *p != Policy::Belady)) {
+        return Err(CliError::Usage(format!(
+            "{} is a reference, not a policy a runtime can deploy; tune compares against the references itself",
+            reference.name()
+        )));
     }
     let forward = Schedule::EveryForward;
     let mut jobs = Vec::new();
