@@ -242,9 +242,15 @@ fn shared_with_interrupt() -> Outcome {
     }
     core.SYST.disable_interrupt();
     core.SYST.disable_counter();
-    let ticks = u64::from(TICK_SERVED.load(Ordering::Relaxed));
-    let busy = TICK_BUSY.load(Ordering::Relaxed);
-    let stats = SHARED.with(|shared| shared.as_ref().map(|p| *p.stats())).ok_or("pool missing")?;
+    // A SysTick that became pending before the counter stopped still runs: discard it, and read
+    // the counters and the pool's statistics with interrupts off so no handler runs in between.
+    cortex_m::peripheral::SCB::clear_pendst();
+    let (ticks, busy, stats) = cortex_m::interrupt::free(|_| {
+        let ticks = u64::from(TICK_SERVED.load(Ordering::Relaxed));
+        let busy = TICK_BUSY.load(Ordering::Relaxed);
+        (ticks, busy, SHARED.with(|shared| shared.as_ref().map(|p| *p.stats())))
+    });
+    let stats = stats.ok_or("pool missing")?;
     log!(
         "  main loop {} serves, SysTick {} serves, {} ticks found the lock held",
         main_serves as u32,
