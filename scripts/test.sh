@@ -12,7 +12,7 @@ rustup target add thumbv7em-none-eabihf >/dev/null
 
 step "format"
 cargo fmt --all --check
-for firmware in tests/qemu examples/firmware; do (cd "$firmware" && cargo fmt --check); done
+for project in tests/qemu examples/firmware fuzz; do (cd "$project" && cargo fmt --check); done
 
 step "clippy (warnings denied)"
 cargo clippy --workspace --all-targets --locked -- -D warnings

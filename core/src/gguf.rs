@@ -522,6 +522,9 @@ impl<'a> GgufFile<'a> {
         };
 
         let file_len = data.len() as u64;
+        if tensor_count > 0 && data_start > file_len {
+            return Err(GgufError::Truncated { what: "the data section", offset: end_of_infos });
+        }
         let mut tensors = Vec::with_capacity(records.len());
         for (name, ne, n_dims, ggml_type, offset) in records {
             tensors.push(check_tensor(name, ne, n_dims, ggml_type, offset, alignment, data_start, file_len)?);
@@ -1332,6 +1335,20 @@ mod tests {
         bytes[24 + 8 + 26 + 4 + 24..][..4].copy_from_slice(&1000u32.to_le_bytes());
         let file = GgufFile::parse(&bytes).unwrap();
         assert!(matches!(file.moe(), Err(GgufError::Tensor { problem: TensorProblem::UnknownType(1000), .. })));
+    }
+
+    #[test]
+    fn a_missing_data_section_is_truncation_even_for_unknown_types() {
+        let mut bytes = Writer::new().tensor("t", &[32], Format::F32).build();
+        // Type 31 is unknown, so the tensor's size cannot be checked; the data section still must exist.
+        let record = 24 + 8 + 1 + 4 + 8;
+        bytes[record..record + 4].copy_from_slice(&31u32.to_le_bytes());
+        let infos_end = record + 4 + 8;
+        assert!(GgufFile::parse(&bytes[..infos_end + 8]).is_ok());
+        assert_eq!(
+            GgufFile::parse(&bytes[..infos_end]).unwrap_err(),
+            GgufError::Truncated { what: "the data section", offset: infos_end as u64 }
+        );
     }
 
     #[test]

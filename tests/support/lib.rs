@@ -3,6 +3,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod fuzz;
+
 use std::collections::{HashMap, HashSet};
 
 use expertslab::{ExpertLayout, ExpertPool, Format, LayerStacks, MigrationPlan, PoolConfig, Projection, StackLayout};
