@@ -1198,7 +1198,9 @@ mod tests {
     #[test]
     fn every_truncation_is_an_error_not_a_panic() {
         let good = moe_writer().build();
-        for len in 0..good.len() {
+        // Under Miri (slow) a sample of the cuts; natively every one.
+        let step = if cfg!(miri) { 97 } else { 1 };
+        for len in (0..good.len()).step_by(step) {
             let result = GgufModel::new(&good[..len]);
             assert!(result.is_err(), "a file cut at {len} of {} bytes parsed", good.len());
         }
