@@ -192,6 +192,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot map files")]
     fn files_map_and_read_to_the_same_bytes() {
         let path = std::env::temp_dir().join(format!("expertslab-bytes-{}.bin", std::process::id()));
         std::fs::write(&path, b"0123456789").unwrap();

@@ -97,6 +97,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "touches the file system")]
     fn unreadable_traces_name_the_path_or_line() {
         let err = read_trace("/nonexistent/trace.ndjson").unwrap_err();
         assert!(err.to_string().contains("/nonexistent/trace.ndjson"));
