@@ -23,6 +23,9 @@ use crate::schedule::{Mode, Schedule, Step};
 pub(crate) const EMPTY_SLOT: u16 = u16::MAX;
 /// Per-expert word of an expert that is not resident.
 const NOT_RESIDENT: u32 = u32::MAX;
+/// Flag on a resident's per-expert word while `serve` counts: its next id is the miss that
+/// admitted it (slots stay below this bit).
+const ADMITTING_MISS: u32 = 1 << 31;
 
 /// The most experts one pool indexes (ids are 16-bit, one value marks an empty slot).
 pub const MAX_EXPERTS: usize = u16::MAX as usize;
@@ -464,22 +467,35 @@ impl ExpertPool {
     /// planned the step, the first id of each expert it admitted (and that is now resident) is the
     /// miss that admitted it; its later ids hit.
     pub fn serve(&mut self, ids: &[u32]) -> ServeCounts {
+        // Experts a demand policy admitted in the planned step: their first id here is the miss
+        // that admitted them. Marked on their per-expert word for the duration of the count.
+        let admissions: &[u16] = match &self.policy {
+            PolicyState::Demand(cache) => cache.admissions(),
+            PolicyState::Interval(_) => &[],
+        };
+        for &expert in admissions {
+            if let Some(word) = self.expert_slot.get_mut(usize::from(expert)).filter(|w| **w != NOT_RESIDENT) {
+                *word |= ADMITTING_MISS;
+            }
+        }
         let mut counts = ServeCounts::default();
         for &id in ids {
-            match self.expert_slot.get(id as usize) {
+            match self.expert_slot.get_mut(id as usize) {
                 None => counts.invalid += 1,
-                Some(&NOT_RESIDENT) => counts.misses += 1,
+                Some(&mut NOT_RESIDENT) => counts.misses += 1,
+                Some(word) if *word & ADMITTING_MISS != 0 => {
+                    *word &= !ADMITTING_MISS;
+                    counts.misses += 1;
+                }
                 Some(_) => counts.hits += 1,
             }
         }
-        if let PolicyState::Demand(cache) = &mut self.policy {
-            for &expert in cache.admissions() {
-                let admitted_here = ids.contains(&u32::from(expert));
-                if admitted_here && self.expert_slot.get(usize::from(expert)).is_some_and(|&w| w != NOT_RESIDENT) {
-                    counts.hits = counts.hits.saturating_sub(1);
-                    counts.misses += 1;
-                }
+        for &expert in admissions {
+            if let Some(word) = self.expert_slot.get_mut(usize::from(expert)).filter(|w| **w != NOT_RESIDENT) {
+                *word &= !ADMITTING_MISS;
             }
+        }
+        if let PolicyState::Demand(cache) = &mut self.policy {
             cache.clear_admissions();
         }
         self.stats.hits = self.stats.hits.saturating_add(u64::from(counts.hits));
