@@ -5,7 +5,8 @@
 //! Every expert's weights stay in slow memory (flash, host DRAM, a memory-mapped model file). Each
 //! MoE layer gets a fixed number of fast-memory *slots*; an [`ExpertPool`] decides from the
 //! router's choices which experts live in them (TIDE-style hit-count placement on a
-//! [`Schedule`]), and [`migrate()`] copies only the promoted experts into memory the caller owns,
+//! [`Schedule`], decayed frequency, or demand caching: see [`Policy`]), and [`migrate()`] copies
+//! only the promoted experts into memory the caller owns,
 //! committing each move only after its copy completed. Misses are served from slow memory, so
 //! placement never changes the model's output.
 //!
@@ -24,6 +25,8 @@
 //! | [`plan`], [`migrate`](mod@migrate) | what moves, and moving it |
 //! | [`source`], [`sink`] | where bytes come from and go to |
 //! | [`layers`], [`shared`] | one pool per layer; a pool shared without std |
+//! | [`gguf`] | GGUF model files read in place: directory and MoE layers as a source |
+//! | [`trace`], [`replay`], [`synthetic`] | routing traces, replaying them under a policy and a cost model, synthetic routing |
 //!
 //! ## Example
 //! One layer of 4 experts, each a 2 × 4 `F32` gate/up/down, with 2 slots in a caller buffer:
