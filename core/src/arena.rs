@@ -78,9 +78,9 @@ impl SlotArena {
         if slot >= self.slots {
             return Err(LayoutError::SlotOutOfRange { slot, slots: self.slots });
         }
-        // Cannot overflow: slot < slots and slots × stride fits (checked in `new`).
-        let start = slot * self.slot_stride;
-        Ok(start..start + self.slot_stride)
+        #[allow(clippy::arithmetic_side_effects, reason = "slot < slots, and slots × stride fits (checked in `new`)")]
+        let range = slot * self.slot_stride..(slot + 1) * self.slot_stride;
+        Ok(range)
     }
 
     /// The byte range of projection number `projection` (its position in the layout) of slot
@@ -92,8 +92,9 @@ impl SlotArena {
     pub fn projection_range(&self, slot: usize, projection: usize) -> Result<Range<usize>, LayoutError> {
         let slot_start = self.slot_range(slot)?.start;
         let &(offset, len) = self.projections.get(projection).ok_or(LayoutError::InvalidProjectionSet)?;
-        // Cannot overflow: the projection lies inside the slot.
-        Ok(slot_start + offset..slot_start + offset + len)
+        #[allow(clippy::arithmetic_side_effects, reason = "the projection lies inside the slot, whose end fits")]
+        let range = slot_start + offset..slot_start + offset + len;
+        Ok(range)
     }
 
     /// Checks that `buffer` is large enough and starts aligned.
@@ -153,9 +154,8 @@ impl SlotArena {
             return Err(LayoutError::LengthMismatch { expected: len, actual: bytes.len() });
         }
         let actual = slot.len();
-        // offset + len <= slot_stride, which fits usize (checked in `new`).
-        let out =
-            slot.get_mut(offset..offset + len).ok_or(LayoutError::BufferTooSmall { needed: offset + len, actual })?;
+        let end = offset.checked_add(len).ok_or(LayoutError::Overflow)?;
+        let out = slot.get_mut(offset..end).ok_or(LayoutError::BufferTooSmall { needed: end, actual })?;
         out.copy_from_slice(bytes);
         Ok(())
     }

@@ -40,6 +40,7 @@ pub fn slots_per_layer(
         return Err(LayoutError::ZeroDimension);
     }
     let per_round = slot_bytes.checked_mul(u64::from(layers)).ok_or(LayoutError::Overflow)?;
+    #[allow(clippy::arithmetic_side_effects, reason = "per_round > 0: both factors were checked non-zero")]
     let slots = memory.saturating_sub(reserve) / per_round;
     Ok(u32::try_from(slots).unwrap_or(u32::MAX).min(experts))
 }
@@ -62,14 +63,16 @@ pub fn split_byte_budget(budget: u64, layers: &[LayerDemand], out: &mut [u32]) -
     loop {
         let mut gave = false;
         for (layer, count) in layers.iter().zip(out.iter_mut()) {
-            if *count < layer.experts && layer.slot_bytes <= left {
-                left -= layer.slot_bytes;
-                *count += 1;
-                gave = true;
+            if *count < layer.experts {
+                if let Some(rest) = left.checked_sub(layer.slot_bytes) {
+                    left = rest;
+                    *count = count.saturating_add(1); // below `experts`, so never saturates
+                    gave = true;
+                }
             }
         }
         if !gave {
-            return Ok(budget - left);
+            return Ok(budget.saturating_sub(left)); // left only ever shrinks from budget
         }
     }
 }

@@ -210,7 +210,9 @@ impl Format {
         if !cols.is_multiple_of(elems) {
             return Err(LayoutError::NotWholeBlocks { cols, block_elems: block.elems });
         }
-        (cols / elems).checked_mul(block.bytes as usize).ok_or(LayoutError::Overflow)
+        #[allow(clippy::arithmetic_side_effects, reason = "elems > 0: `BlockShape::new` refuses zero")]
+        let blocks = cols / elems;
+        blocks.checked_mul(block.bytes as usize).ok_or(LayoutError::Overflow)
     }
 }
 

@@ -318,8 +318,15 @@ impl TensorInfo<'_> {
     /// [`GgufError::Tensor`] with [`TensorProblem::UnknownType`] when the type is unknown.
     pub fn range(&self) -> Result<Range<usize>, GgufError> {
         match self.size {
-            // In bounds of the file (checked by the parser), so both ends fit usize.
-            Some(size) => Ok(self.data_offset as usize..(self.data_offset + size) as usize),
+            Some(size) => {
+                #[allow(
+                    clippy::arithmetic_side_effects,
+                    reason = "the parser checked that the tensor ends inside the file"
+                )]
+                let end = self.data_offset + size;
+                // Both ends lie inside a file held in memory, so both fit usize.
+                Ok(self.data_offset as usize..end as usize)
+            }
             None => Err(tensor_error(self.name, TensorProblem::UnknownType(self.ggml_type))),
         }
     }
@@ -357,7 +364,9 @@ impl<'a> Cursor<'a> {
     }
 
     fn remaining(&self) -> u64 {
-        (self.data.len() - self.pos) as u64
+        #[allow(clippy::arithmetic_side_effects, reason = "only `bytes` moves pos, and never past the end")]
+        let left = self.data.len() - self.pos;
+        left as u64
     }
 
     fn bytes(&mut self, len: u64, what: &'static str) -> Result<&'a [u8], GgufError> {
@@ -396,7 +405,9 @@ impl<'a> Cursor<'a> {
     fn count(&mut self, what: &'static str, min_bytes: u64) -> Result<u64, GgufError> {
         let offset = self.offset();
         let count = self.u64(what)?;
-        if count > self.remaining() / min_bytes.max(1) {
+        #[allow(clippy::arithmetic_side_effects, reason = "the divisor is at least 1")]
+        let most = self.remaining() / min_bytes.max(1);
+        if count > most {
             return Err(GgufError::TooMany { what, count, offset });
         }
         Ok(count)
@@ -432,10 +443,11 @@ impl<'a> Cursor<'a> {
                 let count = self.count("array elements", min)?;
                 let start = self.pos;
                 if let Some(size) = fixed_size(elem_type) {
-                    self.bytes(count * size, "array elements")?;
+                    // A saturated length is refused by `bytes` as a truncation.
+                    self.bytes(count.saturating_mul(size), "array elements")?;
                 } else {
                     for _ in 0..count {
-                        self.value(elem_type, depth + 1)?;
+                        self.value(elem_type, depth.saturating_add(1))?;
                     }
                 }
                 MetaValue::Array { elem_type, count, bytes: self.data.get(start..self.pos).unwrap_or(&[]) }
@@ -474,8 +486,8 @@ impl<'a> GgufFile<'a> {
         if version != 2 && version != 3 {
             return Err(GgufError::UnsupportedVersion { version });
         }
+        let tensor_count_offset = c.offset();
         let tensor_count = c.u64("the tensor count")?;
-        let tensor_count_offset = c.offset() - 8;
         let kv_count = c.count("metadata entries", MIN_KV_BYTES)?;
 
         let mut metadata: Vec<(&'a str, MetaValue<'a>)> = Vec::with_capacity(kv_count as usize);
@@ -512,12 +524,14 @@ impl<'a> GgufFile<'a> {
             records.push(read_tensor_record(&mut c, index)?);
         }
         let end_of_infos = c.offset();
+        #[allow(clippy::arithmetic_side_effects, reason = "alignment is a power of two, so at least 1")]
+        let mask = alignment - 1;
         let data_start = if tensor_count == 0 {
             end_of_infos
         } else {
             end_of_infos
-                .checked_add(alignment - 1)
-                .map(|v| v & !(alignment - 1))
+                .checked_add(mask)
+                .map(|v| v & !mask)
                 .ok_or(GgufError::Truncated { what: "the data section", offset: end_of_infos })?
         };
 
@@ -576,8 +590,7 @@ impl<'a> GgufFile<'a> {
         let arch = self.architecture()?;
         self.metadata
             .iter()
-            .find(|(k, _)| k.len() == arch.len() + 1 + suffix.len() && k.starts_with(arch) && k.ends_with(suffix))
-            .filter(|(k, _)| k.as_bytes().get(arch.len()) == Some(&b'.'))
+            .find(|(k, _)| k.strip_prefix(arch).and_then(|rest| rest.strip_prefix('.')) == Some(suffix))
             .and_then(|(_, v)| v.as_u64())
     }
 
@@ -662,7 +675,9 @@ fn check_tensor<'a>(
             if !ne0.is_multiple_of(u64::from(block.elems())) {
                 return Err(fail(TensorProblem::NotWholeBlocks));
             }
-            let size = (ne0 / u64::from(block.elems()))
+            #[allow(clippy::arithmetic_side_effects, reason = "a block holds at least one element")]
+            let blocks = ne0 / u64::from(block.elems());
+            let size = blocks
                 .checked_mul(u64::from(block.bytes()))
                 .and_then(|v| v.checked_mul(ne1))
                 .and_then(|v| v.checked_mul(ne2))
@@ -692,7 +707,8 @@ fn check_unique_and_disjoint(tensors: &[TensorInfo<'_>]) -> Result<(), GgufError
     let mut spans: Vec<(u64, u64, usize)> = tensors
         .iter()
         .enumerate()
-        .filter_map(|(i, t)| t.size.map(|size| (t.data_offset, t.data_offset + size, i)))
+        // `range` gives each tensor's end, which the parser checked lies inside the file.
+        .filter_map(|(i, t)| t.range().ok().map(|r| (r.start as u64, r.end as u64, i)))
         .collect();
     spans.sort_unstable();
     for pair in spans.windows(2) {
@@ -743,7 +759,12 @@ impl MoeLayer {
         match self.placements.get(index) {
             Some(Placement::Stacked(range)) => {
                 let slab = stack.expert_range(expert)?;
-                Ok(range.start + slab.start..range.start + slab.end)
+                #[allow(
+                    clippy::arithmetic_side_effects,
+                    reason = "the stack's tensor is exactly the layout's length, so the slab lies inside it"
+                )]
+                let in_file = range.start + slab.start..range.start + slab.end;
+                Ok(in_file)
             }
             Some(Placement::PerExpert(ranges)) => {
                 ranges.get(expert).cloned().ok_or(LayoutError::ExpertOutOfRange { expert, experts: ranges.len() })
@@ -914,7 +935,7 @@ impl MoeModel {
     }
 
     fn moe_layer(&self, block: usize) -> Result<&MoeLayer, LayoutError> {
-        let layers = self.layers.last().map_or(0, |l| l.block + 1);
+        let layers = self.layers.last().map_or(0, |l| l.block.saturating_add(1));
         self.layer(block).ok_or(LayoutError::LayerOutOfRange { layer: block, layers })
     }
 }

@@ -79,9 +79,9 @@ impl LayerPools {
                 return Err(PoolError::LayerCountMismatch { layers, actual });
             }
         }
-        let mut refreshed = 0;
+        let mut refreshed = 0usize;
         for ((pool, layer_ids), plan) in self.pools.iter_mut().zip(ids).zip(plans.iter_mut()) {
-            refreshed += usize::from(pool.plan_step(step, layer_ids, plan)?);
+            refreshed = refreshed.saturating_add(usize::from(pool.plan_step(step, layer_ids, plan)?));
         }
         Ok(refreshed)
     }

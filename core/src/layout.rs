@@ -114,9 +114,12 @@ impl StackLayout {
     /// [`LayoutError::ExpertOutOfRange`] when `expert >= experts`.
     pub fn expert_range(&self, expert: usize) -> Result<Range<usize>, LayoutError> {
         self.check_expert(expert)?;
-        // Cannot overflow: expert < experts and experts × expert_bytes fits (checked in `new`).
-        let start = expert * self.expert_bytes;
-        Ok(start..start + self.expert_bytes)
+        #[allow(
+            clippy::arithmetic_side_effects,
+            reason = "expert < experts, and experts × expert_bytes fits (checked in `new`)"
+        )]
+        let range = expert * self.expert_bytes..(expert + 1) * self.expert_bytes;
+        Ok(range)
     }
 
     /// The byte range of rows `rows` of expert `expert` within the stack.
@@ -129,8 +132,12 @@ impl StackLayout {
         if rows.start > rows.end || rows.end > self.rows {
             return Err(LayoutError::RowsOutOfRange { start: rows.start, end: rows.end, rows: self.rows });
         }
-        // Cannot overflow: rows.end <= rows and the slab end fits.
-        Ok(slab.start + rows.start * self.row_bytes..slab.start + rows.end * self.row_bytes)
+        #[allow(
+            clippy::arithmetic_side_effects,
+            reason = "rows.start <= rows.end <= rows, so both ends lie inside the slab"
+        )]
+        let range = slab.start + rows.start * self.row_bytes..slab.start + rows.end * self.row_bytes;
+        Ok(range)
     }
 
     /// Checks that `stack` is exactly as long as the layout.
@@ -251,7 +258,9 @@ pub(crate) fn align_up(value: usize, align: usize) -> Result<usize, LayoutError>
     if !align.is_power_of_two() {
         return Err(LayoutError::AlignmentNotPowerOfTwo { align });
     }
-    value.checked_add(align - 1).map(|v| v & !(align - 1)).ok_or(LayoutError::Overflow)
+    #[allow(clippy::arithmetic_side_effects, reason = "align is a power of two, so at least 1")]
+    let mask = align - 1;
+    value.checked_add(mask).map(|v| v & !mask).ok_or(LayoutError::Overflow)
 }
 
 #[cfg(test)]

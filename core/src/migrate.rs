@@ -98,7 +98,7 @@ where
     for &promotion in plan.promotions() {
         match pool.check(promotion) {
             Ok(PromotionState::Done) => {
-                report.skipped += 1;
+                report.skipped = report.skipped.saturating_add(1);
                 continue;
             }
             Ok(PromotionState::Pending) => {}
@@ -107,7 +107,7 @@ where
         let bytes =
             copy_expert(pool.layer(), promotion, layout, source, sink).map_err(|e| fail(e, promotion, report))?;
         pool.commit(promotion, bytes).map_err(|e| fail(MigrateError::Plan(e), promotion, report))?;
-        report.copied += 1;
+        report.copied = report.copied.saturating_add(1);
         report.bytes = report.bytes.saturating_add(bytes);
     }
     Ok(report)
@@ -130,7 +130,7 @@ where
     for slab in expert_slabs(source, layer, usize::from(promotion.expert), layout) {
         let ExpertSlab { index, projection, bytes: slab } = slab?;
         sink.write(SlotWrite { layer, slot, projection, index }, slab).map_err(MigrateError::Sink)?;
-        bytes += slab.len() as u64;
+        bytes = bytes.saturating_add(slab.len() as u64);
     }
     sink.finish(layer, slot).map_err(MigrateError::Sink)?;
     Ok(bytes)
@@ -218,7 +218,7 @@ where
     for &(projection, _) in layout.projections() {
         let stack = source.stack(layer, projection).map_err(PushError::Source)?;
         sink.write_stack(&stack_name(layer, projection), layer, projection, stack).map_err(PushError::Sink)?;
-        bytes += stack.len() as u64;
+        bytes = bytes.saturating_add(stack.len() as u64);
     }
     Ok(bytes)
 }

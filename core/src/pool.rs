@@ -33,6 +33,10 @@ pub const MAX_EXPERTS: usize = u16::MAX as usize;
 pub const MAX_STEP_IDS: usize = COUNT_MASK as usize;
 
 /// Refuses steps whose hit counts could reach the policy's flag bits.
+/// The longest routing stream [`ExpertPool::load_future`] takes: positions are `u32`, and
+/// `u32::MAX` marks "never used again".
+const MAX_FUTURE_IDS: usize = u32::MAX as usize - 1;
+
 fn check_step(ids: &[u32]) -> Result<(), PoolError> {
     if ids.len() > MAX_STEP_IDS {
         return Err(PoolError::TooManyIds { ids: ids.len(), max: MAX_STEP_IDS });
@@ -129,7 +133,7 @@ pub struct PoolStats {
 impl PoolStats {
     /// Hits over valid ids, or 0 with none served.
     pub fn hit_rate(&self) -> f64 {
-        let served = self.hits + self.misses;
+        let served = self.hits.saturating_add(self.misses);
         if served == 0 {
             0.0
         } else {
@@ -153,7 +157,7 @@ impl PoolStats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct ServeCounts {
-    /// Valid ids whose expert was resident.
+    /// Valid ids whose expert was resident. Each count saturates at `u32::MAX`.
     pub hits: u32,
     /// Valid ids whose expert was not resident.
     pub misses: u32,
@@ -374,7 +378,7 @@ impl ExpertPool {
     pub fn refresh(&mut self, ids: &[u32], plan: &mut MigrationPlan) -> Result<(), PoolError> {
         check_step(ids)?;
         plan.reset(self.layer, self.slots());
-        self.stats.refreshes += 1;
+        self.stats.refreshes = self.stats.refreshes.saturating_add(1);
         let placement = match &mut self.policy {
             PolicyState::Interval(placement) => placement,
             PolicyState::Demand(cache) => {
@@ -384,8 +388,7 @@ impl ExpertPool {
                     not_resident: NOT_RESIDENT,
                 };
                 let demoted = cache.step(state, ids, true, plan);
-                self.resident -= demoted;
-                self.stats.demotions += demoted as u64;
+                self.record_demotions(demoted);
                 return Ok(());
             }
         };
@@ -413,7 +416,12 @@ impl ExpertPool {
         }
         for &id in ids {
             if let Some(count) = self.expert_slot.get_mut(id as usize) {
-                *count += 1; // at most MAX_STEP_IDS, below the policy's flag bits
+                #[allow(
+                    clippy::arithmetic_side_effects,
+                    reason = "at most MAX_STEP_IDS (checked above), below the flag bits"
+                )]
+                let counted = *count + 1;
+                *count = counted;
             }
         }
         let candidates = if sparse { Candidates::Ids(ids) } else { Candidates::All };
@@ -424,8 +432,7 @@ impl ExpertPool {
             candidates,
         };
         let demoted = placement.refresh(state, plan);
-        self.resident -= demoted;
-        self.stats.demotions += demoted as u64;
+        self.record_demotions(demoted);
 
         // Restore the per-expert words: not resident, then the slot of each resident.
         if sparse {
@@ -451,7 +458,7 @@ impl ExpertPool {
     /// `u32::MAX` ids or more.
     pub fn load_future(&mut self, stream: &[u32]) -> Result<(), PoolError> {
         if stream.len() >= u32::MAX as usize {
-            return Err(PoolError::TooManyIds { ids: stream.len(), max: u32::MAX as usize - 1 });
+            return Err(PoolError::TooManyIds { ids: stream.len(), max: MAX_FUTURE_IDS });
         }
         match &mut self.policy {
             PolicyState::Demand(cache) if cache.is_belady() => {
@@ -481,13 +488,13 @@ impl ExpertPool {
         let mut counts = ServeCounts::default();
         for &id in ids {
             match self.expert_slot.get_mut(id as usize) {
-                None => counts.invalid += 1,
-                Some(&mut NOT_RESIDENT) => counts.misses += 1,
+                None => counts.invalid = counts.invalid.saturating_add(1),
+                Some(&mut NOT_RESIDENT) => counts.misses = counts.misses.saturating_add(1),
                 Some(word) if *word & ADMITTING_MISS != 0 => {
                     *word &= !ADMITTING_MISS;
-                    counts.misses += 1;
+                    counts.misses = counts.misses.saturating_add(1);
                 }
-                Some(_) => counts.hits += 1,
+                Some(_) => counts.hits = counts.hits.saturating_add(1),
             }
         }
         for &expert in admissions {
@@ -502,6 +509,14 @@ impl ExpertPool {
         self.stats.misses = self.stats.misses.saturating_add(u64::from(counts.misses));
         self.stats.invalid_ids = self.stats.invalid_ids.saturating_add(u64::from(counts.invalid));
         counts
+    }
+
+    /// Accounts for `demoted` residents a refresh demoted.
+    fn record_demotions(&mut self, demoted: usize) {
+        #[allow(clippy::arithmetic_side_effects, reason = "a policy demotes only residents, each once")]
+        let resident = self.resident - demoted;
+        self.resident = resident;
+        self.stats.demotions = self.stats.demotions.saturating_add(demoted as u64);
     }
 
     /// Checks `promotion` against the current state.
@@ -543,8 +558,13 @@ impl ExpertPool {
                 *s = promotion.expert;
                 *e = slot as u32;
             }
-            self.resident += 1;
-            self.stats.promotions += 1;
+            #[allow(
+                clippy::arithmetic_side_effects,
+                reason = "a pending promotion's slot was free, so resident < slots"
+            )]
+            let resident = self.resident + 1;
+            self.resident = resident;
+            self.stats.promotions = self.stats.promotions.saturating_add(1);
             self.stats.bytes_promoted = self.stats.bytes_promoted.saturating_add(bytes);
         }
         Ok(state)

@@ -209,11 +209,12 @@ fn replay_layer(
         for r in records {
             let ids = trace.ids(r);
             let valid = ids.iter().filter(|&&id| (id as usize) < experts).count() as u64;
-            c.pairs += valid;
-            c.invalid += ids.len() as u64 - valid;
+            c.pairs = c.pairs.saturating_add(valid);
+            c.invalid = c.invalid.saturating_add((ids.len() as u64).saturating_sub(valid));
+            // valid <= len
         }
-        c.hits = c.pairs * budget as u64 / experts as u64;
-        c.misses = c.pairs - c.hits;
+        c.hits = uniform_hits(c.pairs, budget, experts);
+        c.misses = c.pairs.saturating_sub(c.hits); // hits <= pairs, as budget <= experts
         c.slow_pairs = c.misses;
         c.modeled_time_s = config.cost.seconds(c.slow_pairs, 0);
         return Ok(c);
@@ -246,7 +247,7 @@ fn replay_layer(
             // The ids of this step and of every step before the next refresh.
             scratch.clear();
             scratch.extend_from_slice(ids);
-            for next in records.iter().skip(i + 1) {
+            for next in records.iter().skip(i.saturating_add(1)) {
                 let next_step = Step { index: next.step, prefill: next.prefill, ..step };
                 if config.schedule.is_due(next_step) {
                     break;
@@ -261,9 +262,21 @@ fn replay_layer(
         let served = pool.serve(ids);
         // An admission (demand policies) pays for its miss with its load.
         let admitted = if policy.is_demand() { plan.len() as u64 } else { 0 };
-        slow_pairs += u64::from(served.misses).saturating_sub(admitted);
+        slow_pairs = slow_pairs.saturating_add(u64::from(served.misses).saturating_sub(admitted));
     }
     Ok(counters(pool.stats(), &start, slow_pairs, &config.cost))
+}
+
+/// The hits a uniformly random placement of `budget` of `experts` (at least 1) experts expects
+/// over `pairs` pairs.
+fn uniform_hits(pairs: u64, budget: usize, experts: usize) -> u64 {
+    #[allow(
+        clippy::arithmetic_side_effects,
+        reason = "a product of two 64-bit values fits 128 bits; a trace has at least one expert"
+    )]
+    let hits = u128::from(pairs) * budget as u128 / (experts as u128).max(1);
+    // budget <= experts, so hits <= pairs.
+    u64::try_from(hits).unwrap_or(pairs)
 }
 
 fn commit(pool: &mut ExpertPool, plan: &MigrationPlan, bytes: u64) {
@@ -276,7 +289,7 @@ fn commit(pool: &mut ExpertPool, plan: &MigrationPlan, bytes: u64) {
 fn counters(end: &PoolStats, start: &PoolStats, slow_pairs: u64, cost: &CostModel) -> ReplayCounters {
     let bytes_moved = end.bytes_promoted.saturating_sub(start.bytes_promoted);
     ReplayCounters {
-        pairs: end.hits + end.misses,
+        pairs: end.hits.saturating_add(end.misses),
         hits: end.hits,
         misses: end.misses,
         invalid: end.invalid_ids,

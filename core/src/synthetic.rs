@@ -41,7 +41,9 @@ impl SplitMix64 {
 
     /// A uniform value in `0..n` (`0` when `n` is 0).
     pub fn below(&mut self, n: u32) -> u32 {
-        (((self.next_u64() >> 32) * u64::from(n)) >> 32) as u32
+        #[allow(clippy::arithmetic_side_effects, reason = "both factors are below 2^32, so the product fits 64 bits")]
+        let scaled = (self.next_u64() >> 32) * u64::from(n);
+        (scaled >> 32) as u32
     }
 }
 
@@ -115,7 +117,8 @@ impl SyntheticRouting {
 
     fn reshuffle(&mut self) {
         for i in (1..self.ranking.len()).rev() {
-            let j = self.rng.below(i as u32 + 1) as usize;
+            // i < ranking.len() = experts <= u32::MAX, so i + 1 fits.
+            let j = self.rng.below((i as u32).saturating_add(1)) as usize;
             self.ranking.swap(i, j);
         }
     }
@@ -132,7 +135,7 @@ impl SyntheticRouting {
         if phase > 0 && self.step > 0 && self.step.is_multiple_of(phase) {
             self.reshuffle();
         }
-        self.step += 1;
+        self.step = self.step.saturating_add(1);
         let k = self.shape.top_k as usize;
         for _ in 0..tokens {
             let start = out.len();

@@ -179,7 +179,8 @@ impl Trace {
         }
         let start = self.ids.len();
         self.ids.extend(ids);
-        if !(self.ids.len() - start).is_multiple_of(self.header.top_k as usize) {
+        let pushed = self.ids.get(start..).map_or(0, <[u32]>::len);
+        if !pushed.is_multiple_of(self.header.top_k as usize) {
             self.ids.truncate(start);
             return Err(fail(TraceErrorKind::PartialToken));
         }
@@ -193,7 +194,8 @@ impl Trace {
     /// # Errors
     /// A [`TraceError`] naming the first bad line.
     pub fn parse(text: &str) -> Result<Self, TraceError> {
-        let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l)).filter(|(_, l)| !l.trim().is_empty());
+        let mut lines =
+            text.lines().enumerate().map(|(i, l)| (i.saturating_add(1), l)).filter(|(_, l)| !l.trim().is_empty());
         let (line, header) = lines.next().ok_or(TraceError { line: 1, kind: TraceErrorKind::Empty })?;
         let mut trace = Self::new(parse_header(header).map_err(|kind| TraceError { line, kind })?)
             .map_err(|e| TraceError { line, ..e })?;
@@ -254,118 +256,152 @@ enum Value<'a> {
     Ints,
 }
 
+/// A position in one line of text that only moves forward, over bytes that exist.
+struct Scanner<'a> {
+    line: &'a str,
+    rest: &'a [u8],
+}
+
+impl<'a> Scanner<'a> {
+    fn new(line: &'a str) -> Self {
+        Self { line, rest: line.as_bytes() }
+    }
+
+    /// The byte offset of the next byte in the line.
+    fn column(&self) -> usize {
+        #[allow(clippy::arithmetic_side_effects, reason = "rest is always a suffix of line")]
+        let column = self.line.len() - self.rest.len();
+        column
+    }
+
+    /// A syntax error at the next byte.
+    fn syntax(&self) -> TraceErrorKind {
+        TraceErrorKind::Syntax { column: self.column() }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.rest.first().copied()
+    }
+
+    fn skip_ws(&mut self) {
+        self.rest = self.rest.trim_ascii_start();
+    }
+
+    /// Consumes `literal` when the text goes on with it.
+    fn eat(&mut self, literal: &[u8]) -> bool {
+        match self.rest.strip_prefix(literal) {
+            Some(rest) => {
+                self.rest = rest;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Skips whitespace, then consumes `c` or fails where it should be.
+    fn expect(&mut self, c: u8) -> Result<(), TraceErrorKind> {
+        self.skip_ws();
+        if self.eat(&[c]) {
+            Ok(())
+        } else {
+            Err(self.syntax())
+        }
+    }
+
+    /// Splits off the longest prefix of bytes for which `keep` holds.
+    fn take_while(&mut self, keep: impl Fn(u8) -> bool) -> &'a [u8] {
+        let len = self.rest.iter().take_while(|&&b| keep(b)).count();
+        let (taken, rest) = self.rest.split_at_checked(len).unwrap_or((self.rest, &[]));
+        self.rest = rest;
+        taken
+    }
+
+    /// A string without escapes (the format has none).
+    fn string(&mut self) -> Result<&'a str, TraceErrorKind> {
+        self.expect(b'"')?;
+        let opening = self.syntax();
+        let body = self.take_while(|b| b != b'"' && b != b'\\');
+        if !self.eat(b"\"") {
+            return Err(self.syntax()); // an escape, or the line ended
+        }
+        // The body lies between two ASCII quotes of a `str`, so it is whole UTF-8.
+        core::str::from_utf8(body).map_err(|_| opening)
+    }
+
+    /// A decimal integer of `u64`.
+    fn integer(&mut self) -> Result<u64, TraceErrorKind> {
+        self.skip_ws();
+        let at_start = self.syntax();
+        let digits = self.take_while(|b| b.is_ascii_digit());
+        if digits.is_empty() {
+            return Err(at_start);
+        }
+        digits
+            .iter()
+            .try_fold(0u64, |value, &b| value.checked_mul(10)?.checked_add(u64::from(char::from(b).to_digit(10)?)))
+            .ok_or(at_start)
+    }
+
+    /// `[id, ...]` after its `[`, each id appended to `ids`.
+    fn ids(&mut self, ids: &mut Vec<u32>) -> Result<(), TraceErrorKind> {
+        ids.clear();
+        self.skip_ws();
+        if self.eat(b"]") {
+            return Ok(());
+        }
+        loop {
+            self.skip_ws();
+            let at_id = self.syntax();
+            let id = self.integer()?;
+            ids.push(u32::try_from(id).map_err(|_| at_id)?);
+            self.skip_ws();
+            if self.eat(b"]") {
+                return Ok(());
+            }
+            if !self.eat(b",") {
+                return Err(self.syntax());
+            }
+        }
+    }
+}
+
 /// Reads `{"key": value, ...}` with this format's values, calling `field` for each pair.
 fn parse_object<'a>(
     line: &'a str,
     ids: &mut Vec<u32>,
     mut field: impl FnMut(&'a str, Value<'a>) -> Result<(), TraceErrorKind>,
 ) -> Result<(), TraceErrorKind> {
-    let bytes = line.as_bytes();
-    let mut pos = 0;
-    let syntax = |column: usize| TraceErrorKind::Syntax { column };
-    let skip_ws = |pos: &mut usize| {
-        while bytes.get(*pos).is_some_and(|b| b.is_ascii_whitespace()) {
-            *pos += 1;
-        }
-    };
-    let expect = |pos: &mut usize, c: u8| -> Result<(), TraceErrorKind> {
-        skip_ws(pos);
-        if bytes.get(*pos) == Some(&c) {
-            *pos += 1;
-            Ok(())
-        } else {
-            Err(syntax(*pos))
-        }
-    };
-    let string = |pos: &mut usize| -> Result<&'a str, TraceErrorKind> {
-        expect(pos, b'"')?;
-        let start = *pos;
-        while let Some(&b) = bytes.get(*pos) {
-            match b {
-                b'"' => {
-                    *pos += 1;
-                    return line.get(start..*pos - 1).ok_or(syntax(start));
-                }
-                b'\\' => return Err(syntax(*pos)), // escapes never occur in this format
-                _ => *pos += 1,
-            }
-        }
-        Err(syntax(*pos))
-    };
-    let integer = |pos: &mut usize| -> Result<u64, TraceErrorKind> {
-        skip_ws(pos);
-        let start = *pos;
-        let mut value: u64 = 0;
-        while let Some(&b) = bytes.get(*pos).filter(|b| b.is_ascii_digit()) {
-            value = value.checked_mul(10).and_then(|v| v.checked_add(u64::from(b - b'0'))).ok_or(syntax(start))?;
-            *pos += 1;
-        }
-        if *pos == start {
-            return Err(syntax(start));
-        }
-        Ok(value)
-    };
-
-    expect(&mut pos, b'{')?;
-    skip_ws(&mut pos);
-    if bytes.get(pos) == Some(&b'}') {
-        pos += 1;
-    } else {
+    let mut s = Scanner::new(line);
+    s.expect(b'{')?;
+    s.skip_ws();
+    if !s.eat(b"}") {
         loop {
-            let key = string(&mut pos)?;
-            expect(&mut pos, b':')?;
-            skip_ws(&mut pos);
-            let value = match bytes.get(pos) {
-                Some(b'"') => Value::Str(string(&mut pos)?),
-                Some(b't') if bytes.get(pos..pos + 4) == Some(b"true") => {
-                    pos += 4;
-                    Value::Bool(true)
-                }
-                Some(b'f') if bytes.get(pos..pos + 5) == Some(b"false") => {
-                    pos += 5;
-                    Value::Bool(false)
-                }
-                Some(b'[') => {
-                    pos += 1;
-                    ids.clear();
-                    skip_ws(&mut pos);
-                    if bytes.get(pos) == Some(&b']') {
-                        pos += 1;
-                    } else {
-                        loop {
-                            let column = pos;
-                            let id = integer(&mut pos)?;
-                            ids.push(u32::try_from(id).map_err(|_| syntax(column))?);
-                            skip_ws(&mut pos);
-                            match bytes.get(pos) {
-                                Some(b',') => pos += 1,
-                                Some(b']') => {
-                                    pos += 1;
-                                    break;
-                                }
-                                _ => return Err(syntax(pos)),
-                            }
-                        }
-                    }
+            let key = s.string()?;
+            s.expect(b':')?;
+            s.skip_ws();
+            let value = match s.peek() {
+                Some(b'"') => Value::Str(s.string()?),
+                Some(b't') if s.eat(b"true") => Value::Bool(true),
+                Some(b'f') if s.eat(b"false") => Value::Bool(false),
+                Some(b'[') if s.eat(b"[") => {
+                    s.ids(ids)?;
                     Value::Ints
                 }
-                _ => Value::Int(integer(&mut pos)?),
+                _ => Value::Int(s.integer()?),
             };
             field(key, value)?;
-            skip_ws(&mut pos);
-            match bytes.get(pos) {
-                Some(b',') => pos += 1,
-                Some(b'}') => {
-                    pos += 1;
-                    break;
-                }
-                _ => return Err(syntax(pos)),
+            s.skip_ws();
+            if s.eat(b"}") {
+                break;
+            }
+            if !s.eat(b",") {
+                return Err(s.syntax());
             }
         }
     }
-    skip_ws(&mut pos);
-    if pos != bytes.len() {
-        return Err(syntax(pos));
+    s.skip_ws();
+    if s.peek().is_some() {
+        return Err(s.syntax());
     }
     Ok(())
 }
@@ -458,6 +494,42 @@ mod tests {
 
     fn error(text: &str) -> TraceError {
         Trace::parse(text).unwrap_err()
+    }
+
+    #[test]
+    fn syntax_errors_name_their_byte() {
+        let column = |line: &str| {
+            let mut ids = Vec::new();
+            match parse_object(line, &mut ids, |_, _| Ok(())) {
+                Err(TraceErrorKind::Syntax { column }) => Some(column),
+                _ => None,
+            }
+        };
+        // The byte where the text stops being this format's JSON.
+        assert_eq!(column(r#"{"ids":[1,2.5]}"#), Some(11));
+        assert_eq!(column(r#"{"ids":[1,4294967296]}"#), Some(10));
+        assert_eq!(column(r#"{"ids":[1, -2]}"#), Some(11));
+        assert_eq!(column(r#"{"ids":[1,]}"#), Some(10));
+        assert_eq!(column(r#"{"ids":[1 2]}"#), Some(10));
+        assert_eq!(column(r#"{"step":99999999999999999999}"#), Some(8));
+        assert_eq!(column(r#"{"a\"b":1}"#), Some(3));
+        assert_eq!(column(r#"{"open"#), Some(6));
+        assert_eq!(column(r#"{"a":tru}"#), Some(5));
+        assert_eq!(column(r#"{"a":1 "b":2}"#), Some(7));
+        assert_eq!(column(r#"{"a":1} x"#), Some(8));
+        assert_eq!(column(r#"  {"a":1}"#), None);
+        assert_eq!(column(r#"{ "a" : [ 1 , 2 ] , "b" : true , "c" : false }"#), None);
+        assert_eq!(column("{}"), None);
+        assert_eq!(column(""), Some(0));
+        // Multi-byte text inside a key is kept whole.
+        let mut keys = Vec::new();
+        let mut ids = Vec::new();
+        let keep = |k, _| {
+            keys.push(k);
+            Ok(())
+        };
+        assert_eq!(parse_object(r#"{"lä":7}"#, &mut ids, keep), Ok(()));
+        assert_eq!(keys, ["lä"]);
     }
 
     #[test]

@@ -136,20 +136,20 @@ impl DemandCache {
     /// the number of demotions.
     pub(crate) fn step(&mut self, state: AdmitState<'_>, ids: &[u32], admit: bool, plan: &mut MigrationPlan) -> usize {
         let AdmitState { expert_slot, slot_expert, not_resident } = state;
-        self.step += 1;
+        self.step = self.step.saturating_add(1);
         self.admissions.clear();
-        let mut demotions = 0;
+        let mut demotions = 0usize;
         // Slots holding an expert, committed or admitted: while every slot does, no search for a
         // free one is needed.
         let mut occupied = slot_expert.iter().filter(|&&e| e != EMPTY_SLOT).count();
         for &id in ids {
             let position = self.future.cursor;
-            self.future.cursor += 1;
+            self.future.cursor = position.saturating_add(1);
             let expert = id as usize;
             let Some(&word) = expert_slot.get(expert) else {
                 continue; // invalid: counted by serve
             };
-            self.clock += 1;
+            self.clock = self.clock.saturating_add(1);
             if let Some(f) = self.frequency.get_mut(expert) {
                 *f = f.saturating_add(1);
             }
@@ -170,7 +170,7 @@ impl DemandCache {
             let Some(slot) = free.or_else(|| self.victim(slot_expert)) else {
                 continue; // every slot pinned by this step (or none at all): slow memory
             };
-            occupied += usize::from(free.is_some());
+            occupied = occupied.saturating_add(usize::from(free.is_some()));
             // A victim is a committed resident this step has not used: demote it.
             let evicted = slot_expert.get(slot).copied().filter(|&e| e != EMPTY_SLOT);
             if let Some(victim) = evicted {
@@ -180,7 +180,7 @@ impl DemandCache {
                 if let Some(s) = slot_expert.get_mut(slot) {
                     *s = EMPTY_SLOT;
                 }
-                demotions += 1;
+                demotions = demotions.saturating_add(1);
             }
             // slot < slots <= u16::MAX and expert < experts <= u16::MAX, checked at build time.
             plan.push(Promotion { expert: expert as u16, slot: slot as u16, evicted });
@@ -230,7 +230,7 @@ impl DemandCache {
                 DemandKind::Lru2 => (uses.prev, uses.last),
                 DemandKind::Belady => {
                     let next = self.future.next_use.get(usize::from(expert)).copied().unwrap_or(NEVER);
-                    (u64::from(NEVER - next), 0)
+                    (u64::from(NEVER.saturating_sub(next)), 0) // NEVER is u32::MAX: never saturates
                 }
             };
             (key, expert)

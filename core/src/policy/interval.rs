@@ -186,14 +186,18 @@ impl IntervalPlacement {
         let RefreshState { counts, resident, slot_expert, candidates } = state;
         let slots = slot_expert.len();
         self.select_targets(counts, candidates, slots);
-        let mut staying = 0;
+        let mut staying = 0usize;
         for t in &self.targets {
             if let Some(word) = counts.get_mut(usize::from(t.expert)) {
                 *word |= TARGET;
-                staying += usize::from(*word & RESIDENT != 0);
+                staying = staying.saturating_add(usize::from(*word & RESIDENT != 0));
             }
         }
         // Promotions that find no free slot each need a victim.
+        #[allow(
+            clippy::arithmetic_side_effects,
+            reason = "each target counts once, so staying <= targets; resident <= slots"
+        )]
         let needed = (self.targets.len() - staying).saturating_sub(slots - resident);
 
         // Free slots in ascending order; the `needed` coldest residents that are not targets.
@@ -214,7 +218,7 @@ impl IntervalPlacement {
 
         let mut free = self.free.iter();
         let mut victims = self.victims.iter();
-        let mut demotions = 0;
+        let mut demotions = 0usize;
         let cap = self.max_promotions();
         for t in &self.targets {
             if plan.len() >= cap {
@@ -236,7 +240,7 @@ impl IntervalPlacement {
             if let Some(entry) = slot_expert.get_mut(usize::from(slot)) {
                 *entry = crate::pool::EMPTY_SLOT;
             }
-            demotions += usize::from(evicted.is_some());
+            demotions = demotions.saturating_add(usize::from(evicted.is_some()));
             plan.push(Promotion { expert: t.expert, slot, evicted });
         }
         debug_assert!(plan.len() <= slots);

@@ -42,8 +42,11 @@ fn heapify<T: Copy>(heap: &mut [T], better: &impl Fn(&T, &T) -> bool) {
 /// Moves the item at `i` down until no child ranks below it (`better(parent, child)` holds).
 fn sift_down<T: Copy>(heap: &mut [T], mut i: usize, better: &impl Fn(&T, &T) -> bool) {
     loop {
+        let Some(left) = i.checked_mul(2).and_then(|d| d.checked_add(1)) else {
+            return; // no child can exist that far out
+        };
         let mut worst = i;
-        for child in [2 * i + 1, 2 * i + 2] {
+        for child in [left, left.saturating_add(1)] {
             if let (Some(c), Some(w)) = (heap.get(child), heap.get(worst)) {
                 if better(w, c) {
                     worst = child;
