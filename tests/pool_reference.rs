@@ -115,3 +115,33 @@ proptest! {
         }
     }
 }
+
+/// A step longer than `MAX_STEP_IDS` is refused by every planning call and changes nothing. The
+/// ids are one zeroed allocation the calls never read, so the operating system never backs it.
+#[test]
+#[cfg(target_pointer_width = "64")]
+#[cfg_attr(miri, ignore = "a 2 GiB step")]
+fn oversized_steps_are_refused_and_change_nothing() {
+    use expertslab::{LayerPools, Policy, PoolError, MAX_STEP_IDS};
+    let too_many = vec![0u32; MAX_STEP_IDS + 1];
+    let refused: Result<(), _> = Err(PoolError::TooManyIds { ids: MAX_STEP_IDS + 1, max: MAX_STEP_IDS });
+    for policy in [Policy::Tide, Policy::Lru] {
+        let (mut pool, mut plan) = started_pool(PoolConfig::new(8, 3).policy(policy));
+        let before = (resident_set(&pool), *pool.stats());
+        let (prefill, decode) = (Step::prefill(0), Step::decode(1));
+        assert_eq!(pool.refresh(&too_many, &mut plan), refused.map(|_| ()));
+        assert_eq!(pool.plan_step(prefill, &too_many, &mut plan), refused.map(|_| true));
+        assert_eq!(pool.plan_step(decode, &too_many, &mut plan), refused.map(|_| true));
+        assert_eq!((resident_set(&pool), *pool.stats()), before, "{policy:?}");
+
+        // Across layers: the first layer's good step is not planned either.
+        let config = PoolConfig::new(8, 3).policy(policy);
+        let mut layers = LayerPools::new(&[config.layer(0), config.layer(1)]).expect("two layers");
+        let mut plans = layers.new_plans();
+        let stats = layers.total_stats();
+        let ids: [&[u32]; 2] = [&[1, 2], &too_many];
+        assert_eq!(layers.plan_step(prefill, &ids, &mut plans), refused.map(|_| 0));
+        assert_eq!(layers.total_stats(), stats);
+        assert!(plans.iter().all(|p| p.is_empty()));
+    }
+}

@@ -5,7 +5,7 @@ use alloc::vec::Vec;
 
 use crate::error::PoolError;
 use crate::plan::MigrationPlan;
-use crate::pool::{ExpertPool, PoolConfig, PoolStats};
+use crate::pool::{check_step, ExpertPool, PoolConfig, PoolStats};
 use crate::schedule::Step;
 
 /// One [`ExpertPool`] per MoE layer. Layer `l` is refreshed only from layer `l`'s ids and only
@@ -70,14 +70,19 @@ impl LayerPools {
     /// Returns how many layers refreshed.
     ///
     /// # Errors
-    /// [`PoolError::LayerCountMismatch`] when `ids` or `plans` does not have one entry per layer
-    /// (nothing changes), or a layer's [`PoolError::TooManyIds`] (layers before it have planned).
+    /// [`PoolError::LayerCountMismatch`] when `ids` or `plans` does not have one entry per layer,
+    /// or [`PoolError::TooManyIds`] when a layer's ids are more than
+    /// [`MAX_STEP_IDS`](crate::MAX_STEP_IDS). Nothing changes on an error.
     pub fn plan_step(&mut self, step: Step, ids: &[&[u32]], plans: &mut [MigrationPlan]) -> Result<usize, PoolError> {
         let layers = self.pools.len();
         for actual in [ids.len(), plans.len()] {
             if actual != layers {
                 return Err(PoolError::LayerCountMismatch { layers, actual });
             }
+        }
+        // Every layer's step is checked before any layer plans, so an error changes nothing.
+        for layer_ids in ids {
+            check_step(layer_ids.len())?;
         }
         let mut refreshed = 0usize;
         for ((pool, layer_ids), plan) in self.pools.iter_mut().zip(ids).zip(plans.iter_mut()) {

@@ -32,14 +32,14 @@ pub const MAX_EXPERTS: usize = u16::MAX as usize;
 /// The most routing ids one step may carry (per-expert counters stay below their flag bits).
 pub const MAX_STEP_IDS: usize = COUNT_MASK as usize;
 
-/// Refuses steps whose hit counts could reach the policy's flag bits.
 /// The longest routing stream [`ExpertPool::load_future`] takes: positions are `u32`, and
 /// `u32::MAX` marks "never used again".
 const MAX_FUTURE_IDS: usize = u32::MAX as usize - 1;
 
-fn check_step(ids: &[u32]) -> Result<(), PoolError> {
-    if ids.len() > MAX_STEP_IDS {
-        return Err(PoolError::TooManyIds { ids: ids.len(), max: MAX_STEP_IDS });
+/// Refuses steps of `ids` ids whose hit counts could reach the policy's flag bits.
+pub(crate) fn check_step(ids: usize) -> Result<(), PoolError> {
+    if ids > MAX_STEP_IDS {
+        return Err(PoolError::TooManyIds { ids, max: MAX_STEP_IDS });
     }
     Ok(())
 }
@@ -348,7 +348,7 @@ impl ExpertPool {
         if due {
             self.refresh(ids, plan)?;
         } else {
-            check_step(ids)?;
+            check_step(ids.len())?;
             plan.reset(self.layer, 0);
             match &mut self.policy {
                 PolicyState::Interval(placement) => placement.observe(ids),
@@ -376,7 +376,7 @@ impl ExpertPool {
     /// [`PoolError::TooManyIds`] when `ids` is longer than [`MAX_STEP_IDS`]; the pool is
     /// unchanged.
     pub fn refresh(&mut self, ids: &[u32], plan: &mut MigrationPlan) -> Result<(), PoolError> {
-        check_step(ids)?;
+        check_step(ids.len())?;
         plan.reset(self.layer, self.slots());
         self.stats.refreshes = self.stats.refreshes.saturating_add(1);
         let placement = match &mut self.policy {
@@ -590,6 +590,18 @@ mod tests {
         pool.initial_plan(&mut plan);
         commit_all(&mut pool, &plan);
         pool
+    }
+
+    #[test]
+    fn the_step_limit_keeps_counts_below_the_flag_bits() {
+        assert_eq!(check_step(MAX_STEP_IDS), Ok(()));
+        assert_eq!(
+            check_step(MAX_STEP_IDS + 1),
+            Err(PoolError::TooManyIds { ids: MAX_STEP_IDS + 1, max: MAX_STEP_IDS })
+        );
+        // The largest count a step can make stays clear of every flag bit.
+        assert_eq!(MAX_STEP_IDS as u32 & !COUNT_MASK, 0);
+        assert_eq!(COUNT_MASK & (RESIDENT | ADMITTING_MISS), 0);
     }
 
     fn commit_all(pool: &mut ExpertPool, plan: &MigrationPlan) {
