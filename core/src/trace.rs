@@ -308,38 +308,36 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Splits off the longest prefix of bytes for which `keep` holds.
-    fn take_while(&mut self, keep: impl Fn(u8) -> bool) -> &'a [u8] {
-        let len = self.rest.iter().take_while(|&&b| keep(b)).count();
-        let (taken, rest) = self.rest.split_at_checked(len).unwrap_or((self.rest, &[]));
-        self.rest = rest;
-        taken
-    }
-
     /// A string without escapes (the format has none).
     fn string(&mut self) -> Result<&'a str, TraceErrorKind> {
         self.expect(b'"')?;
-        let opening = self.syntax();
-        let body = self.take_while(|b| b != b'"' && b != b'\\');
+        let start = self.column();
+        let len = self.rest.iter().position(|&b| b == b'"' || b == b'\\').unwrap_or(self.rest.len());
+        let (_, after) = self.rest.split_at_checked(len).unwrap_or((self.rest, &[]));
+        self.rest = after;
         if !self.eat(b"\"") {
             return Err(self.syntax()); // an escape, or the line ended
         }
-        // The body lies between two ASCII quotes of a `str`, so it is whole UTF-8.
-        core::str::from_utf8(body).map_err(|_| opening)
+        // The body lies between two ASCII quotes, so both ends are character boundaries.
+        self.line.get(start..).and_then(|body| body.get(..len)).ok_or(TraceErrorKind::Syntax { column: start })
     }
 
     /// A decimal integer of `u64`.
     fn integer(&mut self) -> Result<u64, TraceErrorKind> {
         self.skip_ws();
-        let at_start = self.syntax();
-        let digits = self.take_while(|b| b.is_ascii_digit());
-        if digits.is_empty() {
-            return Err(at_start);
+        let at_start = TraceErrorKind::Syntax { column: self.column() };
+        let mut value: u64 = 0;
+        let mut rest = self.rest;
+        while let Some((&b, tail)) = rest.split_first().filter(|(b, _)| b.is_ascii_digit()) {
+            let digit = u64::from(b.wrapping_sub(b'0')); // an ASCII digit, so 0..=9
+            value = value.checked_mul(10).and_then(|v| v.checked_add(digit)).ok_or_else(|| at_start.clone())?;
+            rest = tail;
         }
-        digits
-            .iter()
-            .try_fold(0u64, |value, &b| value.checked_mul(10)?.checked_add(u64::from(char::from(b).to_digit(10)?)))
-            .ok_or(at_start)
+        if rest.len() == self.rest.len() {
+            return Err(at_start); // no digit
+        }
+        self.rest = rest;
+        Ok(value)
     }
 
     /// `[id, ...]` after its `[`, each id appended to `ids`.
