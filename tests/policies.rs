@@ -46,7 +46,7 @@ fn run_demand(policy: Policy, experts: u32, budget: usize, warm: bool, steps: &[
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(200))]
+    #![proptest_config(ProptestConfig::with_cases(expertslab_tests::cases(200)))]
 
     #[test]
     fn demand_policies_match_their_references((experts, budget, warm, steps) in trace()) {

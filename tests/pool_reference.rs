@@ -35,7 +35,7 @@ fn check_invariants(pool: &ExpertPool) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(expertslab_tests::cases(256)))]
 
     #[test]
     fn every_forward_matches_the_reference((experts, budget, warm, steps) in trace()) {

@@ -1,7 +1,7 @@
 //! Migration: copying a plan's promotions from slow memory into slots, committing each one only
 //! after its copy completed.
 
-use crate::error::{MigrateError, PlanError};
+use crate::error::MigrateError;
 use crate::layout::{ExpertLayout, Projection};
 use crate::name::stack_name;
 use crate::plan::{MigrationPlan, Promotion};
@@ -89,14 +89,8 @@ where
 {
     let mut report = MigrateReport::default();
     let fail = |error, failed, completed| MigrateFailure { error, failed, completed };
-    if plan.layer() != pool.layer() {
-        let error = MigrateError::Plan(PlanError::LayerMismatch { plan: plan.layer(), pool: pool.layer() });
-        if let Some(&first) = plan.promotions().first() {
-            return Err(fail(error, first, report));
-        }
-    }
     for &promotion in plan.promotions() {
-        match pool.check(promotion) {
+        match pool.check_planned(plan, promotion) {
             Ok(PromotionState::Done) => {
                 report.skipped = report.skipped.saturating_add(1);
                 continue;

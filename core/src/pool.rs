@@ -541,6 +541,19 @@ impl ExpertPool {
         }
     }
 
+    /// Checks one promotion of `plan`, as a migrator walks it: first that `plan` was made for this
+    /// pool's layer, then as [`ExpertPool::check`].
+    ///
+    /// # Errors
+    /// [`PlanError::LayerMismatch`] for a plan of another layer, otherwise as
+    /// [`ExpertPool::check`].
+    pub fn check_planned(&self, plan: &MigrationPlan, promotion: Promotion) -> Result<PromotionState, PlanError> {
+        if plan.layer() != self.layer {
+            return Err(PlanError::LayerMismatch { plan: plan.layer(), pool: self.layer });
+        }
+        self.check(promotion)
+    }
+
     /// Marks `promotion.expert` resident in `promotion.slot` and counts `bytes` as promoted.
     ///
     /// Call it only after the expert's bytes are completely in the slot: [`crate::migrate()`] does;

@@ -3,7 +3,7 @@
 
 use expertslab::{
     expert_slabs, migrate, ArenaSink, ExpertLayout, ExpertPool, ExpertSource, LayoutError, MigrateError,
-    MigrateFailure, MigrateReport, MigrationPlan, PlanError, Promotion, PromotionState, SlotArena,
+    MigrateFailure, MigrateReport, MigrationPlan, Promotion, PromotionState, SlotArena,
 };
 use rayon::prelude::*;
 
@@ -119,13 +119,8 @@ struct Pending<E> {
 
 fn pending_prefix<E>(pool: &ExpertPool, plan: &MigrationPlan) -> Pending<E> {
     let mut pending = Pending { promotions: Vec::with_capacity(plan.len()), skipped: 0, misfit: None };
-    if plan.layer() != pool.layer() {
-        let error = PlanError::LayerMismatch { plan: plan.layer(), pool: pool.layer() };
-        pending.misfit = plan.promotions().first().map(|&p| (p, MigrateError::Plan(error)));
-        return pending;
-    }
     for &p in plan.promotions() {
-        match pool.check(p) {
+        match pool.check_planned(plan, p) {
             Ok(PromotionState::Done) => pending.skipped += 1,
             // A pool's plan names distinct experts and slots, so pending promotions never clash.
             Ok(PromotionState::Pending) => pending.promotions.push(p),

@@ -120,4 +120,13 @@ fn stale_plans_and_small_buffers_are_refused() {
     let failure = migrator.migrate(&mut pool, &foreign, &layout, &source[..], &arena, buffer).unwrap_err();
     assert!(matches!(failure.error, MigrateError::Plan(_)));
     assert_slots_hold_their_experts(&pool, &arena, buffer);
+    // A plan of another layer: refused at its first promotion, nothing committed.
+    let layer_three = ExpertPool::new(PoolConfig::new(EXPERTS, SLOTS).layer(3)).unwrap();
+    let mut misrouted = MigrationPlan::new(SLOTS);
+    layer_three.initial_plan(&mut misrouted);
+    let mut fresh = ExpertPool::new(PoolConfig::new(EXPERTS, SLOTS)).unwrap();
+    let failure = migrator.migrate(&mut fresh, &misrouted, &layout, &source[..], &arena, buffer).unwrap_err();
+    assert_eq!(failure.error, MigrateError::Plan(expertslab_std::PlanError::LayerMismatch { plan: 3, pool: 0 }));
+    assert_eq!(failure.failed, misrouted.promotions()[0]);
+    assert_eq!((fresh.resident(), failure.completed.copied), (0, 0));
 }

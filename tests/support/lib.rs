@@ -5,6 +5,16 @@
 
 pub mod fuzz;
 
+/// `n` cases of a property or sampled loop, or a handful under Miri, which runs each case
+/// thousands of times slower.
+pub fn cases(n: u32) -> u32 {
+    if cfg!(miri) {
+        n.min(4)
+    } else {
+        n
+    }
+}
+
 use std::collections::{HashMap, HashSet};
 
 use expertslab::{ExpertLayout, ExpertPool, Format, LayerStacks, MigrationPlan, PoolConfig, Projection, StackLayout};
