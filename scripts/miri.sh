@@ -1,10 +1,21 @@
 #!/usr/bin/env bash
-# Runs the core's and the std adapter's unit tests under Miri (undefined behaviour, out-of-bounds
-# and leak checks). Slow (minutes), so not part of scripts/test.sh. Installs the nightly Miri
-# component if missing. The heaviest loops sample fewer cases under cfg(miri); the tests that
-# map or touch files are skipped (Miri has no mmap).
+# Runs the tests of the core, the std adapter and the host integration tests under Miri
+# (undefined behaviour, out-of-bounds, data-race and leak checks). Slow (tens of minutes), so not
+# part of scripts/test.sh. Installs the nightly Miri component if missing.
+#
+# Under cfg(miri) property tests run a handful of cases and the heaviest loops sample; the tests
+# that map files or spawn the command-line binary are skipped (Miri has neither). File reads
+# (fixtures, golden vectors, fuzz corpora) need isolation off.
+#
+#   bash scripts/miri.sh            # everything
+#   bash scripts/miri.sh unit       # the crates' own unit tests only (a few minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup +nightly component add miri rust-src >/dev/null
+export MIRIFLAGS="${MIRIFLAGS:--Zmiri-disable-isolation}"
 cargo +nightly miri test -p expertslab --lib
 cargo +nightly miri test -p expertslab-std --lib
+if [ "${1:-all}" != unit ]; then
+    cargo +nightly miri test -p expertslab-tests --tests
+    cargo +nightly miri test -p expertslab-std --test '*'
+fi

@@ -1,5 +1,6 @@
 //! The `expertslab` binary against the GGUF fixtures of `tests/fixtures/gguf/` and their
 //! manifest (what ggml-org's writer put where, with the SHA-256 of every expert slab).
+#![cfg(not(miri))] // runs the binary as a process, which Miri cannot spawn
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,4 +1,5 @@
 //! The `demo`, `synth`, `simulate` and `tune` subcommands, run as a user runs them.
+#![cfg(not(miri))] // runs the binary as a process, which Miri cannot spawn
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

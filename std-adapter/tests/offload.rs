@@ -91,6 +91,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "Miri cannot map files")]
 fn gguf_files_offload_through_a_memory_map() {
     for file in ["moe_types.gguf", "moe_fused.gguf", "moe_align64.gguf", "moe_legacy.gguf"] {
         let mapped = open_gguf(fixture(file)).unwrap();
