@@ -52,7 +52,7 @@ fn routing(step: u32, tokens: u32, top_k: u32, experts: u32) -> Vec<u32> {
 }
 
 #[test]
-fn refresh_serve_and_migrate_do_not_allocate() {
+fn refresh_serve_migrate_and_budget_changes_do_not_allocate() {
     const EXPERTS: u32 = 64;
     let (layout, stacks) = synthetic_layer(EXPERTS as usize, 2, 8);
     let source = [borrow_layer(&layout, &stacks)];
@@ -66,7 +66,13 @@ fn refresh_serve_and_migrate_do_not_allocate() {
     let before = allocations();
     pool.initial_plan(&mut plan);
     migrate(&mut pool, &plan, &layout, &source[..], &mut sink).unwrap();
-    for ids in &trace {
+    for (step, ids) in trace.iter().enumerate() {
+        // Budget changes within the most slots the pool has had allocate nothing either.
+        match step {
+            300 => assert!(pool.set_budget(5) > 0),
+            600 => assert_eq!(pool.set_budget(16), 0),
+            _ => {}
+        }
         pool.refresh(ids, &mut plan).unwrap();
         migrate(&mut pool, &plan, &layout, &source[..], &mut sink).unwrap();
         pool.serve(ids);

@@ -247,6 +247,32 @@ impl ExpertPool {
         self.schedule = schedule;
     }
 
+    /// Changes the number of slots to `budget` (clamped to the expert count), for fast memory that
+    /// grows or shrinks at run time. Returns how many experts were demoted.
+    ///
+    /// Shrinking demotes the experts in slots `budget..`; once this returns, their memory is the
+    /// caller's again. Growing adds free slots, which later refreshes or admissions fill. Every
+    /// other resident keeps its slot, and a [`crate::SlotArena`] places slot `s` at the same
+    /// offset whatever the slot count, so an arena for the new count over the same bytes still
+    /// holds them. A plan made before the change is refused where it names a slot that is gone
+    /// (make plans afresh, sized by [`ExpertPool::slots`]).
+    ///
+    /// Allocates only when growing past the most slots the pool has had.
+    pub fn set_budget(&mut self, budget: usize) -> usize {
+        let slots = budget.min(self.experts());
+        let mut demoted = 0usize;
+        for &expert in self.slot_expert.get(slots..).unwrap_or(&[]) {
+            if let Some(word) = self.expert_slot.get_mut(usize::from(expert)) {
+                *word = NOT_RESIDENT;
+                demoted = demoted.saturating_add(1);
+            }
+        }
+        self.slot_expert.resize(slots, EMPTY_SLOT);
+        self.policy.set_slots(slots);
+        self.record_demotions(demoted);
+        demoted
+    }
+
     /// The counters since the pool was built.
     pub const fn stats(&self) -> &PoolStats {
         &self.stats
@@ -620,6 +646,61 @@ mod tests {
     fn commit_all(pool: &mut ExpertPool, plan: &MigrationPlan) {
         for &p in plan.promotions() {
             assert_eq!(pool.commit(p, 10), Ok(PromotionState::Pending));
+        }
+    }
+
+    #[test]
+    fn budget_changes_demote_the_dropped_slots_and_keep_the_rest() {
+        for policy in
+            [Policy::Tide, Policy::Decay(crate::DecayConfig::default()), Policy::Lru, Policy::Lfu, Policy::Lru2]
+        {
+            let mut p = ExpertPool::new(PoolConfig::new(8, 4).policy(policy)).unwrap();
+            let mut plan = MigrationPlan::new(4);
+            p.initial_plan(&mut plan);
+            commit_all(&mut p, &plan); // 0..4 in slots 0..4
+            let stale = {
+                let mut stale = MigrationPlan::new(4);
+                p.refresh(&[6, 6, 6, 7, 7, 7, 5, 5, 5, 4, 4, 4], &mut stale).unwrap();
+                stale
+            };
+            let before = *p.stats();
+            let kept: Vec<_> = p.residents().filter(|&(slot, _)| slot < 2).collect();
+
+            // Shrink to 2: the experts of slots 2 and 3 are demoted, the others stay put.
+            let dropped = p.residents().filter(|&(slot, _)| slot >= 2).count();
+            assert_eq!(p.set_budget(2), dropped, "{policy:?}");
+            assert_eq!((p.slots(), p.resident()), (2, kept.len()));
+            assert_eq!(p.residents().collect::<Vec<_>>(), kept);
+            assert_eq!(p.stats().demotions, before.demotions + dropped as u64);
+            // A plan made for four slots is refused where it names a dropped slot.
+            for &promotion in stale.promotions() {
+                if usize::from(promotion.slot) >= 2 {
+                    assert_eq!(
+                        p.check(promotion),
+                        Err(PlanError::SlotOutOfRange { slot: promotion.slot.into(), slots: 2 })
+                    );
+                }
+            }
+
+            // Grow past the expert count: clamped; the new slots are free and refreshes fill them.
+            assert_eq!(p.set_budget(100), 0);
+            assert_eq!((p.slots(), p.resident()), (8, kept.len()));
+            let mut plan = MigrationPlan::new(p.slots());
+            let ids: Vec<u32> = (0..8).collect();
+            let resident_before = p.resident();
+            p.plan_step(Step { index: 1, prefill: true, mode: Mode::Refresh }, &ids, &mut plan).unwrap();
+            commit_all(&mut p, &plan);
+            assert_eq!(p.resident(), 8, "{policy:?}: every expert fits once the budget allows");
+            // A demand policy's admissions are this step's misses; an interval policy's are hits.
+            let hits = if policy.is_demand() { resident_before } else { 8 };
+            assert_eq!(p.serve(&ids).hits as usize, hits, "{policy:?}");
+            for (slot, expert) in p.residents() {
+                assert_eq!(p.slot_of(expert), Some(slot));
+            }
+            // Down to nothing: everything from slow memory.
+            assert_eq!(p.set_budget(0), 8);
+            assert_eq!((p.slots(), p.resident()), (0, 0));
+            assert_eq!(p.serve(&ids).misses, 8);
         }
     }
 

@@ -154,9 +154,10 @@ impl SlotSink for Faulty<'_> {
 }
 
 /// A pool driven by arbitrary steps (every interval and demand policy, schedules, modes,
-/// prefill), migrated through a sink that fails at arbitrary writes, with every invariant
-/// checked after each operation: resident count within the slots, the slot table a bijection,
-/// and every slot the pool names holding exactly its expert's bytes.
+/// prefill) and budget changes, migrated through a sink that fails at arbitrary writes, with every
+/// invariant checked after each operation: resident count within the slots, the slot table a
+/// bijection, and every slot the pool names holding exactly its expert's bytes. The memory of
+/// slots a shrinking budget gives back is scribbled over, as a caller reusing it would.
 pub fn pool_ops(data: &[u8]) {
     let mut input = Input(data);
     let experts = usize::from(input.u8() % 24) + 1;
@@ -170,27 +171,28 @@ pub fn pool_ops(data: &[u8]) {
     let mut pool = ExpertPool::new(config).expect("a valid configuration");
     let (layout, stacks) = synthetic_layer(experts, 1, 2);
     let source = [borrow_layer(&layout, &stacks)];
-    let arena = SlotArena::new(&layout, pool.slots(), 8).expect("an arena");
+    // Room for every budget the pool can take; slot s lies at the same place whatever the count.
+    let arena = SlotArena::new(&layout, experts, 8).expect("an arena");
     let mut backing = vec![0u8; arena.total_bytes() + 8];
     let buffer = arena.fit(&mut backing).expect("fits");
-    let mut sink = Faulty { inner: ArenaSink::new(arena, 0, buffer).expect("a sink"), writes: 0, fail_at: 0 };
     let mut plan = MigrationPlan::new(pool.slots());
     pool.initial_plan(&mut plan);
     let mut step = 0u64;
     let mut ids = Vec::new();
     while !input.is_empty() {
         let op = input.u8();
-        sink.fail_at = match input.u8() {
+        let fail_at = match input.u8() {
             0..=191 => 0,
             n => usize::from(n - 191),
         };
-        sink.writes = 0;
-        match op % 4 {
+        let mut sink =
+            Faulty { inner: ArenaSink::new(arena.clone(), 0, &mut *buffer).expect("a sink"), writes: 0, fail_at };
+        match op % 5 {
             0 | 1 => {
                 ids.clear();
                 ids.extend((0..input.u8() % 12).map(|_| u32::from(input.u8() % (experts as u8 + 2))));
                 let mode = [Mode::Scheduled, Mode::Scheduled, Mode::Reuse, Mode::Refresh][usize::from(input.u8() % 4)];
-                let prefill = op % 4 == 1;
+                let prefill = op % 5 == 1;
                 let s = Step { index: step, prefill, mode };
                 step += 1;
                 pool.plan_step(s, &ids, &mut plan).expect("a short step");
@@ -202,22 +204,34 @@ pub fn pool_ops(data: &[u8]) {
             2 => {
                 let _ = migrate(&mut pool, &plan, &layout, &source[..], &mut sink);
             }
-            _ => {
+            3 => {
                 pool.serve(&ids);
             }
+            _ => {
+                let (slots, resident) = (pool.slots(), pool.resident());
+                let demoted = pool.set_budget(usize::from(input.u8() % 26));
+                assert_eq!(pool.resident() + demoted, resident);
+                assert!(pool.slots() <= experts);
+                // The caller reuses the memory given back.
+                for slot in pool.slots()..slots {
+                    if let Ok(range) = arena.slot_range(slot) {
+                        buffer[range].fill(0xEE);
+                    }
+                }
+            }
         }
-        check(&pool, &sink.inner);
+        check(&pool, &arena, buffer);
     }
 }
 
-fn check(pool: &ExpertPool, sink: &ArenaSink<'_>) {
+fn check(pool: &ExpertPool, arena: &SlotArena, buffer: &[u8]) {
     assert!(pool.resident() <= pool.slots());
     let residents: Vec<(usize, usize)> = pool.residents().collect();
     assert_eq!(residents.len(), pool.resident());
     for &(slot, expert) in &residents {
         assert_eq!(pool.slot_of(expert), Some(slot));
         for index in 0..3 {
-            let slab = sink.slab(slot, index).expect("slot in range");
+            let slab = arena.projection_bytes(buffer, slot, index).expect("slot in range");
             assert!(slab.iter().all(|&b| b == slab_byte(expert, index)), "slot {slot} lost expert {expert}'s bytes");
         }
     }

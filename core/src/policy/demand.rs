@@ -101,6 +101,14 @@ impl DemandCache {
         }
     }
 
+    /// Sizes the per-slot history for `slots` slots: dropped slots forget theirs, new slots start
+    /// empty.
+    pub(crate) fn set_slots(&mut self, slots: usize) {
+        self.uses.resize(slots, Uses::default());
+        self.admitted.resize(slots, EMPTY_SLOT);
+        self.admissions.reserve(slots.saturating_sub(self.admissions.len()));
+    }
+
     /// Whether this is Belady's policy.
     pub(crate) fn is_belady(&self) -> bool {
         self.kind == DemandKind::Belady

@@ -135,6 +135,13 @@ impl IntervalPlacement {
         }
     }
 
+    /// Reserves scratch space for `slots` slots, so refreshes keep from allocating.
+    pub(crate) fn set_slots(&mut self, slots: usize) {
+        self.targets.reserve(slots.saturating_sub(self.targets.len()));
+        self.victims.reserve(slots.saturating_sub(self.victims.len()));
+        self.free.reserve(slots.saturating_sub(self.free.len()));
+    }
+
     /// Whether the policy reads every expert's score on a refresh (rather than only the step's
     /// and the residents').
     pub(crate) fn scans_all_experts(&self) -> bool {

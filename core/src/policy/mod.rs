@@ -182,4 +182,12 @@ impl PolicyState {
             Policy::Belady => demand(DemandKind::Belady),
         }
     }
+
+    /// Sizes the per-slot state for `slots` slots (after the pool emptied the slots it drops).
+    pub(crate) fn set_slots(&mut self, slots: usize) {
+        match self {
+            Self::Interval(placement) => placement.set_slots(slots),
+            Self::Demand(cache) => cache.set_slots(slots),
+        }
+    }
 }
