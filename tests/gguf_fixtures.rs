@@ -75,7 +75,9 @@ fn every_fixture_matches_its_manifest() {
             let proj = projection(entry["projection"].as_str().unwrap());
             let layout = model.moe().layer(block).unwrap().layout();
             let (_, stack) = layout.find(proj).unwrap();
-            for slab in entry["slabs"].as_array().unwrap() {
+            // Under Miri, which hashes thousands of times slower, the first slab of each stack.
+            let sample = if cfg!(miri) { 1 } else { usize::MAX };
+            for slab in entry["slabs"].as_array().unwrap().iter().take(sample) {
                 let expert = u64_of(&slab["expert"]) as usize;
                 let got = model.expert(block, proj, expert).unwrap();
                 let offset = got.as_ptr().addr() - bytes.as_ptr().addr();
@@ -102,12 +104,14 @@ fn damaged_fixtures_are_refused_without_panicking() {
     let bytes = std::fs::read(fixtures().join("moe_fused.gguf")).unwrap();
     // Cut at every 97th byte and at the data section: each parse ends in an error or, once the
     // directory is whole, in tensors checked against the shorter file.
-    for len in (0..bytes.len()).step_by(97) {
+    // Under Miri, a sparser sample of both.
+    let (cut_step, flip_step) = if cfg!(miri) { (997, 13) } else { (97, 1) };
+    for len in (0..bytes.len()).step_by(cut_step) {
         assert!(GgufModel::new(&bytes[..len]).is_err(), "cut at {len}");
     }
     // Flip single bytes all over the header and directory: never a panic.
     let data_start = GgufFile::parse(&bytes).unwrap().data_start() as usize;
-    for at in 0..data_start {
+    for at in (0..data_start).step_by(flip_step) {
         let mut damaged = bytes.clone();
         damaged[at] ^= 0xFF;
         let _ = GgufModel::new(damaged.as_slice());
