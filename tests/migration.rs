@@ -214,6 +214,17 @@ fn stale_and_foreign_plans_are_refused() {
     pool.refresh(&[10, 10, 11], &mut plan).unwrap();
     let failure = migrate(&mut pool, &plan, &layout, &source[..], &mut small_sink).unwrap_err();
     assert!(matches!(failure.error, MigrateError::Sink(LayoutError::SlotOutOfRange { .. })));
+
+    // A plan made before a budget change: refused whole, even into slots that still exist.
+    pool.refresh(&[6, 6, 7, 7, 8, 8, 9, 9], &mut plan).unwrap();
+    assert!(!plan.is_empty());
+    let resident = pool.resident();
+    pool.set_budget(SLOTS - 1);
+    let failure = migrate(&mut pool, &plan, &layout, &source[..], &mut sink).unwrap_err();
+    assert_eq!(failure.error, MigrateError::Plan(PlanError::BudgetChanged { plan: 0, pool: 1 }));
+    assert_eq!(failure.completed.copied, 0);
+    assert!(pool.resident() <= resident);
+    assert_slots_hold_their_experts(&pool, &sink);
 }
 
 #[derive(Default)]

@@ -4,7 +4,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use expertslab::{migrate, ArenaSink, ExpertPool, MigrationPlan, PoolConfig, SlotArena};
+use expertslab::{migrate, ArenaSink, DecayConfig, ExpertPool, MigrationPlan, Policy, PoolConfig, SlotArena};
 use expertslab_tests::{borrow_layer, synthetic_layer};
 
 struct Counting;
@@ -57,29 +57,37 @@ fn refresh_serve_migrate_and_budget_changes_do_not_allocate() {
     let (layout, stacks) = synthetic_layer(EXPERTS as usize, 2, 8);
     let source = [borrow_layer(&layout, &stacks)];
     let arena = SlotArena::new(&layout, 16, 16).unwrap();
-    let mut buffer = vec![0u128; arena.total_bytes() / 16];
-    let mut sink = ArenaSink::new(arena, 0, bytemuck::cast_slice_mut(&mut buffer)).unwrap();
-    let mut pool = ExpertPool::new(PoolConfig::new(EXPERTS as usize, 16)).unwrap();
-    let mut plan = MigrationPlan::new(pool.slots());
     let trace: Vec<Vec<u32>> = (0..1000).map(|s| routing(s, 1 + s % 9, 4, EXPERTS)).collect();
-
-    let before = allocations();
-    pool.initial_plan(&mut plan);
-    migrate(&mut pool, &plan, &layout, &source[..], &mut sink).unwrap();
-    for (step, ids) in trace.iter().enumerate() {
-        // Budget changes within the most slots the pool has had allocate nothing either.
-        match step {
-            300 => assert!(pool.set_budget(5) > 0),
-            600 => assert_eq!(pool.set_budget(16), 0),
-            _ => {}
+    let stream: Vec<u32> = trace.concat();
+    let policies =
+        [Policy::Tide, Policy::Decay(DecayConfig::default()), Policy::Lru, Policy::Lfu, Policy::Lru2, Policy::Belady];
+    for policy in policies {
+        let mut buffer = vec![0u128; arena.total_bytes() / 16];
+        let mut sink = ArenaSink::new(arena.clone(), 0, bytemuck::cast_slice_mut(&mut buffer)).unwrap();
+        let mut pool = ExpertPool::new(PoolConfig::new(EXPERTS as usize, 16).policy(policy)).unwrap();
+        if policy == Policy::Belady {
+            pool.load_future(&stream).unwrap(); // evaluation only: allocates, before the count
         }
-        pool.refresh(ids, &mut plan).unwrap();
+        let mut plan = MigrationPlan::new(pool.slots());
+
+        let before = allocations();
+        pool.initial_plan(&mut plan);
         migrate(&mut pool, &plan, &layout, &source[..], &mut sink).unwrap();
-        pool.serve(ids);
+        for (step, ids) in trace.iter().enumerate() {
+            // Budget changes within the most slots the pool has had allocate nothing either.
+            match step {
+                300 => assert!(pool.set_budget(5) > 0, "{policy:?}"),
+                600 => assert_eq!(pool.set_budget(16), 0),
+                _ => {}
+            }
+            pool.refresh(ids, &mut plan).unwrap();
+            migrate(&mut pool, &plan, &layout, &source[..], &mut sink).unwrap();
+            pool.serve(ids);
+        }
+        let allocations = allocations() - before;
+        assert!(pool.stats().promotions > 100, "{policy:?}: the trace must move experts to prove anything");
+        assert_eq!(allocations, 0, "{policy:?}");
     }
-    let allocations = allocations() - before;
-    assert!(pool.stats().promotions > 100, "the trace must move experts to prove anything");
-    assert_eq!(allocations, 0);
 }
 
 #[test]

@@ -310,6 +310,13 @@ pub enum PlanError {
         /// The expert it holds.
         expert: usize,
     },
+    /// The plan was made before the pool's budget last changed.
+    BudgetChanged {
+        /// The plan's budget generation.
+        plan: u32,
+        /// The pool's.
+        pool: u32,
+    },
 }
 
 impl fmt::Display for PlanError {
@@ -329,6 +336,9 @@ impl fmt::Display for PlanError {
             }
             Self::SlotOccupied { slot, expert } => {
                 write!(f, "slot {slot} holds expert {expert}; the plan is stale")
+            }
+            Self::BudgetChanged { plan, pool } => {
+                write!(f, "the plan was made at budget generation {plan}, the pool is at {pool}; plan again")
             }
         }
     }

@@ -312,23 +312,19 @@ pub struct TensorInfo<'a> {
 }
 
 impl TensorInfo<'_> {
-    /// The tensor's byte range in the file.
+    /// The tensor's byte range in the file. The parser checked it lies inside the file; for a
+    /// `TensorInfo` built by hand, see [`GgufFile::tensor_data`].
     ///
     /// # Errors
-    /// [`GgufError::Tensor`] with [`TensorProblem::UnknownType`] when the type is unknown.
+    /// [`GgufError::Tensor`] with [`TensorProblem::UnknownType`] when the type is unknown, or
+    /// [`TensorProblem::OutOfBounds`] when the range does not fit the address space.
     pub fn range(&self) -> Result<Range<usize>, GgufError> {
-        match self.size {
-            Some(size) => {
-                #[allow(
-                    clippy::arithmetic_side_effects,
-                    reason = "the parser checked that the tensor ends inside the file"
-                )]
-                let end = self.data_offset + size;
-                // Both ends lie inside a file held in memory, so both fit usize.
-                Ok(self.data_offset as usize..end as usize)
-            }
-            None => Err(tensor_error(self.name, TensorProblem::UnknownType(self.ggml_type))),
-        }
+        let size = self.size.ok_or_else(|| tensor_error(self.name, TensorProblem::UnknownType(self.ggml_type)))?;
+        let out_of_bounds = || tensor_error(self.name, TensorProblem::OutOfBounds { start: self.data_offset, size });
+        let end = self.data_offset.checked_add(size).ok_or_else(out_of_bounds)?;
+        let start = usize::try_from(self.data_offset).map_err(|_| out_of_bounds())?;
+        let end = usize::try_from(end).map_err(|_| out_of_bounds())?;
+        Ok(start..end)
     }
 
     /// The stored dimensions, `ne[0]` first.
@@ -364,7 +360,10 @@ impl<'a> Cursor<'a> {
     }
 
     fn remaining(&self) -> u64 {
-        #[allow(clippy::arithmetic_side_effects, reason = "only `bytes` moves pos, and never past the end")]
+        #[allow(
+            clippy::arithmetic_side_effects,
+            reason = "pos only ever holds positions inside the data: `bytes` checks the end, rewinds go back"
+        )]
         let left = self.data.len() - self.pos;
         left as u64
     }
@@ -607,10 +606,15 @@ impl<'a> GgufFile<'a> {
     /// The bytes of `tensor`.
     ///
     /// # Errors
-    /// [`TensorProblem::UnknownType`] for a tensor of an unknown type.
+    /// [`TensorProblem::UnknownType`] for a tensor of an unknown type, [`TensorProblem::OutOfBounds`]
+    /// for one that does not lie inside this file (a `TensorInfo` of another file, or built by
+    /// hand).
     pub fn tensor_data(&self, tensor: &TensorInfo<'_>) -> Result<&'a [u8], GgufError> {
         let range = tensor.range()?;
-        Ok(self.data.get(range).unwrap_or(&[]))
+        self.data.get(range).ok_or_else(|| {
+            let (start, size) = (tensor.data_offset, tensor.size.unwrap_or(0));
+            tensor_error(tensor.name, TensorProblem::OutOfBounds { start, size })
+        })
     }
 
     /// The MoE layers of the file: every block with expert tensors.
@@ -1358,6 +1362,22 @@ mod tests {
         bytes[24 + 8 + 26 + 4 + 24..][..4].copy_from_slice(&1000u32.to_le_bytes());
         let file = GgufFile::parse(&bytes).unwrap();
         assert!(matches!(file.moe(), Err(GgufError::Tensor { problem: TensorProblem::UnknownType(1000), .. })));
+    }
+
+    #[test]
+    fn tensor_records_built_by_hand_are_checked_where_used() {
+        let bytes = Writer::new().tensor("t", &[32], Format::F32).build();
+        let file = GgufFile::parse(&bytes).unwrap();
+        let t = file.tensor("t").unwrap();
+        assert_eq!(file.tensor_data(t).unwrap().len(), 128);
+        let out_of_bounds =
+            |start, size| GgufError::Tensor { name: "t".into(), problem: TensorProblem::OutOfBounds { start, size } };
+        // Past the end of the address space, and past the end of this file.
+        let wrapped = TensorInfo { data_offset: u64::MAX - 1, ..t.clone() };
+        assert_eq!(wrapped.range().unwrap_err(), out_of_bounds(u64::MAX - 1, 128));
+        assert_eq!(file.tensor_data(&wrapped).unwrap_err(), out_of_bounds(u64::MAX - 1, 128));
+        let beyond = TensorInfo { data_offset: bytes.len() as u64, ..t.clone() };
+        assert_eq!(file.tensor_data(&beyond).unwrap_err(), out_of_bounds(bytes.len() as u64, 128));
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub struct Promotion {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MigrationPlan {
     layer: usize,
+    /// The pool's budget generation when the plan was made (see [`crate::ExpertPool::set_budget`]).
+    budget_generation: u32,
     promotions: Vec<Promotion>,
 }
 
@@ -29,12 +31,18 @@ impl MigrationPlan {
     /// An empty plan with room for `capacity` promotions (the pool's slot count avoids any later
     /// allocation).
     pub fn new(capacity: usize) -> Self {
-        Self { layer: 0, promotions: Vec::with_capacity(capacity) }
+        Self { layer: 0, budget_generation: 0, promotions: Vec::with_capacity(capacity) }
     }
 
     /// The layer the plan was made for.
     pub const fn layer(&self) -> usize {
         self.layer
+    }
+
+    /// The pool's budget generation when the plan was made: plans from before a budget change
+    /// are refused by [`crate::ExpertPool::check_planned`].
+    pub const fn budget_generation(&self) -> u32 {
+        self.budget_generation
     }
 
     /// The promotions, in copy order.
@@ -52,10 +60,11 @@ impl MigrationPlan {
         self.promotions.len()
     }
 
-    /// Starts a new plan for `layer`, keeping the storage and making room for `capacity`
-    /// promotions.
-    pub(crate) fn reset(&mut self, layer: usize, capacity: usize) {
+    /// Starts a new plan for `layer` at budget generation `budget_generation`, keeping the
+    /// storage and making room for `capacity` promotions.
+    pub(crate) fn reset(&mut self, layer: usize, budget_generation: u32, capacity: usize) {
         self.layer = layer;
+        self.budget_generation = budget_generation;
         self.promotions.clear();
         self.promotions.reserve(capacity);
     }

@@ -9,7 +9,9 @@
 //! # State
 //! Per expert one `u32`: its slot while resident (a hit-count scratch word during a refresh,
 //! rebuilt from the slot table before the refresh returns). Per slot: the expert it holds and the
-//! policy's scratch. Nothing is allocated after [`ExpertPool::new`].
+//! policy's scratch. Nothing is allocated after [`ExpertPool::new`], except when
+//! [`ExpertPool::set_budget`] grows the pool past the most slots it has had (and by
+//! [`ExpertPool::load_future`], for evaluation).
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -31,6 +33,9 @@ const ADMITTING_MISS: u32 = 1 << 31;
 pub const MAX_EXPERTS: usize = u16::MAX as usize;
 /// The most routing ids one step may carry (per-expert counters stay below their flag bits).
 pub const MAX_STEP_IDS: usize = COUNT_MASK as usize;
+
+// A step's largest hit count stays clear of every flag bit a per-expert word carries.
+const _: () = assert!(COUNT_MASK & (RESIDENT | ADMITTING_MISS) == 0);
 
 /// The longest routing stream [`ExpertPool::load_future`] takes: positions are `u32`, and
 /// `u32::MAX` marks "never used again".
@@ -118,7 +123,7 @@ pub struct PoolStats {
     pub refreshes: u64,
     /// Promotions committed (copies completed).
     pub promotions: u64,
-    /// Demotions (slots freed by refreshes).
+    /// Demotions (slots freed by refreshes, and by budget changes that drop slots).
     pub demotions: u64,
     /// Valid ids served from a resident expert.
     pub hits: u64,
@@ -188,6 +193,8 @@ pub struct ExpertPool {
     policy: PolicyState,
     initial: InitialPlacement,
     stats: PoolStats,
+    /// Bumped by every budget change; plans carry the generation they were made at.
+    budget_generation: u32,
 }
 
 impl ExpertPool {
@@ -214,6 +221,7 @@ impl ExpertPool {
             policy: PolicyState::new(policy, experts, slots),
             initial,
             stats: PoolStats::default(),
+            budget_generation: 0,
         })
     }
 
@@ -254,12 +262,20 @@ impl ExpertPool {
     /// caller's again. Growing adds free slots, which later refreshes or admissions fill. Every
     /// other resident keeps its slot, and a [`crate::SlotArena`] places slot `s` at the same
     /// offset whatever the slot count, so an arena for the new count over the same bytes still
-    /// holds them. A plan made before the change is refused where it names a slot that is gone
-    /// (make plans afresh, sized by [`ExpertPool::slots`]).
+    /// holds them.
+    ///
+    /// Plans made before a change are refused ([`PlanError::BudgetChanged`]): plan again. A
+    /// custom migrator must not commit a copy it checked before the change either, since the
+    /// caller may have reused the slot's memory in between; [`ExpertPool::check_planned`] with
+    /// the plan, called again just before committing, catches that.
     ///
     /// Allocates only when growing past the most slots the pool has had.
     pub fn set_budget(&mut self, budget: usize) -> usize {
         let slots = budget.min(self.experts());
+        if slots == self.slots() {
+            return 0;
+        }
+        self.budget_generation = self.budget_generation.wrapping_add(1);
         let mut demoted = 0usize;
         for &expert in self.slot_expert.get(slots..).unwrap_or(&[]) {
             if let Some(word) = self.expert_slot.get_mut(usize::from(expert)) {
@@ -341,7 +357,7 @@ impl ExpertPool {
     /// that is still free and whose expert is not resident elsewhere; for a cold start, nothing.
     /// Migrate it before the first step.
     pub fn initial_plan(&self, plan: &mut MigrationPlan) {
-        plan.reset(self.layer, self.slots());
+        plan.reset(self.layer, self.budget_generation, self.slots());
         if self.initial == InitialPlacement::Cold {
             return;
         }
@@ -375,7 +391,7 @@ impl ExpertPool {
             self.refresh(ids, plan)?;
         } else {
             check_step(ids.len())?;
-            plan.reset(self.layer, 0);
+            plan.reset(self.layer, self.budget_generation, 0);
             match &mut self.policy {
                 PolicyState::Interval(placement) => placement.observe(ids),
                 PolicyState::Demand(cache) => {
@@ -403,7 +419,7 @@ impl ExpertPool {
     /// unchanged.
     pub fn refresh(&mut self, ids: &[u32], plan: &mut MigrationPlan) -> Result<(), PoolError> {
         check_step(ids.len())?;
-        plan.reset(self.layer, self.slots());
+        plan.reset(self.layer, self.budget_generation, self.slots());
         self.stats.refreshes = self.stats.refreshes.saturating_add(1);
         let placement = match &mut self.policy {
             PolicyState::Interval(placement) => placement,
@@ -568,14 +584,17 @@ impl ExpertPool {
     }
 
     /// Checks one promotion of `plan`, as a migrator walks it: first that `plan` was made for this
-    /// pool's layer, then as [`ExpertPool::check`].
+    /// pool's layer and since its last budget change, then as [`ExpertPool::check`].
     ///
     /// # Errors
-    /// [`PlanError::LayerMismatch`] for a plan of another layer, otherwise as
-    /// [`ExpertPool::check`].
+    /// [`PlanError::LayerMismatch`] for a plan of another layer, [`PlanError::BudgetChanged`] for
+    /// a plan made before a budget change, otherwise as [`ExpertPool::check`].
     pub fn check_planned(&self, plan: &MigrationPlan, promotion: Promotion) -> Result<PromotionState, PlanError> {
         if plan.layer() != self.layer {
             return Err(PlanError::LayerMismatch { plan: plan.layer(), pool: self.layer });
+        }
+        if plan.budget_generation() != self.budget_generation {
+            return Err(PlanError::BudgetChanged { plan: plan.budget_generation(), pool: self.budget_generation });
         }
         self.check(promotion)
     }
@@ -632,15 +651,12 @@ mod tests {
     }
 
     #[test]
-    fn the_step_limit_keeps_counts_below_the_flag_bits() {
+    fn the_step_limit_is_inclusive() {
         assert_eq!(check_step(MAX_STEP_IDS), Ok(()));
         assert_eq!(
             check_step(MAX_STEP_IDS + 1),
             Err(PoolError::TooManyIds { ids: MAX_STEP_IDS + 1, max: MAX_STEP_IDS })
         );
-        // The largest count a step can make stays clear of every flag bit.
-        assert_eq!(MAX_STEP_IDS as u32 & !COUNT_MASK, 0);
-        assert_eq!(COUNT_MASK & (RESIDENT | ADMITTING_MISS), 0);
     }
 
     fn commit_all(pool: &mut ExpertPool, plan: &MigrationPlan) {
@@ -657,51 +673,55 @@ mod tests {
             let mut p = ExpertPool::new(PoolConfig::new(8, 4).policy(policy)).unwrap();
             let mut plan = MigrationPlan::new(4);
             p.initial_plan(&mut plan);
-            commit_all(&mut p, &plan); // 0..4 in slots 0..4
-            let stale = {
-                let mut stale = MigrationPlan::new(4);
-                p.refresh(&[6, 6, 6, 7, 7, 7, 5, 5, 5, 4, 4, 4], &mut stale).unwrap();
-                stale
-            };
-            let before = *p.stats();
-            let kept: Vec<_> = p.residents().filter(|&(slot, _)| slot < 2).collect();
+            commit_all(&mut p, &plan); // experts 0..4 in slots 0..4
 
             // Shrink to 2: the experts of slots 2 and 3 are demoted, the others stay put.
-            let dropped = p.residents().filter(|&(slot, _)| slot >= 2).count();
-            assert_eq!(p.set_budget(2), dropped, "{policy:?}");
-            assert_eq!((p.slots(), p.resident()), (2, kept.len()));
-            assert_eq!(p.residents().collect::<Vec<_>>(), kept);
-            assert_eq!(p.stats().demotions, before.demotions + dropped as u64);
-            // A plan made for four slots is refused where it names a dropped slot.
-            for &promotion in stale.promotions() {
-                if usize::from(promotion.slot) >= 2 {
-                    assert_eq!(
-                        p.check(promotion),
-                        Err(PlanError::SlotOutOfRange { slot: promotion.slot.into(), slots: 2 })
-                    );
-                }
-            }
+            assert_eq!(p.set_budget(2), 2, "{policy:?}");
+            assert_eq!(p.residents().collect::<Vec<_>>(), [(0, 0), (1, 1)]);
+            assert_eq!((p.slots(), p.resident(), p.stats().demotions), (2, 2, 2));
+            assert!(!p.is_resident(2) && !p.is_resident(3));
+            assert_eq!(p.set_budget(2), 0, "no change, nothing demoted");
 
-            // Grow past the expert count: clamped; the new slots are free and refreshes fill them.
+            // Grow past the expert count: clamped; the new slots are free and a refresh fills
+            // them around the residents, which keep their slots.
             assert_eq!(p.set_budget(100), 0);
-            assert_eq!((p.slots(), p.resident()), (8, kept.len()));
+            assert_eq!((p.slots(), p.resident()), (8, 2));
             let mut plan = MigrationPlan::new(p.slots());
             let ids: Vec<u32> = (0..8).collect();
-            let resident_before = p.resident();
             p.plan_step(Step { index: 1, prefill: true, mode: Mode::Refresh }, &ids, &mut plan).unwrap();
+            assert!(plan.promotions().iter().all(|m| m.slot >= 2 && m.evicted.is_none()), "{policy:?}");
             commit_all(&mut p, &plan);
             assert_eq!(p.resident(), 8, "{policy:?}: every expert fits once the budget allows");
+            assert_eq!((p.slot_of(0), p.slot_of(1)), (Some(0), Some(1)));
             // A demand policy's admissions are this step's misses; an interval policy's are hits.
-            let hits = if policy.is_demand() { resident_before } else { 8 };
+            let hits = if policy.is_demand() { 2 } else { 8 };
             assert_eq!(p.serve(&ids).hits as usize, hits, "{policy:?}");
-            for (slot, expert) in p.residents() {
-                assert_eq!(p.slot_of(expert), Some(slot));
-            }
+
             // Down to nothing: everything from slow memory.
             assert_eq!(p.set_budget(0), 8);
             assert_eq!((p.slots(), p.resident()), (0, 0));
             assert_eq!(p.serve(&ids).misses, 8);
         }
+    }
+
+    #[test]
+    fn plans_from_before_a_budget_change_are_refused() {
+        let mut p = pool(8, 4, InitialPlacement::Cold);
+        let mut plan = MigrationPlan::new(4);
+        p.refresh(&[4, 5, 6, 7], &mut plan).unwrap();
+        let into_slot_3 = *plan.promotions().iter().find(|m| m.slot == 3).unwrap();
+        assert_eq!(p.check_planned(&plan, into_slot_3), Ok(PromotionState::Pending));
+        // Shrink, then grow back: slot 3 exists again, but its memory may have been reused.
+        p.set_budget(2);
+        p.set_budget(4);
+        let changed = Err(PlanError::BudgetChanged { plan: 0, pool: 2 });
+        for &promotion in plan.promotions() {
+            assert_eq!(p.check_planned(&plan, promotion), changed);
+        }
+        // A plan made now is accepted.
+        p.refresh(&[4, 5, 6, 7], &mut plan).unwrap();
+        assert_eq!(plan.budget_generation(), 2);
+        assert!(plan.promotions().iter().all(|&m| p.check_planned(&plan, m) == Ok(PromotionState::Pending)));
     }
 
     #[test]

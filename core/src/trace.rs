@@ -348,7 +348,7 @@ impl<'a> Scanner<'a> {
             return Ok(());
         }
         loop {
-            self.skip_ws();
+            // An id's column is where it starts after `[` or right after its comma.
             let at_id = self.syntax();
             let id = self.integer()?;
             ids.push(u32::try_from(id).map_err(|_| at_id)?);
@@ -506,6 +506,8 @@ mod tests {
         // The byte where the text stops being this format's JSON.
         assert_eq!(column(r#"{"ids":[1,2.5]}"#), Some(11));
         assert_eq!(column(r#"{"ids":[1,4294967296]}"#), Some(10));
+        assert_eq!(column(r#"{"ids":[1, 4294967296]}"#), Some(10));
+        assert_eq!(column(r#"{"ids":[ 4294967296]}"#), Some(9));
         assert_eq!(column(r#"{"ids":[1, -2]}"#), Some(11));
         assert_eq!(column(r#"{"ids":[1,]}"#), Some(10));
         assert_eq!(column(r#"{"ids":[1 2]}"#), Some(10));
