@@ -57,7 +57,10 @@ fn refresh_serve_migrate_and_budget_changes_do_not_allocate() {
     let (layout, stacks) = synthetic_layer(EXPERTS as usize, 2, 8);
     let source = [borrow_layer(&layout, &stacks)];
     let arena = SlotArena::new(&layout, 16, 16).unwrap();
-    let trace: Vec<Vec<u32>> = (0..1000).map(|s| routing(s, 1 + s % 9, 4, EXPERTS)).collect();
+    // Miri runs each step thousands of times slower: a shorter trace there.
+    let steps: u32 = if cfg!(miri) { 120 } else { 1000 };
+    let (shrink_at, grow_at) = (steps as usize * 3 / 10, steps as usize * 6 / 10);
+    let trace: Vec<Vec<u32>> = (0..steps).map(|s| routing(s, 1 + s % 9, 4, EXPERTS)).collect();
     let stream: Vec<u32> = trace.concat();
     let policies =
         [Policy::Tide, Policy::Decay(DecayConfig::default()), Policy::Lru, Policy::Lfu, Policy::Lru2, Policy::Belady];
@@ -76,8 +79,8 @@ fn refresh_serve_migrate_and_budget_changes_do_not_allocate() {
         for (step, ids) in trace.iter().enumerate() {
             // Budget changes within the most slots the pool has had allocate nothing either.
             match step {
-                300 => assert!(pool.set_budget(5) > 0, "{policy:?}"),
-                600 => assert_eq!(pool.set_budget(16), 0),
+                s if s == shrink_at => assert!(pool.set_budget(5) > 0, "{policy:?}"),
+                s if s == grow_at => assert_eq!(pool.set_budget(16), 0),
                 _ => {}
             }
             pool.refresh(ids, &mut plan).unwrap();
@@ -85,7 +88,8 @@ fn refresh_serve_migrate_and_budget_changes_do_not_allocate() {
             pool.serve(ids);
         }
         let allocations = allocations() - before;
-        assert!(pool.stats().promotions > 100, "{policy:?}: the trace must move experts to prove anything");
+        let moved = pool.stats().promotions;
+        assert!(moved > u64::from(steps) / 10, "{policy:?}: the trace must move experts to prove anything");
         assert_eq!(allocations, 0, "{policy:?}");
     }
 }
