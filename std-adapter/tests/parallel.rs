@@ -3,8 +3,8 @@
 //! slot free, and migrating the same plan again converges. Sequential and parallel paths agree.
 
 use expertslab_std::{
-    ExpertPool, ExpertSource, LayerStacks, LayoutError, MigrateError, MigrationPlan, ParallelMigrator, PoolConfig,
-    Projection, SlotArena,
+    ExpertLayout, ExpertPool, ExpertSource, LayerStacks, LayoutError, MigrateError, MigrationPlan, ParallelMigrator,
+    PoolConfig, Projection, SlotArena,
 };
 use expertslab_tests::{borrow_layer, slab_byte, synthetic_layer};
 
@@ -44,6 +44,25 @@ fn assert_slots_hold_their_experts(pool: &ExpertPool, arena: &SlotArena, buffer:
     }
 }
 
+/// A pool of `EXPERTS` experts in `SLOTS` slots whose warm start `migrator` has copied into
+/// `buffer`, and its plan, ready for the next refresh.
+fn warm_pool<S>(
+    migrator: &ParallelMigrator,
+    layout: &ExpertLayout,
+    source: &S,
+    arena: &SlotArena,
+    buffer: &mut [u8],
+) -> (ExpertPool, MigrationPlan)
+where
+    S: ExpertSource<Error = LayoutError> + Sync + ?Sized,
+{
+    let mut pool = ExpertPool::new(PoolConfig::new(EXPERTS, SLOTS)).unwrap();
+    let mut plan = MigrationPlan::new(SLOTS);
+    pool.initial_plan(&mut plan);
+    migrator.migrate(&mut pool, &plan, layout, source, arena, buffer).unwrap();
+    (pool, plan)
+}
+
 #[test]
 fn parallel_and_sequential_paths_fill_the_same_slots() {
     let (layout, stacks) = synthetic_layer(EXPERTS, 16, 32);
@@ -54,10 +73,7 @@ fn parallel_and_sequential_paths_fill_the_same_slots() {
     for migrator in [ParallelMigrator::with_threshold(0), ParallelMigrator::with_threshold(usize::MAX)] {
         let mut backing = vec![0u8; arena.total_bytes() + 64];
         let buffer = arena.fit(&mut backing).unwrap();
-        let mut pool = ExpertPool::new(PoolConfig::new(EXPERTS, SLOTS)).unwrap();
-        let mut plan = MigrationPlan::new(SLOTS);
-        pool.initial_plan(&mut plan);
-        migrator.migrate(&mut pool, &plan, &layout, &source[..], &arena, buffer).unwrap();
+        let (mut pool, mut plan) = warm_pool(&migrator, &layout, &source[..], &arena, buffer);
         for ids in steps {
             pool.refresh(ids, &mut plan).unwrap();
             let report = migrator.migrate(&mut pool, &plan, &layout, &source[..], &arena, buffer).unwrap();
@@ -86,15 +102,12 @@ fn a_failing_promotion_anywhere_leaves_the_pool_consistent_and_a_retry_converges
         for migrator in [ParallelMigrator::with_threshold(0), ParallelMigrator::with_threshold(usize::MAX)] {
             let mut backing = vec![0u8; arena.total_bytes() + 16];
             let buffer = arena.fit(&mut backing).unwrap();
-            let mut pool = ExpertPool::new(PoolConfig::new(EXPERTS, SLOTS)).unwrap();
-            let mut plan = MigrationPlan::new(SLOTS);
-            pool.initial_plan(&mut plan);
-            migrator.migrate(&mut pool, &plan, &layout, &layers[..], &arena, buffer).unwrap();
+            let (mut pool, mut plan) = warm_pool(&migrator, &layout, &layers[..], &arena, buffer);
             pool.refresh(&ids, &mut plan).unwrap();
             let source = FailingAt { inner: &layers, expert: failing, projection, short };
             let failure = migrator.migrate(&mut pool, &plan, &layout, &source, &arena, buffer).unwrap_err();
             if short {
-                let expected = layout.projections().iter().find(|(p, _)| *p == projection).unwrap().1.expert_bytes();
+                let expected = layout.find(projection).unwrap().1.expert_bytes();
                 let error = MigrateError::SlabLength { projection, expected, actual: expected - 1 };
                 assert_eq!(failure.error, error);
             } else {
