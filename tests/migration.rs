@@ -140,7 +140,7 @@ fn a_failure_at_any_point_loses_nothing_and_a_retry_converges() {
 
 /// A source that lies about slab lengths or fails.
 struct BadSource<'a> {
-    inner: &'a [LayerStacks<'a>],
+    inner: &'a [LayerStacks<&'a [u8]>],
     short: bool,
 }
 

@@ -97,6 +97,7 @@ pub mod schedule;
 pub mod shared;
 pub mod sink;
 pub mod source;
+pub mod step;
 pub mod synthetic;
 pub mod trace;
 pub mod view;
@@ -118,7 +119,8 @@ pub use pool::{
 pub use schedule::{Mode, Schedule, Step};
 pub use shared::SharedPool;
 pub use sink::{ArenaSink, ParamSink, SlotSink, SlotWrite};
-pub use source::{ExpertSource, LayerStacks, LayeredSource, StackSource};
+pub use source::{ExpertSource, LayerStacks, LayeredSource, StackBytes, StackSource};
+pub use step::{StepError, StepStats};
 pub use view::{cast_bytes, copy_bytes, copy_expert, expert_as};
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 
 use divan::Bencher;
 use expertslab_std::{
-    ExpertLayout, ExpertPool, ExpertStore, Format, InitialPlacement, LayerWeights, MigrationPlan, ParallelMigrator,
+    ExpertLayout, ExpertPool, ExpertStore, Format, InitialPlacement, LayerStacks, MigrationPlan, ParallelMigrator,
     PoolConfig, Projection, SharedBytes, SlotArena, StackLayout,
 };
 
@@ -26,8 +26,8 @@ fn setup(count: usize, size: usize) -> Setup {
     let layout = ExpertLayout::new(&[(Projection::Down, stack)]).expect("layout");
     let bytes: Vec<u8> = (0..count * size).map(|i| (i % 251) as u8).collect();
     let mut store = ExpertStore::new();
-    let weights = LayerWeights::new(layout.clone(), vec![SharedBytes::copy_from(&bytes)]).expect("weights");
-    store.insert(0, weights);
+    let weights = LayerStacks::new(layout.clone(), &[SharedBytes::copy_from(&bytes)]).expect("weights");
+    store.insert(0, weights).expect("stored");
     let arena = SlotArena::new(&layout, count, 64).expect("arena");
     let mut backing = vec![0u8; arena.total_bytes() + 64];
     backing.fill(1); // touch every page before measuring
@@ -73,11 +73,11 @@ fn rayon<const N: usize>(bencher: Bencher, size: usize) {
 #[divan::bench(consts = COUNTS, args = SIZES, sample_count = 20)]
 fn plain_copy<const N: usize>(bencher: Bencher, size: usize) {
     let mut s = setup(N, size);
-    let source = s.store.layer(0).expect("layer").stack(Projection::Down).expect("stack").clone();
+    let source = s.store.layer(0).expect("layer").stack(Projection::Down).expect("stack").to_vec();
     let stride = s.arena.slot_stride();
     let buffer = s.arena.fit(&mut s.backing).expect("fits");
     bencher.counter(divan::counter::BytesCount::new(N * size)).bench_local(|| {
-        for (slot, slab) in buffer.chunks_mut(stride).zip(source.as_bytes().chunks(size)) {
+        for (slot, slab) in buffer.chunks_mut(stride).zip(source.chunks(size)) {
             slot[..size].copy_from_slice(slab);
         }
     });

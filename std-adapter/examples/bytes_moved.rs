@@ -9,8 +9,7 @@ use std::num::NonZeroU32;
 
 use expertslab_std::synthetic::{RoutingShape, SyntheticRouting};
 use expertslab_std::{
-    ExpertStore, LayerWeights, Offloader, ParamSink, PoolConfig, Projection, RoutingCapture, Schedule, SharedBytes,
-    Step,
+    ExpertStore, LayerStacks, Offloader, ParamSink, PoolConfig, Projection, RoutingCapture, Schedule, SharedBytes, Step,
 };
 use expertslab_tests::synthetic_layer;
 
@@ -36,7 +35,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     let mut store = ExpertStore::new();
     for layer in 0..LAYERS {
         let (layout, stacks) = synthetic_layer(EXPERTS, 32, 64);
-        store.insert(layer, LayerWeights::new(layout, stacks.iter().map(|s| SharedBytes::copy_from(s)).collect())?);
+        let shared: Vec<_> = stacks.iter().map(|s| SharedBytes::copy_from(s)).collect();
+        store.insert(layer, LayerStacks::new(layout, &shared)?)?;
     }
     let expert_kib = store.layer(0).map_or(0, |l| l.layout().expert_bytes()) / 1024;
     println!("{LAYERS} layers × {EXPERTS} experts of {expert_kib} KiB, 1 token × top-{TOP_K} per step, {STEPS} steps");

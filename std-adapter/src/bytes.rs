@@ -128,11 +128,14 @@ impl SharedBytes {
     /// # Errors
     /// [`LayoutError::LengthMismatch`] when `range` reaches past the end (or is reversed).
     pub fn slice(&self, range: Range<usize>) -> Result<Self, LayoutError> {
+        let outside = LayoutError::LengthMismatch { expected: range.end, actual: self.len() };
         if range.start > range.end || range.end > self.len() {
-            return Err(LayoutError::LengthMismatch { expected: range.end, actual: self.len() });
+            return Err(outside);
         }
-        let start = self.range.start + range.start;
-        Ok(Self { owner: Arc::clone(&self.owner), range: start..start + range.len() })
+        // Both ends lie within this handle's range, which lies within the owner's bytes.
+        let start = self.range.start.checked_add(range.start).ok_or(outside)?;
+        let end = self.range.start.checked_add(range.end).ok_or(outside)?;
+        Ok(Self { owner: Arc::clone(&self.owner), range: start..end })
     }
 
     /// The bytes as a slice of `T`, without copying.

@@ -17,7 +17,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use expertslab_std::{
-//!     ExpertLayout, ExpertStore, Format, LayerWeights, Offloader, PoolConfig, Projection,
+//!     ExpertLayout, ExpertStore, Format, LayerStacks, Offloader, PoolConfig, Projection,
 //!     RoutingCapture, SharedBytes, StackLayout, Step,
 //! };
 //!
@@ -28,7 +28,7 @@
 //! let weights: Arc<[f32]> = (0..8 * 16).map(|i| i as f32).collect();
 //! let shared = SharedBytes::from_typed(weights);
 //! let mut store = ExpertStore::new();
-//! store.insert(0, LayerWeights::new(layout, vec![shared.clone(), shared.clone(), shared])?);
+//! store.insert(0, LayerStacks::new(layout, &[shared.clone(), shared.clone(), shared])?)?;
 //!
 //! // Two slots per layer, 64-byte aligned, refreshed every step.
 //! let mut model = Offloader::new(store, PoolConfig::new(8, 2), 64)?;
@@ -46,6 +46,10 @@
 
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)
+)]
 
 pub mod bytes;
 pub mod capture;
@@ -62,4 +66,4 @@ pub use expertslab::*;
 pub use offload::{Offloader, StepReport};
 pub use parallel::ParallelMigrator;
 pub use recorder::{read_trace, TraceRecorder};
-pub use store::{open_gguf, ExpertStore, LayerWeights};
+pub use store::{open_gguf, ExpertStore, StoredStack};

@@ -4,7 +4,7 @@
 
 use expertslab::{
     push_stacks, ExpertLayout, ExpertPool, LayerPools, LayeredSource, LayoutError, MigrateReport, MigrationPlan,
-    ParamSink, PoolConfig, PoolStats, Projection, PushError, SlotArena, StackSource, Step,
+    ParamSink, PoolConfig, PoolStats, Projection, PushError, SlotArena, StackSource, Step, StepError, StepStats,
 };
 
 use crate::capture::RoutingCapture;
@@ -19,7 +19,7 @@ struct LayerSlots {
     buffer: Vec<u8>,
 }
 
-/// What one step did, over all layers.
+/// What one step did, over all layers. Counts saturate rather than wrap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StepReport {
     /// Layers that refreshed.
@@ -30,6 +30,27 @@ pub struct StepReport {
     pub hits: u64,
     /// Ids served from slow memory.
     pub misses: u64,
+}
+
+impl StepReport {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &StepReport) {
+        self.refreshed = self.refreshed.saturating_add(other.refreshed);
+        self.migrated.add(&other.migrated);
+        self.hits = self.hits.saturating_add(other.hits);
+        self.misses = self.misses.saturating_add(other.misses);
+    }
+}
+
+impl From<StepStats> for StepReport {
+    fn from(stats: StepStats) -> Self {
+        Self {
+            refreshed: usize::from(stats.refreshed),
+            migrated: stats.migrated,
+            hits: u64::from(stats.served.hits),
+            misses: u64::from(stats.served.misses),
+        }
+    }
 }
 
 /// A model whose experts live in `source` and whose fast memory is one slot arena per MoE layer.
@@ -66,7 +87,7 @@ where
             let config = config.layer(layer).experts(layout.experts());
             let arena = SlotArena::new(&layout, ExpertPool::new(config)?.slots(), align)?;
             // Room to align the arena's start inside the buffer.
-            let bytes = arena.total_bytes().checked_add(align - 1).ok_or(LayoutError::Overflow)?;
+            let bytes = arena.total_bytes().checked_add(align.saturating_sub(1)).ok_or(LayoutError::Overflow)?;
             let mut buffer = Vec::new();
             buffer.try_reserve_exact(bytes).map_err(|_| Error::Allocation { bytes })?;
             buffer.resize(bytes, 0);
@@ -101,13 +122,9 @@ where
     /// As [`Offloader::step_layer`]; layers before a failing one have stepped.
     pub fn step(&mut self, step: Step, capture: &RoutingCapture) -> Result<StepReport, Error> {
         let mut report = StepReport::default();
-        let layers: Vec<usize> = self.pools.pools().iter().map(ExpertPool::layer).collect();
-        for layer in layers {
-            let r = self.step_layer(layer, step, capture.ids(layer))?;
-            report.refreshed += r.refreshed;
-            report.migrated.add(&r.migrated);
-            report.hits += r.hits;
-            report.misses += r.misses;
+        for position in 0..self.pools.len() {
+            let Some(layer) = self.pools.pools().get(position).map(ExpertPool::layer) else { break };
+            report.add(&self.step_layer(layer, step, capture.ids(layer))?);
         }
         Ok(report)
     }
@@ -118,7 +135,9 @@ where
     ///
     /// # Errors
     /// [`Error::Layout`] for a layer without experts, [`Error::Pool`] for a step with too many
-    /// ids, [`Error::Migrate`] when a copy failed (the layer's pool stays consistent).
+    /// ids, [`Error::Migrate`] when a copy failed: the ids were served all the same (the pool's
+    /// statistics count them, the failed promotions' pairs as misses) and the pool stays
+    /// consistent.
     pub fn step_layer(&mut self, layer: usize, step: Step, ids: &[u32]) -> Result<StepReport, Error> {
         let position = self.position(layer)?;
         let (Some(pool), Some(plan), Some(slots)) =
@@ -126,15 +145,16 @@ where
         else {
             return Err(LayoutError::LayerOutOfRange { layer, layers: position }.into());
         };
-        let refreshed = pool.plan_step(step, ids, plan)?;
-        let migrated = Self::migrate_layer(&self.migrator, &self.source, pool, plan, slots)?;
-        let served = pool.serve(ids);
-        Ok(StepReport {
-            refreshed: usize::from(refreshed),
-            migrated,
-            hits: u64::from(served.hits),
-            misses: u64::from(served.misses),
-        })
+        let (migrator, source) = (&self.migrator, &self.source);
+        let LayerSlots { layout, arena, buffer } = slots;
+        let buffer = arena.fit(buffer)?;
+        let stats = pool
+            .step_with(step, ids, plan, |pool, plan| migrator.migrate(pool, plan, layout, source, arena, buffer))
+            .map_err(|error| match error {
+                StepError::Migrate { failure, .. } => Error::Migrate { layer, failure },
+                StepError::Pool(error) => Error::Pool(error),
+            })?;
+        Ok(StepReport::from(stats))
     }
 
     fn migrate_plans(&mut self) -> Result<MigrateReport, Error> {
@@ -171,7 +191,10 @@ where
         expert: usize,
     ) -> Result<(&[u8], bool), LayoutError> {
         let position = self.position(layer)?;
-        let (pool, slots) = (&self.pools.pools()[position], &self.slots[position]);
+        let missing = LayoutError::LayerOutOfRange { layer, layers: self.pools.len() };
+        let (Some(pool), Some(slots)) = (self.pools.pools().get(position), self.slots.get(position)) else {
+            return Err(missing);
+        };
         match pool.slot_of(expert) {
             Some(slot) => {
                 let (index, _) = slots.layout.find(projection)?;
@@ -215,7 +238,7 @@ where
     pub fn push_full<K: ParamSink>(&self, sink: &mut K) -> Result<u64, PushError<LayoutError, K::Error>> {
         let mut bytes = 0;
         for (pool, slots) in self.pools.pools().iter().zip(&self.slots) {
-            bytes += push_stacks(pool.layer(), &slots.layout, &self.source, sink)?;
+            bytes = push_stacks(pool.layer(), &slots.layout, &self.source, sink)?.saturating_add(bytes);
         }
         Ok(bytes)
     }

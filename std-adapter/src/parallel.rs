@@ -92,7 +92,7 @@ impl ParallelMigrator {
         for (&promotion, result) in pending.iter().zip(results) {
             match result.and_then(|bytes| pool.commit(promotion, bytes).map(|_| bytes).map_err(MigrateError::Plan)) {
                 Ok(bytes) => {
-                    report.copied += 1;
+                    report.copied = report.copied.saturating_add(1);
                     report.bytes = report.bytes.saturating_add(bytes);
                 }
                 Err(error) => {
@@ -121,7 +121,7 @@ fn pending_prefix<E>(pool: &ExpertPool, plan: &MigrationPlan) -> Pending<E> {
     let mut pending = Pending { promotions: Vec::with_capacity(plan.len()), skipped: 0, misfit: None };
     for &p in plan.promotions() {
         match pool.check_planned(plan, p) {
-            Ok(PromotionState::Done) => pending.skipped += 1,
+            Ok(PromotionState::Done) => pending.skipped = pending.skipped.saturating_add(1),
             // A pool's plan names distinct experts and slots, so pending promotions never clash.
             Ok(PromotionState::Pending) => pending.promotions.push(p),
             Err(e) => {
@@ -149,7 +149,7 @@ where
     for slab in expert_slabs(source, layer, usize::from(promotion.expert), layout) {
         let slab = slab?;
         arena.write_projection(chunk, slab.index, slab.bytes).map_err(MigrateError::Sink)?;
-        bytes += slab.bytes.len() as u64;
+        bytes = bytes.saturating_add(slab.bytes.len() as u64);
     }
     Ok(bytes)
 }

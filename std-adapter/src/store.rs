@@ -5,57 +5,100 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 use expertslab::gguf::{GgufModel, Placement};
-use expertslab::{ExpertLayout, ExpertSource, LayeredSource, LayoutError, Projection, StackSource};
+use expertslab::{
+    ExpertLayout, ExpertSource, LayerStacks, LayeredSource, LayoutError, Projection, StackBytes, StackLayout,
+    StackSource,
+};
 
 use crate::bytes::SharedBytes;
 use crate::error::Error;
 
-/// One layer's stacks, one per projection of its layout, each checked against it.
+/// One projection stack of a store: in one piece, or one slab per expert where the model file
+/// keeps each expert in a tensor of its own. Expert slabs are always served from where they lie
+/// (for a memory-mapped file, the mapping); a stack kept per expert is gathered into one aligned
+/// copy only when a whole stack is asked for ([`StackSource::stack`]), once, and shared by
+/// every clone.
 #[derive(Debug, Clone)]
-pub struct LayerWeights {
-    layout: ExpertLayout,
-    stacks: Vec<SharedBytes>,
+pub enum StoredStack {
+    /// The whole `[experts, rows, cols]` stack in one piece.
+    Whole(SharedBytes),
+    /// One slab per expert, in expert order.
+    PerExpert {
+        /// Expert `e`'s slab is `slabs[e]`.
+        slabs: Arc<[SharedBytes]>,
+        /// The gathered stack, made on the first whole-stack request.
+        gathered: Arc<OnceLock<SharedBytes>>,
+    },
 }
 
-impl LayerWeights {
-    /// The weights of one layer: `stacks[i]` is projection `i` of `layout`.
-    ///
-    /// # Errors
-    /// [`LayoutError::LengthMismatch`] when the number of stacks is not the number of
-    /// projections, or a stack is not its layout's length.
-    pub fn new(layout: ExpertLayout, stacks: Vec<SharedBytes>) -> Result<Self, LayoutError> {
-        let count = layout.projections().len();
-        if stacks.len() != count {
-            return Err(LayoutError::LengthMismatch { expected: count, actual: stacks.len() });
-        }
-        for ((_, stack_layout), stack) in layout.projections().iter().zip(&stacks) {
-            stack_layout.check_stack(stack.as_bytes())?;
-        }
-        Ok(Self { layout, stacks })
+impl StoredStack {
+    /// A stack kept as one slab per expert.
+    pub fn per_expert(slabs: Vec<SharedBytes>) -> Self {
+        Self::PerExpert { slabs: slabs.into(), gathered: Arc::default() }
     }
 
-    /// The layer's expert layout.
-    pub fn layout(&self) -> &ExpertLayout {
-        &self.layout
-    }
-
-    /// The stack of `projection`.
-    ///
-    /// # Errors
-    /// [`LayoutError::ProjectionMissing`].
-    pub fn stack(&self, projection: Projection) -> Result<&SharedBytes, LayoutError> {
-        let (index, _) = self.layout.find(projection)?;
-        self.stacks.get(index).ok_or(LayoutError::ProjectionMissing { projection })
+    /// Whether the whole stack exists in one piece (given, or gathered by an earlier request).
+    pub fn is_whole(&self) -> bool {
+        match self {
+            Self::Whole(_) => true,
+            Self::PerExpert { gathered, .. } => gathered.get().is_some(),
+        }
     }
 }
 
-/// The expert weights of a model: one [`LayerWeights`] per MoE layer, by layer index. Cloning
-/// shares every stack.
+impl From<SharedBytes> for StoredStack {
+    fn from(bytes: SharedBytes) -> Self {
+        Self::Whole(bytes)
+    }
+}
+
+impl StackBytes for StoredStack {
+    fn check(&self, layout: &StackLayout) -> Result<(), LayoutError> {
+        match self {
+            Self::Whole(bytes) => layout.check_stack(bytes.as_bytes()),
+            Self::PerExpert { slabs, .. } => {
+                if slabs.len() != layout.experts() {
+                    return Err(LayoutError::LengthMismatch { expected: layout.experts(), actual: slabs.len() });
+                }
+                let expected = layout.expert_bytes();
+                match slabs.iter().find(|slab| slab.len() != expected) {
+                    Some(slab) => Err(LayoutError::LengthMismatch { expected, actual: slab.len() }),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
+    fn expert_slab(&self, layout: &StackLayout, expert: usize) -> Result<&[u8], LayoutError> {
+        match self {
+            Self::Whole(bytes) => layout.expert_slab(bytes.as_bytes(), expert),
+            Self::PerExpert { slabs, .. } => slabs
+                .get(expert)
+                .map(SharedBytes::as_bytes)
+                .ok_or(LayoutError::ExpertOutOfRange { expert, experts: slabs.len() }),
+        }
+    }
+
+    fn whole(&self, _layout: &StackLayout) -> Result<&[u8], LayoutError> {
+        match self {
+            Self::Whole(bytes) => Ok(bytes.as_bytes()),
+            Self::PerExpert { slabs, gathered } => Ok(gathered
+                .get_or_init(|| {
+                    SharedBytes::copy_from(&slabs.iter().flat_map(SharedBytes::as_bytes).copied().collect::<Vec<u8>>())
+                })
+                .as_bytes()),
+        }
+    }
+}
+
+/// The expert weights of a model: one [`LayerStacks`] of [`StoredStack`]s per MoE layer, by
+/// layer index. Cloning shares every stack.
 #[derive(Debug, Clone, Default)]
 pub struct ExpertStore {
-    layers: BTreeMap<usize, LayerWeights>,
+    layers: BTreeMap<usize, LayerStacks<StoredStack>>,
 }
 
 impl ExpertStore {
@@ -64,13 +107,23 @@ impl ExpertStore {
         Self::default()
     }
 
-    /// Sets layer `layer`'s weights, returning the ones it replaces.
-    pub fn insert(&mut self, layer: usize, weights: LayerWeights) -> Option<LayerWeights> {
-        self.layers.insert(layer, weights)
+    /// Sets layer `layer`'s stacks (whole stacks as [`SharedBytes`], or [`StoredStack`]s),
+    /// returning the ones it replaces.
+    ///
+    /// # Errors
+    /// [`LayoutError::LengthMismatch`] when a converted stack no longer fits its layout (never
+    /// for [`SharedBytes`] or [`StoredStack`]); the store is unchanged then.
+    pub fn insert<B: Into<StoredStack> + StackBytes>(
+        &mut self,
+        layer: usize,
+        stacks: LayerStacks<B>,
+    ) -> Result<Option<LayerStacks<StoredStack>>, LayoutError> {
+        let stacks = stacks.map(Into::into)?;
+        Ok(self.layers.insert(layer, stacks))
     }
 
-    /// Layer `layer`'s weights.
-    pub fn layer(&self, layer: usize) -> Option<&LayerWeights> {
+    /// Layer `layer`'s stacks.
+    pub fn layer(&self, layer: usize) -> Option<&LayerStacks<StoredStack>> {
         self.layers.get(&layer)
     }
 
@@ -84,10 +137,10 @@ impl ExpertStore {
         self.layers.is_empty()
     }
 
-    /// The stores of a GGUF model whose bytes are shared: stacked expert tensors are handed out
-    /// as slices of the same bytes (no copy, also of a memory map); layers stored one tensor per
-    /// expert are gathered into one aligned stack per projection (a copy of those layers only).
-    /// Layer indexes are block numbers.
+    /// The stores of a GGUF model whose bytes are shared: expert tensors are handed out as
+    /// slices of the same bytes (no copy, also of a memory map), stacked ones whole and those
+    /// stored one tensor per expert as one slab per expert (see [`StoredStack`]). Layer indexes
+    /// are block numbers.
     ///
     /// # Errors
     /// [`LayoutError`] when a range reaches past the bytes (not for a model built from them).
@@ -98,17 +151,13 @@ impl ExpertStore {
             let mut stacks = Vec::with_capacity(layer.placements().len());
             for placement in layer.placements() {
                 stacks.push(match placement {
-                    Placement::Stacked(range) => bytes.slice(range.clone())?,
-                    Placement::PerExpert(ranges) => {
-                        let mut gathered = Vec::with_capacity(ranges.iter().map(|r| r.len()).sum());
-                        for range in ranges {
-                            gathered.extend_from_slice(bytes.slice(range.clone())?.as_bytes());
-                        }
-                        SharedBytes::copy_from(&gathered)
-                    }
+                    Placement::Stacked(range) => StoredStack::Whole(bytes.slice(range.clone())?),
+                    Placement::PerExpert(ranges) => StoredStack::per_expert(
+                        ranges.iter().map(|range| bytes.slice(range.clone())).collect::<Result<_, _>>()?,
+                    ),
                 });
             }
-            store.insert(layer.block(), LayerWeights::new(layer.layout().clone(), stacks)?);
+            store.layers.insert(layer.block(), LayerStacks::new(layer.layout().clone(), &stacks)?);
         }
         Ok(store)
     }
@@ -121,9 +170,8 @@ impl ExpertStore {
         Ok(Self::from_gguf(&open_gguf(path)?)?)
     }
 
-    fn weights(&self, layer: usize) -> Result<&LayerWeights, LayoutError> {
-        let layers = self.layers.keys().next_back().map_or(0, |l| l + 1);
-        self.layers.get(&layer).ok_or(LayoutError::LayerOutOfRange { layer, layers })
+    fn weights(&self, layer: usize) -> Result<&LayerStacks<StoredStack>, LayoutError> {
+        self.layers.get(&layer).ok_or(LayoutError::LayerOutOfRange { layer, layers: self.layers.len() })
     }
 }
 
@@ -144,9 +192,7 @@ impl ExpertSource for ExpertStore {
     type Error = LayoutError;
 
     fn expert(&self, layer: usize, projection: Projection, expert: usize) -> Result<&[u8], LayoutError> {
-        let weights = self.weights(layer)?;
-        let (_, stack_layout) = weights.layout.find(projection)?;
-        stack_layout.expert_slab(weights.stack(projection)?.as_bytes(), expert)
+        self.weights(layer)?.slab(projection, expert)
     }
 }
 
@@ -154,7 +200,7 @@ impl StackSource for ExpertStore {
     type Error = LayoutError;
 
     fn stack(&self, layer: usize, projection: Projection) -> Result<&[u8], LayoutError> {
-        Ok(self.weights(layer)?.stack(projection)?.as_bytes())
+        self.weights(layer)?.stack(projection)
     }
 }
 
@@ -164,6 +210,6 @@ impl LayeredSource for ExpertStore {
     }
 
     fn layer_layout(&self, layer: usize) -> Option<&ExpertLayout> {
-        self.layers.get(&layer).map(LayerWeights::layout)
+        self.layers.get(&layer).map(LayerStacks::layout)
     }
 }

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use expertslab_std::synthetic::{RoutingShape, SyntheticRouting};
 use expertslab_std::{
-    open_gguf, ExpertSource, ExpertStore, InitialPlacement, LayerWeights, LayeredSource, Offloader, ParallelMigrator,
-    ParamSink, PoolConfig, Projection, RoutingCapture, Schedule, SharedBytes, Step,
+    open_gguf, ExpertSource, ExpertStore, InitialPlacement, LayerStacks, LayeredSource, Offloader, ParallelMigrator,
+    ParamSink, PoolConfig, Projection, RoutingCapture, Schedule, SharedBytes, StackSource, Step,
 };
 use expertslab_tests::synthetic_layer;
 
@@ -14,8 +14,8 @@ fn store(layers: &[usize], experts: usize) -> ExpertStore {
     let mut store = ExpertStore::new();
     for &layer in layers {
         let (layout, stacks) = synthetic_layer(experts, 8, 16);
-        let shared = stacks.iter().map(|s| SharedBytes::copy_from(s)).collect();
-        store.insert(layer, LayerWeights::new(layout, shared).unwrap());
+        let shared: Vec<_> = stacks.iter().map(|s| SharedBytes::copy_from(s)).collect();
+        store.insert(layer, LayerStacks::new(layout, &shared).unwrap()).unwrap();
     }
     store
 }
@@ -120,6 +120,47 @@ fn gguf_files_offload_through_a_memory_map() {
         assert_eq!(pushed, names.0.iter().map(|(_, len)| *len as u64).sum::<u64>());
         assert!(names.0.iter().all(|(n, _)| n.starts_with("blk.") && n.ends_with("_exps.weight")), "{file}");
     }
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "Miri cannot map files")]
+fn legacy_per_expert_slabs_are_served_from_the_map_and_gathered_only_on_request() {
+    let mapped = open_gguf(fixture("moe_legacy.gguf")).unwrap();
+    let file = mapped.data().as_bytes().as_ptr_range();
+    let store = ExpertStore::from_gguf(&mapped).unwrap();
+    let mut per_expert = 0;
+    for layer in store.moe_layers() {
+        let stacks = store.layer(layer).unwrap();
+        for &(projection, stack_layout) in stacks.layout().projections() {
+            let stored = stacks.stack_bytes(projection).unwrap();
+            let legacy = !stored.is_whole();
+            per_expert += usize::from(legacy);
+            let mut gathered = Vec::new();
+            for expert in 0..stack_layout.experts() {
+                let slab = store.expert(layer, projection, expert).unwrap();
+                assert!(file.contains(&slab.as_ptr()), "layer {layer} {projection:?} expert {expert} is a copy");
+                gathered.extend_from_slice(slab);
+            }
+            assert_eq!(stored.is_whole(), !legacy, "a slab request gathers nothing");
+            assert_eq!(store.stack(layer, projection).unwrap(), &gathered[..]);
+            assert!(stored.is_whole(), "a whole-stack request gathers the stack once");
+        }
+    }
+    assert!(per_expert > 0, "the legacy fixture keeps experts apart");
+    assert!(matches!(
+        store.expert(usize::MAX, Projection::Down, 0),
+        Err(expertslab_std::LayoutError::LayerOutOfRange { layer: usize::MAX, .. })
+    ));
+}
+
+#[test]
+fn a_layer_keyed_usize_max_is_stored_and_missing_layers_are_errors() {
+    let store = store(&[usize::MAX], 4);
+    assert!(store.expert(usize::MAX, Projection::Down, 3).is_ok());
+    assert_eq!(
+        store.expert(0, Projection::Down, 0),
+        Err(expertslab_std::LayoutError::LayerOutOfRange { layer: 0, layers: 1 })
+    );
 }
 
 #[test]

@@ -14,7 +14,7 @@ const SLOTS: usize = 8;
 /// A source that fails at one projection of one expert: with an error, or by giving a slab one
 /// byte short. Projections before it have been copied when it fails.
 struct FailingAt<'a> {
-    inner: &'a [LayerStacks<'a>],
+    inner: &'a [LayerStacks<&'a [u8]>],
     expert: usize,
     projection: Projection,
     short: bool,

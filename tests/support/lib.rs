@@ -119,7 +119,7 @@ pub fn synthetic_layer(experts: usize, rows: usize, cols: usize) -> (ExpertLayou
 }
 
 /// Borrows [`synthetic_layer`]'s stacks as a one-layer source.
-pub fn borrow_layer<'a>(layout: &ExpertLayout, stacks: &'a [Vec<u8>]) -> LayerStacks<'a> {
+pub fn borrow_layer<'a>(layout: &ExpertLayout, stacks: &'a [Vec<u8>]) -> LayerStacks<&'a [u8]> {
     let slices: Vec<&[u8]> = stacks.iter().map(Vec::as_slice).collect();
     LayerStacks::new(layout.clone(), &slices).expect("stacks match the layout")
 }

@@ -65,13 +65,13 @@ fn routing_digest() -> Outcome {
     ensure(scenario.steps.iter().all(|s| s.expected.is_some()), || "the vector file lacks digests".into())
 }
 
-fn model(layout: &ExpertLayout) -> Result<[LayerStacks<'static>; 1], String> {
+fn model(layout: &ExpertLayout) -> Result<[LayerStacks<&'static [u8]>; 1], String> {
     let stacks = blob_stacks(&EXPERT_BLOB.0).map_err(text)?;
     Ok([LayerStacks::new(layout.clone(), &stacks).map_err(text)?])
 }
 
 /// Every slot the pool names holds exactly its expert's slabs (compared with flash).
-fn slots_hold_their_experts(pool: &ExpertPool, sink: &ArenaSink<'_>, model: &[LayerStacks<'_>]) -> Outcome {
+fn slots_hold_their_experts(pool: &ExpertPool, sink: &ArenaSink<'_>, model: &[LayerStacks<&[u8]>]) -> Outcome {
     let layout = model[0].layout();
     for (slot, expert) in pool.residents() {
         for (index, &(projection, _)) in layout.projections().iter().enumerate() {

@@ -14,7 +14,7 @@ use std::time::Instant;
 use clap::Args as ClapArgs;
 use expertslab_std::trace::TraceHeader;
 use expertslab_std::{
-    ExpertLayout, ExpertSource, ExpertStore, Format, LayerWeights, Offloader, PoolConfig, Projection, RoutingCapture,
+    ExpertLayout, ExpertSource, ExpertStore, Format, LayerStacks, Offloader, PoolConfig, Projection, RoutingCapture,
     Schedule, SharedBytes, StackLayout, Step, TraceRecorder,
 };
 use indicatif::{ProgressBar, ProgressStyle};
@@ -97,8 +97,8 @@ fn build(args: &Args) -> Result<Model, CliError> {
                     (0..stack.total_bytes() / 4).map(|i| scale * pseudo(base + i as u64)).collect();
                 SharedBytes::from_typed(values)
             })
-            .collect();
-        store.insert(layer, LayerWeights::new(layout.clone(), stacks).map_err(usage)?);
+            .collect::<Vec<_>>();
+        store.insert(layer, LayerStacks::new(layout.clone(), &stacks).map_err(usage)?).map_err(usage)?;
     }
     Ok(Model { d_model: args.d_model, d_ff: args.d_ff, top_k: args.top_k, routers, store })
 }

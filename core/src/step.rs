@@ -1,0 +1,220 @@
+//! One step of one layer in one call: plan, migrate, serve.
+//!
+//! [`ExpertPool::plan_step`], [`crate::migrate()`] and [`ExpertPool::serve`] must see the same
+//! ids in that order; [`ExpertPool::step`] takes the ids once and runs all three. The primitives
+//! stay public for custom migrators, and [`ExpertPool::step_with`] runs a step around one.
+
+use core::fmt;
+
+use crate::error::PoolError;
+use crate::layout::ExpertLayout;
+use crate::migrate::{migrate, MigrateFailure, MigrateReport};
+use crate::plan::MigrationPlan;
+use crate::pool::{ExpertPool, ServeCounts};
+use crate::schedule::Step;
+use crate::sink::SlotSink;
+use crate::source::ExpertSource;
+
+/// What one step of one layer did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct StepStats {
+    /// Whether the layer refreshed (or, under demand caching, admitted misses) on this step.
+    pub refreshed: bool,
+    /// What migration copied (on a failure, what completed before it).
+    pub migrated: MigrateReport,
+    /// The step's hits, misses and invalid ids, counted against the residency after migration.
+    pub served: ServeCounts,
+}
+
+/// Why a step did not complete. Exhaustive by construction: a step is refused before anything
+/// moves, or fails while migrating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum StepError<S, K> {
+    /// The pool refused the step's ids ([`PoolError::TooManyIds`]): nothing was planned, moved
+    /// or served.
+    Pool(PoolError),
+    /// A promotion failed to migrate. The step's ids were served all the same: `stats` counts
+    /// them, and the failed promotions' pairs as misses (their slots stay free). Stepping again
+    /// retries what the next plan still wants.
+    Migrate {
+        /// What the step did, with the failure.
+        stats: StepStats,
+        /// The failed promotion and why.
+        failure: MigrateFailure<S, K>,
+    },
+}
+
+impl<S, K> StepError<S, K> {
+    /// The step's counts, when its ids were served.
+    pub const fn stats(&self) -> Option<&StepStats> {
+        match self {
+            Self::Pool(_) => None,
+            Self::Migrate { stats, .. } => Some(stats),
+        }
+    }
+}
+
+impl<S: fmt::Display, K: fmt::Display> fmt::Display for StepError<S, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Pool(error) => write!(f, "step refused: {error}"),
+            Self::Migrate { failure, .. } => write!(f, "step served from slow memory where {failure}"),
+        }
+    }
+}
+
+impl<S, K> core::error::Error for StepError<S, K>
+where
+    S: fmt::Debug + fmt::Display,
+    K: fmt::Debug + fmt::Display,
+{
+}
+
+impl ExpertPool {
+    /// One step of this layer: plans from `ids` ([`ExpertPool::plan_step`]), copies the plan's
+    /// promotions from `source` into `sink` ([`crate::migrate()`]), and serves `ids`
+    /// ([`ExpertPool::serve`]). `plan` is the layer's reusable plan; `layout` its expert layout.
+    /// Allocates nothing.
+    ///
+    /// # Errors
+    /// [`StepError::Pool`] for a step with too many ids; [`StepError::Migrate`] when a copy
+    /// failed, with the step's counts (its ids were served).
+    pub fn step<S, K>(
+        &mut self,
+        step: Step,
+        ids: &[u32],
+        plan: &mut MigrationPlan,
+        layout: &ExpertLayout,
+        source: &S,
+        sink: &mut K,
+    ) -> Result<StepStats, StepError<S::Error, K::Error>>
+    where
+        S: ExpertSource + ?Sized,
+        K: SlotSink + ?Sized,
+    {
+        self.step_with(step, ids, plan, |pool, plan| migrate(pool, plan, layout, source, sink))
+    }
+
+    /// [`ExpertPool::step`] with a migrator of the caller's: `migrate` copies and commits the
+    /// plan's promotions as [`crate::migrate()`] does (a parallel migrator, a DMA engine).
+    ///
+    /// # Errors
+    /// As [`ExpertPool::step`].
+    pub fn step_with<S, K>(
+        &mut self,
+        step: Step,
+        ids: &[u32],
+        plan: &mut MigrationPlan,
+        migrate: impl FnOnce(&mut ExpertPool, &MigrationPlan) -> Result<MigrateReport, MigrateFailure<S, K>>,
+    ) -> Result<StepStats, StepError<S, K>> {
+        let refreshed = self.plan_step(step, ids, plan).map_err(StepError::Pool)?;
+        let migrated = migrate(self, plan);
+        let mut stats = StepStats { refreshed, migrated: MigrateReport::default(), served: self.serve(ids) };
+        match migrated {
+            Ok(report) => {
+                stats.migrated = report;
+                Ok(stats)
+            }
+            Err(failure) => {
+                stats.migrated = failure.completed;
+                Err(StepError::Migrate { stats, failure })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use alloc::vec;
+    use alloc::vec::Vec;
+
+    use super::*;
+    use crate::error::MigrateError;
+    use crate::format::Format;
+    use crate::layout::{Projection, StackLayout};
+    use crate::pool::{InitialPlacement, PoolConfig};
+    use crate::sink::SlotWrite;
+    use crate::source::LayerStacks;
+
+    /// Slots of 4 bytes; fails every write into `fail_slot` while it is set.
+    struct Slots {
+        bytes: Vec<[u8; 4]>,
+        fail_slot: Option<usize>,
+    }
+
+    impl SlotSink for Slots {
+        type Error = &'static str;
+
+        fn write(&mut self, dest: SlotWrite, bytes: &[u8]) -> Result<(), Self::Error> {
+            if self.fail_slot == Some(dest.slot) {
+                return Err("refused");
+            }
+            let slot = self.bytes.get_mut(dest.slot).ok_or("no slot")?;
+            slot.copy_from_slice(bytes.get(..4).ok_or("short")?);
+            Ok(())
+        }
+    }
+
+    fn layer() -> (ExpertLayout, Vec<u8>) {
+        let stack = StackLayout::new(Format::I8, 8, 1, 4).unwrap();
+        let layout = ExpertLayout::new(&[(Projection::Down, stack)]).unwrap();
+        (layout, (0..8u8).flat_map(|e| [e; 4]).collect())
+    }
+
+    #[test]
+    fn a_step_plans_migrates_and_serves_the_same_ids() {
+        let (layout, bytes) = layer();
+        let model = [LayerStacks::new(layout.clone(), &[&bytes[..]]).unwrap()];
+        let mut sink = Slots { bytes: vec![[0xff; 4]; 2], fail_slot: None };
+        let mut pool = ExpertPool::new(PoolConfig::new(8, 2).initial(InitialPlacement::Cold)).unwrap();
+        let mut plan = MigrationPlan::new(2);
+        let stats = pool.step(Step::decode(0), &[5, 6, 5, 9], &mut plan, &layout, &model[..], &mut sink).unwrap();
+        assert!(stats.refreshed);
+        assert_eq!((stats.migrated.copied, stats.migrated.bytes), (2, 8));
+        assert_eq!(stats.served, ServeCounts { hits: 3, misses: 0, invalid: 1 });
+        for expert in [5, 6] {
+            let slot = pool.slot_of(expert).unwrap();
+            assert_eq!(sink.bytes[slot], [expert as u8; 4]);
+        }
+    }
+
+    #[test]
+    fn a_failed_copy_still_serves_the_ids_and_a_later_step_converges() {
+        let (layout, bytes) = layer();
+        let model = [LayerStacks::new(layout.clone(), &[&bytes[..]]).unwrap()];
+        let mut sink = Slots { bytes: vec![[0xff; 4]; 2], fail_slot: Some(1) };
+        let mut pool = ExpertPool::new(PoolConfig::new(8, 2).initial(InitialPlacement::Cold)).unwrap();
+        let mut plan = MigrationPlan::new(2);
+        let ids = [5, 6, 5];
+        let err = pool.step(Step::decode(0), &ids, &mut plan, &layout, &model[..], &mut sink).unwrap_err();
+        let StepError::Migrate { stats, failure } = err else { panic!("{err:?}") };
+        assert_eq!(failure.error, MigrateError::Sink("refused"));
+        assert_eq!(usize::from(failure.failed.slot), 1);
+        assert_eq!(stats.migrated.copied, 1);
+        // Expert 5 reached slot 0; expert 6's copy failed, so its pair is a miss.
+        assert_eq!(stats.served, ServeCounts { hits: 2, misses: 1, invalid: 0 });
+        assert_eq!((pool.slot_of(5), pool.slot_of(6)), (Some(0), None));
+        assert_eq!(err.stats(), Some(&stats));
+
+        sink.fail_slot = None;
+        let stats = pool.step(Step::decode(1), &ids, &mut plan, &layout, &model[..], &mut sink).unwrap();
+        assert_eq!(stats.served, ServeCounts { hits: 3, misses: 0, invalid: 0 });
+        assert_eq!(sink.bytes[pool.slot_of(6).unwrap()], [6; 4]);
+    }
+
+    #[test]
+    fn a_refused_step_serves_nothing() {
+        let (layout, bytes) = layer();
+        let model = [LayerStacks::new(layout.clone(), &[&bytes[..]]).unwrap()];
+        let mut sink = Slots { bytes: vec![[0; 4]; 2], fail_slot: None };
+        let mut pool = ExpertPool::new(PoolConfig::new(8, 2)).unwrap();
+        let mut plan = MigrationPlan::new(2);
+        let ids = vec![0u32; crate::MAX_STEP_IDS + 1];
+        let err = pool.step(Step::decode(0), &ids, &mut plan, &layout, &model[..], &mut sink).unwrap_err();
+        assert!(matches!(err, StepError::Pool(PoolError::TooManyIds { .. })));
+        assert_eq!(err.stats(), None);
+        assert_eq!(pool.stats().hits + pool.stats().misses, 0);
+    }
+}
