@@ -4,6 +4,11 @@
 //! One module per subcommand, each with its `Args` (clap) and `run`; shared pieces: [`error`]
 //! (the one error every subcommand returns), [`units`] (byte sizes), [`table`] (text output),
 //! [`replay_args`] (trace, cost model and replay runs of `simulate` and `tune`) and [`plot`].
+//!
+//! Words: "slots" is a count of expert slots per layer, "budget" only ever bytes, and an expert
+//! leaving its slot is a demotion. Earlier spellings (`plan`, `--budget`, `--max-budget`) stay
+//! as hidden aliases, and JSON output keeps the earlier `budget` key beside `slots` for one
+//! release.
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -15,8 +20,8 @@ use expertslab_std::SharedBytes;
 
 mod demo;
 mod error;
+mod fit;
 mod inspect;
-mod plan;
 mod plot;
 mod replay_args;
 mod simulate;
@@ -27,7 +32,7 @@ mod units;
 
 use error::CliError;
 
-/// Mixture-of-Experts expert offloading: run, inspect, plan and simulate.
+/// Mixture-of-Experts expert offloading: run, inspect, fit and simulate.
 #[derive(Debug, Parser)]
 #[command(name = "expertslab", version)]
 struct Cli {
@@ -42,10 +47,11 @@ enum Command {
     /// List the MoE layers of a GGUF file: projections, types, dims and bytes per expert.
     Inspect(inspect::Args),
     /// How many experts of each MoE layer fit in a memory size.
-    Plan(plan::Args),
-    /// Replay a routing trace under several policies and budgets, priced by a cost model.
+    #[command(alias = "plan")]
+    Fit(fit::Args),
+    /// Replay a routing trace under several policies and slot counts, priced by a cost model.
     Simulate(simulate::Args),
-    /// Find the policy, budget and refresh interval with the lowest modeled time for a trace.
+    /// Find the policy, slot count and refresh interval with the lowest modeled time for a trace.
     Tune(tune::Args),
     /// Write a synthetic routing trace (Zipf popularity, reuse, phase changes).
     Synth(synth::Args),
@@ -54,7 +60,7 @@ enum Command {
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Inspect(args) => inspect::run(&args),
-        Command::Plan(args) => plan::run(&args),
+        Command::Fit(args) => fit::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Simulate(args) => simulate::run(&args),
         Command::Tune(args) => tune::run(&args),

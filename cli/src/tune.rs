@@ -1,4 +1,4 @@
-//! `expertslab tune`: the policy, budget and refresh interval with the lowest modeled time for a
+//! `expertslab tune`: the policy, slot count and refresh interval with the lowest modeled time for a
 //! trace and a cost model, within a slot limit, and how much it beats TIDE at τ = 1 and LRU.
 
 use std::io::{self, Write};
@@ -20,8 +20,8 @@ pub struct Args {
     #[command(flatten)]
     replay: ReplayArgs,
     /// The most slots per layer (default: a quarter of the experts); or see --memory.
-    #[arg(long, conflicts_with = "memory")]
-    max_budget: Option<usize>,
+    #[arg(long, alias = "max-budget", conflicts_with = "memory")]
+    max_slots: Option<usize>,
     /// Fast memory for all layers' slots: the slot limit is memory / (layers × expert bytes).
     #[arg(long, value_parser = units::parse_size)]
     memory: Option<u64>,
@@ -36,8 +36,8 @@ pub struct Args {
     json: bool,
 }
 
-/// The budgets tried up to `max`: powers of two, and `max` itself.
-fn budgets(max: usize) -> Vec<usize> {
+/// The slot counts tried up to `max`: powers of two, and `max` itself.
+fn slot_counts(max: usize) -> Vec<usize> {
     let mut b: Vec<usize> =
         std::iter::successors(Some(1usize), |x| x.checked_mul(2)).take_while(|&x| x < max).collect();
     b.push(max);
@@ -50,7 +50,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     let decay = args.replay.decay.config()?;
     let header = trace.header();
     let experts = header.experts as usize;
-    let max = match (args.max_budget, args.memory) {
+    let max = match (args.max_slots, args.memory) {
         (Some(b), _) => b,
         (None, Some(memory)) => u64::from(header.layers)
             .checked_mul(cost.expert_bytes.max(1))
@@ -69,17 +69,17 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     }
     let forward = Schedule::EveryForward;
     let mut jobs = Vec::new();
-    for &budget in &budgets(max) {
+    for &slots in &slot_counts(max) {
         for &policy in &args.policy {
             let policy = with_decay(policy, decay);
             if matches!(policy, ReplayPolicy::Pool(p) if p.is_demand()) {
-                jobs.push((policy, budget, forward));
+                jobs.push((policy, slots, forward));
             } else {
-                jobs.extend(args.intervals.iter().map(|&n| (policy, budget, Schedule::EveryDecodeSteps(n))));
+                jobs.extend(args.intervals.iter().map(|&n| (policy, slots, Schedule::EveryDecodeSteps(n))));
             }
         }
     }
-    // The baselines and references at the full budget.
+    // The baselines and references at the most slots.
     let baselines = [
         (ReplayPolicy::Pool(Policy::Tide), max, forward),
         (ReplayPolicy::Pool(Policy::Lru), max, forward),
@@ -93,7 +93,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     let time = |r: &Run| r.report.total.modeled_time_s;
     let best = candidates
         .iter()
-        .min_by(|a, b| time(a).total_cmp(&time(b)).then(a.budget.cmp(&b.budget)))
+        .min_by(|a, b| time(a).total_cmp(&time(b)).then(a.slots.cmp(&b.slots)))
         .ok_or_else(|| CliError::Usage("no policy to tune".into()))?;
     let (tide, lru) = (&references[0], &references[1]);
     let gain = |base: &Run| if time(base) > 0.0 { 1.0 - time(best) / time(base) } else { 0.0 };
@@ -113,7 +113,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     }
     writeln!(
         out,
-        "{} candidates (budgets up to {max}, intervals {:?}), expert {} over {} GB/s, slow pair {:.1} µs",
+        "{} candidates (slots up to {max}, intervals {:?}), expert {} over {} GB/s, slow pair {:.1} µs",
         candidates.len(),
         args.intervals,
         format_size(cost.expert_bytes),
@@ -124,7 +124,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         out,
         "best: {} with {} slots per layer, {}: modeled time {:.3} s, hit rate {:.1}%",
         best.policy.name(),
-        best.budget,
+        best.slots,
         schedule_name(best.schedule),
         time(best),
         100.0 * best.report.total.hit_rate()
@@ -141,9 +141,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn budgets_are_powers_of_two_up_to_the_limit() {
-        assert_eq!(budgets(20), [1, 2, 4, 8, 16, 20]);
-        assert_eq!(budgets(16), [1, 2, 4, 8, 16]);
-        assert_eq!(budgets(1), [1]);
+    fn slot_counts_are_powers_of_two_up_to_the_limit() {
+        assert_eq!(slot_counts(20), [1, 2, 4, 8, 16, 20]);
+        assert_eq!(slot_counts(16), [1, 2, 4, 8, 16]);
+        assert_eq!(slot_counts(1), [1]);
     }
 }
