@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 
 use clap::Args as ClapArgs;
 use expertslab_std::replay::ReplayPolicy;
-use expertslab_std::{Policy, Schedule};
+use expertslab_std::{slots_per_layer, Policy, Schedule};
 use serde_json::json;
 
 use crate::error::CliError;
@@ -31,7 +31,8 @@ pub struct Args {
     /// Refresh intervals τ (decode steps) to consider for interval policies.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32")]
     intervals: Vec<NonZeroU32>,
-    /// Print one JSON document.
+    /// Print one JSON document: the best run, the baselines, the references and every candidate
+    /// run with its modeled time.
     #[arg(long)]
     json: bool,
 }
@@ -51,10 +52,11 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     let header = trace.header();
     let experts = header.experts as usize;
     let max = match (args.max_slots, args.memory) {
-        (Some(b), _) => b,
-        (None, Some(memory)) => u64::from(header.layers)
-            .checked_mul(cost.expert_bytes.max(1))
-            .map_or(0, |per_slot| usize::try_from(memory / per_slot).unwrap_or(usize::MAX)),
+        (Some(slots), _) => slots,
+        // A slot holds one expert; experts of no bytes (a made-up cost model) count as one byte.
+        (None, Some(memory)) => slots_per_layer(memory, 0, cost.expert_bytes.max(1), header.layers, header.experts)
+            .map(|slots| usize::try_from(slots).unwrap_or(usize::MAX))
+            .map_err(|e| CliError::Usage(format!("slots within --memory: {e}")))?,
         (None, None) => (experts / 4).max(1),
     }
     .min(experts);
@@ -106,6 +108,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
             "vs_lru": { "run": run_json(lru), "time_saved": gain(lru) },
             "references": references.iter().map(run_json).collect::<Vec<_>>(),
             "candidates": candidates.len(),
+            "candidate_runs": candidates.iter().map(run_json).collect::<Vec<_>>(),
         });
         serde_json::to_writer_pretty(&mut out, &doc)?;
         writeln!(out)?;

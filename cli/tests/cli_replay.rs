@@ -135,6 +135,18 @@ fn tune_names_the_best_and_the_gains() {
     let doc: Value = serde_json::from_str(&json).unwrap();
     // 24 MiB over 3 layers of 1 MiB experts: at most 8 slots per layer.
     assert!(doc["best"]["slots"].as_u64().unwrap() <= 8);
+    // The best is the candidate of least modeled time, the fewest slots among equals.
+    let candidates = doc["candidate_runs"].as_array().unwrap();
+    assert_eq!(candidates.len() as u64, doc["candidates"].as_u64().unwrap());
+    assert!(candidates.len() > 1);
+    let time = |run: &Value| run["total"]["modeled_time_s"].as_f64().unwrap();
+    let least = candidates.iter().map(time).fold(f64::INFINITY, f64::min);
+    assert_eq!(time(&doc["best"]), least);
+    let fewest = candidates.iter().filter(|r| time(r) == least).map(|r| r["slots"].as_u64().unwrap()).min();
+    assert_eq!(doc["best"]["slots"].as_u64(), fewest);
+    let key = |run: &Value| (run["policy"].clone(), run["slots"].clone(), run["schedule"].clone());
+    assert!(candidates.iter().any(|r| key(r) == key(&doc["best"]) && time(r) == least), "the best is a candidate");
+    assert_eq!(candidates.iter().map(|r| r["slots"].as_u64().unwrap()).max(), Some(8), "the --memory limit");
     assert!(doc["vs_tide_tau1"]["time_saved"].as_f64().unwrap() >= 0.0, "TIDE at τ = 1 is among the candidates");
     std::fs::remove_file(trace).unwrap();
 }
@@ -184,8 +196,12 @@ fn demo_runs_offloaded_and_checks_its_output() {
     let mut args = vec!["demo"];
     args.extend_from_slice(&small);
     args.extend_from_slice(&["--trace", trace.to_str().unwrap()]);
-    let out = stdout(&expertslab(&args));
-    assert!(out.contains("identical to the all-resident output"), "{out}");
+    let o = expertslab(&args);
+    assert_eq!(o.status.code(), Some(0), "the bit-exact comparison decides the exit status");
+    let out = stdout(&o);
+    // 40 steps × 2 layers, every one compared.
+    let line = "  output       identical to the all-resident output at every step and layer (80 compared)";
+    assert!(out.lines().any(|l| l == line), "{out}");
     assert!(out.contains("hit rate") && out.contains("promotions") && out.contains("bytes moved"));
     let recorded = expertslab_std::trace::Trace::parse(&std::fs::read_to_string(&trace).unwrap()).unwrap();
     assert_eq!(recorded.records().len(), 2 * 40);
