@@ -4,11 +4,8 @@
 //! One module per subcommand, each with its `Args` (clap) and `run`; shared pieces: [`error`]
 //! (the one error every subcommand returns), [`units`] (byte sizes), [`table`] (text output),
 //! [`replay_args`] (trace, cost model and replay runs of `simulate` and `tune`) and [`plot`].
-//!
-//! Words: "slots" is a count of expert slots per layer, "budget" only ever bytes, and an expert
-//! leaving its slot is a demotion. Earlier spellings (`plan`, `--budget`, `--max-budget`) stay
-//! as hidden aliases, and JSON output keeps the earlier `budget` key beside `slots` for one
-//! release.
+//! The words the options and output use, and the earlier spellings kept as hidden aliases, are
+//! in [`WORDS`] (shown under `--help`).
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -32,9 +29,14 @@ mod units;
 
 use error::CliError;
 
+/// The words of the options and output, and the earlier spellings still accepted.
+const WORDS: &str = "Slots: expert slots per layer; budget: bytes; demotion: an expert leaving its slot.
+Earlier spellings still work: `plan` for `fit`, `--budget` for `--slots`, `--max-budget` for
+`--max-slots`. JSON output repeats `slots` under the earlier key `budget` for this release only.";
+
 /// Mixture-of-Experts expert offloading: run, inspect, fit and simulate.
 #[derive(Debug, Parser)]
-#[command(name = "expertslab", version)]
+#[command(name = "expertslab", version, after_help = WORDS)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
