@@ -4,7 +4,8 @@
 # part of scripts/test.sh. Installs the nightly Miri component if missing.
 #
 # Under cfg(miri) property tests run a handful of cases and the heaviest loops sample; the tests
-# that map files or spawn the command-line binary are skipped (Miri has neither). File reads
+# that map files are skipped, and the command-line crate (whose tests spawn the binary) is not
+# run (Miri has neither). File reads
 # (fixtures, golden vectors, fuzz corpora) need isolation off.
 #
 #   bash scripts/miri.sh            # everything

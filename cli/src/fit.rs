@@ -1,4 +1,4 @@
-//! `expertslab plan`: how many experts of each MoE layer fit in a memory size, split equally
+//! `expertslab fit` (formerly `plan`): how many experts of each MoE layer fit in a memory size, split equally
 //! (every layer the same number of slots) and as one shared byte budget.
 
 use std::io::{self, Write};
@@ -11,7 +11,7 @@ use crate::error::CliError;
 use crate::table::{Align, Table};
 use crate::units::{format_size, parse_size};
 
-/// Arguments of `expertslab plan`.
+/// Arguments of `expertslab fit`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The GGUF model file.
@@ -56,7 +56,7 @@ impl LayerPlan {
     }
 }
 
-/// Runs `expertslab plan`.
+/// Runs `expertslab fit`.
 pub fn run(args: &Args) -> Result<(), CliError> {
     let path = args.file.as_path();
     let model = crate::open_model(path)?;

@@ -2,8 +2,8 @@
 //! experts, real router weights); a token stream with drift is routed through it (softmax, top-k)
 //! and run with its experts offloaded: every layer's pool plans from its own routing, the
 //! migrator fills the slots, resident experts compute from their slots and the others from slow
-//! memory. Every layer's output is checked to be bit-identical to the output computed with every
-//! expert read from slow memory.
+//! memory. Every layer's output at every step is compared, bit for bit, with the output computed
+//! with every expert read from slow memory; any difference fails the command.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Args as ClapArgs;
+use expertslab_std::synthetic::SplitMix64;
 use expertslab_std::trace::TraceHeader;
 use expertslab_std::{
     ExpertLayout, ExpertSource, ExpertStore, Format, LayerStacks, Offloader, PoolConfig, Projection, RoutingCapture,
@@ -58,13 +59,10 @@ pub struct Args {
     trace: Option<PathBuf>,
 }
 
-/// A deterministic pseudo-random value in [-1, 1) from an index (splitmix64's finalizer).
+/// A deterministic pseudo-random value in [-1, 1) from an index: the first output of the core's
+/// SplitMix64 seeded with it.
 fn pseudo(index: u64) -> f32 {
-    let mut z = index.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    (SplitMix64::new(index).next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
 }
 
 /// The model: router rows per layer and the expert store.
@@ -135,6 +133,62 @@ fn expert_ffn(weights: [&[f32]; 3], x: &[f32], d_ff: usize, weight: f32, out: &m
 
 const PROJECTIONS: [Projection; 3] = [Projection::Gate, Projection::Up, Projection::Down];
 
+/// Where an offloaded output first differed from the all-resident one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Difference {
+    step: u64,
+    layer: usize,
+    /// The first element whose bits differ (or the shorter length, when the lengths differ).
+    element: usize,
+}
+
+/// The bit-exact comparison of every layer's offloaded output with its all-resident output, over
+/// the whole run.
+#[derive(Debug, Default)]
+struct OutputCheck {
+    /// Outputs compared (one per step and layer).
+    compared: u64,
+    /// Outputs that differed.
+    differing: u64,
+    first: Option<Difference>,
+}
+
+impl OutputCheck {
+    /// Compares one layer's output at one step, bit for bit.
+    fn compare(&mut self, step: u64, layer: usize, offloaded: &[f32], reference: &[f32]) {
+        self.compared += 1;
+        let element = match offloaded.iter().zip(reference).position(|(a, b)| a.to_bits() != b.to_bits()) {
+            Some(element) => element,
+            None if offloaded.len() != reference.len() => offloaded.len().min(reference.len()),
+            None => return,
+        };
+        self.differing += 1;
+        self.first.get_or_insert(Difference { step, layer, element });
+    }
+
+    /// The report's line: identical, or where the outputs differ.
+    fn summary(&self) -> String {
+        match self.first {
+            None => {
+                format!("identical to the all-resident output at every step and layer ({} compared)", self.compared)
+            }
+            Some(Difference { step, layer, element }) => format!(
+                "differs from the all-resident output at {} of {} steps and layers (first: step {step}, layer {layer}, \
+                 element {element})",
+                self.differing, self.compared
+            ),
+        }
+    }
+
+    /// `Ok` when every compared output was identical; the failure the command exits with otherwise.
+    fn result(&self) -> Result<(), CliError> {
+        match self.first {
+            None => Ok(()),
+            Some(_) => Err(CliError::Check(format!("the offloaded output {}", self.summary()))),
+        }
+    }
+}
+
 fn floats(bytes: &[u8]) -> Result<&[f32], CliError> {
     expertslab_std::cast_bytes(bytes).map_err(|e| CliError::Usage(format!("expert weights: {e}")))
 }
@@ -159,7 +213,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     let warm = offloader.stats();
     let mut recorder = match &args.trace {
         Some(path) => {
-            let io = |source| CliError::model(path, expertslab_std::Error::Io { path: path.clone(), source });
+            let io = |e| CliError::io(path, e);
             let header =
                 TraceHeader { experts: args.experts as u32, layers: args.layers as u32, top_k: args.top_k as u32 };
             Some(TraceRecorder::new(BufWriter::new(File::create(path).map_err(io)?), header).map_err(io)?)
@@ -176,6 +230,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     let mut x: Vec<f32> = (0..model.d_model).map(|i| pseudo(1 << 60 | i as u64)).collect();
     let mut capture = RoutingCapture::new();
     let mut bytes_moved = 0u64;
+    let mut check = OutputCheck::default();
     for step in 0..args.steps {
         // The token's embedding drifts slowly, so routing has locality.
         for (i, v) in x.iter_mut().enumerate() {
@@ -204,23 +259,17 @@ pub fn run(args: &Args) -> Result<(), CliError> {
                 expert_ffn(from_offloader, &h, model.d_ff, weight, &mut offloaded);
                 expert_ffn(from_source, &h, model.d_ff, weight, &mut reference);
             }
-            if offloaded.iter().zip(&reference).any(|(a, b)| a.to_bits() != b.to_bits()) {
-                return Err(CliError::Usage(format!("step {step}, layer {layer}: offloaded output differs")));
-            }
+            check.compare(step, layer, &offloaded, &reference);
             h.iter_mut().zip(&offloaded).for_each(|(v, o)| *v += o);
         }
         if let (Some(recorder), Some(path)) = (recorder.as_mut(), &args.trace) {
-            recorder
-                .record(step, false, &capture)
-                .map_err(|source| CliError::model(path, expertslab_std::Error::Io { path: path.clone(), source }))?;
+            recorder.record(step, false, &capture).map_err(|e| CliError::io(path, e))?;
         }
         bar.inc(1);
     }
     bar.finish_and_clear();
     if let (Some(recorder), Some(path)) = (recorder, &args.trace) {
-        recorder
-            .finish()
-            .map_err(|source| CliError::model(path, expertslab_std::Error::Io { path: path.clone(), source }))?;
+        recorder.finish().map_err(|e| CliError::io(path, e))?;
     }
     let elapsed = start.elapsed();
 
@@ -238,7 +287,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         schedule_name(args.schedule)
     )?;
     writeln!(out, "  steps        {}", args.steps)?;
-    writeln!(out, "  output       identical to the all-resident output at every step and layer")?;
+    writeln!(out, "  output       {}", check.summary())?;
     writeln!(
         out,
         "  hit rate     {:.1}% ({} hits, {} misses; uniform placement would give {:.1}%)",
@@ -253,5 +302,40 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     if let Some(path) = &args.trace {
         writeln!(out, "  trace        {}", path.display())?;
     }
-    Ok(())
+    check.result()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identical_outputs_pass_the_check() {
+        let mut check = OutputCheck::default();
+        let output = [1.0, -0.0, f32::MIN_POSITIVE];
+        for step in 0..3 {
+            check.compare(step, 1, &output, &output);
+        }
+        assert!(check.result().is_ok());
+        assert_eq!(check.summary(), "identical to the all-resident output at every step and layer (3 compared)");
+    }
+
+    #[test]
+    fn a_differing_output_fails_the_check_and_names_where() {
+        let mut check = OutputCheck::default();
+        check.compare(0, 0, &[1.0, 2.0], &[1.0, 2.0]);
+        // One bit apart, and zeros of either sign: equal as numbers, not as bits.
+        check.compare(4, 2, &[1.0, 0.0, 3.0], &[1.0, -0.0, 3.0]);
+        check.compare(5, 1, &[1.0, f32::from_bits(2.0f32.to_bits() + 1)], &[1.0, 2.0]);
+        check.compare(6, 0, &[1.0], &[1.0, 2.0]);
+        let summary = check.summary();
+        assert_eq!(
+            summary,
+            "differs from the all-resident output at 3 of 4 steps and layers (first: step 4, layer 2, element 1)"
+        );
+        match check.result() {
+            Err(CliError::Check(message)) => assert_eq!(message, format!("the offloaded output {summary}")),
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -23,6 +23,9 @@ pub enum CliError {
     },
     /// The arguments, valid one by one, do not work together.
     Usage(String),
+    /// A check the command makes of its own results failed (the demo's offloaded output differs
+    /// from the all-resident output).
+    Check(String),
     /// Writing the output failed.
     Output(io::Error),
 }
@@ -31,6 +34,11 @@ impl CliError {
     /// A failure about the model at `path`.
     pub fn model(path: &Path, source: impl Into<expertslab_std::Error>) -> Self {
         Self::Model { path: path.to_path_buf(), source: source.into() }
+    }
+
+    /// Reading or writing the file at `path` failed.
+    pub fn io(path: &Path, source: io::Error) -> Self {
+        Self::model(path, expertslab_std::Error::Io { path: path.to_path_buf(), source })
     }
 
     /// The model at `path` cannot be used, for `reason`.
@@ -46,7 +54,7 @@ impl fmt::Display for CliError {
             Self::Model { source: source @ expertslab_std::Error::Io { .. }, .. } => write!(f, "{source}"),
             Self::Model { path, source } => write!(f, "{}: {source}", path.display()),
             Self::Unusable { path, reason } => write!(f, "{}: {reason}", path.display()),
-            Self::Usage(reason) => f.write_str(reason),
+            Self::Usage(reason) | Self::Check(reason) => f.write_str(reason),
             Self::Output(e) => write!(f, "writing the output: {e}"),
         }
     }
@@ -56,7 +64,7 @@ impl std::error::Error for CliError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Model { source, .. } => Some(source),
-            Self::Unusable { .. } | Self::Usage(_) => None,
+            Self::Unusable { .. } | Self::Usage(_) | Self::Check(_) => None,
             Self::Output(e) => Some(e),
         }
     }

@@ -57,12 +57,13 @@ fn simulate_json_has_every_counter_and_totals_sum_the_layers() {
         plot.to_str().unwrap(),
     ]));
     let runs: Vec<Value> = serde_json::from_str(&out).unwrap();
-    assert_eq!(runs.len(), 5 * 3, "5 policies × budgets 2, 4, 8");
+    assert_eq!(runs.len(), 5 * 3, "5 policies × 2, 4 and 8 slots");
     let counters =
         ["pairs", "hits", "misses", "invalid", "hit_rate", "promotions", "demotions", "bytes_moved", "modeled_time_s"];
     for run in &runs {
         assert_eq!(run["schedule"], "every:2");
-        assert!(run["policy"].is_string() && run["budget"].is_u64());
+        assert!(run["policy"].is_string() && run["slots"].is_u64());
+        assert_eq!(run["budget"], run["slots"], "the earlier key, kept for one release");
         let layers = run["layers"].as_array().unwrap();
         assert_eq!(layers.len(), 3);
         for key in counters {
@@ -74,19 +75,44 @@ fn simulate_json_has_every_counter_and_totals_sum_the_layers() {
         }
         assert_eq!(run["total"]["bytes_moved"].as_u64(), run["total"]["promotions"].as_u64().map(|p| p << 20));
     }
-    let by = |policy: &str, budget: u64| {
-        runs.iter().find(|r| r["policy"] == policy && r["budget"] == budget).unwrap()["total"].clone()
+    let by = |policy: &str, slots: u64| {
+        runs.iter().find(|r| r["policy"] == policy && r["slots"] == slots).unwrap()["total"].clone()
     };
-    for budget in [2, 4, 8] {
-        assert!(by("belady", budget)["misses"].as_u64() <= by("lru", budget)["misses"].as_u64());
-        assert_eq!(by("uniform", budget)["bytes_moved"], 0);
+    for slots in [2, 4, 8] {
+        assert!(by("belady", slots)["misses"].as_u64() <= by("lru", slots)["misses"].as_u64());
+        assert_eq!(by("uniform", slots)["bytes_moved"], 0);
     }
     let svg = std::fs::read_to_string(&plot).unwrap();
-    assert!(svg.contains("<svg") && svg.contains("belady") && svg.contains("hit rate by budget"));
+    assert!(svg.contains("<svg") && svg.contains("belady") && svg.contains("hit rate by slots per layer"));
     std::fs::remove_file(plot).unwrap();
 
-    let table = stdout(&expertslab(&["simulate", "--trace", trace.to_str().unwrap(), "--budget", "4"]));
+    let table = stdout(&expertslab(&["simulate", "--trace", trace.to_str().unwrap(), "--slots", "4"]));
     assert!(table.contains("decay") && table.contains("modeled time"), "{table}");
+    let header = table.lines().nth(1).unwrap_or_default();
+    assert!(header.trim_start().starts_with("slots") && !header.contains("budget"), "{table}");
+    std::fs::remove_file(trace).unwrap();
+}
+
+#[test]
+fn budget_is_the_earlier_name_of_slots() {
+    let trace = synth("alias-slots.ndjson", "30");
+    let run = |flag: &str| stdout(&expertslab(&["simulate", "--trace", trace.to_str().unwrap(), flag, "3", "--json"]));
+    let runs: Vec<Value> = serde_json::from_str(&run("--slots")).unwrap();
+    assert!(runs.iter().all(|r| r["slots"] == 3));
+    assert_eq!(run("--budget"), run("--slots"));
+    std::fs::remove_file(trace).unwrap();
+}
+
+#[test]
+fn max_budget_is_the_earlier_name_of_max_slots() {
+    let trace = synth("alias-max-slots.ndjson", "30");
+    let run = |flag: &str| {
+        let t = trace.to_str().unwrap();
+        stdout(&expertslab(&["tune", "--trace", t, flag, "3", "--intervals", "1,2", "--json"]))
+    };
+    let doc: Value = serde_json::from_str(&run("--max-slots")).unwrap();
+    assert!(doc["best"]["slots"].as_u64().unwrap() <= 3);
+    assert_eq!(run("--max-budget"), run("--max-slots"));
     std::fs::remove_file(trace).unwrap();
 }
 
@@ -94,7 +120,7 @@ fn simulate_json_has_every_counter_and_totals_sum_the_layers() {
 fn tune_names_the_best_and_the_gains() {
     let trace = synth("tune.ndjson", "100");
     let out =
-        stdout(&expertslab(&["tune", "--trace", trace.to_str().unwrap(), "--max-budget", "6", "--intervals", "1,4"]));
+        stdout(&expertslab(&["tune", "--trace", trace.to_str().unwrap(), "--max-slots", "6", "--intervals", "1,4"]));
     assert!(out.contains("best:") && out.contains("than TIDE at τ = 1") && out.contains("than LRU"), "{out}");
     let json = stdout(&expertslab(&[
         "tune",
@@ -108,7 +134,19 @@ fn tune_names_the_best_and_the_gains() {
     ]));
     let doc: Value = serde_json::from_str(&json).unwrap();
     // 24 MiB over 3 layers of 1 MiB experts: at most 8 slots per layer.
-    assert!(doc["best"]["budget"].as_u64().unwrap() <= 8);
+    assert!(doc["best"]["slots"].as_u64().unwrap() <= 8);
+    // The best is the candidate of least modeled time, the fewest slots among equals.
+    let candidates = doc["candidate_runs"].as_array().unwrap();
+    assert_eq!(candidates.len() as u64, doc["candidates"].as_u64().unwrap());
+    assert!(candidates.len() > 1);
+    let time = |run: &Value| run["total"]["modeled_time_s"].as_f64().unwrap();
+    let least = candidates.iter().map(time).fold(f64::INFINITY, f64::min);
+    assert_eq!(time(&doc["best"]), least);
+    let fewest = candidates.iter().filter(|r| time(r) == least).map(|r| r["slots"].as_u64().unwrap()).min();
+    assert_eq!(doc["best"]["slots"].as_u64(), fewest);
+    let key = |run: &Value| (run["policy"].clone(), run["slots"].clone(), run["schedule"].clone());
+    assert!(candidates.iter().any(|r| key(r) == key(&doc["best"]) && time(r) == least), "the best is a candidate");
+    assert_eq!(candidates.iter().map(|r| r["slots"].as_u64().unwrap()).max(), Some(8), "the --memory limit");
     assert!(doc["vs_tide_tau1"]["time_saved"].as_f64().unwrap() >= 0.0, "TIDE at τ = 1 is among the candidates");
     std::fs::remove_file(trace).unwrap();
 }
@@ -127,7 +165,7 @@ fn bad_traces_and_arguments_are_one_line_errors() {
         &["simulate", "--trace", "x", "--sweep", "8..4"],
         &["simulate", "--trace", "x", "--schedule", "every:0"],
         &["simulate", "--trace", "x", "--link-gbps", "0"],
-        &["simulate", "--trace", "x", "--budget", "4", "--sweep", "2..4"],
+        &["simulate", "--trace", "x", "--slots", "4", "--sweep", "2..4"],
     ] {
         assert_eq!(expertslab(args).status.code(), Some(2), "{args:?}");
     }
@@ -158,8 +196,12 @@ fn demo_runs_offloaded_and_checks_its_output() {
     let mut args = vec!["demo"];
     args.extend_from_slice(&small);
     args.extend_from_slice(&["--trace", trace.to_str().unwrap()]);
-    let out = stdout(&expertslab(&args));
-    assert!(out.contains("identical to the all-resident output"), "{out}");
+    let o = expertslab(&args);
+    assert_eq!(o.status.code(), Some(0), "the bit-exact comparison decides the exit status");
+    let out = stdout(&o);
+    // 40 steps × 2 layers, every one compared.
+    let line = "  output       identical to the all-resident output at every step and layer (80 compared)";
+    assert!(out.lines().any(|l| l == line), "{out}");
     assert!(out.contains("hit rate") && out.contains("promotions") && out.contains("bytes moved"));
     let recorded = expertslab_std::trace::Trace::parse(&std::fs::read_to_string(&trace).unwrap()).unwrap();
     assert_eq!(recorded.records().len(), 2 * 40);

@@ -1,4 +1,4 @@
-//! `expertslab simulate`: replay a routing trace under several policies and budgets, and price
+//! `expertslab simulate`: replay a routing trace under several policies and slot counts, and price
 //! each with the cost model.
 
 use std::io::{self, Write};
@@ -27,9 +27,9 @@ pub struct Args {
           default_value = "tide,decay,lru,lfu,lru2,belady,oracle,uniform")]
     policy: Vec<ReplayPolicy>,
     /// Slots per layer (default: a quarter of the experts).
-    #[arg(long, conflicts_with = "sweep")]
-    budget: Option<usize>,
-    /// Budgets to sweep: A..B doubles from A up to B (B included); A..B:S steps by S.
+    #[arg(long, alias = "budget", conflicts_with = "sweep")]
+    slots: Option<usize>,
+    /// Slots per layer to sweep: A..B doubles from A up to B (B included); A..B:S steps by S.
     #[arg(long, value_parser = parse_sweep)]
     sweep: Option<Sweep>,
     /// Refresh schedule of interval policies: every:N (every N decode steps) or forward.
@@ -38,16 +38,16 @@ pub struct Args {
     /// Print one JSON document instead of tables.
     #[arg(long)]
     json: bool,
-    /// Draw hit rate and modeled time against budget, one line per policy, as SVG.
+    /// Draw hit rate and modeled time against slots per layer, one line per policy, as SVG.
     #[arg(long)]
     plot: Option<PathBuf>,
 }
 
-/// The budgets of a sweep.
+/// The slot counts of a sweep.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sweep(Vec<usize>);
 
-/// Reads `A..B` (doubling) or `A..B:S` (steps of S) into the budgets it names.
+/// Reads `A..B` (doubling) or `A..B:S` (steps of S) into the slot counts it names.
 pub fn parse_sweep(text: &str) -> Result<Sweep, String> {
     let bad = || format!("'{text}' is not a sweep (A..B or A..B:STEP, with 1 <= A <= B)");
     let (range, step) = match text.split_once(':') {
@@ -59,10 +59,10 @@ pub fn parse_sweep(text: &str) -> Result<Sweep, String> {
     if a == 0 || a > b || step == Some(0) {
         return Err(bad());
     }
-    let mut budgets = Vec::new();
+    let mut slots = Vec::new();
     let mut x = a;
     while x <= b {
-        budgets.push(x);
+        slots.push(x);
         x = match step {
             Some(s) => x.saturating_add(s),
             None => x.saturating_mul(2),
@@ -71,10 +71,10 @@ pub fn parse_sweep(text: &str) -> Result<Sweep, String> {
             break;
         }
     }
-    if budgets.last() != Some(&b) {
-        budgets.push(b);
+    if slots.last() != Some(&b) {
+        slots.push(b);
     }
-    Ok(Sweep(budgets))
+    Ok(Sweep(slots))
 }
 
 /// The counters of one layer or of the total as JSON.
@@ -92,11 +92,13 @@ pub fn counters_json(c: &ReplayCounters) -> Value {
     })
 }
 
-/// One run as JSON: policy, budget, schedule, layers and total.
+/// One run as JSON: policy, slots, schedule, layers and total. `budget` repeats `slots` under
+/// its earlier name, for one release.
 pub fn run_json(run: &Run) -> Value {
     json!({
         "policy": run.policy.name(),
-        "budget": run.budget,
+        "slots": run.slots,
+        "budget": run.slots,
         "schedule": schedule_name(run.schedule),
         "layers": run
             .report
@@ -117,14 +119,14 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     let cost = args.replay.cost.cost_model()?;
     let decay = args.replay.decay.config()?;
     let experts = trace.header().experts as usize;
-    let budgets = match (&args.sweep, args.budget) {
+    let slot_counts = match (&args.sweep, args.slots) {
         (Some(Sweep(sweep)), _) => sweep.clone(),
-        (None, Some(budget)) => vec![budget],
+        (None, Some(slots)) => vec![slots],
         (None, None) => vec![(experts / 4).max(1)],
     };
-    let jobs: Vec<_> = budgets
+    let jobs: Vec<_> = slot_counts
         .iter()
-        .flat_map(|&b| args.policy.iter().map(move |&p| (with_decay(p, decay), b, args.schedule)))
+        .flat_map(|&s| args.policy.iter().map(move |&p| (with_decay(p, decay), s, args.schedule)))
         .collect();
     let runs = run_all(&trace, &jobs, args.replay.initial(), cost)?;
 
@@ -157,7 +159,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
 /// The runs as a text table, one row per run.
 pub fn write_table(out: &mut impl Write, runs: &[Run]) -> io::Result<()> {
     let mut table = Table::new(&[
-        ("budget", Align::Right),
+        ("slots", Align::Right),
         ("policy", Align::Left),
         ("hit rate", Align::Right),
         ("misses", Align::Right),
@@ -168,7 +170,7 @@ pub fn write_table(out: &mut impl Write, runs: &[Run]) -> io::Result<()> {
     for run in runs {
         let t = &run.report.total;
         table.row(vec![
-            run.budget.to_string(),
+            run.slots.to_string(),
             run.policy.name().to_string(),
             format!("{:.1}%", 100.0 * t.hit_rate()),
             t.misses.to_string(),

@@ -1,4 +1,4 @@
-//! `expertslab tune`: the policy, budget and refresh interval with the lowest modeled time for a
+//! `expertslab tune`: the policy, slot count and refresh interval with the lowest modeled time for a
 //! trace and a cost model, within a slot limit, and how much it beats TIDE at τ = 1 and LRU.
 
 use std::io::{self, Write};
@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 
 use clap::Args as ClapArgs;
 use expertslab_std::replay::ReplayPolicy;
-use expertslab_std::{Policy, Schedule};
+use expertslab_std::{slots_per_layer, Policy, Schedule};
 use serde_json::json;
 
 use crate::error::CliError;
@@ -20,8 +20,8 @@ pub struct Args {
     #[command(flatten)]
     replay: ReplayArgs,
     /// The most slots per layer (default: a quarter of the experts); or see --memory.
-    #[arg(long, conflicts_with = "memory")]
-    max_budget: Option<usize>,
+    #[arg(long, alias = "max-budget", conflicts_with = "memory")]
+    max_slots: Option<usize>,
     /// Fast memory for all layers' slots: the slot limit is memory / (layers × expert bytes).
     #[arg(long, value_parser = units::parse_size)]
     memory: Option<u64>,
@@ -31,13 +31,14 @@ pub struct Args {
     /// Refresh intervals τ (decode steps) to consider for interval policies.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32")]
     intervals: Vec<NonZeroU32>,
-    /// Print one JSON document.
+    /// Print one JSON document: the best run, the baselines, the references and every candidate
+    /// run with its modeled time.
     #[arg(long)]
     json: bool,
 }
 
-/// The budgets tried up to `max`: powers of two, and `max` itself.
-fn budgets(max: usize) -> Vec<usize> {
+/// The slot counts tried up to `max`: powers of two, and `max` itself.
+fn slot_counts(max: usize) -> Vec<usize> {
     let mut b: Vec<usize> =
         std::iter::successors(Some(1usize), |x| x.checked_mul(2)).take_while(|&x| x < max).collect();
     b.push(max);
@@ -50,11 +51,12 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     let decay = args.replay.decay.config()?;
     let header = trace.header();
     let experts = header.experts as usize;
-    let max = match (args.max_budget, args.memory) {
-        (Some(b), _) => b,
-        (None, Some(memory)) => u64::from(header.layers)
-            .checked_mul(cost.expert_bytes.max(1))
-            .map_or(0, |per_slot| usize::try_from(memory / per_slot).unwrap_or(usize::MAX)),
+    let max = match (args.max_slots, args.memory) {
+        (Some(slots), _) => slots,
+        // A slot holds one expert; experts of no bytes (a made-up cost model) count as one byte.
+        (None, Some(memory)) => slots_per_layer(memory, 0, cost.expert_bytes.max(1), header.layers, header.experts)
+            .map(|slots| usize::try_from(slots).unwrap_or(usize::MAX))
+            .map_err(|e| CliError::Usage(format!("slots within --memory: {e}")))?,
         (None, None) => (experts / 4).max(1),
     }
     .min(experts);
@@ -69,17 +71,17 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     }
     let forward = Schedule::EveryForward;
     let mut jobs = Vec::new();
-    for &budget in &budgets(max) {
+    for &slots in &slot_counts(max) {
         for &policy in &args.policy {
             let policy = with_decay(policy, decay);
             if matches!(policy, ReplayPolicy::Pool(p) if p.is_demand()) {
-                jobs.push((policy, budget, forward));
+                jobs.push((policy, slots, forward));
             } else {
-                jobs.extend(args.intervals.iter().map(|&n| (policy, budget, Schedule::EveryDecodeSteps(n))));
+                jobs.extend(args.intervals.iter().map(|&n| (policy, slots, Schedule::EveryDecodeSteps(n))));
             }
         }
     }
-    // The baselines and references at the full budget.
+    // The baselines and references at the most slots.
     let baselines = [
         (ReplayPolicy::Pool(Policy::Tide), max, forward),
         (ReplayPolicy::Pool(Policy::Lru), max, forward),
@@ -93,7 +95,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     let time = |r: &Run| r.report.total.modeled_time_s;
     let best = candidates
         .iter()
-        .min_by(|a, b| time(a).total_cmp(&time(b)).then(a.budget.cmp(&b.budget)))
+        .min_by(|a, b| time(a).total_cmp(&time(b)).then(a.slots.cmp(&b.slots)))
         .ok_or_else(|| CliError::Usage("no policy to tune".into()))?;
     let (tide, lru) = (&references[0], &references[1]);
     let gain = |base: &Run| if time(base) > 0.0 { 1.0 - time(best) / time(base) } else { 0.0 };
@@ -106,6 +108,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
             "vs_lru": { "run": run_json(lru), "time_saved": gain(lru) },
             "references": references.iter().map(run_json).collect::<Vec<_>>(),
             "candidates": candidates.len(),
+            "candidate_runs": candidates.iter().map(run_json).collect::<Vec<_>>(),
         });
         serde_json::to_writer_pretty(&mut out, &doc)?;
         writeln!(out)?;
@@ -113,7 +116,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     }
     writeln!(
         out,
-        "{} candidates (budgets up to {max}, intervals {:?}), expert {} over {} GB/s, slow pair {:.1} µs",
+        "{} candidates (slots up to {max}, intervals {:?}), expert {} over {} GB/s, slow pair {:.1} µs",
         candidates.len(),
         args.intervals,
         format_size(cost.expert_bytes),
@@ -124,7 +127,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         out,
         "best: {} with {} slots per layer, {}: modeled time {:.3} s, hit rate {:.1}%",
         best.policy.name(),
-        best.budget,
+        best.slots,
         schedule_name(best.schedule),
         time(best),
         100.0 * best.report.total.hit_rate()
@@ -141,9 +144,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn budgets_are_powers_of_two_up_to_the_limit() {
-        assert_eq!(budgets(20), [1, 2, 4, 8, 16, 20]);
-        assert_eq!(budgets(16), [1, 2, 4, 8, 16]);
-        assert_eq!(budgets(1), [1]);
+    fn slot_counts_are_powers_of_two_up_to_the_limit() {
+        assert_eq!(slot_counts(20), [1, 2, 4, 8, 16, 20]);
+        assert_eq!(slot_counts(16), [1, 2, 4, 8, 16]);
+        assert_eq!(slot_counts(1), [1]);
     }
 }

@@ -4,6 +4,8 @@
 //! One module per subcommand, each with its `Args` (clap) and `run`; shared pieces: [`error`]
 //! (the one error every subcommand returns), [`units`] (byte sizes), [`table`] (text output),
 //! [`replay_args`] (trace, cost model and replay runs of `simulate` and `tune`) and [`plot`].
+//! The words the options and output use, and the earlier spellings kept as hidden aliases, are
+//! in [`WORDS`] (shown under `--help`).
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -15,8 +17,8 @@ use expertslab_std::SharedBytes;
 
 mod demo;
 mod error;
+mod fit;
 mod inspect;
-mod plan;
 mod plot;
 mod replay_args;
 mod simulate;
@@ -27,9 +29,14 @@ mod units;
 
 use error::CliError;
 
-/// Mixture-of-Experts expert offloading: run, inspect, plan and simulate.
+/// The words of the options and output, and the earlier spellings still accepted.
+const WORDS: &str = "Slots: expert slots per layer; budget: bytes; demotion: an expert leaving its slot.
+Earlier spellings still work: `plan` for `fit`, `--budget` for `--slots`, `--max-budget` for
+`--max-slots`. JSON output repeats `slots` under the earlier key `budget` for this release only.";
+
+/// Mixture-of-Experts expert offloading: run, inspect, fit and simulate.
 #[derive(Debug, Parser)]
-#[command(name = "expertslab", version)]
+#[command(name = "expertslab", version, after_help = WORDS)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -42,10 +49,11 @@ enum Command {
     /// List the MoE layers of a GGUF file: projections, types, dims and bytes per expert.
     Inspect(inspect::Args),
     /// How many experts of each MoE layer fit in a memory size.
-    Plan(plan::Args),
-    /// Replay a routing trace under several policies and budgets, priced by a cost model.
+    #[command(alias = "plan")]
+    Fit(fit::Args),
+    /// Replay a routing trace under several policies and slot counts, priced by a cost model.
     Simulate(simulate::Args),
-    /// Find the policy, budget and refresh interval with the lowest modeled time for a trace.
+    /// Find the policy, slot count and refresh interval with the lowest modeled time for a trace.
     Tune(tune::Args),
     /// Write a synthetic routing trace (Zipf popularity, reuse, phase changes).
     Synth(synth::Args),
@@ -54,7 +62,7 @@ enum Command {
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Inspect(args) => inspect::run(&args),
-        Command::Plan(args) => plan::run(&args),
+        Command::Fit(args) => fit::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Simulate(args) => simulate::run(&args),
         Command::Tune(args) => tune::run(&args),

@@ -20,7 +20,7 @@ pub struct ReplayArgs {
     /// The routing trace (newline-delimited JSON in the expertslab-trace format).
     #[arg(long)]
     pub trace: PathBuf,
-    /// Start with no expert resident (default: experts 0..budget, as TIDE starts).
+    /// Start with no expert resident (default: experts 0..slots, as TIDE starts).
     #[arg(long)]
     pub cold: bool,
     #[command(flatten)]
@@ -165,12 +165,13 @@ pub fn with_decay(policy: ReplayPolicy, decay: DecayConfig) -> ReplayPolicy {
 /// One replay to run and its result.
 pub struct Run {
     pub policy: ReplayPolicy,
-    pub budget: usize,
+    /// Slots per layer.
+    pub slots: usize,
     pub schedule: Schedule,
     pub report: ReplayReport,
 }
 
-/// Replays `trace` for every (policy, budget, schedule), in parallel, with a progress bar on a
+/// Replays `trace` for every (policy, slots, schedule), in parallel, with a progress bar on a
 /// terminal (nothing is drawn when stderr is not one).
 pub fn run_all(
     trace: &Trace,
@@ -185,9 +186,9 @@ pub fn run_all(
     );
     let runs: Vec<Result<Run, ReplayError>> = jobs
         .par_iter()
-        .map(|&(policy, budget, schedule)| {
-            let config = ReplayConfig { policy, budget, schedule, initial, cost };
-            let run = replay(trace, &config).map(|report| Run { policy, budget, schedule, report });
+        .map(|&(policy, slots, schedule)| {
+            let config = ReplayConfig { policy, budget: slots, schedule, initial, cost };
+            let run = replay(trace, &config).map(|report| Run { policy, slots, schedule, report });
             bar.inc(1);
             run
         })

@@ -156,32 +156,32 @@ fn manifest_slots(file: &str, align: u64) -> Vec<(u64, u64)> {
     slots.into_iter().map(|(block, end)| (block, align_up(end, align))).collect()
 }
 
-fn layer_column(plan: &Value, key: &str) -> Vec<u64> {
-    plan["layers"].as_array().expect("layers").iter().map(|l| u64_of(&l[key])).collect()
+fn layer_column(fit: &Value, key: &str) -> Vec<u64> {
+    fit["layers"].as_array().expect("layers").iter().map(|l| u64_of(&l[key])).collect()
 }
 
 #[test]
-fn plan_follows_the_budget_formulas() {
+fn fit_follows_the_budget_formulas() {
     // moe_align64: block 0 is q4_K gate and up (4608 bytes per expert each) and q8_0 down (8704),
     // block 1 is q4_0 gate, up and down (4608 each); 4 experts.
     let slots = manifest_slots("moe_align64.gguf", 64);
     assert_eq!(slots, [(0, 4608 + 4608 + 8704), (1, 3 * 4608)]);
-    let plan = json_of(&["plan", &fixture("moe_align64.gguf"), "--memory", "100000", "--reserve", "10000", "--json"]);
-    assert_eq!(layer_column(&plan, "slot_bytes"), [17920, 13824]);
-    assert_eq!(plan["largest_slot_bytes"], 17920);
-    assert_eq!(plan["budget"], 90_000);
+    let fit = json_of(&["fit", &fixture("moe_align64.gguf"), "--memory", "100000", "--reserve", "10000", "--json"]);
+    assert_eq!(layer_column(&fit, "slot_bytes"), [17920, 13824]);
+    assert_eq!(fit["largest_slot_bytes"], 17920);
+    assert_eq!(fit["budget"], 90_000);
     // Equal split: ⌊90000 / (2 layers × 17920)⌋ = 2 slots each.
-    assert_eq!(layer_column(&plan, "equal_slots"), [2, 2]);
-    assert_eq!(layer_column(&plan, "equal_bytes"), [2 * 17920, 2 * 13824]);
-    assert_eq!(plan["equal_bytes"], 2 * 17920 + 2 * 13824);
+    assert_eq!(layer_column(&fit, "equal_slots"), [2, 2]);
+    assert_eq!(layer_column(&fit, "equal_bytes"), [2 * 17920, 2 * 13824]);
+    assert_eq!(fit["equal_bytes"], 2 * 17920 + 2 * 13824);
     // Shared budget, one slot per layer per round: 31744 after round 1, 63488 after round 2,
     // then 81408 with block 0's third slot; block 1's third (95232) no longer fits.
-    assert_eq!(layer_column(&plan, "shared_slots"), [3, 2]);
-    assert_eq!(plan["shared_bytes"], 81_408);
+    assert_eq!(layer_column(&fit, "shared_slots"), [3, 2]);
+    assert_eq!(fit["shared_bytes"], 81_408);
 
     // The same with sizes in units, and a larger alignment, against the manifest's sizes.
-    let plan = json_of(&[
-        "plan",
+    let fit = json_of(&[
+        "fit",
         &fixture("moe_types.gguf"),
         "--memory",
         "1.1MB",
@@ -194,35 +194,35 @@ fn plan_follows_the_budget_formulas() {
     let slots = manifest_slots("moe_types.gguf", 256);
     let largest = slots.iter().map(|s| s.1).max().unwrap();
     let budget = 1_100_000 - (1 << 20);
-    assert_eq!(plan["budget"], budget);
-    assert_eq!(layer_column(&plan, "slot_bytes"), slots.iter().map(|s| s.1).collect::<Vec<_>>());
+    assert_eq!(fit["budget"], budget);
+    assert_eq!(layer_column(&fit, "slot_bytes"), slots.iter().map(|s| s.1).collect::<Vec<_>>());
     let equal = (budget / (3 * largest)).min(8);
     assert_eq!(equal, 2);
-    assert_eq!(layer_column(&plan, "equal_slots"), [equal; 3]);
+    assert_eq!(layer_column(&fit, "equal_slots"), [equal; 3]);
 }
 
 #[test]
-fn plan_clamps_the_equal_split_to_the_expert_count() {
-    let plan = json_of(&["plan", &fixture("moe_legacy.gguf"), "--memory", "8GiB", "--reserve", "1GiB", "--json"]);
-    assert_eq!(layer_column(&plan, "experts"), [4, 4]);
-    assert_eq!(layer_column(&plan, "equal_slots"), [4, 4]);
-    assert_eq!(layer_column(&plan, "shared_slots"), [4, 4]);
+fn fit_clamps_the_equal_split_to_the_expert_count() {
+    let fit = json_of(&["fit", &fixture("moe_legacy.gguf"), "--memory", "8GiB", "--reserve", "1GiB", "--json"]);
+    assert_eq!(layer_column(&fit, "experts"), [4, 4]);
+    assert_eq!(layer_column(&fit, "equal_slots"), [4, 4]);
+    assert_eq!(layer_column(&fit, "shared_slots"), [4, 4]);
     let stacks: u64 = manifest_slots("moe_legacy.gguf", 64).iter().map(|s| 4 * s.1).sum();
-    assert_eq!(plan["equal_bytes"], stacks);
+    assert_eq!(fit["equal_bytes"], stacks);
 }
 
 #[test]
-fn plan_with_a_reserve_larger_than_the_memory_gives_no_slots() {
-    let plan = json_of(&["plan", &fixture("moe_types.gguf"), "--memory", "1GiB", "--reserve", "2GiB", "--json"]);
-    assert_eq!(plan["budget"], 0);
-    assert_eq!(layer_column(&plan, "equal_slots"), [0, 0, 0]);
-    assert_eq!(layer_column(&plan, "shared_slots"), [0, 0, 0]);
-    assert_eq!(plan["equal_bytes"], 0);
+fn fit_with_a_reserve_larger_than_the_memory_gives_no_slots() {
+    let fit = json_of(&["fit", &fixture("moe_types.gguf"), "--memory", "1GiB", "--reserve", "2GiB", "--json"]);
+    assert_eq!(fit["budget"], 0);
+    assert_eq!(layer_column(&fit, "equal_slots"), [0, 0, 0]);
+    assert_eq!(layer_column(&fit, "shared_slots"), [0, 0, 0]);
+    assert_eq!(fit["equal_bytes"], 0);
 }
 
 #[test]
-fn plan_prints_a_table_of_every_layer() {
-    let text = stdout_of(&["plan", &fixture("moe_fused.gguf"), "--memory", "64KiB"]);
+fn fit_prints_a_table_of_every_layer() {
+    let text = stdout_of(&["fit", &fixture("moe_fused.gguf"), "--memory", "64KiB"]);
     assert!(text.contains("2 MoE layers; memory 64 KiB, reserve 0 B"), "{text}");
     let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();
     // Block 0: 8192 + 2176 = 10368 per slot, the largest; ⌊65536 / (2 × 10368)⌋ = 3.
@@ -234,9 +234,19 @@ fn plan_prints_a_table_of_every_layer() {
 }
 
 #[test]
+fn plan_is_the_earlier_name_of_fit() {
+    let file = fixture("moe_align64.gguf");
+    let args = [file.as_str(), "--memory", "100000", "--reserve", "10000"];
+    for json in [&[][..], &["--json"]] {
+        let fit = stdout_of(&[&["fit"][..], &args, json].concat());
+        assert_eq!(stdout_of(&[&["plan"][..], &args, json].concat()), fit);
+    }
+}
+
+#[test]
 fn a_missing_file_is_an_error_naming_the_path() {
     let path = fixtures().join("no_such_model.gguf").display().to_string();
-    for args in [vec!["inspect", &path], vec!["plan", &path, "--memory", "1GiB"]] {
+    for args in [vec!["inspect", &path], vec!["fit", &path, "--memory", "1GiB"]] {
         let stderr = failure(&args, 1);
         assert!(stderr.starts_with("error: "), "{stderr}");
         assert!(stderr.contains(&path), "{stderr}");
@@ -250,19 +260,19 @@ fn a_file_that_is_not_gguf_is_an_error() {
     let stderr = failure(&["inspect", &path], 1);
     assert!(stderr.starts_with("error: "), "{stderr}");
     assert!(stderr.contains(&path) && stderr.contains("GGUF") && stderr.contains("magic"), "{stderr}");
-    let stderr = failure(&["plan", &path, "--memory", "1GiB"], 1);
+    let stderr = failure(&["fit", &path, "--memory", "1GiB"], 1);
     assert!(stderr.contains("not a GGUF file"), "{stderr}");
 }
 
 #[test]
-fn a_file_without_moe_layers_cannot_be_planned() {
+fn a_file_without_moe_layers_cannot_be_fitted() {
     // The smallest GGUF: magic, version 3, no tensors, no metadata.
     let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_no_moe.gguf");
     let bytes: Vec<u8> = [&b"GGUF"[..], &3u32.to_le_bytes(), &0u64.to_le_bytes(), &0u64.to_le_bytes()].concat();
     std::fs::write(&path, bytes).expect("temporary file");
     let path = path.display().to_string();
     assert!(stdout_of(&["inspect", &path]).contains("0 MoE layers"));
-    let stderr = failure(&["plan", &path, "--memory", "1GiB"], 1);
+    let stderr = failure(&["fit", &path, "--memory", "1GiB"], 1);
     assert!(stderr.contains("no MoE layers") && stderr.contains(&path), "{stderr}");
 }
 
@@ -270,11 +280,11 @@ fn a_file_without_moe_layers_cannot_be_planned() {
 fn bad_arguments_are_rejected() {
     let file = fixture("moe_types.gguf");
     for (args, needle) in [
-        (vec!["plan", &file, "--memory", "8XB"], "8XB"),
-        (vec!["plan", &file, "--memory", "-1GiB"], "--memory"),
-        (vec!["plan", &file, "--memory", "1GiB", "--reserve", "lots"], "lots"),
-        (vec!["plan", &file, "--memory", "1GiB", "--align", "48"], "power of two"),
-        (vec!["plan", &file], "--memory"),
+        (vec!["fit", &file, "--memory", "8XB"], "8XB"),
+        (vec!["fit", &file, "--memory", "-1GiB"], "--memory"),
+        (vec!["fit", &file, "--memory", "1GiB", "--reserve", "lots"], "lots"),
+        (vec!["fit", &file, "--memory", "1GiB", "--align", "48"], "power of two"),
+        (vec!["fit", &file], "--memory"),
         (vec!["inspect", &file, "--hashes"], "--json"),
         (vec!["inspect"], "<FILE>"),
         (vec!["frobnicate"], "frobnicate"),

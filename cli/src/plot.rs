@@ -1,4 +1,4 @@
-//! `simulate --plot`: hit rate and modeled time against budget, one line per policy, as SVG.
+//! `simulate --plot`: hit rate and modeled time against slots per layer, one line per policy, as SVG.
 
 use std::path::Path;
 
@@ -18,7 +18,8 @@ const COLOURS: [RGBColor; 8] = [
     RGBColor(127, 127, 127),
 ];
 
-/// Draws two panels into `path`: hit rate (top) and modeled time (bottom) against budget.
+/// Draws two panels into `path`: hit rate (top) and modeled time (bottom) against slots per
+/// layer.
 pub fn draw(path: &Path, runs: &[Run]) -> Result<(), String> {
     let mut policies: Vec<&str> = Vec::new();
     for run in runs {
@@ -26,8 +27,8 @@ pub fn draw(path: &Path, runs: &[Run]) -> Result<(), String> {
             policies.push(run.policy.name());
         }
     }
-    let budgets = runs.iter().map(|r| r.budget as f64);
-    let (lo, hi) = budgets.fold((f64::MAX, 0.0f64), |(lo, hi), b| (lo.min(b), hi.max(b)));
+    let slots = runs.iter().map(|r| r.slots as f64);
+    let (lo, hi) = slots.fold((f64::MAX, 0.0f64), |(lo, hi), b| (lo.min(b), hi.max(b)));
     let (lo, hi) = if lo >= hi { (lo - 1.0, hi + 1.0) } else { (lo, hi) };
     let max_time = runs.iter().map(|r| r.report.total.modeled_time_s).fold(0.0, f64::max).max(1e-9) * 1.05;
 
@@ -35,13 +36,15 @@ pub fn draw(path: &Path, runs: &[Run]) -> Result<(), String> {
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let (top, bottom) = root.split_vertically(450);
     let x = lo..hi;
-    panel(&top, "hit rate by budget", "hit rate", x.clone(), 1.0, runs, &policies, |r| r.report.total.hit_rate())?;
+    panel(&top, "hit rate by slots per layer", "hit rate", x.clone(), 1.0, runs, &policies, |r| {
+        r.report.total.hit_rate()
+    })?;
     let time = |r: &Run| r.report.total.modeled_time_s;
-    panel(&bottom, "modeled time by budget", "modeled time (s)", x, max_time, runs, &policies, time)?;
+    panel(&bottom, "modeled time by slots per layer", "modeled time (s)", x, max_time, runs, &policies, time)?;
     root.present().map_err(|e| e.to_string())
 }
 
-/// One chart: `value` of each run against its budget, one line per policy.
+/// One chart: `value` of each run against its slots per layer, one line per policy.
 #[allow(clippy::too_many_arguments)]
 fn panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
@@ -64,7 +67,7 @@ fn panel<DB: DrawingBackend>(
     for (i, policy) in policies.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
         let points: Vec<(f64, f64)> =
-            runs.iter().filter(|r| r.policy.name() == *policy).map(|r| (r.budget as f64, value(r))).collect();
+            runs.iter().filter(|r| r.policy.name() == *policy).map(|r| (r.slots as f64, value(r))).collect();
         chart
             .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
             .map_err(|e| e.to_string())?

@@ -63,7 +63,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     };
     let mut layers: Vec<SyntheticRouting> =
         (0..args.layers).map(|l| SyntheticRouting::new(shape, args.seed.wrapping_add(u64::from(l)))).collect();
-    let io = |source| CliError::model(&args.out, expertslab_std::Error::Io { path: args.out.clone(), source });
+    let io = |e| CliError::io(&args.out, e);
     let file = File::create(&args.out).map_err(io)?;
     let header = TraceHeader { experts: args.experts, layers: args.layers, top_k: args.top_k };
     let mut recorder = TraceRecorder::new(BufWriter::new(file), header).map_err(io)?;
