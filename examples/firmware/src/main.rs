@@ -18,7 +18,7 @@ extern crate alloc;
 use core::mem::MaybeUninit;
 use core::num::NonZeroU32;
 
-use cortex_m_rt::entry;
+use cortex_m_rt::{entry, exception, ExceptionFrame};
 use cortex_m_semihosting::{debug, hprintln};
 use embedded_alloc::LlffHeap;
 use expertslab::{
@@ -149,6 +149,17 @@ fn main() -> ! {
             debug::exit(debug::EXIT_FAILURE)
         }
     }
+    #[allow(clippy::empty_loop)]
+    loop {}
+}
+
+/// A fault (a bad address, an undefined instruction) prints where it happened, the program
+/// counter the core stacked on entry, and ends the emulation with a failure status instead of
+/// spinning in cortex-m-rt's default handler.
+#[exception]
+unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
+    hprintln!("HardFault: stacked pc {:#010x}, lr {:#010x}", frame.pc(), frame.lr());
+    debug::exit(debug::EXIT_FAILURE);
     #[allow(clippy::empty_loop)]
     loop {}
 }

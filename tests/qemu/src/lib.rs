@@ -1,6 +1,7 @@
 //! Runtime pieces shared by the firmware binaries: a heap that records its high-water mark, the
-//! panic handler, logging (semihosting text, or defmt with the `defmt` feature) and the exit
-//! through semihosting.
+//! panic and HardFault handlers, logging (semihosting text, or defmt with the `defmt` feature) and
+//! the exit through semihosting. A panic or a fault prints one line and ends the emulation with a
+//! failure status, so a broken firmware never passes for a working one nor hangs the lane.
 
 #![no_std]
 
@@ -10,6 +11,7 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
+use cortex_m_rt::{exception, ExceptionFrame};
 use embedded_alloc::LlffHeap;
 
 #[cfg(feature = "defmt")]
@@ -97,10 +99,31 @@ pub fn exit(success: bool) -> ! {
     loop {}
 }
 
+/// Prints `args` as one line through [`log!`], cut short at 160 bytes.
+fn log_formatted(args: core::fmt::Arguments<'_>) {
+    let mut line: heapless::String<160> = heapless::String::new();
+    let _ = core::fmt::write(&mut line, args);
+    log!("{}", line.as_str());
+}
+
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
-    let mut message: heapless::String<160> = heapless::String::new();
-    let _ = core::fmt::write(&mut message, format_args!("{info}"));
-    log!("firmware panicked: {}", message.as_str());
+    log_formatted(format_args!("firmware panicked: {info}"));
+    exit(false)
+}
+
+/// Reports a fault with the program counter and link register the core stacked on entry (the
+/// faulting instruction and its caller) and the configurable fault status register (which fault
+/// it was), then ends the emulation with a failure status.
+#[exception]
+unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
+    // SAFETY: a read of a status register of the system control block, which is always mapped.
+    let cfsr = unsafe { (*cortex_m::peripheral::SCB::PTR).cfsr.read() };
+    log_formatted(format_args!(
+        "HardFault: stacked pc {:#010x}, lr {:#010x}, cfsr {:#010x}",
+        frame.pc(),
+        frame.lr(),
+        cfsr
+    ));
     exit(false)
 }
