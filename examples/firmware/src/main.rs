@@ -170,6 +170,7 @@ enum Failure {
     Layout(LayoutError),
     Pool(expertslab::PoolError),
     Migrate(expertslab::MigrateFailure<LayoutError, DmaError>),
+    Step(expertslab::StepError<LayoutError, DmaError>),
     Mismatch { layer: usize, expert: usize },
     SramTaken,
 }
@@ -224,9 +225,8 @@ fn run() -> Result<(), Failure> {
         for (layer, plan) in plans.iter_mut().enumerate() {
             route(step, layer, &mut ids);
             let pool = &mut pools.pools_mut()[layer];
-            pool.plan_step(Step::decode(u64::from(step)), &ids, plan).map_err(Failure::Pool)?;
-            migrate(pool, plan, &layout, &model[..], &mut dma).map_err(Failure::Migrate)?;
-            pool.serve(&ids);
+            pool.step(Step::decode(u64::from(step)), &ids, plan, &layout, &model[..], &mut dma)
+                .map_err(Failure::Step)?;
             // The "NPU" reads each routed expert: from its SRAM slot when resident, else from flash.
             for &e in &ids {
                 let expert = e as usize;

@@ -17,7 +17,7 @@ use cortex_m::peripheral::syst::SystClkSource;
 use cortex_m_rt::{entry, exception};
 use expertslab::{
     migrate, ArenaSink, ExpertLayout, ExpertPool, LayerStacks, MigrateError, MigrationPlan, PoolConfig, SharedPool,
-    SlotArena, SlotSink, SlotWrite,
+    SlotArena, SlotSink, SlotWrite, Step,
 };
 use expertslab_golden::{
     blob_layout, blob_stacks, check_layouts, parse_scenario, replay, BLOB_EXPERTS, EXPERT_BLOB, LAYOUT_VECTORS,
@@ -97,11 +97,9 @@ fn flash_to_sram() -> Outcome {
     pool.initial_plan(&mut plan);
     migrate(&mut pool, &plan, &layout, &model[..], &mut sink).map_err(text)?;
     slots_hold_their_experts(&pool, &sink, &model)?;
-    for ids in STEPS {
-        pool.refresh(ids, &mut plan).map_err(text)?;
-        migrate(&mut pool, &plan, &layout, &model[..], &mut sink).map_err(text)?;
+    for (step, ids) in (0..).zip(STEPS) {
+        pool.step(Step::decode(step), ids, &mut plan, &layout, &model[..], &mut sink).map_err(text)?;
         slots_hold_their_experts(&pool, &sink, &model)?;
-        pool.serve(ids);
     }
     log!(
         "  {} promotions, {} bytes copied from flash",
@@ -183,9 +181,7 @@ fn heap_high_water() -> Outcome {
     let built = HEAP.peak();
     for step in 0..1000u32 {
         let ids = [step % 8, (step / 3) % 8, (step * 5 + 1) % 8, 9];
-        pool.refresh(&ids, &mut plan).map_err(text)?;
-        migrate(&mut pool, &plan, &layout, &model[..], &mut sink).map_err(text)?;
-        pool.serve(&ids);
+        pool.step(Step::decode(step.into()), &ids, &mut plan, &layout, &model[..], &mut sink).map_err(text)?;
     }
     let after = HEAP.peak();
     log!("  heap high-water mark: {} bytes after build, {} bytes after 1000 refreshes", built as u32, after as u32);

@@ -8,7 +8,7 @@
 use cortex_m_rt::entry;
 use expertslab::{
     migrate, ArenaSink, ExpertLayout, ExpertPool, Format, LayerStacks, MigrationPlan, PoolConfig, SlotArena,
-    StackLayout,
+    StackLayout, Step,
 };
 use expertslab_qemu::{exit, init_heap};
 
@@ -47,10 +47,8 @@ fn run() -> Option<bool> {
     pool.initial_plan(&mut plan);
     migrate(&mut pool, &plan, &layout, &model[..], &mut sink).ok()?;
     let mut hits = 0;
-    for ids in [[5u32, 6], [5, 7], [1, 2]] {
-        pool.refresh(&ids, &mut plan).ok()?;
-        migrate(&mut pool, &plan, &layout, &model[..], &mut sink).ok()?;
-        hits += pool.serve(&ids).hits;
+    for (step, ids) in (0..).zip([[5u32, 6], [5, 7], [1, 2]]) {
+        hits += pool.step(Step::decode(step), &ids, &mut plan, &layout, &model[..], &mut sink).ok()?.served.hits;
     }
     Some(hits == 6 && pool.is_resident(1))
 }
