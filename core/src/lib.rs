@@ -96,6 +96,7 @@ pub mod replay;
 pub mod schedule;
 pub mod shared;
 pub mod sink;
+pub(crate) mod slot_table;
 pub mod source;
 pub mod synthetic;
 pub mod trace;
