@@ -92,6 +92,7 @@ pub mod name;
 pub mod plan;
 pub mod policy;
 pub mod pool;
+mod projection;
 pub mod replay;
 pub mod schedule;
 pub mod shared;
@@ -108,7 +109,7 @@ pub use error::{LayoutError, MigrateError, PlanError, PoolError, ViewError};
 pub use format::{BlockShape, Format};
 pub use gguf::{GgufError, GgufFile, GgufModel, MoeModel};
 pub use layers::LayerPools;
-pub use layout::{ExpertLayout, Projection, StackLayout, MAX_PROJECTIONS};
+pub use layout::{ExpertLayout, StackLayout, MAX_PROJECTIONS};
 pub use migrate::{expert_slabs, migrate, push_stacks, ExpertSlab, MigrateFailure, MigrateReport, PushError};
 pub use name::{stack_name, TensorName};
 pub use plan::{MigrationPlan, Promotion};
@@ -116,6 +117,7 @@ pub use policy::{DecayConfig, Policy, PolicyError};
 pub use pool::{
     ExpertPool, InitialPlacement, PoolConfig, PoolStats, PromotionState, ServeCounts, MAX_EXPERTS, MAX_STEP_IDS,
 };
+pub use projection::Projection;
 pub use schedule::{Mode, Schedule, Step};
 pub use shared::SharedPool;
 pub use sink::{ArenaSink, ParamSink, SlotSink, SlotWrite};
