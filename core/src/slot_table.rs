@@ -23,6 +23,10 @@ use alloc::vec::Vec;
 /// Slot-table entry of a slot that holds no expert (experts are numbered below it).
 pub(crate) const EMPTY_SLOT: u16 = u16::MAX;
 
+/// The most experts one pool indexes (ids are 16-bit, one value marks an empty slot). Slots never
+/// outnumber experts, so it bounds the slot count too.
+pub const MAX_EXPERTS: usize = EMPTY_SLOT as usize;
+
 /// Resting per-expert word of an expert that is not resident (every bit set: no slot reaches it).
 pub(crate) const NOT_RESIDENT: u32 = u32::MAX;
 

@@ -24,8 +24,7 @@ use crate::policy::{AdmitState, Candidates, PolicyState, RefreshState};
 use crate::schedule::{Mode, Schedule, Step};
 use crate::slot_table::{Served, SlotTable, COUNT_MASK};
 
-/// The most experts one pool indexes (ids are 16-bit, one value marks an empty slot).
-pub const MAX_EXPERTS: usize = u16::MAX as usize;
+pub use crate::slot_table::MAX_EXPERTS;
 /// The most routing ids one step may carry (per-expert counters stay below their flag bits).
 pub const MAX_STEP_IDS: usize = COUNT_MASK as usize;
 
