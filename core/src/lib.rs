@@ -26,7 +26,7 @@
 //! | [`source`], [`sink`] | where bytes come from and go to |
 //! | [`layers`], [`shared`] | one pool per layer; a pool shared without std |
 //! | [`gguf`] | GGUF model files read in place: directory and MoE layers as a source |
-//! | [`trace`], [`replay`], [`synthetic`] | routing traces, replaying them under a policy and a cost model, synthetic routing |
+//! | [`trace`], [`trace::replay`], [`trace::synthetic`] | routing traces, replaying them under a policy and a cost model, synthetic routing |
 //!
 //! ## Example
 //! One layer of 4 experts, each a 2 × 4 `F32` gate/up/down, with 2 slots in a caller buffer:
@@ -93,13 +93,11 @@ pub mod plan;
 pub mod policy;
 pub mod pool;
 mod projection;
-pub mod replay;
 pub mod schedule;
 pub mod shared;
 pub mod sink;
 pub(crate) mod slot_table;
 pub mod source;
-pub mod synthetic;
 pub mod trace;
 pub mod view;
 

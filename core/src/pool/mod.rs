@@ -298,7 +298,7 @@ impl ExpertPool {
         Ok(())
     }
 
-    /// Gives a [`Policy::Belady`] pool the layer's whole routing stream in serving order (every
+    /// Gives a [`Policy::Belady`](crate::Policy::Belady) pool the layer's whole routing stream in serving order (every
     /// step's ids, concatenated), so it can evict the resident used farthest in the future.
     /// Allocates 4 bytes per id; for evaluation, not for a device.
     ///

@@ -1,12 +1,12 @@
 //! `expertslab synth`: write a synthetic routing trace (Zipf popularity, reuse between
-//! consecutive tokens, phase changes; see `expertslab_std::synthetic`).
+//! consecutive tokens, phase changes; see `expertslab_std::trace::synthetic`).
 
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
-use expertslab_std::synthetic::{RoutingShape, SyntheticRouting};
+use expertslab_std::trace::synthetic::{RoutingShape, SyntheticRouting};
 use expertslab_std::trace::TraceHeader;
 use expertslab_std::{RoutingCapture, TraceRecorder};
 
