@@ -7,8 +7,8 @@
 //! [`ExpertPool::serve`] then counts the step's hits and misses against the real residency.
 //!
 //! # State
-//! A slot table (per expert a `u32` word, per slot the expert it holds), the
-//! policy's state and the counters. Nothing is allocated after [`ExpertPool::new`], except when
+//! A slot table (per expert a `u32` word, per slot the expert it holds), the policy's state and
+//! the counters. Nothing is allocated after [`ExpertPool::new`], except when
 //! [`ExpertPool::set_budget`] grows the pool past the most slots it has had (and by
 //! [`ExpertPool::load_future`], for evaluation).
 
@@ -18,13 +18,14 @@ mod stats;
 pub use config::{InitialPlacement, PoolConfig};
 pub use stats::{PoolStats, ServeCounts};
 
+pub use crate::slot_table::MAX_EXPERTS;
+
 use crate::error::{PlanError, PoolError};
 use crate::plan::{MigrationPlan, Promotion};
 use crate::policy::{AdmitState, Candidates, PolicyState, RefreshState};
 use crate::schedule::{Mode, Schedule, Step};
 use crate::slot_table::{Served, SlotTable, COUNT_MASK};
 
-pub use crate::slot_table::MAX_EXPERTS;
 /// The most routing ids one step may carry (per-expert counters stay below their flag bits).
 pub const MAX_STEP_IDS: usize = COUNT_MASK as usize;
 
