@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 
-use expertslab::synthetic::{RoutingShape, SplitMix64, SyntheticRouting};
+use expertslab::trace::synthetic::{RoutingShape, SplitMix64, SyntheticRouting};
 use expertslab::{Format, InitialPlacement, Mode, Schedule, Step};
 use expertslab_golden::{
     blob_layout, blob_stacks, check_layouts, parse_scenario, replay, write_scenario, LayerSpec, LayoutCase, Scenario,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Args as ClapArgs;
-use expertslab_std::synthetic::SplitMix64;
+use expertslab_std::trace::synthetic::SplitMix64;
 use expertslab_std::trace::TraceHeader;
 use expertslab_std::{
     ExpertLayout, ExpertSource, ExpertStore, Format, LayerStacks, Offloader, PoolConfig, Projection, RoutingCapture,
@@ -50,7 +50,7 @@ pub struct Args {
     steps: u64,
     /// Placement policy (tide, decay, lru, lfu, lru2).
     #[arg(long, default_value = "tide", value_parser = parse_policy)]
-    policy: expertslab_std::replay::ReplayPolicy,
+    policy: expertslab_std::trace::replay::ReplayPolicy,
     /// Refresh schedule of interval policies: every:N or forward.
     #[arg(long, default_value = "every:4", value_parser = parse_schedule)]
     schedule: Schedule,
@@ -195,7 +195,7 @@ fn floats(bytes: &[u8]) -> Result<&[f32], CliError> {
 
 pub fn run(args: &Args) -> Result<(), CliError> {
     let policy = match args.policy {
-        expertslab_std::replay::ReplayPolicy::Pool(p) if p != expertslab_std::Policy::Belady => p,
+        expertslab_std::trace::replay::ReplayPolicy::Pool(p) if p != expertslab_std::Policy::Belady => p,
         other => {
             return Err(CliError::Usage(format!("demo runs deployable policies; {} is a reference", other.name())))
         }

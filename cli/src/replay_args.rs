@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use expertslab_std::replay::{replay, CostModel, ReplayConfig, ReplayError, ReplayPolicy, ReplayReport};
+use expertslab_std::trace::replay::{replay, CostModel, ReplayConfig, ReplayError, ReplayPolicy, ReplayReport};
 use expertslab_std::trace::Trace;
 use expertslab_std::{DecayConfig, InitialPlacement, LayeredSource, Policy, Schedule};
 use indicatif::{ProgressBar, ProgressStyle};

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
-use expertslab_std::replay::{ReplayCounters, ReplayPolicy};
+use expertslab_std::trace::replay::{ReplayCounters, ReplayPolicy};
 use expertslab_std::Schedule;
 use serde_json::{json, Value};
 

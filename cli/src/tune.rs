@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use std::num::NonZeroU32;
 
 use clap::Args as ClapArgs;
-use expertslab_std::replay::ReplayPolicy;
+use expertslab_std::trace::replay::ReplayPolicy;
 use expertslab_std::{slots_per_layer, Policy, Schedule};
 use serde_json::json;
 

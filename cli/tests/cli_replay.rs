@@ -37,6 +37,23 @@ fn synth_writes_a_trace_simulate_reads() {
 }
 
 #[test]
+fn synth_finishes_a_steep_popularity_and_refuses_impossible_shapes() {
+    let path = temp("steep.ndjson");
+    let p = path.to_str().unwrap();
+    let steep = ["synth", "--out", p, "--experts", "64", "--layers", "1", "--top-k", "8", "--steps", "100"];
+    stdout(&expertslab(&[&steep[..], &["--zipf", "10"]].concat()));
+    let parsed = expertslab_std::trace::Trace::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(parsed.records().len(), 101);
+    std::fs::remove_file(&path).unwrap();
+    for bad in [&["--zipf", "-1"][..], &["--reuse", "1.5"], &["--top-k", "65"]] {
+        let out = expertslab(&[&steep[..], bad].concat());
+        assert!(!out.status.success(), "{bad:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("synth"), "{bad:?}: {err}");
+    }
+}
+
+#[test]
 fn simulate_json_has_every_counter_and_totals_sum_the_layers() {
     let trace = synth("sim.ndjson", "100");
     let plot = temp("sim.svg");

@@ -3,7 +3,7 @@
 
 use core::fmt;
 
-use crate::layout::Projection;
+use crate::projection::Projection;
 
 /// A layout, addressing or buffer error: dimensions, ranges, lengths and alignment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

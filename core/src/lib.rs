@@ -26,7 +26,7 @@
 //! | [`source`], [`sink`] | where bytes come from and go to |
 //! | [`layers`], [`shared`] | one pool per layer; a pool shared without std |
 //! | [`gguf`] | GGUF model files read in place: directory and MoE layers as a source |
-//! | [`trace`], [`replay`], [`synthetic`] | routing traces, replaying them under a policy and a cost model, synthetic routing |
+//! | [`trace`], [`trace::replay`], [`trace::synthetic`] | routing traces, replaying them under a policy and a cost model, synthetic routing |
 //!
 //! ## Example
 //! One layer of 4 experts, each a 2 × 4 `F32` gate/up/down, with 2 slots in a caller buffer:
@@ -92,13 +92,13 @@ pub mod name;
 pub mod plan;
 pub mod policy;
 pub mod pool;
-pub mod replay;
+mod projection;
 pub mod schedule;
 pub mod shared;
 pub mod sink;
+pub(crate) mod slot_table;
 pub mod source;
 pub mod step;
-pub mod synthetic;
 pub mod trace;
 pub mod view;
 
@@ -108,7 +108,7 @@ pub use error::{LayoutError, MigrateError, PlanError, PoolError, ViewError};
 pub use format::{BlockShape, Format};
 pub use gguf::{GgufError, GgufFile, GgufModel, MoeModel};
 pub use layers::LayerPools;
-pub use layout::{ExpertLayout, Projection, StackLayout, MAX_PROJECTIONS};
+pub use layout::{ExpertLayout, StackLayout, MAX_PROJECTIONS};
 pub use migrate::{expert_slabs, migrate, push_stacks, ExpertSlab, MigrateFailure, MigrateReport, PushError};
 pub use name::{stack_name, TensorName};
 pub use plan::{MigrationPlan, Promotion};
@@ -116,6 +116,7 @@ pub use policy::{DecayConfig, Policy, PolicyError};
 pub use pool::{
     ExpertPool, InitialPlacement, PoolConfig, PoolStats, PromotionState, ServeCounts, MAX_EXPERTS, MAX_STEP_IDS,
 };
+pub use projection::Projection;
 pub use schedule::{Mode, Schedule, Step};
 pub use shared::SharedPool;
 pub use sink::{ArenaSink, ParamSink, SlotSink, SlotWrite};

@@ -2,6 +2,8 @@
 
 use alloc::vec::Vec;
 
+use crate::slot_table::MAX_EXPERTS;
+
 /// One promotion: copy `expert`'s bytes into `slot`, then mark it resident there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -29,9 +31,10 @@ pub struct MigrationPlan {
 
 impl MigrationPlan {
     /// An empty plan with room for `capacity` promotions (the pool's slot count avoids any later
-    /// allocation).
+    /// allocation). A plan holds at most one promotion per slot and no pool has more than
+    /// [`crate::MAX_EXPERTS`] slots, so a larger `capacity` is clamped to that.
     pub fn new(capacity: usize) -> Self {
-        Self { layer: 0, budget_generation: 0, promotions: Vec::with_capacity(capacity) }
+        Self { layer: 0, budget_generation: 0, promotions: Vec::with_capacity(capacity.min(MAX_EXPERTS)) }
     }
 
     /// The layer the plan was made for.
@@ -61,15 +64,32 @@ impl MigrationPlan {
     }
 
     /// Starts a new plan for `layer` at budget generation `budget_generation`, keeping the
-    /// storage and making room for `capacity` promotions.
+    /// storage and making room for `capacity` promotions (clamped as in [`MigrationPlan::new`]).
     pub(crate) fn reset(&mut self, layer: usize, budget_generation: u32, capacity: usize) {
         self.layer = layer;
         self.budget_generation = budget_generation;
         self.promotions.clear();
-        self.promotions.reserve(capacity);
+        self.promotions.reserve(capacity.min(MAX_EXPERTS));
     }
 
     pub(crate) fn push(&mut self, promotion: Promotion) {
         self.promotions.push(promotion);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacities_past_the_slot_limit_are_clamped() {
+        let mut plan = MigrationPlan::new(usize::MAX);
+        assert!(plan.is_empty());
+        assert!(plan.promotions.capacity() >= MAX_EXPERTS);
+        plan.reset(3, 1, usize::MAX);
+        assert_eq!((plan.layer(), plan.budget_generation(), plan.len()), (3, 1, 0));
+        plan.push(Promotion { expert: 1, slot: 0, evicted: None });
+        plan.reset(0, 0, usize::MAX - 1);
+        assert!(plan.is_empty());
     }
 }

@@ -7,7 +7,7 @@
 use std::error::Error;
 use std::num::NonZeroU32;
 
-use expertslab_std::synthetic::{RoutingShape, SyntheticRouting};
+use expertslab_std::trace::synthetic::{RoutingShape, SyntheticRouting};
 use expertslab_std::{
     ExpertStore, LayerStacks, Offloader, ParamSink, PoolConfig, Projection, RoutingCapture, Schedule, SharedBytes, Step,
 };
@@ -40,7 +40,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
     let expert_kib = store.layer(0).map_or(0, |l| l.layout().expert_bytes()) / 1024;
     println!("{LAYERS} layers × {EXPERTS} experts of {expert_kib} KiB, 1 token × top-{TOP_K} per step, {STEPS} steps");
-    println!("routing: expertslab::synthetic, Zipf 0.9, reuse 0.5, a new phase every 64 steps");
+    println!("routing: expertslab::trace::synthetic, Zipf 0.9, reuse 0.5, a new phase every 64 steps");
     println!();
     println!(
         "| budget | τ | refreshes | promotions | incremental MiB | full push MiB | full / incremental | hit rate |"

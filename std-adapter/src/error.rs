@@ -4,7 +4,7 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-use expertslab::replay::ReplayError;
+use expertslab::trace::replay::ReplayError;
 use expertslab::trace::TraceError;
 use expertslab::{GgufError, LayoutError, MigrateFailure, PoolError};
 

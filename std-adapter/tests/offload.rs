@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use expertslab_std::synthetic::{RoutingShape, SyntheticRouting};
+use expertslab_std::trace::synthetic::{RoutingShape, SyntheticRouting};
 use expertslab_std::{
     open_gguf, ExpertSource, ExpertStore, InitialPlacement, LayerStacks, LayeredSource, Offloader, ParallelMigrator,
     ParamSink, PoolConfig, Projection, RoutingCapture, Schedule, SharedBytes, StackSource, Step,

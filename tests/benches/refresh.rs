@@ -9,7 +9,7 @@
 use std::hint::black_box;
 
 use divan::{AllocProfiler, Bencher};
-use expertslab::synthetic::{RoutingShape, SyntheticRouting};
+use expertslab::trace::synthetic::{RoutingShape, SyntheticRouting};
 use expertslab::{ExpertPool, MigrationPlan, PoolConfig};
 use expertslab_tests::ReferenceTide;
 

@@ -1,11 +1,11 @@
-//! Replay throughput: steps per second of `expertslab::replay::replay` for one layer of E = 256
+//! Replay throughput: steps per second of `expertslab::trace::replay::replay` for one layer of E = 256
 //! experts with top-8 routing, 1 and 64 tokens per step, 64 slots, for every policy. Beside it,
 //! reading the same trace from its text form. Run with
 //! `cargo bench -p expertslab-tests --bench replay`.
 
 use divan::Bencher;
-use expertslab::replay::{replay, CostModel, ReplayConfig, ReplayPolicy};
-use expertslab::synthetic::{RoutingShape, SyntheticRouting};
+use expertslab::trace::replay::{replay, CostModel, ReplayConfig, ReplayPolicy};
+use expertslab::trace::synthetic::{RoutingShape, SyntheticRouting};
 use expertslab::trace::{Trace, TraceHeader};
 use expertslab::{InitialPlacement, Schedule};
 

@@ -4,7 +4,7 @@
 //! only when an invariant of the library is broken (a panic inside the library counts too).
 
 use expertslab::gguf::{GgufFile, GgufModel};
-use expertslab::replay::{replay, CostModel, ReplayConfig, ReplayPolicy};
+use expertslab::trace::replay::{replay, CostModel, ReplayConfig, ReplayPolicy};
 use expertslab::trace::Trace;
 use expertslab::{
     migrate, slots_per_layer, split_byte_budget, ArenaSink, ExpertLayout, ExpertPool, ExpertSource, Format,

@@ -24,7 +24,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::plan::{MigrationPlan, Promotion};
-use crate::pool::EMPTY_SLOT;
+use crate::slot_table::{admitted, slot_in, EMPTY_SLOT, NOT_RESIDENT};
 
 /// Which demand policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,16 +76,11 @@ pub(crate) struct DemandCache {
 
 /// What an admission step reads and changes in the pool.
 pub(crate) struct AdmitState<'a> {
-    /// Per expert: its slot while resident, the pool's not-resident marker otherwise.
+    /// Per expert: its word in the demand-step phase (see [`crate::slot_table`]).
     pub expert_slot: &'a mut [u32],
     /// Per slot: the expert it holds, or `EMPTY_SLOT`.
     pub slot_expert: &'a mut [u16],
-    /// The pool's marker of a non-resident expert.
-    pub not_resident: u32,
 }
-
-/// Flag on a per-expert word during a step: admitted into slot `word & !ADMITTED`.
-const ADMITTED: u32 = 1 << 31;
 
 impl DemandCache {
     pub(crate) fn new(kind: DemandKind, experts: usize, slots: usize) -> Self {
@@ -143,7 +138,7 @@ impl DemandCache {
     /// `plan` gets a promotion into a free slot or the victim's, whose expert is demoted. Returns
     /// the number of demotions.
     pub(crate) fn step(&mut self, state: AdmitState<'_>, ids: &[u32], admit: bool, plan: &mut MigrationPlan) -> usize {
-        let AdmitState { expert_slot, slot_expert, not_resident } = state;
+        let AdmitState { expert_slot, slot_expert } = state;
         self.step = self.step.saturating_add(1);
         self.admissions.clear();
         let mut demotions = 0usize;
@@ -165,8 +160,8 @@ impl DemandCache {
             if let Some(n) = self.future.next_use.get_mut(expert) {
                 *n = next;
             }
-            if word != not_resident {
-                if let Some(u) = self.uses.get_mut((word & !ADMITTED) as usize) {
+            if word != NOT_RESIDENT {
+                if let Some(u) = self.uses.get_mut(slot_in(word)) {
                     *u = Uses { prev: u.last, last: self.clock, step: self.step };
                 }
                 continue;
@@ -183,7 +178,7 @@ impl DemandCache {
             let evicted = slot_expert.get(slot).copied().filter(|&e| e != EMPTY_SLOT);
             if let Some(victim) = evicted {
                 if let Some(w) = expert_slot.get_mut(usize::from(victim)) {
-                    *w = not_resident;
+                    *w = NOT_RESIDENT;
                 }
                 if let Some(s) = slot_expert.get_mut(slot) {
                     *s = EMPTY_SLOT;
@@ -200,13 +195,13 @@ impl DemandCache {
                 *u = Uses { prev: 0, last: self.clock, step: self.step };
             }
             if let Some(w) = expert_slot.get_mut(expert) {
-                *w = ADMITTED | slot as u32;
+                *w = admitted(slot);
             }
         }
         // Admitted experts become resident only when their copy is committed.
         for a in self.admitted.iter_mut() {
             if let Some(w) = expert_slot.get_mut(usize::from(*a)) {
-                *w = not_resident;
+                *w = NOT_RESIDENT;
             }
             *a = EMPTY_SLOT;
         }

@@ -23,6 +23,7 @@ use alloc::vec::Vec;
 use super::select::{keep_best, sort_best_first};
 use super::DecayConfig;
 use crate::plan::{MigrationPlan, Promotion};
+use crate::slot_table::{COUNT_MASK, EMPTY_SLOT, RESIDENT, SEEN, TARGET};
 
 /// An expert and its score key (a count, or the bits of a non-negative float, which order the
 /// same way).
@@ -77,14 +78,14 @@ pub(crate) struct IntervalPlacement {
 }
 
 /// The slot table a refresh reads and changes, with per-expert words that hold hit counts for the
-/// duration of the refresh (see [`crate::ExpertPool`]).
+/// duration of the refresh (the interval-refresh phase of [`crate::slot_table`]).
 pub(crate) struct RefreshState<'a> {
     /// Per expert: the step's hit count, with [`RESIDENT`] set for residents; the policy sets
     /// more flag bits. Valid for every resident expert and every expert in `candidates`.
     pub counts: &'a mut [u32],
     /// Number of occupied slots.
     pub resident: usize,
-    /// Per slot: the expert it holds, or [`crate::pool::EMPTY_SLOT`].
+    /// Per slot: the expert it holds, or [`EMPTY_SLOT`].
     pub slot_expert: &'a mut [u16],
     /// The experts that may have a count above zero.
     pub candidates: Candidates<'a>,
@@ -99,15 +100,6 @@ pub(crate) enum Candidates<'a> {
     /// only their words, and the residents', hold counts.
     Ids(&'a [u32]),
 }
-
-/// Flag on a count word: the expert is a target of this refresh.
-const TARGET: u32 = 1 << 31;
-/// Flag on a count word: the expert is resident (set by the pool before the refresh).
-pub(crate) const RESIDENT: u32 = 1 << 30;
-/// Flag on a count word: the expert was already offered as a candidate.
-const SEEN: u32 = 1 << 29;
-/// Counts stay below the flag bits.
-pub(crate) const COUNT_MASK: u32 = SEEN - 1;
 
 impl IntervalPlacement {
     /// TIDE's hit-count placement for `slots` slots.
@@ -245,7 +237,7 @@ impl IntervalPlacement {
                 },
             };
             if let Some(entry) = slot_expert.get_mut(usize::from(slot)) {
-                *entry = crate::pool::EMPTY_SLOT;
+                *entry = EMPTY_SLOT;
             }
             demotions = demotions.saturating_add(usize::from(evicted.is_some()));
             plan.push(Promotion { expert: t.expert, slot, evicted });

@@ -18,7 +18,7 @@ pub(crate) mod select;
 use core::fmt;
 
 pub(crate) use demand::{AdmitState, DemandCache, DemandKind};
-pub(crate) use interval::{Candidates, IntervalPlacement, RefreshState, COUNT_MASK, RESIDENT};
+pub(crate) use interval::{Candidates, IntervalPlacement, RefreshState};
 
 /// Settings of the decayed-frequency policy.
 #[derive(Debug, Clone, Copy, PartialEq)]

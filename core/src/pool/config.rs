@@ -1,0 +1,70 @@
+//! How a pool is built: its configuration and initial placement.
+
+use crate::policy::Policy;
+use crate::schedule::Schedule;
+
+/// Which experts are resident when a pool is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum InitialPlacement {
+    /// Experts `0..budget` in slots `0..budget`, as the TIDE reference starts. Like every
+    /// promotion they become resident only once copied: [`crate::ExpertPool::initial_plan`] gives the
+    /// plan, [`crate::migrate()`] fills the slots and commits it.
+    #[default]
+    Warm,
+    /// No expert resident until the first refresh.
+    Cold,
+}
+
+/// How one pool is built: layer index, expert count, budget, policy, schedule and initial
+/// placement.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct PoolConfig {
+    pub(super) layer: usize,
+    pub(super) experts: usize,
+    pub(super) budget: usize,
+    pub(super) policy: Policy,
+    pub(super) schedule: Schedule,
+    pub(super) initial: InitialPlacement,
+}
+
+impl PoolConfig {
+    /// A pool of `experts` experts and `budget` slots for layer 0 with TIDE placement, refreshing
+    /// every forward pass, starting warm. A budget above the expert count is clamped to it.
+    pub const fn new(experts: usize, budget: usize) -> Self {
+        Self {
+            layer: 0,
+            experts,
+            budget,
+            policy: Policy::Tide,
+            schedule: Schedule::EveryForward,
+            initial: InitialPlacement::Warm,
+        }
+    }
+
+    /// The placement policy.
+    pub const fn policy(self, policy: Policy) -> Self {
+        Self { policy, ..self }
+    }
+
+    /// The layer index this pool serves (plans and sink writes carry it).
+    pub const fn layer(self, layer: usize) -> Self {
+        Self { layer, ..self }
+    }
+
+    /// The expert count (for building several layers' pools from one configuration).
+    pub const fn experts(self, experts: usize) -> Self {
+        Self { experts, ..self }
+    }
+
+    /// The refresh schedule.
+    pub const fn schedule(self, schedule: Schedule) -> Self {
+        Self { schedule, ..self }
+    }
+
+    /// The initial placement.
+    pub const fn initial(self, initial: InitialPlacement) -> Self {
+        Self { initial, ..self }
+    }
+}

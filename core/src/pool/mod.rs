@@ -1,0 +1,424 @@
+//! The residency pool of one MoE layer: which experts live in which fast-memory slots.
+//!
+//! The pool decides; it never copies. A refresh (on the steps its [`Schedule`] names) turns the
+//! step's routing ids into a [`MigrationPlan`] and frees the slots of demoted experts at once
+//! (demotion copies nothing: slow memory holds every expert). Promotions become resident only
+//! through [`ExpertPool::commit`], which [`crate::migrate()`] calls after each copy completed.
+//! [`ExpertPool::serve`] then counts the step's hits and misses against the real residency.
+//!
+//! # State
+//! A slot table (per expert a `u32` word, per slot the expert it holds), the policy's state and
+//! the counters. Nothing is allocated after [`ExpertPool::new`], except when
+//! [`ExpertPool::set_budget`] grows the pool past the most slots it has had (and by
+//! [`ExpertPool::load_future`], for evaluation).
+
+mod config;
+mod stats;
+
+pub use config::{InitialPlacement, PoolConfig};
+pub use stats::{PoolStats, ServeCounts};
+
+pub use crate::slot_table::MAX_EXPERTS;
+
+use crate::error::{PlanError, PoolError};
+use crate::plan::{MigrationPlan, Promotion};
+use crate::policy::{AdmitState, Candidates, PolicyState, RefreshState};
+use crate::schedule::{Mode, Schedule, Step};
+use crate::slot_table::{Served, SlotTable, COUNT_MASK};
+
+/// The most routing ids one step may carry (per-expert counters stay below their flag bits).
+pub const MAX_STEP_IDS: usize = COUNT_MASK as usize;
+
+/// The longest routing stream [`ExpertPool::load_future`] takes: positions are `u32`, and
+/// `u32::MAX` marks "never used again".
+const MAX_FUTURE_IDS: usize = u32::MAX as usize - 1;
+
+/// Refuses steps of `ids` ids whose hit counts could reach the policy's flag bits.
+pub(crate) fn check_step(ids: usize) -> Result<(), PoolError> {
+    if ids > MAX_STEP_IDS {
+        return Err(PoolError::TooManyIds { ids, max: MAX_STEP_IDS });
+    }
+    Ok(())
+}
+
+/// Whether a promotion still has to be copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum PromotionState {
+    /// The slot is free and the expert not resident: copy, then commit.
+    Pending,
+    /// The expert is already resident in that slot (committed earlier, for example by a retry).
+    Done,
+}
+
+/// The residency pool of one MoE layer. See the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct ExpertPool {
+    layer: usize,
+    schedule: Schedule,
+    /// Which expert is in which slot.
+    table: SlotTable,
+    resident: usize,
+    policy: PolicyState,
+    initial: InitialPlacement,
+    stats: PoolStats,
+    /// Bumped by every budget change; plans carry the generation they were made at.
+    budget_generation: u32,
+}
+
+impl ExpertPool {
+    /// Builds a pool as `config` says; the budget is clamped to the expert count.
+    ///
+    /// # Errors
+    /// [`PoolError::NoExperts`] for zero experts, [`PoolError::TooManyExperts`] above
+    /// [`MAX_EXPERTS`].
+    pub fn new(config: PoolConfig) -> Result<Self, PoolError> {
+        let PoolConfig { layer, experts, budget, policy, schedule, initial } = config;
+        if experts == 0 {
+            return Err(PoolError::NoExperts);
+        }
+        if experts > MAX_EXPERTS {
+            return Err(PoolError::TooManyExperts { experts, max: MAX_EXPERTS });
+        }
+        let slots = budget.min(experts);
+        Ok(Self {
+            layer,
+            schedule,
+            table: SlotTable::new(experts, slots),
+            resident: 0,
+            policy: PolicyState::new(policy, experts, slots),
+            initial,
+            stats: PoolStats::default(),
+            budget_generation: 0,
+        })
+    }
+
+    /// The layer index this pool serves.
+    pub const fn layer(&self) -> usize {
+        self.layer
+    }
+
+    /// Number of experts.
+    pub fn experts(&self) -> usize {
+        self.table.experts()
+    }
+
+    /// Number of slots (the budget, clamped to the expert count).
+    pub fn slots(&self) -> usize {
+        self.table.slots()
+    }
+
+    /// Number of resident experts.
+    pub const fn resident(&self) -> usize {
+        self.resident
+    }
+
+    /// The refresh schedule.
+    pub const fn schedule(&self) -> Schedule {
+        self.schedule
+    }
+
+    /// Changes the refresh schedule from the next step on.
+    pub fn set_schedule(&mut self, schedule: Schedule) {
+        self.schedule = schedule;
+    }
+
+    /// Changes the number of slots to `budget` (clamped to the expert count), for fast memory that
+    /// grows or shrinks at run time. Returns how many experts were demoted.
+    ///
+    /// Shrinking demotes the experts in slots `budget..`; once this returns, their memory is the
+    /// caller's again. Growing adds free slots, which later refreshes or admissions fill. Every
+    /// other resident keeps its slot, and a [`crate::SlotArena`] places slot `s` at the same
+    /// offset whatever the slot count, so an arena for the new count over the same bytes still
+    /// holds them.
+    ///
+    /// Plans made before a change are refused ([`PlanError::BudgetChanged`]): plan again. A
+    /// custom migrator must not commit a copy it checked before the change either, since the
+    /// caller may have reused the slot's memory in between; [`ExpertPool::check_planned`] with
+    /// the plan, called again just before committing, catches that.
+    ///
+    /// Allocates only when growing past the most slots the pool has had.
+    pub fn set_budget(&mut self, budget: usize) -> usize {
+        let slots = budget.min(self.experts());
+        if slots == self.slots() {
+            return 0;
+        }
+        self.budget_generation = self.budget_generation.wrapping_add(1);
+        let demoted = self.table.set_slots(slots);
+        self.policy.set_slots(slots);
+        self.record_demotions(demoted);
+        demoted
+    }
+
+    /// The counters since the pool was built.
+    pub const fn stats(&self) -> &PoolStats {
+        &self.stats
+    }
+
+    /// Whether `expert` is resident (false for ids out of range).
+    pub fn is_resident(&self, expert: usize) -> bool {
+        self.slot_of(expert).is_some()
+    }
+
+    /// The slot `expert` is resident in, if any.
+    pub fn slot_of(&self, expert: usize) -> Option<usize> {
+        self.table.slot_of(expert)
+    }
+
+    /// The expert resident in `slot`, if any.
+    pub fn expert_in(&self, slot: usize) -> Option<usize> {
+        self.table.expert_in(slot)
+    }
+
+    /// `(slot, expert)` of every occupied slot, in slot order.
+    pub fn residents(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.table.residents()
+    }
+
+    /// Writes whether each expert is resident into `mask[..experts]`, for kernels that choose
+    /// between the slot and slow memory per expert.
+    ///
+    /// # Errors
+    /// [`PoolError::BufferTooSmall`] when `mask` is shorter than the expert count.
+    pub fn resident_mask(&self, mask: &mut [bool]) -> Result<(), PoolError> {
+        let actual = mask.len();
+        let out = mask.get_mut(..self.experts()).ok_or(PoolError::BufferTooSmall { needed: self.experts(), actual })?;
+        for (m, resident) in out.iter_mut().zip(self.table.residency()) {
+            *m = resident;
+        }
+        Ok(())
+    }
+
+    /// Writes the resident set as a bit mask: bit `e % 32` of word `e / 32` is set when expert `e`
+    /// is resident. Words past the expert count are cleared.
+    ///
+    /// # Errors
+    /// [`PoolError::BufferTooSmall`] when `bits` has fewer than `experts.div_ceil(32)` words.
+    pub fn resident_bits(&self, bits: &mut [u32]) -> Result<(), PoolError> {
+        let needed = self.experts().div_ceil(32);
+        if bits.len() < needed {
+            return Err(PoolError::BufferTooSmall { needed, actual: bits.len() });
+        }
+        bits.fill(0);
+        for (expert, resident) in self.table.residency().enumerate() {
+            if let Some(word) = bits.get_mut(expert / 32) {
+                *word |= u32::from(resident) << (expert % 32);
+            }
+        }
+        Ok(())
+    }
+
+    /// The initial placement as a plan: for a warm start, expert `e` into slot `e` for every slot
+    /// that is still free and whose expert is not resident elsewhere; for a cold start, nothing.
+    /// Migrate it before the first step.
+    pub fn initial_plan(&self, plan: &mut MigrationPlan) {
+        plan.reset(self.layer, self.budget_generation, self.slots());
+        if self.initial == InitialPlacement::Cold {
+            return;
+        }
+        for slot in 0..self.slots() {
+            // slot < slots <= experts <= MAX_EXPERTS
+            let promotion = Promotion { expert: slot as u16, slot: slot as u16, evicted: None };
+            if self.check(promotion) == Ok(PromotionState::Pending) {
+                plan.push(promotion);
+            }
+        }
+    }
+
+    /// Plans `step` from its routing `ids`. With an interval policy: refreshes if the schedule
+    /// (or a prefill, or the step's mode) calls for it, filling `plan` with the promotions and
+    /// freeing the slots of demoted experts; otherwise clears `plan` (a decay policy still folds
+    /// the ids into its scores). With a demand policy: serves the ids in order and admits each
+    /// miss (every step, unless the step's mode is [`Mode::Reuse`]). Returns whether placement
+    /// was decided.
+    ///
+    /// Then migrate `plan` and call [`ExpertPool::serve`] with the same ids.
+    ///
+    /// # Errors
+    /// [`PoolError::TooManyIds`] when `ids` is longer than [`MAX_STEP_IDS`]; the pool is
+    /// unchanged.
+    pub fn plan_step(&mut self, step: Step, ids: &[u32], plan: &mut MigrationPlan) -> Result<bool, PoolError> {
+        let due = match &self.policy {
+            PolicyState::Interval(_) => self.schedule.is_due(step),
+            PolicyState::Demand(_) => step.mode != Mode::Reuse,
+        };
+        if due {
+            self.refresh(ids, plan)?;
+        } else {
+            check_step(ids.len())?;
+            plan.reset(self.layer, self.budget_generation, 0);
+            match &mut self.policy {
+                PolicyState::Interval(placement) => placement.observe(ids),
+                PolicyState::Demand(cache) => {
+                    // The ids are still uses: recency, frequency and Belady's position follow them.
+                    let (expert_slot, slot_expert) = self.table.parts_mut();
+                    cache.step(AdmitState { expert_slot, slot_expert }, ids, false, plan);
+                }
+            }
+        }
+        Ok(due)
+    }
+
+    /// Decides placement now from `ids`, whatever the schedule: an interval policy refreshes (see
+    /// [`crate::policy`]), a demand policy serves the ids in order and admits each miss. Fills
+    /// `plan` with the promotions and frees the slots of demoted experts. Ids at or past the
+    /// expert count are ignored (and counted as invalid by [`ExpertPool::serve`]). With every
+    /// expert resident, nothing moves.
+    ///
+    /// # Errors
+    /// [`PoolError::TooManyIds`] when `ids` is longer than [`MAX_STEP_IDS`]; the pool is
+    /// unchanged.
+    pub fn refresh(&mut self, ids: &[u32], plan: &mut MigrationPlan) -> Result<(), PoolError> {
+        check_step(ids.len())?;
+        plan.reset(self.layer, self.budget_generation, self.slots());
+        self.stats.refreshes = self.stats.refreshes.saturating_add(1);
+        let placement = match &mut self.policy {
+            PolicyState::Interval(placement) => placement,
+            PolicyState::Demand(cache) => {
+                let (expert_slot, slot_expert) = self.table.parts_mut();
+                let demoted = cache.step(AdmitState { expert_slot, slot_expert }, ids, true, plan);
+                self.record_demotions(demoted);
+                return Ok(());
+            }
+        };
+        placement.observe(ids);
+        if self.resident == self.table.experts() {
+            return Ok(());
+        }
+        // The per-expert words become this step's hit counts; the slot table stays the truth.
+        // A short step (decode) writes only the words it touches, so its cost follows the ids
+        // and the slots rather than the expert count.
+        let sparse = ids.len() < self.table.experts() && !placement.scans_all_experts();
+        self.table.begin_counts(ids, sparse);
+        let candidates = if sparse { Candidates::Ids(ids) } else { Candidates::All };
+        let (counts, slot_expert) = self.table.parts_mut();
+        let state = RefreshState { counts, resident: self.resident, slot_expert, candidates };
+        let demoted = placement.refresh(state, plan);
+        self.record_demotions(demoted);
+        self.table.end_counts(ids, plan.promotions().iter().filter_map(|p| p.evicted), sparse);
+        Ok(())
+    }
+
+    /// Gives a [`Policy::Belady`](crate::Policy::Belady) pool the layer's whole routing stream in serving order (every
+    /// step's ids, concatenated), so it can evict the resident used farthest in the future.
+    /// Allocates 4 bytes per id; for evaluation, not for a device.
+    ///
+    /// # Errors
+    /// [`PoolError::PolicyMismatch`] for other policies, [`PoolError::TooManyIds`] for a stream of
+    /// `u32::MAX` ids or more.
+    pub fn load_future(&mut self, stream: &[u32]) -> Result<(), PoolError> {
+        if stream.len() >= u32::MAX as usize {
+            return Err(PoolError::TooManyIds { ids: stream.len(), max: MAX_FUTURE_IDS });
+        }
+        match &mut self.policy {
+            PolicyState::Demand(cache) if cache.is_belady() => {
+                cache.load_future(self.table.experts(), stream);
+                Ok(())
+            }
+            _ => Err(PoolError::PolicyMismatch),
+        }
+    }
+
+    /// Counts `ids` (one step's routing, token-major) as hits, misses and invalid ids against the
+    /// current residency, adds them to the statistics and returns them. After a demand policy
+    /// planned the step, the first id of each expert it admitted (and that is now resident) is the
+    /// miss that admitted it; its later ids hit.
+    pub fn serve(&mut self, ids: &[u32]) -> ServeCounts {
+        // Experts a demand policy admitted in the planned step: their first id here is the miss
+        // that admitted them. Marked on their per-expert word for the duration of the count.
+        let admissions: &[u16] = match &self.policy {
+            PolicyState::Demand(cache) => cache.admissions(),
+            PolicyState::Interval(_) => &[],
+        };
+        self.table.mark_admitting(admissions, true);
+        let mut counts = ServeCounts::default();
+        for &id in ids {
+            match self.table.serve_id(id) {
+                Served::Invalid => counts.invalid = counts.invalid.saturating_add(1),
+                Served::Miss => counts.misses = counts.misses.saturating_add(1),
+                Served::Hit => counts.hits = counts.hits.saturating_add(1),
+            }
+        }
+        self.table.mark_admitting(admissions, false);
+        if let PolicyState::Demand(cache) = &mut self.policy {
+            cache.clear_admissions();
+        }
+        self.stats.hits = self.stats.hits.saturating_add(u64::from(counts.hits));
+        self.stats.misses = self.stats.misses.saturating_add(u64::from(counts.misses));
+        self.stats.invalid_ids = self.stats.invalid_ids.saturating_add(u64::from(counts.invalid));
+        counts
+    }
+
+    /// Accounts for `demoted` residents a refresh demoted.
+    fn record_demotions(&mut self, demoted: usize) {
+        #[allow(clippy::arithmetic_side_effects, reason = "a policy demotes only residents, each once")]
+        let resident = self.resident - demoted;
+        self.resident = resident;
+        self.stats.demotions = self.stats.demotions.saturating_add(demoted as u64);
+    }
+
+    /// Checks `promotion` against the current state.
+    ///
+    /// # Errors
+    /// [`PlanError`] when the expert or slot is out of range, the expert is resident elsewhere, or
+    /// the slot holds another expert.
+    pub fn check(&self, promotion: Promotion) -> Result<PromotionState, PlanError> {
+        let expert = usize::from(promotion.expert);
+        let slot = usize::from(promotion.slot);
+        if expert >= self.experts() {
+            return Err(PlanError::ExpertOutOfRange { expert, experts: self.experts() });
+        }
+        if slot >= self.slots() {
+            return Err(PlanError::SlotOutOfRange { slot, slots: self.slots() });
+        }
+        match (self.slot_of(expert), self.expert_in(slot)) {
+            (Some(s), _) if s == slot => Ok(PromotionState::Done),
+            (Some(s), _) => Err(PlanError::AlreadyResident { expert, slot: s }),
+            (None, Some(other)) => Err(PlanError::SlotOccupied { slot, expert: other }),
+            (None, None) => Ok(PromotionState::Pending),
+        }
+    }
+
+    /// Checks one promotion of `plan`, as a migrator walks it: first that `plan` was made for this
+    /// pool's layer and since its last budget change, then as [`ExpertPool::check`].
+    ///
+    /// # Errors
+    /// [`PlanError::LayerMismatch`] for a plan of another layer, [`PlanError::BudgetChanged`] for
+    /// a plan made before a budget change, otherwise as [`ExpertPool::check`].
+    pub fn check_planned(&self, plan: &MigrationPlan, promotion: Promotion) -> Result<PromotionState, PlanError> {
+        if plan.layer() != self.layer {
+            return Err(PlanError::LayerMismatch { plan: plan.layer(), pool: self.layer });
+        }
+        if plan.budget_generation() != self.budget_generation {
+            return Err(PlanError::BudgetChanged { plan: plan.budget_generation(), pool: self.budget_generation });
+        }
+        self.check(promotion)
+    }
+
+    /// Marks `promotion.expert` resident in `promotion.slot` and counts `bytes` as promoted.
+    ///
+    /// Call it only after the expert's bytes are completely in the slot: [`crate::migrate()`] does;
+    /// a custom migrator (parallel copies, a DMA engine) must too. Committing a promotion that is
+    /// already [`PromotionState::Done`] changes nothing and counts nothing.
+    ///
+    /// # Errors
+    /// As [`ExpertPool::check`]; the pool is unchanged.
+    pub fn commit(&mut self, promotion: Promotion, bytes: u64) -> Result<PromotionState, PlanError> {
+        let state = self.check(promotion)?;
+        if state == PromotionState::Pending {
+            self.table.place(promotion.expert, promotion.slot);
+            #[allow(
+                clippy::arithmetic_side_effects,
+                reason = "a pending promotion's slot was free, so resident < slots"
+            )]
+            let resident = self.resident + 1;
+            self.resident = resident;
+            self.stats.promotions = self.stats.promotions.saturating_add(1);
+            self.stats.bytes_promoted = self.stats.bytes_promoted.saturating_add(bytes);
+        }
+        Ok(state)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,191 @@
+use alloc::vec::Vec;
+
+use super::*;
+use crate::policy::Policy;
+
+fn pool(experts: usize, budget: usize, initial: InitialPlacement) -> ExpertPool {
+    let mut pool = ExpertPool::new(PoolConfig::new(experts, budget).initial(initial)).unwrap();
+    let mut plan = MigrationPlan::new(budget);
+    pool.initial_plan(&mut plan);
+    commit_all(&mut pool, &plan);
+    pool
+}
+
+#[test]
+fn the_step_limit_is_inclusive() {
+    assert_eq!(check_step(MAX_STEP_IDS), Ok(()));
+    assert_eq!(check_step(MAX_STEP_IDS + 1), Err(PoolError::TooManyIds { ids: MAX_STEP_IDS + 1, max: MAX_STEP_IDS }));
+}
+
+fn commit_all(pool: &mut ExpertPool, plan: &MigrationPlan) {
+    for &p in plan.promotions() {
+        assert_eq!(pool.commit(p, 10), Ok(PromotionState::Pending));
+    }
+}
+
+#[test]
+fn budget_changes_demote_the_dropped_slots_and_keep_the_rest() {
+    for policy in [Policy::Tide, Policy::Decay(crate::DecayConfig::default()), Policy::Lru, Policy::Lfu, Policy::Lru2] {
+        let mut p = ExpertPool::new(PoolConfig::new(8, 4).policy(policy)).unwrap();
+        let mut plan = MigrationPlan::new(4);
+        p.initial_plan(&mut plan);
+        commit_all(&mut p, &plan); // experts 0..4 in slots 0..4
+
+        // Shrink to 2: the experts of slots 2 and 3 are demoted, the others stay put.
+        assert_eq!(p.set_budget(2), 2, "{policy:?}");
+        assert_eq!(p.residents().collect::<Vec<_>>(), [(0, 0), (1, 1)]);
+        assert_eq!((p.slots(), p.resident(), p.stats().demotions), (2, 2, 2));
+        assert!(!p.is_resident(2) && !p.is_resident(3));
+        assert_eq!(p.set_budget(2), 0, "no change, nothing demoted");
+
+        // Grow past the expert count: clamped; the new slots are free and a refresh fills
+        // them around the residents, which keep their slots.
+        assert_eq!(p.set_budget(100), 0);
+        assert_eq!((p.slots(), p.resident()), (8, 2));
+        let mut plan = MigrationPlan::new(p.slots());
+        let ids: Vec<u32> = (0..8).collect();
+        p.plan_step(Step { index: 1, prefill: true, mode: Mode::Refresh }, &ids, &mut plan).unwrap();
+        assert!(plan.promotions().iter().all(|m| m.slot >= 2 && m.evicted.is_none()), "{policy:?}");
+        commit_all(&mut p, &plan);
+        assert_eq!(p.resident(), 8, "{policy:?}: every expert fits once the budget allows");
+        assert_eq!((p.slot_of(0), p.slot_of(1)), (Some(0), Some(1)));
+        // A demand policy's admissions are this step's misses; an interval policy's are hits.
+        let hits = if policy.is_demand() { 2 } else { 8 };
+        assert_eq!(p.serve(&ids).hits as usize, hits, "{policy:?}");
+
+        // Down to nothing: everything from slow memory.
+        assert_eq!(p.set_budget(0), 8);
+        assert_eq!((p.slots(), p.resident()), (0, 0));
+        assert_eq!(p.serve(&ids).misses, 8);
+    }
+}
+
+#[test]
+fn plans_from_before_a_budget_change_are_refused() {
+    let mut p = pool(8, 4, InitialPlacement::Cold);
+    let mut plan = MigrationPlan::new(4);
+    p.refresh(&[4, 5, 6, 7], &mut plan).unwrap();
+    let into_slot_3 = *plan.promotions().iter().find(|m| m.slot == 3).unwrap();
+    assert_eq!(p.check_planned(&plan, into_slot_3), Ok(PromotionState::Pending));
+    // Shrink, then grow back: slot 3 exists again, but its memory may have been reused.
+    p.set_budget(2);
+    p.set_budget(4);
+    let changed = Err(PlanError::BudgetChanged { plan: 0, pool: 2 });
+    for &promotion in plan.promotions() {
+        assert_eq!(p.check_planned(&plan, promotion), changed);
+    }
+    // A plan made now is accepted.
+    p.refresh(&[4, 5, 6, 7], &mut plan).unwrap();
+    assert_eq!(plan.budget_generation(), 2);
+    assert!(plan.promotions().iter().all(|&m| p.check_planned(&plan, m) == Ok(PromotionState::Pending)));
+}
+
+#[test]
+fn construction_checks_and_clamps() {
+    assert_eq!(ExpertPool::new(PoolConfig::new(0, 1)).unwrap_err(), PoolError::NoExperts);
+    assert!(matches!(ExpertPool::new(PoolConfig::new(MAX_EXPERTS + 1, 1)), Err(PoolError::TooManyExperts { .. })));
+    let p = ExpertPool::new(PoolConfig::new(4, 9)).unwrap();
+    assert_eq!((p.slots(), p.resident()), (4, 0));
+    let p = pool(4, 9, InitialPlacement::Warm);
+    assert_eq!((p.slots(), p.resident()), (4, 4));
+    let mut plan = MigrationPlan::new(4);
+    p.initial_plan(&mut plan);
+    assert!(plan.is_empty());
+    let p = pool(8, 3, InitialPlacement::Warm);
+    assert_eq!(p.residents().collect::<Vec<_>>(), [(0, 0), (1, 1), (2, 2)]);
+    assert_eq!(pool(8, 3, InitialPlacement::Cold).resident(), 0);
+}
+
+#[test]
+fn refresh_promotes_into_free_slots_then_demotes_coldest() {
+    let mut p = pool(8, 3, InitialPlacement::Cold);
+    let mut plan = MigrationPlan::new(3);
+    p.refresh(&[5, 5, 2, 9, 5, 2], &mut plan).unwrap();
+    let got: Vec<_> = plan.promotions().iter().map(|m| (m.expert, m.slot, m.evicted)).collect();
+    assert_eq!(got, [(5, 0, None), (2, 1, None)]);
+    commit_all(&mut p, &plan);
+    assert_eq!(p.serve(&[5, 5, 2, 9, 5, 2]), ServeCounts { hits: 5, misses: 0, invalid: 1 });
+
+    // 7 and 6 are new targets; 5 stays; 2 is a target too but only 3 fit: 7(3) 5(2) 6(2) 2(1).
+    p.refresh(&[7, 7, 7, 5, 5, 6, 6, 2], &mut plan).unwrap();
+    let got: Vec<_> = plan.promotions().iter().map(|m| (m.expert, m.slot, m.evicted)).collect();
+    assert_eq!(got, [(7, 2, None), (6, 1, Some(2))]);
+    assert_eq!(p.stats().demotions, 1);
+    assert!(!p.is_resident(2) && p.expert_in(1).is_none());
+    commit_all(&mut p, &plan);
+    assert_eq!(p.residents().collect::<Vec<_>>(), [(0, 5), (1, 6), (2, 7)]);
+    assert_eq!(p.stats().promotions, 4);
+    assert_eq!(p.stats().bytes_promoted, 40);
+}
+
+#[test]
+fn demotions_only_as_many_as_needed_and_coldest_first() {
+    let mut p = pool(10, 4, InitialPlacement::Warm); // residents 0..4
+    let mut plan = MigrationPlan::new(4);
+    // Targets: 9 (2), 3 (1), 1 (1), 8 (1) → promotions 9, 8; victims among {0, 2}: both count 0 → 0 first.
+    p.refresh(&[9, 3, 9, 1, 8], &mut plan).unwrap();
+    let got: Vec<_> = plan.promotions().iter().map(|m| (m.expert, m.evicted)).collect();
+    assert_eq!(got, [(9, Some(0)), (8, Some(2))]);
+    // One target only: nothing demoted beyond the single promotion's need.
+    let mut p = pool(10, 4, InitialPlacement::Warm);
+    p.refresh(&[7, 7, 7], &mut plan).unwrap();
+    assert_eq!(plan.len(), 1);
+    assert_eq!(p.resident(), 3);
+    assert_eq!(p.stats().demotions, 1);
+}
+
+#[test]
+fn all_resident_never_moves_and_masks_report_residency() {
+    let mut p = pool(5, 5, InitialPlacement::Warm);
+    let mut plan = MigrationPlan::new(5);
+    p.refresh(&[4, 4, 0, 7], &mut plan).unwrap();
+    assert!(plan.is_empty());
+    assert_eq!(p.serve(&[4, 4, 0, 7]), ServeCounts { hits: 3, misses: 0, invalid: 1 });
+    let mut p = pool(40, 2, InitialPlacement::Warm);
+    let mut mask = [true; 41];
+    p.resident_mask(&mut mask).unwrap();
+    assert_eq!(mask.iter().filter(|&&m| m).count(), 3); // experts 0, 1, plus the untouched tail entry
+    let mut bits = [u32::MAX; 3];
+    p.resident_bits(&mut bits).unwrap();
+    assert_eq!(bits, [0b11, 0, 0]);
+    assert!(p.resident_bits(&mut [0; 1]).is_err());
+    assert!(p.resident_mask(&mut [false; 39]).is_err());
+    p.refresh(&[39, 39], &mut plan).unwrap();
+    commit_all(&mut p, &plan);
+    p.resident_bits(&mut bits).unwrap();
+    assert_eq!(bits, [0b10, 1 << 7, 0]);
+}
+
+#[test]
+fn commits_are_checked_and_idempotent() {
+    let mut p = pool(4, 2, InitialPlacement::Warm);
+    let promo = |expert, slot| Promotion { expert, slot, evicted: None };
+    assert_eq!(p.commit(promo(0, 0), 1), Ok(PromotionState::Done));
+    assert_eq!(p.commit(promo(0, 1), 1), Err(PlanError::AlreadyResident { expert: 0, slot: 0 }));
+    assert_eq!(p.commit(promo(2, 1), 1), Err(PlanError::SlotOccupied { slot: 1, expert: 1 }));
+    assert_eq!(p.commit(promo(4, 1), 1), Err(PlanError::ExpertOutOfRange { expert: 4, experts: 4 }));
+    assert_eq!(p.commit(promo(2, 2), 1), Err(PlanError::SlotOutOfRange { slot: 2, slots: 2 }));
+    assert_eq!(p.stats().promotions, 2);
+}
+
+#[test]
+fn schedule_gates_refreshes() {
+    let every2 = Schedule::EveryDecodeSteps(core::num::NonZeroU32::new(2).unwrap());
+    let mut p = ExpertPool::new(PoolConfig::new(8, 2).schedule(every2).initial(InitialPlacement::Cold)).unwrap();
+    let mut plan = MigrationPlan::new(2);
+    assert_eq!(p.plan_step(Step::decode(1), &[3], &mut plan), Ok(false));
+    assert!(plan.is_empty());
+    assert_eq!(p.plan_step(Step::decode(2), &[3], &mut plan), Ok(true));
+    assert_eq!(plan.len(), 1);
+    assert_eq!(p.plan_step(Step::prefill(3), &[4], &mut plan), Ok(true));
+    assert_eq!(p.stats().refreshes, 2);
+}
+
+#[test]
+fn zero_budget_serves_everything_from_slow_memory() {
+    let mut p = pool(4, 0, InitialPlacement::Warm);
+    let mut plan = MigrationPlan::new(0);
+    p.refresh(&[1, 2, 3], &mut plan).unwrap();
+    assert!(plan.is_empty());
+    assert_eq!(p.serve(&[1, 2, 3]).misses, 3);
+}

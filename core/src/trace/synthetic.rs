@@ -1,0 +1,362 @@
+//! Synthetic routing with the structure real MoE routers show: skewed popularity, temporal
+//! locality and phase changes. For tests, benchmarks and trace-driven what-if studies; runs on
+//! the device as well (no_std).
+//!
+//! Parameters:
+//! - **Zipf popularity** with exponent `zipf_s`: the expert of popularity rank `r` (0-based) is
+//!   drawn with weight `1 / (r + 1)^zipf_s` (`0` is uniform, `1` is classic Zipf).
+//! - **Reuse probability** `reuse`: each of a token's `top_k` choices repeats the previous token's
+//!   choice in the same position with this probability (locality between consecutive tokens), and
+//!   is drawn from the popularity otherwise. A token never names an expert twice: a choice that
+//!   repeats one of the token's earlier choices is redrawn, up to [`MAX_REDRAWS`] times, and then
+//!   drawn from the popularity of the experts the token has not chosen yet (so steep curves,
+//!   where redrawing would practically never end, finish too).
+//! - **Phase length** `phase_steps`: every this many steps the popularity ranking is reshuffled
+//!   (a topic change); `0` never reshuffles.
+//!
+//! The generator is [`SplitMix64`], so a seed gives the same stream on every target.
+
+use alloc::vec::Vec;
+use core::fmt;
+
+/// Redraws one choice may take before it is drawn from the experts the token has not chosen yet.
+/// Settings whose redraws finish reach it with a vanishing probability (one choice in a billion
+/// gets there only when the token's earlier choices hold over 99.5 % of the popularity mass), so
+/// their streams are those of plain rejection sampling.
+pub const MAX_REDRAWS: u32 = 4096;
+
+/// A [`RoutingShape`] that cannot generate routing, refused by [`SyntheticRouting::try_new`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum ShapeError {
+    /// `top_k` is zero or above the expert count.
+    TopK {
+        /// The experts per token asked for.
+        top_k: u32,
+        /// The expert count.
+        experts: u32,
+    },
+    /// A Zipf exponent that is negative or not finite.
+    Zipf(f64),
+    /// A reuse probability outside `0..=1` (or NaN).
+    Reuse(f64),
+}
+
+impl fmt::Display for ShapeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::TopK { top_k, experts } => write!(f, "top-{top_k} routing needs 1 ..= {experts} experts per token"),
+            Self::Zipf(s) => write!(f, "Zipf exponent {s} is not a finite number of at least 0"),
+            Self::Reuse(p) => write!(f, "reuse probability {p} is not within 0 ..= 1"),
+        }
+    }
+}
+
+impl core::error::Error for ShapeError {}
+
+/// A small, fast, seedable generator (SplitMix64, Steele, Lea and Flood 2014).
+#[derive(Debug, Clone)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    /// A generator from `seed`.
+    pub const fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A uniform value in `[0, 1)`.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A uniform value in `0..n` (`0` when `n` is 0).
+    pub fn below(&mut self, n: u32) -> u32 {
+        #[allow(clippy::arithmetic_side_effects, reason = "both factors are below 2^32, so the product fits 64 bits")]
+        let scaled = (self.next_u64() >> 32) * u64::from(n);
+        (scaled >> 32) as u32
+    }
+}
+
+/// Settings of [`SyntheticRouting`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct RoutingShape {
+    /// Experts to choose from (at least `top_k`).
+    pub experts: u32,
+    /// Experts per token.
+    pub top_k: u32,
+    /// Zipf exponent of the popularity (0 = uniform).
+    pub zipf_s: f64,
+    /// Probability that a choice repeats the previous token's (0..=1).
+    pub reuse: f64,
+    /// Steps between reshuffles of the popularity (0 = never).
+    pub phase_steps: u64,
+}
+
+impl RoutingShape {
+    /// A moderately skewed, local shape: Zipf 0.9, reuse 0.5, a new phase every 64 steps.
+    pub const fn new(experts: u32, top_k: u32) -> Self {
+        Self { experts, top_k, zipf_s: 0.9, reuse: 0.5, phase_steps: 64 }
+    }
+
+    /// Checks that the shape can generate routing as given, without clamping.
+    ///
+    /// # Errors
+    /// [`ShapeError::TopK`] unless `1 <= top_k <= experts`, [`ShapeError::Zipf`] unless `zipf_s`
+    /// is finite and at least 0, [`ShapeError::Reuse`] unless `reuse` is within `0..=1`.
+    pub fn check(&self) -> Result<(), ShapeError> {
+        if self.top_k == 0 || self.top_k > self.experts {
+            return Err(ShapeError::TopK { top_k: self.top_k, experts: self.experts });
+        }
+        if !(self.zipf_s.is_finite() && self.zipf_s >= 0.0) {
+            return Err(ShapeError::Zipf(self.zipf_s));
+        }
+        if !(0.0..=1.0).contains(&self.reuse) {
+            return Err(ShapeError::Reuse(self.reuse));
+        }
+        Ok(())
+    }
+}
+
+/// A routing generator for one layer. See the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct SyntheticRouting {
+    shape: RoutingShape,
+    rng: SplitMix64,
+    /// Cumulative popularity weights by rank, normalised to end at 1.
+    cdf: Vec<f64>,
+    /// The expert of each popularity rank.
+    ranking: Vec<u32>,
+    previous: Vec<u32>,
+    step: u64,
+}
+
+impl SyntheticRouting {
+    /// A generator of `shape` seeded with `seed`, refusing a shape that [`RoutingShape::check`]
+    /// refuses.
+    ///
+    /// # Errors
+    /// As [`RoutingShape::check`].
+    pub fn try_new(shape: RoutingShape, seed: u64) -> Result<Self, ShapeError> {
+        shape.check()?;
+        Ok(Self::new(shape, seed))
+    }
+
+    /// A generator of `shape` seeded with `seed`. `top_k` is clamped to the expert count and
+    /// `reuse` to `0..=1`, a Zipf exponent that is negative or not finite counts as 0 (uniform);
+    /// zero experts give empty steps. [`SyntheticRouting::try_new`] refuses such shapes instead.
+    pub fn new(mut shape: RoutingShape, seed: u64) -> Self {
+        shape.top_k = shape.top_k.min(shape.experts);
+        shape.reuse = if shape.reuse.is_nan() { 0.0 } else { shape.reuse.clamp(0.0, 1.0) };
+        let s = if shape.zipf_s.is_finite() { shape.zipf_s.max(0.0) } else { 0.0 };
+        let mut total = 0.0;
+        let mut cdf: Vec<f64> = (0..shape.experts)
+            .map(|r| {
+                total += 1.0 / libm::pow(f64::from(r) + 1.0, s);
+                total
+            })
+            .collect();
+        cdf.iter_mut().for_each(|c| *c /= total);
+        let mut routing = Self {
+            shape,
+            rng: SplitMix64::new(seed),
+            cdf,
+            ranking: (0..shape.experts).collect(),
+            previous: Vec::new(),
+            step: 0,
+        };
+        routing.reshuffle();
+        routing
+    }
+
+    /// The shape, after clamping.
+    pub const fn shape(&self) -> RoutingShape {
+        self.shape
+    }
+
+    fn reshuffle(&mut self) {
+        for i in (1..self.ranking.len()).rev() {
+            // i < ranking.len() = experts <= u32::MAX, so i + 1 fits.
+            let j = self.rng.below((i as u32).saturating_add(1)) as usize;
+            self.ranking.swap(i, j);
+        }
+    }
+
+    fn draw(&mut self) -> u32 {
+        let u = self.rng.next_f64();
+        let rank = self.cdf.partition_point(|&c| c <= u).min(self.ranking.len().saturating_sub(1));
+        self.ranking.get(rank).copied().unwrap_or(0)
+    }
+
+    /// Draws from the popularity of the experts not in `chosen`, exactly: each with its weight
+    /// over their total. With none left (or every weight left rounded to zero), the most popular
+    /// one not chosen, or 0 when every expert is chosen.
+    fn draw_excluding(&mut self, chosen: &[u32]) -> u32 {
+        let ranks = self.ranking.len();
+        let weight = |cdf: &[f64], rank: usize| {
+            let below = rank.checked_sub(1).and_then(|r| cdf.get(r)).copied().unwrap_or(0.0);
+            cdf.get(rank).copied().unwrap_or(0.0) - below
+        };
+        let free = |ranking: &[u32], rank: usize| ranking.get(rank).is_some_and(|e| !chosen.contains(e));
+        let total: f64 = (0..ranks).filter(|&r| free(&self.ranking, r)).map(|r| weight(&self.cdf, r)).sum();
+        let mut u = self.rng.next_f64() * total;
+        let mut pick = None;
+        for rank in (0..ranks).filter(|&r| free(&self.ranking, r)) {
+            let w = weight(&self.cdf, rank);
+            if pick.is_none() || w > 0.0 {
+                pick = Some(rank); // the last rank with weight, should rounding leave `u` past it
+            }
+            if u < w {
+                break;
+            }
+            u -= w;
+        }
+        pick.and_then(|rank| self.ranking.get(rank)).copied().unwrap_or(0)
+    }
+
+    /// Appends one step of `tokens` tokens (`tokens × top_k` ids, token-major) to `out`.
+    pub fn step(&mut self, tokens: usize, out: &mut Vec<u32>) {
+        let phase = self.shape.phase_steps;
+        if phase > 0 && self.step > 0 && self.step.is_multiple_of(phase) {
+            self.reshuffle();
+        }
+        self.step = self.step.saturating_add(1);
+        let k = self.shape.top_k as usize;
+        for _ in 0..tokens {
+            let start = out.len();
+            for position in 0..k {
+                let reused = self.previous.get(position).copied().filter(|_| self.rng.next_f64() < self.shape.reuse);
+                let mut expert = reused.unwrap_or_else(|| self.draw());
+                let mut redraws = 0u32;
+                while let Some(token) = out.get(start..).filter(|token| token.contains(&expert)) {
+                    expert = if redraws < MAX_REDRAWS { self.draw() } else { self.draw_excluding(token) };
+                    redraws = redraws.saturating_add(1);
+                }
+                out.push(expert);
+            }
+            self.previous.clear();
+            self.previous.extend_from_slice(out.get(start..).unwrap_or(&[]));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_are_distinct_per_token_skewed_and_reproducible() {
+        let shape = RoutingShape { experts: 32, top_k: 4, zipf_s: 1.2, reuse: 0.0, phase_steps: 0 };
+        let mut a = SyntheticRouting::new(shape, 7);
+        let mut b = SyntheticRouting::new(shape, 7);
+        let (mut ids_a, mut ids_b) = (Vec::new(), Vec::new());
+        for _ in 0..200 {
+            a.step(4, &mut ids_a);
+            b.step(4, &mut ids_b);
+        }
+        assert_eq!(ids_a, ids_b);
+        assert_eq!(ids_a.len(), 200 * 4 * 4);
+        for token in ids_a.chunks(4) {
+            for (i, e) in token.iter().enumerate() {
+                assert!(*e < 32 && !token[i + 1..].contains(e));
+            }
+        }
+        let mut counts = [0u32; 32];
+        ids_a.iter().for_each(|&e| counts[e as usize] += 1);
+        counts.sort_unstable();
+        assert!(counts[31] > 4 * counts[16], "the head must dominate: {counts:?}");
+    }
+
+    /// FNV-1a over `steps` steps of `tokens` tokens of `shape` seeded with `seed`.
+    fn stream_hash(shape: RoutingShape, seed: u64, steps: usize, tokens: usize) -> u64 {
+        let mut routing = SyntheticRouting::new(shape, seed);
+        let mut ids = Vec::new();
+        for _ in 0..steps {
+            routing.step(tokens, &mut ids);
+        }
+        ids.iter()
+            .flat_map(|id| id.to_le_bytes())
+            .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    }
+
+    #[test]
+    fn streams_that_finished_before_the_redraw_cap_are_unchanged() {
+        // Hashes taken before the cap existed: the default shape, a steep one that redraws often,
+        // and the golden vectors' top-2 shape.
+        let default = stream_hash(RoutingShape::new(64, 8), 1, 300, 2);
+        let steep = stream_hash(RoutingShape { zipf_s: 2.0, ..RoutingShape::new(64, 8) }, 5, 300, 2);
+        let small = stream_hash(RoutingShape { phase_steps: 8, ..RoutingShape::new(16, 2) }, 0x60_1e, 300, 3);
+        assert_eq!((default, steep, small), (0x1282_12ab_c917_f338, 0x5ce1_5003_02b6_a091, 0x538d_4fb9_bff0_d790));
+    }
+
+    #[test]
+    fn reuse_repeats_the_previous_token() {
+        let shape = RoutingShape { experts: 64, top_k: 2, zipf_s: 0.0, reuse: 1.0, phase_steps: 0 };
+        let mut r = SyntheticRouting::new(shape, 1);
+        let mut ids = Vec::new();
+        r.step(10, &mut ids);
+        assert!(ids.chunks(2).all(|t| t == &ids[..2]));
+        let tiny = SyntheticRouting::new(RoutingShape { experts: 0, top_k: 3, ..shape }, 1);
+        assert_eq!(tiny.shape().top_k, 0);
+    }
+
+    #[test]
+    fn steep_popularity_finishes_with_distinct_experts() {
+        // Zipf 10 leaves the experts past the first few almost no mass: plain redrawing would
+        // practically never find a token's eighth expert.
+        let shape = RoutingShape { zipf_s: 10.0, ..RoutingShape::new(64, 8) };
+        let mut routing = SyntheticRouting::try_new(shape, 3).unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..200 {
+            routing.step(1, &mut ids);
+        }
+        assert_eq!(ids.len(), 200 * 8);
+        for token in ids.chunks(8) {
+            for (i, e) in token.iter().enumerate() {
+                assert!(*e < 64 && !token[i + 1..].contains(e), "{token:?}");
+            }
+        }
+        // Every expert in a token, however steep: still distinct.
+        let all = RoutingShape { zipf_s: 1e6, reuse: 0.0, ..RoutingShape::new(6, 6) };
+        let mut routing = SyntheticRouting::new(all, 9);
+        ids.clear();
+        routing.step(3, &mut ids);
+        for token in ids.chunks(6) {
+            let mut sorted = token.to_vec();
+            sorted.sort_unstable();
+            assert_eq!(sorted, [0, 1, 2, 3, 4, 5]);
+        }
+    }
+
+    #[test]
+    fn shapes_that_cannot_work_are_refused() {
+        let ok = RoutingShape::new(8, 2);
+        assert_eq!(ok.check(), Ok(()));
+        assert!(SyntheticRouting::try_new(ok, 1).is_ok());
+        let refused = [
+            (RoutingShape { top_k: 0, ..ok }, ShapeError::TopK { top_k: 0, experts: 8 }),
+            (RoutingShape { top_k: 9, ..ok }, ShapeError::TopK { top_k: 9, experts: 8 }),
+            (RoutingShape { experts: 0, ..ok }, ShapeError::TopK { top_k: 2, experts: 0 }),
+            (RoutingShape { zipf_s: f64::INFINITY, ..ok }, ShapeError::Zipf(f64::INFINITY)),
+            (RoutingShape { zipf_s: -1.0, ..ok }, ShapeError::Zipf(-1.0)),
+            (RoutingShape { reuse: 1.5, ..ok }, ShapeError::Reuse(1.5)),
+            (RoutingShape { reuse: -0.1, ..ok }, ShapeError::Reuse(-0.1)),
+        ];
+        for (shape, error) in refused {
+            assert_eq!(SyntheticRouting::try_new(shape, 1).map(|_| ()), Err(error));
+            assert!(!std::format!("{error}").is_empty());
+        }
+        assert!(matches!(RoutingShape { zipf_s: f64::NAN, ..ok }.check(), Err(ShapeError::Zipf(_))));
+        assert!(matches!(RoutingShape { reuse: f64::NAN, ..ok }.check(), Err(ShapeError::Reuse(_))));
+    }
+}
