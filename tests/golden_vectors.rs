@@ -54,20 +54,20 @@ fn layout_cases() -> String {
 fn scenario() -> Scenario {
     let n = |v| NonZeroU32::new(v).unwrap();
     let layers = vec![
-        LayerSpec { experts: 32, budget: 6, schedule: Schedule::EveryForward, initial: InitialPlacement::Warm },
+        LayerSpec { experts: 32, slots: 6, schedule: Schedule::EveryForward, initial: InitialPlacement::Warm },
         LayerSpec {
             experts: 32,
-            budget: 8,
+            slots: 8,
             schedule: Schedule::EveryDecodeSteps(n(3)),
             initial: InitialPlacement::Cold,
         },
         LayerSpec {
             experts: 16,
-            budget: 4,
+            slots: 4,
             schedule: Schedule::EveryDenoiseSteps(n(2)),
             initial: InitialPlacement::Warm,
         },
-        LayerSpec { experts: 8, budget: 12, schedule: Schedule::EveryForward, initial: InitialPlacement::Warm },
+        LayerSpec { experts: 8, slots: 12, schedule: Schedule::EveryForward, initial: InitialPlacement::Warm },
     ];
     let mut routings: Vec<SyntheticRouting> = layers
         .iter()

@@ -3,7 +3,7 @@
 
 use expertslab::{
     migrate, push_stacks, ArenaSink, ExpertPool, ExpertSource, LayerStacks, LayoutError, MigrateError, MigrationPlan,
-    ParamSink, PlanError, PoolConfig, Projection, SlotArena, SlotSink, SlotWrite,
+    PlanError, PoolConfig, Projection, SlotArena, SlotSink, SlotWrite, StackSink,
 };
 use expertslab_tests::{borrow_layer, slab_byte, synthetic_layer, GATE_UP_DOWN};
 
@@ -215,13 +215,13 @@ fn stale_and_foreign_plans_are_refused() {
     let failure = migrate(&mut pool, &plan, &layout, &source[..], &mut small_sink).unwrap_err();
     assert!(matches!(failure.error, MigrateError::Sink(LayoutError::SlotOutOfRange { .. })));
 
-    // A plan made before a budget change: refused whole, even into slots that still exist.
+    // A plan made before a slot-count change: refused whole, even into slots that still exist.
     pool.refresh(&[6, 6, 7, 7, 8, 8, 9, 9], &mut plan).unwrap();
     assert!(!plan.is_empty());
     let resident = pool.resident();
-    pool.set_budget(SLOTS - 1);
+    pool.set_slots(SLOTS - 1);
     let failure = migrate(&mut pool, &plan, &layout, &source[..], &mut sink).unwrap_err();
-    assert_eq!(failure.error, MigrateError::Plan(PlanError::BudgetChanged { plan: 0, pool: 1 }));
+    assert_eq!(failure.error, MigrateError::Plan(PlanError::SlotsChanged { plan: 0, pool: 1 }));
     assert_eq!(failure.completed.copied, 0);
     assert!(pool.resident() <= resident);
     assert_slots_hold_their_experts(&pool, &sink);
@@ -230,7 +230,7 @@ fn stale_and_foreign_plans_are_refused() {
 #[derive(Default)]
 struct Params(Vec<(String, usize, Projection, usize)>);
 
-impl ParamSink for Params {
+impl StackSink for Params {
     type Error = ();
 
     fn write_stack(&mut self, name: &str, layer: usize, projection: Projection, bytes: &[u8]) -> Result<(), ()> {

@@ -77,10 +77,10 @@ fn refresh_serve_migrate_and_budget_changes_do_not_allocate() {
         pool.initial_plan(&mut plan);
         migrate(&mut pool, &plan, &layout, &source[..], &mut sink).unwrap();
         for (step, ids) in trace.iter().enumerate() {
-            // Budget changes within the most slots the pool has had allocate nothing either.
+            // Slot-count changes within the most slots the pool has had allocate nothing either.
             match step {
-                s if s == shrink_at => assert!(pool.set_budget(5) > 0, "{policy:?}"),
-                s if s == grow_at => assert_eq!(pool.set_budget(16), 0),
+                s if s == shrink_at => assert!(pool.set_slots(5) > 0, "{policy:?}"),
+                s if s == grow_at => assert_eq!(pool.set_slots(16), 0),
                 _ => {}
             }
             pool.refresh(ids, &mut plan).unwrap();

@@ -8,27 +8,27 @@ use expertslab_tests::{commit_plan as commit, resident_set, started_pool, Refere
 use proptest::prelude::*;
 
 fn trace() -> impl Strategy<Value = (u32, usize, bool, Vec<Vec<u32>>)> {
-    (1u32..24, 0usize..26, any::<bool>()).prop_flat_map(|(experts, budget, warm)| {
+    (1u32..24, 0usize..26, any::<bool>()).prop_flat_map(|(experts, slots, warm)| {
         let ids = prop::collection::vec(prop::collection::vec(0..experts + 2, 0..20), 1..20);
-        (Just(experts), Just(budget), Just(warm), ids)
+        (Just(experts), Just(slots), Just(warm), ids)
     })
 }
 
-fn pool(experts: u32, budget: usize, warm: bool, policy: Policy, schedule: Schedule) -> (ExpertPool, MigrationPlan) {
+fn pool(experts: u32, slots: usize, warm: bool, policy: Policy, schedule: Schedule) -> (ExpertPool, MigrationPlan) {
     let initial = if warm { InitialPlacement::Warm } else { InitialPlacement::Cold };
-    started_pool(PoolConfig::new(experts as usize, budget).initial(initial).policy(policy).schedule(schedule))
+    started_pool(PoolConfig::new(experts as usize, slots).initial(initial).policy(policy).schedule(schedule))
 }
 
 /// Runs a demand policy on the pool and on the reference; returns the pool's misses.
-fn run_demand(policy: Policy, experts: u32, budget: usize, warm: bool, steps: &[Vec<u32>]) -> u64 {
+fn run_demand(policy: Policy, experts: u32, slots: usize, warm: bool, steps: &[Vec<u32>]) -> u64 {
     let stream: Vec<u32> = steps.concat();
     let name = policy.name();
-    let (mut pool, mut plan) = pool(experts, budget, warm, policy, Schedule::EveryForward);
+    let (mut pool, mut plan) = pool(experts, slots, warm, policy, Schedule::EveryForward);
     if policy == Policy::Belady {
         pool.load_future(&stream).unwrap();
     }
     let before = *pool.stats();
-    let mut reference = ReferenceDemand::new(name, experts, budget, warm, stream);
+    let mut reference = ReferenceDemand::new(name, experts, slots, warm, stream);
     for (s, ids) in steps.iter().enumerate() {
         assert!(pool.plan_step(Step::decode(s as u64), ids, &mut plan).unwrap());
         commit(&mut pool, &plan);
@@ -49,23 +49,23 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(expertslab_tests::cases(200)))]
 
     #[test]
-    fn demand_policies_match_their_references((experts, budget, warm, steps) in trace()) {
+    fn demand_policies_match_their_references((experts, slots, warm, steps) in trace()) {
         for policy in [Policy::Lru, Policy::Lfu, Policy::Lru2, Policy::Belady] {
-            run_demand(policy, experts, budget, warm, &steps);
+            run_demand(policy, experts, slots, warm, &steps);
         }
     }
 
     #[test]
-    fn belady_never_misses_more_than_a_demand_policy((experts, budget, warm, steps) in trace()) {
-        let optimum = run_demand(Policy::Belady, experts, budget, warm, &steps);
+    fn belady_never_misses_more_than_a_demand_policy((experts, slots, warm, steps) in trace()) {
+        let optimum = run_demand(Policy::Belady, experts, slots, warm, &steps);
         for policy in [Policy::Lru, Policy::Lfu, Policy::Lru2] {
-            prop_assert!(optimum <= run_demand(policy, experts, budget, warm, &steps), "{}", policy.name());
+            prop_assert!(optimum <= run_demand(policy, experts, slots, warm, &steps), "{}", policy.name());
         }
     }
 
     #[test]
     fn decay_matches_its_reference(
-        (experts, budget, warm, steps) in trace(),
+        (experts, slots, warm, steps) in trace(),
         half_life in 0.5f32..16.0,
         margin in 1.0f32..2.0,
         cap in prop::option::of(0u16..4),
@@ -73,8 +73,8 @@ proptest! {
     ) {
         let config = DecayConfig::new(half_life, margin, cap).unwrap();
         let schedule = Schedule::EveryDecodeSteps(NonZeroU32::new(interval).unwrap());
-        let (mut pool, mut plan) = pool(experts, budget, warm, Policy::Decay(config), schedule);
-        let mut reference = ReferenceDecay::new(config, experts, budget, warm);
+        let (mut pool, mut plan) = pool(experts, slots, warm, Policy::Decay(config), schedule);
+        let mut reference = ReferenceDecay::new(config, experts, slots, warm);
         let before = *pool.stats();
         for (s, ids) in steps.iter().enumerate() {
             let refreshed = pool.plan_step(Step::decode(s as u64), ids, &mut plan).unwrap();
@@ -162,9 +162,9 @@ fn demand_hits_need_the_copy_to_have_landed() {
 
 #[test]
 fn belady_follows_its_stream_through_reuse_steps() {
-    // Two slots holding 0 and 1. A reuse step uses 2 and 0; the next step admits 3, evicting the
+    // Two slots holding 0 and 1. A reuse step uses 2 and 0; the next step admits 3, demoting the
     // resident used farthest ahead: 0 (next at position 4), not 1 (position 3). Reading the future
-    // from a position that ignored the reuse step would still see 0 at position 1 and evict 1.
+    // from a position that ignored the reuse step would still see 0 at position 1 and demote 1.
     let stream = [2, 0, 3, 1, 0];
     let (mut belady, mut plan) = pool(4, 2, true, Policy::Belady, Schedule::EveryForward);
     belady.load_future(&stream).unwrap();
@@ -172,6 +172,6 @@ fn belady_follows_its_stream_through_reuse_steps() {
     assert!(plan.is_empty());
     belady.serve(&stream[..2]);
     belady.plan_step(Step::decode(1), &stream[2..3], &mut plan).unwrap();
-    let promoted: Vec<(u16, Option<u16>)> = plan.promotions().iter().map(|p| (p.expert, p.evicted)).collect();
+    let promoted: Vec<(u16, Option<u16>)> = plan.promotions().iter().map(|p| (p.expert, p.demoted)).collect();
     assert_eq!(promoted, [(3, Some(0))]);
 }

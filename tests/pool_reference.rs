@@ -7,20 +7,20 @@ use expertslab::{ExpertPool, InitialPlacement, MigrationPlan, PoolConfig, Schedu
 use expertslab_tests::{commit_plan as commit, resident_set, started_pool, ReferenceTide};
 use proptest::prelude::*;
 
-/// A random layer: experts, budget, warm or cold, and steps of ids (some out of range).
+/// A random layer: experts, slot count, warm or cold, and steps of ids (some out of range).
 fn trace() -> impl Strategy<Value = (u32, usize, bool, Vec<Vec<u32>>)> {
-    (1u32..40, 0usize..48, any::<bool>()).prop_flat_map(|(experts, budget, warm)| {
+    (1u32..40, 0usize..48, any::<bool>()).prop_flat_map(|(experts, slots, warm)| {
         let ids = prop::collection::vec(prop::collection::vec(0..experts + 3, 0..48), 1..24);
-        (Just(experts), Just(budget), Just(warm), ids)
+        (Just(experts), Just(slots), Just(warm), ids)
     })
 }
 
-fn build(experts: u32, budget: usize, warm: bool, schedule: Schedule) -> (ExpertPool, MigrationPlan) {
+fn build(experts: u32, slots: usize, warm: bool, schedule: Schedule) -> (ExpertPool, MigrationPlan) {
     let initial = if warm { InitialPlacement::Warm } else { InitialPlacement::Cold };
-    started_pool(PoolConfig::new(experts as usize, budget).initial(initial).schedule(schedule))
+    started_pool(PoolConfig::new(experts as usize, slots).initial(initial).schedule(schedule))
 }
 
-/// Resident count within budget, and the slot table a bijection between residents and occupied
+/// Resident count within slot count, and the slot table a bijection between residents and occupied
 /// slots, seen from both directions.
 fn check_invariants(pool: &ExpertPool) {
     assert!(pool.resident() <= pool.slots());
@@ -38,9 +38,9 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(expertslab_tests::cases(256)))]
 
     #[test]
-    fn every_forward_matches_the_reference((experts, budget, warm, steps) in trace()) {
-        let (mut pool, mut plan) = build(experts, budget, warm, Schedule::EveryForward);
-        let mut reference = ReferenceTide::new(experts, budget, warm);
+    fn every_forward_matches_the_reference((experts, slots, warm, steps) in trace()) {
+        let (mut pool, mut plan) = build(experts, slots, warm, Schedule::EveryForward);
+        let mut reference = ReferenceTide::new(experts, slots, warm);
         prop_assert_eq!(resident_set(&pool), reference.resident.clone());
         for (s, ids) in steps.iter().enumerate() {
             let demotions_before = pool.stats().demotions;
@@ -48,8 +48,8 @@ proptest! {
             let expected = reference.refresh(ids);
             let promoted: Vec<u32> = plan.promotions().iter().map(|p| u32::from(p.expert)).collect();
             prop_assert_eq!(&promoted, &expected.promoted);
-            let evicted: Vec<u32> = plan.promotions().iter().filter_map(|p| p.evicted).map(u32::from).collect();
-            prop_assert_eq!(&evicted, &expected.demoted);
+            let demoted: Vec<u32> = plan.promotions().iter().filter_map(|p| p.demoted).map(u32::from).collect();
+            prop_assert_eq!(&demoted, &expected.demoted);
             prop_assert_eq!(pool.stats().demotions - demotions_before, expected.demoted.len() as u64);
             commit(&mut pool, &plan);
             check_invariants(&pool);
@@ -66,13 +66,13 @@ proptest! {
 
     #[test]
     fn schedules_refresh_only_when_due(
-        (experts, budget, warm, steps) in trace(),
+        (experts, slots, warm, steps) in trace(),
         interval in 1u32..5,
         prefill_every in 2usize..7,
     ) {
         let schedule = Schedule::EveryDecodeSteps(NonZeroU32::new(interval).unwrap());
-        let (mut pool, mut plan) = build(experts, budget, warm, schedule);
-        let mut reference = ReferenceTide::new(experts, budget, warm);
+        let (mut pool, mut plan) = build(experts, slots, warm, schedule);
+        let mut reference = ReferenceTide::new(experts, slots, warm);
         for (s, ids) in steps.iter().enumerate() {
             let step = if s % prefill_every == 0 { Step::prefill(s as u64) } else { Step::decode(s as u64) };
             let due = step.prefill || (s as u64).is_multiple_of(u64::from(interval));
@@ -102,10 +102,10 @@ proptest! {
     }
 
     #[test]
-    fn uncommitted_plans_leave_a_consistent_pool((experts, budget, warm, steps) in trace(), keep in 0usize..4) {
+    fn uncommitted_plans_leave_a_consistent_pool((experts, slots, warm, steps) in trace(), keep in 0usize..4) {
         // A runtime may commit only part of a plan (copies failed): the pool stays consistent and
         // later refreshes still agree with the invariants.
-        let (mut pool, mut plan) = build(experts, budget, warm, Schedule::EveryForward);
+        let (mut pool, mut plan) = build(experts, slots, warm, Schedule::EveryForward);
         for ids in &steps {
             pool.refresh(ids, &mut plan).unwrap();
             for &p in plan.promotions().iter().take(keep) {

@@ -294,7 +294,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         100.0 * stats.hit_rate(),
         stats.hits,
         stats.misses,
-        100.0 * args.slots.min(args.experts) as f64 / args.experts as f64
+        100.0 * PoolConfig::new(args.experts, args.slots).slots() as f64 / args.experts as f64
     )?;
     writeln!(out, "  promotions   {} ({} demotions)", stats.promotions - warm.promotions, stats.demotions)?;
     writeln!(out, "  bytes moved  {}", format_size(bytes_moved))?;

@@ -187,7 +187,7 @@ pub fn run_all(
     let runs: Vec<Result<Run, ReplayError>> = jobs
         .par_iter()
         .map(|&(policy, slots, schedule)| {
-            let config = ReplayConfig { policy, budget: slots, schedule, initial, cost };
+            let config = ReplayConfig { policy, slots, schedule, initial, cost };
             let run = replay(trace, &config).map(|report| Run { policy, slots, schedule, report });
             bar.inc(1);
             run

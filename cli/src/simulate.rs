@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
-use expertslab_std::trace::replay::{ReplayCounters, ReplayPolicy};
+use expertslab_std::trace::replay::{ReplayPolicy, ReplayStats};
 use expertslab_std::Schedule;
 use serde_json::{json, Value};
 
@@ -78,7 +78,7 @@ pub fn parse_sweep(text: &str) -> Result<Sweep, String> {
 }
 
 /// The counters of one layer or of the total as JSON.
-pub fn counters_json(c: &ReplayCounters) -> Value {
+pub fn counters_json(c: &ReplayStats) -> Value {
     json!({
         "pairs": c.pairs,
         "hits": c.hits,

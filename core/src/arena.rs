@@ -83,15 +83,15 @@ impl SlotArena {
         Ok(range)
     }
 
-    /// The byte range of projection number `projection` (its position in the layout) of slot
+    /// The byte range of projection `index` (its position in the layout) of slot
     /// `slot` in the buffer.
     ///
     /// # Errors
     /// [`LayoutError::SlotOutOfRange`], or [`LayoutError::InvalidProjectionSet`] when the layout
     /// has fewer projections.
-    pub fn projection_range(&self, slot: usize, projection: usize) -> Result<Range<usize>, LayoutError> {
+    pub fn projection_range(&self, slot: usize, index: usize) -> Result<Range<usize>, LayoutError> {
         let slot_start = self.slot_range(slot)?.start;
-        let &(offset, len) = self.projections.get(projection).ok_or(LayoutError::InvalidProjectionSet)?;
+        let &(offset, len) = self.projections.get(index).ok_or(LayoutError::InvalidProjectionSet)?;
         #[allow(clippy::arithmetic_side_effects, reason = "the projection lies inside the slot, whose end fits")]
         let range = slot_start + offset..slot_start + offset + len;
         Ok(range)
@@ -141,15 +141,15 @@ impl SlotArena {
         Ok(skip..needed)
     }
 
-    /// Writes `bytes` as projection number `projection` of one slot, given as that slot's bytes
+    /// Writes `bytes` as projection `index` of one slot, given as that slot's bytes
     /// (a chunk of [`SlotArena::slot_stride`] bytes of the buffer).
     ///
     /// # Errors
     /// [`LayoutError::InvalidProjectionSet`] for a projection the layout lacks,
     /// [`LayoutError::LengthMismatch`] when `bytes` is not the projection's length,
     /// [`LayoutError::BufferTooSmall`] when `slot` is shorter than the projection's end.
-    pub fn write_projection(&self, slot: &mut [u8], projection: usize, bytes: &[u8]) -> Result<(), LayoutError> {
-        let &(offset, len) = self.projections.get(projection).ok_or(LayoutError::InvalidProjectionSet)?;
+    pub fn write_projection(&self, slot: &mut [u8], index: usize, bytes: &[u8]) -> Result<(), LayoutError> {
+        let &(offset, len) = self.projections.get(index).ok_or(LayoutError::InvalidProjectionSet)?;
         if bytes.len() != len {
             return Err(LayoutError::LengthMismatch { expected: len, actual: bytes.len() });
         }
@@ -160,22 +160,17 @@ impl SlotArena {
         Ok(())
     }
 
-    /// Projection number `projection` of slot `slot` within `buffer`.
+    /// Projection `index` of slot `slot` within `buffer`.
     ///
     /// # Errors
     /// As [`SlotArena::check_buffer`] and [`SlotArena::projection_range`].
-    pub fn projection_bytes<'a>(
-        &self,
-        buffer: &'a [u8],
-        slot: usize,
-        projection: usize,
-    ) -> Result<&'a [u8], LayoutError> {
+    pub fn projection_bytes<'a>(&self, buffer: &'a [u8], slot: usize, index: usize) -> Result<&'a [u8], LayoutError> {
         self.check_buffer(buffer)?;
-        let range = self.projection_range(slot, projection)?;
+        let range = self.projection_range(slot, index)?;
         buffer.get(range).ok_or(LayoutError::Overflow)
     }
 
-    /// Projection number `projection` of slot `slot` within `buffer`, writable.
+    /// Projection `index` of slot `slot` within `buffer`, writable.
     ///
     /// # Errors
     /// As [`SlotArena::projection_bytes`].
@@ -183,10 +178,10 @@ impl SlotArena {
         &self,
         buffer: &'a mut [u8],
         slot: usize,
-        projection: usize,
+        index: usize,
     ) -> Result<&'a mut [u8], LayoutError> {
         self.check_buffer(buffer)?;
-        let range = self.projection_range(slot, projection)?;
+        let range = self.projection_range(slot, index)?;
         buffer.get_mut(range).ok_or(LayoutError::Overflow)
     }
 }

@@ -310,9 +310,9 @@ pub enum PlanError {
         /// The expert it holds.
         expert: usize,
     },
-    /// The plan was made before the pool's budget last changed.
-    BudgetChanged {
-        /// The plan's budget generation.
+    /// The plan was made before the pool's slot count last changed.
+    SlotsChanged {
+        /// The plan's slot-count generation.
         plan: u32,
         /// The pool's.
         pool: u32,
@@ -337,8 +337,8 @@ impl fmt::Display for PlanError {
             Self::SlotOccupied { slot, expert } => {
                 write!(f, "slot {slot} holds expert {expert}; the plan is stale")
             }
-            Self::BudgetChanged { plan, pool } => {
-                write!(f, "the plan was made at budget generation {plan}, the pool is at {pool}; plan again")
+            Self::SlotsChanged { plan, pool } => {
+                write!(f, "the plan was made at slot-count generation {plan}, the pool is at {pool}; plan again")
             }
         }
     }

@@ -95,7 +95,7 @@ impl LayerPools {
     pub fn total_stats(&self) -> PoolStats {
         let mut total = PoolStats::default();
         for pool in &self.pools {
-            total.accumulate(pool.stats());
+            total.add(pool.stats());
         }
         total
     }

@@ -109,17 +109,17 @@ pub use format::{BlockShape, Format};
 pub use gguf::{GgufError, GgufFile, GgufModel, MoeModel};
 pub use layers::LayerPools;
 pub use layout::{ExpertLayout, StackLayout, MAX_PROJECTIONS};
-pub use migrate::{expert_slabs, migrate, push_stacks, ExpertSlab, MigrateFailure, MigrateReport, PushError};
+pub use migrate::{expert_slabs, migrate, push_stacks, ExpertSlab, MigrateFailure, MigrateStats, PushError};
 pub use name::{stack_name, TensorName};
 pub use plan::{MigrationPlan, Promotion};
 pub use policy::{DecayConfig, Policy, PolicyError};
 pub use pool::{
-    ExpertPool, InitialPlacement, PoolConfig, PoolStats, PromotionState, ServeCounts, MAX_EXPERTS, MAX_STEP_IDS,
+    ExpertPool, InitialPlacement, PoolConfig, PoolStats, PromotionState, ServeStats, MAX_EXPERTS, MAX_STEP_IDS,
 };
 pub use projection::Projection;
 pub use schedule::{Mode, Schedule, Step};
 pub use shared::SharedPool;
-pub use sink::{ArenaSink, ParamSink, SlotSink, SlotWrite};
+pub use sink::{ArenaSink, SlotSink, SlotWrite, StackSink};
 pub use source::{ExpertSource, LayerStacks, LayeredSource, StackBytes, StackSource};
 pub use step::{StepError, StepStats};
 pub use view::{cast_bytes, copy_bytes, copy_expert, expert_as};

@@ -6,13 +6,13 @@ use crate::layout::{ExpertLayout, Projection};
 use crate::name::stack_name;
 use crate::plan::{MigrationPlan, Promotion};
 use crate::pool::{ExpertPool, PromotionState};
-use crate::sink::{ParamSink, SlotSink, SlotWrite};
+use crate::sink::{SlotSink, SlotWrite, StackSink};
 use crate::source::{ExpertSource, StackSource};
 
 /// What a migration did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct MigrateReport {
+pub struct MigrateStats {
     /// Promotions copied and committed by this call.
     pub copied: usize,
     /// Promotions found already committed (by an earlier, interrupted call), skipped.
@@ -21,9 +21,9 @@ pub struct MigrateReport {
     pub bytes: u64,
 }
 
-impl MigrateReport {
+impl MigrateStats {
     /// Adds `other`'s counts to these.
-    pub fn add(&mut self, other: &MigrateReport) {
+    pub fn add(&mut self, other: &MigrateStats) {
         self.copied = self.copied.saturating_add(other.copied);
         self.skipped = self.skipped.saturating_add(other.skipped);
         self.bytes = self.bytes.saturating_add(other.bytes);
@@ -45,7 +45,7 @@ pub struct MigrateFailure<S, K> {
     /// The promotion that failed.
     pub failed: Promotion,
     /// What completed before it.
-    pub completed: MigrateReport,
+    pub completed: MigrateStats,
 }
 
 impl<S: core::fmt::Display, K: core::fmt::Display> core::fmt::Display for MigrateFailure<S, K> {
@@ -82,12 +82,12 @@ pub fn migrate<S, K>(
     layout: &ExpertLayout,
     source: &S,
     sink: &mut K,
-) -> Result<MigrateReport, MigrateFailure<S::Error, K::Error>>
+) -> Result<MigrateStats, MigrateFailure<S::Error, K::Error>>
 where
     S: ExpertSource + ?Sized,
     K: SlotSink + ?Sized,
 {
-    let mut report = MigrateReport::default();
+    let mut report = MigrateStats::default();
     let fail = |error, failed, completed| MigrateFailure { error, failed, completed };
     for &promotion in plan.promotions() {
         match pool.check_planned(plan, promotion) {
@@ -206,7 +206,7 @@ pub fn push_stacks<S, K>(
 ) -> Result<u64, PushError<S::Error, K::Error>>
 where
     S: StackSource + ?Sized,
-    K: ParamSink + ?Sized,
+    K: StackSink + ?Sized,
 {
     let mut bytes = 0u64;
     for &(projection, _) in layout.projections() {

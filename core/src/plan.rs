@@ -14,7 +14,7 @@ pub struct Promotion {
     pub slot: u16,
     /// The expert the refresh demoted from this slot to make room, if any. Demotion copies
     /// nothing: the slot was freed when the plan was made.
-    pub evicted: Option<u16>,
+    pub demoted: Option<u16>,
 }
 
 /// The promotions of one layer's refresh, in the order they should be copied (hottest first).
@@ -24,8 +24,8 @@ pub struct Promotion {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MigrationPlan {
     layer: usize,
-    /// The pool's budget generation when the plan was made (see [`crate::ExpertPool::set_budget`]).
-    budget_generation: u32,
+    /// The pool's slot-count generation when the plan was made (see [`crate::ExpertPool::set_slots`]).
+    slots_generation: u32,
     promotions: Vec<Promotion>,
 }
 
@@ -34,7 +34,7 @@ impl MigrationPlan {
     /// allocation). A plan holds at most one promotion per slot and no pool has more than
     /// [`crate::MAX_EXPERTS`] slots, so a larger `capacity` is clamped to that.
     pub fn new(capacity: usize) -> Self {
-        Self { layer: 0, budget_generation: 0, promotions: Vec::with_capacity(capacity.min(MAX_EXPERTS)) }
+        Self { layer: 0, slots_generation: 0, promotions: Vec::with_capacity(capacity.min(MAX_EXPERTS)) }
     }
 
     /// The layer the plan was made for.
@@ -42,10 +42,10 @@ impl MigrationPlan {
         self.layer
     }
 
-    /// The pool's budget generation when the plan was made: plans from before a budget change
+    /// The pool's slot-count generation when the plan was made: plans from before a slot-count change
     /// are refused by [`crate::ExpertPool::check_planned`].
-    pub const fn budget_generation(&self) -> u32 {
-        self.budget_generation
+    pub const fn slots_generation(&self) -> u32 {
+        self.slots_generation
     }
 
     /// The promotions, in copy order.
@@ -63,11 +63,11 @@ impl MigrationPlan {
         self.promotions.len()
     }
 
-    /// Starts a new plan for `layer` at budget generation `budget_generation`, keeping the
+    /// Starts a new plan for `layer` at slot-count generation `slots_generation`, keeping the
     /// storage and making room for `capacity` promotions (clamped as in [`MigrationPlan::new`]).
-    pub(crate) fn reset(&mut self, layer: usize, budget_generation: u32, capacity: usize) {
+    pub(crate) fn reset(&mut self, layer: usize, slots_generation: u32, capacity: usize) {
         self.layer = layer;
-        self.budget_generation = budget_generation;
+        self.slots_generation = slots_generation;
         self.promotions.clear();
         self.promotions.reserve(capacity.min(MAX_EXPERTS));
     }
@@ -87,8 +87,8 @@ mod tests {
         assert!(plan.is_empty());
         assert!(plan.promotions.capacity() >= MAX_EXPERTS);
         plan.reset(3, 1, usize::MAX);
-        assert_eq!((plan.layer(), plan.budget_generation(), plan.len()), (3, 1, 0));
-        plan.push(Promotion { expert: 1, slot: 0, evicted: None });
+        assert_eq!((plan.layer(), plan.slots_generation(), plan.len()), (3, 1, 0));
+        plan.push(Promotion { expert: 1, slot: 0, demoted: None });
         plan.reset(0, 0, usize::MAX - 1);
         assert!(plan.is_empty());
     }

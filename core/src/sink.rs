@@ -1,5 +1,5 @@
 //! Sinks: where expert bytes go. [`SlotSink`] writes one expert's slabs into a slot of memory the
-//! caller owns; [`ParamSink`] receives whole named stacks.
+//! caller owns; [`StackSink`] receives whole named stacks.
 
 use crate::arena::SlotArena;
 use crate::error::LayoutError;
@@ -132,7 +132,7 @@ where
 }
 
 /// Receives whole named stacks, for runtimes that take full parameters rather than slots.
-pub trait ParamSink {
+pub trait StackSink {
     /// Why a stack could not be taken.
     type Error;
 

@@ -31,7 +31,7 @@ pub trait LayeredSource: ExpertSource {
 }
 
 /// Gives the whole stack of one projection of one layer, for runtimes that take full parameters
-/// (see [`crate::ParamSink`]).
+/// (see [`crate::StackSink`]).
 pub trait StackSource {
     /// Why a stack could not be given.
     type Error;

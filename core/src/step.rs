@@ -8,9 +8,9 @@ use core::fmt;
 
 use crate::error::PoolError;
 use crate::layout::ExpertLayout;
-use crate::migrate::{migrate, MigrateFailure, MigrateReport};
+use crate::migrate::{migrate, MigrateFailure, MigrateStats};
 use crate::plan::MigrationPlan;
-use crate::pool::{ExpertPool, ServeCounts};
+use crate::pool::{ExpertPool, ServeStats};
 use crate::schedule::Step;
 use crate::sink::SlotSink;
 use crate::source::ExpertSource;
@@ -22,9 +22,9 @@ pub struct StepStats {
     /// Whether the layer refreshed (or, under demand caching, admitted misses) on this step.
     pub refreshed: bool,
     /// What migration copied (on a failure, what completed before it).
-    pub migrated: MigrateReport,
+    pub migrated: MigrateStats,
     /// The step's hits, misses and invalid ids, counted against the residency after migration.
-    pub served: ServeCounts,
+    pub served: ServeStats,
 }
 
 /// Why a step did not complete. Exhaustive by construction: a step is refused before anything
@@ -107,11 +107,11 @@ impl ExpertPool {
         step: Step,
         ids: &[u32],
         plan: &mut MigrationPlan,
-        migrate: impl FnOnce(&mut ExpertPool, &MigrationPlan) -> Result<MigrateReport, MigrateFailure<S, K>>,
+        migrate: impl FnOnce(&mut ExpertPool, &MigrationPlan) -> Result<MigrateStats, MigrateFailure<S, K>>,
     ) -> Result<StepStats, StepError<S, K>> {
         let refreshed = self.plan_step(step, ids, plan).map_err(StepError::Pool)?;
         let migrated = migrate(self, plan);
-        let mut stats = StepStats { refreshed, migrated: MigrateReport::default(), served: self.serve(ids) };
+        let mut stats = StepStats { refreshed, migrated: MigrateStats::default(), served: self.serve(ids) };
         match migrated {
             Ok(report) => {
                 stats.migrated = report;
@@ -173,7 +173,7 @@ mod tests {
         let stats = pool.step(Step::decode(0), &[5, 6, 5, 9], &mut plan, &layout, &model[..], &mut sink).unwrap();
         assert!(stats.refreshed);
         assert_eq!((stats.migrated.copied, stats.migrated.bytes), (2, 8));
-        assert_eq!(stats.served, ServeCounts { hits: 3, misses: 0, invalid: 1 });
+        assert_eq!(stats.served, ServeStats { hits: 3, misses: 0, invalid: 1 });
         for expert in [5, 6] {
             let slot = pool.slot_of(expert).unwrap();
             assert_eq!(sink.bytes[slot], [expert as u8; 4]);
@@ -194,13 +194,13 @@ mod tests {
         assert_eq!(usize::from(failure.failed.slot), 1);
         assert_eq!(stats.migrated.copied, 1);
         // Expert 5 reached slot 0; expert 6's copy failed, so its pair is a miss.
-        assert_eq!(stats.served, ServeCounts { hits: 2, misses: 1, invalid: 0 });
+        assert_eq!(stats.served, ServeStats { hits: 2, misses: 1, invalid: 0 });
         assert_eq!((pool.slot_of(5), pool.slot_of(6)), (Some(0), None));
         assert_eq!(err.stats(), Some(&stats));
 
         sink.fail_slot = None;
         let stats = pool.step(Step::decode(1), &ids, &mut plan, &layout, &model[..], &mut sink).unwrap();
-        assert_eq!(stats.served, ServeCounts { hits: 3, misses: 0, invalid: 0 });
+        assert_eq!(stats.served, ServeStats { hits: 3, misses: 0, invalid: 0 });
         assert_eq!(sink.bytes[pool.slot_of(6).unwrap()], [6; 4]);
     }
 

@@ -9,7 +9,7 @@ use std::num::NonZeroU32;
 
 use expertslab_std::trace::synthetic::{RoutingShape, SyntheticRouting};
 use expertslab_std::{
-    ExpertStore, LayerStacks, Offloader, ParamSink, PoolConfig, Projection, RoutingCapture, Schedule, SharedBytes, Step,
+    ExpertStore, LayerStacks, Offloader, PoolConfig, Projection, RoutingCapture, Schedule, SharedBytes, StackSink, Step,
 };
 use expertslab_tests::synthetic_layer;
 
@@ -22,7 +22,7 @@ const STEPS: u64 = 512;
 #[derive(Default)]
 struct CountingParams(u64);
 
-impl ParamSink for CountingParams {
+impl StackSink for CountingParams {
     type Error = std::convert::Infallible;
 
     fn write_stack(&mut self, _: &str, _: usize, _: Projection, bytes: &[u8]) -> Result<(), Self::Error> {

@@ -63,7 +63,7 @@ pub use bytes::SharedBytes;
 pub use capture::{CaptureError, RoutingCapture};
 pub use error::Error;
 pub use expertslab::*;
-pub use offload::{Offloader, StepReport};
+pub use offload::{OffloadStats, Offloader};
 pub use parallel::ParallelMigrator;
 pub use recorder::{read_trace, TraceRecorder};
 pub use store::{open_gguf, ExpertStore, StoredStack};

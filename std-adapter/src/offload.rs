@@ -3,8 +3,8 @@
 //! ids a runtime captures.
 
 use expertslab::{
-    push_stacks, ExpertLayout, ExpertPool, LayerPools, LayeredSource, LayoutError, MigrateReport, MigrationPlan,
-    ParamSink, PoolConfig, PoolStats, Projection, PushError, SlotArena, StackSource, Step, StepError, StepStats,
+    push_stacks, ExpertLayout, ExpertPool, LayerPools, LayeredSource, LayoutError, MigrateStats, MigrationPlan,
+    PoolConfig, PoolStats, Projection, PushError, SlotArena, StackSink, StackSource, Step, StepError, StepStats,
 };
 
 use crate::capture::RoutingCapture;
@@ -21,20 +21,20 @@ struct LayerSlots {
 
 /// What one step did, over all layers. Counts saturate rather than wrap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct StepReport {
+pub struct OffloadStats {
     /// Layers that refreshed.
     pub refreshed: usize,
     /// What migration copied.
-    pub migrated: MigrateReport,
+    pub migrated: MigrateStats,
     /// Ids served from slots.
     pub hits: u64,
     /// Ids served from slow memory.
     pub misses: u64,
 }
 
-impl StepReport {
+impl OffloadStats {
     /// Adds `other`'s counts to these.
-    pub fn add(&mut self, other: &StepReport) {
+    pub fn add(&mut self, other: &OffloadStats) {
         self.refreshed = self.refreshed.saturating_add(other.refreshed);
         self.migrated.add(&other.migrated);
         self.hits = self.hits.saturating_add(other.hits);
@@ -42,7 +42,7 @@ impl StepReport {
     }
 }
 
-impl From<StepStats> for StepReport {
+impl From<StepStats> for OffloadStats {
     fn from(stats: StepStats) -> Self {
         Self {
             refreshed: usize::from(stats.refreshed),
@@ -85,7 +85,7 @@ where
             let missing = LayoutError::LayerOutOfRange { layer, layers: layer };
             let layout = source.layer_layout(layer).ok_or(missing)?.clone();
             let config = config.layer(layer).experts(layout.experts());
-            let arena = SlotArena::new(&layout, ExpertPool::new(config)?.slots(), align)?;
+            let arena = SlotArena::new(&layout, config.slots(), align)?;
             // Room to align the arena's start inside the buffer.
             let bytes = arena.total_bytes().checked_add(align.saturating_sub(1)).ok_or(LayoutError::Overflow)?;
             let mut buffer = Vec::new();
@@ -109,7 +109,7 @@ where
     ///
     /// # Errors
     /// [`Error::Migrate`] naming the layer.
-    pub fn warm_up(&mut self) -> Result<MigrateReport, Error> {
+    pub fn warm_up(&mut self) -> Result<MigrateStats, Error> {
         for (pool, plan) in self.pools.pools_mut().iter_mut().zip(self.plans.iter_mut()) {
             pool.initial_plan(plan);
         }
@@ -120,8 +120,8 @@ where
     ///
     /// # Errors
     /// As [`Offloader::step_layer`]; layers before a failing one have stepped.
-    pub fn step(&mut self, step: Step, capture: &RoutingCapture) -> Result<StepReport, Error> {
-        let mut report = StepReport::default();
+    pub fn step(&mut self, step: Step, capture: &RoutingCapture) -> Result<OffloadStats, Error> {
+        let mut report = OffloadStats::default();
         for position in 0..self.pools.len() {
             let Some(layer) = self.pools.pools().get(position).map(ExpertPool::layer) else { break };
             report.add(&self.step_layer(layer, step, capture.ids(layer))?);
@@ -138,7 +138,7 @@ where
     /// ids, [`Error::Migrate`] when a copy failed: the ids were served all the same (the pool's
     /// statistics count them, the failed promotions' pairs as misses) and the pool stays
     /// consistent.
-    pub fn step_layer(&mut self, layer: usize, step: Step, ids: &[u32]) -> Result<StepReport, Error> {
+    pub fn step_layer(&mut self, layer: usize, step: Step, ids: &[u32]) -> Result<OffloadStats, Error> {
         let position = self.position(layer)?;
         let (Some(pool), Some(plan), Some(slots)) =
             (self.pools.pools_mut().get_mut(position), self.plans.get_mut(position), self.slots.get_mut(position))
@@ -154,11 +154,11 @@ where
                 StepError::Migrate { failure, .. } => Error::Migrate { layer, failure },
                 StepError::Pool(error) => Error::Pool(error),
             })?;
-        Ok(StepReport::from(stats))
+        Ok(OffloadStats::from(stats))
     }
 
-    fn migrate_plans(&mut self) -> Result<MigrateReport, Error> {
-        let mut total = MigrateReport::default();
+    fn migrate_plans(&mut self) -> Result<MigrateStats, Error> {
+        let mut total = MigrateStats::default();
         let layers = self.pools.pools_mut().iter_mut().zip(&self.plans).zip(self.slots.iter_mut());
         for ((pool, plan), slots) in layers {
             total.add(&Self::migrate_layer(&self.migrator, &self.source, pool, plan, slots)?);
@@ -172,7 +172,7 @@ where
         pool: &mut ExpertPool,
         plan: &MigrationPlan,
         slots: &mut LayerSlots,
-    ) -> Result<MigrateReport, Error> {
+    ) -> Result<MigrateStats, Error> {
         let buffer = slots.arena.fit(&mut slots.buffer)?;
         migrator
             .migrate(pool, plan, &slots.layout, source, &slots.arena, buffer)
@@ -235,7 +235,7 @@ where
     ///
     /// # Errors
     /// [`PushError`] from the first stack that failed.
-    pub fn push_full<K: ParamSink>(&self, sink: &mut K) -> Result<u64, PushError<LayoutError, K::Error>> {
+    pub fn push_full<K: StackSink>(&self, sink: &mut K) -> Result<u64, PushError<LayoutError, K::Error>> {
         let mut bytes = 0;
         for (pool, slots) in self.pools.pools().iter().zip(&self.slots) {
             bytes = push_stacks(pool.layer(), &slots.layout, &self.source, sink)?.saturating_add(bytes);

@@ -3,7 +3,7 @@
 
 use expertslab::{
     expert_slabs, migrate, ArenaSink, ExpertLayout, ExpertPool, ExpertSource, LayoutError, MigrateError,
-    MigrateFailure, MigrateReport, MigrationPlan, Promotion, PromotionState, SlotArena,
+    MigrateFailure, MigrateStats, MigrationPlan, Promotion, PromotionState, SlotArena,
 };
 use rayon::prelude::*;
 
@@ -56,7 +56,7 @@ impl ParallelMigrator {
         source: &S,
         arena: &SlotArena,
         buffer: &mut [u8],
-    ) -> Result<MigrateReport, Failure<S::Error>>
+    ) -> Result<MigrateStats, Failure<S::Error>>
     where
         S: ExpertSource + Sync + ?Sized,
         S::Error: Send,
@@ -67,7 +67,7 @@ impl ParallelMigrator {
             Some(&first) if pending.len() >= 2 && bytes >= self.threshold => first,
             _ => return sequential(pool, plan, layout, source, arena, buffer),
         };
-        let mut report = MigrateReport { skipped, ..MigrateReport::default() };
+        let mut report = MigrateStats { skipped, ..MigrateStats::default() };
         if let Err(e) = arena.check_buffer(buffer) {
             return Err(Failure { error: MigrateError::Sink(e), failed: first, completed: report });
         }
@@ -161,7 +161,7 @@ fn sequential<S>(
     source: &S,
     arena: &SlotArena,
     buffer: &mut [u8],
-) -> Result<MigrateReport, Failure<S::Error>>
+) -> Result<MigrateStats, Failure<S::Error>>
 where
     S: ExpertSource + ?Sized,
 {
@@ -170,9 +170,9 @@ where
         Err(e) => {
             return match plan.promotions().first() {
                 Some(&failed) => {
-                    Err(Failure { error: MigrateError::Sink(e), failed, completed: MigrateReport::default() })
+                    Err(Failure { error: MigrateError::Sink(e), failed, completed: MigrateStats::default() })
                 }
-                None => Ok(MigrateReport::default()),
+                None => Ok(MigrateStats::default()),
             }
         }
     };

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use expertslab_std::trace::synthetic::{RoutingShape, SyntheticRouting};
 use expertslab_std::{
     open_gguf, ExpertSource, ExpertStore, InitialPlacement, LayerStacks, LayeredSource, Offloader, ParallelMigrator,
-    ParamSink, PoolConfig, Projection, RoutingCapture, Schedule, SharedBytes, StackSource, Step,
+    PoolConfig, Projection, RoutingCapture, Schedule, SharedBytes, StackSink, StackSource, Step,
 };
 use expertslab_tests::synthetic_layer;
 
@@ -77,7 +77,7 @@ fn each_layer_steps_on_its_own_ids_and_reads_match_the_source() {
 #[derive(Default)]
 struct Names(Vec<(String, usize)>);
 
-impl ParamSink for Names {
+impl StackSink for Names {
     type Error = ();
 
     fn write_stack(&mut self, name: &str, _layer: usize, _p: Projection, bytes: &[u8]) -> Result<(), ()> {

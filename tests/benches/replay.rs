@@ -30,7 +30,7 @@ fn policy<const TOKENS: usize>(bencher: Bencher, name: &str) {
     let trace = trace(TOKENS);
     let config = ReplayConfig {
         policy: ReplayPolicy::from_name(name).expect("known policy"),
-        budget: 64,
+        slots: 64,
         schedule: Schedule::EveryForward,
         initial: InitialPlacement::Warm,
         cost: CostModel { expert_bytes: 1 << 20, slow_pair_seconds: 2e-5, link_bytes_per_second: 16e9 },

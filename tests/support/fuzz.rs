@@ -121,7 +121,7 @@ pub fn trace(data: &[u8]) {
     for name in ReplayPolicy::NAMES {
         let config = ReplayConfig {
             policy: ReplayPolicy::from_name(name).expect("a listed name"),
-            budget: (trace.header().experts / 2) as usize,
+            slots: (trace.header().experts / 2) as usize,
             schedule: Schedule::EveryDecodeSteps(core::num::NonZeroU32::MIN.saturating_add(1)),
             initial: InitialPlacement::Warm,
             cost: CostModel { expert_bytes: 1 << 20, slow_pair_seconds: 1e-5, link_bytes_per_second: 1e10 },
@@ -154,24 +154,24 @@ impl SlotSink for Faulty<'_> {
 }
 
 /// A pool driven by arbitrary steps (every interval and demand policy, schedules, modes,
-/// prefill) and budget changes, migrated through a sink that fails at arbitrary writes, with every
+/// prefill) and slot-count changes, migrated through a sink that fails at arbitrary writes, with every
 /// invariant checked after each operation: resident count within the slots, the slot table a
 /// bijection, and every slot the pool names holding exactly its expert's bytes. The memory of
-/// slots a shrinking budget gives back is scribbled over, as a caller reusing it would.
+/// slots a shrinking slot count gives back is scribbled over, as a caller reusing it would.
 pub fn pool_ops(data: &[u8]) {
     let mut input = Input(data);
     let experts = usize::from(input.u8() % 24) + 1;
-    let budget = usize::from(input.u8() % 26);
+    let slots = usize::from(input.u8() % 26);
     let policy = [Policy::Tide, Policy::Decay(Default::default()), Policy::Lru, Policy::Lfu, Policy::Lru2]
         [usize::from(input.u8() % 5)];
     let interval = core::num::NonZeroU32::new(u32::from(input.u8() % 4) + 1).expect("non-zero");
     let initial = if input.u8() % 2 == 0 { InitialPlacement::Warm } else { InitialPlacement::Cold };
     let config =
-        PoolConfig::new(experts, budget).policy(policy).schedule(Schedule::EveryDecodeSteps(interval)).initial(initial);
+        PoolConfig::new(experts, slots).policy(policy).schedule(Schedule::EveryDecodeSteps(interval)).initial(initial);
     let mut pool = ExpertPool::new(config).expect("a valid configuration");
     let (layout, stacks) = synthetic_layer(experts, 1, 2);
     let source = [borrow_layer(&layout, &stacks)];
-    // Room for every budget the pool can take; slot s lies at the same place whatever the count.
+    // Room for every slot count the pool can take; slot s lies at the same place whatever the count.
     let arena = SlotArena::new(&layout, experts, 8).expect("an arena");
     let mut backing = vec![0u8; arena.total_bytes() + 8];
     let buffer = arena.fit(&mut backing).expect("fits");
@@ -208,13 +208,13 @@ pub fn pool_ops(data: &[u8]) {
                 pool.serve(&ids);
             }
             _ => {
-                let (slots, resident) = (pool.slots(), pool.resident());
-                let budget = usize::from(input.u8() % 26);
-                let demoted = pool.set_budget(budget);
+                let (before, resident) = (pool.slots(), pool.resident());
+                let wanted = usize::from(input.u8() % 26);
+                let demoted = pool.set_slots(wanted);
                 assert_eq!(pool.resident() + demoted, resident);
-                assert_eq!(pool.slots(), budget.min(experts));
+                assert_eq!(pool.slots(), wanted.min(experts));
                 // The caller reuses the memory given back.
-                for slot in pool.slots()..slots {
+                for slot in pool.slots()..before {
                     if let Ok(range) = arena.slot_range(slot) {
                         buffer[range].fill(0xEE);
                     }

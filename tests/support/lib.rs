@@ -45,7 +45,7 @@ pub fn resident_set(pool: &ExpertPool) -> HashSet<u32> {
 #[derive(Debug, Clone, Default)]
 pub struct ReferenceTide {
     /// Slots.
-    pub budget: usize,
+    pub slots: usize,
     /// Experts in the layer.
     pub experts: u32,
     /// Resident experts.
@@ -64,11 +64,11 @@ pub struct ReferenceRefresh {
 }
 
 impl ReferenceTide {
-    /// A reference layer; warm starts with experts `0..budget` resident.
-    pub fn new(experts: u32, budget: usize, warm: bool) -> Self {
-        let budget = budget.min(experts as usize);
-        let resident = if warm { (0..budget as u32).collect() } else { HashSet::new() };
-        Self { budget, experts, resident }
+    /// A reference layer; warm starts with experts `0..slot count` resident.
+    pub fn new(experts: u32, slots: usize, warm: bool) -> Self {
+        let slots = slots.min(experts as usize);
+        let resident = if warm { (0..slots as u32).collect() } else { HashSet::new() };
+        Self { slots, experts, resident }
     }
 
     /// One refresh from `ids`.
@@ -79,11 +79,11 @@ impl ReferenceTide {
         }
         let mut ranked: Vec<(u32, u32)> = counts.iter().map(|(&e, &c)| (e, c)).collect();
         ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        ranked.truncate(self.budget);
+        ranked.truncate(self.slots);
         let targets: Vec<u32> = ranked.iter().map(|&(e, _)| e).collect();
         let target_set: HashSet<u32> = targets.iter().copied().collect();
         let promoted: Vec<u32> = targets.iter().copied().filter(|e| !self.resident.contains(e)).collect();
-        let free = self.budget - self.resident.len();
+        let free = self.slots - self.resident.len();
         let needed = promoted.len().saturating_sub(free);
         let mut candidates: Vec<u32> = self.resident.iter().copied().filter(|e| !target_set.contains(e)).collect();
         candidates.sort_by_key(|e| (counts.get(e).copied().unwrap_or(0), *e));
@@ -92,7 +92,7 @@ impl ReferenceTide {
             self.resident.remove(e);
         }
         self.resident.extend(promoted.iter().copied());
-        assert!(self.resident.len() <= self.budget);
+        assert!(self.resident.len() <= self.slots);
         ReferenceRefresh { targets, promoted, demoted }
     }
 
@@ -128,15 +128,15 @@ pub fn borrow_layer<'a>(layout: &ExpertLayout, stacks: &'a [Vec<u8>]) -> LayerSt
 pub const GATE_UP_DOWN: [Projection; 3] = [Projection::Gate, Projection::Up, Projection::Down];
 
 /// Demand caching written as plainly as possible, to check the pool's LRU, LFU, LRU-2 and Belady.
-/// Residents are a list; victims are found by scanning it; Belady scans the stream for next uses.
-/// Experts used or admitted in the current step are never victims; with no other victim a miss is
+/// Residents are a list; demotion candidates are found by scanning it; Belady scans the stream for next uses.
+/// Experts used or admitted in the current step are never demotion candidates; with no other demotion candidate a miss is
 /// not admitted.
 #[derive(Debug, Clone)]
 pub struct ReferenceDemand {
     /// "lru", "lfu", "lru2" or "belady".
     pub kind: &'static str,
     /// Slots.
-    pub budget: usize,
+    pub slots: usize,
     /// Experts.
     pub experts: u32,
     /// (expert, last use, use before that).
@@ -156,14 +156,14 @@ pub struct ReferenceDemand {
 }
 
 impl ReferenceDemand {
-    /// A reference cache; warm starts with experts `0..budget`, used at time 0. Belady needs the
+    /// A reference cache; warm starts with experts `0..slot count`, used at time 0. Belady needs the
     /// layer's whole stream.
-    pub fn new(kind: &'static str, experts: u32, budget: usize, warm: bool, stream: Vec<u32>) -> Self {
-        let budget = budget.min(experts as usize);
-        let resident = if warm { (0..budget as u32).map(|e| (e, 0, 0)).collect() } else { Vec::new() };
+    pub fn new(kind: &'static str, experts: u32, slots: usize, warm: bool, stream: Vec<u32>) -> Self {
+        let slots = slots.min(experts as usize);
+        let resident = if warm { (0..slots as u32).map(|e| (e, 0, 0)).collect() } else { Vec::new() };
         Self {
             kind,
-            budget,
+            slots,
             experts,
             resident,
             frequency: HashMap::new(),
@@ -200,10 +200,10 @@ impl ReferenceDemand {
                 continue;
             }
             self.misses += 1;
-            if self.budget == 0 {
+            if self.slots == 0 {
                 continue;
             }
-            if self.resident.len() == self.budget {
+            if self.resident.len() == self.slots {
                 if self.resident.iter().all(|r| pinned.contains(&r.0)) {
                     continue;
                 }
@@ -216,11 +216,11 @@ impl ReferenceDemand {
                         other => panic!("unknown policy {other}"),
                     }
                 };
-                let victim = (0..self.resident.len())
+                let demotable = (0..self.resident.len())
                     .filter(|&i| !pinned.contains(&self.resident[i].0))
                     .min_by_key(|&i| key(&self.resident[i]))
                     .expect("an unpinned resident");
-                self.resident.remove(victim);
+                self.resident.remove(demotable);
                 self.demotions += 1;
             }
             self.resident.push((id, self.clock, 0));
@@ -241,7 +241,7 @@ pub struct ReferenceDecay {
     alpha: f32,
     margin: f32,
     cap: Option<usize>,
-    budget: usize,
+    slots: usize,
     /// Scores per expert.
     pub scores: Vec<f32>,
     /// Resident experts.
@@ -253,16 +253,16 @@ pub struct ReferenceDecay {
 }
 
 impl ReferenceDecay {
-    /// A reference; warm starts with experts `0..budget`.
-    pub fn new(config: expertslab::DecayConfig, experts: u32, budget: usize, warm: bool) -> Self {
-        let budget = budget.min(experts as usize);
+    /// A reference; warm starts with experts `0..slot count`.
+    pub fn new(config: expertslab::DecayConfig, experts: u32, slots: usize, warm: bool) -> Self {
+        let slots = slots.min(experts as usize);
         Self {
             alpha: config.alpha(),
             margin: config.margin(),
             cap: config.max_promotions().map(usize::from),
-            budget,
+            slots,
             scores: vec![0.0; experts as usize],
-            resident: if warm { (0..budget as u32).collect() } else { HashSet::new() },
+            resident: if warm { (0..slots as u32).collect() } else { HashSet::new() },
             promotions: 0,
             demotions: 0,
         }
@@ -283,12 +283,12 @@ impl ReferenceDecay {
         }
         let mut ranked: Vec<u32> = (0..self.scores.len() as u32).filter(|&e| self.scores[e as usize] > 0.0).collect();
         ranked.sort_by(|&a, &b| self.scores[b as usize].total_cmp(&self.scores[a as usize]).then(a.cmp(&b)));
-        ranked.truncate(self.budget);
+        ranked.truncate(self.slots);
         let targets: HashSet<u32> = ranked.iter().copied().collect();
-        let mut victims: Vec<u32> = self.resident.iter().copied().filter(|e| !targets.contains(e)).collect();
-        victims.sort_by(|&a, &b| self.scores[a as usize].total_cmp(&self.scores[b as usize]).then(a.cmp(&b)));
-        let mut victims = victims.into_iter();
-        let mut free = self.budget - self.resident.len();
+        let mut demotables: Vec<u32> = self.resident.iter().copied().filter(|e| !targets.contains(e)).collect();
+        demotables.sort_by(|&a, &b| self.scores[a as usize].total_cmp(&self.scores[b as usize]).then(a.cmp(&b)));
+        let mut demotables = demotables.into_iter();
+        let mut free = self.slots - self.resident.len();
         let mut promoted = 0;
         let challengers: Vec<u32> = ranked.iter().copied().filter(|t| !self.resident.contains(t)).collect();
         for t in challengers {
@@ -298,7 +298,7 @@ impl ReferenceDecay {
             if free > 0 {
                 free -= 1;
             } else {
-                match victims.next() {
+                match demotables.next() {
                     Some(v) if self.scores[t as usize] > self.margin * self.scores[v as usize] => {
                         self.resident.remove(&v);
                         self.demotions += 1;

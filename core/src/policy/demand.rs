@@ -1,7 +1,7 @@
 //! Demand caching: a step's ids are served in order; a resident id is a hit and updates the
-//! policy's state; a non-resident id is a miss and is admitted at once (one promotion), evicting
-//! the policy's victim when every slot is taken (one demotion), so later ids of the same step hit
-//! it. Victims (ties always to the lower expert id):
+//! policy's state; a non-resident id is a miss and is admitted at once (one promotion), demoting
+//! the policy's demotion candidate when every slot is taken (one demotion), so later ids of the same step hit
+//! it. Demotion candidates (ties always to the lower expert id):
 //!
 //! - LRU: the least recently used; residents never used since a warm start count as used at
 //!   time 0.
@@ -15,7 +15,7 @@
 //!   ([`crate::ExpertPool::load_future`]); for evaluation only.
 //!
 //! A step's ids are served together once its plan is migrated, so the experts a step uses or
-//! admits are pinned until the step ends: a victim is never one of them. When every slot holds
+//! admits are pinned until the step ends: a demotion candidate is never one of them. When every slot holds
 //! one, a miss is served from slow memory without being admitted. With this rule the hits and
 //! misses decided id by id are exactly those of serving after migration: an admitted expert's
 //! first id is the miss that admitted it, its later ids hit its slot.
@@ -135,7 +135,7 @@ impl DemandCache {
     }
 
     /// Serves `ids` in order, updating the policy's state. With `admit`, each miss is admitted:
-    /// `plan` gets a promotion into a free slot or the victim's, whose expert is demoted. Returns
+    /// `plan` gets a promotion into a free slot or the demotion candidate's, whose expert is demoted. Returns
     /// the number of demotions.
     pub(crate) fn step(&mut self, state: AdmitState<'_>, ids: &[u32], admit: bool, plan: &mut MigrationPlan) -> usize {
         let AdmitState { expert_slot, slot_expert } = state;
@@ -170,14 +170,14 @@ impl DemandCache {
                 continue;
             }
             let free = if occupied < slot_expert.len() { self.free_slot(slot_expert) } else { None };
-            let Some(slot) = free.or_else(|| self.victim(slot_expert)) else {
+            let Some(slot) = free.or_else(|| self.demotable(slot_expert)) else {
                 continue; // every slot pinned by this step (or none at all): slow memory
             };
             occupied = occupied.saturating_add(usize::from(free.is_some()));
-            // A victim is a committed resident this step has not used: demote it.
-            let evicted = slot_expert.get(slot).copied().filter(|&e| e != EMPTY_SLOT);
-            if let Some(victim) = evicted {
-                if let Some(w) = expert_slot.get_mut(usize::from(victim)) {
+            // A demotion candidate is a committed resident this step has not used: demote it.
+            let demoted = slot_expert.get(slot).copied().filter(|&e| e != EMPTY_SLOT);
+            if let Some(demotable) = demoted {
+                if let Some(w) = expert_slot.get_mut(usize::from(demotable)) {
                     *w = NOT_RESIDENT;
                 }
                 if let Some(s) = slot_expert.get_mut(slot) {
@@ -186,7 +186,7 @@ impl DemandCache {
                 demotions = demotions.saturating_add(1);
             }
             // slot < slots <= u16::MAX and expert < experts <= u16::MAX, checked at build time.
-            plan.push(Promotion { expert: expert as u16, slot: slot as u16, evicted });
+            plan.push(Promotion { expert: expert as u16, slot: slot as u16, demoted });
             self.admissions.push(expert as u16);
             if let Some(a) = self.admitted.get_mut(slot) {
                 *a = expert as u16;
@@ -213,8 +213,8 @@ impl DemandCache {
         slot_expert.iter().zip(&self.admitted).position(|(&c, &a)| c == EMPTY_SLOT && a == EMPTY_SLOT)
     }
 
-    /// The slot of the policy's victim among the occupied slots this step has not pinned.
-    fn victim(&self, slot_expert: &[u16]) -> Option<usize> {
+    /// The slot of the policy's demotion candidate among the occupied slots this step has not pinned.
+    fn demotable(&self, slot_expert: &[u16]) -> Option<usize> {
         let occupant = |slot: usize| {
             let a = self.admitted.get(slot).copied().unwrap_or(EMPTY_SLOT);
             if a != EMPTY_SLOT {

@@ -6,7 +6,7 @@
 //! each other target is promoted into a free slot while one exists, then into the slot of a
 //! demoted resident; only residents that are not targets are demoted, as many as the promotions
 //! that found no free slot, coldest first (lowest score, ties to the lower id). Unlike the
-//! reference implementations, which pick victims in hash-set order, every choice is deterministic.
+//! reference implementations, which pick demotion candidates in hash-set order, every choice is deterministic.
 //!
 //! - TIDE's hit count: the score is the expert's number of valid ids in the refresh step.
 //! - Decayed frequency: the score is `Σ α^(now − step) × hits(step)` over every step seen, kept
@@ -42,15 +42,15 @@ impl Candidate {
 
 /// A resident that may be demoted, with the slot it frees.
 #[derive(Debug, Clone, Copy)]
-struct Victim {
+struct Demotable {
     key: u32,
     expert: u16,
     slot: u16,
 }
 
-impl Victim {
+impl Demotable {
     /// Ranks `self` before `other` for demotion: a lower score, or as low and a lower id.
-    fn colder_than(&self, other: &Victim) -> bool {
+    fn colder_than(&self, other: &Demotable) -> bool {
         (self.key, self.expert) < (other.key, other.expert)
     }
 }
@@ -71,9 +71,9 @@ pub(crate) struct IntervalPlacement {
     /// Targets; a heap with the coldest kept target at the root while selecting, then sorted
     /// hottest first.
     targets: Vec<Candidate>,
-    /// Victims; a heap with the hottest kept victim at the root while selecting, then sorted
+    /// Demotion candidates; a heap with the hottest kept demotion candidate at the root while selecting, then sorted
     /// coldest first.
-    victims: Vec<Victim>,
+    demotables: Vec<Demotable>,
     free: Vec<u16>,
 }
 
@@ -122,7 +122,7 @@ impl IntervalPlacement {
         Self {
             scoring,
             targets: Vec::with_capacity(slots),
-            victims: Vec::with_capacity(slots),
+            demotables: Vec::with_capacity(slots),
             free: Vec::with_capacity(slots),
         }
     }
@@ -130,7 +130,7 @@ impl IntervalPlacement {
     /// Reserves scratch space for `slots` slots, so refreshes keep from allocating.
     pub(crate) fn set_slots(&mut self, slots: usize) {
         self.targets.reserve(slots.saturating_sub(self.targets.len()));
-        self.victims.reserve(slots.saturating_sub(self.victims.len()));
+        self.demotables.reserve(slots.saturating_sub(self.demotables.len()));
         self.free.reserve(slots.saturating_sub(self.free.len()));
     }
 
@@ -164,11 +164,11 @@ impl IntervalPlacement {
         }
     }
 
-    /// Whether a target of score key `challenger` may replace a resident of score key `victim`.
-    fn may_replace(&self, challenger: u32, victim: u32) -> bool {
+    /// Whether a target of score key `challenger` may replace a resident of score key `demotion candidate`.
+    fn may_replace(&self, challenger: u32, demotable: u32) -> bool {
         match self.scoring {
             Scoring::HitCount => true,
-            Scoring::Decay { margin, .. } => f32::from_bits(challenger) > margin * f32::from_bits(victim),
+            Scoring::Decay { margin, .. } => f32::from_bits(challenger) > margin * f32::from_bits(demotable),
         }
     }
 
@@ -192,7 +192,7 @@ impl IntervalPlacement {
                 staying = staying.saturating_add(usize::from(*word & RESIDENT != 0));
             }
         }
-        // Promotions that find no free slot each need a victim.
+        // Promotions that find no free slot each need a demotion candidate.
         #[allow(
             clippy::arithmetic_side_effects,
             reason = "each target counts once, so staying <= targets; resident <= slots"
@@ -200,7 +200,7 @@ impl IntervalPlacement {
         let needed = (self.targets.len() - staying).saturating_sub(slots - resident);
 
         // Free slots in ascending order; the `needed` coldest residents that are not targets.
-        self.victims.clear();
+        self.demotables.clear();
         self.free.clear();
         for (slot, &expert) in slot_expert.iter().enumerate() {
             let slot = slot as u16; // slots <= u16::MAX, checked when the pool is built
@@ -208,15 +208,15 @@ impl IntervalPlacement {
                 None => self.free.push(slot),
                 Some(&word) if word & TARGET != 0 || needed == 0 => {}
                 Some(&word) => {
-                    let victim = Victim { key: self.key(usize::from(expert), word), expert, slot };
-                    keep_best(&mut self.victims, needed, victim, Victim::colder_than);
+                    let demotable = Demotable { key: self.key(usize::from(expert), word), expert, slot };
+                    keep_best(&mut self.demotables, needed, demotable, Demotable::colder_than);
                 }
             }
         }
-        sort_best_first(&mut self.victims, Victim::colder_than);
+        sort_best_first(&mut self.demotables, Demotable::colder_than);
 
         let mut free = self.free.iter();
-        let mut victims = self.victims.iter();
+        let mut demotables = self.demotables.iter();
         let mut demotions = 0usize;
         let cap = self.max_promotions();
         for t in &self.targets {
@@ -227,11 +227,11 @@ impl IntervalPlacement {
             if stays {
                 continue;
             }
-            let (slot, evicted) = match free.next() {
+            let (slot, demoted) = match free.next() {
                 Some(&slot) => (slot, None),
-                // Targets come hottest first and victims coldest first: once a target may not
-                // replace the next victim, no later one may.
-                None => match victims.next() {
+                // Targets come hottest first and demotion candidates coldest first: once a target may not
+                // replace the next demotion candidate, no later one may.
+                None => match demotables.next() {
                     Some(v) if self.may_replace(t.key, v.key) => (v.slot, Some(v.expert)),
                     _ => break,
                 },
@@ -239,8 +239,8 @@ impl IntervalPlacement {
             if let Some(entry) = slot_expert.get_mut(usize::from(slot)) {
                 *entry = EMPTY_SLOT;
             }
-            demotions = demotions.saturating_add(usize::from(evicted.is_some()));
-            plan.push(Promotion { expert: t.expert, slot, evicted });
+            demotions = demotions.saturating_add(usize::from(demoted.is_some()));
+            plan.push(Promotion { expert: t.expert, slot, demoted });
         }
         debug_assert!(plan.len() <= slots);
         demotions

@@ -7,7 +7,7 @@
 //!   triggered it.
 //! - **Demand caching** ([`Policy::Lru`], [`Policy::Lfu`], [`Policy::Lru2`],
 //!   [`Policy::Belady`]): every step, ids are served in order and each miss is admitted at once,
-//!   evicting the policy's victim when the slots are full. The schedule does not apply.
+//!   demoting the policy's demotion candidate when the slots are full. The schedule does not apply.
 //!
 //! Every policy is deterministic (ties go to the lower expert id) and allocates nothing per step.
 
@@ -113,13 +113,13 @@ pub enum Policy {
     /// On refresh steps, the experts with the highest decayed hit frequency, with a swap margin
     /// and an optional cap on promotions.
     Decay(DecayConfig),
-    /// Demand caching, evicting the least recently used.
+    /// Demand caching, demoting the least recently used.
     Lru,
-    /// Demand caching, evicting the least frequently used.
+    /// Demand caching, demoting the least frequently used.
     Lfu,
-    /// Demand caching, evicting by the second-to-last use (LRU-2).
+    /// Demand caching, demoting by the second-to-last use (LRU-2).
     Lru2,
-    /// Demand caching, evicting the resident used farthest in the future (offline optimum; needs
+    /// Demand caching, demoting the resident used farthest in the future (offline optimum; needs
     /// [`crate::ExpertPool::load_future`]).
     Belady,
 }

@@ -7,7 +7,7 @@ use crate::schedule::Schedule;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum InitialPlacement {
-    /// Experts `0..budget` in slots `0..budget`, as the TIDE reference starts. Like every
+    /// Experts `0..slots` in slots `0..slots`, as the TIDE reference starts. Like every
     /// promotion they become resident only once copied: [`crate::ExpertPool::initial_plan`] gives the
     /// plan, [`crate::migrate()`] fills the slots and commits it.
     #[default]
@@ -16,27 +16,28 @@ pub enum InitialPlacement {
     Cold,
 }
 
-/// How one pool is built: layer index, expert count, budget, policy, schedule and initial
+/// How one pool is built: layer index, expert count, slot count, policy, schedule and initial
 /// placement.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct PoolConfig {
     pub(super) layer: usize,
     pub(super) experts: usize,
-    pub(super) budget: usize,
+    pub(super) slots: usize,
     pub(super) policy: Policy,
     pub(super) schedule: Schedule,
     pub(super) initial: InitialPlacement,
 }
 
 impl PoolConfig {
-    /// A pool of `experts` experts and `budget` slots for layer 0 with TIDE placement, refreshing
-    /// every forward pass, starting warm. A budget above the expert count is clamped to it.
-    pub const fn new(experts: usize, budget: usize) -> Self {
+    /// A pool of `experts` experts and `slots` slots for layer 0 with TIDE placement, refreshing
+    /// every forward pass, starting warm. A slot count above the expert count is clamped to it
+    /// ([`PoolConfig::slots`]).
+    pub const fn new(experts: usize, slots: usize) -> Self {
         Self {
             layer: 0,
             experts,
-            budget,
+            slots,
             policy: Policy::Tide,
             schedule: Schedule::EveryForward,
             initial: InitialPlacement::Warm,
@@ -66,5 +67,15 @@ impl PoolConfig {
     /// The initial placement.
     pub const fn initial(self, initial: InitialPlacement) -> Self {
         Self { initial, ..self }
+    }
+
+    /// The slots a pool built from this configuration has: the slot count asked for, clamped to
+    /// the expert count. The one place the clamp is made.
+    pub const fn slots(&self) -> usize {
+        if self.slots < self.experts {
+            self.slots
+        } else {
+            self.experts
+        }
     }
 }

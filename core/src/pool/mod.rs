@@ -9,14 +9,14 @@
 //! # State
 //! A slot table (per expert a `u32` word, per slot the expert it holds), the policy's state and
 //! the counters. Nothing is allocated after [`ExpertPool::new`], except when
-//! [`ExpertPool::set_budget`] grows the pool past the most slots it has had (and by
+//! [`ExpertPool::set_slots`] grows the pool past the most slots it has had (and by
 //! [`ExpertPool::load_future`], for evaluation).
 
 mod config;
 mod stats;
 
 pub use config::{InitialPlacement, PoolConfig};
-pub use stats::{PoolStats, ServeCounts};
+pub use stats::{PoolStats, ServeStats};
 
 pub use crate::slot_table::MAX_EXPERTS;
 
@@ -62,25 +62,25 @@ pub struct ExpertPool {
     policy: PolicyState,
     initial: InitialPlacement,
     stats: PoolStats,
-    /// Bumped by every budget change; plans carry the generation they were made at.
-    budget_generation: u32,
+    /// Bumped by every slot-count change; plans carry the generation they were made at.
+    slots_generation: u32,
 }
 
 impl ExpertPool {
-    /// Builds a pool as `config` says; the budget is clamped to the expert count.
+    /// Builds a pool as `config` says, with [`PoolConfig::slots`] slots.
     ///
     /// # Errors
     /// [`PoolError::NoExperts`] for zero experts, [`PoolError::TooManyExperts`] above
     /// [`MAX_EXPERTS`].
     pub fn new(config: PoolConfig) -> Result<Self, PoolError> {
-        let PoolConfig { layer, experts, budget, policy, schedule, initial } = config;
+        let slots = config.slots();
+        let PoolConfig { layer, experts, policy, schedule, initial, .. } = config;
         if experts == 0 {
             return Err(PoolError::NoExperts);
         }
         if experts > MAX_EXPERTS {
             return Err(PoolError::TooManyExperts { experts, max: MAX_EXPERTS });
         }
-        let slots = budget.min(experts);
         Ok(Self {
             layer,
             schedule,
@@ -89,7 +89,7 @@ impl ExpertPool {
             policy: PolicyState::new(policy, experts, slots),
             initial,
             stats: PoolStats::default(),
-            budget_generation: 0,
+            slots_generation: 0,
         })
     }
 
@@ -103,7 +103,7 @@ impl ExpertPool {
         self.table.experts()
     }
 
-    /// Number of slots (the budget, clamped to the expert count).
+    /// Number of slots (the slot count asked for, clamped to the expert count).
     pub fn slots(&self) -> usize {
         self.table.slots()
     }
@@ -123,27 +123,27 @@ impl ExpertPool {
         self.schedule = schedule;
     }
 
-    /// Changes the number of slots to `budget` (clamped to the expert count), for fast memory that
+    /// Changes the number of slots to `slots` (clamped to the expert count), for fast memory that
     /// grows or shrinks at run time. Returns how many experts were demoted.
     ///
-    /// Shrinking demotes the experts in slots `budget..`; once this returns, their memory is the
+    /// Shrinking demotes the experts in slots `slots..`; once this returns, their memory is the
     /// caller's again. Growing adds free slots, which later refreshes or admissions fill. Every
     /// other resident keeps its slot, and a [`crate::SlotArena`] places slot `s` at the same
     /// offset whatever the slot count, so an arena for the new count over the same bytes still
     /// holds them.
     ///
-    /// Plans made before a change are refused ([`PlanError::BudgetChanged`]): plan again. A
+    /// Plans made before a change are refused ([`PlanError::SlotsChanged`]): plan again. A
     /// custom migrator must not commit a copy it checked before the change either, since the
     /// caller may have reused the slot's memory in between; [`ExpertPool::check_planned`] with
     /// the plan, called again just before committing, catches that.
     ///
     /// Allocates only when growing past the most slots the pool has had.
-    pub fn set_budget(&mut self, budget: usize) -> usize {
-        let slots = budget.min(self.experts());
+    pub fn set_slots(&mut self, slots: usize) -> usize {
+        let slots = slots.min(self.experts());
         if slots == self.slots() {
             return 0;
         }
-        self.budget_generation = self.budget_generation.wrapping_add(1);
+        self.slots_generation = self.slots_generation.wrapping_add(1);
         let demoted = self.table.set_slots(slots);
         self.policy.set_slots(slots);
         self.record_demotions(demoted);
@@ -212,13 +212,13 @@ impl ExpertPool {
     /// that is still free and whose expert is not resident elsewhere; for a cold start, nothing.
     /// Migrate it before the first step.
     pub fn initial_plan(&self, plan: &mut MigrationPlan) {
-        plan.reset(self.layer, self.budget_generation, self.slots());
+        plan.reset(self.layer, self.slots_generation, self.slots());
         if self.initial == InitialPlacement::Cold {
             return;
         }
         for slot in 0..self.slots() {
             // slot < slots <= experts <= MAX_EXPERTS
-            let promotion = Promotion { expert: slot as u16, slot: slot as u16, evicted: None };
+            let promotion = Promotion { expert: slot as u16, slot: slot as u16, demoted: None };
             if self.check(promotion) == Ok(PromotionState::Pending) {
                 plan.push(promotion);
             }
@@ -246,7 +246,7 @@ impl ExpertPool {
             self.refresh(ids, plan)?;
         } else {
             check_step(ids.len())?;
-            plan.reset(self.layer, self.budget_generation, 0);
+            plan.reset(self.layer, self.slots_generation, 0);
             match &mut self.policy {
                 PolicyState::Interval(placement) => placement.observe(ids),
                 PolicyState::Demand(cache) => {
@@ -270,7 +270,7 @@ impl ExpertPool {
     /// unchanged.
     pub fn refresh(&mut self, ids: &[u32], plan: &mut MigrationPlan) -> Result<(), PoolError> {
         check_step(ids.len())?;
-        plan.reset(self.layer, self.budget_generation, self.slots());
+        plan.reset(self.layer, self.slots_generation, self.slots());
         self.stats.refreshes = self.stats.refreshes.saturating_add(1);
         let placement = match &mut self.policy {
             PolicyState::Interval(placement) => placement,
@@ -295,12 +295,12 @@ impl ExpertPool {
         let state = RefreshState { counts, resident: self.resident, slot_expert, candidates };
         let demoted = placement.refresh(state, plan);
         self.record_demotions(demoted);
-        self.table.end_counts(ids, plan.promotions().iter().filter_map(|p| p.evicted), sparse);
+        self.table.end_counts(ids, plan.promotions().iter().filter_map(|p| p.demoted), sparse);
         Ok(())
     }
 
     /// Gives a [`Policy::Belady`](crate::Policy::Belady) pool the layer's whole routing stream in serving order (every
-    /// step's ids, concatenated), so it can evict the resident used farthest in the future.
+    /// step's ids, concatenated), so it can demote the resident used farthest in the future.
     /// Allocates 4 bytes per id; for evaluation, not for a device.
     ///
     /// # Errors
@@ -323,7 +323,7 @@ impl ExpertPool {
     /// current residency, adds them to the statistics and returns them. After a demand policy
     /// planned the step, the first id of each expert it admitted (and that is now resident) is the
     /// miss that admitted it; its later ids hit.
-    pub fn serve(&mut self, ids: &[u32]) -> ServeCounts {
+    pub fn serve(&mut self, ids: &[u32]) -> ServeStats {
         // Experts a demand policy admitted in the planned step: their first id here is the miss
         // that admitted them. Marked on their per-expert word for the duration of the count.
         let admissions: &[u16] = match &self.policy {
@@ -331,7 +331,7 @@ impl ExpertPool {
             PolicyState::Interval(_) => &[],
         };
         self.table.mark_admitting(admissions, true);
-        let mut counts = ServeCounts::default();
+        let mut counts = ServeStats::default();
         for &id in ids {
             match self.table.serve_id(id) {
                 Served::Invalid => counts.invalid = counts.invalid.saturating_add(1),
@@ -380,17 +380,17 @@ impl ExpertPool {
     }
 
     /// Checks one promotion of `plan`, as a migrator walks it: first that `plan` was made for this
-    /// pool's layer and since its last budget change, then as [`ExpertPool::check`].
+    /// pool's layer and since its last slot-count change, then as [`ExpertPool::check`].
     ///
     /// # Errors
-    /// [`PlanError::LayerMismatch`] for a plan of another layer, [`PlanError::BudgetChanged`] for
-    /// a plan made before a budget change, otherwise as [`ExpertPool::check`].
+    /// [`PlanError::LayerMismatch`] for a plan of another layer, [`PlanError::SlotsChanged`] for
+    /// a plan made before a slot-count change, otherwise as [`ExpertPool::check`].
     pub fn check_planned(&self, plan: &MigrationPlan, promotion: Promotion) -> Result<PromotionState, PlanError> {
         if plan.layer() != self.layer {
             return Err(PlanError::LayerMismatch { plan: plan.layer(), pool: self.layer });
         }
-        if plan.budget_generation() != self.budget_generation {
-            return Err(PlanError::BudgetChanged { plan: plan.budget_generation(), pool: self.budget_generation });
+        if plan.slots_generation() != self.slots_generation {
+            return Err(PlanError::SlotsChanged { plan: plan.slots_generation(), pool: self.slots_generation });
         }
         self.check(promotion)
     }

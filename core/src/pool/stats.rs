@@ -8,7 +8,7 @@ pub struct PoolStats {
     pub refreshes: u64,
     /// Promotions committed (copies completed).
     pub promotions: u64,
-    /// Demotions (slots freed by refreshes, and by budget changes that drop slots).
+    /// Demotions (slots freed by refreshes, and by slot-count changes that drop slots).
     pub demotions: u64,
     /// Valid ids served from a resident expert.
     pub hits: u64,
@@ -32,7 +32,7 @@ impl PoolStats {
     }
 
     /// Adds `other`'s counters to these.
-    pub fn accumulate(&mut self, other: &PoolStats) {
+    pub fn add(&mut self, other: &PoolStats) {
         self.refreshes = self.refreshes.saturating_add(other.refreshes);
         self.promotions = self.promotions.saturating_add(other.promotions);
         self.demotions = self.demotions.saturating_add(other.demotions);
@@ -46,7 +46,7 @@ impl PoolStats {
 /// Hits, misses and invalid ids of one served step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct ServeCounts {
+pub struct ServeStats {
     /// Valid ids whose expert was resident. Each count saturates at `u32::MAX`.
     pub hits: u32,
     /// Valid ids whose expert was not resident.

@@ -3,9 +3,9 @@ use alloc::vec::Vec;
 use super::*;
 use crate::policy::Policy;
 
-fn pool(experts: usize, budget: usize, initial: InitialPlacement) -> ExpertPool {
-    let mut pool = ExpertPool::new(PoolConfig::new(experts, budget).initial(initial)).unwrap();
-    let mut plan = MigrationPlan::new(budget);
+fn pool(experts: usize, slots: usize, initial: InitialPlacement) -> ExpertPool {
+    let mut pool = ExpertPool::new(PoolConfig::new(experts, slots).initial(initial)).unwrap();
+    let mut plan = MigrationPlan::new(slots);
     pool.initial_plan(&mut plan);
     commit_all(&mut pool, &plan);
     pool
@@ -24,7 +24,7 @@ fn commit_all(pool: &mut ExpertPool, plan: &MigrationPlan) {
 }
 
 #[test]
-fn budget_changes_demote_the_dropped_slots_and_keep_the_rest() {
+fn slot_count_changes_demote_the_dropped_slots_and_keep_the_rest() {
     for policy in [Policy::Tide, Policy::Decay(crate::DecayConfig::default()), Policy::Lru, Policy::Lfu, Policy::Lru2] {
         let mut p = ExpertPool::new(PoolConfig::new(8, 4).policy(policy)).unwrap();
         let mut plan = MigrationPlan::new(4);
@@ -32,51 +32,51 @@ fn budget_changes_demote_the_dropped_slots_and_keep_the_rest() {
         commit_all(&mut p, &plan); // experts 0..4 in slots 0..4
 
         // Shrink to 2: the experts of slots 2 and 3 are demoted, the others stay put.
-        assert_eq!(p.set_budget(2), 2, "{policy:?}");
+        assert_eq!(p.set_slots(2), 2, "{policy:?}");
         assert_eq!(p.residents().collect::<Vec<_>>(), [(0, 0), (1, 1)]);
         assert_eq!((p.slots(), p.resident(), p.stats().demotions), (2, 2, 2));
         assert!(!p.is_resident(2) && !p.is_resident(3));
-        assert_eq!(p.set_budget(2), 0, "no change, nothing demoted");
+        assert_eq!(p.set_slots(2), 0, "no change, nothing demoted");
 
         // Grow past the expert count: clamped; the new slots are free and a refresh fills
         // them around the residents, which keep their slots.
-        assert_eq!(p.set_budget(100), 0);
+        assert_eq!(p.set_slots(100), 0);
         assert_eq!((p.slots(), p.resident()), (8, 2));
         let mut plan = MigrationPlan::new(p.slots());
         let ids: Vec<u32> = (0..8).collect();
         p.plan_step(Step { index: 1, prefill: true, mode: Mode::Refresh }, &ids, &mut plan).unwrap();
-        assert!(plan.promotions().iter().all(|m| m.slot >= 2 && m.evicted.is_none()), "{policy:?}");
+        assert!(plan.promotions().iter().all(|m| m.slot >= 2 && m.demoted.is_none()), "{policy:?}");
         commit_all(&mut p, &plan);
-        assert_eq!(p.resident(), 8, "{policy:?}: every expert fits once the budget allows");
+        assert_eq!(p.resident(), 8, "{policy:?}: every expert fits once the slot count allows");
         assert_eq!((p.slot_of(0), p.slot_of(1)), (Some(0), Some(1)));
         // A demand policy's admissions are this step's misses; an interval policy's are hits.
         let hits = if policy.is_demand() { 2 } else { 8 };
         assert_eq!(p.serve(&ids).hits as usize, hits, "{policy:?}");
 
         // Down to nothing: everything from slow memory.
-        assert_eq!(p.set_budget(0), 8);
+        assert_eq!(p.set_slots(0), 8);
         assert_eq!((p.slots(), p.resident()), (0, 0));
         assert_eq!(p.serve(&ids).misses, 8);
     }
 }
 
 #[test]
-fn plans_from_before_a_budget_change_are_refused() {
+fn plans_from_before_a_slot_count_change_are_refused() {
     let mut p = pool(8, 4, InitialPlacement::Cold);
     let mut plan = MigrationPlan::new(4);
     p.refresh(&[4, 5, 6, 7], &mut plan).unwrap();
     let into_slot_3 = *plan.promotions().iter().find(|m| m.slot == 3).unwrap();
     assert_eq!(p.check_planned(&plan, into_slot_3), Ok(PromotionState::Pending));
     // Shrink, then grow back: slot 3 exists again, but its memory may have been reused.
-    p.set_budget(2);
-    p.set_budget(4);
-    let changed = Err(PlanError::BudgetChanged { plan: 0, pool: 2 });
+    p.set_slots(2);
+    p.set_slots(4);
+    let changed = Err(PlanError::SlotsChanged { plan: 0, pool: 2 });
     for &promotion in plan.promotions() {
         assert_eq!(p.check_planned(&plan, promotion), changed);
     }
     // A plan made now is accepted.
     p.refresh(&[4, 5, 6, 7], &mut plan).unwrap();
-    assert_eq!(plan.budget_generation(), 2);
+    assert_eq!(plan.slots_generation(), 2);
     assert!(plan.promotions().iter().all(|&m| p.check_planned(&plan, m) == Ok(PromotionState::Pending)));
 }
 
@@ -84,6 +84,10 @@ fn plans_from_before_a_budget_change_are_refused() {
 fn construction_checks_and_clamps() {
     assert_eq!(ExpertPool::new(PoolConfig::new(0, 1)).unwrap_err(), PoolError::NoExperts);
     assert!(matches!(ExpertPool::new(PoolConfig::new(MAX_EXPERTS + 1, 1)), Err(PoolError::TooManyExperts { .. })));
+    assert_eq!(
+        (PoolConfig::new(4, 9).slots(), PoolConfig::new(4, 3).slots(), PoolConfig::new(4, 0).slots()),
+        (4, 3, 0)
+    );
     let p = ExpertPool::new(PoolConfig::new(4, 9)).unwrap();
     assert_eq!((p.slots(), p.resident()), (4, 0));
     let p = pool(4, 9, InitialPlacement::Warm);
@@ -101,14 +105,14 @@ fn refresh_promotes_into_free_slots_then_demotes_coldest() {
     let mut p = pool(8, 3, InitialPlacement::Cold);
     let mut plan = MigrationPlan::new(3);
     p.refresh(&[5, 5, 2, 9, 5, 2], &mut plan).unwrap();
-    let got: Vec<_> = plan.promotions().iter().map(|m| (m.expert, m.slot, m.evicted)).collect();
+    let got: Vec<_> = plan.promotions().iter().map(|m| (m.expert, m.slot, m.demoted)).collect();
     assert_eq!(got, [(5, 0, None), (2, 1, None)]);
     commit_all(&mut p, &plan);
-    assert_eq!(p.serve(&[5, 5, 2, 9, 5, 2]), ServeCounts { hits: 5, misses: 0, invalid: 1 });
+    assert_eq!(p.serve(&[5, 5, 2, 9, 5, 2]), ServeStats { hits: 5, misses: 0, invalid: 1 });
 
     // 7 and 6 are new targets; 5 stays; 2 is a target too but only 3 fit: 7(3) 5(2) 6(2) 2(1).
     p.refresh(&[7, 7, 7, 5, 5, 6, 6, 2], &mut plan).unwrap();
-    let got: Vec<_> = plan.promotions().iter().map(|m| (m.expert, m.slot, m.evicted)).collect();
+    let got: Vec<_> = plan.promotions().iter().map(|m| (m.expert, m.slot, m.demoted)).collect();
     assert_eq!(got, [(7, 2, None), (6, 1, Some(2))]);
     assert_eq!(p.stats().demotions, 1);
     assert!(!p.is_resident(2) && p.expert_in(1).is_none());
@@ -122,9 +126,9 @@ fn refresh_promotes_into_free_slots_then_demotes_coldest() {
 fn demotions_only_as_many_as_needed_and_coldest_first() {
     let mut p = pool(10, 4, InitialPlacement::Warm); // residents 0..4
     let mut plan = MigrationPlan::new(4);
-    // Targets: 9 (2), 3 (1), 1 (1), 8 (1) → promotions 9, 8; victims among {0, 2}: both count 0 → 0 first.
+    // Targets: 9 (2), 3 (1), 1 (1), 8 (1) → promotions 9, 8; demotion candidates among {0, 2}: both count 0 → 0 first.
     p.refresh(&[9, 3, 9, 1, 8], &mut plan).unwrap();
-    let got: Vec<_> = plan.promotions().iter().map(|m| (m.expert, m.evicted)).collect();
+    let got: Vec<_> = plan.promotions().iter().map(|m| (m.expert, m.demoted)).collect();
     assert_eq!(got, [(9, Some(0)), (8, Some(2))]);
     // One target only: nothing demoted beyond the single promotion's need.
     let mut p = pool(10, 4, InitialPlacement::Warm);
@@ -140,7 +144,7 @@ fn all_resident_never_moves_and_masks_report_residency() {
     let mut plan = MigrationPlan::new(5);
     p.refresh(&[4, 4, 0, 7], &mut plan).unwrap();
     assert!(plan.is_empty());
-    assert_eq!(p.serve(&[4, 4, 0, 7]), ServeCounts { hits: 3, misses: 0, invalid: 1 });
+    assert_eq!(p.serve(&[4, 4, 0, 7]), ServeStats { hits: 3, misses: 0, invalid: 1 });
     let mut p = pool(40, 2, InitialPlacement::Warm);
     let mut mask = [true; 41];
     p.resident_mask(&mut mask).unwrap();
@@ -159,7 +163,7 @@ fn all_resident_never_moves_and_masks_report_residency() {
 #[test]
 fn commits_are_checked_and_idempotent() {
     let mut p = pool(4, 2, InitialPlacement::Warm);
-    let promo = |expert, slot| Promotion { expert, slot, evicted: None };
+    let promo = |expert, slot| Promotion { expert, slot, demoted: None };
     assert_eq!(p.commit(promo(0, 0), 1), Ok(PromotionState::Done));
     assert_eq!(p.commit(promo(0, 1), 1), Err(PlanError::AlreadyResident { expert: 0, slot: 0 }));
     assert_eq!(p.commit(promo(2, 1), 1), Err(PlanError::SlotOccupied { slot: 1, expert: 1 }));
@@ -182,7 +186,7 @@ fn schedule_gates_refreshes() {
 }
 
 #[test]
-fn zero_budget_serves_everything_from_slow_memory() {
+fn zero_slots_serve_everything_from_slow_memory() {
     let mut p = pool(4, 0, InitialPlacement::Warm);
     let mut plan = MigrationPlan::new(0);
     p.refresh(&[1, 2, 3], &mut plan).unwrap();

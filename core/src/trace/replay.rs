@@ -1,4 +1,4 @@
-//! Trace replay: what a policy, a budget and a schedule would have done on a routing trace, and
+//! Trace replay: what a policy, a slot count and a schedule would have done on a routing trace, and
 //! what it would have cost under a simple model of the hardware.
 //!
 //! Each layer is replayed on its own pool, from its own records, in file order. Promotions are
@@ -29,7 +29,7 @@ pub enum ReplayPolicy {
     /// Interval placement from the hit counts of the steps up to the next refresh (the future):
     /// the best any interval policy could do with this schedule.
     Oracle,
-    /// Every expert equally likely resident: hit rate `budget / experts`, nothing moved.
+    /// Every expert equally likely resident: hit rate `slots / experts`, nothing moved.
     Uniform,
 }
 
@@ -84,7 +84,7 @@ pub struct ReplayConfig {
     /// The policy.
     pub policy: ReplayPolicy,
     /// Slots per layer.
-    pub budget: usize,
+    pub slots: usize,
     /// The refresh schedule (interval policies and the oracle).
     pub schedule: Schedule,
     /// The initial placement.
@@ -96,7 +96,7 @@ pub struct ReplayConfig {
 /// Counters of a replayed layer, or of all layers.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct ReplayCounters {
+pub struct ReplayStats {
     /// Valid token–expert pairs.
     pub pairs: u64,
     /// Pairs served from a slot.
@@ -107,7 +107,7 @@ pub struct ReplayCounters {
     pub invalid: u64,
     /// Experts copied into slots.
     pub promotions: u64,
-    /// Experts evicted from slots.
+    /// Experts demoted from slots.
     pub demotions: u64,
     /// Bytes copied (promotions × expert bytes).
     pub bytes_moved: u64,
@@ -117,7 +117,7 @@ pub struct ReplayCounters {
     pub modeled_time_s: f64,
 }
 
-impl ReplayCounters {
+impl ReplayStats {
     /// Hits over pairs, 0 without pairs.
     pub fn hit_rate(&self) -> f64 {
         if self.pairs == 0 {
@@ -128,7 +128,7 @@ impl ReplayCounters {
     }
 
     /// Adds `other` to these counters.
-    pub fn add(&mut self, other: &ReplayCounters) {
+    pub fn add(&mut self, other: &ReplayStats) {
         self.pairs = self.pairs.saturating_add(other.pairs);
         self.hits = self.hits.saturating_add(other.hits);
         self.misses = self.misses.saturating_add(other.misses);
@@ -145,9 +145,9 @@ impl ReplayCounters {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReplayReport {
     /// `(layer, counters)` for every layer with records, ascending.
-    pub layers: Vec<(u32, ReplayCounters)>,
+    pub layers: Vec<(u32, ReplayStats)>,
     /// Over all layers.
-    pub total: ReplayCounters,
+    pub total: ReplayStats,
 }
 
 /// Why a replay could not run.
@@ -183,7 +183,7 @@ pub fn replay(trace: &Trace, config: &ReplayConfig) -> Result<ReplayReport, Repl
     // Records grouped by layer in one pass, each group in file order.
     let mut by_layer: Vec<&TraceRecord> = trace.records().iter().collect();
     by_layer.sort_by_key(|r| r.layer);
-    let mut report = ReplayReport { layers: Vec::new(), total: ReplayCounters::default() };
+    let mut report = ReplayReport { layers: Vec::new(), total: ReplayStats::default() };
     let mut scratch = Vec::new();
     for records in by_layer.chunk_by(|a, b| a.layer == b.layer) {
         let Some(layer) = records.first().map(|r| r.layer) else { continue };
@@ -201,11 +201,20 @@ fn replay_layer(
     layer: u32,
     config: &ReplayConfig,
     scratch: &mut Vec<u32>,
-) -> Result<ReplayCounters, PoolError> {
+) -> Result<ReplayStats, PoolError> {
     let experts = trace.header().experts as usize;
-    let budget = config.budget.min(experts);
+    let policy = match config.policy {
+        ReplayPolicy::Pool(p) => p,
+        _ => Policy::Tide,
+    };
+    let pool_config = PoolConfig::new(experts, config.slots)
+        .layer(layer as usize)
+        .policy(policy)
+        .schedule(config.schedule)
+        .initial(config.initial);
+    let slots = pool_config.slots();
     if config.policy == ReplayPolicy::Uniform {
-        let mut c = ReplayCounters::default();
+        let mut c = ReplayStats::default();
         for r in records {
             let ids = trace.ids(r);
             let valid = ids.iter().filter(|&&id| (id as usize) < experts).count() as u64;
@@ -213,21 +222,12 @@ fn replay_layer(
             c.invalid = c.invalid.saturating_add((ids.len() as u64).saturating_sub(valid));
             // valid <= len
         }
-        c.hits = uniform_hits(c.pairs, budget, experts);
-        c.misses = c.pairs.saturating_sub(c.hits); // hits <= pairs, as budget <= experts
+        c.hits = uniform_hits(c.pairs, slots, experts);
+        c.misses = c.pairs.saturating_sub(c.hits); // hits <= pairs, as slots <= experts
         c.slow_pairs = c.misses;
         c.modeled_time_s = config.cost.seconds(c.slow_pairs, 0);
         return Ok(c);
     }
-    let policy = match config.policy {
-        ReplayPolicy::Pool(p) => p,
-        _ => Policy::Tide,
-    };
-    let pool_config = PoolConfig::new(experts, budget)
-        .layer(layer as usize)
-        .policy(policy)
-        .schedule(config.schedule)
-        .initial(config.initial);
     let mut pool = ExpertPool::new(pool_config)?;
     if policy == Policy::Belady {
         scratch.clear();
@@ -267,15 +267,15 @@ fn replay_layer(
     Ok(counters(pool.stats(), &start, slow_pairs, &config.cost))
 }
 
-/// The hits a uniformly random placement of `budget` of `experts` (at least 1) experts expects
+/// The hits a uniformly random placement of `slots` of `experts` (at least 1) experts expects
 /// over `pairs` pairs.
-fn uniform_hits(pairs: u64, budget: usize, experts: usize) -> u64 {
+fn uniform_hits(pairs: u64, slots: usize, experts: usize) -> u64 {
     #[allow(
         clippy::arithmetic_side_effects,
         reason = "a product of two 64-bit values fits 128 bits; a trace has at least one expert"
     )]
-    let hits = u128::from(pairs) * budget as u128 / (experts as u128).max(1);
-    // budget <= experts, so hits <= pairs.
+    let hits = u128::from(pairs) * slots as u128 / (experts as u128).max(1);
+    // slots <= experts, so hits <= pairs.
     u64::try_from(hits).unwrap_or(pairs)
 }
 
@@ -286,9 +286,9 @@ fn commit(pool: &mut ExpertPool, plan: &MigrationPlan, bytes: u64) {
     }
 }
 
-fn counters(end: &PoolStats, start: &PoolStats, slow_pairs: u64, cost: &CostModel) -> ReplayCounters {
+fn counters(end: &PoolStats, start: &PoolStats, slow_pairs: u64, cost: &CostModel) -> ReplayStats {
     let bytes_moved = end.bytes_promoted.saturating_sub(start.bytes_promoted);
-    ReplayCounters {
+    ReplayStats {
         pairs: end.hits.saturating_add(end.misses),
         hits: end.hits,
         misses: end.misses,
@@ -319,7 +319,7 @@ mod tests {
     fn config(policy: ReplayPolicy) -> ReplayConfig {
         ReplayConfig {
             policy,
-            budget: 2,
+            slots: 2,
             schedule: Schedule::EveryForward,
             initial: InitialPlacement::Cold,
             cost: CostModel { expert_bytes: 100, slow_pair_seconds: 1.0, link_bytes_per_second: 100.0 },
@@ -332,7 +332,7 @@ mod tests {
             let policy = ReplayPolicy::from_name(name).unwrap();
             assert_eq!(policy.name(), name);
             let r = replay(&trace(), &config(policy)).unwrap();
-            let mut sum = ReplayCounters::default();
+            let mut sum = ReplayStats::default();
             r.layers.iter().for_each(|(_, l)| sum.add(l));
             assert_eq!(sum, r.total, "{name}");
             assert_eq!(r.total.pairs, 29, "{name}");

@@ -198,7 +198,7 @@ pub struct LayerSpec {
     /// Experts of the layer.
     pub experts: usize,
     /// Slots asked for.
-    pub budget: usize,
+    pub slots: usize,
     /// Refresh schedule.
     pub schedule: Schedule,
     /// Initial placement.
@@ -208,7 +208,7 @@ pub struct LayerSpec {
 impl LayerSpec {
     /// The pool configuration.
     pub fn config(&self) -> PoolConfig {
-        PoolConfig::new(self.experts, self.budget).schedule(self.schedule).initial(self.initial)
+        PoolConfig::new(self.experts, self.slots).schedule(self.schedule).initial(self.initial)
     }
 }
 
@@ -261,7 +261,7 @@ fn schedule_name(schedule: Schedule) -> (&'static str, u32) {
 
 fn parse_layer(mut w: core::str::SplitAsciiWhitespace<'_>, line: usize) -> Result<LayerSpec, VectorError> {
     let experts: usize = number(w.next(), line)?;
-    let budget: usize = number(w.next(), line)?;
+    let slots: usize = number(w.next(), line)?;
     let kind = w.next();
     let interval = NonZeroU32::new(number(w.next(), line)?).ok_or(VectorError::Parse { line })?;
     let schedule = match kind {
@@ -275,7 +275,7 @@ fn parse_layer(mut w: core::str::SplitAsciiWhitespace<'_>, line: usize) -> Resul
         Some("cold") => InitialPlacement::Cold,
         _ => return Err(VectorError::Parse { line }),
     };
-    Ok(LayerSpec { experts, budget, schedule, initial })
+    Ok(LayerSpec { experts, slots, schedule, initial })
 }
 
 fn parse_step(mut w: core::str::SplitAsciiWhitespace<'_>, line: usize) -> Result<Step, VectorError> {
@@ -334,7 +334,7 @@ pub fn write_scenario(scenario: &Scenario, digests: &[u64], out: &mut impl fmt::
     for layer in &scenario.layers {
         let (kind, n) = schedule_name(layer.schedule);
         let initial = if layer.initial == InitialPlacement::Cold { "cold" } else { "warm" };
-        writeln!(out, "layer {} {} {kind} {n} {initial}", layer.experts, layer.budget)?;
+        writeln!(out, "layer {} {} {kind} {n} {initial}", layer.experts, layer.slots)?;
     }
     for (step, digest) in scenario.steps.iter().zip(digests) {
         let kind = if step.step.prefill { "prefill" } else { "decode" };
@@ -394,7 +394,7 @@ pub fn replay(scenario: &Scenario) -> Result<Replay, VectorError> {
             for p in plan.promotions() {
                 digest.word(u32::from(p.expert));
                 digest.word(u32::from(p.slot));
-                digest.word(p.evicted.map_or(u32::MAX, u32::from));
+                digest.word(p.demoted.map_or(u32::MAX, u32::from));
             }
             commit(pool, plan)?;
             for slot in 0..pool.slots() {
