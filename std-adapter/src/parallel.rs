@@ -65,7 +65,23 @@ impl ParallelMigrator {
         let bytes = pending.len().saturating_mul(layout.expert_bytes());
         let first = match pending.first() {
             Some(&first) if pending.len() >= 2 && bytes >= self.threshold => first,
-            _ => return sequential(pool, plan, layout, source, arena, buffer),
+            _ => {
+                // Too little to split: the core's migration through an arena sink.
+                let mut sink = match ArenaSink::new(arena.clone(), pool.layer(), buffer) {
+                    Ok(sink) => sink,
+                    Err(e) => {
+                        return match plan.promotions().first() {
+                            Some(&failed) => Err(Failure {
+                                error: MigrateError::Sink(e),
+                                failed,
+                                completed: MigrateStats::default(),
+                            }),
+                            None => Ok(MigrateStats::default()),
+                        }
+                    }
+                };
+                return migrate(pool, plan, layout, source, &mut sink);
+            }
         };
         let mut report = MigrateStats { skipped, ..MigrateStats::default() };
         if let Err(e) = arena.check_buffer(buffer) {
@@ -152,29 +168,4 @@ where
         bytes = bytes.saturating_add(slab.bytes.len() as u64);
     }
     Ok(bytes)
-}
-
-fn sequential<S>(
-    pool: &mut ExpertPool,
-    plan: &MigrationPlan,
-    layout: &ExpertLayout,
-    source: &S,
-    arena: &SlotArena,
-    buffer: &mut [u8],
-) -> Result<MigrateStats, Failure<S::Error>>
-where
-    S: ExpertSource + ?Sized,
-{
-    let mut sink = match ArenaSink::new(arena.clone(), pool.layer(), buffer) {
-        Ok(sink) => sink,
-        Err(e) => {
-            return match plan.promotions().first() {
-                Some(&failed) => {
-                    Err(Failure { error: MigrateError::Sink(e), failed, completed: MigrateStats::default() })
-                }
-                None => Ok(MigrateStats::default()),
-            }
-        }
-    };
-    migrate(pool, plan, layout, source, &mut sink)
 }
