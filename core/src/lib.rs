@@ -14,19 +14,33 @@
 //! migrate paths once a pool and its plan are built.
 //!
 //! ## Map
+//! The runtime's types are re-exported at the crate root; the lab (trace replay and synthetic
+//! routing) stays namespaced under [`trace`].
+//!
 //! | module | concept |
 //! |---|---|
-//! | [`format`] | element formats: plain and GGML block-quantized |
-//! | [`layout`] | `[experts, rows, cols]` stacks and the projections of one expert |
-//! | [`arena`] | slots laid out in a caller buffer |
-//! | [`budget`] | how many slots fit in a memory size |
-//! | [`view`] | typed views of slabs (bytemuck) |
-//! | [`pool`], [`policy`], [`schedule`] | residency, placement and when to refresh |
-//! | [`plan`], [`migrate`](mod@migrate) | what moves, and moving it |
-//! | [`source`], [`sink`] | where bytes come from and go to |
+//! | [`format`] | element formats: plain scalars and GGML block-quantized types, row sizes |
+//! | [`layout`] | `[experts, rows, cols]` stacks ([`StackLayout`]), the projections one expert needs ([`ExpertLayout`]), and [`Projection`] |
+//! | [`arena`] | [`SlotArena`]: slots laid out in a caller buffer, each projection aligned |
+//! | [`budget`] | how many slots fit in a memory size; one byte budget split across layers |
+//! | [`view`] | typed views of slabs through bytemuck, with a copying fallback |
+//! | [`schedule`] | when a layer refreshes: [`Schedule`], [`Step`], [`Mode`] |
+//! | [`pool`] | [`ExpertPool`]: residency, planning, serving, statistics ([`PoolConfig`], [`PoolStats`], [`ServeStats`]) |
+//! | [`policy`] | placement: TIDE hit count, decayed frequency, LRU, LFU, LRU-2, Belady |
+//! | [`plan`] | what moves: [`MigrationPlan`], [`Promotion`] |
+//! | [`migrate`](mod@migrate) | moving it: copy each promotion, then commit; [`push_stacks`] for whole stacks |
+//! | [`step`] | plan, migrate and serve one layer's step in one call ([`ExpertPool::step`]) |
+//! | [`source`], [`sink`] | where bytes come from ([`LayerStacks`], generic over its byte owner) and go to ([`ArenaSink`], [`StackSink`]) |
 //! | [`layers`], [`shared`] | one pool per layer; a pool shared without std |
-//! | [`gguf`] | GGUF model files read in place: directory and MoE layers as a source |
-//! | [`trace`], [`trace::replay`], [`trace::synthetic`] | routing traces, replaying them under a policy and a cost model, synthetic routing |
+//! | [`name`] | GGUF stack names without the heap |
+//! | [`gguf`] | GGUF v2/v3 files read in place: tensor directory, MoE layers, a model as a source |
+//! | [`trace`] | the routing-trace format (NDJSON) |
+//! | [`trace::replay`], [`trace::synthetic`] | the lab: replaying traces under a policy and a cost model; synthetic routing |
+//! | [`error`] | the layout, view, pool, plan and migration errors |
+//!
+//! Internal: `projection` (the leaf module [`Projection`] lives in, so `error`, `format` and
+//! `layout` import no circle) and `slot_table` (the one owner of the per-expert word, the slot
+//! table and their flag bits, shared by the pool and the policies).
 //!
 //! ## Example
 //! One layer of 4 experts, each a 2 × 4 `F32` gate/up/down, with 2 slots in a caller buffer:
@@ -54,12 +68,11 @@
 //! pool.initial_plan(&mut plan); // warm start: experts 0 and 1
 //! migrate(&mut pool, &plan, &layout, &model[..], &mut sink)?;
 //!
-//! // One decode step: two tokens routed top-2.
+//! // One decode step, two tokens routed top-2: plan, migrate and serve in one call.
 //! let ids = [3, 1, 3, 2];
-//! pool.plan_step(Step::decode(0), &ids, &mut plan)?; // expert 3 replaces expert 0
-//! let report = migrate(&mut pool, &plan, &layout, &model[..], &mut sink)?;
-//! assert_eq!(report.bytes, 96); // one expert: three 32-byte slabs
-//! assert_eq!(pool.serve(&ids).hits, 3); // 3, 1, 3 hit; 2 is served from slow memory
+//! let stats = pool.step(Step::decode(0), &ids, &mut plan, &layout, &model[..], &mut sink)?;
+//! assert_eq!(stats.migrated.bytes, 96); // expert 3 replaced expert 0: three 32-byte slabs
+//! assert_eq!(stats.served.hits, 3); // 3, 1, 3 hit; 2 is served from slow memory
 //!
 //! let slot = pool.slot_of(3).unwrap();
 //! assert!(sink.slab(slot, 0)?.iter().all(|&b| b == 3));

@@ -43,13 +43,13 @@ fn main() -> Result<(), Box<dyn Error>> {
     println!("routing: expertslab::trace::synthetic, Zipf 0.9, reuse 0.5, a new phase every 64 steps");
     println!();
     println!(
-        "| budget | τ | refreshes | promotions | incremental MiB | full push MiB | full / incremental | hit rate |"
+        "| slots | τ | refreshes | promotions | incremental MiB | full push MiB | full / incremental | hit rate |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    for budget in [8, 16, 32] {
+    for slots in [8, 16, 32] {
         for tau in [1, 4] {
             let schedule = Schedule::EveryDecodeSteps(NonZeroU32::new(tau).ok_or("tau > 0")?);
-            let config = PoolConfig::new(EXPERTS, budget).schedule(schedule);
+            let config = PoolConfig::new(EXPERTS, slots).schedule(schedule);
             let mut model = Offloader::new(store.clone(), config, 64)?;
             model.warm_up()?;
             let mut full = CountingParams::default();
@@ -75,7 +75,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             let stats = model.stats();
             let mib = |b: u64| b as f64 / (1 << 20) as f64;
             println!(
-                "| {budget} | {tau} | {} | {} | {:.1} | {:.1} | {:.0}× | {:.1}% |",
+                "| {slots} | {tau} | {} | {} | {:.1} | {:.1} | {:.0}× | {:.1}% |",
                 stats.refreshes,
                 stats.promotions,
                 mib(incremental),

@@ -5,11 +5,12 @@
 //! | module | what |
 //! |---|---|
 //! | [`bytes`] | [`SharedBytes`]: weight bytes shared by `Arc` (aligned copies, typed `Arc<[T]>`, memory maps) |
-//! | [`store`] | [`ExpertStore`]: a model's expert stacks as a source; [`open_gguf`]: GGUF files through mmap |
+//! | [`store`] | [`ExpertStore`]: a model's [`LayerStacks`] of [`StoredStack`]s as a source (legacy per-expert slabs served from the mapping); [`open_gguf`]: GGUF files through mmap |
 //! | [`parallel`] | [`ParallelMigrator`]: a plan's copies run at once with rayon, committed after each copy |
 //! | [`capture`] | [`RoutingCapture`]: the router's ids per layer and step, `u32` or f32-encoded |
 //! | [`recorder`] | [`TraceRecorder`]: routing traces written in the core's format; [`read_trace`] |
-//! | [`offload`] | [`Offloader`]: pools, plans and slot arenas of every MoE layer, stepped from a capture |
+//! | [`offload`] | [`Offloader`]: pools, plans and slot arenas of every MoE layer, each stepped through [`ExpertPool::step_with`] from a capture |
+//! | [`error`] | [`Error`]: anything the adapter can fail with |
 //!
 //! Policy and layout live in the core; this crate adds only what needs std.
 //!

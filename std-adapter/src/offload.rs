@@ -73,7 +73,7 @@ where
     S: LayeredSource<Error = LayoutError> + Sync,
 {
     /// One pool per MoE layer of `source`, built from `config` with the layer's index and expert
-    /// count (budget, schedule and initial placement as `config` says), and an arena of
+    /// count (slots, schedule and initial placement as `config` says), and an arena of
     /// `align`-aligned slots per layer.
     ///
     /// # Errors
