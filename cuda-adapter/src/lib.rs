@@ -1,0 +1,3 @@
+//! # expertslab-cuda
+//!
+//! GPU fast memory for expertslab.
