@@ -1,0 +1,248 @@
+//! The sink, ring and table on the mock driver, driven through `expertslab::migrate`: CPU only.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{store, Lane};
+use expertslab::{migrate, MigrateError, MigrationPlan, Policy, SlotArena, Step};
+use expertslab_cuda::{CudaError, CudaSlotSink, Driver, Faults, MockDriver, MockOp, RingConfig, DEVICE_ALIGN};
+
+type Mock = Arc<Faults<MockDriver>>;
+
+fn lane(register: bool, ring: RingConfig, policy: Policy) -> (Mock, Lane<Mock>) {
+    let (store, layout) = store(2, 16, 4, 32); // 256 B per projection
+    let driver: Mock = Arc::new(Faults::new(MockDriver::new(1 << 24)));
+    let arenas = (0..2).map(|l| (l, SlotArena::new(&layout, 4, DEVICE_ALIGN).unwrap()));
+    let mut sink = CudaSlotSink::new(Arc::clone(&driver), arenas, ring).unwrap();
+    if register {
+        let report = sink.host_mut().register_store(&store).unwrap();
+        assert_eq!(report.refused, 0);
+    }
+    (driver, Lane::new(store, layout, sink, 4, policy, 6))
+}
+
+#[test]
+fn many_steps_keep_slots_and_tables_equal_to_the_pools() {
+    for (register, ring) in [
+        (true, RingConfig::default()),
+        (false, RingConfig { entries: 2, entry_bytes: 100 }),
+        (false, RingConfig { entries: 0, entry_bytes: 0 }),
+    ] {
+        for policy in [Policy::Tide, Policy::Lru] {
+            let (_, mut lane) = lane(register, ring, policy);
+            for step in 0..40 {
+                lane.step(step).unwrap();
+                lane.sink.synchronize().unwrap();
+                lane.check().unwrap_or_else(|e| panic!("{register} {ring:?} {policy:?} step {step}: {e}"));
+            }
+            let stats = *lane.sink.stats();
+            let copies = stats.registered_copies + stats.staged_copies + stats.synchronous_copies;
+            assert_eq!(copies, lane.pools.iter().map(|p| p.stats().promotions).sum::<u64>() * 3);
+            match (register, ring.entries) {
+                (true, _) => assert_eq!(copies, stats.registered_copies),
+                (false, 0) => assert_eq!(copies, stats.synchronous_copies),
+                _ => assert_eq!(copies, stats.staged_copies),
+            }
+        }
+    }
+}
+
+#[test]
+fn an_enqueue_failure_leaves_the_slot_free_and_a_retry_converges() {
+    let (driver, mut lane) = lane(true, RingConfig::default(), Policy::Tide);
+    lane.step(0).unwrap();
+    lane.sink.synchronize().unwrap();
+    // Step 1 of layer 0 plans some promotions; the second copy of the first one fails.
+    let ids = common::routing(50, 0, 16, 6);
+    let pool = &mut lane.pools[0];
+    let mut plan = MigrationPlan::new(4);
+    pool.plan_step(Step::decode(50), &ids, &mut plan).unwrap();
+    assert!(!plan.is_empty());
+    let first = plan.promotions()[0];
+    driver.fail_copy(1);
+    let failure = migrate(pool, &plan, &lane.layout, &lane.store, &mut lane.sink).unwrap_err();
+    assert_eq!(failure.failed, first);
+    assert!(matches!(failure.error, MigrateError::Sink(CudaError::Driver { call: "cuMemcpyHtoDAsync", .. })));
+    assert_eq!(pool.expert_in(usize::from(first.slot)), None, "the failed slot stays free");
+    assert!(!pool.is_resident(usize::from(first.expert)));
+    // The pool is consistent: every resident is in its slot, and the sink is usable.
+    lane.tables[0].update(&lane.pools[0], &mut lane.sink).unwrap();
+    lane.sink.synchronize().unwrap();
+    lane.check().unwrap();
+    // Migrating the same plan again converges.
+    let pool = &mut lane.pools[0];
+    let report = migrate(pool, &plan, &lane.layout, &lane.store, &mut lane.sink).unwrap();
+    assert_eq!(report.copied, plan.len());
+    assert_eq!(pool.slot_of(usize::from(first.expert)), Some(usize::from(first.slot)));
+    lane.tables[0].update(&lane.pools[0], &mut lane.sink).unwrap();
+    lane.sink.synchronize().unwrap();
+    lane.check().unwrap();
+}
+
+#[test]
+fn a_late_failure_frees_the_suspect_slots_and_migrating_again_converges() {
+    let (driver, mut lane) = lane(true, RingConfig::default(), Policy::Tide);
+    lane.step(0).unwrap();
+    lane.sink.synchronize().unwrap();
+    let confirmed = lane.residents();
+    assert!(!confirmed.is_empty());
+    // Step 1's copies "fail on the device": the sync reports it.
+    lane.step(1).unwrap();
+    let written: Vec<_> = lane.residents().into_iter().filter(|r| !confirmed.contains(r)).collect();
+    assert!(!written.is_empty(), "step 1 promoted something");
+    driver.fail_next_sync();
+    let failure = lane.sink.synchronize().unwrap_err();
+    assert!(matches!(failure.error, CudaError::Driver { call: "cuStreamSynchronize", .. }));
+    let demotions_before: u64 = lane.pools.iter().map(|p| p.stats().demotions).sum();
+    let demoted = failure.repair(&mut lane.pools);
+    assert_eq!(demoted, written.len(), "every expert promoted since the last sync is demoted");
+    let demotions_after: u64 = lane.pools.iter().map(|p| p.stats().demotions).sum();
+    assert_eq!(demotions_after - demotions_before, demoted as u64);
+    for (layer, slot, _) in &written {
+        assert_eq!(lane.pools[*layer].expert_in(*slot), None);
+    }
+    // Everything still resident was confirmed by the first sync.
+    assert!(lane.residents().iter().all(|r| confirmed.contains(r)));
+    for table in &mut lane.tables {
+        table.invalidate();
+    }
+    for (pool, table) in lane.pools.iter().zip(&mut lane.tables) {
+        table.update(pool, &mut lane.sink).unwrap();
+    }
+    lane.sink.synchronize().unwrap();
+    lane.check().unwrap();
+    // The next steps promote the wanted experts again and converge.
+    for step in 2..10 {
+        lane.step(step).unwrap();
+        lane.sink.synchronize().unwrap();
+        lane.check().unwrap();
+    }
+}
+
+#[test]
+fn a_failure_seen_while_waiting_for_a_staging_buffer_is_reported_at_the_next_sync() {
+    let (driver, mut lane) = lane(false, RingConfig { entries: 1, entry_bytes: 256 }, Policy::Tide);
+    driver.fail_next_sync(); // the first wait for the ring's only entry reports it
+    let err = lane.step(0).unwrap_err();
+    assert!(err.contains("synchronize"), "{err}");
+    // Further writes are refused until the caller synchronizes.
+    let failure = lane.sink.synchronize().unwrap_err();
+    assert!(!failure.suspects.is_empty());
+    failure.repair(&mut lane.pools);
+    for table in &mut lane.tables {
+        table.invalidate();
+    }
+    for step in 0..6 {
+        lane.step(step).unwrap();
+        lane.sink.synchronize().unwrap();
+        lane.check().unwrap();
+    }
+}
+
+#[test]
+fn slots_are_overwritten_only_after_the_kernels_that_read_them() {
+    let (store, layout) = store(1, 8, 4, 32);
+    let driver = Arc::new(MockDriver::new(1 << 20));
+    let arena = SlotArena::new(&layout, 2, DEVICE_ALIGN).unwrap();
+    let mut sink = CudaSlotSink::new(Arc::clone(&driver), [(0, arena)], RingConfig::default()).unwrap();
+    sink.host_mut().register_store(&store).unwrap();
+    let copy = *sink.copy_stream();
+    let compute = driver.new_stream().unwrap();
+    let mut pool = expertslab::ExpertPool::new(expertslab::PoolConfig::new(8, 2).policy(Policy::Lru)).unwrap();
+    let mut plan = MigrationPlan::new(2);
+    let mut step = |ids: &[u32], sink: &mut CudaSlotSink<Arc<MockDriver>>, index| {
+        pool.plan_step(Step::decode(index), ids, &mut plan).unwrap();
+        migrate(&mut pool, &plan, &layout, &store, sink).unwrap();
+        pool.serve(ids);
+        (plan.promotions().to_vec(), (0..8).map(|e| pool.slot_of(e)).collect::<Vec<_>>())
+    };
+    let copy_waits = |ops: &[MockOp]| -> Vec<usize> {
+        ops.iter()
+            .enumerate()
+            .filter(|(_, op)| matches!(op, MockOp::Wait { stream, .. } if *stream == copy))
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let first_copy = |ops: &[MockOp]| ops.iter().position(|op| matches!(op, MockOp::Copy { .. })).unwrap();
+    // Step 0 fills both slots (LRU: expert 1 is the older); the kernels read expert 2's slot only.
+    let (_, slots) = step(&[1, 2], &mut sink, 0);
+    let (slot1, slot2) = (slots[1].unwrap(), slots[2].unwrap());
+    sink.order_before(&compute).unwrap();
+    sink.after_reads_of(&compute, 0, &[slot2]).unwrap();
+    driver.clear_ops();
+    // Expert 3 replaces expert 1, whose slot no kernel read: no wait.
+    let (promoted, _) = step(&[3], &mut sink, 1);
+    assert_eq!(usize::from(promoted[0].slot), slot1);
+    assert!(copy_waits(&driver.ops()).is_empty(), "{:?}", driver.ops());
+    assert_eq!(sink.stats().read_waits, 0);
+    // Expert 4 replaces expert 2 (now the least recently used), whose slot was read: the copy
+    // stream waits for the read fence before the copy.
+    driver.clear_ops();
+    let (promoted, _) = step(&[4], &mut sink, 2);
+    assert_eq!(usize::from(promoted[0].slot), slot2);
+    let ops = driver.ops();
+    let waits = copy_waits(&ops);
+    assert_eq!(waits.len(), 1, "{ops:?}");
+    assert!(waits[0] < first_copy(&ops), "{ops:?}");
+    assert_eq!(sink.stats().read_waits, 1);
+    // Now the kernels read every slot: the next overwrite waits, exactly once per fence.
+    sink.after_reads(&compute).unwrap();
+    driver.clear_ops();
+    let waits_before = sink.stats().read_waits;
+    step(&[4, 5], &mut sink, 2);
+    let ops = driver.ops();
+    let waits = copy_waits(&ops);
+    assert_eq!(waits.len(), 1, "one wait per fence: {ops:?}");
+    assert!(waits[0] < first_copy(&ops), "the wait comes before the first overwrite: {ops:?}");
+    assert_eq!(sink.stats().read_waits, waits_before + 1);
+    // The fence recorded on the compute stream is the one the copy stream waited on.
+    let recorded = driver.ops();
+    assert!(
+        recorded.iter().all(|op| !matches!(op, MockOp::SyncStream { .. } | MockOp::SyncEvent { .. })),
+        "the host never waited"
+    );
+    // order_before makes the compute stream wait on the copy stream's tail.
+    driver.clear_ops();
+    sink.order_before(&compute).unwrap();
+    let ops = driver.ops();
+    let MockOp::Record { event, stream } = ops[0] else { panic!("{ops:?}") };
+    assert_eq!(stream, copy);
+    assert_eq!(ops[1], MockOp::Wait { stream: compute, event });
+}
+
+#[test]
+fn the_table_uploads_only_the_changed_span() {
+    let (_, mut lane) = lane(true, RingConfig::default(), Policy::Tide);
+    lane.step(0).unwrap();
+    let pool = &lane.pools[0];
+    // Nothing changed since: nothing uploaded.
+    assert_eq!(lane.tables[0].update(pool, &mut lane.sink).unwrap(), 0);
+    lane.tables[0].invalidate();
+    assert_eq!(lane.tables[0].update(pool, &mut lane.sink).unwrap(), 16 * 4);
+    // One expert demoted: one entry.
+    let (slot, _) = lane.pools[0].residents().next().unwrap();
+    lane.pools[0].demote_slot(slot);
+    assert_eq!(lane.tables[0].update(&lane.pools[0], &mut lane.sink).unwrap(), 4);
+    lane.sink.synchronize().unwrap();
+    lane.check().unwrap();
+    // A pool of another layer is refused.
+    assert!(matches!(
+        lane.tables[0].update(&lane.pools[1], &mut lane.sink),
+        Err(CudaError::TableMismatch { table: (0, 16), pool: (1, 16) })
+    ));
+}
+
+#[test]
+fn writes_are_checked_against_the_arena() {
+    let (_, mut lane) = lane(true, RingConfig::default(), Policy::Tide);
+    use expertslab::{Projection, SlotSink, SlotWrite};
+    let dest = |layer, slot, index| SlotWrite { layer, slot, projection: Projection::Gate, index };
+    assert_eq!(lane.sink.write(dest(5, 0, 0), &[0; 256]), Err(CudaError::UnknownLayer { layer: 5 }));
+    assert!(matches!(lane.sink.write(dest(0, 4, 0), &[0; 256]), Err(CudaError::Layout(_))));
+    assert!(matches!(lane.sink.write(dest(0, 0, 3), &[0; 256]), Err(CudaError::Layout(_))));
+    assert!(matches!(lane.sink.write(dest(0, 0, 0), &[0; 255]), Err(CudaError::Layout(_))));
+    assert!(matches!(lane.sink.finish(0, 9), Err(CudaError::Layout(_))));
+}
