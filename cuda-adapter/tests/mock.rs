@@ -7,21 +7,14 @@ mod common;
 use std::sync::Arc;
 
 use common::{store, Lane};
-use expertslab::{migrate, MigrateError, MigrationPlan, Policy, SlotArena, Step};
+use expertslab::{migrate, MigrationPlan, Policy, SlotArena, Step};
 use expertslab_cuda::{CudaError, CudaSlotSink, Driver, Faults, MockDriver, MockOp, RingConfig, DEVICE_ALIGN};
 
 type Mock = Arc<Faults<MockDriver>>;
 
 fn lane(register: bool, ring: RingConfig, policy: Policy) -> (Mock, Lane<Mock>) {
-    let (store, layout) = store(2, 16, 4, 32); // 256 B per projection
     let driver: Mock = Arc::new(Faults::new(MockDriver::new(1 << 24)));
-    let arenas = (0..2).map(|l| (l, SlotArena::new(&layout, 4, DEVICE_ALIGN).unwrap()));
-    let mut sink = CudaSlotSink::new(Arc::clone(&driver), arenas, ring).unwrap();
-    if register {
-        let report = sink.host_mut().register_store(&store).unwrap();
-        assert_eq!(report.refused, 0);
-    }
-    (driver, Lane::new(store, layout, sink, 4, policy, 6))
+    (Arc::clone(&driver), common::lane(driver, (16, 4, 32), register, ring, policy))
 }
 
 #[test]
@@ -33,11 +26,7 @@ fn many_steps_keep_slots_and_tables_equal_to_the_pools() {
     ] {
         for policy in [Policy::Tide, Policy::Lru] {
             let (_, mut lane) = lane(register, ring, policy);
-            for step in 0..40 {
-                lane.step(step).unwrap();
-                lane.sink.synchronize().unwrap();
-                lane.check().unwrap_or_else(|e| panic!("{register} {ring:?} {policy:?} step {step}: {e}"));
-            }
+            common::steps_stay_exact(&mut lane, 40).unwrap_or_else(|e| panic!("{register} {ring:?} {policy:?}: {e}"));
             let stats = *lane.sink.stats();
             let copies = stats.registered_copies + stats.staged_copies + stats.synchronous_copies;
             assert_eq!(copies, lane.pools.iter().map(|p| p.stats().promotions).sum::<u64>() * 3);
@@ -52,74 +41,14 @@ fn many_steps_keep_slots_and_tables_equal_to_the_pools() {
 
 #[test]
 fn an_enqueue_failure_leaves_the_slot_free_and_a_retry_converges() {
-    let (driver, mut lane) = lane(true, RingConfig::default(), Policy::Tide);
-    lane.step(0).unwrap();
-    lane.sink.synchronize().unwrap();
-    // Step 1 of layer 0 plans some promotions; the second copy of the first one fails.
-    let ids = common::routing(50, 0, 16, 6);
-    let pool = &mut lane.pools[0];
-    let mut plan = MigrationPlan::new(4);
-    pool.plan_step(Step::decode(50), &ids, &mut plan).unwrap();
-    assert!(!plan.is_empty());
-    let first = plan.promotions()[0];
-    driver.fail_copy(1);
-    let failure = migrate(pool, &plan, &lane.layout, &lane.store, &mut lane.sink).unwrap_err();
-    assert_eq!(failure.failed, first);
-    assert!(matches!(failure.error, MigrateError::Sink(CudaError::Driver { call: "cuMemcpyHtoDAsync", .. })));
-    assert_eq!(pool.expert_in(usize::from(first.slot)), None, "the failed slot stays free");
-    assert!(!pool.is_resident(usize::from(first.expert)));
-    // The pool is consistent: every resident is in its slot, and the sink is usable.
-    lane.tables[0].update(&lane.pools[0], &mut lane.sink).unwrap();
-    lane.sink.synchronize().unwrap();
-    lane.check().unwrap();
-    // Migrating the same plan again converges.
-    let pool = &mut lane.pools[0];
-    let report = migrate(pool, &plan, &lane.layout, &lane.store, &mut lane.sink).unwrap();
-    assert_eq!(report.copied, plan.len());
-    assert_eq!(pool.slot_of(usize::from(first.expert)), Some(usize::from(first.slot)));
-    lane.tables[0].update(&lane.pools[0], &mut lane.sink).unwrap();
-    lane.sink.synchronize().unwrap();
-    lane.check().unwrap();
+    let (driver, lane) = lane(true, RingConfig::default(), Policy::Tide);
+    common::enqueue_failure_converges(&driver, lane);
 }
 
 #[test]
 fn a_late_failure_frees_the_suspect_slots_and_migrating_again_converges() {
-    let (driver, mut lane) = lane(true, RingConfig::default(), Policy::Tide);
-    lane.step(0).unwrap();
-    lane.sink.synchronize().unwrap();
-    let confirmed = lane.residents();
-    assert!(!confirmed.is_empty());
-    // Step 1's copies "fail on the device": the sync reports it.
-    lane.step(1).unwrap();
-    let written: Vec<_> = lane.residents().into_iter().filter(|r| !confirmed.contains(r)).collect();
-    assert!(!written.is_empty(), "step 1 promoted something");
-    driver.fail_next_sync();
-    let failure = lane.sink.synchronize().unwrap_err();
-    assert!(matches!(failure.error, CudaError::Driver { call: "cuStreamSynchronize", .. }));
-    let demotions_before: u64 = lane.pools.iter().map(|p| p.stats().demotions).sum();
-    let demoted = failure.repair(&mut lane.pools);
-    assert_eq!(demoted, written.len(), "every expert promoted since the last sync is demoted");
-    let demotions_after: u64 = lane.pools.iter().map(|p| p.stats().demotions).sum();
-    assert_eq!(demotions_after - demotions_before, demoted as u64);
-    for (layer, slot, _) in &written {
-        assert_eq!(lane.pools[*layer].expert_in(*slot), None);
-    }
-    // Everything still resident was confirmed by the first sync.
-    assert!(lane.residents().iter().all(|r| confirmed.contains(r)));
-    for table in &mut lane.tables {
-        table.invalidate();
-    }
-    for (pool, table) in lane.pools.iter().zip(&mut lane.tables) {
-        table.update(pool, &mut lane.sink).unwrap();
-    }
-    lane.sink.synchronize().unwrap();
-    lane.check().unwrap();
-    // The next steps promote the wanted experts again and converge.
-    for step in 2..10 {
-        lane.step(step).unwrap();
-        lane.sink.synchronize().unwrap();
-        lane.check().unwrap();
-    }
+    let (driver, lane) = lane(true, RingConfig::default(), Policy::Tide);
+    common::late_failure_converges(&driver, lane);
 }
 
 #[test]

@@ -4,9 +4,12 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use expertslab::{
-    migrate, ExpertLayout, ExpertPool, ExpertSource, Format, MigrationPlan, Policy, PoolConfig, StackLayout, Step,
+    migrate, ExpertLayout, ExpertPool, ExpertSource, Format, MigrateError, MigrationPlan, Policy, PoolConfig,
+    SlotArena, StackLayout, Step,
 };
-use expertslab_cuda::{CudaSlotSink, DeviceSlotTable, Driver, NOT_RESIDENT};
+use expertslab_cuda::{
+    CudaError, CudaSlotSink, DeviceSlotTable, Driver, Faults, RingConfig, DEVICE_ALIGN, NOT_RESIDENT,
+};
 use expertslab_std::{ExpertStore, LayerWeights, SharedBytes};
 
 /// The byte at position `i` of `expert`'s slab of projection `projection` in `layer`.
@@ -136,5 +139,108 @@ impl<D: Driver + Clone> Lane<D> {
     /// Every (layer, slot, expert) resident.
     pub fn residents(&self) -> Vec<(usize, usize, usize)> {
         self.pools.iter().flat_map(|p| p.residents().map(move |(s, e)| (p.layer(), s, e))).collect()
+    }
+}
+
+/// A lane of 2 layers × `experts` experts (`rows × cols` BF16 projections), 8 slots per layer
+/// (`slots` when fewer experts), k = 6, the store registered or not.
+pub fn lane<D: Driver + Clone>(
+    driver: D,
+    shape: (usize, usize, usize),
+    register: bool,
+    ring: RingConfig,
+    policy: Policy,
+) -> Lane<D> {
+    let (experts, rows, cols) = shape;
+    let slots = (experts / 4).max(1);
+    let (store, layout) = store(2, experts, rows, cols);
+    let arenas = (0..2).map(|l| (l, SlotArena::new(&layout, slots, DEVICE_ALIGN).unwrap()));
+    let mut sink = CudaSlotSink::new(driver, arenas, ring).unwrap();
+    if register {
+        let report = sink.host_mut().register_store(&store).unwrap();
+        assert_eq!(report.refused, 0, "{report:?}");
+    }
+    Lane::new(store, layout, sink, slots, policy, 6)
+}
+
+/// Steps `lane` `steps` times, confirming and checking every slot and table after each step.
+pub fn steps_stay_exact<D: Driver + Clone>(lane: &mut Lane<D>, steps: usize) -> Result<(), String> {
+    for step in 0..steps {
+        lane.step(step)?;
+        lane.sink.synchronize().map_err(|e| e.to_string())?;
+        lane.check().map_err(|e| format!("step {step}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// A copy refused at enqueue time fails its promotion: the slot stays free, the pool stays
+/// consistent, and migrating the plan again converges.
+pub fn enqueue_failure_converges<D: Driver + Clone>(driver: &Faults<impl Driver>, mut lane: Lane<D>) {
+    lane.step(0).unwrap();
+    lane.sink.synchronize().unwrap();
+    // Step 1 of layer 0 plans some promotions; the second copy of the first one fails.
+    let ids = routing(50, 0, lane.layout.experts(), lane.k);
+    let pool = &mut lane.pools[0];
+    let mut plan = MigrationPlan::new(pool.slots());
+    pool.plan_step(Step::decode(50), &ids, &mut plan).unwrap();
+    assert!(!plan.is_empty());
+    let first = plan.promotions()[0];
+    driver.fail_copy(1);
+    let failure = migrate(pool, &plan, &lane.layout, &lane.store, &mut lane.sink).unwrap_err();
+    assert_eq!(failure.failed, first);
+    assert!(matches!(failure.error, MigrateError::Sink(CudaError::Driver { call: "cuMemcpyHtoDAsync", .. })));
+    assert_eq!(pool.expert_in(usize::from(first.slot)), None, "the failed slot stays free");
+    assert!(!pool.is_resident(usize::from(first.expert)));
+    // The pool is consistent: every resident is in its slot, and the sink is usable.
+    lane.tables[0].update(&lane.pools[0], &mut lane.sink).unwrap();
+    lane.sink.synchronize().unwrap();
+    lane.check().unwrap();
+    // Migrating the same plan again converges.
+    let pool = &mut lane.pools[0];
+    let report = migrate(pool, &plan, &lane.layout, &lane.store, &mut lane.sink).unwrap();
+    assert_eq!(report.copied, plan.len());
+    assert_eq!(pool.slot_of(usize::from(first.expert)), Some(usize::from(first.slot)));
+    lane.tables[0].update(&lane.pools[0], &mut lane.sink).unwrap();
+    lane.sink.synchronize().unwrap();
+    lane.check().unwrap();
+}
+
+/// A failure reported at a sync frees every slot written since the last confirmed sync; the
+/// residents left were confirmed, and the next steps converge.
+pub fn late_failure_converges<D: Driver + Clone>(driver: &Faults<impl Driver>, mut lane: Lane<D>) {
+    lane.step(0).unwrap();
+    lane.sink.synchronize().unwrap();
+    let confirmed = lane.residents();
+    assert!(!confirmed.is_empty());
+    // Step 1's copies "fail on the device": the sync reports it.
+    lane.step(1).unwrap();
+    let written: Vec<_> = lane.residents().into_iter().filter(|r| !confirmed.contains(r)).collect();
+    assert!(!written.is_empty(), "step 1 promoted something");
+    driver.fail_next_sync();
+    let failure = lane.sink.synchronize().unwrap_err();
+    assert!(matches!(failure.error, CudaError::Driver { call: "cuStreamSynchronize", .. }));
+    let demotions_before: u64 = lane.pools.iter().map(|p| p.stats().demotions).sum();
+    let demoted = failure.repair(&mut lane.pools);
+    assert_eq!(demoted, written.len(), "every expert promoted since the last sync is demoted");
+    let demotions_after: u64 = lane.pools.iter().map(|p| p.stats().demotions).sum();
+    assert_eq!(demotions_after - demotions_before, demoted as u64);
+    for (layer, slot, _) in &written {
+        assert_eq!(lane.pools[*layer].expert_in(*slot), None);
+    }
+    // Everything still resident was confirmed by the first sync.
+    assert!(lane.residents().iter().all(|r| confirmed.contains(r)));
+    for table in &mut lane.tables {
+        table.invalidate();
+    }
+    for (pool, table) in lane.pools.iter().zip(&mut lane.tables) {
+        table.update(pool, &mut lane.sink).unwrap();
+    }
+    lane.sink.synchronize().unwrap();
+    lane.check().unwrap();
+    // The next steps promote the wanted experts again and converge.
+    for step in 2..10 {
+        lane.step(step).unwrap();
+        lane.sink.synchronize().unwrap();
+        lane.check().unwrap();
     }
 }

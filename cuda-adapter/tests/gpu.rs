@@ -1,0 +1,154 @@
+//! Tests on a real GPU. A plain binary (`harness = false`): without a CUDA driver or device it
+//! prints one line saying the GPU tests were not run and succeeds; with one it runs every test
+//! and prints libtest's summary line (`test result: ...`), which `scripts/gpu-test.sh` reads.
+//! A name given on the command line runs only the tests containing it; libtest's flags
+//! (`--include-ignored`, `--test-threads=1`) are accepted and ignored.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use expertslab::{ExpertLayout, Format, Policy, StackLayout};
+use expertslab_cuda::{CudaDriver, CudaError, Driver, Faults, HostMemory, RingConfig, VramArena};
+use expertslab_std::SharedBytes;
+
+/// 64 experts of gate/up/down 16 × 1024 BF16 (32 KiB each), 16 slots per layer.
+const SHAPE: (usize, usize, usize) = (64, 16, 1024);
+
+type Test = fn(&CudaDriver) -> Result<(), String>;
+
+fn copies_are_byte_exact_over_many_plans(driver: &CudaDriver) -> Result<(), String> {
+    let configs = [
+        (true, RingConfig::default()),
+        (false, RingConfig { entries: 3, entry_bytes: 40_000 }),
+        (false, RingConfig { entries: 0, entry_bytes: 0 }),
+    ];
+    for (register, ring) in configs {
+        for policy in [Policy::Tide, Policy::Lru] {
+            let mut lane = common::lane(driver.clone(), SHAPE, register, ring, policy);
+            common::steps_stay_exact(&mut lane, 40).map_err(|e| format!("{register} {ring:?} {policy:?}: {e}"))?;
+            let stats = *lane.sink.stats();
+            let promotions: u64 = lane.pools.iter().map(|p| p.stats().promotions).sum();
+            if promotions < 40 {
+                return Err(format!("only {promotions} promotions: the test moved too little"));
+            }
+            let used = match (register, ring.entries) {
+                (true, _) => stats.registered_copies,
+                (false, 0) => stats.synchronous_copies,
+                _ => stats.staged_copies,
+            };
+            if used != promotions * 3 {
+                return Err(format!("{register} {ring:?}: {stats:?} for {promotions} promotions"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn an_enqueue_failure_frees_the_slot_and_a_retry_converges(driver: &CudaDriver) -> Result<(), String> {
+    let faults = Arc::new(Faults::new(driver.clone()));
+    let lane = common::lane(Arc::clone(&faults), SHAPE, true, RingConfig::default(), Policy::Tide);
+    common::enqueue_failure_converges(&faults, lane);
+    Ok(())
+}
+
+fn a_late_failure_frees_the_suspects_and_migrating_again_converges(driver: &CudaDriver) -> Result<(), String> {
+    let faults = Arc::new(Faults::new(driver.clone()));
+    let lane = common::lane(Arc::clone(&faults), SHAPE, true, RingConfig::default(), Policy::Lru);
+    common::late_failure_converges(&faults, lane);
+    Ok(())
+}
+
+fn registered_memory_is_readable_by_the_device(driver: &CudaDriver) -> Result<(), String> {
+    let bytes: Vec<u8> = (0..3 << 20).map(|i: usize| (i % 251) as u8).collect();
+    let shared = SharedBytes::copy_from(&bytes);
+    let mut host =
+        HostMemory::new(driver.clone(), RingConfig { entries: 0, entry_bytes: 0 }).map_err(|e| e.to_string())?;
+    let report = host.register([shared.clone()]).map_err(|e| e.to_string())?;
+    if report.registered != 1 {
+        return Err(format!("registration refused: {report:?}"));
+    }
+    let slab = &shared.as_bytes()[12345..12345 + (1 << 20)];
+    let device = host.device_ptr_of(slab).ok_or("no device pointer for registered bytes")?;
+    let mut back = vec![0u8; slab.len()];
+    // SAFETY: `device` maps 1 MiB of registered host memory, kept alive by `host`.
+    unsafe { driver.copy_to_host(&mut back, device) }.map_err(|e| e.to_string())?;
+    if back != slab {
+        return Err("the device pointer of registered memory reads other bytes".into());
+    }
+    Ok(())
+}
+
+fn too_many_slots_say_how_many_fit(driver: &CudaDriver) -> Result<(), String> {
+    // 3 GiB per slot.
+    let stack = StackLayout::new(Format::F32, 1, 1 << 14, 1 << 14).map_err(|e| e.to_string())?;
+    let layout = ExpertLayout::gate_up_down(stack, stack, stack).map_err(|e| e.to_string())?;
+    let free = driver.free_memory().map_err(|e| e.to_string())?;
+    let stride = 3usize << 30;
+    let slots = free / stride + 10;
+    match VramArena::for_layout(driver.clone(), 7, &layout, slots) {
+        Err(CudaError::VramTooSmall { layer: 7, fit, .. }) if fit + 10 == slots || fit + 11 == slots => Ok(()),
+        Err(e) => Err(format!("unexpected error: {e}")),
+        Ok(_) => Err(format!("{slots} slots of 3 GiB fit {free} free bytes")),
+    }
+}
+
+fn main() -> ExitCode {
+    let driver = match CudaDriver::new(0) {
+        Ok(driver) => driver,
+        Err(e) => {
+            println!("GPU tests not run: {e}");
+            return ExitCode::SUCCESS;
+        }
+    };
+    let tests: [(&str, Test); 5] = [
+        ("copies_are_byte_exact_over_many_plans", copies_are_byte_exact_over_many_plans),
+        (
+            "an_enqueue_failure_frees_the_slot_and_a_retry_converges",
+            an_enqueue_failure_frees_the_slot_and_a_retry_converges,
+        ),
+        (
+            "a_late_failure_frees_the_suspects_and_migrating_again_converges",
+            a_late_failure_frees_the_suspects_and_migrating_again_converges,
+        ),
+        ("registered_memory_is_readable_by_the_device", registered_memory_is_readable_by_the_device),
+        ("too_many_slots_say_how_many_fit", too_many_slots_say_how_many_fit),
+    ];
+    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let (mut passed, mut failed, mut filtered) = (0, 0, 0);
+    println!("running GPU tests on {}", driver.context().name().unwrap_or_default());
+    for (name, test) in tests {
+        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
+            filtered += 1;
+            continue;
+        }
+        let outcome = catch_unwind(AssertUnwindSafe(|| test(&driver)));
+        match outcome {
+            Ok(Ok(())) => {
+                passed += 1;
+                println!("test {name} ... ok");
+            }
+            Ok(Err(e)) => {
+                failed += 1;
+                println!("test {name} ... FAILED: {e}");
+            }
+            Err(_) => {
+                failed += 1;
+                println!("test {name} ... FAILED (panicked)");
+            }
+        }
+    }
+    let verdict = if failed == 0 { "ok" } else { "FAILED" };
+    println!(
+        "test result: {verdict}. {passed} passed; {failed} failed; 0 ignored; 0 measured; {filtered} filtered out"
+    );
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
