@@ -12,7 +12,9 @@
 
 use std::time::Instant;
 
-use expertslab::{migrate, ExpertLayout, ExpertPool, Format, InitialPlacement, MigrationPlan, PoolConfig, SlotArena, StackLayout};
+use expertslab::{
+    migrate, ExpertLayout, ExpertPool, Format, InitialPlacement, MigrationPlan, PoolConfig, SlotArena, StackLayout,
+};
 use expertslab_cuda::{CudaDriver, CudaSlotSink, Driver, RingConfig, DEVICE_ALIGN};
 use expertslab_std::{ExpertSource, ExpertStore, LayerWeights, SharedBytes};
 
@@ -55,7 +57,10 @@ fn main() {
         }
     };
     let reps: usize = std::env::var("G1_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(7).max(5);
-    println!("G1 migration throughput on {} ({reps} repetitions, medians)", driver.context().name().unwrap_or_default());
+    println!(
+        "G1 migration throughput on {} ({reps} repetitions, medians)",
+        driver.context().name().unwrap_or_default()
+    );
     println!("| expert | experts per plan | bytes per plan | raw cuMemcpyHtoDAsync | CudaSlotSink (registered) | ratio | CudaSlotSink (staging ring) | ratio |");
     println!("|---|---|---|---|---|---|---|---|");
     for (mib, experts) in [(1usize, 64usize), (9, 32), (64, 8)] {

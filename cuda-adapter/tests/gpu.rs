@@ -97,6 +97,64 @@ fn too_many_slots_say_how_many_fit(driver: &CudaDriver) -> Result<(), String> {
     }
 }
 
+/// Kernels stand-in: device-to-device copies out of slot 0 on the compute stream, enqueued
+/// before the promotion that overwrites the slot. With the read fence the copy stream waits for
+/// them, so the last one still sees the old expert whole (without it, the 64 MiB upload would
+/// overlap them).
+fn a_slot_is_overwritten_only_after_its_readers(driver: &CudaDriver) -> Result<(), String> {
+    use expertslab::{migrate, ExpertSource, MigrationPlan, PoolConfig, SlotArena, Step};
+    let (store, layout) = common::store(1, 2, 1024, 11 * 1024); // 22 MiB per projection
+    let arena = SlotArena::new(&layout, 1, expertslab_cuda::DEVICE_ALIGN).map_err(|e| e.to_string())?;
+    let mut sink = expertslab_cuda::CudaSlotSink::new(driver.clone(), [(0, arena)], RingConfig::default())
+        .map_err(|e| e.to_string())?;
+    sink.host_mut().register_store(&store).map_err(|e| e.to_string())?;
+    let compute = driver.new_stream().map_err(|e| e.to_string())?;
+    let mut pool = expertslab::ExpertPool::new(PoolConfig::new(2, 1).policy(Policy::Lru)).map_err(|e| e.to_string())?;
+    let mut plan = MigrationPlan::new(1);
+    let mut promote = |expert: u32, index, sink: &mut expertslab_cuda::CudaSlotSink<CudaDriver>| {
+        pool.plan_step(Step::decode(index), &[expert], &mut plan).map_err(|e| e.to_string())?;
+        migrate(&mut pool, &plan, &layout, &store, sink).map_err(|e| e.to_string())?;
+        pool.serve(&[expert]);
+        Ok::<_, String>(())
+    };
+    promote(0, 0, &mut sink)?;
+    sink.synchronize().map_err(|e| e.to_string())?;
+    let slab = stack_bytes(&store, 0);
+    let src = sink.vram(0).ok_or("no arena")?.slot_ptr(0, 0).map_err(|e| e.to_string())?;
+    let scratch = driver.alloc(slab).map_err(|e| e.to_string())?;
+    sink.order_before(&compute).map_err(|e| e.to_string())?;
+    for _ in 0..40 {
+        // SAFETY: both ranges are `slab` bytes of live device allocations (slot 0's gate
+        // projection and the scratch buffer).
+        unsafe { cudarc::driver::result::memcpy_dtod_async(scratch, src, slab, compute.cu_stream()) }
+            .map_err(|e| e.to_string())?;
+    }
+    sink.after_reads(&compute).map_err(|e| e.to_string())?;
+    promote(1, 1, &mut sink)?; // expert 1 replaces expert 0 in slot 0
+    driver.sync_stream(&compute).map_err(|e| e.to_string())?;
+    sink.synchronize().map_err(|e| e.to_string())?;
+    let mut seen = vec![0u8; slab];
+    // SAFETY: `scratch` holds `slab` bytes.
+    unsafe { driver.copy_to_host(&mut seen, scratch) }.map_err(|e| e.to_string())?;
+    // SAFETY: allocated above, no work pending (both streams synchronized).
+    unsafe { driver.free(scratch) }.map_err(|e| e.to_string())?;
+    let old = store.expert(0, expertslab::Projection::Gate, 0).map_err(|e| e.to_string())?;
+    if seen != old {
+        return Err("a reader saw the slot being overwritten".into());
+    }
+    let mut now = vec![0u8; slab];
+    sink.read_slot(0, 0, 0, &mut now).map_err(|e| e.to_string())?;
+    let new = store.expert(0, expertslab::Projection::Gate, 1).map_err(|e| e.to_string())?;
+    if now != new {
+        return Err("the promotion did not land".into());
+    }
+    Ok(())
+}
+
+fn stack_bytes(store: &expertslab_std::ExpertStore, layer: usize) -> usize {
+    store.layer(layer).map_or(0, |w| w.layout().projections()[0].1.expert_bytes())
+}
+
 fn main() -> ExitCode {
     let driver = match CudaDriver::new(0) {
         Ok(driver) => driver,
@@ -105,7 +163,8 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    let tests: [(&str, Test); 5] = [
+    let tests: [(&str, Test); 6] = [
+        ("a_slot_is_overwritten_only_after_its_readers", a_slot_is_overwritten_only_after_its_readers),
         ("copies_are_byte_exact_over_many_plans", copies_are_byte_exact_over_many_plans),
         (
             "an_enqueue_failure_frees_the_slot_and_a_retry_converges",
