@@ -141,10 +141,7 @@ impl<D: Driver> HostMemory<D> {
     /// copies read them directly and kernels can read them over the bus. Registration the driver
     /// refuses is reported, not an error: those bytes go through the staging ring. Buffers
     /// already inside a registered region are only kept alive.
-    ///
-    /// # Errors
-    /// None today; the `Result` leaves room for driver errors that must stop the caller.
-    pub fn register(&mut self, buffers: impl IntoIterator<Item = SharedBytes>) -> Result<RegisterReport, CudaError> {
+    pub fn register(&mut self, buffers: impl IntoIterator<Item = SharedBytes>) -> RegisterReport {
         let mut owners: Vec<(usize, usize, SharedBytes)> = buffers
             .into_iter()
             .filter(|b| !b.is_empty())
@@ -167,15 +164,12 @@ impl<D: Driver> HostMemory<D> {
         if !group.is_empty() {
             self.register_group(group, &mut report);
         }
-        Ok(report)
+        report
     }
 
     /// Registers every expert stack of `store` (see [`HostMemory::register`]): for a store
     /// opened from a GGUF file, the mapped file's expert ranges.
-    ///
-    /// # Errors
-    /// As [`HostMemory::register`].
-    pub fn register_store(&mut self, store: &ExpertStore) -> Result<RegisterReport, CudaError> {
+    pub fn register_store(&mut self, store: &ExpertStore) -> RegisterReport {
         let mut stacks = Vec::new();
         for layer in store.moe_layers() {
             if let Some(weights) = store.layer(layer) {
@@ -321,7 +315,7 @@ mod tests {
         let (driver, mut host, dst, stream) = setup(2, 64);
         let data = SharedBytes::copy_from(&(0..=255).collect::<Vec<u8>>());
         // Two slices of one buffer share pages: one region.
-        let report = host.register([data.slice(0..100).unwrap(), data.slice(100..256).unwrap()]).unwrap();
+        let report = host.register([data.slice(0..100).unwrap(), data.slice(100..256).unwrap()]);
         assert_eq!((report.registered, report.bytes, report.refused), (1, 256, 0));
         let slab = &data.as_bytes()[110..200];
         assert_eq!(host.device_ptr_of(slab), Some(data.as_bytes().as_ptr().addr() as u64 + 110));
@@ -331,7 +325,7 @@ mod tests {
         assert_eq!(unsafe { host.copy(dst, slab, &stream) }.unwrap(), CopyPath::Registered);
         assert_eq!(driver.read(dst, 90).unwrap(), slab);
         // Registering a buffer inside the region again only keeps it alive.
-        assert_eq!(host.register([data.slice(5..6).unwrap()]).unwrap().registered, 0);
+        assert_eq!(host.register([data.slice(5..6).unwrap()]).registered, 0);
         let other = vec![7u8; 10];
         assert_eq!(host.device_ptr_of(&other), None);
         drop(host);
@@ -343,7 +337,7 @@ mod tests {
         let (driver, mut host, dst, stream) = setup(2, 64);
         driver.refuse_registration(true);
         let data = SharedBytes::copy_from(&[9u8; 300]);
-        let report = host.register([data.clone()]).unwrap();
+        let report = host.register([data.clone()]);
         assert_eq!((report.registered, report.refused), (0, 1));
         assert!(report.first_refusal.is_some());
         driver.clear_ops();

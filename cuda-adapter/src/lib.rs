@@ -19,7 +19,7 @@
 //!
 //! ## One decode step
 //!
-//! plan (core) → [`expertslab::migrate`] into the sink (copies enqueued, the pool commits) →
+//! plan (core) → [`expertslab::migrate()`] into the sink (copies enqueued, the pool commits) →
 //! [`DeviceSlotTable::update`] → [`CudaSlotSink::order_before`] on the compute stream → kernels
 //! → [`CudaSlotSink::after_reads`] on the compute stream. The host never waits for copies in the
 //! steady state; [`CudaSlotSink::synchronize`] confirms them when the caller wants (and reports

@@ -68,7 +68,7 @@ fn registered_memory_is_readable_by_the_device(driver: &CudaDriver) -> Result<()
     let shared = SharedBytes::copy_from(&bytes);
     let mut host =
         HostMemory::new(driver.clone(), RingConfig { entries: 0, entry_bytes: 0 }).map_err(|e| e.to_string())?;
-    let report = host.register([shared.clone()]).map_err(|e| e.to_string())?;
+    let report = host.register([shared.clone()]);
     if report.registered != 1 {
         return Err(format!("registration refused: {report:?}"));
     }
@@ -107,7 +107,7 @@ fn a_slot_is_overwritten_only_after_its_readers(driver: &CudaDriver) -> Result<(
     let arena = SlotArena::new(&layout, 1, expertslab_cuda::DEVICE_ALIGN).map_err(|e| e.to_string())?;
     let mut sink = expertslab_cuda::CudaSlotSink::new(driver.clone(), [(0, arena)], RingConfig::default())
         .map_err(|e| e.to_string())?;
-    sink.host_mut().register_store(&store).map_err(|e| e.to_string())?;
+    sink.host_mut().register_store(&store);
     let compute = driver.new_stream().map_err(|e| e.to_string())?;
     let mut pool = expertslab::ExpertPool::new(PoolConfig::new(2, 1).policy(Policy::Lru)).map_err(|e| e.to_string())?;
     let mut plan = MigrationPlan::new(1);
