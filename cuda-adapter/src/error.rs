@@ -71,6 +71,14 @@ impl CudaError {
     }
 }
 
+/// For `?` on cudarc calls made outside the [`crate::driver`] layer (kernel launches); the call
+/// is not named.
+impl From<DriverError> for CudaError {
+    fn from(e: DriverError) -> Self {
+        Self::driver("CUDA driver call", e)
+    }
+}
+
 impl From<LayoutError> for CudaError {
     fn from(e: LayoutError) -> Self {
         Self::Layout(e)
