@@ -17,12 +17,6 @@ use crate::error::CudaError;
 
 /// Page-locked host memory a [`Driver`] allocated (a staging buffer, a table mirror).
 pub trait PinnedMemory {
-    /// The bytes, for reading.
-    ///
-    /// # Errors
-    /// When the driver cannot give access to them.
-    fn bytes(&self) -> Result<&[u8], CudaError>;
-
     /// The bytes, for writing. The caller makes sure no copy reads them meanwhile.
     ///
     /// # Errors
@@ -280,10 +274,6 @@ impl CudaDriver {
 pub struct CudaPinned(PinnedHostSlice<u8>);
 
 impl PinnedMemory for CudaPinned {
-    fn bytes(&self) -> Result<&[u8], CudaError> {
-        self.0.as_slice().map_err(|e| CudaError::driver("cuEventSynchronize", e))
-    }
-
     fn bytes_mut(&mut self) -> Result<&mut [u8], CudaError> {
         self.0.as_mut_slice().map_err(|e| CudaError::driver("cuEventSynchronize", e))
     }
@@ -413,10 +403,6 @@ pub struct MockEvent(pub u32);
 pub struct MockPinned(Vec<u8>);
 
 impl PinnedMemory for MockPinned {
-    fn bytes(&self) -> Result<&[u8], CudaError> {
-        Ok(&self.0)
-    }
-
     fn bytes_mut(&mut self) -> Result<&mut [u8], CudaError> {
         Ok(&mut self.0)
     }

@@ -11,6 +11,8 @@
 //!    them (until the `HostMemory` is dropped, which synchronizes the device first). This is the
 //!    path for a memory-mapped model file or an `expertslab-std` store, and kernels may read
 //!    registered bytes over the bus through [`HostMemory::device_ptr_of`] (zero-copy).
+//!    Registering locks the pages in RAM: a registered file range is read in whole and stays
+//!    resident, so register what the slots are fed from, not more than RAM holds.
 //! 2. **Staged**: bytes that are not registered (registration was refused, as some systems do
 //!    for file mappings or beyond the locked-memory limit, or they were never offered) are
 //!    copied by the host into the next entry of a ring of pinned buffers, and the device copies

@@ -320,15 +320,43 @@ impl<D: Driver> CudaSlotSink<D> {
     /// earlier write): every slot written since then is named; call [`LateFailure::repair`].
     pub fn synchronize(&mut self) -> Result<(), LateFailure> {
         let synced = self.driver.sync_stream(&self.copy);
-        let error = match (self.late.take(), synced) {
-            (Some(error), _) | (None, Err(error)) => error,
+        match (self.late.take(), synced) {
             (None, Ok(())) => {
-                for slots in self.layers.values_mut() {
-                    slots.suspect.fill(false);
-                }
-                return Ok(());
+                self.confirm();
+                Ok(())
             }
-        };
+            (Some(error), _) | (None, Err(error)) => Err(self.late_failure(error)),
+        }
+    }
+
+    /// Confirms the copies enqueued so far if they already completed, without waiting
+    /// (`cuEventQuery` on an event recorded now): `Ok(true)` when they did (as
+    /// [`CudaSlotSink::synchronize`] would), `Ok(false)` when some still run (nothing changes).
+    ///
+    /// # Errors
+    /// [`LateFailure`] as for [`CudaSlotSink::synchronize`].
+    pub fn poll(&mut self) -> Result<bool, LateFailure> {
+        let done = self.driver.record(&self.tail, &self.copy).and_then(|()| self.driver.query(&self.tail));
+        match (self.late.take(), done) {
+            (None, Ok(false)) => Ok(false),
+            (None, Ok(true)) => {
+                self.confirm();
+                Ok(true)
+            }
+            (Some(error), _) | (None, Err(error)) => Err(self.late_failure(error)),
+        }
+    }
+
+    /// Forgets the suspects: every copy so far completed.
+    fn confirm(&mut self) {
+        for slots in self.layers.values_mut() {
+            slots.suspect.fill(false);
+        }
+    }
+
+    /// The failure `error`, naming (and forgetting) every slot written since the last confirmed
+    /// sync.
+    fn late_failure(&mut self, error: CudaError) -> LateFailure {
         let mut suspects = Vec::new();
         for (&layer, slots) in &mut self.layers {
             for (slot, suspect) in slots.suspect.iter_mut().enumerate() {
@@ -337,7 +365,7 @@ impl<D: Driver> CudaSlotSink<D> {
                 }
             }
         }
-        Err(LateFailure { error, suspects })
+        LateFailure { error, suspects }
     }
 
     /// Copies projection number `projection` of `slot` of `layer` back into `out` (after

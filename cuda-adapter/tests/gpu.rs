@@ -63,6 +63,22 @@ fn a_late_failure_frees_the_suspects_and_migrating_again_converges(driver: &Cuda
     Ok(())
 }
 
+fn polling_confirms_copies_once_they_completed(driver: &CudaDriver) -> Result<(), String> {
+    let mut lane = common::lane(driver.clone(), SHAPE, true, RingConfig::default(), Policy::Tide);
+    for step in 0..10 {
+        lane.step(step)?;
+        let start = std::time::Instant::now();
+        while !lane.sink.poll().map_err(|e| e.to_string())? {
+            if start.elapsed().as_secs() > 10 {
+                return Err("copies still running after 10 s".into());
+            }
+            std::thread::yield_now();
+        }
+        lane.check()?;
+    }
+    Ok(())
+}
+
 fn registered_memory_is_readable_by_the_device(driver: &CudaDriver) -> Result<(), String> {
     let bytes: Vec<u8> = (0..3 << 20).map(|i: usize| (i % 251) as u8).collect();
     let shared = SharedBytes::copy_from(&bytes);
@@ -163,7 +179,8 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    let tests: [(&str, Test); 6] = [
+    let tests: [(&str, Test); 7] = [
+        ("polling_confirms_copies_once_they_completed", polling_confirms_copies_once_they_completed),
         ("a_slot_is_overwritten_only_after_its_readers", a_slot_is_overwritten_only_after_its_readers),
         ("copies_are_byte_exact_over_many_plans", copies_are_byte_exact_over_many_plans),
         (

@@ -175,3 +175,25 @@ fn writes_are_checked_against_the_arena() {
     assert!(matches!(lane.sink.write(dest(0, 0, 0), &[0; 255]), Err(CudaError::Layout(_))));
     assert!(matches!(lane.sink.finish(0, 9), Err(CudaError::Layout(_))));
 }
+
+#[test]
+fn polling_confirms_without_waiting_and_reports_late_failures() {
+    let (driver, mut lane) = lane(true, RingConfig::default(), Policy::Tide);
+    lane.step(0).unwrap();
+    assert_eq!(lane.sink.poll(), Ok(true));
+    lane.check().unwrap();
+    // The mock never blocks: polling logs no host wait.
+    lane.step(1).unwrap();
+    driver.inner().clear_ops();
+    driver.fail_next_sync(); // reported by the next query of completed work
+    let failure = lane.sink.poll().unwrap_err();
+    assert!(!failure.suspects.is_empty());
+    assert!(driver.inner().ops().iter().all(|op| !matches!(op, MockOp::SyncStream { .. } | MockOp::SyncEvent { .. })));
+    failure.repair(&mut lane.pools);
+    for (pool, table) in lane.pools.iter().zip(&mut lane.tables) {
+        table.invalidate();
+        table.update(pool, &mut lane.sink).unwrap();
+    }
+    assert_eq!(lane.sink.poll(), Ok(true));
+    lane.check().unwrap();
+}
