@@ -101,22 +101,93 @@ struct Entry<D: Driver> {
     in_flight: bool,
 }
 
+/// A ring of pinned buffers, each reused only after the event recorded after its last copy
+/// completed: the staging ring here, and the device slot table's host mirrors.
+pub(crate) struct StagingRing<D: Driver> {
+    entries: Vec<Entry<D>>,
+    entry_bytes: usize,
+    next: usize,
+}
+
+impl<D: Driver> StagingRing<D> {
+    /// `config.entries` pinned buffers of `config.entry_bytes` each (none when either is 0).
+    pub(crate) fn new(driver: &D, config: RingConfig) -> Result<Self, CudaError> {
+        let count = if config.entry_bytes == 0 { 0 } else { config.entries };
+        let mut entries = Vec::with_capacity(count);
+        for _ in 0..count {
+            entries.push(Entry {
+                buffer: driver.alloc_pinned(config.entry_bytes)?,
+                event: driver.new_event()?,
+                in_flight: false,
+            });
+        }
+        Ok(Self { entries, entry_bytes: config.entry_bytes, next: 0 })
+    }
+
+    /// Whether the ring has no buffer.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Copies `bytes` into the next buffers (one per `entry_bytes` chunk) and enqueues their
+    /// copies to `dst..` on `stream`, each followed by its buffer's event. The host waits only
+    /// when the ring wrapped onto a copy still in flight.
+    ///
+    /// # Safety
+    /// `dst..dst + bytes.len()` lies inside one device allocation of this driver that outlives
+    /// the copies; the ring outlives them too (its owner synchronizes the device before dropping
+    /// it).
+    pub(crate) unsafe fn stage(
+        &mut self,
+        driver: &D,
+        dst: u64,
+        bytes: &[u8],
+        stream: &D::Stream,
+    ) -> Result<(), CopyFailure> {
+        let count = self.entries.len();
+        let overflow = || CopyFailure::Enqueue(CudaError::Layout(expertslab::LayoutError::Overflow));
+        let mut offset = 0usize;
+        for chunk in bytes.chunks(self.entry_bytes.max(1)) {
+            let entry = self.entries.get_mut(self.next).ok_or_else(overflow)?;
+            if entry.in_flight {
+                entry.in_flight = false;
+                driver.sync_event(&entry.event).map_err(CopyFailure::Earlier)?;
+            }
+            let staged =
+                entry.buffer.bytes_mut().map_err(CopyFailure::Enqueue)?.get_mut(..chunk.len()).ok_or_else(overflow)?;
+            staged.copy_from_slice(chunk);
+            let at = dst.saturating_add(offset as u64);
+            // SAFETY: the entry's pinned buffer outlives the copy (the caller's contract) and is
+            // not written again before the event recorded below completed; the chunk lies inside
+            // `dst..dst + bytes.len()`, which the caller vouches for.
+            unsafe { driver.copy_to_device(at, staged, stream) }.map_err(CopyFailure::Enqueue)?;
+            if let Err(e) = driver.record(&entry.event, stream) {
+                // Without its event the entry cannot tell when the copy is done: wait for it.
+                driver.sync_stream(stream).map_err(CopyFailure::Earlier)?;
+                return Err(CopyFailure::Enqueue(e));
+            }
+            entry.in_flight = true;
+            self.next = self.next.saturating_add(1).checked_rem(count).unwrap_or(0);
+            offset = offset.saturating_add(chunk.len());
+        }
+        Ok(())
+    }
+}
+
 /// Page-locked host memory for slot copies: registered buffers and the staging ring. See the
 /// [module docs](self).
 pub struct HostMemory<D: Driver> {
     driver: D,
     regions: Vec<Region>,
-    ring: Vec<Entry<D>>,
-    entry_bytes: usize,
-    next: usize,
+    ring: StagingRing<D>,
 }
 
 impl<D: Driver> std::fmt::Debug for HostMemory<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HostMemory")
             .field("regions", &self.regions)
-            .field("ring_entries", &self.ring.len())
-            .field("entry_bytes", &self.entry_bytes)
+            .field("ring_entries", &self.ring.entries.len())
+            .field("entry_bytes", &self.ring.entry_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -127,16 +198,8 @@ impl<D: Driver> HostMemory<D> {
     /// # Errors
     /// The driver's error allocating the ring.
     pub fn new(driver: D, ring: RingConfig) -> Result<Self, CudaError> {
-        let entries = if ring.entry_bytes == 0 { 0 } else { ring.entries };
-        let mut built = Vec::with_capacity(entries);
-        for _ in 0..entries {
-            built.push(Entry {
-                buffer: driver.alloc_pinned(ring.entry_bytes)?,
-                event: driver.new_event()?,
-                in_flight: false,
-            });
-        }
-        Ok(Self { driver, regions: Vec::new(), ring: built, entry_bytes: ring.entry_bytes, next: 0 })
+        let ring = StagingRing::new(&driver, ring)?;
+        Ok(Self { driver, regions: Vec::new(), ring })
     }
 
     /// Registers `buffers` read-only with the driver (merging buffers that share a page), so
@@ -253,33 +316,9 @@ impl<D: Driver> HostMemory<D> {
             self.driver.sync_stream(stream).map_err(CopyFailure::Earlier)?;
             return Ok(CopyPath::Synchronous);
         }
-        let mut offset = 0usize;
-        for chunk in bytes.chunks(self.entry_bytes) {
-            let slots = self.ring.len();
-            let overflow = || CopyFailure::Enqueue(CudaError::Layout(expertslab::LayoutError::Overflow));
-            let entry = self.ring.get_mut(self.next).ok_or_else(overflow)?;
-            if entry.in_flight {
-                // The host waits only when the ring wrapped onto a copy still in flight.
-                entry.in_flight = false;
-                self.driver.sync_event(&entry.event).map_err(CopyFailure::Earlier)?;
-            }
-            let staged =
-                entry.buffer.bytes_mut().map_err(CopyFailure::Enqueue)?.get_mut(..chunk.len()).ok_or_else(overflow)?;
-            staged.copy_from_slice(chunk);
-            let at = dst.saturating_add(offset as u64);
-            // SAFETY: the entry's pinned buffer lives as long as this `HostMemory` (dropped only
-            // after a device sync) and is not written again before the event recorded below
-            // completed; the caller vouches for `dst` (the chunk lies inside `dst..`).
-            unsafe { self.driver.copy_to_device(at, staged, stream) }.map_err(CopyFailure::Enqueue)?;
-            if let Err(e) = self.driver.record(&entry.event, stream) {
-                // Without its event the entry cannot tell when the copy is done: wait for it.
-                self.driver.sync_stream(stream).map_err(CopyFailure::Earlier)?;
-                return Err(CopyFailure::Enqueue(e));
-            }
-            entry.in_flight = true;
-            self.next = self.next.saturating_add(1) % slots;
-            offset = offset.saturating_add(chunk.len());
-        }
+        // SAFETY: the caller vouches for `dst`; the ring lives as long as this `HostMemory`,
+        // which synchronizes the device before it goes.
+        unsafe { self.ring.stage(&self.driver, dst, bytes, stream)? };
         Ok(CopyPath::Staged)
     }
 }

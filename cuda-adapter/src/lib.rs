@@ -63,7 +63,7 @@
 //! pool.serve(&[5, 6, 5]);
 //!
 //! sink.synchronize()?; // confirms every copy so far
-//! assert_eq!(table.read_back(&sink)?, table.entries());
+//! assert_eq!(table.read_back(&mut sink)?, table.entries());
 //! let slot = pool.slot_of(5).ok_or("expert 5 is resident")?;
 //! let mut gate = vec![0u8; 512];
 //! sink.read_slot(0, slot, 0, &mut gate)?;

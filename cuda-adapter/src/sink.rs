@@ -347,6 +347,14 @@ impl<D: Driver> CudaSlotSink<D> {
         }
     }
 
+    /// Keeps `error`, a failure of earlier copies seen while waiting for something else, for
+    /// the next [`CudaSlotSink::synchronize`] or [`CudaSlotSink::poll`]; writes are refused
+    /// until then. Returns [`CudaError::Unconfirmed`] for the caller to report.
+    pub(crate) fn note_late_failure(&mut self, error: CudaError) -> CudaError {
+        self.late.get_or_insert(error);
+        CudaError::Unconfirmed
+    }
+
     /// Forgets the suspects: every copy so far completed.
     fn confirm(&mut self) {
         for slots in self.layers.values_mut() {
@@ -383,8 +391,7 @@ impl<D: Driver> CudaSlotSink<D> {
         }
         let src = slots.vram.slot_ptr(slot, projection)?;
         if let Err(e) = self.driver.sync_stream(&self.copy) {
-            self.late.get_or_insert(e);
-            return Err(CudaError::Unconfirmed);
+            return Err(self.note_late_failure(e));
         }
         // SAFETY: `src..src + out.len()` is projection `projection` of a slot of this layer's
         // arena, which is live; the copy stream is idle, so the bytes are final.
@@ -422,10 +429,7 @@ impl<D: Driver> SlotSink for CudaSlotSink<D> {
         let path = match unsafe { self.host.copy(dst, bytes, &self.copy) } {
             Ok(path) => path,
             Err(CopyFailure::Enqueue(e)) => return Err(e),
-            Err(CopyFailure::Earlier(e)) => {
-                self.late = Some(e);
-                return Err(CudaError::Unconfirmed);
-            }
+            Err(CopyFailure::Earlier(e)) => return Err(self.note_late_failure(e)),
         };
         let count = match path {
             CopyPath::Registered => &mut self.stats.registered_copies,

@@ -2,8 +2,9 @@
 
 use expertslab::ExpertPool;
 
-use crate::driver::{Driver, PinnedMemory};
+use crate::driver::Driver;
 use crate::error::CudaError;
+use crate::host::{CopyFailure, RingConfig, StagingRing};
 use crate::sink::CudaSlotSink;
 
 /// Host mirrors in flight at once; the host waits only when all are still being copied.
@@ -15,19 +16,14 @@ pub const NOT_RESIDENT: i32 = -1;
 /// Marks an entry whose device value is unknown, so the next update uploads it.
 const UNKNOWN: i32 = i32::MIN;
 
-struct Mirror<D: Driver> {
-    bytes: D::Pinned,
-    event: D::Event,
-    in_flight: bool,
-}
-
 /// `i32[experts]` in device memory: entry `e` is the slot expert `e` is resident in, or
 /// [`NOT_RESIDENT`]. Updated on the sink's copy stream from the pool after each plan's copies
 /// were enqueued ([`DeviceSlotTable::update`]), so kernels ordered after the copy stream
 /// ([`CudaSlotSink::order_before`]) see the table and the slots agree.
 ///
 /// An update uploads the span from the first to the last changed entry (a few bytes per decode
-/// step) from a pinned host mirror; mirrors are reused only once their copy completed.
+/// step) from a pinned host mirror (a small staging ring); mirrors are reused only once their
+/// copy completed.
 pub struct DeviceSlotTable<D: Driver> {
     driver: D,
     layer: usize,
@@ -35,8 +31,9 @@ pub struct DeviceSlotTable<D: Driver> {
     /// What the device holds (or will, once the copy stream gets there).
     current: Vec<i32>,
     next: Vec<i32>,
-    mirrors: Vec<Mirror<D>>,
-    next_mirror: usize,
+    /// The changed span, little-endian, as it is staged.
+    span: Vec<u8>,
+    mirrors: StagingRing<D>,
 }
 
 impl<D: Driver> std::fmt::Debug for DeviceSlotTable<D> {
@@ -59,18 +56,15 @@ impl<D: Driver + Clone> DeviceSlotTable<D> {
         let driver = sink.driver().clone();
         let bytes = experts.saturating_mul(4).max(4);
         let ptr = driver.alloc(bytes)?;
-        let mut mirrors = Vec::with_capacity(MIRRORS);
-        for _ in 0..MIRRORS {
-            mirrors.push(Mirror { bytes: driver.alloc_pinned(bytes)?, event: driver.new_event()?, in_flight: false });
-        }
+        let mirrors = StagingRing::new(&driver, RingConfig { entries: MIRRORS, entry_bytes: bytes })?;
         let mut table = Self {
             driver,
             layer,
             ptr,
             current: vec![UNKNOWN; experts],
             next: vec![NOT_RESIDENT; experts],
+            span: Vec::with_capacity(bytes),
             mirrors,
-            next_mirror: 0,
         };
         table.upload(sink)?;
         Ok(table)
@@ -133,45 +127,34 @@ impl<D: Driver> DeviceSlotTable<D> {
         let Some(first) = self.next.iter().zip(&self.current).position(changed) else { return Ok(0) };
         let last = self.next.iter().zip(&self.current).rposition(changed).unwrap_or(first);
         let span = self.next.get(first..=last).ok_or(CudaError::Layout(expertslab::LayoutError::Overflow))?;
-        let count = self.mirrors.len();
-        let mirror =
-            self.mirrors.get_mut(self.next_mirror).ok_or(CudaError::Layout(expertslab::LayoutError::Overflow))?;
-        if mirror.in_flight {
-            mirror.in_flight = false;
-            self.driver.sync_event(&mirror.event)?;
-        }
-        let len = span.len().saturating_mul(4);
-        let staged =
-            mirror.bytes.bytes_mut()?.get_mut(..len).ok_or(CudaError::Layout(expertslab::LayoutError::Overflow))?;
-        for (out, value) in staged.chunks_exact_mut(4).zip(span) {
-            out.copy_from_slice(&value.to_le_bytes());
-        }
+        self.span.clear();
+        self.span.extend(span.iter().flat_map(|value| value.to_le_bytes()));
         // Kernels that read the table may still run: the copy stream waits for them.
         sink.wait_for_reads()?;
         let dst = self.ptr.saturating_add((first as u64).saturating_mul(4));
-        // SAFETY: `dst..dst + len` lies inside the table's allocation (entries first..=last);
-        // the mirror is pinned, lives as long as the table (dropped after a device sync) and is
-        // not written again before the event recorded below completed.
-        unsafe { self.driver.copy_to_device(dst, staged, sink.copy_stream())? };
-        if let Err(e) = self.driver.record(&mirror.event, sink.copy_stream()) {
-            self.driver.sync_stream(sink.copy_stream())?;
-            return Err(e);
+        // SAFETY: `dst..dst + span` lies inside the table's allocation (entries first..=last);
+        // the mirrors live as long as the table, which synchronizes the device before it goes.
+        match unsafe { self.mirrors.stage(&self.driver, dst, &self.span, sink.copy_stream()) } {
+            Ok(()) => {}
+            Err(CopyFailure::Enqueue(e)) => return Err(e),
+            Err(CopyFailure::Earlier(e)) => return Err(sink.note_late_failure(e)),
         }
-        mirror.in_flight = true;
-        self.next_mirror = self.next_mirror.saturating_add(1) % count;
         if let (Some(current), Some(next)) = (self.current.get_mut(first..=last), self.next.get(first..=last)) {
             current.copy_from_slice(next);
         }
-        Ok(len)
+        Ok(self.span.len())
     }
 
     /// Copies the table back from the device (after waiting for `sink`'s copy stream), for
     /// checks.
     ///
     /// # Errors
-    /// The driver's error (a failure of earlier copies among them).
-    pub fn read_back(&self, sink: &CudaSlotSink<D>) -> Result<Vec<i32>, CudaError> {
-        self.driver.sync_stream(sink.copy_stream())?;
+    /// [`CudaError::Unconfirmed`] when an earlier copy failed (call
+    /// [`CudaSlotSink::synchronize`]), or the driver's error.
+    pub fn read_back(&self, sink: &mut CudaSlotSink<D>) -> Result<Vec<i32>, CudaError> {
+        if let Err(e) = self.driver.sync_stream(sink.copy_stream()) {
+            return Err(sink.note_late_failure(e));
+        }
         let mut bytes = vec![0u8; self.current.len().saturating_mul(4)];
         // SAFETY: the table's allocation holds `experts × 4` bytes (at least 4) and is live.
         unsafe { self.driver.copy_to_host(&mut bytes, self.ptr)? };

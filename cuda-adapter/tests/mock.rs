@@ -197,3 +197,25 @@ fn polling_confirms_without_waiting_and_reports_late_failures() {
     assert_eq!(lane.sink.poll(), Ok(true));
     lane.check().unwrap();
 }
+
+#[test]
+fn a_failure_seen_by_the_table_is_kept_for_the_next_sync() {
+    let (driver, mut lane) = lane(true, RingConfig::default(), Policy::Tide);
+    lane.step(0).unwrap();
+    lane.sink.synchronize().unwrap();
+    driver.fail_next_sync();
+    // Each invalidate-and-update uses the next of the table's four mirrors; the fifth waits for
+    // the first mirror's copy, and that wait reports the failure.
+    let mut seen = None;
+    for _ in 0..5 {
+        lane.tables[0].invalidate();
+        if let Err(e) = lane.tables[0].update(&lane.pools[0], &mut lane.sink) {
+            seen = Some(e);
+            break;
+        }
+    }
+    assert_eq!(seen, Some(CudaError::Unconfirmed));
+    let failure = lane.sink.synchronize().unwrap_err();
+    assert!(matches!(failure.error, CudaError::Driver { call: "cuEventSynchronize", .. }));
+    lane.sink.synchronize().unwrap();
+}

@@ -128,7 +128,7 @@ impl<D: Driver + Clone> Lane<D> {
             for (slot, expert) in pool.residents() {
                 want[expert] = slot as i32;
             }
-            let got = table.read_back(&self.sink).map_err(|e| e.to_string())?;
+            let got = table.read_back(&mut self.sink).map_err(|e| e.to_string())?;
             if got != want || table.entries() != want {
                 return Err(format!("layer {}: device table {got:?}, pool {want:?}", pool.layer()));
             }
