@@ -25,6 +25,18 @@ pub struct SlotWrite {
 /// [`crate::migrate()`] calls [`SlotSink::write`] once per projection of a promotion, then
 /// [`SlotSink::finish`], and commits the promotion only when both succeeded. A sink that copies
 /// asynchronously (DMA) starts transfers in `write` and waits for them in `finish`.
+///
+/// # What "final" means for an asynchronous sink
+///
+/// A sink whose copies complete on another engine (a GPU's copy stream) may return `Ok` from
+/// `finish` once the slot's copies are enqueued and a completion marker (an event) is recorded
+/// after them, without waiting: the bytes are then final for every consumer ordered after that
+/// marker, which is every consumer the sink lets read the slot. The pool commits at that point.
+/// Such a sink reports copies that failed after `finish` at a later sync point, naming every slot
+/// written since its last confirmed sync (errors of asynchronous copies are not tied to one
+/// copy); the caller frees each of those slots with [`crate::ExpertPool::demote_slot`]. Then
+/// every resident expert is known to be in its slot, the failed slots are free, and migrating
+/// again converges.
 pub trait SlotSink {
     /// Why a write failed.
     type Error;
@@ -36,7 +48,8 @@ pub trait SlotSink {
     fn write(&mut self, dest: SlotWrite, bytes: &[u8]) -> Result<(), Self::Error>;
 
     /// Completes every write into `slot` of `layer`; the slot's bytes are final when it returns
-    /// `Ok`. The default has nothing to wait for.
+    /// `Ok` (for an asynchronous sink: final for every consumer ordered after the slot's
+    /// completion marker, see the trait docs). The default has nothing to wait for.
     ///
     /// # Errors
     /// When a pending copy failed.

@@ -148,6 +148,17 @@ impl SlotTable {
         }
     }
 
+    /// Empties `slot` and makes its expert not resident; returns that expert, or `None` when the
+    /// slot is out of range or already empty (nothing changes).
+    pub(crate) fn vacate(&mut self, slot: usize) -> Option<usize> {
+        let entry = self.slot_expert.get_mut(slot)?;
+        let expert = usize::from(*entry);
+        let word = self.expert_slot.get_mut(expert)?;
+        *entry = EMPTY_SLOT;
+        *word = NOT_RESIDENT;
+        Some(expert)
+    }
+
     /// The per-expert words and the slot table, for a policy to work on in its phase.
     #[inline]
     pub(crate) fn parts_mut(&mut self) -> (&mut [u32], &mut [u16]) {

@@ -418,6 +418,43 @@ impl ExpertPool {
         }
         Ok(state)
     }
+
+    /// Frees `slot` and demotes the expert it holds, counted in [`PoolStats::demotions`]; returns
+    /// that expert, or `None` when the slot was free or out of range (nothing changes).
+    ///
+    /// For asynchronous sinks (see [`crate::SlotSink`]): a copy that the sink reports failed at a
+    /// later sync point, after its promotion was committed, is repaired by freeing its slot, so
+    /// every resident expert is again known to be in its slot. The next plan promotes the expert
+    /// again if it is still wanted.
+    ///
+    /// ```
+    /// use expertslab::{ExpertPool, MigrationPlan, PoolConfig, PromotionState};
+    ///
+    /// let mut pool = ExpertPool::new(PoolConfig::new(4, 2))?;
+    /// let mut plan = MigrationPlan::new(2);
+    /// pool.initial_plan(&mut plan); // experts 0 and 1 into slots 0 and 1
+    /// for &p in plan.promotions() {
+    ///     pool.commit(p, 8)?;
+    /// }
+    /// // The sink reports later that the copy into slot 1 failed.
+    /// assert_eq!(pool.demote_slot(1), Some(1));
+    /// assert_eq!((pool.resident(), pool.slot_of(1), pool.expert_in(1)), (1, None, None));
+    /// assert_eq!(pool.stats().demotions, 1);
+    /// assert_eq!(pool.demote_slot(1), None); // already free
+    /// assert_eq!(pool.demote_slot(7), None); // no such slot
+    /// assert_eq!(pool.stats().demotions, 1);
+    /// // Planning again brings expert 1 back into the free slot; expert 0 stays.
+    /// pool.initial_plan(&mut plan);
+    /// assert_eq!(plan.len(), 1);
+    /// assert_eq!(pool.commit(plan.promotions()[0], 8)?, PromotionState::Pending);
+    /// assert_eq!((pool.slot_of(0), pool.slot_of(1), pool.resident()), (Some(0), Some(1), 2));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn demote_slot(&mut self, slot: usize) -> Option<usize> {
+        let expert = self.table.vacate(slot)?;
+        self.record_demotions(1);
+        Some(expert)
+    }
 }
 
 #[cfg(test)]

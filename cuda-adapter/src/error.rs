@@ -1,0 +1,125 @@
+//! [`CudaError`]: every error of this crate.
+
+use std::fmt;
+
+use cudarc::driver::sys::CUresult;
+use cudarc::driver::DriverError;
+use expertslab::LayoutError;
+
+/// Why a CUDA operation of this crate failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CudaError {
+    /// No CUDA driver library (`libcuda.so`) was found on this machine.
+    NoDriver,
+    /// The driver found no CUDA device with this ordinal (or none at all).
+    NoDevice {
+        /// The device ordinal asked for.
+        ordinal: usize,
+    },
+    /// A driver call failed. Asynchronous failures are reported by a later call (a sync) and
+    /// are not tied to the call that enqueued the failed work.
+    Driver {
+        /// The driver call, as the driver API names it.
+        call: &'static str,
+        /// The driver's result code.
+        code: CUresult,
+    },
+    /// A slot, projection or length did not match the slot arena's layout.
+    Layout(LayoutError),
+    /// A slot arena does not fit the free device memory.
+    VramTooSmall {
+        /// The layer of the arena.
+        layer: usize,
+        /// Slots asked for.
+        slots: usize,
+        /// How many slots of this layout would fit the free memory.
+        fit: usize,
+        /// Bytes the arena needs.
+        needed: usize,
+        /// Bytes of device memory free when it was asked.
+        free: usize,
+    },
+    /// A slot arena's alignment is below what device slots need.
+    AlignmentTooSmall {
+        /// The arena's alignment.
+        align: usize,
+        /// The least alignment accepted ([`crate::DEVICE_ALIGN`]).
+        needed: usize,
+    },
+    /// The sink has no arena for this layer.
+    UnknownLayer {
+        /// The layer asked for.
+        layer: usize,
+    },
+    /// A device slot table was asked to mirror a pool of another shape.
+    TableMismatch {
+        /// The table's layer and expert count.
+        table: (usize, usize),
+        /// The pool's layer and expert count.
+        pool: (usize, usize),
+    },
+    /// A copy enqueued earlier failed and the failure has not been handed to the caller yet:
+    /// call [`crate::CudaSlotSink::synchronize`] to learn which slots to free.
+    Unconfirmed,
+}
+
+impl CudaError {
+    /// Wraps a driver result of the call named `call`.
+    pub fn driver(call: &'static str, error: DriverError) -> Self {
+        Self::Driver { call, code: error.0 }
+    }
+}
+
+/// For `?` on cudarc calls made outside the [`crate::driver`] layer (kernel launches); the call
+/// is not named.
+impl From<DriverError> for CudaError {
+    fn from(e: DriverError) -> Self {
+        Self::driver("CUDA driver call", e)
+    }
+}
+
+impl From<LayoutError> for CudaError {
+    fn from(e: LayoutError) -> Self {
+        Self::Layout(e)
+    }
+}
+
+impl fmt::Display for CudaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoDriver => write!(f, "no CUDA driver found (libcuda.so could not be loaded)"),
+            Self::NoDevice { ordinal } => write!(f, "no CUDA device with ordinal {ordinal}"),
+            // The code's name, not the driver's message: reading that needs the driver, which
+            // may be absent (mock drivers produce these errors too).
+            Self::Driver { call, code } => write!(f, "{call} failed: {code:?}"),
+            Self::Layout(e) => write!(f, "slot layout: {e}"),
+            Self::VramTooSmall { layer, slots, fit, needed, free } => write!(
+                f,
+                "layer {layer}: {slots} slots need {needed} bytes of device memory but {free} are free; \
+                 {fit} slots would fit"
+            ),
+            Self::AlignmentTooSmall { align, needed } => {
+                write!(f, "slot arena aligned to {align} bytes; device slots need at least {needed}")
+            }
+            Self::UnknownLayer { layer } => write!(f, "no slot arena for layer {layer}"),
+            Self::TableMismatch { table, pool } => write!(
+                f,
+                "device slot table of layer {} with {} experts cannot mirror the pool of layer {} with {} experts",
+                table.0, table.1, pool.0, pool.1
+            ),
+            Self::Unconfirmed => {
+                write!(f, "an earlier copy failed; synchronize the sink to free the slots it may have hit")
+            }
+        }
+    }
+}
+
+impl std::error::Error for CudaError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Layout(e) => Some(e),
+            _ => None,
+        }
+    }
+}
