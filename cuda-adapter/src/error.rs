@@ -28,6 +28,8 @@ pub enum CudaError {
     /// A kernel reported pairs it could not compute (status bits: 1 no weights for a
     /// non-resident expert, 2 an expert id out of range).
     KernelStatus(u32),
+    /// The residency pool, a replay or a trace refused a step.
+    Residency(String),
     /// The slots asked for do not fit the free device memory.
     DoesNotFit {
         /// Bytes the slots need.
@@ -57,6 +59,7 @@ impl fmt::Display for CudaError {
                 "the MoE kernel could not compute some pairs (status {bits:#x}: 1 = a non-resident expert without \
                  a miss source, 2 = an expert id out of range)"
             ),
+            Self::Residency(what) => write!(f, "residency: {what}"),
             Self::DoesNotFit { needed, free, slots_that_fit } => write!(
                 f,
                 "the slots need {needed} bytes of device memory but {free} are free: {slots_that_fit} slots per \
