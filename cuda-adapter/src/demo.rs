@@ -205,6 +205,8 @@ pub struct RunReport {
     pub decode_seconds: f64,
     /// Bytes copied (slots and scratch) per timed decode step.
     pub step_copy_bytes: Vec<u64>,
+    /// Pairs read over the bus per timed decode step.
+    pub step_zero_copy_pairs: Vec<u64>,
     /// Every record's output, when asked for.
     pub outputs: Vec<f32>,
 }
@@ -574,16 +576,21 @@ impl GpuModel {
                 report.decode_steps += 1;
                 report.decode_tokens += (ids.len() / top_k) as u64;
                 report.step_copy_bytes.push(0);
+                report.step_zero_copy_pairs.push(0);
             }
             let y = match &state.outputs {
                 Some(out) => raw(out, &self.compute) + (output_at * 4) as u64,
                 None => state.y_ptr,
             };
             output_at += ids.len() / top_k * hidden;
+            let zero_copy_before = report.zero_copy_pairs;
             let copied = state.layer_step(self, record.layer as usize, record.step, record.prefill, ids, y, &mut report)?;
             if decode {
                 if let Some(b) = report.step_copy_bytes.last_mut() {
                     *b += copied;
+                }
+                if let Some(z) = report.step_zero_copy_pairs.last_mut() {
+                    *z += report.zero_copy_pairs - zero_copy_before;
                 }
             }
         }
@@ -731,8 +738,6 @@ struct LayerState {
     buffers: [StepBuffers; 2],
     next_buffer: usize,
     copies_done: CudaEvent,
-    reads_done: CudaEvent,
-    reads_recorded: bool,
     /// Misses counted without a pool.
     misses: u64,
     /// The pool's counters after the warm start.
@@ -749,6 +754,9 @@ struct RunState {
     outputs: Option<CudaSlice<f32>>,
     sources: Vec<PairSource>,
     scratch_of: HashMap<u32, u64>,
+    /// Recorded after each record's kernels: its routing is known, and its reads are done.
+    routed: CudaEvent,
+    routed_recorded: bool,
 }
 
 impl RunState {
@@ -802,8 +810,6 @@ impl RunState {
                 buffers: [model.ffn.step_buffers(s, max_tokens)?, model.ffn.step_buffers(s, max_tokens)?],
                 next_buffer: 0,
                 copies_done: model.ctx.new_event(no_timing)?,
-                reads_done: model.ctx.new_event(no_timing)?,
-                reads_recorded: false,
                 misses: 0,
                 warm: PoolStats::default(),
             };
@@ -842,6 +848,8 @@ impl RunState {
             outputs,
             sources: Vec::new(),
             scratch_of: HashMap::new(),
+            routed: model.ctx.new_event(Some(CUevent_flags::CU_EVENT_DISABLE_TIMING))?,
+            routed_recorded: false,
         })
     }
 
@@ -861,9 +869,13 @@ impl RunState {
         let expert_bytes = model.expert_bytes as u64;
         let mut copied = 0u64;
         let mut waited = false;
-        let mut wait_reads = |layer: &LayerState| -> Result<(), CudaError> {
-            if !waited && layer.reads_recorded {
-                model.copy.wait(&layer.reads_done)?;
+        // Copies of this record start once the previous record's kernels ended: then its
+        // routing is known (the router reads the previous layer's output), and every kernel
+        // that read a slot or table of this layer has run (write-after-read).
+        let (routed, routed_recorded) = (&self.routed, self.routed_recorded);
+        let mut wait_reads = |_: &LayerState| -> Result<(), CudaError> {
+            if !waited && routed_recorded {
+                model.copy.wait(routed)?;
             }
             waited = true;
             Ok(())
@@ -960,8 +972,8 @@ impl RunState {
         }
         model.ffn.launch_gate_up(&model.compute, &late, buffers, self.x_ptr, Phase::AfterCopies)?;
         model.ffn.launch_down(&model.compute, &late, buffers, y)?;
-        layer.reads_done.record(&model.compute)?;
-        layer.reads_recorded = true;
+        self.routed.record(&model.compute)?;
+        self.routed_recorded = true;
         Ok(copied)
     }
 }
@@ -985,4 +997,272 @@ impl LayerState {
         self.staged[i] = Some(model.copy.record_event(Some(CUevent_flags::CU_EVENT_DISABLE_TIMING))?);
         Ok(())
     }
+}
+
+impl GpuModel {
+    /// [`GpuModel::decode`] `reps` times (at least once): the first run's report, with
+    /// `decode_seconds` the median over the runs.
+    ///
+    /// # Errors
+    /// As [`GpuModel::decode`].
+    pub fn decode_median(&self, trace: &Trace, run: &RunConfig, reps: usize) -> Result<RunReport, CudaError> {
+        let mut first = self.decode(trace, run)?;
+        let mut times = vec![first.decode_seconds];
+        let quiet = RunConfig { record_outputs: false, ..*run };
+        for _ in 1..reps {
+            times.push(self.decode(trace, &quiet)?.decode_seconds);
+        }
+        first.decode_seconds = median(&mut times);
+        Ok(first)
+    }
+
+    /// The overlap bound of G4 for `report`: the sum over its decode steps of
+    /// `max(copy time, compute time)`, with the copy time the step's copied bytes over the
+    /// link and the compute time the all-resident time per token plus the extra time of the
+    /// step's pairs read over the bus.
+    pub fn overlap_bound(&self, report: &RunReport, floor_per_token: f64, calibration: &Calibration) -> f64 {
+        let extra = (calibration.costs.zero_copy_pair - calibration.costs.resident_pair).max(0.0);
+        report
+            .step_copy_bytes
+            .iter()
+            .zip(&report.step_zero_copy_pairs)
+            .map(|(&bytes, &zc)| {
+                let copy = bytes as f64 / calibration.link_bytes_per_second;
+                let compute = floor_per_token + zc as f64 * extra;
+                copy.max(compute)
+            })
+            .sum()
+    }
+}
+
+/// Where the demo's routing comes from.
+#[derive(Debug, Clone)]
+pub enum DemoRouting {
+    /// Synthetic routing generated like `expertslab synth`.
+    Synthetic(SynthSettings),
+    /// A routing trace (read by the caller).
+    Trace(Trace),
+}
+
+/// The demo's settings.
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
+    /// The CUDA device.
+    pub device: usize,
+    /// The model's shape.
+    pub model: ModelSpec,
+    /// The routing.
+    pub routing: DemoRouting,
+    /// Slots per layer for the expertslab row.
+    pub slots: usize,
+    /// The expertslab row's policy.
+    pub policy: Policy,
+    /// Timed repetitions per row (the median is reported).
+    pub reps: usize,
+}
+
+impl Default for DemoConfig {
+    /// The model (128 experts, top-8, hidden 2048, FFN 768, BF16, 4 layers) on device 0,
+    /// the locality trace, half the experts in slots under TIDE, 5 repetitions.
+    fn default() -> Self {
+        Self {
+            device: 0,
+            model: ModelSpec::current_moe(4),
+            routing: DemoRouting::Synthetic(SynthSettings::locality()),
+            slots: 64,
+            policy: Policy::Tide,
+            reps: 5,
+        }
+    }
+}
+
+/// One row of the demo's comparison.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DemoRow {
+    /// What ran.
+    pub name: String,
+    /// Slots per layer.
+    pub slots: usize,
+    /// Hit rate over the trace.
+    pub hit_rate: f64,
+    /// Bytes copied over the bus per decode token.
+    pub bytes_per_token: f64,
+    /// Pairs read over the bus per decode token.
+    pub zero_copy_pairs_per_token: f64,
+    /// Median seconds per decode token.
+    pub seconds_per_token: f64,
+    /// Whether the outputs are bit-identical to the all-resident row's.
+    pub bit_identical: bool,
+}
+
+/// The demo's result; `Display` prints it as a table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DemoReport {
+    /// The device's name.
+    pub device: String,
+    /// The driver's version.
+    pub driver: String,
+    /// The model's shape.
+    pub model: ModelSpec,
+    /// Bytes per expert.
+    pub expert_bytes: usize,
+    /// Decode steps per run.
+    pub decode_steps: u64,
+    /// Costs measured at start-up.
+    pub calibration: Calibration,
+    /// The rows: all resident, streaming, zero-copy, expertslab.
+    pub rows: Vec<DemoRow>,
+}
+
+impl fmt::Display for DemoReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = &self.model;
+        let c = &self.calibration;
+        writeln!(
+            f,
+            "{} (driver {}): {} layers × {} experts, top-{}, hidden {}, FFN {}, {} ({:.1} MiB per expert)",
+            self.device,
+            self.driver,
+            m.layers,
+            m.experts,
+            m.shape.top_k,
+            m.shape.hidden,
+            m.shape.ffn,
+            m.shape.format.name(),
+            self.expert_bytes as f64 / (1 << 20) as f64
+        )?;
+        writeln!(
+            f,
+            "measured: link {:.1} GB/s (expert copy {:.0} µs), pair from VRAM {:.2} µs, pair over the bus {:.1} µs",
+            c.link_bytes_per_second / 1e9,
+            c.costs.copy * 1e6,
+            c.costs.resident_pair * 1e6,
+            c.costs.zero_copy_pair * 1e6
+        )?;
+        writeln!(f, "{} decode steps, one token each; medians of the timed runs", self.decode_steps)?;
+        writeln!(
+            f,
+            "{:<34} {:>6} {:>9} {:>13} {:>10} {:>12} {:>9} {:>13}",
+            "run", "slots", "hit rate", "copied/token", "bus pairs", "time/token", "vs floor", "bit-identical"
+        )?;
+        let floor = self.rows.first().map_or(0.0, |r| r.seconds_per_token);
+        for r in &self.rows {
+            writeln!(
+                f,
+                "{:<34} {:>6} {:>8.1}% {:>9.1} MiB {:>10.1} {:>9.1} µs {:>8.2}× {:>13}",
+                r.name,
+                r.slots,
+                100.0 * r.hit_rate,
+                r.bytes_per_token / (1 << 20) as f64,
+                r.zero_copy_pairs_per_token,
+                r.seconds_per_token * 1e6,
+                if floor > 0.0 { r.seconds_per_token / floor } else { 0.0 },
+                if r.bit_identical { "yes" } else { "NO" }
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the GPU demo: generates the model's weights on the GPU, measures the link and the
+/// per-pair costs, and decodes the routing four ways (every expert resident; no slots and every
+/// routed expert uploaded each step; no slots and every routed expert read over the bus;
+/// expertslab slots under the configured policy with the measured miss rule), checking that
+/// every way gives bit-identical outputs.
+///
+/// # Errors
+/// [`CudaError::NoDriver`] or [`CudaError::NoDevice`] without a GPU, [`CudaError::DoesNotFit`]
+/// when the slots do not fit the free VRAM (with how many would), and the errors of
+/// [`GpuModel::generate`] and [`GpuModel::decode`].
+pub fn run_demo(config: &DemoConfig) -> Result<DemoReport, CudaError> {
+    let trace = match &config.routing {
+        DemoRouting::Synthetic(settings) => settings.trace()?,
+        DemoRouting::Trace(trace) => trace.clone(),
+    };
+    let model = GpuModel::generate(config.device, config.model)?;
+    let calibration = model.calibrate(10)?;
+    let experts = config.model.experts;
+    let runs = [
+        ("every expert resident (floor)".to_string(), RunConfig::new(experts, config.policy, MissRule::Always(MissAction::Copy))),
+        ("no slots, upload each step".to_string(), RunConfig::new(0, config.policy, MissRule::Always(MissAction::Copy))),
+        ("no slots, read over the bus".to_string(), RunConfig::new(0, config.policy, MissRule::Always(MissAction::ZeroCopy))),
+        (
+            format!("expertslab {}, measured miss rule", config.policy.name()),
+            RunConfig::new(config.slots, config.policy, MissRule::Measured(calibration.costs)),
+        ),
+    ];
+    let mut rows = Vec::new();
+    let mut reference: Option<Vec<f32>> = None;
+    let mut decode_steps = 0;
+    for (name, run) in runs {
+        let run = RunConfig { record_outputs: true, ..run };
+        let report = model.decode_median(&trace, &run, config.reps)?;
+        let bits: Vec<u32> = report.outputs.iter().map(|v| v.to_bits()).collect();
+        let reference_bits = reference.get_or_insert_with(|| report.outputs.clone());
+        let identical = bits.iter().copied().eq(reference_bits.iter().map(|v| v.to_bits()));
+        let tokens = report.decode_tokens.max(1) as f64;
+        decode_steps = report.decode_steps;
+        let copied_decode: u64 = report.step_copy_bytes.iter().sum();
+        let zc_decode: u64 = report.step_zero_copy_pairs.iter().sum();
+        rows.push(DemoRow {
+            name,
+            slots: run.slots.min(experts),
+            hit_rate: report.hit_rate(),
+            bytes_per_token: copied_decode as f64 / tokens,
+            zero_copy_pairs_per_token: zc_decode as f64 / tokens,
+            seconds_per_token: report.seconds_per_token(),
+            bit_identical: identical,
+        });
+    }
+    Ok(DemoReport {
+        device: model.device_name()?,
+        driver: model.driver_version()?,
+        model: config.model,
+        expert_bytes: model.expert_bytes(),
+        decode_steps,
+        calibration,
+        rows,
+    })
+}
+
+/// The pick of `expertslab tune` at a fixed budget: the policy and refresh interval with the
+/// lowest modeled time under the core's replay, over the deployable policies (TIDE, decay,
+/// LRU, LFU, LRU-2) and intervals τ ∈ {1, 2, 4, 8, 16, 32} for the interval policies, with the
+/// slow-pair cost of the measured miss rule and the measured link.
+///
+/// # Errors
+/// [`CudaError::Residency`] when the replay refuses the trace.
+pub fn tune_pick(
+    trace: &Trace,
+    slots: usize,
+    expert_bytes: u64,
+    calibration: &Calibration,
+) -> Result<(Policy, Schedule), CudaError> {
+    let c = &calibration.costs;
+    let slow_pair_seconds = match MissRule::Measured(*c).choose(1) {
+        MissAction::Copy => c.copy + c.resident_pair,
+        MissAction::ZeroCopy => c.zero_copy_pair,
+    };
+    let cost = CostModel { expert_bytes, slow_pair_seconds, link_bytes_per_second: calibration.link_bytes_per_second };
+    let mut best: Option<(f64, Policy, Schedule)> = None;
+    for name in ["tide", "decay", "lru", "lfu", "lru2"] {
+        let policy = Policy::from_name(name).map_err(|e| CudaError::Residency(format!("{e}")))?;
+        let schedules: Vec<Schedule> = if policy.is_demand() {
+            vec![Schedule::EveryForward]
+        } else {
+            [1u32, 2, 4, 8, 16, 32]
+                .iter()
+                .filter_map(|&n| std::num::NonZeroU32::new(n).map(Schedule::EveryDecodeSteps))
+                .collect()
+        };
+        for schedule in schedules {
+            let config =
+                ReplayConfig { policy: ReplayPolicy::Pool(policy), budget: slots, schedule, initial: InitialPlacement::Warm, cost };
+            let time = replay(trace, &config).map_err(|e| CudaError::Residency(format!("replay: {e}")))?.total.modeled_time_s;
+            if best.is_none_or(|(t, _, _)| time < t) {
+                best = Some((time, policy, schedule));
+            }
+        }
+    }
+    best.map(|(_, p, s)| (p, s)).ok_or_else(|| CudaError::Residency("no candidate".into()))
 }
