@@ -825,6 +825,9 @@ impl RunState {
                 // The warm start is not counted as moved (as in the replay).
                 state.warm = *pool.stats();
             }
+            if let Some(pool) = &state.pool {
+                state.table_host = (0..spec.experts).map(|e| pool.slot_of(e).map_or(-1, |s| s as i32)).collect();
+            }
             state.upload_table(model)?;
             layers.push(state);
         }

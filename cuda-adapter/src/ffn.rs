@@ -218,6 +218,7 @@ struct StepArgs {
     miss: u64,
     x: u64,
     h: u64,
+    part: u64,
     y: u64,
     status: u64,
     tokens: i32,
@@ -239,6 +240,7 @@ pub struct MoeFfn {
     module: Arc<CudaModule>,
     gate_up: CudaFunction,
     down: CudaFunction,
+    combine: CudaFunction,
 }
 
 impl MoeFfn {
@@ -260,7 +262,13 @@ impl MoeFfn {
             Format::BF16 => (kernels::GATE_UP_BF16, kernels::DOWN_BF16),
             _ => (kernels::GATE_UP_F32, kernels::DOWN_F32),
         };
-        Ok(Self { shape, gate_up: module.load_function(gate_up)?, down: module.load_function(down)?, module })
+        Ok(Self {
+            shape,
+            gate_up: module.load_function(gate_up)?,
+            down: module.load_function(down)?,
+            combine: module.load_function(kernels::COMBINE)?,
+            module,
+        })
     }
 
     /// The shape.
@@ -321,12 +329,12 @@ impl MoeFfn {
         Ok(())
     }
 
-    /// Launches down on `stream`: `y[token] = Σ_k weight · (down · h)` over the token's pairs in
-    /// k order, written to `y` (`[tokens, hidden]` f32 at a device address). Launch after every
-    /// gate/up phase of the step.
+    /// Launches down on `stream`: each pair's `down · h`, then `y[token] = Σ_k weight · (down ·
+    /// h)` over the token's pairs in k order, written to `y` (`[tokens, hidden]` f32 at a device
+    /// address). Launch after every gate/up phase of the step.
     ///
     /// # Errors
-    /// [`CudaError::Driver`] when the launch fails.
+    /// [`CudaError::Driver`] when a launch fails.
     pub fn launch_down(
         &self,
         stream: &CudaStream,
@@ -337,9 +345,9 @@ impl MoeFfn {
         if step.tokens == 0 {
             return Ok(());
         }
-        let grid = (self.shape.hidden as u32).div_ceil(kernels::ROWS_PER_BLOCK);
+        let (tokens, top_k, hidden) = (step.tokens as u32, self.shape.top_k as u32, self.shape.hidden as u32);
         let cfg = LaunchConfig {
-            grid_dim: (grid, step.tokens as u32, 1),
+            grid_dim: (hidden.div_ceil(kernels::ROWS_PER_BLOCK), tokens, top_k),
             block_dim: (kernels::BLOCK_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -347,7 +355,17 @@ impl MoeFfn {
         let mut launch = stream.launch_builder(&self.down);
         launch.arg(&layer_args).arg(&step_args);
         // SAFETY: as in `launch_gate_up`; down reads `h` written by the step's gate/up launches
-        // on the same stream and writes `y`, `[tokens, hidden]` f32 given by the caller.
+        // on the same stream and writes each pair's row of `part` (both in `step`).
+        unsafe { launch.launch(cfg) }?;
+        let cfg = LaunchConfig {
+            grid_dim: (hidden.div_ceil(kernels::BLOCK_THREADS), tokens, 1),
+            block_dim: (kernels::BLOCK_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = stream.launch_builder(&self.combine);
+        launch.arg(&step_args);
+        // SAFETY: combine reads the router weights and `part` of `step` and writes `y`,
+        // `[tokens, hidden]` f32 given by the caller.
         unsafe { launch.launch(cfg) }?;
         Ok(())
     }
@@ -408,6 +426,8 @@ pub struct StepBuffers {
     order_ptr: u64,
     h: CudaSlice<f32>,
     h_ptr: u64,
+    _part: CudaSlice<f32>,
+    part_ptr: u64,
     status: CudaSlice<u32>,
     status_ptr: u64,
     uploaded: Option<CudaEvent>,
@@ -434,6 +454,11 @@ impl StepBuffers {
         let host = unsafe { ctx.alloc_pinned_with_flags::<u64>(words, 0) }?;
         let device = stream.alloc_zeros::<u64>(words)?;
         let h = stream.alloc_zeros::<f32>(h_len)?;
+        let part_len = max_pairs
+            .checked_mul(shape.hidden)
+            .ok_or_else(|| CudaError::Unsupported(format!("{max_tokens} tokens per step")))?;
+        let part = stream.alloc_zeros::<f32>(part_len)?;
+        let part_ptr = raw(&part, stream);
         let status = stream.alloc_zeros::<u32>(1)?;
         let device_ptr = raw(&device, stream);
         let (h_ptr, status_ptr) = (raw(&h, stream), raw(&status, stream));
@@ -449,6 +474,8 @@ impl StepBuffers {
             device_ptr,
             h,
             h_ptr,
+            _part: part,
+            part_ptr,
             status,
             status_ptr,
             uploaded: None,
@@ -537,6 +564,7 @@ impl StepBuffers {
             miss: self.device_ptr,
             x,
             h: self.h_ptr,
+            part: self.part_ptr,
             y,
             status: self.status_ptr,
             tokens: self.tokens as i32,
@@ -622,9 +650,10 @@ mod tests {
 
     #[test]
     fn the_kernel_argument_structs_match_the_source() {
-        // LayerArgs: 6 × u64 + i32, padded to 8; StepArgs: 7 × u64 + 4 × i32.
+        // LayerArgs: 6 × u64 + i32, padded to 8; StepArgs: 8 × u64 + 4 × i32.
         assert_eq!(size_of::<LayerArgs>(), 56);
-        assert_eq!(size_of::<StepArgs>(), 72);
+        assert_eq!(size_of::<StepArgs>(), 80);
+        assert!(kernels::MOE_FFN_SOURCE.contains("u64 part;"));
         assert!(kernels::MOE_FFN_SOURCE.contains("u64 proj_offset[3];"));
         assert_eq!(block_words(8), 24 + 12);
         assert_eq!(block_words(3), 9 + 6);

@@ -1,6 +1,7 @@
 //! CUDA C kernels, compiled at run time with NVRTC.
 //!
-//! [`MOE_FFN_SOURCE`] holds the MoE FFN kernels (gate/up, then down, for F32 and BF16 weights)
+//! [`MOE_FFN_SOURCE`] holds the MoE FFN kernels (gate/up, down per pair for F32 and BF16
+//! weights, and the combine over a token's pairs)
 //! and the deterministic weight fill used by the demo. [`compile`] turns it into PTX for the
 //! device's architecture, or for [`DEFAULT_ARCH`] when no device is given (NVRTC needs no GPU,
 //! so the kernels are compiled by the CPU-side tests too).
@@ -25,11 +26,12 @@ pub(crate) const GATE_UP_F32: &str = "moe_gate_up_f32";
 pub(crate) const GATE_UP_BF16: &str = "moe_gate_up_bf16";
 pub(crate) const DOWN_F32: &str = "moe_down_f32";
 pub(crate) const DOWN_BF16: &str = "moe_down_bf16";
+pub(crate) const COMBINE: &str = "moe_combine";
 pub(crate) const FILL_F32: &str = "fill_f32";
 pub(crate) const FILL_BF16: &str = "fill_bf16";
 
 /// Every entry point of [`MOE_FFN_SOURCE`].
-pub const ENTRY_POINTS: [&str; 6] = [GATE_UP_F32, GATE_UP_BF16, DOWN_F32, DOWN_BF16, FILL_F32, FILL_BF16];
+pub const ENTRY_POINTS: [&str; 7] = [GATE_UP_F32, GATE_UP_BF16, DOWN_F32, DOWN_BF16, COMBINE, FILL_F32, FILL_BF16];
 
 /// Whether the NVRTC library can be loaded.
 pub fn nvrtc_available() -> bool {

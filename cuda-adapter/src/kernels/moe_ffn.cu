@@ -1,8 +1,8 @@
 // MoE feed-forward for decode and small batches, reading expert weights through the device
 // slot table.
 //
-// For each (token, k) pair: h = SiLU(gate · x) * (up · x), then y[token] = sum over k, in k
-// order, of weight[k] * (down · h[k]). Weights are F32 or BF16, activations and accumulation f32.
+// For each (token, k) pair: h = SiLU(gate · x) * (up · x) and part = down · h; then y[token] =
+// sum over k, in k order, of weight[k] * part[k] (three kernels: gate/up, down, combine). Weights are F32 or BF16, activations and accumulation f32.
 //
 // Where an expert's weights live does not change the arithmetic: every dot product gives each
 // lane the same elements in the same order and reduces the warp with the same butterfly,
@@ -80,8 +80,8 @@ __device__ __forceinline__ bool vectorisable(const unsigned char* base, int byte
 }
 
 // The base of projection `proj` (0 gate, 1 up, 2 down) of pair `pair`'s expert: its slot when
-// the table says resident, the pair's miss pointer otherwise; null (and a status bit) when
-// neither exists.
+// the pair has no miss pointer and the table says resident, the miss pointer when it has one;
+// null (and a status bit) when neither exists.
 __device__ __forceinline__ const unsigned char* resolve(
     int pair, int proj, const int* ids, int experts, const int* table, u64 slot_base, u64 slot_stride,
     const u64* proj_offset, const u64* miss, u32* status) {
@@ -90,13 +90,16 @@ __device__ __forceinline__ const unsigned char* resolve(
         atomicOr(status, STATUS_BAD_EXPERT);
         return nullptr;
     }
+    // An explicit source (a scratch slot, mapped host memory) wins over the table: the table a
+    // kernel reads may still list an expert this step demoted.
+    u64 p = miss[(u64)pair * 3ull + (u64)proj];
+    if (p != 0ull) return reinterpret_cast<const unsigned char*>(p);
     int slot = table[expert];
     if (slot >= 0) {
         return reinterpret_cast<const unsigned char*>(slot_base + (u64)slot * slot_stride + proj_offset[proj]);
     }
-    u64 p = miss[(u64)pair * 3ull + (u64)proj];
-    if (p == 0ull) atomicOr(status, STATUS_NO_SOURCE);
-    return reinterpret_cast<const unsigned char*>(p);
+    atomicOr(status, STATUS_NO_SOURCE);
+    return nullptr;
 }
 
 struct LayerArgs {
@@ -113,6 +116,7 @@ struct StepArgs {
     u64 miss;      // const u64*   [tokens * top_k * 3]
     u64 x;         // const float* [tokens * hidden]
     u64 h;         // float*       [tokens * top_k * ffn]
+    u64 part;      // float*       [tokens * top_k * hidden]: each pair's down output
     u64 y;         // float*       [tokens * hidden]
     u64 status;    // u32*
     int tokens;
@@ -121,6 +125,7 @@ struct StepArgs {
     int ffn;
 };
 
+// h[pair] = SiLU(gate · x) * (up · x).
 // Grid: (ceil(ffn / (WARPS * ROWS_PER_WARP)), number of pairs in `pairs`). Block: WARPS * 32.
 template <int FMT>
 __device__ void gate_up(const LayerArgs& layer, const StepArgs& step, const int* pairs) {
@@ -152,7 +157,7 @@ __device__ void gate_up(const LayerArgs& layer, const StepArgs& step, const int*
 #pragma unroll
     for (int r = 0; r < ROWS_PER_WARP; r++) { acc_g[r] = 0.0f; acc_u[r] = 0.0f; }
 
-#pragma unroll 2
+#pragma unroll 4
     for (int j = lane * CHUNK; j < hidden; j += 32 * CHUNK) {
         float xv[CHUNK];
         load_x(x, j, hidden, xv);
@@ -181,14 +186,14 @@ __device__ void gate_up(const LayerArgs& layer, const StepArgs& step, const int*
     }
 }
 
-// Grid: (ceil(hidden / (WARPS * ROWS_PER_WARP)), tokens). Block: WARPS * 32.
+// Each pair's down output: part[pair] = down · h[pair].
+// Grid: (ceil(hidden / (WARPS * ROWS_PER_WARP)), tokens, top_k). Block: WARPS * 32.
 template <int FMT>
 __device__ void down(const LayerArgs& layer, const StepArgs& step) {
-    const int token = blockIdx.y;
+    const int pair = blockIdx.y * step.top_k + blockIdx.z;
     const int* ids = reinterpret_cast<const int*>(step.ids);
     const int* table = reinterpret_cast<const int*>(layer.table);
     const u64* miss = reinterpret_cast<const u64*>(step.miss);
-    const float* weights = reinterpret_cast<const float*>(step.weights);
     u32* status = reinterpret_cast<u32*>(step.status);
     const int hidden = step.hidden;
     const int ffn = step.ffn;
@@ -196,45 +201,59 @@ __device__ void down(const LayerArgs& layer, const StepArgs& step) {
     const int lane = threadIdx.x & 31;
     const int row0 = (blockIdx.x * WARPS + warp) * ROWS_PER_WARP;
     const int rb = row_bytes(FMT, ffn);
-
-    float out[ROWS_PER_WARP];
+    const unsigned char* dw = resolve(pair, 2, ids, layer.experts, table, layer.slot_base, layer.slot_stride,
+                                      layer.proj_offset, miss, status);
+    float* part = reinterpret_cast<float*>(step.part) + (u64)pair * (u64)hidden;
+    if (dw == nullptr) {
+        // Reported through the status word; the output is not used.
+        if (lane == 0) {
+            for (int r = 0; r < ROWS_PER_WARP; r++)
+                if (row0 + r < hidden) part[row0 + r] = 0.0f;
+        }
+        return;
+    }
+    const float* hk = reinterpret_cast<const float*>(step.h) + (u64)pair * (u64)ffn;
+    const bool vec = vectorisable(dw, rb);
+    float acc[ROWS_PER_WARP];
 #pragma unroll
-    for (int r = 0; r < ROWS_PER_WARP; r++) out[r] = 0.0f;
-
-    for (int k = 0; k < step.top_k; k++) {
-        const int pair = token * step.top_k + k;
-        const unsigned char* dw = resolve(pair, 2, ids, layer.experts, table, layer.slot_base, layer.slot_stride,
-                                          layer.proj_offset, miss, status);
-        if (dw == nullptr) continue;
-        const float wk = weights[pair];
-        const float* hk = reinterpret_cast<const float*>(step.h) + (u64)pair * (u64)ffn;
-        const bool vec = vectorisable(dw, rb);
-        float acc[ROWS_PER_WARP];
+    for (int r = 0; r < ROWS_PER_WARP; r++) acc[r] = 0.0f;
+#pragma unroll 4
+    for (int j = lane * CHUNK; j < ffn; j += 32 * CHUNK) {
+        float hv[CHUNK];
+        load_x(hk, j, ffn, hv);
 #pragma unroll
-        for (int r = 0; r < ROWS_PER_WARP; r++) acc[r] = 0.0f;
-        for (int j = lane * CHUNK; j < ffn; j += 32 * CHUNK) {
-            float hv[CHUNK];
-            load_x(hk, j, ffn, hv);
+        for (int r = 0; r < ROWS_PER_WARP; r++) {
+            const int row = row0 + r;
+            if (row < hidden) {
+                float w[CHUNK];
+                load_chunk<FMT>(dw + (u64)row * (u64)rb, j, ffn, vec, w);
 #pragma unroll
-            for (int r = 0; r < ROWS_PER_WARP; r++) {
-                const int row = row0 + r;
-                if (row < hidden) {
-                    float w[CHUNK];
-                    load_chunk<FMT>(dw + (u64)row * (u64)rb, j, ffn, vec, w);
-#pragma unroll
-                    for (int e = 0; e < CHUNK; e++) acc[r] = fmaf(w[e], hv[e], acc[r]);
-                }
+                for (int e = 0; e < CHUNK; e++) acc[r] = fmaf(w[e], hv[e], acc[r]);
             }
         }
-#pragma unroll
-        for (int r = 0; r < ROWS_PER_WARP; r++) out[r] = fmaf(wk, warp_sum(acc[r]), out[r]);
     }
-    float* y = reinterpret_cast<float*>(step.y) + (u64)token * (u64)hidden;
 #pragma unroll
     for (int r = 0; r < ROWS_PER_WARP; r++) {
+        const float d = warp_sum(acc[r]);
         const int row = row0 + r;
-        if (lane == 0 && row < hidden) y[row] = out[r];
+        if (lane == 0 && row < hidden) part[row] = d;
     }
+}
+
+// y[token] = sum over k, in k order, of weight[k] * part[token, k].
+// Grid: (ceil(hidden / blockDim.x), tokens).
+extern "C" __global__ void moe_combine(const StepArgs step) {
+    const int row = blockIdx.x * blockDim.x + threadIdx.x;
+    const int token = blockIdx.y;
+    if (row >= step.hidden) return;
+    const float* weights = reinterpret_cast<const float*>(step.weights);
+    const float* part = reinterpret_cast<const float*>(step.part);
+    float out = 0.0f;
+    for (int k = 0; k < step.top_k; k++) {
+        const int pair = token * step.top_k + k;
+        out = fmaf(weights[pair], part[(u64)pair * (u64)step.hidden + (u64)row], out);
+    }
+    reinterpret_cast<float*>(step.y)[(u64)token * (u64)step.hidden + (u64)row] = out;
 }
 
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
