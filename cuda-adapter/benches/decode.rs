@@ -45,7 +45,8 @@ fn bench(model: &GpuModel, calibration: &Calibration, reps: usize) -> Result<(),
     let copy = MissRule::Always(MissAction::Copy);
     let measured = MissRule::Measured(calibration.costs);
     let mut goals = Vec::new();
-    for (trace_name, settings) in [("locality", SynthSettings::locality()), ("near-uniform", SynthSettings::near_uniform())]
+    for (trace_name, settings) in
+        [("locality", SynthSettings::locality()), ("near-uniform", SynthSettings::near_uniform())]
     {
         let trace = settings.trace()?;
         let floor = model.decode_median(&trace, &RunConfig::new(experts, Policy::Tide, copy), reps)?;
@@ -54,8 +55,11 @@ fn bench(model: &GpuModel, calibration: &Calibration, reps: usize) -> Result<(),
         let streaming = model.decode_median(&trace, &RunConfig::new(0, Policy::Lru, copy), reps)?;
         row(trace_name, "0", "(ii) streaming", &streaming);
         println!("  {:.2}× floor", streaming.seconds_per_token() / floor.seconds_per_token());
-        let zero_copy =
-            model.decode_median(&trace, &RunConfig::new(0, Policy::Lru, MissRule::Always(MissAction::ZeroCopy)), reps)?;
+        let zero_copy = model.decode_median(
+            &trace,
+            &RunConfig::new(0, Policy::Lru, MissRule::Always(MissAction::ZeroCopy)),
+            reps,
+        )?;
         row(trace_name, "0", "(iii) zero-copy", &zero_copy);
         println!("  {:.2}× floor", zero_copy.seconds_per_token() / floor.seconds_per_token());
         let floor_token = floor.seconds_per_token();

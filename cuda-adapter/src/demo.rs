@@ -9,16 +9,18 @@
 //! [`MissRule`]. Each (layer, step) record:
 //!
 //! 1. the pool plans the step; its promotions are copied into their slots on the copy stream
-//!    (after the copy stream waited for the last kernels that read this layer's slots), and
-//!    committed;
+//!    and committed. The copy stream first waits for the previous record's kernels: only then
+//!    is the record's routing known (the router reads the previous layer's output; no host
+//!    round trip is modelled), and no kernel still reads a slot being overwritten
+//!    (write-after-read);
 //! 2. each miss gets its action: copied into a scratch slot on the copy stream, or read from
 //!    the mapped host memory (zero-copy);
 //! 3. when the residency changed, the layer's device slot table is rewritten on the copy stream
 //!    (two tables per layer, alternating, so kernels of the step that read experts resident
 //!    before the copies never see a table being written);
-//! 4. the compute stream runs gate/up for the pairs in place before the copies, waits for the
-//!    copies, runs gate/up for the others and then down, and records the event the next copies
-//!    of this layer wait on.
+//! 4. the compute stream runs gate/up and down for the pairs in place before the copies, waits
+//!    for the copies, runs gate/up and down for the others, combines each token's pairs, and
+//!    records the event the next record's copies wait on.
 //!
 //! Every layer reads the same input activations (the demo has no attention or residual stream;
 //! chaining FFNs alone only shrinks the values), so the outputs of a run are the FFN outputs of
@@ -39,8 +41,8 @@ use expertslab::replay::{replay, CostModel, ReplayConfig, ReplayPolicy};
 use expertslab::synthetic::{RoutingShape, SplitMix64, SyntheticRouting};
 use expertslab::trace::{Trace, TraceHeader};
 use expertslab::{
-    ExpertLayout, ExpertPool, Format, InitialPlacement, MigrationPlan, Policy, PoolConfig, PoolStats, Schedule, SlotArena,
-    StackLayout, Step,
+    ExpertLayout, ExpertPool, Format, InitialPlacement, MigrationPlan, Policy, PoolConfig, PoolStats, Schedule,
+    SlotArena, StackLayout, Step,
 };
 
 use crate::error::CudaError;
@@ -68,7 +70,12 @@ impl ModelSpec {
     /// The shape of a current MoE: 128 experts per layer, top-8, hidden 2048, expert FFN 768,
     /// BF16 (9 MiB per expert), with `layers` layers.
     pub const fn current_moe(layers: usize) -> Self {
-        Self { experts: 128, layers, shape: FfnShape { hidden: 2048, ffn: 768, top_k: 8, format: Format::BF16 }, seed: 1 }
+        Self {
+            experts: 128,
+            layers,
+            shape: FfnShape { hidden: 2048, ffn: 768, top_k: 8, format: Format::BF16 },
+            seed: 1,
+        }
     }
 
     /// The layout of one layer's experts (gate, up, down stacks as GGUF holds them).
@@ -584,7 +591,8 @@ impl GpuModel {
             };
             output_at += ids.len() / top_k * hidden;
             let zero_copy_before = report.zero_copy_pairs;
-            let copied = state.layer_step(self, record.layer as usize, record.step, record.prefill, ids, y, &mut report)?;
+            let copied =
+                state.layer_step(self, record.layer as usize, record.step, record.prefill, ids, y, &mut report)?;
             if decode {
                 if let Some(b) = report.step_copy_bytes.last_mut() {
                     *b += copied;
@@ -645,7 +653,9 @@ impl GpuModel {
         let mut decode_tokens = 0u64;
         for r in trace.records() {
             if r.prefill || r.step == 0 {
-                prefill.push(r.layer, r.step, r.prefill, trace.ids(r)).map_err(|e| CudaError::Residency(format!("{e}")))?;
+                prefill
+                    .push(r.layer, r.step, r.prefill, trace.ids(r))
+                    .map_err(|e| CudaError::Residency(format!("{e}")))?;
             } else if r.layer == 0 {
                 decode_tokens += (trace.ids(r).len() / self.spec.shape.top_k) as u64;
             }
@@ -947,9 +957,10 @@ impl RunState {
         }
         // 3. The table, when the residency changed.
         let before = layer.table_ptrs[layer.current];
-        let table: Option<Vec<i32>> = layer.pool.as_ref().map(|pool| {
-            (0..layer.table_host.len()).map(|e| pool.slot_of(e).map_or(-1, |s| s as i32)).collect()
-        });
+        let table: Option<Vec<i32>> = layer
+            .pool
+            .as_ref()
+            .map(|pool| (0..layer.table_host.len()).map(|e| pool.slot_of(e).map_or(-1, |s| s as i32)).collect());
         if let Some(table) = table.filter(|t| *t != layer.table_host) {
             wait_reads(layer)?;
             layer.table_host = table;
@@ -961,20 +972,25 @@ impl RunState {
             layer.copies_done.record(&model.copy)?;
         }
         // 4. The kernels.
-        let buffers = layer
-            .buffers
-            .get_mut(layer.next_buffer)
-            .ok_or_else(|| CudaError::Unsupported("step buffers".into()))?;
+        let buffers =
+            layer.buffers.get_mut(layer.next_buffer).ok_or_else(|| CudaError::Unsupported("step buffers".into()))?;
         layer.next_buffer = 1 - layer.next_buffer;
-        buffers.stage(&model.compute, ids, &router_weights(l, step, ids.len(), model.spec.shape.top_k), &self.sources)?;
+        buffers.stage(
+            &model.compute,
+            ids,
+            &router_weights(l, step, ids.len(), model.spec.shape.top_k),
+            &self.sources,
+        )?;
         let early = LayerSlots { table: before, ..layer.slots };
         let late = LayerSlots { table: layer.table_ptrs[layer.current], ..layer.slots };
         model.ffn.launch_gate_up(&model.compute, &early, buffers, self.x_ptr, Phase::BeforeCopies)?;
+        model.ffn.launch_down(&model.compute, &early, buffers, Phase::BeforeCopies)?;
         if enqueued {
             model.compute.wait(&layer.copies_done)?;
         }
         model.ffn.launch_gate_up(&model.compute, &late, buffers, self.x_ptr, Phase::AfterCopies)?;
-        model.ffn.launch_down(&model.compute, &late, buffers, y)?;
+        model.ffn.launch_down(&model.compute, &late, buffers, Phase::AfterCopies)?;
+        model.ffn.launch_combine(&model.compute, buffers, y)?;
         self.routed.record(&model.compute)?;
         self.routed_recorded = true;
         Ok(copied)
@@ -993,7 +1009,8 @@ impl LayerState {
         let part = staging.get_mut(i * half..(i + 1) * half).ok_or(CudaError::Unsupported("table".into()))?;
         part.copy_from_slice(&self.table_host);
         let dst = self.table_ptrs[i];
-        let src = self.staging.as_slice()?.get(i * half..(i + 1) * half).ok_or(CudaError::Unsupported("table".into()))?;
+        let src =
+            self.staging.as_slice()?.get(i * half..(i + 1) * half).ok_or(CudaError::Unsupported("table".into()))?;
         // SAFETY: `dst` is table `i`, `half` i32 long; `src` is its page-locked staging half,
         // not rewritten before the `staged` event (waited on above next time) completes.
         unsafe { cudarc::driver::result::memcpy_htod_async(dst, src, model.copy.cu_stream()) }?;
@@ -1186,9 +1203,18 @@ pub fn run_demo(config: &DemoConfig) -> Result<DemoReport, CudaError> {
     let calibration = model.calibrate(10)?;
     let experts = config.model.experts;
     let runs = [
-        ("every expert resident (floor)".to_string(), RunConfig::new(experts, config.policy, MissRule::Always(MissAction::Copy))),
-        ("no slots, upload each step".to_string(), RunConfig::new(0, config.policy, MissRule::Always(MissAction::Copy))),
-        ("no slots, read over the bus".to_string(), RunConfig::new(0, config.policy, MissRule::Always(MissAction::ZeroCopy))),
+        (
+            "every expert resident (floor)".to_string(),
+            RunConfig::new(experts, config.policy, MissRule::Always(MissAction::Copy)),
+        ),
+        (
+            "no slots, upload each step".to_string(),
+            RunConfig::new(0, config.policy, MissRule::Always(MissAction::Copy)),
+        ),
+        (
+            "no slots, read over the bus".to_string(),
+            RunConfig::new(0, config.policy, MissRule::Always(MissAction::ZeroCopy)),
+        ),
         (
             format!("expertslab {}, measured miss rule", config.policy.name()),
             RunConfig::new(config.slots, config.policy, MissRule::Measured(calibration.costs)),
@@ -1259,9 +1285,15 @@ pub fn tune_pick(
                 .collect()
         };
         for schedule in schedules {
-            let config =
-                ReplayConfig { policy: ReplayPolicy::Pool(policy), budget: slots, schedule, initial: InitialPlacement::Warm, cost };
-            let time = replay(trace, &config).map_err(|e| CudaError::Residency(format!("replay: {e}")))?.total.modeled_time_s;
+            let config = ReplayConfig {
+                policy: ReplayPolicy::Pool(policy),
+                budget: slots,
+                schedule,
+                initial: InitialPlacement::Warm,
+                cost,
+            };
+            let time =
+                replay(trace, &config).map_err(|e| CudaError::Residency(format!("replay: {e}")))?.total.modeled_time_s;
             if best.is_none_or(|(t, _, _)| time < t) {
                 best = Some((time, policy, schedule));
             }

@@ -48,10 +48,9 @@ impl fmt::Display for CudaError {
             Self::NoDriver => write!(f, "no CUDA driver found (libcuda.so could not be loaded)"),
             Self::NoDevice => write!(f, "no CUDA device found"),
             Self::Layout(e) => write!(f, "slot layout refused: {e}"),
-            Self::NoNvrtc => write!(
-                f,
-                "NVRTC not found (libnvrtc.so.13 could not be loaded; put its folder on LD_LIBRARY_PATH)"
-            ),
+            Self::NoNvrtc => {
+                write!(f, "NVRTC not found (libnvrtc.so.13 could not be loaded; put its folder on LD_LIBRARY_PATH)")
+            }
             Self::Compile(log) => write!(f, "NVRTC could not compile the kernels:\n{log}"),
             Self::Unsupported(what) => write!(f, "not supported by the MoE kernels: {what}"),
             Self::KernelStatus(bits) => write!(

@@ -1,5 +1,5 @@
 //! The GPU MoE FFN for decode and small batches: launches the kernels of
-//! [`kernels`](crate::kernels) on a compute stream.
+//! [`kernels`] on a compute stream.
 //!
 //! The FFN depends on no sink type: it takes plain device addresses. A layer is described by
 //! [`LayerSlots`] (the slot arena's base address and the core's [`SlotArena`] offsets, and the
@@ -14,12 +14,12 @@
 //! are, so a step computed from slots, scratch slots and mapped host memory is bit-identical to
 //! the same step with every expert resident.
 //!
-//! Ordering: a step's gate/up work is launched in two phases ([`Phase::BeforeCopies`] for pairs
-//! whose weights are in place before the step's copies, [`Phase::AfterCopies`] for the others,
-//! once the compute stream waits on the copies), so copies overlap the compute of resident
-//! experts; then [`MoeFfn::launch_down`]. [`MoeFfn::record_reads`] records the event after
-//! which no kernel of the step reads a slot (for the copy stream to wait on before overwriting
-//! one: write-after-read).
+//! Ordering: a step's gate/up and down work is launched in two phases ([`Phase::BeforeCopies`]
+//! for pairs whose weights are in place before the step's copies, [`Phase::AfterCopies`] for
+//! the others, once the compute stream waits on the copies), so copies overlap the compute of
+//! resident experts; then [`MoeFfn::launch_combine`] sums each token's pairs in k order.
+//! [`MoeFfn::record_reads`] records the event after which no kernel of the step reads a slot
+//! (for the copy stream to wait on before overwriting one: write-after-read).
 
 use std::sync::Arc;
 
@@ -289,8 +289,9 @@ impl MoeFfn {
         StepBuffers::new(stream, &self.shape, max_tokens)
     }
 
-    /// Launches gate/up on `stream` for the pairs of `phase` of the step staged in `step`: reads
-    /// `x` (`[tokens, hidden]` f32 at a device address) and the weights through `layer`.
+    /// Launches gate/up on `stream` for the pairs of `phase` of the step staged in `step`:
+    /// `h = SiLU(gate · x) ⊙ (up · x)` per pair, reading `x` (`[tokens, hidden]` f32 at a device
+    /// address) and the weights through `layer`.
     ///
     /// # Errors
     /// [`CudaError::Driver`] when the launch fails.
@@ -302,6 +303,35 @@ impl MoeFfn {
         x: u64,
         phase: Phase,
     ) -> Result<(), CudaError> {
+        self.launch_pairs(&self.gate_up, self.shape.ffn, stream, layer, step, step.args(&self.shape, x, 0), phase)
+    }
+
+    /// Launches down on `stream` for the pairs of `phase`: each pair's `down · h` into the step's
+    /// partial outputs. Launch after the same pairs' gate/up.
+    ///
+    /// # Errors
+    /// [`CudaError::Driver`] when the launch fails.
+    pub fn launch_down(
+        &self,
+        stream: &CudaStream,
+        layer: &LayerSlots,
+        step: &StepBuffers,
+        phase: Phase,
+    ) -> Result<(), CudaError> {
+        self.launch_pairs(&self.down, self.shape.hidden, stream, layer, step, step.args(&self.shape, 0, 0), phase)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn launch_pairs(
+        &self,
+        function: &CudaFunction,
+        rows: usize,
+        stream: &CudaStream,
+        layer: &LayerSlots,
+        step: &StepBuffers,
+        step_args: StepArgs,
+        phase: Phase,
+    ) -> Result<(), CudaError> {
         let (first, count) = match phase {
             Phase::BeforeCopies => (0, step.before),
             Phase::AfterCopies => (step.before, step.pairs - step.before),
@@ -310,68 +340,52 @@ impl MoeFfn {
         if count == 0 {
             return Ok(());
         }
-        let grid = (self.shape.ffn as u32).div_ceil(kernels::ROWS_PER_BLOCK);
         let cfg = LaunchConfig {
-            grid_dim: (grid, count as u32, 1),
+            grid_dim: ((rows as u32).div_ceil(kernels::ROWS_PER_BLOCK), count as u32, 1),
             block_dim: (kernels::BLOCK_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let (layer_args, step_args) = (layer_args(layer), step.args(&self.shape, x, 0));
+        let layer_args = layer_args(layer);
         let pairs = step.order_ptr + 4 * first as u64;
-        let mut launch = stream.launch_builder(&self.gate_up);
+        let mut launch = stream.launch_builder(function);
         launch.arg(&layer_args).arg(&step_args).arg(&pairs);
-        // SAFETY: the arguments match the kernel's signature (two structs by value and a device
+        // SAFETY: the arguments match the kernels' signature (two structs by value and a device
         // address of `count` i32 pair indices inside `step`'s block). Every address the kernel
         // reads was given by the caller for this step: `layer`'s slots and table, `step`'s
         // buffers (alive as long as `step`), `x`, and the pair sources' addresses; the kernel
-        // checks expert ids against the table's length and skips pairs without a source.
+        // checks expert ids against the table's length and skips pairs without a source. Gate/up
+        // writes the pairs' rows of `h`, down reads them (launched after, on the same stream) and
+        // writes the pairs' rows of the partial outputs.
         unsafe { launch.launch(cfg) }?;
         Ok(())
     }
 
-    /// Launches down on `stream`: each pair's `down · h`, then `y[token] = Σ_k weight · (down ·
-    /// h)` over the token's pairs in k order, written to `y` (`[tokens, hidden]` f32 at a device
-    /// address). Launch after every gate/up phase of the step.
+    /// Launches the combine on `stream`: `y[token] = Σ_k weight · (down · h)` over the token's
+    /// pairs in k order, written to `y` (`[tokens, hidden]` f32 at a device address). Launch
+    /// after every down phase of the step.
     ///
     /// # Errors
-    /// [`CudaError::Driver`] when a launch fails.
-    pub fn launch_down(
-        &self,
-        stream: &CudaStream,
-        layer: &LayerSlots,
-        step: &StepBuffers,
-        y: u64,
-    ) -> Result<(), CudaError> {
+    /// [`CudaError::Driver`] when the launch fails.
+    pub fn launch_combine(&self, stream: &CudaStream, step: &StepBuffers, y: u64) -> Result<(), CudaError> {
         if step.tokens == 0 {
             return Ok(());
         }
-        let (tokens, top_k, hidden) = (step.tokens as u32, self.shape.top_k as u32, self.shape.hidden as u32);
         let cfg = LaunchConfig {
-            grid_dim: (hidden.div_ceil(kernels::ROWS_PER_BLOCK), tokens, top_k),
+            grid_dim: ((self.shape.hidden as u32).div_ceil(kernels::BLOCK_THREADS), step.tokens as u32, 1),
             block_dim: (kernels::BLOCK_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let (layer_args, step_args) = (layer_args(layer), step.args(&self.shape, 0, y));
-        let mut launch = stream.launch_builder(&self.down);
-        launch.arg(&layer_args).arg(&step_args);
-        // SAFETY: as in `launch_gate_up`; down reads `h` written by the step's gate/up launches
-        // on the same stream and writes each pair's row of `part` (both in `step`).
-        unsafe { launch.launch(cfg) }?;
-        let cfg = LaunchConfig {
-            grid_dim: (hidden.div_ceil(kernels::BLOCK_THREADS), tokens, 1),
-            block_dim: (kernels::BLOCK_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let step_args = step.args(&self.shape, 0, y);
         let mut launch = stream.launch_builder(&self.combine);
         launch.arg(&step_args);
-        // SAFETY: combine reads the router weights and `part` of `step` and writes `y`,
-        // `[tokens, hidden]` f32 given by the caller.
+        // SAFETY: combine reads the router weights and the partial outputs of `step` and writes
+        // `y`, `[tokens, hidden]` f32 given by the caller.
         unsafe { launch.launch(cfg) }?;
         Ok(())
     }
 
-    /// The whole step on one stream: gate/up for every pair, then down. For steps whose copies
-    /// the stream already waited on.
+    /// The whole step on one stream: gate/up and down for every pair, then the combine. For
+    /// steps whose copies the stream already waited on.
     ///
     /// # Errors
     /// As [`MoeFfn::launch_gate_up`].
@@ -384,7 +398,8 @@ impl MoeFfn {
         y: u64,
     ) -> Result<(), CudaError> {
         self.launch_gate_up(stream, layer, step, x, Phase::All)?;
-        self.launch_down(stream, layer, step, y)
+        self.launch_down(stream, layer, step, Phase::All)?;
+        self.launch_combine(stream, step, y)
     }
 
     /// Records, on `stream`, the event after which the kernels launched so far no longer read

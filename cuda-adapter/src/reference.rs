@@ -137,7 +137,7 @@ pub fn moe_ffn<'a>(
 ) -> Result<Vec<f32>, CudaError> {
     let matrix = shape.gate_bytes()?;
     let bad = |what: &str| CudaError::Unsupported(format!("reference FFN: {what}"));
-    if shape.hidden == 0 || shape.top_k == 0 || x.len() % shape.hidden != 0 {
+    if shape.hidden == 0 || shape.top_k == 0 || !x.len().is_multiple_of(shape.hidden) {
         return Err(bad("x is not a whole number of tokens"));
     }
     let tokens = x.len() / shape.hidden;
@@ -177,7 +177,9 @@ pub fn within_tolerance(shape: &FfnShape, gpu: &[f32], reference: &[f32]) -> Res
     for (t, (g, r)) in gpu.chunks(shape.hidden).zip(reference.chunks(shape.hidden)).enumerate() {
         let scale = r.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
         let tol = 1e-4 * scale;
-        if let Some((i, (a, b))) = g.iter().zip(r).enumerate().find(|(_, (a, b))| !((*a - *b).abs() <= tol)) {
+        if let Some((i, (a, b))) =
+            g.iter().zip(r).enumerate().find(|(_, (a, b))| (*a - *b).abs() > tol || a.is_nan() || b.is_nan())
+        {
             return Err(format!("token {t}, element {i}: GPU {a} against reference {b} (tolerance {tol})"));
         }
     }

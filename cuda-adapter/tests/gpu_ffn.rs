@@ -50,7 +50,8 @@ fn stacks(spec: &ModelSpec) -> Vec<[Vec<u8>; 3]> {
 }
 
 fn trace(spec: &ModelSpec) -> Trace {
-    let mut settings = SynthSettings::new(spec.experts as u32, spec.layers as u32, spec.shape.top_k as u32, 40, 0.9, 0.5);
+    let mut settings =
+        SynthSettings::new(spec.experts as u32, spec.layers as u32, spec.shape.top_k as u32, 40, 0.9, 0.5);
     settings.prefill_tokens = 6;
     settings.phase = 16;
     settings.trace().unwrap()

@@ -2,7 +2,8 @@
 // slot table.
 //
 // For each (token, k) pair: h = SiLU(gate · x) * (up · x) and part = down · h; then y[token] =
-// sum over k, in k order, of weight[k] * part[k] (three kernels: gate/up, down, combine). Weights are F32 or BF16, activations and accumulation f32.
+// sum over k, in k order, of weight[k] * part[k] (three kernels: gate/up and down over a list
+// of pairs, so a step's pairs can run in two phases, then combine). Weights are F32 or BF16, activations and accumulation f32.
 //
 // Where an expert's weights live does not change the arithmetic: every dot product gives each
 // lane the same elements in the same order and reduces the warp with the same butterfly,
@@ -61,10 +62,17 @@ __device__ __forceinline__ void load_chunk(const unsigned char* row, int j, int 
     }
 }
 
-// Eight activations starting at element j, zero past `cols`.
-__device__ __forceinline__ void load_x(const float* x, int j, int cols, float v[CHUNK]) {
+// Eight activations starting at element j, zero past `cols`; `vec`: x is 16-byte aligned.
+__device__ __forceinline__ void load_x(const float* x, int j, int cols, bool vec, float v[CHUNK]) {
+    if (vec && j + CHUNK <= cols) {
+        float4 a = *reinterpret_cast<const float4*>(x + j);
+        float4 b = *reinterpret_cast<const float4*>(x + j + 4);
+        v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+        v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+    } else {
 #pragma unroll
-    for (int e = 0; e < CHUNK; e++) v[e] = (j + e < cols) ? x[j + e] : 0.0f;
+        for (int e = 0; e < CHUNK; e++) v[e] = (j + e < cols) ? x[j + e] : 0.0f;
+    }
 }
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -151,6 +159,7 @@ __device__ void gate_up(const LayerArgs& layer, const StepArgs& step, const int*
     const int row0 = (blockIdx.x * WARPS + warp) * ROWS_PER_WARP;
     const int rb = row_bytes(FMT, hidden);
     const bool vec = vectorisable(gate, rb) && vectorisable(up, rb);
+    const bool xvec = vectorisable(reinterpret_cast<const unsigned char*>(x), 0);
 
     float acc_g[ROWS_PER_WARP];
     float acc_u[ROWS_PER_WARP];
@@ -160,7 +169,7 @@ __device__ void gate_up(const LayerArgs& layer, const StepArgs& step, const int*
 #pragma unroll 4
     for (int j = lane * CHUNK; j < hidden; j += 32 * CHUNK) {
         float xv[CHUNK];
-        load_x(x, j, hidden, xv);
+        load_x(x, j, hidden, xvec, xv);
 #pragma unroll
         for (int r = 0; r < ROWS_PER_WARP; r++) {
             const int row = row0 + r;
@@ -187,10 +196,10 @@ __device__ void gate_up(const LayerArgs& layer, const StepArgs& step, const int*
 }
 
 // Each pair's down output: part[pair] = down · h[pair].
-// Grid: (ceil(hidden / (WARPS * ROWS_PER_WARP)), tokens, top_k). Block: WARPS * 32.
+// Grid: (ceil(hidden / (WARPS * ROWS_PER_WARP)), number of pairs in `pairs`). Block: WARPS * 32.
 template <int FMT>
-__device__ void down(const LayerArgs& layer, const StepArgs& step) {
-    const int pair = blockIdx.y * step.top_k + blockIdx.z;
+__device__ void down(const LayerArgs& layer, const StepArgs& step, const int* pairs) {
+    const int pair = pairs[blockIdx.y];
     const int* ids = reinterpret_cast<const int*>(step.ids);
     const int* table = reinterpret_cast<const int*>(layer.table);
     const u64* miss = reinterpret_cast<const u64*>(step.miss);
@@ -214,13 +223,14 @@ __device__ void down(const LayerArgs& layer, const StepArgs& step) {
     }
     const float* hk = reinterpret_cast<const float*>(step.h) + (u64)pair * (u64)ffn;
     const bool vec = vectorisable(dw, rb);
+    const bool hvec = vectorisable(reinterpret_cast<const unsigned char*>(hk), 0);
     float acc[ROWS_PER_WARP];
 #pragma unroll
     for (int r = 0; r < ROWS_PER_WARP; r++) acc[r] = 0.0f;
 #pragma unroll 4
     for (int j = lane * CHUNK; j < ffn; j += 32 * CHUNK) {
         float hv[CHUNK];
-        load_x(hk, j, ffn, hv);
+        load_x(hk, j, ffn, hvec, hv);
 #pragma unroll
         for (int r = 0; r < ROWS_PER_WARP; r++) {
             const int row = row0 + r;
@@ -266,12 +276,14 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32)
     gate_up<FMT_BF16>(layer, step, pairs);
 }
 
-extern "C" __global__ void __launch_bounds__(WARPS * 32) moe_down_f32(const LayerArgs layer, const StepArgs step) {
-    down<FMT_F32>(layer, step);
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
+    moe_down_f32(const LayerArgs layer, const StepArgs step, const int* pairs) {
+    down<FMT_F32>(layer, step, pairs);
 }
 
-extern "C" __global__ void __launch_bounds__(WARPS * 32) moe_down_bf16(const LayerArgs layer, const StepArgs step) {
-    down<FMT_BF16>(layer, step);
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
+    moe_down_bf16(const LayerArgs layer, const StepArgs step, const int* pairs) {
+    down<FMT_BF16>(layer, step, pairs);
 }
 
 // Deterministic weights for demos and benchmarks: element i of a buffer is the (i+1)-th output
