@@ -496,7 +496,10 @@ impl GpuModel {
             let mut t = Vec::new();
             for _ in 0..reps + 1 {
                 let start = self.compute.record_event(timing)?;
-                self.ffn.launch(&self.compute, &slots, &step, xp, yp)?;
+                // SAFETY: `slots` points at `buffer` and `table` (alive for this function), the
+                // sources at `buffer`'s slots or the model's mapped host stacks, `xp` and `yp` at
+                // one token's activations and output; all on this stream.
+                unsafe { self.ffn.launch(&self.compute, &slots, &step, xp, yp) }?;
                 let end = self.compute.record_event(timing)?;
                 end.synchronize()?;
                 t.push(seconds(&start, &end)? / k as f64);
@@ -983,14 +986,22 @@ impl RunState {
         )?;
         let early = LayerSlots { table: before, ..layer.slots };
         let late = LayerSlots { table: layer.table_ptrs[layer.current], ..layer.slots };
-        model.ffn.launch_gate_up(&model.compute, &early, buffers, self.x_ptr, Phase::BeforeCopies)?;
-        model.ffn.launch_down(&model.compute, &early, buffers, Phase::BeforeCopies)?;
-        if enqueued {
-            model.compute.wait(&layer.copies_done)?;
+        // SAFETY: `early` and `late` point at this layer's slots and tables, alive for the run;
+        // the sources at its scratch slots or the model's mapped host stacks; `x_ptr` at the
+        // run's activations (max_tokens × hidden) and `y` at the run's output buffer or a slice
+        // of the recorded outputs of this record's length. Slots and scratch slots written by
+        // this record's copies are read only after the wait on `copies_done`; the early phase
+        // reads slots the copies do not touch, through the table they do not rewrite.
+        unsafe {
+            model.ffn.launch_gate_up(&model.compute, &early, buffers, self.x_ptr, Phase::BeforeCopies)?;
+            model.ffn.launch_down(&model.compute, &early, buffers, Phase::BeforeCopies)?;
+            if enqueued {
+                model.compute.wait(&layer.copies_done)?;
+            }
+            model.ffn.launch_gate_up(&model.compute, &late, buffers, self.x_ptr, Phase::AfterCopies)?;
+            model.ffn.launch_down(&model.compute, &late, buffers, Phase::AfterCopies)?;
+            model.ffn.launch_combine(&model.compute, buffers, y)?;
         }
-        model.ffn.launch_gate_up(&model.compute, &late, buffers, self.x_ptr, Phase::AfterCopies)?;
-        model.ffn.launch_down(&model.compute, &late, buffers, Phase::AfterCopies)?;
-        model.ffn.launch_combine(&model.compute, buffers, y)?;
         self.routed.record(&model.compute)?;
         self.routed_recorded = true;
         Ok(copied)

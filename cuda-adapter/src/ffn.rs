@@ -295,7 +295,13 @@ impl MoeFfn {
     ///
     /// # Errors
     /// [`CudaError::Driver`] when the launch fails.
-    pub fn launch_gate_up(
+    ///
+    /// # Safety
+    /// The addresses in `layer` (slots, table of `layer.experts` i32), in the step's pair
+    /// sources, and `x`/`y` must be live device-accessible memory of the sizes the step needs
+    /// (`[tokens, hidden]` f32 for `x` and `y`), written by no other work while the launch runs
+    /// and ordered on `stream` after their writes.
+    pub unsafe fn launch_gate_up(
         &self,
         stream: &CudaStream,
         layer: &LayerSlots,
@@ -303,7 +309,10 @@ impl MoeFfn {
         x: u64,
         phase: Phase,
     ) -> Result<(), CudaError> {
-        self.launch_pairs(&self.gate_up, self.shape.ffn, stream, layer, step, step.args(&self.shape, x, 0), phase)
+        // SAFETY: the caller upholds `launch_pairs`' contract (this function's).
+        unsafe {
+            self.launch_pairs(&self.gate_up, self.shape.ffn, stream, layer, step, step.args(&self.shape, x, 0), phase)
+        }
     }
 
     /// Launches down on `stream` for the pairs of `phase`: each pair's `down · h` into the step's
@@ -311,18 +320,29 @@ impl MoeFfn {
     ///
     /// # Errors
     /// [`CudaError::Driver`] when the launch fails.
-    pub fn launch_down(
+    ///
+    /// # Safety
+    /// The addresses in `layer` (slots, table of `layer.experts` i32), in the step's pair
+    /// sources, and `x`/`y` must be live device-accessible memory of the sizes the step needs
+    /// (`[tokens, hidden]` f32 for `x` and `y`), written by no other work while the launch runs
+    /// and ordered on `stream` after their writes.
+    pub unsafe fn launch_down(
         &self,
         stream: &CudaStream,
         layer: &LayerSlots,
         step: &StepBuffers,
         phase: Phase,
     ) -> Result<(), CudaError> {
-        self.launch_pairs(&self.down, self.shape.hidden, stream, layer, step, step.args(&self.shape, 0, 0), phase)
+        // SAFETY: as in `launch_gate_up`.
+        unsafe {
+            self.launch_pairs(&self.down, self.shape.hidden, stream, layer, step, step.args(&self.shape, 0, 0), phase)
+        }
     }
 
+    /// # Safety
+    /// As [`MoeFfn::launch_gate_up`].
     #[allow(clippy::too_many_arguments)]
-    fn launch_pairs(
+    unsafe fn launch_pairs(
         &self,
         function: &CudaFunction,
         rows: usize,
@@ -351,7 +371,7 @@ impl MoeFfn {
         launch.arg(&layer_args).arg(&step_args).arg(&pairs);
         // SAFETY: the arguments match the kernels' signature (two structs by value and a device
         // address of `count` i32 pair indices inside `step`'s block). Every address the kernel
-        // reads was given by the caller for this step: `layer`'s slots and table, `step`'s
+        // reads was given by the caller for this step (valid by the callers' contract): `layer`'s slots and table, `step`'s
         // buffers (alive as long as `step`), `x`, and the pair sources' addresses; the kernel
         // checks expert ids against the table's length and skips pairs without a source. Gate/up
         // writes the pairs' rows of `h`, down reads them (launched after, on the same stream) and
@@ -366,7 +386,13 @@ impl MoeFfn {
     ///
     /// # Errors
     /// [`CudaError::Driver`] when the launch fails.
-    pub fn launch_combine(&self, stream: &CudaStream, step: &StepBuffers, y: u64) -> Result<(), CudaError> {
+    ///
+    /// # Safety
+    /// The addresses in `layer` (slots, table of `layer.experts` i32), in the step's pair
+    /// sources, and `x`/`y` must be live device-accessible memory of the sizes the step needs
+    /// (`[tokens, hidden]` f32 for `x` and `y`), written by no other work while the launch runs
+    /// and ordered on `stream` after their writes.
+    pub unsafe fn launch_combine(&self, stream: &CudaStream, step: &StepBuffers, y: u64) -> Result<(), CudaError> {
         if step.tokens == 0 {
             return Ok(());
         }
@@ -379,7 +405,7 @@ impl MoeFfn {
         let mut launch = stream.launch_builder(&self.combine);
         launch.arg(&step_args);
         // SAFETY: combine reads the router weights and the partial outputs of `step` and writes
-        // `y`, `[tokens, hidden]` f32 given by the caller.
+        // `y`, `[tokens, hidden]` f32 given by the caller (valid by this function's contract).
         unsafe { launch.launch(cfg) }?;
         Ok(())
     }
@@ -389,7 +415,10 @@ impl MoeFfn {
     ///
     /// # Errors
     /// As [`MoeFfn::launch_gate_up`].
-    pub fn launch(
+    ///
+    /// # Safety
+    /// As [`MoeFfn::launch_gate_up`].
+    pub unsafe fn launch(
         &self,
         stream: &CudaStream,
         layer: &LayerSlots,
@@ -397,9 +426,12 @@ impl MoeFfn {
         x: u64,
         y: u64,
     ) -> Result<(), CudaError> {
-        self.launch_gate_up(stream, layer, step, x, Phase::All)?;
-        self.launch_down(stream, layer, step, Phase::All)?;
-        self.launch_combine(stream, step, y)
+        // SAFETY: the caller upholds the launches' contract (this function's).
+        unsafe {
+            self.launch_gate_up(stream, layer, step, x, Phase::All)?;
+            self.launch_down(stream, layer, step, Phase::All)?;
+            self.launch_combine(stream, step, y)
+        }
     }
 
     /// Records, on `stream`, the event after which the kernels launched so far no longer read
