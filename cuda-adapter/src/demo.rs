@@ -520,12 +520,10 @@ impl GpuModel {
         })
     }
 
-    /// Device bytes a run of `slots` slots per layer needs: the slots, the scratch slots and
-    /// the step buffers, per layer.
-    fn run_bytes(&self, slots: usize, scratch: usize) -> Result<(u64, u64), CudaError> {
+    /// The bytes one slot takes in every layer.
+    fn slot_bytes_all_layers(&self) -> Result<u64, CudaError> {
         let per_slot = SlotArena::new(&self.layout, 1, SLOT_ALIGN)?.slot_stride() as u64;
-        let layers = self.spec.layers as u64;
-        Ok((layers * per_slot * (slots + scratch) as u64, layers * per_slot))
+        Ok(per_slot * self.spec.layers as u64)
     }
 
     /// Decodes `trace` under `run`; see the [module docs](self). The prefill records (and the
@@ -558,15 +556,8 @@ impl GpuModel {
         let slots = run.slots.min(spec.experts);
         let may_copy = run.miss != MissRule::Always(MissAction::ZeroCopy) && slots < spec.experts;
         let scratch = if may_copy { (max_tokens * top_k).min(spec.experts) } else { 0 };
-        let (needed, per_slot_all_layers) = self.run_bytes(slots, scratch)?;
         let (free, _) = self.ctx.mem_get_info()?;
-        // Keep room for the step buffers and the driver.
-        let reserve = 256u64 << 20;
-        if needed.saturating_add(reserve) > free as u64 {
-            let fit = (free as u64).saturating_sub(reserve).saturating_sub(per_slot_all_layers * scratch as u64)
-                / per_slot_all_layers.max(1);
-            return Err(CudaError::DoesNotFit { needed, free: free as u64, slots_that_fit: fit as usize });
-        }
+        check_fit(free as u64, self.slot_bytes_all_layers()?, slots, scratch)?;
         let mut state = RunState::new(self, run, slots, scratch, max_tokens, trace)?;
         let hidden = spec.shape.hidden;
         let mut report = RunReport::default();
@@ -684,6 +675,24 @@ impl GpuModel {
             slow_pairs,
         })
     }
+}
+
+/// Device memory kept free beside the slots: step buffers, activations, the driver's own.
+const VRAM_RESERVE: u64 = 256 << 20;
+
+/// Checks that `slots` slots and `scratch` scratch slots per layer fit `free` bytes of device
+/// memory, one slot of every layer taking `slot_bytes`, [`VRAM_RESERVE`] kept free.
+///
+/// # Errors
+/// [`CudaError::DoesNotFit`] with how many slots per layer would fit.
+fn check_fit(free: u64, slot_bytes: u64, slots: usize, scratch: usize) -> Result<(), CudaError> {
+    let needed = slot_bytes.saturating_mul(slots.saturating_add(scratch) as u64);
+    if needed.saturating_add(VRAM_RESERVE) <= free {
+        return Ok(());
+    }
+    let room = free.saturating_sub(VRAM_RESERVE).saturating_sub(slot_bytes.saturating_mul(scratch as u64));
+    let slots_that_fit = usize::try_from(room / slot_bytes.max(1)).unwrap_or(usize::MAX);
+    Err(CudaError::DoesNotFit { needed, free, slots_that_fit })
 }
 
 /// What the replay's cost model predicts for a run.
@@ -1311,4 +1320,54 @@ pub fn tune_pick(
         }
     }
     best.map(|(_, p, s)| (p, s)).ok_or_else(|| CudaError::Residency("no candidate".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_that_do_not_fit_say_how_many_would() {
+        let gib = 1u64 << 30;
+        assert!(check_fit(10 * gib, gib, 4, 2).is_ok());
+        match check_fit(10 * gib, gib, 16, 2) {
+            Err(CudaError::DoesNotFit { needed, free, slots_that_fit }) => {
+                assert_eq!((needed, free), (18 * gib, 10 * gib));
+                assert_eq!(slots_that_fit, 7); // 10 GiB less 256 MiB, less 2 scratch slots
+            }
+            other => panic!("{other:?}"),
+        }
+        let message = check_fit(gib, gib, 1, 0).unwrap_err().to_string();
+        assert!(message.contains("0 slots per layer would fit"), "{message}");
+    }
+
+    #[test]
+    fn synthetic_traces_follow_synth() {
+        let settings = SynthSettings { steps: 3, prefill_tokens: 2, ..SynthSettings::locality() };
+        let trace = settings.trace().unwrap();
+        let records = trace.records();
+        assert_eq!(records.len(), 4 * 4); // prefill + 3 steps, 4 layers each
+        assert!(records.iter().take(4).all(|r| r.prefill && r.step == 0 && trace.ids(r).len() == 16));
+        assert!(records.iter().skip(4).all(|r| !r.prefill && trace.ids(r).len() == 8));
+        // Layer l draws from SyntheticRouting seeded with seed + l, like `synth`.
+        let mut layer1 = SyntheticRouting::new(
+            RoutingShape { experts: 128, top_k: 8, zipf_s: 0.9, reuse: 0.5, phase_steps: 256 },
+            settings.seed + 1,
+        );
+        let mut ids = Vec::new();
+        layer1.step(2, &mut ids);
+        assert_eq!(trace.ids(&records[1]), &ids[..]);
+    }
+
+    #[test]
+    fn router_weights_sum_to_one_per_token() {
+        let w = router_weights(2, 9, 16, 8);
+        for token in w.chunks(8) {
+            assert!((token.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+            assert!(token.iter().all(|&v| v > 0.0));
+        }
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&mut []), 0.0);
+    }
 }

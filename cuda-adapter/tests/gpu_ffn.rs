@@ -71,21 +71,28 @@ fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
+/// A small model of `format` with host weights, on device 0, and its trace.
+fn setup(format: Format) -> (ModelSpec, Vec<[Vec<u8>; 3]>, GpuModel, Trace) {
+    let spec = spec(format);
+    let host = stacks(&spec);
+    let model = GpuModel::from_host(0, spec, &host, 0).unwrap();
+    let trace = trace(&spec);
+    (spec, host, model, trace)
+}
+
 #[test]
 fn outputs_are_bit_identical_under_every_policy_and_miss_action() {
     if !gpu("outputs_are_bit_identical_under_every_policy_and_miss_action") {
         return;
     }
     for format in [Format::BF16, Format::F32] {
-        let spec = spec(format);
-        let host = stacks(&spec);
-        let model = GpuModel::from_host(0, spec, &host, 0).unwrap();
-        let trace = trace(&spec);
+        let (spec, host, model, trace) = setup(format);
         let all = bits(&outputs(&model, &trace, spec.experts, Policy::Tide, MissRule::Always(MissAction::Copy)));
         let decay = Policy::Decay(DecayConfig::DEFAULT);
         let mut runs = 0;
         for miss in [MissRule::Always(MissAction::Copy), MissRule::Always(MissAction::ZeroCopy), MIXED] {
             assert_eq!(bits(&outputs(&model, &trace, 0, Policy::Lru, miss)), all, "{format:?}, no slots, {miss:?}");
+            runs += 1;
             for policy in [Policy::Lru, Policy::Tide, decay] {
                 for slots in [3, 8] {
                     let got = bits(&outputs(&model, &trace, slots, policy, miss));
@@ -100,6 +107,7 @@ fn outputs_are_bit_identical_under_every_policy_and_miss_action() {
         let zero_copy = outputs(&shifted, &trace, 0, Policy::Lru, MissRule::Always(MissAction::ZeroCopy));
         assert_eq!(bits(&zero_copy), all, "{format:?}, misaligned host memory");
         assert_eq!(bits(&outputs(&shifted, &trace, 3, Policy::Tide, MIXED)), all, "{format:?}, misaligned, mixed");
+        runs += 2;
         println!("{format:?}: {runs} runs bit-identical to all-resident");
     }
 }
@@ -110,10 +118,7 @@ fn outputs_match_the_cpu_reference() {
         return;
     }
     for format in [Format::BF16, Format::F32] {
-        let spec = spec(format);
-        let host = stacks(&spec);
-        let model = GpuModel::from_host(0, spec, &host, 0).unwrap();
-        let trace = trace(&spec);
+        let (spec, host, model, trace) = setup(format);
         let got = outputs(&model, &trace, 3, Policy::Lru, MIXED);
         let s = &spec.shape;
         let matrix = s.gate_bytes().unwrap();
