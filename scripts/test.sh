@@ -22,6 +22,17 @@ step "clippy of the firmware (warnings denied)"
   && cargo clippy --release --locked --features defmt -- -D warnings)
 (cd examples/firmware && cargo clippy --release --locked -- -D warnings)
 
+step "NVRTC for the CUDA kernels' compile test (PyPI's nvidia-cuda-nvrtc; no GPU or CUDA toolkit needed)"
+# The expertslab-cuda tests compile the kernels with NVRTC and fail when it is missing. The wheel
+# (58 MB download) is installed once under target/; cudarc loads libnvrtc.so.13 from the path.
+nvrtc_lib="$PWD/target/nvrtc/nvidia/cu13/lib"
+if [ ! -e "$nvrtc_lib/libnvrtc.so.13" ]; then
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --no-deps \
+    --target target/nvrtc 'nvidia-cuda-nvrtc==13.0.88' \
+    || { echo "could not install nvidia-cuda-nvrtc 13.0.88 from PyPI (the kernel compile test needs it)" >&2; exit 1; }
+fi
+export LD_LIBRARY_PATH="$nvrtc_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
 step "host tests"
 cargo test --workspace --locked
 

@@ -62,6 +62,26 @@ pub enum CudaError {
     /// A copy enqueued earlier failed and the failure has not been handed to the caller yet:
     /// call [`crate::CudaSlotSink::synchronize`] to learn which slots to free.
     Unconfirmed,
+    /// The NVRTC library (`libnvrtc.so.13`) could not be loaded.
+    NoNvrtc,
+    /// NVRTC refused the kernels: its log.
+    Compile(String),
+    /// A kernel was asked for a shape, format or argument it does not take.
+    Unsupported(String),
+    /// A kernel reported pairs it could not compute (status bits: 1 no weights for a
+    /// non-resident expert, 2 an expert id out of range).
+    KernelStatus(u32),
+    /// The residency pool, a replay or a trace refused a step.
+    Residency(String),
+    /// The slots of every layer of a model do not fit the free device memory.
+    DoesNotFit {
+        /// Bytes the slots need.
+        needed: u64,
+        /// Bytes free on the device.
+        free: u64,
+        /// Slots per layer that would fit.
+        slots_that_fit: usize,
+    },
 }
 
 impl CudaError {
@@ -111,6 +131,22 @@ impl fmt::Display for CudaError {
             Self::Unconfirmed => {
                 write!(f, "an earlier copy failed; synchronize the sink to free the slots it may have hit")
             }
+            Self::NoNvrtc => {
+                write!(f, "NVRTC not found (libnvrtc.so.13 could not be loaded; put its folder on LD_LIBRARY_PATH)")
+            }
+            Self::Compile(log) => write!(f, "NVRTC could not compile the kernels:\n{log}"),
+            Self::Unsupported(what) => write!(f, "not supported by the MoE kernels: {what}"),
+            Self::KernelStatus(bits) => write!(
+                f,
+                "the MoE kernel could not compute some pairs (status {bits:#x}: 1 = a non-resident expert without \
+                 a miss source, 2 = an expert id out of range)"
+            ),
+            Self::Residency(what) => write!(f, "residency: {what}"),
+            Self::DoesNotFit { needed, free, slots_that_fit } => write!(
+                f,
+                "the slots need {needed} bytes of device memory but {free} are free: {slots_that_fit} slots per \
+                 layer would fit"
+            ),
         }
     }
 }

@@ -11,6 +11,10 @@
 //! | [`host`] | [`HostMemory`]: registered (page-locked, read-only) host buffers and a pinned staging ring |
 //! | [`sink`] | [`CudaSlotSink`]: the core's `SlotSink`, copying asynchronously on a copy stream |
 //! | [`table`] | [`DeviceSlotTable`]: `i32[experts]` in VRAM, expert to slot, for kernels |
+//! | [`kernels`] | the MoE FFN's CUDA C sources, compiled at run time with NVRTC |
+//! | [`ffn`] | [`MoeFfn`]: the MoE FFN for decode and small batches, reading experts from their slots or applying a miss action |
+//! | [`reference`] | the CPU reference of the same FFN |
+//! | [`demo`] | the GPU demo: a current MoE's shape decoded with slots, against streaming and zero-copy |
 //! | [`error`] | [`CudaError`] |
 //!
 //! The CUDA driver library is loaded at run time: the crate builds and its CPU tests run on
@@ -84,15 +88,21 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
 
 pub mod arena;
+pub mod demo;
 pub mod driver;
 pub mod error;
+pub mod ffn;
 pub mod host;
+pub mod kernels;
+pub mod reference;
 pub mod sink;
 pub mod table;
 
 pub use arena::{VramArena, DEVICE_ALIGN};
 pub use driver::{CudaDriver, Driver, Faults, MockDriver, MockEvent, MockOp, MockStream, PinnedMemory};
 pub use error::CudaError;
+pub use ffn::{LayerSlots, MissAction, MissCosts, MissRule, MoeFfn, PairSource, Phase, StepBuffers};
 pub use host::{CopyPath, HostMemory, RegisterReport, RingConfig};
+pub use reference::FfnShape;
 pub use sink::{CudaSlotSink, LateFailure, SinkStats, SlotRef};
 pub use table::{DeviceSlotTable, NOT_RESIDENT};

@@ -1,0 +1,149 @@
+//! Decode time per token on the GPU (issue 11's G2, G3 and G4), for the model of
+//! `ModelSpec::current_moe(4)` on the locality and near-uniform traces, at 25% and 50% of the
+//! experts in slots. Without a CUDA device it prints one line and exits.
+//!
+//! Rows: (i) every expert resident; (ii) no slots, every routed expert uploaded each step;
+//! (iii) no slots, misses read over the bus; (iv) slots under LRU, TIDE, decay and the `tune`
+//! pick at that budget, misses by the measured rule. For each (iv) row: the time the core's
+//! replay cost model predicts (G3) and the step time against max(copy, compute) (G4).
+//! `EXPERTSLAB_REPS` sets the repetitions per row (default 5; medians are reported).
+
+use std::process::ExitCode;
+
+use expertslab::{DecayConfig, Policy, Schedule};
+use expertslab_cuda::demo::{
+    open_device, tune_pick, Calibration, GpuModel, ModelSpec, RunConfig, RunReport, SynthSettings,
+};
+use expertslab_cuda::{CudaError, MissAction, MissRule};
+
+fn schedule_name(s: Schedule) -> String {
+    match s {
+        Schedule::EveryForward => "τ=1".into(),
+        other => format!("τ={}", other.interval()),
+    }
+}
+
+fn us(seconds: f64) -> f64 {
+    seconds * 1e6
+}
+
+fn row(trace: &str, slots: &str, name: &str, r: &RunReport) {
+    let tokens = r.decode_tokens.max(1) as f64;
+    let copied: u64 = r.step_copy_bytes.iter().sum();
+    let bus: u64 = r.step_zero_copy_pairs.iter().sum();
+    print!(
+        "{trace:<13} {slots:>5} {name:<26} hit {:>5.1}%  copied {:>6.1} MiB/token  bus pairs {:>5.2}/token  {:>8.1} µs/token",
+        100.0 * r.hit_rate(),
+        copied as f64 / tokens / (1 << 20) as f64,
+        bus as f64 / tokens,
+        us(r.seconds_per_token())
+    );
+}
+
+fn bench(model: &GpuModel, calibration: &Calibration, reps: usize) -> Result<(), CudaError> {
+    let experts = model.spec().experts;
+    let copy = MissRule::Always(MissAction::Copy);
+    let measured = MissRule::Measured(calibration.costs);
+    let mut goals = Vec::new();
+    for (trace_name, settings) in
+        [("locality", SynthSettings::locality()), ("near-uniform", SynthSettings::near_uniform())]
+    {
+        let trace = settings.trace()?;
+        let floor = model.decode_median(&trace, &RunConfig::new(experts, Policy::Tide, copy), reps)?;
+        row(trace_name, "100%", "(i) all resident", &floor);
+        println!();
+        let streaming = model.decode_median(&trace, &RunConfig::new(0, Policy::Lru, copy), reps)?;
+        row(trace_name, "0", "(ii) streaming", &streaming);
+        println!("  {:.2}× floor", streaming.seconds_per_token() / floor.seconds_per_token());
+        let zero_copy = model.decode_median(
+            &trace,
+            &RunConfig::new(0, Policy::Lru, MissRule::Always(MissAction::ZeroCopy)),
+            reps,
+        )?;
+        row(trace_name, "0", "(iii) zero-copy", &zero_copy);
+        println!("  {:.2}× floor", zero_copy.seconds_per_token() / floor.seconds_per_token());
+        let floor_token = floor.seconds_per_token();
+        for share in [4, 2] {
+            let slots = experts / share;
+            let label = format!("{}%", 100 / share);
+            let (tuned, tuned_schedule) = tune_pick(&trace, slots, model.expert_bytes() as u64, calibration)?;
+            let candidates = [
+                ("(iv) lru".to_string(), Policy::Lru, Schedule::EveryForward),
+                ("(iv) tide".to_string(), Policy::Tide, Schedule::EveryForward),
+                ("(iv) decay".to_string(), Policy::Decay(DecayConfig::DEFAULT), Schedule::EveryForward),
+                (format!("(iv) tune: {} {}", tuned.name(), schedule_name(tuned_schedule)), tuned, tuned_schedule),
+            ];
+            let mut best_iv = f64::INFINITY;
+            for (name, policy, schedule) in candidates {
+                let run = RunConfig { schedule, ..RunConfig::new(slots, policy, measured) };
+                let r = model.decode_median(&trace, &run, reps)?;
+                let predicted = model.predict(&trace, &run, calibration)?;
+                let bound = model.overlap_bound(&r, floor_token, calibration);
+                let t = r.seconds_per_token();
+                best_iv = best_iv.min(t);
+                row(trace_name, &label, &name, &r);
+                println!(
+                    "  vs (ii) {:.2}×  vs best(ii,iii) {:.2}×  G3 predicted {:.1} µs ({:+.1}%)  G4 {:.2}",
+                    streaming.seconds_per_token() / t,
+                    streaming.seconds_per_token().min(zero_copy.seconds_per_token()) / t,
+                    us(predicted.seconds_per_token),
+                    100.0 * (t / predicted.seconds_per_token - 1.0),
+                    r.decode_seconds / bound
+                );
+            }
+            if trace_name == "locality" && share == 2 {
+                goals.push(format!(
+                    "G2 locality 50%: best (iv) {:.2}× faster than (ii) (goal ≥ 3×)",
+                    streaming.seconds_per_token() / best_iv
+                ));
+            }
+            if trace_name == "near-uniform" {
+                let better = streaming.seconds_per_token().min(zero_copy.seconds_per_token());
+                goals.push(format!(
+                    "G2 near-uniform {label}: best (iv) {:.1} µs against the better of (ii), (iii) {:.1} µs (goal: not slower)",
+                    us(best_iv),
+                    us(better)
+                ));
+            }
+        }
+    }
+    for g in goals {
+        println!("{g}");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    // `cargo bench` passes --bench; nothing else is taken.
+    let reps = std::env::var("EXPERTSLAB_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    match open_device(0) {
+        Err(e @ (CudaError::NoDriver | CudaError::NoDevice { .. })) => {
+            println!("skipped: no CUDA device ({e}); decode benchmark not run");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("decode: {e}");
+            return ExitCode::FAILURE;
+        }
+        Ok(_) => {}
+    }
+    let result = GpuModel::generate(0, ModelSpec::current_moe(4)).and_then(|model| {
+        let calibration = model.calibrate(20)?;
+        println!(
+            "{} (driver {}), expert {} bytes, {} repetitions per row",
+            model.device_name()?,
+            model.driver_version()?,
+            model.expert_bytes(),
+            reps
+        );
+        println!("calibration: {calibration:?}");
+        bench(&model, &calibration, reps)
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("decode: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! CUDA C kernels, compiled at run time with NVRTC.
+//!
+//! [`MOE_FFN_SOURCE`] holds the MoE FFN kernels (gate/up, down per pair for F32 and BF16
+//! weights, and the combine over a token's pairs)
+//! and the deterministic weight fill used by the demo. [`compile`] turns it into PTX for the
+//! device's architecture, or for [`DEFAULT_ARCH`] when no device is given (NVRTC needs no GPU,
+//! so the kernels are compiled by the CPU-side tests too).
+
+use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
+
+use crate::error::CudaError;
+
+/// The MoE FFN kernels' source.
+pub const MOE_FFN_SOURCE: &str = include_str!("moe_ffn.cu");
+
+/// The architecture compiled for when no device is known (Hopper, the H100 and H200).
+pub const DEFAULT_ARCH: (i32, i32) = (9, 0);
+
+/// Threads per block of the FFN kernels (`WARPS * 32` in the source).
+pub(crate) const BLOCK_THREADS: u32 = 256;
+/// Output rows per block of the FFN kernels (`WARPS * ROWS_PER_WARP` in the source).
+pub(crate) const ROWS_PER_BLOCK: u32 = 16;
+
+/// The kernels' entry points.
+pub(crate) const GATE_UP_F32: &str = "moe_gate_up_f32";
+pub(crate) const GATE_UP_BF16: &str = "moe_gate_up_bf16";
+pub(crate) const DOWN_F32: &str = "moe_down_f32";
+pub(crate) const DOWN_BF16: &str = "moe_down_bf16";
+pub(crate) const COMBINE: &str = "moe_combine";
+pub(crate) const FILL_F32: &str = "fill_f32";
+pub(crate) const FILL_BF16: &str = "fill_bf16";
+
+/// Every entry point of [`MOE_FFN_SOURCE`].
+pub const ENTRY_POINTS: [&str; 7] = [GATE_UP_F32, GATE_UP_BF16, DOWN_F32, DOWN_BF16, COMBINE, FILL_F32, FILL_BF16];
+
+/// Whether the NVRTC library can be loaded.
+pub fn nvrtc_available() -> bool {
+    // SAFETY: loading a shared library by name runs its initialisers; libnvrtc's are those of a
+    // plain C library and the handle is only probed, not kept.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// Compiles [`MOE_FFN_SOURCE`] to PTX for compute capability `arch` (major, minor). Precise
+/// division, square root and denormals (no fast math), so the arithmetic is the same on every
+/// run.
+///
+/// # Errors
+/// [`CudaError::NoNvrtc`] when the NVRTC library cannot be loaded, [`CudaError::Compile`] with
+/// NVRTC's log when the source does not compile.
+pub fn compile(arch: (i32, i32)) -> Result<Ptx, CudaError> {
+    if !nvrtc_available() {
+        return Err(CudaError::NoNvrtc);
+    }
+    let opts = CompileOptions {
+        ftz: Some(false),
+        prec_div: Some(true),
+        prec_sqrt: Some(true),
+        fmad: Some(true),
+        options: vec![format!("--gpu-architecture=compute_{}{}", arch.0, arch.1), "--std=c++17".into()],
+        name: Some("moe_ffn.cu".into()),
+        ..CompileOptions::default()
+    };
+    cudarc::nvrtc::compile_ptx_with_opts(MOE_FFN_SOURCE, opts).map_err(|e| CudaError::Compile(compile_log(&e)))
+}
+
+fn compile_log(error: &CompileError) -> String {
+    match error {
+        CompileError::CompileError { log, options, .. } => {
+            format!("options {options:?}\n{}", log.to_string_lossy())
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Strict: a kernel that does not compile fails here. `scripts/test.sh` installs NVRTC from
+    /// PyPI and puts it on `LD_LIBRARY_PATH`; without it this test fails and says how to fix it.
+    #[test]
+    fn kernels_compile_with_nvrtc() {
+        assert!(
+            nvrtc_available(),
+            "NVRTC not found: install it with `python3 -m pip install --target target/nvrtc \
+             'nvidia-cuda-nvrtc==13.0.88'` and put target/nvrtc/nvidia/cu13/lib on LD_LIBRARY_PATH \
+             (scripts/test.sh does both)"
+        );
+        for arch in [DEFAULT_ARCH, (8, 0), (8, 9)] {
+            let ptx = match compile(arch) {
+                Ok(ptx) => ptx.to_src(),
+                Err(e) => panic!("compute_{}{}: {e}", arch.0, arch.1),
+            };
+            for entry in ENTRY_POINTS {
+                assert!(ptx.contains(&format!(".entry {entry}(")), "{entry} missing from the PTX");
+            }
+            assert!(ptx.contains(&format!(".target sm_{}{}", arch.0, arch.1)), "wrong target");
+        }
+    }
+
+    #[test]
+    fn a_broken_source_reports_the_log() {
+        if !nvrtc_available() {
+            return; // kernels_compile_with_nvrtc reports the missing library
+        }
+        let opts = CompileOptions { name: Some("broken.cu".into()), ..CompileOptions::default() };
+        let err = cudarc::nvrtc::compile_ptx_with_opts("extern \"C\" __global__ void k() { undefined_name; }", opts)
+            .map_err(|e| compile_log(&e));
+        assert!(err.is_err_and(|log| log.contains("undefined_name")));
+    }
+}

@@ -1,0 +1,313 @@
+// MoE feed-forward for decode and small batches, reading expert weights through the device
+// slot table.
+//
+// For each (token, k) pair: h = SiLU(gate · x) * (up · x) and part = down · h; then y[token] =
+// sum over k, in k order, of weight[k] * part[k] (three kernels: gate/up and down over a list
+// of pairs, so a step's pairs can run in two phases, then combine). Weights are F32 or BF16, activations and accumulation f32.
+//
+// Where an expert's weights live does not change the arithmetic: every dot product gives each
+// lane the same elements in the same order and reduces the warp with the same butterfly,
+// whether the row is read from a slot, a scratch slot or mapped host memory, and whether it is
+// loaded with 16-byte vectors or element by element. So the output is bit-identical to the run
+// with every expert resident.
+//
+// No headers: NVRTC compiles this without the CUDA toolkit's include files.
+
+typedef unsigned long long u64;
+typedef unsigned int u32;
+typedef unsigned short u16;
+
+#define FMT_F32 0
+#define FMT_BF16 1
+
+#define WARPS 8
+#define ROWS_PER_WARP 2
+#define CHUNK 8
+
+// Status bits written when a pair cannot be computed (the host reads them after a sync).
+#define STATUS_NO_SOURCE 1u
+#define STATUS_BAD_EXPERT 2u
+
+__device__ __forceinline__ float bf16_to_f32(u32 bits16) { return __uint_as_float(bits16 << 16); }
+
+// Eight weights of a row starting at element j (a multiple of CHUNK), zero past `cols`.
+// `vec`: the row starts 16-byte aligned and its length in bytes is a multiple of 16.
+template <int FMT>
+__device__ __forceinline__ void load_chunk(const unsigned char* row, int j, int cols, bool vec, float w[CHUNK]) {
+    if (FMT == FMT_BF16) {
+        const u16* p = reinterpret_cast<const u16*>(row) + j;
+        if (vec && j + CHUNK <= cols) {
+            uint4 v = *reinterpret_cast<const uint4*>(p);
+            u32 words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                w[2 * i] = bf16_to_f32(words[i] & 0xffffu);
+                w[2 * i + 1] = bf16_to_f32(words[i] >> 16);
+            }
+        } else {
+#pragma unroll
+            for (int e = 0; e < CHUNK; e++) w[e] = (j + e < cols) ? bf16_to_f32((u32)p[e]) : 0.0f;
+        }
+    } else {
+        const float* p = reinterpret_cast<const float*>(row) + j;
+        if (vec && j + CHUNK <= cols) {
+            float4 a = *reinterpret_cast<const float4*>(p);
+            float4 b = *reinterpret_cast<const float4*>(p + 4);
+            w[0] = a.x; w[1] = a.y; w[2] = a.z; w[3] = a.w;
+            w[4] = b.x; w[5] = b.y; w[6] = b.z; w[7] = b.w;
+        } else {
+#pragma unroll
+            for (int e = 0; e < CHUNK; e++) w[e] = (j + e < cols) ? p[e] : 0.0f;
+        }
+    }
+}
+
+// Eight activations starting at element j, zero past `cols`; `vec`: x is 16-byte aligned.
+__device__ __forceinline__ void load_x(const float* x, int j, int cols, bool vec, float v[CHUNK]) {
+    if (vec && j + CHUNK <= cols) {
+        float4 a = *reinterpret_cast<const float4*>(x + j);
+        float4 b = *reinterpret_cast<const float4*>(x + j + 4);
+        v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+        v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+    } else {
+#pragma unroll
+        for (int e = 0; e < CHUNK; e++) v[e] = (j + e < cols) ? x[j + e] : 0.0f;
+    }
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+__device__ __forceinline__ int row_bytes(int fmt, int cols) { return fmt == FMT_BF16 ? cols * 2 : cols * 4; }
+
+__device__ __forceinline__ bool vectorisable(const unsigned char* base, int bytes_per_row) {
+    return ((reinterpret_cast<u64>(base) | (u64)bytes_per_row) & 15ull) == 0ull;
+}
+
+// The base of projection `proj` (0 gate, 1 up, 2 down) of pair `pair`'s expert: its slot when
+// the pair has no miss pointer and the table says resident, the miss pointer when it has one;
+// null (and a status bit) when neither exists.
+__device__ __forceinline__ const unsigned char* resolve(
+    int pair, int proj, const int* ids, int experts, const int* table, u64 slot_base, u64 slot_stride,
+    const u64* proj_offset, const u64* miss, u32* status) {
+    int expert = ids[pair];
+    if (expert < 0 || expert >= experts) {
+        atomicOr(status, STATUS_BAD_EXPERT);
+        return nullptr;
+    }
+    // An explicit source (a scratch slot, mapped host memory) wins over the table: the table a
+    // kernel reads may still list an expert this step demoted.
+    u64 p = miss[(u64)pair * 3ull + (u64)proj];
+    if (p != 0ull) return reinterpret_cast<const unsigned char*>(p);
+    int slot = table[expert];
+    if (slot >= 0) {
+        return reinterpret_cast<const unsigned char*>(slot_base + (u64)slot * slot_stride + proj_offset[proj]);
+    }
+    atomicOr(status, STATUS_NO_SOURCE);
+    return nullptr;
+}
+
+struct LayerArgs {
+    u64 slot_base;     // device address of slot 0
+    u64 slot_stride;   // bytes between slots
+    u64 proj_offset[3];  // gate, up, down offsets inside a slot
+    u64 table;         // const int* table[experts]
+    int experts;
+};
+
+struct StepArgs {
+    u64 ids;       // const int*   [tokens * top_k]
+    u64 weights;   // const float* [tokens * top_k]
+    u64 miss;      // const u64*   [tokens * top_k * 3]
+    u64 x;         // const float* [tokens * hidden]
+    u64 h;         // float*       [tokens * top_k * ffn]
+    u64 part;      // float*       [tokens * top_k * hidden]: each pair's down output
+    u64 y;         // float*       [tokens * hidden]
+    u64 status;    // u32*
+    int tokens;
+    int top_k;
+    int hidden;
+    int ffn;
+};
+
+// h[pair] = SiLU(gate · x) * (up · x).
+// Grid: (ceil(ffn / (WARPS * ROWS_PER_WARP)), number of pairs in `pairs`). Block: WARPS * 32.
+template <int FMT>
+__device__ void gate_up(const LayerArgs& layer, const StepArgs& step, const int* pairs) {
+    const int pair = pairs[blockIdx.y];
+    const int* ids = reinterpret_cast<const int*>(step.ids);
+    const int* table = reinterpret_cast<const int*>(layer.table);
+    const u64* miss = reinterpret_cast<const u64*>(step.miss);
+    u32* status = reinterpret_cast<u32*>(step.status);
+    const unsigned char* gate = resolve(pair, 0, ids, layer.experts, table, layer.slot_base, layer.slot_stride,
+                                        layer.proj_offset, miss, status);
+    const unsigned char* up = resolve(pair, 1, ids, layer.experts, table, layer.slot_base, layer.slot_stride,
+                                      layer.proj_offset, miss, status);
+    if (gate == nullptr || up == nullptr) return;
+
+    const int hidden = step.hidden;
+    const int ffn = step.ffn;
+    const int token = pair / step.top_k;
+    const float* x = reinterpret_cast<const float*>(step.x) + (u64)token * (u64)hidden;
+    float* h = reinterpret_cast<float*>(step.h) + (u64)pair * (u64)ffn;
+
+    const int warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31;
+    const int row0 = (blockIdx.x * WARPS + warp) * ROWS_PER_WARP;
+    const int rb = row_bytes(FMT, hidden);
+    const bool vec = vectorisable(gate, rb) && vectorisable(up, rb);
+    const bool xvec = vectorisable(reinterpret_cast<const unsigned char*>(x), 0);
+
+    float acc_g[ROWS_PER_WARP];
+    float acc_u[ROWS_PER_WARP];
+#pragma unroll
+    for (int r = 0; r < ROWS_PER_WARP; r++) { acc_g[r] = 0.0f; acc_u[r] = 0.0f; }
+
+#pragma unroll 4
+    for (int j = lane * CHUNK; j < hidden; j += 32 * CHUNK) {
+        float xv[CHUNK];
+        load_x(x, j, hidden, xvec, xv);
+#pragma unroll
+        for (int r = 0; r < ROWS_PER_WARP; r++) {
+            const int row = row0 + r;
+            if (row < ffn) {
+                float wg[CHUNK];
+                float wu[CHUNK];
+                load_chunk<FMT>(gate + (u64)row * (u64)rb, j, hidden, vec, wg);
+                load_chunk<FMT>(up + (u64)row * (u64)rb, j, hidden, vec, wu);
+#pragma unroll
+                for (int e = 0; e < CHUNK; e++) {
+                    acc_g[r] = fmaf(wg[e], xv[e], acc_g[r]);
+                    acc_u[r] = fmaf(wu[e], xv[e], acc_u[r]);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < ROWS_PER_WARP; r++) {
+        const float g = warp_sum(acc_g[r]);
+        const float u = warp_sum(acc_u[r]);
+        const int row = row0 + r;
+        if (lane == 0 && row < ffn) h[row] = g / (1.0f + expf(-g)) * u;
+    }
+}
+
+// Each pair's down output: part[pair] = down · h[pair].
+// Grid: (ceil(hidden / (WARPS * ROWS_PER_WARP)), number of pairs in `pairs`). Block: WARPS * 32.
+template <int FMT>
+__device__ void down(const LayerArgs& layer, const StepArgs& step, const int* pairs) {
+    const int pair = pairs[blockIdx.y];
+    const int* ids = reinterpret_cast<const int*>(step.ids);
+    const int* table = reinterpret_cast<const int*>(layer.table);
+    const u64* miss = reinterpret_cast<const u64*>(step.miss);
+    u32* status = reinterpret_cast<u32*>(step.status);
+    const int hidden = step.hidden;
+    const int ffn = step.ffn;
+    const int warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31;
+    const int row0 = (blockIdx.x * WARPS + warp) * ROWS_PER_WARP;
+    const int rb = row_bytes(FMT, ffn);
+    const unsigned char* dw = resolve(pair, 2, ids, layer.experts, table, layer.slot_base, layer.slot_stride,
+                                      layer.proj_offset, miss, status);
+    float* part = reinterpret_cast<float*>(step.part) + (u64)pair * (u64)hidden;
+    if (dw == nullptr) {
+        // Reported through the status word; the output is not used.
+        if (lane == 0) {
+            for (int r = 0; r < ROWS_PER_WARP; r++)
+                if (row0 + r < hidden) part[row0 + r] = 0.0f;
+        }
+        return;
+    }
+    const float* hk = reinterpret_cast<const float*>(step.h) + (u64)pair * (u64)ffn;
+    const bool vec = vectorisable(dw, rb);
+    const bool hvec = vectorisable(reinterpret_cast<const unsigned char*>(hk), 0);
+    float acc[ROWS_PER_WARP];
+#pragma unroll
+    for (int r = 0; r < ROWS_PER_WARP; r++) acc[r] = 0.0f;
+#pragma unroll 4
+    for (int j = lane * CHUNK; j < ffn; j += 32 * CHUNK) {
+        float hv[CHUNK];
+        load_x(hk, j, ffn, hvec, hv);
+#pragma unroll
+        for (int r = 0; r < ROWS_PER_WARP; r++) {
+            const int row = row0 + r;
+            if (row < hidden) {
+                float w[CHUNK];
+                load_chunk<FMT>(dw + (u64)row * (u64)rb, j, ffn, vec, w);
+#pragma unroll
+                for (int e = 0; e < CHUNK; e++) acc[r] = fmaf(w[e], hv[e], acc[r]);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < ROWS_PER_WARP; r++) {
+        const float d = warp_sum(acc[r]);
+        const int row = row0 + r;
+        if (lane == 0 && row < hidden) part[row] = d;
+    }
+}
+
+// y[token] = sum over k, in k order, of weight[k] * part[token, k].
+// Grid: (ceil(hidden / blockDim.x), tokens).
+extern "C" __global__ void moe_combine(const StepArgs step) {
+    const int row = blockIdx.x * blockDim.x + threadIdx.x;
+    const int token = blockIdx.y;
+    if (row >= step.hidden) return;
+    const float* weights = reinterpret_cast<const float*>(step.weights);
+    const float* part = reinterpret_cast<const float*>(step.part);
+    float out = 0.0f;
+    for (int k = 0; k < step.top_k; k++) {
+        const int pair = token * step.top_k + k;
+        out = fmaf(weights[pair], part[(u64)pair * (u64)step.hidden + (u64)row], out);
+    }
+    reinterpret_cast<float*>(step.y)[(u64)token * (u64)step.hidden + (u64)row] = out;
+}
+
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
+    moe_gate_up_f32(const LayerArgs layer, const StepArgs step, const int* pairs) {
+    gate_up<FMT_F32>(layer, step, pairs);
+}
+
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
+    moe_gate_up_bf16(const LayerArgs layer, const StepArgs step, const int* pairs) {
+    gate_up<FMT_BF16>(layer, step, pairs);
+}
+
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
+    moe_down_f32(const LayerArgs layer, const StepArgs step, const int* pairs) {
+    down<FMT_F32>(layer, step, pairs);
+}
+
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
+    moe_down_bf16(const LayerArgs layer, const StepArgs step, const int* pairs) {
+    down<FMT_BF16>(layer, step, pairs);
+}
+
+// Deterministic weights for demos and benchmarks: element i of a buffer is the (i+1)-th output
+// of SplitMix64 seeded with `seed`, mapped to [-scale, scale).
+__device__ __forceinline__ float splitmix_unit(u64 seed, u64 i) {
+    u64 z = seed + (i + 1ull) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z = z ^ (z >> 31);
+    // 24 random bits to [-1, 1).
+    return (float)(z >> 40) * (2.0f / 16777216.0f) - 1.0f;
+}
+
+extern "C" __global__ void fill_f32(float* out, u64 n, u64 seed, float scale) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+        out[i] = splitmix_unit(seed, i) * scale;
+    }
+}
+
+extern "C" __global__ void fill_bf16(u16* out, u64 n, u64 seed, float scale) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+        u32 bits = __float_as_uint(splitmix_unit(seed, i) * scale);
+        // Round to nearest even (the values are finite).
+        bits += 0x7fffu + ((bits >> 16) & 1u);
+        out[i] = (u16)(bits >> 16);
+    }
+}

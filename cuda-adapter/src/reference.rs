@@ -1,0 +1,252 @@
+//! The CPU reference of the MoE FFN the kernels compute, over host bytes.
+//!
+//! For each token `t` and each of its `top_k` experts `e` with router weight `w`:
+//! `h = SiLU(gate_e · x_t) ⊙ (up_e · x_t)` and `y_t += w · (down_e · h)`. An expert's weights
+//! are its gate `[ffn, hidden]`, up `[ffn, hidden]` and down `[hidden, ffn]` matrices, row-major,
+//! in F32 or BF16 (as GGUF stacks them). The reference accumulates in `f64`, so it is the
+//! precise value the kernels' `f32` arithmetic approximates; [`within_tolerance`] is the bound
+//! the GPU tests hold the kernels to.
+
+use expertslab::Format;
+
+use crate::error::CudaError;
+
+/// The shape of one MoE FFN layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FfnShape {
+    /// Model width: the length of a token's activation and output.
+    pub hidden: usize,
+    /// Expert FFN width: rows of gate and up, columns of down.
+    pub ffn: usize,
+    /// Experts per token.
+    pub top_k: usize,
+    /// Weight format: [`Format::F32`] or [`Format::BF16`].
+    pub format: Format,
+}
+
+impl FfnShape {
+    /// Bytes of one weight element.
+    ///
+    /// # Errors
+    /// [`CudaError::Unsupported`] for formats other than F32 and BF16.
+    pub fn element_bytes(&self) -> Result<usize, CudaError> {
+        match self.format {
+            Format::F32 => Ok(4),
+            Format::BF16 => Ok(2),
+            other => Err(CudaError::Unsupported(format!("weight format {}", other.name()))),
+        }
+    }
+
+    /// Bytes of one expert's gate (or up) matrix.
+    ///
+    /// # Errors
+    /// As [`FfnShape::element_bytes`].
+    pub fn gate_bytes(&self) -> Result<usize, CudaError> {
+        self.matrix_bytes()
+    }
+
+    /// Bytes of one expert's down matrix (the same as gate's: `hidden × ffn` elements).
+    ///
+    /// # Errors
+    /// As [`FfnShape::element_bytes`].
+    pub fn down_bytes(&self) -> Result<usize, CudaError> {
+        self.matrix_bytes()
+    }
+
+    /// Bytes of one expert: gate, up and down.
+    ///
+    /// # Errors
+    /// As [`FfnShape::element_bytes`].
+    pub fn expert_bytes(&self) -> Result<usize, CudaError> {
+        let m = self.matrix_bytes()?;
+        m.checked_mul(3).ok_or_else(|| CudaError::Unsupported("expert size overflows".into()))
+    }
+
+    fn matrix_bytes(&self) -> Result<usize, CudaError> {
+        self.hidden
+            .checked_mul(self.ffn)
+            .and_then(|n| n.checked_mul(self.element_bytes().ok()?))
+            .ok_or_else(|| CudaError::Unsupported(format!("shape {self:?}")))
+    }
+}
+
+/// One expert's weights as host bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct ExpertWeights<'a> {
+    /// Gate `[ffn, hidden]`.
+    pub gate: &'a [u8],
+    /// Up `[ffn, hidden]`.
+    pub up: &'a [u8],
+    /// Down `[hidden, ffn]`.
+    pub down: &'a [u8],
+}
+
+/// Decodes element `i` of a weight matrix in `format` (F32 or BF16, little-endian).
+fn element(bytes: &[u8], format: Format, i: usize) -> Option<f64> {
+    match format {
+        Format::F32 => {
+            let b: [u8; 4] = bytes.get(i.checked_mul(4)?..i.checked_mul(4)?.checked_add(4)?)?.try_into().ok()?;
+            Some(f64::from(f32::from_le_bytes(b)))
+        }
+        Format::BF16 => {
+            let b: [u8; 2] = bytes.get(i.checked_mul(2)?..i.checked_mul(2)?.checked_add(2)?)?.try_into().ok()?;
+            Some(f64::from(bf16_to_f32(u16::from_le_bytes(b))))
+        }
+        _ => None,
+    }
+}
+
+/// The `f32` a BF16 value stands for.
+pub fn bf16_to_f32(bits: u16) -> f32 {
+    f32::from_bits(u32::from(bits) << 16)
+}
+
+/// The BF16 nearest to `value` (ties to even; NaN stays NaN).
+pub fn f32_to_bf16(value: f32) -> u16 {
+    let bits = value.to_bits();
+    if value.is_nan() {
+        return ((bits >> 16) as u16) | 0x40;
+    }
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1));
+    (rounded >> 16) as u16
+}
+
+/// `matrix · v` for a row-major `[rows, cols]` matrix in `format`.
+fn gemv(matrix: &[u8], format: Format, rows: usize, cols: usize, v: &[f64]) -> Option<Vec<f64>> {
+    (0..rows)
+        .map(|r| {
+            let start = r.checked_mul(cols)?;
+            (0..cols).try_fold(0.0f64, |acc, c| Some(acc + element(matrix, format, start + c)? * v.get(c)?))
+        })
+        .collect()
+}
+
+/// The reference output of one layer for `tokens` tokens: `x` is `[tokens, hidden]`, `ids` and
+/// `weights` are `[tokens, top_k]` (token-major, as routers emit them), `expert(e)` gives expert
+/// `e`'s weights. Returns `y`, `[tokens, hidden]`, rounded to `f32`.
+///
+/// # Errors
+/// [`CudaError::Unsupported`] when a length does not match the shape, an expert is missing or
+/// its matrices are too short, or the format is neither F32 nor BF16.
+pub fn moe_ffn<'a>(
+    shape: &FfnShape,
+    x: &[f32],
+    ids: &[u32],
+    weights: &[f32],
+    mut expert: impl FnMut(u32) -> Option<ExpertWeights<'a>>,
+) -> Result<Vec<f32>, CudaError> {
+    let matrix = shape.gate_bytes()?;
+    let bad = |what: &str| CudaError::Unsupported(format!("reference FFN: {what}"));
+    if shape.hidden == 0 || shape.top_k == 0 || !x.len().is_multiple_of(shape.hidden) {
+        return Err(bad("x is not a whole number of tokens"));
+    }
+    let tokens = x.len() / shape.hidden;
+    if tokens.checked_mul(shape.top_k) != Some(ids.len()) || ids.len() != weights.len() {
+        return Err(bad("ids and weights must be tokens × top_k long"));
+    }
+    let mut y = Vec::with_capacity(x.len());
+    for (xt, (ids_t, w_t)) in x.chunks(shape.hidden).zip(ids.chunks(shape.top_k).zip(weights.chunks(shape.top_k))) {
+        let xt: Vec<f64> = xt.iter().map(|&v| f64::from(v)).collect();
+        let mut yt = vec![0.0f64; shape.hidden];
+        for (&id, &w) in ids_t.iter().zip(w_t) {
+            let e = expert(id).ok_or_else(|| bad("no weights for an expert"))?;
+            if e.gate.len() < matrix || e.up.len() < matrix || e.down.len() < matrix {
+                return Err(bad("an expert's matrices are too short"));
+            }
+            let g = gemv(e.gate, shape.format, shape.ffn, shape.hidden, &xt).ok_or_else(|| bad("gate"))?;
+            let u = gemv(e.up, shape.format, shape.ffn, shape.hidden, &xt).ok_or_else(|| bad("up"))?;
+            let h: Vec<f64> = g.iter().zip(&u).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u).collect();
+            let d = gemv(e.down, shape.format, shape.hidden, shape.ffn, &h).ok_or_else(|| bad("down"))?;
+            yt.iter_mut().zip(&d).for_each(|(y, d)| *y += f64::from(w) * d);
+        }
+        y.extend(yt.iter().map(|&v| v as f32));
+    }
+    Ok(y)
+}
+
+/// The tolerance the GPU output is held to against [`moe_ffn`]: every element of a token's
+/// output within `1e-4 × max(1e-3, max |reference| over that token)`. The kernels accumulate in
+/// `f32` in another order than the reference (per lane, then a warp butterfly), and round the
+/// intermediate `h` to `f32`; on rows of a few thousand elements that costs a few `f32` epsilons
+/// (1.2e-7) relative to the row's magnitude, far below this bound, while a wrong weight, a wrong
+/// expert or a lost term moves the output by orders of magnitude more.
+pub fn within_tolerance(shape: &FfnShape, gpu: &[f32], reference: &[f32]) -> Result<(), String> {
+    if gpu.len() != reference.len() || shape.hidden == 0 {
+        return Err(format!("lengths differ: {} against {}", gpu.len(), reference.len()));
+    }
+    for (t, (g, r)) in gpu.chunks(shape.hidden).zip(reference.chunks(shape.hidden)).enumerate() {
+        let scale = r.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        let tol = 1e-4 * scale;
+        if let Some((i, (a, b))) =
+            g.iter().zip(r).enumerate().find(|(_, (a, b))| (*a - *b).abs() > tol || a.is_nan() || b.is_nan())
+        {
+            return Err(format!("token {t}, element {i}: GPU {a} against reference {b} (tolerance {tol})"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f32_bytes(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn a_hand_computed_layer() {
+        // hidden 2, ffn 1, top-2, one token.
+        let shape = FfnShape { hidden: 2, ffn: 1, top_k: 2, format: Format::F32 };
+        // Expert 0: gate [1, 0], up [0, 2], down [[1], [-1]]. Expert 1: gate [0, 0] (SiLU(0) = 0).
+        let e0 = [f32_bytes(&[1.0, 0.0]), f32_bytes(&[0.0, 2.0]), f32_bytes(&[1.0, -1.0])];
+        let e1 = [f32_bytes(&[0.0, 0.0]), f32_bytes(&[5.0, 5.0]), f32_bytes(&[3.0, 3.0])];
+        let experts = [&e0, &e1];
+        let x = [2.0f32, 0.5];
+        let y = moe_ffn(&shape, &x, &[0, 1], &[0.25, 0.75], |e| {
+            experts.get(e as usize).map(|m| ExpertWeights { gate: &m[0], up: &m[1], down: &m[2] })
+        })
+        .unwrap();
+        // g = 2, u = 1, h = SiLU(2) = 2 / (1 + e^-2); y = 0.25 · h · [1, -1].
+        let h = 2.0 / (1.0 + (-2.0f64).exp());
+        assert_eq!(y, [(0.25 * h) as f32, (-0.25 * h) as f32]);
+        assert!(within_tolerance(&shape, &y, &[(0.25 * h) as f32, (-0.25 * h) as f32]).is_ok());
+        assert!(within_tolerance(&shape, &y, &[(0.25 * h) as f32, (-0.24 * h) as f32]).is_err());
+    }
+
+    #[test]
+    fn bf16_weights_decode_and_round() {
+        assert_eq!(f32_to_bf16(1.0), 0x3f80);
+        assert_eq!(bf16_to_f32(0x3f80), 1.0);
+        assert_eq!(f32_to_bf16(1.0 + 1.0 / 256.0), 0x3f80); // tie, to even
+        assert_eq!(f32_to_bf16(1.0 + 3.0 / 256.0), 0x3f82); // tie, to even (up)
+        assert!(bf16_to_f32(f32_to_bf16(f32::NAN)).is_nan());
+        let shape = FfnShape { hidden: 1, ffn: 1, top_k: 1, format: Format::BF16 };
+        let one = f32_to_bf16(1.0).to_le_bytes();
+        let two = f32_to_bf16(2.0).to_le_bytes();
+        let y = moe_ffn(&shape, &[3.0], &[0], &[1.0], |_| Some(ExpertWeights { gate: &one, up: &two, down: &two }))
+            .unwrap();
+        let silu3 = 3.0 / (1.0 + (-3.0f64).exp());
+        assert_eq!(y, [(silu3 * 6.0 * 2.0) as f32]);
+    }
+
+    #[test]
+    fn mismatched_inputs_are_refused() {
+        let shape = FfnShape { hidden: 2, ffn: 1, top_k: 1, format: Format::F32 };
+        let m = f32_bytes(&[1.0, 1.0]);
+        let e = |_| Some(ExpertWeights { gate: &m, up: &m, down: &m });
+        assert!(moe_ffn(&shape, &[1.0; 3], &[0], &[1.0], e).is_err());
+        assert!(moe_ffn(&shape, &[1.0; 2], &[0, 1], &[1.0], e).is_err());
+        assert!(moe_ffn(&shape, &[1.0; 2], &[0], &[1.0], |_| None).is_err());
+        let short = [0u8; 4];
+        assert!(moe_ffn(&shape, &[1.0; 2], &[0], &[1.0], |_| Some(ExpertWeights {
+            gate: &short,
+            up: &short,
+            down: &short
+        }))
+        .is_err());
+        let q = FfnShape { format: Format::Q8_0, ..shape };
+        assert!(matches!(q.expert_bytes(), Err(CudaError::Unsupported(_))));
+        assert_eq!(shape.expert_bytes().unwrap(), 24);
+    }
+}
