@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -57,6 +57,32 @@ pub struct Args {
     /// Also write the routing as a trace file (for `simulate` and `tune`).
     #[arg(long)]
     trace: Option<PathBuf>,
+    /// Where the slots live: `cpu` (the model above, slots in host memory) or `cuda` (a model of
+    /// a current MoE's shape, slots in VRAM: 128 experts of 9 MiB per layer, top-8; `--slots`
+    /// defaults to 64 there, `--layers` to 4).
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+    device: String,
+    /// With `--device cuda`: decode this routing trace instead of synthetic routing.
+    #[arg(long)]
+    routing: Option<PathBuf>,
+}
+
+/// `demo --device cuda`: the GPU demo of `expertslab-cuda`, with the policy and slots given.
+fn run_cuda(args: &Args, policy: expertslab_std::Policy) -> Result<(), CliError> {
+    use expertslab_cuda::demo::{run_demo, DemoConfig, DemoRouting};
+    let mut config = DemoConfig { policy, ..DemoConfig::default() };
+    if args.slots != 8 {
+        config.slots = args.slots;
+    }
+    if args.layers != 4 {
+        config.model = expertslab_cuda::demo::ModelSpec::current_moe(args.layers);
+    }
+    if let Some(path) = &args.routing {
+        config.routing = DemoRouting::Trace(crate::replay_args::read_trace(path)?);
+    }
+    let report = run_demo(&config).map_err(|e| CliError::Usage(format!("demo --device cuda: {e}")))?;
+    let mut out = io::stdout().lock();
+    writeln!(out, "{report}").map_err(|e| CliError::io(Path::new("stdout"), e))
 }
 
 /// A deterministic pseudo-random value in [-1, 1) from an index: the first output of the core's
@@ -200,6 +226,9 @@ pub fn run(args: &Args) -> Result<(), CliError> {
             return Err(CliError::Usage(format!("demo runs deployable policies; {} is a reference", other.name())))
         }
     };
+    if args.device == "cuda" {
+        return run_cuda(args, policy);
+    }
     if args.layers == 0 || args.top_k == 0 || args.top_k > args.experts {
         return Err(CliError::Usage("need layers >= 1 and experts >= top_k >= 1".into()));
     }

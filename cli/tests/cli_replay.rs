@@ -229,3 +229,15 @@ fn demo_runs_offloaded_and_checks_its_output() {
     let o = expertslab(&["demo", "--policy", "belady"]);
     assert_eq!(o.status.code(), Some(1), "a reference policy cannot run a model");
 }
+
+#[test]
+fn demo_on_cuda_runs_or_says_why_not() {
+    let out = expertslab(&["demo", "--device", "cuda", "--layers", "1"]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if out.status.success() {
+        assert!(stdout.contains("hit rate"), "{stdout}");
+    } else {
+        assert!(stderr.contains("demo --device cuda:") && stderr.contains("CUDA"), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    }
+}

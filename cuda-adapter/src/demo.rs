@@ -1039,7 +1039,8 @@ impl LayerState {
         // SAFETY: `dst` is table `i`, `half` i32 long; `src` is its page-locked staging half,
         // not rewritten before the `staged` event (waited on above next time) completes.
         unsafe { cudarc::driver::result::memcpy_htod_async(dst, src, model.copy.cu_stream()) }?;
-        *self.staged.get_mut(i).ok_or(CudaError::Unsupported("table".into()))? = Some(model.copy.record_event(Some(CUevent_flags::CU_EVENT_DISABLE_TIMING))?);
+        *self.staged.get_mut(i).ok_or(CudaError::Unsupported("table".into()))? =
+            Some(model.copy.record_event(Some(CUevent_flags::CU_EVENT_DISABLE_TIMING))?);
         Ok(())
     }
 }
