@@ -13,7 +13,7 @@
 //! | [`table`] | [`DeviceSlotTable`]: `i32[experts]` in VRAM, expert to slot, for kernels |
 //! | [`kernels`] | the MoE FFN's CUDA C sources, compiled at run time with NVRTC |
 //! | [`ffn`] | [`MoeFfn`]: the MoE FFN for decode and small batches, reading experts from their slots or applying a miss action |
-//! | [`reference`] | the CPU reference of the same FFN |
+//! | [`reference`](mod@reference) | the CPU reference of the same FFN |
 //! | [`demo`] | the GPU demo: a current MoE's shape decoded with slots, against streaming and zero-copy |
 //! | [`error`] | [`CudaError`] |
 //!
