@@ -27,7 +27,7 @@ impl<D: Driver> VramArena<D> {
     /// Allocates `arena` for layer `layer`.
     ///
     /// # Errors
-    /// [`CudaError::AlignmentTooSmall`] below [`DEVICE_ALIGN`]; [`CudaError::VramTooSmall`]
+    /// [`CudaError::AlignmentTooSmall`] below [`DEVICE_ALIGN`]; [`CudaError::DoesNotFit`]
     /// (saying how many slots would fit) when the arena exceeds the free device memory or the
     /// allocation runs out of memory; otherwise the driver's error.
     pub fn new(driver: D, layer: usize, arena: SlotArena) -> Result<Self, CudaError> {
@@ -38,12 +38,11 @@ impl<D: Driver> VramArena<D> {
         if needed == 0 {
             return Ok(Self { driver, layer, arena, ptr: 0 });
         }
-        let too_small = |free: usize| CudaError::VramTooSmall {
-            layer,
-            slots: arena.slots(),
-            fit: free.checked_div(arena.slot_stride()).unwrap_or(0).min(arena.slots()),
-            needed,
-            free,
+        let too_small = |free: usize| CudaError::DoesNotFit {
+            layer: Some(layer),
+            needed: needed as u64,
+            free: free as u64,
+            slots_that_fit: free.checked_div(arena.slot_stride()).unwrap_or(0).min(arena.slots()),
         };
         let free = driver.free_memory()?;
         if needed > free {
@@ -138,8 +137,8 @@ mod tests {
     fn too_many_slots_say_how_many_fit() {
         let driver = Arc::new(MockDriver::new(10_000));
         let err = VramArena::for_layout(Arc::clone(&driver), 1, &layout(), 8).unwrap_err();
-        assert_eq!(err, CudaError::VramTooSmall { layer: 1, slots: 8, fit: 6, needed: 8 * 1536, free: 10_000 });
-        assert!(err.to_string().contains("6 slots would fit"), "{err}");
+        assert_eq!(err, CudaError::DoesNotFit { layer: Some(1), needed: 8 * 1536, free: 10_000, slots_that_fit: 6 });
+        assert!(err.to_string().contains("6 slots per layer would fit"), "{err}");
         let low = SlotArena::new(&layout(), 2, 64).unwrap();
         assert_eq!(
             VramArena::new(driver, 0, low).unwrap_err(),

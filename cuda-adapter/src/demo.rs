@@ -692,7 +692,7 @@ fn check_fit(free: u64, slot_bytes: u64, slots: usize, scratch: usize) -> Result
     }
     let room = free.saturating_sub(VRAM_RESERVE).saturating_sub(slot_bytes.saturating_mul(scratch as u64));
     let slots_that_fit = usize::try_from(room / slot_bytes.max(1)).unwrap_or(usize::MAX);
-    Err(CudaError::DoesNotFit { needed, free, slots_that_fit })
+    Err(CudaError::DoesNotFit { layer: None, needed, free, slots_that_fit })
 }
 
 /// What the replay's cost model predicts for a run.
@@ -1337,7 +1337,7 @@ mod tests {
         let gib = 1u64 << 30;
         assert!(check_fit(10 * gib, gib, 4, 2).is_ok());
         match check_fit(10 * gib, gib, 16, 2) {
-            Err(CudaError::DoesNotFit { needed, free, slots_that_fit }) => {
+            Err(CudaError::DoesNotFit { layer: None, needed, free, slots_that_fit }) => {
                 assert_eq!((needed, free), (18 * gib, 10 * gib));
                 assert_eq!(slots_that_fit, 7); // 10 GiB less 256 MiB, less 2 scratch slots
             }

@@ -27,19 +27,6 @@ pub enum CudaError {
     },
     /// A slot, projection or length did not match the slot arena's layout.
     Layout(LayoutError),
-    /// A slot arena does not fit the free device memory.
-    VramTooSmall {
-        /// The layer of the arena.
-        layer: usize,
-        /// Slots asked for.
-        slots: usize,
-        /// How many slots of this layout would fit the free memory.
-        fit: usize,
-        /// Bytes the arena needs.
-        needed: usize,
-        /// Bytes of device memory free when it was asked.
-        free: usize,
-    },
     /// A slot arena's alignment is below what device slots need.
     AlignmentTooSmall {
         /// The arena's alignment.
@@ -73,13 +60,16 @@ pub enum CudaError {
     KernelStatus(u32),
     /// The residency pool, a replay or a trace refused a step.
     Residency(String),
-    /// The slots of every layer of a model do not fit the free device memory.
+    /// Slots do not fit the free device memory: one layer's slot arena, or the slots of every
+    /// layer of a model.
     DoesNotFit {
+        /// The layer whose arena did not fit, or `None` for the slots of every layer.
+        layer: Option<usize>,
         /// Bytes the slots need.
         needed: u64,
-        /// Bytes free on the device.
+        /// Bytes free on the device when it was asked.
         free: u64,
-        /// Slots per layer that would fit.
+        /// Slots (per layer) that would fit.
         slots_that_fit: usize,
     },
 }
@@ -114,11 +104,6 @@ impl fmt::Display for CudaError {
             // may be absent (mock drivers produce these errors too).
             Self::Driver { call, code } => write!(f, "{call} failed: {code:?}"),
             Self::Layout(e) => write!(f, "slot layout: {e}"),
-            Self::VramTooSmall { layer, slots, fit, needed, free } => write!(
-                f,
-                "layer {layer}: {slots} slots need {needed} bytes of device memory but {free} are free; \
-                 {fit} slots would fit"
-            ),
             Self::AlignmentTooSmall { align, needed } => {
                 write!(f, "slot arena aligned to {align} bytes; device slots need at least {needed}")
             }
@@ -142,11 +127,16 @@ impl fmt::Display for CudaError {
                  a miss source, 2 = an expert id out of range)"
             ),
             Self::Residency(what) => write!(f, "residency: {what}"),
-            Self::DoesNotFit { needed, free, slots_that_fit } => write!(
-                f,
-                "the slots need {needed} bytes of device memory but {free} are free: {slots_that_fit} slots per \
-                 layer would fit"
-            ),
+            Self::DoesNotFit { layer, needed, free, slots_that_fit } => {
+                if let Some(layer) = layer {
+                    write!(f, "layer {layer}: ")?;
+                }
+                write!(
+                    f,
+                    "the slots need {needed} bytes of device memory but {free} are free: {slots_that_fit} slots per \
+                     layer would fit"
+                )
+            }
         }
     }
 }

@@ -146,7 +146,7 @@ impl<D: Driver + Clone> CudaSlotSink<D> {
     /// [`CudaSlotSink::host_mut`] (or use [`CudaSlotSink::for_store`]).
     ///
     /// # Errors
-    /// As [`VramArena::new`] (in particular [`CudaError::VramTooSmall`], saying how many slots
+    /// As [`VramArena::new`] (in particular [`CudaError::DoesNotFit`], saying how many slots
     /// would fit), or the driver's error.
     pub fn new(
         driver: D,

@@ -107,7 +107,11 @@ fn too_many_slots_say_how_many_fit(driver: &CudaDriver) -> Result<(), String> {
     let stride = 3usize << 30;
     let slots = free / stride + 10;
     match VramArena::for_layout(driver.clone(), 7, &layout, slots) {
-        Err(CudaError::VramTooSmall { layer: 7, fit, .. }) if fit + 10 == slots || fit + 11 == slots => Ok(()),
+        Err(CudaError::DoesNotFit { layer: Some(7), slots_that_fit: fit, .. })
+            if fit + 10 == slots || fit + 11 == slots =>
+        {
+            Ok(())
+        }
         Err(e) => Err(format!("unexpected error: {e}")),
         Ok(_) => Err(format!("{slots} slots of 3 GiB fit {free} free bytes")),
     }
