@@ -31,9 +31,15 @@ use serde_json::Value;
 
 use crate::error::CliError;
 
+/// How records become steps, shown under `--help`.
+const ORDER: &str = "JSON lines may come in any order. Sequences are written one after another in the order \
+they first appear (the whole file is one sequence without --sequence-key); a sequence's tokens are steps in \
+ascending token order, and its first token is a prefill step. A selections document is one sequence: token t \
+is step t, token 0 the prefill step. Every record carries the same number of ids (the trace's top_k).";
+
 /// `trace import`'s arguments.
 #[derive(Debug, ClapArgs)]
-#[command(group(ArgGroup::new("shape").required(true).args(["layer_key", "selections_key"])))]
+#[command(group(ArgGroup::new("shape").required(true).args(["layer_key", "selections_key"])), after_help = ORDER)]
 pub struct Args {
     /// The capture: JSON lines (with --layer-key, --ids-key, --token-key) or one JSON document
     /// (with --selections-key).
@@ -57,7 +63,7 @@ pub struct Args {
     /// One JSON document: the key holding selections[token][layer] = [ids].
     #[arg(long)]
     selections_key: Option<String>,
-    /// Experts per layer (default: the largest id seen plus one); a larger id is an error.
+    /// Experts per layer (default: the largest id seen plus one); an id at or past it is an error.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     experts: Option<u32>,
 }
