@@ -201,7 +201,7 @@ impl Builder {
                 max.unwrap_or(0).checked_add(1).ok_or_else(|| "an expert id of 2^32 - 1 is too large".to_string())?
             }
         };
-        // The top-k of a record is at most its id count, and ids come from memory.
+        // Every record's ids were held in memory; a count past u32 cannot be a trace's top_k.
         let top_k = u32::try_from(top_k).map_err(|_| "too many ids in one record".to_string())?;
         let key = |r: &Row| (r.sequence, r.token, r.layer);
         // Stable: of two repeats, the first read stays first.
