@@ -18,6 +18,7 @@ use expertslab_std::SharedBytes;
 mod demo;
 mod error;
 mod fit;
+mod import;
 mod inspect;
 mod plot;
 mod replay_args;
@@ -26,6 +27,7 @@ mod synth;
 mod table;
 mod tune;
 mod units;
+mod warm_start;
 
 use error::CliError;
 
@@ -57,6 +59,18 @@ enum Command {
     Tune(tune::Args),
     /// Write a synthetic routing trace (Zipf popularity, reuse, phase changes).
     Synth(synth::Args),
+    /// Routing traces: bring in captures from other tools.
+    Trace {
+        #[command(subcommand)]
+        command: TraceCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TraceCommand {
+    /// Convert routing captured by another tool (JSON lines, one record per token and layer, or
+    /// one JSON document of selections[token][layer]) into an expertslab trace.
+    Import(import::Args),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +81,7 @@ fn main() -> ExitCode {
         Command::Simulate(args) => simulate::run(&args),
         Command::Tune(args) => tune::run(&args),
         Command::Synth(args) => synth::run(&args),
+        Command::Trace { command: TraceCommand::Import(args) } => import::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

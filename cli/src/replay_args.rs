@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use expertslab_std::trace::replay::{replay, CostModel, ReplayConfig, ReplayError, ReplayPolicy, ReplayReport};
-use expertslab_std::trace::Trace;
+use expertslab_std::trace::replay::{replay_from, CostModel, ReplayConfig, ReplayError, ReplayPolicy, ReplayReport};
+use expertslab_std::trace::{Trace, WarmStart};
 use expertslab_std::{DecayConfig, InitialPlacement, LayeredSource, Policy, Schedule};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
@@ -23,6 +23,10 @@ pub struct ReplayArgs {
     /// Start with no expert resident (default: experts 0..slots, as TIDE starts).
     #[arg(long)]
     pub cold: bool,
+    /// Start each layer's slots with the experts this profile trace routed the most pairs to
+    /// (ties to the lower id) instead of experts 0..slots; every policy and reference starts so.
+    #[arg(long, value_name = "PROFILE.ndjson", conflicts_with = "cold")]
+    pub warm_from: Option<PathBuf>,
     #[command(flatten)]
     pub cost: CostArgs,
     #[command(flatten)]
@@ -177,6 +181,7 @@ pub fn run_all(
     trace: &Trace,
     jobs: &[(ReplayPolicy, usize, Schedule)],
     initial: InitialPlacement,
+    warm: &WarmStart,
     cost: CostModel,
 ) -> Result<Vec<Run>, CliError> {
     let bar = ProgressBar::new(jobs.len() as u64);
@@ -188,7 +193,7 @@ pub fn run_all(
         .par_iter()
         .map(|&(policy, slots, schedule)| {
             let config = ReplayConfig { policy, slots, schedule, initial, cost };
-            let run = replay(trace, &config).map(|report| Run { policy, slots, schedule, report });
+            let run = replay_from(trace, &config, warm).map(|report| Run { policy, slots, schedule, report });
             bar.inc(1);
             run
         })

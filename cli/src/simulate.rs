@@ -128,7 +128,8 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         .iter()
         .flat_map(|&s| args.policy.iter().map(move |&p| (with_decay(p, decay), s, args.schedule)))
         .collect();
-    let runs = run_all(&trace, &jobs, args.replay.initial(), cost)?;
+    let warm = crate::warm_start::load(args.replay.warm_from.as_deref(), &trace)?;
+    let runs = run_all(&trace, &jobs, args.replay.initial(), &warm, cost)?;
 
     if let Some(path) = &args.plot {
         plot::draw(path, &runs).map_err(|e| CliError::unusable(path, e))?;

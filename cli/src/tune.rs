@@ -89,9 +89,9 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         (ReplayPolicy::Oracle, max, forward),
         (ReplayPolicy::Uniform, max, forward),
     ];
-    let initial = args.replay.initial();
-    let candidates = run_all(&trace, &jobs, initial, cost)?;
-    let references = run_all(&trace, &baselines, initial, cost)?;
+    let (initial, warm) = (args.replay.initial(), crate::warm_start::load(args.replay.warm_from.as_deref(), &trace)?);
+    let candidates = run_all(&trace, &jobs, initial, &warm, cost)?;
+    let references = run_all(&trace, &baselines, initial, &warm, cost)?;
     let time = |r: &Run| r.report.total.modeled_time_s;
     let best = candidates
         .iter()

@@ -36,6 +36,7 @@
 //! | [`gguf`] | GGUF v2/v3 files read in place: tensor directory, MoE layers, a model as a source |
 //! | [`trace`] | the routing-trace format (NDJSON) |
 //! | [`trace::replay`], [`trace::synthetic`] | the lab: replaying traces under a policy and a cost model; synthetic routing |
+//! | [`trace::profile`] | warm starts: each layer's hottest experts in a profile trace |
 //! | [`error`] | the layout, view, pool, plan and migration errors |
 //!
 //! Internal: `projection` (the leaf module [`Projection`] lives in, so `error`, `format` and

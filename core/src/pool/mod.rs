@@ -213,16 +213,52 @@ impl ExpertPool {
     /// Migrate it before the first step.
     pub fn initial_plan(&self, plan: &mut MigrationPlan) {
         plan.reset(self.layer, self.slots_generation, self.slots());
-        if self.initial == InitialPlacement::Cold {
-            return;
+        if self.initial == InitialPlacement::Warm {
+            // slot < slots <= experts <= MAX_EXPERTS, so every id is in range and this cannot fail.
+            let _ = self.push_placement((0..self.slots()).map(|slot| slot as u32), false, plan);
         }
-        for slot in 0..self.slots() {
+    }
+
+    /// A given initial placement as a plan: `experts[i]` into slot `i` for the first
+    /// [`ExpertPool::slots`] entries (later entries are ignored), skipping an entry whose slot is
+    /// taken, whose expert is resident elsewhere or whose expert an earlier entry already placed.
+    /// [`ExpertPool::initial_plan`] of a warm start is this with `0..slots`. Migrate it before the
+    /// first step, in place of the initial plan; a profile's hottest experts
+    /// ([`crate::trace::WarmStart`]) are one such list.
+    ///
+    /// Checking for repeated entries makes this quadratic in the slot count; it runs once.
+    ///
+    /// # Errors
+    /// [`PlanError::ExpertOutOfRange`] for an entry at or past the expert count; `plan` is left
+    /// empty.
+    pub fn placement_plan(&self, experts: &[u32], plan: &mut MigrationPlan) -> Result<(), PlanError> {
+        plan.reset(self.layer, self.slots_generation, self.slots());
+        self.push_placement(experts.iter().copied(), true, plan)
+            .inspect_err(|_| plan.reset(self.layer, self.slots_generation, 0))
+    }
+
+    /// Pushes `experts[i]` into slot `i` where that is a pending promotion; `repeats` says whether
+    /// the list may name an expert twice (warm starts' `0..slots` cannot).
+    fn push_placement(
+        &self,
+        experts: impl Iterator<Item = u32>,
+        repeats: bool,
+        plan: &mut MigrationPlan,
+    ) -> Result<(), PlanError> {
+        for (slot, expert) in experts.take(self.slots()).enumerate() {
+            let out_of_range = PlanError::ExpertOutOfRange { expert: expert as usize, experts: self.experts() };
+            let expert = u16::try_from(expert).map_err(|_| out_of_range)?;
             // slot < slots <= experts <= MAX_EXPERTS
-            let promotion = Promotion { expert: slot as u16, slot: slot as u16, demoted: None };
-            if self.check(promotion) == Ok(PromotionState::Pending) {
-                plan.push(promotion);
+            let promotion = Promotion { expert, slot: slot as u16, demoted: None };
+            match self.check(promotion) {
+                Err(PlanError::ExpertOutOfRange { .. }) => return Err(out_of_range),
+                Ok(PromotionState::Pending) if !(repeats && plan.promotions().iter().any(|p| p.expert == expert)) => {
+                    plan.push(promotion);
+                }
+                _ => {}
             }
         }
+        Ok(())
     }
 
     /// Plans `step` from its routing `ids`. With an interval policy: refreshes if the schedule

@@ -193,3 +193,27 @@ fn zero_slots_serve_everything_from_slow_memory() {
     assert!(plan.is_empty());
     assert_eq!(p.serve(&[1, 2, 3]).misses, 3);
 }
+
+#[test]
+fn a_given_placement_fills_slots_in_list_order_and_skips_what_cannot_move() {
+    let mut p = ExpertPool::new(PoolConfig::new(8, 3).initial(InitialPlacement::Cold)).unwrap();
+    let mut plan = MigrationPlan::new(3);
+    // The repeated 6 is skipped; entries past the slot count are ignored.
+    p.placement_plan(&[6, 6, 2, 1], &mut plan).unwrap();
+    let got: Vec<_> = plan.promotions().iter().map(|m| (m.expert, m.slot, m.demoted)).collect();
+    assert_eq!(got, [(6, 0, None), (2, 2, None)]);
+    commit_all(&mut p, &plan);
+    // Placing again: what is resident stays, slot 1 is free for the list's second entry.
+    p.placement_plan(&[6, 3, 2], &mut plan).unwrap();
+    let got: Vec<_> = plan.promotions().iter().map(|m| (m.expert, m.slot)).collect();
+    assert_eq!(got, [(3, 1)]);
+    assert_eq!(p.placement_plan(&[1, 8], &mut plan), Err(PlanError::ExpertOutOfRange { expert: 8, experts: 8 }));
+    assert!(plan.is_empty(), "nothing half planned");
+    assert_eq!(p.placement_plan(&[70_000], &mut plan), Err(PlanError::ExpertOutOfRange { expert: 70_000, experts: 8 }));
+    // The warm start is the list 0..slots.
+    let warm = ExpertPool::new(PoolConfig::new(8, 3)).unwrap();
+    let (mut a, mut b) = (MigrationPlan::new(3), MigrationPlan::new(3));
+    warm.initial_plan(&mut a);
+    warm.placement_plan(&[0, 1, 2], &mut b).unwrap();
+    assert_eq!(a, b);
+}

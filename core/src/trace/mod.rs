@@ -20,9 +20,11 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::ops::Range;
 
+pub use profile::WarmStart;
 use text::{parse_header, parse_record};
 pub use text::{write_header, write_record};
 
+pub mod profile;
 pub mod replay;
 pub mod synthetic;
 mod text;

@@ -3,7 +3,8 @@
 //!
 //! Each layer is replayed on its own pool, from its own records, in file order. Promotions are
 //! committed as if copied (no bytes move); the initial placement is the state the replay starts
-//! from, not counted as moved.
+//! from, not counted as moved: the configuration's, or a [`WarmStart`]'s list for the layers it
+//! has ([`replay_from`]), for every policy alike.
 //!
 //! The cost model: a miss served from slow memory costs `slow_pair_seconds` (one token–expert pair
 //! computed where the weights are); every promoted expert costs `expert_bytes` over a link of
@@ -13,12 +14,12 @@
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::error::PoolError;
+use crate::error::{PlanError, PoolError};
 use crate::plan::MigrationPlan;
 use crate::policy::{Policy, PolicyError};
 use crate::pool::{ExpertPool, InitialPlacement, PoolConfig, PoolStats};
 use crate::schedule::{Schedule, Step};
-use crate::trace::{Trace, TraceRecord};
+use crate::trace::{Trace, TraceRecord, WarmStart};
 
 /// What to replay: a pool policy, or a reference.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -162,12 +163,20 @@ pub enum ReplayError {
         /// Why.
         error: PoolError,
     },
+    /// A layer's warm-start list does not fit its pool (an expert out of range).
+    Start {
+        /// The layer.
+        layer: u32,
+        /// Why.
+        error: PlanError,
+    },
 }
 
 impl fmt::Display for ReplayError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Pool { layer, error } => write!(f, "layer {layer}: {error}"),
+            Self::Start { layer, error } => write!(f, "layer {layer}: warm start: {error}"),
         }
     }
 }
@@ -180,6 +189,15 @@ impl core::error::Error for ReplayError {}
 /// [`ReplayError::Pool`] when a pool cannot be built (no experts, too many) or a step has too many
 /// ids.
 pub fn replay(trace: &Trace, config: &ReplayConfig) -> Result<ReplayReport, ReplayError> {
+    replay_from(trace, config, &WarmStart::new())
+}
+
+/// Replays `trace` under `config`, each layer that `start` has a list for starting with those
+/// experts ([`ExpertPool::placement_plan`]) instead of the configuration's initial placement.
+///
+/// # Errors
+/// As [`replay`], and [`ReplayError::Start`] when a list names an expert out of the trace's range.
+pub fn replay_from(trace: &Trace, config: &ReplayConfig, start: &WarmStart) -> Result<ReplayReport, ReplayError> {
     // Records grouped by layer in one pass, each group in file order.
     let mut by_layer: Vec<&TraceRecord> = trace.records().iter().collect();
     by_layer.sort_by_key(|r| r.layer);
@@ -187,8 +205,7 @@ pub fn replay(trace: &Trace, config: &ReplayConfig) -> Result<ReplayReport, Repl
     let mut scratch = Vec::new();
     for records in by_layer.chunk_by(|a, b| a.layer == b.layer) {
         let Some(layer) = records.first().map(|r| r.layer) else { continue };
-        let counters = replay_layer(trace, records, layer, config, &mut scratch)
-            .map_err(|error| ReplayError::Pool { layer, error })?;
+        let counters = replay_layer(trace, records, layer, config, start.layer(layer), &mut scratch)?;
         report.total.add(&counters);
         report.layers.push((layer, counters));
     }
@@ -200,8 +217,10 @@ fn replay_layer(
     records: &[&TraceRecord],
     layer: u32,
     config: &ReplayConfig,
+    start: Option<&[u32]>,
     scratch: &mut Vec<u32>,
-) -> Result<ReplayStats, PoolError> {
+) -> Result<ReplayStats, ReplayError> {
+    let pool_error = |error| ReplayError::Pool { layer, error };
     let experts = trace.header().experts as usize;
     let policy = match config.policy {
         ReplayPolicy::Pool(p) => p,
@@ -228,14 +247,19 @@ fn replay_layer(
         c.modeled_time_s = config.cost.seconds(c.slow_pairs, 0);
         return Ok(c);
     }
-    let mut pool = ExpertPool::new(pool_config)?;
+    let mut pool = ExpertPool::new(pool_config).map_err(pool_error)?;
     if policy == Policy::Belady {
         scratch.clear();
         records.iter().for_each(|r| scratch.extend_from_slice(trace.ids(r)));
-        pool.load_future(scratch)?;
+        pool.load_future(scratch).map_err(pool_error)?;
     }
     let mut plan = MigrationPlan::new(pool.slots());
-    pool.initial_plan(&mut plan);
+    match start {
+        Some(experts) => {
+            pool.placement_plan(experts, &mut plan).map_err(|error| ReplayError::Start { layer, error })?
+        }
+        None => pool.initial_plan(&mut plan),
+    }
     commit(&mut pool, &plan, 0);
     let start = *pool.stats();
 
@@ -254,9 +278,9 @@ fn replay_layer(
                 }
                 scratch.extend_from_slice(trace.ids(next));
             }
-            pool.refresh(scratch, &mut plan)?;
+            pool.refresh(scratch, &mut plan).map_err(pool_error)?;
         } else {
-            pool.plan_step(step, ids, &mut plan)?;
+            pool.plan_step(step, ids, &mut plan).map_err(pool_error)?;
         }
         commit(&mut pool, &plan, config.cost.expert_bytes);
         let served = pool.serve(ids);

@@ -1,0 +1,157 @@
+//! `trace import` on the switch-base-8 capture and on hand-made captures, and `--warm-from`, run
+//! as a user runs them.
+#![cfg(not(miri))] // runs the binary as a process, which Miri cannot spawn
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use expertslab_std::trace::{Trace, TraceHeader};
+use serde_json::Value;
+
+fn expertslab(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_expertslab")).args(args).output().expect("the binary runs")
+}
+
+fn temp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("expertslab-import-{}-{name}", std::process::id()))
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(o.status.success(), "failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn failure(o: &Output) -> String {
+    assert!(!o.status.success(), "succeeded: {}", String::from_utf8_lossy(&o.stdout));
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+fn switch_base_8() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/switch-base-8/router-trace.v2.json");
+    path.display().to_string()
+}
+
+/// Imports the switch-base-8 capture into `name`.
+fn import_switch(name: &str) -> PathBuf {
+    let out = temp(name);
+    let o = expertslab(&[
+        "trace",
+        "import",
+        &switch_base_8(),
+        "--selections-key",
+        "selections",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(stdout(&o).contains("215 tokens in 1 sequence(s), 6 layers × 8 experts, top-1"));
+    out
+}
+
+fn simulate(trace: &Path, extra: &[&str]) -> Vec<Value> {
+    let args = [&["simulate", "--trace", trace.to_str().unwrap(), "--slots", "2", "--json"][..], extra].concat();
+    serde_json::from_str(&stdout(&expertslab(&args))).unwrap()
+}
+
+#[test]
+fn the_switch_base_8_capture_imports_and_replays() {
+    let path = import_switch("switch.ndjson");
+    let trace = Trace::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(trace.header(), TraceHeader { experts: 8, layers: 6, top_k: 1 });
+    assert_eq!(trace.records().len(), 215 * 6);
+    assert_eq!(trace.records().last().map(|r| r.step), Some(214));
+    assert!(trace.records().iter().all(|r| r.prefill == (r.step == 0)));
+    // The capture's first token, as the document lists it.
+    let first: Vec<u32> = trace.records()[..6].iter().map(|r| trace.ids(r)[0]).collect();
+    assert_eq!(first, [7, 0, 2, 1, 3, 7]);
+    for run in simulate(&path, &[]) {
+        assert_eq!(run["total"]["pairs"], 1290, "{run}");
+        assert_eq!(run["total"]["invalid"], 0, "{run}");
+        assert_eq!(run["layers"].as_array().unwrap().len(), 6);
+    }
+    std::fs::remove_file(path).unwrap();
+}
+
+#[test]
+fn warm_from_a_profile_changes_the_start_and_the_default_stays() {
+    let path = import_switch("warm.ndjson");
+    let default = simulate(&path, &[]);
+    let warm = simulate(&path, &["--warm-from", path.to_str().unwrap()]);
+    assert_eq!(simulate(&path, &[]), default, "replays are deterministic");
+    let promotions = |runs: &[Value], policy: &str| {
+        let run = runs.iter().find(|r| r["policy"] == policy).unwrap();
+        run["total"]["promotions"].as_u64().unwrap()
+    };
+    // LRU with 2 of 8 slots: the two hottest experts of each layer are the better start.
+    for policy in ["lru", "lfu", "belady"] {
+        assert!(promotions(&warm, policy) < promotions(&default, policy), "{policy}");
+    }
+    // The references start from it too.
+    assert_ne!(promotions(&warm, "oracle"), promotions(&default, "oracle"));
+    let tune = ["tune", "--trace", path.to_str().unwrap(), "--max-slots", "2", "--intervals", "1", "--json"];
+    let tuned: Value =
+        serde_json::from_str(&stdout(&expertslab(&[&tune[..], &["--warm-from", path.to_str().unwrap()]].concat())))
+            .unwrap();
+    let lru = &tuned["vs_lru"]["run"]["total"]["promotions"];
+    assert_eq!(lru.as_u64(), Some(promotions(&warm, "lru")));
+
+    let err = failure(&expertslab(&[
+        "simulate",
+        "--trace",
+        path.to_str().unwrap(),
+        "--cold",
+        "--warm-from",
+        path.to_str().unwrap(),
+    ]));
+    assert!(err.contains("cannot be used with"), "{err}");
+    // A profile of another shape.
+    let other = temp("other.ndjson");
+    std::fs::write(&other, "{\"format\":\"expertslab-trace\",\"version\":1,\"experts\":16,\"layers\":6,\"top_k\":1}\n")
+        .unwrap();
+    let err =
+        failure(&expertslab(&["simulate", "--trace", path.to_str().unwrap(), "--warm-from", other.to_str().unwrap()]));
+    assert!(err.contains("the profile has 16 experts per layer, the trace 8"), "{err}");
+    std::fs::remove_file(other).unwrap();
+    std::fs::remove_file(path).unwrap();
+}
+
+#[test]
+fn json_lines_import_and_errors_name_the_record() {
+    let input = temp("lines.jsonl");
+    let out = temp("lines.ndjson");
+    let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
+    std::fs::write(
+        &input,
+        concat!(
+            "{\"problem_id\":3,\"token_idx\":1,\"layer\":0,\"experts\":[2,5]}\n",
+            "{\"problem_id\":3,\"token_idx\":0,\"layer\":0,\"experts\":[1,5]}\n",
+            "{\"problem_id\":1,\"token_idx\":0,\"layer\":1,\"experts\":[0,1]}\n",
+        ),
+    )
+    .unwrap();
+    let keys = ["--layer-key", "layer", "--ids-key", "experts", "--token-key", "token_idx"];
+    let import = |extra: &[&str]| expertslab(&[&["trace", "import", i, "--out", o][..], &keys, extra].concat());
+    stdout(&import(&["--sequence-key", "problem_id"]));
+    let trace = Trace::parse(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(trace.header(), TraceHeader { experts: 6, layers: 2, top_k: 2 });
+    let steps: Vec<(u32, u64, bool)> = trace.records().iter().map(|r| (r.layer, r.step, r.prefill)).collect();
+    assert_eq!(steps, [(0, 0, true), (0, 1, false), (1, 2, true)]);
+
+    let err = failure(&import(&["--experts", "4"]));
+    assert!(err.contains("lines.jsonl: line 1: expert id 5 is not below --experts 4"), "{err}");
+    std::fs::write(
+        &input,
+        "{\"token_idx\":1,\"layer\":0,\"experts\":[2,5]}\n{\"token_idx\":1,\"layer\":0,\"experts\":[2]}\n",
+    )
+    .unwrap();
+    let err = failure(&import(&[]));
+    assert!(err.contains("line 2: 1 expert ids, but line 1 has 2"), "{err}");
+    // The shape must be named, and the keys of JSON lines given together.
+    assert!(failure(&expertslab(&["trace", "import", i, "--out", o])).contains("--layer-key"));
+    assert!(failure(&expertslab(&["trace", "import", i, "--out", o, "--layer-key", "layer"])).contains("--ids-key"));
+    let both = [&["trace", "import", i, "--out", o, "--selections-key", "s"][..], &keys].concat();
+    assert!(failure(&expertslab(&both)).contains("cannot be used with"));
+    let missing = failure(&expertslab(&["trace", "import", "/nonexistent.json", "--out", o, "--selections-key", "s"]));
+    assert!(missing.contains("/nonexistent.json"), "{missing}");
+    std::fs::remove_file(input).unwrap();
+    std::fs::remove_file(out).unwrap();
+}
