@@ -236,6 +236,12 @@ fn demo_runs_offloaded_and_checks_its_output() {
     let line = "  output       identical to the all-resident output at every step and layer (80 compared)";
     assert!(out.lines().any(|l| l == line), "{out}");
     assert!(out.contains("hit rate") && out.contains("promotions") && out.contains("bytes moved"));
+    // "  pairs        H hits, M misses (C served by copy, P in place)": the two kinds make up the misses.
+    let pairs = out.lines().find(|l| l.starts_with("  pairs ")).unwrap_or_else(|| panic!("{out}"));
+    let numbers: Vec<u64> =
+        pairs.split(|c: char| !c.is_ascii_digit()).filter(|w| !w.is_empty()).map(|w| w.parse().unwrap()).collect();
+    assert_eq!(numbers.len(), 4, "{pairs}");
+    assert_eq!(numbers[2] + numbers[3], numbers[1], "{pairs}");
     let recorded = expertslab_std::trace::Trace::parse(&std::fs::read_to_string(&trace).unwrap()).unwrap();
     assert_eq!(recorded.records().len(), 2 * 40);
     std::fs::remove_file(trace).unwrap();
