@@ -11,9 +11,9 @@
 //!
 //! # State
 //! A slot table (per expert a `u32` word, per slot the expert it holds), the policy's state, the
-//! experts the last planned step promoted (at most one per slot) and the counters. Nothing is allocated after [`ExpertPool::new`], except when
-//! [`ExpertPool::set_slots`] grows the pool past the most slots it has had (and by
-//! [`ExpertPool::load_future`], for evaluation).
+//! experts the last planned step promoted (at most one per slot) and the counters. Nothing is
+//! allocated after [`ExpertPool::new`], except when [`ExpertPool::set_slots`] grows the pool past
+//! the most slots it has had (and by [`ExpertPool::load_future`], for evaluation).
 
 mod config;
 mod stats;
@@ -23,12 +23,12 @@ pub use stats::{PoolStats, ServeStats};
 
 pub use crate::slot_table::MAX_EXPERTS;
 
+use alloc::vec::Vec;
+
 use crate::error::{PlanError, PoolError};
 use crate::plan::{MigrationPlan, Promotion};
 use crate::policy::{AdmitState, Candidates, PolicyState, RefreshState};
 use crate::schedule::{Mode, Schedule, Step};
-use alloc::vec::Vec;
-
 use crate::slot_table::{SlotTable, COUNT_MASK};
 
 /// The most routing ids one step may carry (per-expert counters stay below their flag bits).
