@@ -71,13 +71,19 @@ proptest! {
         (experts, slots, warm, steps) in trace(),
         interval in 1u32..5,
         prefill_every in 2usize..7,
+        restart in any::<bool>(),
     ) {
-        let schedule = Schedule::EveryDecodeSteps(NonZeroU32::new(interval).unwrap());
+        // With `restart`, the step counter restarts at each prefill block, as a diffusion model's
+        // denoise counter does: the schedule then counts within the block.
+        let interval_steps = NonZeroU32::new(interval).unwrap();
+        let schedule =
+            if restart { Schedule::EveryDenoiseSteps(interval_steps) } else { Schedule::EveryDecodeSteps(interval_steps) };
         let (mut pool, mut plan) = build(experts, slots, warm, schedule);
         let mut reference = ReferenceTide::new(experts, slots, warm);
         for (s, ids) in steps.iter().enumerate() {
-            let step = if s % prefill_every == 0 { Step::prefill(s as u64) } else { Step::decode(s as u64) };
-            let due = step.prefill || (s as u64).is_multiple_of(u64::from(interval));
+            let index = if restart { s % prefill_every } else { s } as u64;
+            let step = if s % prefill_every == 0 { Step::prefill(index) } else { Step::decode(index) };
+            let due = step.prefill || index.is_multiple_of(u64::from(interval));
             let before = resident_set(&pool);
             prop_assert_eq!(pool.plan_step(step, ids, &mut plan).unwrap(), due);
             if due {
