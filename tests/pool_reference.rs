@@ -4,7 +4,7 @@
 use std::num::NonZeroU32;
 
 use expertslab::{ExpertPool, InitialPlacement, MigrationPlan, PoolConfig, Schedule, Step};
-use expertslab_tests::{commit_plan as commit, resident_set, started_pool, ReferenceTide};
+use expertslab_tests::{commit_plan as commit, resident_set, started_pool, ReferenceServed, ReferenceTide};
 use proptest::prelude::*;
 
 /// A random layer: experts, slot count, warm or cold, and steps of ids (some out of range).
@@ -58,8 +58,10 @@ proptest! {
             for t in &expected.targets {
                 prop_assert!(pool.is_resident(*t as usize));
             }
+            // Hits are the pairs of experts resident before the refresh; the promoted experts'
+            // pairs are served by copy, the others' in place.
             let served = pool.serve(ids);
-            prop_assert_eq!(served.hits as usize, reference.hits(ids));
+            prop_assert_eq!(ReferenceServed::of(&served), reference.serve(ids));
             prop_assert_eq!(served.invalid as usize, ids.iter().filter(|&&id| id >= experts).count());
         }
     }
@@ -69,13 +71,19 @@ proptest! {
         (experts, slots, warm, steps) in trace(),
         interval in 1u32..5,
         prefill_every in 2usize..7,
+        restart in any::<bool>(),
     ) {
-        let schedule = Schedule::EveryDecodeSteps(NonZeroU32::new(interval).unwrap());
+        // With `restart`, the step counter restarts at each prefill block, as a diffusion model's
+        // denoise counter does: the schedule then counts within the block.
+        let interval_steps = NonZeroU32::new(interval).unwrap();
+        let schedule =
+            if restart { Schedule::EveryDenoiseSteps(interval_steps) } else { Schedule::EveryDecodeSteps(interval_steps) };
         let (mut pool, mut plan) = build(experts, slots, warm, schedule);
         let mut reference = ReferenceTide::new(experts, slots, warm);
         for (s, ids) in steps.iter().enumerate() {
-            let step = if s % prefill_every == 0 { Step::prefill(s as u64) } else { Step::decode(s as u64) };
-            let due = step.prefill || (s as u64).is_multiple_of(u64::from(interval));
+            let index = if restart { s % prefill_every } else { s } as u64;
+            let step = if s % prefill_every == 0 { Step::prefill(index) } else { Step::decode(index) };
+            let due = step.prefill || index.is_multiple_of(u64::from(interval));
             let before = resident_set(&pool);
             prop_assert_eq!(pool.plan_step(step, ids, &mut plan).unwrap(), due);
             if due {
@@ -87,6 +95,9 @@ proptest! {
             }
             check_invariants(&pool);
             prop_assert_eq!(resident_set(&pool), reference.resident.clone());
+            // Between refreshes every resident's pair hits; on a refresh the promoted experts'
+            // pairs are served by copy.
+            prop_assert_eq!(ReferenceServed::of(&pool.serve(ids)), reference.serve(ids));
         }
     }
 

@@ -319,11 +319,14 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     writeln!(out, "  output       {}", check.summary())?;
     writeln!(
         out,
-        "  hit rate     {:.1}% ({} hits, {} misses; uniform placement would give {:.1}%)",
+        "  hit rate     {:.1}% (uniform placement would give {:.1}%)",
         100.0 * stats.hit_rate(),
-        stats.hits,
-        stats.misses,
         100.0 * PoolConfig::new(args.experts, args.slots).slots() as f64 / args.experts as f64
+    )?;
+    writeln!(
+        out,
+        "  pairs        {} hits, {} misses ({} served by copy, {} in place)",
+        stats.hits, stats.misses, stats.served_by_copy, stats.served_in_place
     )?;
     writeln!(out, "  promotions   {} ({} demotions)", stats.promotions - warm.promotions, stats.demotions)?;
     writeln!(out, "  bytes moved  {}", format_size(bytes_moved))?;

@@ -75,8 +75,19 @@ fn simulate_json_has_every_counter_and_totals_sum_the_layers() {
     ]));
     let runs: Vec<Value> = serde_json::from_str(&out).unwrap();
     assert_eq!(runs.len(), 5 * 3, "5 policies × 2, 4 and 8 slots");
-    let counters =
-        ["pairs", "hits", "misses", "invalid", "hit_rate", "promotions", "demotions", "bytes_moved", "modeled_time_s"];
+    let counters = [
+        "pairs",
+        "hits",
+        "misses",
+        "served_by_copy",
+        "served_in_place",
+        "invalid",
+        "hit_rate",
+        "promotions",
+        "demotions",
+        "bytes_moved",
+        "modeled_time_s",
+    ];
     for run in &runs {
         assert_eq!(run["schedule"], "every:2");
         assert!(run["policy"].is_string() && run["slots"].is_u64());
@@ -86,17 +97,22 @@ fn simulate_json_has_every_counter_and_totals_sum_the_layers() {
         for key in counters {
             assert!(run["total"][key].is_number(), "{key}");
         }
-        for key in ["pairs", "hits", "misses", "promotions", "bytes_moved"] {
+        for key in ["pairs", "hits", "misses", "served_by_copy", "served_in_place", "promotions", "bytes_moved"] {
             let sum: u64 = layers.iter().map(|l| l[key].as_u64().unwrap()).sum();
             assert_eq!(run["total"][key].as_u64().unwrap(), sum, "{key}");
         }
         assert_eq!(run["total"]["bytes_moved"].as_u64(), run["total"]["promotions"].as_u64().map(|p| p << 20));
+        let total = |key: &str| run["total"][key].as_u64().unwrap();
+        assert_eq!(total("served_by_copy") + total("served_in_place"), total("misses"));
+        assert_eq!(total("hits") + total("misses"), total("pairs"));
     }
     let by = |policy: &str, slots: u64| {
         runs.iter().find(|r| r["policy"] == policy && r["slots"] == slots).unwrap()["total"].clone()
     };
     for slots in [2, 4, 8] {
-        assert!(by("belady", slots)["misses"].as_u64() <= by("lru", slots)["misses"].as_u64());
+        // Belady admits the fewest misses: its admissions plus the misses it serves in place.
+        let faults = |t: Value| t["promotions"].as_u64().unwrap() + t["served_in_place"].as_u64().unwrap();
+        assert!(faults(by("belady", slots)) <= faults(by("lru", slots)));
         assert_eq!(by("uniform", slots)["bytes_moved"], 0);
     }
     let svg = std::fs::read_to_string(&plot).unwrap();
@@ -220,6 +236,12 @@ fn demo_runs_offloaded_and_checks_its_output() {
     let line = "  output       identical to the all-resident output at every step and layer (80 compared)";
     assert!(out.lines().any(|l| l == line), "{out}");
     assert!(out.contains("hit rate") && out.contains("promotions") && out.contains("bytes moved"));
+    // "  pairs        H hits, M misses (C served by copy, P in place)": the two kinds make up the misses.
+    let pairs = out.lines().find(|l| l.starts_with("  pairs ")).unwrap_or_else(|| panic!("{out}"));
+    let numbers: Vec<u64> =
+        pairs.split(|c: char| !c.is_ascii_digit()).filter(|w| !w.is_empty()).map(|w| w.parse().unwrap()).collect();
+    assert_eq!(numbers.len(), 4, "{pairs}");
+    assert_eq!(numbers[2] + numbers[3], numbers[1], "{pairs}");
     let recorded = expertslab_std::trace::Trace::parse(&std::fs::read_to_string(&trace).unwrap()).unwrap();
     assert_eq!(recorded.records().len(), 2 * 40);
     std::fs::remove_file(trace).unwrap();

@@ -73,7 +73,10 @@
 //! let ids = [3, 1, 3, 2];
 //! let stats = pool.step(Step::decode(0), &ids, &mut plan, &layout, &model[..], &mut sink)?;
 //! assert_eq!(stats.migrated.bytes, 96); // expert 3 replaced expert 0: three 32-byte slabs
-//! assert_eq!(stats.served.hits, 3); // 3, 1, 3 hit; 2 is served from slow memory
+//! // 1 was resident before the step: a hit. 3 was copied in for it: two misses served by copy.
+//! // 2 is computed in slow memory: a miss served in place.
+//! let served = stats.served;
+//! assert_eq!((served.hits, served.served_by_copy, served.served_in_place), (1, 2, 1));
 //!
 //! let slot = pool.slot_of(3).unwrap();
 //! assert!(sink.slab(slot, 0)?.iter().all(|&b| b == 3));

@@ -7,6 +7,10 @@ use core::num::NonZeroU32;
 /// A layer refreshes on step `s` when `s % n == 0` (`n = 1` for [`Schedule::EveryForward`]). A
 /// prefill step always refreshes; a step with [`Mode::Refresh`] always refreshes and one with
 /// [`Mode::Reuse`] never does. Each layer keeps its own schedule.
+///
+/// A diffusion model's denoise counter restarts at each block: the block's first step is a prefill
+/// step (so it always refreshes) and may carry a smaller index than the layer's previous step.
+/// Since the rule reads only the step's own index, `s % n` then counts within the block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
@@ -98,5 +102,23 @@ mod tests {
         let denoise = Schedule::EveryDenoiseSteps(NonZeroU32::new(2).unwrap());
         assert!(denoise.is_due(Step::decode(4)) && !denoise.is_due(Step::decode(5)));
         assert_eq!(every3.interval().get(), 3);
+    }
+
+    #[test]
+    fn a_restarting_block_counts_its_steps_within_the_block() {
+        // Diffusion blocks whose denoise counter restarts: the block's first step is a prefill
+        // and refreshes whatever its index; later steps refresh where `index % n == 0`.
+        let denoise = Schedule::EveryDenoiseSteps(NonZeroU32::new(2).unwrap());
+        let due = |block: [u64; 4]| -> [bool; 4] {
+            core::array::from_fn(|i| {
+                let step = if i == 0 { Step::prefill(block[i]) } else { Step::decode(block[i]) };
+                denoise.is_due(step)
+            })
+        };
+        assert_eq!(due([0, 1, 2, 3]), [true, false, true, false]);
+        // The same block again, after the counter went back to 0.
+        assert_eq!(due([0, 1, 2, 3]), [true, false, true, false]);
+        // A block whose counter restarts at 3.
+        assert_eq!(due([3, 4, 5, 6]), [true, true, false, true]);
     }
 }

@@ -11,7 +11,7 @@
 //! | resting (between pool calls) | the expert's slot, or [`NOT_RESIDENT`] | clear (slots are 16-bit), set only in [`NOT_RESIDENT`] |
 //! | interval refresh | the step's hit count ([`COUNT_MASK`]) with [`RESIDENT`], [`SEEN`] and [`TARGET`] | [`TARGET`] |
 //! | demand step | resting, except experts admitted in this step: [`admitted`]`(slot)` | [`ADMITTED`] |
-//! | serve | resting, except residents the planned step admitted: slot with [`ADMITTING_MISS`] | [`ADMITTING_MISS`] |
+//! | serve | resting, except residents copied in for the planned step: slot with [`COPIED`] | [`COPIED`] |
 //!
 //! # The slot table
 //! Per slot: the expert it holds, or [`EMPTY_SLOT`]. It is the truth about residency in every
@@ -43,11 +43,12 @@ pub(crate) const COUNT_MASK: u32 = SEEN - 1;
 /// copy is not committed yet). Reset to [`NOT_RESIDENT`] before the step returns.
 pub(crate) const ADMITTED: u32 = 1 << 31;
 
-/// Serve, bit 31: on a resident's slot word, its next id is the miss that admitted it.
-pub(crate) const ADMITTING_MISS: u32 = 1 << 31;
+/// Serve, bit 31: on a resident's slot word, the expert was copied in for the step being served
+/// (by its refresh or a demand admission), so each of its ids is a miss served by copy.
+pub(crate) const COPIED: u32 = 1 << 31;
 
 // A step's largest hit count stays clear of every flag bit a per-expert word carries.
-const _: () = assert!(COUNT_MASK & (TARGET | RESIDENT | SEEN | ADMITTING_MISS) == 0);
+const _: () = assert!(COUNT_MASK & (TARGET | RESIDENT | SEEN | COPIED) == 0);
 
 /// Demand-step word of an expert admitted into `slot` (a slot index, below `u16::MAX`).
 #[inline]
@@ -67,8 +68,10 @@ pub(crate) const fn slot_in(word: u32) -> usize {
 pub(crate) enum Served {
     /// The id is at or past the expert count.
     Invalid,
-    /// The expert is not resident, or this is the miss that admitted it.
-    Miss,
+    /// A miss: the expert is not resident, its pair is computed in slow memory.
+    InPlace,
+    /// A miss: the expert was copied in for this step and serves it from its slot.
+    ByCopy,
     /// The expert was resident before the step.
     Hit,
 }
@@ -220,31 +223,28 @@ impl SlotTable {
         }
     }
 
-    /// Enters (`on`) or leaves the serve phase: sets or clears [`ADMITTING_MISS`] on the words of
-    /// the `admissions` that are resident.
-    pub(crate) fn mark_admitting(&mut self, admissions: &[u16], on: bool) {
-        for &expert in admissions {
+    /// Enters (`on`) or leaves the serve phase: sets or clears [`COPIED`] on the words of the
+    /// `copied` experts that are resident.
+    pub(crate) fn mark_copied(&mut self, copied: &[u16], on: bool) {
+        for &expert in copied {
             if let Some(word) = self.expert_slot.get_mut(usize::from(expert)).filter(|w| **w != NOT_RESIDENT) {
                 if on {
-                    *word |= ADMITTING_MISS;
+                    *word |= COPIED;
                 } else {
-                    *word &= !ADMITTING_MISS;
+                    *word &= !COPIED;
                 }
             }
         }
     }
 
-    /// Serve phase: classifies one id; the admitting miss of a marked expert clears its mark, so
-    /// its later ids hit.
+    /// Serve phase: classifies one id. A marked expert stays marked for the whole step: every id
+    /// of an expert copied in for the step is served by copy.
     #[inline]
-    pub(crate) fn serve_id(&mut self, id: u32) -> Served {
-        match self.expert_slot.get_mut(id as usize) {
+    pub(crate) fn serve_id(&self, id: u32) -> Served {
+        match self.expert_slot.get(id as usize) {
             None => Served::Invalid,
-            Some(&mut NOT_RESIDENT) => Served::Miss,
-            Some(word) if *word & ADMITTING_MISS != 0 => {
-                *word &= !ADMITTING_MISS;
-                Served::Miss
-            }
+            Some(&NOT_RESIDENT) => Served::InPlace,
+            Some(word) if word & COPIED != 0 => Served::ByCopy,
             Some(_) => Served::Hit,
         }
     }
@@ -268,16 +268,17 @@ mod tests {
         }
         let mut t = SlotTable::new(3, 2);
         t.place(2, 0);
-        t.mark_admitting(&[2, 1], true);
+        t.place(0, 1);
+        t.mark_copied(&[2, 1], true);
         assert_eq!(
-            [t.serve_id(2), t.serve_id(2), t.serve_id(1), t.serve_id(7)],
-            [Served::Miss, Served::Hit, Served::Miss, Served::Invalid]
+            [t.serve_id(2), t.serve_id(2), t.serve_id(0), t.serve_id(1), t.serve_id(7)],
+            [Served::ByCopy, Served::ByCopy, Served::Hit, Served::InPlace, Served::Invalid]
         );
-        t.mark_admitting(&[2], true);
-        t.mark_admitting(&[2], false);
+        t.mark_copied(&[2, 1], false);
         assert_eq!(t.serve_id(2), Served::Hit);
+        assert_eq!(t.slot_of(2), Some(0));
         assert_eq!(slot_in(admitted(5)), 5);
-        assert_eq!(t.set_slots(0), 1);
+        assert_eq!(t.set_slots(0), 2);
         assert_eq!(t.slot_of(2), None);
     }
 }

@@ -23,7 +23,8 @@ pub struct StepStats {
     pub refreshed: bool,
     /// What migration copied (on a failure, what completed before it).
     pub migrated: MigrateStats,
-    /// The step's hits, misses and invalid ids, counted against the residency after migration.
+    /// The step's hits, misses (served by copy or in place) and invalid ids, counted against the
+    /// residency after migration: the experts this step's plan copied in serve it by copy.
     pub served: ServeStats,
 }
 
@@ -36,7 +37,7 @@ pub enum StepError<S, K> {
     /// or served.
     Pool(PoolError),
     /// A promotion failed to migrate. The step's ids were served all the same: `stats` counts
-    /// them, and the failed promotions' pairs as misses (their slots stay free). Stepping again
+    /// them, and the failed promotions' pairs as misses served in place (their slots stay free). Stepping again
     /// retries what the next plan still wants.
     Migrate {
         /// What the step did, with the failure.
@@ -173,7 +174,8 @@ mod tests {
         let stats = pool.step(Step::decode(0), &[5, 6, 5, 9], &mut plan, &layout, &model[..], &mut sink).unwrap();
         assert!(stats.refreshed);
         assert_eq!((stats.migrated.copied, stats.migrated.bytes), (2, 8));
-        assert_eq!(stats.served, ServeStats { hits: 3, misses: 0, invalid: 1 });
+        // Both experts were copied in for this step: their pairs are misses served by copy.
+        assert_eq!(stats.served, ServeStats { hits: 0, misses: 3, served_by_copy: 3, served_in_place: 0, invalid: 1 });
         for expert in [5, 6] {
             let slot = pool.slot_of(expert).unwrap();
             assert_eq!(sink.bytes[slot], [expert as u8; 4]);
@@ -193,14 +195,16 @@ mod tests {
         assert_eq!(failure.error, MigrateError::Sink("refused"));
         assert_eq!(usize::from(failure.failed.slot), 1);
         assert_eq!(stats.migrated.copied, 1);
-        // Expert 5 reached slot 0; expert 6's copy failed, so its pair is a miss.
-        assert_eq!(stats.served, ServeStats { hits: 2, misses: 1, invalid: 0 });
+        // Expert 5 reached slot 0 (served by copy); expert 6's copy failed, so its pair is
+        // computed in place.
+        assert_eq!(stats.served, ServeStats { hits: 0, misses: 3, served_by_copy: 2, served_in_place: 1, invalid: 0 });
         assert_eq!((pool.slot_of(5), pool.slot_of(6)), (Some(0), None));
         assert_eq!(err.stats(), Some(&stats));
 
         sink.fail_slot = None;
         let stats = pool.step(Step::decode(1), &ids, &mut plan, &layout, &model[..], &mut sink).unwrap();
-        assert_eq!(stats.served, ServeStats { hits: 3, misses: 0, invalid: 0 });
+        // Expert 5 was resident before this step; expert 6 is copied in for it.
+        assert_eq!(stats.served, ServeStats { hits: 2, misses: 1, served_by_copy: 1, served_in_place: 0, invalid: 0 });
         assert_eq!(sink.bytes[pool.slot_of(6).unwrap()], [6; 4]);
     }
 

@@ -189,11 +189,14 @@ impl RunConfig {
 /// What a decode run did and how long it took.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct RunReport {
-    /// Token–expert pairs served from a slot.
+    /// Token–expert pairs whose expert was resident before the step's routing was known.
     pub hits: u64,
-    /// Pairs not resident when served (as the pool counts them: a demand policy's admitting
-    /// miss is a miss).
+    /// Pairs that were not hits (as the pool counts them): `served_by_copy + served_in_place`.
     pub misses: u64,
+    /// Misses whose expert was copied into its slot for that step.
+    pub served_by_copy: u64,
+    /// Misses whose expert was not resident (served by the miss rule: scratch copy or bus read).
+    pub served_in_place: u64,
     /// Experts copied into slots (promotions).
     pub promotions: u64,
     /// Bytes copied into slots.
@@ -608,10 +611,13 @@ impl GpuModel {
             if let Some(pool) = &layer.pool {
                 report.hits += pool.stats().hits;
                 report.misses += pool.stats().misses;
+                report.served_by_copy += pool.stats().served_by_copy;
+                report.served_in_place += pool.stats().served_in_place;
                 report.promotions += pool.stats().promotions - layer.warm.promotions;
                 report.bytes_promoted += pool.stats().bytes_promoted - layer.warm.bytes_promoted;
             } else {
                 report.misses += layer.misses;
+                report.served_in_place += layer.misses;
             }
         }
         if let Some(out) = &state.outputs {
@@ -621,8 +627,8 @@ impl GpuModel {
     }
 
     /// The cost the core's replay predicts for `run` on `trace`'s decode steps, per decode
-    /// token: `hits × resident_pair + slow pairs × miss pair + bytes moved / link`, where the
-    /// hits, slow pairs and bytes come from [`expertslab::trace::replay`] (decode records only: the
+    /// token: `(hits + served by copy) × resident_pair + served in place × miss pair + bytes
+    /// moved / link`, where the pair counts and bytes come from [`expertslab::trace::replay`] (decode records only: the
     /// replay of the whole trace less the replay of its prefill) and the per-pair and link costs
     /// from `calibration`; a miss pair costs what the rule's action costs.
     ///
@@ -656,23 +662,23 @@ impl GpuModel {
         }
         let before = replay(&prefill, &config).map_err(fail)?.total;
         let hits = whole.hits - before.hits;
-        let slow_pairs = whole.slow_pairs - before.slow_pairs;
+        let served_in_place = whole.served_in_place - before.served_in_place;
         let bytes = whole.bytes_moved - before.bytes_moved;
         let c = &calibration.costs;
         let miss_pair = match run.miss.choose(1) {
             MissAction::Copy => c.copy + c.resident_pair,
             MissAction::ZeroCopy => c.zero_copy_pair,
         };
-        // Admitted misses are computed from their slot after their copy.
-        let computed_resident = hits + (whole.misses - before.misses) - slow_pairs;
+        // Misses served by copy are computed from their slot after their copy.
+        let computed_resident = hits + (whole.served_by_copy - before.served_by_copy);
         let seconds = computed_resident as f64 * c.resident_pair
-            + slow_pairs as f64 * miss_pair
+            + served_in_place as f64 * miss_pair
             + bytes as f64 / calibration.link_bytes_per_second;
         Ok(Prediction {
             seconds_per_token: if decode_tokens == 0 { 0.0 } else { seconds / decode_tokens as f64 },
             hit_rate: whole.hit_rate(),
             bytes_moved: bytes,
-            slow_pairs,
+            served_in_place,
         })
     }
 }
@@ -704,8 +710,8 @@ pub struct Prediction {
     pub hit_rate: f64,
     /// Bytes the replay moves into slots during decode.
     pub bytes_moved: u64,
-    /// Misses computed from slow memory during decode.
-    pub slow_pairs: u64,
+    /// Misses served in place (computed from slow memory) during decode.
+    pub served_in_place: u64,
 }
 
 fn seconds(start: &CudaEvent, end: &CudaEvent) -> Result<f64, CudaError> {

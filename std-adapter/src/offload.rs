@@ -26,10 +26,14 @@ pub struct OffloadStats {
     pub refreshed: usize,
     /// What migration copied.
     pub migrated: MigrateStats,
-    /// Ids served from slots.
+    /// Valid ids whose expert was resident before the step's routing was known.
     pub hits: u64,
-    /// Ids served from slow memory.
+    /// Valid ids that were not hits: `served_by_copy + served_in_place`.
     pub misses: u64,
+    /// Misses whose expert was copied into its slot for this step.
+    pub served_by_copy: u64,
+    /// Misses served from slow memory (their expert not resident).
+    pub served_in_place: u64,
 }
 
 impl OffloadStats {
@@ -39,6 +43,8 @@ impl OffloadStats {
         self.migrated.add(&other.migrated);
         self.hits = self.hits.saturating_add(other.hits);
         self.misses = self.misses.saturating_add(other.misses);
+        self.served_by_copy = self.served_by_copy.saturating_add(other.served_by_copy);
+        self.served_in_place = self.served_in_place.saturating_add(other.served_in_place);
     }
 }
 
@@ -49,6 +55,8 @@ impl From<StepStats> for OffloadStats {
             migrated: stats.migrated,
             hits: u64::from(stats.served.hits),
             misses: u64::from(stats.served.misses),
+            served_by_copy: u64::from(stats.served.served_by_copy),
+            served_in_place: u64::from(stats.served.served_in_place),
         }
     }
 }

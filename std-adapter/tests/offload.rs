@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use expertslab_std::trace::synthetic::{RoutingShape, SyntheticRouting};
 use expertslab_std::{
-    open_gguf, ExpertSource, ExpertStore, InitialPlacement, LayerStacks, LayeredSource, Offloader, ParallelMigrator,
-    PoolConfig, Projection, RoutingCapture, Schedule, SharedBytes, StackSink, StackSource, Step,
+    open_gguf, ExpertSource, ExpertStore, InitialPlacement, LayerStacks, LayeredSource, OffloadStats, Offloader,
+    ParallelMigrator, PoolConfig, Projection, RoutingCapture, Schedule, SharedBytes, StackSink, StackSource, Step,
 };
 use expertslab_tests::synthetic_layer;
 
@@ -56,6 +56,7 @@ fn each_layer_steps_on_its_own_ids_and_reads_match_the_source() {
     let mut routings: Vec<SyntheticRouting> = (0..3).map(|l| SyntheticRouting::new(shape, 7 + l)).collect();
     let mut capture = RoutingCapture::new();
     let (mut from_slots, mut from_source) = (0, 0);
+    let mut steps = OffloadStats::default();
     for step in 0..40u64 {
         capture.clear();
         for (&layer, routing) in layers.iter().zip(routings.iter_mut()) {
@@ -64,6 +65,7 @@ fn each_layer_steps_on_its_own_ids_and_reads_match_the_source() {
             capture.record(layer, &ids);
         }
         let report = model.step(Step::decode(step), &capture).unwrap();
+        steps.add(&report);
         assert_eq!(report.refreshed, if step % 2 == 0 { 3 } else { 0 });
         let (s, o) = check_reads(&model, &capture);
         from_slots += s;
@@ -72,6 +74,11 @@ fn each_layer_steps_on_its_own_ids_and_reads_match_the_source() {
     assert!(from_slots > 0 && from_source > 0, "both memories must serve reads: {from_slots} / {from_source}");
     let stats = model.stats();
     assert_eq!(stats.hits + stats.misses, 40 * 3 * 4);
+    assert_eq!(stats.served_by_copy + stats.served_in_place, stats.misses);
+    assert!(stats.served_by_copy > 0 && stats.served_in_place > 0 && stats.hits > 0);
+    // The steps' reports add up to the pools' counters.
+    let counts = |s: &OffloadStats| (s.hits, s.misses, s.served_by_copy, s.served_in_place);
+    assert_eq!(counts(&steps), (stats.hits, stats.misses, stats.served_by_copy, stats.served_in_place));
 }
 
 #[derive(Default)]

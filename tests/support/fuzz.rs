@@ -128,6 +128,7 @@ pub fn trace(data: &[u8]) {
         };
         let report = replay(&trace, &config).expect("a parsed trace replays");
         assert_eq!(report.total.hits + report.total.misses, report.total.pairs);
+        assert_eq!(report.total.served_by_copy + report.total.served_in_place, report.total.misses);
     }
 }
 
@@ -199,6 +200,7 @@ pub fn pool_ops(data: &[u8]) {
                 let _ = migrate(&mut pool, &plan, &layout, &source[..], &mut sink);
                 let served = pool.serve(&ids);
                 assert_eq!((served.hits + served.misses + served.invalid) as usize, ids.len());
+                assert_eq!(served.served_by_copy + served.served_in_place, served.misses);
             }
             // Retry the last plan: it resumes or is refused as stale, never corrupts.
             2 => {

@@ -50,6 +50,32 @@ pub struct ReferenceTide {
     pub experts: u32,
     /// Resident experts.
     pub resident: HashSet<u32>,
+    /// The experts the last refresh promoted, until the step is served.
+    pub copied: HashSet<u32>,
+}
+
+/// One reference step's pairs: hits (resident before the step), misses served by copy (copied in
+/// for the step) and misses served in place (not resident).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReferenceServed {
+    /// Pairs whose expert was resident before the step.
+    pub hits: u64,
+    /// Pairs whose expert was copied in for the step.
+    pub served_by_copy: u64,
+    /// Pairs whose expert is not resident.
+    pub served_in_place: u64,
+}
+
+impl ReferenceServed {
+    /// The pool's counts of a served step, in this shape.
+    pub fn of(served: &expertslab::ServeStats) -> Self {
+        assert_eq!(served.misses, served.served_by_copy + served.served_in_place);
+        Self {
+            hits: served.hits.into(),
+            served_by_copy: served.served_by_copy.into(),
+            served_in_place: served.served_in_place.into(),
+        }
+    }
 }
 
 /// What one reference refresh decided.
@@ -68,7 +94,7 @@ impl ReferenceTide {
     pub fn new(experts: u32, slots: usize, warm: bool) -> Self {
         let slots = slots.min(experts as usize);
         let resident = if warm { (0..slots as u32).collect() } else { HashSet::new() };
-        Self { slots, experts, resident }
+        Self { slots, experts, resident, copied: HashSet::new() }
     }
 
     /// One refresh from `ids`.
@@ -92,13 +118,26 @@ impl ReferenceTide {
             self.resident.remove(e);
         }
         self.resident.extend(promoted.iter().copied());
+        self.copied = promoted.iter().copied().collect();
         assert!(self.resident.len() <= self.slots);
         ReferenceRefresh { targets, promoted, demoted }
     }
 
-    /// Hits of `ids` against the resident set.
-    pub fn hits(&self, ids: &[u32]) -> usize {
-        ids.iter().filter(|e| self.resident.contains(e)).count()
+    /// Serves `ids`: a resident's pair is a hit unless the last refresh copied it in for this
+    /// step; every other valid pair is served in place. Forgets the refresh's promotions.
+    pub fn serve(&mut self, ids: &[u32]) -> ReferenceServed {
+        let mut served = ReferenceServed::default();
+        for id in ids.iter().filter(|&&id| id < self.experts) {
+            if !self.resident.contains(id) {
+                served.served_in_place += 1;
+            } else if self.copied.contains(id) {
+                served.served_by_copy += 1;
+            } else {
+                served.hits += 1;
+            }
+        }
+        self.copied.clear();
+        served
     }
 }
 
@@ -149,6 +188,10 @@ pub struct ReferenceDemand {
     pub hits: u64,
     /// Counters.
     pub misses: u64,
+    /// Counters: misses whose expert was admitted in their step.
+    pub served_by_copy: u64,
+    /// Counters: misses not admitted (no slot, or every slot pinned).
+    pub served_in_place: u64,
     /// Counters.
     pub promotions: u64,
     /// Counters.
@@ -172,6 +215,8 @@ impl ReferenceDemand {
             position: 0,
             hits: 0,
             misses: 0,
+            served_by_copy: 0,
+            served_in_place: 0,
             promotions: 0,
             demotions: 0,
         }
@@ -194,17 +239,25 @@ impl ReferenceDemand {
             *self.frequency.entry(id).or_default() += 1;
             pinned.insert(id);
             if let Some(r) = self.resident.iter_mut().find(|r| r.0 == id) {
-                self.hits += 1;
+                // Admitted earlier in this step: served from its slot, but only by its copy.
+                if admitted.contains(&id) {
+                    self.misses += 1;
+                    self.served_by_copy += 1;
+                } else {
+                    self.hits += 1;
+                }
                 r.2 = r.1;
                 r.1 = self.clock;
                 continue;
             }
             self.misses += 1;
             if self.slots == 0 {
+                self.served_in_place += 1;
                 continue;
             }
             if self.resident.len() == self.slots {
                 if self.resident.iter().all(|r| pinned.contains(&r.0)) {
+                    self.served_in_place += 1;
                     continue;
                 }
                 let key = |r: &(u32, u64, u64)| -> (u64, u64, u32) {
@@ -225,6 +278,7 @@ impl ReferenceDemand {
             }
             self.resident.push((id, self.clock, 0));
             admitted.insert(id);
+            self.served_by_copy += 1;
         }
         self.promotions += admitted.len() as u64;
     }

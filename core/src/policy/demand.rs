@@ -1,7 +1,7 @@
 //! Demand caching: a step's ids are served in order; a resident id is a hit and updates the
 //! policy's state; a non-resident id is a miss and is admitted at once (one promotion), demoting
-//! the policy's demotion candidate when every slot is taken (one demotion), so later ids of the same step hit
-//! it. Demotion candidates (ties always to the lower expert id):
+//! the policy's demotion candidate when every slot is taken (one demotion), so later ids of the same step are
+//! served from its slot too (all of them misses served by copy: the expert was not resident before the step). Demotion candidates (ties always to the lower expert id):
 //!
 //! - LRU: the least recently used; residents never used since a warm start count as used at
 //!   time 0.
@@ -16,9 +16,9 @@
 //!
 //! A step's ids are served together once its plan is migrated, so the experts a step uses or
 //! admits are pinned until the step ends: a demotion candidate is never one of them. When every slot holds
-//! one, a miss is served from slow memory without being admitted. With this rule the hits and
-//! misses decided id by id are exactly those of serving after migration: an admitted expert's
-//! first id is the miss that admitted it, its later ids hit its slot.
+//! one, a miss is served from slow memory without being admitted. With this rule the residency
+//! decided id by id is exactly the one serving sees after migration: a resident's ids hit, every
+//! id of an admitted expert is a miss served by copy, every other id a miss served in place.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -57,8 +57,8 @@ struct Future {
     cursor: usize,
 }
 
-/// A demand cache's state: per slot use history, per expert frequencies (LFU) or next uses
-/// (Belady), and the step's admissions.
+/// A demand cache's state: per slot use history, and per expert frequencies (LFU) or next uses
+/// (Belady).
 #[derive(Debug, Clone)]
 pub(crate) struct DemandCache {
     kind: DemandKind,
@@ -68,8 +68,6 @@ pub(crate) struct DemandCache {
     uses: Vec<Uses>,
     /// Per slot: the expert admitted into it during the current step, or `EMPTY_SLOT`.
     admitted: Vec<u16>,
-    /// The experts admitted by the last planned step, for the serve that follows it.
-    admissions: Vec<u16>,
     frequency: Vec<u32>,
     future: Future,
 }
@@ -90,7 +88,6 @@ impl DemandCache {
             step: 0,
             uses: vec![Uses::default(); slots],
             admitted: vec![EMPTY_SLOT; slots],
-            admissions: Vec::with_capacity(slots),
             frequency: if kind == DemandKind::Lfu { vec![0; experts] } else { Vec::new() },
             future: Future::default(),
         }
@@ -101,7 +98,6 @@ impl DemandCache {
     pub(crate) fn set_slots(&mut self, slots: usize) {
         self.uses.resize(slots, Uses::default());
         self.admitted.resize(slots, EMPTY_SLOT);
-        self.admissions.reserve(slots.saturating_sub(self.admissions.len()));
     }
 
     /// Whether this is Belady's policy.
@@ -123,24 +119,12 @@ impl DemandCache {
         self.future = Future { next, next_use, cursor: 0 };
     }
 
-    /// The experts the last planned step admitted (their first id was the miss that admitted
-    /// them).
-    pub(crate) fn admissions(&self) -> &[u16] {
-        &self.admissions
-    }
-
-    /// Forgets the last step's admissions (once served).
-    pub(crate) fn clear_admissions(&mut self) {
-        self.admissions.clear();
-    }
-
     /// Serves `ids` in order, updating the policy's state. With `admit`, each miss is admitted:
     /// `plan` gets a promotion into a free slot or the demotion candidate's, whose expert is demoted. Returns
     /// the number of demotions.
     pub(crate) fn step(&mut self, state: AdmitState<'_>, ids: &[u32], admit: bool, plan: &mut MigrationPlan) -> usize {
         let AdmitState { expert_slot, slot_expert } = state;
         self.step = self.step.saturating_add(1);
-        self.admissions.clear();
         let mut demotions = 0usize;
         // Slots holding an expert, committed or admitted: while every slot does, no search for a
         // free one is needed.
@@ -187,7 +171,6 @@ impl DemandCache {
             }
             // slot < slots <= u16::MAX and expert < experts <= u16::MAX, checked at build time.
             plan.push(Promotion { expert: expert as u16, slot: slot as u16, demoted });
-            self.admissions.push(expert as u16);
             if let Some(a) = self.admitted.get_mut(slot) {
                 *a = expert as u16;
             }

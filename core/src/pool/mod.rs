@@ -4,13 +4,16 @@
 //! step's routing ids into a [`MigrationPlan`] and frees the slots of demoted experts at once
 //! (demotion copies nothing: slow memory holds every expert). Promotions become resident only
 //! through [`ExpertPool::commit`], which [`crate::migrate()`] calls after each copy completed.
-//! [`ExpertPool::serve`] then counts the step's hits and misses against the real residency.
+//! [`ExpertPool::serve`] then counts the step's hits and misses against the real residency: a
+//! hit is a pair whose expert was resident before the step's routing was known; a miss is
+//! served by copy (its expert was promoted by the step's plan and its copy committed) or in place
+//! (its expert is not resident).
 //!
 //! # State
-//! A slot table (per expert a `u32` word, per slot the expert it holds), the policy's state and
-//! the counters. Nothing is allocated after [`ExpertPool::new`], except when
-//! [`ExpertPool::set_slots`] grows the pool past the most slots it has had (and by
-//! [`ExpertPool::load_future`], for evaluation).
+//! A slot table (per expert a `u32` word, per slot the expert it holds), the policy's state, the
+//! experts the last planned step promoted (at most one per slot) and the counters. Nothing is
+//! allocated after [`ExpertPool::new`], except when [`ExpertPool::set_slots`] grows the pool past
+//! the most slots it has had (and by [`ExpertPool::load_future`], for evaluation).
 
 mod config;
 mod stats;
@@ -20,11 +23,13 @@ pub use stats::{PoolStats, ServeStats};
 
 pub use crate::slot_table::MAX_EXPERTS;
 
+use alloc::vec::Vec;
+
 use crate::error::{PlanError, PoolError};
 use crate::plan::{MigrationPlan, Promotion};
 use crate::policy::{AdmitState, Candidates, PolicyState, RefreshState};
 use crate::schedule::{Mode, Schedule, Step};
-use crate::slot_table::{Served, SlotTable, COUNT_MASK};
+use crate::slot_table::{SlotTable, COUNT_MASK};
 
 /// The most routing ids one step may carry (per-expert counters stay below their flag bits).
 pub const MAX_STEP_IDS: usize = COUNT_MASK as usize;
@@ -62,6 +67,9 @@ pub struct ExpertPool {
     policy: PolicyState,
     initial: InitialPlacement,
     stats: PoolStats,
+    /// The experts the last planned step promoted, for the serve that follows it: their pairs are
+    /// misses served by copy. At most one per slot.
+    copied: Vec<u16>,
     /// Bumped by every slot-count change; plans carry the generation they were made at.
     slots_generation: u32,
 }
@@ -89,6 +97,7 @@ impl ExpertPool {
             policy: PolicyState::new(policy, experts, slots),
             initial,
             stats: PoolStats::default(),
+            copied: Vec::with_capacity(slots),
             slots_generation: 0,
         })
     }
@@ -146,6 +155,7 @@ impl ExpertPool {
         self.slots_generation = self.slots_generation.wrapping_add(1);
         let demoted = self.table.set_slots(slots);
         self.policy.set_slots(slots);
+        self.copied.reserve(slots.saturating_sub(self.copied.len()));
         self.record_demotions(demoted);
         demoted
     }
@@ -291,6 +301,7 @@ impl ExpertPool {
                     cache.step(AdmitState { expert_slot, slot_expert }, ids, false, plan);
                 }
             }
+            self.note_copies(plan);
         }
         Ok(due)
     }
@@ -306,6 +317,13 @@ impl ExpertPool {
     /// unchanged.
     pub fn refresh(&mut self, ids: &[u32], plan: &mut MigrationPlan) -> Result<(), PoolError> {
         check_step(ids.len())?;
+        self.decide(ids, plan);
+        self.note_copies(plan);
+        Ok(())
+    }
+
+    /// [`ExpertPool::refresh`] of a step of at most [`MAX_STEP_IDS`] ids.
+    fn decide(&mut self, ids: &[u32], plan: &mut MigrationPlan) {
         plan.reset(self.layer, self.slots_generation, self.slots());
         self.stats.refreshes = self.stats.refreshes.saturating_add(1);
         let placement = match &mut self.policy {
@@ -314,12 +332,12 @@ impl ExpertPool {
                 let (expert_slot, slot_expert) = self.table.parts_mut();
                 let demoted = cache.step(AdmitState { expert_slot, slot_expert }, ids, true, plan);
                 self.record_demotions(demoted);
-                return Ok(());
+                return;
             }
         };
         placement.observe(ids);
         if self.resident == self.table.experts() {
-            return Ok(());
+            return;
         }
         // The per-expert words become this step's hit counts; the slot table stays the truth.
         // A short step (decode) writes only the words it touches, so its cost follows the ids
@@ -332,7 +350,14 @@ impl ExpertPool {
         let demoted = placement.refresh(state, plan);
         self.record_demotions(demoted);
         self.table.end_counts(ids, plan.promotions().iter().filter_map(|p| p.demoted), sparse);
-        Ok(())
+    }
+
+    /// Remembers the experts `plan` promotes: the serve that follows counts their pairs as served
+    /// by copy once their copies are committed. A plan holds at most one promotion per slot, so
+    /// this never outgrows the capacity reserved for the slots.
+    fn note_copies(&mut self, plan: &MigrationPlan) {
+        self.copied.clear();
+        self.copied.extend(plan.promotions().iter().map(|p| p.expert));
     }
 
     /// Gives a [`Policy::Belady`](crate::Policy::Belady) pool the layer's whole routing stream in serving order (every
@@ -355,33 +380,21 @@ impl ExpertPool {
         }
     }
 
-    /// Counts `ids` (one step's routing, token-major) as hits, misses and invalid ids against the
-    /// current residency, adds them to the statistics and returns them. After a demand policy
-    /// planned the step, the first id of each expert it admitted (and that is now resident) is the
-    /// miss that admitted it; its later ids hit.
+    /// Counts `ids` (one step's routing, token-major) against the current residency, adds the
+    /// counts to the statistics and returns them. A valid id is a hit when its expert was resident
+    /// before the step was planned; a miss served by copy when the planned step promoted its
+    /// expert (a refresh, or a demand admission: every id of that expert, not only the one that
+    /// admitted it) and the copy was committed; otherwise a miss served in place. Serving again
+    /// without planning a step counts every resident's ids as hits.
     pub fn serve(&mut self, ids: &[u32]) -> ServeStats {
-        // Experts a demand policy admitted in the planned step: their first id here is the miss
-        // that admitted them. Marked on their per-expert word for the duration of the count.
-        let admissions: &[u16] = match &self.policy {
-            PolicyState::Demand(cache) => cache.admissions(),
-            PolicyState::Interval(_) => &[],
-        };
-        self.table.mark_admitting(admissions, true);
+        self.table.mark_copied(&self.copied, true);
         let mut counts = ServeStats::default();
         for &id in ids {
-            match self.table.serve_id(id) {
-                Served::Invalid => counts.invalid = counts.invalid.saturating_add(1),
-                Served::Miss => counts.misses = counts.misses.saturating_add(1),
-                Served::Hit => counts.hits = counts.hits.saturating_add(1),
-            }
+            counts.count(self.table.serve_id(id));
         }
-        self.table.mark_admitting(admissions, false);
-        if let PolicyState::Demand(cache) = &mut self.policy {
-            cache.clear_admissions();
-        }
-        self.stats.hits = self.stats.hits.saturating_add(u64::from(counts.hits));
-        self.stats.misses = self.stats.misses.saturating_add(u64::from(counts.misses));
-        self.stats.invalid_ids = self.stats.invalid_ids.saturating_add(u64::from(counts.invalid));
+        self.table.mark_copied(&self.copied, false);
+        self.copied.clear();
+        self.stats.record(&counts);
         counts
     }
 

@@ -1,4 +1,11 @@
 //! What a pool counts: its running statistics and one served step's counts.
+//!
+//! A valid id is one token–expert pair: a **hit** when its expert was resident before the step's
+//! routing was known, otherwise a **miss**, either **served by copy** (its expert was copied in
+//! for this step) or **served in place** (computed where the weights are). So
+//! `misses = served_by_copy + served_in_place`.
+
+use crate::slot_table::Served;
 
 /// Counters of one pool since it was built. They saturate rather than wrap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -10,10 +17,14 @@ pub struct PoolStats {
     pub promotions: u64,
     /// Demotions (slots freed by refreshes, and by slot-count changes that drop slots).
     pub demotions: u64,
-    /// Valid ids served from a resident expert.
+    /// Valid ids whose expert was resident before their step was planned.
     pub hits: u64,
-    /// Valid ids served from slow memory.
+    /// Valid ids that were not hits: `served_by_copy + served_in_place`.
     pub misses: u64,
+    /// Misses whose expert was copied in for their step and served them from its slot.
+    pub served_by_copy: u64,
+    /// Misses computed from slow memory (their expert not resident).
+    pub served_in_place: u64,
     /// Ids at or past the expert count, ignored.
     pub invalid_ids: u64,
     /// Bytes copied by committed promotions.
@@ -38,19 +49,53 @@ impl PoolStats {
         self.demotions = self.demotions.saturating_add(other.demotions);
         self.hits = self.hits.saturating_add(other.hits);
         self.misses = self.misses.saturating_add(other.misses);
+        self.served_by_copy = self.served_by_copy.saturating_add(other.served_by_copy);
+        self.served_in_place = self.served_in_place.saturating_add(other.served_in_place);
         self.invalid_ids = self.invalid_ids.saturating_add(other.invalid_ids);
         self.bytes_promoted = self.bytes_promoted.saturating_add(other.bytes_promoted);
     }
+
+    /// Adds one served step's counts.
+    pub(crate) fn record(&mut self, served: &ServeStats) {
+        self.hits = self.hits.saturating_add(u64::from(served.hits));
+        self.misses = self.misses.saturating_add(u64::from(served.misses));
+        self.served_by_copy = self.served_by_copy.saturating_add(u64::from(served.served_by_copy));
+        self.served_in_place = self.served_in_place.saturating_add(u64::from(served.served_in_place));
+        self.invalid_ids = self.invalid_ids.saturating_add(u64::from(served.invalid));
+    }
 }
 
-/// Hits, misses and invalid ids of one served step.
+/// The counts of one served step. Each count saturates at `u32::MAX`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct ServeStats {
-    /// Valid ids whose expert was resident. Each count saturates at `u32::MAX`.
+    /// Valid ids whose expert was resident before the step was planned.
     pub hits: u32,
-    /// Valid ids whose expert was not resident.
+    /// Valid ids that were not hits: `served_by_copy + served_in_place`.
     pub misses: u32,
+    /// Misses whose expert was copied in for this step and served them from its slot.
+    pub served_by_copy: u32,
+    /// Misses computed from slow memory (their expert not resident).
+    pub served_in_place: u32,
     /// Ids at or past the expert count.
     pub invalid: u32,
+}
+
+impl ServeStats {
+    /// Counts one classified id.
+    pub(crate) fn count(&mut self, served: Served) {
+        let counter = match served {
+            Served::Invalid => &mut self.invalid,
+            Served::Hit => &mut self.hits,
+            Served::ByCopy => {
+                self.misses = self.misses.saturating_add(1);
+                &mut self.served_by_copy
+            }
+            Served::InPlace => {
+                self.misses = self.misses.saturating_add(1);
+                &mut self.served_in_place
+            }
+        };
+        *counter = counter.saturating_add(1);
+    }
 }

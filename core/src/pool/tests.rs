@@ -49,9 +49,13 @@ fn slot_count_changes_demote_the_dropped_slots_and_keep_the_rest() {
         commit_all(&mut p, &plan);
         assert_eq!(p.resident(), 8, "{policy:?}: every expert fits once the slot count allows");
         assert_eq!((p.slot_of(0), p.slot_of(1)), (Some(0), Some(1)));
-        // A demand policy's admissions are this step's misses; an interval policy's are hits.
-        let hits = if policy.is_demand() { 2 } else { 8 };
-        assert_eq!(p.serve(&ids).hits as usize, hits, "{policy:?}");
+        // Experts 0 and 1 were resident before the step: hits. The six copied in for it (by a
+        // refresh or by demand admissions) are misses served by copy, under every policy.
+        let served = p.serve(&ids);
+        assert_eq!((served.hits, served.served_by_copy, served.served_in_place), (2, 6, 0), "{policy:?}");
+        assert_eq!(served.misses, 6);
+        // Served again without a planned step, every resident hits.
+        assert_eq!(p.serve(&ids).hits, 8, "{policy:?}");
 
         // Down to nothing: everything from slow memory.
         assert_eq!(p.set_slots(0), 8);
@@ -108,7 +112,9 @@ fn refresh_promotes_into_free_slots_then_demotes_coldest() {
     let got: Vec<_> = plan.promotions().iter().map(|m| (m.expert, m.slot, m.demoted)).collect();
     assert_eq!(got, [(5, 0, None), (2, 1, None)]);
     commit_all(&mut p, &plan);
-    assert_eq!(p.serve(&[5, 5, 2, 9, 5, 2]), ServeStats { hits: 5, misses: 0, invalid: 1 });
+    // Both experts were copied in for this step: every valid id is a miss served by copy.
+    let by_copy = ServeStats { hits: 0, misses: 5, served_by_copy: 5, served_in_place: 0, invalid: 1 };
+    assert_eq!(p.serve(&[5, 5, 2, 9, 5, 2]), by_copy);
 
     // 7 and 6 are new targets; 5 stays; 2 is a target too but only 3 fit: 7(3) 5(2) 6(2) 2(1).
     p.refresh(&[7, 7, 7, 5, 5, 6, 6, 2], &mut plan).unwrap();
@@ -144,7 +150,7 @@ fn all_resident_never_moves_and_masks_report_residency() {
     let mut plan = MigrationPlan::new(5);
     p.refresh(&[4, 4, 0, 7], &mut plan).unwrap();
     assert!(plan.is_empty());
-    assert_eq!(p.serve(&[4, 4, 0, 7]), ServeStats { hits: 3, misses: 0, invalid: 1 });
+    assert_eq!(p.serve(&[4, 4, 0, 7]), ServeStats { hits: 3, invalid: 1, ..ServeStats::default() });
     let mut p = pool(40, 2, InitialPlacement::Warm);
     let mut mask = [true; 41];
     p.resident_mask(&mut mask).unwrap();
@@ -191,7 +197,8 @@ fn zero_slots_serve_everything_from_slow_memory() {
     let mut plan = MigrationPlan::new(0);
     p.refresh(&[1, 2, 3], &mut plan).unwrap();
     assert!(plan.is_empty());
-    assert_eq!(p.serve(&[1, 2, 3]).misses, 3);
+    let served = p.serve(&[1, 2, 3]);
+    assert_eq!((served.misses, served.served_in_place, served.served_by_copy), (3, 3, 0));
 }
 
 #[test]

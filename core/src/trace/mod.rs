@@ -12,8 +12,14 @@
 //! `ids` are flat and token-major (`top_k` per token, so their number is a multiple of `top_k`).
 //! Keys may come in any order, with any JSON whitespace; blank lines are skipped. Every other
 //! deviation is an error naming the line: unknown or repeated keys, missing keys, a layer at or
-//! past `layers`, a step smaller than the layer's previous one, ids that are not integers in
-//! `0..2^32`. Ids at or past `experts` are kept: replay counts them as invalid.
+//! past `layers`, a step smaller than the layer's previous one (except in a prefill record, see
+//! below), ids that are not integers in `0..2^32`. Ids at or past `experts` are kept: replay
+//! counts them as invalid.
+//!
+//! A layer's steps never go backwards, except where a record starts a new block
+//! (`"prefill":true`): a diffusion model's denoise counter restarts at each block, so a block's
+//! first record may carry a step smaller than its layer's previous one. A refresh schedule
+//! `every:N` then counts within the block (see [`crate::Schedule`]).
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -90,7 +96,8 @@ pub enum TraceErrorKind {
     BadValue(&'static str),
     /// A layer at or past the header's count.
     LayerOutOfRange(u32),
-    /// A step smaller than the same layer's previous step.
+    /// A step smaller than the same layer's previous step, in a record that does not start a
+    /// block (only a prefill record may restart the step counter).
     StepBackwards,
     /// A number of ids that is not a multiple of `top_k`.
     PartialToken,
@@ -111,7 +118,9 @@ impl fmt::Display for TraceError {
             TraceErrorKind::MissingKey(key) => write!(f, "missing \"{key}\""),
             TraceErrorKind::BadValue(key) => write!(f, "bad value for \"{key}\""),
             TraceErrorKind::LayerOutOfRange(layer) => write!(f, "layer {layer} is past the header's layer count"),
-            TraceErrorKind::StepBackwards => f.write_str("step is smaller than this layer's previous step"),
+            TraceErrorKind::StepBackwards => {
+                f.write_str("step is smaller than this layer's previous step and the record is not a prefill block")
+            }
             TraceErrorKind::PartialToken => f.write_str("the number of ids is not a multiple of top_k"),
             TraceErrorKind::Empty => f.write_str("no header"),
         }
@@ -183,7 +192,8 @@ impl Trace {
         if layer >= self.header.layers {
             return Err(fail(TraceErrorKind::LayerOutOfRange(layer)));
         }
-        if self.last_step.get(&layer).is_some_and(|&previous| step < previous) {
+        // A prefill record starts a block, whose step counter may restart (diffusion models).
+        if !prefill && self.last_step.get(&layer).is_some_and(|&previous| step < previous) {
             return Err(fail(TraceErrorKind::StepBackwards));
         }
         let start = self.ids.len();
@@ -373,5 +383,17 @@ mod tests {
         t.push(0, 5, false, &[2]).unwrap();
         assert_eq!(t.push(0, 4, false, &[1]).unwrap_err().kind, TraceErrorKind::StepBackwards);
         assert_eq!(t.records().len(), 3);
+        // A prefill record starts a new block: its step may restart, and the block's later
+        // records count from there.
+        t.push(0, 0, true, &[3]).unwrap();
+        t.push(0, 1, false, &[3]).unwrap();
+        assert_eq!(t.push(0, 0, false, &[3]).unwrap_err().kind, TraceErrorKind::StepBackwards);
+        assert_eq!(t.records().len(), 5);
+        let text = "{\"format\":\"expertslab-trace\",\"version\":1,\"experts\":4,\"layers\":1,\"top_k\":1}\n\
+                    {\"layer\":0,\"step\":3,\"prefill\":false,\"ids\":[1]}\n\
+                    {\"layer\":0,\"step\":2,\"prefill\":false,\"ids\":[1]}\n";
+        let err = Trace::parse(text).unwrap_err();
+        assert_eq!((err.line, err.kind), (3, TraceErrorKind::StepBackwards));
+        assert!(Trace::parse(&text.replace("\"step\":2,\"prefill\":false", "\"step\":2,\"prefill\":true")).is_ok());
     }
 }

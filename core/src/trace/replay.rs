@@ -6,10 +6,14 @@
 //! from, not counted as moved: the configuration's, or a [`WarmStart`]'s list for the layers it
 //! has ([`replay_from`]), for every policy alike.
 //!
-//! The cost model: a miss served from slow memory costs `slow_pair_seconds` (one token–expert pair
+//! Pairs are counted as the pool counts them ([`crate::PoolStats`]): a hit when the expert was
+//! resident before the step's routing was known; otherwise a miss, served by copy (the expert was
+//! copied in for this step, by a refresh or a demand admission) or served in place.
+//!
+//! The cost model: a miss served in place costs `slow_pair_seconds` (one token–expert pair
 //! computed where the weights are); every promoted expert costs `expert_bytes` over a link of
-//! `link_bytes_per_second`. A miss that a demand policy admits is paid by its load, not by the
-//! slow-memory compute: `modeled_time = slow pairs × slow_pair_seconds + bytes moved / link`.
+//! `link_bytes_per_second`. A miss served by copy is paid by that copy, not by the slow-memory
+//! compute: `modeled_time = served in place × slow_pair_seconds + bytes moved / link`.
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -73,9 +77,9 @@ pub struct CostModel {
 }
 
 impl CostModel {
-    fn seconds(&self, slow_pairs: u64, bytes: u64) -> f64 {
+    fn seconds(&self, served_in_place: u64, bytes: u64) -> f64 {
         let link = if self.link_bytes_per_second > 0.0 { bytes as f64 / self.link_bytes_per_second } else { 0.0 };
-        slow_pairs as f64 * self.slow_pair_seconds + link
+        served_in_place as f64 * self.slow_pair_seconds + link
     }
 }
 
@@ -100,10 +104,14 @@ pub struct ReplayConfig {
 pub struct ReplayStats {
     /// Valid token–expert pairs.
     pub pairs: u64,
-    /// Pairs served from a slot.
+    /// Pairs whose expert was resident before the step's routing was known.
     pub hits: u64,
-    /// Pairs not resident when served.
+    /// Pairs that were not hits: `served_by_copy + served_in_place`.
     pub misses: u64,
+    /// Misses whose expert was copied in for their step (paid by the copy).
+    pub served_by_copy: u64,
+    /// Misses computed from slow memory (each costs `slow_pair_seconds`).
+    pub served_in_place: u64,
     /// Ids at or past the expert count.
     pub invalid: u64,
     /// Experts copied into slots.
@@ -112,8 +120,6 @@ pub struct ReplayStats {
     pub demotions: u64,
     /// Bytes copied (promotions × expert bytes).
     pub bytes_moved: u64,
-    /// Misses computed from slow memory (misses not paid by an admission's load).
-    pub slow_pairs: u64,
     /// The cost model's time.
     pub modeled_time_s: f64,
 }
@@ -133,11 +139,12 @@ impl ReplayStats {
         self.pairs = self.pairs.saturating_add(other.pairs);
         self.hits = self.hits.saturating_add(other.hits);
         self.misses = self.misses.saturating_add(other.misses);
+        self.served_by_copy = self.served_by_copy.saturating_add(other.served_by_copy);
+        self.served_in_place = self.served_in_place.saturating_add(other.served_in_place);
         self.invalid = self.invalid.saturating_add(other.invalid);
         self.promotions = self.promotions.saturating_add(other.promotions);
         self.demotions = self.demotions.saturating_add(other.demotions);
         self.bytes_moved = self.bytes_moved.saturating_add(other.bytes_moved);
-        self.slow_pairs = self.slow_pairs.saturating_add(other.slow_pairs);
         self.modeled_time_s += other.modeled_time_s;
     }
 }
@@ -243,8 +250,8 @@ fn replay_layer(
         }
         c.hits = uniform_hits(c.pairs, slots, experts);
         c.misses = c.pairs.saturating_sub(c.hits); // hits <= pairs, as slots <= experts
-        c.slow_pairs = c.misses;
-        c.modeled_time_s = config.cost.seconds(c.slow_pairs, 0);
+        c.served_in_place = c.misses;
+        c.modeled_time_s = config.cost.seconds(c.served_in_place, 0);
         return Ok(c);
     }
     let mut pool = ExpertPool::new(pool_config).map_err(pool_error)?;
@@ -263,7 +270,6 @@ fn replay_layer(
     commit(&mut pool, &plan, 0);
     let start = *pool.stats();
 
-    let mut slow_pairs = 0u64;
     for (i, record) in records.iter().enumerate() {
         let ids = trace.ids(record);
         let step = Step { index: record.step, prefill: record.prefill, mode: crate::schedule::Mode::Scheduled };
@@ -283,12 +289,9 @@ fn replay_layer(
             pool.plan_step(step, ids, &mut plan).map_err(pool_error)?;
         }
         commit(&mut pool, &plan, config.cost.expert_bytes);
-        let served = pool.serve(ids);
-        // An admission (demand policies) pays for its miss with its load.
-        let admitted = if policy.is_demand() { plan.len() as u64 } else { 0 };
-        slow_pairs = slow_pairs.saturating_add(u64::from(served.misses).saturating_sub(admitted));
+        pool.serve(ids);
     }
-    Ok(counters(pool.stats(), &start, slow_pairs, &config.cost))
+    Ok(counters(pool.stats(), &start, &config.cost))
 }
 
 /// The hits a uniformly random placement of `slots` of `experts` (at least 1) experts expects
@@ -310,18 +313,19 @@ fn commit(pool: &mut ExpertPool, plan: &MigrationPlan, bytes: u64) {
     }
 }
 
-fn counters(end: &PoolStats, start: &PoolStats, slow_pairs: u64, cost: &CostModel) -> ReplayStats {
+fn counters(end: &PoolStats, start: &PoolStats, cost: &CostModel) -> ReplayStats {
     let bytes_moved = end.bytes_promoted.saturating_sub(start.bytes_promoted);
     ReplayStats {
         pairs: end.hits.saturating_add(end.misses),
         hits: end.hits,
         misses: end.misses,
+        served_by_copy: end.served_by_copy,
+        served_in_place: end.served_in_place,
         invalid: end.invalid_ids,
         promotions: end.promotions.saturating_sub(start.promotions),
         demotions: end.demotions.saturating_sub(start.demotions),
         bytes_moved,
-        slow_pairs,
-        modeled_time_s: cost.seconds(slow_pairs, bytes_moved),
+        modeled_time_s: cost.seconds(end.served_in_place, bytes_moved),
     }
 }
 
@@ -362,8 +366,9 @@ mod tests {
             assert_eq!(r.total.pairs, 29, "{name}");
             assert_eq!(r.total.invalid, 1, "{name}");
             assert_eq!(r.total.hits + r.total.misses, r.total.pairs);
+            assert_eq!(r.total.served_by_copy + r.total.served_in_place, r.total.misses);
             assert_eq!(r.total.bytes_moved, r.total.promotions * 100);
-            let expected = r.total.slow_pairs as f64 + r.total.bytes_moved as f64 / 100.0;
+            let expected = r.total.served_in_place as f64 + r.total.bytes_moved as f64 / 100.0;
             assert!((r.total.modeled_time_s - expected).abs() < 1e-9, "{name}");
         }
         assert!(ReplayPolicy::from_name("random").is_err());
@@ -387,7 +392,56 @@ mod tests {
         assert!(ahead.hits >= tide2.hits, "knowing the window helps: {} vs {}", ahead.hits, tide2.hits);
         assert_eq!(uniform.hits, 19 * 2 / 8 + 10 * 2 / 8);
         assert_eq!(uniform.bytes_moved, 0);
-        // Demand policies admit their misses: slow pairs only when an admission was dropped.
-        assert!(lru.slow_pairs <= lru.misses);
+        // Demand policies admit their misses: served in place only when every slot was pinned.
+        assert!(lru.served_in_place <= lru.misses);
+    }
+
+    #[test]
+    fn hits_are_pairs_resident_before_the_step() {
+        // One layer, two slots, cold. Step 0 copies 0 and 1 in: four misses served by copy.
+        let mut t = Trace::new(TraceHeader { experts: 4, layers: 1, top_k: 2 }).unwrap();
+        t.push(0, 0, true, &[0, 1, 0, 1]).unwrap();
+        t.push(0, 1, false, &[0, 1, 2, 2]).unwrap();
+        let run = |name| replay(&t, &config(ReplayPolicy::from_name(name).unwrap())).unwrap().total;
+        // TIDE, step 1: targets 2 (twice) and 0; 2 replaces 1. 0 hits, 1 is computed in place,
+        // both pairs of 2 are served by its copy.
+        let tide = run("tide");
+        let counts = |r: ReplayStats| (r.hits, r.served_by_copy, r.served_in_place, r.promotions);
+        assert_eq!(counts(tide), (1, 6, 1, 3));
+        // LRU, step 1: 0 and 1 hit and stay pinned, so 2 is computed in place, both times.
+        let lru = run("lru");
+        assert_eq!(counts(lru), (2, 4, 2, 2));
+        // One second per pair in place, one per copy (100 bytes over 100 bytes/s).
+        assert!((tide.modeled_time_s - 4.0).abs() < 1e-9 && (lru.modeled_time_s - 4.0).abs() < 1e-9);
+        assert_eq!(counts(run("uniform")), (4, 0, 4, 0));
+    }
+
+    #[test]
+    fn diffusion_blocks_restart_the_schedule() {
+        // One layer, one slot, cold; record j routes 2^j tokens to expert j % 8, so the pairs
+        // served by copy (the records that refreshed) spell a bit mask of the refreshing records.
+        let records = |steps: [u64; 10]| {
+            let mut t = Trace::new(TraceHeader { experts: 8, layers: 1, top_k: 1 }).unwrap();
+            for (j, step) in steps.into_iter().enumerate() {
+                t.push(0, step, j % 5 == 0, &alloc::vec![j as u32 % 8; 1 << j]).unwrap();
+            }
+            t
+        };
+        let every2 = ReplayConfig {
+            slots: 1,
+            schedule: Schedule::EveryDenoiseSteps(core::num::NonZeroU32::MIN.saturating_add(1)),
+            ..config(ReplayPolicy::Pool(Policy::Tide))
+        };
+        // Two blocks of five denoise steps, the counter restarting at each: refreshes on steps 0,
+        // 2 and 4 of each block (records 0, 2, 4, 5, 7, 9).
+        let restarting = replay(&records([0, 1, 2, 3, 4, 0, 1, 2, 3, 4]), &every2).unwrap().total;
+        assert_eq!(restarting.served_by_copy, 0b10_1011_0101);
+        assert_eq!((restarting.promotions, restarting.hits), (6, 0));
+        // The same blocks with a counter that keeps running: records 0, 2, 4, 5 (a prefill), 6 and 8.
+        let running = replay(&records([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]), &every2).unwrap().total;
+        assert_eq!(running.served_by_copy, 0b01_0111_0101);
+        // A block that restarts at an odd step: its first step refreshes all the same.
+        let odd = replay(&records([0, 1, 2, 3, 4, 3, 4, 5, 6, 7]), &every2).unwrap().total;
+        assert_eq!(odd.served_by_copy, 0b01_0111_0101);
     }
 }

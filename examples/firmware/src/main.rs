@@ -253,6 +253,13 @@ fn run() -> Result<(), Failure> {
         }
     }
     let total = pools.total_stats();
-    hprintln!("  done: {} hits, {} misses, {} bytes moved by DMA", total.hits, total.misses, total.bytes_promoted);
+    hprintln!(
+        "  done: {} hits, {} misses ({} served by copy, {} in place), {} bytes moved by DMA",
+        total.hits,
+        total.misses,
+        total.served_by_copy,
+        total.served_in_place,
+        total.bytes_promoted
+    );
     Ok(())
 }

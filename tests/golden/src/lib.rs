@@ -372,7 +372,8 @@ pub struct Replay {
 
 /// Replays `scenario`: builds the pools, commits their initial plans, then per step plans every
 /// layer, commits each plan (no bytes: placement only), serves the ids, and folds into the digest
-/// whether each layer refreshed, its plan, its slot table and its hits, misses and invalid ids.
+/// whether each layer refreshed, its plan, its slot table, its hits, its misses served by copy
+/// and served in place, and its invalid ids.
 ///
 /// # Errors
 /// [`VectorError::Parse`] (line 0) when a layer configuration is refused by the core, or a
@@ -402,7 +403,8 @@ pub fn replay(scenario: &Scenario) -> Result<Replay, VectorError> {
             }
             let served = pool.serve(ids);
             digest.word(served.hits);
-            digest.word(served.misses);
+            digest.word(served.served_by_copy);
+            digest.word(served.served_in_place);
             digest.word(served.invalid);
         }
         if let Some((line, expected)) = step.expected {
