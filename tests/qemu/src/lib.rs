@@ -25,9 +25,9 @@ use defmt_semihosting as _;
 #[cfg_attr(target_arch = "riscv32", path = "arch/riscv32.rs")]
 pub mod arch;
 
-pub use arch::{delay, entry, exit, singleton, wfi, UNMAPPED};
 #[doc(hidden)]
 pub use arch::hprintln;
+pub use arch::{delay, entry, exit, singleton, wfi, UNMAPPED};
 
 /// Prints a line: semihosting text by default, a defmt frame with the `defmt` feature. Arguments
 /// are limited to what both accept: `&str` and integers.
