@@ -8,7 +8,7 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "toolchain components and targets"
 rustup component add rustfmt clippy >/dev/null
-rustup target add thumbv7em-none-eabihf >/dev/null
+rustup target add thumbv7em-none-eabihf riscv32imac-unknown-none-elf >/dev/null
 
 step "format"
 cargo fmt --all --check
@@ -19,7 +19,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "clippy of the firmware (warnings denied)"
 (cd tests/qemu && cargo clippy --release --locked -- -D warnings \
-  && cargo clippy --release --locked --features defmt -- -D warnings)
+  && cargo clippy --release --locked --features defmt -- -D warnings \
+  && cargo clippy --release --locked --target riscv32imac-unknown-none-elf -- -D warnings)
 (cd examples/firmware && cargo clippy --release --locked -- -D warnings)
 
 step "NVRTC for the CUDA kernels' compile test (PyPI's nvidia-cuda-nvrtc; no GPU or CUDA toolkit needed)"
@@ -46,5 +47,5 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 step "benchmarks build"
 cargo bench --workspace --no-run --locked
 
-step "Cortex-M4 under QEMU (mps2-an386): test firmware, plain and defmt, and the firmware example"
+step "QEMU: Cortex-M4 (mps2-an386) test firmware, plain and defmt, and the firmware example; RISC-V (virt) test firmware"
 bash scripts/qemu-test.sh

@@ -1,21 +1,33 @@
 //! Runtime pieces shared by the firmware binaries: a heap that records its high-water mark, the
-//! panic and HardFault handlers, logging (semihosting text, or defmt with the `defmt` feature) and
-//! the exit through semihosting. A panic or a fault prints one line and ends the emulation with a
-//! failure status, so a broken firmware never passes for a working one nor hangs the lane.
+//! panic handler, logging (semihosting text, or defmt with the `defmt` feature), a periodic timer
+//! interrupt, and what differs by instruction set in [`arch`]: start-up, the exit through
+//! semihosting and the fault handler. A panic or a fault prints one line and ends the emulation
+//! with a failure status, so a broken firmware never passes for a working one nor hangs the lane.
 
 #![no_std]
 
 extern crate alloc;
 
 use core::alloc::{GlobalAlloc, Layout};
+use core::cell::Cell;
 use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use cortex_m_rt::{exception, ExceptionFrame};
+use critical_section::Mutex;
 use embedded_alloc::LlffHeap;
 
-#[cfg(feature = "defmt")]
+#[cfg(all(feature = "defmt", not(target_arch = "arm")))]
+compile_error!("the `defmt` feature is for the Cortex-M4 only");
+#[cfg(all(feature = "defmt", target_arch = "arm"))]
 use defmt_semihosting as _;
+
+#[cfg_attr(target_arch = "arm", path = "arch/cortex_m4.rs")]
+#[cfg_attr(target_arch = "riscv32", path = "arch/riscv32.rs")]
+pub mod arch;
+
+#[doc(hidden)]
+pub use arch::hprintln;
+pub use arch::{delay, entry, exit, singleton, wfi, UNMAPPED};
 
 /// Prints a line: semihosting text by default, a defmt frame with the `defmt` feature. Arguments
 /// are limited to what both accept: `&str` and integers.
@@ -25,7 +37,7 @@ macro_rules! log {
         #[cfg(feature = "defmt")]
         defmt::println!($($arg)*);
         #[cfg(not(feature = "defmt"))]
-        cortex_m_semihosting::hprintln!($($arg)*);
+        $crate::hprintln!($($arg)*);
     }};
 }
 
@@ -90,15 +102,6 @@ pub fn init_heap() {
     unsafe { HEAP.heap.init(core::ptr::addr_of_mut!(MEMORY) as usize, HEAP_BYTES) }
 }
 
-/// Ends the emulation with `success` as the exit status (0 or 1), through semihosting.
-pub fn exit(success: bool) -> ! {
-    let status =
-        if success { cortex_m_semihosting::debug::EXIT_SUCCESS } else { cortex_m_semihosting::debug::EXIT_FAILURE };
-    cortex_m_semihosting::debug::exit(status);
-    #[allow(clippy::empty_loop)]
-    loop {}
-}
-
 /// Prints `args` as one line through [`log!`], cut short at 160 bytes.
 fn log_formatted(args: core::fmt::Arguments<'_>) {
     let mut line: heapless::String<160> = heapless::String::new();
@@ -112,18 +115,35 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
     exit(false)
 }
 
-/// Reports a fault with the program counter and link register the core stacked on entry (the
-/// faulting instruction and its caller) and the configurable fault status register (which fault
-/// it was), then ends the emulation with a failure status.
-#[exception]
-unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
-    // SAFETY: a read of a status register of the system control block, which is always mapped.
-    let cfsr = unsafe { (*cortex_m::peripheral::SCB::PTR).cfsr.read() };
-    log_formatted(format_args!(
-        "HardFault: stacked pc {:#010x}, lr {:#010x}, cfsr {:#010x}",
-        frame.pc(),
-        frame.lr(),
-        cfsr
-    ));
-    exit(false)
+/// A function the timer interrupt calls.
+type Tick = Option<fn()>;
+
+/// The function the timer interrupt calls, set by [`start_ticks`].
+static TICK: Mutex<Cell<Tick>> = Mutex::new(Cell::new(None));
+
+/// Called by the target's timer interrupt handler: runs the function given to [`start_ticks`].
+fn on_tick() {
+    if let Some(tick) = critical_section::with(|cs| TICK.borrow(cs).get()) {
+        tick();
+    }
+}
+
+/// Calls `tick` from the timer interrupt about every `period` cycles of the target's timer
+/// clock (the core clock on the Cortex-M4, the 10 MHz machine timer on RISC-V) until
+/// [`stop_ticks`].
+pub fn start_ticks(period: u32, tick: fn()) {
+    critical_section::with(|cs| TICK.borrow(cs).set(Some(tick)));
+    arch::start_timer(period);
+}
+
+/// Stops the timer interrupt and discards one that is pending, so that `tick` is not called
+/// again.
+pub fn stop_ticks() {
+    arch::stop_timer();
+    critical_section::with(|cs| TICK.borrow(cs).set(None));
+}
+
+/// Runs `f` with interrupts off.
+pub fn interrupt_free<R>(f: impl FnOnce() -> R) -> R {
+    critical_section::with(|_| f())
 }

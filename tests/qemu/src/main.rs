@@ -1,6 +1,7 @@
-//! Test firmware: runs the core's device-side cases on an emulated Cortex-M4 and reports one line
-//! per case, then `N passed, M failed`, and exits non-zero through semihosting when any case
-//! failed or the firmware panicked.
+//! Test firmware: runs the core's device-side cases on an emulated Cortex-M4 or RISC-V core and
+//! reports one line per case, then `N passed, M failed`, and exits non-zero through semihosting
+//! when any case failed or the firmware panicked. The cases are the same on both instruction sets;
+//! what differs (start-up, exit, timer, fault handling) is in the library's `arch` module.
 
 #![no_std]
 #![no_main]
@@ -13,8 +14,6 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use cortex_m::peripheral::syst::SystClkSource;
-use cortex_m_rt::{entry, exception};
 use expertslab::{
     migrate, ArenaSink, ExpertLayout, ExpertPool, LayerStacks, MigrateError, MigrationPlan, PoolConfig, SharedPool,
     SlotArena, SlotSink, SlotWrite, Step,
@@ -23,7 +22,7 @@ use expertslab_golden::{
     blob_layout, blob_stacks, check_layouts, parse_scenario, replay, BLOB_EXPERTS, EXPERT_BLOB, LAYOUT_VECTORS,
     ROUTING_VECTORS,
 };
-use expertslab_qemu::{exit, init_heap, log, HEAP};
+use expertslab_qemu::{delay, entry, exit, init_heap, interrupt_free, log, start_ticks, stop_ticks, HEAP};
 
 type Outcome = Result<(), String>;
 /// A named test case.
@@ -209,8 +208,8 @@ static SHARED: SharedPool<Option<ExpertPool>> = SharedPool::new(None);
 static TICK_SERVED: AtomicU32 = AtomicU32::new(0);
 static TICK_BUSY: AtomicU32 = AtomicU32::new(0);
 
-#[exception]
-fn SysTick() {
+/// The timer interrupt's work (SysTick on the Cortex-M4, the machine timer on RISC-V).
+fn tick() {
     // An interrupt must never spin on a lock the code it preempted holds: try, or count a miss.
     match SHARED.try_with(|pool| pool.as_mut().map(|p| p.serve(&[1, 2]))) {
         Some(Some(_)) => TICK_SERVED.fetch_add(1, Ordering::Relaxed),
@@ -218,42 +217,38 @@ fn SysTick() {
     };
 }
 
-/// The spin-locked pool shared by the main loop and the SysTick handler: every serve of either
+/// The timer period: 2000 core cycles for SysTick, 200 ticks of the 10 MHz machine timer.
+const TICK_PERIOD: u32 = if cfg!(target_arch = "arm") { 2_000 } else { 200 };
+
+/// The spin-locked pool shared by the main loop and a timer interrupt: every serve of either
 /// context is counted, none is lost.
 fn shared_with_interrupt() -> Outcome {
     let pool = ExpertPool::new(PoolConfig::new(16, 4)).map_err(text)?;
     SHARED.with(|shared| *shared = Some(pool));
-    let mut core = cortex_m::Peripherals::take().ok_or("peripherals taken")?;
-    core.SYST.set_clock_source(SystClkSource::Core);
-    core.SYST.set_reload(2_000);
-    core.SYST.clear_current();
-    core.SYST.enable_interrupt();
-    core.SYST.enable_counter();
+    start_ticks(TICK_PERIOD, tick);
     let mut main_serves = 0u64;
     // Hold the lock for a serve, then work outside it, so ticks land both inside and outside.
     while TICK_SERVED.load(Ordering::Relaxed) < 200 && main_serves < 2_000_000 {
         SHARED.with(|shared| shared.as_mut().map(|p| p.serve(&[3, 4, 5])));
         main_serves += 1;
-        cortex_m::asm::delay(200);
+        delay(200);
     }
-    core.SYST.disable_interrupt();
-    core.SYST.disable_counter();
-    // A SysTick that became pending before the counter stopped still runs: discard it, and read
-    // the counters and the pool's statistics with interrupts off so no handler runs in between.
-    cortex_m::peripheral::SCB::clear_pendst();
-    let (ticks, busy, stats) = cortex_m::interrupt::free(|_| {
+    stop_ticks();
+    // Read the counters and the pool's statistics with interrupts off so no handler runs in
+    // between.
+    let (ticks, busy, stats) = interrupt_free(|| {
         let ticks = u64::from(TICK_SERVED.load(Ordering::Relaxed));
         let busy = TICK_BUSY.load(Ordering::Relaxed);
         (ticks, busy, SHARED.with(|shared| shared.as_ref().map(|p| *p.stats())))
     });
     let stats = stats.ok_or("pool missing")?;
     log!(
-        "  main loop {} serves, SysTick {} serves, {} ticks found the lock held",
+        "  main loop {} serves, timer interrupt {} serves, {} ticks found the lock held",
         main_serves as u32,
         ticks as u32,
         busy
     );
-    ensure(ticks >= 200, || "SysTick did not fire".into())?;
+    ensure(ticks >= 200, || "the timer interrupt did not fire".into())?;
     let ids = stats.hits + stats.misses + stats.invalid_ids;
     ensure(ids == main_serves * 3 + ticks * 2, || {
         format!("{ids} ids counted, expected {}", main_serves * 3 + ticks * 2)
@@ -270,7 +265,7 @@ fn main() -> ! {
         ("failing_sink_keeps_pool_consistent", failing_sink),
         ("heap_high_water_mark_does_not_grow", heap_high_water),
         ("pool_state_bytes_per_expert", pool_state_size),
-        ("spin_pool_shared_with_systick", shared_with_interrupt),
+        ("spin_pool_shared_with_timer_interrupt", shared_with_interrupt),
     ];
     let (mut passed, mut failed) = (0u32, 0u32);
     for (name, case) in cases {

@@ -4,8 +4,7 @@
 #![no_std]
 #![no_main]
 
-use cortex_m_rt::entry;
-use expertslab_qemu::{exit, init_heap};
+use expertslab_qemu::{entry, exit, init_heap};
 
 #[entry]
 fn main() -> ! {

@@ -4,13 +4,12 @@
 #![no_std]
 #![no_main]
 
-use cortex_m_rt::entry;
-use expertslab_qemu::log;
+use expertslab_qemu::{entry, log, wfi};
 
 #[entry]
 fn main() -> ! {
     log!("waiting for an interrupt that never comes");
     loop {
-        cortex_m::asm::wfi();
+        wfi();
     }
 }

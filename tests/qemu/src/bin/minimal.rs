@@ -5,12 +5,11 @@
 #![no_std]
 #![no_main]
 
-use cortex_m_rt::entry;
 use expertslab::{
     migrate, ArenaSink, ExpertLayout, ExpertPool, Format, LayerStacks, MigrationPlan, PoolConfig, SlotArena,
     StackLayout, Step,
 };
-use expertslab_qemu::{exit, init_heap};
+use expertslab_qemu::{entry, exit, init_heap, singleton};
 
 const EXPERTS: usize = 8;
 const STACK_BYTES: usize = EXPERTS * 2 * 8 * 4;
@@ -40,7 +39,7 @@ fn run() -> Option<bool> {
     )
     .ok()?];
     let arena = SlotArena::new(&layout, 3, 16).ok()?;
-    let sram = cortex_m::singleton!(: [u8; 1024] = [0; 1024])?;
+    let sram = singleton!(: [u8; 1024] = [0; 1024])?;
     let mut sink = ArenaSink::new(arena.clone(), 0, arena.fit(sram).ok()?).ok()?;
     let mut pool = ExpertPool::new(PoolConfig::new(EXPERTS, 3)).ok()?;
     let mut plan = MigrationPlan::new(pool.slots());
