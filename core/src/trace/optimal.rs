@@ -336,22 +336,37 @@ fn dyadic(x: f64) -> Option<(u64, i32)> {
     Some((mantissa >> zeros, exp.saturating_add(zeros as i32)))
 }
 
-/// A flow network in compressed adjacency form: edge `2j` and its reverse `2j + 1`.
+/// A flow network in compressed adjacency form. Edges are added as pairs (an edge and its
+/// reverse, ids `2j` and `2j + 1`), then laid out as arcs grouped by their tail node.
 #[derive(Debug, Default)]
 struct Graph {
     nodes: usize,
-    from: Vec<u32>,
-    to: Vec<u32>,
-    /// Residual capacity.
-    cap: Vec<u64>,
-    cost: Vec<i128>,
-    /// Per node, its edges' range in `adjacency`.
+    /// Per edge id: tail, head, capacity and cost, until [`Graph::finish`].
+    edges: Vec<(u32, u32, u64, i128)>,
+    /// Per edge id, its arc.
+    arc_of: Vec<u32>,
+    arcs: Vec<Arc>,
+    /// Per node, its arcs' range: `start[v]..start[v + 1]`.
     start: Vec<usize>,
-    adjacency: Vec<u32>,
     potential: Vec<i128>,
     distance: Vec<i128>,
+    /// Per node, the arc the shortest path reached it by.
     via: Vec<u32>,
     heap: BinaryHeap<Reverse<(i128, u32)>>,
+    /// Nodes reached at the distance being settled (by arcs of reduced cost 0), settled without
+    /// the heap.
+    level: Vec<u32>,
+}
+
+/// One direction of an edge in the residual network.
+#[derive(Debug, Clone, Copy)]
+struct Arc {
+    head: u32,
+    /// The opposite arc.
+    reverse: u32,
+    /// Residual capacity.
+    cap: u64,
+    cost: i128,
 }
 
 /// No path (yet).
@@ -359,57 +374,56 @@ const FAR: i128 = i128::MAX;
 
 #[allow(
     clippy::indexing_slicing,
-    reason = "node ids are below `nodes` and edge ids below the edge count: every one comes from `add`, whose \
-              callers number nodes from the same count, or from `adjacency`, built from the edges"
+    reason = "node ids are below `nodes` and arc ids below the arc count: every one comes from `add`, whose \
+              callers number nodes from the same count, or from `finish`, which lays out the arcs"
 )]
 impl Graph {
     fn reset(&mut self, nodes: usize) {
         self.nodes = nodes;
-        self.from.clear();
-        self.to.clear();
-        self.cap.clear();
-        self.cost.clear();
+        self.edges.clear();
     }
 
     /// Adds an edge and its reverse; returns the edge's id.
     fn add(&mut self, from: u32, to: u32, cap: u64, cost: i128) -> u32 {
-        let id = self.from.len() as u32;
-        self.from.extend([from, to]);
-        self.to.extend([to, from]);
-        self.cap.extend([cap, 0]);
-        self.cost.extend([cost, cost.saturating_neg()]);
+        let id = self.edges.len() as u32;
+        self.edges.extend([(from, to, cap, cost), (to, from, 0, cost.saturating_neg())]);
         id
     }
 
-    /// Builds the adjacency once every edge is added.
+    /// Lays out the arcs once every edge is added.
     fn finish(&mut self) {
         self.start.clear();
         self.start.resize(self.nodes.saturating_add(2), 0);
         // Counts shifted by two, prefix sums shifted by one, then filled: `start[v]..start[v + 1]`.
-        for &from in &self.from {
+        for &(from, ..) in &self.edges {
             let at = (from as usize).saturating_add(2);
             self.start[at] = self.start[at].saturating_add(1);
         }
         for v in 1..self.start.len().saturating_sub(1) {
             self.start[v.saturating_add(1)] = self.start[v.saturating_add(1)].saturating_add(self.start[v]);
         }
-        self.adjacency.clear();
-        self.adjacency.resize(self.from.len(), 0);
-        for (edge, &from) in self.from.iter().enumerate() {
+        self.arc_of.clear();
+        self.arc_of.resize(self.edges.len(), 0);
+        for (edge, &(from, ..)) in self.edges.iter().enumerate() {
             let at = (from as usize).saturating_add(1);
-            self.adjacency[self.start[at]] = edge as u32;
+            self.arc_of[edge] = self.start[at] as u32;
             self.start[at] = self.start[at].saturating_add(1);
+        }
+        self.arcs.clear();
+        self.arcs.resize(self.edges.len(), Arc { head: 0, reverse: 0, cap: 0, cost: 0 });
+        for (edge, &(_, head, cap, cost)) in self.edges.iter().enumerate() {
+            let reverse = self.arc_of[edge ^ 1];
+            self.arcs[self.arc_of[edge] as usize] = Arc { head, reverse, cap, cost };
         }
     }
 
-    /// The positions in `adjacency` of `node`'s edges.
-    fn edges(&self, node: usize) -> core::ops::Range<usize> {
-        self.start[node]..self.start[node.saturating_add(1)]
-    }
-
-    /// Whether `edge` carries flow.
+    /// Whether edge `edge` carries flow.
     fn carries(&self, edge: u32) -> bool {
-        self.cap.get((edge ^ 1) as usize).is_some_and(|&flow| flow > 0)
+        self.arc_of
+            .get(edge as usize)
+            .and_then(|&arc| self.arcs.get(arc as usize))
+            .and_then(|arc| self.arcs.get(arc.reverse as usize))
+            .is_some_and(|reverse| reverse.cap > 0)
     }
 
     /// Sends up to `units` from `source` to `sink` (node 0 and the last node, every edge from a
@@ -426,11 +440,10 @@ impl Graph {
             if d == FAR {
                 continue;
             }
-            for k in self.edges(u) {
-                let e = self.adjacency[k] as usize;
-                let v = self.to[e] as usize;
-                if self.cap[e] > 0 && d.saturating_add(self.cost[e]) < self.potential[v] {
-                    self.potential[v] = d.saturating_add(self.cost[e]);
+            for arc in &self.arcs[self.start[u]..self.start[u.saturating_add(1)]] {
+                let v = arc.head as usize;
+                if arc.cap > 0 && d.saturating_add(arc.cost) < self.potential[v] {
+                    self.potential[v] = d.saturating_add(arc.cost);
                 }
             }
         }
@@ -442,16 +455,17 @@ impl Graph {
             let mut pushed = units;
             let mut v = sink;
             while v != source {
-                let e = self.via[v as usize] as usize;
-                pushed = pushed.min(self.cap[e]);
-                v = self.from[e];
+                let arc = &self.arcs[self.via[v as usize] as usize];
+                pushed = pushed.min(arc.cap);
+                v = self.arcs[arc.reverse as usize].head;
             }
             let mut v = sink;
             while v != source {
-                let e = self.via[v as usize] as usize;
-                self.cap[e] = self.cap[e].saturating_sub(pushed);
-                self.cap[e ^ 1] = self.cap[e ^ 1].saturating_add(pushed);
-                v = self.from[e];
+                let at = self.via[v as usize] as usize;
+                let reverse = self.arcs[at].reverse as usize;
+                self.arcs[at].cap = self.arcs[at].cap.saturating_sub(pushed);
+                self.arcs[reverse].cap = self.arcs[reverse].cap.saturating_add(pushed);
+                v = self.arcs[reverse].head;
             }
             units = units.saturating_sub(pushed);
         }
@@ -463,10 +477,18 @@ impl Graph {
     fn shortest(&mut self, source: u32, sink: u32) -> bool {
         self.distance.fill(FAR);
         self.heap.clear();
+        self.level.clear();
         self.distance[source as usize] = 0;
-        self.heap.push(Reverse((0, source)));
-        while let Some(Reverse((d, u))) = self.heap.pop() {
-            let u = u as usize;
+        self.level.push(source);
+        loop {
+            // Nodes at the distance being settled first, then the heap's nearest.
+            let (d, u) = match self.level.pop() {
+                Some(u) => (self.distance[u as usize], u as usize),
+                None => match self.heap.pop() {
+                    Some(Reverse((d, u))) => (d, u as usize),
+                    None => break,
+                },
+            };
             if d > self.distance[u] {
                 continue;
             }
@@ -474,17 +496,21 @@ impl Graph {
                 break;
             }
             let base = d.saturating_add(self.potential[u]);
-            for k in self.edges(u) {
-                let e = self.adjacency[k] as usize;
-                if self.cap[e] == 0 {
+            for k in self.start[u]..self.start[u.saturating_add(1)] {
+                let arc = self.arcs[k];
+                if arc.cap == 0 {
                     continue;
                 }
-                let v = self.to[e] as usize;
-                let reduced = base.saturating_add(self.cost[e]).saturating_sub(self.potential[v]);
+                let v = arc.head as usize;
+                let reduced = base.saturating_add(arc.cost).saturating_sub(self.potential[v]);
                 if reduced < self.distance[v] {
                     self.distance[v] = reduced;
-                    self.via[v] = e as u32;
-                    self.heap.push(Reverse((reduced, v as u32)));
+                    self.via[v] = k as u32;
+                    if reduced == d {
+                        self.level.push(v as u32);
+                    } else {
+                        self.heap.push(Reverse((reduced, v as u32)));
+                    }
                 }
             }
         }
