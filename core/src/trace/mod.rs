@@ -23,7 +23,6 @@ use core::ops::Range;
 use text::{parse_header, parse_record};
 pub use text::{write_header, write_record};
 
-pub mod optimal;
 pub mod replay;
 pub mod synthetic;
 mod text;

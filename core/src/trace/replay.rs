@@ -18,7 +18,9 @@ use crate::plan::MigrationPlan;
 use crate::policy::{Policy, PolicyError};
 use crate::pool::{ExpertPool, InitialPlacement, PoolConfig, PoolStats};
 use crate::schedule::{Schedule, Step};
-use crate::trace::{optimal, Trace, TraceRecord};
+use crate::trace::{Trace, TraceRecord};
+
+pub mod optimal;
 
 /// What to replay: a pool policy, or a reference.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -32,10 +34,10 @@ pub enum ReplayPolicy {
     /// Every expert equally likely resident: hit rate `slots / experts`, nothing moved.
     Uniform,
     /// The least modeled time any per-layer placement reaches, knowing the future
-    /// ([`crate::trace::optimal::optimal`]).
+    /// ([`optimal::optimal`]).
     Optimal,
     /// The least modeled time one pool of `slots × layers` slots shared by the layers reaches,
-    /// knowing the future ([`crate::trace::optimal::optimal_shared`]).
+    /// knowing the future ([`optimal::optimal_shared`]).
     OptimalShared,
 }
 

@@ -2,8 +2,8 @@
 //! bound the policies are measured against ([`ReplayPolicy::Optimal`] for per-layer pools,
 //! [`ReplayPolicy::OptimalShared`] for one pool shared by the layers).
 //!
-//! [`ReplayPolicy::Optimal`]: crate::trace::replay::ReplayPolicy::Optimal
-//! [`ReplayPolicy::OptimalShared`]: crate::trace::replay::ReplayPolicy::OptimalShared
+//! [`ReplayPolicy::Optimal`]: super::ReplayPolicy::Optimal
+//! [`ReplayPolicy::OptimalShared`]: super::ReplayPolicy::OptimalShared
 //!
 //! # The model
 //!
@@ -15,7 +15,7 @@
 //! other policies' start: warm, experts `0..slots` of every layer resident; cold, none. A schedule
 //! that copies an expert earlier than the record using it is never cheaper, so copies happen at
 //! uses. Modeled time is `slow pairs × slow_pair_seconds + bytes moved / link`, as in
-//! [`crate::trace::replay`].
+//! [the replay](super).
 //!
 //! Per layer, each layer's records are its time points and its slots hold its experts. Shared,
 //! one pool of `slots × layers` slots (the layers that have records) holds (layer, expert) keys,
@@ -45,8 +45,8 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::cmp::Reverse;
 
+use super::{CostModel, ReplayConfig, ReplayReport, ReplayStats};
 use crate::pool::InitialPlacement;
-use crate::trace::replay::{CostModel, ReplayConfig, ReplayReport, ReplayStats};
 use crate::trace::{Trace, TraceRecord};
 
 /// The least modeled time any per-layer placement reaches on `trace` with `config.slots` slots
