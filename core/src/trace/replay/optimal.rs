@@ -372,11 +372,6 @@ struct Arc {
 /// No path (yet).
 const FAR: i128 = i128::MAX;
 
-#[allow(
-    clippy::indexing_slicing,
-    reason = "node ids are below `nodes` and arc ids below the arc count: every one comes from `add`, whose \
-              callers number nodes from the same count, or from `finish`, which lays out the arcs"
-)]
 impl Graph {
     fn reset(&mut self, nodes: usize) {
         self.nodes = nodes;
@@ -390,30 +385,41 @@ impl Graph {
         id
     }
 
-    /// Lays out the arcs once every edge is added.
+    /// Lays out the arcs once every edge is added. Edges naming a node at or past `nodes` are
+    /// left out (the solver never adds one).
     fn finish(&mut self) {
+        // Per node, its arc count, then (prefix sums) where its arcs start.
         self.start.clear();
-        self.start.resize(self.nodes.saturating_add(2), 0);
-        // Counts shifted by two, prefix sums shifted by one, then filled: `start[v]..start[v + 1]`.
+        self.start.resize(self.nodes.saturating_add(1), 0);
         for &(from, ..) in &self.edges {
-            let at = (from as usize).saturating_add(2);
-            self.start[at] = self.start[at].saturating_add(1);
+            if let Some(count) = self.start.get_mut(from as usize) {
+                *count = count.saturating_add(1);
+            }
         }
-        for v in 1..self.start.len().saturating_sub(1) {
-            self.start[v.saturating_add(1)] = self.start[v.saturating_add(1)].saturating_add(self.start[v]);
+        let mut sum = 0usize;
+        for at in &mut self.start {
+            let count = *at;
+            *at = sum;
+            sum = sum.saturating_add(count);
         }
+        // Each edge's arc: the next free position of its tail's range.
+        let mut next = self.start.clone();
         self.arc_of.clear();
-        self.arc_of.resize(self.edges.len(), 0);
-        for (edge, &(from, ..)) in self.edges.iter().enumerate() {
-            let at = (from as usize).saturating_add(1);
-            self.arc_of[edge] = self.start[at] as u32;
-            self.start[at] = self.start[at].saturating_add(1);
+        for &(from, ..) in &self.edges {
+            let arc = next.get_mut(from as usize).map_or(u32::MAX, |at| {
+                *at = at.saturating_add(1);
+                at.saturating_sub(1) as u32
+            });
+            self.arc_of.push(arc);
         }
         self.arcs.clear();
-        self.arcs.resize(self.edges.len(), Arc { head: 0, reverse: 0, cap: 0, cost: 0 });
+        self.arcs.resize(sum, Arc { head: 0, reverse: 0, cap: 0, cost: 0 });
         for (edge, &(_, head, cap, cost)) in self.edges.iter().enumerate() {
-            let reverse = self.arc_of[edge ^ 1];
-            self.arcs[self.arc_of[edge] as usize] = Arc { head, reverse, cap, cost };
+            let reverse = self.arc_of.get(edge ^ 1).copied().unwrap_or(u32::MAX);
+            let at = self.arc_of.get(edge).copied().unwrap_or(u32::MAX);
+            if let Some(arc) = self.arcs.get_mut(at as usize) {
+                *arc = Arc { head, reverse, cap, cost };
+            }
         }
     }
 
@@ -433,39 +439,53 @@ impl Graph {
         self.potential.clear();
         self.potential.resize(self.nodes, FAR);
         self.distance.resize(self.nodes, FAR);
-        self.via.resize(self.nodes, 0);
-        self.potential[source as usize] = 0;
+        self.via.resize(self.nodes, u32::MAX);
+        if let Some(p) = self.potential.get_mut(source as usize) {
+            *p = 0;
+        }
         for u in 0..self.nodes {
-            let d = self.potential[u];
+            let d = self.potential.get(u).copied().unwrap_or(FAR);
             if d == FAR {
                 continue;
             }
-            for arc in &self.arcs[self.start[u]..self.start[u.saturating_add(1)]] {
-                let v = arc.head as usize;
-                if arc.cap > 0 && d.saturating_add(arc.cost) < self.potential[v] {
-                    self.potential[v] = d.saturating_add(arc.cost);
+            let Self { start, arcs, potential, .. } = &mut *self;
+            let range = start.get(u).copied().unwrap_or(0)..start.get(u.saturating_add(1)).copied().unwrap_or(0);
+            for arc in arcs.get(range).unwrap_or(&[]) {
+                if let Some(p) = potential.get_mut(arc.head as usize) {
+                    if arc.cap > 0 && d.saturating_add(arc.cost) < *p {
+                        *p = d.saturating_add(arc.cost);
+                    }
                 }
             }
         }
+        let mut path = Vec::new();
         while units > 0 && self.shortest(source, sink) {
             // The path's cost is the sink's new potential (the source's stays 0).
-            if self.potential[sink as usize] >= 0 {
+            if self.potential.get(sink as usize).is_none_or(|&cost| cost >= 0) {
                 break;
             }
-            let mut pushed = units;
+            // The path's arcs, from the sink back (none when it is broken, which `shortest`
+            // never leaves).
+            path.clear();
             let mut v = sink;
             while v != source {
-                let arc = &self.arcs[self.via[v as usize] as usize];
-                pushed = pushed.min(arc.cap);
-                v = self.arcs[arc.reverse as usize].head;
+                let Some(arc) = self.via.get(v as usize).and_then(|&at| self.arcs.get(at as usize).map(|a| (at, a)))
+                else {
+                    return;
+                };
+                let Some(back) = self.arcs.get(arc.1.reverse as usize) else { return };
+                path.push((arc.0, arc.1.reverse));
+                v = back.head;
             }
-            let mut v = sink;
-            while v != source {
-                let at = self.via[v as usize] as usize;
-                let reverse = self.arcs[at].reverse as usize;
-                self.arcs[at].cap = self.arcs[at].cap.saturating_sub(pushed);
-                self.arcs[reverse].cap = self.arcs[reverse].cap.saturating_add(pushed);
-                v = self.arcs[reverse].head;
+            let pushed =
+                path.iter().filter_map(|&(at, _)| self.arcs.get(at as usize).map(|a| a.cap)).fold(units, u64::min);
+            for &(at, reverse) in &path {
+                if let Some(arc) = self.arcs.get_mut(at as usize) {
+                    arc.cap = arc.cap.saturating_sub(pushed);
+                }
+                if let Some(arc) = self.arcs.get_mut(reverse as usize) {
+                    arc.cap = arc.cap.saturating_add(pushed);
+                }
             }
             units = units.saturating_sub(pushed);
         }
@@ -478,47 +498,54 @@ impl Graph {
         self.distance.fill(FAR);
         self.heap.clear();
         self.level.clear();
-        self.distance[source as usize] = 0;
+        if let Some(d) = self.distance.get_mut(source as usize) {
+            *d = 0;
+        }
         self.level.push(source);
+        let Self { start, arcs, potential, distance, via, heap, level, .. } = &mut *self;
         loop {
             // Nodes at the distance being settled first, then the heap's nearest.
-            let (d, u) = match self.level.pop() {
-                Some(u) => (self.distance[u as usize], u as usize),
-                None => match self.heap.pop() {
+            let (d, u) = match level.pop() {
+                Some(u) => (distance.get(u as usize).copied().unwrap_or(FAR), u as usize),
+                None => match heap.pop() {
                     Some(Reverse((d, u))) => (d, u as usize),
                     None => break,
                 },
             };
-            if d > self.distance[u] {
+            if distance.get(u).is_none_or(|&settled| d > settled) {
                 continue;
             }
             if u == sink as usize {
                 break;
             }
-            let base = d.saturating_add(self.potential[u]);
-            for k in self.start[u]..self.start[u.saturating_add(1)] {
-                let arc = self.arcs[k];
+            let base = d.saturating_add(potential.get(u).copied().unwrap_or(0));
+            let first = start.get(u).copied().unwrap_or(0);
+            let range = first..start.get(u.saturating_add(1)).copied().unwrap_or(first);
+            for (k, arc) in arcs.get(range).unwrap_or(&[]).iter().enumerate() {
                 if arc.cap == 0 {
                     continue;
                 }
                 let v = arc.head as usize;
-                let reduced = base.saturating_add(arc.cost).saturating_sub(self.potential[v]);
-                if reduced < self.distance[v] {
-                    self.distance[v] = reduced;
-                    self.via[v] = k as u32;
+                let (Some(dv), Some(&pv)) = (distance.get_mut(v), potential.get(v)) else { continue };
+                let reduced = base.saturating_add(arc.cost).saturating_sub(pv);
+                if reduced < *dv {
+                    *dv = reduced;
+                    if let Some(via) = via.get_mut(v) {
+                        *via = first.saturating_add(k) as u32;
+                    }
                     if reduced == d {
-                        self.level.push(v as u32);
+                        level.push(v as u32);
                     } else {
-                        self.heap.push(Reverse((reduced, v as u32)));
+                        heap.push(Reverse((reduced, v as u32)));
                     }
                 }
             }
         }
-        let reach = self.distance[sink as usize];
+        let reach = distance.get(sink as usize).copied().unwrap_or(FAR);
         if reach == FAR {
             return false;
         }
-        for (p, &d) in self.potential.iter_mut().zip(&self.distance) {
+        for (p, &d) in potential.iter_mut().zip(distance.iter()) {
             *p = p.saturating_add(d.min(reach));
         }
         true
