@@ -32,8 +32,8 @@ pub struct Args {
     /// Refresh intervals τ (decode steps) to consider for interval policies.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32")]
     intervals: Vec<NonZeroU32>,
-    /// Print one JSON document: the best run, the baselines, the references and every candidate
-    /// run with its modeled time.
+    /// Print one JSON document: the best run, the baselines, the references, how many times the
+    /// optimum the best takes, and every candidate run with its modeled time.
     #[arg(long)]
     json: bool,
 }

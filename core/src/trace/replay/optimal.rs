@@ -38,7 +38,9 @@
 //! saves anything. The two costs are scaled to integers exactly (f64 values are dyadic rationals);
 //! when one cost outweighs everything the other could add up to, the order between schedules is
 //! lexicographic and is kept exactly by small integer weights. Only a trace of more than about
-//! 2^34 uses and pairs, with costs of widely different scale, gets rounded weights.
+//! 2^34 uses and pairs, with costs of widely different scale, gets rounded weights. Nodes and
+//! edges are numbered in 32 bits, which holds time lines of up to 2^30 uses (hundreds of
+//! gigabytes of flow network, far past any trace in memory).
 
 use alloc::collections::BinaryHeap;
 use alloc::vec;
