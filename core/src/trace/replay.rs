@@ -25,6 +25,8 @@ use crate::pool::{ExpertPool, InitialPlacement, PoolConfig, PoolStats};
 use crate::schedule::{Schedule, Step};
 use crate::trace::{Trace, TraceRecord, WarmStart};
 
+pub mod optimal;
+
 /// What to replay: a pool policy, or a reference.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
@@ -36,11 +38,18 @@ pub enum ReplayPolicy {
     Oracle,
     /// Every expert equally likely resident: hit rate `slots / experts`, nothing moved.
     Uniform,
+    /// The least modeled time any per-layer placement reaches, knowing the future
+    /// ([`optimal::optimal`]).
+    Optimal,
+    /// The least modeled time one pool of `slots × layers` slots shared by the layers reaches,
+    /// knowing the future ([`optimal::optimal_shared`]).
+    OptimalShared,
 }
 
 impl ReplayPolicy {
     /// Every name [`ReplayPolicy::from_name`] knows.
-    pub const NAMES: [&'static str; 8] = ["tide", "decay", "lru", "lfu", "lru2", "belady", "oracle", "uniform"];
+    pub const NAMES: [&'static str; 10] =
+        ["tide", "decay", "lru", "lfu", "lru2", "belady", "oracle", "uniform", "optimal", "optimal-shared"];
 
     /// The name.
     pub const fn name(&self) -> &'static str {
@@ -48,6 +57,8 @@ impl ReplayPolicy {
             Self::Pool(p) => p.name(),
             Self::Oracle => "oracle",
             Self::Uniform => "uniform",
+            Self::Optimal => "optimal",
+            Self::OptimalShared => "optimal-shared",
         }
     }
 
@@ -59,6 +70,8 @@ impl ReplayPolicy {
         match name {
             "oracle" => Ok(Self::Oracle),
             "uniform" => Ok(Self::Uniform),
+            "optimal" => Ok(Self::Optimal),
+            "optimal-shared" => Ok(Self::OptimalShared),
             other => Policy::from_name(other).map(Self::Pool),
         }
     }
@@ -77,7 +90,7 @@ pub struct CostModel {
 }
 
 impl CostModel {
-    fn seconds(&self, served_in_place: u64, bytes: u64) -> f64 {
+    pub(crate) fn seconds(&self, served_in_place: u64, bytes: u64) -> f64 {
         let link = if self.link_bytes_per_second > 0.0 { bytes as f64 / self.link_bytes_per_second } else { 0.0 };
         served_in_place as f64 * self.slow_pair_seconds + link
     }
@@ -205,6 +218,13 @@ pub fn replay(trace: &Trace, config: &ReplayConfig) -> Result<ReplayReport, Repl
 /// # Errors
 /// As [`replay`], and [`ReplayError::Start`] when a list names an expert out of the trace's range.
 pub fn replay_from(trace: &Trace, config: &ReplayConfig, start: &WarmStart) -> Result<ReplayReport, ReplayError> {
+    match config.policy {
+        ReplayPolicy::Optimal => return Ok(optimal::optimal(trace, config, &start_keys(trace, config, start)?)),
+        ReplayPolicy::OptimalShared => {
+            return Ok(optimal::optimal_shared(trace, config, &start_keys(trace, config, start)?))
+        }
+        _ => {}
+    }
     // Records grouped by layer in one pass, each group in file order.
     let mut by_layer: Vec<&TraceRecord> = trace.records().iter().collect();
     by_layer.sort_by_key(|r| r.layer);
@@ -261,12 +281,7 @@ fn replay_layer(
         pool.load_future(scratch).map_err(pool_error)?;
     }
     let mut plan = MigrationPlan::new(pool.slots());
-    match start {
-        Some(experts) => {
-            pool.placement_plan(experts, &mut plan).map_err(|error| ReplayError::Start { layer, error })?
-        }
-        None => pool.initial_plan(&mut plan),
-    }
+    start_plan(&pool, layer, start, &mut plan)?;
     commit(&mut pool, &plan, 0);
     let start = *pool.stats();
 
@@ -292,6 +307,40 @@ fn replay_layer(
         pool.serve(ids);
     }
     Ok(counters(pool.stats(), &start, &config.cost))
+}
+
+/// `pool`'s start as a plan: `start`'s list through [`ExpertPool::placement_plan`], or the
+/// configuration's initial placement.
+fn start_plan(
+    pool: &ExpertPool,
+    layer: u32,
+    start: Option<&[u32]>,
+    plan: &mut MigrationPlan,
+) -> Result<(), ReplayError> {
+    match start {
+        Some(experts) => pool.placement_plan(experts, plan).map_err(|error| ReplayError::Start { layer, error }),
+        None => {
+            pool.initial_plan(plan);
+            Ok(())
+        }
+    }
+}
+
+/// The experts every layer with records starts with, as the policies' pools place them, as
+/// `layer << 32 | expert` keys, ascending (the optimum's start).
+fn start_keys(trace: &Trace, config: &ReplayConfig, start: &WarmStart) -> Result<Vec<u64>, ReplayError> {
+    let mut keys = Vec::new();
+    for layer in trace.layers() {
+        let pool_config = PoolConfig::new(trace.header().experts as usize, config.slots)
+            .layer(layer as usize)
+            .initial(config.initial);
+        let pool = ExpertPool::new(pool_config).map_err(|error| ReplayError::Pool { layer, error })?;
+        let mut plan = MigrationPlan::new(pool.slots());
+        start_plan(&pool, layer, start.layer(layer), &mut plan)?;
+        keys.extend(plan.promotions().iter().map(|p| u64::from(layer) << 32 | u64::from(p.expert)));
+    }
+    keys.sort_unstable();
+    Ok(keys)
 }
 
 /// The hits a uniformly random placement of `slots` of `experts` (at least 1) experts expects
