@@ -25,7 +25,7 @@
 //! | [`budget`] | how many slots fit in a memory size; one byte budget split across layers |
 //! | [`view`] | typed views of slabs through bytemuck, with a copying fallback |
 //! | [`schedule`] | when a layer refreshes: [`Schedule`], [`Step`], [`Mode`] |
-//! | [`pool`] | [`ExpertPool`]: residency, planning, serving, statistics ([`PoolConfig`], [`PoolStats`], [`ServeStats`]) |
+//! | [`pool`] | [`ExpertPool`]: residency, planning, serving, statistics ([`PoolConfig`], [`PoolStats`], [`ServeStats`]); [`SharedSlotPool`]: one set of slots for several layers |
 //! | [`policy`] | placement: TIDE hit count, decayed frequency, LRU, LFU, LRU-2, Belady |
 //! | [`plan`] | what moves: [`MigrationPlan`], [`Promotion`] |
 //! | [`migrate`](mod@migrate) | moving it: copy each promotion, then commit; [`push_stacks`] for whole stacks |
@@ -127,7 +127,8 @@ pub use name::{stack_name, TensorName};
 pub use plan::{MigrationPlan, Promotion};
 pub use policy::{DecayConfig, Policy, PolicyError};
 pub use pool::{
-    ExpertPool, InitialPlacement, PoolConfig, PoolStats, PromotionState, ServeStats, MAX_EXPERTS, MAX_STEP_IDS,
+    ExpertPool, InitialPlacement, PoolConfig, PoolStats, PromotionState, ServeStats, SharedSlotPool, MAX_EXPERTS,
+    MAX_STEP_IDS,
 };
 pub use projection::Projection;
 pub use schedule::{Mode, Schedule, Step};

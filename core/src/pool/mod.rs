@@ -13,9 +13,11 @@
 //! [`ExpertPool::load_future`], for evaluation).
 
 mod config;
+mod shared;
 mod stats;
 
 pub use config::{InitialPlacement, PoolConfig};
+pub use shared::SharedSlotPool;
 pub use stats::{PoolStats, ServeStats};
 
 pub use crate::slot_table::MAX_EXPERTS;
