@@ -13,6 +13,7 @@
 //! [`ExpertPool::load_future`], for evaluation).
 
 mod config;
+mod prefetch;
 mod shared;
 mod stats;
 
