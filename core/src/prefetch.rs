@@ -22,6 +22,13 @@ use crate::error::PoolError;
 use crate::policy::select::{keep_best, sort_best_first};
 use crate::policy::{Policy, PolicyError};
 
+/// The default half-life of transition counts, in steps: long enough to learn from, short enough
+/// to follow a change of the routing's popularity.
+pub const DEFAULT_HALF_LIFE: f32 = 16.0;
+
+/// Weight past which a layer's transition counts are rescaled (well inside `f32`).
+const RESCALE_AT: f32 = 1e18;
+
 /// Where a guess comes from. See the [module docs](self).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -79,10 +86,16 @@ pub struct Prefetcher {
     score: Score,
     /// One clock for all layers (a shared pool) or one per layer.
     shared_clock: bool,
-    /// `transitions[(l × experts + a) × experts + b]`: tokens that chose `a` at `l`, `b` at `l + 1`.
-    transitions: Vec<u32>,
+    /// `transitions[(l × experts + a) × experts + b]`: tokens that chose `a` at `l`, `b` at `l + 1`,
+    /// each weighted by `gains[l]` at the time (older tokens weigh less).
+    transitions: Vec<f32>,
     /// `rows[l × experts + a]`: the sum of `a`'s transition row.
-    rows: Vec<u32>,
+    rows: Vec<f32>,
+    /// Per layer pair: the weight of the next token; grows by `1 / alpha` per step, so counts decay
+    /// by `alpha` per step relative to new ones, and rescales everything before it overflows.
+    gains: Vec<f32>,
+    /// The per-step decay of transition counts.
+    alpha: f32,
     /// `previous[l × experts + b]`: tokens of layer `l`'s latest step that chose `b`.
     previous: Vec<u32>,
     /// Tokens of each layer's latest step.
@@ -142,8 +155,10 @@ impl Prefetcher {
             predictor,
             score,
             shared_clock,
-            transitions: vec![0; pairs],
-            rows: vec![0; keys],
+            transitions: vec![0.0; pairs],
+            rows: vec![0.0; keys],
+            gains: vec![1.0; layers],
+            alpha: libm::powf(0.5, 1.0 / DEFAULT_HALF_LIFE),
             previous: vec![0; keys],
             previous_tokens: vec![0; layers],
             last_ids: Vec::with_capacity(max_step_ids),
@@ -181,20 +196,22 @@ impl Prefetcher {
         let k = self.top_k;
         if let Some(from) = self.last_layer.filter(|&l| l.checked_add(1) == Some(layer)) {
             if self.last_ids.len() == ids.len() {
+                let gain = self.gains.get(from).copied().unwrap_or(1.0);
                 for (before, after) in self.last_ids.chunks(k).zip(ids.chunks(k)) {
                     for &a in before.iter().filter(|&&a| (a as usize) < experts) {
                         let row = from.saturating_mul(experts).saturating_add(a as usize);
                         for &b in after.iter().filter(|&&b| (b as usize) < experts) {
                             let at = row.saturating_mul(experts).saturating_add(b as usize);
                             if let Some(t) = self.transitions.get_mut(at) {
-                                *t = t.saturating_add(1);
+                                *t += gain;
                             }
                             if let Some(r) = self.rows.get_mut(row) {
-                                *r = r.saturating_add(1);
+                                *r += gain;
                             }
                         }
                     }
                 }
+                self.decay(from);
             }
         }
         let base = layer.saturating_mul(experts);
@@ -225,6 +242,36 @@ impl Prefetcher {
         self.last_layer = Some(layer);
     }
 
+    /// Makes the next token's transitions from `layer` weigh `1 / alpha` times the last one's,
+    /// rescaling the layer's counts once the weight gets large.
+    fn decay(&mut self, layer: usize) {
+        let Some(gain) = self.gains.get_mut(layer) else { return };
+        *gain /= self.alpha;
+        if *gain < RESCALE_AT {
+            return;
+        }
+        let scale = 1.0 / *gain;
+        *gain = 1.0;
+        let experts = self.experts;
+        let rows = layer.saturating_mul(experts)..layer.saturating_add(1).saturating_mul(experts);
+        let cells = rows.start.saturating_mul(experts)..rows.end.saturating_mul(experts);
+        self.rows.get_mut(rows).into_iter().flatten().for_each(|r| *r *= scale);
+        self.transitions.get_mut(cells).into_iter().flatten().for_each(|t| *t *= scale);
+    }
+
+    /// Sets the half-life of the transition counts, in steps (default [`DEFAULT_HALF_LIFE`]);
+    /// infinity never forgets.
+    ///
+    /// # Errors
+    /// [`PolicyError::HalfLife`] unless `steps` is positive (infinity allowed).
+    pub fn half_life(mut self, steps: f32) -> Result<Self, PolicyError> {
+        if !(steps > 0.0) {
+            return Err(PolicyError::HalfLife(steps));
+        }
+        self.alpha = libm::powf(0.5, 1.0 / steps);
+        Ok(self)
+    }
+
     /// Guesses layer `layer + 1`'s experts from layer `layer`'s `ids`: at most `max` experts
     /// with a positive weight, best first (ties to the lower id). Empty for the last layer.
     pub fn predict(&mut self, layer: usize, ids: &[u32], max: usize) -> &[u16] {
@@ -238,14 +285,14 @@ impl Prefetcher {
         if self.predictor != Predictor::Previous {
             for &a in ids.iter().filter(|&&a| (a as usize) < experts) {
                 let row = layer.saturating_mul(experts).saturating_add(a as usize);
-                let total = self.rows.get(row).copied().unwrap_or(0);
-                if total == 0 {
+                let total = self.rows.get(row).copied().unwrap_or(0.0);
+                if !(total > 0.0) {
                     continue;
                 }
                 let start = row.saturating_mul(experts);
                 let counts = self.transitions.get(start..start.saturating_add(experts)).unwrap_or(&[]);
                 for (w, &c) in self.weights.iter_mut().zip(counts) {
-                    *w += c as f32 / total as f32 / tokens;
+                    *w += c / total / tokens;
                 }
             }
         }
@@ -272,6 +319,25 @@ impl Prefetcher {
         sort_best_first(&mut self.picks, better);
         self.guesses.extend(self.picks.iter().map(|p| p.1));
         &self.guesses
+    }
+
+    /// The guesses of the last [`Prefetcher::predict`].
+    pub fn guesses(&self) -> &[u16] {
+        &self.guesses
+    }
+
+    /// Whether the policy scores `victim` of `victim_layer` strictly below `guess` of
+    /// `guess_layer` once the guess's predicted use has happened: for LRU the guess would be
+    /// the most recent use, for LFU its uses grow by one.
+    pub fn outranked(&self, victim_layer: usize, victim: usize, guess_layer: usize, guess: usize) -> bool {
+        let predicted = match self.score {
+            Score::Recency => {
+                let clock = if self.shared_clock { 0 } else { guess_layer };
+                self.clocks.get(clock).copied().unwrap_or(0)
+            }
+            Score::Frequency => self.score(guess_layer, guess),
+        };
+        self.score(victim_layer, victim) < predicted.saturating_add(1)
     }
 
     /// The score the policy ranks `expert` of `layer` by: the tick of its last use (LRU) or its

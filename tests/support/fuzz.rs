@@ -119,13 +119,13 @@ pub fn trace(data: &[u8]) {
         return; // pools that large are valid but slow to build for every input
     }
     for name in ReplayPolicy::NAMES {
-        let config = ReplayConfig {
-            policy: ReplayPolicy::from_name(name).expect("a listed name"),
-            slots: (trace.header().experts / 2) as usize,
-            schedule: Schedule::EveryDecodeSteps(core::num::NonZeroU32::MIN.saturating_add(1)),
-            initial: InitialPlacement::Warm,
-            cost: CostModel { expert_bytes: 1 << 20, slow_pair_seconds: 1e-5, link_bytes_per_second: 1e10 },
-        };
+        let config = ReplayConfig::new(
+            ReplayPolicy::from_name(name).expect("a listed name"),
+            (trace.header().experts / 2) as usize,
+            Schedule::EveryDecodeSteps(core::num::NonZeroU32::MIN.saturating_add(1)),
+            InitialPlacement::Warm,
+            CostModel::new(1 << 20, 1e-5, 1e10),
+        );
         let report = replay(&trace, &config).expect("a parsed trace replays");
         assert_eq!(report.total.hits + report.total.misses, report.total.pairs);
     }

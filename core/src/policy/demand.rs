@@ -208,21 +208,26 @@ impl DemandCache {
         demotions
     }
 
-    /// Prefetch (see [`crate::ExpertPool::prefetch`]): each expert of `experts` that is neither
+    /// Prefetch (see [`crate::ExpertPool::prefetch`]): until `limit` are placed, each expert of
+    /// `experts` that is neither
     /// resident nor already placed goes into a free slot, or into the slot of the policy's demotion
-    /// candidate when `score` ranks the candidate strictly below it. Each prefetched slot is
+    /// candidate when `outranked(candidate, expert)`. Each prefetched slot is
     /// pinned for the next step and then ranks as never used, so a wrong guess is the first to go.
     /// Returns the number of demotions.
     pub(crate) fn prefetch(
         &mut self,
         state: AdmitState<'_>,
         experts: &[u16],
-        score: &dyn Fn(usize) -> u64,
+        limit: usize,
+        outranked: &dyn Fn(usize, usize) -> bool,
         plan: &mut MigrationPlan,
     ) -> usize {
         let AdmitState { expert_slot, slot_expert } = state;
         let mut demotions = 0usize;
         for &expert in experts {
+            if plan.len() >= limit {
+                break;
+            }
             if expert_slot.get(usize::from(expert)) != Some(&NOT_RESIDENT) {
                 continue; // out of range, resident or placed by this call
             }
@@ -231,7 +236,7 @@ impl DemandCache {
             };
             let demoted = slot_expert.get(slot).copied().filter(|&e| e != EMPTY_SLOT);
             if let Some(victim) = demoted {
-                if score(usize::from(victim)) >= score(usize::from(expert)) {
+                if !outranked(usize::from(victim), usize::from(expert)) {
                     continue; // the candidate outranks this guess
                 }
                 if let Some(w) = expert_slot.get_mut(usize::from(victim)) {

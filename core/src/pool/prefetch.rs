@@ -7,12 +7,13 @@ use crate::plan::MigrationPlan;
 use crate::policy::PolicyState;
 
 impl ExpertPool {
-    /// Plans prefetch copies for this pool's next step: each of `experts` (best guess first) that
-    /// is not resident goes into a free slot, or replaces the demand policy's demotion candidate
-    /// when `score(candidate) < score(expert)`: a prefetch never demotes an expert whose policy
-    /// score is at least the predicted one's. `score` must rank experts as the policy does (for
-    /// LRU the tick of the last use, for LFU the use count; [`crate::prefetch::Prefetcher::score`]
-    /// keeps both). Experts the pool's last step used or admitted stay pinned.
+    /// Plans at most `limit` prefetch copies for this pool's next step: each of `experts` (best
+    /// guess first) that is not resident goes into a free slot, or replaces the demand policy's demotion candidate
+    /// when `outranked(candidate, expert)` says the policy scores the candidate strictly below
+    /// the guess: a prefetch never demotes an expert whose policy score is at least the predicted
+    /// one's. The guess is scored as if its predicted use had happened, as the policy would score
+    /// it when admitting it on that use ([`crate::prefetch::Prefetcher::outranked`] keeps LRU's
+    /// and LFU's scores). Experts the pool's last step used or admitted stay pinned.
     ///
     /// Fills `plan` with the promotions (demoted slots are freed at once) and returns how many
     /// experts were demoted. Migrate `plan` before planning the next step: a prefetched expert is
@@ -24,7 +25,8 @@ impl ExpertPool {
     pub fn prefetch(
         &mut self,
         experts: &[u16],
-        score: impl Fn(usize) -> u64,
+        limit: usize,
+        outranked: impl Fn(usize, usize) -> bool,
         plan: &mut MigrationPlan,
     ) -> Result<usize, PoolError> {
         let PolicyState::Demand(cache) = &mut self.policy else {
@@ -32,7 +34,7 @@ impl ExpertPool {
         };
         plan.reset(self.layer, self.slots_generation, self.table.slots());
         let (expert_slot, slot_expert) = self.table.parts_mut();
-        let demoted = cache.prefetch(crate::policy::AdmitState { expert_slot, slot_expert }, experts, &score, plan);
+        let demoted = cache.prefetch(crate::policy::AdmitState { expert_slot, slot_expert }, experts, limit, &outranked, plan);
         self.record_demotions(demoted);
         Ok(demoted)
     }

@@ -23,6 +23,7 @@ use core::ops::Range;
 use text::{parse_header, parse_record};
 pub use text::{write_header, write_record};
 
+mod interleaved;
 pub mod replay;
 pub mod synthetic;
 mod text;

@@ -9,6 +9,10 @@
 //! computed where the weights are); every promoted expert costs `expert_bytes` over a link of
 //! `link_bytes_per_second`. A miss that a demand policy admits is paid by its load, not by the
 //! slow-memory compute: `modeled_time = slow pairs × slow_pair_seconds + bytes moved / link`.
+//!
+//! A pool shared by all layers ([`Sharing::Shared`]) and prefetch ([`ReplayConfig::prefetch`])
+//! replay all layers together in trace order instead: see `interleaved` below [`Sharing`]; prefetch
+//! copies overlap a layer's compute ([`CostModel::layer_compute_seconds`]) and cost no time.
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -17,8 +21,10 @@ use crate::error::PoolError;
 use crate::plan::MigrationPlan;
 use crate::policy::{Policy, PolicyError};
 use crate::pool::{ExpertPool, InitialPlacement, PoolConfig, PoolStats};
+use crate::prefetch::Predictor;
 use crate::schedule::{Schedule, Step};
-use crate::trace::{Trace, TraceRecord};
+pub use crate::trace::interleaved::Sharing;
+use crate::trace::{interleaved, Trace, TraceRecord};
 
 /// What to replay: a pool policy, or a reference.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -69,12 +75,33 @@ pub struct CostModel {
     pub slow_pair_seconds: f64,
     /// Bytes per second from slow memory into a slot.
     pub link_bytes_per_second: f64,
+    /// Seconds one layer computes a step, which prefetch copies for the next layer overlap
+    /// (0: no overlap, no prefetch).
+    pub layer_compute_seconds: f64,
 }
 
 impl CostModel {
-    fn seconds(&self, slow_pairs: u64, bytes: u64) -> f64 {
-        let link = if self.link_bytes_per_second > 0.0 { bytes as f64 / self.link_bytes_per_second } else { 0.0 };
-        slow_pairs as f64 * self.slow_pair_seconds + link
+    /// A cost model without prefetch overlap (`layer_compute_seconds` 0).
+    pub const fn new(expert_bytes: u64, slow_pair_seconds: f64, link_bytes_per_second: f64) -> Self {
+        Self { expert_bytes, slow_pair_seconds, link_bytes_per_second, layer_compute_seconds: 0.0 }
+    }
+
+    /// With `seconds` of compute per layer step for prefetch copies to overlap.
+    pub const fn layer_compute(self, seconds: f64) -> Self {
+        Self { layer_compute_seconds: seconds, ..self }
+    }
+
+    /// Seconds to copy `bytes` over the link (0 for a link of no cost).
+    pub(crate) fn copy_seconds(&self, bytes: u64) -> f64 {
+        if self.link_bytes_per_second > 0.0 {
+            bytes as f64 / self.link_bytes_per_second
+        } else {
+            0.0
+        }
+    }
+
+    pub(crate) fn seconds(&self, slow_pairs: u64, bytes: u64) -> f64 {
+        slow_pairs as f64 * self.slow_pair_seconds + self.copy_seconds(bytes)
     }
 }
 
@@ -91,6 +118,24 @@ pub struct ReplayConfig {
     pub initial: InitialPlacement,
     /// The cost model.
     pub cost: CostModel,
+    /// Per-layer pools (the default) or one pool for all layers.
+    pub sharing: Sharing,
+    /// Prefetch guesses of the next layer's experts (LRU and LFU pools, with a layer compute
+    /// time that fits a copy); `None`: no prefetch.
+    pub prefetch: Option<Predictor>,
+}
+
+impl ReplayConfig {
+    /// A replay with per-layer pools and no prefetch.
+    pub const fn new(
+        policy: ReplayPolicy,
+        slots: usize,
+        schedule: Schedule,
+        initial: InitialPlacement,
+        cost: CostModel,
+    ) -> Self {
+        Self { policy, slots, schedule, initial, cost, sharing: Sharing::PerLayer, prefetch: None }
+    }
 }
 
 /// Counters of a replayed layer, or of all layers.
@@ -115,6 +160,12 @@ pub struct ReplayStats {
     pub slow_pairs: u64,
     /// The cost model's time.
     pub modeled_time_s: f64,
+    /// Experts copied by prefetch (counted in `promotions` and `bytes_moved` too).
+    pub prefetched: u64,
+    /// Prefetched experts the step they were prefetched for used.
+    pub prefetch_hits: u64,
+    /// Bytes of prefetched experts that step did not use.
+    pub prefetch_wasted_bytes: u64,
 }
 
 impl ReplayStats {
@@ -138,6 +189,9 @@ impl ReplayStats {
         self.bytes_moved = self.bytes_moved.saturating_add(other.bytes_moved);
         self.slow_pairs = self.slow_pairs.saturating_add(other.slow_pairs);
         self.modeled_time_s += other.modeled_time_s;
+        self.prefetched = self.prefetched.saturating_add(other.prefetched);
+        self.prefetch_hits = self.prefetch_hits.saturating_add(other.prefetch_hits);
+        self.prefetch_wasted_bytes = self.prefetch_wasted_bytes.saturating_add(other.prefetch_wasted_bytes);
     }
 }
 
@@ -162,12 +216,15 @@ pub enum ReplayError {
         /// Why.
         error: PoolError,
     },
+    /// A policy that cannot drive a pool shared across layers (only demand policies can).
+    NotShareable(&'static str),
 }
 
 impl fmt::Display for ReplayError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Pool { layer, error } => write!(f, "layer {layer}: {error}"),
+            Self::NotShareable(policy) => write!(f, "{policy} cannot drive a shared pool (demand policies only)"),
         }
     }
 }
@@ -178,8 +235,11 @@ impl core::error::Error for ReplayError {}
 ///
 /// # Errors
 /// [`ReplayError::Pool`] when a pool cannot be built (no experts, too many) or a step has too many
-/// ids.
+/// ids; [`ReplayError::NotShareable`] for a shared pool under a policy other than a demand one.
 pub fn replay(trace: &Trace, config: &ReplayConfig) -> Result<ReplayReport, ReplayError> {
+    if config.sharing == Sharing::Shared || interleaved::prefetches(config) {
+        return interleaved::replay(trace, config);
+    }
     // Records grouped by layer in one pass, each group in file order.
     let mut by_layer: Vec<&TraceRecord> = trace.records().iter().collect();
     by_layer.sort_by_key(|r| r.layer);
@@ -298,6 +358,7 @@ fn counters(end: &PoolStats, start: &PoolStats, slow_pairs: u64, cost: &CostMode
         bytes_moved,
         slow_pairs,
         modeled_time_s: cost.seconds(slow_pairs, bytes_moved),
+        ..ReplayStats::default()
     }
 }
 
@@ -317,13 +378,7 @@ mod tests {
     }
 
     fn config(policy: ReplayPolicy) -> ReplayConfig {
-        ReplayConfig {
-            policy,
-            slots: 2,
-            schedule: Schedule::EveryForward,
-            initial: InitialPlacement::Cold,
-            cost: CostModel { expert_bytes: 100, slow_pair_seconds: 1.0, link_bytes_per_second: 100.0 },
-        }
+        ReplayConfig::new(policy, 2, Schedule::EveryForward, InitialPlacement::Cold, CostModel::new(100, 1.0, 100.0))
     }
 
     #[test]
