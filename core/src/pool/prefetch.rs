@@ -34,7 +34,8 @@ impl ExpertPool {
         };
         plan.reset(self.layer, self.slots_generation, self.table.slots());
         let (expert_slot, slot_expert) = self.table.parts_mut();
-        let demoted = cache.prefetch(crate::policy::AdmitState { expert_slot, slot_expert }, experts, limit, &outranked, plan);
+        let demoted =
+            cache.prefetch(crate::policy::AdmitState { expert_slot, slot_expert }, experts, limit, &outranked, plan);
         self.record_demotions(demoted);
         Ok(demoted)
     }

@@ -225,7 +225,8 @@ pub(crate) fn replay(trace: &Trace, config: &ReplayConfig) -> Result<ReplayRepor
         match &mut pools {
             Pools::PerLayer(pools) => {
                 let Some(pool) = pools.get_mut(next) else { continue };
-                pool.prefetch(guesses, budget, |v, g| prefetcher.outranked(next, v, next, g), &mut plan).map_err(fail)?;
+                pool.prefetch(guesses, budget, |v, g| prefetcher.outranked(next, v, next, g), &mut plan)
+                    .map_err(fail)?;
                 for &p in plan.promotions() {
                     let _ = pool.commit(p, bytes);
                 }
@@ -308,7 +309,8 @@ mod tests {
     #[test]
     fn interleaving_per_layer_pools_changes_nothing() {
         let trace = synth(0.9, 0.5, 256, 1);
-        for policy in [Policy::Tide, Policy::Decay(crate::DecayConfig::DEFAULT), Policy::Lru, Policy::Lfu, Policy::Lru2] {
+        for policy in [Policy::Tide, Policy::Decay(crate::DecayConfig::DEFAULT), Policy::Lru, Policy::Lfu, Policy::Lru2]
+        {
             let config = config(policy);
             assert_eq!(replay(&trace, &config).unwrap(), replay_any(&trace, &config).unwrap(), "{}", policy.name());
         }
@@ -316,20 +318,39 @@ mod tests {
 
     #[test]
     fn figures() {
-        for (name, zipf, reuse, phase) in [("locality", 0.9, 0.5, 256), ("stationary", 0.9, 0.5, 0), ("reuse", 0.9, 0.9, 256), ("uniform", 0.0, 0.0, 256)] {
+        for (name, zipf, reuse, phase) in [
+            ("locality", 0.9, 0.5, 256),
+            ("stationary", 0.9, 0.5, 0),
+            ("reuse", 0.9, 0.9, 256),
+            ("uniform", 0.0, 0.0, 256),
+        ] {
             let trace = synth(zipf, reuse, phase, 1);
             for policy in [Policy::Lru, Policy::Lfu] {
                 let base = config(policy);
                 let copy = base.cost.copy_seconds(base.cost.expert_bytes);
                 let t0 = replay_any(&trace, &base).unwrap().total;
                 let shared = replay_any(&trace, &ReplayConfig { sharing: Sharing::Shared, ..base }).unwrap().total;
-                std::println!("{name} {}: per-layer {:.4} shared {:.4}", policy.name(), t0.modeled_time_s, shared.modeled_time_s);
+                std::println!(
+                    "{name} {}: per-layer {:.4} shared {:.4}",
+                    policy.name(),
+                    t0.modeled_time_s,
+                    shared.modeled_time_s
+                );
                 for p in [Predictor::Transitions, Predictor::Previous, Predictor::Both] {
                     for sharing in [Sharing::PerLayer, Sharing::Shared] {
-                        let c = ReplayConfig { prefetch: Some(p), sharing, cost: base.cost.layer_compute(copy), ..base };
+                        let c =
+                            ReplayConfig { prefetch: Some(p), sharing, cost: base.cost.layer_compute(copy), ..base };
                         let r = replay_any(&trace, &c).unwrap().total;
                         let b = if sharing == Sharing::Shared { shared.modeled_time_s } else { t0.modeled_time_s };
-                        std::println!("   {} {}: {:.4} ({:+.1}%) prefetched {} hits {}", p.name(), sharing.name(), r.modeled_time_s, 100.0 * (r.modeled_time_s / b - 1.0), r.prefetched, r.prefetch_hits);
+                        std::println!(
+                            "   {} {}: {:.4} ({:+.1}%) prefetched {} hits {}",
+                            p.name(),
+                            sharing.name(),
+                            r.modeled_time_s,
+                            100.0 * (r.modeled_time_s / b - 1.0),
+                            r.prefetched,
+                            r.prefetch_hits
+                        );
                     }
                 }
             }
