@@ -40,3 +40,50 @@ impl ExpertPool {
         Ok(demoted)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::error::PoolError;
+    use crate::plan::{MigrationPlan, Promotion};
+    use crate::policy::Policy;
+    use crate::pool::{ExpertPool, PoolConfig};
+    use crate::schedule::Step;
+
+    fn step(pool: &mut ExpertPool, index: u64, ids: &[u32], plan: &mut MigrationPlan) {
+        pool.plan_step(Step::decode(index), ids, plan).unwrap();
+        for &p in plan.promotions() {
+            pool.commit(p, 1).unwrap();
+        }
+        pool.serve(ids);
+    }
+
+    #[test]
+    fn a_prefetch_demotes_only_lower_scores_and_a_wrong_guess_goes_first() {
+        let mut pool = ExpertPool::new(PoolConfig::new(6, 2).policy(Policy::Lru)).unwrap();
+        let mut plan = MigrationPlan::new(2);
+        pool.initial_plan(&mut plan);
+        for &p in plan.promotions() {
+            pool.commit(p, 1).unwrap();
+        }
+        step(&mut pool, 0, &[1], &mut plan); // 1 pinned until the next step begins
+        let scores = [5u64, 7, 3, 9, 0, 0];
+        let outranked = |v: usize, g: usize| scores[v] < scores[g];
+        // Guess 2 scores below the candidate (expert 0): refused. Guess 3 outranks it: placed.
+        // Guess 7 is out of range; the limit stops the rest.
+        assert_eq!(pool.prefetch(&[2, 7, 3, 4], 1, outranked, &mut plan), Ok(1));
+        assert_eq!(plan.promotions(), [Promotion { expert: 3, slot: 0, demoted: Some(0) }]);
+        pool.commit(plan.promotions()[0], 1).unwrap();
+        // The next step misses on 5: the prefetched 3 is pinned through it, so 1 goes.
+        step(&mut pool, 1, &[5], &mut plan);
+        assert_eq!((pool.slot_of(3), pool.slot_of(5), pool.slot_of(1)), (Some(0), Some(1), None));
+        // 3 was never used: it ranks as never used and is the next candidate.
+        step(&mut pool, 2, &[5, 2], &mut plan);
+        assert_eq!((pool.slot_of(3), pool.slot_of(2)), (None, Some(0)));
+        // Free slots take guesses without a comparison; resident guesses are skipped.
+        pool.set_slots(3);
+        assert_eq!(pool.prefetch(&[2, 4], 3, |_, _| false, &mut plan), Ok(0));
+        assert_eq!(plan.promotions(), [Promotion { expert: 4, slot: 2, demoted: None }]);
+        let mut tide = ExpertPool::new(PoolConfig::new(6, 2)).unwrap();
+        assert_eq!(tide.prefetch(&[1], 1, |_, _| true, &mut plan), Err(PoolError::PolicyMismatch));
+    }
+}
