@@ -265,7 +265,7 @@ impl Prefetcher {
     /// # Errors
     /// [`PolicyError::HalfLife`] unless `steps` is positive (infinity allowed).
     pub fn half_life(mut self, steps: f32) -> Result<Self, PolicyError> {
-        if !(steps > 0.0) {
+        if steps.is_nan() || steps <= 0.0 {
             return Err(PolicyError::HalfLife(steps));
         }
         self.alpha = libm::powf(0.5, 1.0 / steps);
@@ -286,7 +286,7 @@ impl Prefetcher {
             for &a in ids.iter().filter(|&&a| (a as usize) < experts) {
                 let row = layer.saturating_mul(experts).saturating_add(a as usize);
                 let total = self.rows.get(row).copied().unwrap_or(0.0);
-                if !(total > 0.0) {
+                if total.is_nan() || total <= 0.0 {
                     continue;
                 }
                 let start = row.saturating_mul(experts);

@@ -18,6 +18,7 @@ mod shared;
 mod stats;
 
 pub use config::{InitialPlacement, PoolConfig};
+pub(crate) use shared::split_key;
 pub use shared::SharedSlotPool;
 pub use stats::{PoolStats, ServeStats};
 

@@ -25,6 +25,11 @@ use crate::schedule::Step;
 /// Key of an id past a layer's expert count: past every key, so the pool counts it invalid.
 const INVALID_KEY: u32 = u32::MAX;
 
+/// `(layer, expert)` of `key` with `experts` experts per layer (`(0, 0)` for no experts).
+pub(crate) fn split_key(key: usize, experts: usize) -> (usize, usize) {
+    (key.checked_div(experts).unwrap_or(0), key.checked_rem(experts).unwrap_or(0))
+}
+
 /// One set of slots for several layers. See the [module docs](self).
 ///
 /// ```
@@ -126,9 +131,7 @@ impl SharedSlotPool {
 
     /// `(layer, expert)` of a key, as plans carry it in [`Promotion::expert`].
     pub fn split(&self, key: u16) -> (usize, usize) {
-        let key = usize::from(key);
-        // experts >= 1, checked at construction.
-        (key.checked_div(self.experts).unwrap_or(0), key.checked_rem(self.experts).unwrap_or(0))
+        split_key(usize::from(key), self.experts)
     }
 
     /// The slot `expert` of `layer` is resident in, if any.

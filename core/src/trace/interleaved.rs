@@ -25,7 +25,7 @@ use alloc::vec::Vec;
 use crate::error::PoolError;
 use crate::plan::MigrationPlan;
 use crate::policy::Policy;
-use crate::pool::{ExpertPool, PoolConfig, SharedSlotPool};
+use crate::pool::{split_key, ExpertPool, PoolConfig, SharedSlotPool};
 use crate::prefetch::Prefetcher;
 use crate::schedule::{Mode, Step};
 use crate::trace::replay::{CostModel, ReplayConfig, ReplayError, ReplayPolicy, ReplayReport, ReplayStats};
@@ -80,11 +80,11 @@ impl Sharing {
 /// Prefetch copies that fit in one layer's compute time (0 without overlap). With free copies (no
 /// link cost), every guess fits.
 pub(crate) fn prefetch_budget(cost: &CostModel) -> usize {
-    if !(cost.layer_compute_seconds > 0.0) {
+    if cost.layer_compute_seconds.is_nan() || cost.layer_compute_seconds <= 0.0 {
         return 0;
     }
     let copy = cost.copy_seconds(cost.expert_bytes);
-    if !(copy > 0.0) {
+    if copy.is_nan() || copy <= 0.0 {
         return usize::MAX;
     }
     // A compute time equal to n copy times fits n copies, whatever the rounding.
@@ -106,7 +106,7 @@ pub(crate) fn prefetches(config: &ReplayConfig) -> bool {
 /// The pools of an interleaved replay.
 enum Pools {
     PerLayer(Vec<ExpertPool>),
-    Shared(SharedSlotPool),
+    Shared(alloc::boxed::Box<SharedSlotPool>),
 }
 
 /// Replays `trace` layer-interleaved. See the [module docs](self).
@@ -152,7 +152,7 @@ pub(crate) fn replay(trace: &Trace, config: &ReplayConfig) -> Result<ReplayRepor
             for &p in plan.promotions() {
                 let _ = pool.commit(p, 0);
             }
-            Pools::Shared(pool)
+            Pools::Shared(alloc::boxed::Box::new(pool))
         }
     };
     let mut prefetcher = match config.prefetch {
@@ -234,9 +234,11 @@ pub(crate) fn replay(trace: &Trace, config: &ReplayConfig) -> Result<ReplayRepor
             Pools::Shared(pool) => {
                 keys.clear();
                 keys.extend(guesses.iter().filter_map(|&e| pool.key(next, usize::from(e))).map(|k| k as u16));
-                let experts = pool.experts().max(1);
-                let outranked =
-                    |v: usize, g: usize| prefetcher.outranked(v / experts, v % experts, g / experts, g % experts);
+                let experts = pool.experts();
+                let outranked = |v: usize, g: usize| {
+                    let ((vl, ve), (gl, ge)) = (split_key(v, experts), split_key(g, experts));
+                    prefetcher.outranked(vl, ve, gl, ge)
+                };
                 pool.keyed().prefetch(&keys, budget, outranked, &mut plan).map_err(fail)?;
                 for &p in plan.promotions() {
                     let _ = pool.commit(p, bytes);
