@@ -1,19 +1,4 @@
-//! One set of slots shared by several layers whose experts have the same size, keyed by
-//! `(layer, expert)`: a layer that routes to many experts can take slots another layer does not
-//! need this step, where per-layer pools give each layer a fixed share.
-//!
-//! The shared pool is an [`ExpertPool`] over *keys*: key `layer × experts + expert` names expert
-//! `expert` of layer `layer`. Each call serves one layer's step; the layers of a forward pass are
-//! served in order, so one demand policy sees the whole model's routing interleaved as it runs.
-//! The experts a layer's step uses or admits are pinned until that layer's step ends (as in any
-//! demand step); the next layer's misses may demote them.
-//!
-//! Only demand policies ([`crate::Policy::is_demand`]) drive a shared pool: an interval refresh of one
-//! layer would see every other layer's residents as cold. Plans carry keys in
-//! [`Promotion::expert`](crate::Promotion::expert); [`SharedSlotPool::split`] turns one back into
-//! `(layer, expert)` for the copy.
-//!
-//! Nothing is allocated per step: ids are translated into keys in a buffer sized at construction.
+//! [`SharedSlotPool`]: one set of slots for several layers.
 
 use alloc::vec::Vec;
 
@@ -30,7 +15,22 @@ pub(crate) fn split_key(key: usize, experts: usize) -> (usize, usize) {
     (key.checked_div(experts).unwrap_or(0), key.checked_rem(experts).unwrap_or(0))
 }
 
-/// One set of slots for several layers. See the [module docs](self).
+/// One set of slots shared by several layers whose experts have the same size, keyed by
+/// `(layer, expert)`: a layer that routes to many experts can take slots another layer does not
+/// need this step, where per-layer pools give each layer a fixed share.
+///
+/// The shared pool is an [`ExpertPool`] over *keys*: key `layer × experts + expert` names expert
+/// `expert` of layer `layer`. Each call serves one layer's step; the layers of a forward pass are
+/// served in order, so one demand policy sees the whole model's routing interleaved as it runs.
+/// The experts a layer's step uses or admits are pinned until that layer's step ends (as in any
+/// demand step); the next layer's misses may demote them.
+///
+/// Only demand policies ([`crate::Policy::is_demand`]) drive a shared pool: an interval refresh of one
+/// layer would see every other layer's residents as cold. Plans carry keys in
+/// [`Promotion::expert`](crate::Promotion::expert); [`SharedSlotPool::split`] turns one back into
+/// `(layer, expert)` for the copy.
+///
+/// Nothing is allocated per step: ids are translated into keys in a buffer sized at construction.
 ///
 /// ```
 /// use expertslab::{MigrationPlan, Policy, PoolConfig, SharedSlotPool, Step};

@@ -31,6 +31,11 @@ use crate::prefetch::Prefetcher;
 use crate::schedule::{Mode, Step};
 
 /// How a replay's slots are pooled.
+///
+/// A shared replay has one [`SharedSlotPool`] of `slots × layers` slots (the memory of the
+/// per-layer pools' `slots` each), driven by the replay's demand policy. Each record is planned,
+/// migrated and served as one step of its layer; a layer's counters hold what its records did (the
+/// promotions and demotions its misses caused, the prefetches into it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Sharing {

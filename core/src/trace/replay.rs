@@ -11,8 +11,9 @@
 //! slow-memory compute: `modeled_time = slow pairs × slow_pair_seconds + bytes moved / link`.
 //!
 //! A pool shared by all layers ([`Sharing::Shared`]) and prefetch ([`ReplayConfig::prefetch`])
-//! replay all layers together in trace order instead: see `interleaved` below [`Sharing`]; prefetch
-//! copies overlap a layer's compute ([`CostModel::layer_compute_seconds`]) and cost no time.
+//! replay all layers together instead, in trace order: by step, then layer (records of one step
+//! and layer keep their file order), as a forward pass runs them. Layers are numbered by their
+//! position among the layers that have records; "the next layer" is the next such position.
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -120,8 +121,14 @@ pub struct ReplayConfig {
     pub cost: CostModel,
     /// Per-layer pools (the default) or one pool for all layers.
     pub sharing: Sharing,
-    /// Prefetch guesses of the next layer's experts (LRU and LFU pools, with a layer compute
-    /// time that fits a copy); `None`: no prefetch.
+    /// Prefetch guesses of the next layer's experts; `None`: no prefetch. With an LRU or LFU
+    /// policy and a [`CostModel::layer_compute_seconds`] long enough for at least one copy, after
+    /// each record a [`crate::Prefetcher`] (learning online) guesses the next layer's experts, and
+    /// its pool (or the shared pool) places up to `layer_compute_seconds / copy time` of them with
+    /// [`crate::ExpertPool::prefetch`]. Those copies overlap the layer's compute, so they cost no
+    /// modeled time; they count in `promotions` and `bytes_moved`, and in
+    /// [`ReplayStats::prefetched`], [`ReplayStats::prefetch_hits`] and
+    /// [`ReplayStats::prefetch_wasted_bytes`]. Other policies replay without prefetch.
     pub prefetch: Option<Predictor>,
 }
 
