@@ -4,12 +4,12 @@
 //! only when an invariant of the library is broken (a panic inside the library counts too).
 
 use expertslab::gguf::{GgufFile, GgufModel};
-use expertslab::trace::replay::{replay, CostModel, ReplayConfig, ReplayPolicy};
+use expertslab::trace::replay::{replay, CostModel, ReplayConfig, ReplayError, ReplayPolicy, Sharing};
 use expertslab::trace::Trace;
 use expertslab::{
     migrate, slots_per_layer, split_byte_budget, ArenaSink, ExpertLayout, ExpertPool, ExpertSource, Format,
-    InitialPlacement, LayerDemand, LayeredSource, MigrationPlan, Mode, Policy, PoolConfig, Projection, Schedule,
-    SlotArena, SlotSink, SlotWrite, StackLayout, StackSource, Step,
+    InitialPlacement, LayerDemand, LayeredSource, MigrationPlan, Mode, Policy, PoolConfig, PoolError, Predictor,
+    Projection, Schedule, SlotArena, SlotSink, SlotWrite, StackLayout, StackSource, Step,
 };
 
 use crate::{borrow_layer, slab_byte, synthetic_layer};
@@ -128,6 +128,26 @@ pub fn trace(data: &[u8]) {
         );
         let report = replay(&trace, &config).expect("a parsed trace replays");
         assert_eq!(report.total.hits + report.total.misses, report.total.pairs);
+        // A shared pool (demand policies) and prefetch (LRU, LFU) replay the same pairs, or refuse
+        // a trace whose keys or steps are too many for one pool.
+        let prefetching =
+            ReplayConfig { prefetch: Some(Predictor::Both), cost: config.cost.layer_compute(1e-3), ..config };
+        for variant in [ReplayConfig { sharing: Sharing::Shared, ..config }, prefetching] {
+            if !variant.sharing.supports(variant.policy) {
+                continue;
+            }
+            match replay(&trace, &variant) {
+                Ok(other) => {
+                    assert_eq!(other.total.pairs, report.total.pairs, "{name}");
+                    assert!(other.total.prefetch_hits <= other.total.prefetched);
+                }
+                Err(ReplayError::Pool {
+                    error: PoolError::TooManyExperts { .. } | PoolError::TooManyIds { .. },
+                    ..
+                }) => {}
+                Err(e) => panic!("{name}: {e}"),
+            }
+        }
     }
 }
 
