@@ -295,10 +295,13 @@ mod tests {
     }
     use alloc::vec;
 
-    /// The reference: LRU over `(key, last use, pinned step)`, ties to the lower key.
+    /// The reference: LRU or LFU over `(key, last use, pinned step)`, ties to the lower key; LFU
+    /// counts every use of a key, resident or not.
     struct Reference {
+        lfu: bool,
         slots: usize,
         residents: Vec<(usize, u64, u64)>,
+        uses: Vec<u64>,
         clock: u64,
         step: u64,
     }
@@ -311,6 +314,7 @@ mod tests {
             for &key in keys {
                 let Some(key) = key else { continue };
                 self.clock += 1;
+                self.uses[key] += 1;
                 if let Some(r) = self.residents.iter_mut().find(|r| r.0 == key) {
                     // Admitted in this step: the first id was the miss, later ids hit.
                     hits += 1;
@@ -323,9 +327,11 @@ mod tests {
                 if self.residents.len() < self.slots {
                     self.residents.push(entry);
                     admitted += 1;
-                } else if let Some(victim) =
-                    self.residents.iter_mut().filter(|r| r.2 != self.step).min_by_key(|r| (r.1, r.0))
-                {
+                } else if let Some(victim) = {
+                    let (lfu, uses) = (self.lfu, &self.uses);
+                    let rank = |r: &&mut (usize, u64, u64)| (if lfu { uses[r.0] } else { r.1 }, r.0);
+                    self.residents.iter_mut().filter(|r| r.2 != self.step).min_by_key(rank)
+                } {
                     *victim = entry;
                     admitted += 1;
                 }
@@ -335,16 +341,17 @@ mod tests {
     }
 
     #[test]
-    fn lru_over_keys_matches_the_reference_model() {
-        for seed in 0..20u64 {
+    fn lru_and_lfu_over_keys_match_the_reference_model() {
+        for (seed, lfu) in (0..40u64).map(|s| (s, s % 2 == 1)) {
             let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
             let (layers, experts) = (1 + rng.below(4) as usize, 2 + rng.below(9) as usize);
             let slots = 1 + rng.below((layers * experts) as u32) as usize;
-            let config = PoolConfig::new(experts, slots).policy(Policy::Lru);
+            let config = PoolConfig::new(experts, slots).policy(if lfu { Policy::Lfu } else { Policy::Lru });
             let mut pool = SharedSlotPool::new(layers, config, 32).unwrap();
             let mut plan = MigrationPlan::new(pool.slots());
             pool.initial_plan(&mut plan);
-            let mut reference = Reference { slots: pool.slots(), residents: Vec::new(), clock: 0, step: 0 };
+            let uses = vec![0; layers * experts];
+            let mut reference = Reference { lfu, slots: pool.slots(), residents: Vec::new(), uses, clock: 0, step: 0 };
             for &p in plan.promotions() {
                 pool.commit(p, 1).unwrap();
                 reference.residents.push((usize::from(p.expert), 0, 0));
