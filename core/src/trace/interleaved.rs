@@ -19,6 +19,7 @@
 //! `promotions` and `bytes_moved`, and in `prefetched`, `prefetch_hits` (prefetched experts the
 //! next layer's step used) and `prefetch_wasted_bytes` (those it did not use).
 
+use alloc::collections::BTreeMap;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -107,6 +108,28 @@ pub(crate) fn prefetches(config: &ReplayConfig) -> bool {
         && prefetch_budget(&config.cost) > 0
 }
 
+/// The records in the order a forward pass serves them: by step, then layer (file order within
+/// one step and layer). A layer whose step counter restarts (a diffusion model's next block, whose
+/// first record may carry a smaller step) starts a new round, ordered after every record of the
+/// rounds before it, so blocks stay in sequence.
+fn forward_order(trace: &Trace) -> Vec<&TraceRecord> {
+    let mut last: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+    let mut keyed: Vec<((u64, u64, u32), &TraceRecord)> = trace
+        .records()
+        .iter()
+        .map(|r| {
+            let (step, round) = last.entry(r.layer).or_insert((r.step, 0));
+            if r.step < *step {
+                *round = round.saturating_add(1);
+            }
+            *step = r.step;
+            ((*round, r.step, r.layer), r)
+        })
+        .collect();
+    keyed.sort_by_key(|&(key, _)| key); // stable: file order within a key
+    keyed.into_iter().map(|(_, r)| r).collect()
+}
+
 /// The pools of an interleaved replay.
 enum Pools {
     PerLayer(Vec<ExpertPool>),
@@ -122,8 +145,7 @@ pub(crate) fn replay(trace: &Trace, config: &ReplayConfig) -> Result<ReplayRepor
         return Err(ReplayError::NotShareable(policy.name()));
     }
     let layers: Vec<u32> = trace.layers().collect();
-    let mut records: Vec<&TraceRecord> = trace.records().iter().collect();
-    records.sort_by_key(|r| (r.step, r.layer));
+    let records = forward_order(trace);
     let position = |layer: u32| layers.binary_search(&layer).unwrap_or(0);
     let first = |error| ReplayError::Pool { layer: layers.first().copied().unwrap_or(0), error };
     let experts = trace.header().experts as usize;
@@ -276,4 +298,21 @@ fn count_moves(s: &mut ReplayStats, plan: &MigrationPlan, bytes: u64) {
     s.promotions = s.promotions.saturating_add(moved);
     s.demotions = s.demotions.saturating_add(plan.promotions().iter().filter(|p| p.demoted.is_some()).count() as u64);
     s.bytes_moved = s.bytes_moved.saturating_add(moved.saturating_mul(bytes));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::TraceHeader;
+
+    #[test]
+    fn records_run_by_step_then_layer_whatever_the_file_order() {
+        let mut t = Trace::new(TraceHeader { experts: 4, layers: 2, top_k: 1 }).unwrap();
+        // Written layer by layer; two records of layer 0 in step 2 keep their file order.
+        for (layer, step, id) in [(1, 0, 0), (1, 2, 1), (0, 0, 2), (0, 2, 3), (0, 2, 1), (0, 3, 0)] {
+            t.push(layer, step, step == 0, &[id]).unwrap();
+        }
+        let order: Vec<(u64, u32, u32)> = forward_order(&t).iter().map(|r| (r.step, r.layer, t.ids(r)[0])).collect();
+        assert_eq!(order, [(0, 0, 2), (0, 1, 0), (2, 0, 3), (2, 0, 1), (2, 1, 1), (3, 0, 0)]);
+    }
 }
