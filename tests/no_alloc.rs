@@ -102,3 +102,56 @@ fn the_counter_sees_allocations() {
     assert!(allocations() > before);
     drop(v);
 }
+
+#[test]
+fn a_shared_pool_and_prefetch_do_not_allocate_per_step() {
+    use expertslab::{Predictor, Prefetcher, SharedSlotPool, Step};
+    const EXPERTS: u32 = 64;
+    const LAYERS: usize = 4;
+    let steps: u32 = if cfg!(miri) { 60 } else { 500 };
+    let trace: Vec<Vec<u32>> = (0..steps * LAYERS as u32).map(|s| routing(s, 1 + s % 3, 4, EXPERTS)).collect();
+    let max_ids = trace.iter().map(Vec::len).max().unwrap();
+    for policy in [Policy::Lru, Policy::Lfu, Policy::Lru2, Policy::Belady] {
+        let config = PoolConfig::new(EXPERTS as usize, 16 * LAYERS).policy(policy);
+        let mut shared = SharedSlotPool::new(LAYERS, config, max_ids).unwrap();
+        if policy == Policy::Belady {
+            // evaluation only: allocates, before the count
+            shared.load_future(trace.iter().enumerate().map(|(i, ids)| (i % LAYERS, ids.as_slice()))).unwrap();
+        }
+        let mut prefetcher = matches!(policy, Policy::Lru | Policy::Lfu)
+            .then(|| Prefetcher::new(LAYERS, EXPERTS as usize, 4, Predictor::Both, policy, true, max_ids).unwrap());
+        let mut plan = MigrationPlan::new(shared.slots());
+        let mut keys: Vec<u16> = Vec::with_capacity(EXPERTS as usize);
+
+        let before = allocations();
+        shared.initial_plan(&mut plan);
+        for &p in plan.promotions() {
+            shared.commit(p, 1).unwrap();
+        }
+        for (i, ids) in trace.iter().enumerate() {
+            let layer = i % LAYERS;
+            shared.plan_step(layer, Step::decode(i as u64 / LAYERS as u64), ids, &mut plan).unwrap();
+            for &p in plan.promotions() {
+                shared.commit(p, 1).unwrap();
+            }
+            shared.serve(layer, ids);
+            let Some(prefetcher) = prefetcher.as_mut() else { continue };
+            prefetcher.observe(layer, ids);
+            let next = layer + 1;
+            keys.clear();
+            let guesses = prefetcher.predict(layer, ids, EXPERTS as usize);
+            keys.extend(guesses.iter().filter_map(|&e| shared.key(next, usize::from(e))).map(|k| k as u16));
+            let experts = EXPERTS as usize;
+            let prefetcher = &*prefetcher;
+            let outranked =
+                |v: usize, g: usize| prefetcher.outranked(v / experts, v % experts, g / experts, g % experts);
+            shared.keyed().prefetch(&keys, 2, outranked, &mut plan).unwrap();
+            for &p in plan.promotions() {
+                shared.commit(p, 1).unwrap();
+            }
+        }
+        let allocations = allocations() - before;
+        assert!(shared.stats().promotions > u64::from(steps) / 10, "{policy:?}: the trace must move experts");
+        assert_eq!(allocations, 0, "{policy:?}");
+    }
+}

@@ -4,9 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use expertslab_std::trace::replay::{replay_from, CostModel, ReplayConfig, ReplayError, ReplayPolicy, ReplayReport};
+use expertslab_std::trace::replay::{
+    replay_from, CostModel, ReplayConfig, ReplayError, ReplayPolicy, ReplayReport, Sharing,
+};
 use expertslab_std::trace::{Trace, WarmStart};
-use expertslab_std::{DecayConfig, InitialPlacement, LayeredSource, Policy, Schedule};
+use expertslab_std::{DecayConfig, InitialPlacement, LayeredSource, Policy, Predictor, Schedule};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
@@ -31,6 +33,21 @@ pub struct ReplayArgs {
     pub cost: CostArgs,
     #[command(flatten)]
     pub decay: DecayArgs,
+    /// Prefetch the next layer's experts while a layer computes, guessed from: transitions
+    /// (between consecutive layers), previous (the previous step's choice), or both. LRU and LFU
+    /// pools only; needs --layer-compute-us of at least one copy time.
+    #[arg(long, value_parser = parse_predictor)]
+    pub prefetch: Option<Predictor>,
+}
+
+/// Reads a prefetch predictor name.
+pub fn parse_predictor(text: &str) -> Result<Predictor, String> {
+    Predictor::from_name(text).map_err(|_| format!("'{text}' is not a predictor ({})", Predictor::NAMES.join(", ")))
+}
+
+/// Reads a pool sharing name.
+pub fn parse_sharing(text: &str) -> Result<Sharing, String> {
+    Sharing::from_name(text).map_err(|_| format!("'{text}' is not a sharing ({})", Sharing::NAMES.join(", ")))
 }
 
 impl ReplayArgs {
@@ -63,6 +80,9 @@ pub struct CostArgs {
     /// Bandwidth at which slow memory is read when computing there, in GB/s.
     #[arg(long, default_value_t = 20.0, value_parser = positive, conflicts_with = "slow_pair_us")]
     pub slow_gbps: f64,
+    /// Time one layer computes a step, in µs: prefetch copies overlap it (0: no overlap).
+    #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
+    pub layer_compute_us: f64,
 }
 
 /// Bytes of one expert when neither --expert-bytes nor --model is given.
@@ -106,7 +126,8 @@ impl CostArgs {
             Some(us) => us * 1e-6,
             None => expert_bytes as f64 / (self.slow_gbps * 1e9),
         };
-        Ok(CostModel { expert_bytes, slow_pair_seconds, link_bytes_per_second: self.link_gbps * 1e9 })
+        Ok(CostModel::new(expert_bytes, slow_pair_seconds, self.link_gbps * 1e9)
+            .layer_compute(self.layer_compute_us * 1e-6))
     }
 }
 
@@ -172,17 +193,22 @@ pub struct Run {
     /// Slots per layer.
     pub slots: usize,
     pub schedule: Schedule,
+    pub sharing: Sharing,
     pub report: ReplayReport,
 }
 
-/// Replays `trace` for every (policy, slots, schedule), in parallel, with a progress bar on a
-/// terminal (nothing is drawn when stderr is not one).
+/// One replay to run: policy, slots per layer, schedule, sharing.
+pub type Job = (ReplayPolicy, usize, Schedule, Sharing);
+
+/// Replays `trace` for every (policy, slots, schedule, sharing), in parallel, with a progress bar
+/// on a terminal (nothing is drawn when stderr is not one).
 pub fn run_all(
     trace: &Trace,
-    jobs: &[(ReplayPolicy, usize, Schedule)],
+    jobs: &[Job],
     initial: InitialPlacement,
     warm: &WarmStart,
     cost: CostModel,
+    prefetch: Option<Predictor>,
 ) -> Result<Vec<Run>, CliError> {
     let bar = ProgressBar::new(jobs.len() as u64);
     bar.set_style(
@@ -191,9 +217,10 @@ pub fn run_all(
     );
     let runs: Vec<Result<Run, ReplayError>> = jobs
         .par_iter()
-        .map(|&(policy, slots, schedule)| {
-            let config = ReplayConfig { policy, slots, schedule, initial, cost };
-            let run = replay_from(trace, &config, warm).map(|report| Run { policy, slots, schedule, report });
+        .map(|&(policy, slots, schedule, sharing)| {
+            let config =
+                ReplayConfig { sharing, prefetch, ..ReplayConfig::new(policy, slots, schedule, initial, cost) };
+            let run = replay_from(trace, &config, warm).map(|report| Run { policy, slots, schedule, sharing, report });
             bar.inc(1);
             run
         })

@@ -5,14 +5,14 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
-use expertslab_std::trace::replay::{ReplayPolicy, ReplayStats};
+use expertslab_std::trace::replay::{ReplayPolicy, ReplayStats, Sharing};
 use expertslab_std::Schedule;
 use serde_json::{json, Value};
 
 use crate::error::CliError;
 use crate::plot;
 use crate::replay_args::{
-    parse_policy, parse_schedule, read_trace, run_all, schedule_name, with_decay, ReplayArgs, Run,
+    parse_policy, parse_schedule, parse_sharing, read_trace, run_all, schedule_name, with_decay, ReplayArgs, Run,
 };
 use crate::table::{Align, Table};
 use crate::units::format_size;
@@ -37,6 +37,10 @@ pub struct Args {
     /// Refresh schedule of interval policies: every:N (every N decode steps) or forward.
     #[arg(long, default_value = "every:1", value_parser = parse_schedule)]
     schedule: Schedule,
+    /// Slot pools, comma-separated: per-layer (slots per layer each), shared (one pool of slots ×
+    /// layers for all layers; demand policies only, others are skipped).
+    #[arg(long, value_delimiter = ',', value_parser = parse_sharing, default_value = "per-layer")]
+    sharing: Vec<Sharing>,
     /// Print one JSON document instead of tables.
     #[arg(long)]
     json: bool,
@@ -93,6 +97,9 @@ pub fn counters_json(c: &ReplayStats) -> Value {
         "demotions": c.demotions,
         "bytes_moved": c.bytes_moved,
         "modeled_time_s": c.modeled_time_s,
+        "prefetched": c.prefetched,
+        "prefetch_hits": c.prefetch_hits,
+        "prefetch_wasted_bytes": c.prefetch_wasted_bytes,
     })
 }
 
@@ -104,6 +111,7 @@ pub fn run_json(run: &Run) -> Value {
         "slots": run.slots,
         "budget": run.slots,
         "schedule": schedule_name(run.schedule),
+        "sharing": run.sharing.name(),
         "layers": run
             .report
             .layers
@@ -130,10 +138,20 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     };
     let jobs: Vec<_> = slot_counts
         .iter()
-        .flat_map(|&s| args.policy.iter().map(move |&p| (with_decay(p, decay), s, args.schedule)))
+        .flat_map(|&s| {
+            args.sharing.iter().flat_map(move |&sharing| {
+                args.policy
+                    .iter()
+                    .filter(move |&&p| sharing.supports(p))
+                    .map(move |&p| (with_decay(p, decay), s, args.schedule, sharing))
+            })
+        })
         .collect();
+    if jobs.is_empty() {
+        return Err(CliError::Usage("no policy given can drive a shared pool (lru, lfu, lru2, belady can)".into()));
+    }
     let warm = crate::warm_start::load(args.replay.warm_from.as_deref(), &trace)?;
-    let runs = run_all(&trace, &jobs, args.replay.initial(), &warm, cost)?;
+    let runs = run_all(&trace, &jobs, args.replay.initial(), &warm, cost, args.replay.prefetch)?;
 
     if let Some(path) = &args.plot {
         plot::draw(path, &runs).map_err(|e| CliError::unusable(path, e))?;
@@ -161,6 +179,14 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     Ok(())
 }
 
+/// A run's policy as tables show it: the name, with "/shared" for a shared pool.
+pub fn policy_label(run: &Run) -> String {
+    match run.sharing {
+        Sharing::PerLayer => run.policy.name().to_string(),
+        Sharing::Shared => format!("{}/shared", run.policy.name()),
+    }
+}
+
 /// The runs as a text table, one row per run.
 pub fn write_table(out: &mut impl Write, runs: &[Run]) -> io::Result<()> {
     let mut table = Table::new(&[
@@ -178,7 +204,7 @@ pub fn write_table(out: &mut impl Write, runs: &[Run]) -> io::Result<()> {
         let t = &run.report.total;
         table.row(vec![
             run.slots.to_string(),
-            run.policy.name().to_string(),
+            policy_label(run),
             format!("{:.1}%", 100.0 * t.hit_rate()),
             t.misses.to_string(),
             t.served_by_copy.to_string(),

@@ -6,13 +6,15 @@ use std::io::{self, Write};
 use std::num::NonZeroU32;
 
 use clap::Args as ClapArgs;
-use expertslab_std::trace::replay::ReplayPolicy;
+use expertslab_std::trace::replay::{ReplayPolicy, Sharing};
 use expertslab_std::{slots_per_layer, Policy, Schedule};
 use serde_json::json;
 
 use crate::error::CliError;
-use crate::replay_args::{parse_policy, read_trace, run_all, schedule_name, with_decay, ReplayArgs, Run};
-use crate::simulate::{run_json, write_table};
+use crate::replay_args::{
+    parse_policy, parse_sharing, read_trace, run_all, schedule_name, with_decay, ReplayArgs, Run,
+};
+use crate::simulate::{policy_label, run_json, write_table};
 use crate::units::{self, format_size};
 
 /// `tune`'s arguments.
@@ -32,6 +34,10 @@ pub struct Args {
     /// Refresh intervals τ (decode steps) to consider for interval policies.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32")]
     intervals: Vec<NonZeroU32>,
+    /// Slot pools to consider for demand policies: per-layer (slots per layer each), shared (one
+    /// pool of slots × layers for all layers). Interval policies always use per-layer pools.
+    #[arg(long, value_delimiter = ',', value_parser = parse_sharing, default_value = "per-layer,shared")]
+    sharing: Vec<Sharing>,
     /// Print one JSON document: the best run, the baselines, the references, how many times the
     /// optimum the best takes, and every candidate run with its modeled time.
     #[arg(long)]
@@ -76,25 +82,28 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         for &policy in &args.policy {
             let policy = with_decay(policy, decay);
             if matches!(policy, ReplayPolicy::Pool(p) if p.is_demand()) {
-                jobs.push((policy, slots, forward));
+                jobs.extend(args.sharing.iter().map(|&sharing| (policy, slots, forward, sharing)));
             } else {
-                jobs.extend(args.intervals.iter().map(|&n| (policy, slots, Schedule::EveryDecodeSteps(n))));
+                let per_layer = Sharing::PerLayer;
+                jobs.extend(args.intervals.iter().map(|&n| (policy, slots, Schedule::EveryDecodeSteps(n), per_layer)));
             }
         }
     }
     // The baselines and references at the most slots.
+    let per_layer = Sharing::PerLayer;
     let baselines = [
-        (ReplayPolicy::Pool(Policy::Tide), max, forward),
-        (ReplayPolicy::Pool(Policy::Lru), max, forward),
-        (ReplayPolicy::Pool(Policy::Belady), max, forward),
-        (ReplayPolicy::Oracle, max, forward),
-        (ReplayPolicy::Uniform, max, forward),
-        (ReplayPolicy::Optimal, max, forward),
-        (ReplayPolicy::OptimalShared, max, forward),
+        (ReplayPolicy::Pool(Policy::Tide), max, forward, per_layer),
+        (ReplayPolicy::Pool(Policy::Lru), max, forward, per_layer),
+        (ReplayPolicy::Pool(Policy::Belady), max, forward, per_layer),
+        (ReplayPolicy::Oracle, max, forward, per_layer),
+        (ReplayPolicy::Uniform, max, forward, per_layer),
+        (ReplayPolicy::Optimal, max, forward, per_layer),
+        (ReplayPolicy::OptimalShared, max, forward, per_layer),
     ];
     let (initial, warm) = (args.replay.initial(), crate::warm_start::load(args.replay.warm_from.as_deref(), &trace)?);
-    let candidates = run_all(&trace, &jobs, initial, &warm, cost)?;
-    let references = run_all(&trace, &baselines, initial, &warm, cost)?;
+    let prefetch = args.replay.prefetch;
+    let candidates = run_all(&trace, &jobs, initial, &warm, cost, prefetch)?;
+    let references = run_all(&trace, &baselines, initial, &warm, cost, prefetch)?;
     let time = |r: &Run| r.report.total.modeled_time_s;
     let best = candidates
         .iter()
@@ -134,7 +143,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     writeln!(
         out,
         "best: {} with {} slots per layer, {}: modeled time {:.3} s, hit rate {:.1}%",
-        best.policy.name(),
+        policy_label(best),
         best.slots,
         schedule_name(best.schedule),
         time(best),

@@ -267,3 +267,42 @@ fn demo_on_cuda_runs_or_says_why_not() {
         assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     }
 }
+
+#[test]
+fn shared_pools_and_prefetch_from_the_command_line() {
+    let trace = synth("shared.ndjson", "100");
+    let t = trace.to_str().unwrap();
+    let json = |extra: &[&str]| -> Value {
+        let mut args = vec!["simulate", "--trace", t, "--slots", "4", "--json", "--policy", "tide,lru,lfu"];
+        args.extend_from_slice(extra);
+        serde_json::from_str(&stdout(&expertslab(&args))).unwrap()
+    };
+    // Interval policies have no shared pool: tide is skipped there.
+    let runs = json(&["--sharing", "per-layer,shared"]);
+    let names: Vec<String> =
+        runs.as_array().unwrap().iter().map(|r| format!("{}/{}", r["policy"], r["sharing"])).collect();
+    assert_eq!(
+        names,
+        [
+            r#""tide"/"per-layer""#,
+            r#""lru"/"per-layer""#,
+            r#""lfu"/"per-layer""#,
+            r#""lru"/"shared""#,
+            r#""lfu"/"shared""#
+        ]
+    );
+    // 64 MiB experts over 16 GB/s: one copy is 4194.304 µs; a layer compute time of one copy
+    // prefetches, and without it nothing changes.
+    let cost = ["--expert-bytes", "64MiB", "--prefetch", "both"];
+    let off = json(&cost);
+    let on = json(&[&cost[..], &["--layer-compute-us", "4194.304"]].concat());
+    assert_eq!(off[1]["total"]["prefetched"], 0);
+    assert!(on[1]["total"]["prefetched"].as_u64().unwrap() > 0);
+    assert_eq!(on[0], off[0], "tide does not prefetch");
+    assert!(on[1]["total"]["prefetch_hits"].as_u64().unwrap() <= on[1]["total"]["prefetched"].as_u64().unwrap());
+    let out = stdout(&expertslab(&["tune", "--trace", t, "--max-slots", "4", "--policy", "lru"]));
+    assert!(out.contains("best: lru"), "{out}");
+    let err = expertslab(&["simulate", "--trace", t, "--policy", "tide", "--sharing", "shared"]);
+    assert!(!err.status.success() && String::from_utf8_lossy(&err.stderr).contains("shared pool"));
+    std::fs::remove_file(trace).unwrap();
+}

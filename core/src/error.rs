@@ -245,6 +245,13 @@ pub enum PoolError {
         /// Entries given.
         actual: usize,
     },
+    /// A layer index at or past the layers a [`crate::SharedSlotPool`] serves.
+    LayerOutOfRange {
+        /// The layer given.
+        layer: usize,
+        /// Layers the pool serves.
+        layers: usize,
+    },
 }
 
 impl fmt::Display for PoolError {
@@ -263,6 +270,9 @@ impl fmt::Display for PoolError {
             Self::PolicyMismatch => f.write_str("the pool's policy has no such operation"),
             Self::LayerCountMismatch { layers, actual } => {
                 write!(f, "expected one entry per layer ({layers}), got {actual}")
+            }
+            Self::LayerOutOfRange { layer, layers } => {
+                write!(f, "layer {layer} is past the {layers} layers the pool serves")
             }
         }
     }

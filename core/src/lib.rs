@@ -25,8 +25,9 @@
 //! | [`budget`] | how many slots fit in a memory size; one byte budget split across layers |
 //! | [`view`] | typed views of slabs through bytemuck, with a copying fallback |
 //! | [`schedule`] | when a layer refreshes: [`Schedule`], [`Step`], [`Mode`] |
-//! | [`pool`] | [`ExpertPool`]: residency, planning, serving, statistics ([`PoolConfig`], [`PoolStats`], [`ServeStats`]) |
+//! | [`pool`] | [`ExpertPool`]: residency, planning, serving, statistics ([`PoolConfig`], [`PoolStats`], [`ServeStats`]); [`SharedSlotPool`]: one set of slots for several layers |
 //! | [`policy`] | placement: TIDE hit count, decayed frequency, LRU, LFU, LRU-2, Belady |
+//! | [`prefetch`] | guessing the next layer's experts ([`Prefetcher`]); [`ExpertPool::prefetch`] places them |
 //! | [`plan`] | what moves: [`MigrationPlan`], [`Promotion`] |
 //! | [`migrate`](mod@migrate) | moving it: copy each promotion, then commit; [`push_stacks`] for whole stacks |
 //! | [`step`] | plan, migrate and serve one layer's step in one call ([`ExpertPool::step`]) |
@@ -109,6 +110,7 @@ pub mod name;
 pub mod plan;
 pub mod policy;
 pub mod pool;
+pub mod prefetch;
 mod projection;
 pub mod schedule;
 pub mod shared;
@@ -131,8 +133,10 @@ pub use name::{stack_name, TensorName};
 pub use plan::{MigrationPlan, Promotion};
 pub use policy::{DecayConfig, Policy, PolicyError};
 pub use pool::{
-    ExpertPool, InitialPlacement, PoolConfig, PoolStats, PromotionState, ServeStats, MAX_EXPERTS, MAX_STEP_IDS,
+    ExpertPool, InitialPlacement, PoolConfig, PoolStats, PromotionState, ServeStats, SharedSlotPool, MAX_EXPERTS,
+    MAX_STEP_IDS,
 };
+pub use prefetch::{Predictor, Prefetcher};
 pub use projection::Projection;
 pub use schedule::{Mode, Schedule, Step};
 pub use shared::SharedPool;

@@ -635,18 +635,9 @@ impl GpuModel {
     /// # Errors
     /// [`CudaError::Residency`] when the replay refuses the trace.
     pub fn predict(&self, trace: &Trace, run: &RunConfig, calibration: &Calibration) -> Result<Prediction, CudaError> {
-        let cost = CostModel {
-            expert_bytes: self.expert_bytes as u64,
-            slow_pair_seconds: 1.0,
-            link_bytes_per_second: calibration.link_bytes_per_second,
-        };
-        let config = ReplayConfig {
-            policy: ReplayPolicy::Pool(run.policy),
-            slots: run.slots,
-            schedule: run.schedule,
-            initial: InitialPlacement::Warm,
-            cost,
-        };
+        let cost = CostModel::new(self.expert_bytes as u64, 1.0, calibration.link_bytes_per_second);
+        let config =
+            ReplayConfig::new(ReplayPolicy::Pool(run.policy), run.slots, run.schedule, InitialPlacement::Warm, cost);
         let fail = |e: expertslab::trace::replay::ReplayError| CudaError::Residency(format!("replay: {e}"));
         let whole = replay(trace, &config).map_err(fail)?.total;
         let mut prefill = Trace::new(trace.header()).map_err(|e| CudaError::Residency(format!("{e}")))?;
@@ -1304,7 +1295,7 @@ pub fn tune_pick(
         MissAction::Copy => c.copy + c.resident_pair,
         MissAction::ZeroCopy => c.zero_copy_pair,
     };
-    let cost = CostModel { expert_bytes, slow_pair_seconds, link_bytes_per_second: calibration.link_bytes_per_second };
+    let cost = CostModel::new(expert_bytes, slow_pair_seconds, calibration.link_bytes_per_second);
     let mut best: Option<(f64, Policy, Schedule)> = None;
     for name in ["tide", "decay", "lru", "lfu", "lru2"] {
         let policy = Policy::from_name(name).map_err(|e| CudaError::Residency(format!("{e}")))?;
@@ -1317,13 +1308,7 @@ pub fn tune_pick(
                 .collect()
         };
         for schedule in schedules {
-            let config = ReplayConfig {
-                policy: ReplayPolicy::Pool(policy),
-                slots,
-                schedule,
-                initial: InitialPlacement::Warm,
-                cost,
-            };
+            let config = ReplayConfig::new(ReplayPolicy::Pool(policy), slots, schedule, InitialPlacement::Warm, cost);
             let time =
                 replay(trace, &config).map_err(|e| CudaError::Residency(format!("replay: {e}")))?.total.modeled_time_s;
             if best.is_none_or(|(t, _, _)| time < t) {

@@ -28,13 +28,13 @@ fn trace(tokens: usize) -> Trace {
 #[divan::bench(args = ["tide", "decay", "lru", "lfu", "lru2", "belady", "oracle"], consts = [1, 64], sample_count = 20)]
 fn policy<const TOKENS: usize>(bencher: Bencher, name: &str) {
     let trace = trace(TOKENS);
-    let config = ReplayConfig {
-        policy: ReplayPolicy::from_name(name).expect("known policy"),
-        slots: 64,
-        schedule: Schedule::EveryForward,
-        initial: InitialPlacement::Warm,
-        cost: CostModel { expert_bytes: 1 << 20, slow_pair_seconds: 2e-5, link_bytes_per_second: 16e9 },
-    };
+    let config = ReplayConfig::new(
+        ReplayPolicy::from_name(name).expect("known policy"),
+        64,
+        Schedule::EveryForward,
+        InitialPlacement::Warm,
+        CostModel::new(1 << 20, 2e-5, 16e9),
+    );
     bencher.counter(divan::counter::ItemsCount::new(STEPS)).bench_local(|| replay(&trace, &config).expect("replays"));
 }
 

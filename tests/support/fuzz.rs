@@ -4,12 +4,12 @@
 //! only when an invariant of the library is broken (a panic inside the library counts too).
 
 use expertslab::gguf::{GgufFile, GgufModel};
-use expertslab::trace::replay::{replay, CostModel, ReplayConfig, ReplayPolicy};
+use expertslab::trace::replay::{replay, CostModel, ReplayConfig, ReplayError, ReplayPolicy, Sharing};
 use expertslab::trace::Trace;
 use expertslab::{
     migrate, slots_per_layer, split_byte_budget, ArenaSink, ExpertLayout, ExpertPool, ExpertSource, Format,
-    InitialPlacement, LayerDemand, LayeredSource, MigrationPlan, Mode, Policy, PoolConfig, Projection, Schedule,
-    SlotArena, SlotSink, SlotWrite, StackLayout, StackSource, Step,
+    InitialPlacement, LayerDemand, LayeredSource, MigrationPlan, Mode, Policy, PoolConfig, PoolError, Predictor,
+    Projection, Schedule, SlotArena, SlotSink, SlotWrite, StackLayout, StackSource, Step,
 };
 
 use crate::{borrow_layer, slab_byte, synthetic_layer};
@@ -119,16 +119,36 @@ pub fn trace(data: &[u8]) {
         return; // pools that large are valid but slow to build for every input
     }
     for name in ReplayPolicy::NAMES {
-        let config = ReplayConfig {
-            policy: ReplayPolicy::from_name(name).expect("a listed name"),
-            slots: (trace.header().experts / 2) as usize,
-            schedule: Schedule::EveryDecodeSteps(core::num::NonZeroU32::MIN.saturating_add(1)),
-            initial: InitialPlacement::Warm,
-            cost: CostModel { expert_bytes: 1 << 20, slow_pair_seconds: 1e-5, link_bytes_per_second: 1e10 },
-        };
+        let config = ReplayConfig::new(
+            ReplayPolicy::from_name(name).expect("a listed name"),
+            (trace.header().experts / 2) as usize,
+            Schedule::EveryDecodeSteps(core::num::NonZeroU32::MIN.saturating_add(1)),
+            InitialPlacement::Warm,
+            CostModel::new(1 << 20, 1e-5, 1e10),
+        );
         let report = replay(&trace, &config).expect("a parsed trace replays");
         assert_eq!(report.total.hits + report.total.misses, report.total.pairs);
         assert_eq!(report.total.served_by_copy + report.total.served_in_place, report.total.misses);
+        // A shared pool (demand policies) and prefetch (LRU, LFU) replay the same pairs, or refuse
+        // a trace whose keys or steps are too many for one pool.
+        let prefetching =
+            ReplayConfig { prefetch: Some(Predictor::Both), cost: config.cost.layer_compute(1e-3), ..config };
+        for variant in [ReplayConfig { sharing: Sharing::Shared, ..config }, prefetching] {
+            if !variant.sharing.supports(variant.policy) {
+                continue;
+            }
+            match replay(&trace, &variant) {
+                Ok(other) => {
+                    assert_eq!(other.total.pairs, report.total.pairs, "{name}");
+                    assert!(other.total.prefetch_hits <= other.total.prefetched);
+                }
+                Err(ReplayError::Pool {
+                    error: PoolError::TooManyExperts { .. } | PoolError::TooManyIds { .. },
+                    ..
+                }) => {}
+                Err(e) => panic!("{name}: {e}"),
+            }
+        }
     }
 }
 

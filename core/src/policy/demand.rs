@@ -191,6 +191,66 @@ impl DemandCache {
         demotions
     }
 
+    /// Prefetch (see [`crate::ExpertPool::prefetch`]): until `limit` are placed, each expert of
+    /// `experts` that is neither
+    /// resident nor already placed goes into a free slot, or into the slot of the policy's demotion
+    /// candidate when `outranked(candidate, expert)`. Each prefetched slot is
+    /// pinned for the next step and then ranks as never used, so a wrong guess is the first to go.
+    /// Returns the number of demotions.
+    pub(crate) fn prefetch(
+        &mut self,
+        state: AdmitState<'_>,
+        experts: &[u16],
+        limit: usize,
+        outranked: &dyn Fn(usize, usize) -> bool,
+        plan: &mut MigrationPlan,
+    ) -> usize {
+        let AdmitState { expert_slot, slot_expert } = state;
+        let mut demotions = 0usize;
+        for &expert in experts {
+            if plan.len() >= limit {
+                break;
+            }
+            if expert_slot.get(usize::from(expert)) != Some(&NOT_RESIDENT) {
+                continue; // out of range, resident or placed by this call
+            }
+            let Some(slot) = self.free_slot(slot_expert).or_else(|| self.demotable(slot_expert)) else {
+                break; // every slot pinned
+            };
+            let demoted = slot_expert.get(slot).copied().filter(|&e| e != EMPTY_SLOT);
+            if let Some(victim) = demoted {
+                if !outranked(usize::from(victim), usize::from(expert)) {
+                    continue; // the candidate outranks this guess
+                }
+                if let Some(w) = expert_slot.get_mut(usize::from(victim)) {
+                    *w = NOT_RESIDENT;
+                }
+                if let Some(s) = slot_expert.get_mut(slot) {
+                    *s = EMPTY_SLOT;
+                }
+                demotions = demotions.saturating_add(1);
+            }
+            // slot < slots <= u16::MAX, checked at build time.
+            plan.push(Promotion { expert, slot: slot as u16, demoted });
+            if let Some(a) = self.admitted.get_mut(slot) {
+                *a = expert;
+            }
+            if let Some(u) = self.uses.get_mut(slot) {
+                *u = Uses { prev: 0, last: 0, step: self.step.saturating_add(1) };
+            }
+            if let Some(w) = expert_slot.get_mut(usize::from(expert)) {
+                *w = admitted(slot);
+            }
+        }
+        for a in self.admitted.iter_mut() {
+            if let Some(w) = expert_slot.get_mut(usize::from(*a)) {
+                *w = NOT_RESIDENT;
+            }
+            *a = EMPTY_SLOT;
+        }
+        demotions
+    }
+
     /// The first slot holding no expert, committed or admitted.
     fn free_slot(&self, slot_expert: &[u16]) -> Option<usize> {
         slot_expert.iter().zip(&self.admitted).position(|(&c, &a)| c == EMPTY_SLOT && a == EMPTY_SLOT)
@@ -206,7 +266,11 @@ impl DemandCache {
                 slot_expert.get(slot).copied().unwrap_or(EMPTY_SLOT)
             }
         };
-        let unpinned = |slot: &usize| self.uses.get(*slot).is_some_and(|u| u.step != self.step);
+        // Slots a prefetch is filling are pinned too (during a step, admitted slots are pinned).
+        let unpinned = |slot: &usize| {
+            self.uses.get(*slot).is_some_and(|u| u.step != self.step)
+                && self.admitted.get(*slot).is_some_and(|&a| a == EMPTY_SLOT)
+        };
         (0..slot_expert.len()).filter(unpinned).min_by_key(|&slot| {
             let expert = occupant(slot);
             let uses = self.uses.get(slot).copied().unwrap_or_default();

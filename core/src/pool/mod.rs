@@ -16,9 +16,13 @@
 //! the most slots it has had (and by [`ExpertPool::load_future`], for evaluation).
 
 mod config;
+mod prefetch;
+mod shared;
 mod stats;
 
 pub use config::{InitialPlacement, PoolConfig};
+pub(crate) use shared::split_key;
+pub use shared::SharedSlotPool;
 pub use stats::{PoolStats, ServeStats};
 
 pub use crate::slot_table::MAX_EXPERTS;

@@ -12,6 +12,9 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use super::Trace;
+use crate::error::PlanError;
+use crate::plan::MigrationPlan;
+use crate::pool::ExpertPool;
 use crate::slot_table::MAX_EXPERTS;
 
 /// Per layer, the experts to start with, in slot order. Layers without a list start as their
@@ -64,6 +67,22 @@ impl WarmStart {
     /// `layer`'s list, if it has one.
     pub fn layer(&self, layer: u32) -> Option<&[u32]> {
         self.layers.get(&layer).map(Vec::as_slice)
+    }
+
+    /// The start of `layer`'s `pool` as a plan: the layer's list through
+    /// [`ExpertPool::placement_plan`], or the pool's [`ExpertPool::initial_plan`] when the layer
+    /// has none.
+    ///
+    /// # Errors
+    /// [`PlanError::ExpertOutOfRange`] when the list names an expert past the pool's.
+    pub fn plan(&self, pool: &ExpertPool, layer: u32, plan: &mut MigrationPlan) -> Result<(), PlanError> {
+        match self.layer(layer) {
+            Some(experts) => pool.placement_plan(experts, plan),
+            None => {
+                pool.initial_plan(plan);
+                Ok(())
+            }
+        }
     }
 
     /// Whether no layer has a list.
@@ -123,13 +142,8 @@ mod replay_tests {
     }
 
     fn config(policy: ReplayPolicy, initial: InitialPlacement) -> ReplayConfig {
-        ReplayConfig {
-            policy,
-            slots: 2,
-            schedule: Schedule::EveryDecodeSteps(core::num::NonZeroU32::new(4).unwrap()),
-            initial,
-            cost: CostModel { expert_bytes: 100, slow_pair_seconds: 1.0, link_bytes_per_second: 100.0 },
-        }
+        let every4 = Schedule::EveryDecodeSteps(core::num::NonZeroU32::new(4).unwrap());
+        ReplayConfig::new(policy, 2, every4, initial, CostModel::new(100, 1.0, 100.0))
     }
 
     #[test]
@@ -171,5 +185,21 @@ mod replay_tests {
             replay_from(&t, &c, &start),
             Err(ReplayError::Start { layer: 0, error: crate::PlanError::ExpertOutOfRange { expert: 8, experts: 8 } })
         );
+    }
+
+    #[test]
+    fn a_shared_pool_starts_from_the_profile_too() {
+        use crate::trace::replay::Sharing;
+        let t = trace();
+        let lru = config(ReplayPolicy::Pool(crate::Policy::Lru), InitialPlacement::Warm);
+        let c = ReplayConfig { sharing: Sharing::Shared, ..lru };
+        let default = replay(&t, &c).unwrap();
+        let hot = replay_from(&t, &c, &WarmStart::hottest(&t)).unwrap();
+        // Both layers' experts 6 and 7 start in the four shared slots: only expert 1 is copied.
+        assert!(hot.total.promotions < default.total.promotions, "{hot:?} vs {default:?}");
+        assert!(hot.total.modeled_time_s < default.total.modeled_time_s);
+        let mut bad = WarmStart::new();
+        bad.set(1, alloc::vec![8]);
+        assert!(matches!(replay_from(&t, &c, &bad), Err(ReplayError::Start { .. })));
     }
 }

@@ -14,6 +14,11 @@
 //! computed where the weights are); every promoted expert costs `expert_bytes` over a link of
 //! `link_bytes_per_second`. A miss served by copy is paid by that copy, not by the slow-memory
 //! compute: `modeled_time = served in place × slow_pair_seconds + bytes moved / link`.
+//!
+//! A pool shared by all layers ([`Sharing::Shared`]) and prefetch ([`ReplayConfig::prefetch`])
+//! replay all layers together instead, in trace order: by step, then layer (records of one step
+//! and layer keep their file order), as a forward pass runs them. Layers are numbered by their
+//! position among the layers that have records; "the next layer" is the next such position.
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -22,8 +27,10 @@ use crate::error::{PlanError, PoolError};
 use crate::plan::MigrationPlan;
 use crate::policy::{Policy, PolicyError};
 use crate::pool::{ExpertPool, InitialPlacement, PoolConfig, PoolStats};
+use crate::prefetch::Predictor;
 use crate::schedule::{Schedule, Step};
-use crate::trace::{Trace, TraceRecord, WarmStart};
+pub use crate::trace::interleaved::Sharing;
+use crate::trace::{interleaved, Trace, TraceRecord, WarmStart};
 
 pub mod optimal;
 
@@ -87,12 +94,33 @@ pub struct CostModel {
     pub slow_pair_seconds: f64,
     /// Bytes per second from slow memory into a slot.
     pub link_bytes_per_second: f64,
+    /// Seconds one layer computes a step, which prefetch copies for the next layer overlap
+    /// (0: no overlap, no prefetch).
+    pub layer_compute_seconds: f64,
 }
 
 impl CostModel {
+    /// A cost model without prefetch overlap (`layer_compute_seconds` 0).
+    pub const fn new(expert_bytes: u64, slow_pair_seconds: f64, link_bytes_per_second: f64) -> Self {
+        Self { expert_bytes, slow_pair_seconds, link_bytes_per_second, layer_compute_seconds: 0.0 }
+    }
+
+    /// With `seconds` of compute per layer step for prefetch copies to overlap.
+    pub const fn layer_compute(self, seconds: f64) -> Self {
+        Self { layer_compute_seconds: seconds, ..self }
+    }
+
+    /// Seconds to copy `bytes` over the link (0 for a link of no cost).
+    pub(crate) fn copy_seconds(&self, bytes: u64) -> f64 {
+        if self.link_bytes_per_second > 0.0 {
+            bytes as f64 / self.link_bytes_per_second
+        } else {
+            0.0
+        }
+    }
+
     pub(crate) fn seconds(&self, served_in_place: u64, bytes: u64) -> f64 {
-        let link = if self.link_bytes_per_second > 0.0 { bytes as f64 / self.link_bytes_per_second } else { 0.0 };
-        served_in_place as f64 * self.slow_pair_seconds + link
+        served_in_place as f64 * self.slow_pair_seconds + self.copy_seconds(bytes)
     }
 }
 
@@ -109,6 +137,30 @@ pub struct ReplayConfig {
     pub initial: InitialPlacement,
     /// The cost model.
     pub cost: CostModel,
+    /// Per-layer pools (the default) or one pool for all layers.
+    pub sharing: Sharing,
+    /// Prefetch guesses of the next layer's experts; `None`: no prefetch. With an LRU or LFU
+    /// policy and a [`CostModel::layer_compute_seconds`] long enough for at least one copy, after
+    /// each record a [`crate::Prefetcher`] (learning online) guesses the next layer's experts, and
+    /// its pool (or the shared pool) places up to `layer_compute_seconds / copy time` of them with
+    /// [`crate::ExpertPool::prefetch`]. Those copies overlap the layer's compute, so they cost no
+    /// modeled time; they count in `promotions` and `bytes_moved`, and in
+    /// [`ReplayStats::prefetched`], [`ReplayStats::prefetch_hits`] and
+    /// [`ReplayStats::prefetch_wasted_bytes`]. Other policies replay without prefetch.
+    pub prefetch: Option<Predictor>,
+}
+
+impl ReplayConfig {
+    /// A replay with per-layer pools and no prefetch.
+    pub const fn new(
+        policy: ReplayPolicy,
+        slots: usize,
+        schedule: Schedule,
+        initial: InitialPlacement,
+        cost: CostModel,
+    ) -> Self {
+        Self { policy, slots, schedule, initial, cost, sharing: Sharing::PerLayer, prefetch: None }
+    }
 }
 
 /// Counters of a replayed layer, or of all layers.
@@ -135,6 +187,12 @@ pub struct ReplayStats {
     pub bytes_moved: u64,
     /// The cost model's time.
     pub modeled_time_s: f64,
+    /// Experts copied by prefetch (counted in `promotions` and `bytes_moved` too).
+    pub prefetched: u64,
+    /// Prefetched experts the step they were prefetched for used.
+    pub prefetch_hits: u64,
+    /// Bytes of prefetched experts that step did not use.
+    pub prefetch_wasted_bytes: u64,
 }
 
 impl ReplayStats {
@@ -159,6 +217,9 @@ impl ReplayStats {
         self.demotions = self.demotions.saturating_add(other.demotions);
         self.bytes_moved = self.bytes_moved.saturating_add(other.bytes_moved);
         self.modeled_time_s += other.modeled_time_s;
+        self.prefetched = self.prefetched.saturating_add(other.prefetched);
+        self.prefetch_hits = self.prefetch_hits.saturating_add(other.prefetch_hits);
+        self.prefetch_wasted_bytes = self.prefetch_wasted_bytes.saturating_add(other.prefetch_wasted_bytes);
     }
 }
 
@@ -190,6 +251,8 @@ pub enum ReplayError {
         /// Why.
         error: PlanError,
     },
+    /// A policy that cannot drive a pool shared across layers (only demand policies can).
+    NotShareable(&'static str),
 }
 
 impl fmt::Display for ReplayError {
@@ -197,6 +260,7 @@ impl fmt::Display for ReplayError {
         match self {
             Self::Pool { layer, error } => write!(f, "layer {layer}: {error}"),
             Self::Start { layer, error } => write!(f, "layer {layer}: warm start: {error}"),
+            Self::NotShareable(policy) => write!(f, "{policy} cannot drive a shared pool (demand policies only)"),
         }
     }
 }
@@ -207,7 +271,7 @@ impl core::error::Error for ReplayError {}
 ///
 /// # Errors
 /// [`ReplayError::Pool`] when a pool cannot be built (no experts, too many) or a step has too many
-/// ids.
+/// ids; [`ReplayError::NotShareable`] for a shared pool under a policy other than a demand one.
 pub fn replay(trace: &Trace, config: &ReplayConfig) -> Result<ReplayReport, ReplayError> {
     replay_from(trace, config, &WarmStart::new())
 }
@@ -225,6 +289,9 @@ pub fn replay_from(trace: &Trace, config: &ReplayConfig, start: &WarmStart) -> R
         }
         _ => {}
     }
+    if config.sharing == Sharing::Shared || interleaved::prefetches(config) {
+        return interleaved::replay(trace, config, start);
+    }
     // Records grouped by layer in one pass, each group in file order.
     let mut by_layer: Vec<&TraceRecord> = trace.records().iter().collect();
     by_layer.sort_by_key(|r| r.layer);
@@ -232,7 +299,7 @@ pub fn replay_from(trace: &Trace, config: &ReplayConfig, start: &WarmStart) -> R
     let mut scratch = Vec::new();
     for records in by_layer.chunk_by(|a, b| a.layer == b.layer) {
         let Some(layer) = records.first().map(|r| r.layer) else { continue };
-        let counters = replay_layer(trace, records, layer, config, start.layer(layer), &mut scratch)?;
+        let counters = replay_layer(trace, records, layer, config, start, &mut scratch)?;
         report.total.add(&counters);
         report.layers.push((layer, counters));
     }
@@ -244,7 +311,7 @@ fn replay_layer(
     records: &[&TraceRecord],
     layer: u32,
     config: &ReplayConfig,
-    start: Option<&[u32]>,
+    start: &WarmStart,
     scratch: &mut Vec<u32>,
 ) -> Result<ReplayStats, ReplayError> {
     let pool_error = |error| ReplayError::Pool { layer, error };
@@ -281,7 +348,7 @@ fn replay_layer(
         pool.load_future(scratch).map_err(pool_error)?;
     }
     let mut plan = MigrationPlan::new(pool.slots());
-    start_plan(&pool, layer, start, &mut plan)?;
+    start.plan(&pool, layer, &mut plan).map_err(|error| ReplayError::Start { layer, error })?;
     commit(&mut pool, &plan, 0);
     let start = *pool.stats();
 
@@ -309,23 +376,6 @@ fn replay_layer(
     Ok(counters(pool.stats(), &start, &config.cost))
 }
 
-/// `pool`'s start as a plan: `start`'s list through [`ExpertPool::placement_plan`], or the
-/// configuration's initial placement.
-fn start_plan(
-    pool: &ExpertPool,
-    layer: u32,
-    start: Option<&[u32]>,
-    plan: &mut MigrationPlan,
-) -> Result<(), ReplayError> {
-    match start {
-        Some(experts) => pool.placement_plan(experts, plan).map_err(|error| ReplayError::Start { layer, error }),
-        None => {
-            pool.initial_plan(plan);
-            Ok(())
-        }
-    }
-}
-
 /// The experts every layer with records starts with, as the policies' pools place them, as
 /// `layer << 32 | expert` keys, ascending (the optimum's start).
 fn start_keys(trace: &Trace, config: &ReplayConfig, start: &WarmStart) -> Result<Vec<u64>, ReplayError> {
@@ -336,7 +386,7 @@ fn start_keys(trace: &Trace, config: &ReplayConfig, start: &WarmStart) -> Result
             .initial(config.initial);
         let pool = ExpertPool::new(pool_config).map_err(|error| ReplayError::Pool { layer, error })?;
         let mut plan = MigrationPlan::new(pool.slots());
-        start_plan(&pool, layer, start.layer(layer), &mut plan)?;
+        start.plan(&pool, layer, &mut plan).map_err(|error| ReplayError::Start { layer, error })?;
         keys.extend(plan.promotions().iter().map(|p| u64::from(layer) << 32 | u64::from(p.expert)));
     }
     keys.sort_unstable();
@@ -375,6 +425,7 @@ fn counters(end: &PoolStats, start: &PoolStats, cost: &CostModel) -> ReplayStats
         demotions: end.demotions.saturating_sub(start.demotions),
         bytes_moved,
         modeled_time_s: cost.seconds(end.served_in_place, bytes_moved),
+        ..ReplayStats::default()
     }
 }
 
@@ -394,13 +445,7 @@ mod tests {
     }
 
     fn config(policy: ReplayPolicy) -> ReplayConfig {
-        ReplayConfig {
-            policy,
-            slots: 2,
-            schedule: Schedule::EveryForward,
-            initial: InitialPlacement::Cold,
-            cost: CostModel { expert_bytes: 100, slow_pair_seconds: 1.0, link_bytes_per_second: 100.0 },
-        }
+        ReplayConfig::new(policy, 2, Schedule::EveryForward, InitialPlacement::Cold, CostModel::new(100, 1.0, 100.0))
     }
 
     #[test]

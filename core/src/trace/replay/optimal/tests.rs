@@ -17,11 +17,11 @@ fn optimal_shared(t: &Trace, cfg: &ReplayConfig) -> ReplayReport {
 }
 
 fn config(policy: ReplayPolicy, slots: usize, initial: InitialPlacement, cost: CostModel) -> ReplayConfig {
-    ReplayConfig { policy, slots, schedule: Schedule::EveryForward, initial, cost }
+    ReplayConfig::new(policy, slots, Schedule::EveryForward, initial, cost)
 }
 
 fn unit_cost(copy_bytes: u64) -> CostModel {
-    CostModel { expert_bytes: copy_bytes, slow_pair_seconds: 1.0, link_bytes_per_second: 1.0 }
+    CostModel::new(copy_bytes, 1.0, 1.0)
 }
 
 /// The least modeled time over every placement sequence: for each time point, every set of at
@@ -152,7 +152,7 @@ fn zero_slots_and_empty_traces() {
 
 #[test]
 fn weights_order_schedules_as_the_cost_model_does() {
-    let cost = |bytes, pair| CostModel { expert_bytes: bytes, slow_pair_seconds: pair, link_bytes_per_second: 1e9 };
+    let cost = |bytes, pair| CostModel::new(bytes, pair, 1e9);
     // Exact: 4 MiB / 1 GB/s and 10 µs, integers in the ratio of the costs.
     let w = Weights::new(&cost(4 << 20, 1e-5), 1000, 8000);
     assert!(((w.copy as f64 / w.pair as f64) / ((4 << 20) as f64 / 1e9 / 1e-5) - 1.0).abs() < 1e-15);
@@ -166,7 +166,7 @@ fn weights_order_schedules_as_the_cost_model_does() {
     // Beyond exact integers and without a dominant side (only for astronomically long traces):
     // rounded, still in the ratio of the costs.
     let huge = 1u64 << 62;
-    let far = CostModel { expert_bytes: 1 << 20, slow_pair_seconds: 0.1, link_bytes_per_second: 1.0 };
+    let far = CostModel::new(1 << 20, 0.1, 1.0);
     let w = Weights::new(&far, huge, huge);
     assert!(Weights::exact(1.0 * f64::from(1 << 20), 0.1, huge, huge).is_none());
     assert!(((w.copy as f64 / w.pair as f64) / (f64::from(1 << 20) / 0.1) - 1.0).abs() < 1e-4);
@@ -193,10 +193,7 @@ fn synthetic(shape: RoutingShape, layers: u32, steps: u64, seed: u64) -> Trace {
 #[test]
 fn no_policy_beats_the_bound_on_synthetic_families() {
     let families = [(0.9, 0.5, 64), (0.9, 0.5, 0), (0.9, 0.9, 64), (0.0, 0.0, 64)];
-    let costs = [
-        CostModel { expert_bytes: 4 << 20, slow_pair_seconds: (4 << 20) as f64 / 20e9, link_bytes_per_second: 16e9 },
-        CostModel { expert_bytes: 1000, slow_pair_seconds: 1.0, link_bytes_per_second: 250.0 },
-    ];
+    let costs = [CostModel::new(4 << 20, (4 << 20) as f64 / 20e9, 16e9), CostModel::new(1000, 1.0, 250.0)];
     let policies = ["tide", "decay", "lru", "lfu", "lru2", "belady", "oracle"];
     for (f, &(zipf_s, reuse, phase_steps)) in families.iter().enumerate() {
         let shape = RoutingShape { experts: 16, top_k: 4, zipf_s, reuse, phase_steps };
@@ -244,8 +241,7 @@ fn tiny_traces() -> impl Strategy<Value = (Trace, ReplayConfig)> {
                 t.push(layer, step, i < layers as usize, ids).unwrap();
             }
             let initial = if warm { InitialPlacement::Warm } else { InitialPlacement::Cold };
-            let cost =
-                CostModel { expert_bytes: copy, slow_pair_seconds: f64::from(pair) * 0.5, link_bytes_per_second: 2.0 };
+            let cost = CostModel::new(copy, f64::from(pair) * 0.5, 2.0);
             (t, config(ReplayPolicy::Optimal, slots, initial, cost))
         })
 }
