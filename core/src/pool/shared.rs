@@ -158,34 +158,35 @@ impl SharedSlotPool {
     /// placed by [`ExpertPool::placement_plan`]'s rules until the slots are full.
     ///
     /// # Errors
-    /// [`PlanError::ExpertOutOfRange`] for a listed expert at or past the expert count; `plan` is
-    /// left empty.
+    /// [`PlanError::ExpertOutOfRange`] for any listed expert at or past the expert count; `plan`
+    /// is left empty.
     pub fn placement_plan<'a>(
         &self,
         lists: impl Fn(usize) -> Option<&'a [u32]>,
         plan: &mut MigrationPlan,
     ) -> Result<(), PlanError> {
         let warm = self.pool.initial == InitialPlacement::Warm;
-        let mut keys = Vec::with_capacity(self.slots());
-        for rank in 0..self.experts {
-            for layer in 0..self.layers {
-                let expert = match lists(layer) {
-                    Some(list) => match list.get(rank) {
-                        Some(&e) => e as usize,
-                        None => continue,
-                    },
-                    None if warm => rank,
-                    None => continue,
-                };
-                let key =
-                    self.key(layer, expert).ok_or(PlanError::ExpertOutOfRange { expert, experts: self.experts })?;
-                if keys.len() == self.slots() {
-                    return self.pool.placement_plan(&keys, plan);
-                }
-                keys.push(key as u32); // key < MAX_EXPERTS
+        let experts = self.experts;
+        for list in (0..self.layers).filter_map(&lists) {
+            if let Some(&expert) = list.iter().find(|&&e| e as usize >= experts) {
+                plan.reset(self.pool.layer, self.pool.slots_generation, 0);
+                return Err(PlanError::ExpertOutOfRange { expert: expert as usize, experts });
             }
         }
-        self.pool.placement_plan(&keys, plan)
+        // Rank by rank, layer by layer; every key is below layers × experts <= MAX_EXPERTS.
+        let keys = (0..experts).flat_map(|rank| {
+            let lists = &lists;
+            (0..self.layers).filter_map(move |layer| {
+                let expert = match lists(layer) {
+                    Some(list) => *list.get(rank)? as usize,
+                    None if warm => rank,
+                    None => return None,
+                };
+                self.key(layer, expert).map(|key| key as u32)
+            })
+        });
+        plan.reset(self.pool.layer, self.pool.slots_generation, self.slots());
+        self.pool.push_placement(keys, true, plan)
     }
 
     /// Translates `layer`'s `ids` into keys in the owned buffer.
