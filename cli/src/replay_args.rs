@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use expertslab_std::trace::replay::{replay, CostModel, ReplayConfig, ReplayError, ReplayPolicy, ReplayReport};
 use expertslab_std::trace::Trace;
-use expertslab_std::{DecayConfig, InitialPlacement, LayeredSource, Policy, Schedule};
+use expertslab_std::{AdmissionConfig, DecayConfig, InitialPlacement, LayeredSource, Policy, Schedule};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
@@ -27,6 +27,8 @@ pub struct ReplayArgs {
     pub cost: CostArgs,
     #[command(flatten)]
     pub decay: DecayArgs,
+    #[command(flatten)]
+    pub admission: AdmissionArgs,
 }
 
 impl ReplayArgs {
@@ -127,6 +129,30 @@ impl DecayArgs {
     }
 }
 
+/// The cost-aware admission settings (tinylfu).
+#[derive(Debug, Clone, Args)]
+pub struct AdmissionArgs {
+    /// Tinylfu: steps for an expert's decayed use count to halve.
+    #[arg(long, default_value_t = AdmissionConfig::DEFAULT.half_life())]
+    pub admit_half_life: f32,
+    /// Tinylfu: a miss is copied only when its expert's decayed use count exceeds the displaced
+    /// resident's by more than this many uses; otherwise it is served in place.
+    #[arg(long, default_value_t = AdmissionConfig::DEFAULT.threshold())]
+    pub admit_threshold: f32,
+    /// Tinylfu: the weight of an expert's recency count (its uses, halving every step) in its
+    /// score.
+    #[arg(long, default_value_t = AdmissionConfig::DEFAULT.recency())]
+    pub admit_recency: f32,
+}
+
+impl AdmissionArgs {
+    /// The admission settings, checked.
+    pub fn config(&self) -> Result<AdmissionConfig, CliError> {
+        AdmissionConfig::new(self.admit_half_life, self.admit_recency, self.admit_threshold)
+            .map_err(|e| CliError::Usage(e.to_string()))
+    }
+}
+
 /// Reads a policy name.
 pub fn parse_policy(text: &str) -> Result<ReplayPolicy, String> {
     ReplayPolicy::from_name(text).map_err(|e| format!("{e} '{text}' (known: {})", ReplayPolicy::NAMES.join(", ")))
@@ -159,6 +185,31 @@ pub fn with_decay(policy: ReplayPolicy, decay: DecayConfig) -> ReplayPolicy {
     match policy {
         ReplayPolicy::Pool(Policy::Decay(_)) => ReplayPolicy::Pool(Policy::Decay(decay)),
         other => other,
+    }
+}
+
+/// The policy with the admission settings applied.
+pub fn with_admission(policy: ReplayPolicy, admission: AdmissionConfig) -> ReplayPolicy {
+    match policy {
+        ReplayPolicy::Pool(Policy::Tinylfu(_)) => ReplayPolicy::Pool(Policy::Tinylfu(admission)),
+        other => other,
+    }
+}
+
+/// The policy's name with its settings where it has some a search varies (tinylfu's half-life
+/// and threshold).
+pub fn policy_label(policy: ReplayPolicy) -> String {
+    match policy {
+        ReplayPolicy::Pool(Policy::Tinylfu(a)) => {
+            format!(
+                "{} (half-life {}, recency {}, threshold {})",
+                policy.name(),
+                a.half_life(),
+                a.recency(),
+                a.threshold()
+            )
+        }
+        other => other.name().to_string(),
     }
 }
 

@@ -6,13 +6,13 @@ use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
 use expertslab_std::trace::replay::{ReplayPolicy, ReplayStats};
-use expertslab_std::Schedule;
+use expertslab_std::{Policy, Schedule};
 use serde_json::{json, Value};
 
 use crate::error::CliError;
 use crate::plot;
 use crate::replay_args::{
-    parse_policy, parse_schedule, read_trace, run_all, schedule_name, with_decay, ReplayArgs, Run,
+    parse_policy, parse_schedule, read_trace, run_all, schedule_name, with_admission, with_decay, ReplayArgs, Run,
 };
 use crate::table::{Align, Table};
 use crate::units::format_size;
@@ -22,9 +22,9 @@ use crate::units::format_size;
 pub struct Args {
     #[command(flatten)]
     replay: ReplayArgs,
-    /// Policies, comma-separated: tide, decay, lru, lfu, lru2, belady, oracle, uniform.
+    /// Policies, comma-separated: tide, decay, lru, lfu, lru2, belady, tinylfu, oracle, uniform.
     #[arg(long, value_delimiter = ',', value_parser = parse_policy,
-          default_value = "tide,decay,lru,lfu,lru2,belady,oracle,uniform")]
+          default_value = "tide,decay,lru,lfu,lru2,belady,tinylfu,oracle,uniform")]
     policy: Vec<ReplayPolicy>,
     /// Slots per layer (default: a quarter of the experts).
     #[arg(long, alias = "budget", conflicts_with = "sweep")]
@@ -92,10 +92,10 @@ pub fn counters_json(c: &ReplayStats) -> Value {
     })
 }
 
-/// One run as JSON: policy, slots, schedule, layers and total. `budget` repeats `slots` under
-/// its earlier name, for one release.
+/// One run as JSON: policy, slots, schedule, layers and total (and a tinylfu policy's
+/// `admission` settings). `budget` repeats `slots` under its earlier name, for one release.
 pub fn run_json(run: &Run) -> Value {
-    json!({
+    let mut object = json!({
         "policy": run.policy.name(),
         "slots": run.slots,
         "budget": run.slots,
@@ -111,13 +111,18 @@ pub fn run_json(run: &Run) -> Value {
             })
             .collect::<Vec<_>>(),
         "total": counters_json(&run.report.total),
-    })
+    });
+    if let ReplayPolicy::Pool(Policy::Tinylfu(a)) = run.policy {
+        object["admission"] = json!({ "half_life": a.half_life(), "recency": a.recency(), "threshold": a.threshold() });
+    }
+    object
 }
 
 pub fn run(args: &Args) -> Result<(), CliError> {
     let trace = read_trace(&args.replay.trace)?;
     let cost = args.replay.cost.cost_model()?;
     let decay = args.replay.decay.config()?;
+    let admission = args.replay.admission.config()?;
     let experts = trace.header().experts as usize;
     let slot_counts = match (&args.sweep, args.slots) {
         (Some(Sweep(sweep)), _) => sweep.clone(),
@@ -126,7 +131,9 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     };
     let jobs: Vec<_> = slot_counts
         .iter()
-        .flat_map(|&s| args.policy.iter().map(move |&p| (with_decay(p, decay), s, args.schedule)))
+        .flat_map(|&s| {
+            args.policy.iter().map(move |&p| (with_admission(with_decay(p, decay), admission), s, args.schedule))
+        })
         .collect();
     let runs = run_all(&trace, &jobs, args.replay.initial(), cost)?;
 

@@ -6,11 +6,13 @@ use std::num::NonZeroU32;
 
 use clap::Args as ClapArgs;
 use expertslab_std::trace::replay::ReplayPolicy;
-use expertslab_std::{slots_per_layer, Policy, Schedule};
+use expertslab_std::{slots_per_layer, AdmissionConfig, Policy, Schedule};
 use serde_json::json;
 
 use crate::error::CliError;
-use crate::replay_args::{parse_policy, read_trace, run_all, schedule_name, with_decay, ReplayArgs, Run};
+use crate::replay_args::{
+    parse_policy, policy_label, read_trace, run_all, schedule_name, with_admission, with_decay, ReplayArgs, Run,
+};
 use crate::simulate::{run_json, write_table};
 use crate::units::{self, format_size};
 
@@ -26,15 +28,42 @@ pub struct Args {
     #[arg(long, value_parser = units::parse_size)]
     memory: Option<u64>,
     /// Policies to consider (deployable ones; the references are shown for comparison).
-    #[arg(long, value_delimiter = ',', value_parser = parse_policy, default_value = "tide,decay,lru,lfu,lru2")]
+    #[arg(long, value_delimiter = ',', value_parser = parse_policy, default_value = "tide,decay,lru,lfu,lru2,tinylfu")]
     policy: Vec<ReplayPolicy>,
     /// Refresh intervals τ (decode steps) to consider for interval policies.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32")]
     intervals: Vec<NonZeroU32>,
+    /// Tinylfu frequency half-lives (steps) to consider, besides --admit-half-life.
+    #[arg(long, value_delimiter = ',', default_value = "8,32,128")]
+    admit_half_lives: Vec<f32>,
+    /// Tinylfu recency weights to consider, besides --admit-recency.
+    #[arg(long, value_delimiter = ',', default_value = "0,2,8,32")]
+    admit_recencies: Vec<f32>,
+    /// Tinylfu admission thresholds (uses) to consider, besides --admit-threshold; a threshold no
+    /// score reaches (1e9) is the miss action "always serve in place", which never moves.
+    #[arg(long, value_delimiter = ',', default_value = "0,1,4,1e9")]
+    admit_thresholds: Vec<f32>,
     /// Print one JSON document: the best run, the baselines, the references and every candidate
     /// run with its modeled time.
     #[arg(long)]
     json: bool,
+}
+
+/// The tinylfu settings tried: every combination of the grids, and the one --admit-* names.
+fn admission_grid(args: &Args) -> Result<Vec<AdmissionConfig>, CliError> {
+    let mut grid = vec![args.replay.admission.config()?];
+    for &half_life in &args.admit_half_lives {
+        for &recency in &args.admit_recencies {
+            for &threshold in &args.admit_thresholds {
+                let config = AdmissionConfig::new(half_life, recency, threshold)
+                    .map_err(|e| CliError::Usage(format!("tinylfu grid: {e}")))?;
+                if !grid.contains(&config) {
+                    grid.push(config);
+                }
+            }
+        }
+    }
+    Ok(grid)
 }
 
 /// The slot counts tried up to `max`: powers of two, and `max` itself.
@@ -49,6 +78,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     let trace = read_trace(&args.replay.trace)?;
     let cost = args.replay.cost.cost_model()?;
     let decay = args.replay.decay.config()?;
+    let admissions = admission_grid(args)?;
     let header = trace.header();
     let experts = header.experts as usize;
     let max = match (args.max_slots, args.memory) {
@@ -74,7 +104,9 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     for &slots in &slot_counts(max) {
         for &policy in &args.policy {
             let policy = with_decay(policy, decay);
-            if matches!(policy, ReplayPolicy::Pool(p) if p.is_demand()) {
+            if matches!(policy, ReplayPolicy::Pool(Policy::Tinylfu(_))) {
+                jobs.extend(admissions.iter().map(|&a| (with_admission(policy, a), slots, forward)));
+            } else if matches!(policy, ReplayPolicy::Pool(p) if p.is_demand()) {
                 jobs.push((policy, slots, forward));
             } else {
                 jobs.extend(args.intervals.iter().map(|&n| (policy, slots, Schedule::EveryDecodeSteps(n))));
@@ -126,7 +158,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     writeln!(
         out,
         "best: {} with {} slots per layer, {}: modeled time {:.3} s, hit rate {:.1}%",
-        best.policy.name(),
+        policy_label(best.policy),
         best.slots,
         schedule_name(best.schedule),
         time(best),

@@ -14,6 +14,10 @@
 //!   (never used again is farthest). Needs the stream in advance
 //!   ([`crate::ExpertPool::load_future`]); for evaluation only.
 //!
+//! - Cost-aware (TinyLFU-style, see [`super::admission`]): the resident with the lowest decayed
+//!   use count, ties to the least recently used; and a miss is admitted only when the admission
+//!   filter's [`MissAction`] says copy, otherwise it is served in place and nothing moves.
+//!
 //! A step's ids are served together once its plan is migrated, so the experts a step uses or
 //! admits are pinned until the step ends: a demotion candidate is never one of them. When every slot holds
 //! one, a miss is served from slow memory without being admitted. With this rule the hits and
@@ -23,6 +27,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
+use super::admission::{AdmissionConfig, AdmissionFilter, MissAction};
 use crate::plan::{MigrationPlan, Promotion};
 use crate::slot_table::{admitted, slot_in, EMPTY_SLOT, NOT_RESIDENT};
 
@@ -33,6 +38,7 @@ pub(crate) enum DemandKind {
     Lfu,
     Lru2,
     Belady,
+    CostAware,
 }
 
 /// The last two uses of a slot's occupant (clock ticks; 0 = never), and the last step that used
@@ -72,6 +78,8 @@ pub(crate) struct DemandCache {
     admissions: Vec<u16>,
     frequency: Vec<u32>,
     future: Future,
+    /// The cost-aware admission filter (cost-aware kind only).
+    filter: Option<AdmissionFilter>,
 }
 
 /// What an admission step reads and changes in the pool.
@@ -93,7 +101,13 @@ impl DemandCache {
             admissions: Vec::with_capacity(slots),
             frequency: if kind == DemandKind::Lfu { vec![0; experts] } else { Vec::new() },
             future: Future::default(),
+            filter: None,
         }
+    }
+
+    /// A cost-aware cache: TinyLFU-style admission with `config`.
+    pub(crate) fn cost_aware(config: AdmissionConfig, experts: usize, slots: usize) -> Self {
+        Self { filter: Some(AdmissionFilter::new(config, experts)), ..Self::new(DemandKind::CostAware, experts, slots) }
     }
 
     /// Sizes the per-slot history for `slots` slots: dropped slots forget theirs, new slots start
@@ -145,6 +159,9 @@ impl DemandCache {
         // Slots holding an expert, committed or admitted: while every slot does, no search for a
         // free one is needed.
         let mut occupied = slot_expert.iter().filter(|&&e| e != EMPTY_SLOT).count();
+        if let Some(filter) = self.filter.as_mut() {
+            filter.begin_step(ids);
+        }
         for &id in ids {
             let position = self.future.cursor;
             self.future.cursor = position.saturating_add(1);
@@ -173,6 +190,9 @@ impl DemandCache {
             let Some(slot) = free.or_else(|| self.demotable(slot_expert)) else {
                 continue; // every slot pinned by this step (or none at all): slow memory
             };
+            if self.miss_action(expert, slot, slot_expert) == MissAction::InPlace {
+                continue; // served in place: nothing moves
+            }
             occupied = occupied.saturating_add(usize::from(free.is_some()));
             // A demotion candidate is a committed resident this step has not used: demote it.
             let demoted = slot_expert.get(slot).copied().filter(|&e| e != EMPTY_SLOT);
@@ -208,6 +228,14 @@ impl DemandCache {
         demotions
     }
 
+    /// What the admission filter does with a miss of `expert` that would take `slot` (always a
+    /// copy without a filter).
+    fn miss_action(&self, expert: usize, slot: usize, slot_expert: &[u16]) -> MissAction {
+        let Some(filter) = &self.filter else { return MissAction::Copy };
+        let victim = slot_expert.get(slot).copied().filter(|&e| e != EMPTY_SLOT).map(usize::from);
+        filter.miss_action(expert, victim)
+    }
+
     /// The first slot holding no expert, committed or admitted.
     fn free_slot(&self, slot_expert: &[u16]) -> Option<usize> {
         slot_expert.iter().zip(&self.admitted).position(|(&c, &a)| c == EMPTY_SLOT && a == EMPTY_SLOT)
@@ -235,6 +263,7 @@ impl DemandCache {
                     let next = self.future.next_use.get(usize::from(expert)).copied().unwrap_or(NEVER);
                     (u64::from(NEVER.saturating_sub(next)), 0) // NEVER is u32::MAX: never saturates
                 }
+                DemandKind::CostAware => (self.filter.as_ref().map_or(0, |f| f.key(usize::from(expert))), uses.last),
             };
             (key, expert)
         })

@@ -8,7 +8,9 @@
 //! The cost model: a miss served from slow memory costs `slow_pair_seconds` (one token–expert pair
 //! computed where the weights are); every promoted expert costs `expert_bytes` over a link of
 //! `link_bytes_per_second`. A miss that a demand policy admits is paid by its load, not by the
-//! slow-memory compute: `modeled_time = slow pairs × slow_pair_seconds + bytes moved / link`.
+//! slow-memory compute; a miss it serves in place (a cost-aware policy's
+//! [`MissAction::InPlace`](crate::MissAction::InPlace), or a step whose every slot is pinned) is a
+//! slow pair: `modeled_time = slow pairs × slow_pair_seconds + bytes moved / link`.
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -35,7 +37,8 @@ pub enum ReplayPolicy {
 
 impl ReplayPolicy {
     /// Every name [`ReplayPolicy::from_name`] knows.
-    pub const NAMES: [&'static str; 8] = ["tide", "decay", "lru", "lfu", "lru2", "belady", "oracle", "uniform"];
+    pub const NAMES: [&'static str; 9] =
+        ["tide", "decay", "lru", "lfu", "lru2", "belady", "tinylfu", "oracle", "uniform"];
 
     /// The name.
     pub const fn name(&self) -> &'static str {
@@ -260,7 +263,8 @@ fn replay_layer(
         }
         commit(&mut pool, &plan, config.cost.expert_bytes);
         let served = pool.serve(ids);
-        // An admission (demand policies) pays for its miss with its load.
+        // An admission (demand policies) pays for its miss with its load; every other miss,
+        // served in place, is a slow pair.
         let admitted = if policy.is_demand() { plan.len() as u64 } else { 0 };
         slow_pairs = slow_pairs.saturating_add(u64::from(served.misses).saturating_sub(admitted));
     }
@@ -365,5 +369,24 @@ mod tests {
         assert_eq!(uniform.bytes_moved, 0);
         // Demand policies admit their misses: slow pairs only when an admission was dropped.
         assert!(lru.slow_pairs <= lru.misses);
+    }
+
+    #[test]
+    fn misses_served_in_place_are_slow_pairs_and_copies_are_paid_by_the_link() {
+        let tinylfu = |threshold| {
+            let policy = Policy::Tinylfu(crate::AdmissionConfig::new(4.0, 0.0, threshold).unwrap());
+            replay(&trace(), &config(ReplayPolicy::Pool(policy))).unwrap().total
+        };
+        // A threshold no score reaches: every miss is served in place, nothing moves.
+        let never = tinylfu(1e9);
+        assert_eq!((never.promotions, never.bytes_moved, never.hits), (0, 0, 0));
+        assert_eq!(never.slow_pairs, never.misses);
+        assert!((never.modeled_time_s - never.misses as f64).abs() < 1e-9);
+        // Threshold 0: some misses copied, each paying for its own pair; the rest in place.
+        let eager = tinylfu(0.0);
+        assert!(eager.promotions > 0 && eager.slow_pairs > 0);
+        assert_eq!(eager.slow_pairs, eager.misses - eager.promotions);
+        let expected = eager.slow_pairs as f64 + eager.promotions as f64;
+        assert!((eager.modeled_time_s - expected).abs() < 1e-9);
     }
 }
