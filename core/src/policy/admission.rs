@@ -154,38 +154,131 @@ impl DecayedCounts {
     }
 }
 
-/// The admission filter's state: per expert, a frequency count (halving every `half_life`
-/// steps) and a recency count (halving every step).
+/// The admission filter's state: per expert, its decayed uses, the last step that used it and
+/// its uses in that step; over all ids, the decayed share that continued a use of the step
+/// before; and the score an expert of the current step needs to be among the `slots` best of it.
 #[derive(Debug, Clone)]
 pub(crate) struct AdmissionFilter {
     config: AdmissionConfig,
-    frequency: DecayedCounts,
-    recency: DecayedCounts,
+    uses: DecayedCounts,
+    /// Per expert: the step that last used it (0 = never; steps count from 1).
+    last: Vec<u64>,
+    /// Per expert: its uses in the step `last` names.
+    in_step: Vec<u32>,
+    /// Per expert: the step whose cutoff already counted it.
+    ranked: Vec<u64>,
+    step: u64,
+    /// Decayed ids that continued a use of the previous step, and decayed ids.
+    continued: f32,
+    ids: f32,
+    /// The per-step decay of the counts (the per-step rate of a decayed count is `1 - decay`).
+    decay: f32,
+    /// Expected further uses of an expert used in the current step: `p / (1 - p)` for the
+    /// continued share `p`.
+    continuation: f32,
+    /// The best scores among the current step's experts, descending, at most one per slot.
+    best: Vec<f32>,
+    /// The score a miss of the current step needs to be admitted: the slot count's best score
+    /// among the step's experts when it has more experts than slots, else 0.
+    cutoff: f32,
 }
 
+/// The most further uses a continuation is credited with (a stream that always repeats).
+const MAX_CONTINUATION: f32 = 1.0e6;
+
 impl AdmissionFilter {
-    pub(crate) fn new(config: AdmissionConfig, experts: usize) -> Self {
+    pub(crate) fn new(config: AdmissionConfig, experts: usize, slots: usize) -> Self {
         Self {
             config,
-            frequency: DecayedCounts::new(config.half_life, experts),
-            recency: DecayedCounts::new(1.0, experts),
+            uses: DecayedCounts::new(config.half_life, experts),
+            last: vec![0; experts],
+            in_step: vec![0; experts],
+            ranked: vec![0; experts],
+            step: 0,
+            continued: 0.0,
+            ids: 0.0,
+            decay: libm::powf(0.5, 1.0 / config.half_life),
+            continuation: 0.0,
+            best: Vec::with_capacity(slots),
+            cutoff: 0.0,
         }
     }
 
-    /// Starts a step: older uses decay by one step, and each of the step's ids counts one use.
-    pub(crate) fn begin_step(&mut self, ids: &[u32]) {
-        self.frequency.tick();
-        self.recency.tick();
+    /// Makes room for `slots` best scores (allocates only past the most slots so far).
+    pub(crate) fn set_slots(&mut self, slots: usize) {
+        self.best.reserve(slots.saturating_sub(self.best.len()));
+    }
+
+    /// Starts a step of `slots` slots: older counts decay by one step, each of the step's ids
+    /// counts one use (and a continuation when its expert was used in the step before), and the
+    /// step's cutoff is found.
+    pub(crate) fn begin_step(&mut self, ids: &[u32], slots: usize) {
+        self.uses.tick();
+        let previous = self.step;
+        self.step = self.step.saturating_add(1);
+        self.continued *= self.decay;
+        self.ids *= self.decay;
         for &id in ids {
-            self.frequency.add(id as usize);
-            self.recency.add(id as usize);
+            let expert = id as usize;
+            let (Some(last), Some(count)) = (self.last.get_mut(expert), self.in_step.get_mut(expert)) else {
+                continue;
+            };
+            self.ids += 1.0;
+            if *last == self.step {
+                *count = count.saturating_add(1);
+            } else {
+                if *last == previous && previous != 0 {
+                    self.continued += 1.0;
+                }
+                *last = self.step;
+                *count = 1;
+            }
+            self.uses.add(expert);
+        }
+        let p = if self.ids > 0.0 { self.continued / self.ids } else { 0.0 };
+        self.continuation = if p < 1.0 { (p / (1.0 - p)).min(MAX_CONTINUATION) } else { MAX_CONTINUATION };
+        self.cutoff = 0.0;
+        if ids.len() > slots {
+            self.rank(ids, slots);
         }
     }
 
-    /// The expert's score: its frequency count plus `recency` times its recency count (0 for ids
-    /// out of range).
+    /// Sets the cutoff to the `slots`-th best score among the step's experts (0 when it has
+    /// `slots` experts or fewer).
+    fn rank(&mut self, ids: &[u32], slots: usize) {
+        self.best.clear();
+        for &id in ids {
+            let expert = id as usize;
+            let Some(ranked) = self.ranked.get_mut(expert) else { continue };
+            if *ranked == self.step {
+                continue;
+            }
+            *ranked = self.step;
+            let score = self.score(expert);
+            let at = self.best.partition_point(|&b| b >= score);
+            if at < slots {
+                if self.best.len() == slots {
+                    self.best.pop();
+                }
+                // Within the capacity reserved for `slots`.
+                self.best.insert(at, score);
+            }
+        }
+        if self.best.len() == slots {
+            self.cutoff = self.best.last().copied().unwrap_or(0.0);
+        }
+    }
+
+    /// The expert's score, its expected further uses: `horizon × use rate`, plus, when the
+    /// current step uses it, its further uses in this step and the continuation (0 for ids out of
+    /// range).
     pub(crate) fn score(&self, expert: usize) -> f32 {
-        self.frequency.get(expert) + self.config.recency * self.recency.get(expert)
+        let rate = self.uses.get(expert) * (1.0 - self.decay);
+        let now = match (self.last.get(expert), self.in_step.get(expert)) {
+            (Some(&l), Some(&c)) if l == self.step => (c.saturating_sub(1)) as f32 + self.continuation,
+            _ => 0.0,
+        };
+        self.config.recency * rate + now
     }
 
     /// A demotion key ordered as the score (scores are never negative, so their bits order as
@@ -196,7 +289,11 @@ impl AdmissionFilter {
 
     /// The action for a miss of `expert` that would displace `victim` (`None`: a free slot).
     pub(crate) fn miss_action(&self, expert: usize, victim: Option<usize>) -> MissAction {
-        self.config.miss_action(self.score(expert), victim.map(|v| self.score(v)))
+        let score = self.score(expert);
+        if score < self.cutoff {
+            return MissAction::InPlace;
+        }
+        self.config.miss_action(score, victim.map(|v| self.score(v)))
     }
 }
 

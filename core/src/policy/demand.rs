@@ -107,7 +107,8 @@ impl DemandCache {
 
     /// A cost-aware cache: TinyLFU-style admission with `config`.
     pub(crate) fn cost_aware(config: AdmissionConfig, experts: usize, slots: usize) -> Self {
-        Self { filter: Some(AdmissionFilter::new(config, experts)), ..Self::new(DemandKind::CostAware, experts, slots) }
+        let filter = Some(AdmissionFilter::new(config, experts, slots));
+        Self { filter, ..Self::new(DemandKind::CostAware, experts, slots) }
     }
 
     /// Sizes the per-slot history for `slots` slots: dropped slots forget theirs, new slots start
@@ -116,6 +117,9 @@ impl DemandCache {
         self.uses.resize(slots, Uses::default());
         self.admitted.resize(slots, EMPTY_SLOT);
         self.admissions.reserve(slots.saturating_sub(self.admissions.len()));
+        if let Some(filter) = self.filter.as_mut() {
+            filter.set_slots(slots);
+        }
     }
 
     /// Whether this is Belady's policy.
@@ -160,7 +164,7 @@ impl DemandCache {
         // free one is needed.
         let mut occupied = slot_expert.iter().filter(|&&e| e != EMPTY_SLOT).count();
         if let Some(filter) = self.filter.as_mut() {
-            filter.begin_step(ids);
+            filter.begin_step(ids, slot_expert.len());
         }
         for &id in ids {
             let position = self.future.cursor;
