@@ -139,16 +139,16 @@ pub struct AdmissionArgs {
     /// resident's by more than this many uses; otherwise it is served in place.
     #[arg(long, default_value_t = AdmissionConfig::DEFAULT.threshold())]
     pub admit_threshold: f32,
-    /// Tinylfu: the weight of an expert's recency count (its uses, halving every step) in its
-    /// score.
-    #[arg(long, default_value_t = AdmissionConfig::DEFAULT.recency())]
-    pub admit_recency: f32,
+    /// Tinylfu: the steps over which an expert's use rate is credited in its score (its expected
+    /// further uses).
+    #[arg(long, default_value_t = AdmissionConfig::DEFAULT.horizon())]
+    pub admit_horizon: f32,
 }
 
 impl AdmissionArgs {
     /// The admission settings, checked.
     pub fn config(&self) -> Result<AdmissionConfig, CliError> {
-        AdmissionConfig::new(self.admit_half_life, self.admit_recency, self.admit_threshold)
+        AdmissionConfig::new(self.admit_half_life, self.admit_horizon, self.admit_threshold)
             .map_err(|e| CliError::Usage(e.to_string()))
     }
 }
@@ -202,10 +202,10 @@ pub fn policy_label(policy: ReplayPolicy) -> String {
     match policy {
         ReplayPolicy::Pool(Policy::Tinylfu(a)) => {
             format!(
-                "{} (half-life {}, recency {}, threshold {})",
+                "{} (half-life {}, horizon {}, threshold {})",
                 policy.name(),
                 a.half_life(),
-                a.recency(),
+                a.horizon(),
                 a.threshold()
             )
         }

@@ -113,7 +113,7 @@ pub fn run_json(run: &Run) -> Value {
         "total": counters_json(&run.report.total),
     });
     if let ReplayPolicy::Pool(Policy::Tinylfu(a)) = run.policy {
-        object["admission"] = json!({ "half_life": a.half_life(), "recency": a.recency(), "threshold": a.threshold() });
+        object["admission"] = json!({ "half_life": a.half_life(), "horizon": a.horizon(), "threshold": a.threshold() });
     }
     object
 }

@@ -34,11 +34,11 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32")]
     intervals: Vec<NonZeroU32>,
     /// Tinylfu frequency half-lives (steps) to consider, besides --admit-half-life.
-    #[arg(long, value_delimiter = ',', default_value = "8,32,128")]
+    #[arg(long, value_delimiter = ',', default_value = "16,64,256")]
     admit_half_lives: Vec<f32>,
-    /// Tinylfu recency weights to consider, besides --admit-recency.
-    #[arg(long, value_delimiter = ',', default_value = "0,2,8,32")]
-    admit_recencies: Vec<f32>,
+    /// Tinylfu horizons (steps) to consider, besides --admit-horizon.
+    #[arg(long, value_delimiter = ',', default_value = "0.5,2,8,32")]
+    admit_horizons: Vec<f32>,
     /// Tinylfu admission thresholds (uses) to consider, besides --admit-threshold; a threshold no
     /// score reaches (1e9) is the miss action "always serve in place", which never moves.
     #[arg(long, value_delimiter = ',', default_value = "0,1,4,1e9")]
@@ -53,9 +53,9 @@ pub struct Args {
 fn admission_grid(args: &Args) -> Result<Vec<AdmissionConfig>, CliError> {
     let mut grid = vec![args.replay.admission.config()?];
     for &half_life in &args.admit_half_lives {
-        for &recency in &args.admit_recencies {
+        for &horizon in &args.admit_horizons {
             for &threshold in &args.admit_thresholds {
-                let config = AdmissionConfig::new(half_life, recency, threshold)
+                let config = AdmissionConfig::new(half_life, horizon, threshold)
                     .map_err(|e| CliError::Usage(format!("tinylfu grid: {e}")))?;
                 if !grid.contains(&config) {
                     grid.push(config);

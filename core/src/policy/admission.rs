@@ -6,25 +6,34 @@
 //! a copy pays only when the expert is used again soon, and more than the resident it displaces.
 //!
 //! [`Policy::Tinylfu`](crate::Policy::Tinylfu) weighs that in the manner of the TinyLFU admission
-//! filter (Einziger, Friedman and Manes, 2017), with two decayed use counts per expert: a
-//! **frequency** count that halves every `half_life` steps (how popular the expert is lately) and
-//! a **recency** count that halves every step (whether it was just used: routing repeats between
-//! consecutive tokens). An expert's score is `frequency + recency_weight × recency`, an estimate of
-//! its uses in the near future. A layer has few experts, so the counts are exact rather than a
-//! sketch. On a miss the demotion candidate is the unpinned resident with the lowest score (ties
-//! to the least recently used, then the lower id), and the miss is copied only when the missing
-//! expert's score exceeds the candidate's by more than `threshold` (a free slot counts as a
-//! candidate of score 0); otherwise it is served in place and nothing moves. A step's ids are
-//! counted before its misses are decided: the routing of the step is known when it is planned.
+//! filter (Einziger, Friedman and Manes, 2017): each expert has a **score**, its expected further
+//! uses, and a miss is copied only when the missing expert scores higher than the resident it
+//! would displace. A layer has few experts, so the counts behind the score are exact rather than a
+//! sketch. The score of expert `e` at a step is
 //!
-//! `threshold` trades copies against slow pairs: 0 is TinyLFU's own rule (admit when the expert
-//! scores higher than the resident it displaces); a larger threshold asks the expected reuse to
-//! pay for the copy's bytes too; a threshold no score reaches never moves anything after the
-//! initial placement (never slower than not moving, when that is best).
+//! - `horizon × rate(e)`, where `rate(e)` is its use rate per step, from a count of its uses that
+//!   halves every `half_life` steps (popularity);
+//! - plus, when the current step uses `e`, its further ids in this step (served by the slot once
+//!   copied) and the stream's **continuation** `p / (1 − p)`, where `p` is the measured share of
+//!   ids whose expert the step before also used (decayed over the same half-life): routing repeats
+//!   between consecutive tokens, and this is the expected length of such a run. The policy adapts
+//!   it to the stream as it goes.
+//!
+//! On a miss the demotion candidate is the unpinned resident with the lowest score (ties to the
+//! least recently used, then the lower id), and the miss's [`MissAction`] is a copy only when
+//! the missing expert's score exceeds the candidate's by more than `threshold` (a free slot counts
+//! as a candidate of score 0); otherwise the pair is served in place and nothing moves. A step's
+//! ids are counted before its misses are decided (the step's routing is known when it is
+//! planned), and when a step names more experts than there are slots (a prefill), only misses
+//! whose score is among the slot count's best of the step are copied.
+//!
+//! `threshold` trades copies against slow pairs: 0 is TinyLFU's own rule; a larger threshold
+//! asks the expected reuse to pay for the copy's bytes too; a threshold no score reaches never
+//! moves anything after the initial placement (never slower than not moving, when that is best).
 //!
 //! Counts are kept relative to a growing scale, so a step costs its ids, not the expert count
-//! (all counts are rescaled together once the scale nears the range of `f32`). Nothing is
-//! allocated after the pool is built.
+//! (all counts are rescaled together once the scale nears the range of `f32`); only a step with
+//! more ids than slots also ranks its experts. Nothing is allocated after the pool is built.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -49,38 +58,38 @@ pub enum MissAction {
 pub struct AdmissionConfig {
     half_life: f32,
     threshold: f32,
-    recency: f32,
+    horizon: f32,
 }
 
 impl AdmissionConfig {
-    /// The default: a frequency half-life of 32 steps, a recency weight of 8, threshold 0 (the
-    /// best of `expertslab tune`'s grid on the synthetic locality traces of BENCHMARKS.md).
-    pub const DEFAULT: Self = Self { half_life: 32.0, recency: 8.0, threshold: 0.0 };
+    /// The default: a half-life of 16 steps, a horizon of 1 step, threshold 0 (the best of
+    /// `expertslab tune`'s grid on the synthetic locality traces of BENCHMARKS.md).
+    pub const DEFAULT: Self = Self { half_life: 16.0, horizon: 1.0, threshold: 0.0 };
 
-    /// Frequency counts halve every `half_life` steps; recency counts (weighted by `recency`)
-    /// halve every step; a miss is copied only when its expert's score exceeds the demotion
-    /// candidate's by more than `threshold`.
+    /// Use counts halve every `half_life` steps; an expert's use rate is credited over `horizon`
+    /// steps; a miss is copied only when its expert's score exceeds the demotion candidate's by
+    /// more than `threshold` uses.
     ///
     /// # Errors
     /// [`PolicyError::HalfLife`] unless `half_life` is positive and finite,
-    /// [`PolicyError::Weight`] unless `recency` is finite and at least 0,
+    /// [`PolicyError::Horizon`] unless `horizon` is finite and at least 0,
     /// [`PolicyError::Threshold`] unless `threshold` is finite and at least 0.
-    pub fn new(half_life: f32, recency: f32, threshold: f32) -> Result<Self, PolicyError> {
+    pub fn new(half_life: f32, horizon: f32, threshold: f32) -> Result<Self, PolicyError> {
         if !(half_life.is_finite() && half_life > 0.0) {
             return Err(PolicyError::HalfLife(half_life));
         }
-        if !(recency.is_finite() && recency >= 0.0) {
-            return Err(PolicyError::Weight(recency));
+        if !(horizon.is_finite() && horizon >= 0.0) {
+            return Err(PolicyError::Horizon(horizon));
         }
         if !(threshold.is_finite() && threshold >= 0.0) {
             return Err(PolicyError::Threshold(threshold));
         }
-        Ok(Self { half_life, threshold, recency })
+        Ok(Self { half_life, threshold, horizon })
     }
 
-    /// The weight of an expert's recency count in its score.
-    pub const fn recency(&self) -> f32 {
-        self.recency
+    /// The steps over which an expert's use rate is credited in its score.
+    pub const fn horizon(&self) -> f32 {
+        self.horizon
     }
 
     /// The half-life of a score, in steps.
@@ -278,7 +287,7 @@ impl AdmissionFilter {
             (Some(&l), Some(&c)) if l == self.step => (c.saturating_sub(1)) as f32 + self.continuation,
             _ => 0.0,
         };
-        self.config.recency * rate + now
+        self.config.horizon * rate + now
     }
 
     /// A demotion key ordered as the score (scores are never negative, so their bits order as
@@ -305,14 +314,14 @@ mod tests {
     fn settings_are_checked() {
         assert_eq!(AdmissionConfig::new(0.0, 1.0, 1.0), Err(PolicyError::HalfLife(0.0)));
         assert!(AdmissionConfig::new(f32::INFINITY, 1.0, 1.0).is_err());
-        assert_eq!(AdmissionConfig::new(4.0, -1.0, 0.0), Err(PolicyError::Weight(-1.0)));
+        assert_eq!(AdmissionConfig::new(4.0, -1.0, 0.0), Err(PolicyError::Horizon(-1.0)));
         assert_eq!(AdmissionConfig::new(4.0, 0.0, -0.5), Err(PolicyError::Threshold(-0.5)));
         assert!(AdmissionConfig::new(4.0, 0.0, f32::NAN).is_err());
         let c = AdmissionConfig::new(4.0, 3.0, 2.0).unwrap();
-        assert_eq!((c.half_life(), c.recency(), c.threshold()), (4.0, 3.0, 2.0));
+        assert_eq!((c.half_life(), c.horizon(), c.threshold()), (4.0, 3.0, 2.0));
         assert_eq!(AdmissionConfig::default(), AdmissionConfig::DEFAULT);
         let d = AdmissionConfig::DEFAULT;
-        assert_eq!(AdmissionConfig::new(d.half_life(), d.recency(), d.threshold()), Ok(d));
+        assert_eq!(AdmissionConfig::new(d.half_life(), d.horizon(), d.threshold()), Ok(d));
     }
 
     #[test]
@@ -328,25 +337,63 @@ mod tests {
     }
 
     #[test]
-    fn counts_halve_at_their_rates_and_survive_rescaling() {
-        let mut f = AdmissionFilter::new(AdmissionConfig::new(2.0, 4.0, 0.0).unwrap(), 4);
-        f.begin_step(&[1, 1, 3, 9]);
-        // Frequency 2 and recency 2 (weighted 4) for expert 1; 1 and 1 for expert 3.
-        assert!((f.score(1) - 10.0).abs() < 1e-4 && (f.score(3) - 5.0).abs() < 1e-4);
-        assert_eq!((f.score(0), f.score(9)), (0.0, 0.0));
-        f.begin_step(&[]);
-        f.begin_step(&[]);
-        // Two steps later: frequency halved once (half-life 2), recency twice.
-        assert!((f.score(1) - (1.0 + 4.0 * 0.5)).abs() < 1e-4, "{}", f.score(1));
-        assert!(f.key(1) > f.key(3) && f.key(3) > f.key(0));
-        // Thousands of steps rescale both counts many times; a fresh use still counts 1.
+    fn decayed_counts_halve_and_survive_rescaling() {
+        let mut c = DecayedCounts::new(2.0, 3);
+        c.add(1);
+        c.add(1);
+        c.add(7); // out of range: nothing
+        c.tick();
+        c.tick();
+        assert!((c.get(1) - 1.0).abs() < 1e-5, "{}", c.get(1));
+        assert_eq!((c.get(0), c.get(7)), (0.0, 0.0));
+        // Thousands of steps rescale many times; a fresh use still counts 1.
         for _ in 0..5000 {
-            f.begin_step(&[2]);
+            c.tick();
+            c.add(2);
         }
-        let steady = 1.0 / (1.0 - libm::powf(0.5, 0.5)) + 4.0 * 2.0;
-        assert!((f.score(2) - steady).abs() < 1e-3, "{}", f.score(2));
-        assert!(f.score(1) < 1e-6);
-        assert_eq!(f.miss_action(2, Some(1)), MissAction::Copy);
-        assert_eq!(f.miss_action(1, Some(2)), MissAction::InPlace);
+        let steady = 1.0 / (1.0 - libm::powf(0.5, 0.5));
+        assert!((c.get(2) - steady).abs() < 1e-3, "{}", c.get(2));
+        assert!(c.get(1) < 1e-6);
+    }
+
+    #[test]
+    fn scores_count_the_step_the_rate_and_the_measured_continuation() {
+        let config = AdmissionConfig::new(4.0, 2.0, 0.0).unwrap();
+        let rate = 1.0 - libm::powf(0.5, 0.25);
+        let mut f = AdmissionFilter::new(config, 8, 4);
+        f.begin_step(&[1, 1, 1, 3], 4);
+        // Expert 1: three uses (two further in this step), nothing continued yet.
+        assert!((f.score(1) - (2.0 * 3.0 * rate + 2.0)).abs() < 1e-5, "{}", f.score(1));
+        assert!((f.score(3) - 2.0 * rate).abs() < 1e-5);
+        assert_eq!((f.score(0), f.score(9)), (0.0, 0.0));
+        // Step 2 repeats expert 3: one of its two ids continued; the first step's four ids have
+        // decayed by a step.
+        f.begin_step(&[3, 5], 4);
+        let p = 1.0 / (4.0 * libm::powf(0.5, 0.25) + 2.0);
+        assert!((f.continuation - p / (1.0 - p)).abs() < 1e-5, "{}", f.continuation);
+        assert!(f.score(3) > f.score(5) && f.score(5) > f.score(0));
+        assert!(f.key(3) > f.key(5) && f.key(5) > f.key(0));
+        // Expert 1, not used now, keeps only its decayed rate.
+        let decayed = 2.0 * 3.0 * libm::powf(0.5, 0.25) * rate;
+        assert!((f.score(1) - decayed).abs() < 1e-5, "{}", f.score(1));
+        // A miss of 5 is worth displacing never-used 0, not the once-busy 1.
+        assert!(f.score(1) > f.score(5));
+        assert_eq!(f.miss_action(5, Some(0)), MissAction::Copy);
+        assert_eq!(f.miss_action(5, Some(1)), MissAction::InPlace);
+    }
+
+    #[test]
+    fn a_step_with_more_experts_than_slots_admits_only_its_best() {
+        let config = AdmissionConfig::new(4.0, 1.0, 0.0).unwrap();
+        let mut f = AdmissionFilter::new(config, 8, 2);
+        // Expert 4 is used three times, 6 twice, 0 and 2 once: the two best are 4 and 6.
+        f.begin_step(&[0, 4, 2, 4, 6, 4, 6], 2);
+        assert_eq!(f.miss_action(4, None), MissAction::Copy);
+        assert_eq!(f.miss_action(6, None), MissAction::Copy);
+        assert_eq!(f.miss_action(0, None), MissAction::InPlace);
+        assert_eq!(f.miss_action(2, None), MissAction::InPlace);
+        // A step of no more ids than slots has no cutoff.
+        f.begin_step(&[0, 2], 2);
+        assert_eq!(f.miss_action(0, None), MissAction::Copy);
     }
 }

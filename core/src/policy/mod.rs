@@ -48,8 +48,8 @@ pub enum PolicyError {
     UnknownName,
     /// An admission threshold below 0 or not finite.
     Threshold(f32),
-    /// An admission score weight below 0 or not finite.
-    Weight(f32),
+    /// An admission horizon below 0 or not finite.
+    Horizon(f32),
 }
 
 impl fmt::Display for PolicyError {
@@ -59,7 +59,7 @@ impl fmt::Display for PolicyError {
             Self::Margin(v) => write!(f, "swap margin {v} is not a finite factor of at least 1"),
             Self::UnknownName => f.write_str("unknown policy name"),
             Self::Threshold(v) => write!(f, "admission threshold {v} is not a finite number of uses of at least 0"),
-            Self::Weight(v) => write!(f, "admission weight {v} is not a finite number of at least 0"),
+            Self::Horizon(v) => write!(f, "admission horizon {v} is not a finite number of steps of at least 0"),
         }
     }
 }
