@@ -24,6 +24,7 @@
 //! misses decided id by id are exactly those of serving after migration: an admitted expert's
 //! first id is the miss that admitted it, its later ids hit its slot.
 
+use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -78,8 +79,9 @@ pub(crate) struct DemandCache {
     admissions: Vec<u16>,
     frequency: Vec<u32>,
     future: Future,
-    /// The cost-aware admission filter (cost-aware kind only).
-    filter: Option<AdmissionFilter>,
+    /// The cost-aware admission filter (cost-aware kind only; boxed, so the other kinds stay
+    /// small).
+    filter: Option<Box<AdmissionFilter>>,
 }
 
 /// What an admission step reads and changes in the pool.
@@ -107,7 +109,7 @@ impl DemandCache {
 
     /// A cost-aware cache: TinyLFU-style admission with `config`.
     pub(crate) fn cost_aware(config: AdmissionConfig, experts: usize, slots: usize) -> Self {
-        let filter = Some(AdmissionFilter::new(config, experts, slots));
+        let filter = Some(Box::new(AdmissionFilter::new(config, experts, slots)));
         Self { filter, ..Self::new(DemandKind::CostAware, experts, slots) }
     }
 
