@@ -3,7 +3,9 @@
 
 use std::num::NonZeroU32;
 
-use expertslab::{DecayConfig, ExpertPool, InitialPlacement, MigrationPlan, Policy, PoolConfig, Schedule, Step};
+use expertslab::{
+    AdmissionConfig, DecayConfig, ExpertPool, InitialPlacement, MigrationPlan, Policy, PoolConfig, Schedule, Step,
+};
 use expertslab_tests::{commit_plan as commit, resident_set, started_pool, ReferenceDecay, ReferenceDemand};
 use proptest::prelude::*;
 
@@ -47,6 +49,31 @@ fn run_demand(policy: Policy, experts: u32, slots: usize, warm: bool, steps: &[V
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(expertslab_tests::cases(200)))]
+
+    #[test]
+    fn tinylfu_copies_only_misses_of_its_step_and_never_moves_past_every_score(
+        (experts, slots, warm, steps) in trace(),
+        threshold in prop::sample::select(vec![0.0f32, 1.0, 1e9]),
+    ) {
+        let config = AdmissionConfig::new(4.0, 1.0, threshold).unwrap();
+        let (mut pool, mut plan) = pool(experts, slots, warm, Policy::Tinylfu(config), Schedule::EveryForward);
+        let start = *pool.stats();
+        for (s, ids) in steps.iter().enumerate() {
+            let before = resident_set(&pool);
+            assert!(pool.plan_step(Step::decode(s as u64), ids, &mut plan).unwrap());
+            for p in plan.promotions() {
+                let expert = u32::from(p.expert);
+                assert!(ids.contains(&expert) && !before.contains(&expert), "step {s}: {expert}");
+            }
+            commit(&mut pool, &plan);
+            let served = pool.serve(ids);
+            assert!(plan.len() <= served.misses as usize);
+            assert!(pool.resident() <= pool.slots());
+        }
+        if threshold >= 1e9 {
+            assert_eq!(pool.stats().promotions, start.promotions, "a threshold no score reaches moves nothing");
+        }
+    }
 
     #[test]
     fn demand_policies_match_their_references((experts, slots, warm, steps) in trace()) {
