@@ -202,3 +202,25 @@ fn belady_follows_its_stream_through_reuse_steps() {
     let promoted: Vec<(u16, Option<u16>)> = plan.promotions().iter().map(|p| (p.expert, p.demoted)).collect();
     assert_eq!(promoted, [(3, Some(0))]);
 }
+
+#[test]
+fn tinylfu_gives_a_step_s_slots_to_its_busiest_experts() {
+    // Two slots holding 0 and 1; a step of more ids than slots uses 0 once and 5 and 6 three
+    // times each. Both slots go to 5 and 6 (the slot count's best of the step): 1 is unused, and
+    // 0, though used, ranks below the step's cutoff, so its id is served in place.
+    let config = AdmissionConfig::new(16.0, 1.0, 0.0).unwrap();
+    let (mut tinylfu, mut plan) = pool(8, 2, true, Policy::Tinylfu(config), Schedule::EveryForward);
+    let ids = [0, 5, 5, 5, 6, 6, 6];
+    tinylfu.plan_step(Step::decode(0), &ids, &mut plan).unwrap();
+    let mut promoted: Vec<(u16, Option<u16>)> = plan.promotions().iter().map(|p| (p.expert, p.demoted)).collect();
+    promoted.sort();
+    assert_eq!(promoted, [(5, Some(1)), (6, Some(0))]);
+    commit(&mut tinylfu, &plan);
+    let served = tinylfu.serve(&ids);
+    assert_eq!((served.hits, served.misses), (4, 3), "0 in place, the first ids of 5 and 6 copied");
+    // Plain LRU keeps 0 (pinned by its use) and serves one of the busy experts in place.
+    let (mut lru, mut plan) = pool(8, 2, true, Policy::Lru, Schedule::EveryForward);
+    lru.plan_step(Step::decode(0), &ids, &mut plan).unwrap();
+    commit(&mut lru, &plan);
+    assert!(lru.serve(&ids).misses > 3);
+}

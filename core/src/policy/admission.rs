@@ -24,8 +24,9 @@
 //! the missing expert's score exceeds the candidate's by more than `threshold` (a free slot counts
 //! as a candidate of score 0); otherwise the pair is served in place and nothing moves. A step's
 //! ids are counted before its misses are decided (the step's routing is known when it is
-//! planned), and when a step names more experts than there are slots (a prefill), only misses
-//! whose score is among the slot count's best of the step are copied.
+//! planned), and when a step names more experts than there are slots (a prefill), the slots go to
+//! the slot count's best of the step: only misses among them are copied, and a resident the step
+//! uses but ranks below them may give its slot up (its ids are then served in place).
 //!
 //! `threshold` trades copies against slow pairs: 0 is TinyLFU's own rule; a larger threshold
 //! asks the expected reuse to pay for the copy's bytes too; a threshold no score reaches never
@@ -294,6 +295,11 @@ impl AdmissionFilter {
     /// they do).
     pub(crate) fn key(&self, expert: usize) -> u64 {
         u64::from(self.score(expert).to_bits())
+    }
+
+    /// Whether the current step has a cutoff and `expert` scores below it.
+    pub(crate) fn below_cutoff(&self, expert: usize) -> bool {
+        self.cutoff > 0.0 && self.score(expert) < self.cutoff
     }
 
     /// The action for a miss of `expert` that would displace `victim` (`None`: a free slot).

@@ -16,7 +16,9 @@
 //!
 //! - Cost-aware (TinyLFU-style, see [`super::admission`]): the resident with the lowest decayed
 //!   use count, ties to the least recently used; and a miss is admitted only when the admission
-//!   filter's [`MissAction`] says copy, otherwise it is served in place and nothing moves.
+//!   filter's [`MissAction`] says copy, otherwise it is served in place and nothing moves. In a
+//!   step of more experts than slots, a resident the step uses but the filter ranks below the
+//!   step's cutoff is not pinned: it may give its slot up, and its ids are served in place.
 //!
 //! A step's ids are served together once its plan is migrated, so the experts a step uses or
 //! admits are pinned until the step ends: a demotion candidate is never one of them. When every slot holds
@@ -242,6 +244,16 @@ impl DemandCache {
         filter.miss_action(expert, victim)
     }
 
+    /// Whether the committed resident of `slot`, though used by this step, gives its slot up:
+    /// the admission filter ranks it below the step's cutoff (a step of more experts than slots).
+    /// Its ids are then served in place.
+    fn yields(&self, slot_expert: &[u16], slot: usize) -> bool {
+        let Some(filter) = &self.filter else { return false };
+        let committed = self.admitted.get(slot).is_some_and(|&a| a == EMPTY_SLOT);
+        let expert = slot_expert.get(slot).copied().unwrap_or(EMPTY_SLOT);
+        committed && expert != EMPTY_SLOT && filter.below_cutoff(usize::from(expert))
+    }
+
     /// The first slot holding no expert, committed or admitted.
     fn free_slot(&self, slot_expert: &[u16]) -> Option<usize> {
         slot_expert.iter().zip(&self.admitted).position(|(&c, &a)| c == EMPTY_SLOT && a == EMPTY_SLOT)
@@ -257,7 +269,8 @@ impl DemandCache {
                 slot_expert.get(slot).copied().unwrap_or(EMPTY_SLOT)
             }
         };
-        let unpinned = |slot: &usize| self.uses.get(*slot).is_some_and(|u| u.step != self.step);
+        let unpinned =
+            |slot: &usize| self.uses.get(*slot).is_some_and(|u| u.step != self.step) || self.yields(slot_expert, *slot);
         (0..slot_expert.len()).filter(unpinned).min_by_key(|&slot| {
             let expert = occupant(slot);
             let uses = self.uses.get(slot).copied().unwrap_or_default();
