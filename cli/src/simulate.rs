@@ -22,9 +22,11 @@ use crate::units::format_size;
 pub struct Args {
     #[command(flatten)]
     replay: ReplayArgs,
-    /// Policies, comma-separated: tide, decay, lru, lfu, lru2, belady, tinylfu, oracle, uniform.
+    /// Policies, comma-separated: tide, decay, lru, lfu, lru2, belady, tinylfu, oracle, uniform,
+    /// optimal (the least time any per-layer placement reaches), optimal-shared (the same for one
+    /// pool of slots × layers shared by the layers).
     #[arg(long, value_delimiter = ',', value_parser = parse_policy,
-          default_value = "tide,decay,lru,lfu,lru2,belady,tinylfu,oracle,uniform")]
+          default_value = "tide,decay,lru,lfu,lru2,belady,tinylfu,oracle,uniform,optimal,optimal-shared")]
     policy: Vec<ReplayPolicy>,
     /// Slots per layer (default: a quarter of the experts).
     #[arg(long, alias = "budget", conflicts_with = "sweep")]

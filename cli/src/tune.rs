@@ -1,5 +1,6 @@
 //! `expertslab tune`: the policy, slot count and refresh interval with the lowest modeled time for a
-//! trace and a cost model, within a slot limit, and how much it beats TIDE at τ = 1 and LRU.
+//! trace and a cost model, within a slot limit, how much it beats TIDE at τ = 1 and LRU, and how
+//! far it is from the optimum (per layer and for one shared pool).
 
 use std::io::{self, Write};
 use std::num::NonZeroU32;
@@ -120,6 +121,8 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         (ReplayPolicy::Pool(Policy::Belady), max, forward),
         (ReplayPolicy::Oracle, max, forward),
         (ReplayPolicy::Uniform, max, forward),
+        (ReplayPolicy::Optimal, max, forward),
+        (ReplayPolicy::OptimalShared, max, forward),
     ];
     let initial = args.replay.initial();
     let candidates = run_all(&trace, &jobs, initial, cost)?;
@@ -131,6 +134,9 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         .ok_or_else(|| CliError::Usage("no policy to tune".into()))?;
     let (tide, lru) = (&references[0], &references[1]);
     let gain = |base: &Run| if time(base) > 0.0 { 1.0 - time(best) / time(base) } else { 0.0 };
+    let bound = |policy: ReplayPolicy| references.iter().find(|r| r.policy == policy).map(time);
+    let (optimal, optimal_shared) =
+        (ratio(time(best), bound(ReplayPolicy::Optimal)), ratio(time(best), bound(ReplayPolicy::OptimalShared)));
 
     let mut out = io::stdout().lock();
     if args.json {
@@ -138,6 +144,8 @@ pub fn run(args: &Args) -> Result<(), CliError> {
             "best": run_json(best),
             "vs_tide_tau1": { "run": run_json(tide), "time_saved": gain(tide) },
             "vs_lru": { "run": run_json(lru), "time_saved": gain(lru) },
+            "optimal_ratio": optimal,
+            "optimal_shared_ratio": optimal_shared,
             "references": references.iter().map(run_json).collect::<Vec<_>>(),
             "candidates": candidates.len(),
             "candidate_runs": candidates.iter().map(run_json).collect::<Vec<_>>(),
@@ -166,9 +174,26 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     )?;
     writeln!(out, "  {:.1}% less time than TIDE at τ = 1 ({:.3} s)", 100.0 * gain(tide), time(tide))?;
     writeln!(out, "  {:.1}% less time than LRU ({:.3} s)", 100.0 * gain(lru), time(lru))?;
+    let times = |r: Option<f64>| r.map_or_else(|| "unbounded".to_string(), |r| format!("{r:.2}×"));
+    writeln!(
+        out,
+        "  {} the optimum per layer, {} the optimum of one shared pool",
+        times(optimal),
+        times(optimal_shared)
+    )?;
     writeln!(out, "\nbaselines and references at {max} slots per layer:")?;
     write_table(&mut out, &references)?;
     Ok(())
+}
+
+/// How many times `bound` a modeled time is: 1 when both are 0, `None` when only the bound is
+/// (or there is none).
+fn ratio(time: f64, bound: Option<f64>) -> Option<f64> {
+    match bound? {
+        b if b > 0.0 => Some(time / b),
+        _ if time <= 0.0 => Some(1.0),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -180,5 +205,13 @@ mod tests {
         assert_eq!(slot_counts(20), [1, 2, 4, 8, 16, 20]);
         assert_eq!(slot_counts(16), [1, 2, 4, 8, 16]);
         assert_eq!(slot_counts(1), [1]);
+    }
+
+    #[test]
+    fn ratios_to_the_optimum() {
+        assert_eq!(ratio(3.0, Some(2.0)), Some(1.5));
+        assert_eq!(ratio(0.0, Some(0.0)), Some(1.0));
+        assert_eq!(ratio(1.0, Some(0.0)), None);
+        assert_eq!(ratio(1.0, None), None);
     }
 }

@@ -22,6 +22,8 @@ use crate::pool::{ExpertPool, InitialPlacement, PoolConfig, PoolStats};
 use crate::schedule::{Schedule, Step};
 use crate::trace::{Trace, TraceRecord};
 
+pub mod optimal;
+
 /// What to replay: a pool policy, or a reference.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
@@ -33,12 +35,18 @@ pub enum ReplayPolicy {
     Oracle,
     /// Every expert equally likely resident: hit rate `slots / experts`, nothing moved.
     Uniform,
+    /// The least modeled time any per-layer placement reaches, knowing the future
+    /// ([`optimal::optimal`]).
+    Optimal,
+    /// The least modeled time one pool of `slots × layers` slots shared by the layers reaches,
+    /// knowing the future ([`optimal::optimal_shared`]).
+    OptimalShared,
 }
 
 impl ReplayPolicy {
     /// Every name [`ReplayPolicy::from_name`] knows.
-    pub const NAMES: [&'static str; 9] =
-        ["tide", "decay", "lru", "lfu", "lru2", "belady", "tinylfu", "oracle", "uniform"];
+    pub const NAMES: [&'static str; 11] =
+        ["tide", "decay", "lru", "lfu", "lru2", "belady", "tinylfu", "oracle", "uniform", "optimal", "optimal-shared"];
 
     /// The name.
     pub const fn name(&self) -> &'static str {
@@ -46,6 +54,8 @@ impl ReplayPolicy {
             Self::Pool(p) => p.name(),
             Self::Oracle => "oracle",
             Self::Uniform => "uniform",
+            Self::Optimal => "optimal",
+            Self::OptimalShared => "optimal-shared",
         }
     }
 
@@ -57,6 +67,8 @@ impl ReplayPolicy {
         match name {
             "oracle" => Ok(Self::Oracle),
             "uniform" => Ok(Self::Uniform),
+            "optimal" => Ok(Self::Optimal),
+            "optimal-shared" => Ok(Self::OptimalShared),
             other => Policy::from_name(other).map(Self::Pool),
         }
     }
@@ -75,7 +87,7 @@ pub struct CostModel {
 }
 
 impl CostModel {
-    fn seconds(&self, slow_pairs: u64, bytes: u64) -> f64 {
+    pub(crate) fn seconds(&self, slow_pairs: u64, bytes: u64) -> f64 {
         let link = if self.link_bytes_per_second > 0.0 { bytes as f64 / self.link_bytes_per_second } else { 0.0 };
         slow_pairs as f64 * self.slow_pair_seconds + link
     }
@@ -183,6 +195,11 @@ impl core::error::Error for ReplayError {}
 /// [`ReplayError::Pool`] when a pool cannot be built (no experts, too many) or a step has too many
 /// ids.
 pub fn replay(trace: &Trace, config: &ReplayConfig) -> Result<ReplayReport, ReplayError> {
+    match config.policy {
+        ReplayPolicy::Optimal => return Ok(optimal::optimal(trace, config)),
+        ReplayPolicy::OptimalShared => return Ok(optimal::optimal_shared(trace, config)),
+        _ => {}
+    }
     // Records grouped by layer in one pass, each group in file order.
     let mut by_layer: Vec<&TraceRecord> = trace.records().iter().collect();
     by_layer.sort_by_key(|r| r.layer);
