@@ -35,7 +35,7 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32")]
     intervals: Vec<NonZeroU32>,
     /// Tinylfu frequency half-lives (steps) to consider, besides --admit-half-life.
-    #[arg(long, value_delimiter = ',', default_value = "16,32,64,256")]
+    #[arg(long, value_delimiter = ',', default_value = "16,32,64,256,1024")]
     admit_half_lives: Vec<f32>,
     /// Tinylfu horizons (steps) to consider, besides --admit-horizon.
     #[arg(long, value_delimiter = ',', default_value = "0.5,2,8,32")]
