@@ -60,12 +60,17 @@ pub struct AdmissionConfig {
     half_life: f32,
     threshold: f32,
     horizon: f32,
+    /// `0.5^(1 / half_life)` and `2^(1 / half_life)`, computed once here so that a pool's steps
+    /// (and a firmware that never builds a config) need no power function.
+    decay: f32,
+    growth: f32,
 }
 
 impl AdmissionConfig {
-    /// The default: a half-life of 16 steps, a horizon of 1 step, threshold 0 (the best of
+    /// The default: a half-life of 32 steps, a horizon of half a step, threshold 0 (the best of
     /// `expertslab tune`'s grid on the synthetic locality traces of BENCHMARKS.md).
-    pub const DEFAULT: Self = Self { half_life: 16.0, horizon: 1.0, threshold: 0.0 };
+    pub const DEFAULT: Self =
+        Self { half_life: 32.0, horizon: 0.5, threshold: 0.0, decay: 0.978_572_1, growth: 1.021_897_2 };
 
     /// Use counts halve every `half_life` steps; an expert's use rate is credited over `horizon`
     /// steps; a miss is copied only when its expert's score exceeds the demotion candidate's by
@@ -85,7 +90,8 @@ impl AdmissionConfig {
         if !(threshold.is_finite() && threshold >= 0.0) {
             return Err(PolicyError::Threshold(threshold));
         }
-        Ok(Self { half_life, threshold, horizon })
+        let (decay, growth) = (libm::powf(0.5, 1.0 / half_life), libm::powf(2.0, 1.0 / half_life));
+        Ok(Self { half_life, threshold, horizon, decay, growth })
     }
 
     /// The steps over which an expert's use rate is credited in its score.
@@ -136,10 +142,9 @@ struct DecayedCounts {
 }
 
 impl DecayedCounts {
-    /// Counts that halve every `half_life` steps.
-    fn new(half_life: f32, experts: usize) -> Self {
-        // Counts decay by 0.5^(1 / half_life) per step; the scale grows by the inverse.
-        Self { scaled: vec![0.0; experts], scale: 1.0, growth: libm::powf(2.0, 1.0 / half_life) }
+    /// Counts that decay by `1 / growth` per step.
+    fn new(growth: f32, experts: usize) -> Self {
+        Self { scaled: vec![0.0; experts], scale: 1.0, growth }
     }
 
     /// Decays every count by one step.
@@ -200,14 +205,14 @@ impl AdmissionFilter {
     pub(crate) fn new(config: AdmissionConfig, experts: usize, slots: usize) -> Self {
         Self {
             config,
-            uses: DecayedCounts::new(config.half_life, experts),
+            uses: DecayedCounts::new(config.growth, experts),
             last: vec![0; experts],
             in_step: vec![0; experts],
             ranked: vec![0; experts],
             step: 0,
             continued: 0.0,
             ids: 0.0,
-            decay: libm::powf(0.5, 1.0 / config.half_life),
+            decay: config.decay,
             continuation: 0.0,
             best: Vec::with_capacity(slots),
             cutoff: 0.0,
@@ -270,8 +275,15 @@ impl AdmissionFilter {
                 if self.best.len() == slots {
                     self.best.pop();
                 }
-                // Within the capacity reserved for `slots`.
-                self.best.insert(at, score);
+                // Within the capacity reserved for `slots`; moved into place one swap at a time
+                // (a bulk move would link `memmove` into small firmware).
+                self.best.push(score);
+                let mut i = self.best.len().saturating_sub(1);
+                while i > at {
+                    let j = i.saturating_sub(1);
+                    self.best.swap(i, j);
+                    i = j;
+                }
             }
         }
         if self.best.len() == slots {
@@ -344,7 +356,7 @@ mod tests {
 
     #[test]
     fn decayed_counts_halve_and_survive_rescaling() {
-        let mut c = DecayedCounts::new(2.0, 3);
+        let mut c = DecayedCounts::new(libm::powf(2.0, 0.5), 3);
         c.add(1);
         c.add(1);
         c.add(7); // out of range: nothing
