@@ -4,7 +4,9 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use expertslab::{migrate, ArenaSink, DecayConfig, ExpertPool, MigrationPlan, Policy, PoolConfig, SlotArena};
+use expertslab::{
+    migrate, AdmissionConfig, ArenaSink, DecayConfig, ExpertPool, MigrationPlan, Policy, PoolConfig, SlotArena,
+};
 use expertslab_tests::{borrow_layer, synthetic_layer};
 
 struct Counting;
@@ -62,8 +64,16 @@ fn refresh_serve_migrate_and_budget_changes_do_not_allocate() {
     let (shrink_at, grow_at) = (steps as usize * 3 / 10, steps as usize * 6 / 10);
     let trace: Vec<Vec<u32>> = (0..steps).map(|s| routing(s, 1 + s % 9, 4, EXPERTS)).collect();
     let stream: Vec<u32> = trace.concat();
-    let policies =
-        [Policy::Tide, Policy::Decay(DecayConfig::default()), Policy::Lru, Policy::Lfu, Policy::Lru2, Policy::Belady];
+    // Tinylfu at threshold 0 moves experts; its steps of more ids than slots rank their experts.
+    let policies = [
+        Policy::Tide,
+        Policy::Decay(DecayConfig::default()),
+        Policy::Lru,
+        Policy::Lfu,
+        Policy::Lru2,
+        Policy::Belady,
+        Policy::Tinylfu(AdmissionConfig::DEFAULT),
+    ];
     for policy in policies {
         let mut buffer = vec![0u128; arena.total_bytes() / 16];
         let mut sink = ArenaSink::new(arena.clone(), 0, bytemuck::cast_slice_mut(&mut buffer)).unwrap();

@@ -3,7 +3,9 @@
 
 use std::num::NonZeroU32;
 
-use expertslab::{DecayConfig, ExpertPool, InitialPlacement, MigrationPlan, Policy, PoolConfig, Schedule, Step};
+use expertslab::{
+    AdmissionConfig, DecayConfig, ExpertPool, InitialPlacement, MigrationPlan, Policy, PoolConfig, Schedule, Step,
+};
 use expertslab_tests::{commit_plan as commit, resident_set, started_pool, ReferenceDecay, ReferenceDemand};
 use proptest::prelude::*;
 
@@ -57,6 +59,31 @@ fn run_demand(policy: Policy, experts: u32, slots: usize, warm: bool, steps: &[V
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(expertslab_tests::cases(200)))]
+
+    #[test]
+    fn tinylfu_copies_only_misses_of_its_step_and_never_moves_past_every_score(
+        (experts, slots, warm, steps) in trace(),
+        threshold in prop::sample::select(vec![0.0f32, 1.0, 1e9]),
+    ) {
+        let config = AdmissionConfig::new(4.0, 1.0, threshold).unwrap();
+        let (mut pool, mut plan) = pool(experts, slots, warm, Policy::Tinylfu(config), Schedule::EveryForward);
+        let start = *pool.stats();
+        for (s, ids) in steps.iter().enumerate() {
+            let before = resident_set(&pool);
+            assert!(pool.plan_step(Step::decode(s as u64), ids, &mut plan).unwrap());
+            for p in plan.promotions() {
+                let expert = u32::from(p.expert);
+                assert!(ids.contains(&expert) && !before.contains(&expert), "step {s}: {expert}");
+            }
+            commit(&mut pool, &plan);
+            let served = pool.serve(ids);
+            assert!(plan.len() <= served.misses as usize);
+            assert!(pool.resident() <= pool.slots());
+        }
+        if threshold >= 1e9 {
+            assert_eq!(pool.stats().promotions, start.promotions, "a threshold no score reaches moves nothing");
+        }
+    }
 
     #[test]
     fn demand_policies_match_their_references((experts, slots, warm, steps) in trace()) {
@@ -186,4 +213,27 @@ fn belady_follows_its_stream_through_reuse_steps() {
     belady.plan_step(Step::decode(1), &stream[2..3], &mut plan).unwrap();
     let promoted: Vec<(u16, Option<u16>)> = plan.promotions().iter().map(|p| (p.expert, p.demoted)).collect();
     assert_eq!(promoted, [(3, Some(0))]);
+}
+
+#[test]
+fn tinylfu_gives_a_step_s_slots_to_its_busiest_experts() {
+    // Two slots holding 0 and 1; a step of more ids than slots uses 0 once and 5 and 6 three
+    // times each. Both slots go to 5 and 6 (the slot count's best of the step): 1 is unused, and
+    // 0, though used, ranks below the step's cutoff, so its id is served in place.
+    let config = AdmissionConfig::new(16.0, 1.0, 0.0).unwrap();
+    let (mut tinylfu, mut plan) = pool(8, 2, true, Policy::Tinylfu(config), Schedule::EveryForward);
+    let ids = [0, 5, 5, 5, 6, 6, 6];
+    tinylfu.plan_step(Step::decode(0), &ids, &mut plan).unwrap();
+    let mut promoted: Vec<(u16, Option<u16>)> = plan.promotions().iter().map(|p| (p.expert, p.demoted)).collect();
+    promoted.sort();
+    assert_eq!(promoted, [(5, Some(1)), (6, Some(0))]);
+    commit(&mut tinylfu, &plan);
+    let served = tinylfu.serve(&ids);
+    let counts = (served.hits, served.served_by_copy, served.served_in_place);
+    assert_eq!(counts, (0, 6, 1), "0 in place, every id of 5 and 6 served by their copies");
+    // Plain LRU keeps 0 (pinned by its use) and serves one of the busy experts in place.
+    let (mut lru, mut plan) = pool(8, 2, true, Policy::Lru, Schedule::EveryForward);
+    lru.plan_step(Step::decode(0), &ids, &mut plan).unwrap();
+    commit(&mut lru, &plan);
+    assert!(lru.serve(&ids).served_in_place >= 3);
 }

@@ -8,7 +8,7 @@ use expertslab_std::trace::replay::{
     replay_from, CostModel, ReplayConfig, ReplayError, ReplayPolicy, ReplayReport, Sharing,
 };
 use expertslab_std::trace::{Trace, WarmStart};
-use expertslab_std::{DecayConfig, InitialPlacement, LayeredSource, Policy, Predictor, Schedule};
+use expertslab_std::{AdmissionConfig, DecayConfig, InitialPlacement, LayeredSource, Policy, Predictor, Schedule};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
@@ -38,6 +38,8 @@ pub struct ReplayArgs {
     /// pools only; needs --layer-compute-us of at least one copy time.
     #[arg(long, value_parser = parse_predictor)]
     pub prefetch: Option<Predictor>,
+    #[command(flatten)]
+    pub admission: AdmissionArgs,
 }
 
 /// Reads a prefetch predictor name.
@@ -152,6 +154,30 @@ impl DecayArgs {
     }
 }
 
+/// The cost-aware admission settings (tinylfu).
+#[derive(Debug, Clone, Args)]
+pub struct AdmissionArgs {
+    /// Tinylfu: steps for an expert's decayed use count to halve.
+    #[arg(long, default_value_t = AdmissionConfig::DEFAULT.half_life())]
+    pub admit_half_life: f32,
+    /// Tinylfu: a miss is copied only when its expert's decayed use count exceeds the displaced
+    /// resident's by more than this many uses; otherwise it is served in place.
+    #[arg(long, default_value_t = AdmissionConfig::DEFAULT.threshold())]
+    pub admit_threshold: f32,
+    /// Tinylfu: the steps over which an expert's use rate is credited in its score (its expected
+    /// further uses).
+    #[arg(long, default_value_t = AdmissionConfig::DEFAULT.horizon())]
+    pub admit_horizon: f32,
+}
+
+impl AdmissionArgs {
+    /// The admission settings, checked.
+    pub fn config(&self) -> Result<AdmissionConfig, CliError> {
+        AdmissionConfig::new(self.admit_half_life, self.admit_horizon, self.admit_threshold)
+            .map_err(|e| CliError::Usage(e.to_string()))
+    }
+}
+
 /// Reads a policy name.
 pub fn parse_policy(text: &str) -> Result<ReplayPolicy, String> {
     ReplayPolicy::from_name(text).map_err(|e| format!("{e} '{text}' (known: {})", ReplayPolicy::NAMES.join(", ")))
@@ -184,6 +210,31 @@ pub fn with_decay(policy: ReplayPolicy, decay: DecayConfig) -> ReplayPolicy {
     match policy {
         ReplayPolicy::Pool(Policy::Decay(_)) => ReplayPolicy::Pool(Policy::Decay(decay)),
         other => other,
+    }
+}
+
+/// The policy with the admission settings applied.
+pub fn with_admission(policy: ReplayPolicy, admission: AdmissionConfig) -> ReplayPolicy {
+    match policy {
+        ReplayPolicy::Pool(Policy::Tinylfu(_)) => ReplayPolicy::Pool(Policy::Tinylfu(admission)),
+        other => other,
+    }
+}
+
+/// The policy's name with its settings where it has some a search varies (tinylfu's half-life
+/// and threshold).
+pub fn policy_label(policy: ReplayPolicy) -> String {
+    match policy {
+        ReplayPolicy::Pool(Policy::Tinylfu(a)) => {
+            format!(
+                "{} (half-life {}, horizon {}, threshold {})",
+                policy.name(),
+                a.half_life(),
+                a.horizon(),
+                a.threshold()
+            )
+        }
+        other => other.name().to_string(),
     }
 }
 

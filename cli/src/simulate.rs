@@ -6,13 +6,14 @@ use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
 use expertslab_std::trace::replay::{ReplayPolicy, ReplayStats, Sharing};
-use expertslab_std::Schedule;
+use expertslab_std::{Policy, Schedule};
 use serde_json::{json, Value};
 
 use crate::error::CliError;
 use crate::plot;
 use crate::replay_args::{
-    parse_policy, parse_schedule, parse_sharing, read_trace, run_all, schedule_name, with_decay, ReplayArgs, Run,
+    parse_policy, parse_schedule, parse_sharing, policy_label, read_trace, run_all, schedule_name, with_admission,
+    with_decay, ReplayArgs, Run,
 };
 use crate::table::{Align, Table};
 use crate::units::format_size;
@@ -22,11 +23,11 @@ use crate::units::format_size;
 pub struct Args {
     #[command(flatten)]
     replay: ReplayArgs,
-    /// Policies, comma-separated: tide, decay, lru, lfu, lru2, belady, oracle, uniform, optimal
-    /// (the least time any per-layer placement reaches), optimal-shared (the same for one pool
-    /// of slots × layers shared by the layers).
+    /// Policies, comma-separated: tide, decay, lru, lfu, lru2, belady, tinylfu, oracle, uniform,
+    /// optimal (the least time any per-layer placement reaches), optimal-shared (the same for one
+    /// pool of slots × layers shared by the layers).
     #[arg(long, value_delimiter = ',', value_parser = parse_policy,
-          default_value = "tide,decay,lru,lfu,lru2,belady,oracle,uniform,optimal,optimal-shared")]
+          default_value = "tide,decay,lru,lfu,lru2,belady,tinylfu,oracle,uniform,optimal,optimal-shared")]
     policy: Vec<ReplayPolicy>,
     /// Slots per layer (default: a quarter of the experts).
     #[arg(long, alias = "budget", conflicts_with = "sweep")]
@@ -103,10 +104,10 @@ pub fn counters_json(c: &ReplayStats) -> Value {
     })
 }
 
-/// One run as JSON: policy, slots, schedule, layers and total. `budget` repeats `slots` under
-/// its earlier name, for one release.
+/// One run as JSON: policy, slots, schedule, layers and total (and a tinylfu policy's
+/// `admission` settings). `budget` repeats `slots` under its earlier name, for one release.
 pub fn run_json(run: &Run) -> Value {
-    json!({
+    let mut object = json!({
         "policy": run.policy.name(),
         "slots": run.slots,
         "budget": run.slots,
@@ -123,13 +124,18 @@ pub fn run_json(run: &Run) -> Value {
             })
             .collect::<Vec<_>>(),
         "total": counters_json(&run.report.total),
-    })
+    });
+    if let ReplayPolicy::Pool(Policy::Tinylfu(a)) = run.policy {
+        object["admission"] = json!({ "half_life": a.half_life(), "horizon": a.horizon(), "threshold": a.threshold() });
+    }
+    object
 }
 
 pub fn run(args: &Args) -> Result<(), CliError> {
     let trace = read_trace(&args.replay.trace)?;
     let cost = args.replay.cost.cost_model()?;
     let decay = args.replay.decay.config()?;
+    let admission = args.replay.admission.config()?;
     let experts = trace.header().experts as usize;
     let slot_counts = match (&args.sweep, args.slots) {
         (Some(Sweep(sweep)), _) => sweep.clone(),
@@ -143,7 +149,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
                 args.policy
                     .iter()
                     .filter(move |&&p| sharing.supports(p))
-                    .map(move |&p| (with_decay(p, decay), s, args.schedule, sharing))
+                    .map(move |&p| (with_admission(with_decay(p, decay), admission), s, args.schedule, sharing))
             })
         })
         .collect();
@@ -180,10 +186,10 @@ pub fn run(args: &Args) -> Result<(), CliError> {
 }
 
 /// A run's policy as tables show it: the name, with "/shared" for a shared pool.
-pub fn policy_label(run: &Run) -> String {
+pub fn run_label(run: &Run) -> String {
     match run.sharing {
-        Sharing::PerLayer => run.policy.name().to_string(),
-        Sharing::Shared => format!("{}/shared", run.policy.name()),
+        Sharing::PerLayer => policy_label(run.policy),
+        Sharing::Shared => format!("{}/shared", policy_label(run.policy)),
     }
 }
 
@@ -204,7 +210,7 @@ pub fn write_table(out: &mut impl Write, runs: &[Run]) -> io::Result<()> {
         let t = &run.report.total;
         table.row(vec![
             run.slots.to_string(),
-            policy_label(run),
+            run_label(run),
             format!("{:.1}%", 100.0 * t.hit_rate()),
             t.misses.to_string(),
             t.served_by_copy.to_string(),

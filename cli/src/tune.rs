@@ -7,14 +7,14 @@ use std::num::NonZeroU32;
 
 use clap::Args as ClapArgs;
 use expertslab_std::trace::replay::{ReplayPolicy, Sharing};
-use expertslab_std::{slots_per_layer, Policy, Schedule};
+use expertslab_std::{slots_per_layer, AdmissionConfig, Policy, Schedule};
 use serde_json::json;
 
 use crate::error::CliError;
 use crate::replay_args::{
-    parse_policy, parse_sharing, read_trace, run_all, schedule_name, with_decay, ReplayArgs, Run,
+    parse_policy, parse_sharing, read_trace, run_all, schedule_name, with_admission, with_decay, ReplayArgs, Run,
 };
-use crate::simulate::{policy_label, run_json, write_table};
+use crate::simulate::{run_json, run_label, write_table};
 use crate::units::{self, format_size};
 
 /// `tune`'s arguments.
@@ -29,7 +29,7 @@ pub struct Args {
     #[arg(long, value_parser = units::parse_size)]
     memory: Option<u64>,
     /// Policies to consider (deployable ones; the references are shown for comparison).
-    #[arg(long, value_delimiter = ',', value_parser = parse_policy, default_value = "tide,decay,lru,lfu,lru2")]
+    #[arg(long, value_delimiter = ',', value_parser = parse_policy, default_value = "tide,decay,lru,lfu,lru2,tinylfu")]
     policy: Vec<ReplayPolicy>,
     /// Refresh intervals τ (decode steps) to consider for interval policies.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32")]
@@ -38,10 +38,37 @@ pub struct Args {
     /// pool of slots × layers for all layers). Interval policies always use per-layer pools.
     #[arg(long, value_delimiter = ',', value_parser = parse_sharing, default_value = "per-layer,shared")]
     sharing: Vec<Sharing>,
+    /// Tinylfu frequency half-lives (steps) to consider, besides --admit-half-life.
+    #[arg(long, value_delimiter = ',', default_value = "16,32,64,256,1024")]
+    admit_half_lives: Vec<f32>,
+    /// Tinylfu horizons (steps) to consider, besides --admit-horizon.
+    #[arg(long, value_delimiter = ',', default_value = "0.5,2,8,32")]
+    admit_horizons: Vec<f32>,
+    /// Tinylfu admission thresholds (uses) to consider, besides --admit-threshold; a threshold no
+    /// score reaches (1e9) is the miss action "always serve in place", which never moves.
+    #[arg(long, value_delimiter = ',', default_value = "0,1,4,1e9")]
+    admit_thresholds: Vec<f32>,
     /// Print one JSON document: the best run, the baselines, the references, how many times the
     /// optimum the best takes, and every candidate run with its modeled time.
     #[arg(long)]
     json: bool,
+}
+
+/// The tinylfu settings tried: every combination of the grids, and the one --admit-* names.
+fn admission_grid(args: &Args) -> Result<Vec<AdmissionConfig>, CliError> {
+    let mut grid = vec![args.replay.admission.config()?];
+    for &half_life in &args.admit_half_lives {
+        for &horizon in &args.admit_horizons {
+            for &threshold in &args.admit_thresholds {
+                let config = AdmissionConfig::new(half_life, horizon, threshold)
+                    .map_err(|e| CliError::Usage(format!("tinylfu grid: {e}")))?;
+                if !grid.contains(&config) {
+                    grid.push(config);
+                }
+            }
+        }
+    }
+    Ok(grid)
 }
 
 /// The slot counts tried up to `max`: powers of two, and `max` itself.
@@ -56,6 +83,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     let trace = read_trace(&args.replay.trace)?;
     let cost = args.replay.cost.cost_model()?;
     let decay = args.replay.decay.config()?;
+    let admissions = admission_grid(args)?;
     let header = trace.header();
     let experts = header.experts as usize;
     let max = match (args.max_slots, args.memory) {
@@ -81,7 +109,11 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     for &slots in &slot_counts(max) {
         for &policy in &args.policy {
             let policy = with_decay(policy, decay);
-            if matches!(policy, ReplayPolicy::Pool(p) if p.is_demand()) {
+            if matches!(policy, ReplayPolicy::Pool(Policy::Tinylfu(_))) {
+                for &sharing in &args.sharing {
+                    jobs.extend(admissions.iter().map(|&a| (with_admission(policy, a), slots, forward, sharing)));
+                }
+            } else if matches!(policy, ReplayPolicy::Pool(p) if p.is_demand()) {
                 jobs.extend(args.sharing.iter().map(|&sharing| (policy, slots, forward, sharing)));
             } else {
                 let per_layer = Sharing::PerLayer;
@@ -143,7 +175,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     writeln!(
         out,
         "best: {} with {} slots per layer, {}: modeled time {:.3} s, hit rate {:.1}%",
-        policy_label(best),
+        run_label(best),
         best.slots,
         schedule_name(best.schedule),
         time(best),

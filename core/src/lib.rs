@@ -26,7 +26,7 @@
 //! | [`view`] | typed views of slabs through bytemuck, with a copying fallback |
 //! | [`schedule`] | when a layer refreshes: [`Schedule`], [`Step`], [`Mode`] |
 //! | [`pool`] | [`ExpertPool`]: residency, planning, serving, statistics ([`PoolConfig`], [`PoolStats`], [`ServeStats`]); [`SharedSlotPool`]: one set of slots for several layers |
-//! | [`policy`] | placement: TIDE hit count, decayed frequency, LRU, LFU, LRU-2, Belady |
+//! | [`policy`] | placement: TIDE hit count, decayed frequency, LRU, LFU, LRU-2, Belady, cost-aware admission (TinyLFU-style) |
 //! | [`prefetch`] | guessing the next layer's experts ([`Prefetcher`]); [`ExpertPool::prefetch`] places them |
 //! | [`plan`] | what moves: [`MigrationPlan`], [`Promotion`] |
 //! | [`migrate`](mod@migrate) | moving it: copy each promotion, then commit; [`push_stacks`] for whole stacks |
@@ -131,7 +131,7 @@ pub use layout::{ExpertLayout, StackLayout, MAX_PROJECTIONS};
 pub use migrate::{expert_slabs, migrate, push_stacks, ExpertSlab, MigrateFailure, MigrateStats, PushError};
 pub use name::{stack_name, TensorName};
 pub use plan::{MigrationPlan, Promotion};
-pub use policy::{DecayConfig, Policy, PolicyError};
+pub use policy::{AdmissionConfig, DecayConfig, MissAction, Policy, PolicyError};
 pub use pool::{
     ExpertPool, InitialPlacement, PoolConfig, PoolStats, PromotionState, ServeStats, SharedSlotPool, MAX_EXPERTS,
     MAX_STEP_IDS,

@@ -14,15 +14,23 @@
 //!   (never used again is farthest). Needs the stream in advance
 //!   ([`crate::ExpertPool::load_future`]); for evaluation only.
 //!
+//! - Cost-aware (TinyLFU-style, see [`super::admission`]): the resident with the lowest decayed
+//!   use count, ties to the least recently used; and a miss is admitted only when the admission
+//!   filter's [`MissAction`] says copy, otherwise it is served in place and nothing moves. In a
+//!   step of more experts than slots, a resident the step uses but the filter ranks below the
+//!   step's cutoff is not pinned: it may give its slot up, and its ids are served in place.
+//!
 //! A step's ids are served together once its plan is migrated, so the experts a step uses or
 //! admits are pinned until the step ends: a demotion candidate is never one of them. When every slot holds
 //! one, a miss is served from slow memory without being admitted. With this rule the residency
 //! decided id by id is exactly the one serving sees after migration: a resident's ids hit, every
 //! id of an admitted expert is a miss served by copy, every other id a miss served in place.
 
+use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
 
+use super::admission::{AdmissionConfig, AdmissionFilter, MissAction};
 use crate::plan::{MigrationPlan, Promotion};
 use crate::slot_table::{admitted, slot_in, EMPTY_SLOT, NOT_RESIDENT};
 
@@ -33,6 +41,7 @@ pub(crate) enum DemandKind {
     Lfu,
     Lru2,
     Belady,
+    CostAware,
 }
 
 /// The last two uses of a slot's occupant (clock ticks; 0 = never), and the last step that used
@@ -70,6 +79,9 @@ pub(crate) struct DemandCache {
     admitted: Vec<u16>,
     frequency: Vec<u32>,
     future: Future,
+    /// The cost-aware admission filter (cost-aware kind only; boxed, so the other kinds stay
+    /// small).
+    filter: Option<Box<AdmissionFilter>>,
 }
 
 /// What an admission step reads and changes in the pool.
@@ -90,7 +102,14 @@ impl DemandCache {
             admitted: vec![EMPTY_SLOT; slots],
             frequency: if kind == DemandKind::Lfu { vec![0; experts] } else { Vec::new() },
             future: Future::default(),
+            filter: None,
         }
+    }
+
+    /// A cost-aware cache: TinyLFU-style admission with `config`.
+    pub(crate) fn cost_aware(config: AdmissionConfig, experts: usize, slots: usize) -> Self {
+        let filter = Some(Box::new(AdmissionFilter::new(config, experts, slots)));
+        Self { filter, ..Self::new(DemandKind::CostAware, experts, slots) }
     }
 
     /// Sizes the per-slot history for `slots` slots: dropped slots forget theirs, new slots start
@@ -98,6 +117,9 @@ impl DemandCache {
     pub(crate) fn set_slots(&mut self, slots: usize) {
         self.uses.resize(slots, Uses::default());
         self.admitted.resize(slots, EMPTY_SLOT);
+        if let Some(filter) = self.filter.as_mut() {
+            filter.set_slots(slots);
+        }
     }
 
     /// Whether this is Belady's policy.
@@ -129,6 +151,9 @@ impl DemandCache {
         // Slots holding an expert, committed or admitted: while every slot does, no search for a
         // free one is needed.
         let mut occupied = slot_expert.iter().filter(|&&e| e != EMPTY_SLOT).count();
+        if let Some(filter) = self.filter.as_mut() {
+            filter.begin_step(ids, slot_expert.len());
+        }
         for &id in ids {
             let position = self.future.cursor;
             self.future.cursor = position.saturating_add(1);
@@ -157,6 +182,9 @@ impl DemandCache {
             let Some(slot) = free.or_else(|| self.demotable(slot_expert)) else {
                 continue; // every slot pinned by this step (or none at all): slow memory
             };
+            if self.miss_action(expert, slot, slot_expert) == MissAction::InPlace {
+                continue; // served in place: nothing moves
+            }
             occupied = occupied.saturating_add(usize::from(free.is_some()));
             // A demotion candidate is a committed resident this step has not used: demote it.
             let demoted = slot_expert.get(slot).copied().filter(|&e| e != EMPTY_SLOT);
@@ -251,6 +279,24 @@ impl DemandCache {
         demotions
     }
 
+    /// What the admission filter does with a miss of `expert` that would take `slot` (always a
+    /// copy without a filter).
+    fn miss_action(&self, expert: usize, slot: usize, slot_expert: &[u16]) -> MissAction {
+        let Some(filter) = &self.filter else { return MissAction::Copy };
+        let victim = slot_expert.get(slot).copied().filter(|&e| e != EMPTY_SLOT).map(usize::from);
+        filter.miss_action(expert, victim)
+    }
+
+    /// Whether the committed resident of `slot`, though used by this step, gives its slot up:
+    /// the admission filter ranks it below the step's cutoff (a step of more experts than slots).
+    /// Its ids are then served in place.
+    fn yields(&self, slot_expert: &[u16], slot: usize) -> bool {
+        let Some(filter) = &self.filter else { return false };
+        let committed = self.admitted.get(slot).is_some_and(|&a| a == EMPTY_SLOT);
+        let expert = slot_expert.get(slot).copied().unwrap_or(EMPTY_SLOT);
+        committed && expert != EMPTY_SLOT && filter.below_cutoff(usize::from(expert))
+    }
+
     /// The first slot holding no expert, committed or admitted.
     fn free_slot(&self, slot_expert: &[u16]) -> Option<usize> {
         slot_expert.iter().zip(&self.admitted).position(|(&c, &a)| c == EMPTY_SLOT && a == EMPTY_SLOT)
@@ -266,10 +312,12 @@ impl DemandCache {
                 slot_expert.get(slot).copied().unwrap_or(EMPTY_SLOT)
             }
         };
-        // Slots a prefetch is filling are pinned too (during a step, admitted slots are pinned).
+        // Slots a prefetch is filling are pinned too (during a step, admitted slots are pinned); a
+        // used resident the admission filter ranks below the step's cutoff is not.
         let unpinned = |slot: &usize| {
-            self.uses.get(*slot).is_some_and(|u| u.step != self.step)
-                && self.admitted.get(*slot).is_some_and(|&a| a == EMPTY_SLOT)
+            (self.uses.get(*slot).is_some_and(|u| u.step != self.step)
+                && self.admitted.get(*slot).is_some_and(|&a| a == EMPTY_SLOT))
+                || self.yields(slot_expert, *slot)
         };
         (0..slot_expert.len()).filter(unpinned).min_by_key(|&slot| {
             let expert = occupant(slot);
@@ -282,6 +330,7 @@ impl DemandCache {
                     let next = self.future.next_use.get(usize::from(expert)).copied().unwrap_or(NEVER);
                     (u64::from(NEVER.saturating_sub(next)), 0) // NEVER is u32::MAX: never saturates
                 }
+                DemandKind::CostAware => (self.filter.as_ref().map_or(0, |f| f.key(usize::from(expert))), uses.last),
             };
             (key, expert)
         })

@@ -8,14 +8,20 @@
 //! - **Demand caching** ([`Policy::Lru`], [`Policy::Lfu`], [`Policy::Lru2`],
 //!   [`Policy::Belady`]): every step, ids are served in order and each miss is admitted at once,
 //!   demoting the policy's demotion candidate when the slots are full. The schedule does not apply.
+//! - **Cost-aware demand caching** ([`Policy::Tinylfu`]): as demand caching, but each miss gets a
+//!   [`MissAction`]: copied only when the expert's expected reuse outweighs the resident it would
+//!   displace by a threshold, otherwise served in place (see [`admission`]).
 //!
 //! Every policy is deterministic (ties go to the lower expert id) and allocates nothing per step.
 
+pub mod admission;
 mod demand;
 mod interval;
 pub(crate) mod select;
 
 use core::fmt;
+
+pub use admission::{AdmissionConfig, MissAction};
 
 pub(crate) use demand::{AdmitState, DemandCache, DemandKind};
 pub(crate) use interval::{Candidates, IntervalPlacement, RefreshState};
@@ -40,6 +46,10 @@ pub enum PolicyError {
     Margin(f32),
     /// A policy name this crate does not know.
     UnknownName,
+    /// An admission threshold below 0 or not finite.
+    Threshold(f32),
+    /// An admission horizon below 0 or not finite.
+    Horizon(f32),
 }
 
 impl fmt::Display for PolicyError {
@@ -48,6 +58,8 @@ impl fmt::Display for PolicyError {
             Self::HalfLife(v) => write!(f, "decay half-life {v} is not a positive number of steps"),
             Self::Margin(v) => write!(f, "swap margin {v} is not a finite factor of at least 1"),
             Self::UnknownName => f.write_str("unknown policy name"),
+            Self::Threshold(v) => write!(f, "admission threshold {v} is not a finite number of uses of at least 0"),
+            Self::Horizon(v) => write!(f, "admission horizon {v} is not a finite number of steps of at least 0"),
         }
     }
 }
@@ -122,11 +134,14 @@ pub enum Policy {
     /// Demand caching, demoting the resident used farthest in the future (offline optimum; needs
     /// [`crate::ExpertPool::load_future`]).
     Belady,
+    /// Cost-aware demand caching: decayed use counts decide, per miss, between a copy (demoting
+    /// the lowest-scoring resident) and serving in place. See [`admission`].
+    Tinylfu(AdmissionConfig),
 }
 
 impl Policy {
     /// Every policy name [`Policy::from_name`] knows.
-    pub const NAMES: [&'static str; 6] = ["tide", "decay", "lru", "lfu", "lru2", "belady"];
+    pub const NAMES: [&'static str; 7] = ["tide", "decay", "lru", "lfu", "lru2", "belady", "tinylfu"];
 
     /// The policy's name.
     pub const fn name(&self) -> &'static str {
@@ -137,10 +152,12 @@ impl Policy {
             Self::Lfu => "lfu",
             Self::Lru2 => "lru2",
             Self::Belady => "belady",
+            Self::Tinylfu(_) => "tinylfu",
         }
     }
 
-    /// The policy named `name` (decay with [`DecayConfig::DEFAULT`]).
+    /// The policy named `name` (decay with [`DecayConfig::DEFAULT`], tinylfu with
+    /// [`AdmissionConfig::DEFAULT`]).
     ///
     /// # Errors
     /// [`PolicyError::UnknownName`].
@@ -152,14 +169,15 @@ impl Policy {
             "lfu" => Self::Lfu,
             "lru2" => Self::Lru2,
             "belady" => Self::Belady,
+            "tinylfu" => Self::Tinylfu(AdmissionConfig::DEFAULT),
             _ => return Err(PolicyError::UnknownName),
         })
     }
 
-    /// Whether the policy admits every miss (demand caching) rather than placing on refresh
-    /// steps.
+    /// Whether the policy decides on each miss (demand caching, cost-aware or not) rather than
+    /// placing on refresh steps.
     pub const fn is_demand(&self) -> bool {
-        matches!(self, Self::Lru | Self::Lfu | Self::Lru2 | Self::Belady)
+        matches!(self, Self::Lru | Self::Lfu | Self::Lru2 | Self::Belady | Self::Tinylfu(_))
     }
 }
 
@@ -180,6 +198,7 @@ impl PolicyState {
             Policy::Lfu => demand(DemandKind::Lfu),
             Policy::Lru2 => demand(DemandKind::Lru2),
             Policy::Belady => demand(DemandKind::Belady),
+            Policy::Tinylfu(config) => Self::Demand(DemandCache::cost_aware(config, experts, slots)),
         }
     }
 

@@ -13,7 +13,9 @@
 //! The cost model: a miss served in place costs `slow_pair_seconds` (one token–expert pair
 //! computed where the weights are); every promoted expert costs `expert_bytes` over a link of
 //! `link_bytes_per_second`. A miss served by copy is paid by that copy, not by the slow-memory
-//! compute: `modeled_time = served in place × slow_pair_seconds + bytes moved / link`.
+//! compute; a miss a demand policy serves in place (a cost-aware policy's
+//! [`MissAction::InPlace`](crate::MissAction::InPlace), or a step whose every slot is pinned) is
+//! charged as one: `modeled_time = served in place × slow_pair_seconds + bytes moved / link`.
 //!
 //! A pool shared by all layers ([`Sharing::Shared`]) and prefetch ([`ReplayConfig::prefetch`])
 //! replay all layers together instead, in trace order: by step, then layer (records of one step
@@ -55,8 +57,8 @@ pub enum ReplayPolicy {
 
 impl ReplayPolicy {
     /// Every name [`ReplayPolicy::from_name`] knows.
-    pub const NAMES: [&'static str; 10] =
-        ["tide", "decay", "lru", "lfu", "lru2", "belady", "oracle", "uniform", "optimal", "optimal-shared"];
+    pub const NAMES: [&'static str; 11] =
+        ["tide", "decay", "lru", "lfu", "lru2", "belady", "tinylfu", "oracle", "uniform", "optimal", "optimal-shared"];
 
     /// The name.
     pub const fn name(&self) -> &'static str {
@@ -537,5 +539,26 @@ mod tests {
         // A block that restarts at an odd step: its first step refreshes all the same.
         let odd = replay(&records([0, 1, 2, 3, 4, 3, 4, 5, 6, 7]), &every2).unwrap().total;
         assert_eq!(odd.served_by_copy, 0b01_0111_0101);
+    }
+
+    #[test]
+    fn misses_served_in_place_are_slow_pairs_and_copies_are_paid_by_the_link() {
+        let tinylfu = |threshold| {
+            let policy = Policy::Tinylfu(crate::AdmissionConfig::new(4.0, 0.0, threshold).unwrap());
+            replay(&trace(), &config(ReplayPolicy::Pool(policy))).unwrap().total
+        };
+        // A threshold no score reaches: every miss is served in place, nothing moves.
+        let never = tinylfu(1e9);
+        assert_eq!((never.promotions, never.bytes_moved, never.hits), (0, 0, 0));
+        assert_eq!((never.served_in_place, never.served_by_copy), (never.misses, 0));
+        assert!((never.modeled_time_s - never.misses as f64).abs() < 1e-9);
+        // Threshold 0: some misses copied (each copy serving at least its own pair), the rest in
+        // place; the copies are paid by the link, the pairs in place one second each.
+        let eager = tinylfu(0.0);
+        assert!(eager.promotions > 0 && eager.served_in_place > 0);
+        assert!(eager.served_by_copy >= eager.promotions);
+        assert_eq!(eager.served_in_place + eager.served_by_copy, eager.misses);
+        let expected = eager.served_in_place as f64 + eager.promotions as f64;
+        assert!((eager.modeled_time_s - expected).abs() < 1e-9);
     }
 }
