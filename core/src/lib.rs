@@ -95,6 +95,7 @@ extern crate alloc;
 
 pub mod arena;
 pub mod budget;
+mod count;
 pub mod error;
 pub mod format;
 pub mod gguf;

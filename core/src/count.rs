@@ -1,0 +1,142 @@
+//! Counting one step's routing ids per expert at the pace the hardware allows.
+//!
+//! A plain loop (`counts[id] += 1`) chains every increment of a hot expert to the one before it:
+//! the next read of a counter waits for the last write to it. With skewed routing a few experts
+//! take a large share of the ids, so a long step is bound by that chain, not by reading the ids.
+//! [`CountBanks`] breaks it: the ids go round-robin into four banks of counters, so consecutive
+//! increments of one expert land in different banks and overlap; the banks are summed at the end,
+//! so the counts stay exact. Ids at or past the expert count go into one spare counter per bank
+//! (the branch-free way to ignore them) and are dropped when the banks are summed.
+//!
+//! The banks are scratch owned by the [`crate::MigrationPlan`] (one plan serves a layer's pools,
+//! or a model's), not pool state: a pool keeps its 4 bytes per expert. Between refreshes every
+//! counter is zero.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+/// Number of banks.
+const BANKS: usize = 4;
+
+/// Steps with fewer ids count in one pass: below this, summing the banks costs more than the
+/// chains they break (measured in `tests/benches/refresh.rs`).
+pub(crate) const MIN_BANKED_IDS: usize = 1024;
+
+/// Experts a plan's banks cover per slot of the plan's capacity (see [`crate::MigrationPlan::new`]).
+pub(crate) const EXPERTS_PER_SLOT: usize = 4;
+
+/// Ids one bank counts before its 16-bit counters are summed into the totals.
+const BANK_IDS: usize = u16::MAX as usize;
+
+/// Four banks of 16-bit counters for up to [`CountBanks::experts`] experts, each with a spare
+/// counter for invalid ids. All zero at rest.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CountBanks {
+    counters: Vec<u16>,
+}
+
+impl PartialEq for CountBanks {
+    /// Scratch carries no meaning: any two compare equal.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for CountBanks {}
+
+impl CountBanks {
+    /// Banks for pools of up to `experts` experts.
+    pub(crate) fn new(experts: usize) -> Self {
+        Self { counters: vec![0; experts.saturating_add(1).saturating_mul(BANKS)] }
+    }
+
+    /// The most experts the banks cover.
+    pub(crate) fn experts(&self) -> usize {
+        (self.counters.len() / BANKS).saturating_sub(1)
+    }
+
+    /// Writes into `totals[e]` the number of `ids` equal to `e`, for every expert `e` (ids at or
+    /// past `totals.len()` are ignored), if the banks cover `totals.len()` experts and `ids` is
+    /// long enough for banks to pay ([`MIN_BANKED_IDS`]). Returns whether it did; otherwise
+    /// `totals` is unchanged.
+    pub(crate) fn count(&mut self, ids: &[u32], totals: &mut [u32]) -> bool {
+        let experts = totals.len();
+        if ids.len() < MIN_BANKED_IDS || experts > self.experts() || experts == 0 {
+            return false;
+        }
+        totals.fill(0);
+        // experts <= self.experts(), so the banks hold BANKS * (experts + 1) counters.
+        let width = experts.saturating_add(1);
+        let Some(used) = self.counters.get_mut(..width.saturating_mul(BANKS)) else { return false };
+        for block in ids.chunks(BANK_IDS.saturating_mul(BANKS)) {
+            let mut banks = used.chunks_exact_mut(width);
+            let (Some(b0), Some(b1), Some(b2), Some(b3)) = (banks.next(), banks.next(), banks.next(), banks.next())
+            else {
+                return false; // BANKS chunks of `width` exist by construction
+            };
+            let mut quads = block.chunks_exact(BANKS);
+            for quad in &mut quads {
+                if let [a, b, c, d] = *quad {
+                    // An invalid id counts in the spare counter at index `experts`.
+                    bump(b0, a, experts);
+                    bump(b1, b, experts);
+                    bump(b2, c, experts);
+                    bump(b3, d, experts);
+                }
+            }
+            for &id in quads.remainder() {
+                bump(b0, id, experts);
+            }
+            for (total, ((a, b), (c, d))) in
+                totals.iter_mut().zip(b0.iter().zip(b1.iter()).zip(b2.iter().zip(b3.iter())))
+            {
+                let sum =
+                    u32::from(*a).wrapping_add(u32::from(*b)).wrapping_add(u32::from(*c)).wrapping_add(u32::from(*d));
+                // At most COUNT_MASK ids per step (checked by the pool): totals stay far from wrapping.
+                *total = total.wrapping_add(sum);
+            }
+            used.fill(0);
+        }
+        true
+    }
+}
+
+/// Adds one to `bank[min(id, spare)]` (`bank` has `spare + 1` counters; a bank sees at most
+/// [`BANK_IDS`] ids per block, so its counters do not wrap).
+#[inline(always)]
+fn bump(bank: &mut [u16], id: u32, spare: usize) {
+    if let Some(c) = bank.get_mut((id as usize).min(spare)) {
+        *c = c.wrapping_add(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn banked_counts_equal_a_plain_count() {
+        let mut banks = CountBanks::new(8);
+        assert_eq!(banks.experts(), 8);
+        // Skewed ids with invalid ones, a length that is not a multiple of the bank count.
+        let ids: Vec<u32> = (0..MIN_BANKED_IDS as u32 + 7).map(|i| if i % 3 == 0 { 2 } else { (i * 7) % 11 }).collect();
+        let mut totals = [9u32; 6];
+        assert!(banks.count(&ids, &mut totals));
+        let mut plain = [0u32; 6];
+        for &id in &ids {
+            if let Some(c) = plain.get_mut(id as usize) {
+                *c += 1;
+            }
+        }
+        assert_eq!(totals, plain);
+        assert!(banks.counters.iter().all(|&c| c == 0), "banks rest at zero");
+        // Short steps and pools past the banks' cover are left to the caller.
+        assert!(!banks.count(&ids[..MIN_BANKED_IDS - 1], &mut totals));
+        assert!(!banks.count(&ids, &mut [0u32; 9]));
+        // Blocks past one bank's counter range still count exactly.
+        let long: Vec<u32> = vec![1; BANK_IDS * BANKS + 5];
+        let mut totals = [0u32; 2];
+        assert!(banks.count(&long, &mut totals));
+        assert_eq!(totals, [0, long.len() as u32]);
+    }
+}
