@@ -25,8 +25,10 @@ pub(crate) const MIN_BANKED_IDS: usize = 1024;
 /// Experts a plan's banks cover per slot of the plan's capacity (see [`crate::MigrationPlan::new`]).
 pub(crate) const EXPERTS_PER_SLOT: usize = 4;
 
-/// Ids one bank counts before its 16-bit counters are summed into the totals.
-const BANK_IDS: usize = u16::MAX as usize;
+/// Ids counted before the banks' 16-bit counters are summed into the totals: whole rounds of
+/// eight, so a bank sees at most `u16::MAX - 1` of them (two per round), or as many with the
+/// last block's remainder.
+const BLOCK_IDS: usize = 2 * BANKS * (u16::MAX as usize / 2);
 
 /// Four banks of 16-bit counters for up to [`CountBanks::experts`] experts, each with a spare
 /// counter for invalid ids. All zero at rest.
@@ -68,24 +70,36 @@ impl CountBanks {
         // experts <= self.experts(), so the banks hold BANKS * (experts + 1) counters.
         let width = experts.saturating_add(1);
         let Some(used) = self.counters.get_mut(..width.saturating_mul(BANKS)) else { return false };
-        for block in ids.chunks(BANK_IDS.saturating_mul(BANKS)) {
+        for block in ids.chunks(BLOCK_IDS) {
             let mut banks = used.chunks_exact_mut(width);
             let (Some(b0), Some(b1), Some(b2), Some(b3)) = (banks.next(), banks.next(), banks.next(), banks.next())
             else {
                 return false; // BANKS chunks of `width` exist by construction
             };
-            let mut quads = block.chunks_exact(BANKS);
-            for quad in &mut quads {
-                if let [a, b, c, d] = *quad {
+            // Eight ids a round, two per bank (fewer loop tests than four).
+            let mut rounds = block.chunks_exact(2 * BANKS);
+            for round in &mut rounds {
+                if let [a, b, c, d, e, f, g, h] = *round {
                     // An invalid id counts in the spare counter at index `experts`.
                     bump(b0, a, experts);
                     bump(b1, b, experts);
                     bump(b2, c, experts);
                     bump(b3, d, experts);
+                    bump(b0, e, experts);
+                    bump(b1, f, experts);
+                    bump(b2, g, experts);
+                    bump(b3, h, experts);
                 }
             }
-            for &id in quads.remainder() {
-                bump(b0, id, experts);
+            // Under eight left: at most two more per bank.
+            for (i, &id) in rounds.remainder().iter().enumerate() {
+                let bank = match i % BANKS {
+                    0 => &mut *b0,
+                    1 => &mut *b1,
+                    2 => &mut *b2,
+                    _ => &mut *b3,
+                };
+                bump(bank, id, experts);
             }
             for (total, ((a, b), (c, d))) in
                 totals.iter_mut().zip(b0.iter().zip(b1.iter()).zip(b2.iter().zip(b3.iter())))
@@ -102,7 +116,7 @@ impl CountBanks {
 }
 
 /// Adds one to `bank[min(id, spare)]` (`bank` has `spare + 1` counters; a bank sees at most
-/// [`BANK_IDS`] ids per block, so its counters do not wrap).
+/// `u16::MAX` ids per block of [`BLOCK_IDS`], so its counters do not wrap).
 #[inline(always)]
 fn bump(bank: &mut [u16], id: u32, spare: usize) {
     if let Some(c) = bank.get_mut((id as usize).min(spare)) {
@@ -134,7 +148,7 @@ mod tests {
         assert!(!banks.count(&ids[..MIN_BANKED_IDS - 1], &mut totals));
         assert!(!banks.count(&ids, &mut [0u32; 9]));
         // Blocks past one bank's counter range still count exactly.
-        let long: Vec<u32> = vec![1; BANK_IDS * BANKS + 5];
+        let long: Vec<u32> = vec![1; BLOCK_IDS * 2 - 1];
         let mut totals = [0u32; 2];
         assert!(banks.count(&long, &mut totals));
         assert_eq!(totals, [0, long.len() as u32]);

@@ -42,7 +42,7 @@ impl MigrationPlan {
     /// [`crate::MAX_EXPERTS`] slots, so a larger `capacity` is clamped to that.
     ///
     /// The plan also holds counting banks for pools of up to four experts per slot of `capacity`
-    /// (16 bytes per slot): a refresh of a long step counts faster with them. Pools with more
+    /// (32 bytes per slot): a refresh of a long step counts faster with them. Pools with more
     /// experts count in one pass, with the same result; [`MigrationPlan::with_experts`] sizes the
     /// banks for them.
     pub fn new(capacity: usize) -> Self {

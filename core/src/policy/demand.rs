@@ -215,28 +215,36 @@ impl DemandCache {
 
     /// The slot of the policy's demotion candidate among the occupied slots this step has not pinned.
     fn demotable(&self, slot_expert: &[u16]) -> Option<usize> {
-        let occupant = |slot: usize| {
-            let a = self.admitted.get(slot).copied().unwrap_or(EMPTY_SLOT);
-            if a != EMPTY_SLOT {
-                a
-            } else {
-                slot_expert.get(slot).copied().unwrap_or(EMPTY_SLOT)
+        // One scan per policy, each with its key inlined: this runs once per miss that finds no
+        // free slot, hundreds of times in a step of 64 tokens.
+        match self.kind {
+            DemandKind::Lru => self.coldest(slot_expert, |uses, _| (uses.last, 0)),
+            DemandKind::Lru2 => self.coldest(slot_expert, |uses, _| (uses.prev, uses.last)),
+            DemandKind::Lfu => self.coldest(slot_expert, |_, expert| {
+                (u64::from(self.frequency.get(usize::from(expert)).copied().unwrap_or(0)), 0)
+            }),
+            DemandKind::Belady => self.coldest(slot_expert, |_, expert| {
+                let next = self.future.next_use.get(usize::from(expert)).copied().unwrap_or(NEVER);
+                (u64::from(NEVER.saturating_sub(next)), 0) // NEVER is u32::MAX: never saturates
+            }),
+        }
+    }
+
+    /// The unpinned slot whose occupant has the lowest `(key(uses, occupant), occupant)`.
+    #[inline(always)]
+    fn coldest(&self, slot_expert: &[u16], key: impl Fn(&Uses, u16) -> (u64, u64)) -> Option<usize> {
+        let mut best: Option<((u64, u64), u16, usize)> = None;
+        for (slot, ((uses, &admitted), &committed)) in self.uses.iter().zip(&self.admitted).zip(slot_expert).enumerate()
+        {
+            if uses.step == self.step {
+                continue; // pinned by this step
             }
-        };
-        let unpinned = |slot: &usize| self.uses.get(*slot).is_some_and(|u| u.step != self.step);
-        (0..slot_expert.len()).filter(unpinned).min_by_key(|&slot| {
-            let expert = occupant(slot);
-            let uses = self.uses.get(slot).copied().unwrap_or_default();
-            let key = match self.kind {
-                DemandKind::Lru => (uses.last, 0),
-                DemandKind::Lfu => (u64::from(self.frequency.get(usize::from(expert)).copied().unwrap_or(0)), 0),
-                DemandKind::Lru2 => (uses.prev, uses.last),
-                DemandKind::Belady => {
-                    let next = self.future.next_use.get(usize::from(expert)).copied().unwrap_or(NEVER);
-                    (u64::from(NEVER.saturating_sub(next)), 0) // NEVER is u32::MAX: never saturates
-                }
-            };
-            (key, expert)
-        })
+            let expert = if admitted != EMPTY_SLOT { admitted } else { committed };
+            let k = key(uses, expert);
+            if best.is_none_or(|(bk, be, _)| (k, expert) < (bk, be)) {
+                best = Some((k, expert, slot));
+            }
+        }
+        best.map(|(_, _, slot)| slot)
     }
 }
