@@ -145,6 +145,9 @@ impl DemandCache {
         // Slots holding an expert, committed or admitted: while every slot does, no search for a
         // free one is needed.
         let mut occupied = slot_expert.iter().filter(|&&e| e != EMPTY_SLOT).count();
+        // Slots this step has used or admitted into: once every slot is, a miss needs no search
+        // for a demotion candidate (there is none).
+        let mut pinned = 0usize;
         for &id in ids {
             let position = self.future.cursor;
             self.future.cursor = position.saturating_add(1);
@@ -162,6 +165,7 @@ impl DemandCache {
             }
             if word != NOT_RESIDENT {
                 if let Some(u) = self.uses.get_mut(slot_in(word)) {
+                    pinned = pinned.saturating_add(usize::from(u.step != self.step));
                     *u = Uses { prev: u.last, last: self.clock, step: self.step };
                 }
                 continue;
@@ -170,9 +174,12 @@ impl DemandCache {
                 continue;
             }
             let free = if occupied < slot_expert.len() { self.free_slot(slot_expert) } else { None };
-            let Some(slot) = free.or_else(|| self.demotable(slot_expert)) else {
+            let demotable = || if pinned < slot_expert.len() { self.demotable(slot_expert) } else { None };
+            let Some(slot) = free.or_else(demotable) else {
                 continue; // every slot pinned by this step (or none at all): slow memory
             };
+            // A free slot or a demotion candidate is not pinned yet; the admission pins it.
+            pinned = pinned.saturating_add(1);
             occupied = occupied.saturating_add(usize::from(free.is_some()));
             // A demotion candidate is a committed resident this step has not used: demote it.
             let demoted = slot_expert.get(slot).copied().filter(|&e| e != EMPTY_SLOT);
