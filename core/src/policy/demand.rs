@@ -23,6 +23,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
+use super::select::sort_best_first;
 use crate::plan::{MigrationPlan, Promotion};
 use crate::slot_table::{admitted, slot_in, EMPTY_SLOT, NOT_RESIDENT};
 
@@ -42,6 +43,22 @@ struct Uses {
     last: u64,
     prev: u64,
     step: u64,
+}
+
+/// A demotion candidate in a step's order: the policy's key of its occupant, the occupant, the
+/// slot.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    key: (u64, u64),
+    expert: u16,
+    slot: u16,
+}
+
+impl Candidate {
+    /// Demoted before `other`: a lower key, or as low and a lower expert id.
+    fn before(&self, other: &Candidate) -> bool {
+        (self.key, self.expert) < (other.key, other.expert)
+    }
 }
 
 /// Position in the stream meaning "never again".
@@ -72,6 +89,13 @@ pub(crate) struct DemandCache {
     admissions: Vec<u16>,
     frequency: Vec<u32>,
     future: Future,
+    /// Demotion searches in the current step.
+    searches: u32,
+    /// From the step's second search on: the slots not pinned at that point, coldest first, and
+    /// the position of the next to offer. A slot's key does not change while it is not pinned
+    /// (any use pins it), so later searches walk this order, skipping slots pinned since.
+    order: Vec<Candidate>,
+    next: usize,
 }
 
 /// What an admission step reads and changes in the pool.
@@ -93,6 +117,9 @@ impl DemandCache {
             admissions: Vec::with_capacity(slots),
             frequency: if kind == DemandKind::Lfu { vec![0; experts] } else { Vec::new() },
             future: Future::default(),
+            searches: 0,
+            order: Vec::with_capacity(slots),
+            next: 0,
         }
     }
 
@@ -102,6 +129,7 @@ impl DemandCache {
         self.uses.resize(slots, Uses::default());
         self.admitted.resize(slots, EMPTY_SLOT);
         self.admissions.reserve(slots.saturating_sub(self.admissions.len()));
+        self.order.reserve(slots.saturating_sub(self.order.len()));
     }
 
     /// Whether this is Belady's policy.
@@ -141,6 +169,7 @@ impl DemandCache {
         let AdmitState { expert_slot, slot_expert } = state;
         self.step = self.step.saturating_add(1);
         self.admissions.clear();
+        self.searches = 0;
         let mut demotions = 0usize;
         // Slots holding an expert, committed or admitted: while every slot does, no search for a
         // free one is needed.
@@ -174,8 +203,12 @@ impl DemandCache {
                 continue;
             }
             let free = if occupied < slot_expert.len() { self.free_slot(slot_expert) } else { None };
-            let demotable = || if pinned < slot_expert.len() { self.demotable(slot_expert) } else { None };
-            let Some(slot) = free.or_else(demotable) else {
+            let slot = match free {
+                Some(slot) => Some(slot),
+                None if pinned < slot_expert.len() => self.demotable(slot_expert),
+                None => None,
+            };
+            let Some(slot) = slot else {
                 continue; // every slot pinned by this step (or none at all): slow memory
             };
             // A free slot or a demotion candidate is not pinned yet; the admission pins it.
@@ -221,37 +254,61 @@ impl DemandCache {
     }
 
     /// The slot of the policy's demotion candidate among the occupied slots this step has not pinned.
-    fn demotable(&self, slot_expert: &[u16]) -> Option<usize> {
-        // One scan per policy, each with its key inlined: this runs once per miss that finds no
-        // free slot, hundreds of times in a step of 64 tokens.
-        match self.kind {
-            DemandKind::Lru => self.coldest(slot_expert, |uses, _| (uses.last, 0)),
-            DemandKind::Lru2 => self.coldest(slot_expert, |uses, _| (uses.prev, uses.last)),
-            DemandKind::Lfu => self.coldest(slot_expert, |_, expert| {
-                (u64::from(self.frequency.get(usize::from(expert)).copied().unwrap_or(0)), 0)
-            }),
-            DemandKind::Belady => self.coldest(slot_expert, |_, expert| {
-                let next = self.future.next_use.get(usize::from(expert)).copied().unwrap_or(NEVER);
-                (u64::from(NEVER.saturating_sub(next)), 0) // NEVER is u32::MAX: never saturates
-            }),
+    fn demotable(&mut self, slot_expert: &[u16]) -> Option<usize> {
+        self.searches = self.searches.saturating_add(1);
+        if self.searches == 1 {
+            // Most steps of a few tokens search once: one scan.
+            return self.coldest(slot_expert);
         }
+        if self.searches == 2 {
+            // Many misses: order the slots not pinned yet once, then walk the order.
+            let mut order = core::mem::take(&mut self.order);
+            order.clear();
+            order.extend(self.unpinned(slot_expert));
+            sort_best_first(&mut order, Candidate::before);
+            self.order = order;
+            self.next = 0;
+        }
+        while let Some(c) = self.order.get(self.next) {
+            self.next = self.next.saturating_add(1);
+            if self.uses.get(usize::from(c.slot)).is_some_and(|u| u.step != self.step) {
+                return Some(usize::from(c.slot));
+            }
+        }
+        None
     }
 
-    /// The unpinned slot whose occupant has the lowest `(key(uses, occupant), occupant)`.
-    #[inline(always)]
-    fn coldest(&self, slot_expert: &[u16], key: impl Fn(&Uses, u16) -> (u64, u64)) -> Option<usize> {
-        let mut best: Option<((u64, u64), u16, usize)> = None;
-        for (slot, ((uses, &admitted), &committed)) in self.uses.iter().zip(&self.admitted).zip(slot_expert).enumerate()
-        {
-            if uses.step == self.step {
-                continue; // pinned by this step
-            }
-            let expert = if admitted != EMPTY_SLOT { admitted } else { committed };
-            let k = key(uses, expert);
-            if best.is_none_or(|(bk, be, _)| (k, expert) < (bk, be)) {
-                best = Some((k, expert, slot));
+    /// The demotion candidate with the lowest key among the slots not pinned.
+    fn coldest(&self, slot_expert: &[u16]) -> Option<usize> {
+        let mut best: Option<Candidate> = None;
+        for c in self.unpinned(slot_expert) {
+            if best.is_none_or(|b| c.before(&b)) {
+                best = Some(c);
             }
         }
-        best.map(|(_, _, slot)| slot)
+        best.map(|c| usize::from(c.slot))
+    }
+
+    /// The slots this step has not pinned, with their occupants and keys.
+    fn unpinned<'s>(&'s self, slot_expert: &'s [u16]) -> impl Iterator<Item = Candidate> + 's {
+        let slots = self.uses.iter().zip(&self.admitted).zip(slot_expert).enumerate();
+        slots.filter(|(_, ((u, _), _))| u.step != self.step).map(|(slot, ((uses, &admitted), &committed))| {
+            let expert = if admitted != EMPTY_SLOT { admitted } else { committed };
+            // slot < slots <= u16::MAX, checked when the pool is built.
+            Candidate { key: self.key(uses, expert), expert, slot: slot as u16 }
+        })
+    }
+
+    /// The policy's demotion key of `expert` with the use history `uses` (lowest goes first).
+    fn key(&self, uses: &Uses, expert: u16) -> (u64, u64) {
+        match self.kind {
+            DemandKind::Lru => (uses.last, 0),
+            DemandKind::Lru2 => (uses.prev, uses.last),
+            DemandKind::Lfu => (u64::from(self.frequency.get(usize::from(expert)).copied().unwrap_or(0)), 0),
+            DemandKind::Belady => {
+                let next = self.future.next_use.get(usize::from(expert)).copied().unwrap_or(NEVER);
+                (u64::from(NEVER.saturating_sub(next)), 0) // NEVER is u32::MAX: never saturates
+            }
+        }
     }
 }
