@@ -104,12 +104,15 @@ fn banked_count(bencher: Bencher, s: &str) {
     let trace = trace(experts, tokens, top_k);
     let e = experts as usize;
     let mut counts = vec![0u32; e];
-    let mut banks = vec![vec![0u16; e + 1]; 4];
+    let mut store = vec![0u16; 4 * (e + 1)];
     let mut step = 0;
     bencher.bench_local(|| {
         let ids = &trace[step % STEPS];
         step += 1;
-        let [b0, b1, b2, b3] = &mut banks[..] else { unreachable!() };
+        let mut banks = store.chunks_exact_mut(e + 1);
+        let (Some(b0), Some(b1), Some(b2), Some(b3)) = (banks.next(), banks.next(), banks.next(), banks.next()) else {
+            unreachable!()
+        };
         let mut rounds = black_box(ids).chunks_exact(8);
         for r in &mut rounds {
             if let [a, b, c, d, f, g, h, i] = *r {
@@ -124,19 +127,21 @@ fn banked_count(bencher: Bencher, s: &str) {
             }
         }
         for (i, &id) in rounds.remainder().iter().enumerate() {
-            bump(&mut banks[i % 4], id, e);
+            bump([&mut *b0, &mut *b1, &mut *b2, &mut *b3][i % 4], id, e);
         }
-        for (i, c) in counts.iter_mut().enumerate() {
-            *c = banks.iter().map(|b| u32::from(b[i])).sum();
+        for (t, ((a, b), (c, d))) in counts.iter_mut().zip(b0.iter().zip(b1.iter()).zip(b2.iter().zip(b3.iter()))) {
+            *t = u32::from(*a) + u32::from(*b) + u32::from(*c) + u32::from(*d);
         }
-        banks.iter_mut().for_each(|b| b.fill(0));
+        store.fill(0);
         black_box(&counts);
     });
 }
 
 #[inline(always)]
 fn bump(bank: &mut [u16], id: u32, spare: usize) {
-    bank[(id as usize).min(spare)] += 1;
+    if let Some(c) = bank.get_mut((id as usize).min(spare)) {
+        *c += 1;
+    }
 }
 
 fn main() {
