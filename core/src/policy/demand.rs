@@ -23,7 +23,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use super::select::sort_best_first;
+use super::select::{heapify, pop_worst};
 use crate::plan::{MigrationPlan, Promotion};
 use crate::slot_table::{admitted, slot_in, EMPTY_SLOT, NOT_RESIDENT};
 
@@ -61,6 +61,11 @@ impl Candidate {
     }
 }
 
+/// The search of a step from which demotion candidates come from a heap rather than a scan of
+/// every slot (building the heap costs about two scans; a step of 64 tokens searches hundreds of
+/// times).
+const HEAP_FROM_SEARCH: u32 = 4;
+
 /// Position in the stream meaning "never again".
 const NEVER: u32 = u32::MAX;
 
@@ -91,11 +96,10 @@ pub(crate) struct DemandCache {
     future: Future,
     /// Demotion searches in the current step.
     searches: u32,
-    /// From the step's second search on: the slots not pinned at that point, coldest first, and
-    /// the position of the next to offer. A slot's key does not change while it is not pinned
-    /// (any use pins it), so later searches walk this order, skipping slots pinned since.
+    /// From the step's [`HEAP_FROM_SEARCH`]th search on: the slots not pinned at that point, in a
+    /// heap with the next demotion candidate at the root. A slot's key does not change while it
+    /// is not pinned (any use pins it), so later searches pop it, skipping slots pinned since.
     order: Vec<Candidate>,
-    next: usize,
 }
 
 /// What an admission step reads and changes in the pool.
@@ -119,7 +123,6 @@ impl DemandCache {
             future: Future::default(),
             searches: 0,
             order: Vec::with_capacity(slots),
-            next: 0,
         }
     }
 
@@ -256,21 +259,21 @@ impl DemandCache {
     /// The slot of the policy's demotion candidate among the occupied slots this step has not pinned.
     fn demotable(&mut self, slot_expert: &[u16]) -> Option<usize> {
         self.searches = self.searches.saturating_add(1);
-        if self.searches == 1 {
-            // Most steps of a few tokens search once: one scan.
+        if self.searches < HEAP_FROM_SEARCH {
+            // Steps of a few tokens search a few times: one scan each.
             return self.coldest(slot_expert);
         }
-        if self.searches == 2 {
-            // Many misses: order the slots not pinned yet once, then walk the order.
+        // Later searches after the first few: the slots not pinned yet, in a heap with the next
+        // demotion candidate at the root.
+        let after = |a: &Candidate, b: &Candidate| b.before(a);
+        if self.searches == HEAP_FROM_SEARCH {
             let mut order = core::mem::take(&mut self.order);
             order.clear();
             order.extend(self.unpinned(slot_expert));
-            sort_best_first(&mut order, Candidate::before);
+            heapify(&mut order, &after);
             self.order = order;
-            self.next = 0;
         }
-        while let Some(c) = self.order.get(self.next) {
-            self.next = self.next.saturating_add(1);
+        while let Some(c) = pop_worst(&mut self.order, &after) {
             if self.uses.get(usize::from(c.slot)).is_some_and(|u| u.step != self.step) {
                 return Some(usize::from(c.slot));
             }

@@ -33,8 +33,17 @@ pub(crate) fn sort_best_first<T: Copy>(items: &mut [T], better: impl Fn(&T, &T) 
     }
 }
 
+/// Removes and returns the worst item of `heap`, arranged by [`heapify`] with the same `better`.
+pub(crate) fn pop_worst<T: Copy>(heap: &mut alloc::vec::Vec<T>, better: &impl Fn(&T, &T) -> bool) -> Option<T> {
+    let last = heap.pop()?;
+    let Some(root) = heap.first_mut() else { return Some(last) };
+    let worst = core::mem::replace(root, last);
+    sift_down(heap, 0, better);
+    Some(worst)
+}
+
 /// Arranges `heap` with the worst item at the root.
-fn heapify<T: Copy>(heap: &mut [T], better: &impl Fn(&T, &T) -> bool) {
+pub(crate) fn heapify<T: Copy>(heap: &mut [T], better: &impl Fn(&T, &T) -> bool) {
     for i in (0..heap.len() / 2).rev() {
         sift_down(heap, i, better);
     }
@@ -139,6 +148,12 @@ mod tests {
         let mut none: Vec<i32> = Vec::new();
         keep_best(&mut none, 0, 1, |a, b| a > b);
         assert!(none.is_empty());
+        // A heap pops its worst item first.
+        let mut heap = Vec::from([4, 8, 1, 8, 0, 3]);
+        let higher = |a: &i32, b: &i32| a > b;
+        heapify(&mut heap, &higher);
+        let popped: Vec<i32> = core::iter::from_fn(|| pop_worst(&mut heap, &higher)).collect();
+        assert_eq!(popped, [0, 1, 3, 4, 8, 8]);
     }
 
     /// The `take` largest keys by [`threshold`]: above it, and the first `at_t` equal to it.
