@@ -20,7 +20,7 @@ const BANKS: usize = 4;
 
 /// Steps with fewer ids count in one pass: below this, summing the banks costs more than the
 /// chains they break (measured in `tests/benches/refresh.rs`).
-pub(crate) const MIN_BANKED_IDS: usize = 1024;
+pub const MIN_BANKED_IDS: usize = 1024;
 
 /// Experts a plan's banks cover per slot of the plan's capacity (see [`crate::MigrationPlan::new`]).
 pub(crate) const EXPERTS_PER_SLOT: usize = 4;
@@ -31,9 +31,20 @@ pub(crate) const EXPERTS_PER_SLOT: usize = 4;
 const BLOCK_IDS: usize = 2 * BANKS * (u16::MAX as usize / 2);
 
 /// Four banks of 16-bit counters for up to [`CountBanks::experts`] experts, each with a spare
-/// counter for invalid ids. All zero at rest.
+/// counter for invalid ids (8 bytes per expert). All zero at rest. A [`crate::MigrationPlan`]
+/// holds one for the refreshes it is filled by; it is public for measuring.
+///
+/// ```
+/// use expertslab::count::{CountBanks, MIN_BANKED_IDS};
+///
+/// let mut banks = CountBanks::new(4);
+/// let ids: Vec<u32> = (0..MIN_BANKED_IDS as u32).map(|i| i % 5).collect(); // 4 is out of range
+/// let mut totals = [0u32; 4];
+/// assert!(banks.count(&ids, &mut totals));
+/// assert_eq!(totals, [205, 205, 205, 205]);
+/// ```
 #[derive(Debug, Clone, Default)]
-pub(crate) struct CountBanks {
+pub struct CountBanks {
     counters: Vec<u16>,
 }
 
@@ -48,12 +59,12 @@ impl Eq for CountBanks {}
 
 impl CountBanks {
     /// Banks for pools of up to `experts` experts.
-    pub(crate) fn new(experts: usize) -> Self {
+    pub fn new(experts: usize) -> Self {
         Self { counters: vec![0; experts.saturating_add(1).saturating_mul(BANKS)] }
     }
 
     /// The most experts the banks cover.
-    pub(crate) fn experts(&self) -> usize {
+    pub fn experts(&self) -> usize {
         (self.counters.len() / BANKS).saturating_sub(1)
     }
 
@@ -61,7 +72,7 @@ impl CountBanks {
     /// past `totals.len()` are ignored), if the banks cover `totals.len()` experts and `ids` is
     /// long enough for banks to pay ([`MIN_BANKED_IDS`]). Returns whether it did; otherwise
     /// `totals` is unchanged.
-    pub(crate) fn count(&mut self, ids: &[u32], totals: &mut [u32]) -> bool {
+    pub fn count(&mut self, ids: &[u32], totals: &mut [u32]) -> bool {
         let experts = totals.len();
         if ids.len() < MIN_BANKED_IDS || experts > self.experts() || experts == 0 {
             return false;

@@ -28,6 +28,7 @@
 //! | [`pool`] | [`ExpertPool`]: residency, planning, serving, statistics ([`PoolConfig`], [`PoolStats`], [`ServeStats`]) |
 //! | [`policy`] | placement: TIDE hit count, decayed frequency, LRU, LFU, LRU-2, Belady |
 //! | [`plan`] | what moves: [`MigrationPlan`], [`Promotion`] |
+//! | [`count`] | counting a long step's ids per expert in banks ([`count::CountBanks`], the scratch a plan lends its refresh) |
 //! | [`migrate`](mod@migrate) | moving it: copy each promotion, then commit; [`push_stacks`] for whole stacks |
 //! | [`step`] | plan, migrate and serve one layer's step in one call ([`ExpertPool::step`]) |
 //! | [`source`], [`sink`] | where bytes come from ([`LayerStacks`], generic over its byte owner) and go to ([`ArenaSink`], [`StackSink`]) |
@@ -95,7 +96,7 @@ extern crate alloc;
 
 pub mod arena;
 pub mod budget;
-mod count;
+pub mod count;
 pub mod error;
 pub mod format;
 pub mod gguf;

@@ -1,7 +1,7 @@
 //! Refresh cost at five shapes (experts / slots / tokens × top-k), beside the plain reference
 //! model and two counting passes over the same ids: the plain count-per-expert loop, and the
-//! fastest counting loop measured here (four banks of counters, eight ids a round, merged at the
-//! end). The counting loops are floors: a refresh has to count its ids.
+//! fastest counting loop measured (`expertslab::count`, which the refresh uses on long steps). The
+//! counting loops are floors: a refresh has to count its ids.
 //!
 //! Each iteration takes the next step of a drifting, skewed trace, refreshes and commits its plan
 //! (the pool's part of a step; copying is measured elsewhere). Every sample runs 256 iterations,
@@ -12,6 +12,7 @@
 use std::hint::black_box;
 
 use divan::{AllocProfiler, Bencher};
+use expertslab::count::CountBanks;
 use expertslab::trace::synthetic::{RoutingShape, SyntheticRouting};
 use expertslab::{ExpertPool, MigrationPlan, PoolConfig};
 use expertslab_tests::ReferenceTide;
@@ -96,52 +97,22 @@ fn plain_count(bencher: Bencher, s: &str) {
     });
 }
 
-/// The fastest counting loop measured: four banks (one spare counter each for invalid ids), eight
-/// ids a round, summed at the end. (Steps here are far below a bank's 16-bit range.)
-#[divan::bench(args = SHAPES, sample_size = 256)]
+/// The fastest counting loop measured, the one the pool's refresh uses on long steps
+/// (`expertslab::count`: four banks of counters, eight ids a round, summed at the end). Only the
+/// shapes of at least `MIN_BANKED_IDS` ids: shorter steps count in the plain loop.
+#[divan::bench(args = ["64/16/512x4", "256/64/4096x8"], sample_size = 256)]
 fn banked_count(bencher: Bencher, s: &str) {
     let (experts, _, tokens, top_k) = shape(s);
     let trace = trace(experts, tokens, top_k);
-    let e = experts as usize;
-    let mut counts = vec![0u32; e];
-    let mut store = vec![0u16; 4 * (e + 1)];
+    let mut counts = vec![0u32; experts as usize];
+    let mut banks = CountBanks::new(experts as usize);
     let mut step = 0;
     bencher.bench_local(|| {
         let ids = &trace[step % STEPS];
         step += 1;
-        let mut banks = store.chunks_exact_mut(e + 1);
-        let (Some(b0), Some(b1), Some(b2), Some(b3)) = (banks.next(), banks.next(), banks.next(), banks.next()) else {
-            unreachable!()
-        };
-        let mut rounds = black_box(ids).chunks_exact(8);
-        for r in &mut rounds {
-            if let [a, b, c, d, f, g, h, i] = *r {
-                bump(b0, a, e);
-                bump(b1, b, e);
-                bump(b2, c, e);
-                bump(b3, d, e);
-                bump(b0, f, e);
-                bump(b1, g, e);
-                bump(b2, h, e);
-                bump(b3, i, e);
-            }
-        }
-        for (i, &id) in rounds.remainder().iter().enumerate() {
-            bump([&mut *b0, &mut *b1, &mut *b2, &mut *b3][i % 4], id, e);
-        }
-        for (t, ((a, b), (c, d))) in counts.iter_mut().zip(b0.iter().zip(b1.iter()).zip(b2.iter().zip(b3.iter()))) {
-            *t = u32::from(*a) + u32::from(*b) + u32::from(*c) + u32::from(*d);
-        }
-        store.fill(0);
+        assert!(banks.count(black_box(ids), &mut counts), "a long step");
         black_box(&counts);
     });
-}
-
-#[inline(always)]
-fn bump(bank: &mut [u16], id: u32, spare: usize) {
-    if let Some(c) = bank.get_mut((id as usize).min(spare)) {
-        *c += 1;
-    }
 }
 
 fn main() {
