@@ -29,6 +29,7 @@
 //! | [`policy`] | placement: TIDE hit count, decayed frequency, LRU, LFU, LRU-2, Belady, cost-aware admission (TinyLFU-style) |
 //! | [`prefetch`] | guessing the next layer's experts ([`Prefetcher`]); [`ExpertPool::prefetch`] places them |
 //! | [`plan`] | what moves: [`MigrationPlan`], [`Promotion`] |
+//! | [`count`] | counting a long step's ids per expert in banks ([`count::CountBanks`], the scratch a plan lends its refresh) |
 //! | [`migrate`](mod@migrate) | moving it: copy each promotion, then commit; [`push_stacks`] for whole stacks |
 //! | [`step`] | plan, migrate and serve one layer's step in one call ([`ExpertPool::step`]) |
 //! | [`source`], [`sink`] | where bytes come from ([`LayerStacks`], generic over its byte owner) and go to ([`ArenaSink`], [`StackSink`]) |
@@ -100,6 +101,7 @@ extern crate alloc;
 
 pub mod arena;
 pub mod budget;
+pub mod count;
 pub mod error;
 pub mod format;
 pub mod gguf;

@@ -20,6 +20,8 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
+use crate::count::CountBanks;
+
 /// Slot-table entry of a slot that holds no expert (experts are numbered below it).
 pub(crate) const EMPTY_SLOT: u16 = u16::MAX;
 
@@ -173,9 +175,15 @@ impl SlotTable {
     /// written (the others keep [`NOT_RESIDENT`] and must not be read as counts), so a short
     /// step's cost follows its ids and the slots rather than the expert count.
     ///
+    /// A long dense step counts in `banks` when they cover the experts (see [`crate::count`]).
+    ///
     /// `ids` holds at most [`COUNT_MASK`] ids.
     #[inline]
-    pub(crate) fn begin_counts(&mut self, ids: &[u32], sparse: bool) {
+    pub(crate) fn begin_counts(&mut self, ids: &[u32], sparse: bool, banks: &mut CountBanks) {
+        if !sparse && banks.count(ids, &mut self.expert_slot) {
+            self.mark_residents(true);
+            return;
+        }
         if sparse {
             for &id in ids {
                 if let Some(word) = self.expert_slot.get_mut(id as usize) {
@@ -185,11 +193,7 @@ impl SlotTable {
         } else {
             self.expert_slot.fill(0);
         }
-        for &expert in &self.slot_expert {
-            if let Some(word) = self.expert_slot.get_mut(usize::from(expert)) {
-                *word = RESIDENT;
-            }
-        }
+        self.mark_residents(false);
         for &id in ids {
             if let Some(count) = self.expert_slot.get_mut(id as usize) {
                 #[allow(
@@ -198,6 +202,16 @@ impl SlotTable {
                 )]
                 let counted = *count + 1;
                 *count = counted;
+            }
+        }
+    }
+
+    /// Sets [`RESIDENT`] on the word of every resident: added to the count it holds with
+    /// `counted`, otherwise in place of its resting slot (a count of zero).
+    fn mark_residents(&mut self, counted: bool) {
+        for &expert in &self.slot_expert {
+            if let Some(word) = self.expert_slot.get_mut(usize::from(expert)) {
+                *word = if counted { *word | RESIDENT } else { RESIDENT };
             }
         }
     }
@@ -259,7 +273,7 @@ mod tests {
         for sparse in [false, true] {
             let mut t = SlotTable::new(6, 2);
             t.place(4, 1);
-            t.begin_counts(&[4, 2, 2], sparse);
+            t.begin_counts(&[4, 2, 2], sparse, &mut CountBanks::default());
             let (words, _) = t.parts_mut();
             assert_eq!((words[2], words[4]), (2, RESIDENT | 1));
             t.end_counts(&[4, 2, 2], core::iter::empty(), sparse);

@@ -31,6 +31,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use super::admission::{AdmissionConfig, AdmissionFilter, MissAction};
+use super::select::{heapify, pop_worst};
 use crate::plan::{MigrationPlan, Promotion};
 use crate::slot_table::{admitted, slot_in, EMPTY_SLOT, NOT_RESIDENT};
 
@@ -52,6 +53,27 @@ struct Uses {
     prev: u64,
     step: u64,
 }
+
+/// A demotion candidate in a step's order: the policy's key of its occupant, the occupant, the
+/// slot.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    key: (u64, u64),
+    expert: u16,
+    slot: u16,
+}
+
+impl Candidate {
+    /// Demoted before `other`: a lower key, or as low and a lower expert id.
+    fn before(&self, other: &Candidate) -> bool {
+        (self.key, self.expert) < (other.key, other.expert)
+    }
+}
+
+/// The search of a step from which demotion candidates come from a heap rather than a scan of
+/// every slot (building the heap costs about two scans; a step of 64 tokens searches hundreds of
+/// times).
+const HEAP_FROM_SEARCH: u32 = 4;
 
 /// Position in the stream meaning "never again".
 const NEVER: u32 = u32::MAX;
@@ -82,6 +104,12 @@ pub(crate) struct DemandCache {
     /// The cost-aware admission filter (cost-aware kind only; boxed, so the other kinds stay
     /// small).
     filter: Option<Box<AdmissionFilter>>,
+    /// Demotion searches in the current step.
+    searches: u32,
+    /// From the step's [`HEAP_FROM_SEARCH`]th search on: the slots not pinned at that point, in a
+    /// heap with the next demotion candidate at the root. A slot's key does not change while it
+    /// is not pinned (any use pins it), so later searches pop it, skipping slots pinned since.
+    order: Vec<Candidate>,
 }
 
 /// What an admission step reads and changes in the pool.
@@ -103,6 +131,8 @@ impl DemandCache {
             frequency: if kind == DemandKind::Lfu { vec![0; experts] } else { Vec::new() },
             future: Future::default(),
             filter: None,
+            searches: 0,
+            order: Vec::with_capacity(slots),
         }
     }
 
@@ -120,6 +150,7 @@ impl DemandCache {
         if let Some(filter) = self.filter.as_mut() {
             filter.set_slots(slots);
         }
+        self.order.reserve(slots.saturating_sub(self.order.len()));
     }
 
     /// Whether this is Belady's policy.
@@ -147,6 +178,7 @@ impl DemandCache {
     pub(crate) fn step(&mut self, state: AdmitState<'_>, ids: &[u32], admit: bool, plan: &mut MigrationPlan) -> usize {
         let AdmitState { expert_slot, slot_expert } = state;
         self.step = self.step.saturating_add(1);
+        self.searches = 0;
         let mut demotions = 0usize;
         // Slots holding an expert, committed or admitted: while every slot does, no search for a
         // free one is needed.
@@ -154,6 +186,9 @@ impl DemandCache {
         if let Some(filter) = self.filter.as_mut() {
             filter.begin_step(ids, slot_expert.len());
         }
+        // Slots this step has used or admitted into: once every slot is, a miss needs no search
+        // for a demotion candidate (there is none).
+        let mut pinned = 0usize;
         for &id in ids {
             let position = self.future.cursor;
             self.future.cursor = position.saturating_add(1);
@@ -171,6 +206,7 @@ impl DemandCache {
             }
             if word != NOT_RESIDENT {
                 if let Some(u) = self.uses.get_mut(slot_in(word)) {
+                    pinned = pinned.saturating_add(usize::from(u.step != self.step));
                     *u = Uses { prev: u.last, last: self.clock, step: self.step };
                 }
                 continue;
@@ -179,12 +215,20 @@ impl DemandCache {
                 continue;
             }
             let free = if occupied < slot_expert.len() { self.free_slot(slot_expert) } else { None };
-            let Some(slot) = free.or_else(|| self.demotable(slot_expert)) else {
+            let slot = match free {
+                Some(slot) => Some(slot),
+                // A used resident may still yield its slot to the admission filter.
+                None if pinned < slot_expert.len() || self.filter.is_some() => self.demotable(slot_expert),
+                None => None,
+            };
+            let Some(slot) = slot else {
                 continue; // every slot pinned by this step (or none at all): slow memory
             };
             if self.miss_action(expert, slot, slot_expert) == MissAction::InPlace {
                 continue; // served in place: nothing moves
             }
+            // A free slot or a demotion candidate is not pinned yet; the admission pins it.
+            pinned = pinned.saturating_add(1);
             occupied = occupied.saturating_add(usize::from(free.is_some()));
             // A demotion candidate is a committed resident this step has not used: demote it.
             let demoted = slot_expert.get(slot).copied().filter(|&e| e != EMPTY_SLOT);
@@ -242,7 +286,7 @@ impl DemandCache {
             if expert_slot.get(usize::from(expert)) != Some(&NOT_RESIDENT) {
                 continue; // out of range, resident or placed by this call
             }
-            let Some(slot) = self.free_slot(slot_expert).or_else(|| self.demotable(slot_expert)) else {
+            let Some(slot) = self.free_slot(slot_expert).or_else(|| self.coldest(slot_expert)) else {
                 break; // every slot pinned
             };
             let demoted = slot_expert.get(slot).copied().filter(|&e| e != EMPTY_SLOT);
@@ -303,36 +347,71 @@ impl DemandCache {
     }
 
     /// The slot of the policy's demotion candidate among the occupied slots this step has not pinned.
-    fn demotable(&self, slot_expert: &[u16]) -> Option<usize> {
-        let occupant = |slot: usize| {
-            let a = self.admitted.get(slot).copied().unwrap_or(EMPTY_SLOT);
-            if a != EMPTY_SLOT {
-                a
-            } else {
-                slot_expert.get(slot).copied().unwrap_or(EMPTY_SLOT)
+    fn demotable(&mut self, slot_expert: &[u16]) -> Option<usize> {
+        self.searches = self.searches.saturating_add(1);
+        if self.searches < HEAP_FROM_SEARCH || self.filter.is_some() {
+            // Steps of a few tokens search a few times: one scan each. The admission filter's
+            // keys change within a step (a yielding resident's use), so it always scans.
+            return self.coldest(slot_expert);
+        }
+        // Later searches after the first few: the slots not pinned yet, in a heap with the next
+        // demotion candidate at the root.
+        let after = |a: &Candidate, b: &Candidate| b.before(a);
+        if self.searches == HEAP_FROM_SEARCH {
+            let mut order = core::mem::take(&mut self.order);
+            order.clear();
+            order.extend(self.unpinned(slot_expert));
+            heapify(&mut order, &after);
+            self.order = order;
+        }
+        while let Some(c) = pop_worst(&mut self.order, &after) {
+            if self.is_unpinned(usize::from(c.slot), slot_expert) {
+                return Some(usize::from(c.slot));
             }
-        };
-        // Slots a prefetch is filling are pinned too (during a step, admitted slots are pinned); a
-        // used resident the admission filter ranks below the step's cutoff is not.
-        let unpinned = |slot: &usize| {
-            (self.uses.get(*slot).is_some_and(|u| u.step != self.step)
-                && self.admitted.get(*slot).is_some_and(|&a| a == EMPTY_SLOT))
-                || self.yields(slot_expert, *slot)
-        };
-        (0..slot_expert.len()).filter(unpinned).min_by_key(|&slot| {
-            let expert = occupant(slot);
-            let uses = self.uses.get(slot).copied().unwrap_or_default();
-            let key = match self.kind {
-                DemandKind::Lru => (uses.last, 0),
-                DemandKind::Lfu => (u64::from(self.frequency.get(usize::from(expert)).copied().unwrap_or(0)), 0),
-                DemandKind::Lru2 => (uses.prev, uses.last),
-                DemandKind::Belady => {
-                    let next = self.future.next_use.get(usize::from(expert)).copied().unwrap_or(NEVER);
-                    (u64::from(NEVER.saturating_sub(next)), 0) // NEVER is u32::MAX: never saturates
-                }
-                DemandKind::CostAware => (self.filter.as_ref().map_or(0, |f| f.key(usize::from(expert))), uses.last),
-            };
-            (key, expert)
+        }
+        None
+    }
+
+    /// The demotion candidate with the lowest key among the slots not pinned.
+    fn coldest(&self, slot_expert: &[u16]) -> Option<usize> {
+        let mut best: Option<Candidate> = None;
+        for c in self.unpinned(slot_expert) {
+            if best.is_none_or(|b| c.before(&b)) {
+                best = Some(c);
+            }
+        }
+        best.map(|c| usize::from(c.slot))
+    }
+
+    /// Whether `slot` may give up its expert in this step: not used or admitted into by it, and
+    /// not being filled by a prefetch; or a used resident the admission filter ranks below the
+    /// step's cutoff.
+    fn is_unpinned(&self, slot: usize, slot_expert: &[u16]) -> bool {
+        (self.uses.get(slot).is_some_and(|u| u.step != self.step)
+            && self.admitted.get(slot).is_some_and(|&a| a == EMPTY_SLOT))
+            || self.yields(slot_expert, slot)
+    }
+
+    /// The slots this step has not pinned, with their occupants and keys.
+    fn unpinned<'s>(&'s self, slot_expert: &'s [u16]) -> impl Iterator<Item = Candidate> + 's {
+        let slots = self.uses.iter().zip(slot_expert).enumerate();
+        slots.filter(|&(slot, _)| self.is_unpinned(slot, slot_expert)).map(|(slot, (uses, &expert))| {
+            // slot < slots <= u16::MAX, checked when the pool is built.
+            Candidate { key: self.key(uses, expert), expert, slot: slot as u16 }
         })
+    }
+
+    /// The policy's demotion key of `expert` with the use history `uses` (lowest goes first).
+    fn key(&self, uses: &Uses, expert: u16) -> (u64, u64) {
+        match self.kind {
+            DemandKind::Lru => (uses.last, 0),
+            DemandKind::Lru2 => (uses.prev, uses.last),
+            DemandKind::Lfu => (u64::from(self.frequency.get(usize::from(expert)).copied().unwrap_or(0)), 0),
+            DemandKind::Belady => {
+                let next = self.future.next_use.get(usize::from(expert)).copied().unwrap_or(NEVER);
+                (u64::from(NEVER.saturating_sub(next)), 0) // NEVER is u32::MAX: never saturates
+            }
+            DemandKind::CostAware => (self.filter.as_ref().map_or(0, |f| f.key(usize::from(expert))), uses.last),
+        }
     }
 }

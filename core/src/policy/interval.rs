@@ -20,7 +20,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use super::select::{keep_best, sort_best_first};
+use super::select::{keep_best, sort_best_first, threshold};
 use super::DecayConfig;
 use crate::plan::{MigrationPlan, Promotion};
 use crate::slot_table::{COUNT_MASK, EMPTY_SLOT, RESIDENT, SEEN, TARGET};
@@ -68,8 +68,8 @@ enum Scoring {
 #[derive(Debug, Clone)]
 pub(crate) struct IntervalPlacement {
     scoring: Scoring,
-    /// Targets; a heap with the coldest kept target at the root while selecting, then sorted
-    /// hottest first.
+    /// Targets; a heap with the coldest kept target at the root while selecting, then the
+    /// targets to promote (those not resident), sorted hottest first.
     targets: Vec<Candidate>,
     /// Demotion candidates; a heap with the hottest kept demotion candidate at the root while selecting, then sorted
     /// coldest first.
@@ -185,19 +185,9 @@ impl IntervalPlacement {
         let RefreshState { counts, resident, slot_expert, candidates } = state;
         let slots = slot_expert.len();
         self.select_targets(counts, candidates, slots);
-        let mut staying = 0usize;
-        for t in &self.targets {
-            if let Some(word) = counts.get_mut(usize::from(t.expert)) {
-                *word |= TARGET;
-                staying = staying.saturating_add(usize::from(*word & RESIDENT != 0));
-            }
-        }
         // Promotions that find no free slot each need a demotion candidate.
-        #[allow(
-            clippy::arithmetic_side_effects,
-            reason = "each target counts once, so staying <= targets; resident <= slots"
-        )]
-        let needed = (self.targets.len() - staying).saturating_sub(slots - resident);
+        #[allow(clippy::arithmetic_side_effects, reason = "resident <= slots")]
+        let needed = self.targets.len().saturating_sub(slots - resident);
 
         // Free slots in ascending order; the `needed` coldest residents that are not targets.
         self.demotables.clear();
@@ -223,10 +213,6 @@ impl IntervalPlacement {
             if plan.len() >= cap {
                 break;
             }
-            let stays = counts.get(usize::from(t.expert)).is_some_and(|w| w & RESIDENT != 0);
-            if stays {
-                continue;
-            }
             let (slot, demoted) = match free.next() {
                 Some(&slot) => (slot, None),
                 // Targets come hottest first and demotion candidates coldest first: once a target may not
@@ -246,13 +232,33 @@ impl IntervalPlacement {
         demotions
     }
 
-    /// Fills `self.targets` with the (at most `slots`) highest-scoring experts, hottest first.
+    /// Marks the (at most `slots`) highest-scoring experts with [`TARGET`] and fills
+    /// `self.targets` with those that are not resident (the promotions to make), hottest first.
     fn select_targets(&mut self, counts: &mut [u32], candidates: Candidates<'_>, slots: usize) {
         self.targets.clear();
         if slots == 0 {
             return;
         }
         match candidates {
+            Candidates::All if matches!(self.scoring, Scoring::HitCount) && !cfg!(feature = "heap-select") => {
+                // Linear: bucket passes find the slots-th largest count, one more pass marks.
+                let sum = counts.iter().fold(0usize, |s, &w| s.saturating_add((w & COUNT_MASK) as usize));
+                let found = threshold(|| counts.iter().map(|&w| w & COUNT_MASK), slots, sum);
+                let (t, mut at_t) = found.unwrap_or((1, usize::MAX));
+                for (expert, word) in counts.iter_mut().enumerate() {
+                    let key = *word & COUNT_MASK;
+                    if key > t || (key == t && at_t > 0) {
+                        at_t = at_t.saturating_sub(usize::from(key == t));
+                        *word |= TARGET;
+                        if *word & RESIDENT == 0 {
+                            // Experts number at most u16::MAX, checked when the pool is built.
+                            self.targets.push(Candidate { key, expert: expert as u16 });
+                        }
+                    }
+                }
+                sort_best_first(&mut self.targets, Candidate::hotter_than);
+                return;
+            }
             Candidates::All => {
                 for (expert, &word) in counts.iter().enumerate() {
                     // Experts number at most u16::MAX, checked when the pool is built.
@@ -273,6 +279,14 @@ impl IntervalPlacement {
                 }
             }
         }
+        // Mark the targets; only those not resident are promoted.
+        self.targets.retain(|t| match counts.get_mut(usize::from(t.expert)) {
+            Some(word) => {
+                *word |= TARGET;
+                *word & RESIDENT == 0
+            }
+            None => false,
+        });
         sort_best_first(&mut self.targets, Candidate::hotter_than);
     }
 }

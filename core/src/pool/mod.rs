@@ -347,7 +347,7 @@ impl ExpertPool {
         // A short step (decode) writes only the words it touches, so its cost follows the ids
         // and the slots rather than the expert count.
         let sparse = ids.len() < self.table.experts() && !placement.scans_all_experts();
-        self.table.begin_counts(ids, sparse);
+        self.table.begin_counts(ids, sparse, plan.banks());
         let candidates = if sparse { Candidates::Ids(ids) } else { Candidates::All };
         let (counts, slot_expert) = self.table.parts_mut();
         let state = RefreshState { counts, resident: self.resident, slot_expert, candidates };
