@@ -114,7 +114,7 @@ pub(crate) fn prefetches(config: &ReplayConfig) -> bool {
 /// one step and layer). A layer whose step counter restarts (a diffusion model's next block, whose
 /// first record may carry a smaller step) starts a new round, ordered after every record of the
 /// rounds before it, so blocks stay in sequence.
-fn forward_order(trace: &Trace) -> Vec<&TraceRecord> {
+pub(crate) fn forward_order(trace: &Trace) -> Vec<&TraceRecord> {
     let mut last: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
     let mut keyed: Vec<((u64, u64, u32), &TraceRecord)> = trace
         .records()

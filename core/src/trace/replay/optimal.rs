@@ -19,7 +19,8 @@
 //!
 //! Per layer, each layer's records are its time points and its slots hold its experts. Shared,
 //! one pool of `slots × layers` slots (the layers that have records) holds (layer, expert) keys,
-//! and the time points are all records ordered by step, then layer (file order among equals).
+//! and the time points are all records in the shared replay's order: by step, then layer (file order
+//! among equals; a restarted step counter, a diffusion model's next block, after the rounds before).
 //!
 //! # The method
 //!
@@ -83,9 +84,9 @@ pub(crate) fn optimal(trace: &Trace, config: &ReplayConfig, start: &[u64]) -> Re
 /// in [`optimal`]; a demotion is counted at the layer whose copy made it.
 pub(crate) fn optimal_shared(trace: &Trace, config: &ReplayConfig, start: &[u64]) -> ReplayReport {
     let slots = clamped_slots(trace, config);
-    let mut records: Vec<&TraceRecord> = trace.records().iter().collect();
-    // Stable: file order among records of the same step and layer.
-    records.sort_by_key(|r| (r.step, r.layer));
+    // As the shared pool's replay serves them: by step, then layer (file order within one step and
+    // layer), a restarted step counter (a diffusion model's next block) after every earlier round.
+    let records = crate::trace::interleaved::forward_order(trace);
     let mut layers: Vec<(u32, ReplayStats)> = trace.layers().map(|l| (l, ReplayStats::default())).collect();
     let capacity = slots.saturating_mul(layers.len());
     Solver::default().solve(trace, &records, capacity, config, start, &mut layers);
