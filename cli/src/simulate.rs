@@ -39,7 +39,7 @@ pub struct Args {
     #[arg(long, default_value = "every:1", value_parser = parse_schedule)]
     schedule: Schedule,
     /// Slot pools, comma-separated: per-layer (slots per layer each), shared (one pool of slots ×
-    /// layers for all layers; demand policies only, others are skipped).
+    /// layers for all layers; lru, lfu, lru2 and belady only, others are skipped).
     #[arg(long, value_delimiter = ',', value_parser = parse_sharing, default_value = "per-layer")]
     sharing: Vec<Sharing>,
     /// Print one JSON document instead of tables.

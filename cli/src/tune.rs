@@ -34,8 +34,8 @@ pub struct Args {
     /// Refresh intervals τ (decode steps) to consider for interval policies.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32")]
     intervals: Vec<NonZeroU32>,
-    /// Slot pools to consider for demand policies: per-layer (slots per layer each), shared (one
-    /// pool of slots × layers for all layers). Interval policies always use per-layer pools.
+    /// Slot pools to consider for lru, lfu, lru2 and belady: per-layer (slots per layer each),
+    /// shared (one pool of slots × layers for all layers). Other policies use per-layer pools.
     #[arg(long, value_delimiter = ',', value_parser = parse_sharing, default_value = "per-layer,shared")]
     sharing: Vec<Sharing>,
     /// Tinylfu frequency half-lives (steps) to consider, besides --admit-half-life.
@@ -49,7 +49,9 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_value = "0,1,4,1e9")]
     admit_thresholds: Vec<f32>,
     /// Print one JSON document: the best run, the baselines, the references, how many times the
-    /// optimum the best takes, and every candidate run with its modeled time.
+    /// optimum the best takes (`bound_ratio` against the optimum of its own kind of pool,
+    /// `optimal_ratio` per layer, `optimal_shared_ratio` for one shared pool), and every candidate
+    /// run with its modeled time.
     #[arg(long)]
     json: bool,
 }
@@ -110,11 +112,11 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         for &policy in &args.policy {
             let policy = with_decay(policy, decay);
             if matches!(policy, ReplayPolicy::Pool(Policy::Tinylfu(_))) {
-                for &sharing in &args.sharing {
-                    jobs.extend(admissions.iter().map(|&a| (with_admission(policy, a), slots, forward, sharing)));
-                }
+                let per_layer = Sharing::PerLayer;
+                jobs.extend(admissions.iter().map(|&a| (with_admission(policy, a), slots, forward, per_layer)));
             } else if matches!(policy, ReplayPolicy::Pool(p) if p.is_demand()) {
-                jobs.extend(args.sharing.iter().map(|&sharing| (policy, slots, forward, sharing)));
+                let sharings = args.sharing.iter().filter(|s| s.supports(policy));
+                jobs.extend(sharings.map(|&sharing| (policy, slots, forward, sharing)));
             } else {
                 let per_layer = Sharing::PerLayer;
                 jobs.extend(args.intervals.iter().map(|&n| (policy, slots, Schedule::EveryDecodeSteps(n), per_layer)));
@@ -146,6 +148,12 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     let bound = |policy: ReplayPolicy| references.iter().find(|r| r.policy == policy).map(time);
     let (optimal, optimal_shared) =
         (ratio(time(best), bound(ReplayPolicy::Optimal)), ratio(time(best), bound(ReplayPolicy::OptimalShared)));
+    // The bound of the best run's own kind of pool: the per-layer optimum does not bound a shared
+    // pool.
+    let (own, kind) = match best.sharing {
+        Sharing::Shared => (optimal_shared, "one shared pool"),
+        _ => (optimal, "per-layer pools"),
+    };
 
     let mut out = io::stdout().lock();
     if args.json {
@@ -155,6 +163,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
             "vs_lru": { "run": run_json(lru), "time_saved": gain(lru) },
             "optimal_ratio": optimal,
             "optimal_shared_ratio": optimal_shared,
+            "bound_ratio": own,
             "references": references.iter().map(run_json).collect::<Vec<_>>(),
             "candidates": candidates.len(),
             "candidate_runs": candidates.iter().map(run_json).collect::<Vec<_>>(),
@@ -186,7 +195,8 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     let times = |r: Option<f64>| r.map_or_else(|| "unbounded".to_string(), |r| format!("{r:.2}×"));
     writeln!(
         out,
-        "  {} the optimum per layer, {} the optimum of one shared pool",
+        "  {} the optimum of {kind}, its bound (the optimum per layer: {}, of one shared pool: {})",
+        times(own),
         times(optimal),
         times(optimal_shared)
     )?;

@@ -252,6 +252,11 @@ pub enum PoolError {
         /// Layers the pool serves.
         layers: usize,
     },
+    /// A table sized from the configuration could not be allocated (the allocator refused it).
+    OutOfMemory {
+        /// Bytes asked for.
+        bytes: usize,
+    },
 }
 
 impl fmt::Display for PoolError {
@@ -274,6 +279,7 @@ impl fmt::Display for PoolError {
             Self::LayerOutOfRange { layer, layers } => {
                 write!(f, "layer {layer} is past the {layers} layers the pool serves")
             }
+            Self::OutOfMemory { bytes } => write!(f, "could not allocate {bytes} bytes for the configuration's tables"),
         }
     }
 }

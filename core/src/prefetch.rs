@@ -122,7 +122,9 @@ impl Prefetcher {
     /// # Errors
     /// [`PoolError::NoExperts`] for a zero count, [`PoolError::TooManyExperts`] above
     /// [`crate::MAX_EXPERTS`] experts, [`PoolError::TooManyIds`] above [`crate::MAX_STEP_IDS`],
-    /// [`PoolError::PolicyMismatch`] for a policy other than LRU or LFU.
+    /// [`PoolError::PolicyMismatch`] for a policy other than LRU or LFU,
+    /// [`PoolError::OutOfMemory`] when the transition counts (`layers × experts²` of them) cannot
+    /// be allocated.
     pub fn new(
         layers: usize,
         experts: usize,
@@ -148,6 +150,12 @@ impl Prefetcher {
         let keys = layers.checked_mul(experts).ok_or(too_many)?;
         let pairs =
             layers.saturating_sub(1).checked_mul(experts).and_then(|r| r.checked_mul(experts)).ok_or(too_many)?;
+        // layers × experts² counts: refuse rather than abort when the allocator cannot give them.
+        let mut transitions = Vec::new();
+        transitions
+            .try_reserve_exact(pairs)
+            .map_err(|_| PoolError::OutOfMemory { bytes: pairs.saturating_mul(core::mem::size_of::<f32>()) })?;
+        transitions.resize(pairs, 0.0);
         Ok(Self {
             layers,
             experts,
@@ -155,7 +163,7 @@ impl Prefetcher {
             predictor,
             score,
             shared_clock,
-            transitions: vec![0.0; pairs],
+            transitions,
             rows: vec![0.0; keys],
             gains: vec![1.0; layers],
             alpha: libm::powf(0.5, 1.0 / DEFAULT_HALF_LIFE),
@@ -378,6 +386,9 @@ mod tests {
             Prefetcher::new(2, 8, 2, Predictor::Both, Policy::Tide, false, 8).unwrap_err(),
             PoolError::PolicyMismatch
         );
+        // A million layers of 65 535 experts: 18 PB of transition counts, refused, not aborted.
+        let huge = Prefetcher::new(1 << 20, 65_535, 8, Predictor::Both, Policy::Lru, false, 8);
+        assert!(matches!(huge, Err(PoolError::OutOfMemory { .. })), "{huge:?}");
         for name in Predictor::NAMES {
             assert_eq!(Predictor::from_name(name).unwrap().name(), name);
         }

@@ -15,9 +15,10 @@
 //!   halves every `half_life` steps (popularity);
 //! - plus, when the current step uses `e`, its further ids in this step (served by the slot once
 //!   copied) and the stream's **continuation** `p / (1 − p)`, where `p` is the measured share of
-//!   ids whose expert the step before also used (decayed over the same half-life): routing repeats
-//!   between consecutive tokens, and this is the expected length of such a run. The policy adapts
-//!   it to the stream as it goes.
+//!   ids whose expert the step before also used (decayed over the same half-life; an expert counts
+//!   once per step however many of its ids the step has, so for steps of several tokens `p` is a
+//!   lower share): routing repeats between consecutive tokens, and this is the expected length of
+//!   such a run. The policy adapts it to the stream as it goes.
 //!
 //! On a miss the demotion candidate is the unpinned resident with the lowest score (ties to the
 //! least recently used, then the lower id), and the miss's [`MissAction`] is a copy only when
@@ -225,8 +226,8 @@ impl AdmissionFilter {
     }
 
     /// Starts a step of `slots` slots: older counts decay by one step, each of the step's ids
-    /// counts one use (and a continuation when its expert was used in the step before), and the
-    /// step's cutoff is found.
+    /// counts one use (and its expert, once per step, a continuation when the step before used
+    /// it), and the step's cutoff is found.
     pub(crate) fn begin_step(&mut self, ids: &[u32], slots: usize) {
         self.uses.tick();
         let previous = self.step;

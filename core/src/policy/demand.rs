@@ -158,6 +158,12 @@ impl DemandCache {
         self.kind == DemandKind::Belady
     }
 
+    /// Whether this is the cost-aware policy (its admission filter decides per step, with the
+    /// step's routing known: nothing to prefetch by).
+    pub(crate) fn is_cost_aware(&self) -> bool {
+        self.kind == DemandKind::CostAware
+    }
+
     /// Gives Belady the layer's whole id stream, in serving order.
     pub(crate) fn load_future(&mut self, experts: usize, stream: &[u32]) {
         let mut next_use = vec![NEVER; experts];

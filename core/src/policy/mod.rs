@@ -179,6 +179,14 @@ impl Policy {
     pub const fn is_demand(&self) -> bool {
         matches!(self, Self::Lru | Self::Lfu | Self::Lru2 | Self::Belady | Self::Tinylfu(_))
     }
+
+    /// Whether the policy can drive a slot pool shared by several layers
+    /// ([`crate::SharedSlotPool`]): the demand policies whose state is per expert. Interval
+    /// policies refresh one layer at a time, and the cost-aware policy measures runs between a
+    /// layer's consecutive steps, which a shared pool interleaves with the other layers' steps.
+    pub const fn drives_shared_pool(&self) -> bool {
+        matches!(self, Self::Lru | Self::Lfu | Self::Lru2 | Self::Belady)
+    }
 }
 
 /// A pool's policy with its state.

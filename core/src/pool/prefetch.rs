@@ -17,11 +17,13 @@ impl ExpertPool {
     ///
     /// Fills `plan` with the promotions (demoted slots are freed at once) and returns how many
     /// experts were demoted. Migrate `plan` before planning the next step: a prefetched expert is
-    /// then resident for it, pinned through it, and afterwards ranks as never used, so a wrong
-    /// guess is the first candidate for demotion. Ids out of range are skipped.
+    /// then resident for it and pinned through it; afterwards LRU and LRU-2 rank it as never
+    /// used, so a wrong guess is their first candidate for demotion (LFU and Belady rank it by
+    /// its uses and its next use, as any resident). Ids out of range are skipped.
     ///
     /// # Errors
-    /// [`PoolError::PolicyMismatch`] for an interval policy (its next refresh decides placement).
+    /// [`PoolError::PolicyMismatch`] for an interval policy (its next refresh decides placement)
+    /// and for the cost-aware policy (it decides with the step's routing known).
     pub fn prefetch(
         &mut self,
         experts: &[u16],
@@ -32,6 +34,9 @@ impl ExpertPool {
         let PolicyState::Demand(cache) = &mut self.policy else {
             return Err(PoolError::PolicyMismatch);
         };
+        if cache.is_cost_aware() {
+            return Err(PoolError::PolicyMismatch);
+        }
         plan.reset(self.layer, self.slots_generation, self.table.slots());
         let (expert_slot, slot_expert) = self.table.parts_mut();
         let demoted =
@@ -85,5 +90,8 @@ mod tests {
         assert_eq!(plan.promotions(), [Promotion { expert: 4, slot: 2, demoted: None }]);
         let mut tide = ExpertPool::new(PoolConfig::new(6, 2)).unwrap();
         assert_eq!(tide.prefetch(&[1], 1, |_, _| true, &mut plan), Err(PoolError::PolicyMismatch));
+        let admission = crate::Policy::Tinylfu(crate::AdmissionConfig::default());
+        let mut tinylfu = ExpertPool::new(PoolConfig::new(6, 2).policy(admission)).unwrap();
+        assert_eq!(tinylfu.prefetch(&[1], 1, |_, _| true, &mut plan), Err(PoolError::PolicyMismatch));
     }
 }

@@ -25,8 +25,8 @@ pub(crate) fn split_key(key: usize, experts: usize) -> (usize, usize) {
 /// The experts a layer's step uses or admits are pinned until that layer's step ends (as in any
 /// demand step); the next layer's misses may demote them.
 ///
-/// Only demand policies ([`crate::Policy::is_demand`]) drive a shared pool: an interval refresh of one
-/// layer would see every other layer's residents as cold. Plans carry keys in
+/// Only the policies [`crate::Policy::drives_shared_pool`] names drive a shared pool: an interval
+/// refresh of one layer would see every other layer's residents as cold. Plans carry keys in
 /// [`Promotion::expert`](crate::Promotion::expert); [`SharedSlotPool::split`] turns one back into
 /// `(layer, expert)` for the copy.
 ///
@@ -72,15 +72,15 @@ impl SharedSlotPool {
     ///
     /// # Errors
     /// [`PoolError::NoExperts`] for zero layers or experts, [`PoolError::TooManyExperts`] when
-    /// `layers × experts` is above [`crate::MAX_EXPERTS`], [`PoolError::PolicyMismatch`] for an
-    /// interval policy, [`PoolError::TooManyIds`] when `max_step_ids` is above
+    /// `layers × experts` is above [`crate::MAX_EXPERTS`], [`PoolError::PolicyMismatch`] for a
+    /// policy that cannot drive a shared pool ([`crate::Policy::drives_shared_pool`]), [`PoolError::TooManyIds`] when `max_step_ids` is above
     /// [`crate::MAX_STEP_IDS`].
     pub fn new(layers: usize, config: PoolConfig, max_step_ids: usize) -> Result<Self, PoolError> {
         let experts = config.experts;
         if layers == 0 || experts == 0 {
             return Err(PoolError::NoExperts);
         }
-        if !config.policy.is_demand() {
+        if !config.policy.drives_shared_pool() {
             return Err(PoolError::PolicyMismatch);
         }
         super::check_step(max_step_ids)?;
@@ -185,8 +185,11 @@ impl SharedSlotPool {
                 self.key(layer, expert).map(|key| key as u32)
             })
         });
+        // Rank-major keys without lists cannot repeat: the check for repeats (quadratic in the
+        // slots) is for lists only.
+        let listed = (0..self.layers).any(|layer| lists(layer).is_some());
         plan.reset(self.pool.layer, self.pool.slots_generation, self.slots());
-        self.pool.push_placement(keys, true, plan)
+        self.pool.push_placement(keys, listed, plan)
     }
 
     /// Translates `layer`'s `ids` into keys in the owned buffer.

@@ -45,8 +45,8 @@ pub enum Sharing {
     /// One pool of `slots` slots per layer (the default).
     #[default]
     PerLayer,
-    /// One pool of `slots × layers` slots for all layers, keyed by `(layer, expert)`; demand
-    /// policies only.
+    /// One pool of `slots × layers` slots for all layers, keyed by `(layer, expert)`; the
+    /// policies [`crate::Policy::drives_shared_pool`] names only.
     Shared,
 }
 
@@ -74,12 +74,12 @@ impl Sharing {
         }
     }
 
-    /// Whether `policy` can be replayed with this sharing (a shared pool takes demand policies
-    /// only).
+    /// Whether `policy` can be replayed with this sharing (a shared pool takes the policies
+    /// [`crate::Policy::drives_shared_pool`] names).
     pub const fn supports(&self, policy: ReplayPolicy) -> bool {
         match self {
             Self::PerLayer => true,
-            Self::Shared => matches!(policy, ReplayPolicy::Pool(p) if p.is_demand()),
+            Self::Shared => matches!(policy, ReplayPolicy::Pool(p) if p.drives_shared_pool()),
         }
     }
 }
@@ -176,8 +176,13 @@ pub(crate) fn replay(trace: &Trace, config: &ReplayConfig, start: &WarmStart) ->
             if policy == Policy::Belady {
                 pool.load_future(records.iter().map(|r| (position(r.layer), trace.ids(r)))).map_err(first)?;
             }
-            pool.placement_plan(|at| layers.get(at).and_then(|&l| start.layer(l)), &mut plan)
-                .map_err(|error| ReplayError::Start { layer: layers.first().copied().unwrap_or(0), error })?;
+            pool.placement_plan(|at| layers.get(at).and_then(|&l| start.layer(l)), &mut plan).map_err(|error| {
+                // The layer whose list names an expert out of range.
+                let out_of_range =
+                    |&l: &u32| start.layer(l).is_some_and(|list| list.iter().any(|&e| e as usize >= experts));
+                let layer = layers.iter().copied().find(out_of_range).unwrap_or(0);
+                ReplayError::Start { layer, error }
+            })?;
             for &p in plan.promotions() {
                 let _ = pool.commit(p, 0);
             }

@@ -200,6 +200,6 @@ mod replay_tests {
         assert!(hot.total.modeled_time_s < default.total.modeled_time_s);
         let mut bad = WarmStart::new();
         bad.set(1, alloc::vec![8]);
-        assert!(matches!(replay_from(&t, &c, &bad), Err(ReplayError::Start { .. })));
+        assert!(matches!(replay_from(&t, &c, &bad), Err(ReplayError::Start { layer: 1, .. })));
     }
 }

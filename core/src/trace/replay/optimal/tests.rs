@@ -44,9 +44,7 @@ fn brute_force(trace: &Trace, cfg: &ReplayConfig, shared: bool) -> f64 {
     // Time lines: one per layer, or one shared.
     let mut lines: Vec<(usize, Vec<&TraceRecord>)> = Vec::new();
     if shared {
-        let mut all: Vec<&TraceRecord> = trace.records().iter().collect();
-        all.sort_by_key(|r| (r.step, r.layer));
-        lines.push((slots * trace.layers().count(), all));
+        lines.push((slots * trace.layers().count(), crate::trace::interleaved::forward_order(trace)));
     } else {
         for l in trace.layers() {
             lines.push((slots, trace.records().iter().filter(|r| r.layer == l).collect()));
@@ -111,6 +109,30 @@ fn tiny_trace(experts: u32, layers: u32, steps: &[Vec<u32>]) -> Trace {
         t.push(layer, (i as u32 / layers) as u64, i < layers as usize, ids).unwrap();
     }
     t
+}
+
+#[test]
+fn the_shared_bound_follows_restarted_blocks() {
+    // Two layers, one slot each (two shared), cold. Block 1 (steps 0, 1) routes layer 0 to
+    // expert 0 and layer 1 to expert 2; block 2 restarts at step 0 and routes to 1 and 3. Ordered
+    // by step alone, block 2's records would come before block 1's second step.
+    let mut t = Trace::new(TraceHeader { experts: 4, layers: 2, top_k: 1 }).unwrap();
+    for (block, (e0, e1)) in [(0u32, 2u32), (1, 3)].into_iter().enumerate() {
+        for step in 0..2u64 {
+            t.push(0, step, step == 0, &[e0; 10]).unwrap();
+            t.push(1, step, step == 0, &[e1; 10]).unwrap();
+        }
+        assert_eq!(t.records().len(), 4 * (block + 1));
+    }
+    let cost = CostModel::new(1, 1.0, 1.0);
+    let cfg = |policy| ReplayConfig {
+        sharing: crate::trace::replay::Sharing::Shared,
+        ..config(policy, 1, InitialPlacement::Cold, cost)
+    };
+    let bound = optimal_shared(&t, &cfg(ReplayPolicy::OptimalShared)).total.modeled_time_s;
+    let lru = replay(&t, &cfg(ReplayPolicy::Pool(crate::Policy::Lru))).unwrap().total.modeled_time_s;
+    // Four copies serve all 80 pairs.
+    assert!((bound - 4.0).abs() < 1e-9 && lru >= bound, "bound {bound}, lru {lru}");
 }
 
 #[test]
@@ -194,7 +216,7 @@ fn synthetic(shape: RoutingShape, layers: u32, steps: u64, seed: u64) -> Trace {
 fn no_policy_beats_the_bound_on_synthetic_families() {
     let families = [(0.9, 0.5, 64), (0.9, 0.5, 0), (0.9, 0.9, 64), (0.0, 0.0, 64)];
     let costs = [CostModel::new(4 << 20, (4 << 20) as f64 / 20e9, 16e9), CostModel::new(1000, 1.0, 250.0)];
-    let policies = ["tide", "decay", "lru", "lfu", "lru2", "belady", "oracle"];
+    let policies = ["tide", "decay", "lru", "lfu", "lru2", "belady", "tinylfu", "oracle"];
     for (f, &(zipf_s, reuse, phase_steps)) in families.iter().enumerate() {
         let shape = RoutingShape { experts: 16, top_k: 4, zipf_s, reuse, phase_steps };
         let t = synthetic(shape, 2, 300, f as u64);
@@ -217,6 +239,15 @@ fn no_policy_beats_the_bound_on_synthetic_families() {
                             bound.total.modeled_time_s
                         );
                     }
+                    // The same policy over one shared pool: bounded by the shared optimum.
+                    let cfg = ReplayConfig {
+                        sharing: crate::trace::replay::Sharing::Shared,
+                        ..config(ReplayPolicy::from_name(name).unwrap(), 5, initial, *cost)
+                    };
+                    if let Ok(r) = replay(&t, &cfg) {
+                        let time = r.total.modeled_time_s;
+                        assert!(time * (1.0 + 1e-9) >= shared.total.modeled_time_s, "family {f} {name} shared");
+                    }
                 }
             }
         }
@@ -224,21 +255,26 @@ fn no_policy_beats_the_bound_on_synthetic_families() {
 }
 
 fn tiny_traces() -> impl Strategy<Value = (Trace, ReplayConfig)> {
-    (1u32..=4, 1u32..=2, 1usize..=5, any::<bool>(), 0u64..=6, 0u32..=4, 0usize..=4)
-        .prop_flat_map(|(experts, layers, steps, warm, copy, pair, slots)| {
+    (1u32..=4, 1u32..=2, 1usize..=5, any::<bool>(), 0u64..=6, 0u32..=4, 0usize..=4, 0usize..=5)
+        .prop_flat_map(|(experts, layers, steps, warm, copy, pair, slots, restart)| {
             let records = proptest::collection::vec(
                 proptest::collection::vec(0u32..experts + 1, 0..=4),
                 (steps * layers as usize)..=(steps * layers as usize),
             );
-            (Just((experts, layers, warm, copy, pair, slots)), records)
+            (Just((experts, layers, warm, copy, pair, slots, restart)), records)
         })
-        .prop_map(|((experts, layers, warm, copy, pair, slots), records)| {
+        .prop_map(|((experts, layers, warm, copy, pair, slots, restart), records)| {
             let mut t = Trace::new(TraceHeader { experts, layers, top_k: 1 }).unwrap();
             for (i, ids) in records.iter().enumerate() {
-                // Layers interleave, each at its own pace: layer 1 sometimes repeats a step.
+                // Layers interleave, each at its own pace: layer 1 sometimes repeats a step. From
+                // round `restart` on (when there is one) a second block restarts the step counter,
+                // as a diffusion model's does.
                 let layer = i as u32 % layers;
-                let step = (i as u32 / layers) as u64 / (1 + u64::from(layer));
-                t.push(layer, step, i < layers as usize, ids).unwrap();
+                let round = i / layers as usize;
+                let (first, block) =
+                    if restart > 0 && round >= restart { (restart, round - restart) } else { (0, round) };
+                let step = block as u64 / (1 + u64::from(layer));
+                t.push(layer, step, round == first, ids).unwrap();
             }
             let initial = if warm { InitialPlacement::Warm } else { InitialPlacement::Cold };
             let cost = CostModel::new(copy, f64::from(pair) * 0.5, 2.0);
