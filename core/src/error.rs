@@ -252,6 +252,13 @@ pub enum PoolError {
         /// Layers the pool serves.
         layers: usize,
     },
+    /// A policy whose code this build of the crate leaves out: a demand policy
+    /// ([`crate::Policy::is_demand`]) without the crate's `demand` feature, the only feature that
+    /// builds policies.
+    PolicyNotBuilt {
+        /// The policy's name ([`crate::Policy::name`]).
+        policy: &'static str,
+    },
 }
 
 impl fmt::Display for PoolError {
@@ -273,6 +280,9 @@ impl fmt::Display for PoolError {
             }
             Self::LayerOutOfRange { layer, layers } => {
                 write!(f, "layer {layer} is past the {layers} layers the pool serves")
+            }
+            Self::PolicyNotBuilt { policy } => {
+                write!(f, "policy {policy} is not built: enable expertslab's `demand` feature")
             }
         }
     }

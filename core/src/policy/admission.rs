@@ -36,8 +36,8 @@
 //! (all counts are rescaled together once the scale nears the range of `f32`); only a step with
 //! more ids than slots also ranks its experts. Nothing is allocated after the pool is built.
 
-use alloc::vec;
-use alloc::vec::Vec;
+#[cfg(feature = "demand")]
+use alloc::{vec, vec::Vec};
 
 use super::PolicyError;
 
@@ -127,10 +127,12 @@ impl Default for AdmissionConfig {
     }
 }
 
+#[cfg(feature = "demand")]
 /// Scale past which every count is divided down (2^100: far from `f32::MAX`, and an increment
 /// of the scale still adds exactly).
 const RESCALE_AT: f32 = 1.267_650_6e30;
 
+#[cfg(feature = "demand")]
 /// Per-expert use counts that decay geometrically, stored multiplied by a growing scale so a step
 /// touches only its ids.
 #[derive(Debug, Clone)]
@@ -141,6 +143,7 @@ struct DecayedCounts {
     growth: f32,
 }
 
+#[cfg(feature = "demand")]
 impl DecayedCounts {
     /// Counts that decay by `1 / growth` per step.
     fn new(growth: f32, experts: usize) -> Self {
@@ -169,6 +172,7 @@ impl DecayedCounts {
     }
 }
 
+#[cfg(feature = "demand")]
 /// The admission filter's state: per expert, its decayed uses, the last step that used it and
 /// its uses in that step; over all ids, the decayed share that continued a use of the step
 /// before; and the score an expert of the current step needs to be among the `slots` best of it.
@@ -198,9 +202,11 @@ pub(crate) struct AdmissionFilter {
     cutoff: f32,
 }
 
+#[cfg(feature = "demand")]
 /// The most further uses a continuation is credited with (a stream that always repeats).
 const MAX_CONTINUATION: f32 = 1.0e6;
 
+#[cfg(feature = "demand")]
 impl AdmissionFilter {
     pub(crate) fn new(config: AdmissionConfig, experts: usize, slots: usize) -> Self {
         Self {
@@ -354,6 +360,7 @@ mod tests {
         assert_eq!(tinylfu.miss_action(1.0, Some(1.0)), MissAction::InPlace);
     }
 
+    #[cfg(feature = "demand")]
     #[test]
     fn decayed_counts_halve_and_survive_rescaling() {
         let mut c = DecayedCounts::new(libm::powf(2.0, 0.5), 3);
@@ -374,6 +381,7 @@ mod tests {
         assert!(c.get(1) < 1e-6);
     }
 
+    #[cfg(feature = "demand")]
     #[test]
     fn scores_count_the_step_the_rate_and_the_measured_continuation() {
         let config = AdmissionConfig::new(4.0, 2.0, 0.0).unwrap();
@@ -400,6 +408,7 @@ mod tests {
         assert_eq!(f.miss_action(5, Some(1)), MissAction::InPlace);
     }
 
+    #[cfg(feature = "demand")]
     #[test]
     fn a_step_with_more_experts_than_slots_admits_only_its_best() {
         let config = AdmissionConfig::new(4.0, 1.0, 0.0).unwrap();
