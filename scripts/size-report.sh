@@ -17,7 +17,7 @@ SIZE="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/
 cargo build --release --locked --quiet --no-default-features "$@" --bin minimal --bin baseline
 
 sections() { "$SIZE" -A "target/thumbv7em-none-eabihf/release/$1" | awk -v s="$2" '$1 == s { print $2 }'; }
-echo "built with: cargo build --release --no-default-features $* (in tests/qemu)"
+echo "built with: cargo build --release --no-default-features${*:+ $*} (in tests/qemu)"
 printf '%-8s %10s %10s %10s %10s\n' firmware .text .rodata .data .bss
 for bin in minimal baseline; do
   printf '%-8s %10s %10s %10s %10s\n' "$bin" "$(sections $bin .text)" "$(sections $bin .rodata)" \
