@@ -127,14 +127,14 @@ impl Default for AdmissionConfig {
     }
 }
 
-#[cfg(feature = "demand")]
 /// Scale past which every count is divided down (2^100: far from `f32::MAX`, and an increment
 /// of the scale still adds exactly).
+#[cfg(feature = "demand")]
 const RESCALE_AT: f32 = 1.267_650_6e30;
 
-#[cfg(feature = "demand")]
 /// Per-expert use counts that decay geometrically, stored multiplied by a growing scale so a step
 /// touches only its ids.
+#[cfg(feature = "demand")]
 #[derive(Debug, Clone)]
 struct DecayedCounts {
     scaled: Vec<f32>,
@@ -172,10 +172,10 @@ impl DecayedCounts {
     }
 }
 
-#[cfg(feature = "demand")]
 /// The admission filter's state: per expert, its decayed uses, the last step that used it and
 /// its uses in that step; over all ids, the decayed share that continued a use of the step
 /// before; and the score an expert of the current step needs to be among the `slots` best of it.
+#[cfg(feature = "demand")]
 #[derive(Debug, Clone)]
 pub(crate) struct AdmissionFilter {
     config: AdmissionConfig,
@@ -202,8 +202,8 @@ pub(crate) struct AdmissionFilter {
     cutoff: f32,
 }
 
-#[cfg(feature = "demand")]
 /// The most further uses a continuation is credited with (a stream that always repeats).
+#[cfg(feature = "demand")]
 const MAX_CONTINUATION: f32 = 1.0e6;
 
 #[cfg(feature = "demand")]

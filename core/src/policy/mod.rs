@@ -191,12 +191,10 @@ impl Policy {
 /// A policy this build of the crate leaves out (a demand policy without the `demand` feature).
 /// With the feature it has no values, so building a policy's state has no failure path to pay for.
 #[cfg(feature = "demand")]
-#[derive(Debug)]
 pub(crate) enum NotBuilt {}
 
 /// A policy this build of the crate leaves out (a demand policy without the `demand` feature).
 #[cfg(not(feature = "demand"))]
-#[derive(Debug)]
 pub(crate) struct NotBuilt;
 
 /// A pool's policy with its state.
