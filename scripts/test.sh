@@ -20,6 +20,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "clippy of the firmware (warnings denied)"
 (cd tests/qemu && cargo clippy --release --locked -- -D warnings \
   && cargo clippy --release --locked --features defmt -- -D warnings \
+  && cargo clippy --release --locked --no-default-features -- -D warnings \
   && cargo clippy --release --locked --target riscv32imac-unknown-none-elf -- -D warnings)
 (cd examples/firmware && cargo clippy --release --locked -- -D warnings)
 
@@ -37,9 +38,15 @@ export LD_LIBRARY_PATH="$nvrtc_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 step "host tests"
 cargo test --workspace --locked
 
-step "core for thumbv7em-none-eabihf, without and with defmt"
-cargo build -p expertslab --target thumbv7em-none-eabihf --locked
-cargo build -p expertslab --target thumbv7em-none-eabihf --features defmt --locked
+step "core tests without the demand feature (demand policies must be refused)"
+cargo test -p expertslab --no-default-features --locked
+
+step "core for thumbv7em-none-eabihf: with and without demand, defmt and heap-select (warnings denied)"
+for features in "" defmt heap-select defmt,heap-select; do
+  cargo clippy -p expertslab --target thumbv7em-none-eabihf --locked --features "$features" -- -D warnings
+  cargo clippy -p expertslab --target thumbv7em-none-eabihf --locked --no-default-features --features "$features" \
+    -- -D warnings
+done
 
 step "docs (warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked

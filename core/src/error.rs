@@ -257,6 +257,13 @@ pub enum PoolError {
         /// Bytes asked for.
         bytes: usize,
     },
+    /// A policy whose code this build of the crate leaves out: a demand policy
+    /// ([`crate::Policy::is_demand`]) without the crate's `demand` feature, the only feature that
+    /// builds policies.
+    PolicyNotBuilt {
+        /// The policy's name ([`crate::Policy::name`]).
+        policy: &'static str,
+    },
 }
 
 impl fmt::Display for PoolError {
@@ -280,6 +287,9 @@ impl fmt::Display for PoolError {
                 write!(f, "layer {layer} is past the {layers} layers the pool serves")
             }
             Self::OutOfMemory { bytes } => write!(f, "could not allocate {bytes} bytes for the configuration's tables"),
+            Self::PolicyNotBuilt { policy } => {
+                write!(f, "policy {policy} is not built: enable expertslab's `demand` feature")
+            }
         }
     }
 }

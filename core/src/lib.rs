@@ -87,7 +87,15 @@
 //! ```
 //!
 //! ## Feature flags
+//! - `demand` (default): the demand policies ([`Policy::Lru`], [`Policy::Lfu`], [`Policy::Lru2`],
+//!   [`Policy::Belady`], [`Policy::Tinylfu`]), the pool's prefetch hook and the
+//!   [`SharedSlotPool`] they drive. Without it a pool refuses a demand policy with
+//!   [`PoolError::PolicyNotBuilt`], [`ExpertPool::prefetch`] answers
+//!   [`PoolError::PolicyMismatch`], and a firmware placing by TIDE or decay links none of their
+//!   code (`default-features = false` in its `Cargo.toml`).
 //! - `defmt`: derive `defmt::Format` for the public data and error types.
+//! - `heap-select`: select a refresh's targets with the bounded heap only, leaving out the linear
+//!   bucket selection (smaller code for a microcontroller; the same decisions).
 
 #![no_std]
 #![forbid(unsafe_code)]

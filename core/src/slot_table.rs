@@ -43,6 +43,7 @@ pub(crate) const COUNT_MASK: u32 = SEEN - 1;
 
 /// Demand step, bit 31: the expert was admitted in this step into slot `word & !ADMITTED` (its
 /// copy is not committed yet). Reset to [`NOT_RESIDENT`] before the step returns.
+#[cfg(feature = "demand")]
 pub(crate) const ADMITTED: u32 = 1 << 31;
 
 /// Serve, bit 31: on a resident's slot word, the expert was copied in for the step being served
@@ -53,6 +54,7 @@ pub(crate) const COPIED: u32 = 1 << 31;
 const _: () = assert!(COUNT_MASK & (TARGET | RESIDENT | SEEN | COPIED) == 0);
 
 /// Demand-step word of an expert admitted into `slot` (a slot index, below `u16::MAX`).
+#[cfg(feature = "demand")]
 #[inline]
 pub(crate) const fn admitted(slot: usize) -> u32 {
     ADMITTED | slot as u32
@@ -60,6 +62,7 @@ pub(crate) const fn admitted(slot: usize) -> u32 {
 
 /// The slot a demand-step word names: the resting slot of a resident, or the slot an expert was
 /// admitted into. Not meaningful for [`NOT_RESIDENT`].
+#[cfg(feature = "demand")]
 #[inline]
 pub(crate) const fn slot_in(word: u32) -> usize {
     (word & !ADMITTED) as usize
@@ -291,6 +294,7 @@ mod tests {
         t.mark_copied(&[2, 1], false);
         assert_eq!(t.serve_id(2), Served::Hit);
         assert_eq!(t.slot_of(2), Some(0));
+        #[cfg(feature = "demand")]
         assert_eq!(slot_in(admitted(5)), 5);
         assert_eq!(t.set_slots(0), 2);
         assert_eq!(t.slot_of(2), None);

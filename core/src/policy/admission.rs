@@ -37,8 +37,8 @@
 //! (all counts are rescaled together once the scale nears the range of `f32`); only a step with
 //! more ids than slots also ranks its experts. Nothing is allocated after the pool is built.
 
-use alloc::vec;
-use alloc::vec::Vec;
+#[cfg(feature = "demand")]
+use alloc::{vec, vec::Vec};
 
 use super::PolicyError;
 
@@ -130,10 +130,12 @@ impl Default for AdmissionConfig {
 
 /// Scale past which every count is divided down (2^100: far from `f32::MAX`, and an increment
 /// of the scale still adds exactly).
+#[cfg(feature = "demand")]
 const RESCALE_AT: f32 = 1.267_650_6e30;
 
 /// Per-expert use counts that decay geometrically, stored multiplied by a growing scale so a step
 /// touches only its ids.
+#[cfg(feature = "demand")]
 #[derive(Debug, Clone)]
 struct DecayedCounts {
     scaled: Vec<f32>,
@@ -142,6 +144,7 @@ struct DecayedCounts {
     growth: f32,
 }
 
+#[cfg(feature = "demand")]
 impl DecayedCounts {
     /// Counts that decay by `1 / growth` per step.
     fn new(growth: f32, experts: usize) -> Self {
@@ -173,6 +176,7 @@ impl DecayedCounts {
 /// The admission filter's state: per expert, its decayed uses, the last step that used it and
 /// its uses in that step; over all ids, the decayed share that continued a use of the step
 /// before; and the score an expert of the current step needs to be among the `slots` best of it.
+#[cfg(feature = "demand")]
 #[derive(Debug, Clone)]
 pub(crate) struct AdmissionFilter {
     config: AdmissionConfig,
@@ -200,8 +204,10 @@ pub(crate) struct AdmissionFilter {
 }
 
 /// The most further uses a continuation is credited with (a stream that always repeats).
+#[cfg(feature = "demand")]
 const MAX_CONTINUATION: f32 = 1.0e6;
 
+#[cfg(feature = "demand")]
 impl AdmissionFilter {
     pub(crate) fn new(config: AdmissionConfig, experts: usize, slots: usize) -> Self {
         Self {
@@ -355,6 +361,7 @@ mod tests {
         assert_eq!(tinylfu.miss_action(1.0, Some(1.0)), MissAction::InPlace);
     }
 
+    #[cfg(feature = "demand")]
     #[test]
     fn decayed_counts_halve_and_survive_rescaling() {
         let mut c = DecayedCounts::new(libm::powf(2.0, 0.5), 3);
@@ -375,6 +382,7 @@ mod tests {
         assert!(c.get(1) < 1e-6);
     }
 
+    #[cfg(feature = "demand")]
     #[test]
     fn scores_count_the_step_the_rate_and_the_measured_continuation() {
         let config = AdmissionConfig::new(4.0, 2.0, 0.0).unwrap();
@@ -401,6 +409,7 @@ mod tests {
         assert_eq!(f.miss_action(5, Some(1)), MissAction::InPlace);
     }
 
+    #[cfg(feature = "demand")]
     #[test]
     fn a_step_with_more_experts_than_slots_admits_only_its_best() {
         let config = AdmissionConfig::new(4.0, 1.0, 0.0).unwrap();

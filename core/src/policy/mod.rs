@@ -13,8 +13,14 @@
 //!   displace by a threshold, otherwise served in place (see [`admission`]).
 //!
 //! Every policy is deterministic (ties go to the lower expert id) and allocates nothing per step.
+//!
+//! The demand policies (plain and cost-aware) are built only with the crate's `demand` feature (on
+//! by default). Without it the [`Policy`] values stay, but a pool refuses them with
+//! [`PoolError::PolicyNotBuilt`](crate::PoolError::PolicyNotBuilt), and a firmware that places
+//! by TIDE or decay links none of their code.
 
 pub mod admission;
+#[cfg(feature = "demand")]
 mod demand;
 mod interval;
 pub(crate) mod select;
@@ -23,6 +29,7 @@ use core::fmt;
 
 pub use admission::{AdmissionConfig, MissAction};
 
+#[cfg(feature = "demand")]
 pub(crate) use demand::{AdmitState, DemandCache, DemandKind};
 pub(crate) use interval::{Candidates, IntervalPlacement, RefreshState};
 
@@ -189,31 +196,54 @@ impl Policy {
     }
 }
 
+/// A policy this build of the crate leaves out (a demand policy without the `demand` feature).
+/// With the feature it has no values, so building a policy's state has no failure path to pay for.
+#[cfg(feature = "demand")]
+pub(crate) enum NotBuilt {}
+
+/// A policy this build of the crate leaves out (a demand policy without the `demand` feature).
+#[cfg(not(feature = "demand"))]
+pub(crate) struct NotBuilt;
+
 /// A pool's policy with its state.
 #[derive(Debug, Clone)]
 pub(crate) enum PolicyState {
     Interval(IntervalPlacement),
+    #[cfg(feature = "demand")]
     Demand(DemandCache),
 }
 
 impl PolicyState {
-    pub(crate) fn new(policy: Policy, experts: usize, slots: usize) -> Self {
+    /// The state of `policy` for `experts` experts and `slots` slots.
+    ///
+    /// # Errors
+    /// [`NotBuilt`] for a demand policy when the `demand` feature is off.
+    pub(crate) fn new(policy: Policy, experts: usize, slots: usize) -> Result<Self, NotBuilt> {
+        #[cfg(feature = "demand")]
         let demand = |kind| Self::Demand(DemandCache::new(kind, experts, slots));
-        match policy {
+        Ok(match policy {
             Policy::Tide => Self::Interval(IntervalPlacement::hit_count(slots)),
             Policy::Decay(config) => Self::Interval(IntervalPlacement::decay(slots, experts, config)),
+            #[cfg(feature = "demand")]
             Policy::Lru => demand(DemandKind::Lru),
+            #[cfg(feature = "demand")]
             Policy::Lfu => demand(DemandKind::Lfu),
+            #[cfg(feature = "demand")]
             Policy::Lru2 => demand(DemandKind::Lru2),
+            #[cfg(feature = "demand")]
             Policy::Belady => demand(DemandKind::Belady),
+            #[cfg(feature = "demand")]
             Policy::Tinylfu(config) => Self::Demand(DemandCache::cost_aware(config, experts, slots)),
-        }
+            #[cfg(not(feature = "demand"))]
+            Policy::Lru | Policy::Lfu | Policy::Lru2 | Policy::Belady | Policy::Tinylfu(_) => return Err(NotBuilt),
+        })
     }
 
     /// Sizes the per-slot state for `slots` slots (after the pool emptied the slots it drops).
     pub(crate) fn set_slots(&mut self, slots: usize) {
         match self {
             Self::Interval(placement) => placement.set_slots(slots),
+            #[cfg(feature = "demand")]
             Self::Demand(cache) => cache.set_slots(slots),
         }
     }

@@ -34,6 +34,7 @@ pub(crate) fn sort_best_first<T: Copy>(items: &mut [T], better: impl Fn(&T, &T) 
 }
 
 /// Removes and returns the worst item of `heap`, arranged by [`heapify`] with the same `better`.
+#[cfg(any(feature = "demand", test))]
 pub(crate) fn pop_worst<T: Copy>(heap: &mut alloc::vec::Vec<T>, better: &impl Fn(&T, &T) -> bool) -> Option<T> {
     let last = heap.pop()?;
     let Some(root) = heap.first_mut() else { return Some(last) };

@@ -31,8 +31,12 @@ use alloc::vec::Vec;
 
 use crate::error::{PlanError, PoolError};
 use crate::plan::{MigrationPlan, Promotion};
-use crate::policy::{AdmitState, Candidates, PolicyState, RefreshState};
-use crate::schedule::{Mode, Schedule, Step};
+#[cfg(feature = "demand")]
+use crate::policy::AdmitState;
+use crate::policy::{Candidates, PolicyState, RefreshState};
+#[cfg(feature = "demand")]
+use crate::schedule::Mode;
+use crate::schedule::{Schedule, Step};
 use crate::slot_table::{SlotTable, COUNT_MASK};
 
 /// The most routing ids one step may carry (per-expert counters stay below their flag bits).
@@ -83,7 +87,8 @@ impl ExpertPool {
     ///
     /// # Errors
     /// [`PoolError::NoExperts`] for zero experts, [`PoolError::TooManyExperts`] above
-    /// [`MAX_EXPERTS`].
+    /// [`MAX_EXPERTS`], [`PoolError::PolicyNotBuilt`] for a demand policy
+    /// ([`crate::Policy::is_demand`]) when the crate's `demand` feature is off.
     pub fn new(config: PoolConfig) -> Result<Self, PoolError> {
         let slots = config.slots();
         let PoolConfig { layer, experts, policy, schedule, initial, .. } = config;
@@ -93,12 +98,18 @@ impl ExpertPool {
         if experts > MAX_EXPERTS {
             return Err(PoolError::TooManyExperts { experts, max: MAX_EXPERTS });
         }
+        // With every policy built, `NotBuilt` has no values and the build cannot fail.
+        #[cfg(feature = "demand")]
+        let Ok(state) = PolicyState::new(policy, experts, slots);
+        #[cfg(not(feature = "demand"))]
+        let state = PolicyState::new(policy, experts, slots)
+            .map_err(|crate::policy::NotBuilt| PoolError::PolicyNotBuilt { policy: policy.name() })?;
         Ok(Self {
             layer,
             schedule,
             table: SlotTable::new(experts, slots),
             resident: 0,
-            policy: PolicyState::new(policy, experts, slots),
+            policy: state,
             initial,
             stats: PoolStats::default(),
             copied: Vec::with_capacity(slots),
@@ -279,8 +290,8 @@ impl ExpertPool {
     /// (or a prefill, or the step's mode) calls for it, filling `plan` with the promotions and
     /// freeing the slots of demoted experts; otherwise clears `plan` (a decay policy still folds
     /// the ids into its scores). With a demand policy: serves the ids in order and admits each
-    /// miss (every step, unless the step's mode is [`Mode::Reuse`]). Returns whether placement
-    /// was decided.
+    /// miss (every step, unless the step's mode is [`Mode::Reuse`](crate::Mode::Reuse)). Returns
+    /// whether placement was decided.
     ///
     /// Then migrate `plan` and call [`ExpertPool::serve`] with the same ids.
     ///
@@ -290,6 +301,7 @@ impl ExpertPool {
     pub fn plan_step(&mut self, step: Step, ids: &[u32], plan: &mut MigrationPlan) -> Result<bool, PoolError> {
         let due = match &self.policy {
             PolicyState::Interval(_) => self.schedule.is_due(step),
+            #[cfg(feature = "demand")]
             PolicyState::Demand(_) => step.mode != Mode::Reuse,
         };
         if due {
@@ -299,6 +311,7 @@ impl ExpertPool {
             plan.reset(self.layer, self.slots_generation, 0);
             match &mut self.policy {
                 PolicyState::Interval(placement) => placement.observe(ids),
+                #[cfg(feature = "demand")]
                 PolicyState::Demand(cache) => {
                     // The ids are still uses: recency, frequency and Belady's position follow them.
                     let (expert_slot, slot_expert) = self.table.parts_mut();
@@ -330,8 +343,13 @@ impl ExpertPool {
     fn decide(&mut self, ids: &[u32], plan: &mut MigrationPlan) {
         plan.reset(self.layer, self.slots_generation, self.slots());
         self.stats.refreshes = self.stats.refreshes.saturating_add(1);
+        #[cfg_attr(
+            not(feature = "demand"),
+            allow(clippy::infallible_destructuring_match, reason = "the demand arm is compiled out")
+        )]
         let placement = match &mut self.policy {
             PolicyState::Interval(placement) => placement,
+            #[cfg(feature = "demand")]
             PolicyState::Demand(cache) => {
                 let (expert_slot, slot_expert) = self.table.parts_mut();
                 let demoted = cache.step(AdmitState { expert_slot, slot_expert }, ids, true, plan);
@@ -375,13 +393,14 @@ impl ExpertPool {
         if stream.len() >= u32::MAX as usize {
             return Err(PoolError::TooManyIds { ids: stream.len(), max: MAX_FUTURE_IDS });
         }
-        match &mut self.policy {
-            PolicyState::Demand(cache) if cache.is_belady() => {
+        #[cfg(feature = "demand")]
+        if let PolicyState::Demand(cache) = &mut self.policy {
+            if cache.is_belady() {
                 cache.load_future(self.table.experts(), stream);
-                Ok(())
+                return Ok(());
             }
-            _ => Err(PoolError::PolicyMismatch),
         }
+        Err(PoolError::PolicyMismatch)
     }
 
     /// Counts `ids` (one step's routing, token-major) against the current residency, adds the

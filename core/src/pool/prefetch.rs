@@ -4,7 +4,8 @@
 use super::ExpertPool;
 use crate::error::PoolError;
 use crate::plan::MigrationPlan;
-use crate::policy::PolicyState;
+#[cfg(feature = "demand")]
+use crate::policy::{AdmitState, PolicyState};
 
 impl ExpertPool {
     /// Plans at most `limit` prefetch copies for this pool's next step: each of `experts` (best
@@ -23,7 +24,9 @@ impl ExpertPool {
     ///
     /// # Errors
     /// [`PoolError::PolicyMismatch`] for an interval policy (its next refresh decides placement)
-    /// and for the cost-aware policy (it decides with the step's routing known).
+    /// and for the cost-aware policy (it decides with the step's routing known), and so for every
+    /// pool when the crate's `demand` feature is off (it builds no demand policy); `plan` is then
+    /// unchanged.
     pub fn prefetch(
         &mut self,
         experts: &[u16],
@@ -31,22 +34,24 @@ impl ExpertPool {
         outranked: impl Fn(usize, usize) -> bool,
         plan: &mut MigrationPlan,
     ) -> Result<usize, PoolError> {
-        let PolicyState::Demand(cache) = &mut self.policy else {
-            return Err(PoolError::PolicyMismatch);
-        };
-        if cache.is_cost_aware() {
-            return Err(PoolError::PolicyMismatch);
+        #[cfg(feature = "demand")]
+        if let PolicyState::Demand(cache) = &mut self.policy {
+            if cache.is_cost_aware() {
+                return Err(PoolError::PolicyMismatch);
+            }
+            plan.reset(self.layer, self.slots_generation, self.table.slots());
+            let (expert_slot, slot_expert) = self.table.parts_mut();
+            let demoted = cache.prefetch(AdmitState { expert_slot, slot_expert }, experts, limit, &outranked, plan);
+            self.record_demotions(demoted);
+            return Ok(demoted);
         }
-        plan.reset(self.layer, self.slots_generation, self.table.slots());
-        let (expert_slot, slot_expert) = self.table.parts_mut();
-        let demoted =
-            cache.prefetch(crate::policy::AdmitState { expert_slot, slot_expert }, experts, limit, &outranked, plan);
-        self.record_demotions(demoted);
-        Ok(demoted)
+        #[cfg(not(feature = "demand"))]
+        let _unused_without_demand_policies = (experts, limit, outranked, plan);
+        Err(PoolError::PolicyMismatch)
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "demand"))]
 mod tests {
     use crate::error::PoolError;
     use crate::plan::{MigrationPlan, Promotion};

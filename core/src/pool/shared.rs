@@ -31,8 +31,11 @@ pub(crate) fn split_key(key: usize, experts: usize) -> (usize, usize) {
 /// `(layer, expert)` for the copy.
 ///
 /// Nothing is allocated per step: ids are translated into keys in a buffer sized at construction.
+/// Built with the crate's `demand` feature (on by default); without it [`SharedSlotPool::new`]
+/// refuses every policy.
 ///
-/// ```
+#[cfg_attr(feature = "demand", doc = "```")]
+#[cfg_attr(not(feature = "demand"), doc = "```ignore")]
 /// use expertslab::{MigrationPlan, Policy, PoolConfig, SharedSlotPool, Step};
 ///
 /// // 2 layers of 8 experts share 4 slots under LRU; steps carry at most 16 ids.
@@ -73,8 +76,9 @@ impl SharedSlotPool {
     /// # Errors
     /// [`PoolError::NoExperts`] for zero layers or experts, [`PoolError::TooManyExperts`] when
     /// `layers × experts` is above [`crate::MAX_EXPERTS`], [`PoolError::PolicyMismatch`] for a
-    /// policy that cannot drive a shared pool ([`crate::Policy::drives_shared_pool`]), [`PoolError::TooManyIds`] when `max_step_ids` is above
-    /// [`crate::MAX_STEP_IDS`].
+    /// policy that cannot drive a shared pool ([`crate::Policy::drives_shared_pool`]),
+    /// [`PoolError::TooManyIds`] when `max_step_ids` is above [`crate::MAX_STEP_IDS`],
+    /// [`PoolError::PolicyNotBuilt`] for a demand policy when the crate's `demand` feature is off.
     pub fn new(layers: usize, config: PoolConfig, max_step_ids: usize) -> Result<Self, PoolError> {
         let experts = config.experts;
         if layers == 0 || experts == 0 {
@@ -300,7 +304,7 @@ impl SharedSlotPool {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "demand"))]
 mod tests {
     use super::*;
     use crate::policy::Policy;

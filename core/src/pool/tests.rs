@@ -2,6 +2,7 @@ use alloc::vec::Vec;
 
 use super::*;
 use crate::policy::Policy;
+use crate::schedule::Mode;
 
 fn pool(experts: usize, slots: usize, initial: InitialPlacement) -> ExpertPool {
     let mut pool = ExpertPool::new(PoolConfig::new(experts, slots).initial(initial)).unwrap();
@@ -9,6 +10,33 @@ fn pool(experts: usize, slots: usize, initial: InitialPlacement) -> ExpertPool {
     pool.initial_plan(&mut plan);
     commit_all(&mut pool, &plan);
     pool
+}
+
+/// Every policy name builds a pool, except that without the `demand` feature each demand policy
+/// is refused by name (and the pool's demand-only operations answer `PolicyMismatch`).
+#[test]
+fn demand_policies_are_built_only_with_their_feature() {
+    for name in Policy::NAMES {
+        let policy = Policy::from_name(name).unwrap();
+        let built = ExpertPool::new(PoolConfig::new(8, 2).policy(policy));
+        let shared = SharedSlotPool::new(2, PoolConfig::new(8, 2).policy(policy), 16);
+        if cfg!(feature = "demand") || !policy.is_demand() {
+            assert!(built.is_ok(), "{name}");
+            assert_eq!(shared.is_ok(), policy.is_demand(), "{name}");
+        } else {
+            let refused = PoolError::PolicyNotBuilt { policy: name };
+            assert_eq!(built.err(), Some(refused), "{name}");
+            assert_eq!(shared.err(), Some(refused), "{name}");
+            assert_eq!(
+                alloc::format!("{refused}"),
+                alloc::format!("policy {name} is not built: enable expertslab's `demand` feature")
+            );
+        }
+    }
+    let mut tide = ExpertPool::new(PoolConfig::new(8, 2)).unwrap();
+    let mut plan = MigrationPlan::new(2);
+    assert_eq!(tide.prefetch(&[3], 1, |_, _| true, &mut plan), Err(PoolError::PolicyMismatch));
+    assert_eq!(tide.load_future(&[1, 2]), Err(PoolError::PolicyMismatch));
 }
 
 #[test]
@@ -25,7 +53,8 @@ fn commit_all(pool: &mut ExpertPool, plan: &MigrationPlan) {
 
 #[test]
 fn slot_count_changes_demote_the_dropped_slots_and_keep_the_rest() {
-    for policy in [Policy::Tide, Policy::Decay(crate::DecayConfig::default()), Policy::Lru, Policy::Lfu, Policy::Lru2] {
+    let policies = [Policy::Tide, Policy::Decay(crate::DecayConfig::default()), Policy::Lru, Policy::Lfu, Policy::Lru2];
+    for policy in policies.into_iter().filter(|p| cfg!(feature = "demand") || !p.is_demand()) {
         let mut p = ExpertPool::new(PoolConfig::new(8, 4).policy(policy)).unwrap();
         let mut plan = MigrationPlan::new(4);
         p.initial_plan(&mut plan);

@@ -35,7 +35,7 @@ use replay::{CostModel, ReplayConfig, ReplayError, ReplayPolicy, ReplayReport, R
 mod interleaved;
 pub mod profile;
 pub mod replay;
-#[cfg(test)]
+#[cfg(all(test, feature = "demand"))]
 mod sharing_tests;
 pub mod synthetic;
 mod text;

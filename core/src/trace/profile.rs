@@ -122,7 +122,7 @@ mod tests {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "demand"))]
 mod replay_tests {
     use super::*;
     use crate::pool::InitialPlacement;

@@ -439,6 +439,7 @@ mod tests {
     use super::*;
     use crate::trace::TraceHeader;
 
+    #[cfg(feature = "demand")]
     fn trace() -> Trace {
         let mut t = Trace::new(TraceHeader { experts: 8, layers: 2, top_k: 2 }).unwrap();
         let steps: [[u32; 4]; 5] = [[0, 1, 2, 3], [1, 2, 1, 9], [4, 5, 4, 5], [4, 5, 6, 7], [0, 1, 4, 5]];
@@ -453,6 +454,7 @@ mod tests {
         ReplayConfig::new(policy, 2, Schedule::EveryForward, InitialPlacement::Cold, CostModel::new(100, 1.0, 100.0))
     }
 
+    #[cfg(feature = "demand")]
     #[test]
     fn totals_are_the_sum_of_layers_and_costs_follow_the_model() {
         for name in ReplayPolicy::NAMES {
@@ -473,6 +475,7 @@ mod tests {
         assert!(ReplayPolicy::from_name("random").is_err());
     }
 
+    #[cfg(feature = "demand")]
     #[test]
     fn references_bound_the_policies() {
         let hits = |name| replay(&trace(), &config(ReplayPolicy::from_name(name).unwrap())).unwrap().total;
@@ -497,6 +500,7 @@ mod tests {
         assert_eq!(lru.served_by_copy + lru.served_in_place, lru.misses);
     }
 
+    #[cfg(feature = "demand")]
     #[test]
     fn hits_are_pairs_resident_before_the_step() {
         // One layer, two slots, cold. Step 0 copies 0 and 1 in: four misses served by copy.
@@ -546,6 +550,7 @@ mod tests {
         assert_eq!(odd.served_by_copy, 0b01_0111_0101);
     }
 
+    #[cfg(feature = "demand")]
     #[test]
     fn misses_served_in_place_are_slow_pairs_and_copies_are_paid_by_the_link() {
         let tinylfu = |threshold| {

@@ -2,6 +2,7 @@ use super::*;
 use crate::pool::InitialPlacement;
 use crate::schedule::Schedule;
 use crate::trace::replay::{replay, ReplayPolicy};
+#[cfg(feature = "demand")]
 use crate::trace::synthetic::{RoutingShape, SyntheticRouting};
 use crate::trace::TraceHeader;
 use proptest::prelude::*;
@@ -198,6 +199,7 @@ fn weights_order_schedules_as_the_cost_model_does() {
     assert_eq!(dyadic(-1.0), None);
 }
 
+#[cfg(feature = "demand")]
 fn synthetic(shape: RoutingShape, layers: u32, steps: u64, seed: u64) -> Trace {
     let mut t = Trace::new(TraceHeader { experts: shape.experts, layers, top_k: shape.top_k }).unwrap();
     let mut routers: Vec<_> = (0..layers).map(|l| SyntheticRouting::new(shape, seed + u64::from(l))).collect();
@@ -212,6 +214,7 @@ fn synthetic(shape: RoutingShape, layers: u32, steps: u64, seed: u64) -> Trace {
     t
 }
 
+#[cfg(feature = "demand")]
 #[test]
 fn no_policy_beats_the_bound_on_synthetic_families() {
     let families = [(0.9, 0.5, 64), (0.9, 0.5, 0), (0.9, 0.9, 64), (0.0, 0.0, 64)];
