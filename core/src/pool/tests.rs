@@ -22,11 +22,12 @@ fn demand_policies_are_built_only_with_their_feature() {
         let shared = SharedSlotPool::new(2, PoolConfig::new(8, 2).policy(policy), 16);
         if cfg!(feature = "demand") || !policy.is_demand() {
             assert!(built.is_ok(), "{name}");
-            assert_eq!(shared.is_ok(), policy.is_demand(), "{name}");
+            assert_eq!(shared.is_ok(), policy.drives_shared_pool(), "{name}");
         } else {
             let refused = PoolError::PolicyNotBuilt { policy: name };
             assert_eq!(built.err(), Some(refused), "{name}");
-            assert_eq!(shared.err(), Some(refused), "{name}");
+            let shared_refused = if policy.drives_shared_pool() { refused } else { PoolError::PolicyMismatch };
+            assert_eq!(shared.err(), Some(shared_refused), "{name}");
             assert_eq!(
                 alloc::format!("{refused}"),
                 alloc::format!("policy {name} is not built: enable expertslab's `demand` feature")

@@ -113,6 +113,7 @@ fn tiny_trace(experts: u32, layers: u32, steps: &[Vec<u32>]) -> Trace {
 }
 
 #[test]
+#[cfg(feature = "demand")]
 fn the_shared_bound_follows_restarted_blocks() {
     // Two layers, one slot each (two shared), cold. Block 1 (steps 0, 1) routes layer 0 to
     // expert 0 and layer 1 to expert 2; block 2 restarts at step 0 and routes to 1 and 3. Ordered
