@@ -290,7 +290,7 @@ impl ExpertPool {
     /// (or a prefill, or the step's mode) calls for it, filling `plan` with the promotions and
     /// freeing the slots of demoted experts; otherwise clears `plan` (a decay policy still folds
     /// the ids into its scores). With a demand policy: serves the ids in order and admits each
-    /// miss (every step, unless the step's mode is [`Mode::Reuse`](crate::Mode::Reuse)). Returns
+    /// miss (every step, unless the step's mode is [`crate::Mode::Reuse`]). Returns
     /// whether placement was decided.
     ///
     /// Then migrate `plan` and call [`ExpertPool::serve`] with the same ids.
