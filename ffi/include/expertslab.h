@@ -15,8 +15,8 @@
 
 /**
  * What a call did. Every function returns one; on anything but `ES_STATUS_OK` the handle the
- * call was made on (its first argument) keeps a text saying why, which [`es_last_error`]
- * (crate::es_last_error) gives.
+ * call was made on (its first handle argument) keeps a text saying why, which
+ * [`es_last_error`](crate::es_last_error) copies out.
  */
 typedef enum EsStatus {
   /**

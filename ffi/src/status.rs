@@ -1,8 +1,8 @@
 //! Status codes: what every entry point returns.
 
 /// What a call did. Every function returns one; on anything but `ES_STATUS_OK` the handle the
-/// call was made on (its first argument) keeps a text saying why, which [`es_last_error`]
-/// (crate::es_last_error) gives.
+/// call was made on (its first handle argument) keeps a text saying why, which
+/// [`es_last_error`](crate::es_last_error) copies out.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EsStatus {
