@@ -351,3 +351,22 @@ pub(crate) unsafe fn message(
     }
     status
 }
+
+/// Runs an entry point that builds an object from nothing: `build` makes it or says why not
+/// (the text goes to the caller's `message` buffer, as no handle exists yet to keep it); `keep`
+/// turns it into a handle.
+///
+/// # Safety
+/// As [`copy_text`] for `message`.
+pub(crate) unsafe fn build_into<T>(
+    message: *mut core::ffi::c_char,
+    capacity: usize,
+    build: impl FnOnce() -> Result<T, (EsStatus, String)>,
+    keep: impl FnOnce(T) -> Result<(), EsStatus>,
+) -> EsStatus {
+    guard(|| match build() {
+        Ok(object) => status(keep(object)),
+        // SAFETY: forwarded contract.
+        Err((code, text)) => unsafe { self::message(message, capacity, code, text) },
+    })
+}

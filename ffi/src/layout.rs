@@ -73,15 +73,15 @@ pub unsafe extern "C" fn es_expert_layout_new(
     message: *mut c_char,
     message_capacity: usize,
 ) -> EsStatus {
-    guard(|| {
-        // SAFETY: forwarded contract.
-        match unsafe { build_layout(stacks, count) } {
-            // SAFETY: forwarded contract.
-            Ok(layout) => status(unsafe { handle::create(layout, out) }),
-            // SAFETY: forwarded contract.
-            Err((code, text)) => unsafe { handle::message(message, message_capacity, code, text) },
-        }
-    })
+    // SAFETY: forwarded contract, for every call below.
+    unsafe {
+        handle::build_into(
+            message,
+            message_capacity,
+            || build_layout(stacks, count),
+            |layout| handle::create(layout, out),
+        )
+    }
 }
 
 /// As [`es_expert_layout_new`], placing the handle in caller memory `memory` of `size` bytes,
@@ -102,15 +102,15 @@ pub unsafe extern "C" fn es_expert_layout_init(
     message: *mut c_char,
     message_capacity: usize,
 ) -> EsStatus {
-    guard(|| {
-        // SAFETY: forwarded contract.
-        match unsafe { build_layout(stacks, count) } {
-            // SAFETY: forwarded contract.
-            Ok(layout) => status(unsafe { handle::place(memory, size, layout, out) }),
-            // SAFETY: forwarded contract.
-            Err((code, text)) => unsafe { handle::message(message, message_capacity, code, text) },
-        }
-    })
+    // SAFETY: forwarded contract, for every call below.
+    unsafe {
+        handle::build_into(
+            message,
+            message_capacity,
+            || build_layout(stacks, count),
+            |layout| handle::place(memory, size, layout, out),
+        )
+    }
 }
 
 /// Writes the layout's expert count to `*experts`, its projection count to `*projections` and

@@ -77,20 +77,18 @@ pub unsafe extern "C" fn es_pool_new(
     message: *mut c_char,
     message_capacity: usize,
 ) -> EsStatus {
-    guard(|| {
-        // SAFETY: forwarded contract.
-        let config = match unsafe { handle::get(config) } {
-            Ok(config) => config,
-            // SAFETY: forwarded contract.
-            Err(code) => return unsafe { handle::message(message, message_capacity, code, "the pool configuration") },
-        };
-        match build_pool(config) {
-            // SAFETY: forwarded contract.
-            Ok(pool) => status(unsafe { handle::create(pool, out) }),
-            // SAFETY: forwarded contract.
-            Err((code, text)) => unsafe { handle::message(message, message_capacity, code, text) },
-        }
-    })
+    // SAFETY: forwarded contract, for every call below.
+    unsafe {
+        handle::build_into(
+            message,
+            message_capacity,
+            || {
+                let config = handle::get(config).map_err(|s| (s, "the pool configuration".to_string()))?;
+                build_pool(config)
+            },
+            |pool| handle::create(pool, out),
+        )
+    }
 }
 
 /// Frees a pool (null is accepted).

@@ -36,23 +36,19 @@ pub unsafe extern "C" fn es_trace_parse(
     message: *mut c_char,
     message_capacity: usize,
 ) -> EsStatus {
-    guard(|| {
-        // SAFETY: forwarded contract.
-        let bytes = match unsafe { handle::slice(bytes, length) } {
-            Ok(bytes) => bytes,
-            // SAFETY: forwarded contract.
-            Err(code) => return unsafe { handle::message(message, message_capacity, code, "the trace bytes") },
-        };
-        let parsed = core::str::from_utf8(bytes)
-            .map_err(|e| (EsStatus::InvalidArgument, e.to_string()))
-            .and_then(|text| Trace::parse(text).map_err(|e| (EsStatus::TraceInvalid, e.to_string())));
-        match parsed {
-            // SAFETY: forwarded contract.
-            Ok(trace) => status(unsafe { handle::create(trace, out) }),
-            // SAFETY: forwarded contract.
-            Err((code, text)) => unsafe { handle::message(message, message_capacity, code, text) },
-        }
-    })
+    // SAFETY: forwarded contract, for every call below.
+    unsafe {
+        handle::build_into(
+            message,
+            message_capacity,
+            || {
+                let bytes = handle::slice(bytes, length).map_err(|s| (s, "the trace bytes".to_string()))?;
+                let text = core::str::from_utf8(bytes).map_err(|e| (EsStatus::InvalidArgument, e.to_string()))?;
+                Trace::parse(text).map_err(|e| (EsStatus::TraceInvalid, e.to_string()))
+            },
+            |trace| handle::create(trace, out),
+        )
+    }
 }
 
 /// Writes the trace's record count (one per layer and step) to `*records` and its header's
