@@ -47,6 +47,10 @@ step "core for thumbv7em-none-eabihf, without and with defmt"
 cargo build -p expertslab --target thumbv7em-none-eabihf --locked
 cargo build -p expertslab --target thumbv7em-none-eabihf --features defmt --locked
 
+step "the C interface's static library for thumbv7em-none-eabihf (built and linted; no C firmware runs it yet)"
+cargo rustc -p expertslab-ffi --lib --target thumbv7em-none-eabihf --locked --crate-type staticlib
+cargo clippy -p expertslab-ffi --lib --target thumbv7em-none-eabihf --locked -- -D warnings
+
 step "docs (warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 

@@ -316,6 +316,15 @@ typedef struct EsSource EsSource;
  */
 typedef struct EsTrace EsTrace;
 
+#if defined(ES_FIRMWARE)
+/**
+ * Called once when the library panics (a bug), with the panic's text (`length` bytes, UTF-8,
+ * not NUL-terminated). The library stops after it returns; the callback may instead reset the
+ * device or end the program.
+ */
+typedef void (*EsPanicFn)(const char *message, size_t length);
+#endif
+
 /**
  * One projection's `[experts, rows, cols]` stack: the element format by its ggml name (`"f32"`,
  * `"f16"`, `"q4_K"`, …) and the dimensions.
@@ -728,6 +737,20 @@ enum EsStatus es_status_name(uint32_t status, const char **name);
  * `size` and `align` writable.
  */
 enum EsStatus es_handle_footprint(uint32_t kind, size_t *size, size_t *align);
+
+#if defined(ES_FIRMWARE)
+/**
+ * Hands the library its heap: `size` bytes at `heap`, which the library owns from now on, and
+ * the callback a panic reports through (null: none). Call it once, before any other function.
+ * A second call is `ES_STATUS_INVALID_ARGUMENT`; a null heap `ES_STATUS_NULL_POINTER`; an empty
+ * one `ES_STATUS_BUFFER_TOO_SMALL`.
+ *
+ * # Safety
+ * `heap` must be valid for reads and writes of `size` bytes for the program's life and used by
+ * nothing else.
+ */
+enum EsStatus es_firmware_init(uint8_t *heap, size_t size, EsPanicFn on_panic);
+#endif
 
 /**
  * Builds an expert layout from `count` stack layouts (one per projection, in slot order) and

@@ -4,7 +4,9 @@
 use core::fmt::{self, Write as _};
 use core::mem::{align_of, size_of};
 use core::ptr;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use alloc::boxed::Box;
+use alloc::string::String;
 
 use crate::status::EsStatus;
 
@@ -112,8 +114,16 @@ impl fmt::Write for TextBuf<'_> {
 }
 
 /// Runs one entry point, turning a panic into [`EsStatus::Panic`] so none crosses into C.
+#[cfg(not(target_os = "none"))]
 pub(crate) fn guard(entry: impl FnOnce() -> EsStatus) -> EsStatus {
-    catch_unwind(AssertUnwindSafe(entry)).unwrap_or(EsStatus::Panic)
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(entry)).unwrap_or(EsStatus::Panic)
+}
+
+/// Runs one entry point. Firmware builds do not unwind: a panic reaches the library's panic
+/// handler ([`crate::firmware`]), which reports it through the firmware's callback and stops.
+#[cfg(target_os = "none")]
+pub(crate) fn guard(entry: impl FnOnce() -> EsStatus) -> EsStatus {
+    entry()
 }
 
 /// Turns a `Result` of an entry point's body into its status.

@@ -1,5 +1,7 @@
 //! Layouts and slot arenas: [`EsExpertLayout`] and [`EsArena`].
 
+use alloc::format;
+use alloc::string::{String, ToString};
 use core::ffi::c_char;
 
 use expertslab::{ExpertLayout, Format, Projection, SlotArena, StackLayout, MAX_PROJECTIONS};

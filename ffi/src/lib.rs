@@ -12,6 +12,7 @@
 //! | [`pool`] | [`EsPool`], [`EsPlan`], policies by name |
 //! | [`transfer`] | [`EsSource`], [`EsSink`] (C callbacks or caller memory), [`es_migrate`], [`es_step`] |
 //! | [`trace`] | [`EsTrace`]: parsing and replaying routing traces on the host |
+//! | `firmware` | bare-metal builds (`target_os = "none"`) only: the global allocator over a heap the firmware hands over (`es_firmware_init`), and the panic handler, which reports through the firmware's callback and stops |
 //!
 //! ## Rules
 //! - Every function returns an [`EsStatus`]. On a failure the handle the call was made on (its
@@ -22,12 +23,14 @@
 //!   with a magic word and its kind), too-small buffers and out-of-range ids and enum values are
 //!   reported as codes. What the library cannot check (a dangling pointer, a buffer shorter than
 //!   its stated length) is the caller's contract, stated on each function.
-//! - No panic crosses into C: every entry point runs under `catch_unwind` and returns
-//!   `ES_STATUS_PANIC`.
+//! - No panic crosses into C: on hosts every entry point runs under `catch_unwind` and returns
+//!   `ES_STATUS_PANIC`; bare-metal builds have the library's panic handler, which reports through
+//!   a C callback and stops.
 //! - Handles are allocated when they are built (setup). Stepping, migrating and serving allocate
 //!   nothing. Layouts and arenas can also be placed in caller memory ([`es_handle_footprint`]).
 //! - Handles are not thread-safe: use each from one thread at a time.
 
+#![cfg_attr(target_os = "none", no_std)]
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -36,6 +39,10 @@
     warn(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)
 )]
 
+extern crate alloc;
+
+#[cfg(target_os = "none")]
+pub mod firmware;
 pub mod handle;
 pub mod layout;
 pub mod pool;

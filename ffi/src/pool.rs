@@ -1,5 +1,7 @@
 //! Policies, pools and plans: [`EsPool`], [`EsPlan`].
 
+use alloc::format;
+use alloc::string::{String, ToString};
 use core::ffi::c_char;
 
 use expertslab::{ExpertPool, MigrationPlan, Policy, PoolConfig, PoolError};

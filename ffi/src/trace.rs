@@ -1,5 +1,6 @@
 //! Trace replay on the host: [`EsTrace`], parsed from the core's NDJSON routing-trace format.
 
+use alloc::string::ToString;
 use core::ffi::c_char;
 
 use expertslab::trace::replay::{replay, CostModel, ReplayConfig, ReplayPolicy};
