@@ -591,7 +591,9 @@ typedef int32_t (*EsSourceExpertFn)(void *context,
                                     size_t *length);
 
 /**
- * A source as C callbacks: `expert` (required) is called with `context`.
+ * A source as C callbacks: `expert` (required) is called with `context`. A callback must not
+ * call this library with the handles of the call it runs in (the pool, plan, layout, source or
+ * sink of that `es_migrate` or `es_step`).
  */
 typedef struct EsSourceCallbacks {
   /**
@@ -643,7 +645,8 @@ typedef int32_t (*EsSinkWriteFn)(void *context,
 typedef int32_t (*EsSinkFinishFn)(void *context, size_t layer, size_t slot);
 
 /**
- * A sink as C callbacks: `write` is required, `finish` may be null (nothing to wait for).
+ * A sink as C callbacks: `write` is required, `finish` may be null (nothing to wait for). As
+ * for a source, a callback must not call this library with the handles of the call it runs in.
  */
 typedef struct EsSinkCallbacks {
   /**

@@ -30,7 +30,9 @@ pub type EsSourceExpertFn = Option<
     ) -> i32,
 >;
 
-/// A source as C callbacks: `expert` (required) is called with `context`.
+/// A source as C callbacks: `expert` (required) is called with `context`. A callback must not
+/// call this library with the handles of the call it runs in (the pool, plan, layout, source or
+/// sink of that `es_migrate` or `es_step`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct EsSourceCallbacks {
@@ -65,7 +67,8 @@ pub type EsSinkWriteFn = Option<
 /// final, anything else on failure. The pool commits the slot's expert only after this returned 0.
 pub type EsSinkFinishFn = Option<unsafe extern "C" fn(context: *mut c_void, layer: usize, slot: usize) -> i32>;
 
-/// A sink as C callbacks: `write` is required, `finish` may be null (nothing to wait for).
+/// A sink as C callbacks: `write` is required, `finish` may be null (nothing to wait for). As
+/// for a source, a callback must not call this library with the handles of the call it runs in.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct EsSinkCallbacks {
