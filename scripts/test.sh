@@ -35,8 +35,14 @@ if [ ! -e "$nvrtc_lib/libnvrtc.so.13" ]; then
 fi
 export LD_LIBRARY_PATH="$nvrtc_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
-step "host tests"
-cargo test --workspace --locked
+step "host tests (with the C interface's host C test, which needs the system C compiler)"
+if ! command -v cc >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev >/dev/null
+  fi
+  command -v cc >/dev/null || { echo "no C compiler (cc) for the C interface's host test: install Debian's gcc" >&2; exit 1; }
+fi
+EXPERTSLAB_REQUIRE_CC=1 cargo test --workspace --locked
 
 step "core tests without the demand feature (demand policies must be refused)"
 cargo test -p expertslab --no-default-features --locked
@@ -47,6 +53,10 @@ for features in "" defmt heap-select defmt,heap-select; do
   cargo clippy -p expertslab --target thumbv7em-none-eabihf --locked --no-default-features --features "$features" \
     -- -D warnings
 done
+
+step "the C interface's static library for thumbv7em-none-eabihf (built and linted; no C firmware runs it yet)"
+cargo rustc -p expertslab-ffi --lib --target thumbv7em-none-eabihf --locked --crate-type staticlib
+cargo clippy -p expertslab-ffi --lib --target thumbv7em-none-eabihf --locked -- -D warnings
 
 step "docs (warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked

@@ -1,0 +1,444 @@
+//! Policies, pools and plans: [`EsPool`], [`EsPlan`].
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use core::ffi::c_char;
+
+use expertslab::{ExpertPool, MigrationPlan, Policy, PoolConfig, PoolError};
+
+use crate::handle::{self, guard, status, Handle};
+use crate::status::EsStatus;
+use crate::types::{EsPolicy, EsPoolConfig, EsPoolStats, EsServeStats, EsStep};
+
+/// One layer's expert pool: residency, planning, serving and statistics (opaque).
+pub struct EsPool {
+    _opaque: [u8; 0],
+}
+
+/// A reusable migration plan: the promotions one refresh wants (opaque).
+pub struct EsPlan {
+    _opaque: [u8; 0],
+}
+
+impl handle::Object for ExpertPool {
+    const KIND: handle::EsKind = handle::EsKind::Pool;
+    type Opaque = EsPool;
+}
+
+impl handle::Object for MigrationPlan {
+    const KIND: handle::EsKind = handle::EsKind::Plan;
+    type Opaque = EsPlan;
+}
+
+/// Fills `*policy` with the deployable policy named `name` (`"tide"`, `"decay"`, `"lru"`,
+/// `"lfu"`, `"lru2"`, `"tinylfu"`) and its default settings. `"belady"` needs the future: it is
+/// an `ES_STATUS_INVALID_ARGUMENT` here (replay it with [`es_trace_replay`](crate::es_trace_replay)).
+///
+/// # Safety
+/// `name` must be a NUL-terminated string or null; `policy` writable.
+#[no_mangle]
+pub unsafe extern "C" fn es_policy_from_name(name: *const c_char, policy: *mut EsPolicy) -> EsStatus {
+    guard(|| {
+        status((|| {
+            // SAFETY: forwarded contract.
+            let name = unsafe { handle::text(name) }?;
+            let parsed = Policy::from_name(name).map_err(|_| EsStatus::InvalidArgument)?;
+            // SAFETY: forwarded contract.
+            unsafe { handle::put(policy, EsPolicy::from_policy(parsed)?) }
+        })())
+    })
+}
+
+/// The core's pool of `config`, or the status and text of why not.
+fn build_pool(config: EsPoolConfig) -> Result<ExpertPool, (EsStatus, String)> {
+    let policy = config.policy.to_policy().map_err(|e| (EsStatus::InvalidArgument, e.to_string()))?;
+    let schedule = config.schedule.to_schedule().map_err(|e| (EsStatus::InvalidArgument, e.to_string()))?;
+    let initial = config
+        .initial_placement()
+        .map_err(|s| (s, format!("initial placement {} is not an EsInitialPlacement", config.initial)))?;
+    let pool_config = PoolConfig::new(config.experts, config.slots)
+        .layer(config.layer)
+        .policy(policy)
+        .schedule(schedule)
+        .initial(initial);
+    ExpertPool::new(pool_config).map_err(|e| (EsStatus::InvalidArgument, e.to_string()))
+}
+
+/// Builds a pool of `*config` and writes its handle, allocated by the library, to `*out`.
+/// Stepping, migrating and serving it allocate nothing.
+///
+/// On failure `message` (when not null) receives at most `message_capacity` bytes of why,
+/// NUL-terminated.
+///
+/// # Safety
+/// `config` readable; `out` writable; `message` writable for `message_capacity` bytes or null.
+#[no_mangle]
+pub unsafe extern "C" fn es_pool_new(
+    config: *const EsPoolConfig,
+    out: *mut *mut EsPool,
+    message: *mut c_char,
+    message_capacity: usize,
+) -> EsStatus {
+    // SAFETY: forwarded contract, for every call below.
+    unsafe {
+        handle::build_into(
+            message,
+            message_capacity,
+            || {
+                let config = handle::get(config).map_err(|s| (s, "the pool configuration".to_string()))?;
+                build_pool(config)
+            },
+            |pool| handle::create(pool, out),
+        )
+    }
+}
+
+/// Frees a pool (null is accepted).
+///
+/// # Safety
+/// `pool` must be a handle from this library or null, not used after this call.
+#[no_mangle]
+pub unsafe extern "C" fn es_pool_free(pool: *mut EsPool) -> EsStatus {
+    // SAFETY: forwarded contract.
+    guard(|| unsafe { handle::free::<ExpertPool>(pool) })
+}
+
+/// Runs `body` on the pool behind `pool`.
+///
+/// # Safety
+/// `pool` a handle from this library or null.
+unsafe fn with_pool(pool: *mut EsPool, body: impl FnOnce(&mut Handle<ExpertPool>) -> Result<(), EsStatus>) -> EsStatus {
+    guard(|| {
+        status((|| {
+            // SAFETY: forwarded contract.
+            let pool = unsafe { handle::handle_mut::<ExpertPool>(pool) }?;
+            body(pool)
+        })())
+    })
+}
+
+/// Writes the pool's expert count to `*experts` and slot count to `*slots`.
+///
+/// # Safety
+/// `pool` must be a handle from this library or null; the outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn es_pool_info(pool: *mut EsPool, experts: *mut usize, slots: *mut usize) -> EsStatus {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_pool(pool, |pool| {
+            handle::put(experts, pool.value.experts())?;
+            handle::put(slots, pool.value.slots())
+        })
+    }
+}
+
+/// Checks `expert` against the pool's expert count, recording a failure on the pool.
+fn check_expert(pool: &mut Handle<ExpertPool>, expert: usize) -> Result<(), EsStatus> {
+    let experts = pool.value.experts();
+    if expert < experts {
+        Ok(())
+    } else {
+        Err(pool.fail(EsStatus::OutOfRange, format_args!("expert {expert} of a pool of {experts}")))
+    }
+}
+
+/// Checks `slot` against the pool's slot count, recording a failure on the pool.
+fn check_slot(pool: &mut Handle<ExpertPool>, slot: usize) -> Result<(), EsStatus> {
+    let slots = pool.value.slots();
+    if slot < slots {
+        Ok(())
+    } else {
+        Err(pool.fail(EsStatus::OutOfRange, format_args!("slot {slot} of a pool of {slots}")))
+    }
+}
+
+/// Writes whether `expert` is resident to `*resident` and, when it is, its slot to `*slot`
+/// (untouched otherwise).
+///
+/// # Safety
+/// `pool` must be a handle from this library or null; the outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn es_pool_slot_of(
+    pool: *mut EsPool,
+    expert: usize,
+    slot: *mut usize,
+    resident: *mut bool,
+) -> EsStatus {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_pool(pool, |pool| {
+            check_ptr_pair(slot, resident)?;
+            check_expert(pool, expert)?;
+            let found = pool.value.slot_of(expert);
+            if let Some(s) = found {
+                handle::put(slot, s)?;
+            }
+            handle::put(resident, found.is_some())
+        })
+    }
+}
+
+/// Checks two output pointers before anything is written, so a failed call writes nothing.
+fn check_ptr_pair<A, B>(a: *mut A, b: *mut B) -> Result<(), EsStatus> {
+    handle::check_ptr(a)?;
+    handle::check_ptr(b)
+}
+
+/// Writes whether `slot` holds an expert to `*occupied` and, when it does, the expert to
+/// `*expert` (untouched otherwise).
+///
+/// # Safety
+/// `pool` must be a handle from this library or null; the outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn es_pool_expert_in(
+    pool: *mut EsPool,
+    slot: usize,
+    expert: *mut usize,
+    occupied: *mut bool,
+) -> EsStatus {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_pool(pool, |pool| {
+            check_ptr_pair(expert, occupied)?;
+            check_slot(pool, slot)?;
+            let found = pool.value.expert_in(slot);
+            if let Some(e) = found {
+                handle::put(expert, e)?;
+            }
+            handle::put(occupied, found.is_some())
+        })
+    }
+}
+
+/// Writes the resident set as bits (bit `e % 32` of word `e / 32` for expert `e`) into `bits`
+/// of `words` words; `ES_STATUS_BUFFER_TOO_SMALL` when fewer than `(experts + 31) / 32`.
+///
+/// # Safety
+/// `pool` must be a handle from this library or null; `bits` writable for `words` words.
+#[no_mangle]
+pub unsafe extern "C" fn es_pool_resident_bits(pool: *mut EsPool, bits: *mut u32, words: usize) -> EsStatus {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_pool(pool, |pool| {
+            handle::check_ptr(bits)?;
+            // SAFETY: `bits` is not null and aligned (checked), writable for `words` words by the
+            // caller's contract; the size fits since the caller owns that memory.
+            let out = core::slice::from_raw_parts_mut(bits, words);
+            pool.value.resident_bits(out).map_err(|e| pool.fail(EsStatus::BufferTooSmall, e))
+        })
+    }
+}
+
+/// Frees slot `slot`, writing the expert it held to `*expert` and whether it held one to
+/// `*was_occupied`. For a sink that learns after the fact that a slot's copy failed.
+///
+/// # Safety
+/// `pool` must be a handle from this library or null; the outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn es_pool_demote_slot(
+    pool: *mut EsPool,
+    slot: usize,
+    expert: *mut usize,
+    was_occupied: *mut bool,
+) -> EsStatus {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_pool(pool, |pool| {
+            check_ptr_pair(expert, was_occupied)?;
+            check_slot(pool, slot)?;
+            let freed = pool.value.demote_slot(slot);
+            if let Some(e) = freed {
+                handle::put(expert, e)?;
+            }
+            handle::put(was_occupied, freed.is_some())
+        })
+    }
+}
+
+/// Writes the pool's counters since it was built to `*stats`.
+///
+/// # Safety
+/// `pool` must be a handle from this library or null; `stats` writable.
+#[no_mangle]
+pub unsafe extern "C" fn es_pool_stats(pool: *mut EsPool, stats: *mut EsPoolStats) -> EsStatus {
+    // SAFETY: forwarded contract.
+    unsafe { with_pool(pool, |pool| handle::put(stats, EsPoolStats::from(pool.value.stats()))) }
+}
+
+/// Fills `plan` with the pool's initial placement (warm: experts `0..slots`; cold: nothing).
+/// Migrating the plan fills the slots.
+///
+/// # Safety
+/// `pool` and `plan` must be handles from this library or null.
+#[no_mangle]
+pub unsafe extern "C" fn es_pool_initial_plan(pool: *mut EsPool, plan: *mut EsPlan) -> EsStatus {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_pool(pool, |pool| {
+            let plan = plan_of(pool, plan)?;
+            pool.value.initial_plan(&mut plan.value);
+            Ok(())
+        })
+    }
+}
+
+/// The plan behind `plan`, a failure recorded on `pool`.
+///
+/// # Safety
+/// `plan` a handle from this library or null.
+pub(crate) unsafe fn plan_of<'a>(
+    pool: &mut Handle<ExpertPool>,
+    plan: *mut EsPlan,
+) -> Result<&'a mut Handle<MigrationPlan>, EsStatus> {
+    // SAFETY: forwarded contract; a plan is never the pool (the kinds differ).
+    unsafe { handle::handle_mut::<MigrationPlan>(plan) }.map_err(|s| pool.fail(s, "the plan handle"))
+}
+
+/// The `count` ids at `ids`, a failure recorded on `pool`.
+///
+/// # Safety
+/// `ids` readable for `count` ids (null allowed for none).
+pub(crate) unsafe fn ids_of<'a>(
+    pool: &mut Handle<ExpertPool>,
+    ids: *const u32,
+    count: usize,
+) -> Result<&'a [u32], EsStatus> {
+    // SAFETY: forwarded contract.
+    unsafe { handle::slice(ids, count) }.map_err(|s| pool.fail(s, "the ids"))
+}
+
+/// The status of a pool's refusal.
+pub(crate) fn pool_status(error: &PoolError) -> EsStatus {
+    match error {
+        PoolError::TooManyIds { .. } => EsStatus::TooManyIds,
+        PoolError::BufferTooSmall { .. } => EsStatus::BufferTooSmall,
+        _ => EsStatus::InvalidArgument,
+    }
+}
+
+/// Plans step `*step` from its `count` router ids (top-k per token, flattened) into `plan`,
+/// writing whether the layer refreshed to `*refreshed`. [`es_migrate`](crate::es_migrate) and
+/// then [`es_pool_serve`] must see the same ids; [`es_step`](crate::es_step) runs all three.
+///
+/// # Safety
+/// `pool`, `plan` handles from this library or null; `step` readable; `ids` readable for
+/// `count` ids; `refreshed` writable.
+#[no_mangle]
+pub unsafe extern "C" fn es_pool_plan_step(
+    pool: *mut EsPool,
+    step: *const EsStep,
+    ids: *const u32,
+    count: usize,
+    plan: *mut EsPlan,
+    refreshed: *mut bool,
+) -> EsStatus {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_pool(pool, |pool| {
+            let step = handle::get(step)?.to_step().map_err(|s| pool.fail(s, "the step's mode"))?;
+            let ids = ids_of(pool, ids, count)?;
+            let plan = plan_of(pool, plan)?;
+            handle::check_ptr(refreshed)?;
+            let did = pool.value.plan_step(step, ids, &mut plan.value).map_err(|e| pool.fail(pool_status(&e), e))?;
+            handle::put(refreshed, did)
+        })
+    }
+}
+
+/// Serves one step's `count` ids against the residency and writes the counts to `*stats`
+/// (when not null); they are added to the pool's statistics.
+///
+/// # Safety
+/// `pool` a handle from this library or null; `ids` readable for `count` ids; `stats`
+/// writable or null.
+#[no_mangle]
+pub unsafe extern "C" fn es_pool_serve(
+    pool: *mut EsPool,
+    ids: *const u32,
+    count: usize,
+    stats: *mut EsServeStats,
+) -> EsStatus {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_pool(pool, |pool| {
+            let ids = ids_of(pool, ids, count)?;
+            let served = pool.value.serve(ids);
+            if stats.is_null() {
+                Ok(())
+            } else {
+                handle::put(stats, served.into())
+            }
+        })
+    }
+}
+
+/// Builds an empty plan sized for `pool` (it never allocates when used with pools of at most
+/// as many slots and experts) and writes its handle, allocated by the library, to `*out`.
+///
+/// # Safety
+/// `pool` a handle from this library or null; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn es_plan_new(pool: *mut EsPool, out: *mut *mut EsPlan) -> EsStatus {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_pool(pool, |pool| {
+            let plan = MigrationPlan::with_experts(pool.value.slots(), pool.value.experts());
+            handle::create(plan, out)
+        })
+    }
+}
+
+/// Writes the plan's promotion count to `*count`.
+///
+/// # Safety
+/// `plan` a handle from this library or null; `count` writable.
+#[no_mangle]
+pub unsafe extern "C" fn es_plan_len(plan: *mut EsPlan, count: *mut usize) -> EsStatus {
+    guard(|| {
+        status((|| {
+            // SAFETY: forwarded contract.
+            let plan = unsafe { handle::handle_mut::<MigrationPlan>(plan) }?;
+            // SAFETY: forwarded contract.
+            unsafe { handle::put(count, plan.value.len()) }
+        })())
+    })
+}
+
+/// Writes promotion number `index` of the plan: the expert to `*expert` and its slot to
+/// `*slot`.
+///
+/// # Safety
+/// `plan` a handle from this library or null; the outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn es_plan_promotion(
+    plan: *mut EsPlan,
+    index: usize,
+    expert: *mut usize,
+    slot: *mut usize,
+) -> EsStatus {
+    guard(|| {
+        status((|| {
+            // SAFETY: forwarded contract.
+            let plan = unsafe { handle::handle_mut::<MigrationPlan>(plan) }?;
+            let len = plan.value.len();
+            let Some(&promotion) = plan.value.promotions().get(index) else {
+                return Err(plan.fail(EsStatus::OutOfRange, format_args!("promotion {index} of a plan of {len}")));
+            };
+            // SAFETY: forwarded contract.
+            unsafe {
+                handle::put(expert, usize::from(promotion.expert))?;
+                handle::put(slot, usize::from(promotion.slot))
+            }
+        })())
+    })
+}
+
+/// Frees a plan (null is accepted).
+///
+/// # Safety
+/// `plan` must be a handle from this library or null, not used after this call.
+#[no_mangle]
+pub unsafe extern "C" fn es_plan_free(plan: *mut EsPlan) -> EsStatus {
+    // SAFETY: forwarded contract.
+    guard(|| unsafe { handle::free::<MigrationPlan>(plan) })
+}
