@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 OUT=target/cfirmware
-LIB=target/thumbv7em-none-eabihf/firmware/libexpertslab_ffi.a
+LIB=${CARGO_TARGET_DIR:-target}/thumbv7em-none-eabihf/firmware/libexpertslab_ffi.a
 mkdir -p "$OUT"
 cargo run --quiet --locked -p expertslab-golden --bin c-vectors -- "$OUT/golden_vectors.c"
 cargo rustc --quiet --locked -p expertslab-ffi --lib --target thumbv7em-none-eabihf --profile firmware \

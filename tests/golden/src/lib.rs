@@ -10,7 +10,9 @@
 //!   what the pools did after every step (refreshes, plans, slot tables, hits).
 //! - `experts.bin`: the slabs of one layer (gate, up and down `F32` stacks), for migration.
 //!
-//! `no_std` + `alloc`, so it runs unchanged on the device.
+//! `no_std` + `alloc`, so it runs unchanged on the device. The C firmware (`tests/cfirmware`)
+//! gets the vectors as C from this crate's `c-vectors` bin, with the words
+//! [`replay_observing`] folds into the digest.
 
 #![no_std]
 #![forbid(unsafe_code)]
