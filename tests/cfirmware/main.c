@@ -42,7 +42,7 @@ static bool ok(EsStatus status, const void *handle, const char *what) {
   while (reason[at] != '\0') {
     at++;
   }
-  const char *join = ": ";
+  const char *join = text[0] != '\0' ? ": " : "";
   for (const char *p = join; *p != '\0' && at + 1 < sizeof reason; p++) {
     reason[at++] = *p;
   }
