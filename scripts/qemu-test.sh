@@ -6,18 +6,21 @@
 # with semihosting text. Every run is killed after 120 s and counts as failed; a test firmware run
 # passes only if it exits with status 0 and prints its `N passed, 0 failed` line. On each
 # instruction set two firmwares fail on purpose, one with a fault and one by hanging: the lane
-# checks that each is caught and reported, and fails if either passes. Installs what is missing
-# when it can (qemu-system-arm and qemu-system-misc through apt-get as root, the Rust targets
-# through rustup, defmt-print through cargo) and names what is missing otherwise.
+# checks that each is caught and reported, and fails if either passes. C: builds the C test
+# firmware (tests/cfirmware/build.sh: C code compiled with the Arm GNU toolchain and linked with
+# the C interface's static library) and runs it on mps2-an386 with the same checks, plus a build
+# of it that faults on purpose. Installs what is missing when it can (qemu-system-arm,
+# qemu-system-misc and gcc-arm-none-eabi through apt-get as root, the Rust targets through
+# rustup, defmt-print through cargo) and names what is missing otherwise.
 #
-# Usage: qemu-test.sh [all|m4|riscv] (default all): which lanes to run.
+# Usage: qemu-test.sh [all|m4|riscv|c] (default all): which lanes to run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 lanes=${1:-all}
 case $lanes in
-  all | m4 | riscv) ;;
-  *) printf 'usage: %s [all|m4|riscv]\n' "$0" >&2; exit 2 ;;
+  all | m4 | riscv | c) ;;
+  *) printf 'usage: %s [all|m4|riscv|c]\n' "$0" >&2; exit 2 ;;
 esac
 
 QEMU_M4=(qemu-system-arm -cpu cortex-m4 -machine mps2-an386 -nographic
@@ -36,11 +39,14 @@ missing() {
   exit 1
 }
 
-# The emulators, each with the Debian package that has it; the missing ones are installed with one
-# apt-get run.
+# The emulators and the C lane's compiler, each with the Debian package that has it; the missing
+# ones are installed with one apt-get run.
 packages=()
 command -v qemu-system-arm >/dev/null || packages+=(qemu-system-arm)
 command -v qemu-system-riscv32 >/dev/null || packages+=(qemu-system-misc)
+case $lanes in
+  all | c) command -v arm-none-eabi-gcc >/dev/null || packages+=(gcc-arm-none-eabi) ;;
+esac
 if [ ${#packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null \
@@ -125,7 +131,7 @@ expect_failure() {
   fi
 }
 
-if [ "$lanes" != riscv ]; then
+if [ "$lanes" = all ] || [ "$lanes" = m4 ]; then
   echo "--- test firmware, semihosting text"
   (cd tests/qemu && cargo build --release --locked --quiet && run_firmware -s "$ELF/expertslab-qemu")
 
@@ -143,7 +149,7 @@ if [ "$lanes" != riscv ]; then
 fi
 
 # The RISC-V lane: the same test firmware and the same two deliberate failures, on rv32imac.
-if [ "$lanes" != m4 ]; then
+if [ "$lanes" = all ] || [ "$lanes" = riscv ]; then
   QEMU=("${QEMU_RISCV[@]}")
   riscv_start=$SECONDS
 
@@ -159,4 +165,22 @@ if [ "$lanes" != m4 ]; then
   (cd tests/qemu && expect_failure "deliberate hang" 'timed out after 3 s' 124 -t 3 "$RISCV_ELF/hang")
 
   echo "--- RISC-V lane: $((SECONDS - riscv_start)) s"
+fi
+
+# The C lane: the C test firmware, which drives the static library through the C interface, and
+# a build of it that faults on purpose, on the Cortex-M4.
+if [ "$lanes" = all ] || [ "$lanes" = c ]; then
+  QEMU=("${QEMU_M4[@]}")
+  c_start=$SECONDS
+  CELF=target/cfirmware
+
+  echo "--- C test firmware (arm-none-eabi-gcc, linking the C interface's static library), semihosting text"
+  bash tests/cfirmware/build.sh
+  run_firmware -s "$CELF/expertslab-cfirmware.elf"
+
+  echo "--- C expected failure: the C firmware faulting on purpose (its HardFault handler must report it)"
+  expect_failure "deliberate HardFault in the C firmware" '^HardFault: stacked pc 0x[0-9a-f]{8}' nonzero \
+    "$CELF/expertslab-cfirmware-fault.elf"
+
+  echo "--- C lane: $((SECONDS - c_start)) s"
 fi

@@ -54,7 +54,7 @@ for features in "" defmt heap-select defmt,heap-select; do
     -- -D warnings
 done
 
-step "the C interface's static library for thumbv7em-none-eabihf (built and linted; no C firmware runs it yet)"
+step "the C interface's static library for thumbv7em-none-eabihf (built and linted; the QEMU C lane links and runs it)"
 cargo rustc -p expertslab-ffi --lib --target thumbv7em-none-eabihf --locked --crate-type staticlib
 cargo clippy -p expertslab-ffi --lib --target thumbv7em-none-eabihf --locked -- -D warnings
 
@@ -64,5 +64,5 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 step "benchmarks build"
 cargo bench --workspace --no-run --locked
 
-step "QEMU: Cortex-M4 (mps2-an386) test firmware, plain and defmt, and the firmware example; RISC-V (virt) test firmware"
+step "QEMU: Cortex-M4 (mps2-an386) test firmware, plain and defmt, and the firmware example; RISC-V (virt) test firmware; the C firmware (installs gcc-arm-none-eabi)"
 bash scripts/qemu-test.sh

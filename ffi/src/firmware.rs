@@ -9,6 +9,10 @@ use core::ffi::c_char;
 use core::fmt::Write as _;
 
 use critical_section::Mutex;
+// Links cortex-m's single-core critical section (its `critical-section-single-core` feature),
+// which the heap and the panic state lock through; nothing else here names the crate.
+#[cfg(target_arch = "arm")]
+use cortex_m as _;
 use embedded_alloc::LlffHeap;
 
 use crate::handle::{TextBuf, ES_ERROR_CAPACITY};

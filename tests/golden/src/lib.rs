@@ -10,7 +10,9 @@
 //!   what the pools did after every step (refreshes, plans, slot tables, hits).
 //! - `experts.bin`: the slabs of one layer (gate, up and down `F32` stacks), for migration.
 //!
-//! `no_std` + `alloc`, so it runs unchanged on the device.
+//! `no_std` + `alloc`, so it runs unchanged on the device. The C firmware (`tests/cfirmware`)
+//! gets the vectors as C from this crate's `c-vectors` bin, with the words
+//! [`replay_observing`] folds into the digest.
 
 #![no_std]
 #![forbid(unsafe_code)]
@@ -379,6 +381,18 @@ pub struct Replay {
 /// [`VectorError::Parse`] (line 0) when a layer configuration is refused by the core, or a
 /// [`VectorError::Mismatch`] at the first step whose digest differs from the expected one.
 pub fn replay(scenario: &Scenario) -> Result<Replay, VectorError> {
+    replay_observing(scenario, |_| {})
+}
+
+/// As [`replay`], also handing `observe` every word folded into the digest, in order: per step
+/// and layer, whether it refreshed (0 or 1), the plan's length, each promotion's expert, slot
+/// and demoted expert (`u32::MAX`: none), the slot table after the commit (`u32::MAX`: empty
+/// slot), then the served hits, misses served by copy and in place, and invalid ids. The C
+/// firmware (tests/cfirmware) computes the same words through the C interface and compares them.
+///
+/// # Errors
+/// As [`replay`].
+pub fn replay_observing(scenario: &Scenario, mut observe: impl FnMut(u32)) -> Result<Replay, VectorError> {
     let mut pools = pools(scenario).ok_or(VectorError::Parse { line: 0 })?;
     let mut plans = pools.new_plans();
     for (pool, plan) in pools.pools_mut().iter_mut().zip(plans.iter_mut()) {
@@ -386,26 +400,30 @@ pub fn replay(scenario: &Scenario) -> Result<Replay, VectorError> {
         commit(pool, plan)?;
     }
     let mut digest = Digest::default();
+    let mut fold = |digest: &mut Digest, word: u32| {
+        digest.word(word);
+        observe(word);
+    };
     let mut digests = Vec::with_capacity(scenario.steps.len());
     for step in &scenario.steps {
         for ((pool, plan), ids) in pools.pools_mut().iter_mut().zip(plans.iter_mut()).zip(&step.ids) {
             let refreshed = pool.plan_step(step.step, ids, plan).map_err(|_| VectorError::Parse { line: 0 })?;
-            digest.word(u32::from(refreshed));
-            digest.word(plan.len() as u32);
+            fold(&mut digest, u32::from(refreshed));
+            fold(&mut digest, plan.len() as u32);
             for p in plan.promotions() {
-                digest.word(u32::from(p.expert));
-                digest.word(u32::from(p.slot));
-                digest.word(p.demoted.map_or(u32::MAX, u32::from));
+                fold(&mut digest, u32::from(p.expert));
+                fold(&mut digest, u32::from(p.slot));
+                fold(&mut digest, p.demoted.map_or(u32::MAX, u32::from));
             }
             commit(pool, plan)?;
             for slot in 0..pool.slots() {
-                digest.word(pool.expert_in(slot).map_or(u32::MAX, |e| e as u32));
+                fold(&mut digest, pool.expert_in(slot).map_or(u32::MAX, |e| e as u32));
             }
             let served = pool.serve(ids);
-            digest.word(served.hits);
-            digest.word(served.served_by_copy);
-            digest.word(served.served_in_place);
-            digest.word(served.invalid);
+            fold(&mut digest, served.hits);
+            fold(&mut digest, served.served_by_copy);
+            fold(&mut digest, served.served_in_place);
+            fold(&mut digest, served.invalid);
         }
         if let Some((line, expected)) = step.expected {
             check(line, expected, digest.0)?;
