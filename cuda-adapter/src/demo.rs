@@ -120,8 +120,8 @@ impl SynthSettings {
         Self { experts, layers, top_k, steps, zipf, reuse, phase: 256, prefill_tokens: 64, seed: 1 }
     }
 
-    /// The locality trace of the decode benchmark (G2): `--experts 128 --layers 4 --top-k 8 --steps 512 --zipf 0.9
-    /// --reuse 0.5`.
+    /// The locality trace of the decode benchmark (G2): `--experts 128 --layers 4 --top-k 8
+    /// --steps 512 --zipf 0.9 --reuse 0.5`.
     pub const fn locality() -> Self {
         Self::new(128, 4, 8, 512, 0.9, 0.5)
     }
