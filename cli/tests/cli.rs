@@ -3,9 +3,11 @@
 #![cfg(not(miri))] // runs the binary as a process, which Miri cannot spawn
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use serde_json::Value;
+
+mod common;
+use common::expertslab;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gguf")
@@ -18,10 +20,6 @@ fn fixture(name: &str) -> String {
 fn manifest() -> Value {
     let text = std::fs::read_to_string(fixtures().join("manifest.json")).expect("manifest");
     serde_json::from_str(&text).expect("manifest is JSON")
-}
-
-fn expertslab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_expertslab")).args(args).output().expect("the binary runs")
 }
 
 /// Runs a command that must succeed and returns its stdout.

@@ -3,23 +3,13 @@
 #![cfg(not(miri))] // runs the binary as a process, which Miri cannot spawn
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use expertslab_std::trace::{Trace, TraceHeader};
 use serde_json::Value;
 
-fn expertslab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_expertslab")).args(args).output().expect("the binary runs")
-}
-
-fn temp(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("expertslab-import-{}-{name}", std::process::id()))
-}
-
-fn stdout(o: &Output) -> String {
-    assert!(o.status.success(), "failed: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout.clone()).unwrap()
-}
+mod common;
+use common::{expertslab, stdout, temp};
 
 fn failure(o: &Output) -> String {
     assert!(!o.status.success(), "succeeded: {}", String::from_utf8_lossy(&o.stdout));

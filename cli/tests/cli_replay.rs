@@ -2,22 +2,11 @@
 #![cfg(not(miri))] // runs the binary as a process, which Miri cannot spawn
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn expertslab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_expertslab")).args(args).output().expect("the binary runs")
-}
-
-fn temp(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("expertslab-cli-{}-{name}", std::process::id()))
-}
-
-fn stdout(o: &Output) -> String {
-    assert!(o.status.success(), "failed: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout.clone()).unwrap()
-}
+mod common;
+use common::{expertslab, stdout, temp};
 
 fn synth(name: &str, steps: &str) -> PathBuf {
     let path = temp(name);
