@@ -49,8 +49,14 @@ case $lanes in
 esac
 if [ ${#packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null \
-      || missing "${packages[*]}" "apt-get install ${packages[*]} failed"
+    # Together first; should apt's resolver refuse the set (it has, for these packages), one by one.
+    apt-get update -qq
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null 2>&1; then
+      for package in "${packages[@]}"; do
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null \
+          || missing "$package" "apt-get install $package failed"
+      done
+    fi
   else
     missing "${packages[*]}" "install Debian's ${packages[*]} (needs root and apt-get)"
   fi
