@@ -13,40 +13,10 @@
 
 use std::num::NonZeroU32;
 
-use expertslab::trace::replay::{replay, CostModel, ReplayConfig, ReplayPolicy};
-use expertslab::trace::synthetic::{RoutingShape, SyntheticRouting};
-use expertslab::trace::{Trace, TraceHeader};
+use expertslab::trace::replay::{replay, ReplayConfig, ReplayPolicy};
+use expertslab::trace::Trace;
 use expertslab::{AdmissionConfig, DecayConfig, InitialPlacement, Policy, Schedule};
-
-const EXPERTS: u32 = 64;
-const LAYERS: u32 = 4;
-const TOP_K: u32 = 8;
-const SLOTS: usize = 16;
-const EXPERT_BYTES: u64 = 4 << 20;
-
-/// The trace `expertslab synth` writes for these flags: a prefill of 64 tokens, then 1000 decode
-/// steps of one token; layer `l` seeded with `seed + l`.
-fn synth(zipf_s: f64, reuse: f64, phase_steps: u64, seed: u64) -> Trace {
-    let shape = RoutingShape { experts: EXPERTS, top_k: TOP_K, zipf_s, reuse, phase_steps };
-    let mut layers: Vec<SyntheticRouting> =
-        (0..LAYERS).map(|l| SyntheticRouting::try_new(shape, seed + u64::from(l)).unwrap()).collect();
-    let mut trace = Trace::new(TraceHeader { experts: EXPERTS, layers: LAYERS, top_k: TOP_K }).unwrap();
-    let mut ids = Vec::new();
-    for step in 0..=1000u64 {
-        let tokens = if step == 0 { 64 } else { 1 };
-        for (layer, routing) in layers.iter_mut().enumerate() {
-            ids.clear();
-            routing.step(tokens, &mut ids);
-            trace.push(layer as u32, step, step == 0, &ids).unwrap();
-        }
-    }
-    trace
-}
-
-/// The CLI's default cost model: a 4 MiB expert over 16 GB/s, a slow pair reading it at 20 GB/s.
-fn cost() -> CostModel {
-    CostModel::new(EXPERT_BYTES, EXPERT_BYTES as f64 / 20e9, 16e9)
-}
+use expertslab_tests::families::{cost, synth, SLOTS};
 
 fn replay_time(trace: &Trace, policy: ReplayPolicy, schedule: Schedule) -> f64 {
     let config = ReplayConfig::new(policy, SLOTS, schedule, InitialPlacement::Warm, cost());

@@ -1,8 +1,10 @@
-//! Helpers shared by the host integration tests: a plain reference model of TIDE placement and
-//! a small synthetic model whose expert bytes identify the expert.
+//! Helpers shared by the host integration tests: a plain reference model of TIDE placement, a
+//! small synthetic model whose expert bytes identify the expert, and the synthetic trace families
+//! of the placement goals.
 
 #![forbid(unsafe_code)]
 
+pub mod families;
 pub mod fuzz;
 
 /// `n` cases of a property or sampled loop, or a handful under Miri, which runs each case

@@ -203,10 +203,7 @@ impl SyntheticRouting {
     /// one not chosen, or 0 when every expert is chosen.
     fn draw_excluding(&mut self, chosen: &[u32]) -> u32 {
         let ranks = self.ranking.len();
-        let weight = |cdf: &[f64], rank: usize| {
-            let below = rank.checked_sub(1).and_then(|r| cdf.get(r)).copied().unwrap_or(0.0);
-            cdf.get(rank).copied().unwrap_or(0.0) - below
-        };
+        let weight = rank_weight;
         let free = |ranking: &[u32], rank: usize| ranking.get(rank).is_some_and(|e| !chosen.contains(e));
         let total: f64 = (0..ranks).filter(|&r| free(&self.ranking, r)).map(|r| weight(&self.cdf, r)).sum();
         let mut u = self.rng.next_f64() * total;
@@ -222,6 +219,18 @@ impl SyntheticRouting {
             u -= w;
         }
         pick.and_then(|rank| self.ranking.get(rank)).copied().unwrap_or(0)
+    }
+
+    /// The probability that a fresh draw (a choice that does not repeat the previous token's)
+    /// picks `expert`, under the popularity of the phase the last step was drawn in (the first
+    /// phase's before any step): the Zipf weight of its rank over the total. Redraws of an expert
+    /// the token has already chosen are not accounted for; 0 for an expert out of range.
+    ///
+    /// The routing alone shows this distribution only through its samples; studies of online
+    /// placement use it to tell estimation apart from decision (how well a policy that knew it
+    /// would do).
+    pub fn draw_probability(&self, expert: u32) -> f64 {
+        self.ranking.iter().position(|&e| e == expert).map_or(0.0, |rank| rank_weight(&self.cdf, rank))
     }
 
     /// Appends one step of `tokens` tokens (`tokens × top_k` ids, token-major) to `out`.
@@ -248,6 +257,12 @@ impl SyntheticRouting {
             self.previous.extend_from_slice(out.get(start..).unwrap_or(&[]));
         }
     }
+}
+
+/// The popularity weight of `rank` out of the cumulative weights `cdf` (0 past the end).
+fn rank_weight(cdf: &[f64], rank: usize) -> f64 {
+    let below = rank.checked_sub(1).and_then(|r| cdf.get(r)).copied().unwrap_or(0.0);
+    cdf.get(rank).copied().unwrap_or(0.0) - below
 }
 
 #[cfg(test)]
@@ -308,6 +323,40 @@ mod tests {
         assert!(ids.chunks(2).all(|t| t == &ids[..2]));
         let tiny = SyntheticRouting::new(RoutingShape { experts: 0, top_k: 3, ..shape }, 1);
         assert_eq!(tiny.shape().top_k, 0);
+    }
+
+    #[test]
+    fn draw_probabilities_are_the_phase_popularity() {
+        let shape = RoutingShape { experts: 16, top_k: 1, zipf_s: 1.0, reuse: 0.0, phase_steps: 5000 };
+        let mut r = SyntheticRouting::new(shape, 9);
+        let before: Vec<f64> = (0..16).map(|e| r.draw_probability(e)).collect();
+        assert!((before.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        let mut sorted = before.clone();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        let harmonic: f64 = (1..=16).map(|k| 1.0 / f64::from(k)).sum();
+        assert!(sorted.iter().enumerate().all(|(rank, p)| (p - 1.0 / ((rank + 1) as f64 * harmonic)).abs() < 1e-12));
+        assert_eq!(r.draw_probability(16), 0.0);
+        // One token per step and no reuse: every choice is a fresh draw.
+        let mut counts = [0u32; 16];
+        let mut ids = Vec::new();
+        for _ in 0..5000 {
+            ids.clear();
+            r.step(1, &mut ids);
+            counts[ids[0] as usize] += 1;
+        }
+        for (e, &count) in counts.iter().enumerate() {
+            let expected = before[e] * 5000.0;
+            assert!(
+                (f64::from(count) - expected).abs() < 5.0 * expected.sqrt() + 5.0,
+                "expert {e}: {count} vs {expected}"
+            );
+        }
+        // The next step starts a new phase and reshuffles the ranking.
+        ids.clear();
+        r.step(1, &mut ids);
+        let after: Vec<f64> = (0..16).map(|e| r.draw_probability(e)).collect();
+        assert_ne!(before, after);
+        assert!((after.iter().sum::<f64>() - 1.0).abs() < 1e-12);
     }
 
     #[test]
