@@ -79,9 +79,9 @@ impl Layer {
         if family.phase_steps > 0 && step > 0 && step.is_multiple_of(family.phase_steps) {
             self.starts.iter_mut().for_each(|s| *s = 0.0);
         }
-        for e in 0..experts {
-            if used[e] && !self.previous[e] {
-                self.starts[e] += 1.0;
+        for ((start, &now), &before) in self.starts.iter_mut().zip(&used).zip(&self.previous) {
+            if now && !before {
+                *start += 1.0;
             }
         }
         if distinct > SLOTS {
