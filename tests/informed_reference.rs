@@ -1,7 +1,8 @@
 //! How much of the gap to `optimal` on the synthetic families is estimation, and how much is
 //! decision. The goals table of BENCHMARKS.md holds the best deployable policy (tinylfu) at
 //! 1.47× the optimum on locality and 1.40× on heavy reuse, against goals of 1.39× and 1.31×.
-//! This study replays the same traces under one online rule fed with two kinds of knowledge:
+//! This study replays the same traces under one online rule fed with three kinds of knowledge of
+//! the popularity (each is told the reuse probability, which tinylfu measures):
 //!
 //! - **told**: the generator's own draw probabilities of the current phase
 //!   ([`SyntheticRouting::draw_probability`]), which no deployed policy has;
@@ -18,8 +19,8 @@
 //! a prefill gives its slots to its busiest experts. Told, it meets every goal (seed 1: 1.36×
 //! locality, 1.22× heavy reuse, 1.36× stationary); counting, even with the phase boundaries told,
 //! it misses the locality and heavy-reuse goals (1.43×, 1.32×; decayed, 1.47× and 1.38×, next
-//! to tinylfu's 1.47× and 1.40×): what stands between the online
-//! policies and those goals is learning the distribution from its samples, not the rule.
+//! to tinylfu's 1.47× and 1.40×): what stands between the online policies and those goals is
+//! learning the distribution from its samples, not the rule.
 //!
 //! Run with `--nocapture` to see the table.
 
