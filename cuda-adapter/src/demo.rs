@@ -26,9 +26,10 @@
 //! chaining FFNs alone only shrinks the values), so the outputs of a run are the FFN outputs of
 //! every (layer, step) record, which [`RunConfig::record_outputs`] keeps for comparisons.
 //!
-//! The slot copies here are a plain `cuMemcpyHtoDAsync` per projection from the page-locked host
-//! stacks into the slot (to be replaced by `CudaSlotSink` when the slot sink lands), with the
-//! table and events managed by this module.
+//! The demo issues its slot copies itself, a plain `cuMemcpyHtoDAsync` per projection from the
+//! page-locked host stacks into the slot, with the table and events managed by this module; it
+//! does not go through [`CudaSlotSink`](crate::CudaSlotSink), the sink for migrations from any
+//! expert source, which BENCHMARKS.md's G1 table measures on its own.
 
 use std::collections::HashMap;
 use std::fmt;
