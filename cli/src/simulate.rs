@@ -39,7 +39,7 @@ pub struct Args {
     #[arg(long, default_value = "every:1", value_parser = parse_schedule)]
     schedule: Schedule,
     /// Slot pools, comma-separated: per-layer (slots per layer each), shared (one pool of slots ×
-    /// layers for all layers; lru, lfu, lru2 and belady only, others are skipped).
+    /// layers for all layers; the demand policies lru, lfu, lru2, belady and tinylfu only, others are skipped).
     #[arg(long, value_delimiter = ',', value_parser = parse_sharing, default_value = "per-layer")]
     sharing: Vec<Sharing>,
     /// Print one JSON document instead of tables.
@@ -154,7 +154,9 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         })
         .collect();
     if jobs.is_empty() {
-        return Err(CliError::Usage("no policy given can drive a shared pool (lru, lfu, lru2, belady can)".into()));
+        return Err(CliError::Usage(
+            "no policy given can drive a shared pool (lru, lfu, lru2, belady and tinylfu can)".into(),
+        ));
     }
     let warm = crate::warm_start::load(args.replay.warm_from.as_deref(), &trace)?;
     let runs = run_all(&trace, &jobs, args.replay.initial(), &warm, cost, args.replay.prefetch)?;

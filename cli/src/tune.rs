@@ -34,8 +34,9 @@ pub struct Args {
     /// Refresh intervals τ (decode steps) to consider for interval policies.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32")]
     intervals: Vec<NonZeroU32>,
-    /// Slot pools to consider for lru, lfu, lru2 and belady: per-layer (slots per layer each),
-    /// shared (one pool of slots × layers for all layers). Other policies use per-layer pools.
+    /// Slot pools to consider for the demand policies (lru, lfu, lru2, tinylfu): per-layer (slots
+    /// per layer each), shared (one pool of slots × layers for all layers). Interval policies use
+    /// per-layer pools.
     #[arg(long, value_delimiter = ',', value_parser = parse_sharing, default_value = "per-layer,shared")]
     sharing: Vec<Sharing>,
     /// Tinylfu frequency half-lives (steps) to consider, besides --admit-half-life.
@@ -111,12 +112,16 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     for &slots in &slot_counts(max) {
         for &policy in &args.policy {
             let policy = with_decay(policy, decay);
-            if matches!(policy, ReplayPolicy::Pool(Policy::Tinylfu(_))) {
-                let per_layer = Sharing::PerLayer;
-                jobs.extend(admissions.iter().map(|&a| (with_admission(policy, a), slots, forward, per_layer)));
-            } else if matches!(policy, ReplayPolicy::Pool(p) if p.is_demand()) {
-                let sharings = args.sharing.iter().filter(|s| s.supports(policy));
-                jobs.extend(sharings.map(|&sharing| (policy, slots, forward, sharing)));
+            if matches!(policy, ReplayPolicy::Pool(p) if p.is_demand()) {
+                // Tinylfu runs once per setting of its grid.
+                let settings: Vec<ReplayPolicy> = if matches!(policy, ReplayPolicy::Pool(Policy::Tinylfu(_))) {
+                    admissions.iter().map(|&a| with_admission(policy, a)).collect()
+                } else {
+                    vec![policy]
+                };
+                for &sharing in args.sharing.iter().filter(|s| s.supports(policy)) {
+                    jobs.extend(settings.iter().map(|&setting| (setting, slots, forward, sharing)));
+                }
             } else {
                 let per_layer = Sharing::PerLayer;
                 jobs.extend(args.intervals.iter().map(|&n| (policy, slots, Schedule::EveryDecodeSteps(n), per_layer)));

@@ -65,13 +65,16 @@ pub struct AdmissionConfig {
     /// (and a firmware that never builds a config) need no power function.
     decay: f32,
     growth: f32,
+    /// Pool steps between two consecutive steps of one stream: 1, or the layer count of a shared
+    /// pool whose layers take turns ([`AdmissionConfig::interleaved`]).
+    stride: u32,
 }
 
 impl AdmissionConfig {
     /// The default: a half-life of 32 steps, a horizon of half a step, threshold 0 (the best of
     /// `expertslab tune`'s grid on the synthetic locality traces of BENCHMARKS.md).
     pub const DEFAULT: Self =
-        Self { half_life: 32.0, horizon: 0.5, threshold: 0.0, decay: 0.978_572_1, growth: 1.021_897_2 };
+        Self { half_life: 32.0, horizon: 0.5, threshold: 0.0, decay: 0.978_572_1, growth: 1.021_897_2, stride: 1 };
 
     /// Use counts halve every `half_life` steps; an expert's use rate is credited over `horizon`
     /// steps; a miss is copied only when its expert's score exceeds the demotion candidate's by
@@ -92,7 +95,20 @@ impl AdmissionConfig {
             return Err(PolicyError::Threshold(threshold));
         }
         let (decay, growth) = (libm::powf(0.5, 1.0 / half_life), libm::powf(2.0, 1.0 / half_life));
-        Ok(Self { half_life, threshold, horizon, decay, growth })
+        Ok(Self { half_life, threshold, horizon, decay, growth, stride: 1 })
+    }
+
+    /// The same settings for a pool that `streams` layers drive in turns, one step each per
+    /// forward step ([`crate::SharedSlotPool`]): the pool counts a step per layer, so half-life
+    /// and horizon stretch by `streams` pool steps (their meaning in forward steps is kept), and
+    /// an expert's run continues when its layer's previous step, `streams` pool steps back, used
+    /// it. Half-lives stretched past `f32`'s range stop decaying.
+    #[must_use]
+    pub(crate) fn interleaved(&self, streams: u32) -> Self {
+        let stride = streams.max(1);
+        let half_life = self.half_life * stride as f32;
+        let (decay, growth) = (libm::powf(0.5, 1.0 / half_life), libm::powf(2.0, 1.0 / half_life));
+        Self { half_life, horizon: self.horizon * stride as f32, decay, growth, stride, ..*self }
     }
 
     /// The steps over which an expert's use rate is credited in its score.
@@ -188,6 +204,8 @@ pub(crate) struct AdmissionFilter {
     /// Per expert: the step whose cutoff already counted it.
     ranked: Vec<u64>,
     step: u64,
+    /// Pool steps between consecutive steps of one stream (see [`AdmissionConfig::interleaved`]).
+    stride: u64,
     /// Decayed ids that continued a use of the previous step, and decayed ids.
     continued: f32,
     ids: f32,
@@ -217,6 +235,7 @@ impl AdmissionFilter {
             in_step: vec![0; experts],
             ranked: vec![0; experts],
             step: 0,
+            stride: u64::from(config.stride),
             continued: 0.0,
             ids: 0.0,
             decay: config.decay,
@@ -236,7 +255,6 @@ impl AdmissionFilter {
     /// it), and the step's cutoff is found.
     pub(crate) fn begin_step(&mut self, ids: &[u32], slots: usize) {
         self.uses.tick();
-        let previous = self.step;
         self.step = self.step.saturating_add(1);
         self.continued *= self.decay;
         self.ids *= self.decay;
@@ -249,7 +267,7 @@ impl AdmissionFilter {
             if *last == self.step {
                 *count = count.saturating_add(1);
             } else {
-                if *last == previous && previous != 0 {
+                if *last != 0 && last.saturating_add(self.stride) == self.step {
                     self.continued += 1.0;
                 }
                 *last = self.step;
@@ -299,12 +317,15 @@ impl AdmissionFilter {
     }
 
     /// The expert's score, its expected further uses: `horizon × use rate`, plus, when the
-    /// current step uses it, its further uses in this step and the continuation (0 for ids out of
-    /// range).
+    /// latest step of its stream used it, the continuation, and when that is the current step,
+    /// its further uses in it (0 for ids out of range). Per layer the latest step is the current
+    /// one; in a shared pool another layer's expert is still in its run until that layer's next
+    /// step.
     pub(crate) fn score(&self, expert: usize) -> f32 {
         let rate = self.uses.get(expert) * (1.0 - self.decay);
         let now = match (self.last.get(expert), self.in_step.get(expert)) {
             (Some(&l), Some(&c)) if l == self.step => (c.saturating_sub(1)) as f32 + self.continuation,
+            (Some(&l), _) if l != 0 && l.saturating_add(self.stride) > self.step => self.continuation,
             _ => 0.0,
         };
         self.config.horizon * rate + now
@@ -407,6 +428,33 @@ mod tests {
         assert!(f.score(1) > f.score(5));
         assert_eq!(f.miss_action(5, Some(0)), MissAction::Copy);
         assert_eq!(f.miss_action(5, Some(1)), MissAction::InPlace);
+    }
+
+    #[cfg(feature = "demand")]
+    #[test]
+    fn interleaved_streams_measure_their_own_runs_and_keep_their_settings() {
+        // Two streams take turns: stream A (experts 0..4) repeats its expert, stream B (4..8)
+        // never does. Per stream step, half the ids continue a run: p = 1/2, continuation 1.
+        let config = AdmissionConfig::new(1e9, 0.5, 0.0).unwrap();
+        let interleaved = config.interleaved(2);
+        assert_eq!((interleaved.half_life(), interleaved.horizon()), (2e9, 1.0));
+        let mut f = AdmissionFilter::new(interleaved, 8, 4);
+        for step in 0..200u32 {
+            f.begin_step(&[0], 4);
+            f.begin_step(&[4 + step % 4], 4);
+        }
+        assert!((f.continuation - 1.0).abs() < 0.02, "{}", f.continuation);
+        // Not interleaved, the same pool steps would count no run at all.
+        let mut plain = AdmissionFilter::new(config, 8, 4);
+        for step in 0..200u32 {
+            plain.begin_step(&[0], 4);
+            plain.begin_step(&[4 + step % 4], 4);
+        }
+        assert_eq!(plain.continuation, 0.0);
+        // A half-life of 2 forward steps halves counts every 4 pool steps.
+        let two = AdmissionConfig::new(2.0, 1.0, 0.0).unwrap().interleaved(2);
+        assert!((libm::powf(two.decay, 4.0) - 0.5).abs() < 1e-6);
+        assert_eq!(config.interleaved(0), config);
     }
 
     #[cfg(feature = "demand")]

@@ -188,11 +188,22 @@ impl Policy {
     }
 
     /// Whether the policy can drive a slot pool shared by several layers
-    /// ([`crate::SharedSlotPool`]): the demand policies whose state is per expert. Interval
-    /// policies refresh one layer at a time, and the cost-aware policy measures runs between a
-    /// layer's consecutive steps, which a shared pool interleaves with the other layers' steps.
+    /// ([`crate::SharedSlotPool`]): every demand policy ([`Policy::is_demand`]), whose state is
+    /// per expert; interval policies refresh one layer at a time. The cost-aware policy measures
+    /// runs between a layer's consecutive steps, so in a shared pool the layers take turns, one
+    /// step each per forward step.
     pub const fn drives_shared_pool(&self) -> bool {
-        matches!(self, Self::Lru | Self::Lfu | Self::Lru2 | Self::Belady)
+        self.is_demand()
+    }
+
+    /// This policy for a shared pool of `layers` layers taking turns: the cost-aware policy's
+    /// settings stretched to pool steps ([`AdmissionConfig::interleaved`]); the others as they
+    /// are.
+    pub(crate) fn interleaved(self, layers: u32) -> Self {
+        match self {
+            Self::Tinylfu(config) => Self::Tinylfu(config.interleaved(layers)),
+            other => other,
+        }
     }
 }
 

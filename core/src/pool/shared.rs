@@ -26,7 +26,10 @@ pub(crate) fn split_key(key: usize, experts: usize) -> (usize, usize) {
 /// demand step); the next layer's misses may demote them.
 ///
 /// Only the policies [`crate::Policy::drives_shared_pool`] names drive a shared pool: an interval
-/// refresh of one layer would see every other layer's residents as cold. Plans carry keys in
+/// refresh of one layer would see every other layer's residents as cold. The cost-aware policy
+/// ([`crate::Policy::Tinylfu`]) keeps its settings in forward steps and measures an expert's run
+/// across its layer's consecutive steps, `layers` pool steps apart: each forward step should
+/// serve every layer once, in order. Plans carry keys in
 /// [`Promotion::expert`](crate::Promotion::expert); [`SharedSlotPool::split`] turns one back into
 /// `(layer, expert)` for the copy.
 ///
@@ -94,7 +97,8 @@ impl SharedSlotPool {
             .ok_or(PoolError::TooManyExperts { experts: layers.saturating_mul(experts), max: super::MAX_EXPERTS })?;
         // The initial placement is this type's own plan (see `initial_plan`); the pool keeps the
         // setting.
-        let pool = ExpertPool::new(config.layer(0).experts(keys))?;
+        let streams = u32::try_from(layers).unwrap_or(u32::MAX);
+        let pool = ExpertPool::new(config.layer(0).experts(keys).policy(config.policy.interleaved(streams)))?;
         Ok(Self { layers, experts, pool, keys: Vec::with_capacity(max_step_ids) })
     }
 

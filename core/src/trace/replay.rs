@@ -263,7 +263,7 @@ impl fmt::Display for ReplayError {
             Self::Pool { layer, error } => write!(f, "layer {layer}: {error}"),
             Self::Start { layer, error } => write!(f, "layer {layer}: warm start: {error}"),
             Self::NotShareable(policy) => {
-                write!(f, "{policy} cannot drive a shared pool (lru, lfu, lru2 and belady can)")
+                write!(f, "{policy} cannot drive a shared pool (lru, lfu, lru2, belady and tinylfu can)")
             }
         }
     }
