@@ -121,7 +121,7 @@ fn a_shared_pool_and_prefetch_do_not_allocate_per_step() {
     let steps: u32 = if cfg!(miri) { 60 } else { 500 };
     let trace: Vec<Vec<u32>> = (0..steps * LAYERS as u32).map(|s| routing(s, 1 + s % 3, 4, EXPERTS)).collect();
     let max_ids = trace.iter().map(Vec::len).max().unwrap();
-    for policy in [Policy::Lru, Policy::Lfu, Policy::Lru2, Policy::Belady] {
+    for policy in [Policy::Lru, Policy::Lfu, Policy::Lru2, Policy::Belady, Policy::Tinylfu(AdmissionConfig::DEFAULT)] {
         let config = PoolConfig::new(EXPERTS as usize, 16 * LAYERS).policy(policy);
         let mut shared = SharedSlotPool::new(LAYERS, config, max_ids).unwrap();
         if policy == Policy::Belady {
