@@ -13,7 +13,7 @@
 
 use std::num::NonZeroU32;
 
-use expertslab::trace::replay::{replay, ReplayConfig, ReplayPolicy};
+use expertslab::trace::replay::{replay, ReplayConfig, ReplayPolicy, Sharing};
 use expertslab::trace::Trace;
 use expertslab::{AdmissionConfig, DecayConfig, InitialPlacement, Policy, Schedule};
 use expertslab_tests::families::{cost, synth, SLOTS};
@@ -98,4 +98,57 @@ fn near_uniform_is_never_slower_than_todays_best_nor_than_never_moving() {
         let never = tinylfu(&trace, 64.0, 8.0, 1e9);
         assert!((never - still).abs() < 1e-9, "seed {seed}: {never} against {still}");
     }
+}
+
+/// Modeled time with one pool of 16 × 4 slots shared by the four layers.
+fn shared_time(trace: &Trace, policy: Policy) -> f64 {
+    let mut config =
+        ReplayConfig::new(ReplayPolicy::Pool(policy), SLOTS, Schedule::EveryForward, InitialPlacement::Warm, cost());
+    config.sharing = Sharing::Shared;
+    replay(trace, &config).unwrap().total.modeled_time_s
+}
+
+/// Over one shared pool, tinylfu (the settings of the family's per-layer pick) takes at most
+/// `gain` of its time over per-layer pools, and less than LRU over the same shared pool, on seeds
+/// 1 to 3; on seed 1 at most `optimum_bound` × the per-layer optimum and `shared_bound` × the
+/// shared one.
+fn shared_family(zipf_s: f64, reuse: f64, phase: u64, settings: (f32, f32, f32), gain: f64, bounds: (f64, f64)) {
+    for seed in 1..=3 {
+        let trace = synth(zipf_s, reuse, phase, seed);
+        let (half_life, horizon, threshold) = settings;
+        let admission = Policy::Tinylfu(AdmissionConfig::new(half_life, horizon, threshold).unwrap());
+        let shared = shared_time(&trace, admission);
+        let per_layer = tinylfu(&trace, half_life, horizon, threshold);
+        let lru = shared_time(&trace, Policy::Lru);
+        assert!(shared <= gain * per_layer, "seed {seed}: {shared:.4} s against {per_layer:.4} s per layer");
+        assert!(shared < lru, "seed {seed}: {shared:.4} s against shared LRU's {lru:.4} s");
+        if seed == 1 {
+            let optimum = shared / replay_time(&trace, ReplayPolicy::Optimal, Schedule::EveryForward);
+            let mut config = ReplayConfig::new(
+                ReplayPolicy::OptimalShared,
+                SLOTS,
+                Schedule::EveryForward,
+                InitialPlacement::Warm,
+                cost(),
+            );
+            config.sharing = Sharing::Shared;
+            let own = shared / replay(&trace, &config).unwrap().total.modeled_time_s;
+            assert!(optimum <= bounds.0 && own <= bounds.1, "seed 1: {optimum:.3}× and {own:.3}×");
+        }
+    }
+}
+
+#[test]
+fn over_a_shared_pool_locality_gains_4_percent_and_is_within_1_41_of_the_per_layer_optimum() {
+    shared_family(0.9, 0.5, 256, (32.0, 0.5, 0.0), 0.96, (1.41, 1.63));
+}
+
+#[test]
+fn over_a_shared_pool_stationary_gains_4_percent_and_is_within_1_31_of_the_per_layer_optimum() {
+    shared_family(0.9, 0.5, 0, (1024.0, 0.5, 0.0), 0.96, (1.31, 1.52));
+}
+
+#[test]
+fn over_a_shared_pool_heavy_reuse_gains_11_percent_and_is_within_1_24_of_the_per_layer_optimum() {
+    shared_family(0.9, 0.9, 256, (64.0, 0.5, 0.0), 0.89, (1.24, 1.60));
 }
