@@ -319,8 +319,10 @@ typedef struct EsTrace EsTrace;
 #if defined(ES_FIRMWARE)
 /**
  * Called once when the library panics (a bug), with the panic's text (`length` bytes, UTF-8,
- * not NUL-terminated). The library stops after it returns; the callback may instead reset the
- * device or end the program.
+ * not NUL-terminated): where in the library's source it happened, then its message when that
+ * is a fixed text (a message with values is left out: firmware builds link no text
+ * formatting). The library stops after it returns; the callback may instead reset the device
+ * or end the program.
  */
 typedef void (*EsPanicFn)(const char *message, size_t length);
 #endif

@@ -13,6 +13,7 @@ use expertslab::{
 };
 
 use crate::status::EsStatus;
+use crate::text::{Reason, Text};
 
 /// A projection of an expert.
 #[repr(u32)]
@@ -169,11 +170,13 @@ pub(crate) enum PolicyProblem {
     Setting(expertslab::PolicyError),
 }
 
-impl core::fmt::Display for PolicyProblem {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+impl Reason for PolicyProblem {
+    fn write(&self, text: &mut Text<'_>) {
         match self {
-            Self::Kind(kind) => write!(f, "policy kind {kind} is not an EsPolicyKind"),
-            Self::Setting(error) => write!(f, "{error}"),
+            Self::Kind(kind) => {
+                text.put("policy kind ").num(*kind as usize).put(" is not an EsPolicyKind");
+            }
+            Self::Setting(error) => error.write(text),
         }
     }
 }
