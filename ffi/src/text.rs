@@ -48,21 +48,23 @@ impl<'a> Text<'a> {
 
     /// Appends `value` in decimal.
     pub(crate) fn num(&mut self, value: usize) -> &mut Self {
+        // Digits from the last; `usize::MAX` has at most 20.
         let mut digits = [0u8; 20];
         let mut start = digits.len();
         let mut rest = value;
-        for (i, digit) in digits.iter_mut().enumerate().rev() {
+        while let Some(digit) = start.checked_sub(1).and_then(|i| digits.get_mut(i)) {
             // `rest % 10` is below 10: it fits the low bits of `b'0'` (0x30).
             *digit = b'0' | (rest % 10) as u8;
+            start = start.saturating_sub(1);
             rest /= 10;
-            start = i;
             if rest == 0 {
                 break;
             }
         }
-        let digits = digits.get(start..).unwrap_or(&[]);
         // ASCII digits: any prefix is whole characters.
-        self.push(digits.get(..digits.len().min(self.bytes.len().saturating_sub(self.len))).unwrap_or(&[]))
+        let room = self.bytes.len().saturating_sub(self.len);
+        let digits = digits.get(start..).unwrap_or(&[]);
+        self.push(digits.get(..room.min(digits.len())).unwrap_or(digits))
     }
 
     /// Appends `value` in decimal, signed.

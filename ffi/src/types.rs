@@ -154,12 +154,24 @@ impl EsPolicy {
             2 => Policy::Lru,
             3 => Policy::Lfu,
             4 => Policy::Lru2,
-            5 => Policy::Tinylfu(
-                AdmissionConfig::new(self.half_life, self.horizon, self.threshold).map_err(PolicyProblem::Setting)?,
-            ),
+            5 => Policy::Tinylfu(self.admission()?),
             other => return Err(PolicyProblem::Kind(other)),
         };
         Ok(policy)
+    }
+
+    /// The cost-aware policy's settings, checked.
+    #[cfg(feature = "demand")]
+    fn admission(self) -> Result<AdmissionConfig, PolicyProblem> {
+        AdmissionConfig::new(self.half_life, self.horizon, self.threshold).map_err(PolicyProblem::Setting)
+    }
+
+    /// The cost-aware policy's settings: a library built without the `demand` feature refuses
+    /// the policy when the pool is built (`PoolError::PolicyNotBuilt`), so they are not checked
+    /// (which would link the checks for nothing).
+    #[cfg(not(feature = "demand"))]
+    fn admission(self) -> Result<AdmissionConfig, PolicyProblem> {
+        Ok(AdmissionConfig::DEFAULT)
     }
 }
 
