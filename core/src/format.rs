@@ -101,7 +101,7 @@ macro_rules! formats {
             /// The largest GGML type id of the table.
             const MAX_GGML_TYPE: u32 = {
                 let mut max = 0;
-                $( if $id > max { max = $id; } )*
+                $( max = max_of(max, $id); )*
                 max
             };
 
@@ -119,6 +119,15 @@ macro_rules! formats {
             }
         }
     };
+}
+
+/// The larger of `a` and `b` (`Ord::max` is not `const`).
+const fn max_of(a: u32, b: u32) -> u32 {
+    if a > b {
+        a
+    } else {
+        b
+    }
 }
 
 formats! {

@@ -61,11 +61,13 @@ const fn remainder(value: u64, n: u32) -> u64 {
     let mut rest = 0u64;
     let mut bit = u64::BITS;
     while bit > 0 {
-        bit -= 1;
+        // `bit > 0`: no wrap.
+        bit = bit.wrapping_sub(1);
         // `rest < n < 2^32`, so the shift cannot overflow.
         rest = (rest << 1) | ((value >> bit) & 1);
         if rest >= n {
-            rest -= n;
+            // `rest >= n`: no wrap.
+            rest = rest.wrapping_sub(n);
         }
     }
     rest

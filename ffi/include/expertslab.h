@@ -805,6 +805,18 @@ enum EsStatus es_expert_layout_info(const struct EsExpertLayout *layout,
                                     size_t *expert_bytes);
 
 /**
+ * Writes the bytes of one row of projection number `index` (in the layout's order: the order
+ * of the stacks it was built from) to `*row_bytes`: the columns' whole blocks of its format.
+ * An `index` past the layout's projections is `ES_STATUS_OUT_OF_RANGE`, kept on `layout`.
+ *
+ * # Safety
+ * `layout` must be a handle from this library or null; `row_bytes` writable.
+ */
+enum EsStatus es_expert_layout_row_bytes(struct EsExpertLayout *layout,
+                                         size_t index,
+                                         size_t *row_bytes);
+
+/**
  * Frees an expert layout (null is accepted). Handles built from it keep their own copy.
  *
  * # Safety

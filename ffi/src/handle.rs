@@ -79,8 +79,10 @@ impl<T: Object> Handle<T> {
     }
 }
 
-/// Writes `reason` into `header`'s text (cut to fit) and returns `status`.
-fn record(header: &mut Header, status: EsStatus, reason: &dyn Reason) -> EsStatus {
+/// Writes `reason` into `header`'s text (cut to fit) and returns `status`. Not inlined: the
+/// failure paths of every entry point share one copy per kind of reason (firmware code size).
+#[inline(never)]
+fn record<R: Reason>(header: &mut Header, status: EsStatus, reason: &R) -> EsStatus {
     let mut text = Text::new(&mut header.error);
     reason.write(&mut text);
     header.error_len = text.len();

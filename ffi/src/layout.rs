@@ -153,6 +153,35 @@ pub unsafe extern "C" fn es_expert_layout_info(
     })
 }
 
+/// Writes the bytes of one row of projection number `index` (in the layout's order: the order
+/// of the stacks it was built from) to `*row_bytes`: the columns' whole blocks of its format.
+/// An `index` past the layout's projections is `ES_STATUS_OUT_OF_RANGE`, kept on `layout`.
+///
+/// # Safety
+/// `layout` must be a handle from this library or null; `row_bytes` writable.
+#[no_mangle]
+pub unsafe extern "C" fn es_expert_layout_row_bytes(
+    layout: *mut EsExpertLayout,
+    index: usize,
+    row_bytes: *mut usize,
+) -> EsStatus {
+    guard(|| {
+        status((|| {
+            // SAFETY: forwarded contract.
+            let layout = unsafe { handle::handle_mut::<ExpertLayout>(layout) }?;
+            let count = layout.value.projections().len();
+            let Some((_, stack)) = layout.value.projections().get(index) else {
+                return Err(layout.fail(EsStatus::OutOfRange, |t: &mut Text<'_>| {
+                    t.put("projection ").num(index).put(" of a layout of ").num(count);
+                }));
+            };
+            let bytes = stack.row_bytes();
+            // SAFETY: forwarded contract.
+            unsafe { handle::put(row_bytes, bytes) }
+        })())
+    })
+}
+
 /// Frees an expert layout (null is accepted). Handles built from it keep their own copy.
 ///
 /// # Safety

@@ -451,3 +451,55 @@ pub unsafe extern "C" fn es_plan_free(plan: *mut EsPlan) -> EsStatus {
     // SAFETY: forwarded contract.
     guard(|| unsafe { handle::free::<MigrationPlan>(plan) })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{EsSchedule, EsScheduleKind};
+
+    /// A pool of the policy `name` and the text of why not.
+    fn pool_of(name: &core::ffi::CStr) -> (EsStatus, String) {
+        // SAFETY: every pointer below is to a live local.
+        unsafe {
+            let mut policy = core::mem::zeroed::<EsPolicy>();
+            assert_eq!(es_policy_from_name(name.as_ptr(), &mut policy), EsStatus::Ok);
+            let config = EsPoolConfig {
+                layer: 0,
+                experts: 8,
+                slots: 2,
+                policy,
+                schedule: EsSchedule { kind: EsScheduleKind::EveryForward as u32, interval: 1 },
+                initial: 0,
+            };
+            let mut pool = core::ptr::null_mut();
+            let mut message = [0 as c_char; crate::ES_ERROR_CAPACITY];
+            let status = es_pool_new(&config, &mut pool, message.as_mut_ptr(), message.len());
+            assert_eq!(es_pool_free(pool), EsStatus::Ok);
+            (status, core::ffi::CStr::from_ptr(message.as_ptr()).to_string_lossy().into_owned())
+        }
+    }
+
+    #[test]
+    fn interval_policies_are_always_built() {
+        assert_eq!(pool_of(c"tide").0, EsStatus::Ok);
+        assert_eq!(pool_of(c"decay").0, EsStatus::Ok);
+    }
+
+    #[cfg(feature = "demand")]
+    #[test]
+    fn demand_policies_are_built_with_the_feature() {
+        for name in [c"lru", c"lfu", c"lru2", c"tinylfu"] {
+            assert_eq!(pool_of(name).0, EsStatus::Ok, "{name:?}");
+        }
+    }
+
+    #[cfg(not(feature = "demand"))]
+    #[test]
+    fn demand_policies_are_refused_without_the_feature() {
+        for name in [c"lru", c"lfu", c"lru2", c"tinylfu"] {
+            let (status, text) = pool_of(name);
+            assert_eq!(status, EsStatus::InvalidArgument, "{name:?}");
+            assert!(text.contains("is not built") && text.contains("`demand` feature"), "{name:?}: {text}");
+        }
+    }
+}

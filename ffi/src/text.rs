@@ -177,16 +177,46 @@ mod tests {
 
     #[test]
     fn numbers_are_written_in_decimal() {
-        assert_eq!(written(64, |t| drop(t.num(0).put(" ").num(7).put(" ").num(1234567890))), "0 7 1234567890");
-        assert_eq!(written(64, |t| drop(t.num(usize::MAX))), usize::MAX.to_string());
-        assert_eq!(written(64, |t| drop(t.int(-42).put(" ").int(i32::MIN))), format!("-42 {}", i32::MIN));
+        assert_eq!(
+            written(64, |t| {
+                t.num(0).put(" ").num(7).put(" ").num(1234567890);
+            }),
+            "0 7 1234567890"
+        );
+        assert_eq!(
+            written(64, |t| {
+                t.num(usize::MAX);
+            }),
+            usize::MAX.to_string()
+        );
+        assert_eq!(
+            written(64, |t| {
+                t.int(-42).put(" ").int(i32::MIN);
+            }),
+            format!("-42 {}", i32::MIN)
+        );
     }
 
     #[test]
     fn a_text_is_cut_at_a_character_boundary() {
-        assert_eq!(written(5, |t| drop(t.put("abcd").put("é"))), "abcd");
-        assert_eq!(written(6, |t| drop(t.put("abcd").put("é"))), "abcdé");
-        assert_eq!(written(3, |t| drop(t.put("ab").num(12345))), "ab1");
+        assert_eq!(
+            written(5, |t| {
+                t.put("abcd").put("é");
+            }),
+            "abcd"
+        );
+        assert_eq!(
+            written(6, |t| {
+                t.put("abcd").put("é");
+            }),
+            "abcdé"
+        );
+        assert_eq!(
+            written(3, |t| {
+                t.put("ab").num(12345);
+            }),
+            "ab1"
+        );
     }
 
     #[test]
