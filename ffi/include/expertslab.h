@@ -46,7 +46,8 @@ typedef enum EsStatus {
   ES_STATUS_OUT_OF_RANGE = 5,
   /**
    * A value outside its domain: a layout, format name, policy name or setting, schedule,
-   * or a string that is not UTF-8.
+   * a name that is not ASCII or a string that is not UTF-8, or a policy this build of the
+   * library leaves out (a demand policy without the `demand` feature).
    */
   ES_STATUS_INVALID_ARGUMENT = 6,
   /**
