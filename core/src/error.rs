@@ -482,3 +482,26 @@ impl<S: fmt::Display, K: fmt::Display> fmt::Display for MigrateError<S, K> {
 }
 
 impl<S: fmt::Debug + fmt::Display, K: fmt::Debug + fmt::Display> core::error::Error for MigrateError<S, K> {}
+
+#[cfg(test)]
+mod summary_tests {
+    extern crate alloc;
+    use alloc::string::ToString;
+
+    use super::*;
+
+    #[test]
+    fn a_summary_names_the_kind_and_a_plain_variant_displays_it() {
+        for plain in [LayoutError::ZeroDimension, LayoutError::Overflow, LayoutError::InvalidProjectionSet] {
+            assert_eq!(plain.to_string(), plain.summary());
+        }
+        assert_eq!(PoolError::NoExperts.to_string(), PoolError::NoExperts.summary());
+        let not_built = PoolError::PolicyNotBuilt { policy: "lru" };
+        assert!(not_built.summary().contains("not built") && not_built.to_string().contains("lru"));
+        let plan = PlanError::SlotOccupied { slot: 1, expert: 2 };
+        let migrate: MigrateError<(), ()> = MigrateError::Plan(plan);
+        assert_eq!(migrate.summary(), plan.summary());
+        assert_eq!(MigrateError::<(), ()>::Sink(()).summary(), "the sink failed");
+        assert_eq!(LayoutError::BufferTooSmall { needed: 8, actual: 4 }.summary(), "buffer too small");
+    }
+}
