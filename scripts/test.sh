@@ -57,6 +57,10 @@ done
 step "the C interface's static library for thumbv7em-none-eabihf (built and linted; the QEMU C lane links and runs it)"
 cargo rustc -p expertslab-ffi --lib --target thumbv7em-none-eabihf --locked --crate-type staticlib
 cargo clippy -p expertslab-ffi --lib --target thumbv7em-none-eabihf --locked -- -D warnings
+cargo clippy -p expertslab-ffi --lib --target thumbv7em-none-eabihf --locked --no-default-features -- -D warnings
+
+step "the C interface without the demand feature (demand policies must be refused)"
+cargo test -p expertslab-ffi --lib --no-default-features --locked
 
 step "docs (warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked

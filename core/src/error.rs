@@ -104,6 +104,34 @@ pub enum LayoutError {
     },
 }
 
+impl LayoutError {
+    /// A short static text naming what went wrong, without the values (for error texts written
+    /// without `core::fmt`, as the C interface does on firmware); [`Display`](fmt::Display) gives
+    /// the full text.
+    pub const fn summary(&self) -> &'static str {
+        match self {
+            Self::InvalidBlockShape { .. } => "invalid block shape",
+            Self::UnknownGgmlType { .. } => "unknown GGML type id",
+            Self::NotWholeBlocks { .. } => "the columns are not a whole number of blocks",
+            Self::ZeroDimension => "a dimension is zero",
+            Self::Overflow => "size arithmetic overflows",
+            Self::ExpertOutOfRange { .. } => "expert out of range",
+            Self::RowsOutOfRange { .. } => "rows out of range",
+            Self::SlotOutOfRange { .. } => "slot out of range",
+            Self::LayerOutOfRange { .. } => "layer out of range",
+            Self::LengthMismatch { .. } => "length mismatch",
+            Self::ExpertCountMismatch { .. } => "projections disagree on the expert count",
+            Self::InvalidProjectionSet => {
+                "invalid projection set: need 1 to 4 distinct projections, and no gate_up beside gate or up"
+            }
+            Self::ProjectionMissing { .. } => "the layout has no such projection",
+            Self::AlignmentNotPowerOfTwo { .. } => "alignment is not a power of two",
+            Self::BufferTooSmall { .. } => "buffer too small",
+            Self::BufferMisaligned { .. } => "buffer start is not aligned as the layout requires",
+        }
+    }
+}
+
 impl fmt::Display for LayoutError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
@@ -114,8 +142,7 @@ impl fmt::Display for LayoutError {
             Self::NotWholeBlocks { cols, block_elems } => {
                 write!(f, "{cols} columns are not a whole number of {block_elems}-element blocks")
             }
-            Self::ZeroDimension => f.write_str("a dimension is zero"),
-            Self::Overflow => f.write_str("size arithmetic overflows"),
+            Self::ZeroDimension | Self::Overflow | Self::InvalidProjectionSet => f.write_str(self.summary()),
             Self::ExpertOutOfRange { expert, experts } => {
                 write!(f, "expert {expert} out of range (the layout has {experts})")
             }
@@ -134,9 +161,6 @@ impl fmt::Display for LayoutError {
             Self::ExpertCountMismatch { expected, actual } => {
                 write!(f, "projections disagree on the expert count: {expected} and {actual}")
             }
-            Self::InvalidProjectionSet => f.write_str(
-                "invalid projection set: need 1 to 4 distinct projections, and no gate_up beside gate or up",
-            ),
             Self::ProjectionMissing { projection } => {
                 write!(f, "the layout has no {} projection", projection.name())
             }
@@ -266,10 +290,29 @@ pub enum PoolError {
     },
 }
 
+impl PoolError {
+    /// A short static text naming what went wrong, without the values (for error texts written
+    /// without `core::fmt`, as the C interface does on firmware); [`Display`](fmt::Display) gives
+    /// the full text.
+    pub const fn summary(&self) -> &'static str {
+        match self {
+            Self::NoExperts => "a pool needs at least one expert",
+            Self::TooManyExperts { .. } => "more experts than a pool indexes",
+            Self::TooManyIds { .. } => "more routing ids in one step than a pool counts",
+            Self::BufferTooSmall { .. } => "output buffer too small",
+            Self::PolicyMismatch => "the pool's policy has no such operation",
+            Self::LayerCountMismatch { .. } => "expected one entry per layer",
+            Self::LayerOutOfRange { .. } => "layer past the layers the pool serves",
+            Self::OutOfMemory { .. } => "could not allocate the configuration's tables",
+            Self::PolicyNotBuilt { .. } => "a demand policy is not built: enable expertslab's `demand` feature",
+        }
+    }
+}
+
 impl fmt::Display for PoolError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Self::NoExperts => f.write_str("a pool needs at least one expert"),
+            Self::NoExperts | Self::PolicyMismatch => f.write_str(self.summary()),
             Self::TooManyExperts { experts, max } => {
                 write!(f, "{experts} experts is more than a pool indexes ({max})")
             }
@@ -279,7 +322,6 @@ impl fmt::Display for PoolError {
             Self::BufferTooSmall { needed, actual } => {
                 write!(f, "output buffer too small: need {needed} entries, got {actual}")
             }
-            Self::PolicyMismatch => f.write_str("the pool's policy has no such operation"),
             Self::LayerCountMismatch { layers, actual } => {
                 write!(f, "expected one entry per layer ({layers}), got {actual}")
             }
@@ -345,6 +387,22 @@ pub enum PlanError {
     },
 }
 
+impl PlanError {
+    /// A short static text naming what went wrong, without the values (for error texts written
+    /// without `core::fmt`, as the C interface does on firmware); [`Display`](fmt::Display) gives
+    /// the full text.
+    pub const fn summary(&self) -> &'static str {
+        match self {
+            Self::LayerMismatch { .. } => "the plan was made for another layer",
+            Self::ExpertOutOfRange { .. } => "expert out of the pool's range",
+            Self::SlotOutOfRange { .. } => "slot out of the pool's range",
+            Self::AlreadyResident { .. } => "the expert is already resident in another slot",
+            Self::SlotOccupied { .. } => "the slot holds another expert; the plan is stale",
+            Self::SlotsChanged { .. } => "the plan was made before the pool's slot count changed; plan again",
+        }
+    }
+}
+
 impl fmt::Display for PlanError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
@@ -394,6 +452,20 @@ pub enum MigrateError<S, K> {
     },
 }
 
+impl<S, K> MigrateError<S, K> {
+    /// A short static text naming what went wrong, without the values or the source's or sink's
+    /// own error (for error texts written without `core::fmt`, as the C interface does on
+    /// firmware); [`Display`](fmt::Display) gives the full text.
+    pub const fn summary(&self) -> &'static str {
+        match self {
+            Self::Source(_) => "the source failed",
+            Self::Sink(_) => "the sink failed",
+            Self::Plan(e) => e.summary(),
+            Self::SlabLength { .. } => "the source gave a slab whose length is not the layout's",
+        }
+    }
+}
+
 impl<S: fmt::Display, K: fmt::Display> fmt::Display for MigrateError<S, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -410,3 +482,26 @@ impl<S: fmt::Display, K: fmt::Display> fmt::Display for MigrateError<S, K> {
 }
 
 impl<S: fmt::Debug + fmt::Display, K: fmt::Debug + fmt::Display> core::error::Error for MigrateError<S, K> {}
+
+#[cfg(test)]
+mod summary_tests {
+    extern crate alloc;
+    use alloc::string::ToString;
+
+    use super::*;
+
+    #[test]
+    fn a_summary_names_the_kind_and_a_plain_variant_displays_it() {
+        for plain in [LayoutError::ZeroDimension, LayoutError::Overflow, LayoutError::InvalidProjectionSet] {
+            assert_eq!(plain.to_string(), plain.summary());
+        }
+        assert_eq!(PoolError::NoExperts.to_string(), PoolError::NoExperts.summary());
+        let not_built = PoolError::PolicyNotBuilt { policy: "lru" };
+        assert!(not_built.summary().contains("not built") && not_built.to_string().contains("lru"));
+        let plan = PlanError::SlotOccupied { slot: 1, expert: 2 };
+        let migrate: MigrateError<(), ()> = MigrateError::Plan(plan);
+        assert_eq!(migrate.summary(), plan.summary());
+        assert_eq!(MigrateError::<(), ()>::Sink(()).summary(), "the sink failed");
+        assert_eq!(LayoutError::BufferTooSmall { needed: 8, actual: 4 }.summary(), "buffer too small");
+    }
+}

@@ -38,9 +38,39 @@ impl Schedule {
         match step.mode {
             Mode::Reuse => false,
             Mode::Refresh => true,
-            Mode::Scheduled => step.prefill || step.index.is_multiple_of(self.interval().get() as u64),
+            Mode::Scheduled => step.prefill || divides(self.interval().get(), step.index),
         }
     }
+}
+
+/// Whether `n` divides `index`. Indices below 2^32 (every real run) take a 32-bit remainder; the
+/// others a remainder by shift and subtract. A plain 64-bit `%` would link the 64-bit division
+/// routine on 32-bit microcontrollers, which have no instruction for it: about 860 bytes of code
+/// on a Cortex-M4, more than the whole schedule.
+const fn divides(n: u32, index: u64) -> bool {
+    if index <= u32::MAX as u64 {
+        (index as u32).is_multiple_of(n)
+    } else {
+        remainder(index, n) == 0
+    }
+}
+
+/// `value % n` by long division, one bit at a time (no 64-bit divide).
+const fn remainder(value: u64, n: u32) -> u64 {
+    let n = n as u64;
+    let mut rest = 0u64;
+    let mut bit = u64::BITS;
+    while bit > 0 {
+        // `bit > 0`: no wrap.
+        bit = bit.wrapping_sub(1);
+        // `rest < n < 2^32`, so the shift cannot overflow.
+        rest = (rest << 1) | ((value >> bit) & 1);
+        if rest >= n {
+            // `rest >= n`: no wrap.
+            rest = rest.wrapping_sub(n);
+        }
+    }
+    rest
 }
 
 /// What a step asks of placement, beside its schedule.
@@ -88,6 +118,18 @@ impl Step {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_remainder_by_shift_is_the_remainder() {
+        let values = [0, 1, 2, 7, 1 << 32, (1 << 32) + 5, u64::from(u32::MAX) * 3, u64::MAX - 1, u64::MAX];
+        let divisors = [1, 2, 3, 10, 1000, 65_537, u32::MAX - 1, u32::MAX];
+        for value in values {
+            for n in divisors {
+                assert_eq!(remainder(value, n), value % u64::from(n), "{value} % {n}");
+                assert_eq!(divides(n, value), value % u64::from(n) == 0, "{n} divides {value}");
+            }
+        }
+    }
 
     #[test]
     fn schedules_follow_the_interval_prefill_and_mode() {

@@ -46,7 +46,8 @@ typedef enum EsStatus {
   ES_STATUS_OUT_OF_RANGE = 5,
   /**
    * A value outside its domain: a layout, format name, policy name or setting, schedule,
-   * or a string that is not UTF-8.
+   * a name that is not ASCII or a string that is not UTF-8, or a policy this build of the
+   * library leaves out (a demand policy without the `demand` feature).
    */
   ES_STATUS_INVALID_ARGUMENT = 6,
   /**
@@ -319,8 +320,10 @@ typedef struct EsTrace EsTrace;
 #if defined(ES_FIRMWARE)
 /**
  * Called once when the library panics (a bug), with the panic's text (`length` bytes, UTF-8,
- * not NUL-terminated). The library stops after it returns; the callback may instead reset the
- * device or end the program.
+ * not NUL-terminated): where in the library's source it happened, then its message when that
+ * is a fixed text (a message with values is left out: firmware builds link no text
+ * formatting). The library stops after it returns; the callback may instead reset the device
+ * or end the program.
  */
 typedef void (*EsPanicFn)(const char *message, size_t length);
 #endif
@@ -801,6 +804,18 @@ enum EsStatus es_expert_layout_info(const struct EsExpertLayout *layout,
                                     size_t *experts,
                                     size_t *projections,
                                     size_t *expert_bytes);
+
+/**
+ * Writes the bytes of one row of projection number `index` (in the layout's order: the order
+ * of the stacks it was built from) to `*row_bytes`: the columns' whole blocks of its format.
+ * An `index` past the layout's projections is `ES_STATUS_OUT_OF_RANGE`, kept on `layout`.
+ *
+ * # Safety
+ * `layout` must be a handle from this library or null; `row_bytes` writable.
+ */
+enum EsStatus es_expert_layout_row_bytes(struct EsExpertLayout *layout,
+                                         size_t index,
+                                         size_t *row_bytes);
 
 /**
  * Frees an expert layout (null is accepted). Handles built from it keep their own copy.

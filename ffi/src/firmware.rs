@@ -6,7 +6,6 @@
 
 use core::cell::Cell;
 use core::ffi::c_char;
-use core::fmt::Write as _;
 
 use critical_section::Mutex;
 // Links cortex-m's single-core critical section (its `critical-section-single-core` feature),
@@ -15,12 +14,15 @@ use critical_section::Mutex;
 use cortex_m as _;
 use embedded_alloc::LlffHeap;
 
-use crate::handle::{TextBuf, ES_ERROR_CAPACITY};
+use crate::handle::ES_ERROR_CAPACITY;
 use crate::status::EsStatus;
+use crate::text::Text;
 
 /// Called once when the library panics (a bug), with the panic's text (`length` bytes, UTF-8,
-/// not NUL-terminated). The library stops after it returns; the callback may instead reset the
-/// device or end the program.
+/// not NUL-terminated): where in the library's source it happened, then its message when that
+/// is a fixed text (a message with values is left out: firmware builds link no text
+/// formatting). The library stops after it returns; the callback may instead reset the device
+/// or end the program.
 pub type EsPanicFn = Option<unsafe extern "C" fn(message: *const c_char, length: usize)>;
 
 #[global_allocator]
@@ -63,9 +65,13 @@ pub unsafe extern "C" fn es_firmware_init(heap: *mut u8, size: usize, on_panic: 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     let mut bytes = [0u8; ES_ERROR_CAPACITY];
-    let mut text = TextBuf { bytes: &mut bytes, len: 0 };
-    let _ = write!(text, "{info}");
-    let len = text.len;
+    let mut text = Text::new(&mut bytes);
+    text.put("panicked");
+    if let Some(at) = info.location() {
+        text.put(" at ").put(at.file()).put(":").num(at.line() as usize);
+    }
+    text.put(": ").put(info.message().as_str().unwrap_or("(a message with values, not formatted on firmware)"));
+    let len = text.len();
     let callback = critical_section::with(|cs| STATE.borrow(cs).get().0);
     if let Some(report) = callback {
         // SAFETY: a C function the firmware registered for this, given a readable buffer of

@@ -1,14 +1,13 @@
 //! Handles: the header every object starts with (magic word, kind, last error text), checked
 //! access from C pointers, and the `catch_unwind` guard around every entry point.
 
-use core::fmt::{self, Write as _};
 use core::mem::{align_of, size_of};
 use core::ptr;
 
 use alloc::boxed::Box;
-use alloc::string::String;
 
 use crate::status::EsStatus;
+use crate::text::{Reason, Text};
 
 /// The word every live handle starts with ("ESLB"); cleared when the handle is freed.
 const MAGIC: u32 = 0x4553_4c42;
@@ -74,43 +73,20 @@ pub(crate) trait Object: Sized {
 }
 
 impl<T: Object> Handle<T> {
-    /// Records `error`'s text as this handle's last error and returns `status`.
-    pub(crate) fn fail(&mut self, status: EsStatus, error: impl fmt::Display) -> EsStatus {
-        record(&mut self.header, status, error)
+    /// Records `reason`'s text as this handle's last error and returns `status`.
+    pub(crate) fn fail(&mut self, status: EsStatus, reason: impl Reason) -> EsStatus {
+        record(&mut self.header, status, &reason)
     }
 }
 
-/// Writes `error` into `header`'s text (cut to fit) and returns `status`.
-fn record(header: &mut Header, status: EsStatus, error: impl fmt::Display) -> EsStatus {
-    let mut text = TextBuf { bytes: &mut header.error, len: 0 };
-    // A text longer than the buffer is cut; `TextBuf` never reports an error.
-    let _ = write!(text, "{error}");
-    header.error_len = text.len;
+/// Writes `reason` into `header`'s text (cut to fit) and returns `status`. Not inlined: the
+/// failure paths of every entry point share one copy per kind of reason (firmware code size).
+#[inline(never)]
+fn record<R: Reason>(header: &mut Header, status: EsStatus, reason: &R) -> EsStatus {
+    let mut text = Text::new(&mut header.error);
+    reason.write(&mut text);
+    header.error_len = text.len();
     status
-}
-
-/// A fixed buffer that keeps what fits of a text, cut at a character boundary.
-pub(crate) struct TextBuf<'a> {
-    pub(crate) bytes: &'a mut [u8],
-    pub(crate) len: usize,
-}
-
-impl fmt::Write for TextBuf<'_> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        for ch in s.chars() {
-            let mut utf8 = [0u8; 4];
-            let encoded = ch.encode_utf8(&mut utf8).as_bytes();
-            let end = self.len.saturating_add(encoded.len());
-            match self.bytes.get_mut(self.len..end) {
-                Some(dest) => {
-                    dest.copy_from_slice(encoded);
-                    self.len = end;
-                }
-                None => return Ok(()),
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Runs one entry point, turning a panic into [`EsStatus::Panic`] so none crosses into C.
@@ -132,10 +108,19 @@ pub(crate) fn status(result: Result<(), EsStatus>) -> EsStatus {
 }
 
 /// Checks that `ptr` is not null and is aligned for `T`.
+#[inline]
 pub(crate) fn check_ptr<T>(ptr: *const T) -> Result<(), EsStatus> {
-    if ptr.is_null() {
+    check_address(ptr as usize, align_of::<T>())
+}
+
+/// Checks that `address` is not null and is a multiple of `align`: one function for every
+/// pointer type (each entry point checks several; inlining a copy per pointer costs firmware
+/// code).
+#[inline(never)]
+fn check_address(address: usize, align: usize) -> Result<(), EsStatus> {
+    if address == 0 {
         Err(EsStatus::NullPointer)
-    } else if !(ptr as usize).is_multiple_of(align_of::<T>()) {
+    } else if !address.is_multiple_of(align) {
         Err(EsStatus::Misaligned)
     } else {
         Ok(())
@@ -167,16 +152,28 @@ pub(crate) unsafe fn header<'a>(ptr: *const ()) -> Result<&'a Header, EsStatus> 
 /// As [`header`]; in addition no other reference to the handle may be live while the returned
 /// one is (the entry points take each handle once).
 pub(crate) unsafe fn handle_mut<'a, T: Object>(ptr: *mut T::Opaque) -> Result<&'a mut Handle<T>, EsStatus> {
-    check_ptr(ptr.cast::<Handle<T>>())?;
-    // SAFETY: the caller's contract for `header`; alignment for `Handle<T>` was checked and is at
-    // least that of `Header`.
-    let header = unsafe { header(ptr.cast::<()>().cast_const()) }?;
-    if header.kind != T::KIND as u32 {
+    // SAFETY: forwarded contract.
+    unsafe { check_handle(ptr.cast::<()>().cast_const(), align_of::<Handle<T>>(), T::KIND) }?;
+    // SAFETY: the magic word and kind say this library wrote a `Handle<T>` here and has not freed
+    // it (checked, with the alignment for `Handle<T>`); the caller guarantees no other reference
+    // to it is live.
+    Ok(unsafe { &mut *ptr.cast::<Handle<T>>() })
+}
+
+/// Checks that `ptr` is a live handle of kind `kind` aligned to `align` (at least that of
+/// [`Header`]): one function for every kind, not a copy per kind and call.
+///
+/// # Safety
+/// As [`header`].
+#[inline(never)]
+unsafe fn check_handle(ptr: *const (), align: usize, kind: EsKind) -> Result<(), EsStatus> {
+    check_address(ptr as usize, align)?;
+    // SAFETY: the caller's contract for `header`; aligned to `align`, at least that of `Header`.
+    let header = unsafe { header(ptr) }?;
+    if header.kind != kind as u32 {
         return Err(EsStatus::WrongHandle);
     }
-    // SAFETY: the magic word and kind say this library wrote a `Handle<T>` here and has not freed
-    // it; the caller guarantees no other reference to it is live.
-    Ok(unsafe { &mut *ptr.cast::<Handle<T>>() })
+    Ok(())
 }
 
 /// As [`handle_mut`], shared.
@@ -297,15 +294,21 @@ pub(crate) unsafe fn slice<'a, T>(ptr: *const T, count: usize) -> Result<&'a [T]
     Ok(unsafe { core::slice::from_raw_parts(ptr, count) })
 }
 
-/// The NUL-terminated UTF-8 string at `ptr`.
+/// The NUL-terminated name at `ptr` (a format or policy name): ASCII, as every name the
+/// library knows is, which is cheaper to check than UTF-8; other bytes are an
+/// [`EsStatus::InvalidArgument`].
 ///
 /// # Safety
 /// A non-null `ptr` must point to a NUL-terminated string, unchanged while it is used.
 pub(crate) unsafe fn text<'a>(ptr: *const core::ffi::c_char) -> Result<&'a str, EsStatus> {
     check_ptr(ptr)?;
     // SAFETY: not null (checked), NUL-terminated by the caller's contract.
-    let c = unsafe { core::ffi::CStr::from_ptr(ptr) };
-    c.to_str().map_err(|_| EsStatus::InvalidArgument)
+    let bytes = unsafe { core::ffi::CStr::from_ptr(ptr) }.to_bytes();
+    if !bytes.is_ascii() {
+        return Err(EsStatus::InvalidArgument);
+    }
+    // SAFETY: ASCII (checked) is UTF-8.
+    Ok(unsafe { core::str::from_utf8_unchecked(bytes) })
 }
 
 /// Copies `text` NUL-terminated into the caller's `buffer` of `capacity` bytes (cut to fit) when
@@ -341,42 +344,38 @@ pub(crate) unsafe fn copy_text(
     }
 }
 
-/// Writes `error`'s text into a creation function's optional message buffer and returns `status`.
-///
-/// # Safety
-/// As [`copy_text`].
-pub(crate) unsafe fn message(
-    buffer: *mut core::ffi::c_char,
-    capacity: usize,
-    status: EsStatus,
-    error: impl fmt::Display,
-) -> EsStatus {
-    if !buffer.is_null() {
-        let mut bytes = [0u8; ES_ERROR_CAPACITY];
-        let mut text = TextBuf { bytes: &mut bytes, len: 0 };
-        let _ = write!(text, "{error}");
-        let len = text.len;
-        // SAFETY: forwarded contract; a message cut to fit is still the status given.
-        let _ = unsafe { copy_text(bytes.get(..len).unwrap_or(&[]), buffer, capacity, ptr::null_mut()) };
-    }
-    status
-}
-
-/// Runs an entry point that builds an object from nothing: `build` makes it or says why not
-/// (the text goes to the caller's `message` buffer, as no handle exists yet to keep it); `keep`
-/// turns it into a handle.
+/// Runs an entry point that builds an object from nothing: `build` makes it, or writes why not
+/// into the text it is given and returns the status; the text goes to the caller's `message`
+/// buffer of `capacity` bytes (when not null), as no handle exists yet to keep it. `keep` turns
+/// the object into a handle.
 ///
 /// # Safety
 /// As [`copy_text`] for `message`.
 pub(crate) unsafe fn build_into<T>(
     message: *mut core::ffi::c_char,
     capacity: usize,
-    build: impl FnOnce() -> Result<T, (EsStatus, String)>,
+    build: impl FnOnce(&mut Text<'_>) -> Result<T, EsStatus>,
     keep: impl FnOnce(T) -> Result<(), EsStatus>,
 ) -> EsStatus {
-    guard(|| match build() {
-        Ok(object) => status(keep(object)),
-        // SAFETY: forwarded contract.
-        Err((code, text)) => unsafe { self::message(message, capacity, code, text) },
+    guard(|| {
+        let mut bytes = [0u8; ES_ERROR_CAPACITY];
+        let mut text = Text::new(&mut bytes);
+        match build(&mut text) {
+            Ok(object) => status(keep(object)),
+            Err(code) => {
+                let len = text.len();
+                if !message.is_null() {
+                    // SAFETY: forwarded contract; a message cut to fit is still the status given.
+                    let _ = unsafe { copy_text(bytes.get(..len).unwrap_or(&[]), message, capacity, ptr::null_mut()) };
+                }
+                code
+            }
+        }
     })
+}
+
+/// Writes `reason` into `text` and returns `status`: a [`build_into`] failure.
+pub(crate) fn refuse(text: &mut Text<'_>, status: EsStatus, reason: impl Reason) -> EsStatus {
+    reason.write(text);
+    status
 }

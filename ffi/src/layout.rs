@@ -1,13 +1,12 @@
 //! Layouts and slot arenas: [`EsExpertLayout`] and [`EsArena`].
 
-use alloc::format;
-use alloc::string::{String, ToString};
 use core::ffi::c_char;
 
 use expertslab::{ExpertLayout, Format, Projection, SlotArena, StackLayout, MAX_PROJECTIONS};
 
-use crate::handle::{self, guard, status, Handle, Object};
+use crate::handle::{self, guard, refuse, status, Handle, Object};
 use crate::status::EsStatus;
+use crate::text::Text;
 use crate::types::{EsProjection, EsStackLayout};
 
 /// An expert layout: the projections one expert needs, each a stack layout (opaque).
@@ -31,31 +30,43 @@ impl Object for SlotArena {
     type Opaque = EsArena;
 }
 
-/// The core's layout of `stacks`, or the status and text of why not.
+/// The core's layout of `stacks`, or the status, with why written to `why`.
 ///
 /// # Safety
 /// `stacks` valid for `count` elements, each `format` a NUL-terminated string.
-unsafe fn build_layout(stacks: *const EsStackLayout, count: usize) -> Result<ExpertLayout, (EsStatus, String)> {
+unsafe fn build_layout(
+    stacks: *const EsStackLayout,
+    count: usize,
+    why: &mut Text<'_>,
+) -> Result<ExpertLayout, EsStatus> {
     // SAFETY: forwarded contract.
-    let items = unsafe { handle::slice(stacks, count) }.map_err(|s| (s, "the stack list".to_string()))?;
+    let items = unsafe { handle::slice(stacks, count) }.map_err(|s| refuse(why, s, "the stack list"))?;
     if items.is_empty() || items.len() > MAX_PROJECTIONS {
-        return Err((EsStatus::OutOfRange, format!("{count} projections; 1 to {MAX_PROJECTIONS} are allowed")));
+        return Err(refuse(why, EsStatus::OutOfRange, |t: &mut Text<'_>| {
+            t.num(count).put(" projections; 1 to ").num(MAX_PROJECTIONS).put(" are allowed");
+        }));
     }
     let placeholder =
-        (Projection::Gate, StackLayout::new(Format::F32, 1, 1, 1).map_err(|e| (EsStatus::Panic, e.to_string()))?);
+        (Projection::Gate, StackLayout::new(Format::F32, 1, 1, 1).map_err(|e| refuse(why, EsStatus::Panic, e))?);
     let mut pairs = [placeholder; MAX_PROJECTIONS];
     for (pair, item) in pairs.iter_mut().zip(items) {
-        let projection = EsProjection::from_u32(item.projection)
-            .map_err(|s| (s, format!("projection {} is not an EsProjection", item.projection)))?;
+        let projection = EsProjection::from_u32(item.projection).map_err(|s| {
+            refuse(why, s, |t: &mut Text<'_>| {
+                t.put("projection ").num(item.projection as usize).put(" is not an EsProjection");
+            })
+        })?;
         // SAFETY: forwarded contract.
-        let name = unsafe { handle::text(item.format) }.map_err(|s| (s, "the format name".to_string()))?;
-        let format =
-            Format::from_name(name).ok_or_else(|| (EsStatus::InvalidArgument, format!("unknown format {name:?}")))?;
+        let name = unsafe { handle::text(item.format) }.map_err(|s| refuse(why, s, "the format name"))?;
+        let format = Format::from_name(name).ok_or_else(|| {
+            refuse(why, EsStatus::InvalidArgument, |t: &mut Text<'_>| {
+                t.put("unknown format \"").put(name).put("\"");
+            })
+        })?;
         let stack = StackLayout::new(format, item.experts, item.rows, item.cols)
-            .map_err(|e| (EsStatus::InvalidArgument, e.to_string()))?;
+            .map_err(|e| refuse(why, EsStatus::InvalidArgument, e))?;
         *pair = (projection, stack);
     }
-    ExpertLayout::new(pairs.get(..items.len()).unwrap_or(&[])).map_err(|e| (EsStatus::InvalidArgument, e.to_string()))
+    ExpertLayout::new(pairs.get(..items.len()).unwrap_or(&[])).map_err(|e| refuse(why, EsStatus::InvalidArgument, e))
 }
 
 /// Builds an expert layout from `count` stack layouts (one per projection, in slot order) and
@@ -80,7 +91,7 @@ pub unsafe extern "C" fn es_expert_layout_new(
         handle::build_into(
             message,
             message_capacity,
-            || build_layout(stacks, count),
+            |why| build_layout(stacks, count, why),
             |layout| handle::create(layout, out),
         )
     }
@@ -109,7 +120,7 @@ pub unsafe extern "C" fn es_expert_layout_init(
         handle::build_into(
             message,
             message_capacity,
-            || build_layout(stacks, count),
+            |why| build_layout(stacks, count, why),
             |layout| handle::place(memory, size, layout, out),
         )
     }
@@ -138,6 +149,35 @@ pub unsafe extern "C" fn es_expert_layout_info(
                 handle::put(projections, l.projections().len())?;
                 handle::put(expert_bytes, l.expert_bytes())
             }
+        })())
+    })
+}
+
+/// Writes the bytes of one row of projection number `index` (in the layout's order: the order
+/// of the stacks it was built from) to `*row_bytes`: the columns' whole blocks of its format.
+/// An `index` past the layout's projections is `ES_STATUS_OUT_OF_RANGE`, kept on `layout`.
+///
+/// # Safety
+/// `layout` must be a handle from this library or null; `row_bytes` writable.
+#[no_mangle]
+pub unsafe extern "C" fn es_expert_layout_row_bytes(
+    layout: *mut EsExpertLayout,
+    index: usize,
+    row_bytes: *mut usize,
+) -> EsStatus {
+    guard(|| {
+        status((|| {
+            // SAFETY: forwarded contract.
+            let layout = unsafe { handle::handle_mut::<ExpertLayout>(layout) }?;
+            let count = layout.value.projections().len();
+            let Some((_, stack)) = layout.value.projections().get(index) else {
+                return Err(layout.fail(EsStatus::OutOfRange, |t: &mut Text<'_>| {
+                    t.put("projection ").num(index).put(" of a layout of ").num(count);
+                }));
+            };
+            let bytes = stack.row_bytes();
+            // SAFETY: forwarded contract.
+            unsafe { handle::put(row_bytes, bytes) }
         })())
     })
 }

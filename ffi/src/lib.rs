@@ -7,6 +7,7 @@
 //! |---|---|
 //! | [`status`] | [`EsStatus`]: what every function returns |
 //! | [`handle`] | handles: kind-tagged headers, each keeping its last error text; placing handles in caller memory |
+//! | `text` | error texts written from static strings and integers: the core's full texts on hosts, their static summaries on firmware (no `core::fmt`) |
 //! | [`types`] | the value structs C fills and reads: stack layouts, policies, pool configurations, steps, statistics |
 //! | [`layout`] | [`EsExpertLayout`], [`EsArena`] |
 //! | [`pool`] | [`EsPool`], [`EsPlan`], policies by name |
@@ -47,6 +48,7 @@ pub mod handle;
 pub mod layout;
 pub mod pool;
 pub mod status;
+mod text;
 pub mod trace;
 pub mod transfer;
 pub mod types;

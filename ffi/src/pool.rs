@@ -1,13 +1,12 @@
 //! Policies, pools and plans: [`EsPool`], [`EsPlan`].
 
-use alloc::format;
-use alloc::string::{String, ToString};
 use core::ffi::c_char;
 
 use expertslab::{ExpertPool, MigrationPlan, Policy, PoolConfig, PoolError};
 
-use crate::handle::{self, guard, status, Handle};
+use crate::handle::{self, guard, refuse, status, Handle};
 use crate::status::EsStatus;
+use crate::text::Text;
 use crate::types::{EsPolicy, EsPoolConfig, EsPoolStats, EsServeStats, EsStep};
 
 /// One layer's expert pool: residency, planning, serving and statistics (opaque).
@@ -49,19 +48,21 @@ pub unsafe extern "C" fn es_policy_from_name(name: *const c_char, policy: *mut E
     })
 }
 
-/// The core's pool of `config`, or the status and text of why not.
-fn build_pool(config: EsPoolConfig) -> Result<ExpertPool, (EsStatus, String)> {
-    let policy = config.policy.to_policy().map_err(|e| (EsStatus::InvalidArgument, e.to_string()))?;
-    let schedule = config.schedule.to_schedule().map_err(|e| (EsStatus::InvalidArgument, e.to_string()))?;
-    let initial = config
-        .initial_placement()
-        .map_err(|s| (s, format!("initial placement {} is not an EsInitialPlacement", config.initial)))?;
+/// The core's pool of `config`, or the status, with why written to `why`.
+fn build_pool(config: EsPoolConfig, why: &mut Text<'_>) -> Result<ExpertPool, EsStatus> {
+    let policy = config.policy.to_policy().map_err(|e| refuse(why, EsStatus::InvalidArgument, e))?;
+    let schedule = config.schedule.to_schedule().map_err(|e| refuse(why, EsStatus::InvalidArgument, e))?;
+    let initial = config.initial_placement().map_err(|s| {
+        refuse(why, s, |t: &mut Text<'_>| {
+            t.put("initial placement ").num(config.initial as usize).put(" is not an EsInitialPlacement");
+        })
+    })?;
     let pool_config = PoolConfig::new(config.experts, config.slots)
         .layer(config.layer)
         .policy(policy)
         .schedule(schedule)
         .initial(initial);
-    ExpertPool::new(pool_config).map_err(|e| (EsStatus::InvalidArgument, e.to_string()))
+    ExpertPool::new(pool_config).map_err(|e| refuse(why, pool_status(&e), e))
 }
 
 /// Builds a pool of `*config` and writes its handle, allocated by the library, to `*out`.
@@ -84,9 +85,9 @@ pub unsafe extern "C" fn es_pool_new(
         handle::build_into(
             message,
             message_capacity,
-            || {
-                let config = handle::get(config).map_err(|s| (s, "the pool configuration".to_string()))?;
-                build_pool(config)
+            |why| {
+                let config = handle::get(config).map_err(|s| refuse(why, s, "the pool configuration"))?;
+                build_pool(config, why)
             },
             |pool| handle::create(pool, out),
         )
@@ -138,7 +139,9 @@ fn check_expert(pool: &mut Handle<ExpertPool>, expert: usize) -> Result<(), EsSt
     if expert < experts {
         Ok(())
     } else {
-        Err(pool.fail(EsStatus::OutOfRange, format_args!("expert {expert} of a pool of {experts}")))
+        Err(pool.fail(EsStatus::OutOfRange, |t: &mut Text<'_>| {
+            t.put("expert ").num(expert).put(" of a pool of ").num(experts);
+        }))
     }
 }
 
@@ -148,7 +151,9 @@ fn check_slot(pool: &mut Handle<ExpertPool>, slot: usize) -> Result<(), EsStatus
     if slot < slots {
         Ok(())
     } else {
-        Err(pool.fail(EsStatus::OutOfRange, format_args!("slot {slot} of a pool of {slots}")))
+        Err(pool.fail(EsStatus::OutOfRange, |t: &mut Text<'_>| {
+            t.put("slot ").num(slot).put(" of a pool of ").num(slots);
+        }))
     }
 }
 
@@ -307,11 +312,13 @@ pub(crate) unsafe fn ids_of<'a>(
     unsafe { handle::slice(ids, count) }.map_err(|s| pool.fail(s, "the ids"))
 }
 
-/// The status of a pool's refusal.
+/// The status of a pool's refusal. A demand policy in a library built without the `demand`
+/// feature is an invalid argument, as its text says.
 pub(crate) fn pool_status(error: &PoolError) -> EsStatus {
     match error {
         PoolError::TooManyIds { .. } => EsStatus::TooManyIds,
         PoolError::BufferTooSmall { .. } => EsStatus::BufferTooSmall,
+        PoolError::PolicyNotBuilt { .. } => EsStatus::InvalidArgument,
         _ => EsStatus::InvalidArgument,
     }
 }
@@ -422,7 +429,9 @@ pub unsafe extern "C" fn es_plan_promotion(
             let plan = unsafe { handle::handle_mut::<MigrationPlan>(plan) }?;
             let len = plan.value.len();
             let Some(&promotion) = plan.value.promotions().get(index) else {
-                return Err(plan.fail(EsStatus::OutOfRange, format_args!("promotion {index} of a plan of {len}")));
+                return Err(plan.fail(EsStatus::OutOfRange, |t: &mut Text<'_>| {
+                    t.put("promotion ").num(index).put(" of a plan of ").num(len);
+                }));
             };
             // SAFETY: forwarded contract.
             unsafe {
@@ -441,4 +450,56 @@ pub unsafe extern "C" fn es_plan_promotion(
 pub unsafe extern "C" fn es_plan_free(plan: *mut EsPlan) -> EsStatus {
     // SAFETY: forwarded contract.
     guard(|| unsafe { handle::free::<MigrationPlan>(plan) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{EsSchedule, EsScheduleKind};
+
+    /// A pool of the policy `name` and the text of why not.
+    fn pool_of(name: &core::ffi::CStr) -> (EsStatus, String) {
+        // SAFETY: every pointer below is to a live local.
+        unsafe {
+            let mut policy = core::mem::zeroed::<EsPolicy>();
+            assert_eq!(es_policy_from_name(name.as_ptr(), &mut policy), EsStatus::Ok);
+            let config = EsPoolConfig {
+                layer: 0,
+                experts: 8,
+                slots: 2,
+                policy,
+                schedule: EsSchedule { kind: EsScheduleKind::EveryForward as u32, interval: 1 },
+                initial: 0,
+            };
+            let mut pool = core::ptr::null_mut();
+            let mut message = [0 as c_char; crate::ES_ERROR_CAPACITY];
+            let status = es_pool_new(&config, &mut pool, message.as_mut_ptr(), message.len());
+            assert_eq!(es_pool_free(pool), EsStatus::Ok);
+            (status, core::ffi::CStr::from_ptr(message.as_ptr()).to_string_lossy().into_owned())
+        }
+    }
+
+    #[test]
+    fn interval_policies_are_always_built() {
+        assert_eq!(pool_of(c"tide").0, EsStatus::Ok);
+        assert_eq!(pool_of(c"decay").0, EsStatus::Ok);
+    }
+
+    #[cfg(feature = "demand")]
+    #[test]
+    fn demand_policies_are_built_with_the_feature() {
+        for name in [c"lru", c"lfu", c"lru2", c"tinylfu"] {
+            assert_eq!(pool_of(name).0, EsStatus::Ok, "{name:?}");
+        }
+    }
+
+    #[cfg(not(feature = "demand"))]
+    #[test]
+    fn demand_policies_are_refused_without_the_feature() {
+        for name in [c"lru", c"lfu", c"lru2", c"tinylfu"] {
+            let (status, text) = pool_of(name);
+            assert_eq!(status, EsStatus::InvalidArgument, "{name:?}");
+            assert!(text.contains("is not built") && text.contains("`demand` feature"), "{name:?}: {text}");
+        }
+    }
 }

@@ -20,7 +20,8 @@ pub enum EsStatus {
     /// An expert, slot, projection, layer, promotion index or kind out of range.
     OutOfRange = 5,
     /// A value outside its domain: a layout, format name, policy name or setting, schedule,
-    /// or a string that is not UTF-8.
+    /// a name that is not ASCII or a string that is not UTF-8, or a policy this build of the
+    /// library leaves out (a demand policy without the `demand` feature).
     InvalidArgument = 6,
     /// A step with more ids than a pool takes at once; nothing was planned, moved or served.
     TooManyIds = 7,

@@ -1,14 +1,14 @@
 //! Trace replay on the host: [`EsTrace`], parsed from the core's NDJSON routing-trace format.
 
-use alloc::string::ToString;
 use core::ffi::c_char;
 
 use expertslab::trace::replay::{replay, CostModel, ReplayConfig, ReplayPolicy};
 use expertslab::trace::Trace;
 use expertslab::InitialPlacement;
 
-use crate::handle::{self, guard, status, Object};
+use crate::handle::{self, guard, refuse, status, Object};
 use crate::status::EsStatus;
+use crate::text::{Brief, Reason as _, Text};
 use crate::types::{EsCostModel, EsReplayStats, EsSchedule};
 
 /// A parsed routing trace (opaque).
@@ -42,10 +42,14 @@ pub unsafe extern "C" fn es_trace_parse(
         handle::build_into(
             message,
             message_capacity,
-            || {
-                let bytes = handle::slice(bytes, length).map_err(|s| (s, "the trace bytes".to_string()))?;
-                let text = core::str::from_utf8(bytes).map_err(|e| (EsStatus::InvalidArgument, e.to_string()))?;
-                Trace::parse(text).map_err(|e| (EsStatus::TraceInvalid, e.to_string()))
+            |why| {
+                let bytes = handle::slice(bytes, length).map_err(|s| refuse(why, s, "the trace bytes"))?;
+                let text = core::str::from_utf8(bytes).map_err(|error| {
+                    refuse(why, EsStatus::InvalidArgument, Brief { error: &error, brief: "the trace is not UTF-8" })
+                })?;
+                Trace::parse(text).map_err(|error| {
+                    refuse(why, EsStatus::TraceInvalid, Brief { error: &error, brief: "the trace does not parse" })
+                })
             },
             |trace| handle::create(trace, out),
         )
@@ -104,8 +108,12 @@ pub unsafe extern "C" fn es_trace_replay(
             let trace = unsafe { handle::handle_mut::<Trace>(trace) }?;
             // SAFETY: forwarded contract.
             let name = unsafe { handle::text(policy) }.map_err(|s| trace.fail(s, "the policy name"))?;
-            let policy = ReplayPolicy::from_name(name)
-                .map_err(|e| trace.fail(EsStatus::InvalidArgument, format_args!("{name:?}: {e}")))?;
+            let policy = ReplayPolicy::from_name(name).map_err(|error| {
+                trace.fail(EsStatus::InvalidArgument, |t: &mut Text<'_>| {
+                    t.put("\"").put(name).put("\": ");
+                    Brief { error: &error, brief: "unknown policy name" }.write(t);
+                })
+            })?;
             // SAFETY: forwarded contract.
             let schedule = unsafe { handle::get(schedule) }.map_err(|s| trace.fail(s, "the schedule"))?;
             let schedule = schedule.to_schedule().map_err(|e| trace.fail(EsStatus::InvalidArgument, e))?;
@@ -118,7 +126,9 @@ pub unsafe extern "C" fn es_trace_replay(
             handle::check_ptr(stats)?;
             let model = CostModel::new(cost.expert_bytes, cost.slow_pair_seconds, cost.link_bytes_per_second);
             let config = ReplayConfig::new(policy, slots, schedule, InitialPlacement::Warm, model);
-            let report = replay(&trace.value, &config).map_err(|e| trace.fail(EsStatus::TraceInvalid, e))?;
+            let report = replay(&trace.value, &config).map_err(|error| {
+                trace.fail(EsStatus::TraceInvalid, Brief { error: &error, brief: "the replay cannot run" })
+            })?;
             // SAFETY: forwarded contract.
             unsafe { handle::put(stats, EsReplayStats::from(&report.total)) }
         })())

@@ -2,17 +2,17 @@
 //! caller memory, [`es_migrate`] and the step call [`es_step`].
 
 use core::ffi::c_void;
-use core::fmt;
 
 use expertslab::{
-    migrate, ArenaSink, ExpertLayout, ExpertSource, LayerStacks, LayoutError, MigrateError, Projection, SlotArena,
-    SlotSink, SlotWrite, StepError,
+    migrate, ArenaSink, ExpertLayout, ExpertSource, LayerStacks, LayoutError, MigrateError, MigrateFailure, Projection,
+    SlotArena, SlotSink, SlotWrite, StepError,
 };
 
 use crate::handle::{self, guard, status, Handle, Object};
 use crate::layout::{buffer_status, EsArena, EsExpertLayout};
 use crate::pool::{ids_of, plan_of, pool_status, EsPlan, EsPool};
 use crate::status::EsStatus;
+use crate::text::{Reason, Text};
 use crate::types::{EsMigrateStats, EsProjection, EsStep, EsStepStats};
 
 /// Gives expert `expert`'s slab of projection `projection` (an `EsProjection` value) in layer
@@ -131,14 +131,28 @@ pub(crate) enum SourceError {
     Layout(LayoutError),
 }
 
-impl fmt::Display for SourceError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Reason for SourceError {
+    fn write(&self, text: &mut Text<'_>) {
         match self {
-            Self::Callback(code) => write!(f, "the source callback returned {code}"),
-            Self::NoBytes => f.write_str("the source callback gave a null pointer for a nonzero length"),
-            Self::Layer { asked, held } => write!(f, "layer {asked} asked of a source holding layer {held}"),
-            Self::Layout(e) => write!(f, "{e}"),
+            Self::Callback(code) => {
+                text.put("the source callback returned ").int(*code);
+            }
+            Self::NoBytes => {
+                text.put("the source callback gave a null pointer for a nonzero length");
+            }
+            Self::Layer { asked, held } => {
+                text.put("layer ").num(*asked).put(" asked of a source holding layer ").num(*held);
+            }
+            Self::Layout(e) => e.write(text),
         }
+    }
+}
+
+/// The core's `Display` of a migration failure prints the source's reason inside its own.
+#[cfg(not(target_os = "none"))]
+impl core::fmt::Display for SourceError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        crate::text::fmt_reason(self, f)
     }
 }
 
@@ -229,9 +243,9 @@ pub unsafe extern "C" fn es_source_from_stacks(
             let lengths = unsafe { handle::slice(lengths, count) }?;
             let expected = layout.value.projections().len();
             if count != expected {
-                return Err(
-                    layout.fail(EsStatus::OutOfRange, format_args!("{count} stacks for {expected} projections"))
-                );
+                return Err(layout.fail(EsStatus::OutOfRange, |t: &mut Text<'_>| {
+                    t.num(count).put(" stacks for ").num(expected).put(" projections");
+                }));
             }
             let mut bytes = [CallerBytes { ptr: core::ptr::null(), len: 0 }; expertslab::MAX_PROJECTIONS];
             for ((slot, &ptr), &len) in bytes.iter_mut().zip(pointers).zip(lengths) {
@@ -279,12 +293,42 @@ pub(crate) enum SinkError {
     Layout(LayoutError),
 }
 
-impl fmt::Display for SinkError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Reason for SinkError {
+    fn write(&self, text: &mut Text<'_>) {
         match self {
-            Self::Write(code) => write!(f, "the sink's write callback returned {code}"),
-            Self::Finish(code) => write!(f, "the sink's finish callback returned {code}"),
-            Self::Layout(e) => write!(f, "{e}"),
+            Self::Write(code) => {
+                text.put("the sink's write callback returned ").int(*code);
+            }
+            Self::Finish(code) => {
+                text.put("the sink's finish callback returned ").int(*code);
+            }
+            Self::Layout(e) => e.write(text),
+        }
+    }
+}
+
+/// As for [`SourceError`].
+#[cfg(not(target_os = "none"))]
+impl core::fmt::Display for SinkError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        crate::text::fmt_reason(self, f)
+    }
+}
+
+/// A failed migration: on hosts the core's full text (which promotion, after how many, why); on
+/// firmware the core's summary, then the source's or sink's own reason.
+impl Reason for MigrateFailure<SourceError, SinkError> {
+    fn write(&self, text: &mut Text<'_>) {
+        #[cfg(not(target_os = "none"))]
+        text.display(self);
+        #[cfg(target_os = "none")]
+        {
+            text.put(self.error.summary());
+            match &self.error {
+                MigrateError::Source(e) => e.write(text.put(": ")),
+                MigrateError::Sink(e) => e.write(text.put(": ")),
+                _ => {}
+            }
         }
     }
 }

@@ -13,6 +13,7 @@ use expertslab::{
 };
 
 use crate::status::EsStatus;
+use crate::text::{Reason, Text};
 
 /// A projection of an expert.
 #[repr(u32)]
@@ -153,12 +154,24 @@ impl EsPolicy {
             2 => Policy::Lru,
             3 => Policy::Lfu,
             4 => Policy::Lru2,
-            5 => Policy::Tinylfu(
-                AdmissionConfig::new(self.half_life, self.horizon, self.threshold).map_err(PolicyProblem::Setting)?,
-            ),
+            5 => Policy::Tinylfu(self.admission()?),
             other => return Err(PolicyProblem::Kind(other)),
         };
         Ok(policy)
+    }
+
+    /// The cost-aware policy's settings, checked.
+    #[cfg(feature = "demand")]
+    fn admission(self) -> Result<AdmissionConfig, PolicyProblem> {
+        AdmissionConfig::new(self.half_life, self.horizon, self.threshold).map_err(PolicyProblem::Setting)
+    }
+
+    /// The cost-aware policy's settings: a library built without the `demand` feature refuses
+    /// the policy when the pool is built (`PoolError::PolicyNotBuilt`), so they are not checked
+    /// (which would link the checks for nothing).
+    #[cfg(not(feature = "demand"))]
+    fn admission(self) -> Result<AdmissionConfig, PolicyProblem> {
+        Ok(AdmissionConfig::DEFAULT)
     }
 }
 
@@ -169,11 +182,13 @@ pub(crate) enum PolicyProblem {
     Setting(expertslab::PolicyError),
 }
 
-impl core::fmt::Display for PolicyProblem {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+impl Reason for PolicyProblem {
+    fn write(&self, text: &mut Text<'_>) {
         match self {
-            Self::Kind(kind) => write!(f, "policy kind {kind} is not an EsPolicyKind"),
-            Self::Setting(error) => write!(f, "{error}"),
+            Self::Kind(kind) => {
+                text.put("policy kind ").num(*kind as usize).put(" is not an EsPolicyKind");
+            }
+            Self::Setting(error) => error.write(text),
         }
     }
 }

@@ -13,7 +13,7 @@ OUT=target/cfirmware
 LIB=${CARGO_TARGET_DIR:-target}/thumbv7em-none-eabihf/firmware/libexpertslab_ffi.a
 mkdir -p "$OUT"
 cargo run --quiet --locked -p expertslab-golden --bin c-vectors -- "$OUT/golden_vectors.c"
-cargo rustc --quiet --locked -p expertslab-ffi --lib --target thumbv7em-none-eabihf --profile firmware \
+cargo rustc --quiet --locked -p expertslab-ffi --lib --target thumbv7em-none-eabihf --profile firmware --no-default-features \
   --crate-type staticlib
 
 CFLAGS=(-mcpu=cortex-m4 -mthumb -mfloat-abi=hard -mfpu=fpv4-sp-d16 -Os -g -std=c11 -ffreestanding

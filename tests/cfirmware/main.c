@@ -60,6 +60,20 @@ static bool check(bool condition, const char *what) {
   return condition;
 }
 
+/* Whether `text` contains `part` (no C library here). */
+static bool contains(const char *text, const char *part) {
+  for (; *text != '\0'; text++) {
+    size_t i = 0;
+    while (part[i] != '\0' && text[i] == part[i]) {
+      i++;
+    }
+    if (part[i] == '\0') {
+      return true;
+    }
+  }
+  return part[0] == '\0';
+}
+
 static bool bytes_equal(const uint8_t *a, const uint8_t *b, size_t length) {
   for (size_t i = 0; i < length; i++) {
     if (a[i] != b[i]) {
@@ -70,8 +84,8 @@ static bool bytes_equal(const uint8_t *a, const uint8_t *b, size_t length) {
 }
 
 /* Layout math of every format against the host's values (layout.txt), through
- * es_expert_layout_new and es_expert_layout_info. The C interface reports the bytes of one
- * expert and the expert count, so row bytes are not checked here (the Rust firmware does). */
+ * es_expert_layout_new, es_expert_layout_info and es_expert_layout_row_bytes: row bytes, the
+ * bytes of one expert and of the stack. */
 static bool layouts(void) {
   char message[ES_ERROR_CAPACITY];
   for (size_t i = 0; i < golden_layout_count; i++) {
@@ -89,10 +103,11 @@ static bool layouts(void) {
     if (!ok(status, NULL, "es_expert_layout_new")) {
       return false;
     }
-    size_t experts = 0, projections = 0, expert_bytes = 0;
+    size_t experts = 0, projections = 0, expert_bytes = 0, row_bytes = 0;
     bool same = ok(es_expert_layout_info(layout, &experts, &projections, &expert_bytes), layout, "info") &&
-                check(experts == c->experts && projections == 1 && expert_bytes == c->expert_bytes &&
-                          (uint64_t)experts * expert_bytes == c->total_bytes,
+                ok(es_expert_layout_row_bytes(layout, 0, &row_bytes), layout, "row bytes") &&
+                check(experts == c->experts && projections == 1 && row_bytes == c->row_bytes &&
+                          expert_bytes == c->expert_bytes && (uint64_t)experts * expert_bytes == c->total_bytes,
                       "a layout's bytes differ from the host's");
     (void)es_expert_layout_free(layout);
     if (!same) {
@@ -469,7 +484,11 @@ static bool failing_sink_run(struct migration *m, size_t fail_at) {
     return false;
   }
   EsStatus status = es_migrate(m->pool, m->plan, m->layout, m->source, m->sink, NULL);
+  char text[ES_ERROR_CAPACITY];
+  text[0] = '\0';
+  (void)es_last_error(m->pool, text, sizeof text, NULL);
   if (!check(status == ES_STATUS_SINK_FAILED, "the failing write was not reported") ||
+      !check(contains(text, "the sink's write callback returned 7"), "the pool's error text does not name the callback") ||
       !slots_hold_their_experts(m, &resident) || !check(resident == fail_at / PROJECTIONS, "wrong residents after the failure")) {
     return false;
   }
@@ -488,6 +507,25 @@ static bool failing_sink(void) {
     }
   }
   return true;
+}
+
+/* The library is built without its `demand` feature (tests/cfirmware/build.sh): a demand policy
+ * parses, but a pool of it is refused with ES_STATUS_INVALID_ARGUMENT and a text saying so. */
+static bool demand_policies_are_not_built(void) {
+  char message[ES_ERROR_CAPACITY];
+  message[0] = '\0';
+  EsPoolConfig config = {.layer = 0, .experts = 8, .slots = 2, .schedule = {ES_SCHEDULE_KIND_EVERY_FORWARD, 1},
+                         .initial = ES_INITIAL_PLACEMENT_WARM};
+  EsPool *pool = NULL;
+  if (!ok(es_policy_from_name("lru", &config.policy), NULL, "es_policy_from_name")) {
+    return false;
+  }
+  EsStatus status = es_pool_new(&config, &pool, message, sizeof message);
+  if (status == ES_STATUS_OK) {
+    (void)es_pool_free(pool);
+  }
+  return check(status == ES_STATUS_INVALID_ARGUMENT && pool == NULL, "a demand policy was not refused") &&
+         check(contains(message, "not built"), "the refusal does not say the policy is not built");
 }
 
 /* A panic in the library (a bug) reports here; the firmware then fails. */
@@ -529,6 +567,7 @@ int main(void) {
       {"routing_digest_matches_host", routing_digest},
       {"flash_slabs_migrate_into_sram_slots", flash_to_sram},
       {"failing_sink_keeps_pool_consistent", failing_sink},
+      {"demand_policies_are_not_built", demand_policies_are_not_built},
   };
   uint32_t passed = 0, failed = 0;
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

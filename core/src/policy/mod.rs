@@ -59,12 +59,27 @@ pub enum PolicyError {
     Horizon(f32),
 }
 
+impl PolicyError {
+    /// A short static text naming what went wrong, without the value (for error texts written
+    /// without `core::fmt`, which would otherwise link float formatting, as the C interface does
+    /// on firmware); [`Display`](fmt::Display) gives the full text.
+    pub const fn summary(&self) -> &'static str {
+        match self {
+            Self::HalfLife(_) => "the decay half-life is not a positive number of steps",
+            Self::Margin(_) => "the swap margin is not a finite factor of at least 1",
+            Self::UnknownName => "unknown policy name",
+            Self::Threshold(_) => "the admission threshold is not a finite number of uses of at least 0",
+            Self::Horizon(_) => "the admission horizon is not a finite number of steps of at least 0",
+        }
+    }
+}
+
 impl fmt::Display for PolicyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Self::HalfLife(v) => write!(f, "decay half-life {v} is not a positive number of steps"),
             Self::Margin(v) => write!(f, "swap margin {v} is not a finite factor of at least 1"),
-            Self::UnknownName => f.write_str("unknown policy name"),
+            Self::UnknownName => f.write_str(self.summary()),
             Self::Threshold(v) => write!(f, "admission threshold {v} is not a finite number of uses of at least 0"),
             Self::Horizon(v) => write!(f, "admission horizon {v} is not a finite number of steps of at least 0"),
         }

@@ -453,6 +453,12 @@ static void layouts_and_arenas(EsExpertLayout **kept) {
   size_t experts = 0, projections = 0, expert_bytes = 0;
   OK(es_expert_layout_info(layout, &experts, &projections, &expert_bytes));
   CHECK(experts == EXPERTS && projections == 3 && expert_bytes == 3 * SLAB);
+  size_t row_bytes = 0;
+  OK(es_expert_layout_row_bytes(layout, 2, &row_bytes));
+  CHECK(row_bytes == COLS * sizeof(float));
+  EXPECT(es_expert_layout_row_bytes(layout, 3, &row_bytes), ES_STATUS_OUT_OF_RANGE);
+  CHECK(error_mentions(layout, "projection 3 of a layout of 3"));
+  EXPECT(es_expert_layout_row_bytes(layout, 0, NULL), ES_STATUS_NULL_POINTER);
 
   EsArena *arena = NULL;
   OK(es_arena_init(arena_memory, sizeof arena_memory, layout, SLOTS, 16, &arena));
@@ -488,7 +494,14 @@ static void layouts_and_arenas(EsExpertLayout **kept) {
   EXPECT(es_expert_layout_new(wrong, 0, &bad, message, sizeof message), ES_STATUS_OUT_OF_RANGE);
   EXPECT(es_expert_layout_new(NULL, 2, &bad, message, sizeof message), ES_STATUS_NULL_POINTER);
   wrong[1].experts = 4;
+  /* A quantized stack: 64 columns of q8_0 are two blocks of 32 elements in 34 bytes. */
+  wrong[1].format = "q8_0";
+  wrong[1].cols = 64;
   OK(es_expert_layout_new(wrong, 2, &bad, NULL, 0));
+  OK(es_expert_layout_row_bytes(bad, 1, &row_bytes));
+  CHECK(row_bytes == 68);
+  OK(es_expert_layout_row_bytes(bad, 0, &row_bytes));
+  CHECK(row_bytes == 4 * sizeof(float));
   OK(es_expert_layout_free(bad));
 
   /* Sources over stacks: the wrong count, a short stack, a null stack. */
