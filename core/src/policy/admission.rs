@@ -94,7 +94,7 @@ impl AdmissionConfig {
         if !(threshold.is_finite() && threshold >= 0.0) {
             return Err(PolicyError::Threshold(threshold));
         }
-        let (decay, growth) = (libm::powf(0.5, 1.0 / half_life), libm::powf(2.0, 1.0 / half_life));
+        let (decay, growth) = per_step(half_life);
         Ok(Self { half_life, threshold, horizon, decay, growth, stride: 1 })
     }
 
@@ -103,11 +103,12 @@ impl AdmissionConfig {
     /// and horizon stretch by `streams` pool steps (their meaning in forward steps is kept), and
     /// an expert's run continues when its layer's previous step, `streams` pool steps back, used
     /// it. Half-lives stretched past `f32`'s range stop decaying.
+    #[cfg(feature = "demand")]
     #[must_use]
     pub(crate) fn interleaved(&self, streams: u32) -> Self {
         let stride = streams.max(1);
         let half_life = self.half_life * stride as f32;
-        let (decay, growth) = (libm::powf(0.5, 1.0 / half_life), libm::powf(2.0, 1.0 / half_life));
+        let (decay, growth) = per_step(half_life);
         Self { half_life, horizon: self.horizon * stride as f32, decay, growth, stride, ..*self }
     }
 
@@ -136,6 +137,11 @@ impl AdmissionConfig {
             MissAction::InPlace
         }
     }
+}
+
+/// The per-step decay `0.5^(1 / half_life)` of a count, and its inverse.
+fn per_step(half_life: f32) -> (f32, f32) {
+    (libm::powf(0.5, 1.0 / half_life), libm::powf(2.0, 1.0 / half_life))
 }
 
 impl Default for AdmissionConfig {

@@ -212,10 +212,13 @@ impl Policy {
     }
 
     /// This policy for a shared pool of `layers` layers taking turns: the cost-aware policy's
-    /// settings stretched to pool steps ([`AdmissionConfig::interleaved`]); the others as they
-    /// are.
+    /// settings stretched to pool steps (`AdmissionConfig::interleaved`); the others as they
+    /// are. Without the `demand` feature no pool builds a demand policy, and nothing changes
+    /// (nor links the power function a firmware's decay policy does not call).
+    #[cfg_attr(not(feature = "demand"), allow(clippy::unused_self, unused_variables))]
     pub(crate) fn interleaved(self, layers: u32) -> Self {
         match self {
+            #[cfg(feature = "demand")]
             Self::Tinylfu(config) => Self::Tinylfu(config.interleaved(layers)),
             other => other,
         }
