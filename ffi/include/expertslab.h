@@ -808,7 +808,9 @@ enum EsStatus es_expert_layout_info(const struct EsExpertLayout *layout,
 /**
  * Writes the bytes of one row of projection number `index` (in the layout's order: the order
  * of the stacks it was built from) to `*row_bytes`: the columns' whole blocks of its format.
- * An `index` past the layout's projections is `ES_STATUS_OUT_OF_RANGE`, kept on `layout`.
+ * An `index` past the layout's projections is `ES_STATUS_OUT_OF_RANGE`, kept on `layout` (which
+ * is why `layout` is not `const` here, unlike in `es_expert_layout_info`, which cannot fail on a
+ * valid handle).
  *
  * # Safety
  * `layout` must be a handle from this library or null; `row_bytes` writable.

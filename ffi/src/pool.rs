@@ -318,7 +318,7 @@ pub(crate) fn pool_status(error: &PoolError) -> EsStatus {
     match error {
         PoolError::TooManyIds { .. } => EsStatus::TooManyIds,
         PoolError::BufferTooSmall { .. } => EsStatus::BufferTooSmall,
-        PoolError::PolicyNotBuilt { .. } => EsStatus::InvalidArgument,
+        // `PolicyNotBuilt` among them.
         _ => EsStatus::InvalidArgument,
     }
 }

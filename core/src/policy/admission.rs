@@ -20,6 +20,10 @@
 //!   lower share): routing repeats between consecutive tokens, and this is the expected length of
 //!   such a run. The policy adapts it to the stream as it goes.
 //!
+//! In a pool shared by several layers ([`crate::SharedSlotPool`]), which take turns, "the step
+//! before" is the expert's layer's previous step, and an expert of another layer that its layer's
+//! latest step used is still in its run: it keeps the continuation until that layer steps again.
+//!
 //! On a miss the demotion candidate is the unpinned resident with the lowest score (ties to the
 //! least recently used, then the lower id), and the miss's [`MissAction`] is a copy only when
 //! the missing expert's score exceeds the candidate's by more than `threshold` (a free slot counts
@@ -102,14 +106,17 @@ impl AdmissionConfig {
     /// forward step ([`crate::SharedSlotPool`]): the pool counts a step per layer, so half-life
     /// and horizon stretch by `streams` pool steps (their meaning in forward steps is kept), and
     /// an expert's run continues when its layer's previous step, `streams` pool steps back, used
-    /// it. Half-lives stretched past `f32`'s range stop decaying.
+    /// it. Stretched half-lives past about 2 × 10⁷ pool steps round the per-step decay to 1, which
+    /// drops the popularity term from the score (as for such half-lives per layer); horizons are
+    /// capped at `f32::MAX`.
     #[cfg(feature = "demand")]
     #[must_use]
     pub(crate) fn interleaved(&self, streams: u32) -> Self {
         let stride = streams.max(1);
-        let half_life = self.half_life * stride as f32;
+        let half_life = (self.half_life * stride as f32).min(f32::MAX);
+        let horizon = (self.horizon * stride as f32).min(f32::MAX);
         let (decay, growth) = per_step(half_life);
-        Self { half_life, horizon: self.horizon * stride as f32, decay, growth, stride, ..*self }
+        Self { half_life, horizon, decay, growth, stride, ..*self }
     }
 
     /// The steps over which an expert's use rate is credited in its score.
