@@ -3,6 +3,8 @@
 
 use std::num::NonZeroU32;
 
+use expertslab::trace::replay::{replay, CostModel, ReplayConfig, ReplayPolicy};
+use expertslab::trace::{Trace, TraceHeader};
 use expertslab::{
     AdmissionConfig, DecayConfig, ExpertPool, InitialPlacement, MigrationPlan, Policy, PoolConfig, Schedule, Step,
 };
@@ -93,10 +95,21 @@ proptest! {
     }
 
     #[test]
-    fn belady_never_faults_more_than_a_demand_policy((experts, slots, warm, steps) in trace()) {
-        let optimum = run_demand(Policy::Belady, experts, slots, warm, &steps);
-        for policy in [Policy::Lru, Policy::Lfu, Policy::Lru2] {
-            prop_assert!(optimum <= run_demand(policy, experts, slots, warm, &steps), "{}", policy.name());
+    fn no_demand_policy_beats_the_exact_optimum((experts, slots, warm, steps) in trace()) {
+        // Faults cost alike (a copy and a pair served in place: one second each), so modeled
+        // time is what `run_demand` counts. Belady's rule, farthest next use, is not optimal
+        // once a miss may be served in place, so it is held to the optimum like the others.
+        let mut trace = Trace::new(TraceHeader { experts, layers: 1, top_k: 1 }).unwrap();
+        for (s, ids) in steps.iter().enumerate() {
+            trace.push(0, s as u64, false, ids).unwrap();
+        }
+        let initial = if warm { InitialPlacement::Warm } else { InitialPlacement::Cold };
+        let config =
+            ReplayConfig::new(ReplayPolicy::Optimal, slots, Schedule::EveryForward, initial, CostModel::new(1, 1.0, 1.0));
+        let optimum = replay(&trace, &config).unwrap().total.modeled_time_s;
+        for policy in [Policy::Lru, Policy::Lfu, Policy::Lru2, Policy::Belady] {
+            let faults = run_demand(policy, experts, slots, warm, &steps);
+            prop_assert!(optimum <= faults as f64, "{}: {faults} faults, optimum {optimum}", policy.name());
         }
     }
 
@@ -127,6 +140,53 @@ proptest! {
         prop_assert_eq!(pool.stats().promotions - before.promotions, reference.promotions);
         prop_assert_eq!(pool.stats().demotions, reference.demotions);
     }
+}
+
+#[test]
+fn a_step_s_miss_never_demotes_an_expert_the_same_step_uses() {
+    // 3 experts, 2 slots warm with 0 and 1; steps [0, 1] then [2, 0]. Expert 0 is pinned before
+    // 2 is admitted (its id comes after 2's), so 2 takes 1's slot: one promotion, one demotion,
+    // and 0 hits. Admitting 2 into 0's slot would copy 0 straight back.
+    let steps: [&[u32]; 2] = [&[0, 1], &[2, 0]];
+    let stream: Vec<u32> = steps.concat();
+    let tinylfu = Policy::Tinylfu(AdmissionConfig::new(4.0, 1.0, 0.0).unwrap());
+    for policy in [Policy::Lru, Policy::Lfu, Policy::Lru2, Policy::Belady, tinylfu] {
+        let (mut pool, mut plan) = pool(3, 2, true, policy, Schedule::EveryForward);
+        if policy == Policy::Belady {
+            pool.load_future(&stream).unwrap();
+        }
+        let start = *pool.stats();
+        let mut hits = 0;
+        for (s, ids) in steps.iter().enumerate() {
+            pool.plan_step(Step::decode(s as u64), ids, &mut plan).unwrap();
+            commit(&mut pool, &plan);
+            hits += pool.serve(ids).hits;
+        }
+        let name = policy.name();
+        assert_eq!(pool.stats().promotions - start.promotions, 1, "{name}");
+        assert_eq!(pool.stats().demotions, 1, "{name}");
+        assert_eq!(resident_set(&pool), [0, 2].into(), "{name}");
+        assert_eq!(hits, 3, "{name}: 0 and 1, then 0");
+    }
+    // Shared pools pin the same way: one layer of the 3 experts over 2 shared slots.
+    let config = PoolConfig::new(3, 2).policy(Policy::Lru);
+    let mut shared = expertslab::SharedSlotPool::new(1, config, 4).unwrap();
+    let mut plan = MigrationPlan::new(shared.slots());
+    shared.initial_plan(&mut plan);
+    for &p in plan.promotions() {
+        shared.commit(p, 1).unwrap();
+    }
+    let mut promoted = 0;
+    for (s, ids) in steps.iter().enumerate() {
+        shared.plan_step(0, Step::decode(s as u64), ids, &mut plan).unwrap();
+        promoted += plan.len();
+        for &p in plan.promotions() {
+            shared.commit(p, 1).unwrap();
+        }
+        shared.serve(0, ids);
+    }
+    assert_eq!(promoted, 1);
+    assert!(shared.slot_of(0, 0).is_some() && shared.slot_of(0, 2).is_some());
 }
 
 #[test]

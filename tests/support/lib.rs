@@ -170,8 +170,9 @@ pub const GATE_UP_DOWN: [Projection; 3] = [Projection::Gate, Projection::Up, Pro
 
 /// Demand caching written as plainly as possible, to check the pool's LRU, LFU, LRU-2 and Belady.
 /// Residents are a list; demotion candidates are found by scanning it; Belady scans the stream for next uses.
-/// Experts used or admitted in the current step are never demotion candidates; with no other demotion candidate a miss is
-/// not admitted.
+/// Pin before admit: the residents any id of the current step routes (pinned before its first
+/// miss), the experts it admits and those prefetched for it are never demotion candidates; with
+/// no other demotion candidate a miss is not admitted.
 #[derive(Debug, Clone)]
 pub struct ReferenceDemand {
     /// "lru", "lfu", "lru2" or "belady".
@@ -198,6 +199,10 @@ pub struct ReferenceDemand {
     pub promotions: u64,
     /// Counters.
     pub demotions: u64,
+    /// Experts the last step used or admitted (pinned during a prefetch after it).
+    last_step: HashSet<u32>,
+    /// Experts prefetched for the next step (pinned through it).
+    prefetched: HashSet<u32>,
 }
 
 impl ReferenceDemand {
@@ -221,6 +226,51 @@ impl ReferenceDemand {
             served_in_place: 0,
             promotions: 0,
             demotions: 0,
+            last_step: HashSet::new(),
+            prefetched: HashSet::new(),
+        }
+    }
+
+    /// The policy's demotion key of a resident (lowest goes first; ties to the lower id).
+    fn key(&self, r: &(u32, u64, u64)) -> (u64, u64, u32) {
+        match self.kind {
+            "lru" => (r.1, 0, r.0),
+            "lfu" => (self.frequency.get(&r.0).copied().unwrap_or(0), 0, r.0),
+            "lru2" => (r.2, r.1, r.0),
+            "belady" => (u64::MAX - self.next_use(r.0) as u64, 0, r.0),
+            other => panic!("unknown policy {other}"),
+        }
+    }
+
+    /// The resident the policy demotes first among those not in `pinned`.
+    fn victim(&self, pinned: &HashSet<u32>) -> Option<usize> {
+        let candidates = (0..self.resident.len()).filter(|&i| !pinned.contains(&self.resident[i].0));
+        candidates.min_by_key(|&i| self.key(&self.resident[i]))
+    }
+
+    /// Prefetch after a step: until `limit` are placed, each guess neither resident nor placed
+    /// goes into a free slot or replaces the policy's demotion candidate among the residents the
+    /// last step did not use or admit (every candidate is outranked). A prefetched expert ranks
+    /// as never used and is pinned through the next step.
+    pub fn prefetch(&mut self, guesses: &[u32], limit: usize) {
+        let mut placed = 0;
+        for &guess in guesses {
+            if placed >= limit || self.slots == 0 {
+                break;
+            }
+            if guess >= self.experts || self.resident.iter().any(|r| r.0 == guess) {
+                continue;
+            }
+            if self.resident.len() == self.slots {
+                let pinned: HashSet<u32> = self.last_step.union(&self.prefetched).copied().collect();
+                let Some(victim) = self.victim(&pinned) else { break };
+                self.resident.remove(victim);
+                self.demotions += 1;
+            }
+            self.resident.push((guess, 0, 0));
+            self.prefetched.insert(guess);
+            self.promotions += 1;
+            placed += 1;
         }
     }
 
@@ -231,7 +281,11 @@ impl ReferenceDemand {
     /// Serves one step.
     pub fn step(&mut self, ids: &[u32]) {
         let mut admitted: HashSet<u32> = HashSet::new();
-        let mut pinned: HashSet<u32> = HashSet::new();
+        // Pin before admit: every resident any valid id of the step routes, before the first
+        // miss, and the experts prefetched for this step.
+        let mut pinned: HashSet<u32> =
+            ids.iter().copied().filter(|&id| self.resident.iter().any(|r| r.0 == id)).collect();
+        pinned.extend(self.prefetched.drain());
         for &id in ids {
             self.position += 1;
             if id >= self.experts {
@@ -262,19 +316,7 @@ impl ReferenceDemand {
                     self.served_in_place += 1;
                     continue;
                 }
-                let key = |r: &(u32, u64, u64)| -> (u64, u64, u32) {
-                    match self.kind {
-                        "lru" => (r.1, 0, r.0),
-                        "lfu" => (self.frequency.get(&r.0).copied().unwrap_or(0), 0, r.0),
-                        "lru2" => (r.2, r.1, r.0),
-                        "belady" => (u64::MAX - self.next_use(r.0) as u64, 0, r.0),
-                        other => panic!("unknown policy {other}"),
-                    }
-                };
-                let demotable = (0..self.resident.len())
-                    .filter(|&i| !pinned.contains(&self.resident[i].0))
-                    .min_by_key(|&i| key(&self.resident[i]))
-                    .expect("an unpinned resident");
+                let demotable = self.victim(&pinned).expect("an unpinned resident");
                 self.resident.remove(demotable);
                 self.demotions += 1;
             }
@@ -283,6 +325,7 @@ impl ReferenceDemand {
             self.served_by_copy += 1;
         }
         self.promotions += admitted.len() as u64;
+        self.last_step = ids.iter().copied().filter(|&id| self.resident.iter().any(|r| r.0 == id)).collect();
     }
 
     /// The resident set.

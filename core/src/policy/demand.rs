@@ -21,8 +21,11 @@
 //!   step's cutoff is not pinned: it may give its slot up, and its ids are served in place.
 //!
 //! A step's ids are served together once its plan is migrated, so the experts a step uses or
-//! admits are pinned until the step ends: a demotion candidate is never one of them. When every slot holds
-//! one, a miss is served from slow memory without being admitted. With this rule the residency
+//! admits are pinned until the step ends: a demotion candidate is never one of them. Pinning
+//! comes before admission: before the step's first miss is admitted, every resident that any id
+//! of the step routes is pinned (not only those whose ids were served before the miss), so a
+//! miss never demotes an expert a later id of the same step uses. When every slot holds a
+//! pinned expert, a miss is served from slow memory without being admitted. With this rule the residency
 //! decided id by id is exactly the one serving sees after migration: a resident's ids hit, every
 //! id of an admitted expert is a miss served by copy, every other id a miss served in place.
 
@@ -192,9 +195,11 @@ impl DemandCache {
         if let Some(filter) = self.filter.as_mut() {
             filter.begin_step(ids, slot_expert.len());
         }
-        // Slots this step has used or admitted into: once every slot is, a miss needs no search
-        // for a demotion candidate (there is none).
-        let mut pinned = 0usize;
+        // Slots this step has pinned: once every slot is, a miss needs no search for a demotion
+        // candidate (there is none). Before the first miss is admitted, every committed resident
+        // that any id of the step routes is pinned, so no admission of this step demotes an
+        // expert the step uses.
+        let mut pinned = self.pin_routed(expert_slot, ids);
         for &id in ids {
             let position = self.future.cursor;
             self.future.cursor = position.saturating_add(1);
@@ -212,7 +217,7 @@ impl DemandCache {
             }
             if word != NOT_RESIDENT {
                 if let Some(u) = self.uses.get_mut(slot_in(word)) {
-                    pinned = pinned.saturating_add(usize::from(u.step != self.step));
+                    // Pinned already: by `pin_routed`, or as admitted by this step.
                     *u = Uses { prev: u.last, last: self.clock, step: self.step };
                 }
                 continue;
@@ -269,6 +274,25 @@ impl DemandCache {
         demotions
     }
 
+    /// Pins, for the current step, the slot of every committed resident that a valid id of `ids`
+    /// routes, leaving its use history as it is (the ids update it in order as they are served).
+    /// Returns the number of slots it pinned (slots a prefetch pinned through this step are not
+    /// counted: the count only spares searches that cannot succeed).
+    fn pin_routed(&mut self, expert_slot: &[u32], ids: &[u32]) -> usize {
+        let mut pinned = 0usize;
+        for &id in ids {
+            let Some(&word) = expert_slot.get(id as usize) else { continue };
+            if word == NOT_RESIDENT {
+                continue;
+            }
+            if let Some(u) = self.uses.get_mut(slot_in(word)) {
+                pinned = pinned.saturating_add(usize::from(u.step != self.step));
+                u.step = self.step;
+            }
+        }
+        pinned
+    }
+
     /// Prefetch (see [`crate::ExpertPool::prefetch`]): until `limit` are placed, each expert of
     /// `experts` that is neither
     /// resident nor already placed goes into a free slot, or into the slot of the policy's demotion
@@ -284,6 +308,11 @@ impl DemandCache {
         plan: &mut MigrationPlan,
     ) -> usize {
         let AdmitState { expert_slot, slot_expert } = state;
+        // A slot prefetched for the step just served that the step did not use (never used since
+        // its copy) is pinned no longer: only what that step used or admitted stays.
+        for u in self.uses.iter_mut().filter(|u| u.step == self.step && u.last == 0) {
+            u.step = u64::MAX;
+        }
         let mut demotions = 0usize;
         for &expert in experts {
             if plan.len() >= limit {

@@ -341,6 +341,10 @@ mod tests {
         /// Serves one layer's step; returns (hits, misses, misses served by copy, admissions).
         fn step(&mut self, keys: &[Option<usize>]) -> (u32, u32, u32, usize) {
             self.step += 1;
+            // Pin before admit: every resident key of the step is pinned before the first miss.
+            for r in self.residents.iter_mut().filter(|r| keys.contains(&Some(r.0))) {
+                r.2 = self.step;
+            }
             let (mut hits, mut misses, mut by_copy, mut admitted) = (0, 0, 0, 0);
             let mut copied = Vec::new();
             for &key in keys {
