@@ -7,10 +7,10 @@
 use core::fmt;
 
 use crate::error::PoolError;
-use crate::layout::ExpertLayout;
+use crate::layout::{ExpertLayout, Projection};
 use crate::migrate::{migrate, MigrateFailure, MigrateStats};
 use crate::plan::MigrationPlan;
-use crate::pool::{ExpertPool, ServeStats};
+use crate::pool::{split_key, ExpertPool, ServeStats, SharedSlotPool};
 use crate::schedule::Step;
 use crate::sink::SlotSink;
 use crate::source::ExpertSource;
@@ -126,6 +126,85 @@ impl ExpertPool {
     }
 }
 
+impl SharedSlotPool {
+    /// One step of `layer` over the shared slots, as [`ExpertPool::step`] for a layer's own
+    /// pool: plans from `ids` ([`SharedSlotPool::plan_step`]), copies the plan's promotions from
+    /// `source` into `sink`, and serves `ids` ([`SharedSlotPool::serve`]). Promotions carry keys;
+    /// each copy reads the slabs of the key's `(layer, expert)` from `source` and writes them to
+    /// the shared slot in `sink` (its [`crate::SlotWrite::layer`] is the shared pool's layer
+    /// index, [`PoolConfig::layer`](crate::PoolConfig::layer), 0 unless set). `layout` is the
+    /// expert layout every layer shares. Allocates nothing.
+    ///
+    /// # Errors
+    /// [`StepError::Pool`] for a layer out of range or a step with too many ids (nothing was
+    /// planned, moved or served); [`StepError::Migrate`] when a copy failed, with the step's
+    /// counts (its ids were served).
+    #[allow(clippy::too_many_arguments)]
+    pub fn step<S, K>(
+        &mut self,
+        layer: usize,
+        step: Step,
+        ids: &[u32],
+        plan: &mut MigrationPlan,
+        layout: &ExpertLayout,
+        source: &S,
+        sink: &mut K,
+    ) -> Result<StepStats, StepError<S::Error, K::Error>>
+    where
+        S: ExpertSource + ?Sized,
+        K: SlotSink + ?Sized,
+    {
+        let experts = self.experts();
+        let keyed = KeyedSource { source, experts };
+        self.step_with(layer, step, ids, plan, |pool, plan| migrate(pool, plan, layout, &keyed, sink))
+    }
+
+    /// [`SharedSlotPool::step`] with a migrator of the caller's, which copies and commits the
+    /// plan's promotions in the pool over keys it is given (keys in
+    /// [`crate::Promotion::expert`]; [`SharedSlotPool::split`] names their layer and expert).
+    ///
+    /// # Errors
+    /// As [`SharedSlotPool::step`].
+    pub fn step_with<S, K>(
+        &mut self,
+        layer: usize,
+        step: Step,
+        ids: &[u32],
+        plan: &mut MigrationPlan,
+        migrate: impl FnOnce(&mut ExpertPool, &MigrationPlan) -> Result<MigrateStats, MigrateFailure<S, K>>,
+    ) -> Result<StepStats, StepError<S, K>> {
+        let refreshed = self.plan_step(layer, step, ids, plan).map_err(StepError::Pool)?;
+        let migrated = migrate(self.keyed(), plan);
+        let mut stats = StepStats { refreshed, migrated: MigrateStats::default(), served: self.serve(layer, ids) };
+        match migrated {
+            Ok(report) => {
+                stats.migrated = report;
+                Ok(stats)
+            }
+            Err(failure) => {
+                stats.migrated = failure.completed;
+                Err(StepError::Migrate { stats, failure })
+            }
+        }
+    }
+}
+
+/// A source read by key: key `layer × experts + expert` of any requested layer names `expert` of
+/// `layer` in the wrapped source (the shared pool's copies).
+struct KeyedSource<'a, S: ?Sized> {
+    source: &'a S,
+    experts: usize,
+}
+
+impl<S: ExpertSource + ?Sized> ExpertSource for KeyedSource<'_, S> {
+    type Error = S::Error;
+
+    fn expert(&self, _shared_layer: usize, projection: Projection, key: usize) -> Result<&[u8], Self::Error> {
+        let (layer, expert) = split_key(key, self.experts);
+        self.source.expert(layer, projection, expert)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use alloc::vec;
@@ -134,7 +213,7 @@ mod tests {
     use super::*;
     use crate::error::MigrateError;
     use crate::format::Format;
-    use crate::layout::{Projection, StackLayout};
+    use crate::layout::StackLayout;
     use crate::pool::{InitialPlacement, PoolConfig};
     use crate::sink::SlotWrite;
     use crate::source::LayerStacks;
@@ -206,6 +285,38 @@ mod tests {
         // Expert 5 was resident before this step; expert 6 is copied in for it.
         assert_eq!(stats.served, ServeStats { hits: 2, misses: 1, served_by_copy: 1, served_in_place: 0, invalid: 0 });
         assert_eq!(sink.bytes[pool.slot_of(6).unwrap()], [6; 4]);
+    }
+
+    #[test]
+    fn a_shared_step_copies_each_key_s_own_layer_and_expert() {
+        // Two layers of 8 one-row experts (layer 1's bytes are its experts' ids plus 100) over
+        // three shared slots under LRU, cold.
+        let (layout, bytes) = layer();
+        let other: Vec<u8> = bytes.iter().map(|b| b + 100).collect();
+        let model = [
+            LayerStacks::new(layout.clone(), &[&bytes[..]]).unwrap(),
+            LayerStacks::new(layout.clone(), &[&other[..]]).unwrap(),
+        ];
+        let mut sink = Slots { bytes: vec![[0xff; 4]; 3], fail_slot: None };
+        let config = PoolConfig::new(8, 3).policy(crate::Policy::Lru).initial(InitialPlacement::Cold);
+        let mut pool = SharedSlotPool::new(2, config, 8).unwrap();
+        let mut plan = MigrationPlan::new(3);
+        let stats = pool.step(0, Step::decode(0), &[5, 6], &mut plan, &layout, &model[..], &mut sink).unwrap();
+        assert_eq!((stats.migrated.copied, stats.served.served_by_copy), (2, 2));
+        let stats = pool.step(1, Step::decode(0), &[5, 9], &mut plan, &layout, &model[..], &mut sink).unwrap();
+        assert_eq!((stats.migrated.copied, stats.served.invalid), (1, 1));
+        assert_eq!(sink.bytes[pool.slot_of(0, 5).unwrap()], [5; 4]);
+        assert_eq!(sink.bytes[pool.slot_of(0, 6).unwrap()], [6; 4]);
+        assert_eq!(sink.bytes[pool.slot_of(1, 5).unwrap()], [105; 4]);
+        // Layer 0 again: 5 and 6 hit and are pinned before 7 is admitted, so 7 demotes the only
+        // key this step does not route: layer 1's 5.
+        let stats = pool.step(0, Step::decode(1), &[7, 5, 6], &mut plan, &layout, &model[..], &mut sink).unwrap();
+        assert_eq!((stats.served.hits, stats.served.served_by_copy), (2, 1));
+        assert_eq!(pool.slot_of(1, 5), None);
+        assert_eq!(sink.bytes[pool.slot_of(0, 7).unwrap()], [7; 4]);
+        // A layer out of range is refused before anything moves.
+        let err = pool.step(2, Step::decode(1), &[1], &mut plan, &layout, &model[..], &mut sink).unwrap_err();
+        assert!(matches!(err, StepError::Pool(PoolError::LayerOutOfRange { layer: 2, layers: 2 })));
     }
 
     #[test]
