@@ -105,4 +105,4 @@ pub use ffn::{LayerSlots, MissAction, MissCosts, MissRule, MoeFfn, PairSource, P
 pub use host::{CopyPath, HostMemory, RegisterReport, RingConfig};
 pub use reference::FfnShape;
 pub use sink::{CudaSlotSink, LateFailure, SinkStats, SlotRef};
-pub use table::{DeviceSlotTable, NOT_RESIDENT};
+pub use table::{DeviceSlotTable, TableView, NOT_RESIDENT};

@@ -143,18 +143,52 @@ fn slots_are_overwritten_only_after_the_kernels_that_read_them() {
 }
 
 #[test]
-fn the_table_uploads_only_the_changed_span() {
-    let (_, mut lane) = lane(true, RingConfig::default(), Policy::Tide);
+fn the_table_writes_the_buffer_not_read_last_with_only_the_changed_span() {
+    let (driver, mut lane) = lane(true, RingConfig::default(), Policy::Tide);
     lane.step(0).unwrap();
     let pool = &lane.pools[0];
-    // Nothing changed since: nothing uploaded.
+    // Nothing changed since: nothing uploaded, the current buffer stays.
+    let before = lane.tables[0].view();
     assert_eq!(lane.tables[0].update(pool, &mut lane.sink).unwrap(), 0);
+    assert_eq!(lane.tables[0].view(), before);
+    // Forgotten: each buffer is written in full once.
     lane.tables[0].invalidate();
     assert_eq!(lane.tables[0].update(pool, &mut lane.sink).unwrap(), 16 * 4);
-    // One expert demoted: one entry.
-    let (slot, _) = lane.pools[0].residents().next().unwrap();
-    lane.pools[0].demote_slot(slot);
-    assert_eq!(lane.tables[0].update(&lane.pools[0], &mut lane.sink).unwrap(), 4);
+    let first = lane.tables[0].view();
+    assert_ne!(first, before, "an update that writes makes the other buffer current");
+    let demote = |lane: &mut Lane<Mock>| {
+        let (slot, expert) = lane.pools[0].residents().next().unwrap();
+        lane.pools[0].demote_slot(slot);
+        expert
+    };
+    let a = demote(&mut lane);
+    assert_eq!(lane.tables[0].update(&lane.pools[0], &mut lane.sink).unwrap(), 16 * 4);
+    // Back to the first buffer, which lacks both demotions: the span between them.
+    let b = demote(&mut lane);
+    let span = (a.max(b) - a.min(b) + 1) * 4;
+    assert_eq!(lane.tables[0].update(&lane.pools[0], &mut lane.sink).unwrap(), span);
+    assert_eq!(lane.tables[0].view(), first);
+    lane.sink.synchronize().unwrap();
+    lane.check().unwrap();
+    // Readers marked on the compute stream: the copy stream waits for the readers of the buffer
+    // it overwrites only, and not for the sink's read fence.
+    let copy = *lane.sink.copy_stream();
+    let waits =
+        |ops: &[MockOp]| ops.iter().filter(|op| matches!(op, MockOp::Wait { stream, .. } if *stream == copy)).count();
+    lane.sink.after_reads(&lane.compute).unwrap(); // a fence the table must not wait on
+    lane.tables[0].after_reads(&lane.compute).unwrap(); // kernels read the first buffer
+    driver.inner().clear_ops();
+    demote(&mut lane);
+    lane.tables[0].update(&lane.pools[0], &mut lane.sink).unwrap();
+    assert_eq!(waits(&driver.inner().ops()), 0, "the second buffer was not read: {:?}", driver.inner().ops());
+    driver.inner().clear_ops();
+    demote(&mut lane);
+    lane.tables[0].update(&lane.pools[0], &mut lane.sink).unwrap();
+    let ops = driver.inner().ops();
+    assert_eq!(waits(&ops), 1, "the first buffer's readers: {ops:?}");
+    let copied = ops.iter().position(|op| matches!(op, MockOp::Copy { .. })).unwrap();
+    let waited = ops.iter().position(|op| matches!(op, MockOp::Wait { stream, .. } if *stream == copy)).unwrap();
+    assert!(waited < copied, "{ops:?}");
     lane.sink.synchronize().unwrap();
     lane.check().unwrap();
     // A pool of another layer is refused.
