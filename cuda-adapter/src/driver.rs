@@ -140,6 +140,11 @@ pub trait Driver {
     /// The driver refused (some systems refuse file mappings or limit locked memory).
     unsafe fn register_host(&self, ptr: *const u8, len: usize) -> Result<u64, CudaError>;
 
+    /// The device address of host memory at `ptr` that is page-locked and mapped for the device
+    /// already (allocated page-locked with device mapping, or registered): `None` for other
+    /// memory. A lookup only (`cuMemHostGetDevicePointer`); nothing is read or changed.
+    fn mapped_device_ptr(&self, ptr: *const u8) -> Option<u64>;
+
     /// Undoes [`Driver::register_host`] of `ptr`.
     ///
     /// # Safety
@@ -206,6 +211,9 @@ impl<D: Driver + ?Sized> Driver for Arc<D> {
     unsafe fn register_host(&self, ptr: *const u8, len: usize) -> Result<u64, CudaError> {
         // SAFETY: the caller keeps `register_host`'s contract.
         unsafe { (**self).register_host(ptr, len) }
+    }
+    fn mapped_device_ptr(&self, ptr: *const u8) -> Option<u64> {
+        (**self).mapped_device_ptr(ptr)
     }
     unsafe fn unregister_host(&self, ptr: *const u8) -> Result<(), CudaError> {
         // SAFETY: the caller keeps `unregister_host`'s contract.
@@ -370,6 +378,15 @@ impl Driver for CudaDriver {
         Ok(device)
     }
 
+    fn mapped_device_ptr(&self, ptr: *const u8) -> Option<u64> {
+        self.bind("cuMemHostGetDevicePointer").ok()?;
+        let mut device = 0u64;
+        // SAFETY: a lookup of `ptr` in the driver's tables; `device` is a valid out pointer and
+        // nothing is read at `ptr`.
+        let mapped = unsafe { sys::cuMemHostGetDevicePointer_v2(&mut device, ptr.cast_mut().cast(), 0) };
+        mapped.result().ok().map(|()| device)
+    }
+
     unsafe fn unregister_host(&self, ptr: *const u8) -> Result<(), CudaError> {
         self.bind("cuMemHostUnregister")?;
         // SAFETY: the caller guarantees `ptr` was registered and no pending work reads it.
@@ -478,6 +495,8 @@ struct MockState {
     free: usize,
     refuse_registration: bool,
     registered: Vec<(usize, usize)>,
+    /// Host ranges page-locked and mapped from the start (`lock_host`).
+    locked: Vec<(usize, usize)>,
 }
 
 /// A driver that simulates device memory in host memory and logs every call: for CPU tests of
@@ -517,6 +536,14 @@ impl MockDriver {
     /// Makes host registration fail (as on systems that refuse to lock file pages) or succeed.
     pub fn refuse_registration(&self, refuse: bool) {
         self.state().refuse_registration = refuse;
+    }
+
+    /// Marks `bytes` as page-locked and mapped for the device, as memory allocated that way
+    /// (`cuMemHostAlloc` with device mapping) is: registering it is refused as already
+    /// registered, and [`Driver::mapped_device_ptr`] finds it.
+    pub fn lock_host(&self, bytes: &[u8]) {
+        let start = bytes.as_ptr().addr();
+        self.state().locked.push((start, start.saturating_add(bytes.len())));
     }
 
     /// `len` bytes of device memory at `ptr`, or `None` when they are not inside one allocation.
@@ -649,7 +676,7 @@ impl Driver for MockDriver {
         let mut state = self.state();
         let start = ptr.addr();
         let end = start.saturating_add(len);
-        let overlaps = state.registered.iter().any(|&(s, e)| s < end && start < e);
+        let overlaps = state.registered.iter().chain(&state.locked).any(|&(s, e)| s < end && start < e);
         if state.refuse_registration || overlaps {
             let code = if overlaps {
                 CUresult::CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED
@@ -662,6 +689,13 @@ impl Driver for MockDriver {
         state.ops.push(MockOp::Register { len });
         // Unified addressing: the device sees host memory at the same address.
         Ok(start as u64)
+    }
+
+    fn mapped_device_ptr(&self, ptr: *const u8) -> Option<u64> {
+        let state = self.state();
+        let at = ptr.addr();
+        // Unified addressing: the device sees host memory at the same address.
+        state.registered.iter().chain(&state.locked).any(|&(s, e)| s <= at && at < e).then_some(at as u64)
     }
 
     unsafe fn unregister_host(&self, ptr: *const u8) -> Result<(), CudaError> {
@@ -795,6 +829,9 @@ impl<D: Driver> Driver for Faults<D> {
     unsafe fn register_host(&self, ptr: *const u8, len: usize) -> Result<u64, CudaError> {
         // SAFETY: the caller keeps `register_host`'s contract.
         unsafe { self.inner.register_host(ptr, len) }
+    }
+    fn mapped_device_ptr(&self, ptr: *const u8) -> Option<u64> {
+        self.inner.mapped_device_ptr(ptr)
     }
     unsafe fn unregister_host(&self, ptr: *const u8) -> Result<(), CudaError> {
         // SAFETY: the caller keeps `unregister_host`'s contract.

@@ -79,6 +79,9 @@ pub struct RegisterReport {
     pub registered: usize,
     /// Bytes in them.
     pub bytes: usize,
+    /// Regions that were page-locked and mapped for the device already (memory allocated that
+    /// way, or registered by someone else): adopted as they are, never unregistered here.
+    pub adopted: usize,
     /// Regions the driver refused; their bytes go through the staging ring.
     pub refused: usize,
     /// Why the first refused region was refused.
@@ -91,6 +94,8 @@ struct Region {
     start: usize,
     len: usize,
     device: u64,
+    /// Registered here (and unregistered on drop), not adopted.
+    registered: bool,
     /// The buffers inside the region, with their address ranges.
     owners: Vec<(usize, usize, SharedBytes)>,
 }
@@ -269,13 +274,29 @@ impl<D: Driver> HostMemory<D> {
             Ok(device) => {
                 report.registered = report.registered.saturating_add(1);
                 report.bytes = report.bytes.saturating_add(len);
-                self.regions.push(Region { start, len, device, owners: group });
+                self.regions.push(Region { start, len, device, registered: true, owners: group });
             }
-            Err(e) => {
-                report.refused = report.refused.saturating_add(1);
-                report.first_refusal.get_or_insert(e);
-            }
+            Err(e) => match self.mapped(ptr, len) {
+                Some(device) => {
+                    report.adopted = report.adopted.saturating_add(1);
+                    report.bytes = report.bytes.saturating_add(len);
+                    self.regions.push(Region { start, len, device, registered: false, owners: group });
+                }
+                None => {
+                    report.refused = report.refused.saturating_add(1);
+                    report.first_refusal.get_or_insert(e);
+                }
+            },
         }
+    }
+
+    /// The device address of `len` bytes at `ptr` when all of them are page-locked and mapped
+    /// for the device already, contiguously (first and last byte mapped `len − 1` apart).
+    fn mapped(&self, ptr: *const u8, len: usize) -> Option<u64> {
+        let device = self.driver.mapped_device_ptr(ptr)?;
+        let last = len.checked_sub(1)?;
+        let end = self.driver.mapped_device_ptr(ptr.wrapping_add(last))?;
+        (end == device.checked_add(last as u64)?).then_some(device)
     }
 
     /// The device address of `bytes` when they lie inside one registered buffer: kernels can
@@ -330,7 +351,7 @@ impl<D: Driver> Drop for HostMemory<D> {
     fn drop(&mut self) {
         // Nothing may read the registered buffers or the ring once they go.
         let _ = self.driver.sync_device();
-        for region in &self.regions {
+        for region in self.regions.iter().filter(|r| r.registered) {
             if let Some((_, _, first)) = region.owners.first() {
                 // SAFETY: registered in `register_group` at this pointer; the device was
                 // synchronized above, so no copy or kernel reads the region any more.
@@ -374,6 +395,26 @@ mod tests {
         assert_eq!(host.device_ptr_of(&other), None);
         drop(host);
         assert_eq!(driver.ops().iter().filter(|op| **op == MockOp::Unregister).count(), 1);
+    }
+
+    #[test]
+    fn memory_page_locked_already_is_adopted_and_never_unregistered() {
+        let (driver, mut host, dst, stream) = setup(0, 0);
+        let data = SharedBytes::copy_from(&[9u8; 300]);
+        driver.lock_host(data.as_bytes()); // as memory allocated page-locked is
+        let report = host.register([data.clone()]);
+        assert_eq!((report.registered, report.adopted, report.bytes, report.refused), (0, 1, 300, 0));
+        let slab = &data.as_bytes()[10..40];
+        assert_eq!(host.device_ptr_of(slab), Some(slab.as_ptr().addr() as u64));
+        // SAFETY: `dst` is a 64 KiB allocation of the mock.
+        assert_eq!(unsafe { host.copy(dst, slab, &stream) }.unwrap(), CopyPath::Registered);
+        // Memory that is neither registrable nor locked is refused.
+        driver.refuse_registration(true);
+        let other = SharedBytes::copy_from(&[1u8; 64]);
+        let report = host.register([other]);
+        assert_eq!((report.adopted, report.refused), (0, 1));
+        drop(host);
+        assert!(driver.ops().iter().all(|op| *op != MockOp::Unregister), "{:?}", driver.ops());
     }
 
     #[test]

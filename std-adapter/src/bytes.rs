@@ -41,6 +41,15 @@ impl<T: NoUninit + Send + Sync> Storage for Typed<T> {
     }
 }
 
+/// Any owner of bytes ([`SharedBytes::from_owner`]).
+struct Owned<O>(O);
+
+impl<O: AsRef<[u8]> + Send + Sync> Storage for Owned<O> {
+    fn bytes(&self) -> &[u8] {
+        self.0.as_ref()
+    }
+}
+
 impl Storage for memmap2::Mmap {
     fn bytes(&self) -> &[u8] {
         self
@@ -73,6 +82,14 @@ impl SharedBytes {
     pub fn from_typed<T: NoUninit + Send + Sync>(elements: Arc<[T]>) -> Self {
         let len = std::mem::size_of_val::<[T]>(&elements);
         Self::own(Typed(elements), len)
+    }
+
+    /// Shares the bytes of `owner` (page-locked host memory of a GPU runtime, a buffer of the
+    /// caller's), without a copy. The bytes must not change while any handle lives: `owner`
+    /// gives them out only as `&[u8]`, and every handle keeps it alive.
+    pub fn from_owner<O: AsRef<[u8]> + Send + Sync + 'static>(owner: O) -> Self {
+        let len = owner.as_ref().len();
+        Self::own(Owned(owner), len)
     }
 
     /// Maps `file` read-only.
@@ -192,6 +209,17 @@ mod tests {
         assert_eq!(shared.as_bytes().as_ptr(), values.as_ptr().cast::<u8>());
         let clone = shared.clone();
         std::thread::spawn(move || assert_eq!(clone.typed::<f32>().unwrap()[2], 3.0)).join().unwrap();
+    }
+
+    #[test]
+    fn any_owner_is_shared_without_copying_and_kept_alive() {
+        let owner: Box<[u8]> = (0..10u8).collect();
+        let at = owner.as_ptr();
+        let shared = SharedBytes::from_owner(owner);
+        let part = shared.slice(2..5).unwrap();
+        drop(shared);
+        assert_eq!(part.as_bytes(), &[2, 3, 4]);
+        assert_eq!(part.as_bytes().as_ptr(), at.wrapping_add(2));
     }
 
     #[test]
