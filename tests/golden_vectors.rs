@@ -9,10 +9,10 @@ use std::num::NonZeroU32;
 use std::path::PathBuf;
 
 use expertslab::trace::synthetic::{RoutingShape, SplitMix64, SyntheticRouting};
-use expertslab::{Format, InitialPlacement, Mode, Schedule, Step};
+use expertslab::{AdmissionConfig, Format, InitialPlacement, Mode, Policy, Schedule, Step};
 use expertslab_golden::{
     blob_layout, blob_stacks, check_layouts, parse_scenario, replay, write_scenario, LayerSpec, LayoutCase, Scenario,
-    ScenarioStep, EXPERT_BLOB, LAYOUT_VECTORS, ROUTING_VECTORS,
+    ScenarioStep, DEMAND_VECTORS, EXPERT_BLOB, LAYOUT_VECTORS, ROUTING_VECTORS,
 };
 
 fn vectors_dir() -> PathBuf {
@@ -54,20 +54,34 @@ fn layout_cases() -> String {
 fn scenario() -> Scenario {
     let n = |v| NonZeroU32::new(v).unwrap();
     let layers = vec![
-        LayerSpec { experts: 32, slots: 6, schedule: Schedule::EveryForward, initial: InitialPlacement::Warm },
+        LayerSpec {
+            experts: 32,
+            slots: 6,
+            schedule: Schedule::EveryForward,
+            initial: InitialPlacement::Warm,
+            policy: Policy::Tide,
+        },
         LayerSpec {
             experts: 32,
             slots: 8,
             schedule: Schedule::EveryDecodeSteps(n(3)),
             initial: InitialPlacement::Cold,
+            policy: Policy::Tide,
         },
         LayerSpec {
             experts: 16,
             slots: 4,
             schedule: Schedule::EveryDenoiseSteps(n(2)),
             initial: InitialPlacement::Warm,
+            policy: Policy::Tide,
         },
-        LayerSpec { experts: 8, slots: 12, schedule: Schedule::EveryForward, initial: InitialPlacement::Warm },
+        LayerSpec {
+            experts: 8,
+            slots: 12,
+            schedule: Schedule::EveryForward,
+            initial: InitialPlacement::Warm,
+            policy: Policy::Tide,
+        },
     ];
     let mut routings: Vec<SyntheticRouting> = layers
         .iter()
@@ -104,6 +118,83 @@ fn scenario() -> Scenario {
         })
         .collect();
     Scenario { layers, steps }
+}
+
+/// Demand policies, per layer: the case that pins before it admits (3 experts, 2 slots warm with
+/// 0 and 1; steps `[0, 1]` then `[2, 0]`; 0 stays, 2 takes 1's slot), then LRU, LFU, LRU-2 and
+/// tinylfu over synthetic routing with prefills of more ids than slots.
+fn demand_scenario() -> Scenario {
+    let layer = |experts, slots, initial, policy| LayerSpec {
+        experts,
+        slots,
+        schedule: Schedule::EveryForward,
+        initial,
+        policy,
+    };
+    let tinylfu = Policy::Tinylfu(AdmissionConfig::DEFAULT); // the file names it, at its defaults
+    let layers = vec![
+        layer(3, 2, InitialPlacement::Warm, Policy::Lru),
+        layer(16, 5, InitialPlacement::Warm, Policy::Lru),
+        layer(16, 4, InitialPlacement::Cold, Policy::Lfu),
+        layer(12, 3, InitialPlacement::Warm, Policy::Lru2),
+        layer(16, 6, InitialPlacement::Warm, tinylfu),
+    ];
+    let mut routings: Vec<SyntheticRouting> = layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let shape = RoutingShape { phase_steps: 6, ..RoutingShape::new(l.experts as u32, 2) };
+            SyntheticRouting::new(shape, 0xde_4a + i as u64)
+        })
+        .collect();
+    let steps = (0..40u64)
+        .map(|s| {
+            let step = if s % 20 == 0 { Step::prefill(s) } else { Step::decode(s) };
+            let tokens = if step.prefill { 5 } else { 1 + (s % 3) as usize };
+            let ids = layers
+                .iter()
+                .zip(routings.iter_mut())
+                .enumerate()
+                .map(|(i, (l, routing))| {
+                    let mut ids = Vec::new();
+                    match (i, s) {
+                        (0, 0) => ids.extend([0, 1]),
+                        (0, 1) => ids.extend([2, 0]),
+                        _ => routing.step(tokens, &mut ids),
+                    }
+                    if s % 9 == 4 {
+                        ids.push(l.experts as u32 + 1); // an invalid id, counted and ignored
+                    }
+                    ids
+                })
+                .collect();
+            ScenarioStep { step, ids, expected: None }
+        })
+        .collect();
+    Scenario { layers, steps }
+}
+
+#[test]
+fn demand_vectors_match_the_core() {
+    let generated = demand_scenario();
+    let replayed = replay(&generated).expect("replays");
+    let mut fresh = String::new();
+    write_scenario(&generated, &replayed.digests, &mut fresh).unwrap();
+    compare_or_bless("demand.txt", DEMAND_VECTORS.as_bytes(), fresh.as_bytes());
+    let parsed = parse_scenario(&fresh).expect("parses");
+    assert_eq!(parsed.layers, generated.layers);
+    replay(&parsed).expect("every step's digest matches");
+    assert!(replayed.totals[2] > 20, "the trace must move experts to prove anything");
+    // The pin-before-admit case alone: one promotion over its two steps, 3 hits.
+    let case = Scenario {
+        layers: generated.layers[..1].to_vec(),
+        steps: generated.steps[..2]
+            .iter()
+            .map(|s| ScenarioStep { step: s.step, ids: s.ids[..1].to_vec(), expected: None })
+            .collect(),
+    };
+    let totals = replay(&case).unwrap().totals;
+    assert_eq!(totals, [3, 1, 3], "hits, misses, promotions (2 warm-start copies and 1 admission)");
 }
 
 fn blob() -> Vec<u8> {

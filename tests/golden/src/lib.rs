@@ -8,6 +8,7 @@
 //!   counts.
 //! - `routing.txt`: pool configurations for several layers, a routing trace, and the digest of
 //!   what the pools did after every step (refreshes, plans, slot tables, hits).
+//! - `demand.txt`: the same format over demand policies (needs the core's `demand` feature).
 //! - `experts.bin`: the slabs of one layer (gate, up and down `F32` stacks), for migration.
 //!
 //! `no_std` + `alloc`, so it runs unchanged on the device. The C firmware (`tests/cfirmware`)
@@ -25,14 +26,19 @@ use core::fmt;
 use core::num::NonZeroU32;
 
 use expertslab::{
-    ExpertLayout, ExpertPool, Format, InitialPlacement, LayerPools, LayoutError, MigrationPlan, Mode, PoolConfig,
-    Schedule, StackLayout, Step,
+    ExpertLayout, ExpertPool, Format, InitialPlacement, LayerPools, LayoutError, MigrationPlan, Mode, Policy,
+    PoolConfig, Schedule, StackLayout, Step,
 };
 
 /// `tests/vectors/layout.txt`.
 pub const LAYOUT_VECTORS: &str = include_str!("../../vectors/layout.txt");
 /// `tests/vectors/routing.txt`.
 pub const ROUTING_VECTORS: &str = include_str!("../../vectors/routing.txt");
+
+/// `demand.txt`: the `routing.txt` format over demand policies (LRU, LFU, LRU-2, tinylfu), with
+/// the case that pins before it admits (3 experts, 2 slots warm, steps `[0, 1]` then `[2, 0]`:
+/// one promotion). Replaying it needs the core's `demand` feature.
+pub const DEMAND_VECTORS: &str = include_str!("../../vectors/demand.txt");
 
 /// Bytes with a guaranteed alignment, for weights embedded with `include_bytes!`.
 #[repr(C, align(16))]
@@ -195,7 +201,7 @@ pub fn check_layouts(text: &str) -> Result<usize, VectorError> {
 }
 
 /// One layer's pool in a [`Scenario`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LayerSpec {
     /// Experts of the layer.
     pub experts: usize,
@@ -205,17 +211,19 @@ pub struct LayerSpec {
     pub schedule: Schedule,
     /// Initial placement.
     pub initial: InitialPlacement,
+    /// The placement policy (by name in the file; TIDE when the line names none).
+    pub policy: Policy,
 }
 
 impl LayerSpec {
     /// The pool configuration.
     pub fn config(&self) -> PoolConfig {
-        PoolConfig::new(self.experts, self.slots).schedule(self.schedule).initial(self.initial)
+        PoolConfig::new(self.experts, self.slots).schedule(self.schedule).initial(self.initial).policy(self.policy)
     }
 }
 
 /// A routing scenario: one pool configuration per layer and a trace of steps.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Scenario {
     /// Each layer's pool.
     pub layers: Vec<LayerSpec>,
@@ -277,7 +285,11 @@ fn parse_layer(mut w: core::str::SplitAsciiWhitespace<'_>, line: usize) -> Resul
         Some("cold") => InitialPlacement::Cold,
         _ => return Err(VectorError::Parse { line }),
     };
-    Ok(LayerSpec { experts, slots, schedule, initial })
+    let policy = match w.next() {
+        None => Policy::Tide,
+        Some(name) => Policy::from_name(name).map_err(|_| VectorError::Parse { line })?,
+    };
+    Ok(LayerSpec { experts, slots, schedule, initial, policy })
 }
 
 fn parse_step(mut w: core::str::SplitAsciiWhitespace<'_>, line: usize) -> Result<Step, VectorError> {
@@ -296,7 +308,8 @@ fn parse_step(mut w: core::str::SplitAsciiWhitespace<'_>, line: usize) -> Result
     Ok(step.with_mode(mode))
 }
 
-/// Parses `routing.txt`: `layer EXPERTS BUDGET every|decode|denoise N warm|cold` lines, then per
+/// Parses `routing.txt` (or `demand.txt`): `layer EXPERTS BUDGET every|decode|denoise N warm|cold
+/// [POLICY]` lines (a policy by [`Policy::from_name`]; TIDE when none is named), then per
 /// step a `step INDEX prefill|decode scheduled|reuse|refresh` line, one `ids ...` line per layer,
 /// and an optional `digest HEX` line.
 ///
@@ -336,7 +349,11 @@ pub fn write_scenario(scenario: &Scenario, digests: &[u64], out: &mut impl fmt::
     for layer in &scenario.layers {
         let (kind, n) = schedule_name(layer.schedule);
         let initial = if layer.initial == InitialPlacement::Cold { "cold" } else { "warm" };
-        writeln!(out, "layer {} {} {kind} {n} {initial}", layer.experts, layer.slots)?;
+        write!(out, "layer {} {} {kind} {n} {initial}", layer.experts, layer.slots)?;
+        if layer.policy != Policy::Tide {
+            write!(out, " {}", layer.policy.name())?;
+        }
+        writeln!(out)?;
     }
     for (step, digest) in scenario.steps.iter().zip(digests) {
         let kind = if step.step.prefill { "prefill" } else { "decode" };

@@ -51,7 +51,19 @@ fn layouts() -> Outcome {
 /// Several layers, every schedule kind, prefill and explicit modes over a fixed trace: the digest
 /// after every step equals the host's (tests/vectors/routing.txt).
 fn routing_digest() -> Outcome {
-    let scenario = parse_scenario(ROUTING_VECTORS).map_err(text)?;
+    digest_of(ROUTING_VECTORS)
+}
+
+/// Demand policies (LRU, LFU, LRU-2, tinylfu) over a fixed trace, with the case that pins before
+/// it admits: the digest after every step equals the host's (tests/vectors/demand.txt).
+#[cfg(feature = "demand")]
+fn demand_digest() -> Outcome {
+    digest_of(expertslab_golden::DEMAND_VECTORS)
+}
+
+/// Replays a vector file's scenario, checking the digest after every step.
+fn digest_of(vectors: &str) -> Outcome {
+    let scenario = parse_scenario(vectors).map_err(text)?;
     let replayed = replay(&scenario).map_err(text)?;
     let last = replayed.digests.last().copied().unwrap_or(0);
     let last = format!("{last:016x}");
@@ -258,9 +270,11 @@ fn shared_with_interrupt() -> Outcome {
 #[entry]
 fn main() -> ! {
     init_heap();
-    let cases: [Case; 7] = [
+    let cases: &[Case] = &[
         ("layouts_match_host_vectors", layouts),
         ("routing_digest_matches_host", routing_digest),
+        #[cfg(feature = "demand")]
+        ("demand_digest_matches_host", demand_digest),
         ("flash_slabs_migrate_into_sram_slots", flash_to_sram),
         ("failing_sink_keeps_pool_consistent", failing_sink),
         ("heap_high_water_mark_does_not_grow", heap_high_water),
@@ -268,7 +282,7 @@ fn main() -> ! {
         ("spin_pool_shared_with_timer_interrupt", shared_with_interrupt),
     ];
     let (mut passed, mut failed) = (0u32, 0u32);
-    for (name, case) in cases {
+    for &(name, case) in cases {
         match case() {
             Ok(()) => {
                 log!("test {} ... ok", name);
