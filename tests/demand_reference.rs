@@ -112,7 +112,10 @@ fn shared(family: &str, trace: &Trace, policy: Policy, prefetch: bool) {
     }
     let start = *pool.stats();
     let resident = |pool: &SharedSlotPool| -> std::collections::HashSet<u32> {
-        (0..pool.slots()).filter_map(|slot| pool.expert_in(slot)).map(|(l, e)| (l as u32) * EXPERTS + e as u32).collect()
+        (0..pool.slots())
+            .filter_map(|slot| pool.expert_in(slot))
+            .map(|(l, e)| (l as u32) * EXPERTS + e as u32)
+            .collect()
     };
     for (i, &(layer, ids)) in order.iter().enumerate() {
         let s = (i / LAYERS as usize) as u64;
