@@ -159,6 +159,28 @@ impl SharedSlotPool {
         self.step_with(layer, step, ids, plan, |pool, plan| migrate(pool, plan, layout, &keyed, sink))
     }
 
+    /// Copies `plan`'s promotions (a plan of this pool: a step's, or
+    /// [`SharedSlotPool::initial_plan`]'s) from `source` into `sink` and commits each, as
+    /// [`crate::migrate()`] does for a layer's pool: each key's `(layer, expert)` is read from
+    /// `source` and written to the shared slot (see [`SharedSlotPool::step`]).
+    ///
+    /// # Errors
+    /// As [`crate::migrate()`].
+    pub fn migrate<S, K>(
+        &mut self,
+        plan: &MigrationPlan,
+        layout: &ExpertLayout,
+        source: &S,
+        sink: &mut K,
+    ) -> Result<MigrateStats, MigrateFailure<S::Error, K::Error>>
+    where
+        S: ExpertSource + ?Sized,
+        K: SlotSink + ?Sized,
+    {
+        let keyed = KeyedSource { source, experts: self.experts() };
+        migrate(self.keyed(), plan, layout, &keyed, sink)
+    }
+
     /// [`SharedSlotPool::step`] with a migrator of the caller's, which copies and commits the
     /// plan's promotions in the pool over keys it is given (keys in
     /// [`crate::Promotion::expert`]; [`SharedSlotPool::split`] names their layer and expert).

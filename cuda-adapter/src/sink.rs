@@ -28,7 +28,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use expertslab::{ExpertPool, LayeredSource, SlotArena, SlotSink, SlotWrite};
+use expertslab::{ExpertLayout, ExpertPool, ExpertSource, LayeredSource, SlotArena, SlotSink, SlotWrite};
 use expertslab_std::ExpertStore;
 
 use crate::arena::{VramArena, DEVICE_ALIGN};
@@ -89,6 +89,34 @@ impl std::error::Error for LateFailure {
     }
 }
 
+/// A scratch slot this sink filled ([`CudaSlotSink::write_scratch`]): one expert of one step,
+/// copied for that step's pairs without being admitted into the pool. Kernels read it through
+/// [`crate::PairSource::scratch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ScratchSlot {
+    layer: usize,
+    index: usize,
+}
+
+impl ScratchSlot {
+    /// The scratch region's layer key ([`CudaSlotSink::add_scratch`]).
+    pub const fn layer(&self) -> usize {
+        self.layer
+    }
+
+    /// The slot inside the region.
+    pub const fn index(&self) -> usize {
+        self.index
+    }
+}
+
+/// One layer's scratch region: slot-shaped buffers for misses copied but not admitted.
+struct Scratch<D: Driver> {
+    vram: VramArena<D>,
+    /// Per scratch slot: read by kernels before the pending read fence.
+    read: Vec<bool>,
+}
+
 /// What the sink did since it was built.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SinkStats {
@@ -100,6 +128,10 @@ pub struct SinkStats {
     pub synchronous_copies: u64,
     /// Bytes written into slots.
     pub bytes: u64,
+    /// Experts copied into scratch slots ([`CudaSlotSink::write_scratch`]).
+    pub scratch_copies: u64,
+    /// Bytes written into scratch slots.
+    pub scratch_bytes: u64,
     /// Times the copy stream waited for kernels that read slots (write-after-read).
     pub read_waits: u64,
 }
@@ -120,6 +152,7 @@ pub struct CudaSlotSink<D: Driver = CudaDriver> {
     driver: D,
     copy: D::Stream,
     layers: BTreeMap<usize, LayerSlots<D>>,
+    scratch: BTreeMap<usize, Scratch<D>>,
     host: HostMemory<D>,
     /// Recorded on the copy stream by `order_before`.
     tail: D::Event,
@@ -167,6 +200,7 @@ impl<D: Driver + Clone> CudaSlotSink<D> {
             read_fence: driver.new_event()?,
             driver,
             layers,
+            scratch: BTreeMap::new(),
             fence_pending: false,
             late: None,
             stats: SinkStats::default(),
@@ -189,6 +223,25 @@ impl<D: Driver + Clone> CudaSlotSink<D> {
         let mut sink = Self::new(driver, arenas, ring)?;
         sink.host.register_store(store);
         Ok(sink)
+    }
+
+    /// Gives layer key `layer` a scratch region laid out by `arena` (replacing one it had):
+    /// slot-shaped buffers for experts copied for one step's pairs without being admitted
+    /// ([`CudaSlotSink::write_scratch`]). The key is the scratch region's own, independent of
+    /// the slot arenas' (a pool shared by several layers keeps one arena, and each layer may
+    /// have its scratch region).
+    ///
+    /// # Errors
+    /// As [`VramArena::new`].
+    pub fn add_scratch(&mut self, layer: usize, arena: SlotArena) -> Result<(), CudaError> {
+        let slots = arena.slots();
+        let vram = VramArena::new(self.driver.clone(), layer, arena)?;
+        if let Some(old) = self.scratch.insert(layer, Scratch { vram, read: vec![false; slots] }) {
+            // Kernels may still read the old region.
+            let _ = self.driver.sync_device();
+            drop(old);
+        }
+        Ok(())
     }
 }
 
@@ -216,6 +269,76 @@ impl<D: Driver> CudaSlotSink<D> {
     /// Layer `layer`'s VRAM arena: its base pointer and layout are what kernels read slots by.
     pub fn vram(&self, layer: usize) -> Option<&VramArena<D>> {
         self.layers.get(&layer).map(|l| &l.vram)
+    }
+
+    /// Layer key `layer`'s scratch region ([`CudaSlotSink::add_scratch`]).
+    pub fn scratch(&self, layer: usize) -> Option<&VramArena<D>> {
+        self.scratch.get(&layer).map(|s| &s.vram)
+    }
+
+    /// Enqueues on the copy stream the copy of `expert` of layer `source_layer` (every
+    /// projection of `layout`, from `source`) into scratch slot `index` of layer key `layer`,
+    /// waiting first (on the device) for kernels that may still read that scratch slot. The
+    /// bytes come as for slot writes: registered memory directly, others through the ring.
+    /// Kernels that read the scratch slot must be ordered after the copy stream
+    /// ([`CudaSlotSink::order_before`]).
+    ///
+    /// A copy that fails on the device is reported at the next sync, as for slots; the scratch
+    /// slot is then not to be read (the pool is not involved: nothing to repair).
+    ///
+    /// # Errors
+    /// [`CudaError::UnknownLayer`] without a scratch region for `layer`, [`CudaError::Layout`]
+    /// for a slot out of range or slabs that do not match the region's layout,
+    /// [`CudaError::Unconfirmed`] after an unreported failure, the source's error, or the
+    /// driver's error.
+    pub fn write_scratch<S>(
+        &mut self,
+        layer: usize,
+        index: usize,
+        layout: &ExpertLayout,
+        source: &S,
+        source_layer: usize,
+        expert: usize,
+    ) -> Result<ScratchSlot, CudaError>
+    where
+        S: ExpertSource + ?Sized,
+        S::Error: Into<CudaError>,
+    {
+        if self.late.is_some() {
+            return Err(CudaError::Unconfirmed);
+        }
+        let scratch = self.scratch.get(&layer).ok_or(CudaError::UnknownLayer { layer })?;
+        let slots = scratch.read.len();
+        if index >= slots {
+            return Err(expertslab::LayoutError::SlotOutOfRange { slot: index, slots }.into());
+        }
+        if scratch.read.get(index).copied().unwrap_or(false) && self.fence_pending {
+            self.wait_for_reads()?;
+        }
+        let mut bytes = 0u64;
+        for (projection_index, &(projection, _)) in layout.projections().iter().enumerate() {
+            let slab = source.expert(source_layer, projection, expert).map_err(Into::into)?;
+            let scratch = self.scratch.get(&layer).ok_or(CudaError::UnknownLayer { layer })?;
+            let range = scratch.vram.arena().projection_range(index, projection_index)?;
+            if slab.len() != range.len() {
+                return Err(
+                    expertslab::LayoutError::LengthMismatch { expected: range.len(), actual: slab.len() }.into()
+                );
+            }
+            let dst = scratch.vram.slot_ptr(index, projection_index)?;
+            // SAFETY: `dst..dst + slab.len()` is one projection of a scratch slot inside the
+            // region's arena (checked above), which lives until the sink is dropped after a
+            // device sync.
+            match unsafe { self.host.copy(dst, slab, &self.copy) } {
+                Ok(_) => {}
+                Err(CopyFailure::Enqueue(e)) => return Err(e),
+                Err(CopyFailure::Earlier(e)) => return Err(self.note_late_failure(e)),
+            }
+            bytes = bytes.saturating_add(slab.len() as u64);
+        }
+        self.stats.scratch_copies = self.stats.scratch_copies.saturating_add(1);
+        self.stats.scratch_bytes = self.stats.scratch_bytes.saturating_add(bytes);
+        Ok(ScratchSlot { layer, index })
     }
 
     /// The layers with an arena, ascending.
@@ -264,11 +387,15 @@ impl<D: Driver> CudaSlotSink<D> {
         for slots in self.layers.values_mut() {
             slots.read.fill(true);
         }
+        for scratch in self.scratch.values_mut() {
+            scratch.read.fill(true);
+        }
         Ok(())
     }
 
     /// As [`CudaSlotSink::after_reads`], for kernels that read only `slots` of `layer` (and the
-    /// device slot tables): overwriting other slots does not wait for them.
+    /// device slot tables, and any scratch slot of layer key `layer`): overwriting other slots
+    /// does not wait for them.
     ///
     /// # Errors
     /// [`CudaError::UnknownLayer`], or the driver's error. Slots out of range are ignored (no
@@ -284,6 +411,9 @@ impl<D: Driver> CudaSlotSink<D> {
                     *read = true;
                 }
             }
+        }
+        if let Some(scratch) = self.scratch.get_mut(&layer) {
+            scratch.read.fill(true);
         }
         Ok(())
     }
@@ -309,6 +439,9 @@ impl<D: Driver> CudaSlotSink<D> {
         self.stats.read_waits = self.stats.read_waits.saturating_add(1);
         for slots in self.layers.values_mut() {
             slots.read.fill(false);
+        }
+        for scratch in self.scratch.values_mut() {
+            scratch.read.fill(false);
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! [`DeviceSlotTable`]: one layer's expert-to-slot table in VRAM, double-buffered, for kernels.
 
-use expertslab::ExpertPool;
+use expertslab::{ExpertPool, SharedSlotPool};
 
 use crate::driver::Driver;
 use crate::error::CudaError;
@@ -211,8 +211,36 @@ impl<D: Driver> DeviceSlotTable<D> {
                 pool: (pool.layer(), pool.experts()),
             });
         }
+        self.mirror(pool.residents(), sink)
+    }
+
+    /// As [`DeviceSlotTable::update`], from this table's layer in `pool`, a pool of slots shared
+    /// by several layers: entry `e` is the shared slot expert `e` of this layer is resident in.
+    ///
+    /// # Errors
+    /// [`CudaError::TableMismatch`] when `pool` has no such layer or another expert count, or
+    /// the driver's error.
+    pub fn update_shared(&mut self, pool: &SharedSlotPool, sink: &mut CudaSlotSink<D>) -> Result<usize, CudaError> {
+        if self.layer >= pool.layers() || pool.experts() != self.next.len() {
+            return Err(CudaError::TableMismatch {
+                table: (self.layer, self.next.len()),
+                pool: (pool.layers(), pool.experts()),
+            });
+        }
+        let layer = self.layer;
+        let residents = (0..pool.slots())
+            .filter_map(|slot| pool.expert_in(slot).filter(|&(l, _)| l == layer).map(|(_, e)| (slot, e)));
+        self.mirror(residents, sink)
+    }
+
+    /// Uploads `residents` (slot, expert) when they differ from the current buffer.
+    fn mirror(
+        &mut self,
+        residents: impl Iterator<Item = (usize, usize)>,
+        sink: &mut CudaSlotSink<D>,
+    ) -> Result<usize, CudaError> {
         self.next.fill(NOT_RESIDENT);
-        for (slot, expert) in pool.residents() {
+        for (slot, expert) in residents {
             if let (Some(entry), Ok(slot)) = (self.next.get_mut(expert), i32::try_from(slot)) {
                 *entry = slot;
             }

@@ -4,9 +4,10 @@
 
 use std::io::Write;
 
+use expertslab::trace::replay::Sharing;
 use expertslab::trace::synthetic::SplitMix64;
 use expertslab::trace::Trace;
-use expertslab::{DecayConfig, Format, Policy};
+use expertslab::{AdmissionConfig, DecayConfig, Format, Policy};
 use expertslab_cuda::demo::{activations, open_device, router_weights, GpuModel, ModelSpec, RunConfig, SynthSettings};
 use expertslab_cuda::reference::{f32_to_bf16, moe_ffn, within_tolerance, ExpertWeights};
 use expertslab_cuda::{CudaError, FfnShape, MissAction, MissCosts, MissRule};
@@ -67,6 +68,15 @@ fn outputs(model: &GpuModel, trace: &Trace, slots: usize, policy: Policy, miss: 
     report.outputs
 }
 
+/// As [`outputs`], with one pool of `slots × layers` slots shared by the layers.
+fn outputs_shared(model: &GpuModel, trace: &Trace, slots: usize, policy: Policy, miss: MissRule) -> Vec<f32> {
+    let run = RunConfig { record_outputs: true, sharing: Sharing::Shared, ..RunConfig::new(slots, policy, miss) };
+    let report =
+        model.decode(trace, &run).unwrap_or_else(|e| panic!("shared, {slots} slots, {policy:?}, {miss:?}: {e}"));
+    assert!(report.promotions > 0, "a shared pool that moves nothing proves nothing");
+    report.outputs
+}
+
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
@@ -100,6 +110,11 @@ fn outputs_are_bit_identical_under_every_policy_and_miss_action() {
                     runs += 1;
                 }
             }
+            for policy in [Policy::Lru, Policy::Tinylfu(AdmissionConfig::DEFAULT)] {
+                let got = bits(&outputs_shared(&model, &trace, 3, policy, miss));
+                assert_eq!(got, all, "{format:?}, shared, {policy:?}, {miss:?}");
+                runs += 1;
+            }
         }
         // Host stacks 8 bytes off 16-byte alignment: zero-copy reads element by element, slots
         // with 16-byte vectors; the arithmetic is the same.
@@ -124,10 +139,17 @@ fn outputs_match_the_cpu_reference() {
         let matrix = s.gate_bytes().unwrap();
         let mut at = 0;
         let mut worst = 0.0f32;
+        // Layers are chained: a layer reads the previous layer's output of the same step (the
+        // GPU's, so each layer's error is measured alone); layer 0 the run's activations.
+        let mut previous: Option<(u64, u32, std::ops::Range<usize>)> = None;
+        let first = activations(spec.seed, 64 * s.hidden);
         for r in trace.records() {
             let ids = trace.ids(r);
             let tokens = ids.len() / s.top_k;
-            let x = &activations(spec.seed, tokens.max(8) * s.hidden)[..tokens * s.hidden];
+            let x = match &previous {
+                Some((step, layer, range)) if *step == r.step && layer + 1 == r.layer => &got[range.clone()],
+                _ => &first[..tokens * s.hidden],
+            };
             let w = router_weights(r.layer as usize, r.step, ids.len(), s.top_k);
             let layer = &host[r.layer as usize];
             let y = moe_ffn(s, x, ids, &w, |e| {
@@ -140,6 +162,7 @@ fn outputs_match_the_cpu_reference() {
             })
             .unwrap();
             let gpu = &got[at..at + y.len()];
+            previous = Some((r.step, r.layer, at..at + y.len()));
             if let Err(e) = within_tolerance(s, gpu, &y) {
                 panic!("{format:?}, layer {} step {}: {e}", r.layer, r.step);
             }

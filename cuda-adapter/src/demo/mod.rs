@@ -1,0 +1,604 @@
+//! The GPU demo: an MoE model's expert FFNs decoded on the GPU with expertslab deciding which
+//! experts live in VRAM slots, against streaming every expert and reading every expert over the
+//! bus.
+//!
+//! A [`GpuModel`] holds every layer's experts in page-locked, device-mapped host memory (the slow
+//! memory) as an [`expertslab_std::ExpertStore`], generated on the GPU from a seed
+//! ([`GpuModel::generate`]) or given by the caller ([`GpuModel::from_host`]).
+//! [`GpuModel::decode`] replays a routing [`Trace`] under a [`RunConfig`] (slots per layer, a
+//! policy, schedule and kind of pool, and a [`MissRule`]) through the library's own path, the
+//! one a runtime would call: each record is the pool's step through a [`crate::CudaSlotSink`],
+//! a [`crate::DeviceSlotTable`] update, and the MoE FFN kernels reading slots through
+//! [`crate::SlotView`]s (`runner.rs` says it step by step).
+//!
+//! **Layers are chained.** Layer `l`'s input is layer `l − 1`'s output (layer 0 reads the run's
+//! activations), and the host takes layer `l`'s routing ids only after the event that ends
+//! layer `l − 1`'s kernels: nothing of layer `l` is enqueued before (as in a runtime whose
+//! router reads the previous layer's output). The demo has no attention or residual stream.
+//! [`RunConfig::record_outputs`] keeps every record's output for comparisons.
+//!
+//! | file | what |
+//! |---|---|
+//! | `mod.rs` | settings and reports ([`ModelSpec`], [`SynthSettings`], [`RunConfig`], [`RunReport`], [`DemoConfig`], [`DemoReport`]), [`run_demo`], [`tune_pick`] |
+//! | `model.rs` | [`GpuModel`]: the weights, calibration, decode, the replay's prediction |
+//! | `runner.rs` | one decode run on the library's path |
+
+use std::fmt;
+
+use expertslab::trace::replay::{replay, CostModel, ReplayConfig, ReplayPolicy, Sharing};
+use expertslab::trace::synthetic::{RoutingShape, SplitMix64, SyntheticRouting};
+use expertslab::trace::{Trace, TraceHeader};
+use expertslab::{ExpertLayout, Format, InitialPlacement, Policy, Schedule, StackLayout};
+
+use crate::error::CudaError;
+use crate::ffn::{MissAction, MissCosts, MissRule};
+use crate::reference::FfnShape;
+
+mod model;
+mod runner;
+
+pub use model::{open_device, GpuModel};
+
+/// The shape of a demo model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelSpec {
+    /// Experts per layer.
+    pub experts: usize,
+    /// MoE layers.
+    pub layers: usize,
+    /// One layer's FFN shape (top-k, widths, weight format).
+    pub shape: FfnShape,
+    /// Seed of the weights and activations.
+    pub seed: u64,
+}
+
+impl ModelSpec {
+    /// The shape of a current MoE: 128 experts per layer, top-8, hidden 2048, expert FFN 768,
+    /// BF16 (9 MiB per expert), with `layers` layers.
+    pub const fn current_moe(layers: usize) -> Self {
+        Self {
+            experts: 128,
+            layers,
+            shape: FfnShape { hidden: 2048, ffn: 768, top_k: 8, format: Format::BF16 },
+            seed: 1,
+        }
+    }
+
+    /// The layout of one layer's experts (gate, up, down stacks as GGUF holds them).
+    ///
+    /// # Errors
+    /// [`CudaError::Layout`].
+    pub fn layout(&self) -> Result<ExpertLayout, CudaError> {
+        let s = &self.shape;
+        let gate = StackLayout::new(s.format, self.experts, s.ffn, s.hidden)?;
+        let down = StackLayout::new(s.format, self.experts, s.hidden, s.ffn)?;
+        Ok(ExpertLayout::gate_up_down(gate, gate, down)?)
+    }
+}
+
+/// The routing settings of the CLI's `synth` (its defaults: 64 prefill tokens at step 0, a
+/// phase change every 256 steps, seed 1, one token per decode step).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SynthSettings {
+    /// Experts per layer.
+    pub experts: u32,
+    /// Layers.
+    pub layers: u32,
+    /// Experts per token.
+    pub top_k: u32,
+    /// Decode steps after the prefill block.
+    pub steps: u64,
+    /// Zipf exponent.
+    pub zipf: f64,
+    /// Reuse probability.
+    pub reuse: f64,
+    /// Steps between popularity reshuffles.
+    pub phase: u64,
+    /// Prefill tokens (step 0); 0 for none.
+    pub prefill_tokens: usize,
+    /// Seed; layer `l` uses `seed + l`.
+    pub seed: u64,
+}
+
+impl SynthSettings {
+    /// `synth`'s defaults for the given experts, layers, top-k, steps, Zipf exponent and reuse.
+    pub const fn new(experts: u32, layers: u32, top_k: u32, steps: u64, zipf: f64, reuse: f64) -> Self {
+        Self { experts, layers, top_k, steps, zipf, reuse, phase: 256, prefill_tokens: 64, seed: 1 }
+    }
+
+    /// The locality trace of the decode benchmark (G2): `--experts 128 --layers 4 --top-k 8
+    /// --steps 512 --zipf 0.9 --reuse 0.5`.
+    pub const fn locality() -> Self {
+        Self::new(128, 4, 8, 512, 0.9, 0.5)
+    }
+
+    /// The near-uniform trace: the same with `--zipf 0 --reuse 0`.
+    pub const fn near_uniform() -> Self {
+        Self::new(128, 4, 8, 512, 0.0, 0.0)
+    }
+
+    /// The trace `expertslab synth` writes for these settings.
+    ///
+    /// # Errors
+    /// [`CudaError::Residency`] for an empty shape.
+    pub fn trace(&self) -> Result<Trace, CudaError> {
+        let bad = |e: expertslab::trace::TraceError| CudaError::Residency(format!("synthetic trace: {e}"));
+        let header = TraceHeader { experts: self.experts, layers: self.layers, top_k: self.top_k };
+        let mut trace = Trace::new(header).map_err(bad)?;
+        let shape = RoutingShape {
+            experts: self.experts,
+            top_k: self.top_k,
+            zipf_s: self.zipf,
+            reuse: self.reuse,
+            phase_steps: self.phase,
+        };
+        let mut layers: Vec<SyntheticRouting> =
+            (0..self.layers).map(|l| SyntheticRouting::new(shape, self.seed.wrapping_add(u64::from(l)))).collect();
+        let prefill = self.prefill_tokens > 0;
+        let mut ids = Vec::new();
+        for step in 0..self.steps.saturating_add(u64::from(prefill)) {
+            let (tokens, is_prefill) = if prefill && step == 0 { (self.prefill_tokens, true) } else { (1, false) };
+            for (layer, routing) in (0u32..).zip(layers.iter_mut()) {
+                ids.clear();
+                routing.step(tokens, &mut ids);
+                trace.push(layer, step, is_prefill, &ids).map_err(bad)?;
+            }
+        }
+        Ok(trace)
+    }
+}
+
+/// One decode run's settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RunConfig {
+    /// Slots per layer (0: no slots, every routed expert is a miss; the expert count: every
+    /// expert resident from the start).
+    pub slots: usize,
+    /// The pool's policy.
+    pub policy: Policy,
+    /// The pool's refresh schedule.
+    pub schedule: Schedule,
+    /// The miss action rule.
+    pub miss: MissRule,
+    /// One pool per layer, or one pool of `slots × layers` slots shared by the layers (demand
+    /// policies only, see [`expertslab::Policy::drives_shared_pool`]).
+    pub sharing: Sharing,
+    /// Keep every record's output (`[tokens, hidden]` per record, in trace order).
+    pub record_outputs: bool,
+}
+
+impl RunConfig {
+    /// `slots` slots per layer under `policy` refreshing every forward pass, one pool per layer,
+    /// misses by `miss`, outputs not kept.
+    pub const fn new(slots: usize, policy: Policy, miss: MissRule) -> Self {
+        Self {
+            slots,
+            policy,
+            schedule: Schedule::EveryForward,
+            miss,
+            sharing: Sharing::PerLayer,
+            record_outputs: false,
+        }
+    }
+}
+
+/// What a decode run did and how long it took.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RunReport {
+    /// Token–expert pairs whose expert was resident before the step's routing was known.
+    pub hits: u64,
+    /// Pairs that were not hits (as the pool counts them): `served_by_copy + served_in_place`.
+    pub misses: u64,
+    /// Misses whose expert was copied into its slot for that step.
+    pub served_by_copy: u64,
+    /// Misses whose expert was not resident (served by the miss rule: scratch copy or bus read).
+    pub served_in_place: u64,
+    /// Experts copied into slots (promotions).
+    pub promotions: u64,
+    /// Bytes copied into slots.
+    pub bytes_promoted: u64,
+    /// Pairs computed from a scratch slot, and the bytes copied there.
+    pub scratch_pairs: u64,
+    /// Bytes copied into scratch slots.
+    pub bytes_scratch: u64,
+    /// Pairs read over the bus.
+    pub zero_copy_pairs: u64,
+    /// Decode steps timed (records after the prefill, counted once per step, not per layer).
+    pub decode_steps: u64,
+    /// Decode tokens timed.
+    pub decode_tokens: u64,
+    /// Wall time of the timed decode steps, from the first enqueue to the end of the last kernel.
+    pub decode_seconds: f64,
+    /// Bytes copied (slots and scratch) per timed decode step.
+    pub step_copy_bytes: Vec<u64>,
+    /// Pairs read over the bus per timed decode step.
+    pub step_zero_copy_pairs: Vec<u64>,
+    /// Every record's output, when asked for.
+    pub outputs: Vec<f32>,
+}
+
+impl RunReport {
+    /// Hits over pairs.
+    pub fn hit_rate(&self) -> f64 {
+        let pairs = self.hits.saturating_add(self.misses);
+        if pairs == 0 {
+            0.0
+        } else {
+            self.hits as f64 / pairs as f64
+        }
+    }
+
+    /// Seconds per decode token.
+    pub fn seconds_per_token(&self) -> f64 {
+        if self.decode_tokens == 0 {
+            0.0
+        } else {
+            self.decode_seconds / self.decode_tokens as f64
+        }
+    }
+
+    /// Bytes moved over the bus by copies (slots and scratch).
+    pub fn bytes_copied(&self) -> u64 {
+        self.bytes_promoted.saturating_add(self.bytes_scratch)
+    }
+}
+
+/// Costs measured on the device at start-up.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Calibration {
+    /// Host-to-device copy bandwidth from page-locked memory, bytes per second.
+    pub link_bytes_per_second: f64,
+    /// The miss costs of one expert.
+    pub costs: MissCosts,
+}
+
+/// Device memory kept free beside the slots: step buffers, activations, the driver's own.
+const VRAM_RESERVE: u64 = 256 << 20;
+
+/// Checks that `slots` slots and `scratch` scratch slots per layer fit `free` bytes of device
+/// memory, one slot of every layer taking `slot_bytes`, [`VRAM_RESERVE`] kept free.
+///
+/// # Errors
+/// [`CudaError::DoesNotFit`] with how many slots per layer would fit.
+fn check_fit(free: u64, slot_bytes: u64, slots: usize, scratch: usize) -> Result<(), CudaError> {
+    let needed = slot_bytes.saturating_mul(slots.saturating_add(scratch) as u64);
+    if needed.saturating_add(VRAM_RESERVE) <= free {
+        return Ok(());
+    }
+    let room = free.saturating_sub(VRAM_RESERVE).saturating_sub(slot_bytes.saturating_mul(scratch as u64));
+    let slots_that_fit = usize::try_from(room / slot_bytes.max(1)).unwrap_or(usize::MAX);
+    Err(CudaError::DoesNotFit { layer: None, needed, free, slots_that_fit })
+}
+
+/// What the replay's cost model predicts for a run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Prediction {
+    /// Seconds per decode token.
+    pub seconds_per_token: f64,
+    /// The replay's hit rate over the whole trace.
+    pub hit_rate: f64,
+    /// Bytes the replay moves into slots during decode.
+    pub bytes_moved: u64,
+    /// Misses served in place (computed from slow memory) during decode.
+    pub served_in_place: u64,
+}
+
+/// The median of `v` (0 for none).
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match (v.get((n / 2).wrapping_sub(1)), v.get(n / 2)) {
+        (_, None) => 0.0,
+        (Some(low), Some(high)) if n.is_multiple_of(2) => (low + high) / 2.0,
+        (_, Some(middle)) => *middle,
+    }
+}
+
+/// A token's activations: uniform in `[-1, 1)` from SplitMix64.
+pub fn activations(seed: u64, len: usize) -> Vec<f32> {
+    let mut rng = SplitMix64::new(seed ^ 0xA5A5_5A5A);
+    (0..len).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect()
+}
+
+/// The router weights of one record: positive, each token's summing to 1, from its layer and
+/// step.
+pub fn router_weights(layer: usize, step: u64, pairs: usize, top_k: usize) -> Vec<f32> {
+    let mut rng = SplitMix64::new((layer as u64) << 40 ^ step);
+    let mut w: Vec<f32> = (0..pairs).map(|_| 0.05 + rng.next_f64() as f32).collect();
+    for token in w.chunks_mut(top_k.max(1)) {
+        let sum: f32 = token.iter().sum();
+        token.iter_mut().for_each(|v| *v /= sum);
+    }
+    w
+}
+
+/// Where the demo's routing comes from.
+#[derive(Debug, Clone)]
+pub enum DemoRouting {
+    /// Synthetic routing generated like `expertslab synth`.
+    Synthetic(SynthSettings),
+    /// A routing trace (read by the caller).
+    Trace(Trace),
+}
+
+/// The demo's settings.
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
+    /// The CUDA device.
+    pub device: usize,
+    /// The model's shape.
+    pub model: ModelSpec,
+    /// The routing.
+    pub routing: DemoRouting,
+    /// Slots per layer for the expertslab row.
+    pub slots: usize,
+    /// The expertslab row's policy.
+    pub policy: Policy,
+    /// Timed repetitions per row (the median is reported).
+    pub reps: usize,
+}
+
+impl Default for DemoConfig {
+    /// The model (128 experts, top-8, hidden 2048, FFN 768, BF16, 4 layers) on device 0,
+    /// the locality trace, half the experts in slots under TIDE, 5 repetitions.
+    fn default() -> Self {
+        Self {
+            device: 0,
+            model: ModelSpec::current_moe(4),
+            routing: DemoRouting::Synthetic(SynthSettings::locality()),
+            slots: 64,
+            policy: Policy::Tide,
+            reps: 5,
+        }
+    }
+}
+
+/// One row of the demo's comparison.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DemoRow {
+    /// What ran.
+    pub name: String,
+    /// Slots per layer.
+    pub slots: usize,
+    /// Hit rate over the trace.
+    pub hit_rate: f64,
+    /// Bytes copied over the bus per decode token.
+    pub bytes_per_token: f64,
+    /// Pairs read over the bus per decode token.
+    pub zero_copy_pairs_per_token: f64,
+    /// Median seconds per decode token.
+    pub seconds_per_token: f64,
+    /// Whether the outputs are bit-identical to the all-resident row's.
+    pub bit_identical: bool,
+}
+
+/// The demo's result; `Display` prints it as a table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DemoReport {
+    /// The device's name.
+    pub device: String,
+    /// The driver's version.
+    pub driver: String,
+    /// The model's shape.
+    pub model: ModelSpec,
+    /// Bytes per expert.
+    pub expert_bytes: usize,
+    /// Decode steps per run.
+    pub decode_steps: u64,
+    /// Costs measured at start-up.
+    pub calibration: Calibration,
+    /// The rows: all resident, streaming, zero-copy, expertslab.
+    pub rows: Vec<DemoRow>,
+}
+
+impl fmt::Display for DemoReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = &self.model;
+        let c = &self.calibration;
+        writeln!(
+            f,
+            "{} (driver {}): {} layers × {} experts, top-{}, hidden {}, FFN {}, {} ({:.1} MiB per expert)",
+            self.device,
+            self.driver,
+            m.layers,
+            m.experts,
+            m.shape.top_k,
+            m.shape.hidden,
+            m.shape.ffn,
+            m.shape.format.name(),
+            self.expert_bytes as f64 / (1 << 20) as f64
+        )?;
+        writeln!(
+            f,
+            "measured: link {:.1} GB/s (expert copy {:.0} µs), pair from VRAM {:.2} µs, pair over the bus {:.1} µs",
+            c.link_bytes_per_second / 1e9,
+            c.costs.copy * 1e6,
+            c.costs.resident_pair * 1e6,
+            c.costs.zero_copy_pair * 1e6
+        )?;
+        writeln!(f, "{} decode steps, one token each; medians of the timed runs", self.decode_steps)?;
+        writeln!(
+            f,
+            "{:<34} {:>6} {:>9} {:>13} {:>10} {:>12} {:>9} {:>13}",
+            "run", "slots", "hit rate", "copied/token", "bus pairs", "time/token", "vs floor", "bit-identical"
+        )?;
+        let floor = self.rows.first().map_or(0.0, |r| r.seconds_per_token);
+        for r in &self.rows {
+            writeln!(
+                f,
+                "{:<34} {:>6} {:>8.1}% {:>9.1} MiB {:>10.1} {:>9.1} µs {:>8.2}× {:>13}",
+                r.name,
+                r.slots,
+                100.0 * r.hit_rate,
+                r.bytes_per_token / (1 << 20) as f64,
+                r.zero_copy_pairs_per_token,
+                r.seconds_per_token * 1e6,
+                if floor > 0.0 { r.seconds_per_token / floor } else { 0.0 },
+                if r.bit_identical { "yes" } else { "NO" }
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the GPU demo: generates the model's weights on the GPU, measures the link and the
+/// per-pair costs, and decodes the routing four ways (every expert resident; no slots and every
+/// routed expert uploaded each step; no slots and every routed expert read over the bus;
+/// expertslab slots under the configured policy with the measured miss rule), checking that
+/// every way gives bit-identical outputs.
+///
+/// # Errors
+/// [`CudaError::NoDriver`] or [`CudaError::NoDevice`] without a GPU, [`CudaError::DoesNotFit`]
+/// when the slots do not fit the free VRAM (with how many would), and the errors of
+/// [`GpuModel::generate`] and [`GpuModel::decode`].
+pub fn run_demo(config: &DemoConfig) -> Result<DemoReport, CudaError> {
+    let trace = match &config.routing {
+        DemoRouting::Synthetic(settings) => settings.trace()?,
+        DemoRouting::Trace(trace) => trace.clone(),
+    };
+    let model = GpuModel::generate(config.device, config.model)?;
+    let calibration = model.calibrate(10)?;
+    let experts = config.model.experts;
+    let runs = [
+        (
+            "every expert resident (floor)".to_string(),
+            RunConfig::new(experts, config.policy, MissRule::Always(MissAction::Copy)),
+        ),
+        (
+            "no slots, upload each step".to_string(),
+            RunConfig::new(0, config.policy, MissRule::Always(MissAction::Copy)),
+        ),
+        (
+            "no slots, read over the bus".to_string(),
+            RunConfig::new(0, config.policy, MissRule::Always(MissAction::ZeroCopy)),
+        ),
+        (
+            format!("expertslab {}, measured miss rule", config.policy.name()),
+            RunConfig::new(config.slots, config.policy, MissRule::Measured(calibration.costs)),
+        ),
+    ];
+    let mut rows = Vec::new();
+    let mut reference: Option<Vec<f32>> = None;
+    let mut decode_steps = 0;
+    for (name, run) in runs {
+        let run = RunConfig { record_outputs: true, ..run };
+        let report = model.decode_median(&trace, &run, config.reps)?;
+        let bits: Vec<u32> = report.outputs.iter().map(|v| v.to_bits()).collect();
+        let reference_bits = reference.get_or_insert_with(|| report.outputs.clone());
+        let identical = bits.iter().copied().eq(reference_bits.iter().map(|v| v.to_bits()));
+        let tokens = report.decode_tokens.max(1) as f64;
+        decode_steps = report.decode_steps;
+        let copied_decode: u64 = report.step_copy_bytes.iter().sum();
+        let zc_decode: u64 = report.step_zero_copy_pairs.iter().sum();
+        rows.push(DemoRow {
+            name,
+            slots: run.slots.min(experts),
+            hit_rate: report.hit_rate(),
+            bytes_per_token: copied_decode as f64 / tokens,
+            zero_copy_pairs_per_token: zc_decode as f64 / tokens,
+            seconds_per_token: report.seconds_per_token(),
+            bit_identical: identical,
+        });
+    }
+    Ok(DemoReport {
+        device: model.device_name()?,
+        driver: model.driver_version()?,
+        model: config.model,
+        expert_bytes: model.expert_bytes(),
+        decode_steps,
+        calibration,
+        rows,
+    })
+}
+
+/// The pick of `expertslab tune` at a fixed budget: the policy and refresh interval with the
+/// lowest modeled time under the core's replay, over the deployable policies (TIDE, decay,
+/// LRU, LFU, LRU-2) and intervals τ ∈ {1, 2, 4, 8, 16, 32} for the interval policies, with the
+/// slow-pair cost of the measured miss rule and the measured link.
+///
+/// # Errors
+/// [`CudaError::Residency`] when the replay refuses the trace.
+pub fn tune_pick(
+    trace: &Trace,
+    slots: usize,
+    expert_bytes: u64,
+    calibration: &Calibration,
+) -> Result<(Policy, Schedule), CudaError> {
+    let c = &calibration.costs;
+    let slow_pair_seconds = match MissRule::Measured(*c).choose(1) {
+        MissAction::Copy => c.copy + c.resident_pair,
+        MissAction::ZeroCopy => c.zero_copy_pair,
+    };
+    let cost = CostModel::new(expert_bytes, slow_pair_seconds, calibration.link_bytes_per_second);
+    let mut best: Option<(f64, Policy, Schedule)> = None;
+    for name in ["tide", "decay", "lru", "lfu", "lru2"] {
+        let policy = Policy::from_name(name).map_err(|e| CudaError::Residency(format!("{e}")))?;
+        let schedules: Vec<Schedule> = if policy.is_demand() {
+            vec![Schedule::EveryForward]
+        } else {
+            [1u32, 2, 4, 8, 16, 32]
+                .iter()
+                .filter_map(|&n| std::num::NonZeroU32::new(n).map(Schedule::EveryDecodeSteps))
+                .collect()
+        };
+        for schedule in schedules {
+            let config = ReplayConfig::new(ReplayPolicy::Pool(policy), slots, schedule, InitialPlacement::Warm, cost);
+            let time =
+                replay(trace, &config).map_err(|e| CudaError::Residency(format!("replay: {e}")))?.total.modeled_time_s;
+            if best.is_none_or(|(t, _, _)| time < t) {
+                best = Some((time, policy, schedule));
+            }
+        }
+    }
+    best.map(|(_, p, s)| (p, s)).ok_or_else(|| CudaError::Residency("no candidate".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_that_do_not_fit_say_how_many_would() {
+        let gib = 1u64 << 30;
+        assert!(check_fit(10 * gib, gib, 4, 2).is_ok());
+        match check_fit(10 * gib, gib, 16, 2) {
+            Err(CudaError::DoesNotFit { layer: None, needed, free, slots_that_fit }) => {
+                assert_eq!((needed, free), (18 * gib, 10 * gib));
+                assert_eq!(slots_that_fit, 7); // 10 GiB less 256 MiB, less 2 scratch slots
+            }
+            other => panic!("{other:?}"),
+        }
+        let message = check_fit(gib, gib, 1, 0).unwrap_err().to_string();
+        assert!(message.contains("0 slots per layer would fit"), "{message}");
+    }
+
+    #[test]
+    fn synthetic_traces_follow_synth() {
+        let settings = SynthSettings { steps: 3, prefill_tokens: 2, ..SynthSettings::locality() };
+        let trace = settings.trace().unwrap();
+        let records = trace.records();
+        assert_eq!(records.len(), 4 * 4); // prefill + 3 steps, 4 layers each
+        assert!(records.iter().take(4).all(|r| r.prefill && r.step == 0 && trace.ids(r).len() == 16));
+        assert!(records.iter().skip(4).all(|r| !r.prefill && trace.ids(r).len() == 8));
+        // Layer l draws from SyntheticRouting seeded with seed + l, like `synth`.
+        let mut layer1 = SyntheticRouting::new(
+            RoutingShape { experts: 128, top_k: 8, zipf_s: 0.9, reuse: 0.5, phase_steps: 256 },
+            settings.seed + 1,
+        );
+        let mut ids = Vec::new();
+        layer1.step(2, &mut ids);
+        assert_eq!(trace.ids(&records[1]), &ids[..]);
+    }
+
+    #[test]
+    fn router_weights_sum_to_one_per_token() {
+        let w = router_weights(2, 9, 16, 8);
+        for token in w.chunks(8) {
+            assert!((token.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+            assert!(token.iter().all(|&v| v > 0.0));
+        }
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&mut []), 0.0);
+    }
+}

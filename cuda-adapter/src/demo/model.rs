@@ -1,0 +1,448 @@
+//! [`GpuModel`]: a model's experts in page-locked host memory (an [`ExpertStore`] the library
+//! migrates from), the compiled kernels, and the runs over them.
+
+use std::fmt;
+use std::sync::Arc;
+
+use cudarc::driver::sys::{CUevent_flags, CU_MEMHOSTALLOC_DEVICEMAP};
+use cudarc::driver::{CudaContext, CudaEvent, CudaStream, LaunchConfig, PinnedHostSlice, PushKernelArg};
+use expertslab::trace::replay::{replay, CostModel, ReplayConfig, ReplayPolicy};
+use expertslab::trace::Trace;
+use expertslab::{ExpertLayout, Format, InitialPlacement, SlotArena};
+use expertslab_std::{ExpertStore, LayerStacks, SharedBytes};
+
+use super::runner::Runner;
+use super::{activations, check_fit, median, Calibration, ModelSpec, Prediction, RunConfig, RunReport};
+use crate::arena::DEVICE_ALIGN;
+use crate::driver::CudaDriver;
+use crate::error::CudaError;
+use crate::ffn::{raw, MissAction, MissCosts, MissRule, MoeFfn, PairSource, SlotView};
+use crate::host::RingConfig;
+use crate::kernels;
+use crate::sink::CudaSlotSink;
+use crate::table::DeviceSlotTable;
+
+/// One layer's stacks in page-locked, device-mapped host memory, shared as bytes: the
+/// allocation lives as long as any [`SharedBytes`] handle of it.
+struct PinnedStacks {
+    /// Owns the allocation `ptr` points into (freed when the last handle goes).
+    _memory: PinnedHostSlice<u8>,
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: `ptr..ptr + len` is `_memory`'s allocation, which `PinnedStacks` owns; after
+// construction the bytes are only read (through `as_ref`), from any thread.
+unsafe impl Send for PinnedStacks {}
+// SAFETY: as above: shared references only read.
+unsafe impl Sync for PinnedStacks {}
+
+impl AsRef<[u8]> for PinnedStacks {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `ptr` is the start of `_memory`'s `len` bytes, allocated and initialised (the
+        // fill or the caller's bytes) before this value was built, and never written after.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+/// A model's experts in page-locked host memory, and the compiled kernels. The experts are an
+/// [`ExpertStore`] ([`GpuModel::store`]): the pools' plans migrate from it through a
+/// [`CudaSlotSink`], as from any expert source. See the [module docs](super).
+pub struct GpuModel {
+    pub(super) spec: ModelSpec,
+    pub(super) layout: ExpertLayout,
+    pub(super) ctx: Arc<CudaContext>,
+    pub(super) compute: Arc<CudaStream>,
+    pub(super) ffn: MoeFfn,
+    pub(super) store: ExpertStore,
+    matrix_bytes: usize,
+    pub(super) expert_bytes: usize,
+}
+
+impl fmt::Debug for GpuModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GpuModel").field("spec", &self.spec).finish_non_exhaustive()
+    }
+}
+
+/// Opens device `ordinal`, with clear errors when there is no driver or no device.
+///
+/// # Errors
+/// [`CudaError::NoDriver`], [`CudaError::NoDevice`], [`CudaError::Driver`].
+pub fn open_device(ordinal: usize) -> Result<Arc<CudaContext>, CudaError> {
+    // SAFETY: probing for the driver library loads it; libcuda's initialisers are a plain C
+    // library's.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(CudaError::NoDriver);
+    }
+    let count = CudaContext::device_count().map_err(|_| CudaError::NoDevice { ordinal: 0 })?;
+    if usize::try_from(count).map_or(true, |c| ordinal >= c) {
+        return Err(CudaError::NoDevice { ordinal: 0 });
+    }
+    let ctx = CudaContext::new(ordinal)?;
+    // The FFN orders its work with explicit events on its two streams.
+    // SAFETY: no cudarc allocation of this context is in use yet, so none relies on tracking.
+    unsafe { ctx.disable_event_tracking() };
+    Ok(ctx)
+}
+
+impl GpuModel {
+    fn empty(ctx: Arc<CudaContext>, spec: ModelSpec) -> Result<Self, CudaError> {
+        let layout = spec.layout()?;
+        let ffn = MoeFfn::new(&ctx, spec.shape)?;
+        let compute = ctx.new_stream()?;
+        let matrix_bytes = spec.shape.gate_bytes()?;
+        let expert_bytes = spec.shape.expert_bytes()?;
+        Ok(Self { spec, layout, ctx, compute, ffn, store: ExpertStore::new(), matrix_bytes, expert_bytes })
+    }
+
+    fn stack_bytes(&self) -> usize {
+        self.matrix_bytes * self.spec.experts
+    }
+
+    /// Page-locked, device-mapped memory for one layer's three stacks after `pad` bytes.
+    fn alloc_layer(&self, pad: usize) -> Result<PinnedHostSlice<u8>, CudaError> {
+        let len = 3 * self.stack_bytes() + pad;
+        // SAFETY: the memory is written in full (by the fill or the caller's bytes) before any
+        // read; DEVICEMAP makes it readable by kernels over the bus.
+        Ok(unsafe { self.ctx.alloc_pinned_with_flags::<u8>(len, CU_MEMHOSTALLOC_DEVICEMAP) }?)
+    }
+
+    /// Adds `memory` (filled) as layer `layer`'s stacks, after `pad` bytes, to the store.
+    fn add_layer(&mut self, layer: usize, mut memory: PinnedHostSlice<u8>, pad: usize) -> Result<(), CudaError> {
+        let len = memory.len();
+        let ptr = memory.as_mut_ptr()?.cast_const();
+        let shared = SharedBytes::from_owner(PinnedStacks { _memory: memory, ptr, len });
+        let stack = self.stack_bytes();
+        let part = |p: usize| shared.slice(pad + p * stack..pad + (p + 1) * stack);
+        let stacks = LayerStacks::new(self.layout.clone(), &[part(0)?, part(1)?, part(2)?])?;
+        self.store.insert(layer, stacks)?;
+        Ok(())
+    }
+
+    /// A model of `spec` on device `ordinal`, its weights generated on the GPU (uniform in
+    /// `±sqrt(3 / cols)`, from SplitMix64 seeded per layer and projection) and copied into
+    /// page-locked host memory.
+    ///
+    /// # Errors
+    /// As [`open_device`] and [`MoeFfn::new`]; [`CudaError::Driver`] when memory runs out.
+    pub fn generate(ordinal: usize, spec: ModelSpec) -> Result<Self, CudaError> {
+        let ctx = open_device(ordinal)?;
+        let mut model = Self::empty(ctx, spec)?;
+        let fill = model.ffn.module().load_function(match spec.shape.format {
+            Format::BF16 => kernels::FILL_BF16,
+            _ => kernels::FILL_F32,
+        })?;
+        let elem = spec.shape.element_bytes()?;
+        let stack = model.stack_bytes();
+        let temp = model.compute.alloc_zeros::<u8>(stack)?;
+        for layer in 0..spec.layers {
+            let mut host = model.alloc_layer(0)?;
+            for (p, cols) in [spec.shape.hidden, spec.shape.hidden, spec.shape.ffn].into_iter().enumerate() {
+                let seed = spec.seed ^ ((layer as u64) << 32 | (p as u64) << 24);
+                let n = (stack / elem) as u64;
+                let scale = (3.0 / cols as f32).sqrt();
+                let ptr = raw(&temp, &model.compute);
+                let cfg = LaunchConfig { grid_dim: (1024, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+                let mut launch = model.compute.launch_builder(&fill);
+                launch.arg(&ptr).arg(&n).arg(&seed).arg(&scale);
+                // SAFETY: `fill_*(out, n, seed, scale)` writes `n` elements at `ptr`, the
+                // `stack`-byte allocation `temp` (n × elem = stack).
+                unsafe { launch.launch(cfg) }?;
+                let dst = host.as_mut_slice()?;
+                let part = dst.get_mut(p * stack..(p + 1) * stack).ok_or(CudaError::Unsupported("stack".into()))?;
+                model.compute.memcpy_dtoh(&temp, part)?;
+            }
+            model.compute.synchronize()?;
+            model.add_layer(layer, host, 0)?;
+        }
+        drop(temp);
+        Ok(model)
+    }
+
+    /// A model of `spec` on device `ordinal` with the caller's weights: `stacks[layer]` holds
+    /// the gate, up and down stacks (`experts × rows × cols` each, row-major). `pad` bytes are
+    /// left before the stacks (tests use it to read misaligned host memory).
+    ///
+    /// # Errors
+    /// As [`GpuModel::generate`]; [`CudaError::Unsupported`] when a stack has the wrong length.
+    pub fn from_host(ordinal: usize, spec: ModelSpec, stacks: &[[Vec<u8>; 3]], pad: usize) -> Result<Self, CudaError> {
+        let ctx = open_device(ordinal)?;
+        let mut model = Self::empty(ctx, spec)?;
+        if stacks.len() != spec.layers {
+            return Err(CudaError::Unsupported(format!("{} layers of stacks for {}", stacks.len(), spec.layers)));
+        }
+        let stack = model.stack_bytes();
+        for (index, layer) in stacks.iter().enumerate() {
+            let mut host = model.alloc_layer(pad)?;
+            let dst = host.as_mut_slice()?;
+            for (p, bytes) in layer.iter().enumerate() {
+                let part = dst
+                    .get_mut(pad + p * stack..pad + (p + 1) * stack)
+                    .filter(|part| part.len() == bytes.len())
+                    .ok_or_else(|| CudaError::Unsupported(format!("a stack of {} bytes, not {stack}", bytes.len())))?;
+                part.copy_from_slice(bytes);
+            }
+            model.add_layer(index, host, pad)?;
+        }
+        Ok(model)
+    }
+
+    /// The model's shape.
+    pub const fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// The experts: every layer's gate, up and down stacks in page-locked host memory.
+    pub const fn store(&self) -> &ExpertStore {
+        &self.store
+    }
+
+    /// The layout of one layer's experts.
+    pub const fn layout(&self) -> &ExpertLayout {
+        &self.layout
+    }
+
+    /// Bytes of one expert.
+    pub const fn expert_bytes(&self) -> usize {
+        self.expert_bytes
+    }
+
+    /// The device's name.
+    ///
+    /// # Errors
+    /// [`CudaError::Driver`].
+    pub fn device_name(&self) -> Result<String, CudaError> {
+        Ok(self.ctx.name()?)
+    }
+
+    /// The driver's version, as `major.minor`.
+    ///
+    /// # Errors
+    /// [`CudaError::Driver`].
+    pub fn driver_version(&self) -> Result<String, CudaError> {
+        let mut v = 0i32;
+        // SAFETY: writes one int.
+        unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) }.result()?;
+        Ok(format!("{}.{}", v / 1000, (v % 1000) / 10))
+    }
+
+    /// A sink over this device with the model's experts adopted for direct copies and reads
+    /// over the bus (they are page-locked and mapped already), no staging ring, and
+    /// `arenas`.
+    ///
+    /// # Errors
+    /// [`CudaError::Unsupported`] when a layer's memory could not be mapped for the device, or
+    /// the sink's errors.
+    pub(super) fn sink(
+        &self,
+        arenas: impl IntoIterator<Item = (usize, SlotArena)>,
+    ) -> Result<CudaSlotSink<CudaDriver>, CudaError> {
+        let driver = CudaDriver::from_context(Arc::clone(&self.ctx));
+        let mut sink = CudaSlotSink::new(driver, arenas, RingConfig { entries: 0, entry_bytes: 0 })?;
+        let report = sink.host_mut().register_store(&self.store);
+        if report.refused > 0 {
+            let why = report.first_refusal.map_or_else(String::new, |e| format!(": {e}"));
+            return Err(CudaError::Unsupported(format!("the model's host memory is not mapped for the device{why}")));
+        }
+        Ok(sink)
+    }
+
+    /// Measures the link bandwidth and the per-pair compute costs of resident and zero-copy
+    /// experts (medians of `reps` timings each), through the library's sink: copies are
+    /// scratch writes, resident pairs read the scratch slots, zero-copy pairs the mapped host
+    /// memory.
+    ///
+    /// # Errors
+    /// [`CudaError::Driver`] and the kernels' errors.
+    pub fn calibrate(&self, reps: usize) -> Result<Calibration, CudaError> {
+        let reps = reps.max(3);
+        let k = self.spec.shape.top_k.min(self.spec.experts);
+        let mut sink = self.sink([(0, SlotArena::new(&self.layout, 0, DEVICE_ALIGN)?)])?;
+        sink.add_scratch(0, SlotArena::new(&self.layout, k, DEVICE_ALIGN)?)?;
+        let table = DeviceSlotTable::new(0, self.spec.experts, &mut sink)?;
+        let vram = sink.vram(0).ok_or(CudaError::UnknownLayer { layer: 0 })?;
+        let view = SlotView::new(&self.spec.shape, &self.layout, vram, table.view())?;
+        let timing = Some(CUevent_flags::CU_EVENT_DEFAULT);
+        // Link: copies of k experts from page-locked memory.
+        let mut link = Vec::new();
+        let mut scratch = Vec::new();
+        for _ in 0..reps {
+            let start = sink.copy_stream().record_event(timing)?;
+            scratch.clear();
+            for e in 0..k {
+                scratch.push(sink.write_scratch(0, e, &self.layout, &self.store, 0, e)?);
+            }
+            let end = sink.copy_stream().record_event(timing)?;
+            end.synchronize()?;
+            link.push((k * self.expert_bytes) as f64 / seconds(&start, &end)?);
+        }
+        sink.order_before(&self.compute)?;
+        // One token over k experts, from device memory and over the bus.
+        let ids: Vec<u32> = (0..k as u32).collect();
+        let weights = vec![1.0 / k as f32; k];
+        let x = self.compute.clone_htod(&activations(self.spec.seed, self.spec.shape.hidden))?;
+        let y = self.compute.alloc_zeros::<f32>(self.spec.shape.hidden)?;
+        let (xp, yp) = (raw(&x, &self.compute), raw(&y, &self.compute));
+        let mut step = self.ffn.step_buffers(&self.compute, 1)?;
+        let mut per_pair = |sources: &[PairSource]| -> Result<f64, CudaError> {
+            step.stage(&self.compute, &ids, &weights, sources)?;
+            let mut t = Vec::new();
+            for _ in 0..reps + 1 {
+                let start = self.compute.record_event(timing)?;
+                // SAFETY: `view` reads the sink's arena and the table (alive for this function),
+                // the sources the sink's scratch slots or the model's mapped host stacks, `xp`
+                // and `yp` one token's activations and output; the compute stream waited on the
+                // copy stream above.
+                unsafe { self.ffn.launch(&self.compute, &view, &step, xp, yp) }?;
+                let end = self.compute.record_event(timing)?;
+                end.synchronize()?;
+                t.push(seconds(&start, &end)? / k as f64);
+            }
+            t.remove(0); // the first launch warms up
+            step.check_status(&self.compute)?;
+            Ok(median(&mut t))
+        };
+        let resident =
+            scratch.iter().map(|&s| PairSource::scratch(&sink, &self.layout, s)).collect::<Result<Vec<_>, _>>()?;
+        let zero_copy = (0..k)
+            .map(|e| PairSource::mapped(sink.host(), &self.layout, &self.store, 0, e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let resident_pair = per_pair(&resident)?;
+        let zero_copy_pair = per_pair(&zero_copy)?;
+        self.compute.synchronize()?;
+        let link_bytes_per_second = median(&mut link);
+        Ok(Calibration {
+            link_bytes_per_second,
+            costs: MissCosts { copy: self.expert_bytes as f64 / link_bytes_per_second, resident_pair, zero_copy_pair },
+        })
+    }
+
+    /// The bytes one slot takes in every layer.
+    fn slot_bytes_all_layers(&self) -> Result<u64, CudaError> {
+        let per_slot = SlotArena::new(&self.layout, 1, DEVICE_ALIGN)?.slot_stride() as u64;
+        Ok(per_slot * self.spec.layers as u64)
+    }
+
+    /// Decodes `trace` under `run` through the library's path (see the [module docs](super)).
+    /// The prefill records (and the records of step 0 when there is no prefill) run untimed;
+    /// the decode steps after them are timed together.
+    ///
+    /// # Errors
+    /// [`CudaError::Unsupported`] when the trace's shape is not the model's,
+    /// [`CudaError::DoesNotFit`] when the slots do not fit the free device memory,
+    /// [`CudaError::Residency`] when the pool refuses a step, [`CudaError::KernelStatus`],
+    /// [`CudaError::Driver`].
+    pub fn decode(&self, trace: &Trace, run: &RunConfig) -> Result<RunReport, CudaError> {
+        let spec = &self.spec;
+        let header = trace.header();
+        if header.experts as usize != spec.experts
+            || header.top_k as usize != spec.shape.top_k
+            || header.layers as usize > spec.layers
+        {
+            return Err(CudaError::Unsupported(format!(
+                "a trace of {} experts, top-{}, {} layers for a model of {} experts, top-{}, {} layers",
+                header.experts, header.top_k, header.layers, spec.experts, spec.shape.top_k, spec.layers
+            )));
+        }
+        let records = trace.records();
+        if records.iter().any(|r| trace.ids(r).iter().any(|&id| id as usize >= spec.experts)) {
+            return Err(CudaError::Unsupported("the trace names experts past the model's".into()));
+        }
+        let top_k = spec.shape.top_k;
+        let max_tokens = records.iter().map(|r| trace.ids(r).len() / top_k).max().unwrap_or(1).max(1);
+        let slots = run.slots.min(spec.experts);
+        let may_copy = run.miss != MissRule::Always(MissAction::ZeroCopy) && slots < spec.experts;
+        let scratch = if may_copy { (max_tokens * top_k).min(spec.experts) } else { 0 };
+        let (free, _) = self.ctx.mem_get_info()?;
+        check_fit(free as u64, self.slot_bytes_all_layers()?, slots, scratch)?;
+        Runner::new(self, run, slots, scratch, max_tokens, trace)?.run(trace)
+    }
+
+    /// [`GpuModel::decode`] `reps` times (at least once): the first run's report, with
+    /// `decode_seconds` the median over the runs.
+    ///
+    /// # Errors
+    /// As [`GpuModel::decode`].
+    pub fn decode_median(&self, trace: &Trace, run: &RunConfig, reps: usize) -> Result<RunReport, CudaError> {
+        let mut first = self.decode(trace, run)?;
+        let mut times = vec![first.decode_seconds];
+        let quiet = RunConfig { record_outputs: false, ..*run };
+        for _ in 1..reps {
+            times.push(self.decode(trace, &quiet)?.decode_seconds);
+        }
+        first.decode_seconds = median(&mut times);
+        Ok(first)
+    }
+
+    /// The overlap bound of G4 for `report`: the sum over its decode steps of
+    /// `max(copy time, compute time)`, with the copy time the step's copied bytes over the
+    /// link and the compute time the all-resident time per token plus the extra time of the
+    /// step's pairs read over the bus.
+    pub fn overlap_bound(&self, report: &RunReport, floor_per_token: f64, calibration: &Calibration) -> f64 {
+        let extra = (calibration.costs.zero_copy_pair - calibration.costs.resident_pair).max(0.0);
+        report
+            .step_copy_bytes
+            .iter()
+            .zip(&report.step_zero_copy_pairs)
+            .map(|(&bytes, &zc)| {
+                let copy = bytes as f64 / calibration.link_bytes_per_second;
+                let compute = floor_per_token + zc as f64 * extra;
+                copy.max(compute)
+            })
+            .sum()
+    }
+
+    /// The cost the core's replay predicts for `run` on `trace`'s decode steps, per decode
+    /// token: `(hits + served by copy) × resident_pair + served in place × miss pair + bytes
+    /// moved / link`, where the pair counts and bytes come from [`expertslab::trace::replay`]
+    /// (decode records only: the replay of the whole trace less the replay of its prefill) and
+    /// the per-pair and link costs from `calibration`; a miss pair costs what the rule's action
+    /// costs.
+    ///
+    /// # Errors
+    /// [`CudaError::Residency`] when the replay refuses the trace.
+    pub fn predict(&self, trace: &Trace, run: &RunConfig, calibration: &Calibration) -> Result<Prediction, CudaError> {
+        let cost = CostModel::new(self.expert_bytes as u64, 1.0, calibration.link_bytes_per_second);
+        let mut config =
+            ReplayConfig::new(ReplayPolicy::Pool(run.policy), run.slots, run.schedule, InitialPlacement::Warm, cost);
+        config.sharing = run.sharing;
+        let fail = |e: expertslab::trace::replay::ReplayError| CudaError::Residency(format!("replay: {e}"));
+        let whole = replay(trace, &config).map_err(fail)?.total;
+        let mut prefill = Trace::new(trace.header()).map_err(|e| CudaError::Residency(format!("{e}")))?;
+        let mut decode_tokens = 0u64;
+        for r in trace.records() {
+            if r.prefill || r.step == 0 {
+                prefill
+                    .push(r.layer, r.step, r.prefill, trace.ids(r))
+                    .map_err(|e| CudaError::Residency(format!("{e}")))?;
+            } else if r.layer == 0 {
+                decode_tokens += (trace.ids(r).len() / self.spec.shape.top_k) as u64;
+            }
+        }
+        let before = replay(&prefill, &config).map_err(fail)?.total;
+        let hits = whole.hits - before.hits;
+        let served_in_place = whole.served_in_place - before.served_in_place;
+        let bytes = whole.bytes_moved - before.bytes_moved;
+        let c = &calibration.costs;
+        let miss_pair = match run.miss.choose(1) {
+            MissAction::Copy => c.copy + c.resident_pair,
+            MissAction::ZeroCopy => c.zero_copy_pair,
+        };
+        // Misses served by copy are computed from their slot after their copy.
+        let computed_resident = hits + (whole.served_by_copy - before.served_by_copy);
+        let seconds = computed_resident as f64 * c.resident_pair
+            + served_in_place as f64 * miss_pair
+            + bytes as f64 / calibration.link_bytes_per_second;
+        Ok(Prediction {
+            seconds_per_token: if decode_tokens == 0 { 0.0 } else { seconds / decode_tokens as f64 },
+            hit_rate: whole.hit_rate(),
+            bytes_moved: bytes,
+            served_in_place,
+        })
+    }
+}
+
+fn seconds(start: &CudaEvent, end: &CudaEvent) -> Result<f64, CudaError> {
+    Ok(f64::from(start.elapsed_ms(end)?) / 1e3)
+}

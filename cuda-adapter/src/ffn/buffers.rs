@@ -1,0 +1,211 @@
+//! [`StepBuffers`]: a step's device buffers, staged from the host in one copy.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtr, PinnedHostSlice};
+
+use super::view::PairSource;
+use super::{raw, StepArgs};
+use crate::error::CudaError;
+use crate::reference::FfnShape;
+
+/// A step's device buffers: the router's ids and weights, each pair's miss addresses, the
+/// launch order of the pairs, the intermediate `h` and a status word, staged through one
+/// page-locked host block and uploaded with one copy.
+///
+/// The host block is reused by the next [`StepBuffers::stage`], which first waits for the
+/// previous upload: keep two per layer to stage a step while the last one runs.
+#[derive(Debug)]
+pub struct StepBuffers {
+    max_pairs: usize,
+    top_k: usize,
+    pub(super) tokens: usize,
+    pub(super) pairs: usize,
+    pub(super) before: usize,
+    host: PinnedHostSlice<u64>,
+    device: CudaSlice<u64>,
+    device_ptr: u64,
+    pub(super) order_ptr: u64,
+    h: CudaSlice<f32>,
+    h_ptr: u64,
+    _part: CudaSlice<f32>,
+    part_ptr: u64,
+    status: CudaSlice<u32>,
+    status_ptr: u64,
+    uploaded: Option<CudaEvent>,
+}
+
+/// Words of the staged block: miss addresses (3 per pair), then ids, weights and the pair order
+/// (one 32-bit value per pair each, two to a word).
+fn block_words(pairs: usize) -> usize {
+    pairs * 3 + 3 * pairs.div_ceil(2)
+}
+
+impl StepBuffers {
+    pub(super) fn new(stream: &Arc<CudaStream>, shape: &FfnShape, max_tokens: usize) -> Result<Self, CudaError> {
+        let max_pairs = max_tokens
+            .checked_mul(shape.top_k)
+            .filter(|&p| p > 0 && i32::try_from(p).is_ok())
+            .ok_or_else(|| CudaError::Unsupported(format!("{max_tokens} tokens per step")))?;
+        let words = block_words(max_pairs);
+        let h_len = max_pairs
+            .checked_mul(shape.ffn)
+            .ok_or_else(|| CudaError::Unsupported(format!("{max_tokens} tokens per step")))?;
+        let ctx = stream.context();
+        // SAFETY: the block is written in full by `stage` before each upload reads it.
+        let host = unsafe { ctx.alloc_pinned_with_flags::<u64>(words, 0) }?;
+        let device = stream.alloc_zeros::<u64>(words)?;
+        let h = stream.alloc_zeros::<f32>(h_len)?;
+        let part_len = max_pairs
+            .checked_mul(shape.hidden)
+            .ok_or_else(|| CudaError::Unsupported(format!("{max_tokens} tokens per step")))?;
+        let part = stream.alloc_zeros::<f32>(part_len)?;
+        let part_ptr = raw(&part, stream);
+        let status = stream.alloc_zeros::<u32>(1)?;
+        let device_ptr = raw(&device, stream);
+        let (h_ptr, status_ptr) = (raw(&h, stream), raw(&status, stream));
+        Ok(Self {
+            max_pairs,
+            top_k: shape.top_k,
+            tokens: 0,
+            pairs: 0,
+            before: 0,
+            host,
+            order_ptr: device_ptr + 8 * (max_pairs * 3 + 2 * max_pairs.div_ceil(2)) as u64,
+            device,
+            device_ptr,
+            h,
+            h_ptr,
+            _part: part,
+            part_ptr,
+            status,
+            status_ptr,
+            uploaded: None,
+        })
+    }
+
+    /// Pairs the buffers hold at most.
+    pub const fn max_pairs(&self) -> usize {
+        self.max_pairs
+    }
+
+    /// Stages a step on `stream`: `ids` and `weights` are `[tokens, top_k]`, token-major;
+    /// `sources` gives each pair's source. Waits for this block's previous upload first.
+    ///
+    /// # Errors
+    /// [`CudaError::Unsupported`] when the lengths disagree, a step is longer than the buffers,
+    /// an id does not fit `i32`, or a direct source has a null address; [`CudaError::Driver`].
+    pub fn stage(
+        &mut self,
+        stream: &CudaStream,
+        ids: &[u32],
+        weights: &[f32],
+        sources: &[PairSource],
+    ) -> Result<(), CudaError> {
+        let pairs = ids.len();
+        if pairs != weights.len() || pairs != sources.len() || !pairs.is_multiple_of(self.top_k) {
+            return Err(CudaError::Unsupported("ids, weights and sources must be tokens × top_k long".into()));
+        }
+        if pairs > self.max_pairs {
+            return Err(CudaError::Unsupported(format!("{pairs} pairs, the buffers hold {}", self.max_pairs)));
+        }
+        if ids.iter().any(|&id| i32::try_from(id).is_err())
+            || sources.iter().any(|s| matches!(s, PairSource::Direct { .. }) && s.pointers().contains(&0))
+        {
+            return Err(CudaError::Unsupported("an id over i32::MAX or a null source address".into()));
+        }
+        if let Some(event) = self.uploaded.take() {
+            event.synchronize()?;
+        }
+        let max = self.max_pairs;
+        let half = max.div_ceil(2);
+        let block = self.host.as_mut_slice()?;
+        block.fill(0);
+        let (miss, rest) = block.split_at_mut(max * 3);
+        let (id_words, rest) = rest.split_at_mut(half);
+        let (weight_words, order_words) = rest.split_at_mut(half);
+        for (pair, source) in sources.iter().enumerate() {
+            for (slot, p) in miss.iter_mut().skip(pair * 3).zip(source.pointers()) {
+                *slot = p;
+            }
+        }
+        let put = |words: &mut [u64], i: usize, v: u32| {
+            if let Some(w) = words.get_mut(i / 2) {
+                *w |= u64::from(v) << (32 * (i % 2));
+            }
+        };
+        for (i, (&id, &w)) in ids.iter().zip(weights).enumerate() {
+            put(id_words, i, id);
+            put(weight_words, i, w.to_bits());
+        }
+        // Launch order: pairs in place before the copies first, then the others.
+        let early = (0..pairs).filter(|&p| sources.get(p).is_some_and(|s| !s.after_copies()));
+        let late = (0..pairs).filter(|&p| sources.get(p).is_some_and(PairSource::after_copies));
+        for (i, p) in early.chain(late).enumerate() {
+            put(order_words, i, p as u32);
+        }
+        self.before = sources.iter().filter(|s| !s.after_copies()).count();
+        self.pairs = pairs;
+        self.tokens = pairs / self.top_k;
+        let (dst, _guard) = self.device.device_ptr(stream);
+        // SAFETY: `dst` is this block's device allocation of `block_words(max_pairs)` words and
+        // the source is the page-locked host block of the same length; it is not written again
+        // until `uploaded` completes (waited on above at the next `stage`).
+        unsafe { cudarc::driver::result::memcpy_htod_async(dst, self.host.as_slice()?, stream.cu_stream()) }?;
+        self.uploaded = Some(stream.record_event(None)?);
+        Ok(())
+    }
+
+    pub(super) fn args(&self, shape: &FfnShape, x: u64, y: u64) -> StepArgs {
+        let max = self.max_pairs;
+        let half = max.div_ceil(2) as u64;
+        let ids = self.device_ptr + 8 * (max as u64 * 3);
+        StepArgs {
+            ids,
+            weights: ids + 8 * half,
+            miss: self.device_ptr,
+            x,
+            h: self.h_ptr,
+            part: self.part_ptr,
+            y,
+            status: self.status_ptr,
+            tokens: self.tokens as i32,
+            top_k: shape.top_k as i32,
+            hidden: shape.hidden as i32,
+            ffn: shape.ffn as i32,
+        }
+    }
+
+    /// Reads and clears the status word the kernels set for pairs they could not compute
+    /// (synchronises `stream`).
+    ///
+    /// # Errors
+    /// [`CudaError::KernelStatus`] when a kernel set it, [`CudaError::Driver`].
+    pub fn check_status(&mut self, stream: &Arc<CudaStream>) -> Result<(), CudaError> {
+        let status = stream.clone_dtoh(&self.status)?;
+        stream.memset_zeros(&mut self.status)?;
+        match status.first().copied().unwrap_or(0) {
+            0 => Ok(()),
+            bits => Err(CudaError::KernelStatus(bits)),
+        }
+    }
+
+    /// The intermediate `h` of the last step, `[pairs, ffn]` (synchronises `stream`).
+    ///
+    /// # Errors
+    /// [`CudaError::Driver`].
+    pub fn h(&self, stream: &Arc<CudaStream>) -> Result<Vec<f32>, CudaError> {
+        Ok(stream.clone_dtoh(&self.h)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_staged_block_holds_three_addresses_and_three_halves_per_pair() {
+        assert_eq!(block_words(8), 24 + 12);
+        assert_eq!(block_words(3), 9 + 6);
+    }
+}

@@ -1,0 +1,326 @@
+//! The GPU MoE FFN for decode and small batches: launches the kernels of
+//! [`kernels`] on a compute stream.
+//!
+//! A layer is read through a [`SlotView`], built from the sink's VRAM arena and the device slot
+//! table's current buffer (`i32[experts]`: [`crate::NOT_RESIDENT`] or the slot index), so no
+//! kernel argument is an address a caller computed. A step is described by the router's ids
+//! and weights and, for each (token, k) pair, a [`PairSource`]: through the table, or for a miss
+//! from a scratch slot the sink filled ([`PairSource::scratch`]) or from registered host memory
+//! read over the bus ([`PairSource::mapped`], zero-copy). Which miss action a miss gets is the
+//! host's choice, by a [`MissRule`] from costs measured at start-up.
+//!
+//! | file | what |
+//! |---|---|
+//! | `mod.rs` | [`MoeFfn`]: the compiled kernels and their launches |
+//! | `view.rs` | [`SlotView`], [`PairSource`], [`Phase`] |
+//! | `miss.rs` | [`MissAction`], [`MissRule`], [`MissCosts`] |
+//! | `buffers.rs` | [`StepBuffers`] |
+//!
+//! The output does not depend on where the weights were read from: the kernels give every
+//! lane the same elements in the same order and reduce in the same order wherever the bytes
+//! are, so a step computed from slots, scratch slots and mapped host memory is bit-identical to
+//! the same step with every expert resident.
+//!
+//! Ordering: a step's gate/up and down work is launched in two phases ([`Phase::BeforeCopies`]
+//! for pairs whose weights are in place before the step's copies, [`Phase::AfterCopies`] for
+//! the others, once the compute stream waits on the copies), so copies overlap the compute of
+//! resident experts; then [`MoeFfn::launch_combine`] sums each token's pairs in k order.
+//! [`MoeFfn::record_reads`] records the event after which no kernel of the step reads a slot
+//! (for the copy stream to wait on before overwriting one: write-after-read).
+
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
+    PushKernelArg,
+};
+use expertslab::Format;
+
+use crate::error::CudaError;
+use crate::kernels;
+use crate::reference::FfnShape;
+
+mod buffers;
+mod miss;
+mod view;
+
+pub use buffers::StepBuffers;
+pub use miss::{MissAction, MissCosts, MissRule};
+pub use view::{PairSource, Phase, SlotView};
+
+/// The kernels' view of a layer (`LayerArgs` in the source).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LayerArgs {
+    slot_base: u64,
+    slot_stride: u64,
+    proj_offset: [u64; 3],
+    table: u64,
+    experts: i32,
+}
+
+/// The kernels' view of a step (`StepArgs` in the source).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StepArgs {
+    pub(crate) ids: u64,
+    pub(crate) weights: u64,
+    pub(crate) miss: u64,
+    pub(crate) x: u64,
+    pub(crate) h: u64,
+    pub(crate) part: u64,
+    pub(crate) y: u64,
+    pub(crate) status: u64,
+    pub(crate) tokens: i32,
+    pub(crate) top_k: i32,
+    pub(crate) hidden: i32,
+    pub(crate) ffn: i32,
+}
+
+// SAFETY: both are `#[repr(C)]` structs of integers whose field order, types and padding match
+// the `LayerArgs` and `StepArgs` structs of `moe_ffn.cu`; the kernels take them by value.
+unsafe impl DeviceRepr for LayerArgs {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for StepArgs {}
+
+/// The compiled MoE FFN kernels for one shape.
+#[derive(Debug)]
+pub struct MoeFfn {
+    shape: FfnShape,
+    module: Arc<CudaModule>,
+    gate_up: CudaFunction,
+    down: CudaFunction,
+    combine: CudaFunction,
+}
+
+impl MoeFfn {
+    /// Compiles the kernels for `ctx`'s device and loads them.
+    ///
+    /// # Errors
+    /// [`CudaError::Unsupported`] for a shape the kernels do not take (formats other than F32
+    /// and BF16, zero or over-large sizes), [`CudaError::NoNvrtc`], [`CudaError::Compile`],
+    /// [`CudaError::Driver`].
+    pub fn new(ctx: &Arc<CudaContext>, shape: FfnShape) -> Result<Self, CudaError> {
+        shape.expert_bytes()?;
+        let fits = |n: usize| n > 0 && i32::try_from(n).is_ok();
+        if !fits(shape.hidden) || !fits(shape.ffn) || !fits(shape.top_k) {
+            return Err(CudaError::Unsupported(format!("shape {shape:?}")));
+        }
+        let arch = ctx.compute_capability()?;
+        let module = ctx.load_module(kernels::compile(arch)?)?;
+        let (gate_up, down) = match shape.format {
+            Format::BF16 => (kernels::GATE_UP_BF16, kernels::DOWN_BF16),
+            _ => (kernels::GATE_UP_F32, kernels::DOWN_F32),
+        };
+        Ok(Self {
+            shape,
+            gate_up: module.load_function(gate_up)?,
+            down: module.load_function(down)?,
+            combine: module.load_function(kernels::COMBINE)?,
+            module,
+        })
+    }
+
+    /// The shape.
+    pub const fn shape(&self) -> &FfnShape {
+        &self.shape
+    }
+
+    /// The loaded module (for the demo's weight fill).
+    pub(crate) fn module(&self) -> &Arc<CudaModule> {
+        &self.module
+    }
+
+    /// Buffers for steps of up to `max_tokens` tokens, allocated on `stream`.
+    ///
+    /// # Errors
+    /// [`CudaError::Unsupported`] for zero tokens, [`CudaError::Driver`].
+    pub fn step_buffers(&self, stream: &Arc<CudaStream>, max_tokens: usize) -> Result<StepBuffers, CudaError> {
+        StepBuffers::new(stream, &self.shape, max_tokens)
+    }
+
+    /// Launches gate/up on `stream` for the pairs of `phase` of the step staged in `step`:
+    /// `h = SiLU(gate · x) ⊙ (up · x)` per pair, reading `x` (`[tokens, hidden]` f32 at a device
+    /// address) and the weights through `layer`.
+    ///
+    /// # Errors
+    /// [`CudaError::Driver`] when the launch fails.
+    ///
+    /// # Safety
+    /// The addresses in `layer` (slots, table of `layer.experts` i32), in the step's pair
+    /// sources, and `x`/`y` must be live device-accessible memory of the sizes the step needs
+    /// (`[tokens, hidden]` f32 for `x` and `y`), written by no other work while the launch runs
+    /// and ordered on `stream` after their writes.
+    pub unsafe fn launch_gate_up(
+        &self,
+        stream: &CudaStream,
+        layer: &SlotView,
+        step: &StepBuffers,
+        x: u64,
+        phase: Phase,
+    ) -> Result<(), CudaError> {
+        // SAFETY: the caller upholds `launch_pairs`' contract (this function's).
+        unsafe {
+            self.launch_pairs(&self.gate_up, self.shape.ffn, stream, layer, step, step.args(&self.shape, x, 0), phase)
+        }
+    }
+
+    /// Launches down on `stream` for the pairs of `phase`: each pair's `down · h` into the step's
+    /// partial outputs. Launch after the same pairs' gate/up.
+    ///
+    /// # Errors
+    /// [`CudaError::Driver`] when the launch fails.
+    ///
+    /// # Safety
+    /// The addresses in `layer` (slots, table of `layer.experts` i32), in the step's pair
+    /// sources, and `x`/`y` must be live device-accessible memory of the sizes the step needs
+    /// (`[tokens, hidden]` f32 for `x` and `y`), written by no other work while the launch runs
+    /// and ordered on `stream` after their writes.
+    pub unsafe fn launch_down(
+        &self,
+        stream: &CudaStream,
+        layer: &SlotView,
+        step: &StepBuffers,
+        phase: Phase,
+    ) -> Result<(), CudaError> {
+        // SAFETY: as in `launch_gate_up`.
+        unsafe {
+            self.launch_pairs(&self.down, self.shape.hidden, stream, layer, step, step.args(&self.shape, 0, 0), phase)
+        }
+    }
+
+    /// # Safety
+    /// As [`MoeFfn::launch_gate_up`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn launch_pairs(
+        &self,
+        function: &CudaFunction,
+        rows: usize,
+        stream: &CudaStream,
+        layer: &SlotView,
+        step: &StepBuffers,
+        step_args: StepArgs,
+        phase: Phase,
+    ) -> Result<(), CudaError> {
+        let (first, count) = match phase {
+            Phase::BeforeCopies => (0, step.before),
+            Phase::AfterCopies => (step.before, step.pairs - step.before),
+            Phase::All => (0, step.pairs),
+        };
+        if count == 0 {
+            return Ok(());
+        }
+        let cfg = LaunchConfig {
+            grid_dim: ((rows as u32).div_ceil(kernels::ROWS_PER_BLOCK), count as u32, 1),
+            block_dim: (kernels::BLOCK_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let layer_args = layer_args(layer);
+        let pairs = step.order_ptr + 4 * first as u64;
+        let mut launch = stream.launch_builder(function);
+        launch.arg(&layer_args).arg(&step_args).arg(&pairs);
+        // SAFETY: the arguments match the kernels' signature (two structs by value and a device
+        // address of `count` i32 pair indices inside `step`'s block). Every address the kernel
+        // reads was given by the caller for this step (valid by the callers' contract): `layer`'s slots and table, `step`'s
+        // buffers (alive as long as `step`), `x`, and the pair sources' addresses; the kernel
+        // checks expert ids against the table's length and skips pairs without a source. Gate/up
+        // writes the pairs' rows of `h`, down reads them (launched after, on the same stream) and
+        // writes the pairs' rows of the partial outputs.
+        unsafe { launch.launch(cfg) }?;
+        Ok(())
+    }
+
+    /// Launches the combine on `stream`: `y[token] = Σ_k weight · (down · h)` over the token's
+    /// pairs in k order, written to `y` (`[tokens, hidden]` f32 at a device address). Launch
+    /// after every down phase of the step.
+    ///
+    /// # Errors
+    /// [`CudaError::Driver`] when the launch fails.
+    ///
+    /// # Safety
+    /// The addresses in `layer` (slots, table of `layer.experts` i32), in the step's pair
+    /// sources, and `x`/`y` must be live device-accessible memory of the sizes the step needs
+    /// (`[tokens, hidden]` f32 for `x` and `y`), written by no other work while the launch runs
+    /// and ordered on `stream` after their writes.
+    pub unsafe fn launch_combine(&self, stream: &CudaStream, step: &StepBuffers, y: u64) -> Result<(), CudaError> {
+        if step.tokens == 0 {
+            return Ok(());
+        }
+        let cfg = LaunchConfig {
+            grid_dim: ((self.shape.hidden as u32).div_ceil(kernels::BLOCK_THREADS), step.tokens as u32, 1),
+            block_dim: (kernels::BLOCK_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let step_args = step.args(&self.shape, 0, y);
+        let mut launch = stream.launch_builder(&self.combine);
+        launch.arg(&step_args);
+        // SAFETY: combine reads the router weights and the partial outputs of `step` and writes
+        // `y`, `[tokens, hidden]` f32 given by the caller (valid by this function's contract).
+        unsafe { launch.launch(cfg) }?;
+        Ok(())
+    }
+
+    /// The whole step on one stream: gate/up and down for every pair, then the combine. For
+    /// steps whose copies the stream already waited on.
+    ///
+    /// # Errors
+    /// As [`MoeFfn::launch_gate_up`].
+    ///
+    /// # Safety
+    /// As [`MoeFfn::launch_gate_up`].
+    pub unsafe fn launch(
+        &self,
+        stream: &CudaStream,
+        layer: &SlotView,
+        step: &StepBuffers,
+        x: u64,
+        y: u64,
+    ) -> Result<(), CudaError> {
+        // SAFETY: the caller upholds the launches' contract (this function's).
+        unsafe {
+            self.launch_gate_up(stream, layer, step, x, Phase::All)?;
+            self.launch_down(stream, layer, step, Phase::All)?;
+            self.launch_combine(stream, step, y)
+        }
+    }
+
+    /// Records, on `stream`, the event after which the kernels launched so far no longer read
+    /// any slot: a copy stream that waits on it may overwrite the slots they read.
+    ///
+    /// # Errors
+    /// [`CudaError::Driver`].
+    pub fn record_reads(&self, stream: &CudaStream) -> Result<CudaEvent, CudaError> {
+        Ok(stream.record_event(None)?)
+    }
+}
+
+fn layer_args(layer: &SlotView) -> LayerArgs {
+    LayerArgs {
+        slot_base: layer.slot_base,
+        slot_stride: layer.slot_stride,
+        proj_offset: layer.offsets,
+        table: layer.table,
+        experts: layer.experts.min(i32::MAX as u32) as i32,
+    }
+}
+
+/// The device address of `slice` (kept alive by its owner; ordering is the caller's, on its
+/// streams).
+pub(crate) fn raw<T>(slice: &CudaSlice<T>, stream: &CudaStream) -> u64 {
+    let (ptr, _guard) = slice.device_ptr(stream);
+    ptr
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernel_argument_structs_match_the_source() {
+        // LayerArgs: 6 × u64 + i32, padded to 8; StepArgs: 8 × u64 + 4 × i32.
+        assert_eq!(size_of::<LayerArgs>(), 56);
+        assert_eq!(size_of::<StepArgs>(), 80);
+        assert!(kernels::MOE_FFN_SOURCE.contains("u64 part;"));
+        assert!(kernels::MOE_FFN_SOURCE.contains("u64 proj_offset[3];"));
+    }
+}
