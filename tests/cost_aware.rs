@@ -70,13 +70,13 @@ fn family(zipf_s: f64, reuse: f64, phase: u64, settings: (f32, f32, f32), bound:
 }
 
 #[test]
-fn locality_gains_16_percent_over_todays_best_and_is_within_1_48_of_the_optimum() {
-    family(0.9, 0.5, 256, (32.0, 0.5, 0.0), 0.84, 1.48);
+fn locality_gains_14_percent_over_todays_best_and_is_within_1_48_of_the_optimum() {
+    family(0.9, 0.5, 256, (32.0, 0.5, 0.0), 0.86, 1.48);
 }
 
 #[test]
-fn stationary_gains_21_percent_over_todays_best_and_is_within_the_goal_of_the_optimum() {
-    family(0.9, 0.5, 0, (1024.0, 0.5, 0.0), 0.79, 1.38);
+fn stationary_gains_5_percent_over_todays_best_and_is_within_the_goal_of_the_optimum() {
+    family(0.9, 0.5, 0, (1024.0, 0.5, 0.0), 0.95, 1.38);
 }
 
 #[test]
@@ -149,6 +149,6 @@ fn over_a_shared_pool_stationary_gains_4_percent_and_is_within_1_31_of_the_per_l
 }
 
 #[test]
-fn over_a_shared_pool_heavy_reuse_gains_11_percent_and_is_within_1_24_of_the_per_layer_optimum() {
-    shared_family(0.9, 0.9, 256, (64.0, 0.5, 0.0), 0.89, (1.24, 1.60));
+fn over_a_shared_pool_heavy_reuse_gains_12_percent_and_is_within_1_24_of_the_per_layer_optimum() {
+    shared_family(0.9, 0.9, 256, (64.0, 0.5, 0.0), 0.88, (1.24, 1.60));
 }

@@ -1,6 +1,6 @@
 //! How much of the gap to `optimal` on the synthetic families is estimation, and how much is
 //! decision, over per-layer pools. The goals table of BENCHMARKS.md holds per-layer tinylfu at
-//! 1.47× the optimum on locality and 1.40× on heavy reuse, against goals of 1.39× and 1.31×.
+//! 1.47× the optimum on locality and 1.41× on heavy reuse, against goals of 1.39× and 1.31×.
 //! This study replays the same traces under one online rule fed with three kinds of knowledge of
 //! the popularity (each is told the reuse probability, which tinylfu measures):
 //!
@@ -19,7 +19,7 @@
 //! a prefill gives its slots to its busiest experts. Told, it meets every goal (seed 1: 1.36×
 //! locality, 1.22× heavy reuse, 1.36× stationary); counting, even with the phase boundaries told,
 //! it misses all three (1.41×, 1.32×, 1.38×; decayed, 1.46×, 1.37× and 1.39×, next to per-layer
-//! tinylfu's 1.47×, 1.40× and 1.38×): what stands between per-layer online policies and those
+//! tinylfu's 1.47×, 1.41× and 1.38×): what stands between per-layer online policies and those
 //! goals is learning the distribution from its samples, not the rule.
 //!
 //! Run with `--nocapture` to see the table.
