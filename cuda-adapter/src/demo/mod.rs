@@ -19,11 +19,10 @@
 //!
 //! | file | what |
 //! |---|---|
-//! | `mod.rs` | settings and reports ([`ModelSpec`], [`SynthSettings`], [`RunConfig`], [`RunReport`], [`DemoConfig`], [`DemoReport`]), [`run_demo`], [`tune_pick`] |
+//! | `mod.rs` | settings and reports of a run ([`ModelSpec`], [`SynthSettings`], [`RunConfig`], [`RunReport`]), [`tune_pick`] |
+//! | `compare.rs` | the demo's comparison ([`DemoConfig`], [`DemoReport`], [`run_demo`]) |
 //! | `model.rs` | [`GpuModel`]: the weights, calibration, decode, the replay's prediction |
 //! | `runner.rs` | one decode run on the library's path |
-
-use std::fmt;
 
 use expertslab::trace::replay::{replay, CostModel, ReplayConfig, ReplayPolicy, Sharing};
 use expertslab::trace::synthetic::{RoutingShape, SplitMix64, SyntheticRouting};
@@ -34,9 +33,11 @@ use crate::error::CudaError;
 use crate::ffn::{MissAction, MissCosts, MissRule};
 use crate::reference::FfnShape;
 
+mod compare;
 mod model;
 mod runner;
 
+pub use compare::{run_demo, DemoConfig, DemoReport, DemoRouting, DemoRow};
 pub use model::{open_device, GpuModel};
 
 /// The shape of a demo model.
@@ -310,205 +311,6 @@ pub fn router_weights(layer: usize, step: u64, pairs: usize, top_k: usize) -> Ve
         token.iter_mut().for_each(|v| *v /= sum);
     }
     w
-}
-
-/// Where the demo's routing comes from.
-#[derive(Debug, Clone)]
-pub enum DemoRouting {
-    /// Synthetic routing generated like `expertslab synth`.
-    Synthetic(SynthSettings),
-    /// A routing trace (read by the caller).
-    Trace(Trace),
-}
-
-/// The demo's settings.
-#[derive(Debug, Clone)]
-pub struct DemoConfig {
-    /// The CUDA device.
-    pub device: usize,
-    /// The model's shape.
-    pub model: ModelSpec,
-    /// The routing.
-    pub routing: DemoRouting,
-    /// Slots per layer for the expertslab row.
-    pub slots: usize,
-    /// The expertslab row's policy.
-    pub policy: Policy,
-    /// Timed repetitions per row (the median is reported).
-    pub reps: usize,
-}
-
-impl Default for DemoConfig {
-    /// The model (128 experts, top-8, hidden 2048, FFN 768, BF16, 4 layers) on device 0,
-    /// the locality trace, half the experts in slots under TIDE, 5 repetitions.
-    fn default() -> Self {
-        Self {
-            device: 0,
-            model: ModelSpec::current_moe(4),
-            routing: DemoRouting::Synthetic(SynthSettings::locality()),
-            slots: 64,
-            policy: Policy::Tide,
-            reps: 5,
-        }
-    }
-}
-
-/// One row of the demo's comparison.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DemoRow {
-    /// What ran.
-    pub name: String,
-    /// Slots per layer.
-    pub slots: usize,
-    /// Hit rate over the trace.
-    pub hit_rate: f64,
-    /// Bytes copied over the bus per decode token.
-    pub bytes_per_token: f64,
-    /// Pairs read over the bus per decode token.
-    pub zero_copy_pairs_per_token: f64,
-    /// Median seconds per decode token.
-    pub seconds_per_token: f64,
-    /// Whether the outputs are bit-identical to the all-resident row's.
-    pub bit_identical: bool,
-}
-
-/// The demo's result; `Display` prints it as a table.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DemoReport {
-    /// The device's name.
-    pub device: String,
-    /// The driver's version.
-    pub driver: String,
-    /// The model's shape.
-    pub model: ModelSpec,
-    /// Bytes per expert.
-    pub expert_bytes: usize,
-    /// Decode steps per run.
-    pub decode_steps: u64,
-    /// Costs measured at start-up.
-    pub calibration: Calibration,
-    /// The rows: all resident, streaming, zero-copy, expertslab.
-    pub rows: Vec<DemoRow>,
-}
-
-impl fmt::Display for DemoReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = &self.model;
-        let c = &self.calibration;
-        writeln!(
-            f,
-            "{} (driver {}): {} layers × {} experts, top-{}, hidden {}, FFN {}, {} ({:.1} MiB per expert)",
-            self.device,
-            self.driver,
-            m.layers,
-            m.experts,
-            m.shape.top_k,
-            m.shape.hidden,
-            m.shape.ffn,
-            m.shape.format.name(),
-            self.expert_bytes as f64 / (1 << 20) as f64
-        )?;
-        writeln!(
-            f,
-            "measured: link {:.1} GB/s (expert copy {:.0} µs), pair from VRAM {:.2} µs, pair over the bus {:.1} µs",
-            c.link_bytes_per_second / 1e9,
-            c.costs.copy * 1e6,
-            c.costs.resident_pair * 1e6,
-            c.costs.zero_copy_pair * 1e6
-        )?;
-        writeln!(f, "{} decode steps, one token each; medians of the timed runs", self.decode_steps)?;
-        writeln!(
-            f,
-            "{:<34} {:>6} {:>9} {:>13} {:>10} {:>12} {:>9} {:>13}",
-            "run", "slots", "hit rate", "copied/token", "bus pairs", "time/token", "vs floor", "bit-identical"
-        )?;
-        let floor = self.rows.first().map_or(0.0, |r| r.seconds_per_token);
-        for r in &self.rows {
-            writeln!(
-                f,
-                "{:<34} {:>6} {:>8.1}% {:>9.1} MiB {:>10.1} {:>9.1} µs {:>8.2}× {:>13}",
-                r.name,
-                r.slots,
-                100.0 * r.hit_rate,
-                r.bytes_per_token / (1 << 20) as f64,
-                r.zero_copy_pairs_per_token,
-                r.seconds_per_token * 1e6,
-                if floor > 0.0 { r.seconds_per_token / floor } else { 0.0 },
-                if r.bit_identical { "yes" } else { "NO" }
-            )?;
-        }
-        Ok(())
-    }
-}
-
-/// Runs the GPU demo: generates the model's weights on the GPU, measures the link and the
-/// per-pair costs, and decodes the routing four ways (every expert resident; no slots and every
-/// routed expert uploaded each step; no slots and every routed expert read over the bus;
-/// expertslab slots under the configured policy with the measured miss rule), checking that
-/// every way gives bit-identical outputs.
-///
-/// # Errors
-/// [`CudaError::NoDriver`] or [`CudaError::NoDevice`] without a GPU, [`CudaError::DoesNotFit`]
-/// when the slots do not fit the free VRAM (with how many would), and the errors of
-/// [`GpuModel::generate`] and [`GpuModel::decode`].
-pub fn run_demo(config: &DemoConfig) -> Result<DemoReport, CudaError> {
-    let trace = match &config.routing {
-        DemoRouting::Synthetic(settings) => settings.trace()?,
-        DemoRouting::Trace(trace) => trace.clone(),
-    };
-    let model = GpuModel::generate(config.device, config.model)?;
-    let calibration = model.calibrate(10)?;
-    let experts = config.model.experts;
-    let runs = [
-        (
-            "every expert resident (floor)".to_string(),
-            RunConfig::new(experts, config.policy, MissRule::Always(MissAction::Copy)),
-        ),
-        (
-            "no slots, upload each step".to_string(),
-            RunConfig::new(0, config.policy, MissRule::Always(MissAction::Copy)),
-        ),
-        (
-            "no slots, read over the bus".to_string(),
-            RunConfig::new(0, config.policy, MissRule::Always(MissAction::ZeroCopy)),
-        ),
-        (
-            format!("expertslab {}, measured miss rule", config.policy.name()),
-            RunConfig::new(config.slots, config.policy, MissRule::Measured(calibration.costs)),
-        ),
-    ];
-    let mut rows = Vec::new();
-    let mut reference: Option<Vec<f32>> = None;
-    let mut decode_steps = 0;
-    for (name, run) in runs {
-        let run = RunConfig { record_outputs: true, ..run };
-        let report = model.decode_median(&trace, &run, config.reps)?;
-        let bits: Vec<u32> = report.outputs.iter().map(|v| v.to_bits()).collect();
-        let reference_bits = reference.get_or_insert_with(|| report.outputs.clone());
-        let identical = bits.iter().copied().eq(reference_bits.iter().map(|v| v.to_bits()));
-        let tokens = report.decode_tokens.max(1) as f64;
-        decode_steps = report.decode_steps;
-        let copied_decode: u64 = report.step_copy_bytes.iter().sum();
-        let zc_decode: u64 = report.step_zero_copy_pairs.iter().sum();
-        rows.push(DemoRow {
-            name,
-            slots: run.slots.min(experts),
-            hit_rate: report.hit_rate(),
-            bytes_per_token: copied_decode as f64 / tokens,
-            zero_copy_pairs_per_token: zc_decode as f64 / tokens,
-            seconds_per_token: report.seconds_per_token(),
-            bit_identical: identical,
-        });
-    }
-    Ok(DemoReport {
-        device: model.device_name()?,
-        driver: model.driver_version()?,
-        model: config.model,
-        expert_bytes: model.expert_bytes(),
-        decode_steps,
-        calibration,
-        rows,
-    })
 }
 
 /// The pick of `expertslab tune` at a fixed budget: the policy and refresh interval with the
