@@ -186,25 +186,39 @@ impl<D: Driver + Clone> CudaSlotSink<D> {
         arenas: impl IntoIterator<Item = (usize, SlotArena)>,
         ring: RingConfig,
     ) -> Result<Self, CudaError> {
-        let mut layers = BTreeMap::new();
-        for (layer, arena) in arenas {
-            let slots = arena.slots();
-            let vram = VramArena::new(driver.clone(), layer, arena)?;
-            let ready = (0..slots).map(|_| driver.new_event()).collect::<Result<Vec<_>, _>>()?;
-            layers.insert(layer, LayerSlots { vram, ready, read: vec![false; slots], suspect: vec![false; slots] });
-        }
-        Ok(Self {
+        let mut sink = Self {
             copy: driver.new_stream()?,
             host: HostMemory::new(driver.clone(), ring)?,
             tail: driver.new_event()?,
             read_fence: driver.new_event()?,
             driver,
-            layers,
+            layers: BTreeMap::new(),
             scratch: BTreeMap::new(),
             fence_pending: false,
             late: None,
             stats: SinkStats::default(),
-        })
+        };
+        for (layer, arena) in arenas {
+            sink.add_arena(layer, arena)?;
+        }
+        Ok(sink)
+    }
+
+    /// Gives layer `layer` the slot arena `arena` in VRAM (replacing one it had, after a device
+    /// sync: kernels may still read it).
+    ///
+    /// # Errors
+    /// As [`VramArena::new`], or the driver's error.
+    pub fn add_arena(&mut self, layer: usize, arena: SlotArena) -> Result<(), CudaError> {
+        let slots = arena.slots();
+        let vram = VramArena::new(self.driver.clone(), layer, arena)?;
+        let ready = (0..slots).map(|_| self.driver.new_event()).collect::<Result<Vec<_>, _>>()?;
+        let state = LayerSlots { vram, ready, read: vec![false; slots], suspect: vec![false; slots] };
+        if let Some(old) = self.layers.insert(layer, state) {
+            let _ = self.driver.sync_device();
+            drop(old);
+        }
+        Ok(())
     }
 
     /// A sink for every MoE layer of `store`, `slots` slots each (clamped to the layer's expert

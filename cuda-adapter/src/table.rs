@@ -161,6 +161,13 @@ impl<D: Driver> DeviceSlotTable<D> {
         &self.current().entries
     }
 
+    /// The device addresses of both buffers.
+    #[cfg(test)]
+    pub(crate) fn buffer_ptrs(&self) -> [u64; 2] {
+        let [first, second] = &self.buffers;
+        [first.ptr, second.ptr]
+    }
+
     fn current(&self) -> &TableBuffer<D> {
         let [first, second] = &self.buffers;
         if self.current == 0 {

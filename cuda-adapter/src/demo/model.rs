@@ -11,12 +11,12 @@ use expertslab::trace::Trace;
 use expertslab::{ExpertLayout, Format, InitialPlacement, SlotArena};
 use expertslab_std::{ExpertStore, LayerStacks, SharedBytes};
 
-use super::runner::Runner;
-use super::{activations, check_fit, median, Calibration, ModelSpec, Prediction, RunConfig, RunReport};
+use super::runner::{Kernels, Model, Runner};
+use super::{activations, check_fit, median, router_weights, Calibration, ModelSpec, Prediction, RunConfig, RunReport};
 use crate::arena::DEVICE_ALIGN;
 use crate::driver::CudaDriver;
 use crate::error::CudaError;
-use crate::ffn::{raw, MissAction, MissCosts, MissRule, MoeFfn, PairSource, SlotView};
+use crate::ffn::{raw, MissAction, MissCosts, MissRule, MoeFfn, PairSource, Phase, SlotView, StepBuffers};
 use crate::host::RingConfig;
 use crate::kernels;
 use crate::sink::CudaSlotSink;
@@ -228,18 +228,15 @@ impl GpuModel {
     }
 
     /// A sink over this device with the model's experts adopted for direct copies and reads
-    /// over the bus (they are page-locked and mapped already), no staging ring, and
-    /// `arenas`.
+    /// over the bus (they are page-locked and mapped already), no staging ring and no arena
+    /// yet.
     ///
     /// # Errors
     /// [`CudaError::Unsupported`] when a layer's memory could not be mapped for the device, or
     /// the sink's errors.
-    pub(super) fn sink(
-        &self,
-        arenas: impl IntoIterator<Item = (usize, SlotArena)>,
-    ) -> Result<CudaSlotSink<CudaDriver>, CudaError> {
+    fn sink(&self) -> Result<CudaSlotSink<CudaDriver>, CudaError> {
         let driver = CudaDriver::from_context(Arc::clone(&self.ctx));
-        let mut sink = CudaSlotSink::new(driver, arenas, RingConfig { entries: 0, entry_bytes: 0 })?;
+        let mut sink = CudaSlotSink::new(driver, [], RingConfig { entries: 0, entry_bytes: 0 })?;
         let report = sink.host_mut().register_store(&self.store);
         if report.refused > 0 {
             let why = report.first_refusal.map_or_else(String::new, |e| format!(": {e}"));
@@ -258,7 +255,8 @@ impl GpuModel {
     pub fn calibrate(&self, reps: usize) -> Result<Calibration, CudaError> {
         let reps = reps.max(3);
         let k = self.spec.shape.top_k.min(self.spec.experts);
-        let mut sink = self.sink([(0, SlotArena::new(&self.layout, 0, DEVICE_ALIGN)?)])?;
+        let mut sink = self.sink()?;
+        sink.add_arena(0, SlotArena::new(&self.layout, 0, DEVICE_ALIGN)?)?;
         sink.add_scratch(0, SlotArena::new(&self.layout, k, DEVICE_ALIGN)?)?;
         let table = DeviceSlotTable::new(0, self.spec.experts, &mut sink)?;
         let vram = sink.vram(0).ok_or(CudaError::UnknownLayer { layer: 0 })?;
@@ -356,7 +354,18 @@ impl GpuModel {
         let scratch = if may_copy { (max_tokens * top_k).min(spec.experts) } else { 0 };
         let (free, _) = self.ctx.mem_get_info()?;
         check_fit(free as u64, self.slot_bytes_all_layers()?, slots, scratch)?;
-        Runner::new(self, run, slots, scratch, max_tokens, trace)?.run(trace)
+        let model = Model {
+            store: &self.store,
+            layout: &self.layout,
+            shape: spec.shape,
+            experts: spec.experts,
+            layers: spec.layers,
+            expert_bytes: self.expert_bytes,
+            activations: activations(spec.seed, max_tokens * spec.shape.hidden),
+        };
+        let kernels = CudaKernels::new(&self.ffn, &self.compute, spec.layers, max_tokens)?;
+        let sink = self.sink()?;
+        Runner::new(model, sink, Arc::clone(&self.compute), kernels, run, slots, scratch, trace)?.run(trace)
     }
 
     /// [`GpuModel::decode`] `reps` times (at least once): the first run's report, with
@@ -440,6 +449,79 @@ impl GpuModel {
             bytes_moved: bytes,
             served_in_place,
         })
+    }
+}
+
+/// The MoE FFN's kernels as the runner launches them: two step buffers per layer, used in
+/// turn, so a layer's next step is staged while its last one may still run.
+struct CudaKernels<'a> {
+    ffn: &'a MoeFfn,
+    buffers: Vec<[StepBuffers; 2]>,
+    turn: Vec<usize>,
+}
+
+impl<'a> CudaKernels<'a> {
+    fn new(ffn: &'a MoeFfn, stream: &Arc<CudaStream>, layers: usize, max_tokens: usize) -> Result<Self, CudaError> {
+        let buffers = (0..layers)
+            .map(|_| Ok([ffn.step_buffers(stream, max_tokens)?, ffn.step_buffers(stream, max_tokens)?]))
+            .collect::<Result<Vec<_>, CudaError>>()?;
+        Ok(Self { ffn, buffers, turn: vec![0; layers] })
+    }
+
+    /// Layer `layer`'s buffers of this turn.
+    fn current(&mut self, layer: usize) -> Result<&mut StepBuffers, CudaError> {
+        let turn = self.turn.get(layer).copied().unwrap_or(0);
+        self.buffers.get_mut(layer).and_then(|b| b.get_mut(turn)).ok_or(CudaError::UnknownLayer { layer })
+    }
+}
+
+impl Kernels<CudaDriver> for CudaKernels<'_> {
+    fn stage(
+        &mut self,
+        layer: usize,
+        step: u64,
+        ids: &[u32],
+        sources: &[PairSource],
+        stream: &Arc<CudaStream>,
+    ) -> Result<(), CudaError> {
+        let weights = router_weights(layer, step, ids.len(), self.ffn.shape().top_k);
+        self.current(layer)?.stage(stream, ids, &weights, sources)
+    }
+
+    unsafe fn pairs(
+        &mut self,
+        layer: usize,
+        phase: Phase,
+        view: &SlotView,
+        x: u64,
+        stream: &Arc<CudaStream>,
+    ) -> Result<(), CudaError> {
+        let ffn = self.ffn;
+        let buffers = self.current(layer)?;
+        // SAFETY: the caller upholds the launches' contract (this function's).
+        unsafe {
+            ffn.launch_gate_up(stream, view, buffers, x, phase)?;
+            ffn.launch_down(stream, view, buffers, phase)
+        }
+    }
+
+    unsafe fn combine(&mut self, layer: usize, y: u64, stream: &Arc<CudaStream>) -> Result<(), CudaError> {
+        let ffn = self.ffn;
+        // SAFETY: the caller upholds the launch's contract (this function's).
+        unsafe { ffn.launch_combine(stream, self.current(layer)?, y)? };
+        if let Some(turn) = self.turn.get_mut(layer) {
+            *turn = 1 - *turn;
+        }
+        Ok(())
+    }
+
+    fn check(&mut self, stream: &Arc<CudaStream>) -> Result<(), CudaError> {
+        for buffers in &mut self.buffers {
+            for b in buffers {
+                b.check_status(stream)?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -1,4 +1,5 @@
-//! The decode runner: every layer step goes through the library's path, layers chained.
+//! The decode runner: every layer step goes through the library's path, layers chained. It is
+//! generic over the [`Driver`] and the [`Kernels`], so the mock driver tests its ordering.
 //!
 //! One record (one layer's step) is, in order on the host:
 //!
@@ -24,26 +25,88 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use cudarc::driver::sys::CUevent_flags;
-use cudarc::driver::{CudaEvent, CudaSlice};
 use expertslab::trace::replay::Sharing;
 use expertslab::trace::Trace;
 use expertslab::{
-    ExpertPool, InitialPlacement, MigrateStats, MigrationPlan, PoolConfig, PoolStats, SharedSlotPool, SlotArena, Step,
-    StepError,
+    ExpertLayout, ExpertPool, InitialPlacement, MigrateStats, MigrationPlan, PoolConfig, PoolStats, SharedSlotPool,
+    SlotArena, Step, StepError,
 };
+use expertslab_std::ExpertStore;
 
-use super::model::GpuModel;
-use super::{activations, router_weights, RunConfig, RunReport};
+use super::{RunConfig, RunReport};
 use crate::arena::DEVICE_ALIGN;
-use crate::driver::CudaDriver;
+use crate::driver::Driver;
 use crate::error::CudaError;
-use crate::ffn::{raw, MissAction, MissRule, PairSource, Phase, SlotView, StepBuffers};
+use crate::ffn::{MissAction, MissRule, PairSource, Phase, SlotView};
+use crate::reference::FfnShape;
 use crate::sink::{CudaSlotSink, ScratchSlot};
 use crate::table::DeviceSlotTable;
 
 /// The sink's key of the one arena a shared pool's slots live in (the pool's own layer index).
 const SHARED_ARENA: usize = 0;
+
+/// The MoE FFN's launches for a layer's step, on the runner's compute stream.
+pub(crate) trait Kernels<D: Driver> {
+    /// Stages `layer`'s step: its ids (`[tokens, top_k]`), the router's weights for `step`, and
+    /// each pair's source.
+    ///
+    /// # Errors
+    /// The kernels' or the driver's error.
+    fn stage(
+        &mut self,
+        layer: usize,
+        step: u64,
+        ids: &[u32],
+        sources: &[PairSource],
+        stream: &D::Stream,
+    ) -> Result<(), CudaError>;
+
+    /// Launches gate/up and down for the staged pairs of `phase`, reading slots through `view`
+    /// and the input at `x`.
+    ///
+    /// # Errors
+    /// The driver's error.
+    ///
+    /// # Safety
+    /// `view`, the staged sources and `x` (`[tokens, hidden]` f32) are live device memory,
+    /// ordered on `stream` after their writes and written by no other work while the launch
+    /// runs.
+    unsafe fn pairs(
+        &mut self,
+        layer: usize,
+        phase: Phase,
+        view: &SlotView,
+        x: u64,
+        stream: &D::Stream,
+    ) -> Result<(), CudaError>;
+
+    /// Launches the combine of the staged step into `y` (`[tokens, hidden]` f32).
+    ///
+    /// # Errors
+    /// The driver's error.
+    ///
+    /// # Safety
+    /// `y` is live device memory of the step's length, written by no other work meanwhile.
+    unsafe fn combine(&mut self, layer: usize, y: u64, stream: &D::Stream) -> Result<(), CudaError>;
+
+    /// Checks what the kernels reported (after the stream's work completed).
+    ///
+    /// # Errors
+    /// [`CudaError::KernelStatus`] or the driver's error.
+    fn check(&mut self, stream: &D::Stream) -> Result<(), CudaError>;
+}
+
+/// What a run reads: the experts and their shape.
+pub(crate) struct Model<'m> {
+    pub(crate) store: &'m ExpertStore,
+    pub(crate) layout: &'m ExpertLayout,
+    pub(crate) shape: FfnShape,
+    pub(crate) experts: usize,
+    pub(crate) layers: usize,
+    pub(crate) expert_bytes: usize,
+    /// Layer 0's input, `[max tokens, hidden]`.
+    pub(crate) activations: Vec<f32>,
+}
 
 /// Where the run's residency is decided.
 enum Placement {
@@ -98,171 +161,213 @@ impl Placement {
 fn step_error(error: StepError<expertslab::LayoutError, CudaError>) -> CudaError {
     match error {
         StepError::Pool(e) => CudaError::Residency(format!("step: {e}")),
-        StepError::Migrate { failure, .. } => match failure.error {
-            expertslab::MigrateError::Sink(e) => e,
-            expertslab::MigrateError::Source(e) => CudaError::Layout(e),
-            other => CudaError::Residency(format!("migrate: {other:?}")),
-        },
+        StepError::Migrate { failure, .. } => migrate_error(failure.error),
     }
 }
 
-/// One decode run's device state; see the [module docs](self).
-pub(super) struct Runner<'m> {
-    model: &'m GpuModel,
-    sink: CudaSlotSink<CudaDriver>,
-    tables: Vec<DeviceSlotTable<CudaDriver>>,
+fn migrate_error(error: expertslab::MigrateError<expertslab::LayoutError, CudaError>) -> CudaError {
+    match error {
+        expertslab::MigrateError::Sink(e) => e,
+        expertslab::MigrateError::Source(e) => CudaError::Layout(e),
+        other => CudaError::Residency(format!("migrate: {other}")),
+    }
+}
+
+/// Device memory of the runner's own (activations and outputs), freed on drop.
+struct DeviceBuffer<D: Driver> {
+    driver: D,
+    ptr: u64,
+    bytes: usize,
+}
+
+impl<D: Driver + Clone> DeviceBuffer<D> {
+    fn new(driver: &D, bytes: usize) -> Result<Self, CudaError> {
+        let bytes = bytes.max(4);
+        Ok(Self { driver: driver.clone(), ptr: driver.alloc(bytes)?, bytes })
+    }
+}
+
+impl<D: Driver> Drop for DeviceBuffer<D> {
+    fn drop(&mut self) {
+        // Kernels may still use the buffer.
+        let _ = self.driver.sync_device();
+        // SAFETY: allocated in `new` by this driver, freed only here, after the device sync.
+        let _ = unsafe { self.driver.free(self.ptr) };
+    }
+}
+
+/// One decode run's state; see the [module docs](self).
+pub(crate) struct Runner<'m, D: Driver, K> {
+    model: Model<'m>,
+    driver: D,
+    compute: D::Stream,
+    kernels: K,
+    sink: CudaSlotSink<D>,
+    tables: Vec<DeviceSlotTable<D>>,
     placement: Placement,
     plan: MigrationPlan,
     /// The pools' counters after the warm start.
     warm: PoolStats,
     rule: MissRule,
-    /// Per layer, two step buffers used in turn.
-    buffers: Vec<[StepBuffers; 2]>,
-    next_buffer: Vec<usize>,
     /// Layer 0's input: the run's activations.
-    x: CudaSlice<f32>,
+    x: DeviceBuffer<D>,
     /// Outputs when they are not recorded: two, so a layer reads the previous one's.
-    y: [CudaSlice<f32>; 2],
-    outputs: Option<CudaSlice<f32>>,
+    y: [DeviceBuffer<D>; 2],
+    outputs: Option<DeviceBuffer<D>>,
     /// Per pair of the record: its expert's slot before the step.
     before: Vec<Option<usize>>,
     sources: Vec<PairSource>,
     scratch_of: HashMap<u32, ScratchSlot>,
     /// Recorded after each record's kernels: the next record waits for it before its routing
     /// is known.
-    done: CudaEvent,
+    done: D::Event,
     done_recorded: bool,
     /// Misses counted without a pool.
     misses: u64,
 }
 
-impl<'m> Runner<'m> {
-    /// Sinks, tables, pools (warm: their initial plans migrated and committed), step buffers
-    /// and activations for `trace` under `run`, with `slots` slots per layer and `scratch`
-    /// scratch slots per layer.
-    pub(super) fn new(
-        model: &'m GpuModel,
+impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
+    /// Tables, pools (warm: their initial plans migrated through `sink` and committed) and
+    /// buffers for `trace` under `run`, with `slots` slots per layer and `scratch` scratch slots
+    /// per layer. `sink` has the model's experts registered and no arena yet.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        model: Model<'m>,
+        mut sink: CudaSlotSink<D>,
+        compute: D::Stream,
+        kernels: K,
         run: &RunConfig,
         slots: usize,
         scratch: usize,
-        max_tokens: usize,
         trace: &Trace,
     ) -> Result<Self, CudaError> {
-        let spec = &model.spec;
-        let layout = &model.layout;
+        let layout = model.layout;
+        let layers = model.layers;
+        let driver = sink.driver().clone();
         let shared = slots > 0 && run.sharing == Sharing::Shared;
-        let arenas: Vec<(usize, SlotArena)> = if shared {
-            let all = slots.saturating_mul(spec.layers);
-            vec![(SHARED_ARENA, SlotArena::new(layout, all, DEVICE_ALIGN)?)]
+        if shared {
+            sink.add_arena(SHARED_ARENA, SlotArena::new(layout, slots.saturating_mul(layers), DEVICE_ALIGN)?)?;
         } else {
-            (0..spec.layers)
-                .map(|l| Ok((l, SlotArena::new(layout, slots, DEVICE_ALIGN)?)))
-                .collect::<Result<_, CudaError>>()?
-        };
-        let mut sink = model.sink(arenas)?;
+            for l in 0..layers {
+                sink.add_arena(l, SlotArena::new(layout, slots, DEVICE_ALIGN)?)?;
+            }
+        }
         if scratch > 0 {
-            for l in 0..spec.layers {
+            for l in 0..layers {
                 sink.add_scratch(l, SlotArena::new(layout, scratch, DEVICE_ALIGN)?)?;
             }
         }
-        let tables = (0..spec.layers)
-            .map(|l| DeviceSlotTable::new(l, spec.experts, &mut sink))
-            .collect::<Result<Vec<_>, _>>()?;
+        let tables =
+            (0..layers).map(|l| DeviceSlotTable::new(l, model.experts, &mut sink)).collect::<Result<Vec<_>, _>>()?;
         let config = |layer: usize, slots: usize| {
-            PoolConfig::new(spec.experts, slots)
+            PoolConfig::new(model.experts, slots)
                 .layer(layer)
                 .policy(run.policy)
                 .schedule(run.schedule)
                 .initial(InitialPlacement::Warm)
         };
         let residency = |e: expertslab::PoolError| CudaError::Residency(format!("pool: {e}"));
-        let mut plan = MigrationPlan::new(slots.saturating_mul(spec.layers).max(1));
+        let mut plan = MigrationPlan::new(slots.saturating_mul(layers).max(1));
         let placement = if slots == 0 {
             Placement::None
         } else if shared {
             let max_ids = trace.records().iter().map(|r| trace.ids(r).len()).max().unwrap_or(0).max(1);
-            let mut pool =
-                SharedSlotPool::new(spec.layers, config(0, slots * spec.layers), max_ids).map_err(residency)?;
+            let mut pool = SharedSlotPool::new(layers, config(0, slots * layers), max_ids).map_err(residency)?;
             pool.initial_plan(&mut plan);
-            pool.migrate(&plan, layout, &model.store, &mut sink)
-                .map_err(|f| step_error(StepError::Migrate { stats: expertslab::StepStats::default(), failure: f }))?;
+            pool.migrate(&plan, layout, model.store, &mut sink).map_err(|f| migrate_error(f.error))?;
             Placement::Shared(Box::new(pool))
         } else {
-            let mut pools = Vec::with_capacity(spec.layers);
-            for l in 0..spec.layers {
+            let mut pools = Vec::with_capacity(layers);
+            for l in 0..layers {
                 let mut pool = ExpertPool::new(config(l, slots)).map_err(residency)?;
                 pool.initial_plan(&mut plan);
-                expertslab::migrate(&mut pool, &plan, layout, &model.store, &mut sink).map_err(|f| {
-                    step_error(StepError::Migrate { stats: expertslab::StepStats::default(), failure: f })
-                })?;
+                expertslab::migrate(&mut pool, &plan, layout, model.store, &mut sink)
+                    .map_err(|f| migrate_error(f.error))?;
                 pools.push(pool);
             }
             Placement::PerLayer(pools)
         };
         // The warm start is not counted as moved (as in the replay).
         let warm = placement.stats();
+        let out_bytes = model.activations.len() * 4;
+        let x = DeviceBuffer::new(&driver, out_bytes)?;
+        let input: Vec<u8> = model.activations.iter().flat_map(|v| v.to_le_bytes()).collect();
+        // SAFETY: `x` holds `out_bytes` bytes; `input` lives until the stream is synchronized
+        // below.
+        unsafe { driver.copy_to_device(x.ptr, &input, &compute)? };
+        driver.sync_stream(&compute)?;
+        let outputs = if run.record_outputs {
+            let total: usize = trace.records().iter().map(|r| trace.ids(r).len() / model.shape.top_k).sum();
+            Some(DeviceBuffer::new(&driver, total * model.shape.hidden * 4)?)
+        } else {
+            None
+        };
         let mut runner = Self {
-            model,
+            y: [DeviceBuffer::new(&driver, out_bytes)?, DeviceBuffer::new(&driver, out_bytes)?],
+            done: driver.new_event()?,
+            driver,
+            compute,
+            kernels,
             tables,
             placement,
             plan,
             warm,
             rule: run.miss,
-            buffers: Vec::with_capacity(spec.layers),
-            next_buffer: vec![0; spec.layers],
-            x: model.compute.clone_htod(&activations(spec.seed, max_tokens * spec.shape.hidden))?,
-            y: [
-                model.compute.alloc_zeros::<f32>(max_tokens * spec.shape.hidden)?,
-                model.compute.alloc_zeros::<f32>(max_tokens * spec.shape.hidden)?,
-            ],
-            outputs: None,
+            x,
+            outputs,
             before: Vec::new(),
             sources: Vec::new(),
             scratch_of: HashMap::new(),
-            done: model.ctx.new_event(Some(CUevent_flags::CU_EVENT_DISABLE_TIMING))?,
             done_recorded: false,
             misses: 0,
             sink,
+            model,
         };
-        for _ in 0..spec.layers {
-            let s = &model.compute;
-            runner.buffers.push([model.ffn.step_buffers(s, max_tokens)?, model.ffn.step_buffers(s, max_tokens)?]);
-        }
-        for l in 0..spec.layers {
+        for l in 0..layers {
             runner.update_table(l)?;
         }
-        if run.record_outputs {
-            let total: usize = trace.records().iter().map(|r| trace.ids(r).len() / spec.shape.top_k).sum();
-            runner.outputs = Some(model.compute.alloc_zeros::<f32>((total * spec.shape.hidden).max(1))?);
-        }
         runner.sink.synchronize().map_err(|f| f.error)?;
-        model.compute.synchronize()?;
         Ok(runner)
     }
 
-    /// Decodes every record of `trace`; see [`GpuModel::decode`].
-    pub(super) fn run(mut self, trace: &Trace) -> Result<RunReport, CudaError> {
-        let model = self.model;
-        let spec = &model.spec;
-        let (top_k, hidden) = (spec.shape.top_k, spec.shape.hidden);
+    /// The event each record's kernels end with (the next record waits for it).
+    #[cfg(test)]
+    pub(crate) fn done_event(&self) -> &D::Event {
+        &self.done
+    }
+
+    /// The sink.
+    #[cfg(test)]
+    pub(crate) fn sink(&self) -> &CudaSlotSink<D> {
+        &self.sink
+    }
+
+    /// The device slot tables, by layer.
+    #[cfg(test)]
+    pub(crate) fn tables(&self) -> &[DeviceSlotTable<D>] {
+        &self.tables
+    }
+
+    /// Decodes every record of `trace`; see [`super::GpuModel::decode`].
+    pub(crate) fn run(&mut self, trace: &Trace) -> Result<RunReport, CudaError> {
+        let (top_k, hidden) = (self.model.shape.top_k, self.model.shape.hidden);
         let mut report = RunReport::default();
         let mut start: Option<Instant> = None;
         let mut current_step = None;
-        let mut output_at = 0usize;
-        // The previous record's output, and its (step, layer): the next layer of the same step
-        // reads it.
+        let mut output_at = 0u64;
+        // The previous record's (step, layer, output): the next layer of the same step reads it.
         let mut previous: Option<(u64, usize, u64)> = None;
         for (index, record) in trace.records().iter().enumerate() {
             let layer = record.layer as usize;
             let decode = !record.prefill && record.step > 0;
             if decode && start.is_none() {
                 self.sink.synchronize().map_err(|f| f.error)?;
-                model.compute.synchronize()?;
+                self.driver.sync_stream(&self.compute)?;
                 start = Some(Instant::now());
             }
             // 1. The previous record's kernels end before this record's routing is known.
             if self.done_recorded {
-                self.done.synchronize()?;
+                self.driver.sync_event(&self.done)?;
             }
             let ids = trace.ids(record);
             let tokens = ids.len() / top_k;
@@ -273,21 +378,25 @@ impl<'m> Runner<'m> {
                 report.step_copy_bytes.push(0);
                 report.step_zero_copy_pairs.push(0);
             }
-            let input = match previous {
+            let x = match previous {
                 Some((step, l, y)) if step == record.step && l + 1 == layer => y,
-                _ => raw(&self.x, &model.compute),
+                _ => self.x.ptr,
             };
             let y = match &self.outputs {
-                Some(out) => raw(out, &model.compute) + (output_at * 4) as u64,
+                Some(out) => out.ptr + output_at,
                 None => {
                     let [even, odd] = &self.y;
-                    raw(if index % 2 == 0 { even } else { odd }, &model.compute)
+                    if index % 2 == 0 {
+                        even.ptr
+                    } else {
+                        odd.ptr
+                    }
                 }
             };
-            output_at += tokens * hidden;
+            output_at += (tokens * hidden * 4) as u64;
             let zero_copy_before = report.zero_copy_pairs;
             let step = if record.prefill { Step::prefill(record.step) } else { Step::decode(record.step) };
-            let copied = self.layer_step(layer, step, ids, input, y, &mut report)?;
+            let copied = self.layer_step(layer, step, ids, x, y, &mut report)?;
             if decode {
                 if let Some(b) = report.step_copy_bytes.last_mut() {
                     *b += copied;
@@ -299,15 +408,11 @@ impl<'m> Runner<'m> {
             previous = Some((record.step, layer, y));
         }
         self.sink.synchronize().map_err(|f| f.error)?;
-        model.compute.synchronize()?;
+        self.driver.sync_stream(&self.compute)?;
         if let Some(t0) = start {
             report.decode_seconds = t0.elapsed().as_secs_f64();
         }
-        for buffers in &mut self.buffers {
-            for b in buffers {
-                b.check_status(&model.compute)?;
-            }
-        }
+        self.kernels.check(&self.compute)?;
         let stats = self.placement.stats();
         report.hits = stats.hits;
         report.misses = stats.misses + self.misses;
@@ -316,7 +421,12 @@ impl<'m> Runner<'m> {
         report.promotions = stats.promotions - self.warm.promotions;
         report.bytes_promoted = stats.bytes_promoted - self.warm.bytes_promoted;
         if let Some(out) = &self.outputs {
-            report.outputs = model.compute.clone_dtoh(out)?;
+            let mut bytes = vec![0u8; out.bytes];
+            // SAFETY: the buffer holds `bytes` bytes; the compute stream was synchronized above.
+            unsafe { self.driver.copy_to_host(&mut bytes, out.ptr)? };
+            let len = (output_at / 4) as usize;
+            report.outputs =
+                bytes.chunks_exact(4).take(len).map(|b| b.try_into().map_or(f32::NAN, f32::from_le_bytes)).collect();
         }
         Ok(report)
     }
@@ -339,7 +449,7 @@ impl<'m> Runner<'m> {
         let arena = self.placement.arena(layer);
         let vram = self.sink.vram(arena).ok_or(CudaError::UnknownLayer { layer: arena })?;
         let table = self.tables.get(layer).ok_or(CudaError::UnknownLayer { layer })?;
-        SlotView::new(&self.model.spec.shape, &self.model.layout, vram, table.view())
+        SlotView::new(&self.model.shape, self.model.layout, vram, table.view())
     }
 
     /// One record of one layer (steps 2 to 6 of the [module docs](self)); returns the bytes it
@@ -353,8 +463,8 @@ impl<'m> Runner<'m> {
         y: u64,
         report: &mut RunReport,
     ) -> Result<u64, CudaError> {
-        let model = self.model;
-        let (layout, store) = (&model.layout, &model.store);
+        let (layout, store) = (self.model.layout, self.model.store);
+        let expert_bytes = self.model.expert_bytes as u64;
         self.before.clear();
         self.before.extend(ids.iter().map(|&id| self.placement.slot_of(layer, id as usize)));
         // 2. The pool's step: plan, migrate through the sink, serve.
@@ -395,8 +505,8 @@ impl<'m> Runner<'m> {
                                 let slot =
                                     self.sink.write_scratch(layer, next_scratch, layout, store, layer, expert)?;
                                 next_scratch += 1;
-                                report.bytes_scratch += model.expert_bytes as u64;
-                                copied += model.expert_bytes as u64;
+                                report.bytes_scratch += expert_bytes;
+                                copied += expert_bytes;
                                 self.scratch_of.insert(id, slot);
                                 slot
                             }
@@ -411,43 +521,230 @@ impl<'m> Runner<'m> {
         self.update_table(layer)?;
         let late_view = self.view(layer)?;
         // 5. The kernels.
-        let turn = self.next_buffer.get(layer).copied().unwrap_or(0);
-        if let Some(next) = self.next_buffer.get_mut(layer) {
-            *next = 1 - turn;
-        }
-        let buffers =
-            self.buffers.get_mut(layer).and_then(|b| b.get_mut(turn)).ok_or(CudaError::UnknownLayer { layer })?;
-        let weights = router_weights(layer, step.index, ids.len(), model.spec.shape.top_k);
-        buffers.stage(&model.compute, ids, &weights, &self.sources)?;
-        let compute = &model.compute;
-        // SAFETY: both views read the sink's arena and the layer's table (alive for the run);
+        let compute = &self.compute;
+        self.kernels.stage(layer, step.index, ids, &self.sources, compute)?;
+        // SAFETY: both views read the sink's arenas and the layer's table (alive for the run);
         // the sources the sink's scratch slots or the model's registered host stacks; `x` is
         // the run's activations or the previous layer's output, `y` an output buffer of this
         // record's length. The early phase reads only slots this step's copies do not write
         // (experts in the same slot before and after the step), through the table buffer the
         // update did not write; the late phase runs after the compute stream waited on every
         // copy and the table update.
-        unsafe {
-            model.ffn.launch_gate_up(compute, &early_view, buffers, x, Phase::BeforeCopies)?;
-            model.ffn.launch_down(compute, &early_view, buffers, Phase::BeforeCopies)?;
-        }
+        unsafe { self.kernels.pairs(layer, Phase::BeforeCopies, &early_view, x, compute)? };
         if let Some(table) = self.tables.get_mut(layer) {
             table.after_reads(compute)?; // the early phase read the buffer before the update
         }
         self.sink.order_before(compute)?;
         // SAFETY: as above.
         unsafe {
-            model.ffn.launch_gate_up(compute, &late_view, buffers, x, Phase::AfterCopies)?;
-            model.ffn.launch_down(compute, &late_view, buffers, Phase::AfterCopies)?;
-            model.ffn.launch_combine(compute, buffers, y)?;
+            self.kernels.pairs(layer, Phase::AfterCopies, &late_view, x, compute)?;
+            self.kernels.combine(layer, y, compute)?;
         }
         // 6. Reads marked, and the event the next record waits for.
         self.sink.after_reads(compute)?;
         if let Some(table) = self.tables.get_mut(layer) {
             table.after_reads(compute)?;
         }
-        self.done.record(compute)?;
+        self.driver.record(&self.done, compute)?;
         self.done_recorded = true;
         Ok(copied)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use expertslab::{Format, Policy, StackLayout};
+    use expertslab_std::{LayerStacks, SharedBytes};
+
+    use super::*;
+    use crate::demo::SynthSettings;
+    use crate::driver::{MockDriver, MockOp, MockStream};
+    use crate::ffn::MissCosts;
+    use crate::host::RingConfig;
+
+    const EXPERTS: usize = 8;
+    const LAYERS: usize = 3;
+    const SHAPE: FfnShape = FfnShape { hidden: 64, ffn: 32, top_k: 2, format: Format::F32 };
+
+    /// Kernels that only log their launches, tagged with their layer.
+    struct MockKernels(Arc<MockDriver>);
+
+    impl Kernels<Arc<MockDriver>> for MockKernels {
+        fn stage(
+            &mut self,
+            layer: usize,
+            _: u64,
+            _: &[u32],
+            _: &[PairSource],
+            s: &MockStream,
+        ) -> Result<(), CudaError> {
+            self.0.launch(s, layer as u32);
+            Ok(())
+        }
+        unsafe fn pairs(
+            &mut self,
+            layer: usize,
+            _: Phase,
+            _: &SlotView,
+            _: u64,
+            s: &MockStream,
+        ) -> Result<(), CudaError> {
+            self.0.launch(s, layer as u32);
+            Ok(())
+        }
+        unsafe fn combine(&mut self, layer: usize, _: u64, s: &MockStream) -> Result<(), CudaError> {
+            self.0.launch(s, layer as u32);
+            Ok(())
+        }
+        fn check(&mut self, _: &MockStream) -> Result<(), CudaError> {
+            Ok(())
+        }
+    }
+
+    fn store() -> (ExpertStore, ExpertLayout) {
+        let gate = StackLayout::new(SHAPE.format, EXPERTS, SHAPE.ffn, SHAPE.hidden).unwrap();
+        let down = StackLayout::new(SHAPE.format, EXPERTS, SHAPE.hidden, SHAPE.ffn).unwrap();
+        let layout = ExpertLayout::gate_up_down(gate, gate, down).unwrap();
+        let mut store = ExpertStore::new();
+        for layer in 0..LAYERS {
+            let stack = |p: usize| {
+                let len = gate.total_bytes();
+                SharedBytes::copy_from(&(0..len).map(|i| (i + 7 * p + 31 * layer) as u8).collect::<Vec<_>>())
+            };
+            store.insert(layer, LayerStacks::new(layout.clone(), &[stack(0), stack(1), stack(2)]).unwrap()).unwrap();
+        }
+        (store, layout)
+    }
+
+    /// The device ranges of layer `layer`'s own memory: its slot arena (per-layer pools only),
+    /// its scratch region and its table's buffers.
+    fn ranges(
+        runner: &Runner<'_, Arc<MockDriver>, MockKernels>,
+        layer: usize,
+        shared: bool,
+    ) -> Vec<std::ops::Range<u64>> {
+        let mut own = Vec::new();
+        let arena = |v: &crate::arena::VramArena<Arc<MockDriver>>| {
+            v.device_ptr()..v.device_ptr() + v.arena().total_bytes() as u64
+        };
+        if !shared {
+            own.extend(runner.sink().vram(layer).map(arena));
+        }
+        own.extend(runner.sink().scratch(layer).map(arena));
+        for ptr in runner.tables()[layer].buffer_ptrs() {
+            own.push(ptr..ptr + 4 * EXPERTS as u64);
+        }
+        own
+    }
+
+    /// Checks that record `i`'s work (its copies into its layer's memory, its launches) comes
+    /// after the host waited for record `i − 1`'s event and before its own event is recorded.
+    fn chained(
+        ops: &[MockOp],
+        done: MockEvent,
+        layers: &[usize],
+        own: &[Vec<std::ops::Range<u64>>],
+    ) -> Result<(), String> {
+        let mut segments = vec![Vec::new()];
+        for op in ops {
+            if *op == (MockOp::SyncEvent { event: done }) {
+                segments.push(Vec::new());
+            } else if let Some(last) = segments.last_mut() {
+                last.push(*op);
+            }
+        }
+        if segments.len() != layers.len() {
+            return Err(format!("{} host waits for {} records", segments.len() - 1, layers.len()));
+        }
+        for (i, (segment, &layer)) in segments.iter().zip(layers).enumerate() {
+            for op in segment {
+                match *op {
+                    MockOp::Launch { tag, .. } if tag as usize != layer => {
+                        return Err(format!("record {i} (layer {layer}): a launch of layer {tag} in its turn"));
+                    }
+                    MockOp::Copy { dst, .. } => {
+                        if let Some(other) =
+                            (0..own.len()).find(|&l| l != layer && own[l].iter().any(|r| r.contains(&dst)))
+                        {
+                            return Err(format!("record {i} (layer {layer}): a copy into layer {other}'s memory"));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if !segment.iter().any(|op| matches!(op, MockOp::Launch { .. })) {
+                return Err(format!("record {i}: no launch"));
+            }
+            // Host waits may follow (the timer's start); nothing enqueued may.
+            let enqueued = |op: &&MockOp| !matches!(op, MockOp::SyncStream { .. } | MockOp::SyncDevice);
+            if !matches!(segment.iter().rfind(enqueued), Some(MockOp::Record { event, .. }) if *event == done) {
+                return Err(format!("record {i}: its event is not the last thing it enqueues"));
+            }
+        }
+        Ok(())
+    }
+
+    use crate::driver::MockEvent;
+
+    #[test]
+    fn a_layer_s_work_is_enqueued_only_after_the_previous_layer_s_event() {
+        let (store, layout) = store();
+        let settings = SynthSettings {
+            steps: 10,
+            prefill_tokens: 3,
+            phase: 4,
+            ..SynthSettings::new(EXPERTS as u32, LAYERS as u32, 2, 10, 0.5, 0.3)
+        };
+        let trace = settings.trace().unwrap();
+        let layers: Vec<usize> = trace.records().iter().map(|r| r.layer as usize).collect();
+        let mixed = MissRule::Measured(MissCosts { copy: 1.5, resident_pair: 0.0, zero_copy_pair: 1.0 });
+        for (sharing, policy, miss) in [
+            (Sharing::PerLayer, Policy::Lru, MissRule::Always(MissAction::Copy)),
+            (Sharing::PerLayer, Policy::Tide, mixed),
+            (Sharing::Shared, Policy::Lru, mixed),
+            (Sharing::PerLayer, Policy::Lru, MissRule::Always(MissAction::ZeroCopy)),
+        ] {
+            let driver = Arc::new(MockDriver::new(1 << 26));
+            let mut sink = CudaSlotSink::new(Arc::clone(&driver), [], RingConfig::default()).unwrap();
+            sink.host_mut().register_store(&store);
+            let compute = driver.new_stream().unwrap();
+            let model = Model {
+                store: &store,
+                layout: &layout,
+                shape: SHAPE,
+                experts: EXPERTS,
+                layers: LAYERS,
+                expert_bytes: layout.expert_bytes(),
+                activations: vec![0.5; 3 * SHAPE.hidden],
+            };
+            let run = RunConfig { sharing, ..RunConfig::new(3, policy, miss) };
+            let mut runner =
+                Runner::new(model, sink, compute, MockKernels(Arc::clone(&driver)), &run, 3, 6, &trace).unwrap();
+            driver.clear_ops();
+            let report = runner.run(&trace).unwrap();
+            assert!(
+                report.promotions + report.scratch_pairs + report.zero_copy_pairs > 0,
+                "{sharing:?}: nothing moved"
+            );
+            let ops = driver.ops();
+            let shared = sharing == Sharing::Shared;
+            let own: Vec<_> = (0..LAYERS).map(|l| ranges(&runner, l, shared)).collect();
+            let done = *runner.done_event();
+            // The run's own work ends with syncs past the last record: drop what follows its event.
+            let last = ops.iter().rposition(|op| matches!(op, MockOp::Record { event, .. } if *event == done)).unwrap();
+            let ops = &ops[..=last];
+            chained(ops, done, &layers, &own).unwrap_or_else(|e| panic!("{sharing:?} {policy:?} {miss:?}: {e}"));
+            // The check catches a launch of a layer enqueued before the previous layer's event.
+            let second_wait =
+                ops.iter().enumerate().filter(|(_, op)| **op == MockOp::SyncEvent { event: done }).nth(1).unwrap().0;
+            let launch =
+                ops.iter().skip(second_wait).position(|op| matches!(op, MockOp::Launch { .. })).unwrap() + second_wait;
+            let mut early = ops.to_vec();
+            let moved = early.remove(launch);
+            early.insert(second_wait, moved);
+            assert!(chained(&early, done, &layers, &own).is_err(), "a launch before the wait must be caught");
+        }
     }
 }

@@ -82,6 +82,13 @@ pub enum MockOp {
     },
     /// Host memory unregistered.
     Unregister,
+    /// A kernel launch a test stood in for ([`MockDriver::launch`]).
+    Launch {
+        /// The stream.
+        stream: MockStream,
+        /// What the test named it.
+        tag: u32,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -136,6 +143,11 @@ impl MockDriver {
     /// Makes host registration fail (as on systems that refuse to lock file pages) or succeed.
     pub fn refuse_registration(&self, refuse: bool) {
         self.state().refuse_registration = refuse;
+    }
+
+    /// Logs a kernel launch on `stream`, named `tag`: tests stand in for kernels with it.
+    pub fn launch(&self, stream: &MockStream, tag: u32) {
+        self.log(MockOp::Launch { stream: *stream, tag });
     }
 
     /// Marks `bytes` as page-locked and mapped for the device, as memory allocated that way
