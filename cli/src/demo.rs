@@ -7,6 +7,7 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,63 +25,136 @@ use crate::error::CliError;
 use crate::replay_args::{parse_policy, parse_schedule, schedule_name};
 use crate::units::format_size;
 
-/// `demo`'s arguments.
+/// `demo`'s arguments. The model's shape, slots and steps default per device: the CPU model
+/// below, or on `--device cuda` a current MoE's shape.
 #[derive(Debug, ClapArgs)]
 pub struct Args {
-    /// MoE layers.
-    #[arg(long, default_value_t = 4)]
-    layers: usize,
-    /// Experts per layer.
-    #[arg(long, default_value_t = 32)]
-    experts: usize,
-    /// Experts per token.
-    #[arg(long, default_value_t = 4)]
-    top_k: usize,
-    /// Model width.
-    #[arg(long, default_value_t = 256)]
-    d_model: usize,
-    /// Expert hidden width.
-    #[arg(long, default_value_t = 512)]
-    d_ff: usize,
-    /// Fast-memory slots per layer.
-    #[arg(long, default_value_t = 8)]
-    slots: usize,
-    /// Decode steps (one token each).
-    #[arg(long, default_value_t = 200)]
-    steps: u64,
+    /// MoE layers [default: 4].
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Experts per layer [default: 32; cuda: 128].
+    #[arg(long)]
+    experts: Option<usize>,
+    /// Experts per token [default: 4; cuda: 8].
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Model width [default: 256; cuda: 2048].
+    #[arg(long)]
+    d_model: Option<usize>,
+    /// Expert hidden width [default: 512; cuda: 768].
+    #[arg(long)]
+    d_ff: Option<usize>,
+    /// Fast-memory slots per layer [default: 8; cuda: 64].
+    #[arg(long)]
+    slots: Option<usize>,
+    /// Decode steps, one token each [default: 200; cuda: 512, after a 64-token prefill].
+    #[arg(long)]
+    steps: Option<u64>,
     /// Placement policy (tide, decay, lru, lfu, lru2).
     #[arg(long, default_value = "tide", value_parser = parse_policy)]
     policy: expertslab_std::trace::replay::ReplayPolicy,
-    /// Refresh schedule of interval policies: every:N or forward.
-    #[arg(long, default_value = "every:4", value_parser = parse_schedule)]
-    schedule: Schedule,
+    /// Refresh schedule of interval policies: every:N or forward [default: every:4; cuda:
+    /// forward].
+    #[arg(long, value_parser = parse_schedule)]
+    schedule: Option<Schedule>,
     /// Also write the routing as a trace file (for `simulate` and `tune`).
     #[arg(long)]
     trace: Option<PathBuf>,
     /// Where the slots live: `cpu` (the model above, slots in host memory) or `cuda` (a model of
-    /// a current MoE's shape, slots in VRAM: 128 experts of 9 MiB per layer, top-8; `--slots`
-    /// defaults to 64 there, `--layers` to 4).
+    /// a current MoE's shape, slots in VRAM: by default 128 experts of 9 MiB (BF16) per layer,
+    /// top-8, 4 layers, 64 slots per layer).
     #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
     device: String,
-    /// With `--device cuda`: decode this routing trace instead of synthetic routing.
+    /// With `--device cuda`: decode this routing trace instead of synthetic routing (its
+    /// experts, layers and top-k set the model's unless given).
     #[arg(long)]
     routing: Option<PathBuf>,
 }
 
-/// `demo --device cuda`: the GPU demo of `expertslab-cuda`, with the policy and slots given.
+/// The CPU demo's settings, defaults applied.
+struct Cpu {
+    layers: usize,
+    experts: usize,
+    top_k: usize,
+    d_model: usize,
+    d_ff: usize,
+    slots: usize,
+    steps: u64,
+    schedule: Schedule,
+    trace: Option<PathBuf>,
+}
+
+impl Args {
+    fn cpu(&self) -> Cpu {
+        Cpu {
+            layers: self.layers.unwrap_or(4),
+            experts: self.experts.unwrap_or(32),
+            top_k: self.top_k.unwrap_or(4),
+            d_model: self.d_model.unwrap_or(256),
+            d_ff: self.d_ff.unwrap_or(512),
+            slots: self.slots.unwrap_or(8),
+            steps: self.steps.unwrap_or(200),
+            schedule: self
+                .schedule
+                .unwrap_or(Schedule::EveryDecodeSteps(NonZeroU32::new(4).unwrap_or(NonZeroU32::MIN))),
+            trace: self.trace.clone(),
+        }
+    }
+}
+
+/// `demo --device cuda`: the GPU demo of `expertslab-cuda`, every flag applied: the model's
+/// shape (a trace given with `--routing` sets what is not given), the slots, policy and
+/// schedule of the expertslab row, the synthetic routing's steps, and `--trace` writes the
+/// routing decoded.
 fn run_cuda(args: &Args, policy: expertslab_std::Policy) -> Result<(), CliError> {
-    use expertslab_cuda::demo::{run_demo, DemoConfig, DemoRouting};
+    use expertslab_cuda::demo::{run_demo, DemoConfig, DemoRouting, ModelSpec, SynthSettings};
     let mut config = DemoConfig { policy, ..DemoConfig::default() };
-    if args.slots != 8 {
-        config.slots = args.slots;
+    let trace = args.routing.as_deref().map(crate::replay_args::read_trace).transpose()?;
+    let header = trace.as_ref().map(|t| t.header());
+    let model = &mut config.model;
+    model.layers = args.layers.or(header.map(|h| h.layers as usize)).unwrap_or(model.layers);
+    model.experts = args.experts.or(header.map(|h| h.experts as usize)).unwrap_or(model.experts);
+    model.shape.top_k = args.top_k.or(header.map(|h| h.top_k as usize)).unwrap_or(model.shape.top_k);
+    model.shape.hidden = args.d_model.unwrap_or(model.shape.hidden);
+    model.shape.ffn = args.d_ff.unwrap_or(model.shape.ffn);
+    let ModelSpec { layers, experts, shape, .. } = *model;
+    if layers == 0 || shape.top_k == 0 || shape.top_k > experts {
+        return Err(CliError::Usage("need layers >= 1 and experts >= top_k >= 1".into()));
     }
-    if args.layers != 4 {
-        config.model = expertslab_cuda::demo::ModelSpec::current_moe(args.layers);
+    if shape.hidden == 0 || shape.ffn == 0 || shape.expert_bytes().is_err() {
+        return Err(CliError::Usage(format!(
+            "--d-model {} and --d-ff {}: no expert of that shape",
+            shape.hidden, shape.ffn
+        )));
     }
-    if let Some(path) = &args.routing {
-        config.routing = DemoRouting::Trace(crate::replay_args::read_trace(path)?);
+    config.slots = args.slots.unwrap_or(experts / 2);
+    config.schedule = args.schedule.unwrap_or(Schedule::EveryForward);
+    config.routing = match trace {
+        Some(trace) => {
+            if args.steps.is_some() {
+                return Err(CliError::Usage(
+                    "--steps sets synthetic routing; a --routing trace has its own steps".into(),
+                ));
+            }
+            DemoRouting::Trace(trace)
+        }
+        None => DemoRouting::Synthetic(SynthSettings {
+            steps: args.steps.unwrap_or(SynthSettings::locality().steps),
+            ..SynthSettings::locality()
+        }),
+    };
+    let fail = |e: expertslab_cuda::CudaError| CliError::Usage(format!("demo --device cuda: {e}"));
+    if let Some(path) = &args.trace {
+        let mut text = String::new();
+        config
+            .routing
+            .trace(&config.model)
+            .map_err(fail)?
+            .write(&mut text)
+            .map_err(|_| CliError::Usage("trace".into()))?;
+        std::fs::write(path, text).map_err(|e| CliError::io(path, e))?;
     }
-    let report = run_demo(&config).map_err(|e| CliError::Usage(format!("demo --device cuda: {e}")))?;
+    let report = run_demo(&config).map_err(fail)?;
     let mut out = io::stdout().lock();
     writeln!(out, "{report}").map_err(|e| CliError::io(Path::new("stdout"), e))
 }
@@ -100,7 +174,7 @@ struct Model {
     store: ExpertStore,
 }
 
-fn build(args: &Args) -> Result<Model, CliError> {
+fn build(args: &Cpu) -> Result<Model, CliError> {
     let usage = |e: expertslab_std::LayoutError| CliError::Usage(format!("model shape: {e}"));
     let gate = StackLayout::new(Format::F32, args.experts, args.d_ff, args.d_model).map_err(usage)?;
     let down = StackLayout::new(Format::F32, args.experts, args.d_model, args.d_ff).map_err(usage)?;
@@ -229,6 +303,10 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     if args.device == "cuda" {
         return run_cuda(args, policy);
     }
+    if args.routing.is_some() {
+        return Err(CliError::Usage("--routing needs --device cuda (the CPU demo routes with its own routers)".into()));
+    }
+    let args = &args.cpu();
     if args.layers == 0 || args.top_k == 0 || args.top_k > args.experts {
         return Err(CliError::Usage("need layers >= 1 and experts >= top_k >= 1".into()));
     }

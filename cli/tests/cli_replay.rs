@@ -260,6 +260,27 @@ fn demo_on_cuda_runs_or_says_why_not() {
 }
 
 #[test]
+fn demo_flags_that_do_not_apply_are_refused() {
+    // A routing trace drives the GPU demo only.
+    let o = expertslab(&["demo", "--routing", "no-such-file.ndjson"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--routing needs --device cuda"), "{o:?}");
+    // The GPU demo's shape is checked before any device is looked for.
+    let o = expertslab(&["demo", "--device", "cuda", "--top-k", "9", "--experts", "8"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("experts >= top_k"), "{o:?}");
+    let o = expertslab(&["demo", "--device", "cuda", "--d-model", "0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--d-model 0"), "{o:?}");
+    // --steps shapes synthetic routing; a trace has its own.
+    let trace = synth("demo-routing.ndjson", "4");
+    let o = expertslab(&["demo", "--device", "cuda", "--routing", trace.to_str().unwrap(), "--steps", "3"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--steps sets synthetic routing"), "{o:?}");
+    std::fs::remove_file(trace).unwrap();
+}
+
+#[test]
 fn shared_pools_and_prefetch_from_the_command_line() {
     let trace = synth("shared.ndjson", "100");
     let t = trace.to_str().unwrap();

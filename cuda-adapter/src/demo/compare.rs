@@ -3,8 +3,9 @@
 
 use std::fmt;
 
+use expertslab::trace::replay::Sharing;
 use expertslab::trace::Trace;
-use expertslab::Policy;
+use expertslab::{Policy, Schedule};
 
 use super::{Calibration, GpuModel, ModelSpec, RunConfig, SynthSettings};
 use crate::error::CudaError;
@@ -13,10 +14,38 @@ use crate::ffn::{MissAction, MissRule};
 /// Where the demo's routing comes from.
 #[derive(Debug, Clone)]
 pub enum DemoRouting {
-    /// Synthetic routing generated like `expertslab synth`.
+    /// Synthetic routing generated like `expertslab synth`; its experts, layers and top-k are
+    /// the model's (those of the settings are replaced).
     Synthetic(SynthSettings),
-    /// A routing trace (read by the caller).
+    /// A routing trace (read by the caller) of the model's experts, layers and top-k.
     Trace(Trace),
+}
+
+impl DemoRouting {
+    /// The trace the demo decodes on `model`.
+    ///
+    /// # Errors
+    /// [`CudaError::Unsupported`] for a trace of other experts, layers or top-k than the
+    /// model's (a trace of fewer layers would leave layers unrouted), and
+    /// [`SynthSettings::trace`]'s errors.
+    pub fn trace(&self, model: &ModelSpec) -> Result<Trace, CudaError> {
+        let as_u32 = |n: usize, what: &str| u32::try_from(n).map_err(|_| CudaError::Unsupported(format!("{n} {what}")));
+        let (experts, layers, top_k) =
+            (as_u32(model.experts, "experts")?, as_u32(model.layers, "layers")?, as_u32(model.shape.top_k, "top-k")?);
+        match self {
+            Self::Synthetic(settings) => SynthSettings { experts, layers, top_k, ..*settings }.trace(),
+            Self::Trace(trace) => {
+                let h = trace.header();
+                if (h.experts, h.layers, h.top_k) != (experts, layers, top_k) {
+                    return Err(CudaError::Unsupported(format!(
+                        "a trace of {} experts, {} layers, top-{} for a model of {experts} experts, {layers} layers, top-{top_k}",
+                        h.experts, h.layers, h.top_k
+                    )));
+                }
+                Ok(trace.clone())
+            }
+        }
+    }
 }
 
 /// The demo's settings.
@@ -32,6 +61,10 @@ pub struct DemoConfig {
     pub slots: usize,
     /// The expertslab row's policy.
     pub policy: Policy,
+    /// The expertslab row's refresh schedule (interval policies).
+    pub schedule: Schedule,
+    /// The expertslab row's pools: one per layer, or one shared by the layers.
+    pub sharing: Sharing,
     /// Timed repetitions per row (the median is reported).
     pub reps: usize,
 }
@@ -46,6 +79,8 @@ impl Default for DemoConfig {
             routing: DemoRouting::Synthetic(SynthSettings::locality()),
             slots: 64,
             policy: Policy::Tide,
+            schedule: Schedule::EveryForward,
+            sharing: Sharing::PerLayer,
             reps: 5,
         }
     }
@@ -150,10 +185,7 @@ impl fmt::Display for DemoReport {
 /// when the slots do not fit the free VRAM (with how many would), and the errors of
 /// [`GpuModel::generate`] and [`GpuModel::decode`].
 pub fn run_demo(config: &DemoConfig) -> Result<DemoReport, CudaError> {
-    let trace = match &config.routing {
-        DemoRouting::Synthetic(settings) => settings.trace()?,
-        DemoRouting::Trace(trace) => trace.clone(),
-    };
+    let trace = config.routing.trace(&config.model)?;
     let model = GpuModel::generate(config.device, config.model)?;
     let calibration = model.calibrate(10)?;
     let experts = config.model.experts;
@@ -172,7 +204,11 @@ pub fn run_demo(config: &DemoConfig) -> Result<DemoReport, CudaError> {
         ),
         (
             format!("expertslab {}, measured miss rule", config.policy.name()),
-            RunConfig::new(config.slots, config.policy, MissRule::Measured(calibration.costs)),
+            RunConfig {
+                schedule: config.schedule,
+                sharing: config.sharing,
+                ..RunConfig::new(config.slots, config.policy, MissRule::Measured(calibration.costs))
+            },
         ),
     ];
     let mut rows = Vec::new();
@@ -207,4 +243,22 @@ pub fn run_demo(config: &DemoConfig) -> Result<DemoReport, CudaError> {
         calibration,
         rows,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_routing_follows_the_model_and_a_trace_of_another_shape_is_refused() {
+        let model = ModelSpec::current_moe(6);
+        let settings = SynthSettings { steps: 2, prefill_tokens: 0, ..SynthSettings::locality() };
+        let trace = DemoRouting::Synthetic(settings).trace(&model).unwrap();
+        assert_eq!((trace.header().layers, trace.header().experts, trace.header().top_k), (6, 128, 8));
+        assert_eq!(trace.records().len(), 2 * 6, "every layer is routed");
+        let two = ModelSpec::current_moe(2);
+        let err = DemoRouting::Trace(trace.clone()).trace(&two).unwrap_err();
+        assert!(err.to_string().contains("6 layers"), "{err}");
+        assert_eq!(DemoRouting::Trace(trace.clone()).trace(&model).unwrap(), trace);
+    }
 }
