@@ -8,13 +8,13 @@
 //! |---|---|
 //! | [`driver`] | [`Driver`]: the driver calls the sink needs; [`CudaDriver`] (cudarc, loaded at run time), [`MockDriver`] (CPU tests), [`Faults`] (failure injection) |
 //! | [`arena`] | [`VramArena`]: one layer's slots in one device allocation, laid out by the core's `SlotArena` |
-//! | [`host`] | [`HostMemory`]: registered (page-locked, read-only) host buffers and a pinned staging ring |
-//! | [`sink`] | [`CudaSlotSink`]: the core's `SlotSink`, copying asynchronously on a copy stream |
-//! | [`table`] | [`DeviceSlotTable`]: `i32[experts]` in VRAM, expert to slot, for kernels |
+//! | [`host`] | [`HostMemory`]: registered (page-locked, read-only) host buffers, memory page-locked already (adopted), and a pinned staging ring |
+//! | [`sink`] | [`CudaSlotSink`]: the core's `SlotSink`, copying asynchronously on a copy stream; scratch slots for misses not admitted |
+//! | [`table`] | [`DeviceSlotTable`]: `i32[experts]` in VRAM, expert to slot, double-buffered, for kernels ([`TableView`]) |
 //! | [`kernels`] | the MoE FFN's CUDA C sources, compiled at run time with NVRTC |
-//! | [`ffn`] | [`MoeFfn`]: the MoE FFN for decode and small batches, reading experts from their slots or applying a miss action |
+//! | [`ffn`] | [`MoeFfn`]: the MoE FFN for decode and small batches, reading experts through a [`SlotView`] or a miss's [`PairSource`] |
 //! | [`reference`](mod@reference) | the CPU reference of the same FFN |
-//! | [`demo`] | the GPU demo: a current MoE's shape decoded with slots, against streaming and zero-copy |
+//! | [`demo`] | the GPU demo and decode runner: a current MoE's shape decoded through the library's path, layers chained, against streaming and zero-copy |
 //! | [`error`] | [`CudaError`] |
 //!
 //! The CUDA driver library is loaded at run time: the crate builds and its CPU tests run on
@@ -23,11 +23,18 @@
 //!
 //! ## One decode step
 //!
-//! plan (core) → [`expertslab::migrate()`] into the sink (copies enqueued, the pool commits) →
-//! [`DeviceSlotTable::update`] → [`CudaSlotSink::order_before`] on the compute stream → kernels
-//! → [`CudaSlotSink::after_reads`] on the compute stream. The host never waits for copies in the
-//! steady state; [`CudaSlotSink::synchronize`] confirms them when the caller wants (and reports
-//! failed copies, see [`LateFailure`]).
+//! [`ExpertPool::step`](expertslab::ExpertPool::step) (or
+//! [`SharedSlotPool::step`](expertslab::SharedSlotPool::step)) into the sink: plan, copies
+//! enqueued, the pool commits, the ids served → [`DeviceSlotTable::update`] (the buffer the
+//! kernels did not read last) → [`CudaSlotSink::order_before`] on the compute stream → kernels
+//! reading slots through a [`SlotView`] → [`CudaSlotSink::after_reads`] and
+//! [`DeviceSlotTable::after_reads`] on the compute stream. Kernels of pairs whose expert stayed in
+//! its slot may run before `order_before`, through the view taken before the update: they
+//! overlap the copies. The host never waits for copies in the steady state;
+//! [`CudaSlotSink::synchronize`] confirms them when the caller wants (and reports failed copies,
+//! see [`LateFailure`]). The decode runner of [`demo`] (`demo/runner.rs`), which the decode
+//! benchmark, the GPU demo and the GPU tests run, is this sequence per layer, with layers
+//! chained.
 //!
 //! ## Example
 //!
@@ -36,7 +43,7 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use expertslab::{migrate, ExpertLayout, ExpertPool, Format, MigrationPlan, PoolConfig, SlotArena, StackLayout, Step};
+//! use expertslab::{ExpertLayout, ExpertPool, Format, MigrationPlan, PoolConfig, SlotArena, StackLayout, Step};
 //! use expertslab_std::{ExpertStore, LayerStacks, SharedBytes};
 //! use expertslab_cuda::{CudaSlotSink, DeviceSlotTable, Driver, MockDriver, RingConfig, DEVICE_ALIGN};
 //!
@@ -58,13 +65,13 @@
 //!
 //! let mut pool = ExpertPool::new(PoolConfig::new(8, 3))?;
 //! let mut plan = MigrationPlan::new(3);
-//! pool.plan_step(Step::decode(0), &[5, 6, 5], &mut plan)?;
-//! migrate(&mut pool, &plan, &layout, &store, &mut sink)?;
+//! let stats = pool.step(Step::decode(0), &[5, 6, 5], &mut plan, &layout, &store, &mut sink)?;
+//! assert_eq!(stats.migrated.copied, 2);
 //! table.update(&pool, &mut sink)?;
 //! sink.order_before(&compute)?; // kernels on `compute` now see slots and table
-//! // ... launch kernels reading the slots on `compute` ...
+//! // ... launch kernels reading the slots on `compute` through a `SlotView` ...
 //! sink.after_reads(&compute)?; // the next copies into these slots wait for them
-//! pool.serve(&[5, 6, 5]);
+//! table.after_reads(&compute)?; // and the update that next overwrites this table buffer
 //!
 //! sink.synchronize()?; // confirms every copy so far
 //! assert_eq!(table.read_back(&mut sink)?, table.entries());
