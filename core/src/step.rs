@@ -310,6 +310,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "demand")]
     fn a_shared_step_copies_each_key_s_own_layer_and_expert() {
         // Two layers of 8 one-row experts (layer 1's bytes are its experts' ids plus 100) over
         // three shared slots under LRU, cold.
