@@ -112,17 +112,7 @@ impl ExpertPool {
     ) -> Result<StepStats, StepError<S, K>> {
         let refreshed = self.plan_step(step, ids, plan).map_err(StepError::Pool)?;
         let migrated = migrate(self, plan);
-        let mut stats = StepStats { refreshed, migrated: MigrateStats::default(), served: self.serve(ids) };
-        match migrated {
-            Ok(report) => {
-                stats.migrated = report;
-                Ok(stats)
-            }
-            Err(failure) => {
-                stats.migrated = failure.completed;
-                Err(StepError::Migrate { stats, failure })
-            }
-        }
+        finish(refreshed, migrated, self.serve(ids))
     }
 }
 
@@ -197,16 +187,21 @@ impl SharedSlotPool {
     ) -> Result<StepStats, StepError<S, K>> {
         let refreshed = self.plan_step(layer, step, ids, plan).map_err(StepError::Pool)?;
         let migrated = migrate(self.keyed(), plan);
-        let mut stats = StepStats { refreshed, migrated: MigrateStats::default(), served: self.serve(layer, ids) };
-        match migrated {
-            Ok(report) => {
-                stats.migrated = report;
-                Ok(stats)
-            }
-            Err(failure) => {
-                stats.migrated = failure.completed;
-                Err(StepError::Migrate { stats, failure })
-            }
+        finish(refreshed, migrated, self.serve(layer, ids))
+    }
+}
+
+/// A step's stats from whether it refreshed, what its migration did and how its ids were served.
+fn finish<S, K>(
+    refreshed: bool,
+    migrated: Result<MigrateStats, MigrateFailure<S, K>>,
+    served: ServeStats,
+) -> Result<StepStats, StepError<S, K>> {
+    match migrated {
+        Ok(migrated) => Ok(StepStats { refreshed, migrated, served }),
+        Err(failure) => {
+            let stats = StepStats { refreshed, migrated: failure.completed, served };
+            Err(StepError::Migrate { stats, failure })
         }
     }
 }
