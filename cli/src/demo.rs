@@ -44,7 +44,7 @@ pub struct Args {
     /// Expert hidden width [default: 512; cuda: 768].
     #[arg(long)]
     d_ff: Option<usize>,
-    /// Fast-memory slots per layer [default: 8; cuda: 64].
+    /// Fast-memory slots per layer [default: 8; cuda: half the experts, 64 for the default shape].
     #[arg(long)]
     slots: Option<usize>,
     /// Decode steps, one token each [default: 200; cuda: 512, after a 64-token prefill].

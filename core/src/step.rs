@@ -121,8 +121,8 @@ impl SharedSlotPool {
     /// pool: plans from `ids` ([`SharedSlotPool::plan_step`]), copies the plan's promotions from
     /// `source` into `sink`, and serves `ids` ([`SharedSlotPool::serve`]). Promotions carry keys;
     /// each copy reads the slabs of the key's `(layer, expert)` from `source` and writes them to
-    /// the shared slot in `sink` (its [`crate::SlotWrite::layer`] is the shared pool's layer
-    /// index, [`PoolConfig::layer`](crate::PoolConfig::layer), 0 unless set). `layout` is the
+    /// the shared slot in `sink` (its [`crate::SlotWrite::layer`] is always 0: the shared
+    /// pool's one arena). `layout` is the
     /// expert layout every layer shares. Allocates nothing.
     ///
     /// # Errors

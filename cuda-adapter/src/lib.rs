@@ -29,8 +29,9 @@
 //! kernels did not read last) → [`CudaSlotSink::order_before`] on the compute stream → kernels
 //! reading slots through a [`SlotView`] → [`CudaSlotSink::after_reads`] and
 //! [`DeviceSlotTable::after_reads`] on the compute stream. Kernels of pairs whose expert stayed in
-//! its slot may run before `order_before`, through the view taken before the update: they
-//! overlap the copies. The host never waits for copies in the steady state;
+//! its slot may run before the update, through the view taken then, followed by
+//! [`DeviceSlotTable::after_reads`] (so the update after next waits for them): they overlap the
+//! copies. Take the view again after every update. The host never waits for copies in the steady state;
 //! [`CudaSlotSink::synchronize`] confirms them when the caller wants (and reports failed copies,
 //! see [`LateFailure`]). The decode runner of [`demo`] (`demo/runner.rs`), which the decode
 //! benchmark, the GPU demo and the GPU tests run, is this sequence per layer, with layers

@@ -117,7 +117,16 @@ impl<D: Driver + Clone> DeviceSlotTable<D> {
                 return Err(e);
             }
         };
-        let mirrors = StagingRing::new(&driver, RingConfig { entries: MIRRORS, entry_bytes: bytes })?;
+        let mirrors = match StagingRing::new(&driver, RingConfig { entries: MIRRORS, entry_bytes: bytes }) {
+            Ok(mirrors) => mirrors,
+            Err(e) => {
+                for buffer in [&first, &second] {
+                    // SAFETY: allocated above by this driver; nothing has used it.
+                    let _ = unsafe { driver.free(buffer.ptr) };
+                }
+                return Err(e);
+            }
+        };
         // Buffer 1 is current, so the first upload fills buffer 0 and makes it current.
         let mut table = Self {
             driver,
@@ -204,8 +213,9 @@ impl<D: Driver> DeviceSlotTable<D> {
 
     /// Enqueues on `sink`'s copy stream the entries of `pool`'s residency that differ from the
     /// buffer kernels did not read last, and makes that buffer current; returns the bytes
-    /// uploaded (0 when the residency is the current buffer's: nothing is written and the
-    /// current buffer stays). The copy stream first waits for the kernels marked as reading the
+    /// uploaded. 0 when nothing was written: the residency is the current buffer's (which
+    /// stays), or the other buffer holds it already (which becomes current). Take the
+    /// [`DeviceSlotTable::view`] again after every update. The copy stream first waits for the kernels marked as reading the
     /// buffer it overwrites ([`DeviceSlotTable::after_reads`]).
     ///
     /// # Errors

@@ -14,11 +14,12 @@
 //! 3. **Misses not admitted**, by the [`MissRule`]: a scratch write of the sink
 //!    ([`CudaSlotSink::write_scratch`], read through [`PairSource::scratch`]) or a read over the
 //!    bus from the registered host memory ([`PairSource::mapped`]).
-//! 4. **The table**: [`DeviceSlotTable::update`] writes the buffer kernels did not read last.
-//! 5. **Kernels**, on the compute stream: gate/up and down of the pairs whose expert stayed in
-//!    its slot, read through the table as it was before the update (they overlap the copies);
-//!    then [`CudaSlotSink::order_before`]; then the other pairs through the updated table; the
-//!    combine writes the layer's output, the next layer's input.
+//! 4. **Kernels in place**, on the compute stream: gate/up and down of the pairs whose expert
+//!    stayed in its slot, read through the table's current buffer (they overlap the copies),
+//!    then [`DeviceSlotTable::after_reads`]: that buffer is read until they end.
+//! 5. **The table and the other pairs**: [`DeviceSlotTable::update`] writes the other buffer;
+//!    [`CudaSlotSink::order_before`]; the pairs copied in this step through the updated table;
+//!    the combine writes the layer's output, the next layer's input.
 //! 6. **Reads marked**: [`CudaSlotSink::after_reads`] and [`DeviceSlotTable::after_reads`], and
 //!    the event the next record waits on.
 
@@ -517,12 +518,9 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
             };
             self.sources.push(source);
         }
-        // 4. The table: the buffer the early kernels do not read.
-        self.update_table(layer)?;
-        let late_view = self.view(layer)?;
-        // 5. The kernels.
-        let compute = &self.compute;
-        self.kernels.stage(layer, step.index, ids, &self.sources, compute)?;
+        // 4. The kernels of the pairs in place before the copies, through the table as it is,
+        // marked as reading that buffer before the update writes the other.
+        self.kernels.stage(layer, step.index, ids, &self.sources, &self.compute)?;
         // SAFETY: both views read the sink's arenas and the layer's table (alive for the run);
         // the sources the sink's scratch slots or the model's registered host stacks; `x` is
         // the run's activations or the previous layer's output, `y` an output buffer of this
@@ -530,10 +528,14 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
         // (experts in the same slot before and after the step), through the table buffer the
         // update did not write; the late phase runs after the compute stream waited on every
         // copy and the table update.
-        unsafe { self.kernels.pairs(layer, Phase::BeforeCopies, &early_view, x, compute)? };
+        unsafe { self.kernels.pairs(layer, Phase::BeforeCopies, &early_view, x, &self.compute)? };
         if let Some(table) = self.tables.get_mut(layer) {
-            table.after_reads(compute)?; // the early phase read the buffer before the update
+            table.after_reads(&self.compute)?;
         }
+        // 5. The table, then the other pairs once the compute stream waited on every copy.
+        self.update_table(layer)?;
+        let late_view = self.view(layer)?;
+        let compute = &self.compute;
         self.sink.order_before(compute)?;
         // SAFETY: as above.
         unsafe {
