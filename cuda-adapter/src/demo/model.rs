@@ -303,9 +303,8 @@ impl GpuModel {
         };
         let resident =
             scratch.iter().map(|&s| PairSource::scratch(&sink, &self.layout, s)).collect::<Result<Vec<_>, _>>()?;
-        let zero_copy = (0..k)
-            .map(|e| PairSource::mapped(sink.host(), &self.layout, &self.store, 0, e))
-            .collect::<Result<Vec<_>, _>>()?;
+        let zero_copy =
+            (0..k).map(|e| PairSource::mapped(sink.host(), &self.store, 0, e)).collect::<Result<Vec<_>, _>>()?;
         let resident_pair = per_pair(&resident)?;
         let zero_copy_pair = per_pair(&zero_copy)?;
         self.compute.synchronize()?;

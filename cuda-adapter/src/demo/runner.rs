@@ -141,18 +141,10 @@ impl Placement {
     /// The pools' counters, summed.
     fn stats(&self) -> PoolStats {
         let mut total = PoolStats::default();
-        let mut add = |s: &PoolStats| {
-            total.hits += s.hits;
-            total.misses += s.misses;
-            total.served_by_copy += s.served_by_copy;
-            total.served_in_place += s.served_in_place;
-            total.promotions += s.promotions;
-            total.bytes_promoted += s.bytes_promoted;
-        };
         match self {
             Self::None => {}
-            Self::PerLayer(pools) => pools.iter().for_each(|p| add(p.stats())),
-            Self::Shared(pool) => add(pool.stats()),
+            Self::PerLayer(pools) => pools.iter().for_each(|p| total.add(p.stats())),
+            Self::Shared(pool) => total.add(pool.stats()),
         }
         total
     }
@@ -496,7 +488,7 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
                 None => match self.rule.choose(ids.iter().filter(|&&other| other == id).count()) {
                     MissAction::ZeroCopy => {
                         report.zero_copy_pairs += 1;
-                        PairSource::mapped(self.sink.host(), layout, store, layer, expert)?
+                        PairSource::mapped(self.sink.host(), store, layer, expert)?
                     }
                     MissAction::Copy => {
                         report.scratch_pairs += 1;

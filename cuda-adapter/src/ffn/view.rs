@@ -141,7 +141,6 @@ impl PairSource {
     /// [`CudaError::Unsupported`] when a slab is not in registered memory, or the source's error.
     pub fn mapped<D: Driver, S>(
         host: &HostMemory<D>,
-        layout: &ExpertLayout,
         source: &S,
         layer: usize,
         expert: usize,
@@ -159,7 +158,6 @@ impl PairSource {
                 ))
             })
         };
-        let _ = layout; // every layout names its projections alike; kept for symmetry with `scratch`
         Ok(Self::Direct {
             gate: device(Projection::Gate)?,
             up: device(Projection::Up)?,
