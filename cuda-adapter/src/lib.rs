@@ -33,7 +33,7 @@
 //! [`DeviceSlotTable::after_reads`] (so the update after next waits for them): they overlap the
 //! copies. Take the view again after every update. The host never waits for copies in the steady state;
 //! [`CudaSlotSink::synchronize`] confirms them when the caller wants (and reports failed copies,
-//! see [`LateFailure`]). The decode runner of [`demo`] (`demo/runner.rs`), which the decode
+//! see [`LateFailure`]). The decode runner of [`demo`] (`demo/runner/`), which the decode
 //! benchmark, the GPU demo and the GPU tests run, is this sequence per layer, with layers
 //! chained.
 //!

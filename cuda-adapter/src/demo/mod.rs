@@ -9,7 +9,7 @@
 //! policy, schedule and kind of pool, and a [`MissRule`]) through the library's own path, the
 //! one a runtime would call: each record is the pool's step through a [`crate::CudaSlotSink`],
 //! a [`crate::DeviceSlotTable`] update, and the MoE FFN kernels reading slots through
-//! [`crate::SlotView`]s (`runner.rs` says it step by step).
+//! [`crate::SlotView`]s (`runner/` says it step by step).
 //!
 //! **Layers are chained.** Layer `l`'s input is layer `l − 1`'s output (layer 0 reads the run's
 //! activations), and the host takes layer `l`'s routing ids only after the event that ends
@@ -22,7 +22,7 @@
 //! | `mod.rs` | settings and reports of a run ([`ModelSpec`], [`SynthSettings`], [`RunConfig`], [`RunReport`]), [`tune_pick`] |
 //! | `compare.rs` | the demo's comparison ([`DemoConfig`], [`DemoReport`], [`run_demo`]) |
 //! | `model.rs` | [`GpuModel`]: the weights, calibration, decode, the replay's prediction |
-//! | `runner.rs` | one decode run on the library's path |
+//! | `runner/` | one decode run on the library's path; its order checked on the mock driver (`tests.rs`) |
 
 use expertslab::trace::replay::{replay, CostModel, ReplayConfig, ReplayPolicy, Sharing};
 use expertslab::trace::synthetic::{RoutingShape, SplitMix64, SyntheticRouting};

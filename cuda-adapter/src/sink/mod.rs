@@ -28,7 +28,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use expertslab::{ExpertLayout, ExpertPool, ExpertSource, LayeredSource, SlotArena, SlotSink, SlotWrite};
+use expertslab::{ExpertLayout, ExpertSource, LayeredSource, SlotArena, SlotSink, SlotWrite};
 use expertslab_std::ExpertStore;
 
 use crate::arena::{VramArena, DEVICE_ALIGN};
@@ -36,58 +36,9 @@ use crate::driver::{CudaDriver, Driver};
 use crate::error::CudaError;
 use crate::host::{CopyFailure, CopyPath, HostMemory, RingConfig};
 
-/// One slot of one layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SlotRef {
-    /// The layer.
-    pub layer: usize,
-    /// The slot.
-    pub slot: usize,
-}
+mod failure;
 
-/// Copies that failed on the device, reported at a sync point.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LateFailure {
-    /// What the driver reported.
-    pub error: CudaError,
-    /// Every slot written since the last confirmed sync: any of them may hold wrong bytes.
-    pub suspects: Vec<SlotRef>,
-}
-
-impl LateFailure {
-    /// Frees every suspect slot in the pool of its layer ([`ExpertPool::demote_slot`], counted
-    /// as a demotion); returns how many experts were demoted. Afterwards every resident expert
-    /// of these pools is known to be in its slot, and migrating again converges. Refresh the
-    /// device slot tables next (after [`crate::DeviceSlotTable::invalidate`]).
-    pub fn repair(&self, pools: &mut [ExpertPool]) -> usize {
-        let mut demoted = 0usize;
-        for suspect in &self.suspects {
-            for pool in pools.iter_mut().filter(|p| p.layer() == suspect.layer) {
-                if pool.demote_slot(suspect.slot).is_some() {
-                    demoted = demoted.saturating_add(1);
-                }
-            }
-        }
-        demoted
-    }
-}
-
-impl fmt::Display for LateFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "slot copies failed ({}); {} slots written since the last sync are suspect",
-            self.error,
-            self.suspects.len()
-        )
-    }
-}
-
-impl std::error::Error for LateFailure {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.error)
-    }
-}
+pub use failure::{LateFailure, SlotRef};
 
 /// A scratch slot this sink filled ([`CudaSlotSink::write_scratch`]): one expert of one step,
 /// copied for that step's pairs without being admitted into the pool. Kernels read it through

@@ -1,0 +1,196 @@
+//! The runner on the mock driver: the order of a chained run's work.
+
+use std::sync::Arc;
+
+use expertslab::{Format, Policy, StackLayout};
+use expertslab_std::{LayerStacks, SharedBytes};
+
+use super::*;
+use crate::demo::SynthSettings;
+use crate::driver::{MockDriver, MockOp, MockStream};
+use crate::ffn::MissCosts;
+use crate::host::RingConfig;
+
+const EXPERTS: usize = 8;
+const LAYERS: usize = 3;
+const SHAPE: FfnShape = FfnShape { hidden: 64, ffn: 32, top_k: 2, format: Format::F32 };
+
+/// Kernels that only log their launches, tagged with their layer.
+struct MockKernels(Arc<MockDriver>);
+
+impl Kernels<Arc<MockDriver>> for MockKernels {
+    fn stage(
+        &mut self,
+        layer: usize,
+        _: u64,
+        _: &[u32],
+        _: &[PairSource],
+        s: &MockStream,
+    ) -> Result<(), CudaError> {
+        self.0.launch(s, layer as u32);
+        Ok(())
+    }
+    unsafe fn pairs(
+        &mut self,
+        layer: usize,
+        _: Phase,
+        _: &SlotView,
+        _: u64,
+        s: &MockStream,
+    ) -> Result<(), CudaError> {
+        self.0.launch(s, layer as u32);
+        Ok(())
+    }
+    unsafe fn combine(&mut self, layer: usize, _: u64, s: &MockStream) -> Result<(), CudaError> {
+        self.0.launch(s, layer as u32);
+        Ok(())
+    }
+    fn check(&mut self, _: &MockStream) -> Result<(), CudaError> {
+        Ok(())
+    }
+}
+
+fn store() -> (ExpertStore, ExpertLayout) {
+    let gate = StackLayout::new(SHAPE.format, EXPERTS, SHAPE.ffn, SHAPE.hidden).unwrap();
+    let down = StackLayout::new(SHAPE.format, EXPERTS, SHAPE.hidden, SHAPE.ffn).unwrap();
+    let layout = ExpertLayout::gate_up_down(gate, gate, down).unwrap();
+    let mut store = ExpertStore::new();
+    for layer in 0..LAYERS {
+        let stack = |p: usize| {
+            let len = gate.total_bytes();
+            SharedBytes::copy_from(&(0..len).map(|i| (i + 7 * p + 31 * layer) as u8).collect::<Vec<_>>())
+        };
+        store.insert(layer, LayerStacks::new(layout.clone(), &[stack(0), stack(1), stack(2)]).unwrap()).unwrap();
+    }
+    (store, layout)
+}
+
+/// The device ranges of layer `layer`'s own memory: its slot arena (per-layer pools only),
+/// its scratch region and its table's buffers.
+fn ranges(
+    runner: &Runner<'_, Arc<MockDriver>, MockKernels>,
+    layer: usize,
+    shared: bool,
+) -> Vec<std::ops::Range<u64>> {
+    let mut own = Vec::new();
+    let arena = |v: &crate::arena::VramArena<Arc<MockDriver>>| {
+        v.device_ptr()..v.device_ptr() + v.arena().total_bytes() as u64
+    };
+    if !shared {
+        own.extend(runner.sink().vram(layer).map(arena));
+    }
+    own.extend(runner.sink().scratch(layer).map(arena));
+    for ptr in runner.tables()[layer].buffer_ptrs() {
+        own.push(ptr..ptr + 4 * EXPERTS as u64);
+    }
+    own
+}
+
+/// Checks that record `i`'s work (its copies into its layer's memory, its launches) comes
+/// after the host waited for record `i − 1`'s event and before its own event is recorded.
+fn chained(
+    ops: &[MockOp],
+    done: MockEvent,
+    layers: &[usize],
+    own: &[Vec<std::ops::Range<u64>>],
+) -> Result<(), String> {
+    let mut segments = vec![Vec::new()];
+    for op in ops {
+        if *op == (MockOp::SyncEvent { event: done }) {
+            segments.push(Vec::new());
+        } else if let Some(last) = segments.last_mut() {
+            last.push(*op);
+        }
+    }
+    if segments.len() != layers.len() {
+        return Err(format!("{} host waits for {} records", segments.len() - 1, layers.len()));
+    }
+    for (i, (segment, &layer)) in segments.iter().zip(layers).enumerate() {
+        for op in segment {
+            match *op {
+                MockOp::Launch { tag, .. } if tag as usize != layer => {
+                    return Err(format!("record {i} (layer {layer}): a launch of layer {tag} in its turn"));
+                }
+                MockOp::Copy { dst, .. } => {
+                    if let Some(other) =
+                        (0..own.len()).find(|&l| l != layer && own[l].iter().any(|r| r.contains(&dst)))
+                    {
+                        return Err(format!("record {i} (layer {layer}): a copy into layer {other}'s memory"));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if !segment.iter().any(|op| matches!(op, MockOp::Launch { .. })) {
+            return Err(format!("record {i}: no launch"));
+        }
+        // Host waits may follow (the timer's start); nothing enqueued may.
+        let enqueued = |op: &&MockOp| !matches!(op, MockOp::SyncStream { .. } | MockOp::SyncDevice);
+        if !matches!(segment.iter().rfind(enqueued), Some(MockOp::Record { event, .. }) if *event == done) {
+            return Err(format!("record {i}: its event is not the last thing it enqueues"));
+        }
+    }
+    Ok(())
+}
+
+use crate::driver::MockEvent;
+
+#[test]
+fn a_layer_s_work_is_enqueued_only_after_the_previous_layer_s_event() {
+    let (store, layout) = store();
+    let settings = SynthSettings {
+        steps: 10,
+        prefill_tokens: 3,
+        phase: 4,
+        ..SynthSettings::new(EXPERTS as u32, LAYERS as u32, 2, 10, 0.5, 0.3)
+    };
+    let trace = settings.trace().unwrap();
+    let layers: Vec<usize> = trace.records().iter().map(|r| r.layer as usize).collect();
+    let mixed = MissRule::Measured(MissCosts { copy: 1.5, resident_pair: 0.0, zero_copy_pair: 1.0 });
+    for (sharing, policy, miss) in [
+        (Sharing::PerLayer, Policy::Lru, MissRule::Always(MissAction::Copy)),
+        (Sharing::PerLayer, Policy::Tide, mixed),
+        (Sharing::Shared, Policy::Lru, mixed),
+        (Sharing::PerLayer, Policy::Lru, MissRule::Always(MissAction::ZeroCopy)),
+    ] {
+        let driver = Arc::new(MockDriver::new(1 << 26));
+        let mut sink = CudaSlotSink::new(Arc::clone(&driver), [], RingConfig::default()).unwrap();
+        sink.host_mut().register_store(&store);
+        let compute = driver.new_stream().unwrap();
+        let model = Model {
+            store: &store,
+            layout: &layout,
+            shape: SHAPE,
+            experts: EXPERTS,
+            layers: LAYERS,
+            expert_bytes: layout.expert_bytes(),
+            activations: vec![0.5; 3 * SHAPE.hidden],
+        };
+        let run = RunConfig { sharing, ..RunConfig::new(3, policy, miss) };
+        let mut runner =
+            Runner::new(model, sink, compute, MockKernels(Arc::clone(&driver)), &run, 3, 6, &trace).unwrap();
+        driver.clear_ops();
+        let report = runner.run(&trace).unwrap();
+        assert!(
+            report.promotions + report.scratch_pairs + report.zero_copy_pairs > 0,
+            "{sharing:?}: nothing moved"
+        );
+        let ops = driver.ops();
+        let shared = sharing == Sharing::Shared;
+        let own: Vec<_> = (0..LAYERS).map(|l| ranges(&runner, l, shared)).collect();
+        let done = *runner.done_event();
+        // The run's own work ends with syncs past the last record: drop what follows its event.
+        let last = ops.iter().rposition(|op| matches!(op, MockOp::Record { event, .. } if *event == done)).unwrap();
+        let ops = &ops[..=last];
+        chained(ops, done, &layers, &own).unwrap_or_else(|e| panic!("{sharing:?} {policy:?} {miss:?}: {e}"));
+        // The check catches a launch of a layer enqueued before the previous layer's event.
+        let second_wait =
+            ops.iter().enumerate().filter(|(_, op)| **op == MockOp::SyncEvent { event: done }).nth(1).unwrap().0;
+        let launch =
+            ops.iter().skip(second_wait).position(|op| matches!(op, MockOp::Launch { .. })).unwrap() + second_wait;
+        let mut early = ops.to_vec();
+        let moved = early.remove(launch);
+        early.insert(second_wait, moved);
+        assert!(chained(&early, done, &layers, &own).is_err(), "a launch before the wait must be caught");
+    }
+}
