@@ -69,6 +69,11 @@ pub struct Args {
     /// experts, layers and top-k set the model's unless given).
     #[arg(long)]
     routing: Option<PathBuf>,
+    /// With `--device cuda`: take the experts of this GGUF model file (its MoE layers' gate, up
+    /// and down stacks, F32 or BF16), read in place from a memory map, instead of generating
+    /// weights; the file sets the shape.
+    #[arg(long)]
+    model: Option<PathBuf>,
 }
 
 /// The CPU demo's settings, defaults applied.
@@ -111,6 +116,22 @@ fn run_cuda(args: &Args, policy: expertslab_std::Policy) -> Result<(), CliError>
     let mut config = DemoConfig { policy, ..DemoConfig::default() };
     let trace = args.routing.as_deref().map(crate::replay_args::read_trace).transpose()?;
     let header = trace.as_ref().map(|t| t.header());
+    if let Some(path) = &args.model {
+        let shape_flags = [
+            ("--layers", args.layers.is_some()),
+            ("--experts", args.experts.is_some()),
+            ("--top-k", args.top_k.is_some()),
+            ("--d-model", args.d_model.is_some()),
+            ("--d-ff", args.d_ff.is_some()),
+        ];
+        if let Some((flag, _)) = shape_flags.iter().find(|(_, given)| *given) {
+            return Err(CliError::Usage(format!("{flag} sets a generated model's shape; --model's file sets its own")));
+        }
+        let experts = expertslab_cuda::demo::GgufExperts::open(path)
+            .map_err(|e| CliError::Usage(format!("demo --device cuda --model: {e}")))?;
+        config.model = *experts.spec();
+        config.model_file = Some(path.clone());
+    }
     let model = &mut config.model;
     model.layers = args.layers.or(header.map(|h| h.layers as usize)).unwrap_or(model.layers);
     model.experts = args.experts.or(header.map(|h| h.experts as usize)).unwrap_or(model.experts);
@@ -305,6 +326,9 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     }
     if args.routing.is_some() {
         return Err(CliError::Usage("--routing needs --device cuda (the CPU demo routes with its own routers)".into()));
+    }
+    if args.model.is_some() {
+        return Err(CliError::Usage("--model needs --device cuda (the CPU demo builds its own model)".into()));
     }
     let args = &args.cpu();
     if args.layers == 0 || args.top_k == 0 || args.top_k > args.experts {

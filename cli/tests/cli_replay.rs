@@ -278,6 +278,23 @@ fn demo_flags_that_do_not_apply_are_refused() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--steps sets synthetic routing"), "{o:?}");
     std::fs::remove_file(trace).unwrap();
+    // A model file feeds the GPU demo only, sets its own shape, and is checked before any device
+    // is looked for.
+    let fused = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/gguf/moe_fused.gguf");
+    for (args, expected) in [
+        (vec!["demo", "--model", fused], "--model needs --device cuda"),
+        (
+            vec!["demo", "--device", "cuda", "--model", fused, "--layers", "2"],
+            "--layers sets a generated model's shape",
+        ),
+        (vec!["demo", "--device", "cuda", "--model", "no-such-model.gguf"], "no-such-model.gguf"),
+        (vec!["demo", "--device", "cuda", "--model", fused], "a fused gate_up stack is not read"),
+    ] {
+        let o = expertslab(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(stderr.contains(expected) && stderr.lines().count() == 1, "{args:?}: {stderr}");
+    }
 }
 
 #[test]

@@ -55,6 +55,9 @@ pub enum CudaError {
     Compile(String),
     /// A kernel was asked for a shape, format or argument it does not take.
     Unsupported(String),
+    /// A model file could not be used: which file, and why (unreadable, not GGUF, or experts the
+    /// kernels do not read).
+    Model(String),
     /// A kernel reported pairs it could not compute (status bits: 1 no weights for a
     /// non-resident expert, 2 an expert id out of range).
     KernelStatus(u32),
@@ -121,6 +124,7 @@ impl fmt::Display for CudaError {
             }
             Self::Compile(log) => write!(f, "NVRTC could not compile the kernels:\n{log}"),
             Self::Unsupported(what) => write!(f, "not supported by the MoE kernels: {what}"),
+            Self::Model(why) => write!(f, "model file: {why}"),
             Self::KernelStatus(bits) => write!(
                 f,
                 "the MoE kernel could not compute some pairs (status {bits:#x}: 1 = a non-resident expert without \

@@ -2,6 +2,8 @@
 //! action, and agreement with the CPU reference. They need a CUDA device and NVRTC; without a
 //! driver or a device each test prints one line saying it was not run, and passes.
 
+mod common;
+
 use std::io::Write;
 
 use expertslab::trace::replay::Sharing;
@@ -124,6 +126,41 @@ fn outputs_are_bit_identical_under_every_policy_and_miss_action() {
         assert_eq!(bits(&outputs(&shifted, &trace, 3, Policy::Tide, MIXED)), all, "{format:?}, misaligned, mixed");
         runs += 2;
         println!("{format:?}: {runs} runs bit-identical to all-resident");
+    }
+}
+
+#[test]
+fn a_gguf_file_decodes_from_its_mapping_bit_identical_to_all_resident() {
+    if !gpu("a_gguf_file_decodes_from_its_mapping_bit_identical_to_all_resident") {
+        return;
+    }
+    for (format, ggml_type) in [(Format::BF16, 30), (Format::F32, 0)] {
+        // The file's model takes seed 1 for its activations.
+        let spec = ModelSpec { seed: 1, ..spec(format) };
+        let host = stacks(&spec);
+        let file = std::env::temp_dir().join(format!("expertslab-gpu-{}-{format:?}.gguf", std::process::id()));
+        let s = &spec.shape;
+        common::gguf::write_moe(&file, spec.experts, s.hidden, s.ffn, s.top_k as u32, ggml_type, &host);
+        let model = GpuModel::open_gguf(0, &file).unwrap();
+        assert_eq!(model.spec(), &spec, "the file's shape");
+        assert!(model.weights().contains("mapped read-only"), "{}", model.weights());
+        let trace = trace(&spec);
+        let copy = MissRule::Always(MissAction::Copy);
+        // The same weights from page-locked memory: the file changes nothing.
+        let pinned = GpuModel::from_host(0, spec, &host, 0).unwrap();
+        let all = bits(&outputs(&pinned, &trace, spec.experts, Policy::Tide, copy));
+        assert_eq!(bits(&outputs(&model, &trace, spec.experts, Policy::Tide, copy)), all, "{format:?}, all resident");
+        let mut runs = 1;
+        for miss in [copy, MissRule::Always(MissAction::ZeroCopy), MIXED] {
+            for (slots, policy) in [(0, Policy::Lru), (3, Policy::Lru), (8, Policy::Tide)] {
+                let got = bits(&outputs(&model, &trace, slots, policy, miss));
+                assert_eq!(got, all, "{format:?}, file, {slots} slots, {policy:?}, {miss:?}");
+                runs += 1;
+            }
+        }
+        drop(model);
+        std::fs::remove_file(&file).unwrap();
+        println!("{format:?}: {runs} runs from the mapped file bit-identical to all-resident");
     }
 }
 

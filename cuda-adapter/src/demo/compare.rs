@@ -2,6 +2,7 @@
 //! expertslab's slots, on one model and one routing ([`run_demo`]).
 
 use std::fmt;
+use std::path::PathBuf;
 
 use expertslab::trace::replay::Sharing;
 use expertslab::trace::Trace;
@@ -22,6 +23,18 @@ pub enum DemoRouting {
 }
 
 impl DemoRouting {
+    /// What the routing is, for reports: the synthetic generator's settings, or the trace's
+    /// size.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Synthetic(s) => format!(
+                "synthetic, generated like `expertslab synth --zipf {} --reuse {} --steps {} --prefill-tokens {}` (seed {})",
+                s.zipf, s.reuse, s.steps, s.prefill_tokens, s.seed
+            ),
+            Self::Trace(trace) => format!("a routing trace of {} records", trace.records().len()),
+        }
+    }
+
     /// The trace the demo decodes on `model`.
     ///
     /// # Errors
@@ -53,8 +66,11 @@ impl DemoRouting {
 pub struct DemoConfig {
     /// The CUDA device.
     pub device: usize,
-    /// The model's shape.
+    /// The model's shape when its weights are generated; a model file sets its own.
     pub model: ModelSpec,
+    /// A GGUF model file whose experts the demo decodes, read in place from its memory map
+    /// ([`GpuModel::open_gguf`]); `None` generates weights of `model`'s shape on the GPU.
+    pub model_file: Option<PathBuf>,
     /// The routing.
     pub routing: DemoRouting,
     /// Slots per layer for the expertslab row.
@@ -76,6 +92,7 @@ impl Default for DemoConfig {
         Self {
             device: 0,
             model: ModelSpec::current_moe(4),
+            model_file: None,
             routing: DemoRouting::Synthetic(SynthSettings::locality()),
             slots: 64,
             policy: Policy::Tide,
@@ -114,6 +131,10 @@ pub struct DemoReport {
     pub driver: String,
     /// The model's shape.
     pub model: ModelSpec,
+    /// Where the weights come from ([`GpuModel::weights`]).
+    pub weights: String,
+    /// Where the routing comes from ([`DemoRouting::describe`]).
+    pub routing: String,
     /// Bytes per expert.
     pub expert_bytes: usize,
     /// Decode steps per run.
@@ -141,6 +162,8 @@ impl fmt::Display for DemoReport {
             m.shape.format.name(),
             self.expert_bytes as f64 / (1 << 20) as f64
         )?;
+        writeln!(f, "weights: {}", self.weights)?;
+        writeln!(f, "routing: {}", self.routing)?;
         writeln!(
             f,
             "measured: link {:.1} GB/s (expert copy {:.0} µs), pair from VRAM {:.2} µs, pair over the bus {:.1} µs",
@@ -174,7 +197,8 @@ impl fmt::Display for DemoReport {
     }
 }
 
-/// Runs the GPU demo: generates the model's weights on the GPU, measures the link and the
+/// Runs the GPU demo: generates the model's weights on the GPU (or maps the model file's),
+/// measures the link and the
 /// per-pair costs, and decodes the routing four ways (every expert resident; no slots and every
 /// routed expert uploaded each step; no slots and every routed expert read over the bus;
 /// expertslab slots under the configured policy with the measured miss rule), checking that
@@ -183,12 +207,16 @@ impl fmt::Display for DemoReport {
 /// # Errors
 /// [`CudaError::NoDriver`] or [`CudaError::NoDevice`] without a GPU, [`CudaError::DoesNotFit`]
 /// when the slots do not fit the free VRAM (with how many would), and the errors of
-/// [`GpuModel::generate`] and [`GpuModel::decode`].
+/// [`GpuModel::generate`], [`GpuModel::open_gguf`] and [`GpuModel::decode`].
 pub fn run_demo(config: &DemoConfig) -> Result<DemoReport, CudaError> {
-    let trace = config.routing.trace(&config.model)?;
-    let model = GpuModel::generate(config.device, config.model)?;
+    let model = match &config.model_file {
+        Some(path) => GpuModel::open_gguf(config.device, path)?,
+        None => GpuModel::generate(config.device, config.model)?,
+    };
+    let spec = *model.spec();
+    let trace = config.routing.trace(&spec)?;
     let calibration = model.calibrate(10)?;
-    let experts = config.model.experts;
+    let experts = spec.experts;
     let runs = [
         (
             "every expert resident (floor)".to_string(),
@@ -237,7 +265,9 @@ pub fn run_demo(config: &DemoConfig) -> Result<DemoReport, CudaError> {
     Ok(DemoReport {
         device: model.device_name()?,
         driver: model.driver_version()?,
-        model: config.model,
+        model: spec,
+        weights: model.weights().to_string(),
+        routing: config.routing.describe(),
         expert_bytes: model.expert_bytes(),
         decode_steps,
         calibration,

@@ -4,7 +4,8 @@
 //!
 //! A [`GpuModel`] holds every layer's experts in page-locked, device-mapped host memory (the slow
 //! memory) as an [`expertslab_std::ExpertStore`], generated on the GPU from a seed
-//! ([`GpuModel::generate`]) or given by the caller ([`GpuModel::from_host`]).
+//! ([`GpuModel::generate`]), given by the caller ([`GpuModel::from_host`]), or read in place
+//! from a GGUF model file's memory map ([`GpuModel::open_gguf`]).
 //! [`GpuModel::decode`] replays a routing [`Trace`] under a [`RunConfig`] (slots per layer, a
 //! policy, schedule and kind of pool, and a [`MissRule`]) through the library's own path, the
 //! one a runtime would call: each record is the pool's step through a [`crate::CudaSlotSink`],
@@ -21,6 +22,7 @@
 //! |---|---|
 //! | `mod.rs` | settings and reports of a run ([`ModelSpec`], [`SynthSettings`], [`RunConfig`], [`RunReport`]), [`tune_pick`] |
 //! | `compare.rs` | the demo's comparison ([`DemoConfig`], [`DemoReport`], [`run_demo`]) |
+//! | `gguf.rs` | [`GgufExperts`]: a GGUF file's experts, mapped, and the shape they make |
 //! | `model.rs` | [`GpuModel`]: the weights, calibration, decode, the replay's prediction |
 //! | `runner/` | one decode run on the library's path; its order checked on the mock driver (`tests.rs`) |
 
@@ -34,10 +36,12 @@ use crate::ffn::{MissAction, MissCosts, MissRule};
 use crate::reference::FfnShape;
 
 mod compare;
+mod gguf;
 mod model;
 mod runner;
 
 pub use compare::{run_demo, DemoConfig, DemoReport, DemoRouting, DemoRow};
+pub use gguf::GgufExperts;
 pub use model::{open_device, GpuModel};
 
 /// The shape of a demo model.

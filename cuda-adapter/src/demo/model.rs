@@ -2,6 +2,7 @@
 //! migrates from), the compiled kernels, and the runs over them.
 
 use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 
 use cudarc::driver::sys::{CUevent_flags, CU_MEMHOSTALLOC_DEVICEMAP};
@@ -11,13 +12,14 @@ use expertslab::trace::Trace;
 use expertslab::{ExpertLayout, Format, InitialPlacement, SlotArena};
 use expertslab_std::{ExpertStore, LayerStacks, SharedBytes};
 
+use super::gguf::GgufExperts;
 use super::runner::{Kernels, Model, Runner};
 use super::{activations, check_fit, median, router_weights, Calibration, ModelSpec, Prediction, RunConfig, RunReport};
 use crate::arena::DEVICE_ALIGN;
 use crate::driver::CudaDriver;
 use crate::error::CudaError;
 use crate::ffn::{raw, MissAction, MissCosts, MissRule, MoeFfn, PairSource, Phase, SlotView, StepBuffers};
-use crate::host::RingConfig;
+use crate::host::{HostMemory, RingConfig};
 use crate::kernels;
 use crate::sink::CudaSlotSink;
 use crate::table::DeviceSlotTable;
@@ -57,6 +59,11 @@ pub struct GpuModel {
     pub(super) store: ExpertStore,
     matrix_bytes: usize,
     pub(super) expert_bytes: usize,
+    /// Where the weights come from, for reports.
+    weights: String,
+    /// The registration of memory the driver did not allocate (a mapped model file), made once
+    /// so each run's sink adopts it instead of registering gigabytes again.
+    registration: Option<HostMemory<CudaDriver>>,
 }
 
 impl fmt::Debug for GpuModel {
@@ -93,7 +100,18 @@ impl GpuModel {
         let compute = ctx.new_stream()?;
         let matrix_bytes = spec.shape.gate_bytes()?;
         let expert_bytes = spec.shape.expert_bytes()?;
-        Ok(Self { spec, layout, ctx, compute, ffn, store: ExpertStore::new(), matrix_bytes, expert_bytes })
+        Ok(Self {
+            spec,
+            layout,
+            ctx,
+            compute,
+            ffn,
+            store: ExpertStore::new(),
+            matrix_bytes,
+            expert_bytes,
+            weights: String::new(),
+            registration: None,
+        })
     }
 
     fn stack_bytes(&self) -> usize {
@@ -157,6 +175,7 @@ impl GpuModel {
             model.add_layer(layer, host, 0)?;
         }
         drop(temp);
+        model.weights = format!("generated on the GPU (seed {})", spec.seed);
         Ok(model)
     }
 
@@ -185,7 +204,46 @@ impl GpuModel {
             }
             model.add_layer(index, host, pad)?;
         }
+        model.weights = "the caller's, in page-locked host memory".into();
         Ok(model)
+    }
+
+    /// A model of a GGUF file's experts on device `ordinal` (see [`GgufExperts`]): the shape
+    /// comes from the file, the experts stay in the file's read-only memory map, registered
+    /// once with the driver so copies read them directly and kernels can read them over the
+    /// bus. The file must not change while the model lives.
+    ///
+    /// # Errors
+    /// As [`GgufExperts::open`] and [`open_device`]; [`CudaError::Model`] when the driver
+    /// refuses to register the mapping.
+    pub fn open_gguf(ordinal: usize, path: impl AsRef<Path>) -> Result<Self, CudaError> {
+        let path = path.as_ref();
+        let experts = GgufExperts::open(path)?;
+        let weights = format!(
+            "{} ({}, {} MoE blocks, mapped read-only)",
+            path.display(),
+            experts.architecture(),
+            experts.blocks().len()
+        );
+        let (spec, store) = experts.into_parts();
+        let ctx = open_device(ordinal)?;
+        let mut model = Self::empty(ctx, spec)?;
+        let driver = CudaDriver::from_context(Arc::clone(&model.ctx));
+        let mut host = HostMemory::new(driver, RingConfig { entries: 0, entry_bytes: 0 })?;
+        let report = host.register_store(&store);
+        if report.refused > 0 {
+            let why = report.first_refusal.map_or_else(String::new, |e| format!(": {e}"));
+            return Err(CudaError::Model(format!("{}: the driver did not register the mapping{why}", path.display())));
+        }
+        model.store = store;
+        model.weights = weights;
+        model.registration = Some(host);
+        Ok(model)
+    }
+
+    /// Where the weights come from: generated, the caller's, or a file (for reports).
+    pub fn weights(&self) -> &str {
+        &self.weights
     }
 
     /// The model's shape.

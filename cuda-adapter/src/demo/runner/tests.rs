@@ -19,25 +19,11 @@ const SHAPE: FfnShape = FfnShape { hidden: 64, ffn: 32, top_k: 2, format: Format
 struct MockKernels(Arc<MockDriver>);
 
 impl Kernels<Arc<MockDriver>> for MockKernels {
-    fn stage(
-        &mut self,
-        layer: usize,
-        _: u64,
-        _: &[u32],
-        _: &[PairSource],
-        s: &MockStream,
-    ) -> Result<(), CudaError> {
+    fn stage(&mut self, layer: usize, _: u64, _: &[u32], _: &[PairSource], s: &MockStream) -> Result<(), CudaError> {
         self.0.launch(s, layer as u32);
         Ok(())
     }
-    unsafe fn pairs(
-        &mut self,
-        layer: usize,
-        _: Phase,
-        _: &SlotView,
-        _: u64,
-        s: &MockStream,
-    ) -> Result<(), CudaError> {
+    unsafe fn pairs(&mut self, layer: usize, _: Phase, _: &SlotView, _: u64, s: &MockStream) -> Result<(), CudaError> {
         self.0.launch(s, layer as u32);
         Ok(())
     }
@@ -67,15 +53,10 @@ fn store() -> (ExpertStore, ExpertLayout) {
 
 /// The device ranges of layer `layer`'s own memory: its slot arena (per-layer pools only),
 /// its scratch region and its table's buffers.
-fn ranges(
-    runner: &Runner<'_, Arc<MockDriver>, MockKernels>,
-    layer: usize,
-    shared: bool,
-) -> Vec<std::ops::Range<u64>> {
+fn ranges(runner: &Runner<'_, Arc<MockDriver>, MockKernels>, layer: usize, shared: bool) -> Vec<std::ops::Range<u64>> {
     let mut own = Vec::new();
-    let arena = |v: &crate::arena::VramArena<Arc<MockDriver>>| {
-        v.device_ptr()..v.device_ptr() + v.arena().total_bytes() as u64
-    };
+    let arena =
+        |v: &crate::arena::VramArena<Arc<MockDriver>>| v.device_ptr()..v.device_ptr() + v.arena().total_bytes() as u64;
     if !shared {
         own.extend(runner.sink().vram(layer).map(arena));
     }
@@ -88,12 +69,7 @@ fn ranges(
 
 /// Checks that record `i`'s work (its copies into its layer's memory, its launches) comes
 /// after the host waited for record `i − 1`'s event and before its own event is recorded.
-fn chained(
-    ops: &[MockOp],
-    done: MockEvent,
-    layers: &[usize],
-    own: &[Vec<std::ops::Range<u64>>],
-) -> Result<(), String> {
+fn chained(ops: &[MockOp], done: MockEvent, layers: &[usize], own: &[Vec<std::ops::Range<u64>>]) -> Result<(), String> {
     let mut segments = vec![Vec::new()];
     for op in ops {
         if *op == (MockOp::SyncEvent { event: done }) {
@@ -112,8 +88,7 @@ fn chained(
                     return Err(format!("record {i} (layer {layer}): a launch of layer {tag} in its turn"));
                 }
                 MockOp::Copy { dst, .. } => {
-                    if let Some(other) =
-                        (0..own.len()).find(|&l| l != layer && own[l].iter().any(|r| r.contains(&dst)))
+                    if let Some(other) = (0..own.len()).find(|&l| l != layer && own[l].iter().any(|r| r.contains(&dst)))
                     {
                         return Err(format!("record {i} (layer {layer}): a copy into layer {other}'s memory"));
                     }
@@ -171,10 +146,7 @@ fn a_layer_s_work_is_enqueued_only_after_the_previous_layer_s_event() {
             Runner::new(model, sink, compute, MockKernels(Arc::clone(&driver)), &run, 3, 6, &trace).unwrap();
         driver.clear_ops();
         let report = runner.run(&trace).unwrap();
-        assert!(
-            report.promotions + report.scratch_pairs + report.zero_copy_pairs > 0,
-            "{sharing:?}: nothing moved"
-        );
+        assert!(report.promotions + report.scratch_pairs + report.zero_copy_pairs > 0, "{sharing:?}: nothing moved");
         let ops = driver.ops();
         let shared = sharing == Sharing::Shared;
         let own: Vec<_> = (0..LAYERS).map(|l| ranges(&runner, l, shared)).collect();

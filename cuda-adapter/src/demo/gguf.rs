@@ -1,0 +1,134 @@
+//! A GGUF model file's experts for the GPU runner ([`GgufExperts`]): the model's shape read from
+//! the file, its expert stacks left in place in a read-only memory map.
+//!
+//! Every MoE layer of the file must have separate gate, up and down stacks of one weight format
+//! the kernels read (F32 or BF16), the same shape in every layer, and the file must name the
+//! router's top-k (`{arch}.expert_used_count`). The runner numbers the MoE layers 0, 1, … in
+//! block order; [`GgufExperts::blocks`] maps them back to the file's block numbers.
+
+use std::path::Path;
+
+use expertslab::gguf::GgufModel;
+use expertslab::{Format, Projection};
+use expertslab_std::{ExpertStore, SharedBytes};
+
+use super::ModelSpec;
+use crate::error::CudaError;
+use crate::reference::FfnShape;
+
+/// A GGUF file's experts: the [`ModelSpec`] they make, and an [`ExpertStore`] over the mapped
+/// file (no byte copied) whose layer `i` is the file's `i`-th MoE block.
+#[derive(Debug, Clone)]
+pub struct GgufExperts {
+    spec: ModelSpec,
+    store: ExpertStore,
+    blocks: Vec<usize>,
+    architecture: String,
+}
+
+impl GgufExperts {
+    /// Maps the file at `path` read-only and reads its experts (see the [module docs](self)).
+    /// The file must not change while any handle of the store lives.
+    ///
+    /// # Errors
+    /// [`CudaError::Model`] naming the path and what is wrong: unreadable, not GGUF, no MoE
+    /// layer, a layout or format the kernels do not read, layers of different shapes, no top-k.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, CudaError> {
+        let path = path.as_ref();
+        let model = expertslab_std::open_gguf(path).map_err(|e| CudaError::Model(e.to_string()))?;
+        Self::from_model(&model).map_err(|e| match e {
+            CudaError::Model(why) => CudaError::Model(format!("{}: {why}", path.display())),
+            other => other,
+        })
+    }
+
+    /// The experts of a GGUF model whose bytes are shared (a memory map, or bytes in memory).
+    ///
+    /// # Errors
+    /// [`CudaError::Model`] as for [`GgufExperts::open`].
+    pub fn from_model(model: &GgufModel<SharedBytes>) -> Result<Self, CudaError> {
+        let bad = |why: String| CudaError::Model(why);
+        let file = model.file().map_err(|e| bad(e.to_string()))?;
+        let architecture = file.architecture().unwrap_or("unknown").to_string();
+        let moe = model.moe();
+        let first = moe.layers().first().ok_or_else(|| bad("no MoE layer (no blk.N.ffn_*_exps tensors)".into()))?;
+        let layout = first.layout();
+        let (_, gate) = layout.find(Projection::Gate).map_err(|_| {
+            bad(format!(
+                "block {}: the kernels read separate gate, up and down stacks; a fused gate_up stack is not read",
+                first.block()
+            ))
+        })?;
+        let format = gate.format();
+        if !matches!(format, Format::F32 | Format::BF16) {
+            return Err(bad(format!(
+                "block {}: experts in {}; the kernels read {} and {}",
+                first.block(),
+                format.name(),
+                Format::F32.name(),
+                Format::BF16.name()
+            )));
+        }
+        let top_k = moe
+            .expert_used_count()
+            .ok_or_else(|| bad(format!("no {architecture}.expert_used_count (the router's top-k)")))?;
+        let top_k = usize::try_from(top_k).map_err(|_| bad(format!("top-k {top_k}")))?;
+        let spec = ModelSpec {
+            experts: layout.experts(),
+            layers: moe.layers().len(),
+            shape: FfnShape { hidden: gate.cols(), ffn: gate.rows(), top_k, format },
+            seed: 1,
+        };
+        if top_k == 0 || top_k > spec.experts {
+            return Err(bad(format!("top-k {top_k} of {} experts", spec.experts)));
+        }
+        let expected = spec.layout()?;
+        let all = ExpertStore::from_gguf(model)?;
+        let mut store = ExpertStore::new();
+        let mut blocks = Vec::with_capacity(spec.layers);
+        for (index, layer) in moe.layers().iter().enumerate() {
+            if layer.layout() != &expected {
+                return Err(bad(format!(
+                    "block {}: its experts are not laid out like block {}'s (gate {} × {}, up the same, down {} × {}, {}, {} experts)",
+                    layer.block(),
+                    first.block(),
+                    spec.shape.ffn,
+                    spec.shape.hidden,
+                    spec.shape.hidden,
+                    spec.shape.ffn,
+                    format.name(),
+                    spec.experts
+                )));
+            }
+            let stacks = all.layer(layer.block()).ok_or(CudaError::UnknownLayer { layer: layer.block() })?;
+            store.insert(index, stacks.clone())?;
+            blocks.push(layer.block());
+        }
+        Ok(Self { spec, store, blocks, architecture })
+    }
+
+    /// The model the file's experts make (seed 1 for the activations the runner feeds).
+    pub const fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// The experts, layer `i` the file's `i`-th MoE block, every slab a slice of the mapping.
+    pub const fn store(&self) -> &ExpertStore {
+        &self.store
+    }
+
+    /// The file's block number of each layer.
+    pub fn blocks(&self) -> &[usize] {
+        &self.blocks
+    }
+
+    /// `general.architecture` (`unknown` when absent).
+    pub fn architecture(&self) -> &str {
+        &self.architecture
+    }
+
+    /// The store, taken apart from the rest.
+    pub(crate) fn into_parts(self) -> (ModelSpec, ExpertStore) {
+        (self.spec, self.store)
+    }
+}
