@@ -7,12 +7,20 @@
 //! pick at that budget, misses by the measured rule. For each (iv) row: the time the core's
 //! replay cost model predicts (G3) and the step time against max(copy, compute) (G4).
 //! `EXPERTSLAB_REPS` sets the repetitions per row (default 5; medians are reported).
+//!
+//! `EXPERTSLAB_MODEL=FILE.gguf` takes the experts of a GGUF file instead (read in place from its
+//! memory map; the traces follow the file's shape). `EXPERTSLAB_ROWS=peer` prints the rows of
+//! the side-by-side with llama.cpp instead (`scripts/peer-llamacpp.sh`): on the near-uniform and
+//! locality traces, every expert resident, then 75%, 50% and 25% of each layer's experts in
+//! slots under the `tune` pick at that budget, then no slots (misses by the measured rule); one
+//! tab-separated line per row: `peer`, trace, percent in VRAM, run, hit rate, µs per token, µs
+//! per token over the all-resident row.
 
 use std::process::ExitCode;
 
 use expertslab::{DecayConfig, Policy, Schedule};
 use expertslab_cuda::demo::{
-    open_device, tune_pick, Calibration, GpuModel, ModelSpec, RunConfig, RunReport, SynthSettings,
+    open_device, tune_pick, Calibration, DemoRouting, GpuModel, ModelSpec, RunConfig, RunReport, SynthSettings,
 };
 use expertslab_cuda::{CudaError, MissAction, MissRule};
 
@@ -48,7 +56,7 @@ fn bench(model: &GpuModel, calibration: &Calibration, reps: usize) -> Result<(),
     for (trace_name, settings) in
         [("locality", SynthSettings::locality()), ("near-uniform", SynthSettings::near_uniform())]
     {
-        let trace = settings.trace()?;
+        let trace = DemoRouting::Synthetic(settings).trace(model.spec())?;
         let floor = model.decode_median(&trace, &RunConfig::new(experts, Policy::Tide, copy), reps)?;
         row(trace_name, "100%", "(i) all resident", &floor);
         println!();
@@ -113,6 +121,38 @@ fn bench(model: &GpuModel, calibration: &Calibration, reps: usize) -> Result<(),
     Ok(())
 }
 
+/// The rows of the side-by-side with llama.cpp (see the module docs).
+fn peer(model: &GpuModel, calibration: &Calibration, reps: usize) -> Result<(), CudaError> {
+    let experts = model.spec().experts;
+    let measured = MissRule::Measured(calibration.costs);
+    for (trace_name, settings) in
+        [("near-uniform", SynthSettings::near_uniform()), ("locality", SynthSettings::locality())]
+    {
+        let trace = DemoRouting::Synthetic(settings).trace(model.spec())?;
+        let line = |percent: usize, name: &str, r: &RunReport, floor: f64| {
+            println!(
+                "peer\t{trace_name}\t{percent}\t{name}\t{:.4}\t{:.1}\t{:.1}",
+                r.hit_rate(),
+                us(r.seconds_per_token()),
+                us(r.seconds_per_token() - floor)
+            );
+        };
+        let floor = model.decode_median(&trace, &RunConfig::new(experts, Policy::Lru, measured), reps)?;
+        let floor_token = floor.seconds_per_token();
+        line(100, "all resident", &floor, floor_token);
+        for percent in [75, 50, 25] {
+            let slots = experts * percent / 100;
+            let (policy, schedule) = tune_pick(&trace, slots, model.expert_bytes() as u64, calibration)?;
+            let run = RunConfig { schedule, ..RunConfig::new(slots, policy, measured) };
+            let r = model.decode_median(&trace, &run, reps)?;
+            line(percent, &format!("tune: {} {}", policy.name(), schedule_name(schedule)), &r, floor_token);
+        }
+        let none = model.decode_median(&trace, &RunConfig::new(0, Policy::Lru, measured), reps)?;
+        line(0, "no slots, measured miss rule", &none, floor_token);
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     // `cargo bench` passes --bench; nothing else is taken.
     let reps = std::env::var("EXPERTSLAB_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
@@ -127,8 +167,15 @@ fn main() -> ExitCode {
         }
         Ok(_) => {}
     }
-    let result = GpuModel::generate(0, ModelSpec::current_moe(4)).and_then(|model| {
+    let file = std::env::var_os("EXPERTSLAB_MODEL");
+    let peer_rows = std::env::var("EXPERTSLAB_ROWS").is_ok_and(|v| v == "peer");
+    let model = match &file {
+        Some(path) => GpuModel::open_gguf(0, path),
+        None => GpuModel::generate(0, ModelSpec::current_moe(4)),
+    };
+    let result = model.and_then(|model| {
         let calibration = model.calibrate(20)?;
+        let spec = model.spec();
         println!(
             "{} (driver {}), expert {} bytes, {} repetitions per row",
             model.device_name()?,
@@ -136,8 +183,22 @@ fn main() -> ExitCode {
             model.expert_bytes(),
             reps
         );
+        println!(
+            "model: {} layers × {} experts, top-{}, hidden {}, FFN {}, {}; weights {}",
+            spec.layers,
+            spec.experts,
+            spec.shape.top_k,
+            spec.shape.hidden,
+            spec.shape.ffn,
+            spec.shape.format.name(),
+            model.weights()
+        );
         println!("calibration: {calibration:?}");
-        bench(&model, &calibration, reps)
+        if peer_rows {
+            peer(&model, &calibration, reps)
+        } else {
+            bench(&model, &calibration, reps)
+        }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
