@@ -13,6 +13,7 @@ use expertslab::{AdmissionConfig, DecayConfig, Format, Policy};
 use expertslab_cuda::demo::{activations, open_device, router_weights, GpuModel, ModelSpec, RunConfig, SynthSettings};
 use expertslab_cuda::reference::{f32_to_bf16, moe_ffn, within_tolerance, ExpertWeights};
 use expertslab_cuda::{CudaError, FfnShape, MissAction, MissCosts, MissRule};
+use expertslab_std::ffn::{combine, ExpertFfn, PairSlabs};
 
 /// Whether a CUDA device is here; prints the not-run line otherwise.
 fn gpu(test: &str) -> bool {
@@ -210,6 +211,59 @@ fn outputs_match_the_cpu_reference() {
         }
         assert_eq!(at, got.len());
         println!("{format:?}: largest relative difference from the reference {worst:.2e}");
+    }
+}
+
+#[test]
+fn the_host_ffn_gives_the_gpu_s_bits() {
+    if !gpu("the_host_ffn_gives_the_gpu_s_bits") {
+        return;
+    }
+    for format in [Format::BF16, Format::F32] {
+        let (spec, host, model, trace) = setup(format);
+        let got = outputs(&model, &trace, 3, Policy::Lru, MIXED);
+        let s = &spec.shape;
+        let ffn = ExpertFfn::new(s.hidden, s.ffn, format).unwrap();
+        let matrix = s.gate_bytes().unwrap();
+        let first = activations(spec.seed, 64 * s.hidden);
+        let mut previous: Option<(u64, u32, std::ops::Range<usize>)> = None;
+        let (mut at, mut pairs_checked) = (0, 0);
+        for r in trace.records() {
+            let ids = trace.ids(r);
+            let tokens = ids.len() / s.top_k;
+            let x = match &previous {
+                Some((step, layer, range)) if *step == r.step && layer + 1 == r.layer => &got[range.clone()],
+                _ => &first[..tokens * s.hidden],
+            };
+            let layer = &host[r.layer as usize];
+            let pairs: Vec<PairSlabs<'_>> = ids
+                .iter()
+                .enumerate()
+                .map(|(i, &e)| {
+                    let range = e as usize * matrix..(e as usize + 1) * matrix;
+                    PairSlabs {
+                        gate: &layer[0][range.clone()],
+                        up: &layer[1][range.clone()],
+                        down: &layer[2][range],
+                        token: i / s.top_k,
+                    }
+                })
+                .collect();
+            let mut parts = vec![0.0f32; pairs.len() * s.hidden];
+            ffn.parts(&pairs, x, &mut parts).unwrap();
+            let w = router_weights(r.layer as usize, r.step, ids.len(), s.top_k);
+            let mut y = vec![0.0f32; tokens * s.hidden];
+            for ((y, w), parts) in y.chunks_mut(s.hidden).zip(w.chunks(s.top_k)).zip(parts.chunks(s.top_k * s.hidden)) {
+                combine(w, parts, y);
+            }
+            let gpu = &got[at..at + y.len()];
+            assert_eq!(bits(gpu), bits(&y), "{format:?}, layer {} step {}: host and GPU bits differ", r.layer, r.step);
+            previous = Some((r.step, r.layer, at..at + y.len()));
+            at += y.len();
+            pairs_checked += pairs.len();
+        }
+        assert_eq!(at, got.len());
+        println!("{format:?}: {pairs_checked} pairs computed on the host ({}) with the GPU's bits", ffn.isa().name());
     }
 }
 

@@ -10,6 +10,7 @@
 //! | [`capture`] | [`RoutingCapture`]: the router's ids per layer and step, `u32` or f32-encoded |
 //! | [`recorder`] | [`TraceRecorder`]: routing traces written in the core's format; [`read_trace`] |
 //! | [`offload`] | [`Offloader`]: pools, plans and slot arenas of every MoE layer, each stepped through [`ExpertPool::step_with`] from a capture |
+//! | [`ffn`] | [`ffn::ExpertFfn`]: the host's expert FFN, bit-identical to the GPU kernels' (one order of operations), threaded and vectorised |
 //! | [`error`] | [`Error`]: anything the adapter can fail with |
 //!
 //! Policy and layout live in the core; this crate adds only what needs std.
@@ -57,6 +58,7 @@
 pub mod bytes;
 pub mod capture;
 pub mod error;
+pub mod ffn;
 pub mod offload;
 pub mod parallel;
 pub mod recorder;

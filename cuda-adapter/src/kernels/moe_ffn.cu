@@ -5,6 +5,9 @@
 // sum over k, in k order, of weight[k] * part[k] (three kernels: gate/up and down over a list
 // of pairs, so a step's pairs can run in two phases, then combine). Weights are F32 or BF16, activations and accumulation f32.
 //
+// The order of operations is the host's (expertslab-std's `ffn::order`, which documents it):
+// a pair computed on the host has the same bits as on the GPU.
+//
 // Where an expert's weights live does not change the arithmetic: every dot product gives each
 // lane the same elements in the same order and reduces the warp with the same butterfly,
 // whether the row is read from a slot, a scratch slot or mapped host memory, and whether it is
@@ -29,6 +32,32 @@ typedef unsigned short u16;
 #define STATUS_BAD_EXPERT 2u
 
 __device__ __forceinline__ float bf16_to_f32(u32 bits16) { return __uint_as_float(bits16 << 16); }
+
+// e^x exactly as the host computes it (expertslab-std's `ffn::order::exp`): every operation
+// rounds once and none is contracted, so both sides give the same bits. The math library's
+// expf is not used: its last bit is not the host's.
+__device__ __forceinline__ float shared_exp(float x) {
+    if (x != x) return x;
+    if (x < -87.0f) return 0.0f;
+    if (x > 88.0f) return __uint_as_float(0x7f800000u);
+    const float n = rintf(__fmul_rn(x, __uint_as_float(0x3FB8AA3Bu)));  // round(x · log2 e)
+    float r = __fmaf_rn(n, -__uint_as_float(0x3F317200u), x);           // x − n · ln2 (high)
+    r = __fmaf_rn(n, -__uint_as_float(0x35BFBE8Eu), r);                 // − n · ln2 (low)
+    float p = __uint_as_float(0x39500D01u);                              // 1/5040
+    p = __fmaf_rn(p, r, __uint_as_float(0x3AB60B61u));                   // 1/720
+    p = __fmaf_rn(p, r, __uint_as_float(0x3C088889u));                   // 1/120
+    p = __fmaf_rn(p, r, __uint_as_float(0x3D2AAAABu));                   // 1/24
+    p = __fmaf_rn(p, r, __uint_as_float(0x3E2AAAABu));                   // 1/6
+    p = __fmaf_rn(p, r, 0.5f);
+    p = __fmaf_rn(p, r, 1.0f);
+    p = __fmaf_rn(p, r, 1.0f);
+    return __fmul_rn(p, __uint_as_float((u32)((int)n + 127) << 23));     // · 2^n
+}
+
+// The activation of a row, as the host computes it: (g / (1 + e^−g)) · u.
+__device__ __forceinline__ float silu_mul(float g, float u) {
+    return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, shared_exp(-g))), u);
+}
 
 // Eight weights of a row starting at element j (a multiple of CHUNK), zero past `cols`.
 // `vec`: the row starts 16-byte aligned and its length in bytes is a multiple of 16.
@@ -191,7 +220,7 @@ __device__ void gate_up(const LayerArgs& layer, const StepArgs& step, const int*
         const float g = warp_sum(acc_g[r]);
         const float u = warp_sum(acc_u[r]);
         const int row = row0 + r;
-        if (lane == 0 && row < ffn) h[row] = g / (1.0f + expf(-g)) * u;
+        if (lane == 0 && row < ffn) h[row] = silu_mul(g, u);
     }
 }
 

@@ -1,0 +1,158 @@
+//! The instruction sets the host FFN is compiled for, chosen at run time. Every variant runs
+//! the same code of [`super::order`] in the same order: they differ in speed, never in bits.
+
+use expertslab::Format;
+
+use super::order::{dot, silu_mul, Bf16, Element, F32};
+
+/// An instruction set the host FFN's inner loops run with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// No vector extension assumed (on x86-64 without FMA, each fused multiply-add is a library
+    /// call: correct, slow).
+    Portable,
+    /// x86-64 AVX2 with FMA.
+    Avx2,
+    /// x86-64 AVX-512 (F) with FMA.
+    Avx512,
+    /// AArch64 NEON (always present there).
+    Neon,
+}
+
+impl Isa {
+    /// The fastest instruction set this CPU has.
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
+                return Self::Avx512;
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                return Self::Avx2;
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            return Self::Neon;
+        }
+        #[allow(unreachable_code, reason = "reached on targets other than aarch64")]
+        Self::Portable
+    }
+
+    /// Whether this CPU can run `self`.
+    pub fn available(self) -> bool {
+        match self {
+            Self::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512 => std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "aarch64")]
+            Self::Neon => true,
+            #[allow(unreachable_patterns, reason = "the arms of other targets")]
+            _ => false,
+        }
+    }
+
+    /// Every instruction set this CPU can run.
+    pub fn all_available() -> Vec<Self> {
+        [Self::Portable, Self::Avx2, Self::Avx512, Self::Neon].into_iter().filter(|i| i.available()).collect()
+    }
+
+    /// The name: `portable`, `avx2`, `avx512`, `neon`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Portable => "portable",
+            Self::Avx2 => "avx2",
+            Self::Avx512 => "avx512",
+            Self::Neon => "neon",
+        }
+    }
+}
+
+/// Rows of gate and up: `h[r] = silu_mul(gate_r · x, up_r · x)` for the rows of `h`, which
+/// start at row `first`; `row_bytes` per row.
+#[inline(always)]
+fn gate_up_rows<E: Element>(gate: &[u8], up: &[u8], cols: usize, xt: &[f32], first: usize, h: &mut [f32]) {
+    let rb = cols * E::BYTES;
+    for (r, out) in h.iter_mut().enumerate() {
+        let start = (first + r) * rb;
+        let (Some(g), Some(u)) = (gate.get(start..start + rb), up.get(start..start + rb)) else { return };
+        *out = silu_mul(dot::<E>(g, cols, xt), dot::<E>(u, cols, xt));
+    }
+}
+
+/// Rows of down: `part[r] = down_r · h` for the rows of `part`, starting at row `first`.
+#[inline(always)]
+fn down_rows<E: Element>(down: &[u8], cols: usize, ht: &[f32], first: usize, part: &mut [f32]) {
+    let rb = cols * E::BYTES;
+    for (r, out) in part.iter_mut().enumerate() {
+        let start = (first + r) * rb;
+        let Some(d) = down.get(start..start + rb) else { return };
+        *out = dot::<E>(d, cols, ht);
+    }
+}
+
+/// The row kernels of one format, monomorphised per instruction set.
+macro_rules! variants {
+    ($gate_up:ident, $down:ident $(, $feature:literal)?) => {
+        $(#[target_feature(enable = $feature)])?
+        fn $gate_up(format: Format, gate: &[u8], up: &[u8], cols: usize, xt: &[f32], first: usize, h: &mut [f32]) {
+            match format {
+                Format::BF16 => gate_up_rows::<Bf16>(gate, up, cols, xt, first, h),
+                _ => gate_up_rows::<F32>(gate, up, cols, xt, first, h),
+            }
+        }
+        $(#[target_feature(enable = $feature)])?
+        fn $down(format: Format, down: &[u8], cols: usize, ht: &[f32], first: usize, part: &mut [f32]) {
+            match format {
+                Format::BF16 => down_rows::<Bf16>(down, cols, ht, first, part),
+                _ => down_rows::<F32>(down, cols, ht, first, part),
+            }
+        }
+    };
+}
+
+variants!(gate_up_portable, down_portable);
+#[cfg(target_arch = "x86_64")]
+variants!(gate_up_avx2, down_avx2, "avx2,fma");
+#[cfg(target_arch = "x86_64")]
+variants!(gate_up_avx512, down_avx512, "avx512f,avx2,fma");
+
+/// Gate/up rows under `isa` (which the caller checked is [`Isa::available`]).
+#[allow(clippy::too_many_arguments, reason = "the row kernel's operands")]
+#[allow(unsafe_code, reason = "calling a function compiled for an instruction set the CPU was found to have")]
+pub(super) fn gate_up(
+    isa: Isa,
+    format: Format,
+    gate: &[u8],
+    up: &[u8],
+    cols: usize,
+    xt: &[f32],
+    first: usize,
+    h: &mut [f32],
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa` is available (checked when the FFN was built), so the CPU has AVX2 and FMA.
+        Isa::Avx2 => unsafe { gate_up_avx2(format, gate, up, cols, xt, first, h) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, AVX-512F, AVX2 and FMA.
+        Isa::Avx512 => unsafe { gate_up_avx512(format, gate, up, cols, xt, first, h) },
+        _ => gate_up_portable(format, gate, up, cols, xt, first, h),
+    }
+}
+
+/// Down rows under `isa` (which the caller checked is [`Isa::available`]).
+#[allow(unsafe_code, reason = "calling a function compiled for an instruction set the CPU was found to have")]
+pub(super) fn down(isa: Isa, format: Format, down: &[u8], cols: usize, ht: &[f32], first: usize, part: &mut [f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa` is available (checked when the FFN was built), so the CPU has AVX2 and FMA.
+        Isa::Avx2 => unsafe { down_avx2(format, down, cols, ht, first, part) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, AVX-512F, AVX2 and FMA.
+        Isa::Avx512 => unsafe { down_avx512(format, down, cols, ht, first, part) },
+        _ => down_portable(format, down, cols, ht, first, part),
+    }
+}

@@ -1,0 +1,256 @@
+//! The host's expert FFN ([`ExpertFfn`]): `part = down · (SiLU(gate · x) ⊙ (up · x))` for
+//! token–expert pairs, reading each expert's gate, up and down slabs in place (a mapped model
+//! file, a store, slots), multi-threaded with rayon and vectorised for the CPU found at run time
+//! ([`Isa`]); then [`combine`] weighs a token's pairs by the router.
+//!
+//! The arithmetic follows [`order`] operation by operation, which the GPU kernels of
+//! `expertslab-cuda` follow too: a pair computed here has the same bits as the same pair
+//! computed on the GPU, whatever the instruction set, thread count or batch.
+//!
+//! ```
+//! use expertslab_std::ffn::{combine, ExpertFfn, PairSlabs};
+//! use expertslab_std::Format;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // One expert of hidden 4, FFN 2, F32: gate and up 2 × 4, down 4 × 2.
+//! let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+//! let gate = bytes(&[1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]);
+//! let up = bytes(&[1.0; 8]);
+//! let down = bytes(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0]);
+//! let ffn = ExpertFfn::new(4, 2, Format::F32)?;
+//! let x = [1.0f32, 2.0, 0.0, 0.0];
+//! let mut part = [0.0f32; 4];
+//! ffn.parts(&[PairSlabs { gate: &gate, up: &up, down: &down, token: 0 }], &x, &mut part)?;
+//! let silu = |g: f32| g / (1.0 + (-g).exp());
+//! assert!((part[0] - silu(1.0) * 3.0).abs() < 1e-6); // h = (SiLU(1)·3, SiLU(2)·3)
+//! let mut y = [0.0f32; 4];
+//! combine(&[0.5], &part, &mut y);
+//! assert_eq!(y[0], 0.5 * part[0]);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+use expertslab::Format;
+use rayon::prelude::*;
+use rayon::ThreadPool;
+
+mod isa;
+pub mod order;
+
+pub use isa::Isa;
+pub use order::{combine, exp, silu_mul};
+
+/// Output rows one task computes: small enough to spread one token's pairs over many threads,
+/// large enough to keep a task's overhead small.
+const ROWS_PER_TASK: usize = 32;
+
+/// One pair's expert: its gate, up and down slabs (each `rows × cols` elements of the FFN's
+/// format, row-major, as GGUF stacks them) and the token whose activations it reads.
+#[derive(Debug, Clone, Copy)]
+pub struct PairSlabs<'a> {
+    /// `ffn × hidden` gate weights.
+    pub gate: &'a [u8],
+    /// `ffn × hidden` up weights.
+    pub up: &'a [u8],
+    /// `hidden × ffn` down weights.
+    pub down: &'a [u8],
+    /// The token (row of the activations).
+    pub token: usize,
+}
+
+/// What [`ExpertFfn`] refuses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FfnError {
+    /// Weights of a format the FFN does not read (it reads F32 and BF16).
+    Format(Format),
+    /// A width of 0.
+    EmptyShape,
+    /// A slab of the wrong length.
+    Slab {
+        /// The pair.
+        pair: usize,
+        /// `gate`, `up` or `down`.
+        projection: &'static str,
+        /// Bytes expected.
+        expected: usize,
+        /// Bytes given.
+        actual: usize,
+    },
+    /// A pair reads a token the activations do not have.
+    Token {
+        /// The pair.
+        pair: usize,
+        /// Its token.
+        token: usize,
+        /// Tokens in the activations.
+        tokens: usize,
+    },
+    /// Activations or outputs of the wrong length.
+    Length {
+        /// `activations` or `parts`.
+        what: &'static str,
+        /// Values expected (a multiple of this for activations).
+        expected: usize,
+        /// Values given.
+        actual: usize,
+    },
+    /// The instruction set asked for is not on this CPU.
+    Isa(Isa),
+}
+
+impl fmt::Display for FfnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Format(format) => write!(f, "the host FFN reads f32 and bf16 experts, not {}", format.name()),
+            Self::EmptyShape => write!(f, "an FFN of hidden or FFN width 0"),
+            Self::Slab { pair, projection, expected, actual } => {
+                write!(f, "pair {pair}: a {projection} slab of {actual} bytes, not {expected}")
+            }
+            Self::Token { pair, token, tokens } => write!(f, "pair {pair} reads token {token} of {tokens}"),
+            Self::Length { what, expected, actual } => write!(f, "{what}: {actual} values, expected {expected}"),
+            Self::Isa(isa) => write!(f, "this CPU cannot run {}", isa.name()),
+        }
+    }
+}
+
+impl std::error::Error for FfnError {}
+
+/// The host's expert FFN for one shape and weight format (see the [module docs](self)).
+#[derive(Debug, Clone)]
+pub struct ExpertFfn {
+    hidden: usize,
+    ffn: usize,
+    format: Format,
+    isa: Isa,
+    pool: Option<Arc<ThreadPool>>,
+}
+
+impl ExpertFfn {
+    /// An FFN of model width `hidden` and expert width `ffn` over weights of `format` (F32 or
+    /// BF16), on the fastest instruction set found and rayon's global thread pool.
+    ///
+    /// # Errors
+    /// [`FfnError::Format`], [`FfnError::EmptyShape`].
+    pub fn new(hidden: usize, ffn: usize, format: Format) -> Result<Self, FfnError> {
+        if !matches!(format, Format::F32 | Format::BF16) {
+            return Err(FfnError::Format(format));
+        }
+        if hidden == 0 || ffn == 0 {
+            return Err(FfnError::EmptyShape);
+        }
+        Ok(Self { hidden, ffn, format, isa: Isa::detect(), pool: None })
+    }
+
+    /// Runs its tasks in `pool` (for a thread count of the caller's) instead of rayon's global
+    /// pool.
+    #[must_use]
+    pub fn with_pool(mut self, pool: Arc<ThreadPool>) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// Runs on `isa` instead of the fastest found (the bits are the same).
+    ///
+    /// # Errors
+    /// [`FfnError::Isa`] when this CPU cannot run it.
+    pub fn with_isa(mut self, isa: Isa) -> Result<Self, FfnError> {
+        if !isa.available() {
+            return Err(FfnError::Isa(isa));
+        }
+        self.isa = isa;
+        Ok(self)
+    }
+
+    /// The instruction set the inner loops run on.
+    pub const fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Bytes of one gate (or up) slab: `ffn × hidden` elements.
+    fn gate_bytes(&self) -> usize {
+        self.ffn.saturating_mul(self.hidden).saturating_mul(self.element_bytes())
+    }
+
+    fn element_bytes(&self) -> usize {
+        if self.format == Format::BF16 {
+            2
+        } else {
+            4
+        }
+    }
+
+    fn check(&self, pairs: &[PairSlabs<'_>], tokens: usize) -> Result<(), FfnError> {
+        let bytes = self.gate_bytes();
+        for (pair, p) in pairs.iter().enumerate() {
+            for (projection, slab) in [("gate", p.gate), ("up", p.up), ("down", p.down)] {
+                if slab.len() != bytes {
+                    return Err(FfnError::Slab { pair, projection, expected: bytes, actual: slab.len() });
+                }
+            }
+            if p.token >= tokens {
+                return Err(FfnError::Token { pair, token: p.token, tokens });
+            }
+        }
+        Ok(())
+    }
+
+    /// Computes every pair's down output: `parts[i]` (`hidden` values) `= down_i · (SiLU(gate_i
+    /// · x_t) ⊙ (up_i · x_t))` with `x_t` the `hidden` activations of pair `i`'s token in `x`
+    /// (`tokens × hidden`). Rows are spread over the thread pool.
+    ///
+    /// # Errors
+    /// [`FfnError::Length`] when `x` is not whole tokens or `parts` not `pairs × hidden`;
+    /// [`FfnError::Slab`], [`FfnError::Token`]. Nothing is written then.
+    #[allow(clippy::arithmetic_side_effects, reason = "row indexes bounded by the checked lengths")]
+    pub fn parts(&self, pairs: &[PairSlabs<'_>], x: &[f32], parts: &mut [f32]) -> Result<(), FfnError> {
+        let (hidden, ffn) = (self.hidden, self.ffn);
+        if !x.len().is_multiple_of(hidden) {
+            return Err(FfnError::Length { what: "activations", expected: hidden, actual: x.len() });
+        }
+        if parts.len() != pairs.len().saturating_mul(hidden) {
+            return Err(FfnError::Length {
+                what: "parts",
+                expected: pairs.len().saturating_mul(hidden),
+                actual: parts.len(),
+            });
+        }
+        self.check(pairs, x.len() / hidden)?;
+        let (isa, format) = (self.isa, self.format);
+        let mut run = || {
+            // Activations of each token in lane-major order.
+            let xt: Vec<Vec<f32>> = x
+                .par_chunks_exact(hidden)
+                .map(|token| {
+                    let mut t = Vec::new();
+                    order::lane_major(token, &mut t);
+                    t
+                })
+                .collect();
+            let mut h = vec![0.0f32; pairs.len() * ffn];
+            h.par_chunks_mut(ffn).zip(pairs.par_iter()).for_each(|(h, p)| {
+                let Some(xt) = xt.get(p.token) else { return };
+                h.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(task, rows)| {
+                    isa::gate_up(isa, format, p.gate, p.up, hidden, xt, task * ROWS_PER_TASK, rows);
+                });
+            });
+            parts.par_chunks_mut(hidden).zip(h.par_chunks(ffn)).zip(pairs.par_iter()).for_each(|((part, h), p)| {
+                let mut ht = Vec::new();
+                order::lane_major(h, &mut ht);
+                part.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(task, rows)| {
+                    isa::down(isa, format, p.down, ffn, &ht, task * ROWS_PER_TASK, rows);
+                });
+            });
+        };
+        match &self.pool {
+            Some(pool) => pool.install(run),
+            None => run(),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

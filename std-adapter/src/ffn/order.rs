@@ -1,0 +1,272 @@
+//! The order of operations an expert pair is computed in, on the host and in the GPU kernels
+//! (`expertslab-cuda`'s `moe_ffn.cu` follows this file step by step).
+//!
+//! Every operation is an IEEE-754 single-precision operation that rounds once (add, multiply,
+//! divide, fused multiply-add, round to integer), in a fixed order, so both sides give the same
+//! bits:
+//!
+//! - **A row's dot product** `w · x` over `cols` elements is split among [`LANES`] lanes, as a GPU
+//!   warp splits it. Lane `l` takes the chunks of [`CHUNK`] consecutive elements that start at
+//!   `BLOCK·m + CHUNK·l` for `m = 0, 1, …` while that start is below `cols` ([`BLOCK`] =
+//!   `LANES × CHUNK`), and accumulates `acc = fma(w[j], x[j], acc)` from 0 over its chunks in
+//!   order, element by element; elements of a started chunk at or past `cols` count as
+//!   `w = x = 0`. The lanes are then summed by the butterfly of [`lane_sum`].
+//! - **The activation**: `h = (g / (1 + exp(−g))) · u` with [`exp`] below (not a math library's,
+//!   whose last bit differs between platforms).
+//! - **The combine**: `y = fma(weight_k, part_k, y)` from 0 over a token's pairs in `k` order.
+
+/// Lanes a dot product is split among (a GPU warp).
+pub const LANES: usize = 32;
+/// Consecutive elements a lane takes at a time.
+pub const CHUNK: usize = 8;
+/// Elements of one pass of every lane: `LANES × CHUNK`.
+pub const BLOCK: usize = LANES * CHUNK;
+
+/// The sum of the lanes' accumulators, as the warp's butterfly forms it: at offsets 16, 8, 4, 2
+/// and 1, lane `i` adds lane `i + offset`'s value to its own; lane 0's value is the sum.
+pub fn lane_sum(mut acc: [f32; LANES]) -> f32 {
+    let mut offset = LANES / 2;
+    while offset > 0 {
+        let (low, high) = acc.split_at_mut(offset);
+        for (a, b) in low.iter_mut().zip(high.iter()) {
+            *a += *b;
+        }
+        offset /= 2;
+    }
+    acc[0]
+}
+
+/// `log2(e)` rounded to f32.
+const LOG2E: f32 = f32::from_bits(0x3FB8_AA3B);
+/// `ln 2` split in two: the high part has 8 trailing zero bits, so `n × LN2_HI` is exact.
+const LN2_HI: f32 = f32::from_bits(0x3F31_7200);
+const LN2_LO: f32 = f32::from_bits(0x35BF_BE8E);
+/// Taylor coefficients of `e^r` from `r^7/7!` down to `r^2/2!`, rounded to f32 (as bits, which
+/// the kernels write the same way).
+const EXP_POLY: [f32; 6] = [
+    f32::from_bits(0x3950_0D01),
+    f32::from_bits(0x3AB6_0B61),
+    f32::from_bits(0x3C08_8889),
+    f32::from_bits(0x3D2A_AAAB),
+    f32::from_bits(0x3E2A_AAAB),
+    f32::from_bits(0x3F00_0000),
+];
+
+/// `e^x` as both sides compute it: `n = round_ties_even(x · log2 e)`, `r = x − n·ln 2` in two
+/// fused steps, `p = 1 + r + r²/2 + … + r⁷/5040` by Horner's rule with fused multiply-adds,
+/// then `p · 2^n` (one rounding). 0 below −87 and +∞ above 88; a NaN stays NaN. Within 2 ulp
+/// of `e^x` on [−87, 88].
+pub fn exp(x: f32) -> f32 {
+    if x.is_nan() {
+        return x;
+    }
+    if x < -87.0 {
+        return 0.0;
+    }
+    if x > 88.0 {
+        return f32::INFINITY;
+    }
+    let n = (x * LOG2E).round_ties_even();
+    let r = n.mul_add(-LN2_HI, x);
+    let r = n.mul_add(-LN2_LO, r);
+    let mut p = EXP_POLY[0];
+    for c in &EXP_POLY[1..] {
+        p = p.mul_add(r, *c);
+    }
+    p = p.mul_add(r, 1.0);
+    p = p.mul_add(r, 1.0);
+    // n is in [−126, 127] for x in [−87, 88]: 2^n is a normal f32.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "n + 127 is in [1, 254]")]
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    p * scale
+}
+
+/// The activation of a row: `(g / (1 + exp(−g))) · u`, SiLU of the gate times the up value.
+pub fn silu_mul(g: f32, u: f32) -> f32 {
+    g / (1.0 + exp(-g)) * u
+}
+
+/// Writes `x` in the order the lanes read it: block `m`'s element for lane `l` and position `e`
+/// of its chunk goes to `out[BLOCK·m + LANES·e + l]` (from `x[BLOCK·m + CHUNK·l + e]`), 0 past
+/// `x`'s end; `out` is cleared and filled to a whole number of blocks.
+pub fn lane_major(x: &[f32], out: &mut Vec<f32>) {
+    out.clear();
+    out.resize(x.len().div_ceil(BLOCK) * BLOCK, 0.0);
+    for (block, src) in out.chunks_exact_mut(BLOCK).zip(x.chunks(BLOCK)) {
+        for (l, chunk) in src.chunks(CHUNK).enumerate() {
+            for (e, v) in chunk.iter().enumerate() {
+                if let Some(slot) = block.get_mut(LANES * e + l) {
+                    *slot = *v;
+                }
+            }
+        }
+    }
+}
+
+/// Weight formats a row can be read in: element `j` of a row's bytes as f32.
+pub(super) trait Element {
+    /// Bytes per element.
+    const BYTES: usize;
+    /// The element at the start of `bytes` (which holds at least [`Element::BYTES`]).
+    fn get(bytes: &[u8]) -> f32;
+}
+
+/// F32 weights, little-endian.
+pub(super) struct F32;
+/// BF16 weights: the high half of an f32, little-endian.
+pub(super) struct Bf16;
+
+impl Element for F32 {
+    const BYTES: usize = 4;
+    #[inline(always)]
+    fn get(bytes: &[u8]) -> f32 {
+        match bytes.first_chunk::<4>() {
+            Some(b) => f32::from_le_bytes(*b),
+            None => 0.0,
+        }
+    }
+}
+
+impl Element for Bf16 {
+    const BYTES: usize = 2;
+    #[inline(always)]
+    fn get(bytes: &[u8]) -> f32 {
+        match bytes.first_chunk::<2>() {
+            Some(b) => f32::from_bits(u32::from(u16::from_le_bytes(*b)) << 16),
+            None => 0.0,
+        }
+    }
+}
+
+/// `row · x` in the shared order, `row` holding `cols` elements of `E` and `xt` the activations
+/// in lane-major order ([`lane_major`], at least `cols` rounded up to a block). Inlined into
+/// callers compiled for each instruction set, which vectorise the whole blocks over the lanes.
+#[inline(always)]
+#[allow(clippy::indexing_slicing, clippy::arithmetic_side_effects, reason = "indexes bounded by the block sizes")]
+pub(super) fn dot<E: Element>(row: &[u8], cols: usize, xt: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let whole = cols / BLOCK;
+    let mut tb = [0.0f32; BLOCK];
+    for (m, (src, xb)) in row.chunks_exact(BLOCK * E::BYTES).zip(xt.chunks_exact(BLOCK)).take(whole).enumerate() {
+        let _ = m;
+        // The block's weights transposed to lane-major order, as `xt` is.
+        for (l, chunk) in src.chunks_exact(CHUNK * E::BYTES).enumerate() {
+            for (e, b) in chunk.chunks_exact(E::BYTES).enumerate() {
+                tb[LANES * e + l] = E::get(b);
+            }
+        }
+        for (t, xs) in tb.chunks_exact(LANES).zip(xb.chunks_exact(LANES)) {
+            for ((a, w), v) in acc.iter_mut().zip(t).zip(xs) {
+                *a = w.mul_add(*v, *a);
+            }
+        }
+    }
+    // The last, partial block: lane by lane, only the chunks that start before `cols`.
+    let base = whole * BLOCK;
+    if base < cols {
+        let xb = &xt[base..base + BLOCK];
+        for (l, a) in acc.iter_mut().enumerate() {
+            let start = base + CHUNK * l;
+            if start >= cols {
+                break;
+            }
+            for e in 0..CHUNK {
+                let j = start + e;
+                let (w, v) = if j < cols { (E::get(&row[j * E::BYTES..]), xb[LANES * e + l]) } else { (0.0, 0.0) };
+                *a = w.mul_add(v, *a);
+            }
+        }
+    }
+    lane_sum(acc)
+}
+
+/// A token's output from its pairs' down outputs: `y[i] = fma(weight_k, part_k[i], y[i])` from
+/// 0 over `k` in order. `parts` holds `weights.len()` rows of `y.len()` values.
+pub fn combine(weights: &[f32], parts: &[f32], y: &mut [f32]) {
+    y.iter_mut().for_each(|v| *v = 0.0);
+    let hidden = y.len();
+    if hidden == 0 {
+        return;
+    }
+    for (w, part) in weights.iter().zip(parts.chunks_exact(hidden)) {
+        for (out, p) in y.iter_mut().zip(part) {
+            *out = w.mul_add(*p, *out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_coefficients_are_the_taylor_ones_rounded() {
+        let want = [1.0f32 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5];
+        assert_eq!(EXP_POLY, want);
+        assert_eq!(LOG2E, core::f32::consts::LOG2_E);
+        assert!((f64::from(LN2_HI) + f64::from(LN2_LO) - core::f64::consts::LN_2).abs() < 1e-12);
+        assert_eq!(LN2_HI.to_bits() & 0xFF, 0, "n × LN2_HI is exact for |n| < 256");
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp_of_the_true_value() {
+        let mut worst = 0u32;
+        let mut x = -87.0f32;
+        while x <= 88.0 {
+            let exact = f64::from(x).exp();
+            let got = exp(x);
+            let want = exact as f32;
+            let ulps = (got.to_bits() as i64 - want.to_bits() as i64).unsigned_abs() as u32;
+            worst = worst.max(ulps);
+            x += 0.0137;
+        }
+        assert!(worst <= 2, "{worst} ulp");
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(-100.0), 0.0);
+        assert_eq!(exp(100.0), f32::INFINITY);
+        assert!(exp(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn the_lane_sum_is_the_butterfly() {
+        let acc: [f32; LANES] = core::array::from_fn(|i| (i as f32 + 1.0) * 1e-3 + if i == 5 { 1e7 } else { 0.0 });
+        // Lane 0 after offsets 16, 8, 4, 2, 1, written out.
+        let r1: Vec<f32> = (0..16).map(|i| acc[i] + acc[i + 16]).collect();
+        let r2: Vec<f32> = (0..8).map(|i| r1[i] + r1[i + 8]).collect();
+        let r3: Vec<f32> = (0..4).map(|i| r2[i] + r2[i + 4]).collect();
+        let r4: Vec<f32> = (0..2).map(|i| r3[i] + r3[i + 2]).collect();
+        assert_eq!(lane_sum(acc).to_bits(), (r4[0] + r4[1]).to_bits());
+    }
+
+    /// The dot product written lane by lane, straight from the module docs.
+    fn dot_by_the_letter(w: &[f32], x: &[f32]) -> f32 {
+        let cols = w.len();
+        let mut acc = [0.0f32; LANES];
+        for (l, a) in acc.iter_mut().enumerate() {
+            let mut start = CHUNK * l;
+            while start < cols {
+                for j in start..start + CHUNK {
+                    let (wv, xv) = if j < cols { (w[j], x[j]) } else { (0.0, 0.0) };
+                    *a = wv.mul_add(xv, *a);
+                }
+                start += BLOCK;
+            }
+        }
+        lane_sum(acc)
+    }
+
+    #[test]
+    fn the_blocked_dot_product_is_the_lane_by_lane_one() {
+        for cols in [1, 7, 8, 9, 255, 256, 257, 264, 768, 1000, 2048] {
+            let w: Vec<f32> = (0..cols).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013).collect();
+            let x: Vec<f32> = (0..cols).map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.021).collect();
+            let mut xt = Vec::new();
+            lane_major(&x, &mut xt);
+            let bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+            assert_eq!(dot::<F32>(&bytes, cols, &xt).to_bits(), dot_by_the_letter(&w, &x).to_bits(), "{cols}");
+            let bf: Vec<u8> = w.iter().flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes()).collect();
+            let wb: Vec<f32> = w.iter().map(|v| f32::from_bits(v.to_bits() & 0xFFFF_0000)).collect();
+            assert_eq!(dot::<Bf16>(&bf, cols, &xt).to_bits(), dot_by_the_letter(&wb, &x).to_bits(), "{cols}");
+        }
+    }
+}

@@ -1,0 +1,169 @@
+use super::*;
+
+/// Uniform values in ±`scale` from a small LCG.
+fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+fn encode(v: &[f32], format: Format) -> Vec<u8> {
+    match format {
+        Format::BF16 => v.iter().flat_map(|x| ((x.to_bits() >> 16) as u16).to_le_bytes()).collect(),
+        _ => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    }
+}
+
+fn decode(b: &[u8], format: Format) -> Vec<f64> {
+    match format {
+        Format::BF16 => b
+            .chunks_exact(2)
+            .map(|c| f64::from(f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16)))
+            .collect(),
+        _ => b.chunks_exact(4).map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect(),
+    }
+}
+
+/// Experts of a shape: gate, up, down bytes per expert.
+struct Experts {
+    slabs: Vec<[Vec<u8>; 3]>,
+}
+
+fn experts(n: usize, hidden: usize, ffn: usize, format: Format) -> Experts {
+    let slabs = (0..n)
+        .map(|e| {
+            let s = |p: u64, cols: usize| {
+                encode(&values(hidden * ffn, e as u64 * 3 + p, (3.0 / cols as f32).sqrt()), format)
+            };
+            [s(0, hidden), s(1, hidden), s(2, ffn)]
+        })
+        .collect();
+    Experts { slabs }
+}
+
+fn pairs<'a>(ex: &'a Experts, routing: &[(usize, usize)]) -> Vec<PairSlabs<'a>> {
+    routing
+        .iter()
+        .map(|&(expert, token)| {
+            let [g, u, d] = &ex.slabs[expert];
+            PairSlabs { gate: g, up: u, down: d, token }
+        })
+        .collect()
+}
+
+/// The plain reference: f64 throughout, the library's exp.
+fn reference(p: &PairSlabs<'_>, x: &[f32], hidden: usize, ffn: usize, format: Format) -> Vec<f64> {
+    let (g, u, d) = (decode(p.gate, format), decode(p.up, format), decode(p.down, format));
+    let x = &x[p.token * hidden..(p.token + 1) * hidden];
+    let h: Vec<f64> = (0..ffn)
+        .map(|r| {
+            let gv: f64 = (0..hidden).map(|c| g[r * hidden + c] * f64::from(x[c])).sum();
+            let uv: f64 = (0..hidden).map(|c| u[r * hidden + c] * f64::from(x[c])).sum();
+            gv / (1.0 + (-gv).exp()) * uv
+        })
+        .collect();
+    (0..hidden).map(|r| (0..ffn).map(|c| d[r * ffn + c] * h[c]).sum()).collect()
+}
+
+const SHAPES: [(usize, usize); 3] = [(264, 40), (512, 96), (100, 13)];
+const ROUTING: [(usize, usize); 5] = [(0, 0), (3, 0), (1, 1), (3, 1), (2, 2)];
+
+fn run(ffn: &ExpertFfn, p: &[PairSlabs<'_>], x: &[f32], hidden: usize) -> Vec<u32> {
+    let mut parts = vec![0.0f32; p.len() * hidden];
+    ffn.parts(p, x, &mut parts).unwrap();
+    parts.iter().map(|v| v.to_bits()).collect()
+}
+
+#[test]
+fn pairs_agree_with_the_plain_reference() {
+    for format in [Format::F32, Format::BF16] {
+        for (hidden, width) in SHAPES {
+            let ex = experts(4, hidden, width, format);
+            let p = pairs(&ex, &ROUTING);
+            let x = values(3 * hidden, 99, 1.0);
+            let ffn = ExpertFfn::new(hidden, width, format).unwrap();
+            let mut parts = vec![0.0f32; p.len() * hidden];
+            ffn.parts(&p, &x, &mut parts).unwrap();
+            for (i, pair) in p.iter().enumerate() {
+                let want = reference(pair, &x, hidden, width, format);
+                let scale = want.iter().map(|v| v.abs()).fold(0.0, f64::max).max(1e-6);
+                for (got, want) in parts[i * hidden..(i + 1) * hidden].iter().zip(&want) {
+                    assert!(
+                        (f64::from(*got) - want).abs() <= 2e-5 * scale,
+                        "{format:?} {hidden}×{width}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_bits_do_not_depend_on_instruction_set_threads_batch_or_alignment() {
+    let one = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap());
+    let three = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap());
+    for format in [Format::F32, Format::BF16] {
+        for (hidden, width) in SHAPES {
+            let ex = experts(4, hidden, width, format);
+            let p = pairs(&ex, &ROUTING);
+            let x = values(3 * hidden, 7, 1.0);
+            let base = ExpertFfn::new(hidden, width, format).unwrap().with_isa(Isa::Portable).unwrap();
+            let want = run(&base, &p, &x, hidden);
+            for isa in Isa::all_available() {
+                for pool in [&one, &three] {
+                    let ffn = base.clone().with_isa(isa).unwrap().with_pool(Arc::clone(pool));
+                    assert_eq!(run(&ffn, &p, &x, hidden), want, "{format:?} {hidden}×{width} {isa:?}");
+                }
+            }
+            // One pair alone gives the bits it gives in the batch.
+            let alone = run(&base, &p[3..4], &x, hidden);
+            assert_eq!(alone, want[3 * hidden..4 * hidden], "{format:?} batch");
+            // Slabs one byte off their alignment.
+            let shifted: Vec<[Vec<u8>; 3]> =
+                ex.slabs.iter().map(|s| s.clone().map(|b| [vec![0u8], b].concat())).collect();
+            let moved: Vec<PairSlabs<'_>> = ROUTING
+                .iter()
+                .map(|&(e, token)| {
+                    let [g, u, d] = &shifted[e];
+                    PairSlabs { gate: &g[1..], up: &u[1..], down: &d[1..], token }
+                })
+                .collect();
+            assert_eq!(
+                run(&base.clone().with_isa(Isa::detect()).unwrap(), &moved, &x, hidden),
+                want,
+                "{format:?} shifted"
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_input_is_refused_before_anything_is_written() {
+    let (hidden, width) = (16, 8);
+    let ex = experts(2, hidden, width, Format::F32);
+    let ffn = ExpertFfn::new(hidden, width, Format::F32).unwrap();
+    let x = values(hidden, 1, 1.0);
+    let mut parts = vec![7.0f32; hidden];
+    let short = &ex.slabs[0][1][..10];
+    let bad = [PairSlabs { gate: &ex.slabs[0][0], up: short, down: &ex.slabs[0][2], token: 0 }];
+    assert_eq!(
+        ffn.parts(&bad, &x, &mut parts),
+        Err(FfnError::Slab { pair: 0, projection: "up", expected: 512, actual: 10 })
+    );
+    let far = pairs(&ex, &[(1, 1)]);
+    assert_eq!(ffn.parts(&far, &x, &mut parts), Err(FfnError::Token { pair: 0, token: 1, tokens: 1 }));
+    let ok = pairs(&ex, &[(1, 0)]);
+    assert!(matches!(ffn.parts(&ok, &x[1..], &mut parts), Err(FfnError::Length { what: "activations", .. })));
+    assert!(matches!(ffn.parts(&ok, &x, &mut parts[1..]), Err(FfnError::Length { what: "parts", .. })));
+    assert!(parts.iter().all(|&v| v == 7.0), "nothing written");
+    assert_eq!(ExpertFfn::new(4, 4, Format::Q8_0).unwrap_err(), FfnError::Format(Format::Q8_0));
+    assert_eq!(ExpertFfn::new(0, 4, Format::F32).unwrap_err(), FfnError::EmptyShape);
+    let missing = [Isa::Avx2, Isa::Avx512, Isa::Neon].into_iter().find(|i| !i.available());
+    if let Some(isa) = missing {
+        assert_eq!(ffn.with_isa(isa).unwrap_err(), FfnError::Isa(isa));
+    }
+}
