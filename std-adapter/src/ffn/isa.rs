@@ -71,13 +71,12 @@ impl Isa {
 }
 
 /// Rows of gate and up: `h[r] = silu_mul(gate_r · x, up_r · x)` for the rows of `h`, which
-/// start at row `first`; `row_bytes` per row.
+/// start at row `first`.
 #[inline(always)]
 fn gate_up_rows<E: Element>(gate: &[u8], up: &[u8], cols: usize, xt: &[f32], first: usize, h: &mut [f32]) {
-    let rb = cols * E::BYTES;
-    for (r, out) in h.iter_mut().enumerate() {
-        let start = (first + r) * rb;
-        let (Some(g), Some(u)) = (gate.get(start..start + rb), up.get(start..start + rb)) else { return };
+    let rb = cols.saturating_mul(E::BYTES).max(1);
+    let rows = gate.chunks_exact(rb).zip(up.chunks_exact(rb)).skip(first);
+    for (out, (g, u)) in h.iter_mut().zip(rows) {
         *out = silu_mul(dot::<E>(g, cols, xt), dot::<E>(u, cols, xt));
     }
 }
@@ -85,10 +84,8 @@ fn gate_up_rows<E: Element>(gate: &[u8], up: &[u8], cols: usize, xt: &[f32], fir
 /// Rows of down: `part[r] = down_r · h` for the rows of `part`, starting at row `first`.
 #[inline(always)]
 fn down_rows<E: Element>(down: &[u8], cols: usize, ht: &[f32], first: usize, part: &mut [f32]) {
-    let rb = cols * E::BYTES;
-    for (r, out) in part.iter_mut().enumerate() {
-        let start = (first + r) * rb;
-        let Some(d) = down.get(start..start + rb) else { return };
+    let rb = cols.saturating_mul(E::BYTES).max(1);
+    for (out, d) in part.iter_mut().zip(down.chunks_exact(rb).skip(first)) {
         *out = dot::<E>(d, cols, ht);
     }
 }

@@ -76,7 +76,12 @@ pub fn exp(x: f32) -> f32 {
     p = p.mul_add(r, 1.0);
     p = p.mul_add(r, 1.0);
     // n is in [−126, 127] for x in [−87, 88]: 2^n is a normal f32.
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "n + 127 is in [1, 254]")]
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::arithmetic_side_effects,
+        reason = "n + 127 is in [1, 254]"
+    )]
     let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
     p * scale
 }
@@ -91,11 +96,11 @@ pub fn silu_mul(g: f32, u: f32) -> f32 {
 /// `x`'s end; `out` is cleared and filled to a whole number of blocks.
 pub fn lane_major(x: &[f32], out: &mut Vec<f32>) {
     out.clear();
-    out.resize(x.len().div_ceil(BLOCK) * BLOCK, 0.0);
+    out.resize(x.len().div_ceil(BLOCK).saturating_mul(BLOCK), 0.0);
     for (block, src) in out.chunks_exact_mut(BLOCK).zip(x.chunks(BLOCK)) {
         for (l, chunk) in src.chunks(CHUNK).enumerate() {
             for (e, v) in chunk.iter().enumerate() {
-                if let Some(slot) = block.get_mut(LANES * e + l) {
+                if let Some(slot) = block.get_mut(e.saturating_mul(LANES).saturating_add(l)) {
                     *slot = *v;
                 }
             }
