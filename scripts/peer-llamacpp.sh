@@ -95,7 +95,7 @@ run() {
   EXPERTSLAB_MODEL="$model" EXPERTSLAB_ROWS=peer EXPERTSLAB_REPS="$reps" "$dir/bin/bench-decode" --bench \
     >"$out/expertslab.txt" 2>&1
   echo "expertslab done"
-  "$py" - "$out" "$layers" <<'EOF' | tee "$out/table.md"
+  "$py" - "$out" "$layers" "$tokens" <<'EOF' | tee "$out/table.md"
 import json, sys
 from pathlib import Path
 out, layers = Path(sys.argv[1]), int(sys.argv[2])
@@ -112,28 +112,48 @@ ours = {}
 for line in (out / "expertslab.txt").read_text().splitlines():
     f = line.split("\t")
     if f[0] == "peer":
-        ours[(f[1], int(f[2]))] = (f[3], float(f[4]), float(f[5]), float(f[6]))
+        miss = "auto" if f[3].endswith("misses auto") else "copy"
+        # (trace, percent, way) -> (run, hit rate, µs/token, extra µs, bound µs)
+        ours[(f[1], int(f[2]), miss)] = (f[3], float(f[4]), float(f[5]), float(f[6]), float(f[7]))
 for line in (out / "expertslab.txt").read_text().splitlines()[:2]:
     print(line)
 threads = llama[100][2]
-print(f"llama.cpp llama-bench -ngl 99 -p 0 -n 64, {threads} threads; expertslab decode, one token per step")
+print(f"llama.cpp: llama-bench -ngl 99 -p 0 -n {sys.argv[3] if len(sys.argv) > 3 else 64}, {threads} threads. "
+      "expertslab: decode bench, one token per step; extra = ms per token over its own all-resident run; "
+      "copy = misses copied, auto = copies and the host CPU side by side; bound = the row's bytes over link + host bandwidth.")
 print()
-print("| experts in VRAM | llama.cpp | tokens/s | ms/token | extra over all-GPU | expertslab near-uniform: run | hit rate | ms/token | extra | expertslab locality: run | hit rate | ms/token | extra |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+head = ["experts in VRAM", "llama.cpp", "tokens/s", "extra"]
+for trace in ("near-uniform", "locality"):
+    head += [f"{trace}: hit rate", "copy extra", "auto extra", "bound", "auto / llama.cpp"]
+print("| " + " | ".join(head) + " |")
+print("|" + "---|" * len(head))
 base = 1e3 / llama[100][1]
-for pct in sorted({*llama, *(p for _, p in ours)}, reverse=True):
+percents = sorted({*llama, *(p for _, p, _ in ours)}, reverse=True)
+for pct in percents:
     row = [f"{pct}%"]
     if pct in llama:
         flags, ts, _ = llama[pct]
-        row += [f"`{flags}`", f"{ts:,.0f}", f"{1e3 / ts:.2f}", f"{1e3 / ts - base:.2f} ms"]
+        llama_extra = 1e3 / ts - base
+        row += [f"`{flags}`", f"{ts:,.0f}", f"{llama_extra:.2f} ms"]
     else:
-        row += ["", "", "", ""]
+        llama_extra = None
+        row += ["", "", ""]
     for trace in ("near-uniform", "locality"):
-        if (trace, pct) in ours:
-            name, hit, us, extra = ours[(trace, pct)]
-            row += [name, f"{100 * hit:.1f}%", f"{us / 1e3:.2f}", f"{extra / 1e3:.2f} ms"]
-        else:
-            row += ["", "", "", ""]
+        copy, auto = ours.get((trace, pct, "copy")), ours.get((trace, pct, "auto"))
+        any_row = auto or copy
+        if any_row is None:
+            row += ["", "", "", "", ""]
+            continue
+        ratio = ""
+        if auto and llama_extra and llama_extra > 0:
+            ratio = f"{auto[3] / 1e3 / llama_extra:.2f}"
+        row += [
+            f"{100 * any_row[1]:.1f}%",
+            f"{copy[3] / 1e3:.2f} ms" if copy else "",
+            f"{auto[3] / 1e3:.2f} ms" if auto else "",
+            f"{auto[4] / 1e3:.2f} ms" if auto else "",
+            ratio,
+        ]
     print("| " + " | ".join(row) + " |")
 EOF
 }

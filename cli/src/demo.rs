@@ -69,6 +69,12 @@ pub struct Args {
     /// experts, layers and top-k set the model's unless given).
     #[arg(long)]
     routing: Option<PathBuf>,
+    /// With `--device cuda`: how the expertslab row serves misses its pool does not admit:
+    /// `copy` (into a scratch slot), `bus` (read over the bus), `host` (computed by the CPU) or
+    /// `auto` (copies and the CPU side by side, split by costs measured at start-up) [default:
+    /// auto].
+    #[arg(long, value_parser = ["copy", "bus", "host", "auto"])]
+    miss: Option<String>,
     /// With `--device cuda`: take the experts of this GGUF model file (its MoE layers' gate, up
     /// and down stacks, F32 or BF16), read in place from a memory map, instead of generating
     /// weights; the file sets the shape.
@@ -149,6 +155,10 @@ fn run_cuda(args: &Args, policy: expertslab_std::Policy) -> Result<(), CliError>
         )));
     }
     config.slots = args.slots.unwrap_or(experts / 2);
+    if let Some(miss) = &args.miss {
+        config.miss = expertslab_cuda::demo::DemoMiss::from_name(miss)
+            .ok_or_else(|| CliError::Usage(format!("--miss {miss}: copy, bus, host or auto")))?;
+    }
     config.schedule = args.schedule.unwrap_or(Schedule::EveryForward);
     config.routing = match trace {
         Some(trace) => {
@@ -329,6 +339,9 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     }
     if args.model.is_some() {
         return Err(CliError::Usage("--model needs --device cuda (the CPU demo builds its own model)".into()));
+    }
+    if args.miss.is_some() {
+        return Err(CliError::Usage("--miss needs --device cuda (the CPU demo computes every miss in place)".into()));
     }
     let args = &args.cpu();
     if args.layers == 0 || args.top_k == 0 || args.top_k > args.experts {

@@ -283,6 +283,7 @@ fn demo_flags_that_do_not_apply_are_refused() {
     let fused = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/gguf/moe_fused.gguf");
     for (args, expected) in [
         (vec!["demo", "--model", fused], "--model needs --device cuda"),
+        (vec!["demo", "--miss", "host"], "--miss needs --device cuda"),
         (
             vec!["demo", "--device", "cuda", "--model", fused, "--layers", "2"],
             "--layers sets a generated model's shape",

@@ -12,9 +12,12 @@
 //! memory map; the traces follow the file's shape). `EXPERTSLAB_ROWS=peer` prints the rows of
 //! the side-by-side with llama.cpp instead (`scripts/peer-llamacpp.sh`): on the near-uniform and
 //! locality traces, every expert resident, then 75%, 50% and 25% of each layer's experts in
-//! slots under the `tune` pick at that budget, then no slots (misses by the measured rule); one
-//! tab-separated line per row: `peer`, trace, percent in VRAM, run, hit rate, µs per token, µs
-//! per token over the all-resident row.
+//! slots under the `tune` pick at that budget, then no slots; at each budget below 100% two
+//! rows: misses copied (the measured copy-or-bus rule) and misses split between copies and the
+//! host CPU (`auto`, [`MissRule::Balanced`]). One tab-separated line per row: `peer`, trace,
+//! percent in VRAM, run, hit rate, µs per token, µs per token over the all-resident row, and
+//! the bound of that extra time: the bytes the row brought to its pairs (copied, or read by the
+//! host) over the link's and the host's bandwidth together, per token.
 
 use std::process::ExitCode;
 
@@ -124,31 +127,45 @@ fn bench(model: &GpuModel, calibration: &Calibration, reps: usize) -> Result<(),
 /// The rows of the side-by-side with llama.cpp (see the module docs).
 fn peer(model: &GpuModel, calibration: &Calibration, reps: usize) -> Result<(), CudaError> {
     let experts = model.spec().experts;
-    let measured = MissRule::Measured(calibration.costs);
+    let c = &calibration.costs;
+    let measured = MissRule::Measured(*c);
     for (trace_name, settings) in
         [("near-uniform", SynthSettings::near_uniform()), ("locality", SynthSettings::locality())]
     {
         let trace = DemoRouting::Synthetic(settings).trace(model.spec())?;
+        let expert = model.expert_bytes() as f64;
+        let host_bandwidth = if c.host_pair.is_finite() { expert / c.host_pair } else { 0.0 };
         let line = |percent: usize, name: &str, r: &RunReport, floor: f64| {
+            let tokens = r.decode_tokens.max(1) as f64;
+            let copied: u64 = r.step_copy_bytes.iter().sum();
+            let read: u64 = r.step_host_pairs.iter().chain(&r.step_zero_copy_pairs).sum();
+            let brought = copied as f64 + read as f64 * expert;
+            let bound = brought / tokens / (calibration.link_bytes_per_second + host_bandwidth);
             println!(
-                "peer\t{trace_name}\t{percent}\t{name}\t{:.4}\t{:.1}\t{:.1}",
+                "peer\t{trace_name}\t{percent}\t{name}\t{:.4}\t{:.1}\t{:.1}\t{:.1}",
                 r.hit_rate(),
                 us(r.seconds_per_token()),
-                us(r.seconds_per_token() - floor)
+                us(r.seconds_per_token() - floor),
+                us(bound)
             );
         };
         let floor = model.decode_median(&trace, &RunConfig::new(experts, Policy::Lru, measured), reps)?;
         let floor_token = floor.seconds_per_token();
         line(100, "all resident", &floor, floor_token);
-        for percent in [75, 50, 25] {
+        for percent in [75, 50, 25, 0] {
             let slots = experts * percent / 100;
-            let (policy, schedule) = tune_pick(&trace, slots, model.expert_bytes() as u64, calibration)?;
-            let run = RunConfig { schedule, ..RunConfig::new(slots, policy, measured) };
-            let r = model.decode_median(&trace, &run, reps)?;
-            line(percent, &format!("tune: {} {}", policy.name(), schedule_name(schedule)), &r, floor_token);
+            let (policy, schedule) = if slots == 0 {
+                (Policy::Lru, expertslab::Schedule::EveryForward)
+            } else {
+                tune_pick(&trace, slots, model.expert_bytes() as u64, calibration)?
+            };
+            let name = format!("tune: {} {}", policy.name(), schedule_name(schedule));
+            for (miss, rule) in [("copy", measured), ("auto", MissRule::Balanced(*c))] {
+                let run = RunConfig { schedule, ..RunConfig::new(slots, policy, rule) };
+                let r = model.decode_median(&trace, &run, reps)?;
+                line(percent, &format!("{name}, misses {miss}"), &r, floor_token);
+            }
         }
-        let none = model.decode_median(&trace, &RunConfig::new(0, Policy::Lru, measured), reps)?;
-        line(0, "no slots, measured miss rule", &none, floor_token);
     }
     Ok(())
 }

@@ -62,7 +62,12 @@ fn trace(spec: &ModelSpec) -> Trace {
 }
 
 /// Copy when an expert serves at least two pairs of the step, read over the bus otherwise.
-const MIXED: MissRule = MissRule::Measured(MissCosts { copy: 1.5, resident_pair: 0.0, zero_copy_pair: 1.0 });
+const MIXED: MissRule =
+    MissRule::Measured(MissCosts { copy: 1.5, resident_pair: 0.0, zero_copy_pair: 1.0, host_pair: f64::INFINITY });
+/// A step's misses split between copies and the host (a copy costs one host pair).
+const BALANCED: MissRule =
+    MissRule::Balanced(MissCosts { copy: 1.0, resident_pair: 0.0, zero_copy_pair: 9.0, host_pair: 1.0 });
+const HOST: MissRule = MissRule::Always(MissAction::Host);
 
 fn outputs(model: &GpuModel, trace: &Trace, slots: usize, policy: Policy, miss: MissRule) -> Vec<f32> {
     let run = RunConfig { record_outputs: true, ..RunConfig::new(slots, policy, miss) };
@@ -103,7 +108,8 @@ fn outputs_are_bit_identical_under_every_policy_and_miss_action() {
         let all = bits(&outputs(&model, &trace, spec.experts, Policy::Tide, MissRule::Always(MissAction::Copy)));
         let decay = Policy::Decay(DecayConfig::DEFAULT);
         let mut runs = 0;
-        for miss in [MissRule::Always(MissAction::Copy), MissRule::Always(MissAction::ZeroCopy), MIXED] {
+        for miss in [MissRule::Always(MissAction::Copy), MissRule::Always(MissAction::ZeroCopy), MIXED, HOST, BALANCED]
+        {
             assert_eq!(bits(&outputs(&model, &trace, 0, Policy::Lru, miss)), all, "{format:?}, no slots, {miss:?}");
             runs += 1;
             for policy in [Policy::Lru, Policy::Tide, decay] {
@@ -152,7 +158,7 @@ fn a_gguf_file_decodes_from_its_mapping_bit_identical_to_all_resident() {
         let all = bits(&outputs(&pinned, &trace, spec.experts, Policy::Tide, copy));
         assert_eq!(bits(&outputs(&model, &trace, spec.experts, Policy::Tide, copy)), all, "{format:?}, all resident");
         let mut runs = 1;
-        for miss in [copy, MissRule::Always(MissAction::ZeroCopy), MIXED] {
+        for miss in [copy, MissRule::Always(MissAction::ZeroCopy), MIXED, HOST, BALANCED] {
             for (slots, policy) in [(0, Policy::Lru), (3, Policy::Lru), (8, Policy::Tide)] {
                 let got = bits(&outputs(&model, &trace, slots, policy, miss));
                 assert_eq!(got, all, "{format:?}, file, {slots} slots, {policy:?}, {miss:?}");

@@ -10,7 +10,47 @@ use expertslab::{Policy, Schedule};
 
 use super::{Calibration, GpuModel, ModelSpec, RunConfig, SynthSettings};
 use crate::error::CudaError;
-use crate::ffn::{MissAction, MissRule};
+use crate::ffn::{MissAction, MissCosts, MissRule};
+
+/// How the demo's expertslab row serves misses the pool does not admit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DemoMiss {
+    /// Copy each into a scratch slot ([`MissAction::Copy`]).
+    Copy,
+    /// Read each over the bus ([`MissAction::ZeroCopy`]).
+    Bus,
+    /// Compute each on the host ([`MissAction::Host`]).
+    Host,
+    /// Copies and the host side by side, split by the measured costs ([`MissRule::Balanced`]).
+    Auto,
+}
+
+impl DemoMiss {
+    /// The rule, with `costs` measured at start-up.
+    pub const fn rule(self, costs: MissCosts) -> MissRule {
+        match self {
+            Self::Copy => MissRule::Always(MissAction::Copy),
+            Self::Bus => MissRule::Always(MissAction::ZeroCopy),
+            Self::Host => MissRule::Always(MissAction::Host),
+            Self::Auto => MissRule::Balanced(costs),
+        }
+    }
+
+    /// `copy`, `bus`, `host` or `auto`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Copy => "copy",
+            Self::Bus => "bus",
+            Self::Host => "host",
+            Self::Auto => "auto",
+        }
+    }
+
+    /// The way named `name` (see [`DemoMiss::name`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Copy, Self::Bus, Self::Host, Self::Auto].into_iter().find(|m| m.name() == name)
+    }
+}
 
 /// Where the demo's routing comes from.
 #[derive(Debug, Clone)]
@@ -79,6 +119,8 @@ pub struct DemoConfig {
     pub policy: Policy,
     /// The expertslab row's refresh schedule (interval policies).
     pub schedule: Schedule,
+    /// How the expertslab row serves misses.
+    pub miss: DemoMiss,
     /// The expertslab row's pools: one per layer, or one shared by the layers.
     pub sharing: Sharing,
     /// Timed repetitions per row (the median is reported).
@@ -98,6 +140,7 @@ impl Default for DemoConfig {
             policy: Policy::Tide,
             schedule: Schedule::EveryForward,
             sharing: Sharing::PerLayer,
+            miss: DemoMiss::Auto,
             reps: 5,
         }
     }
@@ -166,11 +209,12 @@ impl fmt::Display for DemoReport {
         writeln!(f, "routing: {}", self.routing)?;
         writeln!(
             f,
-            "measured: link {:.1} GB/s (expert copy {:.0} µs), pair from VRAM {:.2} µs, pair over the bus {:.1} µs",
+            "measured: link {:.1} GB/s (expert copy {:.0} µs), pair from VRAM {:.2} µs, pair over the bus {:.1} µs, pair on the host {:.1} µs",
             c.link_bytes_per_second / 1e9,
             c.costs.copy * 1e6,
             c.costs.resident_pair * 1e6,
-            c.costs.zero_copy_pair * 1e6
+            c.costs.zero_copy_pair * 1e6,
+            c.costs.host_pair * 1e6
         )?;
         writeln!(f, "{} decode steps, one token each; medians of the timed runs", self.decode_steps)?;
         writeln!(
@@ -231,11 +275,11 @@ pub fn run_demo(config: &DemoConfig) -> Result<DemoReport, CudaError> {
             RunConfig::new(0, config.policy, MissRule::Always(MissAction::ZeroCopy)),
         ),
         (
-            format!("expertslab {}, measured miss rule", config.policy.name()),
+            format!("expertslab {}, misses: {}", config.policy.name(), config.miss.name()),
             RunConfig {
                 schedule: config.schedule,
                 sharing: config.sharing,
-                ..RunConfig::new(config.slots, config.policy, MissRule::Measured(calibration.costs))
+                ..RunConfig::new(config.slots, config.policy, config.miss.rule(calibration.costs))
             },
         ),
     ];

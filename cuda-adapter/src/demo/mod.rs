@@ -40,7 +40,7 @@ mod gguf;
 mod model;
 mod runner;
 
-pub use compare::{run_demo, DemoConfig, DemoReport, DemoRouting, DemoRow};
+pub use compare::{run_demo, DemoConfig, DemoMiss, DemoReport, DemoRouting, DemoRow};
 pub use gguf::GgufExperts;
 pub use model::{open_device, GpuModel};
 
@@ -208,6 +208,8 @@ pub struct RunReport {
     pub bytes_scratch: u64,
     /// Pairs read over the bus.
     pub zero_copy_pairs: u64,
+    /// Pairs computed on the host.
+    pub host_pairs: u64,
     /// Decode steps timed (records after the prefill, counted once per step, not per layer).
     pub decode_steps: u64,
     /// Decode tokens timed.
@@ -218,6 +220,8 @@ pub struct RunReport {
     pub step_copy_bytes: Vec<u64>,
     /// Pairs read over the bus per timed decode step.
     pub step_zero_copy_pairs: Vec<u64>,
+    /// Pairs computed on the host per timed decode step.
+    pub step_host_pairs: Vec<u64>,
     /// Every record's output, when asked for.
     pub outputs: Vec<f32>,
 }
@@ -334,6 +338,7 @@ pub fn tune_pick(
     let slow_pair_seconds = match MissRule::Measured(*c).choose(1) {
         MissAction::Copy => c.copy + c.resident_pair,
         MissAction::ZeroCopy => c.zero_copy_pair,
+        MissAction::Host => c.host_pair,
     };
     let cost = CostModel::new(expert_bytes, slow_pair_seconds, calibration.link_bytes_per_second);
     let mut best: Option<(f64, Policy, Schedule)> = None;

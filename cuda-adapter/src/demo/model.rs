@@ -10,7 +10,8 @@ use cudarc::driver::{CudaContext, CudaEvent, CudaStream, LaunchConfig, PinnedHos
 use expertslab::trace::replay::{replay, CostModel, ReplayConfig, ReplayPolicy};
 use expertslab::trace::Trace;
 use expertslab::{ExpertLayout, Format, InitialPlacement, SlotArena};
-use expertslab_std::{ExpertStore, LayerStacks, SharedBytes};
+use expertslab_std::ffn::{ExpertFfn, PairSlabs};
+use expertslab_std::{ExpertSource, ExpertStore, LayerStacks, Projection, SharedBytes};
 
 use super::gguf::GgufExperts;
 use super::runner::{Kernels, Model, Runner};
@@ -369,8 +370,43 @@ impl GpuModel {
         let link_bytes_per_second = median(&mut link);
         Ok(Calibration {
             link_bytes_per_second,
-            costs: MissCosts { copy: self.expert_bytes as f64 / link_bytes_per_second, resident_pair, zero_copy_pair },
+            costs: MissCosts {
+                copy: self.expert_bytes as f64 / link_bytes_per_second,
+                resident_pair,
+                zero_copy_pair,
+                host_pair: self.host_pair_seconds(k, reps)?,
+            },
         })
+    }
+
+    /// One token over `k` experts of layer 0 on the host ([`ExpertFfn`] on all its threads):
+    /// the median over `reps` runs (after one to warm up) of the time per pair;
+    /// `f64::INFINITY` when the host FFN does not read the model's format.
+    fn host_pair_seconds(&self, k: usize, reps: usize) -> Result<f64, CudaError> {
+        let s = &self.spec.shape;
+        let Ok(ffn) = ExpertFfn::new(s.hidden, s.ffn, s.format) else { return Ok(f64::INFINITY) };
+        let slab = |e: usize, p: Projection| self.store.expert(0, p, e);
+        let pairs = (0..k)
+            .map(|e| {
+                Ok(PairSlabs {
+                    gate: slab(e, Projection::Gate)?,
+                    up: slab(e, Projection::Up)?,
+                    down: slab(e, Projection::Down)?,
+                    token: 0,
+                })
+            })
+            .collect::<Result<Vec<_>, expertslab::LayoutError>>()?;
+        let x = activations(self.spec.seed, s.hidden);
+        let mut parts = vec![0.0f32; k * s.hidden];
+        let mut times = Vec::with_capacity(reps);
+        for rep in 0..=reps {
+            let start = std::time::Instant::now();
+            ffn.parts(&pairs, &x, &mut parts).map_err(|e| CudaError::Unsupported(format!("host FFN: {e}")))?;
+            if rep > 0 {
+                times.push(start.elapsed().as_secs_f64() / k.max(1) as f64);
+            }
+        }
+        Ok(median(&mut times))
     }
 
     /// The bytes one slot takes in every layer.
@@ -419,6 +455,7 @@ impl GpuModel {
             layers: spec.layers,
             expert_bytes: self.expert_bytes,
             activations: activations(spec.seed, max_tokens * spec.shape.hidden),
+            host: ExpertFfn::new(spec.shape.hidden, spec.shape.ffn, spec.shape.format).ok(),
         };
         let kernels = CudaKernels::new(&self.ffn, &self.compute, spec.layers, max_tokens)?;
         let sink = self.sink()?;
@@ -494,6 +531,7 @@ impl GpuModel {
         let miss_pair = match run.miss.choose(1) {
             MissAction::Copy => c.copy + c.resident_pair,
             MissAction::ZeroCopy => c.zero_copy_pair,
+            MissAction::Host => c.host_pair,
         };
         // Misses served by copy are computed from their slot after their copy.
         let computed_resident = hits + (whole.served_by_copy - before.served_by_copy);
@@ -560,6 +598,16 @@ impl Kernels<CudaDriver> for CudaKernels<'_> {
             ffn.launch_gate_up(stream, view, buffers, x, phase)?;
             ffn.launch_down(stream, view, buffers, phase)
         }
+    }
+
+    fn upload_parts(
+        &mut self,
+        layer: usize,
+        pairs: &[usize],
+        parts: &[f32],
+        stream: &Arc<CudaStream>,
+    ) -> Result<(), CudaError> {
+        self.current(layer)?.upload_parts(stream, pairs, parts)
     }
 
     unsafe fn combine(&mut self, layer: usize, y: u64, stream: &Arc<CudaStream>) -> Result<(), CudaError> {

@@ -104,9 +104,8 @@ impl Driver for CudaDriver {
 
     unsafe fn copy_to_device(&self, dst: u64, src: &[u8], stream: &Self::Stream) -> Result<(), CudaError> {
         self.bind("cuMemcpyHtoDAsync")?;
-        // SAFETY: the caller guarantees `src` outlives the copy and `dst` spans a live
-        // allocation; the stream belongs to this context.
-        wrap("cuMemcpyHtoDAsync", unsafe { result::memcpy_htod_async(dst, src, stream.cu_stream()) })
+        // SAFETY: the caller's guarantees, passed on.
+        unsafe { copy_htod_async(dst, src, stream) }
     }
 
     unsafe fn copy_to_host(&self, dst: &mut [u8], src: u64) -> Result<(), CudaError> {
@@ -183,4 +182,19 @@ impl Driver for CudaDriver {
         unsafe { std::ptr::write_bytes(ptr, 0, len) };
         Ok(CudaPinned(pinned))
     }
+}
+
+/// Enqueues a copy of `src` to device address `dst` on `stream` (the one host-to-device copy
+/// call of the crate, shared by the driver and the step buffers).
+///
+/// # Safety
+/// `src` stays alive and unchanged until the copy completes (page-locked for the copy to be
+/// asynchronous), and `dst..dst + src.len()` lies inside a live allocation of `stream`'s
+/// context.
+///
+/// # Errors
+/// [`CudaError::Driver`] when the driver refuses the copy.
+pub(crate) unsafe fn copy_htod_async(dst: u64, src: &[u8], stream: &CudaStream) -> Result<(), CudaError> {
+    // SAFETY: the caller's guarantees.
+    wrap("cuMemcpyHtoDAsync", unsafe { result::memcpy_htod_async(dst, src, stream.cu_stream()) })
 }

@@ -49,6 +49,13 @@ pub enum MockOp {
         /// The bytes copied.
         len: usize,
     },
+    /// A synchronous device-to-host copy (the host reads device memory).
+    ReadBack {
+        /// The source.
+        src: u64,
+        /// The bytes copied.
+        len: usize,
+    },
     /// An event recorded on a stream.
     Record {
         /// The event.
@@ -247,6 +254,7 @@ impl Driver for MockDriver {
 
     unsafe fn copy_to_host(&self, dst: &mut [u8], src: u64) -> Result<(), CudaError> {
         let bytes = self.read(src, dst.len()).ok_or(invalid("cuMemcpyDtoH"))?;
+        self.log(MockOp::ReadBack { src, len: dst.len() });
         dst.copy_from_slice(&bytes);
         Ok(())
     }

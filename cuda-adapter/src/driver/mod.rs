@@ -23,6 +23,7 @@ mod cuda;
 mod faults;
 mod mock;
 
+pub(crate) use cuda::copy_htod_async;
 pub use cuda::{CudaDriver, CudaPinned};
 pub use faults::Faults;
 pub use mock::{MockDriver, MockEvent, MockOp, MockPinned, MockStream};

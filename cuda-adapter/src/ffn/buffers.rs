@@ -6,6 +6,7 @@ use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtr, PinnedHostSlic
 
 use super::view::PairSource;
 use super::{raw, StepArgs};
+use crate::driver::copy_htod_async;
 use crate::error::CudaError;
 use crate::reference::FfnShape;
 
@@ -14,7 +15,9 @@ use crate::reference::FfnShape;
 /// page-locked host block and uploaded with one copy.
 ///
 /// The host block is reused by the next [`StepBuffers::stage`], which first waits for the
-/// previous upload: keep two per layer to stage a step while the last one runs.
+/// previous upload: keep two per layer to stage a step while the last one runs. Pairs computed
+/// on the host ([`PairSource::Host`]) are not launched: their outputs come through
+/// [`StepBuffers::upload_parts`].
 #[derive(Debug)]
 pub struct StepBuffers {
     max_pairs: usize,
@@ -22,7 +25,12 @@ pub struct StepBuffers {
     pub(super) tokens: usize,
     pub(super) pairs: usize,
     pub(super) before: usize,
+    /// Pairs the kernels compute (the others are the host's).
+    pub(super) on_device: usize,
     host: PinnedHostSlice<u64>,
+    /// Host-computed outputs staged for upload, `[max_pairs, hidden]`.
+    host_parts: Option<PinnedHostSlice<f32>>,
+    hidden: usize,
     device: CudaSlice<u64>,
     device_ptr: u64,
     pub(super) order_ptr: u64,
@@ -33,6 +41,7 @@ pub struct StepBuffers {
     status: CudaSlice<u32>,
     status_ptr: u64,
     uploaded: Option<CudaEvent>,
+    parts_uploaded: Option<CudaEvent>,
 }
 
 /// Words of the staged block: miss addresses (3 per pair), then ids, weights and the pair order
@@ -70,7 +79,10 @@ impl StepBuffers {
             tokens: 0,
             pairs: 0,
             before: 0,
+            on_device: 0,
             host,
+            host_parts: None,
+            hidden: shape.hidden,
             order_ptr: device_ptr + 8 * (max_pairs * 3 + 2 * max_pairs.div_ceil(2)) as u64,
             device,
             device_ptr,
@@ -81,6 +93,7 @@ impl StepBuffers {
             status,
             status_ptr,
             uploaded: None,
+            parts_uploaded: None,
         })
     }
 
@@ -138,21 +151,73 @@ impl StepBuffers {
             put(id_words, i, id);
             put(weight_words, i, w.to_bits());
         }
-        // Launch order: pairs in place before the copies first, then the others.
-        let early = (0..pairs).filter(|&p| sources.get(p).is_some_and(|s| !s.after_copies()));
-        let late = (0..pairs).filter(|&p| sources.get(p).is_some_and(PairSource::after_copies));
-        for (i, p) in early.chain(late).enumerate() {
+        // Launch order: pairs in place before the copies first, then the others; the host's
+        // pairs last, never launched.
+        let on = |p: usize, late: bool| sources.get(p).is_some_and(|s| s.on_device() && s.after_copies() == late);
+        let early = (0..pairs).filter(|&p| on(p, false));
+        let late = (0..pairs).filter(|&p| on(p, true));
+        let host = (0..pairs).filter(|&p| sources.get(p).is_some_and(|s| !s.on_device()));
+        for (i, p) in early.chain(late).chain(host).enumerate() {
             put(order_words, i, p as u32);
         }
-        self.before = sources.iter().filter(|s| !s.after_copies()).count();
+        self.before = sources.iter().filter(|s| s.on_device() && !s.after_copies()).count();
+        self.on_device = sources.iter().filter(|s| s.on_device()).count();
         self.pairs = pairs;
         self.tokens = pairs / self.top_k;
         let (dst, _guard) = self.device.device_ptr(stream);
         // SAFETY: `dst` is this block's device allocation of `block_words(max_pairs)` words and
         // the source is the page-locked host block of the same length; it is not written again
         // until `uploaded` completes (waited on above at the next `stage`).
-        unsafe { cudarc::driver::result::memcpy_htod_async(dst, self.host.as_slice()?, stream.cu_stream()) }?;
+        unsafe { copy_htod_async(dst, bytemuck_words(self.host.as_slice()?), stream) }?;
         self.uploaded = Some(stream.record_event(None)?);
+        Ok(())
+    }
+
+    /// Enqueues on `stream` the upload of host-computed outputs: `parts` holds one `hidden`-long
+    /// row per entry of `pairs`, the output of that pair of the staged step, copied into the
+    /// step's partial outputs (where the combine reads them). Call after [`StepBuffers::stage`]
+    /// and before the combine, on the combine's stream. The rows go through a page-locked block
+    /// this call reuses after its previous upload completed.
+    ///
+    /// # Errors
+    /// [`CudaError::Unsupported`] when a pair is past the staged step or the lengths disagree;
+    /// [`CudaError::Driver`].
+    pub fn upload_parts(&mut self, stream: &CudaStream, pairs: &[usize], parts: &[f32]) -> Result<(), CudaError> {
+        let hidden = self.hidden;
+        if parts.len() != pairs.len() * hidden || pairs.iter().any(|&p| p >= self.pairs) {
+            return Err(CudaError::Unsupported(format!(
+                "{} host outputs for pairs {pairs:?} of a step of {}",
+                parts.len() / hidden.max(1),
+                self.pairs
+            )));
+        }
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        if let Some(event) = self.parts_uploaded.take() {
+            event.synchronize()?;
+        }
+        if self.host_parts.is_none() {
+            let ctx = stream.context();
+            // SAFETY: rows are written below before the copies that read them.
+            self.host_parts = Some(unsafe { ctx.alloc_pinned_with_flags::<f32>(self.max_pairs * hidden, 0) }?);
+        }
+        let block = self.host_parts.as_mut().ok_or(CudaError::Unsupported("host parts".into()))?;
+        let staged = block.as_mut_slice()?;
+        for (&pair, row) in pairs.iter().zip(parts.chunks_exact(hidden)) {
+            let at = pair * hidden;
+            staged.get_mut(at..at + hidden).ok_or(CudaError::UnknownLayer { layer: pair })?.copy_from_slice(row);
+        }
+        let staged = block.as_slice()?;
+        for &pair in pairs {
+            let at = pair * hidden;
+            let row = staged.get(at..at + hidden).ok_or(CudaError::UnknownLayer { layer: pair })?;
+            // SAFETY: the destination is pair `pair`'s row of this step's partial outputs
+            // (`max_pairs × hidden` f32, `pair` < pairs ≤ max_pairs); the source is the same row
+            // of the page-locked block, not written again until `parts_uploaded` completes.
+            unsafe { copy_htod_async(self.part_ptr + 4 * at as u64, f32_bytes(row), stream) }?;
+        }
+        self.parts_uploaded = Some(stream.record_event(None)?);
         Ok(())
     }
 
@@ -197,6 +262,16 @@ impl StepBuffers {
     pub fn h(&self, stream: &Arc<CudaStream>) -> Result<Vec<f32>, CudaError> {
         Ok(stream.clone_dtoh(&self.h)?)
     }
+}
+
+/// The bytes of `words`.
+fn bytemuck_words(words: &[u64]) -> &[u8] {
+    bytemuck::cast_slice(words)
+}
+
+/// The bytes of `values`.
+fn f32_bytes(values: &[f32]) -> &[u8] {
+    bytemuck::cast_slice(values)
 }
 
 #[cfg(test)]

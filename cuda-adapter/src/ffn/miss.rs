@@ -1,12 +1,15 @@
 //! The miss rule: what the host does with a routed expert that is not resident.
 
-/// What to do with a routed expert that is not resident.
+/// What to do with a routed expert that is not resident: the three ways to serve a miss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MissAction {
     /// Copy it into a scratch slot on the copy stream, then compute from there.
     Copy,
     /// Read it straight from registered host memory over the bus.
     ZeroCopy,
+    /// Compute its pairs on the host CPU, from host memory, while the GPU computes the others;
+    /// the pairs' outputs are uploaded before the combine (same bits as on the GPU).
+    Host,
 }
 
 /// Costs of one expert measured at start-up, in seconds.
@@ -18,6 +21,9 @@ pub struct MissCosts {
     pub resident_pair: f64,
     /// Computing one pair reading the expert from host memory over the bus.
     pub zero_copy_pair: f64,
+    /// Computing one pair on the host CPU (all its threads on the pair's rows);
+    /// `f64::INFINITY` when the host does not compute pairs.
+    pub host_pair: f64,
 }
 
 /// How the host picks a miss's action.
@@ -29,13 +35,25 @@ pub enum MissRule {
     /// expert is copied once and then read from device memory by each of the step's `uses`
     /// pairs), read over the bus otherwise.
     Measured(MissCosts),
+    /// Copies and host compute side by side: a step's missed experts, the most used first, are
+    /// copied while that keeps the copies' time `copies × copy` no longer than the host's time
+    /// `pairs left × host_pair`, and the rest are computed on the host; the split taken is the
+    /// one with the least `max(copy time, host time)` (the copy engine and the host CPU run at
+    /// once). With an infinite `host_pair` every miss is copied.
+    Balanced(MissCosts),
 }
 
 impl MissRule {
-    /// The action for a missed expert used by `uses` pairs of the step.
+    /// The action for a missed expert used by `uses` pairs of the step, alone (for
+    /// [`MissRule::Balanced`], as the step's only miss).
     pub fn choose(&self, uses: usize) -> MissAction {
         match self {
             Self::Always(action) => *action,
+            Self::Balanced(_) => {
+                let mut actions = Vec::with_capacity(1);
+                self.plan(&[uses], &mut actions);
+                actions.first().copied().unwrap_or(MissAction::Copy)
+            }
             Self::Measured(c) => {
                 let n = uses.max(1) as f64;
                 if c.copy + n * c.resident_pair < n * c.zero_copy_pair {
@@ -48,6 +66,41 @@ impl MissRule {
     }
 }
 
+impl MissRule {
+    /// The actions for a step's missed experts, `uses[i]` pairs of the step using expert `i`:
+    /// `actions[i]` (cleared and filled).
+    pub fn plan(&self, uses: &[usize], actions: &mut Vec<MissAction>) {
+        actions.clear();
+        let Self::Balanced(c) = self else {
+            actions.extend(uses.iter().map(|&u| self.choose(u)));
+            return;
+        };
+        // The most used first: a copy serves all of an expert's pairs, the host pays per pair.
+        let mut order: Vec<usize> = (0..uses.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(uses.get(i).copied().unwrap_or(0)));
+        let total: usize = uses.iter().sum();
+        let (mut best, mut best_cost) = (uses.len(), f64::INFINITY);
+        let mut host_pairs = total;
+        for k in 0..=order.len() {
+            if k > 0 {
+                let i = order.get(k - 1).copied().unwrap_or(0);
+                host_pairs = host_pairs.saturating_sub(uses.get(i).copied().unwrap_or(0));
+            }
+            let host = if host_pairs == 0 { 0.0 } else { host_pairs as f64 * c.host_pair };
+            let cost = (k as f64 * c.copy).max(host);
+            if cost < best_cost {
+                (best, best_cost) = (k, cost);
+            }
+        }
+        actions.resize(uses.len(), MissAction::Host);
+        for &i in order.iter().take(best) {
+            if let Some(a) = actions.get_mut(i) {
+                *a = MissAction::Copy;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,7 +108,7 @@ mod tests {
     #[test]
     fn the_miss_rule_weighs_one_copy_against_reads_over_the_bus() {
         // A 9 MiB expert: 180 µs to copy, 3 µs per pair from HBM, 200 µs per pair over the bus.
-        let costs = MissCosts { copy: 180e-6, resident_pair: 3e-6, zero_copy_pair: 200e-6 };
+        let costs = MissCosts { copy: 180e-6, resident_pair: 3e-6, zero_copy_pair: 200e-6, host_pair: f64::INFINITY };
         let rule = MissRule::Measured(costs);
         assert_eq!(rule.choose(1), MissAction::Copy); // 183 < 200
         let slow_copy = MissRule::Measured(MissCosts { copy: 400e-6, ..costs });
@@ -64,5 +117,33 @@ mod tests {
         assert_eq!(slow_copy.choose(0), MissAction::ZeroCopy); // counted as one use
         assert_eq!(MissRule::Always(MissAction::ZeroCopy).choose(100), MissAction::ZeroCopy);
         assert_eq!(MissRule::Always(MissAction::Copy).choose(1), MissAction::Copy);
+    }
+
+    #[test]
+    fn the_balanced_rule_splits_misses_between_the_link_and_the_host() {
+        use MissAction::{Copy, Host};
+        // Copying an expert costs as much as two pairs on the host.
+        let costs = MissCosts { copy: 2.0, resident_pair: 0.0, zero_copy_pair: 9.0, host_pair: 1.0 };
+        let rule = MissRule::Balanced(costs);
+        let mut actions = Vec::new();
+        // Eight experts used once: k copies take 2k, the host 8 − k; k = 2 and k = 3 both take
+        // 6, the least, and the tie goes to fewer copies.
+        rule.plan(&[1; 8], &mut actions);
+        assert_eq!(actions.iter().filter(|&&a| a == Copy).count(), 2, "{actions:?}");
+        // The most used expert is copied first.
+        rule.plan(&[1, 1, 4, 1], &mut actions);
+        assert_eq!(actions, [Host, Host, Copy, Host]);
+        // No host: every miss copied.
+        let no_host = MissRule::Balanced(MissCosts { host_pair: f64::INFINITY, ..costs });
+        no_host.plan(&[1, 2, 1], &mut actions);
+        assert_eq!(actions, [Copy, Copy, Copy]);
+        // A slow link: everything on the host.
+        MissRule::Balanced(MissCosts { copy: 1e9, ..costs }).plan(&[1, 1], &mut actions);
+        assert_eq!(actions, [Host, Host]);
+        // The other rules plan miss by miss.
+        MissRule::Always(Host).plan(&[3, 1], &mut actions);
+        assert_eq!(actions, [Host, Host]);
+        assert_eq!(rule.choose(1), Host, "one pair alone: 1 on the host beats a copy of 2");
+        assert_eq!(rule.choose(3), Copy);
     }
 }

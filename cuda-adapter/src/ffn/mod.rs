@@ -204,8 +204,8 @@ impl MoeFfn {
     ) -> Result<(), CudaError> {
         let (first, count) = match phase {
             Phase::BeforeCopies => (0, step.before),
-            Phase::AfterCopies => (step.before, step.pairs - step.before),
-            Phase::All => (0, step.pairs),
+            Phase::AfterCopies => (step.before, step.on_device - step.before),
+            Phase::All => (0, step.on_device),
         };
         if count == 0 {
             return Ok(());

@@ -114,6 +114,9 @@ pub enum PairSource {
         /// Whether the bytes are written by this step's copies.
         after_copies: bool,
     },
+    /// Computed on the host: no kernel reads it; its output row is uploaded before the combine
+    /// ([`crate::StepBuffers::upload_parts`]).
+    Host,
 }
 
 impl PairSource {
@@ -168,15 +171,20 @@ impl PairSource {
 
     pub(crate) fn after_copies(&self) -> bool {
         match self {
-            Self::Resident => false,
+            Self::Resident | Self::Host => false,
             Self::Promoted => true,
             Self::Direct { after_copies, .. } => *after_copies,
         }
     }
 
+    /// Whether the kernels compute the pair (every source but [`PairSource::Host`]).
+    pub(crate) fn on_device(&self) -> bool {
+        !matches!(self, Self::Host)
+    }
+
     pub(crate) fn pointers(&self) -> [u64; 3] {
         match *self {
-            Self::Resident | Self::Promoted => [0; 3],
+            Self::Resident | Self::Promoted | Self::Host => [0; 3],
             Self::Direct { gate, up, down, .. } => [gate, up, down],
         }
     }

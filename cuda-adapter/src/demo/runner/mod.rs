@@ -11,15 +11,20 @@
 //!    by the layers): plan, migrate the promotions from the model's [`expertslab_std::ExpertStore`]
 //!    into the [`CudaSlotSink`] (copies enqueued on its copy stream; each committed once
 //!    enqueued after the kernels that read its slot), serve.
-//! 3. **Misses not admitted**, by the [`MissRule`]: a scratch write of the sink
-//!    ([`CudaSlotSink::write_scratch`], read through [`PairSource::scratch`]) or a read over the
-//!    bus from the registered host memory ([`PairSource::mapped`]).
+//! 3. **Misses not admitted**, by the [`MissRule`] (which plans the step's missed experts
+//!    together): a scratch write of the sink ([`CudaSlotSink::write_scratch`], read through
+//!    [`PairSource::scratch`]), a read over the bus from the registered host memory
+//!    ([`PairSource::mapped`]), or the host ([`PairSource::Host`]: step 5's host work).
 //! 4. **Kernels in place**, on the compute stream: gate/up and down of the pairs whose expert
 //!    stayed in its slot, read through the table's current buffer (they overlap the copies),
 //!    then [`DeviceSlotTable::after_reads`]: that buffer is read until they end.
 //! 5. **The table and the other pairs**: [`DeviceSlotTable::update`] writes the other buffer;
-//!    [`CudaSlotSink::order_before`]; the pairs copied in this step through the updated table;
-//!    the combine writes the layer's output, the next layer's input.
+//!    [`CudaSlotSink::order_before`]; the pairs copied in this step through the updated table.
+//!    Then, while the GPU computes those and the copy engine copies, the host computes its pairs
+//!    ([`expertslab_std::ffn::ExpertFfn`], from the model's host memory): it copies the layer's
+//!    input to the host (final: the previous record's event was waited on), computes, and
+//!    uploads the pairs' outputs on the compute stream. The combine then writes the layer's
+//!    output, the next layer's input.
 //! 6. **Reads marked**: [`CudaSlotSink::after_reads`] and [`DeviceSlotTable::after_reads`], and
 //!    the event the next record waits on.
 
@@ -32,7 +37,8 @@ use expertslab::{
     ExpertLayout, ExpertPool, InitialPlacement, MigrateStats, MigrationPlan, PoolConfig, PoolStats, SharedSlotPool,
     SlotArena, Step, StepError,
 };
-use expertslab_std::ExpertStore;
+use expertslab_std::ffn::{ExpertFfn, PairSlabs};
+use expertslab_std::{ExpertSource, ExpertStore, Projection};
 
 use super::{RunConfig, RunReport};
 use crate::arena::DEVICE_ALIGN;
@@ -90,6 +96,20 @@ pub(crate) trait Kernels<D: Driver> {
     /// `y` is live device memory of the step's length, written by no other work meanwhile.
     unsafe fn combine(&mut self, layer: usize, y: u64, stream: &D::Stream) -> Result<(), CudaError>;
 
+    /// Enqueues on `stream` the upload of host-computed outputs of the staged step: `parts`
+    /// holds one `hidden`-long row per entry of `pairs` (pair indexes of the step). Before the
+    /// combine.
+    ///
+    /// # Errors
+    /// The kernels' or the driver's error.
+    fn upload_parts(
+        &mut self,
+        layer: usize,
+        pairs: &[usize],
+        parts: &[f32],
+        stream: &D::Stream,
+    ) -> Result<(), CudaError>;
+
     /// Checks what the kernels reported (after the stream's work completed).
     ///
     /// # Errors
@@ -107,6 +127,8 @@ pub(crate) struct Model<'m> {
     pub(crate) expert_bytes: usize,
     /// Layer 0's input, `[max tokens, hidden]`.
     pub(crate) activations: Vec<f32>,
+    /// The host's FFN, for misses the rule serves on the host (`None`: the format has none).
+    pub(crate) host: Option<ExpertFfn>,
 }
 
 /// Where the run's residency is decided.
@@ -211,6 +233,13 @@ pub(crate) struct Runner<'m, D: Driver, K> {
     before: Vec<Option<usize>>,
     sources: Vec<PairSource>,
     scratch_of: HashMap<u32, ScratchSlot>,
+    /// The record's missed experts with their uses, and the rule's action for each.
+    missed: Vec<(u32, usize)>,
+    actions: Vec<MissAction>,
+    /// The record's pairs served on the host, their input and outputs.
+    host_pairs: Vec<usize>,
+    host_x: Vec<u8>,
+    host_parts: Vec<f32>,
     /// Recorded after each record's kernels: the next record waits for it before its routing
     /// is known.
     done: D::Event,
@@ -311,6 +340,11 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
             before: Vec::new(),
             sources: Vec::new(),
             scratch_of: HashMap::new(),
+            missed: Vec::new(),
+            actions: Vec::new(),
+            host_pairs: Vec::new(),
+            host_x: Vec::new(),
+            host_parts: Vec::new(),
             done_recorded: false,
             misses: 0,
             sink,
@@ -370,6 +404,7 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
                 report.decode_tokens += tokens as u64;
                 report.step_copy_bytes.push(0);
                 report.step_zero_copy_pairs.push(0);
+                report.step_host_pairs.push(0);
             }
             let x = match previous {
                 Some((step, l, y)) if step == record.step && l + 1 == layer => y,
@@ -387,7 +422,7 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
                 }
             };
             output_at += (tokens * hidden * 4) as u64;
-            let zero_copy_before = report.zero_copy_pairs;
+            let (zero_copy_before, host_before) = (report.zero_copy_pairs, report.host_pairs);
             let step = if record.prefill { Step::prefill(record.step) } else { Step::decode(record.step) };
             let copied = self.layer_step(layer, step, ids, x, y, &mut report)?;
             if decode {
@@ -396,6 +431,9 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
                 }
                 if let Some(z) = report.step_zero_copy_pairs.last_mut() {
                     *z += report.zero_copy_pairs - zero_copy_before;
+                }
+                if let Some(h) = report.step_host_pairs.last_mut() {
+                    *h += report.host_pairs - host_before;
                 }
             }
             previous = Some((record.step, layer, y));
@@ -475,17 +513,44 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
             }
         };
         let mut copied = migrated.bytes;
-        // 3. Each pair's source; misses by the rule.
+        // 3. Each pair's source; the step's misses planned together by the rule.
         let early_view = self.view(layer)?;
         self.sources.clear();
         self.scratch_of.clear();
+        self.host_pairs.clear();
+        self.missed.clear();
+        for &id in ids {
+            if self.placement.slot_of(layer, id as usize).is_none() {
+                match self.missed.iter_mut().find(|(m, _)| *m == id) {
+                    Some((_, uses)) => *uses += 1,
+                    None => self.missed.push((id, 1)),
+                }
+            }
+        }
+        let uses: Vec<usize> = self.missed.iter().map(|&(_, u)| u).collect();
+        self.rule.plan(&uses, &mut self.actions);
+        if self.model.host.is_none() && self.actions.contains(&MissAction::Host) {
+            return Err(CudaError::Unsupported(format!(
+                "misses on the host: the host FFN does not read {} experts",
+                self.model.shape.format.name()
+            )));
+        }
         let mut next_scratch = 0usize;
-        for (&id, &before) in ids.iter().zip(&self.before) {
+        for (pair, (&id, &before)) in ids.iter().zip(&self.before).enumerate() {
             let expert = id as usize;
+            let action = || {
+                let at = self.missed.iter().position(|&(m, _)| m == id).unwrap_or(0);
+                self.actions.get(at).copied().unwrap_or(MissAction::Copy)
+            };
             let source = match self.placement.slot_of(layer, expert) {
                 Some(slot) if before == Some(slot) => PairSource::Resident,
                 Some(_) => PairSource::Promoted,
-                None => match self.rule.choose(ids.iter().filter(|&&other| other == id).count()) {
+                None => match action() {
+                    MissAction::Host => {
+                        report.host_pairs += 1;
+                        self.host_pairs.push(pair);
+                        PairSource::Host
+                    }
                     MissAction::ZeroCopy => {
                         report.zero_copy_pairs += 1;
                         PairSource::mapped(self.sink.host(), store, layer, expert)?
@@ -530,10 +595,14 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
         let compute = &self.compute;
         self.sink.order_before(compute)?;
         // SAFETY: as above.
-        unsafe {
-            self.kernels.pairs(layer, Phase::AfterCopies, &late_view, x, compute)?;
-            self.kernels.combine(layer, y, compute)?;
+        unsafe { self.kernels.pairs(layer, Phase::AfterCopies, &late_view, x, compute)? };
+        if !self.host_pairs.is_empty() {
+            self.host_step(layer, ids, x)?;
+            self.kernels.upload_parts(layer, &self.host_pairs, &self.host_parts, &self.compute)?;
         }
+        let compute = &self.compute;
+        // SAFETY: as above.
+        unsafe { self.kernels.combine(layer, y, compute)? };
         // 6. Reads marked, and the event the next record waits for.
         self.sink.after_reads(compute)?;
         if let Some(table) = self.tables.get_mut(layer) {
@@ -542,6 +611,42 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
         self.driver.record(&self.done, compute)?;
         self.done_recorded = true;
         Ok(copied)
+    }
+
+    /// The host's pairs of a record (step 5): the layer's input `x` copied to the host (or the
+    /// run's activations for layer 0's input), the pairs computed into `host_parts`.
+    fn host_step(&mut self, layer: usize, ids: &[u32], x: u64) -> Result<(), CudaError> {
+        let (top_k, hidden) = (self.model.shape.top_k, self.model.shape.hidden);
+        let tokens = ids.len() / top_k.max(1);
+        let len = tokens * hidden;
+        let input: Vec<f32> = if x == self.x.ptr {
+            self.model.activations.get(..len).ok_or(CudaError::UnknownLayer { layer })?.to_vec()
+        } else {
+            self.host_x.resize(len * 4, 0);
+            // SAFETY: `x` is the previous record's output, `len` f32 long, whose kernels ended
+            // (the host waited on their event before this record).
+            unsafe { self.driver.copy_to_host(&mut self.host_x, x)? };
+            self.host_x.chunks_exact(4).map(|b| b.try_into().map_or(f32::NAN, f32::from_le_bytes)).collect()
+        };
+        let store = self.model.store;
+        let slab = |expert: usize, projection: Projection| store.expert(layer, projection, expert);
+        let pairs = self
+            .host_pairs
+            .iter()
+            .map(|&pair| {
+                let expert = ids.get(pair).copied().unwrap_or(0) as usize;
+                Ok(PairSlabs {
+                    gate: slab(expert, Projection::Gate)?,
+                    up: slab(expert, Projection::Up)?,
+                    down: slab(expert, Projection::Down)?,
+                    token: pair / top_k.max(1),
+                })
+            })
+            .collect::<Result<Vec<_>, expertslab::LayoutError>>()?;
+        self.host_parts.resize(pairs.len() * hidden, 0.0);
+        let ffn = self.model.host.as_ref().ok_or(CudaError::Unsupported("no host FFN".into()))?;
+        ffn.parts(&pairs, &input, &mut self.host_parts)
+            .map_err(|e| CudaError::Unsupported(format!("host pairs of layer {layer}: {e}")))
     }
 }
 

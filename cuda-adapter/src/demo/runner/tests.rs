@@ -10,6 +10,7 @@ use crate::demo::SynthSettings;
 use crate::driver::{MockDriver, MockOp, MockStream};
 use crate::ffn::MissCosts;
 use crate::host::RingConfig;
+use expertslab_std::ffn::ExpertFfn;
 
 const EXPERTS: usize = 8;
 const LAYERS: usize = 3;
@@ -24,6 +25,10 @@ impl Kernels<Arc<MockDriver>> for MockKernels {
         Ok(())
     }
     unsafe fn pairs(&mut self, layer: usize, _: Phase, _: &SlotView, _: u64, s: &MockStream) -> Result<(), CudaError> {
+        self.0.launch(s, layer as u32);
+        Ok(())
+    }
+    fn upload_parts(&mut self, layer: usize, _: &[usize], _: &[f32], s: &MockStream) -> Result<(), CudaError> {
         self.0.launch(s, layer as u32);
         Ok(())
     }
@@ -121,12 +126,18 @@ fn a_layer_s_work_is_enqueued_only_after_the_previous_layer_s_event() {
     };
     let trace = settings.trace().unwrap();
     let layers: Vec<usize> = trace.records().iter().map(|r| r.layer as usize).collect();
-    let mixed = MissRule::Measured(MissCosts { copy: 1.5, resident_pair: 0.0, zero_copy_pair: 1.0 });
+    let mixed =
+        MissRule::Measured(MissCosts { copy: 1.5, resident_pair: 0.0, zero_copy_pair: 1.0, host_pair: f64::INFINITY });
+    // Copies and host compute side by side: a copy costs one host pair, so a step's misses
+    // split between the two (TIDE serves every miss in place).
+    let balanced = MissRule::Balanced(MissCosts { copy: 1.0, resident_pair: 0.0, zero_copy_pair: 9.0, host_pair: 1.0 });
     for (sharing, policy, miss) in [
         (Sharing::PerLayer, Policy::Lru, MissRule::Always(MissAction::Copy)),
         (Sharing::PerLayer, Policy::Tide, mixed),
         (Sharing::Shared, Policy::Lru, mixed),
         (Sharing::PerLayer, Policy::Lru, MissRule::Always(MissAction::ZeroCopy)),
+        (Sharing::PerLayer, Policy::Tide, balanced),
+        (Sharing::PerLayer, Policy::Tide, MissRule::Always(MissAction::Host)),
     ] {
         let driver = Arc::new(MockDriver::new(1 << 26));
         let mut sink = CudaSlotSink::new(Arc::clone(&driver), [], RingConfig::default()).unwrap();
@@ -140,6 +151,7 @@ fn a_layer_s_work_is_enqueued_only_after_the_previous_layer_s_event() {
             layers: LAYERS,
             expert_bytes: layout.expert_bytes(),
             activations: vec![0.5; 3 * SHAPE.hidden],
+            host: Some(ExpertFfn::new(SHAPE.hidden, SHAPE.ffn, SHAPE.format).unwrap()),
         };
         let run = RunConfig { sharing, ..RunConfig::new(3, policy, miss) };
         let mut runner =
@@ -147,6 +159,15 @@ fn a_layer_s_work_is_enqueued_only_after_the_previous_layer_s_event() {
         driver.clear_ops();
         let report = runner.run(&trace).unwrap();
         assert!(report.promotions + report.scratch_pairs + report.zero_copy_pairs > 0, "{sharing:?}: nothing moved");
+        let read_backs = driver.ops().iter().filter(|op| matches!(op, MockOp::ReadBack { .. })).count();
+        if matches!(miss, MissRule::Balanced(_) | MissRule::Always(MissAction::Host)) {
+            assert!(report.host_pairs > 0 && read_backs > 0, "{miss:?}: no host pair ({report:?})");
+            if miss == balanced {
+                assert!(report.scratch_pairs > 0, "balanced: copies beside the host's pairs");
+            }
+        } else {
+            assert_eq!((report.host_pairs, read_backs), (0, 0), "{miss:?}");
+        }
         let ops = driver.ops();
         let shared = sharing == Sharing::Shared;
         let own: Vec<_> = (0..LAYERS).map(|l| ranges(&runner, l, shared)).collect();
