@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Args as ClapArgs;
+use expertslab_std::ffn::{combine, ExpertFfn, FfnError, PairSlabs};
 use expertslab_std::trace::synthetic::SplitMix64;
 use expertslab_std::trace::TraceHeader;
 use expertslab_std::{
@@ -245,23 +246,6 @@ fn route(router: &[f32], x: &[f32], top_k: usize) -> Vec<(u32, f32)> {
     order.into_iter().map(|e| (e, exp[e as usize] / total)).collect()
 }
 
-/// One expert's FFN added to `out`: `weight × down(silu(gate·x) ⊙ up·x)`.
-fn expert_ffn(weights: [&[f32]; 3], x: &[f32], d_ff: usize, weight: f32, out: &mut [f32]) {
-    let [gate, up, down] = weights;
-    let dot = |row: &[f32], v: &[f32]| row.iter().zip(v).map(|(a, b)| a * b).sum::<f32>();
-    let hidden: Vec<f32> = gate
-        .chunks(x.len())
-        .zip(up.chunks(x.len()))
-        .map(|(g, u)| {
-            let g = dot(g, x);
-            g / (1.0 + (-g).exp()) * dot(u, x)
-        })
-        .collect();
-    for (o, row) in out.iter_mut().zip(down.chunks(d_ff)) {
-        *o += weight * dot(row, &hidden);
-    }
-}
-
 const PROJECTIONS: [Projection; 3] = [Projection::Gate, Projection::Up, Projection::Down];
 
 /// Where an offloaded output first differed from the all-resident one.
@@ -320,10 +304,6 @@ impl OutputCheck {
     }
 }
 
-fn floats(bytes: &[u8]) -> Result<&[f32], CliError> {
-    expertslab_std::cast_bytes(bytes).map_err(|e| CliError::Usage(format!("expert weights: {e}")))
-}
-
 pub fn run(args: &Args) -> Result<(), CliError> {
     let policy = match args.policy {
         expertslab_std::trace::replay::ReplayPolicy::Pool(p) if p != expertslab_std::Policy::Belady => p,
@@ -348,6 +328,8 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         return Err(CliError::Usage("need layers >= 1 and experts >= top_k >= 1".into()));
     }
     let model = build(args)?;
+    let ffn = ExpertFfn::new(model.d_model, model.d_ff, Format::F32)
+        .map_err(|e| CliError::Usage(format!("expert FFN: {e}")))?;
     let expert_bytes = model.store.layer(0).map_or(0, |l| l.layout().expert_bytes());
     let config = PoolConfig::new(args.experts, args.slots).policy(policy).schedule(args.schedule);
     let source = model.store.clone();
@@ -389,20 +371,29 @@ pub fn run(args: &Args) -> Result<(), CliError> {
             let report =
                 offloader.step_layer(layer, Step::decode(step), &ids).map_err(|e| CliError::Usage(e.to_string()))?;
             bytes_moved += report.migrated.bytes;
-            let (mut offloaded, mut reference) = (vec![0f32; model.d_model], vec![0f32; model.d_model]);
-            for &(expert, weight) in &routed {
-                let mut from_offloader: [&[f32]; 3] = [&[]; 3];
-                let mut from_source: [&[f32]; 3] = [&[]; 3];
-                for (i, p) in PROJECTIONS.into_iter().enumerate() {
-                    let (slab, _) =
-                        offloader.expert_slab(layer, p, expert as usize).map_err(|e| CliError::Usage(e.to_string()))?;
-                    from_offloader[i] = floats(slab)?;
-                    from_source[i] =
-                        floats(source.expert(layer, p, expert as usize).map_err(|e| CliError::Usage(e.to_string()))?)?;
+            // The routed experts' slabs as the offloader serves them (slot or source), and
+            // straight from the source.
+            let mut slabs: [Vec<&[u8]>; 2] = [Vec::new(), Vec::new()];
+            for &(expert, _) in &routed {
+                for p in PROJECTIONS {
+                    let fail = |e: expertslab_std::LayoutError| CliError::Usage(e.to_string());
+                    slabs[0].push(offloader.expert_slab(layer, p, expert as usize).map_err(fail)?.0);
+                    slabs[1].push(source.expert(layer, p, expert as usize).map_err(fail)?);
                 }
-                expert_ffn(from_offloader, &h, model.d_ff, weight, &mut offloaded);
-                expert_ffn(from_source, &h, model.d_ff, weight, &mut reference);
             }
+            let weights: Vec<f32> = routed.iter().map(|&(_, w)| w).collect();
+            let [offloaded, reference] = slabs.map(|s| {
+                let pairs: Vec<PairSlabs<'_>> =
+                    s.chunks_exact(3).map(|g| PairSlabs { gate: g[0], up: g[1], down: g[2], token: 0 }).collect();
+                let mut parts = vec![0f32; pairs.len() * model.d_model];
+                let mut out = vec![0f32; model.d_model];
+                ffn.parts(&pairs, &h, &mut parts).map(|()| {
+                    combine(&weights, &parts, &mut out);
+                    out
+                })
+            });
+            let fail = |e: FfnError| CliError::Usage(format!("expert FFN: {e}"));
+            let (offloaded, reference) = (offloaded.map_err(fail)?, reference.map_err(fail)?);
             check.compare(step, layer, &offloaded, &reference);
             h.iter_mut().zip(&offloaded).for_each(|(v, o)| *v += o);
         }
