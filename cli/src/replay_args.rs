@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use expertslab_std::trace::replay::{
-    replay_from, CostModel, ReplayConfig, ReplayError, ReplayPolicy, ReplayReport, Sharing,
+    replay_from, CostModel, FetchCap, ReplayConfig, ReplayError, ReplayPolicy, ReplayReport, Sharing,
 };
 use expertslab_std::trace::{Trace, WarmStart};
 use expertslab_std::{AdmissionConfig, DecayConfig, InitialPlacement, LayeredSource, Policy, Predictor, Schedule};
@@ -85,6 +85,32 @@ pub struct CostArgs {
     /// Time one layer computes a step, in µs: prefetch copies overlap it (0: no overlap).
     #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
     pub layer_compute_us: f64,
+    /// Price each layer step by its slowest resource: copies over the link and pairs computed in
+    /// place run at once, and the misses served in place are split between fetching (copying
+    /// for the step) and in-place compute by --fetch-cap. Without it, costs add up.
+    #[arg(long)]
+    pub overlap: bool,
+    /// With --overlap: how many of a step's misses served in place may be fetched: `balanced`
+    /// (as many as make the step cheapest) or a number per layer step [default: balanced;
+    /// `tune` searches balanced, 0, 1, 2 and 4].
+    #[arg(long, requires = "overlap", value_parser = parse_fetch_cap)]
+    pub fetch_cap: Option<FetchCap>,
+}
+
+/// `balanced` or a count.
+fn parse_fetch_cap(text: &str) -> Result<FetchCap, String> {
+    if text == "balanced" {
+        return Ok(FetchCap::Balanced);
+    }
+    text.parse().map(FetchCap::AtMost).map_err(|_| format!("'{text}': balanced or a number of experts"))
+}
+
+/// A fetch cap's name: `balanced` or the count.
+pub fn fetch_cap_name(cap: FetchCap) -> String {
+    match cap {
+        FetchCap::Balanced => "balanced".into(),
+        FetchCap::AtMost(n) => n.to_string(),
+    }
 }
 
 /// Bytes of one expert when neither --expert-bytes nor --model is given.
@@ -128,8 +154,9 @@ impl CostArgs {
             Some(us) => us * 1e-6,
             None => expert_bytes as f64 / (self.slow_gbps * 1e9),
         };
-        Ok(CostModel::new(expert_bytes, slow_pair_seconds, self.link_gbps * 1e9)
-            .layer_compute(self.layer_compute_us * 1e-6))
+        let model = CostModel::new(expert_bytes, slow_pair_seconds, self.link_gbps * 1e9)
+            .layer_compute(self.layer_compute_us * 1e-6);
+        Ok(if self.overlap { model.overlapped(self.fetch_cap.unwrap_or(FetchCap::Balanced)) } else { model })
     }
 }
 
@@ -245,6 +272,8 @@ pub struct Run {
     pub slots: usize,
     pub schedule: Schedule,
     pub sharing: Sharing,
+    /// The overlapped model's fetch cap (`None`: the additive model).
+    pub fetch_cap: Option<FetchCap>,
     pub report: ReplayReport,
 }
 
@@ -271,7 +300,14 @@ pub fn run_all(
         .map(|&(policy, slots, schedule, sharing)| {
             let config =
                 ReplayConfig { sharing, prefetch, ..ReplayConfig::new(policy, slots, schedule, initial, cost) };
-            let run = replay_from(trace, &config, warm).map(|report| Run { policy, slots, schedule, sharing, report });
+            let run = replay_from(trace, &config, warm).map(|report| Run {
+                policy,
+                slots,
+                schedule,
+                sharing,
+                fetch_cap: cost.overlap,
+                report,
+            });
             bar.inc(1);
             run
         })

@@ -101,6 +101,7 @@ pub fn counters_json(c: &ReplayStats) -> Value {
         "prefetched": c.prefetched,
         "prefetch_hits": c.prefetch_hits,
         "prefetch_wasted_bytes": c.prefetch_wasted_bytes,
+        "fetched": c.fetched,
     })
 }
 
@@ -113,6 +114,7 @@ pub fn run_json(run: &Run) -> Value {
         "budget": run.slots,
         "schedule": schedule_name(run.schedule),
         "sharing": run.sharing.name(),
+        "fetch_cap": run.fetch_cap.map(crate::replay_args::fetch_cap_name),
         "layers": run
             .report
             .layers
@@ -189,9 +191,15 @@ pub fn run(args: &Args) -> Result<(), CliError> {
 
 /// A run's policy as tables show it: the name, with "/shared" for a shared pool.
 pub fn run_label(run: &Run) -> String {
-    match run.sharing {
+    let label = match run.sharing {
         Sharing::PerLayer => policy_label(run.policy),
         Sharing::Shared => format!("{}/shared", policy_label(run.policy)),
+    };
+    match run.fetch_cap {
+        Some(cap @ expertslab_std::trace::replay::FetchCap::AtMost(_)) => {
+            format!("{label}, fetch ≤ {}", crate::replay_args::fetch_cap_name(cap))
+        }
+        _ => label,
     }
 }
 

@@ -336,3 +336,31 @@ fn shared_pools_and_prefetch_from_the_command_line() {
     assert!(!err.status.success() && String::from_utf8_lossy(&err.stderr).contains("shared pool"));
     std::fs::remove_file(trace).unwrap();
 }
+
+#[test]
+fn the_overlapped_model_prices_steps_by_their_slowest_resource() {
+    let trace = synth("overlap.ndjson", "100");
+    let t = trace.to_str().unwrap();
+    let run = |extra: &[&str]| -> Value {
+        let mut args =
+            vec!["simulate", "--trace", t, "--slots", "4", "--json", "--policy", "tide,lru", "--slow-pair-us", "200"];
+        args.extend_from_slice(extra);
+        serde_json::from_str(&stdout(&expertslab(&args))).unwrap()
+    };
+    let additive = run(&[]);
+    let overlapped = run(&["--overlap"]);
+    let none = run(&["--overlap", "--fetch-cap", "0"]);
+    for i in 0..2 {
+        let time = |v: &Value| v[i]["total"]["modeled_time_s"].as_f64().unwrap();
+        assert!(time(&overlapped) <= time(&none) + 1e-12, "balanced is never worse than no fetch");
+        assert!(time(&none) <= time(&additive) + 1e-12, "a step's max never exceeds its sum");
+        assert_eq!(overlapped[i]["total"]["hits"], additive[i]["total"]["hits"], "counts do not depend on the model");
+        assert_eq!(overlapped[i]["fetch_cap"], "balanced");
+        assert_eq!(none[i]["fetch_cap"], "0");
+        assert!(additive[i]["fetch_cap"].is_null());
+    }
+    assert!(overlapped[0]["total"]["fetched"].as_u64().unwrap() > 0, "TIDE serves misses in place; some are fetched");
+    let o = expertslab(&["simulate", "--trace", t, "--slots", "4", "--fetch-cap", "2"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--overlap"), "{o:?}");
+    std::fs::remove_file(trace).unwrap();
+}

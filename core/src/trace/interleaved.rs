@@ -24,7 +24,8 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use super::{
-    CostModel, ReplayConfig, ReplayError, ReplayPolicy, ReplayReport, ReplayStats, Trace, TraceRecord, WarmStart,
+    CostModel, OverlapClock, ReplayConfig, ReplayError, ReplayPolicy, ReplayReport, ReplayStats, Trace, TraceRecord,
+    WarmStart,
 };
 use crate::error::PoolError;
 use crate::plan::MigrationPlan;
@@ -207,6 +208,7 @@ pub(crate) fn replay(trace: &Trace, config: &ReplayConfig, start: &WarmStart) ->
     let budget = prefetch_budget(&config.cost);
     let bytes = config.cost.expert_bytes;
     let mut stats = vec![ReplayStats::default(); layers.len()];
+    let mut clocks: Vec<OverlapClock> = (0..layers.len()).map(|_| OverlapClock::default()).collect();
     // Per layer: the experts prefetched for its next step.
     let mut pending: Vec<Vec<u16>> = vec![Vec::new(); layers.len()];
     let mut keys: Vec<u16> = Vec::new();
@@ -232,6 +234,17 @@ pub(crate) fn replay(trace: &Trace, config: &ReplayConfig, start: &WarmStart) ->
                 pool.serve(at, ids)
             }
         };
+        if let Some(clock) = clocks.get_mut(at) {
+            match &pools {
+                Pools::PerLayer(pools) => {
+                    let pool = pools.get(at);
+                    clock.step(&config.cost, plan.len(), ids, |e| pool.is_some_and(|p| p.is_resident(e)), experts);
+                }
+                Pools::Shared(pool) => {
+                    clock.step(&config.cost, plan.len(), ids, |e| pool.slot_of(at, e).is_some(), experts);
+                }
+            }
+        }
         let Some(s) = stats.get_mut(at) else { continue };
         count_moves(s, &plan, bytes);
         s.hits = s.hits.saturating_add(u64::from(served.hits));
@@ -288,11 +301,12 @@ pub(crate) fn replay(trace: &Trace, config: &ReplayConfig, start: &WarmStart) ->
         }
     }
     let mut report = ReplayReport { layers: Vec::with_capacity(layers.len()), total: ReplayStats::default() };
-    for (&layer, mut s) in layers.iter().zip(stats) {
+    for ((&layer, mut s), clock) in layers.iter().zip(stats).zip(&clocks) {
         s.pairs = s.hits.saturating_add(s.misses);
         // Prefetch copies overlap the previous layer's compute: only demand copies cost time.
         let hidden = s.prefetched.saturating_mul(bytes);
         s.modeled_time_s = config.cost.seconds(s.served_in_place, s.bytes_moved.saturating_sub(hidden));
+        clock.apply(&config.cost, &mut s);
         report.total.add(&s);
         report.layers.push((layer, s));
     }

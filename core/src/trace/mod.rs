@@ -30,7 +30,7 @@ pub use profile::WarmStart;
 use text::{parse_header, parse_record};
 pub use text::{write_header, write_record};
 // For the files of this folder (`interleaved` uses the replay's types through here).
-use replay::{CostModel, ReplayConfig, ReplayError, ReplayPolicy, ReplayReport, ReplayStats};
+use replay::{CostModel, OverlapClock, ReplayConfig, ReplayError, ReplayPolicy, ReplayReport, ReplayStats};
 
 mod interleaved;
 pub mod profile;

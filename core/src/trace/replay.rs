@@ -34,7 +34,11 @@ use crate::schedule::{Schedule, Step};
 pub use crate::trace::interleaved::Sharing;
 use crate::trace::{interleaved, Trace, TraceRecord, WarmStart};
 
+mod cost;
 pub mod optimal;
+
+pub(crate) use cost::OverlapClock;
+pub use cost::{split_misses, CostModel, FetchCap, StepCost};
 
 /// What to replay: a pool policy, or a reference.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -83,46 +87,6 @@ impl ReplayPolicy {
             "optimal-shared" => Ok(Self::OptimalShared),
             other => Policy::from_name(other).map(Self::Pool),
         }
-    }
-}
-
-/// The hardware a replay prices.
-#[derive(Debug, Clone, Copy, PartialEq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct CostModel {
-    /// Bytes of one expert (all its projections).
-    pub expert_bytes: u64,
-    /// Seconds to compute one token–expert pair from slow memory.
-    pub slow_pair_seconds: f64,
-    /// Bytes per second from slow memory into a slot.
-    pub link_bytes_per_second: f64,
-    /// Seconds one layer computes a step, which prefetch copies for the next layer overlap
-    /// (0: no overlap, no prefetch).
-    pub layer_compute_seconds: f64,
-}
-
-impl CostModel {
-    /// A cost model without prefetch overlap (`layer_compute_seconds` 0).
-    pub const fn new(expert_bytes: u64, slow_pair_seconds: f64, link_bytes_per_second: f64) -> Self {
-        Self { expert_bytes, slow_pair_seconds, link_bytes_per_second, layer_compute_seconds: 0.0 }
-    }
-
-    /// With `seconds` of compute per layer step for prefetch copies to overlap.
-    pub const fn layer_compute(self, seconds: f64) -> Self {
-        Self { layer_compute_seconds: seconds, ..self }
-    }
-
-    /// Seconds to copy `bytes` over the link (0 for a link of no cost).
-    pub(crate) fn copy_seconds(&self, bytes: u64) -> f64 {
-        if self.link_bytes_per_second > 0.0 {
-            bytes as f64 / self.link_bytes_per_second
-        } else {
-            0.0
-        }
-    }
-
-    pub(crate) fn seconds(&self, served_in_place: u64, bytes: u64) -> f64 {
-        served_in_place as f64 * self.slow_pair_seconds + self.copy_seconds(bytes)
     }
 }
 
@@ -195,6 +159,10 @@ pub struct ReplayStats {
     pub prefetch_hits: u64,
     /// Bytes of prefetched experts that step did not use.
     pub prefetch_wasted_bytes: u64,
+    /// Under the overlapped model ([`CostModel::overlapped`]): experts fetched for misses served
+    /// in place (their pairs stay counted in `served_in_place`; the bytes are not in
+    /// `bytes_moved`, which counts slots filled).
+    pub fetched: u64,
 }
 
 impl ReplayStats {
@@ -222,6 +190,7 @@ impl ReplayStats {
         self.prefetched = self.prefetched.saturating_add(other.prefetched);
         self.prefetch_hits = self.prefetch_hits.saturating_add(other.prefetch_hits);
         self.prefetch_wasted_bytes = self.prefetch_wasted_bytes.saturating_add(other.prefetch_wasted_bytes);
+        self.fetched = self.fetched.saturating_add(other.fetched);
     }
 }
 
@@ -356,6 +325,7 @@ fn replay_layer(
     start.plan(&pool, layer, &mut plan).map_err(|error| ReplayError::Start { layer, error })?;
     commit(&mut pool, &plan, 0);
     let start = *pool.stats();
+    let mut overlapped = OverlapClock::default();
 
     for (i, record) in records.iter().enumerate() {
         let ids = trace.ids(record);
@@ -377,8 +347,11 @@ fn replay_layer(
         }
         commit(&mut pool, &plan, config.cost.expert_bytes);
         pool.serve(ids);
+        overlapped.step(&config.cost, plan.len(), ids, |e| pool.is_resident(e), experts);
     }
-    Ok(counters(pool.stats(), &start, &config.cost))
+    let mut c = counters(pool.stats(), &start, &config.cost);
+    overlapped.apply(&config.cost, &mut c);
+    Ok(c)
 }
 
 /// The experts every layer with records starts with, as the policies' pools place them, as

@@ -1,5 +1,7 @@
 //! The miss rule: what the host does with a routed expert that is not resident.
 
+use expertslab::trace::replay::{split_misses, FetchCap};
+
 /// What to do with a routed expert that is not resident: the three ways to serve a miss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MissAction {
@@ -76,22 +78,12 @@ impl MissRule {
             return;
         };
         // The most used first: a copy serves all of an expert's pairs, the host pays per pair.
+        // The split is the core's (`split_misses`), as the replay's overlapped model makes it.
         let mut order: Vec<usize> = (0..uses.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(uses.get(i).copied().unwrap_or(0)));
-        let total: usize = uses.iter().sum();
-        let (mut best, mut best_cost) = (uses.len(), f64::INFINITY);
-        let mut host_pairs = total;
-        for k in 0..=order.len() {
-            if k > 0 {
-                let i = order.get(k - 1).copied().unwrap_or(0);
-                host_pairs = host_pairs.saturating_sub(uses.get(i).copied().unwrap_or(0));
-            }
-            let host = if host_pairs == 0 { 0.0 } else { host_pairs as f64 * c.host_pair };
-            let cost = (k as f64 * c.copy).max(host);
-            if cost < best_cost {
-                (best, best_cost) = (k, cost);
-            }
-        }
+        let sorted: Vec<u32> =
+            order.iter().map(|&i| u32::try_from(uses.get(i).copied().unwrap_or(0)).unwrap_or(u32::MAX)).collect();
+        let best = split_misses(&sorted, 0.0, c.copy, c.host_pair, FetchCap::Balanced);
         actions.resize(uses.len(), MissAction::Host);
         for &i in order.iter().take(best) {
             if let Some(a) = actions.get_mut(i) {

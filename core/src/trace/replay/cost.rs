@@ -1,0 +1,271 @@
+//! [`CostModel`]: the hardware a replay prices, and how a layer step's costs combine.
+//!
+//! Two ways of combining them:
+//!
+//! - **Additive** (the default): every miss served in place costs `slow_pair_seconds`, every
+//!   copy `expert_bytes / link`, one after the other: `served in place × slow_pair_seconds +
+//!   bytes moved / link`.
+//! - **Overlapped** ([`CostModel::overlapped`]): copies and the compute of pairs in place use
+//!   different resources (the link's copy engine, the host CPU) and run at once. Per layer step,
+//!   the misses the pool serves in place are split by a [`FetchCap`]: the most used of them are
+//!   fetched (copied for the step, not admitted), the others computed in place; the step costs
+//!   `max(link time, in-place time)`, where the link time is the step's promotions plus its
+//!   fetched experts over the link, and the in-place time the pairs left in place ×
+//!   `slow_pair_seconds`. The compute of pairs from slots is not charged, in either model.
+//!
+//! A cap is a rule over the ways a miss is served (copy, bus read, host), not a way of its own.
+
+use alloc::vec::Vec;
+
+use super::ReplayStats;
+
+/// How many of a step's misses served in place are fetched instead ([`CostModel::overlapped`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum FetchCap {
+    /// As many as make the step cheapest: the link's time against the in-place time, the most
+    /// used experts fetched first ([`split_misses`]); the bandwidth-matched share.
+    Balanced,
+    /// At most this many per layer step, the most used first, and only while fetching one more
+    /// makes the step cheaper.
+    AtMost(u32),
+}
+
+/// The hardware a replay prices.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct CostModel {
+    /// Bytes of one expert (all its projections).
+    pub expert_bytes: u64,
+    /// Seconds to compute one token–expert pair from slow memory (in place: on the host, or
+    /// read over the bus).
+    pub slow_pair_seconds: f64,
+    /// Bytes per second from slow memory into a slot.
+    pub link_bytes_per_second: f64,
+    /// Seconds one layer computes a step, which prefetch copies for the next layer overlap
+    /// (0: no overlap, no prefetch).
+    pub layer_compute_seconds: f64,
+    /// `None`: the additive model; a cap: the overlapped model with that cap (see the
+    /// [module docs](self)).
+    pub overlap: Option<FetchCap>,
+}
+
+/// What one layer step costs under the overlapped model ([`CostModel::step`]).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct StepCost {
+    /// The step's modeled seconds.
+    pub seconds: f64,
+    /// Experts fetched for the step's misses.
+    pub fetched: u32,
+    /// Pairs left in place.
+    pub in_place: u64,
+}
+
+impl CostModel {
+    /// The additive model without prefetch overlap (`layer_compute_seconds` 0).
+    pub const fn new(expert_bytes: u64, slow_pair_seconds: f64, link_bytes_per_second: f64) -> Self {
+        Self { expert_bytes, slow_pair_seconds, link_bytes_per_second, layer_compute_seconds: 0.0, overlap: None }
+    }
+
+    /// With `seconds` of compute per layer step for prefetch copies to overlap.
+    pub const fn layer_compute(self, seconds: f64) -> Self {
+        Self { layer_compute_seconds: seconds, ..self }
+    }
+
+    /// The overlapped model with `cap` (see the [module docs](self)).
+    pub const fn overlapped(self, cap: FetchCap) -> Self {
+        Self { overlap: Some(cap), ..self }
+    }
+
+    /// Seconds to copy `bytes` over the link (0 for a link of no cost).
+    pub(crate) fn copy_seconds(&self, bytes: u64) -> f64 {
+        if self.link_bytes_per_second > 0.0 {
+            bytes as f64 / self.link_bytes_per_second
+        } else {
+            0.0
+        }
+    }
+
+    /// The additive model's time of `served_in_place` pairs and `bytes` copied.
+    pub(crate) fn seconds(&self, served_in_place: u64, bytes: u64) -> f64 {
+        served_in_place as f64 * self.slow_pair_seconds + self.copy_seconds(bytes)
+    }
+
+    /// One layer step under the overlapped model with cap `cap`: `copied` bytes of promotions
+    /// on the link, and the misses served in place, `uses[i]` pairs using missed expert `i`
+    /// (sorted here, most used first).
+    pub fn step(&self, cap: FetchCap, copied: u64, uses: &mut [u32]) -> StepCost {
+        uses.sort_unstable_by(|a, b| b.cmp(a));
+        let busy = self.copy_seconds(copied);
+        let copy = self.copy_seconds(self.expert_bytes);
+        let fetched = split_misses(uses, busy, copy, self.slow_pair_seconds, cap);
+        let in_place: u64 = uses.iter().skip(fetched).map(|&u| u64::from(u)).sum();
+        let link = busy + fetched as f64 * copy;
+        let seconds = link.max(in_place as f64 * self.slow_pair_seconds);
+        StepCost { seconds, fetched: u32::try_from(fetched).unwrap_or(u32::MAX), in_place }
+    }
+}
+
+/// How many of a step's missed experts to fetch, `uses` their pairs, most used first: the `k`
+/// (at most the cap's) with the least `max(busy + k × copy, pairs of the others × pair)`, the
+/// smallest such `k` on ties. `busy` is the link's time already taken by the step's promotions.
+/// The GPU runner splits its misses with this same function.
+pub fn split_misses(uses: &[u32], busy: f64, copy: f64, pair: f64, cap: FetchCap) -> usize {
+    let limit = match cap {
+        FetchCap::Balanced => uses.len(),
+        FetchCap::AtMost(n) => uses.len().min(n as usize),
+    };
+    let mut left: u64 = uses.iter().map(|&u| u64::from(u)).sum();
+    let cost = |k: usize, left: u64| {
+        let in_place = if left == 0 { 0.0 } else { left as f64 * pair };
+        (busy + k as f64 * copy).max(in_place)
+    };
+    let (mut best, mut best_cost) = (0, cost(0, left));
+    for (k, &u) in uses.iter().enumerate().take(limit) {
+        left = left.saturating_sub(u64::from(u));
+        let c = cost(k.saturating_add(1), left);
+        if c < best_cost {
+            (best, best_cost) = (k.saturating_add(1), c);
+        }
+    }
+    best
+}
+
+/// The overlapped model's time, step by step ([`CostModel::overlapped`]); nothing under the
+/// additive model.
+#[derive(Debug, Default)]
+pub(crate) struct OverlapClock {
+    seconds: f64,
+    fetched: u64,
+    uses: Vec<(u32, u32)>,
+    counts: Vec<u32>,
+}
+
+impl OverlapClock {
+    /// A layer step with `promotions` demand copies, its `ids` served, `resident` telling which
+    /// experts are in slots after it (the others were served in place).
+    pub(crate) fn step(
+        &mut self,
+        cost: &CostModel,
+        promotions: usize,
+        ids: &[u32],
+        resident: impl Fn(usize) -> bool,
+        experts: usize,
+    ) {
+        let Some(cap) = cost.overlap else { return };
+        self.uses.clear();
+        for &id in ids {
+            if id as usize >= experts || resident(id as usize) {
+                continue;
+            }
+            match self.uses.iter_mut().find(|(e, _)| *e == id) {
+                Some((_, n)) => *n = n.saturating_add(1),
+                None => self.uses.push((id, 1)),
+            }
+        }
+        self.counts.clear();
+        self.counts.extend(self.uses.iter().map(|&(_, n)| n));
+        let copied = (promotions as u64).saturating_mul(cost.expert_bytes);
+        let s = cost.step(cap, copied, &mut self.counts);
+        self.seconds += s.seconds;
+        self.fetched = self.fetched.saturating_add(u64::from(s.fetched));
+    }
+
+    /// Puts the overlapped time and fetches into `stats` (nothing under the additive model).
+    pub(crate) fn apply(&self, cost: &CostModel, stats: &mut ReplayStats) {
+        if cost.overlap.is_some() {
+            stats.modeled_time_s = self.seconds;
+            stats.fetched = self.fetched;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn misses_split_between_the_link_and_the_host() {
+        // A copy costs two pairs in place.
+        assert_eq!(split_misses(&[1; 8], 0.0, 2.0, 1.0, FetchCap::Balanced), 2); // max(4, 6) = 6
+        assert_eq!(split_misses(&[4, 1, 1, 1], 0.0, 2.0, 1.0, FetchCap::Balanced), 1); // max(2, 3)
+        assert_eq!(split_misses(&[1; 8], 0.0, 2.0, 1.0, FetchCap::AtMost(1)), 1);
+        assert_eq!(split_misses(&[1; 8], 0.0, 2.0, 1.0, FetchCap::AtMost(0)), 0);
+        // A link already busy with the step's promotions takes fewer fetches.
+        assert_eq!(split_misses(&[1; 8], 6.0, 2.0, 1.0, FetchCap::Balanced), 0);
+        // No cost in place worth moving: nothing fetched; an infinite pair: everything.
+        assert_eq!(split_misses(&[1, 1], 0.0, 2.0, 0.0, FetchCap::Balanced), 0);
+        assert_eq!(split_misses(&[1, 3], 0.0, 2.0, f64::INFINITY, FetchCap::Balanced), 2);
+    }
+
+    #[test]
+    fn a_step_costs_its_slowest_resource() {
+        let cost = CostModel::new(100, 1.0, 50.0).overlapped(FetchCap::Balanced); // a copy: 2 s
+        let mut uses = [1, 1, 1, 1, 1, 1, 1, 1];
+        let s = cost.step(FetchCap::Balanced, 0, &mut uses);
+        assert_eq!((s.fetched, s.in_place), (2, 6));
+        assert!((s.seconds - 6.0).abs() < 1e-12);
+        // Promotions on the link: 200 bytes (4 s) already there.
+        let s = cost.step(FetchCap::Balanced, 200, &mut [3, 1]);
+        assert_eq!((s.fetched, s.in_place), (0, 4));
+        assert!((s.seconds - 4.0).abs() < 1e-12);
+        // The additive model of the same misses, for comparison: 8 pairs in place.
+        assert!((CostModel::new(100, 1.0, 50.0).seconds(8, 0) - 8.0).abs() < 1e-12);
+    }
+
+    /// TIDE on two slots, one layer: steps [0, 1, 2, 3] (prefill), [0, 2, 2, 5], [6, 6, 6, 7].
+    fn small() -> crate::trace::Trace {
+        use crate::trace::{Trace, TraceHeader};
+        let mut t = Trace::new(TraceHeader { experts: 8, layers: 1, top_k: 2 }).unwrap();
+        for (s, ids) in [[0u32, 1, 2, 3], [0, 2, 2, 5], [6, 6, 6, 7]].iter().enumerate() {
+            t.push(0, s as u64, s == 0, ids).unwrap();
+        }
+        t
+    }
+
+    #[test]
+    fn the_overlapped_replay_charges_each_step_its_slowest_resource() {
+        use crate::trace::replay::{replay, ReplayConfig, ReplayPolicy, Sharing};
+        use crate::{InitialPlacement, Policy, Schedule};
+        // A copy takes 2 s (200 bytes at 100 B/s), a pair in place 1 s.
+        let cost = CostModel::new(200, 1.0, 100.0);
+        let config = |cost| {
+            ReplayConfig::new(ReplayPolicy::Pool(Policy::Tide), 2, Schedule::EveryForward, InitialPlacement::Warm, cost)
+        };
+        let additive = replay(&small(), &config(cost)).unwrap().total;
+        // Warm {0, 1}. Step 0: TIDE keeps 0 and 1 (counts 1 each, ties low): 2 and 3 in place.
+        // Step 1: 2 (count 2) and 0 targeted, 2 replaces 1; 5 in place. Step 2: 6 and 7
+        // promoted, nothing in place.
+        assert_eq!((additive.promotions, additive.served_in_place), (3, 3));
+        assert!((additive.modeled_time_s - (3.0 + 6.0)).abs() < 1e-9);
+        // Overlapped, no fetch: each step max(link, in place): max(0, 2) + max(2, 1) + max(4, 0).
+        let none = replay(&small(), &config(cost.overlapped(FetchCap::AtMost(0)))).unwrap().total;
+        assert!((none.modeled_time_s - 8.0).abs() < 1e-9, "{none:?}");
+        assert_eq!(none.fetched, 0);
+        // Balanced: fetching one of step 0's two misses gives max(2, 1) = 2, a tie with none,
+        // kept at none; the other steps' links are busy. The same 8 s.
+        let balanced = replay(&small(), &config(cost.overlapped(FetchCap::Balanced))).unwrap().total;
+        assert!((balanced.modeled_time_s - 8.0).abs() < 1e-9, "{balanced:?}");
+        // Counts do not depend on the time model.
+        assert_eq!((balanced.hits, balanced.promotions, balanced.served_in_place), (additive.hits, 3, 3));
+        // A slow host (3 s a pair): step 0 fetches one (max(2, 3) = 3 < 6).
+        let slow = CostModel::new(200, 3.0, 100.0).overlapped(FetchCap::Balanced);
+        let r = replay(&small(), &config(slow)).unwrap().total;
+        assert_eq!(r.fetched, 1, "{r:?}");
+        // The interleaved replay (one pool shared by the layers) charges steps the same way.
+        let shared = |cost| ReplayConfig {
+            sharing: Sharing::Shared,
+            ..ReplayConfig::new(
+                ReplayPolicy::Pool(Policy::Lru),
+                2,
+                Schedule::EveryForward,
+                InitialPlacement::Warm,
+                cost,
+            )
+        };
+        let add = replay(&small(), &shared(cost)).unwrap().total;
+        let over = replay(&small(), &shared(cost.overlapped(FetchCap::Balanced))).unwrap().total;
+        assert!(over.modeled_time_s <= add.modeled_time_s + 1e-9, "{over:?} {add:?}");
+    }
+}
