@@ -253,19 +253,32 @@ mod tests {
         let slow = CostModel::new(200, 3.0, 100.0).overlapped(FetchCap::Balanced);
         let r = replay(&small(), &config(slow)).unwrap().total;
         assert_eq!(r.fetched, 1, "{r:?}");
-        // The interleaved replay (one pool shared by the layers) charges steps the same way.
-        let shared = |cost| ReplayConfig {
+    }
+
+    #[cfg(feature = "demand")]
+    #[test]
+    fn the_interleaved_replay_charges_steps_the_same_way() {
+        use crate::trace::replay::{replay, ReplayConfig, ReplayPolicy, Sharing};
+        use crate::{InitialPlacement, Policy, Schedule};
+        let cost = CostModel::new(200, 1.0, 100.0);
+        // One pool shared by the layers replays interleaved; tinylfu with a threshold no score
+        // reaches serves every miss in place, so the split has misses to fetch.
+        let never = Policy::Tinylfu(crate::AdmissionConfig::new(4.0, 0.0, 1e9).unwrap());
+        let shared = |policy, cost| ReplayConfig {
             sharing: Sharing::Shared,
-            ..ReplayConfig::new(
-                ReplayPolicy::Pool(Policy::Lru),
-                2,
-                Schedule::EveryForward,
-                InitialPlacement::Warm,
-                cost,
-            )
+            ..ReplayConfig::new(ReplayPolicy::Pool(policy), 2, Schedule::EveryForward, InitialPlacement::Warm, cost)
         };
-        let add = replay(&small(), &shared(cost)).unwrap().total;
-        let over = replay(&small(), &shared(cost.overlapped(FetchCap::Balanced))).unwrap().total;
-        assert!(over.modeled_time_s <= add.modeled_time_s + 1e-9, "{over:?} {add:?}");
+        for policy in [Policy::Lru, never] {
+            let add = replay(&small(), &shared(policy, cost)).unwrap().total;
+            let over = replay(&small(), &shared(policy, cost.overlapped(FetchCap::Balanced))).unwrap().total;
+            assert!(over.modeled_time_s <= add.modeled_time_s + 1e-9, "{over:?} {add:?}");
+            assert_eq!((over.hits, over.promotions), (add.hits, add.promotions));
+        }
+        let in_place = replay(&small(), &shared(never, cost.overlapped(FetchCap::Balanced))).unwrap().total;
+        // Warm {0, 1}, nothing admitted. Step 0 misses 2 and 3 (fetching one: max(2, 1) = 2, a
+        // tie with none), step 1 misses 2 twice and 5 (fetch 2: max(2, 1)), step 2 misses 6
+        // three times and 7 (fetch 6: max(2, 1)): 6 s, two fetches.
+        assert_eq!(in_place.fetched, 2, "{in_place:?}");
+        assert!((in_place.modeled_time_s - 6.0).abs() < 1e-9, "{in_place:?}");
     }
 }
