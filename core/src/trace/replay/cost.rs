@@ -226,7 +226,7 @@ mod tests {
 
     #[test]
     fn the_overlapped_replay_charges_each_step_its_slowest_resource() {
-        use crate::trace::replay::{replay, ReplayConfig, ReplayPolicy, Sharing};
+        use crate::trace::replay::{replay, ReplayConfig, ReplayPolicy};
         use crate::{InitialPlacement, Policy, Schedule};
         // A copy takes 2 s (200 bytes at 100 B/s), a pair in place 1 s.
         let cost = CostModel::new(200, 1.0, 100.0);
