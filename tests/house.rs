@@ -1,4 +1,5 @@
-//! Keeps the core's house in order, reading `core/src` as text:
+//! Keeps the house in order, reading every crate's `src` as text (the core, the std adapter, the
+//! CUDA adapter, the command and the C interface):
 //!
 //! - no source file is longer than 600 lines, tests included;
 //! - the top-level modules (a file `x.rs` or a folder `x/`, which counts as one) form no import
@@ -13,15 +14,26 @@ use std::path::{Path, PathBuf};
 
 const MAX_LINES: usize = 600;
 
-/// One source file: its path relative to `core/src` (with `/`) and its text.
+/// The crates whose `src` is kept: their folders beside `tests/`.
+const CRATES: [&str; 5] = ["core", "std-adapter", "cuda-adapter", "cli", "ffi"];
+
+/// One source file: its path relative to its crate's `src` (with `/`) and its text.
 type Source = (String, String);
 
-fn core_sources() -> Vec<Source> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/src");
+fn sources(krate: &str) -> Vec<Source> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(krate).join("src");
     let mut files = Vec::new();
     collect(&root, &root, &mut files);
-    assert!(files.iter().any(|(p, _)| p == "lib.rs"), "no lib.rs under {}", root.display());
+    assert!(
+        files.iter().any(|(p, _)| p == "lib.rs" || p == "main.rs"),
+        "no lib.rs or main.rs under {}",
+        root.display()
+    );
     files
+}
+
+fn core_sources() -> Vec<Source> {
+    sources("core")
 }
 
 fn collect(root: &Path, dir: &Path, files: &mut Vec<Source>) {
@@ -138,11 +150,12 @@ fn first_segments(code: &str, prefix: &str) -> BTreeSet<String> {
     names
 }
 
-/// The top-level module of a file (`pool` for `pool.rs` and `pool/…`), or `None` for `lib.rs`.
+/// The top-level module of a file (`pool` for `pool.rs` and `pool/…`), or `None` for the crate
+/// root (`lib.rs`, `main.rs`).
 fn top_module(path: &str) -> Option<String> {
     match path.split_once('/') {
         Some((folder, _)) => Some(folder.to_string()),
-        None if path == "lib.rs" => None,
+        None if path == "lib.rs" || path == "main.rs" => None,
         None => Some(path.trim_end_matches(".rs").to_string()),
     }
 }
@@ -240,33 +253,59 @@ fn circles(graph: &Graph) -> Vec<String> {
 }
 
 #[test]
-fn no_core_source_file_is_over_600_lines() {
-    let long: Vec<String> = core_sources()
-        .iter()
-        .filter(|(_, text)| text.lines().count() > MAX_LINES)
-        .map(|(path, text)| format!("core/src/{path}: {} lines", text.lines().count()))
-        .collect();
+fn no_source_file_is_over_600_lines() {
+    let mut long = Vec::new();
+    for krate in CRATES {
+        long.extend(
+            sources(krate)
+                .iter()
+                .filter(|(_, text)| text.lines().count() > MAX_LINES)
+                .map(|(path, text)| format!("{krate}/src/{path}: {} lines", text.lines().count())),
+        );
+    }
     assert!(long.is_empty(), "split these by concept (at most {MAX_LINES} lines each): {long:#?}");
 }
 
 #[test]
-fn the_core_modules_form_no_import_circle() {
-    let files = core_sources();
-    let graph = top_level_graph(&files);
+fn the_modules_of_each_crate_form_no_import_circle() {
+    let graph = top_level_graph(&core_sources());
     assert!(graph.contains_key("pool") && graph.contains_key("policy"), "modules not found: {graph:?}");
-    let found = circles(&graph);
-    assert!(found.is_empty(), "import circles between core modules: {found:#?}");
+    let mut found = Vec::new();
+    for krate in CRATES {
+        found.extend(circles(&top_level_graph(&sources(krate))).into_iter().map(|c| format!("{krate}: {c}")));
+    }
+    assert!(found.is_empty(), "import circles between the modules of a crate: {found:#?}");
 }
 
 #[test]
-fn the_files_of_each_core_folder_form_no_import_circle() {
-    let files = core_sources();
-    let folders = folder_graphs(&files);
+fn the_files_of_each_folder_form_no_import_circle() {
     let mut found = Vec::new();
-    for (folder, graph) in &folders {
-        found.extend(circles(graph).into_iter().map(|c| format!("{folder}/: {c}")));
+    for krate in CRATES {
+        for (folder, graph) in &folder_graphs(&sources(krate)) {
+            found.extend(circles(graph).into_iter().map(|c| format!("{krate}/src/{folder}/: {c}")));
+        }
     }
     assert!(found.is_empty(), "import circles between the files of a folder: {found:#?}");
+}
+
+#[test]
+fn the_command_s_modules_do_not_reach_back_to_its_root() {
+    // `main.rs` parses arguments and dispatches; what several subcommands share lives in a
+    // module of its own, not in the root they would import from.
+    let mut found = Vec::new();
+    for (path, text) in sources("cli") {
+        if top_module(&path).is_none() {
+            continue;
+        }
+        let roots: BTreeSet<String> = first_segments(&code_of(&text), "crate::")
+            .into_iter()
+            .filter(|name| !sources("cli").iter().any(|(p, _)| top_module(p).as_deref() == Some(name)))
+            .collect();
+        if !roots.is_empty() {
+            found.push(format!("cli/src/{path}: crate::{roots:?}"));
+        }
+    }
+    assert!(found.is_empty(), "modules that use items of main.rs: {found:#?}");
 }
 
 #[test]

@@ -59,7 +59,7 @@ impl LayerPlan {
 /// Runs `expertslab fit`.
 pub fn run(args: &Args) -> Result<(), CliError> {
     let path = args.file.as_path();
-    let model = crate::open_model(path)?;
+    let model = crate::model::open_model(path)?;
     let fail = |e| CliError::model(path, e);
     let mut plans = Vec::new();
     for layer in model.moe().layers() {

@@ -29,7 +29,7 @@ pub struct Args {
 /// Runs `expertslab inspect`.
 pub fn run(args: &Args) -> Result<(), CliError> {
     let path = args.file.as_path();
-    let model = crate::open_model(path)?;
+    let model = crate::model::open_model(path)?;
     let file = model.file().map_err(|e| CliError::model(path, e))?;
     let mut out = io::stdout().lock();
     if args.json {

@@ -2,24 +2,22 @@
 //! and study placement policies on routing traces.
 //!
 //! One module per subcommand, each with its `Args` (clap) and `run`; shared pieces: [`error`]
-//! (the one error every subcommand returns), [`units`] (byte sizes), [`table`] (text output),
+//! (the one error every subcommand returns), [`model`] (GGUF files), [`units`] (byte sizes), [`table`] (text output),
 //! [`replay_args`] (trace, cost model and replay runs of `simulate` and `tune`) and [`plot`].
 //! The words the options and output use, and the earlier spellings kept as hidden aliases, are
 //! in [`WORDS`] (shown under `--help`).
 
 use std::io::{self, Write};
-use std::path::Path;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use expertslab_std::gguf::GgufModel;
-use expertslab_std::SharedBytes;
 
 mod demo;
 mod error;
 mod fit;
 mod import;
 mod inspect;
+mod model;
 mod plot;
 mod replay_args;
 mod simulate;
@@ -92,9 +90,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Opens a GGUF model through a memory map; errors name the path.
-fn open_model(path: &Path) -> Result<GgufModel<SharedBytes>, CliError> {
-    expertslab_std::open_gguf(path).map_err(|e| CliError::model(path, e))
 }

@@ -140,7 +140,7 @@ impl CostArgs {
         let expert_bytes = match (&self.expert_bytes, &self.model) {
             (Some(bytes), _) => *bytes,
             (None, Some(path)) => {
-                let model = crate::open_model(path)?;
+                let model = crate::model::open_model(path)?;
                 let sizes: Vec<u64> =
                     model.moe_layers().filter_map(|l| model.layer_layout(l)).map(|l| l.expert_bytes() as u64).collect();
                 if sizes.is_empty() {

@@ -14,9 +14,9 @@ use critical_section::Mutex;
 use cortex_m as _;
 use embedded_alloc::LlffHeap;
 
-use crate::handle::ES_ERROR_CAPACITY;
 use crate::status::EsStatus;
 use crate::text::Text;
+use crate::text::ES_ERROR_CAPACITY;
 
 /// Called once when the library panics (a bug), with the panic's text (`length` bytes, UTF-8,
 /// not NUL-terminated): where in the library's source it happened, then its message when that

@@ -7,13 +7,10 @@ use core::ptr;
 use alloc::boxed::Box;
 
 use crate::status::EsStatus;
-use crate::text::{Reason, Text};
+use crate::text::{Reason, Text, ES_ERROR_CAPACITY};
 
 /// The word every live handle starts with ("ESLB"); cleared when the handle is freed.
 const MAGIC: u32 = 0x4553_4c42;
-
-/// Bytes of error text a handle keeps (the text is cut at a character boundary to fit).
-pub const ES_ERROR_CAPACITY: usize = 160;
 
 /// The kinds of handle, as [`es_handle_footprint`](crate::es_handle_footprint) takes them.
 #[repr(u32)]

@@ -55,10 +55,11 @@ pub mod types;
 
 use core::ffi::c_char;
 
-pub use handle::{EsKind, ES_ERROR_CAPACITY};
+pub use handle::EsKind;
 pub use layout::*;
 pub use pool::*;
 pub use status::EsStatus;
+pub use text::ES_ERROR_CAPACITY;
 pub use trace::*;
 pub use transfer::*;
 pub use types::*;

@@ -10,6 +10,9 @@ use core::fmt;
 
 use expertslab::{LayoutError, PlanError, PolicyError, PoolError};
 
+/// Bytes of error text a handle keeps (the text is cut at a character boundary to fit).
+pub const ES_ERROR_CAPACITY: usize = 160;
+
 /// A fixed buffer that keeps what fits of a text, cut at a character boundary.
 pub(crate) struct Text<'a> {
     bytes: &'a mut [u8],
@@ -156,7 +159,7 @@ impl<E> Reason for Brief<'_, E> {
 /// `Display` impls print them inside theirs.
 #[cfg(not(target_os = "none"))]
 pub(crate) fn fmt_reason(reason: &dyn Reason, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    let mut bytes = [0u8; crate::handle::ES_ERROR_CAPACITY];
+    let mut bytes = [0u8; ES_ERROR_CAPACITY];
     let mut text = Text::new(&mut bytes);
     reason.write(&mut text);
     let len = text.len();

@@ -24,7 +24,8 @@
 //! | `compare.rs` | the demo's comparison ([`DemoConfig`], [`DemoReport`], [`run_demo`]) |
 //! | `gguf.rs` | [`GgufExperts`]: a GGUF file's experts, mapped, and the shape they make |
 //! | `model.rs` | [`GpuModel`]: the weights, calibration, decode, the replay's prediction |
-//! | `runner/` | one decode run on the library's path; its order checked on the mock driver (`tests.rs`) |
+//! | `kernels.rs` | the MoE FFN's launches as the runner makes them, two step buffers per layer |
+//! | `runner/` | one decode run on the library's path (`kernels.rs`: what it launches; `host.rs`: pairs on the host); its order checked on the mock driver (`tests.rs`) |
 
 use expertslab::trace::replay::{replay, CostModel, ReplayConfig, ReplayPolicy, Sharing};
 use expertslab::trace::synthetic::{RoutingShape, SplitMix64, SyntheticRouting};
@@ -37,6 +38,7 @@ use crate::reference::FfnShape;
 
 mod compare;
 mod gguf;
+mod kernels;
 mod model;
 mod runner;
 

@@ -37,8 +37,8 @@ use expertslab::{
     ExpertLayout, ExpertPool, InitialPlacement, MigrateStats, MigrationPlan, PoolConfig, PoolStats, SharedSlotPool,
     SlotArena, Step, StepError,
 };
-use expertslab_std::ffn::{ExpertFfn, PairSlabs};
-use expertslab_std::{ExpertSource, ExpertStore, Projection};
+use expertslab_std::ffn::ExpertFfn;
+use expertslab_std::ExpertStore;
 
 use super::{RunConfig, RunReport};
 use crate::arena::DEVICE_ALIGN;
@@ -51,71 +51,6 @@ use crate::table::DeviceSlotTable;
 
 /// The sink's key of the one arena a shared pool's slots live in (the pool's own layer index).
 const SHARED_ARENA: usize = 0;
-
-/// The MoE FFN's launches for a layer's step, on the runner's compute stream.
-pub(crate) trait Kernels<D: Driver> {
-    /// Stages `layer`'s step: its ids (`[tokens, top_k]`), the router's weights for `step`, and
-    /// each pair's source.
-    ///
-    /// # Errors
-    /// The kernels' or the driver's error.
-    fn stage(
-        &mut self,
-        layer: usize,
-        step: u64,
-        ids: &[u32],
-        sources: &[PairSource],
-        stream: &D::Stream,
-    ) -> Result<(), CudaError>;
-
-    /// Launches gate/up and down for the staged pairs of `phase`, reading slots through `view`
-    /// and the input at `x`.
-    ///
-    /// # Errors
-    /// The driver's error.
-    ///
-    /// # Safety
-    /// `view`, the staged sources and `x` (`[tokens, hidden]` f32) are live device memory,
-    /// ordered on `stream` after their writes and written by no other work while the launch
-    /// runs.
-    unsafe fn pairs(
-        &mut self,
-        layer: usize,
-        phase: Phase,
-        view: &SlotView,
-        x: u64,
-        stream: &D::Stream,
-    ) -> Result<(), CudaError>;
-
-    /// Launches the combine of the staged step into `y` (`[tokens, hidden]` f32).
-    ///
-    /// # Errors
-    /// The driver's error.
-    ///
-    /// # Safety
-    /// `y` is live device memory of the step's length, written by no other work meanwhile.
-    unsafe fn combine(&mut self, layer: usize, y: u64, stream: &D::Stream) -> Result<(), CudaError>;
-
-    /// Enqueues on `stream` the upload of host-computed outputs of the staged step: `parts`
-    /// holds one `hidden`-long row per entry of `pairs` (pair indexes of the step). Before the
-    /// combine.
-    ///
-    /// # Errors
-    /// The kernels' or the driver's error.
-    fn upload_parts(
-        &mut self,
-        layer: usize,
-        pairs: &[usize],
-        parts: &[f32],
-        stream: &D::Stream,
-    ) -> Result<(), CudaError>;
-
-    /// Checks what the kernels reported (after the stream's work completed).
-    ///
-    /// # Errors
-    /// [`CudaError::KernelStatus`] or the driver's error.
-    fn check(&mut self, stream: &D::Stream) -> Result<(), CudaError>;
-}
 
 /// What a run reads: the experts and their shape.
 pub(crate) struct Model<'m> {
@@ -612,43 +547,12 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
         self.done_recorded = true;
         Ok(copied)
     }
-
-    /// The host's pairs of a record (step 5): the layer's input `x` copied to the host (or the
-    /// run's activations for layer 0's input), the pairs computed into `host_parts`.
-    fn host_step(&mut self, layer: usize, ids: &[u32], x: u64) -> Result<(), CudaError> {
-        let (top_k, hidden) = (self.model.shape.top_k, self.model.shape.hidden);
-        let tokens = ids.len() / top_k.max(1);
-        let len = tokens * hidden;
-        let input: Vec<f32> = if x == self.x.ptr {
-            self.model.activations.get(..len).ok_or(CudaError::UnknownLayer { layer })?.to_vec()
-        } else {
-            self.host_x.resize(len * 4, 0);
-            // SAFETY: `x` is the previous record's output, `len` f32 long, whose kernels ended
-            // (the host waited on their event before this record).
-            unsafe { self.driver.copy_to_host(&mut self.host_x, x)? };
-            self.host_x.chunks_exact(4).map(|b| b.try_into().map_or(f32::NAN, f32::from_le_bytes)).collect()
-        };
-        let store = self.model.store;
-        let slab = |expert: usize, projection: Projection| store.expert(layer, projection, expert);
-        let pairs = self
-            .host_pairs
-            .iter()
-            .map(|&pair| {
-                let expert = ids.get(pair).copied().unwrap_or(0) as usize;
-                Ok(PairSlabs {
-                    gate: slab(expert, Projection::Gate)?,
-                    up: slab(expert, Projection::Up)?,
-                    down: slab(expert, Projection::Down)?,
-                    token: pair / top_k.max(1),
-                })
-            })
-            .collect::<Result<Vec<_>, expertslab::LayoutError>>()?;
-        self.host_parts.resize(pairs.len() * hidden, 0.0);
-        let ffn = self.model.host.as_ref().ok_or(CudaError::Unsupported("no host FFN".into()))?;
-        ffn.parts(&pairs, &input, &mut self.host_parts)
-            .map_err(|e| CudaError::Unsupported(format!("host pairs of layer {layer}: {e}")))
-    }
 }
+
+mod host;
+mod kernels;
+
+pub(crate) use kernels::Kernels;
 
 #[cfg(test)]
 mod tests;

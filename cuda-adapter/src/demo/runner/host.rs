@@ -1,0 +1,47 @@
+//! The host's share of a record: the pairs the miss rule serves on the CPU (step 5 of the
+//! [runner](super)).
+
+use expertslab_std::ffn::PairSlabs;
+use expertslab_std::{ExpertSource, Projection};
+
+use super::{Kernels, Runner};
+use crate::driver::Driver;
+use crate::error::CudaError;
+
+impl<D: Driver + Clone, K: Kernels<D>> Runner<'_, D, K> {
+    /// The host's pairs of a record (step 5): the layer's input `x` copied to the host (or the
+    /// run's activations for layer 0's input), the pairs computed into `host_parts`.
+    pub(super) fn host_step(&mut self, layer: usize, ids: &[u32], x: u64) -> Result<(), CudaError> {
+        let (top_k, hidden) = (self.model.shape.top_k, self.model.shape.hidden);
+        let tokens = ids.len() / top_k.max(1);
+        let len = tokens * hidden;
+        let input: Vec<f32> = if x == self.x.ptr {
+            self.model.activations.get(..len).ok_or(CudaError::UnknownLayer { layer })?.to_vec()
+        } else {
+            self.host_x.resize(len * 4, 0);
+            // SAFETY: `x` is the previous record's output, `len` f32 long, whose kernels ended
+            // (the host waited on their event before this record).
+            unsafe { self.driver.copy_to_host(&mut self.host_x, x)? };
+            self.host_x.chunks_exact(4).map(|b| b.try_into().map_or(f32::NAN, f32::from_le_bytes)).collect()
+        };
+        let store = self.model.store;
+        let slab = |expert: usize, projection: Projection| store.expert(layer, projection, expert);
+        let pairs = self
+            .host_pairs
+            .iter()
+            .map(|&pair| {
+                let expert = ids.get(pair).copied().unwrap_or(0) as usize;
+                Ok(PairSlabs {
+                    gate: slab(expert, Projection::Gate)?,
+                    up: slab(expert, Projection::Up)?,
+                    down: slab(expert, Projection::Down)?,
+                    token: pair / top_k.max(1),
+                })
+            })
+            .collect::<Result<Vec<_>, expertslab::LayoutError>>()?;
+        self.host_parts.resize(pairs.len() * hidden, 0.0);
+        let ffn = self.model.host.as_ref().ok_or(CudaError::Unsupported("no host FFN".into()))?;
+        ffn.parts(&pairs, &input, &mut self.host_parts)
+            .map_err(|e| CudaError::Unsupported(format!("host pairs of layer {layer}: {e}")))
+    }
+}
