@@ -365,6 +365,14 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg_attr(miri, ignore = "asks the allocator for 18 PB; Miri reports that as resource exhaustion, not a refusal")]
+    fn a_prefetcher_too_big_for_memory_is_refused() {
+        // A million layers of 65 535 experts: 18 PB of transition counts, refused, not aborted.
+        let huge = Prefetcher::new(1 << 20, 65_535, 8, Predictor::Both, Policy::Lru, false, 8);
+        assert!(matches!(huge, Err(PoolError::OutOfMemory { .. })), "{huge:?}");
+    }
+
+    #[test]
     fn learns_transitions_and_the_previous_choice() {
         let mut p = Prefetcher::new(2, 8, 2, Predictor::Transitions, Policy::Lru, false, 8).unwrap();
         // Tokens choosing {1, 2} at layer 0 choose {5, 6} at layer 1.
@@ -386,9 +394,6 @@ mod tests {
             Prefetcher::new(2, 8, 2, Predictor::Both, Policy::Tide, false, 8).unwrap_err(),
             PoolError::PolicyMismatch
         );
-        // A million layers of 65 535 experts: 18 PB of transition counts, refused, not aborted.
-        let huge = Prefetcher::new(1 << 20, 65_535, 8, Predictor::Both, Policy::Lru, false, 8);
-        assert!(matches!(huge, Err(PoolError::OutOfMemory { .. })), "{huge:?}");
         for name in Predictor::NAMES {
             assert_eq!(Predictor::from_name(name).unwrap().name(), name);
         }
