@@ -138,6 +138,15 @@ fn run_cuda(args: &Args, policy: expertslab_std::Policy) -> Result<(), CliError>
             .map_err(|e| CliError::Usage(format!("demo --device cuda --model: {e}")))?;
         config.model = *experts.spec();
         config.model_file = Some(path.clone());
+        if let Some(h) = header {
+            let m = &config.model;
+            if (h.experts as usize, h.layers as usize, h.top_k as usize) != (m.experts, m.layers, m.shape.top_k) {
+                return Err(CliError::Usage(format!(
+                    "--routing has {} experts, {} layers, top-{}; --model's file has {} experts, {} MoE layers, top-{}",
+                    h.experts, h.layers, h.top_k, m.experts, m.layers, m.shape.top_k
+                )));
+            }
+        }
     }
     let model = &mut config.model;
     model.layers = args.layers.or(header.map(|h| h.layers as usize)).unwrap_or(model.layers);

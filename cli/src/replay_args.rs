@@ -91,8 +91,8 @@ pub struct CostArgs {
     #[arg(long)]
     pub overlap: bool,
     /// With --overlap: how many of a step's misses served in place may be fetched: `balanced`
-    /// (as many as make the step cheapest) or a number per layer step [default: balanced;
-    /// `tune` searches balanced, 0, 1, 2 and 4].
+    /// (as many as make the step cheapest, the default) or at most a number per layer step (a
+    /// cap a runtime imposes; never cheaper than balanced, since fetching changes no placement).
     #[arg(long, requires = "overlap", value_parser = parse_fetch_cap)]
     pub fetch_cap: Option<FetchCap>,
 }

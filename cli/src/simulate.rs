@@ -139,6 +139,14 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     let decay = args.replay.decay.config()?;
     let admission = args.replay.admission.config()?;
     let experts = trace.header().experts as usize;
+    if cost.overlap.is_some() {
+        if let Some(reference) = args.policy.iter().find(|p| !p.prices_by_step()) {
+            return Err(CliError::Usage(format!(
+                "{} is priced by adding its costs; --overlap prices layer steps (drop one of them)",
+                reference.name()
+            )));
+        }
+    }
     let slot_counts = match (&args.sweep, args.slots) {
         (Some(Sweep(sweep)), _) => sweep.clone(),
         (None, Some(slots)) => vec![slots],

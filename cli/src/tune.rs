@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use std::num::NonZeroU32;
 
 use clap::Args as ClapArgs;
-use expertslab_std::trace::replay::{CostModel, FetchCap, ReplayPolicy, Sharing};
+use expertslab_std::trace::replay::{ReplayPolicy, Sharing};
 use expertslab_std::{slots_per_layer, AdmissionConfig, Policy, Schedule};
 use serde_json::json;
 
@@ -141,20 +141,10 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     ];
     let (initial, warm) = (args.replay.initial(), crate::warm_start::load(args.replay.warm_from.as_deref(), &trace)?);
     let prefetch = args.replay.prefetch;
-    // Under the overlapped model without a cap given, the cap is searched too.
-    let costs: Vec<CostModel> = match (cost.overlap, args.replay.cost.fetch_cap) {
-        (Some(_), None) => {
-            [FetchCap::Balanced, FetchCap::AtMost(0), FetchCap::AtMost(1), FetchCap::AtMost(2), FetchCap::AtMost(4)]
-                .into_iter()
-                .map(|cap| cost.overlapped(cap))
-                .collect()
-        }
-        _ => vec![cost],
-    };
-    let mut candidates = Vec::new();
-    for &cost in &costs {
-        candidates.extend(run_all(&trace, &jobs, initial, &warm, cost, prefetch)?);
-    }
+    let candidates = run_all(&trace, &jobs, initial, &warm, cost, prefetch)?;
+    // Under --overlap, only what is priced by layer step stands beside the candidates.
+    let baselines: Vec<_> =
+        baselines.into_iter().filter(|(p, ..)| cost.overlap.is_none() || p.prices_by_step()).collect();
     let references = run_all(&trace, &baselines, initial, &warm, cost, prefetch)?;
     let time = |r: &Run| r.report.total.modeled_time_s;
     let best = candidates

@@ -362,5 +362,14 @@ fn the_overlapped_model_prices_steps_by_their_slowest_resource() {
     assert!(overlapped[0]["total"]["fetched"].as_u64().unwrap() > 0, "TIDE serves misses in place; some are fetched");
     let o = expertslab(&["simulate", "--trace", t, "--slots", "4", "--fetch-cap", "2"]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--overlap"), "{o:?}");
+    // The optimum is priced additively: not beside overlapped runs.
+    let o = expertslab(&["simulate", "--trace", t, "--slots", "4", "--policy", "lru,optimal", "--overlap"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("optimal is priced by adding"), "{o:?}");
+    let tune = expertslab(&["tune", "--trace", t, "--max-slots", "4", "--overlap", "--json"]);
+    let doc: Value = serde_json::from_str(&stdout(&tune)).unwrap();
+    let names: Vec<&str> =
+        doc["references"].as_array().unwrap().iter().map(|r| r["policy"].as_str().unwrap()).collect();
+    assert!(!names.contains(&"optimal") && !names.contains(&"uniform") && names.contains(&"oracle"), "{names:?}");
+    assert!(doc["optimal_ratio"].is_null());
     std::fs::remove_file(trace).unwrap();
 }

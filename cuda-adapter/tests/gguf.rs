@@ -78,3 +78,33 @@ fn files_the_kernels_cannot_run_are_refused_by_name() {
     assert!(matches!(err, CudaError::Model(_)), "{err:?}");
     std::fs::remove_file(&not_gguf).unwrap();
 }
+
+#[test]
+fn a_stack_of_another_format_is_named() {
+    use common::gguf::{bytes, Meta, Tensor};
+    let (experts, hidden, ffn) = (4usize, 16usize, 8usize);
+    let stack = |name: &str, ne: [usize; 2], ggml_type: u32, elem: usize| Tensor {
+        name: format!("blk.0.ffn_{name}_exps.weight"),
+        ne: vec![ne[0] as u64, ne[1] as u64, experts as u64],
+        ggml_type,
+        bytes: vec![0; experts * hidden * ffn * elem],
+    };
+    let meta = [
+        ("general.architecture", Meta::Str("qwen3moe")),
+        ("qwen3moe.expert_count", Meta::U32(experts as u32)),
+        ("qwen3moe.expert_used_count", Meta::U32(2)),
+    ];
+    // Gate and up in BF16, down in F32.
+    let tensors =
+        [stack("gate", [hidden, ffn], 30, 2), stack("up", [hidden, ffn], 30, 2), stack("down", [ffn, hidden], 0, 4)];
+    let file = path("mixed");
+    std::fs::write(&file, bytes(&meta, &tensors)).unwrap();
+    match GgufExperts::open(&file) {
+        Err(CudaError::Model(why)) => {
+            assert!(why.contains("block 0: its down stack is 4 experts of 16 × 8 f32"), "{why}");
+            assert!(why.contains("needs 4 of 16 × 8 bf16"), "{why}");
+        }
+        other => panic!("{other:?}"),
+    }
+    std::fs::remove_file(&file).unwrap();
+}

@@ -30,7 +30,7 @@ fn gpu(test: &str) -> bool {
 
 fn spec(format: Format) -> ModelSpec {
     // hidden 264: BF16 rows of 528 bytes and F32 rows of 1056 bytes (both multiples of 16);
-    // ffn 40 leaves a partial chunk at the end of every down row.
+    // ffn 40 leaves every down row a partial block: 5 of the 32 lanes have a chunk.
     ModelSpec { experts: 16, layers: 2, shape: FfnShape { hidden: 264, ffn: 40, top_k: 4, format }, seed: 7 }
 }
 
@@ -64,9 +64,9 @@ fn trace(spec: &ModelSpec) -> Trace {
 /// Copy when an expert serves at least two pairs of the step, read over the bus otherwise.
 const MIXED: MissRule =
     MissRule::Measured(MissCosts { copy: 1.5, resident_pair: 0.0, zero_copy_pair: 1.0, host_pair: f64::INFINITY });
-/// A step's misses split between copies and the host (a copy costs one host pair).
+/// A step's misses split between copies and the host (a host pair costs two copies).
 const BALANCED: MissRule =
-    MissRule::Balanced(MissCosts { copy: 1.0, resident_pair: 0.0, zero_copy_pair: 9.0, host_pair: 1.0 });
+    MissRule::Balanced(MissCosts { copy: 1.0, resident_pair: 0.0, zero_copy_pair: 9.0, host_pair: 2.0 });
 const HOST: MissRule = MissRule::Always(MissAction::Host);
 
 fn outputs(model: &GpuModel, trace: &Trace, slots: usize, policy: Policy, miss: MissRule) -> Vec<f32> {
@@ -225,8 +225,14 @@ fn the_host_ffn_gives_the_gpu_s_bits() {
     if !gpu("the_host_ffn_gives_the_gpu_s_bits") {
         return;
     }
-    for format in [Format::BF16, Format::F32] {
-        let (spec, host, model, trace) = setup(format);
+    // The test model's shape, and one whose widths are not multiples of a chunk (8): a lane's
+    // last chunk crosses the row's end, and BF16 rows are not 16-byte multiples.
+    let odd = |format| ModelSpec { shape: FfnShape { hidden: 100, ffn: 13, top_k: 4, format }, ..spec(format) };
+    for spec in [spec(Format::BF16), spec(Format::F32), odd(Format::BF16), odd(Format::F32)] {
+        let format = spec.shape.format;
+        let host = stacks(&spec);
+        let model = GpuModel::from_host(0, spec, &host, 0).unwrap();
+        let trace = trace(&spec);
         let got = outputs(&model, &trace, 3, Policy::Lru, MIXED);
         let s = &spec.shape;
         let ffn = ExpertFfn::new(s.hidden, s.ffn, format).unwrap();
@@ -269,7 +275,12 @@ fn the_host_ffn_gives_the_gpu_s_bits() {
             pairs_checked += pairs.len();
         }
         assert_eq!(at, got.len());
-        println!("{format:?}: {pairs_checked} pairs computed on the host ({}) with the GPU's bits", ffn.isa().name());
+        println!(
+            "{format:?} {}×{}: {pairs_checked} pairs computed on the host ({}) with the GPU's bits",
+            s.hidden,
+            s.ffn,
+            ffn.isa().name()
+        );
     }
 }
 

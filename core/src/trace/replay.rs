@@ -75,6 +75,12 @@ impl ReplayPolicy {
         }
     }
 
+    /// Whether replays of it follow [`CostModel::overlapped`] when asked: every pool policy and
+    /// the oracle; the uniform reference and the optima are priced by adding their costs.
+    pub const fn prices_by_step(&self) -> bool {
+        matches!(self, Self::Pool(_) | Self::Oracle)
+    }
+
     /// The policy named `name`.
     ///
     /// # Errors

@@ -9,12 +9,42 @@
 use std::path::Path;
 
 use expertslab::gguf::GgufModel;
-use expertslab::{Format, Projection};
+use expertslab::{ExpertLayout, Format, Projection};
 use expertslab_std::{ExpertStore, SharedBytes};
 
 use super::ModelSpec;
 use crate::error::CudaError;
 use crate::reference::FfnShape;
+
+/// Says how `block`'s layout differs from the one the kernels need (that of the first block's
+/// gate stack): the first projection of another shape or format, or the projection count.
+fn layout_difference(block: usize, got: &ExpertLayout, expected: &ExpertLayout) -> String {
+    let wanted = expected.projections();
+    if got.projections().len() != wanted.len() {
+        return format!("block {block}: {} expert stacks, the kernels read gate, up and down", got.projections().len());
+    }
+    for &(projection, want) in wanted {
+        match got.find(projection) {
+            Ok((_, have)) if have == &want => {}
+            Ok((_, have)) => {
+                return format!(
+                    "block {block}: its {} stack is {} experts of {} × {} {}; the model's needs {} of {} × {} {}",
+                    projection.name(),
+                    have.experts(),
+                    have.rows(),
+                    have.cols(),
+                    have.format().name(),
+                    want.experts(),
+                    want.rows(),
+                    want.cols(),
+                    want.format().name()
+                )
+            }
+            Err(_) => return format!("block {block}: no {} stack", projection.name()),
+        }
+    }
+    format!("block {block}: its expert stacks are not laid out as the kernels read them")
+}
 
 /// A GGUF file's experts: the [`ModelSpec`] they make, and an [`ExpertStore`] over the mapped
 /// file (no byte copied) whose layer `i` is the file's `i`-th MoE block.
@@ -38,7 +68,7 @@ impl GgufExperts {
         let model = expertslab_std::open_gguf(path).map_err(|e| CudaError::Model(e.to_string()))?;
         Self::from_model(&model).map_err(|e| match e {
             CudaError::Model(why) => CudaError::Model(format!("{}: {why}", path.display())),
-            other => other,
+            other => CudaError::Model(format!("{}: {other}", path.display())),
         })
     }
 
@@ -88,17 +118,7 @@ impl GgufExperts {
         let mut blocks = Vec::with_capacity(spec.layers);
         for (index, layer) in moe.layers().iter().enumerate() {
             if layer.layout() != &expected {
-                return Err(bad(format!(
-                    "block {}: its experts are not laid out like block {}'s (gate {} × {}, up the same, down {} × {}, {}, {} experts)",
-                    layer.block(),
-                    first.block(),
-                    spec.shape.ffn,
-                    spec.shape.hidden,
-                    spec.shape.hidden,
-                    spec.shape.ffn,
-                    format.name(),
-                    spec.experts
-                )));
+                return Err(bad(layout_difference(layer.block(), layer.layout(), &expected)));
             }
             let stacks = all.layer(layer.block()).ok_or(CudaError::UnknownLayer { layer: layer.block() })?;
             store.insert(index, stacks.clone())?;

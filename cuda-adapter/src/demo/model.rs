@@ -444,7 +444,8 @@ impl GpuModel {
         let top_k = spec.shape.top_k;
         let max_tokens = records.iter().map(|r| trace.ids(r).len() / top_k).max().unwrap_or(1).max(1);
         let slots = run.slots.min(spec.experts);
-        let may_copy = run.miss != MissRule::Always(MissAction::ZeroCopy) && slots < spec.experts;
+        let never_copies = matches!(run.miss, MissRule::Always(MissAction::ZeroCopy | MissAction::Host));
+        let may_copy = !never_copies && slots < spec.experts;
         let scratch = if may_copy { (max_tokens * top_k).min(spec.experts) } else { 0 };
         let (free, _) = self.ctx.mem_get_info()?;
         check_fit(free as u64, self.slot_bytes_all_layers()?, slots, scratch)?;

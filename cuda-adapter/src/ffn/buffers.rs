@@ -27,6 +27,8 @@ pub struct StepBuffers {
     pub(super) before: usize,
     /// Pairs the kernels compute (the others are the host's).
     pub(super) on_device: usize,
+    /// The staged step's pairs computed on the host.
+    host_pairs: Vec<usize>,
     host: PinnedHostSlice<u64>,
     /// Host-computed outputs staged for upload, `[max_pairs, hidden]`.
     host_parts: Option<PinnedHostSlice<f32>>,
@@ -80,6 +82,7 @@ impl StepBuffers {
             pairs: 0,
             before: 0,
             on_device: 0,
+            host_pairs: Vec::new(),
             host,
             host_parts: None,
             hidden: shape.hidden,
@@ -162,6 +165,8 @@ impl StepBuffers {
         }
         self.before = sources.iter().filter(|s| s.on_device() && !s.after_copies()).count();
         self.on_device = sources.iter().filter(|s| s.on_device()).count();
+        self.host_pairs.clear();
+        self.host_pairs.extend((0..pairs).filter(|&p| sources.get(p).is_some_and(|s| !s.on_device())));
         self.pairs = pairs;
         self.tokens = pairs / self.top_k;
         let (dst, _guard) = self.device.device_ptr(stream);
@@ -180,15 +185,16 @@ impl StepBuffers {
     /// this call reuses after its previous upload completed.
     ///
     /// # Errors
-    /// [`CudaError::Unsupported`] when a pair is past the staged step or the lengths disagree;
+    /// [`CudaError::Unsupported`] when a pair is not one the staged step serves on the host
+    /// ([`PairSource::Host`]: the kernels write the others) or the lengths disagree;
     /// [`CudaError::Driver`].
     pub fn upload_parts(&mut self, stream: &CudaStream, pairs: &[usize], parts: &[f32]) -> Result<(), CudaError> {
         let hidden = self.hidden;
-        if parts.len() != pairs.len() * hidden || pairs.iter().any(|&p| p >= self.pairs) {
+        if parts.len() != pairs.len() * hidden || pairs.iter().any(|p| !self.host_pairs.contains(p)) {
             return Err(CudaError::Unsupported(format!(
-                "{} host outputs for pairs {pairs:?} of a step of {}",
+                "{} host outputs for pairs {pairs:?}; the staged step serves {:?} on the host",
                 parts.len() / hidden.max(1),
-                self.pairs
+                self.host_pairs
             )));
         }
         if pairs.is_empty() {
@@ -203,15 +209,16 @@ impl StepBuffers {
             self.host_parts = Some(unsafe { ctx.alloc_pinned_with_flags::<f32>(self.max_pairs * hidden, 0) }?);
         }
         let block = self.host_parts.as_mut().ok_or(CudaError::Unsupported("host parts".into()))?;
+        let outside = |pair: usize| CudaError::Unsupported(format!("pair {pair} is past the staging block"));
         let staged = block.as_mut_slice()?;
         for (&pair, row) in pairs.iter().zip(parts.chunks_exact(hidden)) {
             let at = pair * hidden;
-            staged.get_mut(at..at + hidden).ok_or(CudaError::UnknownLayer { layer: pair })?.copy_from_slice(row);
+            staged.get_mut(at..at + hidden).ok_or_else(|| outside(pair))?.copy_from_slice(row);
         }
         let staged = block.as_slice()?;
         for &pair in pairs {
             let at = pair * hidden;
-            let row = staged.get(at..at + hidden).ok_or(CudaError::UnknownLayer { layer: pair })?;
+            let row = staged.get(at..at + hidden).ok_or_else(|| outside(pair))?;
             // SAFETY: the destination is pair `pair`'s row of this step's partial outputs
             // (`max_pairs × hidden` f32, `pair` < pairs ≤ max_pairs); the source is the same row
             // of the page-locked block, not written again until `parts_uploaded` completes.

@@ -53,7 +53,7 @@ impl MissRule {
             Self::Always(action) => *action,
             Self::Balanced(_) => {
                 let mut actions = Vec::with_capacity(1);
-                self.plan(&[uses], &mut actions);
+                self.plan(&[uses], 0, &mut actions);
                 actions.first().copied().unwrap_or(MissAction::Copy)
             }
             Self::Measured(c) => {
@@ -70,8 +70,9 @@ impl MissRule {
 
 impl MissRule {
     /// The actions for a step's missed experts, `uses[i]` pairs of the step using expert `i`:
-    /// `actions[i]` (cleared and filled).
-    pub fn plan(&self, uses: &[usize], actions: &mut Vec<MissAction>) {
+    /// `actions[i]` (cleared and filled). `promotions` experts are copied for the step already
+    /// (the pool's): [`MissRule::Balanced`] counts the link busy with them.
+    pub fn plan(&self, uses: &[usize], promotions: usize, actions: &mut Vec<MissAction>) {
         actions.clear();
         let Self::Balanced(c) = self else {
             actions.extend(uses.iter().map(|&u| self.choose(u)));
@@ -83,7 +84,8 @@ impl MissRule {
         order.sort_by_key(|&i| std::cmp::Reverse(uses.get(i).copied().unwrap_or(0)));
         let sorted: Vec<u32> =
             order.iter().map(|&i| u32::try_from(uses.get(i).copied().unwrap_or(0)).unwrap_or(u32::MAX)).collect();
-        let best = split_misses(&sorted, 0.0, c.copy, c.host_pair, FetchCap::Balanced);
+        let busy = promotions as f64 * c.copy;
+        let best = split_misses(&sorted, busy, c.copy, c.host_pair, FetchCap::Balanced);
         actions.resize(uses.len(), MissAction::Host);
         for &i in order.iter().take(best) {
             if let Some(a) = actions.get_mut(i) {
@@ -120,21 +122,24 @@ mod tests {
         let mut actions = Vec::new();
         // Eight experts used once: k copies take 2k, the host 8 − k; k = 2 and k = 3 both take
         // 6, the least, and the tie goes to fewer copies.
-        rule.plan(&[1; 8], &mut actions);
+        rule.plan(&[1; 8], 0, &mut actions);
         assert_eq!(actions.iter().filter(|&&a| a == Copy).count(), 2, "{actions:?}");
         // The most used expert is copied first.
-        rule.plan(&[1, 1, 4, 1], &mut actions);
+        rule.plan(&[1, 1, 4, 1], 0, &mut actions);
         assert_eq!(actions, [Host, Host, Copy, Host]);
         // No host: every miss copied.
         let no_host = MissRule::Balanced(MissCosts { host_pair: f64::INFINITY, ..costs });
-        no_host.plan(&[1, 2, 1], &mut actions);
+        no_host.plan(&[1, 2, 1], 0, &mut actions);
         assert_eq!(actions, [Copy, Copy, Copy]);
         // A slow link: everything on the host.
-        MissRule::Balanced(MissCosts { copy: 1e9, ..costs }).plan(&[1, 1], &mut actions);
+        MissRule::Balanced(MissCosts { copy: 1e9, ..costs }).plan(&[1, 1], 0, &mut actions);
         assert_eq!(actions, [Host, Host]);
         // The other rules plan miss by miss.
-        MissRule::Always(Host).plan(&[3, 1], &mut actions);
+        MissRule::Always(Host).plan(&[3, 1], 0, &mut actions);
         assert_eq!(actions, [Host, Host]);
+        // A link busy with three promotions (6) leaves every miss to the host.
+        rule.plan(&[1; 4], 3, &mut actions);
+        assert_eq!(actions, [Host; 4]);
         assert_eq!(rule.choose(1), Host, "one pair alone: 1 on the host beats a copy of 2");
         assert_eq!(rule.choose(3), Copy);
     }

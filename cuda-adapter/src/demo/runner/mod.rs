@@ -463,7 +463,7 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
             }
         }
         let uses: Vec<usize> = self.missed.iter().map(|&(_, u)| u).collect();
-        self.rule.plan(&uses, &mut self.actions);
+        self.rule.plan(&uses, migrated.copied, &mut self.actions);
         if self.model.host.is_none() && self.actions.contains(&MissAction::Host) {
             return Err(CudaError::Unsupported(format!(
                 "misses on the host: the host FFN does not read {} experts",

@@ -128,15 +128,16 @@ fn a_layer_s_work_is_enqueued_only_after_the_previous_layer_s_event() {
     let layers: Vec<usize> = trace.records().iter().map(|r| r.layer as usize).collect();
     let mixed =
         MissRule::Measured(MissCosts { copy: 1.5, resident_pair: 0.0, zero_copy_pair: 1.0, host_pair: f64::INFINITY });
-    // Copies and host compute side by side: a copy costs one host pair, so a step's misses
-    // split between the two (TIDE serves every miss in place).
-    let balanced = MissRule::Balanced(MissCosts { copy: 1.0, resident_pair: 0.0, zero_copy_pair: 9.0, host_pair: 1.0 });
+    // Copies and host compute side by side: a host pair costs two copies, so a step's two misses
+    // split between the two (tinylfu that never admits serves every miss in place).
+    let balanced = MissRule::Balanced(MissCosts { copy: 1.0, resident_pair: 0.0, zero_copy_pair: 9.0, host_pair: 2.0 });
+    let never_admits = Policy::Tinylfu(expertslab::AdmissionConfig::new(4.0, 0.0, 1e9).unwrap());
     for (sharing, policy, miss) in [
         (Sharing::PerLayer, Policy::Lru, MissRule::Always(MissAction::Copy)),
         (Sharing::PerLayer, Policy::Tide, mixed),
         (Sharing::Shared, Policy::Lru, mixed),
         (Sharing::PerLayer, Policy::Lru, MissRule::Always(MissAction::ZeroCopy)),
-        (Sharing::PerLayer, Policy::Tide, balanced),
+        (Sharing::PerLayer, never_admits, balanced),
         (Sharing::PerLayer, Policy::Tide, MissRule::Always(MissAction::Host)),
     ] {
         let driver = Arc::new(MockDriver::new(1 << 26));
@@ -163,7 +164,7 @@ fn a_layer_s_work_is_enqueued_only_after_the_previous_layer_s_event() {
         if matches!(miss, MissRule::Balanced(_) | MissRule::Always(MissAction::Host)) {
             assert!(report.host_pairs > 0 && read_backs > 0, "{miss:?}: no host pair ({report:?})");
             if miss == balanced {
-                assert!(report.scratch_pairs > 0, "balanced: copies beside the host's pairs");
+                assert!(report.scratch_pairs > 0, "balanced: copies beside the host's pairs: {report:?}");
             }
         } else {
             assert_eq!((report.host_pairs, read_backs), (0, 0), "{miss:?}");
