@@ -48,6 +48,11 @@ fn layout_difference(block: usize, got: &ExpertLayout, expected: &ExpertLayout) 
 
 /// A GGUF file's experts: the [`ModelSpec`] they make, and an [`ExpertStore`] over the mapped
 /// file (no byte copied) whose layer `i` is the file's `i`-th MoE block.
+///
+/// Every MoE layer of the file must have separate gate, up and down stacks of one weight format
+/// the kernels read (F32 or BF16), the same shape in every layer, and the file must name the
+/// router's top-k (`{arch}.expert_used_count`). [`GgufExperts::blocks`] maps the layers back to
+/// the file's block numbers.
 #[derive(Debug, Clone)]
 pub struct GgufExperts {
     spec: ModelSpec,
@@ -57,7 +62,7 @@ pub struct GgufExperts {
 }
 
 impl GgufExperts {
-    /// Maps the file at `path` read-only and reads its experts (see the [module docs](self)).
+    /// Maps the file at `path` read-only and reads its experts (see [`GgufExperts`]).
     /// The file must not change while any handle of the store lives.
     ///
     /// # Errors

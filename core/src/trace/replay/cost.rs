@@ -1,19 +1,4 @@
 //! [`CostModel`]: the hardware a replay prices, and how a layer step's costs combine.
-//!
-//! Two ways of combining them:
-//!
-//! - **Additive** (the default): every miss served in place costs `slow_pair_seconds`, every
-//!   copy `expert_bytes / link`, one after the other: `served in place × slow_pair_seconds +
-//!   bytes moved / link`.
-//! - **Overlapped** ([`CostModel::overlapped`]): copies and the compute of pairs in place use
-//!   different resources (the link's copy engine, the host CPU) and run at once. Per layer step,
-//!   the misses the pool serves in place are split by a [`FetchCap`]: the most used of them are
-//!   fetched (copied for the step, not admitted), the others computed in place; the step costs
-//!   `max(link time, in-place time)`, where the link time is the step's promotions plus its
-//!   fetched experts over the link, and the in-place time the pairs left in place ×
-//!   `slow_pair_seconds`. The compute of pairs from slots is not charged, in either model.
-//!
-//! A cap is a rule over the ways a miss is served (copy, bus read, host), not a way of its own.
 
 use alloc::vec::Vec;
 
@@ -31,7 +16,22 @@ pub enum FetchCap {
     AtMost(u32),
 }
 
-/// The hardware a replay prices.
+/// The hardware a replay prices, and how a layer step's costs combine.
+///
+/// Two ways of combining them:
+///
+/// - **Additive** (the default): every miss served in place costs `slow_pair_seconds`, every
+///   copy `expert_bytes / link`, one after the other: `served in place × slow_pair_seconds +
+///   bytes moved / link`.
+/// - **Overlapped** ([`CostModel::overlapped`]): copies and the compute of pairs in place use
+///   different resources (the link's copy engine, the host CPU) and run at once. Per layer step,
+///   the misses the pool serves in place are split by a [`FetchCap`]: the most used of them are
+///   fetched (copied for the step, not admitted), the others computed in place; the step costs
+///   `max(link time, in-place time)`, where the link time is the step's promotions plus its
+///   fetched experts over the link, and the in-place time the pairs left in place ×
+///   `slow_pair_seconds`. The compute of pairs from slots is not charged, in either model.
+///
+/// A cap is a rule over the ways a miss is served (copy, bus read, host), not a way of its own.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct CostModel {
@@ -45,8 +45,7 @@ pub struct CostModel {
     /// Seconds one layer computes a step, which prefetch copies for the next layer overlap
     /// (0: no overlap, no prefetch).
     pub layer_compute_seconds: f64,
-    /// `None`: the additive model; a cap: the overlapped model with that cap (see the
-    /// [module docs](self)).
+    /// `None`: the additive model; a cap: the overlapped model with that cap (see above).
     pub overlap: Option<FetchCap>,
 }
 
@@ -73,7 +72,7 @@ impl CostModel {
         Self { layer_compute_seconds: seconds, ..self }
     }
 
-    /// The overlapped model with `cap` (see the [module docs](self)).
+    /// The overlapped model with `cap` (see [`CostModel`]).
     pub const fn overlapped(self, cap: FetchCap) -> Self {
         Self { overlap: Some(cap), ..self }
     }
