@@ -171,6 +171,44 @@ fn a_gguf_file_decodes_from_its_mapping_bit_identical_to_all_resident() {
     }
 }
 
+/// One record of a GPU run, for host-side checks: its ids, the input the chained runner gave it
+/// (the previous layer's GPU output of the same step, or the run's activations), the expert
+/// slabs of its layer and the GPU's output.
+struct Checked<'a> {
+    record: &'a expertslab::trace::TraceRecord,
+    ids: &'a [u32],
+    x: &'a [f32],
+    layer: &'a [Vec<u8>; 3],
+    gpu: &'a [f32],
+}
+
+/// Walks `got` (every record's GPU output, in trace order) as the runner chained the layers,
+/// calling `check` per record; checks that the outputs were all walked.
+fn each_record(
+    spec: &ModelSpec,
+    host: &[[Vec<u8>; 3]],
+    trace: &Trace,
+    got: &[f32],
+    mut check: impl FnMut(Checked<'_>),
+) {
+    let s = &spec.shape;
+    let first = activations(spec.seed, 64 * s.hidden);
+    let mut previous: Option<(u64, u32, std::ops::Range<usize>)> = None;
+    let mut at = 0;
+    for record in trace.records() {
+        let ids = trace.ids(record);
+        let len = ids.len() / s.top_k * s.hidden;
+        let x = match &previous {
+            Some((step, layer, range)) if *step == record.step && layer + 1 == record.layer => &got[range.clone()],
+            _ => &first[..len],
+        };
+        check(Checked { record, ids, x, layer: &host[record.layer as usize], gpu: &got[at..at + len] });
+        previous = Some((record.step, record.layer, at..at + len));
+        at += len;
+    }
+    assert_eq!(at, got.len());
+}
+
 #[test]
 fn outputs_match_the_cpu_reference() {
     if !gpu("outputs_match_the_cpu_reference") {
@@ -181,22 +219,13 @@ fn outputs_match_the_cpu_reference() {
         let got = outputs(&model, &trace, 3, Policy::Lru, MIXED);
         let s = &spec.shape;
         let matrix = s.gate_bytes().unwrap();
-        let mut at = 0;
         let mut worst = 0.0f32;
         // Layers are chained: a layer reads the previous layer's output of the same step (the
         // GPU's, so each layer's error is measured alone); layer 0 the run's activations.
-        let mut previous: Option<(u64, u32, std::ops::Range<usize>)> = None;
-        let first = activations(spec.seed, 64 * s.hidden);
-        for r in trace.records() {
-            let ids = trace.ids(r);
-            let tokens = ids.len() / s.top_k;
-            let x = match &previous {
-                Some((step, layer, range)) if *step == r.step && layer + 1 == r.layer => &got[range.clone()],
-                _ => &first[..tokens * s.hidden],
-            };
-            let w = router_weights(r.layer as usize, r.step, ids.len(), s.top_k);
-            let layer = &host[r.layer as usize];
-            let y = moe_ffn(s, x, ids, &w, |e| {
+        each_record(&spec, &host, &trace, &got, |c| {
+            let (r, layer) = (c.record, c.layer);
+            let w = router_weights(r.layer as usize, r.step, c.ids.len(), s.top_k);
+            let y = moe_ffn(s, c.x, c.ids, &w, |e| {
                 let range = e as usize * matrix..(e as usize + 1) * matrix;
                 Some(ExpertWeights {
                     gate: layer[0].get(range.clone())?,
@@ -205,17 +234,13 @@ fn outputs_match_the_cpu_reference() {
                 })
             })
             .unwrap();
-            let gpu = &got[at..at + y.len()];
-            previous = Some((r.step, r.layer, at..at + y.len()));
-            if let Err(e) = within_tolerance(s, gpu, &y) {
+            if let Err(e) = within_tolerance(s, c.gpu, &y) {
                 panic!("{format:?}, layer {} step {}: {e}", r.layer, r.step);
             }
-            for (a, b) in gpu.iter().zip(&y) {
+            for (a, b) in c.gpu.iter().zip(&y) {
                 worst = worst.max((a - b).abs() / b.abs().max(1e-3));
             }
-            at += y.len();
-        }
-        assert_eq!(at, got.len());
+        });
         println!("{format:?}: largest relative difference from the reference {worst:.2e}");
     }
 }
@@ -237,18 +262,11 @@ fn the_host_ffn_gives_the_gpu_s_bits() {
         let s = &spec.shape;
         let ffn = ExpertFfn::new(s.hidden, s.ffn, format).unwrap();
         let matrix = s.gate_bytes().unwrap();
-        let first = activations(spec.seed, 64 * s.hidden);
-        let mut previous: Option<(u64, u32, std::ops::Range<usize>)> = None;
-        let (mut at, mut pairs_checked) = (0, 0);
-        for r in trace.records() {
-            let ids = trace.ids(r);
-            let tokens = ids.len() / s.top_k;
-            let x = match &previous {
-                Some((step, layer, range)) if *step == r.step && layer + 1 == r.layer => &got[range.clone()],
-                _ => &first[..tokens * s.hidden],
-            };
-            let layer = &host[r.layer as usize];
-            let pairs: Vec<PairSlabs<'_>> = ids
+        let mut pairs_checked = 0;
+        each_record(&spec, &host, &trace, &got, |c| {
+            let (r, layer) = (c.record, c.layer);
+            let pairs: Vec<PairSlabs<'_>> = c
+                .ids
                 .iter()
                 .enumerate()
                 .map(|(i, &e)| {
@@ -262,19 +280,21 @@ fn the_host_ffn_gives_the_gpu_s_bits() {
                 })
                 .collect();
             let mut parts = vec![0.0f32; pairs.len() * s.hidden];
-            ffn.parts(&pairs, x, &mut parts).unwrap();
-            let w = router_weights(r.layer as usize, r.step, ids.len(), s.top_k);
-            let mut y = vec![0.0f32; tokens * s.hidden];
+            ffn.parts(&pairs, c.x, &mut parts).unwrap();
+            let w = router_weights(r.layer as usize, r.step, c.ids.len(), s.top_k);
+            let mut y = vec![0.0f32; c.gpu.len()];
             for ((y, w), parts) in y.chunks_mut(s.hidden).zip(w.chunks(s.top_k)).zip(parts.chunks(s.top_k * s.hidden)) {
                 combine(w, parts, y);
             }
-            let gpu = &got[at..at + y.len()];
-            assert_eq!(bits(gpu), bits(&y), "{format:?}, layer {} step {}: host and GPU bits differ", r.layer, r.step);
-            previous = Some((r.step, r.layer, at..at + y.len()));
-            at += y.len();
+            assert_eq!(
+                bits(c.gpu),
+                bits(&y),
+                "{format:?}, layer {} step {}: host and GPU bits differ",
+                r.layer,
+                r.step
+            );
             pairs_checked += pairs.len();
-        }
-        assert_eq!(at, got.len());
+        });
         println!(
             "{format:?} {}×{}: {pairs_checked} pairs computed on the host ({}) with the GPU's bits",
             s.hidden,
