@@ -77,7 +77,7 @@ fn bench(model: &GpuModel, calibration: &Calibration, reps: usize) -> Result<(),
         for share in [4, 2] {
             let slots = experts / share;
             let label = format!("{}%", 100 / share);
-            let (tuned, tuned_schedule) = tune_pick(&trace, slots, model.expert_bytes() as u64, calibration)?;
+            let (tuned, tuned_schedule) = tune_pick(&trace, slots, model.expert_bytes() as u64, calibration, measured)?;
             let candidates = [
                 ("(iv) lru".to_string(), Policy::Lru, Schedule::EveryForward),
                 ("(iv) tide".to_string(), Policy::Tide, Schedule::EveryForward),
@@ -154,13 +154,14 @@ fn peer(model: &GpuModel, calibration: &Calibration, reps: usize) -> Result<(), 
         line(100, "all resident", &floor, floor_token);
         for percent in [75, 50, 25, 0] {
             let slots = experts * percent / 100;
-            let (policy, schedule) = if slots == 0 {
-                (Policy::Lru, expertslab::Schedule::EveryForward)
-            } else {
-                tune_pick(&trace, slots, model.expert_bytes() as u64, calibration)?
-            };
-            let name = format!("tune: {} {}", policy.name(), schedule_name(schedule));
+            // Each way of serving misses with the pool the tune picks for it.
             for (miss, rule) in [("copy", measured), ("auto", MissRule::Balanced(*c))] {
+                let (policy, schedule) = if slots == 0 {
+                    (Policy::Lru, expertslab::Schedule::EveryForward)
+                } else {
+                    tune_pick(&trace, slots, model.expert_bytes() as u64, calibration, rule)?
+                };
+                let name = format!("tune: {} {}", policy.name(), schedule_name(schedule));
                 let run = RunConfig { schedule, ..RunConfig::new(slots, policy, rule) };
                 let r = model.decode_median(&trace, &run, reps)?;
                 line(percent, &format!("{name}, misses {miss}"), &r, floor_token);

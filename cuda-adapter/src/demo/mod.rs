@@ -27,7 +27,7 @@
 //! | `kernels.rs` | the MoE FFN's launches as the runner makes them, two step buffers per layer |
 //! | `runner/` | one decode run on the library's path (`kernels.rs`: what it launches; `host.rs`: pairs on the host); its order checked on the mock driver (`tests.rs`) |
 
-use expertslab::trace::replay::{replay, CostModel, ReplayConfig, ReplayPolicy, Sharing};
+use expertslab::trace::replay::{replay, CostModel, FetchCap, ReplayConfig, ReplayPolicy, Sharing};
 use expertslab::trace::synthetic::{RoutingShape, SplitMix64, SyntheticRouting};
 use expertslab::trace::{Trace, TraceHeader};
 use expertslab::{ExpertLayout, Format, InitialPlacement, Policy, Schedule, StackLayout};
@@ -326,7 +326,10 @@ pub fn router_weights(layer: usize, step: u64, pairs: usize, top_k: usize) -> Ve
 /// The pick of `expertslab tune` at a fixed budget: the policy and refresh interval with the
 /// lowest modeled time under the core's replay, over the deployable policies (TIDE, decay,
 /// LRU, LFU, LRU-2) and intervals τ ∈ {1, 2, 4, 8, 16, 32} for the interval policies, with the
-/// slow-pair cost of the measured miss rule and the measured link.
+/// measured link and the cost of a miss served in place under `rule`: for
+/// [`MissRule::Balanced`], a pair on the host, priced by the overlapped model
+/// ([`CostModel::overlapped`]: copies and host compute at once, a step's misses in place split
+/// between them); otherwise the measured copy-or-bus cost, priced additively.
 ///
 /// # Errors
 /// [`CudaError::Residency`] when the replay refuses the trace.
@@ -335,14 +338,23 @@ pub fn tune_pick(
     slots: usize,
     expert_bytes: u64,
     calibration: &Calibration,
+    rule: MissRule,
 ) -> Result<(Policy, Schedule), CudaError> {
     let c = &calibration.costs;
-    let slow_pair_seconds = match MissRule::Measured(*c).choose(1) {
-        MissAction::Copy => c.copy + c.resident_pair,
-        MissAction::ZeroCopy => c.zero_copy_pair,
-        MissAction::Host => c.host_pair,
+    let link = calibration.link_bytes_per_second;
+    let cost = match rule {
+        MissRule::Balanced(costs) if costs.host_pair.is_finite() => {
+            CostModel::new(expert_bytes, costs.host_pair, link).overlapped(FetchCap::Balanced)
+        }
+        _ => {
+            let slow_pair_seconds = match MissRule::Measured(*c).choose(1) {
+                MissAction::Copy => c.copy + c.resident_pair,
+                MissAction::ZeroCopy => c.zero_copy_pair,
+                MissAction::Host => c.host_pair,
+            };
+            CostModel::new(expert_bytes, slow_pair_seconds, link)
+        }
     };
-    let cost = CostModel::new(expert_bytes, slow_pair_seconds, calibration.link_bytes_per_second);
     let mut best: Option<(f64, Policy, Schedule)> = None;
     for name in ["tide", "decay", "lru", "lfu", "lru2"] {
         let policy = Policy::from_name(name).map_err(|e| CudaError::Residency(format!("{e}")))?;
@@ -401,6 +413,21 @@ mod tests {
         let mut ids = Vec::new();
         layer1.step(2, &mut ids);
         assert_eq!(trace.ids(&records[1]), &ids[..]);
+    }
+
+    #[test]
+    fn with_the_host_the_tune_pick_leaves_misses_in_place() {
+        // The H100's costs: a copy 179 µs, a pair on the host 102 µs; near-uniform routing.
+        let costs = MissCosts { copy: 179e-6, resident_pair: 6e-6, zero_copy_pair: 275e-6, host_pair: 102e-6 };
+        let calibration = Calibration { link_bytes_per_second: 52.6e9, costs };
+        let trace = SynthSettings { steps: 128, ..SynthSettings::near_uniform() }.trace().unwrap();
+        let bytes = 9 << 20;
+        let copying = tune_pick(&trace, 64, bytes, &calibration, MissRule::Measured(costs)).unwrap();
+        let hybrid = tune_pick(&trace, 64, bytes, &calibration, MissRule::Balanced(costs)).unwrap();
+        // Copying every miss, refreshing every step pays; with the host beside the link, refreshing
+        // rarely does (the misses in between split between copies and the host).
+        assert_eq!(copying.1.interval().get(), 1, "{copying:?}");
+        assert!(hybrid.1.interval().get() > 1, "{hybrid:?}");
     }
 
     #[test]
