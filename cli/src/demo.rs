@@ -61,7 +61,7 @@ pub struct Args {
     /// Also write the routing as a trace file (for `simulate` and `tune`).
     #[arg(long)]
     trace: Option<PathBuf>,
-    /// Where the slots live: `cpu` (the model above, slots in host memory) or `cuda` (a model of
+    /// Where the slots live: `cpu` (the model above or --model's, slots in host memory) or `cuda` (a model of
     /// a current MoE's shape, slots in VRAM: by default 128 experts of 9 MiB (BF16) per layer,
     /// top-8, 4 layers, 64 slots per layer).
     #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
@@ -76,9 +76,9 @@ pub struct Args {
     /// auto].
     #[arg(long, value_parser = ["copy", "bus", "host", "auto"])]
     miss: Option<String>,
-    /// With `--device cuda`: take the experts of this GGUF model file (its MoE layers' gate, up
-    /// and down stacks, F32 or BF16), read in place from a memory map, instead of generating
-    /// weights; the file sets the shape.
+    /// Take the experts of this GGUF model file (its MoE layers' gate, up and down stacks, F32
+    /// or BF16), read in place from a memory map, instead of building a model; the file sets the
+    /// shape. On the CPU the file's routers (`ffn_gate_inp`, F32) route the tokens.
     #[arg(long)]
     model: Option<PathBuf>,
 }
@@ -124,16 +124,7 @@ fn run_cuda(args: &Args, policy: expertslab_std::Policy) -> Result<(), CliError>
     let trace = args.routing.as_deref().map(crate::replay_args::read_trace).transpose()?;
     let header = trace.as_ref().map(|t| t.header());
     if let Some(path) = &args.model {
-        let shape_flags = [
-            ("--layers", args.layers.is_some()),
-            ("--experts", args.experts.is_some()),
-            ("--top-k", args.top_k.is_some()),
-            ("--d-model", args.d_model.is_some()),
-            ("--d-ff", args.d_ff.is_some()),
-        ];
-        if let Some((flag, _)) = shape_flags.iter().find(|(_, given)| *given) {
-            return Err(CliError::Usage(format!("{flag} sets a generated model's shape; --model's file sets its own")));
-        }
+        refuse_shape_flags(args)?;
         let experts = expertslab_cuda::demo::GgufExperts::open(path)
             .map_err(|e| CliError::Usage(format!("demo --device cuda --model: {e}")))?;
         config.model = *experts.spec();
@@ -206,13 +197,67 @@ fn pseudo(index: u64) -> f32 {
     (SplitMix64::new(index).next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
 }
 
+/// With `--model`, the shape flags are the file's: giving one is an error that names it.
+fn refuse_shape_flags(args: &Args) -> Result<(), CliError> {
+    let shape_flags = [
+        ("--layers", args.layers.is_some()),
+        ("--experts", args.experts.is_some()),
+        ("--top-k", args.top_k.is_some()),
+        ("--d-model", args.d_model.is_some()),
+        ("--d-ff", args.d_ff.is_some()),
+    ];
+    match shape_flags.iter().find(|(_, given)| *given) {
+        Some((flag, _)) => {
+            Err(CliError::Usage(format!("{flag} sets a generated model's shape; --model's file sets its own")))
+        }
+        None => Ok(()),
+    }
+}
+
 /// The model: router rows per layer and the expert store.
 struct Model {
     d_model: usize,
     d_ff: usize,
     top_k: usize,
+    experts: usize,
+    format: Format,
     routers: Vec<Vec<f32>>,
     store: ExpertStore,
+}
+
+/// The model of a GGUF file: its experts in place in the mapping, its routers read as F32.
+fn from_file(path: &Path) -> Result<Model, CliError> {
+    let fail = |why: String| CliError::Usage(format!("demo --model: {why}"));
+    let experts = expertslab_cuda::demo::GgufExperts::open(path).map_err(|e| fail(e.to_string()))?;
+    let spec = *experts.spec();
+    let file = crate::model::open_model(path)?;
+    let directory = file.file().map_err(|e| fail(format!("{}: {e}", path.display())))?;
+    let mut routers = Vec::with_capacity(spec.layers);
+    for &block in experts.blocks() {
+        let name = format!("blk.{block}.ffn_gate_inp.weight");
+        let tensor = directory
+            .tensor(&name)
+            .filter(|t| t.ggml_type == 0 && t.ne[0] as usize == spec.shape.hidden && t.ne[1] as usize == spec.experts)
+            .ok_or_else(|| {
+                fail(format!(
+                    "{}: no F32 router {name} of {} × {} (the CPU demo routes with the file's routers)",
+                    path.display(),
+                    spec.experts,
+                    spec.shape.hidden
+                ))
+            })?;
+        let bytes = directory.tensor_data(tensor).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+        routers.push(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect());
+    }
+    Ok(Model {
+        d_model: spec.shape.hidden,
+        d_ff: spec.shape.ffn,
+        top_k: spec.shape.top_k,
+        experts: spec.experts,
+        format: spec.shape.format,
+        routers,
+        store: experts.store().clone(),
+    })
 }
 
 fn build(args: &Cpu) -> Result<Model, CliError> {
@@ -239,7 +284,15 @@ fn build(args: &Cpu) -> Result<Model, CliError> {
             .collect::<Vec<_>>();
         store.insert(layer, LayerStacks::new(layout.clone(), &stacks).map_err(usage)?).map_err(usage)?;
     }
-    Ok(Model { d_model: args.d_model, d_ff: args.d_ff, top_k: args.top_k, routers, store })
+    Ok(Model {
+        d_model: args.d_model,
+        d_ff: args.d_ff,
+        top_k: args.top_k,
+        experts: args.experts,
+        format: Format::F32,
+        routers,
+        store,
+    })
 }
 
 /// Softmax over the router's scores, the top-k experts (ties to the lower id) and their
@@ -326,18 +379,31 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     if args.routing.is_some() {
         return Err(CliError::Usage("--routing needs --device cuda (the CPU demo routes with its own routers)".into()));
     }
-    if args.model.is_some() {
-        return Err(CliError::Usage("--model needs --device cuda (the CPU demo builds its own model)".into()));
-    }
     if args.miss.is_some() {
         return Err(CliError::Usage("--miss needs --device cuda (the CPU demo computes every miss in place)".into()));
     }
-    let args = &args.cpu();
+    let model = match &args.model {
+        Some(path) => {
+            refuse_shape_flags(args)?;
+            Some(from_file(path)?)
+        }
+        None => None,
+    };
+    let mut cpu = args.cpu();
+    if let Some(m) = &model {
+        (cpu.layers, cpu.experts, cpu.top_k, cpu.d_model, cpu.d_ff) =
+            (m.routers.len(), m.experts, m.top_k, m.d_model, m.d_ff);
+        cpu.slots = args.slots.unwrap_or(m.experts / 4);
+    }
+    let args = &cpu;
     if args.layers == 0 || args.top_k == 0 || args.top_k > args.experts {
         return Err(CliError::Usage("need layers >= 1 and experts >= top_k >= 1".into()));
     }
-    let model = build(args)?;
-    let ffn = ExpertFfn::new(model.d_model, model.d_ff, Format::F32)
+    let model = match model {
+        Some(model) => model,
+        None => build(args)?,
+    };
+    let ffn = ExpertFfn::new(model.d_model, model.d_ff, model.format)
         .map_err(|e| CliError::Usage(format!("expert FFN: {e}")))?;
     let expert_bytes = model.store.layer(0).map_or(0, |l| l.layout().expert_bytes());
     let config = PoolConfig::new(args.experts, args.slots).policy(policy).schedule(args.schedule);
@@ -421,10 +487,11 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     let mut out = io::stdout().lock();
     writeln!(
         out,
-        "expertslab demo: {} layers × {} experts of {} (F32, top-{}), {} slots per layer, {}, {}",
+        "expertslab demo: {} layers × {} experts of {} ({}, top-{}), {} slots per layer, {}, {}",
         args.layers,
         args.experts,
         format_size(expert_bytes as u64),
+        model.format.name(),
         args.top_k,
         args.slots,
         policy.name(),

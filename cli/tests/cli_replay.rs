@@ -282,7 +282,7 @@ fn demo_flags_that_do_not_apply_are_refused() {
     // is looked for.
     let fused = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/gguf/moe_fused.gguf");
     for (args, expected) in [
-        (vec!["demo", "--model", fused], "--model needs --device cuda"),
+        (vec!["demo", "--model", fused], "a fused gate_up stack is not read"),
         (vec!["demo", "--miss", "host"], "--miss needs --device cuda"),
         (
             vec!["demo", "--device", "cuda", "--model", fused, "--layers", "2"],
@@ -372,4 +372,31 @@ fn the_overlapped_model_prices_steps_by_their_slowest_resource() {
     assert!(!names.contains(&"optimal") && !names.contains(&"uniform") && names.contains(&"oracle"), "{names:?}");
     assert!(doc["optimal_ratio"].is_null());
     std::fs::remove_file(trace).unwrap();
+}
+
+#[test]
+fn the_cpu_demo_runs_a_gguf_file_with_its_own_routers() {
+    // 2 MoE layers of 16 BF16 experts (hidden 64, FFN 32), top-2, after a dense block.
+    let (experts, hidden, ffn) = (16usize, 64usize, 32usize);
+    let stack = |seed: usize, cols: usize| -> Vec<u8> {
+        let scale = (3.0 / cols as f32).sqrt();
+        (0..experts * hidden * ffn)
+            .flat_map(|i| {
+                let unit = ((i * 7919 + seed * 104_729) % 2001) as f32 / 1000.0 - 1.0;
+                (((unit * scale).to_bits() >> 16) as u16).to_le_bytes()
+            })
+            .collect()
+    };
+    let layers: Vec<[Vec<u8>; 3]> =
+        (0..2).map(|l| [stack(3 * l, hidden), stack(3 * l + 1, hidden), stack(3 * l + 2, ffn)]).collect();
+    let path = temp("cpu-demo.gguf");
+    expertslab_tests::gguf::write_moe(&path, experts, hidden, ffn, 2, 30, &layers);
+    let p = path.to_str().unwrap();
+    let out = stdout(&expertslab(&["demo", "--model", p, "--steps", "30", "--slots", "4", "--policy", "lru"]));
+    assert!(out.contains("2 layers × 16 experts") && out.contains("(bf16, top-2), 4 slots per layer"), "{out}");
+    assert!(out.contains("identical to the all-resident output at every step and layer (60 compared)"), "{out}");
+    // The file sets the shape.
+    let o = expertslab(&["demo", "--model", p, "--experts", "8"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--experts sets a generated"), "{o:?}");
+    std::fs::remove_file(path).unwrap();
 }

@@ -4,14 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
-mod common;
-
 use std::path::PathBuf;
 
-use common::gguf::write_moe;
 use expertslab::{ExpertSource, Format, Projection};
 use expertslab_cuda::demo::GgufExperts;
 use expertslab_cuda::CudaError;
+use expertslab_tests::gguf::write_moe;
 
 fn path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("expertslab-cuda-{}-{name}.gguf", std::process::id()))
@@ -81,7 +79,7 @@ fn files_the_kernels_cannot_run_are_refused_by_name() {
 
 #[test]
 fn a_stack_of_another_format_is_named() {
-    use common::gguf::{bytes, Meta, Tensor};
+    use expertslab_tests::gguf::{bytes, Meta, Tensor};
     let (experts, hidden, ffn) = (4usize, 16usize, 8usize);
     let stack = |name: &str, ne: [usize; 2], ggml_type: u32, elem: usize| Tensor {
         name: format!("blk.0.ffn_{name}_exps.weight"),

@@ -2,8 +2,6 @@
 //! action, and agreement with the CPU reference. They need a CUDA device and NVRTC; without a
 //! driver or a device each test prints one line saying it was not run, and passes.
 
-mod common;
-
 use std::io::Write;
 
 use expertslab::trace::replay::Sharing;
@@ -147,7 +145,7 @@ fn a_gguf_file_decodes_from_its_mapping_bit_identical_to_all_resident() {
         let host = stacks(&spec);
         let file = std::env::temp_dir().join(format!("expertslab-gpu-{}-{format:?}.gguf", std::process::id()));
         let s = &spec.shape;
-        common::gguf::write_moe(&file, spec.experts, s.hidden, s.ffn, s.top_k as u32, ggml_type, &host);
+        expertslab_tests::gguf::write_moe(&file, spec.experts, s.hidden, s.ffn, s.top_k as u32, ggml_type, &host);
         let model = GpuModel::open_gguf(0, &file).unwrap();
         assert_eq!(model.spec(), &spec, "the file's shape");
         assert!(model.weights().contains("mapped read-only"), "{}", model.weights());

@@ -6,6 +6,7 @@
 
 pub mod families;
 pub mod fuzz;
+pub mod gguf;
 
 /// `n` cases of a property or sampled loop, or a handful under Miri, which runs each case
 /// thousands of times slower.

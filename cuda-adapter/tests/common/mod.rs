@@ -12,8 +12,6 @@ use expertslab_cuda::{
 };
 use expertslab_std::{ExpertStore, LayerStacks, SharedBytes};
 
-pub mod gguf;
-
 /// The byte at position `i` of `expert`'s slab of projection `projection` in `layer`.
 pub fn pattern(layer: usize, projection: usize, expert: usize, i: usize) -> u8 {
     ((layer * 31 + projection * 7 + expert * 13 + i * 3 + i / 251) % 253) as u8

@@ -1,4 +1,4 @@
-//! A small GGUF v3 writer for tests: metadata of a few types and tensors of F32 or BF16 bytes.
+//! A small GGUF v3 writer for tests: metadata of a few types and tensors of any bytes.
 
 use std::path::Path;
 
@@ -69,7 +69,9 @@ pub fn bytes(meta: &[(&str, Meta)], tensors: &[Tensor]) -> Vec<u8> {
 
 /// Writes a `qwen3moe`-style file at `path`: block 0 dense (an `ffn_up` tensor only), then one
 /// MoE block per entry of `layers` (gate, up and down stacks of `experts` experts, `ffn × hidden`,
-/// `ffn × hidden` and `hidden × ffn`, of ggml type `ggml_type`), with the router's top-k.
+/// `ffn × hidden` and `hidden × ffn`, of ggml type `ggml_type`, and an F32 router
+/// `ffn_gate_inp` of `experts × hidden`, uniform in ±1 / sqrt(hidden)), with the router's top-k
+/// (none written when `top_k` is 0).
 pub fn write_moe(
     path: &Path,
     experts: usize,
@@ -102,6 +104,19 @@ pub fn write_moe(
             ne: vec![hidden as u64],
             ggml_type: 0,
             bytes: vec![0; hidden * 4],
+        });
+        let scale = 1.0 / (hidden as f32).sqrt();
+        let router: Vec<u8> = (0..experts * hidden)
+            .flat_map(|i| {
+                let unit = ((i * 7919 + block * 104_729) % 2001) as f32 / 1000.0 - 1.0;
+                (unit * scale).to_le_bytes()
+            })
+            .collect();
+        tensors.push(Tensor {
+            name: format!("blk.{block}.ffn_gate_inp.weight"),
+            ne: vec![hidden as u64, experts as u64],
+            ggml_type: 0,
+            bytes: router,
         });
         for (name, ne, bytes) in
             [("gate", [hidden, ffn], gate), ("up", [hidden, ffn], up), ("down", [ffn, hidden], down)]
