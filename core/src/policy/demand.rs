@@ -181,10 +181,18 @@ impl DemandCache {
         self.future = Future { next, next_use, cursor: 0 };
     }
 
-    /// Serves `ids` in order, updating the policy's state. With `admit`, each miss is admitted:
-    /// `plan` gets a promotion into a free slot or the demotion candidate's, whose expert is demoted. Returns
-    /// the number of demotions.
-    pub(crate) fn step(&mut self, state: AdmitState<'_>, ids: &[u32], admit: bool, plan: &mut MigrationPlan) -> usize {
+    /// Serves `ids` in order, updating the policy's state. With `admit`, each miss is admitted,
+    /// up to `limit` admissions (later misses are served in place): `plan` gets a promotion into
+    /// a free slot or the demotion candidate's, whose expert is demoted. Returns the number of
+    /// demotions.
+    pub(crate) fn step(
+        &mut self,
+        state: AdmitState<'_>,
+        ids: &[u32],
+        admit: bool,
+        limit: usize,
+        plan: &mut MigrationPlan,
+    ) -> usize {
         let AdmitState { expert_slot, slot_expert } = state;
         self.step = self.step.saturating_add(1);
         self.searches = 0;
@@ -222,7 +230,7 @@ impl DemandCache {
                 }
                 continue;
             }
-            if !admit {
+            if !admit || plan.len() >= limit {
                 continue;
             }
             let free = if occupied < slot_expert.len() { self.free_slot(slot_expert) } else { None };

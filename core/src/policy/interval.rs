@@ -180,8 +180,9 @@ impl IntervalPlacement {
     }
 
     /// Decides the placement, frees the slots of demoted experts in `state.slot_expert`, and
-    /// fills `plan` with the promotions. Returns the number of demotions.
-    pub(crate) fn refresh(&mut self, state: RefreshState<'_>, plan: &mut MigrationPlan) -> usize {
+    /// fills `plan` with at most `limit` promotions (hottest first). Returns the number of
+    /// demotions.
+    pub(crate) fn refresh(&mut self, state: RefreshState<'_>, limit: usize, plan: &mut MigrationPlan) -> usize {
         let RefreshState { counts, resident, slot_expert, candidates } = state;
         let slots = slot_expert.len();
         self.select_targets(counts, candidates, slots);
@@ -208,7 +209,7 @@ impl IntervalPlacement {
         let mut free = self.free.iter();
         let mut demotables = self.demotables.iter();
         let mut demotions = 0usize;
-        let cap = self.max_promotions();
+        let cap = self.max_promotions().min(limit);
         for t in &self.targets {
             if plan.len() >= cap {
                 break;

@@ -80,6 +80,8 @@ pub struct ExpertPool {
     copied: Vec<u16>,
     /// Bumped by every slot-count change; plans carry the generation they were made at.
     slots_generation: u32,
+    /// At most this many promotions per planned step ([`ExpertPool::set_fetch_cap`]).
+    fetch_cap: Option<u32>,
 }
 
 impl ExpertPool {
@@ -114,6 +116,7 @@ impl ExpertPool {
             stats: PoolStats::default(),
             copied: Vec::with_capacity(slots),
             slots_generation: 0,
+            fetch_cap: None,
         })
     }
 
@@ -315,12 +318,27 @@ impl ExpertPool {
                 PolicyState::Demand(cache) => {
                     // The ids are still uses: recency, frequency and Belady's position follow them.
                     let (expert_slot, slot_expert) = self.table.parts_mut();
-                    cache.step(AdmitState { expert_slot, slot_expert }, ids, false, plan);
+                    cache.step(AdmitState { expert_slot, slot_expert }, ids, false, usize::MAX, plan);
                 }
             }
             self.note_copies(plan);
         }
         Ok(due)
+    }
+
+    /// Caps the promotions of every step planned from now on at `cap` (`None`: no cap, the
+    /// default): a refresh promotes at most `cap` of its targets, hottest first; a demand step
+    /// admits at most `cap` misses, in serving order, and serves the others in place. A runtime
+    /// that computes misses where the weights are (on the host) sets the step's
+    /// bandwidth-matched share here (see [`crate::trace::replay::split_misses`]) so the copies
+    /// and that compute take about as long.
+    pub fn set_fetch_cap(&mut self, cap: Option<u32>) {
+        self.fetch_cap = cap;
+    }
+
+    /// The cap [`ExpertPool::set_fetch_cap`] set.
+    pub const fn fetch_cap(&self) -> Option<u32> {
+        self.fetch_cap
     }
 
     /// Decides placement now from `ids`, whatever the schedule: an interval policy refreshes (see
@@ -342,6 +360,7 @@ impl ExpertPool {
     /// [`ExpertPool::refresh`] of a step of at most [`MAX_STEP_IDS`] ids.
     fn decide(&mut self, ids: &[u32], plan: &mut MigrationPlan) {
         plan.reset(self.layer, self.slots_generation, self.slots());
+        let limit = self.fetch_cap.map_or(usize::MAX, |cap| cap as usize);
         self.stats.refreshes = self.stats.refreshes.saturating_add(1);
         #[cfg_attr(
             not(feature = "demand"),
@@ -352,7 +371,7 @@ impl ExpertPool {
             #[cfg(feature = "demand")]
             PolicyState::Demand(cache) => {
                 let (expert_slot, slot_expert) = self.table.parts_mut();
-                let demoted = cache.step(AdmitState { expert_slot, slot_expert }, ids, true, plan);
+                let demoted = cache.step(AdmitState { expert_slot, slot_expert }, ids, true, limit, plan);
                 self.record_demotions(demoted);
                 return;
             }
@@ -369,7 +388,7 @@ impl ExpertPool {
         let candidates = if sparse { Candidates::Ids(ids) } else { Candidates::All };
         let (counts, slot_expert) = self.table.parts_mut();
         let state = RefreshState { counts, resident: self.resident, slot_expert, candidates };
-        let demoted = placement.refresh(state, plan);
+        let demoted = placement.refresh(state, limit, plan);
         self.record_demotions(demoted);
         self.table.end_counts(ids, plan.promotions().iter().filter_map(|p| p.demoted), sparse);
     }

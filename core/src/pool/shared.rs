@@ -117,6 +117,11 @@ impl SharedSlotPool {
         self.pool.slots()
     }
 
+    /// Caps the admissions of every step from now on (see [`ExpertPool::set_fetch_cap`]).
+    pub fn set_fetch_cap(&mut self, cap: Option<u32>) {
+        self.pool.set_fetch_cap(cap);
+    }
+
     /// Resident keys.
     pub const fn resident(&self) -> usize {
         self.pool.resident()

@@ -254,3 +254,38 @@ fn a_given_placement_fills_slots_in_list_order_and_skips_what_cannot_move() {
     warm.placement_plan(&[0, 1, 2], &mut b).unwrap();
     assert_eq!(a, b);
 }
+
+/// A fetch cap bounds a step's promotions, hottest first under TIDE and in serving order under
+/// a demand policy; the misses left are served in place, and lifting the cap restores the rule.
+#[test]
+fn a_fetch_cap_bounds_a_step_s_promotions() {
+    let step = crate::schedule::Step::decode(1);
+    // TIDE on 4 slots, cold: the step's counts are 5:3, 6:2, 7:1.
+    let mut tide = pool(8, 4, InitialPlacement::Cold);
+    let mut plan = MigrationPlan::new(4);
+    tide.set_fetch_cap(Some(1));
+    assert_eq!(tide.fetch_cap(), Some(1));
+    let ids = [7, 5, 6, 5, 6, 5];
+    tide.plan_step(step, &ids, &mut plan).unwrap();
+    assert_eq!(plan.promotions().iter().map(|p| p.expert).collect::<Vec<_>>(), [5], "the hottest only");
+    commit_all(&mut tide, &plan);
+    let served = tide.serve(&ids);
+    assert_eq!((served.served_by_copy, served.served_in_place), (3, 3));
+    tide.set_fetch_cap(None);
+    tide.plan_step(crate::schedule::Step::decode(2), &ids, &mut plan).unwrap();
+    assert_eq!(plan.len(), 2, "no cap: 6 and 7 too");
+    #[cfg(feature = "demand")]
+    {
+        let mut lru = ExpertPool::new(PoolConfig::new(8, 4).policy(Policy::Lru).initial(InitialPlacement::Cold)).unwrap();
+        lru.set_fetch_cap(Some(2));
+        lru.plan_step(step, &ids, &mut plan).unwrap();
+        assert_eq!(plan.promotions().iter().map(|p| p.expert).collect::<Vec<_>>(), [7, 5], "serving order");
+        commit_all(&mut lru, &plan);
+        let served = lru.serve(&ids);
+        assert_eq!((served.served_by_copy, served.served_in_place), (4, 2));
+        let mut shared = SharedSlotPool::new(2, PoolConfig::new(8, 4).policy(Policy::Lru), 16).unwrap();
+        shared.set_fetch_cap(Some(0));
+        shared.plan_step(0, step, &ids, &mut plan).unwrap();
+        assert!(plan.is_empty(), "a cap of 0 promotes nothing");
+    }
+}

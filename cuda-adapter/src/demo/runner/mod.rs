@@ -433,7 +433,9 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
         let expert_bytes = self.model.expert_bytes as u64;
         self.before.clear();
         self.before.extend(ids.iter().map(|&id| self.placement.slot_of(layer, id as usize)));
-        // 2. The pool's step: plan, migrate through the sink, serve.
+        // 2. The pool's step: plan, migrate through the sink, serve. Under the balanced rule the
+        // pool promotes at most the step's bandwidth-matched share of its misses.
+        let cap = self.fetch_cap(ids);
         let migrated = match &mut self.placement {
             Placement::None => {
                 self.misses += ids.len() as u64;
@@ -441,9 +443,11 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
             }
             Placement::PerLayer(pools) => {
                 let pool = pools.get_mut(layer).ok_or(CudaError::UnknownLayer { layer })?;
+                pool.set_fetch_cap(cap);
                 pool.step(step, ids, &mut self.plan, layout, store, &mut self.sink).map_err(step_error)?.migrated
             }
             Placement::Shared(pool) => {
+                pool.set_fetch_cap(cap);
                 pool.step(layer, step, ids, &mut self.plan, layout, store, &mut self.sink).map_err(step_error)?.migrated
             }
         };

@@ -138,6 +138,9 @@ fn a_layer_s_work_is_enqueued_only_after_the_previous_layer_s_event() {
         (Sharing::Shared, Policy::Lru, mixed),
         (Sharing::PerLayer, Policy::Lru, MissRule::Always(MissAction::ZeroCopy)),
         (Sharing::PerLayer, never_admits, balanced),
+        // LRU under the balanced rule: the pool promotes the step's share, the host the rest.
+        (Sharing::PerLayer, Policy::Lru, balanced),
+        (Sharing::Shared, Policy::Lru, balanced),
         (Sharing::PerLayer, Policy::Tide, MissRule::Always(MissAction::Host)),
     ] {
         let driver = Arc::new(MockDriver::new(1 << 26));
@@ -163,8 +166,11 @@ fn a_layer_s_work_is_enqueued_only_after_the_previous_layer_s_event() {
         let read_backs = driver.ops().iter().filter(|op| matches!(op, MockOp::ReadBack { .. })).count();
         if matches!(miss, MissRule::Balanced(_) | MissRule::Always(MissAction::Host)) {
             assert!(report.host_pairs > 0 && read_backs > 0, "{miss:?}: no host pair ({report:?})");
-            if miss == balanced {
+            if miss == balanced && policy == never_admits {
                 assert!(report.scratch_pairs > 0, "balanced: copies beside the host's pairs: {report:?}");
+            }
+            if miss == balanced && policy == Policy::Lru {
+                assert!(report.promotions > 0, "balanced LRU: promotions beside the host's pairs: {report:?}");
             }
         } else {
             assert_eq!((report.host_pairs, read_backs), (0, 0), "{miss:?}");
