@@ -86,13 +86,14 @@ pub struct CostArgs {
     #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
     pub layer_compute_us: f64,
     /// Price each layer step by its slowest resource: copies over the link and pairs computed in
-    /// place run at once, and the misses served in place are split between fetching (copying
-    /// for the step) and in-place compute by --fetch-cap. Without it, costs add up.
+    /// place run at once. Each step's promotions are capped at its share of the misses by
+    /// --fetch-cap, and the misses left in place are split between fetching (copying for the
+    /// step) and in-place compute. Without it, costs add up and pools are not capped.
     #[arg(long)]
     pub overlap: bool,
-    /// With --overlap: how many of a step's misses served in place may be fetched: `balanced`
-    /// (as many as make the step cheapest, the default) or at most a number per layer step (a
-    /// cap a runtime imposes; never cheaper than balanced, since fetching changes no placement).
+    /// With --overlap: how many of a step's misses may be copied (promoted or fetched):
+    /// `balanced` (as many as make the step cheapest, the default) or at most a number per layer
+    /// step.
     #[arg(long, requires = "overlap", value_parser = parse_fetch_cap)]
     pub fetch_cap: Option<FetchCap>,
 }

@@ -276,7 +276,8 @@ fn a_fetch_cap_bounds_a_step_s_promotions() {
     assert_eq!(plan.len(), 2, "no cap: 6 and 7 too");
     #[cfg(feature = "demand")]
     {
-        let mut lru = ExpertPool::new(PoolConfig::new(8, 4).policy(Policy::Lru).initial(InitialPlacement::Cold)).unwrap();
+        let mut lru =
+            ExpertPool::new(PoolConfig::new(8, 4).policy(Policy::Lru).initial(InitialPlacement::Cold)).unwrap();
         lru.set_fetch_cap(Some(2));
         lru.plan_step(step, &ids, &mut plan).unwrap();
         assert_eq!(plan.promotions().iter().map(|p| p.expert).collect::<Vec<_>>(), [7, 5], "serving order");

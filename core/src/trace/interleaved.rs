@@ -220,6 +220,9 @@ pub(crate) fn replay(trace: &Trace, config: &ReplayConfig, start: &WarmStart) ->
         let served = match &mut pools {
             Pools::PerLayer(pools) => {
                 let pool = pools.get_mut(at).ok_or(fail(PoolError::NoExperts))?;
+                if let Some(clock) = clocks.get_mut(at) {
+                    pool.set_fetch_cap(clock.cap(&config.cost, ids, |e| pool.is_resident(e), experts));
+                }
                 pool.plan_step(step, ids, &mut plan).map_err(fail)?;
                 for &p in plan.promotions() {
                     let _ = pool.commit(p, bytes);
@@ -227,6 +230,10 @@ pub(crate) fn replay(trace: &Trace, config: &ReplayConfig, start: &WarmStart) ->
                 pool.serve(ids)
             }
             Pools::Shared(pool) => {
+                if let Some(clock) = clocks.get_mut(at) {
+                    let cap = clock.cap(&config.cost, ids, |e| pool.slot_of(at, e).is_some(), experts);
+                    pool.set_fetch_cap(cap);
+                }
                 pool.plan_step(at, step, ids, &mut plan).map_err(fail)?;
                 for &p in plan.promotions() {
                     let _ = pool.commit(p, bytes);

@@ -349,6 +349,8 @@ fn replay_layer(
             }
             pool.refresh(scratch, &mut plan).map_err(pool_error)?;
         } else {
+            let cap = overlapped.cap(&config.cost, ids, |e| pool.is_resident(e), experts);
+            pool.set_fetch_cap(cap);
             pool.plan_step(step, ids, &mut plan).map_err(pool_error)?;
         }
         commit(&mut pool, &plan, config.cost.expert_bytes);

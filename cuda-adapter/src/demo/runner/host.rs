@@ -7,9 +7,9 @@ use expertslab_std::{ExpertSource, Projection};
 use expertslab::trace::replay::{split_misses, FetchCap};
 
 use super::{Kernels, Runner};
-use crate::ffn::MissRule;
 use crate::driver::Driver;
 use crate::error::CudaError;
+use crate::ffn::MissRule;
 
 impl<D: Driver + Clone, K: Kernels<D>> Runner<'_, D, K> {
     /// Under [`MissRule::Balanced`], how many of the record's missed experts (not resident
