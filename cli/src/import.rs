@@ -101,8 +101,9 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     let mut out = BufWriter::new(out);
     routing.write(&mut out).and_then(|()| out.flush()).map_err(|e| CliError::io(&args.out, e))?;
     let h = routing.header;
+    // On stderr, as `synth` does: the trace may be written to standard output.
     writeln!(
-        io::stdout().lock(),
+        io::stderr().lock(),
         "{}: {} tokens in {} sequence(s), {} layers × {} experts, top-{} -> {}",
         args.input.display(),
         routing.steps,

@@ -99,7 +99,10 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     }
     .min(experts);
     if max == 0 {
-        return Err(CliError::Usage("not one expert per layer fits in that memory".into()));
+        return Err(CliError::Usage(match (args.max_slots, args.memory) {
+            (Some(_), _) => "--max-slots 0: tune needs at least one slot per layer".into(),
+            _ => "not one expert per layer fits in --memory".into(),
+        }));
     }
     if let Some(reference) = args.policy.iter().find(|p| !matches!(p, ReplayPolicy::Pool(p) if *p != Policy::Belady)) {
         return Err(CliError::Usage(format!(

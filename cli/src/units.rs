@@ -21,6 +21,9 @@ const MAX_DECIMALS: usize = 18;
 /// it). A fraction of a byte is rounded down: `1.5GB` is 1500000000 bytes.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
+    if text.starts_with('-') {
+        return Err(format!("'{text}': a size cannot be negative"));
+    }
     let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let unit = match unit.trim_start() {

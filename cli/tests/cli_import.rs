@@ -33,8 +33,19 @@ fn import_switch(name: &str) -> PathBuf {
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert!(stdout(&o).contains("215 tokens in 1 sequence(s), 6 layers × 8 experts, top-1"));
+    // The summary goes to stderr, so a trace written to standard output stays a trace.
+    assert!(stdout(&o).is_empty(), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("215 tokens in 1 sequence(s), 6 layers × 8 experts, top-1"));
     out
+}
+
+#[test]
+fn a_trace_imported_to_standard_output_reads_back() {
+    let o =
+        expertslab(&["trace", "import", &switch_base_8(), "--selections-key", "selections", "--out", "/dev/stdout"]);
+    assert!(o.status.success(), "{o:?}");
+    let trace = Trace::parse(&String::from_utf8(o.stdout).unwrap()).unwrap();
+    assert_eq!(trace.header(), TraceHeader { experts: 8, layers: 6, top_k: 1 });
 }
 
 fn simulate(trace: &Path, extra: &[&str]) -> Vec<Value> {

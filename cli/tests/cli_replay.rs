@@ -402,3 +402,20 @@ fn the_cpu_demo_runs_a_gguf_file_with_its_own_routers() {
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--experts sets a generated"), "{o:?}");
     std::fs::remove_file(path).unwrap();
 }
+
+#[test]
+fn zero_counts_and_negative_sizes_say_what_is_wrong() {
+    let trace = synth("zero-counts.ndjson", "10");
+    let t = trace.to_str().unwrap();
+    let out = temp("zero-experts.ndjson");
+    for (args, expected) in [
+        (vec!["tune", "--trace", t, "--max-slots", "0"], "--max-slots 0: tune needs at least one slot per layer"),
+        (vec!["synth", "--out", out.to_str().unwrap(), "--experts", "0"], "needs at least one expert (0 given)"),
+        (vec!["simulate", "--trace", t, "--expert-bytes=-5"], "'-5': a size cannot be negative"),
+    ] {
+        let o = expertslab(&args);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    std::fs::remove_file(trace).unwrap();
+}

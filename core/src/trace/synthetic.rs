@@ -46,6 +46,7 @@ pub enum ShapeError {
 impl fmt::Display for ShapeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
+            Self::TopK { top_k, experts: 0 } => write!(f, "top-{top_k} routing needs at least one expert (0 given)"),
             Self::TopK { top_k, experts } => write!(f, "top-{top_k} routing needs 1 ..= {experts} experts per token"),
             Self::Zipf(s) => write!(f, "Zipf exponent {s} is not a finite number of at least 0"),
             Self::Reuse(p) => write!(f, "reuse probability {p} is not within 0 ..= 1"),
