@@ -40,6 +40,10 @@ pub struct ReplayArgs {
     pub prefetch: Option<Predictor>,
     #[command(flatten)]
     pub admission: AdmissionArgs,
+    /// Refuse a trace with ids at or past its header's expert count (by default they are
+    /// counted as invalid, left out of every run, and a warning says how many).
+    #[arg(long)]
+    pub strict: bool,
 }
 
 /// Reads a prefetch predictor name.
@@ -53,6 +57,34 @@ pub fn parse_sharing(text: &str) -> Result<Sharing, String> {
 }
 
 impl ReplayArgs {
+    /// Checks `trace`'s ids against its header: with `--strict`, ids past the expert count are
+    /// an error; otherwise a warning on stderr says how many there are (replays count them as
+    /// invalid and leave them out).
+    ///
+    /// # Errors
+    /// [`CliError::Usage`] under `--strict` when an id is invalid.
+    pub fn check_ids(&self, trace: &Trace) -> Result<(), CliError> {
+        let experts = trace.header().experts;
+        let (mut invalid, mut total) = (0u64, 0u64);
+        for record in trace.records() {
+            let ids = trace.ids(record);
+            total += ids.len() as u64;
+            invalid += ids.iter().filter(|&&id| id >= experts).count() as u64;
+        }
+        if invalid == 0 {
+            return Ok(());
+        }
+        let what = format!(
+            "{}: {invalid} of {total} ids name experts at or past the header's {experts}",
+            self.trace.display()
+        );
+        if self.strict {
+            return Err(CliError::Usage(format!("{what} (--strict)")));
+        }
+        eprintln!("warning: {what}; they are left out of every run (the `invalid` column; --strict refuses)");
+        Ok(())
+    }
+
     /// The initial placement.
     pub fn initial(&self) -> InitialPlacement {
         if self.cold {

@@ -135,6 +135,7 @@ pub fn run_json(run: &Run) -> Value {
 
 pub fn run(args: &Args) -> Result<(), CliError> {
     let trace = read_trace(&args.replay.trace)?;
+    args.replay.check_ids(&trace)?;
     let cost = args.replay.cost.cost_model()?;
     let decay = args.replay.decay.config()?;
     let admission = args.replay.admission.config()?;
@@ -224,9 +225,14 @@ pub fn write_table(out: &mut impl Write, runs: &[Run]) -> io::Result<()> {
         ("bytes moved", Align::Right),
         ("modeled time", Align::Right),
     ]);
+    // Ids past the expert count are left out of the runs: shown when there are any.
+    let invalid = runs.iter().any(|r| r.report.total.invalid > 0);
+    if invalid {
+        table.column("invalid ids", Align::Right);
+    }
     for run in runs {
         let t = &run.report.total;
-        table.row(vec![
+        let mut row = vec![
             run.slots.to_string(),
             run_label(run),
             format!("{:.1}%", 100.0 * t.hit_rate()),
@@ -236,7 +242,11 @@ pub fn write_table(out: &mut impl Write, runs: &[Run]) -> io::Result<()> {
             t.promotions.to_string(),
             format_size(t.bytes_moved),
             format!("{:.3} s", t.modeled_time_s),
-        ]);
+        ];
+        if invalid {
+            row.push(t.invalid.to_string());
+        }
+        table.row(row);
     }
     table.write(out)
 }

@@ -24,6 +24,11 @@ impl Table {
         Self { columns: columns.to_vec(), rows: Vec::new() }
     }
 
+    /// Appends a column (before any row is added).
+    pub fn column(&mut self, name: &'static str, align: Align) {
+        self.columns.push((name, align));
+    }
+
     /// Appends a row; missing cells are blank, extra cells are dropped.
     pub fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);

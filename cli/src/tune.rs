@@ -84,6 +84,7 @@ fn slot_counts(max: usize) -> Vec<usize> {
 
 pub fn run(args: &Args) -> Result<(), CliError> {
     let trace = read_trace(&args.replay.trace)?;
+    args.replay.check_ids(&trace)?;
     let cost = args.replay.cost.cost_model()?;
     let decay = args.replay.decay.config()?;
     let admissions = admission_grid(args)?;

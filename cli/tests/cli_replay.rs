@@ -419,3 +419,32 @@ fn zero_counts_and_negative_sizes_say_what_is_wrong() {
     }
     std::fs::remove_file(trace).unwrap();
 }
+
+#[test]
+fn ids_past_the_expert_count_are_shown_warned_and_refused_when_strict() {
+    let path = temp("invalid-ids.ndjson");
+    std::fs::write(
+        &path,
+        "{\"format\":\"expertslab-trace\",\"version\":1,\"experts\":4,\"layers\":1,\"top_k\":2}\n\
+         {\"layer\":0,\"step\":0,\"prefill\":false,\"ids\":[7,9]}\n\
+         {\"layer\":0,\"step\":1,\"prefill\":false,\"ids\":[1,9]}\n",
+    )
+    .unwrap();
+    let p = path.to_str().unwrap();
+    let o = expertslab(&["simulate", "--trace", p, "--slots", "1", "--policy", "lru"]);
+    let (out, err) = (stdout(&o), String::from_utf8_lossy(&o.stderr).to_string());
+    assert!(out.lines().nth(1).is_some_and(|h| h.ends_with("invalid ids")), "{out}");
+    assert!(out.lines().nth(2).is_some_and(|r| r.trim_end().ends_with(" 3")), "{out}");
+    assert!(err.contains("warning:") && err.contains("3 of 4 ids name experts at or past the header's 4"), "{err}");
+    for command in ["simulate", "tune"] {
+        let o = expertslab(&[command, "--trace", p, "--strict"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("(--strict)"), "{command}: {err}");
+    }
+    // A clean trace: no column, no warning.
+    let clean = synth("clean-ids.ndjson", "5");
+    let o = expertslab(&["simulate", "--trace", clean.to_str().unwrap(), "--slots", "2", "--strict"]);
+    assert!(!stdout(&o).contains("invalid") && o.stderr.is_empty(), "{o:?}");
+    std::fs::remove_file(path).unwrap();
+    std::fs::remove_file(clean).unwrap();
+}
