@@ -53,7 +53,7 @@ impl MissRule {
             Self::Always(action) => *action,
             Self::Balanced(_) => {
                 let mut actions = Vec::with_capacity(1);
-                self.plan(&[uses], 0, &mut actions);
+                self.plan(&[u32::try_from(uses).unwrap_or(u32::MAX)], 0, &mut actions);
                 actions.first().copied().unwrap_or(MissAction::Copy)
             }
             Self::Measured(c) => {
@@ -69,21 +69,21 @@ impl MissRule {
 }
 
 impl MissRule {
-    /// The actions for a step's missed experts, `uses[i]` pairs of the step using expert `i`:
+    /// The actions for a step's missed experts, `uses[i]` pairs of the step using expert `i`
+    /// (as [`expertslab::trace::replay::count_uses`] counts them):
     /// `actions[i]` (cleared and filled). `promotions` experts are copied for the step already
     /// (the pool's): [`MissRule::Balanced`] counts the link busy with them.
-    pub fn plan(&self, uses: &[usize], promotions: usize, actions: &mut Vec<MissAction>) {
+    pub fn plan(&self, uses: &[u32], promotions: usize, actions: &mut Vec<MissAction>) {
         actions.clear();
         let Self::Balanced(c) = self else {
-            actions.extend(uses.iter().map(|&u| self.choose(u)));
+            actions.extend(uses.iter().map(|&u| self.choose(u as usize)));
             return;
         };
         // The most used first: a copy serves all of an expert's pairs, the host pays per pair.
         // The split is the core's (`split_misses`), as the replay's overlapped model makes it.
         let mut order: Vec<usize> = (0..uses.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(uses.get(i).copied().unwrap_or(0)));
-        let sorted: Vec<u32> =
-            order.iter().map(|&i| u32::try_from(uses.get(i).copied().unwrap_or(0)).unwrap_or(u32::MAX)).collect();
+        let sorted: Vec<u32> = order.iter().map(|&i| uses.get(i).copied().unwrap_or(0)).collect();
         let busy = promotions as f64 * c.copy;
         let best = split_misses(&sorted, busy, c.copy, c.host_pair, FetchCap::Balanced);
         actions.resize(uses.len(), MissAction::Host);

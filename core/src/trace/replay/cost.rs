@@ -108,6 +108,19 @@ impl CostModel {
     }
 }
 
+/// Fills `out` with each distinct id of `ids` and how many times it comes, in order of first
+/// appearance: a step's missed experts and their uses, as [`split_misses`] takes them (once
+/// sorted, most used first).
+pub fn count_uses(ids: impl IntoIterator<Item = u32>, out: &mut Vec<(u32, u32)>) {
+    out.clear();
+    for id in ids {
+        match out.iter_mut().find(|(e, _)| *e == id) {
+            Some((_, n)) => *n = n.saturating_add(1),
+            None => out.push((id, 1)),
+        }
+    }
+}
+
 /// How many of a step's missed experts to fetch, `uses` their pairs, most used first: the `k`
 /// (at most the cap's) with the least `max(busy + k × copy, pairs of the others × pair)`, the
 /// smallest such `k` on ties. `busy` is the link's time already taken by the step's promotions.
@@ -165,16 +178,8 @@ impl OverlapClock {
 
     /// Fills `counts` with the uses of each expert of `ids` not in a slot.
     fn missed(&mut self, ids: &[u32], resident: impl Fn(usize) -> bool, experts: usize) {
-        self.uses.clear();
-        for &id in ids {
-            if id as usize >= experts || resident(id as usize) {
-                continue;
-            }
-            match self.uses.iter_mut().find(|(e, _)| *e == id) {
-                Some((_, n)) => *n = n.saturating_add(1),
-                None => self.uses.push((id, 1)),
-            }
-        }
+        let missing = ids.iter().copied().filter(|&id| (id as usize) < experts && !resident(id as usize));
+        count_uses(missing, &mut self.uses);
         self.counts.clear();
         self.counts.extend(self.uses.iter().map(|&(_, n)| n));
     }
@@ -209,6 +214,15 @@ impl OverlapClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uses_are_counted_in_order_of_first_appearance() {
+        let mut out = Vec::from([(9, 9)]);
+        count_uses([3, 1, 3, 3, 2], &mut out);
+        assert_eq!(out, [(3, 3), (1, 1), (2, 1)]);
+        count_uses([], &mut out);
+        assert!(out.is_empty());
+    }
 
     #[test]
     fn misses_split_between_the_link_and_the_host() {

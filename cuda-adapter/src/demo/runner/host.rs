@@ -4,7 +4,7 @@
 use expertslab_std::ffn::PairSlabs;
 use expertslab_std::{ExpertSource, Projection};
 
-use expertslab::trace::replay::{split_misses, FetchCap};
+use expertslab::trace::replay::{count_uses, split_misses, FetchCap};
 
 use super::{Kernels, Runner};
 use crate::driver::Driver;
@@ -15,21 +15,14 @@ impl<D: Driver + Clone, K: Kernels<D>> Runner<'_, D, K> {
     /// Under [`MissRule::Balanced`], how many of the record's missed experts (not resident
     /// before it, by `self.before`) the pool may promote: the share [`split_misses`] gives the
     /// link, the most used first, the rest left to the host. `None` under the other rules.
-    pub(super) fn fetch_cap(&self, ids: &[u32]) -> Option<u32> {
+    pub(super) fn fetch_cap(&mut self, ids: &[u32]) -> Option<u32> {
         let MissRule::Balanced(c) = self.rule else { return None };
-        let mut uses: Vec<(u32, u32)> = Vec::new();
-        for (&id, before) in ids.iter().zip(&self.before) {
-            if before.is_some() {
-                continue;
-            }
-            match uses.iter_mut().find(|(e, _)| *e == id) {
-                Some((_, n)) => *n += 1,
-                None => uses.push((id, 1)),
-            }
-        }
-        let mut counts: Vec<u32> = uses.iter().map(|&(_, n)| n).collect();
-        counts.sort_unstable_by(|a, b| b.cmp(a));
-        let k = split_misses(&counts, 0.0, c.copy, c.host_pair, FetchCap::Balanced);
+        let missed = ids.iter().zip(&self.before).filter(|(_, before)| before.is_none()).map(|(&id, _)| id);
+        count_uses(missed, &mut self.missed);
+        self.counts.clear();
+        self.counts.extend(self.missed.iter().map(|&(_, n)| n));
+        self.counts.sort_unstable_by(|a, b| b.cmp(a));
+        let k = split_misses(&self.counts, 0.0, c.copy, c.host_pair, FetchCap::Balanced);
         Some(u32::try_from(k).unwrap_or(u32::MAX))
     }
 

@@ -31,7 +31,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use expertslab::trace::replay::Sharing;
+use expertslab::trace::replay::{count_uses, Sharing};
 use expertslab::trace::Trace;
 use expertslab::{
     ExpertLayout, ExpertPool, InitialPlacement, MigrateStats, MigrationPlan, PoolConfig, PoolStats, SharedSlotPool,
@@ -169,7 +169,9 @@ pub(crate) struct Runner<'m, D: Driver, K> {
     sources: Vec<PairSource>,
     scratch_of: HashMap<u32, ScratchSlot>,
     /// The record's missed experts with their uses, and the rule's action for each.
-    missed: Vec<(u32, usize)>,
+    missed: Vec<(u32, u32)>,
+    /// The uses of `missed`, in its order or sorted (scratch).
+    counts: Vec<u32>,
     actions: Vec<MissAction>,
     /// The record's pairs served on the host, their input and outputs.
     host_pairs: Vec<usize>,
@@ -276,6 +278,7 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
             sources: Vec::new(),
             scratch_of: HashMap::new(),
             missed: Vec::new(),
+            counts: Vec::new(),
             actions: Vec::new(),
             host_pairs: Vec::new(),
             host_x: Vec::new(),
@@ -457,17 +460,11 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
         self.sources.clear();
         self.scratch_of.clear();
         self.host_pairs.clear();
-        self.missed.clear();
-        for &id in ids {
-            if self.placement.slot_of(layer, id as usize).is_none() {
-                match self.missed.iter_mut().find(|(m, _)| *m == id) {
-                    Some((_, uses)) => *uses += 1,
-                    None => self.missed.push((id, 1)),
-                }
-            }
-        }
-        let uses: Vec<usize> = self.missed.iter().map(|&(_, u)| u).collect();
-        self.rule.plan(&uses, migrated.copied, &mut self.actions);
+        let placement = &self.placement;
+        count_uses(ids.iter().copied().filter(|&id| placement.slot_of(layer, id as usize).is_none()), &mut self.missed);
+        self.counts.clear();
+        self.counts.extend(self.missed.iter().map(|&(_, n)| n));
+        self.rule.plan(&self.counts, migrated.copied, &mut self.actions);
         if self.model.host.is_none() && self.actions.contains(&MissAction::Host) {
             return Err(CudaError::Unsupported(format!(
                 "misses on the host: the host FFN does not read {} experts",
