@@ -11,7 +11,7 @@ use expertslab::trace::replay::{replay, CostModel, ReplayConfig, ReplayPolicy};
 use expertslab::trace::Trace;
 use expertslab::{ExpertLayout, Format, InitialPlacement, SlotArena};
 use expertslab_std::ffn::{ExpertFfn, PairSlabs};
-use expertslab_std::{ExpertSource, ExpertStore, LayerStacks, Projection, SharedBytes};
+use expertslab_std::{ExpertStore, LayerStacks, SharedBytes};
 
 use super::gguf::GgufExperts;
 use super::kernels::CudaKernels;
@@ -386,17 +386,7 @@ impl GpuModel {
     fn host_pair_seconds(&self, k: usize, reps: usize) -> Result<f64, CudaError> {
         let s = &self.spec.shape;
         let Ok(ffn) = ExpertFfn::new(s.hidden, s.ffn, s.format) else { return Ok(f64::INFINITY) };
-        let slab = |e: usize, p: Projection| self.store.expert(0, p, e);
-        let pairs = (0..k)
-            .map(|e| {
-                Ok(PairSlabs {
-                    gate: slab(e, Projection::Gate)?,
-                    up: slab(e, Projection::Up)?,
-                    down: slab(e, Projection::Down)?,
-                    token: 0,
-                })
-            })
-            .collect::<Result<Vec<_>, expertslab::LayoutError>>()?;
+        let pairs = (0..k).map(|e| PairSlabs::from_source(&self.store, 0, e, 0)).collect::<Result<Vec<_>, _>>()?;
         let x = activations(self.spec.seed, s.hidden);
         let mut parts = vec![0.0f32; k * s.hidden];
         let mut times = Vec::with_capacity(reps);

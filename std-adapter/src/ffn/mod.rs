@@ -33,7 +33,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use expertslab::Format;
+use expertslab::{ExpertSource, Format, Projection};
 use rayon::prelude::*;
 use rayon::ThreadPool;
 
@@ -59,6 +59,27 @@ pub struct PairSlabs<'a> {
     pub down: &'a [u8],
     /// The token (row of the activations).
     pub token: usize,
+}
+
+impl<'a> PairSlabs<'a> {
+    /// Expert `expert` of layer `layer` as `source` gives its gate, up and down slabs, for
+    /// token `token`.
+    ///
+    /// # Errors
+    /// The source's, when it has no such layer, projection or expert.
+    pub fn from_source<S: ExpertSource + ?Sized>(
+        source: &'a S,
+        layer: usize,
+        expert: usize,
+        token: usize,
+    ) -> Result<Self, S::Error> {
+        Ok(Self {
+            gate: source.expert(layer, Projection::Gate, expert)?,
+            up: source.expert(layer, Projection::Up, expert)?,
+            down: source.expert(layer, Projection::Down, expert)?,
+            token,
+        })
+    }
 }
 
 /// What [`ExpertFfn`] refuses.

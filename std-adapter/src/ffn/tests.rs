@@ -167,3 +167,22 @@ fn bad_input_is_refused_before_anything_is_written() {
         assert_eq!(ffn.with_isa(isa).unwrap_err(), FfnError::Isa(isa));
     }
 }
+
+#[test]
+fn a_pair_s_slabs_come_from_its_source() {
+    use crate::{ExpertLayout, ExpertStore, LayerStacks, SharedBytes, StackLayout};
+    let ex = experts(3, 16, 8, Format::F32);
+    let stack = |p: usize| SharedBytes::copy_from(&ex.slabs.iter().flat_map(|s| s[p].clone()).collect::<Vec<u8>>());
+    let gate = StackLayout::new(Format::F32, 3, 8, 16).unwrap();
+    let down = StackLayout::new(Format::F32, 3, 16, 8).unwrap();
+    let layout = ExpertLayout::gate_up_down(gate, gate, down).unwrap();
+    let mut store = ExpertStore::new();
+    store.insert(5, LayerStacks::new(layout, &[stack(0), stack(1), stack(2)]).unwrap()).unwrap();
+    let pair = PairSlabs::from_source(&store, 5, 2, 7).unwrap();
+    assert_eq!(
+        (pair.gate, pair.up, pair.down, pair.token),
+        (&ex.slabs[2][0][..], &ex.slabs[2][1][..], &ex.slabs[2][2][..], 7)
+    );
+    assert!(PairSlabs::from_source(&store, 4, 0, 0).is_err(), "no layer 4");
+    assert!(PairSlabs::from_source(&store, 5, 3, 0).is_err(), "no expert 3");
+}

@@ -2,7 +2,6 @@
 //! [runner](super)).
 
 use expertslab_std::ffn::PairSlabs;
-use expertslab_std::{ExpertSource, Projection};
 
 use expertslab::trace::replay::{count_uses, split_misses, FetchCap};
 
@@ -42,20 +41,14 @@ impl<D: Driver + Clone, K: Kernels<D>> Runner<'_, D, K> {
             self.host_x.chunks_exact(4).map(|b| b.try_into().map_or(f32::NAN, f32::from_le_bytes)).collect()
         };
         let store = self.model.store;
-        let slab = |expert: usize, projection: Projection| store.expert(layer, projection, expert);
         let pairs = self
             .host_pairs
             .iter()
             .map(|&pair| {
                 let expert = ids.get(pair).copied().unwrap_or(0) as usize;
-                Ok(PairSlabs {
-                    gate: slab(expert, Projection::Gate)?,
-                    up: slab(expert, Projection::Up)?,
-                    down: slab(expert, Projection::Down)?,
-                    token: pair / top_k.max(1),
-                })
+                PairSlabs::from_source(store, layer, expert, pair / top_k.max(1))
             })
-            .collect::<Result<Vec<_>, expertslab::LayoutError>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
         self.host_parts.resize(pairs.len() * hidden, 0.0);
         let ffn = self.model.host.as_ref().ok_or(CudaError::Unsupported("no host FFN".into()))?;
         ffn.parts(&pairs, &input, &mut self.host_parts)
