@@ -8,18 +8,26 @@
 #     imports) into DIR/py, builds expertslab's GPU binaries into DIR/bin (scripts/gpu-build.sh)
 #     and copies this script and scripts/make-moe-gguf.py into DIR.
 #   bash DIR/peer-llamacpp.sh build               on the GPU machine
-#     Builds llama-bench for sm_90 (CUDA, flash attention off) into DIR/build, kept there.
-#   bash DIR/peer-llamacpp.sh run [OUT]           on the GPU machine, after build
-#     Writes the model (scripts/make-moe-gguf.py; MODEL_ARGS adds arguments, default: 4 layers of
-#     128 BF16 experts of 9 MiB, top-8), runs llama-bench with every expert on the GPU, with the
-#     experts of 1..L-1 layers on the CPU (--n-cpu-moe) and with all of them there
-#     (-ot exps=CPU), then expertslab's decode benchmark on the same file (EXPERTSLAB_ROWS=peer),
-#     and prints one table. Raw output goes to OUT (default: DIR/out).
+#     Builds llama-bench for sm_90 (CUDA, flash attention off) into BUILD (default DIR/build; its
+#     log is BUILD.log), kept there.
+#   bash DIR/peer-llamacpp.sh llama [OUT]         on the GPU machine, after build
+#     Writes the model once (scripts/make-moe-gguf.py into MODEL; MODEL_ARGS adds arguments,
+#     default: 4 layers of 128 BF16 experts of 9 MiB, top-8) and runs llama-bench on it with
+#     every expert on the GPU, with the experts of 1..L-1 layers on the CPU (--n-cpu-moe) and
+#     with all of them there (-ot exps=CPU).
+#   bash DIR/peer-llamacpp.sh ours [OUT]          on the GPU machine
+#     expertslab's decode benchmark on the same file (EXPERTSLAB_ROWS=peer): each way of
+#     serving misses (copy, bus, host, auto) at 75, 50, 25 and 0% of the experts in VRAM.
+#   bash DIR/peer-llamacpp.sh table [OUT]         prints (and writes OUT/table.md) the table of
+#     both, from OUT's files (anywhere with Python 3).
+#   bash DIR/peer-llamacpp.sh run [OUT]           llama, ours, table
 #   bash DIR/peer-llamacpp.sh all [OUT]           build, then run
+# Raw output goes to OUT (default: DIR/out).
 #
 # llama.cpp's source and binaries are never committed: the tarball and the build stay in DIR,
 # which git ignores. Environment: PYTHON (default /opt/torch/.venv/bin/python3 when present),
-# REPS (llama-bench repetitions and expertslab's, default 5), TOKENS (llama-bench -n, default 64).
+# REPS (llama-bench repetitions and expertslab's, default 5), TOKENS (llama-bench -n, default 64),
+# MODEL (default /tmp/expertslab-peer.gguf), BUILD (see build).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -57,34 +65,40 @@ build() {
   local dir=$here
   [ -f "$dir/llama.cpp.tar.gz" ] || { echo "build: $dir/llama.cpp.tar.gz is missing; run pack first" >&2; exit 1; }
   export PATH="/opt/torch/.venv/bin:/usr/local/cuda/bin:$PATH"
-  if [ -x "$dir/build/bin/llama-bench" ]; then echo "llama-bench already built"; return; fi
-  rm -rf "$dir/src" && mkdir -p "$dir/src"
-  tar -xzf "$dir/llama.cpp.tar.gz" -C "$dir/src"
+  if [ -x "$build_dir/bin/llama-bench" ]; then echo "llama-bench already built"; return; fi
+  local src="$build_dir.src"
+  rm -rf "$src" && mkdir -p "$src"
+  tar -xzf "$dir/llama.cpp.tar.gz" -C "$src"
   local start=$SECONDS
-  cmake -S "$dir/src/llama.cpp" -B "$dir/build" -G Ninja -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+  cmake -S "$src/llama.cpp" -B "$build_dir" -G Ninja -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
     -DGGML_CUDA_FA=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
-    -DCMAKE_BUILD_TYPE=Release >"$dir/build.log" 2>&1
-  cmake --build "$dir/build" -j"$(nproc)" --target llama-bench >>"$dir/build.log" 2>&1 ||
-    { tail -30 "$dir/build.log" >&2; exit 1; }
+    -DCMAKE_BUILD_TYPE=Release >"$build_dir.log" 2>&1
+  cmake --build "$build_dir" -j"$(nproc)" --target llama-bench >>"$build_dir.log" 2>&1 ||
+    { tail -30 "$build_dir.log" >&2; exit 1; }
   echo "llama-bench built in $((SECONDS - start)) s"
 }
 
-run() {
-  local dir=$here
-  local out=${1:-$dir/out}
+# The model file both sides read, written once (make-moe-gguf.py); its line goes into OUT.
+model_file() {
+  local out=$1
+  if [ ! -f "$model" ]; then
+    # shellcheck disable=SC2086
+    PYTHONPATH="$here/py" "$py" "$here/make-moe-gguf.py" "$model" ${MODEL_ARGS:-} >"$model.txt"
+  fi
+  cp "$model.txt" "$out/model.txt"
+  cat "$out/model.txt"
+}
+
+layers_of() { sed -n 's/.*: qwen3moe, \([0-9]*\) layers.*/\1/p' "$1/model.txt"; }
+
+llama() {
+  local out=$1
   mkdir -p "$out"
-  local py=${PYTHON:-}
-  [ -n "$py" ] || { [ -x /opt/torch/.venv/bin/python3 ] && py=/opt/torch/.venv/bin/python3 || py=python3; }
-  local reps=${REPS:-5} tokens=${TOKENS:-64}
-  local model=${MODEL:-/tmp/expertslab-peer.gguf}
-  export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"$out/gpu.txt" 2>&1 || true
-  # shellcheck disable=SC2086
-  PYTHONPATH="$dir/py" "$py" "$dir/make-moe-gguf.py" "$model" ${MODEL_ARGS:-} | tee "$out/model.txt"
+  model_file "$out"
   local layers
-  layers=$(sed -n 's/.*: qwen3moe, \([0-9]*\) layers.*/\1/p' "$out/model.txt")
-  local bench="$dir/build/bin/llama-bench"
-  [ -x "$bench" ] || { echo "run: llama-bench is not built; run build first" >&2; exit 1; }
+  layers=$(layers_of "$out")
+  local bench="$build_dir/bin/llama-bench"
+  [ -x "$bench" ] || { echo "llama: llama-bench is not built; run build first" >&2; exit 1; }
   local common=(-m "$model" -ngl 99 -p 0 -n "$tokens" -r "$reps" -o json)
   for n in $(seq 0 $((layers - 1))); do
     "$bench" "${common[@]}" -ncmoe "$n" >"$out/llama-ncmoe-$n.json" 2>"$out/llama-ncmoe-$n.log"
@@ -92,13 +106,25 @@ run() {
   done
   "$bench" "${common[@]}" -ot "exps=CPU" >"$out/llama-all-cpu.json" 2>"$out/llama-all-cpu.log"
   echo "llama.cpp -ot exps=CPU done"
-  EXPERTSLAB_MODEL="$model" EXPERTSLAB_ROWS=peer EXPERTSLAB_REPS="$reps" "$dir/bin/bench-decode" --bench \
+}
+
+ours() {
+  local out=$1
+  mkdir -p "$out"
+  model_file "$out"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"$out/gpu.txt" 2>&1 || true
+  EXPERTSLAB_MODEL="$model" EXPERTSLAB_ROWS=peer EXPERTSLAB_REPS="$reps" "$here/bin/bench-decode" --bench \
     >"$out/expertslab.txt" 2>&1
   echo "expertslab done"
-  "$py" - "$out" "$layers" "$tokens" <<'EOF' | tee "$out/table.md"
+}
+
+table() {
+  local out=$1
+  "$py" - "$out" "$(layers_of "$out")" "$tokens" <<'EOF' | tee "$out/table.md"
 import json, sys
 from pathlib import Path
-out, layers = Path(sys.argv[1]), int(sys.argv[2])
+out, layers, tokens = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+WAYS = ("copy", "bus", "host", "auto")
 
 def tokens_per_s(path):
     runs = json.loads(path.read_text())
@@ -109,59 +135,67 @@ for n in range(layers):
     llama[round(100 * (layers - n) / layers)] = (f"-ncmoe {n}" if n else "(none)", *tokens_per_s(out / f"llama-ncmoe-{n}.json"))
 llama[0] = ("-ot exps=CPU", *tokens_per_s(out / "llama-all-cpu.json"))
 ours = {}
-for line in (out / "expertslab.txt").read_text().splitlines():
+text = (out / "expertslab.txt").read_text().splitlines()
+for line in text:
     f = line.split("\t")
     if f[0] == "peer":
-        miss = "auto" if f[3].endswith("misses auto") else "copy"
+        way = f[3].rsplit("misses ", 1)[1] if "misses " in f[3] else "resident"
         # (trace, percent, way) -> (run, hit rate, µs/token, extra µs, bound µs)
-        ours[(f[1], int(f[2]), miss)] = (f[3], float(f[4]), float(f[5]), float(f[6]), float(f[7]))
-for line in (out / "expertslab.txt").read_text().splitlines()[:2]:
+        ours[(f[1], int(f[2]), way)] = (f[3], float(f[4]), float(f[5]), float(f[6]), float(f[7]))
+for line in text[:3]:
     print(line)
-threads = llama[100][2]
-print(f"llama.cpp: llama-bench -ngl 99 -p 0 -n {sys.argv[3] if len(sys.argv) > 3 else 64}, {threads} threads. "
-      "expertslab: decode bench, one token per step; extra = ms per token over its own all-resident run; "
-      "copy = misses copied, auto = copies and the host CPU side by side; bound = the row's bytes over link + host bandwidth.")
-print()
-head = ["experts in VRAM", "llama.cpp", "tokens/s", "extra"]
-for trace in ("near-uniform", "locality"):
-    head += [f"{trace}: hit rate", "copy extra", "auto extra", "bound", "auto / llama.cpp"]
-print("| " + " | ".join(head) + " |")
-print("|" + "---|" * len(head))
 base = 1e3 / llama[100][1]
-percents = sorted({*llama, *(p for _, p, _ in ours)}, reverse=True)
-for pct in percents:
-    row = [f"{pct}%"]
-    if pct in llama:
-        flags, ts, _ = llama[pct]
-        llama_extra = 1e3 / ts - base
-        row += [f"`{flags}`", f"{ts:,.0f}", f"{llama_extra:.2f} ms"]
-    else:
+print()
+print(f"llama.cpp: llama-bench -ngl 99 -p 0 -n {tokens}, {llama[100][2]} threads, {1e3 / base:,.0f} tokens/s with every "
+      "expert on the GPU. expertslab: decode bench, one token per step; extra = ms per token over its own all-resident "
+      "run; copy = misses copied, bus = read over the bus, host = computed on the host CPU, auto = copies and the host "
+      "side by side; bound = the auto row's bytes over link + host bandwidth.")
+for trace in ("near-uniform", "locality"):
+    print()
+    print(f"**{trace}**")
+    print()
+    head = ["experts in VRAM", "llama.cpp", "extra", "hit rate", *(f"{w} extra" for w in WAYS), "bound",
+            "auto / best way", "auto / llama.cpp"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    percents = sorted({*llama, *(p for t, p, _ in ours if t == trace)}, reverse=True)
+    for pct in percents:
+        row = [f"{pct}%"]
         llama_extra = None
-        row += ["", "", ""]
-    for trace in ("near-uniform", "locality"):
-        copy, auto = ours.get((trace, pct, "copy")), ours.get((trace, pct, "auto"))
-        any_row = auto or copy
-        if any_row is None:
-            row += ["", "", "", "", ""]
-            continue
-        ratio = ""
-        if auto and llama_extra and llama_extra > 0:
-            ratio = f"{auto[3] / 1e3 / llama_extra:.2f}"
-        row += [
-            f"{100 * any_row[1]:.1f}%",
-            f"{copy[3] / 1e3:.2f} ms" if copy else "",
-            f"{auto[3] / 1e3:.2f} ms" if auto else "",
-            f"{auto[4] / 1e3:.2f} ms" if auto else "",
-            ratio,
-        ]
-    print("| " + " | ".join(row) + " |")
+        if pct in llama:
+            flags, ts, _ = llama[pct]
+            llama_extra = 1e3 / ts - base
+            row += [f"`{flags}`", f"{llama_extra:.2f} ms"]
+        else:
+            row += ["", ""]
+        rows = {w: ours.get((trace, pct, w)) for w in WAYS}
+        any_row = next((r for r in rows.values() if r), ours.get((trace, pct, "resident")))
+        row.append(f"{100 * any_row[1]:.1f}%" if any_row else "")
+        row += [f"{r[3] / 1e3:.2f} ms" if r else "" for r in rows.values()]
+        auto = rows["auto"]
+        singles = [r[2] for w, r in rows.items() if r and w != "auto"]
+        row.append(f"{auto[4] / 1e3:.2f} ms" if auto else "")
+        row.append(f"{auto[2] / min(singles):.3f}" if auto and singles else "")
+        row.append(f"{auto[3] / 1e3 / llama_extra:.2f}" if auto and llama_extra and llama_extra > 0 else "")
+        print("| " + " | ".join(row) + " |")
 EOF
 }
+
+py=${PYTHON:-}
+[ -n "$py" ] || { [ -x /opt/torch/.venv/bin/python3 ] && py=/opt/torch/.venv/bin/python3 || py=python3; }
+reps=${REPS:-5}
+tokens=${TOKENS:-64}
+model=${MODEL:-/tmp/expertslab-peer.gguf}
+build_dir=${BUILD:-$here/build}
+export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 case "$cmd" in
   pack) pack "$@" ;;
   build) build ;;
-  run) run "$@" ;;
-  all) build && run "$@" ;;
-  *) sed -n '2,27p' "$0" >&2; exit 2 ;;
+  llama) llama "${1:-$here/out}" ;;
+  ours) ours "${1:-$here/out}" ;;
+  table) table "${1:-$here/out}" ;;
+  run) llama "${1:-$here/out}" && ours "${1:-$here/out}" && table "${1:-$here/out}" ;;
+  all) build && llama "${1:-$here/out}" && ours "${1:-$here/out}" && table "${1:-$here/out}" ;;
+  *) sed -n '2,30p' "$0" >&2; exit 2 ;;
 esac

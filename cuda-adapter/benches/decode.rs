@@ -12,9 +12,9 @@
 //! memory map; the traces follow the file's shape). `EXPERTSLAB_ROWS=peer` prints the rows of
 //! the side-by-side with llama.cpp instead (`scripts/peer-llamacpp.sh`): on the near-uniform and
 //! locality traces, every expert resident, then 75%, 50% and 25% of each layer's experts in
-//! slots under the `tune` pick at that budget, then no slots; at each budget below 100% two
-//! rows: misses copied (the measured copy-or-bus rule) and misses split between copies and the
-//! host CPU (`auto`, [`MissRule::Balanced`]). One tab-separated line per row: `peer`, trace,
+//! slots under the `tune` pick at that budget, then no slots; at each budget below 100% a row
+//! for each way of serving misses ([`DemoMiss`]: copied, read over the bus, computed on the host
+//! CPU, and copies and the host side by side, `auto`). One tab-separated line per row: `peer`, trace,
 //! percent in VRAM, run, hit rate, µs per token, µs per token over the all-resident row, and
 //! the bound of that extra time: the bytes the row brought to its pairs (copied, or read by the
 //! host) over the link's and the host's bandwidth together, per token.
@@ -23,7 +23,8 @@ use std::process::ExitCode;
 
 use expertslab::{DecayConfig, Policy, Schedule};
 use expertslab_cuda::demo::{
-    open_device, tune_pick, Calibration, DemoRouting, GpuModel, ModelSpec, RunConfig, RunReport, SynthSettings,
+    open_device, tune_pick, Calibration, DemoMiss, DemoRouting, GpuModel, ModelSpec, RunConfig, RunReport,
+    SynthSettings,
 };
 use expertslab_cuda::{CudaError, MissAction, MissRule};
 
@@ -155,7 +156,8 @@ fn peer(model: &GpuModel, calibration: &Calibration, reps: usize) -> Result<(), 
         for percent in [75, 50, 25, 0] {
             let slots = experts * percent / 100;
             // Each way of serving misses with the pool the tune picks for it.
-            for (miss, rule) in [("copy", measured), ("auto", MissRule::Balanced(*c))] {
+            for way in [DemoMiss::Copy, DemoMiss::Bus, DemoMiss::Host, DemoMiss::Auto] {
+                let rule = way.rule(*c);
                 let (policy, schedule) = if slots == 0 {
                     (Policy::Lru, expertslab::Schedule::EveryForward)
                 } else {
@@ -164,7 +166,7 @@ fn peer(model: &GpuModel, calibration: &Calibration, reps: usize) -> Result<(), 
                 let name = format!("tune: {} {}", policy.name(), schedule_name(schedule));
                 let run = RunConfig { schedule, ..RunConfig::new(slots, policy, rule) };
                 let r = model.decode_median(&trace, &run, reps)?;
-                line(percent, &format!("{name}, misses {miss}"), &r, floor_token);
+                line(percent, &format!("{name}, misses {}", way.name()), &r, floor_token);
             }
         }
     }

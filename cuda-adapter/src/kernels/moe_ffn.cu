@@ -9,7 +9,9 @@
 // a pair computed on the host has the same bits as on the GPU.
 //
 // Where an expert's weights live does not change the arithmetic: every dot product gives each
-// lane the same elements in the same order and reduces the warp with the same butterfly,
+// lane's CHUNK accumulators the same elements in the same order (element j to accumulator
+// j mod BLOCK, lane l holding accumulators CHUNK·l to CHUNK·l + CHUNK − 1), sums each lane's
+// accumulators by the same halving and reduces the warp with the same butterfly,
 // whether the row is read from a slot, a scratch slot or mapped host memory, and whether it is
 // loaded with 16-byte vectors or element by element. So the output is bit-identical to the run
 // with every expert resident.
@@ -26,6 +28,7 @@ typedef unsigned short u16;
 #define WARPS 8
 #define ROWS_PER_WARP 2
 #define CHUNK 8
+#define BLOCK (32 * CHUNK)
 
 // Status bits written when a pair cannot be computed (the host reads them after a sync).
 #define STATUS_NO_SOURCE 1u
@@ -102,6 +105,13 @@ __device__ __forceinline__ void load_x(const float* x, int j, int cols, bool vec
 #pragma unroll
         for (int e = 0; e < CHUNK; e++) v[e] = (j + e < cols) ? x[j + e] : 0.0f;
     }
+}
+
+// The sum of a lane's CHUNK accumulators by halving (offsets 4, 2, 1), as the host's
+// `ffn::order::reduce` forms it.
+__device__ __forceinline__ float lane_reduce(const float v[CHUNK]) {
+    const float t0 = v[0] + v[4], t1 = v[1] + v[5], t2 = v[2] + v[6], t3 = v[3] + v[7];
+    return (t0 + t2) + (t1 + t3);
 }
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -190,13 +200,18 @@ __device__ void gate_up(const LayerArgs& layer, const StepArgs& step, const int*
     const bool vec = vectorisable(gate, rb) && vectorisable(up, rb);
     const bool xvec = vectorisable(reinterpret_cast<const unsigned char*>(x), 0);
 
-    float acc_g[ROWS_PER_WARP];
-    float acc_u[ROWS_PER_WARP];
+    float acc_g[ROWS_PER_WARP][CHUNK];
+    float acc_u[ROWS_PER_WARP][CHUNK];
 #pragma unroll
-    for (int r = 0; r < ROWS_PER_WARP; r++) { acc_g[r] = 0.0f; acc_u[r] = 0.0f; }
+    for (int r = 0; r < ROWS_PER_WARP; r++) {
+#pragma unroll
+        for (int e = 0; e < CHUNK; e++) { acc_g[r][e] = 0.0f; acc_u[r][e] = 0.0f; }
+    }
 
-#pragma unroll 4
-    for (int j = lane * CHUNK; j < hidden; j += 32 * CHUNK) {
+    // Every lane takes every block (its elements past `hidden` are 0 · 0).
+#pragma unroll 2
+    for (int base = 0; base < hidden; base += BLOCK) {
+        const int j = base + lane * CHUNK;
         float xv[CHUNK];
         load_x(x, j, hidden, xvec, xv);
 #pragma unroll
@@ -209,16 +224,16 @@ __device__ void gate_up(const LayerArgs& layer, const StepArgs& step, const int*
                 load_chunk<FMT>(up + (u64)row * (u64)rb, j, hidden, vec, wu);
 #pragma unroll
                 for (int e = 0; e < CHUNK; e++) {
-                    acc_g[r] = fmaf(wg[e], xv[e], acc_g[r]);
-                    acc_u[r] = fmaf(wu[e], xv[e], acc_u[r]);
+                    acc_g[r][e] = fmaf(wg[e], xv[e], acc_g[r][e]);
+                    acc_u[r][e] = fmaf(wu[e], xv[e], acc_u[r][e]);
                 }
             }
         }
     }
 #pragma unroll
     for (int r = 0; r < ROWS_PER_WARP; r++) {
-        const float g = warp_sum(acc_g[r]);
-        const float u = warp_sum(acc_u[r]);
+        const float g = warp_sum(lane_reduce(acc_g[r]));
+        const float u = warp_sum(lane_reduce(acc_u[r]));
         const int row = row0 + r;
         if (lane == 0 && row < ffn) h[row] = silu_mul(g, u);
     }
@@ -253,11 +268,15 @@ __device__ void down(const LayerArgs& layer, const StepArgs& step, const int* pa
     const float* hk = reinterpret_cast<const float*>(step.h) + (u64)pair * (u64)ffn;
     const bool vec = vectorisable(dw, rb);
     const bool hvec = vectorisable(reinterpret_cast<const unsigned char*>(hk), 0);
-    float acc[ROWS_PER_WARP];
+    float acc[ROWS_PER_WARP][CHUNK];
 #pragma unroll
-    for (int r = 0; r < ROWS_PER_WARP; r++) acc[r] = 0.0f;
-#pragma unroll 4
-    for (int j = lane * CHUNK; j < ffn; j += 32 * CHUNK) {
+    for (int r = 0; r < ROWS_PER_WARP; r++) {
+#pragma unroll
+        for (int e = 0; e < CHUNK; e++) acc[r][e] = 0.0f;
+    }
+#pragma unroll 2
+    for (int base = 0; base < ffn; base += BLOCK) {
+        const int j = base + lane * CHUNK;
         float hv[CHUNK];
         load_x(hk, j, ffn, hvec, hv);
 #pragma unroll
@@ -267,13 +286,13 @@ __device__ void down(const LayerArgs& layer, const StepArgs& step, const int* pa
                 float w[CHUNK];
                 load_chunk<FMT>(dw + (u64)row * (u64)rb, j, ffn, vec, w);
 #pragma unroll
-                for (int e = 0; e < CHUNK; e++) acc[r] = fmaf(w[e], hv[e], acc[r]);
+                for (int e = 0; e < CHUNK; e++) acc[r][e] = fmaf(w[e], hv[e], acc[r][e]);
             }
         }
     }
 #pragma unroll
     for (int r = 0; r < ROWS_PER_WARP; r++) {
-        const float d = warp_sum(acc[r]);
+        const float d = warp_sum(lane_reduce(acc[r]));
         const int row = row0 + r;
         if (lane == 0 && row < hidden) part[row] = d;
     }

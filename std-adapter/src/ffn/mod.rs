@@ -241,12 +241,12 @@ impl ExpertFfn {
         self.check(pairs, x.len() / hidden)?;
         let (isa, format) = (self.isa, self.format);
         let mut run = || {
-            // Activations of each token in lane-major order.
+            // Activations of each token, padded to whole blocks.
             let xt: Vec<Vec<f32>> = x
-                .par_chunks_exact(hidden)
+                .chunks_exact(hidden)
                 .map(|token| {
                     let mut t = Vec::new();
-                    order::lane_major(token, &mut t);
+                    order::pad_to_blocks(token, &mut t);
                     t
                 })
                 .collect();
@@ -259,7 +259,7 @@ impl ExpertFfn {
             });
             parts.par_chunks_mut(hidden).zip(h.par_chunks(ffn)).zip(pairs.par_iter()).for_each(|((part, h), p)| {
                 let mut ht = Vec::new();
-                order::lane_major(h, &mut ht);
+                order::pad_to_blocks(h, &mut ht);
                 part.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(task, rows)| {
                     isa::down(isa, format, p.down, ffn, &ht, task * ROWS_PER_TASK, rows);
                 });

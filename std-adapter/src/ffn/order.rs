@@ -5,12 +5,15 @@
 //! divide, fused multiply-add, round to integer), in a fixed order, so both sides give the same
 //! bits:
 //!
-//! - **A row's dot product** `w · x` over `cols` elements is split among [`LANES`] lanes, as a GPU
-//!   warp splits it. Lane `l` takes the chunks of [`CHUNK`] consecutive elements that start at
-//!   `BLOCK·m + CHUNK·l` for `m = 0, 1, …` while that start is below `cols` ([`BLOCK`] =
-//!   `LANES × CHUNK`), and accumulates `acc = fma(w[j], x[j], acc)` from 0 over its chunks in
-//!   order, element by element; elements of a started chunk at or past `cols` count as
-//!   `w = x = 0`. The lanes are then summed by the butterfly of [`lane_sum`].
+//! - **A row's dot product** `w · x` over `cols` elements keeps [`BLOCK`] accumulators, as a GPU
+//!   warp of [`LANES`] lanes keeps [`CHUNK`] each (lane `l` holds accumulators `CHUNK·l` to
+//!   `CHUNK·l + CHUNK − 1` and reads those elements of each block with one vector load).
+//!   Element `j` goes to accumulator `a = j mod BLOCK`: `acc[a] = fma(w[j], x[j], acc[a])` from 0
+//!   over `j = a, a + BLOCK, …`, every accumulator taking `⌈cols / BLOCK⌉` terms (those at or
+//!   past `cols` count as `w = x = 0`). Then [`reduce`] sums the accumulators: each lane's eight
+//!   by halving (offsets 4, 2, 1), then the lanes by the butterfly of [`lane_sum`]. On the host
+//!   the accumulators are whole vector registers and the weights are read in their own order,
+//!   so no shuffling happens in the inner loop.
 //! - **The activation**: `h = (g / (1 + exp(−g))) · u` with [`exp`] below (not a math library's,
 //!   whose last bit differs between platforms).
 //! - **The combine**: `y = fma(weight_k, part_k, y)` from 0 over a token's pairs in `k` order.
@@ -91,21 +94,25 @@ pub fn silu_mul(g: f32, u: f32) -> f32 {
     g / (1.0 + exp(-g)) * u
 }
 
-/// Writes `x` in the order the lanes read it: block `m`'s element for lane `l` and position `e`
-/// of its chunk goes to `out[BLOCK·m + LANES·e + l]` (from `x[BLOCK·m + CHUNK·l + e]`), 0 past
-/// `x`'s end; `out` is cleared and filled to a whole number of blocks.
-pub fn lane_major(x: &[f32], out: &mut Vec<f32>) {
+/// Copies `x` into `out` and pads it with zeros to a whole number of blocks: the activations
+/// as [`dot`] reads them.
+pub fn pad_to_blocks(x: &[f32], out: &mut Vec<f32>) {
     out.clear();
+    out.extend_from_slice(x);
     out.resize(x.len().div_ceil(BLOCK).saturating_mul(BLOCK), 0.0);
-    for (block, src) in out.chunks_exact_mut(BLOCK).zip(x.chunks(BLOCK)) {
-        for (l, chunk) in src.chunks(CHUNK).enumerate() {
-            for (e, v) in chunk.iter().enumerate() {
-                if let Some(slot) = block.get_mut(e.saturating_mul(LANES).saturating_add(l)) {
-                    *slot = *v;
-                }
-            }
-        }
+}
+
+/// The sum of a row's [`BLOCK`] accumulators: each lane's [`CHUNK`] by halving
+/// (`v[e] + v[e + 4]`, then `+ 2`, then `+ 1`), then the lanes by [`lane_sum`].
+#[allow(clippy::indexing_slicing, reason = "fixed sizes: CHUNK is 8")]
+pub fn reduce(acc: &[f32; BLOCK]) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    for (lane, v) in lanes.iter_mut().zip(acc.chunks_exact(CHUNK)) {
+        let t = [v[0] + v[4], v[1] + v[5], v[2] + v[6], v[3] + v[7]];
+        let u = [t[0] + t[2], t[1] + t[3]];
+        *lane = u[0] + u[1];
     }
+    lane_sum(lanes)
 }
 
 /// Weight formats a row can be read in: element `j` of a row's bytes as f32.
@@ -143,46 +150,29 @@ impl Element for Bf16 {
     }
 }
 
-/// `row · x` in the shared order, `row` holding `cols` elements of `E` and `xt` the activations
-/// in lane-major order ([`lane_major`], at least `cols` rounded up to a block). Inlined into
-/// callers compiled for each instruction set, which vectorise the whole blocks over the lanes.
+/// `row · x` in the shared order, `row` holding `cols` elements of `E` and `x` the activations
+/// padded with zeros to a whole number of blocks ([`pad_to_blocks`]). Inlined into callers
+/// compiled for each instruction set, which vectorise the accumulators.
 #[inline(always)]
 #[allow(clippy::indexing_slicing, clippy::arithmetic_side_effects, reason = "indexes bounded by the block sizes")]
-pub(super) fn dot<E: Element>(row: &[u8], cols: usize, xt: &[f32]) -> f32 {
-    let mut acc = [0.0f32; LANES];
+pub(super) fn dot<E: Element>(row: &[u8], cols: usize, x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; BLOCK];
     let whole = cols / BLOCK;
-    let mut tb = [0.0f32; BLOCK];
-    for (m, (src, xb)) in row.chunks_exact(BLOCK * E::BYTES).zip(xt.chunks_exact(BLOCK)).take(whole).enumerate() {
-        let _ = m;
-        // The block's weights transposed to lane-major order, as `xt` is.
-        for (l, chunk) in src.chunks_exact(CHUNK * E::BYTES).enumerate() {
-            for (e, b) in chunk.chunks_exact(E::BYTES).enumerate() {
-                tb[LANES * e + l] = E::get(b);
-            }
-        }
-        for (t, xs) in tb.chunks_exact(LANES).zip(xb.chunks_exact(LANES)) {
-            for ((a, w), v) in acc.iter_mut().zip(t).zip(xs) {
-                *a = w.mul_add(*v, *a);
-            }
+    for (src, xb) in row.chunks_exact(BLOCK * E::BYTES).zip(x.chunks_exact(BLOCK)).take(whole) {
+        for ((a, w), v) in acc.iter_mut().zip(src.chunks_exact(E::BYTES)).zip(xb) {
+            *a = E::get(w).mul_add(*v, *a);
         }
     }
-    // The last, partial block: lane by lane, only the chunks that start before `cols`.
+    // The last, partial block: its elements at or past `cols` are 0 · 0.
     let base = whole * BLOCK;
     if base < cols {
-        let xb = &xt[base..base + BLOCK];
-        for (l, a) in acc.iter_mut().enumerate() {
-            let start = base + CHUNK * l;
-            if start >= cols {
-                break;
-            }
-            for e in 0..CHUNK {
-                let j = start + e;
-                let (w, v) = if j < cols { (E::get(&row[j * E::BYTES..]), xb[LANES * e + l]) } else { (0.0, 0.0) };
-                *a = w.mul_add(v, *a);
-            }
+        for (i, a) in acc.iter_mut().enumerate() {
+            let j = base + i;
+            let (w, v) = if j < cols { (E::get(&row[j * E::BYTES..]), x[j]) } else { (0.0, 0.0) };
+            *a = w.mul_add(v, *a);
         }
     }
-    lane_sum(acc)
+    reduce(&acc)
 }
 
 /// A token's output from its pairs' down outputs: `y[i] = fma(weight_k, part_k[i], y[i])` from
@@ -243,30 +233,40 @@ mod tests {
         assert_eq!(lane_sum(acc).to_bits(), (r4[0] + r4[1]).to_bits());
     }
 
-    /// The dot product written lane by lane, straight from the module docs.
+    /// The dot product written accumulator by accumulator, straight from the module docs.
     fn dot_by_the_letter(w: &[f32], x: &[f32]) -> f32 {
         let cols = w.len();
-        let mut acc = [0.0f32; LANES];
-        for (l, a) in acc.iter_mut().enumerate() {
-            let mut start = CHUNK * l;
-            while start < cols {
-                for j in start..start + CHUNK {
-                    let (wv, xv) = if j < cols { (w[j], x[j]) } else { (0.0, 0.0) };
-                    *a = wv.mul_add(xv, *a);
-                }
-                start += BLOCK;
+        let terms = cols.div_ceil(BLOCK);
+        let mut acc = [0.0f32; BLOCK];
+        for (a, v) in acc.iter_mut().enumerate() {
+            for m in 0..terms {
+                let j = BLOCK * m + a;
+                let (wv, xv) = if j < cols { (w[j], x[j]) } else { (0.0, 0.0) };
+                *v = wv.mul_add(xv, *v);
             }
         }
-        lane_sum(acc)
+        let mut lanes = [0.0f32; LANES];
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            let mut v: Vec<f32> = acc[CHUNK * l..CHUNK * (l + 1)].to_vec();
+            let mut half = CHUNK / 2;
+            while half > 0 {
+                for e in 0..half {
+                    v[e] += v[e + half];
+                }
+                half /= 2;
+            }
+            *lane = v[0];
+        }
+        lane_sum(lanes)
     }
 
     #[test]
-    fn the_blocked_dot_product_is_the_lane_by_lane_one() {
+    fn the_blocked_dot_product_is_the_one_written_out() {
         for cols in [1, 7, 8, 9, 255, 256, 257, 264, 768, 1000, 2048] {
             let w: Vec<f32> = (0..cols).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013).collect();
             let x: Vec<f32> = (0..cols).map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.021).collect();
             let mut xt = Vec::new();
-            lane_major(&x, &mut xt);
+            pad_to_blocks(&x, &mut xt);
             let bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
             assert_eq!(dot::<F32>(&bytes, cols, &xt).to_bits(), dot_by_the_letter(&w, &x).to_bits(), "{cols}");
             let bf: Vec<u8> = w.iter().flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes()).collect();
