@@ -140,8 +140,9 @@ for line in text:
     f = line.split("\t")
     if f[0] == "peer":
         way = f[3].rsplit("misses ", 1)[1] if "misses " in f[3] else "resident"
-        # (trace, percent, way) -> (run, hit rate, µs/token, extra µs, bound µs)
-        ours[(f[1], int(f[2]), way)] = (f[3], float(f[4]), float(f[5]), float(f[6]), float(f[7]))
+        # (trace, percent, way) -> (run, hit rate, µs/token, extra µs, bound µs, predicted µs/token, host µs/token)
+        extra = [float(v) for v in f[8:10]] + [float("nan")] * (10 - len(f))
+        ours[(f[1], int(f[2]), way)] = (f[3], float(f[4]), float(f[5]), float(f[6]), float(f[7]), *extra)
 for line in text[:3]:
     print(line)
 base = 1e3 / llama[100][1]
@@ -149,13 +150,14 @@ print()
 print(f"llama.cpp: llama-bench -ngl 99 -p 0 -n {tokens}, {llama[100][2]} threads, {1e3 / base:,.0f} tokens/s with every "
       "expert on the GPU. expertslab: decode bench, one token per step; extra = ms per token over its own all-resident "
       "run; copy = misses copied, bus = read over the bus, host = computed on the host CPU, auto = copies and the host "
-      "side by side; bound = the auto row's bytes over link + host bandwidth.")
+      "side by side; bound = the auto row's bytes over link + host bandwidth; predicted = the replay's time per token "
+      "for the auto row over its measured time; host = the auto row's host time per token.")
 for trace in ("near-uniform", "locality"):
     print()
     print(f"**{trace}**")
     print()
     head = ["experts in VRAM", "llama.cpp", "extra", "hit rate", *(f"{w} extra" for w in WAYS), "bound",
-            "auto / best way", "auto / llama.cpp"]
+            "auto / best way", "auto / llama.cpp", "auto run", "predicted / measured", "host"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     percents = sorted({*llama, *(p for t, p, _ in ours if t == trace)}, reverse=True)
@@ -177,6 +179,9 @@ for trace in ("near-uniform", "locality"):
         row.append(f"{auto[4] / 1e3:.2f} ms" if auto else "")
         row.append(f"{auto[2] / min(singles):.3f}" if auto and singles else "")
         row.append(f"{auto[3] / 1e3 / llama_extra:.2f}" if auto and llama_extra and llama_extra > 0 else "")
+        row.append(auto[0].split(", misses")[0] if auto else "")
+        row.append(f"{auto[5] / auto[2]:.2f}" if auto and auto[5] == auto[5] else "")
+        row.append(f"{auto[6] / 1e3:.2f} ms" if auto and auto[6] == auto[6] else "")
         print("| " + " | ".join(row) + " |")
 EOF
 }

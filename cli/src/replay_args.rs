@@ -123,26 +123,44 @@ pub struct CostArgs {
     /// step) and in-place compute. Without it, costs add up and pools are not capped.
     #[arg(long)]
     pub overlap: bool,
-    /// With --overlap: how many of a step's misses may be copied (promoted or fetched):
-    /// `balanced` (as many as make the step cheapest, the default) or at most a number per layer
-    /// step.
+    /// With --overlap: time a layer step pays once when it computes any pair in place (starting
+    /// the host's threads, fetching the layer's input, returning the outputs), in µs.
+    #[arg(long, requires = "overlap", default_value_t = 0.0, value_parser = non_negative)]
+    pub slow_step_us: f64,
+    /// With --overlap: how many of a step's misses the pool may promote: `balanced` (as many as
+    /// make the step cheapest, the default of simulate), `none` (no cap: what the policy admits)
+    /// or at most a number per layer step (and at most the balanced share). tune tries `none`
+    /// and `balanced` when this is not given.
     #[arg(long, requires = "overlap", value_parser = parse_fetch_cap)]
     pub fetch_cap: Option<FetchCap>,
 }
 
-/// `balanced` or a count.
+/// `balanced`, `none` or a count.
 fn parse_fetch_cap(text: &str) -> Result<FetchCap, String> {
-    if text == "balanced" {
-        return Ok(FetchCap::Balanced);
+    match text {
+        "balanced" => Ok(FetchCap::Balanced),
+        "none" => Ok(FetchCap::Uncapped),
+        _ => text.parse().map(FetchCap::AtMost).map_err(|_| format!("'{text}': balanced, none or a number of experts")),
     }
-    text.parse().map(FetchCap::AtMost).map_err(|_| format!("'{text}': balanced or a number of experts"))
 }
 
-/// A fetch cap's name: `balanced` or the count.
+/// A fetch cap's name: `balanced`, `none` or the count.
 pub fn fetch_cap_name(cap: FetchCap) -> String {
     match cap {
+        FetchCap::Uncapped => "none".into(),
         FetchCap::Balanced => "balanced".into(),
         FetchCap::AtMost(n) => n.to_string(),
+    }
+}
+
+/// The cost of compute in place as summaries print it: `slow pair N µs`, and the cost per step
+/// when there is one.
+pub fn slow_cost_text(cost: &CostModel) -> String {
+    let pair = format!("slow pair {:.1} µs", cost.slow_pair_seconds * 1e6);
+    if cost.slow_step_seconds > 0.0 {
+        format!("{pair} + {:.1} µs a step", cost.slow_step_seconds * 1e6)
+    } else {
+        pair
     }
 }
 
@@ -188,7 +206,8 @@ impl CostArgs {
             None => expert_bytes as f64 / (self.slow_gbps * 1e9),
         };
         let model = CostModel::new(expert_bytes, slow_pair_seconds, self.link_gbps * 1e9)
-            .layer_compute(self.layer_compute_us * 1e-6);
+            .layer_compute(self.layer_compute_us * 1e-6)
+            .slow_step(self.slow_step_us * 1e-6);
         Ok(if self.overlap { model.overlapped(self.fetch_cap.unwrap_or(FetchCap::Balanced)) } else { model })
     }
 }

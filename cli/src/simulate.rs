@@ -184,7 +184,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     let header = trace.header();
     writeln!(
         out,
-        "{} layers × {} experts, top-{}, {} records; {}; expert {} over {} GB/s, slow pair {:.1} µs",
+        "{} layers × {} experts, top-{}, {} records; {}; expert {} over {} GB/s, {}",
         header.layers,
         header.experts,
         header.top_k,
@@ -192,7 +192,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         schedule_name(args.schedule),
         format_size(cost.expert_bytes),
         cost.link_bytes_per_second / 1e9,
-        cost.slow_pair_seconds * 1e6
+        crate::replay_args::slow_cost_text(&cost)
     )?;
     write_table(&mut out, &runs)?;
     Ok(())
@@ -204,10 +204,10 @@ pub fn run_label(run: &Run) -> String {
         Sharing::PerLayer => policy_label(run.policy),
         Sharing::Shared => format!("{}/shared", policy_label(run.policy)),
     };
+    use expertslab_std::trace::replay::FetchCap;
     match run.fetch_cap {
-        Some(cap @ expertslab_std::trace::replay::FetchCap::AtMost(_)) => {
-            format!("{label}, fetch ≤ {}", crate::replay_args::fetch_cap_name(cap))
-        }
+        Some(cap @ FetchCap::AtMost(_)) => format!("{label}, fetch ≤ {}", crate::replay_args::fetch_cap_name(cap)),
+        Some(FetchCap::Uncapped) => format!("{label}, uncapped"),
         _ => label,
     }
 }

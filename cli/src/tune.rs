@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use std::num::NonZeroU32;
 
 use clap::Args as ClapArgs;
-use expertslab_std::trace::replay::{ReplayPolicy, Sharing};
+use expertslab_std::trace::replay::{FetchCap, ReplayPolicy, Sharing};
 use expertslab_std::{slots_per_layer, AdmissionConfig, Policy, Schedule};
 use serde_json::json;
 
@@ -145,7 +145,15 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     ];
     let (initial, warm) = (args.replay.initial(), crate::warm_start::load(args.replay.warm_from.as_deref(), &trace)?);
     let prefetch = args.replay.prefetch;
-    let candidates = run_all(&trace, &jobs, initial, &warm, cost, prefetch)?;
+    // Under --overlap without --fetch-cap, each candidate runs uncapped and balanced.
+    let costs = match (cost.overlap, args.replay.cost.fetch_cap) {
+        (Some(_), None) => vec![cost.overlapped(FetchCap::Uncapped), cost.overlapped(FetchCap::Balanced)],
+        _ => vec![cost],
+    };
+    let mut candidates = Vec::new();
+    for &c in &costs {
+        candidates.extend(run_all(&trace, &jobs, initial, &warm, c, prefetch)?);
+    }
     // Under --overlap, only what is priced by layer step stands beside the candidates.
     let baselines: Vec<_> =
         baselines.into_iter().filter(|(p, ..)| cost.overlap.is_none() || p.prices_by_step()).collect();
@@ -188,12 +196,12 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     }
     writeln!(
         out,
-        "{} candidates (slots up to {max}, intervals {:?}), expert {} over {} GB/s, slow pair {:.1} µs",
+        "{} candidates (slots up to {max}, intervals {:?}), expert {} over {} GB/s, {}",
         candidates.len(),
         args.intervals,
         format_size(cost.expert_bytes),
         cost.link_bytes_per_second / 1e9,
-        cost.slow_pair_seconds * 1e6
+        crate::replay_args::slow_cost_text(&cost)
     )?;
     writeln!(
         out,

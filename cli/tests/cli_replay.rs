@@ -350,6 +350,7 @@ fn the_overlapped_model_prices_steps_by_their_slowest_resource() {
     let additive = run(&[]);
     let overlapped = run(&["--overlap"]);
     let none = run(&["--overlap", "--fetch-cap", "0"]);
+    let uncapped = run(&["--overlap", "--fetch-cap", "none"]);
     for i in 0..2 {
         let total = |v: &Value, key: &str| v[i]["total"][key].as_u64().unwrap();
         // The cap is the pool's: with 0 nothing is promoted; balanced promotes no more than the
@@ -360,6 +361,9 @@ fn the_overlapped_model_prices_steps_by_their_slowest_resource() {
         assert_eq!(overlapped[i]["fetch_cap"], "balanced");
         assert_eq!(none[i]["fetch_cap"], "0");
         assert!(additive[i]["fetch_cap"].is_null());
+        // Uncapped, the pool promotes as in the additive run.
+        assert_eq!(total(&uncapped, "promotions"), total(&additive, "promotions"));
+        assert_eq!(uncapped[i]["fetch_cap"], "none");
     }
     assert!(overlapped[0]["total"]["fetched"].as_u64().unwrap() > 0, "TIDE serves misses in place; some are fetched");
     let o = expertslab(&["simulate", "--trace", t, "--slots", "4", "--fetch-cap", "2"]);
@@ -373,6 +377,10 @@ fn the_overlapped_model_prices_steps_by_their_slowest_resource() {
         doc["references"].as_array().unwrap().iter().map(|r| r["policy"].as_str().unwrap()).collect();
     assert!(!names.contains(&"optimal") && !names.contains(&"uniform") && names.contains(&"oracle"), "{names:?}");
     assert!(doc["optimal_ratio"].is_null());
+    // tune tries each candidate uncapped and balanced.
+    let caps: Vec<&str> =
+        doc["candidate_runs"].as_array().unwrap().iter().map(|r| r["fetch_cap"].as_str().unwrap()).collect();
+    assert!(caps.contains(&"none") && caps.contains(&"balanced"), "{caps:?}");
     std::fs::remove_file(trace).unwrap();
 }
 

@@ -15,12 +15,15 @@
 //! slots under the `tune` pick at that budget, then no slots; at each budget below 100% a row
 //! for each way of serving misses ([`DemoMiss`]: copied, read over the bus, computed on the host
 //! CPU, and copies and the host side by side, `auto`). One tab-separated line per row: `peer`, trace,
-//! percent in VRAM, run, hit rate, µs per token, µs per token over the all-resident row, and
-//! the bound of that extra time: the bytes the row brought to its pairs (copied, or read by the
-//! host) over the link's and the host's bandwidth together, per token.
+//! percent in VRAM, run, hit rate, µs per token, µs per token over the all-resident row, the
+//! bound of that extra time (the bytes the row brought to its pairs, copied or read by the
+//! host, over the link's and the host's bandwidth together, per token), the µs per token the
+//! core's replay predicts for the run ([`GpuModel::predict`]), and the host's µs per token on
+//! its pairs ([`RunReport::host_seconds`]).
 
 use std::process::ExitCode;
 
+use expertslab::trace::replay::FetchCap;
 use expertslab::{DecayConfig, Policy, Schedule};
 use expertslab_cuda::demo::{
     open_device, tune_pick, Calibration, DemoMiss, DemoRouting, GpuModel, ModelSpec, RunConfig, RunReport,
@@ -78,7 +81,8 @@ fn bench(model: &GpuModel, calibration: &Calibration, reps: usize) -> Result<(),
         for share in [4, 2] {
             let slots = experts / share;
             let label = format!("{}%", 100 / share);
-            let (tuned, tuned_schedule) = tune_pick(&trace, slots, model.expert_bytes() as u64, calibration, measured)?;
+            let tuned = tune_pick(&trace, slots, model.expert_bytes() as u64, calibration, measured)?;
+            let (tuned_schedule, tuned) = (tuned.schedule, tuned.policy);
             let candidates = [
                 ("(iv) lru".to_string(), Policy::Lru, Schedule::EveryForward),
                 ("(iv) tide".to_string(), Policy::Tide, Schedule::EveryForward),
@@ -136,37 +140,44 @@ fn peer(model: &GpuModel, calibration: &Calibration, reps: usize) -> Result<(), 
         let trace = DemoRouting::Synthetic(settings).trace(model.spec())?;
         let expert = model.expert_bytes() as f64;
         let host_bandwidth = if c.host_pair.is_finite() { expert / c.host_pair } else { 0.0 };
-        let line = |percent: usize, name: &str, r: &RunReport, floor: f64| {
+        let line = |percent: usize, name: &str, r: &RunReport, floor: f64, predicted: f64| {
             let tokens = r.decode_tokens.max(1) as f64;
             let copied: u64 = r.step_copy_bytes.iter().sum();
             let read: u64 = r.step_host_pairs.iter().chain(&r.step_zero_copy_pairs).sum();
             let brought = copied as f64 + read as f64 * expert;
             let bound = brought / tokens / (calibration.link_bytes_per_second + host_bandwidth);
             println!(
-                "peer\t{trace_name}\t{percent}\t{name}\t{:.4}\t{:.1}\t{:.1}\t{:.1}",
+                "peer\t{trace_name}\t{percent}\t{name}\t{:.4}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.1}",
                 r.hit_rate(),
                 us(r.seconds_per_token()),
                 us(r.seconds_per_token() - floor),
-                us(bound)
+                us(bound),
+                us(predicted),
+                us(r.host_seconds / tokens)
             );
         };
         let floor = model.decode_median(&trace, &RunConfig::new(experts, Policy::Lru, measured), reps)?;
         let floor_token = floor.seconds_per_token();
-        line(100, "all resident", &floor, floor_token);
+        line(100, "all resident", &floor, floor_token, floor_token);
         for percent in [75, 50, 25, 0] {
             let slots = experts * percent / 100;
             // Each way of serving misses with the pool the tune picks for it.
             for way in [DemoMiss::Copy, DemoMiss::Bus, DemoMiss::Host, DemoMiss::Auto] {
                 let rule = way.rule(*c);
-                let (policy, schedule) = if slots == 0 {
-                    (Policy::Lru, expertslab::Schedule::EveryForward)
+                let run = if slots == 0 {
+                    RunConfig::new(0, Policy::Lru, rule)
                 } else {
                     tune_pick(&trace, slots, model.expert_bytes() as u64, calibration, rule)?
                 };
-                let name = format!("tune: {} {}", policy.name(), schedule_name(schedule));
-                let run = RunConfig { schedule, ..RunConfig::new(slots, policy, rule) };
+                let cap = match run.miss {
+                    MissRule::Balanced(_, FetchCap::Uncapped) => ", uncapped",
+                    MissRule::Balanced(..) => ", capped",
+                    _ => "",
+                };
+                let name = format!("tune: {} {}{cap}", run.policy.name(), schedule_name(run.schedule));
                 let r = model.decode_median(&trace, &run, reps)?;
-                line(percent, &format!("{name}, misses {}", way.name()), &r, floor_token);
+                let predicted = model.predict(&trace, &run, calibration)?.seconds_per_token;
+                line(percent, &format!("{name}, misses {}", way.name()), &r, floor_token, predicted);
             }
         }
     }

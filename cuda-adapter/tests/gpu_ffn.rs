@@ -4,7 +4,7 @@
 
 use std::io::Write;
 
-use expertslab::trace::replay::Sharing;
+use expertslab::trace::replay::{FetchCap, Sharing};
 use expertslab::trace::synthetic::SplitMix64;
 use expertslab::trace::Trace;
 use expertslab::{AdmissionConfig, DecayConfig, Format, Policy};
@@ -60,11 +60,18 @@ fn trace(spec: &ModelSpec) -> Trace {
 }
 
 /// Copy when an expert serves at least two pairs of the step, read over the bus otherwise.
-const MIXED: MissRule =
-    MissRule::Measured(MissCosts { copy: 1.5, resident_pair: 0.0, zero_copy_pair: 1.0, host_pair: f64::INFINITY });
+const MIXED: MissRule = MissRule::Measured(MissCosts {
+    copy: 1.5,
+    resident_pair: 0.0,
+    zero_copy_pair: 1.0,
+    host_pair: f64::INFINITY,
+    host_step: 0.0,
+});
 /// A step's misses split between copies and the host (a host pair costs two copies).
-const BALANCED: MissRule =
-    MissRule::Balanced(MissCosts { copy: 1.0, resident_pair: 0.0, zero_copy_pair: 9.0, host_pair: 2.0 });
+const BALANCED: MissRule = MissRule::Balanced(
+    MissCosts { copy: 1.0, resident_pair: 0.0, zero_copy_pair: 9.0, host_pair: 2.0, host_step: 0.0 },
+    FetchCap::Balanced,
+);
 const HOST: MissRule = MissRule::Always(MissAction::Host);
 
 fn outputs(model: &GpuModel, trace: &Trace, slots: usize, policy: Policy, miss: MissRule) -> Vec<f32> {

@@ -71,6 +71,17 @@ fn expert_ffn(bencher: Bencher) {
     bencher.bench_local(|| ffn.parts(&p, &s.x, &mut parts).expect("parts"));
 }
 
+/// One pair alone, as a decode step with one miss on the host computes it: the rows of one
+/// expert spread over the threads.
+#[divan::bench]
+fn expert_ffn_one_pair(bencher: Bencher) {
+    let s = setup();
+    let ffn = ExpertFfn::new(HIDDEN, FFN, Format::BF16).expect("ffn");
+    let p = pairs(&s);
+    let mut parts = vec![0.0f32; HIDDEN];
+    bencher.bench_local(|| ffn.parts(&p[..1], &s.x, &mut parts).expect("parts"));
+}
+
 #[divan::bench]
 fn expert_ffn_portable(bencher: Bencher) {
     let s = setup();

@@ -38,7 +38,7 @@ mod cost;
 pub mod optimal;
 
 pub(crate) use cost::OverlapClock;
-pub use cost::{count_uses, split_misses, CostModel, FetchCap, StepCost};
+pub use cost::{count_uses, split_misses, CostModel, FetchCap, SplitCosts, StepCost};
 
 /// What to replay: a pool policy, or a reference.
 #[derive(Debug, Clone, Copy, PartialEq)]

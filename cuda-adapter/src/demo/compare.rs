@@ -4,7 +4,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use expertslab::trace::replay::Sharing;
+use expertslab::trace::replay::{FetchCap, Sharing};
 use expertslab::trace::Trace;
 use expertslab::{Policy, Schedule};
 
@@ -21,7 +21,8 @@ pub enum DemoMiss {
     Bus,
     /// Compute each on the host ([`MissAction::Host`]).
     Host,
-    /// Copies and the host side by side, split by the measured costs ([`MissRule::Balanced`]).
+    /// Copies and the host side by side, split by the measured costs ([`MissRule::Balanced`],
+    /// promotions capped at the step's balanced share).
     Auto,
 }
 
@@ -32,7 +33,7 @@ impl DemoMiss {
             Self::Copy => MissRule::Always(MissAction::Copy),
             Self::Bus => MissRule::Always(MissAction::ZeroCopy),
             Self::Host => MissRule::Always(MissAction::Host),
-            Self::Auto => MissRule::Balanced(costs),
+            Self::Auto => MissRule::Balanced(costs, FetchCap::Balanced),
         }
     }
 

@@ -218,6 +218,9 @@ pub struct RunReport {
     pub decode_tokens: u64,
     /// Wall time of the timed decode steps, from the first enqueue to the end of the last kernel.
     pub decode_seconds: f64,
+    /// Of `decode_seconds`, the host's time on its pairs: fetching each layer's input,
+    /// computing the pairs, enqueueing their outputs' upload.
+    pub host_seconds: f64,
     /// Bytes copied (slots and scratch) per timed decode step.
     pub step_copy_bytes: Vec<u64>,
     /// Pairs read over the bus per timed decode step.
@@ -323,13 +326,34 @@ pub fn router_weights(layer: usize, step: u64, pairs: usize, top_k: usize) -> Ve
     w
 }
 
-/// The pick of `expertslab tune` at a fixed budget: the policy and refresh interval with the
-/// lowest modeled time under the core's replay, over the deployable policies (TIDE, decay,
-/// LRU, LFU, LRU-2) and intervals τ ∈ {1, 2, 4, 8, 16, 32} for the interval policies, with the
-/// measured link and the cost of a miss served in place under `rule`: for
-/// [`MissRule::Balanced`], a pair on the host, priced by the overlapped model
-/// ([`CostModel::overlapped`]: copies and host compute at once, a step's misses in place split
-/// between them); otherwise the measured copy-or-bus cost, priced additively.
+/// The cost model the core's replay prices a run under `rule` with, from the measured costs:
+/// under [`MissRule::Balanced`] with a host, a pair on the host (and its cost per step) and the
+/// overlapped model with the rule's cap ([`CostModel::overlapped`]: copies and host compute at once, a step's misses in
+/// place split between them); otherwise the cost of the way the rule serves a lone miss (a copy
+/// and a resident pair, a pair over the bus, a pair on the host), priced additively.
+pub fn replay_cost(rule: MissRule, expert_bytes: u64, calibration: &Calibration) -> CostModel {
+    let c = &calibration.costs;
+    let link = calibration.link_bytes_per_second;
+    match rule {
+        MissRule::Balanced(costs, cap) if costs.host_pair.is_finite() => {
+            CostModel::new(expert_bytes, costs.host_pair, link).slow_step(costs.host_step).overlapped(cap)
+        }
+        _ => {
+            let slow_pair_seconds = match rule.choose(1) {
+                MissAction::Copy => c.copy + c.resident_pair,
+                MissAction::ZeroCopy => c.zero_copy_pair,
+                MissAction::Host => c.host_pair,
+            };
+            CostModel::new(expert_bytes, slow_pair_seconds, link)
+        }
+    }
+}
+
+/// The pick of `expertslab tune` at a fixed budget of `slots` per layer: the run with the lowest
+/// modeled time under the core's replay ([`replay_cost`]), over the deployable policies (TIDE,
+/// decay, LRU, LFU, LRU-2), intervals τ ∈ {1, 2, 4, 8, 16, 32} for the interval policies and,
+/// under [`MissRule::Balanced`], the pool uncapped or capped at the balanced share
+/// ([`FetchCap`]); misses by `rule` otherwise.
 ///
 /// # Errors
 /// [`CudaError::Residency`] when the replay refuses the trace.
@@ -339,43 +363,40 @@ pub fn tune_pick(
     expert_bytes: u64,
     calibration: &Calibration,
     rule: MissRule,
-) -> Result<(Policy, Schedule), CudaError> {
-    let c = &calibration.costs;
-    let link = calibration.link_bytes_per_second;
-    let cost = match rule {
-        MissRule::Balanced(costs) if costs.host_pair.is_finite() => {
-            CostModel::new(expert_bytes, costs.host_pair, link).overlapped(FetchCap::Balanced)
+) -> Result<RunConfig, CudaError> {
+    let rules = match rule {
+        MissRule::Balanced(c, _) => {
+            vec![MissRule::Balanced(c, FetchCap::Uncapped), MissRule::Balanced(c, FetchCap::Balanced)]
         }
-        _ => {
-            let slow_pair_seconds = match MissRule::Measured(*c).choose(1) {
-                MissAction::Copy => c.copy + c.resident_pair,
-                MissAction::ZeroCopy => c.zero_copy_pair,
-                MissAction::Host => c.host_pair,
-            };
-            CostModel::new(expert_bytes, slow_pair_seconds, link)
-        }
+        other => vec![other],
     };
-    let mut best: Option<(f64, Policy, Schedule)> = None;
-    for name in ["tide", "decay", "lru", "lfu", "lru2"] {
-        let policy = Policy::from_name(name).map_err(|e| CudaError::Residency(format!("{e}")))?;
-        let schedules: Vec<Schedule> = if policy.is_demand() {
-            vec![Schedule::EveryForward]
-        } else {
-            [1u32, 2, 4, 8, 16, 32]
-                .iter()
-                .filter_map(|&n| std::num::NonZeroU32::new(n).map(Schedule::EveryDecodeSteps))
-                .collect()
-        };
-        for schedule in schedules {
-            let config = ReplayConfig::new(ReplayPolicy::Pool(policy), slots, schedule, InitialPlacement::Warm, cost);
-            let time =
-                replay(trace, &config).map_err(|e| CudaError::Residency(format!("replay: {e}")))?.total.modeled_time_s;
-            if best.is_none_or(|(t, _, _)| time < t) {
-                best = Some((time, policy, schedule));
+    let mut best: Option<(f64, RunConfig)> = None;
+    for rule in rules {
+        let cost = replay_cost(rule, expert_bytes, calibration);
+        for name in ["tide", "decay", "lru", "lfu", "lru2"] {
+            let policy = Policy::from_name(name).map_err(|e| CudaError::Residency(format!("{e}")))?;
+            let schedules: Vec<Schedule> = if policy.is_demand() {
+                vec![Schedule::EveryForward]
+            } else {
+                [1u32, 2, 4, 8, 16, 32]
+                    .iter()
+                    .filter_map(|&n| std::num::NonZeroU32::new(n).map(Schedule::EveryDecodeSteps))
+                    .collect()
+            };
+            for schedule in schedules {
+                let config =
+                    ReplayConfig::new(ReplayPolicy::Pool(policy), slots, schedule, InitialPlacement::Warm, cost);
+                let time = replay(trace, &config)
+                    .map_err(|e| CudaError::Residency(format!("replay: {e}")))?
+                    .total
+                    .modeled_time_s;
+                if best.as_ref().is_none_or(|(t, _)| time < *t) {
+                    best = Some((time, RunConfig { schedule, ..RunConfig::new(slots, policy, rule) }));
+                }
             }
         }
     }
-    best.map(|(_, p, s)| (p, s)).ok_or_else(|| CudaError::Residency("no candidate".into()))
+    best.map(|(_, run)| run).ok_or_else(|| CudaError::Residency("no candidate".into()))
 }
 
 #[cfg(test)]
@@ -418,21 +439,45 @@ mod tests {
     #[test]
     fn with_the_host_the_tune_pick_is_priced_by_layer_step() {
         // The H100's costs: a copy 179 µs, a pair on the host 102 µs; near-uniform routing.
-        let costs = MissCosts { copy: 179e-6, resident_pair: 6e-6, zero_copy_pair: 275e-6, host_pair: 102e-6 };
+        let costs =
+            MissCosts { copy: 179e-6, resident_pair: 6e-6, zero_copy_pair: 275e-6, host_pair: 102e-6, host_step: 0.0 };
         let calibration = Calibration { link_bytes_per_second: 52.6e9, costs };
         let trace = SynthSettings { steps: 128, ..SynthSettings::near_uniform() }.trace().unwrap();
         let bytes: u64 = 9 << 20;
-        let modeled = |(policy, schedule): (Policy, Schedule), cost: CostModel| {
-            let config = ReplayConfig::new(ReplayPolicy::Pool(policy), 64, schedule, InitialPlacement::Warm, cost);
+        let modeled = |run: &RunConfig| {
+            let cost = replay_cost(run.miss, bytes, &calibration);
+            let config =
+                ReplayConfig::new(ReplayPolicy::Pool(run.policy), 64, run.schedule, InitialPlacement::Warm, cost);
             replay(&trace, &config).unwrap().total.modeled_time_s
         };
         let copying = tune_pick(&trace, 64, bytes, &calibration, MissRule::Measured(costs)).unwrap();
-        let hybrid = tune_pick(&trace, 64, bytes, &calibration, MissRule::Balanced(costs)).unwrap();
-        let additive = CostModel::new(bytes, costs.copy + costs.resident_pair, 52.6e9);
-        let overlapped = CostModel::new(bytes, costs.host_pair, 52.6e9).overlapped(FetchCap::Balanced);
-        // Copies and the host side by side, the pool capped at the link's share: under half the
-        // time of copying every miss.
-        assert!(modeled(hybrid, overlapped) < 0.5 * modeled(copying, additive), "{hybrid:?} {copying:?}");
+        let hybrid = tune_pick(&trace, 64, bytes, &calibration, MissRule::Balanced(costs, FetchCap::Uncapped)).unwrap();
+        assert!(matches!(copying.miss, MissRule::Measured(_)));
+        // Copies and the host side by side, the pool capped at the link's share on this
+        // near-uniform routing: under half the time of copying every miss.
+        assert_eq!(hybrid.miss, MissRule::Balanced(costs, FetchCap::Balanced), "{hybrid:?}");
+        assert!(modeled(&hybrid) < 0.5 * modeled(&copying), "{hybrid:?} {copying:?}");
+        // The pick is the best of both caps: no policy beats it under either.
+        let locality = SynthSettings { steps: 128, ..SynthSettings::locality() }.trace().unwrap();
+        let rule = |cap| MissRule::Balanced(costs, cap);
+        let pick = tune_pick(&locality, 32, bytes, &calibration, rule(FetchCap::Balanced)).unwrap();
+        let on_locality = |run: &RunConfig| {
+            let cost = replay_cost(run.miss, bytes, &calibration);
+            let config =
+                ReplayConfig::new(ReplayPolicy::Pool(run.policy), 32, run.schedule, InitialPlacement::Warm, cost);
+            replay(&locality, &config).unwrap().total.modeled_time_s
+        };
+        for cap in [FetchCap::Uncapped, FetchCap::Balanced] {
+            for policy in [Policy::Lru, Policy::Lfu, Policy::Tide] {
+                assert!(on_locality(&pick) <= on_locality(&RunConfig::new(32, policy, rule(cap))), "{pick:?}");
+            }
+        }
+        // A host that costs more than a copy per pair: capping gains nothing, the pool is left
+        // uncapped.
+        let slow = MissCosts { host_pair: 400e-6, host_step: 100e-6, ..costs };
+        let calibration = Calibration { link_bytes_per_second: 52.6e9, costs: slow };
+        let pick = tune_pick(&locality, 32, bytes, &calibration, MissRule::Balanced(slow, FetchCap::Balanced)).unwrap();
+        assert_eq!(pick.miss, MissRule::Balanced(slow, FetchCap::Uncapped), "{pick:?}");
     }
 
     #[test]

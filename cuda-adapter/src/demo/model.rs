@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use cudarc::driver::sys::{CUevent_flags, CU_MEMHOSTALLOC_DEVICEMAP};
-use cudarc::driver::{CudaContext, CudaEvent, CudaStream, LaunchConfig, PinnedHostSlice, PushKernelArg};
-use expertslab::trace::replay::{replay, CostModel, ReplayConfig, ReplayPolicy};
+use cudarc::driver::{CudaContext, CudaEvent, CudaSlice, CudaStream, LaunchConfig, PinnedHostSlice, PushKernelArg};
+use expertslab::trace::replay::{replay, ReplayConfig, ReplayPolicy};
 use expertslab::trace::Trace;
 use expertslab::{ExpertLayout, Format, InitialPlacement, SlotArena};
 use expertslab_std::ffn::{ExpertFfn, PairSlabs};
@@ -369,35 +369,67 @@ impl GpuModel {
         let zero_copy_pair = per_pair(&zero_copy)?;
         self.compute.synchronize()?;
         let link_bytes_per_second = median(&mut link);
+        let (host_pair, host_step) = self.host_costs(k, reps, &x)?;
         Ok(Calibration {
             link_bytes_per_second,
             costs: MissCosts {
                 copy: self.expert_bytes as f64 / link_bytes_per_second,
                 resident_pair,
                 zero_copy_pair,
-                host_pair: self.host_pair_seconds(k, reps)?,
+                host_pair,
+                host_step,
             },
         })
     }
 
-    /// One token over `k` experts of layer 0 on the host ([`ExpertFfn`] on all its threads):
-    /// the median over `reps` runs (after one to warm up) of the time per pair;
-    /// `f64::INFINITY` when the host FFN does not read the model's format.
-    fn host_pair_seconds(&self, k: usize, reps: usize) -> Result<f64, CudaError> {
+    /// The host's costs as the runner pays them for one token: per layer step, the input
+    /// `x_device` copied to the host, [`ExpertFfn`] on all its threads over the pairs, and their
+    /// outputs uploaded. Timed with one pair and with `k` (medians over `reps` runs, after one
+    /// to warm up): `host_pair` is the time `k` pairs add over one, per pair, and `host_step`
+    /// what is left of the one-pair time. Both `f64::INFINITY` when the host FFN does not read
+    /// the model's format. Each run reads other experts, spread over every layer, as decode's
+    /// misses do: experts read again and again would be timed from the host's caches (a
+    /// last-level cache of hundreds of MiB holds a token's experts), not from its memory.
+    fn host_costs(&self, k: usize, reps: usize, x_device: &CudaSlice<f32>) -> Result<(f64, f64), CudaError> {
         let s = &self.spec.shape;
-        let Ok(ffn) = ExpertFfn::new(s.hidden, s.ffn, s.format) else { return Ok(f64::INFINITY) };
-        let pairs = (0..k).map(|e| PairSlabs::from_source(&self.store, 0, e, 0)).collect::<Result<Vec<_>, _>>()?;
-        let x = activations(self.spec.seed, s.hidden);
+        let Ok(ffn) = ExpertFfn::new(s.hidden, s.ffn, s.format) else { return Ok((f64::INFINITY, f64::INFINITY)) };
+        let (experts, layers) = (self.spec.experts.max(1), self.spec.layers.max(1));
+        let all = experts * layers;
+        // A stride prime to the expert count, so the runs visit every expert before one comes
+        // back.
+        let stride = if all % 7919 == 0 { 1 } else { 7919 };
+        let k = k.max(2);
+        let mut next = 0usize;
+        let mut x = vec![0.0f32; s.hidden];
         let mut parts = vec![0.0f32; k * s.hidden];
-        let mut times = Vec::with_capacity(reps);
-        for rep in 0..=reps {
+        let mut parts_device = self.compute.alloc_zeros::<f32>(k * s.hidden)?;
+        let mut time = |n: usize| -> Result<f64, CudaError> {
+            let pairs = (0..n)
+                .map(|_| {
+                    let at = (next * stride) % all;
+                    next += 1;
+                    PairSlabs::from_source(&self.store, at / experts, at % experts, 0)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let out = parts.get_mut(..n * s.hidden).unwrap_or_default();
             let start = std::time::Instant::now();
-            ffn.parts(&pairs, &x, &mut parts).map_err(|e| CudaError::Unsupported(format!("host FFN: {e}")))?;
+            self.compute.memcpy_dtoh(x_device, &mut x)?;
+            self.compute.synchronize()?;
+            ffn.parts(&pairs, &x, out).map_err(|e| CudaError::Unsupported(format!("host FFN: {e}")))?;
+            self.compute.memcpy_htod(out, &mut parts_device)?;
+            self.compute.synchronize()?;
+            Ok(start.elapsed().as_secs_f64())
+        };
+        let (mut one, mut added) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
+        for rep in 0..=reps {
+            let (t1, tk) = (time(1)?, time(k)?);
             if rep > 0 {
-                times.push(start.elapsed().as_secs_f64() / k.max(1) as f64);
+                one.push(t1);
+                added.push((tk - t1).max(0.0) / (k - 1) as f64);
             }
         }
-        Ok(median(&mut times))
+        let pair = median(&mut added);
+        Ok((pair, (median(&mut one) - pair).max(0.0)))
     }
 
     /// The bytes one slot takes in every layer.
@@ -489,16 +521,17 @@ impl GpuModel {
     }
 
     /// The cost the core's replay predicts for `run` on `trace`'s decode steps, per decode
-    /// token: `(hits + served by copy) × resident_pair + served in place × miss pair + bytes
-    /// moved / link`, where the pair counts and bytes come from [`expertslab::trace::replay`]
-    /// (decode records only: the replay of the whole trace less the replay of its prefill) and
-    /// the per-pair and link costs from `calibration`; a miss pair costs what the rule's action
-    /// costs.
+    /// token: `(hits + served by copy) × resident_pair` plus the replay's modeled time under
+    /// [`super::replay_cost`] (additive: `served in place × miss pair + bytes moved / link`, a
+    /// miss pair costing what the rule's action costs; under [`MissRule::Balanced`] the
+    /// overlapped model's time per layer step), from [`expertslab::trace::replay`] on decode
+    /// records only (the replay of the whole trace less the replay of its prefill) and the
+    /// costs of `calibration`.
     ///
     /// # Errors
     /// [`CudaError::Residency`] when the replay refuses the trace.
     pub fn predict(&self, trace: &Trace, run: &RunConfig, calibration: &Calibration) -> Result<Prediction, CudaError> {
-        let cost = CostModel::new(self.expert_bytes as u64, 1.0, calibration.link_bytes_per_second);
+        let cost = super::replay_cost(run.miss, self.expert_bytes as u64, calibration);
         let mut config =
             ReplayConfig::new(ReplayPolicy::Pool(run.policy), run.slots, run.schedule, InitialPlacement::Warm, cost);
         config.sharing = run.sharing;
@@ -519,17 +552,12 @@ impl GpuModel {
         let hits = whole.hits - before.hits;
         let served_in_place = whole.served_in_place - before.served_in_place;
         let bytes = whole.bytes_moved - before.bytes_moved;
-        let c = &calibration.costs;
-        let miss_pair = match run.miss.choose(1) {
-            MissAction::Copy => c.copy + c.resident_pair,
-            MissAction::ZeroCopy => c.zero_copy_pair,
-            MissAction::Host => c.host_pair,
-        };
-        // Misses served by copy are computed from their slot after their copy.
+        // Misses served by copy are computed from their slot after their copy; the misses in
+        // place and the copies are the replay's modeled time (which prices them as the rule
+        // serves them).
         let computed_resident = hits + (whole.served_by_copy - before.served_by_copy);
-        let seconds = computed_resident as f64 * c.resident_pair
-            + served_in_place as f64 * miss_pair
-            + bytes as f64 / calibration.link_bytes_per_second;
+        let seconds =
+            computed_resident as f64 * calibration.costs.resident_pair + (whole.modeled_time_s - before.modeled_time_s);
         Ok(Prediction {
             seconds_per_token: if decode_tokens == 0 { 0.0 } else { seconds / decode_tokens as f64 },
             hit_rate: whole.hit_rate(),

@@ -1,6 +1,6 @@
 //! The miss rule: what the host does with a routed expert that is not resident.
 
-use expertslab::trace::replay::{split_misses, FetchCap};
+use expertslab::trace::replay::{split_misses, FetchCap, SplitCosts};
 
 /// What to do with a routed expert that is not resident: the three ways to serve a miss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +26,17 @@ pub struct MissCosts {
     /// Computing one pair on the host CPU (all its threads on the pair's rows);
     /// `f64::INFINITY` when the host does not compute pairs.
     pub host_pair: f64,
+    /// Paid once by a layer step that computes any pair on the host, before `host_pair` per
+    /// pair: fetching the layer's input from the device, starting the threads, uploading the
+    /// outputs.
+    pub host_step: f64,
+}
+
+impl MissCosts {
+    /// The costs the core's split weighs ([`split_misses`]), the link busy `busy` seconds.
+    pub const fn split(&self, busy: f64) -> SplitCosts {
+        SplitCosts { busy, copy: self.copy, pair: self.host_pair, step: self.host_step }
+    }
 }
 
 /// How the host picks a miss's action.
@@ -37,12 +48,14 @@ pub enum MissRule {
     /// expert is copied once and then read from device memory by each of the step's `uses`
     /// pairs), read over the bus otherwise.
     Measured(MissCosts),
-    /// Copies and host compute side by side: a step's missed experts, the most used first, are
-    /// copied while that keeps the copies' time `copies × copy` no longer than the host's time
-    /// `pairs left × host_pair`, and the rest are computed on the host; the split taken is the
-    /// one with the least `max(copy time, host time)` (the copy engine and the host CPU run at
-    /// once). With an infinite `host_pair` every miss is copied.
-    Balanced(MissCosts),
+    /// Copies and host compute side by side: the pool promotes at most the step's share of its
+    /// misses by the [`FetchCap`] (none under [`FetchCap::Uncapped`]); then the misses it left,
+    /// the most used first, are copied while that keeps the link's time (the promotions' and
+    /// these copies' `copies × copy`) no longer than the host's time `pairs left × host_pair`,
+    /// and the rest are computed on the host; the split taken is the one with the least
+    /// `max(link time, host time)` (the copy engine and the host CPU run at once). With an
+    /// infinite `host_pair` every miss is copied.
+    Balanced(MissCosts, FetchCap),
 }
 
 impl MissRule {
@@ -51,7 +64,7 @@ impl MissRule {
     pub fn choose(&self, uses: usize) -> MissAction {
         match self {
             Self::Always(action) => *action,
-            Self::Balanced(_) => {
+            Self::Balanced(..) => {
                 let mut actions = Vec::with_capacity(1);
                 self.plan(&[u32::try_from(uses).unwrap_or(u32::MAX)], 0, &mut actions);
                 actions.first().copied().unwrap_or(MissAction::Copy)
@@ -75,7 +88,7 @@ impl MissRule {
     /// (the pool's): [`MissRule::Balanced`] counts the link busy with them.
     pub fn plan(&self, uses: &[u32], promotions: usize, actions: &mut Vec<MissAction>) {
         actions.clear();
-        let Self::Balanced(c) = self else {
+        let Self::Balanced(c, cap) = self else {
             actions.extend(uses.iter().map(|&u| self.choose(u as usize)));
             return;
         };
@@ -84,8 +97,7 @@ impl MissRule {
         let mut order: Vec<usize> = (0..uses.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(uses.get(i).copied().unwrap_or(0)));
         let sorted: Vec<u32> = order.iter().map(|&i| uses.get(i).copied().unwrap_or(0)).collect();
-        let busy = promotions as f64 * c.copy;
-        let best = split_misses(&sorted, busy, c.copy, c.host_pair, FetchCap::Balanced);
+        let best = split_misses(&sorted, &c.split(promotions as f64 * c.copy), *cap);
         actions.resize(uses.len(), MissAction::Host);
         for &i in order.iter().take(best) {
             if let Some(a) = actions.get_mut(i) {
@@ -102,7 +114,13 @@ mod tests {
     #[test]
     fn the_miss_rule_weighs_one_copy_against_reads_over_the_bus() {
         // A 9 MiB expert: 180 µs to copy, 3 µs per pair from HBM, 200 µs per pair over the bus.
-        let costs = MissCosts { copy: 180e-6, resident_pair: 3e-6, zero_copy_pair: 200e-6, host_pair: f64::INFINITY };
+        let costs = MissCosts {
+            copy: 180e-6,
+            resident_pair: 3e-6,
+            zero_copy_pair: 200e-6,
+            host_pair: f64::INFINITY,
+            host_step: 0.0,
+        };
         let rule = MissRule::Measured(costs);
         assert_eq!(rule.choose(1), MissAction::Copy); // 183 < 200
         let slow_copy = MissRule::Measured(MissCosts { copy: 400e-6, ..costs });
@@ -117,8 +135,8 @@ mod tests {
     fn the_balanced_rule_splits_misses_between_the_link_and_the_host() {
         use MissAction::{Copy, Host};
         // Copying an expert costs as much as two pairs on the host.
-        let costs = MissCosts { copy: 2.0, resident_pair: 0.0, zero_copy_pair: 9.0, host_pair: 1.0 };
-        let rule = MissRule::Balanced(costs);
+        let costs = MissCosts { copy: 2.0, resident_pair: 0.0, zero_copy_pair: 9.0, host_pair: 1.0, host_step: 0.0 };
+        let rule = MissRule::Balanced(costs, FetchCap::Balanced);
         let mut actions = Vec::new();
         // Eight experts used once: k copies take 2k, the host 8 − k; k = 2 and k = 3 both take
         // 6, the least, and the tie goes to fewer copies.
@@ -128,11 +146,11 @@ mod tests {
         rule.plan(&[1, 1, 4, 1], 0, &mut actions);
         assert_eq!(actions, [Host, Host, Copy, Host]);
         // No host: every miss copied.
-        let no_host = MissRule::Balanced(MissCosts { host_pair: f64::INFINITY, ..costs });
+        let no_host = MissRule::Balanced(MissCosts { host_pair: f64::INFINITY, ..costs }, FetchCap::Balanced);
         no_host.plan(&[1, 2, 1], 0, &mut actions);
         assert_eq!(actions, [Copy, Copy, Copy]);
         // A slow link: everything on the host.
-        MissRule::Balanced(MissCosts { copy: 1e9, ..costs }).plan(&[1, 1], 0, &mut actions);
+        MissRule::Balanced(MissCosts { copy: 1e9, ..costs }, FetchCap::Balanced).plan(&[1, 1], 0, &mut actions);
         assert_eq!(actions, [Host, Host]);
         // The other rules plan miss by miss.
         MissRule::Always(Host).plan(&[3, 1], 0, &mut actions);
@@ -140,6 +158,9 @@ mod tests {
         // A link busy with three promotions (6) leaves every miss to the host.
         rule.plan(&[1; 4], 3, &mut actions);
         assert_eq!(actions, [Host; 4]);
+        // A cap of one copy a step.
+        MissRule::Balanced(costs, FetchCap::AtMost(1)).plan(&[1; 8], 0, &mut actions);
+        assert_eq!(actions.iter().filter(|&&a| a == Copy).count(), 1, "{actions:?}");
         assert_eq!(rule.choose(1), Host, "one pair alone: 1 on the host beats a copy of 2");
         assert_eq!(rule.choose(3), Copy);
     }

@@ -43,9 +43,18 @@ pub mod order;
 pub use isa::Isa;
 pub use order::{combine, exp, silu_mul};
 
-/// Output rows one task computes: small enough to spread one token's pairs over many threads,
-/// large enough to keep a task's overhead small.
+/// The most output rows one task computes: small enough to spread one token's pairs over many
+/// threads, large enough to keep a task's overhead small.
 const ROWS_PER_TASK: usize = 32;
+
+/// Rows per task for `rows` rows of one pair on `threads` threads: at most [`ROWS_PER_TASK`],
+/// and as many tasks as fill the threads in whole rounds (a pair alone, as a step with one miss
+/// on the host computes it, then keeps every thread busy to its last round).
+fn rows_per_task(rows: usize, threads: usize) -> usize {
+    let threads = threads.max(1);
+    let rounds = rows.div_ceil(threads.saturating_mul(ROWS_PER_TASK)).max(1);
+    rows.div_ceil(threads.saturating_mul(rounds)).clamp(1, ROWS_PER_TASK)
+}
 
 /// One pair's expert: its gate, up and down slabs (each `rows × cols` elements of the FFN's
 /// format, row-major, as GGUF stacks them) and the token whose activations it reads.
@@ -250,18 +259,20 @@ impl ExpertFfn {
                     t
                 })
                 .collect();
+            let threads = rayon::current_num_threads();
+            let (up_rows, down_rows) = (rows_per_task(ffn, threads), rows_per_task(hidden, threads));
             let mut h = vec![0.0f32; pairs.len() * ffn];
             h.par_chunks_mut(ffn).zip(pairs.par_iter()).for_each(|(h, p)| {
                 let Some(xt) = xt.get(p.token) else { return };
-                h.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(task, rows)| {
-                    isa::gate_up(isa, format, p.gate, p.up, hidden, xt, task * ROWS_PER_TASK, rows);
+                h.par_chunks_mut(up_rows).enumerate().for_each(|(task, rows)| {
+                    isa::gate_up(isa, format, p.gate, p.up, hidden, xt, task * up_rows, rows);
                 });
             });
             parts.par_chunks_mut(hidden).zip(h.par_chunks(ffn)).zip(pairs.par_iter()).for_each(|((part, h), p)| {
                 let mut ht = Vec::new();
                 order::pad_to_blocks(h, &mut ht);
-                part.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(task, rows)| {
-                    isa::down(isa, format, p.down, ffn, &ht, task * ROWS_PER_TASK, rows);
+                part.par_chunks_mut(down_rows).enumerate().for_each(|(task, rows)| {
+                    isa::down(isa, format, p.down, ffn, &ht, task * down_rows, rows);
                 });
             });
         };

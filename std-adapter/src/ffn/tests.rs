@@ -186,3 +186,16 @@ fn a_pair_s_slabs_come_from_its_source() {
     assert!(PairSlabs::from_source(&store, 4, 0, 0).is_err(), "no layer 4");
     assert!(PairSlabs::from_source(&store, 5, 3, 0).is_err(), "no expert 3");
 }
+
+#[test]
+fn tasks_fill_the_threads_in_whole_rounds() {
+    use super::rows_per_task;
+    // One pair of the current MoE shape on 16 threads: 32 tasks of 24 gate/up rows (two full
+    // rounds, not 24 tasks of 32), 64 of 32 down rows.
+    assert_eq!(rows_per_task(768, 16), 24);
+    assert_eq!(rows_per_task(2048, 16), 32);
+    // Never more than the most rows a task takes, never 0.
+    assert_eq!(rows_per_task(100_000, 2), 32);
+    assert_eq!(rows_per_task(3, 64), 1);
+    assert_eq!(rows_per_task(0, 0), 1);
+}

@@ -4,10 +4,16 @@ use alloc::vec::Vec;
 
 use super::ReplayStats;
 
-/// How many of a step's misses served in place are fetched instead ([`CostModel::overlapped`]).
+/// How many of a layer step's misses the pool may promote before the step, under the overlapped
+/// model ([`CostModel::overlapped`]); the misses it then serves in place are split between
+/// fetching and in-place compute whatever the cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum FetchCap {
+    /// No cap: the pool promotes what its policy admits (a promotion's later hits are worth
+    /// more than one step's split when routing repeats), and only the misses it serves in place
+    /// are split, the link busy with its promotions.
+    Uncapped,
     /// As many as make the step cheapest: the link's time against the in-place time, the most
     /// used experts fetched first ([`split_misses`]); the bandwidth-matched share.
     Balanced,
@@ -26,7 +32,8 @@ pub enum FetchCap {
 ///   different resources (the link's copy engine, the host CPU) and run at once. Before each
 ///   layer step the replay caps the pool's promotions at the step's share of its misses by the
 ///   [`FetchCap`] ([`split_misses`] with an idle link; [`crate::ExpertPool::set_fetch_cap`]), as
-///   a runtime that computes the rest in place does. After the step, the misses the pool served
+///   a runtime that computes the rest in place does ([`FetchCap::Uncapped`]: no cap, the pool
+///   promotes what its policy admits). After the step, the misses the pool served
 ///   in place are split again, the link now busy with the promotions: the most used are fetched
 ///   (copied for the step, not admitted), the others computed in place. The step costs
 ///   `max(link time, in-place time)`, where the link time is the step's promotions plus its
@@ -47,6 +54,10 @@ pub struct CostModel {
     /// Seconds one layer computes a step, which prefetch copies for the next layer overlap
     /// (0: no overlap, no prefetch).
     pub layer_compute_seconds: f64,
+    /// Under the overlapped model: seconds a layer step pays once when it computes any pair in
+    /// place (a host starting its threads, fetching the layer's input and returning the
+    /// outputs), before `slow_pair_seconds` per pair. The additive model does not charge it.
+    pub slow_step_seconds: f64,
     /// `None`: the additive model; a cap: the overlapped model with that cap (see above).
     pub overlap: Option<FetchCap>,
 }
@@ -66,7 +77,30 @@ pub struct StepCost {
 impl CostModel {
     /// The additive model without prefetch overlap (`layer_compute_seconds` 0).
     pub const fn new(expert_bytes: u64, slow_pair_seconds: f64, link_bytes_per_second: f64) -> Self {
-        Self { expert_bytes, slow_pair_seconds, link_bytes_per_second, layer_compute_seconds: 0.0, overlap: None }
+        Self {
+            expert_bytes,
+            slow_pair_seconds,
+            link_bytes_per_second,
+            layer_compute_seconds: 0.0,
+            slow_step_seconds: 0.0,
+            overlap: None,
+        }
+    }
+
+    /// With `seconds` paid once by each layer step that computes pairs in place (overlapped
+    /// model only).
+    pub const fn slow_step(self, seconds: f64) -> Self {
+        Self { slow_step_seconds: seconds, ..self }
+    }
+
+    /// The split's costs of a layer step whose link is already busy `busy` seconds.
+    pub(crate) fn split(&self, busy: f64) -> SplitCosts {
+        SplitCosts {
+            busy,
+            copy: self.copy_seconds(self.expert_bytes),
+            pair: self.slow_pair_seconds,
+            step: self.slow_step_seconds,
+        }
     }
 
     /// With `seconds` of compute per layer step for prefetch copies to overlap.
@@ -98,13 +132,40 @@ impl CostModel {
     /// (sorted here, most used first).
     pub fn step(&self, cap: FetchCap, copied: u64, uses: &mut [u32]) -> StepCost {
         uses.sort_unstable_by(|a, b| b.cmp(a));
-        let busy = self.copy_seconds(copied);
-        let copy = self.copy_seconds(self.expert_bytes);
-        let fetched = split_misses(uses, busy, copy, self.slow_pair_seconds, cap);
+        let costs = self.split(self.copy_seconds(copied));
+        let fetched = split_misses(uses, &costs, cap);
         let in_place: u64 = uses.iter().skip(fetched).map(|&u| u64::from(u)).sum();
-        let link = busy + fetched as f64 * copy;
-        let seconds = link.max(in_place as f64 * self.slow_pair_seconds);
-        StepCost { seconds, fetched: u32::try_from(fetched).unwrap_or(u32::MAX), in_place }
+        StepCost {
+            seconds: costs.seconds(fetched, in_place),
+            fetched: u32::try_from(fetched).unwrap_or(u32::MAX),
+            in_place,
+        }
+    }
+}
+
+/// What a layer step's split between the link and in-place compute weighs ([`split_misses`]),
+/// in seconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct SplitCosts {
+    /// The link's time already taken by the step's promotions.
+    pub busy: f64,
+    /// Fetching one expert over the link.
+    pub copy: f64,
+    /// Computing one pair in place.
+    pub pair: f64,
+    /// Paid once when any pair is computed in place ([`CostModel::slow_step_seconds`]).
+    pub step: f64,
+}
+
+impl SplitCosts {
+    /// The step's time with `fetched` experts fetched and `in_place` pairs left in place: the
+    /// slower of the link (`busy + fetched × copy`) and the compute in place (`step + in_place
+    /// × pair`, or nothing without pairs).
+    pub fn seconds(&self, fetched: usize, in_place: u64) -> f64 {
+        let link = self.busy + fetched as f64 * self.copy;
+        let here = if in_place == 0 { 0.0 } else { self.step + in_place as f64 * self.pair };
+        link.max(here)
     }
 }
 
@@ -122,23 +183,18 @@ pub fn count_uses(ids: impl IntoIterator<Item = u32>, out: &mut Vec<(u32, u32)>)
 }
 
 /// How many of a step's missed experts to fetch, `uses` their pairs, most used first: the `k`
-/// (at most the cap's) with the least `max(busy + k × copy, pairs of the others × pair)`, the
-/// smallest such `k` on ties. `busy` is the link's time already taken by the step's promotions.
+/// (at most the cap's) with the least [`SplitCosts::seconds`], the smallest such `k` on ties.
 /// The GPU runner splits its misses with this same function.
-pub fn split_misses(uses: &[u32], busy: f64, copy: f64, pair: f64, cap: FetchCap) -> usize {
+pub fn split_misses(uses: &[u32], costs: &SplitCosts, cap: FetchCap) -> usize {
     let limit = match cap {
-        FetchCap::Balanced => uses.len(),
+        FetchCap::Uncapped | FetchCap::Balanced => uses.len(),
         FetchCap::AtMost(n) => uses.len().min(n as usize),
     };
     let mut left: u64 = uses.iter().map(|&u| u64::from(u)).sum();
-    let cost = |k: usize, left: u64| {
-        let in_place = if left == 0 { 0.0 } else { left as f64 * pair };
-        (busy + k as f64 * copy).max(in_place)
-    };
-    let (mut best, mut best_cost) = (0, cost(0, left));
+    let (mut best, mut best_cost) = (0, costs.seconds(0, left));
     for (k, &u) in uses.iter().enumerate().take(limit) {
         left = left.saturating_sub(u64::from(u));
-        let c = cost(k.saturating_add(1), left);
+        let c = costs.seconds(k.saturating_add(1), left);
         if c < best_cost {
             (best, best_cost) = (k.saturating_add(1), c);
         }
@@ -159,7 +215,8 @@ pub(crate) struct OverlapClock {
 impl OverlapClock {
     /// The fetch cap of a layer step about to be planned, under the overlapped model: the share
     /// of its misses (ids whose expert `resident` says is not in a slot) that [`split_misses`]
-    /// gives the link, the most used first; `None` under the additive model. The pool promotes
+    /// gives the link, the most used first; `None` under the additive model and
+    /// [`FetchCap::Uncapped`]. The pool promotes
     /// at most that many, as a runtime computing the rest in place does.
     pub(crate) fn cap(
         &mut self,
@@ -169,10 +226,12 @@ impl OverlapClock {
         experts: usize,
     ) -> Option<u32> {
         let cap = cost.overlap?;
+        if cap == FetchCap::Uncapped {
+            return None;
+        }
         self.missed(ids, resident, experts);
         self.counts.sort_unstable_by(|a, b| b.cmp(a));
-        let copy = cost.copy_seconds(cost.expert_bytes);
-        let k = split_misses(&self.counts, 0.0, copy, cost.slow_pair_seconds, cap);
+        let k = split_misses(&self.counts, &cost.split(0.0), cap);
         Some(u32::try_from(k).unwrap_or(u32::MAX))
     }
 
@@ -224,18 +283,28 @@ mod tests {
         assert!(out.is_empty());
     }
 
+    fn costs(busy: f64, copy: f64, pair: f64) -> SplitCosts {
+        SplitCosts { busy, copy, pair, step: 0.0 }
+    }
+
     #[test]
     fn misses_split_between_the_link_and_the_host() {
         // A copy costs two pairs in place.
-        assert_eq!(split_misses(&[1; 8], 0.0, 2.0, 1.0, FetchCap::Balanced), 2); // max(4, 6) = 6
-        assert_eq!(split_misses(&[4, 1, 1, 1], 0.0, 2.0, 1.0, FetchCap::Balanced), 1); // max(2, 3)
-        assert_eq!(split_misses(&[1; 8], 0.0, 2.0, 1.0, FetchCap::AtMost(1)), 1);
-        assert_eq!(split_misses(&[1; 8], 0.0, 2.0, 1.0, FetchCap::AtMost(0)), 0);
+        assert_eq!(split_misses(&[1; 8], &costs(0.0, 2.0, 1.0), FetchCap::Balanced), 2); // max(4, 6) = 6
+        assert_eq!(split_misses(&[4, 1, 1, 1], &costs(0.0, 2.0, 1.0), FetchCap::Balanced), 1); // max(2, 3)
+        assert_eq!(split_misses(&[1; 8], &costs(0.0, 2.0, 1.0), FetchCap::AtMost(1)), 1);
+        assert_eq!(split_misses(&[1; 8], &costs(0.0, 2.0, 1.0), FetchCap::AtMost(0)), 0);
+        assert_eq!(split_misses(&[1; 8], &costs(0.0, 2.0, 1.0), FetchCap::Uncapped), 2);
         // A link already busy with the step's promotions takes fewer fetches.
-        assert_eq!(split_misses(&[1; 8], 6.0, 2.0, 1.0, FetchCap::Balanced), 0);
+        assert_eq!(split_misses(&[1; 8], &costs(6.0, 2.0, 1.0), FetchCap::Balanced), 0);
         // No cost in place worth moving: nothing fetched; an infinite pair: everything.
-        assert_eq!(split_misses(&[1, 1], 0.0, 2.0, 0.0, FetchCap::Balanced), 0);
-        assert_eq!(split_misses(&[1, 3], 0.0, 2.0, f64::INFINITY, FetchCap::Balanced), 2);
+        assert_eq!(split_misses(&[1, 1], &costs(0.0, 2.0, 0.0), FetchCap::Balanced), 0);
+        assert_eq!(split_misses(&[1, 3], &costs(0.0, 2.0, f64::INFINITY), FetchCap::Balanced), 2);
+        // A cost per step in place (3) moves one more fetch to the link: max(6, 3 + 5) beats
+        // max(4, 3 + 6); and a lone miss is fetched rather than started on the host.
+        let with_step = SplitCosts { step: 3.0, ..costs(0.0, 2.0, 1.0) };
+        assert_eq!(split_misses(&[1; 8], &with_step, FetchCap::Balanced), 3);
+        assert_eq!(split_misses(&[1], &with_step, FetchCap::Balanced), 1);
     }
 
     #[test]
@@ -289,6 +358,16 @@ mod tests {
         let balanced = replay(&small(), &config(cost.overlapped(FetchCap::Balanced))).unwrap().total;
         assert!((balanced.modeled_time_s - 6.0).abs() < 1e-9, "{balanced:?}");
         assert_eq!((balanced.hits, balanced.promotions, balanced.served_in_place), (additive.hits, 2, 4));
+        // Uncapped: TIDE promotes as without the overlap (3 promotions; 2, 3 and 5 in place).
+        // Step 0 fetches nothing (max(2, 1) = max(0, 2)); step 1 promotes 2 (2 s on the link)
+        // and leaves 5 in place (max(2, 1)); step 2 promotes 6 and 7 (4 s): 2 + 2 + 4 s.
+        let uncapped = replay(&small(), &config(cost.overlapped(FetchCap::Uncapped))).unwrap().total;
+        assert_eq!((uncapped.promotions, uncapped.served_in_place), (additive.promotions, 3), "{uncapped:?}");
+        assert!((uncapped.modeled_time_s - 8.0).abs() < 1e-9, "{uncapped:?}");
+        // A cost per step in place makes in-place compute dearer: never faster, fetching more.
+        let stepped = replay(&small(), &config(cost.slow_step(1.0).overlapped(FetchCap::Balanced))).unwrap().total;
+        assert!(stepped.modeled_time_s >= balanced.modeled_time_s, "{stepped:?}");
+        assert!(stepped.fetched >= balanced.fetched, "{stepped:?}");
         // A slow host (3 s a pair): step 0 fetches one (max(2, 3) = 3 < 6).
         let slow = CostModel::new(200, 3.0, 100.0).overlapped(FetchCap::Balanced);
         let r = replay(&small(), &config(slow)).unwrap().total;

@@ -11,17 +11,21 @@ use crate::error::CudaError;
 use crate::ffn::MissRule;
 
 impl<D: Driver + Clone, K: Kernels<D>> Runner<'_, D, K> {
-    /// Under [`MissRule::Balanced`], how many of the record's missed experts (not resident
-    /// before it, by `self.before`) the pool may promote: the share [`split_misses`] gives the
-    /// link, the most used first, the rest left to the host. `None` under the other rules.
+    /// Under [`MissRule::Balanced`] with a cap, how many of the record's missed experts (not
+    /// resident before it, by `self.before`) the pool may promote: the share [`split_misses`]
+    /// gives the link, the most used first, the rest left to the host. `None` under the other
+    /// rules and [`FetchCap::Uncapped`].
     pub(super) fn fetch_cap(&mut self, ids: &[u32]) -> Option<u32> {
-        let MissRule::Balanced(c) = self.rule else { return None };
+        let MissRule::Balanced(c, cap) = self.rule else { return None };
+        if cap == FetchCap::Uncapped {
+            return None;
+        }
         let missed = ids.iter().zip(&self.before).filter(|(_, before)| before.is_none()).map(|(&id, _)| id);
         count_uses(missed, &mut self.missed);
         self.counts.clear();
         self.counts.extend(self.missed.iter().map(|&(_, n)| n));
         self.counts.sort_unstable_by(|a, b| b.cmp(a));
-        let k = split_misses(&self.counts, 0.0, c.copy, c.host_pair, FetchCap::Balanced);
+        let k = split_misses(&self.counts, &c.split(0.0), cap);
         Some(u32::try_from(k).unwrap_or(u32::MAX))
     }
 

@@ -533,8 +533,12 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
         // SAFETY: as above.
         unsafe { self.kernels.pairs(layer, Phase::AfterCopies, &late_view, x, compute)? };
         if !self.host_pairs.is_empty() {
+            let start = Instant::now();
             self.host_step(layer, ids, x)?;
             self.kernels.upload_parts(layer, &self.host_pairs, &self.host_parts, &self.compute)?;
+            if !step.prefill && step.index > 0 {
+                report.host_seconds += start.elapsed().as_secs_f64();
+            }
         }
         let compute = &self.compute;
         // SAFETY: as above.

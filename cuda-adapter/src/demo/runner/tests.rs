@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use expertslab::trace::replay::FetchCap;
 use expertslab::{Format, Policy, StackLayout};
 use expertslab_std::{LayerStacks, SharedBytes};
 
@@ -126,11 +127,19 @@ fn a_layer_s_work_is_enqueued_only_after_the_previous_layer_s_event() {
     };
     let trace = settings.trace().unwrap();
     let layers: Vec<usize> = trace.records().iter().map(|r| r.layer as usize).collect();
-    let mixed =
-        MissRule::Measured(MissCosts { copy: 1.5, resident_pair: 0.0, zero_copy_pair: 1.0, host_pair: f64::INFINITY });
+    let mixed = MissRule::Measured(MissCosts {
+        copy: 1.5,
+        resident_pair: 0.0,
+        zero_copy_pair: 1.0,
+        host_pair: f64::INFINITY,
+        host_step: 0.0,
+    });
     // Copies and host compute side by side: a host pair costs two copies, so a step's two misses
     // split between the two (tinylfu that never admits serves every miss in place).
-    let balanced = MissRule::Balanced(MissCosts { copy: 1.0, resident_pair: 0.0, zero_copy_pair: 9.0, host_pair: 2.0 });
+    let balanced = MissRule::Balanced(
+        MissCosts { copy: 1.0, resident_pair: 0.0, zero_copy_pair: 9.0, host_pair: 2.0, host_step: 0.0 },
+        FetchCap::Balanced,
+    );
     let never_admits = Policy::Tinylfu(expertslab::AdmissionConfig::new(4.0, 0.0, 1e9).unwrap());
     for (sharing, policy, miss) in [
         (Sharing::PerLayer, Policy::Lru, MissRule::Always(MissAction::Copy)),
@@ -164,7 +173,7 @@ fn a_layer_s_work_is_enqueued_only_after_the_previous_layer_s_event() {
         let report = runner.run(&trace).unwrap();
         assert!(report.promotions + report.scratch_pairs + report.zero_copy_pairs > 0, "{sharing:?}: nothing moved");
         let read_backs = driver.ops().iter().filter(|op| matches!(op, MockOp::ReadBack { .. })).count();
-        if matches!(miss, MissRule::Balanced(_) | MissRule::Always(MissAction::Host)) {
+        if matches!(miss, MissRule::Balanced(..) | MissRule::Always(MissAction::Host)) {
             assert!(report.host_pairs > 0 && read_backs > 0, "{miss:?}: no host pair ({report:?})");
             if miss == balanced && policy == never_admits {
                 assert!(report.scratch_pairs > 0, "balanced: copies beside the host's pairs: {report:?}");
