@@ -13,8 +13,9 @@
 //! the side-by-side with llama.cpp instead (`scripts/peer-llamacpp.sh`): on the near-uniform and
 //! locality traces, every expert resident, then 75%, 50% and 25% of each layer's experts in
 //! slots under the `tune` pick at that budget, then no slots; at each budget below 100% a row
-//! for each way of serving misses ([`DemoMiss`]: copied, read over the bus, computed on the host
-//! CPU, and copies and the host side by side, `auto`). One tab-separated line per row: `peer`, trace,
+//! for each way of serving misses ([`DemoMiss`]: copied, computed on the host CPU, and copies and
+//! the host side by side, `auto`; read over the bus only without slots, since with slots the
+//! pool admits those misses and the row is the copy row). One tab-separated line per row: `peer`, trace,
 //! percent in VRAM, run, hit rate, µs per token, µs per token over the all-resident row, the
 //! bound of that extra time (the bytes the row brought to its pairs, copied or read by the
 //! host, over the link's and the host's bandwidth together, per token), the µs per token the
@@ -163,6 +164,10 @@ fn peer(model: &GpuModel, calibration: &Calibration, reps: usize) -> Result<(), 
             let slots = experts * percent / 100;
             // Each way of serving misses with the pool the tune picks for it.
             for way in [DemoMiss::Copy, DemoMiss::Bus, DemoMiss::Host, DemoMiss::Auto] {
+                // With slots the pool admits what the bus would read: its row is the copy row.
+                if way == DemoMiss::Bus && slots > 0 {
+                    continue;
+                }
                 let rule = way.rule(*c);
                 let run = if slots == 0 {
                     RunConfig::new(0, Policy::Lru, rule)

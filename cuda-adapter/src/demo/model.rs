@@ -369,7 +369,20 @@ impl GpuModel {
         let zero_copy_pair = per_pair(&zero_copy)?;
         self.compute.synchronize()?;
         let link_bytes_per_second = median(&mut link);
-        let (host_pair, host_step) = self.host_costs(k, reps, &x)?;
+        // The host is timed with the link busy, as the balanced rule keeps it: host memory
+        // serves the copies and the host's reads at once.
+        let mut copies = 0usize;
+        let mut busy_link = |n: usize| -> Result<(), CudaError> {
+            sink.synchronize().map_err(|f| f.error)?;
+            for i in 0..n {
+                let expert = (copies + i) % self.spec.experts.max(1);
+                sink.write_scratch(0, i % k, &self.layout, &self.store, 0, expert)?;
+            }
+            copies += n;
+            Ok(())
+        };
+        let (host_pair, host_step) = self.host_costs(k, reps, &x, &mut busy_link)?;
+        sink.synchronize().map_err(|f| f.error)?;
         Ok(Calibration {
             link_bytes_per_second,
             costs: MissCosts {
@@ -383,14 +396,20 @@ impl GpuModel {
     }
 
     /// The host's costs as the runner pays them for one token: per layer step, the input
-    /// `x_device` copied to the host, [`ExpertFfn`] on all its threads over the pairs, and their
-    /// outputs uploaded. Timed with one pair and with `k` (medians over `reps` runs, after one
+    /// `x_device` copied to the host, [`ExpertFfn`] on all its threads over the pairs (kept warm
+    /// between steps, as the runner keeps them), and their outputs uploaded. Timed with one pair and with `k` (medians over `reps` runs, after one
     /// to warm up): `host_pair` is the time `k` pairs add over one, per pair, and `host_step`
     /// what is left of the one-pair time. Both `f64::INFINITY` when the host FFN does not read
     /// the model's format. Each run reads other experts, spread over every layer, as decode's
     /// misses do: experts read again and again would be timed from the host's caches (a
     /// last-level cache of hundreds of MiB holds a token's experts), not from its memory.
-    fn host_costs(&self, k: usize, reps: usize, x_device: &CudaSlice<f32>) -> Result<(f64, f64), CudaError> {
+    fn host_costs(
+        &self,
+        k: usize,
+        reps: usize,
+        x_device: &CudaSlice<f32>,
+        busy_link: &mut dyn FnMut(usize) -> Result<(), CudaError>,
+    ) -> Result<(f64, f64), CudaError> {
         let s = &self.spec.shape;
         let Ok(ffn) = ExpertFfn::new(s.hidden, s.ffn, s.format) else { return Ok((f64::INFINITY, f64::INFINITY)) };
         let (experts, layers) = (self.spec.experts.max(1), self.spec.layers.max(1));
@@ -404,6 +423,9 @@ impl GpuModel {
         let mut parts = vec![0.0f32; k * s.hidden];
         let mut parts_device = self.compute.alloc_zeros::<f32>(k * s.hidden)?;
         let mut time = |n: usize| -> Result<f64, CudaError> {
+            // One copy a pair: the link busy about as long as the host (a copy of an expert
+            // takes about as long as a pair on the host).
+            busy_link(n)?;
             let pairs = (0..n)
                 .map(|_| {
                     let at = (next * stride) % all;
@@ -416,6 +438,7 @@ impl GpuModel {
             self.compute.memcpy_dtoh(x_device, &mut x)?;
             self.compute.synchronize()?;
             ffn.parts(&pairs, &x, out).map_err(|e| CudaError::Unsupported(format!("host FFN: {e}")))?;
+            ffn.keep_warm(super::runner::HOST_WARM);
             self.compute.memcpy_htod(out, &mut parts_device)?;
             self.compute.synchronize()?;
             Ok(start.elapsed().as_secs_f64())

@@ -31,7 +31,9 @@
 //! ```
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use expertslab::{ExpertSource, Format, Projection};
 use rayon::prelude::*;
@@ -156,6 +158,8 @@ pub struct ExpertFfn {
     format: Format,
     isa: Isa,
     pool: Option<Arc<ThreadPool>>,
+    /// Counts the calls of [`ExpertFfn::parts`]: threads kept warm spin until it moves.
+    calls: Arc<AtomicU64>,
 }
 
 impl ExpertFfn {
@@ -171,7 +175,7 @@ impl ExpertFfn {
         if hidden == 0 || ffn == 0 {
             return Err(FfnError::EmptyShape);
         }
-        Ok(Self { hidden, ffn, format, isa: Isa::detect(), pool: None })
+        Ok(Self { hidden, ffn, format, isa: Isa::detect(), pool: None, calls: Arc::new(AtomicU64::new(0)) })
     }
 
     /// Runs its tasks in `pool` (for a thread count of the caller's) instead of rayon's global
@@ -192,6 +196,40 @@ impl ExpertFfn {
         }
         self.isa = isa;
         Ok(self)
+    }
+
+    /// Keeps the FFN's threads spinning, ready for the next [`ExpertFfn::parts`], until it
+    /// starts or `limit` has passed. Threads left idle between calls go to sleep, and waking
+    /// them costs the operating system (and a virtual machine's hypervisor, which halts an idle
+    /// virtual CPU) from tens to hundreds of µs: more than a pair on the host. A decode loop that
+    /// computes pairs every layer step calls this after each step's pairs. All but one of the
+    /// pool's threads spin meanwhile (yielding their CPU to any other thread that is ready, such
+    /// as the one driving the decode), so the caller keeps a CPU. Calls without `parts` in
+    /// between queue one spin after another, each ending by `limit`.
+    pub fn keep_warm(&self, limit: Duration) {
+        let spinners = match &self.pool {
+            Some(pool) => pool.current_num_threads(),
+            None => rayon::current_num_threads(),
+        }
+        .saturating_sub(1)
+        .max(1);
+        let seen = self.calls.load(Ordering::Acquire);
+        for _ in 0..spinners {
+            let calls = Arc::clone(&self.calls);
+            let spin = move || {
+                let start = Instant::now();
+                while calls.load(Ordering::Acquire) == seen && start.elapsed() < limit {
+                    for _ in 0..64 {
+                        std::hint::spin_loop();
+                    }
+                    std::thread::yield_now();
+                }
+            };
+            match &self.pool {
+                Some(pool) => pool.spawn(spin),
+                None => rayon::spawn(spin),
+            }
+        }
     }
 
     /// The instruction set the inner loops run on.
@@ -248,6 +286,8 @@ impl ExpertFfn {
             });
         }
         self.check(pairs, x.len() / hidden)?;
+        // Threads kept warm stop spinning and take this call's tasks.
+        self.calls.fetch_add(1, Ordering::AcqRel);
         let (isa, format) = (self.isa, self.format);
         let mut run = || {
             // Activations of each token, padded to whole blocks.

@@ -199,3 +199,24 @@ fn tasks_fill_the_threads_in_whole_rounds() {
     assert_eq!(rows_per_task(3, 64), 1);
     assert_eq!(rows_per_task(0, 0), 1);
 }
+
+#[test]
+fn threads_kept_warm_stop_spinning_at_the_next_call() {
+    use std::time::{Duration, Instant};
+    let pool = std::sync::Arc::new(rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap());
+    let ffn = ExpertFfn::new(8, 4, Format::F32).unwrap().with_pool(pool.clone());
+    let (gate, up, down) = (vec![0u8; 4 * 8 * 4], vec![0u8; 4 * 8 * 4], vec![0u8; 8 * 4 * 4]);
+    let pairs = [PairSlabs { gate: &gate, up: &up, down: &down, token: 0 }];
+    let mut part = [1.0f32; 8];
+    // Kept warm for a minute, the threads take the next call's tasks at once.
+    ffn.keep_warm(Duration::from_secs(60));
+    let start = Instant::now();
+    ffn.parts(&pairs, &[0.5; 8], &mut part).unwrap();
+    assert_eq!(part, [0.0; 8]);
+    // Every thread of the pool is free again: a broadcast reaches them all.
+    assert_eq!(pool.broadcast(|ctx| ctx.index()).len(), 2);
+    assert!(start.elapsed() < Duration::from_secs(30), "the spin ended with the call");
+    // Without a call, the spin ends by its limit.
+    ffn.keep_warm(Duration::from_millis(1));
+    assert_eq!(pool.broadcast(|ctx| ctx.index()).len(), 2);
+}

@@ -6,6 +6,10 @@ use expertslab_std::ffn::PairSlabs;
 use expertslab::trace::replay::{count_uses, split_misses, FetchCap};
 
 use super::{Kernels, Runner};
+
+/// How long the host's threads spin after a layer step's pairs, waiting for the next step's
+/// ([`expertslab_std::ffn::ExpertFfn::keep_warm`]): longer than a decode step of a large model.
+pub(crate) const HOST_WARM: std::time::Duration = std::time::Duration::from_millis(5);
 use crate::driver::Driver;
 use crate::error::CudaError;
 use crate::ffn::MissRule;
@@ -56,6 +60,9 @@ impl<D: Driver + Clone, K: Kernels<D>> Runner<'_, D, K> {
         self.host_parts.resize(pairs.len() * hidden, 0.0);
         let ffn = self.model.host.as_ref().ok_or(CudaError::Unsupported("no host FFN".into()))?;
         ffn.parts(&pairs, &input, &mut self.host_parts)
-            .map_err(|e| CudaError::Unsupported(format!("host pairs of layer {layer}: {e}")))
+            .map_err(|e| CudaError::Unsupported(format!("host pairs of layer {layer}: {e}")))?;
+        // The next layer step's pairs find the threads awake.
+        ffn.keep_warm(HOST_WARM);
+        Ok(())
     }
 }

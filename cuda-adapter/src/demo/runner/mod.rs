@@ -557,6 +557,7 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
 mod host;
 mod kernels;
 
+pub(crate) use host::HOST_WARM;
 pub(crate) use kernels::Kernels;
 
 #[cfg(test)]
