@@ -218,8 +218,8 @@ pub struct RunReport {
     pub decode_tokens: u64,
     /// Wall time of the timed decode steps, from the first enqueue to the end of the last kernel.
     pub decode_seconds: f64,
-    /// Of `decode_seconds`, the host's time on its pairs: fetching each layer's input,
-    /// computing the pairs, enqueueing their outputs' upload.
+    /// Of `decode_seconds`, the time from each layer step's host pairs started (their input
+    /// fetched) to their outputs' upload enqueued, the GPU's work enqueued meanwhile.
     pub host_seconds: f64,
     /// Bytes copied (slots and scratch) per timed decode step.
     pub step_copy_bytes: Vec<u64>,

@@ -198,6 +198,19 @@ impl ExpertFfn {
         Ok(self)
     }
 
+    /// Runs `job` with this FFN on its thread pool, in the background: a caller with other work
+    /// while pairs compute (a GPU runner enqueueing kernels) starts them here and waits for
+    /// what `job` sends back. A panic in `job` aborts the process (the rule for work spawned on
+    /// a rayon pool): `job` returns its errors instead.
+    pub fn spawn(&self, job: impl FnOnce(&Self) + Send + 'static) {
+        let ffn = self.clone();
+        let run = move || job(&ffn);
+        match &self.pool {
+            Some(pool) => pool.spawn(run),
+            None => rayon::spawn(run),
+        }
+    }
+
     /// Keeps the FFN's threads spinning, ready for the next [`ExpertFfn::parts`], until it
     /// starts or `limit` has passed. Threads left idle between calls go to sleep, and waking
     /// them costs the operating system (and a virtual machine's hypervisor, which halts an idle

@@ -220,3 +220,23 @@ fn threads_kept_warm_stop_spinning_at_the_next_call() {
     ffn.keep_warm(Duration::from_millis(1));
     assert_eq!(pool.broadcast(|ctx| ctx.index()).len(), 2);
 }
+
+#[test]
+fn spawned_pairs_match_the_pairs_computed_in_place() {
+    let (hidden, ffn_width) = (8, 4);
+    let ffn = ExpertFfn::new(hidden, ffn_width, Format::F32).unwrap();
+    let bytes = |n: usize, seed: f32| -> Vec<u8> {
+        (0..n).flat_map(|i| ((i as f32 * 0.37 + seed).sin() * 0.5).to_le_bytes()).collect()
+    };
+    let (gate, up, down) = (bytes(32, 1.0), bytes(32, 2.0), bytes(32, 3.0));
+    let x: Vec<f32> = (0..hidden).map(|i| i as f32 * 0.1 - 0.3).collect();
+    let mut here = vec![0.0f32; hidden];
+    ffn.parts(&[PairSlabs { gate: &gate, up: &up, down: &down, token: 0 }], &x, &mut here).unwrap();
+    let (done, result) = std::sync::mpsc::channel();
+    ffn.spawn(move |ffn| {
+        let mut there = vec![0.0f32; hidden];
+        let r = ffn.parts(&[PairSlabs { gate: &gate, up: &up, down: &down, token: 0 }], &x, &mut there);
+        done.send(r.map(|()| there)).unwrap();
+    });
+    assert_eq!(result.recv().unwrap().unwrap(), here);
+}

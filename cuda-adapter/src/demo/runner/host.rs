@@ -1,18 +1,25 @@
-//! The host's share of a record: the pairs the miss rule serves on the CPU (step 5 of the
-//! [runner](super)).
+//! The host's share of a record: the pairs the miss rule serves on the CPU (steps 3 and 5 of
+//! the [runner](super)).
 
-use expertslab_std::ffn::PairSlabs;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
 
 use expertslab::trace::replay::{count_uses, split_misses, FetchCap};
+use expertslab_std::ffn::PairSlabs;
+use expertslab_std::ExpertStore;
 
 use super::{Kernels, Runner};
+use crate::driver::Driver;
+use crate::error::CudaError;
+use crate::ffn::MissRule;
 
 /// How long the host's threads spin after a layer step's pairs, waiting for the next step's
 /// ([`expertslab_std::ffn::ExpertFfn::keep_warm`]): longer than a decode step of a large model.
 pub(crate) const HOST_WARM: std::time::Duration = std::time::Duration::from_millis(5);
-use crate::driver::Driver;
-use crate::error::CudaError;
-use crate::ffn::MissRule;
+
+/// The host's pairs of a record, computing on the thread pool while the runner enqueues the
+/// GPU's work: their outputs (`pairs × hidden`) when done.
+pub(super) type HostJob = Receiver<Result<Vec<f32>, CudaError>>;
 
 impl<D: Driver + Clone, K: Kernels<D>> Runner<'_, D, K> {
     /// Under [`MissRule::Balanced`] with a cap, how many of the record's missed experts (not
@@ -33,11 +40,13 @@ impl<D: Driver + Clone, K: Kernels<D>> Runner<'_, D, K> {
         Some(u32::try_from(k).unwrap_or(u32::MAX))
     }
 
-    /// The host's pairs of a record (step 5): the layer's input `x` copied to the host (or the
-    /// run's activations for layer 0's input), the pairs computed into `host_parts`.
-    pub(super) fn host_step(&mut self, layer: usize, ids: &[u32], x: u64) -> Result<(), CudaError> {
-        let (top_k, hidden) = (self.model.shape.top_k, self.model.shape.hidden);
-        let tokens = ids.len() / top_k.max(1);
+    /// Starts the host's pairs of a record (step 3): the layer's input `x` copied to the host
+    /// (or the run's activations for layer 0's input), then, on the thread pool, the pairs
+    /// computed from a shared handle on the model's store while this thread goes on enqueueing
+    /// the GPU's work. [`Runner::host_finish`] takes their outputs.
+    pub(super) fn host_start(&mut self, layer: usize, ids: &[u32], x: u64) -> Result<HostJob, CudaError> {
+        let (top_k, hidden) = (self.model.shape.top_k.max(1), self.model.shape.hidden);
+        let tokens = ids.len() / top_k;
         let len = tokens * hidden;
         let input: Vec<f32> = if x == self.x.ptr {
             self.model.activations.get(..len).ok_or(CudaError::UnknownLayer { layer })?.to_vec()
@@ -48,21 +57,37 @@ impl<D: Driver + Clone, K: Kernels<D>> Runner<'_, D, K> {
             unsafe { self.driver.copy_to_host(&mut self.host_x, x)? };
             self.host_x.chunks_exact(4).map(|b| b.try_into().map_or(f32::NAN, f32::from_le_bytes)).collect()
         };
-        let store = self.model.store;
-        let pairs = self
-            .host_pairs
-            .iter()
-            .map(|&pair| {
-                let expert = ids.get(pair).copied().unwrap_or(0) as usize;
-                PairSlabs::from_source(store, layer, expert, pair / top_k.max(1))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        self.host_parts.resize(pairs.len() * hidden, 0.0);
         let ffn = self.model.host.as_ref().ok_or(CudaError::Unsupported("no host FFN".into()))?;
-        ffn.parts(&pairs, &input, &mut self.host_parts)
-            .map_err(|e| CudaError::Unsupported(format!("host pairs of layer {layer}: {e}")))?;
-        // The next layer step's pairs find the threads awake.
-        ffn.keep_warm(HOST_WARM);
+        let pairs: Vec<(usize, usize)> =
+            self.host_pairs.iter().map(|&pair| (ids.get(pair).copied().unwrap_or(0) as usize, pair / top_k)).collect();
+        let store: Arc<ExpertStore> = Arc::clone(&self.host_store);
+        let mut parts = std::mem::take(&mut self.host_parts);
+        let (done, job) = sync_channel(1);
+        ffn.spawn(move |ffn| {
+            let computed = pairs
+                .iter()
+                .map(|&(expert, token)| PairSlabs::from_source(&*store, layer, expert, token))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(CudaError::from)
+                .and_then(|slabs| {
+                    parts.resize(slabs.len() * hidden, 0.0);
+                    ffn.parts(&slabs, &input, &mut parts)
+                        .map_err(|e| CudaError::Unsupported(format!("host pairs of layer {layer}: {e}")))?;
+                    Ok(parts)
+                });
+            // The next layer step's pairs find the threads awake.
+            ffn.keep_warm(HOST_WARM);
+            // The runner dropped the job only when it failed first: nothing waits for it.
+            let _ = done.send(computed);
+        });
+        Ok(job)
+    }
+
+    /// Waits for the host's pairs started by [`Runner::host_start`] (step 5) and keeps their
+    /// outputs in `host_parts`.
+    pub(super) fn host_finish(&mut self, job: &HostJob) -> Result<(), CudaError> {
+        let parts = job.recv().map_err(|_| CudaError::Unsupported("the host's pairs were lost".into()))??;
+        self.host_parts = parts;
         Ok(())
     }
 }

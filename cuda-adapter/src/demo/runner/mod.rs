@@ -18,13 +18,14 @@
 //! 4. **Kernels in place**, on the compute stream: gate/up and down of the pairs whose expert
 //!    stayed in its slot, read through the table's current buffer (they overlap the copies),
 //!    then [`DeviceSlotTable::after_reads`]: that buffer is read until they end.
+//!    The host's pairs start here, before the GPU's work is enqueued: the layer's input copied
+//!    to the host (final: the previous record's event was waited on), then the pairs computed
+//!    on the thread pool ([`expertslab_std::ffn::ExpertFfn`], from the model's host memory)
+//!    while this thread enqueues steps 4 and 5, and the copy engine copies.
 //! 5. **The table and the other pairs**: [`DeviceSlotTable::update`] writes the other buffer;
 //!    [`CudaSlotSink::order_before`]; the pairs copied in this step through the updated table.
-//!    Then, while the GPU computes those and the copy engine copies, the host computes its pairs
-//!    ([`expertslab_std::ffn::ExpertFfn`], from the model's host memory): it copies the layer's
-//!    input to the host (final: the previous record's event was waited on), computes, and
-//!    uploads the pairs' outputs on the compute stream. The combine then writes the layer's
-//!    output, the next layer's input.
+//!    Then the host's pairs are waited for and their outputs uploaded on the compute stream.
+//!    The combine then writes the layer's output, the next layer's input.
 //! 6. **Reads marked**: [`CudaSlotSink::after_reads`] and [`DeviceSlotTable::after_reads`], and
 //!    the event the next record waits on.
 
@@ -177,6 +178,8 @@ pub(crate) struct Runner<'m, D: Driver, K> {
     host_pairs: Vec<usize>,
     host_x: Vec<u8>,
     host_parts: Vec<f32>,
+    /// The model's store, shared with the host's pairs computing on the thread pool.
+    host_store: std::sync::Arc<ExpertStore>,
     /// Recorded after each record's kernels: the next record waits for it before its routing
     /// is known.
     done: D::Event,
@@ -283,6 +286,7 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
             host_pairs: Vec::new(),
             host_x: Vec::new(),
             host_parts: Vec::new(),
+            host_store: std::sync::Arc::new(model.store.clone()),
             done_recorded: false,
             misses: 0,
             sink,
@@ -511,6 +515,9 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
             };
             self.sources.push(source);
         }
+        // The host's pairs start on the thread pool; the GPU's work is enqueued meanwhile.
+        let host_started = Instant::now();
+        let host_job = if self.host_pairs.is_empty() { None } else { Some(self.host_start(layer, ids, x)?) };
         // 4. The kernels of the pairs in place before the copies, through the table as it is,
         // marked as reading that buffer before the update writes the other.
         self.kernels.stage(layer, step.index, ids, &self.sources, &self.compute)?;
@@ -532,12 +539,11 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
         self.sink.order_before(compute)?;
         // SAFETY: as above.
         unsafe { self.kernels.pairs(layer, Phase::AfterCopies, &late_view, x, compute)? };
-        if !self.host_pairs.is_empty() {
-            let start = Instant::now();
-            self.host_step(layer, ids, x)?;
+        if let Some(job) = host_job {
+            self.host_finish(&job)?;
             self.kernels.upload_parts(layer, &self.host_pairs, &self.host_parts, &self.compute)?;
             if !step.prefill && step.index > 0 {
-                report.host_seconds += start.elapsed().as_secs_f64();
+                report.host_seconds += host_started.elapsed().as_secs_f64();
             }
         }
         let compute = &self.compute;
