@@ -44,17 +44,10 @@ pub enum EsKind {
 }
 
 /// The kind word `kind` as an error text names it, with its article.
-fn kind_name(kind: u32) -> &'static str {
-    match kind {
-        k if k == EsKind::ExpertLayout as u32 => "an expert layout",
-        k if k == EsKind::Arena as u32 => "an arena",
-        k if k == EsKind::Pool as u32 => "a pool",
-        k if k == EsKind::Plan as u32 => "a plan",
-        k if k == EsKind::Source as u32 => "a source",
-        k if k == EsKind::Sink as u32 => "a sink",
-        k if k == EsKind::Trace as u32 => "a trace",
-        _ => "an unknown kind of",
-    }
+fn kind_name(kind: u8) -> &'static str {
+    const NAMES: [&str; 8] =
+        ["an unknown kind of", "an expert layout", "an arena", "a pool", "a plan", "a source", "a sink", "a trace"];
+    NAMES.get(usize::from(kind)).copied().unwrap_or("an unknown kind of")
 }
 
 /// A kept error text. Written through a shared reference, so that a handle passed `const` (the
@@ -73,13 +66,8 @@ impl ErrorText {
         Self { len: Cell::new(0), bytes: UnsafeCell::new([0; ES_ERROR_CAPACITY]) }
     }
 
-    /// Keeps `reason`'s text (cut to fit) and returns the failure of `status`.
-    pub(crate) fn fail(&self, status: EsStatus, reason: impl Reason) -> Failed {
-        self.write(&reason);
-        Failed(status)
-    }
-
-    /// Writes `reason`'s text. Not generic: every failure path shares it (firmware code size).
+    /// Writes `reason`'s text, cut to fit. Not generic: every failure path shares it (firmware
+    /// code size).
     #[inline(never)]
     fn write(&self, reason: &dyn Reason) {
         // SAFETY: the only references to the bytes are this one and `read`'s, each of which ends
@@ -105,47 +93,59 @@ impl ErrorText {
 #[derive(Debug)]
 pub(crate) struct Failed(EsStatus);
 
-/// Where a failure's text is kept: a handle, or a constructor's message.
+/// Where a failure's text is kept: a handle, a constructor's message, or [`Nowhere`].
 pub(crate) trait Keeper {
-    /// The text.
-    fn errors(&self) -> &ErrorText;
+    /// The text, or `None` for nowhere.
+    fn errors(&self) -> Option<&ErrorText>;
 
     /// Keeps `reason`'s text and returns the failure of `status`.
     fn fail(&self, status: EsStatus, reason: impl Reason) -> Failed {
-        self.errors().fail(status, reason)
+        if let Some(errors) = self.errors() {
+            errors.write(&reason);
+        }
+        Failed(status)
     }
 }
 
 impl Keeper for ErrorText {
-    fn errors(&self) -> &ErrorText {
-        self
+    fn errors(&self) -> Option<&ErrorText> {
+        Some(self)
+    }
+}
+
+/// Where the failures of a function with no handle and no message buffer go: nowhere, so that
+/// their texts are neither written nor linked (firmware code size).
+pub(crate) struct Nowhere;
+
+impl Keeper for Nowhere {
+    fn errors(&self) -> Option<&ErrorText> {
+        None
     }
 }
 
 /// What was wrong with a pointer, a handle or a caller buffer the checks below refused. It
-/// becomes a failure only with its text ([`OrKeep::or_keep`]).
+/// becomes a failure only with its text ([`OrKeep::or_keep`]). Its values are bytes, so that a
+/// check's result travels in registers (firmware code size).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Bad {
     /// A null pointer.
     Null,
-    /// A pointer not a multiple of this alignment.
-    Misaligned(usize),
+    /// A pointer not a multiple of `1 << log2` bytes.
+    Misaligned {
+        /// The alignment's base-2 logarithm.
+        log2: u8,
+    },
     /// Memory whose first word is not a live handle's: freed, or never a handle.
     NoHandle,
     /// A live handle of another kind.
     Kind {
-        /// Its kind word.
-        is: u32,
-        /// The kind the call needs.
-        wanted: EsKind,
+        /// Its kind word (0 when it is none of the kinds).
+        is: u8,
+        /// The kind word the call needs.
+        wanted: u8,
     },
-    /// A caller buffer of `actual` bytes where `needed` are needed.
-    TooSmall {
-        /// Bytes needed.
-        needed: usize,
-        /// Bytes given.
-        actual: usize,
-    },
+    /// A caller buffer too small for what it must hold.
+    TooSmall,
     /// More elements than the address space holds.
     TooLong,
     /// A name that is not ASCII.
@@ -157,7 +157,7 @@ impl Bad {
     pub(crate) fn status(self) -> EsStatus {
         match self {
             Self::Null => EsStatus::NullPointer,
-            Self::Misaligned(_) => EsStatus::Misaligned,
+            Self::Misaligned { .. } => EsStatus::Misaligned,
             Self::NoHandle | Self::Kind { .. } => EsStatus::WrongHandle,
             Self::TooSmall { .. } => EsStatus::BufferTooSmall,
             Self::TooLong => EsStatus::OutOfRange,
@@ -171,17 +171,17 @@ impl Bad {
             Self::Null => {
                 text.put("is null");
             }
-            Self::Misaligned(align) => {
-                text.put("is not aligned to ").num(align).put(" bytes");
+            Self::Misaligned { log2 } => {
+                text.put("is not aligned to ").num(1usize.checked_shl(u32::from(log2)).unwrap_or(0)).put(" bytes");
             }
             Self::NoHandle => {
                 text.put("is not a live handle (freed, or never one)");
             }
             Self::Kind { is, wanted } => {
-                text.put("is ").put(kind_name(is)).put(" handle, not ").put(kind_name(wanted as u32)).put(" handle");
+                text.put("is ").put(kind_name(is)).put(" handle, not ").put(kind_name(wanted)).put(" handle");
             }
-            Self::TooSmall { needed, actual } => {
-                text.put("holds ").num(actual).put(" bytes; ").num(needed).put(" are needed");
+            Self::TooSmall => {
+                text.put("is too small");
             }
             Self::TooLong => {
                 text.put("has more elements than the address space holds");
@@ -214,9 +214,23 @@ pub(crate) trait OrKeep<T> {
 }
 
 impl<T> OrKeep<T> for Result<T, Bad> {
+    #[inline]
     fn or_keep(self, on: &impl Keeper, what: &'static str) -> Result<T, Failed> {
-        self.map_err(|bad| on.fail(bad.status(), Arg { what, bad }))
+        match self {
+            Ok(value) => Ok(value),
+            Err(bad) => Err(keep_arg(on.errors(), what, bad)),
+        }
     }
+}
+
+/// Keeps the text of an argument the checks refused (when there is somewhere to keep it): one
+/// copy for every call site (firmware code size).
+#[inline(never)]
+fn keep_arg(on: Option<&ErrorText>, what: &'static str, bad: Bad) -> Failed {
+    if let Some(errors) = on {
+        errors.write(&Arg { what, bad });
+    }
+    Failed(bad.status())
 }
 
 /// The start of every handle: readable whatever the handle's kind.
@@ -243,8 +257,8 @@ pub(crate) struct Handle<T> {
 }
 
 impl<T> Keeper for Handle<T> {
-    fn errors(&self) -> &ErrorText {
-        &self.header.error
+    fn errors(&self) -> Option<&ErrorText> {
+        Some(&self.header.error)
     }
 }
 
@@ -362,10 +376,9 @@ unsafe fn keep_panic(ptr: *const (), panicked: &Panicked<'_>) {
 
 /// Runs an entry point that takes no handle and no message buffer: its failures keep no text
 /// (their status alone says what was wrong, as each such function's documentation states).
-/// `body` is given a text that goes nowhere, so that it reads like every other body.
-pub(crate) fn no_handle(body: impl FnOnce(&ErrorText) -> Result<(), Failed>) -> EsStatus {
-    let nowhere = ErrorText::new();
-    guard(|| status_of(body(&nowhere)))
+/// `body` is given [`Nowhere`] to keep them in, so that it reads like every other body.
+pub(crate) fn no_handle(body: impl FnOnce(&Nowhere) -> Result<(), Failed>) -> EsStatus {
+    guard(|| status_of(body(&Nowhere)))
 }
 
 /// Runs an entry point that builds a handle from nothing: `body` builds it and hands it to
@@ -405,7 +418,8 @@ fn check_address(address: usize, align: usize) -> Result<(), Bad> {
     if address == 0 {
         Err(Bad::Null)
     } else if !address.is_multiple_of(align) {
-        Err(Bad::Misaligned(align))
+        // An alignment is a power of two below 2^32 on every target the library builds for.
+        Err(Bad::Misaligned { log2: align.trailing_zeros() as u8 })
     } else {
         Ok(())
     }
@@ -455,7 +469,7 @@ unsafe fn check_handle(ptr: *const (), align: usize, kind: EsKind) -> Result<(),
     // SAFETY: the caller's contract for `header`; aligned to `align`, at least that of `Header`.
     let header = unsafe { header(ptr) }?;
     if header.kind != kind as u32 {
-        return Err(Bad::Kind { is: header.kind, wanted: kind });
+        return Err(Bad::Kind { is: u8::try_from(header.kind).unwrap_or(0), wanted: kind as u8 });
     }
     Ok(())
 }
@@ -499,7 +513,9 @@ pub(crate) unsafe fn place<T: Object>(
     check_ptr(memory.cast::<Handle<T>>()).or_keep(on, "`memory`")?;
     let needed = size_of::<Handle<T>>();
     if size < needed {
-        return Err(Bad::TooSmall { needed, actual: size }).or_keep(on, "`memory`");
+        return Err(on.fail(EsStatus::BufferTooSmall, |t: &mut Text<'_>| {
+            t.put("`memory` holds ").num(size).put(" bytes; ").num(needed).put(" are needed");
+        }));
     }
     let handle = memory.cast::<Handle<T>>();
     // SAFETY: `memory` is not null, aligned for `Handle<T>` and at least its size (checked), and
@@ -674,9 +690,8 @@ unsafe fn copy_text(
         // SAFETY: forwarded contract.
         unsafe { put(length, text.len()) }?;
     }
-    let too_small = Bad::TooSmall { needed: text.len().saturating_add(1), actual: capacity };
     if buffer.is_null() || capacity == 0 {
-        return if text.is_empty() && buffer.is_null() { Ok(()) } else { Err(too_small) };
+        return if text.is_empty() && buffer.is_null() { Ok(()) } else { Err(Bad::TooSmall) };
     }
     let n = text.len().min(capacity.saturating_sub(1));
     // SAFETY: `buffer` is not null and valid for `capacity` bytes (caller); `n + 1 <= capacity`;
@@ -686,7 +701,7 @@ unsafe fn copy_text(
         ptr::write(buffer.cast::<u8>().add(n), 0);
     }
     if n < text.len() {
-        Err(too_small)
+        Err(Bad::TooSmall)
     } else {
         Ok(())
     }

@@ -59,7 +59,7 @@ pub mod types;
 
 use core::ffi::c_char;
 
-use handle::OrKeep as _;
+use handle::{Keeper as _, OrKeep as _};
 
 pub use handle::EsKind;
 pub use layout::*;

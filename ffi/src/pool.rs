@@ -124,8 +124,11 @@ pub unsafe extern "C" fn es_pool_info(pool: *mut EsPool, experts: *mut usize, sl
         with_pool(pool, |pool| {
             handle::check_ptr(experts).or_keep(pool, "`experts`")?;
             handle::check_ptr(slots).or_keep(pool, "`slots`")?;
-            handle::put(experts, pool.value.experts()).or_keep(pool, "`experts`")?;
-            handle::put(slots, pool.value.slots()).or_keep(pool, "`slots`")
+            // SAFETY: both checked above (not null, aligned); writable by the caller's contract.
+            core::ptr::write(experts, pool.value.experts());
+            // SAFETY: as above.
+            core::ptr::write(slots, pool.value.slots());
+            Ok(())
         })
     }
 }
@@ -174,9 +177,12 @@ pub unsafe extern "C" fn es_pool_slot_of(
             check_expert(pool, expert)?;
             let found = pool.value.slot_of(expert);
             if let Some(s) = found {
-                handle::put(slot, s).or_keep(pool, "`slot`")?;
+                // SAFETY: checked above (not null, aligned); writable by the caller's contract.
+                core::ptr::write(slot, s);
             }
-            handle::put(resident, found.is_some()).or_keep(pool, "`resident`")
+            // SAFETY: as above.
+            core::ptr::write(resident, found.is_some());
+            Ok(())
         })
     }
 }
@@ -201,9 +207,12 @@ pub unsafe extern "C" fn es_pool_expert_in(
             check_slot(pool, slot)?;
             let found = pool.value.expert_in(slot);
             if let Some(e) = found {
-                handle::put(expert, e).or_keep(pool, "`expert`")?;
+                // SAFETY: checked above (not null, aligned); writable by the caller's contract.
+                core::ptr::write(expert, e);
             }
-            handle::put(occupied, found.is_some()).or_keep(pool, "`occupied`")
+            // SAFETY: as above.
+            core::ptr::write(occupied, found.is_some());
+            Ok(())
         })
     }
 }
@@ -247,9 +256,12 @@ pub unsafe extern "C" fn es_pool_demote_slot(
             check_slot(pool, slot)?;
             let freed = pool.value.demote_slot(slot);
             if let Some(e) = freed {
-                handle::put(expert, e).or_keep(pool, "`expert`")?;
+                // SAFETY: checked above (not null, aligned); writable by the caller's contract.
+                core::ptr::write(expert, e);
             }
-            handle::put(was_occupied, freed.is_some()).or_keep(pool, "`was_occupied`")
+            // SAFETY: as above.
+            core::ptr::write(was_occupied, freed.is_some());
+            Ok(())
         })
     }
 }
@@ -421,8 +433,11 @@ pub unsafe extern "C" fn es_plan_promotion(
             };
             handle::check_ptr(expert).or_keep(plan, "`expert`")?;
             handle::check_ptr(slot).or_keep(plan, "`slot`")?;
-            handle::put(expert, usize::from(promotion.expert)).or_keep(plan, "`expert`")?;
-            handle::put(slot, usize::from(promotion.slot)).or_keep(plan, "`slot`")
+            // SAFETY: both checked above (not null, aligned); writable by the caller's contract.
+            core::ptr::write(expert, usize::from(promotion.expert));
+            // SAFETY: as above.
+            core::ptr::write(slot, usize::from(promotion.slot));
+            Ok(())
         })
     }
 }

@@ -248,18 +248,14 @@ pub unsafe extern "C" fn es_source_from_stacks(
             }
             let mut bytes = [CallerBytes { ptr: core::ptr::null(), len: 0 }; expertslab::MAX_PROJECTIONS];
             for (i, ((slot, &ptr), &len)) in bytes.iter_mut().zip(pointers).zip(lengths).enumerate() {
-                // Only the check: the pointer is not read here.
-                handle::check_ptr(ptr).map_err(|bad| {
+                // Only the checks (not null, a length that fits the address space): the bytes
+                // are not read here.
+                handle::buffer(ptr, len).map_err(|bad| {
                     layout.fail(bad.status(), |t: &mut Text<'_>| {
                         t.put("stack ").num(i).put(" ");
                         bad.describe(t);
                     })
                 })?;
-                if len > isize::MAX as usize {
-                    return Err(layout.fail(EsStatus::OutOfRange, |t: &mut Text<'_>| {
-                        t.put("stack ").num(i).put("'s length is past the address space");
-                    }));
-                }
                 *slot = CallerBytes { ptr, len };
             }
             let stacks = LayerStacks::new(layout.value.clone(), bytes.get(..count).unwrap_or(&[]))
