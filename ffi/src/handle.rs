@@ -2,14 +2,14 @@
 //! access from C pointers, and the wrappers every entry point runs in.
 //!
 //! # Error texts
-//! An entry point's body returns `Result<(), Failed>`. A [`Failed`] is made only by keeping a
-//! text: [`Keeper::fail`] on the call's handle or on a constructor's message, or
-//! [`OrKeep::or_keep`] for an argument the checks below refused (they return a [`Bad`], which
-//! says what was wrong and converts to nothing else). So a body cannot return a failure whose
-//! text was not kept; the wrappers ([`on`], [`on_const`], [`build_into`], [`no_handle`]) turn the
-//! result into the status, and keep a panic's text where the body would have kept its own.
-//! The one failure no wrapper can keep is a first handle that does not resolve (null,
-//! misaligned, freed, never a handle, another kind): there is no handle to keep it on.
+//! An entry point's body returns `Result<(), Failed>`. A `Failed` is made only by keeping a
+//! text: `Keeper::fail` on the call's handle or on a constructor's message, or
+//! `OrKeep::or_keep` for an argument the checks below refused (they return a `Bad`, which says
+//! what was wrong and converts to nothing else). So a body cannot return a failure whose text
+//! was not kept; the wrappers (`on`, `on_const`, `build_into`, `no_handle`) turn the result into
+//! the status, and keep a panic's text where the body would have kept its own. The one failure
+//! no wrapper can keep is a first handle that does not resolve (null, misaligned, freed, never a
+//! handle, another kind): there is no handle to keep it on.
 
 use core::cell::{Cell, UnsafeCell};
 use core::mem::{align_of, size_of};
