@@ -16,7 +16,23 @@
 /**
  * What a call did. Every function returns one; on anything but `ES_STATUS_OK` the handle the
  * call was made on (its first handle argument) keeps a text saying why, which
- * [`es_last_error`](crate::es_last_error) copies out.
+ * [`es_last_error`](crate::es_last_error) copies out: a refused output pointer, step or caller
+ * buffer as much as a refused expert or plan. A function that builds a handle from nothing
+ * (`es_expert_layout_new`, `es_expert_layout_init`, `es_pool_new`, `es_trace_parse`) writes the
+ * text to its `message` buffer instead, whatever failed.
+ *
+ * No text is kept where there is nowhere to keep it, and the documentation of each such
+ * function says so:
+ * - the first handle itself is refused (null, misaligned, freed, never a handle, or a handle of
+ *   another kind): the status alone says why, and no handle's text changes;
+ * - the function takes no handle and no message buffer (`es_status_name`,
+ *   `es_handle_footprint`, `es_policy_from_name`, `es_source_from_callbacks`,
+ *   `es_sink_from_callbacks`, and `es_firmware_init` on firmware);
+ * - a `free` function, which fails only on its handle;
+ * - [`es_last_error`](crate::es_last_error), which never changes the text it reads.
+ *
+ * A handle passed as `const` keeps its text all the same: the text is not part of what `const`
+ * protects.
  */
 typedef enum EsStatus {
   /**
@@ -32,7 +48,10 @@ typedef enum EsStatus {
    */
   ES_STATUS_MISALIGNED = 2,
   /**
-   * A handle of another kind, a freed handle, or memory that is no handle.
+   * A handle of another kind, or memory that holds no live handle: a handle placed in caller
+   * memory and freed since, or memory that was never one. A freed handle the library
+   * allocated cannot be told (its memory went back to the allocator): using it is undefined
+   * behaviour.
    */
   ES_STATUS_WRONG_HANDLE = 3,
   /**
@@ -74,7 +93,7 @@ typedef enum EsStatus {
   ES_STATUS_TRACE_INVALID = 11,
   /**
    * The library panicked; the call was stopped before the panic could reach C. A bug: please
-   * report it with the error text.
+   * report it with the error text (the panic's message, kept as any failure's text).
    */
   ES_STATUS_PANIC = 12,
 } EsStatus;
@@ -717,6 +736,10 @@ extern "C" {
  * when `length` is not null. A text cut to fit returns `ES_STATUS_BUFFER_TOO_SMALL`. The text
  * stays until the handle's next failure.
  *
+ * This function changes no text: its own failures (a `handle` that is null, misaligned or no
+ * live handle, a misaligned `length`, a `buffer` too small) are their status alone, and the
+ * text it was asked for stays to be read again.
+ *
  * # Safety
  * `handle` a handle from this library or null; `buffer` writable for `capacity` bytes or null;
  * `length` writable or null.
@@ -726,7 +749,7 @@ enum EsStatus es_last_error(const void *handle, char *buffer, size_t capacity, s
 /**
  * Writes the name of `status` as the header spells it (`"ES_STATUS_OK"`, …) to `*name`: a
  * NUL-terminated string of static life. A value that is no status is
- * `ES_STATUS_OUT_OF_RANGE`.
+ * `ES_STATUS_OUT_OF_RANGE`. Takes no handle, so its failures keep no text.
  *
  * # Safety
  * `name` writable.
@@ -737,7 +760,7 @@ enum EsStatus es_status_name(uint32_t status, const char **name);
  * Writes the size and alignment in bytes of a handle of kind `kind` (an `EsKind` value) to
  * `*size` and `*align`, for placing it in caller memory with [`es_expert_layout_init`] or
  * [`es_arena_init`]; the other kinds are allocated by the library and report
- * `ES_STATUS_INVALID_ARGUMENT`.
+ * `ES_STATUS_INVALID_ARGUMENT`. Takes no handle, so its failures keep no text.
  *
  * # Safety
  * `size` and `align` writable.
@@ -749,7 +772,7 @@ enum EsStatus es_handle_footprint(uint32_t kind, size_t *size, size_t *align);
  * Hands the library its heap: `size` bytes at `heap`, which the library owns from now on, and
  * the callback a panic reports through (null: none). Call it once, before any other function.
  * A second call is `ES_STATUS_INVALID_ARGUMENT`; a null heap `ES_STATUS_NULL_POINTER`; an empty
- * one `ES_STATUS_BUFFER_TOO_SMALL`.
+ * one `ES_STATUS_BUFFER_TOO_SMALL`. Takes no handle, so its failures keep no text.
  *
  * # Safety
  * `heap` must be valid for reads and writes of `size` bytes for the program's life and used by
@@ -763,7 +786,8 @@ enum EsStatus es_firmware_init(uint8_t *heap, size_t size, EsPanicFn on_panic);
  * writes its handle, allocated by the library, to `*out`.
  *
  * On failure `message` (when not null) receives `message_capacity` bytes at most of why,
- * NUL-terminated: there is no handle yet to keep it.
+ * NUL-terminated: there is no handle yet to keep it. Every failure writes it, a null or
+ * misaligned `out` included.
  *
  * # Safety
  * `stacks` must point to `count` readable `EsStackLayout`s whose `format` strings are
@@ -779,7 +803,8 @@ enum EsStatus es_expert_layout_new(const struct EsStackLayout *stacks,
  * As [`es_expert_layout_new`], placing the handle in caller memory `memory` of `size` bytes,
  * aligned as [`es_handle_footprint`](crate::es_handle_footprint) says for
  * `ES_KIND_EXPERT_LAYOUT` (no allocation). Free it with [`es_expert_layout_free`] before
- * reusing the memory.
+ * reusing the memory. `memory` null, misaligned or smaller than the footprint is a failure
+ * whose text `message` receives, as for every other failure.
  *
  * # Safety
  * As [`es_expert_layout_new`]; `memory` must be writable for `size` bytes and left to the
@@ -808,9 +833,7 @@ enum EsStatus es_expert_layout_info(const struct EsExpertLayout *layout,
 /**
  * Writes the bytes of one row of projection number `index` (in the layout's order: the order
  * of the stacks it was built from) to `*row_bytes`: the columns' whole blocks of its format.
- * An `index` past the layout's projections is `ES_STATUS_OUT_OF_RANGE`, kept on `layout` (which
- * is why `layout` is not `const` here, unlike in `es_expert_layout_info`, which cannot fail on a
- * valid handle).
+ * An `index` past the layout's projections is `ES_STATUS_OUT_OF_RANGE`.
  *
  * # Safety
  * `layout` must be a handle from this library or null; `row_bytes` writable.
@@ -822,15 +845,23 @@ enum EsStatus es_expert_layout_row_bytes(struct EsExpertLayout *layout,
 /**
  * Frees an expert layout (null is accepted). Handles built from it keep their own copy.
  *
+ * A layout placed in caller memory ([`es_expert_layout_init`]) is marked freed: until the memory
+ * is reused, using or freeing it again returns `ES_STATUS_WRONG_HANDLE`. A layout the library
+ * allocated ([`es_expert_layout_new`]) gives its memory back: using or freeing it again is
+ * undefined behaviour, which the library cannot detect.
+ * It fails only when `layout` is not a live handle of its kind, and then keeps no text: there is
+ * no handle to keep it on.
+ *
  * # Safety
- * `layout` must be a handle from this library or null, not used after this call.
+ * `layout` must be a handle from this library or null, not used after this call (a layout
+ * placed in caller memory may be passed again, and is reported freed).
  */
 enum EsStatus es_expert_layout_free(struct EsExpertLayout *layout);
 
 /**
  * Builds the slot arena of `slots` slots for experts of `layout`, every projection aligned to
  * `align` bytes (a power of two), and writes its handle, allocated by the library, to `*out`.
- * Failures are kept on `layout`.
+ * Failures are kept on `layout`, a null or misaligned `out` included.
  *
  * # Safety
  * `layout` must be a handle from this library or null; `out` writable.
@@ -843,6 +874,8 @@ enum EsStatus es_arena_new(struct EsExpertLayout *layout,
 /**
  * As [`es_arena_new`], placing the handle in caller memory `memory` of `size` bytes (see
  * [`es_handle_footprint`](crate::es_handle_footprint) for `ES_KIND_ARENA`; no allocation).
+ * `memory` null, misaligned or smaller than the footprint is a failure kept on `layout`, as
+ * every other is.
  *
  * # Safety
  * As [`es_arena_new`]; `memory` writable for `size` bytes and left to the library until the
@@ -882,7 +915,9 @@ enum EsStatus es_arena_projection_range(struct EsArena *arena,
 
 /**
  * Writes a pointer to projection number `index` of slot `slot` within the caller's slot
- * buffer `buffer` of `length` bytes to `*slab`, and its length to `*slab_length`.
+ * buffer `buffer` of `length` bytes to `*slab`, and its length to `*slab_length`. `buffer`
+ * must start aligned as the arena says, also when it is empty; null stands for an empty buffer
+ * (`length` 0) only.
  *
  * # Safety
  * `arena` must be a handle from this library or null; `buffer` readable for `length` bytes;
@@ -899,8 +934,16 @@ enum EsStatus es_arena_slab(struct EsArena *arena,
 /**
  * Frees an arena (null is accepted).
  *
+ * An arena placed in caller memory ([`es_arena_init`]) is marked freed: until the memory is
+ * reused, using or freeing it again returns `ES_STATUS_WRONG_HANDLE`. An arena the library
+ * allocated ([`es_arena_new`]) gives its memory back: using or freeing it again is undefined
+ * behaviour, which the library cannot detect.
+ * It fails only when `arena` is not a live handle of its kind, and then keeps no text: there is
+ * no handle to keep it on.
+ *
  * # Safety
- * `arena` must be a handle from this library or null, not used after this call.
+ * `arena` must be a handle from this library or null, not used after this call (an arena
+ * placed in caller memory may be passed again, and is reported freed).
  */
 enum EsStatus es_arena_free(struct EsArena *arena);
 
@@ -908,6 +951,7 @@ enum EsStatus es_arena_free(struct EsArena *arena);
  * Fills `*policy` with the deployable policy named `name` (`"tide"`, `"decay"`, `"lru"`,
  * `"lfu"`, `"lru2"`, `"tinylfu"`) and its default settings. `"belady"` needs the future: it is
  * an `ES_STATUS_INVALID_ARGUMENT` here (replay it with [`es_trace_replay`](crate::es_trace_replay)).
+ * Takes no handle, so its failures keep no text.
  *
  * # Safety
  * `name` must be a NUL-terminated string or null; `policy` writable.
@@ -920,7 +964,8 @@ enum EsStatus es_policy_from_name(const char *name,
  * Stepping, migrating and serving it allocate nothing.
  *
  * On failure `message` (when not null) receives at most `message_capacity` bytes of why,
- * NUL-terminated.
+ * NUL-terminated: there is no handle yet to keep it. Every failure writes it, a null or
+ * misaligned `config` or `out` included.
  *
  * # Safety
  * `config` readable; `out` writable; `message` writable for `message_capacity` bytes or null.
@@ -931,7 +976,10 @@ enum EsStatus es_pool_new(const struct EsPoolConfig *config,
                           size_t message_capacity);
 
 /**
- * Frees a pool (null is accepted).
+ * Frees a pool (null is accepted). The library allocated it, so its memory goes back: using or
+ * freeing it again is undefined behaviour, which the library cannot detect.
+ * It fails only when `pool` is not a live handle of its kind, and then keeps no text: there is
+ * no handle to keep it on.
  *
  * # Safety
  * `pool` must be a handle from this library or null, not used after this call.
@@ -1058,7 +1106,10 @@ enum EsStatus es_plan_len(struct EsPlan *plan, size_t *count);
 enum EsStatus es_plan_promotion(struct EsPlan *plan, size_t index, size_t *expert, size_t *slot);
 
 /**
- * Frees a plan (null is accepted).
+ * Frees a plan (null is accepted). The library allocated it, so its memory goes back: using or
+ * freeing it again is undefined behaviour, which the library cannot detect.
+ * It fails only when `plan` is not a live handle of its kind, and then keeps no text: there is
+ * no handle to keep it on.
  *
  * # Safety
  * `plan` must be a handle from this library or null, not used after this call.
@@ -1069,7 +1120,7 @@ enum EsStatus es_plan_free(struct EsPlan *plan);
  * Parses a routing trace (the NDJSON format of the core's `trace` module: a header line, then
  * one line per layer and step) from `length` UTF-8 bytes and writes its handle, allocated by
  * the library, to `*out`. On failure `message` (when not null) receives at most
- * `message_capacity` bytes of why, NUL-terminated.
+ * `message_capacity` bytes of why, NUL-terminated, a null or misaligned `out` included.
  *
  * # Safety
  * `bytes` readable for `length` bytes; `out` writable; `message` writable for
@@ -1112,7 +1163,10 @@ enum EsStatus es_trace_replay(struct EsTrace *trace,
                               struct EsReplayStats *stats);
 
 /**
- * Frees a trace (null is accepted).
+ * Frees a trace (null is accepted). The library allocated it, so its memory goes back: using or
+ * freeing it again is undefined behaviour, which the library cannot detect.
+ * It fails only when `trace` is not a live handle of its kind, and then keeps no text: there is
+ * no handle to keep it on.
  *
  * # Safety
  * `trace` must be a handle from this library or null, not used after this call.
@@ -1121,6 +1175,9 @@ enum EsStatus es_trace_free(struct EsTrace *trace);
 
 /**
  * Builds a source from C callbacks and writes its handle, allocated by the library, to `*out`.
+ * Takes no handle and no message buffer, so its failures keep no text: a null or misaligned
+ * `callbacks` or `out`, or a null `expert` callback, is `ES_STATUS_NULL_POINTER` or
+ * `ES_STATUS_MISALIGNED` alone.
  *
  * # Safety
  * `callbacks` readable; `out` writable; the callback must keep the contract of
@@ -1134,7 +1191,8 @@ enum EsStatus es_source_from_callbacks(const struct EsSourceCallbacks *callbacks
  * holds `count` pointers, one per projection of `layout` in its order, each to the whole
  * `[experts, rows, cols]` stack of `lengths[i]` bytes. The bytes are not copied: they must stay
  * valid and unchanged until the source is freed. Writes its handle, allocated by the library,
- * to `*out`; failures are kept on `layout`.
+ * to `*out`; failures are kept on `layout`, null or misaligned `stacks`, `lengths` or `out`
+ * included.
  *
  * # Safety
  * `layout` a handle from this library or null; `stacks` and `lengths` readable for `count`
@@ -1148,7 +1206,10 @@ enum EsStatus es_source_from_stacks(struct EsExpertLayout *layout,
                                     struct EsSource **out);
 
 /**
- * Frees a source (null is accepted).
+ * Frees a source (null is accepted). The library allocated it, so its memory goes back: using
+ * or freeing it again is undefined behaviour, which the library cannot detect.
+ * It fails only when `source` is not a live handle of its kind, and then keeps no text: there is
+ * no handle to keep it on.
  *
  * # Safety
  * `source` must be a handle from this library or null, not used after this call.
@@ -1157,6 +1218,9 @@ enum EsStatus es_source_free(struct EsSource *source);
 
 /**
  * Builds a sink from C callbacks and writes its handle, allocated by the library, to `*out`.
+ * Takes no handle and no message buffer, so its failures keep no text: a null or misaligned
+ * `callbacks` or `out`, or a null `write` callback, is `ES_STATUS_NULL_POINTER` or
+ * `ES_STATUS_MISALIGNED` alone.
  *
  * # Safety
  * `callbacks` readable; `out` writable; the callbacks must keep the contracts of
@@ -1169,7 +1233,11 @@ enum EsStatus es_sink_from_callbacks(const struct EsSinkCallbacks *callbacks, st
  * `length` bytes as `arena` lays them out (the buffer must hold the arena's total bytes, its
  * start aligned as the arena says), and writes its handle, allocated by the library, to
  * `*out`. The library writes the buffer only during [`es_migrate`] and [`es_step`]. Failures are
- * kept on `arena`.
+ * kept on `arena`, a null `buffer` or `out` included.
+ *
+ * The buffer's start is checked as given, also when it is empty: an arena of no slots (for a
+ * layer served only from slow memory) takes `length` 0 with any `buffer` aligned as it says,
+ * or a null `buffer`, which stands for an empty one.
  *
  * # Safety
  * `arena` a handle from this library or null; `buffer` writable for `length` bytes until the
@@ -1182,7 +1250,11 @@ enum EsStatus es_sink_from_arena(struct EsArena *arena,
                                  struct EsSink **out);
 
 /**
- * Frees a sink (null is accepted); a slot buffer stays the caller's.
+ * Frees a sink (null is accepted); a slot buffer stays the caller's. The library allocated the
+ * sink, so its memory goes back: using or freeing it again is undefined behaviour, which the
+ * library cannot detect.
+ * It fails only when `sink` is not a live handle of its kind, and then keeps no text: there is
+ * no handle to keep it on.
  *
  * # Safety
  * `sink` must be a handle from this library or null, not used after this call.

@@ -34,7 +34,7 @@ static STATE: Mutex<Cell<(EsPanicFn, bool)>> = Mutex::new(Cell::new((None, false
 /// Hands the library its heap: `size` bytes at `heap`, which the library owns from now on, and
 /// the callback a panic reports through (null: none). Call it once, before any other function.
 /// A second call is `ES_STATUS_INVALID_ARGUMENT`; a null heap `ES_STATUS_NULL_POINTER`; an empty
-/// one `ES_STATUS_BUFFER_TOO_SMALL`.
+/// one `ES_STATUS_BUFFER_TOO_SMALL`. Takes no handle, so its failures keep no text.
 ///
 /// # Safety
 /// `heap` must be valid for reads and writes of `size` bytes for the program's life and used by

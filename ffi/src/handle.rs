@@ -1,6 +1,17 @@
 //! Handles: the header every object starts with (magic word, kind, last error text), checked
-//! access from C pointers, and the `catch_unwind` guard around every entry point.
+//! access from C pointers, and the wrappers every entry point runs in.
+//!
+//! # Error texts
+//! An entry point's body returns `Result<(), Failed>`. A `Failed` is made only by keeping a
+//! text: `Keeper::fail` on the call's handle or on a constructor's message, or
+//! `OrKeep::or_keep` for an argument the checks below refused (they return a `Bad`, which says
+//! what was wrong and converts to nothing else). So a body cannot return a failure whose text
+//! was not kept; the wrappers (`on`, `on_const`, `build_into`, `no_handle`) turn the result into
+//! the status, and keep a panic's text where the body would have kept its own. The one failure
+//! no wrapper can keep is a first handle that does not resolve (null, misaligned, freed, never a
+//! handle, another kind): there is no handle to keep it on.
 
+use core::cell::{Cell, UnsafeCell};
 use core::mem::{align_of, size_of};
 use core::ptr;
 
@@ -32,6 +43,196 @@ pub enum EsKind {
     Trace = 7,
 }
 
+/// The kind word `kind` as an error text names it, with its article.
+fn kind_name(kind: u8) -> &'static str {
+    const NAMES: [&str; 8] =
+        ["an unknown kind of", "an expert layout", "an arena", "a pool", "a plan", "a source", "a sink", "a trace"];
+    NAMES.get(usize::from(kind)).copied().unwrap_or("an unknown kind of")
+}
+
+/// A kept error text. Written through a shared reference, so that a handle passed `const` (the
+/// layout of a migration, an arena asked for its sizes) keeps its text too: the text is not part
+/// of what `const` protects. Handles are used from one thread at a time, and no reference to the
+/// bytes outlives the function that takes it.
+#[repr(C)]
+pub(crate) struct ErrorText {
+    len: Cell<usize>,
+    bytes: UnsafeCell<[u8; ES_ERROR_CAPACITY]>,
+}
+
+impl ErrorText {
+    /// No text.
+    pub(crate) const fn new() -> Self {
+        Self { len: Cell::new(0), bytes: UnsafeCell::new([0; ES_ERROR_CAPACITY]) }
+    }
+
+    /// Writes `reason`'s text, cut to fit. Not generic: every failure path shares it (firmware
+    /// code size).
+    #[inline(never)]
+    fn write(&self, reason: &dyn Reason) {
+        // SAFETY: the only references to the bytes are this one and `read`'s, each of which ends
+        // before its function returns, and neither function calls the other; `ErrorText` is not
+        // `Sync`, and C uses a handle from one thread at a time.
+        let bytes = unsafe { &mut *self.bytes.get() };
+        let mut text = Text::new(bytes);
+        reason.write(&mut text);
+        self.len.set(text.len());
+    }
+
+    /// Runs `f` on the text kept.
+    fn read<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        // SAFETY: as in `write`; `f` is given a copy-out borrow and no way to reach `write`.
+        let bytes = unsafe { &*self.bytes.get() };
+        f(bytes.get(..self.len.get()).unwrap_or(&[]))
+    }
+}
+
+/// A failure whose text was kept where the caller reads it: on the call's handle or in a
+/// constructor's message. Only this module makes one, and only by keeping a text.
+#[must_use = "a failure is returned to C as its status"]
+#[derive(Debug)]
+pub(crate) struct Failed(EsStatus);
+
+/// Where a failure's text is kept: a handle, a constructor's message, or [`Nowhere`].
+pub(crate) trait Keeper {
+    /// The text, or `None` for nowhere.
+    fn errors(&self) -> Option<&ErrorText>;
+
+    /// Keeps `reason`'s text and returns the failure of `status`.
+    fn fail(&self, status: EsStatus, reason: impl Reason) -> Failed {
+        if let Some(errors) = self.errors() {
+            errors.write(&reason);
+        }
+        Failed(status)
+    }
+}
+
+impl Keeper for ErrorText {
+    fn errors(&self) -> Option<&ErrorText> {
+        Some(self)
+    }
+}
+
+/// Where the failures of a function with no handle and no message buffer go: nowhere, so that
+/// their texts are neither written nor linked (firmware code size).
+pub(crate) struct Nowhere;
+
+impl Keeper for Nowhere {
+    fn errors(&self) -> Option<&ErrorText> {
+        None
+    }
+}
+
+/// What was wrong with a pointer, a handle or a caller buffer the checks below refused. It
+/// becomes a failure only with its text ([`OrKeep::or_keep`]). Its values are bytes, so that a
+/// check's result travels in registers (firmware code size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Bad {
+    /// A null pointer.
+    Null,
+    /// A pointer not a multiple of `1 << log2` bytes.
+    Misaligned {
+        /// The alignment's base-2 logarithm.
+        log2: u8,
+    },
+    /// Memory whose first word is not a live handle's: freed, or never a handle.
+    NoHandle,
+    /// A live handle of another kind.
+    Kind {
+        /// Its kind word (0 when it is none of the kinds).
+        is: u8,
+        /// The kind word the call needs.
+        wanted: u8,
+    },
+    /// A caller buffer too small for what it must hold.
+    TooSmall,
+    /// More elements than the address space holds.
+    TooLong,
+    /// A name that is not ASCII.
+    NotAscii,
+}
+
+impl Bad {
+    /// The status C sees.
+    pub(crate) fn status(self) -> EsStatus {
+        match self {
+            Self::Null => EsStatus::NullPointer,
+            Self::Misaligned { .. } => EsStatus::Misaligned,
+            Self::NoHandle | Self::Kind { .. } => EsStatus::WrongHandle,
+            Self::TooSmall { .. } => EsStatus::BufferTooSmall,
+            Self::TooLong => EsStatus::OutOfRange,
+            Self::NotAscii => EsStatus::InvalidArgument,
+        }
+    }
+
+    /// Writes what is wrong, after the argument's name: `is null`, `is not aligned to 8 bytes`.
+    pub(crate) fn describe(self, text: &mut Text<'_>) {
+        match self {
+            Self::Null => {
+                text.put("is null");
+            }
+            Self::Misaligned { log2 } => {
+                text.put("is not aligned to ").num(1usize.checked_shl(u32::from(log2)).unwrap_or(0)).put(" bytes");
+            }
+            Self::NoHandle => {
+                text.put("is not a live handle (freed, or never one)");
+            }
+            Self::Kind { is, wanted } => {
+                text.put("is ").put(kind_name(is)).put(" handle, not ").put(kind_name(wanted)).put(" handle");
+            }
+            Self::TooSmall => {
+                text.put("is too small");
+            }
+            Self::TooLong => {
+                text.put("has more elements than the address space holds");
+            }
+            Self::NotAscii => {
+                text.put("is not ASCII");
+            }
+        }
+    }
+}
+
+/// An argument the checks refused, named as the header names it (`` `slot` ``).
+struct Arg {
+    what: &'static str,
+    bad: Bad,
+}
+
+impl Reason for Arg {
+    fn write(&self, text: &mut Text<'_>) {
+        text.put(self.what).put(" ");
+        self.bad.describe(text);
+    }
+}
+
+/// Keeps the text of an argument the checks refused.
+pub(crate) trait OrKeep<T> {
+    /// The value, or the failure with the text "`what` is null" (or what else was wrong) kept
+    /// on `on`.
+    fn or_keep(self, on: &impl Keeper, what: &'static str) -> Result<T, Failed>;
+}
+
+impl<T> OrKeep<T> for Result<T, Bad> {
+    #[inline]
+    fn or_keep(self, on: &impl Keeper, what: &'static str) -> Result<T, Failed> {
+        match self {
+            Ok(value) => Ok(value),
+            Err(bad) => Err(keep_arg(on.errors(), what, bad)),
+        }
+    }
+}
+
+/// Keeps the text of an argument the checks refused (when there is somewhere to keep it): one
+/// copy for every call site (firmware code size).
+#[inline(never)]
+fn keep_arg(on: Option<&ErrorText>, what: &'static str, bad: Bad) -> Failed {
+    if let Some(errors) = on {
+        errors.write(&Arg { what, bad });
+    }
+    Failed(bad.status())
+}
+
 /// The start of every handle: readable whatever the handle's kind.
 #[repr(C)]
 pub(crate) struct Header {
@@ -39,18 +240,12 @@ pub(crate) struct Header {
     kind: u32,
     /// Whether the library allocated the handle (freed with `Box`) or the caller placed it.
     boxed: bool,
-    error_len: usize,
-    error: [u8; ES_ERROR_CAPACITY],
+    error: ErrorText,
 }
 
 impl Header {
     fn new(kind: EsKind, boxed: bool) -> Self {
-        Self { magic: MAGIC, kind: kind as u32, boxed, error_len: 0, error: [0; ES_ERROR_CAPACITY] }
-    }
-
-    /// The last error text.
-    pub(crate) fn error(&self) -> &[u8] {
-        self.error.get(..self.error_len).unwrap_or(&[])
+        Self { magic: MAGIC, kind: kind as u32, boxed, error: ErrorText::new() }
     }
 }
 
@@ -61,6 +256,12 @@ pub(crate) struct Handle<T> {
     pub(crate) value: T,
 }
 
+impl<T> Keeper for Handle<T> {
+    fn errors(&self) -> Option<&ErrorText> {
+        Some(&self.header.error)
+    }
+}
+
 /// An object C holds through a handle of one kind; `Opaque` is the type the header names.
 pub(crate) trait Object: Sized {
     /// The kind word.
@@ -69,44 +270,143 @@ pub(crate) trait Object: Sized {
     type Opaque;
 }
 
-impl<T: Object> Handle<T> {
-    /// Records `reason`'s text as this handle's last error and returns `status`.
-    pub(crate) fn fail(&mut self, status: EsStatus, reason: impl Reason) -> EsStatus {
-        record(&mut self.header, status, &reason)
+/// Why the library panicked, as the handle's or message's text.
+struct Panicked<'a>(&'a str);
+
+impl Reason for Panicked<'_> {
+    fn write(&self, text: &mut Text<'_>) {
+        text.put("the library panicked (a bug; please report it): ").put(self.0);
     }
 }
 
-/// Writes `reason` into `header`'s text (cut to fit) and returns `status`. Not inlined: the
-/// failure paths of every entry point share one copy per kind of reason (firmware code size).
-#[inline(never)]
-fn record<R: Reason>(header: &mut Header, status: EsStatus, reason: &R) -> EsStatus {
-    let mut text = Text::new(&mut header.error);
-    reason.write(&mut text);
-    header.error_len = text.len();
-    status
-}
-
-/// Runs one entry point, turning a panic into [`EsStatus::Panic`] so none crosses into C.
+/// Runs one entry point, turning a panic into [`EsStatus::Panic`] so none crosses into C; the
+/// panic's message goes to `report`.
 #[cfg(not(target_os = "none"))]
-pub(crate) fn guard(entry: impl FnOnce() -> EsStatus) -> EsStatus {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(entry)).unwrap_or(EsStatus::Panic)
+fn guard_with(entry: impl FnOnce() -> EsStatus, report: impl FnOnce(&Panicked<'_>)) -> EsStatus {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(entry)) {
+        Ok(status) => status,
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| payload.downcast_ref::<alloc::string::String>().map(|s| s.as_str()))
+                .unwrap_or("a message that is not text");
+            report(&Panicked(message));
+            EsStatus::Panic
+        }
+    }
 }
 
 /// Runs one entry point. Firmware builds do not unwind: a panic reaches the library's panic
 /// handler ([`crate::firmware`]), which reports it through the firmware's callback and stops.
 #[cfg(target_os = "none")]
-pub(crate) fn guard(entry: impl FnOnce() -> EsStatus) -> EsStatus {
+fn guard_with(entry: impl FnOnce() -> EsStatus, report: impl FnOnce(&Panicked<'_>)) -> EsStatus {
+    let _ = report;
     entry()
 }
 
-/// Turns a `Result` of an entry point's body into its status.
-pub(crate) fn status(result: Result<(), EsStatus>) -> EsStatus {
-    result.err().unwrap_or(EsStatus::Ok)
+/// Runs one entry point that keeps no text (freeing a handle), turning a panic into
+/// [`EsStatus::Panic`].
+pub(crate) fn guard(entry: impl FnOnce() -> EsStatus) -> EsStatus {
+    guard_with(entry, |_| {})
+}
+
+/// The status of a body's result.
+fn status_of(result: Result<(), Failed>) -> EsStatus {
+    match result {
+        Ok(()) => EsStatus::Ok,
+        Err(Failed(status)) => status,
+    }
+}
+
+/// Runs an entry point whose first handle is `ptr`, of kind `T`: every failure of `body` keeps
+/// its text on that handle, and so does a panic. A `ptr` that is no live handle of kind `T` is
+/// returned as its status alone: there is no handle to keep a text on.
+///
+/// # Safety
+/// As [`handle_mut`] for `ptr`; `body`'s own contract.
+pub(crate) unsafe fn on<T: Object>(
+    ptr: *mut T::Opaque,
+    body: impl FnOnce(&mut Handle<T>) -> Result<(), Failed>,
+) -> EsStatus {
+    guard_with(
+        || {
+            // SAFETY: forwarded contract.
+            match unsafe { handle_mut::<T>(ptr) } {
+                Ok(handle) => status_of(body(handle)),
+                Err(bad) => bad.status(),
+            }
+        },
+        // SAFETY: forwarded contract; a panic comes from the body, after `ptr` resolved.
+        |panicked| unsafe { keep_panic(ptr.cast::<()>().cast_const(), panicked) },
+    )
+}
+
+/// As [`on`], for a handle the call takes `const` (its text is kept all the same).
+///
+/// # Safety
+/// As [`on`]; no mutable reference to the handle may be live.
+pub(crate) unsafe fn on_const<T: Object>(
+    ptr: *const T::Opaque,
+    body: impl FnOnce(&Handle<T>) -> Result<(), Failed>,
+) -> EsStatus {
+    guard_with(
+        || {
+            // SAFETY: forwarded contract.
+            match unsafe { handle_ref::<T>(ptr) } {
+                Ok(handle) => status_of(body(handle)),
+                Err(bad) => bad.status(),
+            }
+        },
+        // SAFETY: as in `on`.
+        |panicked| unsafe { keep_panic(ptr.cast::<()>(), panicked) },
+    )
+}
+
+/// Keeps a panic's text on the handle at `ptr`, if it is one.
+///
+/// # Safety
+/// As [`header`]; no reference to the handle may be live (the body's ended with the unwinding).
+unsafe fn keep_panic(ptr: *const (), panicked: &Panicked<'_>) {
+    // SAFETY: forwarded contract.
+    if let Ok(header) = unsafe { header(ptr) } {
+        header.error.write(panicked);
+    }
+}
+
+/// Runs an entry point that takes no handle and no message buffer: its failures keep no text
+/// (their status alone says what was wrong, as each such function's documentation states).
+/// `body` is given [`Nowhere`] to keep them in, so that it reads like every other body.
+pub(crate) fn no_handle(body: impl FnOnce(&Nowhere) -> Result<(), Failed>) -> EsStatus {
+    guard(|| status_of(body(&Nowhere)))
+}
+
+/// Runs an entry point that builds a handle from nothing: `body` builds it and hands it to
+/// [`create`] or [`place`]; its failures keep their text in the text it is given, which goes to
+/// the caller's `message` buffer of `capacity` bytes (when not null), cut to fit and
+/// NUL-terminated, as no handle exists to keep it. A panic's text goes there too.
+///
+/// # Safety
+/// A non-null `message` must be valid for writes of `capacity` bytes; `body`'s own contract.
+pub(crate) unsafe fn build_into(
+    message: *mut core::ffi::c_char,
+    capacity: usize,
+    body: impl FnOnce(&ErrorText) -> Result<(), Failed>,
+) -> EsStatus {
+    let why = ErrorText::new();
+    let status = guard_with(|| status_of(body(&why)), |panicked| why.write(panicked));
+    if status != EsStatus::Ok && !message.is_null() {
+        why.read(|text| {
+            // SAFETY: forwarded contract; a message cut to fit is still the status given.
+            let _ = unsafe { copy_text(text, message, capacity, ptr::null_mut()) };
+        });
+    }
+    status
 }
 
 /// Checks that `ptr` is not null and is aligned for `T`.
 #[inline]
-pub(crate) fn check_ptr<T>(ptr: *const T) -> Result<(), EsStatus> {
+pub(crate) fn check_ptr<T>(ptr: *const T) -> Result<(), Bad> {
     check_address(ptr as usize, align_of::<T>())
 }
 
@@ -114,11 +414,12 @@ pub(crate) fn check_ptr<T>(ptr: *const T) -> Result<(), EsStatus> {
 /// pointer type (each entry point checks several; inlining a copy per pointer costs firmware
 /// code).
 #[inline(never)]
-fn check_address(address: usize, align: usize) -> Result<(), EsStatus> {
+fn check_address(address: usize, align: usize) -> Result<(), Bad> {
     if address == 0 {
-        Err(EsStatus::NullPointer)
+        Err(Bad::Null)
     } else if !address.is_multiple_of(align) {
-        Err(EsStatus::Misaligned)
+        // An alignment is a power of two below 2^32 on every target the library builds for.
+        Err(Bad::Misaligned { log2: align.trailing_zeros() as u8 })
     } else {
         Ok(())
     }
@@ -129,14 +430,14 @@ fn check_address(address: usize, align: usize) -> Result<(), EsStatus> {
 /// # Safety
 /// A non-null, aligned `ptr` must point to readable memory of at least a [`Header`] (a handle
 /// of any kind, live or freed by this library, or memory the caller claims is one).
-pub(crate) unsafe fn header<'a>(ptr: *const ()) -> Result<&'a Header, EsStatus> {
+pub(crate) unsafe fn header<'a>(ptr: *const ()) -> Result<&'a Header, Bad> {
     check_ptr(ptr.cast::<Header>())?;
     // SAFETY: not null and aligned (checked above); readable as a header by the caller's
     // contract. Every field of `Header` is valid for any bit pattern except `boxed`, which is
     // read only after the magic word matched, i.e. from a header this library wrote.
     let magic = unsafe { ptr::read(ptr.cast::<u32>()) };
     if magic != MAGIC {
-        return Err(EsStatus::WrongHandle);
+        return Err(Bad::NoHandle);
     }
     // SAFETY: as above; the magic word says this library wrote the header.
     Ok(unsafe { &*ptr.cast::<Header>() })
@@ -148,7 +449,7 @@ pub(crate) unsafe fn header<'a>(ptr: *const ()) -> Result<&'a Header, EsStatus> 
 /// # Safety
 /// As [`header`]; in addition no other reference to the handle may be live while the returned
 /// one is (the entry points take each handle once).
-pub(crate) unsafe fn handle_mut<'a, T: Object>(ptr: *mut T::Opaque) -> Result<&'a mut Handle<T>, EsStatus> {
+pub(crate) unsafe fn handle_mut<'a, T: Object>(ptr: *mut T::Opaque) -> Result<&'a mut Handle<T>, Bad> {
     // SAFETY: forwarded contract.
     unsafe { check_handle(ptr.cast::<()>().cast_const(), align_of::<Handle<T>>(), T::KIND) }?;
     // SAFETY: the magic word and kind say this library wrote a `Handle<T>` here and has not freed
@@ -163,12 +464,12 @@ pub(crate) unsafe fn handle_mut<'a, T: Object>(ptr: *mut T::Opaque) -> Result<&'
 /// # Safety
 /// As [`header`].
 #[inline(never)]
-unsafe fn check_handle(ptr: *const (), align: usize, kind: EsKind) -> Result<(), EsStatus> {
+unsafe fn check_handle(ptr: *const (), align: usize, kind: EsKind) -> Result<(), Bad> {
     check_address(ptr as usize, align)?;
     // SAFETY: the caller's contract for `header`; aligned to `align`, at least that of `Header`.
     let header = unsafe { header(ptr) }?;
     if header.kind != kind as u32 {
-        return Err(EsStatus::WrongHandle);
+        return Err(Bad::Kind { is: u8::try_from(header.kind).unwrap_or(0), wanted: kind as u8 });
     }
     Ok(())
 }
@@ -177,24 +478,26 @@ unsafe fn check_handle(ptr: *const (), align: usize, kind: EsKind) -> Result<(),
 ///
 /// # Safety
 /// As [`header`]; no mutable reference to the handle may be live.
-pub(crate) unsafe fn handle_ref<'a, T: Object>(ptr: *const T::Opaque) -> Result<&'a Handle<T>, EsStatus> {
+pub(crate) unsafe fn handle_ref<'a, T: Object>(ptr: *const T::Opaque) -> Result<&'a Handle<T>, Bad> {
     // SAFETY: forwarded contract; the reference is downgraded at once.
     unsafe { handle_mut::<T>(ptr.cast_mut()) }.map(|h| &*h)
 }
 
-/// A new library-allocated handle for `value`, written to `*out`.
+/// A new library-allocated handle for `value`, written to `*out`; a failure keeps its text on
+/// `on`.
 ///
 /// # Safety
 /// `out` must be valid for a write of one pointer when non-null and aligned.
-pub(crate) unsafe fn create<T: Object>(value: T, out: *mut *mut T::Opaque) -> Result<(), EsStatus> {
-    check_ptr(out)?;
+pub(crate) unsafe fn create<T: Object>(value: T, out: *mut *mut T::Opaque, on: &impl Keeper) -> Result<(), Failed> {
+    check_ptr(out).or_keep(on, "`out`")?;
     let handle = Box::new(Handle { header: Header::new(T::KIND, true), value });
     // SAFETY: `out` is not null and aligned (checked), and writable by the caller's contract.
     unsafe { ptr::write(out, Box::into_raw(handle).cast::<T::Opaque>()) };
     Ok(())
 }
 
-/// Places a handle for `value` in caller memory `memory` of `size` bytes, written to `*out`.
+/// Places a handle for `value` in caller memory `memory` of `size` bytes, written to `*out`; a
+/// failure keeps its text on `on`.
 ///
 /// # Safety
 /// `memory` must be valid for writes of `size` bytes when non-null, and stay so, unused by the
@@ -204,11 +507,15 @@ pub(crate) unsafe fn place<T: Object>(
     size: usize,
     value: T,
     out: *mut *mut T::Opaque,
-) -> Result<(), EsStatus> {
-    check_ptr(out)?;
-    check_ptr(memory.cast::<Handle<T>>())?;
-    if size < size_of::<Handle<T>>() {
-        return Err(EsStatus::BufferTooSmall);
+    on: &impl Keeper,
+) -> Result<(), Failed> {
+    check_ptr(out).or_keep(on, "`out`")?;
+    check_ptr(memory.cast::<Handle<T>>()).or_keep(on, "`memory`")?;
+    let needed = size_of::<Handle<T>>();
+    if size < needed {
+        return Err(on.fail(EsStatus::BufferTooSmall, |t: &mut Text<'_>| {
+            t.put("`memory` holds ").num(size).put(" bytes; ").num(needed).put(" are needed");
+        }));
     }
     let handle = memory.cast::<Handle<T>>();
     // SAFETY: `memory` is not null, aligned for `Handle<T>` and at least its size (checked), and
@@ -221,30 +528,35 @@ pub(crate) unsafe fn place<T: Object>(
 }
 
 /// Frees the handle at `ptr` (a null pointer is accepted and does nothing): drops its object,
-/// clears the magic word, and gives the memory back when the library allocated it.
+/// clears the magic word, and gives the memory back when the library allocated it. A `ptr` that
+/// is no live handle of kind `T` is returned as its status alone (there is no handle to keep a
+/// text on). Only a handle placed in caller memory can be told freed afterwards: a freed
+/// library-allocated handle's memory went back to the allocator.
 ///
 /// # Safety
 /// As [`handle_mut`]; the handle must not be used after this call.
 pub(crate) unsafe fn free<T: Object>(ptr: *mut T::Opaque) -> EsStatus {
-    if ptr.is_null() {
-        return EsStatus::Ok;
-    }
-    // SAFETY: forwarded contract.
-    let handle = match unsafe { handle_mut::<T>(ptr) } {
-        Ok(handle) => handle,
-        Err(status) => return status,
-    };
-    handle.header.magic = 0;
-    if handle.header.boxed {
-        // SAFETY: `boxed` says `create` made this pointer with `Box::into_raw`; the caller gives it
-        // up.
-        drop(unsafe { Box::from_raw(ptr.cast::<Handle<T>>()) });
-    } else {
-        // SAFETY: `place` wrote a valid `Handle<T>` here; it is dropped once, the caller keeps the
-        // memory.
-        unsafe { ptr::drop_in_place(ptr.cast::<Handle<T>>()) };
-    }
-    EsStatus::Ok
+    guard(|| {
+        if ptr.is_null() {
+            return EsStatus::Ok;
+        }
+        // SAFETY: forwarded contract.
+        let handle = match unsafe { handle_mut::<T>(ptr) } {
+            Ok(handle) => handle,
+            Err(bad) => return bad.status(),
+        };
+        handle.header.magic = 0;
+        if handle.header.boxed {
+            // SAFETY: `boxed` says `create` made this pointer with `Box::into_raw`; the caller gives
+            // it up.
+            drop(unsafe { Box::from_raw(ptr.cast::<Handle<T>>()) });
+        } else {
+            // SAFETY: `place` wrote a valid `Handle<T>` here; it is dropped once, the caller keeps
+            // the memory.
+            unsafe { ptr::drop_in_place(ptr.cast::<Handle<T>>()) };
+        }
+        EsStatus::Ok
+    })
 }
 
 /// Size and alignment of a handle of kind `T`.
@@ -256,7 +568,7 @@ pub(crate) const fn footprint<T: Object>() -> (usize, usize) {
 ///
 /// # Safety
 /// `out` must be valid for a write of `T` when non-null and aligned.
-pub(crate) unsafe fn put<T>(out: *mut T, value: T) -> Result<(), EsStatus> {
+pub(crate) unsafe fn put<T>(out: *mut T, value: T) -> Result<(), Bad> {
     check_ptr(out)?;
     // SAFETY: not null and aligned (checked), writable by the caller's contract.
     unsafe { ptr::write(out, value) };
@@ -267,7 +579,7 @@ pub(crate) unsafe fn put<T>(out: *mut T, value: T) -> Result<(), EsStatus> {
 ///
 /// # Safety
 /// `ptr` must be valid for a read of a valid `T` when non-null and aligned.
-pub(crate) unsafe fn get<T: Copy>(ptr: *const T) -> Result<T, EsStatus> {
+pub(crate) unsafe fn get<T: Copy>(ptr: *const T) -> Result<T, Bad> {
     check_ptr(ptr)?;
     // SAFETY: not null and aligned (checked), readable by the caller's contract.
     Ok(unsafe { ptr::read(ptr) })
@@ -278,34 +590,88 @@ pub(crate) unsafe fn get<T: Copy>(ptr: *const T) -> Result<T, EsStatus> {
 /// # Safety
 /// A non-null, aligned `ptr` must be valid for reads of `count` elements, unchanged while the
 /// slice is used.
-pub(crate) unsafe fn slice<'a, T>(ptr: *const T, count: usize) -> Result<&'a [T], EsStatus> {
+pub(crate) unsafe fn slice<'a, T>(ptr: *const T, count: usize) -> Result<&'a [T], Bad> {
     if count == 0 {
         return Ok(&[]);
     }
     check_ptr(ptr)?;
     if count.checked_mul(size_of::<T>()).is_none_or(|bytes| bytes > isize::MAX as usize) {
-        return Err(EsStatus::OutOfRange);
+        return Err(Bad::TooLong);
     }
     // SAFETY: not null and aligned (checked), the size fits `isize` (checked), readable by the
     // caller's contract.
     Ok(unsafe { core::slice::from_raw_parts(ptr, count) })
 }
 
+/// Where a caller's slot buffer of `length` bytes at `buffer` starts: `buffer` itself, also for
+/// an empty buffer (whose start an arena checks like any other), or, for a null `buffer` of no
+/// bytes, an address aligned to `align` that stands for an empty buffer anywhere.
+pub(crate) fn buffer_start(buffer: *mut u8, length: usize, align: usize) -> *mut u8 {
+    if buffer.is_null() && length == 0 {
+        ptr::without_provenance_mut(align.max(1))
+    } else {
+        buffer
+    }
+}
+
+/// The `length` caller bytes at `start` (from [`buffer_start`]), keeping `start` even when
+/// empty; unlike [`slice`], a null `start` is refused whatever the length.
+///
+/// # Safety
+/// A non-null `start` must be valid for reads of `length` bytes, unchanged while the slice is
+/// used.
+pub(crate) unsafe fn buffer<'a>(start: *const u8, length: usize) -> Result<&'a [u8], Bad> {
+    check_ptr(start)?;
+    if length > isize::MAX as usize {
+        return Err(Bad::TooLong);
+    }
+    // SAFETY: not null (checked; `u8` needs no alignment), the size fits `isize` (checked),
+    // readable by the caller's contract; a slice of no bytes reads nothing.
+    Ok(unsafe { core::slice::from_raw_parts(start, length) })
+}
+
 /// The NUL-terminated name at `ptr` (a format or policy name): ASCII, as every name the
-/// library knows is, which is cheaper to check than UTF-8; other bytes are an
-/// [`EsStatus::InvalidArgument`].
+/// library knows is, which is cheaper to check than UTF-8; other bytes are [`Bad::NotAscii`].
 ///
 /// # Safety
 /// A non-null `ptr` must point to a NUL-terminated string, unchanged while it is used.
-pub(crate) unsafe fn text<'a>(ptr: *const core::ffi::c_char) -> Result<&'a str, EsStatus> {
+pub(crate) unsafe fn text<'a>(ptr: *const core::ffi::c_char) -> Result<&'a str, Bad> {
     check_ptr(ptr)?;
     // SAFETY: not null (checked), NUL-terminated by the caller's contract.
     let bytes = unsafe { core::ffi::CStr::from_ptr(ptr) }.to_bytes();
     if !bytes.is_ascii() {
-        return Err(EsStatus::InvalidArgument);
+        return Err(Bad::NotAscii);
     }
     // SAFETY: ASCII (checked) is UTF-8.
     Ok(unsafe { core::str::from_utf8_unchecked(bytes) })
+}
+
+/// Copies the last error text kept by the handle at `ptr` (of any kind) to the caller's
+/// `buffer`, as [`copy_text`] does. Changes no text: a handle that does not resolve, or a
+/// `buffer` too small, is its status alone.
+///
+/// # Safety
+/// As [`header`] for `ptr`; as [`copy_text`] for the rest.
+pub(crate) unsafe fn last_error(
+    ptr: *const (),
+    buffer: *mut core::ffi::c_char,
+    capacity: usize,
+    length: *mut usize,
+) -> EsStatus {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let header = match unsafe { header(ptr) } {
+            Ok(header) => header,
+            Err(bad) => return bad.status(),
+        };
+        header.error.read(|text| {
+            // SAFETY: forwarded contract.
+            match unsafe { copy_text(text, buffer, capacity, length) } {
+                Ok(()) => EsStatus::Ok,
+                Err(bad) => bad.status(),
+            }
+        })
+    })
 }
 
 /// Copies `text` NUL-terminated into the caller's `buffer` of `capacity` bytes (cut to fit) when
@@ -314,18 +680,18 @@ pub(crate) unsafe fn text<'a>(ptr: *const core::ffi::c_char) -> Result<&'a str, 
 /// # Safety
 /// A non-null `buffer` must be valid for writes of `capacity` bytes; a non-null `length` for one
 /// `usize`.
-pub(crate) unsafe fn copy_text(
+unsafe fn copy_text(
     text: &[u8],
     buffer: *mut core::ffi::c_char,
     capacity: usize,
     length: *mut usize,
-) -> Result<(), EsStatus> {
+) -> Result<(), Bad> {
     if !length.is_null() {
         // SAFETY: forwarded contract.
         unsafe { put(length, text.len()) }?;
     }
     if buffer.is_null() || capacity == 0 {
-        return if text.is_empty() && buffer.is_null() { Ok(()) } else { Err(EsStatus::BufferTooSmall) };
+        return if text.is_empty() && buffer.is_null() { Ok(()) } else { Err(Bad::TooSmall) };
     }
     let n = text.len().min(capacity.saturating_sub(1));
     // SAFETY: `buffer` is not null and valid for `capacity` bytes (caller); `n + 1 <= capacity`;
@@ -335,44 +701,8 @@ pub(crate) unsafe fn copy_text(
         ptr::write(buffer.cast::<u8>().add(n), 0);
     }
     if n < text.len() {
-        Err(EsStatus::BufferTooSmall)
+        Err(Bad::TooSmall)
     } else {
         Ok(())
     }
-}
-
-/// Runs an entry point that builds an object from nothing: `build` makes it, or writes why not
-/// into the text it is given and returns the status; the text goes to the caller's `message`
-/// buffer of `capacity` bytes (when not null), as no handle exists yet to keep it. `keep` turns
-/// the object into a handle.
-///
-/// # Safety
-/// As [`copy_text`] for `message`.
-pub(crate) unsafe fn build_into<T>(
-    message: *mut core::ffi::c_char,
-    capacity: usize,
-    build: impl FnOnce(&mut Text<'_>) -> Result<T, EsStatus>,
-    keep: impl FnOnce(T) -> Result<(), EsStatus>,
-) -> EsStatus {
-    guard(|| {
-        let mut bytes = [0u8; ES_ERROR_CAPACITY];
-        let mut text = Text::new(&mut bytes);
-        match build(&mut text) {
-            Ok(object) => status(keep(object)),
-            Err(code) => {
-                let len = text.len();
-                if !message.is_null() {
-                    // SAFETY: forwarded contract; a message cut to fit is still the status given.
-                    let _ = unsafe { copy_text(bytes.get(..len).unwrap_or(&[]), message, capacity, ptr::null_mut()) };
-                }
-                code
-            }
-        }
-    })
-}
-
-/// Writes `reason` into `text` and returns `status`: a [`build_into`] failure.
-pub(crate) fn refuse(text: &mut Text<'_>, status: EsStatus, reason: impl Reason) -> EsStatus {
-    reason.write(text);
-    status
 }

@@ -4,7 +4,7 @@ use core::ffi::c_char;
 
 use expertslab::{ExpertLayout, Format, Projection, SlotArena, StackLayout, MAX_PROJECTIONS};
 
-use crate::handle::{self, guard, refuse, status, Handle, Object};
+use crate::handle::{self, ErrorText, Failed, Handle, Keeper, Object, OrKeep};
 use crate::status::EsStatus;
 use crate::text::Text;
 use crate::types::{EsProjection, EsStackLayout};
@@ -30,50 +30,47 @@ impl Object for SlotArena {
     type Opaque = EsArena;
 }
 
-/// The core's layout of `stacks`, or the status, with why written to `why`.
+/// The core's layout of `stacks`, or the failure, with why kept in `why`.
 ///
 /// # Safety
 /// `stacks` valid for `count` elements, each `format` a NUL-terminated string.
-unsafe fn build_layout(
-    stacks: *const EsStackLayout,
-    count: usize,
-    why: &mut Text<'_>,
-) -> Result<ExpertLayout, EsStatus> {
+unsafe fn build_layout(stacks: *const EsStackLayout, count: usize, why: &ErrorText) -> Result<ExpertLayout, Failed> {
     // SAFETY: forwarded contract.
-    let items = unsafe { handle::slice(stacks, count) }.map_err(|s| refuse(why, s, "the stack list"))?;
+    let items = unsafe { handle::slice(stacks, count) }.or_keep(why, "`stacks`")?;
     if items.is_empty() || items.len() > MAX_PROJECTIONS {
-        return Err(refuse(why, EsStatus::OutOfRange, |t: &mut Text<'_>| {
+        return Err(why.fail(EsStatus::OutOfRange, |t: &mut Text<'_>| {
             t.num(count).put(" projections; 1 to ").num(MAX_PROJECTIONS).put(" are allowed");
         }));
     }
     let placeholder =
-        (Projection::Gate, StackLayout::new(Format::F32, 1, 1, 1).map_err(|e| refuse(why, EsStatus::Panic, e))?);
+        (Projection::Gate, StackLayout::new(Format::F32, 1, 1, 1).map_err(|e| why.fail(EsStatus::Panic, e))?);
     let mut pairs = [placeholder; MAX_PROJECTIONS];
     for (pair, item) in pairs.iter_mut().zip(items) {
         let projection = EsProjection::from_u32(item.projection).map_err(|s| {
-            refuse(why, s, |t: &mut Text<'_>| {
+            why.fail(s, |t: &mut Text<'_>| {
                 t.put("projection ").num(item.projection as usize).put(" is not an EsProjection");
             })
         })?;
         // SAFETY: forwarded contract.
-        let name = unsafe { handle::text(item.format) }.map_err(|s| refuse(why, s, "the format name"))?;
+        let name = unsafe { handle::text(item.format) }.or_keep(why, "the format name")?;
         let format = Format::from_name(name).ok_or_else(|| {
-            refuse(why, EsStatus::InvalidArgument, |t: &mut Text<'_>| {
+            why.fail(EsStatus::InvalidArgument, |t: &mut Text<'_>| {
                 t.put("unknown format \"").put(name).put("\"");
             })
         })?;
         let stack = StackLayout::new(format, item.experts, item.rows, item.cols)
-            .map_err(|e| refuse(why, EsStatus::InvalidArgument, e))?;
+            .map_err(|e| why.fail(EsStatus::InvalidArgument, e))?;
         *pair = (projection, stack);
     }
-    ExpertLayout::new(pairs.get(..items.len()).unwrap_or(&[])).map_err(|e| refuse(why, EsStatus::InvalidArgument, e))
+    ExpertLayout::new(pairs.get(..items.len()).unwrap_or(&[])).map_err(|e| why.fail(EsStatus::InvalidArgument, e))
 }
 
 /// Builds an expert layout from `count` stack layouts (one per projection, in slot order) and
 /// writes its handle, allocated by the library, to `*out`.
 ///
 /// On failure `message` (when not null) receives `message_capacity` bytes at most of why,
-/// NUL-terminated: there is no handle yet to keep it.
+/// NUL-terminated: there is no handle yet to keep it. Every failure writes it, a null or
+/// misaligned `out` included.
 ///
 /// # Safety
 /// `stacks` must point to `count` readable `EsStackLayout`s whose `format` strings are
@@ -88,19 +85,18 @@ pub unsafe extern "C" fn es_expert_layout_new(
 ) -> EsStatus {
     // SAFETY: forwarded contract, for every call below.
     unsafe {
-        handle::build_into(
-            message,
-            message_capacity,
-            |why| build_layout(stacks, count, why),
-            |layout| handle::create(layout, out),
-        )
+        handle::build_into(message, message_capacity, |why| {
+            let layout = build_layout(stacks, count, why)?;
+            handle::create(layout, out, why)
+        })
     }
 }
 
 /// As [`es_expert_layout_new`], placing the handle in caller memory `memory` of `size` bytes,
 /// aligned as [`es_handle_footprint`](crate::es_handle_footprint) says for
 /// `ES_KIND_EXPERT_LAYOUT` (no allocation). Free it with [`es_expert_layout_free`] before
-/// reusing the memory.
+/// reusing the memory. `memory` null, misaligned or smaller than the footprint is a failure
+/// whose text `message` receives, as for every other failure.
 ///
 /// # Safety
 /// As [`es_expert_layout_new`]; `memory` must be writable for `size` bytes and left to the
@@ -117,12 +113,10 @@ pub unsafe extern "C" fn es_expert_layout_init(
 ) -> EsStatus {
     // SAFETY: forwarded contract, for every call below.
     unsafe {
-        handle::build_into(
-            message,
-            message_capacity,
-            |why| build_layout(stacks, count, why),
-            |layout| handle::place(memory, size, layout, out),
-        )
+        handle::build_into(message, message_capacity, |why| {
+            let layout = build_layout(stacks, count, why)?;
+            handle::place(memory, size, layout, out, why)
+        })
     }
 }
 
@@ -138,26 +132,20 @@ pub unsafe extern "C" fn es_expert_layout_info(
     projections: *mut usize,
     expert_bytes: *mut usize,
 ) -> EsStatus {
-    guard(|| {
-        status((|| {
-            // SAFETY: forwarded contract.
-            let layout = unsafe { handle::handle_ref::<ExpertLayout>(layout) }?;
+    // SAFETY: forwarded contract, for every call below.
+    unsafe {
+        handle::on_const::<ExpertLayout>(layout, |layout| {
             let l = &layout.value;
-            // SAFETY: forwarded contract.
-            unsafe {
-                handle::put(experts, l.experts())?;
-                handle::put(projections, l.projections().len())?;
-                handle::put(expert_bytes, l.expert_bytes())
-            }
-        })())
-    })
+            handle::put(experts, l.experts()).or_keep(layout, "`experts`")?;
+            handle::put(projections, l.projections().len()).or_keep(layout, "`projections`")?;
+            handle::put(expert_bytes, l.expert_bytes()).or_keep(layout, "`expert_bytes`")
+        })
+    }
 }
 
 /// Writes the bytes of one row of projection number `index` (in the layout's order: the order
 /// of the stacks it was built from) to `*row_bytes`: the columns' whole blocks of its format.
-/// An `index` past the layout's projections is `ES_STATUS_OUT_OF_RANGE`, kept on `layout` (which
-/// is why `layout` is not `const` here, unlike in `es_expert_layout_info`, which cannot fail on a
-/// valid handle).
+/// An `index` past the layout's projections is `ES_STATUS_OUT_OF_RANGE`.
 ///
 /// # Safety
 /// `layout` must be a handle from this library or null; `row_bytes` writable.
@@ -167,10 +155,9 @@ pub unsafe extern "C" fn es_expert_layout_row_bytes(
     index: usize,
     row_bytes: *mut usize,
 ) -> EsStatus {
-    guard(|| {
-        status((|| {
-            // SAFETY: forwarded contract.
-            let layout = unsafe { handle::handle_mut::<ExpertLayout>(layout) }?;
+    // SAFETY: forwarded contract, for every call below.
+    unsafe {
+        handle::on::<ExpertLayout>(layout, |layout| {
             let count = layout.value.projections().len();
             let Some((_, stack)) = layout.value.projections().get(index) else {
                 return Err(layout.fail(EsStatus::OutOfRange, |t: &mut Text<'_>| {
@@ -178,35 +165,38 @@ pub unsafe extern "C" fn es_expert_layout_row_bytes(
                 }));
             };
             let bytes = stack.row_bytes();
-            // SAFETY: forwarded contract.
-            unsafe { handle::put(row_bytes, bytes) }
-        })())
-    })
+            handle::put(row_bytes, bytes).or_keep(layout, "`row_bytes`")
+        })
+    }
 }
 
 /// Frees an expert layout (null is accepted). Handles built from it keep their own copy.
 ///
+/// A layout placed in caller memory ([`es_expert_layout_init`]) is marked freed: until the memory
+/// is reused, using or freeing it again returns `ES_STATUS_WRONG_HANDLE`. A layout the library
+/// allocated ([`es_expert_layout_new`]) gives its memory back: using or freeing it again is
+/// undefined behaviour, which the library cannot detect.
+/// It fails only when `layout` is not a live handle of its kind, and then keeps no text: there is
+/// no handle to keep it on.
+///
 /// # Safety
-/// `layout` must be a handle from this library or null, not used after this call.
+/// `layout` must be a handle from this library or null, not used after this call (a layout
+/// placed in caller memory may be passed again, and is reported freed).
 #[no_mangle]
 pub unsafe extern "C" fn es_expert_layout_free(layout: *mut EsExpertLayout) -> EsStatus {
     // SAFETY: forwarded contract.
-    guard(|| unsafe { handle::free::<ExpertLayout>(layout) })
+    unsafe { handle::free::<ExpertLayout>(layout) }
 }
 
-/// The arena for `slots` slots of `layout`, each projection aligned to `align` (a power of two).
-///
-/// # Safety
-/// `layout` a handle from this library or null.
-unsafe fn build_arena(layout: *mut EsExpertLayout, slots: usize, align: usize) -> Result<SlotArena, EsStatus> {
-    // SAFETY: forwarded contract.
-    let layout = unsafe { handle::handle_mut::<ExpertLayout>(layout) }?;
+/// The arena for `slots` slots of `layout`, each projection aligned to `align` (a power of two),
+/// a failure kept on `layout`.
+fn build_arena(layout: &Handle<ExpertLayout>, slots: usize, align: usize) -> Result<SlotArena, Failed> {
     SlotArena::new(&layout.value, slots, align).map_err(|e| layout.fail(EsStatus::InvalidArgument, e))
 }
 
 /// Builds the slot arena of `slots` slots for experts of `layout`, every projection aligned to
 /// `align` bytes (a power of two), and writes its handle, allocated by the library, to `*out`.
-/// Failures are kept on `layout`.
+/// Failures are kept on `layout`, a null or misaligned `out` included.
 ///
 /// # Safety
 /// `layout` must be a handle from this library or null; `out` writable.
@@ -217,18 +207,19 @@ pub unsafe extern "C" fn es_arena_new(
     align: usize,
     out: *mut *mut EsArena,
 ) -> EsStatus {
-    guard(|| {
-        status((|| {
-            // SAFETY: forwarded contract.
-            let arena = unsafe { build_arena(layout, slots, align) }?;
-            // SAFETY: forwarded contract.
-            unsafe { handle::create(arena, out) }
-        })())
-    })
+    // SAFETY: forwarded contract, for every call below.
+    unsafe {
+        handle::on::<ExpertLayout>(layout, |layout| {
+            let arena = build_arena(layout, slots, align)?;
+            handle::create(arena, out, layout)
+        })
+    }
 }
 
 /// As [`es_arena_new`], placing the handle in caller memory `memory` of `size` bytes (see
 /// [`es_handle_footprint`](crate::es_handle_footprint) for `ES_KIND_ARENA`; no allocation).
+/// `memory` null, misaligned or smaller than the footprint is a failure kept on `layout`, as
+/// every other is.
 ///
 /// # Safety
 /// As [`es_arena_new`]; `memory` writable for `size` bytes and left to the library until the
@@ -242,14 +233,13 @@ pub unsafe extern "C" fn es_arena_init(
     align: usize,
     out: *mut *mut EsArena,
 ) -> EsStatus {
-    guard(|| {
-        status((|| {
-            // SAFETY: forwarded contract.
-            let arena = unsafe { build_arena(layout, slots, align) }?;
-            // SAFETY: forwarded contract.
-            unsafe { handle::place(memory, size, arena, out) }
-        })())
-    })
+    // SAFETY: forwarded contract, for every call below.
+    unsafe {
+        handle::on::<ExpertLayout>(layout, |layout| {
+            let arena = build_arena(layout, slots, align)?;
+            handle::place(memory, size, arena, out, layout)
+        })
+    }
 }
 
 /// Writes the bytes a slot buffer for this arena needs to `*total_bytes`, its slot count to
@@ -264,18 +254,14 @@ pub unsafe extern "C" fn es_arena_info(
     slots: *mut usize,
     align: *mut usize,
 ) -> EsStatus {
-    guard(|| {
-        status((|| {
-            // SAFETY: forwarded contract.
-            let arena = unsafe { handle::handle_ref::<SlotArena>(arena) }?;
-            // SAFETY: forwarded contract.
-            unsafe {
-                handle::put(total_bytes, arena.value.total_bytes())?;
-                handle::put(slots, arena.value.slots())?;
-                handle::put(align, arena.value.align())
-            }
-        })())
-    })
+    // SAFETY: forwarded contract, for every call below.
+    unsafe {
+        handle::on_const::<SlotArena>(arena, |arena| {
+            handle::put(total_bytes, arena.value.total_bytes()).or_keep(arena, "`total_bytes`")?;
+            handle::put(slots, arena.value.slots()).or_keep(arena, "`slots`")?;
+            handle::put(align, arena.value.align()).or_keep(arena, "`align`")
+        })
+    }
 }
 
 /// Writes where projection number `index` of slot `slot` lies in a slot buffer: its byte
@@ -291,27 +277,25 @@ pub unsafe extern "C" fn es_arena_projection_range(
     offset: *mut usize,
     length: *mut usize,
 ) -> EsStatus {
-    guard(|| {
-        status((|| {
-            // SAFETY: forwarded contract.
-            let arena = unsafe { handle::handle_mut::<SlotArena>(arena) }?;
+    // SAFETY: forwarded contract, for every call below.
+    unsafe {
+        handle::on::<SlotArena>(arena, |arena| {
             let range = range_of(arena, slot, index)?;
-            // SAFETY: forwarded contract.
-            unsafe {
-                handle::put(offset, range.start)?;
-                handle::put(length, range.len())
-            }
-        })())
-    })
+            handle::put(offset, range.start).or_keep(arena, "`offset`")?;
+            handle::put(length, range.len()).or_keep(arena, "`length`")
+        })
+    }
 }
 
-/// The range of projection `index` of `slot`, failures recorded on the arena.
-fn range_of(arena: &mut Handle<SlotArena>, slot: usize, index: usize) -> Result<core::ops::Range<usize>, EsStatus> {
+/// The range of projection `index` of `slot`, a failure kept on the arena.
+fn range_of(arena: &Handle<SlotArena>, slot: usize, index: usize) -> Result<core::ops::Range<usize>, Failed> {
     arena.value.projection_range(slot, index).map_err(|e| arena.fail(EsStatus::OutOfRange, e))
 }
 
 /// Writes a pointer to projection number `index` of slot `slot` within the caller's slot
-/// buffer `buffer` of `length` bytes to `*slab`, and its length to `*slab_length`.
+/// buffer `buffer` of `length` bytes to `*slab`, and its length to `*slab_length`. `buffer`
+/// must start aligned as the arena says, also when it is empty; null stands for an empty buffer
+/// (`length` 0) only.
 ///
 /// # Safety
 /// `arena` must be a handle from this library or null; `buffer` readable for `length` bytes;
@@ -326,24 +310,20 @@ pub unsafe extern "C" fn es_arena_slab(
     slab: *mut *const u8,
     slab_length: *mut usize,
 ) -> EsStatus {
-    guard(|| {
-        status((|| {
-            // SAFETY: forwarded contract.
-            let arena = unsafe { handle::handle_mut::<SlotArena>(arena) }?;
-            // SAFETY: forwarded contract.
-            let bytes = unsafe { handle::slice(buffer, length) }?;
-            if let Err(e) = arena.value.check_buffer(bytes) {
-                return Err(arena.fail(buffer_status(&e), e));
-            }
+    // SAFETY: forwarded contract, for every call below.
+    unsafe {
+        handle::on::<SlotArena>(arena, |arena| {
+            let start = handle::buffer_start(buffer.cast_mut(), length, arena.value.align());
+            let bytes = handle::buffer(start, length).or_keep(arena, "`buffer`")?;
+            arena.value.check_buffer(bytes).map_err(|e| arena.fail(buffer_status(&e), e))?;
             let range = range_of(arena, slot, index)?;
-            let start = bytes.get(range.clone()).ok_or(EsStatus::BufferTooSmall)?.as_ptr();
-            // SAFETY: forwarded contract.
-            unsafe {
-                handle::put(slab, start)?;
-                handle::put(slab_length, range.len())
-            }
-        })())
-    })
+            let Some(bytes) = bytes.get(range.clone()) else {
+                return Err(arena.fail(EsStatus::BufferTooSmall, "the slab lies past `length`"));
+            };
+            handle::put(slab, bytes.as_ptr()).or_keep(arena, "`slab`")?;
+            handle::put(slab_length, range.len()).or_keep(arena, "`slab_length`")
+        })
+    }
 }
 
 /// The status of a slot buffer the arena refused.
@@ -356,10 +336,18 @@ pub(crate) fn buffer_status(error: &expertslab::LayoutError) -> EsStatus {
 
 /// Frees an arena (null is accepted).
 ///
+/// An arena placed in caller memory ([`es_arena_init`]) is marked freed: until the memory is
+/// reused, using or freeing it again returns `ES_STATUS_WRONG_HANDLE`. An arena the library
+/// allocated ([`es_arena_new`]) gives its memory back: using or freeing it again is undefined
+/// behaviour, which the library cannot detect.
+/// It fails only when `arena` is not a live handle of its kind, and then keeps no text: there is
+/// no handle to keep it on.
+///
 /// # Safety
-/// `arena` must be a handle from this library or null, not used after this call.
+/// `arena` must be a handle from this library or null, not used after this call (an arena
+/// placed in caller memory may be passed again, and is reported freed).
 #[no_mangle]
 pub unsafe extern "C" fn es_arena_free(arena: *mut EsArena) -> EsStatus {
     // SAFETY: forwarded contract.
-    guard(|| unsafe { handle::free::<SlotArena>(arena) })
+    unsafe { handle::free::<SlotArena>(arena) }
 }

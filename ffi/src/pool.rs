@@ -4,7 +4,7 @@ use core::ffi::c_char;
 
 use expertslab::{ExpertPool, MigrationPlan, Policy, PoolConfig, PoolError};
 
-use crate::handle::{self, guard, refuse, status, Handle};
+use crate::handle::{self, ErrorText, Failed, Handle, Keeper, OrKeep};
 use crate::status::EsStatus;
 use crate::text::Text;
 use crate::types::{EsPolicy, EsPoolConfig, EsPoolStats, EsServeStats, EsStep};
@@ -32,28 +32,28 @@ impl handle::Object for MigrationPlan {
 /// Fills `*policy` with the deployable policy named `name` (`"tide"`, `"decay"`, `"lru"`,
 /// `"lfu"`, `"lru2"`, `"tinylfu"`) and its default settings. `"belady"` needs the future: it is
 /// an `ES_STATUS_INVALID_ARGUMENT` here (replay it with [`es_trace_replay`](crate::es_trace_replay)).
+/// Takes no handle, so its failures keep no text.
 ///
 /// # Safety
 /// `name` must be a NUL-terminated string or null; `policy` writable.
 #[no_mangle]
 pub unsafe extern "C" fn es_policy_from_name(name: *const c_char, policy: *mut EsPolicy) -> EsStatus {
-    guard(|| {
-        status((|| {
-            // SAFETY: forwarded contract.
-            let name = unsafe { handle::text(name) }?;
-            let parsed = Policy::from_name(name).map_err(|_| EsStatus::InvalidArgument)?;
-            // SAFETY: forwarded contract.
-            unsafe { handle::put(policy, EsPolicy::from_policy(parsed)?) }
-        })())
+    handle::no_handle(|why| {
+        // SAFETY: forwarded contract.
+        let name = unsafe { handle::text(name) }.or_keep(why, "`name`")?;
+        let parsed = Policy::from_name(name).map_err(|_| why.fail(EsStatus::InvalidArgument, "unknown policy name"))?;
+        let value = EsPolicy::from_policy(parsed).map_err(|s| why.fail(s, "the policy needs the future"))?;
+        // SAFETY: forwarded contract.
+        unsafe { handle::put(policy, value) }.or_keep(why, "`policy`")
     })
 }
 
-/// The core's pool of `config`, or the status, with why written to `why`.
-fn build_pool(config: EsPoolConfig, why: &mut Text<'_>) -> Result<ExpertPool, EsStatus> {
-    let policy = config.policy.to_policy().map_err(|e| refuse(why, EsStatus::InvalidArgument, e))?;
-    let schedule = config.schedule.to_schedule().map_err(|e| refuse(why, EsStatus::InvalidArgument, e))?;
+/// The core's pool of `config`, or the failure, with why kept in `why`.
+fn build_pool(config: EsPoolConfig, why: &ErrorText) -> Result<ExpertPool, Failed> {
+    let policy = config.policy.to_policy().map_err(|e| why.fail(EsStatus::InvalidArgument, e))?;
+    let schedule = config.schedule.to_schedule().map_err(|e| why.fail(EsStatus::InvalidArgument, e))?;
     let initial = config.initial_placement().map_err(|s| {
-        refuse(why, s, |t: &mut Text<'_>| {
+        why.fail(s, |t: &mut Text<'_>| {
             t.put("initial placement ").num(config.initial as usize).put(" is not an EsInitialPlacement");
         })
     })?;
@@ -62,14 +62,15 @@ fn build_pool(config: EsPoolConfig, why: &mut Text<'_>) -> Result<ExpertPool, Es
         .policy(policy)
         .schedule(schedule)
         .initial(initial);
-    ExpertPool::new(pool_config).map_err(|e| refuse(why, pool_status(&e), e))
+    ExpertPool::new(pool_config).map_err(|e| why.fail(pool_status(&e), e))
 }
 
 /// Builds a pool of `*config` and writes its handle, allocated by the library, to `*out`.
 /// Stepping, migrating and serving it allocate nothing.
 ///
 /// On failure `message` (when not null) receives at most `message_capacity` bytes of why,
-/// NUL-terminated.
+/// NUL-terminated: there is no handle yet to keep it. Every failure writes it, a null or
+/// misaligned `config` or `out` included.
 ///
 /// # Safety
 /// `config` readable; `out` writable; `message` writable for `message_capacity` bytes or null.
@@ -82,40 +83,34 @@ pub unsafe extern "C" fn es_pool_new(
 ) -> EsStatus {
     // SAFETY: forwarded contract, for every call below.
     unsafe {
-        handle::build_into(
-            message,
-            message_capacity,
-            |why| {
-                let config = handle::get(config).map_err(|s| refuse(why, s, "the pool configuration"))?;
-                build_pool(config, why)
-            },
-            |pool| handle::create(pool, out),
-        )
+        handle::build_into(message, message_capacity, |why| {
+            let config = handle::get(config).or_keep(why, "`config`")?;
+            let pool = build_pool(config, why)?;
+            handle::create(pool, out, why)
+        })
     }
 }
 
-/// Frees a pool (null is accepted).
+/// Frees a pool (null is accepted). The library allocated it, so its memory goes back: using or
+/// freeing it again is undefined behaviour, which the library cannot detect.
+/// It fails only when `pool` is not a live handle of its kind, and then keeps no text: there is
+/// no handle to keep it on.
 ///
 /// # Safety
 /// `pool` must be a handle from this library or null, not used after this call.
 #[no_mangle]
 pub unsafe extern "C" fn es_pool_free(pool: *mut EsPool) -> EsStatus {
     // SAFETY: forwarded contract.
-    guard(|| unsafe { handle::free::<ExpertPool>(pool) })
+    unsafe { handle::free::<ExpertPool>(pool) }
 }
 
-/// Runs `body` on the pool behind `pool`.
+/// Runs `body` on the pool behind `pool`, every failure kept on it.
 ///
 /// # Safety
-/// `pool` a handle from this library or null.
-unsafe fn with_pool(pool: *mut EsPool, body: impl FnOnce(&mut Handle<ExpertPool>) -> Result<(), EsStatus>) -> EsStatus {
-    guard(|| {
-        status((|| {
-            // SAFETY: forwarded contract.
-            let pool = unsafe { handle::handle_mut::<ExpertPool>(pool) }?;
-            body(pool)
-        })())
-    })
+/// `pool` a handle from this library or null; `body`'s own contract.
+unsafe fn with_pool(pool: *mut EsPool, body: impl FnOnce(&mut Handle<ExpertPool>) -> Result<(), Failed>) -> EsStatus {
+    // SAFETY: forwarded contract.
+    unsafe { handle::on::<ExpertPool>(pool, body) }
 }
 
 /// Writes the pool's expert count to `*experts` and slot count to `*slots`.
@@ -127,14 +122,19 @@ pub unsafe extern "C" fn es_pool_info(pool: *mut EsPool, experts: *mut usize, sl
     // SAFETY: forwarded contract.
     unsafe {
         with_pool(pool, |pool| {
-            handle::put(experts, pool.value.experts())?;
-            handle::put(slots, pool.value.slots())
+            handle::check_ptr(experts).or_keep(pool, "`experts`")?;
+            handle::check_ptr(slots).or_keep(pool, "`slots`")?;
+            // SAFETY: both checked above (not null, aligned); writable by the caller's contract.
+            core::ptr::write(experts, pool.value.experts());
+            // SAFETY: as above.
+            core::ptr::write(slots, pool.value.slots());
+            Ok(())
         })
     }
 }
 
 /// Checks `expert` against the pool's expert count, recording a failure on the pool.
-fn check_expert(pool: &mut Handle<ExpertPool>, expert: usize) -> Result<(), EsStatus> {
+fn check_expert(pool: &Handle<ExpertPool>, expert: usize) -> Result<(), Failed> {
     let experts = pool.value.experts();
     if expert < experts {
         Ok(())
@@ -146,7 +146,7 @@ fn check_expert(pool: &mut Handle<ExpertPool>, expert: usize) -> Result<(), EsSt
 }
 
 /// Checks `slot` against the pool's slot count, recording a failure on the pool.
-fn check_slot(pool: &mut Handle<ExpertPool>, slot: usize) -> Result<(), EsStatus> {
+fn check_slot(pool: &Handle<ExpertPool>, slot: usize) -> Result<(), Failed> {
     let slots = pool.value.slots();
     if slot < slots {
         Ok(())
@@ -172,21 +172,19 @@ pub unsafe extern "C" fn es_pool_slot_of(
     // SAFETY: forwarded contract.
     unsafe {
         with_pool(pool, |pool| {
-            check_ptr_pair(slot, resident)?;
+            handle::check_ptr(slot).or_keep(pool, "`slot`")?;
+            handle::check_ptr(resident).or_keep(pool, "`resident`")?;
             check_expert(pool, expert)?;
             let found = pool.value.slot_of(expert);
             if let Some(s) = found {
-                handle::put(slot, s)?;
+                // SAFETY: checked above (not null, aligned); writable by the caller's contract.
+                core::ptr::write(slot, s);
             }
-            handle::put(resident, found.is_some())
+            // SAFETY: as above.
+            core::ptr::write(resident, found.is_some());
+            Ok(())
         })
     }
-}
-
-/// Checks two output pointers before anything is written, so a failed call writes nothing.
-fn check_ptr_pair<A, B>(a: *mut A, b: *mut B) -> Result<(), EsStatus> {
-    handle::check_ptr(a)?;
-    handle::check_ptr(b)
 }
 
 /// Writes whether `slot` holds an expert to `*occupied` and, when it does, the expert to
@@ -204,13 +202,17 @@ pub unsafe extern "C" fn es_pool_expert_in(
     // SAFETY: forwarded contract.
     unsafe {
         with_pool(pool, |pool| {
-            check_ptr_pair(expert, occupied)?;
+            handle::check_ptr(expert).or_keep(pool, "`expert`")?;
+            handle::check_ptr(occupied).or_keep(pool, "`occupied`")?;
             check_slot(pool, slot)?;
             let found = pool.value.expert_in(slot);
             if let Some(e) = found {
-                handle::put(expert, e)?;
+                // SAFETY: checked above (not null, aligned); writable by the caller's contract.
+                core::ptr::write(expert, e);
             }
-            handle::put(occupied, found.is_some())
+            // SAFETY: as above.
+            core::ptr::write(occupied, found.is_some());
+            Ok(())
         })
     }
 }
@@ -225,7 +227,7 @@ pub unsafe extern "C" fn es_pool_resident_bits(pool: *mut EsPool, bits: *mut u32
     // SAFETY: forwarded contract.
     unsafe {
         with_pool(pool, |pool| {
-            handle::check_ptr(bits)?;
+            handle::check_ptr(bits).or_keep(pool, "`bits`")?;
             // SAFETY: `bits` is not null and aligned (checked), writable for `words` words by the
             // caller's contract; the size fits since the caller owns that memory.
             let out = core::slice::from_raw_parts_mut(bits, words);
@@ -249,13 +251,17 @@ pub unsafe extern "C" fn es_pool_demote_slot(
     // SAFETY: forwarded contract.
     unsafe {
         with_pool(pool, |pool| {
-            check_ptr_pair(expert, was_occupied)?;
+            handle::check_ptr(expert).or_keep(pool, "`expert`")?;
+            handle::check_ptr(was_occupied).or_keep(pool, "`was_occupied`")?;
             check_slot(pool, slot)?;
             let freed = pool.value.demote_slot(slot);
             if let Some(e) = freed {
-                handle::put(expert, e)?;
+                // SAFETY: checked above (not null, aligned); writable by the caller's contract.
+                core::ptr::write(expert, e);
             }
-            handle::put(was_occupied, freed.is_some())
+            // SAFETY: as above.
+            core::ptr::write(was_occupied, freed.is_some());
+            Ok(())
         })
     }
 }
@@ -267,7 +273,9 @@ pub unsafe extern "C" fn es_pool_demote_slot(
 #[no_mangle]
 pub unsafe extern "C" fn es_pool_stats(pool: *mut EsPool, stats: *mut EsPoolStats) -> EsStatus {
     // SAFETY: forwarded contract.
-    unsafe { with_pool(pool, |pool| handle::put(stats, EsPoolStats::from(pool.value.stats()))) }
+    unsafe {
+        with_pool(pool, |pool| handle::put(stats, EsPoolStats::from(pool.value.stats())).or_keep(pool, "`stats`"))
+    }
 }
 
 /// Fills `plan` with the pool's initial placement (warm: experts `0..slots`; cold: nothing).
@@ -287,29 +295,25 @@ pub unsafe extern "C" fn es_pool_initial_plan(pool: *mut EsPool, plan: *mut EsPl
     }
 }
 
-/// The plan behind `plan`, a failure recorded on `pool`.
+/// The plan behind `plan`, a failure kept on `pool`.
 ///
 /// # Safety
 /// `plan` a handle from this library or null.
 pub(crate) unsafe fn plan_of<'a>(
-    pool: &mut Handle<ExpertPool>,
+    pool: &Handle<ExpertPool>,
     plan: *mut EsPlan,
-) -> Result<&'a mut Handle<MigrationPlan>, EsStatus> {
+) -> Result<&'a mut Handle<MigrationPlan>, Failed> {
     // SAFETY: forwarded contract; a plan is never the pool (the kinds differ).
-    unsafe { handle::handle_mut::<MigrationPlan>(plan) }.map_err(|s| pool.fail(s, "the plan handle"))
+    unsafe { handle::handle_mut::<MigrationPlan>(plan) }.or_keep(pool, "`plan`")
 }
 
-/// The `count` ids at `ids`, a failure recorded on `pool`.
+/// The `count` ids at `ids`, a failure kept on `pool`.
 ///
 /// # Safety
 /// `ids` readable for `count` ids (null allowed for none).
-pub(crate) unsafe fn ids_of<'a>(
-    pool: &mut Handle<ExpertPool>,
-    ids: *const u32,
-    count: usize,
-) -> Result<&'a [u32], EsStatus> {
+pub(crate) unsafe fn ids_of<'a>(pool: &Handle<ExpertPool>, ids: *const u32, count: usize) -> Result<&'a [u32], Failed> {
     // SAFETY: forwarded contract.
-    unsafe { handle::slice(ids, count) }.map_err(|s| pool.fail(s, "the ids"))
+    unsafe { handle::slice(ids, count) }.or_keep(pool, "`ids`")
 }
 
 /// The status of a pool's refusal. A demand policy in a library built without the `demand`
@@ -342,12 +346,13 @@ pub unsafe extern "C" fn es_pool_plan_step(
     // SAFETY: forwarded contract.
     unsafe {
         with_pool(pool, |pool| {
-            let step = handle::get(step)?.to_step().map_err(|s| pool.fail(s, "the step's mode"))?;
+            let step = handle::get(step).or_keep(pool, "`step`")?;
+            let step = step.to_step().map_err(|s| pool.fail(s, "the step's mode is not an EsMode"))?;
             let ids = ids_of(pool, ids, count)?;
             let plan = plan_of(pool, plan)?;
-            handle::check_ptr(refreshed)?;
+            handle::check_ptr(refreshed).or_keep(pool, "`refreshed`")?;
             let did = pool.value.plan_step(step, ids, &mut plan.value).map_err(|e| pool.fail(pool_status(&e), e))?;
-            handle::put(refreshed, did)
+            handle::put(refreshed, did).or_keep(pool, "`refreshed`")
         })
     }
 }
@@ -373,7 +378,7 @@ pub unsafe extern "C" fn es_pool_serve(
             if stats.is_null() {
                 Ok(())
             } else {
-                handle::put(stats, served.into())
+                handle::put(stats, served.into()).or_keep(pool, "`stats`")
             }
         })
     }
@@ -390,7 +395,7 @@ pub unsafe extern "C" fn es_plan_new(pool: *mut EsPool, out: *mut *mut EsPlan) -
     unsafe {
         with_pool(pool, |pool| {
             let plan = MigrationPlan::with_experts(pool.value.slots(), pool.value.experts());
-            handle::create(plan, out)
+            handle::create(plan, out, pool)
         })
     }
 }
@@ -401,14 +406,8 @@ pub unsafe extern "C" fn es_plan_new(pool: *mut EsPool, out: *mut *mut EsPlan) -
 /// `plan` a handle from this library or null; `count` writable.
 #[no_mangle]
 pub unsafe extern "C" fn es_plan_len(plan: *mut EsPlan, count: *mut usize) -> EsStatus {
-    guard(|| {
-        status((|| {
-            // SAFETY: forwarded contract.
-            let plan = unsafe { handle::handle_mut::<MigrationPlan>(plan) }?;
-            // SAFETY: forwarded contract.
-            unsafe { handle::put(count, plan.value.len()) }
-        })())
-    })
+    // SAFETY: forwarded contract, for every call below.
+    unsafe { handle::on::<MigrationPlan>(plan, |plan| handle::put(count, plan.value.len()).or_keep(plan, "`count`")) }
 }
 
 /// Writes promotion number `index` of the plan: the expert to `*expert` and its slot to
@@ -423,33 +422,37 @@ pub unsafe extern "C" fn es_plan_promotion(
     expert: *mut usize,
     slot: *mut usize,
 ) -> EsStatus {
-    guard(|| {
-        status((|| {
-            // SAFETY: forwarded contract.
-            let plan = unsafe { handle::handle_mut::<MigrationPlan>(plan) }?;
+    // SAFETY: forwarded contract, for every call below.
+    unsafe {
+        handle::on::<MigrationPlan>(plan, |plan| {
             let len = plan.value.len();
             let Some(&promotion) = plan.value.promotions().get(index) else {
                 return Err(plan.fail(EsStatus::OutOfRange, |t: &mut Text<'_>| {
                     t.put("promotion ").num(index).put(" of a plan of ").num(len);
                 }));
             };
-            // SAFETY: forwarded contract.
-            unsafe {
-                handle::put(expert, usize::from(promotion.expert))?;
-                handle::put(slot, usize::from(promotion.slot))
-            }
-        })())
-    })
+            handle::check_ptr(expert).or_keep(plan, "`expert`")?;
+            handle::check_ptr(slot).or_keep(plan, "`slot`")?;
+            // SAFETY: both checked above (not null, aligned); writable by the caller's contract.
+            core::ptr::write(expert, usize::from(promotion.expert));
+            // SAFETY: as above.
+            core::ptr::write(slot, usize::from(promotion.slot));
+            Ok(())
+        })
+    }
 }
 
-/// Frees a plan (null is accepted).
+/// Frees a plan (null is accepted). The library allocated it, so its memory goes back: using or
+/// freeing it again is undefined behaviour, which the library cannot detect.
+/// It fails only when `plan` is not a live handle of its kind, and then keeps no text: there is
+/// no handle to keep it on.
 ///
 /// # Safety
 /// `plan` must be a handle from this library or null, not used after this call.
 #[no_mangle]
 pub unsafe extern "C" fn es_plan_free(plan: *mut EsPlan) -> EsStatus {
     // SAFETY: forwarded contract.
-    guard(|| unsafe { handle::free::<MigrationPlan>(plan) })
+    unsafe { handle::free::<MigrationPlan>(plan) }
 }
 
 #[cfg(test)]

@@ -2,7 +2,23 @@
 
 /// What a call did. Every function returns one; on anything but `ES_STATUS_OK` the handle the
 /// call was made on (its first handle argument) keeps a text saying why, which
-/// [`es_last_error`](crate::es_last_error) copies out.
+/// [`es_last_error`](crate::es_last_error) copies out: a refused output pointer, step or caller
+/// buffer as much as a refused expert or plan. A function that builds a handle from nothing
+/// (`es_expert_layout_new`, `es_expert_layout_init`, `es_pool_new`, `es_trace_parse`) writes the
+/// text to its `message` buffer instead, whatever failed.
+///
+/// No text is kept where there is nowhere to keep it, and the documentation of each such
+/// function says so:
+/// - the first handle itself is refused (null, misaligned, freed, never a handle, or a handle of
+///   another kind): the status alone says why, and no handle's text changes;
+/// - the function takes no handle and no message buffer (`es_status_name`,
+///   `es_handle_footprint`, `es_policy_from_name`, `es_source_from_callbacks`,
+///   `es_sink_from_callbacks`, and `es_firmware_init` on firmware);
+/// - a `free` function, which fails only on its handle;
+/// - [`es_last_error`](crate::es_last_error), which never changes the text it reads.
+///
+/// A handle passed as `const` keeps its text all the same: the text is not part of what `const`
+/// protects.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EsStatus {
@@ -12,7 +28,10 @@ pub enum EsStatus {
     NullPointer = 1,
     /// A pointer was not aligned for what it points to (or a slot buffer not for its arena).
     Misaligned = 2,
-    /// A handle of another kind, a freed handle, or memory that is no handle.
+    /// A handle of another kind, or memory that holds no live handle: a handle placed in caller
+    /// memory and freed since, or memory that was never one. A freed handle the library
+    /// allocated cannot be told (its memory went back to the allocator): using it is undefined
+    /// behaviour.
     WrongHandle = 3,
     /// A caller buffer (memory, bit words, a slot buffer, a text buffer) is too small; text
     /// buffers still receive what fits, NUL-terminated.
@@ -36,7 +55,7 @@ pub enum EsStatus {
     /// A routing trace that does not parse, or a replay that cannot run.
     TraceInvalid = 11,
     /// The library panicked; the call was stopped before the panic could reach C. A bug: please
-    /// report it with the error text.
+    /// report it with the error text (the panic's message, kept as any failure's text).
     Panic = 12,
 }
 

@@ -6,7 +6,7 @@ use expertslab::trace::replay::{replay, CostModel, ReplayConfig, ReplayPolicy};
 use expertslab::trace::Trace;
 use expertslab::InitialPlacement;
 
-use crate::handle::{self, guard, refuse, status, Object};
+use crate::handle::{self, Keeper, Object, OrKeep};
 use crate::status::EsStatus;
 use crate::text::{Brief, Reason as _, Text};
 use crate::types::{EsCostModel, EsReplayStats, EsSchedule};
@@ -24,7 +24,7 @@ impl Object for Trace {
 /// Parses a routing trace (the NDJSON format of the core's `trace` module: a header line, then
 /// one line per layer and step) from `length` UTF-8 bytes and writes its handle, allocated by
 /// the library, to `*out`. On failure `message` (when not null) receives at most
-/// `message_capacity` bytes of why, NUL-terminated.
+/// `message_capacity` bytes of why, NUL-terminated, a null or misaligned `out` included.
 ///
 /// # Safety
 /// `bytes` readable for `length` bytes; `out` writable; `message` writable for
@@ -39,20 +39,16 @@ pub unsafe extern "C" fn es_trace_parse(
 ) -> EsStatus {
     // SAFETY: forwarded contract, for every call below.
     unsafe {
-        handle::build_into(
-            message,
-            message_capacity,
-            |why| {
-                let bytes = handle::slice(bytes, length).map_err(|s| refuse(why, s, "the trace bytes"))?;
-                let text = core::str::from_utf8(bytes).map_err(|error| {
-                    refuse(why, EsStatus::InvalidArgument, Brief { error: &error, brief: "the trace is not UTF-8" })
-                })?;
-                Trace::parse(text).map_err(|error| {
-                    refuse(why, EsStatus::TraceInvalid, Brief { error: &error, brief: "the trace does not parse" })
-                })
-            },
-            |trace| handle::create(trace, out),
-        )
+        handle::build_into(message, message_capacity, |why| {
+            let bytes = handle::slice(bytes, length).or_keep(why, "`bytes`")?;
+            let text = core::str::from_utf8(bytes).map_err(|error| {
+                why.fail(EsStatus::InvalidArgument, Brief { error: &error, brief: "the trace is not UTF-8" })
+            })?;
+            let trace = Trace::parse(text).map_err(|error| {
+                why.fail(EsStatus::TraceInvalid, Brief { error: &error, brief: "the trace does not parse" })
+            })?;
+            handle::create(trace, out, why)
+        })
     }
 }
 
@@ -69,20 +65,16 @@ pub unsafe extern "C" fn es_trace_info(
     layers: *mut u32,
     top_k: *mut u32,
 ) -> EsStatus {
-    guard(|| {
-        status((|| {
-            // SAFETY: forwarded contract.
-            let trace = unsafe { handle::handle_mut::<Trace>(trace) }?;
+    // SAFETY: forwarded contract, for every call below.
+    unsafe {
+        handle::on::<Trace>(trace, |trace| {
             let header = trace.value.header();
-            // SAFETY: forwarded contract.
-            unsafe {
-                handle::put(records, trace.value.records().len())?;
-                handle::put(experts, header.experts)?;
-                handle::put(layers, header.layers)?;
-                handle::put(top_k, header.top_k)
-            }
-        })())
-    })
+            handle::put(records, trace.value.records().len()).or_keep(trace, "`records`")?;
+            handle::put(experts, header.experts).or_keep(trace, "`experts`")?;
+            handle::put(layers, header.layers).or_keep(trace, "`layers`")?;
+            handle::put(top_k, header.top_k).or_keep(trace, "`top_k`")
+        })
+    }
 }
 
 /// Replays the trace with per-layer pools of `slots` slots under the policy named `policy` (a
@@ -102,45 +94,40 @@ pub unsafe extern "C" fn es_trace_replay(
     cost: *const EsCostModel,
     stats: *mut EsReplayStats,
 ) -> EsStatus {
-    guard(|| {
-        status((|| {
-            // SAFETY: forwarded contract.
-            let trace = unsafe { handle::handle_mut::<Trace>(trace) }?;
-            // SAFETY: forwarded contract.
-            let name = unsafe { handle::text(policy) }.map_err(|s| trace.fail(s, "the policy name"))?;
+    // SAFETY: forwarded contract, for every call below.
+    unsafe {
+        handle::on::<Trace>(trace, |trace| {
+            let name = handle::text(policy).or_keep(trace, "`policy`")?;
             let policy = ReplayPolicy::from_name(name).map_err(|error| {
                 trace.fail(EsStatus::InvalidArgument, |t: &mut Text<'_>| {
                     t.put("\"").put(name).put("\": ");
                     Brief { error: &error, brief: "unknown policy name" }.write(t);
                 })
             })?;
-            // SAFETY: forwarded contract.
-            let schedule = unsafe { handle::get(schedule) }.map_err(|s| trace.fail(s, "the schedule"))?;
+            let schedule = handle::get(schedule).or_keep(trace, "`schedule`")?;
             let schedule = schedule.to_schedule().map_err(|e| trace.fail(EsStatus::InvalidArgument, e))?;
-            let cost = if cost.is_null() {
-                EsCostModel::default()
-            } else {
-                // SAFETY: forwarded contract.
-                unsafe { handle::get(cost) }?
-            };
-            handle::check_ptr(stats)?;
+            let cost =
+                if cost.is_null() { EsCostModel::default() } else { handle::get(cost).or_keep(trace, "`cost`")? };
+            handle::check_ptr(stats).or_keep(trace, "`stats`")?;
             let model = CostModel::new(cost.expert_bytes, cost.slow_pair_seconds, cost.link_bytes_per_second);
             let config = ReplayConfig::new(policy, slots, schedule, InitialPlacement::Warm, model);
             let report = replay(&trace.value, &config).map_err(|error| {
                 trace.fail(EsStatus::TraceInvalid, Brief { error: &error, brief: "the replay cannot run" })
             })?;
-            // SAFETY: forwarded contract.
-            unsafe { handle::put(stats, EsReplayStats::from(&report.total)) }
-        })())
-    })
+            handle::put(stats, EsReplayStats::from(&report.total)).or_keep(trace, "`stats`")
+        })
+    }
 }
 
-/// Frees a trace (null is accepted).
+/// Frees a trace (null is accepted). The library allocated it, so its memory goes back: using or
+/// freeing it again is undefined behaviour, which the library cannot detect.
+/// It fails only when `trace` is not a live handle of its kind, and then keeps no text: there is
+/// no handle to keep it on.
 ///
 /// # Safety
 /// `trace` must be a handle from this library or null, not used after this call.
 #[no_mangle]
 pub unsafe extern "C" fn es_trace_free(trace: *mut EsTrace) -> EsStatus {
     // SAFETY: forwarded contract.
-    guard(|| unsafe { handle::free::<Trace>(trace) })
+    unsafe { handle::free::<Trace>(trace) }
 }

@@ -8,7 +8,7 @@ use expertslab::{
     SlotArena, SlotSink, SlotWrite, StepError,
 };
 
-use crate::handle::{self, guard, status, Handle, Object};
+use crate::handle::{self, Failed, Handle, Keeper, Object, OrKeep};
 use crate::layout::{buffer_status, EsArena, EsExpertLayout};
 use crate::pool::{ids_of, plan_of, pool_status, EsPlan, EsPool};
 use crate::status::EsStatus;
@@ -193,6 +193,9 @@ impl ExpertSource for Source {
 }
 
 /// Builds a source from C callbacks and writes its handle, allocated by the library, to `*out`.
+/// Takes no handle and no message buffer, so its failures keep no text: a null or misaligned
+/// `callbacks` or `out`, or a null `expert` callback, is `ES_STATUS_NULL_POINTER` or
+/// `ES_STATUS_MISALIGNED` alone.
 ///
 /// # Safety
 /// `callbacks` readable; `out` writable; the callback must keep the contract of
@@ -202,16 +205,14 @@ pub unsafe extern "C" fn es_source_from_callbacks(
     callbacks: *const EsSourceCallbacks,
     out: *mut *mut EsSource,
 ) -> EsStatus {
-    guard(|| {
-        status((|| {
-            // SAFETY: forwarded contract.
-            let callbacks = unsafe { handle::get(callbacks) }?;
-            if callbacks.expert.is_none() {
-                return Err(EsStatus::NullPointer);
-            }
-            // SAFETY: forwarded contract.
-            unsafe { handle::create(Source::Callbacks(callbacks), out) }
-        })())
+    handle::no_handle(|why| {
+        // SAFETY: forwarded contract.
+        let callbacks = unsafe { handle::get(callbacks) }.or_keep(why, "`callbacks`")?;
+        if callbacks.expert.is_none() {
+            return Err(why.fail(EsStatus::NullPointer, "the `expert` callback is null"));
+        }
+        // SAFETY: forwarded contract.
+        unsafe { handle::create(Source::Callbacks(callbacks), out, why) }
     })
 }
 
@@ -219,7 +220,8 @@ pub unsafe extern "C" fn es_source_from_callbacks(
 /// holds `count` pointers, one per projection of `layout` in its order, each to the whole
 /// `[experts, rows, cols]` stack of `lengths[i]` bytes. The bytes are not copied: they must stay
 /// valid and unchanged until the source is freed. Writes its handle, allocated by the library,
-/// to `*out`; failures are kept on `layout`.
+/// to `*out`; failures are kept on `layout`, null or misaligned `stacks`, `lengths` or `out`
+/// included.
 ///
 /// # Safety
 /// `layout` a handle from this library or null; `stacks` and `lengths` readable for `count`
@@ -233,14 +235,11 @@ pub unsafe extern "C" fn es_source_from_stacks(
     count: usize,
     out: *mut *mut EsSource,
 ) -> EsStatus {
-    guard(|| {
-        status((|| {
-            // SAFETY: forwarded contract.
-            let layout = unsafe { handle::handle_mut::<ExpertLayout>(layout) }?;
-            // SAFETY: forwarded contract.
-            let pointers = unsafe { handle::slice(stacks, count) }?;
-            // SAFETY: forwarded contract.
-            let lengths = unsafe { handle::slice(lengths, count) }?;
+    // SAFETY: forwarded contract, for every call below.
+    unsafe {
+        handle::on::<ExpertLayout>(layout, |layout| {
+            let pointers = handle::slice(stacks, count).or_keep(layout, "`stacks`")?;
+            let lengths = handle::slice(lengths, count).or_keep(layout, "`lengths`")?;
             let expected = layout.value.projections().len();
             if count != expected {
                 return Err(layout.fail(EsStatus::OutOfRange, |t: &mut Text<'_>| {
@@ -248,30 +247,35 @@ pub unsafe extern "C" fn es_source_from_stacks(
                 }));
             }
             let mut bytes = [CallerBytes { ptr: core::ptr::null(), len: 0 }; expertslab::MAX_PROJECTIONS];
-            for ((slot, &ptr), &len) in bytes.iter_mut().zip(pointers).zip(lengths) {
-                // SAFETY: only the check: the pointer is not read here.
-                handle::check_ptr(ptr).map_err(|s| layout.fail(s, "a stack pointer"))?;
-                if len > isize::MAX as usize {
-                    return Err(layout.fail(EsStatus::OutOfRange, "a stack length"));
-                }
+            for (i, ((slot, &ptr), &len)) in bytes.iter_mut().zip(pointers).zip(lengths).enumerate() {
+                // Only the checks (not null, a length that fits the address space): the bytes
+                // are not read here.
+                handle::buffer(ptr, len).map_err(|bad| {
+                    layout.fail(bad.status(), |t: &mut Text<'_>| {
+                        t.put("stack ").num(i).put(" ");
+                        bad.describe(t);
+                    })
+                })?;
                 *slot = CallerBytes { ptr, len };
             }
             let stacks = LayerStacks::new(layout.value.clone(), bytes.get(..count).unwrap_or(&[]))
                 .map_err(|e| layout.fail(EsStatus::BufferTooSmall, e))?;
-            // SAFETY: forwarded contract.
-            unsafe { handle::create(Source::Stacks { layer, stacks }, out) }
-        })())
-    })
+            handle::create(Source::Stacks { layer, stacks }, out, layout)
+        })
+    }
 }
 
-/// Frees a source (null is accepted).
+/// Frees a source (null is accepted). The library allocated it, so its memory goes back: using
+/// or freeing it again is undefined behaviour, which the library cannot detect.
+/// It fails only when `source` is not a live handle of its kind, and then keeps no text: there is
+/// no handle to keep it on.
 ///
 /// # Safety
 /// `source` must be a handle from this library or null, not used after this call.
 #[no_mangle]
 pub unsafe extern "C" fn es_source_free(source: *mut EsSource) -> EsStatus {
     // SAFETY: forwarded contract.
-    guard(|| unsafe { handle::free::<Source>(source) })
+    unsafe { handle::free::<Source>(source) }
 }
 
 /// A sink's object.
@@ -383,22 +387,23 @@ impl SlotSink for ActiveSink<'_> {
 }
 
 /// Builds a sink from C callbacks and writes its handle, allocated by the library, to `*out`.
+/// Takes no handle and no message buffer, so its failures keep no text: a null or misaligned
+/// `callbacks` or `out`, or a null `write` callback, is `ES_STATUS_NULL_POINTER` or
+/// `ES_STATUS_MISALIGNED` alone.
 ///
 /// # Safety
 /// `callbacks` readable; `out` writable; the callbacks must keep the contracts of
 /// [`EsSinkWriteFn`] and [`EsSinkFinishFn`] for the sink's life.
 #[no_mangle]
 pub unsafe extern "C" fn es_sink_from_callbacks(callbacks: *const EsSinkCallbacks, out: *mut *mut EsSink) -> EsStatus {
-    guard(|| {
-        status((|| {
-            // SAFETY: forwarded contract.
-            let callbacks = unsafe { handle::get(callbacks) }?;
-            if callbacks.write.is_none() {
-                return Err(EsStatus::NullPointer);
-            }
-            // SAFETY: forwarded contract.
-            unsafe { handle::create(Sink::Callbacks(callbacks), out) }
-        })())
+    handle::no_handle(|why| {
+        // SAFETY: forwarded contract.
+        let callbacks = unsafe { handle::get(callbacks) }.or_keep(why, "`callbacks`")?;
+        if callbacks.write.is_none() {
+            return Err(why.fail(EsStatus::NullPointer, "the `write` callback is null"));
+        }
+        // SAFETY: forwarded contract.
+        unsafe { handle::create(Sink::Callbacks(callbacks), out, why) }
     })
 }
 
@@ -406,7 +411,11 @@ pub unsafe extern "C" fn es_sink_from_callbacks(callbacks: *const EsSinkCallback
 /// `length` bytes as `arena` lays them out (the buffer must hold the arena's total bytes, its
 /// start aligned as the arena says), and writes its handle, allocated by the library, to
 /// `*out`. The library writes the buffer only during [`es_migrate`] and [`es_step`]. Failures are
-/// kept on `arena`.
+/// kept on `arena`, a null `buffer` or `out` included.
+///
+/// The buffer's start is checked as given, also when it is empty: an arena of no slots (for a
+/// layer served only from slow memory) takes `length` 0 with any `buffer` aligned as it says,
+/// or a null `buffer`, which stands for an empty one.
 ///
 /// # Safety
 /// `arena` a handle from this library or null; `buffer` writable for `length` bytes until the
@@ -419,54 +428,54 @@ pub unsafe extern "C" fn es_sink_from_arena(
     length: usize,
     out: *mut *mut EsSink,
 ) -> EsStatus {
-    guard(|| {
-        status((|| {
-            // SAFETY: forwarded contract.
-            let arena = unsafe { handle::handle_mut::<SlotArena>(arena) }?;
-            // SAFETY: forwarded contract; the slice only checks the buffer here.
-            let bytes = unsafe { handle::slice(buffer.cast_const(), length) }?;
-            if let Err(e) = arena.value.check_buffer(bytes) {
-                return Err(arena.fail(buffer_status(&e), e));
-            }
-            let sink = Sink::Arena { arena: arena.value.clone(), layer, buffer, len: length };
-            // SAFETY: forwarded contract.
-            unsafe { handle::create(sink, out) }
-        })())
-    })
+    // SAFETY: forwarded contract, for every call below; the slice only checks the buffer here.
+    unsafe {
+        handle::on::<SlotArena>(arena, |arena| {
+            let start = handle::buffer_start(buffer, length, arena.value.align());
+            let bytes = handle::buffer(start.cast_const(), length).or_keep(arena, "`buffer`")?;
+            arena.value.check_buffer(bytes).map_err(|e| arena.fail(buffer_status(&e), e))?;
+            let sink = Sink::Arena { arena: arena.value.clone(), layer, buffer: start, len: length };
+            handle::create(sink, out, arena)
+        })
+    }
 }
 
-/// Frees a sink (null is accepted); a slot buffer stays the caller's.
+/// Frees a sink (null is accepted); a slot buffer stays the caller's. The library allocated the
+/// sink, so its memory goes back: using or freeing it again is undefined behaviour, which the
+/// library cannot detect.
+/// It fails only when `sink` is not a live handle of its kind, and then keeps no text: there is
+/// no handle to keep it on.
 ///
 /// # Safety
 /// `sink` must be a handle from this library or null, not used after this call.
 #[no_mangle]
 pub unsafe extern "C" fn es_sink_free(sink: *mut EsSink) -> EsStatus {
     // SAFETY: forwarded contract.
-    guard(|| unsafe { handle::free::<Sink>(sink) })
+    unsafe { handle::free::<Sink>(sink) }
 }
 
-/// The three handles a migration reads besides the pool, failures recorded on `pool`.
+/// The three handles a migration reads besides the pool, failures kept on `pool`.
 ///
 /// # Safety
 /// Each a handle from this library or null; an arena sink's buffer as `es_sink_from_arena` says.
 unsafe fn parts<'a>(
-    pool: &mut Handle<expertslab::ExpertPool>,
+    pool: &Handle<expertslab::ExpertPool>,
     layout: *const EsExpertLayout,
     source: *const EsSource,
     sink: *mut EsSink,
-) -> Result<(&'a ExpertLayout, &'a Source, ActiveSink<'a>), EsStatus> {
+) -> Result<(&'a ExpertLayout, &'a Source, ActiveSink<'a>), Failed> {
     // SAFETY: forwarded contract; the kinds differ from the pool's, so no handle aliases it.
-    let layout =
-        unsafe { handle::handle_ref::<ExpertLayout>(layout) }.map_err(|s| pool.fail(s, "the layout handle"))?;
+    let layout = unsafe { handle::handle_ref::<ExpertLayout>(layout) }.or_keep(pool, "`layout`")?;
     // SAFETY: as above.
-    let source = unsafe { handle::handle_ref::<Source>(source) }.map_err(|s| pool.fail(s, "the source handle"))?;
+    let source = unsafe { handle::handle_ref::<Source>(source) }.or_keep(pool, "`source`")?;
     // SAFETY: as above.
-    let sink = unsafe { handle::handle_mut::<Sink>(sink) }.map_err(|s| pool.fail(s, "the sink handle"))?;
+    let sink = unsafe { handle::handle_mut::<Sink>(sink) }.or_keep(pool, "`sink`")?;
     let active = match &sink.value {
         Sink::Callbacks(callbacks) => ActiveSink::Callbacks(*callbacks),
         Sink::Arena { arena, layer, buffer, len } => {
-            // SAFETY: `es_sink_from_arena` checked the buffer (not null, aligned, long enough);
-            // the caller keeps it writable and untouched while this call runs.
+            // SAFETY: `es_sink_from_arena` checked the buffer (not null, aligned, long enough; an
+            // empty one stands at an aligned address, which a slice of no bytes may); the caller
+            // keeps it writable and untouched while this call runs.
             let bytes = unsafe { core::slice::from_raw_parts_mut(*buffer, *len) };
             ActiveSink::Arena(
                 ArenaSink::new(arena.clone(), *layer, bytes).map_err(|e| pool.fail(buffer_status(&e), e))?,
@@ -502,28 +511,27 @@ pub unsafe extern "C" fn es_migrate(
     sink: *mut EsSink,
     stats: *mut EsMigrateStats,
 ) -> EsStatus {
-    guard(|| {
-        status((|| {
-            // SAFETY: forwarded contract.
-            let pool = unsafe { handle::handle_mut::<expertslab::ExpertPool>(pool) }?;
-            // SAFETY: forwarded contract.
-            let plan = unsafe { plan_of(pool, plan) }?;
-            // SAFETY: forwarded contract.
-            let (layout, source, mut sink) = unsafe { parts(pool, layout, source, sink) }?;
+    // SAFETY: forwarded contract, for every call below.
+    unsafe {
+        handle::on::<expertslab::ExpertPool>(pool, |pool| {
+            let plan = plan_of(pool, plan)?;
+            let (layout, source, mut sink) = parts(pool, layout, source, sink)?;
+            if !stats.is_null() {
+                handle::check_ptr(stats).or_keep(pool, "`stats`")?;
+            }
             let (report, failure) = match migrate(&mut pool.value, &plan.value, layout, source, &mut sink) {
                 Ok(report) => (report, None),
                 Err(failure) => (failure.completed, Some(failure)),
             };
             if !stats.is_null() {
-                // SAFETY: forwarded contract.
-                unsafe { handle::put(stats, report.into()) }?;
+                handle::put(stats, report.into()).or_keep(pool, "`stats`")?;
             }
             match failure {
                 None => Ok(()),
                 Some(failure) => Err(pool.fail(migrate_status(&failure.error), failure)),
             }
-        })())
-    })
+        })
+    }
 }
 
 /// One step of the pool's layer: plans from the step's `count` ids, migrates the plan's
@@ -546,33 +554,30 @@ pub unsafe extern "C" fn es_step(
     sink: *mut EsSink,
     stats: *mut EsStepStats,
 ) -> EsStatus {
-    guard(|| {
-        status((|| {
-            // SAFETY: forwarded contract.
-            let pool = unsafe { handle::handle_mut::<expertslab::ExpertPool>(pool) }?;
-            // SAFETY: forwarded contract.
-            let step = unsafe { handle::get(step) }.map_err(|s| pool.fail(s, "the step"))?;
+    // SAFETY: forwarded contract, for every call below.
+    unsafe {
+        handle::on::<expertslab::ExpertPool>(pool, |pool| {
+            let step = handle::get(step).or_keep(pool, "`step`")?;
             let step = step.to_step().map_err(|s| pool.fail(s, "the step's mode is not an EsMode"))?;
-            // SAFETY: forwarded contract.
-            let ids = unsafe { ids_of(pool, ids, count) }?;
-            // SAFETY: forwarded contract.
-            let plan = unsafe { plan_of(pool, plan) }?;
-            // SAFETY: forwarded contract.
-            let (layout, source, mut sink) = unsafe { parts(pool, layout, source, sink) }?;
+            let ids = ids_of(pool, ids, count)?;
+            let plan = plan_of(pool, plan)?;
+            let (layout, source, mut sink) = parts(pool, layout, source, sink)?;
+            if !stats.is_null() {
+                handle::check_ptr(stats).or_keep(pool, "`stats`")?;
+            }
             let result = pool.value.step(step, ids, &mut plan.value, layout, source, &mut sink);
             let counts = match &result {
                 Ok(counts) => Some(*counts),
                 Err(error) => error.stats().copied(),
             };
             if let (Some(counts), false) = (counts, stats.is_null()) {
-                // SAFETY: forwarded contract.
-                unsafe { handle::put(stats, EsStepStats::from(counts)) }?;
+                handle::put(stats, EsStepStats::from(counts)).or_keep(pool, "`stats`")?;
             }
             match result {
                 Ok(_) => Ok(()),
                 Err(StepError::Pool(e)) => Err(pool.fail(pool_status(&e), e)),
                 Err(StepError::Migrate { failure, .. }) => Err(pool.fail(migrate_status(&failure.error), failure)),
             }
-        })())
-    })
+        })
+    }
 }

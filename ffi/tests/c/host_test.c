@@ -1,6 +1,6 @@
 /* The host C test of the expertslab C interface: every function, every status code but
- * ES_STATUS_PANIC (a library bug; the Rust tests check that a panic becomes that code), and a
- * failing sink. Built by ffi/tests/c_host.rs under AddressSanitizer and UndefinedBehaviorSanitizer;
+ * ES_STATUS_PANIC (a library bug; the Rust tests check that a panic becomes that code), a
+ * failing sink, and the error text every failure keeps. Built by ffi/tests/c_host.rs under AddressSanitizer and UndefinedBehaviorSanitizer;
  * prints "N passed, 0 failed" and exits 0 when everything holds. */
 
 #define _DEFAULT_SOURCE
@@ -654,6 +654,174 @@ static void trace_replay(EsExpertLayout *layout) {
   OK(es_sink_free(sink));
 }
 
+/* ---- every failure keeps its text: on the call's first handle, or in a constructor's message.
+ * Each failure below follows one with another text, so a failure that kept none would leave
+ * that text and fail its check. ---- */
+
+static alignas(64) unsigned char placed_layout[1024];
+static alignas(64) unsigned char placed_arena[1024];
+static alignas(64) uint8_t empty_buffer[64];
+
+static void error_texts(EsExpertLayout *layout) {
+  EsStackLayout stacks[3] = {
+      {ES_PROJECTION_GATE, "f32", EXPERTS, ROWS, COLS},
+      {ES_PROJECTION_UP, "f32", EXPERTS, ROWS, COLS},
+      {ES_PROJECTION_DOWN, "f32", EXPERTS, ROWS, COLS},
+  };
+
+  /* The pool: outputs and steps refused after an out-of-range expert. */
+  EsPoolConfig config = {.layer = 0, .experts = 16, .slots = 4};
+  OK(es_policy_from_name("tide", &config.policy));
+  config.schedule = (EsSchedule){ES_SCHEDULE_KIND_EVERY_FORWARD, 0};
+  config.initial = ES_INITIAL_PLACEMENT_WARM;
+  EsPool *pool = NULL;
+  OK(es_pool_new(&config, &pool, NULL, 0));
+  size_t slot = 0, experts = 0;
+  bool resident = false;
+  EXPECT(es_pool_slot_of(pool, 999, &slot, &resident), ES_STATUS_OUT_OF_RANGE);
+  CHECK(error_mentions(pool, "expert 999 of a pool of 16"));
+  EXPECT(es_pool_stats(pool, NULL), ES_STATUS_NULL_POINTER);
+  CHECK(error_mentions(pool, "`stats` is null"));
+  EXPECT(es_pool_slot_of(pool, 0, NULL, &resident), ES_STATUS_NULL_POINTER);
+  CHECK(error_mentions(pool, "`slot` is null"));
+  alignas(8) unsigned char raw[2 * sizeof(size_t)];
+  EXPECT(es_pool_info(pool, (size_t *)(void *)(raw + 1), &slot), ES_STATUS_MISALIGNED);
+  CHECK(error_mentions(pool, "`experts` is not aligned to"));
+  EsPlan *plan = NULL;
+  OK(es_plan_new(pool, &plan));
+  const uint32_t ids[2] = {1, 2};
+  bool refreshed = false;
+  EXPECT(es_pool_plan_step(pool, NULL, ids, 2, plan, &refreshed), ES_STATUS_NULL_POINTER);
+  CHECK(error_mentions(pool, "`step` is null"));
+  EXPECT(es_plan_new(pool, NULL), ES_STATUS_NULL_POINTER);
+  CHECK(error_mentions(pool, "`out` is null"));
+
+  /* The plan. A call refused for its first handle keeps no text: the plan's stays. */
+  size_t expert = 0, count = 0;
+  EXPECT(es_plan_promotion(plan, 99, &expert, &slot), ES_STATUS_OUT_OF_RANGE);
+  CHECK(error_mentions(plan, "promotion 99"));
+  EXPECT(es_plan_len(plan, NULL), ES_STATUS_NULL_POINTER);
+  CHECK(error_mentions(plan, "`count` is null"));
+  EXPECT(es_pool_info((EsPool *)(void *)plan, &experts, &slot), ES_STATUS_WRONG_HANDLE);
+  CHECK(error_mentions(plan, "`count` is null"));
+  EXPECT(es_pool_initial_plan(pool, (EsPlan *)(void *)pool), ES_STATUS_WRONG_HANDLE);
+  CHECK(error_mentions(pool, "`plan` is a pool handle, not a plan handle"));
+  (void)count;
+
+  /* The layout: outputs, caller memory and stacks. */
+  size_t row_bytes = 0;
+  EXPECT(es_expert_layout_row_bytes(layout, 3, &row_bytes), ES_STATUS_OUT_OF_RANGE);
+  CHECK(error_mentions(layout, "projection 3 of a layout of 3"));
+  EXPECT(es_expert_layout_row_bytes(layout, 0, NULL), ES_STATUS_NULL_POINTER);
+  CHECK(error_mentions(layout, "`row_bytes` is null"));
+  EXPECT(es_expert_layout_info(layout, NULL, &slot, &expert), ES_STATUS_NULL_POINTER);
+  CHECK(error_mentions(layout, "`experts` is null"));
+  EsArena *arena = NULL;
+  EXPECT(es_arena_init(placed_arena + 1, sizeof placed_arena - 1, layout, SLOTS, 16, &arena), ES_STATUS_MISALIGNED);
+  CHECK(error_mentions(layout, "`memory` is not aligned to"));
+  EXPECT(es_arena_init(placed_arena, 8, layout, SLOTS, 16, &arena), ES_STATUS_BUFFER_TOO_SMALL);
+  CHECK(error_mentions(layout, "`memory` holds 8 bytes"));
+  EXPECT(es_arena_new(layout, 4, 64, NULL), ES_STATUS_NULL_POINTER);
+  CHECK(error_mentions(layout, "`out` is null"));
+  EsSource *source = NULL;
+  size_t lengths[3] = {sizeof stack_bytes, sizeof stack_bytes, sizeof stack_bytes};
+  EXPECT(es_source_from_stacks(layout, 0, NULL, lengths, 3, &source), ES_STATUS_NULL_POINTER);
+  CHECK(error_mentions(layout, "`stacks` is null"));
+  const uint8_t *pointers[3] = {stack_bytes, NULL, stack_bytes};
+  EXPECT(es_source_from_stacks(layout, 0, pointers, lengths, 3, &source), ES_STATUS_NULL_POINTER);
+  CHECK(error_mentions(layout, "stack 1 is null"));
+
+  /* The arena: outputs and the slot buffer. */
+  OK(es_arena_new(layout, SLOTS, 16, &arena));
+  size_t offset = 0, length = 0, total = 0, align = 0;
+  EXPECT(es_arena_projection_range(arena, SLOTS, 0, &offset, &length), ES_STATUS_OUT_OF_RANGE);
+  CHECK(error_mentions(arena, "slot"));
+  EXPECT(es_arena_projection_range(arena, 0, 0, NULL, &length), ES_STATUS_NULL_POINTER);
+  CHECK(error_mentions(arena, "`offset` is null"));
+  EXPECT(es_arena_info(arena, NULL, &slot, &align), ES_STATUS_NULL_POINTER);
+  CHECK(error_mentions(arena, "`total_bytes` is null"));
+  OK(es_arena_info(arena, &total, &slot, &align));
+  EsSink *sink = NULL;
+  EXPECT(es_sink_from_arena(arena, 0, NULL, total, &sink), ES_STATUS_NULL_POINTER);
+  CHECK(error_mentions(arena, "`buffer` is null"));
+  EXPECT(es_sink_from_arena(arena, 0, sram, sizeof sram, NULL), ES_STATUS_NULL_POINTER);
+  CHECK(error_mentions(arena, "`out` is null"));
+  const uint8_t *slab = NULL;
+  EXPECT(es_arena_slab(arena, sram, sizeof sram, 0, 0, NULL, &length), ES_STATUS_NULL_POINTER);
+  CHECK(error_mentions(arena, "`slab` is null"));
+  OK(es_arena_free(arena));
+  (void)slab;
+
+  /* Constructors write why to their message, whatever failed. */
+  char message[128];
+  EsExpertLayout *placed = NULL;
+  strcpy(message, "untouched");
+  EXPECT(es_expert_layout_init(placed_layout + 1, sizeof placed_layout - 1, stacks, 3, &placed, message, sizeof message),
+         ES_STATUS_MISALIGNED);
+  CHECK(strstr(message, "`memory` is not aligned to") != NULL);
+  strcpy(message, "untouched");
+  EXPECT(es_expert_layout_init(placed_layout, 1, stacks, 3, &placed, message, sizeof message), ES_STATUS_BUFFER_TOO_SMALL);
+  CHECK(strstr(message, "`memory` holds 1 bytes") != NULL);
+  strcpy(message, "untouched");
+  EXPECT(es_expert_layout_new(stacks, 3, NULL, message, sizeof message), ES_STATUS_NULL_POINTER);
+  CHECK(strstr(message, "`out` is null") != NULL);
+  strcpy(message, "untouched");
+  EXPECT(es_pool_new(&config, NULL, message, sizeof message), ES_STATUS_NULL_POINTER);
+  CHECK(strstr(message, "`out` is null") != NULL);
+  strcpy(message, "untouched");
+  EXPECT(es_pool_new(NULL, &pool, message, sizeof message), ES_STATUS_NULL_POINTER);
+  CHECK(strstr(message, "`config` is null") != NULL);
+  strcpy(message, "untouched");
+  EXPECT(es_trace_parse((const uint8_t *)"x", 1, NULL, message, sizeof message), ES_STATUS_TRACE_INVALID);
+  CHECK(strcmp(message, "untouched") != 0);
+  static const char header_only[] = "{\"format\":\"expertslab-trace\",\"version\":1,\"experts\":4,\"layers\":1,\"top_k\":2}\n";
+  strcpy(message, "untouched");
+  EXPECT(es_trace_parse((const uint8_t *)header_only, sizeof header_only - 1, NULL, message, sizeof message),
+         ES_STATUS_NULL_POINTER);
+  CHECK(strstr(message, "`out` is null") != NULL);
+
+  /* es_last_error changes no text: a buffer too small leaves it to be read again. */
+  char small[4];
+  EXPECT(es_last_error(pool, small, sizeof small, NULL), ES_STATUS_BUFFER_TOO_SMALL);
+  CHECK(error_mentions(pool, "`plan` is a pool handle"));
+  OK(es_plan_free(plan));
+  OK(es_pool_free(pool));
+
+  /* A layer served only from slow memory: an arena of no slots, aligned to 64, takes a sink
+   * over an empty buffer (aligned, or null), and a pool of no slots steps through it. */
+  EsArena *empty = NULL;
+  OK(es_arena_new(layout, 0, 64, &empty));
+  OK(es_arena_info(empty, &total, &slot, &align));
+  CHECK(total == 0 && slot == 0 && align == 64);
+  EsSink *aligned_sink = NULL, *null_sink = NULL, *refused = NULL;
+  OK(es_sink_from_arena(empty, 0, empty_buffer, 0, &aligned_sink));
+  OK(es_sink_from_arena(empty, 0, NULL, 0, &null_sink));
+  EXPECT(es_sink_from_arena(empty, 0, empty_buffer + 1, 0, &refused), ES_STATUS_MISALIGNED);
+  CHECK(error_mentions(empty, "aligned to 64") && refused == NULL);
+  EXPECT(es_arena_slab(empty, empty_buffer, 0, 0, 0, &slab, &length), ES_STATUS_OUT_OF_RANGE);
+  CHECK(error_mentions(empty, "slot 0"));
+  config.experts = EXPERTS;
+  config.slots = 0;
+  OK(es_pool_new(&config, &pool, message, sizeof message));
+  OK(es_plan_new(pool, &plan));
+  pointers[1] = stack_bytes;
+  OK(es_source_from_stacks(layout, 0, pointers, lengths, 3, &source));
+  EsStep step = {0, false, ES_MODE_SCHEDULED};
+  EsStepStats stats;
+  const uint32_t routed[4] = {3, 1, 0, 2};
+  OK(es_step(pool, &step, routed, 4, plan, layout, source, aligned_sink, &stats));
+  CHECK(stats.served.hits == 0 && stats.served.served_in_place == 4 && stats.migrated.copied == 0);
+  step.index = 1;
+  OK(es_step(pool, &step, routed, 4, plan, layout, source, null_sink, &stats));
+  CHECK(stats.served.served_in_place == 4);
+  OK(es_plan_free(plan));
+  OK(es_pool_free(pool));
+  OK(es_source_free(source));
+  OK(es_sink_free(aligned_sink));
+  OK(es_sink_free(null_sink));
+  OK(es_arena_free(empty));
+}
+
 /* ---- the error text and status names ---- */
 
 static void errors_and_names(EsExpertLayout *layout) {
@@ -688,6 +856,7 @@ int main(void) {
   policies_and_pools();
   plan_mismatch(layout);
   trace_replay(layout);
+  error_texts(layout);
   errors_and_names(layout);
   OK(es_expert_layout_free(layout));
   EXPECT(es_expert_layout_info(layout, NULL, NULL, NULL), ES_STATUS_WRONG_HANDLE);
