@@ -141,7 +141,7 @@ pub use layout::{ExpertLayout, StackLayout, MAX_PROJECTIONS};
 pub use migrate::{expert_slabs, migrate, push_stacks, ExpertSlab, MigrateFailure, MigrateStats, PushError};
 pub use name::{stack_name, TensorName};
 pub use plan::{MigrationPlan, Promotion};
-pub use policy::{AdmissionConfig, DecayConfig, MissAction, Policy, PolicyError};
+pub use policy::{Admission, AdmissionConfig, DecayConfig, Policy, PolicyError};
 pub use pool::{
     ExpertPool, InitialPlacement, PoolConfig, PoolStats, PromotionState, ServeStats, SharedSlotPool, MAX_EXPERTS,
     MAX_STEP_IDS,

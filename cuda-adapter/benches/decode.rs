@@ -46,12 +46,12 @@ fn us(seconds: f64) -> f64 {
 fn row(trace: &str, slots: &str, name: &str, r: &RunReport) {
     let tokens = r.decode_tokens.max(1) as f64;
     let copied: u64 = r.step_copy_bytes.iter().sum();
-    let bus: u64 = r.step_zero_copy_pairs.iter().sum();
+    let bus_reads: u64 = r.step_bus_pairs.iter().sum();
     print!(
         "{trace:<13} {slots:>5} {name:<26} hit {:>5.1}%  copied {:>6.1} MiB/token  bus pairs {:>5.2}/token  {:>8.1} µs/token",
         100.0 * r.hit_rate(),
         copied as f64 / tokens / (1 << 20) as f64,
-        bus as f64 / tokens,
+        bus_reads as f64 / tokens,
         us(r.seconds_per_token())
     );
 }
@@ -71,13 +71,10 @@ fn bench(model: &GpuModel, calibration: &Calibration, reps: usize) -> Result<(),
         let streaming = model.decode_median(&trace, &RunConfig::new(0, Policy::Lru, copy), reps)?;
         row(trace_name, "0", "(ii) streaming", &streaming);
         println!("  {:.2}× floor", streaming.seconds_per_token() / floor.seconds_per_token());
-        let zero_copy = model.decode_median(
-            &trace,
-            &RunConfig::new(0, Policy::Lru, MissRule::Always(MissAction::ZeroCopy)),
-            reps,
-        )?;
-        row(trace_name, "0", "(iii) zero-copy", &zero_copy);
-        println!("  {:.2}× floor", zero_copy.seconds_per_token() / floor.seconds_per_token());
+        let bus_read =
+            model.decode_median(&trace, &RunConfig::new(0, Policy::Lru, MissRule::Always(MissAction::Bus)), reps)?;
+        row(trace_name, "0", "(iii) bus read", &bus_read);
+        println!("  {:.2}× floor", bus_read.seconds_per_token() / floor.seconds_per_token());
         let floor_token = floor.seconds_per_token();
         for share in [4, 2] {
             let slots = experts / share;
@@ -102,7 +99,7 @@ fn bench(model: &GpuModel, calibration: &Calibration, reps: usize) -> Result<(),
                 println!(
                     "  vs (ii) {:.2}×  vs best(ii,iii) {:.2}×  G3 predicted {:.1} µs ({:+.1}%)  G4 {:.2}",
                     streaming.seconds_per_token() / t,
-                    streaming.seconds_per_token().min(zero_copy.seconds_per_token()) / t,
+                    streaming.seconds_per_token().min(bus_read.seconds_per_token()) / t,
                     us(predicted.seconds_per_token),
                     100.0 * (t / predicted.seconds_per_token - 1.0),
                     r.decode_seconds / bound
@@ -115,7 +112,7 @@ fn bench(model: &GpuModel, calibration: &Calibration, reps: usize) -> Result<(),
                 ));
             }
             if trace_name == "near-uniform" {
-                let better = streaming.seconds_per_token().min(zero_copy.seconds_per_token());
+                let better = streaming.seconds_per_token().min(bus_read.seconds_per_token());
                 goals.push(format!(
                     "G2 near-uniform {label}: best (iv) {:.1} µs against the better of (ii), (iii) {:.1} µs (goal: not slower)",
                     us(best_iv),
@@ -144,7 +141,7 @@ fn peer(model: &GpuModel, calibration: &Calibration, reps: usize) -> Result<(), 
         let line = |percent: usize, name: &str, r: &RunReport, floor: f64, predicted: f64| {
             let tokens = r.decode_tokens.max(1) as f64;
             let copied: u64 = r.step_copy_bytes.iter().sum();
-            let read: u64 = r.step_host_pairs.iter().chain(&r.step_zero_copy_pairs).sum();
+            let read: u64 = r.step_host_pairs.iter().chain(&r.step_bus_pairs).sum();
             let brought = copied as f64 + read as f64 * expert;
             let bound = brought / tokens / (calibration.link_bytes_per_second + host_bandwidth);
             println!(

@@ -14,7 +14,7 @@
 //! | [`kernels`] | the MoE FFN's CUDA C sources, compiled at run time with NVRTC |
 //! | [`ffn`] | [`MoeFfn`]: the MoE FFN for decode and small batches, reading experts through a [`SlotView`] or a miss's [`PairSource`] |
 //! | [`reference`](mod@reference) | the CPU reference of the same FFN |
-//! | [`demo`] | the GPU demo and decode runner: a current MoE's shape decoded through the library's path, layers chained, against streaming and zero-copy |
+//! | [`demo`] | the GPU demo and decode runner: a current MoE's shape decoded through the library's path, layers chained, against streaming and bus reads |
 //! | [`error`] | [`CudaError`] |
 //!
 //! The CUDA driver library is loaded at run time: the crate builds and its CPU tests run on

@@ -63,13 +63,13 @@ fn trace(spec: &ModelSpec) -> Trace {
 const MIXED: MissRule = MissRule::Measured(MissCosts {
     copy: 1.5,
     resident_pair: 0.0,
-    zero_copy_pair: 1.0,
+    bus_pair: 1.0,
     host_pair: f64::INFINITY,
     host_step: 0.0,
 });
 /// A step's misses split between copies and the host (a host pair costs two copies).
 const BALANCED: MissRule = MissRule::Balanced(
-    MissCosts { copy: 1.0, resident_pair: 0.0, zero_copy_pair: 9.0, host_pair: 2.0, host_step: 0.0 },
+    MissCosts { copy: 1.0, resident_pair: 0.0, bus_pair: 9.0, host_pair: 2.0, host_step: 0.0 },
     FetchCap::Balanced,
 );
 const HOST: MissRule = MissRule::Always(MissAction::Host);
@@ -113,8 +113,7 @@ fn outputs_are_bit_identical_under_every_policy_and_miss_action() {
         let all = bits(&outputs(&model, &trace, spec.experts, Policy::Tide, MissRule::Always(MissAction::Copy)));
         let decay = Policy::Decay(DecayConfig::DEFAULT);
         let mut runs = 0;
-        for miss in [MissRule::Always(MissAction::Copy), MissRule::Always(MissAction::ZeroCopy), MIXED, HOST, BALANCED]
-        {
+        for miss in [MissRule::Always(MissAction::Copy), MissRule::Always(MissAction::Bus), MIXED, HOST, BALANCED] {
             assert_eq!(bits(&outputs(&model, &trace, 0, Policy::Lru, miss)), all, "{format:?}, no slots, {miss:?}");
             runs += 1;
             for policy in [Policy::Lru, Policy::Tide, decay] {
@@ -133,8 +132,8 @@ fn outputs_are_bit_identical_under_every_policy_and_miss_action() {
         // Host stacks 8 bytes off 16-byte alignment: zero-copy reads element by element, slots
         // with 16-byte vectors; the arithmetic is the same.
         let shifted = GpuModel::from_host(0, spec, &host, 8).unwrap();
-        let zero_copy = outputs(&shifted, &trace, 0, Policy::Lru, MissRule::Always(MissAction::ZeroCopy));
-        assert_eq!(bits(&zero_copy), all, "{format:?}, misaligned host memory");
+        let bus_read = outputs(&shifted, &trace, 0, Policy::Lru, MissRule::Always(MissAction::Bus));
+        assert_eq!(bits(&bus_read), all, "{format:?}, misaligned host memory");
         assert_eq!(bits(&outputs(&shifted, &trace, 3, Policy::Tide, MIXED)), all, "{format:?}, misaligned, mixed");
         runs += 2;
         println!("{format:?}: {runs} runs bit-identical to all-resident");
@@ -163,7 +162,7 @@ fn a_gguf_file_decodes_from_its_mapping_bit_identical_to_all_resident() {
         let all = bits(&outputs(&pinned, &trace, spec.experts, Policy::Tide, copy));
         assert_eq!(bits(&outputs(&model, &trace, spec.experts, Policy::Tide, copy)), all, "{format:?}, all resident");
         let mut runs = 1;
-        for miss in [copy, MissRule::Always(MissAction::ZeroCopy), MIXED, HOST, BALANCED] {
+        for miss in [copy, MissRule::Always(MissAction::Bus), MIXED, HOST, BALANCED] {
             for (slots, policy) in [(0, Policy::Lru), (3, Policy::Lru), (8, Policy::Tide)] {
                 let got = bits(&outputs(&model, &trace, slots, policy, miss));
                 assert_eq!(got, all, "{format:?}, file, {slots} slots, {policy:?}, {miss:?}");
@@ -319,6 +318,6 @@ fn calibration_measures_the_link_and_the_pairs() {
     let c = model.calibrate(5).unwrap();
     println!("{c:?}");
     assert!(c.link_bytes_per_second > 1e9, "{c:?}");
-    assert!(c.costs.resident_pair > 0.0 && c.costs.zero_copy_pair > c.costs.resident_pair, "{c:?}");
+    assert!(c.costs.resident_pair > 0.0 && c.costs.bus_pair > c.costs.resident_pair, "{c:?}");
     assert!(matches!(open_device(1 << 20), Err(CudaError::NoDevice { .. })));
 }

@@ -25,7 +25,7 @@
 //! latest step used is still in its run: it keeps the continuation until that layer steps again.
 //!
 //! On a miss the demotion candidate is the unpinned resident with the lowest score (ties to the
-//! least recently used, then the lower id), and the miss's [`MissAction`] is a copy only when
+//! least recently used, then the lower id), and the miss's [`Admission`] is a copy only when
 //! the missing expert's score exceeds the candidate's by more than `threshold` (a free slot counts
 //! as a candidate of score 0); otherwise the pair is served in place and nothing moves. A step's
 //! ids are counted before its misses are decided (the step's routing is known when it is
@@ -46,10 +46,12 @@ use alloc::{vec, vec::Vec};
 
 use super::PolicyError;
 
-/// What a demand policy does with one miss.
+/// The admission filter's verdict on one miss of a demand policy: admit it into a slot or serve
+/// it in place. (How a miss served in place is computed, read over the bus or on the host, is
+/// the runtime's choice: `expertslab-cuda`'s `MissAction`.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub enum MissAction {
+pub enum Admission {
     /// Copy the expert into a slot (demoting the policy's candidate when the slots are full); the
     /// pair is paid by the copy, and the expert's later ids hit.
     Copy,
@@ -137,11 +139,11 @@ impl AdmissionConfig {
 
     /// The action for a miss whose expert scores `candidate`, when admitting it would displace a
     /// resident scoring `victim` (`None`: a free slot, which counts as 0).
-    pub fn miss_action(&self, candidate: f32, victim: Option<f32>) -> MissAction {
+    pub fn miss_action(&self, candidate: f32, victim: Option<f32>) -> Admission {
         if candidate > victim.unwrap_or(0.0) + self.threshold {
-            MissAction::Copy
+            Admission::Copy
         } else {
-            MissAction::InPlace
+            Admission::InPlace
         }
     }
 }
@@ -356,10 +358,10 @@ impl AdmissionFilter {
     }
 
     /// The action for a miss of `expert` that would displace `victim` (`None`: a free slot).
-    pub(crate) fn miss_action(&self, expert: usize, victim: Option<usize>) -> MissAction {
+    pub(crate) fn miss_action(&self, expert: usize, victim: Option<usize>) -> Admission {
         let score = self.score(expert);
         if score < self.cutoff {
-            return MissAction::InPlace;
+            return Admission::InPlace;
         }
         self.config.miss_action(score, victim.map(|v| self.score(v)))
     }
@@ -386,13 +388,13 @@ mod tests {
     #[test]
     fn a_miss_is_copied_only_past_the_threshold() {
         let c = AdmissionConfig::new(8.0, 0.0, 1.0).unwrap();
-        assert_eq!(c.miss_action(2.5, Some(1.0)), MissAction::Copy);
-        assert_eq!(c.miss_action(2.0, Some(1.0)), MissAction::InPlace);
-        assert_eq!(c.miss_action(1.5, None), MissAction::Copy);
-        assert_eq!(c.miss_action(1.0, None), MissAction::InPlace);
+        assert_eq!(c.miss_action(2.5, Some(1.0)), Admission::Copy);
+        assert_eq!(c.miss_action(2.0, Some(1.0)), Admission::InPlace);
+        assert_eq!(c.miss_action(1.5, None), Admission::Copy);
+        assert_eq!(c.miss_action(1.0, None), Admission::InPlace);
         let tinylfu = AdmissionConfig::new(8.0, 0.0, 0.0).unwrap();
-        assert_eq!(tinylfu.miss_action(1.0, None), MissAction::Copy);
-        assert_eq!(tinylfu.miss_action(1.0, Some(1.0)), MissAction::InPlace);
+        assert_eq!(tinylfu.miss_action(1.0, None), Admission::Copy);
+        assert_eq!(tinylfu.miss_action(1.0, Some(1.0)), Admission::InPlace);
     }
 
     #[cfg(feature = "demand")]
@@ -439,8 +441,8 @@ mod tests {
         assert!((f.score(1) - decayed).abs() < 1e-5, "{}", f.score(1));
         // A miss of 5 is worth displacing never-used 0, not the once-busy 1.
         assert!(f.score(1) > f.score(5));
-        assert_eq!(f.miss_action(5, Some(0)), MissAction::Copy);
-        assert_eq!(f.miss_action(5, Some(1)), MissAction::InPlace);
+        assert_eq!(f.miss_action(5, Some(0)), Admission::Copy);
+        assert_eq!(f.miss_action(5, Some(1)), Admission::InPlace);
     }
 
     #[cfg(feature = "demand")]
@@ -477,12 +479,12 @@ mod tests {
         let mut f = AdmissionFilter::new(config, 8, 2);
         // Expert 4 is used three times, 6 twice, 0 and 2 once: the two best are 4 and 6.
         f.begin_step(&[0, 4, 2, 4, 6, 4, 6], 2);
-        assert_eq!(f.miss_action(4, None), MissAction::Copy);
-        assert_eq!(f.miss_action(6, None), MissAction::Copy);
-        assert_eq!(f.miss_action(0, None), MissAction::InPlace);
-        assert_eq!(f.miss_action(2, None), MissAction::InPlace);
+        assert_eq!(f.miss_action(4, None), Admission::Copy);
+        assert_eq!(f.miss_action(6, None), Admission::Copy);
+        assert_eq!(f.miss_action(0, None), Admission::InPlace);
+        assert_eq!(f.miss_action(2, None), Admission::InPlace);
         // A step of no more ids than slots has no cutoff.
         f.begin_step(&[0, 2], 2);
-        assert_eq!(f.miss_action(0, None), MissAction::Copy);
+        assert_eq!(f.miss_action(0, None), Admission::Copy);
     }
 }

@@ -16,7 +16,7 @@
 //!
 //! - Cost-aware (TinyLFU-style, see [`super::admission`]): the resident with the lowest decayed
 //!   use count, ties to the least recently used; and a miss is admitted only when the admission
-//!   filter's [`MissAction`] says copy, otherwise it is served in place and nothing moves. In a
+//!   filter's [`Admission`] says copy, otherwise it is served in place and nothing moves. In a
 //!   step of more experts than slots, a resident the step uses but the filter ranks below the
 //!   step's cutoff is not pinned: it may give its slot up, and its ids are served in place.
 //!
@@ -33,7 +33,7 @@ use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use super::admission::{AdmissionConfig, AdmissionFilter, MissAction};
+use super::admission::{Admission, AdmissionConfig, AdmissionFilter};
 use super::select::{heapify, pop_worst};
 use crate::plan::{MigrationPlan, Promotion};
 use crate::slot_table::{admitted, slot_in, EMPTY_SLOT, NOT_RESIDENT};
@@ -243,7 +243,7 @@ impl DemandCache {
             let Some(slot) = slot else {
                 continue; // every slot pinned by this step (or none at all): slow memory
             };
-            if self.miss_action(expert, slot, slot_expert) == MissAction::InPlace {
+            if self.miss_action(expert, slot, slot_expert) == Admission::InPlace {
                 continue; // served in place: nothing moves
             }
             // A free slot or a demotion candidate is not pinned yet; the admission pins it.
@@ -368,8 +368,8 @@ impl DemandCache {
 
     /// What the admission filter does with a miss of `expert` that would take `slot` (always a
     /// copy without a filter).
-    fn miss_action(&self, expert: usize, slot: usize, slot_expert: &[u16]) -> MissAction {
-        let Some(filter) = &self.filter else { return MissAction::Copy };
+    fn miss_action(&self, expert: usize, slot: usize, slot_expert: &[u16]) -> Admission {
+        let Some(filter) = &self.filter else { return Admission::Copy };
         let victim = slot_expert.get(slot).copied().filter(|&e| e != EMPTY_SLOT).map(usize::from);
         filter.miss_action(expert, victim)
     }

@@ -9,7 +9,7 @@
 //!   [`Policy::Belady`]): every step, ids are served in order and each miss is admitted at once,
 //!   demoting the policy's demotion candidate when the slots are full. The schedule does not apply.
 //! - **Cost-aware demand caching** ([`Policy::Tinylfu`]): as demand caching, but each miss gets a
-//!   [`MissAction`]: copied only when the expert's expected reuse outweighs the resident it would
+//!   [`Admission`]: copied only when the expert's expected reuse outweighs the resident it would
 //!   displace by a threshold, otherwise served in place (see [`admission`]).
 //!
 //! Every policy is deterministic (ties go to the lower expert id) and allocates nothing per step.
@@ -27,7 +27,7 @@ pub(crate) mod select;
 
 use core::fmt;
 
-pub use admission::{AdmissionConfig, MissAction};
+pub use admission::{Admission, AdmissionConfig};
 
 #[cfg(feature = "demand")]
 pub(crate) use demand::{AdmitState, DemandCache, DemandKind};

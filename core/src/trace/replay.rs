@@ -14,7 +14,7 @@
 //! computed where the weights are); every promoted expert costs `expert_bytes` over a link of
 //! `link_bytes_per_second`. A miss served by copy is paid by that copy, not by the slow-memory
 //! compute; a miss a demand policy serves in place (a cost-aware policy's
-//! [`MissAction::InPlace`](crate::MissAction::InPlace), or a step whose every slot is pinned) is
+//! [`Admission::InPlace`](crate::Admission::InPlace), or a step whose every slot is pinned) is
 //! charged as one: `modeled_time = served in place × slow_pair_seconds + bytes moved / link`.
 //!
 //! A pool shared by all layers ([`Sharing::Shared`]) and prefetch ([`ReplayConfig::prefetch`])

@@ -17,7 +17,7 @@ use crate::ffn::{MissAction, MissCosts, MissRule};
 pub enum DemoMiss {
     /// Copy each into a scratch slot ([`MissAction::Copy`]).
     Copy,
-    /// Read each over the bus ([`MissAction::ZeroCopy`]).
+    /// Read each over the bus ([`MissAction::Bus`]).
     Bus,
     /// Compute each on the host ([`MissAction::Host`]).
     Host,
@@ -31,7 +31,7 @@ impl DemoMiss {
     pub const fn rule(self, costs: MissCosts) -> MissRule {
         match self {
             Self::Copy => MissRule::Always(MissAction::Copy),
-            Self::Bus => MissRule::Always(MissAction::ZeroCopy),
+            Self::Bus => MissRule::Always(MissAction::Bus),
             Self::Host => MissRule::Always(MissAction::Host),
             Self::Auto => MissRule::Balanced(costs, FetchCap::Balanced),
         }
@@ -159,7 +159,7 @@ pub struct DemoRow {
     /// Bytes copied over the bus per decode token.
     pub bytes_per_token: f64,
     /// Pairs read over the bus per decode token.
-    pub zero_copy_pairs_per_token: f64,
+    pub bus_pairs_per_token: f64,
     /// Median seconds per decode token.
     pub seconds_per_token: f64,
     /// Whether the outputs are bit-identical to the all-resident row's.
@@ -185,7 +185,7 @@ pub struct DemoReport {
     pub decode_steps: u64,
     /// Costs measured at start-up.
     pub calibration: Calibration,
-    /// The rows: all resident, streaming, zero-copy, expertslab.
+    /// The rows: all resident, streaming, bus reads, expertslab.
     pub rows: Vec<DemoRow>,
 }
 
@@ -214,7 +214,7 @@ impl fmt::Display for DemoReport {
             c.link_bytes_per_second / 1e9,
             c.costs.copy * 1e6,
             c.costs.resident_pair * 1e6,
-            c.costs.zero_copy_pair * 1e6,
+            c.costs.bus_pair * 1e6,
             c.costs.host_pair * 1e6
         )?;
         writeln!(f, "{} decode steps, one token each; medians of the timed runs", self.decode_steps)?;
@@ -232,7 +232,7 @@ impl fmt::Display for DemoReport {
                 r.slots,
                 100.0 * r.hit_rate,
                 r.bytes_per_token / (1 << 20) as f64,
-                r.zero_copy_pairs_per_token,
+                r.bus_pairs_per_token,
                 r.seconds_per_token * 1e6,
                 if floor > 0.0 { r.seconds_per_token / floor } else { 0.0 },
                 if r.bit_identical { "yes" } else { "NO" }
@@ -273,7 +273,7 @@ pub fn run_demo(config: &DemoConfig) -> Result<DemoReport, CudaError> {
         ),
         (
             "no slots, read over the bus".to_string(),
-            RunConfig::new(0, config.policy, MissRule::Always(MissAction::ZeroCopy)),
+            RunConfig::new(0, config.policy, MissRule::Always(MissAction::Bus)),
         ),
         (
             format!("expertslab {}, misses: {}", config.policy.name(), config.miss.name()),
@@ -296,13 +296,13 @@ pub fn run_demo(config: &DemoConfig) -> Result<DemoReport, CudaError> {
         let tokens = report.decode_tokens.max(1) as f64;
         decode_steps = report.decode_steps;
         let copied_decode: u64 = report.step_copy_bytes.iter().sum();
-        let zc_decode: u64 = report.step_zero_copy_pairs.iter().sum();
+        let zc_decode: u64 = report.step_bus_pairs.iter().sum();
         rows.push(DemoRow {
             name,
             slots: run.slots.min(experts),
             hit_rate: report.hit_rate(),
             bytes_per_token: copied_decode as f64 / tokens,
-            zero_copy_pairs_per_token: zc_decode as f64 / tokens,
+            bus_pairs_per_token: zc_decode as f64 / tokens,
             seconds_per_token: report.seconds_per_token(),
             bit_identical: identical,
         });

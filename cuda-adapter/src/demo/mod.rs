@@ -209,7 +209,7 @@ pub struct RunReport {
     /// Bytes copied into scratch slots.
     pub bytes_scratch: u64,
     /// Pairs read over the bus.
-    pub zero_copy_pairs: u64,
+    pub bus_pairs: u64,
     /// Pairs computed on the host.
     pub host_pairs: u64,
     /// Decode steps timed (records after the prefill, counted once per step, not per layer).
@@ -224,7 +224,7 @@ pub struct RunReport {
     /// Bytes copied (slots and scratch) per timed decode step.
     pub step_copy_bytes: Vec<u64>,
     /// Pairs read over the bus per timed decode step.
-    pub step_zero_copy_pairs: Vec<u64>,
+    pub step_bus_pairs: Vec<u64>,
     /// Pairs computed on the host per timed decode step.
     pub step_host_pairs: Vec<u64>,
     /// Every record's output, when asked for.
@@ -341,7 +341,7 @@ pub fn replay_cost(rule: MissRule, expert_bytes: u64, calibration: &Calibration)
         _ => {
             let slow_pair_seconds = match rule.choose(1) {
                 MissAction::Copy => c.copy + c.resident_pair,
-                MissAction::ZeroCopy => c.zero_copy_pair,
+                MissAction::Bus => c.bus_pair,
                 MissAction::Host => c.host_pair,
             };
             CostModel::new(expert_bytes, slow_pair_seconds, link)
@@ -440,7 +440,7 @@ mod tests {
     fn with_the_host_the_tune_pick_is_priced_by_layer_step() {
         // The H100's costs: a copy 179 µs, a pair on the host 102 µs; near-uniform routing.
         let costs =
-            MissCosts { copy: 179e-6, resident_pair: 6e-6, zero_copy_pair: 275e-6, host_pair: 102e-6, host_step: 0.0 };
+            MissCosts { copy: 179e-6, resident_pair: 6e-6, bus_pair: 275e-6, host_pair: 102e-6, host_step: 0.0 };
         let calibration = Calibration { link_bytes_per_second: 52.6e9, costs };
         let trace = SynthSettings { steps: 128, ..SynthSettings::near_uniform() }.trace().unwrap();
         let bytes: u64 = 9 << 20;

@@ -305,9 +305,9 @@ impl GpuModel {
         Ok(sink)
     }
 
-    /// Measures the link bandwidth and the per-pair compute costs of resident and zero-copy
+    /// Measures the link bandwidth and the per-pair compute costs of resident and bus-read
     /// experts (medians of `reps` timings each), through the library's sink: copies are
-    /// scratch writes, resident pairs read the scratch slots, zero-copy pairs the mapped host
+    /// scratch writes, resident pairs read the scratch slots, bus-read pairs the mapped host
     /// memory.
     ///
     /// # Errors
@@ -363,10 +363,10 @@ impl GpuModel {
         };
         let resident =
             scratch.iter().map(|&s| PairSource::scratch(&sink, &self.layout, s)).collect::<Result<Vec<_>, _>>()?;
-        let zero_copy =
+        let bus_read =
             (0..k).map(|e| PairSource::mapped(sink.host(), &self.store, 0, e)).collect::<Result<Vec<_>, _>>()?;
         let resident_pair = per_pair(&resident)?;
-        let zero_copy_pair = per_pair(&zero_copy)?;
+        let bus_pair = per_pair(&bus_read)?;
         self.compute.synchronize()?;
         let link_bytes_per_second = median(&mut link);
         // The host is timed with the link busy, as the balanced rule keeps it: host memory
@@ -388,7 +388,7 @@ impl GpuModel {
             costs: MissCosts {
                 copy: self.expert_bytes as f64 / link_bytes_per_second,
                 resident_pair,
-                zero_copy_pair,
+                bus_pair,
                 host_pair,
                 host_step,
             },
@@ -489,7 +489,7 @@ impl GpuModel {
         let top_k = spec.shape.top_k;
         let max_tokens = records.iter().map(|r| trace.ids(r).len() / top_k).max().unwrap_or(1).max(1);
         let slots = run.slots.min(spec.experts);
-        let never_copies = matches!(run.miss, MissRule::Always(MissAction::ZeroCopy | MissAction::Host));
+        let never_copies = matches!(run.miss, MissRule::Always(MissAction::Bus | MissAction::Host));
         let may_copy = !never_copies && slots < spec.experts;
         let scratch = if may_copy { (max_tokens * top_k).min(spec.experts) } else { 0 };
         let (free, _) = self.ctx.mem_get_info()?;
@@ -530,11 +530,11 @@ impl GpuModel {
     /// link and the compute time the all-resident time per token plus the extra time of the
     /// step's pairs read over the bus.
     pub fn overlap_bound(&self, report: &RunReport, floor_per_token: f64, calibration: &Calibration) -> f64 {
-        let extra = (calibration.costs.zero_copy_pair - calibration.costs.resident_pair).max(0.0);
+        let extra = (calibration.costs.bus_pair - calibration.costs.resident_pair).max(0.0);
         report
             .step_copy_bytes
             .iter()
-            .zip(&report.step_zero_copy_pairs)
+            .zip(&report.step_bus_pairs)
             .map(|(&bytes, &zc)| {
                 let copy = bytes as f64 / calibration.link_bytes_per_second;
                 let compute = floor_per_token + zc as f64 * extra;

@@ -8,7 +8,7 @@ pub enum MissAction {
     /// Copy it into a scratch slot on the copy stream, then compute from there.
     Copy,
     /// Read it straight from registered host memory over the bus.
-    ZeroCopy,
+    Bus,
     /// Compute its pairs on the host CPU, from host memory, while the GPU computes the others;
     /// the pairs' outputs are uploaded before the combine (same bits as on the GPU).
     Host,
@@ -22,7 +22,7 @@ pub struct MissCosts {
     /// Computing one pair with the expert in device memory.
     pub resident_pair: f64,
     /// Computing one pair reading the expert from host memory over the bus.
-    pub zero_copy_pair: f64,
+    pub bus_pair: f64,
     /// Computing one pair on the host CPU (all its threads on the pair's rows);
     /// `f64::INFINITY` when the host does not compute pairs.
     pub host_pair: f64,
@@ -44,7 +44,7 @@ impl MissCosts {
 pub enum MissRule {
     /// Always this action.
     Always(MissAction),
-    /// By measured costs: copy when `copy + uses × resident_pair < uses × zero_copy_pair` (the
+    /// By measured costs: copy when `copy + uses × resident_pair < uses × bus_pair` (the
     /// expert is copied once and then read from device memory by each of the step's `uses`
     /// pairs), read over the bus otherwise.
     Measured(MissCosts),
@@ -71,10 +71,10 @@ impl MissRule {
             }
             Self::Measured(c) => {
                 let n = uses.max(1) as f64;
-                if c.copy + n * c.resident_pair < n * c.zero_copy_pair {
+                if c.copy + n * c.resident_pair < n * c.bus_pair {
                     MissAction::Copy
                 } else {
-                    MissAction::ZeroCopy
+                    MissAction::Bus
                 }
             }
         }
@@ -114,20 +114,15 @@ mod tests {
     #[test]
     fn the_miss_rule_weighs_one_copy_against_reads_over_the_bus() {
         // A 9 MiB expert: 180 µs to copy, 3 µs per pair from HBM, 200 µs per pair over the bus.
-        let costs = MissCosts {
-            copy: 180e-6,
-            resident_pair: 3e-6,
-            zero_copy_pair: 200e-6,
-            host_pair: f64::INFINITY,
-            host_step: 0.0,
-        };
+        let costs =
+            MissCosts { copy: 180e-6, resident_pair: 3e-6, bus_pair: 200e-6, host_pair: f64::INFINITY, host_step: 0.0 };
         let rule = MissRule::Measured(costs);
         assert_eq!(rule.choose(1), MissAction::Copy); // 183 < 200
         let slow_copy = MissRule::Measured(MissCosts { copy: 400e-6, ..costs });
-        assert_eq!(slow_copy.choose(1), MissAction::ZeroCopy); // 403 > 200
+        assert_eq!(slow_copy.choose(1), MissAction::Bus); // 403 > 200
         assert_eq!(slow_copy.choose(3), MissAction::Copy); // 409 < 600: shared by three tokens
-        assert_eq!(slow_copy.choose(0), MissAction::ZeroCopy); // counted as one use
-        assert_eq!(MissRule::Always(MissAction::ZeroCopy).choose(100), MissAction::ZeroCopy);
+        assert_eq!(slow_copy.choose(0), MissAction::Bus); // counted as one use
+        assert_eq!(MissRule::Always(MissAction::Bus).choose(100), MissAction::Bus);
         assert_eq!(MissRule::Always(MissAction::Copy).choose(1), MissAction::Copy);
     }
 
@@ -135,7 +130,7 @@ mod tests {
     fn the_balanced_rule_splits_misses_between_the_link_and_the_host() {
         use MissAction::{Copy, Host};
         // Copying an expert costs as much as two pairs on the host.
-        let costs = MissCosts { copy: 2.0, resident_pair: 0.0, zero_copy_pair: 9.0, host_pair: 1.0, host_step: 0.0 };
+        let costs = MissCosts { copy: 2.0, resident_pair: 0.0, bus_pair: 9.0, host_pair: 1.0, host_step: 0.0 };
         let rule = MissRule::Balanced(costs, FetchCap::Balanced);
         let mut actions = Vec::new();
         // Eight experts used once: k copies take 2k, the host 8 − k; k = 2 and k = 3 both take

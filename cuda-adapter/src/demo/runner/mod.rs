@@ -345,7 +345,7 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
                 report.decode_steps += 1;
                 report.decode_tokens += tokens as u64;
                 report.step_copy_bytes.push(0);
-                report.step_zero_copy_pairs.push(0);
+                report.step_bus_pairs.push(0);
                 report.step_host_pairs.push(0);
             }
             let x = match previous {
@@ -364,15 +364,15 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
                 }
             };
             output_at += (tokens * hidden * 4) as u64;
-            let (zero_copy_before, host_before) = (report.zero_copy_pairs, report.host_pairs);
+            let (bus_before, host_before) = (report.bus_pairs, report.host_pairs);
             let step = if record.prefill { Step::prefill(record.step) } else { Step::decode(record.step) };
             let copied = self.layer_step(layer, step, ids, x, y, &mut report)?;
             if decode {
                 if let Some(b) = report.step_copy_bytes.last_mut() {
                     *b += copied;
                 }
-                if let Some(z) = report.step_zero_copy_pairs.last_mut() {
-                    *z += report.zero_copy_pairs - zero_copy_before;
+                if let Some(z) = report.step_bus_pairs.last_mut() {
+                    *z += report.bus_pairs - bus_before;
                 }
                 if let Some(h) = report.step_host_pairs.last_mut() {
                     *h += report.host_pairs - host_before;
@@ -491,8 +491,8 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
                         self.host_pairs.push(pair);
                         PairSource::Host
                     }
-                    MissAction::ZeroCopy => {
-                        report.zero_copy_pairs += 1;
+                    MissAction::Bus => {
+                        report.bus_pairs += 1;
                         PairSource::mapped(self.sink.host(), store, layer, expert)?
                     }
                     MissAction::Copy => {

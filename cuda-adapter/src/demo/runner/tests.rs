@@ -130,14 +130,14 @@ fn a_layer_s_work_is_enqueued_only_after_the_previous_layer_s_event() {
     let mixed = MissRule::Measured(MissCosts {
         copy: 1.5,
         resident_pair: 0.0,
-        zero_copy_pair: 1.0,
+        bus_pair: 1.0,
         host_pair: f64::INFINITY,
         host_step: 0.0,
     });
     // Copies and host compute side by side: a host pair costs two copies, so a step's two misses
     // split between the two (tinylfu that never admits serves every miss in place).
     let balanced = MissRule::Balanced(
-        MissCosts { copy: 1.0, resident_pair: 0.0, zero_copy_pair: 9.0, host_pair: 2.0, host_step: 0.0 },
+        MissCosts { copy: 1.0, resident_pair: 0.0, bus_pair: 9.0, host_pair: 2.0, host_step: 0.0 },
         FetchCap::Balanced,
     );
     let never_admits = Policy::Tinylfu(expertslab::AdmissionConfig::new(4.0, 0.0, 1e9).unwrap());
@@ -145,7 +145,7 @@ fn a_layer_s_work_is_enqueued_only_after_the_previous_layer_s_event() {
         (Sharing::PerLayer, Policy::Lru, MissRule::Always(MissAction::Copy)),
         (Sharing::PerLayer, Policy::Tide, mixed),
         (Sharing::Shared, Policy::Lru, mixed),
-        (Sharing::PerLayer, Policy::Lru, MissRule::Always(MissAction::ZeroCopy)),
+        (Sharing::PerLayer, Policy::Lru, MissRule::Always(MissAction::Bus)),
         (Sharing::PerLayer, never_admits, balanced),
         // LRU under the balanced rule: the pool promotes the step's share, the host the rest.
         (Sharing::PerLayer, Policy::Lru, balanced),
@@ -171,7 +171,7 @@ fn a_layer_s_work_is_enqueued_only_after_the_previous_layer_s_event() {
             Runner::new(model, sink, compute, MockKernels(Arc::clone(&driver)), &run, 3, 6, &trace).unwrap();
         driver.clear_ops();
         let report = runner.run(&trace).unwrap();
-        assert!(report.promotions + report.scratch_pairs + report.zero_copy_pairs > 0, "{sharing:?}: nothing moved");
+        assert!(report.promotions + report.scratch_pairs + report.bus_pairs > 0, "{sharing:?}: nothing moved");
         let read_backs = driver.ops().iter().filter(|op| matches!(op, MockOp::ReadBack { .. })).count();
         if matches!(miss, MissRule::Balanced(..) | MissRule::Always(MissAction::Host)) {
             assert!(report.host_pairs > 0 && read_backs > 0, "{miss:?}: no host pair ({report:?})");
