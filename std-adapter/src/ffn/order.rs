@@ -95,7 +95,7 @@ pub fn silu_mul(g: f32, u: f32) -> f32 {
 }
 
 /// Copies `x` into `out` and pads it with zeros to a whole number of blocks: the activations
-/// as [`dot`] reads them.
+/// as a row's dot product reads them.
 pub fn pad_to_blocks(x: &[f32], out: &mut Vec<f32>) {
     out.clear();
     out.extend_from_slice(x);
