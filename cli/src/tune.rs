@@ -49,6 +49,11 @@ pub struct Args {
     /// score reaches (1e9) is the miss action "always serve in place", which never moves.
     #[arg(long, value_delimiter = ',', default_value = "0,1,4,1e9")]
     admit_thresholds: Vec<f32>,
+    /// A second trace of the same experts, layers and top-k to score the pick on: the best run of
+    /// --trace, the baselines and the references replayed on it and reported beside (settings
+    /// picked on one capture and scored on another, or on two halves of one).
+    #[arg(long)]
+    test: Option<std::path::PathBuf>,
     /// Print one JSON document: the best run, the baselines, the references, how many times the
     /// optimum the best takes (`bound_ratio` against the optimum of its own kind of pool,
     /// `optimal_ratio` per layer, `optimal_shared_ratio` for one shared pool), and every candidate
@@ -163,33 +168,43 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         .iter()
         .min_by(|a, b| time(a).total_cmp(&time(b)).then(a.slots.cmp(&b.slots)))
         .ok_or_else(|| CliError::Usage("no policy to tune".into()))?;
-    let (tide, lru) = (&references[0], &references[1]);
-    let gain = |base: &Run| if time(base) > 0.0 { 1.0 - time(best) / time(base) } else { 0.0 };
-    // The optimum is priced by the additive model: no bound of overlapped times.
-    let bound =
-        |policy: ReplayPolicy| references.iter().find(|r| r.policy == policy && cost.overlap.is_none()).map(time);
-    let (optimal, optimal_shared) =
-        (ratio(time(best), bound(ReplayPolicy::Optimal)), ratio(time(best), bound(ReplayPolicy::OptimalShared)));
-    // The bound of the best run's own kind of pool: the per-layer optimum does not bound a shared
-    // pool.
-    let (own, kind) = match best.sharing {
-        Sharing::Shared => (optimal_shared, "one shared pool"),
-        _ => (optimal, "per-layer pools"),
+    let score = Score::of(best, &references, cost.overlap.is_some());
+    // The pick replayed on the test trace, beside the baselines and references there.
+    let test = match &args.test {
+        None => None,
+        Some(path) => {
+            let test_trace = read_trace(path)?;
+            if test_trace.header() != header {
+                let h = test_trace.header();
+                return Err(CliError::unusable(
+                    path,
+                    format!(
+                        "a trace of {} experts, {} layers, top-{}; --trace has {} experts, {} layers, top-{}",
+                        h.experts, h.layers, h.top_k, header.experts, header.layers, header.top_k
+                    ),
+                ));
+            }
+            args.replay.check_ids(&test_trace)?;
+            let warm = crate::warm_start::load(args.replay.warm_from.as_deref(), &test_trace)?;
+            let pick = [(best.policy, best.slots, best.schedule, best.sharing)];
+            let best_cost = best.fetch_cap.map_or(cost, |cap| cost.overlapped(cap));
+            let mut picked = run_all(&test_trace, &pick, initial, &warm, best_cost, prefetch)?;
+            let references = run_all(&test_trace, &baselines, initial, &warm, cost, prefetch)?;
+            let run = picked.pop().ok_or_else(|| CliError::Usage("no run on the test trace".into()))?;
+            Some((path, run, references))
+        }
     };
 
     let mut out = io::stdout().lock();
     if args.json {
-        let doc = json!({
-            "best": run_json(best),
-            "vs_tide_tau1": { "run": run_json(tide), "time_saved": gain(tide) },
-            "vs_lru": { "run": run_json(lru), "time_saved": gain(lru) },
-            "optimal_ratio": optimal,
-            "optimal_shared_ratio": optimal_shared,
-            "bound_ratio": own,
-            "references": references.iter().map(run_json).collect::<Vec<_>>(),
-            "candidates": candidates.len(),
-            "candidate_runs": candidates.iter().map(run_json).collect::<Vec<_>>(),
-        });
+        let mut doc = score.json(best, &references);
+        doc["candidates"] = json!(candidates.len());
+        doc["candidate_runs"] = json!(candidates.iter().map(run_json).collect::<Vec<_>>());
+        if let Some((path, run, references)) = &test {
+            let mut scored = Score::of(run, references, cost.overlap.is_some()).json(run, references);
+            scored["trace"] = json!(path.display().to_string());
+            doc["test"] = scored;
+        }
         serde_json::to_writer_pretty(&mut out, &doc)?;
         writeln!(out)?;
         return Ok(());
@@ -212,23 +227,98 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         time(best),
         100.0 * best.report.total.hit_rate()
     )?;
-    writeln!(out, "  {:.1}% less time than TIDE at τ = 1 ({:.3} s)", 100.0 * gain(tide), time(tide))?;
-    writeln!(out, "  {:.1}% less time than LRU ({:.3} s)", 100.0 * gain(lru), time(lru))?;
-    let times = |r: Option<f64>| r.map_or_else(|| "unbounded".to_string(), |r| format!("{r:.2}×"));
-    if cost.overlap.is_some() {
-        writeln!(out, "  no bound: the optimum prices costs additively, not by layer step (--overlap)")?;
-    } else {
-        writeln!(
-            out,
-            "  {} the optimum of {kind}, its bound (the optimum per layer: {}, of one shared pool: {})",
-            times(own),
-            times(optimal),
-            times(optimal_shared)
-        )?;
-    }
+    score.write(&mut out, &references)?;
     writeln!(out, "\nbaselines and references at {max} slots per layer:")?;
     write_table(&mut out, &references)?;
+    if let Some((path, run, references)) = &test {
+        writeln!(
+            out,
+            "\non the test trace {}: modeled time {:.3} s, hit rate {:.1}%",
+            path.display(),
+            time(run),
+            100.0 * run.report.total.hit_rate()
+        )?;
+        Score::of(run, references, cost.overlap.is_some()).write(&mut out, references)?;
+        writeln!(out, "\nbaselines and references on the test trace:")?;
+        write_table(&mut out, references)?;
+    }
     Ok(())
+}
+
+/// How a run compares with the baselines and references of its trace: the time it saves
+/// against TIDE at τ = 1 and LRU, and how many times the optimum it takes (`None` where there
+/// is no bound: under --overlap, or an optimum of 0).
+struct Score {
+    tide: f64,
+    lru: f64,
+    optimal: Option<f64>,
+    optimal_shared: Option<f64>,
+    /// The bound of the run's own kind of pool (the per-layer optimum does not bound a shared
+    /// pool), and that kind's name.
+    own: Option<f64>,
+    kind: &'static str,
+    overlap: bool,
+}
+
+impl Score {
+    /// `run` against `references` (TIDE at τ = 1 first, LRU second, then the others).
+    fn of(run: &Run, references: &[Run], overlap: bool) -> Self {
+        let time = |r: &Run| r.report.total.modeled_time_s;
+        let gain = |base: Option<&Run>| match base {
+            Some(b) if time(b) > 0.0 => 1.0 - time(run) / time(b),
+            _ => 0.0,
+        };
+        // The optimum is priced by the additive model: no bound of overlapped times.
+        let bound = |policy: ReplayPolicy| references.iter().find(|r| r.policy == policy && !overlap).map(time);
+        let (optimal, optimal_shared) =
+            (ratio(time(run), bound(ReplayPolicy::Optimal)), ratio(time(run), bound(ReplayPolicy::OptimalShared)));
+        let (own, kind) = match run.sharing {
+            Sharing::Shared => (optimal_shared, "one shared pool"),
+            _ => (optimal, "per-layer pools"),
+        };
+        Self {
+            tide: gain(references.first()),
+            lru: gain(references.get(1)),
+            optimal,
+            optimal_shared,
+            own,
+            kind,
+            overlap,
+        }
+    }
+
+    /// The JSON of `run` and this score.
+    fn json(&self, run: &Run, references: &[Run]) -> serde_json::Value {
+        json!({
+            "best": run_json(run),
+            "vs_tide_tau1": { "run": references.first().map(run_json), "time_saved": self.tide },
+            "vs_lru": { "run": references.get(1).map(run_json), "time_saved": self.lru },
+            "optimal_ratio": self.optimal,
+            "optimal_shared_ratio": self.optimal_shared,
+            "bound_ratio": self.own,
+            "references": references.iter().map(run_json).collect::<Vec<_>>(),
+        })
+    }
+
+    /// The score's lines under a run's line.
+    fn write(&self, out: &mut impl Write, references: &[Run]) -> io::Result<()> {
+        let time = |r: Option<&Run>| r.map_or(0.0, |r| r.report.total.modeled_time_s);
+        writeln!(out, "  {:.1}% less time than TIDE at τ = 1 ({:.3} s)", 100.0 * self.tide, time(references.first()))?;
+        writeln!(out, "  {:.1}% less time than LRU ({:.3} s)", 100.0 * self.lru, time(references.get(1)))?;
+        let times = |r: Option<f64>| r.map_or_else(|| "unbounded".to_string(), |r| format!("{r:.2}×"));
+        if self.overlap {
+            writeln!(out, "  no bound: the optimum prices costs additively, not by layer step (--overlap)")
+        } else {
+            writeln!(
+                out,
+                "  {} the optimum of {}, its bound (the optimum per layer: {}, of one shared pool: {})",
+                times(self.own),
+                self.kind,
+                times(self.optimal),
+                times(self.optimal_shared)
+            )
+        }
+    }
 }
 
 /// How many times `bound` a modeled time is: 1 when both are 0, `None` when only the bound is

@@ -456,3 +456,50 @@ fn ids_past_the_expert_count_are_shown_warned_and_refused_when_strict() {
     std::fs::remove_file(path).unwrap();
     std::fs::remove_file(clean).unwrap();
 }
+
+#[test]
+fn tune_scores_its_pick_on_a_second_trace() {
+    let train = synth("tune-train.ndjson", "80");
+    let test = temp("tune-test.ndjson");
+    let (tr, te) = (train.to_str().unwrap(), test.to_str().unwrap());
+    // The same shape, other routing.
+    stdout(&expertslab(&[
+        "synth",
+        "--out",
+        te,
+        "--experts",
+        "16",
+        "--layers",
+        "3",
+        "--top-k",
+        "2",
+        "--steps",
+        "60",
+        "--seed",
+        "7",
+    ]));
+    let args = ["tune", "--trace", tr, "--test", te, "--max-slots", "4", "--policy", "tide,lru"];
+    let doc: Value = serde_json::from_str(&stdout(&expertslab(&[&args[..], &["--json"]].concat()))).unwrap();
+    // The pick of the training trace, replayed on the test trace: same settings, other counts.
+    for key in ["policy", "slots", "schedule", "sharing"] {
+        assert_eq!(doc["test"]["best"][key], doc["best"][key], "{key}");
+    }
+    assert_ne!(doc["test"]["best"]["total"]["pairs"], doc["best"]["total"]["pairs"]);
+    assert!(doc["test"]["bound_ratio"].as_f64().unwrap() >= 1.0 - 1e-9, "the optimum of its kind of pool bounds it");
+    assert_eq!(doc["test"]["trace"], te);
+    let text = stdout(&expertslab(&args));
+    assert!(
+        text.contains("on the test trace") && text.contains("baselines and references on the test trace"),
+        "{text}"
+    );
+    // A test trace of another shape is refused, naming it.
+    let other = temp("tune-other.ndjson");
+    let o = other.to_str().unwrap();
+    stdout(&expertslab(&["synth", "--out", o, "--experts", "8", "--layers", "3", "--top-k", "2", "--steps", "10"]));
+    let refused = expertslab(&["tune", "--trace", tr, "--test", o, "--max-slots", "4"]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("tune-other") && err.contains("8 experts"), "{err}");
+    for p in [train, test, other] {
+        std::fs::remove_file(p).unwrap();
+    }
+}
