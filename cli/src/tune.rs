@@ -162,12 +162,14 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     // Under --overlap, only what is priced by layer step stands beside the candidates.
     let baselines: Vec<_> =
         baselines.into_iter().filter(|(p, ..)| cost.overlap.is_none() || p.prices_by_step()).collect();
-    let references = run_all(&trace, &baselines, initial, &warm, cost, prefetch)?;
     let time = |r: &Run| r.report.total.modeled_time_s;
     let best = candidates
         .iter()
         .min_by(|a, b| time(a).total_cmp(&time(b)).then(a.slots.cmp(&b.slots)))
         .ok_or_else(|| CliError::Usage("no policy to tune".into()))?;
+    // The baselines and references priced as the best run is (under its fetch cap).
+    let best_cost = best.fetch_cap.map_or(cost, |cap| cost.overlapped(cap));
+    let references = run_all(&trace, &baselines, initial, &warm, best_cost, prefetch)?;
     let score = Score::of(best, &references, cost.overlap.is_some());
     // The pick replayed on the test trace, beside the baselines and references there.
     let test = match &args.test {
@@ -187,9 +189,8 @@ pub fn run(args: &Args) -> Result<(), CliError> {
             args.replay.check_ids(&test_trace)?;
             let warm = crate::warm_start::load(args.replay.warm_from.as_deref(), &test_trace)?;
             let pick = [(best.policy, best.slots, best.schedule, best.sharing)];
-            let best_cost = best.fetch_cap.map_or(cost, |cap| cost.overlapped(cap));
             let mut picked = run_all(&test_trace, &pick, initial, &warm, best_cost, prefetch)?;
-            let references = run_all(&test_trace, &baselines, initial, &warm, cost, prefetch)?;
+            let references = run_all(&test_trace, &baselines, initial, &warm, best_cost, prefetch)?;
             let run = picked.pop().ok_or_else(|| CliError::Usage("no run on the test trace".into()))?;
             Some((path, run, references))
         }

@@ -19,8 +19,8 @@
 //! percent in VRAM, run, hit rate, µs per token, µs per token over the all-resident row, the
 //! bound of that extra time (the bytes the row brought to its pairs, copied or read by the
 //! host, over the link's and the host's bandwidth together, per token), the µs per token the
-//! core's replay predicts for the run ([`GpuModel::predict`]), and the host's µs per token on
-//! its pairs ([`RunReport::host_seconds`]).
+//! core's replay predicts for the run ([`GpuModel::predict`]), and the wall µs per token from
+//! the host's pairs started to their upload enqueued ([`RunReport::host_seconds`]).
 
 use std::process::ExitCode;
 

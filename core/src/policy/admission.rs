@@ -139,7 +139,7 @@ impl AdmissionConfig {
 
     /// The action for a miss whose expert scores `candidate`, when admitting it would displace a
     /// resident scoring `victim` (`None`: a free slot, which counts as 0).
-    pub fn miss_action(&self, candidate: f32, victim: Option<f32>) -> Admission {
+    pub fn admission(&self, candidate: f32, victim: Option<f32>) -> Admission {
         if candidate > victim.unwrap_or(0.0) + self.threshold {
             Admission::Copy
         } else {
@@ -358,12 +358,12 @@ impl AdmissionFilter {
     }
 
     /// The action for a miss of `expert` that would displace `victim` (`None`: a free slot).
-    pub(crate) fn miss_action(&self, expert: usize, victim: Option<usize>) -> Admission {
+    pub(crate) fn admission(&self, expert: usize, victim: Option<usize>) -> Admission {
         let score = self.score(expert);
         if score < self.cutoff {
             return Admission::InPlace;
         }
-        self.config.miss_action(score, victim.map(|v| self.score(v)))
+        self.config.admission(score, victim.map(|v| self.score(v)))
     }
 }
 
@@ -388,13 +388,13 @@ mod tests {
     #[test]
     fn a_miss_is_copied_only_past_the_threshold() {
         let c = AdmissionConfig::new(8.0, 0.0, 1.0).unwrap();
-        assert_eq!(c.miss_action(2.5, Some(1.0)), Admission::Copy);
-        assert_eq!(c.miss_action(2.0, Some(1.0)), Admission::InPlace);
-        assert_eq!(c.miss_action(1.5, None), Admission::Copy);
-        assert_eq!(c.miss_action(1.0, None), Admission::InPlace);
+        assert_eq!(c.admission(2.5, Some(1.0)), Admission::Copy);
+        assert_eq!(c.admission(2.0, Some(1.0)), Admission::InPlace);
+        assert_eq!(c.admission(1.5, None), Admission::Copy);
+        assert_eq!(c.admission(1.0, None), Admission::InPlace);
         let tinylfu = AdmissionConfig::new(8.0, 0.0, 0.0).unwrap();
-        assert_eq!(tinylfu.miss_action(1.0, None), Admission::Copy);
-        assert_eq!(tinylfu.miss_action(1.0, Some(1.0)), Admission::InPlace);
+        assert_eq!(tinylfu.admission(1.0, None), Admission::Copy);
+        assert_eq!(tinylfu.admission(1.0, Some(1.0)), Admission::InPlace);
     }
 
     #[cfg(feature = "demand")]
@@ -441,8 +441,8 @@ mod tests {
         assert!((f.score(1) - decayed).abs() < 1e-5, "{}", f.score(1));
         // A miss of 5 is worth displacing never-used 0, not the once-busy 1.
         assert!(f.score(1) > f.score(5));
-        assert_eq!(f.miss_action(5, Some(0)), Admission::Copy);
-        assert_eq!(f.miss_action(5, Some(1)), Admission::InPlace);
+        assert_eq!(f.admission(5, Some(0)), Admission::Copy);
+        assert_eq!(f.admission(5, Some(1)), Admission::InPlace);
     }
 
     #[cfg(feature = "demand")]
@@ -479,12 +479,12 @@ mod tests {
         let mut f = AdmissionFilter::new(config, 8, 2);
         // Expert 4 is used three times, 6 twice, 0 and 2 once: the two best are 4 and 6.
         f.begin_step(&[0, 4, 2, 4, 6, 4, 6], 2);
-        assert_eq!(f.miss_action(4, None), Admission::Copy);
-        assert_eq!(f.miss_action(6, None), Admission::Copy);
-        assert_eq!(f.miss_action(0, None), Admission::InPlace);
-        assert_eq!(f.miss_action(2, None), Admission::InPlace);
+        assert_eq!(f.admission(4, None), Admission::Copy);
+        assert_eq!(f.admission(6, None), Admission::Copy);
+        assert_eq!(f.admission(0, None), Admission::InPlace);
+        assert_eq!(f.admission(2, None), Admission::InPlace);
         // A step of no more ids than slots has no cutoff.
         f.begin_step(&[0, 2], 2);
-        assert_eq!(f.miss_action(0, None), Admission::Copy);
+        assert_eq!(f.admission(0, None), Admission::Copy);
     }
 }

@@ -243,7 +243,7 @@ impl DemandCache {
             let Some(slot) = slot else {
                 continue; // every slot pinned by this step (or none at all): slow memory
             };
-            if self.miss_action(expert, slot, slot_expert) == Admission::InPlace {
+            if self.admission(expert, slot, slot_expert) == Admission::InPlace {
                 continue; // served in place: nothing moves
             }
             // A free slot or a demotion candidate is not pinned yet; the admission pins it.
@@ -368,10 +368,10 @@ impl DemandCache {
 
     /// What the admission filter does with a miss of `expert` that would take `slot` (always a
     /// copy without a filter).
-    fn miss_action(&self, expert: usize, slot: usize, slot_expert: &[u16]) -> Admission {
+    fn admission(&self, expert: usize, slot: usize, slot_expert: &[u16]) -> Admission {
         let Some(filter) = &self.filter else { return Admission::Copy };
         let victim = slot_expert.get(slot).copied().filter(|&e| e != EMPTY_SLOT).map(usize::from);
-        filter.miss_action(expert, victim)
+        filter.admission(expert, victim)
     }
 
     /// Whether the committed resident of `slot`, though used by this step, gives its slot up:

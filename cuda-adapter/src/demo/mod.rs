@@ -218,8 +218,9 @@ pub struct RunReport {
     pub decode_tokens: u64,
     /// Wall time of the timed decode steps, from the first enqueue to the end of the last kernel.
     pub decode_seconds: f64,
-    /// Of `decode_seconds`, the time from each layer step's host pairs started (their input
-    /// fetched) to their outputs' upload enqueued, the GPU's work enqueued meanwhile.
+    /// Of `decode_seconds`, the wall time from each layer step's host pairs started (their
+    /// input fetched) to their outputs' upload enqueued: the host's compute, with the GPU's work
+    /// enqueued by the driving thread meanwhile.
     pub host_seconds: f64,
     /// Bytes copied (slots and scratch) per timed decode step.
     pub step_copy_bytes: Vec<u64>,
@@ -332,11 +333,15 @@ pub fn router_weights(layer: usize, step: u64, pairs: usize, top_k: usize) -> Ve
 /// place split between them); otherwise the cost of the way the rule serves a lone miss (a copy
 /// and a resident pair, a pair over the bus, a pair on the host), priced additively.
 pub fn replay_cost(rule: MissRule, expert_bytes: u64, calibration: &Calibration) -> CostModel {
-    let c = &calibration.costs;
     let link = calibration.link_bytes_per_second;
+    // The costs the rule carries, or the calibration's for a rule that carries none.
+    let c = match rule {
+        MissRule::Measured(c) | MissRule::Balanced(c, _) => c,
+        MissRule::Always(_) => calibration.costs,
+    };
     match rule {
-        MissRule::Balanced(costs, cap) if costs.host_pair.is_finite() => {
-            CostModel::new(expert_bytes, costs.host_pair, link).slow_step(costs.host_step).overlapped(cap)
+        MissRule::Balanced(_, cap) if c.host_pair.is_finite() => {
+            CostModel::new(expert_bytes, c.host_pair, link).slow_step(c.host_step).overlapped(cap)
         }
         _ => {
             let slow_pair_seconds = match rule.choose(1) {
@@ -352,8 +357,8 @@ pub fn replay_cost(rule: MissRule, expert_bytes: u64, calibration: &Calibration)
 /// The pick of `expertslab tune` at a fixed budget of `slots` per layer: the run with the lowest
 /// modeled time under the core's replay ([`replay_cost`]), over the deployable policies (TIDE,
 /// decay, LRU, LFU, LRU-2), intervals τ ∈ {1, 2, 4, 8, 16, 32} for the interval policies and,
-/// under [`MissRule::Balanced`], the pool uncapped or capped at the balanced share
-/// ([`FetchCap`]); misses by `rule` otherwise.
+/// under [`MissRule::Balanced`], the rule's cap, the pool uncapped and the pool capped at the
+/// balanced share ([`FetchCap`]); misses by `rule` otherwise.
 ///
 /// # Errors
 /// [`CudaError::Residency`] when the replay refuses the trace.
@@ -364,12 +369,14 @@ pub fn tune_pick(
     calibration: &Calibration,
     rule: MissRule,
 ) -> Result<RunConfig, CudaError> {
-    let rules = match rule {
-        MissRule::Balanced(c, _) => {
-            vec![MissRule::Balanced(c, FetchCap::Uncapped), MissRule::Balanced(c, FetchCap::Balanced)]
+    let mut rules = vec![rule];
+    if let MissRule::Balanced(c, cap) = rule {
+        for other in [FetchCap::Uncapped, FetchCap::Balanced] {
+            if other != cap {
+                rules.push(MissRule::Balanced(c, other));
+            }
         }
-        other => vec![other],
-    };
+    }
     let mut best: Option<(f64, RunConfig)> = None;
     for rule in rules {
         let cost = replay_cost(rule, expert_bytes, calibration);

@@ -51,7 +51,8 @@ pub enum MissRule {
     /// Copies and host compute side by side: the pool promotes at most the step's share of its
     /// misses by the [`FetchCap`] (none under [`FetchCap::Uncapped`]); then the misses it left,
     /// the most used first, are copied while that keeps the link's time (the promotions' and
-    /// these copies' `copies × copy`) no longer than the host's time `pairs left × host_pair`,
+    /// these copies' `copies × copy`) no longer than the host's time `host_step + pairs left ×
+    /// host_pair`,
     /// and the rest are computed on the host; the split taken is the one with the least
     /// `max(link time, host time)` (the copy engine and the host CPU run at once). With an
     /// infinite `host_pair` every miss is copied.

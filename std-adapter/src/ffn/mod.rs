@@ -158,8 +158,29 @@ pub struct ExpertFfn {
     format: Format,
     isa: Isa,
     pool: Option<Arc<ThreadPool>>,
-    /// Counts the calls of [`ExpertFfn::parts`]: threads kept warm spin until it moves.
-    calls: Arc<AtomicU64>,
+    /// Counts the work started on the pool ([`ExpertFfn::parts`], [`ExpertFfn::spawn`]):
+    /// threads kept warm spin until it moves.
+    calls: Calls,
+}
+
+/// The count threads kept warm watch: one for rayon's global pool, shared by every FFN on it;
+/// one per pool given with [`ExpertFfn::with_pool`] (shared by that FFN's clones).
+#[derive(Debug, Clone)]
+enum Calls {
+    Global,
+    Pool(Arc<AtomicU64>),
+}
+
+/// The count of work started on rayon's global pool by any FFN.
+static GLOBAL_CALLS: AtomicU64 = AtomicU64::new(0);
+
+impl Calls {
+    fn get(&self) -> &AtomicU64 {
+        match self {
+            Self::Global => &GLOBAL_CALLS,
+            Self::Pool(count) => count,
+        }
+    }
 }
 
 impl ExpertFfn {
@@ -175,7 +196,7 @@ impl ExpertFfn {
         if hidden == 0 || ffn == 0 {
             return Err(FfnError::EmptyShape);
         }
-        Ok(Self { hidden, ffn, format, isa: Isa::detect(), pool: None, calls: Arc::new(AtomicU64::new(0)) })
+        Ok(Self { hidden, ffn, format, isa: Isa::detect(), pool: None, calls: Calls::Global })
     }
 
     /// Runs its tasks in `pool` (for a thread count of the caller's) instead of rayon's global
@@ -183,6 +204,7 @@ impl ExpertFfn {
     #[must_use]
     pub fn with_pool(mut self, pool: Arc<ThreadPool>) -> Self {
         self.pool = Some(pool);
+        self.calls = Calls::Pool(Arc::new(AtomicU64::new(0)));
         self
     }
 
@@ -200,9 +222,11 @@ impl ExpertFfn {
 
     /// Runs `job` with this FFN on its thread pool, in the background: a caller with other work
     /// while pairs compute (a GPU runner enqueueing kernels) starts them here and waits for
-    /// what `job` sends back. A panic in `job` aborts the process (the rule for work spawned on
-    /// a rayon pool): `job` returns its errors instead.
+    /// what `job` sends back. Threads kept warm stop spinning and take it. A panic in `job`
+    /// aborts the process (the rule for work spawned on a rayon pool): `job` returns its errors
+    /// instead.
     pub fn spawn(&self, job: impl FnOnce(&Self) + Send + 'static) {
+        self.calls.get().fetch_add(1, Ordering::AcqRel);
         let ffn = self.clone();
         let run = move || job(&ffn);
         match &self.pool {
@@ -211,27 +235,29 @@ impl ExpertFfn {
         }
     }
 
-    /// Keeps the FFN's threads spinning, ready for the next [`ExpertFfn::parts`], until it
-    /// starts or `limit` has passed. Threads left idle between calls go to sleep, and waking
-    /// them costs the operating system (and a virtual machine's hypervisor, which halts an idle
-    /// virtual CPU) from tens to hundreds of µs: more than a pair on the host. A decode loop that
-    /// computes pairs every layer step calls this after each step's pairs. All but one of the
-    /// pool's threads spin meanwhile (yielding their CPU to any other thread that is ready, such
-    /// as the one driving the decode), so the caller keeps a CPU. Calls without `parts` in
-    /// between queue one spin after another, each ending by `limit`.
+    /// Keeps the pool's threads spinning, ready for the next work started on it
+    /// ([`ExpertFfn::parts`] or [`ExpertFfn::spawn`], by this FFN or another on the same pool),
+    /// until that starts or `limit` has passed. Threads left idle between calls go to sleep,
+    /// and waking them costs the operating system (and a virtual machine's hypervisor, which
+    /// halts an idle virtual CPU) from tens to hundreds of µs: more than a pair on the host. A
+    /// decode loop that computes pairs every layer step calls this after each step's pairs. All
+    /// but one of the pool's threads spin meanwhile (yielding their CPU to any other thread that
+    /// is ready, such as the one driving the decode), so the caller keeps a CPU and the last
+    /// thread can take spawned work; a pool of one thread does not spin. Calls without work in
+    /// between queue one spin after another, all ending by `limit` from the first call.
     pub fn keep_warm(&self, limit: Duration) {
         let spinners = match &self.pool {
             Some(pool) => pool.current_num_threads(),
             None => rayon::current_num_threads(),
         }
-        .saturating_sub(1)
-        .max(1);
-        let seen = self.calls.load(Ordering::Acquire);
+        .saturating_sub(1);
+        let seen = self.calls.get().load(Ordering::Acquire);
+        // No deadline for a limit past what the clock can count.
+        let deadline = Instant::now().checked_add(limit);
         for _ in 0..spinners {
-            let calls = Arc::clone(&self.calls);
+            let calls = self.calls.clone();
             let spin = move || {
-                let start = Instant::now();
-                while calls.load(Ordering::Acquire) == seen && start.elapsed() < limit {
+                while calls.get().load(Ordering::Acquire) == seen && deadline.is_none_or(|d| Instant::now() < d) {
                     for _ in 0..64 {
                         std::hint::spin_loop();
                     }
@@ -300,7 +326,7 @@ impl ExpertFfn {
         }
         self.check(pairs, x.len() / hidden)?;
         // Threads kept warm stop spinning and take this call's tasks.
-        self.calls.fetch_add(1, Ordering::AcqRel);
+        self.calls.get().fetch_add(1, Ordering::AcqRel);
         let (isa, format) = (self.isa, self.format);
         let mut run = || {
             // Activations of each token, padded to whole blocks.

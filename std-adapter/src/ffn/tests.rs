@@ -240,3 +240,17 @@ fn spawned_pairs_match_the_pairs_computed_in_place() {
     });
     assert_eq!(result.recv().unwrap().unwrap(), here);
 }
+
+#[test]
+fn spawned_work_stops_the_spinning_on_any_pool() {
+    use std::time::Duration;
+    for threads in [1, 2, 3] {
+        let pool = std::sync::Arc::new(rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap());
+        let ffn = ExpertFfn::new(8, 4, Format::F32).unwrap().with_pool(pool);
+        // Kept warm without a limit the clock can count: only new work ends the spin.
+        ffn.keep_warm(Duration::MAX);
+        let (done, ran) = std::sync::mpsc::channel();
+        ffn.spawn(move |_| done.send(()).unwrap());
+        ran.recv_timeout(Duration::from_secs(30)).expect("the spawned job ran while the pool was kept warm");
+    }
+}

@@ -6,7 +6,7 @@ use super::ReplayStats;
 
 /// How many of a layer step's misses the pool may promote before the step, under the overlapped
 /// model ([`CostModel::overlapped`]); the misses it then serves in place are split between
-/// fetching and in-place compute whatever the cap.
+/// fetching and in-place compute, at most the cap's count fetched under [`FetchCap::AtMost`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum FetchCap {
@@ -37,8 +37,8 @@ pub enum FetchCap {
 ///   in place are split again, the link now busy with the promotions: the most used are fetched
 ///   (copied for the step, not admitted), the others computed in place. The step costs
 ///   `max(link time, in-place time)`, where the link time is the step's promotions plus its
-///   fetched experts over the link, and the in-place time the pairs left in place ×
-///   `slow_pair_seconds`. The compute of pairs from slots is not charged, in either model.
+///   fetched experts over the link, and the in-place time `slow_step_seconds` plus the pairs
+///   left in place × `slow_pair_seconds` (nothing without pairs left). The compute of pairs from slots is not charged, in either model.
 ///
 /// A cap is a rule over the ways a miss is served (copy, bus read, host), not a way of its own.
 #[derive(Debug, Clone, Copy, PartialEq)]
