@@ -46,6 +46,7 @@
 
 extern crate alloc;
 
+mod failure;
 #[cfg(target_os = "none")]
 pub mod firmware;
 pub mod handle;
