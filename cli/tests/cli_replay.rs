@@ -34,11 +34,13 @@ fn synth_finishes_a_steep_popularity_and_refuses_impossible_shapes() {
     let parsed = expertslab_std::trace::Trace::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(parsed.records().len(), 101);
     std::fs::remove_file(&path).unwrap();
-    for bad in [&["--zipf", "-1"][..], &["--reuse", "1.5"], &["--top-k", "65"]] {
+    for (bad, named) in
+        [(&["--zipf", "-1"][..], "--zipf"), (&["--reuse", "1.5"], "--reuse"), (&["--top-k", "65"], "synth")]
+    {
         let out = expertslab(&[&steep[..], bad].concat());
         assert!(!out.status.success(), "{bad:?} was accepted");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("synth"), "{bad:?}: {err}");
+        assert!(err.contains(named), "{bad:?}: {err}");
     }
 }
 
@@ -420,6 +422,22 @@ fn zero_counts_and_negative_sizes_say_what_is_wrong() {
         (vec!["tune", "--trace", t, "--max-slots", "0"], "--max-slots 0: tune needs at least one slot per layer"),
         (vec!["synth", "--out", out.to_str().unwrap(), "--experts", "0"], "needs at least one expert (0 given)"),
         (vec!["simulate", "--trace", t, "--expert-bytes=-5"], "'-5': a size cannot be negative"),
+        // Negative numbers reach the value parsers, with or without `=`, which say why.
+        (
+            vec!["synth", "--out", out.to_str().unwrap(), "--zipf", "-1"],
+            "the Zipf exponent must be a number of at least 0",
+        ),
+        (
+            vec!["synth", "--out", out.to_str().unwrap(), "--zipf=-1"],
+            "the Zipf exponent must be a number of at least 0",
+        ),
+        (
+            vec!["synth", "--out", out.to_str().unwrap(), "--reuse", "-0.5"],
+            "a probability must be a number from 0 to 1",
+        ),
+        (vec!["synth", "--out", out.to_str().unwrap(), "--reuse", "1.5"], "a probability must be a number from 0 to 1"),
+        (vec!["simulate", "--trace", t, "--link-gbps", "-5"], "'-5' must be a positive number"),
+        (vec!["tune", "--trace", t, "--layer-compute-us", "-1"], "'-1' must be a number of at least 0"),
     ] {
         let o = expertslab(&args);
         let stderr = String::from_utf8_lossy(&o.stderr);
