@@ -47,7 +47,8 @@ pub struct Args {
     /// Print one JSON document instead of tables.
     #[arg(long)]
     json: bool,
-    /// Draw hit rate and modeled time against slots per layer, one line per policy, as SVG.
+    /// Draw hit rate and modeled time against slots per layer, one line per policy and sharing
+    /// (shared pools labelled policy/shared), as SVG.
     #[arg(long)]
     plot: Option<PathBuf>,
 }

@@ -474,3 +474,60 @@ fn ids_past_the_expert_count_are_shown_warned_and_refused_when_strict() {
     std::fs::remove_file(path).unwrap();
     std::fs::remove_file(clean).unwrap();
 }
+
+/// The text of every `<text>` element of an SVG document, trimmed.
+fn svg_texts(svg: &str) -> Vec<String> {
+    svg.split("<text")
+        .skip(1)
+        .filter_map(|t| Some(t.split_once('>')?.1.split_once("</text>")?.0.trim().to_owned()))
+        .collect()
+}
+
+/// The (colour, x coordinates) of every polyline of width 2 with more than two points (the
+/// series' lines, not the legend's marks).
+fn svg_lines(svg: &str) -> Vec<(String, Vec<f64>)> {
+    let attribute = |element: &str, name: &str| {
+        let rest = element.split_once(&format!(" {name}=\""))?.1;
+        Some(rest.split_once('"')?.0.to_owned())
+    };
+    svg.split("<polyline")
+        .skip(1)
+        .filter_map(|element| {
+            let element = element.split_once("/>")?.0;
+            (attribute(element, "stroke-width")? == "2").then_some(())?;
+            let xs: Vec<f64> = attribute(element, "points")?
+                .split_whitespace()
+                .filter_map(|p| p.split_once(',')?.0.parse().ok())
+                .collect();
+            (xs.len() > 2).then(|| (attribute(element, "stroke").unwrap_or_default(), xs))
+        })
+        .collect()
+}
+
+#[test]
+fn the_plot_draws_per_layer_and_shared_runs_of_a_policy_as_separate_series() {
+    let trace = synth("plot.ndjson", "40");
+    let plot = temp("plot.svg");
+    let t = trace.to_str().unwrap();
+    let args = ["simulate", "--trace", t, "--policy", "lru,lfu", "--sharing", "per-layer,shared", "--sweep", "2..8:2"];
+    stdout(&expertslab(&[&args[..], &["--plot", plot.to_str().unwrap()]].concat()));
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    // One legend entry per series in each of the two panels, named as the tables name them.
+    let mut labels: Vec<String> = svg_texts(&svg).into_iter().filter(|t| t.starts_with('l')).collect();
+    labels.sort();
+    assert_eq!(labels, ["lfu", "lfu", "lfu/shared", "lfu/shared", "lru", "lru", "lru/shared", "lru/shared"]);
+    // Four lines a panel, each its own colour, each going right through the sweep's 4 slot
+    // counts (one line for both pools would go back to the start halfway).
+    let lines = svg_lines(&svg);
+    assert_eq!(lines.len(), 8, "{lines:?}");
+    for (colour, xs) in &lines {
+        assert_eq!(xs.len(), 4, "{colour}: {xs:?}");
+        assert!(xs.windows(2).all(|w| w[0] < w[1]), "{colour} zig-zags: {xs:?}");
+    }
+    let mut colours: Vec<&str> = lines.iter().map(|(c, _)| c.as_str()).collect();
+    colours.sort_unstable();
+    colours.dedup();
+    assert_eq!(colours.len(), 4, "{colours:?}");
+    std::fs::remove_file(plot).unwrap();
+    std::fs::remove_file(trace).unwrap();
+}
