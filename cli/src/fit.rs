@@ -4,7 +4,7 @@
 use std::io::{self, Write};
 use std::path::PathBuf;
 
-use expertslab_std::{slots_per_layer, split_byte_budget, LayerDemand, SlotArena};
+use expertslab_std::{slots_per_layer, split_byte_budget, LayerDemand, LayoutError, SlotArena};
 use serde_json::{json, Value};
 
 use crate::error::CliError;
@@ -34,6 +34,9 @@ pub struct Args {
 fn parse_align(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
         Ok(align) if align.is_power_of_two() => Ok(align),
+        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => {
+            Err(format!("'{text}' is larger than the largest alignment, {}", usize::MAX / 2 + 1))
+        }
         _ => Err(format!("'{text}' is not a power of two")),
     }
 }
@@ -60,7 +63,14 @@ impl LayerPlan {
 pub fn run(args: &Args) -> Result<(), CliError> {
     let path = args.file.as_path();
     let model = crate::model::open_model(path)?;
-    let fail = |e| CliError::model(path, e);
+    // The model's own sizes fit in memory, so only the alignment can make slot sizes overflow.
+    let fail = |e| match e {
+        LayoutError::Overflow => CliError::Usage(format!(
+            "--align {}: slots aligned to it are too large to count in bytes (size arithmetic overflows)",
+            args.align
+        )),
+        e => CliError::model(path, e),
+    };
     let mut plans = Vec::new();
     for layer in model.moe().layers() {
         let slot = SlotArena::new(layer.layout(), 1, args.align).map_err(fail)?;

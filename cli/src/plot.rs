@@ -1,12 +1,14 @@
-//! `simulate --plot`: hit rate and modeled time against slots per layer, one line per policy, as SVG.
+//! `simulate --plot`: hit rate and modeled time against slots per layer, one line per policy and
+//! pool sharing (a shared pool's runs labelled `policy/shared`, as the tables name them), as SVG.
 
 use std::path::Path;
 
+use expertslab_std::trace::replay::Sharing;
 use plotters::prelude::*;
 
 use crate::replay_args::Run;
 
-/// Line colours, one per policy in order of first appearance.
+/// Line colours, one per series in order of first appearance.
 const COLOURS: [RGBColor; 8] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
@@ -18,13 +20,22 @@ const COLOURS: [RGBColor; 8] = [
     RGBColor(127, 127, 127),
 ];
 
+/// The series of a run: its policy, with `/shared` for a shared pool.
+pub fn series(run: &Run) -> String {
+    match run.sharing {
+        Sharing::PerLayer => run.policy.name().to_owned(),
+        Sharing::Shared => format!("{}/shared", run.policy.name()),
+    }
+}
+
 /// Draws two panels into `path`: hit rate (top) and modeled time (bottom) against slots per
-/// layer.
+/// layer, one line per [`series`].
 pub fn draw(path: &Path, runs: &[Run]) -> Result<(), String> {
-    let mut policies: Vec<&str> = Vec::new();
+    let mut policies: Vec<String> = Vec::new();
     for run in runs {
-        if !policies.contains(&run.policy.name()) {
-            policies.push(run.policy.name());
+        let label = series(run);
+        if !policies.contains(&label) {
+            policies.push(label);
         }
     }
     let slots = runs.iter().map(|r| r.slots as f64);
@@ -44,7 +55,7 @@ pub fn draw(path: &Path, runs: &[Run]) -> Result<(), String> {
     root.present().map_err(|e| e.to_string())
 }
 
-/// One chart: `value` of each run against its slots per layer, one line per policy.
+/// One chart: `value` of each run against its slots per layer, one line per series.
 #[allow(clippy::too_many_arguments)]
 fn panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
@@ -53,7 +64,7 @@ fn panel<DB: DrawingBackend>(
     x: std::ops::Range<f64>,
     y_max: f64,
     runs: &[Run],
-    policies: &[&str],
+    policies: &[String],
     value: impl Fn(&Run) -> f64,
 ) -> Result<(), String> {
     let mut chart = ChartBuilder::on(area)
@@ -67,11 +78,11 @@ fn panel<DB: DrawingBackend>(
     for (i, policy) in policies.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
         let points: Vec<(f64, f64)> =
-            runs.iter().filter(|r| r.policy.name() == *policy).map(|r| (r.slots as f64, value(r))).collect();
+            runs.iter().filter(|r| series(r) == *policy).map(|r| (r.slots as f64, value(r))).collect();
         chart
             .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
             .map_err(|e| e.to_string())?
-            .label(*policy)
+            .label(policy.as_str())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
         chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, colour.filled()))).map_err(|e| e.to_string())?;
     }

@@ -20,6 +20,8 @@ use crate::units::format_size;
 
 /// `simulate`'s arguments.
 #[derive(Debug, ClapArgs)]
+// `--link-gbps -5` reaches the value parser, which says why it is refused.
+#[command(allow_negative_numbers = true)]
 pub struct Args {
     #[command(flatten)]
     replay: ReplayArgs,
@@ -45,7 +47,8 @@ pub struct Args {
     /// Print one JSON document instead of tables.
     #[arg(long)]
     json: bool,
-    /// Draw hit rate and modeled time against slots per layer, one line per policy, as SVG.
+    /// Draw hit rate and modeled time against slots per layer, one line per policy and sharing
+    /// (shared pools labelled policy/shared), as SVG.
     #[arg(long)]
     plot: Option<PathBuf>,
 }

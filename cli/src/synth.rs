@@ -14,6 +14,8 @@ use crate::error::CliError;
 
 /// `synth`'s arguments.
 #[derive(Debug, ClapArgs)]
+// `--zipf -1` reaches the value parser, which says why it is refused.
+#[command(allow_negative_numbers = true)]
 pub struct Args {
     /// Where to write the trace.
     #[arg(long)]
@@ -37,10 +39,10 @@ pub struct Args {
     #[arg(long, default_value_t = 64)]
     prefill_tokens: usize,
     /// Zipf exponent of expert popularity (0 = uniform).
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, value_parser = parse_zipf)]
     zipf: f64,
     /// Probability that a token repeats the previous token's choice in the same position.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, value_parser = parse_probability)]
     reuse: f64,
     /// Steps between reshuffles of the popularity (0 = never).
     #[arg(long, default_value_t = 256)]
@@ -48,6 +50,26 @@ pub struct Args {
     /// Seed; layer `l` uses `seed + l`.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+}
+
+/// A Zipf exponent: a finite number of at least 0.
+fn parse_zipf(text: &str) -> Result<f64, String> {
+    let s: f64 = text.parse().map_err(|_| format!("'{text}' is not a number"))?;
+    if s.is_finite() && s >= 0.0 {
+        Ok(s)
+    } else {
+        Err(format!("'{text}': the Zipf exponent must be a number of at least 0 (0 is uniform popularity)"))
+    }
+}
+
+/// A probability: a number from 0 to 1.
+fn parse_probability(text: &str) -> Result<f64, String> {
+    let p: f64 = text.parse().map_err(|_| format!("'{text}' is not a number"))?;
+    if (0.0..=1.0).contains(&p) {
+        Ok(p)
+    } else {
+        Err(format!("'{text}': a probability must be a number from 0 to 1"))
+    }
 }
 
 pub fn run(args: &Args) -> Result<(), CliError> {

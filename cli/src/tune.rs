@@ -19,6 +19,8 @@ use crate::units::{self, format_size};
 
 /// `tune`'s arguments.
 #[derive(Debug, ClapArgs)]
+// `--link-gbps -5` reaches the value parser, which says why it is refused.
+#[command(allow_negative_numbers = true)]
 pub struct Args {
     #[command(flatten)]
     replay: ReplayArgs,

@@ -291,3 +291,49 @@ fn bad_arguments_are_rejected() {
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn a_model_that_is_not_a_regular_file_says_so() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).display().to_string();
+    let empty = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_empty.gguf");
+    std::fs::write(&empty, b"").expect("temporary file");
+    let empty = empty.display().to_string();
+    let mut cases = vec![(dir, "not a regular file but a directory"), (empty, "the file is empty")];
+    if cfg!(unix) {
+        cases.push(("/dev/null".into(), "not a regular file but a character device"));
+    }
+    if Path::new("/proc/self/status").exists() {
+        cases.push(("/proc/self/status".into(), "the file is empty"));
+    }
+    // A pipe, named so that opening it would wait for a writer: looked at before it is opened.
+    let fifo = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli_fifo_{}.gguf", std::process::id()));
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success());
+    if made {
+        cases.push((fifo.display().to_string(), "not a regular file but a pipe"));
+    }
+    for (path, expected) in &cases {
+        for args in [vec!["inspect", path], vec!["fit", path, "--memory", "1GiB"]] {
+            let stderr = failure(&args, 1);
+            assert!(stderr.starts_with(&format!("error: {path}: {expected}")), "{args:?}: {stderr}");
+            assert!(!stderr.contains("os error"), "{stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        }
+    }
+    if made {
+        std::fs::remove_file(fifo).expect("the pipe is removed");
+    }
+}
+
+#[test]
+fn an_alignment_too_large_for_the_slots_names_align() {
+    let file = fixture("moe_types.gguf");
+    for align in ["9223372036854775808", "4611686018427387904"] {
+        let stderr = failure(&["fit", &file, "--memory", "1GiB", "--align", align], 1);
+        assert_eq!(
+            stderr,
+            format!("error: --align {align}: slots aligned to it are too large to count in bytes (size arithmetic overflows)\n")
+        );
+    }
+    let stderr = failure(&["fit", &file, "--memory", "1GiB", "--align", "18446744073709551616"], 2);
+    assert!(stderr.contains("--align") && stderr.contains("larger than the largest alignment"), "{stderr}");
+}

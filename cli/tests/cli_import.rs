@@ -125,7 +125,7 @@ fn json_lines_import_and_errors_name_the_record() {
         concat!(
             "{\"problem_id\":3,\"token_idx\":1,\"layer\":0,\"experts\":[2,5]}\n",
             "{\"problem_id\":3,\"token_idx\":0,\"layer\":0,\"experts\":[1,5]}\n",
-            "{\"problem_id\":1,\"token_idx\":0,\"layer\":1,\"experts\":[0,1]}\n",
+            "{\"problem_id\":1,\"token_idx\":0,\"layer\":0,\"experts\":[0,1]}\n",
         ),
     )
     .unwrap();
@@ -133,9 +133,9 @@ fn json_lines_import_and_errors_name_the_record() {
     let import = |extra: &[&str]| expertslab(&[&["trace", "import", i, "--out", o][..], &keys, extra].concat());
     stdout(&import(&["--sequence-key", "problem_id"]));
     let trace = Trace::parse(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    assert_eq!(trace.header(), TraceHeader { experts: 6, layers: 2, top_k: 2 });
+    assert_eq!(trace.header(), TraceHeader { experts: 6, layers: 1, top_k: 2 });
     let steps: Vec<(u32, u64, bool)> = trace.records().iter().map(|r| (r.layer, r.step, r.prefill)).collect();
-    assert_eq!(steps, [(0, 0, true), (0, 1, false), (1, 2, true)]);
+    assert_eq!(steps, [(0, 0, true), (0, 1, false), (0, 2, true)]);
 
     let err = failure(&import(&["--experts", "4"]));
     assert!(err.contains("lines.jsonl: line 1: expert id 5 is not below --experts 4"), "{err}");
@@ -153,6 +153,78 @@ fn json_lines_import_and_errors_name_the_record() {
     assert!(failure(&expertslab(&both)).contains("cannot be used with"));
     let missing = failure(&expertslab(&["trace", "import", "/nonexistent.json", "--out", o, "--selections-key", "s"]));
     assert!(missing.contains("/nonexistent.json"), "{missing}");
+    std::fs::remove_file(input).unwrap();
+    std::fs::remove_file(out).unwrap();
+}
+
+/// Runs `trace import` of `text` as JSON lines (`extra` after the keys) and gives its error.
+fn import_lines_error(name: &str, text: &str, extra: &[&str]) -> String {
+    let (input, out) = (temp(name), temp(&format!("{name}.ndjson")));
+    std::fs::write(&input, text).unwrap();
+    let keys = ["--layer-key", "layer", "--ids-key", "experts", "--token-key", "token_idx"];
+    let args = [&["trace", "import", input.to_str().unwrap(), "--out", out.to_str().unwrap()][..], &keys, extra];
+    let err = failure(&expertslab(&args.concat()));
+    std::fs::remove_file(input).unwrap();
+    assert!(err.starts_with("error: ") && err.lines().count() == 1, "{err}");
+    err
+}
+
+#[test]
+fn records_that_json_readers_would_take_silently_are_refused_by_line() {
+    let good = "{\"token_idx\":0,\"layer\":0,\"experts\":[1,2]}\n";
+    for (line, extra, expected) in [
+        // A key given twice: readers differ on which value wins.
+        ("{\"token_idx\":1,\"layer\":0,\"layer\":1,\"experts\":[1,2]}", &[][..], "line 2: \"layer\" is given twice"),
+        ("{\"token_idx\":1,\"layer\":0,\"experts\":[3,3]}", &[], "line 2: expert id 3 is given twice"),
+        (
+            "{\"token_idx\":1,\"layer\":0,\"experts\":[0,1,2,0]}",
+            &["--experts", "3"],
+            "line 2: 4 expert ids, more than the 3 experts of --experts",
+        ),
+        // Token 1 has layer 1 only, token 0 layer 0 only.
+        (
+            "{\"token_idx\":1,\"layer\":1,\"experts\":[1,2]}",
+            &[],
+            "line 1 (token 0, layer 0): its token has no layer 1, which other tokens have",
+        ),
+        (
+            "{\"token_idx\":18446744073709551616,\"layer\":0,\"experts\":[1,2]}",
+            &[],
+            "line 2: \"token_idx\" is past 2^64 - 1",
+        ),
+        (
+            "{\"token_idx\":1.0,\"layer\":0,\"experts\":[1,2]}",
+            &[],
+            "line 2: \"token_idx\" is not written as an integer",
+        ),
+        (
+            "{\"token_idx\":1,\"layer\":0,\"experts\":[1,4294967296]}",
+            &[],
+            "line 2: expert id 4294967296 is past 2^32 - 1",
+        ),
+    ] {
+        let err = import_lines_error("refused.jsonl", &format!("{good}{line}\n"), extra);
+        assert!(err.contains(&format!("refused.jsonl: {expected}")), "{line}: {err}");
+    }
+}
+
+#[test]
+fn a_byte_order_mark_is_skipped_and_json_lines_under_selections_key_are_named() {
+    let (input, out) = (temp("bom.jsonl"), temp("bom.ndjson"));
+    let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
+    let text =
+        "\u{feff}{\"token_idx\":0,\"layer\":0,\"experts\":[1,2]}\n{\"token_idx\":1,\"layer\":0,\"experts\":[2,3]}\n";
+    std::fs::write(&input, text).unwrap();
+    let keys = ["--layer-key", "layer", "--ids-key", "experts", "--token-key", "token_idx"];
+    stdout(&expertslab(&[&["trace", "import", i, "--out", o][..], &keys].concat()));
+    assert_eq!(Trace::parse(&std::fs::read_to_string(&out).unwrap()).unwrap().records().len(), 2);
+    // The same JSON lines read as one document.
+    let err = failure(&expertslab(&["trace", "import", i, "--out", o, "--selections-key", "selections"]));
+    assert!(err.contains("more JSON after the document, at line 2 (--selections-key reads one JSON document"), "{err}");
+    assert!(err.contains("give --layer-key, --ids-key and --token-key"), "{err}");
+    // A selections document may start with one too.
+    std::fs::write(&input, "\u{feff}{\"selections\":[[[1],[0]]]}").unwrap();
+    stdout(&expertslab(&["trace", "import", i, "--out", o, "--selections-key", "selections"]));
     std::fs::remove_file(input).unwrap();
     std::fs::remove_file(out).unwrap();
 }

@@ -34,11 +34,13 @@ fn synth_finishes_a_steep_popularity_and_refuses_impossible_shapes() {
     let parsed = expertslab_std::trace::Trace::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(parsed.records().len(), 101);
     std::fs::remove_file(&path).unwrap();
-    for bad in [&["--zipf", "-1"][..], &["--reuse", "1.5"], &["--top-k", "65"]] {
+    for (bad, named) in
+        [(&["--zipf", "-1"][..], "--zipf"), (&["--reuse", "1.5"], "--reuse"), (&["--top-k", "65"], "synth")]
+    {
         let out = expertslab(&[&steep[..], bad].concat());
         assert!(!out.status.success(), "{bad:?} was accepted");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("synth"), "{bad:?}: {err}");
+        assert!(err.contains(named), "{bad:?}: {err}");
     }
 }
 
@@ -420,6 +422,22 @@ fn zero_counts_and_negative_sizes_say_what_is_wrong() {
         (vec!["tune", "--trace", t, "--max-slots", "0"], "--max-slots 0: tune needs at least one slot per layer"),
         (vec!["synth", "--out", out.to_str().unwrap(), "--experts", "0"], "needs at least one expert (0 given)"),
         (vec!["simulate", "--trace", t, "--expert-bytes=-5"], "'-5': a size cannot be negative"),
+        // Negative numbers reach the value parsers, with or without `=`, which say why.
+        (
+            vec!["synth", "--out", out.to_str().unwrap(), "--zipf", "-1"],
+            "the Zipf exponent must be a number of at least 0",
+        ),
+        (
+            vec!["synth", "--out", out.to_str().unwrap(), "--zipf=-1"],
+            "the Zipf exponent must be a number of at least 0",
+        ),
+        (
+            vec!["synth", "--out", out.to_str().unwrap(), "--reuse", "-0.5"],
+            "a probability must be a number from 0 to 1",
+        ),
+        (vec!["synth", "--out", out.to_str().unwrap(), "--reuse", "1.5"], "a probability must be a number from 0 to 1"),
+        (vec!["simulate", "--trace", t, "--link-gbps", "-5"], "'-5' must be a positive number"),
+        (vec!["tune", "--trace", t, "--layer-compute-us", "-1"], "'-1' must be a number of at least 0"),
     ] {
         let o = expertslab(&args);
         let stderr = String::from_utf8_lossy(&o.stderr);
@@ -502,4 +520,61 @@ fn tune_scores_its_pick_on_a_second_trace() {
     for p in [train, test, other] {
         std::fs::remove_file(p).unwrap();
     }
+}
+
+/// The text of every `<text>` element of an SVG document, trimmed.
+fn svg_texts(svg: &str) -> Vec<String> {
+    svg.split("<text")
+        .skip(1)
+        .filter_map(|t| Some(t.split_once('>')?.1.split_once("</text>")?.0.trim().to_owned()))
+        .collect()
+}
+
+/// The (colour, x coordinates) of every polyline of width 2 with more than two points (the
+/// series' lines, not the legend's marks).
+fn svg_lines(svg: &str) -> Vec<(String, Vec<f64>)> {
+    let attribute = |element: &str, name: &str| {
+        let rest = element.split_once(&format!(" {name}=\""))?.1;
+        Some(rest.split_once('"')?.0.to_owned())
+    };
+    svg.split("<polyline")
+        .skip(1)
+        .filter_map(|element| {
+            let element = element.split_once("/>")?.0;
+            (attribute(element, "stroke-width")? == "2").then_some(())?;
+            let xs: Vec<f64> = attribute(element, "points")?
+                .split_whitespace()
+                .filter_map(|p| p.split_once(',')?.0.parse().ok())
+                .collect();
+            (xs.len() > 2).then(|| (attribute(element, "stroke").unwrap_or_default(), xs))
+        })
+        .collect()
+}
+
+#[test]
+fn the_plot_draws_per_layer_and_shared_runs_of_a_policy_as_separate_series() {
+    let trace = synth("plot.ndjson", "40");
+    let plot = temp("plot.svg");
+    let t = trace.to_str().unwrap();
+    let args = ["simulate", "--trace", t, "--policy", "lru,lfu", "--sharing", "per-layer,shared", "--sweep", "2..8:2"];
+    stdout(&expertslab(&[&args[..], &["--plot", plot.to_str().unwrap()]].concat()));
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    // One legend entry per series in each of the two panels, named as the tables name them.
+    let mut labels: Vec<String> = svg_texts(&svg).into_iter().filter(|t| t.starts_with('l')).collect();
+    labels.sort();
+    assert_eq!(labels, ["lfu", "lfu", "lfu/shared", "lfu/shared", "lru", "lru", "lru/shared", "lru/shared"]);
+    // Four lines a panel, each its own colour, each going right through the sweep's 4 slot
+    // counts (one line for both pools would go back to the start halfway).
+    let lines = svg_lines(&svg);
+    assert_eq!(lines.len(), 8, "{lines:?}");
+    for (colour, xs) in &lines {
+        assert_eq!(xs.len(), 4, "{colour}: {xs:?}");
+        assert!(xs.windows(2).all(|w| w[0] < w[1]), "{colour} zig-zags: {xs:?}");
+    }
+    let mut colours: Vec<&str> = lines.iter().map(|(c, _)| c.as_str()).collect();
+    colours.sort_unstable();
+    colours.dedup();
+    assert_eq!(colours.len(), 4, "{colours:?}");
+    std::fs::remove_file(plot).unwrap();
+    std::fs::remove_file(trace).unwrap();
 }

@@ -180,12 +180,59 @@ impl ExpertStore {
 /// (see [`SharedBytes::map_file`]).
 ///
 /// # Errors
-/// [`Error::Io`] naming the path, [`Error::Gguf`] naming what is wrong and where.
+/// [`Error::Io`] naming the path (also when it is not a regular file, as a directory, a device,
+/// a pipe, or when it is empty, as a `/proc` file reads), [`Error::Gguf`] naming what is wrong
+/// and where.
 pub fn open_gguf(path: impl AsRef<Path>) -> Result<GgufModel<SharedBytes>, Error> {
     let path = path.as_ref();
     let io = |source| Error::Io { path: path.to_path_buf(), source };
-    let bytes = SharedBytes::map_file(&File::open(path).map_err(io)?).map_err(io)?;
+    // Looked at before opening: opening a pipe for reading waits for a writer.
+    regular_file(&std::fs::metadata(path).map_err(io)?).map_err(io)?;
+    let file = File::open(path).map_err(io)?;
+    regular_file(&file.metadata().map_err(io)?).map_err(io)?;
+    let bytes = SharedBytes::map_file(&file).map_err(io)?;
     Ok(GgufModel::new(bytes)?)
+}
+
+/// A regular file that is not empty: a model file, which can be mapped; what it is otherwise.
+fn regular_file(metadata: &std::fs::Metadata) -> std::io::Result<()> {
+    let kind = metadata.file_type();
+    let what = if kind.is_dir() {
+        "a directory"
+    } else if kind.is_file() {
+        if metadata.len() == 0 {
+            let empty = "the file is empty (a GGUF model starts with a header; /proc and /sys files read as empty)";
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, empty));
+        }
+        return Ok(());
+    } else {
+        special_file(&kind)
+    };
+    let message = format!("not a regular file but {what}; a model must be a file that can be mapped");
+    Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, message))
+}
+
+/// What a file that is neither a directory nor a regular file is.
+#[cfg(unix)]
+fn special_file(kind: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_fifo() {
+        "a pipe"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    }
+}
+
+/// What a file that is neither a directory nor a regular file is.
+#[cfg(not(unix))]
+fn special_file(_: &std::fs::FileType) -> &'static str {
+    "a special file"
 }
 
 impl ExpertSource for ExpertStore {

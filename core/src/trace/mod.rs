@@ -13,7 +13,10 @@
 //! Keys may come in any order, with any JSON whitespace; blank lines are skipped. Every other
 //! deviation is an error naming the line: unknown or repeated keys, missing keys, a layer at or
 //! past `layers`, a step smaller than the layer's previous one (except in a prefill record, see
-//! below), ids that are not integers in `0..2^32`. Ids at or past `experts` are kept: replay
+//! below), ids that are not integers in `0..2^32`. Numbers are integers of at least 0 written
+//! in digits: a JSON number with a sign, a fraction or an exponent (`-1`, `1.0`, `1e3`) or past
+//! its key's range (`u64` for `step`, `u32` for the rest) is named as such, and a file that
+//! starts with a UTF-8 byte order mark is refused. Ids at or past `experts` are kept: replay
 //! counts them as invalid.
 //!
 //! A layer's steps never go backwards, except where a record starts a new block
@@ -99,6 +102,19 @@ pub enum TraceErrorKind {
     MissingKey(&'static str),
     /// A value of the wrong kind or out of range for its key.
     BadValue(&'static str),
+    /// A JSON number where the key takes an integer of at least 0, but negative or written with
+    /// a fraction or an exponent (`-1`, `1.0`, `1e3`).
+    NotAnInteger(&'static str),
+    /// An integer past the largest value its key takes.
+    OutOfRange {
+        /// The key.
+        key: &'static str,
+        /// The largest value it takes (`u32::MAX` for layers, counts and ids, `u64::MAX` for
+        /// steps).
+        max: u64,
+    },
+    /// The text starts with a UTF-8 byte order mark, which the format does not allow.
+    ByteOrderMark,
     /// A layer at or past the header's count.
     LayerOutOfRange(u32),
     /// A step smaller than the same layer's previous step, in a record that does not start a
@@ -122,6 +138,13 @@ impl fmt::Display for TraceError {
             TraceErrorKind::UnexpectedKey => f.write_str("unknown or repeated key"),
             TraceErrorKind::MissingKey(key) => write!(f, "missing \"{key}\""),
             TraceErrorKind::BadValue(key) => write!(f, "bad value for \"{key}\""),
+            TraceErrorKind::NotAnInteger(key) => {
+                write!(f, "\"{key}\" takes integers of at least 0 in digits, without a sign, fraction or exponent")
+            }
+            TraceErrorKind::OutOfRange { key, max } => write!(f, "a value of \"{key}\" is past {max}, its largest"),
+            TraceErrorKind::ByteOrderMark => {
+                f.write_str("the text starts with a UTF-8 byte order mark, which the format does not allow")
+            }
             TraceErrorKind::LayerOutOfRange(layer) => write!(f, "layer {layer} is past the header's layer count"),
             TraceErrorKind::StepBackwards => {
                 f.write_str("step is smaller than this layer's previous step and the record is not a prefill block")
@@ -218,6 +241,9 @@ impl Trace {
     /// # Errors
     /// A [`TraceError`] naming the first bad line.
     pub fn parse(text: &str) -> Result<Self, TraceError> {
+        if text.starts_with('\u{feff}') {
+            return Err(TraceError { line: 1, kind: TraceErrorKind::ByteOrderMark });
+        }
         let mut lines =
             text.lines().enumerate().map(|(i, l)| (i.saturating_add(1), l)).filter(|(_, l)| !l.trim().is_empty());
         let (line, header) = lines.next().ok_or(TraceError { line: 1, kind: TraceErrorKind::Empty })?;
@@ -248,7 +274,7 @@ impl Trace {
 mod tests {
     use super::text::parse_object;
     use super::*;
-    use alloc::string::String;
+    use alloc::string::{String, ToString};
 
     const SAMPLE: &str = r#"{"format":"expertslab-trace","version":1,"experts":8,"layers":2,"top_k":2}
 {"layer":0,"step":0,"prefill":true,"ids":[3,7,3,5]}
@@ -285,14 +311,10 @@ mod tests {
             }
         };
         // The byte where the text stops being this format's JSON.
-        assert_eq!(column(r#"{"ids":[1,2.5]}"#), Some(11));
-        assert_eq!(column(r#"{"ids":[1,4294967296]}"#), Some(10));
-        assert_eq!(column(r#"{"ids":[1, 4294967296]}"#), Some(10));
-        assert_eq!(column(r#"{"ids":[ 4294967296]}"#), Some(9));
-        assert_eq!(column(r#"{"ids":[1, -2]}"#), Some(11));
+        assert_eq!(column(r#"{"ids":[1,2.]}"#), Some(11));
+        assert_eq!(column(r#"{"ids":[1, -]}"#), Some(11));
         assert_eq!(column(r#"{"ids":[1,]}"#), Some(10));
         assert_eq!(column(r#"{"ids":[1 2]}"#), Some(10));
-        assert_eq!(column(r#"{"step":99999999999999999999}"#), Some(8));
         assert_eq!(column(r#"{"a\"b":1}"#), Some(3));
         assert_eq!(column(r#"{"open"#), Some(6));
         assert_eq!(column(r#"{"a":tru}"#), Some(5));
@@ -314,6 +336,62 @@ mod tests {
     }
 
     #[test]
+    fn numbers_that_are_json_but_not_the_formats_integers_name_their_key() {
+        let kind = |line: &str| parse_object(line, &mut Vec::new(), |_, _| Ok(())).unwrap_err();
+        let not_an_integer = |key| TraceErrorKind::NotAnInteger(key);
+        let past = |key, max| TraceErrorKind::OutOfRange { key, max };
+        assert_eq!(kind(r#"{"ids":[1,2.5]}"#), not_an_integer("ids"));
+        assert_eq!(kind(r#"{"ids":[1, -2]}"#), not_an_integer("ids"));
+        assert_eq!(kind(r#"{"step":1.0}"#), not_an_integer("step"));
+        assert_eq!(kind(r#"{"step":1e3}"#), not_an_integer("step"));
+        assert_eq!(kind(r#"{"step":1E-3}"#), not_an_integer("step"));
+        assert_eq!(kind(r#"{"layer":-0}"#), not_an_integer("layer"));
+        assert_eq!(kind(r#"{"step":18446744073709551616}"#), past("step", u64::MAX));
+        assert_eq!(kind(r#"{"step":99999999999999999999.5}"#), not_an_integer("step"));
+        assert_eq!(kind(r#"{"ids":[1,4294967296]}"#), past("ids", u64::from(u32::MAX)));
+        assert_eq!(kind(r#"{"ids":[ 4294967296]}"#), past("ids", u64::from(u32::MAX)));
+        // A key the format does not have is the error, whatever its value.
+        assert_eq!(kind(r#"{"other":1.5}"#), TraceErrorKind::UnexpectedKey);
+        // The largest values are taken.
+        assert_eq!(
+            parse_object(r#"{"step":18446744073709551615,"ids":[4294967295]}"#, &mut Vec::new(), |_, _| Ok(())),
+            Ok(())
+        );
+
+        let header = "{\"format\":\"expertslab-trace\",\"version\":1,\"experts\":8,\"layers\":2,\"top_k\":1}\n";
+        let record = |text: &str| error(&alloc::format!("{header}{text}\n"));
+        let e = record(r#"{"layer":0,"step":18446744073709551616,"prefill":false,"ids":[1]}"#);
+        assert_eq!((e.line, e.kind), (2, past("step", u64::MAX)));
+        assert_eq!(
+            record(r#"{"layer":4294967296,"step":0,"prefill":false,"ids":[1]}"#).kind,
+            past("layer", 4_294_967_295)
+        );
+        assert_eq!(record(r#"{"layer":0,"step":1.0,"prefill":false,"ids":[1]}"#).kind, not_an_integer("step"));
+        let e = record(r#"{"layer":0,"step":1,"prefill":false,"ids":[4294967296]}"#);
+        assert_eq!(e.to_string(), "line 2: a value of \"ids\" is past 4294967295, its largest");
+        assert_eq!(
+            record(r#"{"layer":0,"step":1.0,"prefill":false,"ids":[1]}"#).to_string(),
+            "line 2: \"step\" takes integers of at least 0 in digits, without a sign, fraction or exponent"
+        );
+        let e = error(r#"{"format":"expertslab-trace","version":1,"experts":4294967296,"layers":2,"top_k":1}"#);
+        assert_eq!(e.kind, past("experts", 4_294_967_295));
+        let e = error(r#"{"format":"expertslab-trace","version":1.0,"experts":8,"layers":2,"top_k":1}"#);
+        assert_eq!(e.kind, TraceErrorKind::NotAHeader);
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_refused_by_name() {
+        let header = "{\"format\":\"expertslab-trace\",\"version\":1,\"experts\":8,\"layers\":2,\"top_k\":1}\n";
+        assert!(Trace::parse(header).is_ok());
+        let e = error(&alloc::format!("\u{feff}{header}"));
+        assert_eq!((e.line, e.kind.clone()), (1, TraceErrorKind::ByteOrderMark));
+        assert_eq!(
+            e.to_string(),
+            "line 1: the text starts with a UTF-8 byte order mark, which the format does not allow"
+        );
+    }
+
+    #[test]
     fn bad_lines_name_their_line() {
         let header = "{\"format\":\"expertslab-trace\",\"version\":1,\"experts\":8,\"layers\":2,\"top_k\":2}\n";
         let with =
@@ -327,14 +405,14 @@ mod tests {
             TraceErrorKind::PartialToken
         );
         assert_eq!(error(&with(r#"{"layer":0,"step":1,"prefill":false,"ids":[1,-2]}"#)).line, 3);
-        assert!(matches!(
+        assert_eq!(
             error(&with(r#"{"layer":0,"step":1,"prefill":false,"ids":[1,2.5]}"#)).kind,
-            TraceErrorKind::Syntax { .. }
-        ));
-        assert!(matches!(
+            TraceErrorKind::NotAnInteger("ids")
+        );
+        assert_eq!(
             error(&with(r#"{"layer":0,"step":1,"prefill":false,"ids":[1,4294967296]}"#)).kind,
-            TraceErrorKind::Syntax { .. }
-        ));
+            TraceErrorKind::OutOfRange { key: "ids", max: u32::MAX.into() }
+        );
         assert_eq!(
             error(&with(r#"{"layer":0,"step":1,"prefill":false,"ids":[1,2],"x":1}"#)).kind,
             TraceErrorKind::UnexpectedKey

@@ -41,6 +41,39 @@ pub(super) enum Value<'a> {
     Ints,
 }
 
+/// The keys of the format, which errors name.
+const KEYS: [&str; 9] = ["format", "version", "experts", "layers", "top_k", "layer", "step", "prefill", "ids"];
+
+/// What is wrong with a number where an integer should be.
+enum Number {
+    /// Not a JSON number: a syntax error at this byte.
+    Syntax(usize),
+    /// A JSON number that is negative or has a fraction or an exponent.
+    NotAnInteger,
+    /// An integer past this largest value.
+    TooLarge(u64),
+}
+
+impl Number {
+    /// The error of this number as the value of `key`; a key the format does not have is the
+    /// error instead.
+    fn of(self, key: &str) -> TraceErrorKind {
+        let known = KEYS.iter().copied().find(|&k| k == key);
+        match (self, known) {
+            (Self::Syntax(column), _) => TraceErrorKind::Syntax { column },
+            (_, None) => TraceErrorKind::UnexpectedKey,
+            (Self::NotAnInteger, Some(key)) => TraceErrorKind::NotAnInteger(key),
+            (Self::TooLarge(max), Some(key)) => TraceErrorKind::OutOfRange { key, max },
+        }
+    }
+}
+
+/// `bytes` after its leading ASCII digits.
+fn skip_digits(bytes: &[u8]) -> &[u8] {
+    let digits = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
+    bytes.get(digits..).unwrap_or(&[])
+}
+
 /// A position in one line of text that only moves forward, over bytes that exist.
 struct Scanner<'a> {
     line: &'a str,
@@ -107,36 +140,55 @@ impl<'a> Scanner<'a> {
         self.line.get(start..).and_then(|body| body.get(..len)).ok_or(TraceErrorKind::Syntax { column: start })
     }
 
-    /// A decimal integer of `u64`.
-    fn integer(&mut self) -> Result<u64, TraceErrorKind> {
+    /// A decimal integer of `u64`. A JSON number that is not one (negative, with a fraction or
+    /// an exponent, or past `u64::MAX`) is read to its end and named as such; anything else
+    /// that is not a number is a syntax error where it starts.
+    fn integer(&mut self) -> Result<u64, Number> {
         self.skip_ws();
-        let at_start = TraceErrorKind::Syntax { column: self.column() };
-        let mut value: u64 = 0;
-        let mut rest = self.rest;
-        while let Some((&b, tail)) = rest.split_first().filter(|(b, _)| b.is_ascii_digit()) {
+        let start = self.column();
+        let negative = self.eat(b"-");
+        let mut value: Option<u64> = Some(0);
+        let digits = self.rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        let (number, rest) = self.rest.split_at_checked(digits).unwrap_or((self.rest, &[]));
+        for &b in number {
             let digit = u64::from(b.wrapping_sub(b'0')); // an ASCII digit, so 0..=9
-            value = value.checked_mul(10).and_then(|v| v.checked_add(digit)).ok_or_else(|| at_start.clone())?;
-            rest = tail;
+            value = value.and_then(|v| v.checked_mul(10)).and_then(|v| v.checked_add(digit));
         }
-        if rest.len() == self.rest.len() {
-            return Err(at_start); // no digit
+        if digits == 0 {
+            return Err(Number::Syntax(start)); // no digit
         }
         self.rest = rest;
-        Ok(value)
+        // JSON's fraction and exponent: `.` and digits, then `e` or `E`, a sign and digits.
+        let mut whole = true;
+        if self.rest.first() == Some(&b'.') && self.rest.get(1).is_some_and(u8::is_ascii_digit) {
+            self.rest = self.rest.get(1..).map_or(&[][..], skip_digits);
+            whole = false;
+        }
+        if matches!(self.rest.first(), Some(b'e' | b'E')) {
+            let after = self.rest.get(1..).unwrap_or(&[]);
+            let after = after.strip_prefix(b"+").or_else(|| after.strip_prefix(b"-")).unwrap_or(after);
+            if after.first().is_some_and(u8::is_ascii_digit) {
+                self.rest = skip_digits(after);
+                whole = false;
+            }
+        }
+        match value {
+            _ if negative || !whole => Err(Number::NotAnInteger),
+            None => Err(Number::TooLarge(u64::MAX)),
+            Some(value) => Ok(value),
+        }
     }
 
-    /// `[id, ...]` after its `[`, each id appended to `ids`.
-    fn ids(&mut self, ids: &mut Vec<u32>) -> Result<(), TraceErrorKind> {
+    /// `[id, ...]` after its `[`, each id appended to `ids`; `key` names the array in errors.
+    fn ids(&mut self, ids: &mut Vec<u32>, key: &str) -> Result<(), TraceErrorKind> {
         ids.clear();
         self.skip_ws();
         if self.eat(b"]") {
             return Ok(());
         }
         loop {
-            // An id's column is where it starts after `[` or right after its comma.
-            let at_id = self.syntax();
-            let id = self.integer()?;
-            ids.push(u32::try_from(id).map_err(|_| at_id)?);
+            let id = self.integer().map_err(|e| e.of(key))?;
+            ids.push(u32::try_from(id).map_err(|_| Number::TooLarge(u32::MAX.into()).of(key))?);
             self.skip_ws();
             if self.eat(b"]") {
                 return Ok(());
@@ -167,10 +219,10 @@ pub(super) fn parse_object<'a>(
                 Some(b't') if s.eat(b"true") => Value::Bool(true),
                 Some(b'f') if s.eat(b"false") => Value::Bool(false),
                 Some(b'[') if s.eat(b"[") => {
-                    s.ids(ids)?;
+                    s.ids(ids, key)?;
                     Value::Ints
                 }
-                _ => Value::Int(s.integer()?),
+                _ => Value::Int(s.integer().map_err(|e| e.of(key))?),
             };
             field(key, value)?;
             s.skip_ws();
@@ -198,22 +250,29 @@ fn set<T>(slot: &mut Option<T>, value: Option<T>, key: &'static str) -> Result<(
     Ok(())
 }
 
+/// An integer value of `key` as `u32`: `None` when the value is not an integer, an error when
+/// it is past `u32::MAX`.
+fn u32_of(value: &Value<'_>, key: &'static str) -> Result<Option<u32>, TraceErrorKind> {
+    match *value {
+        Value::Int(n) => u32::try_from(n).map(Some).map_err(|_| Number::TooLarge(u32::MAX.into()).of(key)),
+        _ => Ok(None),
+    }
+}
+
 pub(super) fn parse_header(line: &str) -> Result<TraceHeader, TraceErrorKind> {
     let (mut format, mut version, mut experts, mut layers, mut top_k) = (None, None, None, None, None);
-    let u32_of = |v: &Value<'_>| match v {
-        Value::Int(n) => u32::try_from(*n).ok(),
-        _ => None,
-    };
     parse_object(line, &mut Vec::new(), |key, value| match key {
         "format" => set(&mut format, matches!(value, Value::Str(FORMAT)).then_some(()), "format"),
         "version" => set(&mut version, matches!(value, Value::Int(VERSION)).then_some(()), "version"),
-        "experts" => set(&mut experts, u32_of(&value), "experts"),
-        "layers" => set(&mut layers, u32_of(&value), "layers"),
-        "top_k" => set(&mut top_k, u32_of(&value), "top_k"),
+        "experts" => set(&mut experts, u32_of(&value, "experts")?, "experts"),
+        "layers" => set(&mut layers, u32_of(&value, "layers")?, "layers"),
+        "top_k" => set(&mut top_k, u32_of(&value, "top_k")?, "top_k"),
         _ => Err(TraceErrorKind::UnexpectedKey),
     })
     .map_err(|e| match e {
-        TraceErrorKind::BadValue("format" | "version") => TraceErrorKind::NotAHeader,
+        TraceErrorKind::BadValue("format" | "version")
+        | TraceErrorKind::NotAnInteger("version")
+        | TraceErrorKind::OutOfRange { key: "version", .. } => TraceErrorKind::NotAHeader,
         other => other,
     })?;
     if format.is_none() || version.is_none() {
@@ -229,7 +288,7 @@ pub(super) fn parse_header(line: &str) -> Result<TraceHeader, TraceErrorKind> {
 pub(super) fn parse_record(line: &str, ids: &mut Vec<u32>) -> Result<(u32, u64, bool), TraceErrorKind> {
     let (mut layer, mut step, mut prefill, mut has_ids) = (None, None, None, None);
     parse_object(line, ids, |key, value| match (key, value) {
-        ("layer", Value::Int(n)) => set(&mut layer, u32::try_from(n).ok(), "layer"),
+        ("layer", n @ Value::Int(_)) => set(&mut layer, u32_of(&n, "layer")?, "layer"),
         ("step", Value::Int(n)) => set(&mut step, Some(n), "step"),
         ("prefill", Value::Bool(b)) => set(&mut prefill, Some(b), "prefill"),
         ("ids", Value::Ints) => set(&mut has_ids, Some(()), "ids"),

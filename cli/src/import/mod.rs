@@ -14,9 +14,13 @@
 //!
 //! Every (token, layer) becomes one trace record. `top_k` is the number of ids of a record, the
 //! same for all; the layer count is the largest layer plus one; the expert count is `--experts`
-//! or the largest id plus one. Anything else is an error naming the record (the line, or the
-//! token and layer) and what is wrong with it. The input is read as a stream; what is kept until
-//! the trace is written is its ids and, per record, its position.
+//! or the largest id plus one. A record names each expert once (so it has at most as many ids
+//! as there are experts), a JSON-lines record gives each key once, and every token has a record
+//! for each layer any record names (as a selections document's tokens all have the same
+//! layers). Numbers are integers of at least 0 written without a fraction or an exponent. A UTF-8
+//! byte order mark at the start of the input is skipped. Anything else is an error naming the
+//! record (the line, or the token and layer) and what is wrong with it. The input is read as a
+//! stream; what is kept until the trace is written is its ids and, per record, its position.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -26,16 +30,24 @@ use std::path::PathBuf;
 
 use clap::{ArgGroup, Args as ClapArgs};
 use expertslab_std::trace::{write_header, write_record, TraceHeader};
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
 use serde_json::Value;
 
 use crate::error::CliError;
+
+mod selections;
+#[cfg(test)]
+mod tests;
+
+pub use selections::read_selections;
 
 /// How records become steps, shown under `--help`.
 const ORDER: &str = "JSON lines may come in any order. Sequences are written one after another in the order \
 they first appear (the whole file is one sequence without --sequence-key); a sequence's tokens are steps in \
 ascending token order, and its first token is a prefill step. A selections document is one sequence: token t \
-is step t, token 0 the prefill step. Every record carries the same number of ids (the trace's top_k).";
+is step t, token 0 the prefill step. Every record carries the same number of ids (the trace's top_k), \
+each expert once, and every token has a record for each layer any record names. Numbers are integers of at \
+least 0 without a fraction or an exponent; a UTF-8 byte order mark at the start of the input is skipped.";
 
 /// `trace import`'s arguments.
 #[derive(Debug, ClapArgs)]
@@ -154,6 +166,8 @@ struct Builder {
     max_layer: u32,
     ids: Vec<u32>,
     rows: Vec<Row>,
+    /// One record's ids, sorted to find repeats.
+    sorted: Vec<u32>,
 }
 
 impl Builder {
@@ -166,6 +180,12 @@ impl Builder {
         if ids.is_empty() {
             return Err(format!("{at}: no expert ids"));
         }
+        if let Some(experts) = self.experts.filter(|&e| ids.len() > e as usize) {
+            return Err(format!(
+                "{at}: {} expert ids, more than the {experts} experts of --experts (a token picks an expert once)",
+                ids.len()
+            ));
+        }
         match &self.top_k {
             Some((k, first)) if *k != ids.len() => {
                 return Err(format!("{at}: {} expert ids, but {first} has {k} (a trace has one top-k)", ids.len()));
@@ -175,16 +195,25 @@ impl Builder {
         }
         let start = self.ids.len();
         for id in ids {
-            let Some(id) = id.as_u64().and_then(|id| u32::try_from(id).ok()) else {
-                self.ids.truncate(start);
-                return Err(format!("{at}: expert id {id} is not an integer in 0..2^32"));
-            };
+            let id = match integer(id).map(u32::try_from) {
+                Ok(Ok(id)) => Ok(id),
+                Ok(Err(_)) => Err(format!("{at}: expert id {id} is past 2^32 - 1")),
+                Err(what) => Err(format!("{at}: expert id {id} {what}")),
+            }
+            .inspect_err(|_| self.ids.truncate(start))?;
             if let Some(experts) = self.experts.filter(|&e| id >= e) {
                 self.ids.truncate(start);
                 return Err(format!("{at}: expert id {id} is not below --experts {experts}"));
             }
             self.max_id = self.max_id.max(Some(id));
             self.ids.push(id);
+        }
+        self.sorted.clear();
+        self.sorted.extend_from_slice(self.ids.get(start..).unwrap_or(&[]));
+        self.sorted.sort_unstable();
+        if let Some(pair) = self.sorted.windows(2).find(|w| w[0] == w[1]) {
+            self.ids.truncate(start);
+            return Err(format!("{at}: expert id {} is given twice (a token picks an expert once)", pair[0]));
         }
         self.max_layer = self.max_layer.max(row.layer);
         self.rows.push(Row { start, ..row });
@@ -209,6 +238,21 @@ impl Builder {
         self.rows.sort_by_key(key);
         if let Some(pair) = self.rows.windows(2).find(|w| key(&w[0]) == key(&w[1])) {
             return Err(format!("{} repeats {}", name(&pair[1]), name(&pair[0])));
+        }
+        // Every token has each layer any record names: its rows, in layer order without repeats,
+        // are those layers.
+        let mut named: Vec<u32> = self.rows.iter().map(|r| r.layer).collect();
+        named.sort_unstable();
+        named.dedup();
+        for token in self.rows.chunk_by(|a, b| (a.sequence, a.token) == (b.sequence, b.token)) {
+            let missing = named.iter().zip(token).find(|(&n, r)| n != r.layer).map(|(&n, _)| n);
+            let missing = missing.or_else(|| named.get(token.len()).copied());
+            if let (Some(layer), Some(first)) = (missing, token.first()) {
+                return Err(format!(
+                    "{}: its token has no layer {layer}, which other tokens have (every token needs the same layers)",
+                    name(first)
+                ));
+            }
         }
         let steps = steps_of(&self.rows).last().map_or(0, |(step, _, _)| step.saturating_add(1));
         let sequences = self.rows.chunk_by(|a, b| a.sequence == b.sequence).count();
@@ -265,6 +309,76 @@ impl Routing {
     }
 }
 
+/// The UTF-8 byte order mark, skipped at the start of the input.
+const BOM: &str = "\u{feff}";
+
+/// A JSON value as an integer of at least 0, or what it is instead ("is negative", ...).
+fn integer(value: &Value) -> Result<u64, &'static str> {
+    let Value::Number(n) = value else { return Err("is not a number") };
+    if let Some(n) = n.as_u64() {
+        return Ok(n);
+    }
+    // Not a u64: negative, past u64 (read as a float), or written with a fraction or exponent.
+    let float = n.as_f64().unwrap_or(f64::NAN);
+    Err(if n.is_i64() || float < 0.0 {
+        "is negative"
+    } else if float >= 18_446_744_073_709_551_616.0 {
+        "is past 2^64 - 1"
+    } else if float.fract() != 0.0 {
+        "is not an integer"
+    } else {
+        "is not written as an integer (no fraction or exponent)"
+    })
+}
+
+/// One JSON-lines record: a JSON object whose keys are all different (JSON readers differ on
+/// which of two values wins).
+fn read_record(text: &str) -> Result<serde_json::Map<String, Value>, String> {
+    let mut repeated = None;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let record = Record { repeated: &mut repeated }.deserialize(&mut de).and_then(|r| de.end().map(|()| r));
+    match (record, repeated) {
+        (Ok(record), _) => Ok(record),
+        (Err(_), Some(key)) => Err(format!("\"{key}\" is given twice")),
+        (Err(e), None) if e.is_data() => Err("not a JSON object".into()),
+        (Err(e), None) => Err(format!("malformed JSON: {e}")),
+    }
+}
+
+/// A JSON-lines record read into a map; a key given twice is left in `repeated` and stops it.
+struct Record<'a> {
+    repeated: &'a mut Option<String>,
+}
+
+impl<'de> DeserializeSeed<'de> for Record<'_> {
+    type Value = serde_json::Map<String, Value>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Record<'_> {
+    type Value = serde_json::Map<String, Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut record = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if record.contains_key(&key) {
+                *self.repeated = Some(key);
+                return Err(de::Error::custom("a key given twice"));
+            }
+            let value = map.next_value()?;
+            record.insert(key, value);
+        }
+        Ok(record)
+    }
+}
+
 /// Reads JSON lines, one record per token and layer, the keys named by `keys`.
 ///
 /// # Errors
@@ -291,11 +405,11 @@ pub fn read_lines(mut input: impl BufRead, keys: LineKeys<'_>, experts: Option<u
         }
         let at = format!("line {line}");
         let bad = |what: String| ImportError::Bad(format!("{at}: {what}"));
-        let record: serde_json::Map<String, Value> = serde_json::from_str(&text)
-            .map_err(|e| bad(if e.is_data() { "not a JSON object".into() } else { format!("malformed JSON: {e}") }))?;
+        // A byte order mark may start the input.
+        let json = if line == 1 { text.strip_prefix(BOM).unwrap_or(&text) } else { &text };
+        let record = read_record(json).map_err(bad)?;
         let field = |key: &str| record.get(key).ok_or_else(|| bad(format!("no \"{key}\" key")));
-        let integer =
-            |key: &str| field(key)?.as_u64().ok_or_else(|| bad(format!("\"{key}\" is not an integer of at least 0")));
+        let integer = |key: &str| integer(field(key)?).map_err(|what| bad(format!("\"{key}\" {what}")));
         let layer =
             u32::try_from(integer(keys.layer)?).map_err(|_| bad(format!("\"{}\" is past 2^32 - 1", keys.layer)))?;
         let token = integer(keys.token)?;
@@ -320,267 +434,4 @@ pub fn read_lines(mut input: impl BufRead, keys: LineKeys<'_>, experts: Option<u
             None => format!("line {} ({}, layer {})", r.line, token(r), r.layer),
         })
         .map_err(ImportError::Bad)
-}
-
-/// Reads one JSON document whose key `key` holds `selections[token][layer] = [ids]`; other keys
-/// are skipped unread.
-///
-/// # Errors
-/// The problem, naming the token and layer where it lies in one, and serde's line and column.
-pub fn read_selections(input: impl io::Read, key: &str, experts: Option<u32>) -> Result<Routing, String> {
-    let mut builder = Builder::new(experts);
-    let mut de = serde_json::Deserializer::from_reader(input);
-    let found = Document { key, builder: &mut builder }.deserialize(&mut de).map_err(|e| e.to_string())?;
-    de.end().map_err(|e| format!("after the document: {e}"))?;
-    if !found {
-        return Err(format!("the document has no \"{key}\" key"));
-    }
-    builder.finish(|r| format!("token {}, layer {}", r.token, r.layer))
-}
-
-/// The top-level object: finds `key` and reads its selections into `builder`.
-struct Document<'a> {
-    key: &'a str,
-    builder: &'a mut Builder,
-}
-
-impl<'de> DeserializeSeed<'de> for Document<'_> {
-    type Value = bool;
-
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Document<'_> {
-    type Value = bool;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "a JSON object with a \"{}\" key", self.key)
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
-        let mut found = false;
-        while let Some(name) = map.next_key::<String>()? {
-            if name != self.key {
-                map.next_value::<IgnoredAny>()?;
-            } else if found {
-                return Err(de::Error::custom(format!("\"{name}\" is given twice")));
-            } else {
-                map.next_value_seed(Tokens { builder: &mut *self.builder })?;
-                found = true;
-            }
-        }
-        Ok(found)
-    }
-}
-
-/// `selections`: an array of tokens.
-struct Tokens<'a> {
-    builder: &'a mut Builder,
-}
-
-impl<'de> DeserializeSeed<'de> for Tokens<'_> {
-    type Value = ();
-
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Tokens<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an array of tokens")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let mut layers_of_first = None;
-        let mut token = 0u64;
-        while let Some(layers) = seq.next_element_seed(Layers { token, builder: &mut *self.builder })? {
-            match layers_of_first {
-                None => layers_of_first = Some(layers),
-                Some(first) if first != layers => {
-                    return Err(de::Error::custom(format!("token {token} has {layers} layers, token 0 has {first}")));
-                }
-                Some(_) => {}
-            }
-            token = token.saturating_add(1);
-        }
-        Ok(())
-    }
-}
-
-/// One token: an array of layers, each an array of ids. Gives the number of layers.
-struct Layers<'a> {
-    token: u64,
-    builder: &'a mut Builder,
-}
-
-impl<'de> DeserializeSeed<'de> for Layers<'_> {
-    type Value = u32;
-
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<u32, D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Layers<'_> {
-    type Value = u32;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "token {}: an array of layers, each an array of expert ids", self.token)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u32, A::Error> {
-        let mut layer = 0u32;
-        let token = self.token;
-        while let Some(ids) = seq.next_element::<Value>()? {
-            let at = format!("token {token}, layer {layer}");
-            let ids = ids.as_array().ok_or_else(|| de::Error::custom(format!("{at}: not an array of expert ids")))?;
-            let row = Row { sequence: 0, token, layer, line: 0, start: 0 };
-            self.builder.push(row, ids, &at).map_err(de::Error::custom)?;
-            layer = layer.checked_add(1).ok_or_else(|| de::Error::custom(format!("token {token}: too many layers")))?;
-        }
-        Ok(layer)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use expertslab_std::trace::Trace;
-
-    const KEYS: LineKeys<'static> = LineKeys { layer: "layer", ids: "experts", token: "token_idx", sequence: None };
-    const BY_PROBLEM: LineKeys<'static> = LineKeys { sequence: Some("problem_id"), ..KEYS };
-
-    fn trace_of(routing: &Routing) -> Trace {
-        let mut bytes = Vec::new();
-        routing.write(&mut bytes).unwrap();
-        Trace::parse(std::str::from_utf8(&bytes).unwrap()).unwrap()
-    }
-
-    /// (layer, step, prefill, ids) of every record.
-    fn records(trace: &Trace) -> Vec<(u32, u64, bool, Vec<u32>)> {
-        trace.records().iter().map(|r| (r.layer, r.step, r.prefill, trace.ids(r).to_vec())).collect()
-    }
-
-    fn lines(text: &str, keys: LineKeys<'_>, experts: Option<u32>) -> Result<Routing, String> {
-        read_lines(text.as_bytes(), keys, experts).map_err(|e| e.to_string())
-    }
-
-    #[test]
-    fn lines_in_any_order_become_steps_in_order_sequence_by_sequence() {
-        let text = r#"{"problem_id":"b","token_idx":7,"layer":1,"experts":[3,1],"score":[0.5,0.25]}
-{"problem_id":"a","token_idx":2,"layer":0,"experts":[0,2]}
-
-{"problem_id":"b","token_idx":7,"layer":0,"experts":[4,4]}
-{"problem_id":"b","token_idx":5,"layer":0,"experts":[5,0]}
-{"problem_id":"a","token_idx":0,"layer":0,"experts":[1,2]}
-{"problem_id":"a","token_idx":0,"layer":1,"experts":[2,3]}
-"#;
-        let routing = lines(text, BY_PROBLEM, None).unwrap();
-        assert_eq!((routing.steps, routing.sequences), (4, 2));
-        let trace = trace_of(&routing);
-        assert_eq!(trace.header(), TraceHeader { experts: 6, layers: 2, top_k: 2 });
-        // "b" appears first: its tokens 5 and 7 are steps 0 and 1, then "a"'s 0 and 2.
-        assert_eq!(
-            records(&trace),
-            [
-                (0, 0, true, vec![5, 0]),
-                (0, 1, false, vec![4, 4]),
-                (1, 1, false, vec![3, 1]),
-                (0, 2, true, vec![1, 2]),
-                (1, 2, true, vec![2, 3]),
-                (0, 3, false, vec![0, 2]),
-            ]
-        );
-        // Without a sequence key the file is one sequence, ordered by token.
-        let one = trace_of(
-            &lines(text.replace(r#""problem_id":"a","#, "").as_str(), KEYS, Some(9)).unwrap_or_else(|e| panic!("{e}")),
-        );
-        assert_eq!(one.header().experts, 9);
-        assert_eq!(records(&one).first(), Some(&(0, 0, true, vec![1, 2])));
-    }
-
-    #[test]
-    fn bad_lines_are_named_with_their_problem() {
-        let good = r#"{"layer":0,"token_idx":0,"experts":[1,2]}"#;
-        let cases: [(&str, &str); 14] = [
-            ("[1,2]", "line 2: not a JSON object"),
-            (r#"{"layer":0,"#, "line 2: malformed JSON"),
-            (r#"{"token_idx":1,"experts":[1,2]}"#, r#"line 2: no "layer" key"#),
-            (r#"{"layer":0,"experts":[1,2]}"#, r#"line 2: no "token_idx" key"#),
-            (r#"{"layer":0,"token_idx":1}"#, r#"line 2: no "experts" key"#),
-            (r#"{"layer":-1,"token_idx":1,"experts":[1,2]}"#, r#"line 2: "layer" is not an integer of at least 0"#),
-            (r#"{"layer":4294967296,"token_idx":1,"experts":[1,2]}"#, r#"line 2: "layer" is past 2^32 - 1"#),
-            (r#"{"layer":0,"token_idx":1.5,"experts":[1,2]}"#, r#"line 2: "token_idx" is not an integer"#),
-            (r#"{"layer":0,"token_idx":1,"experts":"1,2"}"#, r#"line 2: "experts" is not an array"#),
-            (r#"{"layer":0,"token_idx":1,"experts":[]}"#, "line 2: no expert ids"),
-            (r#"{"layer":0,"token_idx":1,"experts":[1,2,3]}"#, "line 2: 3 expert ids, but line 1 has 2"),
-            (r#"{"layer":0,"token_idx":1,"experts":[1,-2]}"#, "line 2: expert id -2 is not an integer"),
-            (r#"{"layer":0,"token_idx":1,"experts":[1,8]}"#, "line 2: expert id 8 is not below --experts 8"),
-            (
-                r#"{"layer":0,"token_idx":0,"experts":[3,4]}"#,
-                "line 2 (token 0, layer 0) repeats line 1 (token 0, layer 0)",
-            ),
-        ];
-        for (line, expected) in cases {
-            let err = lines(&format!("{good}\n{line}\n"), KEYS, Some(8)).unwrap_err();
-            assert!(err.starts_with(expected), "{line}: {err}");
-        }
-        let err = lines(&format!("{good}\n{good}\n"), BY_PROBLEM, None).unwrap_err();
-        assert_eq!(err, r#"line 1: no "problem_id" key"#);
-        let err = lines(r#"{"problem_id":[1],"layer":0,"token_idx":0,"experts":[1]}"#, BY_PROBLEM, None).unwrap_err();
-        assert_eq!(err, r#"line 1: "problem_id" is not a string or a number"#);
-        let repeat = "{\"problem_id\":1,\"layer\":0,\"token_idx\":0,\"experts\":[1]}\n";
-        let err = lines(&format!("{repeat}{repeat}"), BY_PROBLEM, None).unwrap_err();
-        assert_eq!(err, "line 2 (token 0, layer 0 of its sequence) repeats line 1 (token 0, layer 0 of its sequence)");
-        assert_eq!(lines("\n\n", KEYS, None).unwrap_err(), "no records");
-        let err = read_lines(&[b'{', 0xff, b'\n'][..], KEYS, None).unwrap_err().to_string();
-        assert_eq!(err, "line 1: not UTF-8 text");
-        let err = lines(r#"{"layer":4294967295,"token_idx":0,"experts":[1]}"#, KEYS, None).unwrap_err();
-        assert_eq!(err, "a layer index of 2^32 - 1 is too large");
-        let err = lines(r#"{"layer":0,"token_idx":0,"experts":[4294967295]}"#, KEYS, None).unwrap_err();
-        assert_eq!(err, "an expert id of 2^32 - 1 is too large");
-    }
-
-    fn selections(text: &str) -> Result<Routing, String> {
-        read_selections(text.as_bytes(), "selections", Some(8))
-    }
-
-    #[test]
-    fn a_selections_document_is_one_sequence_and_other_keys_are_skipped() {
-        let doc = r#"{"model":{"id":"m","layers":[1,2]},"selections":[[[1],[2]],[[3],[1]],[[0],[7]]],"tokens":3}"#;
-        let routing = read_selections(doc.as_bytes(), "selections", None).unwrap();
-        assert_eq!((routing.steps, routing.sequences), (3, 1));
-        let trace = trace_of(&routing);
-        assert_eq!(trace.header(), TraceHeader { experts: 8, layers: 2, top_k: 1 });
-        assert_eq!(records(&trace)[..3], [(0, 0, true, vec![1]), (1, 0, true, vec![2]), (0, 1, false, vec![3])]);
-    }
-
-    #[test]
-    fn bad_selections_name_their_token_and_layer() {
-        let cases: [(&str, &str); 11] = [
-            (r#"{"other":1}"#, r#"the document has no "selections" key"#),
-            (r#"[1]"#, r#"invalid type: sequence, expected a JSON object with a "selections" key"#),
-            (r#"{"selections":{}}"#, "invalid type: map, expected an array of tokens"),
-            (r#"{"selections":[[[1]],7]}"#, "invalid type: integer `7`, expected token 1: an array of layers"),
-            (r#"{"selections":[[[1]],[3]]}"#, "token 1, layer 0: not an array of expert ids"),
-            (r#"{"selections":[[[1],[2]],[[3]]]}"#, "token 1 has 1 layers, token 0 has 2"),
-            (r#"{"selections":[[[1]],[[2.5]]]}"#, "token 1, layer 0: expert id 2.5 is not an integer"),
-            (r#"{"selections":[[[1]],[[9]]]}"#, "token 1, layer 0: expert id 9 is not below --experts 8"),
-            (r#"{"selections":[[[1]],[[]]]}"#, "token 1, layer 0: no expert ids"),
-            (r#"{"selections":[[[1]]],"selections":[]}"#, r#""selections" is given twice"#),
-            (r#"{"selections":[[[1]]]} x"#, "after the document: trailing characters"),
-        ];
-        for (doc, expected) in cases {
-            let err = selections(doc).map(|_| ()).unwrap_err();
-            assert!(err.starts_with(expected), "{doc}: {err}");
-        }
-        assert_eq!(selections(r#"{"selections":[]}"#).map(|_| ()).unwrap_err(), "no records");
-        let err = selections(r#"{"selections":[[[1]],[[2]]"#).map(|_| ()).unwrap_err();
-        assert!(err.contains("EOF"), "{err}");
-    }
 }
