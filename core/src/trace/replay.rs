@@ -81,6 +81,12 @@ impl ReplayPolicy {
         matches!(self, Self::Pool(_) | Self::Oracle)
     }
 
+    /// Whether replays of it prefetch when [`ReplayConfig::prefetch`] names a predictor (and the
+    /// cost model leaves time for a copy, [`CostModel::prefetch_copies`]): LRU and LFU pools.
+    pub const fn prefetches(&self) -> bool {
+        matches!(self, Self::Pool(Policy::Lru | Policy::Lfu))
+    }
+
     /// The policy named `name`.
     ///
     /// # Errors
@@ -276,6 +282,10 @@ pub fn replay_from(trace: &Trace, config: &ReplayConfig, start: &WarmStart) -> R
     let mut by_layer: Vec<&TraceRecord> = trace.records().iter().collect();
     by_layer.sort_by_key(|r| r.layer);
     let mut report = ReplayReport { layers: Vec::new(), total: ReplayStats::default() };
+    if config.policy == ReplayPolicy::Uniform {
+        uniform(trace, &by_layer, config, &mut report);
+        return Ok(report);
+    }
     let mut scratch = Vec::new();
     for records in by_layer.chunk_by(|a, b| a.layer == b.layer) {
         let Some(layer) = records.first().map(|r| r.layer) else { continue };
@@ -306,21 +316,6 @@ fn replay_layer(
         .schedule(config.schedule)
         .initial(config.initial);
     let slots = pool_config.slots();
-    if config.policy == ReplayPolicy::Uniform {
-        let mut c = ReplayStats::default();
-        for r in records {
-            let ids = trace.ids(r);
-            let valid = ids.iter().filter(|&&id| (id as usize) < experts).count() as u64;
-            c.pairs = c.pairs.saturating_add(valid);
-            c.invalid = c.invalid.saturating_add((ids.len() as u64).saturating_sub(valid));
-            // valid <= len
-        }
-        c.hits = uniform_hits(c.pairs, slots, experts);
-        c.misses = c.pairs.saturating_sub(c.hits); // hits <= pairs, as slots <= experts
-        c.served_in_place = c.misses;
-        c.modeled_time_s = config.cost.seconds(c.served_in_place, 0);
-        return Ok(c);
-    }
     let mut pool = ExpertPool::new(pool_config).map_err(pool_error)?;
     if policy == Policy::Belady {
         scratch.clear();
@@ -379,8 +374,48 @@ fn start_keys(trace: &Trace, config: &ReplayConfig, start: &WarmStart) -> Result
     Ok(keys)
 }
 
+/// The uniform reference over `by_layer` (records sorted by layer): every layer's slots hold a
+/// uniformly random placement, so a pair hits with probability `slots / experts`, and nothing
+/// moves after the start. Starting cold, each layer with records first copies its placement in
+/// (`slots` promotions, paid over the link); otherwise the placement is the free start every
+/// policy has.
+///
+/// Expected hits are rounded down on the running total over the layers, not layer by layer: each
+/// layer gets the hits that bring the total to the expectation of the pairs so far, so the total
+/// is the expectation of all pairs rounded down (never above it, so the reference is never cheaper
+/// than its exact cost), and many small layers do not each lose their fraction.
+fn uniform(trace: &Trace, by_layer: &[&TraceRecord], config: &ReplayConfig, report: &mut ReplayReport) {
+    let experts = trace.header().experts as usize;
+    let slots = PoolConfig::new(experts, config.slots).slots();
+    let copies = if config.initial == InitialPlacement::Cold { slots as u64 } else { 0 };
+    let (mut pairs_so_far, mut hits_so_far) = (0u64, 0u64);
+    for records in by_layer.chunk_by(|a, b| a.layer == b.layer) {
+        let Some(layer) = records.first().map(|r| r.layer) else { continue };
+        let mut c = ReplayStats::default();
+        for r in records {
+            let ids = trace.ids(r);
+            let valid = ids.iter().filter(|&&id| (id as usize) < experts).count() as u64;
+            c.pairs = c.pairs.saturating_add(valid);
+            c.invalid = c.invalid.saturating_add((ids.len() as u64).saturating_sub(valid));
+            // valid <= len
+        }
+        pairs_so_far = pairs_so_far.saturating_add(c.pairs);
+        let expected = uniform_hits(pairs_so_far, slots, experts);
+        // The running expectation never falls, and rises by at most the layer's pairs.
+        c.hits = expected.saturating_sub(hits_so_far).min(c.pairs);
+        hits_so_far = hits_so_far.saturating_add(c.hits);
+        c.misses = c.pairs.saturating_sub(c.hits);
+        c.served_in_place = c.misses;
+        c.promotions = copies;
+        c.bytes_moved = copies.saturating_mul(config.cost.expert_bytes);
+        c.modeled_time_s = config.cost.seconds(c.served_in_place, c.bytes_moved);
+        report.total.add(&c);
+        report.layers.push((layer, c));
+    }
+}
+
 /// The hits a uniformly random placement of `slots` of `experts` (at least 1) experts expects
-/// over `pairs` pairs.
+/// over `pairs` pairs, rounded down.
 fn uniform_hits(pairs: u64, slots: usize, experts: usize) -> u64 {
     #[allow(
         clippy::arithmetic_side_effects,
@@ -473,8 +508,10 @@ mod tests {
         let tide2 =
             replay(&trace(), &ReplayConfig { policy: ReplayPolicy::Pool(Policy::Tide), ..every2 }).unwrap().total;
         assert!(ahead.hits >= tide2.hits, "knowing the window helps: {} vs {}", ahead.hits, tide2.hits);
-        assert_eq!(uniform.hits, 19 * 2 / 8 + 10 * 2 / 8);
-        assert_eq!(uniform.bytes_moved, 0);
+        // The expectation of all 29 pairs at 2 of 8 slots, rounded down once: 7.25.
+        assert_eq!(uniform.hits, 29 * 2 / 8);
+        // Starting cold, each of the two layers copies its two slots in first.
+        assert_eq!((uniform.promotions, uniform.bytes_moved), (4, 400));
         // Demand policies admit their misses: served in place only when every slot was pinned by
         // the step (layer 0: two ids of step 0, two of step 3 and two of step 4).
         assert_eq!(lru.served_in_place, 6);
@@ -499,7 +536,43 @@ mod tests {
         assert_eq!(counts(lru), (2, 4, 2, 2));
         // One second per pair in place, one per copy (100 bytes over 100 bytes/s).
         assert!((tide.modeled_time_s - 4.0).abs() < 1e-9 && (lru.modeled_time_s - 4.0).abs() < 1e-9);
-        assert_eq!(counts(run("uniform")), (4, 0, 4, 0));
+        // Cold, the uniform placement of 2 of 4 experts is copied in first: half the 8 pairs hit.
+        assert_eq!(counts(run("uniform")), (4, 0, 4, 2));
+    }
+
+    #[test]
+    fn the_uniform_reference_rounds_the_total_and_pays_a_cold_start() {
+        // 8 layers of 3 pairs each, 1 slot of 4: a quarter of 24 pairs, although no layer alone
+        // expects a whole hit.
+        let mut t = Trace::new(TraceHeader { experts: 4, layers: 8, top_k: 3 }).unwrap();
+        for layer in 0..8 {
+            t.push(layer, 0, false, &[0, 1, 2]).unwrap();
+        }
+        let run = |policy, initial| {
+            let config = ReplayConfig { slots: 1, initial, ..config(policy) };
+            replay(&t, &config).unwrap()
+        };
+        let warm = run(ReplayPolicy::Uniform, InitialPlacement::Warm);
+        assert_eq!((warm.total.pairs, warm.total.hits, warm.total.promotions), (24, 6, 0));
+        let mut sum = ReplayStats::default();
+        warm.layers.iter().for_each(|(_, l)| sum.add(l));
+        assert_eq!(sum, warm.total);
+        assert!(warm.layers.iter().all(|(_, l)| l.hits <= 1), "{warm:?}");
+        // 18 pairs in place at one second each, nothing copied.
+        assert!((warm.total.modeled_time_s - 18.0).abs() < 1e-9);
+        // Cold, every layer first copies its slot in (one second each): 8 more seconds.
+        let cold = run(ReplayPolicy::Uniform, InitialPlacement::Cold);
+        assert_eq!((cold.total.hits, cold.total.promotions, cold.total.bytes_moved), (6, 8, 800));
+        assert!((cold.total.modeled_time_s - 26.0).abs() < 1e-9);
+        // All experts resident: cold, the uniform placement still has to be copied in, and no
+        // cheaper than the optimum that starts as cold.
+        let all = |policy| {
+            let config = ReplayConfig { slots: 4, ..config(policy) };
+            replay(&t, &config).unwrap().total
+        };
+        let (uniform, optimal) = (all(ReplayPolicy::Uniform), all(ReplayPolicy::Optimal));
+        assert_eq!((uniform.hits, uniform.promotions), (24, 32));
+        assert!(uniform.modeled_time_s >= optimal.modeled_time_s, "{uniform:?} vs {optimal:?}");
     }
 
     #[test]
