@@ -315,7 +315,6 @@ fn replay_layer(
         .policy(policy)
         .schedule(config.schedule)
         .initial(config.initial);
-    let slots = pool_config.slots();
     let mut pool = ExpertPool::new(pool_config).map_err(pool_error)?;
     if policy == Policy::Belady {
         scratch.clear();
