@@ -4,7 +4,8 @@
 //! it once everything is written ([`OutputFile::commit`]). A command that fails or returns early
 //! drops the [`OutputFile`] uncommitted, which removes the temporary file: the destination is left
 //! as it was, absent or holding its earlier content. A destination that exists and is not a
-//! regular file (`/dev/stdout`, a pipe) cannot be replaced and is written in place.
+//! regular file (a pipe, a device), or lies under `/dev` or `/proc` (`/dev/stdout`), is a stream
+//! and is written in place.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -46,6 +47,11 @@ impl OutputFile {
                 file: Some(BufWriter::new(file)),
             })
         };
+        // A stream the system names as a file (`/dev/stdout`, `/proc/self/fd/1`) is written as
+        // it goes, even when it leads to a regular file: that file is the caller's to handle.
+        if path.starts_with("/dev") || path.starts_with("/proc") {
+            return in_place(path);
+        }
         let target = match fs::metadata(path) {
             // A device or a pipe (or a folder, which File::create refuses with its own error).
             Ok(meta) if !meta.is_file() => return in_place(path),
