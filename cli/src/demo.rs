@@ -22,10 +22,11 @@ use expertslab_std::{
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::error::CliError;
-use crate::limits;
 use crate::output::OutputFile;
 use crate::replay_args::{parse_policy, parse_schedule, schedule_name};
 use crate::units::format_size;
+
+mod sizes;
 
 /// `demo`'s arguments. The model's shape, slots and steps default per device: the CPU model
 /// below, or on `--device cuda` a current MoE's shape.
@@ -160,18 +161,7 @@ fn run_cuda(args: &Args, policy: expertslab_std::Policy) -> Result<(), CliError>
         }
     };
     if config.model_file.is_none() {
-        let flag = if args.experts.is_some() { "--experts" } else { "--routing's header: experts" };
-        limits::experts(flag, limits::wide(experts))?;
-        // The generated model is held in host memory, every layer's experts, for the uploads.
-        let what = format!(
-            "demo --device cuda: a model of --layers {layers} × --experts {experts} experts of {} (--d-model {} × \
-             --d-ff {})",
-            format_size(limits::wide(expert_bytes)),
-            shape.hidden,
-            shape.ffn
-        );
-        let wide = limits::wide;
-        limits::memory(&what, limits::product(&[wide(layers), wide(experts), wide(expert_bytes)]))?;
+        sizes::check_generated_cuda(args, &config.model, expert_bytes)?;
     }
     // At most every expert: what the runs use, and what the report shows.
     config.slots = args.slots.unwrap_or(experts / 2).min(experts);
@@ -286,33 +276,6 @@ fn from_file(path: &Path) -> Result<Model, CliError> {
         routers,
         store: experts.store().clone(),
     })
-}
-
-/// Checks the CPU demo's sizes before anything is allocated: a generated model's experts
-/// against the most a pool holds, and the memory of its model (every layer's experts and router)
-/// and of the slots; with a model file, mapped in place, the memory of the slots only.
-fn check_cpu_sizes(args: &Cpu, file: Option<&Model>) -> Result<(), CliError> {
-    let wide = limits::wide;
-    let slots = wide(PoolConfig::new(args.experts, args.slots).slots());
-    let layers = wide(args.layers);
-    if let Some(model) = file {
-        let expert_bytes = model.store.layer(0).map_or(0, |l| wide(l.layout().expert_bytes()));
-        let what = format!("demo: --slots {slots} × {layers} layers of experts of {}", format_size(expert_bytes));
-        return limits::memory(&what, limits::product(&[slots, layers, expert_bytes]));
-    }
-    limits::experts("--experts", wide(args.experts))?;
-    let (experts, d_model, d_ff) = (wide(args.experts), wide(args.d_model), wide(args.d_ff));
-    // Gate, up and down, F32.
-    let expert_bytes = limits::product(&[3, d_model, d_ff, 4]);
-    let per_layer = limits::sum(&[
-        expert_bytes.and_then(|b| b.checked_mul(experts.checked_add(slots)?)),
-        limits::product(&[experts, d_model, 4]),
-    ]);
-    let what = format!(
-        "demo: a model of --layers {layers} × --experts {experts} experts of --d-model {d_model} × --d-ff {d_ff} \
-         (F32), with --slots {slots}"
-    );
-    limits::memory(&what, per_layer.and_then(|b| b.checked_mul(layers)))
 }
 
 fn build(args: &Cpu) -> Result<Model, CliError> {
@@ -454,7 +417,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     if args.layers == 0 || args.top_k == 0 || args.top_k > args.experts {
         return Err(CliError::Usage("need layers >= 1 and experts >= top_k >= 1".into()));
     }
-    check_cpu_sizes(args, model.as_ref())?;
+    sizes::check_cpu(args, model.as_ref())?;
     let model = match model {
         Some(model) => model,
         None => build(args)?,
