@@ -50,7 +50,8 @@ pub enum ReplayPolicy {
     /// Interval placement from the hit counts of the steps up to the next refresh (the future):
     /// the best any interval policy could do with this schedule.
     Oracle,
-    /// Every expert equally likely resident: hit rate `slots / experts`, nothing moved.
+    /// Every expert equally likely resident: hit rate `slots / experts`, nothing moved after the
+    /// start (a cold start copies each layer's placement in first).
     Uniform,
     /// The least modeled time any per-layer placement reaches, knowing the future
     /// (see the [`optimal`] module).
