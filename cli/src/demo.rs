@@ -5,8 +5,7 @@
 //! memory. Every layer's output at every step is compared, bit for bit, with the output computed
 //! with every expert read from slow memory; any difference fails the command.
 
-use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,8 +22,11 @@ use expertslab_std::{
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::error::CliError;
+use crate::output::OutputFile;
 use crate::replay_args::{parse_policy, parse_schedule, schedule_name};
 use crate::units::format_size;
+
+mod sizes;
 
 /// `demo`'s arguments. The model's shape, slots and steps default per device: the CPU model
 /// below, or on `--device cuda` a current MoE's shape.
@@ -149,13 +151,20 @@ fn run_cuda(args: &Args, policy: expertslab_std::Policy) -> Result<(), CliError>
     if layers == 0 || shape.top_k == 0 || shape.top_k > experts {
         return Err(CliError::Usage("need layers >= 1 and experts >= top_k >= 1".into()));
     }
-    if shape.hidden == 0 || shape.ffn == 0 || shape.expert_bytes().is_err() {
-        return Err(CliError::Usage(format!(
-            "--d-model {} and --d-ff {}: no expert of that shape",
-            shape.hidden, shape.ffn
-        )));
+    let expert_bytes = match shape.expert_bytes() {
+        Ok(bytes) if shape.hidden > 0 && shape.ffn > 0 => bytes,
+        _ => {
+            return Err(CliError::Usage(format!(
+                "--d-model {} and --d-ff {}: no expert of that shape",
+                shape.hidden, shape.ffn
+            )))
+        }
+    };
+    if config.model_file.is_none() {
+        sizes::check_generated_cuda(args, &config.model, expert_bytes)?;
     }
-    config.slots = args.slots.unwrap_or(experts / 2);
+    // At most every expert: what the runs use, and what the report shows.
+    config.slots = args.slots.unwrap_or(experts / 2).min(experts);
     if let Some(miss) = &args.miss {
         config.miss = expertslab_cuda::demo::DemoMiss::from_name(miss)
             .ok_or_else(|| CliError::Usage(format!("--miss {miss}: copy, bus, host or auto")))?;
@@ -176,17 +185,26 @@ fn run_cuda(args: &Args, policy: expertslab_std::Policy) -> Result<(), CliError>
         }),
     };
     let fail = |e: expertslab_cuda::CudaError| CliError::Usage(format!("demo --device cuda: {e}"));
-    if let Some(path) = &args.trace {
-        let mut text = String::new();
-        config
-            .routing
-            .trace(&config.model)
-            .map_err(fail)?
-            .write(&mut text)
-            .map_err(|_| CliError::Usage("trace".into()))?;
-        std::fs::write(path, text).map_err(|e| CliError::io(path, e))?;
-    }
+    // The routing decoded, written once the demo has run.
+    let trace_file = match &args.trace {
+        Some(path) => {
+            let mut text = String::new();
+            config
+                .routing
+                .trace(&config.model)
+                .map_err(fail)?
+                .write(&mut text)
+                .map_err(|_| CliError::Usage("trace".into()))?;
+            let mut file = OutputFile::create(path)?;
+            file.write_all(text.as_bytes()).map_err(|e| CliError::io(path, e))?;
+            Some(file)
+        }
+        None => None,
+    };
     let report = run_demo(&config).map_err(fail)?;
+    if let Some(file) = trace_file {
+        file.commit()?;
+    }
     let mut out = io::stdout().lock();
     writeln!(out, "{report}").map_err(|e| CliError::io(Path::new("stdout"), e))
 }
@@ -399,6 +417,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     if args.layers == 0 || args.top_k == 0 || args.top_k > args.experts {
         return Err(CliError::Usage("need layers >= 1 and experts >= top_k >= 1".into()));
     }
+    sizes::check_cpu(args, model.as_ref())?;
     let model = match model {
         Some(model) => model,
         None => build(args)?,
@@ -417,7 +436,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
             let io = |e| CliError::io(path, e);
             let header =
                 TraceHeader { experts: args.experts as u32, layers: args.layers as u32, top_k: args.top_k as u32 };
-            Some(TraceRecorder::new(BufWriter::new(File::create(path).map_err(io)?), header).map_err(io)?)
+            Some(TraceRecorder::new(OutputFile::create(path)?, header).map_err(io)?)
         }
         None => None,
     };
@@ -479,11 +498,13 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     }
     bar.finish_and_clear();
     if let (Some(recorder), Some(path)) = (recorder, &args.trace) {
-        recorder.finish().map_err(|e| CliError::io(path, e))?;
+        recorder.finish().map_err(|e| CliError::io(path, e))?.commit()?;
     }
     let elapsed = start.elapsed();
 
     let stats = offloader.stats();
+    // Slots past the expert count are not there: the pool holds at most every expert.
+    let slots = PoolConfig::new(args.experts, args.slots).slots();
     let mut out = io::stdout().lock();
     writeln!(
         out,
@@ -493,7 +514,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         format_size(expert_bytes as u64),
         model.format.name(),
         args.top_k,
-        args.slots,
+        slots,
         policy.name(),
         schedule_name(args.schedule)
     )?;
@@ -503,7 +524,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         out,
         "  hit rate     {:.1}% (uniform placement would give {:.1}%)",
         100.0 * stats.hit_rate(),
-        100.0 * PoolConfig::new(args.experts, args.slots).slots() as f64 / args.experts as f64
+        100.0 * slots as f64 / args.experts as f64
     )?;
     writeln!(
         out,

@@ -3,6 +3,7 @@
 //!
 //! One module per subcommand, each with its `Args` (clap) and `run`; shared pieces: [`error`]
 //! (the one error every subcommand returns), [`model`] (GGUF files), [`units`] (byte sizes), [`table`] (text output),
+//! [`limits`] (sizes checked before they are allocated), [`output`] (files written whole or not at all),
 //! [`replay_args`] (trace, cost model and replay runs of `simulate` and `tune`) and [`plot`].
 //! The words the options and output use, and the earlier spellings kept as hidden aliases, are
 //! in [`WORDS`] (shown under `--help`).
@@ -17,7 +18,9 @@ mod error;
 mod fit;
 mod import;
 mod inspect;
+mod limits;
 mod model;
+mod output;
 mod plot;
 mod replay_args;
 mod simulate;

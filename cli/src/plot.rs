@@ -1,8 +1,6 @@
 //! `simulate --plot`: hit rate and modeled time against slots per layer, one line per policy and
 //! pool sharing (a shared pool's runs labelled `policy/shared`, as the tables name them), as SVG.
 
-use std::path::Path;
-
 use expertslab_std::trace::replay::Sharing;
 use plotters::prelude::*;
 
@@ -28,9 +26,9 @@ pub fn series(run: &Run) -> String {
     }
 }
 
-/// Draws two panels into `path`: hit rate (top) and modeled time (bottom) against slots per
-/// layer, one line per [`series`].
-pub fn draw(path: &Path, runs: &[Run]) -> Result<(), String> {
+/// Draws two panels, hit rate (top) and modeled time (bottom) against slots per layer, one line
+/// per [`series`], as the text of an SVG file.
+pub fn draw(runs: &[Run]) -> Result<String, String> {
     let mut policies: Vec<String> = Vec::new();
     for run in runs {
         let label = series(run);
@@ -43,7 +41,8 @@ pub fn draw(path: &Path, runs: &[Run]) -> Result<(), String> {
     let (lo, hi) = if lo >= hi { (lo - 1.0, hi + 1.0) } else { (lo, hi) };
     let max_time = runs.iter().map(|r| r.report.total.modeled_time_s).fold(0.0, f64::max).max(1e-9) * 1.05;
 
-    let root = SVGBackend::new(path, (800, 900)).into_drawing_area();
+    let mut svg = String::new();
+    let root = SVGBackend::with_string(&mut svg, (800, 900)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let (top, bottom) = root.split_vertically(450);
     let x = lo..hi;
@@ -52,7 +51,9 @@ pub fn draw(path: &Path, runs: &[Run]) -> Result<(), String> {
     })?;
     let time = |r: &Run| r.report.total.modeled_time_s;
     panel(&bottom, "modeled time by slots per layer", "modeled time (s)", x, max_time, runs, &policies, time)?;
-    root.present().map_err(|e| e.to_string())
+    root.present().map_err(|e| e.to_string())?;
+    drop((top, bottom, root));
+    Ok(svg)
 }
 
 /// One chart: `value` of each run against its slots per layer, one line per series.

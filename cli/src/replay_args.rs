@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use expertslab_std::trace::replay::{
-    replay_from, CostModel, FetchCap, ReplayConfig, ReplayError, ReplayPolicy, ReplayReport, Sharing,
+    replay_from, CostModel, FetchCap, ReplayConfig, ReplayError, ReplayPolicy, ReplayReport, ReplayStats, Sharing,
 };
 use expertslab_std::trace::{Trace, WarmStart};
 use expertslab_std::{AdmissionConfig, DecayConfig, InitialPlacement, LayeredSource, Policy, Predictor, Schedule};
@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
 use crate::error::CliError;
-use crate::units;
+use crate::{limits, units};
 
 /// What every replaying subcommand takes: the trace, the start, the cost model, the decay
 /// settings.
@@ -35,7 +35,8 @@ pub struct ReplayArgs {
     pub decay: DecayArgs,
     /// Prefetch the next layer's experts while a layer computes, guessed from: transitions
     /// (between consecutive layers), previous (the previous step's choice), or both. LRU and LFU
-    /// pools only; needs --layer-compute-us of at least one copy time.
+    /// pools only (a warning names the others); needs --layer-compute-us of at least one copy
+    /// time (refused otherwise).
     #[arg(long, value_parser = parse_predictor)]
     pub prefetch: Option<Predictor>,
     #[command(flatten)]
@@ -83,6 +84,80 @@ impl ReplayArgs {
         }
         eprintln!("warning: {what}; they are left out of every run (the `invalid` column; --strict refuses)");
         Ok(())
+    }
+
+    /// Refuses `--prefetch` where no run would prefetch, and warns where some would not: it needs
+    /// `--layer-compute-us` (prefetch copies overlap a layer's compute), of at least one expert's
+    /// copy time, and an LRU or LFU pool among `policies` (the others replay without it).
+    ///
+    /// # Errors
+    /// [`CliError::Usage`] naming the reason.
+    pub fn check_prefetch(&self, cost: &CostModel, policies: &[ReplayPolicy]) -> Result<(), CliError> {
+        if self.prefetch.is_none() {
+            return Ok(());
+        }
+        if cost.layer_compute_seconds <= 0.0 {
+            return Err(CliError::Usage(
+                "--prefetch needs --layer-compute-us: prefetch copies overlap a layer's compute, and without it \
+                 none is made"
+                    .into(),
+            ));
+        }
+        if cost.prefetch_copies() == 0 {
+            return Err(CliError::Usage(format!(
+                "--prefetch: --layer-compute-us {} is shorter than one expert's copy ({:.3} µs for {} at {} GB/s), \
+                 so none is made",
+                self.cost.layer_compute_us,
+                cost.expert_copy_seconds() * 1e6,
+                units::format_size(cost.expert_bytes),
+                cost.link_bytes_per_second / 1e9
+            )));
+        }
+        let (prefetching, others): (Vec<&ReplayPolicy>, Vec<&ReplayPolicy>) =
+            policies.iter().partition(|p| p.prefetches());
+        if prefetching.is_empty() {
+            return Err(CliError::Usage(
+                "--prefetch: only lru and lfu pools prefetch, and --policy names neither".into(),
+            ));
+        }
+        if !others.is_empty() {
+            let names: Vec<&str> = others.iter().map(|p| p.name()).collect();
+            eprintln!(
+                "warning: --prefetch: only lru and lfu pools prefetch; these replay without it: {}",
+                names.join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    /// Refuses an expert size whose byte counts could pass `u64::MAX` on `trace`: copies a
+    /// replay makes × `cost.expert_bytes` must fit. A record (one layer's step) promotes at most
+    /// every expert of its layer, and prefetch after it at most as many for the next layer; a
+    /// cold start copies at most every expert of each layer in: at most `(2 × records + layers) ×
+    /// experts` copies.
+    ///
+    /// # Errors
+    /// [`CliError::Usage`] naming `--expert-bytes` (or `--model`, whose experts gave the size).
+    pub fn check_expert_bytes(&self, trace: &Trace, cost: &CostModel) -> Result<(), CliError> {
+        let records = limits::wide(trace.records().len());
+        let layers = limits::wide(trace.layers().count());
+        let experts = u64::from(trace.header().experts);
+        let copies = records.checked_mul(2).and_then(|r| r.checked_add(layers)).and_then(|n| n.checked_mul(experts));
+        let fits = copies.is_some_and(|c| c.checked_mul(cost.expert_bytes).is_some());
+        if fits {
+            return Ok(());
+        }
+        let most = copies.map_or(0, |c| u64::MAX / c.max(1));
+        let flag = match (self.cost.expert_bytes, &self.cost.model) {
+            (None, Some(path)) => format!("--model {}: its experts' {} bytes", path.display(), cost.expert_bytes),
+            _ => format!("--expert-bytes {} ({})", cost.expert_bytes, units::format_size(cost.expert_bytes)),
+        };
+        let copies = copies.map_or_else(|| format!("more than {}", u64::MAX), |c| c.to_string());
+        Err(CliError::Usage(format!(
+            "{flag}: the bytes of the copies this trace can cause ({copies}: two per record and one per layer, of \
+             up to {experts} experts each) do not fit a 64-bit count; at most {most} bytes an expert ({}) here",
+            units::format_size(most)
+        )))
     }
 
     /// The initial placement.
@@ -342,6 +417,15 @@ pub fn run_all(
     cost: CostModel,
     prefetch: Option<Predictor>,
 ) -> Result<Vec<Run>, CliError> {
+    // Every run's report is kept: one set of counters per layer with records.
+    let layers = limits::wide(trace.layers().count());
+    let per_run = limits::wide(std::mem::size_of::<Run>())
+        .checked_add(layers.saturating_mul(limits::wide(std::mem::size_of::<(u32, ReplayStats)>())));
+    let runs = limits::wide(jobs.len());
+    limits::memory(
+        &format!("{runs} runs (slot counts × --policy × --sharing) of {layers} layers each"),
+        per_run.and_then(|b| b.checked_mul(runs)),
+    )?;
     let bar = ProgressBar::new(jobs.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{spinner} replaying {bar:30} {pos}/{len} {elapsed}")

@@ -10,6 +10,7 @@ use expertslab_std::{Policy, Schedule};
 use serde_json::{json, Value};
 
 use crate::error::CliError;
+use crate::output::OutputFile;
 use crate::plot;
 use crate::replay_args::{
     parse_policy, parse_schedule, parse_sharing, policy_label, read_trace, run_all, schedule_name, with_admission,
@@ -31,10 +32,12 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', value_parser = parse_policy,
           default_value = "tide,decay,lru,lfu,lru2,belady,tinylfu,oracle,uniform,optimal,optimal-shared")]
     policy: Vec<ReplayPolicy>,
-    /// Slots per layer (default: a quarter of the experts).
+    /// Slots per layer (default: a quarter of the experts; at most the expert count, as runs and
+    /// output show).
     #[arg(long, alias = "budget", conflicts_with = "sweep")]
     slots: Option<usize>,
-    /// Slots per layer to sweep: A..B doubles from A up to B (B included); A..B:S steps by S.
+    /// Slots per layer to sweep: A..B doubles from A up to B (B included); A..B:S steps by S. The
+    /// sweep ends at the expert count.
     #[arg(long, value_parser = parse_sweep)]
     sweep: Option<Sweep>,
     /// Refresh schedule of interval policies: every:N (every N decode steps) or forward.
@@ -53,11 +56,35 @@ pub struct Args {
     plot: Option<PathBuf>,
 }
 
-/// The slot counts of a sweep.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sweep(Vec<usize>);
+/// A sweep of slot counts: from `from` up to `to` (both included), doubling or by `step`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sweep {
+    from: usize,
+    to: usize,
+    /// `None`: doubling.
+    step: Option<usize>,
+}
 
-/// Reads `A..B` (doubling) or `A..B:S` (steps of S) into the slot counts it names.
+impl Sweep {
+    /// The slot counts of the sweep up to `experts`: a count past it runs as `experts` (a pool
+    /// holds at most every expert), once.
+    pub fn slots(&self, experts: usize) -> Vec<usize> {
+        let end = self.to.min(experts);
+        let mut slots = Vec::new();
+        let mut x = self.from;
+        while x < end {
+            slots.push(x);
+            x = match self.step {
+                Some(s) => x.saturating_add(s),
+                None => x.saturating_mul(2),
+            };
+        }
+        slots.push(end);
+        slots
+    }
+}
+
+/// Reads `A..B` (doubling) or `A..B:S` (steps of S) into the sweep it names.
 pub fn parse_sweep(text: &str) -> Result<Sweep, String> {
     let bad = || format!("'{text}' is not a sweep (A..B or A..B:STEP, with 1 <= A <= B)");
     let (range, step) = match text.split_once(':') {
@@ -65,26 +92,11 @@ pub fn parse_sweep(text: &str) -> Result<Sweep, String> {
         None => (text, None),
     };
     let (a, b) = range.split_once("..").ok_or_else(bad)?;
-    let (a, b): (usize, usize) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
-    if a == 0 || a > b || step == Some(0) {
+    let (from, to): (usize, usize) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+    if from == 0 || from > to || step == Some(0) {
         return Err(bad());
     }
-    let mut slots = Vec::new();
-    let mut x = a;
-    while x <= b {
-        slots.push(x);
-        x = match step {
-            Some(s) => x.saturating_add(s),
-            None => x.saturating_mul(2),
-        };
-        if x == usize::MAX {
-            break;
-        }
-    }
-    if slots.last() != Some(&b) {
-        slots.push(b);
-    }
-    Ok(Sweep(slots))
+    Ok(Sweep { from, to, step })
 }
 
 /// The counters of one layer or of the total as JSON.
@@ -151,9 +163,12 @@ pub fn run(args: &Args) -> Result<(), CliError> {
             )));
         }
     }
+    args.replay.check_expert_bytes(&trace, &cost)?;
+    args.replay.check_prefetch(&cost, &args.policy)?;
+    // Counts past the expert count run, and are shown, as the expert count.
     let slot_counts = match (&args.sweep, args.slots) {
-        (Some(Sweep(sweep)), _) => sweep.clone(),
-        (None, Some(slots)) => vec![slots],
+        (Some(sweep), _) => sweep.slots(experts),
+        (None, Some(slots)) => vec![slots.min(experts)],
         (None, None) => vec![(experts / 4).max(1)],
     };
     let jobs: Vec<_> = slot_counts
@@ -176,7 +191,10 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     let runs = run_all(&trace, &jobs, args.replay.initial(), &warm, cost, args.replay.prefetch)?;
 
     if let Some(path) = &args.plot {
-        plot::draw(path, &runs).map_err(|e| CliError::unusable(path, e))?;
+        let svg = plot::draw(&runs).map_err(|e| CliError::unusable(path, e))?;
+        let mut file = OutputFile::create(path)?;
+        file.write_all(svg.as_bytes()).map_err(|e| CliError::io(path, e))?;
+        file.commit()?;
     }
     let mut out = io::stdout().lock();
     if args.json {
@@ -260,12 +278,23 @@ mod tests {
 
     #[test]
     fn sweeps_double_or_step_and_include_the_end() {
-        assert_eq!(parse_sweep("4..64").unwrap().0, [4, 8, 16, 32, 64]);
-        assert_eq!(parse_sweep("3..20").unwrap().0, [3, 6, 12, 20]);
-        assert_eq!(parse_sweep("4..16:4").unwrap().0, [4, 8, 12, 16]);
-        assert_eq!(parse_sweep("5..5").unwrap().0, [5]);
+        let all = usize::MAX;
+        assert_eq!(parse_sweep("4..64").unwrap().slots(all), [4, 8, 16, 32, 64]);
+        assert_eq!(parse_sweep("3..20").unwrap().slots(all), [3, 6, 12, 20]);
+        assert_eq!(parse_sweep("4..16:4").unwrap().slots(all), [4, 8, 12, 16]);
+        assert_eq!(parse_sweep("5..5").unwrap().slots(all), [5]);
+        // 1, 2, 4, ..., 2^63 and the end.
+        assert_eq!(parse_sweep("1..18446744073709551615").unwrap().slots(all).len(), 65);
         for bad in ["0..4", "8..4", "4..16:0", "4-16", "a..b", "4..16:x"] {
             assert!(parse_sweep(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn sweeps_stop_at_the_expert_count() {
+        assert_eq!(parse_sweep("1..100000000:1").unwrap().slots(4), [1, 2, 3, 4]);
+        assert_eq!(parse_sweep("3..20").unwrap().slots(16), [3, 6, 12, 16]);
+        assert_eq!(parse_sweep("4..64").unwrap().slots(16), [4, 8, 16]);
+        assert_eq!(parse_sweep("32..64").unwrap().slots(16), [16]);
     }
 }

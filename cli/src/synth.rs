@@ -1,8 +1,6 @@
 //! `expertslab synth`: write a synthetic routing trace (Zipf popularity, reuse between
 //! consecutive tokens, phase changes; see `expertslab_std::trace::synthetic`).
 
-use std::fs::File;
-use std::io::BufWriter;
 use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
@@ -11,8 +9,10 @@ use expertslab_std::trace::TraceHeader;
 use expertslab_std::{RoutingCapture, TraceRecorder};
 
 use crate::error::CliError;
+use crate::limits;
+use crate::output::OutputFile;
 
-/// `synth`'s arguments.
+/// `synth`'s arguments. The trace appears at `--out` only once it is complete.
 #[derive(Debug, ClapArgs)]
 // `--zipf -1` reaches the value parser, which says why it is refused.
 #[command(allow_negative_numbers = true)]
@@ -72,6 +72,43 @@ fn parse_probability(text: &str) -> Result<f64, String> {
     }
 }
 
+/// Bytes of memory `synth` holds per expert of a layer: the popularity's cumulative weights
+/// (`f64`) and ranking (`u32`).
+const BYTES_PER_EXPERT: u64 = 12;
+
+/// Bytes `synth` holds per id of a step: the step's ids, the previous token's choices and the
+/// captured ids (`u32` each), and the record's text (at most 6 bytes an id below 65,536, with
+/// room to spare).
+const BYTES_PER_STEP_ID: u64 = 12 + 8;
+
+/// Checks the sizes against the library's limits and the memory `synth` may plan for, naming the
+/// flags, before anything is allocated or written.
+fn check_sizes(args: &Args) -> Result<(), CliError> {
+    limits::experts("--experts", u64::from(args.experts))?;
+    let top_k = u64::from(args.top_k);
+    let decode = limits::product(&[limits::wide(args.tokens), top_k]);
+    limits::step_ids(&format!("--tokens {} × --top-k {}", args.tokens, args.top_k), decode)?;
+    let prefill = limits::product(&[limits::wide(args.prefill_tokens), top_k]);
+    limits::step_ids(&format!("--prefill-tokens {} × --top-k {}", args.prefill_tokens, args.top_k), prefill)?;
+    // Both fit MAX_STEP_IDS now.
+    let (ids, flag, tokens) = match (decode, prefill) {
+        (Some(d), Some(p)) if p > d => (p, "--prefill-tokens", args.prefill_tokens),
+        (Some(d), _) => (d, "--tokens", args.tokens),
+        _ => (u64::MAX, "--tokens", args.tokens),
+    };
+    let layers = u64::from(args.layers);
+    let per_layer = limits::sum(&[
+        limits::product(&[u64::from(args.experts), BYTES_PER_EXPERT]),
+        limits::product(&[ids, BYTES_PER_STEP_ID]),
+    ]);
+    let bytes = per_layer.and_then(|b| b.checked_mul(layers));
+    let what = format!(
+        "synth: --layers {} of --experts {} with {ids} ids a step ({flag} {tokens} × --top-k {})",
+        args.layers, args.experts, args.top_k
+    );
+    limits::memory(&what, bytes)
+}
+
 pub fn run(args: &Args) -> Result<(), CliError> {
     if args.layers == 0 {
         return Err(CliError::Usage("need layers >= 1".into()));
@@ -83,14 +120,16 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         reuse: args.reuse,
         phase_steps: args.phase,
     };
+    shape.check().map_err(|e| CliError::Usage(format!("synth: {e}")))?;
+    check_sizes(args)?;
     let mut layers = (0..args.layers)
         .map(|l| SyntheticRouting::try_new(shape, args.seed.wrapping_add(u64::from(l))))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| CliError::Usage(format!("synth: {e}")))?;
     let io = |e| CliError::io(&args.out, e);
-    let file = File::create(&args.out).map_err(io)?;
+    let file = OutputFile::create(&args.out)?;
     let header = TraceHeader { experts: args.experts, layers: args.layers, top_k: args.top_k };
-    let mut recorder = TraceRecorder::new(BufWriter::new(file), header).map_err(io)?;
+    let mut recorder = TraceRecorder::new(file, header).map_err(io)?;
     let mut capture = RoutingCapture::new();
     let mut ids = Vec::new();
     let prefill = args.prefill_tokens > 0;
@@ -105,6 +144,5 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         }
         recorder.record(step, is_prefill, &capture).map_err(io)?;
     }
-    recorder.finish().map_err(io)?;
-    Ok(())
+    recorder.finish().map_err(io)?.commit()
 }

@@ -93,6 +93,8 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     let trace = read_trace(&args.replay.trace)?;
     args.replay.check_ids(&trace)?;
     let cost = args.replay.cost.cost_model()?;
+    args.replay.check_expert_bytes(&trace, &cost)?;
+    args.replay.check_prefetch(&cost, &args.policy)?;
     let decay = args.replay.decay.config()?;
     let admissions = admission_grid(args)?;
     let header = trace.header();

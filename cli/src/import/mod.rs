@@ -25,7 +25,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::path::PathBuf;
 
 use clap::{ArgGroup, Args as ClapArgs};
@@ -34,6 +34,7 @@ use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
 use serde_json::Value;
 
 use crate::error::CliError;
+use crate::output::OutputFile;
 
 mod selections;
 #[cfg(test)]
@@ -109,9 +110,9 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         // clap requires one shape, and all three keys with --layer-key.
         _ => return Err(CliError::Usage("give --layer-key, --ids-key and --token-key, or --selections-key".into())),
     };
-    let out = File::create(&args.out).map_err(|e| CliError::io(&args.out, e))?;
-    let mut out = BufWriter::new(out);
-    routing.write(&mut out).and_then(|()| out.flush()).map_err(|e| CliError::io(&args.out, e))?;
+    let mut out = OutputFile::create(&args.out)?;
+    routing.write(&mut out).map_err(|e| CliError::io(&args.out, e))?;
+    out.commit()?;
     let h = routing.header;
     // On stderr, as `synth` does: the trace may be written to standard output.
     writeln!(

@@ -85,30 +85,14 @@ impl Sharing {
     }
 }
 
-/// Prefetch copies that fit in one layer's compute time (0 without overlap). With free copies (no
-/// link cost), every guess fits.
+/// Prefetch copies that fit in one layer's compute time ([`CostModel::prefetch_copies`]).
 pub(crate) fn prefetch_budget(cost: &CostModel) -> usize {
-    if cost.layer_compute_seconds.is_nan() || cost.layer_compute_seconds <= 0.0 {
-        return 0;
-    }
-    let copy = cost.copy_seconds(cost.expert_bytes);
-    if copy.is_nan() || copy <= 0.0 {
-        return usize::MAX;
-    }
-    // A compute time equal to n copy times fits n copies, whatever the rounding.
-    let fits = cost.layer_compute_seconds / copy * (1.0 + 1e-9);
-    if fits >= usize::MAX as f64 {
-        usize::MAX
-    } else {
-        fits as usize
-    }
+    cost.prefetch_copies()
 }
 
 /// Whether `config` prefetches: a predictor, an LRU or LFU pool, and room for a copy.
 pub(crate) fn prefetches(config: &ReplayConfig) -> bool {
-    config.prefetch.is_some()
-        && matches!(config.policy, ReplayPolicy::Pool(Policy::Lru | Policy::Lfu))
-        && prefetch_budget(&config.cost) > 0
+    config.prefetch.is_some() && config.policy.prefetches() && prefetch_budget(&config.cost) > 0
 }
 
 /// The records in the order a forward pass serves them: by step, then layer (file order within

@@ -36,6 +36,7 @@ use crate::trace::{interleaved, Trace, TraceRecord, WarmStart};
 
 mod cost;
 pub mod optimal;
+mod uniform;
 
 pub(crate) use cost::OverlapClock;
 pub use cost::{count_uses, split_misses, CostModel, FetchCap, SplitCosts, StepCost};
@@ -49,7 +50,8 @@ pub enum ReplayPolicy {
     /// Interval placement from the hit counts of the steps up to the next refresh (the future):
     /// the best any interval policy could do with this schedule.
     Oracle,
-    /// Every expert equally likely resident: hit rate `slots / experts`, nothing moved.
+    /// Every expert equally likely resident: hit rate `slots / experts`, nothing moved after the
+    /// start (a cold start copies each layer's placement in first).
     Uniform,
     /// The least modeled time any per-layer placement reaches, knowing the future
     /// (see the [`optimal`] module).
@@ -79,6 +81,12 @@ impl ReplayPolicy {
     /// the oracle; the uniform reference and the optima are priced by adding their costs.
     pub const fn prices_by_step(&self) -> bool {
         matches!(self, Self::Pool(_) | Self::Oracle)
+    }
+
+    /// Whether replays of it prefetch when [`ReplayConfig::prefetch`] names a predictor (and the
+    /// cost model leaves time for a copy, [`CostModel::prefetch_copies`]): LRU and LFU pools.
+    pub const fn prefetches(&self) -> bool {
+        matches!(self, Self::Pool(Policy::Lru | Policy::Lfu))
     }
 
     /// The policy named `name`.
@@ -276,6 +284,10 @@ pub fn replay_from(trace: &Trace, config: &ReplayConfig, start: &WarmStart) -> R
     let mut by_layer: Vec<&TraceRecord> = trace.records().iter().collect();
     by_layer.sort_by_key(|r| r.layer);
     let mut report = ReplayReport { layers: Vec::new(), total: ReplayStats::default() };
+    if config.policy == ReplayPolicy::Uniform {
+        uniform::uniform(trace, &by_layer, config, &mut report);
+        return Ok(report);
+    }
     let mut scratch = Vec::new();
     for records in by_layer.chunk_by(|a, b| a.layer == b.layer) {
         let Some(layer) = records.first().map(|r| r.layer) else { continue };
@@ -305,22 +317,6 @@ fn replay_layer(
         .policy(policy)
         .schedule(config.schedule)
         .initial(config.initial);
-    let slots = pool_config.slots();
-    if config.policy == ReplayPolicy::Uniform {
-        let mut c = ReplayStats::default();
-        for r in records {
-            let ids = trace.ids(r);
-            let valid = ids.iter().filter(|&&id| (id as usize) < experts).count() as u64;
-            c.pairs = c.pairs.saturating_add(valid);
-            c.invalid = c.invalid.saturating_add((ids.len() as u64).saturating_sub(valid));
-            // valid <= len
-        }
-        c.hits = uniform_hits(c.pairs, slots, experts);
-        c.misses = c.pairs.saturating_sub(c.hits); // hits <= pairs, as slots <= experts
-        c.served_in_place = c.misses;
-        c.modeled_time_s = config.cost.seconds(c.served_in_place, 0);
-        return Ok(c);
-    }
     let mut pool = ExpertPool::new(pool_config).map_err(pool_error)?;
     if policy == Policy::Belady {
         scratch.clear();
@@ -377,18 +373,6 @@ fn start_keys(trace: &Trace, config: &ReplayConfig, start: &WarmStart) -> Result
     }
     keys.sort_unstable();
     Ok(keys)
-}
-
-/// The hits a uniformly random placement of `slots` of `experts` (at least 1) experts expects
-/// over `pairs` pairs.
-fn uniform_hits(pairs: u64, slots: usize, experts: usize) -> u64 {
-    #[allow(
-        clippy::arithmetic_side_effects,
-        reason = "a product of two 64-bit values fits 128 bits; a trace has at least one expert"
-    )]
-    let hits = u128::from(pairs) * slots as u128 / (experts as u128).max(1);
-    // slots <= experts, so hits <= pairs.
-    u64::try_from(hits).unwrap_or(pairs)
 }
 
 fn commit(pool: &mut ExpertPool, plan: &MigrationPlan, bytes: u64) {
@@ -473,8 +457,10 @@ mod tests {
         let tide2 =
             replay(&trace(), &ReplayConfig { policy: ReplayPolicy::Pool(Policy::Tide), ..every2 }).unwrap().total;
         assert!(ahead.hits >= tide2.hits, "knowing the window helps: {} vs {}", ahead.hits, tide2.hits);
-        assert_eq!(uniform.hits, 19 * 2 / 8 + 10 * 2 / 8);
-        assert_eq!(uniform.bytes_moved, 0);
+        // The expectation of all 29 pairs at 2 of 8 slots, rounded down once: 7.25.
+        assert_eq!(uniform.hits, 29 * 2 / 8);
+        // Starting cold, each of the two layers copies its two slots in first.
+        assert_eq!((uniform.promotions, uniform.bytes_moved), (4, 400));
         // Demand policies admit their misses: served in place only when every slot was pinned by
         // the step (layer 0: two ids of step 0, two of step 3 and two of step 4).
         assert_eq!(lru.served_in_place, 6);
@@ -499,7 +485,8 @@ mod tests {
         assert_eq!(counts(lru), (2, 4, 2, 2));
         // One second per pair in place, one per copy (100 bytes over 100 bytes/s).
         assert!((tide.modeled_time_s - 4.0).abs() < 1e-9 && (lru.modeled_time_s - 4.0).abs() < 1e-9);
-        assert_eq!(counts(run("uniform")), (4, 0, 4, 0));
+        // Cold, the uniform placement of 2 of 4 experts is copied in first: half the 8 pairs hit.
+        assert_eq!(counts(run("uniform")), (4, 0, 4, 2));
     }
 
     #[test]

@@ -113,6 +113,31 @@ impl CostModel {
         Self { overlap: Some(cap), ..self }
     }
 
+    /// Prefetch copies that fit in one layer's compute time: `layer_compute_seconds` over one
+    /// expert's copy time, rounded down (a compute time of exactly n copy times fits n). 0 without
+    /// compute time to overlap; `usize::MAX` when copies are free (no bytes, or a link of no cost).
+    pub fn prefetch_copies(&self) -> usize {
+        if self.layer_compute_seconds.is_nan() || self.layer_compute_seconds <= 0.0 {
+            return 0;
+        }
+        let copy = self.copy_seconds(self.expert_bytes);
+        if copy.is_nan() || copy <= 0.0 {
+            return usize::MAX;
+        }
+        // A compute time equal to n copy times fits n copies, whatever the rounding.
+        let fits = self.layer_compute_seconds / copy * (1.0 + 1e-9);
+        if fits >= usize::MAX as f64 {
+            usize::MAX
+        } else {
+            fits as usize
+        }
+    }
+
+    /// Seconds to copy one expert over the link (0 for a link of no cost).
+    pub fn expert_copy_seconds(&self) -> f64 {
+        self.copy_seconds(self.expert_bytes)
+    }
+
     /// Seconds to copy `bytes` over the link (0 for a link of no cost).
     pub(crate) fn copy_seconds(&self, bytes: u64) -> f64 {
         if self.link_bytes_per_second > 0.0 {
