@@ -14,13 +14,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup +nightly component add miri rust-src >/dev/null
 export MIRIFLAGS="${MIRIFLAGS:--Zmiri-disable-isolation}"
+# rayon's crossbeam-epoch is known not to fit Stacked Borrows (crossbeam-rs/crossbeam#545) but
+# passes under Tree Borrows, which checks the std adapter's tests instead (the host FFN and the
+# parallel migrator run on rayon); rayon's pools keep their threads until the process ends, which
+# the leak check would report.
+rayon_flags="$MIRIFLAGS -Zmiri-tree-borrows -Zmiri-ignore-leaks"
 cargo +nightly miri test -p expertslab --lib
-cargo +nightly miri test -p expertslab-std --lib
+MIRIFLAGS="$rayon_flags" cargo +nightly miri test -p expertslab-std --lib
 if [ "${1:-all}" != unit ]; then
     cargo +nightly miri test -p expertslab-tests --tests
-    # rayon's crossbeam-epoch is known not to fit Stacked Borrows (crossbeam-rs/crossbeam#545)
-    # but passes under Tree Borrows, which checks the parallel migrator's tests instead; rayon's
-    # global pool keeps its threads until the process ends, which the leak check would report.
-    MIRIFLAGS="$MIRIFLAGS -Zmiri-tree-borrows -Zmiri-ignore-leaks" \
-        cargo +nightly miri test -p expertslab-std --test '*'
+    MIRIFLAGS="$rayon_flags" cargo +nightly miri test -p expertslab-std --test '*'
 fi
