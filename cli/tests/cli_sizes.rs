@@ -255,3 +255,32 @@ fn a_failed_import_leaves_no_file_and_an_earlier_file_stays() {
     std::fs::remove_file(out).unwrap();
     std::fs::remove_file(input).unwrap();
 }
+
+#[test]
+fn a_record_too_large_to_parse_within_memory_is_refused_by_line() {
+    if !has_prlimit() {
+        println!("skipped: no prlimit (util-linux) to limit the address space");
+        return;
+    }
+    // One JSON-lines record of 10^7 ids (20 MB), under a 1 GiB address space: its parse could
+    // take up to 32 bytes a byte, more than the half of the limit a command plans for.
+    let input = temp("huge-record.jsonl");
+    let mut text = String::from("{\"layer\":0,\"token\":0,\"ids\":[");
+    text.push_str(&"1,".repeat(10_000_000));
+    text.push_str("1]}\n");
+    std::fs::write(&input, text).unwrap();
+    let out = temp("huge-record.ndjson");
+    let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
+    let args = ["trace", "import", i, "--out", o, "--layer-key", "layer", "--token-key", "token", "--ids-key", "ids"];
+    let start = Instant::now();
+    let result = Command::new("prlimit")
+        .arg("--as=1073741824")
+        .arg(env!("CARGO_BIN_EXE_expertslab"))
+        .args(args)
+        .output()
+        .expect("prlimit runs the binary");
+    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+    assert_refused(&result, &args, "line 1: a record of");
+    assert!(!out.exists());
+    std::fs::remove_file(input).unwrap();
+}

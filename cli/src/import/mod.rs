@@ -35,6 +35,7 @@ use serde_json::Value;
 
 use crate::error::CliError;
 use crate::output::OutputFile;
+use crate::units::format_size;
 
 mod selections;
 #[cfg(test)]
@@ -380,6 +381,10 @@ impl<'de> Visitor<'de> for Record<'_> {
     }
 }
 
+/// Memory a JSON-lines record's parse may take per byte of its text, at worst: a one-digit id and
+/// its comma (2 bytes) become a 32-byte JSON value in a vector that may have doubled.
+const PARSE_BYTES_PER_INPUT_BYTE: u64 = 32;
+
 /// Reads JSON lines, one record per token and layer, the keys named by `keys`.
 ///
 /// # Errors
@@ -406,6 +411,17 @@ pub fn read_lines(mut input: impl BufRead, keys: LineKeys<'_>, experts: Option<u
         }
         let at = format!("line {line}");
         let bad = |what: String| ImportError::Bad(format!("{at}: {what}"));
+        // A record is parsed whole: refuse one its parse could take more memory than planned.
+        let need = u64::try_from(text.len()).unwrap_or(u64::MAX).saturating_mul(PARSE_BYTES_PER_INPUT_BYTE);
+        let budget = crate::limits::memory_budget();
+        if need > budget {
+            return Err(bad(format!(
+                "a record of {} may need {} of memory to parse; a command plans for at most {} here",
+                format_size(u64::try_from(text.len()).unwrap_or(u64::MAX)),
+                format_size(need),
+                format_size(budget)
+            )));
+        }
         // A byte order mark may start the input.
         let json = if line == 1 { text.strip_prefix(BOM).unwrap_or(&text) } else { &text };
         let record = read_record(json).map_err(bad)?;
