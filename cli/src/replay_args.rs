@@ -251,7 +251,8 @@ fn positive(text: &str) -> Result<f64, String> {
     }
 }
 
-fn non_negative(text: &str) -> Result<f64, String> {
+/// A finite number of at least 0.
+pub fn non_negative(text: &str) -> Result<f64, String> {
     let v: f64 = text.parse().map_err(|_| format!("'{text}' is not a number"))?;
     if v.is_finite() && v >= 0.0 {
         Ok(v)

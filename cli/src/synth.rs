@@ -54,12 +54,8 @@ pub struct Args {
 
 /// A Zipf exponent: a finite number of at least 0.
 fn parse_zipf(text: &str) -> Result<f64, String> {
-    let s: f64 = text.parse().map_err(|_| format!("'{text}' is not a number"))?;
-    if s.is_finite() && s >= 0.0 {
-        Ok(s)
-    } else {
-        Err(format!("'{text}': the Zipf exponent must be a number of at least 0 (0 is uniform popularity)"))
-    }
+    crate::replay_args::non_negative(text)
+        .map_err(|_| format!("'{text}': the Zipf exponent must be a number of at least 0 (0 is uniform popularity)"))
 }
 
 /// A probability: a number from 0 to 1.
