@@ -27,13 +27,13 @@
 //! | [`schedule`] | when a layer refreshes: [`Schedule`], [`Step`], [`Mode`] |
 //! | [`pool`] | [`ExpertPool`]: residency, planning, serving, statistics ([`PoolConfig`], [`PoolStats`], [`ServeStats`]); [`SharedSlotPool`]: one set of slots for several layers |
 //! | [`policy`] | placement: TIDE hit count, decayed frequency, LRU, LFU, LRU-2, Belady, cost-aware admission (TinyLFU-style) |
-//! | [`prefetch`] | guessing the next layer's experts ([`Prefetcher`]); [`ExpertPool::prefetch`] places them |
+//! | [`predict`] | guessing the next layer's experts ([`Prefetcher`]); [`ExpertPool::prefetch`] places them |
 //! | [`plan`] | what moves: [`MigrationPlan`], [`Promotion`] |
 //! | [`count`] | counting a long step's ids per expert in banks ([`count::CountBanks`], the scratch a plan lends its refresh) |
 //! | [`migrate`](mod@migrate) | moving it: copy each promotion, then commit; [`push_stacks`] for whole stacks |
 //! | [`step`] | plan, migrate and serve one layer's step in one call ([`ExpertPool::step`]) |
 //! | [`source`], [`sink`] | where bytes come from ([`LayerStacks`], generic over its byte owner) and go to ([`ArenaSink`], [`StackSink`]) |
-//! | [`layers`], [`shared`] | one pool per layer; a pool shared without std |
+//! | [`layers`], [`locked`] | one pool per layer; a pool behind a spin lock, for contexts without std |
 //! | [`name`] | GGUF stack names without the heap |
 //! | [`gguf`] | GGUF v2/v3 files read in place: tensor directory, MoE layers, a model as a source |
 //! | [`trace`] | the routing-trace format (NDJSON) |
@@ -120,10 +120,10 @@ pub mod name;
 pub mod plan;
 pub mod policy;
 pub mod pool;
-pub mod prefetch;
+pub mod predict;
 mod projection;
 pub mod schedule;
-pub mod shared;
+pub mod locked;
 pub mod sink;
 pub(crate) mod slot_table;
 pub mod source;
@@ -146,10 +146,10 @@ pub use pool::{
     ExpertPool, InitialPlacement, PoolConfig, PoolStats, PromotionState, ServeStats, SharedSlotPool, MAX_EXPERTS,
     MAX_STEP_IDS,
 };
-pub use prefetch::{Predictor, Prefetcher};
+pub use predict::{Predictor, Prefetcher};
 pub use projection::Projection;
 pub use schedule::{Mode, Schedule, Step};
-pub use shared::SharedPool;
+pub use locked::LockedPool;
 pub use sink::{ArenaSink, SlotSink, SlotWrite, StackSink};
 pub use source::{ExpertSource, LayerStacks, LayeredSource, StackBytes, StackSource};
 pub use step::{StepError, StepStats};

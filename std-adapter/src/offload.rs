@@ -13,7 +13,7 @@ use crate::parallel::ParallelMigrator;
 
 /// One layer's fast memory: its arena and the buffer it lays slots out in.
 #[derive(Debug)]
-struct LayerSlots {
+struct HostLayerMemory {
     layout: ExpertLayout,
     arena: SlotArena,
     buffer: Vec<u8>,
@@ -72,7 +72,7 @@ pub struct Offloader<S> {
     source: S,
     pools: LayerPools,
     plans: Vec<MigrationPlan>,
-    slots: Vec<LayerSlots>,
+    slots: Vec<HostLayerMemory>,
     migrator: ParallelMigrator,
 }
 
@@ -100,7 +100,7 @@ where
             buffer.try_reserve_exact(bytes).map_err(|_| Error::Allocation { bytes })?;
             buffer.resize(bytes, 0);
             configs.push(config);
-            slots.push(LayerSlots { layout, arena, buffer });
+            slots.push(HostLayerMemory { layout, arena, buffer });
         }
         let pools = LayerPools::with_layer_numbers(&configs)?;
         let plans = pools.new_plans();
@@ -154,7 +154,7 @@ where
             return Err(LayoutError::LayerOutOfRange { layer, layers: position }.into());
         };
         let (migrator, source) = (&self.migrator, &self.source);
-        let LayerSlots { layout, arena, buffer } = slots;
+        let HostLayerMemory { layout, arena, buffer } = slots;
         let buffer = arena.fit(buffer)?;
         let stats = pool
             .step_with(step, ids, plan, |pool, plan| migrator.migrate(pool, plan, layout, source, arena, buffer))
@@ -179,7 +179,7 @@ where
         source: &S,
         pool: &mut ExpertPool,
         plan: &MigrationPlan,
-        slots: &mut LayerSlots,
+        slots: &mut HostLayerMemory,
     ) -> Result<MigrateStats, Error> {
         let buffer = slots.arena.fit(&mut slots.buffer)?;
         migrator

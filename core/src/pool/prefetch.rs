@@ -1,5 +1,5 @@
 //! The prefetch hook: copies started before a layer's routing is known, on a prediction (see
-//! [`crate::prefetch`] for one predictor).
+//! [`crate::predict`] for one predictor).
 
 use super::ExpertPool;
 use crate::error::PoolError;
@@ -13,7 +13,7 @@ impl ExpertPool {
     /// when `outranked(candidate, expert)` says the policy scores the candidate strictly below
     /// the guess: a prefetch never demotes an expert whose policy score is at least the predicted
     /// one's. The guess is scored as if its predicted use had happened, as the policy would score
-    /// it when admitting it on that use ([`crate::prefetch::Prefetcher::outranked`] keeps LRU's
+    /// it when admitting it on that use ([`crate::predict::Prefetcher::outranked`] keeps LRU's
     /// and LFU's scores). Experts the pool's last step used or admitted stay pinned.
     ///
     /// Fills `plan` with the promotions (demoted slots are freed at once) and returns how many

@@ -1,6 +1,6 @@
 //! Replay of all layers together, in trace order `(step, layer)`, as a forward pass runs them:
 //! the path for a slot pool shared across layers ([`Sharing::Shared`]) and for prefetch (a layer's
-//! routing guesses the next layer's experts, see [`crate::prefetch`]).
+//! routing guesses the next layer's experts, see [`crate::predict`]).
 //!
 //! Records are ordered by step, then layer (records of one step and layer keep their file order).
 //! Layers are numbered by their position among the layers that have records; "the next layer" is
@@ -31,7 +31,7 @@ use crate::error::PoolError;
 use crate::plan::MigrationPlan;
 use crate::policy::Policy;
 use crate::pool::{split_key, ExpertPool, PoolConfig, SharedSlotPool};
-use crate::prefetch::Prefetcher;
+use crate::predict::Prefetcher;
 use crate::schedule::{Mode, Step};
 
 /// How a replay's slots are pooled.

@@ -29,7 +29,7 @@ use crate::error::{PlanError, PoolError};
 use crate::plan::MigrationPlan;
 use crate::policy::{Policy, PolicyError};
 use crate::pool::{ExpertPool, InitialPlacement, PoolConfig, PoolStats};
-use crate::prefetch::Predictor;
+use crate::predict::Predictor;
 use crate::schedule::{Schedule, Step};
 pub use crate::trace::interleaved::Sharing;
 use crate::trace::{interleaved, Trace, TraceRecord, WarmStart};

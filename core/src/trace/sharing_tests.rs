@@ -8,7 +8,7 @@ use super::replay::{replay as replay_any, CostModel, ReplayConfig, ReplayError, 
 use super::{Trace, TraceHeader, WarmStart};
 use crate::policy::Policy;
 use crate::pool::InitialPlacement;
-use crate::prefetch::Predictor;
+use crate::predict::Predictor;
 use crate::schedule::Schedule;
 use crate::trace::synthetic::{RoutingShape, SyntheticRouting};
 

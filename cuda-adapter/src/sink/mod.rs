@@ -87,7 +87,9 @@ pub struct SinkStats {
     pub read_waits: u64,
 }
 
-struct LayerSlots<D: Driver> {
+/// One arena's slots in VRAM and what the sink tracks of each: the last copy's event, reads
+/// pending, writes not yet confirmed.
+struct VramLayerState<D: Driver> {
     vram: VramArena<D>,
     /// Per slot: recorded after the slot's last copy.
     ready: Vec<D::Event>,
@@ -102,7 +104,7 @@ struct LayerSlots<D: Driver> {
 pub struct CudaSlotSink<D: Driver = CudaDriver> {
     driver: D,
     copy: D::Stream,
-    layers: BTreeMap<usize, LayerSlots<D>>,
+    layers: BTreeMap<usize, VramLayerState<D>>,
     scratch: BTreeMap<usize, Scratch<D>>,
     host: HostMemory<D>,
     /// Recorded on the copy stream by `order_before`.
@@ -164,7 +166,7 @@ impl<D: Driver + Clone> CudaSlotSink<D> {
         let slots = arena.slots();
         let vram = VramArena::new(self.driver.clone(), layer, arena)?;
         let ready = (0..slots).map(|_| self.driver.new_event()).collect::<Result<Vec<_>, _>>()?;
-        let state = LayerSlots { vram, ready, read: vec![false; slots], suspect: vec![false; slots] };
+        let state = VramLayerState { vram, ready, read: vec![false; slots], suspect: vec![false; slots] };
         if let Some(old) = self.layers.insert(layer, state) {
             let _ = self.driver.sync_device();
             drop(old);

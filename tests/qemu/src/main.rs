@@ -15,7 +15,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use expertslab::{
-    migrate, ArenaSink, ExpertLayout, ExpertPool, LayerStacks, MigrateError, MigrationPlan, PoolConfig, SharedPool,
+    migrate, ArenaSink, ExpertLayout, ExpertPool, LayerStacks, MigrateError, MigrationPlan, PoolConfig, LockedPool,
     SlotArena, SlotSink, SlotWrite, Step,
 };
 use expertslab_golden::{
@@ -216,7 +216,7 @@ fn pool_state_size() -> Outcome {
     ensure(per_expert <= 4, || format!("{per_expert} bytes per expert"))
 }
 
-static SHARED: SharedPool<Option<ExpertPool>> = SharedPool::new(None);
+static SHARED: LockedPool<Option<ExpertPool>> = LockedPool::new(None);
 static TICK_SERVED: AtomicU32 = AtomicU32::new(0);
 static TICK_BUSY: AtomicU32 = AtomicU32::new(0);
 

@@ -1,10 +1,11 @@
-//! A pool shared between execution contexts without std: a spin lock around any pool state.
+//! A pool behind a spin lock, for execution contexts without std (a main loop and its
+//! interrupt handlers).
 //!
 //! On a microcontroller the main loop may run refreshes while an interrupt handler (a DMA
-//! completion, a timer) serves or commits. [`SharedPool`] wraps the state in a
+//! completion, a timer) serves or commits. [`LockedPool`] wraps the state in a
 //! [`spin::Mutex`]. An interrupt handler must never spin on a lock its own core holds, so it uses
-//! [`SharedPool::try_with`], which gives up instead of waiting; threads and the main loop use
-//! [`SharedPool::with`]. With std, wrap it in an `Arc` (or use a `std::sync::Mutex`).
+//! [`LockedPool::try_with`], which gives up instead of waiting; threads and the main loop use
+//! [`LockedPool::with`]. With std, wrap it in an `Arc` (or use a `std::sync::Mutex`).
 
 use spin::Mutex;
 
@@ -12,11 +13,11 @@ use crate::pool::ExpertPool;
 
 /// Pool state behind a spin lock, shareable by reference (`static`, `Arc`, …).
 #[derive(Debug, Default)]
-pub struct SharedPool<T = ExpertPool> {
+pub struct LockedPool<T = ExpertPool> {
     inner: Mutex<T>,
 }
 
-impl<T> SharedPool<T> {
+impl<T> LockedPool<T> {
     /// Wraps `value`.
     pub const fn new(value: T) -> Self {
         Self { inner: Mutex::new(value) }
@@ -25,7 +26,7 @@ impl<T> SharedPool<T> {
     /// Runs `f` with exclusive access, spinning until the lock is free.
     ///
     /// Never call it from an interrupt handler that may have preempted a holder on the same
-    /// core: it would spin forever. Use [`SharedPool::try_with`] there.
+    /// core: it would spin forever. Use [`LockedPool::try_with`] there.
     pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
         f(&mut self.inner.lock())
     }
@@ -50,7 +51,7 @@ mod tests {
     fn threads_lose_no_update_and_try_with_gives_up_while_held() {
         // Fewer rounds under Miri, which runs every thread interleaving slowly.
         const ROUNDS: u64 = if cfg!(miri) { 20 } else { 500 };
-        let shared = SharedPool::new(ExpertPool::new(PoolConfig::new(8, 2)).unwrap());
+        let shared = LockedPool::new(ExpertPool::new(PoolConfig::new(8, 2)).unwrap());
         std::thread::scope(|scope| {
             for t in 0..4u32 {
                 let shared = &shared;
