@@ -385,12 +385,9 @@ impl OutputCheck {
 }
 
 pub fn run(args: &Args) -> Result<(), CliError> {
-    let policy = match args.policy {
-        expertslab_std::trace::replay::ReplayPolicy::Pool(p) if p != expertslab_std::Policy::Belady => p,
-        other => {
-            return Err(CliError::Usage(format!("demo runs deployable policies; {} is a reference", other.name())))
-        }
-    };
+    let policy = args.policy.deployable().ok_or_else(|| {
+        CliError::Usage(format!("demo runs deployable policies; {} is a reference", args.policy.name()))
+    })?;
     if args.device == "cuda" {
         return run_cuda(args, policy);
     }

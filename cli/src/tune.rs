@@ -114,7 +114,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
             _ => "not one expert per layer fits in --memory".into(),
         }));
     }
-    if let Some(reference) = args.policy.iter().find(|p| !matches!(p, ReplayPolicy::Pool(p) if *p != Policy::Belady)) {
+    if let Some(reference) = args.policy.iter().find(|p| p.deployable().is_none()) {
         return Err(CliError::Usage(format!(
             "{} is a reference, not a policy a runtime can deploy; tune compares against the references itself",
             reference.name()

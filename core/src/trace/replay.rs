@@ -83,6 +83,16 @@ impl ReplayPolicy {
         matches!(self, Self::Pool(_) | Self::Oracle)
     }
 
+    /// The pool policy a runtime can deploy, or `None` for a reference (Belady's, the oracle,
+    /// uniform, the optima), which needs the future or is a bound.
+    pub const fn deployable(&self) -> Option<Policy> {
+        match self {
+            Self::Pool(Policy::Belady) => None,
+            Self::Pool(p) => Some(*p),
+            _ => None,
+        }
+    }
+
     /// Whether replays of it prefetch when [`ReplayConfig::prefetch`] names a predictor (and the
     /// cost model leaves time for a copy, [`CostModel::prefetch_copies`]): LRU and LFU pools.
     pub const fn prefetches(&self) -> bool {
@@ -438,6 +448,17 @@ mod tests {
             assert!((r.total.modeled_time_s - expected).abs() < 1e-9, "{name}");
         }
         assert!(ReplayPolicy::from_name("random").is_err());
+    }
+
+    #[cfg(feature = "demand")]
+    #[test]
+    fn only_pool_policies_but_belady_are_deployable() {
+        let deployable: Vec<&str> = ReplayPolicy::NAMES
+            .into_iter()
+            .filter(|name| ReplayPolicy::from_name(name).unwrap().deployable().is_some())
+            .collect();
+        assert_eq!(deployable, ["tide", "decay", "lru", "lfu", "lru2", "tinylfu"]);
+        assert_eq!(ReplayPolicy::Pool(Policy::Lru).deployable(), Some(Policy::Lru));
     }
 
     #[cfg(feature = "demand")]
