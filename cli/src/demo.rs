@@ -121,7 +121,8 @@ impl Args {
 /// schedule of the expertslab row, the synthetic routing's steps, and `--trace` writes the
 /// routing decoded.
 fn run_cuda(args: &Args, policy: expertslab_std::Policy) -> Result<(), CliError> {
-    use expertslab_cuda::demo::{run_demo, DemoConfig, DemoRouting, ModelSpec, SynthSettings};
+    use expertslab_cuda::demo::{run_demo, DemoConfig, DemoRouting, ModelSpec};
+    use expertslab_std::trace::synthetic::SyntheticTrace;
     let mut config = DemoConfig { policy, ..DemoConfig::default() };
     let trace = args.routing.as_deref().map(crate::replay_args::read_trace).transpose()?;
     let header = trace.as_ref().map(|t| t.header());
@@ -179,9 +180,9 @@ fn run_cuda(args: &Args, policy: expertslab_std::Policy) -> Result<(), CliError>
             }
             DemoRouting::Trace(trace)
         }
-        None => DemoRouting::Synthetic(SynthSettings {
-            steps: args.steps.unwrap_or(SynthSettings::locality().steps),
-            ..SynthSettings::locality()
+        None => DemoRouting::Synthetic(SyntheticTrace {
+            steps: args.steps.unwrap_or(SyntheticTrace::LOCALITY.steps),
+            ..SyntheticTrace::LOCALITY
         }),
     };
     let fail = |e: expertslab_cuda::CudaError| CliError::Usage(format!("demo --device cuda: {e}"));

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
-use expertslab_std::trace::synthetic::{RoutingShape, SyntheticRouting};
+use expertslab_std::trace::synthetic::SyntheticTrace;
 use expertslab_std::trace::TraceHeader;
 use expertslab_std::{RoutingCapture, TraceRecorder};
 
@@ -21,34 +21,34 @@ pub struct Args {
     #[arg(long)]
     out: PathBuf,
     /// Experts per layer.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = SyntheticTrace::DEFAULT.experts)]
     experts: u32,
     /// MoE layers.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = SyntheticTrace::DEFAULT.layers)]
     layers: u32,
     /// Experts per token.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = SyntheticTrace::DEFAULT.top_k)]
     top_k: u32,
     /// Decode steps after the prefill block.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = SyntheticTrace::DEFAULT.steps)]
     steps: u64,
     /// Tokens per decode step.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = SyntheticTrace::DEFAULT.tokens)]
     tokens: usize,
     /// Tokens of the prefill block (step 0); 0 for none.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = SyntheticTrace::DEFAULT.prefill_tokens)]
     prefill_tokens: usize,
     /// Zipf exponent of expert popularity (0 = uniform).
-    #[arg(long, default_value_t = 0.9, value_parser = parse_zipf)]
+    #[arg(long, default_value_t = SyntheticTrace::DEFAULT.zipf, value_parser = parse_zipf)]
     zipf: f64,
     /// Probability that a token repeats the previous token's choice in the same position.
-    #[arg(long, default_value_t = 0.5, value_parser = parse_probability)]
+    #[arg(long, default_value_t = SyntheticTrace::DEFAULT.reuse, value_parser = parse_probability)]
     reuse: f64,
     /// Steps between reshuffles of the popularity (0 = never).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = SyntheticTrace::DEFAULT.phase)]
     phase: u64,
     /// Seed; layer `l` uses `seed + l`.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = SyntheticTrace::DEFAULT.seed)]
     seed: u64,
 }
 
@@ -109,36 +109,32 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     if args.layers == 0 {
         return Err(CliError::Usage("need layers >= 1".into()));
     }
-    let shape = RoutingShape {
+    let settings = SyntheticTrace {
         experts: args.experts,
+        layers: args.layers,
         top_k: args.top_k,
-        zipf_s: args.zipf,
+        steps: args.steps,
+        tokens: args.tokens,
+        prefill_tokens: args.prefill_tokens,
+        zipf: args.zipf,
         reuse: args.reuse,
-        phase_steps: args.phase,
+        phase: args.phase,
+        seed: args.seed,
     };
-    shape.check().map_err(|e| CliError::Usage(format!("synth: {e}")))?;
+    settings.shape().check().map_err(|e| CliError::Usage(format!("synth: {e}")))?;
     check_sizes(args)?;
-    let mut layers = (0..args.layers)
-        .map(|l| SyntheticRouting::try_new(shape, args.seed.wrapping_add(u64::from(l))))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| CliError::Usage(format!("synth: {e}")))?;
+    let mut steps = settings.steps().map_err(|e| CliError::Usage(format!("synth: {e}")))?;
     let io = |e| CliError::io(&args.out, e);
     let file = OutputFile::create(&args.out)?;
     let header = TraceHeader { experts: args.experts, layers: args.layers, top_k: args.top_k };
     let mut recorder = TraceRecorder::new(file, header).map_err(io)?;
     let mut capture = RoutingCapture::new();
-    let mut ids = Vec::new();
-    let prefill = args.prefill_tokens > 0;
-    for step in 0..args.steps.saturating_add(u64::from(prefill)) {
-        let (tokens, is_prefill) =
-            if prefill && step == 0 { (args.prefill_tokens, true) } else { (args.tokens, false) };
+    while let Some((step, prefill, layers)) = steps.next_step() {
         capture.clear();
-        for (layer, routing) in layers.iter_mut().enumerate() {
-            ids.clear();
-            routing.step(tokens, &mut ids);
-            capture.record(layer, &ids);
+        for (layer, ids) in layers.iter().enumerate() {
+            capture.record(layer, ids);
         }
-        recorder.record(step, is_prefill, &capture).map_err(io)?;
+        recorder.record(step, prefill, &capture).map_err(io)?;
     }
     recorder.finish().map_err(io)?.commit()
 }

@@ -25,10 +25,10 @@
 use std::process::ExitCode;
 
 use expertslab::trace::replay::FetchCap;
+use expertslab::trace::synthetic::SyntheticTrace;
 use expertslab::{DecayConfig, Policy, Schedule};
 use expertslab_cuda::demo::{
     open_device, tune_pick, Calibration, DemoMiss, DemoRouting, GpuModel, ModelSpec, RunConfig, RunReport,
-    SynthSettings,
 };
 use expertslab_cuda::{CudaError, MissAction, MissRule};
 
@@ -62,7 +62,7 @@ fn bench(model: &GpuModel, calibration: &Calibration, reps: usize) -> Result<(),
     let measured = MissRule::Measured(calibration.costs);
     let mut goals = Vec::new();
     for (trace_name, settings) in
-        [("locality", SynthSettings::locality()), ("near-uniform", SynthSettings::near_uniform())]
+        [("locality", SyntheticTrace::LOCALITY), ("near-uniform", SyntheticTrace::NEAR_UNIFORM)]
     {
         let trace = DemoRouting::Synthetic(settings).trace(model.spec())?;
         let floor = model.decode_median(&trace, &RunConfig::new(experts, Policy::Tide, copy), reps)?;
@@ -133,7 +133,7 @@ fn peer(model: &GpuModel, calibration: &Calibration, reps: usize) -> Result<(), 
     let c = &calibration.costs;
     let measured = MissRule::Measured(*c);
     for (trace_name, settings) in
-        [("near-uniform", SynthSettings::near_uniform()), ("locality", SynthSettings::locality())]
+        [("near-uniform", SyntheticTrace::NEAR_UNIFORM), ("locality", SyntheticTrace::LOCALITY)]
     {
         let trace = DemoRouting::Synthetic(settings).trace(model.spec())?;
         let expert = model.expert_bytes() as f64;

@@ -8,9 +8,10 @@
 
 use std::process::ExitCode;
 
+use expertslab::trace::synthetic::SyntheticTrace;
 use expertslab::trace::Trace;
 use expertslab::Policy;
-use expertslab_cuda::demo::{run_demo, DemoConfig, DemoRouting, ModelSpec, SynthSettings};
+use expertslab_cuda::demo::{run_demo, DemoConfig, DemoRouting, ModelSpec};
 
 fn parse(args: &[String]) -> Result<DemoConfig, String> {
     let mut config = DemoConfig::default();
@@ -24,7 +25,7 @@ fn parse(args: &[String]) -> Result<DemoConfig, String> {
                 let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
                 config.routing = DemoRouting::Trace(Trace::parse(&text).map_err(|e| format!("{path}: {e}"))?);
             }
-            "--uniform" => config.routing = DemoRouting::Synthetic(SynthSettings::near_uniform()),
+            "--uniform" => config.routing = DemoRouting::Synthetic(SyntheticTrace::NEAR_UNIFORM),
             "--slots" => config.slots = number(value()?)?,
             "--policy" => config.policy = Policy::from_name(value()?).map_err(|e| format!("--policy: {e}"))?,
             "--layers" => config.model = ModelSpec::current_moe(number(value()?)?),

@@ -6,9 +6,10 @@ use std::io::Write;
 
 use expertslab::trace::replay::{FetchCap, Sharing};
 use expertslab::trace::synthetic::SplitMix64;
+use expertslab::trace::synthetic::SyntheticTrace;
 use expertslab::trace::Trace;
 use expertslab::{AdmissionConfig, DecayConfig, Format, Policy};
-use expertslab_cuda::demo::{activations, open_device, router_weights, GpuModel, ModelSpec, RunConfig, SynthSettings};
+use expertslab_cuda::demo::{activations, open_device, router_weights, GpuModel, ModelSpec, RunConfig};
 use expertslab_cuda::reference::{f32_to_bf16, moe_ffn, within_tolerance, ExpertWeights};
 use expertslab_cuda::{CudaError, FfnShape, MissAction, MissCosts, MissRule};
 use expertslab_std::ffn::{combine, ExpertFfn, PairSlabs};
@@ -52,8 +53,15 @@ fn stacks(spec: &ModelSpec) -> Vec<[Vec<u8>; 3]> {
 }
 
 fn trace(spec: &ModelSpec) -> Trace {
-    let mut settings =
-        SynthSettings::new(spec.experts as u32, spec.layers as u32, spec.shape.top_k as u32, 40, 0.9, 0.5);
+    let mut settings = SyntheticTrace {
+        experts: spec.experts as u32,
+        layers: spec.layers as u32,
+        top_k: spec.shape.top_k as u32,
+        steps: 40,
+        zipf: 0.9,
+        reuse: 0.5,
+        ..SyntheticTrace::DEFAULT
+    };
     settings.prefill_tokens = 6;
     settings.phase = 16;
     settings.trace().unwrap()

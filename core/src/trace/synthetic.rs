@@ -266,6 +266,147 @@ fn rank_weight(cdf: &[f64], rank: usize) -> f64 {
     cdf.get(rank).copied().unwrap_or(0.0) - below
 }
 
+/// A multi-layer synthetic trace, as `expertslab synth` writes it: a prefill block of
+/// `prefill_tokens` tokens at step 0 (none when 0), then `steps` decode steps of `tokens`
+/// tokens; layer `l` routed by a [`SyntheticRouting`] of the shape seeded with `seed + l`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct SyntheticTrace {
+    /// Experts per layer.
+    pub experts: u32,
+    /// Layers.
+    pub layers: u32,
+    /// Experts per token.
+    pub top_k: u32,
+    /// Decode steps after the prefill block.
+    pub steps: u64,
+    /// Tokens per decode step.
+    pub tokens: usize,
+    /// Tokens of the prefill block (step 0); 0 for none.
+    pub prefill_tokens: usize,
+    /// Zipf exponent of expert popularity (0: uniform).
+    pub zipf: f64,
+    /// Probability that a token repeats the previous token's choice in the same position.
+    pub reuse: f64,
+    /// Steps between reshuffles of the popularity (0: never).
+    pub phase: u64,
+    /// Seed; layer `l` uses `seed + l`.
+    pub seed: u64,
+}
+
+/// What keeps a [`SyntheticTrace`] from being made.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SyntheticTraceError {
+    /// A routing shape no draw can meet.
+    Shape(ShapeError),
+    /// The trace refused a record (a header of no experts or layers).
+    Trace(super::TraceError),
+}
+
+impl fmt::Display for SyntheticTraceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Shape(e) => write!(f, "{e}"),
+            Self::Trace(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl core::error::Error for SyntheticTraceError {}
+
+impl SyntheticTrace {
+    /// `expertslab synth`'s defaults: 64 experts, 4 layers, top-8, 1000 one-token decode steps
+    /// after a prefill block of 64 tokens, Zipf 0.9, reuse 0.5, a reshuffle every 256 steps,
+    /// seed 1.
+    pub const DEFAULT: Self = Self {
+        experts: 64,
+        layers: 4,
+        top_k: 8,
+        steps: 1000,
+        tokens: 1,
+        prefill_tokens: 64,
+        zipf: 0.9,
+        reuse: 0.5,
+        phase: 256,
+        seed: 1,
+    };
+
+    /// The locality family of the GPU benchmarks: 128 experts, 4 layers, top-8, 512 steps, Zipf
+    /// 0.9, reuse 0.5 (the other settings [`SyntheticTrace::DEFAULT`]'s).
+    pub const LOCALITY: Self = Self { experts: 128, steps: 512, ..Self::DEFAULT };
+
+    /// The near-uniform family: [`SyntheticTrace::LOCALITY`] with Zipf 0 and reuse 0.
+    pub const NEAR_UNIFORM: Self = Self { zipf: 0.0, reuse: 0.0, ..Self::LOCALITY };
+
+    /// The routing shape every layer draws from.
+    pub const fn shape(&self) -> RoutingShape {
+        RoutingShape {
+            experts: self.experts,
+            top_k: self.top_k,
+            zipf_s: self.zipf,
+            reuse: self.reuse,
+            phase_steps: self.phase,
+        }
+    }
+
+    /// The steps, one at a time ([`SyntheticSteps::next_step`]).
+    ///
+    /// # Errors
+    /// [`ShapeError`] for a shape no draw can meet.
+    pub fn steps(&self) -> Result<SyntheticSteps, ShapeError> {
+        let layers = (0..self.layers)
+            .map(|l| SyntheticRouting::try_new(self.shape(), self.seed.wrapping_add(u64::from(l))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ids = (0..self.layers).map(|_| Vec::new()).collect();
+        Ok(SyntheticSteps { settings: *self, layers, ids, next: 0 })
+    }
+
+    /// The whole trace in memory.
+    ///
+    /// # Errors
+    /// [`SyntheticTraceError`].
+    pub fn trace(&self) -> Result<super::Trace, SyntheticTraceError> {
+        let mut steps = self.steps().map_err(SyntheticTraceError::Shape)?;
+        let header = super::TraceHeader { experts: self.experts, layers: self.layers, top_k: self.top_k };
+        let mut trace = super::Trace::new(header).map_err(SyntheticTraceError::Trace)?;
+        while let Some((step, prefill, layers)) = steps.next_step() {
+            for (layer, ids) in (0u32..).zip(layers) {
+                trace.push(layer, step, prefill, ids).map_err(SyntheticTraceError::Trace)?;
+            }
+        }
+        Ok(trace)
+    }
+}
+
+/// The steps of a [`SyntheticTrace`], drawn one at a time.
+#[derive(Debug, Clone)]
+pub struct SyntheticSteps {
+    settings: SyntheticTrace,
+    layers: Vec<SyntheticRouting>,
+    ids: Vec<Vec<u32>>,
+    next: u64,
+}
+
+impl SyntheticSteps {
+    /// The next step: its index, whether it is the prefill block, and each layer's ids
+    /// (`tokens × top_k`, token-major); `None` after the last.
+    pub fn next_step(&mut self) -> Option<(u64, bool, &[Vec<u32>])> {
+        let s = &self.settings;
+        let prefill = s.prefill_tokens > 0;
+        if self.next >= s.steps.saturating_add(u64::from(prefill)) {
+            return None;
+        }
+        let step = self.next;
+        self.next = step.saturating_add(1);
+        let (tokens, is_prefill) = if prefill && step == 0 { (s.prefill_tokens, true) } else { (s.tokens, false) };
+        for (routing, ids) in self.layers.iter_mut().zip(self.ids.iter_mut()) {
+            ids.clear();
+            routing.step(tokens, ids);
+        }
+        Some((step, is_prefill, &self.ids))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,5 +549,26 @@ mod tests {
         }
         assert!(matches!(RoutingShape { zipf_s: f64::NAN, ..ok }.check(), Err(ShapeError::Zipf(_))));
         assert!(matches!(RoutingShape { reuse: f64::NAN, ..ok }.check(), Err(ShapeError::Reuse(_))));
+    }
+
+    #[test]
+    fn synthetic_traces_have_a_prefill_block_and_a_seed_per_layer() {
+        let settings = SyntheticTrace { steps: 3, prefill_tokens: 2, ..SyntheticTrace::LOCALITY };
+        let trace = settings.trace().unwrap();
+        let records = trace.records();
+        assert_eq!(records.len(), 4 * 4); // prefill + 3 steps, 4 layers each
+        assert!(records.iter().take(4).all(|r| r.prefill && r.step == 0 && trace.ids(r).len() == 16));
+        assert!(records.iter().skip(4).all(|r| !r.prefill && trace.ids(r).len() == 8));
+        // Layer l draws from SyntheticRouting seeded with seed + l.
+        let mut layer1 = SyntheticRouting::new(settings.shape(), settings.seed + 1);
+        let mut ids = Vec::new();
+        layer1.step(2, &mut ids);
+        assert_eq!(trace.ids(&records[1]), &ids[..]);
+        // No prefill block: decode steps from 0; shapes no draw can meet are refused.
+        let plain = SyntheticTrace { steps: 2, prefill_tokens: 0, tokens: 3, ..SyntheticTrace::DEFAULT };
+        let trace = plain.trace().unwrap();
+        assert!(trace.records().iter().all(|r| !r.prefill && trace.ids(r).len() == 3 * 8));
+        let bad = SyntheticTrace { top_k: 0, ..SyntheticTrace::DEFAULT };
+        assert!(matches!(bad.trace(), Err(SyntheticTraceError::Shape(ShapeError::TopK { .. }))));
     }
 }

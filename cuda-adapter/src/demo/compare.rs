@@ -5,10 +5,11 @@ use std::fmt;
 use std::path::PathBuf;
 
 use expertslab::trace::replay::{FetchCap, Sharing};
+use expertslab::trace::synthetic::SyntheticTrace;
 use expertslab::trace::Trace;
 use expertslab::{Policy, Schedule};
 
-use super::{Calibration, GpuModel, ModelSpec, RunConfig, SynthSettings};
+use super::{Calibration, GpuModel, ModelSpec, RunConfig};
 use crate::error::CudaError;
 use crate::ffn::{MissAction, MissCosts, MissRule};
 
@@ -58,7 +59,7 @@ impl DemoMiss {
 pub enum DemoRouting {
     /// Synthetic routing generated like `expertslab synth`; its experts, layers and top-k are
     /// the model's (those of the settings are replaced).
-    Synthetic(SynthSettings),
+    Synthetic(SyntheticTrace),
     /// A routing trace (read by the caller) of the model's experts, layers and top-k.
     Trace(Trace),
 }
@@ -81,13 +82,15 @@ impl DemoRouting {
     /// # Errors
     /// [`CudaError::Unsupported`] for a trace of other experts, layers or top-k than the
     /// model's (a trace of fewer layers would leave layers unrouted), and
-    /// [`SynthSettings::trace`]'s errors.
+    /// [`CudaError::Residency`] for [`SyntheticTrace::trace`]'s errors.
     pub fn trace(&self, model: &ModelSpec) -> Result<Trace, CudaError> {
         let as_u32 = |n: usize, what: &str| u32::try_from(n).map_err(|_| CudaError::Unsupported(format!("{n} {what}")));
         let (experts, layers, top_k) =
             (as_u32(model.experts, "experts")?, as_u32(model.layers, "layers")?, as_u32(model.shape.top_k, "top-k")?);
         match self {
-            Self::Synthetic(settings) => SynthSettings { experts, layers, top_k, ..*settings }.trace(),
+            Self::Synthetic(settings) => SyntheticTrace { experts, layers, top_k, ..*settings }
+                .trace()
+                .map_err(|e| CudaError::Residency(format!("synthetic trace: {e}"))),
             Self::Trace(trace) => {
                 let h = trace.header();
                 if (h.experts, h.layers, h.top_k) != (experts, layers, top_k) {
@@ -136,7 +139,7 @@ impl Default for DemoConfig {
             device: 0,
             model: ModelSpec::current_moe(4),
             model_file: None,
-            routing: DemoRouting::Synthetic(SynthSettings::locality()),
+            routing: DemoRouting::Synthetic(SyntheticTrace::LOCALITY),
             slots: 64,
             policy: Policy::Tide,
             schedule: Schedule::EveryForward,
@@ -327,7 +330,7 @@ mod tests {
     #[test]
     fn the_routing_follows_the_model_and_a_trace_of_another_shape_is_refused() {
         let model = ModelSpec::current_moe(6);
-        let settings = SynthSettings { steps: 2, prefill_tokens: 0, ..SynthSettings::locality() };
+        let settings = SyntheticTrace { steps: 2, prefill_tokens: 0, ..SyntheticTrace::LOCALITY };
         let trace = DemoRouting::Synthetic(settings).trace(&model).unwrap();
         assert_eq!((trace.header().layers, trace.header().experts, trace.header().top_k), (6, 128, 8));
         assert_eq!(trace.records().len(), 2 * 6, "every layer is routed");

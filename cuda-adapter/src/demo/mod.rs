@@ -20,7 +20,7 @@
 //!
 //! | file | what |
 //! |---|---|
-//! | `mod.rs` | settings and reports of a run ([`ModelSpec`], [`SynthSettings`], [`RunConfig`], [`RunReport`]), [`tune_pick`] |
+//! | `mod.rs` | settings and reports of a run ([`ModelSpec`], [`RunConfig`], [`RunReport`]), [`tune_pick`]; synthetic routing is the core's [`SyntheticTrace`](expertslab::trace::synthetic::SyntheticTrace) |
 //! | `compare.rs` | the demo's comparison ([`DemoConfig`], [`DemoReport`], [`run_demo`]) |
 //! | `gguf.rs` | [`GgufExperts`]: a GGUF file's experts, mapped, and the shape they make |
 //! | `model.rs` | [`GpuModel`]: the weights, calibration, decode, the replay's prediction |
@@ -28,8 +28,10 @@
 //! | `runner/` | one decode run on the library's path (`kernels.rs`: what it launches; `host.rs`: pairs on the host); its order checked on the mock driver (`tests.rs`) |
 
 use expertslab::trace::replay::{replay, CostModel, FetchCap, ReplayConfig, ReplayPolicy, Sharing};
-use expertslab::trace::synthetic::{RoutingShape, SplitMix64, SyntheticRouting};
-use expertslab::trace::{Trace, TraceHeader};
+use expertslab::trace::synthetic::SplitMix64;
+#[cfg(test)]
+use expertslab::trace::synthetic::SyntheticTrace;
+use expertslab::trace::Trace;
 use expertslab::{ExpertLayout, Format, InitialPlacement, Policy, Schedule, StackLayout};
 
 use crate::error::CudaError;
@@ -80,78 +82,6 @@ impl ModelSpec {
         let gate = StackLayout::new(s.format, self.experts, s.ffn, s.hidden)?;
         let down = StackLayout::new(s.format, self.experts, s.hidden, s.ffn)?;
         Ok(ExpertLayout::gate_up_down(gate, gate, down)?)
-    }
-}
-
-/// The routing settings of the CLI's `synth` (its defaults: 64 prefill tokens at step 0, a
-/// phase change every 256 steps, seed 1, one token per decode step).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SynthSettings {
-    /// Experts per layer.
-    pub experts: u32,
-    /// Layers.
-    pub layers: u32,
-    /// Experts per token.
-    pub top_k: u32,
-    /// Decode steps after the prefill block.
-    pub steps: u64,
-    /// Zipf exponent.
-    pub zipf: f64,
-    /// Reuse probability.
-    pub reuse: f64,
-    /// Steps between popularity reshuffles.
-    pub phase: u64,
-    /// Prefill tokens (step 0); 0 for none.
-    pub prefill_tokens: usize,
-    /// Seed; layer `l` uses `seed + l`.
-    pub seed: u64,
-}
-
-impl SynthSettings {
-    /// `synth`'s defaults for the given experts, layers, top-k, steps, Zipf exponent and reuse.
-    pub const fn new(experts: u32, layers: u32, top_k: u32, steps: u64, zipf: f64, reuse: f64) -> Self {
-        Self { experts, layers, top_k, steps, zipf, reuse, phase: 256, prefill_tokens: 64, seed: 1 }
-    }
-
-    /// The locality trace of the decode benchmark (G2): `--experts 128 --layers 4 --top-k 8
-    /// --steps 512 --zipf 0.9 --reuse 0.5`.
-    pub const fn locality() -> Self {
-        Self::new(128, 4, 8, 512, 0.9, 0.5)
-    }
-
-    /// The near-uniform trace: the same with `--zipf 0 --reuse 0`.
-    pub const fn near_uniform() -> Self {
-        Self::new(128, 4, 8, 512, 0.0, 0.0)
-    }
-
-    /// The trace `expertslab synth` writes for these settings.
-    ///
-    /// # Errors
-    /// [`CudaError::Residency`] for an empty shape.
-    pub fn trace(&self) -> Result<Trace, CudaError> {
-        let bad = |e: expertslab::trace::TraceError| CudaError::Residency(format!("synthetic trace: {e}"));
-        let header = TraceHeader { experts: self.experts, layers: self.layers, top_k: self.top_k };
-        let mut trace = Trace::new(header).map_err(bad)?;
-        let shape = RoutingShape {
-            experts: self.experts,
-            top_k: self.top_k,
-            zipf_s: self.zipf,
-            reuse: self.reuse,
-            phase_steps: self.phase,
-        };
-        let mut layers: Vec<SyntheticRouting> =
-            (0..self.layers).map(|l| SyntheticRouting::new(shape, self.seed.wrapping_add(u64::from(l)))).collect();
-        let prefill = self.prefill_tokens > 0;
-        let mut ids = Vec::new();
-        for step in 0..self.steps.saturating_add(u64::from(prefill)) {
-            let (tokens, is_prefill) = if prefill && step == 0 { (self.prefill_tokens, true) } else { (1, false) };
-            for (layer, routing) in (0u32..).zip(layers.iter_mut()) {
-                ids.clear();
-                routing.step(tokens, &mut ids);
-                trace.push(layer, step, is_prefill, &ids).map_err(bad)?;
-            }
-        }
-        Ok(trace)
     }
 }
 
@@ -426,30 +356,12 @@ mod tests {
     }
 
     #[test]
-    fn synthetic_traces_follow_synth() {
-        let settings = SynthSettings { steps: 3, prefill_tokens: 2, ..SynthSettings::locality() };
-        let trace = settings.trace().unwrap();
-        let records = trace.records();
-        assert_eq!(records.len(), 4 * 4); // prefill + 3 steps, 4 layers each
-        assert!(records.iter().take(4).all(|r| r.prefill && r.step == 0 && trace.ids(r).len() == 16));
-        assert!(records.iter().skip(4).all(|r| !r.prefill && trace.ids(r).len() == 8));
-        // Layer l draws from SyntheticRouting seeded with seed + l, like `synth`.
-        let mut layer1 = SyntheticRouting::new(
-            RoutingShape { experts: 128, top_k: 8, zipf_s: 0.9, reuse: 0.5, phase_steps: 256 },
-            settings.seed + 1,
-        );
-        let mut ids = Vec::new();
-        layer1.step(2, &mut ids);
-        assert_eq!(trace.ids(&records[1]), &ids[..]);
-    }
-
-    #[test]
     fn with_the_host_the_tune_pick_is_priced_by_layer_step() {
         // The H100's costs: a copy 179 µs, a pair on the host 102 µs; near-uniform routing.
         let costs =
             MissCosts { copy: 179e-6, resident_pair: 6e-6, bus_pair: 275e-6, host_pair: 102e-6, host_step: 0.0 };
         let calibration = Calibration { link_bytes_per_second: 52.6e9, costs };
-        let trace = SynthSettings { steps: 128, ..SynthSettings::near_uniform() }.trace().unwrap();
+        let trace = SyntheticTrace { steps: 128, ..SyntheticTrace::NEAR_UNIFORM }.trace().unwrap();
         let bytes: u64 = 9 << 20;
         let modeled = |run: &RunConfig| {
             let cost = replay_cost(run.miss, bytes, &calibration);
@@ -465,7 +377,7 @@ mod tests {
         assert_eq!(hybrid.miss, MissRule::Balanced(costs, FetchCap::Balanced), "{hybrid:?}");
         assert!(modeled(&hybrid) < 0.5 * modeled(&copying), "{hybrid:?} {copying:?}");
         // The pick is the best of both caps: no policy beats it under either.
-        let locality = SynthSettings { steps: 128, ..SynthSettings::locality() }.trace().unwrap();
+        let locality = SyntheticTrace { steps: 128, ..SyntheticTrace::LOCALITY }.trace().unwrap();
         let rule = |cap| MissRule::Balanced(costs, cap);
         let pick = tune_pick(&locality, 32, bytes, &calibration, rule(FetchCap::Balanced)).unwrap();
         let on_locality = |run: &RunConfig| {

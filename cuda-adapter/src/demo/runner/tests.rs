@@ -7,10 +7,10 @@ use expertslab::{Format, Policy, StackLayout};
 use expertslab_std::{LayerStacks, SharedBytes};
 
 use super::*;
-use crate::demo::SynthSettings;
 use crate::driver::{MockDriver, MockOp, MockStream};
 use crate::ffn::MissCosts;
 use crate::host::RingConfig;
+use expertslab::trace::synthetic::SyntheticTrace;
 use expertslab_std::ffn::ExpertFfn;
 
 const EXPERTS: usize = 8;
@@ -119,11 +119,19 @@ use crate::driver::MockEvent;
 #[test]
 fn a_layer_s_work_is_enqueued_only_after_the_previous_layer_s_event() {
     let (store, layout) = store();
-    let settings = SynthSettings {
+    let settings = SyntheticTrace {
         steps: 10,
         prefill_tokens: 3,
         phase: 4,
-        ..SynthSettings::new(EXPERTS as u32, LAYERS as u32, 2, 10, 0.5, 0.3)
+        ..SyntheticTrace {
+            experts: EXPERTS as u32,
+            layers: LAYERS as u32,
+            top_k: 2,
+            steps: 10,
+            zipf: 0.5,
+            reuse: 0.3,
+            ..SyntheticTrace::DEFAULT
+        }
     };
     let trace = settings.trace().unwrap();
     let layers: Vec<usize> = trace.records().iter().map(|r| r.layer as usize).collect();
