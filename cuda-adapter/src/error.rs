@@ -4,10 +4,65 @@ use std::fmt;
 
 use cudarc::driver::sys::CUresult;
 use cudarc::driver::DriverError;
-use expertslab::LayoutError;
+use expertslab::trace::replay::ReplayError;
+use expertslab::trace::synthetic::SyntheticTraceError;
+use expertslab::trace::TraceError;
+use expertslab::{LayoutError, PlanError, PolicyError, PoolError};
+
+/// What the core refused on the way to a run, with the core's own error.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ResidencyError {
+    /// A pool refused its settings or a step.
+    Pool(PoolError),
+    /// A migration's promotion did not fit the pool's state.
+    Plan(PlanError),
+    /// A source gave a slab whose length is not the layout's.
+    SlabLength {
+        /// Bytes the layout expects.
+        expected: usize,
+        /// Bytes the source gave.
+        actual: usize,
+    },
+    /// A migration failed another way (the core's summary of it).
+    Migrate(&'static str),
+    /// A replay (a prediction, a tune pick) refused the trace.
+    Replay(ReplayError),
+    /// A trace could not be built.
+    Trace(TraceError),
+    /// A synthetic trace could not be made.
+    Synthetic(SyntheticTraceError),
+    /// A policy name is not known.
+    Policy(PolicyError),
+}
+
+impl fmt::Display for ResidencyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Pool(e) => write!(f, "pool: {e}"),
+            Self::Plan(e) => write!(f, "plan: {e}"),
+            Self::SlabLength { expected, actual } => {
+                write!(f, "the source gave a slab of {actual} bytes, the layout needs {expected}")
+            }
+            Self::Migrate(what) => write!(f, "migrate: {what}"),
+            Self::Replay(e) => write!(f, "replay: {e}"),
+            Self::Trace(e) => write!(f, "trace: {e}"),
+            Self::Synthetic(e) => write!(f, "synthetic trace: {e}"),
+            Self::Policy(e) => write!(f, "policy: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ResidencyError {}
+
+impl From<ResidencyError> for CudaError {
+    fn from(e: ResidencyError) -> Self {
+        Self::Residency(e)
+    }
+}
 
 /// Why a CUDA operation of this crate failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum CudaError {
     /// No CUDA driver library (`libcuda.so`) was found on this machine.
@@ -61,8 +116,9 @@ pub enum CudaError {
     /// A kernel reported pairs it could not compute (status bits: 1 no weights for a
     /// non-resident expert, 2 an expert id out of range).
     KernelStatus(u32),
-    /// The residency pool, a replay or a trace refused a step.
-    Residency(String),
+    /// The core refused: a pool, a plan, a replay, a trace, a policy name
+    /// ([`ResidencyError`]).
+    Residency(ResidencyError),
     /// Slots do not fit the free device memory: one layer's slot arena, or the slots of every
     /// layer of a model.
     DoesNotFit {
@@ -130,7 +186,7 @@ impl fmt::Display for CudaError {
                 "the MoE kernel could not compute some pairs (status {bits:#x}: 1 = a non-resident expert without \
                  a miss source, 2 = an expert id out of range)"
             ),
-            Self::Residency(what) => write!(f, "residency: {what}"),
+            Self::Residency(e) => write!(f, "residency: {e}"),
             Self::DoesNotFit { layer, needed, free, slots_that_fit } => {
                 if let Some(layer) = layer {
                     write!(f, "layer {layer}: ")?;
@@ -149,7 +205,24 @@ impl std::error::Error for CudaError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Layout(e) => Some(e),
+            Self::Residency(e) => Some(e),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn the_core_s_refusals_keep_their_type() {
+        let e = CudaError::from(ResidencyError::Pool(PoolError::NoExperts));
+        assert!(matches!(e, CudaError::Residency(ResidencyError::Pool(PoolError::NoExperts))));
+        assert!(e.to_string().starts_with("residency: pool: "), "{e}");
+        let source = e.source().expect("the residency error is the source");
+        assert_eq!(source.to_string(), ResidencyError::Pool(PoolError::NoExperts).to_string());
     }
 }

@@ -64,7 +64,7 @@ pub enum CopyPath {
 
 /// Why a copy failed: the driver refused it, or waiting for earlier work (a staging buffer, the
 /// synchronous path) reported that earlier work failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum CopyFailure {
     /// The copy was not enqueued.
     Enqueue(CudaError),
@@ -73,7 +73,7 @@ pub(crate) enum CopyFailure {
 }
 
 /// What one call of [`HostMemory::register`] did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RegisterReport {
     /// Regions registered (buffers sharing a page are one region).
     pub registered: usize,

@@ -108,7 +108,7 @@ pub mod table;
 
 pub use arena::{VramArena, DEVICE_ALIGN};
 pub use driver::{CudaDriver, Driver, Faults, MockDriver, MockEvent, MockOp, MockStream, PinnedMemory};
-pub use error::CudaError;
+pub use error::{CudaError, ResidencyError};
 pub use ffn::{MissAction, MissCosts, MissRule, MoeFfn, PairSource, Phase, SlotView, StepBuffers};
 pub use host::{CopyPath, HostMemory, RegisterReport, RingConfig};
 pub use reference::FfnShape;

@@ -10,7 +10,7 @@ use expertslab::trace::Trace;
 use expertslab::{Policy, Schedule};
 
 use super::{Calibration, GpuModel, ModelSpec, RunConfig};
-use crate::error::CudaError;
+use crate::error::{CudaError, ResidencyError};
 use crate::ffn::{MissAction, MissCosts, MissRule};
 
 /// How the demo's expertslab row serves misses the pool does not admit.
@@ -90,7 +90,7 @@ impl DemoRouting {
         match self {
             Self::Synthetic(settings) => SyntheticTrace { experts, layers, top_k, ..*settings }
                 .trace()
-                .map_err(|e| CudaError::Residency(format!("synthetic trace: {e}"))),
+                .map_err(|e| CudaError::Residency(ResidencyError::Synthetic(e))),
             Self::Trace(trace) => {
                 let h = trace.header();
                 if (h.experts, h.layers, h.top_k) != (experts, layers, top_k) {

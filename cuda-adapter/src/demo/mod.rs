@@ -34,7 +34,7 @@ use expertslab::trace::synthetic::SyntheticTrace;
 use expertslab::trace::Trace;
 use expertslab::{ExpertLayout, Format, InitialPlacement, Policy, Schedule, StackLayout};
 
-use crate::error::CudaError;
+use crate::error::{CudaError, ResidencyError};
 use crate::ffn::{MissAction, MissCosts, MissRule};
 use crate::reference::FfnShape;
 
@@ -311,7 +311,7 @@ pub fn tune_pick(
     for rule in rules {
         let cost = replay_cost(rule, expert_bytes, calibration);
         for name in ["tide", "decay", "lru", "lfu", "lru2"] {
-            let policy = Policy::from_name(name).map_err(|e| CudaError::Residency(format!("{e}")))?;
+            let policy = Policy::from_name(name).map_err(|e| CudaError::Residency(ResidencyError::Policy(e)))?;
             let schedules: Vec<Schedule> = if policy.is_demand() {
                 vec![Schedule::EveryForward]
             } else {
@@ -324,7 +324,7 @@ pub fn tune_pick(
                 let config =
                     ReplayConfig::new(ReplayPolicy::Pool(policy), slots, schedule, InitialPlacement::Warm, cost);
                 let time = replay(trace, &config)
-                    .map_err(|e| CudaError::Residency(format!("replay: {e}")))?
+                    .map_err(|e| CudaError::Residency(ResidencyError::Replay(e)))?
                     .total
                     .modeled_time_s;
                 if best.as_ref().is_none_or(|(t, _)| time < *t) {
@@ -333,7 +333,8 @@ pub fn tune_pick(
             }
         }
     }
-    best.map(|(_, run)| run).ok_or_else(|| CudaError::Residency("no candidate".into()))
+    // Every search has candidates; LRU at τ = 1 would be the pick of none.
+    Ok(best.map_or(RunConfig::new(slots, Policy::Lru, rule), |(_, run)| run))
 }
 
 #[cfg(test)]

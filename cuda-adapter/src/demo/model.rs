@@ -19,7 +19,7 @@ use super::runner::{Model, Runner};
 use super::{activations, check_fit, median, Calibration, ModelSpec, Prediction, RunConfig, RunReport};
 use crate::arena::DEVICE_ALIGN;
 use crate::driver::CudaDriver;
-use crate::error::CudaError;
+use crate::error::{CudaError, ResidencyError};
 use crate::ffn::{raw, MissAction, MissCosts, MissRule, MoeFfn, PairSource, SlotView};
 use crate::host::{HostMemory, RingConfig};
 use crate::kernels;
@@ -561,15 +561,15 @@ impl GpuModel {
         let mut config =
             ReplayConfig::new(ReplayPolicy::Pool(run.policy), run.slots, run.schedule, InitialPlacement::Warm, cost);
         config.sharing = run.sharing;
-        let fail = |e: expertslab::trace::replay::ReplayError| CudaError::Residency(format!("replay: {e}"));
+        let fail = |e| CudaError::Residency(ResidencyError::Replay(e));
         let whole = replay(trace, &config).map_err(fail)?.total;
-        let mut prefill = Trace::new(trace.header()).map_err(|e| CudaError::Residency(format!("{e}")))?;
+        let mut prefill = Trace::new(trace.header()).map_err(|e| CudaError::Residency(ResidencyError::Trace(e)))?;
         let mut decode_tokens = 0u64;
         for r in trace.records() {
             if r.prefill || r.step == 0 {
                 prefill
                     .push(r.layer, r.step, r.prefill, trace.ids(r))
-                    .map_err(|e| CudaError::Residency(format!("{e}")))?;
+                    .map_err(|e| CudaError::Residency(ResidencyError::Trace(e)))?;
             } else if r.layer == 0 {
                 decode_tokens += (trace.ids(r).len() / self.spec.shape.top_k) as u64;
             }

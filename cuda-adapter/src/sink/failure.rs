@@ -16,7 +16,7 @@ pub struct SlotRef {
 }
 
 /// Copies that failed on the device, reported at a sync point.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LateFailure {
     /// What the driver reported.
     pub error: CudaError,

@@ -44,7 +44,7 @@ use expertslab_std::ExpertStore;
 use super::{RunConfig, RunReport};
 use crate::arena::DEVICE_ALIGN;
 use crate::driver::Driver;
-use crate::error::CudaError;
+use crate::error::{CudaError, ResidencyError};
 use crate::ffn::{MissAction, MissRule, PairSource, Phase, SlotView};
 use crate::reference::FfnShape;
 use crate::sink::{CudaSlotSink, ScratchSlot};
@@ -111,7 +111,7 @@ impl Placement {
 /// A step's failure as the crate's error: the sink's own error when a copy failed there.
 fn step_error(error: StepError<expertslab::LayoutError, CudaError>) -> CudaError {
     match error {
-        StepError::Pool(e) => CudaError::Residency(format!("step: {e}")),
+        StepError::Pool(e) => CudaError::Residency(ResidencyError::Pool(e)),
         StepError::Migrate { failure, .. } => migrate_error(failure.error),
     }
 }
@@ -120,7 +120,11 @@ fn migrate_error(error: expertslab::MigrateError<expertslab::LayoutError, CudaEr
     match error {
         expertslab::MigrateError::Sink(e) => e,
         expertslab::MigrateError::Source(e) => CudaError::Layout(e),
-        other => CudaError::Residency(format!("migrate: {other}")),
+        expertslab::MigrateError::Plan(e) => CudaError::Residency(ResidencyError::Plan(e)),
+        expertslab::MigrateError::SlabLength { expected, actual, .. } => {
+            CudaError::Residency(ResidencyError::SlabLength { expected, actual })
+        }
+        other => CudaError::Residency(ResidencyError::Migrate(other.summary())),
     }
 }
 
@@ -228,7 +232,7 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
                 .schedule(run.schedule)
                 .initial(InitialPlacement::Warm)
         };
-        let residency = |e: expertslab::PoolError| CudaError::Residency(format!("pool: {e}"));
+        let residency = |e| CudaError::Residency(ResidencyError::Pool(e));
         let mut plan = MigrationPlan::new(slots.saturating_mul(layers).max(1));
         let placement = if slots == 0 {
             Placement::None
