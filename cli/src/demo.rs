@@ -185,7 +185,7 @@ fn run_cuda(args: &Args, policy: expertslab_std::Policy) -> Result<(), CliError>
             ..SyntheticTrace::LOCALITY
         }),
     };
-    let fail = |e: expertslab_cuda::CudaError| CliError::Usage(format!("demo --device cuda: {e}"));
+    let fail = |e: expertslab_cuda::CudaError| CliError::Run(format!("demo --device cuda: {e}"));
     // The routing decoded, written once the demo has run.
     let trace_file = match &args.trace {
         Some(path) => {
@@ -195,7 +195,7 @@ fn run_cuda(args: &Args, policy: expertslab_std::Policy) -> Result<(), CliError>
                 .trace(&config.model)
                 .map_err(fail)?
                 .write(&mut text)
-                .map_err(|_| CliError::Usage("trace".into()))?;
+                .map_err(|_| CliError::Run("the routing trace could not be written as text".into()))?;
             let mut file = OutputFile::create(path)?;
             file.write_all(text.as_bytes()).map_err(|e| CliError::io(path, e))?;
             Some(file)
@@ -421,12 +421,12 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         None => build(args)?,
     };
     let ffn = ExpertFfn::new(model.d_model, model.d_ff, model.format)
-        .map_err(|e| CliError::Usage(format!("expert FFN: {e}")))?;
+        .map_err(|e| CliError::Run(format!("expert FFN: {e}")))?;
     let expert_bytes = model.store.layer(0).map_or(0, |l| l.layout().expert_bytes());
     let config = PoolConfig::new(args.experts, args.slots).policy(policy).schedule(args.schedule);
     let source = model.store.clone();
-    let mut offloader = Offloader::new(model.store.clone(), config, 64).map_err(|e| CliError::Usage(e.to_string()))?;
-    offloader.warm_up().map_err(|e| CliError::Usage(e.to_string()))?;
+    let mut offloader = Offloader::new(model.store.clone(), config, 64).map_err(|e| CliError::Run(e.to_string()))?;
+    offloader.warm_up().map_err(|e| CliError::Run(e.to_string()))?;
     // Counted from here: the warm start is the state the run begins in.
     let warm = offloader.stats();
     let mut recorder = match &args.trace {
@@ -461,14 +461,14 @@ pub fn run(args: &Args) -> Result<(), CliError> {
             let ids: Vec<u32> = routed.iter().map(|&(e, _)| e).collect();
             capture.record(layer, &ids);
             let report =
-                offloader.step_layer(layer, Step::decode(step), &ids).map_err(|e| CliError::Usage(e.to_string()))?;
+                offloader.step_layer(layer, Step::decode(step), &ids).map_err(|e| CliError::Run(e.to_string()))?;
             bytes_moved += report.migrated.bytes;
             // The routed experts' slabs as the offloader serves them (slot or source), and
             // straight from the source.
             let mut slabs: [Vec<&[u8]>; 2] = [Vec::new(), Vec::new()];
             for &(expert, _) in &routed {
                 for p in PROJECTIONS {
-                    let fail = |e: expertslab_std::LayoutError| CliError::Usage(e.to_string());
+                    let fail = |e: expertslab_std::LayoutError| CliError::Run(e.to_string());
                     slabs[0].push(offloader.expert_slab(layer, p, expert as usize).map_err(fail)?.0);
                     slabs[1].push(source.expert(layer, p, expert as usize).map_err(fail)?);
                 }
@@ -484,7 +484,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
                     out
                 })
             });
-            let fail = |e: FfnError| CliError::Usage(format!("expert FFN: {e}"));
+            let fail = |e: FfnError| CliError::Run(format!("expert FFN: {e}"));
             let (offloaded, reference) = (offloaded.map_err(fail)?, reference.map_err(fail)?);
             check.compare(step, layer, &offloaded, &reference);
             h.iter_mut().zip(&offloaded).for_each(|(v, o)| *v += o);

@@ -23,6 +23,9 @@ pub enum CliError {
     },
     /// The arguments, valid one by one, do not work together.
     Usage(String),
+    /// A run failed after its arguments were accepted: a pool or offloader step, the host FFN,
+    /// a replay, the GPU.
+    Run(String),
     /// A check the command makes of its own results failed (the demo's offloaded output differs
     /// from the all-resident output).
     Check(String),
@@ -54,7 +57,7 @@ impl fmt::Display for CliError {
             Self::Model { source: source @ expertslab_std::Error::Io { .. }, .. } => write!(f, "{source}"),
             Self::Model { path, source } => write!(f, "{}: {source}", path.display()),
             Self::Unusable { path, reason } => write!(f, "{}: {reason}", path.display()),
-            Self::Usage(reason) | Self::Check(reason) => f.write_str(reason),
+            Self::Usage(reason) | Self::Run(reason) | Self::Check(reason) => f.write_str(reason),
             Self::Output(e) => write!(f, "writing the output: {e}"),
         }
     }
@@ -64,7 +67,7 @@ impl std::error::Error for CliError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Model { source, .. } => Some(source),
-            Self::Unusable { .. } | Self::Usage(_) | Self::Check(_) => None,
+            Self::Unusable { .. } | Self::Usage(_) | Self::Run(_) | Self::Check(_) => None,
             Self::Output(e) => Some(e),
         }
     }

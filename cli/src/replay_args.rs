@@ -450,5 +450,5 @@ pub fn run_all(
         })
         .collect();
     bar.finish_and_clear();
-    runs.into_iter().collect::<Result<_, _>>().map_err(|e| CliError::Usage(format!("replay: {e}")))
+    runs.into_iter().collect::<Result<_, _>>().map_err(|e| CliError::Run(format!("replay: {e}")))
 }
