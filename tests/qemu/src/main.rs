@@ -15,7 +15,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use expertslab::{
-    migrate, ArenaSink, ExpertLayout, ExpertPool, LayerStacks, MigrateError, MigrationPlan, PoolConfig, LockedPool,
+    migrate, ArenaSink, ExpertLayout, ExpertPool, LayerStacks, LockedPool, MigrateError, MigrationPlan, PoolConfig,
     SlotArena, SlotSink, SlotWrite, Step,
 };
 use expertslab_golden::{
