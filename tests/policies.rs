@@ -46,7 +46,7 @@ fn run_demand(policy: Policy, experts: u32, slots: usize, warm: bool, steps: &[V
         assert_eq!(served_counts, step_counts, "{name} step {s}");
         assert_eq!(served.misses, served.served_by_copy + served.served_in_place);
         assert_eq!(resident_set(&pool), reference.resident_set(), "{name} step {s}");
-        assert_eq!(served.invalid as usize, ids.iter().filter(|&&id| id >= experts).count());
+        assert_eq!(served.invalid_ids as usize, ids.iter().filter(|&&id| id >= experts).count());
         assert!(pool.resident() <= pool.slots());
     }
     let stats = pool.stats();

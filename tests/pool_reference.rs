@@ -62,7 +62,7 @@ proptest! {
             // pairs are served by copy, the others' in place.
             let served = pool.serve(ids);
             prop_assert_eq!(ReferenceServed::of(&served), reference.serve(ids));
-            prop_assert_eq!(served.invalid as usize, ids.iter().filter(|&&id| id >= experts).count());
+            prop_assert_eq!(served.invalid_ids as usize, ids.iter().filter(|&&id| id >= experts).count());
         }
     }
 

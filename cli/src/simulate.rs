@@ -107,7 +107,7 @@ pub fn counters_json(c: &ReplayStats) -> Value {
         "misses": c.misses,
         "served_by_copy": c.served_by_copy,
         "served_in_place": c.served_in_place,
-        "invalid": c.invalid,
+        "invalid_ids": c.invalid_ids,
         "hit_rate": c.hit_rate(),
         "promotions": c.promotions,
         "demotions": c.demotions,
@@ -247,7 +247,7 @@ pub fn write_table(out: &mut impl Write, runs: &[Run]) -> io::Result<()> {
         ("modeled time", Align::Right),
     ]);
     // Ids past the expert count are left out of the runs: shown when there are any.
-    let invalid = runs.iter().any(|r| r.report.total.invalid > 0);
+    let invalid = runs.iter().any(|r| r.report.total.invalid_ids > 0);
     if invalid {
         table.column("invalid ids", Align::Right);
     }
@@ -265,7 +265,7 @@ pub fn write_table(out: &mut impl Write, runs: &[Run]) -> io::Result<()> {
             format!("{:.3} s", t.modeled_time_s),
         ];
         if invalid {
-            row.push(t.invalid.to_string());
+            row.push(t.invalid_ids.to_string());
         }
         table.row(row);
     }

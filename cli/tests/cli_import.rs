@@ -66,7 +66,7 @@ fn the_switch_base_8_capture_imports_and_replays() {
     assert_eq!(first, [7, 0, 2, 1, 3, 7]);
     for run in simulate(&path, &[]) {
         assert_eq!(run["total"]["pairs"], 1290, "{run}");
-        assert_eq!(run["total"]["invalid"], 0, "{run}");
+        assert_eq!(run["total"]["invalid_ids"], 0, "{run}");
         assert_eq!(run["layers"].as_array().unwrap().len(), 6);
     }
     std::fs::remove_file(path).unwrap();

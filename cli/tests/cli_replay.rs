@@ -72,7 +72,7 @@ fn simulate_json_has_every_counter_and_totals_sum_the_layers() {
         "misses",
         "served_by_copy",
         "served_in_place",
-        "invalid",
+        "invalid_ids",
         "hit_rate",
         "promotions",
         "demotions",

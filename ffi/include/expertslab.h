@@ -532,7 +532,7 @@ typedef struct EsServeStats {
   /**
    * Ids outside the pool's experts.
    */
-  uint32_t invalid;
+  uint32_t invalid_ids;
 } EsServeStats;
 
 /**
@@ -580,7 +580,7 @@ typedef struct EsReplayStats {
   /**
    * Ids outside the trace's experts.
    */
-  uint64_t invalid;
+  uint64_t invalid_ids;
   /**
    * Promotions.
    */

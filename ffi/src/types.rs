@@ -358,7 +358,7 @@ pub struct EsServeStats {
     /// Misses computed from slow memory.
     pub served_in_place: u32,
     /// Ids outside the pool's experts.
-    pub invalid: u32,
+    pub invalid_ids: u32,
 }
 
 impl From<ServeStats> for EsServeStats {
@@ -368,7 +368,7 @@ impl From<ServeStats> for EsServeStats {
             misses: s.misses,
             served_by_copy: s.served_by_copy,
             served_in_place: s.served_in_place,
-            invalid: s.invalid,
+            invalid_ids: s.invalid_ids,
         }
     }
 }
@@ -436,7 +436,7 @@ pub struct EsReplayStats {
     /// Misses computed from slow memory.
     pub served_in_place: u64,
     /// Ids outside the trace's experts.
-    pub invalid: u64,
+    pub invalid_ids: u64,
     /// Promotions.
     pub promotions: u64,
     /// Demotions.
@@ -455,7 +455,7 @@ impl From<&ReplayStats> for EsReplayStats {
             misses: s.misses,
             served_by_copy: s.served_by_copy,
             served_in_place: s.served_in_place,
-            invalid: s.invalid,
+            invalid_ids: s.invalid_ids,
             promotions: s.promotions,
             demotions: s.demotions,
             bytes_moved: s.bytes_moved,

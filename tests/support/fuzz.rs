@@ -219,7 +219,7 @@ pub fn pool_ops(data: &[u8]) {
                 pool.plan_step(s, &ids, &mut plan).expect("a short step");
                 let _ = migrate(&mut pool, &plan, &layout, &source[..], &mut sink);
                 let served = pool.serve(&ids);
-                assert_eq!((served.hits + served.misses + served.invalid) as usize, ids.len());
+                assert_eq!((served.hits + served.misses + served.invalid_ids) as usize, ids.len());
                 assert_eq!(served.served_by_copy + served.served_in_place, served.misses);
             }
             // Retry the last plan: it resumes or is refused as stale, never corrupts.

@@ -258,7 +258,7 @@ impl SharedSlotPool {
         if self.translate(layer, ids).is_err() {
             let invalid = u32::try_from(ids.len()).unwrap_or(u32::MAX);
             self.pool.stats.invalid_ids = self.pool.stats.invalid_ids.saturating_add(u64::from(invalid));
-            return ServeStats { invalid, ..ServeStats::default() };
+            return ServeStats { invalid_ids: invalid, ..ServeStats::default() };
         }
         let keys = core::mem::take(&mut self.keys);
         let served = self.pool.serve(&keys);
@@ -447,7 +447,7 @@ mod tests {
             PoolError::TooManyIds { ids: 5, max: 4 }
         );
         let served = pool.serve(5, &[1, 2]);
-        assert_eq!((served.hits, served.misses, served.invalid), (0, 0, 2));
+        assert_eq!((served.hits, served.misses, served.invalid_ids), (0, 0, 2));
         assert_eq!(pool.stats().invalid_ids, 2);
         // Ids past a layer's experts are invalid, not another layer's experts.
         pool.plan_step(0, Step::decode(0), &[8, 1], &mut plan).unwrap();

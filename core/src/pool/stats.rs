@@ -61,7 +61,7 @@ impl PoolStats {
         self.misses = self.misses.saturating_add(u64::from(served.misses));
         self.served_by_copy = self.served_by_copy.saturating_add(u64::from(served.served_by_copy));
         self.served_in_place = self.served_in_place.saturating_add(u64::from(served.served_in_place));
-        self.invalid_ids = self.invalid_ids.saturating_add(u64::from(served.invalid));
+        self.invalid_ids = self.invalid_ids.saturating_add(u64::from(served.invalid_ids));
     }
 }
 
@@ -78,14 +78,14 @@ pub struct ServeStats {
     /// Misses computed from slow memory (their expert not resident).
     pub served_in_place: u32,
     /// Ids at or past the expert count.
-    pub invalid: u32,
+    pub invalid_ids: u32,
 }
 
 impl ServeStats {
     /// Counts one classified id.
     pub(crate) fn count(&mut self, served: Served) {
         let counter = match served {
-            Served::Invalid => &mut self.invalid,
+            Served::Invalid => &mut self.invalid_ids,
             Served::Hit => &mut self.hits,
             Served::ByCopy => {
                 self.misses = self.misses.saturating_add(1);

@@ -143,7 +143,7 @@ fn refresh_promotes_into_free_slots_then_demotes_coldest() {
     assert_eq!(got, [(5, 0, None), (2, 1, None)]);
     commit_all(&mut p, &plan);
     // Both experts were copied in for this step: every valid id is a miss served by copy.
-    let by_copy = ServeStats { hits: 0, misses: 5, served_by_copy: 5, served_in_place: 0, invalid: 1 };
+    let by_copy = ServeStats { hits: 0, misses: 5, served_by_copy: 5, served_in_place: 0, invalid_ids: 1 };
     assert_eq!(p.serve(&[5, 5, 2, 9, 5, 2]), by_copy);
 
     // 7 and 6 are new targets; 5 stays; 2 is a target too but only 3 fit: 7(3) 5(2) 6(2) 2(1).
@@ -180,7 +180,7 @@ fn all_resident_never_moves_and_masks_report_residency() {
     let mut plan = MigrationPlan::new(5);
     p.refresh(&[4, 4, 0, 7], &mut plan).unwrap();
     assert!(plan.is_empty());
-    assert_eq!(p.serve(&[4, 4, 0, 7]), ServeStats { hits: 3, invalid: 1, ..ServeStats::default() });
+    assert_eq!(p.serve(&[4, 4, 0, 7]), ServeStats { hits: 3, invalid_ids: 1, ..ServeStats::default() });
     let mut p = pool(40, 2, InitialPlacement::Warm);
     let mut mask = [true; 41];
     p.resident_mask(&mut mask).unwrap();

@@ -242,7 +242,7 @@ pub(crate) fn replay(trace: &Trace, config: &ReplayConfig, start: &WarmStart) ->
         s.misses = s.misses.saturating_add(u64::from(served.misses));
         s.served_by_copy = s.served_by_copy.saturating_add(u64::from(served.served_by_copy));
         s.served_in_place = s.served_in_place.saturating_add(u64::from(served.served_in_place));
-        s.invalid = s.invalid.saturating_add(u64::from(served.invalid));
+        s.invalid_ids = s.invalid_ids.saturating_add(u64::from(served.invalid_ids));
         if let Some(prefetched) = pending.get_mut(at) {
             let used = prefetched.iter().filter(|&&e| ids.contains(&u32::from(e))).count() as u64;
             s.prefetch_hits = s.prefetch_hits.saturating_add(used);

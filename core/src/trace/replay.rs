@@ -168,7 +168,7 @@ pub struct ReplayStats {
     /// Misses computed from slow memory (each costs `slow_pair_seconds`).
     pub served_in_place: u64,
     /// Ids at or past the expert count.
-    pub invalid: u64,
+    pub invalid_ids: u64,
     /// Experts copied into slots.
     pub promotions: u64,
     /// Experts demoted from slots.
@@ -206,7 +206,7 @@ impl ReplayStats {
         self.misses = self.misses.saturating_add(other.misses);
         self.served_by_copy = self.served_by_copy.saturating_add(other.served_by_copy);
         self.served_in_place = self.served_in_place.saturating_add(other.served_in_place);
-        self.invalid = self.invalid.saturating_add(other.invalid);
+        self.invalid_ids = self.invalid_ids.saturating_add(other.invalid_ids);
         self.promotions = self.promotions.saturating_add(other.promotions);
         self.demotions = self.demotions.saturating_add(other.demotions);
         self.bytes_moved = self.bytes_moved.saturating_add(other.bytes_moved);
@@ -400,7 +400,7 @@ fn counters(end: &PoolStats, start: &PoolStats, cost: &CostModel) -> ReplayStats
         misses: end.misses,
         served_by_copy: end.served_by_copy,
         served_in_place: end.served_in_place,
-        invalid: end.invalid_ids,
+        invalid_ids: end.invalid_ids,
         promotions: end.promotions.saturating_sub(start.promotions),
         demotions: end.demotions.saturating_sub(start.demotions),
         bytes_moved,
@@ -440,7 +440,7 @@ mod tests {
             r.layers.iter().for_each(|(_, l)| sum.add(l));
             assert_eq!(sum, r.total, "{name}");
             assert_eq!(r.total.pairs, 29, "{name}");
-            assert_eq!(r.total.invalid, 1, "{name}");
+            assert_eq!(r.total.invalid_ids, 1, "{name}");
             assert_eq!(r.total.hits + r.total.misses, r.total.pairs);
             assert_eq!(r.total.served_by_copy + r.total.served_in_place, r.total.misses);
             assert_eq!(r.total.bytes_moved, r.total.promotions * 100);

@@ -440,7 +440,7 @@ pub fn replay_observing(scenario: &Scenario, mut observe: impl FnMut(u32)) -> Re
             fold(&mut digest, served.hits);
             fold(&mut digest, served.served_by_copy);
             fold(&mut digest, served.served_in_place);
-            fold(&mut digest, served.invalid);
+            fold(&mut digest, served.invalid_ids);
         }
         if let Some((line, expected)) = step.expected {
             check(line, expected, digest.0)?;

@@ -236,7 +236,7 @@ impl Solver {
                 if let Some((_, c)) = layers.get_mut(at) {
                     c.pairs = c.pairs.saturating_add(valid);
                     // valid <= len
-                    c.invalid = c.invalid.saturating_add((ids.len() as u64).saturating_sub(valid));
+                    c.invalid_ids = c.invalid_ids.saturating_add((ids.len() as u64).saturating_sub(valid));
                 }
             }
             for run in self.ids.chunk_by(|a, b| a == b) {

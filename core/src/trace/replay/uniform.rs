@@ -26,7 +26,7 @@ pub(super) fn uniform(trace: &Trace, by_layer: &[&TraceRecord], config: &ReplayC
             let ids = trace.ids(r);
             let valid = ids.iter().filter(|&&id| (id as usize) < experts).count() as u64;
             c.pairs = c.pairs.saturating_add(valid);
-            c.invalid = c.invalid.saturating_add((ids.len() as u64).saturating_sub(valid));
+            c.invalid_ids = c.invalid_ids.saturating_add((ids.len() as u64).saturating_sub(valid));
             // valid <= len
         }
         pairs_so_far = pairs_so_far.saturating_add(c.pairs);

@@ -166,7 +166,7 @@ fn a_hand_worked_trace() {
 fn zero_slots_and_empty_traces() {
     let t = tiny_trace(4, 2, &[vec![0, 1], vec![2, 9], vec![3, 3]]);
     let r = optimal(&t, &config(ReplayPolicy::Optimal, 0, InitialPlacement::Warm, unit_cost(1)));
-    assert_eq!((r.total.pairs, r.total.invalid, r.total.served_in_place, r.total.promotions), (5, 1, 5, 0));
+    assert_eq!((r.total.pairs, r.total.invalid_ids, r.total.served_in_place, r.total.promotions), (5, 1, 5, 0));
     let shared = optimal_shared(&t, &config(ReplayPolicy::OptimalShared, 0, InitialPlacement::Warm, unit_cost(1)));
     assert_eq!(shared, r);
     let empty = Trace::new(TraceHeader { experts: 4, layers: 2, top_k: 1 }).unwrap();
