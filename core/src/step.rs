@@ -271,7 +271,10 @@ mod tests {
         assert!(stats.refreshed);
         assert_eq!((stats.migrated.copied, stats.migrated.bytes), (2, 8));
         // Both experts were copied in for this step: their pairs are misses served by copy.
-        assert_eq!(stats.served, ServeStats { hits: 0, misses: 3, served_by_copy: 3, served_in_place: 0, invalid_ids: 1 });
+        assert_eq!(
+            stats.served,
+            ServeStats { hits: 0, misses: 3, served_by_copy: 3, served_in_place: 0, invalid_ids: 1 }
+        );
         for expert in [5, 6] {
             let slot = pool.slot_of(expert).unwrap();
             assert_eq!(sink.bytes[slot], [expert as u8; 4]);
@@ -293,14 +296,20 @@ mod tests {
         assert_eq!(stats.migrated.copied, 1);
         // Expert 5 reached slot 0 (served by copy); expert 6's copy failed, so its pair is
         // computed in place.
-        assert_eq!(stats.served, ServeStats { hits: 0, misses: 3, served_by_copy: 2, served_in_place: 1, invalid_ids: 0 });
+        assert_eq!(
+            stats.served,
+            ServeStats { hits: 0, misses: 3, served_by_copy: 2, served_in_place: 1, invalid_ids: 0 }
+        );
         assert_eq!((pool.slot_of(5), pool.slot_of(6)), (Some(0), None));
         assert_eq!(err.stats(), Some(&stats));
 
         sink.fail_slot = None;
         let stats = pool.step(Step::decode(1), &ids, &mut plan, &layout, &model[..], &mut sink).unwrap();
         // Expert 5 was resident before this step; expert 6 is copied in for it.
-        assert_eq!(stats.served, ServeStats { hits: 2, misses: 1, served_by_copy: 1, served_in_place: 0, invalid_ids: 0 });
+        assert_eq!(
+            stats.served,
+            ServeStats { hits: 2, misses: 1, served_by_copy: 1, served_in_place: 0, invalid_ids: 0 }
+        );
         assert_eq!(sink.bytes[pool.slot_of(6).unwrap()], [6; 4]);
     }
 
