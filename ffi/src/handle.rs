@@ -284,6 +284,53 @@ unsafe fn check_handle(ptr: *const (), align: usize, kind: EsKind) -> Result<(),
     Ok(())
 }
 
+/// A handle a call holds a reference to while it resolves its other handle arguments: where its
+/// memory lies, and its kind.
+#[derive(Clone, Copy)]
+pub(crate) struct Held {
+    start: usize,
+    len: usize,
+    kind: EsKind,
+}
+
+impl Held {
+    /// The handle `handle`.
+    pub(crate) fn of<T: Object>(handle: &Handle<T>) -> Self {
+        Self { start: ptr::from_ref(handle) as usize, len: size_of::<Handle<T>>(), kind: T::KIND }
+    }
+}
+
+/// As [`handle_mut`], for a further handle argument of a call that holds the handles `held`:
+/// memory that overlaps one of them is refused without being read (a read would alias the
+/// reference the call holds), as that handle's kind when it is the same handle passed again and
+/// as no handle otherwise.
+///
+/// # Safety
+/// As [`handle_mut`], for every handle but those in `held`.
+pub(crate) unsafe fn other_mut<'a, T: Object>(ptr: *mut T::Opaque, held: &[Held]) -> Result<&'a mut Handle<T>, Bad> {
+    let start = ptr as usize;
+    let end = start.saturating_add(size_of::<Handle<T>>());
+    for h in held {
+        if start == h.start {
+            return Err(Bad::Kind { is: h.kind as u8, wanted: T::KIND as u8 });
+        }
+        if start < h.start.saturating_add(h.len) && h.start < end {
+            return Err(Bad::NoHandle);
+        }
+    }
+    // SAFETY: forwarded contract; `ptr`'s handle overlaps none of `held`.
+    unsafe { handle_mut::<T>(ptr) }
+}
+
+/// As [`other_mut`], shared.
+///
+/// # Safety
+/// As [`other_mut`]; no mutable reference to the handle may be live.
+pub(crate) unsafe fn other_ref<'a, T: Object>(ptr: *const T::Opaque, held: &[Held]) -> Result<&'a Handle<T>, Bad> {
+    // SAFETY: forwarded contract; the reference is downgraded at once.
+    unsafe { other_mut::<T>(ptr.cast_mut(), held) }.map(|h| &*h)
+}
+
 /// As [`handle_mut`], shared.
 ///
 /// # Safety

@@ -212,6 +212,10 @@ mod tests {
             assert_eq!(last_error(plan.cast()), "`count` is null");
             assert_eq!(es_pool_initial_plan(pool, pool.cast()), EsStatus::WrongHandle);
             assert_eq!(last_error(pool.cast()), "`plan` is a pool handle, not a plan handle");
+            // Memory inside the pool's handle is refused without being read (it is borrowed).
+            let inside = pool.cast::<u8>().wrapping_add(16).cast();
+            assert_eq!(es_pool_initial_plan(pool, inside), EsStatus::WrongHandle);
+            assert_eq!(last_error(pool.cast()), "`plan` is not a live handle (freed, or never one)");
             assert_eq!(es_plan_free(plan), EsStatus::Ok);
             assert_eq!(es_pool_free(pool), EsStatus::Ok);
         }

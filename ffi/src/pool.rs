@@ -303,8 +303,8 @@ pub(crate) unsafe fn plan_of<'a>(
     pool: &Handle<ExpertPool>,
     plan: *mut EsPlan,
 ) -> Result<&'a mut Handle<MigrationPlan>, Failed> {
-    // SAFETY: forwarded contract; a plan is never the pool (the kinds differ).
-    unsafe { handle::handle_mut::<MigrationPlan>(plan) }.or_keep(pool, "`plan`")
+    // SAFETY: forwarded contract; memory overlapping the pool is refused unread.
+    unsafe { handle::other_mut::<MigrationPlan>(plan, &[handle::Held::of(pool)]) }.or_keep(pool, "`plan`")
 }
 
 /// The `count` ids at `ids`, a failure kept on `pool`.

@@ -460,16 +460,19 @@ pub unsafe extern "C" fn es_sink_free(sink: *mut EsSink) -> EsStatus {
 /// Each a handle from this library or null; an arena sink's buffer as `es_sink_from_arena` says.
 unsafe fn parts<'a>(
     pool: &Handle<expertslab::ExpertPool>,
+    plan: &Handle<expertslab::MigrationPlan>,
     layout: *const EsExpertLayout,
     source: *const EsSource,
     sink: *mut EsSink,
 ) -> Result<(&'a ExpertLayout, &'a Source, ActiveSink<'a>), Failed> {
-    // SAFETY: forwarded contract; the kinds differ from the pool's, so no handle aliases it.
-    let layout = unsafe { handle::handle_ref::<ExpertLayout>(layout) }.or_keep(pool, "`layout`")?;
+    let held = [handle::Held::of(pool), handle::Held::of(plan)];
+    // SAFETY: forwarded contract; memory overlapping the pool or the plan is refused unread.
+    let layout = unsafe { handle::other_ref::<ExpertLayout>(layout, &held) }.or_keep(pool, "`layout`")?;
     // SAFETY: as above.
-    let source = unsafe { handle::handle_ref::<Source>(source) }.or_keep(pool, "`source`")?;
-    // SAFETY: as above.
-    let sink = unsafe { handle::handle_mut::<Sink>(sink) }.or_keep(pool, "`sink`")?;
+    let source = unsafe { handle::other_ref::<Source>(source, &held) }.or_keep(pool, "`source`")?;
+    let held = [held[0], held[1], handle::Held::of(layout), handle::Held::of(source)];
+    // SAFETY: as above, and the layout and the source too: the sink is borrowed mutably.
+    let sink = unsafe { handle::other_mut::<Sink>(sink, &held) }.or_keep(pool, "`sink`")?;
     let active = match &sink.value {
         Sink::Callbacks(callbacks) => ActiveSink::Callbacks(*callbacks),
         Sink::Arena { arena, layer, buffer, len } => {
@@ -515,7 +518,7 @@ pub unsafe extern "C" fn es_migrate(
     unsafe {
         handle::on::<expertslab::ExpertPool>(pool, |pool| {
             let plan = plan_of(pool, plan)?;
-            let (layout, source, mut sink) = parts(pool, layout, source, sink)?;
+            let (layout, source, mut sink) = parts(pool, plan, layout, source, sink)?;
             if !stats.is_null() {
                 handle::check_ptr(stats).or_keep(pool, "`stats`")?;
             }
@@ -561,7 +564,7 @@ pub unsafe extern "C" fn es_step(
             let step = step.to_step().map_err(|s| pool.fail(s, "the step's mode is not an EsMode"))?;
             let ids = ids_of(pool, ids, count)?;
             let plan = plan_of(pool, plan)?;
-            let (layout, source, mut sink) = parts(pool, layout, source, sink)?;
+            let (layout, source, mut sink) = parts(pool, plan, layout, source, sink)?;
             if !stats.is_null() {
                 handle::check_ptr(stats).or_keep(pool, "`stats`")?;
             }
