@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the tests of the core, the std adapter and the host integration tests under Miri
+# Runs the tests of the core, the std adapter, the C interface's unit tests and the host
+# integration tests under Miri
 # (undefined behaviour, out-of-bounds, data-race and leak checks). Slow (tens of minutes), so not
 # part of scripts/test.sh. Installs the nightly Miri component if missing.
 #
@@ -21,6 +22,8 @@ export MIRIFLAGS="${MIRIFLAGS:--Zmiri-disable-isolation}"
 rayon_flags="$MIRIFLAGS -Zmiri-tree-borrows -Zmiri-ignore-leaks"
 cargo +nightly miri test -p expertslab --lib
 MIRIFLAGS="$rayon_flags" cargo +nightly miri test -p expertslab-std --lib
+# The C interface's own unit tests: handles, error texts, panics (its C tests need a C compiler).
+cargo +nightly miri test -p expertslab-ffi --lib
 if [ "${1:-all}" != unit ]; then
     cargo +nightly miri test -p expertslab-tests --tests
     MIRIFLAGS="$rayon_flags" cargo +nightly miri test -p expertslab-std --test '*'
