@@ -355,9 +355,20 @@ pub fn schedule_name(schedule: Schedule) -> String {
     format!("every:{}", schedule.interval())
 }
 
-/// Reads a trace file.
+/// Reads a trace file. A file of format version 2 or later without its end record is read, with
+/// a warning: it may have been cut short at a line boundary (every writer of these versions ends
+/// with one; version 1 had none).
 pub fn read_trace(path: &Path) -> Result<Trace, CliError> {
-    expertslab_std::read_trace(path).map_err(|e| CliError::model(path, e))
+    let (trace, file) = expertslab_std::read_trace(path).map_err(|e| CliError::model(path, e))?;
+    if file.version >= 2 && !file.sealed {
+        eprintln!(
+            "warning: {}: no end record, so a file cut short at a line boundary cannot be told from a whole one; \
+             read as {} records",
+            path.display(),
+            trace.records().len()
+        );
+    }
+    Ok(trace)
 }
 
 /// The policy with the decay settings applied.

@@ -26,6 +26,48 @@ fn synth_writes_a_trace_simulate_reads() {
 }
 
 #[test]
+fn a_trace_cut_short_is_read_with_a_warning_and_one_cut_inside_is_refused() {
+    let trace = synth("cut.ndjson", "20");
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let (parsed, file) = expertslab_std::trace::Trace::read(&text).unwrap();
+    assert!(file.sealed, "synth ends its trace with the end record");
+    let lines: Vec<&str> = text.lines().collect();
+    let simulate = |text: String| {
+        std::fs::write(&trace, text).unwrap();
+        expertslab(&["simulate", "--trace", trace.to_str().unwrap(), "--slots", "4"])
+    };
+    let join = |lines: &[&str]| lines.iter().map(|l| format!("{l}\n")).collect::<String>();
+    // Whole: no warning.
+    let out = simulate(text.clone());
+    assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Cut at a line boundary: read, with a warning naming what is missing.
+    let out = simulate(join(&lines[..lines.len() - 4]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let records = parsed.records().len() - 3;
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "warning: {}: no end record, so a file cut short at a line boundary cannot be told from a whole one; read \
+             as {records} records",
+            trace.display()
+        )
+    );
+    // A line lost before the end record: refused, naming the end record's line.
+    let mut lost = lines.clone();
+    lost.remove(5);
+    let out = simulate(join(&lost));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("the end record counts"), "{stderr}");
+    // Version 1 had no end record: no warning.
+    let old = join(&lines[..lines.len() - 1]).replacen("\"version\":2", "\"version\":1", 1);
+    let out = simulate(old);
+    assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::remove_file(trace).unwrap();
+}
+
+#[test]
 fn synth_finishes_a_steep_popularity_and_refuses_impossible_shapes() {
     let path = temp("steep.ndjson");
     let p = path.to_str().unwrap();

@@ -4,17 +4,19 @@
 use std::io::Write;
 use std::path::Path;
 
-use expertslab::trace::{write_header, write_record, Trace, TraceHeader};
+use expertslab::trace::{Trace, TraceFile, TraceHeader, TraceWriter};
 
 use crate::capture::RoutingCapture;
 use crate::error::Error;
 
 /// Writes a routing trace: the header when created, then each step's captured ids, one line
-/// per layer that has ids.
+/// per layer that has ids, and the end record when finished (a run that stops before
+/// [`TraceRecorder::finish`] leaves a trace that readers report as unsealed).
 #[derive(Debug)]
 pub struct TraceRecorder<W: Write> {
     out: W,
     header: TraceHeader,
+    writer: TraceWriter,
     line: String,
 }
 
@@ -25,10 +27,10 @@ impl<W: Write> TraceRecorder<W> {
     /// The writer's error.
     pub fn new(mut out: W, header: TraceHeader) -> std::io::Result<Self> {
         let mut line = String::new();
-        // Writing to a String cannot fail.
-        let _ = write_header(&mut line, header);
+        let writer =
+            TraceWriter::start(&mut line, header).map_err(|_| std::io::Error::other("formatting the header"))?;
         out.write_all(line.as_bytes())?;
-        Ok(Self { out, header, line })
+        Ok(Self { out, header, writer, line })
     }
 
     /// Appends step `step`: one line for each layer with ids in `capture`.
@@ -45,30 +47,36 @@ impl<W: Write> TraceRecorder<W> {
         for layer in capture.layers() {
             self.line.clear();
             // layer < header.layers, a u32.
-            let _ = write_record(&mut self.line, layer as u32, step, prefill, capture.ids(layer));
+            self.writer
+                .record(&mut self.line, layer as u32, step, prefill, capture.ids(layer), None)
+                .map_err(|_| std::io::Error::other("formatting a record"))?;
             self.out.write_all(self.line.as_bytes())?;
         }
         Ok(())
     }
 
-    /// Flushes and gives the writer back.
+    /// Writes the end record, flushes and gives the writer back.
     ///
     /// # Errors
-    /// The flush error.
+    /// The writer's error.
     pub fn finish(mut self) -> std::io::Result<W> {
+        self.line.clear();
+        self.writer.finish(&mut self.line).map_err(|_| std::io::Error::other("formatting the end record"))?;
+        self.out.write_all(self.line.as_bytes())?;
         self.out.flush()?;
         Ok(self.out)
     }
 }
 
-/// Reads a routing trace file.
+/// Reads a routing trace file, and what its text says of itself: its version, and whether it
+/// ended with an end record that matched ([`TraceFile::sealed`]).
 ///
 /// # Errors
 /// [`Error::Io`] naming the path, or [`Error::Trace`] naming the bad line.
-pub fn read_trace(path: impl AsRef<Path>) -> Result<Trace, Error> {
+pub fn read_trace(path: impl AsRef<Path>) -> Result<(Trace, TraceFile), Error> {
     let path = path.as_ref();
     let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-    Trace::parse(&text).map_err(Error::Trace)
+    Trace::read(&text).map_err(Error::Trace)
 }
 
 #[cfg(test)]
@@ -89,7 +97,8 @@ mod tests {
         capture.record(3, &[1, 2]);
         assert_eq!(recorder.record(2, false, &capture).unwrap_err().kind(), std::io::ErrorKind::InvalidInput);
         let bytes = recorder.finish().unwrap();
-        let trace = Trace::parse(std::str::from_utf8(&bytes).unwrap()).unwrap();
+        let (trace, file) = Trace::read(std::str::from_utf8(&bytes).unwrap()).unwrap();
+        assert!(file.sealed, "a finished recording ends with its end record");
         assert_eq!(trace.header(), header);
         let lines: Vec<(u32, u64, bool, Vec<u32>)> =
             trace.records().iter().map(|r| (r.layer, r.step, r.prefill, trace.ids(r).to_vec())).collect();

@@ -7,7 +7,9 @@
 //!   problem_id` when the capture holds several sequences). Other keys are ignored. Records may
 //!   come in any order. Sequences follow one another in the order they first appear; within a
 //!   sequence its tokens are steps in ascending token order (gaps close up), and its first token
-//!   is a prefill step. Without `--sequence-key` the whole file is one sequence.
+//!   is a prefill step. Without `--sequence-key` the whole file is one sequence. With
+//!   `--weights-key gating_probs` every record's router weights (one per id, in the same order:
+//!   finite numbers of at least 0) are kept in the trace.
 //! - **One JSON document** whose key `--selections-key` holds `selections[token][layer] =
 //!   [ids]`: one sequence, token `t` is step `t`, token 0 the prefill step. Other keys are
 //!   skipped as they are read.
@@ -29,7 +31,7 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::path::PathBuf;
 
 use clap::{ArgGroup, Args as ClapArgs};
-use expertslab_std::trace::{write_header, write_record, TraceHeader};
+use expertslab_std::trace::{TraceHeader, TraceWriter};
 use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
 use serde_json::Value;
 
@@ -74,6 +76,10 @@ pub struct Args {
     /// written in the order they first appear.
     #[arg(long, requires = "layer_key")]
     sequence_key: Option<String>,
+    /// JSON lines: the key of a record's router weights (an array of numbers, one per id in the
+    /// same order, each finite and at least 0), kept in the trace; every record needs it.
+    #[arg(long, requires = "layer_key")]
+    weights_key: Option<String>,
     /// One JSON document: the key holding selections[token][layer] = [ids].
     #[arg(long)]
     selections_key: Option<String>,
@@ -93,6 +99,8 @@ pub struct LineKeys<'a> {
     pub token: &'a str,
     /// The sequence's key, if records carry one.
     pub sequence: Option<&'a str>,
+    /// The router weights' key, if they are kept.
+    pub weights: Option<&'a str>,
 }
 
 pub fn run(args: &Args) -> Result<(), CliError> {
@@ -101,7 +109,13 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     let bad = |reason: String| CliError::unusable(&args.input, reason);
     let routing = match (&args.layer_key, &args.ids_key, &args.token_key, &args.selections_key) {
         (Some(layer), Some(ids), Some(token), _) => {
-            let keys = LineKeys { layer, ids, token, sequence: args.sequence_key.as_deref() };
+            let keys = LineKeys {
+                layer,
+                ids,
+                token,
+                sequence: args.sequence_key.as_deref(),
+                weights: args.weights_key.as_deref(),
+            };
             read_lines(input, keys, args.experts).map_err(|e| match e {
                 ImportError::Read(e) => CliError::io(&args.input, e),
                 ImportError::Bad(reason) => bad(reason),
@@ -167,6 +181,8 @@ struct Builder {
     max_id: Option<u32>,
     max_layer: u32,
     ids: Vec<u32>,
+    /// The router weights, one per id, when the records carry them.
+    weights: Vec<f32>,
     rows: Vec<Row>,
     /// One record's ids, sorted to find repeats.
     sorted: Vec<u32>,
@@ -222,6 +238,30 @@ impl Builder {
         Ok(())
     }
 
+    /// Appends the weights of the record just pushed (one per id), or takes the record back.
+    fn push_weights(&mut self, weights: &[Value], key: &str, at: &dyn fmt::Display) -> Result<(), String> {
+        let Some(row) = self.rows.last() else { return Ok(()) };
+        let count = self.ids.len().saturating_sub(row.start);
+        let result = if weights.len() == count {
+            weights.iter().try_for_each(|w| match w.as_f64().map(|w| w as f32) {
+                Some(weight) if weight.is_finite() && weight >= 0.0 => {
+                    self.weights.push(weight);
+                    Ok(())
+                }
+                _ => Err(format!("{at}: \"{key}\" holds {w}, not a finite number of at least 0")),
+            })
+        } else {
+            Err(format!("{at}: \"{key}\" has {} weights for {count} ids (one per id)", weights.len()))
+        };
+        if result.is_err() {
+            let start = row.start;
+            self.rows.pop();
+            self.ids.truncate(start);
+            self.weights.truncate(start);
+        }
+        result
+    }
+
     /// Orders the rows (sequence, token, layer), refuses repeats and numbers the steps.
     fn finish(mut self, name: impl Fn(&Row) -> String) -> Result<Routing, String> {
         let Some((top_k, _)) = self.top_k else { return Err("no records".into()) };
@@ -258,7 +298,14 @@ impl Builder {
         }
         let steps = steps_of(&self.rows).last().map_or(0, |(step, _, _)| step.saturating_add(1));
         let sequences = self.rows.chunk_by(|a, b| a.sequence == b.sequence).count();
-        Ok(Routing { header: TraceHeader { experts, layers, top_k }, steps, sequences, ids: self.ids, rows: self.rows })
+        Ok(Routing {
+            header: TraceHeader { experts, layers, top_k },
+            steps,
+            sequences,
+            ids: self.ids,
+            weights: self.weights,
+            rows: self.rows,
+        })
     }
 }
 
@@ -289,25 +336,32 @@ pub struct Routing {
     steps: u64,
     sequences: usize,
     ids: Vec<u32>,
+    /// One per id when the capture's weights were kept, else empty.
+    weights: Vec<f32>,
     /// Ordered by (sequence, token, layer).
     rows: Vec<Row>,
 }
 
 impl Routing {
-    /// Writes the trace: the header, then one record per (token, layer), steps in order.
+    /// Writes the trace: the header, then one record per (token, layer), steps in order, then
+    /// the end record.
     pub fn write(&self, out: &mut impl Write) -> io::Result<()> {
+        let format = |_| io::Error::other("formatting a trace line");
         let mut line = String::new();
-        // Writing to a String cannot fail.
-        let _ = write_header(&mut line, self.header);
+        let mut writer = TraceWriter::start(&mut line, self.header).map_err(format)?;
         out.write_all(line.as_bytes())?;
         let k = self.header.top_k as usize;
         for (step, prefill, r) in steps_of(&self.rows) {
             line.clear();
-            let ids = self.ids.get(r.start..r.start.saturating_add(k)).unwrap_or(&[]);
-            let _ = write_record(&mut line, r.layer, step, prefill, ids);
+            let span = r.start..r.start.saturating_add(k);
+            let ids = self.ids.get(span.clone()).unwrap_or(&[]);
+            let weights = self.weights.get(span);
+            writer.record(&mut line, r.layer, step, prefill, ids, weights).map_err(format)?;
             out.write_all(line.as_bytes())?;
         }
-        Ok(())
+        line.clear();
+        writer.finish(&mut line).map_err(format)?;
+        out.write_all(line.as_bytes())
     }
 }
 
@@ -443,6 +497,10 @@ pub fn read_lines(mut input: impl BufRead, keys: LineKeys<'_>, experts: Option<u
             }
         };
         builder.push(Row { sequence, token, layer, line, start: 0 }, ids, &at).map_err(ImportError::Bad)?;
+        if let Some(key) = keys.weights {
+            let weights = field(key)?.as_array().ok_or_else(|| bad(format!("\"{key}\" is not an array")))?;
+            builder.push_weights(weights, key, &at).map_err(ImportError::Bad)?;
+        }
     }
     let token = |r: &Row| format!("token {}", r.token);
     builder

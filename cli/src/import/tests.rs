@@ -4,7 +4,8 @@
 use super::*;
 use expertslab_std::trace::Trace;
 
-const KEYS: LineKeys<'static> = LineKeys { layer: "layer", ids: "experts", token: "token_idx", sequence: None };
+const KEYS: LineKeys<'static> =
+    LineKeys { layer: "layer", ids: "experts", token: "token_idx", sequence: None, weights: None };
 const BY_PROBLEM: LineKeys<'static> = LineKeys { sequence: Some("problem_id"), ..KEYS };
 
 fn trace_of(routing: &Routing) -> Trace {
@@ -189,4 +190,35 @@ fn bad_selections_name_their_token_and_layer() {
     assert_eq!(selections(r#"{"selections":[]}"#).map(|_| ()).unwrap_err(), "no records");
     let err = selections(r#"{"selections":[[[1]],[[2]]"#).map(|_| ()).unwrap_err();
     assert!(err.contains("EOF"), "{err}");
+}
+
+#[test]
+fn router_weights_are_kept_one_per_id_and_checked() {
+    let keys = LineKeys { weights: Some("gating_probs"), ..BY_PROBLEM };
+    let text = r#"{"dataset":"gsm8k","problem_id":0,"layer":1,"experts":[7,0],"gating_probs":[0.8,0.2],"token_idx":0}
+{"dataset":"gsm8k","problem_id":0,"layer":0,"experts":[1,2],"gating_probs":[0.625,0.375],"token_idx":0}
+{"dataset":"gsm8k","problem_id":0,"layer":0,"experts":[3,2],"gating_probs":[1,0],"token_idx":1}
+{"dataset":"gsm8k","problem_id":0,"layer":1,"experts":[0,1],"gating_probs":[0.5,5e-1],"token_idx":1}
+"#;
+    let mut bytes = Vec::new();
+    lines(text, keys, None).unwrap().write(&mut bytes).unwrap();
+    let (trace, file) = Trace::read(std::str::from_utf8(&bytes).unwrap()).unwrap();
+    assert!(file.sealed, "an imported trace ends with its end record");
+    let weights: Vec<Vec<f32>> = trace.records().iter().map(|r| trace.weights(r).unwrap().to_vec()).collect();
+    assert_eq!(weights, [vec![0.625, 0.375], vec![0.8, 0.2], vec![1.0, 0.0], vec![0.5, 0.5]]);
+    // Without the key the weights are left out.
+    let plain = trace_of(&lines(text, BY_PROBLEM, None).unwrap());
+    assert!(plain.records().iter().all(|r| plain.weights(r).is_none()));
+
+    let first = text.lines().next().unwrap();
+    for (from, to, error) in [
+        ("[0.8,0.2]", "[0.8]", "line 1: \"gating_probs\" has 1 weights for 2 ids (one per id)"),
+        ("[0.8,0.2]", "[0.8,-0.2]", "line 1: \"gating_probs\" holds -0.2, not a finite number of at least 0"),
+        ("[0.8,0.2]", "[0.8,\"x\"]", "line 1: \"gating_probs\" holds \"x\", not a finite number of at least 0"),
+        ("[0.8,0.2]", "[0.8,1e300]", "line 1: \"gating_probs\" holds 1e+300, not a finite number of at least 0"),
+        ("[0.8,0.2]", "0.8", "line 1: \"gating_probs\" is not an array"),
+        (",\"gating_probs\":[0.8,0.2]", "", "line 1: no \"gating_probs\" key"),
+    ] {
+        assert_eq!(lines(&first.replace(from, to), keys, None).unwrap_err(), error, "{to}");
+    }
 }

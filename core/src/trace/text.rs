@@ -5,23 +5,53 @@ use core::fmt;
 
 use super::{TraceErrorKind, TraceHeader, FORMAT, VERSION};
 
-/// Writes a header line.
-///
-/// # Errors
-/// The writer's error.
-pub fn write_header(out: &mut impl fmt::Write, header: TraceHeader) -> fmt::Result {
-    let TraceHeader { experts, layers, top_k } = header;
-    writeln!(
-        out,
-        "{{\"format\":\"{FORMAT}\",\"version\":{VERSION},\"experts\":{experts},\"layers\":{layers},\"top_k\":{top_k}}}"
-    )
+/// FNV-1a over 64 bits: the digest of an end record, folded over the canonical text of every
+/// record line (as [`TraceWriter`] writes it, newline included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Digest(u64);
+
+impl Digest {
+    pub(super) const fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+
+    pub(super) const fn value(self) -> u64 {
+        self.0
+    }
 }
 
-/// Writes one record line.
-///
-/// # Errors
-/// The writer's error.
-pub fn write_record(out: &mut impl fmt::Write, layer: u32, step: u64, prefill: bool, ids: &[u32]) -> fmt::Result {
+impl fmt::Write for Digest {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for &b in s.as_bytes() {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        Ok(())
+    }
+}
+
+/// Writes one line to `out` and folds it into `digest`.
+struct Tee<'a, W> {
+    out: &'a mut W,
+    digest: &'a mut Digest,
+}
+
+impl<W: fmt::Write> fmt::Write for Tee<'_, W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.digest.write_str(s)?;
+        self.out.write_str(s)
+    }
+}
+
+/// Writes one record line's canonical text: the form [`TraceWriter`] writes and the end record's
+/// digest is folded over.
+pub(super) fn record_line(
+    out: &mut impl fmt::Write,
+    layer: u32,
+    step: u64,
+    prefill: bool,
+    ids: &[u32],
+    weights: Option<&[f32]>,
+) -> fmt::Result {
     write!(out, "{{\"layer\":{layer},\"step\":{step},\"prefill\":{prefill},\"ids\":[")?;
     for (i, id) in ids.iter().enumerate() {
         if i > 0 {
@@ -29,7 +59,86 @@ pub fn write_record(out: &mut impl fmt::Write, layer: u32, step: u64, prefill: b
         }
         write!(out, "{id}")?;
     }
+    if let Some(weights) = weights {
+        // `f32`'s `Display` is the shortest text that reads back to the same bits.
+        out.write_str("],\"weights\":[")?;
+        for (i, w) in weights.iter().enumerate() {
+            if i > 0 {
+                out.write_char(',')?;
+            }
+            write!(out, "{w}")?;
+        }
+    }
     out.write_str("]}\n")
+}
+
+/// Writes a trace line by line, in this crate's version: the header, the records, then the end
+/// record (their count and digest) that lets a reader tell a whole file from one cut at a line
+/// boundary.
+///
+/// ```
+/// use expertslab::trace::{Trace, TraceHeader, TraceWriter};
+///
+/// let mut text = String::new();
+/// let mut writer = TraceWriter::start(&mut text, TraceHeader { experts: 8, layers: 1, top_k: 2 })?;
+/// writer.record(&mut text, 0, 0, true, &[3, 5], Some(&[0.75, 0.25]))?;
+/// writer.finish(&mut text)?;
+/// let (trace, file) = Trace::read(&text).map_err(|_| core::fmt::Error)?;
+/// assert!(file.sealed);
+/// assert_eq!(trace.weights(&trace.records()[0]), Some(&[0.75, 0.25][..]));
+/// # Ok::<(), core::fmt::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct TraceWriter {
+    records: u64,
+    digest: Digest,
+}
+
+impl TraceWriter {
+    /// Writes the header line.
+    ///
+    /// # Errors
+    /// The writer's error.
+    pub fn start(out: &mut impl fmt::Write, header: TraceHeader) -> Result<Self, fmt::Error> {
+        let TraceHeader { experts, layers, top_k } = header;
+        writeln!(
+            out,
+            "{{\"format\":\"{FORMAT}\",\"version\":{VERSION},\"experts\":{experts},\"layers\":{layers},\"top_k\":{top_k}}}"
+        )?;
+        Ok(Self { records: 0, digest: Digest::new() })
+    }
+
+    /// Writes one record line: a layer's ids in one step, with their router weights when given
+    /// (one per id, in the same order).
+    ///
+    /// # Errors
+    /// The writer's error.
+    pub fn record(
+        &mut self,
+        out: &mut impl fmt::Write,
+        layer: u32,
+        step: u64,
+        prefill: bool,
+        ids: &[u32],
+        weights: Option<&[f32]>,
+    ) -> fmt::Result {
+        record_line(&mut Tee { out, digest: &mut self.digest }, layer, step, prefill, ids, weights)?;
+        self.records = self.records.saturating_add(1);
+        Ok(())
+    }
+
+    /// Records written so far.
+    pub const fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// Writes the end record.
+    ///
+    /// # Errors
+    /// The writer's error.
+    pub fn finish(self, out: &mut impl fmt::Write) -> fmt::Result {
+        writeln!(out, "{{\"records\":{},\"digest\":\"{:016x}\"}}", self.records, self.digest.value())
+    }
 }
 
 /// A value of this format's JSON subset.
@@ -37,12 +146,24 @@ pub(super) enum Value<'a> {
     Str(&'a str),
     Int(u64),
     Bool(bool),
-    /// An array of integers, appended to the scratch buffer.
+    /// An array of integers, appended to the scratch buffers' ids.
     Ints,
+    /// An array of weights (`"weights"`'s), appended to the scratch buffers' weights.
+    Weights,
+}
+
+/// The arrays of the line being read, reused from line to line.
+#[derive(Debug, Default)]
+pub(super) struct Arrays {
+    pub(super) ids: Vec<u32>,
+    pub(super) weights: Vec<f32>,
 }
 
 /// The keys of the format, which errors name.
-const KEYS: [&str; 9] = ["format", "version", "experts", "layers", "top_k", "layer", "step", "prefill", "ids"];
+const KEYS: [&str; 12] = [
+    "format", "version", "experts", "layers", "top_k", "layer", "step", "prefill", "ids", "weights", "records",
+    "digest",
+];
 
 /// What is wrong with a number where an integer should be.
 enum Number {
@@ -62,6 +183,8 @@ impl Number {
         match (self, known) {
             (Self::Syntax(column), _) => TraceErrorKind::Syntax { column },
             (_, None) => TraceErrorKind::UnexpectedKey,
+            // A number where the weights' array should be.
+            (_, Some("weights")) => TraceErrorKind::BadValue("weights"),
             (Self::NotAnInteger, Some(key)) => TraceErrorKind::NotAnInteger(key),
             (Self::TooLarge(max), Some(key)) => TraceErrorKind::OutOfRange { key, max },
         }
@@ -179,6 +302,59 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// A JSON number's text, whatever its form (sign, fraction, exponent).
+    fn number(&mut self) -> Result<&'a str, TraceErrorKind> {
+        self.skip_ws();
+        let start = self.column();
+        let digits_at =
+            |at: usize| self.rest.get(at..).map_or(0, |r| r.iter().take_while(|b| b.is_ascii_digit()).count());
+        let mut len = usize::from(self.rest.first() == Some(&b'-'));
+        let whole = digits_at(len);
+        if whole == 0 {
+            return Err(self.syntax());
+        }
+        len = len.saturating_add(whole);
+        let fraction = digits_at(len.saturating_add(1));
+        if self.rest.get(len) == Some(&b'.') && fraction > 0 {
+            len = len.saturating_add(1).saturating_add(fraction);
+        }
+        if matches!(self.rest.get(len), Some(b'e' | b'E')) {
+            let sign = usize::from(matches!(self.rest.get(len.saturating_add(1)), Some(b'+' | b'-')));
+            let at = len.saturating_add(1).saturating_add(sign);
+            let exponent = digits_at(at);
+            if exponent > 0 {
+                len = at.saturating_add(exponent);
+            }
+        }
+        let (_, rest) = self.rest.split_at_checked(len).unwrap_or((self.rest, &[]));
+        self.rest = rest;
+        // The number is ASCII, so both ends are character boundaries.
+        self.line.get(start..).and_then(|t| t.get(..len)).ok_or(TraceErrorKind::Syntax { column: start })
+    }
+
+    /// `[w, ...]` after its `[`, each weight appended to `weights`: finite numbers of at least 0.
+    fn weights(&mut self, weights: &mut Vec<f32>) -> Result<(), TraceErrorKind> {
+        weights.clear();
+        self.skip_ws();
+        if self.eat(b"]") {
+            return Ok(());
+        }
+        loop {
+            let text = self.number()?;
+            match text.parse::<f32>() {
+                Ok(w) if w.is_finite() && w >= 0.0 => weights.push(w),
+                _ => return Err(TraceErrorKind::BadWeight),
+            }
+            self.skip_ws();
+            if self.eat(b"]") {
+                return Ok(());
+            }
+            if !self.eat(b",") {
+                return Err(self.syntax());
+            }
+        }
+    }
+
     /// `[id, ...]` after its `[`, each id appended to `ids`; `key` names the array in errors.
     fn ids(&mut self, ids: &mut Vec<u32>, key: &str) -> Result<(), TraceErrorKind> {
         ids.clear();
@@ -203,7 +379,7 @@ impl<'a> Scanner<'a> {
 /// Reads `{"key": value, ...}` with this format's values, calling `field` for each pair.
 pub(super) fn parse_object<'a>(
     line: &'a str,
-    ids: &mut Vec<u32>,
+    arrays: &mut Arrays,
     mut field: impl FnMut(&'a str, Value<'a>) -> Result<(), TraceErrorKind>,
 ) -> Result<(), TraceErrorKind> {
     let mut s = Scanner::new(line);
@@ -218,8 +394,12 @@ pub(super) fn parse_object<'a>(
                 Some(b'"') => Value::Str(s.string()?),
                 Some(b't') if s.eat(b"true") => Value::Bool(true),
                 Some(b'f') if s.eat(b"false") => Value::Bool(false),
+                Some(b'[') if key == "weights" && s.eat(b"[") => {
+                    s.weights(&mut arrays.weights)?;
+                    Value::Weights
+                }
                 Some(b'[') if s.eat(b"[") => {
-                    s.ids(ids, key)?;
+                    s.ids(&mut arrays.ids, key)?;
                     Value::Ints
                 }
                 _ => Value::Int(s.integer().map_err(|e| e.of(key))?),
@@ -259,11 +439,18 @@ fn u32_of(value: &Value<'_>, key: &'static str) -> Result<Option<u32>, TraceErro
     }
 }
 
-pub(super) fn parse_header(line: &str) -> Result<TraceHeader, TraceErrorKind> {
+/// Reads a header line: the shape, and the format version (1 ..= [`VERSION`]).
+pub(super) fn parse_header(line: &str) -> Result<(TraceHeader, u64), TraceErrorKind> {
     let (mut format, mut version, mut experts, mut layers, mut top_k) = (None, None, None, None, None);
-    parse_object(line, &mut Vec::new(), |key, value| match key {
+    parse_object(line, &mut Arrays::default(), |key, value| match key {
         "format" => set(&mut format, matches!(value, Value::Str(FORMAT)).then_some(()), "format"),
-        "version" => set(&mut version, matches!(value, Value::Int(VERSION)).then_some(()), "version"),
+        "version" => {
+            let known = match value {
+                Value::Int(v @ 1..=VERSION) => Some(v),
+                _ => None,
+            };
+            set(&mut version, known, "version")
+        }
         "experts" => set(&mut experts, u32_of(&value, "experts")?, "experts"),
         "layers" => set(&mut layers, u32_of(&value, "layers")?, "layers"),
         "top_k" => set(&mut top_k, u32_of(&value, "top_k")?, "top_k"),
@@ -275,35 +462,68 @@ pub(super) fn parse_header(line: &str) -> Result<TraceHeader, TraceErrorKind> {
         | TraceErrorKind::OutOfRange { key: "version", .. } => TraceErrorKind::NotAHeader,
         other => other,
     })?;
-    if format.is_none() || version.is_none() {
-        return Err(TraceErrorKind::NotAHeader);
-    }
-    Ok(TraceHeader {
+    let (Some(()), Some(version)) = (format, version) else { return Err(TraceErrorKind::NotAHeader) };
+    let header = TraceHeader {
         experts: experts.ok_or(TraceErrorKind::MissingKey("experts"))?,
         layers: layers.ok_or(TraceErrorKind::MissingKey("layers"))?,
         top_k: top_k.ok_or(TraceErrorKind::MissingKey("top_k"))?,
-    })
+    };
+    Ok((header, version))
 }
 
-pub(super) fn parse_record(line: &str, ids: &mut Vec<u32>) -> Result<(u32, u64, bool), TraceErrorKind> {
-    let (mut layer, mut step, mut prefill, mut has_ids) = (None, None, None, None);
-    parse_object(line, ids, |key, value| match (key, value) {
+/// A line after the header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Line {
+    /// A record; its ids (and weights, when `weighted`) are in the scratch arrays.
+    Record { layer: u32, step: u64, prefill: bool, weighted: bool },
+    /// The end record (version 2): the records before it and their digest.
+    End { records: u64, digest: u64 },
+}
+
+/// Reads a line after the header of a trace of format `version`.
+pub(super) fn parse_line(line: &str, version: u64, arrays: &mut Arrays) -> Result<Line, TraceErrorKind> {
+    let (mut layer, mut step, mut prefill, mut has_ids, mut weighted) = (None, None, None, None, None);
+    let (mut records, mut digest) = (None, None);
+    let later = version >= 2;
+    parse_object(line, arrays, |key, value| match (key, value) {
         ("layer", n @ Value::Int(_)) => set(&mut layer, u32_of(&n, "layer")?, "layer"),
         ("step", Value::Int(n)) => set(&mut step, Some(n), "step"),
         ("prefill", Value::Bool(b)) => set(&mut prefill, Some(b), "prefill"),
         ("ids", Value::Ints) => set(&mut has_ids, Some(()), "ids"),
-        ("layer" | "step" | "prefill" | "ids", _) => Err(TraceErrorKind::BadValue(match key {
-            "layer" => "layer",
-            "step" => "step",
-            "prefill" => "prefill",
-            _ => "ids",
-        })),
+        ("weights", Value::Weights) if later => set(&mut weighted, Some(()), "weights"),
+        ("records", Value::Int(n)) if later => set(&mut records, Some(n), "records"),
+        ("digest", Value::Str(hex)) if later => {
+            let value = (hex.len() == 16).then(|| u64::from_str_radix(hex, 16).ok()).flatten();
+            set(&mut digest, value, "digest")
+        }
+        // A key of this version's lines with a value of the wrong kind.
+        (key, _)
+            if matches!(key, "layer" | "step" | "prefill" | "ids")
+                || (later && matches!(key, "weights" | "records" | "digest")) =>
+        {
+            Err(KEYS
+                .iter()
+                .copied()
+                .find(|&k| k == key)
+                .map_or(TraceErrorKind::UnexpectedKey, TraceErrorKind::BadValue))
+        }
         _ => Err(TraceErrorKind::UnexpectedKey),
     })?;
+    let record_keys = layer.is_some() || step.is_some() || prefill.is_some() || has_ids.is_some() || weighted.is_some();
+    if records.is_some() || digest.is_some() {
+        if record_keys {
+            return Err(TraceErrorKind::UnexpectedKey);
+        }
+        return Ok(Line::End {
+            records: records.ok_or(TraceErrorKind::MissingKey("records"))?,
+            digest: digest.ok_or(TraceErrorKind::MissingKey("digest"))?,
+        });
+    }
     has_ids.ok_or(TraceErrorKind::MissingKey("ids"))?;
-    Ok((
-        layer.ok_or(TraceErrorKind::MissingKey("layer"))?,
-        step.ok_or(TraceErrorKind::MissingKey("step"))?,
-        prefill.ok_or(TraceErrorKind::MissingKey("prefill"))?,
-    ))
+    Ok(Line::Record {
+        layer: layer.ok_or(TraceErrorKind::MissingKey("layer"))?,
+        step: step.ok_or(TraceErrorKind::MissingKey("step"))?,
+        prefill: prefill.ok_or(TraceErrorKind::MissingKey("prefill"))?,
+        weighted: weighted.is_some(),
+    })
 }
