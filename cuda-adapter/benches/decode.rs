@@ -171,9 +171,14 @@ fn peer(model: &GpuModel, calibration: &Calibration, reps: usize) -> Result<(), 
                 } else {
                     tune_pick(&trace, slots, model.expert_bytes() as u64, calibration, rule)?
                 };
-                let cap = match run.miss {
-                    MissRule::Balanced(_, FetchCap::Uncapped) => ", uncapped",
-                    MissRule::Balanced(..) => ", capped",
+                let cap = match (way, run.miss) {
+                    (_, MissRule::Balanced(_, FetchCap::Uncapped)) => ", uncapped",
+                    (_, MissRule::Balanced(..)) => ", capped",
+                    (DemoMiss::Auto, MissRule::Always(action)) => match action {
+                        MissAction::Copy => ", all copied",
+                        MissAction::Bus => ", all over the bus",
+                        MissAction::Host => ", all on the host",
+                    },
                     _ => "",
                 };
                 let name = format!("tune: {} {}{cap}", run.policy.name(), schedule_name(run.schedule));

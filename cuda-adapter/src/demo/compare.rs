@@ -23,7 +23,9 @@ pub enum DemoMiss {
     /// Compute each on the host ([`MissAction::Host`]).
     Host,
     /// Copies and the host side by side, split by the measured costs ([`MissRule::Balanced`],
-    /// promotions capped at the step's balanced share).
+    /// promotions capped at the step's balanced share); where the demo tunes its pool
+    /// ([`tune_pick`](super::tune_pick)), the modeled fastest of that split, the pool uncapped,
+    /// and each single way.
     Auto,
 }
 

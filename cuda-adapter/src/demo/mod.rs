@@ -287,8 +287,10 @@ pub fn replay_cost(rule: MissRule, expert_bytes: u64, calibration: &Calibration)
 /// The pick of `expertslab tune` at a fixed budget of `slots` per layer: the run with the lowest
 /// modeled time under the core's replay ([`replay_cost`]), over the deployable policies (TIDE,
 /// decay, LRU, LFU, LRU-2), intervals τ ∈ {1, 2, 4, 8, 16, 32} for the interval policies and,
-/// under [`MissRule::Balanced`], the rule's cap, the pool uncapped and the pool capped at the
-/// balanced share ([`FetchCap`]); misses by `rule` otherwise.
+/// under [`MissRule::Balanced`], the way itself: the rule's cap, the pool uncapped and the pool
+/// capped at the balanced share ([`FetchCap`]), and each single way, every miss copied and every
+/// miss computed on the host (so `auto` is never priced above a single way); misses by `rule`
+/// otherwise.
 ///
 /// # Errors
 /// [`CudaError::Residency`] when the replay refuses the trace.
@@ -305,6 +307,10 @@ pub fn tune_pick(
             if other != cap {
                 rules.push(MissRule::Balanced(c, other));
             }
+        }
+        rules.push(MissRule::Always(MissAction::Copy));
+        if c.host_pair.is_finite() {
+            rules.push(MissRule::Always(MissAction::Host));
         }
     }
     let mut best: Option<(f64, RunConfig)> = None;
@@ -377,7 +383,6 @@ mod tests {
         // near-uniform routing: under half the time of copying every miss.
         assert_eq!(hybrid.miss, MissRule::Balanced(costs, FetchCap::Balanced), "{hybrid:?}");
         assert!(modeled(&hybrid) < 0.5 * modeled(&copying), "{hybrid:?} {copying:?}");
-        // The pick is the best of both caps: no policy beats it under either.
         let locality = SyntheticTrace { steps: 128, ..SyntheticTrace::LOCALITY }.trace().unwrap();
         let rule = |cap| MissRule::Balanced(costs, cap);
         let pick = tune_pick(&locality, 32, bytes, &calibration, rule(FetchCap::Balanced)).unwrap();
@@ -387,10 +392,14 @@ mod tests {
                 ReplayConfig::new(ReplayPolicy::Pool(run.policy), 32, run.schedule, InitialPlacement::Warm, cost);
             replay(&locality, &config).unwrap().total.modeled_time_s
         };
-        for cap in [FetchCap::Uncapped, FetchCap::Balanced] {
+        // The pick is the best of both caps and of each single way: no policy beats it under any.
+        let single = [MissRule::Always(MissAction::Copy), MissRule::Always(MissAction::Host)];
+        for miss in [rule(FetchCap::Uncapped), rule(FetchCap::Balanced)].into_iter().chain(single) {
             for policy in [Policy::Lru, Policy::Lfu, Policy::Tide] {
-                assert!(on_locality(&pick) <= on_locality(&RunConfig::new(32, policy, rule(cap))), "{pick:?}");
+                assert!(on_locality(&pick) <= on_locality(&RunConfig::new(32, policy, miss)), "{pick:?} {miss:?}");
             }
+            let way = tune_pick(&locality, 32, bytes, &calibration, miss).unwrap();
+            assert!(on_locality(&pick) <= on_locality(&way), "{pick:?} {way:?}");
         }
         // A host that costs more than a copy per pair: capping gains nothing, the pool is left
         // uncapped.
