@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use expertslab::trace::{Trace, TraceFile, TraceHeader, TraceWriter};
+use expertslab::trace::{RecordLine, Trace, TraceFile, TraceHeader, TraceWriter};
 
 use crate::capture::RoutingCapture;
 use crate::error::Error;
@@ -48,7 +48,10 @@ impl<W: Write> TraceRecorder<W> {
             self.line.clear();
             // layer < header.layers, a u32.
             self.writer
-                .record(&mut self.line, layer as u32, step, prefill, capture.ids(layer), None)
+                .record(
+                    &mut self.line,
+                    &RecordLine { layer: layer as u32, step, prefill, ids: capture.ids(layer), weights: None },
+                )
                 .map_err(|_| std::io::Error::other("formatting a record"))?;
             self.out.write_all(self.line.as_bytes())?;
         }

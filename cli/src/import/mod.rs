@@ -31,7 +31,7 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::path::PathBuf;
 
 use clap::{ArgGroup, Args as ClapArgs};
-use expertslab_std::trace::{TraceHeader, TraceWriter};
+use expertslab_std::trace::{RecordLine, TraceHeader, TraceWriter};
 use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
 use serde_json::Value;
 
@@ -356,7 +356,7 @@ impl Routing {
             let span = r.start..r.start.saturating_add(k);
             let ids = self.ids.get(span.clone()).unwrap_or(&[]);
             let weights = self.weights.get(span);
-            writer.record(&mut line, r.layer, step, prefill, ids, weights).map_err(format)?;
+            writer.record(&mut line, &RecordLine { layer: r.layer, step, prefill, ids, weights }).map_err(format)?;
             out.write_all(line.as_bytes())?;
         }
         line.clear();

@@ -45,8 +45,8 @@ use core::ops::Range;
 
 pub use profile::WarmStart;
 use text::parse_header;
-pub use text::TraceWriter;
 use text::{parse_line, Arrays, Digest, Line};
+pub use text::{RecordLine, TraceWriter};
 // For the files of this folder (`interleaved` uses the replay's types through here).
 use replay::{CostModel, OverlapClock, ReplayConfig, ReplayError, ReplayPolicy, ReplayReport, ReplayStats};
 
@@ -371,7 +371,7 @@ impl Trace {
                     let weights = weighted.then_some(arrays.weights.as_slice());
                     trace.push_at(line, layer, step, prefill, &arrays.ids, weights)?;
                     // Writing into a digest cannot fail.
-                    let _ = text::record_line(&mut digest, layer, step, prefill, &arrays.ids, weights);
+                    let _ = RecordLine { layer, step, prefill, ids: &arrays.ids, weights }.write(&mut digest);
                 }
                 Line::End { records, digest: expected } => {
                     let found = trace.records.len() as u64;
@@ -395,7 +395,14 @@ impl Trace {
     pub fn write(&self, out: &mut impl fmt::Write) -> fmt::Result {
         let mut writer = TraceWriter::start(out, self.header)?;
         for r in &self.records {
-            writer.record(out, r.layer, r.step, r.prefill, self.ids(r), self.weights(r))?;
+            let line = RecordLine {
+                layer: r.layer,
+                step: r.step,
+                prefill: r.prefill,
+                ids: self.ids(r),
+                weights: self.weights(r),
+            };
+            writer.record(out, &line)?;
         }
         writer.finish(out)
     }

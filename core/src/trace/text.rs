@@ -42,34 +42,46 @@ impl<W: fmt::Write> fmt::Write for Tee<'_, W> {
     }
 }
 
-/// Writes one record line's canonical text: the form [`TraceWriter`] writes and the end record's
-/// digest is folded over.
-pub(super) fn record_line(
-    out: &mut impl fmt::Write,
-    layer: u32,
-    step: u64,
-    prefill: bool,
-    ids: &[u32],
-    weights: Option<&[f32]>,
-) -> fmt::Result {
-    write!(out, "{{\"layer\":{layer},\"step\":{step},\"prefill\":{prefill},\"ids\":[")?;
-    for (i, id) in ids.iter().enumerate() {
+/// One record line's fields, as [`TraceWriter::record`] writes them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RecordLine<'a> {
+    /// The layer.
+    pub layer: u32,
+    /// The step.
+    pub step: u64,
+    /// Whether the step is a prefill block.
+    pub prefill: bool,
+    /// The ids, token-major.
+    pub ids: &'a [u32],
+    /// The router's weights, one per id in the same order, when kept.
+    pub weights: Option<&'a [f32]>,
+}
+
+impl RecordLine<'_> {
+    /// Writes the line's canonical text: the form the end record's digest is folded over.
+    pub(super) fn write(&self, out: &mut impl fmt::Write) -> fmt::Result {
+        let Self { layer, step, prefill, ids, weights } = *self;
+        write!(out, "{{\"layer\":{layer},\"step\":{step},\"prefill\":{prefill},\"ids\":")?;
+        list(out, ids)?;
+        if let Some(weights) = weights {
+            // `f32`'s `Display` is the shortest text that reads back to the same bits.
+            out.write_str(",\"weights\":")?;
+            list(out, weights)?;
+        }
+        out.write_str("}\n")
+    }
+}
+
+/// Writes `[a,b,...]`.
+fn list(out: &mut impl fmt::Write, items: &[impl fmt::Display]) -> fmt::Result {
+    out.write_char('[')?;
+    for (i, item) in items.iter().enumerate() {
         if i > 0 {
             out.write_char(',')?;
         }
-        write!(out, "{id}")?;
+        write!(out, "{item}")?;
     }
-    if let Some(weights) = weights {
-        // `f32`'s `Display` is the shortest text that reads back to the same bits.
-        out.write_str("],\"weights\":[")?;
-        for (i, w) in weights.iter().enumerate() {
-            if i > 0 {
-                out.write_char(',')?;
-            }
-            write!(out, "{w}")?;
-        }
-    }
-    out.write_str("]}\n")
+    out.write_char(']')
 }
 
 /// Writes a trace line by line, in this crate's version: the header, the records, then the end
@@ -77,11 +89,12 @@ pub(super) fn record_line(
 /// boundary.
 ///
 /// ```
-/// use expertslab::trace::{Trace, TraceHeader, TraceWriter};
+/// use expertslab::trace::{RecordLine, Trace, TraceHeader, TraceWriter};
 ///
 /// let mut text = String::new();
 /// let mut writer = TraceWriter::start(&mut text, TraceHeader { experts: 8, layers: 1, top_k: 2 })?;
-/// writer.record(&mut text, 0, 0, true, &[3, 5], Some(&[0.75, 0.25]))?;
+/// let line = RecordLine { layer: 0, step: 0, prefill: true, ids: &[3, 5], weights: Some(&[0.75, 0.25]) };
+/// writer.record(&mut text, &line)?;
 /// writer.finish(&mut text)?;
 /// let (trace, file) = Trace::read(&text).map_err(|_| core::fmt::Error)?;
 /// assert!(file.sealed);
@@ -108,21 +121,12 @@ impl TraceWriter {
         Ok(Self { records: 0, digest: Digest::new() })
     }
 
-    /// Writes one record line: a layer's ids in one step, with their router weights when given
-    /// (one per id, in the same order).
+    /// Writes one record line: a layer's ids in one step, with their router weights when given.
     ///
     /// # Errors
     /// The writer's error.
-    pub fn record(
-        &mut self,
-        out: &mut impl fmt::Write,
-        layer: u32,
-        step: u64,
-        prefill: bool,
-        ids: &[u32],
-        weights: Option<&[f32]>,
-    ) -> fmt::Result {
-        record_line(&mut Tee { out, digest: &mut self.digest }, layer, step, prefill, ids, weights)?;
+    pub fn record(&mut self, out: &mut impl fmt::Write, line: &RecordLine<'_>) -> fmt::Result {
+        line.write(&mut Tee { out, digest: &mut self.digest })?;
         self.records = self.records.saturating_add(1);
         Ok(())
     }
