@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use expertslab_std::trace::replay::{
     replay_from, CostModel, FetchCap, ReplayConfig, ReplayError, ReplayPolicy, ReplayReport, ReplayStats, Sharing,
+    TuneJob,
 };
 use expertslab_std::trace::{Trace, WarmStart};
 use expertslab_std::{AdmissionConfig, DecayConfig, InitialPlacement, LayeredSource, Policy, Predictor, Schedule};
@@ -416,14 +417,11 @@ pub struct Run {
     pub report: ReplayReport,
 }
 
-/// One replay to run: policy, slots per layer, schedule, sharing.
-pub type Job = (ReplayPolicy, usize, Schedule, Sharing);
-
 /// Replays `trace` for every (policy, slots, schedule, sharing), in parallel, with a progress bar
 /// on a terminal (nothing is drawn when stderr is not one).
 pub fn run_all(
     trace: &Trace,
-    jobs: &[Job],
+    jobs: &[TuneJob],
     initial: InitialPlacement,
     warm: &WarmStart,
     cost: CostModel,
@@ -445,7 +443,7 @@ pub fn run_all(
     );
     let runs: Vec<Result<Run, ReplayError>> = jobs
         .par_iter()
-        .map(|&(policy, slots, schedule, sharing)| {
+        .map(|&TuneJob { policy, slots, schedule, sharing }| {
             let config =
                 ReplayConfig { sharing, prefetch, ..ReplayConfig::new(policy, slots, schedule, initial, cost) };
             let run = replay_from(trace, &config, warm).map(|report| Run {

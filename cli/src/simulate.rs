@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
-use expertslab_std::trace::replay::{ReplayPolicy, ReplayStats, Sharing};
+use expertslab_std::trace::replay::{ReplayPolicy, ReplayStats, Sharing, TuneJob};
 use expertslab_std::{Policy, Schedule};
 use serde_json::{json, Value};
 
@@ -175,10 +175,12 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         .iter()
         .flat_map(|&s| {
             args.sharing.iter().flat_map(move |&sharing| {
-                args.policy
-                    .iter()
-                    .filter(move |&&p| sharing.supports(p))
-                    .map(move |&p| (with_admission(with_decay(p, decay), admission), s, args.schedule, sharing))
+                args.policy.iter().filter(move |&&p| sharing.supports(p)).map(move |&p| TuneJob {
+                    policy: with_admission(with_decay(p, decay), admission),
+                    slots: s,
+                    schedule: args.schedule,
+                    sharing,
+                })
             })
         })
         .collect();

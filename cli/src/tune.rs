@@ -6,13 +6,13 @@ use std::io::{self, Write};
 use std::num::NonZeroU32;
 
 use clap::Args as ClapArgs;
-use expertslab_std::trace::replay::{FetchCap, ReplayPolicy, Sharing};
+use expertslab_std::trace::replay::{best_run, slot_counts, FetchCap, ReplayPolicy, Sharing, TuneGrid, TuneJob};
 use expertslab_std::{slots_per_layer, AdmissionConfig, Policy, Schedule};
 use serde_json::json;
 
 use crate::error::CliError;
 use crate::replay_args::{
-    parse_policy, parse_sharing, read_trace, run_all, schedule_name, with_admission, with_decay, ReplayArgs, Run,
+    parse_policy, parse_sharing, read_trace, run_all, schedule_name, with_decay, ReplayArgs, Run,
 };
 use crate::simulate::{run_json, run_label, write_table};
 use crate::units::{self, format_size};
@@ -64,29 +64,15 @@ pub struct Args {
     json: bool,
 }
 
-/// The tinylfu settings tried: every combination of the grids, and the one --admit-* names.
+/// The tinylfu settings tried: the one --admit-* names, and every combination of the grids.
 fn admission_grid(args: &Args) -> Result<Vec<AdmissionConfig>, CliError> {
-    let mut grid = vec![args.replay.admission.config()?];
-    for &half_life in &args.admit_half_lives {
-        for &horizon in &args.admit_horizons {
-            for &threshold in &args.admit_thresholds {
-                let config = AdmissionConfig::new(half_life, horizon, threshold)
-                    .map_err(|e| CliError::Usage(format!("tinylfu grid: {e}")))?;
-                if !grid.contains(&config) {
-                    grid.push(config);
-                }
-            }
-        }
-    }
-    Ok(grid)
-}
-
-/// The slot counts tried up to `max`: powers of two, and `max` itself.
-fn slot_counts(max: usize) -> Vec<usize> {
-    let mut b: Vec<usize> =
-        std::iter::successors(Some(1usize), |x| x.checked_mul(2)).take_while(|&x| x < max).collect();
-    b.push(max);
-    b
+    TuneGrid::admissions(
+        args.replay.admission.config()?,
+        &args.admit_half_lives,
+        &args.admit_horizons,
+        &args.admit_thresholds,
+    )
+    .map_err(|e| CliError::Usage(format!("tinylfu grid: {e}")))
 }
 
 pub fn run(args: &Args) -> Result<(), CliError> {
@@ -120,38 +106,25 @@ pub fn run(args: &Args) -> Result<(), CliError> {
             reference.name()
         )));
     }
-    let forward = Schedule::EveryForward;
-    let mut jobs = Vec::new();
-    for &slots in &slot_counts(max) {
-        for &policy in &args.policy {
-            let policy = with_decay(policy, decay);
-            if matches!(policy, ReplayPolicy::Pool(p) if p.is_demand()) {
-                // Tinylfu runs once per setting of its grid.
-                let settings: Vec<ReplayPolicy> = if matches!(policy, ReplayPolicy::Pool(Policy::Tinylfu(_))) {
-                    admissions.iter().map(|&a| with_admission(policy, a)).collect()
-                } else {
-                    vec![policy]
-                };
-                for &sharing in args.sharing.iter().filter(|s| s.supports(policy)) {
-                    jobs.extend(settings.iter().map(|&setting| (setting, slots, forward, sharing)));
-                }
-            } else {
-                let per_layer = Sharing::PerLayer;
-                jobs.extend(args.intervals.iter().map(|&n| (policy, slots, Schedule::EveryDecodeSteps(n), per_layer)));
-            }
-        }
-    }
+    let grid = TuneGrid {
+        policies: args.policy.iter().map(|&p| with_decay(p, decay)).collect(),
+        slots: slot_counts(max),
+        intervals: args.intervals.clone(),
+        sharings: args.sharing.clone(),
+        admissions,
+    };
+    let jobs = grid.jobs();
     // The baselines and references at the most slots.
-    let per_layer = Sharing::PerLayer;
     let baselines = [
-        (ReplayPolicy::Pool(Policy::Tide), max, forward, per_layer),
-        (ReplayPolicy::Pool(Policy::Lru), max, forward, per_layer),
-        (ReplayPolicy::Pool(Policy::Belady), max, forward, per_layer),
-        (ReplayPolicy::Oracle, max, forward, per_layer),
-        (ReplayPolicy::Uniform, max, forward, per_layer),
-        (ReplayPolicy::Optimal, max, forward, per_layer),
-        (ReplayPolicy::OptimalShared, max, forward, per_layer),
-    ];
+        ReplayPolicy::Pool(Policy::Tide),
+        ReplayPolicy::Pool(Policy::Lru),
+        ReplayPolicy::Pool(Policy::Belady),
+        ReplayPolicy::Oracle,
+        ReplayPolicy::Uniform,
+        ReplayPolicy::Optimal,
+        ReplayPolicy::OptimalShared,
+    ]
+    .map(|policy| TuneJob { policy, slots: max, schedule: Schedule::EveryForward, sharing: Sharing::PerLayer });
     let (initial, warm) = (args.replay.initial(), crate::warm_start::load(args.replay.warm_from.as_deref(), &trace)?);
     let prefetch = args.replay.prefetch;
     // Under --overlap without --fetch-cap, each candidate runs uncapped and balanced.
@@ -165,12 +138,10 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     }
     // Under --overlap, only what is priced by layer step stands beside the candidates.
     let baselines: Vec<_> =
-        baselines.into_iter().filter(|(p, ..)| cost.overlap.is_none() || p.prices_by_step()).collect();
+        baselines.into_iter().filter(|j| cost.overlap.is_none() || j.policy.prices_by_step()).collect();
     let time = |r: &Run| r.report.total.modeled_time_s;
-    let best = candidates
-        .iter()
-        .min_by(|a, b| time(a).total_cmp(&time(b)).then(a.slots.cmp(&b.slots)))
-        .ok_or_else(|| CliError::Usage("no policy to tune".into()))?;
+    let best =
+        best_run(&candidates, |r| (&r.report, r.slots)).ok_or_else(|| CliError::Usage("no policy to tune".into()))?;
     // The baselines and references priced as the best run is (under its fetch cap).
     let best_cost = best.fetch_cap.map_or(cost, |cap| cost.overlapped(cap));
     let references = run_all(&trace, &baselines, initial, &warm, best_cost, prefetch)?;
@@ -192,7 +163,8 @@ pub fn run(args: &Args) -> Result<(), CliError> {
             }
             args.replay.check_ids(&test_trace)?;
             let warm = crate::warm_start::load(args.replay.warm_from.as_deref(), &test_trace)?;
-            let pick = [(best.policy, best.slots, best.schedule, best.sharing)];
+            let pick =
+                [TuneJob { policy: best.policy, slots: best.slots, schedule: best.schedule, sharing: best.sharing }];
             let mut picked = run_all(&test_trace, &pick, initial, &warm, best_cost, prefetch)?;
             let references = run_all(&test_trace, &baselines, initial, &warm, best_cost, prefetch)?;
             let run = picked.pop().ok_or_else(|| CliError::Usage("no run on the test trace".into()))?;
@@ -341,10 +313,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn slot_counts_are_powers_of_two_up_to_the_limit() {
-        assert_eq!(slot_counts(20), [1, 2, 4, 8, 16, 20]);
-        assert_eq!(slot_counts(16), [1, 2, 4, 8, 16]);
-        assert_eq!(slot_counts(1), [1]);
+    fn the_flags_default_to_the_cores_grid() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Command {
+            #[command(flatten)]
+            args: Args,
+        }
+        let args = Command::try_parse_from(["tune", "--trace", "t.ndjson"]).unwrap().args;
+        let policies: Vec<_> = args.policy.iter().map(|p| p.name()).collect();
+        assert_eq!(policies, TuneGrid::POLICIES);
+        let intervals: Vec<u32> = args.intervals.iter().map(|n| n.get()).collect();
+        assert_eq!(intervals, TuneGrid::INTERVALS);
+        assert_eq!(args.sharing, [Sharing::PerLayer, Sharing::Shared]);
+        assert_eq!(args.admit_half_lives, TuneGrid::ADMIT_HALF_LIVES);
+        assert_eq!(args.admit_horizons, TuneGrid::ADMIT_HORIZONS);
+        assert_eq!(args.admit_thresholds, TuneGrid::ADMIT_THRESHOLDS);
+        assert_eq!(admission_grid(&args).unwrap(), TuneGrid::new(Vec::new()).admissions);
     }
 
     #[test]

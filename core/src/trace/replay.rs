@@ -36,10 +36,12 @@ use crate::trace::{interleaved, Trace, TraceRecord, WarmStart};
 
 mod cost;
 pub mod optimal;
+mod tune;
 mod uniform;
 
 pub(crate) use cost::OverlapClock;
 pub use cost::{count_uses, split_misses, CostModel, FetchCap, SplitCosts, StepCost};
+pub use tune::{best_run, slot_counts, TuneGrid, TuneJob};
 
 /// What to replay: a pool policy, or a reference.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -27,7 +27,7 @@
 //! | `kernels.rs` | the MoE FFN's launches as the runner makes them, two step buffers per layer |
 //! | `runner/` | one decode run on the library's path (`kernels.rs`: what it launches; `host.rs`: pairs on the host); its order checked on the mock driver (`tests.rs`) |
 
-use expertslab::trace::replay::{replay, CostModel, FetchCap, ReplayConfig, ReplayPolicy, Sharing};
+use expertslab::trace::replay::{best_run, replay, CostModel, FetchCap, ReplayConfig, Sharing, TuneGrid};
 use expertslab::trace::synthetic::SplitMix64;
 #[cfg(test)]
 use expertslab::trace::synthetic::SyntheticTrace;
@@ -285,9 +285,10 @@ pub fn replay_cost(rule: MissRule, expert_bytes: u64, calibration: &Calibration)
 }
 
 /// The pick of `expertslab tune` at a fixed budget of `slots` per layer: the run with the lowest
-/// modeled time under the core's replay ([`replay_cost`]), over the deployable policies (TIDE,
-/// decay, LRU, LFU, LRU-2), intervals τ ∈ {1, 2, 4, 8, 16, 32} for the interval policies and,
-/// under [`MissRule::Balanced`], the way itself: the rule's cap, the pool uncapped and the pool
+/// modeled time under the core's replay ([`replay_cost`]), over the core's search grid
+/// ([`TuneGrid::new`]: every deployable policy, tinylfu at each admission setting, the interval
+/// policies at each refresh interval) on per-layer pools (the runner's), and, under
+/// [`MissRule::Balanced`], over the way itself: the rule's cap, the pool uncapped and the pool
 /// capped at the balanced share ([`FetchCap`]), and each single way, every miss copied and every
 /// miss computed on the host (so `auto` is never priced above a single way); misses by `rule`
 /// otherwise.
@@ -313,39 +314,26 @@ pub fn tune_pick(
             rules.push(MissRule::Always(MissAction::Host));
         }
     }
-    let mut best: Option<(f64, RunConfig)> = None;
+    let grid = TuneGrid { sharings: vec![Sharing::PerLayer], ..TuneGrid::new(vec![slots]) };
+    let jobs = grid.jobs();
+    let mut runs = Vec::with_capacity(rules.len() * jobs.len());
     for rule in rules {
         let cost = replay_cost(rule, expert_bytes, calibration);
-        for name in ["tide", "decay", "lru", "lfu", "lru2"] {
-            let policy = Policy::from_name(name).map_err(|e| CudaError::Residency(ResidencyError::Policy(e)))?;
-            let schedules: Vec<Schedule> = if policy.is_demand() {
-                vec![Schedule::EveryForward]
-            } else {
-                [1u32, 2, 4, 8, 16, 32]
-                    .iter()
-                    .filter_map(|&n| std::num::NonZeroU32::new(n).map(Schedule::EveryDecodeSteps))
-                    .collect()
-            };
-            for schedule in schedules {
-                let config =
-                    ReplayConfig::new(ReplayPolicy::Pool(policy), slots, schedule, InitialPlacement::Warm, cost);
-                let time = replay(trace, &config)
-                    .map_err(|e| CudaError::Residency(ResidencyError::Replay(e)))?
-                    .total
-                    .modeled_time_s;
-                if best.as_ref().is_none_or(|(t, _)| time < *t) {
-                    best = Some((time, RunConfig { schedule, ..RunConfig::new(slots, policy, rule) }));
-                }
-            }
+        for job in &jobs {
+            let Some(policy) = job.policy.deployable() else { continue };
+            let config = ReplayConfig::new(job.policy, slots, job.schedule, InitialPlacement::Warm, cost);
+            let report = replay(trace, &config).map_err(|e| CudaError::Residency(ResidencyError::Replay(e)))?;
+            runs.push((RunConfig { schedule: job.schedule, ..RunConfig::new(slots, policy, rule) }, report));
         }
     }
     // Every search has candidates; LRU at τ = 1 would be the pick of none.
-    Ok(best.map_or(RunConfig::new(slots, Policy::Lru, rule), |(_, run)| run))
+    Ok(best_run(&runs, |(_, report)| (report, slots)).map_or(RunConfig::new(slots, Policy::Lru, rule), |(run, _)| *run))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use expertslab::trace::replay::ReplayPolicy;
 
     #[test]
     fn slots_that_do_not_fit_say_how_many_would() {
