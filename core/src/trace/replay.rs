@@ -40,7 +40,7 @@ mod tune;
 mod uniform;
 
 pub(crate) use cost::OverlapClock;
-pub use cost::{count_uses, split_misses, CostModel, FetchCap, SplitCosts, StepCost};
+pub use cost::{count_uses, split_misses, CostModel, FetchCap, MissedUses, SplitCosts, StepCost};
 pub use tune::{best_run, slot_counts, TuneGrid, TuneJob};
 
 /// What to replay: a pool policy, or a reference.

@@ -207,6 +207,46 @@ pub fn count_uses(ids: impl IntoIterator<Item = u32>, out: &mut Vec<(u32, u32)>)
     }
 }
 
+/// A layer step's missed experts and how many of its pairs use each: what the fetch cap and the
+/// split of misses weigh ([`split_misses`]). One count for the replay's overlapped model and the
+/// GPU runner.
+#[derive(Debug, Default, Clone)]
+pub struct MissedUses {
+    uses: Vec<(u32, u32)>,
+    counts: Vec<u32>,
+}
+
+impl MissedUses {
+    /// Counts a step's misses: one id for each pair whose expert is not in a slot.
+    pub fn count(&mut self, missed: impl IntoIterator<Item = u32>) {
+        count_uses(missed, &mut self.uses);
+        self.counts.clear();
+        self.counts.extend(self.uses.iter().map(|&(_, n)| n));
+    }
+
+    /// `(expert, uses)`, in the order the experts first came.
+    pub fn uses(&self) -> &[(u32, u32)] {
+        &self.uses
+    }
+
+    /// The uses alone: in the order of [`MissedUses::uses`], or most used first after
+    /// [`MissedUses::cap`].
+    pub fn counts(&self) -> &[u32] {
+        &self.counts
+    }
+
+    /// The fetch cap of the counted step: how many of its missed experts the pool may promote,
+    /// the share [`split_misses`] gives the link under `costs`, the most used first; `None`
+    /// under [`FetchCap::Uncapped`]. Leaves [`MissedUses::counts`] most used first.
+    pub fn cap(&mut self, cap: FetchCap, costs: &SplitCosts) -> Option<u32> {
+        if cap == FetchCap::Uncapped {
+            return None;
+        }
+        self.counts.sort_unstable_by(|a, b| b.cmp(a));
+        Some(u32::try_from(split_misses(&self.counts, costs, cap)).unwrap_or(u32::MAX))
+    }
+}
+
 /// How many of a step's missed experts to fetch, `uses` their pairs, most used first: the `k`
 /// (at most the cap's) with the least [`SplitCosts::seconds`], the smallest such `k` on ties.
 /// The GPU runner splits its misses with this same function.
@@ -233,8 +273,7 @@ pub fn split_misses(uses: &[u32], costs: &SplitCosts, cap: FetchCap) -> usize {
 pub(crate) struct OverlapClock {
     seconds: f64,
     fetched: u64,
-    uses: Vec<(u32, u32)>,
-    counts: Vec<u32>,
+    missed: MissedUses,
 }
 
 impl OverlapClock {
@@ -251,21 +290,13 @@ impl OverlapClock {
         experts: usize,
     ) -> Option<u32> {
         let cap = cost.overlap?;
-        if cap == FetchCap::Uncapped {
-            return None;
-        }
         self.missed(ids, resident, experts);
-        self.counts.sort_unstable_by(|a, b| b.cmp(a));
-        let k = split_misses(&self.counts, &cost.split(0.0), cap);
-        Some(u32::try_from(k).unwrap_or(u32::MAX))
+        self.missed.cap(cap, &cost.split(0.0))
     }
 
-    /// Fills `counts` with the uses of each expert of `ids` not in a slot.
+    /// Counts the uses of each expert of `ids` not in a slot.
     fn missed(&mut self, ids: &[u32], resident: impl Fn(usize) -> bool, experts: usize) {
-        let missing = ids.iter().copied().filter(|&id| (id as usize) < experts && !resident(id as usize));
-        count_uses(missing, &mut self.uses);
-        self.counts.clear();
-        self.counts.extend(self.uses.iter().map(|&(_, n)| n));
+        self.missed.count(ids.iter().copied().filter(|&id| (id as usize) < experts && !resident(id as usize)));
     }
 
     /// A layer step with `promotions` demand copies, its `ids` served, `resident` telling which
@@ -281,7 +312,7 @@ impl OverlapClock {
         let Some(cap) = cost.overlap else { return };
         self.missed(ids, resident, experts);
         let copied = (promotions as u64).saturating_mul(cost.expert_bytes);
-        let s = cost.step(cap, copied, &mut self.counts);
+        let s = cost.step(cap, copied, &mut self.missed.counts);
         self.seconds += s.seconds;
         self.fetched = self.fetched.saturating_add(u64::from(s.fetched));
     }

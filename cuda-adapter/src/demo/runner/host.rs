@@ -4,7 +4,6 @@
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 
-use expertslab::trace::replay::{count_uses, split_misses, FetchCap};
 use expertslab_std::ffn::PairSlabs;
 use expertslab_std::ExpertStore;
 
@@ -23,21 +22,15 @@ pub(super) type HostJob = Receiver<Result<Vec<f32>, CudaError>>;
 
 impl<D: Driver + Clone, K: Kernels<D>> Runner<'_, D, K> {
     /// Under [`MissRule::Balanced`] with a cap, how many of the record's missed experts (not
-    /// resident before it, by `self.before`) the pool may promote: the share [`split_misses`]
-    /// gives the link, the most used first, the rest left to the host. `None` under the other
-    /// rules and [`FetchCap::Uncapped`].
+    /// resident before it, by `self.before`) the pool may promote: the share
+    /// [`split_misses`](expertslab::trace::replay::split_misses)
+    /// gives the link, the most used first, the rest left to the host (the replay's cap, by the
+    /// same [`MissedUses::cap`](expertslab::trace::replay::MissedUses::cap)). `None` under the
+    /// other rules and an uncapped pool.
     pub(super) fn fetch_cap(&mut self, ids: &[u32]) -> Option<u32> {
         let MissRule::Balanced(c, cap) = self.rule else { return None };
-        if cap == FetchCap::Uncapped {
-            return None;
-        }
-        let missed = ids.iter().zip(&self.before).filter(|(_, before)| before.is_none()).map(|(&id, _)| id);
-        count_uses(missed, &mut self.missed);
-        self.counts.clear();
-        self.counts.extend(self.missed.iter().map(|&(_, n)| n));
-        self.counts.sort_unstable_by(|a, b| b.cmp(a));
-        let k = split_misses(&self.counts, &c.split(0.0), cap);
-        Some(u32::try_from(k).unwrap_or(u32::MAX))
+        self.missed.count(ids.iter().zip(&self.before).filter(|(_, before)| before.is_none()).map(|(&id, _)| id));
+        self.missed.cap(cap, &c.split(0.0))
     }
 
     /// Starts the host's pairs of a record (step 3): the layer's input `x` copied to the host

@@ -32,7 +32,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use expertslab::trace::replay::{count_uses, Sharing};
+use expertslab::trace::replay::{MissedUses, Sharing};
 use expertslab::trace::Trace;
 use expertslab::{
     ExpertLayout, ExpertPool, InitialPlacement, MigrateStats, MigrationPlan, PoolConfig, PoolStats, SharedSlotPool,
@@ -174,9 +174,7 @@ pub(crate) struct Runner<'m, D: Driver, K> {
     sources: Vec<PairSource>,
     scratch_of: HashMap<u32, ScratchSlot>,
     /// The record's missed experts with their uses, and the rule's action for each.
-    missed: Vec<(u32, u32)>,
-    /// The uses of `missed`, in its order or sorted (scratch).
-    counts: Vec<u32>,
+    missed: MissedUses,
     actions: Vec<MissAction>,
     /// The record's pairs served on the host, their input and outputs.
     host_pairs: Vec<usize>,
@@ -284,8 +282,7 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
             before: Vec::new(),
             sources: Vec::new(),
             scratch_of: HashMap::new(),
-            missed: Vec::new(),
-            counts: Vec::new(),
+            missed: MissedUses::default(),
             actions: Vec::new(),
             host_pairs: Vec::new(),
             host_x: Vec::new(),
@@ -469,10 +466,8 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
         self.scratch_of.clear();
         self.host_pairs.clear();
         let placement = &self.placement;
-        count_uses(ids.iter().copied().filter(|&id| placement.slot_of(layer, id as usize).is_none()), &mut self.missed);
-        self.counts.clear();
-        self.counts.extend(self.missed.iter().map(|&(_, n)| n));
-        self.rule.plan(&self.counts, migrated.copied, &mut self.actions);
+        self.missed.count(ids.iter().copied().filter(|&id| placement.slot_of(layer, id as usize).is_none()));
+        self.rule.plan(self.missed.counts(), migrated.copied, &mut self.actions);
         if self.model.host.is_none() && self.actions.contains(&MissAction::Host) {
             return Err(CudaError::Unsupported(format!(
                 "misses on the host: the host FFN does not read {} experts",
@@ -483,7 +478,7 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
         for (pair, (&id, &before)) in ids.iter().zip(&self.before).enumerate() {
             let expert = id as usize;
             let action = || {
-                let at = self.missed.iter().position(|&(m, _)| m == id).unwrap_or(0);
+                let at = self.missed.uses().iter().position(|&(m, _)| m == id).unwrap_or(0);
                 self.actions.get(at).copied().unwrap_or(MissAction::Copy)
             };
             let source = match self.placement.slot_of(layer, expert) {
