@@ -162,20 +162,9 @@ mod tests {
     /// A TIDE pool of 4 experts and 2 slots.
     fn tide_pool() -> *mut EsPool {
         let mut pool = core::ptr::null_mut();
+        let config = pool::test_config(c"tide", 4, 2);
         // SAFETY: every pointer is to a live local.
-        unsafe {
-            let mut policy = core::mem::zeroed::<EsPolicy>();
-            assert_eq!(es_policy_from_name(c"tide".as_ptr(), &mut policy), EsStatus::Ok);
-            let config = EsPoolConfig {
-                layer: 0,
-                experts: 4,
-                slots: 2,
-                policy,
-                schedule: EsSchedule { kind: EsScheduleKind::EveryForward as u32, interval: 1 },
-                initial: 0,
-            };
-            assert_eq!(es_pool_new(&config, &mut pool, core::ptr::null_mut(), 0), EsStatus::Ok);
-        }
+        assert_eq!(unsafe { es_pool_new(&config, &mut pool, core::ptr::null_mut(), 0) }, EsStatus::Ok);
         pool
     }
 

@@ -455,25 +455,28 @@ pub unsafe extern "C" fn es_plan_free(plan: *mut EsPlan) -> EsStatus {
     unsafe { handle::free::<MigrationPlan>(plan) }
 }
 
+/// The configuration of a pool of layer 0 with the policy `name` (refreshed every step), for
+/// this crate's tests.
+#[cfg(test)]
+pub(crate) fn test_config(name: &core::ffi::CStr, experts: usize, slots: usize) -> EsPoolConfig {
+    use crate::types::{EsSchedule, EsScheduleKind};
+    // SAFETY: an all-zero `EsPolicy` is a valid value to overwrite; the pointers are to live locals.
+    let mut policy = unsafe { core::mem::zeroed::<EsPolicy>() };
+    // SAFETY: `name` is NUL-terminated and `policy` writable.
+    assert_eq!(unsafe { es_policy_from_name(name.as_ptr(), &mut policy) }, EsStatus::Ok);
+    let schedule = EsSchedule { kind: EsScheduleKind::EveryForward as u32, interval: 1 };
+    EsPoolConfig { layer: 0, experts, slots, policy, schedule, initial: 0 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{EsSchedule, EsScheduleKind};
 
     /// A pool of the policy `name` and the text of why not.
     fn pool_of(name: &core::ffi::CStr) -> (EsStatus, String) {
+        let config = test_config(name, 8, 2);
         // SAFETY: every pointer below is to a live local.
         unsafe {
-            let mut policy = core::mem::zeroed::<EsPolicy>();
-            assert_eq!(es_policy_from_name(name.as_ptr(), &mut policy), EsStatus::Ok);
-            let config = EsPoolConfig {
-                layer: 0,
-                experts: 8,
-                slots: 2,
-                policy,
-                schedule: EsSchedule { kind: EsScheduleKind::EveryForward as u32, interval: 1 },
-                initial: 0,
-            };
             let mut pool = core::ptr::null_mut();
             let mut message = [0 as c_char; crate::ES_ERROR_CAPACITY];
             let status = es_pool_new(&config, &mut pool, message.as_mut_ptr(), message.len());
