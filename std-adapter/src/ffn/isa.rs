@@ -3,7 +3,7 @@
 
 use expertslab::Format;
 
-use super::order::{dot, silu_mul, Bf16, Element, F32};
+use super::order::{silu_mul, Bf16, RowFormat, F32, Q8_0};
 
 /// An instruction set the host FFN's inner loops run with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -77,20 +77,20 @@ impl Isa {
 /// Rows of gate and up: `h[r] = silu_mul(gate_r · x, up_r · x)` for the rows of `h`, which
 /// start at row `first`.
 #[inline(always)]
-fn gate_up_rows<E: Element>(gate: &[u8], up: &[u8], cols: usize, xt: &[f32], first: usize, h: &mut [f32]) {
-    let rb = cols.saturating_mul(E::BYTES).max(1);
+fn gate_up_rows<R: RowFormat>(gate: &[u8], up: &[u8], cols: usize, xt: &[f32], first: usize, h: &mut [f32]) {
+    let rb = R::row_bytes(cols).max(1);
     let rows = gate.chunks_exact(rb).zip(up.chunks_exact(rb)).skip(first);
     for (out, (g, u)) in h.iter_mut().zip(rows) {
-        *out = silu_mul(dot::<E>(g, cols, xt), dot::<E>(u, cols, xt));
+        *out = silu_mul(R::dot(g, cols, xt), R::dot(u, cols, xt));
     }
 }
 
 /// Rows of down: `part[r] = down_r · h` for the rows of `part`, starting at row `first`.
 #[inline(always)]
-fn down_rows<E: Element>(down: &[u8], cols: usize, ht: &[f32], first: usize, part: &mut [f32]) {
-    let rb = cols.saturating_mul(E::BYTES).max(1);
+fn down_rows<R: RowFormat>(down: &[u8], cols: usize, ht: &[f32], first: usize, part: &mut [f32]) {
+    let rb = R::row_bytes(cols).max(1);
     for (out, d) in part.iter_mut().zip(down.chunks_exact(rb).skip(first)) {
-        *out = dot::<E>(d, cols, ht);
+        *out = R::dot(d, cols, ht);
     }
 }
 
@@ -101,6 +101,7 @@ macro_rules! variants {
         fn $gate_up(format: Format, gate: &[u8], up: &[u8], cols: usize, xt: &[f32], first: usize, h: &mut [f32]) {
             match format {
                 Format::BF16 => gate_up_rows::<Bf16>(gate, up, cols, xt, first, h),
+                Format::Q8_0 => gate_up_rows::<Q8_0>(gate, up, cols, xt, first, h),
                 _ => gate_up_rows::<F32>(gate, up, cols, xt, first, h),
             }
         }
@@ -108,6 +109,7 @@ macro_rules! variants {
         fn $down(format: Format, down: &[u8], cols: usize, ht: &[f32], first: usize, part: &mut [f32]) {
             match format {
                 Format::BF16 => down_rows::<Bf16>(down, cols, ht, first, part),
+                Format::Q8_0 => down_rows::<Q8_0>(down, cols, ht, first, part),
                 _ => down_rows::<F32>(down, cols, ht, first, part),
             }
         }

@@ -96,10 +96,17 @@ impl<'a> PairSlabs<'a> {
 /// What [`ExpertFfn`] refuses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FfnError {
-    /// Weights of a format the FFN does not read (it reads F32 and BF16).
+    /// Weights of a format the FFN does not read (it reads F32, BF16 and Q8_0).
     Format(Format),
     /// A width of 0.
     EmptyShape,
+    /// A width that is not a whole number of the format's blocks (Q8_0's are 32 elements).
+    NotWholeBlocks {
+        /// The format.
+        format: Format,
+        /// The width.
+        width: usize,
+    },
     /// A slab of the wrong length.
     Slab {
         /// The pair.
@@ -136,8 +143,16 @@ pub enum FfnError {
 impl fmt::Display for FfnError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Format(format) => write!(f, "the host FFN reads f32 and bf16 experts, not {}", format.name()),
+            Self::Format(format) => {
+                write!(f, "the host FFN reads f32, bf16 and q8_0 experts, not {}", format.name())
+            }
             Self::EmptyShape => write!(f, "an FFN of hidden or FFN width 0"),
+            Self::NotWholeBlocks { format, width } => write!(
+                f,
+                "a width of {width} is not a whole number of {}'s blocks of {}",
+                format.name(),
+                format.block().elems()
+            ),
             Self::Slab { pair, projection, expected, actual } => {
                 write!(f, "pair {pair}: a {projection} slab of {actual} bytes, not {expected}")
             }
@@ -184,17 +199,20 @@ impl Calls {
 }
 
 impl ExpertFfn {
-    /// An FFN of model width `hidden` and expert width `ffn` over weights of `format` (F32 or
-    /// BF16), on the fastest instruction set found and rayon's global thread pool.
+    /// An FFN of model width `hidden` and expert width `ffn` over weights of `format` (F32,
+    /// BF16 or Q8_0), on the fastest instruction set found and rayon's global thread pool.
     ///
     /// # Errors
-    /// [`FfnError::Format`], [`FfnError::EmptyShape`].
+    /// [`FfnError::Format`], [`FfnError::EmptyShape`], [`FfnError::NotWholeBlocks`].
     pub fn new(hidden: usize, ffn: usize, format: Format) -> Result<Self, FfnError> {
-        if !matches!(format, Format::F32 | Format::BF16) {
+        if !matches!(format, Format::F32 | Format::BF16 | Format::Q8_0) {
             return Err(FfnError::Format(format));
         }
         if hidden == 0 || ffn == 0 {
             return Err(FfnError::EmptyShape);
+        }
+        if let Some(width) = [hidden, ffn].into_iter().find(|&w| format.row_bytes(w).is_err()) {
+            return Err(FfnError::NotWholeBlocks { format, width });
         }
         Ok(Self { hidden, ffn, format, isa: Isa::detect(), pool: None, calls: Calls::Global })
     }
@@ -276,23 +294,15 @@ impl ExpertFfn {
         self.isa
     }
 
-    /// Bytes of one gate (or up) slab: `ffn × hidden` elements.
-    fn gate_bytes(&self) -> usize {
-        self.ffn.saturating_mul(self.hidden).saturating_mul(self.element_bytes())
-    }
-
-    fn element_bytes(&self) -> usize {
-        if self.format == Format::BF16 {
-            2
-        } else {
-            4
-        }
+    /// Bytes of `rows` rows of `cols` elements (whole blocks, checked when built).
+    fn slab_bytes(&self, rows: usize, cols: usize) -> usize {
+        rows.saturating_mul(self.format.row_bytes(cols).unwrap_or(usize::MAX))
     }
 
     fn check(&self, pairs: &[PairSlabs<'_>], tokens: usize) -> Result<(), FfnError> {
-        let bytes = self.gate_bytes();
+        let (gate, down) = (self.slab_bytes(self.ffn, self.hidden), self.slab_bytes(self.hidden, self.ffn));
         for (pair, p) in pairs.iter().enumerate() {
-            for (projection, slab) in [("gate", p.gate), ("up", p.up), ("down", p.down)] {
+            for (projection, slab, bytes) in [("gate", p.gate, gate), ("up", p.up, gate), ("down", p.down, down)] {
                 if slab.len() != bytes {
                     return Err(FfnError::Slab { pair, projection, expected: bytes, actual: slab.len() });
                 }

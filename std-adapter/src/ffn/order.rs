@@ -14,6 +14,9 @@
 //!   by halving (offsets 4, 2, 1), then the lanes by the butterfly of [`lane_sum`]. On the host
 //!   the accumulators are whole vector registers and the weights are read in their own order,
 //!   so no shuffling happens in the inner loop.
+//! - **Block-quantized weights** (Q8_0) are first widened, element by element, to the f32
+//!   weight each stands for ([`f16_to_f32`] for the block's scale, then one multiplication);
+//!   the dot product then runs as above.
 //! - **The activation**: `h = (g / (1 + exp(−g))) · u` with [`exp`] below (not a math library's,
 //!   whose last bit differs between platforms).
 //! - **The combine**: `y = fma(weight_k, part_k, y)` from 0 over a token's pairs in `k` order.
@@ -113,6 +116,102 @@ pub fn reduce(acc: &[f32; BLOCK]) -> f32 {
         *lane = u[0] + u[1];
     }
     lane_sum(lanes)
+}
+
+/// `bits` as an IEEE-754 half, widened to f32 (exactly: every half is an f32).
+pub fn f16_to_f32(bits: u16) -> f32 {
+    let negative = bits & 0x8000 != 0;
+    let exponent = u32::from((bits >> 10) & 0x1f);
+    let mantissa = u32::from(bits & 0x3ff);
+    let magnitude = match exponent {
+        // Zero and subnormals: mantissa · 2^−24, a product with a power of two (exact).
+        0 => mantissa as f32 * f32::from_bits(0x3380_0000),
+        // Infinities and NaNs (the payload kept).
+        31 => f32::from_bits(0x7f80_0000 | mantissa << 13),
+        #[allow(clippy::arithmetic_side_effects, reason = "exponent is in 1..=30")]
+        _ => f32::from_bits((exponent + 112) << 23 | mantissa << 13),
+    };
+    if negative {
+        -magnitude
+    } else {
+        magnitude
+    }
+}
+
+/// A row format: how many bytes a row of `cols` elements takes, and its dot product with
+/// activations padded to whole blocks, in the shared order.
+pub(super) trait RowFormat {
+    /// Bytes of a row of `cols` elements (a whole number of the format's blocks).
+    fn row_bytes(cols: usize) -> usize;
+    /// `row · x` (see [`dot`]).
+    fn dot(row: &[u8], cols: usize, x: &[f32]) -> f32;
+}
+
+impl<E: Element> RowFormat for E {
+    fn row_bytes(cols: usize) -> usize {
+        cols.saturating_mul(E::BYTES)
+    }
+    #[inline(always)]
+    fn dot(row: &[u8], cols: usize, x: &[f32]) -> f32 {
+        dot::<E>(row, cols, x)
+    }
+}
+
+/// Q8_0 weights, as ggml lays them out: blocks of [`Q8_0::ELEMS`] elements, each an f16 scale
+/// `d` (little-endian) and 32 signed bytes `q`. Element `i` of a block is `d · q[i]`: the scale
+/// widened ([`f16_to_f32`]) and `q[i]` converted, both exactly, then one f32 multiplication.
+/// The kernels form each weight the same way, then the dot product goes on as for F32.
+pub(super) struct Q8_0;
+
+impl Q8_0 {
+    /// Elements of a block.
+    pub(super) const ELEMS: usize = 32;
+    /// Bytes of a block: the scale and the values.
+    pub(super) const BYTES: usize = 34;
+
+    /// The weights of the block at the start of `bytes` into `out` (zeros when `bytes` is short).
+    #[inline(always)]
+    fn block(bytes: &[u8], out: &mut [f32]) {
+        let Some((scale, values)) = bytes.split_first_chunk::<2>() else {
+            out.fill(0.0);
+            return;
+        };
+        let d = f16_to_f32(u16::from_le_bytes(*scale));
+        for (w, &q) in out.iter_mut().zip(values.iter().take(Self::ELEMS)) {
+            *w = d * f32::from(q.cast_signed());
+        }
+    }
+}
+
+impl RowFormat for Q8_0 {
+    fn row_bytes(cols: usize) -> usize {
+        (cols / Self::ELEMS).saturating_mul(Self::BYTES)
+    }
+
+    /// The blocks of each [`BLOCK`] elements are widened into weights, then taken as [`dot`]
+    /// takes F32 weights: `acc[a] = fma(w[j], x[j], acc[a])`, elements at or past `cols` as
+    /// `0 · 0`.
+    #[inline(always)]
+    #[allow(clippy::arithmetic_side_effects, reason = "block indexes bounded by cols")]
+    fn dot(row: &[u8], cols: usize, x: &[f32]) -> f32 {
+        let mut acc = [0.0f32; BLOCK];
+        let mut w = [0.0f32; BLOCK];
+        let blocks = cols / Self::ELEMS;
+        for (span, xb) in x.chunks_exact(BLOCK).enumerate().take(cols.div_ceil(BLOCK)) {
+            for (b, out) in w.chunks_exact_mut(Self::ELEMS).enumerate() {
+                let block = span * (BLOCK / Self::ELEMS) + b;
+                if block < blocks {
+                    Self::block(row.get(block * Self::BYTES..).unwrap_or(&[]), out);
+                } else {
+                    out.fill(0.0);
+                }
+            }
+            for ((a, w), v) in acc.iter_mut().zip(&w).zip(xb) {
+                *a = w.mul_add(*v, *a);
+            }
+        }
+        reduce(&acc)
+    }
 }
 
 /// Weight formats a row can be read in: element `j` of a row's bytes as f32.
@@ -272,6 +371,33 @@ mod tests {
             let bf: Vec<u8> = w.iter().flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes()).collect();
             let wb: Vec<f32> = w.iter().map(|v| f32::from_bits(v.to_bits() & 0xFFFF_0000)).collect();
             assert_eq!(dot::<Bf16>(&bf, cols, &xt).to_bits(), dot_by_the_letter(&wb, &x).to_bits(), "{cols}");
+        }
+    }
+
+    #[test]
+    fn a_q8_0_row_is_its_weights_taken_as_f32() {
+        for cols in [32, 64, 256, 288, 768, 2048] {
+            // Blocks of scales of every exponent range (subnormal to large) and values ±127.
+            let row: Vec<u8> = (0..cols / 32)
+                .flat_map(|b| {
+                    let scale = ((b * 0x0BCD + 0x0123) % 0x7C00) as u16 | if b % 3 == 0 { 0x8000 } else { 0 };
+                    let values = (0..32).map(move |i| ((i * 29 + b * 7) % 255) as u8);
+                    scale.to_le_bytes().into_iter().chain(values)
+                })
+                .collect();
+            assert_eq!(row.len(), Q8_0::row_bytes(cols));
+            let weights: Vec<f32> = row
+                .chunks_exact(Q8_0::BYTES)
+                .flat_map(|b| {
+                    let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+                    b[2..].iter().map(move |&q| d * f32::from(q as i8))
+                })
+                .collect();
+            let x: Vec<f32> = (0..cols).map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.021).collect();
+            let mut xt = Vec::new();
+            pad_to_blocks(&x, &mut xt);
+            let f32_row: Vec<u8> = weights.iter().flat_map(|v| v.to_le_bytes()).collect();
+            assert_eq!(Q8_0::dot(&row, cols, &xt).to_bits(), dot::<F32>(&f32_row, cols, &xt).to_bits(), "{cols}");
         }
     }
 }

@@ -18,8 +18,40 @@ fn encode(v: &[f32], format: Format) -> Vec<u8> {
     }
 }
 
+/// A half's value, computed in f64 from its fields (independently of the library's widening).
+fn half(bits: u16) -> f64 {
+    let sign = if bits & 0x8000 != 0 { -1.0 } else { 1.0 };
+    let (e, m) = (i32::from((bits >> 10) & 0x1f), f64::from(bits & 0x3ff));
+    match e {
+        0 => sign * m * 2f64.powi(-24),
+        31 if m == 0.0 => sign * f64::INFINITY,
+        31 => f64::NAN,
+        _ => sign * (1.0 + m / 1024.0) * 2f64.powi(e - 15),
+    }
+}
+
+/// Q8_0 weights of `elems` elements (a multiple of 32): each block a random scale near 2^-11
+/// and random values in ±127, as a quantizer leaves them.
+fn q8_0(elems: usize, seed: u64) -> Vec<u8> {
+    let r = values(elems / 32 * 33, seed, 1.0);
+    r.chunks_exact(33)
+        .flat_map(|b| {
+            let scale: u16 = 0x1000 | ((b[0].abs() * 1023.0) as u16 & 0x3ff) | if b[0] < 0.0 { 0x0400 } else { 0 };
+            let values = b[1..].iter().map(|v| (v * 127.0).round() as i8 as u8);
+            scale.to_le_bytes().into_iter().chain(values)
+        })
+        .collect()
+}
+
 fn decode(b: &[u8], format: Format) -> Vec<f64> {
     match format {
+        Format::Q8_0 => b
+            .chunks_exact(34)
+            .flat_map(|block| {
+                let d = half(u16::from_le_bytes([block[0], block[1]]));
+                block[2..].iter().map(move |&q| d * f64::from(q as i8))
+            })
+            .collect(),
         Format::BF16 => b
             .chunks_exact(2)
             .map(|c| f64::from(f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16)))
@@ -36,8 +68,9 @@ struct Experts {
 fn experts(n: usize, hidden: usize, ffn: usize, format: Format) -> Experts {
     let slabs = (0..n)
         .map(|e| {
-            let s = |p: u64, cols: usize| {
-                encode(&values(hidden * ffn, e as u64 * 3 + p, (3.0 / cols as f32).sqrt()), format)
+            let s = |p: u64, cols: usize| match format {
+                Format::Q8_0 => q8_0(hidden * ffn, e as u64 * 3 + p),
+                _ => encode(&values(hidden * ffn, e as u64 * 3 + p, (3.0 / cols as f32).sqrt()), format),
             };
             [s(0, hidden), s(1, hidden), s(2, ffn)]
         })
@@ -75,6 +108,17 @@ fn reference(p: &PairSlabs<'_>, x: &[f32], hidden: usize, ffn: usize, format: Fo
 const SHAPES: &[(usize, usize)] = &[(264, 40), (512, 96), (100, 13)];
 #[cfg(miri)]
 const SHAPES: &[(usize, usize)] = &[(100, 13)];
+/// Q8_0's: whole blocks of 32, one with a partial span of 256.
+#[cfg(not(miri))]
+const Q8_0_SHAPES: &[(usize, usize)] = &[(288, 64), (512, 96)];
+#[cfg(miri)]
+const Q8_0_SHAPES: &[(usize, usize)] = &[(96, 32)];
+
+/// Every format the FFN reads with the shapes it is tested at.
+fn cases() -> impl Iterator<Item = (Format, usize, usize)> {
+    let plain = [Format::F32, Format::BF16].into_iter().flat_map(|f| SHAPES.iter().map(move |&(h, w)| (f, h, w)));
+    plain.chain(Q8_0_SHAPES.iter().map(|&(h, w)| (Format::Q8_0, h, w)))
+}
 const ROUTING: [(usize, usize); 5] = [(0, 0), (3, 0), (1, 1), (3, 1), (2, 2)];
 
 fn run(ffn: &ExpertFfn, p: &[PairSlabs<'_>], x: &[f32], hidden: usize) -> Vec<u32> {
@@ -85,23 +129,18 @@ fn run(ffn: &ExpertFfn, p: &[PairSlabs<'_>], x: &[f32], hidden: usize) -> Vec<u3
 
 #[test]
 fn pairs_agree_with_the_plain_reference() {
-    for format in [Format::F32, Format::BF16] {
-        for &(hidden, width) in SHAPES {
-            let ex = experts(4, hidden, width, format);
-            let p = pairs(&ex, &ROUTING);
-            let x = values(3 * hidden, 99, 1.0);
-            let ffn = ExpertFfn::new(hidden, width, format).unwrap();
-            let mut parts = vec![0.0f32; p.len() * hidden];
-            ffn.parts(&p, &x, &mut parts).unwrap();
-            for (i, pair) in p.iter().enumerate() {
-                let want = reference(pair, &x, hidden, width, format);
-                let scale = want.iter().map(|v| v.abs()).fold(0.0, f64::max).max(1e-6);
-                for (got, want) in parts[i * hidden..(i + 1) * hidden].iter().zip(&want) {
-                    assert!(
-                        (f64::from(*got) - want).abs() <= 2e-5 * scale,
-                        "{format:?} {hidden}×{width}: {got} vs {want}"
-                    );
-                }
+    for (format, hidden, width) in cases() {
+        let ex = experts(4, hidden, width, format);
+        let p = pairs(&ex, &ROUTING);
+        let x = values(3 * hidden, 99, 1.0);
+        let ffn = ExpertFfn::new(hidden, width, format).unwrap();
+        let mut parts = vec![0.0f32; p.len() * hidden];
+        ffn.parts(&p, &x, &mut parts).unwrap();
+        for (i, pair) in p.iter().enumerate() {
+            let want = reference(pair, &x, hidden, width, format);
+            let scale = want.iter().map(|v| v.abs()).fold(0.0, f64::max).max(1e-6);
+            for (got, want) in parts[i * hidden..(i + 1) * hidden].iter().zip(&want) {
+                assert!((f64::from(*got) - want).abs() <= 2e-5 * scale, "{format:?} {hidden}×{width}: {got} vs {want}");
             }
         }
     }
@@ -111,38 +150,31 @@ fn pairs_agree_with_the_plain_reference() {
 fn the_bits_do_not_depend_on_instruction_set_threads_batch_or_alignment() {
     let one = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap());
     let three = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap());
-    for format in [Format::F32, Format::BF16] {
-        for &(hidden, width) in SHAPES {
-            let ex = experts(4, hidden, width, format);
-            let p = pairs(&ex, &ROUTING);
-            let x = values(3 * hidden, 7, 1.0);
-            let base = ExpertFfn::new(hidden, width, format).unwrap().with_isa(Isa::Portable).unwrap();
-            let want = run(&base, &p, &x, hidden);
-            for isa in Isa::all_available() {
-                for pool in [&one, &three] {
-                    let ffn = base.clone().with_isa(isa).unwrap().with_pool(Arc::clone(pool));
-                    assert_eq!(run(&ffn, &p, &x, hidden), want, "{format:?} {hidden}×{width} {isa:?}");
-                }
+    for (format, hidden, width) in cases() {
+        let ex = experts(4, hidden, width, format);
+        let p = pairs(&ex, &ROUTING);
+        let x = values(3 * hidden, 7, 1.0);
+        let base = ExpertFfn::new(hidden, width, format).unwrap().with_isa(Isa::Portable).unwrap();
+        let want = run(&base, &p, &x, hidden);
+        for isa in Isa::all_available() {
+            for pool in [&one, &three] {
+                let ffn = base.clone().with_isa(isa).unwrap().with_pool(Arc::clone(pool));
+                assert_eq!(run(&ffn, &p, &x, hidden), want, "{format:?} {hidden}×{width} {isa:?}");
             }
-            // One pair alone gives the bits it gives in the batch.
-            let alone = run(&base, &p[3..4], &x, hidden);
-            assert_eq!(alone, want[3 * hidden..4 * hidden], "{format:?} batch");
-            // Slabs one byte off their alignment.
-            let shifted: Vec<[Vec<u8>; 3]> =
-                ex.slabs.iter().map(|s| s.clone().map(|b| [vec![0u8], b].concat())).collect();
-            let moved: Vec<PairSlabs<'_>> = ROUTING
-                .iter()
-                .map(|&(e, token)| {
-                    let [g, u, d] = &shifted[e];
-                    PairSlabs { gate: &g[1..], up: &u[1..], down: &d[1..], token }
-                })
-                .collect();
-            assert_eq!(
-                run(&base.clone().with_isa(Isa::detect()).unwrap(), &moved, &x, hidden),
-                want,
-                "{format:?} shifted"
-            );
         }
+        // One pair alone gives the bits it gives in the batch.
+        let alone = run(&base, &p[3..4], &x, hidden);
+        assert_eq!(alone, want[3 * hidden..4 * hidden], "{format:?} batch");
+        // Slabs one byte off their alignment.
+        let shifted: Vec<[Vec<u8>; 3]> = ex.slabs.iter().map(|s| s.clone().map(|b| [vec![0u8], b].concat())).collect();
+        let moved: Vec<PairSlabs<'_>> = ROUTING
+            .iter()
+            .map(|&(e, token)| {
+                let [g, u, d] = &shifted[e];
+                PairSlabs { gate: &g[1..], up: &u[1..], down: &d[1..], token }
+            })
+            .collect();
+        assert_eq!(run(&base.clone().with_isa(Isa::detect()).unwrap(), &moved, &x, hidden), want, "{format:?} shifted");
     }
 }
 
@@ -165,7 +197,18 @@ fn bad_input_is_refused_before_anything_is_written() {
     assert!(matches!(ffn.parts(&ok, &x[1..], &mut parts), Err(FfnError::Length { what: "activations", .. })));
     assert!(matches!(ffn.parts(&ok, &x, &mut parts[1..]), Err(FfnError::Length { what: "parts", .. })));
     assert!(parts.iter().all(|&v| v == 7.0), "nothing written");
-    assert_eq!(ExpertFfn::new(4, 4, Format::Q8_0).unwrap_err(), FfnError::Format(Format::Q8_0));
+    assert_eq!(ExpertFfn::new(4, 4, Format::Q4_K).unwrap_err(), FfnError::Format(Format::Q4_K));
+    let e = ExpertFfn::new(64, 40, Format::Q8_0).unwrap_err();
+    assert_eq!(e, FfnError::NotWholeBlocks { format: Format::Q8_0, width: 40 });
+    assert_eq!(e.to_string(), "a width of 40 is not a whole number of q8_0's blocks of 32");
+    let q = ExpertFfn::new(64, 32, Format::Q8_0).unwrap();
+    let slab = vec![0u8; 32 * 2 * 34];
+    let bad = [PairSlabs { gate: &slab, up: &slab, down: &slab[1..], token: 0 }];
+    let mut out = vec![0.0f32; 64];
+    assert_eq!(
+        q.parts(&bad, &values(64, 1, 1.0), &mut out),
+        Err(FfnError::Slab { pair: 0, projection: "down", expected: 2176, actual: 2175 })
+    );
     assert_eq!(ExpertFfn::new(0, 4, Format::F32).unwrap_err(), FfnError::EmptyShape);
     let missing = [Isa::Avx2, Isa::Avx512, Isa::Neon].into_iter().find(|i| !i.available());
     if let Some(isa) = missing {
@@ -257,5 +300,19 @@ fn spawned_work_stops_the_spinning_on_any_pool() {
         let (done, ran) = std::sync::mpsc::channel();
         ffn.spawn(move |_| done.send(()).unwrap());
         ran.recv_timeout(Duration::from_secs(30)).expect("the spawned job ran while the pool was kept warm");
+    }
+}
+
+#[test]
+fn every_half_widens_exactly() {
+    use super::order::f16_to_f32;
+    for bits in 0..=u16::MAX {
+        let (got, want) = (f16_to_f32(bits), half(bits));
+        if want.is_nan() {
+            assert!(got.is_nan(), "{bits:#06x}");
+        } else {
+            assert_eq!(f64::from(got), want, "{bits:#06x}");
+            assert_eq!(got.is_sign_negative(), bits & 0x8000 != 0, "{bits:#06x}");
+        }
     }
 }
