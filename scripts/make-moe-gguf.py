@@ -7,7 +7,7 @@ Both expertslab (`demo --device cuda --model FILE`, the decode benchmark) and ll
 Usage:
     python3 scripts/make-moe-gguf.py OUT.gguf [--layers 4] [--experts 128] [--top-k 8]
         [--hidden 2048] [--expert-ffn 768] [--heads 32] [--kv-heads 4] [--head-dim 128]
-        [--vocab 1024] [--expert-type bf16|f32] [--seed 1]
+        [--vocab 1024] [--expert-type bf16|f32|q8_0] [--seed 1]
 
 The defaults are the MoE shape of Qwen3-30B-A3B with 4 layers (128 experts of 9 MiB in BF16,
 top-8). Needs numpy and PyPI's `gguf` package (tested with gguf 0.19.0); set PYTHONPATH to a
@@ -16,9 +16,9 @@ folder holding them when they are not installed.
 What is in the file: `tokenizer.ggml.model = "none"` with `qwen3moe.vocab_size` (dummy tokens,
 enough for `llama-bench`), token embeddings, per block the attention (q, k, v, output, q and k
 norms) and RMS norms in F32, the router (`ffn_gate_inp`, F32) and the expert stacks
-`ffn_{gate,up,down}_exps` in the expert type; the output norm and head. Weights are uniform in
-+-sqrt(3 / fan-in) (norm weights 1), from numpy's PCG64 seeded with --seed: the same arguments
-give the same file.
+`ffn_{gate,up,down}_exps` in the expert type (Q8_0 quantized by gguf's own quantizer); the
+output norm and head. Weights are uniform in +-sqrt(3 / fan-in) (norm weights 1), from numpy's
+PCG64 seeded with --seed: the same arguments give the same file.
 """
 
 from __future__ import annotations
@@ -36,6 +36,12 @@ except ImportError as e:  # pragma: no cover - a message, not a feature
 EXPERT_TYPES = {
     "bf16": gguf.GGMLQuantizationType.BF16,
     "f32": gguf.GGMLQuantizationType.F32,
+    "q8_0": gguf.GGMLQuantizationType.Q8_0,
+}
+FILE_TYPES = {
+    "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+    "f32": gguf.LlamaFileType.ALL_F32,
+    "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
 }
 
 
@@ -62,6 +68,8 @@ def parse() -> argparse.Namespace:
         p.error("--top-k must not exceed --experts")
     if a.heads % a.kv_heads:
         p.error("--heads must be a multiple of --kv-heads")
+    if a.expert_type == "q8_0" and (a.hidden % 32 or a.expert_ffn % 32):
+        p.error("q8_0 experts need --hidden and --expert-ffn to be multiples of 32 (its block)")
     return a
 
 
@@ -106,7 +114,7 @@ def main() -> None:
     out.add_expert_feed_forward_length(a.expert_ffn)
     out.add_vocab_size(a.vocab)
     out.add_tokenizer_model("none")
-    out.add_file_type(gguf.LlamaFileType.MOSTLY_BF16 if a.expert_type == "bf16" else gguf.LlamaFileType.ALL_F32)
+    out.add_file_type(FILE_TYPES[a.expert_type])
 
     ones = lambda n: np.ones(n, dtype=np.float32)  # noqa: E731
     out.add_tensor("token_embd.weight", w.f32(a.vocab, a.hidden))
@@ -129,6 +137,9 @@ def main() -> None:
             tensor_name = f"{blk}.ffn_{name}_exps.weight"
             if expert_type == gguf.GGMLQuantizationType.BF16:
                 out.add_tensor(tensor_name, w.bf16(a.experts, rows, cols), raw_dtype=expert_type)
+            elif expert_type == gguf.GGMLQuantizationType.Q8_0:
+                blocks = gguf.quants.quantize(w.f32(a.experts, rows, cols), expert_type)
+                out.add_tensor(tensor_name, blocks, raw_dtype=expert_type)
             else:
                 out.add_tensor(tensor_name, w.f32(a.experts, rows, cols))
     out.add_tensor("output_norm.weight", ones(a.hidden))
@@ -138,7 +149,7 @@ def main() -> None:
     out.write_kv_data_to_file()
     out.write_tensors_to_file()
     out.close()
-    expert_bytes = 3 * a.expert_ffn * a.hidden * (2 if a.expert_type == "bf16" else 4)
+    expert_bytes = 3 * a.expert_ffn * a.hidden * {"bf16": 2, "f32": 4, "q8_0": 34 / 32}[a.expert_type]
     print(
         f"{a.out}: {arch}, {a.layers} layers x {a.experts} experts of {expert_bytes / 2**20:.1f} MiB "
         f"({a.expert_type}), top-{a.top_k}, hidden {a.hidden}, expert FFN {a.expert_ffn}"

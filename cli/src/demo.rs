@@ -78,8 +78,8 @@ pub struct Args {
     /// auto].
     #[arg(long, value_parser = ["copy", "bus", "host", "auto"])]
     miss: Option<String>,
-    /// Take the experts of this GGUF model file (its MoE layers' gate, up and down stacks, F32
-    /// or BF16), read in place from a memory map, instead of building a model; the file sets the
+    /// Take the experts of this GGUF model file (its MoE layers' gate, up and down stacks, F32,
+    /// BF16 or Q8_0), read in place from a memory map, instead of building a model; the file sets the
     /// shape. On the CPU the file's routers (`ffn_gate_inp`, F32) route the tokens.
     #[arg(long)]
     model: Option<PathBuf>,

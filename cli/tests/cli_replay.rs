@@ -430,29 +430,46 @@ fn the_overlapped_model_prices_steps_by_their_slowest_resource() {
 
 #[test]
 fn the_cpu_demo_runs_a_gguf_file_with_its_own_routers() {
-    // 2 MoE layers of 16 BF16 experts (hidden 64, FFN 32), top-2, after a dense block.
+    // 2 MoE layers of 16 experts (hidden 64, FFN 32), top-2, after a dense block; in BF16 and
+    // in Q8_0 (blocks of 32: an f16 scale, then 32 signed bytes).
     let (experts, hidden, ffn) = (16usize, 64usize, 32usize);
-    let stack = |seed: usize, cols: usize| -> Vec<u8> {
+    let unit = |i: usize, seed: usize| ((i * 7919 + seed * 104_729) % 2001) as f32 / 1000.0 - 1.0;
+    let bf16 = |seed: usize, cols: usize| -> Vec<u8> {
         let scale = (3.0 / cols as f32).sqrt();
         (0..experts * hidden * ffn)
-            .flat_map(|i| {
-                let unit = ((i * 7919 + seed * 104_729) % 2001) as f32 / 1000.0 - 1.0;
-                (((unit * scale).to_bits() >> 16) as u16).to_le_bytes()
+            .flat_map(|i| (((unit(i, seed) * scale).to_bits() >> 16) as u16).to_le_bytes())
+            .collect()
+    };
+    let q8_0 = |seed: usize, _cols: usize| -> Vec<u8> {
+        (0..experts * hidden * ffn / 32)
+            .flat_map(|b| {
+                // Scales near 2^-10, values in ±127.
+                let scale = 0x1400u16 | (b * 37 % 1024) as u16;
+                let values = (0..32).map(move |e| ((unit(b * 32 + e, seed) * 127.0).round() as i8) as u8);
+                scale.to_le_bytes().into_iter().chain(values)
             })
             .collect()
     };
-    let layers: Vec<[Vec<u8>; 3]> =
-        (0..2).map(|l| [stack(3 * l, hidden), stack(3 * l + 1, hidden), stack(3 * l + 2, ffn)]).collect();
-    let path = temp("cpu-demo.gguf");
-    expertslab_tests::gguf::write_moe(&path, experts, hidden, ffn, 2, 30, &layers);
-    let p = path.to_str().unwrap();
-    let out = stdout(&expertslab(&["demo", "--model", p, "--steps", "30", "--slots", "4", "--policy", "lru"]));
-    assert!(out.contains("2 layers × 16 experts") && out.contains("(bf16, top-2), 4 slots per layer"), "{out}");
-    assert!(out.contains("identical to the all-resident output at every step and layer (60 compared)"), "{out}");
-    // The file sets the shape.
-    let o = expertslab(&["demo", "--model", p, "--experts", "8"]);
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--experts sets a generated"), "{o:?}");
-    std::fs::remove_file(path).unwrap();
+    for (name, ggml_type, stack) in [("bf16", 30, &bf16 as &dyn Fn(usize, usize) -> Vec<u8>), ("q8_0", 8, &q8_0)] {
+        let layers: Vec<[Vec<u8>; 3]> =
+            (0..2).map(|l| [stack(3 * l, hidden), stack(3 * l + 1, hidden), stack(3 * l + 2, ffn)]).collect();
+        let path = temp(&format!("cpu-demo-{name}.gguf"));
+        expertslab_tests::gguf::write_moe(&path, experts, hidden, ffn, 2, ggml_type, &layers);
+        let p = path.to_str().unwrap();
+        let out = stdout(&expertslab(&["demo", "--model", p, "--steps", "30", "--slots", "4", "--policy", "lru"]));
+        assert!(
+            out.contains("2 layers × 16 experts") && out.contains(&format!("({name}, top-2), 4 slots per layer")),
+            "{out}"
+        );
+        assert!(out.contains("identical to the all-resident output at every step and layer (60 compared)"), "{out}");
+        // The file sets the shape.
+        let o = expertslab(&["demo", "--model", p, "--experts", "8"]);
+        assert!(
+            !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--experts sets a generated"),
+            "{o:?}"
+        );
+        std::fs::remove_file(path).unwrap();
+    }
 }
 
 #[test]

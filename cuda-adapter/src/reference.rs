@@ -3,7 +3,8 @@
 //! For each token `t` and each of its `top_k` experts `e` with router weight `w`:
 //! `h = SiLU(gate_e · x_t) ⊙ (up_e · x_t)` and `y_t += w · (down_e · h)`. An expert's weights
 //! are its gate `[ffn, hidden]`, up `[ffn, hidden]` and down `[hidden, ffn]` matrices, row-major,
-//! in F32 or BF16 (as GGUF stacks them). The reference accumulates in `f64`, so it is the
+//! in F32, BF16 or Q8_0 (as GGUF stacks them; a Q8_0 weight is its block's f16 scale times its
+//! signed byte, as ggml dequantises it). The reference accumulates in `f64`, so it is the
 //! precise value the kernels' `f32` arithmetic approximates; [`within_tolerance`] is the bound
 //! the GPU tests hold the kernels to.
 
@@ -20,53 +21,54 @@ pub struct FfnShape {
     pub ffn: usize,
     /// Experts per token.
     pub top_k: usize,
-    /// Weight format: [`Format::F32`] or [`Format::BF16`].
+    /// Weight format: [`Format::F32`], [`Format::BF16`] or [`Format::Q8_0`].
     pub format: Format,
 }
 
 impl FfnShape {
-    /// Bytes of one weight element.
+    /// Bytes of one row of `cols` weights.
     ///
     /// # Errors
-    /// [`CudaError::Unsupported`] for formats other than F32 and BF16.
-    pub fn element_bytes(&self) -> Result<usize, CudaError> {
-        match self.format {
-            Format::F32 => Ok(4),
-            Format::BF16 => Ok(2),
-            other => Err(CudaError::Unsupported(format!("weight format {}", other.name()))),
+    /// [`CudaError::Unsupported`] for formats other than F32, BF16 and Q8_0, and for a width
+    /// that is not a whole number of the format's blocks.
+    pub fn row_bytes(&self, cols: usize) -> Result<usize, CudaError> {
+        if !matches!(self.format, Format::F32 | Format::BF16 | Format::Q8_0) {
+            return Err(CudaError::Unsupported(format!("weight format {}", self.format.name())));
         }
+        self.format
+            .row_bytes(cols)
+            .map_err(|e| CudaError::Unsupported(format!("{cols} {} weights: {e}", self.format.name())))
     }
 
-    /// Bytes of one expert's gate (or up) matrix.
+    /// Bytes of one expert's gate (or up) matrix: `ffn` rows of `hidden` weights.
     ///
     /// # Errors
-    /// As [`FfnShape::element_bytes`].
+    /// As [`FfnShape::row_bytes`], and for a size that overflows.
     pub fn gate_bytes(&self) -> Result<usize, CudaError> {
-        self.matrix_bytes()
+        self.matrix_bytes(self.ffn, self.hidden)
     }
 
-    /// Bytes of one expert's down matrix (the same as gate's: `hidden × ffn` elements).
+    /// Bytes of one expert's down matrix: `hidden` rows of `ffn` weights.
     ///
     /// # Errors
-    /// As [`FfnShape::element_bytes`].
+    /// As [`FfnShape::gate_bytes`].
     pub fn down_bytes(&self) -> Result<usize, CudaError> {
-        self.matrix_bytes()
+        self.matrix_bytes(self.hidden, self.ffn)
     }
 
     /// Bytes of one expert: gate, up and down.
     ///
     /// # Errors
-    /// As [`FfnShape::element_bytes`].
+    /// As [`FfnShape::gate_bytes`].
     pub fn expert_bytes(&self) -> Result<usize, CudaError> {
-        let m = self.matrix_bytes()?;
-        m.checked_mul(3).ok_or_else(|| CudaError::Unsupported("expert size overflows".into()))
+        let (gate, down) = (self.gate_bytes()?, self.down_bytes()?);
+        gate.checked_mul(2)
+            .and_then(|g| g.checked_add(down))
+            .ok_or_else(|| CudaError::Unsupported("expert size overflows".into()))
     }
 
-    fn matrix_bytes(&self) -> Result<usize, CudaError> {
-        self.hidden
-            .checked_mul(self.ffn)
-            .and_then(|n| n.checked_mul(self.element_bytes().ok()?))
-            .ok_or_else(|| CudaError::Unsupported(format!("shape {self:?}")))
+    fn matrix_bytes(&self, rows: usize, cols: usize) -> Result<usize, CudaError> {
+        rows.checked_mul(self.row_bytes(cols)?).ok_or_else(|| CudaError::Unsupported(format!("shape {self:?}")))
     }
 }
 
@@ -81,9 +83,27 @@ pub struct ExpertWeights<'a> {
     pub down: &'a [u8],
 }
 
-/// Decodes element `i` of a weight matrix in `format` (F32 or BF16, little-endian).
+/// A half's value, from its sign, exponent and mantissa.
+fn half(bits: u16) -> f64 {
+    let sign = if bits & 0x8000 != 0 { -1.0 } else { 1.0 };
+    let (exponent, mantissa) = (i32::from((bits >> 10) & 0x1f), f64::from(bits & 0x3ff));
+    match exponent {
+        0 => sign * mantissa * 2f64.powi(-24),
+        31 if mantissa == 0.0 => sign * f64::INFINITY,
+        31 => f64::NAN,
+        _ => sign * (1.0 + mantissa / 1024.0) * 2f64.powi(exponent - 15),
+    }
+}
+
+/// Decodes element `i` of a weight matrix in `format` (F32, BF16 or Q8_0, little-endian; a
+/// Q8_0 matrix's rows are whole blocks, so element `i` is in block `i / 32`).
 fn element(bytes: &[u8], format: Format, i: usize) -> Option<f64> {
     match format {
+        Format::Q8_0 => {
+            let block = bytes.get((i / 32).checked_mul(34)?..)?;
+            let (scale, values) = block.split_first_chunk::<2>()?;
+            Some(half(u16::from_le_bytes(*scale)) * f64::from(values.get(i % 32)?.cast_signed()))
+        }
         Format::F32 => {
             let b: [u8; 4] = bytes.get(i.checked_mul(4)?..i.checked_mul(4)?.checked_add(4)?)?.try_into().ok()?;
             Some(f64::from(f32::from_le_bytes(b)))
@@ -127,7 +147,7 @@ fn gemv(matrix: &[u8], format: Format, rows: usize, cols: usize, v: &[f64]) -> O
 ///
 /// # Errors
 /// [`CudaError::Unsupported`] when a length does not match the shape, an expert is missing or
-/// its matrices are too short, or the format is neither F32 nor BF16.
+/// its matrices are too short, or the format is not one the kernels read.
 pub fn moe_ffn<'a>(
     shape: &FfnShape,
     x: &[f32],
@@ -135,7 +155,7 @@ pub fn moe_ffn<'a>(
     weights: &[f32],
     mut expert: impl FnMut(u32) -> Option<ExpertWeights<'a>>,
 ) -> Result<Vec<f32>, CudaError> {
-    let matrix = shape.gate_bytes()?;
+    let (matrix, down) = (shape.gate_bytes()?, shape.down_bytes()?);
     let bad = |what: &str| CudaError::Unsupported(format!("reference FFN: {what}"));
     if shape.hidden == 0 || shape.top_k == 0 || !x.len().is_multiple_of(shape.hidden) {
         return Err(bad("x is not a whole number of tokens"));
@@ -150,7 +170,7 @@ pub fn moe_ffn<'a>(
         let mut yt = vec![0.0f64; shape.hidden];
         for (&id, &w) in ids_t.iter().zip(w_t) {
             let e = expert(id).ok_or_else(|| bad("no weights for an expert"))?;
-            if e.gate.len() < matrix || e.up.len() < matrix || e.down.len() < matrix {
+            if e.gate.len() < matrix || e.up.len() < matrix || e.down.len() < down {
                 return Err(bad("an expert's matrices are too short"));
             }
             let g = gemv(e.gate, shape.format, shape.ffn, shape.hidden, &xt).ok_or_else(|| bad("gate"))?;
@@ -192,6 +212,25 @@ mod tests {
 
     fn f32_bytes(v: &[f32]) -> Vec<u8> {
         v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn q8_0_weights_are_the_scale_times_the_signed_byte() {
+        // Two blocks: scale 1.0 (0x3C00) then −0.5 (0xB800); values 1, −2, 3, … and 127, −128.
+        let mut bytes = vec![0x00, 0x3C];
+        bytes.extend((0..32i8).map(|i| if i % 2 == 0 { i + 1 } else { -(i + 1) }.cast_unsigned()));
+        bytes.extend([0x00, 0xB8, 127, 128]);
+        bytes.extend([0u8; 30]);
+        assert_eq!(element(&bytes, Format::Q8_0, 0), Some(1.0));
+        assert_eq!(element(&bytes, Format::Q8_0, 1), Some(-2.0));
+        assert_eq!(element(&bytes, Format::Q8_0, 31), Some(-32.0));
+        assert_eq!(element(&bytes, Format::Q8_0, 32), Some(-63.5));
+        assert_eq!(element(&bytes, Format::Q8_0, 33), Some(64.0));
+        assert_eq!(element(&bytes, Format::Q8_0, 64), None, "past the last block");
+        let shape = FfnShape { hidden: 64, ffn: 32, top_k: 1, format: Format::Q8_0 };
+        assert_eq!((shape.gate_bytes().unwrap(), shape.down_bytes().unwrap()), (32 * 2 * 34, 64 * 34));
+        assert!(FfnShape { hidden: 40, ..shape }.gate_bytes().is_err(), "40 is not whole blocks");
+        assert!(FfnShape { format: Format::Q4_K, ..shape }.expert_bytes().is_err());
     }
 
     #[test]

@@ -27,18 +27,35 @@ fn gpu(test: &str) -> bool {
     }
 }
 
+/// The formats the kernels read.
+const FORMATS: [Format; 3] = [Format::BF16, Format::F32, Format::Q8_0];
+
 fn spec(format: Format) -> ModelSpec {
     // hidden 264: BF16 rows of 528 bytes and F32 rows of 1056 bytes (both multiples of 16);
-    // ffn 40 leaves every down row a partial block: 5 of the 32 lanes have a chunk.
-    ModelSpec { experts: 16, layers: 2, shape: FfnShape { hidden: 264, ffn: 40, top_k: 4, format }, seed: 7 }
+    // ffn 40 leaves every down row a partial block: 5 of the 32 lanes have a chunk. Q8_0 rows
+    // are whole blocks of 32: hidden 288 leaves a partial pass of 256, ffn 96 three blocks
+    // (12 of the 32 lanes have a chunk), and its rows of 34-byte blocks are not 16-byte aligned.
+    let (hidden, ffn) = if format == Format::Q8_0 { (288, 96) } else { (264, 40) };
+    ModelSpec { experts: 16, layers: 2, shape: FfnShape { hidden, ffn, top_k: 4, format }, seed: 7 }
 }
 
-/// Host stacks: gate, up and down per layer, uniform in ±sqrt(3 / cols).
+/// Host stacks: gate, up and down per layer, uniform in ±sqrt(3 / cols) (Q8_0: each block's
+/// scale the half nearest `sqrt(3 / cols) / 127`, its values uniform in ±127).
 fn stacks(spec: &ModelSpec) -> Vec<[Vec<u8>; 3]> {
     let s = &spec.shape;
     let mut rng = SplitMix64::new(spec.seed);
     let mut matrix = |cols: usize| -> Vec<u8> {
         let scale = (3.0 / cols as f64).sqrt();
+        if s.format == Format::Q8_0 {
+            let half = half_of((scale / 127.0) as f32);
+            return (0..spec.experts * s.hidden * s.ffn / 32)
+                .flat_map(|_| {
+                    let values: Vec<u8> =
+                        (0..32).map(|_| ((rng.next_f64() * 2.0 - 1.0) * 127.0).round() as i8 as u8).collect();
+                    half.to_le_bytes().into_iter().chain(values)
+                })
+                .collect();
+        }
         (0..spec.experts * s.hidden * s.ffn)
             .flat_map(|_| {
                 let v = ((rng.next_f64() * 2.0 - 1.0) * scale) as f32;
@@ -50,6 +67,15 @@ fn stacks(spec: &ModelSpec) -> Vec<[Vec<u8>; 3]> {
             .collect()
     };
     (0..spec.layers).map(|_| [matrix(s.hidden), matrix(s.hidden), matrix(s.ffn)]).collect()
+}
+
+/// The half nearest `v`, for a normal half's range (truncating the 13 dropped bits: any half
+/// does for a scale).
+fn half_of(v: f32) -> u16 {
+    let bits = v.to_bits();
+    let exponent = ((bits >> 23) & 0xff) as i32 - 112;
+    assert!((1..31).contains(&exponent), "{v} is not a normal half");
+    ((bits >> 16) & 0x8000) as u16 | (exponent as u16) << 10 | ((bits >> 13) & 0x3ff) as u16
 }
 
 fn trace(spec: &ModelSpec) -> Trace {
@@ -116,7 +142,7 @@ fn outputs_are_bit_identical_under_every_policy_and_miss_action() {
     if !gpu("outputs_are_bit_identical_under_every_policy_and_miss_action") {
         return;
     }
-    for format in [Format::BF16, Format::F32] {
+    for format in FORMATS {
         let (spec, host, model, trace) = setup(format);
         let all = bits(&outputs(&model, &trace, spec.experts, Policy::Tide, MissRule::Always(MissAction::Copy)));
         let decay = Policy::Decay(DecayConfig::DEFAULT);
@@ -153,7 +179,7 @@ fn a_gguf_file_decodes_from_its_mapping_bit_identical_to_all_resident() {
     if !gpu("a_gguf_file_decodes_from_its_mapping_bit_identical_to_all_resident") {
         return;
     }
-    for (format, ggml_type) in [(Format::BF16, 30), (Format::F32, 0)] {
+    for (format, ggml_type) in [(Format::BF16, 30), (Format::F32, 0), (Format::Q8_0, 8)] {
         // The file's model takes seed 1 for its activations.
         let spec = ModelSpec { seed: 1, ..spec(format) };
         let host = stacks(&spec);
@@ -226,7 +252,7 @@ fn outputs_match_the_cpu_reference() {
     if !gpu("outputs_match_the_cpu_reference") {
         return;
     }
-    for format in [Format::BF16, Format::F32] {
+    for format in FORMATS {
         let (spec, host, model, trace) = setup(format);
         let got = outputs(&model, &trace, 3, Policy::Lru, MIXED);
         let s = &spec.shape;
@@ -265,7 +291,7 @@ fn the_host_ffn_gives_the_gpu_s_bits() {
     // The test model's shape, and one whose widths are not multiples of a chunk (8): a lane's
     // last chunk crosses the row's end, and BF16 rows are not 16-byte multiples.
     let odd = |format| ModelSpec { shape: FfnShape { hidden: 100, ffn: 13, top_k: 4, format }, ..spec(format) };
-    for spec in [spec(Format::BF16), spec(Format::F32), odd(Format::BF16), odd(Format::F32)] {
+    for spec in [spec(Format::BF16), spec(Format::F32), spec(Format::Q8_0), odd(Format::BF16), odd(Format::F32)] {
         let format = spec.shape.format;
         let host = stacks(&spec);
         let model = GpuModel::from_host(0, spec, &host, 0).unwrap();

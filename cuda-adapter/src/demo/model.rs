@@ -149,25 +149,27 @@ impl GpuModel {
     pub fn generate(ordinal: usize, spec: ModelSpec) -> Result<Self, CudaError> {
         let ctx = open_device(ordinal)?;
         let mut model = Self::empty(ctx, spec)?;
-        let fill = model.ffn.module().load_function(match spec.shape.format {
-            Format::BF16 => kernels::FILL_BF16,
-            _ => kernels::FILL_F32,
-        })?;
-        let elem = spec.shape.element_bytes()?;
+        // The fill kernel and the bytes of what it writes one of: an element, or a Q8_0 block.
+        let (kernel, unit) = match spec.shape.format {
+            Format::BF16 => (kernels::FILL_BF16, 2),
+            Format::Q8_0 => (kernels::FILL_Q8_0, 34),
+            _ => (kernels::FILL_F32, 4),
+        };
+        let fill = model.ffn.module().load_function(kernel)?;
         let stack = model.stack_bytes();
         let temp = model.compute.alloc_zeros::<u8>(stack)?;
         for layer in 0..spec.layers {
             let mut host = model.alloc_layer(0)?;
             for (p, cols) in [spec.shape.hidden, spec.shape.hidden, spec.shape.ffn].into_iter().enumerate() {
                 let seed = spec.seed ^ ((layer as u64) << 32 | (p as u64) << 24);
-                let n = (stack / elem) as u64;
+                let n = (stack / unit) as u64;
                 let scale = (3.0 / cols as f32).sqrt();
                 let ptr = raw(&temp, &model.compute);
                 let cfg = LaunchConfig { grid_dim: (1024, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
                 let mut launch = model.compute.launch_builder(&fill);
                 launch.arg(&ptr).arg(&n).arg(&seed).arg(&scale);
-                // SAFETY: `fill_*(out, n, seed, scale)` writes `n` elements at `ptr`, the
-                // `stack`-byte allocation `temp` (n × elem = stack).
+                // SAFETY: `fill_*(out, n, seed, scale)` writes `n` units at `ptr`, the
+                // `stack`-byte allocation `temp` (n × unit = stack: rows are whole units).
                 unsafe { launch.launch(cfg) }?;
                 let dst = host.as_mut_slice()?;
                 let part = dst.get_mut(p * stack..(p + 1) * stack).ok_or(CudaError::Unsupported("stack".into()))?;

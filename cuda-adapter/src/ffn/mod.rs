@@ -97,8 +97,8 @@ impl MoeFfn {
     /// Compiles the kernels for `ctx`'s device and loads them.
     ///
     /// # Errors
-    /// [`CudaError::Unsupported`] for a shape the kernels do not take (formats other than F32
-    /// and BF16, zero or over-large sizes), [`CudaError::NoNvrtc`], [`CudaError::Compile`],
+    /// [`CudaError::Unsupported`] for a shape the kernels do not take (formats other than F32,
+    /// BF16 and Q8_0, widths not whole blocks, zero or over-large sizes), [`CudaError::NoNvrtc`], [`CudaError::Compile`],
     /// [`CudaError::Driver`].
     pub fn new(ctx: &Arc<CudaContext>, shape: FfnShape) -> Result<Self, CudaError> {
         shape.expert_bytes()?;
@@ -110,6 +110,7 @@ impl MoeFfn {
         let module = ctx.load_module(kernels::compile(arch)?)?;
         let (gate_up, down) = match shape.format {
             Format::BF16 => (kernels::GATE_UP_BF16, kernels::DOWN_BF16),
+            Format::Q8_0 => (kernels::GATE_UP_Q8_0, kernels::DOWN_Q8_0),
             _ => (kernels::GATE_UP_F32, kernels::DOWN_F32),
         };
         Ok(Self {

@@ -1,6 +1,6 @@
 //! CUDA C kernels, compiled at run time with NVRTC.
 //!
-//! [`MOE_FFN_SOURCE`] holds the MoE FFN kernels (gate/up, down per pair for F32 and BF16
+//! [`MOE_FFN_SOURCE`] holds the MoE FFN kernels (gate/up, down per pair for F32, BF16 and Q8_0
 //! weights, and the combine over a token's pairs)
 //! and the deterministic weight fill used by the demo. [`compile`] turns it into PTX for the
 //! device's architecture, or for [`DEFAULT_ARCH`] when no device is given (NVRTC needs no GPU,
@@ -26,12 +26,16 @@ pub(crate) const GATE_UP_F32: &str = "moe_gate_up_f32";
 pub(crate) const GATE_UP_BF16: &str = "moe_gate_up_bf16";
 pub(crate) const DOWN_F32: &str = "moe_down_f32";
 pub(crate) const DOWN_BF16: &str = "moe_down_bf16";
+pub(crate) const GATE_UP_Q8_0: &str = "moe_gate_up_q8_0";
+pub(crate) const DOWN_Q8_0: &str = "moe_down_q8_0";
 pub(crate) const COMBINE: &str = "moe_combine";
 pub(crate) const FILL_F32: &str = "fill_f32";
 pub(crate) const FILL_BF16: &str = "fill_bf16";
+pub(crate) const FILL_Q8_0: &str = "fill_q8_0";
 
 /// Every entry point of [`MOE_FFN_SOURCE`].
-pub const ENTRY_POINTS: [&str; 7] = [GATE_UP_F32, GATE_UP_BF16, DOWN_F32, DOWN_BF16, COMBINE, FILL_F32, FILL_BF16];
+pub const ENTRY_POINTS: [&str; 10] =
+    [GATE_UP_F32, GATE_UP_BF16, GATE_UP_Q8_0, DOWN_F32, DOWN_BF16, DOWN_Q8_0, COMBINE, FILL_F32, FILL_BF16, FILL_Q8_0];
 
 /// Whether the NVRTC library can be loaded.
 pub fn nvrtc_available() -> bool {

@@ -3,7 +3,9 @@
 //
 // For each (token, k) pair: h = SiLU(gate · x) * (up · x) and part = down · h; then y[token] =
 // sum over k, in k order, of weight[k] * part[k] (three kernels: gate/up and down over a list
-// of pairs, so a step's pairs can run in two phases, then combine). Weights are F32 or BF16, activations and accumulation f32.
+// of pairs, so a step's pairs can run in two phases, then combine). Weights are F32, BF16 or Q8_0
+// (ggml's blocks of 32: an f16 scale, then 32 signed bytes; each weight is scale · value, formed
+// in registers as the host forms it), activations and accumulation f32.
 //
 // The order of operations is the host's (expertslab-std's `ffn::order`, which documents it):
 // a pair computed on the host has the same bits as on the GPU.
@@ -24,6 +26,9 @@ typedef unsigned short u16;
 
 #define FMT_F32 0
 #define FMT_BF16 1
+#define FMT_Q8_0 2
+#define Q8_0_ELEMS 32
+#define Q8_0_BYTES 34
 
 #define WARPS 8
 #define ROWS_PER_WARP 2
@@ -35,6 +40,22 @@ typedef unsigned short u16;
 #define STATUS_BAD_EXPERT 2u
 
 __device__ __forceinline__ float bf16_to_f32(u32 bits16) { return __uint_as_float(bits16 << 16); }
+
+// An IEEE half widened to f32, exactly (expertslab-std's `ffn::order::f16_to_f32`).
+__device__ __forceinline__ float f16_to_f32(u32 h) {
+    const u32 sign = (h & 0x8000u) << 16;
+    const u32 exponent = (h >> 10) & 0x1fu;
+    const u32 mantissa = h & 0x3ffu;
+    float magnitude;
+    if (exponent == 0u) {
+        magnitude = __fmul_rn((float)mantissa, __uint_as_float(0x33800000u));  // · 2^−24, exact
+    } else if (exponent == 31u) {
+        magnitude = __uint_as_float(0x7f800000u | (mantissa << 13));
+    } else {
+        magnitude = __uint_as_float(((exponent + 112u) << 23) | (mantissa << 13));
+    }
+    return __uint_as_float(__float_as_uint(magnitude) | sign);
+}
 
 // e^x exactly as the host computes it (expertslab-std's `ffn::order::exp`): every operation
 // rounds once and none is contracted, so both sides give the same bits. The math library's
@@ -66,7 +87,19 @@ __device__ __forceinline__ float silu_mul(float g, float u) {
 // `vec`: the row starts 16-byte aligned and its length in bytes is a multiple of 16.
 template <int FMT>
 __device__ __forceinline__ void load_chunk(const unsigned char* row, int j, int cols, bool vec, float w[CHUNK]) {
-    if (FMT == FMT_BF16) {
+    if (FMT == FMT_Q8_0) {
+        // `cols` is whole blocks and `j` a multiple of CHUNK, so a chunk lies in one block.
+        if (j < cols) {
+            const unsigned char* block = row + (u64)(j / Q8_0_ELEMS) * Q8_0_BYTES;
+            const float d = f16_to_f32((u32)block[0] | ((u32)block[1] << 8));
+            const signed char* q = reinterpret_cast<const signed char*>(block + 2 + (j % Q8_0_ELEMS));
+#pragma unroll
+            for (int e = 0; e < CHUNK; e++) w[e] = __fmul_rn(d, (float)q[e]);
+        } else {
+#pragma unroll
+            for (int e = 0; e < CHUNK; e++) w[e] = 0.0f;
+        }
+    } else if (FMT == FMT_BF16) {
         const u16* p = reinterpret_cast<const u16*>(row) + j;
         if (vec && j + CHUNK <= cols) {
             uint4 v = *reinterpret_cast<const uint4*>(p);
@@ -120,7 +153,9 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
-__device__ __forceinline__ int row_bytes(int fmt, int cols) { return fmt == FMT_BF16 ? cols * 2 : cols * 4; }
+__device__ __forceinline__ int row_bytes(int fmt, int cols) {
+    return fmt == FMT_Q8_0 ? (cols / Q8_0_ELEMS) * Q8_0_BYTES : fmt == FMT_BF16 ? cols * 2 : cols * 4;
+}
 
 __device__ __forceinline__ bool vectorisable(const unsigned char* base, int bytes_per_row) {
     return ((reinterpret_cast<u64>(base) | (u64)bytes_per_row) & 15ull) == 0ull;
@@ -334,6 +369,16 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32)
     down<FMT_BF16>(layer, step, pairs);
 }
 
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
+    moe_gate_up_q8_0(const LayerArgs layer, const StepArgs step, const int* pairs) {
+    gate_up<FMT_Q8_0>(layer, step, pairs);
+}
+
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
+    moe_down_q8_0(const LayerArgs layer, const StepArgs step, const int* pairs) {
+    down<FMT_Q8_0>(layer, step, pairs);
+}
+
 // Deterministic weights for demos and benchmarks: element i of a buffer is the (i+1)-th output
 // of SplitMix64 seeded with `seed`, mapped to [-scale, scale).
 __device__ __forceinline__ float splitmix_unit(u64 seed, u64 i) {
@@ -357,5 +402,30 @@ extern "C" __global__ void fill_bf16(u16* out, u64 n, u64 seed, float scale) {
         // Round to nearest even (the values are finite).
         bits += 0x7fffu + ((bits >> 16) & 1u);
         out[i] = (u16)(bits >> 16);
+    }
+}
+
+// Q8_0 blocks for demos and benchmarks: block i's scale is the half nearest `scale / 127` (a
+// normal half for the scales used) and its values the rounded products of 127 and SplitMix64
+// units, so the weights are uniform in about [-scale, scale].
+extern "C" __global__ void fill_q8_0(unsigned char* out, u64 blocks, u64 seed, float scale) {
+    const float d = scale / 127.0f;
+    // Round to the nearest half: 13 mantissa bits dropped, ties to even.
+    u32 bits = __float_as_uint(d);
+    // At least the smallest normal half (2^−14).
+    if (((bits >> 23) & 0xffu) < 113u) bits = 113u << 23;
+    const u32 exponent = ((bits >> 23) & 0xffu) - 112u;
+    u32 mantissa = bits & 0x7fffffu;
+    u32 half = (exponent << 10) | (mantissa >> 13);
+    const u32 rest = mantissa & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (half & 1u))) half += 1u;
+    for (u64 b = blockIdx.x * (u64)blockDim.x + threadIdx.x; b < blocks; b += (u64)gridDim.x * blockDim.x) {
+        unsigned char* block = out + b * Q8_0_BYTES;
+        block[0] = (unsigned char)(half & 0xffu);
+        block[1] = (unsigned char)(half >> 8);
+        for (int e = 0; e < Q8_0_ELEMS; e++) {
+            const float v = rintf(splitmix_unit(seed, b * Q8_0_ELEMS + (u64)e) * 127.0f);
+            block[2 + e] = (unsigned char)(signed char)(int)v;
+        }
     }
 }
