@@ -3,7 +3,7 @@
 
 use expertslab::Format;
 
-use super::order::{silu_mul, Bf16, RowFormat, F32, Q8_0};
+use super::order::{silu_mul, Bf16, RowFormat, F32, Q4K, Q6K, Q8_0};
 
 /// An instruction set the host FFN's inner loops run with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -102,6 +102,8 @@ macro_rules! variants {
             match format {
                 Format::BF16 => gate_up_rows::<Bf16>(gate, up, cols, xt, first, h),
                 Format::Q8_0 => gate_up_rows::<Q8_0>(gate, up, cols, xt, first, h),
+                Format::Q4_K => gate_up_rows::<Q4K>(gate, up, cols, xt, first, h),
+                Format::Q6_K => gate_up_rows::<Q6K>(gate, up, cols, xt, first, h),
                 _ => gate_up_rows::<F32>(gate, up, cols, xt, first, h),
             }
         }
@@ -110,6 +112,8 @@ macro_rules! variants {
             match format {
                 Format::BF16 => down_rows::<Bf16>(down, cols, ht, first, part),
                 Format::Q8_0 => down_rows::<Q8_0>(down, cols, ht, first, part),
+                Format::Q4_K => down_rows::<Q4K>(down, cols, ht, first, part),
+                Format::Q6_K => down_rows::<Q6K>(down, cols, ht, first, part),
                 _ => down_rows::<F32>(down, cols, ht, first, part),
             }
         }

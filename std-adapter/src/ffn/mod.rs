@@ -96,11 +96,12 @@ impl<'a> PairSlabs<'a> {
 /// What [`ExpertFfn`] refuses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FfnError {
-    /// Weights of a format the FFN does not read (it reads F32, BF16 and Q8_0).
+    /// Weights of a format the FFN does not read (it reads F32, BF16, Q8_0, Q4_K and Q6_K).
     Format(Format),
     /// A width of 0.
     EmptyShape,
-    /// A width that is not a whole number of the format's blocks (Q8_0's are 32 elements).
+    /// A width that is not a whole number of the format's blocks (Q8_0's are 32 elements, Q4_K's
+    /// and Q6_K's 256).
     NotWholeBlocks {
         /// The format.
         format: Format,
@@ -144,7 +145,7 @@ impl fmt::Display for FfnError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Format(format) => {
-                write!(f, "the host FFN reads f32, bf16 and q8_0 experts, not {}", format.name())
+                write!(f, "the host FFN reads f32, bf16, q8_0, q4_K and q6_K experts, not {}", format.name())
             }
             Self::EmptyShape => write!(f, "an FFN of hidden or FFN width 0"),
             Self::NotWholeBlocks { format, width } => write!(
@@ -200,12 +201,13 @@ impl Calls {
 
 impl ExpertFfn {
     /// An FFN of model width `hidden` and expert width `ffn` over weights of `format` (F32,
-    /// BF16 or Q8_0), on the fastest instruction set found and rayon's global thread pool.
+    /// BF16, Q8_0, Q4_K or Q6_K), on the fastest instruction set found and rayon's global thread
+    /// pool.
     ///
     /// # Errors
     /// [`FfnError::Format`], [`FfnError::EmptyShape`], [`FfnError::NotWholeBlocks`].
     pub fn new(hidden: usize, ffn: usize, format: Format) -> Result<Self, FfnError> {
-        if !matches!(format, Format::F32 | Format::BF16 | Format::Q8_0) {
+        if !matches!(format, Format::F32 | Format::BF16 | Format::Q8_0 | Format::Q4_K | Format::Q6_K) {
             return Err(FfnError::Format(format));
         }
         if hidden == 0 || ffn == 0 {
@@ -373,5 +375,7 @@ impl ExpertFfn {
     }
 }
 
+#[cfg(test)]
+mod ggml;
 #[cfg(test)]
 mod tests;

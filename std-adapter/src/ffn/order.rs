@@ -147,45 +147,142 @@ pub(super) trait RowFormat {
     fn dot(row: &[u8], cols: usize, x: &[f32]) -> f32;
 }
 
-impl<E: Element> RowFormat for E {
-    fn row_bytes(cols: usize) -> usize {
-        cols.saturating_mul(E::BYTES)
-    }
-    #[inline(always)]
-    fn dot(row: &[u8], cols: usize, x: &[f32]) -> f32 {
-        dot::<E>(row, cols, x)
+/// The plain formats' rows: elements of [`Element::BYTES`] each, read by [`dot`].
+macro_rules! plain_rows {
+    ($($element:ty),*) => {$(
+        impl RowFormat for $element {
+            fn row_bytes(cols: usize) -> usize {
+                cols.saturating_mul(<$element as Element>::BYTES)
+            }
+            #[inline(always)]
+            fn dot(row: &[u8], cols: usize, x: &[f32]) -> f32 {
+                dot::<$element>(row, cols, x)
+            }
+        }
+    )*};
+}
+plain_rows!(F32, Bf16);
+
+/// A block-quantized format: fixed blocks of [`Blocks::ELEMS`] elements in [`Blocks::BYTES`]
+/// bytes, each element widened to the f32 weight it stands for by a fixed sequence of f32
+/// operations (each rounding once). The kernels widen each weight by the same sequence; then
+/// the dot product goes on as for F32 weights.
+pub(super) trait Blocks {
+    /// Elements of a block (32 or 256, so a block never straddles a [`BLOCK`] pass unevenly).
+    const ELEMS: usize;
+    /// Bytes of a block.
+    const BYTES: usize;
+    /// The weights of the block `bytes` (exactly [`Blocks::BYTES`] long) into `out`
+    /// ([`Blocks::ELEMS`] long).
+    fn widen(bytes: &[u8], out: &mut [f32]);
+}
+
+/// The f16 at `bytes[at..at + 2]`, little-endian, widened (0 when out of range).
+#[inline(always)]
+fn half_at(bytes: &[u8], at: usize) -> f32 {
+    match bytes.get(at..).and_then(<[u8]>::first_chunk::<2>) {
+        Some(b) => f16_to_f32(u16::from_le_bytes(*b)),
+        None => 0.0,
     }
 }
 
-/// Q8_0 weights, as ggml lays them out: blocks of [`Q8_0::ELEMS`] elements, each an f16 scale
-/// `d` (little-endian) and 32 signed bytes `q`. Element `i` of a block is `d · q[i]`: the scale
-/// widened ([`f16_to_f32`]) and `q[i]` converted, both exactly, then one f32 multiplication.
-/// The kernels form each weight the same way, then the dot product goes on as for F32.
+/// Q8_0 weights, as ggml lays them out: blocks of 32 elements, each an f16 scale `d` then 32
+/// signed bytes `q`. Element `i` is `d · q[i]` (one multiplication).
 pub(super) struct Q8_0;
 
-impl Q8_0 {
-    /// Elements of a block.
-    pub(super) const ELEMS: usize = 32;
-    /// Bytes of a block: the scale and the values.
-    pub(super) const BYTES: usize = 34;
+impl Blocks for Q8_0 {
+    const ELEMS: usize = 32;
+    const BYTES: usize = 34;
 
-    /// The weights of the block at the start of `bytes` into `out` (zeros when `bytes` is short).
     #[inline(always)]
-    fn block(bytes: &[u8], out: &mut [f32]) {
-        let Some((scale, values)) = bytes.split_first_chunk::<2>() else {
-            out.fill(0.0);
-            return;
-        };
-        let d = f16_to_f32(u16::from_le_bytes(*scale));
-        for (w, &q) in out.iter_mut().zip(values.iter().take(Self::ELEMS)) {
+    fn widen(bytes: &[u8], out: &mut [f32]) {
+        let d = half_at(bytes, 0);
+        for (w, &q) in out.iter_mut().zip(bytes.iter().skip(2)) {
             *w = d * f32::from(q.cast_signed());
         }
     }
 }
 
-impl RowFormat for Q8_0 {
+/// Q4_K weights, as ggml lays them out: super-blocks of 256 elements in 144 bytes: f16 `d`,
+/// f16 `dmin`, 12 bytes packing eight 6-bit scales and eight 6-bit mins (one pair per 32
+/// elements), then 128 bytes of 4-bit values. Elements `64g .. 64g + 32` are the low nibbles of
+/// bytes `32g .. 32g + 32`, the next 32 their high nibbles, with scale and min pair `2g` and
+/// `2g + 1`. Element value: `(d · sc) · q − (dmin · m)`, each operation rounding once.
+pub(super) struct Q4K;
+
+/// Q4_K's scale and min of sub-block `j` (0..8) from its 12 packed bytes.
+#[inline(always)]
+#[allow(clippy::indexing_slicing, reason = "j < 8 and 12 bytes")]
+fn q4k_scale_min(j: usize, packed: &[u8; 12]) -> (u8, u8) {
+    if j < 4 {
+        (packed[j] & 63, packed[j + 4] & 63)
+    } else {
+        ((packed[j + 4] & 0xF) | ((packed[j - 4] >> 6) << 4), (packed[j + 4] >> 4) | ((packed[j] >> 6) << 4))
+    }
+}
+
+impl Blocks for Q4K {
+    const ELEMS: usize = 256;
+    const BYTES: usize = 144;
+
+    #[inline(always)]
+    #[allow(clippy::arithmetic_side_effects, reason = "offsets within the 144-byte block")]
+    fn widen(bytes: &[u8], out: &mut [f32]) {
+        let (d, dmin) = (half_at(bytes, 0), half_at(bytes, 2));
+        let packed = bytes.get(4..16).and_then(|b| b.first_chunk::<12>()).copied().unwrap_or([0; 12]);
+        let values = bytes.get(16..).unwrap_or(&[]);
+        for (sub, out) in out.chunks_exact_mut(32).enumerate() {
+            let (sc, m) = q4k_scale_min(sub, &packed);
+            let (scale, min) = (d * f32::from(sc), dmin * f32::from(m));
+            let high = sub % 2 == 1;
+            let bytes = values.iter().skip(32 * (sub / 2));
+            for (w, &q) in out.iter_mut().zip(bytes) {
+                let q = if high { q >> 4 } else { q & 0xF };
+                *w = scale * f32::from(q) - min;
+            }
+        }
+    }
+}
+
+/// Q6_K weights, as ggml lays them out: super-blocks of 256 elements in 210 bytes: 128 bytes
+/// of low 4 bits, 64 bytes of high 2 bits, 16 signed 8-bit scales (one per 16 elements), then
+/// f16 `d`. Element value: `(d · sc) · (q − 32)`, each multiplication rounding once; `q` is the
+/// 6-bit value ggml's layout gives element by element (see [`Q6K::value`]).
+pub(super) struct Q6K;
+
+impl Q6K {
+    /// The 6-bit value (0..64) and scale index of element `e` (0..256) of a block.
+    #[inline(always)]
+    #[allow(clippy::arithmetic_side_effects, reason = "e < 256: offsets within the block")]
+    fn value(bytes: &[u8], e: usize) -> (u8, usize) {
+        let (half, p) = (e / 128, e % 128);
+        let (quarter, l) = (p / 32, p % 32);
+        let at = |i: usize| bytes.get(i).copied().unwrap_or(0);
+        let low = at(64 * half + l + 32 * (quarter % 2));
+        let low = if quarter >= 2 { low >> 4 } else { low & 0xF };
+        let high = (at(128 + 32 * half + l) >> (2 * quarter)) & 3;
+        (low | high << 4, 8 * half + l / 16 + 2 * quarter)
+    }
+}
+
+impl Blocks for Q6K {
+    const ELEMS: usize = 256;
+    const BYTES: usize = 210;
+
+    #[inline(always)]
+    fn widen(bytes: &[u8], out: &mut [f32]) {
+        let d = half_at(bytes, 208);
+        for (e, w) in out.iter_mut().enumerate() {
+            let (q, s) = Self::value(bytes, e);
+            let sc = bytes.get(192 + s).map_or(0.0, |&b| f32::from(b.cast_signed()));
+            *w = d * sc * (f32::from(q) - 32.0);
+        }
+    }
+}
+
+impl<B: Blocks> RowFormat for B {
     fn row_bytes(cols: usize) -> usize {
-        (cols / Self::ELEMS).saturating_mul(Self::BYTES)
+        (cols / B::ELEMS).saturating_mul(B::BYTES)
     }
 
     /// The blocks of each [`BLOCK`] elements are widened into weights, then taken as [`dot`]
@@ -196,14 +293,13 @@ impl RowFormat for Q8_0 {
     fn dot(row: &[u8], cols: usize, x: &[f32]) -> f32 {
         let mut acc = [0.0f32; BLOCK];
         let mut w = [0.0f32; BLOCK];
-        let blocks = cols / Self::ELEMS;
+        let blocks = cols / B::ELEMS;
         for (span, xb) in x.chunks_exact(BLOCK).enumerate().take(cols.div_ceil(BLOCK)) {
-            for (b, out) in w.chunks_exact_mut(Self::ELEMS).enumerate() {
-                let block = span * (BLOCK / Self::ELEMS) + b;
-                if block < blocks {
-                    Self::block(row.get(block * Self::BYTES..).unwrap_or(&[]), out);
-                } else {
-                    out.fill(0.0);
+            for (b, out) in w.chunks_exact_mut(B::ELEMS).enumerate() {
+                let block = span * (BLOCK / B::ELEMS) + b;
+                match row.get(block * B::BYTES..).and_then(|r| r.get(..B::BYTES)) {
+                    Some(bytes) if block < blocks => B::widen(bytes, out),
+                    _ => out.fill(0.0),
                 }
             }
             for ((a, w), v) in acc.iter_mut().zip(&w).zip(xb) {
@@ -374,30 +470,49 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_q8_0_row_is_its_weights_taken_as_f32() {
-        for cols in [32, 64, 256, 288, 768, 2048] {
-            // Blocks of scales of every exponent range (subnormal to large) and values ±127.
-            let row: Vec<u8> = (0..cols / 32)
-                .flat_map(|b| {
-                    let scale = ((b * 0x0BCD + 0x0123) % 0x7C00) as u16 | if b % 3 == 0 { 0x8000 } else { 0 };
-                    let values = (0..32).map(move |i| ((i * 29 + b * 7) % 255) as u8);
-                    scale.to_le_bytes().into_iter().chain(values)
-                })
-                .collect();
-            assert_eq!(row.len(), Q8_0::row_bytes(cols));
-            let weights: Vec<f32> = row
-                .chunks_exact(Q8_0::BYTES)
-                .flat_map(|b| {
-                    let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
-                    b[2..].iter().map(move |&q| d * f32::from(q as i8))
-                })
-                .collect();
+    /// Pseudo-random bytes.
+    fn bytes(n: usize, seed: usize) -> Vec<u8> {
+        (0..n).map(|i| ((i * 131 + seed * 977 + (i * i) % 61) % 256) as u8).collect()
+    }
+
+    /// A row of `cols` elements of `B`: its blocks' scales made finite (exponent below 31).
+    fn row_of<B: Blocks>(cols: usize, seed: usize, scales: &[usize]) -> Vec<u8> {
+        let mut row = bytes(cols / B::ELEMS * B::BYTES, seed);
+        for block in row.chunks_exact_mut(B::BYTES) {
+            for &at in scales {
+                block[at + 1] &= 0xF7; // exponent field at most 0b11101
+            }
+        }
+        row
+    }
+
+    /// Every weight of `row` widened as ggml dequantises it, then the row's dot product is the
+    /// one of those weights as F32.
+    fn check_blocks<B: Blocks>(scales: &[usize], ggml: fn(&[u8]) -> Vec<f32>) {
+        for cols in [B::ELEMS, 2 * B::ELEMS, 256, 288, 768, 2048].into_iter().filter(|c| c % B::ELEMS == 0) {
+            let row = row_of::<B>(cols, cols, scales);
+            assert_eq!(row.len(), B::row_bytes(cols));
+            let weights: Vec<f32> = row.chunks_exact(B::BYTES).flat_map(ggml).collect();
+            let mut widened = vec![0.0f32; B::ELEMS];
+            for (block, want) in row.chunks_exact(B::BYTES).zip(weights.chunks_exact(B::ELEMS)) {
+                B::widen(block, &mut widened);
+                let (got, want): (Vec<u32>, Vec<u32>) =
+                    (widened.iter().map(|w| w.to_bits()).collect(), want.iter().map(|w| w.to_bits()).collect());
+                assert_eq!(got, want, "{cols}: a block widened otherwise than ggml dequantises it");
+            }
             let x: Vec<f32> = (0..cols).map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.021).collect();
             let mut xt = Vec::new();
             pad_to_blocks(&x, &mut xt);
             let f32_row: Vec<u8> = weights.iter().flat_map(|v| v.to_le_bytes()).collect();
-            assert_eq!(Q8_0::dot(&row, cols, &xt).to_bits(), dot::<F32>(&f32_row, cols, &xt).to_bits(), "{cols}");
+            assert_eq!(B::dot(&row, cols, &xt).to_bits(), dot::<F32>(&f32_row, cols, &xt).to_bits(), "{cols}");
         }
+    }
+
+    #[test]
+    fn block_formats_widen_as_ggml_dequantises_then_take_the_f32_order() {
+        use super::super::ggml::{q4k as ggml_q4k, q6k as ggml_q6k, q8_0 as ggml_q8_0};
+        check_blocks::<Q8_0>(&[0], ggml_q8_0);
+        check_blocks::<Q4K>(&[0, 2], ggml_q4k);
+        check_blocks::<Q6K>(&[208], ggml_q6k);
     }
 }

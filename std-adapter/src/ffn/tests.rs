@@ -43,8 +43,29 @@ fn q8_0(elems: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// K-quant blocks of `elems` elements (a multiple of 256) of `format`: random bytes with each
+/// block's f16 scales set to small normal or subnormal values, so weights are about ±0.1.
+fn k_quant(elems: usize, seed: u64, format: Format) -> Vec<u8> {
+    let (bytes, scales): (usize, &[(usize, u16)]) = match format {
+        Format::Q4_K => (144, &[(0, 0x0400), (2, 0x0200)]),
+        _ => (210, &[(208, 0x0100)]),
+    };
+    let r = values(elems / 256 * bytes, seed, 1.0);
+    let mut out: Vec<u8> = r.iter().map(|v| ((v + 1.0) * 127.9) as u8).collect();
+    for (i, block) in out.chunks_exact_mut(bytes).enumerate() {
+        for &(at, base) in scales {
+            let half = base | (i as u16 * 37 % 0x100);
+            block[at..at + 2].copy_from_slice(&half.to_le_bytes());
+        }
+    }
+    out
+}
+
 fn decode(b: &[u8], format: Format) -> Vec<f64> {
+    let widened = |weights: Vec<f32>| weights.into_iter().map(f64::from).collect::<Vec<f64>>();
     match format {
+        Format::Q4_K => widened(b.chunks_exact(144).flat_map(super::ggml::q4k).collect()),
+        Format::Q6_K => widened(b.chunks_exact(210).flat_map(super::ggml::q6k).collect()),
         Format::Q8_0 => b
             .chunks_exact(34)
             .flat_map(|block| {
@@ -70,6 +91,7 @@ fn experts(n: usize, hidden: usize, ffn: usize, format: Format) -> Experts {
         .map(|e| {
             let s = |p: u64, cols: usize| match format {
                 Format::Q8_0 => q8_0(hidden * ffn, e as u64 * 3 + p),
+                Format::Q4_K | Format::Q6_K => k_quant(hidden * ffn, e as u64 * 3 + p, format),
                 _ => encode(&values(hidden * ffn, e as u64 * 3 + p, (3.0 / cols as f32).sqrt()), format),
             };
             [s(0, hidden), s(1, hidden), s(2, ffn)]
@@ -113,11 +135,18 @@ const SHAPES: &[(usize, usize)] = &[(100, 13)];
 const Q8_0_SHAPES: &[(usize, usize)] = &[(288, 64), (512, 96)];
 #[cfg(miri)]
 const Q8_0_SHAPES: &[(usize, usize)] = &[(96, 32)];
+/// Q4_K's and Q6_K's: whole blocks of 256, one with a partial pass only past the first block.
+/// Not under Miri: Q8_0's shape covers the block path there.
+#[cfg(not(miri))]
+const K_SHAPES: &[(usize, usize)] = &[(256, 512), (512, 256)];
+#[cfg(miri)]
+const K_SHAPES: &[(usize, usize)] = &[];
 
 /// Every format the FFN reads with the shapes it is tested at.
 fn cases() -> impl Iterator<Item = (Format, usize, usize)> {
     let plain = [Format::F32, Format::BF16].into_iter().flat_map(|f| SHAPES.iter().map(move |&(h, w)| (f, h, w)));
-    plain.chain(Q8_0_SHAPES.iter().map(|&(h, w)| (Format::Q8_0, h, w)))
+    let k = [Format::Q4_K, Format::Q6_K].into_iter().flat_map(|f| K_SHAPES.iter().map(move |&(h, w)| (f, h, w)));
+    plain.chain(Q8_0_SHAPES.iter().map(|&(h, w)| (Format::Q8_0, h, w))).chain(k)
 }
 const ROUTING: [(usize, usize); 5] = [(0, 0), (3, 0), (1, 1), (3, 1), (2, 2)];
 
@@ -138,7 +167,8 @@ fn pairs_agree_with_the_plain_reference() {
         ffn.parts(&p, &x, &mut parts).unwrap();
         for (i, pair) in p.iter().enumerate() {
             let want = reference(pair, &x, hidden, width, format);
-            let scale = want.iter().map(|v| v.abs()).fold(0.0, f64::max).max(1e-6);
+            let scale = want.iter().map(|v| v.abs()).fold(0.0, f64::max);
+            assert!(scale > 1e-3, "{format:?} {hidden}×{width}: outputs of {scale} test nothing");
             for (got, want) in parts[i * hidden..(i + 1) * hidden].iter().zip(&want) {
                 assert!((f64::from(*got) - want).abs() <= 2e-5 * scale, "{format:?} {hidden}×{width}: {got} vs {want}");
             }
@@ -197,7 +227,9 @@ fn bad_input_is_refused_before_anything_is_written() {
     assert!(matches!(ffn.parts(&ok, &x[1..], &mut parts), Err(FfnError::Length { what: "activations", .. })));
     assert!(matches!(ffn.parts(&ok, &x, &mut parts[1..]), Err(FfnError::Length { what: "parts", .. })));
     assert!(parts.iter().all(|&v| v == 7.0), "nothing written");
-    assert_eq!(ExpertFfn::new(4, 4, Format::Q4_K).unwrap_err(), FfnError::Format(Format::Q4_K));
+    assert_eq!(ExpertFfn::new(4, 4, Format::Q5_K).unwrap_err(), FfnError::Format(Format::Q5_K));
+    let e = ExpertFfn::new(256, 288, Format::Q4_K).unwrap_err();
+    assert_eq!(e, FfnError::NotWholeBlocks { format: Format::Q4_K, width: 288 });
     let e = ExpertFfn::new(64, 40, Format::Q8_0).unwrap_err();
     assert_eq!(e, FfnError::NotWholeBlocks { format: Format::Q8_0, width: 40 });
     assert_eq!(e.to_string(), "a width of 40 is not a whole number of q8_0's blocks of 32");
