@@ -212,7 +212,7 @@ pub(super) struct Q4K;
 
 /// Q4_K's scale and min of sub-block `j` (0..8) from its 12 packed bytes.
 #[inline(always)]
-#[allow(clippy::indexing_slicing, reason = "j < 8 and 12 bytes")]
+#[allow(clippy::indexing_slicing, clippy::arithmetic_side_effects, reason = "j < 8 and 12 bytes")]
 fn q4k_scale_min(j: usize, packed: &[u8; 12]) -> (u8, u8) {
     if j < 4 {
         (packed[j] & 63, packed[j + 4] & 63)
@@ -274,7 +274,7 @@ impl Blocks for Q6K {
         let d = half_at(bytes, 208);
         for (e, w) in out.iter_mut().enumerate() {
             let (q, s) = Self::value(bytes, e);
-            let sc = bytes.get(192 + s).map_or(0.0, |&b| f32::from(b.cast_signed()));
+            let sc = bytes.get(s.saturating_add(192)).map_or(0.0, |&b| f32::from(b.cast_signed()));
             *w = d * sc * (f32::from(q) - 32.0);
         }
     }
@@ -282,7 +282,7 @@ impl Blocks for Q6K {
 
 impl<B: Blocks> RowFormat for B {
     fn row_bytes(cols: usize) -> usize {
-        (cols / B::ELEMS).saturating_mul(B::BYTES)
+        cols.checked_div(B::ELEMS).unwrap_or(0).saturating_mul(B::BYTES)
     }
 
     /// The blocks of each [`BLOCK`] elements are widened into weights, then taken as [`dot`]
