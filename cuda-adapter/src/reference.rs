@@ -3,8 +3,8 @@
 //! For each token `t` and each of its `top_k` experts `e` with router weight `w`:
 //! `h = SiLU(gate_e · x_t) ⊙ (up_e · x_t)` and `y_t += w · (down_e · h)`. An expert's weights
 //! are its gate `[ffn, hidden]`, up `[ffn, hidden]` and down `[hidden, ffn]` matrices, row-major,
-//! in F32, BF16 or Q8_0 (as GGUF stacks them; a Q8_0 weight is its block's f16 scale times its
-//! signed byte, as ggml dequantises it). The reference accumulates in `f64`, so it is the
+//! in F32, BF16, Q8_0, Q4_K or Q6_K (as GGUF stacks them; a block format's weights are computed
+//! here in `f64` from the block's fields as ggml's dequantisation defines them). The reference accumulates in `f64`, so it is the
 //! precise value the kernels' `f32` arithmetic approximates; [`within_tolerance`] is the bound
 //! the GPU tests hold the kernels to.
 
@@ -21,7 +21,8 @@ pub struct FfnShape {
     pub ffn: usize,
     /// Experts per token.
     pub top_k: usize,
-    /// Weight format: [`Format::F32`], [`Format::BF16`] or [`Format::Q8_0`].
+    /// Weight format: [`Format::F32`], [`Format::BF16`], [`Format::Q8_0`], [`Format::Q4_K`] or
+    /// [`Format::Q6_K`].
     pub format: Format,
 }
 
@@ -29,10 +30,10 @@ impl FfnShape {
     /// Bytes of one row of `cols` weights.
     ///
     /// # Errors
-    /// [`CudaError::Unsupported`] for formats other than F32, BF16 and Q8_0, and for a width
-    /// that is not a whole number of the format's blocks.
+    /// [`CudaError::Unsupported`] for formats other than F32, BF16, Q8_0, Q4_K and Q6_K, and
+    /// for a width that is not a whole number of the format's blocks.
     pub fn row_bytes(&self, cols: usize) -> Result<usize, CudaError> {
-        if !matches!(self.format, Format::F32 | Format::BF16 | Format::Q8_0) {
+        if !matches!(self.format, Format::F32 | Format::BF16 | Format::Q8_0 | Format::Q4_K | Format::Q6_K) {
             return Err(CudaError::Unsupported(format!("weight format {}", self.format.name())));
         }
         self.format
@@ -95,10 +96,45 @@ fn half(bits: u16) -> f64 {
     }
 }
 
-/// Decodes element `i` of a weight matrix in `format` (F32, BF16 or Q8_0, little-endian; a
-/// Q8_0 matrix's rows are whole blocks, so element `i` is in block `i / 32`).
+/// Decodes element `i` of a weight matrix in `format` (F32, BF16, Q8_0, Q4_K or Q6_K,
+/// little-endian; a block format's rows are whole blocks, so element `i` is element `i mod n`
+/// of block `i / n`, `n` the block's elements).
 fn element(bytes: &[u8], format: Format, i: usize) -> Option<f64> {
     match format {
+        Format::Q4_K => {
+            let block = bytes.get((i / 256).checked_mul(144)?..)?.get(..144)?;
+            let at = |k: usize| block.get(k).copied();
+            let e = i % 256;
+            // Sub-block `e / 32` has a 6-bit scale and min: pairs 0–3 in the low six bits of
+            // bytes 4–11, pairs 4–7 split between those bytes' top two bits and bytes 12–15.
+            let sub = e / 32;
+            let (sc, m) = if sub < 4 {
+                (at(4 + sub)? & 63, at(8 + sub)? & 63)
+            } else {
+                ((at(8 + sub)? & 0xF) | ((at(sub)? >> 6) << 4), (at(8 + sub)? >> 4) | ((at(4 + sub)? >> 6) << 4))
+            };
+            // Elements 64g..64g+32 are the low nibbles of bytes 16+32g.., the next 32 the high.
+            let byte = at(16 + 32 * (e / 64) + e % 32)?;
+            let q = if sub.is_multiple_of(2) { byte & 0xF } else { byte >> 4 };
+            let (d, dmin) = (half(u16::from_le_bytes([at(0)?, at(1)?])), half(u16::from_le_bytes([at(2)?, at(3)?])));
+            Some(d * f64::from(sc) * f64::from(q) - dmin * f64::from(m))
+        }
+        Format::Q6_K => {
+            let block = bytes.get((i / 256).checked_mul(210)?..)?.get(..210)?;
+            let at = |k: usize| block.get(k).copied();
+            let e = i % 256;
+            // Each half of 128: element l + 32k takes 4 low bits from byte l (k even) or l + 32
+            // (k odd) of the half's 64 (low nibble for k < 2) and 2 high bits from bits 2k of
+            // byte l of the half's 32 at 128; 16 elements share one signed scale.
+            let (h, p) = (e / 128, e % 128);
+            let (k, l) = (p / 32, p % 32);
+            let low = at(64 * h + l + 32 * (k % 2))?;
+            let low = if k < 2 { low & 0xF } else { low >> 4 };
+            let high = (at(128 + 32 * h + l)? >> (2 * k)) & 3;
+            let q = i32::from(low | (high << 4)) - 32;
+            let sc = at(192 + 8 * h + l / 16 + 2 * k)?.cast_signed();
+            Some(half(u16::from_le_bytes([at(208)?, at(209)?])) * f64::from(sc) * f64::from(q))
+        }
         Format::Q8_0 => {
             let block = bytes.get((i / 32).checked_mul(34)?..)?;
             let (scale, values) = block.split_first_chunk::<2>()?;
@@ -129,6 +165,20 @@ pub fn f32_to_bf16(value: f32) -> u16 {
     }
     let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1));
     (rounded >> 16) as u16
+}
+
+/// The half nearest `value` (ties to even), for finite values in a normal half's range
+/// (`2^−14 ..= 65504` in magnitude); values below it give the smallest normal half of their
+/// sign, values above the largest finite half.
+pub fn f32_to_f16(value: f32) -> u16 {
+    let bits = value.to_bits();
+    let sign = ((bits >> 16) & 0x8000) as u16;
+    let magnitude = value.abs().clamp(f32::from_bits(0x3880_0000), 65504.0).to_bits();
+    // Rebias the exponent (127 → 15) and keep 10 of the 23 mantissa bits, rounding the 13 dropped.
+    let truncated = (magnitude - (112 << 23)) >> 13;
+    let rest = magnitude & 0x1fff;
+    let rounded = truncated + u32::from(rest > 0x1000 || (rest == 0x1000 && truncated & 1 == 1));
+    sign | rounded.min(0x7bff) as u16
 }
 
 /// `matrix · v` for a row-major `[rows, cols]` matrix in `format`.
@@ -231,6 +281,55 @@ mod tests {
         assert_eq!((shape.gate_bytes().unwrap(), shape.down_bytes().unwrap()), (32 * 2 * 34, 64 * 34));
         assert!(FfnShape { hidden: 40, ..shape }.gate_bytes().is_err(), "40 is not whole blocks");
         assert!(FfnShape { format: Format::Q4_K, ..shape }.expert_bytes().is_err());
+    }
+
+    #[test]
+    fn halves_round_to_nearest_within_the_normal_range() {
+        assert_eq!(f32_to_f16(1.0), 0x3C00);
+        assert_eq!(f32_to_f16(-0.5), 0xB800);
+        assert_eq!(f32_to_f16(65504.0), 0x7BFF);
+        assert_eq!(f32_to_f16(1e9), 0x7BFF, "clamped to the largest finite half");
+        assert_eq!(f32_to_f16(1e-9), 0x0400, "clamped to the smallest normal half");
+        // 1 + 2^-11 is halfway between 1 and 1 + 2^-10: ties to even (1); just above rounds up.
+        assert_eq!(f32_to_f16(1.0 + 2f32.powi(-11)), 0x3C00);
+        assert_eq!(f32_to_f16(1.0 + 2f32.powi(-11) + 2f32.powi(-20)), 0x3C01);
+        for bits in (0x0400u16..0x7C00).step_by(7) {
+            assert_eq!(f32_to_f16(half(bits) as f32), bits, "{bits:#06x} reads back");
+        }
+    }
+
+    #[test]
+    fn the_block_formats_decode_as_the_host_ffn_reads_them() {
+        use expertslab_std::ffn::{ExpertFfn, PairSlabs};
+        // Random blocks with their f16 scales set: small normal and subnormal values.
+        let (hidden, ffn) = (512, 256);
+        for (format, block, scales) in [
+            (Format::Q8_0, 34usize, &[(0usize, 0x1000u16)][..]),
+            (Format::Q4_K, 144, &[(0, 0x0400), (2, 0x0200)][..]),
+            (Format::Q6_K, 210, &[(208, 0x0100)][..]),
+        ] {
+            let shape = FfnShape { hidden, ffn, top_k: 1, format };
+            let matrix = |seed: usize| -> Vec<u8> {
+                let mut m: Vec<u8> = (0..shape.gate_bytes().unwrap())
+                    .map(|i| ((i * 131 + seed * 977 + i * i % 61) % 256) as u8)
+                    .collect();
+                for (b, bytes) in m.chunks_exact_mut(block).enumerate() {
+                    for &(at, base) in scales {
+                        bytes[at..at + 2].copy_from_slice(&(base | (b * 37 % 0x100) as u16).to_le_bytes());
+                    }
+                }
+                m
+            };
+            let (gate, up, down) = (matrix(1), matrix(2), matrix(3));
+            let x: Vec<f32> = (0..hidden).map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.02).collect();
+            let want = moe_ffn(&shape, &x, &[0], &[1.0], |_| Some(ExpertWeights { gate: &gate, up: &up, down: &down }))
+                .unwrap();
+            let host = ExpertFfn::new(hidden, ffn, format).unwrap();
+            let mut got = vec![0.0f32; hidden];
+            host.parts(&[PairSlabs { gate: &gate, up: &up, down: &down, token: 0 }], &x, &mut got).unwrap();
+            assert!(want.iter().any(|v| v.abs() > 1e-3), "{format:?}: outputs that test nothing");
+            within_tolerance(&shape, &got, &want).unwrap_or_else(|e| panic!("{format:?}: {e}"));
+        }
     }
 
     #[test]

@@ -53,7 +53,7 @@ fn a_file_s_experts_make_the_model_and_stay_in_the_mapping() {
 fn files_the_kernels_cannot_run_are_refused_by_name() {
     let stacks = layers(1, 4, 16, 8, 2);
     for (name, top_k, ggml_type, expected) in [
-        ("f16", 2, 1, "block 1: experts in f16; the kernels read f32, bf16 and q8_0"),
+        ("f16", 2, 1, "block 1: experts in f16; the kernels read f32, bf16, q8_0, q4_K and q6_K"),
         ("no-top-k", 0, 30, "no qwen3moe.expert_used_count"),
         ("top-k", 9, 30, "top-k 9 of 4 experts"),
     ] {

@@ -10,7 +10,7 @@ use expertslab::trace::synthetic::SyntheticTrace;
 use expertslab::trace::Trace;
 use expertslab::{AdmissionConfig, DecayConfig, Format, Policy};
 use expertslab_cuda::demo::{activations, open_device, router_weights, GpuModel, ModelSpec, RunConfig};
-use expertslab_cuda::reference::{f32_to_bf16, moe_ffn, within_tolerance, ExpertWeights};
+use expertslab_cuda::reference::{f32_to_bf16, f32_to_f16, moe_ffn, within_tolerance, ExpertWeights};
 use expertslab_cuda::{CudaError, FfnShape, MissAction, MissCosts, MissRule};
 use expertslab_std::ffn::{combine, ExpertFfn, PairSlabs};
 
@@ -28,26 +28,48 @@ fn gpu(test: &str) -> bool {
 }
 
 /// The formats the kernels read.
-const FORMATS: [Format; 3] = [Format::BF16, Format::F32, Format::Q8_0];
+const FORMATS: [Format; 5] = [Format::BF16, Format::F32, Format::Q8_0, Format::Q4_K, Format::Q6_K];
 
 fn spec(format: Format) -> ModelSpec {
     // hidden 264: BF16 rows of 528 bytes and F32 rows of 1056 bytes (both multiples of 16);
     // ffn 40 leaves every down row a partial block: 5 of the 32 lanes have a chunk. Q8_0 rows
     // are whole blocks of 32: hidden 288 leaves a partial pass of 256, ffn 96 three blocks
     // (12 of the 32 lanes have a chunk), and its rows of 34-byte blocks are not 16-byte aligned.
-    let (hidden, ffn) = if format == Format::Q8_0 { (288, 96) } else { (264, 40) };
+    // Q4_K and Q6_K rows are whole super-blocks of 256: hidden 512 (two passes), ffn 256.
+    let (hidden, ffn) = match format {
+        Format::Q8_0 => (288, 96),
+        Format::Q4_K | Format::Q6_K => (512, 256),
+        _ => (264, 40),
+    };
     ModelSpec { experts: 16, layers: 2, shape: FfnShape { hidden, ffn, top_k: 4, format }, seed: 7 }
 }
 
 /// Host stacks: gate, up and down per layer, uniform in ±sqrt(3 / cols) (Q8_0: each block's
-/// scale the half nearest `sqrt(3 / cols) / 127`, its values uniform in ±127).
+/// scale the half nearest `sqrt(3 / cols) / 127`, its values uniform in ±127; Q4_K and Q6_K:
+/// random bytes, each block's f16 scales set so its weights span about ±sqrt(3 / cols)).
 fn stacks(spec: &ModelSpec) -> Vec<[Vec<u8>; 3]> {
     let s = &spec.shape;
     let mut rng = SplitMix64::new(spec.seed);
     let mut matrix = |cols: usize| -> Vec<u8> {
         let scale = (3.0 / cols as f64).sqrt();
+        let k_quant = match s.format {
+            Format::Q4_K => Some((144, &[0usize, 2][..], (scale / (63.0 * 15.0)) as f32)),
+            Format::Q6_K => Some((210, &[208usize][..], (scale / (127.0 * 32.0)) as f32)),
+            _ => None,
+        };
+        if let Some((block, at, d)) = k_quant {
+            let half = f32_to_f16(d).to_le_bytes();
+            let mut bytes: Vec<u8> =
+                (0..spec.experts * s.gate_bytes().unwrap()).map(|_| rng.next_u64() as u8).collect();
+            for b in bytes.chunks_exact_mut(block) {
+                for &a in at {
+                    b[a..a + 2].copy_from_slice(&half);
+                }
+            }
+            return bytes;
+        }
         if s.format == Format::Q8_0 {
-            let half = half_of((scale / 127.0) as f32);
+            let half = f32_to_f16((scale / 127.0) as f32);
             return (0..spec.experts * s.hidden * s.ffn / 32)
                 .flat_map(|_| {
                     let values: Vec<u8> =
@@ -67,15 +89,6 @@ fn stacks(spec: &ModelSpec) -> Vec<[Vec<u8>; 3]> {
             .collect()
     };
     (0..spec.layers).map(|_| [matrix(s.hidden), matrix(s.hidden), matrix(s.ffn)]).collect()
-}
-
-/// The half nearest `v`, for a normal half's range (truncating the 13 dropped bits: any half
-/// does for a scale).
-fn half_of(v: f32) -> u16 {
-    let bits = v.to_bits();
-    let exponent = ((bits >> 23) & 0xff) as i32 - 112;
-    assert!((1..31).contains(&exponent), "{v} is not a normal half");
-    ((bits >> 16) & 0x8000) as u16 | (exponent as u16) << 10 | ((bits >> 13) & 0x3ff) as u16
 }
 
 fn trace(spec: &ModelSpec) -> Trace {
@@ -179,7 +192,9 @@ fn a_gguf_file_decodes_from_its_mapping_bit_identical_to_all_resident() {
     if !gpu("a_gguf_file_decodes_from_its_mapping_bit_identical_to_all_resident") {
         return;
     }
-    for (format, ggml_type) in [(Format::BF16, 30), (Format::F32, 0), (Format::Q8_0, 8)] {
+    for (format, ggml_type) in
+        [(Format::BF16, 30), (Format::F32, 0), (Format::Q8_0, 8), (Format::Q4_K, 12), (Format::Q6_K, 14)]
+    {
         // The file's model takes seed 1 for its activations.
         let spec = ModelSpec { seed: 1, ..spec(format) };
         let host = stacks(&spec);
@@ -291,7 +306,8 @@ fn the_host_ffn_gives_the_gpu_s_bits() {
     // The test model's shape, and one whose widths are not multiples of a chunk (8): a lane's
     // last chunk crosses the row's end, and BF16 rows are not 16-byte multiples.
     let odd = |format| ModelSpec { shape: FfnShape { hidden: 100, ffn: 13, top_k: 4, format }, ..spec(format) };
-    for spec in [spec(Format::BF16), spec(Format::F32), spec(Format::Q8_0), odd(Format::BF16), odd(Format::F32)] {
+    let plain = [odd(Format::BF16), odd(Format::F32)];
+    for spec in FORMATS.map(spec).into_iter().chain(plain) {
         let format = spec.shape.format;
         let host = stacks(&spec);
         let model = GpuModel::from_host(0, spec, &host, 0).unwrap();

@@ -2,7 +2,7 @@
 //! the file, its expert stacks left in place in a read-only memory map.
 //!
 //! Every MoE layer of the file must have separate gate, up and down stacks of one weight format
-//! the kernels read (F32, BF16 or Q8_0), the same shape in every layer, and the file must name the
+//! the kernels read (F32, BF16, Q8_0, Q4_K or Q6_K), the same shape in every layer, and the file must name the
 //! router's top-k (`{arch}.expert_used_count`). The runner numbers the MoE layers 0, 1, … in
 //! block order; [`GgufExperts::blocks`] maps them back to the file's block numbers.
 
@@ -50,7 +50,7 @@ fn layout_difference(block: usize, got: &ExpertLayout, expected: &ExpertLayout) 
 /// file (no byte copied) whose layer `i` is the file's `i`-th MoE block.
 ///
 /// Every MoE layer of the file must have separate gate, up and down stacks of one weight format
-/// the kernels read (F32, BF16 or Q8_0), the same shape in every layer, and the file must name the
+/// the kernels read (F32, BF16, Q8_0, Q4_K or Q6_K), the same shape in every layer, and the file must name the
 /// router's top-k (`{arch}.expert_used_count`). [`GgufExperts::blocks`] maps the layers back to
 /// the file's block numbers.
 #[derive(Debug, Clone)]
@@ -95,14 +95,11 @@ impl GgufExperts {
             ))
         })?;
         let format = gate.format();
-        if !matches!(format, Format::F32 | Format::BF16 | Format::Q8_0) {
+        if !matches!(format, Format::F32 | Format::BF16 | Format::Q8_0 | Format::Q4_K | Format::Q6_K) {
             return Err(bad(format!(
-                "block {}: experts in {}; the kernels read {}, {} and {}",
+                "block {}: experts in {}; the kernels read f32, bf16, q8_0, q4_K and q6_K",
                 first.block(),
                 format.name(),
-                Format::F32.name(),
-                Format::BF16.name(),
-                Format::Q8_0.name()
             )));
         }
         let top_k = moe

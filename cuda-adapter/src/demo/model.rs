@@ -23,6 +23,7 @@ use crate::error::{CudaError, ResidencyError};
 use crate::ffn::{raw, MissAction, MissCosts, MissRule, MoeFfn, PairSource, SlotView};
 use crate::host::{HostMemory, RingConfig};
 use crate::kernels;
+use crate::reference::f32_to_f16;
 use crate::sink::CudaSlotSink;
 use crate::table::DeviceSlotTable;
 
@@ -149,10 +150,12 @@ impl GpuModel {
     pub fn generate(ordinal: usize, spec: ModelSpec) -> Result<Self, CudaError> {
         let ctx = open_device(ordinal)?;
         let mut model = Self::empty(ctx, spec)?;
-        // The fill kernel and the bytes of what it writes one of: an element, or a Q8_0 block.
+        // The fill kernel and the bytes of what it writes one of: an element, or a block.
         let (kernel, unit) = match spec.shape.format {
             Format::BF16 => (kernels::FILL_BF16, 2),
             Format::Q8_0 => (kernels::FILL_Q8_0, 34),
+            Format::Q4_K => (kernels::FILL_K_QUANT, 144),
+            Format::Q6_K => (kernels::FILL_K_QUANT, 210),
             _ => (kernels::FILL_F32, 4),
         };
         let fill = model.ffn.module().load_function(kernel)?;
@@ -167,7 +170,20 @@ impl GpuModel {
                 let ptr = raw(&temp, &model.compute);
                 let cfg = LaunchConfig { grid_dim: (1024, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
                 let mut launch = model.compute.launch_builder(&fill);
-                launch.arg(&ptr).arg(&n).arg(&seed).arg(&scale);
+                launch.arg(&ptr).arg(&n).arg(&seed);
+                // K-quants take their block size and the f16 scale that makes their weights
+                // about ±scale: Q4_K's d·sc·q spans up to 63 · 15 steps, Q6_K's d·sc·(q − 32)
+                // up to 127 · 32.
+                let (block_bytes, half) = match spec.shape.format {
+                    Format::Q4_K => (144u32, u32::from(f32_to_f16(scale / (63.0 * 15.0)))),
+                    Format::Q6_K => (210u32, u32::from(f32_to_f16(scale / (127.0 * 32.0)))),
+                    _ => (0, 0),
+                };
+                if kernel == kernels::FILL_K_QUANT {
+                    launch.arg(&block_bytes).arg(&half);
+                } else {
+                    launch.arg(&scale);
+                }
                 // SAFETY: `fill_*(out, n, seed, scale)` writes `n` units at `ptr`, the
                 // `stack`-byte allocation `temp` (n × unit = stack: rows are whole units).
                 unsafe { launch.launch(cfg) }?;

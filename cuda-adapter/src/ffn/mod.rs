@@ -98,7 +98,7 @@ impl MoeFfn {
     ///
     /// # Errors
     /// [`CudaError::Unsupported`] for a shape the kernels do not take (formats other than F32,
-    /// BF16 and Q8_0, widths not whole blocks, zero or over-large sizes), [`CudaError::NoNvrtc`], [`CudaError::Compile`],
+    /// BF16, Q8_0, Q4_K and Q6_K, widths not whole blocks, zero or over-large sizes), [`CudaError::NoNvrtc`], [`CudaError::Compile`],
     /// [`CudaError::Driver`].
     pub fn new(ctx: &Arc<CudaContext>, shape: FfnShape) -> Result<Self, CudaError> {
         shape.expert_bytes()?;
@@ -111,6 +111,8 @@ impl MoeFfn {
         let (gate_up, down) = match shape.format {
             Format::BF16 => (kernels::GATE_UP_BF16, kernels::DOWN_BF16),
             Format::Q8_0 => (kernels::GATE_UP_Q8_0, kernels::DOWN_Q8_0),
+            Format::Q4_K => (kernels::GATE_UP_Q4_K, kernels::DOWN_Q4_K),
+            Format::Q6_K => (kernels::GATE_UP_Q6_K, kernels::DOWN_Q6_K),
             _ => (kernels::GATE_UP_F32, kernels::DOWN_F32),
         };
         Ok(Self {

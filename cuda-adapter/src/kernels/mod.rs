@@ -1,7 +1,7 @@
 //! CUDA C kernels, compiled at run time with NVRTC.
 //!
-//! [`MOE_FFN_SOURCE`] holds the MoE FFN kernels (gate/up, down per pair for F32, BF16 and Q8_0
-//! weights, and the combine over a token's pairs)
+//! [`MOE_FFN_SOURCE`] holds the MoE FFN kernels (gate/up, down per pair for F32, BF16, Q8_0,
+//! Q4_K and Q6_K weights, and the combine over a token's pairs)
 //! and the deterministic weight fill used by the demo. [`compile`] turns it into PTX for the
 //! device's architecture, or for [`DEFAULT_ARCH`] when no device is given (NVRTC needs no GPU,
 //! so the kernels are compiled by the CPU-side tests too).
@@ -28,14 +28,34 @@ pub(crate) const DOWN_F32: &str = "moe_down_f32";
 pub(crate) const DOWN_BF16: &str = "moe_down_bf16";
 pub(crate) const GATE_UP_Q8_0: &str = "moe_gate_up_q8_0";
 pub(crate) const DOWN_Q8_0: &str = "moe_down_q8_0";
+pub(crate) const GATE_UP_Q4_K: &str = "moe_gate_up_q4_k";
+pub(crate) const DOWN_Q4_K: &str = "moe_down_q4_k";
+pub(crate) const GATE_UP_Q6_K: &str = "moe_gate_up_q6_k";
+pub(crate) const DOWN_Q6_K: &str = "moe_down_q6_k";
 pub(crate) const COMBINE: &str = "moe_combine";
 pub(crate) const FILL_F32: &str = "fill_f32";
 pub(crate) const FILL_BF16: &str = "fill_bf16";
 pub(crate) const FILL_Q8_0: &str = "fill_q8_0";
+pub(crate) const FILL_K_QUANT: &str = "fill_k_quant";
 
 /// Every entry point of [`MOE_FFN_SOURCE`].
-pub const ENTRY_POINTS: [&str; 10] =
-    [GATE_UP_F32, GATE_UP_BF16, GATE_UP_Q8_0, DOWN_F32, DOWN_BF16, DOWN_Q8_0, COMBINE, FILL_F32, FILL_BF16, FILL_Q8_0];
+pub const ENTRY_POINTS: [&str; 15] = [
+    GATE_UP_F32,
+    GATE_UP_BF16,
+    GATE_UP_Q8_0,
+    GATE_UP_Q4_K,
+    GATE_UP_Q6_K,
+    DOWN_F32,
+    DOWN_BF16,
+    DOWN_Q8_0,
+    DOWN_Q4_K,
+    DOWN_Q6_K,
+    COMBINE,
+    FILL_F32,
+    FILL_BF16,
+    FILL_Q8_0,
+    FILL_K_QUANT,
+];
 
 /// Whether the NVRTC library can be loaded.
 pub fn nvrtc_available() -> bool {

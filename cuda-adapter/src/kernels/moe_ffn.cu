@@ -3,9 +3,10 @@
 //
 // For each (token, k) pair: h = SiLU(gate · x) * (up · x) and part = down · h; then y[token] =
 // sum over k, in k order, of weight[k] * part[k] (three kernels: gate/up and down over a list
-// of pairs, so a step's pairs can run in two phases, then combine). Weights are F32, BF16 or Q8_0
-// (ggml's blocks of 32: an f16 scale, then 32 signed bytes; each weight is scale · value, formed
-// in registers as the host forms it), activations and accumulation f32.
+// of pairs, so a step's pairs can run in two phases, then combine). Weights are F32, BF16 or one
+// of ggml's block formats, read in place: Q8_0 (blocks of 32: an f16 scale, then 32 signed
+// bytes), Q4_K and Q6_K (super-blocks of 256); each weight is widened in registers by the
+// operations the host uses (expertslab-std's `ffn::order`), activations and accumulation f32.
 //
 // The order of operations is the host's (expertslab-std's `ffn::order`, which documents it):
 // a pair computed on the host has the same bits as on the GPU.
@@ -27,8 +28,13 @@ typedef unsigned short u16;
 #define FMT_F32 0
 #define FMT_BF16 1
 #define FMT_Q8_0 2
+#define FMT_Q4_K 3
+#define FMT_Q6_K 4
 #define Q8_0_ELEMS 32
 #define Q8_0_BYTES 34
+#define QK_ELEMS 256
+#define Q4_K_BYTES 144
+#define Q6_K_BYTES 210
 
 #define WARPS 8
 #define ROWS_PER_WARP 2
@@ -87,7 +93,55 @@ __device__ __forceinline__ float silu_mul(float g, float u) {
 // `vec`: the row starts 16-byte aligned and its length in bytes is a multiple of 16.
 template <int FMT>
 __device__ __forceinline__ void load_chunk(const unsigned char* row, int j, int cols, bool vec, float w[CHUNK]) {
-    if (FMT == FMT_Q8_0) {
+    if (FMT == FMT_Q4_K) {
+        // A chunk lies in one sub-block of 32: one scale and min, one nibble of 8 bytes.
+        if (j < cols) {
+            const unsigned char* block = row + (u64)(j / QK_ELEMS) * Q4_K_BYTES;
+            const int e = j % QK_ELEMS, group = e / 64, high = (e % 64) / 32;
+            const int sub = 2 * group + high;
+            const unsigned char* packed = block + 4;
+            u32 sc, m;
+            if (sub < 4) {
+                sc = packed[sub] & 63u;
+                m = packed[sub + 4] & 63u;
+            } else {
+                sc = (packed[sub + 4] & 0xFu) | ((packed[sub - 4] >> 6) << 4);
+                m = (packed[sub + 4] >> 4) | ((packed[sub] >> 6) << 4);
+            }
+            const float d = f16_to_f32((u32)block[0] | ((u32)block[1] << 8));
+            const float dmin = f16_to_f32((u32)block[2] | ((u32)block[3] << 8));
+            const float scale = __fmul_rn(d, (float)sc), min = __fmul_rn(dmin, (float)m);
+            const unsigned char* q = block + 16 + group * 32 + (e % 32);
+#pragma unroll
+            for (int i = 0; i < CHUNK; i++) {
+                const u32 v = high ? (u32)(q[i] >> 4) : (u32)(q[i] & 0xFu);
+                w[i] = __fsub_rn(__fmul_rn(scale, (float)v), min);
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < CHUNK; i++) w[i] = 0.0f;
+        }
+    } else if (FMT == FMT_Q6_K) {
+        // A chunk lies in one group of 16: one scale; its low and high bits at fixed offsets.
+        if (j < cols) {
+            const unsigned char* block = row + (u64)(j / QK_ELEMS) * Q6_K_BYTES;
+            const int e = j % QK_ELEMS, half = e / 128, p = e % 128, quarter = p / 32, l = p % 32;
+            const float d = f16_to_f32((u32)block[208] | ((u32)block[209] << 8));
+            const int s = 8 * half + l / 16 + 2 * quarter;
+            const float scale = __fmul_rn(d, (float)(signed char)block[192 + s]);
+            const unsigned char* ql = block + 64 * half + 32 * (quarter % 2) + l;
+            const unsigned char* qh = block + 128 + 32 * half + l;
+#pragma unroll
+            for (int i = 0; i < CHUNK; i++) {
+                const u32 low = quarter >= 2 ? (u32)(ql[i] >> 4) : (u32)(ql[i] & 0xFu);
+                const u32 high = ((u32)qh[i] >> (2 * quarter)) & 3u;
+                w[i] = __fmul_rn(scale, (float)((int)(low | (high << 4)) - 32));
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < CHUNK; i++) w[i] = 0.0f;
+        }
+    } else if (FMT == FMT_Q8_0) {
         // `cols` is whole blocks and `j` a multiple of CHUNK, so a chunk lies in one block.
         if (j < cols) {
             const unsigned char* block = row + (u64)(j / Q8_0_ELEMS) * Q8_0_BYTES;
@@ -154,7 +208,13 @@ __device__ __forceinline__ float warp_sum(float v) {
 }
 
 __device__ __forceinline__ int row_bytes(int fmt, int cols) {
-    return fmt == FMT_Q8_0 ? (cols / Q8_0_ELEMS) * Q8_0_BYTES : fmt == FMT_BF16 ? cols * 2 : cols * 4;
+    switch (fmt) {
+        case FMT_Q8_0: return (cols / Q8_0_ELEMS) * Q8_0_BYTES;
+        case FMT_Q4_K: return (cols / QK_ELEMS) * Q4_K_BYTES;
+        case FMT_Q6_K: return (cols / QK_ELEMS) * Q6_K_BYTES;
+        case FMT_BF16: return cols * 2;
+        default: return cols * 4;
+    }
 }
 
 __device__ __forceinline__ bool vectorisable(const unsigned char* base, int bytes_per_row) {
@@ -379,6 +439,26 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32)
     down<FMT_Q8_0>(layer, step, pairs);
 }
 
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
+    moe_gate_up_q4_k(const LayerArgs layer, const StepArgs step, const int* pairs) {
+    gate_up<FMT_Q4_K>(layer, step, pairs);
+}
+
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
+    moe_down_q4_k(const LayerArgs layer, const StepArgs step, const int* pairs) {
+    down<FMT_Q4_K>(layer, step, pairs);
+}
+
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
+    moe_gate_up_q6_k(const LayerArgs layer, const StepArgs step, const int* pairs) {
+    gate_up<FMT_Q6_K>(layer, step, pairs);
+}
+
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
+    moe_down_q6_k(const LayerArgs layer, const StepArgs step, const int* pairs) {
+    down<FMT_Q6_K>(layer, step, pairs);
+}
+
 // Deterministic weights for demos and benchmarks: element i of a buffer is the (i+1)-th output
 // of SplitMix64 seeded with `seed`, mapped to [-scale, scale).
 __device__ __forceinline__ float splitmix_unit(u64 seed, u64 i) {
@@ -426,6 +506,25 @@ extern "C" __global__ void fill_q8_0(unsigned char* out, u64 blocks, u64 seed, f
         for (int e = 0; e < Q8_0_ELEMS; e++) {
             const float v = rintf(splitmix_unit(seed, b * Q8_0_ELEMS + (u64)e) * 127.0f);
             block[2 + e] = (unsigned char)(signed char)(int)v;
+        }
+    }
+}
+
+// K-quant super-blocks for demos and benchmarks: random bytes (SplitMix64), then each block's
+// f16 scales set to `half` (Q4_K: d and dmin at bytes 0 and 2; Q6_K: d at byte 208), so its
+// weights are about uniform in [-scale, scale] for the scale the caller turned into `half`.
+extern "C" __global__ void fill_k_quant(unsigned char* out, u64 blocks, u64 seed, u32 block_bytes, u32 half) {
+    for (u64 b = blockIdx.x * (u64)blockDim.x + threadIdx.x; b < blocks; b += (u64)gridDim.x * blockDim.x) {
+        unsigned char* block = out + b * block_bytes;
+        for (u32 i = 0; i < block_bytes; i++) {
+            block[i] = (unsigned char)((splitmix_unit(seed, b * block_bytes + i) + 1.0f) * 127.9f);
+        }
+        const u32 at = block_bytes == Q6_K_BYTES ? 208u : 0u;
+        block[at] = (unsigned char)(half & 0xffu);
+        block[at + 1] = (unsigned char)(half >> 8);
+        if (block_bytes == Q4_K_BYTES) {
+            block[2] = (unsigned char)(half & 0xffu);
+            block[3] = (unsigned char)(half >> 8);
         }
     }
 }

@@ -54,7 +54,7 @@ fn k_quant(elems: usize, seed: u64, format: Format) -> Vec<u8> {
     let mut out: Vec<u8> = r.iter().map(|v| ((v + 1.0) * 127.9) as u8).collect();
     for (i, block) in out.chunks_exact_mut(bytes).enumerate() {
         for &(at, base) in scales {
-            let half = base | (i as u16 * 37 % 0x100);
+            let half = base | (i * 37 % 0x100) as u16;
             block[at..at + 2].copy_from_slice(&half.to_le_bytes());
         }
     }
