@@ -240,6 +240,8 @@ struct Model {
     top_k: usize,
     experts: usize,
     format: Format,
+    /// Down's format (a Q4_K_M file's Q6_K beside Q4_K gate and up).
+    down_format: Format,
     routers: Vec<Vec<f32>>,
     store: ExpertStore,
 }
@@ -274,6 +276,7 @@ fn from_file(path: &Path) -> Result<Model, CliError> {
         top_k: spec.shape.top_k,
         experts: spec.experts,
         format: spec.shape.format,
+        down_format: spec.shape.down_format,
         routers,
         store: experts.store().clone(),
     })
@@ -309,6 +312,7 @@ fn build(args: &Cpu) -> Result<Model, CliError> {
         top_k: args.top_k,
         experts: args.experts,
         format: Format::F32,
+        down_format: Format::F32,
         routers,
         store,
     })
@@ -421,6 +425,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         None => build(args)?,
     };
     let ffn = ExpertFfn::new(model.d_model, model.d_ff, model.format)
+        .and_then(|ffn| ffn.with_down_format(model.down_format))
         .map_err(|e| CliError::Run(format!("expert FFN: {e}")))?;
     let expert_bytes = model.store.layer(0).map_or(0, |l| l.layout().expert_bytes());
     let config = PoolConfig::new(args.experts, args.slots).policy(policy).schedule(args.schedule);
@@ -510,7 +515,11 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         args.layers,
         args.experts,
         format_size(expert_bytes as u64),
-        model.format.name(),
+        if model.down_format == model.format {
+            model.format.name().to_owned()
+        } else {
+            format!("{} with {} down", model.format.name(), model.down_format.name())
+        },
         args.top_k,
         slots,
         policy.name(),

@@ -430,31 +430,54 @@ fn the_overlapped_model_prices_steps_by_their_slowest_resource() {
 
 #[test]
 fn the_cpu_demo_runs_a_gguf_file_with_its_own_routers() {
-    // 2 MoE layers of 16 experts (hidden 64, FFN 32), top-2, after a dense block; in BF16 and
-    // in Q8_0 (blocks of 32: an f16 scale, then 32 signed bytes).
-    let (experts, hidden, ffn) = (16usize, 64usize, 32usize);
+    // 2 MoE layers of 16 experts, top-2, after a dense block: in BF16 and Q8_0 (hidden 64, FFN
+    // 32), and as a Q4_K_M file mixes them (Q4_K gate and up, Q6_K down; hidden and FFN 256).
+    let experts = 16usize;
     let unit = |i: usize, seed: usize| ((i * 7919 + seed * 104_729) % 2001) as f32 / 1000.0 - 1.0;
-    let bf16 = |seed: usize, cols: usize| -> Vec<u8> {
-        let scale = (3.0 / cols as f32).sqrt();
-        (0..experts * hidden * ffn)
-            .flat_map(|i| (((unit(i, seed) * scale).to_bits() >> 16) as u16).to_le_bytes())
-            .collect()
+    // A stack of `elems` weights per expert in ggml type `t`.
+    let stack = |t: u32, elems: usize, cols: usize, seed: usize| -> Vec<u8> {
+        let n = experts * elems;
+        match t {
+            30 => {
+                let scale = (3.0 / cols as f32).sqrt();
+                (0..n).flat_map(|i| (((unit(i, seed) * scale).to_bits() >> 16) as u16).to_le_bytes()).collect()
+            }
+            8 => (0..n / 32)
+                .flat_map(|b| {
+                    // Scales near 2^-10, values in ±127.
+                    let scale = 0x1400u16 | (b * 37 % 1024) as u16;
+                    let values = (0..32).map(move |e| ((unit(b * 32 + e, seed) * 127.0).round() as i8) as u8);
+                    scale.to_le_bytes().into_iter().chain(values)
+                })
+                .collect(),
+            // Q4_K (144 bytes) and Q6_K (210 bytes) super-blocks of 256: random codes, small
+            // f16 scales (Q4_K's d and dmin at bytes 0 and 2, Q6_K's d at 208).
+            _ => {
+                let (bytes, at): (usize, &[usize]) = if t == 12 { (144, &[0, 2]) } else { (210, &[208]) };
+                let mut out: Vec<u8> = (0..n / 256 * bytes).map(|i| ((unit(i, seed) + 1.0) * 127.9) as u8).collect();
+                for block in out.chunks_exact_mut(bytes) {
+                    for &a in at {
+                        block[a..a + 2].copy_from_slice(&0x0200u16.to_le_bytes());
+                    }
+                }
+                out
+            }
+        }
     };
-    let q8_0 = |seed: usize, _cols: usize| -> Vec<u8> {
-        (0..experts * hidden * ffn / 32)
-            .flat_map(|b| {
-                // Scales near 2^-10, values in ±127.
-                let scale = 0x1400u16 | (b * 37 % 1024) as u16;
-                let values = (0..32).map(move |e| ((unit(b * 32 + e, seed) * 127.0).round() as i8) as u8);
-                scale.to_le_bytes().into_iter().chain(values)
+    for (name, (hidden, ffn), types) in
+        [("bf16", (64, 32), [30; 3]), ("q8_0", (64, 32), [8; 3]), ("q4_K with q6_K down", (256, 256), [12, 12, 14])]
+    {
+        let layers: Vec<[Vec<u8>; 3]> = (0..2)
+            .map(|l| {
+                [
+                    stack(types[0], hidden * ffn, hidden, 3 * l),
+                    stack(types[1], hidden * ffn, hidden, 3 * l + 1),
+                    stack(types[2], hidden * ffn, ffn, 3 * l + 2),
+                ]
             })
-            .collect()
-    };
-    for (name, ggml_type, stack) in [("bf16", 30, &bf16 as &dyn Fn(usize, usize) -> Vec<u8>), ("q8_0", 8, &q8_0)] {
-        let layers: Vec<[Vec<u8>; 3]> =
-            (0..2).map(|l| [stack(3 * l, hidden), stack(3 * l + 1, hidden), stack(3 * l + 2, ffn)]).collect();
-        let path = temp(&format!("cpu-demo-{name}.gguf"));
-        expertslab_tests::gguf::write_moe(&path, experts, hidden, ffn, 2, ggml_type, &layers);
+            .collect();
+        let path = temp(&format!("cpu-demo-{}.gguf", types[2]));
+        expertslab_tests::gguf::write_moe_types(&path, experts, hidden, ffn, 2, types, &layers);
         let p = path.to_str().unwrap();
         let out = stdout(&expertslab(&["demo", "--model", p, "--steps", "30", "--slots", "4", "--policy", "lru"]));
         assert!(

@@ -21,40 +21,60 @@ pub struct FfnShape {
     pub ffn: usize,
     /// Experts per token.
     pub top_k: usize,
-    /// Weight format: [`Format::F32`], [`Format::BF16`], [`Format::Q8_0`], [`Format::Q4_K`] or
-    /// [`Format::Q6_K`].
+    /// Weight format of gate and up: [`Format::F32`], [`Format::BF16`], [`Format::Q8_0`],
+    /// [`Format::Q4_K`] or [`Format::Q6_K`].
     pub format: Format,
+    /// Weight format of down, one of the same: `format` in most files; files quantized as
+    /// llama.cpp's Q4_K_M mix Q4_K gate and up with Q6_K down.
+    pub down_format: Format,
 }
 
 impl FfnShape {
-    /// Bytes of one row of `cols` weights.
+    /// One format for gate, up and down.
+    pub const fn new(hidden: usize, ffn: usize, top_k: usize, format: Format) -> Self {
+        Self { hidden, ffn, top_k, format, down_format: format }
+    }
+
+    /// Bytes of one row of `cols` weights in `format`.
     ///
     /// # Errors
     /// [`CudaError::Unsupported`] for formats other than F32, BF16, Q8_0, Q4_K and Q6_K, and
     /// for a width that is not a whole number of the format's blocks.
-    pub fn row_bytes(&self, cols: usize) -> Result<usize, CudaError> {
-        if !matches!(self.format, Format::F32 | Format::BF16 | Format::Q8_0 | Format::Q4_K | Format::Q6_K) {
-            return Err(CudaError::Unsupported(format!("weight format {}", self.format.name())));
+    pub fn row_bytes(format: Format, cols: usize) -> Result<usize, CudaError> {
+        if !matches!(format, Format::F32 | Format::BF16 | Format::Q8_0 | Format::Q4_K | Format::Q6_K) {
+            return Err(CudaError::Unsupported(format!("weight format {}", format.name())));
         }
-        self.format
-            .row_bytes(cols)
-            .map_err(|e| CudaError::Unsupported(format!("{cols} {} weights: {e}", self.format.name())))
+        format.row_bytes(cols).map_err(|e| CudaError::Unsupported(format!("{cols} {} weights: {e}", format.name())))
     }
 
-    /// Bytes of one expert's gate (or up) matrix: `ffn` rows of `hidden` weights.
+    /// Bytes of one expert's gate (or up) matrix: `ffn` rows of `hidden` weights in `format`.
     ///
     /// # Errors
     /// As [`FfnShape::row_bytes`], and for a size that overflows.
     pub fn gate_bytes(&self) -> Result<usize, CudaError> {
-        self.matrix_bytes(self.ffn, self.hidden)
+        self.matrix_bytes(self.format, self.ffn, self.hidden)
     }
 
-    /// Bytes of one expert's down matrix: `hidden` rows of `ffn` weights.
+    /// Bytes of one expert's down matrix: `hidden` rows of `ffn` weights in `down_format`.
     ///
     /// # Errors
     /// As [`FfnShape::gate_bytes`].
     pub fn down_bytes(&self) -> Result<usize, CudaError> {
-        self.matrix_bytes(self.hidden, self.ffn)
+        self.matrix_bytes(self.down_format, self.hidden, self.ffn)
+    }
+
+    /// Bytes of one expert's gate, up and down matrices, in that order.
+    ///
+    /// # Errors
+    /// As [`FfnShape::gate_bytes`].
+    pub fn projection_bytes(&self) -> Result<[usize; 3], CudaError> {
+        let gate = self.gate_bytes()?;
+        Ok([gate, gate, self.down_bytes()?])
+    }
+
+    /// The format of the projections (`gate`, `up`, `down`).
+    pub const fn formats(&self) -> [Format; 3] {
+        [self.format, self.format, self.down_format]
     }
 
     /// Bytes of one expert: gate, up and down.
@@ -68,8 +88,9 @@ impl FfnShape {
             .ok_or_else(|| CudaError::Unsupported("expert size overflows".into()))
     }
 
-    fn matrix_bytes(&self, rows: usize, cols: usize) -> Result<usize, CudaError> {
-        rows.checked_mul(self.row_bytes(cols)?).ok_or_else(|| CudaError::Unsupported(format!("shape {self:?}")))
+    fn matrix_bytes(&self, format: Format, rows: usize, cols: usize) -> Result<usize, CudaError> {
+        rows.checked_mul(Self::row_bytes(format, cols)?)
+            .ok_or_else(|| CudaError::Unsupported(format!("shape {self:?}")))
     }
 }
 
@@ -226,7 +247,7 @@ pub fn moe_ffn<'a>(
             let g = gemv(e.gate, shape.format, shape.ffn, shape.hidden, &xt).ok_or_else(|| bad("gate"))?;
             let u = gemv(e.up, shape.format, shape.ffn, shape.hidden, &xt).ok_or_else(|| bad("up"))?;
             let h: Vec<f64> = g.iter().zip(&u).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u).collect();
-            let d = gemv(e.down, shape.format, shape.hidden, shape.ffn, &h).ok_or_else(|| bad("down"))?;
+            let d = gemv(e.down, shape.down_format, shape.hidden, shape.ffn, &h).ok_or_else(|| bad("down"))?;
             yt.iter_mut().zip(&d).for_each(|(y, d)| *y += f64::from(w) * d);
         }
         y.extend(yt.iter().map(|&v| v as f32));
@@ -277,10 +298,13 @@ mod tests {
         assert_eq!(element(&bytes, Format::Q8_0, 32), Some(-63.5));
         assert_eq!(element(&bytes, Format::Q8_0, 33), Some(64.0));
         assert_eq!(element(&bytes, Format::Q8_0, 64), None, "past the last block");
-        let shape = FfnShape { hidden: 64, ffn: 32, top_k: 1, format: Format::Q8_0 };
+        let shape = FfnShape::new(64, 32, 1, Format::Q8_0);
         assert_eq!((shape.gate_bytes().unwrap(), shape.down_bytes().unwrap()), (32 * 2 * 34, 64 * 34));
         assert!(FfnShape { hidden: 40, ..shape }.gate_bytes().is_err(), "40 is not whole blocks");
-        assert!(FfnShape { format: Format::Q4_K, ..shape }.expert_bytes().is_err());
+        assert!(FfnShape::new(64, 32, 1, Format::Q4_K).expert_bytes().is_err());
+        // Q4_K_M's mix: gate and up in Q4_K, down in Q6_K.
+        let mixed = FfnShape { down_format: Format::Q6_K, ..FfnShape::new(512, 256, 1, Format::Q4_K) };
+        assert_eq!(mixed.projection_bytes().unwrap(), [256 * 2 * 144, 256 * 2 * 144, 512 * 210]);
     }
 
     #[test]
@@ -308,7 +332,7 @@ mod tests {
             (Format::Q4_K, 144, &[(0, 0x0400), (2, 0x0200)][..]),
             (Format::Q6_K, 210, &[(208, 0x0100)][..]),
         ] {
-            let shape = FfnShape { hidden, ffn, top_k: 1, format };
+            let shape = FfnShape::new(hidden, ffn, 1, format);
             let matrix = |seed: usize| -> Vec<u8> {
                 let mut m: Vec<u8> = (0..shape.gate_bytes().unwrap())
                     .map(|i| ((i * 131 + seed * 977 + i * i % 61) % 256) as u8)
@@ -335,7 +359,7 @@ mod tests {
     #[test]
     fn a_hand_computed_layer() {
         // hidden 2, ffn 1, top-2, one token.
-        let shape = FfnShape { hidden: 2, ffn: 1, top_k: 2, format: Format::F32 };
+        let shape = FfnShape::new(2, 1, 2, Format::F32);
         // Expert 0: gate [1, 0], up [0, 2], down [[1], [-1]]. Expert 1: gate [0, 0] (SiLU(0) = 0).
         let e0 = [f32_bytes(&[1.0, 0.0]), f32_bytes(&[0.0, 2.0]), f32_bytes(&[1.0, -1.0])];
         let e1 = [f32_bytes(&[0.0, 0.0]), f32_bytes(&[5.0, 5.0]), f32_bytes(&[3.0, 3.0])];
@@ -359,7 +383,7 @@ mod tests {
         assert_eq!(f32_to_bf16(1.0 + 1.0 / 256.0), 0x3f80); // tie, to even
         assert_eq!(f32_to_bf16(1.0 + 3.0 / 256.0), 0x3f82); // tie, to even (up)
         assert!(bf16_to_f32(f32_to_bf16(f32::NAN)).is_nan());
-        let shape = FfnShape { hidden: 1, ffn: 1, top_k: 1, format: Format::BF16 };
+        let shape = FfnShape::new(1, 1, 1, Format::BF16);
         let one = f32_to_bf16(1.0).to_le_bytes();
         let two = f32_to_bf16(2.0).to_le_bytes();
         let y = moe_ffn(&shape, &[3.0], &[0], &[1.0], |_| Some(ExpertWeights { gate: &one, up: &two, down: &two }))
@@ -370,7 +394,7 @@ mod tests {
 
     #[test]
     fn mismatched_inputs_are_refused() {
-        let shape = FfnShape { hidden: 2, ffn: 1, top_k: 1, format: Format::F32 };
+        let shape = FfnShape::new(2, 1, 1, Format::F32);
         let m = f32_bytes(&[1.0, 1.0]);
         let e = |_| Some(ExpertWeights { gate: &m, up: &m, down: &m });
         assert!(moe_ffn(&shape, &[1.0; 3], &[0], &[1.0], e).is_err());
@@ -383,7 +407,7 @@ mod tests {
             down: &short
         }))
         .is_err());
-        let q = FfnShape { format: Format::Q8_0, ..shape };
+        let q = FfnShape::new(shape.hidden, shape.ffn, shape.top_k, Format::Q8_0);
         assert!(matches!(q.expert_bytes(), Err(CudaError::Unsupported(_))));
         assert_eq!(shape.expert_bytes().unwrap(), 24);
     }

@@ -41,7 +41,22 @@ fn spec(format: Format) -> ModelSpec {
         Format::Q4_K | Format::Q6_K => (512, 256),
         _ => (264, 40),
     };
-    ModelSpec { experts: 16, layers: 2, shape: FfnShape { hidden, ffn, top_k: 4, format }, seed: 7 }
+    ModelSpec { experts: 16, layers: 2, shape: FfnShape::new(hidden, ffn, 4, format), seed: 7 }
+}
+
+/// The test models: one per format, and a Q4_K_M file's mix (Q4_K gate and up, Q6_K down).
+fn specs() -> Vec<ModelSpec> {
+    let q4_k_m = spec(Format::Q4_K);
+    let q4_k_m = ModelSpec { shape: FfnShape { down_format: Format::Q6_K, ..q4_k_m.shape }, ..q4_k_m };
+    FORMATS.map(spec).into_iter().chain([q4_k_m]).collect()
+}
+
+/// A model's formats for messages: `Q4_K` or `Q4_K+Q6_K`.
+fn formats(spec: &ModelSpec) -> String {
+    match (spec.shape.format, spec.shape.down_format) {
+        (a, b) if a == b => format!("{a:?}"),
+        (a, b) => format!("{a:?}+{b:?}"),
+    }
 }
 
 /// Host stacks: gate, up and down per layer, uniform in ±sqrt(3 / cols) (Q8_0: each block's
@@ -50,17 +65,19 @@ fn spec(format: Format) -> ModelSpec {
 fn stacks(spec: &ModelSpec) -> Vec<[Vec<u8>; 3]> {
     let s = &spec.shape;
     let mut rng = SplitMix64::new(spec.seed);
-    let mut matrix = |cols: usize| -> Vec<u8> {
+    let mut matrix = |cols: usize, format: Format| -> Vec<u8> {
         let scale = (3.0 / cols as f64).sqrt();
-        let k_quant = match s.format {
+        let rows = s.hidden * s.ffn / cols;
+        let k_quant = match format {
             Format::Q4_K => Some((144, &[0usize, 2][..], (scale / (63.0 * 15.0)) as f32)),
             Format::Q6_K => Some((210, &[208usize][..], (scale / (127.0 * 32.0)) as f32)),
             _ => None,
         };
         if let Some((block, at, d)) = k_quant {
             let half = f32_to_f16(d).to_le_bytes();
-            let mut bytes: Vec<u8> =
-                (0..spec.experts * s.gate_bytes().unwrap()).map(|_| rng.next_u64() as u8).collect();
+            let mut bytes: Vec<u8> = (0..spec.experts * rows * FfnShape::row_bytes(format, cols).unwrap())
+                .map(|_| rng.next_u64() as u8)
+                .collect();
             for b in bytes.chunks_exact_mut(block) {
                 for &a in at {
                     b[a..a + 2].copy_from_slice(&half);
@@ -68,7 +85,7 @@ fn stacks(spec: &ModelSpec) -> Vec<[Vec<u8>; 3]> {
             }
             return bytes;
         }
-        if s.format == Format::Q8_0 {
+        if format == Format::Q8_0 {
             let half = f32_to_f16((scale / 127.0) as f32);
             return (0..spec.experts * s.hidden * s.ffn / 32)
                 .flat_map(|_| {
@@ -81,14 +98,16 @@ fn stacks(spec: &ModelSpec) -> Vec<[Vec<u8>; 3]> {
         (0..spec.experts * s.hidden * s.ffn)
             .flat_map(|_| {
                 let v = ((rng.next_f64() * 2.0 - 1.0) * scale) as f32;
-                match s.format {
+                match format {
                     Format::BF16 => f32_to_bf16(v).to_le_bytes().to_vec(),
                     _ => v.to_le_bytes().to_vec(),
                 }
             })
             .collect()
     };
-    (0..spec.layers).map(|_| [matrix(s.hidden), matrix(s.hidden), matrix(s.ffn)]).collect()
+    (0..spec.layers)
+        .map(|_| [matrix(s.hidden, s.format), matrix(s.hidden, s.format), matrix(s.ffn, s.down_format)])
+        .collect()
 }
 
 fn trace(spec: &ModelSpec) -> Trace {
@@ -141,9 +160,8 @@ fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
-/// A small model of `format` with host weights, on device 0, and its trace.
-fn setup(format: Format) -> (ModelSpec, Vec<[Vec<u8>; 3]>, GpuModel, Trace) {
-    let spec = spec(format);
+/// A small model of `spec` with host weights, on device 0, and its trace.
+fn setup(spec: ModelSpec) -> (ModelSpec, Vec<[Vec<u8>; 3]>, GpuModel, Trace) {
     let host = stacks(&spec);
     let model = GpuModel::from_host(0, spec, &host, 0).unwrap();
     let trace = trace(&spec);
@@ -155,24 +173,25 @@ fn outputs_are_bit_identical_under_every_policy_and_miss_action() {
     if !gpu("outputs_are_bit_identical_under_every_policy_and_miss_action") {
         return;
     }
-    for format in FORMATS {
-        let (spec, host, model, trace) = setup(format);
+    for spec in specs() {
+        let format = formats(&spec);
+        let (spec, host, model, trace) = setup(spec);
         let all = bits(&outputs(&model, &trace, spec.experts, Policy::Tide, MissRule::Always(MissAction::Copy)));
         let decay = Policy::Decay(DecayConfig::DEFAULT);
         let mut runs = 0;
         for miss in [MissRule::Always(MissAction::Copy), MissRule::Always(MissAction::Bus), MIXED, HOST, BALANCED] {
-            assert_eq!(bits(&outputs(&model, &trace, 0, Policy::Lru, miss)), all, "{format:?}, no slots, {miss:?}");
+            assert_eq!(bits(&outputs(&model, &trace, 0, Policy::Lru, miss)), all, "{format}, no slots, {miss:?}");
             runs += 1;
             for policy in [Policy::Lru, Policy::Tide, decay] {
                 for slots in [3, 8] {
                     let got = bits(&outputs(&model, &trace, slots, policy, miss));
-                    assert_eq!(got, all, "{format:?}, {slots} slots, {policy:?}, {miss:?}");
+                    assert_eq!(got, all, "{format}, {slots} slots, {policy:?}, {miss:?}");
                     runs += 1;
                 }
             }
             for policy in [Policy::Lru, Policy::Tinylfu(AdmissionConfig::DEFAULT)] {
                 let got = bits(&outputs_shared(&model, &trace, 3, policy, miss));
-                assert_eq!(got, all, "{format:?}, shared, {policy:?}, {miss:?}");
+                assert_eq!(got, all, "{format}, shared, {policy:?}, {miss:?}");
                 runs += 1;
             }
         }
@@ -180,10 +199,10 @@ fn outputs_are_bit_identical_under_every_policy_and_miss_action() {
         // with 16-byte vectors; the arithmetic is the same.
         let shifted = GpuModel::from_host(0, spec, &host, 8).unwrap();
         let bus_read = outputs(&shifted, &trace, 0, Policy::Lru, MissRule::Always(MissAction::Bus));
-        assert_eq!(bits(&bus_read), all, "{format:?}, misaligned host memory");
-        assert_eq!(bits(&outputs(&shifted, &trace, 3, Policy::Tide, MIXED)), all, "{format:?}, misaligned, mixed");
+        assert_eq!(bits(&bus_read), all, "{format}, misaligned host memory");
+        assert_eq!(bits(&outputs(&shifted, &trace, 3, Policy::Tide, MIXED)), all, "{format}, misaligned, mixed");
         runs += 2;
-        println!("{format:?}: {runs} runs bit-identical to all-resident");
+        println!("{format}: {runs} runs bit-identical to all-resident");
     }
 }
 
@@ -192,15 +211,15 @@ fn a_gguf_file_decodes_from_its_mapping_bit_identical_to_all_resident() {
     if !gpu("a_gguf_file_decodes_from_its_mapping_bit_identical_to_all_resident") {
         return;
     }
-    for (format, ggml_type) in
-        [(Format::BF16, 30), (Format::F32, 0), (Format::Q8_0, 8), (Format::Q4_K, 12), (Format::Q6_K, 14)]
-    {
+    for spec in specs() {
+        let format = formats(&spec);
         // The file's model takes seed 1 for its activations.
-        let spec = ModelSpec { seed: 1, ..spec(format) };
+        let spec = ModelSpec { seed: 1, ..spec };
         let host = stacks(&spec);
-        let file = std::env::temp_dir().join(format!("expertslab-gpu-{}-{format:?}.gguf", std::process::id()));
+        let file = std::env::temp_dir().join(format!("expertslab-gpu-{}-{format}.gguf", std::process::id()));
         let s = &spec.shape;
-        expertslab_tests::gguf::write_moe(&file, spec.experts, s.hidden, s.ffn, s.top_k as u32, ggml_type, &host);
+        let types = s.formats().map(|f| f.ggml_type().unwrap());
+        expertslab_tests::gguf::write_moe_types(&file, spec.experts, s.hidden, s.ffn, s.top_k as u32, types, &host);
         let model = GpuModel::open_gguf(0, &file).unwrap();
         assert_eq!(model.spec(), &spec, "the file's shape");
         assert!(model.weights().contains("mapped read-only"), "{}", model.weights());
@@ -209,18 +228,18 @@ fn a_gguf_file_decodes_from_its_mapping_bit_identical_to_all_resident() {
         // The same weights from page-locked memory: the file changes nothing.
         let pinned = GpuModel::from_host(0, spec, &host, 0).unwrap();
         let all = bits(&outputs(&pinned, &trace, spec.experts, Policy::Tide, copy));
-        assert_eq!(bits(&outputs(&model, &trace, spec.experts, Policy::Tide, copy)), all, "{format:?}, all resident");
+        assert_eq!(bits(&outputs(&model, &trace, spec.experts, Policy::Tide, copy)), all, "{format}, all resident");
         let mut runs = 1;
         for miss in [copy, MissRule::Always(MissAction::Bus), MIXED, HOST, BALANCED] {
             for (slots, policy) in [(0, Policy::Lru), (3, Policy::Lru), (8, Policy::Tide)] {
                 let got = bits(&outputs(&model, &trace, slots, policy, miss));
-                assert_eq!(got, all, "{format:?}, file, {slots} slots, {policy:?}, {miss:?}");
+                assert_eq!(got, all, "{format}, file, {slots} slots, {policy:?}, {miss:?}");
                 runs += 1;
             }
         }
         drop(model);
         std::fs::remove_file(&file).unwrap();
-        println!("{format:?}: {runs} runs from the mapped file bit-identical to all-resident");
+        println!("{format}: {runs} runs from the mapped file bit-identical to all-resident");
     }
 }
 
@@ -267,11 +286,12 @@ fn outputs_match_the_cpu_reference() {
     if !gpu("outputs_match_the_cpu_reference") {
         return;
     }
-    for format in FORMATS {
-        let (spec, host, model, trace) = setup(format);
+    for spec in specs() {
+        let format = formats(&spec);
+        let (spec, host, model, trace) = setup(spec);
         let got = outputs(&model, &trace, 3, Policy::Lru, MIXED);
         let s = &spec.shape;
-        let matrix = s.gate_bytes().unwrap();
+        let [gate, _, down] = s.projection_bytes().unwrap();
         let mut worst = 0.0f32;
         // Layers are chained: a layer reads the previous layer's output of the same step (the
         // GPU's, so each layer's error is measured alone); layer 0 the run's activations.
@@ -279,22 +299,22 @@ fn outputs_match_the_cpu_reference() {
             let (r, layer) = (c.record, c.layer);
             let w = router_weights(r.layer as usize, r.step, c.ids.len(), s.top_k);
             let y = moe_ffn(s, c.x, c.ids, &w, |e| {
-                let range = e as usize * matrix..(e as usize + 1) * matrix;
+                let (e, range) = (e as usize, e as usize * gate..(e as usize + 1) * gate);
                 Some(ExpertWeights {
                     gate: layer[0].get(range.clone())?,
-                    up: layer[1].get(range.clone())?,
-                    down: layer[2].get(range)?,
+                    up: layer[1].get(range)?,
+                    down: layer[2].get(e * down..(e + 1) * down)?,
                 })
             })
             .unwrap();
             if let Err(e) = within_tolerance(s, c.gpu, &y) {
-                panic!("{format:?}, layer {} step {}: {e}", r.layer, r.step);
+                panic!("{format}, layer {} step {}: {e}", r.layer, r.step);
             }
             for (a, b) in c.gpu.iter().zip(&y) {
                 worst = worst.max((a - b).abs() / b.abs().max(1e-3));
             }
         });
-        println!("{format:?}: largest relative difference from the reference {worst:.2e}");
+        println!("{format}: largest relative difference from the reference {worst:.2e}");
     }
 }
 
@@ -305,17 +325,17 @@ fn the_host_ffn_gives_the_gpu_s_bits() {
     }
     // The test model's shape, and one whose widths are not multiples of a chunk (8): a lane's
     // last chunk crosses the row's end, and BF16 rows are not 16-byte multiples.
-    let odd = |format| ModelSpec { shape: FfnShape { hidden: 100, ffn: 13, top_k: 4, format }, ..spec(format) };
+    let odd = |format| ModelSpec { shape: FfnShape::new(100, 13, 4, format), ..spec(format) };
     let plain = [odd(Format::BF16), odd(Format::F32)];
-    for spec in FORMATS.map(spec).into_iter().chain(plain) {
-        let format = spec.shape.format;
+    for spec in specs().into_iter().chain(plain) {
+        let format = formats(&spec);
         let host = stacks(&spec);
         let model = GpuModel::from_host(0, spec, &host, 0).unwrap();
         let trace = trace(&spec);
         let got = outputs(&model, &trace, 3, Policy::Lru, MIXED);
         let s = &spec.shape;
-        let ffn = ExpertFfn::new(s.hidden, s.ffn, format).unwrap();
-        let matrix = s.gate_bytes().unwrap();
+        let ffn = ExpertFfn::new(s.hidden, s.ffn, s.format).unwrap().with_down_format(s.down_format).unwrap();
+        let [gate, _, down] = s.projection_bytes().unwrap();
         let mut pairs_checked = 0;
         each_record(&spec, &host, &trace, &got, |c| {
             let (r, layer) = (c.record, c.layer);
@@ -324,11 +344,11 @@ fn the_host_ffn_gives_the_gpu_s_bits() {
                 .iter()
                 .enumerate()
                 .map(|(i, &e)| {
-                    let range = e as usize * matrix..(e as usize + 1) * matrix;
+                    let (e, range) = (e as usize, e as usize * gate..(e as usize + 1) * gate);
                     PairSlabs {
                         gate: &layer[0][range.clone()],
-                        up: &layer[1][range.clone()],
-                        down: &layer[2][range],
+                        up: &layer[1][range],
+                        down: &layer[2][e * down..(e + 1) * down],
                         token: i / s.top_k,
                     }
                 })
@@ -340,17 +360,11 @@ fn the_host_ffn_gives_the_gpu_s_bits() {
             for ((y, w), parts) in y.chunks_mut(s.hidden).zip(w.chunks(s.top_k)).zip(parts.chunks(s.top_k * s.hidden)) {
                 combine(w, parts, y);
             }
-            assert_eq!(
-                bits(c.gpu),
-                bits(&y),
-                "{format:?}, layer {} step {}: host and GPU bits differ",
-                r.layer,
-                r.step
-            );
+            assert_eq!(bits(c.gpu), bits(&y), "{format}, layer {} step {}: host and GPU bits differ", r.layer, r.step);
             pairs_checked += pairs.len();
         });
         println!(
-            "{format:?} {}×{}: {pairs_checked} pairs computed on the host ({}) with the GPU's bits",
+            "{format} {}×{}: {pairs_checked} pairs computed on the host ({}) with the GPU's bits",
             s.hidden,
             s.ffn,
             ffn.isa().name()

@@ -81,6 +81,20 @@ pub fn write_moe(
     ggml_type: u32,
     layers: &[[Vec<u8>; 3]],
 ) {
+    write_moe_types(path, experts, hidden, ffn, top_k, [ggml_type; 3], layers);
+}
+
+/// As [`write_moe`], the gate, up and down stacks of ggml types `types` (a Q4_K_M file's are
+/// Q4_K, Q4_K and Q6_K: `[12, 12, 14]`).
+pub fn write_moe_types(
+    path: &Path,
+    experts: usize,
+    hidden: usize,
+    ffn: usize,
+    top_k: u32,
+    types: [u32; 3],
+    layers: &[[Vec<u8>; 3]],
+) {
     let mut meta = vec![
         ("general.architecture", Meta::Str("qwen3moe")),
         ("qwen3moe.block_count", Meta::U32(layers.len() as u32 + 1)),
@@ -118,8 +132,10 @@ pub fn write_moe(
             ggml_type: 0,
             bytes: router,
         });
-        for (name, ne, bytes) in
+        for ((name, ne, bytes), ggml_type) in
             [("gate", [hidden, ffn], gate), ("up", [hidden, ffn], up), ("down", [ffn, hidden], down)]
+                .into_iter()
+                .zip(types)
         {
             tensors.push(Tensor {
                 name: format!("blk.{block}.ffn_{name}_exps.weight"),

@@ -49,8 +49,9 @@ fn layout_difference(block: usize, got: &ExpertLayout, expected: &ExpertLayout) 
 /// A GGUF file's experts: the [`ModelSpec`] they make, and an [`ExpertStore`] over the mapped
 /// file (no byte copied) whose layer `i` is the file's `i`-th MoE block.
 ///
-/// Every MoE layer of the file must have separate gate, up and down stacks of one weight format
-/// the kernels read (F32, BF16, Q8_0, Q4_K or Q6_K), the same shape in every layer, and the file must name the
+/// Every MoE layer of the file must have separate gate, up and down stacks in weight formats the
+/// kernels read (F32, BF16, Q8_0, Q4_K or Q6_K; gate and up in one, down in one, as a Q4_K_M
+/// file's Q4_K gate and up and Q6_K down), the same in every layer, and the file must name the
 /// router's top-k (`{arch}.expert_used_count`). [`GgufExperts::blocks`] maps the layers back to
 /// the file's block numbers.
 #[derive(Debug, Clone)]
@@ -95,11 +96,13 @@ impl GgufExperts {
             ))
         })?;
         let format = gate.format();
-        if !matches!(format, Format::F32 | Format::BF16 | Format::Q8_0 | Format::Q4_K | Format::Q6_K) {
+        let down_format = layout.find(Projection::Down).map_or(format, |(_, down)| down.format());
+        let read = |f: Format| matches!(f, Format::F32 | Format::BF16 | Format::Q8_0 | Format::Q4_K | Format::Q6_K);
+        if let Some(other) = [format, down_format].into_iter().find(|&f| !read(f)) {
             return Err(bad(format!(
                 "block {}: experts in {}; the kernels read f32, bf16, q8_0, q4_K and q6_K",
                 first.block(),
-                format.name(),
+                other.name(),
             )));
         }
         let top_k = moe
@@ -109,7 +112,7 @@ impl GgufExperts {
         let spec = ModelSpec {
             experts: layout.experts(),
             layers: moe.layers().len(),
-            shape: FfnShape { hidden: gate.cols(), ffn: gate.rows(), top_k, format },
+            shape: FfnShape { down_format, ..FfnShape::new(gate.cols(), gate.rows(), top_k, format) },
             seed: 1,
         };
         if top_k == 0 || top_k > spec.experts {

@@ -65,12 +65,7 @@ impl ModelSpec {
     /// The shape of a current MoE: 128 experts per layer, top-8, hidden 2048, expert FFN 768,
     /// BF16 (9 MiB per expert), with `layers` layers.
     pub const fn current_moe(layers: usize) -> Self {
-        Self {
-            experts: 128,
-            layers,
-            shape: FfnShape { hidden: 2048, ffn: 768, top_k: 8, format: Format::BF16 },
-            seed: 1,
-        }
+        Self { experts: 128, layers, shape: FfnShape::new(2048, 768, 8, Format::BF16), seed: 1 }
     }
 
     /// The layout of one layer's experts (gate, up, down stacks as GGUF holds them).
@@ -80,7 +75,7 @@ impl ModelSpec {
     pub fn layout(&self) -> Result<ExpertLayout, CudaError> {
         let s = &self.shape;
         let gate = StackLayout::new(s.format, self.experts, s.ffn, s.hidden)?;
-        let down = StackLayout::new(s.format, self.experts, s.hidden, s.ffn)?;
+        let down = StackLayout::new(s.down_format, self.experts, s.hidden, s.ffn)?;
         Ok(ExpertLayout::gate_up_down(gate, gate, down)?)
     }
 }

@@ -60,7 +60,8 @@ pub struct GpuModel {
     pub(super) compute: Arc<CudaStream>,
     pub(super) ffn: MoeFfn,
     pub(super) store: ExpertStore,
-    matrix_bytes: usize,
+    /// Bytes of one expert's gate, up and down matrices.
+    projection_bytes: [usize; 3],
     pub(super) expert_bytes: usize,
     /// Where the weights come from, for reports.
     weights: String,
@@ -101,7 +102,7 @@ impl GpuModel {
         let layout = spec.layout()?;
         let ffn = MoeFfn::new(&ctx, spec.shape)?;
         let compute = ctx.new_stream()?;
-        let matrix_bytes = spec.shape.gate_bytes()?;
+        let projection_bytes = spec.shape.projection_bytes()?;
         let expert_bytes = spec.shape.expert_bytes()?;
         Ok(Self {
             spec,
@@ -110,20 +111,26 @@ impl GpuModel {
             compute,
             ffn,
             store: ExpertStore::new(),
-            matrix_bytes,
+            projection_bytes,
             expert_bytes,
             weights: String::new(),
             registration: None,
         })
     }
 
-    fn stack_bytes(&self) -> usize {
-        self.matrix_bytes * self.spec.experts
+    /// Where the gate, up and down stacks of a layer lie in its memory, after `pad` bytes.
+    fn stack_ranges(&self, pad: usize) -> [std::ops::Range<usize>; 3] {
+        let mut start = pad;
+        self.projection_bytes.map(|bytes| {
+            let range = start..start + bytes * self.spec.experts;
+            start = range.end;
+            range
+        })
     }
 
     /// Page-locked, device-mapped memory for one layer's three stacks after `pad` bytes.
     fn alloc_layer(&self, pad: usize) -> Result<PinnedHostSlice<u8>, CudaError> {
-        let len = 3 * self.stack_bytes() + pad;
+        let len = self.stack_ranges(pad)[2].end;
         // SAFETY: the memory is written in full (by the fill or the caller's bytes) before any
         // read; DEVICEMAP makes it readable by kernels over the bus.
         Ok(unsafe { self.ctx.alloc_pinned_with_flags::<u8>(len, CU_MEMHOSTALLOC_DEVICEMAP) }?)
@@ -134,9 +141,9 @@ impl GpuModel {
         let len = memory.len();
         let ptr = memory.as_mut_ptr()?.cast_const();
         let shared = SharedBytes::from_owner(PinnedStacks { _memory: memory, ptr, len });
-        let stack = self.stack_bytes();
-        let part = |p: usize| shared.slice(pad + p * stack..pad + (p + 1) * stack);
-        let stacks = LayerStacks::new(self.layout.clone(), &[part(0)?, part(1)?, part(2)?])?;
+        let [gate, up, down] = self.stack_ranges(pad);
+        let stacks =
+            LayerStacks::new(self.layout.clone(), &[shared.slice(gate)?, shared.slice(up)?, shared.slice(down)?])?;
         self.store.insert(layer, stacks)?;
         Ok(())
     }
@@ -150,22 +157,25 @@ impl GpuModel {
     pub fn generate(ordinal: usize, spec: ModelSpec) -> Result<Self, CudaError> {
         let ctx = open_device(ordinal)?;
         let mut model = Self::empty(ctx, spec)?;
-        // The fill kernel and the bytes of what it writes one of: an element, or a block.
-        let (kernel, unit) = match spec.shape.format {
-            Format::BF16 => (kernels::FILL_BF16, 2),
-            Format::Q8_0 => (kernels::FILL_Q8_0, 34),
-            Format::Q4_K => (kernels::FILL_K_QUANT, 144),
-            Format::Q6_K => (kernels::FILL_K_QUANT, 210),
-            _ => (kernels::FILL_F32, 4),
-        };
-        let fill = model.ffn.module().load_function(kernel)?;
-        let stack = model.stack_bytes();
-        let temp = model.compute.alloc_zeros::<u8>(stack)?;
+        let ranges = model.stack_ranges(0);
+        let largest = ranges.iter().map(ExactSizeIterator::len).max().unwrap_or(0);
+        let temp = model.compute.alloc_zeros::<u8>(largest)?;
+        let s = &spec.shape;
         for layer in 0..spec.layers {
             let mut host = model.alloc_layer(0)?;
-            for (p, cols) in [spec.shape.hidden, spec.shape.hidden, spec.shape.ffn].into_iter().enumerate() {
+            for (p, (cols, format)) in [s.hidden, s.hidden, s.ffn].into_iter().zip(s.formats()).enumerate() {
+                // The fill kernel and the bytes of what it writes one of: an element, or a block.
+                let (kernel, unit) = match format {
+                    Format::BF16 => (kernels::FILL_BF16, 2),
+                    Format::Q8_0 => (kernels::FILL_Q8_0, 34),
+                    Format::Q4_K => (kernels::FILL_K_QUANT, 144),
+                    Format::Q6_K => (kernels::FILL_K_QUANT, 210),
+                    _ => (kernels::FILL_F32, 4),
+                };
+                let fill = model.ffn.module().load_function(kernel)?;
+                let range = ranges.get(p).cloned().unwrap_or_default();
                 let seed = spec.seed ^ ((layer as u64) << 32 | (p as u64) << 24);
-                let n = (stack / unit) as u64;
+                let n = (range.len() / unit) as u64;
                 let scale = (3.0 / cols as f32).sqrt();
                 let ptr = raw(&temp, &model.compute);
                 let cfg = LaunchConfig { grid_dim: (1024, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
@@ -174,7 +184,7 @@ impl GpuModel {
                 // K-quants take their block size and the f16 scale that makes their weights
                 // about ±scale: Q4_K's d·sc·q spans up to 63 · 15 steps, Q6_K's d·sc·(q − 32)
                 // up to 127 · 32.
-                let (block_bytes, half) = match spec.shape.format {
+                let (block_bytes, half) = match format {
                     Format::Q4_K => (144u32, u32::from(f32_to_f16(scale / (63.0 * 15.0)))),
                     Format::Q6_K => (210u32, u32::from(f32_to_f16(scale / (127.0 * 32.0)))),
                     _ => (0, 0),
@@ -184,12 +194,14 @@ impl GpuModel {
                 } else {
                     launch.arg(&scale);
                 }
-                // SAFETY: `fill_*(out, n, seed, scale)` writes `n` units at `ptr`, the
-                // `stack`-byte allocation `temp` (n × unit = stack: rows are whole units).
+                // SAFETY: `fill_*(out, n, …)` writes `n` units at `ptr`, the first
+                // `range.len()` bytes of `temp` (n × unit = range.len(): rows are whole units,
+                // and `temp` holds the largest stack).
                 unsafe { launch.launch(cfg) }?;
                 let dst = host.as_mut_slice()?;
-                let part = dst.get_mut(p * stack..(p + 1) * stack).ok_or(CudaError::Unsupported("stack".into()))?;
-                model.compute.memcpy_dtoh(&temp, part)?;
+                let part = dst.get_mut(range.clone()).ok_or(CudaError::Unsupported("stack".into()))?;
+                let src = temp.slice(..range.len());
+                model.compute.memcpy_dtoh(&src, part)?;
             }
             model.compute.synchronize()?;
             model.add_layer(layer, host, 0)?;
@@ -211,15 +223,14 @@ impl GpuModel {
         if stacks.len() != spec.layers {
             return Err(CudaError::Unsupported(format!("{} layers of stacks for {}", stacks.len(), spec.layers)));
         }
-        let stack = model.stack_bytes();
+        let ranges = model.stack_ranges(pad);
         for (index, layer) in stacks.iter().enumerate() {
             let mut host = model.alloc_layer(pad)?;
             let dst = host.as_mut_slice()?;
-            for (p, bytes) in layer.iter().enumerate() {
-                let part = dst
-                    .get_mut(pad + p * stack..pad + (p + 1) * stack)
-                    .filter(|part| part.len() == bytes.len())
-                    .ok_or_else(|| CudaError::Unsupported(format!("a stack of {} bytes, not {stack}", bytes.len())))?;
+            for (bytes, range) in layer.iter().zip(&ranges) {
+                let part = dst.get_mut(range.clone()).filter(|part| part.len() == bytes.len()).ok_or_else(|| {
+                    CudaError::Unsupported(format!("a stack of {} bytes, not {}", bytes.len(), range.len()))
+                })?;
                 part.copy_from_slice(bytes);
             }
             model.add_layer(index, host, pad)?;
@@ -429,7 +440,9 @@ impl GpuModel {
         busy_link: &mut dyn FnMut(usize) -> Result<(), CudaError>,
     ) -> Result<(f64, f64), CudaError> {
         let s = &self.spec.shape;
-        let Ok(ffn) = ExpertFfn::new(s.hidden, s.ffn, s.format) else { return Ok((f64::INFINITY, f64::INFINITY)) };
+        let Ok(ffn) = ExpertFfn::new(s.hidden, s.ffn, s.format).and_then(|f| f.with_down_format(s.down_format)) else {
+            return Ok((f64::INFINITY, f64::INFINITY));
+        };
         let (experts, layers) = (self.spec.experts.max(1), self.spec.layers.max(1));
         let all = experts * layers;
         // A stride prime to the expert count, so the runs visit every expert before one comes
@@ -523,7 +536,9 @@ impl GpuModel {
             layers: spec.layers,
             expert_bytes: self.expert_bytes,
             activations: activations(spec.seed, max_tokens * spec.shape.hidden),
-            host: ExpertFfn::new(spec.shape.hidden, spec.shape.ffn, spec.shape.format).ok(),
+            host: ExpertFfn::new(spec.shape.hidden, spec.shape.ffn, spec.shape.format)
+                .and_then(|f| f.with_down_format(spec.shape.down_format))
+                .ok(),
         };
         let kernels = CudaKernels::new(&self.ffn, &self.compute, spec.layers, max_tokens)?;
         let sink = self.sink()?;

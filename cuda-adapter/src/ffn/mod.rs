@@ -108,13 +108,15 @@ impl MoeFfn {
         }
         let arch = ctx.compute_capability()?;
         let module = ctx.load_module(kernels::compile(arch)?)?;
-        let (gate_up, down) = match shape.format {
+        // One kernel per projection's format (a Q4_K_M file's down is Q6_K).
+        let kernel = |format: Format| match format {
             Format::BF16 => (kernels::GATE_UP_BF16, kernels::DOWN_BF16),
             Format::Q8_0 => (kernels::GATE_UP_Q8_0, kernels::DOWN_Q8_0),
             Format::Q4_K => (kernels::GATE_UP_Q4_K, kernels::DOWN_Q4_K),
             Format::Q6_K => (kernels::GATE_UP_Q6_K, kernels::DOWN_Q6_K),
             _ => (kernels::GATE_UP_F32, kernels::DOWN_F32),
         };
+        let (gate_up, down) = (kernel(shape.format).0, kernel(shape.down_format).1);
         Ok(Self {
             shape,
             gate_up: module.load_function(gate_up)?,

@@ -65,20 +65,20 @@ impl SlotView {
         // one-slot arena gives them even when this one has no slots.
         let one = SlotArena::new(layout, 1, arena.align())?;
         let mut offsets = [0u64; 3];
-        for (offset, (projection, rows, cols)) in offsets.iter_mut().zip([
-            (Projection::Gate, shape.ffn, shape.hidden),
-            (Projection::Up, shape.ffn, shape.hidden),
-            (Projection::Down, shape.hidden, shape.ffn),
+        for (offset, (projection, rows, cols, format)) in offsets.iter_mut().zip([
+            (Projection::Gate, shape.ffn, shape.hidden, shape.format),
+            (Projection::Up, shape.ffn, shape.hidden, shape.format),
+            (Projection::Down, shape.hidden, shape.ffn, shape.down_format),
         ]) {
             let (index, stack) = layout.find(projection)?;
-            if stack.rows() != rows || stack.cols() != cols || stack.format() != shape.format {
+            if stack.rows() != rows || stack.cols() != cols || stack.format() != format {
                 return Err(CudaError::Unsupported(format!(
                     "{} is {} × {} {}, the FFN needs {rows} × {cols} {}",
                     projection.name(),
                     stack.rows(),
                     stack.cols(),
                     stack.format().name(),
-                    shape.format.name()
+                    format.name()
                 )));
             }
             *offset = one.projection_range(0, index)?.start as u64;
@@ -208,7 +208,7 @@ mod tests {
 
     #[test]
     fn layer_offsets_come_from_the_arena() {
-        let shape = FfnShape { hidden: 64, ffn: 24, top_k: 2, format: Format::BF16 };
+        let shape = FfnShape::new(64, 24, 2, Format::BF16);
         let gate = StackLayout::new(Format::BF16, 8, 24, 64).unwrap();
         let down = StackLayout::new(Format::BF16, 8, 64, 24).unwrap();
         let layout = ExpertLayout::gate_up_down(gate, gate, down).unwrap();

@@ -172,6 +172,8 @@ pub struct ExpertFfn {
     hidden: usize,
     ffn: usize,
     format: Format,
+    /// Down's format: `format`, or another (a Q4_K_M file's Q6_K down beside Q4_K gate and up).
+    down_format: Format,
     isa: Isa,
     pool: Option<Arc<ThreadPool>>,
     /// Counts the work started on the pool ([`ExpertFfn::parts`], [`ExpertFfn::spawn`]):
@@ -207,16 +209,31 @@ impl ExpertFfn {
     /// # Errors
     /// [`FfnError::Format`], [`FfnError::EmptyShape`], [`FfnError::NotWholeBlocks`].
     pub fn new(hidden: usize, ffn: usize, format: Format) -> Result<Self, FfnError> {
-        if !matches!(format, Format::F32 | Format::BF16 | Format::Q8_0 | Format::Q4_K | Format::Q6_K) {
-            return Err(FfnError::Format(format));
-        }
         if hidden == 0 || ffn == 0 {
             return Err(FfnError::EmptyShape);
         }
-        if let Some(width) = [hidden, ffn].into_iter().find(|&w| format.row_bytes(w).is_err()) {
-            return Err(FfnError::NotWholeBlocks { format, width });
+        Self { hidden, ffn, format, down_format: format, isa: Isa::detect(), pool: None, calls: Calls::Global }
+            .with_down_format(format)
+    }
+
+    /// Reads down's weights in `format` (gate's and up's stay in the format given to
+    /// [`ExpertFfn::new`]): llama.cpp's Q4_K_M files keep Q4_K gate and up beside Q6_K down.
+    ///
+    /// # Errors
+    /// [`FfnError::Format`], [`FfnError::NotWholeBlocks`] (for either format).
+    pub fn with_down_format(mut self, format: Format) -> Result<Self, FfnError> {
+        let read = |f: Format| matches!(f, Format::F32 | Format::BF16 | Format::Q8_0 | Format::Q4_K | Format::Q6_K);
+        if let Some(f) = [self.format, format].into_iter().find(|&f| !read(f)) {
+            return Err(FfnError::Format(f));
         }
-        Ok(Self { hidden, ffn, format, isa: Isa::detect(), pool: None, calls: Calls::Global })
+        // Gate and up rows are `hidden` wide, down rows `ffn` wide.
+        for (f, width) in [(self.format, self.hidden), (format, self.ffn)] {
+            if f.row_bytes(width).is_err() {
+                return Err(FfnError::NotWholeBlocks { format: f, width });
+            }
+        }
+        self.down_format = format;
+        Ok(self)
     }
 
     /// Runs its tasks in `pool` (for a thread count of the caller's) instead of rayon's global
@@ -296,13 +313,14 @@ impl ExpertFfn {
         self.isa
     }
 
-    /// Bytes of `rows` rows of `cols` elements (whole blocks, checked when built).
-    fn slab_bytes(&self, rows: usize, cols: usize) -> usize {
-        rows.saturating_mul(self.format.row_bytes(cols).unwrap_or(usize::MAX))
+    /// Bytes of `rows` rows of `cols` elements of `format` (whole blocks, checked when built).
+    fn slab_bytes(format: Format, rows: usize, cols: usize) -> usize {
+        rows.saturating_mul(format.row_bytes(cols).unwrap_or(usize::MAX))
     }
 
     fn check(&self, pairs: &[PairSlabs<'_>], tokens: usize) -> Result<(), FfnError> {
-        let (gate, down) = (self.slab_bytes(self.ffn, self.hidden), self.slab_bytes(self.hidden, self.ffn));
+        let gate = Self::slab_bytes(self.format, self.ffn, self.hidden);
+        let down = Self::slab_bytes(self.down_format, self.hidden, self.ffn);
         for (pair, p) in pairs.iter().enumerate() {
             for (projection, slab, bytes) in [("gate", p.gate, gate), ("up", p.up, gate), ("down", p.down, down)] {
                 if slab.len() != bytes {
@@ -339,7 +357,7 @@ impl ExpertFfn {
         self.check(pairs, x.len() / hidden)?;
         // Threads kept warm stop spinning and take this call's tasks.
         self.calls.get().fetch_add(1, Ordering::AcqRel);
-        let (isa, format) = (self.isa, self.format);
+        let (isa, format, down_format) = (self.isa, self.format, self.down_format);
         let mut run = || {
             // Activations of each token, padded to whole blocks.
             let xt: Vec<Vec<f32>> = x
@@ -363,7 +381,7 @@ impl ExpertFfn {
                 let mut ht = Vec::new();
                 order::pad_to_blocks(h, &mut ht);
                 part.par_chunks_mut(down_rows).enumerate().for_each(|(task, rows)| {
-                    isa::down(isa, format, p.down, ffn, &ht, task * down_rows, rows);
+                    isa::down(isa, down_format, p.down, ffn, &ht, task * down_rows, rows);
                 });
             });
         };

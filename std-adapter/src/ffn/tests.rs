@@ -111,8 +111,8 @@ fn pairs<'a>(ex: &'a Experts, routing: &[(usize, usize)]) -> Vec<PairSlabs<'a>> 
 }
 
 /// The plain reference: f64 throughout, the library's exp.
-fn reference(p: &PairSlabs<'_>, x: &[f32], hidden: usize, ffn: usize, format: Format) -> Vec<f64> {
-    let (g, u, d) = (decode(p.gate, format), decode(p.up, format), decode(p.down, format));
+fn reference(p: &PairSlabs<'_>, x: &[f32], hidden: usize, ffn: usize, formats: [Format; 2]) -> Vec<f64> {
+    let (g, u, d) = (decode(p.gate, formats[0]), decode(p.up, formats[0]), decode(p.down, formats[1]));
     let x = &x[p.token * hidden..(p.token + 1) * hidden];
     let h: Vec<f64> = (0..ffn)
         .map(|r| {
@@ -166,7 +166,7 @@ fn pairs_agree_with_the_plain_reference() {
         let mut parts = vec![0.0f32; p.len() * hidden];
         ffn.parts(&p, &x, &mut parts).unwrap();
         for (i, pair) in p.iter().enumerate() {
-            let want = reference(pair, &x, hidden, width, format);
+            let want = reference(pair, &x, hidden, width, [format; 2]);
             let scale = want.iter().map(|v| v.abs()).fold(0.0, f64::max);
             assert!(scale > 1e-3, "{format:?} {hidden}×{width}: outputs of {scale} test nothing");
             for (got, want) in parts[i * hidden..(i + 1) * hidden].iter().zip(&want) {
@@ -347,4 +347,29 @@ fn every_half_widens_exactly() {
             assert_eq!(got.is_sign_negative(), bits & 0x8000 != 0, "{bits:#06x}");
         }
     }
+}
+
+#[test]
+fn a_q4_k_m_expert_reads_q4_k_gate_and_up_beside_q6_k_down() {
+    let (hidden, ffn) = (512, 256);
+    let (gate, up) = (k_quant(hidden * ffn, 1, Format::Q4_K), k_quant(hidden * ffn, 2, Format::Q4_K));
+    let down = k_quant(hidden * ffn, 3, Format::Q6_K);
+    let pair = PairSlabs { gate: &gate, up: &up, down: &down, token: 0 };
+    let x = values(hidden, 5, 1.0);
+    let mixed = ExpertFfn::new(hidden, ffn, Format::Q4_K).unwrap().with_down_format(Format::Q6_K).unwrap();
+    let mut got = vec![0.0f32; hidden];
+    mixed.parts(&[pair], &x, &mut got).unwrap();
+    let want = reference(&pair, &x, hidden, ffn, [Format::Q4_K, Format::Q6_K]);
+    let scale = want.iter().map(|v| v.abs()).fold(0.0, f64::max);
+    assert!(scale > 1e-3);
+    for (g, w) in got.iter().zip(&want) {
+        assert!((f64::from(*g) - w).abs() <= 2e-5 * scale, "{g} vs {w}");
+    }
+    // Down's slab is sized by its own format.
+    let uniform = ExpertFfn::new(hidden, ffn, Format::Q4_K).unwrap();
+    assert!(matches!(uniform.parts(&[pair], &x, &mut got), Err(FfnError::Slab { projection: "down", .. })));
+    assert_eq!(
+        ExpertFfn::new(hidden, 288, Format::Q8_0).unwrap().with_down_format(Format::Q6_K).unwrap_err(),
+        FfnError::NotWholeBlocks { format: Format::Q6_K, width: 288 }
+    );
 }

@@ -15,7 +15,7 @@ use expertslab_std::ffn::ExpertFfn;
 
 const EXPERTS: usize = 8;
 const LAYERS: usize = 3;
-const SHAPE: FfnShape = FfnShape { hidden: 64, ffn: 32, top_k: 2, format: Format::F32 };
+const SHAPE: FfnShape = FfnShape::new(64, 32, 2, Format::F32);
 
 /// Kernels that only log their launches, tagged with their layer.
 struct MockKernels(Arc<MockDriver>);
@@ -44,7 +44,7 @@ impl Kernels<Arc<MockDriver>> for MockKernels {
 
 fn store() -> (ExpertStore, ExpertLayout) {
     let gate = StackLayout::new(SHAPE.format, EXPERTS, SHAPE.ffn, SHAPE.hidden).unwrap();
-    let down = StackLayout::new(SHAPE.format, EXPERTS, SHAPE.hidden, SHAPE.ffn).unwrap();
+    let down = StackLayout::new(SHAPE.down_format, EXPERTS, SHAPE.hidden, SHAPE.ffn).unwrap();
     let layout = ExpertLayout::gate_up_down(gate, gate, down).unwrap();
     let mut store = ExpertStore::new();
     for layer in 0..LAYERS {
