@@ -81,8 +81,8 @@ fn files_the_kernels_cannot_run_are_refused_by_name() {
 fn a_stack_of_another_format_is_named() {
     use expertslab_tests::gguf::{bytes, Meta, Tensor};
     let (experts, hidden, ffn) = (4usize, 16usize, 8usize);
-    let stack = |name: &str, ne: [usize; 2], ggml_type: u32, elem: usize| Tensor {
-        name: format!("blk.0.ffn_{name}_exps.weight"),
+    let stack = |block: usize, name: &str, ne: [usize; 2], ggml_type: u32, elem: usize| Tensor {
+        name: format!("blk.{block}.ffn_{name}_exps.weight"),
         ne: vec![ne[0] as u64, ne[1] as u64, experts as u64],
         ggml_type,
         bytes: vec![0; experts * hidden * ffn * elem],
@@ -92,15 +92,25 @@ fn a_stack_of_another_format_is_named() {
         ("qwen3moe.expert_count", Meta::U32(experts as u32)),
         ("qwen3moe.expert_used_count", Meta::U32(2)),
     ];
-    // Gate and up in BF16, down in F32.
-    let tensors =
-        [stack("gate", [hidden, ffn], 30, 2), stack("up", [hidden, ffn], 30, 2), stack("down", [ffn, hidden], 0, 4)];
+    // Gate and up in BF16, down in F32 (a mix, as Q4_K_M files mix Q4_K and Q6_K), in block 0;
+    // block 1's down in BF16 differs from it.
+    let layer = |block: usize, down: (u32, usize)| {
+        [
+            stack(block, "gate", [hidden, ffn], 30, 2),
+            stack(block, "up", [hidden, ffn], 30, 2),
+            stack(block, "down", [ffn, hidden], down.0, down.1),
+        ]
+    };
     let file = path("mixed");
-    std::fs::write(&file, bytes(&meta, &tensors)).unwrap();
+    std::fs::write(&file, bytes(&meta, &layer(0, (0, 4)))).unwrap();
+    let mixed = GgufExperts::open(&file).unwrap();
+    assert_eq!((mixed.spec().shape.format, mixed.spec().shape.down_format), (Format::BF16, Format::F32));
+    let two: Vec<Tensor> = layer(0, (0, 4)).into_iter().chain(layer(1, (30, 2))).collect();
+    std::fs::write(&file, bytes(&meta, &two)).unwrap();
     match GgufExperts::open(&file) {
         Err(CudaError::Model(why)) => {
-            assert!(why.contains("block 0: its down stack is 4 experts of 16 × 8 f32"), "{why}");
-            assert!(why.contains("needs 4 of 16 × 8 bf16"), "{why}");
+            assert!(why.contains("block 1: its down stack is 4 experts of 16 × 8 bf16"), "{why}");
+            assert!(why.contains("needs 4 of 16 × 8 f32"), "{why}");
         }
         other => panic!("{other:?}"),
     }
