@@ -87,12 +87,9 @@ fn run(reps: usize) -> Result<(), Box<dyn std::error::Error>> {
     let q4_k_m = FfnShape { down_format: Format::Q6_K, ..FfnShape::new(2048, 768, 8, Format::Q4_K) };
     println!("read bandwidth (2 GiB, read-only streaming kernel): {:.0} GB/s", bandwidth / 1e9);
     println!("format      bytes/token   µs/token   read time µs   floor / read time");
-    for shape in [
-        base.shape,
-        FfnShape::new(2048, 768, 8, Format::Q8_0),
-        FfnShape::new(2048, 768, 8, Format::Q4_K),
-        q4_k_m,
-    ] {
+    for shape in
+        [base.shape, FfnShape::new(2048, 768, 8, Format::Q8_0), FfnShape::new(2048, 768, 8, Format::Q4_K), q4_k_m]
+    {
         let spec = ModelSpec { shape, ..base };
         let model = GpuModel::generate(0, spec)?;
         let trace = DemoRouting::Synthetic(SyntheticTrace::NEAR_UNIFORM).trace(&spec)?;

@@ -85,14 +85,9 @@ impl Sharing {
     }
 }
 
-/// Prefetch copies that fit in one layer's compute time ([`CostModel::prefetch_copies`]).
-pub(crate) fn prefetch_budget(cost: &CostModel) -> usize {
-    cost.prefetch_copies()
-}
-
 /// Whether `config` prefetches: a predictor, an LRU or LFU pool, and room for a copy.
 pub(crate) fn prefetches(config: &ReplayConfig) -> bool {
-    config.prefetch.is_some() && config.policy.prefetches() && prefetch_budget(&config.cost) > 0
+    config.prefetch.is_some() && config.policy.prefetches() && config.cost.prefetch_copies() > 0
 }
 
 /// The records in the order a forward pass serves them: by step, then layer (file order within
@@ -189,7 +184,7 @@ pub(crate) fn replay(trace: &Trace, config: &ReplayConfig, start: &WarmStart) ->
         ),
         _ => None,
     };
-    let budget = prefetch_budget(&config.cost);
+    let copies = config.cost.prefetch_copies();
     let bytes = config.cost.expert_bytes;
     let mut stats = vec![ReplayStats::default(); layers.len()];
     let mut clocks: Vec<OverlapClock> = (0..layers.len()).map(|_| OverlapClock::default()).collect();
@@ -262,7 +257,7 @@ pub(crate) fn replay(trace: &Trace, config: &ReplayConfig, start: &WarmStart) ->
         match &mut pools {
             Pools::PerLayer(pools) => {
                 let Some(pool) = pools.get_mut(next) else { continue };
-                pool.prefetch(guesses, budget, |v, g| prefetcher.outranked(next, v, next, g), &mut plan)
+                pool.prefetch(guesses, copies, |v, g| prefetcher.outranked(next, v, next, g), &mut plan)
                     .map_err(fail)?;
                 for &p in plan.promotions() {
                     let _ = pool.commit(p, bytes);
@@ -276,7 +271,7 @@ pub(crate) fn replay(trace: &Trace, config: &ReplayConfig, start: &WarmStart) ->
                     let ((vl, ve), (gl, ge)) = (split_key(v, experts), split_key(g, experts));
                     prefetcher.outranked(vl, ve, gl, ge)
                 };
-                pool.keyed().prefetch(&keys, budget, outranked, &mut plan).map_err(fail)?;
+                pool.keyed().prefetch(&keys, copies, outranked, &mut plan).map_err(fail)?;
                 for &p in plan.promotions() {
                     let _ = pool.commit(p, bytes);
                 }

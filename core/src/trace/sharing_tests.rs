@@ -3,7 +3,7 @@
 
 use alloc::vec::Vec;
 
-use super::interleaved::{prefetch_budget, replay};
+use super::interleaved::replay;
 use super::replay::{replay as replay_any, CostModel, ReplayConfig, ReplayError, ReplayPolicy, ReplayStats, Sharing};
 use super::{Trace, TraceHeader, WarmStart};
 use crate::policy::Policy;
@@ -86,9 +86,9 @@ fn without_room_for_a_copy_nothing_is_prefetched() {
     let copy = base.cost.copy_seconds(base.cost.expert_bytes);
     let short = ReplayConfig { prefetch: Some(Predictor::Both), cost: base.cost.layer_compute(copy * 0.99), ..base };
     assert_eq!(replay_any(&trace, &short).unwrap(), replay_any(&trace, &base).unwrap());
-    assert_eq!(prefetch_budget(&base.cost.layer_compute(copy)), 1);
-    assert_eq!(prefetch_budget(&base.cost.layer_compute(copy * 2.5)), 2);
-    assert_eq!(prefetch_budget(&CostModel::new(1, 0.0, 0.0).layer_compute(1.0)), usize::MAX);
+    assert_eq!(base.cost.layer_compute(copy).prefetch_copies(), 1);
+    assert_eq!(base.cost.layer_compute(copy * 2.5).prefetch_copies(), 2);
+    assert_eq!(CostModel::new(1, 0.0, 0.0).layer_compute(1.0).prefetch_copies(), usize::MAX);
     // Interval policies and the references cannot drive a shared pool.
     for policy in [ReplayPolicy::Pool(Policy::Tide), ReplayPolicy::Oracle, ReplayPolicy::Uniform] {
         let shared = ReplayConfig { policy, sharing: Sharing::Shared, ..base };
