@@ -24,8 +24,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use super::{
-    CostModel, OverlapClock, ReplayConfig, ReplayError, ReplayPolicy, ReplayReport, ReplayStats, Trace, TraceRecord,
-    WarmStart,
+    OverlapClock, ReplayConfig, ReplayError, ReplayPolicy, ReplayReport, ReplayStats, Trace, TraceRecord, WarmStart,
 };
 use crate::error::PoolError;
 use crate::plan::MigrationPlan;

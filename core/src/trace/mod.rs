@@ -48,7 +48,7 @@ use text::parse_header;
 use text::{parse_line, Arrays, Digest, Line};
 pub use text::{RecordLine, TraceWriter};
 // For the files of this folder (`interleaved` uses the replay's types through here).
-use replay::{CostModel, OverlapClock, ReplayConfig, ReplayError, ReplayPolicy, ReplayReport, ReplayStats};
+use replay::{OverlapClock, ReplayConfig, ReplayError, ReplayPolicy, ReplayReport, ReplayStats};
 
 mod interleaved;
 pub mod profile;
