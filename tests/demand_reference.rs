@@ -44,7 +44,7 @@ fn guesses(ids: &[u32], modulus: u32) -> Vec<u32> {
 fn agree(what: &str, served: &expertslab::ServeStats, reference: &ReferenceDemand, before: (u64, u64, u64)) {
     let after = (reference.hits, reference.served_by_copy, reference.served_in_place);
     let want = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
-    let got = (u64::from(served.hits), u64::from(served.served_by_copy), u64::from(served.served_in_place));
+    let got = (served.hits, served.served_by_copy, served.served_in_place);
     assert_eq!(got, want, "{what}: hits, served by copy, served in place");
 }
 
@@ -83,7 +83,7 @@ fn per_layer(family: &str, trace: &Trace, policy: Policy, prefetch: bool) {
         let stats = pool.stats();
         assert_eq!(stats.promotions - start.promotions, reference.promotions, "{what}");
         assert_eq!(stats.demotions, reference.demotions, "{what}");
-        assert_eq!((stats.hits, stats.misses), (reference.hits, reference.misses), "{what}");
+        assert_eq!((stats.served.hits, stats.served.misses), (reference.hits, reference.misses), "{what}");
     }
 }
 
@@ -141,7 +141,11 @@ fn shared(family: &str, trace: &Trace, policy: Policy, prefetch: bool) {
     let stats = pool.stats();
     assert_eq!(stats.promotions - start.promotions, reference.promotions, "{what}");
     assert_eq!(stats.demotions - start.demotions, reference.demotions, "{what}");
-    assert_eq!((stats.hits - start.hits, stats.misses - start.misses), (reference.hits, reference.misses), "{what}");
+    assert_eq!(
+        (stats.served.hits - start.served.hits, stats.served.misses - start.served.misses),
+        (reference.hits, reference.misses),
+        "{what}"
+    );
 }
 
 #[test]

@@ -76,7 +76,7 @@ fn migration_copies_promotions_into_their_slots() {
     let mut plan = MigrationPlan::new(SLOTS);
     pool.initial_plan(&mut plan);
     let report = migrate(&mut pool, &plan, &layout, &source[..], &mut sink).unwrap();
-    assert_eq!((report.copied, report.skipped, report.bytes), (4, 0, 4 * 3 * 48));
+    assert_eq!((report.copied, report.skipped, report.bytes_promoted), (4, 0, 4 * 3 * 48));
     assert_slots_hold_their_experts(&pool, &sink);
 
     for ids in [[9u32, 9, 10, 2], [11, 11, 11, 0], [5, 6, 7, 8]] {

@@ -42,7 +42,7 @@ fn run_demand(policy: Policy, experts: u32, slots: usize, warm: bool, steps: &[V
         reference.step(ids);
         let counts = (reference.hits, reference.served_by_copy, reference.served_in_place);
         let step_counts = (counts.0 - counts_before.0, counts.1 - counts_before.1, counts.2 - counts_before.2);
-        let served_counts = (served.hits.into(), served.served_by_copy.into(), served.served_in_place.into());
+        let served_counts = (served.hits, served.served_by_copy, served.served_in_place);
         assert_eq!(served_counts, step_counts, "{name} step {s}");
         assert_eq!(served.misses, served.served_by_copy + served.served_in_place);
         assert_eq!(resident_set(&pool), reference.resident_set(), "{name} step {s}");
@@ -50,13 +50,16 @@ fn run_demand(policy: Policy, experts: u32, slots: usize, warm: bool, steps: &[V
         assert!(pool.resident() <= pool.slots());
     }
     let stats = pool.stats();
-    assert_eq!((stats.hits, stats.misses), (reference.hits, reference.misses), "{name}");
-    assert_eq!((stats.served_by_copy, stats.served_in_place), (reference.served_by_copy, reference.served_in_place));
+    assert_eq!((stats.served.hits, stats.served.misses), (reference.hits, reference.misses), "{name}");
+    assert_eq!(
+        (stats.served.served_by_copy, stats.served.served_in_place),
+        (reference.served_by_copy, reference.served_in_place)
+    );
     assert_eq!(stats.promotions - before.promotions, reference.promotions, "{name}");
     assert_eq!(stats.demotions, reference.demotions, "{name}");
     // Every admission's copy was committed: each admitted expert served its pairs by copy.
-    assert!(stats.served_by_copy >= reference.promotions, "{name}");
-    reference.promotions + stats.served_in_place
+    assert!(stats.served.served_by_copy >= reference.promotions, "{name}");
+    reference.promotions + stats.served.served_in_place
 }
 
 proptest! {

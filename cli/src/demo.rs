@@ -452,7 +452,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     let start = Instant::now();
     let mut x: Vec<f32> = (0..model.d_model).map(|i| pseudo(1 << 60 | i as u64)).collect();
     let mut capture = RoutingCapture::new();
-    let mut bytes_moved = 0u64;
+    let mut bytes_promoted = 0u64;
     let mut check = OutputCheck::default();
     for step in 0..args.steps {
         // The token's embedding drifts slowly, so routing has locality.
@@ -467,7 +467,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
             capture.record(layer, &ids);
             let report =
                 offloader.step_layer(layer, Step::decode(step), &ids).map_err(|e| CliError::Run(e.to_string()))?;
-            bytes_moved += report.migrated.bytes;
+            bytes_promoted += report.migrated.bytes_promoted;
             // The routed experts' slabs as the offloader serves them (slot or source), and
             // straight from the source.
             let mut slabs: [Vec<&[u8]>; 2] = [Vec::new(), Vec::new()];
@@ -536,10 +536,10 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     writeln!(
         out,
         "  pairs        {} hits, {} misses ({} served by copy, {} in place)",
-        stats.hits, stats.misses, stats.served_by_copy, stats.served_in_place
+        stats.served.hits, stats.served.misses, stats.served.served_by_copy, stats.served.served_in_place
     )?;
     writeln!(out, "  promotions   {} ({} demotions)", stats.promotions - warm.promotions, stats.demotions)?;
-    writeln!(out, "  bytes moved  {}", format_size(bytes_moved))?;
+    writeln!(out, "  bytes moved  {}", format_size(bytes_promoted))?;
     writeln!(out, "  time         {:.2} s", elapsed.as_secs_f64())?;
     if let Some(path) = &args.trace {
         writeln!(out, "  trace        {}", path.display())?;

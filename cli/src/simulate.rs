@@ -102,16 +102,16 @@ pub fn parse_sweep(text: &str) -> Result<Sweep, String> {
 /// The counters of one layer or of the total as JSON.
 pub fn counters_json(c: &ReplayStats) -> Value {
     json!({
-        "pairs": c.pairs,
-        "hits": c.hits,
-        "misses": c.misses,
-        "served_by_copy": c.served_by_copy,
-        "served_in_place": c.served_in_place,
-        "invalid_ids": c.invalid_ids,
+        "pairs": c.served.pairs(),
+        "hits": c.served.hits,
+        "misses": c.served.misses,
+        "served_by_copy": c.served.served_by_copy,
+        "served_in_place": c.served.served_in_place,
+        "invalid_ids": c.served.invalid_ids,
         "hit_rate": c.hit_rate(),
         "promotions": c.promotions,
         "demotions": c.demotions,
-        "bytes_moved": c.bytes_moved,
+        "bytes_promoted": c.bytes_promoted,
         "modeled_time_s": c.modeled_time_s,
         "prefetched": c.prefetched,
         "prefetch_hits": c.prefetch_hits,
@@ -249,7 +249,7 @@ pub fn write_table(out: &mut impl Write, runs: &[Run]) -> io::Result<()> {
         ("modeled time", Align::Right),
     ]);
     // Ids past the expert count are left out of the runs: shown when there are any.
-    let invalid = runs.iter().any(|r| r.report.total.invalid_ids > 0);
+    let invalid = runs.iter().any(|r| r.report.total.served.invalid_ids > 0);
     if invalid {
         table.column("invalid ids", Align::Right);
     }
@@ -259,15 +259,15 @@ pub fn write_table(out: &mut impl Write, runs: &[Run]) -> io::Result<()> {
             run.slots.to_string(),
             run_label(run),
             format!("{:.1}%", 100.0 * t.hit_rate()),
-            t.misses.to_string(),
-            t.served_by_copy.to_string(),
-            t.served_in_place.to_string(),
+            t.served.misses.to_string(),
+            t.served.served_by_copy.to_string(),
+            t.served.served_in_place.to_string(),
             t.promotions.to_string(),
-            format_size(t.bytes_moved),
+            format_size(t.bytes_promoted),
             format!("{:.3} s", t.modeled_time_s),
         ];
         if invalid {
-            row.push(t.invalid_ids.to_string());
+            row.push(t.served.invalid_ids.to_string());
         }
         table.row(row);
     }

@@ -118,7 +118,7 @@ fn simulate_json_has_every_counter_and_totals_sum_the_layers() {
         "hit_rate",
         "promotions",
         "demotions",
-        "bytes_moved",
+        "bytes_promoted",
         "modeled_time_s",
     ];
     for run in &runs {
@@ -130,11 +130,11 @@ fn simulate_json_has_every_counter_and_totals_sum_the_layers() {
         for key in counters {
             assert!(run["total"][key].is_number(), "{key}");
         }
-        for key in ["pairs", "hits", "misses", "served_by_copy", "served_in_place", "promotions", "bytes_moved"] {
+        for key in ["pairs", "hits", "misses", "served_by_copy", "served_in_place", "promotions", "bytes_promoted"] {
             let sum: u64 = layers.iter().map(|l| l[key].as_u64().unwrap()).sum();
             assert_eq!(run["total"][key].as_u64().unwrap(), sum, "{key}");
         }
-        assert_eq!(run["total"]["bytes_moved"].as_u64(), run["total"]["promotions"].as_u64().map(|p| p << 20));
+        assert_eq!(run["total"]["bytes_promoted"].as_u64(), run["total"]["promotions"].as_u64().map(|p| p << 20));
         let total = |key: &str| run["total"][key].as_u64().unwrap();
         assert_eq!(total("served_by_copy") + total("served_in_place"), total("misses"));
         assert_eq!(total("hits") + total("misses"), total("pairs"));
@@ -146,7 +146,7 @@ fn simulate_json_has_every_counter_and_totals_sum_the_layers() {
         // Belady admits the fewest misses: its admissions plus the misses it serves in place.
         let faults = |t: Value| t["promotions"].as_u64().unwrap() + t["served_in_place"].as_u64().unwrap();
         assert!(faults(by("belady", slots)) <= faults(by("lru", slots)));
-        assert_eq!(by("uniform", slots)["bytes_moved"], 0);
+        assert_eq!(by("uniform", slots)["bytes_promoted"], 0);
     }
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(svg.contains("<svg") && svg.contains("belady") && svg.contains("hit rate by slots per layer"));

@@ -186,7 +186,7 @@ fn the_uniform_reference_counts_every_layer_and_pays_a_cold_start() {
     let warm = run(&["--slots", "1"]);
     assert_eq!((warm[0]["total"]["hits"].as_u64(), warm[0]["total"]["pairs"].as_u64()), (Some(6), Some(24)));
     assert_eq!(warm[0]["total"]["hit_rate"], 0.25);
-    assert_eq!(warm[0]["total"]["bytes_moved"], 0);
+    assert_eq!(warm[0]["total"]["bytes_promoted"], 0);
     let text = stdout(&expertslab(&["simulate", "--trace", t, "--policy", "uniform", "--slots", "1"]));
     assert!(text.contains("25.0%"), "{text}");
     // Cold, every layer first copies its placement in, and the reference costs no less than the
@@ -196,7 +196,7 @@ fn the_uniform_reference_counts_every_layer_and_pays_a_cold_start() {
         let (uniform, optimal) = (&cold[0]["total"], &cold[1]["total"]);
         let per_layer: u64 = slots.parse().unwrap();
         assert_eq!(uniform["promotions"].as_u64(), Some(8 * per_layer), "{uniform}");
-        assert_eq!(uniform["bytes_moved"].as_u64(), Some(8 * per_layer * (4 << 20)), "{uniform}");
+        assert_eq!(uniform["bytes_promoted"].as_u64(), Some(8 * per_layer * (4 << 20)), "{uniform}");
         let time = |v: &Value| v["modeled_time_s"].as_f64().unwrap();
         assert!(time(uniform) >= time(optimal), "{uniform} vs {optimal}");
         assert!(time(uniform) > 0.0);
@@ -228,7 +228,7 @@ fn expert_sizes_whose_byte_counts_cannot_be_exact_are_refused() {
     for run in runs.as_array().unwrap() {
         let total = &run["total"];
         let promotions = total["promotions"].as_u64().unwrap();
-        assert_eq!(total["bytes_moved"].as_u64(), Some(promotions << 50), "{total}");
+        assert_eq!(total["bytes_promoted"].as_u64(), Some(promotions << 50), "{total}");
     }
     std::fs::remove_file(trace).unwrap();
 }

@@ -74,7 +74,7 @@
 //! // One decode step, two tokens routed top-2: plan, migrate and serve in one call.
 //! let ids = [3, 1, 3, 2];
 //! let stats = pool.step(Step::decode(0), &ids, &mut plan, &layout, &model[..], &mut sink)?;
-//! assert_eq!(stats.migrated.bytes, 96); // expert 3 replaced expert 0: three 32-byte slabs
+//! assert_eq!(stats.migrated.bytes_promoted, 96); // expert 3 replaced expert 0: three 32-byte slabs
 //! // 1 was resident before the step: a hit. 3 was copied in for it: two misses served by copy.
 //! // 2 is computed in slow memory: a miss served in place.
 //! let served = stats.served;

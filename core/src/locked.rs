@@ -63,12 +63,12 @@ mod tests {
             }
         });
         let stats = shared.with(|pool| *pool.stats());
-        assert_eq!(stats.misses, 4 * ROUNDS * 2);
-        assert_eq!(stats.invalid_ids, 4 * ROUNDS);
+        assert_eq!(stats.served.misses, 4 * ROUNDS * 2);
+        assert_eq!(stats.served.invalid_ids, 4 * ROUNDS);
         shared.with(|_held| {
             assert!(shared.try_with(|pool| pool.serve(&[0])).is_none());
         });
         assert!(shared.try_with(|pool| pool.serve(&[0])).is_some());
-        assert_eq!(shared.into_inner().stats().misses, 4 * ROUNDS * 2 + 1);
+        assert_eq!(shared.into_inner().stats().served.misses, 4 * ROUNDS * 2 + 1);
     }
 }

@@ -17,8 +17,8 @@ pub struct MigrateStats {
     pub copied: usize,
     /// Promotions found already committed (by an earlier, interrupted call), skipped.
     pub skipped: usize,
-    /// Bytes copied by this call.
-    pub bytes: u64,
+    /// Bytes copied by this call (its committed promotions' bytes).
+    pub bytes_promoted: u64,
 }
 
 impl MigrateStats {
@@ -26,7 +26,7 @@ impl MigrateStats {
     pub fn add(&mut self, other: &MigrateStats) {
         self.copied = self.copied.saturating_add(other.copied);
         self.skipped = self.skipped.saturating_add(other.skipped);
-        self.bytes = self.bytes.saturating_add(other.bytes);
+        self.bytes_promoted = self.bytes_promoted.saturating_add(other.bytes_promoted);
     }
 }
 
@@ -102,7 +102,7 @@ where
             copy_expert(pool.layer(), promotion, layout, source, sink).map_err(|e| fail(e, promotion, report))?;
         pool.commit(promotion, bytes).map_err(|e| fail(MigrateError::Plan(e), promotion, report))?;
         report.copied = report.copied.saturating_add(1);
-        report.bytes = report.bytes.saturating_add(bytes);
+        report.bytes_promoted = report.bytes_promoted.saturating_add(bytes);
     }
     Ok(report)
 }

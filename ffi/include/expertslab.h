@@ -450,6 +450,33 @@ typedef struct EsPoolConfig {
 } EsPoolConfig;
 
 /**
+ * How token–expert pairs were served: one step's, or a pool's or a replay's over many steps
+ * (embedded in [`EsStepStats`], [`EsPoolStats`] and [`EsReplayStats`]).
+ */
+typedef struct EsServeStats {
+  /**
+   * Pairs whose expert was resident before their step.
+   */
+  uint64_t hits;
+  /**
+   * Pairs that were not hits (`served_by_copy + served_in_place`).
+   */
+  uint64_t misses;
+  /**
+   * Misses served from a slot their step's copy filled.
+   */
+  uint64_t served_by_copy;
+  /**
+   * Misses computed from slow memory.
+   */
+  uint64_t served_in_place;
+  /**
+   * Ids outside the pool's experts.
+   */
+  uint64_t invalid_ids;
+} EsServeStats;
+
+/**
  * A pool's counters since it was built.
  */
 typedef struct EsPoolStats {
@@ -466,25 +493,9 @@ typedef struct EsPoolStats {
    */
   uint64_t demotions;
   /**
-   * Token–expert pairs served from a slot that held the expert before the step.
+   * How the pool's pairs were served.
    */
-  uint64_t hits;
-  /**
-   * Pairs that were not hits (`served_by_copy + served_in_place`).
-   */
-  uint64_t misses;
-  /**
-   * Misses served from a slot the step's own copy filled.
-   */
-  uint64_t served_by_copy;
-  /**
-   * Misses computed from slow memory.
-   */
-  uint64_t served_in_place;
-  /**
-   * Ids outside the pool's experts.
-   */
-  uint64_t invalid_ids;
+  struct EsServeStats served;
   /**
    * Bytes copied into slots.
    */
@@ -510,32 +521,6 @@ typedef struct EsStep {
 } EsStep;
 
 /**
- * What serving one step's ids counted.
- */
-typedef struct EsServeStats {
-  /**
-   * Pairs whose expert was resident before the step.
-   */
-  uint32_t hits;
-  /**
-   * Pairs that were not hits.
-   */
-  uint32_t misses;
-  /**
-   * Misses served from a slot this step's copy filled.
-   */
-  uint32_t served_by_copy;
-  /**
-   * Misses computed from slow memory.
-   */
-  uint32_t served_in_place;
-  /**
-   * Ids outside the pool's experts.
-   */
-  uint32_t invalid_ids;
-} EsServeStats;
-
-/**
  * The hardware a replay prices.
  */
 typedef struct EsCostModel {
@@ -558,29 +543,9 @@ typedef struct EsCostModel {
  */
 typedef struct EsReplayStats {
   /**
-   * Token–expert pairs.
+   * How the pairs were served.
    */
-  uint64_t pairs;
-  /**
-   * Pairs served from a slot that held the expert before the step.
-   */
-  uint64_t hits;
-  /**
-   * Pairs that were not hits.
-   */
-  uint64_t misses;
-  /**
-   * Misses served from a slot the step's copy filled.
-   */
-  uint64_t served_by_copy;
-  /**
-   * Misses computed from slow memory.
-   */
-  uint64_t served_in_place;
-  /**
-   * Ids outside the trace's experts.
-   */
-  uint64_t invalid_ids;
+  struct EsServeStats served;
   /**
    * Promotions.
    */
@@ -590,13 +555,29 @@ typedef struct EsReplayStats {
    */
   uint64_t demotions;
   /**
-   * Bytes moved into slots.
+   * Bytes copied into slots.
    */
-  uint64_t bytes_moved;
+  uint64_t bytes_promoted;
   /**
    * Modeled seconds under the cost model.
    */
   double modeled_time_s;
+  /**
+   * Experts copied by prefetch (counted in `promotions` and `bytes_promoted` too).
+   */
+  uint64_t prefetched;
+  /**
+   * Prefetched experts the step they were prefetched for used.
+   */
+  uint64_t prefetch_hits;
+  /**
+   * Bytes of prefetched experts that step did not use.
+   */
+  uint64_t prefetch_wasted_bytes;
+  /**
+   * Under the overlapped cost model: experts fetched for misses served in place.
+   */
+  uint64_t fetched;
 } EsReplayStats;
 
 /**
@@ -700,7 +681,7 @@ typedef struct EsMigrateStats {
   /**
    * Bytes copied by this call.
    */
-  uint64_t bytes;
+  uint64_t bytes_promoted;
 } EsMigrateStats;
 
 /**

@@ -315,16 +315,8 @@ pub struct EsPoolStats {
     pub promotions: u64,
     /// Demotions.
     pub demotions: u64,
-    /// Token–expert pairs served from a slot that held the expert before the step.
-    pub hits: u64,
-    /// Pairs that were not hits (`served_by_copy + served_in_place`).
-    pub misses: u64,
-    /// Misses served from a slot the step's own copy filled.
-    pub served_by_copy: u64,
-    /// Misses computed from slow memory.
-    pub served_in_place: u64,
-    /// Ids outside the pool's experts.
-    pub invalid_ids: u64,
+    /// How the pool's pairs were served.
+    pub served: EsServeStats,
     /// Bytes copied into slots.
     pub bytes_promoted: u64,
 }
@@ -335,30 +327,27 @@ impl From<&PoolStats> for EsPoolStats {
             refreshes: s.refreshes,
             promotions: s.promotions,
             demotions: s.demotions,
-            hits: s.hits,
-            misses: s.misses,
-            served_by_copy: s.served_by_copy,
-            served_in_place: s.served_in_place,
-            invalid_ids: s.invalid_ids,
+            served: s.served.into(),
             bytes_promoted: s.bytes_promoted,
         }
     }
 }
 
-/// What serving one step's ids counted.
+/// How token–expert pairs were served: one step's, or a pool's or a replay's over many steps
+/// (embedded in [`EsStepStats`], [`EsPoolStats`] and [`EsReplayStats`]).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EsServeStats {
-    /// Pairs whose expert was resident before the step.
-    pub hits: u32,
-    /// Pairs that were not hits.
-    pub misses: u32,
-    /// Misses served from a slot this step's copy filled.
-    pub served_by_copy: u32,
+    /// Pairs whose expert was resident before their step.
+    pub hits: u64,
+    /// Pairs that were not hits (`served_by_copy + served_in_place`).
+    pub misses: u64,
+    /// Misses served from a slot their step's copy filled.
+    pub served_by_copy: u64,
     /// Misses computed from slow memory.
-    pub served_in_place: u32,
+    pub served_in_place: u64,
     /// Ids outside the pool's experts.
-    pub invalid_ids: u32,
+    pub invalid_ids: u64,
 }
 
 impl From<ServeStats> for EsServeStats {
@@ -382,12 +371,12 @@ pub struct EsMigrateStats {
     /// Promotions found committed by an earlier, interrupted call and skipped.
     pub skipped: usize,
     /// Bytes copied by this call.
-    pub bytes: u64,
+    pub bytes_promoted: u64,
 }
 
 impl From<MigrateStats> for EsMigrateStats {
     fn from(s: MigrateStats) -> Self {
-        Self { copied: s.copied, skipped: s.skipped, bytes: s.bytes }
+        Self { copied: s.copied, skipped: s.skipped, bytes_promoted: s.bytes_promoted }
     }
 }
 
@@ -425,41 +414,38 @@ pub struct EsCostModel {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EsReplayStats {
-    /// Token–expert pairs.
-    pub pairs: u64,
-    /// Pairs served from a slot that held the expert before the step.
-    pub hits: u64,
-    /// Pairs that were not hits.
-    pub misses: u64,
-    /// Misses served from a slot the step's copy filled.
-    pub served_by_copy: u64,
-    /// Misses computed from slow memory.
-    pub served_in_place: u64,
-    /// Ids outside the trace's experts.
-    pub invalid_ids: u64,
+    /// How the pairs were served.
+    pub served: EsServeStats,
     /// Promotions.
     pub promotions: u64,
     /// Demotions.
     pub demotions: u64,
-    /// Bytes moved into slots.
-    pub bytes_moved: u64,
+    /// Bytes copied into slots.
+    pub bytes_promoted: u64,
     /// Modeled seconds under the cost model.
     pub modeled_time_s: f64,
+    /// Experts copied by prefetch (counted in `promotions` and `bytes_promoted` too).
+    pub prefetched: u64,
+    /// Prefetched experts the step they were prefetched for used.
+    pub prefetch_hits: u64,
+    /// Bytes of prefetched experts that step did not use.
+    pub prefetch_wasted_bytes: u64,
+    /// Under the overlapped cost model: experts fetched for misses served in place.
+    pub fetched: u64,
 }
 
 impl From<&ReplayStats> for EsReplayStats {
     fn from(s: &ReplayStats) -> Self {
         Self {
-            pairs: s.pairs,
-            hits: s.hits,
-            misses: s.misses,
-            served_by_copy: s.served_by_copy,
-            served_in_place: s.served_in_place,
-            invalid_ids: s.invalid_ids,
+            served: s.served.into(),
             promotions: s.promotions,
             demotions: s.demotions,
-            bytes_moved: s.bytes_moved,
+            bytes_promoted: s.bytes_promoted,
             modeled_time_s: s.modeled_time_s,
+            prefetched: s.prefetched,
+            prefetch_hits: s.prefetch_hits,
+            prefetch_wasted_bytes: s.prefetch_wasted_bytes,
+            fetched: s.fetched,
         }
     }
 }

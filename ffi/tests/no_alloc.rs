@@ -105,7 +105,7 @@ fn steps_migrations_and_serving_allocate_nothing_after_setup() {
 
             let mut totals = EsPoolStats::default();
             assert_eq!(es_pool_stats(pool, &mut totals), EsStatus::Ok);
-            assert!(totals.hits > 0 && totals.invalid_ids == 64);
+            assert!(totals.served.hits > 0 && totals.served.invalid_ids == 64);
             for status in [
                 es_plan_free(plan),
                 es_pool_free(pool),

@@ -67,7 +67,7 @@ fn main() -> Result<(), Box<dyn Error>> {
                     capture.record(layer, &ids);
                 }
                 let report = model.step(Step::decode(step), &capture)?;
-                incremental += report.migrated.bytes;
+                incremental += report.migrated.bytes_promoted;
                 if report.refreshed > 0 {
                     model.push_full(&mut full).map_err(|e| format!("{e:?}"))?;
                 }

@@ -40,7 +40,7 @@
 //! let report = model.step(Step::decode(0), &capture)?;
 //! // The warm start holds experts 0 and 1: this step copies 5 and 6 in, so its three pairs are
 //! // misses served by copy (computed from the slots once the copies landed).
-//! assert_eq!((report.hits, report.served_by_copy, report.served_in_place), (0, 3, 0));
+//! assert_eq!((report.served.hits, report.served.served_by_copy, report.served.served_in_place), (0, 3, 0));
 //! let (slab, from_slot) = model.expert_slab(0, Projection::Down, 5)?;
 //! assert!(from_slot);
 //! assert_eq!(bytemuck::cast_slice::<u8, f32>(slab)[0], 80.0); // expert 5 starts at element 80

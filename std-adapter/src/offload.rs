@@ -4,7 +4,8 @@
 
 use expertslab::{
     push_stacks, ExpertLayout, ExpertPool, LayerPools, LayeredSource, LayoutError, MigrateStats, MigrationPlan,
-    PoolConfig, PoolStats, Projection, PushError, SlotArena, StackSink, StackSource, Step, StepError, StepStats,
+    PoolConfig, PoolStats, Projection, PushError, ServeStats, SlotArena, StackSink, StackSource, Step, StepError,
+    StepStats,
 };
 
 use crate::capture::RoutingCapture;
@@ -26,14 +27,8 @@ pub struct OffloadStats {
     pub refreshed: usize,
     /// What migration copied.
     pub migrated: MigrateStats,
-    /// Valid ids whose expert was resident before the step's routing was known.
-    pub hits: u64,
-    /// Valid ids that were not hits: `served_by_copy + served_in_place`.
-    pub misses: u64,
-    /// Misses whose expert was copied into its slot for this step.
-    pub served_by_copy: u64,
-    /// Misses served from slow memory (their expert not resident).
-    pub served_in_place: u64,
+    /// How the step's pairs were served.
+    pub served: ServeStats,
 }
 
 impl OffloadStats {
@@ -41,23 +36,13 @@ impl OffloadStats {
     pub fn add(&mut self, other: &OffloadStats) {
         self.refreshed = self.refreshed.saturating_add(other.refreshed);
         self.migrated.add(&other.migrated);
-        self.hits = self.hits.saturating_add(other.hits);
-        self.misses = self.misses.saturating_add(other.misses);
-        self.served_by_copy = self.served_by_copy.saturating_add(other.served_by_copy);
-        self.served_in_place = self.served_in_place.saturating_add(other.served_in_place);
+        self.served.add(&other.served);
     }
 }
 
 impl From<StepStats> for OffloadStats {
     fn from(stats: StepStats) -> Self {
-        Self {
-            refreshed: usize::from(stats.refreshed),
-            migrated: stats.migrated,
-            hits: u64::from(stats.served.hits),
-            misses: u64::from(stats.served.misses),
-            served_by_copy: u64::from(stats.served.served_by_copy),
-            served_in_place: u64::from(stats.served.served_in_place),
-        }
+        Self { refreshed: usize::from(stats.refreshed), migrated: stats.migrated, served: stats.served }
     }
 }
 

@@ -109,7 +109,7 @@ impl ParallelMigrator {
             match result.and_then(|bytes| pool.commit(promotion, bytes).map(|_| bytes).map_err(MigrateError::Plan)) {
                 Ok(bytes) => {
                     report.copied = report.copied.saturating_add(1);
-                    report.bytes = report.bytes.saturating_add(bytes);
+                    report.bytes_promoted = report.bytes_promoted.saturating_add(bytes);
                 }
                 Err(error) => {
                     first_failure.get_or_insert((promotion, error));

@@ -73,12 +73,15 @@ fn each_layer_steps_on_its_own_ids_and_reads_match_the_source() {
     }
     assert!(from_slots > 0 && from_source > 0, "both memories must serve reads: {from_slots} / {from_source}");
     let stats = model.stats();
-    assert_eq!(stats.hits + stats.misses, 40 * 3 * 4);
-    assert_eq!(stats.served_by_copy + stats.served_in_place, stats.misses);
-    assert!(stats.served_by_copy > 0 && stats.served_in_place > 0 && stats.hits > 0);
+    assert_eq!(stats.served.hits + stats.served.misses, 40 * 3 * 4);
+    assert_eq!(stats.served.served_by_copy + stats.served.served_in_place, stats.served.misses);
+    assert!(stats.served.served_by_copy > 0 && stats.served.served_in_place > 0 && stats.served.hits > 0);
     // The steps' reports add up to the pools' counters.
-    let counts = |s: &OffloadStats| (s.hits, s.misses, s.served_by_copy, s.served_in_place);
-    assert_eq!(counts(&steps), (stats.hits, stats.misses, stats.served_by_copy, stats.served_in_place));
+    let counts = |s: &OffloadStats| (s.served.hits, s.served.misses, s.served.served_by_copy, s.served.served_in_place);
+    assert_eq!(
+        counts(&steps),
+        (stats.served.hits, stats.served.misses, stats.served.served_by_copy, stats.served.served_in_place)
+    );
 }
 
 #[derive(Default)]

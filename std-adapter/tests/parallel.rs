@@ -78,7 +78,7 @@ fn parallel_and_sequential_paths_fill_the_same_slots() {
             pool.refresh(ids, &mut plan).unwrap();
             let report = migrator.migrate(&mut pool, &plan, &layout, &source[..], &arena, buffer).unwrap();
             assert_eq!(report.copied, plan.len());
-            assert_eq!(report.bytes, (plan.len() * layout.expert_bytes()) as u64);
+            assert_eq!(report.bytes_promoted, (plan.len() * layout.expert_bytes()) as u64);
             assert_slots_hold_their_experts(&pool, &arena, buffer);
         }
         outcomes.push((pool.residents().collect::<Vec<_>>(), *pool.stats(), buffer.to_vec()));

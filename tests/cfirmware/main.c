@@ -241,8 +241,8 @@ static bool replay_layer(struct replay *r, size_t l, const struct golden_step *s
   }
   EsServeStats served;
   return ok(es_pool_serve(pool, ids, s->ids[l].count, &served), pool, "es_pool_serve") &&
-         expect_word(w, served.hits) && expect_word(w, served.served_by_copy) &&
-         expect_word(w, served.served_in_place) && expect_word(w, served.invalid_ids);
+         expect_word(w, (uint32_t)served.hits) && expect_word(w, (uint32_t)served.served_by_copy) &&
+         expect_word(w, (uint32_t)served.served_in_place) && expect_word(w, (uint32_t)served.invalid_ids);
 }
 
 static bool replay_run(struct replay *r) {

@@ -127,8 +127,11 @@ pub fn trace(data: &[u8]) {
             CostModel::new(1 << 20, 1e-5, 1e10),
         );
         let report = replay(&trace, &config).expect("a parsed trace replays");
-        assert_eq!(report.total.hits + report.total.misses, report.total.pairs);
-        assert_eq!(report.total.served_by_copy + report.total.served_in_place, report.total.misses);
+        assert_eq!(report.total.served.hits + report.total.served.misses, report.total.served.pairs());
+        assert_eq!(
+            report.total.served.served_by_copy + report.total.served.served_in_place,
+            report.total.served.misses
+        );
         // A shared pool (demand policies) and prefetch (LRU, LFU) replay the same pairs, or refuse
         // a trace whose keys or steps are too many for one pool.
         let prefetching =
@@ -139,7 +142,7 @@ pub fn trace(data: &[u8]) {
             }
             match replay(&trace, &variant) {
                 Ok(other) => {
-                    assert_eq!(other.total.pairs, report.total.pairs, "{name}");
+                    assert_eq!(other.total.served.pairs(), report.total.served.pairs(), "{name}");
                     assert!(other.total.prefetch_hits <= other.total.prefetched);
                 }
                 Err(ReplayError::Pool {

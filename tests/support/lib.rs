@@ -73,11 +73,7 @@ impl ReferenceServed {
     /// The pool's counts of a served step, in this shape.
     pub fn of(served: &expertslab::ServeStats) -> Self {
         assert_eq!(served.misses, served.served_by_copy + served.served_in_place);
-        Self {
-            hits: served.hits.into(),
-            served_by_copy: served.served_by_copy.into(),
-            served_in_place: served.served_in_place.into(),
-        }
+        Self { hits: served.hits, served_by_copy: served.served_by_copy, served_in_place: served.served_in_place }
     }
 }
 

@@ -436,7 +436,7 @@ impl ExpertPool {
         }
         self.table.mark_copied(&self.copied, false);
         self.copied.clear();
-        self.stats.record(&counts);
+        self.stats.served.add(&counts);
         counts
     }
 

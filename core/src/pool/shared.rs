@@ -256,9 +256,9 @@ impl SharedSlotPool {
     /// counts every id as invalid.
     pub fn serve(&mut self, layer: usize, ids: &[u32]) -> ServeStats {
         if self.translate(layer, ids).is_err() {
-            let invalid = u32::try_from(ids.len()).unwrap_or(u32::MAX);
-            self.pool.stats.invalid_ids = self.pool.stats.invalid_ids.saturating_add(u64::from(invalid));
-            return ServeStats { invalid_ids: invalid, ..ServeStats::default() };
+            let invalid = ServeStats { invalid_ids: ids.len() as u64, ..ServeStats::default() };
+            self.pool.stats.served.add(&invalid);
+            return invalid;
         }
         let keys = core::mem::take(&mut self.keys);
         let served = self.pool.serve(&keys);
@@ -344,7 +344,7 @@ mod tests {
 
     impl Reference {
         /// Serves one layer's step; returns (hits, misses, misses served by copy, admissions).
-        fn step(&mut self, keys: &[Option<usize>]) -> (u32, u32, u32, usize) {
+        fn step(&mut self, keys: &[Option<usize>]) -> (u64, u64, u64, usize) {
             self.step += 1;
             // Pin before admit: every resident key of the step is pinned before the first miss.
             for r in self.residents.iter_mut().filter(|r| keys.contains(&Some(r.0))) {
@@ -448,7 +448,7 @@ mod tests {
         );
         let served = pool.serve(5, &[1, 2]);
         assert_eq!((served.hits, served.misses, served.invalid_ids), (0, 0, 2));
-        assert_eq!(pool.stats().invalid_ids, 2);
+        assert_eq!(pool.stats().served.invalid_ids, 2);
         // Ids past a layer's experts are invalid, not another layer's experts.
         pool.plan_step(0, Step::decode(0), &[8, 1], &mut plan).unwrap();
         assert_eq!(plan.promotions().iter().map(|p| pool.split(p.expert)).collect::<Vec<_>>(), vec![(0, 1)]);

@@ -17,6 +17,33 @@ pub struct PoolStats {
     pub promotions: u64,
     /// Demotions (slots freed by refreshes, and by slot-count changes that drop slots).
     pub demotions: u64,
+    /// How the pool's pairs were served.
+    pub served: ServeStats,
+    /// Bytes copied by committed promotions.
+    pub bytes_promoted: u64,
+}
+
+impl PoolStats {
+    /// Hits over valid ids, or 0 with none served.
+    pub fn hit_rate(&self) -> f64 {
+        self.served.hit_rate()
+    }
+
+    /// Adds `other`'s counters to these.
+    pub fn add(&mut self, other: &PoolStats) {
+        self.refreshes = self.refreshes.saturating_add(other.refreshes);
+        self.promotions = self.promotions.saturating_add(other.promotions);
+        self.demotions = self.demotions.saturating_add(other.demotions);
+        self.served.add(&other.served);
+        self.bytes_promoted = self.bytes_promoted.saturating_add(other.bytes_promoted);
+    }
+}
+
+/// How token–expert pairs were served: one step's, or a pool's, a replay's or a run's over many
+/// steps. The one set of pair counters every report embeds. Each count saturates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct ServeStats {
     /// Valid ids whose expert was resident before their step was planned.
     pub hits: u64,
     /// Valid ids that were not hits: `served_by_copy + served_in_place`.
@@ -27,61 +54,31 @@ pub struct PoolStats {
     pub served_in_place: u64,
     /// Ids at or past the expert count, ignored.
     pub invalid_ids: u64,
-    /// Bytes copied by committed promotions.
-    pub bytes_promoted: u64,
 }
 
-impl PoolStats {
-    /// Hits over valid ids, or 0 with none served.
+impl ServeStats {
+    /// Valid pairs: hits and misses.
+    pub const fn pairs(&self) -> u64 {
+        self.hits.saturating_add(self.misses)
+    }
+
+    /// Hits over valid pairs, or 0 with none.
     pub fn hit_rate(&self) -> f64 {
-        let served = self.hits.saturating_add(self.misses);
-        if served == 0 {
-            0.0
-        } else {
-            self.hits as f64 / served as f64
+        match self.pairs() {
+            0 => 0.0,
+            pairs => self.hits as f64 / pairs as f64,
         }
     }
 
-    /// Adds `other`'s counters to these.
-    pub fn add(&mut self, other: &PoolStats) {
-        self.refreshes = self.refreshes.saturating_add(other.refreshes);
-        self.promotions = self.promotions.saturating_add(other.promotions);
-        self.demotions = self.demotions.saturating_add(other.demotions);
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &ServeStats) {
         self.hits = self.hits.saturating_add(other.hits);
         self.misses = self.misses.saturating_add(other.misses);
         self.served_by_copy = self.served_by_copy.saturating_add(other.served_by_copy);
         self.served_in_place = self.served_in_place.saturating_add(other.served_in_place);
         self.invalid_ids = self.invalid_ids.saturating_add(other.invalid_ids);
-        self.bytes_promoted = self.bytes_promoted.saturating_add(other.bytes_promoted);
     }
 
-    /// Adds one served step's counts.
-    pub(crate) fn record(&mut self, served: &ServeStats) {
-        self.hits = self.hits.saturating_add(u64::from(served.hits));
-        self.misses = self.misses.saturating_add(u64::from(served.misses));
-        self.served_by_copy = self.served_by_copy.saturating_add(u64::from(served.served_by_copy));
-        self.served_in_place = self.served_in_place.saturating_add(u64::from(served.served_in_place));
-        self.invalid_ids = self.invalid_ids.saturating_add(u64::from(served.invalid_ids));
-    }
-}
-
-/// The counts of one served step. Each count saturates at `u32::MAX`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct ServeStats {
-    /// Valid ids whose expert was resident before the step was planned.
-    pub hits: u32,
-    /// Valid ids that were not hits: `served_by_copy + served_in_place`.
-    pub misses: u32,
-    /// Misses whose expert was copied in for this step and served them from its slot.
-    pub served_by_copy: u32,
-    /// Misses computed from slow memory (their expert not resident).
-    pub served_in_place: u32,
-    /// Ids at or past the expert count.
-    pub invalid_ids: u32,
-}
-
-impl ServeStats {
     /// Counts one classified id.
     pub(crate) fn count(&mut self, served: Served) {
         let counter = match served {

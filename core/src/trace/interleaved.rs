@@ -16,7 +16,7 @@
 //! [`Prefetcher`] guesses the next layer's experts and the next layer's pool (or the shared pool)
 //! places up to `layer_compute_seconds / copy time` of them ([`ExpertPool::prefetch`]). Those
 //! copies overlap the layer's compute, so they cost no modeled time; they count in
-//! `promotions` and `bytes_moved`, and in `prefetched`, `prefetch_hits` (prefetched experts the
+//! `promotions` and `bytes_promoted`, and in `prefetched`, `prefetch_hits` (prefetched experts the
 //! next layer's step used) and `prefetch_wasted_bytes` (those it did not use).
 
 use alloc::collections::BTreeMap;
@@ -232,11 +232,7 @@ pub(crate) fn replay(trace: &Trace, config: &ReplayConfig, start: &WarmStart) ->
         }
         let Some(s) = stats.get_mut(at) else { continue };
         count_moves(s, &plan, bytes);
-        s.hits = s.hits.saturating_add(u64::from(served.hits));
-        s.misses = s.misses.saturating_add(u64::from(served.misses));
-        s.served_by_copy = s.served_by_copy.saturating_add(u64::from(served.served_by_copy));
-        s.served_in_place = s.served_in_place.saturating_add(u64::from(served.served_in_place));
-        s.invalid_ids = s.invalid_ids.saturating_add(u64::from(served.invalid_ids));
+        s.served.add(&served);
         if let Some(prefetched) = pending.get_mut(at) {
             let used = prefetched.iter().filter(|&&e| ids.contains(&u32::from(e))).count() as u64;
             s.prefetch_hits = s.prefetch_hits.saturating_add(used);
@@ -287,10 +283,9 @@ pub(crate) fn replay(trace: &Trace, config: &ReplayConfig, start: &WarmStart) ->
     }
     let mut report = ReplayReport { layers: Vec::with_capacity(layers.len()), total: ReplayStats::default() };
     for ((&layer, mut s), clock) in layers.iter().zip(stats).zip(&clocks) {
-        s.pairs = s.hits.saturating_add(s.misses);
         // Prefetch copies overlap the previous layer's compute: only demand copies cost time.
         let hidden = s.prefetched.saturating_mul(bytes);
-        s.modeled_time_s = config.cost.seconds(s.served_in_place, s.bytes_moved.saturating_sub(hidden));
+        s.modeled_time_s = config.cost.seconds(s.served.served_in_place, s.bytes_promoted.saturating_sub(hidden));
         clock.apply(&config.cost, &mut s);
         report.total.add(&s);
         report.layers.push((layer, s));
@@ -303,7 +298,7 @@ fn count_moves(s: &mut ReplayStats, plan: &MigrationPlan, bytes: u64) {
     let moved = plan.len() as u64;
     s.promotions = s.promotions.saturating_add(moved);
     s.demotions = s.demotions.saturating_add(plan.promotions().iter().filter(|p| p.demoted.is_some()).count() as u64);
-    s.bytes_moved = s.bytes_moved.saturating_add(moved.saturating_mul(bytes));
+    s.bytes_promoted = s.bytes_promoted.saturating_add(moved.saturating_mul(bytes));
 }
 
 #[cfg(test)]

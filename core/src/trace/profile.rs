@@ -162,8 +162,13 @@ mod replay_tests {
                 continue;
             }
             // Experts 6 and 7 resident from the start: they never need to be copied.
-            assert_eq!(hot.total.pairs, 24, "{name}");
-            assert!(hot.total.hits >= default.total.hits, "{name}: {:?} vs {:?}", hot.total, default.total);
+            assert_eq!(hot.total.served.pairs(), 24, "{name}");
+            assert!(
+                hot.total.served.hits >= default.total.served.hits,
+                "{name}: {:?} vs {:?}",
+                hot.total,
+                default.total
+            );
             assert!(hot.total.promotions < default.total.promotions, "{name}: {:?} vs {:?}", hot.total, default.total);
             assert!(hot.total.modeled_time_s < default.total.modeled_time_s, "{name}");
         }

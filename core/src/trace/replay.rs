@@ -28,7 +28,7 @@ use core::fmt;
 use crate::error::{PlanError, PoolError};
 use crate::plan::MigrationPlan;
 use crate::policy::{Policy, PolicyError};
-use crate::pool::{ExpertPool, InitialPlacement, PoolConfig, PoolStats};
+use crate::pool::{ExpertPool, InitialPlacement, PoolConfig, PoolStats, ServeStats};
 use crate::predict::Predictor;
 use crate::schedule::{Schedule, Step};
 pub use crate::trace::interleaved::Sharing;
@@ -136,7 +136,7 @@ pub struct ReplayConfig {
     /// each record a [`crate::Prefetcher`] (learning online) guesses the next layer's experts, and
     /// its pool (or the shared pool) places up to `layer_compute_seconds / copy time` of them with
     /// [`crate::ExpertPool::prefetch`]. Those copies overlap the layer's compute, so they cost no
-    /// modeled time; they count in `promotions` and `bytes_moved`, and in
+    /// modeled time; they count in `promotions` and `bytes_promoted`, and in
     /// [`ReplayStats::prefetched`], [`ReplayStats::prefetch_hits`] and
     /// [`ReplayStats::prefetch_wasted_bytes`]. Other policies replay without prefetch.
     pub prefetch: Option<Predictor>,
@@ -159,27 +159,18 @@ impl ReplayConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct ReplayStats {
-    /// Valid token–expert pairs.
-    pub pairs: u64,
-    /// Pairs whose expert was resident before the step's routing was known.
-    pub hits: u64,
-    /// Pairs that were not hits: `served_by_copy + served_in_place`.
-    pub misses: u64,
-    /// Misses whose expert was copied in for their step (paid by the copy).
-    pub served_by_copy: u64,
-    /// Misses computed from slow memory (each costs `slow_pair_seconds`).
-    pub served_in_place: u64,
-    /// Ids at or past the expert count.
-    pub invalid_ids: u64,
+    /// How the pairs were served: a miss served by copy is paid by the copy, one served in
+    /// place costs `slow_pair_seconds`.
+    pub served: ServeStats,
     /// Experts copied into slots.
     pub promotions: u64,
     /// Experts demoted from slots.
     pub demotions: u64,
     /// Bytes copied (promotions × expert bytes).
-    pub bytes_moved: u64,
+    pub bytes_promoted: u64,
     /// The cost model's time.
     pub modeled_time_s: f64,
-    /// Experts copied by prefetch (counted in `promotions` and `bytes_moved` too).
+    /// Experts copied by prefetch (counted in `promotions` and `bytes_promoted` too).
     pub prefetched: u64,
     /// Prefetched experts the step they were prefetched for used.
     pub prefetch_hits: u64,
@@ -187,31 +178,22 @@ pub struct ReplayStats {
     pub prefetch_wasted_bytes: u64,
     /// Under the overlapped model ([`CostModel::overlapped`]): experts fetched for misses served
     /// in place (their pairs stay counted in `served_in_place`; the bytes are not in
-    /// `bytes_moved`, which counts slots filled).
+    /// `bytes_promoted`, which counts slots filled).
     pub fetched: u64,
 }
 
 impl ReplayStats {
     /// Hits over pairs, 0 without pairs.
     pub fn hit_rate(&self) -> f64 {
-        if self.pairs == 0 {
-            0.0
-        } else {
-            self.hits as f64 / self.pairs as f64
-        }
+        self.served.hit_rate()
     }
 
     /// Adds `other` to these counters.
     pub fn add(&mut self, other: &ReplayStats) {
-        self.pairs = self.pairs.saturating_add(other.pairs);
-        self.hits = self.hits.saturating_add(other.hits);
-        self.misses = self.misses.saturating_add(other.misses);
-        self.served_by_copy = self.served_by_copy.saturating_add(other.served_by_copy);
-        self.served_in_place = self.served_in_place.saturating_add(other.served_in_place);
-        self.invalid_ids = self.invalid_ids.saturating_add(other.invalid_ids);
+        self.served.add(&other.served);
         self.promotions = self.promotions.saturating_add(other.promotions);
         self.demotions = self.demotions.saturating_add(other.demotions);
-        self.bytes_moved = self.bytes_moved.saturating_add(other.bytes_moved);
+        self.bytes_promoted = self.bytes_promoted.saturating_add(other.bytes_promoted);
         self.modeled_time_s += other.modeled_time_s;
         self.prefetched = self.prefetched.saturating_add(other.prefetched);
         self.prefetch_hits = self.prefetch_hits.saturating_add(other.prefetch_hits);
@@ -395,18 +377,13 @@ fn commit(pool: &mut ExpertPool, plan: &MigrationPlan, bytes: u64) {
 }
 
 fn counters(end: &PoolStats, start: &PoolStats, cost: &CostModel) -> ReplayStats {
-    let bytes_moved = end.bytes_promoted.saturating_sub(start.bytes_promoted);
+    let bytes_promoted = end.bytes_promoted.saturating_sub(start.bytes_promoted);
     ReplayStats {
-        pairs: end.hits.saturating_add(end.misses),
-        hits: end.hits,
-        misses: end.misses,
-        served_by_copy: end.served_by_copy,
-        served_in_place: end.served_in_place,
-        invalid_ids: end.invalid_ids,
+        served: end.served,
         promotions: end.promotions.saturating_sub(start.promotions),
         demotions: end.demotions.saturating_sub(start.demotions),
-        bytes_moved,
-        modeled_time_s: cost.seconds(end.served_in_place, bytes_moved),
+        bytes_promoted,
+        modeled_time_s: cost.seconds(end.served.served_in_place, bytes_promoted),
         ..ReplayStats::default()
     }
 }
@@ -441,12 +418,12 @@ mod tests {
             let mut sum = ReplayStats::default();
             r.layers.iter().for_each(|(_, l)| sum.add(l));
             assert_eq!(sum, r.total, "{name}");
-            assert_eq!(r.total.pairs, 29, "{name}");
-            assert_eq!(r.total.invalid_ids, 1, "{name}");
-            assert_eq!(r.total.hits + r.total.misses, r.total.pairs);
-            assert_eq!(r.total.served_by_copy + r.total.served_in_place, r.total.misses);
-            assert_eq!(r.total.bytes_moved, r.total.promotions * 100);
-            let expected = r.total.served_in_place as f64 + r.total.bytes_moved as f64 / 100.0;
+            assert_eq!(r.total.served.pairs(), 29, "{name}");
+            assert_eq!(r.total.served.invalid_ids, 1, "{name}");
+            assert_eq!(r.total.served.hits + r.total.served.misses, r.total.served.pairs());
+            assert_eq!(r.total.served.served_by_copy + r.total.served.served_in_place, r.total.served.misses);
+            assert_eq!(r.total.bytes_promoted, r.total.promotions * 100);
+            let expected = r.total.served.served_in_place as f64 + r.total.bytes_promoted as f64 / 100.0;
             assert!((r.total.modeled_time_s - expected).abs() < 1e-9, "{name}");
         }
         assert!(ReplayPolicy::from_name("random").is_err());
@@ -469,7 +446,7 @@ mod tests {
         let hits = |name| replay(&trace(), &config(ReplayPolicy::from_name(name).unwrap())).unwrap().total;
         let (tide, oracle, lru, belady, uniform) =
             (hits("tide"), hits("oracle"), hits("lru"), hits("belady"), hits("uniform"));
-        assert!(belady.misses <= lru.misses);
+        assert!(belady.served.misses <= lru.served.misses);
         // Refreshing every step, the oracle's window is the step itself: TIDE exactly.
         assert_eq!(oracle, tide);
         let every2 = ReplayConfig {
@@ -479,15 +456,20 @@ mod tests {
         let ahead = replay(&trace(), &every2).unwrap().total;
         let tide2 =
             replay(&trace(), &ReplayConfig { policy: ReplayPolicy::Pool(Policy::Tide), ..every2 }).unwrap().total;
-        assert!(ahead.hits >= tide2.hits, "knowing the window helps: {} vs {}", ahead.hits, tide2.hits);
+        assert!(
+            ahead.served.hits >= tide2.served.hits,
+            "knowing the window helps: {} vs {}",
+            ahead.served.hits,
+            tide2.served.hits
+        );
         // The expectation of all 29 pairs at 2 of 8 slots, rounded down once: 7.25.
-        assert_eq!(uniform.hits, 29 * 2 / 8);
+        assert_eq!(uniform.served.hits, 29 * 2 / 8);
         // Starting cold, each of the two layers copies its two slots in first.
-        assert_eq!((uniform.promotions, uniform.bytes_moved), (4, 400));
+        assert_eq!((uniform.promotions, uniform.bytes_promoted), (4, 400));
         // Demand policies admit their misses: served in place only when every slot was pinned by
         // the step (layer 0: two ids of step 0, two of step 3 and two of step 4).
-        assert_eq!(lru.served_in_place, 6);
-        assert_eq!(lru.served_by_copy + lru.served_in_place, lru.misses);
+        assert_eq!(lru.served.served_in_place, 6);
+        assert_eq!(lru.served.served_by_copy + lru.served.served_in_place, lru.served.misses);
     }
 
     #[cfg(feature = "demand")]
@@ -501,7 +483,7 @@ mod tests {
         // TIDE, step 1: targets 2 (twice) and 0; 2 replaces 1. 0 hits, 1 is computed in place,
         // both pairs of 2 are served by its copy.
         let tide = run("tide");
-        let counts = |r: ReplayStats| (r.hits, r.served_by_copy, r.served_in_place, r.promotions);
+        let counts = |r: ReplayStats| (r.served.hits, r.served.served_by_copy, r.served.served_in_place, r.promotions);
         assert_eq!(counts(tide), (1, 6, 1, 3));
         // LRU, step 1: 0 and 1 hit and stay pinned, so 2 is computed in place, both times.
         let lru = run("lru");
@@ -531,14 +513,14 @@ mod tests {
         // Two blocks of five denoise steps, the counter restarting at each: refreshes on steps 0,
         // 2 and 4 of each block (records 0, 2, 4, 5, 7, 9).
         let restarting = replay(&records([0, 1, 2, 3, 4, 0, 1, 2, 3, 4]), &every2).unwrap().total;
-        assert_eq!(restarting.served_by_copy, 0b10_1011_0101);
-        assert_eq!((restarting.promotions, restarting.hits), (6, 0));
+        assert_eq!(restarting.served.served_by_copy, 0b10_1011_0101);
+        assert_eq!((restarting.promotions, restarting.served.hits), (6, 0));
         // The same blocks with a counter that keeps running: records 0, 2, 4, 5 (a prefill), 6 and 8.
         let running = replay(&records([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]), &every2).unwrap().total;
-        assert_eq!(running.served_by_copy, 0b01_0111_0101);
+        assert_eq!(running.served.served_by_copy, 0b01_0111_0101);
         // A block that restarts at an odd step: its first step refreshes all the same.
         let odd = replay(&records([0, 1, 2, 3, 4, 3, 4, 5, 6, 7]), &every2).unwrap().total;
-        assert_eq!(odd.served_by_copy, 0b01_0111_0101);
+        assert_eq!(odd.served.served_by_copy, 0b01_0111_0101);
     }
 
     #[cfg(feature = "demand")]
@@ -550,16 +532,16 @@ mod tests {
         };
         // A threshold no score reaches: every miss is served in place, nothing moves.
         let never = tinylfu(1e9);
-        assert_eq!((never.promotions, never.bytes_moved, never.hits), (0, 0, 0));
-        assert_eq!((never.served_in_place, never.served_by_copy), (never.misses, 0));
-        assert!((never.modeled_time_s - never.misses as f64).abs() < 1e-9);
+        assert_eq!((never.promotions, never.bytes_promoted, never.served.hits), (0, 0, 0));
+        assert_eq!((never.served.served_in_place, never.served.served_by_copy), (never.served.misses, 0));
+        assert!((never.modeled_time_s - never.served.misses as f64).abs() < 1e-9);
         // Threshold 0: some misses copied (each copy serving at least its own pair), the rest in
         // place; the copies are paid by the link, the pairs in place one second each.
         let eager = tinylfu(0.0);
-        assert!(eager.promotions > 0 && eager.served_in_place > 0);
-        assert!(eager.served_by_copy >= eager.promotions);
-        assert_eq!(eager.served_in_place + eager.served_by_copy, eager.misses);
-        let expected = eager.served_in_place as f64 + eager.promotions as f64;
+        assert!(eager.promotions > 0 && eager.served.served_in_place > 0);
+        assert!(eager.served.served_by_copy >= eager.promotions);
+        assert_eq!(eager.served.served_in_place + eager.served.served_by_copy, eager.served.misses);
+        let expected = eager.served.served_in_place as f64 + eager.promotions as f64;
         assert!((eager.modeled_time_s - expected).abs() < 1e-9);
     }
 }

@@ -101,13 +101,13 @@ fn a_shared_pool_has_the_slots_of_every_layer() {
     let trace = synth(0.9, 0.9, 256, 1);
     let per_layer = replay_any(&trace, &config(Policy::Lru)).unwrap();
     let shared = replay_any(&trace, &ReplayConfig { sharing: Sharing::Shared, ..config(Policy::Lru) }).unwrap();
-    assert_eq!(shared.total.pairs, per_layer.total.pairs);
+    assert_eq!(shared.total.served.pairs(), per_layer.total.served.pairs());
     let mut sum = ReplayStats::default();
     shared.layers.iter().for_each(|(_, l)| sum.add(l));
     assert_eq!(sum, shared.total);
     // With all 64 experts of 4 layers in 256 slots, nothing misses after the warm start.
     let all = ReplayConfig { slots: 64, sharing: Sharing::Shared, ..config(Policy::Lru) };
     let r = replay_any(&trace, &all).unwrap().total;
-    assert_eq!(r.misses, r.promotions);
+    assert_eq!(r.served.misses, r.promotions);
     assert_eq!(r.promotions, 0);
 }

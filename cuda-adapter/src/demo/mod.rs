@@ -23,7 +23,8 @@
 //! | `mod.rs` | settings and reports of a run ([`ModelSpec`], [`RunConfig`], [`RunReport`]), [`tune_pick`]; synthetic routing is the core's [`SyntheticTrace`](expertslab::trace::synthetic::SyntheticTrace) |
 //! | `compare.rs` | the demo's comparison ([`DemoConfig`], [`DemoReport`], [`run_demo`]) |
 //! | `gguf.rs` | [`GgufExperts`]: a GGUF file's experts, mapped, and the shape they make |
-//! | `model.rs` | [`GpuModel`]: the weights, calibration, decode, the replay's prediction |
+//! | `model.rs` | [`GpuModel`]: the weights, decode, the replay's prediction |
+//! | `calibration.rs` | [`GpuModel::calibrate`]: the link's and each miss way's costs, measured |
 //! | `kernels.rs` | the MoE FFN's launches as the runner makes them, two step buffers per layer |
 //! | `runner/` | one decode run on the library's path (`kernels.rs`: what it launches; `host.rs`: pairs on the host); its order checked on the mock driver (`tests.rs`) |
 
@@ -32,12 +33,13 @@ use expertslab::trace::synthetic::SplitMix64;
 #[cfg(test)]
 use expertslab::trace::synthetic::SyntheticTrace;
 use expertslab::trace::Trace;
-use expertslab::{ExpertLayout, Format, InitialPlacement, Policy, Schedule, StackLayout};
+use expertslab::{ExpertLayout, Format, InitialPlacement, Policy, Schedule, ServeStats, StackLayout};
 
 use crate::error::{CudaError, ResidencyError};
 use crate::ffn::{MissAction, MissCosts, MissRule};
 use crate::reference::FfnShape;
 
+mod calibration;
 mod compare;
 mod gguf;
 mod kernels;
@@ -117,14 +119,9 @@ impl RunConfig {
 /// What a decode run did and how long it took.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct RunReport {
-    /// Token–expert pairs whose expert was resident before the step's routing was known.
-    pub hits: u64,
-    /// Pairs that were not hits (as the pool counts them): `served_by_copy + served_in_place`.
-    pub misses: u64,
-    /// Misses whose expert was copied into its slot for that step.
-    pub served_by_copy: u64,
-    /// Misses whose expert was not resident (served by the miss rule: scratch copy or bus read).
-    pub served_in_place: u64,
+    /// How the pairs were served, as the pools count them (a miss served in place is served by
+    /// the miss rule: a scratch copy, a bus read or the host).
+    pub served: ServeStats,
     /// Experts copied into slots (promotions).
     pub promotions: u64,
     /// Bytes copied into slots.
@@ -160,12 +157,7 @@ pub struct RunReport {
 impl RunReport {
     /// Hits over pairs.
     pub fn hit_rate(&self) -> f64 {
-        let pairs = self.hits.saturating_add(self.misses);
-        if pairs == 0 {
-            0.0
-        } else {
-            self.hits as f64 / pairs as f64
-        }
+        self.served.hit_rate()
     }
 
     /// Seconds per decode token.
@@ -218,7 +210,7 @@ pub struct Prediction {
     /// The replay's hit rate over the whole trace.
     pub hit_rate: f64,
     /// Bytes the replay moves into slots during decode.
-    pub bytes_moved: u64,
+    pub bytes_promoted: u64,
     /// Misses served in place (computed from slow memory) during decode.
     pub served_in_place: u64,
 }

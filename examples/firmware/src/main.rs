@@ -246,7 +246,7 @@ fn run() -> Result<(), Failure> {
             hprintln!(
                 "  step {:2}: hit rate {}%, promotions {}, DMA bursts {}",
                 step,
-                total.hits * 100 / (total.hits + total.misses).max(1),
+                total.served.hits * 100 / total.served.pairs().max(1),
                 total.promotions,
                 dma.bursts
             );
@@ -255,10 +255,10 @@ fn run() -> Result<(), Failure> {
     let total = pools.total_stats();
     hprintln!(
         "  done: {} hits, {} misses ({} served by copy, {} in place), {} bytes moved by DMA",
-        total.hits,
-        total.misses,
-        total.served_by_copy,
-        total.served_in_place,
+        total.served.hits,
+        total.served.misses,
+        total.served.served_by_copy,
+        total.served.served_in_place,
         total.bytes_promoted
     );
     Ok(())

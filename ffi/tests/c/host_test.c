@@ -105,14 +105,14 @@ static int example(void) {
   OK(es_pool_initial_plan(pool, plan));
   EsMigrateStats migrated;
   OK(es_migrate(pool, plan, layout, source, sink, &migrated));
-  CHECK(migrated.copied == 2 && migrated.bytes == 2 * 3 * SLAB);
+  CHECK(migrated.copied == 2 && migrated.bytes_promoted == 2 * 3 * SLAB);
 
   /* One decode step, two tokens routed top-2: plan, migrate and serve in one call. */
   const uint32_t ids[4] = {3, 1, 3, 2};
   EsStep step = {.index = 0, .prefill = false, .mode = ES_MODE_SCHEDULED};
   EsStepStats stats;
   OK(es_step(pool, &step, ids, 4, plan, layout, source, sink, &stats));
-  CHECK(stats.migrated.bytes == 96); /* expert 3 replaced expert 0: three 32-byte slabs */
+  CHECK(stats.migrated.bytes_promoted == 96); /* expert 3 replaced expert 0: three 32-byte slabs */
   CHECK(stats.served.hits == 1 && stats.served.served_by_copy == 2 && stats.served.served_in_place == 1);
 
   /* Expert 3's down projection now lies in its slot of `sram`. */
@@ -218,7 +218,7 @@ static void failing_sink(EsExpertLayout *layout) {
   /* The second promotion's first write fails: expert 0 is in, expert 1 is not, slot 1 free. */
   EsMigrateStats migrated;
   EXPECT(es_migrate(pool, plan, layout, source, sink, &migrated), ES_STATUS_SINK_FAILED);
-  CHECK(migrated.copied == 1 && migrated.skipped == 0 && migrated.bytes == 3 * SLAB);
+  CHECK(migrated.copied == 1 && migrated.skipped == 0 && migrated.bytes_promoted == 3 * SLAB);
   CHECK(error_mentions(pool, "returned -7"));
   size_t slot = 9, expert = 9;
   bool resident = true, occupied = true;
@@ -286,7 +286,8 @@ static void failing_sink(EsExpertLayout *layout) {
 
   EsPoolStats totals;
   OK(es_pool_stats(pool, &totals));
-  CHECK(totals.hits + totals.misses == 2 + 2 + 1 + 1 && totals.misses == totals.served_by_copy + totals.served_in_place);
+  CHECK(totals.served.hits + totals.served.misses == 2 + 2 + 1 + 1 &&
+        totals.served.misses == totals.served.served_by_copy + totals.served.served_in_place);
 
   OK(es_plan_free(plan));
   OK(es_pool_free(pool));
@@ -589,7 +590,7 @@ static void trace_replay(EsExpertLayout *layout) {
   OK(es_trace_replay(trace, "tide", SLOTS, &every, &cost, &tide));
   OK(es_trace_replay(trace, "lru", SLOTS, &every, NULL, &lru));
   OK(es_trace_replay(trace, "optimal", SLOTS, &every, &cost, &optimal));
-  CHECK(tide.pairs == 10 && lru.pairs == 10 && tide.hits + tide.misses == 10);
+  CHECK(tide.served.hits + tide.served.misses == 10 && lru.served.hits + lru.served.misses == 10);
   CHECK(tide.modeled_time_s > 0.0 && lru.modeled_time_s == 0.0);
   CHECK(optimal.modeled_time_s <= tide.modeled_time_s);
 
@@ -621,8 +622,8 @@ static void trace_replay(EsExpertLayout *layout) {
   }
   EsPoolStats stats;
   OK(es_pool_stats(pool, &stats));
-  CHECK(stats.hits == tide.hits && stats.served_by_copy == tide.served_by_copy &&
-        stats.served_in_place == tide.served_in_place);
+  CHECK(stats.served.hits == tide.served.hits && stats.served.served_by_copy == tide.served.served_by_copy &&
+        stats.served.served_in_place == tide.served.served_in_place);
   CHECK(consistent(pool, &state));
 
   /* Errors: a replay that cannot run, unknown names, a trace that does not parse. */

@@ -1,3 +1,4 @@
+use super::order::{dot, pad_to_blocks, Blocks, RowFormat, F32, Q4K, Q6K, Q8_0};
 use super::*;
 
 /// Uniform values in ±`scale` from a small LCG.
@@ -372,4 +373,50 @@ fn a_q4_k_m_expert_reads_q4_k_gate_and_up_beside_q6_k_down() {
         ExpertFfn::new(hidden, 288, Format::Q8_0).unwrap().with_down_format(Format::Q6_K).unwrap_err(),
         FfnError::NotWholeBlocks { format: Format::Q6_K, width: 288 }
     );
+}
+
+/// Pseudo-random bytes.
+fn bytes(n: usize, seed: usize) -> Vec<u8> {
+    (0..n).map(|i| ((i * 131 + seed * 977 + (i * i) % 61) % 256) as u8).collect()
+}
+
+/// A row of `cols` elements of `B`: its blocks' scales made finite (exponent below 31).
+fn row_of<B: Blocks>(cols: usize, seed: usize, scales: &[usize]) -> Vec<u8> {
+    let mut row = bytes(cols / B::ELEMS * B::BYTES, seed);
+    for block in row.chunks_exact_mut(B::BYTES) {
+        for &at in scales {
+            block[at + 1] &= 0xF7; // exponent field at most 0b11101
+        }
+    }
+    row
+}
+
+/// Every weight of `row` widened as ggml dequantises it, then the row's dot product is the
+/// one of those weights as F32.
+fn check_blocks<B: Blocks>(scales: &[usize], ggml: fn(&[u8]) -> Vec<f32>) {
+    for cols in [B::ELEMS, 2 * B::ELEMS, 256, 288, 768, 2048].into_iter().filter(|c| c % B::ELEMS == 0) {
+        let row = row_of::<B>(cols, cols, scales);
+        assert_eq!(row.len(), B::row_bytes(cols));
+        let weights: Vec<f32> = row.chunks_exact(B::BYTES).flat_map(ggml).collect();
+        let mut widened = vec![0.0f32; B::ELEMS];
+        for (block, want) in row.chunks_exact(B::BYTES).zip(weights.chunks_exact(B::ELEMS)) {
+            B::widen(block, &mut widened);
+            let (got, want): (Vec<u32>, Vec<u32>) =
+                (widened.iter().map(|w| w.to_bits()).collect(), want.iter().map(|w| w.to_bits()).collect());
+            assert_eq!(got, want, "{cols}: a block widened otherwise than ggml dequantises it");
+        }
+        let x: Vec<f32> = (0..cols).map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.021).collect();
+        let mut xt = Vec::new();
+        pad_to_blocks(&x, &mut xt);
+        let f32_row: Vec<u8> = weights.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(B::dot(&row, cols, &xt).to_bits(), dot::<F32>(&f32_row, cols, &xt).to_bits(), "{cols}");
+    }
+}
+
+#[test]
+fn block_formats_widen_as_ggml_dequantises_then_take_the_f32_order() {
+    use super::ggml::{q4k as ggml_q4k, q6k as ggml_q6k, q8_0 as ggml_q8_0};
+    check_blocks::<Q8_0>(&[0], ggml_q8_0);
+    check_blocks::<Q4K>(&[0, 2], ggml_q4k);
+    check_blocks::<Q6K>(&[208], ggml_q6k);
 }

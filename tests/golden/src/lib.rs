@@ -437,10 +437,10 @@ pub fn replay_observing(scenario: &Scenario, mut observe: impl FnMut(u32)) -> Re
                 fold(&mut digest, pool.expert_in(slot).map_or(u32::MAX, |e| e as u32));
             }
             let served = pool.serve(ids);
-            fold(&mut digest, served.hits);
-            fold(&mut digest, served.served_by_copy);
-            fold(&mut digest, served.served_in_place);
-            fold(&mut digest, served.invalid_ids);
+            // A step's counts are at most its ids (fewer than 2^32): the digest folds them as words.
+            for count in [served.hits, served.served_by_copy, served.served_in_place, served.invalid_ids] {
+                fold(&mut digest, u32::try_from(count).unwrap_or(u32::MAX));
+            }
         }
         if let Some((line, expected)) = step.expected {
             check(line, expected, digest.0)?;
@@ -448,7 +448,7 @@ pub fn replay_observing(scenario: &Scenario, mut observe: impl FnMut(u32)) -> Re
         digests.push(digest.0);
     }
     let stats = pools.total_stats();
-    Ok(Replay { digests, totals: [stats.hits, stats.misses, stats.promotions] })
+    Ok(Replay { digests, totals: [stats.served.hits, stats.served.misses, stats.promotions] })
 }
 
 fn commit(pool: &mut ExpertPool, plan: &MigrationPlan) -> Result<(), VectorError> {

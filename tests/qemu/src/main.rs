@@ -261,7 +261,7 @@ fn shared_with_interrupt() -> Outcome {
         busy
     );
     ensure(ticks >= 200, || "the timer interrupt did not fire".into())?;
-    let ids = stats.hits + stats.misses + stats.invalid_ids;
+    let ids = stats.served.pairs() + stats.served.invalid_ids;
     ensure(ids == main_serves * 3 + ticks * 2, || {
         format!("{ids} ids counted, expected {}", main_serves * 3 + ticks * 2)
     })

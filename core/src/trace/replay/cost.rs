@@ -401,24 +401,27 @@ mod tests {
         // Warm {0, 1}. Step 0: TIDE keeps 0 and 1 (counts 1 each, ties low): 2 and 3 in place.
         // Step 1: 2 (count 2) and 0 targeted, 2 replaces 1; 5 in place. Step 2: 6 and 7
         // promoted, nothing in place.
-        assert_eq!((additive.promotions, additive.served_in_place), (3, 3));
+        assert_eq!((additive.promotions, additive.served.served_in_place), (3, 3));
         assert!((additive.modeled_time_s - (3.0 + 6.0)).abs() < 1e-9);
         // Overlapped, the pool capped at the step's share of its misses. With a cap of 0
         // nothing is promoted and each step costs its pairs in place: 2 + 3 + 4.
         let none = replay(&small(), &config(cost.overlapped(FetchCap::AtMost(0)))).unwrap().total;
-        assert_eq!((none.promotions, none.served_in_place, none.fetched), (0, 9, 0), "{none:?}");
+        assert_eq!((none.promotions, none.served.served_in_place, none.fetched), (0, 9, 0), "{none:?}");
         assert!((none.modeled_time_s - 9.0).abs() < 1e-9, "{none:?}");
         // Balanced: step 0 fetches nothing (one fetch ties at 2); step 1 promotes 2 (max(2, 1));
         // step 2 promotes 6 only (max(2, 1) beats promoting 7 too, max(4, 0)): 2 + 2 + 2 s, one
         // promotion fewer than without the cap.
         let balanced = replay(&small(), &config(cost.overlapped(FetchCap::Balanced))).unwrap().total;
         assert!((balanced.modeled_time_s - 6.0).abs() < 1e-9, "{balanced:?}");
-        assert_eq!((balanced.hits, balanced.promotions, balanced.served_in_place), (additive.hits, 2, 4));
+        assert_eq!(
+            (balanced.served.hits, balanced.promotions, balanced.served.served_in_place),
+            (additive.served.hits, 2, 4)
+        );
         // Uncapped: TIDE promotes as without the overlap (3 promotions; 2, 3 and 5 in place).
         // Step 0 fetches nothing (max(2, 1) = max(0, 2)); step 1 promotes 2 (2 s on the link)
         // and leaves 5 in place (max(2, 1)); step 2 promotes 6 and 7 (4 s): 2 + 2 + 4 s.
         let uncapped = replay(&small(), &config(cost.overlapped(FetchCap::Uncapped))).unwrap().total;
-        assert_eq!((uncapped.promotions, uncapped.served_in_place), (additive.promotions, 3), "{uncapped:?}");
+        assert_eq!((uncapped.promotions, uncapped.served.served_in_place), (additive.promotions, 3), "{uncapped:?}");
         assert!((uncapped.modeled_time_s - 8.0).abs() < 1e-9, "{uncapped:?}");
         // A cost per step in place makes in-place compute dearer: never faster, fetching more.
         let stepped = replay(&small(), &config(cost.slow_step(1.0).overlapped(FetchCap::Balanced))).unwrap().total;
@@ -449,7 +452,7 @@ mod tests {
             let add = replay(&small(), &shared(policy, cost)).unwrap().total;
             let over = replay(&small(), &shared(policy, cost.overlapped(FetchCap::Balanced))).unwrap().total;
             assert!(over.promotions <= add.promotions, "{over:?} {add:?}");
-            assert_eq!(over.pairs, add.pairs);
+            assert_eq!(over.served.pairs(), add.served.pairs());
         }
         let in_place = replay(&small(), &shared(never, cost.overlapped(FetchCap::Balanced))).unwrap().total;
         // Warm {0, 1}, nothing admitted. Step 0 misses 2 and 3 (fetching one: max(2, 1) = 2, a

@@ -196,11 +196,11 @@ impl Solver {
             let Ok(at) = layers.binary_search_by_key(&u.layer(), |(l, _)| *l) else { continue };
             let Some((_, c)) = layers.get_mut(at) else { continue };
             if !graph.carries(u.serve_edge) {
-                c.misses = c.misses.saturating_add(u.pairs);
-                c.served_in_place = c.served_in_place.saturating_add(u.pairs);
+                c.served.misses = c.served.misses.saturating_add(u.pairs);
+                c.served.served_in_place = c.served.served_in_place.saturating_add(u.pairs);
             } else if graph.carries(u.copy_edge) {
-                c.misses = c.misses.saturating_add(u.pairs);
-                c.served_by_copy = c.served_by_copy.saturating_add(u.pairs);
+                c.served.misses = c.served.misses.saturating_add(u.pairs);
+                c.served.served_by_copy = c.served.served_by_copy.saturating_add(u.pairs);
                 c.promotions = c.promotions.saturating_add(1);
                 if free > 0 {
                     free = free.saturating_sub(1);
@@ -208,12 +208,12 @@ impl Solver {
                     c.demotions = c.demotions.saturating_add(1);
                 }
             } else {
-                c.hits = c.hits.saturating_add(u.pairs);
+                c.served.hits = c.served.hits.saturating_add(u.pairs);
             }
         }
         for (_, c) in layers.iter_mut() {
-            c.bytes_moved = c.promotions.saturating_mul(config.cost.expert_bytes);
-            c.modeled_time_s = config.cost.seconds(c.served_in_place, c.bytes_moved);
+            c.bytes_promoted = c.promotions.saturating_mul(config.cost.expert_bytes);
+            c.modeled_time_s = config.cost.seconds(c.served.served_in_place, c.bytes_promoted);
         }
     }
 
@@ -234,9 +234,9 @@ impl Solver {
             let valid = self.ids.len() as u64;
             if let Ok(at) = layers.binary_search_by_key(&record.layer, |(l, _)| *l) {
                 if let Some((_, c)) = layers.get_mut(at) {
-                    c.pairs = c.pairs.saturating_add(valid);
-                    // valid <= len
-                    c.invalid_ids = c.invalid_ids.saturating_add((ids.len() as u64).saturating_sub(valid));
+                    // Its valid pairs are counted as the schedule serves them; valid <= len.
+                    c.served.invalid_ids =
+                        c.served.invalid_ids.saturating_add((ids.len() as u64).saturating_sub(valid));
                 }
             }
             for run in self.ids.chunk_by(|a, b| a == b) {

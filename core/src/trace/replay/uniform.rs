@@ -22,23 +22,24 @@ pub(super) fn uniform(trace: &Trace, by_layer: &[&TraceRecord], config: &ReplayC
     for records in by_layer.chunk_by(|a, b| a.layer == b.layer) {
         let Some(layer) = records.first().map(|r| r.layer) else { continue };
         let mut c = ReplayStats::default();
+        let mut pairs = 0u64;
         for r in records {
             let ids = trace.ids(r);
             let valid = ids.iter().filter(|&&id| (id as usize) < experts).count() as u64;
-            c.pairs = c.pairs.saturating_add(valid);
-            c.invalid_ids = c.invalid_ids.saturating_add((ids.len() as u64).saturating_sub(valid));
+            pairs = pairs.saturating_add(valid);
             // valid <= len
+            c.served.invalid_ids = c.served.invalid_ids.saturating_add((ids.len() as u64).saturating_sub(valid));
         }
-        pairs_so_far = pairs_so_far.saturating_add(c.pairs);
+        pairs_so_far = pairs_so_far.saturating_add(pairs);
         let expected = uniform_hits(pairs_so_far, slots, experts);
         // The running expectation never falls, and rises by at most the layer's pairs.
-        c.hits = expected.saturating_sub(hits_so_far).min(c.pairs);
-        hits_so_far = hits_so_far.saturating_add(c.hits);
-        c.misses = c.pairs.saturating_sub(c.hits);
-        c.served_in_place = c.misses;
+        c.served.hits = expected.saturating_sub(hits_so_far).min(pairs);
+        hits_so_far = hits_so_far.saturating_add(c.served.hits);
+        c.served.misses = pairs.saturating_sub(c.served.hits);
+        c.served.served_in_place = c.served.misses;
         c.promotions = copies;
-        c.bytes_moved = copies.saturating_mul(config.cost.expert_bytes);
-        c.modeled_time_s = config.cost.seconds(c.served_in_place, c.bytes_moved);
+        c.bytes_promoted = copies.saturating_mul(config.cost.expert_bytes);
+        c.modeled_time_s = config.cost.seconds(c.served.served_in_place, c.bytes_promoted);
         report.total.add(&c);
         report.layers.push((layer, c));
     }
@@ -81,16 +82,16 @@ mod tests {
             replay(&t, &config).unwrap()
         };
         let warm = run(ReplayPolicy::Uniform, InitialPlacement::Warm);
-        assert_eq!((warm.total.pairs, warm.total.hits, warm.total.promotions), (24, 6, 0));
+        assert_eq!((warm.total.served.pairs(), warm.total.served.hits, warm.total.promotions), (24, 6, 0));
         let mut sum = ReplayStats::default();
         warm.layers.iter().for_each(|(_, l)| sum.add(l));
         assert_eq!(sum, warm.total);
-        assert!(warm.layers.iter().all(|(_, l)| l.hits <= 1), "{warm:?}");
+        assert!(warm.layers.iter().all(|(_, l)| l.served.hits <= 1), "{warm:?}");
         // 18 pairs in place at one second each, nothing copied.
         assert!((warm.total.modeled_time_s - 18.0).abs() < 1e-9);
         // Cold, every layer first copies its slot in (one second each): 8 more seconds.
         let cold = run(ReplayPolicy::Uniform, InitialPlacement::Cold);
-        assert_eq!((cold.total.hits, cold.total.promotions, cold.total.bytes_moved), (6, 8, 800));
+        assert_eq!((cold.total.served.hits, cold.total.promotions, cold.total.bytes_promoted), (6, 8, 800));
         assert!((cold.total.modeled_time_s - 26.0).abs() < 1e-9);
         // All experts resident: cold, the uniform placement still has to be copied in, and no
         // cheaper than the optimum that starts as cold.
@@ -99,7 +100,7 @@ mod tests {
             replay(&t, &config).unwrap().total
         };
         let (uniform, optimal) = (all(ReplayPolicy::Uniform), all(ReplayPolicy::Optimal));
-        assert_eq!((uniform.hits, uniform.promotions), (24, 32));
+        assert_eq!((uniform.served.hits, uniform.promotions), (24, 32));
         assert!(uniform.modeled_time_s >= optimal.modeled_time_s, "{uniform:?} vs {optimal:?}");
     }
 }

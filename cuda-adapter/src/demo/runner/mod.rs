@@ -388,10 +388,10 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
         }
         self.kernels.check(&self.compute)?;
         let stats = self.placement.stats();
-        report.hits = stats.hits;
-        report.misses = stats.misses + self.misses;
-        report.served_by_copy = stats.served_by_copy;
-        report.served_in_place = stats.served_in_place + self.misses;
+        report.served.hits = stats.served.hits;
+        report.served.misses = stats.served.misses + self.misses;
+        report.served.served_by_copy = stats.served.served_by_copy;
+        report.served.served_in_place = stats.served.served_in_place + self.misses;
         report.promotions = stats.promotions - self.warm.promotions;
         report.bytes_promoted = stats.bytes_promoted - self.warm.bytes_promoted;
         if let Some(out) = &self.outputs {
@@ -459,7 +459,7 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
                 pool.step(layer, step, ids, &mut self.plan, layout, store, &mut self.sink).map_err(step_error)?.migrated
             }
         };
-        let mut copied = migrated.bytes;
+        let mut copied = migrated.bytes_promoted;
         // 3. Each pair's source; the step's misses planned together by the rule.
         let early_view = self.view(layer)?;
         self.sources.clear();

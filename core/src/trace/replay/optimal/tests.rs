@@ -94,11 +94,11 @@ fn check_counters(report: &ReplayReport, cost: &CostModel) {
     let mut sum = ReplayStats::default();
     for (_, c) in &report.layers {
         sum.add(c);
-        assert_eq!(c.hits + c.misses, c.pairs);
-        assert!(c.served_in_place <= c.misses);
-        assert_eq!(c.bytes_moved, c.promotions * cost.expert_bytes);
+        assert_eq!(c.served.hits + c.served.misses, c.served.pairs());
+        assert!(c.served.served_in_place <= c.served.misses);
+        assert_eq!(c.bytes_promoted, c.promotions * cost.expert_bytes);
         assert!(c.demotions <= c.promotions);
-        assert!(close(c.modeled_time_s, cost.seconds(c.served_in_place, c.bytes_moved)));
+        assert!(close(c.modeled_time_s, cost.seconds(c.served.served_in_place, c.bytes_promoted)));
     }
     assert_eq!(sum, report.total);
 }
@@ -145,15 +145,18 @@ fn a_hand_worked_trace() {
     // A copy of 3: keep expert 1 from the first step: 3 + 1 + 1 + 1 (expert 2) = 6.
     let r = optimal(&t, &cfg(3));
     assert!(close(r.total.modeled_time_s, 6.0), "{:?}", r.total);
-    assert_eq!((r.total.promotions, r.total.hits, r.total.misses, r.total.served_in_place), (1, 4, 5, 3));
+    assert_eq!(
+        (r.total.promotions, r.total.served.hits, r.total.served.misses, r.total.served.served_in_place),
+        (1, 4, 5, 3)
+    );
     // A copy of 7: never worth it (6 pairs of expert 1 save 6): everything in place, 9.
     let r = optimal(&t, &cfg(7));
     assert!(close(r.total.modeled_time_s, 9.0));
-    assert_eq!((r.total.promotions, r.total.hits), (0, 0));
+    assert_eq!((r.total.promotions, r.total.served.hits), (0, 0));
     // Copies free: every pair that can be in the slot is; expert 2 shares a step with 1.
     let r = optimal(&t, &cfg(0));
     assert!(close(r.total.modeled_time_s, 1.0));
-    assert_eq!(r.total.served_in_place, 1);
+    assert_eq!(r.total.served.served_in_place, 1);
     // Warm, expert 0 resident from the start: keeping it throughout costs 6 + 1 = 7; dropping it
     // for expert 1 at a copy of 3 gives 3 + 2 + 1 = 6.
     let warm = optimal(&t, &config(ReplayPolicy::Optimal, 1, InitialPlacement::Warm, unit_cost(3)));
@@ -166,7 +169,10 @@ fn a_hand_worked_trace() {
 fn zero_slots_and_empty_traces() {
     let t = tiny_trace(4, 2, &[vec![0, 1], vec![2, 9], vec![3, 3]]);
     let r = optimal(&t, &config(ReplayPolicy::Optimal, 0, InitialPlacement::Warm, unit_cost(1)));
-    assert_eq!((r.total.pairs, r.total.invalid_ids, r.total.served_in_place, r.total.promotions), (5, 1, 5, 0));
+    assert_eq!(
+        (r.total.served.pairs(), r.total.served.invalid_ids, r.total.served.served_in_place, r.total.promotions),
+        (5, 1, 5, 0)
+    );
     let shared = optimal_shared(&t, &config(ReplayPolicy::OptimalShared, 0, InitialPlacement::Warm, unit_cost(1)));
     assert_eq!(shared, r);
     let empty = Trace::new(TraceHeader { experts: 4, layers: 2, top_k: 1 }).unwrap();

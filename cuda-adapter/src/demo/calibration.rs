@@ -1,0 +1,171 @@
+//! Calibration of a [`GpuModel`]: the link's bandwidth and the per-pair costs of each way of
+//! serving a miss, measured through the library's sink at start-up.
+
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::CudaSlice;
+use expertslab::SlotArena;
+use expertslab_std::ffn::{ExpertFfn, PairSlabs};
+
+use super::model::{seconds, GpuModel};
+use super::{activations, median, Calibration};
+use crate::arena::DEVICE_ALIGN;
+use crate::error::CudaError;
+use crate::ffn::{raw, MissCosts, PairSource, SlotView};
+use crate::table::DeviceSlotTable;
+
+impl GpuModel {
+    /// Measures the link bandwidth and the per-pair compute costs of resident and bus-read
+    /// experts (medians of `reps` timings each), through the library's sink: copies are
+    /// scratch writes, resident pairs read the scratch slots, bus-read pairs the mapped host
+    /// memory.
+    ///
+    /// # Errors
+    /// [`CudaError::Driver`] and the kernels' errors.
+    pub fn calibrate(&self, reps: usize) -> Result<Calibration, CudaError> {
+        let reps = reps.max(3);
+        let k = self.spec.shape.top_k.min(self.spec.experts);
+        let mut sink = self.sink()?;
+        sink.add_arena(0, SlotArena::new(&self.layout, 0, DEVICE_ALIGN)?)?;
+        sink.add_scratch(0, SlotArena::new(&self.layout, k, DEVICE_ALIGN)?)?;
+        let table = DeviceSlotTable::new(0, self.spec.experts, &mut sink)?;
+        let vram = sink.vram(0).ok_or(CudaError::UnknownLayer { layer: 0 })?;
+        let view = SlotView::new(&self.spec.shape, &self.layout, vram, table.view())?;
+        let timing = Some(CUevent_flags::CU_EVENT_DEFAULT);
+        // Link: copies of k experts from page-locked memory.
+        let mut link = Vec::new();
+        let mut scratch = Vec::new();
+        for _ in 0..reps {
+            let start = sink.copy_stream().record_event(timing)?;
+            scratch.clear();
+            for e in 0..k {
+                scratch.push(sink.write_scratch(0, e, &self.layout, &self.store, 0, e)?);
+            }
+            let end = sink.copy_stream().record_event(timing)?;
+            end.synchronize()?;
+            link.push((k * self.expert_bytes) as f64 / seconds(&start, &end)?);
+        }
+        sink.order_before(&self.compute)?;
+        // One token over k experts, from device memory and over the bus.
+        let ids: Vec<u32> = (0..k as u32).collect();
+        let weights = vec![1.0 / k as f32; k];
+        let x = self.compute.clone_htod(&activations(self.spec.seed, self.spec.shape.hidden))?;
+        let y = self.compute.alloc_zeros::<f32>(self.spec.shape.hidden)?;
+        let (xp, yp) = (raw(&x, &self.compute), raw(&y, &self.compute));
+        let mut step = self.ffn.step_buffers(&self.compute, 1)?;
+        let mut per_pair = |sources: &[PairSource]| -> Result<f64, CudaError> {
+            step.stage(&self.compute, &ids, &weights, sources)?;
+            let mut t = Vec::new();
+            for _ in 0..reps + 1 {
+                let start = self.compute.record_event(timing)?;
+                // SAFETY: `view` reads the sink's arena and the table (alive for this function),
+                // the sources the sink's scratch slots or the model's mapped host stacks, `xp`
+                // and `yp` one token's activations and output; the compute stream waited on the
+                // copy stream above.
+                unsafe { self.ffn.launch(&self.compute, &view, &step, xp, yp) }?;
+                let end = self.compute.record_event(timing)?;
+                end.synchronize()?;
+                t.push(seconds(&start, &end)? / k as f64);
+            }
+            t.remove(0); // the first launch warms up
+            step.check_status(&self.compute)?;
+            Ok(median(&mut t))
+        };
+        let resident =
+            scratch.iter().map(|&s| PairSource::scratch(&sink, &self.layout, s)).collect::<Result<Vec<_>, _>>()?;
+        let bus_read =
+            (0..k).map(|e| PairSource::mapped(sink.host(), &self.store, 0, e)).collect::<Result<Vec<_>, _>>()?;
+        let resident_pair = per_pair(&resident)?;
+        let bus_pair = per_pair(&bus_read)?;
+        self.compute.synchronize()?;
+        let link_bytes_per_second = median(&mut link);
+        // The host is timed with the link busy, as the balanced rule keeps it: host memory
+        // serves the copies and the host's reads at once.
+        let mut copies = 0usize;
+        let mut busy_link = |n: usize| -> Result<(), CudaError> {
+            sink.synchronize().map_err(|f| f.error)?;
+            for i in 0..n {
+                let expert = (copies + i) % self.spec.experts.max(1);
+                sink.write_scratch(0, i % k, &self.layout, &self.store, 0, expert)?;
+            }
+            copies += n;
+            Ok(())
+        };
+        let (host_pair, host_step) = self.host_costs(k, reps, &x, &mut busy_link)?;
+        sink.synchronize().map_err(|f| f.error)?;
+        Ok(Calibration {
+            link_bytes_per_second,
+            costs: MissCosts {
+                copy: self.expert_bytes as f64 / link_bytes_per_second,
+                resident_pair,
+                bus_pair,
+                host_pair,
+                host_step,
+            },
+        })
+    }
+
+    /// The host's costs as the runner pays them for one token: per layer step, the input
+    /// `x_device` copied to the host, [`ExpertFfn`] on all its threads over the pairs (kept warm
+    /// between steps, as the runner keeps them), and their outputs uploaded. Timed with one pair and with `k` (medians over `reps` runs, after one
+    /// to warm up): `host_pair` is the time `k` pairs add over one, per pair, and `host_step`
+    /// what is left of the one-pair time. Both `f64::INFINITY` when the host FFN does not read
+    /// the model's format. Each run reads other experts, spread over every layer, as decode's
+    /// misses do: experts read again and again would be timed from the host's caches (a
+    /// last-level cache of hundreds of MiB holds a token's experts), not from its memory.
+    fn host_costs(
+        &self,
+        k: usize,
+        reps: usize,
+        x_device: &CudaSlice<f32>,
+        busy_link: &mut dyn FnMut(usize) -> Result<(), CudaError>,
+    ) -> Result<(f64, f64), CudaError> {
+        let s = &self.spec.shape;
+        let Ok(ffn) = ExpertFfn::new(s.hidden, s.ffn, s.format).and_then(|f| f.with_down_format(s.down_format)) else {
+            return Ok((f64::INFINITY, f64::INFINITY));
+        };
+        let (experts, layers) = (self.spec.experts.max(1), self.spec.layers.max(1));
+        let all = experts * layers;
+        // A stride prime to the expert count, so the runs visit every expert before one comes
+        // back.
+        let stride = if all % 7919 == 0 { 1 } else { 7919 };
+        let k = k.max(2);
+        let mut next = 0usize;
+        let mut x = vec![0.0f32; s.hidden];
+        let mut parts = vec![0.0f32; k * s.hidden];
+        let mut parts_device = self.compute.alloc_zeros::<f32>(k * s.hidden)?;
+        let mut time = |n: usize| -> Result<f64, CudaError> {
+            // One copy a pair: the link busy about as long as the host (a copy of an expert
+            // takes about as long as a pair on the host).
+            busy_link(n)?;
+            let pairs = (0..n)
+                .map(|_| {
+                    let at = (next * stride) % all;
+                    next += 1;
+                    PairSlabs::from_source(&self.store, at / experts, at % experts, 0)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let out = parts.get_mut(..n * s.hidden).unwrap_or_default();
+            let start = std::time::Instant::now();
+            self.compute.memcpy_dtoh(x_device, &mut x)?;
+            self.compute.synchronize()?;
+            ffn.parts(&pairs, &x, out).map_err(|e| CudaError::Unsupported(format!("host FFN: {e}")))?;
+            ffn.keep_warm(super::runner::HOST_WARM);
+            // The upload enqueued, as the runner leaves it: it may queue behind the link's
+            // copies, time the link already counts.
+            self.compute.memcpy_htod(out, &mut parts_device)?;
+            let seconds = start.elapsed().as_secs_f64();
+            self.compute.synchronize()?;
+            Ok(seconds)
+        };
+        let (mut one, mut added) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
+        for rep in 0..=reps {
+            let (t1, tk) = (time(1)?, time(k)?);
+            if rep > 0 {
+                one.push(t1);
+                added.push((tk - t1).max(0.0) / (k - 1) as f64);
+            }
+        }
+        let pair = median(&mut added);
+        Ok((pair, (median(&mut one) - pair).max(0.0)))
+    }
+}
