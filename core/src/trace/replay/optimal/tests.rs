@@ -295,7 +295,7 @@ fn tiny_traces() -> impl Strategy<Value = (Trace, ReplayConfig)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: if cfg!(miri) { 4 } else { 400 }, ..ProptestConfig::default() })]
 
     #[test]
     fn the_flow_finds_the_exhaustive_optimum((t, cfg) in tiny_traces()) {
