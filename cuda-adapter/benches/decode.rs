@@ -24,7 +24,7 @@
 
 use std::process::ExitCode;
 
-use expertslab::trace::replay::FetchCap;
+use expertslab::trace::replay::{FetchCap, Sharing};
 use expertslab::trace::synthetic::SyntheticTrace;
 use expertslab::{DecayConfig, Policy, Schedule};
 use expertslab_cuda::demo::{
@@ -181,7 +181,8 @@ fn peer(model: &GpuModel, calibration: &Calibration, reps: usize) -> Result<(), 
                     },
                     _ => "",
                 };
-                let name = format!("tune: {} {}{cap}", run.policy.name(), schedule_name(run.schedule));
+                let shared = if run.sharing == Sharing::Shared { "/shared" } else { "" };
+                let name = format!("tune: {}{shared} {}{cap}", run.policy.name(), schedule_name(run.schedule));
                 let r = model.decode_median(&trace, &run, reps)?;
                 let predicted = model.predict(&trace, &run, calibration)?.seconds_per_token;
                 line(percent, &format!("{name}, misses {}", way.name()), &r, floor_token, predicted);

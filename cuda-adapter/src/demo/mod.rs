@@ -274,7 +274,8 @@ pub fn replay_cost(rule: MissRule, expert_bytes: u64, calibration: &Calibration)
 /// The pick of `expertslab tune` at a fixed budget of `slots` per layer: the run with the lowest
 /// modeled time under the core's replay ([`replay_cost`]), over the core's search grid
 /// ([`TuneGrid::new`]: every deployable policy, tinylfu at each admission setting, the interval
-/// policies at each refresh interval) on per-layer pools (the runner's), and, under
+/// policies at each refresh interval, the demand policies on per-layer pools and on one pool of
+/// `slots × layers` shared by the layers), and, under
 /// [`MissRule::Balanced`], over the way itself: the rule's cap, the pool uncapped and the pool
 /// capped at the balanced share ([`FetchCap`]), and each single way, every miss copied and every
 /// miss computed on the host (so `auto` is never priced above a single way); misses by `rule`
@@ -301,16 +302,19 @@ pub fn tune_pick(
             rules.push(MissRule::Always(MissAction::Host));
         }
     }
-    let grid = TuneGrid { sharings: vec![Sharing::PerLayer], ..TuneGrid::new(vec![slots]) };
-    let jobs = grid.jobs();
+    let jobs = TuneGrid::new(vec![slots]).jobs();
     let mut runs = Vec::with_capacity(rules.len() * jobs.len());
     for rule in rules {
         let cost = replay_cost(rule, expert_bytes, calibration);
         for job in &jobs {
             let Some(policy) = job.policy.deployable() else { continue };
-            let config = ReplayConfig::new(job.policy, slots, job.schedule, InitialPlacement::Warm, cost);
+            let config = ReplayConfig {
+                sharing: job.sharing,
+                ..ReplayConfig::new(job.policy, slots, job.schedule, InitialPlacement::Warm, cost)
+            };
             let report = replay(trace, &config).map_err(|e| CudaError::Residency(ResidencyError::Replay(e)))?;
-            runs.push((RunConfig { schedule: job.schedule, ..RunConfig::new(slots, policy, rule) }, report));
+            let run = RunConfig { schedule: job.schedule, sharing: job.sharing, ..RunConfig::new(slots, policy, rule) };
+            runs.push((run, report));
         }
     }
     // Every search has candidates; LRU at τ = 1 would be the pick of none.
@@ -343,7 +347,7 @@ mod tests {
         let costs =
             MissCosts { copy: 179e-6, resident_pair: 6e-6, bus_pair: 275e-6, host_pair: 102e-6, host_step: 0.0 };
         let calibration = Calibration { link_bytes_per_second: 52.6e9, costs };
-        let trace = SyntheticTrace { steps: 128, ..SyntheticTrace::NEAR_UNIFORM }.trace().unwrap();
+        let trace = SyntheticTrace { steps: 32, prefill_tokens: 4, ..SyntheticTrace::NEAR_UNIFORM }.trace().unwrap();
         let bytes: u64 = 9 << 20;
         let modeled = |run: &RunConfig| {
             let cost = replay_cost(run.miss, bytes, &calibration);
@@ -358,7 +362,7 @@ mod tests {
         // near-uniform routing: under half the time of copying every miss.
         assert_eq!(hybrid.miss, MissRule::Balanced(costs, FetchCap::Balanced), "{hybrid:?}");
         assert!(modeled(&hybrid) < 0.5 * modeled(&copying), "{hybrid:?} {copying:?}");
-        let locality = SyntheticTrace { steps: 128, ..SyntheticTrace::LOCALITY }.trace().unwrap();
+        let locality = SyntheticTrace { steps: 32, prefill_tokens: 4, ..SyntheticTrace::LOCALITY }.trace().unwrap();
         let rule = |cap| MissRule::Balanced(costs, cap);
         let pick = tune_pick(&locality, 32, bytes, &calibration, rule(FetchCap::Balanced)).unwrap();
         let on_locality = |run: &RunConfig| {
