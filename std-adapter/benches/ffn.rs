@@ -1,8 +1,9 @@
 //! The host's expert FFN on one decode token: 8 pairs of a current MoE's experts (hidden 2048,
 //! expert FFN 768, BF16: 9 MiB each, 72 MiB read per token), by `ExpertFfn` on the instruction
 //! set found and on the portable one, against a plain loop (one f32 accumulator per row, the
-//! math library's exp) over the same bytes on one thread. Run with
-//! `cargo bench -p expertslab-std --bench ffn`.
+//! math library's exp) over the same bytes on one thread; and `expert_ffn_format` the same 8
+//! pairs in each weight format the FFN reads (random codes under fixed scales for the block
+//! formats), with the bytes read per second. Run with `cargo bench -p expertslab-std --bench ffn`.
 
 use divan::Bencher;
 use expertslab_std::ffn::{ExpertFfn, Isa, PairSlabs};
@@ -96,6 +97,61 @@ fn plain_loop_one_thread(bencher: Bencher) {
     let s = setup();
     let mut parts = vec![0.0f32; PAIRS * HIDDEN];
     bencher.bench_local(|| plain(&s, &mut parts));
+}
+
+/// 8 pairs of random weights: gate and up in `formats.0`, down in `formats.1` (block formats:
+/// random codes, each block's f16 scales set small).
+fn format_slabs(formats: (Format, Format)) -> Vec<[Vec<u8>; 3]> {
+    let mut s = 0x9E37_79B9_7F4A_7C15u64;
+    let mut slab = |format: Format, rows: usize, cols: usize| -> Vec<u8> {
+        let bytes = rows * format.row_bytes(cols).expect("whole blocks");
+        let mut v: Vec<u8> = (0..bytes)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 56) as u8
+            })
+            .collect();
+        // The f16 scales of each block (bytes of a small normal half); BF16's every other byte
+        // keeps the values finite.
+        let scales: (usize, &[usize]) = match format {
+            Format::Q8_0 => (34, &[0]),
+            Format::Q4_K => (144, &[0, 2]),
+            Format::Q6_K => (210, &[208]),
+            _ => (2, &[0]),
+        };
+        for block in v.chunks_exact_mut(scales.0) {
+            for &at in scales.1 {
+                block[at..at + 2].copy_from_slice(&0x0C00u16.to_le_bytes());
+            }
+        }
+        v
+    };
+    (0..PAIRS)
+        .map(|_| [slab(formats.0, FFN, HIDDEN), slab(formats.0, FFN, HIDDEN), slab(formats.1, HIDDEN, FFN)])
+        .collect()
+}
+
+/// The 8 pairs in each format (`q4_K+q6_K`: a Q4_K_M file's mix), bytes read per second.
+#[divan::bench(args = ["bf16", "q8_0", "q4_K", "q6_K", "q4_K+q6_K"])]
+fn expert_ffn_format(bencher: Bencher, name: &str) {
+    let formats = match name {
+        "q4_K+q6_K" => (Format::Q4_K, Format::Q6_K),
+        other => {
+            let f = Format::from_name(other).expect("format");
+            (f, f)
+        }
+    };
+    let slabs = format_slabs(formats);
+    let ffn = ExpertFfn::new(HIDDEN, FFN, formats.0).and_then(|f| f.with_down_format(formats.1)).expect("ffn");
+    let p: Vec<PairSlabs<'_>> = slabs.iter().map(|[g, u, d]| PairSlabs { gate: g, up: u, down: d, token: 0 }).collect();
+    let x: Vec<f32> = (0..HIDDEN).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+    let bytes: usize = slabs.iter().flatten().map(Vec::len).sum();
+    let mut parts = vec![0.0f32; PAIRS * HIDDEN];
+    bencher
+        .counter(divan::counter::BytesCount::new(bytes))
+        .bench_local(|| ffn.parts(&p, &x, &mut parts).expect("parts"));
 }
 
 fn main() {

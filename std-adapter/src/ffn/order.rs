@@ -247,35 +247,39 @@ impl Blocks for Q4K {
 /// Q6_K weights, as ggml lays them out: super-blocks of 256 elements in 210 bytes: 128 bytes
 /// of low 4 bits, 64 bytes of high 2 bits, 16 signed 8-bit scales (one per 16 elements), then
 /// f16 `d`. Element value: `(d · sc) · (q − 32)`, each multiplication rounding once; `q` is the
-/// 6-bit value ggml's layout gives element by element (see [`Q6K::value`]).
+/// 6-bit value ggml's layout gives element by element (see [`Q6K::widen`]).
 pub(super) struct Q6K;
-
-impl Q6K {
-    /// The 6-bit value (0..64) and scale index of element `e` (0..256) of a block.
-    #[inline(always)]
-    #[allow(clippy::arithmetic_side_effects, reason = "e < 256: offsets within the block")]
-    fn value(bytes: &[u8], e: usize) -> (u8, usize) {
-        let (half, p) = (e / 128, e % 128);
-        let (quarter, l) = (p / 32, p % 32);
-        let at = |i: usize| bytes.get(i).copied().unwrap_or(0);
-        let low = at(64 * half + l + 32 * (quarter % 2));
-        let low = if quarter >= 2 { low >> 4 } else { low & 0xF };
-        let high = (at(128 + 32 * half + l) >> (2 * quarter)) & 3;
-        (low | high << 4, 8 * half + l / 16 + 2 * quarter)
-    }
-}
 
 impl Blocks for Q6K {
     const ELEMS: usize = 256;
     const BYTES: usize = 210;
 
+    /// Element `l + 32k` of a half of 128 (`k` 0..4) takes 4 low bits from byte `l` (`k` even)
+    /// or `l + 32` (`k` odd) of the half's 64 low bytes (the low nibble for `k < 2`), 2 high bits
+    /// from bits `2k` of byte `l` of the half's 32 high bytes, and the scale `2k + l / 16` of the
+    /// half's 8.
     #[inline(always)]
+    #[allow(clippy::arithmetic_side_effects, reason = "offsets within the 210-byte block")]
     fn widen(bytes: &[u8], out: &mut [f32]) {
         let d = half_at(bytes, 208);
-        for (e, w) in out.iter_mut().enumerate() {
-            let (q, s) = Self::value(bytes, e);
-            let sc = bytes.get(s.saturating_add(192)).map_or(0.0, |&b| f32::from(b.cast_signed()));
-            *w = d * sc * (f32::from(q) - 32.0);
+        for (half, out) in out.chunks_exact_mut(128).enumerate() {
+            let low = bytes.get(64 * half..64 * half + 64).unwrap_or(&[]);
+            let high = bytes.get(128 + 32 * half..128 + 32 * half + 32).unwrap_or(&[]);
+            let scales = bytes.get(192 + 8 * half..192 + 8 * half + 8).unwrap_or(&[]);
+            for (k, out) in out.chunks_exact_mut(32).enumerate() {
+                let low = low.get(32 * (k % 2)..).unwrap_or(&[]);
+                let shift = 2 * k;
+                for (sixteen, out) in out.chunks_exact_mut(16).enumerate() {
+                    let scale = d * scales.get(2 * k + sixteen).map_or(0.0, |&s| f32::from(s.cast_signed()));
+                    let at = 16 * sixteen;
+                    let values = low.iter().skip(at).zip(high.iter().skip(at));
+                    for (w, (&lo, &hi)) in out.iter_mut().zip(values) {
+                        let lo = if k < 2 { lo & 0xF } else { lo >> 4 };
+                        let q = lo | ((hi >> shift) & 3) << 4;
+                        *w = scale * (f32::from(q) - 32.0);
+                    }
+                }
+            }
         }
     }
 }
