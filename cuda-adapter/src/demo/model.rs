@@ -198,7 +198,7 @@ impl GpuModel {
                 // and `temp` holds the largest stack).
                 unsafe { launch.launch(cfg) }?;
                 let dst = host.as_mut_slice()?;
-                let part = dst.get_mut(range.clone()).ok_or(CudaError::Unsupported("stack".into()))?;
+                let part = dst.get_mut(range.clone()).ok_or(CudaError::UnknownLayer { layer })?;
                 let src = temp.slice(..range.len());
                 model.compute.memcpy_dtoh(&src, part)?;
             }
