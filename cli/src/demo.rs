@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Args as ClapArgs;
-use expertslab_std::ffn::{combine, ExpertFfn, FfnError, PairSlabs};
+use expertslab_std::ffn::ExpertFfn;
 use expertslab_std::trace::synthetic::SplitMix64;
 use expertslab_std::trace::TraceHeader;
 use expertslab_std::{
-    ExpertLayout, ExpertSource, ExpertStore, Format, LayerStacks, Offloader, PoolConfig, Projection, RoutingCapture,
-    Schedule, SharedBytes, StackLayout, Step, TraceRecorder,
+    ExpertLayout, ExpertStore, Format, LayerStacks, Offloader, PoolConfig, RoutingCapture, Schedule, SharedBytes,
+    StackLayout, Step, TraceRecorder,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -331,8 +331,6 @@ fn route(router: &[f32], x: &[f32], top_k: usize) -> Vec<(u32, f32)> {
     order.into_iter().map(|e| (e, exp[e as usize] / total)).collect()
 }
 
-const PROJECTIONS: [Projection; 3] = [Projection::Gate, Projection::Up, Projection::Down];
-
 /// Where an offloaded output first differed from the all-resident one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Difference {
@@ -429,7 +427,6 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         .map_err(|e| CliError::Run(format!("expert FFN: {e}")))?;
     let expert_bytes = model.store.layer(0).map_or(0, |l| l.layout().expert_bytes());
     let config = PoolConfig::new(args.experts, args.slots).policy(policy).schedule(args.schedule);
-    let source = model.store.clone();
     let mut offloader = Offloader::new(model.store.clone(), config, 64).map_err(|e| CliError::Run(e.to_string()))?;
     offloader.warm_up().map_err(|e| CliError::Run(e.to_string()))?;
     // Counted from here: the warm start is the state the run begins in.
@@ -465,32 +462,17 @@ pub fn run(args: &Args) -> Result<(), CliError> {
             let routed = route(router, &h, model.top_k);
             let ids: Vec<u32> = routed.iter().map(|&(e, _)| e).collect();
             capture.record(layer, &ids);
-            let report =
-                offloader.step_layer(layer, Step::decode(step), &ids).map_err(|e| CliError::Run(e.to_string()))?;
-            bytes_promoted += report.migrated.bytes_promoted;
-            // The routed experts' slabs as the offloader serves them (slot or source), and
-            // straight from the source.
-            let mut slabs: [Vec<&[u8]>; 2] = [Vec::new(), Vec::new()];
-            for &(expert, _) in &routed {
-                for p in PROJECTIONS {
-                    let fail = |e: expertslab_std::LayoutError| CliError::Run(e.to_string());
-                    slabs[0].push(offloader.expert_slab(layer, p, expert as usize).map_err(fail)?.0);
-                    slabs[1].push(source.expert(layer, p, expert as usize).map_err(fail)?);
-                }
-            }
             let weights: Vec<f32> = routed.iter().map(|&(_, w)| w).collect();
-            let [offloaded, reference] = slabs.map(|s| {
-                let pairs: Vec<PairSlabs<'_>> =
-                    s.chunks_exact(3).map(|g| PairSlabs { gate: g[0], up: g[1], down: g[2], token: 0 }).collect();
-                let mut parts = vec![0f32; pairs.len() * model.d_model];
-                let mut out = vec![0f32; model.d_model];
-                ffn.parts(&pairs, &h, &mut parts).map(|()| {
-                    combine(&weights, &parts, &mut out);
-                    out
-                })
-            });
-            let fail = |e: FfnError| CliError::Run(format!("expert FFN: {e}"));
-            let (offloaded, reference) = (offloaded.map_err(fail)?, reference.map_err(fail)?);
+            // The library's host path (the pool steps, its copies land in the slots, each pair is
+            // computed from its slot or in place from the source), and every expert read in
+            // place, for the bit-for-bit check.
+            let fail = |e: expertslab_std::Error| CliError::Run(e.to_string());
+            let (mut offloaded, mut reference) = (vec![0f32; model.d_model], vec![0f32; model.d_model]);
+            let report = offloader
+                .decode_layer(&ffn, layer, Step::decode(step), &ids, &weights, &h, &mut offloaded)
+                .map_err(fail)?;
+            bytes_promoted += report.migrated.bytes_promoted;
+            offloader.reference_layer(&ffn, layer, &ids, &weights, &h, &mut reference).map_err(fail)?;
             check.compare(step, layer, &offloaded, &reference);
             h.iter_mut().zip(&offloaded).for_each(|(v, o)| *v += o);
         }

@@ -9,6 +9,7 @@ use expertslab::trace::TraceError;
 use expertslab::{GgufError, LayoutError, MigrateFailure, PoolError};
 
 use crate::capture::CaptureError;
+use crate::ffn::FfnError;
 
 /// Anything the adapter can fail with.
 #[derive(Debug)]
@@ -45,6 +46,8 @@ pub enum Error {
         /// The failure.
         failure: MigrateFailure<LayoutError, LayoutError>,
     },
+    /// The host's expert FFN refused the layer's pairs.
+    Ffn(FfnError),
 }
 
 impl fmt::Display for Error {
@@ -59,6 +62,7 @@ impl fmt::Display for Error {
             Self::Trace(e) => write!(f, "trace: {e}"),
             Self::Replay(e) => write!(f, "replay: {e}"),
             Self::Migrate { layer, failure } => write!(f, "layer {layer}: {failure}"),
+            Self::Ffn(e) => write!(f, "expert FFN: {e}"),
         }
     }
 }
@@ -75,6 +79,7 @@ impl std::error::Error for Error {
             Self::Trace(e) => Some(e),
             Self::Replay(e) => Some(e),
             Self::Migrate { failure, .. } => Some(failure),
+            Self::Ffn(e) => Some(e),
         }
     }
 }
@@ -106,6 +111,12 @@ impl From<TraceError> for Error {
 impl From<ReplayError> for Error {
     fn from(e: ReplayError) -> Self {
         Self::Replay(e)
+    }
+}
+
+impl From<FfnError> for Error {
+    fn from(e: FfnError) -> Self {
+        Self::Ffn(e)
     }
 }
 

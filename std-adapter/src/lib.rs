@@ -9,7 +9,7 @@
 //! | [`parallel`] | [`ParallelMigrator`]: a plan's copies run at once with rayon, committed after each copy |
 //! | [`capture`] | [`RoutingCapture`]: the router's ids per layer and step, `u32` or f32-encoded |
 //! | [`recorder`] | [`TraceRecorder`]: routing traces written in the core's format; [`read_trace`] |
-//! | [`offload`] | [`Offloader`]: pools, plans and slot arenas of every MoE layer, each stepped through [`ExpertPool::step_with`] from a capture |
+//! | [`offload`] | [`Offloader`]: pools, plans and slot arenas of every MoE layer, each stepped through [`ExpertPool::step_with`] from a capture; [`Offloader::decode_layer`]: a layer step on the host, pairs computed from slots or in place |
 //! | [`ffn`] | [`ffn::ExpertFfn`]: the host's expert FFN, bit-identical to the GPU kernels' (one order of operations), threaded and vectorised |
 //! | [`error`] | [`Error`]: anything the adapter can fail with |
 //!

@@ -10,6 +10,7 @@ use expertslab::{
 
 use crate::capture::RoutingCapture;
 use crate::error::Error;
+use crate::ffn::{combine, ExpertFfn, FfnError, PairSlabs};
 use crate::parallel::ParallelMigrator;
 
 /// One layer's fast memory: its arena and the buffer it lays slots out in.
@@ -196,6 +197,124 @@ where
             }
             None => Ok((self.source.expert(layer, projection, expert)?, false)),
         }
+    }
+
+    /// The host's decode of layer `layer` for one step, through the library's path: the layer's
+    /// pool steps on `ids` ([`Offloader::step_layer`]: its copies land in the layer's slots),
+    /// then `ffn` computes every pair from its expert's slot when resident and in place from the
+    /// source otherwise, and each token's pairs are combined with its router weights into `y`.
+    /// `x` and `y` hold the step's tokens (`tokens × hidden`); `ids` and `weights` are
+    /// token-major, `top_k` per token. What a GPU-less runtime, or an edge board with slots in
+    /// fast RAM and experts in flash, runs per layer; the output's bits do not depend on
+    /// placement ([`Offloader::reference_layer`] gives them with every expert read in place).
+    ///
+    /// # Errors
+    /// As [`Offloader::step_layer`]; [`Error::Ffn`] when `ffn` refuses the pairs (slabs of
+    /// another format) or `x` and `y` are not whole tokens of its width; [`Error::Layout`] when
+    /// `ids` and `weights` differ in length or are not a whole number per token. The pool steps
+    /// only once the lengths are found right.
+    #[allow(clippy::too_many_arguments, reason = "one layer step's operands")]
+    pub fn decode_layer(
+        &mut self,
+        ffn: &ExpertFfn,
+        layer: usize,
+        step: Step,
+        ids: &[u32],
+        weights: &[f32],
+        x: &[f32],
+        y: &mut [f32],
+    ) -> Result<OffloadStats, Error> {
+        // Checked before the pool steps: a refused call changes nothing.
+        Self::tokens(ffn, ids, weights, x, y)?;
+        let report = self.step_layer(layer, step, ids)?;
+        self.compute(ffn, layer, ids, weights, x, y, true)?;
+        Ok(report)
+    }
+
+    /// Layer `layer`'s output for `ids` with every expert read in place from the source, the
+    /// pools untouched: the output [`Offloader::decode_layer`] must equal bit for bit.
+    ///
+    /// # Errors
+    /// As [`Offloader::decode_layer`], without the pool's.
+    pub fn reference_layer(
+        &self,
+        ffn: &ExpertFfn,
+        layer: usize,
+        ids: &[u32],
+        weights: &[f32],
+        x: &[f32],
+        y: &mut [f32],
+    ) -> Result<(), Error> {
+        self.compute(ffn, layer, ids, weights, x, y, false)
+    }
+
+    /// The step's tokens and top-k: `y` (and `x`) whole tokens of `ffn`'s width, `ids` and
+    /// `weights` the same whole number per token.
+    #[allow(
+        clippy::arithmetic_side_effects,
+        reason = "divisors checked non-zero: a width of 0 is refused when the FFN is built"
+    )]
+    fn tokens(ffn: &ExpertFfn, ids: &[u32], weights: &[f32], x: &[f32], y: &[f32]) -> Result<(usize, usize), Error> {
+        let hidden = ffn.hidden();
+        let mismatch = |expected: usize, actual: usize| Error::Layout(LayoutError::LengthMismatch { expected, actual });
+        if x.len() != y.len() || y.is_empty() || !y.len().is_multiple_of(hidden) {
+            return Err(Error::Ffn(FfnError::Length {
+                what: "outputs",
+                expected: x.len().max(hidden),
+                actual: y.len(),
+            }));
+        }
+        let tokens = y.len() / hidden;
+        if ids.len() != weights.len() {
+            return Err(mismatch(ids.len(), weights.len()));
+        }
+        if ids.is_empty() || !ids.len().is_multiple_of(tokens) {
+            return Err(mismatch(tokens, ids.len()));
+        }
+        Ok((tokens, ids.len() / tokens))
+    }
+
+    /// Every pair of `ids` by `ffn`, from slots when `slots` and the expert is resident, else
+    /// from the source; combined per token into `y`.
+    #[allow(clippy::too_many_arguments, clippy::arithmetic_side_effects, reason = "lengths checked by the callers")]
+    fn compute(
+        &self,
+        ffn: &ExpertFfn,
+        layer: usize,
+        ids: &[u32],
+        weights: &[f32],
+        x: &[f32],
+        y: &mut [f32],
+        slots: bool,
+    ) -> Result<(), Error> {
+        let (_, top_k) = Self::tokens(ffn, ids, weights, x, y)?;
+        let hidden = ffn.hidden();
+        let slab = |projection: Projection, expert: usize| -> Result<&[u8], LayoutError> {
+            if slots {
+                self.expert_slab(layer, projection, expert).map(|(slab, _)| slab)
+            } else {
+                self.source.expert(layer, projection, expert)
+            }
+        };
+        let pairs = ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| {
+                let expert = id as usize;
+                Ok(PairSlabs {
+                    gate: slab(Projection::Gate, expert)?,
+                    up: slab(Projection::Up, expert)?,
+                    down: slab(Projection::Down, expert)?,
+                    token: i / top_k,
+                })
+            })
+            .collect::<Result<Vec<_>, LayoutError>>()?;
+        let mut parts = vec![0.0f32; pairs.len() * hidden];
+        ffn.parts(&pairs, x, &mut parts)?;
+        for ((out, w), p) in y.chunks_exact_mut(hidden).zip(weights.chunks(top_k)).zip(parts.chunks(top_k * hidden)) {
+            combine(w, p, out);
+        }
+        Ok(())
     }
 
     fn position(&self, layer: usize) -> Result<usize, LayoutError> {

@@ -178,3 +178,69 @@ fn a_missing_file_names_its_path() {
     let err = open_gguf("/nonexistent/model.gguf").unwrap_err();
     assert!(err.to_string().starts_with("/nonexistent/model.gguf"), "{err}");
 }
+
+/// A one-layer model of F32 experts shaped as an FFN (gate and up `ffn × hidden`, down
+/// `hidden × ffn`), small random values.
+fn ffn_store(experts: usize, hidden: usize, ffn: usize) -> ExpertStore {
+    use expertslab_std::{ExpertLayout, Format, StackLayout};
+    let gate = StackLayout::new(Format::F32, experts, ffn, hidden).unwrap();
+    let down = StackLayout::new(Format::F32, experts, hidden, ffn).unwrap();
+    let layout = ExpertLayout::gate_up_down(gate, gate, down).unwrap();
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let mut values = |n: usize| -> SharedBytes {
+        let v: std::sync::Arc<[f32]> = (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.5
+            })
+            .collect();
+        SharedBytes::from_typed(v)
+    };
+    let n = experts * hidden * ffn;
+    let mut store = ExpertStore::new();
+    store.insert(0, LayerStacks::new(layout, &[values(n), values(n), values(n)]).unwrap()).unwrap();
+    store
+}
+
+#[test]
+fn the_host_decodes_a_layer_from_its_slots_with_the_bits_of_every_expert_read_in_place() {
+    use expertslab_std::ffn::ExpertFfn;
+    use expertslab_std::Policy;
+    let (experts, hidden, ffn_width, top_k, tokens) = (6, 16, 8, 2, 2);
+    let mut model =
+        Offloader::new(ffn_store(experts, hidden, ffn_width), PoolConfig::new(experts, 2).policy(Policy::Lru), 64)
+            .unwrap();
+    model.warm_up().unwrap();
+    let ffn = ExpertFfn::new(hidden, ffn_width, expertslab_std::Format::F32).unwrap();
+    let mut routing = SyntheticRouting::new(RoutingShape::new(experts as u32, top_k as u32), 3);
+    let mut served = OffloadStats::default();
+    for step in 0..30u64 {
+        let mut ids = Vec::new();
+        routing.step(tokens, &mut ids);
+        let weights: Vec<f32> = (0..ids.len()).map(|i| 0.25 + 0.5 * (i % 2) as f32).collect();
+        let x: Vec<f32> = (0..tokens * hidden).map(|i| ((i as u64 * 37 + step) % 23) as f32 / 23.0 - 0.5).collect();
+        let (mut offloaded, mut reference) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+        served.add(&model.decode_layer(&ffn, 0, Step::decode(step), &ids, &weights, &x, &mut offloaded).unwrap());
+        model.reference_layer(&ffn, 0, &ids, &weights, &x, &mut reference).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&offloaded), bits(&reference), "step {step}");
+        assert!(offloaded.iter().any(|&v| v != 0.0));
+    }
+    assert!(served.served.hits > 0 && served.served.served_by_copy > 0, "{served:?}");
+    // Lengths that do not match are refused before the pool steps.
+    let before = model.stats();
+    let x = vec![0.0f32; tokens * hidden];
+    let mut y = vec![0.0f32; tokens * hidden];
+    for (ids, weights, y_len) in [
+        (vec![1u32, 2, 3, 4], vec![0.5f32; 3], tokens * hidden),
+        (vec![1, 2, 3], vec![0.5; 3], tokens * hidden),
+        (vec![1, 2, 3, 4], vec![0.5; 4], tokens * hidden - 1),
+    ] {
+        let mut y = vec![0.0f32; y_len];
+        assert!(model.decode_layer(&ffn, 0, Step::decode(99), &ids, &weights, &x, &mut y).is_err());
+    }
+    assert_eq!(model.stats(), before, "a refused step changes nothing");
+    assert!(model.decode_layer(&ffn, 0, Step::decode(99), &[1, 2, 3, 4], &[0.5; 4], &x, &mut y).is_ok());
+}

@@ -308,6 +308,11 @@ impl ExpertFfn {
         }
     }
 
+    /// The model width: the length of a token's activations and of a pair's output.
+    pub const fn hidden(&self) -> usize {
+        self.hidden
+    }
+
     /// The instruction set the inner loops run on.
     pub const fn isa(&self) -> Isa {
         self.isa
