@@ -20,14 +20,16 @@ fn encode(v: &[f32], format: Format) -> Vec<u8> {
 }
 
 /// A half's value, computed in f64 from its fields (independently of the library's widening).
+/// Powers of two are built from their bits, exactly (`powi` may round, and does under Miri).
 fn half(bits: u16) -> f64 {
     let sign = if bits & 0x8000 != 0 { -1.0 } else { 1.0 };
-    let (e, m) = (i32::from((bits >> 10) & 0x1f), f64::from(bits & 0x3ff));
+    let (e, m) = (i64::from((bits >> 10) & 0x1f), f64::from(bits & 0x3ff));
+    let two_to = |n: i64| f64::from_bits(((n + 1023) as u64) << 52);
     match e {
-        0 => sign * m * 2f64.powi(-24),
+        0 => sign * m * two_to(-24),
         31 if m == 0.0 => sign * f64::INFINITY,
         31 => f64::NAN,
-        _ => sign * (1.0 + m / 1024.0) * 2f64.powi(e - 15),
+        _ => sign * (1.0 + m / 1024.0) * two_to(e - 15),
     }
 }
 
