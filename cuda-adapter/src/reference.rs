@@ -41,7 +41,7 @@ impl FfnShape {
     /// [`CudaError::Unsupported`] for formats other than F32, BF16, Q8_0, Q4_K and Q6_K, and
     /// for a width that is not a whole number of the format's blocks.
     pub fn row_bytes(format: Format, cols: usize) -> Result<usize, CudaError> {
-        if !matches!(format, Format::F32 | Format::BF16 | Format::Q8_0 | Format::Q4_K | Format::Q6_K) {
+        if !expertslab_std::ffn::reads(format) {
             return Err(CudaError::Unsupported(format!("weight format {}", format.name())));
         }
         format.row_bytes(cols).map_err(|e| CudaError::Unsupported(format!("{cols} {} weights: {e}", format.name())))

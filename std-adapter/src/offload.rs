@@ -225,9 +225,9 @@ where
         y: &mut [f32],
     ) -> Result<OffloadStats, Error> {
         // Checked before the pool steps: a refused call changes nothing.
-        Self::tokens(ffn, ids, weights, x, y)?;
+        let (_, top_k) = Self::tokens(ffn, ids, weights, x, y)?;
         let report = self.step_layer(layer, step, ids)?;
-        self.compute(ffn, layer, ids, weights, x, y, true)?;
+        self.compute(ffn, layer, ids, weights, top_k, x, y, true)?;
         Ok(report)
     }
 
@@ -245,7 +245,8 @@ where
         x: &[f32],
         y: &mut [f32],
     ) -> Result<(), Error> {
-        self.compute(ffn, layer, ids, weights, x, y, false)
+        let (_, top_k) = Self::tokens(ffn, ids, weights, x, y)?;
+        self.compute(ffn, layer, ids, weights, top_k, x, y, false)
     }
 
     /// The step's tokens and top-k: `y` (and `x`) whole tokens of `ffn`'s width, `ids` and
@@ -274,8 +275,9 @@ where
         Ok((tokens, ids.len() / tokens))
     }
 
-    /// Every pair of `ids` by `ffn`, from slots when `slots` and the expert is resident, else
-    /// from the source; combined per token into `y`.
+    /// Every pair of `ids` (`top_k` per token, lengths checked by [`Offloader::tokens`]) by
+    /// `ffn`, from slots when `slots` and the expert is resident, else from the source; combined
+    /// per token into `y`.
     #[allow(clippy::too_many_arguments, clippy::arithmetic_side_effects, reason = "lengths checked by the callers")]
     fn compute(
         &self,
@@ -283,11 +285,11 @@ where
         layer: usize,
         ids: &[u32],
         weights: &[f32],
+        top_k: usize,
         x: &[f32],
         y: &mut [f32],
         slots: bool,
     ) -> Result<(), Error> {
-        let (_, top_k) = Self::tokens(ffn, ids, weights, x, y)?;
         let hidden = ffn.hidden();
         let slab = |projection: Projection, expert: usize| -> Result<&[u8], LayoutError> {
             if slots {

@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use expertslab::gguf::GgufModel;
-use expertslab::{ExpertLayout, Format, Projection};
+use expertslab::{ExpertLayout, Projection};
 use expertslab_std::{ExpertStore, SharedBytes};
 
 use super::ModelSpec;
@@ -97,8 +97,7 @@ impl GgufExperts {
         })?;
         let format = gate.format();
         let down_format = layout.find(Projection::Down).map_or(format, |(_, down)| down.format());
-        let read = |f: Format| matches!(f, Format::F32 | Format::BF16 | Format::Q8_0 | Format::Q4_K | Format::Q6_K);
-        if let Some(other) = [format, down_format].into_iter().find(|&f| !read(f)) {
+        if let Some(other) = [format, down_format].into_iter().find(|&f| !expertslab_std::ffn::reads(f)) {
             return Err(bad(format!(
                 "block {}: experts in {}; the kernels read f32, bf16, q8_0, q4_K and q6_K",
                 first.block(),

@@ -166,6 +166,12 @@ impl fmt::Display for FfnError {
 
 impl std::error::Error for FfnError {}
 
+/// Whether the host FFN (and the GPU kernels, which follow the same order) read weights of
+/// `format`: F32, BF16, Q8_0, Q4_K and Q6_K.
+pub const fn reads(format: Format) -> bool {
+    matches!(format, Format::F32 | Format::BF16 | Format::Q8_0 | Format::Q4_K | Format::Q6_K)
+}
+
 /// The host's expert FFN for one shape and weight format (see the [module docs](self)).
 #[derive(Debug, Clone)]
 pub struct ExpertFfn {
@@ -222,8 +228,7 @@ impl ExpertFfn {
     /// # Errors
     /// [`FfnError::Format`], [`FfnError::NotWholeBlocks`] (for either format).
     pub fn with_down_format(mut self, format: Format) -> Result<Self, FfnError> {
-        let read = |f: Format| matches!(f, Format::F32 | Format::BF16 | Format::Q8_0 | Format::Q4_K | Format::Q6_K);
-        if let Some(f) = [self.format, format].into_iter().find(|&f| !read(f)) {
+        if let Some(f) = [self.format, format].into_iter().find(|&f| !reads(f)) {
             return Err(FfnError::Format(f));
         }
         // Gate and up rows are `hidden` wide, down rows `ffn` wide.
