@@ -9,7 +9,10 @@
 //! `ModelSpec::current_moe(4)` (128 experts per layer, top-8, hidden 2048, expert FFN 768), weights
 //! generated on the GPU. Per row: the bytes a token reads (layers × top-k × one expert), µs per
 //! token (median of `EXPERTSLAB_REPS` runs, default 5), the read time of those bytes at the
-//! measured bandwidth, and their ratio (the floor's goal: at most 1.6).
+//! measured bandwidth, and their ratio (the floor's goal: at most 1.6); then the kernels alone
+//! for the same token (`GpuModel::kernel_floor`: every layer launched back to back, no host work
+//! between layers) and their ratio to the read time, so the floor splits into the kernels' time
+//! and what the runner adds per layer.
 //!
 //! A plain binary (`harness = false`): without a CUDA driver or device it prints one line and
 //! succeeds.
@@ -86,7 +89,9 @@ fn run(reps: usize) -> Result<(), Box<dyn std::error::Error>> {
     let base = ModelSpec::current_moe(4);
     let q4_k_m = FfnShape { down_format: Format::Q6_K, ..FfnShape::new(2048, 768, 8, Format::Q4_K) };
     println!("read bandwidth (2 GiB, read-only streaming kernel): {:.0} GB/s", bandwidth / 1e9);
-    println!("format      bytes/token   µs/token   read time µs   floor / read time");
+    println!(
+        "format      bytes/token   µs/token   read time µs   floor / read time   kernels µs/token   kernels / read time"
+    );
     for shape in
         [base.shape, FfnShape::new(2048, 768, 8, Format::Q8_0), FfnShape::new(2048, 768, 8, Format::Q4_K), q4_k_m]
     {
@@ -98,16 +103,19 @@ fn run(reps: usize) -> Result<(), Box<dyn std::error::Error>> {
         // One token a step: each layer reads its top-k experts' weights once.
         let bytes = (spec.layers * shape.top_k * model.expert_bytes()) as f64;
         let read = bytes / bandwidth;
+        let kernels = model.kernel_floor(reps)?;
         let name = match (shape.format, shape.down_format) {
             (a, b) if a == b => a.name().to_string(),
             (a, b) => format!("{}+{}", a.name(), b.name()),
         };
         println!(
-            "{name:<10} {:>8.1} MiB {:>10.1} {:>14.1} {:>19.2}",
+            "{name:<10} {:>8.1} MiB {:>10.1} {:>14.1} {:>19.2} {:>18.1} {:>21.2}",
             bytes / f64::from(1 << 20),
             report.seconds_per_token() * 1e6,
             read * 1e6,
-            report.seconds_per_token() / read
+            report.seconds_per_token() / read,
+            kernels * 1e6,
+            kernels / read
         );
     }
     Ok(())

@@ -195,13 +195,23 @@ fn outputs_are_bit_identical_under_every_policy_and_miss_action() {
                 runs += 1;
             }
         }
-        // Host stacks 8 bytes off 16-byte alignment: zero-copy reads element by element, slots
-        // with 16-byte vectors; the arithmetic is the same.
-        let shifted = GpuModel::from_host(0, spec, &host, 8).unwrap();
-        let bus_read = outputs(&shifted, &trace, 0, Policy::Lru, MissRule::Always(MissAction::Bus));
-        assert_eq!(bits(&bus_read), all, "{format}, misaligned host memory");
-        assert_eq!(bits(&outputs(&shifted, &trace, 3, Policy::Tide, MIXED)), all, "{format}, misaligned, mixed");
-        runs += 2;
+        // Host stacks off 16-byte alignment: zero-copy reads F32 and BF16 element by element and
+        // block formats by 32-bit words (8 off), 16-bit halves (2 off) or bytes (1 off), slots
+        // with their widest loads; the arithmetic is the same. (F32 and BF16 elements need
+        // their own alignment.)
+        let pads: &[usize] = match spec.shape.format {
+            Format::F32 => &[4, 8],
+            Format::BF16 => &[2, 8],
+            _ => &[1, 2, 8],
+        };
+        for &pad in pads {
+            let shifted = GpuModel::from_host(0, spec, &host, pad).unwrap();
+            let bus_read = outputs(&shifted, &trace, 0, Policy::Lru, MissRule::Always(MissAction::Bus));
+            assert_eq!(bits(&bus_read), all, "{format}, host memory {pad} bytes off");
+            let mixed = outputs(&shifted, &trace, 3, Policy::Tide, MIXED);
+            assert_eq!(bits(&mixed), all, "{format}, {pad} bytes off, mixed");
+            runs += 2;
+        }
         println!("{format}: {runs} runs bit-identical to all-resident");
     }
 }
@@ -383,5 +393,11 @@ fn calibration_measures_the_link_and_the_pairs() {
     println!("{c:?}");
     assert!(c.link_bytes_per_second > 1e9, "{c:?}");
     assert!(c.costs.resident_pair > 0.0 && c.costs.bus_pair > c.costs.resident_pair, "{c:?}");
+    // The kernels alone for a token: at least the time to read its bytes at 10 TB/s (more than
+    // any GPU's memory gives), at most what the resident pairs cost one by one.
+    let kernels = model.kernel_floor(3).unwrap();
+    let bytes = (spec.shape.top_k * model.expert_bytes()) as f64;
+    println!("kernels alone: {:.1} µs per token ({bytes} bytes)", kernels * 1e6);
+    assert!(kernels > bytes / 1e13 && kernels < 4.0 * c.costs.resident_pair * spec.shape.top_k as f64, "{kernels}");
     assert!(matches!(open_device(1 << 20), Err(CudaError::NoDevice { .. })));
 }

@@ -104,6 +104,74 @@ impl GpuModel {
         })
     }
 
+    /// The MoE FFN's kernels alone for one decode token: every layer's top-k pairs, launched
+    /// back to back on the compute stream with no host work between layers (the runner waits
+    /// for each layer before it knows the next one's routing; this does not). Each layer reads
+    /// its own top-k experts from scratch slots in VRAM, so a token reads as many bytes as the
+    /// runner's all-resident token and no layer finds the last one's in the L2 cache (for models
+    /// whose experts of all layers exceed it). Median over `reps` runs of 20 tokens, after one
+    /// to warm up, in seconds per token.
+    ///
+    /// Beside [`GpuModel::decode`]'s all-resident time it splits the floor into the kernels'
+    /// time and what the runner adds (pool steps, staging, launches and the wait per layer).
+    ///
+    /// # Errors
+    /// [`CudaError::DoesNotFit`] when `layers × top-k` experts do not fit the free device memory,
+    /// [`CudaError::Driver`] and the kernels' errors.
+    pub fn kernel_floor(&self, reps: usize) -> Result<f64, CudaError> {
+        const TOKENS: usize = 20;
+        let (layers, k) = (self.spec.layers.max(1), self.spec.shape.top_k.min(self.spec.experts));
+        let (free, _) = self.ctx.mem_get_info()?;
+        super::check_fit(free as u64, self.slot_bytes_all_layers()?, 0, k)?;
+        let mut sink = self.sink()?;
+        sink.add_arena(0, SlotArena::new(&self.layout, 0, DEVICE_ALIGN)?)?;
+        sink.add_scratch(0, SlotArena::new(&self.layout, layers * k, DEVICE_ALIGN)?)?;
+        let table = DeviceSlotTable::new(0, self.spec.experts, &mut sink)?;
+        let vram = sink.vram(0).ok_or(CudaError::UnknownLayer { layer: 0 })?;
+        let view = SlotView::new(&self.spec.shape, &self.layout, vram, table.view())?;
+        let ids: Vec<u32> = (0..k as u32).collect();
+        let weights = vec![1.0 / k as f32; k];
+        let mut steps = Vec::with_capacity(layers);
+        for layer in 0..layers {
+            let mut sources = Vec::with_capacity(k);
+            for e in 0..k {
+                let slot = sink.write_scratch(0, layer * k + e, &self.layout, &self.store, layer, e)?;
+                sources.push(PairSource::scratch(&sink, &self.layout, slot)?);
+            }
+            let mut step = self.ffn.step_buffers(&self.compute, 1)?;
+            step.stage(&self.compute, &ids, &weights, &sources)?;
+            steps.push(step);
+        }
+        sink.order_before(&self.compute)?;
+        let x = self.compute.clone_htod(&activations(self.spec.seed, self.spec.shape.hidden))?;
+        let y = self.compute.alloc_zeros::<f32>(self.spec.shape.hidden)?;
+        let (xp, yp) = (raw(&x, &self.compute), raw(&y, &self.compute));
+        let timing = Some(CUevent_flags::CU_EVENT_DEFAULT);
+        let mut times = Vec::with_capacity(reps);
+        for rep in 0..=reps.max(1) {
+            let start = self.compute.record_event(timing)?;
+            for _ in 0..TOKENS {
+                for step in &steps {
+                    // SAFETY: `view` reads the sink's arena and the table (alive for this
+                    // function), the sources the sink's scratch slots, filled before the
+                    // compute stream's wait above; `xp` and `yp` one token's activations and
+                    // output.
+                    unsafe { self.ffn.launch(&self.compute, &view, step, xp, yp) }?;
+                }
+            }
+            let end = self.compute.record_event(timing)?;
+            end.synchronize()?;
+            if rep > 0 {
+                times.push(seconds(&start, &end)? / TOKENS as f64);
+            }
+        }
+        for step in &mut steps {
+            step.check_status(&self.compute)?;
+        }
+        sink.synchronize().map_err(|f| f.error)?;
+        Ok(median(&mut times))
+    }
+
     /// The host's costs as the runner pays them for one token: per layer step, the input
     /// `x_device` copied to the host, [`ExpertFfn`] on all its threads over the pairs (kept warm
     /// between steps, as the runner keeps them), and their outputs uploaded. Timed with one pair and with `k` (medians over `reps` runs, after one

@@ -334,7 +334,7 @@ impl GpuModel {
     }
 
     /// The bytes one slot takes in every layer.
-    fn slot_bytes_all_layers(&self) -> Result<u64, CudaError> {
+    pub(super) fn slot_bytes_all_layers(&self) -> Result<u64, CudaError> {
         let per_slot = SlotArena::new(&self.layout, 1, DEVICE_ALIGN)?.slot_stride() as u64;
         Ok(per_slot * self.spec.layers as u64)
     }

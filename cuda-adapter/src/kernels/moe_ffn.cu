@@ -89,33 +89,83 @@ __device__ __forceinline__ float silu_mul(float g, float u) {
     return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, shared_exp(-g))), u);
 }
 
+// How a row's block formats are loaded: by 32-bit words when the row starts 4-byte aligned and
+// its length is a multiple of 4 (every word a block format reads is then 4-byte aligned), by
+// 16-bit halves when both are even, else byte by byte. The same for every lane of a warp (one
+// row), so the choice does not diverge; the bytes, and so the weights, are the same each way.
+#define LOAD_BYTES 0
+#define LOAD_HALVES 1
+#define LOAD_WORDS 2
+
+__device__ __forceinline__ int load_mode(const unsigned char* base, int bytes_per_row) {
+    const u64 bits = reinterpret_cast<u64>(base) | (u64)bytes_per_row;
+    return (bits & 3ull) == 0ull ? LOAD_WORDS : ((bits & 1ull) == 0ull ? LOAD_HALVES : LOAD_BYTES);
+}
+
+// The little-endian 32-bit word at p. `mode` LOAD_WORDS: p is 4-byte aligned; LOAD_HALVES: p is
+// even.
+__device__ __forceinline__ u32 load_u32(const unsigned char* p, int mode) {
+    if (mode == LOAD_WORDS) return *reinterpret_cast<const u32*>(p);
+    if (mode == LOAD_HALVES) {
+        const u16* h = reinterpret_cast<const u16*>(p);
+        return (u32)h[0] | ((u32)h[1] << 16);
+    }
+    return (u32)p[0] | ((u32)p[1] << 8) | ((u32)p[2] << 16) | ((u32)p[3] << 24);
+}
+
+// The little-endian 16-bit value at p (p even unless `mode` is LOAD_BYTES).
+__device__ __forceinline__ u32 load_u16(const unsigned char* p, int mode) {
+    if (mode == LOAD_BYTES) return (u32)p[0] | ((u32)p[1] << 8);
+    return (u32)*reinterpret_cast<const u16*>(p);
+}
+
+// An integer 0 ≤ v < 2^23 as f32, minus `bias` (an integer below 2^23), exactly: 2^23 + v is
+// built from its bits and 2^23 + bias subtracted (both exact), so the integer-to-float
+// conversion unit, which runs at a fraction of the FMA rate, is not used.
+__device__ __forceinline__ float int_to_f32(u32 v, float two23_plus_bias) {
+    return __fsub_rn(__uint_as_float(0x4B000000u | v), two23_plus_bias);
+}
+
+// Byte `k` (0 ≤ k < 12) of three little-endian words.
+__device__ __forceinline__ u32 byte_of(u32 a, u32 b, u32 c, int k) {
+    const u32 word = k < 4 ? a : (k < 8 ? b : c);
+    return (word >> (8 * (k & 3))) & 0xFFu;
+}
+
 // Eight weights of a row starting at element j (a multiple of CHUNK), zero past `cols`.
-// `vec`: the row starts 16-byte aligned and its length in bytes is a multiple of 16.
+// `vec`: the row starts 16-byte aligned and its length in bytes is a multiple of 16 (F32 and
+// BF16); `mode`: how block formats are loaded (`load_mode`).
 template <int FMT>
-__device__ __forceinline__ void load_chunk(const unsigned char* row, int j, int cols, bool vec, float w[CHUNK]) {
+__device__ __forceinline__ void load_chunk(const unsigned char* row, int j, int cols, bool vec, int mode, float w[CHUNK]) {
     if (FMT == FMT_Q4_K) {
         // A chunk lies in one sub-block of 32: one scale and min, one nibble of 8 bytes.
         if (j < cols) {
             const unsigned char* block = row + (u64)(j / QK_ELEMS) * Q4_K_BYTES;
             const int e = j % QK_ELEMS, group = e / 64, high = (e % 64) / 32;
             const int sub = 2 * group + high;
-            const unsigned char* packed = block + 4;
+            // d and dmin, then the 12 bytes of packed 6-bit scales and mins.
+            const u32 dd = load_u32(block, mode);
+            const u32 p0 = load_u32(block + 4, mode), p1 = load_u32(block + 8, mode), p2 = load_u32(block + 12, mode);
             u32 sc, m;
             if (sub < 4) {
-                sc = packed[sub] & 63u;
-                m = packed[sub + 4] & 63u;
+                sc = byte_of(p0, p1, p2, sub) & 63u;
+                m = byte_of(p0, p1, p2, sub + 4) & 63u;
             } else {
-                sc = (packed[sub + 4] & 0xFu) | ((packed[sub - 4] >> 6) << 4);
-                m = (packed[sub + 4] >> 4) | ((packed[sub] >> 6) << 4);
+                const u32 b = byte_of(p0, p1, p2, sub + 4);
+                sc = (b & 0xFu) | ((byte_of(p0, p1, p2, sub - 4) >> 6) << 4);
+                m = (b >> 4) | ((byte_of(p0, p1, p2, sub) >> 6) << 4);
             }
-            const float d = f16_to_f32((u32)block[0] | ((u32)block[1] << 8));
-            const float dmin = f16_to_f32((u32)block[2] | ((u32)block[3] << 8));
-            const float scale = __fmul_rn(d, (float)sc), min = __fmul_rn(dmin, (float)m);
+            const float d = f16_to_f32(dd & 0xFFFFu);
+            const float dmin = f16_to_f32(dd >> 16);
+            const float scale = __fmul_rn(d, int_to_f32(sc, 8388608.0f));
+            const float min = __fmul_rn(dmin, int_to_f32(m, 8388608.0f));
             const unsigned char* q = block + 16 + group * 32 + (e % 32);
+            const u32 q0 = load_u32(q, mode), q1 = load_u32(q + 4, mode);
+            const int shift = 4 * high;
 #pragma unroll
             for (int i = 0; i < CHUNK; i++) {
-                const u32 v = high ? (u32)(q[i] >> 4) : (u32)(q[i] & 0xFu);
-                w[i] = __fsub_rn(__fmul_rn(scale, (float)v), min);
+                const u32 v = (((i < 4) ? q0 : q1) >> (8 * (i & 3) + shift)) & 0xFu;
+                w[i] = __fsub_rn(__fmul_rn(scale, int_to_f32(v, 8388608.0f)), min);
             }
         } else {
 #pragma unroll
@@ -123,19 +173,26 @@ __device__ __forceinline__ void load_chunk(const unsigned char* row, int j, int 
         }
     } else if (FMT == FMT_Q6_K) {
         // A chunk lies in one group of 16: one scale; its low and high bits at fixed offsets.
+        // Blocks are 210 bytes, so words are loaded by halves at best.
         if (j < cols) {
+            const int m = mode == LOAD_WORDS ? LOAD_HALVES : mode;
             const unsigned char* block = row + (u64)(j / QK_ELEMS) * Q6_K_BYTES;
             const int e = j % QK_ELEMS, half = e / 128, p = e % 128, quarter = p / 32, l = p % 32;
-            const float d = f16_to_f32((u32)block[208] | ((u32)block[209] << 8));
+            const float d = f16_to_f32(load_u16(block + 208, m));
             const int s = 8 * half + l / 16 + 2 * quarter;
-            const float scale = __fmul_rn(d, (float)(signed char)block[192 + s]);
+            // The signed scale byte with its sign bit flipped is the scale plus 128.
+            const float scale = __fmul_rn(d, int_to_f32((u32)block[192 + s] ^ 0x80u, 8388736.0f));
             const unsigned char* ql = block + 64 * half + 32 * (quarter % 2) + l;
             const unsigned char* qh = block + 128 + 32 * half + l;
+            const u32 l0 = load_u32(ql, m), l1 = load_u32(ql + 4, m);
+            const u32 h0 = load_u32(qh, m), h1 = load_u32(qh + 4, m);
+            const int low_shift = quarter >= 2 ? 4 : 0, high_shift = 2 * quarter;
 #pragma unroll
             for (int i = 0; i < CHUNK; i++) {
-                const u32 low = quarter >= 2 ? (u32)(ql[i] >> 4) : (u32)(ql[i] & 0xFu);
-                const u32 high = ((u32)qh[i] >> (2 * quarter)) & 3u;
-                w[i] = __fmul_rn(scale, (float)((int)(low | (high << 4)) - 32));
+                const int at = 8 * (i & 3);
+                const u32 low = ((((i < 4) ? l0 : l1) >> at) >> low_shift) & 0xFu;
+                const u32 high = ((((i < 4) ? h0 : h1) >> at) >> high_shift) & 3u;
+                w[i] = __fmul_rn(scale, int_to_f32(low | (high << 4), 8388640.0f));  // − 32
             }
         } else {
 #pragma unroll
@@ -143,12 +200,19 @@ __device__ __forceinline__ void load_chunk(const unsigned char* row, int j, int 
         }
     } else if (FMT == FMT_Q8_0) {
         // `cols` is whole blocks and `j` a multiple of CHUNK, so a chunk lies in one block.
+        // Blocks are 34 bytes, so words are loaded by halves at best.
         if (j < cols) {
+            const int m = mode == LOAD_WORDS ? LOAD_HALVES : mode;
             const unsigned char* block = row + (u64)(j / Q8_0_ELEMS) * Q8_0_BYTES;
-            const float d = f16_to_f32((u32)block[0] | ((u32)block[1] << 8));
-            const signed char* q = reinterpret_cast<const signed char*>(block + 2 + (j % Q8_0_ELEMS));
+            const float d = f16_to_f32(load_u16(block, m));
+            const unsigned char* q = block + 2 + (j % Q8_0_ELEMS);
+            // Each signed byte with its sign bit flipped is the value plus 128.
+            const u32 q0 = load_u32(q, m) ^ 0x80808080u, q1 = load_u32(q + 4, m) ^ 0x80808080u;
 #pragma unroll
-            for (int e = 0; e < CHUNK; e++) w[e] = __fmul_rn(d, (float)q[e]);
+            for (int e = 0; e < CHUNK; e++) {
+                const u32 v = (((e < 4) ? q0 : q1) >> (8 * (e & 3))) & 0xFFu;
+                w[e] = __fmul_rn(d, int_to_f32(v, 8388736.0f));  // − 128
+            }
         } else {
 #pragma unroll
             for (int e = 0; e < CHUNK; e++) w[e] = 0.0f;
@@ -293,6 +357,7 @@ __device__ void gate_up(const LayerArgs& layer, const StepArgs& step, const int*
     const int row0 = (blockIdx.x * WARPS + warp) * ROWS_PER_WARP;
     const int rb = row_bytes(FMT, hidden);
     const bool vec = vectorisable(gate, rb) && vectorisable(up, rb);
+    const int mode = min(load_mode(gate, rb), load_mode(up, rb));
     const bool xvec = vectorisable(reinterpret_cast<const unsigned char*>(x), 0);
 
     float acc_g[ROWS_PER_WARP][CHUNK];
@@ -315,8 +380,8 @@ __device__ void gate_up(const LayerArgs& layer, const StepArgs& step, const int*
             if (row < ffn) {
                 float wg[CHUNK];
                 float wu[CHUNK];
-                load_chunk<FMT>(gate + (u64)row * (u64)rb, j, hidden, vec, wg);
-                load_chunk<FMT>(up + (u64)row * (u64)rb, j, hidden, vec, wu);
+                load_chunk<FMT>(gate + (u64)row * (u64)rb, j, hidden, vec, mode, wg);
+                load_chunk<FMT>(up + (u64)row * (u64)rb, j, hidden, vec, mode, wu);
 #pragma unroll
                 for (int e = 0; e < CHUNK; e++) {
                     acc_g[r][e] = fmaf(wg[e], xv[e], acc_g[r][e]);
@@ -362,6 +427,7 @@ __device__ void down(const LayerArgs& layer, const StepArgs& step, const int* pa
     }
     const float* hk = reinterpret_cast<const float*>(step.h) + (u64)pair * (u64)ffn;
     const bool vec = vectorisable(dw, rb);
+    const int mode = load_mode(dw, rb);
     const bool hvec = vectorisable(reinterpret_cast<const unsigned char*>(hk), 0);
     float acc[ROWS_PER_WARP][CHUNK];
 #pragma unroll
@@ -379,7 +445,7 @@ __device__ void down(const LayerArgs& layer, const StepArgs& step, const int* pa
             const int row = row0 + r;
             if (row < hidden) {
                 float w[CHUNK];
-                load_chunk<FMT>(dw + (u64)row * (u64)rb, j, ffn, vec, w);
+                load_chunk<FMT>(dw + (u64)row * (u64)rb, j, ffn, vec, mode, w);
 #pragma unroll
                 for (int e = 0; e < CHUNK; e++) acc[r][e] = fmaf(w[e], hv[e], acc[r][e]);
             }
