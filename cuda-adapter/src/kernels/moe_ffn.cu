@@ -37,7 +37,9 @@ typedef unsigned short u16;
 #define Q6_K_BYTES 210
 
 #define WARPS 8
-#define ROWS_PER_WARP 2
+// Rows per block: gate/up gives each row two warps (gate and up), down one.
+#define GATE_UP_ROWS (WARPS / 2)
+#define DOWN_ROWS WARPS
 #define CHUNK 8
 #define BLOCK (32 * CHUNK)
 
@@ -210,8 +212,10 @@ __device__ __forceinline__ void load_chunk(const unsigned char* row, int j, int 
             const u32 q0 = load_u32(q, m) ^ 0x80808080u, q1 = load_u32(q + 4, m) ^ 0x80808080u;
 #pragma unroll
             for (int e = 0; e < CHUNK; e++) {
-                const u32 v = (((e < 4) ? q0 : q1) >> (8 * (e & 3))) & 0xFFu;
-                w[e] = __fmul_rn(d, int_to_f32(v, 8388736.0f));  // − 128
+                // The bits of 2^23 + the byte, by one byte permutation: byte 0 from the word,
+                // bytes 1 and 2 zero, byte 3 0x4B.
+                const u32 bits = __byte_perm((e < 4) ? q0 : q1, 0x4B000000u, 0x7440u | (u32)(e & 3));
+                w[e] = __fmul_rn(d, __fsub_rn(__uint_as_float(bits), 8388736.0f));  // − 2^23 − 128
             }
         } else {
 #pragma unroll
@@ -331,76 +335,72 @@ struct StepArgs {
     int ffn;
 };
 
+// One row's dot product with x, in the shared order: lane `lane` takes elements
+// j ≡ 8·lane … 8·lane + 7 (mod BLOCK) of every pass of BLOCK elements, into its CHUNK
+// accumulators in pass order; then the lane's halving sum and the warp's butterfly. Every lane
+// returns the sum. `row` is the row's first byte.
+template <int FMT>
+__device__ __forceinline__ float row_dot(const unsigned char* row, const float* x, int cols, bool vec, int mode, bool xvec, int lane) {
+    float acc[CHUNK];
+#pragma unroll
+    for (int e = 0; e < CHUNK; e++) acc[e] = 0.0f;
+    // Every lane takes every pass (its elements past `cols` are 0 · 0).
+#pragma unroll 2
+    for (int base = 0; base < cols; base += BLOCK) {
+        const int j = base + lane * CHUNK;
+        float xv[CHUNK];
+        float w[CHUNK];
+        load_x(x, j, cols, xvec, xv);
+        load_chunk<FMT>(row, j, cols, vec, mode, w);
+#pragma unroll
+        for (int e = 0; e < CHUNK; e++) acc[e] = fmaf(w[e], xv[e], acc[e]);
+    }
+    return warp_sum(lane_reduce(acc));
+}
+
 // h[pair] = SiLU(gate · x) * (up · x).
-// Grid: (ceil(ffn / (WARPS * ROWS_PER_WARP)), number of pairs in `pairs`). Block: WARPS * 32.
+// Grid: (ceil(ffn / GATE_UP_ROWS), number of pairs in `pairs`). Block: WARPS * 32. Warp w
+// computes row blockIdx.x · GATE_UP_ROWS + w / 2 of gate (w even) or up (w odd), so each
+// warp streams one row and a block's warps meet once, through shared memory, for the
+// activation.
 template <int FMT>
 __device__ void gate_up(const LayerArgs& layer, const StepArgs& step, const int* pairs) {
+    __shared__ float dots[WARPS];
     const int pair = pairs[blockIdx.y];
     const int* ids = reinterpret_cast<const int*>(step.ids);
     const int* table = reinterpret_cast<const int*>(layer.table);
     const u64* miss = reinterpret_cast<const u64*>(step.miss);
     u32* status = reinterpret_cast<u32*>(step.status);
-    const unsigned char* gate = resolve(pair, 0, ids, layer.experts, table, layer.slot_base, layer.slot_stride,
-                                        layer.proj_offset, miss, status);
-    const unsigned char* up = resolve(pair, 1, ids, layer.experts, table, layer.slot_base, layer.slot_stride,
-                                      layer.proj_offset, miss, status);
-    if (gate == nullptr || up == nullptr) return;
-
+    const int warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31;
+    // A pair without a source (reported through the status word) leaves its h unused; every
+    // warp still reaches the barrier.
+    const unsigned char* base = resolve(pair, warp & 1, ids, layer.experts, table, layer.slot_base,
+                                        layer.slot_stride, layer.proj_offset, miss, status);
     const int hidden = step.hidden;
     const int ffn = step.ffn;
     const int token = pair / step.top_k;
     const float* x = reinterpret_cast<const float*>(step.x) + (u64)token * (u64)hidden;
-    float* h = reinterpret_cast<float*>(step.h) + (u64)pair * (u64)ffn;
-
-    const int warp = threadIdx.x >> 5;
-    const int lane = threadIdx.x & 31;
-    const int row0 = (blockIdx.x * WARPS + warp) * ROWS_PER_WARP;
+    const int row = blockIdx.x * GATE_UP_ROWS + (warp >> 1);
     const int rb = row_bytes(FMT, hidden);
-    const bool vec = vectorisable(gate, rb) && vectorisable(up, rb);
-    const int mode = min(load_mode(gate, rb), load_mode(up, rb));
-    const bool xvec = vectorisable(reinterpret_cast<const unsigned char*>(x), 0);
-
-    float acc_g[ROWS_PER_WARP][CHUNK];
-    float acc_u[ROWS_PER_WARP][CHUNK];
-#pragma unroll
-    for (int r = 0; r < ROWS_PER_WARP; r++) {
-#pragma unroll
-        for (int e = 0; e < CHUNK; e++) { acc_g[r][e] = 0.0f; acc_u[r][e] = 0.0f; }
+    float d = 0.0f;
+    if (row < ffn && base != nullptr) {
+        // Each warp picks its loads from its own base: the values loaded are the same.
+        d = row_dot<FMT>(base + (u64)row * (u64)rb, x, hidden, vectorisable(base, rb), load_mode(base, rb),
+                         vectorisable(reinterpret_cast<const unsigned char*>(x), 0), lane);
     }
-
-    // Every lane takes every block (its elements past `hidden` are 0 · 0).
-#pragma unroll 2
-    for (int base = 0; base < hidden; base += BLOCK) {
-        const int j = base + lane * CHUNK;
-        float xv[CHUNK];
-        load_x(x, j, hidden, xvec, xv);
-#pragma unroll
-        for (int r = 0; r < ROWS_PER_WARP; r++) {
-            const int row = row0 + r;
-            if (row < ffn) {
-                float wg[CHUNK];
-                float wu[CHUNK];
-                load_chunk<FMT>(gate + (u64)row * (u64)rb, j, hidden, vec, mode, wg);
-                load_chunk<FMT>(up + (u64)row * (u64)rb, j, hidden, vec, mode, wu);
-#pragma unroll
-                for (int e = 0; e < CHUNK; e++) {
-                    acc_g[r][e] = fmaf(wg[e], xv[e], acc_g[r][e]);
-                    acc_u[r][e] = fmaf(wu[e], xv[e], acc_u[r][e]);
-                }
-            }
-        }
-    }
-#pragma unroll
-    for (int r = 0; r < ROWS_PER_WARP; r++) {
-        const float g = warp_sum(lane_reduce(acc_g[r]));
-        const float u = warp_sum(lane_reduce(acc_u[r]));
-        const int row = row0 + r;
-        if (lane == 0 && row < ffn) h[row] = silu_mul(g, u);
+    if (lane == 0) dots[warp] = d;
+    __syncthreads();
+    if (threadIdx.x < GATE_UP_ROWS) {
+        float* h = reinterpret_cast<float*>(step.h) + (u64)pair * (u64)ffn;
+        const int r = blockIdx.x * GATE_UP_ROWS + threadIdx.x;
+        if (r < ffn) h[r] = silu_mul(dots[2 * threadIdx.x], dots[2 * threadIdx.x + 1]);
     }
 }
 
 // Each pair's down output: part[pair] = down · h[pair].
-// Grid: (ceil(hidden / (WARPS * ROWS_PER_WARP)), number of pairs in `pairs`). Block: WARPS * 32.
+// Grid: (ceil(hidden / DOWN_ROWS), number of pairs in `pairs`). Block: WARPS * 32; warp w
+// computes row blockIdx.x · DOWN_ROWS + w.
 template <int FMT>
 __device__ void down(const LayerArgs& layer, const StepArgs& step, const int* pairs) {
     const int pair = pairs[blockIdx.y];
@@ -412,51 +412,21 @@ __device__ void down(const LayerArgs& layer, const StepArgs& step, const int* pa
     const int ffn = step.ffn;
     const int warp = threadIdx.x >> 5;
     const int lane = threadIdx.x & 31;
-    const int row0 = (blockIdx.x * WARPS + warp) * ROWS_PER_WARP;
+    const int row = blockIdx.x * DOWN_ROWS + warp;
     const int rb = row_bytes(FMT, ffn);
     const unsigned char* dw = resolve(pair, 2, ids, layer.experts, table, layer.slot_base, layer.slot_stride,
                                       layer.proj_offset, miss, status);
     float* part = reinterpret_cast<float*>(step.part) + (u64)pair * (u64)hidden;
+    if (row >= hidden) return;
     if (dw == nullptr) {
         // Reported through the status word; the output is not used.
-        if (lane == 0) {
-            for (int r = 0; r < ROWS_PER_WARP; r++)
-                if (row0 + r < hidden) part[row0 + r] = 0.0f;
-        }
+        if (lane == 0) part[row] = 0.0f;
         return;
     }
     const float* hk = reinterpret_cast<const float*>(step.h) + (u64)pair * (u64)ffn;
-    const bool vec = vectorisable(dw, rb);
-    const int mode = load_mode(dw, rb);
     const bool hvec = vectorisable(reinterpret_cast<const unsigned char*>(hk), 0);
-    float acc[ROWS_PER_WARP][CHUNK];
-#pragma unroll
-    for (int r = 0; r < ROWS_PER_WARP; r++) {
-#pragma unroll
-        for (int e = 0; e < CHUNK; e++) acc[r][e] = 0.0f;
-    }
-#pragma unroll 2
-    for (int base = 0; base < ffn; base += BLOCK) {
-        const int j = base + lane * CHUNK;
-        float hv[CHUNK];
-        load_x(hk, j, ffn, hvec, hv);
-#pragma unroll
-        for (int r = 0; r < ROWS_PER_WARP; r++) {
-            const int row = row0 + r;
-            if (row < hidden) {
-                float w[CHUNK];
-                load_chunk<FMT>(dw + (u64)row * (u64)rb, j, ffn, vec, mode, w);
-#pragma unroll
-                for (int e = 0; e < CHUNK; e++) acc[r][e] = fmaf(w[e], hv[e], acc[r][e]);
-            }
-        }
-    }
-#pragma unroll
-    for (int r = 0; r < ROWS_PER_WARP; r++) {
-        const float d = warp_sum(lane_reduce(acc[r]));
-        const int row = row0 + r;
-        if (lane == 0 && row < hidden) part[row] = d;
-    }
+    const float d = row_dot<FMT>(dw + (u64)row * (u64)rb, hk, ffn, vectorisable(dw, rb), load_mode(dw, rb), hvec, lane);
+    if (lane == 0) part[row] = d;
 }
 
 // y[token] = sum over k, in k order, of weight[k] * part[token, k].
