@@ -11,8 +11,9 @@ use expertslab::{MigrationPlan, Policy, PoolConfig, SharedSlotPool, Step};
 use expertslab_tests::families::{synth, EXPERTS, LAYERS, SLOTS, TOP_K};
 use expertslab_tests::{commit_plan, resident_set, started_pool, ReferenceDemand};
 
-/// Decode steps replayed after the prefill.
-const STEPS: u64 = 300;
+/// Decode steps replayed after the prefill (20 under Miri, which runs them thousands of times
+/// slower).
+const STEPS: u64 = if cfg!(miri) { 20 } else { 300 };
 /// Prefetch copies per step.
 const PREFETCH_LIMIT: usize = 2;
 /// The families: (name, zipf exponent, reuse, phase steps).

@@ -219,18 +219,21 @@ fn ratios(name: &str, zipf_s: f64, reuse: f64, phase_steps: u64, goal: f64, half
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "modeled times of long replays are the test")]
 fn locality_goal_needs_the_distribution() {
     let (_, counted) = ratios("locality", 0.9, 0.5, 256, 1.39, 32.0);
     assert!(counted > 1.39, "counting, the rule takes {counted:.3}× the optimum");
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "modeled times of long replays are the test")]
 fn heavy_reuse_goal_needs_the_distribution() {
     let (_, counted) = ratios("heavy reuse", 0.9, 0.9, 256, 1.31, 64.0);
     assert!(counted > 1.31, "counting, the rule takes {counted:.3}× the optimum");
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "modeled times of long replays are the test")]
 fn stationary_goal_is_met_when_told() {
     ratios("stationary", 0.9, 0.5, 0, 1.38, 256.0);
 }
@@ -244,6 +247,7 @@ fn stationary_goal_is_met_when_told() {
 /// takes 5% off shared LRU, which stays slower.) `synth` draws each layer independently, so
 /// knowing the layer before adds nothing to the guess.
 #[test]
+#[cfg_attr(miri, ignore = "modeled times of long replays are the test")]
 fn one_guess_per_layer_step_cannot_save_a_tenth_on_locality() {
     let family = family(0.9, 0.5, 256, 1);
     let layers = informed(&family, Knowledge::Told);
