@@ -12,7 +12,9 @@
 //! measured bandwidth, and their ratio (the floor's goal: at most 1.6); then the kernels alone
 //! for the same token (`GpuModel::kernel_floor`: every layer launched back to back, no host work
 //! between layers) and their ratio to the read time, so the floor splits into the kernels' time
-//! and what the runner adds per layer.
+//! and what the runner adds per layer; and the runner's own time per token (`RunReport::
+//! wait_seconds` taken from the floor: pool steps, staging and launches while the device waits
+//! for them).
 //!
 //! A plain binary (`harness = false`): without a CUDA driver or device it prints one line and
 //! succeeds.
@@ -90,7 +92,7 @@ fn run(reps: usize) -> Result<(), Box<dyn std::error::Error>> {
     let q4_k_m = FfnShape { down_format: Format::Q6_K, ..FfnShape::new(2048, 768, 8, Format::Q4_K) };
     println!("read bandwidth (2 GiB, read-only streaming kernel): {:.0} GB/s", bandwidth / 1e9);
     println!(
-        "format      bytes/token   µs/token   read time µs   floor / read time   kernels µs/token   kernels / read time"
+        "format      bytes/token   µs/token   read time µs   floor / read time   kernels µs/token   kernels / read time   runner's own µs/token"
     );
     for shape in
         [base.shape, FfnShape::new(2048, 768, 8, Format::Q8_0), FfnShape::new(2048, 768, 8, Format::Q4_K), q4_k_m]
@@ -109,13 +111,14 @@ fn run(reps: usize) -> Result<(), Box<dyn std::error::Error>> {
             (a, b) => format!("{}+{}", a.name(), b.name()),
         };
         println!(
-            "{name:<10} {:>8.1} MiB {:>10.1} {:>14.1} {:>19.2} {:>18.1} {:>21.2}",
+            "{name:<10} {:>8.1} MiB {:>10.1} {:>14.1} {:>19.2} {:>18.1} {:>21.2} {:>23.1}",
             bytes / f64::from(1 << 20),
             report.seconds_per_token() * 1e6,
             read * 1e6,
             report.seconds_per_token() / read,
             kernels * 1e6,
-            kernels / read
+            kernels / read,
+            (report.decode_seconds - report.wait_seconds) / report.decode_tokens.max(1) as f64 * 1e6
         );
     }
     Ok(())

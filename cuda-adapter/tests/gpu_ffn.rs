@@ -399,5 +399,11 @@ fn calibration_measures_the_link_and_the_pairs() {
     let bytes = (spec.shape.top_k * model.expert_bytes()) as f64;
     println!("kernels alone: {:.1} µs per token ({bytes} bytes)", kernels * 1e6);
     assert!(kernels > bytes / 1e13 && kernels < 4.0 * c.costs.resident_pair * spec.shape.top_k as f64, "{kernels}");
+    // The runner's decode: the driving thread waits on the device part of the time, not all.
+    let trace = expertslab_cuda::demo::DemoRouting::Synthetic(SyntheticTrace::NEAR_UNIFORM).trace(&spec).unwrap();
+    let run = RunConfig::new(spec.experts, Policy::Lru, MissRule::Always(MissAction::Copy));
+    let report = model.decode_median(&trace, &run, 3).unwrap();
+    println!("decode {:.1} µs, waited {:.1} µs", report.decode_seconds * 1e6, report.wait_seconds * 1e6);
+    assert!(report.wait_seconds > 0.0 && report.wait_seconds < report.decode_seconds, "{report:?}");
     assert!(matches!(open_device(1 << 20), Err(CudaError::NoDevice { .. })));
 }

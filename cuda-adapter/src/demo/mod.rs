@@ -144,6 +144,10 @@ pub struct RunReport {
     /// input fetched) to their outputs' upload enqueued: the host's compute, with the GPU's work
     /// enqueued by the driving thread meanwhile.
     pub host_seconds: f64,
+    /// Of `decode_seconds`, the wall time the driving thread waited for each record's previous
+    /// record to end (the GPU's work it could not overlap); the rest is the driving thread's
+    /// own: pool steps, staging, launches, and the host's pairs.
+    pub wait_seconds: f64,
     /// Bytes copied (slots and scratch) per timed decode step.
     pub step_copy_bytes: Vec<u64>,
     /// Pairs read over the bus per timed decode step.

@@ -337,7 +337,11 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
             }
             // 1. The previous record's kernels end before this record's routing is known.
             if self.done_recorded {
+                let waited = Instant::now();
                 self.driver.sync_event(&self.done)?;
+                if start.is_some() {
+                    report.wait_seconds += waited.elapsed().as_secs_f64();
+                }
             }
             let ids = trace.ids(record);
             let tokens = ids.len() / top_k;
@@ -381,8 +385,12 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
             }
             previous = Some((record.step, layer, y));
         }
+        let waited = Instant::now();
         self.sink.synchronize().map_err(|f| f.error)?;
         self.driver.sync_stream(&self.compute)?;
+        if start.is_some() {
+            report.wait_seconds += waited.elapsed().as_secs_f64();
+        }
         if let Some(t0) = start {
             report.decode_seconds = t0.elapsed().as_secs_f64();
         }
