@@ -166,8 +166,7 @@ impl MoeFfn {
     ) -> Result<(), CudaError> {
         // SAFETY: the caller upholds `launch_pairs`' contract (this function's).
         unsafe {
-            let rows = (self.shape.ffn, kernels::GATE_UP_ROWS);
-            self.launch_pairs(&self.gate_up, rows, stream, layer, step, step.args(&self.shape, x, 0), phase)
+            self.launch_pairs(&self.gate_up, self.shape.ffn, stream, layer, step, step.args(&self.shape, x, 0), phase)
         }
     }
 
@@ -191,8 +190,7 @@ impl MoeFfn {
     ) -> Result<(), CudaError> {
         // SAFETY: as in `launch_gate_up`.
         unsafe {
-            let rows = (self.shape.hidden, kernels::DOWN_ROWS);
-            self.launch_pairs(&self.down, rows, stream, layer, step, step.args(&self.shape, 0, 0), phase)
+            self.launch_pairs(&self.down, self.shape.hidden, stream, layer, step, step.args(&self.shape, 0, 0), phase)
         }
     }
 
@@ -202,7 +200,7 @@ impl MoeFfn {
     unsafe fn launch_pairs(
         &self,
         function: &CudaFunction,
-        (rows, rows_per_block): (usize, u32),
+        rows: usize,
         stream: &CudaStream,
         layer: &SlotView,
         step: &StepBuffers,
@@ -218,7 +216,7 @@ impl MoeFfn {
             return Ok(());
         }
         let cfg = LaunchConfig {
-            grid_dim: ((rows as u32).div_ceil(rows_per_block), count as u32, 1),
+            grid_dim: ((rows as u32).div_ceil(kernels::ROWS_PER_BLOCK), count as u32, 1),
             block_dim: (kernels::BLOCK_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };

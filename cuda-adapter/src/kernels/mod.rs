@@ -18,10 +18,8 @@ pub const DEFAULT_ARCH: (i32, i32) = (9, 0);
 
 /// Threads per block of the FFN kernels (`WARPS * 32` in the source).
 pub(crate) const BLOCK_THREADS: u32 = 256;
-/// Output rows per block of gate/up (`GATE_UP_ROWS` in the source: two warps a row).
-pub(crate) const GATE_UP_ROWS: u32 = 4;
-/// Output rows per block of down (`DOWN_ROWS` in the source: one warp a row).
-pub(crate) const DOWN_ROWS: u32 = 8;
+/// Output rows per block of the FFN kernels (`WARPS * ROWS_PER_WARP` in the source).
+pub(crate) const ROWS_PER_BLOCK: u32 = 16;
 
 /// The kernels' entry points.
 pub(crate) const GATE_UP_F32: &str = "moe_gate_up_f32";

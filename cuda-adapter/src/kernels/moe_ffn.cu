@@ -37,9 +37,7 @@ typedef unsigned short u16;
 #define Q6_K_BYTES 210
 
 #define WARPS 8
-// Rows per block: gate/up gives each row two warps (gate and up), down one.
-#define GATE_UP_ROWS (WARPS / 2)
-#define DOWN_ROWS WARPS
+#define ROWS_PER_WARP 2
 #define CHUNK 8
 #define BLOCK (32 * CHUNK)
 
@@ -54,14 +52,13 @@ __device__ __forceinline__ float f16_to_f32(u32 h) {
     const u32 sign = (h & 0x8000u) << 16;
     const u32 exponent = (h >> 10) & 0x1fu;
     const u32 mantissa = h & 0x3ffu;
-    float magnitude;
-    if (exponent == 0u) {
-        magnitude = __fmul_rn((float)mantissa, __uint_as_float(0x33800000u));  // · 2^−24, exact
-    } else if (exponent == 31u) {
-        magnitude = __uint_as_float(0x7f800000u | (mantissa << 13));
-    } else {
-        magnitude = __uint_as_float(((exponent + 112u) << 23) | (mantissa << 13));
-    }
+    // All three cases formed and one selected (no branch): subnormal, the mantissa (made exact
+    // from 2^23 + its bits) · 2^−24; infinity or NaN; normal, the exponent rebased.
+    const float subnormal = __fmul_rn(__fsub_rn(__uint_as_float(0x4B000000u | mantissa), 8388608.0f),
+                                      __uint_as_float(0x33800000u));
+    const float special = __uint_as_float(0x7f800000u | (mantissa << 13));
+    const float normal = __uint_as_float(((exponent + 112u) << 23) | (mantissa << 13));
+    const float magnitude = exponent == 0u ? subnormal : (exponent == 31u ? special : normal);
     return __uint_as_float(__float_as_uint(magnitude) | sign);
 }
 
@@ -104,20 +101,22 @@ __device__ __forceinline__ int load_mode(const unsigned char* base, int bytes_pe
     return (bits & 3ull) == 0ull ? LOAD_WORDS : ((bits & 1ull) == 0ull ? LOAD_HALVES : LOAD_BYTES);
 }
 
-// The little-endian 32-bit word at p. `mode` LOAD_WORDS: p is 4-byte aligned; LOAD_HALVES: p is
-// even.
-__device__ __forceinline__ u32 load_u32(const unsigned char* p, int mode) {
-    if (mode == LOAD_WORDS) return *reinterpret_cast<const u32*>(p);
-    if (mode == LOAD_HALVES) {
+// The little-endian 32-bit word at p. `MODE` LOAD_WORDS: p is 4-byte aligned; LOAD_HALVES: p is
+// even. A template argument, so a loop's loads have no run-time choice in them.
+template <int MODE>
+__device__ __forceinline__ u32 load_u32(const unsigned char* p) {
+    if (MODE == LOAD_WORDS) return *reinterpret_cast<const u32*>(p);
+    if (MODE == LOAD_HALVES) {
         const u16* h = reinterpret_cast<const u16*>(p);
         return (u32)h[0] | ((u32)h[1] << 16);
     }
     return (u32)p[0] | ((u32)p[1] << 8) | ((u32)p[2] << 16) | ((u32)p[3] << 24);
 }
 
-// The little-endian 16-bit value at p (p even unless `mode` is LOAD_BYTES).
-__device__ __forceinline__ u32 load_u16(const unsigned char* p, int mode) {
-    if (mode == LOAD_BYTES) return (u32)p[0] | ((u32)p[1] << 8);
+// The little-endian 16-bit value at p (p even unless `MODE` is LOAD_BYTES).
+template <int MODE>
+__device__ __forceinline__ u32 load_u16(const unsigned char* p) {
+    if (MODE == LOAD_BYTES) return (u32)p[0] | ((u32)p[1] << 8);
     return (u32)*reinterpret_cast<const u16*>(p);
 }
 
@@ -136,9 +135,11 @@ __device__ __forceinline__ u32 byte_of(u32 a, u32 b, u32 c, int k) {
 
 // Eight weights of a row starting at element j (a multiple of CHUNK), zero past `cols`.
 // `vec`: the row starts 16-byte aligned and its length in bytes is a multiple of 16 (F32 and
-// BF16); `mode`: how block formats are loaded (`load_mode`).
-template <int FMT>
-__device__ __forceinline__ void load_chunk(const unsigned char* row, int j, int cols, bool vec, int mode, float w[CHUNK]) {
+// BF16); `MODE`: how block formats are loaded (`load_mode`).
+template <int FMT, int MODE>
+__device__ __forceinline__ void load_chunk(const unsigned char* row, int j, int cols, bool vec, float w[CHUNK]) {
+    // Q8_0's 34-byte and Q6_K's 210-byte blocks keep only 2-byte alignment.
+    constexpr int HALVES_AT_BEST = MODE == LOAD_WORDS ? LOAD_HALVES : MODE;
     if (FMT == FMT_Q4_K) {
         // A chunk lies in one sub-block of 32: one scale and min, one nibble of 8 bytes.
         if (j < cols) {
@@ -146,8 +147,8 @@ __device__ __forceinline__ void load_chunk(const unsigned char* row, int j, int 
             const int e = j % QK_ELEMS, group = e / 64, high = (e % 64) / 32;
             const int sub = 2 * group + high;
             // d and dmin, then the 12 bytes of packed 6-bit scales and mins.
-            const u32 dd = load_u32(block, mode);
-            const u32 p0 = load_u32(block + 4, mode), p1 = load_u32(block + 8, mode), p2 = load_u32(block + 12, mode);
+            const u32 dd = load_u32<MODE>(block);
+            const u32 p0 = load_u32<MODE>(block + 4), p1 = load_u32<MODE>(block + 8), p2 = load_u32<MODE>(block + 12);
             u32 sc, m;
             if (sub < 4) {
                 sc = byte_of(p0, p1, p2, sub) & 63u;
@@ -162,7 +163,7 @@ __device__ __forceinline__ void load_chunk(const unsigned char* row, int j, int 
             const float scale = __fmul_rn(d, int_to_f32(sc, 8388608.0f));
             const float min = __fmul_rn(dmin, int_to_f32(m, 8388608.0f));
             const unsigned char* q = block + 16 + group * 32 + (e % 32);
-            const u32 q0 = load_u32(q, mode), q1 = load_u32(q + 4, mode);
+            const u32 q0 = load_u32<MODE>(q), q1 = load_u32<MODE>(q + 4);
             const int shift = 4 * high;
 #pragma unroll
             for (int i = 0; i < CHUNK; i++) {
@@ -177,17 +178,16 @@ __device__ __forceinline__ void load_chunk(const unsigned char* row, int j, int 
         // A chunk lies in one group of 16: one scale; its low and high bits at fixed offsets.
         // Blocks are 210 bytes, so words are loaded by halves at best.
         if (j < cols) {
-            const int m = mode == LOAD_WORDS ? LOAD_HALVES : mode;
             const unsigned char* block = row + (u64)(j / QK_ELEMS) * Q6_K_BYTES;
             const int e = j % QK_ELEMS, half = e / 128, p = e % 128, quarter = p / 32, l = p % 32;
-            const float d = f16_to_f32(load_u16(block + 208, m));
+            const float d = f16_to_f32(load_u16<HALVES_AT_BEST>(block + 208));
             const int s = 8 * half + l / 16 + 2 * quarter;
             // The signed scale byte with its sign bit flipped is the scale plus 128.
             const float scale = __fmul_rn(d, int_to_f32((u32)block[192 + s] ^ 0x80u, 8388736.0f));
             const unsigned char* ql = block + 64 * half + 32 * (quarter % 2) + l;
             const unsigned char* qh = block + 128 + 32 * half + l;
-            const u32 l0 = load_u32(ql, m), l1 = load_u32(ql + 4, m);
-            const u32 h0 = load_u32(qh, m), h1 = load_u32(qh + 4, m);
+            const u32 l0 = load_u32<HALVES_AT_BEST>(ql), l1 = load_u32<HALVES_AT_BEST>(ql + 4);
+            const u32 h0 = load_u32<HALVES_AT_BEST>(qh), h1 = load_u32<HALVES_AT_BEST>(qh + 4);
             const int low_shift = quarter >= 2 ? 4 : 0, high_shift = 2 * quarter;
 #pragma unroll
             for (int i = 0; i < CHUNK; i++) {
@@ -204,12 +204,11 @@ __device__ __forceinline__ void load_chunk(const unsigned char* row, int j, int 
         // `cols` is whole blocks and `j` a multiple of CHUNK, so a chunk lies in one block.
         // Blocks are 34 bytes, so words are loaded by halves at best.
         if (j < cols) {
-            const int m = mode == LOAD_WORDS ? LOAD_HALVES : mode;
             const unsigned char* block = row + (u64)(j / Q8_0_ELEMS) * Q8_0_BYTES;
-            const float d = f16_to_f32(load_u16(block, m));
+            const float d = f16_to_f32(load_u16<HALVES_AT_BEST>(block));
             const unsigned char* q = block + 2 + (j % Q8_0_ELEMS);
             // Each signed byte with its sign bit flipped is the value plus 128.
-            const u32 q0 = load_u32(q, m) ^ 0x80808080u, q1 = load_u32(q + 4, m) ^ 0x80808080u;
+            const u32 q0 = load_u32<HALVES_AT_BEST>(q) ^ 0x80808080u, q1 = load_u32<HALVES_AT_BEST>(q + 4) ^ 0x80808080u;
 #pragma unroll
             for (int e = 0; e < CHUNK; e++) {
                 // The bits of 2^23 + the byte, by one byte permutation: byte 0 from the word,
@@ -335,72 +334,123 @@ struct StepArgs {
     int ffn;
 };
 
-// One row's dot product with x, in the shared order: lane `lane` takes elements
-// j ≡ 8·lane … 8·lane + 7 (mod BLOCK) of every pass of BLOCK elements, into its CHUNK
-// accumulators in pass order; then the lane's halving sum and the warp's butterfly. Every lane
-// returns the sum. `row` is the row's first byte.
-template <int FMT>
-__device__ __forceinline__ float row_dot(const unsigned char* row, const float* x, int cols, bool vec, int mode, bool xvec, int lane) {
-    float acc[CHUNK];
+// Gate/up's rows of one warp, loading by `MODE` (a template argument, so the loop has no
+// run-time choice of loads in it).
+template <int FMT, int MODE>
+__device__ __forceinline__ void gate_up_rows(const unsigned char* gate, const unsigned char* up, const float* x, float* h,
+                                             int hidden, int ffn, int rb, int row0, int lane, bool vec, bool xvec) {
+    float acc_g[ROWS_PER_WARP][CHUNK];
+    float acc_u[ROWS_PER_WARP][CHUNK];
 #pragma unroll
-    for (int e = 0; e < CHUNK; e++) acc[e] = 0.0f;
-    // Every lane takes every pass (its elements past `cols` are 0 · 0).
+    for (int r = 0; r < ROWS_PER_WARP; r++) {
+#pragma unroll
+        for (int e = 0; e < CHUNK; e++) { acc_g[r][e] = 0.0f; acc_u[r][e] = 0.0f; }
+    }
+    // Every lane takes every block (its elements past `hidden` are 0 · 0).
 #pragma unroll 2
-    for (int base = 0; base < cols; base += BLOCK) {
+    for (int base = 0; base < hidden; base += BLOCK) {
         const int j = base + lane * CHUNK;
         float xv[CHUNK];
-        float w[CHUNK];
-        load_x(x, j, cols, xvec, xv);
-        load_chunk<FMT>(row, j, cols, vec, mode, w);
+        load_x(x, j, hidden, xvec, xv);
 #pragma unroll
-        for (int e = 0; e < CHUNK; e++) acc[e] = fmaf(w[e], xv[e], acc[e]);
+        for (int r = 0; r < ROWS_PER_WARP; r++) {
+            const int row = row0 + r;
+            if (row < ffn) {
+                float wg[CHUNK];
+                float wu[CHUNK];
+                load_chunk<FMT, MODE>(gate + (u64)row * (u64)rb, j, hidden, vec, wg);
+                load_chunk<FMT, MODE>(up + (u64)row * (u64)rb, j, hidden, vec, wu);
+#pragma unroll
+                for (int e = 0; e < CHUNK; e++) {
+                    acc_g[r][e] = fmaf(wg[e], xv[e], acc_g[r][e]);
+                    acc_u[r][e] = fmaf(wu[e], xv[e], acc_u[r][e]);
+                }
+            }
+        }
     }
-    return warp_sum(lane_reduce(acc));
+#pragma unroll
+    for (int r = 0; r < ROWS_PER_WARP; r++) {
+        const float g = warp_sum(lane_reduce(acc_g[r]));
+        const float u = warp_sum(lane_reduce(acc_u[r]));
+        const int row = row0 + r;
+        if (lane == 0 && row < ffn) h[row] = silu_mul(g, u);
+    }
 }
 
 // h[pair] = SiLU(gate · x) * (up · x).
-// Grid: (ceil(ffn / GATE_UP_ROWS), number of pairs in `pairs`). Block: WARPS * 32. Warp w
-// computes row blockIdx.x · GATE_UP_ROWS + w / 2 of gate (w even) or up (w odd), so each
-// warp streams one row and a block's warps meet once, through shared memory, for the
-// activation.
+// Grid: (ceil(ffn / (WARPS * ROWS_PER_WARP)), number of pairs in `pairs`). Block: WARPS * 32.
 template <int FMT>
 __device__ void gate_up(const LayerArgs& layer, const StepArgs& step, const int* pairs) {
-    __shared__ float dots[WARPS];
     const int pair = pairs[blockIdx.y];
     const int* ids = reinterpret_cast<const int*>(step.ids);
     const int* table = reinterpret_cast<const int*>(layer.table);
     const u64* miss = reinterpret_cast<const u64*>(step.miss);
     u32* status = reinterpret_cast<u32*>(step.status);
-    const int warp = threadIdx.x >> 5;
-    const int lane = threadIdx.x & 31;
-    // A pair without a source (reported through the status word) leaves its h unused; every
-    // warp still reaches the barrier.
-    const unsigned char* base = resolve(pair, warp & 1, ids, layer.experts, table, layer.slot_base,
-                                        layer.slot_stride, layer.proj_offset, miss, status);
+    const unsigned char* gate = resolve(pair, 0, ids, layer.experts, table, layer.slot_base, layer.slot_stride,
+                                        layer.proj_offset, miss, status);
+    const unsigned char* up = resolve(pair, 1, ids, layer.experts, table, layer.slot_base, layer.slot_stride,
+                                      layer.proj_offset, miss, status);
+    if (gate == nullptr || up == nullptr) return;
+
     const int hidden = step.hidden;
     const int ffn = step.ffn;
     const int token = pair / step.top_k;
     const float* x = reinterpret_cast<const float*>(step.x) + (u64)token * (u64)hidden;
-    const int row = blockIdx.x * GATE_UP_ROWS + (warp >> 1);
+    float* h = reinterpret_cast<float*>(step.h) + (u64)pair * (u64)ffn;
+
+    const int warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31;
+    const int row0 = (blockIdx.x * WARPS + warp) * ROWS_PER_WARP;
     const int rb = row_bytes(FMT, hidden);
-    float d = 0.0f;
-    if (row < ffn && base != nullptr) {
-        // Each warp picks its loads from its own base: the values loaded are the same.
-        d = row_dot<FMT>(base + (u64)row * (u64)rb, x, hidden, vectorisable(base, rb), load_mode(base, rb),
-                         vectorisable(reinterpret_cast<const unsigned char*>(x), 0), lane);
+    const bool vec = vectorisable(gate, rb) && vectorisable(up, rb);
+    const bool xvec = vectorisable(reinterpret_cast<const unsigned char*>(x), 0);
+
+    const int mode = min(load_mode(gate, rb), load_mode(up, rb));
+    if (FMT == FMT_F32 || FMT == FMT_BF16 || mode == LOAD_WORDS) {
+        gate_up_rows<FMT, LOAD_WORDS>(gate, up, x, h, hidden, ffn, rb, row0, lane, vec, xvec);
+    } else if (mode == LOAD_HALVES) {
+        gate_up_rows<FMT, LOAD_HALVES>(gate, up, x, h, hidden, ffn, rb, row0, lane, vec, xvec);
+    } else {
+        gate_up_rows<FMT, LOAD_BYTES>(gate, up, x, h, hidden, ffn, rb, row0, lane, vec, xvec);
     }
-    if (lane == 0) dots[warp] = d;
-    __syncthreads();
-    if (threadIdx.x < GATE_UP_ROWS) {
-        float* h = reinterpret_cast<float*>(step.h) + (u64)pair * (u64)ffn;
-        const int r = blockIdx.x * GATE_UP_ROWS + threadIdx.x;
-        if (r < ffn) h[r] = silu_mul(dots[2 * threadIdx.x], dots[2 * threadIdx.x + 1]);
+}
+
+// Down's rows of one warp, loading by `MODE` (as `gate_up_rows`).
+template <int FMT, int MODE>
+__device__ __forceinline__ void down_rows(const unsigned char* dw, const float* hk, float* part, int hidden, int ffn,
+                                          int rb, int row0, int lane, bool vec, bool hvec) {
+    float acc[ROWS_PER_WARP][CHUNK];
+#pragma unroll
+    for (int r = 0; r < ROWS_PER_WARP; r++) {
+#pragma unroll
+        for (int e = 0; e < CHUNK; e++) acc[r][e] = 0.0f;
+    }
+#pragma unroll 2
+    for (int base = 0; base < ffn; base += BLOCK) {
+        const int j = base + lane * CHUNK;
+        float hv[CHUNK];
+        load_x(hk, j, ffn, hvec, hv);
+#pragma unroll
+        for (int r = 0; r < ROWS_PER_WARP; r++) {
+            const int row = row0 + r;
+            if (row < hidden) {
+                float w[CHUNK];
+                load_chunk<FMT, MODE>(dw + (u64)row * (u64)rb, j, ffn, vec, w);
+#pragma unroll
+                for (int e = 0; e < CHUNK; e++) acc[r][e] = fmaf(w[e], hv[e], acc[r][e]);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < ROWS_PER_WARP; r++) {
+        const float d = warp_sum(lane_reduce(acc[r]));
+        const int row = row0 + r;
+        if (lane == 0 && row < hidden) part[row] = d;
     }
 }
 
 // Each pair's down output: part[pair] = down · h[pair].
-// Grid: (ceil(hidden / DOWN_ROWS), number of pairs in `pairs`). Block: WARPS * 32; warp w
-// computes row blockIdx.x · DOWN_ROWS + w.
+// Grid: (ceil(hidden / (WARPS * ROWS_PER_WARP)), number of pairs in `pairs`). Block: WARPS * 32.
 template <int FMT>
 __device__ void down(const LayerArgs& layer, const StepArgs& step, const int* pairs) {
     const int pair = pairs[blockIdx.y];
@@ -412,21 +462,30 @@ __device__ void down(const LayerArgs& layer, const StepArgs& step, const int* pa
     const int ffn = step.ffn;
     const int warp = threadIdx.x >> 5;
     const int lane = threadIdx.x & 31;
-    const int row = blockIdx.x * DOWN_ROWS + warp;
+    const int row0 = (blockIdx.x * WARPS + warp) * ROWS_PER_WARP;
     const int rb = row_bytes(FMT, ffn);
     const unsigned char* dw = resolve(pair, 2, ids, layer.experts, table, layer.slot_base, layer.slot_stride,
                                       layer.proj_offset, miss, status);
     float* part = reinterpret_cast<float*>(step.part) + (u64)pair * (u64)hidden;
-    if (row >= hidden) return;
     if (dw == nullptr) {
         // Reported through the status word; the output is not used.
-        if (lane == 0) part[row] = 0.0f;
+        if (lane == 0) {
+            for (int r = 0; r < ROWS_PER_WARP; r++)
+                if (row0 + r < hidden) part[row0 + r] = 0.0f;
+        }
         return;
     }
     const float* hk = reinterpret_cast<const float*>(step.h) + (u64)pair * (u64)ffn;
+    const bool vec = vectorisable(dw, rb);
     const bool hvec = vectorisable(reinterpret_cast<const unsigned char*>(hk), 0);
-    const float d = row_dot<FMT>(dw + (u64)row * (u64)rb, hk, ffn, vectorisable(dw, rb), load_mode(dw, rb), hvec, lane);
-    if (lane == 0) part[row] = d;
+    const int mode = load_mode(dw, rb);
+    if (FMT == FMT_F32 || FMT == FMT_BF16 || mode == LOAD_WORDS) {
+        down_rows<FMT, LOAD_WORDS>(dw, hk, part, hidden, ffn, rb, row0, lane, vec, hvec);
+    } else if (mode == LOAD_HALVES) {
+        down_rows<FMT, LOAD_HALVES>(dw, hk, part, hidden, ffn, rb, row0, lane, vec, hvec);
+    } else {
+        down_rows<FMT, LOAD_BYTES>(dw, hk, part, hidden, ffn, rb, row0, lane, vec, hvec);
+    }
 }
 
 // y[token] = sum over k, in k order, of weight[k] * part[token, k].
