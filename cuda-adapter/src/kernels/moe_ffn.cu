@@ -16,8 +16,8 @@
 // j mod BLOCK, lane l holding accumulators CHUNK·l to CHUNK·l + CHUNK − 1), sums each lane's
 // accumulators by the same halving and reduces the warp with the same butterfly,
 // whether the row is read from a slot, a scratch slot or mapped host memory, and whether it is
-// loaded with 16-byte vectors or element by element. So the output is bit-identical to the run
-// with every expert resident.
+// loaded with 16-byte vectors, 32-bit words, 16-bit halves or bytes. So the output is
+// bit-identical to the run with every expert resident.
 //
 // No headers: NVRTC compiles this without the CUDA toolkit's include files.
 
