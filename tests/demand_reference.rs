@@ -11,9 +11,8 @@ use expertslab::{MigrationPlan, Policy, PoolConfig, SharedSlotPool, Step};
 use expertslab_tests::families::{synth, EXPERTS, LAYERS, SLOTS, TOP_K};
 use expertslab_tests::{commit_plan, resident_set, started_pool, ReferenceDemand};
 
-/// Decode steps replayed after the prefill (20 under Miri, which runs them thousands of times
-/// slower).
-const STEPS: u64 = if cfg!(miri) { 20 } else { 300 };
+/// Decode steps replayed after the prefill.
+const STEPS: u64 = 300;
 /// Prefetch copies per step.
 const PREFETCH_LIMIT: usize = 2;
 /// The families: (name, zipf exponent, reuse, phase steps).
@@ -150,6 +149,7 @@ fn shared(family: &str, trace: &Trace, policy: Policy, prefetch: bool) {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "hours under Miri; tests/policies.rs checks every policy against the reference there")]
 fn per_layer_pools_agree_with_the_reference_on_the_families() {
     for (name, zipf, reuse, phase) in FAMILIES {
         let trace = synth(zipf, reuse, phase, 1);
@@ -161,6 +161,7 @@ fn per_layer_pools_agree_with_the_reference_on_the_families() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "hours under Miri; tests/policies.rs checks every policy against the reference there")]
 fn shared_pools_agree_with_the_reference_on_the_families() {
     for (name, zipf, reuse, phase) in FAMILIES {
         let trace = synth(zipf, reuse, phase, 1);
