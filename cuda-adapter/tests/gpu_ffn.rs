@@ -195,10 +195,9 @@ fn outputs_are_bit_identical_under_every_policy_and_miss_action() {
                 runs += 1;
             }
         }
-        // Host stacks off 16-byte alignment: zero-copy reads F32 and BF16 element by element and
-        // block formats by 32-bit words (8 off), 16-bit halves (2 off) or bytes (1 off), slots
-        // with their widest loads; the arithmetic is the same. (F32 and BF16 elements need
-        // their own alignment.)
+        // Host stacks off 16-byte alignment by 8, 2 and 1 bytes (F32 and BF16 elements keep
+        // their own alignment): zero-copy reads F32 and BF16 element by element, block formats
+        // as ever, slots with their widest loads; the arithmetic is the same.
         let pads: &[usize] = match spec.shape.format {
             Format::F32 => &[4, 8],
             Format::BF16 => &[2, 8],

@@ -16,8 +16,8 @@
 // j mod BLOCK, lane l holding accumulators CHUNK·l to CHUNK·l + CHUNK − 1), sums each lane's
 // accumulators by the same halving and reduces the warp with the same butterfly,
 // whether the row is read from a slot, a scratch slot or mapped host memory, and whether it is
-// loaded with 16-byte vectors, 32-bit words, 16-bit halves or bytes. So the output is
-// bit-identical to the run with every expert resident.
+// loaded with 16-byte vectors or element by element. So the output is bit-identical to the run
+// with every expert resident.
 //
 // No headers: NVRTC compiles this without the CUDA toolkit's include files.
 
@@ -52,13 +52,14 @@ __device__ __forceinline__ float f16_to_f32(u32 h) {
     const u32 sign = (h & 0x8000u) << 16;
     const u32 exponent = (h >> 10) & 0x1fu;
     const u32 mantissa = h & 0x3ffu;
-    // All three cases formed and one selected (no branch): subnormal, the mantissa (made exact
-    // from 2^23 + its bits) · 2^−24; infinity or NaN; normal, the exponent rebased.
-    const float subnormal = __fmul_rn(__fsub_rn(__uint_as_float(0x4B000000u | mantissa), 8388608.0f),
-                                      __uint_as_float(0x33800000u));
-    const float special = __uint_as_float(0x7f800000u | (mantissa << 13));
-    const float normal = __uint_as_float(((exponent + 112u) << 23) | (mantissa << 13));
-    const float magnitude = exponent == 0u ? subnormal : (exponent == 31u ? special : normal);
+    float magnitude;
+    if (exponent == 0u) {
+        magnitude = __fmul_rn((float)mantissa, __uint_as_float(0x33800000u));  // · 2^−24, exact
+    } else if (exponent == 31u) {
+        magnitude = __uint_as_float(0x7f800000u | (mantissa << 13));
+    } else {
+        magnitude = __uint_as_float(((exponent + 112u) << 23) | (mantissa << 13));
+    }
     return __uint_as_float(__float_as_uint(magnitude) | sign);
 }
 
@@ -88,87 +89,33 @@ __device__ __forceinline__ float silu_mul(float g, float u) {
     return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, shared_exp(-g))), u);
 }
 
-// How a row's block formats are loaded: by 32-bit words when the row starts 4-byte aligned and
-// its length is a multiple of 4 (every word a block format reads is then 4-byte aligned), by
-// 16-bit halves when both are even, else byte by byte. The same for every lane of a warp (one
-// row), so the choice does not diverge; the bytes, and so the weights, are the same each way.
-#define LOAD_BYTES 0
-#define LOAD_HALVES 1
-#define LOAD_WORDS 2
-
-__device__ __forceinline__ int load_mode(const unsigned char* base, int bytes_per_row) {
-    const u64 bits = reinterpret_cast<u64>(base) | (u64)bytes_per_row;
-    return (bits & 3ull) == 0ull ? LOAD_WORDS : ((bits & 1ull) == 0ull ? LOAD_HALVES : LOAD_BYTES);
-}
-
-// The little-endian 32-bit word at p. `MODE` LOAD_WORDS: p is 4-byte aligned; LOAD_HALVES: p is
-// even. A template argument, so a loop's loads have no run-time choice in them.
-template <int MODE>
-__device__ __forceinline__ u32 load_u32(const unsigned char* p) {
-    if (MODE == LOAD_WORDS) return *reinterpret_cast<const u32*>(p);
-    if (MODE == LOAD_HALVES) {
-        const u16* h = reinterpret_cast<const u16*>(p);
-        return (u32)h[0] | ((u32)h[1] << 16);
-    }
-    return (u32)p[0] | ((u32)p[1] << 8) | ((u32)p[2] << 16) | ((u32)p[3] << 24);
-}
-
-// The little-endian 16-bit value at p (p even unless `MODE` is LOAD_BYTES).
-template <int MODE>
-__device__ __forceinline__ u32 load_u16(const unsigned char* p) {
-    if (MODE == LOAD_BYTES) return (u32)p[0] | ((u32)p[1] << 8);
-    return (u32)*reinterpret_cast<const u16*>(p);
-}
-
-// An integer 0 ≤ v < 2^23 as f32, minus `bias` (an integer below 2^23), exactly: 2^23 + v is
-// built from its bits and 2^23 + bias subtracted (both exact), so the integer-to-float
-// conversion unit, which runs at a fraction of the FMA rate, is not used.
-__device__ __forceinline__ float int_to_f32(u32 v, float two23_plus_bias) {
-    return __fsub_rn(__uint_as_float(0x4B000000u | v), two23_plus_bias);
-}
-
-// Byte `k` (0 ≤ k < 12) of three little-endian words.
-__device__ __forceinline__ u32 byte_of(u32 a, u32 b, u32 c, int k) {
-    const u32 word = k < 4 ? a : (k < 8 ? b : c);
-    return (word >> (8 * (k & 3))) & 0xFFu;
-}
-
 // Eight weights of a row starting at element j (a multiple of CHUNK), zero past `cols`.
-// `vec`: the row starts 16-byte aligned and its length in bytes is a multiple of 16 (F32 and
-// BF16); `MODE`: how block formats are loaded (`load_mode`).
-template <int FMT, int MODE>
+// `vec`: the row starts 16-byte aligned and its length in bytes is a multiple of 16.
+template <int FMT>
 __device__ __forceinline__ void load_chunk(const unsigned char* row, int j, int cols, bool vec, float w[CHUNK]) {
-    // Q8_0's 34-byte and Q6_K's 210-byte blocks keep only 2-byte alignment.
-    constexpr int HALVES_AT_BEST = MODE == LOAD_WORDS ? LOAD_HALVES : MODE;
     if (FMT == FMT_Q4_K) {
         // A chunk lies in one sub-block of 32: one scale and min, one nibble of 8 bytes.
         if (j < cols) {
             const unsigned char* block = row + (u64)(j / QK_ELEMS) * Q4_K_BYTES;
             const int e = j % QK_ELEMS, group = e / 64, high = (e % 64) / 32;
             const int sub = 2 * group + high;
-            // d and dmin, then the 12 bytes of packed 6-bit scales and mins.
-            const u32 dd = load_u32<MODE>(block);
-            const u32 p0 = load_u32<MODE>(block + 4), p1 = load_u32<MODE>(block + 8), p2 = load_u32<MODE>(block + 12);
+            const unsigned char* packed = block + 4;
             u32 sc, m;
             if (sub < 4) {
-                sc = byte_of(p0, p1, p2, sub) & 63u;
-                m = byte_of(p0, p1, p2, sub + 4) & 63u;
+                sc = packed[sub] & 63u;
+                m = packed[sub + 4] & 63u;
             } else {
-                const u32 b = byte_of(p0, p1, p2, sub + 4);
-                sc = (b & 0xFu) | ((byte_of(p0, p1, p2, sub - 4) >> 6) << 4);
-                m = (b >> 4) | ((byte_of(p0, p1, p2, sub) >> 6) << 4);
+                sc = (packed[sub + 4] & 0xFu) | ((packed[sub - 4] >> 6) << 4);
+                m = (packed[sub + 4] >> 4) | ((packed[sub] >> 6) << 4);
             }
-            const float d = f16_to_f32(dd & 0xFFFFu);
-            const float dmin = f16_to_f32(dd >> 16);
-            const float scale = __fmul_rn(d, int_to_f32(sc, 8388608.0f));
-            const float min = __fmul_rn(dmin, int_to_f32(m, 8388608.0f));
+            const float d = f16_to_f32((u32)block[0] | ((u32)block[1] << 8));
+            const float dmin = f16_to_f32((u32)block[2] | ((u32)block[3] << 8));
+            const float scale = __fmul_rn(d, (float)sc), min = __fmul_rn(dmin, (float)m);
             const unsigned char* q = block + 16 + group * 32 + (e % 32);
-            const u32 q0 = load_u32<MODE>(q), q1 = load_u32<MODE>(q + 4);
-            const int shift = 4 * high;
 #pragma unroll
             for (int i = 0; i < CHUNK; i++) {
-                const u32 v = (((i < 4) ? q0 : q1) >> (8 * (i & 3) + shift)) & 0xFu;
-                w[i] = __fsub_rn(__fmul_rn(scale, int_to_f32(v, 8388608.0f)), min);
+                const u32 v = high ? (u32)(q[i] >> 4) : (u32)(q[i] & 0xFu);
+                w[i] = __fsub_rn(__fmul_rn(scale, (float)v), min);
             }
         } else {
 #pragma unroll
@@ -176,25 +123,19 @@ __device__ __forceinline__ void load_chunk(const unsigned char* row, int j, int 
         }
     } else if (FMT == FMT_Q6_K) {
         // A chunk lies in one group of 16: one scale; its low and high bits at fixed offsets.
-        // Blocks are 210 bytes, so words are loaded by halves at best.
         if (j < cols) {
             const unsigned char* block = row + (u64)(j / QK_ELEMS) * Q6_K_BYTES;
             const int e = j % QK_ELEMS, half = e / 128, p = e % 128, quarter = p / 32, l = p % 32;
-            const float d = f16_to_f32(load_u16<HALVES_AT_BEST>(block + 208));
+            const float d = f16_to_f32((u32)block[208] | ((u32)block[209] << 8));
             const int s = 8 * half + l / 16 + 2 * quarter;
-            // The signed scale byte with its sign bit flipped is the scale plus 128.
-            const float scale = __fmul_rn(d, int_to_f32((u32)block[192 + s] ^ 0x80u, 8388736.0f));
+            const float scale = __fmul_rn(d, (float)(signed char)block[192 + s]);
             const unsigned char* ql = block + 64 * half + 32 * (quarter % 2) + l;
             const unsigned char* qh = block + 128 + 32 * half + l;
-            const u32 l0 = load_u32<HALVES_AT_BEST>(ql), l1 = load_u32<HALVES_AT_BEST>(ql + 4);
-            const u32 h0 = load_u32<HALVES_AT_BEST>(qh), h1 = load_u32<HALVES_AT_BEST>(qh + 4);
-            const int low_shift = quarter >= 2 ? 4 : 0, high_shift = 2 * quarter;
 #pragma unroll
             for (int i = 0; i < CHUNK; i++) {
-                const int at = 8 * (i & 3);
-                const u32 low = ((((i < 4) ? l0 : l1) >> at) >> low_shift) & 0xFu;
-                const u32 high = ((((i < 4) ? h0 : h1) >> at) >> high_shift) & 3u;
-                w[i] = __fmul_rn(scale, int_to_f32(low | (high << 4), 8388640.0f));  // − 32
+                const u32 low = quarter >= 2 ? (u32)(ql[i] >> 4) : (u32)(ql[i] & 0xFu);
+                const u32 high = ((u32)qh[i] >> (2 * quarter)) & 3u;
+                w[i] = __fmul_rn(scale, (float)((int)(low | (high << 4)) - 32));
             }
         } else {
 #pragma unroll
@@ -202,20 +143,12 @@ __device__ __forceinline__ void load_chunk(const unsigned char* row, int j, int 
         }
     } else if (FMT == FMT_Q8_0) {
         // `cols` is whole blocks and `j` a multiple of CHUNK, so a chunk lies in one block.
-        // Blocks are 34 bytes, so words are loaded by halves at best.
         if (j < cols) {
             const unsigned char* block = row + (u64)(j / Q8_0_ELEMS) * Q8_0_BYTES;
-            const float d = f16_to_f32(load_u16<HALVES_AT_BEST>(block));
-            const unsigned char* q = block + 2 + (j % Q8_0_ELEMS);
-            // Each signed byte with its sign bit flipped is the value plus 128.
-            const u32 q0 = load_u32<HALVES_AT_BEST>(q) ^ 0x80808080u, q1 = load_u32<HALVES_AT_BEST>(q + 4) ^ 0x80808080u;
+            const float d = f16_to_f32((u32)block[0] | ((u32)block[1] << 8));
+            const signed char* q = reinterpret_cast<const signed char*>(block + 2 + (j % Q8_0_ELEMS));
 #pragma unroll
-            for (int e = 0; e < CHUNK; e++) {
-                // The bits of 2^23 + the byte, by one byte permutation: byte 0 from the word,
-                // bytes 1 and 2 zero, byte 3 0x4B.
-                const u32 bits = __byte_perm((e < 4) ? q0 : q1, 0x4B000000u, 0x7440u | (u32)(e & 3));
-                w[e] = __fmul_rn(d, __fsub_rn(__uint_as_float(bits), 8388736.0f));  // − 2^23 − 128
-            }
+            for (int e = 0; e < CHUNK; e++) w[e] = __fmul_rn(d, (float)q[e]);
         } else {
 #pragma unroll
             for (int e = 0; e < CHUNK; e++) w[e] = 0.0f;
@@ -334,49 +267,6 @@ struct StepArgs {
     int ffn;
 };
 
-// Gate/up's rows of one warp, loading by `MODE` (a template argument, so the loop has no
-// run-time choice of loads in it).
-template <int FMT, int MODE>
-__device__ __forceinline__ void gate_up_rows(const unsigned char* gate, const unsigned char* up, const float* x, float* h,
-                                             int hidden, int ffn, int rb, int row0, int lane, bool vec, bool xvec) {
-    float acc_g[ROWS_PER_WARP][CHUNK];
-    float acc_u[ROWS_PER_WARP][CHUNK];
-#pragma unroll
-    for (int r = 0; r < ROWS_PER_WARP; r++) {
-#pragma unroll
-        for (int e = 0; e < CHUNK; e++) { acc_g[r][e] = 0.0f; acc_u[r][e] = 0.0f; }
-    }
-    // Every lane takes every block (its elements past `hidden` are 0 · 0).
-#pragma unroll 2
-    for (int base = 0; base < hidden; base += BLOCK) {
-        const int j = base + lane * CHUNK;
-        float xv[CHUNK];
-        load_x(x, j, hidden, xvec, xv);
-#pragma unroll
-        for (int r = 0; r < ROWS_PER_WARP; r++) {
-            const int row = row0 + r;
-            if (row < ffn) {
-                float wg[CHUNK];
-                float wu[CHUNK];
-                load_chunk<FMT, MODE>(gate + (u64)row * (u64)rb, j, hidden, vec, wg);
-                load_chunk<FMT, MODE>(up + (u64)row * (u64)rb, j, hidden, vec, wu);
-#pragma unroll
-                for (int e = 0; e < CHUNK; e++) {
-                    acc_g[r][e] = fmaf(wg[e], xv[e], acc_g[r][e]);
-                    acc_u[r][e] = fmaf(wu[e], xv[e], acc_u[r][e]);
-                }
-            }
-        }
-    }
-#pragma unroll
-    for (int r = 0; r < ROWS_PER_WARP; r++) {
-        const float g = warp_sum(lane_reduce(acc_g[r]));
-        const float u = warp_sum(lane_reduce(acc_u[r]));
-        const int row = row0 + r;
-        if (lane == 0 && row < ffn) h[row] = silu_mul(g, u);
-    }
-}
-
 // h[pair] = SiLU(gate · x) * (up · x).
 // Grid: (ceil(ffn / (WARPS * ROWS_PER_WARP)), number of pairs in `pairs`). Block: WARPS * 32.
 template <int FMT>
@@ -405,47 +295,42 @@ __device__ void gate_up(const LayerArgs& layer, const StepArgs& step, const int*
     const bool vec = vectorisable(gate, rb) && vectorisable(up, rb);
     const bool xvec = vectorisable(reinterpret_cast<const unsigned char*>(x), 0);
 
-    const int mode = min(load_mode(gate, rb), load_mode(up, rb));
-    if (FMT == FMT_F32 || FMT == FMT_BF16 || mode == LOAD_WORDS) {
-        gate_up_rows<FMT, LOAD_WORDS>(gate, up, x, h, hidden, ffn, rb, row0, lane, vec, xvec);
-    } else if (mode == LOAD_HALVES) {
-        gate_up_rows<FMT, LOAD_HALVES>(gate, up, x, h, hidden, ffn, rb, row0, lane, vec, xvec);
-    } else {
-        gate_up_rows<FMT, LOAD_BYTES>(gate, up, x, h, hidden, ffn, rb, row0, lane, vec, xvec);
-    }
-}
-
-// Down's rows of one warp, loading by `MODE` (as `gate_up_rows`).
-template <int FMT, int MODE>
-__device__ __forceinline__ void down_rows(const unsigned char* dw, const float* hk, float* part, int hidden, int ffn,
-                                          int rb, int row0, int lane, bool vec, bool hvec) {
-    float acc[ROWS_PER_WARP][CHUNK];
+    float acc_g[ROWS_PER_WARP][CHUNK];
+    float acc_u[ROWS_PER_WARP][CHUNK];
 #pragma unroll
     for (int r = 0; r < ROWS_PER_WARP; r++) {
 #pragma unroll
-        for (int e = 0; e < CHUNK; e++) acc[r][e] = 0.0f;
+        for (int e = 0; e < CHUNK; e++) { acc_g[r][e] = 0.0f; acc_u[r][e] = 0.0f; }
     }
+
+    // Every lane takes every block (its elements past `hidden` are 0 · 0).
 #pragma unroll 2
-    for (int base = 0; base < ffn; base += BLOCK) {
+    for (int base = 0; base < hidden; base += BLOCK) {
         const int j = base + lane * CHUNK;
-        float hv[CHUNK];
-        load_x(hk, j, ffn, hvec, hv);
+        float xv[CHUNK];
+        load_x(x, j, hidden, xvec, xv);
 #pragma unroll
         for (int r = 0; r < ROWS_PER_WARP; r++) {
             const int row = row0 + r;
-            if (row < hidden) {
-                float w[CHUNK];
-                load_chunk<FMT, MODE>(dw + (u64)row * (u64)rb, j, ffn, vec, w);
+            if (row < ffn) {
+                float wg[CHUNK];
+                float wu[CHUNK];
+                load_chunk<FMT>(gate + (u64)row * (u64)rb, j, hidden, vec, wg);
+                load_chunk<FMT>(up + (u64)row * (u64)rb, j, hidden, vec, wu);
 #pragma unroll
-                for (int e = 0; e < CHUNK; e++) acc[r][e] = fmaf(w[e], hv[e], acc[r][e]);
+                for (int e = 0; e < CHUNK; e++) {
+                    acc_g[r][e] = fmaf(wg[e], xv[e], acc_g[r][e]);
+                    acc_u[r][e] = fmaf(wu[e], xv[e], acc_u[r][e]);
+                }
             }
         }
     }
 #pragma unroll
     for (int r = 0; r < ROWS_PER_WARP; r++) {
-        const float d = warp_sum(lane_reduce(acc[r]));
+        const float g = warp_sum(lane_reduce(acc_g[r]));
+        const float u = warp_sum(lane_reduce(acc_u[r]));
         const int row = row0 + r;
-        if (lane == 0 && row < hidden) part[row] = d;
+        if (lane == 0 && row < ffn) h[row] = silu_mul(g, u);
     }
 }
 
@@ -478,13 +363,33 @@ __device__ void down(const LayerArgs& layer, const StepArgs& step, const int* pa
     const float* hk = reinterpret_cast<const float*>(step.h) + (u64)pair * (u64)ffn;
     const bool vec = vectorisable(dw, rb);
     const bool hvec = vectorisable(reinterpret_cast<const unsigned char*>(hk), 0);
-    const int mode = load_mode(dw, rb);
-    if (FMT == FMT_F32 || FMT == FMT_BF16 || mode == LOAD_WORDS) {
-        down_rows<FMT, LOAD_WORDS>(dw, hk, part, hidden, ffn, rb, row0, lane, vec, hvec);
-    } else if (mode == LOAD_HALVES) {
-        down_rows<FMT, LOAD_HALVES>(dw, hk, part, hidden, ffn, rb, row0, lane, vec, hvec);
-    } else {
-        down_rows<FMT, LOAD_BYTES>(dw, hk, part, hidden, ffn, rb, row0, lane, vec, hvec);
+    float acc[ROWS_PER_WARP][CHUNK];
+#pragma unroll
+    for (int r = 0; r < ROWS_PER_WARP; r++) {
+#pragma unroll
+        for (int e = 0; e < CHUNK; e++) acc[r][e] = 0.0f;
+    }
+#pragma unroll 2
+    for (int base = 0; base < ffn; base += BLOCK) {
+        const int j = base + lane * CHUNK;
+        float hv[CHUNK];
+        load_x(hk, j, ffn, hvec, hv);
+#pragma unroll
+        for (int r = 0; r < ROWS_PER_WARP; r++) {
+            const int row = row0 + r;
+            if (row < hidden) {
+                float w[CHUNK];
+                load_chunk<FMT>(dw + (u64)row * (u64)rb, j, ffn, vec, w);
+#pragma unroll
+                for (int e = 0; e < CHUNK; e++) acc[r][e] = fmaf(w[e], hv[e], acc[r][e]);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < ROWS_PER_WARP; r++) {
+        const float d = warp_sum(lane_reduce(acc[r]));
+        const int row = row0 + r;
+        if (lane == 0 && row < hidden) part[row] = d;
     }
 }
 
