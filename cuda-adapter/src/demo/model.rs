@@ -16,7 +16,7 @@ use expertslab_std::{ExpertStore, LayerStacks, SharedBytes};
 use super::gguf::GgufExperts;
 use super::kernels::CudaKernels;
 use super::runner::{Model, Runner};
-use super::{activations, check_fit, Calibration, ModelSpec, Prediction, RunConfig, RunReport};
+use super::{activations, check_fit, median, Calibration, ModelSpec, Prediction, RunConfig, RunReport};
 use crate::arena::DEVICE_ALIGN;
 use crate::driver::CudaDriver;
 use crate::error::{CudaError, ResidencyError};
@@ -390,23 +390,21 @@ impl GpuModel {
     }
 
     /// [`GpuModel::decode`] `reps` times (at least once): the first run's report, with
-    /// `decode_seconds` the median over the runs and `wait_seconds` that run's.
+    /// `decode_seconds` and `wait_seconds` the medians over the runs.
     ///
     /// # Errors
     /// As [`GpuModel::decode`].
     pub fn decode_median(&self, trace: &Trace, run: &RunConfig, reps: usize) -> Result<RunReport, CudaError> {
         let mut first = self.decode(trace, run)?;
-        let mut times = vec![(first.decode_seconds, first.wait_seconds)];
+        let (mut times, mut waits) = (vec![first.decode_seconds], vec![first.wait_seconds]);
         let quiet = RunConfig { record_outputs: false, ..*run };
         for _ in 1..reps {
             let r = self.decode(trace, &quiet)?;
-            times.push((r.decode_seconds, r.wait_seconds));
+            times.push(r.decode_seconds);
+            waits.push(r.wait_seconds);
         }
-        // The median run's times (for an even count, the upper middle run's).
-        times.sort_by(|a, b| a.0.total_cmp(&b.0));
-        if let Some(&(decode, wait)) = times.get(times.len() / 2) {
-            (first.decode_seconds, first.wait_seconds) = (decode, wait);
-        }
+        first.decode_seconds = median(&mut times);
+        first.wait_seconds = median(&mut waits);
         Ok(first)
     }
 
