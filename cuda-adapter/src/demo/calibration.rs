@@ -9,8 +9,10 @@ use expertslab_std::ffn::{ExpertFfn, PairSlabs};
 use super::model::{seconds, GpuModel};
 use super::{activations, median, Calibration};
 use crate::arena::DEVICE_ALIGN;
+use crate::driver::CudaDriver;
 use crate::error::CudaError;
 use crate::ffn::{raw, MissCosts, PairSource, SlotView};
+use crate::sink::CudaSlotSink;
 use crate::table::DeviceSlotTable;
 
 impl GpuModel {
@@ -24,12 +26,7 @@ impl GpuModel {
     pub fn calibrate(&self, reps: usize) -> Result<Calibration, CudaError> {
         let reps = reps.max(3);
         let k = self.spec.shape.top_k.min(self.spec.experts);
-        let mut sink = self.sink()?;
-        sink.add_arena(0, SlotArena::new(&self.layout, 0, DEVICE_ALIGN)?)?;
-        sink.add_scratch(0, SlotArena::new(&self.layout, k, DEVICE_ALIGN)?)?;
-        let table = DeviceSlotTable::new(0, self.spec.experts, &mut sink)?;
-        let vram = sink.vram(0).ok_or(CudaError::UnknownLayer { layer: 0 })?;
-        let view = SlotView::new(&self.spec.shape, &self.layout, vram, table.view())?;
+        let (mut sink, _table, view) = self.scratch_sink(k)?;
         let timing = Some(CUevent_flags::CU_EVENT_DEFAULT);
         // Link: copies of k experts from page-locked memory.
         let mut link = Vec::new();
@@ -104,6 +101,22 @@ impl GpuModel {
         })
     }
 
+    /// A sink with no slots and `scratch` scratch slots (key 0), its slot table and the view the
+    /// kernels read it by: what the start-up measurements compute resident pairs from. Keep the
+    /// table as long as the view is used.
+    fn scratch_sink(
+        &self,
+        scratch: usize,
+    ) -> Result<(CudaSlotSink<CudaDriver>, DeviceSlotTable<CudaDriver>, SlotView), CudaError> {
+        let mut sink = self.sink()?;
+        sink.add_arena(0, SlotArena::new(&self.layout, 0, DEVICE_ALIGN)?)?;
+        sink.add_scratch(0, SlotArena::new(&self.layout, scratch, DEVICE_ALIGN)?)?;
+        let table = DeviceSlotTable::new(0, self.spec.experts, &mut sink)?;
+        let vram = sink.vram(0).ok_or(CudaError::UnknownLayer { layer: 0 })?;
+        let view = SlotView::new(&self.spec.shape, &self.layout, vram, table.view())?;
+        Ok((sink, table, view))
+    }
+
     /// The MoE FFN's kernels alone for one decode token: every layer's top-k pairs, launched
     /// back to back on the compute stream with no host work between layers (the runner waits
     /// for each layer before it knows the next one's routing; this does not). Each layer reads
@@ -123,12 +136,7 @@ impl GpuModel {
         let (layers, k) = (self.spec.layers.max(1), self.spec.shape.top_k.min(self.spec.experts));
         let (free, _) = self.ctx.mem_get_info()?;
         super::check_fit(free as u64, self.slot_bytes_all_layers()?, 0, k)?;
-        let mut sink = self.sink()?;
-        sink.add_arena(0, SlotArena::new(&self.layout, 0, DEVICE_ALIGN)?)?;
-        sink.add_scratch(0, SlotArena::new(&self.layout, layers * k, DEVICE_ALIGN)?)?;
-        let table = DeviceSlotTable::new(0, self.spec.experts, &mut sink)?;
-        let vram = sink.vram(0).ok_or(CudaError::UnknownLayer { layer: 0 })?;
-        let view = SlotView::new(&self.spec.shape, &self.layout, vram, table.view())?;
+        let (mut sink, _table, view) = self.scratch_sink(layers * k)?;
         let ids: Vec<u32> = (0..k as u32).collect();
         let weights = vec![1.0 / k as f32; k];
         let mut steps = Vec::with_capacity(layers);
