@@ -64,17 +64,44 @@ pub fn nvrtc_available() -> bool {
     unsafe { cudarc::nvrtc::sys::is_culib_present() }
 }
 
-/// Compiles [`MOE_FFN_SOURCE`] to PTX for compute capability `arch` (major, minor). Precise
-/// division, square root and denormals (no fast math), so the arithmetic is the same on every
-/// run.
+/// The environment variable that names a kernel source file to compile instead of
+/// [`MOE_FFN_SOURCE`], for work on the kernels: a variant is tried on a GPU machine by the same
+/// binaries, beside the built-in kernels, without a rebuild. The file must keep the entry points
+/// ([`ENTRY_POINTS`]), their arguments and the argument structs of the built-in source: a
+/// missing entry point is an error when the module is loaded, a changed argument is not caught.
+pub const SOURCE_ENV: &str = "EXPERTSLAB_CUDA_KERNELS";
+
+/// The kernel source [`compile`] compiles: the file [`SOURCE_ENV`] names when set, else
+/// [`MOE_FFN_SOURCE`].
+///
+/// # Errors
+/// [`CudaError::Compile`] naming the file when it cannot be read.
+pub fn source() -> Result<std::borrow::Cow<'static, str>, CudaError> {
+    source_named(std::env::var_os(SOURCE_ENV))
+}
+
+fn source_named(path: Option<std::ffi::OsString>) -> Result<std::borrow::Cow<'static, str>, CudaError> {
+    match path {
+        None => Ok(std::borrow::Cow::Borrowed(MOE_FFN_SOURCE)),
+        Some(path) => std::fs::read_to_string(&path)
+            .map(std::borrow::Cow::Owned)
+            .map_err(|e| CudaError::Compile(format!("{SOURCE_ENV}={}: {e}", std::path::Path::new(&path).display()))),
+    }
+}
+
+/// Compiles the kernel source ([`source`]: [`MOE_FFN_SOURCE`] unless [`SOURCE_ENV`] names
+/// another) to PTX for compute capability `arch` (major, minor). Precise division, square root
+/// and denormals (no fast math), so the arithmetic is the same on every run.
 ///
 /// # Errors
 /// [`CudaError::NoNvrtc`] when the NVRTC library cannot be loaded, [`CudaError::Compile`] with
-/// NVRTC's log when the source does not compile.
+/// NVRTC's log when the source does not compile or naming the file [`SOURCE_ENV`] gives when it
+/// cannot be read.
 pub fn compile(arch: (i32, i32)) -> Result<Ptx, CudaError> {
     if !nvrtc_available() {
         return Err(CudaError::NoNvrtc);
     }
+    let source = source()?;
     let opts = CompileOptions {
         ftz: Some(false),
         prec_div: Some(true),
@@ -84,7 +111,7 @@ pub fn compile(arch: (i32, i32)) -> Result<Ptx, CudaError> {
         name: Some("moe_ffn.cu".into()),
         ..CompileOptions::default()
     };
-    cudarc::nvrtc::compile_ptx_with_opts(MOE_FFN_SOURCE, opts).map_err(|e| CudaError::Compile(compile_log(&e)))
+    cudarc::nvrtc::compile_ptx_with_opts(&*source, opts).map_err(|e| CudaError::Compile(compile_log(&e)))
 }
 
 fn compile_log(error: &CompileError) -> String {
@@ -120,6 +147,20 @@ mod tests {
             }
             assert!(ptx.contains(&format!(".target sm_{}{}", arch.0, arch.1)), "wrong target");
         }
+    }
+
+    #[test]
+    fn the_source_is_the_built_in_one_unless_a_file_is_named() {
+        assert_eq!(source_named(None).ok().as_deref(), Some(MOE_FFN_SOURCE));
+        let dir = std::env::temp_dir().join(format!("expertslab-kernels-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("variant.cu");
+        std::fs::write(&file, "// a variant\n").unwrap();
+        assert_eq!(source_named(Some(file.clone().into())).ok().as_deref(), Some("// a variant\n"));
+        let missing = dir.join("missing.cu");
+        let err = source_named(Some(missing.into())).unwrap_err().to_string();
+        assert!(err.contains(SOURCE_ENV) && err.contains("missing.cu"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -16,8 +16,15 @@
 // j mod BLOCK, lane l holding accumulators CHUNK·l to CHUNK·l + CHUNK − 1), sums each lane's
 // accumulators by the same halving and reduces the warp with the same butterfly,
 // whether the row is read from a slot, a scratch slot or mapped host memory, and whether it is
-// loaded with 16-byte vectors or element by element. So the output is bit-identical to the run
+// loaded by the wide path or element by element. So the output is bit-identical to the run
 // with every expert resident.
+//
+// Speed at one token is bound by instructions and latency more than by bytes, so a warp picks
+// its load width once: rows aligned for the format (and activations 16-byte aligned) take the
+// wide path for their whole passes, each lane's place in a pass worked out once, the pass's raw
+// words fetched one pass ahead of their widening, integers widened by placing their bits in a
+// float's mantissa; any other row goes element by element. The last, partial pass of a row
+// always goes element by element.
 //
 // No headers: NVRTC compiles this without the CUDA toolkit's include files.
 
@@ -47,20 +54,15 @@ typedef unsigned short u16;
 
 __device__ __forceinline__ float bf16_to_f32(u32 bits16) { return __uint_as_float(bits16 << 16); }
 
-// An IEEE half widened to f32, exactly (expertslab-std's `ffn::order::f16_to_f32`).
+// An IEEE half widened to f32, exactly (expertslab-std's `ffn::order::f16_to_f32` gives the same
+// bits): the half's exponent and mantissa placed in a float's low bits and scaled by 2^112
+// (exact for normal and subnormal halves: denormals are not flushed), infinities and NaNs
+// rebuilt, the sign put back. No branch.
 __device__ __forceinline__ float f16_to_f32(u32 h) {
-    const u32 sign = (h & 0x8000u) << 16;
-    const u32 exponent = (h >> 10) & 0x1fu;
-    const u32 mantissa = h & 0x3ffu;
-    float magnitude;
-    if (exponent == 0u) {
-        magnitude = __fmul_rn((float)mantissa, __uint_as_float(0x33800000u));  // · 2^−24, exact
-    } else if (exponent == 31u) {
-        magnitude = __uint_as_float(0x7f800000u | (mantissa << 13));
-    } else {
-        magnitude = __uint_as_float(((exponent + 112u) << 23) | (mantissa << 13));
-    }
-    return __uint_as_float(__float_as_uint(magnitude) | sign);
+    const u32 low = (h & 0x7fffu) << 13;
+    const u32 scaled = __float_as_uint(__fmul_rn(__uint_as_float(low), __uint_as_float(0x77800000u)));
+    const u32 magnitude = (h & 0x7c00u) == 0x7c00u ? (0x7f800000u | low) : scaled;
+    return __uint_as_float(magnitude | ((h & 0x8000u) << 16));
 }
 
 // e^x exactly as the host computes it (expertslab-std's `ffn::order::exp`): every operation
@@ -89,10 +91,11 @@ __device__ __forceinline__ float silu_mul(float g, float u) {
     return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, shared_exp(-g))), u);
 }
 
-// Eight weights of a row starting at element j (a multiple of CHUNK), zero past `cols`.
-// `vec`: the row starts 16-byte aligned and its length in bytes is a multiple of 16.
+// Eight weights of a row starting at element j (a multiple of CHUNK), zero past `cols`, read
+// byte by byte or element by element: any alignment. The tail pass of a row and rows whose
+// alignment rules out `load_wide` read this way.
 template <int FMT>
-__device__ __forceinline__ void load_chunk(const unsigned char* row, int j, int cols, bool vec, float w[CHUNK]) {
+__device__ __forceinline__ void load_chunk(const unsigned char* row, int j, int cols, float w[CHUNK]) {
     if (FMT == FMT_Q4_K) {
         // A chunk lies in one sub-block of 32: one scale and min, one nibble of 8 bytes.
         if (j < cols) {
@@ -155,43 +158,182 @@ __device__ __forceinline__ void load_chunk(const unsigned char* row, int j, int 
         }
     } else if (FMT == FMT_BF16) {
         const u16* p = reinterpret_cast<const u16*>(row) + j;
-        if (vec && j + CHUNK <= cols) {
-            uint4 v = *reinterpret_cast<const uint4*>(p);
-            u32 words[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-            for (int i = 0; i < 4; i++) {
-                w[2 * i] = bf16_to_f32(words[i] & 0xffffu);
-                w[2 * i + 1] = bf16_to_f32(words[i] >> 16);
-            }
-        } else {
-#pragma unroll
-            for (int e = 0; e < CHUNK; e++) w[e] = (j + e < cols) ? bf16_to_f32((u32)p[e]) : 0.0f;
-        }
+        for (int e = 0; e < CHUNK; e++) w[e] = (j + e < cols) ? bf16_to_f32((u32)p[e]) : 0.0f;
     } else {
         const float* p = reinterpret_cast<const float*>(row) + j;
-        if (vec && j + CHUNK <= cols) {
-            float4 a = *reinterpret_cast<const float4*>(p);
-            float4 b = *reinterpret_cast<const float4*>(p + 4);
-            w[0] = a.x; w[1] = a.y; w[2] = a.z; w[3] = a.w;
-            w[4] = b.x; w[5] = b.y; w[6] = b.z; w[7] = b.w;
-        } else {
 #pragma unroll
-            for (int e = 0; e < CHUNK; e++) w[e] = (j + e < cols) ? p[e] : 0.0f;
+        for (int e = 0; e < CHUNK; e++) w[e] = (j + e < cols) ? p[e] : 0.0f;
+    }
+}
+
+// Byte `i` (0 to 3) of `word` as a float less `bias`, exactly: the byte is placed in the
+// mantissa of 2^23 and 2^23 + bias subtracted (every value exact), as (float)(byte − bias)
+// gives it.
+__device__ __forceinline__ float byte_to_f32(u32 word, int i, float bias) {
+    return __fsub_rn(__uint_as_float(__byte_perm(word, 0x4B000000u, 0x7440u | (u32)i)), __fadd_rn(8388608.0f, bias));
+}
+
+// Loads through the read-only path: a kernel's weights and inputs are not written while it runs.
+__device__ __forceinline__ u32 ld_u16(const unsigned char* p) {
+    return (u32)__ldg(reinterpret_cast<const unsigned short*>(p));
+}
+__device__ __forceinline__ u32 ld_u32(const unsigned char* p) {
+    return __ldg(reinterpret_cast<const unsigned int*>(p));
+}
+__device__ __forceinline__ u32 ld_u16_pair(const unsigned char* p) {
+    return __byte_perm(ld_u16(p), ld_u16(p + 2), 0x5410u);
+}
+
+// The wide path. A pass of a warp covers BLOCK elements of a row (PASS_BYTES of it); a lane's
+// chunk of it sits at the same place in every pass, so where its bytes are and how they are
+// widened is worked out once per lane (`LanePlan`), and the loop only moves a pointer. A chunk's
+// raw words (`Raw`) are fetched a pass ahead of their widening. Every weight is the same value
+// `load_chunk` gives, bit for bit.
+template <int FMT>
+__device__ __forceinline__ int pass_bytes() {
+    return FMT == FMT_F32 ? BLOCK * 4
+         : FMT == FMT_BF16 ? BLOCK * 2
+         : FMT == FMT_Q8_0 ? (BLOCK / Q8_0_ELEMS) * Q8_0_BYTES
+         : FMT == FMT_Q4_K ? Q4_K_BYTES
+                           : Q6_K_BYTES;
+}
+
+struct LanePlan {
+    int at;     // F32, BF16: the chunk; Q8_0: its block; Q4_K, Q6_K: its low bits
+    int q;      // Q8_0: the chunk's bytes; Q6_K: its high bits
+    int scale;  // Q6_K: the half-word holding its scale
+    u32 shift;  // Q4_K: the nibble; Q6_K: the low bits' nibble
+    u32 shift2; // Q4_K: the byte of the packed scale words; Q6_K: the high bits' pair
+    u32 pick;   // Q4_K: sub-block past 3 (the packed 6-bit layout's second half); Q6_K: the scale's byte
+};
+
+template <int FMT>
+__device__ __forceinline__ LanePlan lane_plan(int lane) {
+    LanePlan p = {0, 0, 0, 0u, 0u, 0u};
+    const int e = lane * CHUNK;  // the chunk's first element within the pass
+    if (FMT == FMT_F32) {
+        p.at = e * 4;
+    } else if (FMT == FMT_BF16) {
+        p.at = e * 2;
+    } else if (FMT == FMT_Q8_0) {
+        p.at = (e / Q8_0_ELEMS) * Q8_0_BYTES;
+        p.q = p.at + 2 + e % Q8_0_ELEMS;
+    } else if (FMT == FMT_Q4_K) {
+        const int group = e / 64, high = (e % 64) / 32, sub = 2 * group + high;
+        p.at = 16 + group * 32 + e % 32;
+        p.shift = (u32)high * 4u;
+        p.shift2 = (u32)(sub & 3) * 8u;
+        p.pick = sub >= 4 ? 1u : 0u;
+    } else {
+        const int half = e / 128, r = e % 128, quarter = r / 32, l = r % 32;
+        const int s = 8 * half + l / 16 + 2 * quarter;
+        p.at = 64 * half + 32 * (quarter % 2) + l;
+        p.q = 128 + 32 * half + l;
+        p.scale = 192 + (s & ~1);
+        p.shift = (u32)(quarter / 2) * 4u;
+        p.shift2 = (u32)quarter * 2u;
+        p.pick = (u32)(s & 1) * 8u;
+    }
+    return p;
+}
+
+// A chunk's raw words: F32 eight, BF16 four, Q8_0 the scale and four half-words, Q4_K d and
+// dmin, the packed scales and the nibbles, Q6_K d, the scale's half-word and the low and high
+// bits.
+struct Raw {
+    u32 w[8];
+};
+
+template <int FMT>
+__device__ __forceinline__ void fetch(const unsigned char* pass, const LanePlan& p, Raw& r) {
+    if (FMT == FMT_F32) {
+        const uint4 a = __ldg(reinterpret_cast<const uint4*>(pass + p.at));
+        const uint4 b = __ldg(reinterpret_cast<const uint4*>(pass + p.at + 16));
+        r.w[0] = a.x; r.w[1] = a.y; r.w[2] = a.z; r.w[3] = a.w;
+        r.w[4] = b.x; r.w[5] = b.y; r.w[6] = b.z; r.w[7] = b.w;
+    } else if (FMT == FMT_BF16) {
+        const uint4 a = __ldg(reinterpret_cast<const uint4*>(pass + p.at));
+        r.w[0] = a.x; r.w[1] = a.y; r.w[2] = a.z; r.w[3] = a.w;
+    } else if (FMT == FMT_Q8_0) {
+        r.w[0] = ld_u16(pass + p.at);
+        r.w[1] = ld_u16_pair(pass + p.q);
+        r.w[2] = ld_u16_pair(pass + p.q + 4);
+    } else if (FMT == FMT_Q4_K) {
+        r.w[0] = ld_u32(pass);
+        r.w[1] = ld_u32(pass + 4);
+        r.w[2] = ld_u32(pass + 8);
+        r.w[3] = ld_u32(pass + 12);
+        r.w[4] = ld_u32(pass + p.at);
+        r.w[5] = ld_u32(pass + p.at + 4);
+    } else {
+        r.w[0] = ld_u16(pass + 208);
+        r.w[1] = ld_u16(pass + p.scale);
+        r.w[2] = ld_u16_pair(pass + p.at);
+        r.w[3] = ld_u16_pair(pass + p.at + 4);
+        r.w[4] = ld_u16_pair(pass + p.q);
+        r.w[5] = ld_u16_pair(pass + p.q + 4);
+    }
+}
+
+template <int FMT>
+__device__ __forceinline__ void widen(const Raw& r, const LanePlan& p, float w[CHUNK]) {
+    if (FMT == FMT_F32) {
+#pragma unroll
+        for (int i = 0; i < CHUNK; i++) w[i] = __uint_as_float(r.w[i]);
+    } else if (FMT == FMT_BF16) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            w[2 * i] = bf16_to_f32(r.w[i] & 0xffffu);
+            w[2 * i + 1] = __uint_as_float(r.w[i] & 0xffff0000u);
+        }
+    } else if (FMT == FMT_Q8_0) {
+        const float d = f16_to_f32(r.w[0]);
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            // Four signed bytes made unsigned (+128).
+            const u32 v = r.w[1 + h] ^ 0x80808080u;
+#pragma unroll
+            for (int i = 0; i < 4; i++) w[4 * h + i] = __fmul_rn(d, byte_to_f32(v, i, 128.0f));
+        }
+    } else if (FMT == FMT_Q4_K) {
+        const u32 a0 = (r.w[1] >> p.shift2) & 0xFFu, a1 = (r.w[2] >> p.shift2) & 0xFFu, a2 = (r.w[3] >> p.shift2) & 0xFFu;
+        const u32 sc = p.pick ? ((a2 & 0xFu) | ((a0 >> 6) << 4)) : (a0 & 63u);
+        const u32 m = p.pick ? ((a2 >> 4) | ((a1 >> 6) << 4)) : (a1 & 63u);
+        const float scale = __fmul_rn(f16_to_f32(r.w[0] & 0xFFFFu), (float)sc);
+        const float min = __fmul_rn(f16_to_f32(r.w[0] >> 16), (float)m);
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const u32 v = (r.w[4 + h] >> p.shift) & 0x0F0F0F0Fu;
+#pragma unroll
+            for (int i = 0; i < 4; i++) w[4 * h + i] = __fsub_rn(__fmul_rn(scale, byte_to_f32(v, i, 0.0f)), min);
+        }
+    } else {
+        const int sc = (int)(signed char)(unsigned char)(r.w[1] >> p.pick);
+        const float scale = __fmul_rn(f16_to_f32(r.w[0]), (float)sc);
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            // Each byte low | high << 4, 0 to 63: less 32, the signed value.
+            const u32 v = ((r.w[2 + h] >> p.shift) & 0x0F0F0F0Fu) | (((r.w[4 + h] >> p.shift2) & 0x03030303u) << 4);
+#pragma unroll
+            for (int i = 0; i < 4; i++) w[4 * h + i] = __fmul_rn(scale, byte_to_f32(v, i, 32.0f));
         }
     }
 }
 
-// Eight activations starting at element j, zero past `cols`; `vec`: x is 16-byte aligned.
-__device__ __forceinline__ void load_x(const float* x, int j, int cols, bool vec, float v[CHUNK]) {
-    if (vec && j + CHUNK <= cols) {
-        float4 a = *reinterpret_cast<const float4*>(x + j);
-        float4 b = *reinterpret_cast<const float4*>(x + j + 4);
-        v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
-        v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
-    } else {
+// Whether rows of `bytes_per_row` bytes from `base` are aligned for the wide path: 16 bytes for
+// F32 and BF16 (vector loads), 4 for Q4_K (words; its blocks are 144 bytes), 2 for Q8_0 and
+// Q6_K (half-words; their blocks are 34 and 210 bytes).
+template <int FMT>
+__device__ __forceinline__ bool wide_rows(const unsigned char* base, int bytes_per_row) {
+    const u64 mask = FMT == FMT_Q4_K ? 3ull : (FMT == FMT_Q8_0 || FMT == FMT_Q6_K) ? 1ull : 15ull;
+    return ((reinterpret_cast<u64>(base) | (u64)bytes_per_row) & mask) == 0ull;
+}
+
+// Eight activations starting at element j, zero past `cols`, element by element.
+__device__ __forceinline__ void load_x(const float* x, int j, int cols, float v[CHUNK]) {
 #pragma unroll
-        for (int e = 0; e < CHUNK; e++) v[e] = (j + e < cols) ? x[j + e] : 0.0f;
-    }
+    for (int e = 0; e < CHUNK; e++) v[e] = (j + e < cols) ? x[j + e] : 0.0f;
 }
 
 // The sum of a lane's CHUNK accumulators by halving (offsets 4, 2, 1), as the host's
@@ -215,10 +357,6 @@ __device__ __forceinline__ int row_bytes(int fmt, int cols) {
         case FMT_BF16: return cols * 2;
         default: return cols * 4;
     }
-}
-
-__device__ __forceinline__ bool vectorisable(const unsigned char* base, int bytes_per_row) {
-    return ((reinterpret_cast<u64>(base) | (u64)bytes_per_row) & 15ull) == 0ull;
 }
 
 // The base of projection `proj` (0 gate, 1 up, 2 down) of pair `pair`'s expert: its slot when
@@ -267,6 +405,107 @@ struct StepArgs {
     int ffn;
 };
 
+// One pass of a warp over its rows of gate and up from element `base`, element by element,
+// zero past `cols`: passes the wide path does not take.
+template <int FMT>
+__device__ __forceinline__ void gate_up_pass(const unsigned char* gate, const unsigned char* up, const int rows[ROWS_PER_WARP],
+                                             int rb, const float* x, int base, int cols, float acc_g[ROWS_PER_WARP][CHUNK],
+                                             float acc_u[ROWS_PER_WARP][CHUNK]) {
+    const int j = base + (threadIdx.x & 31) * CHUNK;
+    float xv[CHUNK];
+    load_x(x, j, cols, xv);
+#pragma unroll
+    for (int r = 0; r < ROWS_PER_WARP; r++) {
+        float wg[CHUNK];
+        float wu[CHUNK];
+        const u64 at = (u64)rows[r] * (u64)rb;
+        load_chunk<FMT>(gate + at, j, cols, wg);
+        load_chunk<FMT>(up + at, j, cols, wu);
+#pragma unroll
+        for (int e = 0; e < CHUNK; e++) {
+            acc_g[r][e] = fmaf(wg[e], xv[e], acc_g[r][e]);
+            acc_u[r][e] = fmaf(wu[e], xv[e], acc_u[r][e]);
+        }
+    }
+}
+
+// Eight activations of a wide pass from `x` (16-byte aligned).
+__device__ __forceinline__ void fetch_x(const float* x, float4& a, float4& b) {
+    a = __ldg(reinterpret_cast<const float4*>(x));
+    b = __ldg(reinterpret_cast<const float4*>(x) + 1);
+}
+
+__device__ __forceinline__ void unpack_x(const float4& a, const float4& b, float v[CHUNK]) {
+    v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+    v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+}
+
+// Every pass of a warp's rows of gate and up. When `wide`, the whole passes go by the wide
+// path (each pass's raw words fetched while the one before is widened) and the last, partial
+// pass element by element; otherwise every pass goes element by element. Every lane takes
+// every block (its elements past `cols` are 0 · 0).
+template <int FMT>
+__device__ __forceinline__ void gate_up_rows(bool wide, const unsigned char* gate, const unsigned char* up,
+                                             const int rows[ROWS_PER_WARP], int rb, const float* x, int cols,
+                                             float acc_g[ROWS_PER_WARP][CHUNK], float acc_u[ROWS_PER_WARP][CHUNK]) {
+    const int lane = threadIdx.x & 31;
+    int base = 0;
+    const int passes = cols / BLOCK;
+    if (wide && passes > 0) {
+        const LanePlan plan = lane_plan<FMT>(lane);
+        const u64 pb = (u64)pass_bytes<FMT>();
+        const unsigned char* g[ROWS_PER_WARP];
+        const unsigned char* u[ROWS_PER_WARP];
+        Raw rg[ROWS_PER_WARP], ru[ROWS_PER_WARP];
+#pragma unroll
+        for (int r = 0; r < ROWS_PER_WARP; r++) {
+            g[r] = gate + (u64)rows[r] * (u64)rb;
+            u[r] = up + (u64)rows[r] * (u64)rb;
+            fetch<FMT>(g[r], plan, rg[r]);
+            fetch<FMT>(u[r], plan, ru[r]);
+        }
+        const float* xl = x + lane * CHUNK;
+        float4 xa, xb;
+        fetch_x(xl, xa, xb);
+        for (int pass = 0; pass < passes; pass++) {
+            // The next pass (the last one again at the end, unused).
+            const int next = min(pass + 1, passes - 1);
+            Raw ng[ROWS_PER_WARP], nu[ROWS_PER_WARP];
+#pragma unroll
+            for (int r = 0; r < ROWS_PER_WARP; r++) {
+                fetch<FMT>(g[r] + (u64)next * pb, plan, ng[r]);
+                fetch<FMT>(u[r] + (u64)next * pb, plan, nu[r]);
+            }
+            float4 na, nb;
+            fetch_x(xl + next * BLOCK, na, nb);
+            float xv[CHUNK];
+            unpack_x(xa, xb, xv);
+#pragma unroll
+            for (int r = 0; r < ROWS_PER_WARP; r++) {
+                float wg[CHUNK];
+                float wu[CHUNK];
+                widen<FMT>(rg[r], plan, wg);
+                widen<FMT>(ru[r], plan, wu);
+#pragma unroll
+                for (int e = 0; e < CHUNK; e++) {
+                    acc_g[r][e] = fmaf(wg[e], xv[e], acc_g[r][e]);
+                    acc_u[r][e] = fmaf(wu[e], xv[e], acc_u[r][e]);
+                }
+                rg[r] = ng[r];
+                ru[r] = nu[r];
+            }
+            xa = na;
+            xb = nb;
+        }
+        base = passes * BLOCK;
+    }
+    for (; base < cols; base += BLOCK) gate_up_pass<FMT>(gate, up, rows, rb, x, base, cols, acc_g, acc_u);
+}
+
+// The rows of a warp, clamped to the last row (a warp past the end reads it again and writes
+// nothing), so the passes carry no row test.
+__device__ __forceinline__ int first_row() { return (blockIdx.x * WARPS + (threadIdx.x >> 5)) * ROWS_PER_WARP; }
+
 // h[pair] = SiLU(gate · x) * (up · x).
 // Grid: (ceil(ffn / (WARPS * ROWS_PER_WARP)), number of pairs in `pairs`). Block: WARPS * 32.
 template <int FMT>
@@ -288,12 +527,13 @@ __device__ void gate_up(const LayerArgs& layer, const StepArgs& step, const int*
     const float* x = reinterpret_cast<const float*>(step.x) + (u64)token * (u64)hidden;
     float* h = reinterpret_cast<float*>(step.h) + (u64)pair * (u64)ffn;
 
-    const int warp = threadIdx.x >> 5;
-    const int lane = threadIdx.x & 31;
-    const int row0 = (blockIdx.x * WARPS + warp) * ROWS_PER_WARP;
+    const int row0 = first_row();
+    int rows[ROWS_PER_WARP];
+#pragma unroll
+    for (int r = 0; r < ROWS_PER_WARP; r++) rows[r] = min(row0 + r, ffn - 1);
     const int rb = row_bytes(FMT, hidden);
-    const bool vec = vectorisable(gate, rb) && vectorisable(up, rb);
-    const bool xvec = vectorisable(reinterpret_cast<const unsigned char*>(x), 0);
+    // One load width for the whole warp, chosen once: the rows' alignment and x's.
+    const bool wide = wide_rows<FMT>(gate, rb) && wide_rows<FMT>(up, rb) && wide_rows<FMT_F32>(reinterpret_cast<const unsigned char*>(x), 0);
 
     float acc_g[ROWS_PER_WARP][CHUNK];
     float acc_u[ROWS_PER_WARP][CHUNK];
@@ -302,36 +542,74 @@ __device__ void gate_up(const LayerArgs& layer, const StepArgs& step, const int*
 #pragma unroll
         for (int e = 0; e < CHUNK; e++) { acc_g[r][e] = 0.0f; acc_u[r][e] = 0.0f; }
     }
-
-    // Every lane takes every block (its elements past `hidden` are 0 · 0).
-#pragma unroll 2
-    for (int base = 0; base < hidden; base += BLOCK) {
-        const int j = base + lane * CHUNK;
-        float xv[CHUNK];
-        load_x(x, j, hidden, xvec, xv);
-#pragma unroll
-        for (int r = 0; r < ROWS_PER_WARP; r++) {
-            const int row = row0 + r;
-            if (row < ffn) {
-                float wg[CHUNK];
-                float wu[CHUNK];
-                load_chunk<FMT>(gate + (u64)row * (u64)rb, j, hidden, vec, wg);
-                load_chunk<FMT>(up + (u64)row * (u64)rb, j, hidden, vec, wu);
-#pragma unroll
-                for (int e = 0; e < CHUNK; e++) {
-                    acc_g[r][e] = fmaf(wg[e], xv[e], acc_g[r][e]);
-                    acc_u[r][e] = fmaf(wu[e], xv[e], acc_u[r][e]);
-                }
-            }
-        }
-    }
+    gate_up_rows<FMT>(wide, gate, up, rows, rb, x, hidden, acc_g, acc_u);
 #pragma unroll
     for (int r = 0; r < ROWS_PER_WARP; r++) {
         const float g = warp_sum(lane_reduce(acc_g[r]));
         const float u = warp_sum(lane_reduce(acc_u[r]));
-        const int row = row0 + r;
-        if (lane == 0 && row < ffn) h[row] = silu_mul(g, u);
+        if ((threadIdx.x & 31) == 0 && row0 + r < ffn) h[row0 + r] = silu_mul(g, u);
     }
+}
+
+// One pass of a warp over its rows of down, element by element; as `gate_up_pass`.
+template <int FMT>
+__device__ __forceinline__ void down_pass(const unsigned char* dw, const int rows[ROWS_PER_WARP], int rb, const float* hk,
+                                          int base, int cols, float acc[ROWS_PER_WARP][CHUNK]) {
+    const int j = base + (threadIdx.x & 31) * CHUNK;
+    float hv[CHUNK];
+    load_x(hk, j, cols, hv);
+#pragma unroll
+    for (int r = 0; r < ROWS_PER_WARP; r++) {
+        float w[CHUNK];
+        load_chunk<FMT>(dw + (u64)rows[r] * (u64)rb, j, cols, w);
+#pragma unroll
+        for (int e = 0; e < CHUNK; e++) acc[r][e] = fmaf(w[e], hv[e], acc[r][e]);
+    }
+}
+
+// Every pass of a warp's rows of down; as `gate_up_rows`.
+template <int FMT>
+__device__ __forceinline__ void down_rows(bool wide, const unsigned char* dw, const int rows[ROWS_PER_WARP], int rb,
+                                          const float* hk, int cols, float acc[ROWS_PER_WARP][CHUNK]) {
+    const int lane = threadIdx.x & 31;
+    int base = 0;
+    const int passes = cols / BLOCK;
+    if (wide && passes > 0) {
+        const LanePlan plan = lane_plan<FMT>(lane);
+        const u64 pb = (u64)pass_bytes<FMT>();
+        const unsigned char* d[ROWS_PER_WARP];
+        Raw rd[ROWS_PER_WARP];
+#pragma unroll
+        for (int r = 0; r < ROWS_PER_WARP; r++) {
+            d[r] = dw + (u64)rows[r] * (u64)rb;
+            fetch<FMT>(d[r], plan, rd[r]);
+        }
+        const float* hl = hk + lane * CHUNK;
+        float4 ha, hb;
+        fetch_x(hl, ha, hb);
+        for (int pass = 0; pass < passes; pass++) {
+            const int next = min(pass + 1, passes - 1);
+            Raw nd[ROWS_PER_WARP];
+#pragma unroll
+            for (int r = 0; r < ROWS_PER_WARP; r++) fetch<FMT>(d[r] + (u64)next * pb, plan, nd[r]);
+            float4 na, nb;
+            fetch_x(hl + next * BLOCK, na, nb);
+            float hv[CHUNK];
+            unpack_x(ha, hb, hv);
+#pragma unroll
+            for (int r = 0; r < ROWS_PER_WARP; r++) {
+                float w[CHUNK];
+                widen<FMT>(rd[r], plan, w);
+#pragma unroll
+                for (int e = 0; e < CHUNK; e++) acc[r][e] = fmaf(w[e], hv[e], acc[r][e]);
+                rd[r] = nd[r];
+            }
+            ha = na;
+            hb = nb;
+        }
+        base = passes * BLOCK;
+    }
+    for (; base < cols; base += BLOCK) down_pass<FMT>(dw, rows, rb, hk, base, cols, acc);
 }
 
 // Each pair's down output: part[pair] = down · h[pair].
@@ -345,9 +623,8 @@ __device__ void down(const LayerArgs& layer, const StepArgs& step, const int* pa
     u32* status = reinterpret_cast<u32*>(step.status);
     const int hidden = step.hidden;
     const int ffn = step.ffn;
-    const int warp = threadIdx.x >> 5;
     const int lane = threadIdx.x & 31;
-    const int row0 = (blockIdx.x * WARPS + warp) * ROWS_PER_WARP;
+    const int row0 = first_row();
     const int rb = row_bytes(FMT, ffn);
     const unsigned char* dw = resolve(pair, 2, ids, layer.experts, table, layer.slot_base, layer.slot_stride,
                                       layer.proj_offset, miss, status);
@@ -361,35 +638,21 @@ __device__ void down(const LayerArgs& layer, const StepArgs& step, const int* pa
         return;
     }
     const float* hk = reinterpret_cast<const float*>(step.h) + (u64)pair * (u64)ffn;
-    const bool vec = vectorisable(dw, rb);
-    const bool hvec = vectorisable(reinterpret_cast<const unsigned char*>(hk), 0);
+    int rows[ROWS_PER_WARP];
+#pragma unroll
+    for (int r = 0; r < ROWS_PER_WARP; r++) rows[r] = min(row0 + r, hidden - 1);
+    const bool wide = wide_rows<FMT>(dw, rb) && wide_rows<FMT_F32>(reinterpret_cast<const unsigned char*>(hk), 0);
     float acc[ROWS_PER_WARP][CHUNK];
 #pragma unroll
     for (int r = 0; r < ROWS_PER_WARP; r++) {
 #pragma unroll
         for (int e = 0; e < CHUNK; e++) acc[r][e] = 0.0f;
     }
-#pragma unroll 2
-    for (int base = 0; base < ffn; base += BLOCK) {
-        const int j = base + lane * CHUNK;
-        float hv[CHUNK];
-        load_x(hk, j, ffn, hvec, hv);
-#pragma unroll
-        for (int r = 0; r < ROWS_PER_WARP; r++) {
-            const int row = row0 + r;
-            if (row < hidden) {
-                float w[CHUNK];
-                load_chunk<FMT>(dw + (u64)row * (u64)rb, j, ffn, vec, w);
-#pragma unroll
-                for (int e = 0; e < CHUNK; e++) acc[r][e] = fmaf(w[e], hv[e], acc[r][e]);
-            }
-        }
-    }
+    down_rows<FMT>(wide, dw, rows, rb, hk, ffn, acc);
 #pragma unroll
     for (int r = 0; r < ROWS_PER_WARP; r++) {
         const float d = warp_sum(lane_reduce(acc[r]));
-        const int row = row0 + r;
-        if (lane == 0 && row < hidden) part[row] = d;
+        if (lane == 0 && row0 + r < hidden) part[row0 + r] = d;
     }
 }
 
