@@ -196,8 +196,14 @@ impl Blocks for Q8_0 {
 
     #[inline(always)]
     fn widen(bytes: &[u8], out: &mut [f32]) {
-        let d = half_at(bytes, 0);
-        for (w, &q) in out.iter_mut().zip(bytes.iter().skip(2)) {
+        // Fixed-size views, so the loop has no bounds to test and vectorises.
+        let (Some(block), Some(out)) = (bytes.first_chunk::<34>(), out.first_chunk_mut::<32>()) else {
+            out.fill(0.0);
+            return;
+        };
+        let d = f16_to_f32(u16::from_le_bytes([block[0], block[1]]));
+        let q = block.last_chunk::<32>().copied().unwrap_or([0; 32]);
+        for (w, q) in out.iter_mut().zip(q) {
             *w = d * f32::from(q.cast_signed());
         }
     }
@@ -226,19 +232,34 @@ impl Blocks for Q4K {
     const BYTES: usize = 144;
 
     #[inline(always)]
-    #[allow(clippy::arithmetic_side_effects, reason = "offsets within the 144-byte block")]
+    #[allow(
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        reason = "fixed-size arrays indexed by constants in range; sub-blocks 0..8"
+    )]
     fn widen(bytes: &[u8], out: &mut [f32]) {
-        let (d, dmin) = (half_at(bytes, 0), half_at(bytes, 2));
-        let packed = bytes.get(4..16).and_then(|b| b.first_chunk::<12>()).copied().unwrap_or([0; 12]);
-        let values = bytes.get(16..).unwrap_or(&[]);
-        for (sub, out) in out.chunks_exact_mut(32).enumerate() {
-            let (sc, m) = q4k_scale_min(sub, &packed);
+        // Fixed-size views, so the loops have no bounds to test and vectorise.
+        let (Some(block), Some(out)) = (bytes.first_chunk::<144>(), out.first_chunk_mut::<256>()) else {
+            out.fill(0.0);
+            return;
+        };
+        let d = f16_to_f32(u16::from_le_bytes([block[0], block[1]]));
+        let dmin = f16_to_f32(u16::from_le_bytes([block[2], block[3]]));
+        let mut packed = [0u8; 12];
+        packed.copy_from_slice(&block[4..16]);
+        let mut values = [0u8; 128];
+        values.copy_from_slice(&block[16..]);
+        for (group, (q, out)) in values.chunks_exact(32).zip(out.chunks_exact_mut(64)).enumerate() {
+            let (low_out, high_out) = out.split_at_mut(32);
+            let (sc, m) = q4k_scale_min(2 * group, &packed);
             let (scale, min) = (d * f32::from(sc), dmin * f32::from(m));
-            let high = sub % 2 == 1;
-            let bytes = values.iter().skip(32 * (sub / 2));
-            for (w, &q) in out.iter_mut().zip(bytes) {
-                let q = if high { q >> 4 } else { q & 0xF };
-                *w = scale * f32::from(q) - min;
+            for (w, &q) in low_out.iter_mut().zip(q) {
+                *w = scale * f32::from(q & 0xF) - min;
+            }
+            let (sc, m) = q4k_scale_min(2 * group + 1, &packed);
+            let (scale, min) = (d * f32::from(sc), dmin * f32::from(m));
+            for (w, &q) in high_out.iter_mut().zip(q) {
+                *w = scale * f32::from(q >> 4) - min;
             }
         }
     }
