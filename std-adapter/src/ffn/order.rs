@@ -196,14 +196,8 @@ impl Blocks for Q8_0 {
 
     #[inline(always)]
     fn widen(bytes: &[u8], out: &mut [f32]) {
-        // Fixed-size views, so the loop has no bounds to test and vectorises.
-        let (Some(block), Some(out)) = (bytes.first_chunk::<34>(), out.first_chunk_mut::<32>()) else {
-            out.fill(0.0);
-            return;
-        };
-        let d = f16_to_f32(u16::from_le_bytes([block[0], block[1]]));
-        let q = block.last_chunk::<32>().copied().unwrap_or([0; 32]);
-        for (w, q) in out.iter_mut().zip(q) {
+        let d = half_at(bytes, 0);
+        for (w, &q) in out.iter_mut().zip(bytes.iter().skip(2)) {
             *w = d * f32::from(q.cast_signed());
         }
     }
