@@ -58,6 +58,7 @@ impl Kernels<CudaDriver> for CudaKernels<'_> {
         phase: Phase,
         view: &SlotView,
         x: u64,
+        y: u64,
         stream: &Arc<CudaStream>,
     ) -> Result<(), CudaError> {
         let ffn = self.ffn;
@@ -65,7 +66,7 @@ impl Kernels<CudaDriver> for CudaKernels<'_> {
         // SAFETY: the caller upholds the launches' contract (this function's).
         unsafe {
             ffn.launch_gate_up(stream, view, buffers, x, phase)?;
-            ffn.launch_down(stream, view, buffers, phase)
+            ffn.launch_down(stream, view, buffers, y, phase)
         }
     }
 

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtr, PinnedHostSlice};
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, PinnedHostSlice};
 
 use super::view::PairSource;
 use super::{raw, StepArgs};
@@ -33,7 +33,7 @@ pub struct StepBuffers {
     /// Host-computed outputs staged for upload, `[max_pairs, hidden]`.
     host_parts: Option<PinnedHostSlice<f32>>,
     hidden: usize,
-    device: CudaSlice<u64>,
+    _device: CudaSlice<u64>,
     device_ptr: u64,
     pub(super) order_ptr: u64,
     h: CudaSlice<f32>,
@@ -42,14 +42,28 @@ pub struct StepBuffers {
     part_ptr: u64,
     status: CudaSlice<u32>,
     status_ptr: u64,
-    uploaded: Option<CudaEvent>,
-    parts_uploaded: Option<CudaEvent>,
+    /// Per token and row tile of down: its pairs done so far in the step (the kernels put each
+    /// back to 0 once the tile is combined).
+    _counts: CudaSlice<u32>,
+    counts_ptr: u64,
+    /// Recorded after each upload of the staged block and of the host's outputs; created once
+    /// and recorded again (creating an event per step cost as much as a launch).
+    uploaded: Upload,
+    parts_uploaded: Upload,
 }
 
-/// Words of the staged block: miss addresses (3 per pair), then ids, weights and the pair order
-/// (one 32-bit value per pair each, two to a word).
+/// Words of the staged block for `pairs` pairs: miss addresses (3 per pair), then ids, weights
+/// and the pair order (one 32-bit value per pair each, two to a word). A step fills and uploads
+/// only its own pairs' words, laid out for its pair count, so a decode step of a few pairs does
+/// not copy a prefill-sized block.
 fn block_words(pairs: usize) -> usize {
     pairs * 3 + 3 * pairs.div_ceil(2)
+}
+
+/// Byte offsets in the staged block of a step of `pairs` pairs: ids, weights, pair order.
+fn block_offsets(pairs: usize) -> (u64, u64, u64) {
+    let (miss, half) = (8 * 3 * pairs as u64, 8 * pairs.div_ceil(2) as u64);
+    (miss, miss + half, miss + 2 * half)
 }
 
 impl StepBuffers {
@@ -73,6 +87,13 @@ impl StepBuffers {
         let part = stream.alloc_zeros::<f32>(part_len)?;
         let part_ptr = raw(&part, stream);
         let status = stream.alloc_zeros::<u32>(1)?;
+        let tiles = shape.hidden.div_ceil(crate::kernels::ROWS_PER_BLOCK as usize);
+        let counts = stream.alloc_zeros::<u32>(
+            max_tokens
+                .checked_mul(tiles)
+                .ok_or_else(|| CudaError::Unsupported(format!("{max_tokens} tokens per step")))?,
+        )?;
+        let counts_ptr = raw(&counts, stream);
         let device_ptr = raw(&device, stream);
         let (h_ptr, status_ptr) = (raw(&h, stream), raw(&status, stream));
         Ok(Self {
@@ -86,8 +107,8 @@ impl StepBuffers {
             host,
             host_parts: None,
             hidden: shape.hidden,
-            order_ptr: device_ptr + 8 * (max_pairs * 3 + 2 * max_pairs.div_ceil(2)) as u64,
-            device,
+            order_ptr: device_ptr,
+            _device: device,
             device_ptr,
             h,
             h_ptr,
@@ -95,8 +116,10 @@ impl StepBuffers {
             part_ptr,
             status,
             status_ptr,
-            uploaded: None,
-            parts_uploaded: None,
+            _counts: counts,
+            counts_ptr,
+            uploaded: Upload::new(stream)?,
+            parts_uploaded: Upload::new(stream)?,
         })
     }
 
@@ -130,14 +153,12 @@ impl StepBuffers {
         {
             return Err(CudaError::Unsupported("an id over i32::MAX or a null source address".into()));
         }
-        if let Some(event) = self.uploaded.take() {
-            event.synchronize()?;
-        }
-        let max = self.max_pairs;
-        let half = max.div_ceil(2);
-        let block = self.host.as_mut_slice()?;
+        self.uploaded.wait()?;
+        let half = pairs.div_ceil(2);
+        let words = block_words(pairs);
+        let block = self.host.as_mut_slice()?.get_mut(..words).ok_or(CudaError::Unsupported("staging block".into()))?;
         block.fill(0);
-        let (miss, rest) = block.split_at_mut(max * 3);
+        let (miss, rest) = block.split_at_mut(pairs * 3);
         let (id_words, rest) = rest.split_at_mut(half);
         let (weight_words, order_words) = rest.split_at_mut(half);
         for (pair, source) in sources.iter().enumerate() {
@@ -169,12 +190,16 @@ impl StepBuffers {
         self.host_pairs.extend((0..pairs).filter(|&p| sources.get(p).is_some_and(|s| !s.on_device())));
         self.pairs = pairs;
         self.tokens = pairs / self.top_k;
-        let (dst, _guard) = self.device.device_ptr(stream);
-        // SAFETY: `dst` is this block's device allocation of `block_words(max_pairs)` words and
-        // the source is the page-locked host block of the same length; it is not written again
-        // until `uploaded` completes (waited on above at the next `stage`).
-        unsafe { copy_htod_async(dst, bytemuck_words(self.host.as_slice()?), stream) }?;
-        self.uploaded = Some(stream.record_event(None)?);
+        self.order_ptr = self.device_ptr + block_offsets(pairs).2;
+        let staged: &[u64] = block;
+        if !staged.is_empty() {
+            // SAFETY: `device_ptr` is this block's device allocation of `block_words(max_pairs)`
+            // words (at least `words`: pairs ≤ max_pairs) and the source is the first `words`
+            // words of the page-locked host block; it is not written again until `uploaded`
+            // completes (waited on above at the next `stage`).
+            unsafe { copy_htod_async(self.device_ptr, bytemuck_words(staged), stream) }?;
+            self.uploaded.record(stream)?;
+        }
         Ok(())
     }
 
@@ -200,9 +225,7 @@ impl StepBuffers {
         if pairs.is_empty() {
             return Ok(());
         }
-        if let Some(event) = self.parts_uploaded.take() {
-            event.synchronize()?;
-        }
+        self.parts_uploaded.wait()?;
         if self.host_parts.is_none() {
             let ctx = stream.context();
             // SAFETY: rows are written below before the copies that read them.
@@ -224,17 +247,15 @@ impl StepBuffers {
             // of the page-locked block, not written again until `parts_uploaded` completes.
             unsafe { copy_htod_async(self.part_ptr + 4 * at as u64, f32_bytes(row), stream) }?;
         }
-        self.parts_uploaded = Some(stream.record_event(None)?);
+        self.parts_uploaded.record(stream)?;
         Ok(())
     }
 
     pub(super) fn args(&self, shape: &FfnShape, x: u64, y: u64) -> StepArgs {
-        let max = self.max_pairs;
-        let half = max.div_ceil(2) as u64;
-        let ids = self.device_ptr + 8 * (max as u64 * 3);
+        let (ids, weights, _) = block_offsets(self.pairs);
         StepArgs {
-            ids,
-            weights: ids + 8 * half,
+            ids: self.device_ptr + ids,
+            weights: self.device_ptr + weights,
             miss: self.device_ptr,
             x,
             h: self.h_ptr,
@@ -245,7 +266,15 @@ impl StepBuffers {
             top_k: shape.top_k as i32,
             hidden: shape.hidden as i32,
             ffn: shape.ffn as i32,
+            counts: self.counts_ptr,
+            fused: i32::from(self.fused()),
         }
+    }
+
+    /// Whether the staged step's down launches also combine its tokens: every pair is computed
+    /// on the device (none on the host), so nothing is uploaded between down and the combine.
+    pub const fn fused(&self) -> bool {
+        self.pairs > 0 && self.on_device == self.pairs
     }
 
     /// Reads and clears the status word the kernels set for pairs they could not compute
@@ -271,6 +300,37 @@ impl StepBuffers {
     }
 }
 
+/// An event marking the end of an upload from a page-locked block, which the block's next
+/// writer waits for.
+#[derive(Debug)]
+struct Upload {
+    event: CudaEvent,
+    pending: bool,
+}
+
+impl Upload {
+    fn new(stream: &CudaStream) -> Result<Self, CudaError> {
+        let flags = cudarc::driver::sys::CUevent_flags::CU_EVENT_DISABLE_TIMING;
+        Ok(Self { event: stream.context().new_event(Some(flags))?, pending: false })
+    }
+
+    /// Waits (host) for the last upload recorded, if any.
+    fn wait(&mut self) -> Result<(), CudaError> {
+        if self.pending {
+            self.event.synchronize()?;
+            self.pending = false;
+        }
+        Ok(())
+    }
+
+    /// Records the end of the upload just enqueued on `stream`.
+    fn record(&mut self, stream: &CudaStream) -> Result<(), CudaError> {
+        self.event.record(stream)?;
+        self.pending = true;
+        Ok(())
+    }
+}
+
 /// The bytes of `words`.
 fn bytemuck_words(words: &[u64]) -> &[u8] {
     bytemuck::cast_slice(words)
@@ -289,5 +349,9 @@ mod tests {
     fn the_staged_block_holds_three_addresses_and_three_halves_per_pair() {
         assert_eq!(block_words(8), 24 + 12);
         assert_eq!(block_words(3), 9 + 6);
+        // Ids after the 24 miss words, weights and the order four words apart.
+        assert_eq!(block_offsets(8), (192, 224, 256));
+        assert_eq!(block_offsets(3), (72, 88, 104));
+        assert_eq!(block_offsets(3).2 + 8 * 2, 8 * block_words(3) as u64);
     }
 }

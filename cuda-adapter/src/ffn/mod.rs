@@ -24,7 +24,9 @@
 //! Ordering: a step's gate/up and down work is launched in two phases ([`Phase::BeforeCopies`]
 //! for pairs whose weights are in place before the step's copies, [`Phase::AfterCopies`] for
 //! the others, once the compute stream waits on the copies), so copies overlap the compute of
-//! resident experts; then [`MoeFfn::launch_combine`] sums each token's pairs in k order.
+//! resident experts; then [`MoeFfn::launch_combine`] sums each token's pairs in k order. When
+//! no pair of a step is computed on the host, the down launches do that sum themselves (the
+//! last block to finish a row tile of a token combines it), one launch less per layer step.
 //! [`MoeFfn::record_reads`] records the event after which no kernel of the step reads a slot
 //! (for the copy stream to wait on before overwriting one: write-after-read).
 
@@ -75,6 +77,8 @@ pub(crate) struct StepArgs {
     pub(crate) top_k: i32,
     pub(crate) hidden: i32,
     pub(crate) ffn: i32,
+    pub(crate) counts: u64,
+    pub(crate) fused: i32,
 }
 
 // SAFETY: both are `#[repr(C)]` structs of integers whose field order, types and padding match
@@ -171,7 +175,10 @@ impl MoeFfn {
     }
 
     /// Launches down on `stream` for the pairs of `phase`: each pair's `down · h` into the step's
-    /// partial outputs. Launch after the same pairs' gate/up.
+    /// partial outputs. Launch after the same pairs' gate/up. When every pair of the step is
+    /// computed on the device ([`StepBuffers::fused`]), the down launches also combine each
+    /// token's pairs into `y` (`[tokens, hidden]` f32), as [`MoeFfn::launch_combine`] would,
+    /// and that launch has nothing left to do.
     ///
     /// # Errors
     /// [`CudaError::Driver`] when the launch fails.
@@ -186,11 +193,12 @@ impl MoeFfn {
         stream: &CudaStream,
         layer: &SlotView,
         step: &StepBuffers,
+        y: u64,
         phase: Phase,
     ) -> Result<(), CudaError> {
         // SAFETY: as in `launch_gate_up`.
         unsafe {
-            self.launch_pairs(&self.down, self.shape.hidden, stream, layer, step, step.args(&self.shape, 0, 0), phase)
+            self.launch_pairs(&self.down, self.shape.hidden, stream, layer, step, step.args(&self.shape, 0, y), phase)
         }
     }
 
@@ -237,7 +245,8 @@ impl MoeFfn {
 
     /// Launches the combine on `stream`: `y[token] = Σ_k weight · (down · h)` over the token's
     /// pairs in k order, written to `y` (`[tokens, hidden]` f32 at a device address). Launch
-    /// after every down phase of the step.
+    /// after every down phase of the step (and the upload of the host's outputs). Nothing is
+    /// launched when the down launches combined already ([`StepBuffers::fused`]).
     ///
     /// # Errors
     /// [`CudaError::Driver`] when the launch fails.
@@ -248,7 +257,7 @@ impl MoeFfn {
     /// (`[tokens, hidden]` f32 for `x` and `y`), written by no other work while the launch runs
     /// and ordered on `stream` after their writes.
     pub unsafe fn launch_combine(&self, stream: &CudaStream, step: &StepBuffers, y: u64) -> Result<(), CudaError> {
-        if step.tokens == 0 {
+        if step.tokens == 0 || step.fused() {
             return Ok(());
         }
         let cfg = LaunchConfig {
@@ -284,7 +293,7 @@ impl MoeFfn {
         // SAFETY: the caller upholds the launches' contract (this function's).
         unsafe {
             self.launch_gate_up(stream, layer, step, x, Phase::All)?;
-            self.launch_down(stream, layer, step, Phase::All)?;
+            self.launch_down(stream, layer, step, y, Phase::All)?;
             self.launch_combine(stream, step, y)
         }
     }
@@ -322,9 +331,11 @@ mod tests {
 
     #[test]
     fn the_kernel_argument_structs_match_the_source() {
-        // LayerArgs: 6 × u64 + i32, padded to 8; StepArgs: 8 × u64 + 4 × i32.
+        // LayerArgs: 6 × u64 + i32, padded to 8; StepArgs: 8 × u64 + 4 × i32 + u64 + i32,
+        // padded to 8.
         assert_eq!(size_of::<LayerArgs>(), 56);
-        assert_eq!(size_of::<StepArgs>(), 80);
+        assert_eq!(size_of::<StepArgs>(), 96);
+        assert!(kernels::MOE_FFN_SOURCE.contains("int ffn;\n    u64 counts;"));
         assert!(kernels::MOE_FFN_SOURCE.contains("u64 part;"));
         assert!(kernels::MOE_FFN_SOURCE.contains("u64 proj_offset[3];"));
     }

@@ -403,6 +403,8 @@ struct StepArgs {
     int top_k;
     int hidden;
     int ffn;
+    u64 counts;    // u32*         [tokens * down's row tiles]: pairs done per tile, back to 0 after
+    int fused;     // 1: down combines (every pair of the step is launched on the device)
 };
 
 // One pass of a warp over its rows of gate and up from element `base`, element by element,
@@ -612,10 +614,51 @@ __device__ __forceinline__ void down_rows(bool wide, const unsigned char* dw, co
     for (; base < cols; base += BLOCK) down_pass<FMT>(dw, rows, rb, hk, base, cols, acc);
 }
 
-// Each pair's down output: part[pair] = down · h[pair].
+template <int FMT>
+__device__ __forceinline__ void down_part(const LayerArgs& layer, const StepArgs& step, const int* pairs);
+
+// Row `row` of token `token`'s output (nothing past `hidden`): y = sum over k, in k order, of
+// weight[k] * part[token, k]. The combine's arithmetic, whether a launch of its own or the last
+// block of a row tile in `down` does it.
+__device__ __forceinline__ void combine_rows(const StepArgs& step, int token, int row) {
+    if (row >= step.hidden) return;
+    const float* weights = reinterpret_cast<const float*>(step.weights);
+    const float* part = reinterpret_cast<const float*>(step.part);
+    float out = 0.0f;
+    for (int k = 0; k < step.top_k; k++) {
+        const int pair = token * step.top_k + k;
+        // Past L1: other blocks wrote these rows during this launch or the one before.
+        out = fmaf(weights[pair], __ldcg(part + (u64)pair * (u64)step.hidden + (u64)row), out);
+    }
+    reinterpret_cast<float*>(step.y)[(u64)token * (u64)step.hidden + (u64)row] = out;
+}
+
+// Each pair's down output: part[pair] = down · h[pair]. When `step.fused`, the block that
+// finishes a row tile's last pair of a token (counted in `step.counts`, over every down launch
+// of the step) then combines that tile's rows for the token, so no combine launch follows.
 // Grid: (ceil(hidden / (WARPS * ROWS_PER_WARP)), number of pairs in `pairs`). Block: WARPS * 32.
 template <int FMT>
 __device__ void down(const LayerArgs& layer, const StepArgs& step, const int* pairs) {
+    down_part<FMT>(layer, step, pairs);
+    if (!step.fused) return;
+    __shared__ int last;
+    // Every warp's rows are written (and fenced, below) before the tile's count moves.
+    __syncthreads();
+    const int token = pairs[blockIdx.y] / step.top_k;
+    if (threadIdx.x == 0) {
+        u32* count = reinterpret_cast<u32*>(step.counts) + (u64)token * gridDim.x + blockIdx.x;
+        last = atomicAdd(count, 1u) == (u32)(step.top_k - 1);
+        if (last) *count = 0u;
+    }
+    __syncthreads();
+    if (last) {
+        __threadfence();
+        if (threadIdx.x < WARPS * ROWS_PER_WARP) combine_rows(step, token, blockIdx.x * WARPS * ROWS_PER_WARP + threadIdx.x);
+    }
+}
+
+template <int FMT>
+__device__ __forceinline__ void down_part(const LayerArgs& layer, const StepArgs& step, const int* pairs) {
     const int pair = pairs[blockIdx.y];
     const int* ids = reinterpret_cast<const int*>(step.ids);
     const int* table = reinterpret_cast<const int*>(layer.table);
@@ -634,6 +677,7 @@ __device__ void down(const LayerArgs& layer, const StepArgs& step, const int* pa
         if (lane == 0) {
             for (int r = 0; r < ROWS_PER_WARP; r++)
                 if (row0 + r < hidden) part[row0 + r] = 0.0f;
+            __threadfence();
         }
         return;
     }
@@ -654,22 +698,14 @@ __device__ void down(const LayerArgs& layer, const StepArgs& step, const int* pa
         const float d = warp_sum(lane_reduce(acc[r]));
         if (lane == 0 && row0 + r < hidden) part[row0 + r] = d;
     }
+    // Visible to the block that combines this tile.
+    if (lane == 0) __threadfence();
 }
 
 // y[token] = sum over k, in k order, of weight[k] * part[token, k].
 // Grid: (ceil(hidden / blockDim.x), tokens).
 extern "C" __global__ void moe_combine(const StepArgs step) {
-    const int row = blockIdx.x * blockDim.x + threadIdx.x;
-    const int token = blockIdx.y;
-    if (row >= step.hidden) return;
-    const float* weights = reinterpret_cast<const float*>(step.weights);
-    const float* part = reinterpret_cast<const float*>(step.part);
-    float out = 0.0f;
-    for (int k = 0; k < step.top_k; k++) {
-        const int pair = token * step.top_k + k;
-        out = fmaf(weights[pair], part[(u64)pair * (u64)step.hidden + (u64)row], out);
-    }
-    reinterpret_cast<float*>(step.y)[(u64)token * (u64)step.hidden + (u64)row] = out;
+    combine_rows(step, blockIdx.y, blockIdx.x * blockDim.x + threadIdx.x);
 }
 
 extern "C" __global__ void __launch_bounds__(WARPS * 32)

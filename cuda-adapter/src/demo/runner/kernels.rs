@@ -22,7 +22,8 @@ pub(crate) trait Kernels<D: Driver> {
     ) -> Result<(), CudaError>;
 
     /// Launches gate/up and down for the staged pairs of `phase`, reading slots through `view`
-    /// and the input at `x`.
+    /// and the input at `x`; down may also combine into `y` (`[tokens, hidden]` f32) when the
+    /// step has no pairs on the host, which leaves [`Kernels::combine`] nothing to launch.
     ///
     /// # Errors
     /// The driver's error.
@@ -30,13 +31,14 @@ pub(crate) trait Kernels<D: Driver> {
     /// # Safety
     /// `view`, the staged sources and `x` (`[tokens, hidden]` f32) are live device memory,
     /// ordered on `stream` after their writes and written by no other work while the launch
-    /// runs.
+    /// runs; `y` is live device memory of the step's length, written by no other work meanwhile.
     unsafe fn pairs(
         &mut self,
         layer: usize,
         phase: Phase,
         view: &SlotView,
         x: u64,
+        y: u64,
         stream: &D::Stream,
     ) -> Result<(), CudaError>;
 

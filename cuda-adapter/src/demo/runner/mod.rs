@@ -25,7 +25,8 @@
 //! 5. **The table and the other pairs**: [`DeviceSlotTable::update`] writes the other buffer;
 //!    [`CudaSlotSink::order_before`]; the pairs copied in this step through the updated table.
 //!    Then the host's pairs are waited for and their outputs uploaded on the compute stream.
-//!    The combine then writes the layer's output, the next layer's input.
+//!    The combine then writes the layer's output, the next layer's input (when no pair is on
+//!    the host, the down launches have combined already and nothing is launched).
 //! 6. **Reads marked**: [`CudaSlotSink::after_reads`] and [`DeviceSlotTable::after_reads`], and
 //!    the event the next record waits on.
 
@@ -535,7 +536,7 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
         // (experts in the same slot before and after the step), through the table buffer the
         // update did not write; the late phase runs after the compute stream waited on every
         // copy and the table update.
-        unsafe { self.kernels.pairs(layer, Phase::BeforeCopies, &early_view, x, &self.compute)? };
+        unsafe { self.kernels.pairs(layer, Phase::BeforeCopies, &early_view, x, y, &self.compute)? };
         if let Some(table) = self.tables.get_mut(layer) {
             table.after_reads(&self.compute)?;
         }
@@ -545,7 +546,7 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
         let compute = &self.compute;
         self.sink.order_before(compute)?;
         // SAFETY: as above.
-        unsafe { self.kernels.pairs(layer, Phase::AfterCopies, &late_view, x, compute)? };
+        unsafe { self.kernels.pairs(layer, Phase::AfterCopies, &late_view, x, y, compute)? };
         if let Some(job) = host_job {
             self.host_finish(&job)?;
             self.kernels.upload_parts(layer, &self.host_pairs, &self.host_parts, &self.compute)?;

@@ -25,7 +25,15 @@ impl Kernels<Arc<MockDriver>> for MockKernels {
         self.0.launch(s, layer as u32);
         Ok(())
     }
-    unsafe fn pairs(&mut self, layer: usize, _: Phase, _: &SlotView, _: u64, s: &MockStream) -> Result<(), CudaError> {
+    unsafe fn pairs(
+        &mut self,
+        layer: usize,
+        _: Phase,
+        _: &SlotView,
+        _: u64,
+        _: u64,
+        s: &MockStream,
+    ) -> Result<(), CudaError> {
         self.0.launch(s, layer as u32);
         Ok(())
     }
