@@ -407,26 +407,23 @@ struct StepArgs {
     int fused;     // 1: down combines (every pair of the step is launched on the device)
 };
 
-// One pass of a warp over its rows of gate and up from element `base`, element by element,
-// zero past `cols`: passes the wide path does not take.
-template <int FMT>
-__device__ __forceinline__ void gate_up_pass(const unsigned char* gate, const unsigned char* up, const int rows[ROWS_PER_WARP],
-                                             int rb, const float* x, int base, int cols, float acc_g[ROWS_PER_WARP][CHUNK],
-                                             float acc_u[ROWS_PER_WARP][CHUNK]) {
+// One pass of a warp over its rows of MATS matrices (gate and up, or down) from element `base`,
+// element by element, zero past `cols`: passes the wide path does not take.
+template <int FMT, int MATS>
+__device__ __forceinline__ void pass_elements(const unsigned char* const mats[MATS], const int rows[ROWS_PER_WARP], int rb,
+                                              const float* x, int base, int cols,
+                                              float acc[MATS][ROWS_PER_WARP][CHUNK]) {
     const int j = base + (threadIdx.x & 31) * CHUNK;
     float xv[CHUNK];
     load_x(x, j, cols, xv);
 #pragma unroll
     for (int r = 0; r < ROWS_PER_WARP; r++) {
-        float wg[CHUNK];
-        float wu[CHUNK];
-        const u64 at = (u64)rows[r] * (u64)rb;
-        load_chunk<FMT>(gate + at, j, cols, wg);
-        load_chunk<FMT>(up + at, j, cols, wu);
 #pragma unroll
-        for (int e = 0; e < CHUNK; e++) {
-            acc_g[r][e] = fmaf(wg[e], xv[e], acc_g[r][e]);
-            acc_u[r][e] = fmaf(wu[e], xv[e], acc_u[r][e]);
+        for (int m = 0; m < MATS; m++) {
+            float w[CHUNK];
+            load_chunk<FMT>(mats[m] + (u64)rows[r] * (u64)rb, j, cols, w);
+#pragma unroll
+            for (int e = 0; e < CHUNK; e++) acc[m][r][e] = fmaf(w[e], xv[e], acc[m][r][e]);
         }
     }
 }
@@ -442,29 +439,28 @@ __device__ __forceinline__ void unpack_x(const float4& a, const float4& b, float
     v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
 }
 
-// Every pass of a warp's rows of gate and up. When `wide`, the whole passes go by the wide
-// path (each pass's raw words fetched while the one before is widened) and the last, partial
-// pass element by element; otherwise every pass goes element by element. Every lane takes
-// every block (its elements past `cols` are 0 · 0).
-template <int FMT>
-__device__ __forceinline__ void gate_up_rows(bool wide, const unsigned char* gate, const unsigned char* up,
-                                             const int rows[ROWS_PER_WARP], int rb, const float* x, int cols,
-                                             float acc_g[ROWS_PER_WARP][CHUNK], float acc_u[ROWS_PER_WARP][CHUNK]) {
+// Every pass of a warp's rows of MATS matrices (gate and up, or down) against `x`. When `wide`,
+// the whole passes go by the wide path (each pass's raw words fetched while the one before is
+// widened) and the last, partial pass element by element; otherwise every pass goes element by
+// element. Every lane takes every block (its elements past `cols` are 0 · 0).
+template <int FMT, int MATS>
+__device__ __forceinline__ void rows_dot(bool wide, const unsigned char* const mats[MATS], const int rows[ROWS_PER_WARP],
+                                         int rb, const float* x, int cols, float acc[MATS][ROWS_PER_WARP][CHUNK]) {
     const int lane = threadIdx.x & 31;
     int base = 0;
     const int passes = cols / BLOCK;
     if (wide && passes > 0) {
         const LanePlan plan = lane_plan<FMT>(lane);
         const u64 pb = (u64)pass_bytes<FMT>();
-        const unsigned char* g[ROWS_PER_WARP];
-        const unsigned char* u[ROWS_PER_WARP];
-        Raw rg[ROWS_PER_WARP], ru[ROWS_PER_WARP];
+        const unsigned char* at[MATS][ROWS_PER_WARP];
+        Raw raw[MATS][ROWS_PER_WARP];
 #pragma unroll
-        for (int r = 0; r < ROWS_PER_WARP; r++) {
-            g[r] = gate + (u64)rows[r] * (u64)rb;
-            u[r] = up + (u64)rows[r] * (u64)rb;
-            fetch<FMT>(g[r], plan, rg[r]);
-            fetch<FMT>(u[r], plan, ru[r]);
+        for (int m = 0; m < MATS; m++) {
+#pragma unroll
+            for (int r = 0; r < ROWS_PER_WARP; r++) {
+                at[m][r] = mats[m] + (u64)rows[r] * (u64)rb;
+                fetch<FMT>(at[m][r], plan, raw[m][r]);
+            }
         }
         const float* xl = x + lane * CHUNK;
         float4 xa, xb;
@@ -472,11 +468,11 @@ __device__ __forceinline__ void gate_up_rows(bool wide, const unsigned char* gat
         for (int pass = 0; pass < passes; pass++) {
             // The next pass (the last one again at the end, unused).
             const int next = min(pass + 1, passes - 1);
-            Raw ng[ROWS_PER_WARP], nu[ROWS_PER_WARP];
+            Raw ahead[MATS][ROWS_PER_WARP];
 #pragma unroll
-            for (int r = 0; r < ROWS_PER_WARP; r++) {
-                fetch<FMT>(g[r] + (u64)next * pb, plan, ng[r]);
-                fetch<FMT>(u[r] + (u64)next * pb, plan, nu[r]);
+            for (int m = 0; m < MATS; m++) {
+#pragma unroll
+                for (int r = 0; r < ROWS_PER_WARP; r++) fetch<FMT>(at[m][r] + (u64)next * pb, plan, ahead[m][r]);
             }
             float4 na, nb;
             fetch_x(xl + next * BLOCK, na, nb);
@@ -484,24 +480,21 @@ __device__ __forceinline__ void gate_up_rows(bool wide, const unsigned char* gat
             unpack_x(xa, xb, xv);
 #pragma unroll
             for (int r = 0; r < ROWS_PER_WARP; r++) {
-                float wg[CHUNK];
-                float wu[CHUNK];
-                widen<FMT>(rg[r], plan, wg);
-                widen<FMT>(ru[r], plan, wu);
 #pragma unroll
-                for (int e = 0; e < CHUNK; e++) {
-                    acc_g[r][e] = fmaf(wg[e], xv[e], acc_g[r][e]);
-                    acc_u[r][e] = fmaf(wu[e], xv[e], acc_u[r][e]);
+                for (int m = 0; m < MATS; m++) {
+                    float w[CHUNK];
+                    widen<FMT>(raw[m][r], plan, w);
+#pragma unroll
+                    for (int e = 0; e < CHUNK; e++) acc[m][r][e] = fmaf(w[e], xv[e], acc[m][r][e]);
+                    raw[m][r] = ahead[m][r];
                 }
-                rg[r] = ng[r];
-                ru[r] = nu[r];
             }
             xa = na;
             xb = nb;
         }
         base = passes * BLOCK;
     }
-    for (; base < cols; base += BLOCK) gate_up_pass<FMT>(gate, up, rows, rb, x, base, cols, acc_g, acc_u);
+    for (; base < cols; base += BLOCK) pass_elements<FMT, MATS>(mats, rows, rb, x, base, cols, acc);
 }
 
 // The rows of a warp, clamped to the last row (a warp past the end reads it again and writes
@@ -537,81 +530,15 @@ __device__ void gate_up(const LayerArgs& layer, const StepArgs& step, const int*
     // One load width for the whole warp, chosen once: the rows' alignment and x's.
     const bool wide = wide_rows<FMT>(gate, rb) && wide_rows<FMT>(up, rb) && wide_rows<FMT_F32>(reinterpret_cast<const unsigned char*>(x), 0);
 
-    float acc_g[ROWS_PER_WARP][CHUNK];
-    float acc_u[ROWS_PER_WARP][CHUNK];
+    float acc[2][ROWS_PER_WARP][CHUNK] = {};
+    const unsigned char* const mats[2] = {gate, up};
+    rows_dot<FMT, 2>(wide, mats, rows, rb, x, hidden, acc);
 #pragma unroll
     for (int r = 0; r < ROWS_PER_WARP; r++) {
-#pragma unroll
-        for (int e = 0; e < CHUNK; e++) { acc_g[r][e] = 0.0f; acc_u[r][e] = 0.0f; }
-    }
-    gate_up_rows<FMT>(wide, gate, up, rows, rb, x, hidden, acc_g, acc_u);
-#pragma unroll
-    for (int r = 0; r < ROWS_PER_WARP; r++) {
-        const float g = warp_sum(lane_reduce(acc_g[r]));
-        const float u = warp_sum(lane_reduce(acc_u[r]));
+        const float g = warp_sum(lane_reduce(acc[0][r]));
+        const float u = warp_sum(lane_reduce(acc[1][r]));
         if ((threadIdx.x & 31) == 0 && row0 + r < ffn) h[row0 + r] = silu_mul(g, u);
     }
-}
-
-// One pass of a warp over its rows of down, element by element; as `gate_up_pass`.
-template <int FMT>
-__device__ __forceinline__ void down_pass(const unsigned char* dw, const int rows[ROWS_PER_WARP], int rb, const float* hk,
-                                          int base, int cols, float acc[ROWS_PER_WARP][CHUNK]) {
-    const int j = base + (threadIdx.x & 31) * CHUNK;
-    float hv[CHUNK];
-    load_x(hk, j, cols, hv);
-#pragma unroll
-    for (int r = 0; r < ROWS_PER_WARP; r++) {
-        float w[CHUNK];
-        load_chunk<FMT>(dw + (u64)rows[r] * (u64)rb, j, cols, w);
-#pragma unroll
-        for (int e = 0; e < CHUNK; e++) acc[r][e] = fmaf(w[e], hv[e], acc[r][e]);
-    }
-}
-
-// Every pass of a warp's rows of down; as `gate_up_rows`.
-template <int FMT>
-__device__ __forceinline__ void down_rows(bool wide, const unsigned char* dw, const int rows[ROWS_PER_WARP], int rb,
-                                          const float* hk, int cols, float acc[ROWS_PER_WARP][CHUNK]) {
-    const int lane = threadIdx.x & 31;
-    int base = 0;
-    const int passes = cols / BLOCK;
-    if (wide && passes > 0) {
-        const LanePlan plan = lane_plan<FMT>(lane);
-        const u64 pb = (u64)pass_bytes<FMT>();
-        const unsigned char* d[ROWS_PER_WARP];
-        Raw rd[ROWS_PER_WARP];
-#pragma unroll
-        for (int r = 0; r < ROWS_PER_WARP; r++) {
-            d[r] = dw + (u64)rows[r] * (u64)rb;
-            fetch<FMT>(d[r], plan, rd[r]);
-        }
-        const float* hl = hk + lane * CHUNK;
-        float4 ha, hb;
-        fetch_x(hl, ha, hb);
-        for (int pass = 0; pass < passes; pass++) {
-            const int next = min(pass + 1, passes - 1);
-            Raw nd[ROWS_PER_WARP];
-#pragma unroll
-            for (int r = 0; r < ROWS_PER_WARP; r++) fetch<FMT>(d[r] + (u64)next * pb, plan, nd[r]);
-            float4 na, nb;
-            fetch_x(hl + next * BLOCK, na, nb);
-            float hv[CHUNK];
-            unpack_x(ha, hb, hv);
-#pragma unroll
-            for (int r = 0; r < ROWS_PER_WARP; r++) {
-                float w[CHUNK];
-                widen<FMT>(rd[r], plan, w);
-#pragma unroll
-                for (int e = 0; e < CHUNK; e++) acc[r][e] = fmaf(w[e], hv[e], acc[r][e]);
-                rd[r] = nd[r];
-            }
-            ha = na;
-            hb = nb;
-        }
-        base = passes * BLOCK;
-    }
-    for (; base < cols; base += BLOCK) down_pass<FMT>(dw, rows, rb, hk, base, cols, acc);
 }
 
 template <int FMT>
@@ -686,16 +613,12 @@ __device__ __forceinline__ void down_part(const LayerArgs& layer, const StepArgs
 #pragma unroll
     for (int r = 0; r < ROWS_PER_WARP; r++) rows[r] = min(row0 + r, hidden - 1);
     const bool wide = wide_rows<FMT>(dw, rb) && wide_rows<FMT_F32>(reinterpret_cast<const unsigned char*>(hk), 0);
-    float acc[ROWS_PER_WARP][CHUNK];
+    float acc[1][ROWS_PER_WARP][CHUNK] = {};
+    const unsigned char* const mats[1] = {dw};
+    rows_dot<FMT, 1>(wide, mats, rows, rb, hk, ffn, acc);
 #pragma unroll
     for (int r = 0; r < ROWS_PER_WARP; r++) {
-#pragma unroll
-        for (int e = 0; e < CHUNK; e++) acc[r][e] = 0.0f;
-    }
-    down_rows<FMT>(wide, dw, rows, rb, hk, ffn, acc);
-#pragma unroll
-    for (int r = 0; r < ROWS_PER_WARP; r++) {
-        const float d = warp_sum(lane_reduce(acc[r]));
+        const float d = warp_sum(lane_reduce(acc[0][r]));
         if (lane == 0 && row0 + r < hidden) part[row0 + r] = d;
     }
     // Visible to the block that combines this tile.
