@@ -35,12 +35,13 @@ if [ ! -e "$nvrtc_lib/libnvrtc.so.13" ]; then
 fi
 export LD_LIBRARY_PATH="$nvrtc_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
-step "host tests (with the C interface's host C test, which needs the system C compiler)"
-if ! command -v cc >/dev/null; then
+step "host tests (with the C interface's host C test and the kernels' host check, which need the system C and C++ compilers)"
+if ! command -v cc >/dev/null || ! command -v c++ >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc g++ libc6-dev >/dev/null
   fi
   command -v cc >/dev/null || { echo "no C compiler (cc) for the C interface's host test: install Debian's gcc" >&2; exit 1; }
+  command -v c++ >/dev/null || { echo "no C++ compiler (c++) for the kernels' host check: install Debian's g++" >&2; exit 1; }
 fi
 EXPERTSLAB_REQUIRE_CC=1 cargo test --workspace --locked
 

@@ -1,0 +1,46 @@
+// Host stand-ins for the CUDA built-ins the kernel source uses, so its device functions compile
+// as plain C++ and run one lane at a time (tests/kernel_host.rs). Arithmetic intrinsics round
+// as the device's do: one IEEE single-precision operation each, nothing fused.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <algorithm>
+
+#define __device__
+#define __global__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static
+
+struct uint4 { unsigned x, y, z, w; };
+struct float4 { float x, y, z, w; };
+struct dim3 { unsigned x, y, z; };
+static dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+static inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
+static inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
+static inline float __fmul_rn(float a, float b) { volatile float r = a * b; return r; }
+static inline float __fadd_rn(float a, float b) { volatile float r = a + b; return r; }
+static inline float __fsub_rn(float a, float b) { volatile float r = a - b; return r; }
+static inline float __fdiv_rn(float a, float b) { volatile float r = a / b; return r; }
+static inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
+// PTX prmt in its default mode: result byte n is byte (s >> 4n) & 7 of {y, x}.
+static inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
+    unsigned char b[8];
+    std::memcpy(b, &x, 4);
+    std::memcpy(b + 4, &y, 4);
+    unsigned r = 0;
+    for (int n = 0; n < 4; n++) r |= (unsigned)b[(s >> (4 * n)) & 7] << (8 * n);
+    return r;
+}
+static inline unsigned short __ldg(const unsigned short* p) { return *p; }
+static inline unsigned __ldg(const unsigned* p) { return *p; }
+static inline uint4 __ldg(const uint4* p) { return *p; }
+static inline float4 __ldg(const float4* p) { return *p; }
+static inline float __ldcg(const float* p) { return *p; }
+static inline float __shfl_xor_sync(unsigned, float v, int) { return v; }
+static inline unsigned atomicOr(unsigned* p, unsigned v) { unsigned o = *p; *p |= v; return o; }
+static inline unsigned atomicAdd(unsigned* p, unsigned v) { unsigned o = *p; *p += v; return o; }
+static inline void __syncthreads() {}
+static inline void __threadfence() {}
+using std::min;

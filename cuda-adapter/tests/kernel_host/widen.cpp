@@ -1,0 +1,72 @@
+// Checks, on the host, that the kernels' wide path widens every weight to the bits of the
+// element-by-element path (`load_chunk`), for every format, lane and pass, over random bytes
+// at every alignment the wide path takes; and that the branch-free f16 widening gives the bits
+// of the branching one (the host FFN's `f16_to_f32`) for all 65,536 halves. Built and run by
+// tests/kernel_host.rs with KERNEL naming the kernel source. Prints "N bad" lines; exits 1 when
+// any weight differs.
+#include "stubs.h"
+#include KERNEL
+#include <cstdio>
+#include <random>
+#include <vector>
+
+static float f16_branching(u32 h) {
+    const u32 sign = (h & 0x8000u) << 16, exponent = (h >> 10) & 0x1fu, mantissa = h & 0x3ffu;
+    float magnitude;
+    if (exponent == 0u) magnitude = __fmul_rn((float)mantissa, __uint_as_float(0x33800000u));
+    else if (exponent == 31u) magnitude = __uint_as_float(0x7f800000u | (mantissa << 13));
+    else magnitude = __uint_as_float(((exponent + 112u) << 23) | (mantissa << 13));
+    return __uint_as_float(__float_as_uint(magnitude) | sign);
+}
+
+// Rows of `cols` elements starting `shift` bytes into a 16-byte aligned buffer of random bytes.
+template <int FMT>
+static long check(int cols, int shift, std::mt19937_64& rng) {
+    const int rb = row_bytes(FMT, cols);
+    std::vector<uint4> storage((rb + shift) / 16 + 2);
+    unsigned char* bytes = reinterpret_cast<unsigned char*>(storage.data());
+    const unsigned char* row = bytes + shift;
+    if (!wide_rows<FMT>(row, rb)) {
+        std::printf("format %d shift %d: not taken by the wide path\n", FMT, shift);
+        return 1;
+    }
+    long bad = 0;
+    for (int trial = 0; trial < 50; trial++) {
+        for (size_t i = 0; i < storage.size() * 16; i++) bytes[i] = (unsigned char)rng();
+        for (int lane = 0; lane < 32; lane++) {
+            const LanePlan plan = lane_plan<FMT>(lane);
+            for (int pass = 0; pass < cols / BLOCK; pass++) {
+                Raw raw;
+                fetch<FMT>(row + (u64)pass * pass_bytes<FMT>(), plan, raw);
+                float wide[CHUNK], element[CHUNK];
+                widen<FMT>(raw, plan, wide);
+                load_chunk<FMT>(row, pass * BLOCK + lane * CHUNK, cols, element);
+                for (int i = 0; i < CHUNK; i++) {
+                    if (__float_as_uint(wide[i]) != __float_as_uint(element[i])) {
+                        if (bad < 3)
+                            std::printf("format %d lane %d pass %d weight %d: %08x, element by element %08x\n", FMT, lane,
+                                        pass, i, __float_as_uint(wide[i]), __float_as_uint(element[i]));
+                        bad++;
+                    }
+                }
+            }
+        }
+    }
+    return bad;
+}
+
+int main() {
+    long halves = 0;
+    for (u32 h = 0; h < 65536; h++) halves += __float_as_uint(f16_to_f32(h)) != __float_as_uint(f16_branching(h));
+    std::printf("f16: %ld bad\n", halves);
+    std::mt19937_64 rng(7);
+    long weights = 0;
+    for (int shift : {0, 16}) weights += check<FMT_F32>(2048, shift, rng) + check<FMT_BF16>(2048, shift, rng);
+    for (int shift : {0, 2, 4, 6, 14}) {
+        weights += check<FMT_Q8_0>(2048, shift, rng) + check<FMT_Q6_K>(2048, shift, rng);
+        weights += check<FMT_Q8_0>(768, shift, rng) + check<FMT_Q6_K>(768, shift, rng);
+    }
+    for (int shift : {0, 4, 8, 12}) weights += check<FMT_Q4_K>(2048, shift, rng) + check<FMT_Q4_K>(768, shift, rng);
+    std::printf("weights: %ld bad\n", weights);
+    return halves + weights == 0 ? 0 : 1;
+}
