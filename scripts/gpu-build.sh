@@ -27,8 +27,10 @@ for line in sys.stdin:
 ' "$@"
 }
 
+# kernel_host compiles the kernel source with the host's C++ compiler from the checkout: a host
+# check, run by the test command, not on the GPU machine.
 cargo test -p expertslab-cuda --release --no-run --message-format=json 2>/dev/null | executables lib test |
-  while IFS=$'\t' read -r name path; do cp "$path" "$dir/test-$name"; done
+  while IFS=$'\t' read -r name path; do [ "$name" = kernel_host ] || cp "$path" "$dir/test-$name"; done
 cargo bench -p expertslab-cuda --no-run --message-format=json 2>/dev/null | executables bench |
   while IFS=$'\t' read -r name path; do cp "$path" "$dir/bench-$name"; done
 # Debug info is not needed there, and the folder travels (64 MiB at most).
