@@ -93,7 +93,7 @@ __device__ __forceinline__ float silu_mul(float g, float u) {
 
 // Eight weights of a row starting at element j (a multiple of CHUNK), zero past `cols`, read
 // byte by byte or element by element: any alignment. The tail pass of a row and rows whose
-// alignment rules out `load_wide` read this way.
+// alignment rules out the wide path (`fetch`, `widen`) read this way.
 template <int FMT>
 __device__ __forceinline__ void load_chunk(const unsigned char* row, int j, int cols, float w[CHUNK]) {
     if (FMT == FMT_Q4_K) {
@@ -185,7 +185,7 @@ __device__ __forceinline__ u32 ld_u16_pair(const unsigned char* p) {
     return __byte_perm(ld_u16(p), ld_u16(p + 2), 0x5410u);
 }
 
-// The wide path. A pass of a warp covers BLOCK elements of a row (PASS_BYTES of it); a lane's
+// The wide path. A pass of a warp covers BLOCK elements of a row (`pass_bytes` of it); a lane's
 // chunk of it sits at the same place in every pass, so where its bytes are and how they are
 // widened is worked out once per lane (`LanePlan`), and the loop only moves a pointer. A chunk's
 // raw words (`Raw`) are fetched a pass ahead of their widening. Every weight is the same value
@@ -238,9 +238,9 @@ __device__ __forceinline__ LanePlan lane_plan(int lane) {
     return p;
 }
 
-// A chunk's raw words: F32 eight, BF16 four, Q8_0 the scale and four half-words, Q4_K d and
-// dmin, the packed scales and the nibbles, Q6_K d, the scale's half-word and the low and high
-// bits.
+// A chunk's raw words: F32 eight, BF16 four, Q8_0 the scale and its eight bytes as two words,
+// Q4_K d and dmin, the packed scales and the nibbles, Q6_K d, the scale's half-word and the low
+// and high bits.
 struct Raw {
     u32 w[8];
 };
@@ -497,8 +497,8 @@ __device__ __forceinline__ void rows_dot(bool wide, const unsigned char* const m
     for (; base < cols; base += BLOCK) pass_elements<FMT, MATS>(mats, rows, rb, x, base, cols, acc);
 }
 
-// The rows of a warp, clamped to the last row (a warp past the end reads it again and writes
-// nothing), so the passes carry no row test.
+// A warp's first row. Its rows are clamped to the last row (a warp past the end reads that row
+// again and writes nothing), so the passes carry no row test.
 __device__ __forceinline__ int first_row() { return (blockIdx.x * WARPS + (threadIdx.x >> 5)) * ROWS_PER_WARP; }
 
 // h[pair] = SiLU(gate · x) * (up · x).
