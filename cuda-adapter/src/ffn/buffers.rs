@@ -35,7 +35,6 @@ pub struct StepBuffers {
     hidden: usize,
     _device: CudaSlice<u64>,
     device_ptr: u64,
-    pub(super) order_ptr: u64,
     h: CudaSlice<f32>,
     h_ptr: u64,
     _part: CudaSlice<f32>,
@@ -107,7 +106,6 @@ impl StepBuffers {
             host,
             host_parts: None,
             hidden: shape.hidden,
-            order_ptr: device_ptr,
             _device: device,
             device_ptr,
             h,
@@ -190,7 +188,6 @@ impl StepBuffers {
         self.host_pairs.extend((0..pairs).filter(|&p| sources.get(p).is_some_and(|s| !s.on_device())));
         self.pairs = pairs;
         self.tokens = pairs / self.top_k;
-        self.order_ptr = self.device_ptr + block_offsets(pairs).2;
         let staged: &[u64] = block;
         if !staged.is_empty() {
             // SAFETY: `device_ptr` is this block's device allocation of `block_words(max_pairs)`
@@ -249,6 +246,11 @@ impl StepBuffers {
         }
         self.parts_uploaded.record(stream)?;
         Ok(())
+    }
+
+    /// The device address of the staged step's launch order (pair indexes, `i32`).
+    pub(super) fn order_ptr(&self) -> u64 {
+        self.device_ptr + block_offsets(self.pairs).2
     }
 
     pub(super) fn args(&self, shape: &FfnShape, x: u64, y: u64) -> StepArgs {

@@ -229,7 +229,7 @@ impl MoeFfn {
             shared_mem_bytes: 0,
         };
         let layer_args = layer_args(layer);
-        let pairs = step.order_ptr + 4 * first as u64;
+        let pairs = step.order_ptr() + 4 * first as u64;
         let mut launch = stream.launch_builder(function);
         launch.arg(&layer_args).arg(&step_args).arg(&pairs);
         // SAFETY: the arguments match the kernels' signature (two structs by value and a device
