@@ -9,7 +9,9 @@ use expertslab_std::trace::replay::{
     TuneJob,
 };
 use expertslab_std::trace::{Trace, WarmStart};
-use expertslab_std::{AdmissionConfig, DecayConfig, InitialPlacement, LayeredSource, Policy, Predictor, Schedule};
+use expertslab_std::{
+    AdmissionConfig, DecayConfig, InitialPlacement, LayeredSource, MissOrder, Policy, Predictor, Schedule,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
@@ -51,6 +53,11 @@ pub struct ReplayArgs {
 /// Reads a prefetch predictor name.
 pub fn parse_predictor(text: &str) -> Result<Predictor, String> {
     Predictor::from_name(text).map_err(|_| format!("'{text}' is not a predictor ({})", Predictor::NAMES.join(", ")))
+}
+
+/// Reads a miss order name.
+pub fn parse_miss_order(text: &str) -> Result<MissOrder, String> {
+    MissOrder::from_name(text).ok_or_else(|| format!("'{text}' is not a miss order ({})", MissOrder::NAMES.join(", ")))
 }
 
 /// Reads a pool sharing name.
@@ -412,6 +419,8 @@ pub struct Run {
     pub slots: usize,
     pub schedule: Schedule,
     pub sharing: Sharing,
+    /// The order a demand policy admitted misses in.
+    pub miss_order: MissOrder,
     /// The overlapped model's fetch cap (`None`: the additive model).
     pub fetch_cap: Option<FetchCap>,
     pub report: ReplayReport,
@@ -443,14 +452,19 @@ pub fn run_all(
     );
     let runs: Vec<Result<Run, ReplayError>> = jobs
         .par_iter()
-        .map(|&TuneJob { policy, slots, schedule, sharing }| {
-            let config =
-                ReplayConfig { sharing, prefetch, ..ReplayConfig::new(policy, slots, schedule, initial, cost) };
+        .map(|&TuneJob { policy, slots, schedule, sharing, miss_order }| {
+            let config = ReplayConfig {
+                sharing,
+                prefetch,
+                miss_order,
+                ..ReplayConfig::new(policy, slots, schedule, initial, cost)
+            };
             let run = replay_from(trace, &config, warm).map(|report| Run {
                 policy,
                 slots,
                 schedule,
                 sharing,
+                miss_order,
                 fetch_cap: cost.overlap,
                 report,
             });

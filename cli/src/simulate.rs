@@ -6,15 +6,15 @@ use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
 use expertslab_std::trace::replay::{ReplayPolicy, ReplayStats, Sharing, TuneJob};
-use expertslab_std::{Policy, Schedule};
+use expertslab_std::{MissOrder, Policy, Schedule};
 use serde_json::{json, Value};
 
 use crate::error::CliError;
 use crate::output::OutputFile;
 use crate::plot;
 use crate::replay_args::{
-    parse_policy, parse_schedule, parse_sharing, policy_label, read_trace, run_all, schedule_name, with_admission,
-    with_decay, ReplayArgs, Run,
+    parse_miss_order, parse_policy, parse_schedule, parse_sharing, policy_label, read_trace, run_all, schedule_name,
+    with_admission, with_decay, ReplayArgs, Run,
 };
 use crate::table::{Align, Table};
 use crate::units::format_size;
@@ -32,6 +32,11 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', value_parser = parse_policy,
           default_value = "tide,decay,lru,lfu,lru2,belady,tinylfu,oracle,uniform,optimal,optimal-shared")]
     policy: Vec<ReplayPolicy>,
+    /// The order demand policies admit a step's misses in: routing (token by token) or busiest
+    /// (on a step of more pairs than slots, such as a prefill, the slots go to the step's
+    /// busiest experts, each copied once).
+    #[arg(long, default_value = "routing", value_parser = parse_miss_order)]
+    miss_order: MissOrder,
     /// Slots per layer (default: a quarter of the experts; at most the expert count, as runs and
     /// output show).
     #[arg(long, alias = "budget", conflicts_with = "sweep")]
@@ -129,6 +134,7 @@ pub fn run_json(run: &Run) -> Value {
         "budget": run.slots,
         "schedule": schedule_name(run.schedule),
         "sharing": run.sharing.name(),
+        "miss_order": run.miss_order.name(),
         "fetch_cap": run.fetch_cap.map(crate::replay_args::fetch_cap_name),
         "layers": run
             .report
@@ -180,6 +186,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
                     slots: s,
                     schedule: args.schedule,
                     sharing,
+                    miss_order: args.miss_order,
                 })
             })
         })
@@ -226,6 +233,10 @@ pub fn run_label(run: &Run) -> String {
     let label = match run.sharing {
         Sharing::PerLayer => policy_label(run.policy),
         Sharing::Shared => format!("{}/shared", policy_label(run.policy)),
+    };
+    let label = match run.miss_order {
+        MissOrder::Routing => label,
+        MissOrder::Busiest => format!("{label}, busiest first"),
     };
     use expertslab_std::trace::replay::FetchCap;
     match run.fetch_cap {

@@ -29,13 +29,17 @@ pub struct Args {
     /// Experts per token.
     #[arg(long, default_value_t = SyntheticTrace::DEFAULT.top_k)]
     top_k: u32,
-    /// Decode steps after the prefill block.
+    /// Decode steps after each prefill block.
     #[arg(long, default_value_t = SyntheticTrace::DEFAULT.steps)]
     steps: u64,
+    /// Sequences, each a prefill block and then --steps decode steps (a prompt-heavy trace has
+    /// many).
+    #[arg(long, default_value_t = SyntheticTrace::DEFAULT.sequences, value_parser = clap::value_parser!(u32).range(1..))]
+    sequences: u32,
     /// Tokens per decode step.
     #[arg(long, default_value_t = SyntheticTrace::DEFAULT.tokens)]
     tokens: usize,
-    /// Tokens of the prefill block (step 0); 0 for none.
+    /// Tokens of each prefill block (a sequence's first step); 0 for none.
     #[arg(long, default_value_t = SyntheticTrace::DEFAULT.prefill_tokens)]
     prefill_tokens: usize,
     /// Zipf exponent of expert popularity (0 = uniform).
@@ -114,6 +118,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         layers: args.layers,
         top_k: args.top_k,
         steps: args.steps,
+        sequences: args.sequences,
         tokens: args.tokens,
         prefill_tokens: args.prefill_tokens,
         zipf: args.zipf,

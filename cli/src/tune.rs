@@ -7,7 +7,7 @@ use std::num::NonZeroU32;
 
 use clap::Args as ClapArgs;
 use expertslab_std::trace::replay::{best_run, slot_counts, FetchCap, ReplayPolicy, Sharing, TuneGrid, TuneJob};
-use expertslab_std::{slots_per_layer, AdmissionConfig, Policy, Schedule};
+use expertslab_std::{slots_per_layer, AdmissionConfig, MissOrder, Policy};
 use serde_json::json;
 
 use crate::error::CliError;
@@ -112,6 +112,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         intervals: args.intervals.clone(),
         sharings: args.sharing.clone(),
         admissions,
+        miss_orders: MissOrder::NAMES.iter().filter_map(|name| MissOrder::from_name(name)).collect(),
     };
     let jobs = grid.jobs();
     // The baselines and references at the most slots.
@@ -124,7 +125,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         ReplayPolicy::Optimal,
         ReplayPolicy::OptimalShared,
     ]
-    .map(|policy| TuneJob { policy, slots: max, schedule: Schedule::EveryForward, sharing: Sharing::PerLayer });
+    .map(|policy| TuneJob::new(policy, max));
     let (initial, warm) = (args.replay.initial(), crate::warm_start::load(args.replay.warm_from.as_deref(), &trace)?);
     let prefetch = args.replay.prefetch;
     // Under --overlap without --fetch-cap, each candidate runs uncapped and balanced.
@@ -163,8 +164,12 @@ pub fn run(args: &Args) -> Result<(), CliError> {
             }
             args.replay.check_ids(&test_trace)?;
             let warm = crate::warm_start::load(args.replay.warm_from.as_deref(), &test_trace)?;
-            let pick =
-                [TuneJob { policy: best.policy, slots: best.slots, schedule: best.schedule, sharing: best.sharing }];
+            let pick = [TuneJob {
+                schedule: best.schedule,
+                sharing: best.sharing,
+                miss_order: best.miss_order,
+                ..TuneJob::new(best.policy, best.slots)
+            }];
             let mut picked = run_all(&test_trace, &pick, initial, &warm, best_cost, prefetch)?;
             let references = run_all(&test_trace, &baselines, initial, &warm, best_cost, prefetch)?;
             let run = picked.pop().ok_or_else(|| CliError::Usage("no run on the test trace".into()))?;

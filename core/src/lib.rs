@@ -142,7 +142,7 @@ pub use locked::LockedPool;
 pub use migrate::{expert_slabs, migrate, push_stacks, ExpertSlab, MigrateFailure, MigrateStats, PushError};
 pub use name::{stack_name, TensorName};
 pub use plan::{MigrationPlan, Promotion};
-pub use policy::{Admission, AdmissionConfig, DecayConfig, Policy, PolicyError};
+pub use policy::{Admission, AdmissionConfig, DecayConfig, MissOrder, Policy, PolicyError};
 pub use pool::{
     ExpertPool, InitialPlacement, PoolConfig, PoolStats, PromotionState, ServeStats, SharedSlotPool, MAX_EXPERTS,
     MAX_STEP_IDS,

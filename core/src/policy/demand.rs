@@ -35,6 +35,7 @@ use alloc::vec::Vec;
 
 use super::admission::{Admission, AdmissionConfig, AdmissionFilter};
 use super::select::{heapify, pop_worst};
+use super::MissOrder;
 use crate::plan::{MigrationPlan, Promotion};
 use crate::slot_table::{admitted, slot_in, EMPTY_SLOT, NOT_RESIDENT};
 
@@ -113,6 +114,24 @@ pub(crate) struct DemandCache {
     /// heap with the next demotion candidate at the root. A slot's key does not change while it
     /// is not pinned (any use pins it), so later searches pop it, skipping slots pinned since.
     order: Vec<Candidate>,
+    /// The order a step's misses are admitted in.
+    miss_order: MissOrder,
+    /// [`MissOrder::Busiest`]: per expert, its pairs in the step being ranked (experts long, 0
+    /// between steps).
+    step_pairs: Vec<u32>,
+    /// [`MissOrder::Busiest`]: the current step's busiest experts, as many as there are slots,
+    /// most pairs first, each with its rank in routing order.
+    routed: Vec<(u16, u16)>,
+}
+
+/// A step's admissions so far.
+struct Admitting {
+    /// Slots holding an expert, committed or admitted.
+    occupied: usize,
+    /// Slots the step has pinned (see [`DemandCache::step`]).
+    pinned: usize,
+    /// Experts demoted.
+    demotions: usize,
 }
 
 /// What an admission step reads and changes in the pool.
@@ -136,6 +155,19 @@ impl DemandCache {
             filter: None,
             searches: 0,
             order: Vec::with_capacity(slots),
+            miss_order: MissOrder::Routing,
+            step_pairs: Vec::new(),
+            routed: Vec::new(),
+        }
+    }
+
+    /// Admits misses in `order` from the next step on (allocates per expert for
+    /// [`MissOrder::Busiest`], once).
+    pub(crate) fn set_miss_order(&mut self, order: MissOrder, experts: usize) {
+        self.miss_order = order;
+        if order == MissOrder::Busiest {
+            self.step_pairs.resize(experts, 0);
+            self.routed.reserve(experts);
         }
     }
 
@@ -196,10 +228,9 @@ impl DemandCache {
         let AdmitState { expert_slot, slot_expert } = state;
         self.step = self.step.saturating_add(1);
         self.searches = 0;
-        let mut demotions = 0usize;
         // Slots holding an expert, committed or admitted: while every slot does, no search for a
         // free one is needed.
-        let mut occupied = slot_expert.iter().filter(|&&e| e != EMPTY_SLOT).count();
+        let occupied = slot_expert.iter().filter(|&&e| e != EMPTY_SLOT).count();
         if let Some(filter) = self.filter.as_mut() {
             filter.begin_step(ids, slot_expert.len());
         }
@@ -207,7 +238,15 @@ impl DemandCache {
         // candidate (there is none). Before the first miss is admitted, every committed resident
         // that any id of the step routes is pinned, so no admission of this step demotes an
         // expert the step uses.
-        let mut pinned = self.pin_routed(expert_slot, ids);
+        // Expert-major: the step's busiest experts (as many as there are slots) are pinned if
+        // resident and admitted after the ids if not; the step's other residents are not pinned.
+        let busiest = admit && self.miss_order == MissOrder::Busiest && ids.len() > slot_expert.len();
+        let pinned = if busiest {
+            self.pin_busiest(expert_slot, ids, slot_expert.len())
+        } else {
+            self.pin_routed(expert_slot, ids)
+        };
+        let mut admitting = Admitting { occupied, pinned, demotions: 0 };
         for &id in ids {
             let position = self.future.cursor;
             self.future.cursor = position.saturating_add(1);
@@ -225,52 +264,23 @@ impl DemandCache {
             }
             if word != NOT_RESIDENT {
                 if let Some(u) = self.uses.get_mut(slot_in(word)) {
-                    // Pinned already: by `pin_routed`, or as admitted by this step.
-                    *u = Uses { prev: u.last, last: self.clock, step: self.step };
+                    // Pinned already (by `pin_routed`, `pin_busiest` or as admitted by this step),
+                    // or, in a step that pins only its busiest experts, left unpinned.
+                    (u.prev, u.last) = (u.last, self.clock);
                 }
                 continue;
+            }
+            if busiest {
+                continue; // admitted after the ids, the busiest first
             }
             if !admit || plan.len() >= limit {
                 continue;
             }
-            let free = if occupied < slot_expert.len() { self.free_slot(slot_expert) } else { None };
-            let slot = match free {
-                Some(slot) => Some(slot),
-                // A used resident may still yield its slot to the admission filter.
-                None if pinned < slot_expert.len() || self.filter.is_some() => self.demotable(slot_expert),
-                None => None,
-            };
-            let Some(slot) = slot else {
-                continue; // every slot pinned by this step (or none at all): slow memory
-            };
-            if self.admission(expert, slot, slot_expert) == Admission::InPlace {
-                continue; // served in place: nothing moves
-            }
-            // A free slot or a demotion candidate is not pinned yet; the admission pins it.
-            pinned = pinned.saturating_add(1);
-            occupied = occupied.saturating_add(usize::from(free.is_some()));
-            // A demotion candidate is a committed resident this step has not used: demote it.
-            let demoted = slot_expert.get(slot).copied().filter(|&e| e != EMPTY_SLOT);
-            if let Some(demotable) = demoted {
-                if let Some(w) = expert_slot.get_mut(usize::from(demotable)) {
-                    *w = NOT_RESIDENT;
-                }
-                if let Some(s) = slot_expert.get_mut(slot) {
-                    *s = EMPTY_SLOT;
-                }
-                demotions = demotions.saturating_add(1);
-            }
-            // slot < slots <= u16::MAX and expert < experts <= u16::MAX, checked at build time.
-            plan.push(Promotion { expert: expert as u16, slot: slot as u16, demoted });
-            if let Some(a) = self.admitted.get_mut(slot) {
-                *a = expert as u16;
-            }
-            if let Some(u) = self.uses.get_mut(slot) {
-                *u = Uses { prev: 0, last: self.clock, step: self.step };
-            }
-            if let Some(w) = expert_slot.get_mut(expert) {
-                *w = admitted(slot);
-            }
+            let clock = self.clock;
+            self.admit(expert, clock, &mut admitting, AdmitState { expert_slot, slot_expert }, plan);
+        }
+        if busiest {
+            self.admit_busiest(limit, &mut admitting, AdmitState { expert_slot, slot_expert }, plan);
         }
         // Admitted experts become resident only when their copy is committed.
         for a in self.admitted.iter_mut() {
@@ -279,7 +289,115 @@ impl DemandCache {
             }
             *a = EMPTY_SLOT;
         }
-        demotions
+        admitting.demotions
+    }
+
+    /// Admits a miss of `expert` (not resident): a promotion into a free slot or the demotion
+    /// candidate's, whose expert is demoted, unless every slot is pinned or the admission filter
+    /// serves it in place. The admitted slot is pinned for the step, its last use `clock`.
+    fn admit(
+        &mut self,
+        expert: usize,
+        clock: u64,
+        admitting: &mut Admitting,
+        state: AdmitState<'_>,
+        plan: &mut MigrationPlan,
+    ) {
+        let AdmitState { expert_slot, slot_expert } = state;
+        let free = if admitting.occupied < slot_expert.len() { self.free_slot(slot_expert) } else { None };
+        let slot = match free {
+            Some(slot) => Some(slot),
+            // A used resident may still yield its slot to the admission filter.
+            None if admitting.pinned < slot_expert.len() || self.filter.is_some() => self.demotable(slot_expert),
+            None => None,
+        };
+        let Some(slot) = slot else {
+            return; // every slot pinned by this step (or none at all): slow memory
+        };
+        if self.admission(expert, slot, slot_expert) == Admission::InPlace {
+            return; // served in place: nothing moves
+        }
+        // A free slot or a demotion candidate is not pinned yet; the admission pins it.
+        admitting.pinned = admitting.pinned.saturating_add(1);
+        admitting.occupied = admitting.occupied.saturating_add(usize::from(free.is_some()));
+        // A demotion candidate is a committed resident this step has not used: demote it.
+        let demoted = slot_expert.get(slot).copied().filter(|&e| e != EMPTY_SLOT);
+        if let Some(demotable) = demoted {
+            if let Some(w) = expert_slot.get_mut(usize::from(demotable)) {
+                *w = NOT_RESIDENT;
+            }
+            if let Some(s) = slot_expert.get_mut(slot) {
+                *s = EMPTY_SLOT;
+            }
+            admitting.demotions = admitting.demotions.saturating_add(1);
+        }
+        // slot < slots <= u16::MAX and expert < experts <= u16::MAX, checked at build time.
+        plan.push(Promotion { expert: expert as u16, slot: slot as u16, demoted });
+        if let Some(a) = self.admitted.get_mut(slot) {
+            *a = expert as u16;
+        }
+        if let Some(u) = self.uses.get_mut(slot) {
+            *u = Uses { prev: 0, last: clock, step: self.step };
+        }
+        if let Some(w) = expert_slot.get_mut(expert) {
+            *w = admitted(slot);
+        }
+    }
+
+    /// Ranks the experts `ids` route by their pairs in the step (most first; ties to a resident,
+    /// then to the one routed first) into `routed`, keeps the first `slots` of them there and pins those that
+    /// are resident. Returns the number of slots it pinned.
+    fn pin_busiest(&mut self, expert_slot: &[u32], ids: &[u32], slots: usize) -> usize {
+        let mut routed = core::mem::take(&mut self.routed);
+        routed.clear();
+        for &id in ids {
+            let Some(pairs) = self.step_pairs.get_mut(id as usize) else { continue };
+            if *pairs == 0 {
+                // At most one entry per expert: never past the capacity reserved at build time
+                // (experts <= u16::MAX, checked at build time).
+                routed.push((routed.len() as u16, id as u16));
+            }
+            *pairs = pairs.saturating_add(1);
+        }
+        let step_pairs = &self.step_pairs;
+        let pairs = |e: u16| step_pairs.get(usize::from(e)).copied().unwrap_or(0);
+        let missing = |e: u16| expert_slot.get(usize::from(e)) == Some(&NOT_RESIDENT);
+        routed.sort_unstable_by_key(|&(first, e)| (core::cmp::Reverse(pairs(e)), missing(e), first));
+        for &(_, e) in &routed {
+            if let Some(p) = self.step_pairs.get_mut(usize::from(e)) {
+                *p = 0;
+            }
+        }
+        routed.truncate(slots);
+        let mut pinned = 0usize;
+        for &(_, e) in &routed {
+            pinned = pinned.saturating_add(usize::from(self.pin(expert_slot, u32::from(e))));
+        }
+        self.routed = routed;
+        pinned
+    }
+
+    /// Admits the experts [`DemandCache::pin_busiest`] kept that are not resident, the busiest
+    /// first, up to `limit` admissions; each admitted slot's last use is the step's last.
+    fn admit_busiest(
+        &mut self,
+        limit: usize,
+        admitting: &mut Admitting,
+        state: AdmitState<'_>,
+        plan: &mut MigrationPlan,
+    ) {
+        let AdmitState { expert_slot, slot_expert } = state;
+        let routed = core::mem::take(&mut self.routed);
+        let clock = self.clock;
+        for &(_, expert) in &routed {
+            if plan.len() >= limit {
+                break;
+            }
+            if expert_slot.get(usize::from(expert)) == Some(&NOT_RESIDENT) {
+                self.admit(usize::from(expert), clock, admitting, AdmitState { expert_slot, slot_expert }, plan);
+            }
+        }
+        self.routed = routed;
     }
 
     /// Pins, for the current step, the slot of every committed resident that a valid id of `ids`
@@ -287,18 +405,20 @@ impl DemandCache {
     /// Returns the number of slots it pinned (slots a prefetch pinned through this step are not
     /// counted: the count only spares searches that cannot succeed).
     fn pin_routed(&mut self, expert_slot: &[u32], ids: &[u32]) -> usize {
-        let mut pinned = 0usize;
-        for &id in ids {
-            let Some(&word) = expert_slot.get(id as usize) else { continue };
-            if word == NOT_RESIDENT {
-                continue;
-            }
-            if let Some(u) = self.uses.get_mut(slot_in(word)) {
-                pinned = pinned.saturating_add(usize::from(u.step != self.step));
-                u.step = self.step;
-            }
+        ids.iter().map(|&id| usize::from(self.pin(expert_slot, id))).sum()
+    }
+
+    /// Pins the slot of `expert` for the current step if it is a committed resident (leaving its
+    /// use history as it is). Returns whether it was not pinned before.
+    fn pin(&mut self, expert_slot: &[u32], expert: u32) -> bool {
+        let Some(&word) = expert_slot.get(expert as usize) else { return false };
+        if word == NOT_RESIDENT {
+            return false;
         }
-        pinned
+        let Some(u) = self.uses.get_mut(slot_in(word)) else { return false };
+        let newly = u.step != self.step;
+        u.step = self.step;
+        newly
     }
 
     /// Prefetch (see [`crate::ExpertPool::prefetch`]): until `limit` are placed, each expert of

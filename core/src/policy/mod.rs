@@ -136,6 +136,47 @@ impl Default for DecayConfig {
     }
 }
 
+/// The order in which a demand policy admits a step's misses ([`crate::PoolConfig::miss_order`]).
+/// Interval policies rank a refresh's experts by their counts whatever this says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum MissOrder {
+    /// As the step routes them, token by token (the default): each miss is admitted when it is
+    /// served, so the experts routed first take the free and demotable slots.
+    #[default]
+    Routing,
+    /// Expert-major on a step of more pairs than slots (a prefill): the step's slots go to its
+    /// busiest experts, as many as there are slots, ranked by their pairs in the step (ties to a
+    /// resident, then to the one routed first). Those that are resident are pinned; the step's
+    /// other residents are not, so they may give up their slots (their pairs then miss, served
+    /// in place). After the step's ids are served, the ranked experts that are not resident are
+    /// admitted one each, the busiest first, as the policy demotes; their slots' last use is the
+    /// step's last id. A step of at most as many pairs as slots is served in routing order.
+    Busiest,
+}
+
+impl MissOrder {
+    /// The orders' names, as [`MissOrder::name`] gives them.
+    pub const NAMES: [&'static str; 2] = ["routing", "busiest"];
+
+    /// The order's name.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Self::Routing => "routing",
+            Self::Busiest => "busiest",
+        }
+    }
+
+    /// The order named `name` (one of [`MissOrder::NAMES`]), or `None`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "routing" => Some(Self::Routing),
+            "busiest" => Some(Self::Busiest),
+            _ => None,
+        }
+    }
+}
+
 /// How a pool chooses its resident experts. See the [module docs](self).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]

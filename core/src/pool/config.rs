@@ -1,6 +1,6 @@
 //! How a pool is built: its configuration and initial placement.
 
-use crate::policy::Policy;
+use crate::policy::{MissOrder, Policy};
 use crate::schedule::Schedule;
 
 /// Which experts are resident when a pool is built.
@@ -16,8 +16,8 @@ pub enum InitialPlacement {
     Cold,
 }
 
-/// How one pool is built: layer index, expert count, slot count, policy, schedule and initial
-/// placement.
+/// How one pool is built: layer index, expert count, slot count, policy, schedule, initial
+/// placement and the order a demand policy admits misses in.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct PoolConfig {
@@ -27,6 +27,7 @@ pub struct PoolConfig {
     pub(super) policy: Policy,
     pub(super) schedule: Schedule,
     pub(super) initial: InitialPlacement,
+    pub(super) miss_order: MissOrder,
 }
 
 impl PoolConfig {
@@ -41,6 +42,7 @@ impl PoolConfig {
             policy: Policy::Tide,
             schedule: Schedule::EveryForward,
             initial: InitialPlacement::Warm,
+            miss_order: MissOrder::Routing,
         }
     }
 
@@ -67,6 +69,12 @@ impl PoolConfig {
     /// The initial placement.
     pub const fn initial(self, initial: InitialPlacement) -> Self {
         Self { initial, ..self }
+    }
+
+    /// The order a demand policy admits a step's misses in ([`MissOrder::Routing`] unless set;
+    /// interval policies ignore it).
+    pub const fn miss_order(self, miss_order: MissOrder) -> Self {
+        Self { miss_order, ..self }
     }
 
     /// The slots a pool built from this configuration has: the slot count asked for, clamped to

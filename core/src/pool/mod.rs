@@ -93,7 +93,7 @@ impl ExpertPool {
     /// ([`crate::Policy::is_demand`]) when the crate's `demand` feature is off.
     pub fn new(config: PoolConfig) -> Result<Self, PoolError> {
         let slots = config.slots();
-        let PoolConfig { layer, experts, policy, schedule, initial, .. } = config;
+        let PoolConfig { layer, experts, policy, schedule, initial, miss_order, .. } = config;
         if experts == 0 {
             return Err(PoolError::NoExperts);
         }
@@ -102,10 +102,16 @@ impl ExpertPool {
         }
         // With every policy built, `NotBuilt` has no values and the build cannot fail.
         #[cfg(feature = "demand")]
-        let Ok(state) = PolicyState::new(policy, experts, slots);
+        let Ok(mut state) = PolicyState::new(policy, experts, slots);
         #[cfg(not(feature = "demand"))]
         let state = PolicyState::new(policy, experts, slots)
             .map_err(|crate::policy::NotBuilt| PoolError::PolicyNotBuilt { policy: policy.name() })?;
+        #[cfg(feature = "demand")]
+        if let PolicyState::Demand(cache) = &mut state {
+            cache.set_miss_order(miss_order, experts);
+        }
+        #[cfg(not(feature = "demand"))]
+        let _interval_policies_rank_by_counts = miss_order;
         Ok(Self {
             layer,
             schedule,

@@ -290,3 +290,56 @@ fn a_fetch_cap_bounds_a_step_s_promotions() {
         assert!(plan.is_empty(), "a cap of 0 promotes nothing");
     }
 }
+
+/// Plans, migrates and serves one step of `ids`; the serve's counters.
+#[cfg(feature = "demand")]
+fn demand_step(pool: &mut ExpertPool, index: u64, ids: &[u32], plan: &mut MigrationPlan) -> ServeStats {
+    pool.plan_step(crate::schedule::Step::prefill(index), ids, plan).unwrap();
+    commit_all(pool, plan);
+    pool.serve(ids)
+}
+
+#[cfg(feature = "demand")]
+#[test]
+fn busiest_first_gives_a_prefill_s_slots_to_its_busiest_experts() {
+    use crate::plan::Promotion;
+    use crate::MissOrder;
+    let build = |order| {
+        let mut p = ExpertPool::new(PoolConfig::new(8, 2).policy(Policy::Lru).miss_order(order)).unwrap();
+        let mut plan = MigrationPlan::new(2);
+        p.initial_plan(&mut plan);
+        commit_all(&mut p, &plan);
+        p
+    };
+    // Experts 0 and 1 resident; the step routes 0 once, 2 three times, 3 twice and 1 once.
+    let prefill = [0, 2, 2, 3, 2, 3, 1];
+    let mut plan = MigrationPlan::new(2);
+    // Routing order: 0 and 1 are pinned by their use, so 2 and 3 are served in place.
+    let mut routing = build(MissOrder::Routing);
+    let served = demand_step(&mut routing, 0, &prefill, &mut plan);
+    assert!(plan.promotions().is_empty());
+    assert_eq!((served.hits, served.served_by_copy, served.served_in_place), (2, 0, 5));
+    // Busiest first: 2 and 3 take the slots (2 first, into the slot of 0, used longer ago), each
+    // copied once; 0 and 1 give them up and their pairs are served in place.
+    let mut busiest = build(MissOrder::Busiest);
+    let served = demand_step(&mut busiest, 0, &prefill, &mut plan);
+    assert_eq!(
+        plan.promotions(),
+        [Promotion { expert: 2, slot: 0, demoted: Some(0) }, Promotion { expert: 3, slot: 1, demoted: Some(1) }]
+    );
+    assert_eq!((served.hits, served.served_by_copy, served.served_in_place), (0, 5, 2));
+    // A tie goes to the resident: 3 (resident, one pair) keeps its slot against 5 (one pair).
+    let served = demand_step(&mut busiest, 1, &[5, 3, 2, 2], &mut plan);
+    assert!(plan.promotions().is_empty());
+    assert_eq!((busiest.slot_of(2), busiest.slot_of(3)), (Some(0), Some(1)));
+    assert_eq!((served.hits, served.served_in_place), (3, 1));
+    // The fetch cap admits the busiest: 4 (three pairs), not 6 (two), into the slot of 3.
+    busiest.set_fetch_cap(Some(1));
+    demand_step(&mut busiest, 2, &[6, 4, 6, 4, 4, 2], &mut plan);
+    assert_eq!(plan.promotions(), [Promotion { expert: 4, slot: 1, demoted: Some(3) }]);
+    // A step of no more pairs than slots is served in routing order: 7 takes the slot of 2, the
+    // resident the step does not route.
+    busiest.set_fetch_cap(None);
+    demand_step(&mut busiest, 3, &[7, 4], &mut plan);
+    assert_eq!(plan.promotions(), [Promotion { expert: 7, slot: 0, demoted: Some(2) }]);
+}

@@ -27,7 +27,7 @@ use core::fmt;
 
 use crate::error::{PlanError, PoolError};
 use crate::plan::MigrationPlan;
-use crate::policy::{Policy, PolicyError};
+use crate::policy::{MissOrder, Policy, PolicyError};
 use crate::pool::{ExpertPool, InitialPlacement, PoolConfig, PoolStats, ServeStats};
 use crate::predict::Predictor;
 use crate::schedule::{Schedule, Step};
@@ -140,10 +140,12 @@ pub struct ReplayConfig {
     /// [`ReplayStats::prefetched`], [`ReplayStats::prefetch_hits`] and
     /// [`ReplayStats::prefetch_wasted_bytes`]. Other policies replay without prefetch.
     pub prefetch: Option<Predictor>,
+    /// The order demand policies admit a step's misses in ([`crate::PoolConfig::miss_order`]).
+    pub miss_order: MissOrder,
 }
 
 impl ReplayConfig {
-    /// A replay with per-layer pools and no prefetch.
+    /// A replay with per-layer pools, no prefetch and misses admitted in routing order.
     pub const fn new(
         policy: ReplayPolicy,
         slots: usize,
@@ -151,7 +153,16 @@ impl ReplayConfig {
         initial: InitialPlacement,
         cost: CostModel,
     ) -> Self {
-        Self { policy, slots, schedule, initial, cost, sharing: Sharing::PerLayer, prefetch: None }
+        Self {
+            policy,
+            slots,
+            schedule,
+            initial,
+            cost,
+            sharing: Sharing::PerLayer,
+            prefetch: None,
+            miss_order: MissOrder::Routing,
+        }
     }
 }
 
@@ -310,7 +321,8 @@ fn replay_layer(
         .layer(layer as usize)
         .policy(policy)
         .schedule(config.schedule)
-        .initial(config.initial);
+        .initial(config.initial)
+        .miss_order(config.miss_order);
     let mut pool = ExpertPool::new(pool_config).map_err(pool_error)?;
     if policy == Policy::Belady {
         scratch.clear();
@@ -406,6 +418,39 @@ mod tests {
 
     fn config(policy: ReplayPolicy) -> ReplayConfig {
         ReplayConfig::new(policy, 2, Schedule::EveryForward, InitialPlacement::Cold, CostModel::new(100, 1.0, 100.0))
+    }
+
+    #[cfg(feature = "demand")]
+    #[test]
+    fn busiest_first_changes_only_steps_of_more_pairs_than_slots_and_lowers_prompt_heavy_costs() {
+        use crate::trace::synthetic::SyntheticTrace;
+        let cost = CostModel::new(4 << 20, 200e-6, 16e9);
+        let run = |trace: &Trace, policy, slots, sharing, miss_order| {
+            let base = ReplayConfig::new(policy, slots, Schedule::EveryForward, InitialPlacement::Warm, cost);
+            replay(trace, &ReplayConfig { sharing, miss_order, ..base }).unwrap().total
+        };
+        let shape = SyntheticTrace { experts: 16, layers: 2, top_k: 2, steps: 60, ..SyntheticTrace::DEFAULT };
+        // Decode steps of 2 pairs and no prefill: no step has more pairs than 2 slots.
+        let decode = SyntheticTrace { prefill_tokens: 0, ..shape }.trace().unwrap();
+        // Four sequences, each a prompt of 32 tokens and 15 decode steps.
+        let prompts = SyntheticTrace { sequences: 4, prefill_tokens: 32, steps: 15, ..shape }.trace().unwrap();
+        for name in ["lru", "lfu", "lru2", "belady", "tinylfu"] {
+            let policy = ReplayPolicy::from_name(name).unwrap();
+            for sharing in [Sharing::PerLayer, Sharing::Shared] {
+                let (routing, busiest) = (
+                    run(&decode, policy, 2, sharing, MissOrder::Routing),
+                    run(&decode, policy, 2, sharing, MissOrder::Busiest),
+                );
+                assert_eq!(routing, busiest, "{name}");
+            }
+            let routing = run(&prompts, policy, 4, Sharing::PerLayer, MissOrder::Routing);
+            let busiest = run(&prompts, policy, 4, Sharing::PerLayer, MissOrder::Busiest);
+            assert_eq!(routing.served.pairs(), busiest.served.pairs());
+            if name != "tinylfu" {
+                // Its admission filter ranks a step's experts itself.
+                assert!(busiest.modeled_time_s < 0.95 * routing.modeled_time_s, "{name}: {busiest:?} {routing:?}");
+            }
+        }
     }
 
     #[cfg(feature = "demand")]

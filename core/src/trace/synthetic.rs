@@ -266,9 +266,10 @@ fn rank_weight(cdf: &[f64], rank: usize) -> f64 {
     cdf.get(rank).copied().unwrap_or(0.0) - below
 }
 
-/// A multi-layer synthetic trace, as `expertslab synth` writes it: a prefill block of
-/// `prefill_tokens` tokens at step 0 (none when 0), then `steps` decode steps of `tokens`
-/// tokens; layer `l` routed by a [`SyntheticRouting`] of the shape seeded with `seed + l`.
+/// A multi-layer synthetic trace, as `expertslab synth` writes it: `sequences` sequences, each a
+/// prefill block of `prefill_tokens` tokens (none when 0) and then `steps` decode steps of
+/// `tokens` tokens, numbered on from one sequence to the next; layer `l` routed by a
+/// [`SyntheticRouting`] of the shape seeded with `seed + l`, drawing on across sequences.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct SyntheticTrace {
@@ -278,11 +279,13 @@ pub struct SyntheticTrace {
     pub layers: u32,
     /// Experts per token.
     pub top_k: u32,
-    /// Decode steps after the prefill block.
+    /// Decode steps after each prefill block.
     pub steps: u64,
+    /// Sequences (0 counts as 1): a prompt-heavy trace has many, each with a long prefill.
+    pub sequences: u32,
     /// Tokens per decode step.
     pub tokens: usize,
-    /// Tokens of the prefill block (step 0); 0 for none.
+    /// Tokens of each sequence's prefill block (its first step); 0 for none.
     pub prefill_tokens: usize,
     /// Zipf exponent of expert popularity (0: uniform).
     pub zipf: f64,
@@ -316,13 +319,15 @@ impl core::error::Error for SyntheticTraceError {}
 
 impl SyntheticTrace {
     /// `expertslab synth`'s defaults: 64 experts, 4 layers, top-8, 1000 one-token decode steps
-    /// after a prefill block of 64 tokens, Zipf 0.9, reuse 0.5, a reshuffle every 256 steps,
+    /// after a prefill block of 64 tokens (one sequence), Zipf 0.9, reuse 0.5, a reshuffle every
+    /// 256 steps,
     /// seed 1.
     pub const DEFAULT: Self = Self {
         experts: 64,
         layers: 4,
         top_k: 8,
         steps: 1000,
+        sequences: 1,
         tokens: 1,
         prefill_tokens: 64,
         zipf: 0.9,
@@ -388,17 +393,20 @@ pub struct SyntheticSteps {
 }
 
 impl SyntheticSteps {
-    /// The next step: its index, whether it is the prefill block, and each layer's ids
+    /// The next step: its index, whether it is a prefill block, and each layer's ids
     /// (`tokens × top_k`, token-major); `None` after the last.
     pub fn next_step(&mut self) -> Option<(u64, bool, &[Vec<u32>])> {
         let s = &self.settings;
         let prefill = s.prefill_tokens > 0;
-        if self.next >= s.steps.saturating_add(u64::from(prefill)) {
+        let per_sequence = s.steps.saturating_add(u64::from(prefill));
+        if self.next >= per_sequence.saturating_mul(u64::from(s.sequences.max(1))) {
             return None;
         }
         let step = self.next;
         self.next = step.saturating_add(1);
-        let (tokens, is_prefill) = if prefill && step == 0 { (s.prefill_tokens, true) } else { (s.tokens, false) };
+        let starts_sequence = step.is_multiple_of(per_sequence);
+        let (tokens, is_prefill) =
+            if prefill && starts_sequence { (s.prefill_tokens, true) } else { (s.tokens, false) };
         for (routing, ids) in self.layers.iter_mut().zip(self.ids.iter_mut()) {
             ids.clear();
             routing.step(tokens, ids);
@@ -572,5 +580,23 @@ mod tests {
         assert!(trace.records().iter().all(|r| !r.prefill && trace.ids(r).len() == 3 * 8));
         let bad = SyntheticTrace { top_k: 0, ..SyntheticTrace::DEFAULT };
         assert!(matches!(bad.trace(), Err(SyntheticTraceError::Shape(ShapeError::TopK { .. }))));
+    }
+
+    #[test]
+    fn every_sequence_starts_with_a_prefill_block_and_steps_number_on() {
+        let settings =
+            SyntheticTrace { layers: 1, steps: 2, sequences: 3, prefill_tokens: 5, ..SyntheticTrace::DEFAULT };
+        let trace = settings.trace().unwrap();
+        let shape: Vec<(u64, bool, usize)> =
+            trace.records().iter().map(|r| (r.step, r.prefill, trace.ids(r).len() / 8)).collect();
+        let sequence = |first: u64| [(first, true, 5), (first + 1, false, 1), (first + 2, false, 1)];
+        assert_eq!(shape, [sequence(0), sequence(3), sequence(6)].concat());
+        // One sequence is the trace as it was; 0 counts as 1.
+        let all = |t: &crate::trace::Trace| -> Vec<(u64, bool, Vec<u32>)> {
+            t.records().iter().map(|r| (r.step, r.prefill, t.ids(r).to_vec())).collect()
+        };
+        let one = all(&SyntheticTrace { sequences: 1, ..settings }.trace().unwrap());
+        assert_eq!(all(&SyntheticTrace { sequences: 0, ..settings }.trace().unwrap()), one);
+        assert_eq!(one, all(&trace)[..3]);
     }
 }

@@ -33,7 +33,7 @@ use expertslab::trace::synthetic::SplitMix64;
 #[cfg(test)]
 use expertslab::trace::synthetic::SyntheticTrace;
 use expertslab::trace::Trace;
-use expertslab::{ExpertLayout, Format, InitialPlacement, Policy, Schedule, ServeStats, StackLayout};
+use expertslab::{ExpertLayout, Format, InitialPlacement, MissOrder, Policy, Schedule, ServeStats, StackLayout};
 
 use crate::error::{CudaError, ResidencyError};
 use crate::ffn::{MissAction, MissCosts, MissRule};
@@ -99,11 +99,13 @@ pub struct RunConfig {
     pub sharing: Sharing,
     /// Keep every record's output (`[tokens, hidden]` per record, in trace order).
     pub record_outputs: bool,
+    /// The order a demand policy admits a step's misses in.
+    pub miss_order: MissOrder,
 }
 
 impl RunConfig {
     /// `slots` slots per layer under `policy` refreshing every forward pass, one pool per layer,
-    /// misses by `miss`, outputs not kept.
+    /// misses by `miss` (admitted in routing order), outputs not kept.
     pub const fn new(slots: usize, policy: Policy, miss: MissRule) -> Self {
         Self {
             slots,
@@ -112,6 +114,7 @@ impl RunConfig {
             miss,
             sharing: Sharing::PerLayer,
             record_outputs: false,
+            miss_order: MissOrder::Routing,
         }
     }
 }
@@ -314,10 +317,16 @@ pub fn tune_pick(
             let Some(policy) = job.policy.deployable() else { continue };
             let config = ReplayConfig {
                 sharing: job.sharing,
+                miss_order: job.miss_order,
                 ..ReplayConfig::new(job.policy, slots, job.schedule, InitialPlacement::Warm, cost)
             };
             let report = replay(trace, &config).map_err(|e| CudaError::Residency(ResidencyError::Replay(e)))?;
-            let run = RunConfig { schedule: job.schedule, sharing: job.sharing, ..RunConfig::new(slots, policy, rule) };
+            let run = RunConfig {
+                schedule: job.schedule,
+                sharing: job.sharing,
+                miss_order: job.miss_order,
+                ..RunConfig::new(slots, policy, rule)
+            };
             runs.push((run, report));
         }
     }

@@ -5,11 +5,11 @@ use alloc::vec::Vec;
 use core::num::NonZeroU32;
 
 use super::{ReplayPolicy, ReplayReport, Sharing};
-use crate::policy::{AdmissionConfig, Policy, PolicyError};
+use crate::policy::{AdmissionConfig, MissOrder, Policy, PolicyError};
 use crate::schedule::Schedule;
 
-/// One run of a search: a policy with its settings, slots per layer, a refresh schedule and the
-/// pools' sharing.
+/// One run of a search: a policy with its settings, slots per layer, a refresh schedule, the
+/// pools' sharing and the order misses are admitted in.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TuneJob {
     /// The policy, its settings applied.
@@ -20,11 +20,28 @@ pub struct TuneJob {
     pub schedule: Schedule,
     /// Per-layer pools, or one for all layers.
     pub sharing: Sharing,
+    /// The order a demand policy admits a step's misses in (routing order for the others).
+    pub miss_order: MissOrder,
+}
+
+impl TuneJob {
+    /// `policy` at `slots` slots, refreshing every forward pass, on per-layer pools, misses
+    /// admitted in routing order.
+    pub const fn new(policy: ReplayPolicy, slots: usize) -> Self {
+        Self {
+            policy,
+            slots,
+            schedule: Schedule::EveryForward,
+            sharing: Sharing::PerLayer,
+            miss_order: MissOrder::Routing,
+        }
+    }
 }
 
 /// What a search tries: every policy at every slot count; interval policies at every refresh
 /// interval on per-layer pools; demand policies at every refresh on every sharing they support,
-/// tinylfu once per admission setting.
+/// in every miss order, tinylfu once per admission setting (in routing order: its admission
+/// filter ranks a step's experts itself).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TuneGrid {
     /// The policies, their settings applied (tinylfu's is replaced by each of `admissions`).
@@ -37,6 +54,8 @@ pub struct TuneGrid {
     pub sharings: Vec<Sharing>,
     /// Tinylfu's admission settings.
     pub admissions: Vec<AdmissionConfig>,
+    /// The orders demand policies other than tinylfu admit misses in.
+    pub miss_orders: Vec<MissOrder>,
 }
 
 impl TuneGrid {
@@ -54,7 +73,7 @@ impl TuneGrid {
 
     /// The default grid at `slots`: every policy of [`TuneGrid::POLICIES`] (decay with its
     /// default settings), every interval of [`TuneGrid::INTERVALS`], per-layer and shared pools,
-    /// and tinylfu at its default setting and at every combination of the default half-lives,
+    /// both miss orders, and tinylfu at its default setting and at every combination of the default half-lives,
     /// horizons and thresholds.
     pub fn new(slots: Vec<usize>) -> Self {
         let policies = Self::POLICIES.iter().filter_map(|name| ReplayPolicy::from_name(name).ok()).collect();
@@ -66,7 +85,9 @@ impl TuneGrid {
             &Self::ADMIT_THRESHOLDS,
         )
         .unwrap_or_else(|_| Vec::from([AdmissionConfig::DEFAULT]));
-        Self { policies, slots, intervals, sharings: Vec::from([Sharing::PerLayer, Sharing::Shared]), admissions }
+        let sharings = Vec::from([Sharing::PerLayer, Sharing::Shared]);
+        let miss_orders = Vec::from([MissOrder::Routing, MissOrder::Busiest]);
+        Self { policies, slots, intervals, sharings, admissions, miss_orders }
     }
 
     /// Tinylfu's settings to try: `base`, then every combination of the lists not already there.
@@ -99,26 +120,29 @@ impl TuneGrid {
         for &slots in &self.slots {
             for &policy in &self.policies {
                 if matches!(policy, ReplayPolicy::Pool(p) if p.is_demand()) {
-                    let settings: Vec<ReplayPolicy> = if matches!(policy, ReplayPolicy::Pool(Policy::Tinylfu(_))) {
+                    let tinylfu = matches!(policy, ReplayPolicy::Pool(Policy::Tinylfu(_)));
+                    let settings: Vec<ReplayPolicy> = if tinylfu {
                         self.admissions.iter().map(|&a| ReplayPolicy::Pool(Policy::Tinylfu(a))).collect()
                     } else {
                         Vec::from([policy])
                     };
+                    let orders = if tinylfu { &[MissOrder::Routing][..] } else { &self.miss_orders[..] };
                     for &sharing in self.sharings.iter().filter(|s| s.supports(policy)) {
-                        jobs.extend(settings.iter().map(|&policy| TuneJob {
-                            policy,
-                            slots,
-                            schedule: Schedule::EveryForward,
-                            sharing,
-                        }));
+                        for &miss_order in orders {
+                            jobs.extend(settings.iter().map(|&policy| TuneJob {
+                                sharing,
+                                miss_order,
+                                ..TuneJob::new(policy, slots)
+                            }));
+                        }
                     }
                 } else {
-                    jobs.extend(self.intervals.iter().map(|&n| TuneJob {
-                        policy,
-                        slots,
-                        schedule: Schedule::EveryDecodeSteps(n),
-                        sharing: Sharing::PerLayer,
-                    }));
+                    jobs.extend(
+                        self.intervals.iter().map(|&n| TuneJob {
+                            schedule: Schedule::EveryDecodeSteps(n),
+                            ..TuneJob::new(policy, slots)
+                        }),
+                    );
                 }
             }
         }
@@ -157,9 +181,11 @@ mod tests {
         // The default setting is one of the combinations: 80 settings.
         assert_eq!(grid.admissions.len(), 5 * 4 * 4);
         let jobs = grid.jobs();
-        // Per slot count: tide and decay at 6 intervals; lru, lfu and lru2 on both sharings;
-        // tinylfu's 80 settings on both.
-        assert_eq!(jobs.len(), 4 * (2 * 6 + 3 * 2 + 80 * 2));
+        // Per slot count: tide and decay at 6 intervals; lru, lfu and lru2 on both sharings in
+        // both miss orders; tinylfu's 80 settings on both sharings.
+        assert_eq!(jobs.len(), 4 * (2 * 6 + 3 * 2 * 2 + 80 * 2));
+        assert_eq!(jobs.iter().filter(|j| j.miss_order == MissOrder::Busiest).count(), 4 * 3 * 2);
+        assert!(jobs.iter().all(|j| j.miss_order == MissOrder::Routing || !j.policy.name().contains("tinylfu")));
         assert!(jobs.iter().all(|j| match j.policy {
             ReplayPolicy::Pool(p) if p.is_demand() => j.schedule == Schedule::EveryForward,
             _ => j.sharing == Sharing::PerLayer && matches!(j.schedule, Schedule::EveryDecodeSteps(_)),
@@ -167,7 +193,7 @@ mod tests {
         assert!(jobs.iter().all(|j| j.policy.deployable().is_some()));
         // A grid without shared pools, as the GPU runner searches.
         let per_layer = TuneGrid { sharings: Vec::from([Sharing::PerLayer]), ..TuneGrid::new(Vec::from([3])) };
-        assert_eq!(per_layer.jobs().len(), 2 * 6 + 3 + 80);
+        assert_eq!(per_layer.jobs().len(), 2 * 6 + 3 * 2 + 80);
         assert_eq!(slot_counts(1), [1]);
         assert_eq!(slot_counts(5), [1, 2, 4, 5]);
     }

@@ -230,6 +230,7 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
                 .policy(run.policy)
                 .schedule(run.schedule)
                 .initial(InitialPlacement::Warm)
+                .miss_order(run.miss_order)
         };
         let residency = |e| CudaError::Residency(ResidencyError::Pool(e));
         let mut plan = MigrationPlan::new(slots.saturating_mul(layers).max(1));
