@@ -28,6 +28,12 @@
 //! pinned expert, a miss is served from slow memory without being admitted. With this rule the residency
 //! decided id by id is exactly the one serving sees after migration: a resident's ids hit, every
 //! id of an admitted expert is a miss served by copy, every other id a miss served in place.
+//!
+//! Under [`MissOrder::Busiest`], a step of more pairs than slots pins only its busiest experts
+//! (as many as there are slots, ranked by their pairs in the step, ties to a resident, then to
+//! the one routed first) and admits those that are not resident after serving its ids, the
+//! busiest first; its other residents are not pinned and may be demoted for them. The same
+//! serving rule holds: a demoted resident's ids are misses served in place.
 
 use alloc::boxed::Box;
 use alloc::vec;
