@@ -660,3 +660,44 @@ fn the_plot_draws_per_layer_and_shared_runs_of_a_policy_as_separate_series() {
     std::fs::remove_file(plot).unwrap();
     std::fs::remove_file(trace).unwrap();
 }
+
+#[test]
+fn prompt_heavy_traces_and_the_busiest_first_order() {
+    let path = temp("prompts.ndjson");
+    let p = path.to_str().unwrap();
+    let args = ["synth", "--out", p, "--experts", "16", "--layers", "2", "--top-k", "2", "--steps", "5"];
+    stdout(&expertslab(&[&args[..], &["--sequences", "3", "--prefill-tokens", "12"]].concat()));
+    let parsed = expertslab_std::trace::Trace::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let prefills: Vec<u64> = parsed.records().iter().filter(|r| r.prefill).map(|r| r.step).collect();
+    assert_eq!(prefills, [0, 0, 6, 6, 12, 12], "each of 3 sequences opens with a prefill block");
+    let run = |order: &str| -> Value {
+        let out = stdout(&expertslab(&[
+            "simulate",
+            "--trace",
+            p,
+            "--slots",
+            "4",
+            "--policy",
+            "lru",
+            "--miss-order",
+            order,
+            "--json",
+        ]));
+        serde_json::from_str::<Value>(&out).unwrap()[0].clone()
+    };
+    let (routing, busiest) = (run("routing"), run("busiest"));
+    assert_eq!((routing["miss_order"].as_str(), busiest["miss_order"].as_str()), (Some("routing"), Some("busiest")));
+    let time = |v: &Value| v["total"]["modeled_time_s"].as_f64().unwrap();
+    assert!(time(&busiest) < time(&routing), "{busiest} {routing}");
+    let table =
+        stdout(&expertslab(&["simulate", "--trace", p, "--slots", "4", "--policy", "lru", "--miss-order", "busiest"]));
+    assert!(table.contains("lru, busiest first"), "{table}");
+    let bad = expertslab(&["simulate", "--trace", p, "--miss-order", "largest"]);
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("'largest' is not a miss order (routing, busiest)"),
+        "{bad:?}"
+    );
+    let zero = expertslab(&[&args[..], &["--sequences", "0"]].concat());
+    assert!(!zero.status.success(), "{zero:?}");
+    std::fs::remove_file(path).unwrap();
+}
