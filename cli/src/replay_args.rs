@@ -42,6 +42,11 @@ pub struct ReplayArgs {
     /// time (refused otherwise).
     #[arg(long, value_parser = parse_predictor)]
     pub prefetch: Option<Predictor>,
+    /// With --prefetch: slots per layer held for the guesses, out of the slots. The policy keeps
+    /// the others, and a guess never takes the slot of one of its residents (by default a guess
+    /// may take the slot of a resident it outranks).
+    #[arg(long, requires = "prefetch", default_value_t = 0)]
+    pub staging_slots: usize,
     #[command(flatten)]
     pub admission: AdmissionArgs,
     /// Refuse a trace with ids at or past its header's expert count (by default they are
@@ -435,6 +440,7 @@ pub fn run_all(
     warm: &WarmStart,
     cost: CostModel,
     prefetch: Option<Predictor>,
+    staging: usize,
 ) -> Result<Vec<Run>, CliError> {
     // Every run's report is kept: one set of counters per layer with records.
     let layers = limits::wide(trace.layers().count());
@@ -457,6 +463,7 @@ pub fn run_all(
                 sharing,
                 prefetch,
                 miss_order,
+                staging,
                 ..ReplayConfig::new(policy, slots, schedule, initial, cost)
             };
             let run = replay_from(trace, &config, warm).map(|report| Run {

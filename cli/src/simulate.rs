@@ -197,7 +197,8 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         ));
     }
     let warm = crate::warm_start::load(args.replay.warm_from.as_deref(), &trace)?;
-    let runs = run_all(&trace, &jobs, args.replay.initial(), &warm, cost, args.replay.prefetch)?;
+    let runs =
+        run_all(&trace, &jobs, args.replay.initial(), &warm, cost, args.replay.prefetch, args.replay.staging_slots)?;
 
     if let Some(path) = &args.plot {
         let svg = plot::draw(&runs).map_err(|e| CliError::unusable(path, e))?;

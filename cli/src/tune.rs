@@ -135,7 +135,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     };
     let mut candidates = Vec::new();
     for &c in &costs {
-        candidates.extend(run_all(&trace, &jobs, initial, &warm, c, prefetch)?);
+        candidates.extend(run_all(&trace, &jobs, initial, &warm, c, prefetch, args.replay.staging_slots)?);
     }
     // Under --overlap, only what is priced by layer step stands beside the candidates.
     let baselines: Vec<_> =
@@ -145,7 +145,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         best_run(&candidates, |r| (&r.report, r.slots)).ok_or_else(|| CliError::Usage("no policy to tune".into()))?;
     // The baselines and references priced as the best run is (under its fetch cap).
     let best_cost = best.fetch_cap.map_or(cost, |cap| cost.overlapped(cap));
-    let references = run_all(&trace, &baselines, initial, &warm, best_cost, prefetch)?;
+    let references = run_all(&trace, &baselines, initial, &warm, best_cost, prefetch, args.replay.staging_slots)?;
     let score = Score::of(best, &references, cost.overlap.is_some());
     // The pick replayed on the test trace, beside the baselines and references there.
     let test = match &args.test {
@@ -170,8 +170,10 @@ pub fn run(args: &Args) -> Result<(), CliError> {
                 miss_order: best.miss_order,
                 ..TuneJob::new(best.policy, best.slots)
             }];
-            let mut picked = run_all(&test_trace, &pick, initial, &warm, best_cost, prefetch)?;
-            let references = run_all(&test_trace, &baselines, initial, &warm, best_cost, prefetch)?;
+            let mut picked =
+                run_all(&test_trace, &pick, initial, &warm, best_cost, prefetch, args.replay.staging_slots)?;
+            let references =
+                run_all(&test_trace, &baselines, initial, &warm, best_cost, prefetch, args.replay.staging_slots)?;
             let run = picked.pop().ok_or_else(|| CliError::Usage("no run on the test trace".into()))?;
             Some((path, run, references))
         }

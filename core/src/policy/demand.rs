@@ -45,6 +45,8 @@ use super::MissOrder;
 use crate::plan::{MigrationPlan, Promotion};
 use crate::slot_table::{admitted, slot_in, EMPTY_SLOT, NOT_RESIDENT};
 
+mod prefetch;
+
 /// Which demand policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum DemandKind {
@@ -128,6 +130,12 @@ pub(crate) struct DemandCache {
     /// [`MissOrder::Busiest`]: the current step's busiest experts, as many as there are slots,
     /// most pairs first, each with its rank in routing order.
     routed: Vec<(u16, u16)>,
+    /// Slots held for prefetch ([`crate::PoolConfig::staging`]): the policy's own residents keep
+    /// at most the other slots.
+    staging: usize,
+    /// Per slot: whether it is a staging slot (a guess not used yet, or a resident moved out of
+    /// the policy's share without a copy). All false without staging.
+    staged: Vec<bool>,
 }
 
 /// A step's admissions so far.
@@ -138,6 +146,8 @@ struct Admitting {
     pinned: usize,
     /// Experts demoted.
     demotions: usize,
+    /// Slots holding the policy's own residents (not staging slots), committed or admitted.
+    regular: usize,
 }
 
 /// What an admission step reads and changes in the pool.
@@ -164,6 +174,8 @@ impl DemandCache {
             miss_order: MissOrder::Routing,
             step_pairs: Vec::new(),
             routed: Vec::new(),
+            staging: 0,
+            staged: vec![false; slots],
         }
     }
 
@@ -188,6 +200,7 @@ impl DemandCache {
     pub(crate) fn set_slots(&mut self, slots: usize) {
         self.uses.resize(slots, Uses::default());
         self.admitted.resize(slots, EMPTY_SLOT);
+        self.staged.resize(slots, false);
         if let Some(filter) = self.filter.as_mut() {
             filter.set_slots(slots);
         }
@@ -252,7 +265,8 @@ impl DemandCache {
         } else {
             self.pin_routed(expert_slot, ids)
         };
-        let mut admitting = Admitting { occupied, pinned, demotions: 0 };
+        let regular = slot_expert.iter().zip(&self.staged).filter(|&(&e, &staged)| e != EMPTY_SLOT && !staged).count();
+        let mut admitting = Admitting { occupied, pinned, demotions: 0, regular };
         for &id in ids {
             let position = self.future.cursor;
             self.future.cursor = position.saturating_add(1);
@@ -269,6 +283,11 @@ impl DemandCache {
                 *n = next;
             }
             if word != NOT_RESIDENT {
+                if let Some(staged) = self.staged.get_mut(slot_in(word)).filter(|s| **s) {
+                    // A staged expert used: a prefetch hit, now one of the policy's residents.
+                    *staged = false;
+                    admitting.regular = admitting.regular.saturating_add(1);
+                }
                 if let Some(u) = self.uses.get_mut(slot_in(word)) {
                     // Pinned already (by `pin_routed`, `pin_busiest` or as admitted by this step),
                     // or, in a step that pins only its busiest experts, left unpinned.
@@ -288,6 +307,7 @@ impl DemandCache {
         if busiest {
             self.admit_busiest(limit, &mut admitting, AdmitState { expert_slot, slot_expert }, plan);
         }
+        self.rebalance(slot_expert, admitting.regular);
         // Admitted experts become resident only when their copy is committed.
         for a in self.admitted.iter_mut() {
             if let Some(w) = expert_slot.get_mut(usize::from(*a)) {
@@ -311,7 +331,10 @@ impl DemandCache {
     ) {
         let AdmitState { expert_slot, slot_expert } = state;
         let free = if admitting.occupied < slot_expert.len() { self.free_slot(slot_expert) } else { None };
-        let slot = match free {
+        // Below the policy's share, a staging slot is as good as a free one.
+        let below_share = admitting.regular < self.share();
+        let open = free.or_else(|| if below_share { self.coldest_staged(slot_expert) } else { None });
+        let slot = match open {
             Some(slot) => Some(slot),
             // A used resident may still yield its slot to the admission filter.
             None if admitting.pinned < slot_expert.len() || self.filter.is_some() => self.demotable(slot_expert),
@@ -326,6 +349,10 @@ impl DemandCache {
         // A free slot or a demotion candidate is not pinned yet; the admission pins it.
         admitting.pinned = admitting.pinned.saturating_add(1);
         admitting.occupied = admitting.occupied.saturating_add(usize::from(free.is_some()));
+        admitting.regular = admitting.regular.saturating_add(usize::from(open.is_some()));
+        if let Some(staged) = self.staged.get_mut(slot) {
+            *staged = false;
+        }
         // A demotion candidate is a committed resident this step has not used: demote it.
         let demoted = slot_expert.get(slot).copied().filter(|&e| e != EMPTY_SLOT);
         if let Some(demotable) = demoted {
@@ -427,71 +454,6 @@ impl DemandCache {
         newly
     }
 
-    /// Prefetch (see [`crate::ExpertPool::prefetch`]): until `limit` are placed, each expert of
-    /// `experts` that is neither
-    /// resident nor already placed goes into a free slot, or into the slot of the policy's demotion
-    /// candidate when `outranked(candidate, expert)`. Each prefetched slot is
-    /// pinned for the next step and then ranks as never used, so a wrong guess is the first to go.
-    /// Returns the number of demotions.
-    pub(crate) fn prefetch(
-        &mut self,
-        state: AdmitState<'_>,
-        experts: &[u16],
-        limit: usize,
-        outranked: &dyn Fn(usize, usize) -> bool,
-        plan: &mut MigrationPlan,
-    ) -> usize {
-        let AdmitState { expert_slot, slot_expert } = state;
-        // A slot prefetched for the step just served that the step did not use (never used since
-        // its copy) is pinned no longer: only what that step used or admitted stays.
-        for u in self.uses.iter_mut().filter(|u| u.step == self.step && u.last == 0) {
-            u.step = u64::MAX;
-        }
-        let mut demotions = 0usize;
-        for &expert in experts {
-            if plan.len() >= limit {
-                break;
-            }
-            if expert_slot.get(usize::from(expert)) != Some(&NOT_RESIDENT) {
-                continue; // out of range, resident or placed by this call
-            }
-            let Some(slot) = self.free_slot(slot_expert).or_else(|| self.coldest(slot_expert)) else {
-                break; // every slot pinned
-            };
-            let demoted = slot_expert.get(slot).copied().filter(|&e| e != EMPTY_SLOT);
-            if let Some(victim) = demoted {
-                if !outranked(usize::from(victim), usize::from(expert)) {
-                    continue; // the candidate outranks this guess
-                }
-                if let Some(w) = expert_slot.get_mut(usize::from(victim)) {
-                    *w = NOT_RESIDENT;
-                }
-                if let Some(s) = slot_expert.get_mut(slot) {
-                    *s = EMPTY_SLOT;
-                }
-                demotions = demotions.saturating_add(1);
-            }
-            // slot < slots <= u16::MAX, checked at build time.
-            plan.push(Promotion { expert, slot: slot as u16, demoted });
-            if let Some(a) = self.admitted.get_mut(slot) {
-                *a = expert;
-            }
-            if let Some(u) = self.uses.get_mut(slot) {
-                *u = Uses { prev: 0, last: 0, step: self.step.saturating_add(1) };
-            }
-            if let Some(w) = expert_slot.get_mut(usize::from(expert)) {
-                *w = admitted(slot);
-            }
-        }
-        for a in self.admitted.iter_mut() {
-            if let Some(w) = expert_slot.get_mut(usize::from(*a)) {
-                *w = NOT_RESIDENT;
-            }
-            *a = EMPTY_SLOT;
-        }
-        demotions
-    }
-
     /// What the admission filter does with a miss of `expert` that would take `slot` (always a
     /// copy without a filter).
     fn admission(&self, expert: usize, slot: usize, slot_expert: &[u16]) -> Admission {
@@ -563,11 +525,19 @@ impl DemandCache {
 
     /// The slots this step has not pinned, with their occupants and keys.
     fn unpinned<'s>(&'s self, slot_expert: &'s [u16]) -> impl Iterator<Item = Candidate> + 's {
+        self.unpinned_in(slot_expert, false)
+    }
+
+    /// The slots this step has not pinned among the staging slots (`staged`) or the others.
+    fn unpinned_in<'s>(&'s self, slot_expert: &'s [u16], staged: bool) -> impl Iterator<Item = Candidate> + 's {
         let slots = self.uses.iter().zip(slot_expert).enumerate();
-        slots.filter(|&(slot, _)| self.is_unpinned(slot, slot_expert)).map(|(slot, (uses, &expert))| {
-            // slot < slots <= u16::MAX, checked when the pool is built.
-            Candidate { key: self.key(uses, expert), expert, slot: slot as u16 }
-        })
+        let in_area = move |slot: usize| self.staged.get(slot).copied().unwrap_or(false) == staged;
+        slots.filter(move |&(slot, _)| in_area(slot) && self.is_unpinned(slot, slot_expert)).map(
+            |(slot, (uses, &expert))| {
+                // slot < slots <= u16::MAX, checked when the pool is built.
+                Candidate { key: self.key(uses, expert), expert, slot: slot as u16 }
+            },
+        )
     }
 
     /// The policy's demotion key of `expert` with the use history `uses` (lowest goes first).

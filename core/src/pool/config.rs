@@ -17,7 +17,7 @@ pub enum InitialPlacement {
 }
 
 /// How one pool is built: layer index, expert count, slot count, policy, schedule, initial
-/// placement and the order a demand policy admits misses in.
+/// placement, the order a demand policy admits misses in and its staging slots.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct PoolConfig {
@@ -28,6 +28,7 @@ pub struct PoolConfig {
     pub(super) schedule: Schedule,
     pub(super) initial: InitialPlacement,
     pub(super) miss_order: MissOrder,
+    pub(super) staging: usize,
 }
 
 impl PoolConfig {
@@ -43,6 +44,7 @@ impl PoolConfig {
             schedule: Schedule::EveryForward,
             initial: InitialPlacement::Warm,
             miss_order: MissOrder::Routing,
+            staging: 0,
         }
     }
 
@@ -75,6 +77,18 @@ impl PoolConfig {
     /// interval policies ignore it).
     pub const fn miss_order(self, miss_order: MissOrder) -> Self {
         Self { miss_order, ..self }
+    }
+
+    /// Holds `staging` of the pool's slots for prefetch (0, the default: none). The policy's own
+    /// residents then keep at most the other slots, and [`crate::ExpertPool::prefetch`] places a
+    /// guess only into a free slot or a staging slot, never into the slot of one of the
+    /// policy's residents: a wrong guess costs its copy, not a resident. A staged expert that a
+    /// step uses is a hit and joins the policy's residents; the one the policy then ranks
+    /// lowest moves to a staging slot without a copy (resident until a guess or a miss takes
+    /// its slot). Only for the policies that prefetch (LRU, LFU, LRU-2, Belady):
+    /// [`crate::ExpertPool::new`] refuses it for the others.
+    pub const fn staging(self, staging: usize) -> Self {
+        Self { staging, ..self }
     }
 
     /// The slots a pool built from this configuration has: the slot count asked for, clamped to

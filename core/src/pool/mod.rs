@@ -89,11 +89,13 @@ impl ExpertPool {
     ///
     /// # Errors
     /// [`PoolError::NoExperts`] for zero experts, [`PoolError::TooManyExperts`] above
-    /// [`MAX_EXPERTS`], [`PoolError::PolicyNotBuilt`] for a demand policy
+    /// [`MAX_EXPERTS`], [`PoolError::PolicyMismatch`] for staging slots
+    /// ([`PoolConfig::staging`]) under a policy that does not prefetch,
+    /// [`PoolError::PolicyNotBuilt`] for a demand policy
     /// ([`crate::Policy::is_demand`]) when the crate's `demand` feature is off.
     pub fn new(config: PoolConfig) -> Result<Self, PoolError> {
         let slots = config.slots();
-        let PoolConfig { layer, experts, policy, schedule, initial, miss_order, .. } = config;
+        let PoolConfig { layer, experts, policy, schedule, initial, miss_order, staging, .. } = config;
         if experts == 0 {
             return Err(PoolError::NoExperts);
         }
@@ -109,6 +111,13 @@ impl ExpertPool {
         #[cfg(feature = "demand")]
         if let PolicyState::Demand(cache) = &mut state {
             cache.set_miss_order(miss_order, experts);
+            if staging > 0 && cache.is_cost_aware() {
+                return Err(PoolError::PolicyMismatch);
+            }
+            cache.set_staging(staging);
+        }
+        if staging > 0 && !policy.is_demand() {
+            return Err(PoolError::PolicyMismatch);
         }
         #[cfg(not(feature = "demand"))]
         let _interval_policies_rank_by_counts = miss_order;

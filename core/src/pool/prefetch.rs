@@ -9,10 +9,12 @@ use crate::policy::{AdmitState, PolicyState};
 
 impl ExpertPool {
     /// Plans at most `limit` prefetch copies for this pool's next step: each of `experts` (best
-    /// guess first) that is not resident goes into a free slot, or replaces the demand policy's demotion candidate
-    /// when `outranked(candidate, expert)` says the policy scores the candidate strictly below
-    /// the guess: a prefetch never demotes an expert whose policy score is at least the predicted
-    /// one's. The guess is scored as if its predicted use had happened, as the policy would score
+    /// guess first) that is not resident goes into a free slot; else, with staging slots
+    /// ([`crate::PoolConfig::staging`]), into the staging slot whose occupant the policy ranks
+    /// lowest, never into the slot of one of the policy's residents (`outranked` is not asked);
+    /// else it replaces the demand policy's demotion candidate when `outranked(candidate,
+    /// expert)` says the policy scores the candidate strictly below the guess: a prefetch never
+    /// demotes an expert whose policy score is at least the predicted one's. The guess is scored as if its predicted use had happened, as the policy would score
     /// it when admitting it on that use ([`crate::predict::Prefetcher::outranked`] keeps LRU's
     /// and LFU's scores). Experts the pool's last step used or admitted stay pinned.
     ///
@@ -98,5 +100,62 @@ mod tests {
         let admission = crate::Policy::Tinylfu(crate::AdmissionConfig::default());
         let mut tinylfu = ExpertPool::new(PoolConfig::new(6, 2).policy(admission)).unwrap();
         assert_eq!(tinylfu.prefetch(&[1], 1, |_, _| true, &mut plan), Err(PoolError::PolicyMismatch));
+    }
+
+    #[test]
+    fn with_a_staging_slot_a_guess_never_takes_a_resident_s_slot() {
+        let config = PoolConfig::new(8, 3).policy(Policy::Lru).staging(1);
+        let mut pool = ExpertPool::new(config).unwrap();
+        let mut plan = MigrationPlan::new(3);
+        pool.initial_plan(&mut plan);
+        for &p in plan.promotions() {
+            pool.commit(p, 1).unwrap();
+        }
+        let never = |_: usize, _: usize| -> bool { unreachable!("a staged prefetch asks no ranking") };
+        // 0 used: the policy keeps two slots, so 1 (ranked lowest, never used) becomes the staged one.
+        step(&mut pool, 0, &[0], &mut plan);
+        assert_eq!(pool.prefetch(&[5], 1, never, &mut plan), Ok(1));
+        assert_eq!(plan.promotions(), [Promotion { expert: 5, slot: 1, demoted: Some(1) }]);
+        pool.commit(plan.promotions()[0], 1).unwrap();
+        // 5 is used: a hit that joins the policy's residents; 2 moves to staging without a copy.
+        step(&mut pool, 1, &[5], &mut plan);
+        assert!(plan.promotions().is_empty());
+        assert_eq!(pool.stats().served.hits, 2);
+        assert_eq!(pool.prefetch(&[6], 1, never, &mut plan), Ok(1));
+        assert_eq!(plan.promotions(), [Promotion { expert: 6, slot: 2, demoted: Some(2) }]);
+        pool.commit(plan.promotions()[0], 1).unwrap();
+        // A miss of 3 replaces the policy's own lowest (0), not the unused guess 6.
+        step(&mut pool, 2, &[3], &mut plan);
+        assert_eq!(plan.promotions(), [Promotion { expert: 3, slot: 0, demoted: Some(0) }]);
+        assert_eq!(pool.slot_of(6), Some(2));
+        // The next guess replaces the unused one; 3 and 5 are never offered up.
+        assert_eq!(pool.prefetch(&[3, 5, 7], 3, never, &mut plan), Ok(1));
+        assert_eq!(plan.promotions(), [Promotion { expert: 7, slot: 2, demoted: Some(6) }]);
+        // Staging slots are for the policies that prefetch.
+        for policy in [Policy::Tide, Policy::Tinylfu(crate::AdmissionConfig::default())] {
+            let refused = ExpertPool::new(PoolConfig::new(8, 3).policy(policy).staging(1));
+            assert_eq!(refused.err(), Some(PoolError::PolicyMismatch));
+        }
+    }
+
+    #[test]
+    fn below_its_share_the_policy_takes_free_then_staging_slots() {
+        let config = PoolConfig::new(8, 3).policy(Policy::Lfu).staging(1).initial(crate::InitialPlacement::Cold);
+        let mut pool = ExpertPool::new(config).unwrap();
+        let mut plan = MigrationPlan::new(3);
+        step(&mut pool, 0, &[4], &mut plan);
+        assert_eq!(plan.promotions(), [Promotion { expert: 4, slot: 0, demoted: None }]);
+        // A guess takes a free slot and is staged there.
+        assert_eq!(pool.prefetch(&[5], 1, |_, _| false, &mut plan), Ok(0));
+        assert_eq!(plan.promotions(), [Promotion { expert: 5, slot: 1, demoted: None }]);
+        pool.commit(plan.promotions()[0], 1).unwrap();
+        // Misses take the free slot, then (the policy still below its two slots) none is left to
+        // take but its own: 6 goes free, 7 replaces the policy's lowest, never the staged 5.
+        step(&mut pool, 1, &[6], &mut plan);
+        assert_eq!(plan.promotions(), [Promotion { expert: 6, slot: 2, demoted: None }]);
+        step(&mut pool, 2, &[7], &mut plan);
+        assert_eq!(plan.promotions().len(), 1);
+        assert_ne!(plan.promotions()[0].slot, 1);
+        assert_eq!(pool.slot_of(5), Some(1));
     }
 }

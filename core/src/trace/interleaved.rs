@@ -132,11 +132,13 @@ pub(crate) fn replay(trace: &Trace, config: &ReplayConfig, start: &WarmStart) ->
     let experts = trace.header().experts as usize;
     let top_k = trace.header().top_k as usize;
     let max_ids = records.iter().map(|r| trace.ids(r).len()).max().unwrap_or(0);
+    let staging = if prefetches(config) { config.staging } else { 0 };
     let base = PoolConfig::new(experts, config.slots)
         .policy(policy)
         .schedule(config.schedule)
         .initial(config.initial)
-        .miss_order(config.miss_order);
+        .miss_order(config.miss_order)
+        .staging(staging);
     let mut plan = MigrationPlan::new(0);
     let mut pools = match config.sharing {
         Sharing::PerLayer => {
@@ -154,8 +156,11 @@ pub(crate) fn replay(trace: &Trace, config: &ReplayConfig, start: &WarmStart) ->
         }
         Sharing::Shared => {
             let total = base.slots().saturating_mul(layers.len());
-            let config =
-                PoolConfig::new(experts, total).policy(policy).initial(config.initial).miss_order(config.miss_order);
+            let config = PoolConfig::new(experts, total)
+                .policy(policy)
+                .initial(config.initial)
+                .miss_order(config.miss_order)
+                .staging(staging.saturating_mul(layers.len()));
             let mut pool = SharedSlotPool::new(layers.len(), config, max_ids).map_err(first)?;
             if policy == Policy::Belady {
                 pool.load_future(records.iter().map(|r| (position(r.layer), trace.ids(r)))).map_err(first)?;

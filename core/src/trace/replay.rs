@@ -142,6 +142,10 @@ pub struct ReplayConfig {
     pub prefetch: Option<Predictor>,
     /// The order demand policies admit a step's misses in ([`crate::PoolConfig::miss_order`]).
     pub miss_order: MissOrder,
+    /// Staging slots per layer for prefetch ([`crate::PoolConfig::staging`]; a shared pool holds
+    /// this many per layer), taken from the slots; used only by replays that prefetch (see
+    /// `prefetch`), ignored by the others.
+    pub staging: usize,
 }
 
 impl ReplayConfig {
@@ -162,6 +166,7 @@ impl ReplayConfig {
             sharing: Sharing::PerLayer,
             prefetch: None,
             miss_order: MissOrder::Routing,
+            staging: 0,
         }
     }
 }

@@ -83,6 +83,43 @@ fn prefetch_helps_on_locality_and_costs_little_on_near_uniform_routing() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "modeled gains over 1000-step replays are the test")]
+fn staging_slots_cost_little_on_near_uniform_routing_and_are_ignored_without_prefetch() {
+    let uniform = synth(0.0, 0.0, 256, 1);
+    for policy in [Policy::Lru, Policy::Lfu] {
+        for sharing in [Sharing::PerLayer, Sharing::Shared] {
+            let base = ReplayConfig { sharing, ..config(policy) };
+            let copy = base.cost.copy_seconds(base.cost.expert_bytes);
+            let cost = base.cost.layer_compute(2.0 * copy);
+            let staged = ReplayConfig { prefetch: Some(Predictor::Transitions), staging: 1, cost, ..base };
+            let (without, with) =
+                (replay_any(&uniform, &base).unwrap().total, replay_any(&uniform, &staged).unwrap().total);
+            assert!(with.prefetched > 0);
+            assert!(
+                with.modeled_time_s <= 1.02 * without.modeled_time_s,
+                "{} {} {} {}",
+                policy.name(),
+                sharing.name(),
+                with.modeled_time_s,
+                without.modeled_time_s
+            );
+            let outranking = replay_any(&uniform, &ReplayConfig { staging: 0, ..staged }).unwrap().total;
+            assert_ne!(with, outranking, "the staging slots change what is prefetched");
+        }
+    }
+    // A policy that does not prefetch replays as if no staging slot were asked for.
+    let tinylfu = ReplayConfig {
+        prefetch: Some(Predictor::Both),
+        staging: 2,
+        ..config(Policy::Tinylfu(crate::AdmissionConfig::DEFAULT))
+    };
+    assert_eq!(
+        replay_any(&uniform, &tinylfu).unwrap(),
+        replay_any(&uniform, &ReplayConfig { staging: 0, ..tinylfu }).unwrap()
+    );
+}
+
+#[test]
 fn without_room_for_a_copy_nothing_is_prefetched() {
     let trace = synth(0.9, 0.5, 256, 1);
     let base = config(Policy::Lru);
