@@ -272,6 +272,32 @@ typedef uint32_t EsInitialPlacement;
 #endif // __cplusplus
 
 /**
+ * The order in which a demand policy admits a step's misses (`MissOrder` in Rust).
+ */
+enum EsMissOrder
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * As the step routes them, token by token.
+   */
+  ES_MISS_ORDER_ROUTING = 0,
+  /**
+   * On a step of more pairs than slots (a prefill), the slots go to the step's busiest
+   * experts, each copied once.
+   */
+  ES_MISS_ORDER_BUSIEST = 1,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum EsMissOrder EsMissOrder;
+#else
+typedef uint32_t EsMissOrder;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * What a step asks of placement besides its schedule.
  */
 enum EsMode
@@ -420,7 +446,8 @@ typedef struct EsSchedule {
 } EsSchedule;
 
 /**
- * How one pool is built.
+ * How one pool is built. Zero-initialised fields past `slots` take their defaults (routing
+ * order, warm start).
  */
 typedef struct EsPoolConfig {
   /**
@@ -447,6 +474,10 @@ typedef struct EsPoolConfig {
    * An [`EsInitialPlacement`] value.
    */
   uint32_t initial;
+  /**
+   * An [`EsMissOrder`] value.
+   */
+  uint32_t miss_order;
 } EsPoolConfig;
 
 /**

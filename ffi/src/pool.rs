@@ -57,11 +57,17 @@ fn build_pool(config: EsPoolConfig, why: &ErrorText) -> Result<ExpertPool, Faile
             t.put("initial placement ").num(config.initial as usize).put(" is not an EsInitialPlacement");
         })
     })?;
+    let miss_order = config.miss_order().map_err(|s| {
+        why.fail(s, |t: &mut Text<'_>| {
+            t.put("miss order ").num(config.miss_order as usize).put(" is not an EsMissOrder");
+        })
+    })?;
     let pool_config = PoolConfig::new(config.experts, config.slots)
         .layer(config.layer)
         .policy(policy)
         .schedule(schedule)
-        .initial(initial);
+        .initial(initial)
+        .miss_order(miss_order);
     ExpertPool::new(pool_config).map_err(|e| why.fail(pool_status(&e), e))
 }
 
@@ -465,7 +471,7 @@ pub(crate) fn test_config(name: &core::ffi::CStr, experts: usize, slots: usize) 
     // SAFETY: `name` is NUL-terminated and `policy` writable.
     assert_eq!(unsafe { es_policy_from_name(name.as_ptr(), &mut policy) }, EsStatus::Ok);
     let schedule = EsSchedule { kind: EsScheduleKind::EveryForward as u32, interval: 1 };
-    EsPoolConfig { layer: 0, experts, slots, policy, schedule, initial: 0 }
+    EsPoolConfig { layer: 0, experts, slots, policy, schedule, initial: 0, miss_order: 0 }
 }
 
 #[cfg(test)]

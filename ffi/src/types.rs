@@ -8,8 +8,8 @@ use core::num::NonZeroU32;
 
 use expertslab::trace::replay::ReplayStats;
 use expertslab::{
-    AdmissionConfig, DecayConfig, InitialPlacement, MigrateStats, Mode, Policy, PoolStats, Projection, Schedule,
-    ServeStats, Step, StepStats,
+    AdmissionConfig, DecayConfig, InitialPlacement, MigrateStats, MissOrder, Mode, Policy, PoolStats, Projection,
+    Schedule, ServeStats, Step, StepStats,
 };
 
 use crate::status::EsStatus;
@@ -238,7 +238,19 @@ pub enum EsInitialPlacement {
     Cold = 1,
 }
 
-/// How one pool is built.
+/// The order in which a demand policy admits a step's misses (`MissOrder` in Rust).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EsMissOrder {
+    /// As the step routes them, token by token.
+    Routing = 0,
+    /// On a step of more pairs than slots (a prefill), the slots go to the step's busiest
+    /// experts, each copied once.
+    Busiest = 1,
+}
+
+/// How one pool is built. Zero-initialised fields past `slots` take their defaults (routing
+/// order, warm start).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct EsPoolConfig {
@@ -254,9 +266,20 @@ pub struct EsPoolConfig {
     pub schedule: EsSchedule,
     /// An [`EsInitialPlacement`] value.
     pub initial: u32,
+    /// An [`EsMissOrder`] value.
+    pub miss_order: u32,
 }
 
 impl EsPoolConfig {
+    /// The core's miss order.
+    pub(crate) fn miss_order(self) -> Result<MissOrder, EsStatus> {
+        match self.miss_order {
+            0 => Ok(MissOrder::Routing),
+            1 => Ok(MissOrder::Busiest),
+            _ => Err(EsStatus::InvalidArgument),
+        }
+    }
+
     /// The core's initial placement.
     pub(crate) fn initial_placement(self) -> Result<InitialPlacement, EsStatus> {
         match self.initial {

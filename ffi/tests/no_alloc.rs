@@ -77,6 +77,7 @@ fn steps_migrations_and_serving_allocate_nothing_after_setup() {
                 policy: std::mem::zeroed(),
                 schedule: EsSchedule { kind: EsScheduleKind::EveryForward as u32, interval: 0 },
                 initial: EsInitialPlacement::Warm as u32,
+                miss_order: EsMissOrder::Routing as u32,
             };
             assert_eq!(es_policy_from_name(name.as_ptr(), &mut config.policy), EsStatus::Ok);
             assert_eq!(es_pool_new(&config, &mut pool, ptr::null_mut(), 0), EsStatus::Ok);

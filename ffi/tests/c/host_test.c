@@ -295,6 +295,40 @@ static void failing_sink(EsExpertLayout *layout) {
   OK(es_sink_free(sink));
 }
 
+/* ---- a prompt's slots to its busiest experts ---- */
+
+/* The experts (one bit each) that LRU with 2 free slots promotes for a prompt routing 0 and 1
+ * once, 2 three times and 3 twice, admitting misses in `order`. */
+static unsigned prompt_promotions(uint32_t order) {
+  EsPoolConfig config = {.layer = 0, .experts = 8, .slots = 2, .miss_order = order};
+  OK(es_policy_from_name("lru", &config.policy));
+  config.initial = ES_INITIAL_PLACEMENT_COLD;
+  EsPool *pool = NULL;
+  OK(es_pool_new(&config, &pool, NULL, 0));
+  EsPlan *plan = NULL;
+  OK(es_plan_new(pool, &plan));
+  const uint32_t ids[7] = {0, 2, 2, 3, 2, 3, 1};
+  EsStep step = {0, true, ES_MODE_SCHEDULED};
+  bool refreshed = false;
+  OK(es_pool_plan_step(pool, &step, ids, 7, plan, &refreshed));
+  size_t count = 0;
+  unsigned promoted = 0;
+  OK(es_plan_len(plan, &count));
+  for (size_t i = 0; i < count; i++) {
+    size_t expert = 0, slot = 0;
+    OK(es_plan_promotion(plan, i, &expert, &slot));
+    promoted |= 1u << expert;
+  }
+  OK(es_plan_free(plan));
+  OK(es_pool_free(pool));
+  return promoted;
+}
+
+static void busiest_first(void) {
+  CHECK(prompt_promotions(ES_MISS_ORDER_ROUTING) == ((1u << 0) | (1u << 2))); /* first routed */
+  CHECK(prompt_promotions(ES_MISS_ORDER_BUSIEST) == ((1u << 2) | (1u << 3))); /* most pairs */
+}
+
 /* ---- every policy, the plan and the pool's queries ---- */
 
 static void policies_and_pools(void) {
@@ -375,6 +409,10 @@ static void policies_and_pools(void) {
   config.initial = 5;
   EXPECT(es_pool_new(&config, &pool, message, sizeof message), ES_STATUS_INVALID_ARGUMENT);
   config.initial = ES_INITIAL_PLACEMENT_WARM;
+  config.miss_order = 2;
+  EXPECT(es_pool_new(&config, &pool, message, sizeof message), ES_STATUS_INVALID_ARGUMENT);
+  CHECK(strstr(message, "EsMissOrder") != NULL && pool == NULL);
+  config.miss_order = ES_MISS_ORDER_ROUTING;
   config.experts = 0;
   EXPECT(es_pool_new(&config, &pool, message, sizeof message), ES_STATUS_INVALID_ARGUMENT);
   config.experts = 8;
@@ -855,6 +893,7 @@ int main(void) {
   layouts_and_arenas(&layout);
   failing_sink(layout);
   policies_and_pools();
+  busiest_first();
   plan_mismatch(layout);
   trace_replay(layout);
   error_texts(layout);
