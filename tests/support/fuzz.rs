@@ -8,8 +8,8 @@ use expertslab::trace::replay::{replay, CostModel, ReplayConfig, ReplayError, Re
 use expertslab::trace::Trace;
 use expertslab::{
     migrate, slots_per_layer, split_byte_budget, ArenaSink, ExpertLayout, ExpertPool, ExpertSource, Format,
-    InitialPlacement, LayerDemand, LayeredSource, MigrationPlan, Mode, Policy, PoolConfig, PoolError, Predictor,
-    Projection, Schedule, SlotArena, SlotSink, SlotWrite, StackLayout, StackSource, Step,
+    InitialPlacement, LayerDemand, LayeredSource, MigrationPlan, MissOrder, Mode, Policy, PoolConfig, PoolError,
+    Predictor, Projection, Schedule, SlotArena, SlotSink, SlotWrite, StackLayout, StackSource, Step,
 };
 
 use crate::{borrow_layer, slab_byte, synthetic_layer};
@@ -190,8 +190,16 @@ pub fn pool_ops(data: &[u8]) {
         [usize::from(input.u8() % 5)];
     let interval = core::num::NonZeroU32::new(u32::from(input.u8() % 4) + 1).expect("non-zero");
     let initial = if input.u8() % 2 == 0 { InitialPlacement::Warm } else { InitialPlacement::Cold };
-    let config =
-        PoolConfig::new(experts, slots).policy(policy).schedule(Schedule::EveryDecodeSteps(interval)).initial(initial);
+    // Bit 0: busiest first; bits 1-2: staging slots (demand policies only: the others refuse them).
+    let options = input.u8();
+    let miss_order = if options & 1 == 1 { MissOrder::Busiest } else { MissOrder::Routing };
+    let staging = if policy.is_demand() { usize::from((options >> 1) & 3) } else { 0 };
+    let config = PoolConfig::new(experts, slots)
+        .policy(policy)
+        .schedule(Schedule::EveryDecodeSteps(interval))
+        .initial(initial)
+        .miss_order(miss_order)
+        .staging(staging);
     let mut pool = ExpertPool::new(config).expect("a valid configuration");
     let (layout, stacks) = synthetic_layer(experts, 1, 2);
     let source = [borrow_layer(&layout, &stacks)];
@@ -211,12 +219,12 @@ pub fn pool_ops(data: &[u8]) {
         };
         let mut sink =
             Faulty { inner: ArenaSink::new(arena.clone(), 0, &mut *buffer).expect("a sink"), writes: 0, fail_at };
-        match op % 5 {
+        match op % 6 {
             0 | 1 => {
                 ids.clear();
                 ids.extend((0..input.u8() % 12).map(|_| u32::from(input.u8() % (experts as u8 + 2))));
                 let mode = [Mode::Scheduled, Mode::Scheduled, Mode::Reuse, Mode::Refresh][usize::from(input.u8() % 4)];
-                let prefill = op % 5 == 1;
+                let prefill = op % 6 == 1;
                 let s = Step { index: step, prefill, mode };
                 step += 1;
                 pool.plan_step(s, &ids, &mut plan).expect("a short step");
@@ -231,6 +239,19 @@ pub fn pool_ops(data: &[u8]) {
             }
             3 => {
                 pool.serve(&ids);
+            }
+            // Prefetch guesses (ids past the expert count among them), then copy them.
+            5 => {
+                let guesses: Vec<u16> =
+                    (0..input.u8() % 4).map(|_| u16::from(input.u8() % (experts as u8 + 2))).collect();
+                let limit = usize::from(input.u8() % 4);
+                match pool.prefetch(&guesses, limit, |v, g| (v + g) % 2 == 0, &mut plan) {
+                    Ok(_) => {
+                        assert!(plan.len() <= limit);
+                        let _ = migrate(&mut pool, &plan, &layout, &source[..], &mut sink);
+                    }
+                    Err(error) => assert_eq!((error, policy.is_demand()), (PoolError::PolicyMismatch, false)),
+                }
             }
             _ => {
                 let (before, resident) = (pool.slots(), pool.resident());
