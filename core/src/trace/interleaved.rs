@@ -17,7 +17,9 @@
 //! places up to `layer_compute_seconds / copy time` of them ([`ExpertPool::prefetch`]). Those
 //! copies overlap the layer's compute, so they cost no modeled time; they count in
 //! `promotions` and `bytes_promoted`, and in `prefetched`, `prefetch_hits` (prefetched experts the
-//! next layer's step used) and `prefetch_wasted_bytes` (those it did not use).
+//! next layer's step used) and `prefetch_wasted_bytes` (those it did not use). With
+//! [`ReplayConfig::staging`] the pools hold that many staging slots per layer
+//! ([`crate::PoolConfig::staging`]), and a guess never takes a slot of the policy's residents.
 
 use alloc::collections::BTreeMap;
 use alloc::vec;
