@@ -43,10 +43,10 @@ pub struct ReplayArgs {
     #[arg(long, value_parser = parse_predictor)]
     pub prefetch: Option<Predictor>,
     /// With --prefetch: slots per layer held for the guesses, out of the slots. The policy keeps
-    /// the others, and a guess never takes the slot of one of its residents (by default a guess
-    /// may take the slot of a resident it outranks).
-    #[arg(long, requires = "prefetch", default_value_t = 0)]
-    pub staging_slots: usize,
+    /// the others, and a guess never takes the slot of one of its residents (without, a guess may
+    /// take the slot of a resident it outranks). simulate's default: 0; tune tries 0, 1 and 2.
+    #[arg(long, requires = "prefetch")]
+    pub staging_slots: Option<usize>,
     #[command(flatten)]
     pub admission: AdmissionArgs,
     /// Refuse a trace with ids at or past its header's expert count (by default they are
@@ -426,6 +426,8 @@ pub struct Run {
     pub sharing: Sharing,
     /// The order a demand policy admitted misses in.
     pub miss_order: MissOrder,
+    /// Staging slots per layer (used by the runs that prefetch).
+    pub staging: usize,
     /// The overlapped model's fetch cap (`None`: the additive model).
     pub fetch_cap: Option<FetchCap>,
     pub report: ReplayReport,
@@ -440,7 +442,6 @@ pub fn run_all(
     warm: &WarmStart,
     cost: CostModel,
     prefetch: Option<Predictor>,
-    staging: usize,
 ) -> Result<Vec<Run>, CliError> {
     // Every run's report is kept: one set of counters per layer with records.
     let layers = limits::wide(trace.layers().count());
@@ -458,7 +459,7 @@ pub fn run_all(
     );
     let runs: Vec<Result<Run, ReplayError>> = jobs
         .par_iter()
-        .map(|&TuneJob { policy, slots, schedule, sharing, miss_order }| {
+        .map(|&TuneJob { policy, slots, schedule, sharing, miss_order, staging }| {
             let config = ReplayConfig {
                 sharing,
                 prefetch,
@@ -472,6 +473,7 @@ pub fn run_all(
                 schedule,
                 sharing,
                 miss_order,
+                staging,
                 fetch_cap: cost.overlap,
                 report,
             });

@@ -135,6 +135,7 @@ pub fn run_json(run: &Run) -> Value {
         "schedule": schedule_name(run.schedule),
         "sharing": run.sharing.name(),
         "miss_order": run.miss_order.name(),
+        "staging": run.staging,
         "fetch_cap": run.fetch_cap.map(crate::replay_args::fetch_cap_name),
         "layers": run
             .report
@@ -187,6 +188,8 @@ pub fn run(args: &Args) -> Result<(), CliError> {
                     schedule: args.schedule,
                     sharing,
                     miss_order: args.miss_order,
+                    // Only the runs that prefetch hold staging slots.
+                    staging: if p.prefetches() { args.replay.staging_slots.unwrap_or(0) } else { 0 },
                 })
             })
         })
@@ -197,8 +200,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         ));
     }
     let warm = crate::warm_start::load(args.replay.warm_from.as_deref(), &trace)?;
-    let runs =
-        run_all(&trace, &jobs, args.replay.initial(), &warm, cost, args.replay.prefetch, args.replay.staging_slots)?;
+    let runs = run_all(&trace, &jobs, args.replay.initial(), &warm, cost, args.replay.prefetch)?;
 
     if let Some(path) = &args.plot {
         let svg = plot::draw(&runs).map_err(|e| CliError::unusable(path, e))?;
@@ -238,6 +240,10 @@ pub fn run_label(run: &Run) -> String {
     let label = match run.miss_order {
         MissOrder::Routing => label,
         MissOrder::Busiest => format!("{label}, busiest first"),
+    };
+    let label = match run.staging {
+        0 => label,
+        n => format!("{label}, {n} staging"),
     };
     use expertslab_std::trace::replay::FetchCap;
     match run.fetch_cap {

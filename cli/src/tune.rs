@@ -113,6 +113,11 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         sharings: args.sharing.clone(),
         admissions,
         miss_orders: MissOrder::NAMES.iter().filter_map(|name| MissOrder::from_name(name)).collect(),
+        stagings: match (args.replay.staging_slots, args.replay.prefetch) {
+            (Some(n), _) => vec![n],
+            (None, Some(_)) => vec![0, 1, 2],
+            (None, None) => vec![0],
+        },
     };
     let jobs = grid.jobs();
     // The baselines and references at the most slots.
@@ -135,7 +140,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     };
     let mut candidates = Vec::new();
     for &c in &costs {
-        candidates.extend(run_all(&trace, &jobs, initial, &warm, c, prefetch, args.replay.staging_slots)?);
+        candidates.extend(run_all(&trace, &jobs, initial, &warm, c, prefetch)?);
     }
     // Under --overlap, only what is priced by layer step stands beside the candidates.
     let baselines: Vec<_> =
@@ -145,7 +150,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         best_run(&candidates, |r| (&r.report, r.slots)).ok_or_else(|| CliError::Usage("no policy to tune".into()))?;
     // The baselines and references priced as the best run is (under its fetch cap).
     let best_cost = best.fetch_cap.map_or(cost, |cap| cost.overlapped(cap));
-    let references = run_all(&trace, &baselines, initial, &warm, best_cost, prefetch, args.replay.staging_slots)?;
+    let references = run_all(&trace, &baselines, initial, &warm, best_cost, prefetch)?;
     let score = Score::of(best, &references, cost.overlap.is_some());
     // The pick replayed on the test trace, beside the baselines and references there.
     let test = match &args.test {
@@ -168,12 +173,11 @@ pub fn run(args: &Args) -> Result<(), CliError> {
                 schedule: best.schedule,
                 sharing: best.sharing,
                 miss_order: best.miss_order,
+                staging: best.staging,
                 ..TuneJob::new(best.policy, best.slots)
             }];
-            let mut picked =
-                run_all(&test_trace, &pick, initial, &warm, best_cost, prefetch, args.replay.staging_slots)?;
-            let references =
-                run_all(&test_trace, &baselines, initial, &warm, best_cost, prefetch, args.replay.staging_slots)?;
+            let mut picked = run_all(&test_trace, &pick, initial, &warm, best_cost, prefetch)?;
+            let references = run_all(&test_trace, &baselines, initial, &warm, best_cost, prefetch)?;
             let run = picked.pop().ok_or_else(|| CliError::Usage("no run on the test trace".into()))?;
             Some((path, run, references))
         }

@@ -245,5 +245,19 @@ fn on_the_switch_capture_a_staging_slot_lets_lfu_s_guesses_in() {
     assert!(staged < 0.8 * none && staged < outranked, "{none} {outranked} {staged}");
     let err = failure(&expertslab(&["simulate", "--trace", path.to_str().unwrap(), "--staging-slots", "1"]));
     assert!(err.contains("--prefetch"), "{err}");
+    // tune tries 0, 1 and 2 staging slots for the policies that prefetch, and none for the others.
+    let p = path.to_str().unwrap();
+    let tune = ["tune", "--trace", p, "--max-slots", "4", "--prefetch", "transitions", "--layer-compute-us", "525"];
+    let tuned: Value = serde_json::from_str(&stdout(&expertslab(&[&tune[..], &["--json"]].concat()))).unwrap();
+    let runs = tuned["candidate_runs"].as_array().unwrap();
+    let stagings = |policy: &str| -> Vec<u64> {
+        let mut s: Vec<u64> =
+            runs.iter().filter(|r| r["policy"] == policy).map(|r| r["staging"].as_u64().unwrap()).collect();
+        s.sort_unstable();
+        s.dedup();
+        s
+    };
+    assert_eq!((stagings("lfu"), stagings("lru2"), stagings("tide")), (vec![0, 1, 2], vec![0], vec![0]));
+    assert!(tuned["best"]["total"]["modeled_time_s"].as_f64().unwrap() <= staged + 1e-12);
     std::fs::remove_file(path).unwrap();
 }

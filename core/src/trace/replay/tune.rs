@@ -22,11 +22,14 @@ pub struct TuneJob {
     pub sharing: Sharing,
     /// The order a demand policy admits a step's misses in (routing order for the others).
     pub miss_order: MissOrder,
+    /// Staging slots per layer ([`ReplayConfig::staging`](super::ReplayConfig::staging); 0 for
+    /// the policies that do not prefetch).
+    pub staging: usize,
 }
 
 impl TuneJob {
     /// `policy` at `slots` slots, refreshing every forward pass, on per-layer pools, misses
-    /// admitted in routing order.
+    /// admitted in routing order, no staging slots.
     pub const fn new(policy: ReplayPolicy, slots: usize) -> Self {
         Self {
             policy,
@@ -34,6 +37,7 @@ impl TuneJob {
             schedule: Schedule::EveryForward,
             sharing: Sharing::PerLayer,
             miss_order: MissOrder::Routing,
+            staging: 0,
         }
     }
 }
@@ -56,6 +60,9 @@ pub struct TuneGrid {
     pub admissions: Vec<AdmissionConfig>,
     /// The orders demand policies other than tinylfu admit misses in.
     pub miss_orders: Vec<MissOrder>,
+    /// Staging slot counts for the policies that prefetch ([`ReplayPolicy::prefetches`]); the
+    /// others run with none. Only replays that prefetch use them.
+    pub stagings: Vec<usize>,
 }
 
 impl TuneGrid {
@@ -87,7 +94,7 @@ impl TuneGrid {
         .unwrap_or_else(|_| Vec::from([AdmissionConfig::DEFAULT]));
         let sharings = Vec::from([Sharing::PerLayer, Sharing::Shared]);
         let miss_orders = Vec::from([MissOrder::Routing, MissOrder::Busiest]);
-        Self { policies, slots, intervals, sharings, admissions, miss_orders }
+        Self { policies, slots, intervals, sharings, admissions, miss_orders, stagings: Vec::from([0]) }
     }
 
     /// Tinylfu's settings to try: `base`, then every combination of the lists not already there.
@@ -127,13 +134,17 @@ impl TuneGrid {
                         Vec::from([policy])
                     };
                     let orders = if tinylfu { &[MissOrder::Routing][..] } else { &self.miss_orders[..] };
+                    let stagings = if policy.prefetches() { &self.stagings[..] } else { &[0][..] };
                     for &sharing in self.sharings.iter().filter(|s| s.supports(policy)) {
                         for &miss_order in orders {
-                            jobs.extend(settings.iter().map(|&policy| TuneJob {
-                                sharing,
-                                miss_order,
-                                ..TuneJob::new(policy, slots)
-                            }));
+                            for &staging in stagings {
+                                jobs.extend(settings.iter().map(|&policy| TuneJob {
+                                    sharing,
+                                    miss_order,
+                                    staging,
+                                    ..TuneJob::new(policy, slots)
+                                }));
+                            }
                         }
                     }
                 } else {
@@ -194,6 +205,11 @@ mod tests {
         // A grid without shared pools, as the GPU runner searches.
         let per_layer = TuneGrid { sharings: Vec::from([Sharing::PerLayer]), ..TuneGrid::new(Vec::from([3])) };
         assert_eq!(per_layer.jobs().len(), 2 * 6 + 3 * 2 + 80);
+        // Staging slot counts multiply the runs of the policies that prefetch (lru and lfu).
+        let staged = TuneGrid { stagings: Vec::from([0, 1, 2]), ..per_layer };
+        let jobs = staged.jobs();
+        assert_eq!(jobs.len(), 2 * 6 + (2 * 3 + 1) * 2 + 80);
+        assert!(jobs.iter().all(|j| j.staging == 0 || j.policy.prefetches()));
         assert_eq!(slot_counts(1), [1]);
         assert_eq!(slot_counts(5), [1, 2, 4, 5]);
     }
