@@ -7,7 +7,7 @@ use std::num::NonZeroU32;
 
 use clap::Args as ClapArgs;
 use expertslab_std::trace::replay::{best_run, slot_counts, FetchCap, ReplayPolicy, Sharing, TuneGrid, TuneJob};
-use expertslab_std::{slots_per_layer, AdmissionConfig, MissOrder, Policy};
+use expertslab_std::{slots_per_layer, AdmissionConfig, Policy};
 use serde_json::json;
 
 use crate::error::CliError;
@@ -112,7 +112,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         intervals: args.intervals.clone(),
         sharings: args.sharing.clone(),
         admissions,
-        miss_orders: MissOrder::NAMES.iter().filter_map(|name| MissOrder::from_name(name)).collect(),
+        miss_orders: Vec::from(TuneGrid::MISS_ORDERS),
         stagings: match (args.replay.staging_slots, args.replay.prefetch) {
             (Some(n), _) => vec![n],
             (None, Some(_)) => vec![0, 1, 2],

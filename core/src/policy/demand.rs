@@ -265,7 +265,12 @@ impl DemandCache {
         } else {
             self.pin_routed(expert_slot, ids)
         };
-        let regular = slot_expert.iter().zip(&self.staged).filter(|&(&e, &staged)| e != EMPTY_SLOT && !staged).count();
+        // Without staging slots every occupied slot is the policy's own: no second scan.
+        let regular = if self.staging == 0 {
+            occupied
+        } else {
+            slot_expert.iter().zip(&self.staged).filter(|&(&e, &staged)| e != EMPTY_SLOT && !staged).count()
+        };
         let mut admitting = Admitting { occupied, pinned, demotions: 0, regular };
         for &id in ids {
             let position = self.future.cursor;

@@ -14,8 +14,9 @@ impl ExpertPool {
     /// lowest, never into the slot of one of the policy's residents (`outranked` is not asked);
     /// else it replaces the demand policy's demotion candidate when `outranked(candidate,
     /// expert)` says the policy scores the candidate strictly below the guess: a prefetch never
-    /// demotes an expert whose policy score is at least the predicted one's. The guess is scored as if its predicted use had happened, as the policy would score
-    /// it when admitting it on that use ([`crate::predict::Prefetcher::outranked`] keeps LRU's
+    /// demotes an expert whose policy score is at least the predicted one's. The guess is scored
+    /// as if its predicted use had happened, as the policy would score it when admitting it on
+    /// that use ([`crate::predict::Prefetcher::outranked`] keeps LRU's
     /// and LFU's scores). Experts the pool's last step used or admitted stay pinned.
     ///
     /// Fills `plan` with the promotions (demoted slots are freed at once) and returns how many

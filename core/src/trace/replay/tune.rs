@@ -68,6 +68,8 @@ pub struct TuneGrid {
 impl TuneGrid {
     /// The deployable policies a search tries by default.
     pub const POLICIES: [&'static str; 6] = ["tide", "decay", "lru", "lfu", "lru2", "tinylfu"];
+    /// The miss orders a search tries by default (for lru, lfu and lru2).
+    pub const MISS_ORDERS: [MissOrder; 2] = [MissOrder::Routing, MissOrder::Busiest];
     /// The refresh intervals a search tries by default.
     pub const INTERVALS: [u32; 6] = [1, 2, 4, 8, 16, 32];
     /// Tinylfu's frequency half-lives (steps) a search tries by default.
@@ -93,7 +95,7 @@ impl TuneGrid {
         )
         .unwrap_or_else(|_| Vec::from([AdmissionConfig::DEFAULT]));
         let sharings = Vec::from([Sharing::PerLayer, Sharing::Shared]);
-        let miss_orders = Vec::from([MissOrder::Routing, MissOrder::Busiest]);
+        let miss_orders = Vec::from(Self::MISS_ORDERS);
         Self { policies, slots, intervals, sharings, admissions, miss_orders, stagings: Vec::from([0]) }
     }
 
