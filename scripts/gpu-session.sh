@@ -23,6 +23,11 @@ cp /tmp/llama-build.log "$out/a/" 2>/dev/null
 # The floor on an idle host (the build is done): launches are host work.
 (cd "$here/bin" && LD_LIBRARY_PATH=/usr/local/cuda/lib64 timeout 120 ./bench-floor --bench) > "$out/a/floor.txt" 2>&1
 echo "floor done after $(( $(date +%s) - start )) s"; cat "$out/a/floor.txt"
+# The host FFN alone on this host (std adapter's `ffn` bench), when packed as bin/host-ffn.
+if [ -x "$here/bin/host-ffn" ]; then
+  (cd "$here/bin" && timeout 40 ./host-ffn --bench --sample-count 20) > "$out/a/host-ffn.txt" 2>&1
+  grep -E "instruction|bf16|q8_0|q4_K|q6_K|one_pair|GB/s" "$out/a/host-ffn.txt" | head -20
+fi
 tar -czf "$out/a.tar.gz" -C "$out" a && rm -rf "$out/a"
 mkdir -p "$out/b"
 BUILD=/tmp/llama-build REPS=3 timeout $(( $(left) - 200 )) bash "$here/peer-llamacpp.sh" llama "$out/b" > "$out/b/llama-run.txt" 2>&1

@@ -6,6 +6,7 @@
 #     without models and docs as DIR/llama.cpp.tar.gz (the sdist is 77 MB, over what travels to
 #     the GPU machine, which has no zstd), installs PyPI's gguf package (and PyYAML, which it
 #     imports) into DIR/py, builds expertslab's GPU binaries into DIR/bin (scripts/gpu-build.sh)
+#     and the std adapter's host FFN bench as DIR/bin/host-ffn
 #     and copies this script, scripts/make-moe-gguf.py and the session scripts
 #     (gpu-session.sh, gpu-session-type.sh: the runs of docs/gpu-runs/2026-12-06c) into DIR.
 #   bash DIR/peer-llamacpp.sh build               on the GPU machine
@@ -57,6 +58,14 @@ pack() {
   rm -rf "$tmp"
   python3 -m pip install --quiet --no-deps --upgrade --target "$dir/py" gguf==0.19.0 pyyaml==6.0.2
   (cd "$root" && bash scripts/gpu-build.sh "$dir/bin" >/dev/null)
+  # The std adapter's host FFN bench, which gpu-session.sh runs on the GPU machine's host.
+  local ffn
+  ffn=$(cd "$root" && cargo bench -p expertslab-std --bench ffn --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable"): print(m["executable"])' | tail -1)
+  cp "$ffn" "$dir/bin/host-ffn" && strip "$dir/bin/host-ffn" 2>/dev/null || true
   cp "$here/peer-llamacpp.sh" "$here/make-moe-gguf.py" "$here/gpu-session.sh" "$here/gpu-session-type.sh" "$dir/"
   du -sh "$dir/llama.cpp.tar.gz" "$dir/py" "$dir/bin"
   echo "packed into $dir; on the GPU machine: bash $dir/peer-llamacpp.sh all"

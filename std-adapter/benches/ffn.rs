@@ -3,7 +3,9 @@
 //! set found and on the portable one, against a plain loop (one f32 accumulator per row, the
 //! math library's exp) over the same bytes on one thread; and `expert_ffn_format` the same 8
 //! pairs in each weight format the FFN reads (random codes under fixed scales for the block
-//! formats), with the bytes read per second. Run with `cargo bench -p expertslab-std --bench ffn`.
+//! formats), with the bytes read per second; `expert_ffn_cold` 1, 2 and 8 pairs a call over 64
+//! experts taken in turn, read from memory rather than cache. Run with `cargo bench -p
+//! expertslab-std --bench ffn`.
 
 use divan::Bencher;
 use expertslab_std::ffn::{ExpertFfn, Isa, PairSlabs};
@@ -97,6 +99,46 @@ fn plain_loop_one_thread(bencher: Bencher) {
     let s = setup();
     let mut parts = vec![0.0f32; PAIRS * HIDDEN];
     bencher.bench_local(|| plain(&s, &mut parts));
+}
+
+/// Experts of the cold benches: more bytes (604 MiB of BF16) than a host's last-level cache holds.
+const COLD_EXPERTS: usize = 64;
+
+/// `pairs` pairs per call, each call reading the next experts of [`COLD_EXPERTS`] in turn, so
+/// every call reads its weights from memory, as decode's misses do (the benches above read the
+/// same 72 MiB every call, from cache where the cache holds them). Bytes read per second.
+#[divan::bench(args = [1, 2, 8])]
+fn expert_ffn_cold(bencher: Bencher, pairs: usize) {
+    let mut s = 0x2545_F491_4F6C_DD1Du64;
+    let mut slab = |cols: usize| -> Vec<u8> {
+        let scale = (3.0 / cols as f32).sqrt();
+        let mut v = Vec::with_capacity(HIDDEN * FFN * 2);
+        for _ in 0..HIDDEN * FFN / 4 {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            for k in 0..4 {
+                let v16 = ((s >> (16 * k)) & 0xFFFF) as f32 / 65536.0 * 2.0 - 1.0;
+                v.extend_from_slice(&(((v16 * scale).to_bits() >> 16) as u16).to_le_bytes());
+            }
+        }
+        v
+    };
+    let experts: Vec<[Vec<u8>; 3]> = (0..COLD_EXPERTS).map(|_| [slab(HIDDEN), slab(HIDDEN), slab(FFN)]).collect();
+    let ffn = ExpertFfn::new(HIDDEN, FFN, Format::BF16).expect("ffn");
+    let x: Vec<f32> = (0..HIDDEN).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+    let mut parts = vec![0.0f32; pairs * HIDDEN];
+    let mut next = 0usize;
+    bencher.counter(divan::counter::BytesCount::new(pairs * 3 * HIDDEN * FFN * 2)).bench_local(|| {
+        let p: Vec<PairSlabs<'_>> = (0..pairs)
+            .map(|i| {
+                let [g, u, d] = &experts[(next + i) % COLD_EXPERTS];
+                PairSlabs { gate: g, up: u, down: d, token: 0 }
+            })
+            .collect();
+        next = (next + pairs) % COLD_EXPERTS;
+        ffn.parts(&p, &x, &mut parts).expect("parts")
+    });
 }
 
 /// 8 pairs of random weights: gate and up in `formats.0`, down in `formats.1` (block formats:

@@ -3,7 +3,7 @@
 
 use expertslab::Format;
 
-use super::order::{silu_mul, Bf16, RowFormat, F32, Q4K, Q6K, Q8_0};
+use super::order::{silu_mul, Bf16, RowFormat, BLOCK, F32, Q4K, Q6K, Q8_0};
 
 /// An instruction set the host FFN's inner loops run with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -75,56 +75,66 @@ impl Isa {
 }
 
 /// Rows of gate and up: `h[r] = silu_mul(gate_r · x, up_r · x)` for the rows of `h`, which
-/// start at row `first`.
+/// start at row `first`; accumulators `GROUP` at a time.
 #[inline(always)]
-fn gate_up_rows<R: RowFormat>(gate: &[u8], up: &[u8], cols: usize, xt: &[f32], first: usize, h: &mut [f32]) {
+fn gate_up_rows<R: RowFormat, const GROUP: usize>(
+    gate: &[u8],
+    up: &[u8],
+    cols: usize,
+    xt: &[f32],
+    first: usize,
+    h: &mut [f32],
+) {
     let rb = R::row_bytes(cols).max(1);
     let rows = gate.chunks_exact(rb).zip(up.chunks_exact(rb)).skip(first);
     for (out, (g, u)) in h.iter_mut().zip(rows) {
-        *out = silu_mul(R::dot(g, cols, xt), R::dot(u, cols, xt));
+        *out = silu_mul(R::dot::<GROUP>(g, cols, xt), R::dot::<GROUP>(u, cols, xt));
     }
 }
 
 /// Rows of down: `part[r] = down_r · h` for the rows of `part`, starting at row `first`.
 #[inline(always)]
-fn down_rows<R: RowFormat>(down: &[u8], cols: usize, ht: &[f32], first: usize, part: &mut [f32]) {
+fn down_rows<R: RowFormat, const GROUP: usize>(down: &[u8], cols: usize, ht: &[f32], first: usize, part: &mut [f32]) {
     let rb = R::row_bytes(cols).max(1);
     for (out, d) in part.iter_mut().zip(down.chunks_exact(rb).skip(first)) {
-        *out = R::dot(d, cols, ht);
+        *out = R::dot::<GROUP>(d, cols, ht);
     }
 }
 
-/// The row kernels of one format, monomorphised per instruction set.
+/// The row kernels of one format, monomorphised per instruction set with the accumulator group
+/// its registers hold ([`super::order::dot_in_groups`]).
 macro_rules! variants {
-    ($gate_up:ident, $down:ident $(, $feature:literal)?) => {
+    ($gate_up:ident, $down:ident, $group:expr $(, $feature:literal)?) => {
         $(#[target_feature(enable = $feature)])?
         fn $gate_up(format: Format, gate: &[u8], up: &[u8], cols: usize, xt: &[f32], first: usize, h: &mut [f32]) {
             match format {
-                Format::BF16 => gate_up_rows::<Bf16>(gate, up, cols, xt, first, h),
-                Format::Q8_0 => gate_up_rows::<Q8_0>(gate, up, cols, xt, first, h),
-                Format::Q4_K => gate_up_rows::<Q4K>(gate, up, cols, xt, first, h),
-                Format::Q6_K => gate_up_rows::<Q6K>(gate, up, cols, xt, first, h),
-                _ => gate_up_rows::<F32>(gate, up, cols, xt, first, h),
+                Format::BF16 => gate_up_rows::<Bf16, $group>(gate, up, cols, xt, first, h),
+                Format::Q8_0 => gate_up_rows::<Q8_0, $group>(gate, up, cols, xt, first, h),
+                Format::Q4_K => gate_up_rows::<Q4K, $group>(gate, up, cols, xt, first, h),
+                Format::Q6_K => gate_up_rows::<Q6K, $group>(gate, up, cols, xt, first, h),
+                _ => gate_up_rows::<F32, $group>(gate, up, cols, xt, first, h),
             }
         }
         $(#[target_feature(enable = $feature)])?
         fn $down(format: Format, down: &[u8], cols: usize, ht: &[f32], first: usize, part: &mut [f32]) {
             match format {
-                Format::BF16 => down_rows::<Bf16>(down, cols, ht, first, part),
-                Format::Q8_0 => down_rows::<Q8_0>(down, cols, ht, first, part),
-                Format::Q4_K => down_rows::<Q4K>(down, cols, ht, first, part),
-                Format::Q6_K => down_rows::<Q6K>(down, cols, ht, first, part),
-                _ => down_rows::<F32>(down, cols, ht, first, part),
+                Format::BF16 => down_rows::<Bf16, $group>(down, cols, ht, first, part),
+                Format::Q8_0 => down_rows::<Q8_0, $group>(down, cols, ht, first, part),
+                Format::Q4_K => down_rows::<Q4K, $group>(down, cols, ht, first, part),
+                Format::Q6_K => down_rows::<Q6K, $group>(down, cols, ht, first, part),
+                _ => down_rows::<F32, $group>(down, cols, ht, first, part),
             }
         }
     };
 }
 
-variants!(gate_up_portable, down_portable);
+// 64 accumulators: 16 of the 16-byte registers of the portable baseline (x86-64's SSE2,
+// AArch64's NEON, which has 32), 8 of AVX2's 16; AVX-512's 32 registers hold all 256.
+variants!(gate_up_portable, down_portable, 64);
 #[cfg(target_arch = "x86_64")]
-variants!(gate_up_avx2, down_avx2, "avx2,fma");
+variants!(gate_up_avx2, down_avx2, 64, "avx2,fma");
 #[cfg(target_arch = "x86_64")]
-variants!(gate_up_avx512, down_avx512, "avx512f,avx2,fma");
+variants!(gate_up_avx512, down_avx512, BLOCK, "avx512f,avx2,fma");
 
 /// Gate/up rows under `isa` (which the caller checked is [`Isa::available`]).
 #[allow(clippy::too_many_arguments, reason = "the row kernel's operands")]

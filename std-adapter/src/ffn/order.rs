@@ -107,6 +107,7 @@ pub fn pad_to_blocks(x: &[f32], out: &mut Vec<f32>) {
 
 /// The sum of a row's [`BLOCK`] accumulators: each lane's [`CHUNK`] by halving
 /// (`v[e] + v[e + 4]`, then `+ 2`, then `+ 1`), then the lanes by [`lane_sum`].
+#[inline]
 #[allow(clippy::indexing_slicing, reason = "fixed sizes: CHUNK is 8")]
 pub fn reduce(acc: &[f32; BLOCK]) -> f32 {
     let mut lanes = [0.0f32; LANES];
@@ -119,6 +120,7 @@ pub fn reduce(acc: &[f32; BLOCK]) -> f32 {
 }
 
 /// `bits` as an IEEE-754 half, widened to f32 (exactly: every half is an f32).
+#[inline]
 pub fn f16_to_f32(bits: u16) -> f32 {
     let negative = bits & 0x8000 != 0;
     let exponent = u32::from((bits >> 10) & 0x1f);
@@ -143,8 +145,9 @@ pub fn f16_to_f32(bits: u16) -> f32 {
 pub(super) trait RowFormat {
     /// Bytes of a row of `cols` elements (a whole number of the format's blocks).
     fn row_bytes(cols: usize) -> usize;
-    /// `row · x` (see [`dot`]).
-    fn dot(row: &[u8], cols: usize, x: &[f32]) -> f32;
+    /// `row · x` (see [`dot`]), its accumulators taken `GROUP` at a time where the format
+    /// allows it.
+    fn dot<const GROUP: usize>(row: &[u8], cols: usize, x: &[f32]) -> f32;
 }
 
 /// The plain formats' rows: elements of [`Element::BYTES`] each, read by [`dot`].
@@ -155,8 +158,8 @@ macro_rules! plain_rows {
                 cols.saturating_mul(<$element as Element>::BYTES)
             }
             #[inline(always)]
-            fn dot(row: &[u8], cols: usize, x: &[f32]) -> f32 {
-                dot::<$element>(row, cols, x)
+            fn dot<const GROUP: usize>(row: &[u8], cols: usize, x: &[f32]) -> f32 {
+                dot::<$element, GROUP>(row, cols, x)
             }
         }
     )*};
@@ -306,10 +309,11 @@ impl<B: Blocks> RowFormat for B {
 
     /// The blocks of each [`BLOCK`] elements are widened into weights, then taken as [`dot`]
     /// takes F32 weights: `acc[a] = fma(w[j], x[j], acc[a])`, elements at or past `cols` as
-    /// `0 · 0`.
+    /// `0 · 0`. Pass by pass, all accumulators at once (`GROUP` is not used): widening a pass
+    /// once and keeping it in registers is faster than widening it again for each group.
     #[inline(always)]
     #[allow(clippy::arithmetic_side_effects, reason = "block indexes bounded by cols")]
-    fn dot(row: &[u8], cols: usize, x: &[f32]) -> f32 {
+    fn dot<const GROUP: usize>(row: &[u8], cols: usize, x: &[f32]) -> f32 {
         let mut acc = [0.0f32; BLOCK];
         let mut w = [0.0f32; BLOCK];
         let blocks = cols / B::ELEMS;
@@ -333,8 +337,12 @@ impl<B: Blocks> RowFormat for B {
 pub(super) trait Element {
     /// Bytes per element.
     const BYTES: usize;
-    /// The element at the start of `bytes` (which holds at least [`Element::BYTES`]).
-    fn get(bytes: &[u8]) -> f32;
+    /// An element's bytes.
+    type Raw: Copy;
+    /// A row's elements (its bytes in whole elements).
+    fn elements(bytes: &[u8]) -> &[Self::Raw];
+    /// The element's value.
+    fn get(raw: Self::Raw) -> f32;
 }
 
 /// F32 weights, little-endian.
@@ -344,45 +352,79 @@ pub(super) struct Bf16;
 
 impl Element for F32 {
     const BYTES: usize = 4;
+    type Raw = [u8; 4];
     #[inline(always)]
-    fn get(bytes: &[u8]) -> f32 {
-        match bytes.first_chunk::<4>() {
-            Some(b) => f32::from_le_bytes(*b),
-            None => 0.0,
-        }
+    fn elements(bytes: &[u8]) -> &[[u8; 4]] {
+        bytes.as_chunks().0
+    }
+    #[inline(always)]
+    fn get(raw: [u8; 4]) -> f32 {
+        f32::from_le_bytes(raw)
     }
 }
 
 impl Element for Bf16 {
     const BYTES: usize = 2;
+    type Raw = [u8; 2];
     #[inline(always)]
-    fn get(bytes: &[u8]) -> f32 {
-        match bytes.first_chunk::<2>() {
-            Some(b) => f32::from_bits(u32::from(u16::from_le_bytes(*b)) << 16),
-            None => 0.0,
-        }
+    fn elements(bytes: &[u8]) -> &[[u8; 2]] {
+        bytes.as_chunks().0
+    }
+    #[inline(always)]
+    fn get(raw: [u8; 2]) -> f32 {
+        f32::from_bits(u32::from(u16::from_le_bytes(raw)) << 16)
     }
 }
 
 /// `row · x` in the shared order, `row` holding `cols` elements of `E` and `x` the activations
-/// padded with zeros to a whole number of blocks ([`pad_to_blocks`]). Inlined into callers
-/// compiled for each instruction set, which vectorise the accumulators.
+/// padded with zeros to a whole number of blocks ([`pad_to_blocks`]), the accumulators taken
+/// `GROUP` at a time ([`dot_in_groups`]). Inlined into callers compiled for each instruction set,
+/// which vectorise the accumulators.
 #[inline(always)]
-#[allow(clippy::indexing_slicing, clippy::arithmetic_side_effects, reason = "indexes bounded by the block sizes")]
-pub(super) fn dot<E: Element>(row: &[u8], cols: usize, x: &[f32]) -> f32 {
+pub(super) fn dot<E: Element, const GROUP: usize>(row: &[u8], cols: usize, x: &[f32]) -> f32 {
+    dot_in_groups::<E::Raw, GROUP>(E::elements(row), cols, x, E::get)
+}
+
+/// `w · x` in the shared order, for weights `w` (at least `cols` of them, each read by `get`)
+/// and activations `x` padded to whole blocks. The [`BLOCK`] accumulators are summed `GROUP`
+/// at a time: accumulators `GROUP·g .. GROUP·(g + 1)` take every whole pass's terms, in pass
+/// order, before the next group starts. Each accumulator still takes its terms in the order of
+/// the module docs, so the bits do not depend on `GROUP`; a group that fits the instruction
+/// set's registers (8 of AVX2's 16, 16 of AVX-512's 32) stays there across the passes instead
+/// of going through memory at every term. `GROUP` divides [`BLOCK`].
+#[inline(always)]
+#[allow(clippy::arithmetic_side_effects, reason = "indexes bounded by the block sizes")]
+pub(super) fn dot_in_groups<R: Copy, const GROUP: usize>(
+    w: &[R],
+    cols: usize,
+    x: &[f32],
+    get: impl Fn(R) -> f32,
+) -> f32 {
+    const { assert!(GROUP > 0 && BLOCK.is_multiple_of(GROUP)) };
     let mut acc = [0.0f32; BLOCK];
     let whole = cols / BLOCK;
-    for (src, xb) in row.chunks_exact(BLOCK * E::BYTES).zip(x.chunks_exact(BLOCK)).take(whole) {
-        for ((a, w), v) in acc.iter_mut().zip(src.chunks_exact(E::BYTES)).zip(xb) {
-            *a = E::get(w).mul_add(*v, *a);
+    let passes = || w.as_chunks::<BLOCK>().0.iter().zip(x.as_chunks::<BLOCK>().0).take(whole);
+    for (g, out) in acc.as_chunks_mut::<GROUP>().0.iter_mut().enumerate() {
+        let mut a = [0.0f32; GROUP];
+        for (wp, xp) in passes() {
+            let (Some(wg), Some(xg)) = (wp.as_chunks::<GROUP>().0.get(g), xp.as_chunks::<GROUP>().0.get(g)) else {
+                continue;
+            };
+            for ((a, &w), &v) in a.iter_mut().zip(wg).zip(xg) {
+                *a = get(w).mul_add(v, *a);
+            }
         }
+        *out = a;
     }
-    // The last, partial block: its elements at or past `cols` are 0 · 0.
+    // The last, partial pass: its elements at or past `cols` are 0 · 0.
     let base = whole * BLOCK;
     if base < cols {
         for (i, a) in acc.iter_mut().enumerate() {
             let j = base + i;
-            let (w, v) = if j < cols { (E::get(&row[j * E::BYTES..]), x[j]) } else { (0.0, 0.0) };
+            let (w, v) = match (w.get(j), x.get(j)) {
+                (Some(&w), Some(&v)) if j < cols => (get(w), v),
+                _ => (0.0, 0.0),
+            };
             *a = w.mul_add(v, *a);
         }
     }
@@ -482,10 +524,15 @@ mod tests {
             let mut xt = Vec::new();
             pad_to_blocks(&x, &mut xt);
             let bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
-            assert_eq!(dot::<F32>(&bytes, cols, &xt).to_bits(), dot_by_the_letter(&w, &x).to_bits(), "{cols}");
+            let want = dot_by_the_letter(&w, &x).to_bits();
+            assert_eq!(dot::<F32, BLOCK>(&bytes, cols, &xt).to_bits(), want, "{cols}");
+            assert_eq!(dot::<F32, 64>(&bytes, cols, &xt).to_bits(), want, "{cols}, groups of 64");
+            assert_eq!(dot::<F32, 8>(&bytes, cols, &xt).to_bits(), want, "{cols}, groups of 8");
             let bf: Vec<u8> = w.iter().flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes()).collect();
             let wb: Vec<f32> = w.iter().map(|v| f32::from_bits(v.to_bits() & 0xFFFF_0000)).collect();
-            assert_eq!(dot::<Bf16>(&bf, cols, &xt).to_bits(), dot_by_the_letter(&wb, &x).to_bits(), "{cols}");
+            let want = dot_by_the_letter(&wb, &x).to_bits();
+            assert_eq!(dot::<Bf16, BLOCK>(&bf, cols, &xt).to_bits(), want, "{cols}");
+            assert_eq!(dot::<Bf16, 64>(&bf, cols, &xt).to_bits(), want, "{cols}, groups of 64");
         }
     }
 }

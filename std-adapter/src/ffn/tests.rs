@@ -1,4 +1,4 @@
-use super::order::{dot, pad_to_blocks, Blocks, RowFormat, F32, Q4K, Q6K, Q8_0};
+use super::order::{dot, pad_to_blocks, Blocks, RowFormat, BLOCK, F32, Q4K, Q6K, Q8_0};
 use super::*;
 
 /// Uniform values in ±`scale` from a small LCG.
@@ -417,7 +417,8 @@ fn check_blocks<B: Blocks>(scales: &[usize], ggml: fn(&[u8]) -> Vec<f32>) {
         let mut xt = Vec::new();
         pad_to_blocks(&x, &mut xt);
         let f32_row: Vec<u8> = weights.iter().flat_map(|v| v.to_le_bytes()).collect();
-        assert_eq!(B::dot(&row, cols, &xt).to_bits(), dot::<F32>(&f32_row, cols, &xt).to_bits(), "{cols}");
+        let want = dot::<F32, BLOCK>(&f32_row, cols, &xt).to_bits();
+        assert_eq!(B::dot::<BLOCK>(&row, cols, &xt).to_bits(), want, "{cols}");
     }
 }
 
