@@ -31,12 +31,11 @@
 //! ```
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use expertslab::{ExpertSource, Format, Projection};
-use rayon::prelude::*;
 use rayon::ThreadPool;
 
 mod isa;
@@ -49,13 +48,15 @@ pub use order::{combine, exp, silu_mul};
 /// threads, large enough to keep a task's overhead small.
 const ROWS_PER_TASK: usize = 32;
 
-/// Rows per task for `rows` rows of one pair on `threads` threads: at most [`ROWS_PER_TASK`],
-/// and as many tasks as fill the threads in whole rounds (a pair alone, as a step with one miss
-/// on the host computes it, then keeps every thread busy to its last round).
-fn rows_per_task(rows: usize, threads: usize) -> usize {
-    let threads = threads.max(1);
-    let rounds = rows.div_ceil(threads.saturating_mul(ROWS_PER_TASK)).max(1);
-    rows.div_ceil(threads.saturating_mul(rounds)).clamp(1, ROWS_PER_TASK)
+/// Tasks per thread a call aims for: a thread that falls behind (descheduled, or sharing its
+/// core) then delays the call's end by a small task, not by a large share of the work.
+const TASKS_PER_THREAD: usize = 4;
+
+/// Rows per task for `pairs` pairs of `rows` rows each on `threads` threads: enough tasks for
+/// [`TASKS_PER_THREAD`] each, at most [`ROWS_PER_TASK`] rows, never 0.
+fn rows_per_task(rows: usize, pairs: usize, threads: usize) -> usize {
+    let tasks = threads.max(1).saturating_mul(TASKS_PER_THREAD);
+    rows.saturating_mul(pairs.max(1)).div_ceil(tasks).clamp(1, ROWS_PER_TASK)
 }
 
 /// One pair's expert: its gate, up and down slabs (each `rows × cols` elements of the FFN's
@@ -379,20 +380,57 @@ impl ExpertFfn {
                 })
                 .collect();
             let threads = rayon::current_num_threads();
-            let (up_rows, down_rows) = (rows_per_task(ffn, threads), rows_per_task(hidden, threads));
-            let mut h = vec![0.0f32; pairs.len() * ffn];
-            h.par_chunks_mut(ffn).zip(pairs.par_iter()).for_each(|(h, p)| {
-                let Some(xt) = xt.get(p.token) else { return };
-                h.par_chunks_mut(up_rows).enumerate().for_each(|(task, rows)| {
-                    isa::gate_up(isa, format, p.gate, p.up, hidden, xt, task * up_rows, rows);
-                });
-            });
-            parts.par_chunks_mut(hidden).zip(h.par_chunks(ffn)).zip(pairs.par_iter()).for_each(|((part, h), p)| {
-                let mut ht = Vec::new();
-                order::pad_to_blocks(h, &mut ht);
-                part.par_chunks_mut(down_rows).enumerate().for_each(|(task, rows)| {
-                    isa::down(isa, down_format, p.down, ffn, &ht, task * down_rows, rows);
-                });
+            let up_rows = rows_per_task(ffn, pairs.len(), threads);
+            let down_rows = rows_per_task(hidden, pairs.len(), threads);
+            let up_tasks = ffn.div_ceil(up_rows);
+            // Each pair's h (as f32 bits), written by its gate/up tasks; the task that finishes
+            // a pair's h (its count reaching 0) pads it and starts the pair's down tasks, which
+            // write the pair's rows of `parts`. A pair's down so starts while other pairs'
+            // gate/up run: the call waits once, at its end.
+            let h: Vec<AtomicU32> = (0..pairs.len() * ffn).map(|_| AtomicU32::new(0)).collect();
+            let left: Vec<AtomicUsize> = pairs.iter().map(|_| AtomicUsize::new(up_tasks)).collect();
+            let padded: Vec<OnceLock<Vec<f32>>> = pairs.iter().map(|_| OnceLock::new()).collect();
+            let outputs: Vec<Mutex<Option<&mut [f32]>>> =
+                parts.chunks_mut(hidden).map(|part| Mutex::new(Some(part))).collect();
+            let (h, left, padded, outputs, xt) = (&h, &left, &padded, &outputs, &xt);
+            rayon::scope(|s| {
+                for (i, p) in pairs.iter().enumerate() {
+                    let Some(xt) = xt.get(p.token) else { continue };
+                    let pair_h = h.get(i * ffn..(i + 1) * ffn).unwrap_or_default();
+                    for task in 0..up_tasks {
+                        s.spawn(move |s| {
+                            let first = task * up_rows;
+                            let mut rows = [0.0f32; ROWS_PER_TASK];
+                            let rows = rows.get_mut(..up_rows.min(ffn - first)).unwrap_or_default();
+                            isa::gate_up(isa, format, p.gate, p.up, hidden, xt, first, rows);
+                            for (cell, v) in pair_h.iter().skip(first).zip(rows.iter()) {
+                                cell.store(v.to_bits(), Ordering::Relaxed);
+                            }
+                            // The last of the pair's tasks sees every row (AcqRel orders them).
+                            if left.get(i).is_none_or(|l| l.fetch_sub(1, Ordering::AcqRel) != 1) {
+                                return;
+                            }
+                            let values: Vec<f32> =
+                                pair_h.iter().map(|c| f32::from_bits(c.load(Ordering::Relaxed))).collect();
+                            let Some(ht) = padded.get(i).map(|cell| {
+                                cell.get_or_init(|| {
+                                    let mut ht = Vec::new();
+                                    order::pad_to_blocks(&values, &mut ht);
+                                    ht
+                                })
+                            }) else {
+                                return;
+                            };
+                            let part = outputs
+                                .get(i)
+                                .and_then(|o| o.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take());
+                            for (task, rows) in part.into_iter().flat_map(|part| part.chunks_mut(down_rows)).enumerate()
+                            {
+                                s.spawn(move |_| isa::down(isa, down_format, p.down, ffn, ht, task * down_rows, rows));
+                            }
+                        });
+                    }
+                }
             });
         };
         match &self.pool {
