@@ -23,10 +23,16 @@ cp /tmp/llama-build.log "$out/a/" 2>/dev/null
 # The floor on an idle host (the build is done): launches are host work.
 (cd "$here/bin" && LD_LIBRARY_PATH=/usr/local/cuda/lib64 timeout 120 ./bench-floor --bench) > "$out/a/floor.txt" 2>&1
 echo "floor done after $(( $(date +%s) - start )) s"; cat "$out/a/floor.txt"
-# The host FFN alone on this host (std adapter's `ffn` bench), when packed as bin/host-ffn.
+# The host FFN alone on this host (std adapter's `ffn` bench), when packed as bin/host-ffn; an
+# older build packed beside it as bin/host-ffn-old alternates with it, two rounds.
 if [ -x "$here/bin/host-ffn" ]; then
-  (cd "$here/bin" && timeout 40 ./host-ffn --bench --sample-count 20) > "$out/a/host-ffn.txt" 2>&1
-  grep -E "instruction|bf16|q8_0|q4_K|q6_K|one_pair|GB/s" "$out/a/host-ffn.txt" | head -20
+  rounds="host-ffn"
+  [ -x "$here/bin/host-ffn-old" ] && rounds="host-ffn-old host-ffn host-ffn-old host-ffn"
+  for b in $rounds; do
+    echo "=== $b"
+    (cd "$here/bin" && timeout 60 "./$b" --bench --sample-count 20 "expert_ffn$|one_pair|format|cold")
+  done > "$out/a/host-ffn.txt" 2>&1
+  grep -E "===|instruction|bf16|q8_0|q4_K|q6_K|one_pair|cold|├─ [0-9]|╰─ [0-9]" "$out/a/host-ffn.txt" | head -80
 fi
 tar -czf "$out/a.tar.gz" -C "$out" a && rm -rf "$out/a"
 mkdir -p "$out/b"

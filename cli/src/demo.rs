@@ -73,10 +73,11 @@ pub struct Args {
     #[arg(long)]
     routing: Option<PathBuf>,
     /// With `--device cuda`: how the expertslab row serves misses its pool does not admit:
-    /// `copy` (into a scratch slot), `bus` (read over the bus), `host` (computed by the CPU) or
-    /// `auto` (copies and the CPU side by side, split by costs measured at start-up) [default:
-    /// auto].
-    #[arg(long, value_parser = ["copy", "bus", "host", "auto"])]
+    /// `copy` (into a scratch slot), `bus` (read over the bus), `host` (computed by the CPU),
+    /// `split` (gate and up computed by the CPU while down is copied, down computed on the GPU)
+    /// or `auto` (copies, the CPU and split experts side by side, by costs measured at start-up)
+    /// [default: auto].
+    #[arg(long, value_parser = ["copy", "bus", "host", "split", "auto"])]
     miss: Option<String>,
     /// Take the experts of this GGUF model file (its MoE layers' gate, up and down stacks, F32,
     /// BF16 or Q8_0), read in place from a memory map, instead of building a model; the file sets the
@@ -168,7 +169,7 @@ fn run_cuda(args: &Args, policy: expertslab_std::Policy) -> Result<(), CliError>
     config.slots = args.slots.unwrap_or(experts / 2).min(experts);
     if let Some(miss) = &args.miss {
         config.miss = expertslab_cuda::demo::DemoMiss::from_name(miss)
-            .ok_or_else(|| CliError::Usage(format!("--miss {miss}: copy, bus, host or auto")))?;
+            .ok_or_else(|| CliError::Usage(format!("--miss {miss}: copy, bus, host, split or auto")))?;
     }
     config.schedule = args.schedule.unwrap_or(Schedule::EveryForward);
     config.routing = match trace {

@@ -10,7 +10,7 @@ use expertslab_std::trace::replay::{
 };
 use expertslab_std::trace::{Trace, WarmStart};
 use expertslab_std::{
-    AdmissionConfig, DecayConfig, InitialPlacement, LayeredSource, MissOrder, Policy, Predictor, Schedule,
+    AdmissionConfig, DecayConfig, InitialPlacement, LayeredSource, MissOrder, Policy, Predictor, Projection, Schedule,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
@@ -221,6 +221,13 @@ pub struct CostArgs {
     /// and `balanced` when this is not given.
     #[arg(long, requires = "overlap", value_parser = parse_fetch_cap)]
     pub fetch_cap: Option<FetchCap>,
+    /// With --overlap: a miss may also be split, its down projection fetched while its pairs'
+    /// gate and up are computed in place (the device computes down from the uploaded
+    /// intermediate), weighed with whole fetches and in-place compute. Down's share of an
+    /// expert's bytes comes from --model's layers, or is a third (gate, up and down of one
+    /// format and size).
+    #[arg(long, requires = "overlap")]
+    pub split: bool,
 }
 
 /// `balanced`, `none` or a count.
@@ -277,19 +284,24 @@ pub fn non_negative(text: &str) -> Result<f64, String> {
 impl CostArgs {
     /// The cost model these arguments describe.
     pub fn cost_model(&self) -> Result<CostModel, CliError> {
-        let expert_bytes = match (&self.expert_bytes, &self.model) {
-            (Some(bytes), _) => *bytes,
-            (None, Some(path)) => {
+        // Down's share of an expert when nothing says otherwise: three projections of one size.
+        let mut down_share = 1.0 / 3.0;
+        let file_bytes = match &self.model {
+            Some(path) => {
                 let model = crate::model::open_model(path)?;
-                let sizes: Vec<u64> =
-                    model.moe_layers().filter_map(|l| model.layer_layout(l)).map(|l| l.expert_bytes() as u64).collect();
-                if sizes.is_empty() {
+                let layouts: Vec<_> = model.moe_layers().filter_map(|l| model.layer_layout(l)).collect();
+                if layouts.is_empty() {
                     return Err(CliError::unusable(path, "the model has no MoE layers"));
                 }
-                sizes.iter().sum::<u64>() / sizes.len() as u64
+                let shares: Vec<f64> = layouts.iter().filter_map(|l| l.share_of(Projection::Down).ok()).collect();
+                if !shares.is_empty() {
+                    down_share = shares.iter().sum::<f64>() / shares.len() as f64;
+                }
+                Some(layouts.iter().map(|l| l.expert_bytes() as u64).sum::<u64>() / layouts.len() as u64)
             }
-            (None, None) => DEFAULT_EXPERT_BYTES,
+            None => None,
         };
+        let expert_bytes = self.expert_bytes.or(file_bytes).unwrap_or(DEFAULT_EXPERT_BYTES);
         let slow_pair_seconds = match self.slow_pair_us {
             Some(us) => us * 1e-6,
             None => expert_bytes as f64 / (self.slow_gbps * 1e9),
@@ -297,6 +309,7 @@ impl CostArgs {
         let model = CostModel::new(expert_bytes, slow_pair_seconds, self.link_gbps * 1e9)
             .layer_compute(self.layer_compute_us * 1e-6)
             .slow_step(self.slow_step_us * 1e-6);
+        let model = if self.split { model.split(down_share) } else { model };
         Ok(if self.overlap { model.overlapped(self.fetch_cap.unwrap_or(FetchCap::Balanced)) } else { model })
     }
 }

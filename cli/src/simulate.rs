@@ -122,6 +122,7 @@ pub fn counters_json(c: &ReplayStats) -> Value {
         "prefetch_hits": c.prefetch_hits,
         "prefetch_wasted_bytes": c.prefetch_wasted_bytes,
         "fetched": c.fetched,
+        "split": c.split,
     })
 }
 

@@ -225,6 +225,16 @@ impl ExpertLayout {
             .map(|(i, (_, s))| (i, s))
             .ok_or(LayoutError::ProjectionMissing { projection })
     }
+
+    /// The share of an expert's bytes that `projection` holds (0 for experts of no bytes):
+    /// what a split miss copies when `projection` is down.
+    ///
+    /// # Errors
+    /// [`LayoutError::ProjectionMissing`] when the layout has no such projection.
+    pub fn share_of(&self, projection: Projection) -> Result<f64, LayoutError> {
+        let bytes = self.find(projection)?.1.expert_bytes();
+        Ok(if self.expert_bytes == 0 { 0.0 } else { bytes as f64 / self.expert_bytes as f64 })
+    }
 }
 
 /// Rounds `value` up to a multiple of `align` (a power of two).

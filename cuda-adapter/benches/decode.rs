@@ -30,7 +30,7 @@ use expertslab::{DecayConfig, Policy, Schedule};
 use expertslab_cuda::demo::{
     open_device, tune_pick, Calibration, DemoMiss, DemoRouting, GpuModel, ModelSpec, RunConfig, RunReport,
 };
-use expertslab_cuda::{CudaError, MissAction, MissRule};
+use expertslab_cuda::{CudaError, MissAction, MissCosts, MissRule};
 
 fn schedule_name(s: Schedule) -> String {
     match s {
@@ -142,7 +142,9 @@ fn peer(model: &GpuModel, calibration: &Calibration, reps: usize) -> Result<(), 
             let tokens = r.decode_tokens.max(1) as f64;
             let copied: u64 = r.step_copy_bytes.iter().sum();
             let read: u64 = r.step_host_pairs.iter().chain(&r.step_bus_pairs).sum();
-            let brought = copied as f64 + read as f64 * expert;
+            // A split pair's down is in the copied bytes; the host reads the rest.
+            let split: u64 = r.step_split_pairs.iter().sum();
+            let brought = copied as f64 + (read as f64 + split as f64 * (1.0 - c.down_share)) * expert;
             let bound = brought / tokens / (calibration.link_bytes_per_second + host_bandwidth);
             println!(
                 "peer\t{trace_name}\t{percent}\t{name}\t{:.4}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.1}",
@@ -159,13 +161,16 @@ fn peer(model: &GpuModel, calibration: &Calibration, reps: usize) -> Result<(), 
         line(100, "all resident", &floor, floor_token, floor_token);
         for percent in [75, 50, 25, 0] {
             let slots = experts * percent / 100;
-            // Each way of serving misses with the pool the tune picks for it.
-            for way in [DemoMiss::Copy, DemoMiss::Bus, DemoMiss::Host, DemoMiss::Auto] {
+            // Each way of serving misses with the pool the tune picks for it; `auto` also with
+            // whole experts only (no split), the rule before splits.
+            let whole = MissRule::Balanced(MissCosts { down_share: 0.0, ..*c }, FetchCap::Balanced);
+            let ways = [DemoMiss::Copy, DemoMiss::Bus, DemoMiss::Host, DemoMiss::Auto, DemoMiss::Auto];
+            for (i, way) in ways.into_iter().enumerate() {
                 // With slots the pool admits what the bus would read: its row is the copy row.
                 if way == DemoMiss::Bus && slots > 0 {
                     continue;
                 }
-                let rule = way.rule(*c);
+                let (rule, way_name) = if i == 4 { (whole, "auto-whole") } else { (way.rule(*c), way.name()) };
                 let run = if slots == 0 {
                     RunConfig::new(0, Policy::Lru, rule)
                 } else {
@@ -178,6 +183,7 @@ fn peer(model: &GpuModel, calibration: &Calibration, reps: usize) -> Result<(), 
                         MissAction::Copy => ", all copied",
                         MissAction::Bus => ", all over the bus",
                         MissAction::Host => ", all on the host",
+                        MissAction::Split => ", all split",
                     },
                     _ => "",
                 };
@@ -185,7 +191,7 @@ fn peer(model: &GpuModel, calibration: &Calibration, reps: usize) -> Result<(), 
                 let name = format!("tune: {}{shared} {}{cap}", run.policy.name(), schedule_name(run.schedule));
                 let r = model.decode_median(&trace, &run, reps)?;
                 let predicted = model.predict(&trace, &run, calibration)?.seconds_per_token;
-                line(percent, &format!("{name}, misses {}", way.name()), &r, floor_token, predicted);
+                line(percent, &format!("{name}, misses {way_name}"), &r, floor_token, predicted);
             }
         }
     }

@@ -132,13 +132,22 @@ const MIXED: MissRule = MissRule::Measured(MissCosts {
     bus_pair: 1.0,
     host_pair: f64::INFINITY,
     host_step: 0.0,
+    down_share: 0.0,
 });
 /// A step's misses split between copies and the host (a host pair costs two copies).
 const BALANCED: MissRule = MissRule::Balanced(
-    MissCosts { copy: 1.0, resident_pair: 0.0, bus_pair: 9.0, host_pair: 2.0, host_step: 0.0 },
+    MissCosts { copy: 1.0, resident_pair: 0.0, bus_pair: 9.0, host_pair: 2.0, host_step: 0.0, down_share: 0.0 },
     FetchCap::Balanced,
 );
 const HOST: MissRule = MissRule::Always(MissAction::Host);
+/// Every miss split: gate and up on the host, down copied and computed on the GPU.
+const SPLIT: MissRule = MissRule::Always(MissAction::Split);
+/// The GPU machine's costs (a copy 180, a host pair 97, 25 per step, down a third): a step's
+/// misses copied, split and on the host together (two misses are both split).
+const BALANCED_SPLIT: MissRule = MissRule::Balanced(
+    MissCosts { copy: 180.0, resident_pair: 5.0, bus_pair: 275.0, host_pair: 97.0, host_step: 25.0, down_share: 0.34 },
+    FetchCap::Balanced,
+);
 
 fn outputs(model: &GpuModel, trace: &Trace, slots: usize, policy: Policy, miss: MissRule) -> Vec<f32> {
     let run = RunConfig { record_outputs: true, ..RunConfig::new(slots, policy, miss) };
@@ -179,7 +188,15 @@ fn outputs_are_bit_identical_under_every_policy_and_miss_action() {
         let all = bits(&outputs(&model, &trace, spec.experts, Policy::Tide, MissRule::Always(MissAction::Copy)));
         let decay = Policy::Decay(DecayConfig::DEFAULT);
         let mut runs = 0;
-        for miss in [MissRule::Always(MissAction::Copy), MissRule::Always(MissAction::Bus), MIXED, HOST, BALANCED] {
+        for miss in [
+            MissRule::Always(MissAction::Copy),
+            MissRule::Always(MissAction::Bus),
+            MIXED,
+            HOST,
+            BALANCED,
+            SPLIT,
+            BALANCED_SPLIT,
+        ] {
             assert_eq!(bits(&outputs(&model, &trace, 0, Policy::Lru, miss)), all, "{format}, no slots, {miss:?}");
             runs += 1;
             for policy in [Policy::Lru, Policy::Tide, decay] {
@@ -239,7 +256,7 @@ fn a_gguf_file_decodes_from_its_mapping_bit_identical_to_all_resident() {
         let all = bits(&outputs(&pinned, &trace, spec.experts, Policy::Tide, copy));
         assert_eq!(bits(&outputs(&model, &trace, spec.experts, Policy::Tide, copy)), all, "{format}, all resident");
         let mut runs = 1;
-        for miss in [copy, MissRule::Always(MissAction::Bus), MIXED, HOST, BALANCED] {
+        for miss in [copy, MissRule::Always(MissAction::Bus), MIXED, HOST, BALANCED, SPLIT, BALANCED_SPLIT] {
             for (slots, policy) in [(0, Policy::Lru), (3, Policy::Lru), (8, Policy::Tide)] {
                 let got = bits(&outputs(&model, &trace, slots, policy, miss));
                 assert_eq!(got, all, "{format}, file, {slots} slots, {policy:?}, {miss:?}");

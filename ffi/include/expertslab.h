@@ -609,6 +609,11 @@ typedef struct EsReplayStats {
    * Under the overlapped cost model: experts fetched for misses served in place.
    */
   uint64_t fetched;
+  /**
+   * Under the overlapped cost model with split misses: experts whose down was fetched while
+   * their pairs' gate and up were computed in place.
+   */
+  uint64_t split;
 } EsReplayStats;
 
 /**

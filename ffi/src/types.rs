@@ -455,6 +455,9 @@ pub struct EsReplayStats {
     pub prefetch_wasted_bytes: u64,
     /// Under the overlapped cost model: experts fetched for misses served in place.
     pub fetched: u64,
+    /// Under the overlapped cost model with split misses: experts whose down was fetched while
+    /// their pairs' gate and up were computed in place.
+    pub split: u64,
 }
 
 impl From<&ReplayStats> for EsReplayStats {
@@ -469,6 +472,7 @@ impl From<&ReplayStats> for EsReplayStats {
             prefetch_hits: s.prefetch_hits,
             prefetch_wasted_bytes: s.prefetch_wasted_bytes,
             fetched: s.fetched,
+            split: s.split,
         }
     }
 }

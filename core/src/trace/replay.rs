@@ -40,7 +40,7 @@ mod tune;
 mod uniform;
 
 pub(crate) use cost::OverlapClock;
-pub use cost::{count_uses, split_misses, CostModel, FetchCap, MissedUses, SplitCosts, StepCost};
+pub use cost::{count_uses, split_misses, CostModel, FetchCap, MissSplit, MissedUses, SplitCosts, StepCost};
 pub use tune::{best_run, slot_counts, TuneGrid, TuneJob};
 
 /// What to replay: a pool policy, or a reference.
@@ -196,6 +196,10 @@ pub struct ReplayStats {
     /// in place (their pairs stay counted in `served_in_place`; the bytes are not in
     /// `bytes_promoted`, which counts slots filled).
     pub fetched: u64,
+    /// Under the overlapped model with split misses ([`CostModel::split`]): experts whose down
+    /// was fetched while their pairs' gate and up were computed in place (their pairs stay
+    /// counted in `served_in_place`).
+    pub split: u64,
 }
 
 impl ReplayStats {
@@ -215,6 +219,7 @@ impl ReplayStats {
         self.prefetch_hits = self.prefetch_hits.saturating_add(other.prefetch_hits);
         self.prefetch_wasted_bytes = self.prefetch_wasted_bytes.saturating_add(other.prefetch_wasted_bytes);
         self.fetched = self.fetched.saturating_add(other.fetched);
+        self.split = self.split.saturating_add(other.split);
     }
 }
 

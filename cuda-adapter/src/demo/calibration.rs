@@ -3,7 +3,7 @@
 
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::CudaSlice;
-use expertslab::SlotArena;
+use expertslab::{Projection, SlotArena};
 use expertslab_std::ffn::{ExpertFfn, PairSlabs};
 
 use super::model::{seconds, GpuModel};
@@ -97,6 +97,7 @@ impl GpuModel {
                 bus_pair,
                 host_pair,
                 host_step,
+                down_share: self.layout.share_of(Projection::Down)?,
             },
         })
     }

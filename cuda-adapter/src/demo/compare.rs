@@ -22,10 +22,13 @@ pub enum DemoMiss {
     Bus,
     /// Compute each on the host ([`MissAction::Host`]).
     Host,
-    /// Copies and the host side by side, split by the measured costs ([`MissRule::Balanced`],
-    /// promotions capped at the step's balanced share); where the demo tunes its pool
-    /// ([`tune_pick`](super::tune_pick)), the modeled fastest of that split, the pool uncapped,
-    /// and each single way.
+    /// Split each: gate and up on the host, down copied and computed on the GPU
+    /// ([`MissAction::Split`]).
+    Split,
+    /// Copies, the host and split experts side by side, by the measured costs
+    /// ([`MissRule::Balanced`], promotions capped at the step's balanced share); where the demo
+    /// tunes its pool ([`tune_pick`](super::tune_pick)), the modeled fastest of that, the pool
+    /// uncapped, and each single way.
     Auto,
 }
 
@@ -36,23 +39,25 @@ impl DemoMiss {
             Self::Copy => MissRule::Always(MissAction::Copy),
             Self::Bus => MissRule::Always(MissAction::Bus),
             Self::Host => MissRule::Always(MissAction::Host),
+            Self::Split => MissRule::Always(MissAction::Split),
             Self::Auto => MissRule::Balanced(costs, FetchCap::Balanced),
         }
     }
 
-    /// `copy`, `bus`, `host` or `auto`.
+    /// `copy`, `bus`, `host`, `split` or `auto`.
     pub const fn name(self) -> &'static str {
         match self {
             Self::Copy => "copy",
             Self::Bus => "bus",
             Self::Host => "host",
+            Self::Split => "split",
             Self::Auto => "auto",
         }
     }
 
     /// The way named `name` (see [`DemoMiss::name`]).
     pub fn from_name(name: &str) -> Option<Self> {
-        [Self::Copy, Self::Bus, Self::Host, Self::Auto].into_iter().find(|m| m.name() == name)
+        [Self::Copy, Self::Bus, Self::Host, Self::Split, Self::Auto].into_iter().find(|m| m.name() == name)
     }
 }
 

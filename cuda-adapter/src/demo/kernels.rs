@@ -80,6 +80,16 @@ impl Kernels<CudaDriver> for CudaKernels<'_> {
         self.current(layer)?.upload_parts(stream, pairs, parts)
     }
 
+    fn upload_h(
+        &mut self,
+        layer: usize,
+        pairs: &[usize],
+        h: &[f32],
+        stream: &Arc<CudaStream>,
+    ) -> Result<(), CudaError> {
+        self.current(layer)?.upload_h(stream, pairs, h)
+    }
+
     unsafe fn combine(&mut self, layer: usize, y: u64, stream: &Arc<CudaStream>) -> Result<(), CudaError> {
         let ffn = self.ffn;
         // SAFETY: the caller upholds the launch's contract (this function's).

@@ -137,6 +137,9 @@ pub struct RunReport {
     pub bus_pairs: u64,
     /// Pairs computed on the host.
     pub host_pairs: u64,
+    /// Split pairs: gate and up on the host, down on the GPU from a scratch copy of down (its
+    /// bytes in `bytes_scratch`).
+    pub split_pairs: u64,
     /// Decode steps timed (records after the prefill, counted once per step, not per layer).
     pub decode_steps: u64,
     /// Decode tokens timed.
@@ -157,6 +160,8 @@ pub struct RunReport {
     pub step_bus_pairs: Vec<u64>,
     /// Pairs computed on the host per timed decode step.
     pub step_host_pairs: Vec<u64>,
+    /// Split pairs per timed decode step.
+    pub step_split_pairs: Vec<u64>,
     /// Every record's output, when asked for.
     pub outputs: Vec<f32>,
 }
@@ -265,13 +270,15 @@ pub fn replay_cost(rule: MissRule, expert_bytes: u64, calibration: &Calibration)
     };
     match rule {
         MissRule::Balanced(_, cap) if c.host_pair.is_finite() => {
-            CostModel::new(expert_bytes, c.host_pair, link).slow_step(c.host_step).overlapped(cap)
+            CostModel::new(expert_bytes, c.host_pair, link).slow_step(c.host_step).overlapped(cap).split(c.down_share)
         }
         _ => {
             let slow_pair_seconds = match rule.choose(1) {
                 MissAction::Copy => c.copy + c.resident_pair,
                 MissAction::Bus => c.bus_pair,
                 MissAction::Host => c.host_pair,
+                // Down's copy, then gate and up on the host, one after the other.
+                MissAction::Split => c.down_share * c.copy + (1.0 - c.down_share) * c.host_pair,
             };
             CostModel::new(expert_bytes, slow_pair_seconds, link)
         }
@@ -357,8 +364,14 @@ mod tests {
     #[test]
     fn with_the_host_the_tune_pick_is_priced_by_layer_step() {
         // The H100's costs: a copy 179 µs, a pair on the host 102 µs; near-uniform routing.
-        let costs =
-            MissCosts { copy: 179e-6, resident_pair: 6e-6, bus_pair: 275e-6, host_pair: 102e-6, host_step: 0.0 };
+        let costs = MissCosts {
+            copy: 179e-6,
+            resident_pair: 6e-6,
+            bus_pair: 275e-6,
+            host_pair: 102e-6,
+            host_step: 0.0,
+            down_share: 0.0,
+        };
         let calibration = Calibration { link_bytes_per_second: 52.6e9, costs };
         let trace = SyntheticTrace { steps: 32, prefill_tokens: 4, ..SyntheticTrace::NEAR_UNIFORM }.trace().unwrap();
         let bytes: u64 = 9 << 20;

@@ -25,14 +25,20 @@ pub struct StepBuffers {
     pub(super) tokens: usize,
     pub(super) pairs: usize,
     pub(super) before: usize,
-    /// Pairs the kernels compute (the others are the host's).
+    /// Pairs the kernels compute whole (the others are split or the host's).
     pub(super) on_device: usize,
-    /// The staged step's pairs computed on the host.
+    /// Split pairs: the kernels compute their down only.
+    pub(super) split: usize,
+    /// The staged step's pairs computed on the host, and its split pairs.
     host_pairs: Vec<usize>,
+    split_pairs: Vec<usize>,
     host: PinnedHostSlice<u64>,
     /// Host-computed outputs staged for upload, `[max_pairs, hidden]`.
     host_parts: Option<PinnedHostSlice<f32>>,
+    /// Host-computed intermediate rows of split pairs staged for upload, `[max_pairs, ffn]`.
+    host_h: Option<PinnedHostSlice<f32>>,
     hidden: usize,
+    ffn: usize,
     _device: CudaSlice<u64>,
     device_ptr: u64,
     h: CudaSlice<f32>,
@@ -49,6 +55,7 @@ pub struct StepBuffers {
     /// and recorded again (creating an event per step cost as much as a launch).
     uploaded: Upload,
     parts_uploaded: Upload,
+    h_uploaded: Upload,
 }
 
 /// Words of the staged block for `pairs` pairs: miss addresses (3 per pair), then ids, weights
@@ -102,10 +109,14 @@ impl StepBuffers {
             pairs: 0,
             before: 0,
             on_device: 0,
+            split: 0,
             host_pairs: Vec::new(),
+            split_pairs: Vec::new(),
             host,
             host_parts: None,
+            host_h: None,
             hidden: shape.hidden,
+            ffn: shape.ffn,
             _device: device,
             device_ptr,
             h,
@@ -118,6 +129,7 @@ impl StepBuffers {
             counts_ptr,
             uploaded: Upload::new(stream)?,
             parts_uploaded: Upload::new(stream)?,
+            h_uploaded: Upload::new(stream)?,
         })
     }
 
@@ -173,19 +185,25 @@ impl StepBuffers {
             put(id_words, i, id);
             put(weight_words, i, w.to_bits());
         }
-        // Launch order: pairs in place before the copies first, then the others; the host's
-        // pairs last, never launched.
+        // Launch order: pairs in place before the copies first, then the others, then the split
+        // pairs (down only); the host's pairs last, never launched.
         let on = |p: usize, late: bool| sources.get(p).is_some_and(|s| s.on_device() && s.after_copies() == late);
+        let is = |p: usize, f: fn(&PairSource) -> bool| sources.get(p).is_some_and(f);
+        let host_only = |s: &PairSource| !s.on_device() && !s.split_pair();
         let early = (0..pairs).filter(|&p| on(p, false));
         let late = (0..pairs).filter(|&p| on(p, true));
-        let host = (0..pairs).filter(|&p| sources.get(p).is_some_and(|s| !s.on_device()));
-        for (i, p) in early.chain(late).chain(host).enumerate() {
+        let split = (0..pairs).filter(|&p| is(p, PairSource::split_pair));
+        let host = (0..pairs).filter(|&p| is(p, host_only));
+        for (i, p) in early.chain(late).chain(split).chain(host).enumerate() {
             put(order_words, i, p as u32);
         }
         self.before = sources.iter().filter(|s| s.on_device() && !s.after_copies()).count();
         self.on_device = sources.iter().filter(|s| s.on_device()).count();
         self.host_pairs.clear();
-        self.host_pairs.extend((0..pairs).filter(|&p| sources.get(p).is_some_and(|s| !s.on_device())));
+        self.host_pairs.extend((0..pairs).filter(|&p| is(p, host_only)));
+        self.split_pairs.clear();
+        self.split_pairs.extend((0..pairs).filter(|&p| is(p, PairSource::split_pair)));
+        self.split = self.split_pairs.len();
         self.pairs = pairs;
         self.tokens = pairs / self.top_k;
         let staged: &[u64] = block;
@@ -211,41 +229,36 @@ impl StepBuffers {
     /// ([`PairSource::Host`]: the kernels write the others) or the lengths disagree;
     /// [`CudaError::Driver`].
     pub fn upload_parts(&mut self, stream: &CudaStream, pairs: &[usize], parts: &[f32]) -> Result<(), CudaError> {
-        let hidden = self.hidden;
-        if parts.len() != pairs.len() * hidden || pairs.iter().any(|p| !self.host_pairs.contains(p)) {
-            return Err(CudaError::Unsupported(format!(
-                "{} host outputs for pairs {pairs:?}; the staged step serves {:?} on the host",
-                parts.len() / hidden.max(1),
-                self.host_pairs
-            )));
-        }
-        if pairs.is_empty() {
-            return Ok(());
-        }
-        self.parts_uploaded.wait()?;
-        if self.host_parts.is_none() {
-            let ctx = stream.context();
-            // SAFETY: rows are written below before the copies that read them.
-            self.host_parts = Some(unsafe { ctx.alloc_pinned_with_flags::<f32>(self.max_pairs * hidden, 0) }?);
-        }
-        let block = self.host_parts.as_mut().ok_or(CudaError::Unsupported("host parts".into()))?;
-        let outside = |pair: usize| CudaError::Unsupported(format!("pair {pair} is past the staging block"));
-        let staged = block.as_mut_slice()?;
-        for (&pair, row) in pairs.iter().zip(parts.chunks_exact(hidden)) {
-            let at = pair * hidden;
-            staged.get_mut(at..at + hidden).ok_or_else(|| outside(pair))?.copy_from_slice(row);
-        }
-        let staged = block.as_slice()?;
-        for &pair in pairs {
-            let at = pair * hidden;
-            let row = staged.get(at..at + hidden).ok_or_else(|| outside(pair))?;
-            // SAFETY: the destination is pair `pair`'s row of this step's partial outputs
-            // (`max_pairs × hidden` f32, `pair` < pairs ≤ max_pairs); the source is the same row
-            // of the page-locked block, not written again until `parts_uploaded` completes.
-            unsafe { copy_htod_async(self.part_ptr + 4 * at as u64, f32_bytes(row), stream) }?;
-        }
-        self.parts_uploaded.record(stream)?;
-        Ok(())
+        let rows = HostRows {
+            what: "host outputs",
+            served: &self.host_pairs,
+            width: self.hidden,
+            max_pairs: self.max_pairs,
+            device: self.part_ptr,
+        };
+        rows.upload(stream, pairs, parts, &mut self.host_parts, &mut self.parts_uploaded)
+    }
+
+    /// Enqueues on `stream` the upload of the intermediate rows the host computed for split
+    /// pairs ([`PairSource::Split`]): `h` holds one `ffn`-long row per entry of `pairs`, copied
+    /// into the step's `h`, where [`Phase::Split`]'s down launch reads them. Call after
+    /// [`StepBuffers::stage`] and before that launch, on its stream; through a page-locked block
+    /// as [`StepBuffers::upload_parts`].
+    ///
+    /// # Errors
+    /// [`CudaError::Unsupported`] when a pair is not a split pair of the staged step or the
+    /// lengths disagree; [`CudaError::Driver`].
+    ///
+    /// [`Phase::Split`]: super::Phase::Split
+    pub fn upload_h(&mut self, stream: &CudaStream, pairs: &[usize], h: &[f32]) -> Result<(), CudaError> {
+        let rows = HostRows {
+            what: "intermediate rows",
+            served: &self.split_pairs,
+            width: self.ffn,
+            max_pairs: self.max_pairs,
+            device: self.h_ptr,
+        };
+        rows.upload(stream, pairs, h, &mut self.host_h, &mut self.h_uploaded)
     }
 
     /// The device address of the staged step's launch order (pair indexes, `i32`).
@@ -273,10 +286,11 @@ impl StepBuffers {
         }
     }
 
-    /// Whether the staged step's down launches also combine its tokens: every pair is computed
-    /// on the device (none on the host), so nothing is uploaded between down and the combine.
+    /// Whether the staged step's down launches also combine its tokens: every pair's down is
+    /// computed on the device (no pair wholly on the host), so nothing is uploaded between the
+    /// last down and the combine.
     pub const fn fused(&self) -> bool {
-        self.pairs > 0 && self.on_device == self.pairs
+        self.pairs > 0 && self.on_device + self.split == self.pairs
     }
 
     /// Reads and clears the status word the kernels set for pairs they could not compute
@@ -299,6 +313,67 @@ impl StepBuffers {
     /// [`CudaError::Driver`].
     pub fn h(&self, stream: &Arc<CudaStream>) -> Result<Vec<f32>, CudaError> {
         Ok(stream.clone_dtoh(&self.h)?)
+    }
+}
+
+/// Rows the host computed for some pairs of a staged step, and where they go: one `width`-long
+/// row per pair, at the pair's row of the device buffer `device` (`max_pairs × width` f32).
+struct HostRows<'a> {
+    what: &'static str,
+    /// The pairs the staged step serves this way.
+    served: &'a [usize],
+    width: usize,
+    max_pairs: usize,
+    device: u64,
+}
+
+impl HostRows<'_> {
+    /// Copies `rows` (one per entry of `pairs`) into the page-locked `block` (allocated on first
+    /// use, reused once `uploaded` completed) and enqueues their upload on `stream`.
+    fn upload(
+        &self,
+        stream: &CudaStream,
+        pairs: &[usize],
+        rows: &[f32],
+        block: &mut Option<PinnedHostSlice<f32>>,
+        uploaded: &mut Upload,
+    ) -> Result<(), CudaError> {
+        let width = self.width;
+        if rows.len() != pairs.len() * width || pairs.iter().any(|p| !self.served.contains(p)) {
+            return Err(CudaError::Unsupported(format!(
+                "{} {} for pairs {pairs:?}; the staged step serves {:?} so",
+                rows.len() / width.max(1),
+                self.what,
+                self.served
+            )));
+        }
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        uploaded.wait()?;
+        if block.is_none() {
+            let ctx = stream.context();
+            // SAFETY: rows are written below before the copies that read them.
+            *block = Some(unsafe { ctx.alloc_pinned_with_flags::<f32>(self.max_pairs * width, 0) }?);
+        }
+        let block = block.as_mut().ok_or(CudaError::Unsupported(self.what.into()))?;
+        let outside = |pair: usize| CudaError::Unsupported(format!("pair {pair} is past the staging block"));
+        let staged = block.as_mut_slice()?;
+        for (&pair, row) in pairs.iter().zip(rows.chunks_exact(width)) {
+            let at = pair * width;
+            staged.get_mut(at..at + width).ok_or_else(|| outside(pair))?.copy_from_slice(row);
+        }
+        let staged = block.as_slice()?;
+        for &pair in pairs {
+            let at = pair * width;
+            let row = staged.get(at..at + width).ok_or_else(|| outside(pair))?;
+            // SAFETY: the destination is pair `pair`'s row of the step's device buffer
+            // (`max_pairs × width` f32, `pair` < pairs ≤ max_pairs); the source is the same row
+            // of the page-locked block, not written again until `uploaded` completes.
+            unsafe { copy_htod_async(self.device + 4 * at as u64, f32_bytes(row), stream) }?;
+        }
+        uploaded.record(stream)?;
+        Ok(())
     }
 }
 

@@ -12,6 +12,11 @@ pub enum MissAction {
     /// Compute its pairs on the host CPU, from host memory, while the GPU computes the others;
     /// the pairs' outputs are uploaded before the combine (same bits as on the GPU).
     Host,
+    /// The host way, split with the link: the host computes its pairs' gate and up while its
+    /// down projection is copied into a scratch slot; the pairs' intermediate `h` is uploaded
+    /// and the GPU computes down from there (same bits). Only [`MissRule::Balanced`] with a
+    /// share of down ([`MissCosts::down_share`]) plans it.
+    Split,
 }
 
 /// Costs of one expert measured at start-up, in seconds.
@@ -30,12 +35,15 @@ pub struct MissCosts {
     /// pair: fetching the layer's input from the device, starting the threads, uploading the
     /// outputs.
     pub host_step: f64,
+    /// Down's share of an expert's bytes: what a [`MissAction::Split`] copies, while the host
+    /// computes the rest (gate and up, `1 − down_share` of `host_pair`); 0: no miss is split.
+    pub down_share: f64,
 }
 
 impl MissCosts {
     /// The costs the core's split weighs ([`split_misses`]), the link busy `busy` seconds.
     pub const fn split(&self, busy: f64) -> SplitCosts {
-        SplitCosts { busy, copy: self.copy, pair: self.host_pair, step: self.host_step }
+        SplitCosts { busy, copy: self.copy, pair: self.host_pair, step: self.host_step, down: self.down_share }
     }
 }
 
@@ -50,12 +58,12 @@ pub enum MissRule {
     Measured(MissCosts),
     /// Copies and host compute side by side: the pool promotes at most the step's share of its
     /// misses by the [`FetchCap`] (none under [`FetchCap::Uncapped`]); then the misses it left,
-    /// the most used first, are copied while that keeps the link's time (the promotions' and
-    /// these copies' `copies × copy`) no longer than the host's time `host_step + pairs left ×
-    /// host_pair`,
-    /// and the rest are computed on the host; the split taken is the one with the least
-    /// `max(link time, host time)` (the copy engine and the host CPU run at once). With an
-    /// infinite `host_pair` every miss is copied.
+    /// the most used first, are copied, the next split ([`MissAction::Split`], with a share of
+    /// down) and the rest computed on the host, in the counts with the least `max(link time,
+    /// host time)` (the copy engine and the host CPU run at once; [`split_misses`]): the link's
+    /// time is the promotions', the copies' and the split downs' over the link, the host's
+    /// `host_step` plus its pairs and the split pairs' gate and up. With an infinite
+    /// `host_pair` every miss is copied.
     Balanced(MissCosts, FetchCap),
 }
 
@@ -100,9 +108,9 @@ impl MissRule {
         let sorted: Vec<u32> = order.iter().map(|&i| uses.get(i).copied().unwrap_or(0)).collect();
         let best = split_misses(&sorted, &c.split(promotions as f64 * c.copy), *cap);
         actions.resize(uses.len(), MissAction::Host);
-        for &i in order.iter().take(best) {
+        for (rank, &i) in order.iter().enumerate().take(best.fetched + best.split) {
             if let Some(a) = actions.get_mut(i) {
-                *a = MissAction::Copy;
+                *a = if rank < best.fetched { MissAction::Copy } else { MissAction::Split };
             }
         }
     }
@@ -115,8 +123,14 @@ mod tests {
     #[test]
     fn the_miss_rule_weighs_one_copy_against_reads_over_the_bus() {
         // A 9 MiB expert: 180 µs to copy, 3 µs per pair from HBM, 200 µs per pair over the bus.
-        let costs =
-            MissCosts { copy: 180e-6, resident_pair: 3e-6, bus_pair: 200e-6, host_pair: f64::INFINITY, host_step: 0.0 };
+        let costs = MissCosts {
+            copy: 180e-6,
+            resident_pair: 3e-6,
+            bus_pair: 200e-6,
+            host_pair: f64::INFINITY,
+            host_step: 0.0,
+            down_share: 0.0,
+        };
         let rule = MissRule::Measured(costs);
         assert_eq!(rule.choose(1), MissAction::Copy); // 183 < 200
         let slow_copy = MissRule::Measured(MissCosts { copy: 400e-6, ..costs });
@@ -131,7 +145,8 @@ mod tests {
     fn the_balanced_rule_splits_misses_between_the_link_and_the_host() {
         use MissAction::{Copy, Host};
         // Copying an expert costs as much as two pairs on the host.
-        let costs = MissCosts { copy: 2.0, resident_pair: 0.0, bus_pair: 9.0, host_pair: 1.0, host_step: 0.0 };
+        let costs =
+            MissCosts { copy: 2.0, resident_pair: 0.0, bus_pair: 9.0, host_pair: 1.0, host_step: 0.0, down_share: 0.0 };
         let rule = MissRule::Balanced(costs, FetchCap::Balanced);
         let mut actions = Vec::new();
         // Eight experts used once: k copies take 2k, the host 8 − k; k = 2 and k = 3 both take
@@ -159,5 +174,31 @@ mod tests {
         assert_eq!(actions.iter().filter(|&&a| a == Copy).count(), 1, "{actions:?}");
         assert_eq!(rule.choose(1), Host, "one pair alone: 1 on the host beats a copy of 2");
         assert_eq!(rule.choose(3), Copy);
+    }
+
+    #[test]
+    fn the_balanced_rule_splits_experts_between_the_host_and_the_link() {
+        use MissAction::{Copy, Host, Split};
+        // The GPU machine's costs (µs): a copy 180, a host pair 97 and 25 per step, down a
+        // third of an expert. Two misses: both split, max(2 × 60, 25 + 2 × 64.7) = 154, beats one
+        // copied and one on the host (180).
+        let costs = MissCosts {
+            copy: 180.0,
+            resident_pair: 5.0,
+            bus_pair: 275.0,
+            host_pair: 97.0,
+            host_step: 25.0,
+            down_share: 1.0 / 3.0,
+        };
+        let mut actions = Vec::new();
+        MissRule::Balanced(costs, FetchCap::Balanced).plan(&[1, 1], 0, &mut actions);
+        assert_eq!(actions, [Split, Split]);
+        // Without a share of down, the same misses are served whole.
+        MissRule::Balanced(MissCosts { down_share: 0.0, ..costs }, FetchCap::Balanced).plan(&[1, 1], 0, &mut actions);
+        assert_eq!(actions.iter().filter(|&&a| a == Split).count(), 0, "{actions:?}");
+        assert!(actions.contains(&Copy) && actions.contains(&Host), "{actions:?}");
+        // The most used are copied whole first: an expert of five pairs and four of one.
+        MissRule::Balanced(costs, FetchCap::Balanced).plan(&[1, 5, 1, 1, 1], 0, &mut actions);
+        assert_eq!(actions.get(1), Some(&Copy), "{actions:?}");
     }
 }

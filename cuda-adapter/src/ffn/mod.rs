@@ -24,9 +24,11 @@
 //! Ordering: a step's gate/up and down work is launched in two phases ([`Phase::BeforeCopies`]
 //! for pairs whose weights are in place before the step's copies, [`Phase::AfterCopies`] for
 //! the others, once the compute stream waits on the copies), so copies overlap the compute of
-//! resident experts; then [`MoeFfn::launch_combine`] sums each token's pairs in k order. When
-//! no pair of a step is computed on the host, the down launches do that sum themselves (the
-//! last block to finish a row tile of a token combines it), one launch less per layer step.
+//! resident experts; split pairs ([`PairSource::Split`]) take a third down launch
+//! ([`Phase::Split`]) after their intermediate rows were uploaded; then
+//! [`MoeFfn::launch_combine`] sums each token's pairs in k order. When no pair of a step is
+//! computed wholly on the host, the down launches do that sum themselves (the last block to
+//! finish a row tile of a token combines it), one launch less per layer step.
 //! [`MoeFfn::record_reads`] records the event after which no kernel of the step reads a slot
 //! (for the copy stream to wait on before overwriting one: write-after-read).
 
@@ -168,6 +170,10 @@ impl MoeFfn {
         x: u64,
         phase: Phase,
     ) -> Result<(), CudaError> {
+        if phase == Phase::Split {
+            // Split pairs' gate and up are the host's.
+            return Ok(());
+        }
         // SAFETY: the caller upholds `launch_pairs`' contract (this function's).
         unsafe {
             self.launch_pairs(&self.gate_up, self.shape.ffn, stream, layer, step, step.args(&self.shape, x, 0), phase)
@@ -175,7 +181,8 @@ impl MoeFfn {
     }
 
     /// Launches down on `stream` for the pairs of `phase`: each pair's `down · h` into the step's
-    /// partial outputs. Launch after the same pairs' gate/up. When every pair of the step is
+    /// partial outputs. Launch after the same pairs' gate/up (for [`Phase::Split`], after
+    /// [`StepBuffers::upload_h`] on the same stream). When every pair of the step is
     /// computed on the device ([`StepBuffers::fused`]), the down launches also combine each
     /// token's pairs into `y` (`[tokens, hidden]` f32), as [`MoeFfn::launch_combine`] would,
     /// and that launch has nothing left to do.
@@ -219,6 +226,7 @@ impl MoeFfn {
             Phase::BeforeCopies => (0, step.before),
             Phase::AfterCopies => (step.before, step.on_device - step.before),
             Phase::All => (0, step.on_device),
+            Phase::Split => (step.on_device, step.split),
         };
         if count == 0 {
             return Ok(());

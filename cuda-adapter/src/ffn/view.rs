@@ -117,6 +117,14 @@ pub enum PairSource {
     /// Computed on the host: no kernel reads it; its output row is uploaded before the combine
     /// ([`crate::StepBuffers::upload_parts`]).
     Host,
+    /// Split: gate and up computed on the host, their intermediate row uploaded
+    /// ([`crate::StepBuffers::upload_h`]); down computed by the kernels from this address, a
+    /// scratch slot's down projection filled by this step's copies. Made by
+    /// [`PairSource::split`].
+    Split {
+        /// Down's address.
+        down: u64,
+    },
 }
 
 impl PairSource {
@@ -135,6 +143,22 @@ impl PairSource {
         let [g, u, d] = gate_up_down(layout)?;
         let at = |p: usize| vram.slot_ptr(slot.index(), p);
         Ok(Self::Direct { gate: at(g)?, up: at(u)?, down: at(d)?, after_copies: true })
+    }
+
+    /// A split pair whose down projection `sink` copied into scratch slot `slot` for this step
+    /// ([`CudaSlotSink::write_scratch_down`]), laid out by `layout`.
+    ///
+    /// # Errors
+    /// As [`PairSource::scratch`].
+    pub fn split<D: Driver>(
+        sink: &CudaSlotSink<D>,
+        layout: &ExpertLayout,
+        slot: ScratchSlot,
+    ) -> Result<Self, CudaError> {
+        match Self::scratch(sink, layout, slot)? {
+            Self::Direct { down, .. } => Ok(Self::Split { down }),
+            other => Ok(other),
+        }
     }
 
     /// A pair read over the bus (zero-copy) from expert `expert` of layer `layer` of `source`,
@@ -172,20 +196,27 @@ impl PairSource {
     pub(crate) fn after_copies(&self) -> bool {
         match self {
             Self::Resident | Self::Host => false,
-            Self::Promoted => true,
+            Self::Promoted | Self::Split { .. } => true,
             Self::Direct { after_copies, .. } => *after_copies,
         }
     }
 
-    /// Whether the kernels compute the pair (every source but [`PairSource::Host`]).
+    /// Whether the kernels compute the whole pair (gate, up and down: every source but
+    /// [`PairSource::Host`] and [`PairSource::Split`]).
     pub(crate) fn on_device(&self) -> bool {
-        !matches!(self, Self::Host)
+        !matches!(self, Self::Host | Self::Split { .. })
+    }
+
+    /// Whether the pair is split ([`PairSource::Split`]).
+    pub(crate) fn split_pair(&self) -> bool {
+        matches!(self, Self::Split { .. })
     }
 
     pub(crate) fn pointers(&self) -> [u64; 3] {
         match *self {
             Self::Resident | Self::Promoted | Self::Host => [0; 3],
             Self::Direct { gate, up, down, .. } => [gate, up, down],
+            Self::Split { down } => [0, 0, down],
         }
     }
 }
@@ -197,8 +228,11 @@ pub enum Phase {
     BeforeCopies,
     /// Pairs that read what the step's copies write.
     AfterCopies,
-    /// Every pair.
+    /// Every pair the kernels compute whole (not the split pairs).
     All,
+    /// Down of the split pairs ([`PairSource::Split`]), after their intermediate rows were
+    /// uploaded; gate/up launches nothing for it.
+    Split,
 }
 
 #[cfg(test)]

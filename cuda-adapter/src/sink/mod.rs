@@ -28,7 +28,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use expertslab::{ExpertLayout, ExpertSource, LayeredSource, SlotArena, SlotSink, SlotWrite};
+use expertslab::{ExpertLayout, ExpertSource, LayeredSource, Projection, SlotArena, SlotSink, SlotWrite};
 use expertslab_std::ExpertStore;
 
 use crate::arena::{VramArena, DEVICE_ALIGN};
@@ -271,6 +271,47 @@ impl<D: Driver> CudaSlotSink<D> {
         S: ExpertSource + ?Sized,
         S::Error: Into<CudaError>,
     {
+        self.write_scratch_of(layer, index, layout, source, source_layer, expert, |_| true)
+    }
+
+    /// As [`CudaSlotSink::write_scratch`], the down projection alone: what a split miss copies
+    /// ([`crate::PairSource::Split`]; the host computes its gate and up). The slot's other
+    /// projections are left as they were and are not to be read.
+    ///
+    /// # Errors
+    /// As [`CudaSlotSink::write_scratch`].
+    pub fn write_scratch_down<S>(
+        &mut self,
+        layer: usize,
+        index: usize,
+        layout: &ExpertLayout,
+        source: &S,
+        source_layer: usize,
+        expert: usize,
+    ) -> Result<ScratchSlot, CudaError>
+    where
+        S: ExpertSource + ?Sized,
+        S::Error: Into<CudaError>,
+    {
+        self.write_scratch_of(layer, index, layout, source, source_layer, expert, |p| p == Projection::Down)
+    }
+
+    /// The projections of `layout` that `copied` selects, copied into a scratch slot.
+    #[allow(clippy::too_many_arguments)]
+    fn write_scratch_of<S>(
+        &mut self,
+        layer: usize,
+        index: usize,
+        layout: &ExpertLayout,
+        source: &S,
+        source_layer: usize,
+        expert: usize,
+        copied: impl Fn(Projection) -> bool,
+    ) -> Result<ScratchSlot, CudaError>
+    where
+        S: ExpertSource + ?Sized,
+        S::Error: Into<CudaError>,
+    {
         if self.late.is_some() {
             return Err(CudaError::Unconfirmed);
         }
@@ -284,6 +325,9 @@ impl<D: Driver> CudaSlotSink<D> {
         }
         let mut bytes = 0u64;
         for (projection_index, &(projection, _)) in layout.projections().iter().enumerate() {
+            if !copied(projection) {
+                continue;
+            }
             let slab = source.expert(source_layer, projection, expert).map_err(Into::into)?;
             let scratch = self.scratch.get(&layer).ok_or(CudaError::UnknownLayer { layer })?;
             let range = scratch.vram.arena().projection_range(index, projection_index)?;

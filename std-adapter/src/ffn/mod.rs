@@ -329,11 +329,15 @@ impl ExpertFfn {
         rows.saturating_mul(format.row_bytes(cols).unwrap_or(usize::MAX))
     }
 
-    fn check(&self, pairs: &[PairSlabs<'_>], tokens: usize) -> Result<(), FfnError> {
+    /// Checks `pairs`' slabs (down's too when `down`) and tokens; `offset` numbers them in
+    /// errors.
+    fn check(&self, pairs: &[PairSlabs<'_>], tokens: usize, down: bool, offset: usize) -> Result<(), FfnError> {
         let gate = Self::slab_bytes(self.format, self.ffn, self.hidden);
-        let down = Self::slab_bytes(self.down_format, self.hidden, self.ffn);
-        for (pair, p) in pairs.iter().enumerate() {
-            for (projection, slab, bytes) in [("gate", p.gate, gate), ("up", p.up, gate), ("down", p.down, down)] {
+        let down_bytes = Self::slab_bytes(self.down_format, self.hidden, self.ffn);
+        for (i, p) in pairs.iter().enumerate() {
+            let pair = offset.saturating_add(i);
+            let slabs = [("gate", p.gate, gate), ("up", p.up, gate), ("down", p.down, down_bytes)];
+            for (projection, slab, bytes) in slabs.into_iter().take(if down { 3 } else { 2 }) {
                 if slab.len() != bytes {
                     return Err(FfnError::Slab { pair, projection, expected: bytes, actual: slab.len() });
                 }
@@ -345,6 +349,16 @@ impl ExpertFfn {
         Ok(())
     }
 
+    /// Checks that `values` holds `rows` rows of `width`.
+    fn check_length(what: &'static str, values: &[f32], rows: usize, width: usize) -> Result<(), FfnError> {
+        let expected = rows.saturating_mul(width);
+        if values.len() == expected {
+            Ok(())
+        } else {
+            Err(FfnError::Length { what, expected, actual: values.len() })
+        }
+    }
+
     /// Computes every pair's down output: `parts[i]` (`hidden` values) `= down_i · (SiLU(gate_i
     /// · x_t) ⊙ (up_i · x_t))` with `x_t` the `hidden` activations of pair `i`'s token in `x`
     /// (`tokens × hidden`). Rows are spread over the thread pool.
@@ -352,23 +366,51 @@ impl ExpertFfn {
     /// # Errors
     /// [`FfnError::Length`] when `x` is not whole tokens or `parts` not `pairs × hidden`;
     /// [`FfnError::Slab`], [`FfnError::Token`]. Nothing is written then.
-    #[allow(clippy::arithmetic_side_effects, reason = "row indexes bounded by the checked lengths")]
     pub fn parts(&self, pairs: &[PairSlabs<'_>], x: &[f32], parts: &mut [f32]) -> Result<(), FfnError> {
+        self.parts_and_h(pairs, x, parts, &[], &mut [])
+    }
+
+    /// Computes the intermediate row of every pair: `h[i]` (`ffn` values) `= SiLU(gate_i · x_t)
+    /// ⊙ (up_i · x_t)`, the input of down, in the shared order (so a device computing down from
+    /// it gives the bits of the whole pair computed anywhere). Down's slabs are not read (they
+    /// may be empty).
+    ///
+    /// # Errors
+    /// [`FfnError::Length`] when `x` is not whole tokens or `h` not `pairs × ffn`;
+    /// [`FfnError::Slab`] (gate and up), [`FfnError::Token`]. Nothing is written then.
+    pub fn gate_up(&self, pairs: &[PairSlabs<'_>], x: &[f32], h: &mut [f32]) -> Result<(), FfnError> {
+        self.parts_and_h(&[], x, &mut [], pairs, h)
+    }
+
+    /// [`ExpertFfn::parts`] of `whole` and [`ExpertFfn::gate_up`] of `halves` in one call, on the
+    /// same threads: what a decode step with pairs on the host and split pairs computes. Pairs
+    /// are numbered in errors `whole` first, then `halves`.
+    ///
+    /// # Errors
+    /// As [`ExpertFfn::parts`] and [`ExpertFfn::gate_up`]. Nothing is written then.
+    #[allow(clippy::arithmetic_side_effects, reason = "row indexes bounded by the checked lengths")]
+    pub fn parts_and_h(
+        &self,
+        whole: &[PairSlabs<'_>],
+        x: &[f32],
+        parts: &mut [f32],
+        halves: &[PairSlabs<'_>],
+        h: &mut [f32],
+    ) -> Result<(), FfnError> {
         let (hidden, ffn) = (self.hidden, self.ffn);
         if !x.len().is_multiple_of(hidden) {
             return Err(FfnError::Length { what: "activations", expected: hidden, actual: x.len() });
         }
-        if parts.len() != pairs.len().saturating_mul(hidden) {
-            return Err(FfnError::Length {
-                what: "parts",
-                expected: pairs.len().saturating_mul(hidden),
-                actual: parts.len(),
-            });
-        }
-        self.check(pairs, x.len() / hidden)?;
+        Self::check_length("parts", parts, whole.len(), hidden)?;
+        Self::check_length("h", h, halves.len(), ffn)?;
+        self.check(whole, x.len() / hidden, true, 0)?;
+        self.check(halves, x.len() / hidden, false, whole.len())?;
         // Threads kept warm stop spinning and take this call's tasks.
         self.calls.get().fetch_add(1, Ordering::AcqRel);
         let (isa, format, down_format) = (self.isa, self.format, self.down_format);
+        // Pair `i` of the call: `whole`'s, then `halves'`; only `whole`'s go on to down.
+        let pairs: Vec<&PairSlabs<'_>> = whole.iter().chain(halves).collect();
+        let count = pairs.len();
         let mut run = || {
             // Activations of each token, padded to whole blocks.
             let xt: Vec<Vec<f32>> = x
@@ -380,23 +422,23 @@ impl ExpertFfn {
                 })
                 .collect();
             let threads = rayon::current_num_threads();
-            let up_rows = rows_per_task(ffn, pairs.len(), threads);
-            let down_rows = rows_per_task(hidden, pairs.len(), threads);
+            let up_rows = rows_per_task(ffn, count, threads);
+            let down_rows = rows_per_task(hidden, whole.len(), threads);
             let up_tasks = ffn.div_ceil(up_rows);
             // Each pair's h (as f32 bits), written by its gate/up tasks; the task that finishes
-            // a pair's h (its count reaching 0) pads it and starts the pair's down tasks, which
-            // write the pair's rows of `parts`. A pair's down so starts while other pairs'
+            // a whole pair's h (its count reaching 0) pads it and starts the pair's down tasks,
+            // which write the pair's rows of `parts`. A pair's down so starts while other pairs'
             // gate/up run: the call waits once, at its end.
-            let h: Vec<AtomicU32> = (0..pairs.len() * ffn).map(|_| AtomicU32::new(0)).collect();
-            let left: Vec<AtomicUsize> = pairs.iter().map(|_| AtomicUsize::new(up_tasks)).collect();
-            let padded: Vec<OnceLock<Vec<f32>>> = pairs.iter().map(|_| OnceLock::new()).collect();
+            let cells: Vec<AtomicU32> = (0..count * ffn).map(|_| AtomicU32::new(0)).collect();
+            let left: Vec<AtomicUsize> = whole.iter().map(|_| AtomicUsize::new(up_tasks)).collect();
+            let padded: Vec<OnceLock<Vec<f32>>> = whole.iter().map(|_| OnceLock::new()).collect();
             let outputs: Vec<Mutex<Option<&mut [f32]>>> =
                 parts.chunks_mut(hidden).map(|part| Mutex::new(Some(part))).collect();
-            let (h, left, padded, outputs, xt) = (&h, &left, &padded, &outputs, &xt);
+            let (cells, left, padded, outputs, xt) = (&cells, &left, &padded, &outputs, &xt);
             rayon::scope(|s| {
-                for (i, p) in pairs.iter().enumerate() {
+                for (i, &p) in pairs.iter().enumerate() {
                     let Some(xt) = xt.get(p.token) else { continue };
-                    let pair_h = h.get(i * ffn..(i + 1) * ffn).unwrap_or_default();
+                    let pair_h = cells.get(i * ffn..(i + 1) * ffn).unwrap_or_default();
                     for task in 0..up_tasks {
                         s.spawn(move |s| {
                             let first = task * up_rows;
@@ -406,7 +448,8 @@ impl ExpertFfn {
                             for (cell, v) in pair_h.iter().skip(first).zip(rows.iter()) {
                                 cell.store(v.to_bits(), Ordering::Relaxed);
                             }
-                            // The last of the pair's tasks sees every row (AcqRel orders them).
+                            // The last of a whole pair's tasks sees every row (AcqRel orders
+                            // them); halves have no count and stop here.
                             if left.get(i).is_none_or(|l| l.fetch_sub(1, Ordering::AcqRel) != 1) {
                                 return;
                             }
@@ -432,6 +475,11 @@ impl ExpertFfn {
                     }
                 }
             });
+            // The halves' rows (the scope's end orders their stores before these loads).
+            let halves_h = cells.get(whole.len() * ffn..).unwrap_or_default();
+            for (out, cell) in h.iter_mut().zip(halves_h) {
+                *out = f32::from_bits(cell.load(Ordering::Relaxed));
+            }
         };
         match &self.pool {
             Some(pool) => pool.install(run),

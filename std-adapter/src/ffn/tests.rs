@@ -432,3 +432,48 @@ fn block_formats_widen_as_ggml_dequantises_then_take_the_f32_order() {
     check_blocks::<Q4K>(&[0, 2], ggml_q4k);
     check_blocks::<Q6K>(&[208], ggml_q6k);
 }
+
+#[test]
+fn gate_up_gives_the_rows_down_reads_and_one_call_computes_both_kinds() {
+    use super::order::Bf16;
+    let (hidden, ffn) = if cfg!(miri) { (16, 8) } else { (64, 48) };
+    let bf16 = ExpertFfn::new(hidden, ffn, Format::BF16).unwrap();
+    let slabs: Vec<[Vec<u8>; 3]> = (0..3u64)
+        .map(|i| {
+            let m = |seed| encode(&values(ffn * hidden, seed, 0.3), Format::BF16);
+            [m(10 + i), m(20 + i), m(30 + i)]
+        })
+        .collect();
+    let pairs: Vec<PairSlabs<'_>> =
+        slabs.iter().enumerate().map(|(i, [g, u, d])| PairSlabs { gate: g, up: u, down: d, token: i % 2 }).collect();
+    let x = values(2 * hidden, 5, 1.0);
+    let mut parts = vec![0.0f32; 3 * hidden];
+    bf16.parts(&pairs, &x, &mut parts).unwrap();
+    let mut h = vec![0.0f32; 3 * ffn];
+    bf16.gate_up(&pairs, &x, &mut h).unwrap();
+    // Down from those rows, in the shared order, gives the whole pairs' bits.
+    for (i, p) in pairs.iter().enumerate() {
+        let mut ht = Vec::new();
+        pad_to_blocks(&h[i * ffn..(i + 1) * ffn], &mut ht);
+        for r in 0..hidden {
+            let got = dot::<Bf16, BLOCK>(&p.down[r * ffn * 2..(r + 1) * ffn * 2], ffn, &ht);
+            assert_eq!(got.to_bits(), parts[i * hidden + r].to_bits(), "pair {i}, row {r}");
+        }
+    }
+    // One call: pairs 0 and 2 whole, pair 1 halved (its down not given).
+    let half = PairSlabs { down: &[], ..pairs[1] };
+    let (mut whole, mut half_h) = (vec![0.0f32; 2 * hidden], vec![0.0f32; ffn]);
+    bf16.parts_and_h(&[pairs[0], pairs[2]], &x, &mut whole, &[half], &mut half_h).unwrap();
+    let want: Vec<u32> = parts[..hidden].iter().chain(&parts[2 * hidden..]).map(|v| v.to_bits()).collect();
+    assert_eq!(whole.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want);
+    assert_eq!(
+        half_h.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        h[ffn..2 * ffn].iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
+    // Wrong lengths and slabs are refused, the halves numbered after the whole pairs.
+    let short = PairSlabs { gate: &slabs[1][0][2..], ..half };
+    let err = bf16.parts_and_h(&[pairs[0]], &x, &mut whole[..hidden], &[short], &mut half_h).unwrap_err();
+    assert!(matches!(err, FfnError::Slab { pair: 1, projection: "gate", .. }), "{err:?}");
+    let err = bf16.gate_up(&pairs, &x, &mut half_h).unwrap_err();
+    assert!(matches!(err, FfnError::Length { what: "h", .. }), "{err:?}");
+}

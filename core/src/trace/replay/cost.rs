@@ -39,6 +39,12 @@ pub enum FetchCap {
 ///   `max(link time, in-place time)`, where the link time is the step's promotions plus its
 ///   fetched experts over the link, and the in-place time `slow_step_seconds` plus the pairs
 ///   left in place × `slow_pair_seconds` (nothing without pairs left). The compute of pairs from slots is not charged, in either model.
+/// - **Split misses** ([`CostModel::split`], overlapped model only): a miss may also be served
+///   half and half, its down projection fetched (`split_down` of the expert's bytes over the
+///   link) while the pairs' gate and up are computed in place (`1 − split_down` of
+///   `slow_pair_seconds` each); the device computes down from the uploaded intermediate. The
+///   split weighs the three at once: the most used misses fetched, the next split, the rest in
+///   place.
 ///
 /// A cap is a rule over the ways a miss is served (copy, bus read, host), not a way of its own.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -60,6 +66,9 @@ pub struct CostModel {
     pub slow_step_seconds: f64,
     /// `None`: the additive model; a cap: the overlapped model with that cap (see above).
     pub overlap: Option<FetchCap>,
+    /// Under the overlapped model: down's share of an expert's bytes, which a split miss
+    /// fetches while its gate and up are computed in place; 0 (the default): no miss is split.
+    pub split_down: f64,
 }
 
 /// What one layer step costs under the overlapped model ([`CostModel::step`]).
@@ -72,6 +81,8 @@ pub struct StepCost {
     pub fetched: u32,
     /// Pairs left in place.
     pub in_place: u64,
+    /// Experts split: down fetched, gate and up computed in place.
+    pub split: u32,
 }
 
 impl CostModel {
@@ -84,7 +95,15 @@ impl CostModel {
             layer_compute_seconds: 0.0,
             slow_step_seconds: 0.0,
             overlap: None,
+            split_down: 0.0,
         }
+    }
+
+    /// With split misses (overlapped model only), down taking `down_share` of an expert's bytes
+    /// (a third for an FFN whose projections are all of one format). A share outside (0, 1)
+    /// splits nothing.
+    pub const fn split(self, down_share: f64) -> Self {
+        Self { split_down: down_share, ..self }
     }
 
     /// With `seconds` paid once by each layer step that computes pairs in place (overlapped
@@ -94,12 +113,13 @@ impl CostModel {
     }
 
     /// The split's costs of a layer step whose link is already busy `busy` seconds.
-    pub(crate) fn split(&self, busy: f64) -> SplitCosts {
+    pub(crate) fn split_costs(&self, busy: f64) -> SplitCosts {
         SplitCosts {
             busy,
             copy: self.copy_seconds(self.expert_bytes),
             pair: self.slow_pair_seconds,
             step: self.slow_step_seconds,
+            down: self.split_down,
         }
     }
 
@@ -157,13 +177,16 @@ impl CostModel {
     /// (sorted here, most used first).
     pub fn step(&self, cap: FetchCap, copied: u64, uses: &mut [u32]) -> StepCost {
         uses.sort_unstable_by(|a, b| b.cmp(a));
-        let costs = self.split(self.copy_seconds(copied));
-        let fetched = split_misses(uses, &costs, cap);
-        let in_place: u64 = uses.iter().skip(fetched).map(|&u| u64::from(u)).sum();
+        let costs = self.split_costs(self.copy_seconds(copied));
+        let plan = split_misses(uses, &costs, cap);
+        let pairs = |from: usize, n: usize| uses.iter().skip(from).take(n).map(|&u| u64::from(u)).sum::<u64>();
+        let (split_pairs, in_place) =
+            (pairs(plan.fetched, plan.split), pairs(plan.fetched.saturating_add(plan.split), uses.len()));
         StepCost {
-            seconds: costs.seconds(fetched, in_place),
-            fetched: u32::try_from(fetched).unwrap_or(u32::MAX),
+            seconds: costs.seconds(plan, split_pairs, in_place),
+            fetched: u32::try_from(plan.fetched).unwrap_or(u32::MAX),
             in_place,
+            split: u32::try_from(plan.split).unwrap_or(u32::MAX),
         }
     }
 }
@@ -181,17 +204,46 @@ pub struct SplitCosts {
     pub pair: f64,
     /// Paid once when any pair is computed in place ([`CostModel::slow_step_seconds`]).
     pub step: f64,
+    /// Down's share of an expert ([`CostModel::split_down`]): a split expert costs the link
+    /// `down × copy` and each of its pairs `(1 − down) × pair` in place. Outside (0, 1): no
+    /// splits.
+    pub down: f64,
 }
 
 impl SplitCosts {
-    /// The step's time with `fetched` experts fetched and `in_place` pairs left in place: the
-    /// slower of the link (`busy + fetched × copy`) and the compute in place (`step + in_place
-    /// × pair`, or nothing without pairs).
-    pub fn seconds(&self, fetched: usize, in_place: u64) -> f64 {
-        let link = self.busy + fetched as f64 * self.copy;
-        let here = if in_place == 0 { 0.0 } else { self.step + in_place as f64 * self.pair };
+    /// Whether misses may be split: a share of down strictly between 0 and 1.
+    pub fn splits(&self) -> bool {
+        self.down > 0.0 && self.down < 1.0
+    }
+
+    /// The step's time under `plan`, its split experts used by `split_pairs` pairs and
+    /// `in_place` pairs left wholly in place: the slower of the link (`busy + fetched × copy +
+    /// split × down × copy`) and the compute in place (`step + split_pairs × (1 − down) × pair
+    /// + in_place × pair`, or nothing without pairs there).
+    pub fn seconds(&self, plan: MissSplit, split_pairs: u64, in_place: u64) -> f64 {
+        let down = if self.splits() { self.down } else { 0.0 };
+        let link = self.busy + plan.fetched as f64 * self.copy + plan.split as f64 * down * self.copy;
+        // Terms without pairs are left out: 0 pairs × an infinite pair time is not 0.
+        let pairs = |n: u64, share: f64| if n == 0 { 0.0 } else { n as f64 * share * self.pair };
+        let here = if in_place == 0 && split_pairs == 0 {
+            0.0
+        } else {
+            self.step + pairs(split_pairs, 1.0 - down) + pairs(in_place, 1.0)
+        };
         link.max(here)
     }
+}
+
+/// How a step's missed experts, most used first, are served ([`split_misses`]): the first
+/// `fetched` fetched whole, the next `split` split (down fetched, gate and up in place), the
+/// rest in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct MissSplit {
+    /// Experts fetched whole.
+    pub fetched: usize,
+    /// Experts split.
+    pub split: usize,
 }
 
 /// Fills `out` with each distinct id of `ids` and how many times it comes, in order of first
@@ -243,25 +295,38 @@ impl MissedUses {
             return None;
         }
         self.counts.sort_unstable_by(|a, b| b.cmp(a));
-        Some(u32::try_from(split_misses(&self.counts, costs, cap)).unwrap_or(u32::MAX))
+        Some(u32::try_from(split_misses(&self.counts, costs, cap).fetched).unwrap_or(u32::MAX))
     }
 }
 
-/// How many of a step's missed experts to fetch, `uses` their pairs, most used first: the `k`
-/// (at most the cap's) with the least [`SplitCosts::seconds`], the smallest such `k` on ties.
-/// The GPU runner splits its misses with this same function.
-pub fn split_misses(uses: &[u32], costs: &SplitCosts, cap: FetchCap) -> usize {
+/// How to serve a step's missed experts, `uses` their pairs, most used first: the `fetched`
+/// (at most the cap's) and `split` ([`SplitCosts::splits`]; none otherwise) with the least
+/// [`SplitCosts::seconds`], the fewest fetched and then the fewest split on ties. The GPU
+/// runner splits its misses with this same function.
+pub fn split_misses(uses: &[u32], costs: &SplitCosts, cap: FetchCap) -> MissSplit {
     let limit = match cap {
         FetchCap::Uncapped | FetchCap::Balanced => uses.len(),
         FetchCap::AtMost(n) => uses.len().min(n as usize),
     };
-    let mut left: u64 = uses.iter().map(|&u| u64::from(u)).sum();
-    let (mut best, mut best_cost) = (0, costs.seconds(0, left));
-    for (k, &u) in uses.iter().enumerate().take(limit) {
-        left = left.saturating_sub(u64::from(u));
-        let c = costs.seconds(k.saturating_add(1), left);
-        if c < best_cost {
-            (best, best_cost) = (k.saturating_add(1), c);
+    let total: u64 = uses.iter().map(|&u| u64::from(u)).sum();
+    let mut best = MissSplit::default();
+    let mut best_cost = costs.seconds(best, 0, total);
+    let mut fetched_pairs = 0u64;
+    for fetched in 0..=limit {
+        if let Some(&u) = fetched.checked_sub(1).and_then(|i| uses.get(i)) {
+            fetched_pairs = fetched_pairs.saturating_add(u64::from(u));
+        }
+        let splits = if costs.splits() { uses.len().saturating_sub(fetched) } else { 0 };
+        let mut split_pairs = 0u64;
+        for split in 0..=splits {
+            if let Some(&u) = split.checked_sub(1).and_then(|i| uses.get(fetched.saturating_add(i))) {
+                split_pairs = split_pairs.saturating_add(u64::from(u));
+            }
+            let plan = MissSplit { fetched, split };
+            let c = costs.seconds(plan, split_pairs, total.saturating_sub(fetched_pairs).saturating_sub(split_pairs));
+            if c < best_cost {
+                (best, best_cost) = (plan, c);
+            }
         }
     }
     best
@@ -273,6 +338,7 @@ pub fn split_misses(uses: &[u32], costs: &SplitCosts, cap: FetchCap) -> usize {
 pub(crate) struct OverlapClock {
     seconds: f64,
     fetched: u64,
+    split: u64,
     missed: MissedUses,
 }
 
@@ -291,7 +357,7 @@ impl OverlapClock {
     ) -> Option<u32> {
         let cap = cost.overlap?;
         self.missed(ids, resident, experts);
-        self.missed.cap(cap, &cost.split(0.0))
+        self.missed.cap(cap, &cost.split_costs(0.0))
     }
 
     /// Counts the uses of each expert of `ids` not in a slot.
@@ -315,6 +381,7 @@ impl OverlapClock {
         let s = cost.step(cap, copied, &mut self.missed.counts);
         self.seconds += s.seconds;
         self.fetched = self.fetched.saturating_add(u64::from(s.fetched));
+        self.split = self.split.saturating_add(u64::from(s.split));
     }
 
     /// Puts the overlapped time and fetches into `stats` (nothing under the additive model).
@@ -322,6 +389,7 @@ impl OverlapClock {
         if cost.overlap.is_some() {
             stats.modeled_time_s = self.seconds;
             stats.fetched = self.fetched;
+            stats.split = self.split;
         }
     }
 }
@@ -340,27 +408,62 @@ mod tests {
     }
 
     fn costs(busy: f64, copy: f64, pair: f64) -> SplitCosts {
-        SplitCosts { busy, copy, pair, step: 0.0 }
+        SplitCosts { busy, copy, pair, step: 0.0, down: 0.0 }
+    }
+
+    /// The experts fetched whole by the split.
+    fn fetched(uses: &[u32], costs: &SplitCosts, cap: FetchCap) -> usize {
+        let plan = split_misses(uses, costs, cap);
+        assert_eq!(plan.split, 0, "no splits without a share of down");
+        plan.fetched
     }
 
     #[test]
     fn misses_split_between_the_link_and_the_host() {
         // A copy costs two pairs in place.
-        assert_eq!(split_misses(&[1; 8], &costs(0.0, 2.0, 1.0), FetchCap::Balanced), 2); // max(4, 6) = 6
-        assert_eq!(split_misses(&[4, 1, 1, 1], &costs(0.0, 2.0, 1.0), FetchCap::Balanced), 1); // max(2, 3)
-        assert_eq!(split_misses(&[1; 8], &costs(0.0, 2.0, 1.0), FetchCap::AtMost(1)), 1);
-        assert_eq!(split_misses(&[1; 8], &costs(0.0, 2.0, 1.0), FetchCap::AtMost(0)), 0);
-        assert_eq!(split_misses(&[1; 8], &costs(0.0, 2.0, 1.0), FetchCap::Uncapped), 2);
+        assert_eq!(fetched(&[1; 8], &costs(0.0, 2.0, 1.0), FetchCap::Balanced), 2); // max(4, 6) = 6
+        assert_eq!(fetched(&[4, 1, 1, 1], &costs(0.0, 2.0, 1.0), FetchCap::Balanced), 1); // max(2, 3)
+        assert_eq!(fetched(&[1; 8], &costs(0.0, 2.0, 1.0), FetchCap::AtMost(1)), 1);
+        assert_eq!(fetched(&[1; 8], &costs(0.0, 2.0, 1.0), FetchCap::AtMost(0)), 0);
+        assert_eq!(fetched(&[1; 8], &costs(0.0, 2.0, 1.0), FetchCap::Uncapped), 2);
         // A link already busy with the step's promotions takes fewer fetches.
-        assert_eq!(split_misses(&[1; 8], &costs(6.0, 2.0, 1.0), FetchCap::Balanced), 0);
+        assert_eq!(fetched(&[1; 8], &costs(6.0, 2.0, 1.0), FetchCap::Balanced), 0);
         // No cost in place worth moving: nothing fetched; an infinite pair: everything.
-        assert_eq!(split_misses(&[1, 1], &costs(0.0, 2.0, 0.0), FetchCap::Balanced), 0);
-        assert_eq!(split_misses(&[1, 3], &costs(0.0, 2.0, f64::INFINITY), FetchCap::Balanced), 2);
+        assert_eq!(fetched(&[1, 1], &costs(0.0, 2.0, 0.0), FetchCap::Balanced), 0);
+        assert_eq!(fetched(&[1, 3], &costs(0.0, 2.0, f64::INFINITY), FetchCap::Balanced), 2);
         // A cost per step in place (3) moves one more fetch to the link: max(6, 3 + 5) beats
         // max(4, 3 + 6); and a lone miss is fetched rather than started on the host.
         let with_step = SplitCosts { step: 3.0, ..costs(0.0, 2.0, 1.0) };
-        assert_eq!(split_misses(&[1; 8], &with_step, FetchCap::Balanced), 3);
-        assert_eq!(split_misses(&[1], &with_step, FetchCap::Balanced), 1);
+        assert_eq!(fetched(&[1; 8], &with_step, FetchCap::Balanced), 3);
+        assert_eq!(fetched(&[1], &with_step, FetchCap::Balanced), 1);
+    }
+
+    #[test]
+    fn a_split_miss_fetches_down_while_gate_and_up_compute_in_place() {
+        // A copy costs 3, a pair 3 in place, down a third of both: a split expert costs the
+        // link 1 and each of its pairs 2 in place.
+        let third = SplitCosts { down: 1.0 / 3.0, ..costs(0.0, 3.0, 3.0) };
+        // Two misses: one fetched and one in place max(3, 3) beats both split max(2, 4).
+        assert_eq!(split_misses(&[1, 1], &third, FetchCap::Balanced), MissSplit { fetched: 1, split: 0 });
+        // The link busy 2 with promotions, a pair 4, three misses: one fetched, one split, one
+        // in place max(2 + 3 + 1, 8/3 + 4) = 6.67 beats one fetched and two in place max(5, 8),
+        // three split max(5, 8) and two fetched max(8, 4).
+        let busy = SplitCosts { busy: 2.0, ..costs(0.0, 3.0, 4.0) };
+        let busy = SplitCosts { down: 1.0 / 3.0, ..busy };
+        assert_eq!(split_misses(&[1; 3], &busy, FetchCap::Balanced), MissSplit { fetched: 1, split: 1 });
+        // A cap bounds the experts fetched, not those split: max(2 + 3, 3 × 8/3).
+        assert_eq!(split_misses(&[1; 3], &busy, FetchCap::AtMost(0)), MissSplit { fetched: 0, split: 3 });
+        // The GPU machine's shape (µs): a 9 MiB expert copied in 180, a pair on the host 97, 25
+        // per step there. Two misses, both split: max(120, 25 + 2 × 64.7) = 154, against 180 for
+        // one copied and one on the host.
+        let gpu = SplitCosts { busy: 0.0, copy: 180.0, pair: 97.0, step: 25.0, down: 1.0 / 3.0 };
+        assert_eq!(split_misses(&[1, 1], &gpu, FetchCap::Balanced), MissSplit { fetched: 0, split: 2 });
+        let plan = MissSplit { fetched: 0, split: 2 };
+        assert!((gpu.seconds(plan, 2, 0) - (25.0 + 2.0 * 97.0 * 2.0 / 3.0)).abs() < 1e-9);
+        // No share of down (or a share of 1): nothing is split.
+        for down in [0.0, 1.0, f64::NAN] {
+            assert_eq!(split_misses(&[1, 1], &SplitCosts { down, ..gpu }, FetchCap::Balanced).split, 0);
+        }
     }
 
     #[test]

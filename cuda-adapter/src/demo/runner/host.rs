@@ -17,8 +17,9 @@ use crate::ffn::MissRule;
 pub(crate) const HOST_WARM: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// The host's pairs of a record, computing on the thread pool while the runner enqueues the
-/// GPU's work: their outputs (`pairs × hidden`) when done.
-pub(super) type HostJob = Receiver<Result<Vec<f32>, CudaError>>;
+/// GPU's work: when done, the outputs of its pairs on the host (`pairs × hidden`) and the
+/// intermediate rows of its split pairs (`pairs × ffn`).
+pub(super) type HostJob = Receiver<Result<(Vec<f32>, Vec<f32>), CudaError>>;
 
 impl<D: Driver + Clone, K: Kernels<D>> Runner<'_, D, K> {
     /// Under [`MissRule::Balanced`] with a cap, how many of the record's missed experts (not
@@ -35,8 +36,9 @@ impl<D: Driver + Clone, K: Kernels<D>> Runner<'_, D, K> {
 
     /// Starts the host's pairs of a record (step 3): the layer's input `x` copied to the host
     /// (or the run's activations for layer 0's input), then, on the thread pool, the pairs
-    /// computed from a shared handle on the model's store while this thread goes on enqueueing
-    /// the GPU's work. [`Runner::host_finish`] takes their outputs.
+    /// (and the split pairs' gate and up) computed from a shared handle on the model's store
+    /// while this thread goes on enqueueing the GPU's work. [`Runner::host_finish`] takes their
+    /// outputs.
     pub(super) fn host_start(&mut self, layer: usize, ids: &[u32], x: u64) -> Result<HostJob, CudaError> {
         let (top_k, hidden) = (self.model.shape.top_k.max(1), self.model.shape.hidden);
         let tokens = ids.len() / top_k;
@@ -51,23 +53,29 @@ impl<D: Driver + Clone, K: Kernels<D>> Runner<'_, D, K> {
             self.host_x.chunks_exact(4).map(|b| b.try_into().map_or(f32::NAN, f32::from_le_bytes)).collect()
         };
         let ffn = self.model.host.as_ref().ok_or(CudaError::Unsupported("no host FFN".into()))?;
-        let pairs: Vec<(usize, usize)> =
-            self.host_pairs.iter().map(|&pair| (ids.get(pair).copied().unwrap_or(0) as usize, pair / top_k)).collect();
+        let (ffn_width, of) = (self.model.shape.ffn, |pairs: &[usize]| -> Vec<(usize, usize)> {
+            pairs.iter().map(|&pair| (ids.get(pair).copied().unwrap_or(0) as usize, pair / top_k)).collect()
+        });
+        let (whole, halves) = (of(&self.host_pairs), of(&self.split_pairs));
         let store: Arc<ExpertStore> = Arc::clone(&self.host_store);
         let mut parts = std::mem::take(&mut self.host_parts);
+        let mut h = std::mem::take(&mut self.host_h);
         let (done, job) = sync_channel(1);
         ffn.spawn(move |ffn| {
-            let computed = pairs
-                .iter()
-                .map(|&(expert, token)| PairSlabs::from_source(&*store, layer, expert, token))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(CudaError::from)
-                .and_then(|slabs| {
-                    parts.resize(slabs.len() * hidden, 0.0);
-                    ffn.parts(&slabs, &input, &mut parts)
-                        .map_err(|e| CudaError::Unsupported(format!("host pairs of layer {layer}: {e}")))?;
-                    Ok(parts)
-                });
+            let slabs = |pairs: &[(usize, usize)]| {
+                pairs
+                    .iter()
+                    .map(|&(expert, token)| PairSlabs::from_source(&*store, layer, expert, token))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(CudaError::from)
+            };
+            let computed = slabs(&whole).and_then(|whole| Ok((whole, slabs(&halves)?))).and_then(|(whole, halves)| {
+                parts.resize(whole.len() * hidden, 0.0);
+                h.resize(halves.len() * ffn_width, 0.0);
+                ffn.parts_and_h(&whole, &input, &mut parts, &halves, &mut h)
+                    .map_err(|e| CudaError::Unsupported(format!("host pairs of layer {layer}: {e}")))?;
+                Ok((parts, h))
+            });
             // The next layer step's pairs find the threads awake.
             ffn.keep_warm(HOST_WARM);
             // The runner dropped the job only when it failed first: nothing waits for it.
@@ -77,10 +85,11 @@ impl<D: Driver + Clone, K: Kernels<D>> Runner<'_, D, K> {
     }
 
     /// Waits for the host's pairs started by [`Runner::host_start`] (step 5) and keeps their
-    /// outputs in `host_parts`.
+    /// outputs in `host_parts`, the split pairs' rows in `host_h`.
     pub(super) fn host_finish(&mut self, job: &HostJob) -> Result<(), CudaError> {
-        let parts = job.recv().map_err(|_| CudaError::Unsupported("the host's pairs were lost".into()))??;
+        let (parts, h) = job.recv().map_err(|_| CudaError::Unsupported("the host's pairs were lost".into()))??;
         self.host_parts = parts;
+        self.host_h = h;
         Ok(())
     }
 }

@@ -65,6 +65,14 @@ pub(crate) trait Kernels<D: Driver> {
         stream: &D::Stream,
     ) -> Result<(), CudaError>;
 
+    /// Enqueues on `stream` the upload of the intermediate rows the host computed for the staged
+    /// step's split pairs: `h` holds one `ffn`-long row per entry of `pairs`. Before
+    /// [`Phase::Split`]'s launch.
+    ///
+    /// # Errors
+    /// The kernels' or the driver's error.
+    fn upload_h(&mut self, layer: usize, pairs: &[usize], h: &[f32], stream: &D::Stream) -> Result<(), CudaError>;
+
     /// Checks what the kernels reported (after the stream's work completed).
     ///
     /// # Errors

@@ -14,7 +14,9 @@
 //! 3. **Misses not admitted**, by the [`MissRule`] (which plans the step's missed experts
 //!    together): a scratch write of the sink ([`CudaSlotSink::write_scratch`], read through
 //!    [`PairSource::scratch`]), a read over the bus from the registered host memory
-//!    ([`PairSource::mapped`]), or the host ([`PairSource::Host`]: step 5's host work).
+//!    ([`PairSource::mapped`]), the host ([`PairSource::Host`]: step 5's host work), or split
+//!    (down's scratch write, [`CudaSlotSink::write_scratch_down`], gate and up on the host:
+//!    [`PairSource::Split`]).
 //! 4. **Kernels in place**, on the compute stream: gate/up and down of the pairs whose expert
 //!    stayed in its slot, read through the table's current buffer (they overlap the copies),
 //!    then [`DeviceSlotTable::after_reads`]: that buffer is read until they end.
@@ -24,7 +26,8 @@
 //!    while this thread enqueues steps 4 and 5, and the copy engine copies.
 //! 5. **The table and the other pairs**: [`DeviceSlotTable::update`] writes the other buffer;
 //!    [`CudaSlotSink::order_before`]; the pairs copied in this step through the updated table.
-//!    Then the host's pairs are waited for and their outputs uploaded on the compute stream.
+//!    Then the host's pairs are waited for and their outputs uploaded on the compute stream;
+//!    split pairs' intermediate rows too, and then their down launched ([`Phase::Split`]).
 //!    The combine then writes the layer's output, the next layer's input (when no pair is on
 //!    the host, the down launches have combined already and nothing is launched).
 //! 6. **Reads marked**: [`CudaSlotSink::after_reads`] and [`DeviceSlotTable::after_reads`], and
@@ -177,10 +180,13 @@ pub(crate) struct Runner<'m, D: Driver, K> {
     /// The record's missed experts with their uses, and the rule's action for each.
     missed: MissedUses,
     actions: Vec<MissAction>,
-    /// The record's pairs served on the host, their input and outputs.
+    /// The record's pairs served on the host and its split pairs, their input, outputs and
+    /// intermediate rows.
     host_pairs: Vec<usize>,
+    split_pairs: Vec<usize>,
     host_x: Vec<u8>,
     host_parts: Vec<f32>,
+    host_h: Vec<f32>,
     /// The model's store, shared with the host's pairs computing on the thread pool.
     host_store: std::sync::Arc<ExpertStore>,
     /// Recorded after each record's kernels: the next record waits for it before its routing
@@ -287,8 +293,10 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
             missed: MissedUses::default(),
             actions: Vec::new(),
             host_pairs: Vec::new(),
+            split_pairs: Vec::new(),
             host_x: Vec::new(),
             host_parts: Vec::new(),
+            host_h: Vec::new(),
             host_store: std::sync::Arc::new(model.store.clone()),
             done_recorded: false,
             misses: 0,
@@ -354,6 +362,7 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
                 report.step_copy_bytes.push(0);
                 report.step_bus_pairs.push(0);
                 report.step_host_pairs.push(0);
+                report.step_split_pairs.push(0);
             }
             let x = match previous {
                 Some((step, l, y)) if step == record.step && l + 1 == layer => y,
@@ -371,7 +380,7 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
                 }
             };
             output_at += (tokens * hidden * 4) as u64;
-            let (bus_before, host_before) = (report.bus_pairs, report.host_pairs);
+            let (bus_before, host_before, split_before) = (report.bus_pairs, report.host_pairs, report.split_pairs);
             let step = if record.prefill { Step::prefill(record.step) } else { Step::decode(record.step) };
             let copied = self.layer_step(layer, step, ids, x, y, &mut report)?;
             if decode {
@@ -383,6 +392,9 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
                 }
                 if let Some(h) = report.step_host_pairs.last_mut() {
                     *h += report.host_pairs - host_before;
+                }
+                if let Some(s) = report.step_split_pairs.last_mut() {
+                    *s += report.split_pairs - split_before;
                 }
             }
             previous = Some((record.step, layer, y));
@@ -449,6 +461,7 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
     ) -> Result<u64, CudaError> {
         let (layout, store) = (self.model.layout, self.model.store);
         let expert_bytes = self.model.expert_bytes as u64;
+        let down_bytes = layout.find(expertslab::Projection::Down)?.1.expert_bytes() as u64;
         self.before.clear();
         self.before.extend(ids.iter().map(|&id| self.placement.slot_of(layer, id as usize)));
         // 2. The pool's step: plan, migrate through the sink, serve. Under the balanced rule the
@@ -475,10 +488,11 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
         self.sources.clear();
         self.scratch_of.clear();
         self.host_pairs.clear();
+        self.split_pairs.clear();
         let placement = &self.placement;
         self.missed.count(ids.iter().copied().filter(|&id| placement.slot_of(layer, id as usize).is_none()));
         self.rule.plan(self.missed.counts(), migrated.copied, &mut self.actions);
-        if self.model.host.is_none() && self.actions.contains(&MissAction::Host) {
+        if self.model.host.is_none() && self.actions.iter().any(|a| matches!(a, MissAction::Host | MissAction::Split)) {
             return Err(CudaError::Unsupported(format!(
                 "misses on the host: the host FFN does not read {} experts",
                 self.model.shape.format.name()
@@ -504,21 +518,41 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
                         report.bus_pairs += 1;
                         PairSource::mapped(self.sink.host(), store, layer, expert)?
                     }
-                    MissAction::Copy => {
-                        report.scratch_pairs += 1;
+                    MissAction::Copy | MissAction::Split => {
+                        let split = action() == MissAction::Split;
                         let slot = match self.scratch_of.get(&id) {
                             Some(&slot) => slot,
                             None => {
-                                let slot =
-                                    self.sink.write_scratch(layer, next_scratch, layout, store, layer, expert)?;
+                                let (slot, bytes) = if split {
+                                    let slot = self.sink.write_scratch_down(
+                                        layer,
+                                        next_scratch,
+                                        layout,
+                                        store,
+                                        layer,
+                                        expert,
+                                    )?;
+                                    (slot, down_bytes)
+                                } else {
+                                    let slot =
+                                        self.sink.write_scratch(layer, next_scratch, layout, store, layer, expert)?;
+                                    (slot, expert_bytes)
+                                };
                                 next_scratch += 1;
-                                report.bytes_scratch += expert_bytes;
-                                copied += expert_bytes;
+                                report.bytes_scratch += bytes;
+                                copied += bytes;
                                 self.scratch_of.insert(id, slot);
                                 slot
                             }
                         };
-                        PairSource::scratch(&self.sink, layout, slot)?
+                        if split {
+                            report.split_pairs += 1;
+                            self.split_pairs.push(pair);
+                            PairSource::split(&self.sink, layout, slot)?
+                        } else {
+                            report.scratch_pairs += 1;
+                            PairSource::scratch(&self.sink, layout, slot)?
+                        }
                     }
                 },
             };
@@ -526,7 +560,8 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
         }
         // The host's pairs start on the thread pool; the GPU's work is enqueued meanwhile.
         let host_started = Instant::now();
-        let host_job = if self.host_pairs.is_empty() { None } else { Some(self.host_start(layer, ids, x)?) };
+        let on_host = !self.host_pairs.is_empty() || !self.split_pairs.is_empty();
+        let host_job = if on_host { Some(self.host_start(layer, ids, x)?) } else { None };
         // 4. The kernels of the pairs in place before the copies, through the table as it is,
         // marked as reading that buffer before the update writes the other.
         self.kernels.stage(layer, step.index, ids, &self.sources, &self.compute)?;
@@ -551,6 +586,13 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
         if let Some(job) = host_job {
             self.host_finish(&job)?;
             self.kernels.upload_parts(layer, &self.host_pairs, &self.host_parts, &self.compute)?;
+            if !self.split_pairs.is_empty() {
+                self.kernels.upload_h(layer, &self.split_pairs, &self.host_h, &self.compute)?;
+                // SAFETY: as above; the split pairs' down reads scratch slots this step's
+                // copies filled (the compute stream waited on them above) and the rows just
+                // uploaded on the same stream.
+                unsafe { self.kernels.pairs(layer, Phase::Split, &late_view, x, y, &self.compute)? };
+            }
             if !step.prefill && step.index > 0 {
                 report.host_seconds += host_started.elapsed().as_secs_f64();
             }

@@ -41,6 +41,10 @@ impl Kernels<Arc<MockDriver>> for MockKernels {
         self.0.launch(s, layer as u32);
         Ok(())
     }
+    fn upload_h(&mut self, layer: usize, _: &[usize], _: &[f32], s: &MockStream) -> Result<(), CudaError> {
+        self.0.launch(s, layer as u32);
+        Ok(())
+    }
     unsafe fn combine(&mut self, layer: usize, _: u64, s: &MockStream) -> Result<(), CudaError> {
         self.0.launch(s, layer as u32);
         Ok(())
@@ -149,11 +153,18 @@ fn a_layer_s_work_is_enqueued_only_after_the_previous_layer_s_event() {
         bus_pair: 1.0,
         host_pair: f64::INFINITY,
         host_step: 0.0,
+        down_share: 0.0,
     });
     // Copies and host compute side by side: a host pair costs two copies, so a step's two misses
     // split between the two (tinylfu that never admits serves every miss in place).
     let balanced = MissRule::Balanced(
-        MissCosts { copy: 1.0, resident_pair: 0.0, bus_pair: 9.0, host_pair: 2.0, host_step: 0.0 },
+        MissCosts { copy: 1.0, resident_pair: 0.0, bus_pair: 9.0, host_pair: 2.0, host_step: 0.0, down_share: 0.0 },
+        FetchCap::Balanced,
+    );
+    // Splits beside copies and the host: a copy costs 3, a host pair 4 and down a third, so two
+    // misses of a step are one copied and one split, or both split (the core's split).
+    let split = MissRule::Balanced(
+        MissCosts { copy: 3.0, resident_pair: 0.0, bus_pair: 9.0, host_pair: 4.0, host_step: 0.0, down_share: 0.5 },
         FetchCap::Balanced,
     );
     let never_admits = Policy::Tinylfu(expertslab::AdmissionConfig::new(4.0, 0.0, 1e9).unwrap());
@@ -167,6 +178,9 @@ fn a_layer_s_work_is_enqueued_only_after_the_previous_layer_s_event() {
         (Sharing::PerLayer, Policy::Lru, balanced),
         (Sharing::Shared, Policy::Lru, balanced),
         (Sharing::PerLayer, Policy::Tide, MissRule::Always(MissAction::Host)),
+        (Sharing::PerLayer, Policy::Lru, MissRule::Always(MissAction::Split)),
+        (Sharing::PerLayer, never_admits, split),
+        (Sharing::Shared, Policy::Lru, split),
     ] {
         let driver = Arc::new(MockDriver::new(1 << 26));
         let mut sink = CudaSlotSink::new(Arc::clone(&driver), [], RingConfig::default()).unwrap();
@@ -189,7 +203,16 @@ fn a_layer_s_work_is_enqueued_only_after_the_previous_layer_s_event() {
         let report = runner.run(&trace).unwrap();
         assert!(report.promotions + report.scratch_pairs + report.bus_pairs > 0, "{sharing:?}: nothing moved");
         let read_backs = driver.ops().iter().filter(|op| matches!(op, MockOp::ReadBack { .. })).count();
-        if matches!(miss, MissRule::Balanced(..) | MissRule::Always(MissAction::Host)) {
+        let down = layout.find(expertslab::Projection::Down).unwrap().1.expert_bytes() as u64;
+        if miss == MissRule::Always(MissAction::Split) {
+            // Only down is copied for a split: every scratch copy is down's bytes.
+            assert!(report.split_pairs > 0 && read_backs > 0, "split: {report:?}");
+            assert_eq!((report.host_pairs, report.scratch_pairs), (0, 0), "{report:?}");
+            assert!(report.bytes_scratch > 0 && report.bytes_scratch.is_multiple_of(down), "{report:?}");
+        } else if miss == split {
+            assert!(report.split_pairs > 0, "balanced with a share of down: splits ({report:?})");
+        } else if matches!(miss, MissRule::Balanced(..) | MissRule::Always(MissAction::Host)) {
+            assert_eq!(report.split_pairs, 0, "{miss:?}: no share of down, no split");
             assert!(report.host_pairs > 0 && read_backs > 0, "{miss:?}: no host pair ({report:?})");
             if miss == balanced && policy == never_admits {
                 assert!(report.scratch_pairs > 0, "balanced: copies beside the host's pairs: {report:?}");
