@@ -460,8 +460,6 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
         report: &mut RunReport,
     ) -> Result<u64, CudaError> {
         let (layout, store) = (self.model.layout, self.model.store);
-        let expert_bytes = self.model.expert_bytes as u64;
-        let down_bytes = layout.find(expertslab::Projection::Down)?.1.expert_bytes() as u64;
         self.before.clear();
         self.before.extend(ids.iter().map(|&id| self.placement.slot_of(layer, id as usize)));
         // 2. The pool's step: plan, migrate through the sink, serve. Under the balanced rule the
@@ -485,79 +483,7 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
         let mut copied = migrated.bytes_promoted;
         // 3. Each pair's source; the step's misses planned together by the rule.
         let early_view = self.view(layer)?;
-        self.sources.clear();
-        self.scratch_of.clear();
-        self.host_pairs.clear();
-        self.split_pairs.clear();
-        let placement = &self.placement;
-        self.missed.count(ids.iter().copied().filter(|&id| placement.slot_of(layer, id as usize).is_none()));
-        self.rule.plan(self.missed.counts(), migrated.copied, &mut self.actions);
-        if self.model.host.is_none() && self.actions.iter().any(|a| matches!(a, MissAction::Host | MissAction::Split)) {
-            return Err(CudaError::Unsupported(format!(
-                "misses on the host: the host FFN does not read {} experts",
-                self.model.shape.format.name()
-            )));
-        }
-        let mut next_scratch = 0usize;
-        for (pair, (&id, &before)) in ids.iter().zip(&self.before).enumerate() {
-            let expert = id as usize;
-            let action = || {
-                let at = self.missed.uses().iter().position(|&(m, _)| m == id).unwrap_or(0);
-                self.actions.get(at).copied().unwrap_or(MissAction::Copy)
-            };
-            let source = match self.placement.slot_of(layer, expert) {
-                Some(slot) if before == Some(slot) => PairSource::Resident,
-                Some(_) => PairSource::Promoted,
-                None => match action() {
-                    MissAction::Host => {
-                        report.host_pairs += 1;
-                        self.host_pairs.push(pair);
-                        PairSource::Host
-                    }
-                    MissAction::Bus => {
-                        report.bus_pairs += 1;
-                        PairSource::mapped(self.sink.host(), store, layer, expert)?
-                    }
-                    MissAction::Copy | MissAction::Split => {
-                        let split = action() == MissAction::Split;
-                        let slot = match self.scratch_of.get(&id) {
-                            Some(&slot) => slot,
-                            None => {
-                                let (slot, bytes) = if split {
-                                    let slot = self.sink.write_scratch_down(
-                                        layer,
-                                        next_scratch,
-                                        layout,
-                                        store,
-                                        layer,
-                                        expert,
-                                    )?;
-                                    (slot, down_bytes)
-                                } else {
-                                    let slot =
-                                        self.sink.write_scratch(layer, next_scratch, layout, store, layer, expert)?;
-                                    (slot, expert_bytes)
-                                };
-                                next_scratch += 1;
-                                report.bytes_scratch += bytes;
-                                copied += bytes;
-                                self.scratch_of.insert(id, slot);
-                                slot
-                            }
-                        };
-                        if split {
-                            report.split_pairs += 1;
-                            self.split_pairs.push(pair);
-                            PairSource::split(&self.sink, layout, slot)?
-                        } else {
-                            report.scratch_pairs += 1;
-                            PairSource::scratch(&self.sink, layout, slot)?
-                        }
-                    }
-                },
-            };
-            self.sources.push(source);
-        }
+        copied += self.pair_sources(layer, ids, migrated.copied, report)?;
         // The host's pairs start on the thread pool; the GPU's work is enqueued meanwhile.
         let host_started = Instant::now();
         let on_host = !self.host_pairs.is_empty() || !self.split_pairs.is_empty();
@@ -613,6 +539,7 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
 
 mod host;
 mod kernels;
+mod sources;
 
 pub(crate) use host::HOST_WARM;
 pub(crate) use kernels::Kernels;
