@@ -196,9 +196,7 @@ pub struct ReplayStats {
     /// in place (their pairs stay counted in `served_in_place`; the bytes are not in
     /// `bytes_promoted`, which counts slots filled).
     pub fetched: u64,
-    /// Under the overlapped model with split misses ([`CostModel::split`]): experts whose down
-    /// was fetched while their pairs' gate and up were computed in place (their pairs stay
-    /// counted in `served_in_place`).
+    /// Experts split ([`CostModel::split`]): down fetched, gate and up computed in place.
     pub split: u64,
 }
 
