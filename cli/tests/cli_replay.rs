@@ -410,6 +410,12 @@ fn the_overlapped_model_prices_steps_by_their_slowest_resource() {
         assert_eq!(uncapped[i]["fetch_cap"], "none");
     }
     assert!(overlapped[0]["total"]["fetched"].as_u64().unwrap() > 0, "TIDE serves misses in place; some are fetched");
+    // Split misses (down a third of an expert): counted, and none without --split.
+    let split = run(&["--overlap", "--split"]);
+    assert!(split[0]["total"]["split"].as_u64().unwrap() > 0, "{}", split[0]["total"]);
+    assert_eq!(overlapped[0]["total"]["split"], 0);
+    let o = expertslab(&["simulate", "--trace", t, "--slots", "4", "--split"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--overlap"), "{o:?}");
     let o = expertslab(&["simulate", "--trace", t, "--slots", "4", "--fetch-cap", "2"]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--overlap"), "{o:?}");
     // The optimum is priced additively: not beside overlapped runs.
