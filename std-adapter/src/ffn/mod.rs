@@ -32,10 +32,11 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use expertslab::{ExpertSource, Format, Projection};
+use rayon::prelude::*;
 use rayon::ThreadPool;
 
 mod isa;
@@ -426,56 +427,41 @@ impl ExpertFfn {
             let down_rows = rows_per_task(hidden, whole.len(), threads);
             let up_tasks = ffn.div_ceil(up_rows);
             // Each pair's h (as f32 bits), written by its gate/up tasks; the task that finishes
-            // a whole pair's h (its count reaching 0) pads it and starts the pair's down tasks,
-            // which write the pair's rows of `parts`. A pair's down so starts while other pairs'
-            // gate/up run: the call waits once, at its end.
+            // a whole pair's h (its count reaching 0) pads it and computes the pair's down rows
+            // (split among idle threads), which write the pair's rows of `parts`. A pair's down
+            // so starts while other pairs' gate/up run: the call waits once, at its end.
             let cells: Vec<AtomicU32> = (0..count * ffn).map(|_| AtomicU32::new(0)).collect();
             let left: Vec<AtomicUsize> = whole.iter().map(|_| AtomicUsize::new(up_tasks)).collect();
-            let padded: Vec<OnceLock<Vec<f32>>> = whole.iter().map(|_| OnceLock::new()).collect();
             let outputs: Vec<Mutex<Option<&mut [f32]>>> =
                 parts.chunks_mut(hidden).map(|part| Mutex::new(Some(part))).collect();
-            let (cells, left, padded, outputs, xt) = (&cells, &left, &padded, &outputs, &xt);
-            rayon::scope(|s| {
-                for (i, &p) in pairs.iter().enumerate() {
-                    let Some(xt) = xt.get(p.token) else { continue };
-                    let pair_h = cells.get(i * ffn..(i + 1) * ffn).unwrap_or_default();
-                    for task in 0..up_tasks {
-                        s.spawn(move |s| {
-                            let first = task * up_rows;
-                            let mut rows = [0.0f32; ROWS_PER_TASK];
-                            let rows = rows.get_mut(..up_rows.min(ffn - first)).unwrap_or_default();
-                            isa::gate_up(isa, format, p.gate, p.up, hidden, xt, first, rows);
-                            for (cell, v) in pair_h.iter().skip(first).zip(rows.iter()) {
-                                cell.store(v.to_bits(), Ordering::Relaxed);
-                            }
-                            // The last of a whole pair's tasks sees every row (AcqRel orders
-                            // them); halves have no count and stop here.
-                            if left.get(i).is_none_or(|l| l.fetch_sub(1, Ordering::AcqRel) != 1) {
-                                return;
-                            }
-                            let values: Vec<f32> =
-                                pair_h.iter().map(|c| f32::from_bits(c.load(Ordering::Relaxed))).collect();
-                            let Some(ht) = padded.get(i).map(|cell| {
-                                cell.get_or_init(|| {
-                                    let mut ht = Vec::new();
-                                    order::pad_to_blocks(&values, &mut ht);
-                                    ht
-                                })
-                            }) else {
-                                return;
-                            };
-                            let part = outputs
-                                .get(i)
-                                .and_then(|o| o.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take());
-                            for (task, rows) in part.into_iter().flat_map(|part| part.chunks_mut(down_rows)).enumerate()
-                            {
-                                s.spawn(move |_| isa::down(isa, down_format, p.down, ffn, ht, task * down_rows, rows));
-                            }
-                        });
-                    }
+            (0..count * up_tasks).into_par_iter().for_each(|t| {
+                let (i, task) = (t / up_tasks, t % up_tasks);
+                let (Some(p), Some(pair_h)) = (pairs.get(i), cells.get(i * ffn..(i + 1) * ffn)) else { return };
+                let Some(xt) = xt.get(p.token) else { return };
+                let first = task * up_rows;
+                let mut rows = [0.0f32; ROWS_PER_TASK];
+                let rows = rows.get_mut(..up_rows.min(ffn - first)).unwrap_or_default();
+                isa::gate_up(isa, format, p.gate, p.up, hidden, xt, first, rows);
+                for (cell, v) in pair_h.iter().skip(first).zip(rows.iter()) {
+                    cell.store(v.to_bits(), Ordering::Relaxed);
+                }
+                // The last of a whole pair's tasks sees every row (AcqRel orders them); halves
+                // have no count and stop here.
+                if left.get(i).is_none_or(|l| l.fetch_sub(1, Ordering::AcqRel) != 1) {
+                    return;
+                }
+                let values: Vec<f32> = pair_h.iter().map(|c| f32::from_bits(c.load(Ordering::Relaxed))).collect();
+                let mut ht = Vec::new();
+                order::pad_to_blocks(&values, &mut ht);
+                let part =
+                    outputs.get(i).and_then(|o| o.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take());
+                if let Some(part) = part {
+                    part.par_chunks_mut(down_rows).enumerate().for_each(|(task, rows)| {
+                        isa::down(isa, down_format, p.down, ffn, &ht, task * down_rows, rows);
+                    });
                 }
             });
-            // The halves' rows (the scope's end orders their stores before these loads).
+            // The halves' rows (the parallel loop's end orders their stores before these loads).
             let halves_h = cells.get(whole.len() * ffn..).unwrap_or_default();
             for (out, cell) in h.iter_mut().zip(halves_h) {
                 *out = f32::from_bits(cell.load(Ordering::Relaxed));
