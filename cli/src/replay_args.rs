@@ -286,7 +286,10 @@ impl CostArgs {
     pub fn cost_model(&self) -> Result<CostModel, CliError> {
         // Down's share of an expert when nothing says otherwise: three projections of one size.
         let mut down_share = 1.0 / 3.0;
-        let file_bytes = match &self.model {
+        // The file is read for its experts' size unless --expert-bytes gives it, and for
+        // down's share under --split.
+        let needed = self.expert_bytes.is_none() || self.split;
+        let file_bytes = match self.model.as_ref().filter(|_| needed) {
             Some(path) => {
                 let model = crate::model::open_model(path)?;
                 let layouts: Vec<_> = model.moe_layers().filter_map(|l| model.layer_layout(l)).collect();

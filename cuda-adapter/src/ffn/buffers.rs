@@ -159,7 +159,11 @@ impl StepBuffers {
             return Err(CudaError::Unsupported(format!("{pairs} pairs, the buffers hold {}", self.max_pairs)));
         }
         if ids.iter().any(|&id| i32::try_from(id).is_err())
-            || sources.iter().any(|s| matches!(s, PairSource::Direct { .. }) && s.pointers().contains(&0))
+            || sources.iter().any(|s| match s {
+                PairSource::Direct { .. } => s.pointers().contains(&0),
+                PairSource::Split { down } => *down == 0,
+                _ => false,
+            })
         {
             return Err(CudaError::Unsupported("an id over i32::MAX or a null source address".into()));
         }
@@ -286,11 +290,12 @@ impl StepBuffers {
         }
     }
 
-    /// Whether the staged step's down launches also combine its tokens: every pair's down is
-    /// computed on the device (no pair wholly on the host), so nothing is uploaded between the
-    /// last down and the combine.
+    /// Whether the staged step's down launches also combine its tokens: every pair is computed
+    /// whole on the device (none on the host, none split), so nothing is uploaded between down
+    /// and the combine. A step with split pairs combines in its own launch, after the split
+    /// phase, so a step whose split phase is never launched leaves no tile half counted.
     pub const fn fused(&self) -> bool {
-        self.pairs > 0 && self.on_device + self.split == self.pairs
+        self.pairs > 0 && self.on_device == self.pairs
     }
 
     /// Reads and clears the status word the kernels set for pairs they could not compute

@@ -26,9 +26,10 @@
 //! the others, once the compute stream waits on the copies), so copies overlap the compute of
 //! resident experts; split pairs ([`PairSource::Split`]) take a third down launch
 //! ([`Phase::Split`]) after their intermediate rows were uploaded; then
-//! [`MoeFfn::launch_combine`] sums each token's pairs in k order. When no pair of a step is
-//! computed wholly on the host, the down launches do that sum themselves (the last block to
-//! finish a row tile of a token combines it), one launch less per layer step.
+//! [`MoeFfn::launch_combine`] sums each token's pairs in k order. When every pair of a step is
+//! computed whole on the device (none on the host, none split), the down launches do that sum
+//! themselves (the last block to finish a row tile of a token combines it), one launch less per
+//! layer step.
 //! [`MoeFfn::record_reads`] records the event after which no kernel of the step reads a slot
 //! (for the copy stream to wait on before overwriting one: write-after-read).
 

@@ -120,17 +120,27 @@ pub fn reduce(acc: &[f32; BLOCK]) -> f32 {
 }
 
 /// `bits` as an IEEE-754 half, widened to f32 (exactly: every half is an f32). Without
-/// branches, so a block's scale widens in a few instructions: the half's exponent and mantissa
-/// bits, moved to an f32's places, are the half's magnitude times 2^−112 (subnormal halves land
-/// on f32 subnormals), so one multiplication by 2^112 gives it exactly; exponent 31 (infinities
-/// and NaNs, the payload kept) is chosen apart, then the sign bit is set.
+/// branches, so a block's scale widens in a few instructions: a normal half's exponent and
+/// mantissa bits, moved to an f32's places, are its magnitude times 2^−112, so one
+/// multiplication by 2^112 gives it exactly; a subnormal half is its mantissa times 2^−24 (both
+/// operands normal floats, so the bits hold even where the CPU flushes subnormal operands to
+/// zero); exponent 31 (infinities and NaNs, the payload kept) is chosen apart, then the sign bit
+/// is set.
 #[inline]
 pub fn f16_to_f32(bits: u16) -> f32 {
-    /// 2^112.
+    /// 2^112 and 2^−24.
     const SCALE: f32 = f32::from_bits(0x7780_0000);
+    const SUBNORMAL: f32 = f32::from_bits(0x3380_0000);
     let magnitude = u32::from(bits & 0x7fff) << 13;
-    let finite = f32::from_bits(magnitude) * SCALE;
-    let value = if magnitude >= 0x0f80_0000 { f32::from_bits(0x7f80_0000 | magnitude) } else { finite };
+    let normal = f32::from_bits(magnitude) * SCALE;
+    let subnormal = f32::from(bits & 0x3ff) * SUBNORMAL;
+    let value = if magnitude >= 0x0f80_0000 {
+        f32::from_bits(0x7f80_0000 | magnitude)
+    } else if magnitude < 0x0080_0000 {
+        subnormal
+    } else {
+        normal
+    };
     f32::from_bits(value.to_bits() | u32::from(bits & 0x8000) << 16)
 }
 

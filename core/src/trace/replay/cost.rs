@@ -17,7 +17,9 @@ pub enum FetchCap {
     /// As many as make the step cheapest: the link's time against the in-place time, the most
     /// used experts fetched first ([`split_misses`]); the bandwidth-matched share.
     Balanced,
-    /// At most this many per layer step (and at most the balanced share), the most used first.
+    /// At most this many whole experts per layer step (and at most the balanced share), the
+    /// most used first. Split misses ([`CostModel::split`]), whose down alone is fetched, are not
+    /// counted: they are weighed against the host by the step's time.
     AtMost(u32),
 }
 
@@ -222,13 +224,13 @@ impl SplitCosts {
     /// + in_place × pair`, or nothing without pairs there).
     pub fn seconds(&self, plan: MissSplit, split_pairs: u64, in_place: u64) -> f64 {
         let down = if self.splits() { self.down } else { 0.0 };
-        let link = self.busy + plan.fetched as f64 * self.copy + plan.split as f64 * down * self.copy;
-        // Terms without pairs are left out: 0 pairs × an infinite pair time is not 0.
-        let pairs = |n: u64, share: f64| if n == 0 { 0.0 } else { n as f64 * share * self.pair };
+        // Terms of no experts or pairs are left out: 0 × an infinite time is not 0.
+        let times = |n: u64, each: f64| if n == 0 { 0.0 } else { n as f64 * each };
+        let link = self.busy + times(plan.fetched as u64, self.copy) + times(plan.split as u64, down * self.copy);
         let here = if in_place == 0 && split_pairs == 0 {
             0.0
         } else {
-            self.step + pairs(split_pairs, 1.0 - down) + pairs(in_place, 1.0)
+            self.step + times(split_pairs, (1.0 - down) * self.pair) + times(in_place, self.pair)
         };
         link.max(here)
     }
@@ -460,6 +462,11 @@ mod tests {
         assert_eq!(split_misses(&[1, 1], &gpu, FetchCap::Balanced), MissSplit { fetched: 0, split: 2 });
         let plan = MissSplit { fetched: 0, split: 2 };
         assert!((gpu.seconds(plan, 2, 0) - (25.0 + 2.0 * 97.0 * 2.0 / 3.0)).abs() < 1e-9);
+        // A link of infinite copy time fetches nothing, with splits on or off.
+        for down in [0.0, 1.0 / 3.0] {
+            let no_link = SplitCosts { copy: f64::INFINITY, down, ..gpu };
+            assert_eq!(split_misses(&[1; 3], &no_link, FetchCap::Balanced), MissSplit::default());
+        }
         // No share of down (or a share of 1): nothing is split.
         for down in [0.0, 1.0, f64::NAN] {
             assert_eq!(split_misses(&[1, 1], &SplitCosts { down, ..gpu }, FetchCap::Balanced).split, 0);
