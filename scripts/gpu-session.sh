@@ -12,6 +12,7 @@ start=$(date +%s)
 left() { echo $(( ${LIMIT:-585} - ($(date +%s) - start) )); }
 mkdir -p "$out/a"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/a/gpu.txt" 2>&1
+lscpu > "$out/a/lscpu.txt" 2>&1
 (BUILD=/tmp/llama-build bash "$here/peer-llamacpp.sh" build > "$out/a/llama-build.txt" 2>&1; echo "build rc $? after $(( $(date +%s) - start )) s" >> "$out/a/llama-build.txt") &
 bpid=$!
 (cd "$here/bin" && timeout 300 bash gpu-test.sh) > "$out/a/gpu-tests.txt" 2>&1

@@ -4,7 +4,8 @@
 //! math library's exp) over the same bytes on one thread; and `expert_ffn_format` the same 8
 //! pairs in each weight format the FFN reads (random codes under fixed scales for the block
 //! formats), with the bytes read per second; `expert_ffn_cold` 1, 2 and 8 pairs a call over 64
-//! experts taken in turn, read from memory rather than cache. Run with `cargo bench -p
+//! experts taken in turn, read from memory rather than cache, beside
+//! `read_cold`, the same bytes only read. Run with `cargo bench -p
 //! expertslab-std --bench ffn`.
 
 use divan::Bencher;
@@ -104,11 +105,8 @@ fn plain_loop_one_thread(bencher: Bencher) {
 /// Experts of the cold benches: more bytes (604 MiB of BF16) than a host's last-level cache holds.
 const COLD_EXPERTS: usize = 64;
 
-/// `pairs` pairs per call, each call reading the next experts of [`COLD_EXPERTS`] in turn, so
-/// every call reads its weights from memory, as decode's misses do (the benches above read the
-/// same 72 MiB every call, from cache where the cache holds them). Bytes read per second.
-#[divan::bench(args = [1, 2, 8])]
-fn expert_ffn_cold(bencher: Bencher, pairs: usize) {
+/// [`COLD_EXPERTS`] random BF16 experts (gate, up, down).
+fn cold_experts() -> Vec<[Vec<u8>; 3]> {
     let mut s = 0x2545_F491_4F6C_DD1Du64;
     let mut slab = |cols: usize| -> Vec<u8> {
         let scale = (3.0 / cols as f32).sqrt();
@@ -124,7 +122,15 @@ fn expert_ffn_cold(bencher: Bencher, pairs: usize) {
         }
         v
     };
-    let experts: Vec<[Vec<u8>; 3]> = (0..COLD_EXPERTS).map(|_| [slab(HIDDEN), slab(HIDDEN), slab(FFN)]).collect();
+    (0..COLD_EXPERTS).map(|_| [slab(HIDDEN), slab(HIDDEN), slab(FFN)]).collect()
+}
+
+/// `pairs` pairs per call, each call reading the next experts of [`COLD_EXPERTS`] in turn, so
+/// every call reads its weights from memory, as decode's misses do (the benches above read the
+/// same 72 MiB every call, from cache where the cache holds them). Bytes read per second.
+#[divan::bench(args = [1, 2, 8])]
+fn expert_ffn_cold(bencher: Bencher, pairs: usize) {
+    let experts = cold_experts();
     let ffn = ExpertFfn::new(HIDDEN, FFN, Format::BF16).expect("ffn");
     let x: Vec<f32> = (0..HIDDEN).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
     let mut parts = vec![0.0f32; pairs * HIDDEN];
@@ -138,6 +144,26 @@ fn expert_ffn_cold(bencher: Bencher, pairs: usize) {
             .collect();
         next = (next + pairs) % COLD_EXPERTS;
         ffn.parts(&p, &x, &mut parts).expect("parts")
+    });
+}
+
+/// The baseline of `expert_ffn_cold`: the same experts' bytes, taken in the same turn, only
+/// read (a sum of their 64-bit words) on the same thread pool in 64 KiB tasks: the rate this
+/// host's memory gives those threads, which the FFN's rate is read against.
+#[divan::bench(args = [1, 2, 8])]
+fn read_cold(bencher: Bencher, pairs: usize) {
+    use rayon::prelude::*;
+    let experts = cold_experts();
+    let mut next = 0usize;
+    bencher.counter(divan::counter::BytesCount::new(pairs * 3 * HIDDEN * FFN * 2)).bench_local(|| {
+        let slabs: Vec<&[u8]> =
+            (0..pairs).flat_map(|i| experts[(next + i) % COLD_EXPERTS].iter().map(Vec::as_slice)).collect();
+        next = (next + pairs) % COLD_EXPERTS;
+        slabs
+            .par_iter()
+            .flat_map(|slab| slab.par_chunks(64 << 10))
+            .map(|chunk| chunk.as_chunks::<8>().0.iter().fold(0u64, |a, w| a.wrapping_add(u64::from_le_bytes(*w))))
+            .reduce(|| 0, u64::wrapping_add)
     });
 }
 
