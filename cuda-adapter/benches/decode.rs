@@ -7,6 +7,7 @@
 //! pick at that budget, misses by the measured rule. For each (iv) row: the time the core's
 //! replay cost model predicts (G3) and the step time against max(copy, compute) (G4).
 //! `EXPERTSLAB_REPS` sets the repetitions per row (default 5; medians are reported).
+//! `EXPERTSLAB_PERCENTS` (such as `75,0`) takes only those budgets of the `peer` rows.
 //!
 //! `EXPERTSLAB_MODEL=FILE.gguf` takes the experts of a GGUF file instead (read in place from its
 //! memory map; the traces follow the file's shape). `EXPERTSLAB_ROWS=peer` prints the rows of
@@ -20,7 +21,10 @@
 //! bound of that extra time (the bytes the row brought to its pairs, copied or read by the
 //! host, over the link's and the host's bandwidth together, per token), the µs per token the
 //! core's replay predicts for the run ([`GpuModel::predict`]), and the wall µs per token from
-//! the host's pairs started to their upload enqueued ([`RunReport::host_seconds`]).
+//! the host's pairs started to their upload enqueued ([`RunReport::host_seconds`]), and of that
+//! the µs per token the pairs waited for a thread, were computed, and took to reach the driving
+//! thread ([`RunReport::host_queued_seconds`], [`RunReport::host_compute_seconds`],
+//! [`RunReport::host_handoff_seconds`]).
 
 use std::process::ExitCode;
 
@@ -128,7 +132,7 @@ fn bench(model: &GpuModel, calibration: &Calibration, reps: usize) -> Result<(),
 }
 
 /// The rows of the side-by-side with llama.cpp (see the module docs).
-fn peer(model: &GpuModel, calibration: &Calibration, reps: usize) -> Result<(), CudaError> {
+fn peer(model: &GpuModel, calibration: &Calibration, reps: usize, percents: &[usize]) -> Result<(), CudaError> {
     let experts = model.spec().experts;
     let c = &calibration.costs;
     let measured = MissRule::Measured(*c);
@@ -147,19 +151,22 @@ fn peer(model: &GpuModel, calibration: &Calibration, reps: usize) -> Result<(), 
             let brought = copied as f64 + (read as f64 + split as f64 * (1.0 - c.down_share)) * expert;
             let bound = brought / tokens / (calibration.link_bytes_per_second + host_bandwidth);
             println!(
-                "peer\t{trace_name}\t{percent}\t{name}\t{:.4}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.1}",
+                "peer\t{trace_name}\t{percent}\t{name}\t{:.4}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.1}",
                 r.hit_rate(),
                 us(r.seconds_per_token()),
                 us(r.seconds_per_token() - floor),
                 us(bound),
                 us(predicted),
-                us(r.host_seconds / tokens)
+                us(r.host_seconds / tokens),
+                us(r.host_queued_seconds / tokens),
+                us(r.host_compute_seconds / tokens),
+                us(r.host_handoff_seconds / tokens)
             );
         };
         let floor = model.decode_median(&trace, &RunConfig::new(experts, Policy::Lru, measured), reps)?;
         let floor_token = floor.seconds_per_token();
         line(100, "all resident", &floor, floor_token, floor_token);
-        for percent in [75, 50, 25, 0] {
+        for &percent in percents {
             let slots = experts * percent / 100;
             // Each way of serving misses with the pool the tune picks for it; `auto` also with
             // whole experts only (no split), the rule before splits.
@@ -240,7 +247,12 @@ fn main() -> ExitCode {
         );
         println!("calibration: {calibration:?}");
         if peer_rows {
-            peer(&model, &calibration, reps)
+            // `EXPERTSLAB_PERCENTS=75,0` takes those budgets only.
+            let percents: Vec<usize> = std::env::var("EXPERTSLAB_PERCENTS")
+                .ok()
+                .map(|v| v.split(',').filter_map(|p| p.trim().parse().ok()).filter(|&p| p <= 100).collect())
+                .unwrap_or_else(|| vec![75, 50, 25, 0]);
+            peer(&model, &calibration, reps, &percents)
         } else {
             bench(&model, &calibration, reps)
         }

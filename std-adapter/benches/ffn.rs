@@ -5,7 +5,8 @@
 //! pairs in each weight format the FFN reads (random codes under fixed scales for the block
 //! formats), with the bytes read per second; `expert_ffn_cold` 1, 2 and 8 pairs a call over 64
 //! experts taken in turn, read from memory rather than cache, beside
-//! `read_cold`, the same bytes only read. Run with `cargo bench -p
+//! `read_cold`, the same bytes only read; `one_thread_in_cache` one small pair on one thread
+//! from the cache, what one core computes. Run with `cargo bench -p
 //! expertslab-std --bench ffn`.
 
 use divan::Bencher;
@@ -224,4 +225,22 @@ fn expert_ffn_format(bencher: Bencher, name: &str) {
 
 fn main() {
     divan::main();
+}
+
+/// The inner loops' rate on one thread from the cache: one pair of a small expert (hidden and
+/// FFN 256: 384 KiB of BF16, which a core's L2 holds) on a pool of one thread, repeated.
+/// Bytes read per second: what one core computes when memory is not the limit.
+#[divan::bench]
+fn one_thread_in_cache(bencher: Bencher) {
+    const SMALL: usize = 256;
+    let pool = std::sync::Arc::new(rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool"));
+    let ffn = ExpertFfn::new(SMALL, SMALL, Format::BF16).expect("ffn").with_pool(pool);
+    let slab: Vec<u8> =
+        (0..SMALL * SMALL).flat_map(|i| (((i * 7919 % 251) as u16) << 4 | 0x3c00).to_le_bytes()).collect();
+    let p = [PairSlabs { gate: &slab, up: &slab, down: &slab, token: 0 }];
+    let x: Vec<f32> = (0..SMALL).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+    let mut parts = vec![0.0f32; SMALL];
+    bencher
+        .counter(divan::counter::BytesCount::new(3 * slab.len()))
+        .bench_local(|| ffn.parts(&p, &x, &mut parts).expect("parts"));
 }

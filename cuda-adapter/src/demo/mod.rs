@@ -150,6 +150,15 @@ pub struct RunReport {
     /// input fetched) to their outputs' upload enqueued: the host's compute, with the GPU's work
     /// enqueued by the driving thread meanwhile.
     pub host_seconds: f64,
+    /// Of `host_seconds`, the time from the host's pairs handed to the thread pool to a thread
+    /// taking them up, summed over layer steps.
+    pub host_queued_seconds: f64,
+    /// Of `host_seconds`, the time the pool's threads spent computing the pairs
+    /// ([`expertslab_std::ffn::ExpertFfn::parts_and_h`]), summed over layer steps.
+    pub host_compute_seconds: f64,
+    /// Of `host_seconds`, the time from the pairs computed to the driving thread holding their
+    /// outputs (the pool's threads kept warm, the result sent, the driving thread woken).
+    pub host_handoff_seconds: f64,
     /// Of `decode_seconds`, the wall time the driving thread waited for each record's previous
     /// record to end (the GPU's work it could not overlap); the rest is the driving thread's
     /// own: pool steps, staging, launches, and the host's pairs.

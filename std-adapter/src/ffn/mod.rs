@@ -45,19 +45,26 @@ pub mod order;
 pub use isa::Isa;
 pub use order::{combine, exp, silu_mul};
 
-/// The most output rows one task computes: small enough to spread one token's pairs over many
-/// threads, large enough to keep a task's overhead small.
+/// The most gate/up rows one task computes (they are kept in a buffer of this many): small
+/// enough to spread one token's pairs over many threads, large enough to keep a task's overhead
+/// small.
 const ROWS_PER_TASK: usize = 32;
+
+/// The most weight bytes one down task reads, where that is more than [`ROWS_PER_TASK`] rows:
+/// down's rows are narrower than gate's and up's (`ffn` wide, not `hidden`), so with as few
+/// rows a task of many pairs would read a sixth of a gate/up task's bytes and pay its overhead
+/// as often.
+const DOWN_TASK_BYTES: usize = 256 << 10;
 
 /// Tasks per thread a call aims for: a thread that falls behind (descheduled, or sharing its
 /// core) then delays the call's end by a small task, not by a large share of the work.
 const TASKS_PER_THREAD: usize = 4;
 
 /// Rows per task for `pairs` pairs of `rows` rows each on `threads` threads: enough tasks for
-/// [`TASKS_PER_THREAD`] each, at most [`ROWS_PER_TASK`] rows, never 0.
-fn rows_per_task(rows: usize, pairs: usize, threads: usize) -> usize {
+/// [`TASKS_PER_THREAD`] each, at most `most` rows, never 0.
+fn rows_per_task(rows: usize, pairs: usize, threads: usize, most: usize) -> usize {
     let tasks = threads.max(1).saturating_mul(TASKS_PER_THREAD);
-    rows.saturating_mul(pairs.max(1)).div_ceil(tasks).clamp(1, ROWS_PER_TASK)
+    rows.saturating_mul(pairs.max(1)).div_ceil(tasks).clamp(1, most.max(1))
 }
 
 /// One pair's expert: its gate, up and down slabs (each `rows × cols` elements of the FFN's
@@ -423,8 +430,10 @@ impl ExpertFfn {
                 })
                 .collect();
             let threads = rayon::current_num_threads();
-            let up_rows = rows_per_task(ffn, count, threads);
-            let down_rows = rows_per_task(hidden, whole.len(), threads);
+            let up_rows = rows_per_task(ffn, count, threads, ROWS_PER_TASK);
+            let down_row_bytes = down_format.row_bytes(ffn).unwrap_or(usize::MAX).max(1);
+            let down_most = ROWS_PER_TASK.max(DOWN_TASK_BYTES / down_row_bytes);
+            let down_rows = rows_per_task(hidden, whole.len(), threads, down_most);
             let up_tasks = ffn.div_ceil(up_rows);
             // Each pair's h (as f32 bits), written by its gate/up tasks; the task that finishes
             // a whole pair's h (its count reaching 0) pads it and computes the pair's down rows

@@ -30,6 +30,7 @@ pub const BLOCK: usize = LANES * CHUNK;
 
 /// The sum of the lanes' accumulators, as the warp's butterfly forms it: at offsets 16, 8, 4, 2
 /// and 1, lane `i` adds lane `i + offset`'s value to its own; lane 0's value is the sum.
+#[inline(always)]
 pub fn lane_sum(mut acc: [f32; LANES]) -> f32 {
     let mut offset = LANES / 2;
     while offset > 0 {
@@ -106,10 +107,24 @@ pub fn pad_to_blocks(x: &[f32], out: &mut Vec<f32>) {
 }
 
 /// The sum of a row's [`BLOCK`] accumulators: each lane's [`CHUNK`] by halving
-/// (`v[e] + v[e + 4]`, then `+ 2`, then `+ 1`), then the lanes by [`lane_sum`].
-#[inline]
-#[allow(clippy::indexing_slicing, reason = "fixed sizes: CHUNK is 8")]
+/// (`v[e] + v[e + 4]`, then `+ 2`, then `+ 1`), then the lanes by [`lane_sum`]. On a CPU with
+/// AVX2 (whatever instruction set the row loops run on) the same sums, operand for operand, run
+/// eight lanes per instruction: a row of a few passes spends as
+/// long summing its accumulators one by one as accumulating them.
+#[inline(always)]
 pub fn reduce(acc: &[f32; BLOCK]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        #[allow(unsafe_code, reason = "calling a function compiled for an instruction set the CPU was found to have")]
+        // SAFETY: the CPU has AVX2 (detected just above).
+        return unsafe { super::isa::reduce_avx2(acc) };
+    }
+    reduce_in_order(acc)
+}
+
+/// [`reduce`] one sum at a time: the reference the vector forms are tested against.
+#[allow(clippy::indexing_slicing, reason = "fixed sizes: CHUNK is 8")]
+pub fn reduce_in_order(acc: &[f32; BLOCK]) -> f32 {
     let mut lanes = [0.0f32; LANES];
     for (lane, v) in lanes.iter_mut().zip(acc.chunks_exact(CHUNK)) {
         let t = [v[0] + v[4], v[1] + v[5], v[2] + v[6], v[3] + v[7]];

@@ -274,14 +274,17 @@ fn a_pair_s_slabs_come_from_its_source() {
 fn a_call_makes_a_few_tasks_per_thread() {
     use super::rows_per_task;
     // One pair of the current MoE shape on 16 threads: 64 tasks of 12 gate/up rows, 64 of 32
-    // down rows; eight pairs: tasks of the most rows.
-    assert_eq!(rows_per_task(768, 1, 16), 12);
-    assert_eq!(rows_per_task(2048, 1, 16), 32);
-    assert_eq!(rows_per_task(768, 8, 16), 32);
+    // down rows; eight pairs: gate/up tasks of the most rows, down tasks of 256 rows (64 in
+    // all) where down takes up to 170 rows (256 KiB of BF16 rows of 768).
+    assert_eq!(rows_per_task(768, 1, 16, 32), 12);
+    assert_eq!(rows_per_task(2048, 1, 16, 170), 32);
+    assert_eq!(rows_per_task(768, 8, 16, 32), 32);
+    assert_eq!(rows_per_task(2048, 8, 16, 170), 170);
+    assert_eq!(rows_per_task(2048, 8, 16, 512), 256);
     // Never more than the most rows a task takes, never 0.
-    assert_eq!(rows_per_task(100_000, 1, 2), 32);
-    assert_eq!(rows_per_task(3, 1, 64), 1);
-    assert_eq!(rows_per_task(0, 0, 0), 1);
+    assert_eq!(rows_per_task(100_000, 1, 2, 32), 32);
+    assert_eq!(rows_per_task(3, 1, 64, 32), 1);
+    assert_eq!(rows_per_task(0, 0, 0, 0), 1);
 }
 
 #[test]
@@ -476,4 +479,37 @@ fn gate_up_gives_the_rows_down_reads_and_one_call_computes_both_kinds() {
     assert!(matches!(err, FfnError::Slab { pair: 1, projection: "gate", .. }), "{err:?}");
     let err = bf16.gate_up(&pairs, &x, &mut half_h).unwrap_err();
     assert!(matches!(err, FfnError::Length { what: "h", .. }), "{err:?}");
+}
+
+/// The vector sum of a row's accumulators gives the bits of the sum taken one by one, on
+/// ordinary values, values of very different sizes (where the order of the sums shows), signed
+/// zeros, infinities and NaNs (a NaN for a NaN: Rust leaves their payloads unspecified).
+#[test]
+fn the_vector_sum_of_the_accumulators_is_the_sum_in_order() {
+    use super::order::{reduce, reduce_in_order};
+    let mut s = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    let specials = [0.0f32, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, f32::MIN_POSITIVE / 4.0, 1e30, -1e30];
+    for round in 0..200 {
+        let acc: [f32; BLOCK] = core::array::from_fn(|_| {
+            let r = next();
+            match round % 4 {
+                0 => (r >> 40) as f32 / (1u64 << 24) as f32 - 0.5,
+                // Magnitudes from 2^-20 to 2^20: sums that round differently in another order.
+                1 => ((r >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * f32::from_bits(((107 + (r & 40)) as u32) << 23),
+                2 if r % 16 == 0 => specials[(r >> 8) as usize % specials.len()],
+                _ => f32::from_bits((r >> 32) as u32),
+            }
+        });
+        let (got, want) = (reduce(&acc), reduce_in_order(&acc));
+        assert!(
+            got.to_bits() == want.to_bits() || got.is_nan() && want.is_nan(),
+            "round {round}: {got} against {want}"
+        );
+    }
 }

@@ -3,11 +3,13 @@
 
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
+use std::time::Instant;
 
 use expertslab_std::ffn::PairSlabs;
 use expertslab_std::ExpertStore;
 
 use super::{Kernels, Runner};
+use crate::demo::RunReport;
 use crate::driver::Driver;
 use crate::error::CudaError;
 use crate::ffn::MissRule;
@@ -17,9 +19,22 @@ use crate::ffn::MissRule;
 pub(crate) const HOST_WARM: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// The host's pairs of a record, computing on the thread pool while the runner enqueues the
-/// GPU's work: when done, the outputs of its pairs on the host (`pairs × hidden`) and the
-/// intermediate rows of its split pairs (`pairs × ffn`).
-pub(super) type HostJob = Receiver<Result<(Vec<f32>, Vec<f32>), CudaError>>;
+/// GPU's work.
+pub(super) struct HostJob {
+    done: Receiver<Result<HostDone, CudaError>>,
+    /// When the pairs were handed to the pool.
+    spawned: Instant,
+}
+
+/// What a [`HostJob`] sends back: the outputs of its pairs on the host (`pairs × hidden`), the
+/// intermediate rows of its split pairs (`pairs × ffn`), and when a thread started and ended
+/// computing them.
+struct HostDone {
+    parts: Vec<f32>,
+    h: Vec<f32>,
+    started: Instant,
+    computed: Instant,
+}
 
 impl<D: Driver + Clone, K: Kernels<D>> Runner<'_, D, K> {
     /// Under [`MissRule::Balanced`] with a cap, how many of the record's missed experts (not
@@ -60,8 +75,10 @@ impl<D: Driver + Clone, K: Kernels<D>> Runner<'_, D, K> {
         let store: Arc<ExpertStore> = Arc::clone(&self.host_store);
         let mut parts = std::mem::take(&mut self.host_parts);
         let mut h = std::mem::take(&mut self.host_h);
-        let (done, job) = sync_channel(1);
+        let (done, receiver) = sync_channel(1);
+        let spawned = Instant::now();
         ffn.spawn(move |ffn| {
+            let started = Instant::now();
             let slabs = |pairs: &[(usize, usize)]| {
                 pairs
                     .iter()
@@ -74,22 +91,29 @@ impl<D: Driver + Clone, K: Kernels<D>> Runner<'_, D, K> {
                 h.resize(halves.len() * ffn_width, 0.0);
                 ffn.parts_and_h(&whole, &input, &mut parts, &halves, &mut h)
                     .map_err(|e| CudaError::Unsupported(format!("host pairs of layer {layer}: {e}")))?;
-                Ok((parts, h))
+                Ok(HostDone { parts, h, started, computed: Instant::now() })
             });
             // The next layer step's pairs find the threads awake.
             ffn.keep_warm(HOST_WARM);
             // The runner dropped the job only when it failed first: nothing waits for it.
             let _ = done.send(computed);
         });
-        Ok(job)
+        Ok(HostJob { done: receiver, spawned })
     }
 
     /// Waits for the host's pairs started by [`Runner::host_start`] (step 5) and keeps their
-    /// outputs in `host_parts`, the split pairs' rows in `host_h`.
-    pub(super) fn host_finish(&mut self, job: &HostJob) -> Result<(), CudaError> {
-        let (parts, h) = job.recv().map_err(|_| CudaError::Unsupported("the host's pairs were lost".into()))??;
-        self.host_parts = parts;
-        self.host_h = h;
+    /// outputs in `host_parts`, the split pairs' rows in `host_h`; when `timed`, adds the
+    /// job's queued, compute and handoff times to `report`.
+    pub(super) fn host_finish(&mut self, job: &HostJob, report: &mut RunReport, timed: bool) -> Result<(), CudaError> {
+        let done = job.done.recv().map_err(|_| CudaError::Unsupported("the host's pairs were lost".into()))??;
+        if timed {
+            let seconds = |later: Instant, earlier: Instant| later.saturating_duration_since(earlier).as_secs_f64();
+            report.host_queued_seconds += seconds(done.started, job.spawned);
+            report.host_compute_seconds += seconds(done.computed, done.started);
+            report.host_handoff_seconds += seconds(Instant::now(), done.computed);
+        }
+        self.host_parts = done.parts;
+        self.host_h = done.h;
         Ok(())
     }
 }

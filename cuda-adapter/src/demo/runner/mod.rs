@@ -510,7 +510,8 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
         // SAFETY: as above.
         unsafe { self.kernels.pairs(layer, Phase::AfterCopies, &late_view, x, y, compute)? };
         if let Some(job) = host_job {
-            self.host_finish(&job)?;
+            let timed = !step.prefill && step.index > 0;
+            self.host_finish(&job, report, timed)?;
             self.kernels.upload_parts(layer, &self.host_pairs, &self.host_parts, &self.compute)?;
             if !self.split_pairs.is_empty() {
                 self.kernels.upload_h(layer, &self.split_pairs, &self.host_h, &self.compute)?;
@@ -519,7 +520,7 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
                 // uploaded on the same stream.
                 unsafe { self.kernels.pairs(layer, Phase::Split, &late_view, x, y, &self.compute)? };
             }
-            if !step.prefill && step.index > 0 {
+            if timed {
                 report.host_seconds += host_started.elapsed().as_secs_f64();
             }
         }
