@@ -153,7 +153,9 @@ for line in text:
         # (trace, percent, way) -> (run, hit rate, µs/token, extra µs, bound µs, predicted µs/token, host µs/token)
         extra = [float(v) for v in f[8:10]] + [float("nan")] * (10 - len(f))
         ours[(f[1], int(f[2]), way)] = (f[3], float(f[4]), float(f[5]), float(f[6]), float(f[7]), *extra)
-for line in text[:3]:
+for line in text:
+    if line.startswith("peer"):
+        break
     print(line)
 base = 1e3 / llama[100][1]
 print()

@@ -8,6 +8,7 @@
 //! replay cost model predicts (G3) and the step time against max(copy, compute) (G4).
 //! `EXPERTSLAB_REPS` sets the repetitions per row (default 5; medians are reported).
 //! `EXPERTSLAB_PERCENTS` (such as `75,0`) takes only those budgets of the `peer` rows.
+//! `EXPERTSLAB_HOST_THREADS` sets the host FFN's threads (default: one fewer than the CPUs).
 //!
 //! `EXPERTSLAB_MODEL=FILE.gguf` takes the experts of a GGUF file instead (read in place from its
 //! memory map; the traces follow the file's shape). `EXPERTSLAB_ROWS=peer` prints the rows of
@@ -225,7 +226,11 @@ fn main() -> ExitCode {
         Some(path) => GpuModel::open_gguf(0, path),
         None => GpuModel::generate(0, ModelSpec::current_moe(4)),
     };
-    let result = model.and_then(|model| {
+    let result = model.and_then(|mut model| {
+        // `EXPERTSLAB_HOST_THREADS=N` runs the host FFN on N threads instead of the default.
+        if let Some(threads) = std::env::var("EXPERTSLAB_HOST_THREADS").ok().and_then(|v| v.parse().ok()) {
+            model.set_host_threads(threads)?;
+        }
         let calibration = model.calibrate(20)?;
         let spec = model.spec();
         println!(
@@ -245,6 +250,7 @@ fn main() -> ExitCode {
             spec.shape.format.name(),
             model.weights()
         );
+        println!("host FFN: {} threads", model.host_threads());
         println!("calibration: {calibration:?}");
         if peer_rows {
             // `EXPERTSLAB_PERCENTS=75,0` takes those budgets only.

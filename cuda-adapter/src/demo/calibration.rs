@@ -4,7 +4,7 @@
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::CudaSlice;
 use expertslab::{Projection, SlotArena};
-use expertslab_std::ffn::{ExpertFfn, PairSlabs};
+use expertslab_std::ffn::PairSlabs;
 
 use super::model::{seconds, GpuModel};
 use super::{activations, median, Calibration};
@@ -182,7 +182,7 @@ impl GpuModel {
     }
 
     /// The host's costs as the runner pays them for one token: per layer step, the input
-    /// `x_device` copied to the host, [`ExpertFfn`] on all its threads over the pairs (kept warm
+    /// `x_device` copied to the host, the model's host FFN on all its threads over the pairs (kept warm
     /// between steps, as the runner keeps them), and their outputs uploaded. Timed with one pair and with `k` (medians over `reps` runs, after one
     /// to warm up): `host_pair` is the time `k` pairs add over one, per pair, and `host_step`
     /// what is left of the one-pair time. Both `f64::INFINITY` when the host FFN does not read
@@ -197,7 +197,7 @@ impl GpuModel {
         busy_link: &mut dyn FnMut(usize) -> Result<(), CudaError>,
     ) -> Result<(f64, f64), CudaError> {
         let s = &self.spec.shape;
-        let Ok(ffn) = ExpertFfn::new(s.hidden, s.ffn, s.format).and_then(|f| f.with_down_format(s.down_format)) else {
+        let Some(ffn) = &self.host else {
             return Ok((f64::INFINITY, f64::INFINITY));
         };
         let (experts, layers) = (self.spec.experts.max(1), self.spec.layers.max(1));

@@ -48,7 +48,7 @@ mod runner;
 
 pub use compare::{run_demo, DemoConfig, DemoMiss, DemoReport, DemoRouting, DemoRow};
 pub use gguf::GgufExperts;
-pub use model::{open_device, GpuModel};
+pub use model::{default_host_threads, open_device, GpuModel};
 
 /// The shape of a demo model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -67,6 +67,28 @@ pub struct GpuModel {
     /// The registration of memory the driver did not allocate (a mapped model file), made once
     /// so each run's sink adopts it instead of registering gigabytes again.
     registration: Option<HostMemory<CudaDriver>>,
+    /// The host FFN of the runs and the calibration, on a thread pool of its own (`None` when it
+    /// does not read the model's formats). One value, cloned into each run, so the threads kept
+    /// warm between layer steps watch one count of the work started.
+    pub(super) host: Option<ExpertFfn>,
+}
+
+/// The host FFN's threads by default: one fewer than the CPUs this process may use (at least
+/// one), so the thread driving the GPU keeps a core of its own while the host computes. On an
+/// H100 machine's 16 cores, 15 threads computed a token's host pairs in 11% less time than 16
+/// (BENCHMARKS.md, "The host's share, timed").
+pub fn default_host_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+}
+
+/// The host FFN for `spec`'s shape on `threads` threads, or `None` when it does not read the
+/// model's formats.
+fn host_ffn(spec: &ModelSpec, threads: usize) -> Result<Option<ExpertFfn>, CudaError> {
+    let s = &spec.shape;
+    let Ok(ffn) = ExpertFfn::new(s.hidden, s.ffn, s.format).and_then(|f| f.with_down_format(s.down_format)) else {
+        return Ok(None);
+    };
+    ffn.with_threads(threads).map(Some).map_err(|e| CudaError::Unsupported(e.to_string()))
 }
 
 impl fmt::Debug for GpuModel {
@@ -103,6 +125,7 @@ impl GpuModel {
         let compute = ctx.new_stream()?;
         let projection_bytes = spec.shape.projection_bytes()?;
         let expert_bytes = spec.shape.expert_bytes()?;
+        let host = host_ffn(&spec, default_host_threads())?;
         Ok(Self {
             spec,
             layout,
@@ -114,6 +137,7 @@ impl GpuModel {
             expert_bytes,
             weights: String::new(),
             registration: None,
+            host,
         })
     }
 
@@ -271,6 +295,21 @@ impl GpuModel {
         Ok(model)
     }
 
+    /// Runs the host FFN (misses served on the host, and the calibration's host costs) on
+    /// `threads` threads of its own instead of [`default_host_threads`]; calibrate again after.
+    ///
+    /// # Errors
+    /// [`CudaError::Unsupported`] when the operating system refuses the threads.
+    pub fn set_host_threads(&mut self, threads: usize) -> Result<(), CudaError> {
+        self.host = host_ffn(&self.spec, threads)?;
+        Ok(())
+    }
+
+    /// The host FFN's threads (0 when it does not read the model's formats).
+    pub fn host_threads(&self) -> usize {
+        self.host.as_ref().map_or(0, ExpertFfn::threads)
+    }
+
     /// Where the weights come from: generated, the caller's, or a file (for reports).
     pub fn weights(&self) -> &str {
         &self.weights
@@ -380,9 +419,7 @@ impl GpuModel {
             layers: spec.layers,
             expert_bytes: self.expert_bytes,
             activations: activations(spec.seed, max_tokens * spec.shape.hidden),
-            host: ExpertFfn::new(spec.shape.hidden, spec.shape.ffn, spec.shape.format)
-                .and_then(|f| f.with_down_format(spec.shape.down_format))
-                .ok(),
+            host: self.host.clone(),
         };
         let kernels = CudaKernels::new(&self.ffn, &self.compute, spec.layers, max_tokens)?;
         let sink = self.sink()?;

@@ -148,6 +148,8 @@ pub enum FfnError {
     },
     /// The instruction set asked for is not on this CPU.
     Isa(Isa),
+    /// A thread pool that could not be built (rayon's reason).
+    Pool(String),
 }
 
 impl fmt::Display for FfnError {
@@ -169,6 +171,7 @@ impl fmt::Display for FfnError {
             Self::Token { pair, token, tokens } => write!(f, "pair {pair} reads token {token} of {tokens}"),
             Self::Length { what, expected, actual } => write!(f, "{what}: {actual} values, expected {expected}"),
             Self::Isa(isa) => write!(f, "this CPU cannot run {}", isa.name()),
+            Self::Pool(why) => write!(f, "the host FFN's thread pool: {why}"),
         }
     }
 }
@@ -259,6 +262,25 @@ impl ExpertFfn {
         self
     }
 
+    /// Runs its tasks on a pool of its own of `threads` threads (at least one): a caller with
+    /// a thread of its own to keep busy, such as one driving a GPU, leaves it a core.
+    ///
+    /// # Errors
+    /// [`FfnError::Pool`] when the operating system refuses the threads.
+    pub fn with_threads(self, threads: usize) -> Result<Self, FfnError> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("expertslab-ffn-{i}"))
+            .build()
+            .map_err(|e| FfnError::Pool(e.to_string()))?;
+        Ok(self.with_pool(Arc::new(pool)))
+    }
+
+    /// The threads its tasks run on: its own pool's, or rayon's global pool's.
+    pub fn threads(&self) -> usize {
+        self.pool.as_ref().map_or_else(rayon::current_num_threads, |p| p.current_num_threads())
+    }
+
     /// Runs on `isa` instead of the fastest found (the bits are the same).
     ///
     /// # Errors
@@ -297,11 +319,7 @@ impl ExpertFfn {
     /// thread can take spawned work; a pool of one thread does not spin. Calls without work in
     /// between queue one spin after another, all ending by `limit` from the first call.
     pub fn keep_warm(&self, limit: Duration) {
-        let spinners = match &self.pool {
-            Some(pool) => pool.current_num_threads(),
-            None => rayon::current_num_threads(),
-        }
-        .saturating_sub(1);
+        let spinners = self.threads().saturating_sub(1);
         let seen = self.calls.get().load(Ordering::Acquire);
         // No deadline for a limit past what the clock can count.
         let deadline = Instant::now().checked_add(limit);

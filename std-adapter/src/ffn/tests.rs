@@ -195,6 +195,10 @@ fn the_bits_do_not_depend_on_instruction_set_threads_batch_or_alignment() {
                 assert_eq!(run(&ffn, &p, &x, hidden), want, "{format:?} {hidden}×{width} {isa:?}");
             }
         }
+        // A pool of its own, of the threads asked for.
+        let own = base.clone().with_threads(2).unwrap();
+        assert_eq!(own.threads(), 2);
+        assert_eq!(run(&own, &p, &x, hidden), want, "{format:?} {hidden}×{width} own pool");
         // One pair alone gives the bits it gives in the batch.
         let alone = run(&base, &p[3..4], &x, hidden);
         assert_eq!(alone, want[3 * hidden..4 * hidden], "{format:?} batch");
