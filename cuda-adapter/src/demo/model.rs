@@ -74,9 +74,10 @@ pub struct GpuModel {
 }
 
 /// The host FFN's threads by default: one fewer than the CPUs this process may use (at least
-/// one), so the thread driving the GPU keeps a core of its own while the host computes. On an
-/// H100 machine's 16 cores, 15 threads computed a token's host pairs in 11% less time than 16
-/// (BENCHMARKS.md, "The host's share, timed").
+/// one), so the thread driving the GPU, which enqueues the GPU's work while the host computes,
+/// keeps a core of its own. On an H100 machine's 16 cores, 15 threads computed a near-uniform
+/// token's host pairs in 11% less time than 16, and a locality token's in 3% more
+/// (BENCHMARKS.md, "Beside llama.cpp on three H100 machines").
 pub fn default_host_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
 }
