@@ -4,9 +4,12 @@
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::CudaSlice;
 use expertslab::{Projection, SlotArena};
+use std::sync::Arc;
+
 use expertslab_std::ffn::PairSlabs;
 
 use super::model::{seconds, GpuModel};
+use super::runner::spawn_on;
 use super::{activations, median, Calibration};
 use crate::arena::DEVICE_ALIGN;
 use crate::driver::CudaDriver;
@@ -208,28 +211,40 @@ impl GpuModel {
         let k = k.max(2);
         let mut next = 0usize;
         let mut x = vec![0.0f32; s.hidden];
-        let mut parts = vec![0.0f32; k * s.hidden];
         let mut parts_device = self.compute.alloc_zeros::<f32>(k * s.hidden)?;
+        let store = Arc::new(self.store.clone());
+        let hidden = s.hidden;
         let mut time = |n: usize| -> Result<f64, CudaError> {
             // One copy a pair: the link busy about as long as the host (a copy of an expert
             // takes about as long as a pair on the host).
             busy_link(n)?;
-            let pairs = (0..n)
+            let experts_of: Vec<(usize, usize)> = (0..n)
                 .map(|_| {
                     let at = (next * stride) % all;
                     next += 1;
-                    PairSlabs::from_source(&self.store, at / experts, at % experts, 0)
+                    (at / experts, at % experts)
                 })
-                .collect::<Result<Vec<_>, _>>()?;
-            let out = parts.get_mut(..n * s.hidden).unwrap_or_default();
+                .collect();
             let start = std::time::Instant::now();
             self.compute.memcpy_dtoh(x_device, &mut x)?;
             self.compute.synchronize()?;
-            ffn.parts(&pairs, &x, out).map_err(|e| CudaError::Unsupported(format!("host FFN: {e}")))?;
-            ffn.keep_warm(super::runner::HOST_WARM);
+            // Handed to the pool and waited for as the runner does ([`spawn_on`]), so the costs
+            // include the handoff a layer step pays.
+            let (store, input) = (Arc::clone(&store), x.clone());
+            let job = spawn_on(ffn, move |ffn| -> Result<Vec<f32>, CudaError> {
+                let pairs = experts_of
+                    .iter()
+                    .map(|&(layer, expert)| PairSlabs::from_source(&*store, layer, expert, 0))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut out = vec![0.0f32; n * hidden];
+                ffn.parts(&pairs, &input, &mut out).map_err(|e| CudaError::Unsupported(format!("host FFN: {e}")))?;
+                Ok(out)
+            });
+            let out = job.wait().ok_or_else(|| CudaError::Unsupported("the host's pairs were lost".into()))??;
             // The upload enqueued, as the runner leaves it: it may queue behind the link's
             // copies, time the link already counts.
-            self.compute.memcpy_htod(out, &mut parts_device)?;
+            let mut device = parts_device.slice_mut(..n * hidden);
+            self.compute.memcpy_htod(&out, &mut device)?;
             let seconds = start.elapsed().as_secs_f64();
             self.compute.synchronize()?;
             Ok(seconds)

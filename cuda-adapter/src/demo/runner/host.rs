@@ -1,11 +1,11 @@
 //! The host's share of a record: the pairs the miss rule serves on the CPU (steps 3 and 5 of
 //! the [runner](super)).
 
-use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use expertslab_std::ffn::PairSlabs;
+use expertslab_std::ffn::{ExpertFfn, PairSlabs};
 use expertslab_std::ExpertStore;
 
 use super::{Kernels, Runner};
@@ -16,20 +16,67 @@ use crate::ffn::MissRule;
 
 /// How long the host's threads spin after a layer step's pairs, waiting for the next step's
 /// ([`expertslab_std::ffn::ExpertFfn::keep_warm`]): longer than a decode step of a large model.
-pub(crate) const HOST_WARM: std::time::Duration = std::time::Duration::from_millis(5);
+const HOST_WARM: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// How long a thread waiting for work it handed to the host FFN's pool checks for it without
+/// sleeping: waking a sleeping thread costs tens of µs (more in a virtual machine), a share of a
+/// layer step's host work; past this the thread sleeps until the work is done.
+const WAIT_SPINNING: Duration = Duration::from_millis(2);
+
+/// Work handed to the host FFN's pool by [`spawn_on`]: its result, when the pool sends it.
+pub(crate) struct Pending<T> {
+    done: Receiver<T>,
+    /// When the work was handed to the pool.
+    spawned: Instant,
+}
+
+/// Runs `job` on `ffn`'s pool in the background, then keeps the pool's threads warm for the next
+/// work ([`ExpertFfn::keep_warm`]) and sends the result: how the runner's layer steps and the
+/// calibration's timings hand pairs to the host, so both pay the same.
+pub(crate) fn spawn_on<T: Send + 'static>(
+    ffn: &ExpertFfn,
+    job: impl FnOnce(&ExpertFfn) -> T + Send + 'static,
+) -> Pending<T> {
+    let (done, receiver) = sync_channel(1);
+    let spawned = Instant::now();
+    ffn.spawn(move |ffn| {
+        let result = job(ffn);
+        // The next layer step's pairs find the threads awake.
+        ffn.keep_warm(HOST_WARM);
+        // The waiter dropped the work only when it failed first: nothing waits for it.
+        let _ = done.send(result);
+    });
+    Pending { done: receiver, spawned }
+}
+
+impl<T> Pending<T> {
+    /// The work's result: checked for without sleeping for up to [`WAIT_SPINNING`] (the thread
+    /// yields its CPU to any other ready thread meanwhile), then waited for asleep. `None` when
+    /// the work ended without sending (it panicked, which aborts a rayon pool's process).
+    pub(crate) fn wait(&self) -> Option<T> {
+        let deadline = self.spawned.checked_add(WAIT_SPINNING);
+        loop {
+            match self.done.try_recv() {
+                Ok(result) => return Some(result),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) if deadline.is_some_and(|d| Instant::now() < d) => {
+                    std::hint::spin_loop();
+                    std::thread::yield_now();
+                }
+                Err(TryRecvError::Empty) => return self.done.recv().ok(),
+            }
+        }
+    }
+}
 
 /// The host's pairs of a record, computing on the thread pool while the runner enqueues the
 /// GPU's work.
-pub(super) struct HostJob {
-    done: Receiver<Result<HostDone, CudaError>>,
-    /// When the pairs were handed to the pool.
-    spawned: Instant,
-}
+pub(super) type HostJob = Pending<Result<HostDone, CudaError>>;
 
 /// What a [`HostJob`] sends back: the outputs of its pairs on the host (`pairs × hidden`), the
 /// intermediate rows of its split pairs (`pairs × ffn`), and when a thread started and ended
 /// computing them.
-struct HostDone {
+pub(super) struct HostDone {
     parts: Vec<f32>,
     h: Vec<f32>,
     started: Instant,
@@ -75,9 +122,7 @@ impl<D: Driver + Clone, K: Kernels<D>> Runner<'_, D, K> {
         let store: Arc<ExpertStore> = Arc::clone(&self.host_store);
         let mut parts = std::mem::take(&mut self.host_parts);
         let mut h = std::mem::take(&mut self.host_h);
-        let (done, receiver) = sync_channel(1);
-        let spawned = Instant::now();
-        ffn.spawn(move |ffn| {
+        Ok(spawn_on(ffn, move |ffn| {
             let started = Instant::now();
             let slabs = |pairs: &[(usize, usize)]| {
                 pairs
@@ -86,26 +131,21 @@ impl<D: Driver + Clone, K: Kernels<D>> Runner<'_, D, K> {
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(CudaError::from)
             };
-            let computed = slabs(&whole).and_then(|whole| Ok((whole, slabs(&halves)?))).and_then(|(whole, halves)| {
+            slabs(&whole).and_then(|whole| Ok((whole, slabs(&halves)?))).and_then(|(whole, halves)| {
                 parts.resize(whole.len() * hidden, 0.0);
                 h.resize(halves.len() * ffn_width, 0.0);
                 ffn.parts_and_h(&whole, &input, &mut parts, &halves, &mut h)
                     .map_err(|e| CudaError::Unsupported(format!("host pairs of layer {layer}: {e}")))?;
                 Ok(HostDone { parts, h, started, computed: Instant::now() })
-            });
-            // The next layer step's pairs find the threads awake.
-            ffn.keep_warm(HOST_WARM);
-            // The runner dropped the job only when it failed first: nothing waits for it.
-            let _ = done.send(computed);
-        });
-        Ok(HostJob { done: receiver, spawned })
+            })
+        }))
     }
 
     /// Waits for the host's pairs started by [`Runner::host_start`] (step 5) and keeps their
     /// outputs in `host_parts`, the split pairs' rows in `host_h`; when `timed`, adds the
     /// job's queued, compute and handoff times to `report`.
     pub(super) fn host_finish(&mut self, job: &HostJob, report: &mut RunReport, timed: bool) -> Result<(), CudaError> {
-        let done = job.done.recv().map_err(|_| CudaError::Unsupported("the host's pairs were lost".into()))??;
+        let done = job.wait().ok_or_else(|| CudaError::Unsupported("the host's pairs were lost".into()))??;
         if timed {
             let seconds = |later: Instant, earlier: Instant| later.saturating_duration_since(earlier).as_secs_f64();
             report.host_queued_seconds += seconds(done.started, job.spawned);

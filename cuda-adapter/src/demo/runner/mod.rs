@@ -542,7 +542,7 @@ mod host;
 mod kernels;
 mod sources;
 
-pub(crate) use host::HOST_WARM;
+pub(crate) use host::spawn_on;
 pub(crate) use kernels::Kernels;
 
 #[cfg(test)]

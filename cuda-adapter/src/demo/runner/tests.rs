@@ -242,3 +242,18 @@ fn a_layer_s_work_is_enqueued_only_after_the_previous_layer_s_event() {
         assert!(chained(&early, done, &layers, &own).is_err(), "a launch before the wait must be caught");
     }
 }
+
+/// Work handed to the host FFN's pool comes back whether it ends while the waiter still checks
+/// without sleeping or after it went to sleep, on the pool's own threads.
+#[test]
+fn work_handed_to_the_pool_comes_back_before_and_after_the_waiter_sleeps() {
+    let ffn = ExpertFfn::new(SHAPE.hidden, SHAPE.ffn, SHAPE.format).unwrap().with_threads(2).unwrap();
+    let quick = spawn_on(&ffn, |ffn| ffn.threads());
+    assert_eq!(quick.wait(), Some(2));
+    let slow = spawn_on(&ffn, |_| {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::current().name().map(str::to_owned)
+    });
+    let name = slow.wait().flatten().unwrap_or_default();
+    assert!(name.starts_with("expertslab-ffn-"), "{name}");
+}
