@@ -41,6 +41,8 @@ use rayon::ThreadPool;
 
 mod isa;
 pub mod order;
+#[cfg(target_arch = "x86_64")]
+mod sum_avx2;
 
 pub use isa::Isa;
 pub use order::{combine, exp, silu_mul};

@@ -113,11 +113,12 @@ pub fn pad_to_blocks(x: &[f32], out: &mut Vec<f32>) {
 /// long summing its accumulators one by one as accumulating them.
 #[inline(always)]
 pub fn reduce(acc: &[f32; BLOCK]) -> f32 {
+    const { assert!(BLOCK == 256 && LANES == 32 && CHUNK == 8, "the vector sum's shape") };
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         #[allow(unsafe_code, reason = "calling a function compiled for an instruction set the CPU was found to have")]
         // SAFETY: the CPU has AVX2 (detected just above).
-        return unsafe { super::isa::reduce_avx2(acc) };
+        return unsafe { super::sum_avx2::reduce(acc) };
     }
     reduce_in_order(acc)
 }
