@@ -100,7 +100,7 @@ impl SharedBytes {
     ///
     /// # Errors
     /// The operating system's mapping error.
-    #[allow(unsafe_code)] // the crate's one unsafe block: mapping a file
+    #[allow(unsafe_code)] // mapping a file
     pub fn map_file(file: &File) -> std::io::Result<Self> {
         // SAFETY: the map is read-only and only read through `&[u8]`; the documented contract
         // above (the file stays unchanged while mapped) is the caller's, as for every mmap.

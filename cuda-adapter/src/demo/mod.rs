@@ -156,8 +156,9 @@ pub struct RunReport {
     /// Of `host_seconds`, the time the pool's threads spent computing the pairs
     /// ([`expertslab_std::ffn::ExpertFfn::parts_and_h`]), summed over layer steps.
     pub host_compute_seconds: f64,
-    /// Of `host_seconds`, the time from the pairs computed to the driving thread holding their
-    /// outputs (the pool's threads kept warm, the result sent, the driving thread woken).
+    /// Of `host_seconds`, the time from the later of the pairs computed and the driving thread
+    /// starting to wait for them to that thread holding their outputs (the pool's threads kept
+    /// warm, the result sent, the driving thread woken if it slept).
     pub host_handoff_seconds: f64,
     /// Of `decode_seconds`, the wall time the driving thread waited for each record's previous
     /// record to end (the GPU's work it could not overlap); the rest is the driving thread's

@@ -92,6 +92,15 @@ fn host_ffn(spec: &ModelSpec, threads: usize) -> Result<Option<ExpertFfn>, CudaE
     ffn.with_threads(threads).map(Some).map_err(|e| CudaError::Unsupported(e.to_string()))
 }
 
+/// [`host_ffn`] on [`default_host_threads`], or on rayon's global pool where the operating
+/// system refuses a pool of its own: a model is built whether or not its runs use the host.
+fn default_host_ffn(spec: &ModelSpec) -> Option<ExpertFfn> {
+    host_ffn(spec, default_host_threads()).unwrap_or_else(|_| {
+        let s = &spec.shape;
+        ExpertFfn::new(s.hidden, s.ffn, s.format).and_then(|f| f.with_down_format(s.down_format)).ok()
+    })
+}
+
 impl fmt::Debug for GpuModel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GpuModel").field("spec", &self.spec).finish_non_exhaustive()
@@ -126,7 +135,7 @@ impl GpuModel {
         let compute = ctx.new_stream()?;
         let projection_bytes = spec.shape.projection_bytes()?;
         let expert_bytes = spec.shape.expert_bytes()?;
-        let host = host_ffn(&spec, default_host_threads())?;
+        let host = default_host_ffn(&spec);
         Ok(Self {
             spec,
             layout,

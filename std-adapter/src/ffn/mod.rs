@@ -278,7 +278,8 @@ impl ExpertFfn {
         Ok(self.with_pool(Arc::new(pool)))
     }
 
-    /// The threads its tasks run on: its own pool's, or rayon's global pool's.
+    /// The threads its tasks run on: its own pool's; without one, those of the rayon pool of the
+    /// calling thread (the global pool outside any pool).
     pub fn threads(&self) -> usize {
         self.pool.as_ref().map_or_else(rayon::current_num_threads, |p| p.current_num_threads())
     }
@@ -311,8 +312,10 @@ impl ExpertFfn {
     }
 
     /// Keeps the pool's threads spinning, ready for the next work started on it
-    /// ([`ExpertFfn::parts`] or [`ExpertFfn::spawn`], by this FFN or another on the same pool),
-    /// until that starts or `limit` has passed. Threads left idle between calls go to sleep,
+    /// ([`ExpertFfn::parts`] or [`ExpertFfn::spawn`], by this FFN or a clone of it; on rayon's
+    /// global pool, by any FFN without a pool of its own), until that starts or `limit` has
+    /// passed. Other work on the same threads does not stop the spinning early: it finds the
+    /// spinning threads yielding their CPUs. Threads left idle between calls go to sleep,
     /// and waking them costs the operating system (and a virtual machine's hypervisor, which
     /// halts an idle virtual CPU) from tens to hundreds of µs: more than a pair on the host. A
     /// decode loop that computes pairs every layer step calls this after each step's pairs. All

@@ -20,8 +20,9 @@ pub(super) unsafe fn reduce(acc: &[f32; 256]) -> f32 {
         _mm256_shuffle_ps, _mm_add_ps, _mm_add_ss, _mm_cvtss_f32, _mm_movehl_ps, _mm_shuffle_ps,
     };
     let lanes_of = |group: usize| -> __m256 {
-        // Lane `l`'s eight accumulators, `acc[8l .. 8l + 8]`.
-        // SAFETY: `l` < 32, so the eight floats at `8l` are inside `acc`'s 256.
+        // Lane `8·group + l`'s eight accumulators.
+        // SAFETY: `group` < 4 and `l` < 8, so lane `8·group + l` < 32 and its eight floats are
+        // inside `acc`'s 256.
         let lane = |l: usize| unsafe { _mm256_loadu_ps(acc.as_ptr().add(8 * (8 * group + l))) };
         // [t_l | t_{l+4}]: `v[e] + v[e + 4]` of lanes `l` and `l + 4`.
         let t = |l: usize| {

@@ -278,8 +278,8 @@ fn a_pair_s_slabs_come_from_its_source() {
 fn a_call_makes_a_few_tasks_per_thread() {
     use super::rows_per_task;
     // One pair of the current MoE shape on 16 threads: 64 tasks of 12 gate/up rows, 64 of 32
-    // down rows; eight pairs: gate/up tasks of the most rows, down tasks of 256 rows (64 in
-    // all) where down takes up to 170 rows (256 KiB of BF16 rows of 768).
+    // down rows; eight pairs: gate/up tasks of the most rows, down tasks of up to 170 rows
+    // (256 KiB of BF16 rows of 768: 13 tasks a pair), or 256 where a task may take more.
     assert_eq!(rows_per_task(768, 1, 16, 32), 12);
     assert_eq!(rows_per_task(2048, 1, 16, 170), 32);
     assert_eq!(rows_per_task(768, 8, 16, 32), 32);
@@ -486,8 +486,9 @@ fn gate_up_gives_the_rows_down_reads_and_one_call_computes_both_kinds() {
 }
 
 /// The vector sum of a row's accumulators gives the bits of the sum taken one by one, on
-/// ordinary values, values of very different sizes (where the order of the sums shows), signed
-/// zeros, infinities and NaNs (a NaN for a NaN: Rust leaves their payloads unspecified).
+/// ordinary values, values from 2^-20 to 2^20 in size (where the order of the sums shows),
+/// ordinary values among signed zeros, infinities, NaNs and subnormals, and any bits (a NaN for
+/// a NaN: Rust leaves their payloads unspecified).
 #[test]
 fn the_vector_sum_of_the_accumulators_is_the_sum_in_order() {
     use super::order::{reduce, reduce_in_order};
@@ -505,8 +506,12 @@ fn the_vector_sum_of_the_accumulators_is_the_sum_in_order() {
             match round % 4 {
                 0 => (r >> 40) as f32 / (1u64 << 24) as f32 - 0.5,
                 // Magnitudes from 2^-20 to 2^20: sums that round differently in another order.
-                1 => ((r >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * f32::from_bits(((107 + (r & 40)) as u32) << 23),
+                1 => {
+                    ((r >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
+                        * f32::from_bits(((107 + (r >> 8) % 41) as u32) << 23)
+                }
                 2 if r % 16 == 0 => specials[(r >> 8) as usize % specials.len()],
+                2 => (r >> 40) as f32 / (1u64 << 24) as f32 - 0.5,
                 _ => f32::from_bits((r >> 32) as u32),
             }
         });

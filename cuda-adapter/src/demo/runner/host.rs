@@ -19,8 +19,9 @@ use crate::ffn::MissRule;
 const HOST_WARM: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// How long a thread waiting for work it handed to the host FFN's pool checks for it without
-/// sleeping: waking a sleeping thread costs tens of µs (more in a virtual machine), a share of a
-/// layer step's host work; past this the thread sleeps until the work is done.
+/// sleeping, from its call to [`Pending::wait`]: waking a sleeping thread costs tens of µs (more
+/// in a virtual machine), a share of a layer step's host work; past this the thread sleeps until
+/// the work is done.
 const WAIT_SPINNING: Duration = Duration::from_millis(2);
 
 /// Work handed to the host FFN's pool by [`spawn_on`]: its result, when the pool sends it.
@@ -32,7 +33,9 @@ pub(crate) struct Pending<T> {
 
 /// Runs `job` on `ffn`'s pool in the background, then keeps the pool's threads warm for the next
 /// work ([`ExpertFfn::keep_warm`]) and sends the result: how the runner's layer steps and the
-/// calibration's timings hand pairs to the host, so both pay the same.
+/// calibration's timings hand pairs to the host, so both pay the same handoff. A panic in `job`
+/// aborts the process (the rule for work spawned on a rayon pool): the jobs here return their
+/// errors instead.
 pub(crate) fn spawn_on<T: Send + 'static>(
     ffn: &ExpertFfn,
     job: impl FnOnce(&ExpertFfn) -> T + Send + 'static,
@@ -54,7 +57,7 @@ impl<T> Pending<T> {
     /// yields its CPU to any other ready thread meanwhile), then waited for asleep. `None` when
     /// the work ended without sending (it panicked, which aborts a rayon pool's process).
     pub(crate) fn wait(&self) -> Option<T> {
-        let deadline = self.spawned.checked_add(WAIT_SPINNING);
+        let deadline = Instant::now().checked_add(WAIT_SPINNING);
         loop {
             match self.done.try_recv() {
                 Ok(result) => return Some(result),
@@ -145,12 +148,13 @@ impl<D: Driver + Clone, K: Kernels<D>> Runner<'_, D, K> {
     /// outputs in `host_parts`, the split pairs' rows in `host_h`; when `timed`, adds the
     /// job's queued, compute and handoff times to `report`.
     pub(super) fn host_finish(&mut self, job: &HostJob, report: &mut RunReport, timed: bool) -> Result<(), CudaError> {
+        let waiting = Instant::now();
         let done = job.wait().ok_or_else(|| CudaError::Unsupported("the host's pairs were lost".into()))??;
         if timed {
             let seconds = |later: Instant, earlier: Instant| later.saturating_duration_since(earlier).as_secs_f64();
             report.host_queued_seconds += seconds(done.started, job.spawned);
             report.host_compute_seconds += seconds(done.computed, done.started);
-            report.host_handoff_seconds += seconds(Instant::now(), done.computed);
+            report.host_handoff_seconds += seconds(Instant::now(), done.computed.max(waiting));
         }
         self.host_parts = done.parts;
         self.host_h = done.h;
