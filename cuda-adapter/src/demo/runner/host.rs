@@ -54,8 +54,8 @@ pub(crate) fn spawn_on<T: Send + 'static>(
 
 impl<T> Pending<T> {
     /// The work's result: checked for without sleeping for up to [`WAIT_SPINNING`] (the thread
-    /// yields its CPU to any other ready thread meanwhile), then waited for asleep. `None` when
-    /// the work ended without sending (it panicked, which aborts a rayon pool's process).
+    /// yields its CPU to any other ready thread meanwhile), then waited for asleep. `None` if the
+    /// pool dropped the work without its result.
     pub(crate) fn wait(&self) -> Option<T> {
         let deadline = Instant::now().checked_add(WAIT_SPINNING);
         loop {
