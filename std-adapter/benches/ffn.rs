@@ -223,10 +223,6 @@ fn expert_ffn_format(bencher: Bencher, name: &str) {
         .bench_local(|| ffn.parts(&p, &x, &mut parts).expect("parts"));
 }
 
-fn main() {
-    divan::main();
-}
-
 /// The inner loops' rate on one thread from the cache: one pair of a small expert (hidden and
 /// FFN 256: 384 KiB of BF16, which a core's L2 holds) on a pool of one thread, repeated.
 /// Bytes read per second: what one core computes when memory is not the limit.
@@ -243,4 +239,8 @@ fn one_thread_in_cache(bencher: Bencher) {
     bencher
         .counter(divan::counter::BytesCount::new(3 * slab.len()))
         .bench_local(|| ffn.parts(&p, &x, &mut parts).expect("parts"));
+}
+
+fn main() {
+    divan::main();
 }

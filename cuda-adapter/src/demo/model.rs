@@ -82,23 +82,22 @@ pub fn default_host_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
 }
 
-/// The host FFN for `spec`'s shape on `threads` threads, or `None` when it does not read the
+/// The host FFN for `spec`'s shape on rayon's global pool, or `None` when it does not read the
 /// model's formats.
-fn host_ffn(spec: &ModelSpec, threads: usize) -> Result<Option<ExpertFfn>, CudaError> {
+fn shaped_ffn(spec: &ModelSpec) -> Option<ExpertFfn> {
     let s = &spec.shape;
-    let Ok(ffn) = ExpertFfn::new(s.hidden, s.ffn, s.format).and_then(|f| f.with_down_format(s.down_format)) else {
-        return Ok(None);
-    };
-    ffn.with_threads(threads).map(Some).map_err(|e| CudaError::Unsupported(e.to_string()))
+    ExpertFfn::new(s.hidden, s.ffn, s.format).and_then(|f| f.with_down_format(s.down_format)).ok()
 }
 
-/// [`host_ffn`] on [`default_host_threads`], or on rayon's global pool where the operating
+/// [`shaped_ffn`] on `threads` threads of its own.
+fn host_ffn(spec: &ModelSpec, threads: usize) -> Result<Option<ExpertFfn>, CudaError> {
+    shaped_ffn(spec).map(|f| f.with_threads(threads)).transpose().map_err(|e| CudaError::Unsupported(e.to_string()))
+}
+
+/// [`shaped_ffn`] on [`default_host_threads`], or on rayon's global pool where the operating
 /// system refuses a pool of its own: a model is built whether or not its runs use the host.
 fn default_host_ffn(spec: &ModelSpec) -> Option<ExpertFfn> {
-    host_ffn(spec, default_host_threads()).unwrap_or_else(|_| {
-        let s = &spec.shape;
-        ExpertFfn::new(s.hidden, s.ffn, s.format).and_then(|f| f.with_down_format(s.down_format)).ok()
-    })
+    shaped_ffn(spec).map(|f| f.clone().with_threads(default_host_threads()).unwrap_or(f))
 }
 
 impl fmt::Debug for GpuModel {

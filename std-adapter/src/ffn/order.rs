@@ -109,8 +109,8 @@ pub fn pad_to_blocks(x: &[f32], out: &mut Vec<f32>) {
 /// The sum of a row's [`BLOCK`] accumulators: each lane's [`CHUNK`] by halving
 /// (`v[e] + v[e + 4]`, then `+ 2`, then `+ 1`), then the lanes by [`lane_sum`]. On a CPU with
 /// AVX2 (whatever instruction set the row loops run on) the same sums, operand for operand, run
-/// eight lanes per instruction: a row of a few passes spends as
-/// long summing its accumulators one by one as accumulating them.
+/// eight lanes per instruction: a row of a few passes spends as long summing its accumulators
+/// one by one as accumulating them.
 #[inline(always)]
 pub fn reduce(acc: &[f32; BLOCK]) -> f32 {
     const { assert!(BLOCK == 256 && LANES == 32 && CHUNK == 8, "the vector sum's shape") };

@@ -16,7 +16,7 @@ use crate::ffn::MissRule;
 
 /// How long the host's threads spin after a layer step's pairs, waiting for the next step's
 /// ([`expertslab_std::ffn::ExpertFfn::keep_warm`]): longer than a decode step of a large model.
-const HOST_WARM: std::time::Duration = std::time::Duration::from_millis(5);
+const HOST_WARM: Duration = Duration::from_millis(5);
 
 /// How long a thread waiting for work it handed to the host FFN's pool checks for it without
 /// sleeping, from its call to [`Pending::wait`]: waking a sleeping thread costs tens of µs (more
