@@ -4,11 +4,14 @@
 //! `h = SiLU(gate_e · x_t) ⊙ (up_e · x_t)` and `y_t += w · (down_e · h)`. An expert's weights
 //! are its gate `[ffn, hidden]`, up `[ffn, hidden]` and down `[hidden, ffn]` matrices, row-major,
 //! in F32, BF16, Q8_0, Q4_K or Q6_K (as GGUF stacks them; a block format's weights are computed
-//! here in `f64` from the block's fields as ggml's dequantisation defines them). The reference accumulates in `f64`, so it is the
-//! precise value the kernels' `f32` arithmetic approximates; [`within_tolerance`] is the bound
-//! the GPU tests hold the kernels to.
+//! here in `f64` from the block's fields as ggml's dequantisation defines them, and the
+//! activations it multiplies, `x` and `h`, are the 8-bit form the kernels read, as llama.cpp's
+//! kernels quantize them: `expertslab_std::ffn::blocks`). The reference accumulates in `f64`, so
+//! it is the precise value the kernels' `f32` arithmetic approximates; [`within_tolerance`] is
+//! the bound the GPU tests hold the kernels to.
 
 use expertslab::Format;
+use expertslab_std::ffn::blocks::{Q8Activations, Q8_BLOCK};
 
 use crate::error::CudaError;
 
@@ -202,6 +205,20 @@ pub fn f32_to_f16(value: f32) -> u16 {
     sign | rounded.min(0x7bff) as u16
 }
 
+/// Activations as rows of `format` read them, in f64: the values, or for a block format their
+/// 8-bit form (`expertslab_std::ffn::blocks`, the quantization the kernels and the host share),
+/// each byte times its block's scale.
+fn as_read(x: &[f32], format: Format) -> Vec<f64> {
+    if !format.is_block_quantized() {
+        return x.iter().map(|&v| f64::from(v)).collect();
+    }
+    let q = Q8Activations::new(x);
+    q.q.iter()
+        .zip(q.d.iter().flat_map(|&d| std::iter::repeat_n(d, Q8_BLOCK)))
+        .map(|(&v, d)| f64::from(d) * f64::from(v))
+        .collect()
+}
+
 /// `matrix · v` for a row-major `[rows, cols]` matrix in `format`.
 fn gemv(matrix: &[u8], format: Format, rows: usize, cols: usize, v: &[f64]) -> Option<Vec<f64>> {
     (0..rows)
@@ -237,7 +254,7 @@ pub fn moe_ffn<'a>(
     }
     let mut y = Vec::with_capacity(x.len());
     for (xt, (ids_t, w_t)) in x.chunks(shape.hidden).zip(ids.chunks(shape.top_k).zip(weights.chunks(shape.top_k))) {
-        let xt: Vec<f64> = xt.iter().map(|&v| f64::from(v)).collect();
+        let xt = as_read(xt, shape.format);
         let mut yt = vec![0.0f64; shape.hidden];
         for (&id, &w) in ids_t.iter().zip(w_t) {
             let e = expert(id).ok_or_else(|| bad("no weights for an expert"))?;
@@ -246,7 +263,9 @@ pub fn moe_ffn<'a>(
             }
             let g = gemv(e.gate, shape.format, shape.ffn, shape.hidden, &xt).ok_or_else(|| bad("gate"))?;
             let u = gemv(e.up, shape.format, shape.ffn, shape.hidden, &xt).ok_or_else(|| bad("up"))?;
-            let h: Vec<f64> = g.iter().zip(&u).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u).collect();
+            // h rounded to f32, as the kernels keep it, then as down reads it.
+            let h: Vec<f32> = g.iter().zip(&u).map(|(&g, &u)| (g / (1.0 + (-g).exp()) * u) as f32).collect();
+            let h = as_read(&h, shape.down_format);
             let d = gemv(e.down, shape.down_format, shape.hidden, shape.ffn, &h).ok_or_else(|| bad("down"))?;
             yt.iter_mut().zip(&d).for_each(|(y, d)| *y += f64::from(w) * d);
         }

@@ -113,6 +113,12 @@ impl MoeFfn {
         if !fits(shape.hidden) || !fits(shape.ffn) || !fits(shape.top_k) {
             return Err(CudaError::Unsupported(format!("shape {shape:?}")));
         }
+        // A block format's launches quantize a row's activations into shared memory.
+        for (format, cols) in [(shape.format, shape.hidden), (shape.down_format, shape.ffn)] {
+            if activation_smem(format, cols) > MAX_ACTIVATION_SMEM {
+                return Err(CudaError::Unsupported(format!("{cols} {} activations per row", format.name())));
+            }
+        }
         let arch = ctx.compute_capability()?;
         let module = ctx.load_module(kernels::compile(arch)?)?;
         // One kernel per projection's format (a Q4_K_M file's down is Q6_K).
@@ -177,7 +183,9 @@ impl MoeFfn {
         }
         // SAFETY: the caller upholds `launch_pairs`' contract (this function's).
         unsafe {
-            self.launch_pairs(&self.gate_up, self.shape.ffn, stream, layer, step, step.args(&self.shape, x, 0), phase)
+            let smem = activation_smem(self.shape.format, self.shape.hidden);
+            let args = step.args(&self.shape, x, 0);
+            self.launch_pairs(&self.gate_up, self.shape.ffn, smem, stream, layer, step, args, phase)
         }
     }
 
@@ -206,7 +214,9 @@ impl MoeFfn {
     ) -> Result<(), CudaError> {
         // SAFETY: as in `launch_gate_up`.
         unsafe {
-            self.launch_pairs(&self.down, self.shape.hidden, stream, layer, step, step.args(&self.shape, 0, y), phase)
+            let smem = activation_smem(self.shape.down_format, self.shape.ffn);
+            let args = step.args(&self.shape, 0, y);
+            self.launch_pairs(&self.down, self.shape.hidden, smem, stream, layer, step, args, phase)
         }
     }
 
@@ -217,6 +227,7 @@ impl MoeFfn {
         &self,
         function: &CudaFunction,
         rows: usize,
+        smem: u32,
         stream: &CudaStream,
         layer: &SlotView,
         step: &StepBuffers,
@@ -235,7 +246,7 @@ impl MoeFfn {
         let cfg = LaunchConfig {
             grid_dim: ((rows as u32).div_ceil(kernels::ROWS_PER_BLOCK), count as u32, 1),
             block_dim: (kernels::BLOCK_THREADS, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: smem,
         };
         let layer_args = layer_args(layer);
         let pairs = step.order_ptr() + 4 * first as u64;
@@ -315,6 +326,21 @@ impl MoeFfn {
     pub fn record_reads(&self, stream: &CudaStream) -> Result<CudaEvent, CudaError> {
         Ok(stream.record_event(None)?)
     }
+}
+
+/// The most shared memory a launch quantizes its activations into: what every GPU the kernels
+/// run on gives a block without opting in.
+const MAX_ACTIVATION_SMEM: u32 = 48 << 10;
+
+/// Bytes of shared memory a launch over rows of `cols` weights of `format` quantizes its
+/// activations into (`act_smem` in the source): for a block format the activations' bytes, each
+/// block of 32's f32 scale and each half-block's i32 sum; none for F32 and BF16. Saturates.
+fn activation_smem(format: Format, cols: usize) -> u32 {
+    if !format.is_block_quantized() {
+        return 0;
+    }
+    let bytes = cols.saturating_add(cols / 32 * 4).saturating_add(cols / 16 * 4);
+    u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 
 fn layer_args(layer: &SlotView) -> LayerArgs {

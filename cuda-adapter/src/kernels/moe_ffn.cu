@@ -5,26 +5,28 @@
 // sum over k, in k order, of weight[k] * part[k] (three kernels: gate/up and down over a list
 // of pairs, so a step's pairs can run in two phases, then combine). Weights are F32, BF16 or one
 // of ggml's block formats, read in place: Q8_0 (blocks of 32: an f16 scale, then 32 signed
-// bytes), Q4_K and Q6_K (super-blocks of 256); each weight is widened in registers by the
-// operations the host uses (expertslab-std's `ffn::order`), activations and accumulation f32.
+// bytes), Q4_K and Q6_K (super-blocks of 256).
 //
-// The order of operations is the host's (expertslab-std's `ffn::order`, which documents it):
-// a pair computed on the host has the same bits as on the GPU.
+// The order of operations is the host's (expertslab-std's `ffn::order` for F32 and BF16,
+// `ffn::blocks` for the block formats, which document it): a pair computed on the host has the
+// same bits as on the GPU.
 //
-// Where an expert's weights live does not change the arithmetic: every dot product gives each
-// lane's CHUNK accumulators the same elements in the same order (element j to accumulator
-// j mod BLOCK, lane l holding accumulators CHUNK·l to CHUNK·l + CHUNK − 1), sums each lane's
-// accumulators by the same halving and reduces the warp with the same butterfly,
-// whether the row is read from a slot, a scratch slot or mapped host memory, and whether it is
-// loaded by the wide path or element by element. So the output is bit-identical to the run
-// with every expert resident.
+// F32 and BF16 rows: every dot product gives each lane's CHUNK accumulators the same elements in
+// the same order (element j to accumulator j mod BLOCK, lane l holding accumulators CHUNK·l to
+// CHUNK·l + CHUNK − 1), sums each lane's accumulators by the same halving and reduces the warp
+// with the same butterfly, whether the row is read from a slot, a scratch slot or mapped host
+// memory, and whether it is loaded by the wide path or element by element. A warp picks its
+// load width once: rows aligned for the format (and activations 16-byte aligned) take the wide
+// path for their whole passes, each lane's place in a pass worked out once, the pass's raw words
+// fetched one pass ahead of their widening; any other row goes element by element, as does the
+// last, partial pass of a row.
 //
-// Speed at one token is bound by instructions and latency more than by bytes, so a warp picks
-// its load width once: rows aligned for the format (and activations 16-byte aligned) take the
-// wide path for their whole passes, each lane's place in a pass worked out once, the pass's raw
-// words fetched one pass ahead of their widening, integers widened by placing their bits in a
-// float's mantissa; any other row goes element by element. The last, partial pass of a row
-// always goes element by element.
+// Block-format rows: each block of threads first quantizes its activations (x, or a pair's h)
+// to signed bytes in blocks of 32 in shared memory (`quantize_shared`); lane l of a warp then
+// takes the row's blocks of 32 l, l + 32, ...: their products with the activations' bytes are
+// summed in integers (dp4a, exact in any order), scaled by the block's scales in f32 and added
+// to the lane's accumulator, and the warp's butterfly sums the lanes. Whether the row's words
+// are loaded wide or byte by byte (rows not aligned for the format), the integers are the same.
 //
 // No headers: NVRTC compiles this without the CUDA toolkit's include files.
 
@@ -92,71 +94,11 @@ __device__ __forceinline__ float silu_mul(float g, float u) {
 }
 
 // Eight weights of a row starting at element j (a multiple of CHUNK), zero past `cols`, read
-// byte by byte or element by element: any alignment. The tail pass of a row and rows whose
-// alignment rules out the wide path (`fetch`, `widen`) read this way.
+// element by element: any alignment. The tail pass of a row and rows whose alignment rules out
+// the wide path (`fetch`, `widen`) read this way. F32 and BF16 only.
 template <int FMT>
 __device__ __forceinline__ void load_chunk(const unsigned char* row, int j, int cols, float w[CHUNK]) {
-    if (FMT == FMT_Q4_K) {
-        // A chunk lies in one sub-block of 32: one scale and min, one nibble of 8 bytes.
-        if (j < cols) {
-            const unsigned char* block = row + (u64)(j / QK_ELEMS) * Q4_K_BYTES;
-            const int e = j % QK_ELEMS, group = e / 64, high = (e % 64) / 32;
-            const int sub = 2 * group + high;
-            const unsigned char* packed = block + 4;
-            u32 sc, m;
-            if (sub < 4) {
-                sc = packed[sub] & 63u;
-                m = packed[sub + 4] & 63u;
-            } else {
-                sc = (packed[sub + 4] & 0xFu) | ((packed[sub - 4] >> 6) << 4);
-                m = (packed[sub + 4] >> 4) | ((packed[sub] >> 6) << 4);
-            }
-            const float d = f16_to_f32((u32)block[0] | ((u32)block[1] << 8));
-            const float dmin = f16_to_f32((u32)block[2] | ((u32)block[3] << 8));
-            const float scale = __fmul_rn(d, (float)sc), min = __fmul_rn(dmin, (float)m);
-            const unsigned char* q = block + 16 + group * 32 + (e % 32);
-#pragma unroll
-            for (int i = 0; i < CHUNK; i++) {
-                const u32 v = high ? (u32)(q[i] >> 4) : (u32)(q[i] & 0xFu);
-                w[i] = __fsub_rn(__fmul_rn(scale, (float)v), min);
-            }
-        } else {
-#pragma unroll
-            for (int i = 0; i < CHUNK; i++) w[i] = 0.0f;
-        }
-    } else if (FMT == FMT_Q6_K) {
-        // A chunk lies in one group of 16: one scale; its low and high bits at fixed offsets.
-        if (j < cols) {
-            const unsigned char* block = row + (u64)(j / QK_ELEMS) * Q6_K_BYTES;
-            const int e = j % QK_ELEMS, half = e / 128, p = e % 128, quarter = p / 32, l = p % 32;
-            const float d = f16_to_f32((u32)block[208] | ((u32)block[209] << 8));
-            const int s = 8 * half + l / 16 + 2 * quarter;
-            const float scale = __fmul_rn(d, (float)(signed char)block[192 + s]);
-            const unsigned char* ql = block + 64 * half + 32 * (quarter % 2) + l;
-            const unsigned char* qh = block + 128 + 32 * half + l;
-#pragma unroll
-            for (int i = 0; i < CHUNK; i++) {
-                const u32 low = quarter >= 2 ? (u32)(ql[i] >> 4) : (u32)(ql[i] & 0xFu);
-                const u32 high = ((u32)qh[i] >> (2 * quarter)) & 3u;
-                w[i] = __fmul_rn(scale, (float)((int)(low | (high << 4)) - 32));
-            }
-        } else {
-#pragma unroll
-            for (int i = 0; i < CHUNK; i++) w[i] = 0.0f;
-        }
-    } else if (FMT == FMT_Q8_0) {
-        // `cols` is whole blocks and `j` a multiple of CHUNK, so a chunk lies in one block.
-        if (j < cols) {
-            const unsigned char* block = row + (u64)(j / Q8_0_ELEMS) * Q8_0_BYTES;
-            const float d = f16_to_f32((u32)block[0] | ((u32)block[1] << 8));
-            const signed char* q = reinterpret_cast<const signed char*>(block + 2 + (j % Q8_0_ELEMS));
-#pragma unroll
-            for (int e = 0; e < CHUNK; e++) w[e] = __fmul_rn(d, (float)q[e]);
-        } else {
-#pragma unroll
-            for (int e = 0; e < CHUNK; e++) w[e] = 0.0f;
-        }
-    } else if (FMT == FMT_BF16) {
+    if (FMT == FMT_BF16) {
         const u16* p = reinterpret_cast<const u16*>(row) + j;
 #pragma unroll
         for (int e = 0; e < CHUNK; e++) w[e] = (j + e < cols) ? bf16_to_f32((u32)p[e]) : 0.0f;
@@ -167,166 +109,62 @@ __device__ __forceinline__ void load_chunk(const unsigned char* row, int j, int 
     }
 }
 
-// Byte `i` (0 to 3) of `word` as a float less `bias`, exactly: the byte is placed in the
-// mantissa of 2^23 and 2^23 + bias subtracted (every value exact), as (float)(byte − bias)
-// gives it.
-__device__ __forceinline__ float byte_to_f32(u32 word, int i, float bias) {
-    return __fsub_rn(__uint_as_float(__byte_perm(word, 0x4B000000u, 0x7440u | (u32)i)), __fadd_rn(8388608.0f, bias));
-}
-
 // Loads through the read-only path: a kernel's weights and inputs are not written while it runs.
 __device__ __forceinline__ u32 ld_u16(const unsigned char* p) {
     return (u32)__ldg(reinterpret_cast<const unsigned short*>(p));
 }
-__device__ __forceinline__ u32 ld_u32(const unsigned char* p) {
-    return __ldg(reinterpret_cast<const unsigned int*>(p));
-}
 __device__ __forceinline__ u32 ld_u16_pair(const unsigned char* p) {
     return __byte_perm(ld_u16(p), ld_u16(p + 2), 0x5410u);
 }
+// Four bytes at any address, byte by byte, little-endian.
+__device__ __forceinline__ u32 ld_bytes4(const unsigned char* p) {
+    return (u32)__ldg(p) | ((u32)__ldg(p + 1) << 8) | ((u32)__ldg(p + 2) << 16) | ((u32)__ldg(p + 3) << 24);
+}
 
-// The wide path. A pass of a warp covers BLOCK elements of a row (`pass_bytes` of it); a lane's
-// chunk of it sits at the same place in every pass, so where its bytes are and how they are
-// widened is worked out once per lane (`LanePlan`), and the loop only moves a pointer. A chunk's
-// raw words (`Raw`) are fetched a pass ahead of their widening. Every weight is the same value
-// `load_chunk` gives, bit for bit.
+// The wide path of F32 and BF16. A pass of a warp covers BLOCK elements of a row (`pass_bytes`
+// of it); a lane's chunk of it sits at the same place in every pass, so the loop only moves a
+// pointer. A chunk's raw words (`Raw`) are fetched a pass ahead of their widening. Every weight
+// is the same value `load_chunk` gives, bit for bit.
 template <int FMT>
 __device__ __forceinline__ int pass_bytes() {
-    return FMT == FMT_F32 ? BLOCK * 4
-         : FMT == FMT_BF16 ? BLOCK * 2
-         : FMT == FMT_Q8_0 ? (BLOCK / Q8_0_ELEMS) * Q8_0_BYTES
-         : FMT == FMT_Q4_K ? Q4_K_BYTES
-                           : Q6_K_BYTES;
+    return FMT == FMT_F32 ? BLOCK * 4 : BLOCK * 2;
 }
 
-struct LanePlan {
-    int at;     // F32, BF16: the chunk; Q8_0: its block; Q4_K, Q6_K: its low bits
-    int q;      // Q8_0: the chunk's bytes; Q6_K: its high bits
-    int scale;  // Q6_K: the half-word holding its scale
-    u32 shift;  // Q4_K: the nibble; Q6_K: the low bits' nibble
-    u32 shift2; // Q4_K: the byte of the packed scale words; Q6_K: the high bits' pair
-    u32 pick;   // Q4_K: sub-block past 3 (the packed 6-bit layout's second half); Q6_K: the scale's byte
-};
-
-template <int FMT>
-__device__ __forceinline__ LanePlan lane_plan(int lane) {
-    LanePlan p = {0, 0, 0, 0u, 0u, 0u};
-    const int e = lane * CHUNK;  // the chunk's first element within the pass
-    if (FMT == FMT_F32) {
-        p.at = e * 4;
-    } else if (FMT == FMT_BF16) {
-        p.at = e * 2;
-    } else if (FMT == FMT_Q8_0) {
-        p.at = (e / Q8_0_ELEMS) * Q8_0_BYTES;
-        p.q = p.at + 2 + e % Q8_0_ELEMS;
-    } else if (FMT == FMT_Q4_K) {
-        const int group = e / 64, high = (e % 64) / 32, sub = 2 * group + high;
-        p.at = 16 + group * 32 + e % 32;
-        p.shift = (u32)high * 4u;
-        p.shift2 = (u32)(sub & 3) * 8u;
-        p.pick = sub >= 4 ? 1u : 0u;
-    } else {
-        const int half = e / 128, r = e % 128, quarter = r / 32, l = r % 32;
-        const int s = 8 * half + l / 16 + 2 * quarter;
-        p.at = 64 * half + 32 * (quarter % 2) + l;
-        p.q = 128 + 32 * half + l;
-        p.scale = 192 + (s & ~1);
-        p.shift = (u32)(quarter / 2) * 4u;
-        p.shift2 = (u32)quarter * 2u;
-        p.pick = (u32)(s & 1) * 8u;
-    }
-    return p;
-}
-
-// A chunk's raw words: F32 eight, BF16 four, Q8_0 the scale and its eight bytes as two words,
-// Q4_K d and dmin, the packed scales and the nibbles, Q6_K d, the scale's half-word and the low
-// and high bits.
+// A chunk's raw words: F32 eight, BF16 four.
 struct Raw {
     u32 w[8];
 };
 
 template <int FMT>
-__device__ __forceinline__ void fetch(const unsigned char* pass, const LanePlan& p, Raw& r) {
+__device__ __forceinline__ void fetch(const unsigned char* pass, int at, Raw& r) {
+    const uint4 a = __ldg(reinterpret_cast<const uint4*>(pass + at));
+    r.w[0] = a.x; r.w[1] = a.y; r.w[2] = a.z; r.w[3] = a.w;
     if (FMT == FMT_F32) {
-        const uint4 a = __ldg(reinterpret_cast<const uint4*>(pass + p.at));
-        const uint4 b = __ldg(reinterpret_cast<const uint4*>(pass + p.at + 16));
-        r.w[0] = a.x; r.w[1] = a.y; r.w[2] = a.z; r.w[3] = a.w;
+        const uint4 b = __ldg(reinterpret_cast<const uint4*>(pass + at + 16));
         r.w[4] = b.x; r.w[5] = b.y; r.w[6] = b.z; r.w[7] = b.w;
-    } else if (FMT == FMT_BF16) {
-        const uint4 a = __ldg(reinterpret_cast<const uint4*>(pass + p.at));
-        r.w[0] = a.x; r.w[1] = a.y; r.w[2] = a.z; r.w[3] = a.w;
-    } else if (FMT == FMT_Q8_0) {
-        r.w[0] = ld_u16(pass + p.at);
-        r.w[1] = ld_u16_pair(pass + p.q);
-        r.w[2] = ld_u16_pair(pass + p.q + 4);
-    } else if (FMT == FMT_Q4_K) {
-        r.w[0] = ld_u32(pass);
-        r.w[1] = ld_u32(pass + 4);
-        r.w[2] = ld_u32(pass + 8);
-        r.w[3] = ld_u32(pass + 12);
-        r.w[4] = ld_u32(pass + p.at);
-        r.w[5] = ld_u32(pass + p.at + 4);
-    } else {
-        r.w[0] = ld_u16(pass + 208);
-        r.w[1] = ld_u16(pass + p.scale);
-        r.w[2] = ld_u16_pair(pass + p.at);
-        r.w[3] = ld_u16_pair(pass + p.at + 4);
-        r.w[4] = ld_u16_pair(pass + p.q);
-        r.w[5] = ld_u16_pair(pass + p.q + 4);
     }
 }
 
 template <int FMT>
-__device__ __forceinline__ void widen(const Raw& r, const LanePlan& p, float w[CHUNK]) {
+__device__ __forceinline__ void widen(const Raw& r, float w[CHUNK]) {
     if (FMT == FMT_F32) {
 #pragma unroll
         for (int i = 0; i < CHUNK; i++) w[i] = __uint_as_float(r.w[i]);
-    } else if (FMT == FMT_BF16) {
+    } else {
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             w[2 * i] = bf16_to_f32(r.w[i] & 0xffffu);
             w[2 * i + 1] = __uint_as_float(r.w[i] & 0xffff0000u);
         }
-    } else if (FMT == FMT_Q8_0) {
-        const float d = f16_to_f32(r.w[0]);
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            // Four signed bytes made unsigned (+128).
-            const u32 v = r.w[1 + h] ^ 0x80808080u;
-#pragma unroll
-            for (int i = 0; i < 4; i++) w[4 * h + i] = __fmul_rn(d, byte_to_f32(v, i, 128.0f));
-        }
-    } else if (FMT == FMT_Q4_K) {
-        const u32 a0 = (r.w[1] >> p.shift2) & 0xFFu, a1 = (r.w[2] >> p.shift2) & 0xFFu, a2 = (r.w[3] >> p.shift2) & 0xFFu;
-        const u32 sc = p.pick ? ((a2 & 0xFu) | ((a0 >> 6) << 4)) : (a0 & 63u);
-        const u32 m = p.pick ? ((a2 >> 4) | ((a1 >> 6) << 4)) : (a1 & 63u);
-        const float scale = __fmul_rn(f16_to_f32(r.w[0] & 0xFFFFu), (float)sc);
-        const float min = __fmul_rn(f16_to_f32(r.w[0] >> 16), (float)m);
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const u32 v = (r.w[4 + h] >> p.shift) & 0x0F0F0F0Fu;
-#pragma unroll
-            for (int i = 0; i < 4; i++) w[4 * h + i] = __fsub_rn(__fmul_rn(scale, byte_to_f32(v, i, 0.0f)), min);
-        }
-    } else {
-        const int sc = (int)(signed char)(unsigned char)(r.w[1] >> p.pick);
-        const float scale = __fmul_rn(f16_to_f32(r.w[0]), (float)sc);
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            // Each byte low | high << 4, 0 to 63: less 32, the signed value.
-            const u32 v = ((r.w[2 + h] >> p.shift) & 0x0F0F0F0Fu) | (((r.w[4 + h] >> p.shift2) & 0x03030303u) << 4);
-#pragma unroll
-            for (int i = 0; i < 4; i++) w[4 * h + i] = __fmul_rn(scale, byte_to_f32(v, i, 32.0f));
-        }
     }
 }
 
 // Whether rows of `bytes_per_row` bytes from `base` are aligned for the wide path: 16 bytes for
-// F32 and BF16 (vector loads), 4 for Q4_K (words; its blocks are 144 bytes), 2 for Q8_0 and
-// Q6_K (half-words; their blocks are 34 and 210 bytes).
+// F32 and BF16 (vector loads) and Q4_K (its header and nibbles by 16-byte vectors; its blocks are
+// 144 bytes), 2 for Q8_0 and Q6_K (half-words; their blocks are 34 and 210 bytes).
 template <int FMT>
 __device__ __forceinline__ bool wide_rows(const unsigned char* base, int bytes_per_row) {
-    const u64 mask = FMT == FMT_Q4_K ? 3ull : (FMT == FMT_Q8_0 || FMT == FMT_Q6_K) ? 1ull : 15ull;
+    const u64 mask = (FMT == FMT_Q8_0 || FMT == FMT_Q6_K) ? 1ull : 15ull;
     return ((reinterpret_cast<u64>(base) | (u64)bytes_per_row) & mask) == 0ull;
 }
 
@@ -450,7 +288,7 @@ __device__ __forceinline__ void rows_dot(bool wide, const unsigned char* const m
     int base = 0;
     const int passes = cols / BLOCK;
     if (wide && passes > 0) {
-        const LanePlan plan = lane_plan<FMT>(lane);
+        const int lane_at = lane * CHUNK * (FMT == FMT_F32 ? 4 : 2);
         const u64 pb = (u64)pass_bytes<FMT>();
         const unsigned char* at[MATS][ROWS_PER_WARP];
         Raw raw[MATS][ROWS_PER_WARP];
@@ -459,7 +297,7 @@ __device__ __forceinline__ void rows_dot(bool wide, const unsigned char* const m
 #pragma unroll
             for (int r = 0; r < ROWS_PER_WARP; r++) {
                 at[m][r] = mats[m] + (u64)rows[r] * (u64)rb;
-                fetch<FMT>(at[m][r], plan, raw[m][r]);
+                fetch<FMT>(at[m][r], lane_at, raw[m][r]);
             }
         }
         const float* xl = x + lane * CHUNK;
@@ -472,7 +310,7 @@ __device__ __forceinline__ void rows_dot(bool wide, const unsigned char* const m
 #pragma unroll
             for (int m = 0; m < MATS; m++) {
 #pragma unroll
-                for (int r = 0; r < ROWS_PER_WARP; r++) fetch<FMT>(at[m][r] + (u64)next * pb, plan, ahead[m][r]);
+                for (int r = 0; r < ROWS_PER_WARP; r++) fetch<FMT>(at[m][r] + (u64)next * pb, lane_at, ahead[m][r]);
             }
             float4 na, nb;
             fetch_x(xl + next * BLOCK, na, nb);
@@ -483,7 +321,7 @@ __device__ __forceinline__ void rows_dot(bool wide, const unsigned char* const m
 #pragma unroll
                 for (int m = 0; m < MATS; m++) {
                     float w[CHUNK];
-                    widen<FMT>(raw[m][r], plan, w);
+                    widen<FMT>(raw[m][r], w);
 #pragma unroll
                     for (int e = 0; e < CHUNK; e++) acc[m][r][e] = fmaf(w[e], xv[e], acc[m][r][e]);
                     raw[m][r] = ahead[m][r];
@@ -495,6 +333,171 @@ __device__ __forceinline__ void rows_dot(bool wide, const unsigned char* const m
         base = passes * BLOCK;
     }
     for (; base < cols; base += BLOCK) pass_elements<FMT, MATS>(mats, rows, rb, x, base, cols, acc);
+}
+
+// ---- Block formats: activations quantized to 8 bits (expertslab-std's `ffn::blocks`) ----
+
+#define Q8_BLOCK 32
+#define FULL_MASK 0xffffffffu
+
+// Shared memory of a block-format launch: the activations' bytes (`cols`), each block's scale
+// (`cols / 32` floats), each half-block's sum (`cols / 16` ints); `activation_smem` in the
+// crate gives its size.
+extern __shared__ __align__(16) unsigned char act_smem[];
+
+// One activation's byte under its block's scale `d`, as the host's `quantize_one`.
+__device__ __forceinline__ int quantize_one(float x, float d) {
+    if (!(d > 0.0f)) return 0;
+    const float r = __fdiv_rn(x, d);
+    if (r > 127.0f) return 127;
+    if (r < -127.0f) return -127;
+    if (r != r) return 0;
+    return (int)rintf(r);
+}
+
+// The block's `cols` activations from `x` quantized into `act_smem` by all its threads (warp w
+// takes blocks w, w + WARPS, ..., a lane an element): the block's largest magnitude by the
+// warp's butterfly of maxima (a NaN counts as 0), d = amax / 127, the bytes, the half-blocks'
+// sums. Every thread of the block calls it.
+__device__ __forceinline__ void quantize_shared(const float* x, int cols) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    signed char* q = reinterpret_cast<signed char*>(act_smem);
+    float* d = reinterpret_cast<float*>(act_smem + cols);
+    int* sums = reinterpret_cast<int*>(act_smem + cols + 4 * (cols / Q8_BLOCK));
+    for (int b = warp; b < cols / Q8_BLOCK; b += WARPS) {
+        const float v = x[b * Q8_BLOCK + lane];
+        float amax = fabsf(v) > 0.0f ? fabsf(v) : 0.0f;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            const float t = __shfl_xor_sync(FULL_MASK, amax, o);
+            amax = t > amax ? t : amax;
+        }
+        const float scale = __fdiv_rn(amax, 127.0f);
+        const int qv = quantize_one(v, scale);
+        q[b * Q8_BLOCK + lane] = (signed char)qv;
+        int sum = qv;
+#pragma unroll
+        for (int o = 8; o > 0; o >>= 1) sum += __shfl_xor_sync(FULL_MASK, sum, o);
+        if (lane == 0) d[b] = scale;
+        if ((lane & 15) == 0) sums[2 * b + (lane >> 4)] = sum;
+    }
+    __syncthreads();
+}
+
+// A half-word and a word at 2-byte aligned addresses, or byte by byte.
+__device__ __forceinline__ u32 ld_half(const unsigned char* p, bool wide) {
+    return wide ? ld_u16(p) : ((u32)__ldg(p) | ((u32)__ldg(p + 1) << 8));
+}
+__device__ __forceinline__ u32 ld_word2(const unsigned char* p, bool wide) { return wide ? ld_u16_pair(p) : ld_bytes4(p); }
+
+// Four words at a 16-byte aligned address, or byte by byte.
+__device__ __forceinline__ void ld_words4(const unsigned char* p, bool wide, u32 w[4]) {
+    if (wide) {
+        const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
+        w[0] = v.x; w[1] = v.y; w[2] = v.z; w[3] = v.w;
+    } else {
+#pragma unroll
+        for (int i = 0; i < 4; i++) w[i] = ld_bytes4(p + 4 * i);
+    }
+}
+
+// Block b's term of a row (the host's `Blocks::terms`): `xw` the activations' 32 bytes as eight
+// words, `dx` their scale, `s0` and `s1` their half-blocks' sums.
+template <int FMT, bool wide>
+__device__ __forceinline__ float block_term(const unsigned char* row, int b, const int xw[8], float dx, int s0, int s1) {
+    if (FMT == FMT_Q8_0) {
+        const unsigned char* blk = row + (u64)b * Q8_0_BYTES;
+        const float dw = f16_to_f32(ld_half(blk, wide));
+        int acc = 0;
+#pragma unroll
+        for (int k = 0; k < 8; k++) acc = __dp4a((int)ld_word2(blk + 2 + 4 * k, wide), xw[k], acc);
+        return __fmul_rn(__fmul_rn(dw, dx), __int2float_rn(acc));
+    } else if (FMT == FMT_Q4_K) {
+        const unsigned char* sb = row + (u64)(b >> 3) * Q4_K_BYTES;
+        const int j = b & 7;
+        u32 head[4], lo[4], hi[4];
+        ld_words4(sb, wide, head);
+        const unsigned char* nib = sb + 16 + 32 * (j >> 1);
+        ld_words4(nib, wide, lo);
+        ld_words4(nib + 16, wide, hi);
+        const float d = f16_to_f32(head[0] & 0xffffu), dmin = f16_to_f32(head[0] >> 16);
+        // The 6-bit scale and min of sub-block j from the 12 packed bytes (head[1..3]).
+        const u32 s8 = 8u * (u32)(j & 3);
+        const u32 a = (head[1] >> s8) & 0xffu, c = (head[2] >> s8) & 0xffu, e = (head[3] >> s8) & 0xffu;
+        const u32 sc = j < 4 ? (a & 63u) : ((e & 0xfu) | ((a >> 6) << 4));
+        const u32 m = j < 4 ? (c & 63u) : ((e >> 4) | ((c >> 6) << 4));
+        const u32 shift = 4u * (u32)(j & 1);
+        int acc = 0;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            acc = __dp4a((int)((lo[k] >> shift) & 0x0f0f0f0fu), xw[k], acc);
+            acc = __dp4a((int)((hi[k] >> shift) & 0x0f0f0f0fu), xw[4 + k], acc);
+        }
+        const float dq = __fmul_rn(d, (float)sc), mq = __fmul_rn(dmin, (float)m);
+        return __fmul_rn(dx, __fsub_rn(__fmul_rn(dq, __int2float_rn(acc)), __fmul_rn(mq, __int2float_rn(s0 + s1))));
+    } else {
+        const unsigned char* sb = row + (u64)(b >> 3) * Q6_K_BYTES;
+        const int j = b & 7, half = j >> 2, k = j & 3;
+        const float d = f16_to_f32(ld_half(sb + 208, wide));
+        const u32 scales = ld_half(sb + 192 + 8 * half + 2 * k, wide);
+        const unsigned char* lo = sb + 64 * half + 32 * (k & 1);
+        const unsigned char* hi = sb + 128 + 32 * half;
+        const u32 ls = 4u * (u32)(k >> 1), hs = 2u * (u32)k;
+        int j0 = 0, j1 = 0;
+#pragma unroll
+        for (int w = 0; w < 8; w++) {
+            const u32 q = ((ld_word2(lo + 4 * w, wide) >> ls) & 0x0f0f0f0fu) | (((ld_word2(hi + 4 * w, wide) >> hs) & 0x03030303u) << 4);
+            if (w < 4) j0 = __dp4a((int)q, xw[w], j0);
+            else j1 = __dp4a((int)q, xw[w], j1);
+        }
+        j0 -= 32 * s0;
+        j1 -= 32 * s1;
+        const float d0 = __fmul_rn(d, (float)(int)(signed char)(scales & 0xffu));
+        const float d1 = __fmul_rn(d, (float)(int)(signed char)(scales >> 8));
+        return __fmul_rn(dx, __fadd_rn(__fmul_rn(d0, __int2float_rn(j0)), __fmul_rn(d1, __int2float_rn(j1))));
+    }
+}
+
+// A warp's rows of MATS matrices (gate and up, or down) of a block format against the
+// activations quantized in `act_smem` (`cols` of them): lane l adds the terms of blocks l,
+// l + 32, ... to its accumulator, then the warp's butterfly sums the lanes into `out`.
+template <int FMT, int MATS, bool WIDE>
+__device__ __forceinline__ void rows_dot_q8_as(const unsigned char* const mats[MATS], const int rows[ROWS_PER_WARP],
+                                               int rb, int cols, float out[MATS][ROWS_PER_WARP]) {
+    const int lane = threadIdx.x & 31;
+    const signed char* q = reinterpret_cast<const signed char*>(act_smem);
+    const float* d = reinterpret_cast<const float*>(act_smem + cols);
+    const int* sums = reinterpret_cast<const int*>(act_smem + cols + 4 * (cols / Q8_BLOCK));
+    float acc[MATS][ROWS_PER_WARP] = {};
+    for (int b = lane; b < cols / Q8_BLOCK; b += 32) {
+        const int4 x0 = *reinterpret_cast<const int4*>(q + b * Q8_BLOCK);
+        const int4 x1 = *reinterpret_cast<const int4*>(q + b * Q8_BLOCK + 16);
+        const int xw[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+        const float dx = d[b];
+        const int s0 = sums[2 * b], s1 = sums[2 * b + 1];
+#pragma unroll
+        for (int r = 0; r < ROWS_PER_WARP; r++) {
+#pragma unroll
+            for (int m = 0; m < MATS; m++) {
+                const float t = block_term<FMT, WIDE>(mats[m] + (u64)rows[r] * (u64)rb, b, xw, dx, s0, s1);
+                acc[m][r] = __fadd_rn(acc[m][r], t);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < ROWS_PER_WARP; r++) {
+#pragma unroll
+        for (int m = 0; m < MATS; m++) out[m][r] = warp_sum(acc[m][r]);
+    }
+}
+
+// `rows_dot_q8_as` with the warp's load width, chosen once (`wide`: the rows are aligned for the
+// format's wide loads), so the loop carries one width's loads.
+template <int FMT, int MATS>
+__device__ __forceinline__ void rows_dot_q8(bool wide, const unsigned char* const mats[MATS], const int rows[ROWS_PER_WARP],
+                                            int rb, int cols, float out[MATS][ROWS_PER_WARP]) {
+    if (wide) rows_dot_q8_as<FMT, MATS, true>(mats, rows, rb, cols, out);
+    else rows_dot_q8_as<FMT, MATS, false>(mats, rows, rb, cols, out);
 }
 
 // A warp's first row. Its rows are clamped to the last row (a warp past the end reads that row
@@ -527,17 +530,27 @@ __device__ void gate_up(const LayerArgs& layer, const StepArgs& step, const int*
 #pragma unroll
     for (int r = 0; r < ROWS_PER_WARP; r++) rows[r] = min(row0 + r, ffn - 1);
     const int rb = row_bytes(FMT, hidden);
-    // One load width for the whole warp, chosen once: the rows' alignment and x's.
-    const bool wide = wide_rows<FMT>(gate, rb) && wide_rows<FMT>(up, rb) && wide_rows<FMT_F32>(reinterpret_cast<const unsigned char*>(x), 0);
-
-    float acc[2][ROWS_PER_WARP][CHUNK] = {};
     const unsigned char* const mats[2] = {gate, up};
-    rows_dot<FMT, 2>(wide, mats, rows, rb, x, hidden, acc);
+    float gu[2][ROWS_PER_WARP];
+    if constexpr (FMT >= FMT_Q8_0) {
+        quantize_shared(x, hidden);
+        // One load width for the whole warp, chosen once: the rows' alignment.
+        const bool wide = wide_rows<FMT>(gate, rb) && wide_rows<FMT>(up, rb);
+        rows_dot_q8<FMT, 2>(wide, mats, rows, rb, hidden, gu);
+    } else {
+        // One load width for the whole warp, chosen once: the rows' alignment and x's.
+        const bool wide = wide_rows<FMT>(gate, rb) && wide_rows<FMT>(up, rb) && wide_rows<FMT_F32>(reinterpret_cast<const unsigned char*>(x), 0);
+        float acc[2][ROWS_PER_WARP][CHUNK] = {};
+        rows_dot<FMT, 2>(wide, mats, rows, rb, x, hidden, acc);
+#pragma unroll
+        for (int r = 0; r < ROWS_PER_WARP; r++) {
+            gu[0][r] = warp_sum(lane_reduce(acc[0][r]));
+            gu[1][r] = warp_sum(lane_reduce(acc[1][r]));
+        }
+    }
 #pragma unroll
     for (int r = 0; r < ROWS_PER_WARP; r++) {
-        const float g = warp_sum(lane_reduce(acc[0][r]));
-        const float u = warp_sum(lane_reduce(acc[1][r]));
-        if ((threadIdx.x & 31) == 0 && row0 + r < ffn) h[row0 + r] = silu_mul(g, u);
+        if ((threadIdx.x & 31) == 0 && row0 + r < ffn) h[row0 + r] = silu_mul(gu[0][r], gu[1][r]);
     }
 }
 
@@ -612,14 +625,21 @@ __device__ __forceinline__ void down_part(const LayerArgs& layer, const StepArgs
     int rows[ROWS_PER_WARP];
 #pragma unroll
     for (int r = 0; r < ROWS_PER_WARP; r++) rows[r] = min(row0 + r, hidden - 1);
-    const bool wide = wide_rows<FMT>(dw, rb) && wide_rows<FMT_F32>(reinterpret_cast<const unsigned char*>(hk), 0);
-    float acc[1][ROWS_PER_WARP][CHUNK] = {};
     const unsigned char* const mats[1] = {dw};
-    rows_dot<FMT, 1>(wide, mats, rows, rb, hk, ffn, acc);
+    float out[1][ROWS_PER_WARP];
+    if constexpr (FMT >= FMT_Q8_0) {
+        quantize_shared(hk, ffn);
+        rows_dot_q8<FMT, 1>(wide_rows<FMT>(dw, rb), mats, rows, rb, ffn, out);
+    } else {
+        const bool wide = wide_rows<FMT>(dw, rb) && wide_rows<FMT_F32>(reinterpret_cast<const unsigned char*>(hk), 0);
+        float acc[1][ROWS_PER_WARP][CHUNK] = {};
+        rows_dot<FMT, 1>(wide, mats, rows, rb, hk, ffn, acc);
+#pragma unroll
+        for (int r = 0; r < ROWS_PER_WARP; r++) out[0][r] = warp_sum(lane_reduce(acc[0][r]));
+    }
 #pragma unroll
     for (int r = 0; r < ROWS_PER_WARP; r++) {
-        const float d = warp_sum(lane_reduce(acc[0][r]));
-        if (lane == 0 && row0 + r < hidden) part[row0 + r] = d;
+        if (lane == 0 && row0 + r < hidden) part[row0 + r] = out[0][r];
     }
     // Visible to the block that combines this tile.
     if (lane == 0) __threadfence();

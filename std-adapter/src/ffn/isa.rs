@@ -3,7 +3,8 @@
 
 use expertslab::Format;
 
-use super::order::{silu_mul, Bf16, RowFormat, BLOCK, F32, Q4K, Q6K, Q8_0};
+use super::blocks::{Q4K, Q6K, Q8_0};
+use super::order::{silu_mul, Activations, Bf16, RowFormat, BLOCK, F32};
 
 /// An instruction set the host FFN's inner loops run with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -81,7 +82,7 @@ fn gate_up_rows<R: RowFormat, const GROUP: usize>(
     gate: &[u8],
     up: &[u8],
     cols: usize,
-    xt: &[f32],
+    xt: &Activations,
     first: usize,
     h: &mut [f32],
 ) {
@@ -94,7 +95,13 @@ fn gate_up_rows<R: RowFormat, const GROUP: usize>(
 
 /// Rows of down: `part[r] = down_r · h` for the rows of `part`, starting at row `first`.
 #[inline(always)]
-fn down_rows<R: RowFormat, const GROUP: usize>(down: &[u8], cols: usize, ht: &[f32], first: usize, part: &mut [f32]) {
+fn down_rows<R: RowFormat, const GROUP: usize>(
+    down: &[u8],
+    cols: usize,
+    ht: &Activations,
+    first: usize,
+    part: &mut [f32],
+) {
     let rb = R::row_bytes(cols).max(1);
     for (out, d) in part.iter_mut().zip(down.chunks_exact(rb).skip(first)) {
         *out = R::dot::<GROUP>(d, cols, ht);
@@ -106,7 +113,7 @@ fn down_rows<R: RowFormat, const GROUP: usize>(down: &[u8], cols: usize, ht: &[f
 macro_rules! variants {
     ($gate_up:ident, $down:ident, $group:expr $(, $feature:literal)?) => {
         $(#[target_feature(enable = $feature)])?
-        fn $gate_up(format: Format, gate: &[u8], up: &[u8], cols: usize, xt: &[f32], first: usize, h: &mut [f32]) {
+        fn $gate_up(format: Format, gate: &[u8], up: &[u8], cols: usize, xt: &Activations, first: usize, h: &mut [f32]) {
             match format {
                 Format::BF16 => gate_up_rows::<Bf16, $group>(gate, up, cols, xt, first, h),
                 Format::Q8_0 => gate_up_rows::<Q8_0, $group>(gate, up, cols, xt, first, h),
@@ -116,7 +123,7 @@ macro_rules! variants {
             }
         }
         $(#[target_feature(enable = $feature)])?
-        fn $down(format: Format, down: &[u8], cols: usize, ht: &[f32], first: usize, part: &mut [f32]) {
+        fn $down(format: Format, down: &[u8], cols: usize, ht: &Activations, first: usize, part: &mut [f32]) {
             match format {
                 Format::BF16 => down_rows::<Bf16, $group>(down, cols, ht, first, part),
                 Format::Q8_0 => down_rows::<Q8_0, $group>(down, cols, ht, first, part),
@@ -145,7 +152,7 @@ pub(super) fn gate_up(
     gate: &[u8],
     up: &[u8],
     cols: usize,
-    xt: &[f32],
+    xt: &Activations,
     first: usize,
     h: &mut [f32],
 ) {
@@ -162,7 +169,15 @@ pub(super) fn gate_up(
 
 /// Down rows under `isa` (which the caller checked is [`Isa::available`]).
 #[allow(unsafe_code, reason = "calling a function compiled for an instruction set the CPU was found to have")]
-pub(super) fn down(isa: Isa, format: Format, down: &[u8], cols: usize, ht: &[f32], first: usize, part: &mut [f32]) {
+pub(super) fn down(
+    isa: Isa,
+    format: Format,
+    down: &[u8],
+    cols: usize,
+    ht: &Activations,
+    first: usize,
+    part: &mut [f32],
+) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `isa` is available (checked when the FFN was built), so the CPU has AVX2 and FMA.

@@ -39,12 +39,14 @@ use expertslab::{ExpertSource, Format, Projection};
 use rayon::prelude::*;
 use rayon::ThreadPool;
 
+pub mod blocks;
 mod isa;
 pub mod order;
 #[cfg(target_arch = "x86_64")]
 mod sum_avx2;
 
 pub use isa::Isa;
+use order::Activations;
 pub use order::{combine, exp, silu_mul};
 
 /// The most gate/up rows one task computes (they are kept in a buffer of this many): small
@@ -444,14 +446,10 @@ impl ExpertFfn {
         let count = pairs.len();
         let mut run = || {
             // Activations of each token, padded to whole blocks.
-            let xt: Vec<Vec<f32>> = x
-                .chunks_exact(hidden)
-                .map(|token| {
-                    let mut t = Vec::new();
-                    order::pad_to_blocks(token, &mut t);
-                    t
-                })
-                .collect();
+            // Activations of each token as the rows read them (quantized for block formats).
+            let quantized = Format::is_block_quantized;
+            let xt: Vec<Activations> =
+                x.chunks_exact(hidden).map(|token| Activations::new(token, quantized(format))).collect();
             let threads = rayon::current_num_threads();
             let up_rows = rows_per_task(ffn, count, threads, ROWS_PER_TASK);
             let down_row_bytes = down_format.row_bytes(ffn).unwrap_or(usize::MAX).max(1);
@@ -483,8 +481,7 @@ impl ExpertFfn {
                     return;
                 }
                 let values: Vec<f32> = pair_h.iter().map(|c| f32::from_bits(c.load(Ordering::Relaxed))).collect();
-                let mut ht = Vec::new();
-                order::pad_to_blocks(&values, &mut ht);
+                let ht = Activations::new(&values, quantized(down_format));
                 let part =
                     outputs.get(i).and_then(|o| o.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take());
                 if let Some(part) = part {

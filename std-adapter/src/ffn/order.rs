@@ -14,12 +14,14 @@
 //!   by halving (offsets 4, 2, 1), then the lanes by the butterfly of [`lane_sum`]. On the host
 //!   the accumulators are whole vector registers and the weights are read in their own order,
 //!   so no shuffling happens in the inner loop.
-//! - **Block-quantized weights** (Q8_0) are first widened, element by element, to the f32
-//!   weight each stands for ([`f16_to_f32`] for the block's scale, then one multiplication);
-//!   the dot product then runs as above.
+//! - **Block-quantized weights** (Q8_0, Q4_K, Q6_K) are not widened: their rows take the
+//!   activations quantized to 8 bits and sum each block's products in integers
+//!   ([`super::blocks`] gives that order).
 //! - **The activation**: `h = (g / (1 + exp(−g))) · u` with [`exp`] below (not a math library's,
 //!   whose last bit differs between platforms).
 //! - **The combine**: `y = fma(weight_k, part_k, y)` from 0 over a token's pairs in `k` order.
+
+use super::blocks::Q8Activations;
 
 /// Lanes a dot product is split among (a GPU warp).
 pub const LANES: usize = 32;
@@ -160,14 +162,37 @@ pub fn f16_to_f32(bits: u16) -> f32 {
     f32::from_bits(value.to_bits() | u32::from(bits & 0x8000) << 16)
 }
 
+/// A vector's activations as the row formats read them: padded with zeros to whole passes
+/// ([`pad_to_blocks`]) for the plain formats, quantized to 8 bits for the block formats
+/// ([`super::blocks`]).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Activations {
+    /// The values, padded to whole passes.
+    pub(super) values: Vec<f32>,
+    /// The values quantized (empty unless asked for).
+    pub(super) q8: Q8Activations,
+}
+
+impl Activations {
+    /// `x` as a dot product reads it; quantized too when `quantized`.
+    pub(super) fn new(x: &[f32], quantized: bool) -> Self {
+        let mut a = Self::default();
+        pad_to_blocks(x, &mut a.values);
+        if quantized {
+            a.q8.quantize(x);
+        }
+        a
+    }
+}
+
 /// A row format: how many bytes a row of `cols` elements takes, and its dot product with
-/// activations padded to whole blocks, in the shared order.
+/// activations, in the shared order.
 pub(super) trait RowFormat {
     /// Bytes of a row of `cols` elements (a whole number of the format's blocks).
     fn row_bytes(cols: usize) -> usize;
     /// `row · x` (see [`dot`]), its accumulators taken `GROUP` at a time where the format
     /// allows it.
-    fn dot<const GROUP: usize>(row: &[u8], cols: usize, x: &[f32]) -> f32;
+    fn dot<const GROUP: usize>(row: &[u8], cols: usize, x: &Activations) -> f32;
 }
 
 /// The plain formats' rows: elements of [`Element::BYTES`] each, read by [`dot`].
@@ -178,180 +203,13 @@ macro_rules! plain_rows {
                 cols.saturating_mul(<$element as Element>::BYTES)
             }
             #[inline(always)]
-            fn dot<const GROUP: usize>(row: &[u8], cols: usize, x: &[f32]) -> f32 {
-                dot::<$element, GROUP>(row, cols, x)
+            fn dot<const GROUP: usize>(row: &[u8], cols: usize, x: &Activations) -> f32 {
+                dot::<$element, GROUP>(row, cols, &x.values)
             }
         }
     )*};
 }
 plain_rows!(F32, Bf16);
-
-/// A block-quantized format: fixed blocks of [`Blocks::ELEMS`] elements in [`Blocks::BYTES`]
-/// bytes, each element widened to the f32 weight it stands for by a fixed sequence of f32
-/// operations (each rounding once). The kernels widen each weight by the same sequence; then
-/// the dot product goes on as for F32 weights.
-pub(super) trait Blocks {
-    /// Elements of a block (32 or 256, so a block never straddles a [`BLOCK`] pass unevenly).
-    const ELEMS: usize;
-    /// Bytes of a block.
-    const BYTES: usize;
-    /// The weights of the block `bytes` (exactly [`Blocks::BYTES`] long) into `out`
-    /// ([`Blocks::ELEMS`] long).
-    fn widen(bytes: &[u8], out: &mut [f32]);
-}
-
-/// The f16 at `bytes[at..at + 2]`, little-endian, widened (0 when out of range).
-#[inline(always)]
-fn half_at(bytes: &[u8], at: usize) -> f32 {
-    match bytes.get(at..).and_then(<[u8]>::first_chunk::<2>) {
-        Some(b) => f16_to_f32(u16::from_le_bytes(*b)),
-        None => 0.0,
-    }
-}
-
-/// Q8_0 weights, as ggml lays them out: blocks of 32 elements, each an f16 scale `d` then 32
-/// signed bytes `q`. Element `i` is `d · q[i]` (one multiplication).
-pub(super) struct Q8_0;
-
-impl Blocks for Q8_0 {
-    const ELEMS: usize = 32;
-    const BYTES: usize = 34;
-
-    #[inline(always)]
-    fn widen(bytes: &[u8], out: &mut [f32]) {
-        let d = half_at(bytes, 0);
-        for (w, &q) in out.iter_mut().zip(bytes.iter().skip(2)) {
-            *w = d * f32::from(q.cast_signed());
-        }
-    }
-}
-
-/// Q4_K weights, as ggml lays them out: super-blocks of 256 elements in 144 bytes: f16 `d`,
-/// f16 `dmin`, 12 bytes packing eight 6-bit scales and eight 6-bit mins (one pair per 32
-/// elements), then 128 bytes of 4-bit values. Elements `64g .. 64g + 32` are the low nibbles of
-/// bytes `32g .. 32g + 32`, the next 32 their high nibbles, with scale and min pair `2g` and
-/// `2g + 1`. Element value: `(d · sc) · q − (dmin · m)`, each operation rounding once.
-pub(super) struct Q4K;
-
-/// Q4_K's scale and min of sub-block `j` (0..8) from its 12 packed bytes.
-#[inline(always)]
-#[allow(clippy::indexing_slicing, clippy::arithmetic_side_effects, reason = "j < 8 and 12 bytes")]
-fn q4k_scale_min(j: usize, packed: &[u8; 12]) -> (u8, u8) {
-    if j < 4 {
-        (packed[j] & 63, packed[j + 4] & 63)
-    } else {
-        ((packed[j + 4] & 0xF) | ((packed[j - 4] >> 6) << 4), (packed[j + 4] >> 4) | ((packed[j] >> 6) << 4))
-    }
-}
-
-impl Blocks for Q4K {
-    const ELEMS: usize = 256;
-    const BYTES: usize = 144;
-
-    #[inline(always)]
-    #[allow(
-        clippy::indexing_slicing,
-        clippy::arithmetic_side_effects,
-        reason = "fixed-size arrays indexed by constants in range; sub-blocks 0..8"
-    )]
-    fn widen(bytes: &[u8], out: &mut [f32]) {
-        // Fixed-size views, so the loops have no bounds to test and vectorise.
-        let (Some(block), Some(out)) = (bytes.first_chunk::<144>(), out.first_chunk_mut::<256>()) else {
-            out.fill(0.0);
-            return;
-        };
-        let d = f16_to_f32(u16::from_le_bytes([block[0], block[1]]));
-        let dmin = f16_to_f32(u16::from_le_bytes([block[2], block[3]]));
-        let mut packed = [0u8; 12];
-        packed.copy_from_slice(&block[4..16]);
-        let mut values = [0u8; 128];
-        values.copy_from_slice(&block[16..]);
-        for (group, (q, out)) in values.chunks_exact(32).zip(out.chunks_exact_mut(64)).enumerate() {
-            let (low_out, high_out) = out.split_at_mut(32);
-            let (sc, m) = q4k_scale_min(2 * group, &packed);
-            let (scale, min) = (d * f32::from(sc), dmin * f32::from(m));
-            for (w, &q) in low_out.iter_mut().zip(q) {
-                *w = scale * f32::from(q & 0xF) - min;
-            }
-            let (sc, m) = q4k_scale_min(2 * group + 1, &packed);
-            let (scale, min) = (d * f32::from(sc), dmin * f32::from(m));
-            for (w, &q) in high_out.iter_mut().zip(q) {
-                *w = scale * f32::from(q >> 4) - min;
-            }
-        }
-    }
-}
-
-/// Q6_K weights, as ggml lays them out: super-blocks of 256 elements in 210 bytes: 128 bytes
-/// of low 4 bits, 64 bytes of high 2 bits, 16 signed 8-bit scales (one per 16 elements), then
-/// f16 `d`. Element value: `(d · sc) · (q − 32)`, each multiplication rounding once; `q` is the
-/// 6-bit value ggml's layout gives element by element (see [`Q6K::widen`]).
-pub(super) struct Q6K;
-
-impl Blocks for Q6K {
-    const ELEMS: usize = 256;
-    const BYTES: usize = 210;
-
-    /// Element `l + 32k` of a half of 128 (`k` 0..4) takes 4 low bits from byte `l` (`k` even)
-    /// or `l + 32` (`k` odd) of the half's 64 low bytes (the low nibble for `k < 2`), 2 high bits
-    /// from bits `2k` of byte `l` of the half's 32 high bytes, and the scale `2k + l / 16` of the
-    /// half's 8.
-    #[inline(always)]
-    #[allow(clippy::arithmetic_side_effects, reason = "offsets within the 210-byte block")]
-    fn widen(bytes: &[u8], out: &mut [f32]) {
-        let d = half_at(bytes, 208);
-        for (half, out) in out.chunks_exact_mut(128).enumerate() {
-            let low = bytes.get(64 * half..64 * half + 64).unwrap_or(&[]);
-            let high = bytes.get(128 + 32 * half..128 + 32 * half + 32).unwrap_or(&[]);
-            let scales = bytes.get(192 + 8 * half..192 + 8 * half + 8).unwrap_or(&[]);
-            for (k, out) in out.chunks_exact_mut(32).enumerate() {
-                let low = low.get(32 * (k % 2)..).unwrap_or(&[]);
-                let shift = 2 * k;
-                for (sixteen, out) in out.chunks_exact_mut(16).enumerate() {
-                    let scale = d * scales.get(2 * k + sixteen).map_or(0.0, |&s| f32::from(s.cast_signed()));
-                    let at = 16 * sixteen;
-                    let values = low.iter().skip(at).zip(high.iter().skip(at));
-                    for (w, (&lo, &hi)) in out.iter_mut().zip(values) {
-                        let lo = if k < 2 { lo & 0xF } else { lo >> 4 };
-                        let q = lo | ((hi >> shift) & 3) << 4;
-                        *w = scale * (f32::from(q) - 32.0);
-                    }
-                }
-            }
-        }
-    }
-}
-
-impl<B: Blocks> RowFormat for B {
-    fn row_bytes(cols: usize) -> usize {
-        cols.checked_div(B::ELEMS).unwrap_or(0).saturating_mul(B::BYTES)
-    }
-
-    /// The blocks of each [`BLOCK`] elements are widened into weights, then taken as [`dot`]
-    /// takes F32 weights: `acc[a] = fma(w[j], x[j], acc[a])`, elements at or past `cols` as
-    /// `0 · 0`. Pass by pass, all accumulators at once (`GROUP` is not used): widening a pass
-    /// once and keeping it in registers is faster than widening it again for each group.
-    #[inline(always)]
-    #[allow(clippy::arithmetic_side_effects, reason = "block indexes bounded by cols")]
-    fn dot<const GROUP: usize>(row: &[u8], cols: usize, x: &[f32]) -> f32 {
-        let mut acc = [0.0f32; BLOCK];
-        let mut w = [0.0f32; BLOCK];
-        let blocks = cols / B::ELEMS;
-        for (span, xb) in x.chunks_exact(BLOCK).enumerate().take(cols.div_ceil(BLOCK)) {
-            for (b, out) in w.chunks_exact_mut(B::ELEMS).enumerate() {
-                let block = span * (BLOCK / B::ELEMS) + b;
-                match row.get(block * B::BYTES..).and_then(|r| r.get(..B::BYTES)) {
-                    Some(bytes) if block < blocks => B::widen(bytes, out),
-                    _ => out.fill(0.0),
-                }
-            }
-            for ((a, w), v) in acc.iter_mut().zip(&w).zip(xb) {
-                *a = w.mul_add(*v, *a);
-            }
-        }
-        reduce(&acc)
-    }
-}
 
 /// Weight formats a row can be read in: element `j` of a row's bytes as f32.
 pub(super) trait Element {

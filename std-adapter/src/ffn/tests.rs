@@ -1,4 +1,5 @@
-use super::order::{dot, pad_to_blocks, Blocks, RowFormat, BLOCK, F32, Q4K, Q6K, Q8_0};
+use super::blocks::{Blocks, Q8Activations, Q4K, Q6K, Q8_0};
+use super::order::{dot, pad_to_blocks, Activations, RowFormat, BLOCK};
 use super::*;
 
 /// Uniform values in ±`scale` from a small LCG.
@@ -113,18 +114,44 @@ fn pairs<'a>(ex: &'a Experts, routing: &[(usize, usize)]) -> Vec<PairSlabs<'a>> 
         .collect()
 }
 
-/// The plain reference: f64 throughout, the library's exp.
-fn reference(p: &PairSlabs<'_>, x: &[f32], hidden: usize, ffn: usize, formats: [Format; 2]) -> Vec<f64> {
+/// A vector as a row of `format` reads it, in f64: the values, or for a block format their
+/// 8-bit form (the shared quantization), `d · q`.
+fn as_read(x: &[f32], format: Format) -> Vec<f64> {
+    if !format.is_block_quantized() {
+        return x.iter().map(|&v| f64::from(v)).collect();
+    }
+    let q = Q8Activations::new(x);
+    q.q.iter().enumerate().map(|(i, &v)| f64::from(q.d[i / 32]) * f64::from(v)).collect()
+}
+
+/// The plain reference: f64 throughout, the library's exp, the weights as ggml dequantises them;
+/// the activations (`x`, and `h` rounded to f32) as the rows read them ([`as_read`]), or as
+/// they are when `exact`.
+fn reference_of(
+    p: &PairSlabs<'_>,
+    x: &[f32],
+    hidden: usize,
+    ffn: usize,
+    formats: [Format; 2],
+    exact: bool,
+) -> Vec<f64> {
+    let read = |v: &[f32], f: Format| if exact { as_read(v, Format::F32) } else { as_read(v, f) };
     let (g, u, d) = (decode(p.gate, formats[0]), decode(p.up, formats[0]), decode(p.down, formats[1]));
-    let x = &x[p.token * hidden..(p.token + 1) * hidden];
-    let h: Vec<f64> = (0..ffn)
+    let x = read(&x[p.token * hidden..(p.token + 1) * hidden], formats[0]);
+    let h: Vec<f32> = (0..ffn)
         .map(|r| {
-            let gv: f64 = (0..hidden).map(|c| g[r * hidden + c] * f64::from(x[c])).sum();
-            let uv: f64 = (0..hidden).map(|c| u[r * hidden + c] * f64::from(x[c])).sum();
-            gv / (1.0 + (-gv).exp()) * uv
+            let gv: f64 = (0..hidden).map(|c| g[r * hidden + c] * x[c]).sum();
+            let uv: f64 = (0..hidden).map(|c| u[r * hidden + c] * x[c]).sum();
+            (gv / (1.0 + (-gv).exp()) * uv) as f32
         })
         .collect();
+    let h = read(&h, formats[1]);
     (0..hidden).map(|r| (0..ffn).map(|c| d[r * ffn + c] * h[c]).sum()).collect()
+}
+
+/// [`reference_of`] with the activations as the rows read them.
+fn reference(p: &PairSlabs<'_>, x: &[f32], hidden: usize, ffn: usize, formats: [Format; 2]) -> Vec<f64> {
+    reference_of(p, x, hidden, ffn, formats, false)
 }
 
 /// The shapes tested: whole blocks with a partial one, two whole blocks, and widths that are not
@@ -406,9 +433,10 @@ fn row_of<B: Blocks>(cols: usize, seed: usize, scales: &[usize]) -> Vec<u8> {
     row
 }
 
-/// Every weight of `row` widened as ggml dequantises it, then the row's dot product is the
-/// one of those weights as F32.
-fn check_blocks<B: Blocks>(scales: &[usize], ggml: fn(&[u8]) -> Vec<f32>) {
+/// A row's dot product is, to f32 rounding, the f64 sum of ggml's dequantised weights times
+/// the quantized activations: a nibble, scale or min read from the wrong place moves it by
+/// orders of magnitude more.
+fn check_blocks<B: Blocks + RowFormat>(scales: &[usize], ggml: fn(&[u8]) -> Vec<f32>) {
     // Under Miri, the one- and two-block rows and one pass of 256.
     let widths: &[usize] =
         if cfg!(miri) { &[B::ELEMS, 2 * B::ELEMS, 256] } else { &[B::ELEMS, 2 * B::ELEMS, 256, 288, 768, 2048] };
@@ -416,28 +444,46 @@ fn check_blocks<B: Blocks>(scales: &[usize], ggml: fn(&[u8]) -> Vec<f32>) {
         let row = row_of::<B>(cols, cols, scales);
         assert_eq!(row.len(), B::row_bytes(cols));
         let weights: Vec<f32> = row.chunks_exact(B::BYTES).flat_map(ggml).collect();
-        let mut widened = vec![0.0f32; B::ELEMS];
-        for (block, want) in row.chunks_exact(B::BYTES).zip(weights.chunks_exact(B::ELEMS)) {
-            B::widen(block, &mut widened);
-            let (got, want): (Vec<u32>, Vec<u32>) =
-                (widened.iter().map(|w| w.to_bits()).collect(), want.iter().map(|w| w.to_bits()).collect());
-            assert_eq!(got, want, "{cols}: a block widened otherwise than ggml dequantises it");
-        }
         let x: Vec<f32> = (0..cols).map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.021).collect();
-        let mut xt = Vec::new();
-        pad_to_blocks(&x, &mut xt);
-        let f32_row: Vec<u8> = weights.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let want = dot::<F32, BLOCK>(&f32_row, cols, &xt).to_bits();
-        assert_eq!(B::dot::<BLOCK>(&row, cols, &xt).to_bits(), want, "{cols}");
+        let xq = as_read(&x, Format::Q8_0);
+        let want: f64 = weights.iter().zip(&xq).map(|(&w, &v)| f64::from(w) * v).sum();
+        let size: f64 = weights.iter().zip(&xq).map(|(&w, &v)| (f64::from(w) * v).abs()).sum();
+        let got = B::dot::<BLOCK>(&row, cols, &Activations::new(&x, true));
+        assert!((f64::from(got) - want).abs() <= 1e-6 * size, "{cols}: {got} against {want} (size {size})");
     }
 }
 
 #[test]
-fn block_formats_widen_as_ggml_dequantises_then_take_the_f32_order() {
+fn block_rows_are_ggml_s_weights_times_the_quantized_activations() {
     use super::ggml::{q4k as ggml_q4k, q6k as ggml_q6k, q8_0 as ggml_q8_0};
     check_blocks::<Q8_0>(&[0], ggml_q8_0);
     check_blocks::<Q4K>(&[0, 2], ggml_q4k);
     check_blocks::<Q6K>(&[208], ggml_q6k);
+}
+
+/// What the 8-bit activations cost: a pair of each block format against the reference with
+/// the activations unquantized, relative to the largest output.
+#[test]
+#[cfg_attr(miri, ignore = "a measurement over whole pairs: too slow under Miri")]
+fn quantized_activations_stay_within_two_percent_of_the_exact_products() {
+    for (format, hidden, width) in cases().filter(|c| c.0.is_block_quantized()) {
+        let ex = experts(2, hidden, width, format);
+        let p = pairs(&ex, &[(0, 0), (1, 0)]);
+        let x = values(hidden, 3, 1.0);
+        let ffn = ExpertFfn::new(hidden, width, format).unwrap();
+        let mut parts = vec![0.0f32; 2 * hidden];
+        ffn.parts(&p, &x, &mut parts).unwrap();
+        let mut worst = 0.0f64;
+        for (i, pair) in p.iter().enumerate() {
+            let exact = reference_of(pair, &x, hidden, width, [format; 2], true);
+            let scale = exact.iter().map(|v| v.abs()).fold(0.0, f64::max);
+            for (got, want) in parts[i * hidden..(i + 1) * hidden].iter().zip(&exact) {
+                worst = worst.max((f64::from(*got) - want).abs() / scale);
+            }
+        }
+        assert!(worst <= 2e-2, "{format:?} {hidden}×{width}: {worst:.2e} of the largest output");
+        println!("{format:?} {hidden}×{width}: within {worst:.2e} of the largest output");
+    }
 }
 
 #[test]
