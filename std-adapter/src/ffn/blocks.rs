@@ -99,22 +99,37 @@ fn quantize_one(x: f32, d: f32) -> i8 {
     }
 }
 
+/// Which block format (the vector sums pick theirs by it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Q8_0,
+    Q4K,
+    Q6K,
+}
+
 /// A block-quantized format: fixed blocks of [`Blocks::ELEMS`] elements in [`Blocks::BYTES`]
-/// bytes, its terms ([module docs](self)) one per [`Q8_BLOCK`] elements.
+/// bytes. A block's integer sums ([`Blocks::sums`]: per half-block of 16 elements, `Σ q_w · q`
+/// with `q_w` the stored value, Q6_K's 0 to 63 before its −32) are exact however they are
+/// summed; its terms ([module docs](self)) are formed from them.
 pub(super) trait Blocks {
     /// Elements of a block (32 or 256).
     const ELEMS: usize;
     /// Bytes of a block.
     const BYTES: usize;
-    /// The terms of the block `bytes` (exactly [`Blocks::BYTES`] long) against the
-    /// activation blocks from `first` on, in order, into `out` (`ELEMS / 32` long).
-    fn terms(bytes: &[u8], x: &Q8Activations, first: usize, out: &mut [f32]);
+    /// Which format.
+    const KIND: Kind;
+    /// The half-block sums of the block `bytes` (exactly [`Blocks::BYTES`]) against the
+    /// activations' bytes `q` (exactly [`Blocks::ELEMS`]), into `sums[..ELEMS / 16]`.
+    fn sums(bytes: &[u8], q: &[i8], sums: &mut [i32; 16]);
+    /// The terms of the block from its sums, against the activation blocks from `first` on, in
+    /// order, into `out` (`ELEMS / 32` long).
+    fn terms(bytes: &[u8], x: &Q8Activations, first: usize, sums: &[i32; 16], out: &mut [f32]);
 }
 
 /// `Σ a_i · b_i` over equal lengths, in integers (exact).
 #[inline(always)]
-fn products(a: &[i8], b: &[i8]) -> i32 {
-    a.iter().zip(b).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum()
+fn products(a: impl Iterator<Item = i32>, b: &[i8]) -> i32 {
+    a.zip(b).map(|(a, &b)| a * i32::from(b)).sum()
 }
 
 /// The f16 at `bytes[at..at + 2]`, little-endian, widened (0 when out of range).
@@ -126,14 +141,11 @@ fn half_at(bytes: &[u8], at: usize) -> f32 {
     }
 }
 
-/// Activation block `b`'s bytes, scale and half-block sums (zeros past the end).
+/// Activation block `b`'s scale and half-block sums (zeros past the end).
 #[inline(always)]
-fn activation(x: &Q8Activations, b: usize) -> (&[i8; Q8_BLOCK], f32, [i32; 2]) {
-    const ZERO: [i8; Q8_BLOCK] = [0; Q8_BLOCK];
-    let q = x.q.get(b * Q8_BLOCK..).and_then(<[i8]>::first_chunk::<Q8_BLOCK>).unwrap_or(&ZERO);
-    let d = x.d.get(b).copied().unwrap_or(0.0);
+fn activation(x: &Q8Activations, b: usize) -> (f32, [i32; 2]) {
     let s = |h: usize| x.sums.get(2 * b + h).copied().unwrap_or(0);
-    (q, d, [s(0), s(1)])
+    (x.d.get(b).copied().unwrap_or(0.0), [s(0), s(1)])
 }
 
 /// Q8_0 weights: blocks of 32 elements, each an f16 scale `dw` then 32 signed bytes.
@@ -142,14 +154,22 @@ pub(super) struct Q8_0;
 impl Blocks for Q8_0 {
     const ELEMS: usize = 32;
     const BYTES: usize = 34;
+    const KIND: Kind = Kind::Q8_0;
 
     #[inline(always)]
-    fn terms(bytes: &[u8], x: &Q8Activations, first: usize, out: &mut [f32]) {
-        let dw = half_at(bytes, 0);
-        let (q, d, _) = activation(x, first);
-        let w = bytes.get(2..).and_then(<[u8]>::first_chunk::<32>).map_or([0i8; 32], |w| w.map(u8::cast_signed));
+    fn sums(bytes: &[u8], q: &[i8], sums: &mut [i32; 16]) {
+        let w = bytes.get(2..).unwrap_or_default();
+        for (h, s) in sums.iter_mut().take(2).enumerate() {
+            let w = w.iter().skip(HALF * h).take(HALF).map(|&b| i32::from(b.cast_signed()));
+            *s = products(w, q.get(HALF * h..).unwrap_or_default());
+        }
+    }
+
+    #[inline(always)]
+    fn terms(bytes: &[u8], x: &Q8Activations, first: usize, sums: &[i32; 16], out: &mut [f32]) {
+        let (d, _) = activation(x, first);
         if let Some(t) = out.first_mut() {
-            *t = dw * d * products(&w, q) as f32;
+            *t = half_at(bytes, 0) * d * (sums[0] + sums[1]) as f32;
         }
     }
 }
@@ -175,10 +195,23 @@ pub(super) fn q4k_scale_min(j: usize, packed: &[u8; 12]) -> (u8, u8) {
 impl Blocks for Q4K {
     const ELEMS: usize = 256;
     const BYTES: usize = 144;
+    const KIND: Kind = Kind::Q4K;
+
+    #[inline(always)]
+    fn sums(bytes: &[u8], q: &[i8], sums: &mut [i32; 16]) {
+        let values = bytes.get(16..).unwrap_or_default();
+        for (half, s) in sums.iter_mut().enumerate() {
+            // Half `half` of sub-block j = half / 2: group j / 2's bytes, nibble j % 2.
+            let (j, h) = (half / 2, half % 2);
+            let shift = 4 * (j % 2);
+            let w = values.iter().skip(32 * (j / 2) + HALF * h).take(HALF).map(|&b| i32::from((b >> shift) & 0xF));
+            *s = products(w, q.get(HALF * half..).unwrap_or_default());
+        }
+    }
 
     #[inline(always)]
     #[allow(clippy::indexing_slicing, reason = "fixed-size arrays indexed by constants in range")]
-    fn terms(bytes: &[u8], x: &Q8Activations, first: usize, out: &mut [f32]) {
+    fn terms(bytes: &[u8], x: &Q8Activations, first: usize, sums: &[i32; 16], out: &mut [f32]) {
         let Some(block) = bytes.first_chunk::<144>() else {
             out.fill(0.0);
             return;
@@ -188,13 +221,10 @@ impl Blocks for Q4K {
         let mut packed = [0u8; 12];
         packed.copy_from_slice(&block[4..16]);
         for (j, t) in out.iter_mut().enumerate().take(8) {
-            let nibbles = block[16 + 32 * (j / 2)..].first_chunk::<32>().unwrap_or(&[0; 32]);
-            let shift = 4 * (j % 2);
-            let w: [i8; 32] = nibbles.map(|b| ((b >> shift) & 0xF).cast_signed());
-            let (q, dx, s) = activation(x, first + j);
+            let (dx, s) = activation(x, first + j);
             let (sc, m) = q4k_scale_min(j, &packed);
             let (dq, mq) = (d * f32::from(sc), dmin * f32::from(m));
-            *t = dx * (dq * products(&w, q) as f32 - mq * (s[0] + s[1]) as f32);
+            *t = dx * (dq * (sums[2 * j] + sums[2 * j + 1]) as f32 - mq * (s[0] + s[1]) as f32);
         }
     }
 }
@@ -207,31 +237,44 @@ impl Blocks for Q4K {
 /// it stands for `(d · sc) · (q − 32)`.
 pub(super) struct Q6K;
 
+/// Where 32-block `j` (0..8) of a Q6_K super-block keeps its bits: the offsets of its 32 low and
+/// 32 high bytes, and the shifts of its bits in them.
+#[inline(always)]
+pub(super) const fn q6k_place(j: usize) -> (usize, usize, u8, u8) {
+    let (half, k) = (j / 4, j % 4);
+    (64 * half + 32 * (k % 2), 128 + 32 * half, if k < 2 { 0 } else { 4 }, 2 * k as u8)
+}
+
 impl Blocks for Q6K {
     const ELEMS: usize = 256;
     const BYTES: usize = 210;
+    const KIND: Kind = Kind::Q6K;
+
+    #[inline(always)]
+    fn sums(bytes: &[u8], q: &[i8], sums: &mut [i32; 16]) {
+        for (half, s) in sums.iter_mut().enumerate() {
+            let (low, high, low_shift, high_shift) = q6k_place(half / 2);
+            let at = HALF * (half % 2);
+            let lows = bytes.iter().skip(low + at).take(HALF);
+            let highs = bytes.iter().skip(high + at).take(HALF);
+            let w = lows.zip(highs).map(|(&l, &h)| i32::from(((l >> low_shift) & 0xF) | (((h >> high_shift) & 3) << 4)));
+            *s = products(w, q.get(HALF * half..).unwrap_or_default());
+        }
+    }
 
     #[inline(always)]
     #[allow(clippy::indexing_slicing, reason = "fixed-size arrays indexed by constants in range")]
-    fn terms(bytes: &[u8], x: &Q8Activations, first: usize, out: &mut [f32]) {
+    fn terms(bytes: &[u8], x: &Q8Activations, first: usize, sums: &[i32; 16], out: &mut [f32]) {
         let Some(block) = bytes.first_chunk::<210>() else {
             out.fill(0.0);
             return;
         };
         let d = f16_to_f32(u16::from_le_bytes([block[208], block[209]]));
         for (j, t) in out.iter_mut().enumerate().take(8) {
-            let (half, k) = (j / 4, j % 4);
-            let low = block[64 * half + 32 * (k % 2)..].first_chunk::<32>().unwrap_or(&[0; 32]);
-            let high = block[128 + 32 * half..].first_chunk::<32>().unwrap_or(&[0; 32]);
-            let (low_shift, high_shift) = (if k < 2 { 0 } else { 4 }, 2 * k);
-            let w: [i8; 32] = core::array::from_fn(|l| {
-                (((low[l] >> low_shift) & 0xF) | (((high[l] >> high_shift) & 3) << 4)).cast_signed() - 32
-            });
-            let (q, dx, _) = activation(x, first + j);
-            let scale = |g: usize| d * f32::from(block[192 + 8 * half + 2 * k + g].cast_signed());
-            let (w0, w1) = w.split_at(HALF);
-            let (q0, q1) = q.split_at(HALF);
-            *t = dx * (scale(0) * products(w0, q0) as f32 + scale(1) * products(w1, q1) as f32);
+            let (dx, s) = activation(x, first + j);
+            let scale = |g: usize| d * f32::from(block[192 + 8 * (j / 4) + 2 * (j % 4) + g].cast_signed());
+            let (j0, j1) = (sums[2 * j] - 32 * s[0], sums[2 * j + 1] - 32 * s[1]);
+            *t = dx * (scale(0) * j0 as f32 + scale(1) * j1 as f32);
         }
     }
 }
@@ -242,12 +285,29 @@ impl Blocks for Q6K {
 pub(super) fn dot<B: Blocks>(row: &[u8], cols: usize, x: &Q8Activations) -> f32 {
     const { assert!(B::ELEMS.is_multiple_of(Q8_BLOCK) && B::ELEMS / Q8_BLOCK <= 8) };
     let per = B::ELEMS / Q8_BLOCK;
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = std::arch::is_x86_feature_detected!("avx2");
     let mut acc = [0.0f32; LANES];
     let mut terms = [0.0f32; 8];
     let terms = terms.get_mut(..per).unwrap_or_default();
+    let mut sums = [0i32; 16];
     for (block, bytes) in row.chunks_exact(B::BYTES).take(cols / B::ELEMS).enumerate() {
         let first = block * per;
-        B::terms(bytes, x, first, terms);
+        let q = x.q.get(first * Q8_BLOCK..).and_then(|q| q.get(..B::ELEMS)).unwrap_or_default();
+        #[cfg(target_arch = "x86_64")]
+        if avx2 && q.len() == B::ELEMS {
+            #[allow(unsafe_code, reason = "calling a function compiled for an instruction set the CPU was found to have")]
+            // SAFETY: the CPU has AVX2 (detected above); `bytes` is one whole block and `q` its
+            // activations, the lengths `sums_avx2` reads.
+            unsafe {
+                super::blocks_avx2::sums(B::KIND, bytes, q, &mut sums);
+            }
+        } else {
+            B::sums(bytes, q, &mut sums);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        B::sums(bytes, q, &mut sums);
+        B::terms(bytes, x, first, &sums, terms);
         for (i, t) in terms.iter().enumerate() {
             if let Some(a) = acc.get_mut((first + i) % LANES) {
                 *a += *t;
@@ -302,6 +362,62 @@ mod tests {
         assert_eq!(&q.q[..4], &[127, 2, 4, -2]);
         // Past the last whole block: dropped.
         assert_eq!(Q8Activations::new(&[1.0; 40]).q.len(), 32);
+    }
+
+    /// Pseudo-random bytes.
+    fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// Each format's half-block sums written out from the module docs' layouts, element by
+    /// element, against [`Blocks::sums`] and, where the CPU has AVX2, the vector sums: every
+    /// byte value (−128 among the weights and activations of ±127) on random blocks.
+    fn check_sums<B: Blocks>(weight: impl Fn(&[u8], usize) -> i32) {
+        for seed in 0..50u64 {
+            let bytes = noise(B::BYTES, seed);
+            let mut q: Vec<i8> = noise(B::ELEMS, seed + 1000).into_iter().map(u8::cast_signed).collect();
+            q.iter_mut().for_each(|v| *v = (*v).max(-127));
+            let want: Vec<i32> = (0..B::ELEMS / HALF)
+                .map(|h| (HALF * h..HALF * (h + 1)).map(|e| weight(&bytes, e) * i32::from(q[e])).sum())
+                .collect();
+            let mut got = [0i32; 16];
+            B::sums(&bytes, &q, &mut got);
+            assert_eq!(&got[..want.len()], &want[..], "{:?} portable, seed {seed}", B::KIND);
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                let mut fast = [0i32; 16];
+                // SAFETY: AVX2 detected; whole blocks and activations.
+                #[allow(unsafe_code, reason = "the vector sums under test")]
+                unsafe {
+                    crate::ffn::blocks_avx2::sums(B::KIND, &bytes, &q, &mut fast)
+                };
+                assert_eq!(&fast[..want.len()], &want[..], "{:?} avx2, seed {seed}", B::KIND);
+            }
+        }
+    }
+
+    #[test]
+    fn half_block_sums_follow_the_layouts() {
+        check_sums::<Q8_0>(|b, e| i32::from(b[2 + e].cast_signed()));
+        check_sums::<Q4K>(|b, e| {
+            let (group, high, i) = (e / 64, (e % 64) / 32, e % 32);
+            i32::from((b[16 + 32 * group + i] >> (4 * high)) & 0xF)
+        });
+        check_sums::<Q6K>(|b, e| {
+            let (half, p) = (e / 128, e % 128);
+            let (k, l) = (p / 32, p % 32);
+            let low = b[64 * half + l + 32 * (k % 2)];
+            let low = if k < 2 { low & 0xF } else { low >> 4 };
+            i32::from(low | (((b[128 + 32 * half + l] >> (2 * k)) & 3) << 4))
+        });
     }
 
     #[test]

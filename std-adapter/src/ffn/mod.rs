@@ -40,6 +40,8 @@ use rayon::prelude::*;
 use rayon::ThreadPool;
 
 pub mod blocks;
+#[cfg(target_arch = "x86_64")]
+mod blocks_avx2;
 mod isa;
 pub mod order;
 #[cfg(target_arch = "x86_64")]
