@@ -334,12 +334,14 @@ const MAX_ACTIVATION_SMEM: u32 = 48 << 10;
 
 /// Bytes of shared memory a launch over rows of `cols` weights of `format` quantizes its
 /// activations into (`act_smem` in the source): for a block format the activations' bytes, each
-/// block of 32's f32 scale and each half-block's i32 sum; none for F32 and BF16. Saturates.
+/// block of 32's f32 scale and each half-block's i32 sum, and for Q8_0 each warp's staging of a
+/// row's pass of 32 blocks; none for F32 and BF16. Saturates.
 fn activation_smem(format: Format, cols: usize) -> u32 {
     if !format.is_block_quantized() {
         return 0;
     }
-    let bytes = cols.saturating_add(cols / 32 * 4).saturating_add(cols / 16 * 4);
+    let stage = if format == Format::Q8_0 { kernels::BLOCK_THREADS as usize / 32 * 32 * 34 } else { 0 };
+    let bytes = cols.saturating_add(cols / 32 * 12).saturating_add(stage);
     u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 

@@ -491,13 +491,108 @@ __device__ __forceinline__ void rows_dot_q8_as(const unsigned char* const mats[M
     }
 }
 
+// Q8_0's words a lane holds while its warp stages a pass: a pass of 32 blocks is 272 words.
+#define Q8_0_STAGE_WORDS (32 * Q8_0_BYTES / 4)
+#define Q8_0_WORDS_PER_LANE ((Q8_0_STAGE_WORDS + 31) / 32)
+
+// `rows_dot_q8_as` for Q8_0 rows aligned to 4 bytes (a whole number of words: an even number of
+// blocks). A lane's block is 34 bytes, so lanes reading their own blocks would each touch 32
+// places 34 bytes apart per load; instead the warp reads a pass of a row (32 blocks, 1088
+// bytes) with consecutive words, every row's pass before the first is used, and puts each row
+// through its slice of shared memory (after the activations), from which each lane takes its
+// block. Same terms, same order.
+template <int MATS>
+__device__ __forceinline__ void rows_dot_q8_0_staged(const unsigned char* const mats[MATS], const int rows[ROWS_PER_WARP],
+                                                     int rb, int cols, float out[MATS][ROWS_PER_WARP]) {
+    const int lane = threadIdx.x & 31;
+    const signed char* q = reinterpret_cast<const signed char*>(act_smem);
+    const float* d = reinterpret_cast<const float*>(act_smem + cols);
+    u32* stage = reinterpret_cast<u32*>(act_smem + cols + 12 * (cols / Q8_BLOCK)) + (threadIdx.x >> 5) * Q8_0_STAGE_WORDS;
+    const int blocks = cols / Q8_BLOCK;
+    // The lane's block in a staged pass: its first word, and whether it starts half a word in.
+    const int first = 8 * lane + (lane >> 1);
+    const bool odd = (lane & 1) != 0;
+    float acc[MATS][ROWS_PER_WARP] = {};
+    for (int base = 0; base < blocks; base += 32) {
+        const int words = min(32, blocks - base) * Q8_0_BYTES / 4;
+        // Row-matrix t (t / MATS the row, t % MATS the matrix): its pass's words, loaded one
+        // row-matrix ahead of their use.
+        const auto load = [&](int t, u32 raw[Q8_0_WORDS_PER_LANE]) {
+            const u32* src = reinterpret_cast<const u32*>(mats[t % MATS] + (u64)rows[t / MATS] * (u64)rb + (u64)base * Q8_0_BYTES);
+#pragma unroll
+            for (int i = 0; i < Q8_0_WORDS_PER_LANE; i++) {
+                const int w = lane + 32 * i;
+                raw[i] = w < words ? __ldg(src + w) : 0u;
+            }
+        };
+        u32 cur[Q8_0_WORDS_PER_LANE], next[Q8_0_WORDS_PER_LANE];
+        load(0, cur);
+        const int b = base + lane;
+        int xw[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        float dx = 0.0f;
+        if (b < blocks) {
+            const int4 x0 = *reinterpret_cast<const int4*>(q + b * Q8_BLOCK);
+            const int4 x1 = *reinterpret_cast<const int4*>(q + b * Q8_BLOCK + 16);
+            xw[0] = x0.x; xw[1] = x0.y; xw[2] = x0.z; xw[3] = x0.w;
+            xw[4] = x1.x; xw[5] = x1.y; xw[6] = x1.z; xw[7] = x1.w;
+            dx = d[b];
+        }
+#pragma unroll
+        for (int t = 0; t < MATS * ROWS_PER_WARP; t++) {
+            if (t + 1 < MATS * ROWS_PER_WARP) load(t + 1, next);
+#pragma unroll
+            for (int i = 0; i < Q8_0_WORDS_PER_LANE; i++) {
+                const int w = lane + 32 * i;
+                if (w < words) stage[w] = cur[i];
+            }
+            __syncwarp();
+            if (b < blocks) {
+                u32 v[9];
+#pragma unroll
+                for (int k = 0; k < 9; k++) v[k] = stage[first + k];
+                const float dw = f16_to_f32(odd ? (v[0] >> 16) : (v[0] & 0xffffu));
+                int sum = 0;
+#pragma unroll
+                for (int k = 0; k < 8; k++) sum = __dp4a((int)(odd ? v[k + 1] : __funnelshift_r(v[k], v[k + 1], 16)), xw[k], sum);
+                acc[t % MATS][t / MATS] = __fadd_rn(acc[t % MATS][t / MATS], __fmul_rn(__fmul_rn(dw, dx), __int2float_rn(sum)));
+            }
+            __syncwarp();
+#pragma unroll
+            for (int i = 0; i < Q8_0_WORDS_PER_LANE; i++) cur[i] = next[i];
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < ROWS_PER_WARP; r++) {
+#pragma unroll
+        for (int m = 0; m < MATS; m++) out[m][r] = warp_sum(acc[m][r]);
+    }
+}
+
+// `rows_dot_q8_as` byte by byte, in a function of its own: inlined beside a wide path, its
+// loads (hoisted for every row at once) made the kernel spill registers.
+template <int FMT, int MATS>
+__device__ __noinline__ void rows_dot_q8_bytes(const unsigned char* const mats[MATS], const int rows[ROWS_PER_WARP],
+                                               int rb, int cols, float out[MATS][ROWS_PER_WARP]) {
+    rows_dot_q8_as<FMT, MATS, false>(mats, rows, rb, cols, out);
+}
+
 // `rows_dot_q8_as` with the warp's load width, chosen once (`wide`: the rows are aligned for the
-// format's wide loads), so the loop carries one width's loads.
+// format's wide loads), so the loop carries one width's loads. Q8_0 rows aligned to words are
+// staged (`rows_dot_q8_0_staged`); others go byte by byte (half-word loads of 34-byte blocks
+// held too many registers beside the staged path).
 template <int FMT, int MATS>
 __device__ __forceinline__ void rows_dot_q8(bool wide, const unsigned char* const mats[MATS], const int rows[ROWS_PER_WARP],
                                             int rb, int cols, float out[MATS][ROWS_PER_WARP]) {
-    if (wide) rows_dot_q8_as<FMT, MATS, true>(mats, rows, rb, cols, out);
-    else rows_dot_q8_as<FMT, MATS, false>(mats, rows, rb, cols, out);
+    if constexpr (FMT == FMT_Q8_0) {
+        bool words = (rb & 3) == 0;
+#pragma unroll
+        for (int m = 0; m < MATS; m++) words = words && (reinterpret_cast<u64>(mats[m]) & 3) == 0;
+        if (words) rows_dot_q8_0_staged<MATS>(mats, rows, rb, cols, out);
+        else rows_dot_q8_bytes<FMT, MATS>(mats, rows, rb, cols, out);
+    } else {
+        if (wide) rows_dot_q8_as<FMT, MATS, true>(mats, rows, rb, cols, out);
+        else rows_dot_q8_bytes<FMT, MATS>(mats, rows, rb, cols, out);
+    }
 }
 
 // A warp's first row. Its rows are clamped to the last row (a warp past the end reads that row

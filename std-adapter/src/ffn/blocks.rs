@@ -257,7 +257,8 @@ impl Blocks for Q6K {
             let at = HALF * (half % 2);
             let lows = bytes.iter().skip(low + at).take(HALF);
             let highs = bytes.iter().skip(high + at).take(HALF);
-            let w = lows.zip(highs).map(|(&l, &h)| i32::from(((l >> low_shift) & 0xF) | (((h >> high_shift) & 3) << 4)));
+            let w =
+                lows.zip(highs).map(|(&l, &h)| i32::from(((l >> low_shift) & 0xF) | (((h >> high_shift) & 3) << 4)));
             *s = products(w, q.get(HALF * half..).unwrap_or_default());
         }
     }
@@ -296,7 +297,10 @@ pub(super) fn dot<B: Blocks>(row: &[u8], cols: usize, x: &Q8Activations) -> f32 
         let q = x.q.get(first * Q8_BLOCK..).and_then(|q| q.get(..B::ELEMS)).unwrap_or_default();
         #[cfg(target_arch = "x86_64")]
         if avx2 && q.len() == B::ELEMS {
-            #[allow(unsafe_code, reason = "calling a function compiled for an instruction set the CPU was found to have")]
+            #[allow(
+                unsafe_code,
+                reason = "calling a function compiled for an instruction set the CPU was found to have"
+            )]
             // SAFETY: the CPU has AVX2 (detected above); `bytes` is one whole block and `q` its
             // activations, the lengths `sums_avx2` reads.
             unsafe {
