@@ -161,11 +161,15 @@ __device__ __forceinline__ void widen(const Raw& r, float w[CHUNK]) {
 
 // Whether rows of `bytes_per_row` bytes from `base` are aligned for the wide path: 16 bytes for
 // F32 and BF16 (vector loads) and Q4_K (its header and nibbles by 16-byte vectors; its blocks are
-// 144 bytes), 2 for Q8_0 and Q6_K (half-words; their blocks are 34 and 210 bytes).
+// 144 bytes), 2 for Q8_0 (half-words; its blocks are 34 bytes: `rows_dot_q8` stages rows of
+// whole words), for Q6_K a matrix starting at a word and rows of whole half-words (its 210-byte
+// super-blocks are read by aligned words and funnel shifts, `ld_words8_shifted`).
 template <int FMT>
 __device__ __forceinline__ bool wide_rows(const unsigned char* base, int bytes_per_row) {
-    const u64 mask = (FMT == FMT_Q8_0 || FMT == FMT_Q6_K) ? 1ull : 15ull;
-    return ((reinterpret_cast<u64>(base) | (u64)bytes_per_row) & mask) == 0ull;
+    const u64 at = reinterpret_cast<u64>(base), rb = (u64)bytes_per_row;
+    if (FMT == FMT_Q6_K) return (at & 3ull) == 0ull && (rb & 1ull) == 0ull;
+    const u64 mask = FMT == FMT_Q8_0 ? 1ull : 15ull;
+    return ((at | rb) & mask) == 0ull;
 }
 
 // Eight activations starting at element j, zero past `cols`, element by element.
@@ -384,11 +388,10 @@ __device__ __forceinline__ void quantize_shared(const float* x, int cols) {
     __syncthreads();
 }
 
-// A half-word and a word at 2-byte aligned addresses, or byte by byte.
+// A half-word at a 2-byte aligned address, or byte by byte.
 __device__ __forceinline__ u32 ld_half(const unsigned char* p, bool wide) {
     return wide ? ld_u16(p) : ((u32)__ldg(p) | ((u32)__ldg(p + 1) << 8));
 }
-__device__ __forceinline__ u32 ld_word2(const unsigned char* p, bool wide) { return wide ? ld_u16_pair(p) : ld_bytes4(p); }
 
 // Four words at a 16-byte aligned address, or byte by byte.
 __device__ __forceinline__ void ld_words4(const unsigned char* p, bool wide, u32 w[4]) {
@@ -401,37 +404,95 @@ __device__ __forceinline__ void ld_words4(const unsigned char* p, bool wide, u32
     }
 }
 
+// Eight words from `p` (2-byte aligned; the two bytes before it and the four after its 32 are
+// readable, as in a Q6_K super-block of a row whose matrix starts at a word) by nine aligned
+// word loads and funnel shifts.
+__device__ __forceinline__ void ld_words8_shifted(const unsigned char* p, u32 w[8]) {
+    const u32* a = reinterpret_cast<const u32*>(reinterpret_cast<u64>(p) & ~3ull);
+    const u32 shift = ((u32)reinterpret_cast<u64>(p) & 3u) * 8u;
+    u32 prev = __ldg(a);
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        const u32 next = __ldg(a + k + 1);
+        w[k] = __funnelshift_r(prev, next, shift);
+        prev = next;
+    }
+}
+
+// Block b's weight `e` (0 to 31) of a row: its stored value (Q6_K's 0 to 63, before its −32),
+// read byte by byte.
+template <int FMT>
+__device__ __forceinline__ int block_weight(const unsigned char* row, int b, int e) {
+    if (FMT == FMT_Q8_0) return (int)(signed char)__ldg(row + (u64)b * Q8_0_BYTES + 2 + e);
+    const int j = b & 7;
+    if (FMT == FMT_Q4_K) {
+        const unsigned char* sb = row + (u64)(b >> 3) * Q4_K_BYTES;
+        return (int)((__ldg(sb + 16 + 32 * (j >> 1) + e) >> (4 * (j & 1))) & 15u);
+    }
+    const unsigned char* sb = row + (u64)(b >> 3) * Q6_K_BYTES;
+    const int half = j >> 2, k = j & 3;
+    const u32 lo = __ldg(sb + 64 * half + 32 * (k & 1) + e), hi = __ldg(sb + 128 + 32 * half + e);
+    return (int)(((lo >> (4 * (k >> 1))) & 15u) | (((hi >> (2 * k)) & 3u) << 4));
+}
+
+// Block b's half-block sums (the host's `Blocks::sums`) element by element, for rows not
+// aligned for the wide loads: one element at a time, so the path holds few registers (a kernel
+// takes the most of its paths).
+template <int FMT>
+__device__ __forceinline__ int2 block_sums_bytes(const unsigned char* row, int b, const signed char* xq) {
+    int s0 = 0, s1 = 0;
+#pragma unroll 1
+    for (int e = 0; e < 16; e++) {
+        s0 += block_weight<FMT>(row, b, e) * (int)xq[e];
+        s1 += block_weight<FMT>(row, b, e + 16) * (int)xq[e + 16];
+    }
+    return make_int2(s0, s1);
+}
+
 // Block b's term of a row (the host's `Blocks::terms`): `xw` the activations' 32 bytes as eight
-// words, `dx` their scale, `s0` and `s1` their half-blocks' sums.
+// words (`xq` the same bytes in shared memory), `dx` their scale, `s0` and `s1` their
+// half-blocks' sums. `wide`: the rows are aligned for the format's vector loads; otherwise the
+// integer sums go element by element and the scales byte by byte.
 template <int FMT, bool wide>
-__device__ __forceinline__ float block_term(const unsigned char* row, int b, const int xw[8], float dx, int s0, int s1) {
+__device__ __forceinline__ float block_term(const unsigned char* row, int b, const int xw[8], const signed char* xq, float dx, int s0, int s1) {
     if (FMT == FMT_Q8_0) {
         const unsigned char* blk = row + (u64)b * Q8_0_BYTES;
         const float dw = f16_to_f32(ld_half(blk, wide));
         int acc = 0;
+        if (wide) {
 #pragma unroll
-        for (int k = 0; k < 8; k++) acc = __dp4a((int)ld_word2(blk + 2 + 4 * k, wide), xw[k], acc);
+            for (int k = 0; k < 8; k++) acc = __dp4a((int)ld_u16_pair(blk + 2 + 4 * k), xw[k], acc);
+        } else {
+            const int2 h = block_sums_bytes<FMT>(row, b, xq);
+            acc = h.x + h.y;
+        }
         return __fmul_rn(__fmul_rn(dw, dx), __int2float_rn(acc));
     } else if (FMT == FMT_Q4_K) {
         const unsigned char* sb = row + (u64)(b >> 3) * Q4_K_BYTES;
         const int j = b & 7;
-        u32 head[4], lo[4], hi[4];
+        u32 head[4];
         ld_words4(sb, wide, head);
-        const unsigned char* nib = sb + 16 + 32 * (j >> 1);
-        ld_words4(nib, wide, lo);
-        ld_words4(nib + 16, wide, hi);
         const float d = f16_to_f32(head[0] & 0xffffu), dmin = f16_to_f32(head[0] >> 16);
         // The 6-bit scale and min of sub-block j from the 12 packed bytes (head[1..3]).
         const u32 s8 = 8u * (u32)(j & 3);
         const u32 a = (head[1] >> s8) & 0xffu, c = (head[2] >> s8) & 0xffu, e = (head[3] >> s8) & 0xffu;
         const u32 sc = j < 4 ? (a & 63u) : ((e & 0xfu) | ((a >> 6) << 4));
         const u32 m = j < 4 ? (c & 63u) : ((e >> 4) | ((c >> 6) << 4));
-        const u32 shift = 4u * (u32)(j & 1);
         int acc = 0;
+        if (wide) {
+            u32 lo[4], hi[4];
+            const unsigned char* nib = sb + 16 + 32 * (j >> 1);
+            ld_words4(nib, true, lo);
+            ld_words4(nib + 16, true, hi);
+            const u32 shift = 4u * (u32)(j & 1);
 #pragma unroll
-        for (int k = 0; k < 4; k++) {
-            acc = __dp4a((int)((lo[k] >> shift) & 0x0f0f0f0fu), xw[k], acc);
-            acc = __dp4a((int)((hi[k] >> shift) & 0x0f0f0f0fu), xw[4 + k], acc);
+            for (int k = 0; k < 4; k++) {
+                acc = __dp4a((int)((lo[k] >> shift) & 0x0f0f0f0fu), xw[k], acc);
+                acc = __dp4a((int)((hi[k] >> shift) & 0x0f0f0f0fu), xw[4 + k], acc);
+            }
+        } else {
+            const int2 h = block_sums_bytes<FMT>(row, b, xq);
+            acc = h.x + h.y;
         }
         const float dq = __fmul_rn(d, (float)sc), mq = __fmul_rn(dmin, (float)m);
         return __fmul_rn(dx, __fsub_rn(__fmul_rn(dq, __int2float_rn(acc)), __fmul_rn(mq, __int2float_rn(s0 + s1))));
@@ -440,15 +501,22 @@ __device__ __forceinline__ float block_term(const unsigned char* row, int b, con
         const int j = b & 7, half = j >> 2, k = j & 3;
         const float d = f16_to_f32(ld_half(sb + 208, wide));
         const u32 scales = ld_half(sb + 192 + 8 * half + 2 * k, wide);
-        const unsigned char* lo = sb + 64 * half + 32 * (k & 1);
-        const unsigned char* hi = sb + 128 + 32 * half;
-        const u32 ls = 4u * (u32)(k >> 1), hs = 2u * (u32)k;
         int j0 = 0, j1 = 0;
+        if (wide) {
+            u32 lo[8], hi[8];
+            ld_words8_shifted(sb + 64 * half + 32 * (k & 1), lo);
+            ld_words8_shifted(sb + 128 + 32 * half, hi);
+            const u32 ls = 4u * (u32)(k >> 1), hs = 2u * (u32)k;
 #pragma unroll
-        for (int w = 0; w < 8; w++) {
-            const u32 q = ((ld_word2(lo + 4 * w, wide) >> ls) & 0x0f0f0f0fu) | (((ld_word2(hi + 4 * w, wide) >> hs) & 0x03030303u) << 4);
-            if (w < 4) j0 = __dp4a((int)q, xw[w], j0);
-            else j1 = __dp4a((int)q, xw[w], j1);
+            for (int w = 0; w < 8; w++) {
+                const u32 q = ((lo[w] >> ls) & 0x0f0f0f0fu) | (((hi[w] >> hs) & 0x03030303u) << 4);
+                if (w < 4) j0 = __dp4a((int)q, xw[w], j0);
+                else j1 = __dp4a((int)q, xw[w], j1);
+            }
+        } else {
+            const int2 h = block_sums_bytes<FMT>(row, b, xq);
+            j0 = h.x;
+            j1 = h.y;
         }
         j0 -= 32 * s0;
         j1 -= 32 * s1;
@@ -479,7 +547,7 @@ __device__ __forceinline__ void rows_dot_q8_as(const unsigned char* const mats[M
         for (int r = 0; r < ROWS_PER_WARP; r++) {
 #pragma unroll
             for (int m = 0; m < MATS; m++) {
-                const float t = block_term<FMT, WIDE>(mats[m] + (u64)rows[r] * (u64)rb, b, xw, dx, s0, s1);
+                const float t = block_term<FMT, WIDE>(mats[m] + (u64)rows[r] * (u64)rb, b, xw, q + b * Q8_BLOCK, dx, s0, s1);
                 acc[m][r] = __fadd_rn(acc[m][r], t);
             }
         }
@@ -568,18 +636,9 @@ __device__ __forceinline__ void rows_dot_q8_0_staged(const unsigned char* const 
     }
 }
 
-// `rows_dot_q8_as` byte by byte, in a function of its own: inlined beside a wide path, its
-// loads (hoisted for every row at once) made the kernel spill registers.
-template <int FMT, int MATS>
-__device__ __noinline__ void rows_dot_q8_bytes(const unsigned char* const mats[MATS], const int rows[ROWS_PER_WARP],
-                                               int rb, int cols, float out[MATS][ROWS_PER_WARP]) {
-    rows_dot_q8_as<FMT, MATS, false>(mats, rows, rb, cols, out);
-}
-
 // `rows_dot_q8_as` with the warp's load width, chosen once (`wide`: the rows are aligned for the
 // format's wide loads), so the loop carries one width's loads. Q8_0 rows aligned to words are
-// staged (`rows_dot_q8_0_staged`); others go byte by byte (half-word loads of 34-byte blocks
-// held too many registers beside the staged path).
+// staged (`rows_dot_q8_0_staged`); others go element by element.
 template <int FMT, int MATS>
 __device__ __forceinline__ void rows_dot_q8(bool wide, const unsigned char* const mats[MATS], const int rows[ROWS_PER_WARP],
                                             int rb, int cols, float out[MATS][ROWS_PER_WARP]) {
@@ -588,10 +647,10 @@ __device__ __forceinline__ void rows_dot_q8(bool wide, const unsigned char* cons
 #pragma unroll
         for (int m = 0; m < MATS; m++) words = words && (reinterpret_cast<u64>(mats[m]) & 3) == 0;
         if (words) rows_dot_q8_0_staged<MATS>(mats, rows, rb, cols, out);
-        else rows_dot_q8_bytes<FMT, MATS>(mats, rows, rb, cols, out);
+        else rows_dot_q8_as<FMT, MATS, false>(mats, rows, rb, cols, out);
     } else {
         if (wide) rows_dot_q8_as<FMT, MATS, true>(mats, rows, rb, cols, out);
-        else rows_dot_q8_bytes<FMT, MATS>(mats, rows, rb, cols, out);
+        else rows_dot_q8_as<FMT, MATS, false>(mats, rows, rb, cols, out);
     }
 }
 
