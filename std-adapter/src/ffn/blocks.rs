@@ -27,7 +27,13 @@
 //! width, the lane count a CPU vector holds or where the weights lie. Against the products of
 //! the f32 activations the 8-bit activations cost about 0.5% of a row's magnitude (tested).
 
-use super::order::{f16_to_f32, lane_sum, Activations, RowFormat, LANES};
+#![allow(
+    clippy::arithmetic_side_effects,
+    reason = "indexes bounded by a row's blocks and a block's bytes; integer sums of at most 256 products of \
+              bytes (|p| ≤ 255 · 128) fit i32"
+)]
+
+use super::order::f16_to_f32;
 
 /// Elements of an activation block (and of a block term).
 pub const Q8_BLOCK: usize = 32;
@@ -280,61 +286,8 @@ impl Blocks for Q6K {
     }
 }
 
-/// `row · x` for a row of `cols` elements (whole blocks of `B`) against quantized activations
-/// of at least `cols` elements, in the [module docs](self)' order.
-#[inline(always)]
-pub(super) fn dot<B: Blocks>(row: &[u8], cols: usize, x: &Q8Activations) -> f32 {
-    const { assert!(B::ELEMS.is_multiple_of(Q8_BLOCK) && B::ELEMS / Q8_BLOCK <= 8) };
-    let per = B::ELEMS / Q8_BLOCK;
-    #[cfg(target_arch = "x86_64")]
-    let avx2 = std::arch::is_x86_feature_detected!("avx2");
-    let mut acc = [0.0f32; LANES];
-    let mut terms = [0.0f32; 8];
-    let terms = terms.get_mut(..per).unwrap_or_default();
-    let mut sums = [0i32; 16];
-    for (block, bytes) in row.chunks_exact(B::BYTES).take(cols / B::ELEMS).enumerate() {
-        let first = block * per;
-        let q = x.q.get(first * Q8_BLOCK..).and_then(|q| q.get(..B::ELEMS)).unwrap_or_default();
-        #[cfg(target_arch = "x86_64")]
-        if avx2 && q.len() == B::ELEMS {
-            #[allow(
-                unsafe_code,
-                reason = "calling a function compiled for an instruction set the CPU was found to have"
-            )]
-            // SAFETY: the CPU has AVX2 (detected above); `bytes` is one whole block and `q` its
-            // activations, the lengths `sums_avx2` reads.
-            unsafe {
-                super::blocks_avx2::sums(B::KIND, bytes, q, &mut sums);
-            }
-        } else {
-            B::sums(bytes, q, &mut sums);
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        B::sums(bytes, q, &mut sums);
-        B::terms(bytes, x, first, &sums, terms);
-        for (i, t) in terms.iter().enumerate() {
-            if let Some(a) = acc.get_mut((first + i) % LANES) {
-                *a += *t;
-            }
-        }
-    }
-    lane_sum(acc)
-}
-
-impl<B: Blocks> RowFormat for B {
-    fn row_bytes(cols: usize) -> usize {
-        cols.checked_div(B::ELEMS).unwrap_or(0).saturating_mul(B::BYTES)
-    }
-
-    /// [`dot`] over the quantized activations (`GROUP` is not used: a block's terms are few).
-    #[inline(always)]
-    fn dot<const GROUP: usize>(row: &[u8], cols: usize, x: &Activations) -> f32 {
-        dot::<B>(row, cols, &x.q8)
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]
@@ -369,7 +322,7 @@ mod tests {
     }
 
     /// Pseudo-random bytes.
-    fn noise(n: usize, seed: u64) -> Vec<u8> {
+    pub(in crate::ffn) fn noise(n: usize, seed: u64) -> Vec<u8> {
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         (0..n)
             .map(|_| {
@@ -382,8 +335,8 @@ mod tests {
     }
 
     /// Each format's half-block sums written out from the module docs' layouts, element by
-    /// element, against [`Blocks::sums`] and, where the CPU has AVX2, the vector sums: every
-    /// byte value (−128 among the weights and activations of ±127) on random blocks.
+    /// element, against [`Blocks::sums`]: every byte value (−128 among the weights, activations
+    /// of ±127) on random blocks.
     fn check_sums<B: Blocks>(weight: impl Fn(&[u8], usize) -> i32) {
         for seed in 0..50u64 {
             let bytes = noise(B::BYTES, seed);
@@ -395,16 +348,6 @@ mod tests {
             let mut got = [0i32; 16];
             B::sums(&bytes, &q, &mut got);
             assert_eq!(&got[..want.len()], &want[..], "{:?} portable, seed {seed}", B::KIND);
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") {
-                let mut fast = [0i32; 16];
-                // SAFETY: AVX2 detected; whole blocks and activations.
-                #[allow(unsafe_code, reason = "the vector sums under test")]
-                unsafe {
-                    crate::ffn::blocks_avx2::sums(B::KIND, &bytes, &q, &mut fast)
-                };
-                assert_eq!(&fast[..want.len()], &want[..], "{:?} avx2, seed {seed}", B::KIND);
-            }
         }
     }
 
@@ -422,21 +365,5 @@ mod tests {
             let low = if k < 2 { low & 0xF } else { low >> 4 };
             i32::from(low | (((b[128 + 32 * half + l] >> (2 * k)) & 3) << 4))
         });
-    }
-
-    #[test]
-    fn the_row_sums_its_block_terms_in_32_accumulators() {
-        // A Q8_0 row of 40 blocks: block b's bytes all 1 with scale 1.0, activations 1 so each
-        // term is its activation scale times 32; blocks 0 and 32 share accumulator 0.
-        let cols = 40 * 32;
-        let row: Vec<u8> = (0..40).flat_map(|_| [0x00, 0x3C].into_iter().chain([1u8; 32])).collect();
-        let x: Vec<f32> = (0..cols).map(|i| 1.0 + (i / 32) as f32).collect();
-        let a = Q8Activations::new(&x);
-        let mut acc = [0.0f32; LANES];
-        for b in 0..40 {
-            let t = 1.0 * a.d[b] * (32 * 127) as f32;
-            acc[b % 32] += t;
-        }
-        assert_eq!(dot::<Q8_0>(&row, cols, &a).to_bits(), lane_sum(acc).to_bits());
     }
 }

@@ -4,6 +4,11 @@
 //! exact, so the sums are the portable ones whatever the grouping.
 
 #![allow(unsafe_code, reason = "AVX2 intrinsics on slices whose lengths the caller checked")]
+#![allow(
+    clippy::arithmetic_side_effects,
+    clippy::indexing_slicing,
+    reason = "offsets within a block of fixed size; sums[..16] indexed by g < 4 and j < 8"
+)]
 
 use core::arch::x86_64::{
     __m128i, __m256i, _mm256_and_si256, _mm256_castsi256_si128, _mm256_extracti128_si256, _mm256_loadu_si256,
@@ -84,5 +89,36 @@ pub(super) unsafe fn sums(kind: Kind, bytes: &[u8], q: &[i8], sums: &mut [i32; 1
                 sums[2 * j + 1] = b;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::blocks::tests::noise;
+    use super::super::blocks::{Blocks, Q4K, Q6K, Q8_0};
+    use super::*;
+
+    /// The vector sums against the portable ones ([`Blocks::sums`], held to the layouts by
+    /// `blocks`' tests): every byte value on random blocks (−128 among the weights).
+    fn check<B: Blocks>() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        for seed in 0..50u64 {
+            let bytes = noise(B::BYTES, seed);
+            let q: Vec<i8> = noise(B::ELEMS, seed + 1000).into_iter().map(|v| v.cast_signed().max(-127)).collect();
+            let (mut want, mut got) = ([0i32; 16], [0i32; 16]);
+            B::sums(&bytes, &q, &mut want);
+            // SAFETY: AVX2 detected; one whole block and its activations.
+            unsafe { sums(B::KIND, &bytes, &q, &mut got) };
+            assert_eq!(got, want, "{:?}, seed {seed}", B::KIND);
+        }
+    }
+
+    #[test]
+    fn the_vector_sums_are_the_portable_ones() {
+        check::<Q8_0>();
+        check::<Q4K>();
+        check::<Q6K>();
     }
 }

@@ -4,7 +4,8 @@
 use expertslab::Format;
 
 use super::blocks::{Q4K, Q6K, Q8_0};
-use super::order::{silu_mul, Activations, Bf16, RowFormat, BLOCK, F32};
+use super::order::{silu_mul, Bf16, BLOCK, F32};
+use super::rows::{Activations, RowFormat};
 
 /// An instruction set the host FFN's inner loops run with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -44,12 +44,13 @@ pub mod blocks;
 mod blocks_avx2;
 mod isa;
 pub mod order;
+mod rows;
 #[cfg(target_arch = "x86_64")]
 mod sum_avx2;
 
 pub use isa::Isa;
-use order::Activations;
 pub use order::{combine, exp, silu_mul};
+use rows::Activations;
 
 /// The most gate/up rows one task computes (they are kept in a buffer of this many): small
 /// enough to spread one token's pairs over many threads, large enough to keep a task's overhead

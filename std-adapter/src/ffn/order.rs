@@ -21,8 +21,6 @@
 //!   whose last bit differs between platforms).
 //! - **The combine**: `y = fma(weight_k, part_k, y)` from 0 over a token's pairs in `k` order.
 
-use super::blocks::Q8Activations;
-
 /// Lanes a dot product is split among (a GPU warp).
 pub const LANES: usize = 32;
 /// Consecutive elements a lane takes at a time.
@@ -161,55 +159,6 @@ pub fn f16_to_f32(bits: u16) -> f32 {
     };
     f32::from_bits(value.to_bits() | u32::from(bits & 0x8000) << 16)
 }
-
-/// A vector's activations as the row formats read them: padded with zeros to whole passes
-/// ([`pad_to_blocks`]) for the plain formats, quantized to 8 bits for the block formats
-/// ([`super::blocks`]).
-#[derive(Debug, Clone, Default)]
-pub(super) struct Activations {
-    /// The values, padded to whole passes.
-    pub(super) values: Vec<f32>,
-    /// The values quantized (empty unless asked for).
-    pub(super) q8: Q8Activations,
-}
-
-impl Activations {
-    /// `x` as a dot product reads it; quantized too when `quantized`.
-    pub(super) fn new(x: &[f32], quantized: bool) -> Self {
-        let mut a = Self::default();
-        pad_to_blocks(x, &mut a.values);
-        if quantized {
-            a.q8.quantize(x);
-        }
-        a
-    }
-}
-
-/// A row format: how many bytes a row of `cols` elements takes, and its dot product with
-/// activations, in the shared order.
-pub(super) trait RowFormat {
-    /// Bytes of a row of `cols` elements (a whole number of the format's blocks).
-    fn row_bytes(cols: usize) -> usize;
-    /// `row · x` (see [`dot`]), its accumulators taken `GROUP` at a time where the format
-    /// allows it.
-    fn dot<const GROUP: usize>(row: &[u8], cols: usize, x: &Activations) -> f32;
-}
-
-/// The plain formats' rows: elements of [`Element::BYTES`] each, read by [`dot`].
-macro_rules! plain_rows {
-    ($($element:ty),*) => {$(
-        impl RowFormat for $element {
-            fn row_bytes(cols: usize) -> usize {
-                cols.saturating_mul(<$element as Element>::BYTES)
-            }
-            #[inline(always)]
-            fn dot<const GROUP: usize>(row: &[u8], cols: usize, x: &Activations) -> f32 {
-                dot::<$element, GROUP>(row, cols, &x.values)
-            }
-        }
-    )*};
-}
-plain_rows!(F32, Bf16);
 
 /// Weight formats a row can be read in: element `j` of a row's bytes as f32.
 pub(super) trait Element {

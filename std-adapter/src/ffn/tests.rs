@@ -1,5 +1,6 @@
 use super::blocks::{Blocks, Q8Activations, Q4K, Q6K, Q8_0};
-use super::order::{dot, pad_to_blocks, Activations, RowFormat, BLOCK};
+use super::order::{dot, pad_to_blocks, BLOCK};
+use super::rows::{Activations, RowFormat};
 use super::*;
 
 /// Uniform values in ±`scale` from a small LCG.
