@@ -20,7 +20,7 @@
 //!   - Q6_K (two groups of 16 with signed scales `s0`, `s1` under the super-block's `d_sb`;
 //!     `J_g = Σ (q_w,i − 32) · q_i` over the group): `t = d · (((d_sb · s0) · J_0) + ((d_sb · s1) · J_1))`.
 //! - **The row**: `acc[b mod 32] = acc[b mod 32] + t_b` from 0 over the row's blocks in order,
-//!   then [`lane_sum`] of the 32 accumulators (the GPU's lane `l` takes blocks `l, l + 32, …`
+//!   then [`super::order::lane_sum`] of the 32 accumulators (the GPU's lane `l` takes blocks `l, l + 32, …`
 //!   and the warp's butterfly sums them).
 //!
 //! So a pair computed on the host has the bits of the same pair on the GPU, whatever the load
