@@ -1,10 +1,12 @@
-//! The kernels' wide path checked on the host, no GPU needed: `tests/kernel_host/widen.cpp`
+//! The kernels' wide paths checked on the host, no GPU needed: `tests/kernel_host/widen.cpp`
 //! compiles the kernel source's device functions as plain C++ (`tests/kernel_host/stubs.h`
-//! stands in for the CUDA built-ins) and checks that every weight the wide path widens has the
-//! bits of the element-by-element path, for every format, lane and pass over random bytes at
-//! every alignment the wide path takes, and that the branch-free f16 widening matches the
-//! branching one for every half. The GPU lane checks the element-by-element path against the
-//! host FFN, so together they tie the wide path to the host's bits on every CI run.
+//! stands in for the CUDA built-ins) and checks that every F32 and BF16 weight the wide path
+//! widens, and every block-format term its vector loads and dp4a give, has the bits of the
+//! element-by-element path, over random bytes at every alignment the wide paths take, and that
+//! the branch-free f16 widening matches the branching one for every half. The GPU lane checks
+//! the element-by-element paths against the host FFN, so together they tie the wide paths to
+//! the host's bits on every CI run (Q8_0's rows staged through shared memory take a warp, so
+//! only the GPU lane checks them).
 //!
 //! Without a C++ compiler (`c++`) the test prints one line saying what it did not run and
 //! passes, unless `EXPERTSLAB_REQUIRE_CC=1` (set by `scripts/test.sh`) makes that a failure.
@@ -51,12 +53,12 @@ fn the_wide_path_widens_every_weight_to_the_element_path_s_bits() {
     assert!(run.status.success(), "{stdout}");
     assert!(stdout.contains("f16: 0 bad") && stdout.contains("weights: 0 bad"), "{stdout}");
 
-    // The check has teeth: Q8_0's wide path with the wrong bias is caught.
+    // The check has teeth: Q6_K's wide path taking the wrong high bits is caught.
     let source = std::fs::read_to_string(&kernel).expect("the kernel source reads");
-    let right = "byte_to_f32(v, i, 128.0f)";
-    assert!(source.contains(right), "the Q8_0 widening this test breaks on purpose moved");
+    let right = "hs = 2u * (u32)k;";
+    assert!(source.contains(right), "the Q6_K wide path this test breaks on purpose moved");
     let broken = scratch().join("broken.cu");
-    std::fs::write(&broken, source.replace(right, "byte_to_f32(v, i, 127.0f)")).expect("written");
+    std::fs::write(&broken, source.replace(right, "hs = 2u * (u32)k + 1u;")).expect("written");
     let run = build_and_run(&broken, &scratch().join("widen_broken"));
     assert!(!run.status.success(), "a broken widening passed:\n{}", String::from_utf8_lossy(&run.stdout));
 }

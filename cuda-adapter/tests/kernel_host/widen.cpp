@@ -1,12 +1,16 @@
-// Checks, on the host, that the kernels' wide path widens every weight to the bits of the
-// element-by-element path (`load_chunk`), for every format, lane and pass, over random bytes
-// at every alignment the wide path takes; and that the branch-free f16 widening gives the bits
-// of the branching one (the host FFN's `f16_to_f32`) for all 65,536 halves. Built and run by
-// tests/kernel_host.rs with KERNEL naming the kernel source. Prints "N bad" lines; exits 1 when
-// any weight differs.
+// Checks, on the host, that the kernels' wide paths give the bits of their element-by-element
+// paths: F32 and BF16 weights widened (`load_chunk`) for every lane and pass, and the block
+// formats' terms (`block_term`, vector loads and dp4a against byte loads one element at a time)
+// for every block of a row, over random bytes at every alignment the wide paths take; and that
+// the branch-free f16 widening gives the bits of the branching one (the host FFN's
+// `f16_to_f32`) for all 65,536 halves. Built and run by tests/kernel_host.rs with KERNEL naming
+// the kernel source. Prints "N bad" lines; exits 1 when any weight or term differs.
 #include "stubs.h"
 #include KERNEL
 #include <cstdio>
+
+// The block formats' shared memory (`act_smem`): unused by the functions checked here.
+alignas(16) unsigned char act_smem[16];
 #include <random>
 #include <vector>
 
@@ -33,20 +37,41 @@ static long check(int cols, int shift, std::mt19937_64& rng) {
     long bad = 0;
     for (int trial = 0; trial < 50; trial++) {
         for (size_t i = 0; i < storage.size() * 16; i++) bytes[i] = (unsigned char)rng();
-        for (int lane = 0; lane < 32; lane++) {
-            const LanePlan plan = lane_plan<FMT>(lane);
-            for (int pass = 0; pass < cols / BLOCK; pass++) {
-                Raw raw;
-                fetch<FMT>(row + (u64)pass * pass_bytes<FMT>(), plan, raw);
-                float wide[CHUNK], element[CHUNK];
-                widen<FMT>(raw, plan, wide);
-                load_chunk<FMT>(row, pass * BLOCK + lane * CHUNK, cols, element);
-                for (int i = 0; i < CHUNK; i++) {
-                    if (__float_as_uint(wide[i]) != __float_as_uint(element[i])) {
-                        if (bad < 3)
-                            std::printf("format %d lane %d pass %d weight %d: %08x, element by element %08x\n", FMT, lane,
-                                        pass, i, __float_as_uint(wide[i]), __float_as_uint(element[i]));
-                        bad++;
+        if constexpr (FMT >= FMT_Q8_0) {
+            // Each block's term from random activations: wide against element by element.
+            for (int b = 0; b < cols / Q8_BLOCK; b++) {
+                signed char xq[32];
+                int xw[8];
+                for (int i = 0; i < 32; i++) xq[i] = (signed char)((int)(rng() % 255) - 127);
+                std::memcpy(xw, xq, 32);
+                const float dx = (float)(rng() % 1000) * 1e-4f;
+                const int s0 = (int)(rng() % 255) - 127, s1 = (int)(rng() % 255) - 127;
+                const float wide = block_term<FMT, true>(row, b, xw, xq, dx, s0, s1);
+                const float element = block_term<FMT, false>(row, b, xw, xq, dx, s0, s1);
+                if (__float_as_uint(wide) != __float_as_uint(element) && !(wide != wide && element != element)) {
+                    if (bad < 3)
+                        std::printf("format %d block %d: %08x, element by element %08x\n", FMT, b, __float_as_uint(wide),
+                                    __float_as_uint(element));
+                    bad++;
+                }
+            }
+            continue;
+        } else {
+            for (int lane = 0; lane < 32; lane++) {
+                const int at = lane * CHUNK * (FMT == FMT_F32 ? 4 : 2);
+                for (int pass = 0; pass < cols / BLOCK; pass++) {
+                    Raw raw;
+                    fetch<FMT>(row + (u64)pass * pass_bytes<FMT>(), at, raw);
+                    float wide[CHUNK], element[CHUNK];
+                    widen<FMT>(raw, wide);
+                    load_chunk<FMT>(row, pass * BLOCK + lane * CHUNK, cols, element);
+                    for (int i = 0; i < CHUNK; i++) {
+                        if (__float_as_uint(wide[i]) != __float_as_uint(element[i])) {
+                            if (bad < 3)
+                                std::printf("format %d lane %d pass %d weight %d: %08x, element by element %08x\n", FMT,
+                                            lane, pass, i, __float_as_uint(wide[i]), __float_as_uint(element[i]));
+                            bad++;
+                        }
                     }
                 }
             }
@@ -62,11 +87,9 @@ int main() {
     std::mt19937_64 rng(7);
     long weights = 0;
     for (int shift : {0, 16}) weights += check<FMT_F32>(2048, shift, rng) + check<FMT_BF16>(2048, shift, rng);
-    for (int shift : {0, 2, 4, 6, 14}) {
-        weights += check<FMT_Q8_0>(2048, shift, rng) + check<FMT_Q6_K>(2048, shift, rng);
-        weights += check<FMT_Q8_0>(768, shift, rng) + check<FMT_Q6_K>(768, shift, rng);
-    }
-    for (int shift : {0, 4, 8, 12}) weights += check<FMT_Q4_K>(2048, shift, rng) + check<FMT_Q4_K>(768, shift, rng);
+    for (int shift : {0, 2, 4, 6, 14}) weights += check<FMT_Q8_0>(2048, shift, rng) + check<FMT_Q8_0>(768, shift, rng);
+    for (int shift : {0, 4, 8, 12}) weights += check<FMT_Q6_K>(2048, shift, rng) + check<FMT_Q6_K>(768, shift, rng);
+    for (int shift : {0, 16}) weights += check<FMT_Q4_K>(2048, shift, rng) + check<FMT_Q4_K>(768, shift, rng);
     std::printf("weights: %ld bad\n", weights);
     return halves + weights == 0 ? 0 : 1;
 }
