@@ -563,6 +563,19 @@ __device__ __forceinline__ void rows_dot_q8_as(const unsigned char* const mats[M
 #define Q8_0_STAGE_WORDS (32 * Q8_0_BYTES / 4)
 #define Q8_0_WORDS_PER_LANE ((Q8_0_STAGE_WORDS + 31) / 32)
 
+// Block `lane` of a pass staged as words (block l at byte 34·l): its f16 scale and its 32 bytes
+// as eight words. An odd block starts half a word in.
+__device__ __forceinline__ void staged_block(const u32* stage, int lane, u32& scale, u32 w[8]) {
+    const int first = 8 * lane + (lane >> 1);
+    const bool odd = (lane & 1) != 0;
+    u32 v[9];
+#pragma unroll
+    for (int k = 0; k < 9; k++) v[k] = stage[first + k];
+    scale = odd ? (v[0] >> 16) : (v[0] & 0xffffu);
+#pragma unroll
+    for (int k = 0; k < 8; k++) w[k] = odd ? v[k + 1] : __funnelshift_r(v[k], v[k + 1], 16);
+}
+
 // `rows_dot_q8_as` for Q8_0 rows aligned to 4 bytes (a whole number of words: an even number of
 // blocks). A lane's block is 34 bytes, so lanes reading their own blocks would each touch 32
 // places 34 bytes apart per load; instead the warp reads a pass of a row (32 blocks, 1088
@@ -577,9 +590,6 @@ __device__ __forceinline__ void rows_dot_q8_0_staged(const unsigned char* const 
     const float* d = reinterpret_cast<const float*>(act_smem + cols);
     u32* stage = reinterpret_cast<u32*>(act_smem + cols + 12 * (cols / Q8_BLOCK)) + (threadIdx.x >> 5) * Q8_0_STAGE_WORDS;
     const int blocks = cols / Q8_BLOCK;
-    // The lane's block in a staged pass: its first word, and whether it starts half a word in.
-    const int first = 8 * lane + (lane >> 1);
-    const bool odd = (lane & 1) != 0;
     float acc[MATS][ROWS_PER_WARP] = {};
     for (int base = 0; base < blocks; base += 32) {
         const int words = min(32, blocks - base) * Q8_0_BYTES / 4;
@@ -615,13 +625,12 @@ __device__ __forceinline__ void rows_dot_q8_0_staged(const unsigned char* const 
             }
             __syncwarp();
             if (b < blocks) {
-                u32 v[9];
-#pragma unroll
-                for (int k = 0; k < 9; k++) v[k] = stage[first + k];
-                const float dw = f16_to_f32(odd ? (v[0] >> 16) : (v[0] & 0xffffu));
+                u32 scale, w[8];
+                staged_block(stage, lane, scale, w);
                 int sum = 0;
 #pragma unroll
-                for (int k = 0; k < 8; k++) sum = __dp4a((int)(odd ? v[k + 1] : __funnelshift_r(v[k], v[k + 1], 16)), xw[k], sum);
+                for (int k = 0; k < 8; k++) sum = __dp4a((int)w[k], xw[k], sum);
+                const float dw = f16_to_f32(scale);
                 acc[t % MATS][t / MATS] = __fadd_rn(acc[t % MATS][t / MATS], __fmul_rn(__fmul_rn(dw, dx), __int2float_rn(sum)));
             }
             __syncwarp();

@@ -1,7 +1,8 @@
 // Checks, on the host, that the kernels' wide paths give the bits of their element-by-element
 // paths: F32 and BF16 weights widened (`load_chunk`) for every lane and pass, and the block
 // formats' terms (`block_term`, vector loads and dp4a against byte loads one element at a time)
-// for every block of a row, over random bytes at every alignment the wide paths take; and that
+// for every block of a row, over random bytes at every alignment the wide paths take, and each
+// lane's block of a Q8_0 pass staged as words (`staged_block`); and that
 // the branch-free f16 widening gives the bits of the branching one (the host FFN's
 // `f16_to_f32`) for all 65,536 halves. Built and run by tests/kernel_host.rs with KERNEL naming
 // the kernel source. Prints "N bad" lines; exits 1 when any weight or term differs.
@@ -80,6 +81,30 @@ static long check(int cols, int shift, std::mt19937_64& rng) {
     return bad;
 }
 
+// Q8_0's staged pass: each lane's scale and bytes as `staged_block` takes them from the words
+// of 32 blocks of random bytes, against the bytes themselves.
+static long check_staged(std::mt19937_64& rng) {
+    long bad = 0;
+    for (int trial = 0; trial < 50; trial++) {
+        u32 stage[Q8_0_STAGE_WORDS];
+        for (u32& word : stage) word = (u32)rng();
+        const unsigned char* bytes = reinterpret_cast<const unsigned char*>(stage);
+        for (int lane = 0; lane < 32; lane++) {
+            u32 scale, w[8];
+            staged_block(stage, lane, scale, w);
+            const unsigned char* block = bytes + lane * Q8_0_BYTES;
+            u32 want[8];
+            std::memcpy(want, block + 2, 32);
+            const u32 want_scale = (u32)block[0] | ((u32)block[1] << 8);
+            if (scale != want_scale || std::memcmp(w, want, 32) != 0) {
+                if (bad < 3) std::printf("staged Q8_0 lane %d: its block read otherwise\n", lane);
+                bad++;
+            }
+        }
+    }
+    return bad;
+}
+
 int main() {
     long halves = 0;
     for (u32 h = 0; h < 65536; h++) halves += __float_as_uint(f16_to_f32(h)) != __float_as_uint(f16_branching(h));
@@ -90,6 +115,7 @@ int main() {
     for (int shift : {0, 2, 4, 6, 14}) weights += check<FMT_Q8_0>(2048, shift, rng) + check<FMT_Q8_0>(768, shift, rng);
     for (int shift : {0, 4, 8, 12}) weights += check<FMT_Q6_K>(2048, shift, rng) + check<FMT_Q6_K>(768, shift, rng);
     for (int shift : {0, 16}) weights += check<FMT_Q4_K>(2048, shift, rng) + check<FMT_Q4_K>(768, shift, rng);
+    weights += check_staged(rng);
     std::printf("weights: %ld bad\n", weights);
     return halves + weights == 0 ? 0 : 1;
 }
