@@ -105,7 +105,9 @@ impl MoeFfn {
     ///
     /// # Errors
     /// [`CudaError::Unsupported`] for a shape the kernels do not take (formats other than F32,
-    /// BF16, Q8_0, Q4_K and Q6_K, widths not whole blocks, zero or over-large sizes), [`CudaError::NoNvrtc`], [`CudaError::Compile`],
+    /// BF16, Q8_0, Q4_K and Q6_K, widths not whole blocks, zero or over-large sizes, a block
+    /// format whose quantized activations need over 48 KiB of shared memory: widths over 35,746,
+    /// or 29,416 for Q8_0), [`CudaError::NoNvrtc`], [`CudaError::Compile`],
     /// [`CudaError::Driver`].
     pub fn new(ctx: &Arc<CudaContext>, shape: FfnShape) -> Result<Self, CudaError> {
         shape.expert_bytes()?;
@@ -365,6 +367,22 @@ pub(crate) fn raw<T>(slice: &CudaSlice<T>, stream: &CudaStream) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn block_formats_quantize_their_activations_into_shared_memory() {
+        // The bytes, a scale and two half-block sums per 32, and Q8_0's staging (8 warps × 32
+        // blocks of 34 bytes).
+        assert_eq!(activation_smem(Format::BF16, 2048), 0);
+        assert_eq!(activation_smem(Format::F32, 2048), 0);
+        assert_eq!(activation_smem(Format::Q4_K, 2048), 2048 + 64 * 12);
+        assert_eq!(activation_smem(Format::Q6_K, 768), 768 + 24 * 12);
+        assert_eq!(activation_smem(Format::Q8_0, 2048), 2048 + 64 * 12 + 8704);
+        assert!(activation_smem(Format::Q4_K, 35_584) <= MAX_ACTIVATION_SMEM);
+        assert!(activation_smem(Format::Q4_K, 35_840) > MAX_ACTIVATION_SMEM);
+        assert!(activation_smem(Format::Q8_0, 29_408) <= MAX_ACTIVATION_SMEM);
+        assert!(activation_smem(Format::Q8_0, 29_440) > MAX_ACTIVATION_SMEM);
+        assert_eq!(activation_smem(Format::Q4_K, usize::MAX), u32::MAX);
+    }
 
     #[test]
     fn the_kernel_argument_structs_match_the_source() {
