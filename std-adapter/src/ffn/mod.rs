@@ -3,7 +3,8 @@
 //! file, a store, slots), multi-threaded with rayon and vectorised for the CPU found at run time
 //! ([`Isa`]); then [`combine`] weighs a token's pairs by the router.
 //!
-//! The arithmetic follows [`order`] operation by operation, which the GPU kernels of
+//! The arithmetic follows [`order`] (F32 and BF16) and [`blocks`] (Q8_0, Q4_K and Q6_K, read
+//! against activations quantized to 8 bits) operation by operation, which the GPU kernels of
 //! `expertslab-cuda` follow too: a pair computed here has the same bits as the same pair
 //! computed on the GPU, whatever the instruction set, thread count or batch.
 //!
@@ -448,7 +449,6 @@ impl ExpertFfn {
         let pairs: Vec<&PairSlabs<'_>> = whole.iter().chain(halves).collect();
         let count = pairs.len();
         let mut run = || {
-            // Activations of each token, padded to whole blocks.
             // Activations of each token as the rows read them (quantized for block formats).
             let quantized = Format::is_block_quantized;
             let xt: Vec<Activations> =
