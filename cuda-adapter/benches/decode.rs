@@ -9,6 +9,7 @@
 //! `EXPERTSLAB_REPS` sets the repetitions per row (default 5; medians are reported).
 //! `EXPERTSLAB_PERCENTS` (such as `75,0`) takes only those budgets of the `peer` rows.
 //! `EXPERTSLAB_HOST_THREADS` sets the host FFN's threads (default: one fewer than the CPUs).
+//! A value of these that does not parse (or a percent over 100) stops the run with a message.
 //!
 //! `EXPERTSLAB_MODEL=FILE.gguf` takes the experts of a GGUF file instead (read in place from its
 //! memory map; the traces follow the file's shape). `EXPERTSLAB_ROWS=peer` prints the rows of
@@ -206,9 +207,49 @@ fn peer(model: &GpuModel, calibration: &Calibration, reps: usize, percents: &[us
     Ok(())
 }
 
+/// The environment variable `name` parsed as a comma-separated list (`None` when unset); a
+/// value that does not parse is an error naming it, not a silent default.
+fn env_list<T: std::str::FromStr>(name: &str) -> Result<Option<Vec<T>>, String> {
+    match std::env::var(name) {
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(e) => Err(format!("{name}: {e}")),
+        Ok(v) => v
+            .split(',')
+            .map(|p| p.trim().parse().map_err(|_| format!("{name}={v}: {:?} is not a number", p.trim())))
+            .collect::<Result<Vec<T>, String>>()
+            .map(Some),
+    }
+}
+
+/// The one value of `name` (`None` when unset); more than one, or one that does not parse, is
+/// an error.
+fn env_one<T: std::str::FromStr>(name: &str) -> Result<Option<T>, String> {
+    match env_list::<T>(name)? {
+        None => Ok(None),
+        Some(mut v) if v.len() == 1 => Ok(v.pop()),
+        Some(_) => Err(format!("{name}: one number, not a list")),
+    }
+}
+
 fn main() -> ExitCode {
-    // `cargo bench` passes --bench; nothing else is taken.
-    let reps = std::env::var("EXPERTSLAB_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    // `cargo bench` passes --bench; nothing else is taken. Settings come from the environment,
+    // read before the device is opened so a mistyped one stops the run at once.
+    let settings = (|| -> Result<_, String> {
+        let reps = env_one::<usize>("EXPERTSLAB_REPS")?.unwrap_or(5);
+        let threads = env_one::<usize>("EXPERTSLAB_HOST_THREADS")?;
+        let percents = env_list::<usize>("EXPERTSLAB_PERCENTS")?.unwrap_or_else(|| vec![75, 50, 25, 0]);
+        if let Some(p) = percents.iter().find(|&&p| p > 100) {
+            return Err(format!("EXPERTSLAB_PERCENTS: {p} is over 100"));
+        }
+        Ok((reps, threads, percents))
+    })();
+    let (reps, threads, percents) = match settings {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("decode: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     match open_device(0) {
         Err(e @ (CudaError::NoDriver | CudaError::NoDevice { .. })) => {
             println!("skipped: no CUDA device ({e}); decode benchmark not run");
@@ -228,7 +269,7 @@ fn main() -> ExitCode {
     };
     let result = model.and_then(|mut model| {
         // `EXPERTSLAB_HOST_THREADS=N` runs the host FFN on N threads instead of the default.
-        if let Some(threads) = std::env::var("EXPERTSLAB_HOST_THREADS").ok().and_then(|v| v.parse().ok()) {
+        if let Some(threads) = threads {
             model.set_host_threads(threads)?;
         }
         let calibration = model.calibrate(20)?;
@@ -254,10 +295,6 @@ fn main() -> ExitCode {
         println!("calibration: {calibration:?}");
         if peer_rows {
             // `EXPERTSLAB_PERCENTS=75,0` takes those budgets only.
-            let percents: Vec<usize> = std::env::var("EXPERTSLAB_PERCENTS")
-                .ok()
-                .map(|v| v.split(',').filter_map(|p| p.trim().parse().ok()).filter(|&p| p <= 100).collect())
-                .unwrap_or_else(|| vec![75, 50, 25, 0]);
             peer(&model, &calibration, reps, &percents)
         } else {
             bench(&model, &calibration, reps)
