@@ -69,10 +69,13 @@ const DOWN_TASK_BYTES: usize = 256 << 10;
 const TASKS_PER_THREAD: usize = 4;
 
 /// Rows per task for `pairs` pairs of `rows` rows each on `threads` threads: enough tasks for
-/// [`TASKS_PER_THREAD`] each, at most `most` rows, never 0.
+/// [`TASKS_PER_THREAD`] each, at most `most` rows, never 0; then evened out over a pair's tasks,
+/// so its last task is not a small remainder (2,048 rows by at most 170: 12 tasks of 158 rows
+/// and one of 152, not 12 of 170 and one of 8).
 fn rows_per_task(rows: usize, pairs: usize, threads: usize, most: usize) -> usize {
     let tasks = threads.max(1).saturating_mul(TASKS_PER_THREAD);
-    rows.saturating_mul(pairs.max(1)).div_ceil(tasks).clamp(1, most.max(1))
+    let per = rows.saturating_mul(pairs.max(1)).div_ceil(tasks).clamp(1, most.max(1));
+    rows.div_ceil(rows.div_ceil(per).max(1)).max(1)
 }
 
 /// One pair's expert: its gate, up and down slabs (each `rows × cols` elements of the FFN's

@@ -307,12 +307,21 @@ fn a_call_makes_a_few_tasks_per_thread() {
     use super::rows_per_task;
     // One pair of the current MoE shape on 16 threads: 64 tasks of 12 gate/up rows, 64 of 32
     // down rows; eight pairs: gate/up tasks of the most rows, down tasks of up to 170 rows
-    // (256 KiB of BF16 rows of 768: 13 tasks a pair), or 256 where a task may take more.
+    // (256 KiB of BF16 rows of 768) evened out to 13 tasks of at most 158 a pair, or 256 where a
+    // task may take more.
     assert_eq!(rows_per_task(768, 1, 16, 32), 12);
     assert_eq!(rows_per_task(2048, 1, 16, 170), 32);
     assert_eq!(rows_per_task(768, 8, 16, 32), 32);
-    assert_eq!(rows_per_task(2048, 8, 16, 170), 170);
+    assert_eq!(rows_per_task(2048, 8, 16, 170), 158);
     assert_eq!(rows_per_task(2048, 8, 16, 512), 256);
+    // Evened out: the same number of tasks, none a small remainder.
+    for (rows, most) in [(2048, 170), (768, 100), (1000, 33), (7, 3), (2048, 512)] {
+        let (per, uneven) = (rows_per_task(rows, 8, 16, most), (rows * 8).div_ceil(64).clamp(1, most));
+        let tasks = rows.div_ceil(per);
+        assert_eq!(tasks, rows.div_ceil(uneven), "{rows} by {most}");
+        // The last task within `tasks` rows of the others.
+        assert!(rows - per * (tasks - 1) + tasks > per, "{rows} by {most}: {per}");
+    }
     // Never more than the most rows a task takes, never 0.
     assert_eq!(rows_per_task(100_000, 1, 2, 32), 32);
     assert_eq!(rows_per_task(3, 1, 64, 32), 1);
