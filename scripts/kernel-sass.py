@@ -3,10 +3,11 @@
 
 Compiles a kernel source (default: cuda-adapter/src/kernels/moe_ffn.cu) with NVRTC and the
 runtime's options, assembles it with ptxas for sm_XY and disassembles it with nvdisasm, then
-prints per kernel its registers, its spills, and for each loop with FMAs (a backward branch)
-its instruction count, its FMAs and the instructions per FMA, with the commonest opcodes. The hot
-loop of a kernel is the one with the most FMAs; instructions per FMA is what the wide path
-lowers. Tools come from PyPI (nvidia-cuda-nvrtc, nvidia-cuda-nvcc for ptxas,
+prints per kernel its registers, its spills, and for each loop with FMAs or dp4a (a backward
+branch) its instruction count, its FMAs and the instructions per FMA (per weight multiplied
+where it has dp4a, four weights each), with the commonest opcodes. The hot loop of a kernel is
+the one with the most FMAs (the block formats': the short loop with dp4a); instructions per FMA
+is what the wide path lowers. Tools come from PyPI (nvidia-cuda-nvrtc, nvidia-cuda-nvcc for ptxas,
 nvidia-cuda-nvdisasm), installed once under target/cuda-tools.
 
   python3 scripts/kernel-sass.py [SOURCE] [--arch 90] [--kernel NAME] [--keep DIR]
@@ -89,11 +90,17 @@ def report(sass: str, ptxas_log: str, only: str | None) -> None:
             for t in loop:
                 if op := re.match(r"(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", t):
                     ops[op.group(1)] = ops.get(op.group(1), 0) + 1
-            fma = ops.get("FFMA", 0)
-            if not fma:
+            fma, dp4a = ops.get("FFMA", 0), ops.get("IDP", 0)
+            if not fma and not dp4a:
                 continue
             common = ", ".join(f"{k} {v}" for k, v in sorted(ops.items(), key=lambda kv: -kv[1])[:8])
-            print(f"  loop: {len(loop)} instructions, {fma} FMA ({len(loop) / fma:.2f} per FMA): {common}")
+            if dp4a:
+                # A dp4a (IDP) multiplies four weights, an FMA one.
+                weights = fma + 4 * dp4a
+                print(f"  loop: {len(loop)} instructions, {dp4a} dp4a and {fma} FMA, {weights} weights "
+                      f"({len(loop) / weights:.2f} per weight): {common}")
+            else:
+                print(f"  loop: {len(loop)} instructions, {fma} FMA ({len(loop) / fma:.2f} per FMA): {common}")
 
 
 def main() -> None:

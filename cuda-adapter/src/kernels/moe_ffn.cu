@@ -113,9 +113,6 @@ __device__ __forceinline__ void load_chunk(const unsigned char* row, int j, int 
 __device__ __forceinline__ u32 ld_u16(const unsigned char* p) {
     return (u32)__ldg(reinterpret_cast<const unsigned short*>(p));
 }
-__device__ __forceinline__ u32 ld_u16_pair(const unsigned char* p) {
-    return __byte_perm(ld_u16(p), ld_u16(p + 2), 0x5410u);
-}
 // Four bytes at any address, byte by byte, little-endian.
 __device__ __forceinline__ u32 ld_bytes4(const unsigned char* p) {
     return (u32)__ldg(p) | ((u32)__ldg(p + 1) << 8) | ((u32)__ldg(p + 2) << 16) | ((u32)__ldg(p + 3) << 24);
@@ -161,14 +158,14 @@ __device__ __forceinline__ void widen(const Raw& r, float w[CHUNK]) {
 
 // Whether rows of `bytes_per_row` bytes from `base` are aligned for the wide path: 16 bytes for
 // F32 and BF16 (vector loads) and Q4_K (its header and nibbles by 16-byte vectors; its blocks are
-// 144 bytes), 2 for Q8_0 (half-words; its blocks are 34 bytes: `rows_dot_q8` stages rows of
-// whole words), for Q6_K a matrix starting at a word and rows of whole half-words (its 210-byte
-// super-blocks are read by aligned words and funnel shifts, `ld_words8_shifted`).
+// 144 bytes), 4 for Q8_0 (rows of whole words, staged through shared memory:
+// `rows_dot_q8_0_staged`), for Q6_K a matrix starting at a word and rows of whole half-words
+// (its 210-byte super-blocks are read by aligned words and funnel shifts, `ld_words8_shifted`).
 template <int FMT>
 __device__ __forceinline__ bool wide_rows(const unsigned char* base, int bytes_per_row) {
     const u64 at = reinterpret_cast<u64>(base), rb = (u64)bytes_per_row;
     if (FMT == FMT_Q6_K) return (at & 3ull) == 0ull && (rb & 1ull) == 0ull;
-    const u64 mask = FMT == FMT_Q8_0 ? 1ull : 15ull;
+    const u64 mask = FMT == FMT_Q8_0 ? 3ull : 15ull;
     return ((at | rb) & mask) == 0ull;
 }
 
@@ -456,17 +453,11 @@ __device__ __forceinline__ int2 block_sums_bytes(const unsigned char* row, int b
 template <int FMT, bool wide>
 __device__ __forceinline__ float block_term(const unsigned char* row, int b, const int xw[8], const signed char* xq, float dx, int s0, int s1) {
     if (FMT == FMT_Q8_0) {
+        // Rows aligned for Q8_0's wide loads are staged (`rows_dot_q8_0_staged`); the others
+        // come here, element by element.
         const unsigned char* blk = row + (u64)b * Q8_0_BYTES;
-        const float dw = f16_to_f32(ld_half(blk, wide));
-        int acc = 0;
-        if (wide) {
-#pragma unroll
-            for (int k = 0; k < 8; k++) acc = __dp4a((int)ld_u16_pair(blk + 2 + 4 * k), xw[k], acc);
-        } else {
-            const int2 h = block_sums_bytes<FMT>(row, b, xq);
-            acc = h.x + h.y;
-        }
-        return __fmul_rn(__fmul_rn(dw, dx), __int2float_rn(acc));
+        const int2 h = block_sums_bytes<FMT>(row, b, xq);
+        return __fmul_rn(__fmul_rn(f16_to_f32(ld_half(blk, false)), dx), __int2float_rn(h.x + h.y));
     } else if (FMT == FMT_Q4_K) {
         const unsigned char* sb = row + (u64)(b >> 3) * Q4_K_BYTES;
         const int j = b & 7;
@@ -646,16 +637,13 @@ __device__ __forceinline__ void rows_dot_q8_0_staged(const unsigned char* const 
 }
 
 // `rows_dot_q8_as` with the warp's load width, chosen once (`wide`: the rows are aligned for the
-// format's wide loads), so the loop carries one width's loads. Q8_0 rows aligned to words are
-// staged (`rows_dot_q8_0_staged`); others go element by element.
+// format's wide loads, `wide_rows`), so the loop carries one width's loads. Aligned Q8_0 rows
+// are staged (`rows_dot_q8_0_staged`); others go element by element.
 template <int FMT, int MATS>
 __device__ __forceinline__ void rows_dot_q8(bool wide, const unsigned char* const mats[MATS], const int rows[ROWS_PER_WARP],
                                             int rb, int cols, float out[MATS][ROWS_PER_WARP]) {
     if constexpr (FMT == FMT_Q8_0) {
-        bool words = (rb & 3) == 0;
-#pragma unroll
-        for (int m = 0; m < MATS; m++) words = words && (reinterpret_cast<u64>(mats[m]) & 3) == 0;
-        if (words) rows_dot_q8_0_staged<MATS>(mats, rows, rb, cols, out);
+        if (wide) rows_dot_q8_0_staged<MATS>(mats, rows, rb, cols, out);
         else rows_dot_q8_as<FMT, MATS, false>(mats, rows, rb, cols, out);
     } else {
         if (wide) rows_dot_q8_as<FMT, MATS, true>(mats, rows, rb, cols, out);

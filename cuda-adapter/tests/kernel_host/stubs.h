@@ -38,15 +38,6 @@ static inline int __dp4a(int a, int b, int c) {
 static inline unsigned __funnelshift_r(unsigned lo, unsigned hi, unsigned shift) {
     return (unsigned)((((unsigned long long)hi << 32) | lo) >> (shift & 31u));
 }
-// PTX prmt in its default mode: result byte n is byte (s >> 4n) & 7 of {y, x}.
-static inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
-    unsigned char b[8];
-    std::memcpy(b, &x, 4);
-    std::memcpy(b + 4, &y, 4);
-    unsigned r = 0;
-    for (int n = 0; n < 4; n++) r |= (unsigned)b[(s >> (4 * n)) & 7] << (8 * n);
-    return r;
-}
 static inline unsigned char __ldg(const unsigned char* p) { return *p; }
 static inline unsigned short __ldg(const unsigned short* p) { return *p; }
 static inline unsigned __ldg(const unsigned* p) { return *p; }
