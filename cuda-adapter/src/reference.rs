@@ -11,7 +11,7 @@
 //! the bound the GPU tests hold the kernels to.
 
 use expertslab::Format;
-use expertslab_std::ffn::blocks::{Q8Activations, Q8_BLOCK};
+use expertslab_std::ffn::blocks::Q8Activations;
 
 use crate::error::CudaError;
 
@@ -212,11 +212,7 @@ fn as_read(x: &[f32], format: Format) -> Vec<f64> {
     if !format.is_block_quantized() {
         return x.iter().map(|&v| f64::from(v)).collect();
     }
-    let q = Q8Activations::new(x);
-    q.q.iter()
-        .zip(q.d.iter().flat_map(|&d| std::iter::repeat_n(d, Q8_BLOCK)))
-        .map(|(&v, d)| f64::from(d) * f64::from(v))
-        .collect()
+    Q8Activations::new(x).values().collect()
 }
 
 /// `matrix · v` for a row-major `[rows, cols]` matrix in `format`.

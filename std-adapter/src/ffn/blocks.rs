@@ -85,6 +85,15 @@ impl Q8Activations {
     pub fn blocks(&self) -> usize {
         self.d.len()
     }
+
+    /// Each activation as the block formats' rows read it: `d · q`, exact in f64 (what a
+    /// reference computing in f64 multiplies the weights by).
+    pub fn values(&self) -> impl Iterator<Item = f64> + '_ {
+        self.q
+            .chunks_exact(Q8_BLOCK)
+            .zip(&self.d)
+            .flat_map(|(q, &d)| q.iter().map(move |&v| f64::from(d) * f64::from(v)))
+    }
 }
 
 /// One activation's byte under its block's scale `d`: `x / d` rounded to the nearest integer,
@@ -319,6 +328,9 @@ pub(super) mod tests {
         t[3] = -2.5;
         let q = Q8Activations::new(&t);
         assert_eq!(&q.q[..4], &[127, 2, 4, -2]);
+        // As the rows read them: d · q, exactly.
+        assert_eq!(a.values().count(), 64);
+        assert_eq!(a.values().nth(42), Some(f64::from(a.d[1]) * f64::from(a.q[42])));
         // Past the last whole block: dropped.
         assert_eq!(Q8Activations::new(&[1.0; 40]).q.len(), 32);
     }

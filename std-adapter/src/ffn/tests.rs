@@ -121,8 +121,7 @@ fn as_read(x: &[f32], format: Format) -> Vec<f64> {
     if !format.is_block_quantized() {
         return x.iter().map(|&v| f64::from(v)).collect();
     }
-    let q = Q8Activations::new(x);
-    q.q.iter().enumerate().map(|(i, &v)| f64::from(q.d[i / 32]) * f64::from(v)).collect()
+    Q8Activations::new(x).values().collect()
 }
 
 /// The plain reference: f64 throughout, the library's exp, the weights as ggml dequantises them;
