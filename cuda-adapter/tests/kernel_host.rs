@@ -5,8 +5,9 @@
 //! element-by-element path, over random bytes at every alignment the wide paths take, and that
 //! the branch-free f16 widening matches the branching one for every half. The GPU lane checks
 //! the element-by-element paths against the host FFN, so together they tie the wide paths to
-//! the host's bits on every CI run (Q8_0's rows staged through shared memory take a warp, so
-//! only the GPU lane checks them).
+//! the host's bits on every CI run. Q8_0's aligned rows are staged through shared memory by a
+//! warp: each lane's reading of its block from the staged words is checked here, the warp's
+//! loads and stores only by the GPU lane.
 //!
 //! Without a C++ compiler (`c++`) the test prints one line saying what it did not run and
 //! passes, unless `EXPERTSLAB_REQUIRE_CC=1` (set by `scripts/test.sh`) makes that a failure.
