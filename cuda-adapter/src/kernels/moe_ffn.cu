@@ -356,31 +356,59 @@ __device__ __forceinline__ int quantize_one(float x, float d) {
     return (int)rintf(r);
 }
 
-// The block's `cols` activations from `x` quantized into `act_smem` by all its threads (warp w
-// takes blocks w, w + WARPS, ..., a lane an element): the block's largest magnitude by the
-// warp's butterfly of maxima (a NaN counts as 0), d = amax / 127, the bytes, the half-blocks'
-// sums. Every thread of the block calls it.
+// The block's `cols` activations from `x` quantized into `act_smem` by all its threads, a lane
+// eight consecutive elements (a block of 32 is four lanes; warp w takes elements 256·w, 256·w +
+// 2048, ...), so a warp's loads go out together: the block's largest magnitude by the four
+// lanes' maxima (a NaN counts as 0), d = amax / 127, the bytes, the half-blocks' sums (two
+// lanes each). Maxima and integer sums are exact in any order, so the bytes, scales and sums are
+// those of one lane per element. `cols` is a multiple of 32. Every thread of the block calls it.
 __device__ __forceinline__ void quantize_shared(const float* x, int cols) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int lane = threadIdx.x & 31;
     signed char* q = reinterpret_cast<signed char*>(act_smem);
     float* d = reinterpret_cast<float*>(act_smem + cols);
     int* sums = reinterpret_cast<int*>(act_smem + cols + 4 * (cols / Q8_BLOCK));
-    for (int b = warp; b < cols / Q8_BLOCK; b += WARPS) {
-        const float v = x[b * Q8_BLOCK + lane];
-        float amax = fabsf(v) > 0.0f ? fabsf(v) : 0.0f;
+    const bool vector = (reinterpret_cast<u64>(x) & 15ull) == 0ull;
+    for (int base = (threadIdx.x >> 5) * 256; base < cols; base += WARPS * 256) {
+        const int e0 = base + lane * 8;
+        // A block's four lanes are all in or all out (`cols` is a multiple of 32).
+        const bool in = e0 < cols;
+        float v[8];
+        if (in && vector) {
+            const float4 a = __ldg(reinterpret_cast<const float4*>(x + e0));
+            const float4 b = __ldg(reinterpret_cast<const float4*>(x + e0) + 1);
+            v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+            v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+        } else {
 #pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
+            for (int e = 0; e < 8; e++) v[e] = in ? x[e0 + e] : 0.0f;
+        }
+        float amax = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            const float m = fabsf(v[e]) > 0.0f ? fabsf(v[e]) : 0.0f;
+            amax = m > amax ? m : amax;
+        }
+#pragma unroll
+        for (int o = 1; o < 4; o <<= 1) {
             const float t = __shfl_xor_sync(FULL_MASK, amax, o);
             amax = t > amax ? t : amax;
         }
         const float scale = __fdiv_rn(amax, 127.0f);
-        const int qv = quantize_one(v, scale);
-        q[b * Q8_BLOCK + lane] = (signed char)qv;
-        int sum = qv;
+        u32 packed[2] = {0u, 0u};
+        int sum = 0;
 #pragma unroll
-        for (int o = 8; o > 0; o >>= 1) sum += __shfl_xor_sync(FULL_MASK, sum, o);
-        if (lane == 0) d[b] = scale;
-        if ((lane & 15) == 0) sums[2 * b + (lane >> 4)] = sum;
+        for (int e = 0; e < 8; e++) {
+            const int qv = quantize_one(v[e], scale);
+            sum += qv;
+            packed[e >> 2] |= ((u32)qv & 0xffu) << (8 * (e & 3));
+        }
+        sum += __shfl_xor_sync(FULL_MASK, sum, 1);
+        if (in) {
+            *reinterpret_cast<uint2*>(q + e0) = make_uint2(packed[0], packed[1]);
+            const int b = e0 / Q8_BLOCK;
+            if ((lane & 3) == 0) d[b] = scale;
+            if ((lane & 1) == 0) sums[2 * b + ((lane >> 1) & 1)] = sum;
+        }
     }
     __syncthreads();
 }
@@ -528,6 +556,8 @@ __device__ __forceinline__ void rows_dot_q8_as(const unsigned char* const mats[M
     const float* d = reinterpret_cast<const float*>(act_smem + cols);
     const int* sums = reinterpret_cast<const int*>(act_smem + cols + 4 * (cols / Q8_BLOCK));
     float acc[MATS][ROWS_PER_WARP] = {};
+    // Two blocks a lane at a time, so the second's loads go out with the first's.
+#pragma unroll 2
     for (int b = lane; b < cols / Q8_BLOCK; b += 32) {
         const int4 x0 = *reinterpret_cast<const int4*>(q + b * Q8_BLOCK);
         const int4 x1 = *reinterpret_cast<const int4*>(q + b * Q8_BLOCK + 16);

@@ -17,6 +17,8 @@ struct uint4 { unsigned x, y, z, w; };
 struct int4 { int x, y, z, w; };
 struct int2 { int x, y; };
 static inline int2 make_int2(int x, int y) { return {x, y}; }
+struct uint2 { unsigned x, y; };
+static inline uint2 make_uint2(unsigned x, unsigned y) { return {x, y}; }
 struct float4 { float x, y, z, w; };
 struct dim3 { unsigned x, y, z; };
 static dim3 threadIdx, blockIdx, blockDim, gridDim;

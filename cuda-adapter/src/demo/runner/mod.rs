@@ -7,6 +7,12 @@
 //!    record's kernels; only then is this record's routing known (the router reads the previous
 //!    layer's output), and only then are its ids taken from the trace. Nothing of this record
 //!    (a copy, a scratch write, a table update, a kernel) is enqueued earlier.
+//!    **Unless every expert of the layer is resident**: then no step of the layer can miss, and
+//!    nothing the host does for it (no promotion, no miss plan, no table change) depends on its
+//!    routing, so the host enqueues it at once and the compute stream's order alone chains it
+//!    after the previous record (its kernels read ids a router on the device would have
+//!    written; the pool counts the step's hits from the same ids). The host then runs ahead of
+//!    the device, as far as the step buffers' reuse lets it.
 //! 2. **The pool's step** ([`ExpertPool::step`], or [`SharedSlotPool::step`] for a pool shared
 //!    by the layers): plan, migrate the promotions from the model's [`expertslab_std::ExpertStore`]
 //!    into the [`CudaSlotSink`] (copies enqueued on its copy stream; each committed once
@@ -97,6 +103,18 @@ impl Placement {
         match self {
             Self::Shared(_) => SHARED_ARENA,
             _ => layer,
+        }
+    }
+
+    /// Whether every one of a layer's `experts` is resident in `layer`'s slots: then a step of
+    /// the layer cannot miss, whatever its routing.
+    fn holds_all(&self, layer: usize, experts: usize) -> bool {
+        match self {
+            Self::None => false,
+            Self::PerLayer(pools) => {
+                pools.get(layer).is_some_and(|p| p.experts() == experts && p.resident() == experts)
+            }
+            Self::Shared(pool) => (0..experts).all(|e| pool.slot_of(layer, e).is_some()),
         }
     }
 
@@ -193,6 +211,8 @@ pub(crate) struct Runner<'m, D: Driver, K> {
     /// is known.
     done: D::Event,
     done_recorded: bool,
+    /// This record did not wait for the previous one (every expert of its layer is resident).
+    ahead: bool,
     /// Misses counted without a pool.
     misses: u64,
 }
@@ -299,6 +319,7 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
             host_h: Vec::new(),
             host_store: std::sync::Arc::new(model.store.clone()),
             done_recorded: false,
+            ahead: false,
             misses: 0,
             sink,
             model,
@@ -345,8 +366,10 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
                 self.driver.sync_stream(&self.compute)?;
                 start = Some(Instant::now());
             }
-            // 1. The previous record's kernels end before this record's routing is known.
-            if self.done_recorded {
+            // 1. The previous record's kernels end before this record's routing is known, unless
+            // no decision of this record depends on its routing.
+            self.ahead = self.done_recorded && self.placement.holds_all(layer, self.model.experts);
+            if self.done_recorded && !self.ahead {
                 let waited = Instant::now();
                 self.driver.sync_event(&self.done)?;
                 if start.is_some() {
@@ -487,6 +510,12 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
         // The host's pairs start on the thread pool; the GPU's work is enqueued meanwhile.
         let host_started = Instant::now();
         let on_host = !self.host_pairs.is_empty() || !self.split_pairs.is_empty();
+        if on_host && self.ahead {
+            // Not reached (a layer holding every expert has no miss), but the host reads the
+            // previous record's output only once it is final.
+            self.driver.sync_event(&self.done)?;
+            self.ahead = false;
+        }
         let host_job = if on_host { Some(self.host_start(layer, ids, x)?) } else { None };
         // 4. The kernels of the pairs in place before the copies, through the table as it is,
         // marked as reading that buffer before the update writes the other.

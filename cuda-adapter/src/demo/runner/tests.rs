@@ -257,3 +257,70 @@ fn work_handed_to_the_pool_comes_back_before_and_after_the_waiter_sleeps() {
     let name = slow.wait().flatten().unwrap_or_default();
     assert!(name.starts_with("expertslab-ffn-"), "{name}");
 }
+
+/// A layer whose every expert is resident is enqueued without waiting for the previous record:
+/// no step of it can miss, so the host runs ahead and the compute stream's order chains the
+/// records (each record's launches still come in record order, its event after them). With one
+/// slot fewer than the experts, the host waits for every record again.
+#[test]
+fn layers_holding_every_expert_are_enqueued_without_waiting() {
+    let (store, layout) = store();
+    let trace = SyntheticTrace {
+        experts: EXPERTS as u32,
+        layers: LAYERS as u32,
+        top_k: 2,
+        steps: 6,
+        prefill_tokens: 2,
+        ..SyntheticTrace::DEFAULT
+    }
+    .trace()
+    .unwrap();
+    let layers: Vec<usize> = trace.records().iter().map(|r| r.layer as usize).collect();
+    for (sharing, slots) in [(Sharing::PerLayer, EXPERTS), (Sharing::Shared, EXPERTS), (Sharing::PerLayer, EXPERTS - 1)]
+    {
+        let driver = Arc::new(MockDriver::new(1 << 26));
+        let mut sink = CudaSlotSink::new(Arc::clone(&driver), [], RingConfig::default()).unwrap();
+        sink.host_mut().register_store(&store);
+        let compute = driver.new_stream().unwrap();
+        let model = Model {
+            store: &store,
+            layout: &layout,
+            shape: SHAPE,
+            experts: EXPERTS,
+            layers: LAYERS,
+            expert_bytes: layout.expert_bytes(),
+            activations: vec![0.5; 2 * SHAPE.hidden],
+            host: None,
+        };
+        let run = RunConfig { sharing, ..RunConfig::new(slots, Policy::Lru, MissRule::Always(MissAction::Copy)) };
+        let mut runner =
+            Runner::new(model, sink, compute, MockKernels(Arc::clone(&driver)), &run, slots, 0, &trace).unwrap();
+        driver.clear_ops();
+        let report = runner.run(&trace).unwrap();
+        let done = *runner.done_event();
+        let ops = driver.ops();
+        let last = ops.iter().rposition(|op| matches!(op, MockOp::Record { event, .. } if *event == done)).unwrap();
+        let ops = &ops[..=last];
+        let waits = ops.iter().filter(|op| **op == MockOp::SyncEvent { event: done }).count();
+        let records = ops.iter().filter(|op| matches!(op, MockOp::Record { event, .. } if *event == done)).count();
+        assert_eq!(records, layers.len(), "{sharing:?} {slots}");
+        // The launches' layers, one run of them per record, in record order.
+        let mut order: Vec<usize> = Vec::new();
+        for op in ops {
+            if let MockOp::Launch { tag, .. } = op {
+                if order.last() != Some(&(*tag as usize)) {
+                    order.push(*tag as usize);
+                }
+            }
+        }
+        let mut expected = layers.clone();
+        expected.dedup();
+        assert_eq!(order, expected, "{sharing:?} {slots}: launches out of record order");
+        if slots == EXPERTS {
+            assert_eq!(waits, 0, "{sharing:?}: a host wait where every expert is resident");
+            assert_eq!((report.served.misses, report.promotions), (0, 0), "{sharing:?}: {report:?}");
+        } else {
+            assert_eq!(waits, layers.len() - 1, "one slot short: the host waits for every record");
+        }
+    }
+}
