@@ -12,9 +12,12 @@
 //! measured bandwidth, and their ratio (the floor's goal: at most 1.6); then the kernels alone
 //! for the same token (`GpuModel::kernel_floor`: every layer launched back to back, no host work
 //! between layers) and their ratio to the read time, so the floor splits into the kernels' time
-//! and what the runner adds per layer; and the runner's own time per token (`RunReport::
-//! wait_seconds` taken from the floor: pool steps, staging and launches while the device waits
-//! for them).
+//! and what the runner adds per layer; and the host's time per token (the floor less
+//! `RunReport::wait_seconds`: pool steps, staging and launches). Every expert being resident, the
+//! runner does not wait for a layer before enqueueing the next, so the host runs ahead of the
+//! device and this column is the enqueueing, including the waits of the step buffers' reuse on
+//! their uploads: when it is about the floor, the host is held back by the device, not the
+//! other way round.
 //!
 //! A plain binary (`harness = false`): without a CUDA driver or device it prints one line and
 //! succeeds.
@@ -92,7 +95,7 @@ fn run(reps: usize) -> Result<(), Box<dyn std::error::Error>> {
     let q4_k_m = FfnShape { down_format: Format::Q6_K, ..FfnShape::new(2048, 768, 8, Format::Q4_K) };
     println!("read bandwidth (2 GiB, read-only streaming kernel): {:.0} GB/s", bandwidth / 1e9);
     println!(
-        "format      bytes/token   µs/token   read time µs   floor / read time   kernels µs/token   kernels / read time   runner's own µs/token"
+        "format      bytes/token   µs/token   read time µs   floor / read time   kernels µs/token   kernels / read time   host µs/token"
     );
     for shape in
         [base.shape, FfnShape::new(2048, 768, 8, Format::Q8_0), FfnShape::new(2048, 768, 8, Format::Q4_K), q4_k_m]

@@ -98,6 +98,8 @@ pub struct MoeFfn {
     gate_up: CudaFunction,
     down: CudaFunction,
     combine: CudaFunction,
+    /// Threads per block of gate/up and of down ([`kernels::block_threads`]).
+    threads: [u32; 2],
 }
 
 impl MoeFfn {
@@ -107,19 +109,14 @@ impl MoeFfn {
     /// [`CudaError::Unsupported`] for a shape the kernels do not take (formats other than F32,
     /// BF16, Q8_0, Q4_K and Q6_K, widths not whole blocks, zero or over-large sizes, a block
     /// format whose quantized activations need over 48 KiB of shared memory: widths over 35,746,
-    /// or 29,416 for Q8_0), [`CudaError::NoNvrtc`], [`CudaError::Compile`],
-    /// [`CudaError::Driver`].
+    /// or 29,416 for Q8_0, whose eight warps a block stage rows there too), a kernel source
+    /// whose block size is not whole warps dividing 16 rows, [`CudaError::NoNvrtc`],
+    /// [`CudaError::Compile`], [`CudaError::Driver`].
     pub fn new(ctx: &Arc<CudaContext>, shape: FfnShape) -> Result<Self, CudaError> {
         shape.expert_bytes()?;
         let fits = |n: usize| n > 0 && i32::try_from(n).is_ok();
         if !fits(shape.hidden) || !fits(shape.ffn) || !fits(shape.top_k) {
             return Err(CudaError::Unsupported(format!("shape {shape:?}")));
-        }
-        // A block format's launches quantize a row's activations into shared memory.
-        for (format, cols) in [(shape.format, shape.hidden), (shape.down_format, shape.ffn)] {
-            if activation_smem(format, cols) > MAX_ACTIVATION_SMEM {
-                return Err(CudaError::Unsupported(format!("{cols} {} activations per row", format.name())));
-            }
         }
         let arch = ctx.compute_capability()?;
         let module = ctx.load_module(kernels::compile(arch)?)?;
@@ -131,14 +128,18 @@ impl MoeFfn {
             Format::Q6_K => (kernels::GATE_UP_Q6_K, kernels::DOWN_Q6_K),
             _ => (kernels::GATE_UP_F32, kernels::DOWN_F32),
         };
-        let (gate_up, down) = (kernel(shape.format).0, kernel(shape.down_format).1);
-        Ok(Self {
-            shape,
-            gate_up: module.load_function(gate_up)?,
-            down: module.load_function(down)?,
-            combine: module.load_function(kernels::COMBINE)?,
-            module,
-        })
+        let (gate_up_name, down_name) = (kernel(shape.format).0, kernel(shape.down_format).1);
+        let (gate_up, down) = (module.load_function(gate_up_name)?, module.load_function(down_name)?);
+        let threads = [kernels::block_threads(&gate_up, gate_up_name)?, kernels::block_threads(&down, down_name)?];
+        // A block format's launches quantize a row's activations into shared memory.
+        for ((format, cols), threads) in
+            [(shape.format, shape.hidden), (shape.down_format, shape.ffn)].into_iter().zip(threads)
+        {
+            if activation_smem(format, cols, threads / 32) > MAX_ACTIVATION_SMEM {
+                return Err(CudaError::Unsupported(format!("{cols} {} activations per row", format.name())));
+            }
+        }
+        Ok(Self { shape, gate_up, down, combine: module.load_function(kernels::COMBINE)?, threads, module })
     }
 
     /// The shape.
@@ -185,9 +186,9 @@ impl MoeFfn {
         }
         // SAFETY: the caller upholds `launch_pairs`' contract (this function's).
         unsafe {
-            let smem = activation_smem(self.shape.format, self.shape.hidden);
+            let smem = activation_smem(self.shape.format, self.shape.hidden, self.threads[0] / 32);
             let args = step.args(&self.shape, x, 0);
-            self.launch_pairs(&self.gate_up, self.shape.ffn, smem, stream, layer, step, args, phase)
+            self.launch_pairs((&self.gate_up, self.threads[0]), self.shape.ffn, smem, stream, layer, step, args, phase)
         }
     }
 
@@ -216,9 +217,9 @@ impl MoeFfn {
     ) -> Result<(), CudaError> {
         // SAFETY: as in `launch_gate_up`.
         unsafe {
-            let smem = activation_smem(self.shape.down_format, self.shape.ffn);
+            let smem = activation_smem(self.shape.down_format, self.shape.ffn, self.threads[1] / 32);
             let args = step.args(&self.shape, 0, y);
-            self.launch_pairs(&self.down, self.shape.hidden, smem, stream, layer, step, args, phase)
+            self.launch_pairs((&self.down, self.threads[1]), self.shape.hidden, smem, stream, layer, step, args, phase)
         }
     }
 
@@ -227,7 +228,7 @@ impl MoeFfn {
     #[allow(clippy::too_many_arguments)]
     unsafe fn launch_pairs(
         &self,
-        function: &CudaFunction,
+        (function, threads): (&CudaFunction, u32),
         rows: usize,
         smem: u32,
         stream: &CudaStream,
@@ -247,7 +248,7 @@ impl MoeFfn {
         }
         let cfg = LaunchConfig {
             grid_dim: ((rows as u32).div_ceil(kernels::ROWS_PER_BLOCK), count as u32, 1),
-            block_dim: (kernels::BLOCK_THREADS, 1, 1),
+            block_dim: (threads, 1, 1),
             shared_mem_bytes: smem,
         };
         let layer_args = layer_args(layer);
@@ -336,13 +337,13 @@ const MAX_ACTIVATION_SMEM: u32 = 48 << 10;
 
 /// Bytes of shared memory a launch over rows of `cols` weights of `format` quantizes its
 /// activations into (`act_smem` in the source): for a block format the activations' bytes, each
-/// block of 32's f32 scale and each half-block's i32 sum, and for Q8_0 each warp's staging of a
-/// row's pass of 32 blocks; none for F32 and BF16. Saturates.
-fn activation_smem(format: Format, cols: usize) -> u32 {
+/// block of 32's f32 scale and each half-block's i32 sum, and for Q8_0 each of the block's
+/// `warps` warps' staging of a row's pass of 32 blocks; none for F32 and BF16. Saturates.
+fn activation_smem(format: Format, cols: usize, warps: u32) -> u32 {
     if !format.is_block_quantized() {
         return 0;
     }
-    let stage = if format == Format::Q8_0 { kernels::BLOCK_THREADS as usize / 32 * 32 * 34 } else { 0 };
+    let stage = if format == Format::Q8_0 { warps as usize * 32 * 34 } else { 0 };
     let bytes = cols.saturating_add(cols / 32 * 12).saturating_add(stage);
     u32::try_from(bytes).unwrap_or(u32::MAX)
 }
@@ -372,16 +373,19 @@ mod tests {
     fn block_formats_quantize_their_activations_into_shared_memory() {
         // The bytes, a scale and two half-block sums per 32, and Q8_0's staging (8 warps × 32
         // blocks of 34 bytes).
-        assert_eq!(activation_smem(Format::BF16, 2048), 0);
-        assert_eq!(activation_smem(Format::F32, 2048), 0);
-        assert_eq!(activation_smem(Format::Q4_K, 2048), 2048 + 64 * 12);
-        assert_eq!(activation_smem(Format::Q6_K, 768), 768 + 24 * 12);
-        assert_eq!(activation_smem(Format::Q8_0, 2048), 2048 + 64 * 12 + 8704);
-        assert!(activation_smem(Format::Q4_K, 35_584) <= MAX_ACTIVATION_SMEM);
-        assert!(activation_smem(Format::Q4_K, 35_840) > MAX_ACTIVATION_SMEM);
-        assert!(activation_smem(Format::Q8_0, 29_408) <= MAX_ACTIVATION_SMEM);
-        assert!(activation_smem(Format::Q8_0, 29_440) > MAX_ACTIVATION_SMEM);
-        assert_eq!(activation_smem(Format::Q4_K, usize::MAX), u32::MAX);
+        assert_eq!(activation_smem(Format::BF16, 2048, 8), 0);
+        assert_eq!(activation_smem(Format::F32, 2048, 8), 0);
+        assert_eq!(activation_smem(Format::Q4_K, 2048, 16), 2048 + 64 * 12);
+        assert_eq!(activation_smem(Format::Q6_K, 768, 16), 768 + 24 * 12);
+        assert_eq!(activation_smem(Format::Q8_0, 2048, 8), 2048 + 64 * 12 + 8704);
+        assert_eq!(activation_smem(Format::Q8_0, 2048, 16), 2048 + 64 * 12 + 17_408);
+        assert!(activation_smem(Format::Q4_K, 35_584, 16) <= MAX_ACTIVATION_SMEM);
+        assert!(activation_smem(Format::Q4_K, 35_840, 16) > MAX_ACTIVATION_SMEM);
+        assert!(activation_smem(Format::Q8_0, 29_408, 8) <= MAX_ACTIVATION_SMEM);
+        assert!(activation_smem(Format::Q8_0, 29_440, 8) > MAX_ACTIVATION_SMEM);
+        assert!(activation_smem(Format::Q8_0, 23_072, 16) <= MAX_ACTIVATION_SMEM);
+        assert!(activation_smem(Format::Q8_0, 23_104, 16) > MAX_ACTIVATION_SMEM);
+        assert_eq!(activation_smem(Format::Q4_K, usize::MAX, 16), u32::MAX);
     }
 
     #[test]

@@ -16,10 +16,29 @@ pub const MOE_FFN_SOURCE: &str = include_str!("moe_ffn.cu");
 /// The architecture compiled for when no device is known (Hopper, the H100 and H200).
 pub const DEFAULT_ARCH: (i32, i32) = (9, 0);
 
-/// Threads per block of the FFN kernels (`WARPS * 32` in the source).
+/// Threads per block of the combine.
 pub(crate) const BLOCK_THREADS: u32 = 256;
-/// Output rows per block of the FFN kernels (`WARPS * ROWS_PER_WARP` in the source).
+/// Output rows per block of the gate/up and down kernels (`WARPS * ROWS_PER_WARP` in the source).
 pub(crate) const ROWS_PER_BLOCK: u32 = 16;
+
+/// The threads per block a gate/up or down kernel is launched with: its own launch bounds (the
+/// function's most threads per block), whole warps whose count divides [`ROWS_PER_BLOCK`], so
+/// each warp takes the same number of rows. A kernel source chooses its block size per format
+/// by its launch bounds alone.
+///
+/// # Errors
+/// [`CudaError::Unsupported`] naming the kernel when its block size is not such a one,
+/// [`CudaError::Driver`] when the attribute cannot be read.
+pub(crate) fn block_threads(function: &cudarc::driver::CudaFunction, name: &str) -> Result<u32, CudaError> {
+    let threads = function.max_threads_per_block()?;
+    let warps = u32::try_from(threads).unwrap_or(0) / 32;
+    if threads % 32 != 0 || warps == 0 || ROWS_PER_BLOCK % warps != 0 {
+        return Err(CudaError::Unsupported(format!(
+            "{name}: {threads} threads per block; the kernels take whole warps dividing {ROWS_PER_BLOCK} rows"
+        )));
+    }
+    Ok(warps * 32)
+}
 
 /// The kernels' entry points.
 pub(crate) const GATE_UP_F32: &str = "moe_gate_up_f32";
