@@ -32,7 +32,7 @@ pub(crate) const ROWS_PER_BLOCK: u32 = 16;
 pub(crate) fn block_threads(function: &cudarc::driver::CudaFunction, name: &str) -> Result<u32, CudaError> {
     let threads = function.max_threads_per_block()?;
     let warps = u32::try_from(threads).unwrap_or(0) / 32;
-    if threads % 32 != 0 || warps == 0 || ROWS_PER_BLOCK % warps != 0 {
+    if threads % 32 != 0 || warps == 0 || !ROWS_PER_BLOCK.is_multiple_of(warps) {
         return Err(CudaError::Unsupported(format!(
             "{name}: {threads} threads per block; the kernels take whole warps dividing {ROWS_PER_BLOCK} rows"
         )));
