@@ -35,7 +35,7 @@
               bytes (|p| ≤ 255 · 128) fit i32"
 )]
 
-use super::order::f16_to_f32;
+use super::order::{f16_to_f32, lane_sum, LANES};
 
 /// Elements of an activation block (and of a block term).
 pub const Q8_BLOCK: usize = 32;
@@ -295,6 +295,40 @@ impl Blocks for Q6K {
             *t = dx * (scale(0) * j0 as f32 + scale(1) * j1 as f32);
         }
     }
+}
+
+/// `row · x` for a row of `cols` elements (whole blocks of `B`) against quantized activations
+/// of at least `cols` elements, in this module's order: each block's half-block sums by `sums`
+/// (the portable [`Blocks::sums`] or the vector ones: the same integers), its terms, then
+/// `acc[b mod 32] += t_b` over the row's blocks of 32 in order and [`lane_sum`] of the
+/// accumulators. Inlined into its callers, so a caller compiled for an instruction set compiles
+/// the whole row for it.
+#[inline(always)]
+#[allow(clippy::arithmetic_side_effects, reason = "block indexes bounded by the row's blocks")]
+pub(super) fn row_dot<B: Blocks>(
+    row: &[u8],
+    cols: usize,
+    x: &Q8Activations,
+    sums: impl Fn(&[u8], &[i8], &mut [i32; 16]),
+) -> f32 {
+    const { assert!(B::ELEMS.is_multiple_of(Q8_BLOCK) && B::ELEMS / Q8_BLOCK <= 8) };
+    let per = B::ELEMS / Q8_BLOCK;
+    let mut acc = [0.0f32; LANES];
+    let mut terms = [0.0f32; 8];
+    let terms = terms.get_mut(..per).unwrap_or_default();
+    let mut s = [0i32; 16];
+    for (block, bytes) in row.chunks_exact(B::BYTES).take(cols / B::ELEMS).enumerate() {
+        let first = block * per;
+        let q = x.q.get(first * Q8_BLOCK..).and_then(|q| q.get(..B::ELEMS)).unwrap_or_default();
+        sums(bytes, q, &mut s);
+        B::terms(bytes, x, first, &s, terms);
+        for (i, t) in terms.iter().enumerate() {
+            if let Some(a) = acc.get_mut((first + i) % LANES) {
+                *a += *t;
+            }
+        }
+    }
+    lane_sum(acc)
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //! by [`super::order`], the block formats by [`super::blocks`]' terms over 32 accumulators, their
 //! integer sums with AVX2 where the CPU has it.
 
-use super::blocks::{Blocks, Q8Activations, Q8_BLOCK};
-use super::order::{dot, lane_sum, pad_to_blocks, Bf16, Element, F32, LANES};
+use super::blocks::{Blocks, Q8Activations};
+use super::order::{dot, pad_to_blocks, Bf16, Element, F32};
 
 /// A vector's activations as the row formats read them: padded with zeros to whole passes
 /// ([`pad_to_blocks`]) for the plain formats, quantized to 8 bits for the block formats.
@@ -66,53 +66,23 @@ impl<B: Blocks> RowFormat for B {
 }
 
 /// `row · x` for a row of `cols` elements (whole blocks of `B`) against quantized activations
-/// of at least `cols` elements, in [`super::blocks`]' order: each block's integer sums (with
-/// AVX2 where the CPU has it: the same integers), its terms, then `acc[b mod 32] += t_b` over
-/// the row's blocks of 32 in order and [`lane_sum`] of the accumulators.
-#[inline(always)]
-#[allow(clippy::arithmetic_side_effects, reason = "block indexes bounded by the row's blocks")]
+/// of at least `cols` elements, in [`super::blocks`]' order ([`super::blocks::row_dot`]): the
+/// whole row compiled for AVX2 where the CPU has it (the same integers, the same terms).
 pub(super) fn block_dot<B: Blocks>(row: &[u8], cols: usize, x: &Q8Activations) -> f32 {
-    const { assert!(B::ELEMS.is_multiple_of(Q8_BLOCK) && B::ELEMS / Q8_BLOCK <= 8) };
-    let per = B::ELEMS / Q8_BLOCK;
     #[cfg(target_arch = "x86_64")]
-    let avx2 = std::arch::is_x86_feature_detected!("avx2");
-    let mut acc = [0.0f32; LANES];
-    let mut terms = [0.0f32; 8];
-    let terms = terms.get_mut(..per).unwrap_or_default();
-    let mut sums = [0i32; 16];
-    for (block, bytes) in row.chunks_exact(B::BYTES).take(cols / B::ELEMS).enumerate() {
-        let first = block * per;
-        let q = x.q.get(first * Q8_BLOCK..).and_then(|q| q.get(..B::ELEMS)).unwrap_or_default();
-        #[cfg(target_arch = "x86_64")]
-        if avx2 && q.len() == B::ELEMS {
-            #[allow(
-                unsafe_code,
-                reason = "calling a function compiled for an instruction set the CPU was found to have"
-            )]
-            // SAFETY: the CPU has AVX2 (detected above); `bytes` is one whole block and `q` its
-            // activations, the lengths `sums` reads.
-            unsafe {
-                super::blocks_avx2::sums(B::KIND, bytes, q, &mut sums);
-            }
-        } else {
-            B::sums(bytes, q, &mut sums);
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        B::sums(bytes, q, &mut sums);
-        B::terms(bytes, x, first, &sums, terms);
-        for (i, t) in terms.iter().enumerate() {
-            if let Some(a) = acc.get_mut((first + i) % LANES) {
-                *a += *t;
-            }
-        }
+    if std::arch::is_x86_feature_detected!("avx2") {
+        #[allow(unsafe_code, reason = "calling a function compiled for an instruction set the CPU was found to have")]
+        // SAFETY: the CPU has AVX2 (detected above).
+        return unsafe { super::blocks_avx2::row_dot::<B>(row, cols, x) };
     }
-    lane_sum(acc)
+    super::blocks::row_dot::<B>(row, cols, x, B::sums)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ffn::blocks::Q8_0;
+    use crate::ffn::order::{lane_sum, LANES};
 
     #[test]
     fn a_block_row_sums_its_terms_in_32_accumulators() {
