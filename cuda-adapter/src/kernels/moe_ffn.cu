@@ -47,12 +47,27 @@ typedef unsigned short u16;
 
 #define WARPS 8
 #define ROWS_PER_WARP 2
+// Q6_K's down: blocks of DWARPS warps of DROWS rows each (the same rows a block), whose rows of
+// fewer than 32 blocks spread their terms over the lanes (`rows_dot_q8_spread`): a Q4_K_M
+// file's down (expert FFN 768 is 24 blocks a row) left a quarter of the lanes idle. The crate
+// reads each kernel's block size from its launch bounds.
+#define Q6_K_SPREAD 1
+#define DWARPS 4
+#define DROWS (WARPS * ROWS_PER_WARP / DWARPS)
 #define CHUNK 8
 #define BLOCK (32 * CHUNK)
 
 // Status bits written when a pair cannot be computed (the host reads them after a sync).
 #define STATUS_NO_SOURCE 1u
 #define STATUS_BAD_EXPERT 2u
+
+// The warps of a block of down and the rows of each.
+template <int FMT>
+struct DownTile {
+    static constexpr bool spread = Q6_K_SPREAD && FMT == FMT_Q6_K;
+    static constexpr int warps = spread ? DWARPS : WARPS;
+    static constexpr int rows = spread ? DROWS : ROWS_PER_WARP;
+};
 
 __device__ __forceinline__ float bf16_to_f32(u32 bits16) { return __uint_as_float(bits16 << 16); }
 
@@ -548,14 +563,14 @@ __device__ __forceinline__ float block_term(const unsigned char* row, int b, con
 // A warp's rows of MATS matrices (gate and up, or down) of a block format against the
 // activations quantized in `act_smem` (`cols` of them): lane l adds the terms of blocks l,
 // l + 32, ... to its accumulator, then the warp's butterfly sums the lanes into `out`.
-template <int FMT, int MATS, bool WIDE>
-__device__ __forceinline__ void rows_dot_q8_as(const unsigned char* const mats[MATS], const int rows[ROWS_PER_WARP],
-                                               int rb, int cols, float out[MATS][ROWS_PER_WARP]) {
+template <int FMT, int MATS, int R, bool WIDE>
+__device__ __forceinline__ void rows_dot_q8_as(const unsigned char* const mats[MATS], const int rows[R],
+                                               int rb, int cols, float out[MATS][R]) {
     const int lane = threadIdx.x & 31;
     const signed char* q = reinterpret_cast<const signed char*>(act_smem);
     const float* d = reinterpret_cast<const float*>(act_smem + cols);
     const int* sums = reinterpret_cast<const int*>(act_smem + cols + 4 * (cols / Q8_BLOCK));
-    float acc[MATS][ROWS_PER_WARP] = {};
+    float acc[MATS][R] = {};
     // Two blocks a lane at a time, so the second's loads go out with the first's.
 #pragma unroll 2
     for (int b = lane; b < cols / Q8_BLOCK; b += 32) {
@@ -565,7 +580,7 @@ __device__ __forceinline__ void rows_dot_q8_as(const unsigned char* const mats[M
         const float dx = d[b];
         const int s0 = sums[2 * b], s1 = sums[2 * b + 1];
 #pragma unroll
-        for (int r = 0; r < ROWS_PER_WARP; r++) {
+        for (int r = 0; r < R; r++) {
 #pragma unroll
             for (int m = 0; m < MATS; m++) {
                 const float t = block_term<FMT, WIDE>(mats[m] + (u64)rows[r] * (u64)rb, b, xw, q + b * Q8_BLOCK, dx, s0, s1);
@@ -574,9 +589,51 @@ __device__ __forceinline__ void rows_dot_q8_as(const unsigned char* const mats[M
         }
     }
 #pragma unroll
-    for (int r = 0; r < ROWS_PER_WARP; r++) {
+    for (int r = 0; r < R; r++) {
 #pragma unroll
         for (int m = 0; m < MATS; m++) out[m][r] = warp_sum(acc[m][r]);
+    }
+}
+
+// One of a warp's R rows, chosen without indexing the array by a variable (which would put it
+// in local memory).
+template <int R>
+__device__ __forceinline__ int pick_row(const int rows[R], int r) {
+    int v = rows[0];
+#pragma unroll
+    for (int j = 1; j < R; j++) v = r == j ? rows[j] : v;
+    return v;
+}
+
+// `rows_dot_q8_as` for rows of fewer than 32 blocks, where one block a lane would leave lanes
+// idle: the warp's R·MATS row-matrices are laid end to end and lane l takes their blocks l,
+// l + 32, ... (row-matrix k = i / nb, block b = i % nb); each term goes to its row-matrix's slot
+// b in shared memory (slots past nb are 0) and the butterfly sums each row-matrix's slots. Each
+// slot holds one term, added to 0 as the host's accumulator is: the same sums.
+template <int FMT, int MATS, int R, bool WIDE>
+__device__ __forceinline__ void rows_dot_q8_spread(const unsigned char* const mats[MATS], const int rows[R],
+                                                   int rb, int cols, float out[MATS][R]) {
+    __shared__ float slots[WARPS * ROWS_PER_WARP * MATS * 32];
+    const int lane = threadIdx.x & 31, nb = cols / Q8_BLOCK;
+    const signed char* q = reinterpret_cast<const signed char*>(act_smem);
+    const float* d = reinterpret_cast<const float*>(act_smem + cols);
+    const int* sums = reinterpret_cast<const int*>(act_smem + cols + 4 * (cols / Q8_BLOCK));
+    float* my = slots + (threadIdx.x >> 5) * (R * MATS * 32);
+#pragma unroll 4
+    for (int i = lane; i < R * MATS * nb; i += 32) {
+        const int k = i / nb, b = i - k * nb;
+        const int r = k / MATS, m = k - r * MATS;
+        const unsigned char* row = (m == 0 ? mats[0] : mats[MATS - 1]) + (u64)pick_row<R>(rows, r) * (u64)rb;
+        const int4 x0 = *reinterpret_cast<const int4*>(q + b * Q8_BLOCK);
+        const int4 x1 = *reinterpret_cast<const int4*>(q + b * Q8_BLOCK + 16);
+        const int xw[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+        my[k * 32 + b] = __fadd_rn(0.0f, block_term<FMT, WIDE>(row, b, xw, q + b * Q8_BLOCK, d[b], sums[2 * b], sums[2 * b + 1]));
+    }
+    __syncwarp();
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+#pragma unroll
+        for (int m = 0; m < MATS; m++) out[m][r] = warp_sum(lane < nb ? my[(r * MATS + m) * 32 + lane] : 0.0f);
     }
 }
 
@@ -603,15 +660,15 @@ __device__ __forceinline__ void staged_block(const u32* stage, int lane, u32& sc
 // bytes) with consecutive words, every row's pass before the first is used, and puts each row
 // through its slice of shared memory (after the activations), from which each lane takes its
 // block. Same terms, same order.
-template <int MATS>
-__device__ __forceinline__ void rows_dot_q8_0_staged(const unsigned char* const mats[MATS], const int rows[ROWS_PER_WARP],
-                                                     int rb, int cols, float out[MATS][ROWS_PER_WARP]) {
+template <int MATS, int R>
+__device__ __forceinline__ void rows_dot_q8_0_staged(const unsigned char* const mats[MATS], const int rows[R],
+                                                     int rb, int cols, float out[MATS][R]) {
     const int lane = threadIdx.x & 31;
     const signed char* q = reinterpret_cast<const signed char*>(act_smem);
     const float* d = reinterpret_cast<const float*>(act_smem + cols);
     u32* stage = reinterpret_cast<u32*>(act_smem + cols + 12 * (cols / Q8_BLOCK)) + (threadIdx.x >> 5) * Q8_0_STAGE_WORDS;
     const int blocks = cols / Q8_BLOCK;
-    float acc[MATS][ROWS_PER_WARP] = {};
+    float acc[MATS][R] = {};
     for (int base = 0; base < blocks; base += 32) {
         const int words = min(32, blocks - base) * Q8_0_BYTES / 4;
         // Row-matrix t (t / MATS the row, t % MATS the matrix): its pass's words, loaded one
@@ -637,8 +694,8 @@ __device__ __forceinline__ void rows_dot_q8_0_staged(const unsigned char* const 
             dx = d[b];
         }
 #pragma unroll
-        for (int t = 0; t < MATS * ROWS_PER_WARP; t++) {
-            if (t + 1 < MATS * ROWS_PER_WARP) load(t + 1, next);
+        for (int t = 0; t < MATS * R; t++) {
+            if (t + 1 < MATS * R) load(t + 1, next);
 #pragma unroll
             for (int i = 0; i < Q8_0_WORDS_PER_LANE; i++) {
                 const int w = lane + 32 * i;
@@ -660,7 +717,7 @@ __device__ __forceinline__ void rows_dot_q8_0_staged(const unsigned char* const 
         }
     }
 #pragma unroll
-    for (int r = 0; r < ROWS_PER_WARP; r++) {
+    for (int r = 0; r < R; r++) {
 #pragma unroll
         for (int m = 0; m < MATS; m++) out[m][r] = warp_sum(acc[m][r]);
     }
@@ -669,21 +726,31 @@ __device__ __forceinline__ void rows_dot_q8_0_staged(const unsigned char* const 
 // `rows_dot_q8_as` with the warp's load width, chosen once (`wide`: the rows are aligned for the
 // format's wide loads, `wide_rows`), so the loop carries one width's loads. Aligned Q8_0 rows
 // are staged (`rows_dot_q8_0_staged`); others go element by element.
-template <int FMT, int MATS>
-__device__ __forceinline__ void rows_dot_q8(bool wide, const unsigned char* const mats[MATS], const int rows[ROWS_PER_WARP],
-                                            int rb, int cols, float out[MATS][ROWS_PER_WARP]) {
+template <int FMT, int MATS, int R>
+__device__ __forceinline__ void rows_dot_q8(bool wide, const unsigned char* const mats[MATS], const int rows[R],
+                                            int rb, int cols, float out[MATS][R]) {
     if constexpr (FMT == FMT_Q8_0) {
-        if (wide) rows_dot_q8_0_staged<MATS>(mats, rows, rb, cols, out);
-        else rows_dot_q8_as<FMT, MATS, false>(mats, rows, rb, cols, out);
+        if (wide) rows_dot_q8_0_staged<MATS, R>(mats, rows, rb, cols, out);
+        else rows_dot_q8_as<FMT, MATS, R, false>(mats, rows, rb, cols, out);
+    } else if constexpr (Q6_K_SPREAD && FMT == FMT_Q6_K && MATS == 1) {
+        // Down's rows of fewer than 32 blocks: their terms spread over the lanes.
+        if (cols / Q8_BLOCK < 32) {
+            if (wide) rows_dot_q8_spread<FMT, MATS, R, true>(mats, rows, rb, cols, out);
+            else rows_dot_q8_spread<FMT, MATS, R, false>(mats, rows, rb, cols, out);
+        } else {
+            if (wide) rows_dot_q8_as<FMT, MATS, R, true>(mats, rows, rb, cols, out);
+            else rows_dot_q8_as<FMT, MATS, R, false>(mats, rows, rb, cols, out);
+        }
     } else {
-        if (wide) rows_dot_q8_as<FMT, MATS, true>(mats, rows, rb, cols, out);
-        else rows_dot_q8_as<FMT, MATS, false>(mats, rows, rb, cols, out);
+        if (wide) rows_dot_q8_as<FMT, MATS, R, true>(mats, rows, rb, cols, out);
+        else rows_dot_q8_as<FMT, MATS, R, false>(mats, rows, rb, cols, out);
     }
 }
 
 // A warp's first row. Its rows are clamped to the last row (a warp past the end reads that row
 // again and writes nothing), so the passes carry no row test.
-__device__ __forceinline__ int first_row() { return (blockIdx.x * WARPS + (threadIdx.x >> 5)) * ROWS_PER_WARP; }
+template <int W = WARPS, int R = ROWS_PER_WARP>
+__device__ __forceinline__ int first_row() { return (blockIdx.x * W + (threadIdx.x >> 5)) * R; }
 
 // h[pair] = SiLU(gate · x) * (up · x).
 // Grid: (ceil(ffn / (WARPS * ROWS_PER_WARP)), number of pairs in `pairs`). Block: WARPS * 32.
@@ -717,7 +784,7 @@ __device__ void gate_up(const LayerArgs& layer, const StepArgs& step, const int*
         quantize_shared(x, hidden);
         // One load width for the whole warp, chosen once: the rows' alignment.
         const bool wide = wide_rows<FMT>(gate, rb) && wide_rows<FMT>(up, rb);
-        rows_dot_q8<FMT, 2>(wide, mats, rows, rb, hidden, gu);
+        rows_dot_q8<FMT, 2, ROWS_PER_WARP>(wide, mats, rows, rb, hidden, gu);
     } else {
         // One load width for the whole warp, chosen once: the rows' alignment and x's.
         const bool wide = wide_rows<FMT>(gate, rb) && wide_rows<FMT>(up, rb) && wide_rows<FMT_F32>(reinterpret_cast<const unsigned char*>(x), 0);
@@ -757,7 +824,8 @@ __device__ __forceinline__ void combine_rows(const StepArgs& step, int token, in
 // Each pair's down output: part[pair] = down · h[pair]. When `step.fused`, the block that
 // finishes a row tile's last pair of a token (counted in `step.counts`, over every down launch
 // of the step) then combines that tile's rows for the token, so no combine launch follows.
-// Grid: (ceil(hidden / (WARPS * ROWS_PER_WARP)), number of pairs in `pairs`). Block: WARPS * 32.
+// Grid: (ceil(hidden / (WARPS * ROWS_PER_WARP)), number of pairs in `pairs`). Block:
+// DownTile<FMT>::warps * 32.
 template <int FMT>
 __device__ void down(const LayerArgs& layer, const StepArgs& step, const int* pairs) {
     down_part<FMT>(layer, step, pairs);
@@ -788,7 +856,8 @@ __device__ __forceinline__ void down_part(const LayerArgs& layer, const StepArgs
     const int hidden = step.hidden;
     const int ffn = step.ffn;
     const int lane = threadIdx.x & 31;
-    const int row0 = first_row();
+    constexpr int R = DownTile<FMT>::rows;
+    const int row0 = first_row<DownTile<FMT>::warps, R>();
     const int rb = row_bytes(FMT, ffn);
     const unsigned char* dw = resolve(pair, 2, ids, layer.experts, table, layer.slot_base, layer.slot_stride,
                                       layer.proj_offset, miss, status);
@@ -796,30 +865,30 @@ __device__ __forceinline__ void down_part(const LayerArgs& layer, const StepArgs
     if (dw == nullptr) {
         // Reported through the status word; the output is not used.
         if (lane == 0) {
-            for (int r = 0; r < ROWS_PER_WARP; r++)
+            for (int r = 0; r < R; r++)
                 if (row0 + r < hidden) part[row0 + r] = 0.0f;
             __threadfence();
         }
         return;
     }
     const float* hk = reinterpret_cast<const float*>(step.h) + (u64)pair * (u64)ffn;
-    int rows[ROWS_PER_WARP];
+    int rows[R];
 #pragma unroll
-    for (int r = 0; r < ROWS_PER_WARP; r++) rows[r] = min(row0 + r, hidden - 1);
+    for (int r = 0; r < R; r++) rows[r] = min(row0 + r, hidden - 1);
     const unsigned char* const mats[1] = {dw};
-    float out[1][ROWS_PER_WARP];
+    float out[1][R];
     if constexpr (FMT >= FMT_Q8_0) {
         quantize_shared(hk, ffn);
-        rows_dot_q8<FMT, 1>(wide_rows<FMT>(dw, rb), mats, rows, rb, ffn, out);
+        rows_dot_q8<FMT, 1, R>(wide_rows<FMT>(dw, rb), mats, rows, rb, ffn, out);
     } else {
         const bool wide = wide_rows<FMT>(dw, rb) && wide_rows<FMT_F32>(reinterpret_cast<const unsigned char*>(hk), 0);
-        float acc[1][ROWS_PER_WARP][CHUNK] = {};
+        float acc[1][R][CHUNK] = {};
         rows_dot<FMT, 1>(wide, mats, rows, rb, hk, ffn, acc);
 #pragma unroll
-        for (int r = 0; r < ROWS_PER_WARP; r++) out[0][r] = warp_sum(lane_reduce(acc[0][r]));
+        for (int r = 0; r < R; r++) out[0][r] = warp_sum(lane_reduce(acc[0][r]));
     }
 #pragma unroll
-    for (int r = 0; r < ROWS_PER_WARP; r++) {
+    for (int r = 0; r < R; r++) {
         if (lane == 0 && row0 + r < hidden) part[row0 + r] = out[0][r];
     }
     // Visible to the block that combines this tile.
@@ -877,7 +946,7 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32)
     gate_up<FMT_Q6_K>(layer, step, pairs);
 }
 
-extern "C" __global__ void __launch_bounds__(WARPS * 32)
+extern "C" __global__ void __launch_bounds__(DownTile<FMT_Q6_K>::warps * 32)
     moe_down_q6_k(const LayerArgs layer, const StepArgs step, const int* pairs) {
     down<FMT_Q6_K>(layer, step, pairs);
 }
