@@ -27,6 +27,9 @@
 // summed in integers (dp4a, exact in any order), scaled by the block's scales in f32 and added
 // to the lane's accumulator, and the warp's butterfly sums the lanes. Whether the row's words
 // are loaded wide or byte by byte (rows not aligned for the format), the integers are the same.
+// Q6_K's down rows of fewer than 32 blocks (a Q4_K_M file's) are laid end to end over a warp's
+// four rows so every lane takes a term, each term put in its row's slot (`rows_dot_q8_spread`):
+// the same accumulators, so the same sums.
 //
 // No headers: NVRTC compiles this without the CUDA toolkit's include files.
 
