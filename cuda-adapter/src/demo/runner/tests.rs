@@ -69,6 +69,35 @@ fn store() -> (ExpertStore, ExpertLayout) {
     (store, layout)
 }
 
+/// A runner on the mock driver over `store` (the host FFN on, input for up to 3 tokens), with
+/// `slots` and `scratch` slots per layer for `trace` under `run`, and its driver.
+fn runner<'m>(
+    store: &'m ExpertStore,
+    layout: &'m ExpertLayout,
+    run: &RunConfig,
+    slots: usize,
+    scratch: usize,
+    trace: &expertslab::trace::Trace,
+) -> (Arc<MockDriver>, Runner<'m, Arc<MockDriver>, MockKernels>) {
+    let driver = Arc::new(MockDriver::new(1 << 26));
+    let mut sink = CudaSlotSink::new(Arc::clone(&driver), [], RingConfig::default()).unwrap();
+    sink.host_mut().register_store(store);
+    let compute = driver.new_stream().unwrap();
+    let model = Model {
+        store,
+        layout,
+        shape: SHAPE,
+        experts: EXPERTS,
+        layers: LAYERS,
+        expert_bytes: layout.expert_bytes(),
+        activations: vec![0.5; 3 * SHAPE.hidden],
+        host: Some(ExpertFfn::new(SHAPE.hidden, SHAPE.ffn, SHAPE.format).unwrap()),
+    };
+    let runner =
+        Runner::new(model, sink, compute, MockKernels(Arc::clone(&driver)), run, slots, scratch, trace).unwrap();
+    (driver, runner)
+}
+
 /// The device ranges of layer `layer`'s own memory: its slot arena (per-layer pools only),
 /// its scratch region and its table's buffers.
 fn ranges(runner: &Runner<'_, Arc<MockDriver>, MockKernels>, layer: usize, shared: bool) -> Vec<std::ops::Range<u64>> {
@@ -182,23 +211,8 @@ fn a_layer_s_work_is_enqueued_only_after_the_previous_layer_s_event() {
         (Sharing::PerLayer, never_admits, split),
         (Sharing::Shared, Policy::Lru, split),
     ] {
-        let driver = Arc::new(MockDriver::new(1 << 26));
-        let mut sink = CudaSlotSink::new(Arc::clone(&driver), [], RingConfig::default()).unwrap();
-        sink.host_mut().register_store(&store);
-        let compute = driver.new_stream().unwrap();
-        let model = Model {
-            store: &store,
-            layout: &layout,
-            shape: SHAPE,
-            experts: EXPERTS,
-            layers: LAYERS,
-            expert_bytes: layout.expert_bytes(),
-            activations: vec![0.5; 3 * SHAPE.hidden],
-            host: Some(ExpertFfn::new(SHAPE.hidden, SHAPE.ffn, SHAPE.format).unwrap()),
-        };
         let run = RunConfig { sharing, ..RunConfig::new(3, policy, miss) };
-        let mut runner =
-            Runner::new(model, sink, compute, MockKernels(Arc::clone(&driver)), &run, 3, 6, &trace).unwrap();
+        let (driver, mut runner) = runner(&store, &layout, &run, 3, 6, &trace);
         driver.clear_ops();
         let report = runner.run(&trace).unwrap();
         assert!(report.promotions + report.scratch_pairs + report.bus_pairs > 0, "{sharing:?}: nothing moved");
@@ -278,23 +292,8 @@ fn layers_holding_every_expert_are_enqueued_without_waiting() {
     let layers: Vec<usize> = trace.records().iter().map(|r| r.layer as usize).collect();
     for (sharing, slots) in [(Sharing::PerLayer, EXPERTS), (Sharing::Shared, EXPERTS), (Sharing::PerLayer, EXPERTS - 1)]
     {
-        let driver = Arc::new(MockDriver::new(1 << 26));
-        let mut sink = CudaSlotSink::new(Arc::clone(&driver), [], RingConfig::default()).unwrap();
-        sink.host_mut().register_store(&store);
-        let compute = driver.new_stream().unwrap();
-        let model = Model {
-            store: &store,
-            layout: &layout,
-            shape: SHAPE,
-            experts: EXPERTS,
-            layers: LAYERS,
-            expert_bytes: layout.expert_bytes(),
-            activations: vec![0.5; 2 * SHAPE.hidden],
-            host: None,
-        };
         let run = RunConfig { sharing, ..RunConfig::new(slots, Policy::Lru, MissRule::Always(MissAction::Copy)) };
-        let mut runner =
-            Runner::new(model, sink, compute, MockKernels(Arc::clone(&driver)), &run, slots, 0, &trace).unwrap();
+        let (driver, mut runner) = runner(&store, &layout, &run, slots, 0, &trace);
         driver.clear_ops();
         let report = runner.run(&trace).unwrap();
         let done = *runner.done_event();
