@@ -44,18 +44,21 @@ fn spec(format: Format) -> ModelSpec {
     ModelSpec { experts: 16, layers: 2, shape: FfnShape::new(hidden, ffn, 4, format), seed: 7 }
 }
 
-/// The test models: one per format, and a Q4_K_M file's mix (Q4_K gate and up, Q6_K down).
+/// The test models: one per format, and a Q4_K_M file's mix (Q4_K gate and up, Q6_K down), at
+/// expert FFN 256 (Q6_K's down rows of 8 blocks, spread over the lanes) and 1024 (32 blocks, one
+/// a lane, four rows a warp).
 fn specs() -> Vec<ModelSpec> {
     let q4_k_m = spec(Format::Q4_K);
     let q4_k_m = ModelSpec { shape: FfnShape { down_format: Format::Q6_K, ..q4_k_m.shape }, ..q4_k_m };
-    FORMATS.map(spec).into_iter().chain([q4_k_m]).collect()
+    let wide = ModelSpec { shape: FfnShape { ffn: 1024, ..q4_k_m.shape }, ..q4_k_m };
+    FORMATS.map(spec).into_iter().chain([q4_k_m, wide]).collect()
 }
 
-/// A model's formats for messages: `Q4_K` or `Q4_K+Q6_K`.
+/// A model's formats for messages and file names: `Q4_K`, or `Q4_K+Q6_K-ffn256` for a mix.
 fn formats(spec: &ModelSpec) -> String {
     match (spec.shape.format, spec.shape.down_format) {
         (a, b) if a == b => format!("{a:?}"),
-        (a, b) => format!("{a:?}+{b:?}"),
+        (a, b) => format!("{a:?}+{b:?}-ffn{}", spec.shape.ffn),
     }
 }
 
