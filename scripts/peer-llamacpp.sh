@@ -22,6 +22,13 @@
 #     serving misses (copy, bus, host, auto) at 75, 50, 25 and 0% of the experts in VRAM.
 #   bash DIR/peer-llamacpp.sh table [OUT]         prints (and writes OUT/table.md) the table of
 #     both, from OUT's files (anywhere with Python 3).
+#   bash DIR/peer-llamacpp.sh share [OUT]         on the GPU machine, after build
+#     llama.cpp's all-GPU MoE share beside expertslab's all-resident time, per expert type in
+#     TYPES (default "q4_k bf16 q8_0"): files of the default shape with expert FFN 768 and 256,
+#     llama-bench on each with every layer on the GPU, the share (t768 - t256) * 768 / 512 (the
+#     time that grows with the experts' width, taken as linear in it: llama.cpp's MoE costs that
+#     do not grow with the width are left out), and expertslab's all-resident row (bench-decode)
+#     on the 768 file; the table goes to OUT/share.md (share-table [OUT] prints it again).
 #   bash DIR/peer-llamacpp.sh run [OUT]           llama, ours, table
 #   bash DIR/peer-llamacpp.sh all [OUT]           build, then run
 # Raw output goes to OUT (default: DIR/out).
@@ -128,6 +135,44 @@ ours() {
   echo "expertslab done"
 }
 
+share() {
+  local out=$1
+  mkdir -p "$out"
+  local bench="$build_dir/bin/llama-bench"
+  [ -x "$bench" ] || { echo "share: llama-bench is not built; run build first" >&2; exit 1; }
+  local t f m
+  for t in ${TYPES:-q4_k bf16 q8_0}; do
+    for f in 768 256; do
+      m=/tmp/expertslab-share-$t-$f.gguf
+      [ -f "$m" ] || PYTHONPATH="$here/py" "$py" "$here/make-moe-gguf.py" "$m" --expert-type "$t" --expert-ffn "$f" \
+        >"$out/model-$t-$f.txt"
+      "$bench" -m "$m" -ngl 99 -p 0 -n "$tokens" -r "$reps" -o json >"$out/llama-$t-$f.json" 2>"$out/llama-$t-$f.log"
+      echo "llama.cpp $t, expert FFN $f done"
+    done
+    EXPERTSLAB_MODEL=/tmp/expertslab-share-$t-768.gguf EXPERTSLAB_ROWS=peer EXPERTSLAB_PERCENTS=100 \
+      EXPERTSLAB_REPS="$reps" "$here/bin/bench-decode" --bench >"$out/expertslab-$t.txt" 2>&1
+    echo "expertslab $t done"
+  done
+  share_table "$out"
+}
+
+share_table() {
+  local out=$1
+  "$py" - "$out" "${TYPES:-q4_k bf16 q8_0}" <<'EOF' | tee "$out/share.md"
+import json, sys
+from pathlib import Path
+out, types = Path(sys.argv[1]), sys.argv[2].split()
+print("| experts | llama.cpp, FFN 768 | FFN 256 | llama.cpp's MoE share | expertslab all resident | expertslab / llama.cpp |")
+print("|---|---|---|---|---|---|")
+for t in types:
+    us = {f: 1e6 / json.loads((out / f"llama-{t}-{f}.json").read_text())[0]["avg_ts"] for f in (768, 256)}
+    share = (us[768] - us[256]) * 768 / 512
+    rows = (line.split("\t") for line in (out / f"expertslab-{t}.txt").read_text().splitlines())
+    ours = next(float(f[5]) for f in rows if f[0] == "peer" and f[1] == "near-uniform" and f[3] == "all resident")
+    print(f"| {t} | {us[768]:.1f} µs/token | {us[256]:.1f} | {share:.1f} µs | {ours:.1f} µs | {ours / share:.2f} |")
+EOF
+}
+
 table() {
   local out=$1
   "$py" - "$out" "$(layers_of "$out")" "$tokens" <<'EOF' | tee "$out/table.md"
@@ -212,6 +257,8 @@ case "$cmd" in
   llama) llama "${1:-$here/out}" ;;
   ours) ours "${1:-$here/out}" ;;
   table) table "${1:-$here/out}" ;;
+  share) share "${1:-$here/out}" ;;
+  share-table) share_table "${1:-$here/out}" ;;
   run) llama "${1:-$here/out}" && ours "${1:-$here/out}" && table "${1:-$here/out}" ;;
   all) build && llama "${1:-$here/out}" && ours "${1:-$here/out}" && table "${1:-$here/out}" ;;
   *) sed -n '2,30p' "$0" >&2; exit 2 ;;
