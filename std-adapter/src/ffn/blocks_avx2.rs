@@ -221,10 +221,12 @@ pub(super) unsafe fn row_dot<B: Blocks>(row: &[u8], cols: usize, x: &Q8Activatio
         let t = unsafe {
             let dx = loadf(&x.d, first);
             let q = &x.q[first * Q8_BLOCK..];
+            // The group's first block of the format: Q8_0's blocks are the blocks of 32.
+            let bytes = &row[first * Q8_BLOCK / B::ELEMS * B::BYTES..];
             match B::KIND {
-                Kind::Q8_0 => q8_0_terms(&row[first * 34..], q, dx),
-                Kind::Q4K => q4k_terms(&row[k * 144..], q, dx, &x.sums, 2 * first),
-                Kind::Q6K => q6k_terms(&row[k * 210..], q, dx, &x.sums, 2 * first),
+                Kind::Q8_0 => q8_0_terms(bytes, q, dx),
+                Kind::Q4K => q4k_terms(bytes, q, dx, &x.sums, 2 * first),
+                Kind::Q6K => q6k_terms(bytes, q, dx, &x.sums, 2 * first),
             }
         };
         acc[k % 4] = _mm256_add_ps(acc[k % 4], t);
