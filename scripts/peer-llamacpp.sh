@@ -24,11 +24,12 @@
 #     both, from OUT's files (anywhere with Python 3).
 #   bash DIR/peer-llamacpp.sh share [OUT]         on the GPU machine, after build
 #     llama.cpp's all-GPU MoE share beside expertslab's all-resident time, per expert type in
-#     TYPES (default "q4_k bf16 q8_0"): files of the default shape with expert FFN 768 and 256,
-#     llama-bench on each with every layer on the GPU, the share (t768 - t256) * 768 / 512 (the
-#     time that grows with the experts' width, taken as linear in it: llama.cpp's MoE costs that
-#     do not grow with the width are left out), and expertslab's all-resident row (bench-decode)
-#     on the 768 file; the table goes to OUT/share.md (share-table [OUT] prints it again).
+#     TYPES (default "q4_k bf16 q8_0"): files of the default shape with expert FFN 768 and 1536,
+#     llama-bench on each with every layer on the GPU, the share t1536 - t768 (the time 768 more
+#     of width adds, taken as linear in the width over that range, where the experts' reads
+#     dominate: llama.cpp's MoE costs that do not grow with the width are left out), and
+#     expertslab's all-resident row (bench-decode) on the 768 file; the table goes to
+#     OUT/share.md (share-table [OUT] prints it again).
 #   bash DIR/peer-llamacpp.sh run [OUT]           llama, ours, table
 #   bash DIR/peer-llamacpp.sh all [OUT]           build, then run
 # Raw output goes to OUT (default: DIR/out).
@@ -142,7 +143,7 @@ share() {
   [ -x "$bench" ] || { echo "share: llama-bench is not built; run build first" >&2; exit 1; }
   local t f m
   for t in ${TYPES:-q4_k bf16 q8_0}; do
-    for f in 768 256; do
+    for f in 768 1536; do
       m=/tmp/expertslab-share-$t-$f.gguf
       [ -f "$m" ] || PYTHONPATH="$here/py" "$py" "$here/make-moe-gguf.py" "$m" --expert-type "$t" --expert-ffn "$f" \
         >"$out/model-$t-$f.txt"
@@ -162,14 +163,18 @@ share_table() {
 import json, sys
 from pathlib import Path
 out, types = Path(sys.argv[1]), sys.argv[2].split()
-print("| experts | llama.cpp, FFN 768 | FFN 256 | llama.cpp's MoE share | expertslab all resident | expertslab / llama.cpp |")
+# The share of expert FFN 768: t(768 + d) - t(768) for the other width d over 768 (1536; 256,
+# as a call of 2026-12-07 ran it, scaled by 768 / 512).
+widths = sorted(int(p.stem.rsplit("-", 1)[1]) for p in out.glob(f"llama-{types[0]}-*.json"))
+other = next(w for w in widths if w != 768)
+print(f"| experts | llama.cpp, FFN 768 | FFN {other} | llama.cpp's MoE share at 768 | expertslab all resident | expertslab / llama.cpp |")
 print("|---|---|---|---|---|---|")
 for t in types:
-    us = {f: 1e6 / json.loads((out / f"llama-{t}-{f}.json").read_text())[0]["avg_ts"] for f in (768, 256)}
-    share = (us[768] - us[256]) * 768 / 512
+    us = {f: 1e6 / json.loads((out / f"llama-{t}-{f}.json").read_text())[0]["avg_ts"] for f in (768, other)}
+    share = (us[max(768, other)] - us[min(768, other)]) * 768 / abs(other - 768)
     rows = (line.split("\t") for line in (out / f"expertslab-{t}.txt").read_text().splitlines())
     ours = next(float(f[5]) for f in rows if f[0] == "peer" and f[1] == "near-uniform" and f[3] == "all resident")
-    print(f"| {t} | {us[768]:.1f} µs/token | {us[256]:.1f} | {share:.1f} µs | {ours:.1f} µs | {ours / share:.2f} |")
+    print(f"| {t} | {us[768]:.1f} µs/token | {us[other]:.1f} | {share:.1f} µs | {ours:.1f} µs | {ours / share:.2f} |")
 EOF
 }
 
