@@ -1,5 +1,6 @@
 //! `expertslab synth`: write a synthetic routing trace (Zipf popularity, reuse between
-//! consecutive tokens, phase changes; see `expertslab_std::trace::synthetic`).
+//! consecutive tokens, phase changes, layers that follow each other; see
+//! `expertslab_std::trace::synthetic`).
 
 use std::path::PathBuf;
 
@@ -54,6 +55,11 @@ pub struct Args {
     /// Seed; layer `l` uses `seed + l`.
     #[arg(long, default_value_t = SyntheticTrace::DEFAULT.seed)]
     seed: u64,
+    /// Probability that each choice of a layer follows the previous layer's choice in the same
+    /// position, through a fixed one-to-one map of the experts per pair of layers (0 =
+    /// independent layers).
+    #[arg(long, default_value_t = SyntheticTrace::DEFAULT.correlation, value_parser = parse_probability)]
+    layer_correlation: f64,
 }
 
 /// A Zipf exponent: a finite number of at least 0.
@@ -125,6 +131,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         reuse: args.reuse,
         phase: args.phase,
         seed: args.seed,
+        correlation: args.layer_correlation,
     };
     settings.shape().check().map_err(|e| CliError::Usage(format!("synth: {e}")))?;
     check_sizes(args)?;

@@ -13,6 +13,10 @@
 //!   where redrawing would practically never end, finish too).
 //! - **Phase length** `phase_steps`: every this many steps the popularity ranking is reshuffled
 //!   (a topic change); `0` never reshuffles.
+//! - **Layer correlation** ([`SyntheticTrace::correlation`], for traces of several layers): each
+//!   choice of layer `l ≥ 1` follows layer `l − 1`'s choice in the same position with this
+//!   probability, through a fixed one-to-one map of the experts drawn once per pair of layers,
+//!   as real routers' layers follow each other (so a next-layer guess can be right).
 //!
 //! The generator is [`SplitMix64`], so a seed gives the same stream on every target.
 
@@ -41,6 +45,8 @@ pub enum ShapeError {
     Zipf(f64),
     /// A reuse probability outside `0..=1` (or NaN).
     Reuse(f64),
+    /// A layer correlation outside `0..=1` (or NaN).
+    Correlation(f64),
 }
 
 impl fmt::Display for ShapeError {
@@ -50,6 +56,7 @@ impl fmt::Display for ShapeError {
             Self::TopK { top_k, experts } => write!(f, "top-{top_k} routing needs 1 ..= {experts} experts per token"),
             Self::Zipf(s) => write!(f, "Zipf exponent {s} is not a finite number of at least 0"),
             Self::Reuse(p) => write!(f, "reuse probability {p} is not within 0 ..= 1"),
+            Self::Correlation(p) => write!(f, "layer correlation {p} is not within 0 ..= 1"),
         }
     }
 }
@@ -295,6 +302,12 @@ pub struct SyntheticTrace {
     pub phase: u64,
     /// Seed; layer `l` uses `seed + l`.
     pub seed: u64,
+    /// Probability that each choice of layer `l ≥ 1` is layer `l − 1`'s choice in the same
+    /// position mapped through a fixed one-to-one map of the experts (one per pair of layers,
+    /// drawn once), instead of its layer's own draw; a mapped expert the token already holds
+    /// leaves the draw in place. Each layer's reuse and phases act on its own draws. 0: the layers
+    /// are independent, and the trace is the one of settings without this field.
+    pub correlation: f64,
 }
 
 /// What keeps a [`SyntheticTrace`] from being made.
@@ -334,6 +347,7 @@ impl SyntheticTrace {
         reuse: 0.5,
         phase: 256,
         seed: 1,
+        correlation: 0.0,
     };
 
     /// The locality family of the GPU benchmarks: 128 experts, 4 layers, top-8, 512 steps, Zipf
@@ -359,11 +373,31 @@ impl SyntheticTrace {
     /// # Errors
     /// [`ShapeError`] for a shape no draw can meet.
     pub fn steps(&self) -> Result<SyntheticSteps, ShapeError> {
+        if !(0.0..=1.0).contains(&self.correlation) {
+            return Err(ShapeError::Correlation(self.correlation));
+        }
         let layers = (0..self.layers)
             .map(|l| SyntheticRouting::try_new(self.shape(), self.seed.wrapping_add(u64::from(l))))
             .collect::<Result<Vec<_>, _>>()?;
         let ids = (0..self.layers).map(|_| Vec::new()).collect();
-        Ok(SyntheticSteps { settings: *self, layers, ids, next: 0 })
+        // The correlation's own stream, so the layers' draws are those of independent layers.
+        let mut rng = SplitMix64::new(self.seed ^ CORRELATION_SEED);
+        let maps = if self.correlation > 0.0 {
+            (1..self.layers)
+                .map(|_| {
+                    let mut map: Vec<u32> = (0..self.experts).collect();
+                    for i in (1..map.len()).rev() {
+                        // i < experts <= u32::MAX, so i + 1 fits.
+                        let j = rng.below((i as u32).saturating_add(1)) as usize;
+                        map.swap(i, j);
+                    }
+                    map
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(SyntheticSteps { settings: *self, layers, ids, next: 0, maps, rng })
     }
 
     /// The whole trace in memory.
@@ -390,7 +424,14 @@ pub struct SyntheticSteps {
     layers: Vec<SyntheticRouting>,
     ids: Vec<Vec<u32>>,
     next: u64,
+    /// Layer `l`'s map from layer `l − 1`'s experts (at `l − 1`; empty without correlation).
+    maps: Vec<Vec<u32>>,
+    /// The correlation's draws.
+    rng: SplitMix64,
 }
+
+/// Mixed into the seed of the layer correlation's stream.
+const CORRELATION_SEED: u64 = 0x5EED_C0DE_1A7E_2C0F;
 
 impl SyntheticSteps {
     /// The next step: its index, whether it is a prefill block, and each layer's ids
@@ -411,7 +452,32 @@ impl SyntheticSteps {
             ids.clear();
             routing.step(tokens, ids);
         }
+        self.correlate();
         Some((step, is_prefill, &self.ids))
+    }
+
+    /// Layer by layer from the second, each choice replaced by the previous layer's choice in
+    /// the same position through the pair's map, with the settings' probability, unless the
+    /// token already holds that expert.
+    fn correlate(&mut self) {
+        let (p, k) = (self.settings.correlation, self.settings.top_k as usize);
+        for (l, map) in self.maps.iter().enumerate() {
+            let (before, after) = self.ids.split_at_mut(l.saturating_add(1));
+            let (Some(previous), Some(current)) = (before.last(), after.first_mut()) else { continue };
+            for (token, from) in current.chunks_mut(k.max(1)).zip(previous.chunks(k.max(1))) {
+                for (position, &e) in from.iter().enumerate() {
+                    if self.rng.next_f64() >= p {
+                        continue;
+                    }
+                    let Some(&mapped) = map.get(e as usize) else { continue };
+                    if !token.contains(&mapped) {
+                        if let Some(slot) = token.get_mut(position) {
+                            *slot = mapped;
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 

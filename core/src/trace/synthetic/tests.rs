@@ -1,4 +1,5 @@
 use super::*;
+use alloc::vec;
 
 #[test]
 fn steps_are_distinct_per_token_skewed_and_reproducible() {
@@ -175,4 +176,66 @@ fn every_sequence_starts_with_a_prefill_block_and_steps_number_on() {
     let one = all(&SyntheticTrace { sequences: 1, ..settings }.trace().unwrap());
     assert_eq!(all(&SyntheticTrace { sequences: 0, ..settings }.trace().unwrap()), one);
     assert_eq!(one, all(&trace)[..3]);
+}
+
+/// Each layer's ids per step, from a trace of `settings` (decode steps only).
+fn layer_ids(settings: &SyntheticTrace) -> Vec<Vec<Vec<u32>>> {
+    let trace = settings.trace().unwrap();
+    let mut layers = vec![Vec::new(); settings.layers as usize];
+    for r in trace.records().iter().filter(|r| !r.prefill) {
+        layers[r.layer as usize].push(trace.ids(r).to_vec());
+    }
+    layers
+}
+
+/// The share of layer `l`'s choices (l ≥ 1) that are the previous layer's choice in the same
+/// position through the map that choice most often goes to.
+fn followed(layers: &[Vec<Vec<u32>>], l: usize, experts: usize) -> f64 {
+    let mut counts = vec![vec![0u32; experts]; experts];
+    let pairs = || layers[l - 1].iter().zip(&layers[l]).flat_map(|(a, b)| a.iter().zip(b));
+    pairs().for_each(|(&a, &b)| counts[a as usize][b as usize] += 1);
+    let map: Vec<u32> = counts.iter().map(|c| (0..experts as u32).max_by_key(|&e| c[e as usize]).unwrap()).collect();
+    let (hits, total) = pairs().fold((0u32, 0u32), |(h, t), (&a, &b)| (h + u32::from(map[a as usize] == b), t + 1));
+    f64::from(hits) / f64::from(total)
+}
+
+#[test]
+fn layers_follow_each_other_by_their_correlation() {
+    let base =
+        SyntheticTrace { experts: 16, layers: 3, top_k: 1, steps: 3000, prefill_tokens: 0, ..SyntheticTrace::DEFAULT };
+    // Fully correlated, top-1: each layer's choice is a one-to-one function of the one before.
+    let full = layer_ids(&SyntheticTrace { correlation: 1.0, ..base });
+    for l in 1..3 {
+        assert_eq!(followed(&full, l, 16), 1.0, "layer {l}");
+        let mut seen = std::collections::HashMap::new();
+        for (a, b) in full[l - 1].iter().zip(&full[l]) {
+            assert_eq!(*seen.entry(a[0]).or_insert(b[0]), b[0], "layer {l}: {} maps to one expert", a[0]);
+        }
+        let mut images: Vec<u32> = seen.values().copied().collect();
+        images.sort_unstable();
+        images.dedup();
+        assert_eq!(images.len(), seen.len(), "layer {l}: the map is one-to-one");
+    }
+    // Half: about half the choices follow (and 1 in 16 of the rest by chance, about 53% in all);
+    // independent layers follow only by chance and their most common pairs.
+    let half = followed(&layer_ids(&SyntheticTrace { correlation: 0.5, ..base }), 2, 16);
+    assert!((0.45..0.62).contains(&half), "{half}");
+    let none = followed(&layer_ids(&base), 2, 16);
+    assert!(none < 0.3, "{none}");
+    // Top-8: a token's experts stay distinct; the first layer is the independent trace's.
+    let wide = SyntheticTrace { experts: 32, top_k: 8, steps: 200, ..base };
+    let correlated = layer_ids(&SyntheticTrace { correlation: 0.9, ..wide });
+    for token in correlated.iter().flatten() {
+        let mut t = token.clone();
+        t.sort_unstable();
+        t.dedup();
+        assert_eq!(t.len(), 8, "{token:?}");
+    }
+    assert_eq!(correlated[0], layer_ids(&wide)[0]);
+    assert_ne!(correlated[1], layer_ids(&wide)[1]);
+    // A probability outside 0 ..= 1 is refused.
+    for bad in [-0.1, 1.5, f64::NAN] {
+        let e = SyntheticTrace { correlation: bad, ..base }.trace().unwrap_err();
+        assert!(matches!(e, SyntheticTraceError::Shape(ShapeError::Correlation(_))), "{e}");
+    }
 }
