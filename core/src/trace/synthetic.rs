@@ -193,11 +193,7 @@ impl SyntheticRouting {
     }
 
     fn reshuffle(&mut self) {
-        for i in (1..self.ranking.len()).rev() {
-            // i < ranking.len() = experts <= u32::MAX, so i + 1 fits.
-            let j = self.rng.below((i as u32).saturating_add(1)) as usize;
-            self.ranking.swap(i, j);
-        }
+        shuffle(&mut self.rng, &mut self.ranking);
     }
 
     fn draw(&mut self) -> u32 {
@@ -264,6 +260,15 @@ impl SyntheticRouting {
             self.previous.clear();
             self.previous.extend_from_slice(out.get(start..).unwrap_or(&[]));
         }
+    }
+}
+
+/// `v` in a uniformly random order (Fisher–Yates, from the back), drawing from `rng`.
+fn shuffle(rng: &mut SplitMix64, v: &mut [u32]) {
+    for i in (1..v.len()).rev() {
+        // i < v.len(), at most the expert count (a u32), so i + 1 fits.
+        let j = rng.below((i as u32).saturating_add(1)) as usize;
+        v.swap(i, j);
     }
 }
 
@@ -386,11 +391,7 @@ impl SyntheticTrace {
             (1..self.layers)
                 .map(|_| {
                     let mut map: Vec<u32> = (0..self.experts).collect();
-                    for i in (1..map.len()).rev() {
-                        // i < experts <= u32::MAX, so i + 1 fits.
-                        let j = rng.below((i as u32).saturating_add(1)) as usize;
-                        map.swap(i, j);
-                    }
+                    shuffle(&mut rng, &mut map);
                     map
                 })
                 .collect()
