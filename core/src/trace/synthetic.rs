@@ -463,7 +463,7 @@ impl SyntheticSteps {
     fn correlate(&mut self) {
         let (p, k) = (self.settings.correlation, self.settings.top_k as usize);
         for (l, map) in self.maps.iter().enumerate() {
-            let (before, after) = self.ids.split_at_mut(l.saturating_add(1));
+            let Some((before, after)) = self.ids.split_at_mut_checked(l.saturating_add(1)) else { continue };
             let (Some(previous), Some(current)) = (before.last(), after.first_mut()) else { continue };
             for (token, from) in current.chunks_mut(k.max(1)).zip(previous.chunks(k.max(1))) {
                 for (position, &e) in from.iter().enumerate() {
