@@ -150,6 +150,10 @@ pub struct RunReport {
     /// input fetched) to their outputs' upload enqueued: the host's compute, with the GPU's work
     /// enqueued by the driving thread meanwhile.
     pub host_seconds: f64,
+    /// Of `host_seconds`, the time from the host's pairs started to their handing to the thread
+    /// pool: the layer's input on the host (read from the copy the previous record's stream made,
+    /// or copied now) and the pairs' weights located.
+    pub host_input_seconds: f64,
     /// Of `host_seconds`, the time from the host's pairs handed to the thread pool to a thread
     /// taking them up, summed over layer steps.
     pub host_queued_seconds: f64,

@@ -57,14 +57,19 @@ impl CudaDriver {
     }
 }
 
-/// Page-locked host memory of a [`CudaDriver`] (`cuMemHostAlloc`, write-combined: written by
-/// the host, read by the device).
+/// Page-locked host memory of a [`CudaDriver`] (`cuMemHostAlloc`): write-combined from
+/// [`Driver::alloc_pinned`] (written by the host, read by the device), cached from
+/// [`Driver::alloc_readback`] (written by the device, read by the host).
 #[derive(Debug)]
 pub struct CudaPinned(PinnedHostSlice<u8>);
 
 impl PinnedMemory for CudaPinned {
     fn bytes_mut(&mut self) -> Result<&mut [u8], CudaError> {
         self.0.as_mut_slice().map_err(|e| CudaError::driver("cuEventSynchronize", e))
+    }
+
+    fn bytes(&self) -> Result<&[u8], CudaError> {
+        self.0.as_slice().map_err(|e| CudaError::driver("cuEventSynchronize", e))
     }
 }
 
@@ -113,6 +118,23 @@ impl Driver for CudaDriver {
         // SAFETY: `dst` is a live, writable slice; the caller guarantees `src` spans a live
         // allocation of `dst.len()` bytes.
         wrap("cuMemcpyDtoH", unsafe { result::memcpy_dtoh_sync(dst, src) })
+    }
+
+    unsafe fn copy_to_pinned(
+        &self,
+        dst: &mut Self::Pinned,
+        src: u64,
+        len: usize,
+        stream: &Self::Stream,
+    ) -> Result<(), CudaError> {
+        self.bind("cuMemcpyDtoHAsync")?;
+        let out = dst
+            .bytes_mut()?
+            .get_mut(..len)
+            .ok_or(CudaError::Driver { call: "cuMemcpyDtoHAsync", code: CUresult::CUDA_ERROR_INVALID_VALUE })?;
+        // SAFETY: `out` is page-locked host memory of `len` bytes that the caller leaves alone
+        // until the copy completed; the caller guarantees `src..src + len` is device memory.
+        wrap("cuMemcpyDtoHAsync", unsafe { result::memcpy_dtoh_async(out, src, stream.cu_stream()) })
     }
 
     fn record(&self, event: &Self::Event, stream: &Self::Stream) -> Result<(), CudaError> {
@@ -180,6 +202,13 @@ impl Driver for CudaDriver {
         // SAFETY: `ptr` is the start of `len` bytes of host memory just allocated and owned by
         // `pinned`; nothing else refers to them.
         unsafe { std::ptr::write_bytes(ptr, 0, len) };
+        Ok(CudaPinned(pinned))
+    }
+
+    fn alloc_readback(&self, len: usize) -> Result<Self::Pinned, CudaError> {
+        // SAFETY: as in `alloc_pinned`; flags 0: cached, not write-combined.
+        let mut pinned = wrap("cuMemHostAlloc", unsafe { self.ctx.alloc_pinned_with_flags::<u8>(len, 0) })?;
+        wrap("cuEventSynchronize", pinned.as_mut_slice())?.fill(0);
         Ok(CudaPinned(pinned))
     }
 }

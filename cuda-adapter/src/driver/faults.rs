@@ -91,6 +91,16 @@ impl<D: Driver> Driver for Faults<D> {
         // SAFETY: the caller keeps `copy_to_host`'s contract.
         unsafe { self.inner.copy_to_host(dst, src) }
     }
+    unsafe fn copy_to_pinned(
+        &self,
+        dst: &mut Self::Pinned,
+        src: u64,
+        len: usize,
+        stream: &Self::Stream,
+    ) -> Result<(), CudaError> {
+        // SAFETY: the caller keeps `copy_to_pinned`'s contract.
+        unsafe { self.inner.copy_to_pinned(dst, src, len, stream) }
+    }
     fn record(&self, event: &Self::Event, stream: &Self::Stream) -> Result<(), CudaError> {
         self.inner.record(event, stream)
     }
@@ -129,5 +139,8 @@ impl<D: Driver> Driver for Faults<D> {
     }
     fn alloc_pinned(&self, len: usize) -> Result<Self::Pinned, CudaError> {
         self.inner.alloc_pinned(len)
+    }
+    fn alloc_readback(&self, len: usize) -> Result<Self::Pinned, CudaError> {
+        self.inner.alloc_readback(len)
     }
 }

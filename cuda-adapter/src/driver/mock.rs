@@ -23,6 +23,10 @@ impl PinnedMemory for MockPinned {
     fn bytes_mut(&mut self) -> Result<&mut [u8], CudaError> {
         Ok(&mut self.0)
     }
+
+    fn bytes(&self) -> Result<&[u8], CudaError> {
+        Ok(&self.0)
+    }
 }
 
 /// One call the [`MockDriver`] received, in order.
@@ -51,6 +55,15 @@ pub enum MockOp {
     },
     /// A synchronous device-to-host copy (the host reads device memory).
     ReadBack {
+        /// The source.
+        src: u64,
+        /// The bytes copied.
+        len: usize,
+    },
+    /// A device-to-host copy into page-locked memory enqueued on a stream.
+    ReadBackAsync {
+        /// The stream.
+        stream: MockStream,
         /// The source.
         src: u64,
         /// The bytes copied.
@@ -259,6 +272,20 @@ impl Driver for MockDriver {
         Ok(())
     }
 
+    unsafe fn copy_to_pinned(
+        &self,
+        dst: &mut MockPinned,
+        src: u64,
+        len: usize,
+        stream: &MockStream,
+    ) -> Result<(), CudaError> {
+        let out = dst.0.get_mut(..len).ok_or(invalid("cuMemcpyDtoHAsync"))?;
+        let bytes = self.read(src, len).ok_or(invalid("cuMemcpyDtoHAsync"))?;
+        out.copy_from_slice(&bytes);
+        self.log(MockOp::ReadBackAsync { stream: *stream, src, len });
+        Ok(())
+    }
+
     fn record(&self, event: &MockEvent, stream: &MockStream) -> Result<(), CudaError> {
         self.log(MockOp::Record { event: *event, stream: *stream });
         Ok(())
@@ -326,6 +353,10 @@ impl Driver for MockDriver {
     }
 
     fn alloc_pinned(&self, len: usize) -> Result<MockPinned, CudaError> {
+        Ok(MockPinned(vec![0; len]))
+    }
+
+    fn alloc_readback(&self, len: usize) -> Result<MockPinned, CudaError> {
         Ok(MockPinned(vec![0; len]))
     }
 }

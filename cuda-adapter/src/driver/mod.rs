@@ -40,6 +40,12 @@ pub trait PinnedMemory {
     /// # Errors
     /// When the driver cannot give access to them.
     fn bytes_mut(&mut self) -> Result<&mut [u8], CudaError>;
+
+    /// The bytes, for reading. The caller makes sure no copy writes them meanwhile.
+    ///
+    /// # Errors
+    /// When the driver cannot give access to them.
+    fn bytes(&self) -> Result<&[u8], CudaError>;
 }
 
 /// The driver calls the slot sink, the staging ring and the device slot table make.
@@ -110,6 +116,24 @@ pub trait Driver {
     /// The driver's error.
     unsafe fn copy_to_host(&self, dst: &mut [u8], src: u64) -> Result<(), CudaError>;
 
+    /// Enqueues a copy of `len` bytes of device memory at `src` into the start of `dst` on
+    /// `stream` (`cuMemcpyDtoHAsync`): the host reads them once an event recorded after it on
+    /// `stream` completed.
+    ///
+    /// # Safety
+    /// `src..src + len` lies inside one allocation of this driver, and the host neither reads
+    /// nor writes `dst`'s first `len` bytes until the copy completed.
+    ///
+    /// # Errors
+    /// The driver refused the copy, or `dst` is shorter than `len`.
+    unsafe fn copy_to_pinned(
+        &self,
+        dst: &mut Self::Pinned,
+        src: u64,
+        len: usize,
+        stream: &Self::Stream,
+    ) -> Result<(), CudaError>;
+
     /// Records `event` at the current end of `stream`.
     ///
     /// # Errors
@@ -177,6 +201,14 @@ pub trait Driver {
     /// # Errors
     /// The driver's error.
     fn alloc_pinned(&self, len: usize) -> Result<Self::Pinned, CudaError>;
+
+    /// Allocates `len` bytes of page-locked host memory for the device to write and the host to
+    /// read (cached: [`Driver::alloc_pinned`]'s may be write-combined, slow for the host to
+    /// read), zeroed.
+    ///
+    /// # Errors
+    /// The driver's error.
+    fn alloc_readback(&self, len: usize) -> Result<Self::Pinned, CudaError>;
 }
 
 impl<D: Driver + ?Sized> Driver for Arc<D> {
@@ -207,6 +239,16 @@ impl<D: Driver + ?Sized> Driver for Arc<D> {
     unsafe fn copy_to_host(&self, dst: &mut [u8], src: u64) -> Result<(), CudaError> {
         // SAFETY: the caller keeps `copy_to_host`'s contract.
         unsafe { (**self).copy_to_host(dst, src) }
+    }
+    unsafe fn copy_to_pinned(
+        &self,
+        dst: &mut Self::Pinned,
+        src: u64,
+        len: usize,
+        stream: &Self::Stream,
+    ) -> Result<(), CudaError> {
+        // SAFETY: the caller keeps `copy_to_pinned`'s contract.
+        unsafe { (**self).copy_to_pinned(dst, src, len, stream) }
     }
     fn record(&self, event: &Self::Event, stream: &Self::Stream) -> Result<(), CudaError> {
         (**self).record(event, stream)
@@ -239,5 +281,8 @@ impl<D: Driver + ?Sized> Driver for Arc<D> {
     }
     fn alloc_pinned(&self, len: usize) -> Result<Self::Pinned, CudaError> {
         (**self).alloc_pinned(len)
+    }
+    fn alloc_readback(&self, len: usize) -> Result<Self::Pinned, CudaError> {
+        (**self).alloc_readback(len)
     }
 }

@@ -369,17 +369,36 @@ impl HostRows<'_> {
             staged.get_mut(at..at + width).ok_or_else(|| outside(pair))?.copy_from_slice(row);
         }
         let staged = block.as_slice()?;
-        for &pair in pairs {
-            let at = pair * width;
-            let row = staged.get(at..at + width).ok_or_else(|| outside(pair))?;
-            // SAFETY: the destination is pair `pair`'s row of the step's device buffer
-            // (`max_pairs × width` f32, `pair` < pairs ≤ max_pairs); the source is the same row
-            // of the page-locked block, not written again until `uploaded` completes.
-            unsafe { copy_htod_async(self.device + 4 * at as u64, f32_bytes(row), stream) }?;
+        // One copy per run of consecutive pairs: a copy's enqueue and its transfer's start cost
+        // more than its few KiB.
+        for (first, count) in pair_runs(pairs) {
+            let (at, len) = (first * width, count * width);
+            let rows = staged.get(at..at + len).ok_or_else(|| outside(first + count - 1))?;
+            // SAFETY: the destination is pairs `first .. first + count`'s rows of the step's
+            // device buffer (`max_pairs × width` f32, each pair < pairs ≤ max_pairs); the source
+            // is the same rows of the page-locked block, not written again until `uploaded`
+            // completes.
+            unsafe { copy_htod_async(self.device + 4 * at as u64, f32_bytes(rows), stream) }?;
         }
         uploaded.record(stream)?;
         Ok(())
     }
+}
+
+/// The runs of consecutive values of `pairs` (in any order, each once), as (first, count), in
+/// ascending order.
+fn pair_runs(pairs: &[usize]) -> Vec<(usize, usize)> {
+    let mut sorted = pairs.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for pair in sorted {
+        match runs.last_mut() {
+            Some((first, count)) if *first + *count == pair => *count += 1,
+            _ => runs.push((pair, 1)),
+        }
+    }
+    runs
 }
 
 /// An event marking the end of an upload from a page-locked block, which the block's next
@@ -435,5 +454,13 @@ mod tests {
         assert_eq!(block_offsets(8), (192, 224, 256));
         assert_eq!(block_offsets(3), (72, 88, 104));
         assert_eq!(block_offsets(3).2 + 8 * 2, 8 * block_words(3) as u64);
+    }
+
+    #[test]
+    fn host_rows_go_up_in_one_copy_per_run_of_consecutive_pairs() {
+        assert_eq!(pair_runs(&[0, 1, 2, 3, 4, 5, 6, 7]), vec![(0, 8)]);
+        assert_eq!(pair_runs(&[6, 1, 2, 4, 7]), vec![(1, 2), (4, 1), (6, 2)]);
+        assert_eq!(pair_runs(&[3, 3]), vec![(3, 1)]);
+        assert!(pair_runs(&[]).is_empty());
     }
 }

@@ -68,6 +68,15 @@ pub enum MissRule {
 }
 
 impl MissRule {
+    /// Whether the rule may serve a miss on the host (whole or split).
+    pub fn may_use_host(&self) -> bool {
+        match self {
+            Self::Always(action) => matches!(action, MissAction::Host | MissAction::Split),
+            Self::Balanced(c, _) => c.host_pair.is_finite(),
+            Self::Measured(_) => false,
+        }
+    }
+
     /// The action for a missed expert used by `uses` pairs of the step, alone (for
     /// [`MissRule::Balanced`], as the step's only miss).
     pub fn choose(&self, uses: usize) -> MissAction {

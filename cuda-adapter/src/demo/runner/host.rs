@@ -10,7 +10,7 @@ use expertslab_std::ExpertStore;
 
 use super::{Kernels, Runner};
 use crate::demo::RunReport;
-use crate::driver::Driver;
+use crate::driver::{Driver, PinnedMemory};
 use crate::error::CudaError;
 use crate::ffn::MissRule;
 
@@ -108,14 +108,26 @@ impl<D: Driver + Clone, K: Kernels<D>> Runner<'_, D, K> {
         let (top_k, hidden) = (self.model.shape.top_k.max(1), self.model.shape.hidden);
         let tokens = ids.len() / top_k;
         let len = tokens * hidden;
+        let to_f32 = |bytes: &[u8]| -> Vec<f32> {
+            bytes.chunks_exact(4).map(|b| b.try_into().map_or(f32::NAN, f32::from_le_bytes)).collect()
+        };
+        let read_back = match (&self.readback, self.read_back) {
+            // Copied on the compute stream before the previous record's event, which completed.
+            (Some(pinned), Some((at, bytes))) if at == x && bytes >= len * 4 => {
+                Some(to_f32(pinned.bytes()?.get(..len * 4).ok_or(CudaError::UnknownLayer { layer })?))
+            }
+            _ => None,
+        };
         let input: Vec<f32> = if x == self.x.ptr {
             self.model.activations.get(..len).ok_or(CudaError::UnknownLayer { layer })?.to_vec()
+        } else if let Some(input) = read_back {
+            input
         } else {
             self.host_x.resize(len * 4, 0);
             // SAFETY: `x` is the previous record's output, `len` f32 long, whose kernels ended
             // (the host waited on their event before this record).
             unsafe { self.driver.copy_to_host(&mut self.host_x, x)? };
-            self.host_x.chunks_exact(4).map(|b| b.try_into().map_or(f32::NAN, f32::from_le_bytes)).collect()
+            to_f32(&self.host_x)
         };
         let ffn = self.model.host.as_ref().ok_or(CudaError::Unsupported("no host FFN".into()))?;
         let (ffn_width, of) = (self.model.shape.ffn, |pairs: &[usize]| -> Vec<(usize, usize)> {
@@ -142,6 +154,27 @@ impl<D: Driver + Clone, K: Kernels<D>> Runner<'_, D, K> {
                 Ok(HostDone { parts, h, started, computed: Instant::now() })
             })
         }))
+    }
+
+    /// After a record's combine into `y` (`tokens` rows), before its event: when the next layer
+    /// may miss (a rule that may use the host, a next layer that does not hold every expert),
+    /// enqueues the copy of `y` into the page-locked `readback` on the compute stream, so the
+    /// next record's host pairs ([`Runner::host_start`]) read their input from host memory once
+    /// this record's event completed, without a copy of their own.
+    pub(super) fn read_back_output(&mut self, layer: usize, y: u64, tokens: usize) -> Result<(), CudaError> {
+        self.read_back = None;
+        let next = layer + 1;
+        if next >= self.model.layers || self.placement.holds_all(next, self.model.experts) {
+            return Ok(());
+        }
+        let Some(pinned) = self.readback.as_mut() else { return Ok(()) };
+        let len = tokens * self.model.shape.hidden * 4;
+        // SAFETY: `y` is this record's output, `tokens × hidden` f32 of a live buffer; the host
+        // reads `pinned` only after the event recorded after this copy completed (`host_start`,
+        // which copies it out before the next record's copy is enqueued).
+        unsafe { self.driver.copy_to_pinned(pinned, y, len, &self.compute)? };
+        self.read_back = Some((y, len));
+        Ok(())
     }
 
     /// Waits for the host's pairs started by [`Runner::host_start`] (step 5) and keeps their

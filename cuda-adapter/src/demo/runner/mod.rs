@@ -203,6 +203,12 @@ pub(crate) struct Runner<'m, D: Driver, K> {
     host_pairs: Vec<usize>,
     split_pairs: Vec<usize>,
     host_x: Vec<u8>,
+    /// Under a rule that may serve misses on the host: page-locked memory each record's output
+    /// is copied into on the compute stream before the record's event, when the next layer may
+    /// miss, so the next record's host pairs find their input on the host once the event
+    /// completed; and the device address and bytes that copy read.
+    readback: Option<D::Pinned>,
+    read_back: Option<(u64, usize)>,
     host_parts: Vec<f32>,
     host_h: Vec<f32>,
     /// The model's store, shared with the host's pairs computing on the thread pool.
@@ -294,6 +300,10 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
         } else {
             None
         };
+        let readback = match (&model.host, run.miss.may_use_host()) {
+            (Some(_), true) => Some(driver.alloc_readback(out_bytes)?),
+            _ => None,
+        };
         let mut runner = Self {
             y: [DeviceBuffer::new(&driver, out_bytes)?, DeviceBuffer::new(&driver, out_bytes)?],
             done: driver.new_event()?,
@@ -315,6 +325,8 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
             host_pairs: Vec::new(),
             split_pairs: Vec::new(),
             host_x: Vec::new(),
+            readback,
+            read_back: None,
             host_parts: Vec::new(),
             host_h: Vec::new(),
             host_store: std::sync::Arc::new(model.store.clone()),
@@ -516,7 +528,16 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
             self.driver.sync_event(&self.done)?;
             self.ahead = false;
         }
-        let host_job = if on_host { Some(self.host_start(layer, ids, x)?) } else { None };
+        let timed = !step.prefill && step.index > 0;
+        let host_job = if on_host {
+            let job = self.host_start(layer, ids, x)?;
+            if timed {
+                report.host_input_seconds += host_started.elapsed().as_secs_f64();
+            }
+            Some(job)
+        } else {
+            None
+        };
         // 4. The kernels of the pairs in place before the copies, through the table as it is,
         // marked as reading that buffer before the update writes the other.
         self.kernels.stage(layer, step.index, ids, &self.sources, &self.compute)?;
@@ -539,7 +560,6 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
         // SAFETY: as above.
         unsafe { self.kernels.pairs(layer, Phase::AfterCopies, &late_view, x, y, compute)? };
         if let Some(job) = host_job {
-            let timed = !step.prefill && step.index > 0;
             self.host_finish(&job, report, timed)?;
             self.kernels.upload_parts(layer, &self.host_pairs, &self.host_parts, &self.compute)?;
             if !self.split_pairs.is_empty() {
@@ -556,6 +576,8 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
         let compute = &self.compute;
         // SAFETY: as above.
         unsafe { self.kernels.combine(layer, y, compute)? };
+        self.read_back_output(layer, y, ids.len() / self.model.shape.top_k.max(1))?;
+        let compute = &self.compute;
         // 6. Reads marked, and the event the next record waits for.
         self.sink.after_reads(compute)?;
         if let Some(table) = self.tables.get_mut(layer) {

@@ -216,7 +216,10 @@ fn a_layer_s_work_is_enqueued_only_after_the_previous_layer_s_event() {
         driver.clear_ops();
         let report = runner.run(&trace).unwrap();
         assert!(report.promotions + report.scratch_pairs + report.bus_pairs > 0, "{sharing:?}: nothing moved");
-        let read_backs = driver.ops().iter().filter(|op| matches!(op, MockOp::ReadBack { .. })).count();
+        // The host's input: copied on the compute stream after the previous record (never read
+        // back synchronously: each record ends with the copy when its next layer may miss).
+        let read_backs = driver.ops().iter().filter(|op| matches!(op, MockOp::ReadBackAsync { .. })).count();
+        assert!(!driver.ops().iter().any(|op| matches!(op, MockOp::ReadBack { .. })), "{miss:?}: a synchronous read");
         let down = layout.find(expertslab::Projection::Down).unwrap().1.expert_bytes() as u64;
         if miss == MissRule::Always(MissAction::Split) {
             // Only down is copied for a split: every scratch copy is down's bytes.
@@ -235,7 +238,29 @@ fn a_layer_s_work_is_enqueued_only_after_the_previous_layer_s_event() {
                 assert!(report.promotions > 0, "balanced LRU: promotions beside the host's pairs: {report:?}");
             }
         } else {
-            assert_eq!((report.host_pairs, read_backs), (0, 0), "{miss:?}");
+            assert_eq!((report.host_pairs, read_backs), (0, 0), "{miss:?}: the host is never used");
+        }
+        if read_backs > 0 {
+            // Every record of a layer before the last copies its output back after its launches.
+            let ops = driver.ops();
+            let done = *runner.done_event();
+            let records: Vec<usize> = ops
+                .iter()
+                .enumerate()
+                .filter(|(_, op)| matches!(op, MockOp::Record { event, .. } if *event == done))
+                .map(|(i, _)| i)
+                .collect();
+            assert_eq!(records.len(), layers.len());
+            for (i, (&at, &layer)) in records.iter().zip(&layers).enumerate() {
+                let from = if i == 0 { 0 } else { records[i - 1] };
+                let copies = ops[from..at].iter().filter(|op| matches!(op, MockOp::ReadBackAsync { .. })).count();
+                let expected = usize::from(layer + 1 < LAYERS);
+                assert_eq!(copies, expected, "{miss:?}: record {i} (layer {layer}) read back {copies} times");
+                // After the record's last launch (its output final on the stream).
+                let launch = ops[from..at].iter().rposition(|op| matches!(op, MockOp::Launch { .. }));
+                let copy = ops[from..at].iter().rposition(|op| matches!(op, MockOp::ReadBackAsync { .. }));
+                assert!(expected == 0 || copy > launch, "record {i}: read back before its last launch");
+            }
         }
         let ops = driver.ops();
         let shared = sharing == Sharing::Shared;
