@@ -184,9 +184,11 @@ impl GpuModel {
         Ok(median(&mut times))
     }
 
-    /// The host's costs as the runner pays them for one token: per layer step, the input
-    /// `x_device` copied to the host, the model's host FFN on all its threads over the pairs (kept warm
-    /// between steps, as the runner keeps them), and their outputs uploaded. Timed with one pair and with `k` (medians over `reps` runs, after one
+    /// The host's costs as the runner pays them for one token: per layer step, the model's host
+    /// FFN on all its threads over the pairs (kept warm between steps, as the runner keeps
+    /// them) and their outputs uploaded; the input `x_device` is copied to the host untimed, as
+    /// the runner's previous record leaves it on the host. Timed with one pair and with `k`
+    /// (medians over `reps` runs, after one
     /// to warm up): `host_pair` is the time `k` pairs add over one, per pair, and `host_step`
     /// what is left of the one-pair time. Both `f64::INFINITY` when the host FFN does not read
     /// the model's format. Each run reads other experts, spread over every layer, as decode's
@@ -225,9 +227,11 @@ impl GpuModel {
                     (at / experts, at % experts)
                 })
                 .collect();
-            let start = std::time::Instant::now();
+            // The input is on the host when a layer step starts (the previous record's stream
+            // copied it back before its event): not timed.
             self.compute.memcpy_dtoh(x_device, &mut x)?;
             self.compute.synchronize()?;
+            let start = std::time::Instant::now();
             // Handed to the pool and waited for as the runner does ([`spawn_on`]), so the costs
             // include the handoff a layer step pays.
             let (store, input) = (Arc::clone(&store), x.clone());

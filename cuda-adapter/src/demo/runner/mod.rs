@@ -23,19 +23,23 @@
 //!    ([`PairSource::mapped`]), the host ([`PairSource::Host`]: step 5's host work), or split
 //!    (down's scratch write, [`CudaSlotSink::write_scratch_down`], gate and up on the host:
 //!    [`PairSource::Split`]).
+//!    The host's pairs start as soon as they are planned, before the scratch copies and the
+//!    GPU's work are enqueued: the layer's input is on the host already (the previous record
+//!    copied its output into page-locked memory on the compute stream before its event, which
+//!    was waited on), and the pairs are computed on the thread pool
+//!    ([`expertslab_std::ffn::ExpertFfn`], from the model's host memory) while this thread
+//!    enqueues the scratch copies and steps 4 and 5, and the copy engine copies.
 //! 4. **Kernels in place**, on the compute stream: gate/up and down of the pairs whose expert
 //!    stayed in its slot, read through the table's current buffer (they overlap the copies),
 //!    then [`DeviceSlotTable::after_reads`]: that buffer is read until they end.
-//!    The host's pairs start here, before the GPU's work is enqueued: the layer's input copied
-//!    to the host (final: the previous record's event was waited on), then the pairs computed
-//!    on the thread pool ([`expertslab_std::ffn::ExpertFfn`], from the model's host memory)
-//!    while this thread enqueues steps 4 and 5, and the copy engine copies.
 //! 5. **The table and the other pairs**: [`DeviceSlotTable::update`] writes the other buffer;
 //!    [`CudaSlotSink::order_before`]; the pairs copied in this step through the updated table.
 //!    Then the host's pairs are waited for and their outputs uploaded on the compute stream;
 //!    split pairs' intermediate rows too, and then their down launched ([`Phase::Split`]).
 //!    The combine then writes the layer's output, the next layer's input (when no pair is on
-//!    the host, the down launches have combined already and nothing is launched).
+//!    the host, the down launches have combined already and nothing is launched). Under a rule
+//!    that may use the host, when the next layer may miss, the output is then copied into
+//!    page-locked host memory on the compute stream, for that layer's host pairs.
 //! 6. **Reads marked**: [`CudaSlotSink::after_reads`] and [`DeviceSlotTable::after_reads`], and
 //!    the event the next record waits on.
 
@@ -202,6 +206,9 @@ pub(crate) struct Runner<'m, D: Driver, K> {
     /// intermediate rows.
     host_pairs: Vec<usize>,
     split_pairs: Vec<usize>,
+    /// The record's pairs planned for a scratch copy, and whether each is split (its down
+    /// copied only).
+    scratch_pairs: Vec<(usize, bool)>,
     host_x: Vec<u8>,
     /// Under a rule that may serve misses on the host: page-locked memory each record's output
     /// is copied into on the compute stream before the record's event, when the next layer may
@@ -324,6 +331,7 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
             actions: Vec::new(),
             host_pairs: Vec::new(),
             split_pairs: Vec::new(),
+            scratch_pairs: Vec::new(),
             host_x: Vec::new(),
             readback,
             read_back: None,
@@ -518,7 +526,7 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
         let mut copied = migrated.bytes_promoted;
         // 3. Each pair's source; the step's misses planned together by the rule.
         let early_view = self.view(layer)?;
-        copied += self.pair_sources(layer, ids, migrated.copied, report)?;
+        self.pair_sources(layer, ids, migrated.copied, report)?;
         // The host's pairs start on the thread pool; the GPU's work is enqueued meanwhile.
         let host_started = Instant::now();
         let on_host = !self.host_pairs.is_empty() || !self.split_pairs.is_empty();
@@ -538,6 +546,8 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
         } else {
             None
         };
+        // The misses' scratch copies, once the host's pairs are on their way.
+        copied += self.scratch_copies(layer, ids, report)?;
         // 4. The kernels of the pairs in place before the copies, through the table as it is,
         // marked as reading that buffer before the update writes the other.
         self.kernels.stage(layer, step.index, ids, &self.sources, &self.compute)?;

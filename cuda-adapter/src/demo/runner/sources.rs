@@ -10,23 +10,22 @@ use crate::ffn::{MissAction, PairSource};
 
 impl<D: Driver + Clone, K: Kernels<D>> Runner<'_, D, K> {
     /// Fills `sources` with each pair of `ids` (layer `layer`, after the pool's step, which
-    /// copied `promotions` experts), plans the misses the pool left by the rule and enqueues
-    /// their scratch copies; returns the bytes those copies move.
+    /// copied `promotions` experts) and plans the misses the pool left by the rule: the host's
+    /// pairs, the bus reads, and the scratch copies, which [`Runner::scratch_copies`] enqueues
+    /// (after the host's pairs started: the host need not wait for the copies' enqueues).
     pub(super) fn pair_sources(
         &mut self,
         layer: usize,
         ids: &[u32],
         promotions: usize,
         report: &mut RunReport,
-    ) -> Result<u64, CudaError> {
-        let (layout, store) = (self.model.layout, self.model.store);
-        let expert_bytes = self.model.expert_bytes as u64;
-        let down_bytes = layout.find(Projection::Down)?.1.expert_bytes() as u64;
-        let mut copied = 0u64;
+    ) -> Result<(), CudaError> {
+        let store = self.model.store;
         self.sources.clear();
         self.scratch_of.clear();
         self.host_pairs.clear();
         self.split_pairs.clear();
+        self.scratch_pairs.clear();
         let placement = &self.placement;
         self.missed.count(ids.iter().copied().filter(|&id| placement.slot_of(layer, id as usize).is_none()));
         self.rule.plan(self.missed.counts(), promotions, &mut self.actions);
@@ -36,17 +35,14 @@ impl<D: Driver + Clone, K: Kernels<D>> Runner<'_, D, K> {
                 self.model.shape.format.name()
             )));
         }
-        let mut next_scratch = 0usize;
         for (pair, (&id, &before)) in ids.iter().zip(&self.before).enumerate() {
             let expert = id as usize;
-            let action = || {
-                let at = self.missed.uses().iter().position(|&(m, _)| m == id).unwrap_or(0);
-                self.actions.get(at).copied().unwrap_or(MissAction::Copy)
-            };
+            let at = self.missed.uses().iter().position(|&(m, _)| m == id).unwrap_or(0);
+            let action = self.actions.get(at).copied().unwrap_or(MissAction::Copy);
             let source = match self.placement.slot_of(layer, expert) {
                 Some(slot) if before == Some(slot) => PairSource::Resident,
                 Some(_) => PairSource::Promoted,
-                None => match action() {
+                None => match action {
                     MissAction::Host => {
                         report.host_pairs += 1;
                         self.host_pairs.push(pair);
@@ -57,44 +53,64 @@ impl<D: Driver + Clone, K: Kernels<D>> Runner<'_, D, K> {
                         PairSource::mapped(self.sink.host(), store, layer, expert)?
                     }
                     MissAction::Copy | MissAction::Split => {
-                        let split = action() == MissAction::Split;
-                        let slot = match self.scratch_of.get(&id) {
-                            Some(&slot) => slot,
-                            None => {
-                                let (slot, bytes) = if split {
-                                    let slot = self.sink.write_scratch_down(
-                                        layer,
-                                        next_scratch,
-                                        layout,
-                                        store,
-                                        layer,
-                                        expert,
-                                    )?;
-                                    (slot, down_bytes)
-                                } else {
-                                    let slot =
-                                        self.sink.write_scratch(layer, next_scratch, layout, store, layer, expert)?;
-                                    (slot, expert_bytes)
-                                };
-                                next_scratch += 1;
-                                report.bytes_scratch += bytes;
-                                copied += bytes;
-                                self.scratch_of.insert(id, slot);
-                                slot
-                            }
-                        };
+                        let split = action == MissAction::Split;
                         if split {
-                            report.split_pairs += 1;
                             self.split_pairs.push(pair);
-                            PairSource::split(&self.sink, layout, slot)?
-                        } else {
-                            report.scratch_pairs += 1;
-                            PairSource::scratch(&self.sink, layout, slot)?
                         }
+                        self.scratch_pairs.push((pair, split));
+                        // Replaced by the scratch slot's source in `scratch_copies`.
+                        PairSource::Host
                     }
                 },
             };
             self.sources.push(source);
+        }
+        Ok(())
+    }
+
+    /// Enqueues the scratch copies [`Runner::pair_sources`] planned for `ids` (layer `layer`),
+    /// one per missed expert (down only for a split), and sets their pairs' sources; returns the
+    /// bytes they move.
+    pub(super) fn scratch_copies(
+        &mut self,
+        layer: usize,
+        ids: &[u32],
+        report: &mut RunReport,
+    ) -> Result<u64, CudaError> {
+        let (layout, store) = (self.model.layout, self.model.store);
+        let expert_bytes = self.model.expert_bytes as u64;
+        let down_bytes = layout.find(Projection::Down)?.1.expert_bytes() as u64;
+        let (mut copied, mut next_scratch) = (0u64, 0usize);
+        for i in 0..self.scratch_pairs.len() {
+            let Some(&(pair, split)) = self.scratch_pairs.get(i) else { break };
+            let id = ids.get(pair).copied().ok_or(CudaError::UnknownLayer { layer })?;
+            let expert = id as usize;
+            let slot = match self.scratch_of.get(&id) {
+                Some(&slot) => slot,
+                None => {
+                    let (slot, bytes) = if split {
+                        let slot = self.sink.write_scratch_down(layer, next_scratch, layout, store, layer, expert)?;
+                        (slot, down_bytes)
+                    } else {
+                        (self.sink.write_scratch(layer, next_scratch, layout, store, layer, expert)?, expert_bytes)
+                    };
+                    next_scratch += 1;
+                    report.bytes_scratch += bytes;
+                    copied += bytes;
+                    self.scratch_of.insert(id, slot);
+                    slot
+                }
+            };
+            let source = if split {
+                report.split_pairs += 1;
+                PairSource::split(&self.sink, layout, slot)?
+            } else {
+                report.scratch_pairs += 1;
+                PairSource::scratch(&self.sink, layout, slot)?
+            };
+            if let Some(s) = self.sources.get_mut(pair) {
+                *s = source;
+            }
         }
         Ok(copied)
     }
