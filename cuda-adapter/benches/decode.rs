@@ -27,8 +27,9 @@
 //! the µs per token the pairs waited for a thread, were computed, and took to reach the driving
 //! thread ([`RunReport::host_queued_seconds`], [`RunReport::host_compute_seconds`],
 //! [`RunReport::host_handoff_seconds`]), then the µs per token from the host's pairs started to
-//! their handing to the pool ([`RunReport::host_input_seconds`]) and the µs per token the driving
-//! thread waited on the device ([`RunReport::wait_seconds`]).
+//! their handing to the pool ([`RunReport::host_input_seconds`]), the µs per token the computed
+//! outputs waited for the driving thread to finish enqueueing ([`RunReport::host_late_seconds`])
+//! and the µs per token the driving thread waited on the device ([`RunReport::wait_seconds`]).
 
 use std::process::ExitCode;
 
@@ -155,7 +156,7 @@ fn peer(model: &GpuModel, calibration: &Calibration, reps: usize, percents: &[us
             let brought = copied as f64 + (read as f64 + split as f64 * (1.0 - c.down_share)) * expert;
             let bound = brought / tokens / (calibration.link_bytes_per_second + host_bandwidth);
             println!(
-                "peer\t{trace_name}\t{percent}\t{name}\t{:.4}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.1}",
+                "peer\t{trace_name}\t{percent}\t{name}\t{:.4}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.1}",
                 r.hit_rate(),
                 us(r.seconds_per_token()),
                 us(r.seconds_per_token() - floor),
@@ -166,6 +167,7 @@ fn peer(model: &GpuModel, calibration: &Calibration, reps: usize, percents: &[us
                 us(r.host_compute_seconds / tokens),
                 us(r.host_handoff_seconds / tokens),
                 us(r.host_input_seconds / tokens),
+                us(r.host_late_seconds / tokens),
                 us(r.wait_seconds / tokens)
             );
         };

@@ -164,6 +164,9 @@ pub struct RunReport {
     /// starting to wait for them to that thread holding their outputs (the pool's threads kept
     /// warm, the result sent, the driving thread woken if it slept).
     pub host_handoff_seconds: f64,
+    /// Of `host_seconds`, the time the pairs' outputs waited, computed, for the driving thread
+    /// to finish enqueueing the GPU's work of their layer step and start waiting for them.
+    pub host_late_seconds: f64,
     /// Of `decode_seconds`, the wall time the driving thread waited for each record's previous
     /// record to end (the GPU's work it could not overlap); the rest is the driving thread's
     /// own: pool steps, staging, launches, and the host's pairs.

@@ -188,6 +188,7 @@ impl<D: Driver + Clone, K: Kernels<D>> Runner<'_, D, K> {
             report.host_queued_seconds += seconds(done.started, job.spawned);
             report.host_compute_seconds += seconds(done.computed, done.started);
             report.host_handoff_seconds += seconds(Instant::now(), done.computed.max(waiting));
+            report.host_late_seconds += seconds(waiting, done.computed);
         }
         self.host_parts = done.parts;
         self.host_h = done.h;
