@@ -63,9 +63,7 @@ use crate::ffn::{MissAction, MissRule, PairSource, Phase, SlotView};
 use crate::reference::FfnShape;
 use crate::sink::{CudaSlotSink, ScratchSlot};
 use crate::table::DeviceSlotTable;
-
-/// The sink's key of the one arena a shared pool's slots live in (the pool's own layer index).
-const SHARED_ARENA: usize = 0;
+use placement::{Placement, SHARED_ARENA};
 
 /// What a run reads: the experts and their shape.
 pub(crate) struct Model<'m> {
@@ -79,59 +77,6 @@ pub(crate) struct Model<'m> {
     pub(crate) activations: Vec<f32>,
     /// The host's FFN, for misses the rule serves on the host (`None`: the format has none).
     pub(crate) host: Option<ExpertFfn>,
-}
-
-/// Where the run's residency is decided.
-enum Placement {
-    /// No slots: every routed expert is a miss.
-    None,
-    /// One pool per layer (pool `l` is layer `l`'s, its arena the sink's layer `l`).
-    PerLayer(Vec<ExpertPool>),
-    /// One pool of `slots × layers` slots for every layer, in the sink's arena
-    /// [`SHARED_ARENA`].
-    Shared(Box<SharedSlotPool>),
-}
-
-impl Placement {
-    /// The slot of `expert` of `layer`, if resident.
-    fn slot_of(&self, layer: usize, expert: usize) -> Option<usize> {
-        match self {
-            Self::None => None,
-            Self::PerLayer(pools) => pools.get(layer).and_then(|p| p.slot_of(expert)),
-            Self::Shared(pool) => pool.slot_of(layer, expert),
-        }
-    }
-
-    /// The sink's arena key layer `layer` reads its slots from.
-    fn arena(&self, layer: usize) -> usize {
-        match self {
-            Self::Shared(_) => SHARED_ARENA,
-            _ => layer,
-        }
-    }
-
-    /// Whether every one of a layer's `experts` is resident in `layer`'s slots: then a step of
-    /// the layer cannot miss, whatever its routing.
-    fn holds_all(&self, layer: usize, experts: usize) -> bool {
-        match self {
-            Self::None => false,
-            Self::PerLayer(pools) => {
-                pools.get(layer).is_some_and(|p| p.experts() == experts && p.resident() == experts)
-            }
-            Self::Shared(pool) => (0..experts).all(|e| pool.slot_of(layer, e).is_some()),
-        }
-    }
-
-    /// The pools' counters, summed.
-    fn stats(&self) -> PoolStats {
-        let mut total = PoolStats::default();
-        match self {
-            Self::None => {}
-            Self::PerLayer(pools) => pools.iter().for_each(|p| total.add(p.stats())),
-            Self::Shared(pool) => total.add(pool.stats()),
-        }
-        total
-    }
 }
 
 /// A step's failure as the crate's error: the sink's own error when a copy failed there.
@@ -601,6 +546,7 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
 
 mod host;
 mod kernels;
+mod placement;
 mod sources;
 
 pub(crate) use host::spawn_on;
