@@ -253,7 +253,7 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
             None
         };
         let readback = match (&model.host, run.miss.may_use_host()) {
-            (Some(_), true) => Some(driver.alloc_readback(out_bytes)?),
+            (Some(_), true) => Some(driver.alloc_readback(out_bytes.max(4))?),
             _ => None,
         };
         let mut runner = Self {
