@@ -14,14 +14,19 @@
 )]
 
 use core::arch::x86_64::{
-    __m256, __m256i, _mm256_add_epi32, _mm256_add_ps, _mm256_and_si256, _mm256_cvtepi32_ps, _mm256_hadd_epi32,
-    _mm256_loadu_ps, _mm256_loadu_si256, _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_mul_ps, _mm256_or_si256,
-    _mm256_permute2x128_si256, _mm256_permutevar8x32_epi32, _mm256_set1_epi16, _mm256_set1_epi32, _mm256_set1_epi8,
-    _mm256_set1_ps, _mm256_setr_epi32, _mm256_setzero_ps, _mm256_sign_epi8, _mm256_slli_epi16, _mm256_slli_epi32,
-    _mm256_srl_epi16, _mm256_storeu_ps, _mm256_storeu_si256, _mm256_sub_epi32, _mm256_sub_ps, _mm_cvtsi32_si128,
+    __m128i, __m256, __m256i, _mm256_add_epi32, _mm256_add_ps, _mm256_and_si256, _mm256_blendv_ps, _mm256_castps_si256,
+    _mm256_castsi256_ps, _mm256_cmpgt_epi32, _mm256_cvtepi32_ps, _mm256_cvtepi8_epi32, _mm256_cvtepu8_epi32,
+    _mm256_hadd_epi32, _mm256_loadu_ps, _mm256_loadu_si256, _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_mul_ps,
+    _mm256_or_si256, _mm256_permute2x128_si256, _mm256_permutevar8x32_epi32, _mm256_set1_epi16, _mm256_set1_epi32,
+    _mm256_set1_epi8, _mm256_set1_ps, _mm256_setr_epi32, _mm256_setzero_ps, _mm256_sign_epi8, _mm256_slli_epi16,
+    _mm256_slli_epi32, _mm256_srl_epi16, _mm256_storeu_ps, _mm256_storeu_si256, _mm256_sub_epi32, _mm256_sub_ps,
+    _mm_and_si128, _mm_blend_epi16, _mm_cvtsi32_si128, _mm_loadu_si128, _mm_or_si128, _mm_set1_epi8, _mm_setr_epi8,
+    _mm_shuffle_epi8, _mm_slli_epi16, _mm_srli_epi16, _mm_srli_si128, _mm_unpacklo_epi32,
 };
 
-use super::blocks::{q4k_scale_min, q6k_place, row_dot as row_dot_by, Blocks, Kind, Q8Activations, Q8_BLOCK};
+#[cfg(doc)]
+use super::blocks::q4k_scale_min;
+use super::blocks::{q6k_place, row_dot as row_dot_by, Blocks, Kind, Q8Activations, Q8_BLOCK};
 use super::order::{f16_to_f32, lane_sum, LANES};
 
 /// `Σ w_i · q_i` of 32 unsigned bytes `w` (at most 128) and signed bytes `q`, in four 32-bit
@@ -247,7 +252,28 @@ fn whole8(p: &[__m256i; 8]) -> __m256i {
     _mm256_add_epi32(a, b)
 }
 
-/// Eight Q8_0 blocks' terms `(dw · d) · I`.
+/// [`f16_to_f32`] of eight halves at once (each in the low 16 bits of a lane): the same
+/// operations lane by lane (a normal half's bits moved and multiplied by 2^112, a subnormal's
+/// mantissa by 2^−24, exponent 31 kept with its payload, then the sign), so the same bits.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn f16x8_to_f32(bits: __m256i) -> __m256 {
+    let magnitude = _mm256_slli_epi32::<13>(_mm256_and_si256(bits, _mm256_set1_epi32(0x7fff)));
+    let normal = _mm256_mul_ps(_mm256_castsi256_ps(magnitude), _mm256_set1_ps(f32::from_bits(0x7780_0000)));
+    let subnormal = _mm256_mul_ps(
+        _mm256_cvtepi32_ps(_mm256_and_si256(bits, _mm256_set1_epi32(0x3ff))),
+        _mm256_set1_ps(f32::from_bits(0x3380_0000)),
+    );
+    let special = _mm256_castsi256_ps(_mm256_or_si256(_mm256_set1_epi32(0x7f80_0000), magnitude));
+    // Magnitudes are below 2^28: signed comparisons order them.
+    let is_special = _mm256_castsi256_ps(_mm256_cmpgt_epi32(magnitude, _mm256_set1_epi32(0x0f7f_ffff)));
+    let is_subnormal = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(0x0080_0000), magnitude));
+    let value = _mm256_blendv_ps(_mm256_blendv_ps(normal, subnormal, is_subnormal), special, is_special);
+    let sign = _mm256_slli_epi32::<16>(_mm256_and_si256(bits, _mm256_set1_epi32(0x8000)));
+    _mm256_castsi256_ps(_mm256_or_si256(_mm256_castps_si256(value), sign))
+}
+
+/// Eight Q8_0 blocks' terms/// Eight Q8_0 blocks' terms `(dw · d) · I`.
 ///
 /// # Safety
 /// `bytes` holds 8 · 34 bytes, `q` 256.
@@ -255,18 +281,72 @@ fn whole8(p: &[__m256i; 8]) -> __m256i {
 #[target_feature(enable = "avx2")]
 unsafe fn q8_0_terms(bytes: &[u8], q: &[i8], dx: __m256) -> __m256 {
     let mut p = [_mm256_set1_epi32(0); 8];
-    let mut dw = [0.0f32; 8];
+    let mut dw = [0i32; 8];
     for (b, (part, w)) in p.iter_mut().zip(&mut dw).enumerate() {
         // SAFETY: block b's 34 bytes and 32 activations (the caller's lengths).
         *part = unsafe { q8_0_partials(&bytes[34 * b..], &q[32 * b..]) };
-        *w = f16_to_f32(u16::from_le_bytes([bytes[34 * b], bytes[34 * b + 1]]));
+        *w = i32::from(u16::from_le_bytes([bytes[34 * b], bytes[34 * b + 1]]));
     }
-    // SAFETY: eight f32.
-    let dw = unsafe { loadf(&dw, 0) };
+    // SAFETY: eight i32.
+    let dw = f16x8_to_f32(unsafe { load8(&dw, 0) });
     _mm256_mul_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(whole8(&p)))
 }
 
-/// A Q4_K super-block's eight terms `d · ((dq · I) − (mq · S))`.
+/// 16 bytes from `bytes[at..]`.
+///
+/// # Safety
+/// `at + 16 <= bytes.len()`.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn load16(bytes: &[u8], at: usize) -> __m128i {
+    debug_assert!(at + 16 <= bytes.len());
+    // SAFETY: the caller keeps the 16 bytes in `bytes`.
+    unsafe { _mm_loadu_si128(bytes.as_ptr().add(at).cast()) }
+}
+
+/// A Q4_K super-block's eight scales and eight mins as f32 ([`q4k_scale_min`] of `j` in lane
+/// `j`: integers below 64, so exact), unpacked from its 12 packed bytes at once.
+///
+/// # Safety
+/// `bytes` holds at least 20 bytes (the packed ones are 4..16).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn q4k_scales_mins(bytes: &[u8]) -> (__m256, __m256) {
+    // SAFETY: bytes 4..20 (the caller's length).
+    let p = unsafe { load16(bytes, 4) };
+    // Bytes 0..8: p[0..4] & 63 (scales 0..4), p[4..8] & 63 (mins 0..4).
+    let low = _mm_and_si128(p, _mm_set1_epi8(63));
+    // p[8..12] twice: their low nibbles (scales 4..8), then their high nibbles (mins 4..8).
+    let tail = _mm_shuffle_epi8(p, _mm_setr_epi8(8, 9, 10, 11, 8, 9, 10, 11, -1, -1, -1, -1, -1, -1, -1, -1));
+    let nibbles = _mm_blend_epi16::<0b1100>(
+        _mm_and_si128(tail, _mm_set1_epi8(0x0F)),
+        _mm_and_si128(_mm_srli_epi16::<4>(tail), _mm_set1_epi8(0x0F)),
+    );
+    // (p[0..8] >> 6) << 4: the top bits of scales 4..8 (from p[0..4]) and mins 4..8 (p[4..8]).
+    let top = _mm_slli_epi16::<4>(_mm_and_si128(_mm_srli_epi16::<6>(p), _mm_set1_epi8(0x03)));
+    let high = _mm_or_si128(nibbles, top);
+    // Scales 0..8 in bytes 0..8, mins 0..8 in bytes 8..16.
+    let both = _mm_unpacklo_epi32(low, high);
+    let as_f32 = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+    (as_f32(both), as_f32(_mm_srli_si128::<8>(both)))
+}
+
+/// A Q6_K super-block's scales of its blocks' first and second halves (signed bytes 192..208,
+/// even and odd) as f32.
+///
+/// # Safety
+/// `bytes` holds at least 208 bytes.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn q6k_scales(bytes: &[u8]) -> (__m256, __m256) {
+    // SAFETY: bytes 192..208 (the caller's length).
+    let s = unsafe { load16(bytes, 192) };
+    let split = _mm_shuffle_epi8(s, _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15));
+    let as_f32 = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
+    (as_f32(split), as_f32(_mm_srli_si128::<8>(split)))
+}
+
+/// A Q4_K super-block's eight terms/// A Q4_K super-block's eight terms `d · ((dq · I) − (mq · S))`.
 ///
 /// # Safety
 /// `bytes` holds 144 bytes, `q` 256, `sums[at..]` 16.
@@ -277,16 +357,8 @@ unsafe fn q4k_terms(bytes: &[u8], q: &[i8], dx: __m256, sums: &[i32], at: usize)
     let (i, (s0, s1)) = unsafe { (whole8(&q4k_partials(bytes, q)), activation_halves(sums, at)) };
     let d = f16_to_f32(u16::from_le_bytes([bytes[0], bytes[1]]));
     let dmin = f16_to_f32(u16::from_le_bytes([bytes[2], bytes[3]]));
-    let mut packed = [0u8; 12];
-    packed.copy_from_slice(&bytes[4..16]);
-    let (mut sc, mut m) = ([0.0f32; 8], [0.0f32; 8]);
-    for j in 0..8 {
-        let (a, b) = q4k_scale_min(j, &packed);
-        sc[j] = f32::from(a);
-        m[j] = f32::from(b);
-    }
-    // SAFETY: eight f32 each.
-    let (sc, m) = unsafe { (loadf(&sc, 0), loadf(&m, 0)) };
+    // SAFETY: the caller's 144 bytes hold the 12 packed ones from byte 4.
+    let (sc, m) = unsafe { q4k_scales_mins(bytes) };
     let (dq, mq) = (_mm256_mul_ps(_mm256_set1_ps(d), sc), _mm256_mul_ps(_mm256_set1_ps(dmin), m));
     let s = _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1));
     _mm256_mul_ps(dx, _mm256_sub_ps(_mm256_mul_ps(dq, _mm256_cvtepi32_ps(i)), _mm256_mul_ps(mq, s)))
@@ -304,14 +376,8 @@ unsafe fn q6k_terms(bytes: &[u8], q: &[i8], dx: __m256, sums: &[i32], at: usize)
     let j0 = _mm256_sub_epi32(w0, _mm256_slli_epi32::<5>(h0));
     let j1 = _mm256_sub_epi32(w1, _mm256_slli_epi32::<5>(h1));
     let d = _mm256_set1_ps(f16_to_f32(u16::from_le_bytes([bytes[208], bytes[209]])));
-    let (mut s0, mut s1) = ([0.0f32; 8], [0.0f32; 8]);
-    for j in 0..8 {
-        let at = 192 + 8 * (j / 4) + 2 * (j % 4);
-        s0[j] = f32::from(bytes[at].cast_signed());
-        s1[j] = f32::from(bytes[at + 1].cast_signed());
-    }
-    // SAFETY: eight f32 each.
-    let (s0, s1) = unsafe { (loadf(&s0, 0), loadf(&s1, 0)) };
+    // SAFETY: the caller's 210 bytes hold the 16 scales from byte 192.
+    let (s0, s1) = unsafe { q6k_scales(bytes) };
     let a = _mm256_mul_ps(_mm256_mul_ps(d, s0), _mm256_cvtepi32_ps(j0));
     let b = _mm256_mul_ps(_mm256_mul_ps(d, s1), _mm256_cvtepi32_ps(j1));
     _mm256_mul_ps(dx, _mm256_add_ps(a, b))
@@ -358,6 +424,26 @@ mod tests {
             let got = unsafe { row_dot::<B>(&row, cols, &x) };
             let want = row_dot_by::<B>(&row, cols, &x, B::sums);
             assert_eq!(got.to_bits(), want.to_bits(), "{:?}, {blocks} blocks", B::KIND);
+        }
+    }
+
+    #[test]
+    fn eight_halves_widen_to_the_bits_of_one_at_a_time() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        for first in (0..=u16::MAX).step_by(8) {
+            let halves: [i32; 8] = core::array::from_fn(|i| i32::from(first) + i as i32);
+            // SAFETY: AVX2 detected; eight i32 loaded, eight f32 stored.
+            let got = unsafe {
+                let mut out = [0.0f32; 8];
+                _mm256_storeu_ps(out.as_mut_ptr(), f16x8_to_f32(load8(&halves, 0)));
+                out
+            };
+            for (h, v) in halves.iter().zip(got) {
+                let want = f16_to_f32(*h as u16);
+                assert_eq!(v.to_bits(), want.to_bits(), "half {h:#06x}");
+            }
         }
     }
 
