@@ -158,7 +158,8 @@ pub(crate) struct Runner<'m, D: Driver, K> {
     /// Under a rule that may serve misses on the host: page-locked memory each record's output
     /// is copied into on the compute stream before the record's event, when the next layer may
     /// miss, so the next record's host pairs find their input on the host once the event
-    /// completed; and the device address and bytes that copy read.
+    /// completed; and the device address and bytes that copy read. Declared after the device
+    /// buffers, whose drop waits for the device: freed after any copy into it ended.
     readback: Option<D::Pinned>,
     read_back: Option<(u64, usize)>,
     host_parts: Vec<f32>,
