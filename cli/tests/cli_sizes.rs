@@ -141,7 +141,8 @@ fn slot_counts_past_the_expert_count_show_what_ran() {
         "--steps",
         "3",
     ]));
-    assert!(demo.contains("8 slots per layer") && !demo.contains("30"), "{demo}");
+    // The asked-for count appears nowhere as a slot count (the timing line may hold any digits).
+    assert!(demo.contains("8 slots per layer") && !demo.contains("30 slots"), "{demo}");
     std::fs::remove_file(trace).unwrap();
 }
 
