@@ -5,8 +5,9 @@
 //! pairs in each weight format the FFN reads (random codes under fixed scales for the block
 //! formats), with the bytes read per second; `expert_ffn_cold` 1, 2 and 8 pairs a call over 64
 //! experts taken in turn, read from memory rather than cache, beside
-//! `read_cold`, the same bytes only read; `one_thread_in_cache` one small pair on one thread
-//! from the cache, what one core computes. Run with `cargo bench -p
+//! `read_cold`, the same bytes only read; `one_thread_in_cache` (BF16) and
+//! `one_thread_in_cache_format` (the block formats) one small pair on one thread from the
+//! cache, what one core computes. Run with `cargo bench -p
 //! expertslab-std --bench ffn`.
 
 use divan::Bencher;
@@ -168,9 +169,9 @@ fn read_cold(bencher: Bencher, pairs: usize) {
     });
 }
 
-/// 8 pairs of random weights: gate and up in `formats.0`, down in `formats.1` (block formats:
-/// random codes, each block's f16 scales set small).
-fn format_slabs(formats: (Format, Format)) -> Vec<[Vec<u8>; 3]> {
+/// `pairs` pairs of random weights of a `hidden` × `ffn` expert: gate and up in `formats.0`,
+/// down in `formats.1` (block formats: random codes, each block's f16 scales set small).
+fn format_slabs(formats: (Format, Format), hidden: usize, ffn: usize, pairs: usize) -> Vec<[Vec<u8>; 3]> {
     let mut s = 0x9E37_79B9_7F4A_7C15u64;
     let mut slab = |format: Format, rows: usize, cols: usize| -> Vec<u8> {
         let bytes = rows * format.row_bytes(cols).expect("whole blocks");
@@ -197,8 +198,8 @@ fn format_slabs(formats: (Format, Format)) -> Vec<[Vec<u8>; 3]> {
         }
         v
     };
-    (0..PAIRS)
-        .map(|_| [slab(formats.0, FFN, HIDDEN), slab(formats.0, FFN, HIDDEN), slab(formats.1, HIDDEN, FFN)])
+    (0..pairs)
+        .map(|_| [slab(formats.0, ffn, hidden), slab(formats.0, ffn, hidden), slab(formats.1, hidden, ffn)])
         .collect()
 }
 
@@ -212,7 +213,7 @@ fn expert_ffn_format(bencher: Bencher, name: &str) {
             (f, f)
         }
     };
-    let slabs = format_slabs(formats);
+    let slabs = format_slabs(formats, HIDDEN, FFN, PAIRS);
     let ffn = ExpertFfn::new(HIDDEN, FFN, formats.0).and_then(|f| f.with_down_format(formats.1)).expect("ffn");
     let p: Vec<PairSlabs<'_>> = slabs.iter().map(|[g, u, d]| PairSlabs { gate: g, up: u, down: d, token: 0 }).collect();
     let x: Vec<f32> = (0..HIDDEN).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
@@ -238,6 +239,25 @@ fn one_thread_in_cache(bencher: Bencher) {
     let mut parts = vec![0.0f32; SMALL];
     bencher
         .counter(divan::counter::BytesCount::new(3 * slab.len()))
+        .bench_local(|| ffn.parts(&p, &x, &mut parts).expect("parts"));
+}
+
+/// The block formats' rows on one thread from the cache: one pair of hidden 1024 and FFN 256
+/// (at most 420 KiB, which a core's L2 holds) on a pool of one thread, repeated. Bytes read per
+/// second: what one core's instructions give where memory is not the limit.
+#[divan::bench(args = ["q8_0", "q4_K", "q6_K"])]
+fn one_thread_in_cache_format(bencher: Bencher, name: &str) {
+    const SMALL: (usize, usize) = (1024, 256);
+    let format = Format::from_name(name).expect("format");
+    let pool = std::sync::Arc::new(rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool"));
+    let ffn = ExpertFfn::new(SMALL.0, SMALL.1, format).expect("ffn").with_pool(pool);
+    let slabs = format_slabs((format, format), SMALL.0, SMALL.1, 1);
+    let p: Vec<PairSlabs<'_>> = slabs.iter().map(|[g, u, d]| PairSlabs { gate: g, up: u, down: d, token: 0 }).collect();
+    let x: Vec<f32> = (0..SMALL.0).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+    let bytes: usize = slabs.iter().flatten().map(Vec::len).sum();
+    let mut parts = vec![0.0f32; SMALL.0];
+    bencher
+        .counter(divan::counter::BytesCount::new(bytes))
         .bench_local(|| ffn.parts(&p, &x, &mut parts).expect("parts"));
 }
 

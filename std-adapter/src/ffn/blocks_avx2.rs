@@ -15,18 +15,15 @@
 
 use core::arch::x86_64::{
     __m128i, __m256, __m256i, _mm256_add_epi32, _mm256_add_ps, _mm256_and_si256, _mm256_blendv_ps, _mm256_castps_si256,
-    _mm256_castsi256_ps, _mm256_cmpgt_epi32, _mm256_cvtepi32_ps, _mm256_cvtepi8_epi32, _mm256_cvtepu8_epi32,
-    _mm256_hadd_epi32, _mm256_loadu_ps, _mm256_loadu_si256, _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_mul_ps,
-    _mm256_or_si256, _mm256_permute2x128_si256, _mm256_permutevar8x32_epi32, _mm256_set1_epi16, _mm256_set1_epi32,
-    _mm256_set1_epi8, _mm256_set1_ps, _mm256_setr_epi32, _mm256_setzero_ps, _mm256_sign_epi8, _mm256_slli_epi16,
-    _mm256_slli_epi32, _mm256_srl_epi16, _mm256_storeu_ps, _mm256_storeu_si256, _mm256_sub_epi32, _mm256_sub_ps,
-    _mm_and_si128, _mm_blend_epi16, _mm_cvtsi32_si128, _mm_loadu_si128, _mm_or_si128, _mm_set1_epi8, _mm_setr_epi8,
-    _mm_shuffle_epi8, _mm_slli_epi16, _mm_srli_epi16, _mm_srli_si128, _mm_unpacklo_epi32,
+    _mm256_castsi256_ps, _mm256_cmpgt_epi32, _mm256_cvtepi32_ps, _mm256_cvtepi8_epi32, _mm256_hadd_epi32,
+    _mm256_loadu_ps, _mm256_loadu_si256, _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_mul_ps, _mm256_or_si256,
+    _mm256_permute2x128_si256, _mm256_permutevar8x32_epi32, _mm256_set1_epi16, _mm256_set1_epi32, _mm256_set1_epi8,
+    _mm256_set1_ps, _mm256_setr_epi32, _mm256_setzero_ps, _mm256_sign_epi8, _mm256_slli_epi16, _mm256_slli_epi32,
+    _mm256_srl_epi16, _mm256_storeu_ps, _mm256_storeu_si256, _mm256_sub_epi32, _mm256_sub_ps, _mm_cvtsi32_si128,
+    _mm_loadu_si128, _mm_setr_epi8, _mm_shuffle_epi8, _mm_srli_si128,
 };
 
-#[cfg(doc)]
-use super::blocks::q4k_scale_min;
-use super::blocks::{q6k_place, row_dot as row_dot_by, Blocks, Kind, Q8Activations, Q8_BLOCK};
+use super::blocks::{q4k_scale_min, q6k_place, row_dot as row_dot_by, Blocks, Kind, Q8Activations, Q8_BLOCK};
 use super::order::{f16_to_f32, lane_sum, LANES};
 
 /// `Σ w_i · q_i` of 32 unsigned bytes `w` (at most 128) and signed bytes `q`, in four 32-bit
@@ -304,33 +301,6 @@ unsafe fn load16(bytes: &[u8], at: usize) -> __m128i {
     unsafe { _mm_loadu_si128(bytes.as_ptr().add(at).cast()) }
 }
 
-/// A Q4_K super-block's eight scales and eight mins as f32 ([`q4k_scale_min`] of `j` in lane
-/// `j`: integers below 64, so exact), unpacked from its 12 packed bytes at once.
-///
-/// # Safety
-/// `bytes` holds at least 20 bytes (the packed ones are 4..16).
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn q4k_scales_mins(bytes: &[u8]) -> (__m256, __m256) {
-    // SAFETY: bytes 4..20 (the caller's length).
-    let p = unsafe { load16(bytes, 4) };
-    // Bytes 0..8: p[0..4] & 63 (scales 0..4), p[4..8] & 63 (mins 0..4).
-    let low = _mm_and_si128(p, _mm_set1_epi8(63));
-    // p[8..12] twice: their low nibbles (scales 4..8), then their high nibbles (mins 4..8).
-    let tail = _mm_shuffle_epi8(p, _mm_setr_epi8(8, 9, 10, 11, 8, 9, 10, 11, -1, -1, -1, -1, -1, -1, -1, -1));
-    let nibbles = _mm_blend_epi16::<0b1100>(
-        _mm_and_si128(tail, _mm_set1_epi8(0x0F)),
-        _mm_and_si128(_mm_srli_epi16::<4>(tail), _mm_set1_epi8(0x0F)),
-    );
-    // (p[0..8] >> 6) << 4: the top bits of scales 4..8 (from p[0..4]) and mins 4..8 (p[4..8]).
-    let top = _mm_slli_epi16::<4>(_mm_and_si128(_mm_srli_epi16::<6>(p), _mm_set1_epi8(0x03)));
-    let high = _mm_or_si128(nibbles, top);
-    // Scales 0..8 in bytes 0..8, mins 0..8 in bytes 8..16.
-    let both = _mm_unpacklo_epi32(low, high);
-    let as_f32 = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
-    (as_f32(both), as_f32(_mm_srli_si128::<8>(both)))
-}
-
 /// A Q6_K super-block's scales of its blocks' first and second halves (signed bytes 192..208,
 /// even and odd) as f32.
 ///
@@ -357,8 +327,16 @@ unsafe fn q4k_terms(bytes: &[u8], q: &[i8], dx: __m256, sums: &[i32], at: usize)
     let (i, (s0, s1)) = unsafe { (whole8(&q4k_partials(bytes, q)), activation_halves(sums, at)) };
     let d = f16_to_f32(u16::from_le_bytes([bytes[0], bytes[1]]));
     let dmin = f16_to_f32(u16::from_le_bytes([bytes[2], bytes[3]]));
-    // SAFETY: the caller's 144 bytes hold the 12 packed ones from byte 4.
-    let (sc, m) = unsafe { q4k_scales_mins(bytes) };
+    let mut packed = [0u8; 12];
+    packed.copy_from_slice(&bytes[4..16]);
+    let (mut sc, mut m) = ([0.0f32; 8], [0.0f32; 8]);
+    for j in 0..8 {
+        let (a, b) = q4k_scale_min(j, &packed);
+        sc[j] = f32::from(a);
+        m[j] = f32::from(b);
+    }
+    // SAFETY: eight f32 each.
+    let (sc, m) = unsafe { (loadf(&sc, 0), loadf(&m, 0)) };
     let (dq, mq) = (_mm256_mul_ps(_mm256_set1_ps(d), sc), _mm256_mul_ps(_mm256_set1_ps(dmin), m));
     let s = _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1));
     _mm256_mul_ps(dx, _mm256_sub_ps(_mm256_mul_ps(dq, _mm256_cvtepi32_ps(i)), _mm256_mul_ps(mq, s)))
