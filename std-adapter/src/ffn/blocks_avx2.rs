@@ -289,18 +289,6 @@ unsafe fn q8_0_terms(bytes: &[u8], q: &[i8], dx: __m256) -> __m256 {
     _mm256_mul_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(whole8(&p)))
 }
 
-/// 16 bytes from `bytes[at..]`.
-///
-/// # Safety
-/// `at + 16 <= bytes.len()`.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn load16(bytes: &[u8], at: usize) -> __m128i {
-    debug_assert!(at + 16 <= bytes.len());
-    // SAFETY: the caller keeps the 16 bytes in `bytes`.
-    unsafe { _mm_loadu_si128(bytes.as_ptr().add(at).cast()) }
-}
-
 /// A Q6_K super-block's scales of its blocks' first and second halves (signed bytes 192..208,
 /// even and odd) as f32.
 ///
@@ -309,8 +297,9 @@ unsafe fn load16(bytes: &[u8], at: usize) -> __m128i {
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn q6k_scales(bytes: &[u8]) -> (__m256, __m256) {
-    // SAFETY: bytes 192..208 (the caller's length).
-    let s = unsafe { load16(bytes, 192) };
+    debug_assert!(bytes.len() >= 208);
+    // SAFETY: bytes 192..208 (the caller's length); unaligned loads take any address.
+    let s = unsafe { _mm_loadu_si128(bytes.as_ptr().add(192).cast()) };
     let split = _mm_shuffle_epi8(s, _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15));
     let as_f32 = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
     (as_f32(split), as_f32(_mm_srli_si128::<8>(split)))
