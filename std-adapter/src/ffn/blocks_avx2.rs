@@ -270,7 +270,7 @@ fn f16x8_to_f32(bits: __m256i) -> __m256 {
     _mm256_castsi256_ps(_mm256_or_si256(_mm256_castps_si256(value), sign))
 }
 
-/// Eight Q8_0 blocks' terms/// Eight Q8_0 blocks' terms `(dw · d) · I`.
+/// Eight Q8_0 blocks' terms `(dw · d) · I`.
 ///
 /// # Safety
 /// `bytes` holds 8 · 34 bytes, `q` 256.
@@ -305,7 +305,7 @@ unsafe fn q6k_scales(bytes: &[u8]) -> (__m256, __m256) {
     (as_f32(split), as_f32(_mm_srli_si128::<8>(split)))
 }
 
-/// A Q4_K super-block's eight terms/// A Q4_K super-block's eight terms `d · ((dq · I) − (mq · S))`.
+/// A Q4_K super-block's eight terms `d · ((dq · I) − (mq · S))`.
 ///
 /// # Safety
 /// `bytes` holds 144 bytes, `q` 256, `sums[at..]` 16.
