@@ -163,11 +163,12 @@ impl<D: Driver + Clone, K: Kernels<D>> Runner<'_, D, K> {
     /// this record's event completed, without a copy of their own.
     pub(super) fn read_back_output(&mut self, layer: usize, y: u64, tokens: usize) -> Result<(), CudaError> {
         self.read_back = None;
+        // No readback block: the rule never uses the host (nothing to check per record).
+        let Some(pinned) = self.readback.as_mut() else { return Ok(()) };
         let next = layer + 1;
         if next >= self.model.layers || self.placement.holds_all(next, self.model.experts) {
             return Ok(());
         }
-        let Some(pinned) = self.readback.as_mut() else { return Ok(()) };
         let len = tokens * self.model.shape.hidden * 4;
         // SAFETY: `y` is this record's output, `tokens × hidden` f32 of a live buffer; the host
         // reads `pinned` only after the event recorded after this copy completed (`host_start`,
