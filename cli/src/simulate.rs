@@ -27,8 +27,10 @@ pub struct Args {
     #[command(flatten)]
     replay: ReplayArgs,
     /// Policies, comma-separated: tide, decay, lru, lfu, lru2, belady, tinylfu, oracle, uniform,
-    /// optimal (the least time any per-layer placement reaches), optimal-shared (the same for one
-    /// pool of slots × layers shared by the layers).
+    /// markov (the least time a placement seeing only the present step reaches, knowing the
+    /// trace's step-to-step statistics; for few experts per layer), optimal (the least time any
+    /// per-layer placement reaches), optimal-shared (the same for one pool of slots × layers
+    /// shared by the layers).
     #[arg(long, value_delimiter = ',', value_parser = parse_policy,
           default_value = "tide,decay,lru,lfu,lru2,belady,tinylfu,oracle,uniform,optimal,optimal-shared")]
     policy: Vec<ReplayPolicy>,

@@ -6,7 +6,9 @@ use std::io::{self, Write};
 use std::num::NonZeroU32;
 
 use clap::Args as ClapArgs;
-use expertslab_std::trace::replay::{best_run, slot_counts, FetchCap, ReplayPolicy, Sharing, TuneGrid, TuneJob};
+use expertslab_std::trace::replay::{
+    best_run, markov, slot_counts, FetchCap, ReplayPolicy, Sharing, TuneGrid, TuneJob,
+};
 use expertslab_std::{slots_per_layer, AdmissionConfig, Policy};
 use serde_json::json;
 
@@ -127,6 +129,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         ReplayPolicy::Pool(Policy::Belady),
         ReplayPolicy::Oracle,
         ReplayPolicy::Uniform,
+        ReplayPolicy::Markov,
         ReplayPolicy::Optimal,
         ReplayPolicy::OptimalShared,
     ]
@@ -143,8 +146,12 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         candidates.extend(run_all(&trace, &jobs, initial, &warm, c, prefetch)?);
     }
     // Under --overlap, only what is priced by layer step stands beside the candidates.
-    let baselines: Vec<_> =
-        baselines.into_iter().filter(|j| cost.overlap.is_none() || j.policy.prices_by_step()).collect();
+    // The Markov reference stands only where its model is small enough (few experts per layer).
+    let baselines: Vec<_> = baselines
+        .into_iter()
+        .filter(|j| cost.overlap.is_none() || j.policy.prices_by_step())
+        .filter(|j| j.policy != ReplayPolicy::Markov || markov::within_reach(&trace, max))
+        .collect();
     let time = |r: &Run| r.report.total.modeled_time_s;
     let best =
         best_run(&candidates, |r| (&r.report, r.slots)).ok_or_else(|| CliError::Usage("no policy to tune".into()))?;
@@ -177,6 +184,11 @@ pub fn run(args: &Args) -> Result<(), CliError> {
                 ..TuneJob::new(best.policy, best.slots)
             }];
             let mut picked = run_all(&test_trace, &pick, initial, &warm, best_cost, prefetch)?;
+            let baselines: Vec<_> = baselines
+                .iter()
+                .filter(|j| j.policy != ReplayPolicy::Markov || markov::within_reach(&test_trace, max))
+                .cloned()
+                .collect();
             let references = run_all(&test_trace, &baselines, initial, &warm, best_cost, prefetch)?;
             let run = picked.pop().ok_or_else(|| CliError::Usage("no run on the test trace".into()))?;
             Some((path, run, references))
@@ -241,6 +253,8 @@ struct Score {
     lru: f64,
     optimal: Option<f64>,
     optimal_shared: Option<f64>,
+    /// Against the Markov reference (per-layer pools; `None` where it was not computed).
+    markov: Option<f64>,
     /// The bound of the run's own kind of pool (the per-layer optimum does not bound a shared
     /// pool), and that kind's name.
     own: Option<f64>,
@@ -260,6 +274,7 @@ impl Score {
         let bound = |policy: ReplayPolicy| references.iter().find(|r| r.policy == policy && !overlap).map(time);
         let (optimal, optimal_shared) =
             (ratio(time(run), bound(ReplayPolicy::Optimal)), ratio(time(run), bound(ReplayPolicy::OptimalShared)));
+        let markov = ratio(time(run), bound(ReplayPolicy::Markov));
         let (own, kind) = match run.sharing {
             Sharing::Shared => (optimal_shared, "one shared pool"),
             _ => (optimal, "per-layer pools"),
@@ -269,6 +284,7 @@ impl Score {
             lru: gain(references.get(1)),
             optimal,
             optimal_shared,
+            markov,
             own,
             kind,
             overlap,
@@ -284,6 +300,7 @@ impl Score {
             "optimal_ratio": self.optimal,
             "optimal_shared_ratio": self.optimal_shared,
             "bound_ratio": self.own,
+            "markov_ratio": self.markov,
             "references": references.iter().map(run_json).collect::<Vec<_>>(),
         })
     }
@@ -304,7 +321,14 @@ impl Score {
                 self.kind,
                 times(self.optimal),
                 times(self.optimal_shared)
-            )
+            )?;
+            match self.markov {
+                Some(m) => writeln!(
+                    out,
+                    "  {m:.2}× the Markov reference (per-layer online placement knowing the trace's statistics)"
+                ),
+                None => Ok(()),
+            }
         }
     }
 }

@@ -126,7 +126,11 @@ pub fn trace(data: &[u8]) {
             InitialPlacement::Warm,
             CostModel::new(1 << 20, 1e-5, 1e10),
         );
-        let report = replay(&trace, &config).expect("a parsed trace replays");
+        let report = match replay(&trace, &config) {
+            // The Markov reference refuses (and says so) a layer whose model is past its limits.
+            Err(ReplayError::TooLarge { .. }) if config.policy == ReplayPolicy::Markov => continue,
+            result => result.expect("a parsed trace replays"),
+        };
         assert_eq!(report.total.served.hits + report.total.served.misses, report.total.served.pairs());
         assert_eq!(
             report.total.served.served_by_copy + report.total.served.served_in_place,
