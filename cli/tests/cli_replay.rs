@@ -602,6 +602,19 @@ fn tune_scores_its_pick_on_a_second_trace() {
     let other = temp("tune-other.ndjson");
     let o = other.to_str().unwrap();
     stdout(&expertslab(&["synth", "--out", o, "--experts", "8", "--layers", "3", "--top-k", "2", "--steps", "10"]));
+    // The Markov reference stands beside the others only for few experts per layer: not for 16
+    // experts over 4 slots, and for 8 (where it is never below the optimum).
+    assert!(doc["markov_ratio"].is_null() && doc["test"]["markov_ratio"].is_null(), "{doc}");
+    let small: Value =
+        serde_json::from_str(&stdout(&expertslab(&["tune", "--trace", o, "--max-slots", "4", "--json"]))).unwrap();
+    let time = |name: &str| {
+        small["references"].as_array().unwrap().iter().find(|r| r["policy"] == name).unwrap()["total"]["modeled_time_s"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(small["markov_ratio"].as_f64().unwrap() > 0.0, "{small}");
+    assert!(time("markov") >= time("optimal") * (1.0 - 1e-9));
+    assert!(stdout(&expertslab(&["tune", "--trace", o, "--max-slots", "4"])).contains("× the Markov reference"));
     let refused = expertslab(&["tune", "--trace", tr, "--test", o, "--max-slots", "4"]);
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && err.contains("tune-other") && err.contains("8 experts"), "{err}");

@@ -58,10 +58,10 @@ use super::{CostModel, ReplayConfig, ReplayError, ReplayReport, ReplayStats};
 use crate::trace::{Trace, TraceRecord};
 
 /// Most (residents, demand set) states of one layer's model.
-pub const MAX_STATES: usize = 1 << 18;
+pub const MAX_STATES: usize = 1 << 15;
 /// Most choices (a state and a next demand set's ways to serve it) of one layer's model, and most
 /// terms of one iteration's expectations (resident sets × the chain's transitions).
-pub const MAX_OPTIONS: usize = 1 << 20;
+pub const MAX_OPTIONS: usize = 1 << 18;
 /// Most steps of enumerating one layer's choices (subsets tried, kept or not).
 const MAX_WORK: u64 = 1 << 26;
 /// Most value iterations per layer.
@@ -86,7 +86,7 @@ pub(crate) fn markov(trace: &Trace, config: &ReplayConfig, start: &[u64]) -> Res
     for records in by_layer(trace) {
         let Some(layer) = records.first().map(|r| r.layer) else { continue };
         let mut model = Layer::new(trace, &records, slots)?;
-        model.solve(&config.cost);
+        let _ = model.solve(&config.cost);
         let first = start.partition_point(|&k| k < u64::from(layer) << 32);
         let residents = start[first..]
             .iter()
@@ -261,8 +261,9 @@ impl Layer {
         f64::from(copied.count_ones()) * cost.copy_seconds(cost.expert_bytes) + in_place * cost.slow_pair_seconds
     }
 
-    /// Prices the choices under `cost` and iterates the values.
-    fn solve(&mut self, cost: &CostModel) {
+    /// Prices the choices under `cost` and iterates the values; the iterations it took
+    /// ([`MAX_ITERATIONS`] when the values did not settle).
+    fn solve(&mut self, cost: &CostModel) -> usize {
         let (nd, width) = (self.demands.len(), self.used.len());
         for (s, &set) in self.sets.iter().enumerate() {
             for (d, &demand) in self.demands.iter().enumerate() {
@@ -275,10 +276,14 @@ impl Layer {
             }
         }
         let unit = cost.slow_pair_seconds.max(cost.copy_seconds(cost.expert_bytes));
-        let tolerance = if unit > 0.0 { unit * 1e-9 } else { return self.values = vec![0.0; self.sets.len() * nd] };
+        if unit <= 0.0 {
+            self.values = vec![0.0; self.sets.len() * nd];
+            return 0;
+        }
+        let tolerance = unit * 1e-9;
         let mut values = vec![0.0; self.sets.len() * nd];
         let mut best = vec![0.0; self.sets.len() * nd];
-        for _ in 0..MAX_ITERATIONS {
+        for iteration in 0..MAX_ITERATIONS {
             // best[(set, d')]: the cheapest way to serve d' from set, values included.
             for (i, b) in best.iter_mut().enumerate() {
                 let d = i % nd;
@@ -304,10 +309,12 @@ impl Layer {
                 *v = new;
             }
             if high - low < tolerance {
-                break;
+                self.values = values;
+                return iteration + 1;
             }
         }
         self.values = values;
+        MAX_ITERATIONS
     }
 
     /// The placement replayed on the layer's records from `residents`, with their actual pairs.

@@ -157,3 +157,24 @@ fn resident_sets_and_ways_to_serve_a_step() {
     assert_eq!(ways(0b011, 0b111, 2).collect::<Vec<_>>(), [0b011]);
     assert_eq!(subsets(0b101).collect::<Vec<_>>(), [0b101, 0b100, 0b001, 0]);
 }
+
+#[cfg(feature = "demand")]
+#[test]
+fn the_values_settle_on_a_mixtral_shaped_layer() {
+    use crate::trace::synthetic::{RoutingShape, SyntheticRouting};
+    let shape = RoutingShape { experts: 8, top_k: 2, zipf_s: 0.5, reuse: 0.3, phase_steps: 256 };
+    let mut t = Trace::new(TraceHeader { experts: 8, layers: 1, top_k: 2 }).unwrap();
+    let mut router = SyntheticRouting::new(shape, 1);
+    let mut ids = Vec::new();
+    for step in 0..if cfg!(miri) { 40 } else { 500 } {
+        ids.clear();
+        router.step(1, &mut ids);
+        t.push(0, step, false, &ids).unwrap();
+    }
+    let records: Vec<&TraceRecord> = t.records().iter().collect();
+    for slots in [2, 4, 6] {
+        let mut layer = Layer::new(&t, &records, slots).unwrap();
+        let iterations = layer.solve(&CostModel::new(4 << 20, 209.7e-6, 16e9));
+        assert!(iterations < MAX_ITERATIONS, "{slots} slots: the values did not settle");
+    }
+}
