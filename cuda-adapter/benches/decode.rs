@@ -4,7 +4,8 @@
 //!
 //! Rows: (i) every expert resident; (ii) no slots, every routed expert uploaded each step;
 //! (iii) no slots, misses read over the bus; (iv) slots under LRU, TIDE, decay and the `tune`
-//! pick at that budget, misses by the measured rule. For each (iv) row: the time the core's
+//! pick at that budget, misses by the measured rule, and LRU with speculative copies
+//! ([`expertslab_cuda::demo::Prefetch`]). For each (iv) row: the time the core's
 //! replay cost model predicts (G3) and the step time against max(copy, compute) (G4).
 //! `EXPERTSLAB_REPS` sets the repetitions per row (default 5; medians are reported).
 //! `EXPERTSLAB_PERCENTS` (such as `75,0`) takes only those budgets of the `peer` rows.
@@ -35,9 +36,9 @@ use std::process::ExitCode;
 
 use expertslab::trace::replay::{FetchCap, Sharing};
 use expertslab::trace::synthetic::SyntheticTrace;
-use expertslab::{DecayConfig, Policy, Schedule};
+use expertslab::{DecayConfig, Policy, Predictor, Schedule};
 use expertslab_cuda::demo::{
-    open_device, tune_pick, Calibration, DemoMiss, DemoRouting, GpuModel, ModelSpec, RunConfig, RunReport,
+    open_device, tune_pick, Calibration, DemoMiss, DemoRouting, GpuModel, ModelSpec, Prefetch, RunConfig, RunReport,
 };
 use expertslab_cuda::{CudaError, MissAction, MissCosts, MissRule};
 
@@ -66,7 +67,7 @@ fn row(trace: &str, slots: &str, name: &str, r: &RunReport) {
 }
 
 fn bench(model: &GpuModel, calibration: &Calibration, reps: usize) -> Result<(), CudaError> {
-    let experts = model.spec().experts;
+    let (experts, top_k) = (model.spec().experts, model.spec().shape.top_k);
     let copy = MissRule::Always(MissAction::Copy);
     let measured = MissRule::Measured(calibration.costs);
     let mut goals = Vec::new();
@@ -90,15 +91,19 @@ fn bench(model: &GpuModel, calibration: &Calibration, reps: usize) -> Result<(),
             let label = format!("{}%", 100 / share);
             let tuned = tune_pick(&trace, slots, model.expert_bytes() as u64, calibration, measured)?;
             let (tuned_schedule, tuned) = (tuned.schedule, tuned.policy);
+            // LRU with speculative copies: the next layer's guesses (transitions and the previous
+            // step) copied into one staging slot per 8 slots while a layer computes.
+            let prefetch = Prefetch { predictor: Predictor::Both, staging: (slots / 8).max(1), copies: top_k };
             let candidates = [
-                ("(iv) lru".to_string(), Policy::Lru, Schedule::EveryForward),
-                ("(iv) tide".to_string(), Policy::Tide, Schedule::EveryForward),
-                ("(iv) decay".to_string(), Policy::Decay(DecayConfig::DEFAULT), Schedule::EveryForward),
-                (format!("(iv) tune: {} {}", tuned.name(), schedule_name(tuned_schedule)), tuned, tuned_schedule),
+                ("(iv) lru".to_string(), Policy::Lru, Schedule::EveryForward, None),
+                ("(iv) lru, speculative".to_string(), Policy::Lru, Schedule::EveryForward, Some(prefetch)),
+                ("(iv) tide".to_string(), Policy::Tide, Schedule::EveryForward, None),
+                ("(iv) decay".to_string(), Policy::Decay(DecayConfig::DEFAULT), Schedule::EveryForward, None),
+                (format!("(iv) tune: {} {}", tuned.name(), schedule_name(tuned_schedule)), tuned, tuned_schedule, None),
             ];
             let mut best_iv = f64::INFINITY;
-            for (name, policy, schedule) in candidates {
-                let run = RunConfig { schedule, ..RunConfig::new(slots, policy, measured) };
+            for (name, policy, schedule, prefetch) in candidates {
+                let run = RunConfig { schedule, prefetch, ..RunConfig::new(slots, policy, measured) };
                 let r = model.decode_median(&trace, &run, reps)?;
                 let predicted = model.predict(&trace, &run, calibration)?;
                 let bound = model.overlap_bound(&r, floor_token, calibration);

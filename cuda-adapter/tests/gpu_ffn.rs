@@ -8,8 +8,8 @@ use expertslab::trace::replay::{FetchCap, Sharing};
 use expertslab::trace::synthetic::SplitMix64;
 use expertslab::trace::synthetic::SyntheticTrace;
 use expertslab::trace::Trace;
-use expertslab::{AdmissionConfig, DecayConfig, Format, Policy};
-use expertslab_cuda::demo::{activations, open_device, router_weights, GpuModel, ModelSpec, RunConfig};
+use expertslab::{AdmissionConfig, DecayConfig, Format, Policy, Predictor};
+use expertslab_cuda::demo::{activations, open_device, router_weights, GpuModel, ModelSpec, Prefetch, RunConfig};
 use expertslab_cuda::reference::{f32_to_bf16, f32_to_f16, moe_ffn, within_tolerance, ExpertWeights};
 use expertslab_cuda::{CudaError, FfnShape, MissAction, MissCosts, MissRule};
 use expertslab_std::ffn::{combine, ExpertFfn, PairSlabs};
@@ -214,6 +214,14 @@ fn outputs_are_bit_identical_under_every_policy_and_miss_action() {
                 assert_eq!(got, all, "{format}, shared, {policy:?}, {miss:?}");
                 runs += 1;
             }
+            // Speculative copies into staging slots, read by the next layer after their copy.
+            let prefetch = Prefetch { predictor: Predictor::Both, staging: 1, copies: 2 };
+            let run =
+                RunConfig { record_outputs: true, prefetch: Some(prefetch), ..RunConfig::new(4, Policy::Lru, miss) };
+            let report = model.decode(&trace, &run).unwrap_or_else(|e| panic!("{format}, prefetch, {miss:?}: {e}"));
+            assert!(report.prefetched > 0, "{format}, {miss:?}: nothing speculated");
+            assert_eq!(bits(&report.outputs), all, "{format}, prefetch, {miss:?}");
+            runs += 1;
         }
         // Host stacks off 16-byte alignment by 8, 2 and 1 bytes (F32 and BF16 elements keep
         // their own alignment): zero-copy reads F32 and BF16 element by element, block formats

@@ -8,6 +8,17 @@ use crate::plan::MigrationPlan;
 use crate::policy::{AdmitState, PolicyState};
 
 impl ExpertPool {
+    /// Whether [`ExpertPool::prefetch`] places guesses in this pool: a demand policy that decides
+    /// without the step's routing (LRU, LFU, LRU-2, Belady; not the cost-aware policy), with the
+    /// crate's `demand` feature on. Otherwise `prefetch` answers [`PoolError::PolicyMismatch`].
+    pub fn takes_prefetches(&self) -> bool {
+        #[cfg(feature = "demand")]
+        if let PolicyState::Demand(cache) = &self.policy {
+            return !cache.is_cost_aware();
+        }
+        false
+    }
+
     /// Plans at most `limit` prefetch copies for this pool's next step: each of `experts` (best
     /// guess first) that is not resident goes into a free slot; else, with staging slots
     /// ([`crate::PoolConfig::staging`]), into the staging slot whose occupant the policy ranks

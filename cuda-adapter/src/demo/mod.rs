@@ -33,7 +33,9 @@ use expertslab::trace::synthetic::SplitMix64;
 #[cfg(test)]
 use expertslab::trace::synthetic::SyntheticTrace;
 use expertslab::trace::Trace;
-use expertslab::{ExpertLayout, Format, InitialPlacement, MissOrder, Policy, Schedule, ServeStats, StackLayout};
+use expertslab::{
+    ExpertLayout, Format, InitialPlacement, MissOrder, Policy, Predictor, Schedule, ServeStats, StackLayout,
+};
 
 use crate::error::{CudaError, ResidencyError};
 use crate::ffn::{MissAction, MissCosts, MissRule};
@@ -101,6 +103,26 @@ pub struct RunConfig {
     pub record_outputs: bool,
     /// The order a demand policy admits a step's misses in.
     pub miss_order: MissOrder,
+    /// Speculative copies for the next layer, before its routing is known (`None`: none).
+    pub prefetch: Option<Prefetch>,
+}
+
+/// Speculative copies: once a record of layer `l` is enqueued, the predictor's guesses for layer
+/// `l + 1` of the same step are copied in while layer `l` computes, into free slots or the
+/// pool's staging slots only, never in place of a resident (a wrong guess costs only the
+/// copy). The next record serves a guessed expert from its slot once the compute stream has
+/// waited for the copy. Per-layer pools under a demand policy that takes prefetches (LRU, LFU,
+/// LRU-2; [`expertslab::ExpertPool::prefetch`]). [`GpuModel::predict`] prices a run with them as
+/// the same run without them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prefetch {
+    /// Where the guesses come from.
+    pub predictor: Predictor,
+    /// Slots of each pool held for guesses ([`expertslab::PoolConfig::staging`]): at least one,
+    /// fewer than the slots (a guess goes into a staging slot, or a free one).
+    pub staging: usize,
+    /// Most experts copied per record.
+    pub copies: usize,
 }
 
 impl RunConfig {
@@ -115,6 +137,7 @@ impl RunConfig {
             sharing: Sharing::PerLayer,
             record_outputs: false,
             miss_order: MissOrder::Routing,
+            prefetch: None,
         }
     }
 }
@@ -140,6 +163,11 @@ pub struct RunReport {
     /// Split pairs: gate and up on the host, down on the GPU from a scratch copy of down (its
     /// bytes in `bytes_scratch`).
     pub split_pairs: u64,
+    /// Experts copied speculatively ([`RunConfig::prefetch`]; counted in `promotions` and
+    /// `bytes_promoted` too, not in `step_copy_bytes`, which counts the copies a step needed).
+    pub prefetched: u64,
+    /// Of `prefetched`, the experts the next record used.
+    pub prefetch_hits: u64,
     /// Decode steps timed (records after the prefill, counted once per step, not per layer).
     pub decode_steps: u64,
     /// Decode tokens timed.

@@ -42,6 +42,9 @@
 //!    page-locked host memory on the compute stream, for that layer's host pairs.
 //! 6. **Reads marked**: [`CudaSlotSink::after_reads`] and [`DeviceSlotTable::after_reads`], and
 //!    the event the next record waits on.
+//! 7. **Speculative copies** ([`super::RunConfig::prefetch`], the `speculate` module): the
+//!    predictor's guesses for the next layer of the same step, copied into its staging or free
+//!    slots while this record computes; that record serves them after its own copies.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -49,13 +52,13 @@ use std::time::Instant;
 use expertslab::trace::replay::{MissedUses, Sharing};
 use expertslab::trace::Trace;
 use expertslab::{
-    ExpertLayout, ExpertPool, InitialPlacement, MigrateStats, MigrationPlan, PoolConfig, PoolStats, SharedSlotPool,
-    SlotArena, Step, StepError,
+    ExpertLayout, ExpertPool, InitialPlacement, MigrateStats, MigrationPlan, PoolConfig, PoolStats, Prefetcher,
+    SharedSlotPool, SlotArena, Step, StepError,
 };
 use expertslab_std::ffn::ExpertFfn;
 use expertslab_std::ExpertStore;
 
-use super::{RunConfig, RunReport};
+use super::{Prefetch, RunConfig, RunReport};
 use crate::arena::DEVICE_ALIGN;
 use crate::driver::Driver;
 use crate::error::{CudaError, ResidencyError};
@@ -64,6 +67,7 @@ use crate::reference::FfnShape;
 use crate::sink::{CudaSlotSink, ScratchSlot};
 use crate::table::DeviceSlotTable;
 use placement::{Placement, SHARED_ARENA};
+use speculate::speculation;
 
 /// What a run reads: the experts and their shape.
 pub(crate) struct Model<'m> {
@@ -174,6 +178,14 @@ pub(crate) struct Runner<'m, D: Driver, K> {
     ahead: bool,
     /// Misses counted without a pool.
     misses: u64,
+    /// Speculative copies ([`RunConfig::prefetch`]): the settings, the predictor, the plan of a
+    /// record's copies, and per layer the experts copied for its next record (served from their
+    /// slots only after the compute stream waited for the copies).
+    prefetch: Option<(Prefetch, Prefetcher)>,
+    prefetch_plan: MigrationPlan,
+    fresh: Vec<Vec<u16>>,
+    /// Every slot index of a layer's arena (the slots a record's kernels may read).
+    arena_slots: Vec<usize>,
 }
 
 impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
@@ -193,6 +205,11 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
     ) -> Result<Self, CudaError> {
         let layout = model.layout;
         let layers = model.layers;
+        // Speculative copies are checked before anything is allocated.
+        let prefetch = match run.prefetch {
+            None => None,
+            Some(p) => Some((p, speculation(run, slots, &model, trace)?)),
+        };
         let driver = sink.driver().clone();
         let shared = slots > 0 && run.sharing == Sharing::Shared;
         if shared {
@@ -216,6 +233,7 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
                 .schedule(run.schedule)
                 .initial(InitialPlacement::Warm)
                 .miss_order(run.miss_order)
+                .staging(run.prefetch.map_or(0, |p| p.staging))
         };
         let residency = |e| CudaError::Residency(ResidencyError::Pool(e));
         let mut plan = MigrationPlan::new(slots.saturating_mul(layers).max(1));
@@ -287,6 +305,10 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
             done_recorded: false,
             ahead: false,
             misses: 0,
+            prefetch,
+            prefetch_plan: MigrationPlan::new(slots.max(1)),
+            fresh: vec![Vec::new(); layers],
+            arena_slots: (0..slots).collect(),
             sink,
             model,
         };
@@ -372,6 +394,8 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
             let (bus_before, host_before, split_before) = (report.bus_pairs, report.host_pairs, report.split_pairs);
             let step = if record.prefill { Step::prefill(record.step) } else { Step::decode(record.step) };
             let copied = self.layer_step(layer, step, ids, x, y, &mut report)?;
+            // Speculative copies for the next record, while this one computes.
+            self.speculate(layer, record, trace.records().get(index + 1), trace, &mut report)?;
             if decode {
                 if let Some(b) = report.step_copy_bytes.last_mut() {
                     *b += copied;
@@ -451,6 +475,17 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
         let (layout, store) = (self.model.layout, self.model.store);
         self.before.clear();
         self.before.extend(ids.iter().map(|&id| self.placement.slot_of(layer, id as usize)));
+        // Experts copied speculatively for this record are read only once the compute stream
+        // waited for their copies: with the step's own copies, not before them.
+        if let Some(fresh) = self.fresh.get_mut(layer).filter(|f| !f.is_empty()) {
+            for (before, &id) in self.before.iter_mut().zip(ids) {
+                if fresh.iter().any(|&e| u32::from(e) == id) {
+                    *before = None;
+                }
+            }
+            report.prefetch_hits += fresh.iter().filter(|&&e| ids.contains(&u32::from(e))).count() as u64;
+            fresh.clear();
+        }
         // 2. The pool's step: plan, migrate through the sink, serve. Under the balanced rule the
         // pool promotes at most the step's bandwidth-matched share of its misses.
         let cap = self.fetch_cap(ids);
@@ -534,8 +569,14 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
         unsafe { self.kernels.combine(layer, y, compute)? };
         self.read_back_output(layer, y, ids.len() / self.model.shape.top_k.max(1))?;
         let compute = &self.compute;
-        // 6. Reads marked, and the event the next record waits for.
-        self.sink.after_reads(compute)?;
+        // 6. Reads marked, and the event the next record waits for. With speculative copies, only
+        // this layer's slots: a copy into the next layer's slots does not wait for these kernels
+        // (per-layer pools only; no record reads another layer's slots).
+        if self.prefetch.is_some() {
+            self.sink.after_reads_of(compute, layer, &self.arena_slots)?;
+        } else {
+            self.sink.after_reads(compute)?;
+        }
         if let Some(table) = self.tables.get_mut(layer) {
             table.after_reads(compute)?;
         }
@@ -549,6 +590,7 @@ mod host;
 mod kernels;
 mod placement;
 mod sources;
+mod speculate;
 
 pub(crate) use host::spawn_on;
 pub(crate) use kernels::Kernels;

@@ -16,12 +16,24 @@ use expertslab_std::ffn::ExpertFfn;
 const EXPERTS: usize = 8;
 const LAYERS: usize = 3;
 const SHAPE: FfnShape = FfnShape::new(64, 32, 2, Format::F32);
+/// The tests' routing: the model's experts and layers, top-2.
+const ROUTING: SyntheticTrace =
+    SyntheticTrace { experts: EXPERTS as u32, layers: LAYERS as u32, top_k: 2, ..SyntheticTrace::DEFAULT };
 
-/// Kernels that only log their launches, tagged with their layer.
-struct MockKernels(Arc<MockDriver>);
+/// Kernels that only log their launches, tagged with their layer, and count the pairs staged as
+/// copied for their step ([`PairSource::Promoted`]).
+struct MockKernels(Arc<MockDriver>, u64);
 
 impl Kernels<Arc<MockDriver>> for MockKernels {
-    fn stage(&mut self, layer: usize, _: u64, _: &[u32], _: &[PairSource], s: &MockStream) -> Result<(), CudaError> {
+    fn stage(
+        &mut self,
+        layer: usize,
+        _: u64,
+        _: &[u32],
+        sources: &[PairSource],
+        s: &MockStream,
+    ) -> Result<(), CudaError> {
+        self.1 += sources.iter().filter(|p| matches!(p, PairSource::Promoted)).count() as u64;
         self.0.launch(s, layer as u32);
         Ok(())
     }
@@ -69,6 +81,9 @@ fn store() -> (ExpertStore, ExpertLayout) {
     (store, layout)
 }
 
+/// A mock driver and a runner on it.
+type Mock<'m> = (Arc<MockDriver>, Runner<'m, Arc<MockDriver>, MockKernels>);
+
 /// A runner on the mock driver over `store` (the host FFN on, input for up to 3 tokens), with
 /// `slots` and `scratch` slots per layer for `trace` under `run`, and its driver.
 fn runner<'m>(
@@ -78,7 +93,19 @@ fn runner<'m>(
     slots: usize,
     scratch: usize,
     trace: &expertslab::trace::Trace,
-) -> (Arc<MockDriver>, Runner<'m, Arc<MockDriver>, MockKernels>) {
+) -> Mock<'m> {
+    try_runner(store, layout, run, slots, scratch, trace).unwrap()
+}
+
+/// [`runner`], or the runner's refusal.
+fn try_runner<'m>(
+    store: &'m ExpertStore,
+    layout: &'m ExpertLayout,
+    run: &RunConfig,
+    slots: usize,
+    scratch: usize,
+    trace: &expertslab::trace::Trace,
+) -> Result<Mock<'m>, CudaError> {
     let driver = Arc::new(MockDriver::new(1 << 26));
     let mut sink = CudaSlotSink::new(Arc::clone(&driver), [], RingConfig::default()).unwrap();
     sink.host_mut().register_store(store);
@@ -93,9 +120,8 @@ fn runner<'m>(
         activations: vec![0.5; 3 * SHAPE.hidden],
         host: Some(ExpertFfn::new(SHAPE.hidden, SHAPE.ffn, SHAPE.format).unwrap()),
     };
-    let runner =
-        Runner::new(model, sink, compute, MockKernels(Arc::clone(&driver)), run, slots, scratch, trace).unwrap();
-    (driver, runner)
+    let runner = Runner::new(model, sink, compute, MockKernels(Arc::clone(&driver), 0), run, slots, scratch, trace)?;
+    Ok((driver, runner))
 }
 
 /// The device ranges of layer `layer`'s own memory: its slot arena (per-layer pools only),
@@ -115,8 +141,16 @@ fn ranges(runner: &Runner<'_, Arc<MockDriver>, MockKernels>, layer: usize, share
 }
 
 /// Checks that record `i`'s work (its copies into its layer's memory, its launches) comes
-/// after the host waited for record `i − 1`'s event and before its own event is recorded.
-fn chained(ops: &[MockOp], done: MockEvent, layers: &[usize], own: &[Vec<std::ops::Range<u64>>]) -> Result<(), String> {
+/// after the host waited for record `i − 1`'s event and before its own event is recorded. With
+/// `speculative`, a record's event may be followed by copies into the next record's layer (and
+/// their ready events), with no stream made to wait: the speculative copies.
+fn chained(
+    ops: &[MockOp],
+    done: MockEvent,
+    layers: &[usize],
+    own: &[Vec<std::ops::Range<u64>>],
+    speculative: bool,
+) -> Result<(), String> {
     let mut segments = vec![Vec::new()];
     for op in ops {
         if *op == (MockOp::SyncEvent { event: done }) {
@@ -129,6 +163,18 @@ fn chained(ops: &[MockOp], done: MockEvent, layers: &[usize], own: &[Vec<std::op
         return Err(format!("{} host waits for {} records", segments.len() - 1, layers.len()));
     }
     for (i, (segment, &layer)) in segments.iter().zip(layers).enumerate() {
+        let event = segment.iter().position(|op| matches!(op, MockOp::Record { event, .. } if *event == done));
+        let (segment, tail) = segment.split_at(event.map_or(segment.len(), |e| e + 1));
+        let next = layers.get(i + 1).copied();
+        for op in tail {
+            match *op {
+                MockOp::Copy { dst, .. }
+                    if speculative && next.is_some_and(|n| own[n].iter().any(|r| r.contains(&dst))) => {}
+                MockOp::Record { .. } if speculative => {}
+                MockOp::SyncStream { .. } | MockOp::SyncDevice => {}
+                other => return Err(format!("record {i} (layer {layer}): {other:?} after its event")),
+            }
+        }
         for op in segment {
             match *op {
                 MockOp::Launch { tag, .. } if tag as usize != layer => {
@@ -146,10 +192,8 @@ fn chained(ops: &[MockOp], done: MockEvent, layers: &[usize], own: &[Vec<std::op
         if !segment.iter().any(|op| matches!(op, MockOp::Launch { .. })) {
             return Err(format!("record {i}: no launch"));
         }
-        // Host waits may follow (the timer's start); nothing enqueued may.
-        let enqueued = |op: &&MockOp| !matches!(op, MockOp::SyncStream { .. } | MockOp::SyncDevice);
-        if !matches!(segment.iter().rfind(enqueued), Some(MockOp::Record { event, .. }) if *event == done) {
-            return Err(format!("record {i}: its event is not the last thing it enqueues"));
+        if event.is_none() {
+            return Err(format!("record {i}: no event"));
         }
     }
     Ok(())
@@ -164,15 +208,7 @@ fn a_layer_s_work_is_enqueued_only_after_the_previous_layer_s_event() {
         steps: 10,
         prefill_tokens: 3,
         phase: 4,
-        ..SyntheticTrace {
-            experts: EXPERTS as u32,
-            layers: LAYERS as u32,
-            top_k: 2,
-            steps: 10,
-            zipf: 0.5,
-            reuse: 0.3,
-            ..SyntheticTrace::DEFAULT
-        }
+        ..SyntheticTrace { steps: 10, zipf: 0.5, reuse: 0.3, ..ROUTING }
     };
     let trace = settings.trace().unwrap();
     let layers: Vec<usize> = trace.records().iter().map(|r| r.layer as usize).collect();
@@ -269,7 +305,7 @@ fn a_layer_s_work_is_enqueued_only_after_the_previous_layer_s_event() {
         // The run's own work ends with syncs past the last record: drop what follows its event.
         let last = ops.iter().rposition(|op| matches!(op, MockOp::Record { event, .. } if *event == done)).unwrap();
         let ops = &ops[..=last];
-        chained(ops, done, &layers, &own).unwrap_or_else(|e| panic!("{sharing:?} {policy:?} {miss:?}: {e}"));
+        chained(ops, done, &layers, &own, false).unwrap_or_else(|e| panic!("{sharing:?} {policy:?} {miss:?}: {e}"));
         // The check catches a launch of a layer enqueued before the previous layer's event.
         let second_wait =
             ops.iter().enumerate().filter(|(_, op)| **op == MockOp::SyncEvent { event: done }).nth(1).unwrap().0;
@@ -278,7 +314,7 @@ fn a_layer_s_work_is_enqueued_only_after_the_previous_layer_s_event() {
         let mut early = ops.to_vec();
         let moved = early.remove(launch);
         early.insert(second_wait, moved);
-        assert!(chained(&early, done, &layers, &own).is_err(), "a launch before the wait must be caught");
+        assert!(chained(&early, done, &layers, &own, false).is_err(), "a launch before the wait must be caught");
     }
 }
 
@@ -304,16 +340,7 @@ fn work_handed_to_the_pool_comes_back_before_and_after_the_waiter_sleeps() {
 #[test]
 fn layers_holding_every_expert_are_enqueued_without_waiting() {
     let (store, layout) = store();
-    let trace = SyntheticTrace {
-        experts: EXPERTS as u32,
-        layers: LAYERS as u32,
-        top_k: 2,
-        steps: 6,
-        prefill_tokens: 2,
-        ..SyntheticTrace::DEFAULT
-    }
-    .trace()
-    .unwrap();
+    let trace = SyntheticTrace { steps: 6, prefill_tokens: 2, ..ROUTING }.trace().unwrap();
     let layers: Vec<usize> = trace.records().iter().map(|r| r.layer as usize).collect();
     for (sharing, slots) in [(Sharing::PerLayer, EXPERTS), (Sharing::Shared, EXPERTS), (Sharing::PerLayer, EXPERTS - 1)]
     {
@@ -346,5 +373,50 @@ fn layers_holding_every_expert_are_enqueued_without_waiting() {
         } else {
             assert_eq!(waits, layers.len() - 1, "one slot short: the host waits for every record");
         }
+    }
+}
+
+/// Speculative copies for the next layer go on the copy stream after a record's event and before
+/// the host waits for it, without making any stream wait (they overlap the record's kernels),
+/// only into the next layer's memory; the next record reads a guessed expert only with its step's
+/// own copies (after the compute stream waited on the copy stream). Layers that follow each other
+/// (each choice a fixed map of the previous layer's) are guessed right once learnt.
+#[test]
+fn speculative_copies_overlap_the_record_and_are_read_after_their_copies() {
+    let (store, layout) = store();
+    let settings = SyntheticTrace { steps: 40, prefill_tokens: 1, zipf: 0.5, reuse: 0.0, correlation: 1.0, ..ROUTING };
+    let trace = settings.trace().unwrap();
+    let layers: Vec<usize> = trace.records().iter().map(|r| r.layer as usize).collect();
+    let prefetch = Prefetch { predictor: expertslab::Predictor::Transitions, staging: 2, copies: 2 };
+    let base = RunConfig::new(4, Policy::Lru, MissRule::Always(MissAction::Copy));
+    let run = RunConfig { prefetch: Some(prefetch), ..base };
+    let (driver, mut speculating) = runner(&store, &layout, &run, 4, 2, &trace);
+    driver.clear_ops();
+    let report = speculating.run(&trace).unwrap();
+    assert!(report.prefetched > 0 && report.prefetch_hits > 0, "{report:?}");
+    assert!(report.prefetch_hits <= report.prefetched);
+    // One token a record, two experts: a guessed expert used is one pair, staged as copied for
+    // its step, beside the pairs the step's own promotions serve.
+    assert_eq!(speculating.kernels.1, report.served.served_by_copy + report.prefetch_hits, "{report:?}");
+    let ops = driver.ops();
+    let done = *speculating.done_event();
+    let last = ops.iter().rposition(|op| matches!(op, MockOp::Record { event, .. } if *event == done)).unwrap();
+    let ops = &ops[..=last];
+    let own: Vec<_> = (0..LAYERS).map(|l| ranges(&speculating, l, false)).collect();
+    chained(ops, done, &layers, &own, true).unwrap();
+    assert!(chained(ops, done, &layers, &own, false).is_err(), "copies after a record's event, before its wait");
+    // Without speculation the same run moves more on demand.
+    let (_, mut plain) = runner(&store, &layout, &base, 4, 2, &trace);
+    let plain = plain.run(&trace).unwrap();
+    assert!(plain.served.served_by_copy > report.served.served_by_copy, "{plain:?} vs {report:?}");
+    assert_eq!(plain.served.pairs(), report.served.pairs());
+    // Refused where a guess could not be kept off the layer computing, or the policy takes none.
+    let shared = RunConfig { sharing: Sharing::Shared, ..run };
+    let tinylfu = Policy::Tinylfu(expertslab::AdmissionConfig::new(4.0, 0.0, 1.0).unwrap());
+    let no_staging = RunConfig { prefetch: Some(Prefetch { staging: 0, ..prefetch }), ..run };
+    for refused in [shared, RunConfig { policy: tinylfu, ..run }, RunConfig { slots: 0, ..run }, no_staging] {
+        let slots = refused.slots;
+        let err = try_runner(&store, &layout, &refused, slots, 2, &trace).err().map(|e| e.to_string());
+        assert!(err.as_deref().is_some_and(|e| e.contains("speculative copies") || e.contains("staging")), "{err:?}");
     }
 }
