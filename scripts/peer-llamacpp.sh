@@ -8,7 +8,8 @@
 #     imports) into DIR/py, builds expertslab's GPU binaries into DIR/bin (scripts/gpu-build.sh)
 #     and the std adapter's host FFN bench as DIR/bin/host-ffn
 #     and copies this script, scripts/make-moe-gguf.py and the session scripts
-#     (gpu-session.sh, gpu-session-type.sh: the runs of docs/gpu-runs/2026-12-06c) into DIR.
+#     (gpu-session.sh, gpu-session-type.sh: the runs of docs/gpu-runs/2026-12-06c; gpu-session-g.sh:
+#     the decode bench's G rows) into DIR.
 #   bash DIR/peer-llamacpp.sh build               on the GPU machine
 #     Builds llama-bench for sm_90 (CUDA, flash attention off) into BUILD (default DIR/build; its
 #     log is BUILD.log), kept there.
@@ -74,7 +75,7 @@ for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m.get("executable"): print(m["executable"])' | tail -1)
   cp "$ffn" "$dir/bin/host-ffn" && strip "$dir/bin/host-ffn" 2>/dev/null || true
-  cp "$here/peer-llamacpp.sh" "$here/make-moe-gguf.py" "$here/gpu-session.sh" "$here/gpu-session-type.sh" "$dir/"
+  cp "$here/peer-llamacpp.sh" "$here/make-moe-gguf.py" "$here/gpu-session.sh" "$here/gpu-session-type.sh" "$here/gpu-session-g.sh" "$dir/"
   du -sh "$dir/llama.cpp.tar.gz" "$dir/py" "$dir/bin"
   echo "packed into $dir; on the GPU machine: bash $dir/peer-llamacpp.sh all"
 }
