@@ -23,7 +23,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::error::CliError;
 use crate::output::OutputFile;
-use crate::replay_args::{parse_policy, parse_schedule, schedule_name};
+use crate::replay_args::{parse_policy, parse_predictor, parse_schedule, schedule_name};
 use crate::units::format_size;
 
 mod sizes;
@@ -79,6 +79,15 @@ pub struct Args {
     /// [default: auto].
     #[arg(long, value_parser = ["copy", "bus", "host", "split", "auto"])]
     miss: Option<String>,
+    /// With `--device cuda`: speculative copies for the expertslab row, guessed by this predictor
+    /// (`transitions`, `previous` or `both`): once a layer is enqueued, its guesses for the next
+    /// layer are copied into staging slots while it computes (per-layer pools under lru, lfu or
+    /// lru2).
+    #[arg(long, value_parser = parse_predictor)]
+    prefetch: Option<expertslab_std::Predictor>,
+    /// With `--prefetch`: slots of each layer's pool held for guesses [default: 1].
+    #[arg(long, requires = "prefetch")]
+    staging_slots: Option<usize>,
     /// Take the experts of this GGUF model file (its MoE layers' gate, up and down stacks, F32,
     /// BF16 or Q8_0), read in place from a memory map, instead of building a model; the file sets the
     /// shape. On the CPU the file's routers (`ffn_gate_inp`, F32) route the tokens.
@@ -172,6 +181,11 @@ fn run_cuda(args: &Args, policy: expertslab_std::Policy) -> Result<(), CliError>
             .ok_or_else(|| CliError::Usage(format!("--miss {miss}: copy, bus, host, split or auto")))?;
     }
     config.schedule = args.schedule.unwrap_or(Schedule::EveryForward);
+    config.prefetch = args.prefetch.map(|predictor| expertslab_cuda::demo::Prefetch {
+        predictor,
+        staging: args.staging_slots.unwrap_or(1),
+        copies: config.model.shape.top_k,
+    });
     config.routing = match trace {
         Some(trace) => {
             if args.steps.is_some() {
@@ -400,6 +414,9 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     }
     if args.miss.is_some() {
         return Err(CliError::Usage("--miss needs --device cuda (the CPU demo computes every miss in place)".into()));
+    }
+    if args.prefetch.is_some() {
+        return Err(CliError::Usage("--prefetch needs --device cuda (the CPU demo copies nothing ahead)".into()));
     }
     let model = match &args.model {
         Some(path) => {

@@ -328,6 +328,7 @@ fn demo_flags_that_do_not_apply_are_refused() {
     for (args, expected) in [
         (vec!["demo", "--model", fused], "a fused gate_up stack is not read"),
         (vec!["demo", "--miss", "host"], "--miss needs --device cuda"),
+        (vec!["demo", "--prefetch", "both"], "--prefetch needs --device cuda"),
         (
             vec!["demo", "--device", "cuda", "--model", fused, "--layers", "2"],
             "--layers sets a generated model's shape",

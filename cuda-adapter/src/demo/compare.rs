@@ -9,7 +9,7 @@ use expertslab::trace::synthetic::SyntheticTrace;
 use expertslab::trace::Trace;
 use expertslab::{Policy, Schedule};
 
-use super::{Calibration, GpuModel, ModelSpec, RunConfig};
+use super::{Calibration, GpuModel, ModelSpec, Prefetch, RunConfig};
 use crate::error::{CudaError, ResidencyError};
 use crate::ffn::{MissAction, MissCosts, MissRule};
 
@@ -136,6 +136,8 @@ pub struct DemoConfig {
     pub sharing: Sharing,
     /// Timed repetitions per row (the median is reported).
     pub reps: usize,
+    /// The expertslab row's speculative copies ([`RunConfig::prefetch`]).
+    pub prefetch: Option<Prefetch>,
 }
 
 impl Default for DemoConfig {
@@ -153,6 +155,7 @@ impl Default for DemoConfig {
             sharing: Sharing::PerLayer,
             miss: DemoMiss::Auto,
             reps: 5,
+            prefetch: None,
         }
     }
 }
@@ -286,10 +289,16 @@ pub fn run_demo(config: &DemoConfig) -> Result<DemoReport, CudaError> {
             RunConfig::new(0, config.policy, MissRule::Always(MissAction::Bus)),
         ),
         (
-            format!("expertslab {}, misses: {}", config.policy.name(), config.miss.name()),
+            format!(
+                "expertslab {}, misses: {}{}",
+                config.policy.name(),
+                config.miss.name(),
+                if config.prefetch.is_some() { ", speculative" } else { "" }
+            ),
             RunConfig {
                 schedule: config.schedule,
                 sharing: config.sharing,
+                prefetch: config.prefetch,
                 ..RunConfig::new(config.slots, config.policy, config.miss.rule(calibration.costs))
             },
         ),
