@@ -67,7 +67,7 @@ fn row(trace: &str, slots: &str, name: &str, r: &RunReport) {
 }
 
 fn bench(model: &GpuModel, calibration: &Calibration, reps: usize) -> Result<(), CudaError> {
-    let (experts, top_k) = (model.spec().experts, model.spec().shape.top_k);
+    let experts = model.spec().experts;
     let copy = MissRule::Always(MissAction::Copy);
     let measured = MissRule::Measured(calibration.costs);
     let mut goals = Vec::new();
@@ -91,9 +91,11 @@ fn bench(model: &GpuModel, calibration: &Calibration, reps: usize) -> Result<(),
             let label = format!("{}%", 100 / share);
             let tuned = tune_pick(&trace, slots, model.expert_bytes() as u64, calibration, measured)?;
             let (tuned_schedule, tuned) = (tuned.schedule, tuned.policy);
-            // LRU with speculative copies: the next layer's guesses (transitions and the previous
-            // step) copied into one staging slot per 8 slots while a layer computes.
-            let prefetch = Prefetch { predictor: Predictor::Both, staging: (slots / 8).max(1), copies: top_k };
+            // LRU with speculative copies: the next layer's two best guesses (transitions and the
+            // previous step) copied into two staging slots while a layer computes. Two copies
+            // take about as long as a layer step here; more would hold the copy stream, which
+            // the next layer's own copies queue behind.
+            let prefetch = Prefetch { predictor: Predictor::Both, staging: 2, copies: 2 };
             let candidates = [
                 ("(iv) lru".to_string(), Policy::Lru, Schedule::EveryForward, None),
                 ("(iv) lru, speculative".to_string(), Policy::Lru, Schedule::EveryForward, Some(prefetch)),
