@@ -121,7 +121,8 @@ pub struct Prefetch {
     /// Slots of each pool held for guesses ([`expertslab::PoolConfig::staging`]): at least one,
     /// fewer than the slots (a guess goes into a staging slot, or a free one).
     pub staging: usize,
-    /// Most experts copied per record.
+    /// Most experts copied per record. The copy stream is one queue: the next record's own
+    /// copies wait behind these, so about as many as one layer step's compute covers.
     pub copies: usize,
 }
 
