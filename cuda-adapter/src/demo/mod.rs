@@ -114,6 +114,10 @@ pub struct RunConfig {
 /// waited for the copy. Per-layer pools under a demand policy that takes prefetches (LRU, LFU,
 /// LRU-2; [`expertslab::ExpertPool::prefetch`]). [`GpuModel::predict`] prices a run with them as
 /// the same run without them.
+///
+/// They pay only where a layer's compute covers the copies: the copy stream is one queue, so the
+/// next layer's own copies and its kernels wait behind them. With 9 MiB experts and about 40 µs
+/// of kernels a layer they made decoding 1.2–2.1× slower on an H100 (BENCHMARKS.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Prefetch {
     /// Where the guesses come from.
