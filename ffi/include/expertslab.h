@@ -1164,7 +1164,8 @@ enum EsStatus es_trace_info(struct EsTrace *trace,
 
 /**
  * Replays the trace with per-layer pools of `slots` slots under the policy named `policy` (a
- * deployable one, `"belady"`, or a reference: `"oracle"`, `"uniform"`, `"optimal"`,
+ * deployable one, `"belady"`, or a reference: `"oracle"`, `"uniform"`, `"markov"` (for few
+ * experts per layer; past its limits the replay fails with `ES_STATUS_TRACE_INVALID`), `"optimal"`,
  * `"optimal-shared"`), refreshing on `*schedule`, starting warm, priced by `*cost` (null: no
  * cost, modeled time 0). Writes the counters over all layers to `*stats`.
  *

@@ -78,7 +78,8 @@ pub unsafe extern "C" fn es_trace_info(
 }
 
 /// Replays the trace with per-layer pools of `slots` slots under the policy named `policy` (a
-/// deployable one, `"belady"`, or a reference: `"oracle"`, `"uniform"`, `"optimal"`,
+/// deployable one, `"belady"`, or a reference: `"oracle"`, `"uniform"`, `"markov"` (for few
+/// experts per layer; past its limits the replay fails with `ES_STATUS_TRACE_INVALID`), `"optimal"`,
 /// `"optimal-shared"`), refreshing on `*schedule`, starting warm, priced by `*cost` (null: no
 /// cost, modeled time 0). Writes the counters over all layers to `*stats`.
 ///

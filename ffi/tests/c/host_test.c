@@ -624,13 +624,16 @@ static void trace_replay(EsExpertLayout *layout) {
 
   EsSchedule every = {ES_SCHEDULE_KIND_EVERY_FORWARD, 0};
   EsCostModel cost = {3 * SLAB, 1e-3, 1e6};
-  EsReplayStats tide, lru, optimal;
+  EsReplayStats tide, lru, optimal, markov;
   OK(es_trace_replay(trace, "tide", SLOTS, &every, &cost, &tide));
   OK(es_trace_replay(trace, "lru", SLOTS, &every, NULL, &lru));
   OK(es_trace_replay(trace, "optimal", SLOTS, &every, &cost, &optimal));
+  OK(es_trace_replay(trace, "markov", SLOTS, &every, &cost, &markov));
   CHECK(tide.served.hits + tide.served.misses == 10 && lru.served.hits + lru.served.misses == 10);
   CHECK(tide.modeled_time_s > 0.0 && lru.modeled_time_s == 0.0);
   CHECK(optimal.modeled_time_s <= tide.modeled_time_s);
+  /* The Markov reference sees no future: never below the optimum. */
+  CHECK(markov.served.hits + markov.served.misses == 10 && markov.modeled_time_s >= optimal.modeled_time_s);
 
   /* The same ids stepped through a TIDE pool count the same hits and misses. */
   EsPoolConfig config = {.layer = 0, .experts = EXPERTS, .slots = SLOTS};
