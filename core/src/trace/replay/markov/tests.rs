@@ -52,12 +52,14 @@ fn predictable_cycles_cost_what_the_optimum_pays_in_the_long_run() {
     }
     // By hand, 20 records of turns: a copy of 1.5 keeps expert 0 from the start, expert 1 in
     // place: 1.5 + 10. A copy of 40 is not repaid in 20 records (the optimum: 20 + 10 pairs in
-    // place), but it is in the long run the chain weighs: 40 + 10. LRU copies every miss.
+    // place), but it is in the long run the chain weighs: 40 + 10. LRU (with the demand
+    // policies built) copies every miss.
     let t = one_layer(3, &repeat(cycles[0].1, 20));
     let run = |policy, copy: f64| time(&t, policy, 1, InitialPlacement::Cold, CostModel::new(1, 1.0, 1.0 / copy)).total;
     assert!(close(run(ReplayPolicy::Markov, 1.5).modeled_time_s, 11.5));
     assert!(close(run(ReplayPolicy::Optimal, 40.0).modeled_time_s, 30.0));
     assert!(close(run(ReplayPolicy::Markov, 40.0).modeled_time_s, 50.0));
+    #[cfg(feature = "demand")]
     assert_eq!(run(ReplayPolicy::Pool(crate::Policy::Lru), 1.5).promotions, 20);
 }
 
