@@ -98,7 +98,8 @@ impl ReplayPolicy {
     }
 
     /// Whether replays of it follow [`CostModel::overlapped`] when asked: every pool policy and
-    /// the oracle; the uniform reference and the optima are priced by adding their costs.
+    /// the oracle; the uniform reference, the Markov reference and the optima are priced by
+    /// adding their costs.
     pub const fn prices_by_step(&self) -> bool {
         matches!(self, Self::Pool(_) | Self::Oracle)
     }
@@ -276,8 +277,9 @@ pub enum ReplayError {
     TooLarge {
         /// The layer.
         layer: u32,
-        /// Its (residents, demand set) states, or `usize::MAX` where even the resident sets are
-        /// past the limit.
+        /// Its (residents, demand set) states (past [`markov::MAX_STATES`], or its choices past
+        /// [`markov::MAX_OPTIONS`]), or `usize::MAX` where more than 63 experts are used or the
+        /// resident sets alone are past the limit.
         states: usize,
     },
 }
@@ -293,9 +295,14 @@ impl fmt::Display for ReplayError {
             Self::TooLarge { layer, states } => {
                 write!(f, "layer {layer}: the markov reference is past its limits (")?;
                 if *states == usize::MAX {
-                    write!(f, "more than {} resident sets", markov::MAX_STATES)?;
+                    write!(f, "more than 63 experts used or more than {} resident sets", markov::MAX_STATES)?;
                 } else {
-                    write!(f, "{states} states")?;
+                    write!(
+                        f,
+                        "{states} states against at most {}, or more than {} choices",
+                        markov::MAX_STATES,
+                        markov::MAX_OPTIONS
+                    )?;
                 }
                 write!(f, "); it is computed for few experts per layer, such as Mixtral's 8")
             }

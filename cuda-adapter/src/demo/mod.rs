@@ -109,8 +109,9 @@ pub struct RunConfig {
 
 /// Speculative copies: once a record of layer `l` is enqueued, the predictor's guesses for layer
 /// `l + 1` of the same step are copied in while layer `l` computes, into free slots or the
-/// pool's staging slots only, never in place of a resident (a wrong guess costs only the
-/// copy). The next record serves a guessed expert from its slot once the compute stream has
+/// pool's staging slots only, never in place of a resident. A wrong guess costs its copy; the
+/// staging slots are taken from the policy's (its residents keep the other slots). A record
+/// enqueued ahead of the device (its layer holds every expert) is not learnt or guessed from. The next record serves a guessed expert from its slot once the compute stream has
 /// waited for the copy. Per-layer pools under a demand policy that takes prefetches (LRU, LFU,
 /// LRU-2; [`expertslab::ExpertPool::prefetch`]). [`GpuModel::predict`] prices a run with them as
 /// the same run without them.

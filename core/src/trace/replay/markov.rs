@@ -31,7 +31,11 @@
 //!
 //! The chain comes from the trace it is scored on, so the reference knows statistics no deployed
 //! policy has beforehand. Where routing is first-order Markov (each step depends on the step before
-//! alone), no online placement does better on average. The gap between a policy and this reference
+//! alone), no online placement that decides from the mean pair counts does better on average.
+//! It is meant for decode traces of one token per record: where demand sets seldom repeat
+//! (several tokens per record, prompts), the fitted chain is nearly deterministic and the
+//! reference comes close to knowing the future (on a predictable cycle it pays what the optimum
+//! pays). The gap between a policy and this reference
 //! is what better online placement can still win; the gap between this reference and the optimum
 //! is the price of not seeing the future, which no online placement can win back.
 //!
@@ -40,7 +44,8 @@
 //! Relative value iteration over post-decision states (the residents after a record, the record's
 //! demand set), with the aperiodicity transform (each iteration's values halfway between the last
 //! and the Bellman update), until the values' change is flat to a part in 10^9 of one pair's cost
-//! or [`MAX_ITERATIONS`]. The residents range over every set of at most `slots` of the experts the
+//! or [`MAX_ITERATIONS`]; values that have not settled by then (a chain whose states do not all
+//! reach each other, or a long deterministic cycle) are used as they are. The residents range over every set of at most `slots` of the experts the
 //! layer uses, so the states grow as binomial sums: the reference is computed for few experts
 //! (Mixtral's 8, for one) and refused past [`MAX_STATES`] states or [`MAX_OPTIONS`] choices or
 //! transition terms ([`ReplayError::TooLarge`]; [`within_reach`] says beforehand).
@@ -68,8 +73,9 @@ const MAX_WORK: u64 = 1 << 26;
 pub const MAX_ITERATIONS: usize = 2000;
 
 /// Whether [`ReplayPolicy::Markov`](super::ReplayPolicy::Markov) can be computed for `trace` with
-/// `slots` slots per layer (clamped to the expert count): every layer's model within
-/// [`MAX_STATES`] and [`MAX_OPTIONS`].
+/// `slots` slots per layer (clamped to the expert count): every layer uses at most 63 experts and
+/// its model is within [`MAX_STATES`] and [`MAX_OPTIONS`] (and a bounded enumeration of its
+/// choices).
 pub fn within_reach(trace: &Trace, slots: usize) -> bool {
     by_layer(trace).iter().all(|records| Layer::new(trace, records, clamped(trace, slots)).is_ok())
 }
@@ -86,7 +92,8 @@ pub(crate) fn markov(trace: &Trace, config: &ReplayConfig, start: &[u64]) -> Res
     for records in by_layer(trace) {
         let Some(layer) = records.first().map(|r| r.layer) else { continue };
         let mut model = Layer::new(trace, &records, slots)?;
-        let _ = model.solve(&config.cost);
+        // Values that did not settle within MAX_ITERATIONS are used as they are (see the module).
+        let _iterations = model.solve(&config.cost);
         let first = start.partition_point(|&k| k < u64::from(layer) << 32);
         let residents = start[first..]
             .iter()
@@ -258,7 +265,10 @@ impl Layer {
     fn cost(&self, cost: &CostModel, set: u64, demand: u64, next: u64, pairs: impl Fn(usize) -> f64) -> f64 {
         let (missed, copied) = (demand & !set, demand & !set & next);
         let in_place: f64 = (0..self.used.len()).filter(|&i| (missed & !copied) >> i & 1 == 1).map(pairs).sum();
-        f64::from(copied.count_ones()) * cost.copy_seconds(cost.expert_bytes) + in_place * cost.slow_pair_seconds
+        // Terms of no copies or no pairs are left out: 0 × an infinite time is not 0.
+        let times = |n: f64, each: f64| if n == 0.0 { 0.0 } else { n * each };
+        times(f64::from(copied.count_ones()), cost.copy_seconds(cost.expert_bytes))
+            + times(in_place, cost.slow_pair_seconds)
     }
 
     /// Prices the choices under `cost` and iterates the values; the iterations it took

@@ -50,7 +50,7 @@ pub(super) fn speculation(
     let probe = ExpertPool::new(PoolConfig::new(model.experts, slots).policy(run.policy))
         .map_err(|e| CudaError::Residency(ResidencyError::Pool(e)))?;
     if !probe.takes_prefetches() {
-        return Err(unsupported(format!("{} takes no prefetch (lru, lfu and lru2 do)", run.policy.name())));
+        return Err(unsupported(format!("{} takes no prefetch (lru, lfu, lru2 and belady do)", run.policy.name())));
     }
     let predictor = run.prefetch.map_or(expertslab::Predictor::Transitions, |p| p.predictor);
     let max_ids = trace.records().iter().map(|r| trace.ids(r).len()).max().unwrap_or(0).max(1);
@@ -73,6 +73,11 @@ impl<D: Driver + Clone, K: Kernels<D>> Runner<'_, D, K> {
         trace: &Trace,
         report: &mut RunReport,
     ) -> Result<(), CudaError> {
+        // A record enqueued ahead of the device (its layer holds every expert) has no routing the
+        // host could know yet: nothing is learnt or guessed from it.
+        if self.ahead {
+            return Ok(());
+        }
         let Some((prefetch, prefetcher)) = self.prefetch.as_mut() else { return Ok(()) };
         let ids = trace.ids(record);
         prefetcher.observe(layer, ids);

@@ -65,8 +65,8 @@ fn predictable_cycles_cost_what_the_optimum_pays_in_the_long_run() {
 
 #[test]
 fn a_warm_start_and_invalid_ids_count_as_the_other_references_do() {
-    // Expert 3 is resident from the start (warm, slots 0..2 hold 0 and 1; a hot profile aside) and
-    // the layer never uses it; expert 9 is out of range.
+    // Experts 0 and 1 are resident from the start (warm: slots 0..2); the layer never uses expert
+    // 1 (a free slot for the reference); expert 9 is out of range.
     let t = one_layer(4, &[&[0, 9], &[2], &[0], &[2]]);
     let cost = CostModel::new(1, 1.0, 0.5);
     let warm = time(&t, ReplayPolicy::Markov, 2, InitialPlacement::Warm, cost);
@@ -179,4 +179,17 @@ fn the_values_settle_on_a_mixtral_shaped_layer() {
         let iterations = layer.solve(&CostModel::new(4 << 20, 209.7e-6, 16e9));
         assert!(iterations < MAX_ITERATIONS, "{slots} slots: the values did not settle");
     }
+}
+
+#[test]
+fn copies_that_never_end_are_never_made() {
+    // A link of almost nothing: a copy takes forever, so everything is served in place, as the
+    // optimum serves it (no 0 × ∞ in a choice that copies nothing).
+    let records: Vec<&[u32]> = (0..12).map(|i| [&[0u32, 0][..], &[1]][i % 2]).collect();
+    let t = one_layer(3, &records);
+    let cost = CostModel::new(u64::MAX, 1.0, 1e-300);
+    let markov = time(&t, ReplayPolicy::Markov, 1, InitialPlacement::Cold, cost).total;
+    let optimal = time(&t, ReplayPolicy::Optimal, 1, InitialPlacement::Cold, cost).total;
+    assert_eq!((markov.promotions, markov.served.served_in_place), (0, 18), "{markov:?}");
+    assert!(close(markov.modeled_time_s, 18.0) && close(optimal.modeled_time_s, 18.0), "{markov:?} {optimal:?}");
 }
