@@ -163,8 +163,8 @@ impl Layer {
         }
         let slots = slots.min(used.len());
         let sets = sets_of_at_most(used.len(), slots, MAX_STATES).ok_or_else(|| too_large(usize::MAX))?;
-        let bit = |e: u32| used.binary_search(&e).map_or(0, |i| 1u64 << i);
-        let record_sets: Vec<u64> = records.iter().map(|r| trace.ids(r).iter().fold(0, |s, &e| s | bit(e))).collect();
+        let record_sets: Vec<u64> =
+            records.iter().map(|r| trace.ids(r).iter().fold(0, |s, &e| s | bit_of(&used, e).unwrap_or(0))).collect();
         let mut demands = record_sets.clone();
         demands.sort_unstable();
         demands.dedup();
@@ -229,7 +229,7 @@ impl Layer {
 
     /// The bit of expert `e` in this layer's sets (`None`: the layer never uses it).
     fn bit(&self, e: u32) -> Option<u64> {
-        self.used.binary_search(&e).ok().map(|i| 1u64 << i)
+        bit_of(&self.used, e)
     }
 
     /// Every state's choices, their costs left at 0 (filled per cost model by [`Layer::solve`]).
@@ -293,6 +293,7 @@ impl Layer {
         let tolerance = unit * 1e-9;
         let mut values = vec![0.0; self.sets.len() * nd];
         let mut best = vec![0.0; self.sets.len() * nd];
+        let mut updated = vec![0.0; values.len()];
         for iteration in 0..MAX_ITERATIONS {
             // best[(set, d')]: the cheapest way to serve d' from set, values included.
             for (i, b) in best.iter_mut().enumerate() {
@@ -303,7 +304,6 @@ impl Layer {
                     .fold(f64::INFINITY, f64::min);
             }
             let (mut low, mut high, mut reference) = (f64::INFINITY, f64::NEG_INFINITY, 0.0);
-            let mut updated = vec![0.0; values.len()];
             for (i, u) in updated.iter_mut().enumerate() {
                 let (s, d) = (i / nd, i % nd);
                 *u = self.follows[d].iter().map(|&(n, p)| p * best[s * nd + n as usize]).sum();
@@ -369,6 +369,11 @@ impl Layer {
         c.modeled_time_s = cost.seconds(c.served.served_in_place, c.bytes_promoted);
         c
     }
+}
+
+/// The bit of expert `e` among `used` (ascending), or `None` when it is not there.
+fn bit_of(used: &[u32], e: u32) -> Option<u64> {
+    used.binary_search(&e).ok().map(|i| 1u64 << i)
 }
 
 /// Every set of at most `k` of `n` items as bit sets, ascending; `None` past `limit` sets.

@@ -133,6 +133,14 @@ fn past_its_limits_it_says_so() {
     assert!(matches!(err, Err(ReplayError::TooLarge { layer: 0, .. })), "{err:?}");
     let text = alloc::format!("{}", err.unwrap_err());
     assert!(text.contains("markov reference is past its limits"), "{text}");
+    // Few enough resident sets (2,510 of 12 experts over 6 slots) but too many demand sets beside
+    // them (every pair of the 12): past the states' limit, said with the count.
+    let pairs: Vec<[u32; 2]> = (0..12).flat_map(|a| (a + 1..12).map(move |b| [a, b])).collect();
+    let busy = one_layer(12, &pairs.iter().map(|p| &p[..]).collect::<Vec<_>>());
+    let err = replay(&busy, &config(ReplayPolicy::Markov, 6, InitialPlacement::Cold, CostModel::new(1, 1.0, 1.0)));
+    assert!(matches!(err, Err(ReplayError::TooLarge { states: 165_660, .. })), "{err:?}");
+    assert!(alloc::format!("{}", err.unwrap_err()).contains("165660 states against at most 32768"));
+    assert!(!within_reach(&busy, 6) && within_reach(&busy, 1));
     // Few experts: within reach, whatever the slots.
     let narrow = one_layer(8, &[&[0, 1], &[2, 3]]);
     assert!((0..=9).all(|slots| within_reach(&narrow, slots)));
