@@ -82,6 +82,8 @@ pub(crate) struct StepArgs {
     pub(crate) ffn: i32,
     pub(crate) counts: u64,
     pub(crate) fused: i32,
+    /// Bytes of a row of down (for the gate/up kernels' prefetch of it).
+    pub(crate) down_row_bytes: i32,
 }
 
 // SAFETY: both are `#[repr(C)]` structs of integers whose field order, types and padding match
@@ -100,6 +102,9 @@ pub struct MoeFfn {
     combine: CudaFunction,
     /// Threads per block of gate/up and of down ([`kernels::block_threads`]).
     threads: [u32; 2],
+    /// Down launched as a programmatic dependent of the gate/up before it
+    /// ([`kernels::dependent_launch`]).
+    dependent_down: bool,
 }
 
 impl MoeFfn {
@@ -139,7 +144,16 @@ impl MoeFfn {
                 return Err(CudaError::Unsupported(format!("{cols} {} activations per row", format.name())));
             }
         }
-        Ok(Self { shape, gate_up, down, combine: module.load_function(kernels::COMBINE)?, threads, module })
+        let dependent_down = kernels::dependent_launch(arch);
+        Ok(Self {
+            shape,
+            gate_up,
+            down,
+            combine: module.load_function(kernels::COMBINE)?,
+            threads,
+            module,
+            dependent_down,
+        })
     }
 
     /// The shape.
@@ -188,7 +202,16 @@ impl MoeFfn {
         unsafe {
             let smem = activation_smem(self.shape.format, self.shape.hidden, self.threads[0] / 32);
             let args = step.args(&self.shape, x, 0);
-            self.launch_pairs((&self.gate_up, self.threads[0]), self.shape.ffn, smem, stream, layer, step, args, phase)
+            self.launch_pairs(
+                (&self.gate_up, self.threads[0], false),
+                self.shape.ffn,
+                smem,
+                stream,
+                layer,
+                step,
+                args,
+                phase,
+            )
         }
     }
 
@@ -219,7 +242,18 @@ impl MoeFfn {
         unsafe {
             let smem = activation_smem(self.shape.down_format, self.shape.ffn, self.threads[1] / 32);
             let args = step.args(&self.shape, 0, y);
-            self.launch_pairs((&self.down, self.threads[1]), self.shape.hidden, smem, stream, layer, step, args, phase)
+            // A split phase's down follows the upload of h, not a gate/up: no kernel to overlap.
+            let dependent = self.dependent_down && phase != Phase::Split;
+            self.launch_pairs(
+                (&self.down, self.threads[1], dependent),
+                self.shape.hidden,
+                smem,
+                stream,
+                layer,
+                step,
+                args,
+                phase,
+            )
         }
     }
 
@@ -228,7 +262,7 @@ impl MoeFfn {
     #[allow(clippy::too_many_arguments)]
     unsafe fn launch_pairs(
         &self,
-        (function, threads): (&CudaFunction, u32),
+        (function, threads, dependent): (&CudaFunction, u32, bool),
         rows: usize,
         smem: u32,
         stream: &CudaStream,
@@ -253,6 +287,11 @@ impl MoeFfn {
         };
         let layer_args = layer_args(layer);
         let pairs = step.order_ptr() + 4 * first as u64;
+        if dependent {
+            // SAFETY: as below; the kernel waits for the launch before it (`griddepcontrol.wait`)
+            // before it reads anything that launch writes.
+            return unsafe { launch_dependent(function, &cfg, stream, &layer_args, &step_args, pairs) };
+        }
         let mut launch = stream.launch_builder(function);
         launch.arg(&layer_args).arg(&step_args).arg(&pairs);
         // SAFETY: the arguments match the kernels' signature (two structs by value and a device
@@ -264,6 +303,12 @@ impl MoeFfn {
         // writes the pairs' rows of the partial outputs.
         unsafe { launch.launch(cfg) }?;
         Ok(())
+    }
+
+    /// Whether down launches are programmatic dependents of the gate/up before them
+    /// ([`kernels::dependent_launch`]).
+    pub const fn dependent_down(&self) -> bool {
+        self.dependent_down
     }
 
     /// Launches the combine on `stream`: `y[token] = Σ_k weight · (down · h)` over the token's
@@ -363,6 +408,58 @@ fn layer_args(layer: &SlotView) -> LayerArgs {
 pub(crate) fn raw<T>(slice: &CudaSlice<T>, stream: &CudaStream) -> u64 {
     let (ptr, _guard) = slice.device_ptr(stream);
     ptr
+}
+
+/// Launches a gate/up or down kernel as a programmatic dependent of the kernel launched before
+/// it on `stream` (`CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION`): it may start
+/// before that kernel finishes, and waits for it inside (`griddepcontrol.wait`). cudarc's
+/// launch builder takes no launch attributes, so this calls `cuLaunchKernelEx` itself.
+///
+/// # Safety
+/// As [`MoeFfn::launch_gate_up`]; and the kernel must read nothing the kernel before it writes,
+/// and write nothing it reads, before its `griddepcontrol.wait`.
+unsafe fn launch_dependent(
+    function: &CudaFunction,
+    cfg: &LaunchConfig,
+    stream: &CudaStream,
+    layer: &LayerArgs,
+    step: &StepArgs,
+    pairs: u64,
+) -> Result<(), CudaError> {
+    use cudarc::driver::sys;
+    stream.context().bind_to_thread()?;
+    // SAFETY: an all-zero launch attribute value is a valid value of every member.
+    let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+    value.programmaticStreamSerializationAllowed = 1;
+    let mut attribute = sys::CUlaunchAttribute {
+        id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+        pad: [0; 4],
+        value,
+    };
+    let config = sys::CUlaunchConfig {
+        gridDimX: cfg.grid_dim.0,
+        gridDimY: cfg.grid_dim.1,
+        gridDimZ: cfg.grid_dim.2,
+        blockDimX: cfg.block_dim.0,
+        blockDimY: cfg.block_dim.1,
+        blockDimZ: cfg.block_dim.2,
+        sharedMemBytes: cfg.shared_mem_bytes,
+        hStream: stream.cu_stream(),
+        attrs: &mut attribute,
+        numAttrs: 1,
+    };
+    // The kernel's three parameters, each by the address of its value (the driver copies them
+    // before the call returns).
+    let mut params: [*mut std::ffi::c_void; 3] = [
+        std::ptr::from_ref(layer).cast_mut().cast(),
+        std::ptr::from_ref(step).cast_mut().cast(),
+        std::ptr::from_ref(&pairs).cast_mut().cast(),
+    ];
+    // SAFETY: `config` and `params` live across the call; the parameters match the kernel's
+    // signature (two structs by value and a device address); the caller upholds the rest.
+    unsafe { sys::cuLaunchKernelEx(&config, function.cu_function(), params.as_mut_ptr(), std::ptr::null_mut()) }
+        .result()?;
+    Ok(())
 }
 
 #[cfg(test)]

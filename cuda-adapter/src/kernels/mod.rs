@@ -90,6 +90,24 @@ pub fn nvrtc_available() -> bool {
 /// missing entry point is an error when the module is loaded, a changed argument is not caught.
 pub const SOURCE_ENV: &str = "EXPERTSLAB_CUDA_KERNELS";
 
+/// The environment variable that turns programmatic dependent launch of the down kernels on
+/// (`1`) or off (`0`) on devices of compute capability 9.0 and up (see [`dependent_launch`]).
+pub const DEPENDENT_LAUNCH_ENV: &str = "EXPERTSLAB_CUDA_PDL";
+
+/// Whether down kernels are launched as programmatic dependents of the gate/up launched just
+/// before them on a device of compute capability `arch`: from 9.0 (Hopper) on, unless
+/// [`DEPENDENT_LAUNCH_ENV`] is `0`; below 9.0 never. A dependent down looks up and prefetches
+/// its rows while the gate/up still runs and waits for it (`griddepcontrol.wait`) before it reads
+/// the intermediate rows, so the result is the same either way; only when the work starts moves.
+/// A kernel source named by [`SOURCE_ENV`] must wait the same way, or run with it off.
+pub fn dependent_launch(arch: (i32, i32)) -> bool {
+    dependent_launch_with(arch, std::env::var_os(DEPENDENT_LAUNCH_ENV).as_deref())
+}
+
+fn dependent_launch_with(arch: (i32, i32), setting: Option<&std::ffi::OsStr>) -> bool {
+    arch >= (9, 0) && setting.is_none_or(|v| v != "0")
+}
+
 /// The kernel source [`compile`] compiles: the file [`SOURCE_ENV`] names when set, else
 /// [`MOE_FFN_SOURCE`].
 ///
@@ -180,6 +198,17 @@ mod tests {
         let err = source_named(Some(missing.into())).unwrap_err().to_string();
         assert!(err.contains(SOURCE_ENV) && err.contains("missing.cu"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn dependent_launch_from_hopper_on_unless_turned_off() {
+        let off = std::ffi::OsStr::new("0");
+        let on = std::ffi::OsStr::new("1");
+        assert!(dependent_launch_with((9, 0), None));
+        assert!(dependent_launch_with((10, 0), Some(on)));
+        assert!(!dependent_launch_with((9, 0), Some(off)));
+        assert!(!dependent_launch_with((8, 9), None));
+        assert!(!dependent_launch_with((8, 0), Some(on)));
     }
 
     #[test]
