@@ -169,9 +169,13 @@ fn read_cold(bencher: Bencher, pairs: usize) {
     });
 }
 
+/// A small normal half (2^−12): the block formats' scales in the benches but
+/// `expert_ffn_scales`.
+const NORMAL_SCALE: u16 = 0x0C00;
+
 /// `pairs` pairs of random weights of a `hidden` × `ffn` expert: gate and up in `formats.0`,
-/// down in `formats.1` (block formats: random codes, each block's f16 scales set small).
-fn format_slabs(formats: (Format, Format), hidden: usize, ffn: usize, pairs: usize) -> Vec<[Vec<u8>; 3]> {
+/// down in `formats.1` (block formats: random codes, each block's f16 scales set to `scale`).
+fn format_slabs(formats: (Format, Format), hidden: usize, ffn: usize, pairs: usize, scale: u16) -> Vec<[Vec<u8>; 3]> {
     let mut s = 0x9E37_79B9_7F4A_7C15u64;
     let mut slab = |format: Format, rows: usize, cols: usize| -> Vec<u8> {
         let bytes = rows * format.row_bytes(cols).expect("whole blocks");
@@ -183,8 +187,8 @@ fn format_slabs(formats: (Format, Format), hidden: usize, ffn: usize, pairs: usi
                 (s >> 56) as u8
             })
             .collect();
-        // The f16 scales of each block (bytes of a small normal half); BF16's every other byte
-        // keeps the values finite.
+        // The f16 scales of each block; BF16's every other byte (`NORMAL_SCALE`'s) keeps the
+        // values finite.
         let scales: (usize, &[usize]) = match format {
             Format::Q8_0 => (34, &[0]),
             Format::Q4_K => (144, &[0, 2]),
@@ -193,7 +197,8 @@ fn format_slabs(formats: (Format, Format), hidden: usize, ffn: usize, pairs: usi
         };
         for block in v.chunks_exact_mut(scales.0) {
             for &at in scales.1 {
-                block[at..at + 2].copy_from_slice(&0x0C00u16.to_le_bytes());
+                let half = if format.is_block_quantized() { scale } else { NORMAL_SCALE };
+                block[at..at + 2].copy_from_slice(&half.to_le_bytes());
             }
         }
         v
@@ -213,7 +218,21 @@ fn expert_ffn_format(bencher: Bencher, name: &str) {
             (f, f)
         }
     };
-    let slabs = format_slabs(formats, HIDDEN, FFN, PAIRS);
+    format_bench(bencher, formats, NORMAL_SCALE);
+}
+
+/// The 8 pairs of a Q4_K_M file's mix with every block's scales a normal half (2^−12) and a
+/// subnormal one (2^−16, as small scales of real quantized files are): the same instructions
+/// either way, so the same time, where a multiplication taking a subnormal operand would cost
+/// x86 cores about a hundred cycles each.
+#[divan::bench(args = ["normal", "subnormal"])]
+fn expert_ffn_scales(bencher: Bencher, scales: &str) {
+    let scale = if scales == "normal" { NORMAL_SCALE } else { 0x0100 };
+    format_bench(bencher, (Format::Q4_K, Format::Q6_K), scale);
+}
+
+fn format_bench(bencher: Bencher, formats: (Format, Format), scale: u16) {
+    let slabs = format_slabs(formats, HIDDEN, FFN, PAIRS, scale);
     let ffn = ExpertFfn::new(HIDDEN, FFN, formats.0).and_then(|f| f.with_down_format(formats.1)).expect("ffn");
     let p: Vec<PairSlabs<'_>> = slabs.iter().map(|[g, u, d]| PairSlabs { gate: g, up: u, down: d, token: 0 }).collect();
     let x: Vec<f32> = (0..HIDDEN).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
@@ -251,7 +270,7 @@ fn one_thread_in_cache_format(bencher: Bencher, name: &str) {
     let format = Format::from_name(name).expect("format");
     let pool = std::sync::Arc::new(rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool"));
     let ffn = ExpertFfn::new(SMALL.0, SMALL.1, format).expect("ffn").with_pool(pool);
-    let slabs = format_slabs((format, format), SMALL.0, SMALL.1, 1);
+    let slabs = format_slabs((format, format), SMALL.0, SMALL.1, 1, NORMAL_SCALE);
     let p: Vec<PairSlabs<'_>> = slabs.iter().map(|[g, u, d]| PairSlabs { gate: g, up: u, down: d, token: 0 }).collect();
     let x: Vec<f32> = (0..SMALL.0).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
     let bytes: usize = slabs.iter().flatten().map(Vec::len).sum();

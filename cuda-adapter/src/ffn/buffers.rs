@@ -287,13 +287,6 @@ impl StepBuffers {
             ffn: shape.ffn as i32,
             counts: self.counts_ptr,
             fused: i32::from(self.fused()),
-            // A valid shape's rows fit (`MoeFfn::new` checks the sizes).
-            down_row_bytes: shape
-                .down_format
-                .row_bytes(shape.ffn)
-                .ok()
-                .and_then(|b| i32::try_from(b).ok())
-                .unwrap_or(0),
         }
     }
 

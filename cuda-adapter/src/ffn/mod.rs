@@ -29,7 +29,11 @@
 //! [`MoeFfn::launch_combine`] sums each token's pairs in k order. When every pair of a step is
 //! computed whole on the device (none on the host, none split), the down launches do that sum
 //! themselves (the last block to finish a row tile of a token combines it), one launch less per
-//! layer step.
+//! layer step. On Hopper and later, a down launch that follows its gate/up is a programmatic
+//! dependent of it ([`kernels::dependent_launch`]): its blocks are placed and look up their
+//! rows while the gate/up finishes, and wait for it before they read the intermediate rows, which
+//! takes the gap between the two launches off each phase (8–9% of the all-resident time per token
+//! on an H100, BENCHMARKS.md).
 //! [`MoeFfn::record_reads`] records the event after which no kernel of the step reads a slot
 //! (for the copy stream to wait on before overwriting one: write-after-read).
 
@@ -82,8 +86,6 @@ pub(crate) struct StepArgs {
     pub(crate) ffn: i32,
     pub(crate) counts: u64,
     pub(crate) fused: i32,
-    /// Bytes of a row of down (for the gate/up kernels' prefetch of it).
-    pub(crate) down_row_bytes: i32,
 }
 
 // SAFETY: both are `#[repr(C)]` structs of integers whose field order, types and padding match

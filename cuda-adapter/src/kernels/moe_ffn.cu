@@ -262,7 +262,6 @@ struct StepArgs {
     int ffn;
     u64 counts;    // u32*         [tokens * down's row tiles]: pairs done per tile, back to 0 after
     int fused;     // 1: down combines (every pair of the step is launched on the device)
-    int down_row_bytes;  // bytes of a row of down (gate/up's prefetch of it)
 };
 
 // One pass of a warp over its rows of MATS matrices (gate and up, or down) from element `base`,
@@ -751,34 +750,12 @@ __device__ __forceinline__ void rows_dot_q8(bool wide, const unsigned char* cons
     }
 }
 
-// Prefetch into L2 (a hint: nothing is read into registers, and no result depends on it). A
-// block's rows are contiguous, so a block asks for every line of them at its start, before it
-// quantizes its activations: the rows' first bytes are on their way while the block waits on
-// the activations and the barrier, where otherwise each warp's first loads would go out after.
-// PREFETCH_ROWS: a block prefetches its own rows. PREFETCH_DOWN: a gate/up block of a pair also
-// prefetches its share of the pair's down matrix (the pair's gate/up blocks cover it between
-// them), so down, launched next, finds its rows in L2.
-#ifndef PREFETCH_ROWS
-#define PREFETCH_ROWS 1
-#endif
-#ifndef PREFETCH_DOWN
-#define PREFETCH_DOWN 1
-#endif
-#define LINE_BYTES 128
-
-__device__ __forceinline__ void prefetch_line(u64 at) {
-#if defined(__CUDA_ARCH__)
-    asm volatile("prefetch.L2 [%0];" ::"l"(at));
-#else
-    (void)at;  // a host compile of the source (the kernel_host test) has no L2 to ask
-#endif
-}
-
 // Programmatic dependent launch (compute capability 9.0 and up; elsewhere, and when a launch
 // does not ask for it, both are no-ops). A down launched as a dependent of the gate/up before
-// it may start while that gate/up still runs: it looks up its rows and prefetches them, then
-// waits (`dependency_wait`) for the gate/up to finish and its writes (h) to be visible before it
-// reads h. A gate/up lets its dependent start (`dependents_launch`) once its own loads are out.
+// it may start while that gate/up still runs: its blocks are placed, look up their pair and its
+// rows, then wait (`dependency_wait`) for the gate/up to finish and its writes (h) to be
+// visible before they read h. A gate/up lets its dependent start (`dependents_launch`) once its
+// own blocks have looked up their rows. The arithmetic does not move, so neither do the bits.
 __device__ __forceinline__ void dependency_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -788,19 +765,6 @@ __device__ __forceinline__ void dependents_launch() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;");
 #endif
-}
-
-// Every line of `bytes` bytes from `at`, spread over the block's threads.
-__device__ __forceinline__ void prefetch_span(const unsigned char* at, u64 bytes) {
-    const u64 start = reinterpret_cast<u64>(at), end = start + bytes;
-    for (u64 line = (start & ~(u64)(LINE_BYTES - 1)) + (u64)threadIdx.x * LINE_BYTES; line < end;
-         line += (u64)blockDim.x * LINE_BYTES)
-        prefetch_line(line);
-}
-
-// The block's rows of `mat` (from `first`, at most `count` of `total`, `rb` bytes each).
-__device__ __forceinline__ void prefetch_rows(const unsigned char* mat, int first, int count, int total, int rb) {
-    if (PREFETCH_ROWS && first < total) prefetch_span(mat + (u64)first * (u64)rb, (u64)min(count, total - first) * (u64)rb);
 }
 
 // A warp's first row. Its rows are clamped to the last row (a warp past the end reads that row
@@ -835,24 +799,6 @@ __device__ void gate_up(const LayerArgs& layer, const StepArgs& step, const int*
     for (int r = 0; r < ROWS_PER_WARP; r++) rows[r] = min(row0 + r, ffn - 1);
     const int rb = row_bytes(FMT, hidden);
     const unsigned char* const mats[2] = {gate, up};
-    const int block_row = blockIdx.x * WARPS * ROWS_PER_WARP;
-    prefetch_rows(gate, block_row, WARPS * ROWS_PER_WARP, ffn, rb);
-    prefetch_rows(up, block_row, WARPS * ROWS_PER_WARP, ffn, rb);
-    if (PREFETCH_DOWN) {
-        // This block's share of the pair's down matrix: gridDim.x equal spans of its bytes.
-        const u64 miss_down = reinterpret_cast<const u64*>(step.miss)[(u64)pair * 3ull + 2ull];
-        const int expert = ids[pair];
-        const int slot = miss_down != 0ull ? -1 : table[expert];
-        const unsigned char* dw = miss_down != 0ull ? reinterpret_cast<const unsigned char*>(miss_down)
-                                  : slot >= 0 ? reinterpret_cast<const unsigned char*>(layer.slot_base + (u64)slot * layer.slot_stride + layer.proj_offset[2])
-                                              : nullptr;
-        if (dw != nullptr) {
-            const u64 bytes = (u64)hidden * (u64)step.down_row_bytes;
-            const u64 share = (bytes + gridDim.x - 1) / gridDim.x;
-            const u64 from = share * blockIdx.x;
-            if (from < bytes) prefetch_span(dw + from, min(share, bytes - from));
-        }
-    }
     dependents_launch();
     float gu[2][ROWS_PER_WARP];
     if constexpr (FMT >= FMT_Q8_0) {
@@ -951,7 +897,6 @@ __device__ __forceinline__ void down_part(const LayerArgs& layer, const StepArgs
 #pragma unroll
     for (int r = 0; r < R; r++) rows[r] = min(row0 + r, hidden - 1);
     const unsigned char* const mats[1] = {dw};
-    if (!PREFETCH_DOWN) prefetch_rows(dw, blockIdx.x * DownTile<FMT>::warps * R, DownTile<FMT>::warps * R, hidden, rb);
     // Nothing above reads what the gate/up before this launch writes; h is read below.
     dependency_wait();
     float out[1][R];

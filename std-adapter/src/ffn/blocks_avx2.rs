@@ -16,11 +16,11 @@
 use core::arch::x86_64::{
     __m128i, __m256, __m256i, _mm256_add_epi32, _mm256_add_ps, _mm256_and_si256, _mm256_blendv_ps, _mm256_castps_si256,
     _mm256_castsi256_ps, _mm256_cmpgt_epi32, _mm256_cvtepi32_ps, _mm256_cvtepi8_epi32, _mm256_hadd_epi32,
-    _mm256_loadu_ps, _mm256_loadu_si256, _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_mul_ps, _mm256_or_si256,
-    _mm256_permute2x128_si256, _mm256_permutevar8x32_epi32, _mm256_set1_epi16, _mm256_set1_epi32, _mm256_set1_epi8,
-    _mm256_set1_ps, _mm256_setr_epi32, _mm256_setzero_ps, _mm256_sign_epi8, _mm256_slli_epi16, _mm256_slli_epi32,
-    _mm256_srl_epi16, _mm256_storeu_ps, _mm256_storeu_si256, _mm256_sub_epi32, _mm256_sub_ps, _mm_cvtsi32_si128,
-    _mm_loadu_si128, _mm_setr_epi8, _mm_shuffle_epi8, _mm_srli_si128,
+    _mm256_loadu_ps, _mm256_loadu_si256, _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_max_epi32, _mm256_mul_ps,
+    _mm256_or_si256, _mm256_permute2x128_si256, _mm256_permutevar8x32_epi32, _mm256_set1_epi16, _mm256_set1_epi32,
+    _mm256_set1_epi8, _mm256_set1_ps, _mm256_setr_epi32, _mm256_setzero_ps, _mm256_sign_epi8, _mm256_slli_epi16,
+    _mm256_slli_epi32, _mm256_srl_epi16, _mm256_storeu_ps, _mm256_storeu_si256, _mm256_sub_epi32, _mm256_sub_ps,
+    _mm_cvtsi32_si128, _mm_loadu_si128, _mm_setr_epi8, _mm_shuffle_epi8, _mm_srli_si128,
 };
 
 use super::blocks::{q4k_scale_min, q6k_place, row_dot as row_dot_by, Blocks, Kind, Q8Activations, Q8_BLOCK};
@@ -256,7 +256,12 @@ fn whole8(p: &[__m256i; 8]) -> __m256i {
 #[target_feature(enable = "avx2")]
 fn f16x8_to_f32(bits: __m256i) -> __m256 {
     let magnitude = _mm256_slli_epi32::<13>(_mm256_and_si256(bits, _mm256_set1_epi32(0x7fff)));
-    let normal = _mm256_mul_ps(_mm256_castsi256_ps(magnitude), _mm256_set1_ps(f32::from_bits(0x7780_0000)));
+    // Never a subnormal operand (see `f16_to_f32`): subnormal lanes multiply the smallest normal
+    // and take `subnormal` below.
+    let normal = _mm256_mul_ps(
+        _mm256_castsi256_ps(_mm256_max_epi32(magnitude, _mm256_set1_epi32(0x0080_0000))),
+        _mm256_set1_ps(f32::from_bits(0x7780_0000)),
+    );
     let subnormal = _mm256_mul_ps(
         _mm256_cvtepi32_ps(_mm256_and_si256(bits, _mm256_set1_epi32(0x3ff))),
         _mm256_set1_ps(f32::from_bits(0x3380_0000)),

@@ -138,17 +138,20 @@ pub fn reduce_in_order(acc: &[f32; BLOCK]) -> f32 {
 /// `bits` as an IEEE-754 half, widened to f32 (exactly: every half is an f32). Without
 /// branches, so a block's scale widens in a few instructions: a normal half's exponent and
 /// mantissa bits, moved to an f32's places, are its magnitude times 2^−112, so one
-/// multiplication by 2^112 gives it exactly; a subnormal half is its mantissa times 2^−24 (both
-/// operands normal floats, so the bits hold even where the CPU flushes subnormal operands to
-/// zero); exponent 31 (infinities and NaNs, the payload kept) is chosen apart, then the sign bit
-/// is set.
+/// multiplication by 2^112 gives it exactly; a subnormal half is its mantissa times 2^−24;
+/// exponent 31 (infinities and NaNs, the payload kept) is chosen apart, then the sign bit is
+/// set. No multiplication ever takes a subnormal operand (a subnormal half's bits, moved, would
+/// be one: the normal product is formed from the smallest normal instead, and not chosen), so
+/// the bits hold where the CPU flushes subnormal operands to zero, and no multiplication takes
+/// the slow path x86 cores take for them (about a hundred cycles each: block scales of quantized
+/// model files are often subnormal halves).
 #[inline]
 pub fn f16_to_f32(bits: u16) -> f32 {
     /// 2^112 and 2^−24.
     const SCALE: f32 = f32::from_bits(0x7780_0000);
     const SUBNORMAL: f32 = f32::from_bits(0x3380_0000);
     let magnitude = u32::from(bits & 0x7fff) << 13;
-    let normal = f32::from_bits(magnitude) * SCALE;
+    let normal = f32::from_bits(magnitude.max(0x0080_0000)) * SCALE;
     let subnormal = f32::from(bits & 0x3ff) * SUBNORMAL;
     let value = if magnitude >= 0x0f80_0000 {
         f32::from_bits(0x7f80_0000 | magnitude)
