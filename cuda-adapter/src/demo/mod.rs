@@ -247,6 +247,26 @@ pub struct Calibration {
     pub costs: MissCosts,
 }
 
+/// The overlap bound of G4 for `report`: the sum over its decode steps of
+/// `max(link time, compute time)`, with the link time every byte the step moves over the link
+/// (its copied bytes and the experts of `expert_bytes` its pairs read over the bus: copies and
+/// bus reads share the link) over the link's rate, and the compute time the all-resident time
+/// per token plus the extra time of the step's pairs read over the bus.
+pub fn overlap_bound(report: &RunReport, expert_bytes: usize, floor_per_token: f64, calibration: &Calibration) -> f64 {
+    let extra = (calibration.costs.bus_pair - calibration.costs.resident_pair).max(0.0);
+    report
+        .step_copy_bytes
+        .iter()
+        .zip(&report.step_bus_pairs)
+        .map(|(&bytes, &bus)| {
+            let moved = bytes as f64 + bus as f64 * expert_bytes as f64;
+            let link = moved / calibration.link_bytes_per_second;
+            let compute = floor_per_token + bus as f64 * extra;
+            link.max(compute)
+        })
+        .sum()
+}
+
 /// Device memory kept free beside the slots: step buffers, activations, the driver's own.
 const VRAM_RESERVE: u64 = 256 << 20;
 
@@ -410,6 +430,27 @@ mod tests {
         }
         let message = check_fit(gib, gib, 1, 0).unwrap_err().to_string();
         assert!(message.contains("0 slots per layer would fit"), "{message}");
+    }
+
+    #[test]
+    fn the_overlap_bound_puts_bus_reads_on_the_link_beside_copies() {
+        let calibration = Calibration {
+            link_bytes_per_second: 1e9,
+            costs: MissCosts {
+                copy: 1e-3,
+                resident_pair: 1e-6,
+                bus_pair: 101e-6,
+                host_pair: 1e-4,
+                host_step: 0.0,
+                down_share: 0.5,
+            },
+        };
+        // A step copying 1 MB (1 ms) and reading two experts of 1 MB over the bus: 3 ms on the
+        // link, above the compute (10 µs + 2 × 100 µs); a step with nothing moved: the compute.
+        let report =
+            RunReport { step_copy_bytes: vec![1_000_000, 0], step_bus_pairs: vec![2, 0], ..RunReport::default() };
+        let bound = overlap_bound(&report, 1_000_000, 10e-6, &calibration);
+        assert!((bound - (3e-3 + 10e-6)).abs() < 1e-12, "{bound}");
     }
 
     #[test]

@@ -454,22 +454,10 @@ impl GpuModel {
         Ok(first)
     }
 
-    /// The overlap bound of G4 for `report`: the sum over its decode steps of
-    /// `max(copy time, compute time)`, with the copy time the step's copied bytes over the
-    /// link and the compute time the all-resident time per token plus the extra time of the
-    /// step's pairs read over the bus.
+    /// The overlap bound of G4 for `report` ([`super::overlap_bound`] with this model's expert
+    /// size).
     pub fn overlap_bound(&self, report: &RunReport, floor_per_token: f64, calibration: &Calibration) -> f64 {
-        let extra = (calibration.costs.bus_pair - calibration.costs.resident_pair).max(0.0);
-        report
-            .step_copy_bytes
-            .iter()
-            .zip(&report.step_bus_pairs)
-            .map(|(&bytes, &zc)| {
-                let copy = bytes as f64 / calibration.link_bytes_per_second;
-                let compute = floor_per_token + zc as f64 * extra;
-                copy.max(compute)
-            })
-            .sum()
+        super::overlap_bound(report, self.expert_bytes, floor_per_token, calibration)
     }
 
     /// The cost the core's replay predicts for `run` on `trace`'s decode steps, per decode
