@@ -210,6 +210,11 @@ pub struct ExpertFfn {
     calls: Calls,
 }
 
+/// How much work had been started on an FFN's pool at a point ([`ExpertFfn::work_mark`]); threads
+/// kept warm from it ([`ExpertFfn::keep_warm_from`]) spin until work started after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkMark(u64);
+
 /// The count threads kept warm watch: one for rayon's global pool, shared by every FFN on it;
 /// one per pool given with [`ExpertFfn::with_pool`] (shared by that FFN's clones).
 #[derive(Debug, Clone)]
@@ -333,8 +338,25 @@ impl ExpertFfn {
     /// thread can take spawned work; a pool of one thread does not spin. Calls without work in
     /// between queue one spin after another, all ending by `limit` from the first call.
     pub fn keep_warm(&self, limit: Duration) {
+        self.keep_warm_from(self.work_mark(), limit);
+    }
+
+    /// Where the pool's work stands: how much work has been started on it so far
+    /// ([`ExpertFfn::parts`] or [`ExpertFfn::spawn`], by this FFN or a clone of it).
+    pub fn work_mark(&self) -> WorkMark {
+        WorkMark(self.calls.get().load(Ordering::Acquire))
+    }
+
+    /// [`ExpertFfn::keep_warm`] until work started after `mark` (taken by
+    /// [`ExpertFfn::work_mark`]): threads spin only while no work came since `mark`, so a caller
+    /// can hand its result on first and keep the threads warm after, without the spinning
+    /// outlasting work that was started in between (it stops at once then).
+    pub fn keep_warm_from(&self, mark: WorkMark, limit: Duration) {
         let spinners = self.threads().saturating_sub(1);
-        let seen = self.calls.get().load(Ordering::Acquire);
+        let seen = mark.0;
+        if self.calls.get().load(Ordering::Acquire) != seen {
+            return;
+        }
         // No deadline for a limit past what the clock can count.
         let deadline = Instant::now().checked_add(limit);
         for _ in 0..spinners {

@@ -349,6 +349,30 @@ fn threads_kept_warm_stop_spinning_at_the_next_call() {
 }
 
 #[test]
+fn threads_are_not_kept_warm_from_a_mark_work_has_passed() {
+    use std::time::Duration;
+    let pool = std::sync::Arc::new(rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap());
+    let ffn = ExpertFfn::new(8, 4, Format::F32).unwrap().with_pool(pool.clone());
+    let mark = ffn.work_mark();
+    assert_eq!(ffn.work_mark(), mark);
+    // Work started after the mark.
+    let (done, ran) = std::sync::mpsc::channel();
+    ffn.spawn(move |_| done.send(()).unwrap());
+    ran.recv_timeout(Duration::from_secs(30)).expect("the spawned job ran");
+    assert_ne!(ffn.work_mark(), mark);
+    // Kept warm without a limit from the old mark: no thread spins, so both of the pool's
+    // threads meet (a spinning thread would hold one until the next work, which never comes).
+    ffn.keep_warm_from(mark, Duration::MAX);
+    let (met, meeting) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let barrier = std::sync::Barrier::new(2);
+        pool.broadcast(|_| barrier.wait());
+        met.send(()).unwrap();
+    });
+    meeting.recv_timeout(Duration::from_secs(30)).expect("both threads were free");
+}
+
+#[test]
 fn spawned_pairs_match_the_pairs_computed_in_place() {
     let (hidden, ffn_width) = (8, 4);
     let ffn = ExpertFfn::new(hidden, ffn_width, Format::F32).unwrap();

@@ -44,10 +44,14 @@ pub(crate) fn spawn_on<T: Send + 'static>(
     let spawned = Instant::now();
     ffn.spawn(move |ffn| {
         let result = job(ffn);
-        // The next layer step's pairs find the threads awake.
-        ffn.keep_warm(HOST_WARM);
-        // The waiter dropped the work only when it failed first: nothing waits for it.
+        let mark = ffn.work_mark();
+        // The result first: the waiter goes on while the spinners below are handed out (waking a
+        // sleeping thread for each costs a system call). The waiter dropped the work only when
+        // it failed first: nothing waits for it.
         let _ = done.send(result);
+        // The next layer step's pairs find the threads awake; if that step's work was started
+        // meanwhile, no thread spins.
+        ffn.keep_warm_from(mark, HOST_WARM);
     });
     Pending { done: receiver, spawned }
 }
