@@ -204,16 +204,8 @@ impl MoeFfn {
         unsafe {
             let smem = activation_smem(self.shape.format, self.shape.hidden, self.threads[0] / 32);
             let args = step.args(&self.shape, x, 0);
-            self.launch_pairs(
-                (&self.gate_up, self.threads[0], false),
-                self.shape.ffn,
-                smem,
-                stream,
-                layer,
-                step,
-                args,
-                phase,
-            )
+            let kernel = (&self.gate_up, self.threads[0], false);
+            self.launch_pairs(kernel, self.shape.ffn, smem, stream, layer, step, args, phase)
         }
     }
 
@@ -246,16 +238,8 @@ impl MoeFfn {
             let args = step.args(&self.shape, 0, y);
             // A split phase's down follows the upload of h, not a gate/up: no kernel to overlap.
             let dependent = self.dependent_down && phase != Phase::Split;
-            self.launch_pairs(
-                (&self.down, self.threads[1], dependent),
-                self.shape.hidden,
-                smem,
-                stream,
-                layer,
-                step,
-                args,
-                phase,
-            )
+            let kernel = (&self.down, self.threads[1], dependent);
+            self.launch_pairs(kernel, self.shape.hidden, smem, stream, layer, step, args, phase)
         }
     }
 
