@@ -90,15 +90,17 @@ pub fn nvrtc_available() -> bool {
 /// missing entry point is an error when the module is loaded, a changed argument is not caught.
 pub const SOURCE_ENV: &str = "EXPERTSLAB_CUDA_KERNELS";
 
-/// The environment variable that turns programmatic dependent launch of the down kernels on
-/// (`1`) or off (`0`) on devices of compute capability 9.0 and up (see [`dependent_launch`]).
+/// The environment variable that turns programmatic dependent launch of the down kernels off
+/// (`0`; any other value, or none, leaves it on) on devices of compute capability 9.0 and up
+/// (see [`dependent_launch`]).
 pub const DEPENDENT_LAUNCH_ENV: &str = "EXPERTSLAB_CUDA_PDL";
 
 /// Whether down kernels are launched as programmatic dependents of the gate/up launched just
 /// before them on a device of compute capability `arch`: from 9.0 (Hopper) on, unless
-/// [`DEPENDENT_LAUNCH_ENV`] is `0`; below 9.0 never. A dependent down looks up and prefetches
-/// its rows while the gate/up still runs and waits for it (`griddepcontrol.wait`) before it reads
-/// the intermediate rows, so the result is the same either way; only when the work starts moves.
+/// [`DEPENDENT_LAUNCH_ENV`] is `0`; below 9.0 never. A dependent down's blocks are placed and
+/// look up their rows while the gate/up still runs, and wait for it (`griddepcontrol.wait`)
+/// before they read the intermediate rows, so the result is the same either way; only when the
+/// work starts moves.
 /// A kernel source named by [`SOURCE_ENV`] must wait the same way, or run with it off.
 pub fn dependent_launch(arch: (i32, i32)) -> bool {
     dependent_launch_with(arch, std::env::var_os(DEPENDENT_LAUNCH_ENV).as_deref())
