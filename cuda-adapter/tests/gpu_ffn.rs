@@ -45,13 +45,14 @@ fn spec(format: Format) -> ModelSpec {
 }
 
 /// The test models: one per format, and a Q4_K_M file's mix (Q4_K gate and up, Q6_K down), at
-/// expert FFN 256 (Q6_K's down rows of 8 blocks, spread over the lanes) and 1024 (32 blocks, one
-/// a lane, four rows a warp).
+/// expert FFN 256 (Q6_K's down rows of 8 blocks, spread over the lanes), 1024 (32 blocks, one
+/// a lane, four rows a warp) and 1536 (more activations than a block of down's four warps
+/// quantizes in one round).
 fn specs() -> Vec<ModelSpec> {
     let q4_k_m = spec(Format::Q4_K);
     let q4_k_m = ModelSpec { shape: FfnShape { down_format: Format::Q6_K, ..q4_k_m.shape }, ..q4_k_m };
-    let wide = ModelSpec { shape: FfnShape { ffn: 1024, ..q4_k_m.shape }, ..q4_k_m };
-    FORMATS.map(spec).into_iter().chain([q4_k_m, wide]).collect()
+    let wide = |ffn| ModelSpec { shape: FfnShape { ffn, ..q4_k_m.shape }, ..q4_k_m };
+    FORMATS.map(spec).into_iter().chain([q4_k_m, wide(1024), wide(1536)]).collect()
 }
 
 /// A model's formats for messages and file names: `Q4_K`, or `Q4_K+Q6_K-ffn256` for a mix.
