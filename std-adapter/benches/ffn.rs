@@ -5,7 +5,8 @@
 //! pairs in each weight format the FFN reads (random codes under fixed scales for the block
 //! formats), with the bytes read per second; `expert_ffn_cold` 1, 2 and 8 pairs a call over 64
 //! experts taken in turn, read from memory rather than cache, beside
-//! `read_cold`, the same bytes only read; `one_thread_in_cache` (BF16) and
+//! `read_cold`, the same bytes only read; `expert_ffn_cold_format` 8 pairs a call in BF16, Q8_0
+//! and Q4_K_M's mix over 512 MiB of experts; `one_thread_in_cache` (BF16) and
 //! `one_thread_in_cache_format` (the block formats) one small pair on one thread from the
 //! cache, what one core computes. Run with `cargo bench -p
 //! expertslab-std --bench ffn`.
@@ -219,6 +220,38 @@ fn expert_ffn_format(bencher: Bencher, name: &str) {
         }
     };
     format_bench(bencher, formats, NORMAL_SCALE);
+}
+
+/// Bytes of experts the cold benches cycle through: more than a host's last-level cache holds.
+const COLD_BYTES: usize = 512 << 20;
+
+/// [`PAIRS`] pairs a call in each format, as `expert_ffn_format`, but each call reading the next
+/// 8 of enough experts ([`COLD_BYTES`]) that every call reads its weights from memory, as
+/// decode's misses do: where the FFN's compute and its reads from memory must overlap. Bytes
+/// read per second.
+#[divan::bench(args = ["bf16", "q8_0", "q4_K+q6_K"])]
+fn expert_ffn_cold_format(bencher: Bencher, name: &str) {
+    let formats = match name {
+        "q4_K+q6_K" => (Format::Q4_K, Format::Q6_K),
+        other => {
+            let f = Format::from_name(other).expect("format");
+            (f, f)
+        }
+    };
+    let expert = 2 * formats.0.row_bytes(HIDDEN).expect("whole blocks") * FFN
+        + formats.1.row_bytes(FFN).expect("whole blocks") * HIDDEN;
+    let experts = COLD_BYTES.div_ceil(expert).next_multiple_of(PAIRS);
+    let slabs = format_slabs(formats, HIDDEN, FFN, experts, NORMAL_SCALE);
+    let ffn = ExpertFfn::new(HIDDEN, FFN, formats.0).and_then(|f| f.with_down_format(formats.1)).expect("ffn");
+    let x: Vec<f32> = (0..HIDDEN).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+    let mut parts = vec![0.0f32; PAIRS * HIDDEN];
+    let mut next = 0usize;
+    bencher.counter(divan::counter::BytesCount::new(PAIRS * expert)).bench_local(|| {
+        let p: Vec<PairSlabs<'_>> =
+            slabs[next..next + PAIRS].iter().map(|[g, u, d]| PairSlabs { gate: g, up: u, down: d, token: 0 }).collect();
+        next = (next + PAIRS) % experts;
+        ffn.parts(&p, &x, &mut parts).expect("parts")
+    });
 }
 
 /// The 8 pairs of a Q4_K_M file's mix with every block's scales a normal half (2^−12) and a

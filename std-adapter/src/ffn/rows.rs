@@ -30,6 +30,10 @@ impl Activations {
 /// A row format: how many bytes a row of `cols` elements takes, and its dot product with
 /// activations, in the shared order.
 pub(super) trait RowFormat {
+    /// Whether the row loops fetch the rows ahead of the one they compute: the block formats,
+    /// whose compute per byte keeps a thread from its memory's pace unless the two overlap; the
+    /// plain formats compute at that pace with the hardware's own prefetch.
+    const FETCH_AHEAD: bool;
     /// Bytes of a row of `cols` elements (a whole number of the format's blocks).
     fn row_bytes(cols: usize) -> usize;
     /// `row · x`, its accumulators taken `GROUP` at a time where the format allows it.
@@ -40,6 +44,7 @@ pub(super) trait RowFormat {
 macro_rules! plain_rows {
     ($($element:ty),*) => {$(
         impl RowFormat for $element {
+            const FETCH_AHEAD: bool = false;
             fn row_bytes(cols: usize) -> usize {
                 cols.saturating_mul(<$element as Element>::BYTES)
             }
@@ -53,6 +58,7 @@ macro_rules! plain_rows {
 plain_rows!(F32, Bf16);
 
 impl<B: Blocks> RowFormat for B {
+    const FETCH_AHEAD: bool = true;
     fn row_bytes(cols: usize) -> usize {
         cols.checked_div(B::ELEMS).unwrap_or(0).saturating_mul(B::BYTES)
     }
