@@ -209,16 +209,22 @@ fn format_slabs(formats: (Format, Format), hidden: usize, ffn: usize, pairs: usi
         .collect()
 }
 
-/// The 8 pairs in each format (`q4_K+q6_K`: a Q4_K_M file's mix), bytes read per second.
-#[divan::bench(args = ["bf16", "q8_0", "q4_K", "q6_K", "q4_K+q6_K"])]
-fn expert_ffn_format(bencher: Bencher, name: &str) {
-    let formats = match name {
+/// Gate/up's and down's formats by a bench argument's name: a format's, or `q4_K+q6_K` (a Q4_K_M
+/// file's mix).
+fn formats_named(name: &str) -> (Format, Format) {
+    match name {
         "q4_K+q6_K" => (Format::Q4_K, Format::Q6_K),
         other => {
             let f = Format::from_name(other).expect("format");
             (f, f)
         }
-    };
+    }
+}
+
+/// The 8 pairs in each format (`q4_K+q6_K`: a Q4_K_M file's mix), bytes read per second.
+#[divan::bench(args = ["bf16", "q8_0", "q4_K", "q6_K", "q4_K+q6_K"])]
+fn expert_ffn_format(bencher: Bencher, name: &str) {
+    let formats = formats_named(name);
     format_bench(bencher, formats, NORMAL_SCALE);
 }
 
@@ -231,13 +237,7 @@ const COLD_BYTES: usize = 512 << 20;
 /// read per second.
 #[divan::bench(args = ["bf16", "q8_0", "q4_K+q6_K"])]
 fn expert_ffn_cold_format(bencher: Bencher, name: &str) {
-    let formats = match name {
-        "q4_K+q6_K" => (Format::Q4_K, Format::Q6_K),
-        other => {
-            let f = Format::from_name(other).expect("format");
-            (f, f)
-        }
-    };
+    let formats = formats_named(name);
     let expert = 2 * formats.0.row_bytes(HIDDEN).expect("whole blocks") * FFN
         + formats.1.row_bytes(FFN).expect("whole blocks") * HIDDEN;
     let experts = COLD_BYTES.div_ceil(expert).next_multiple_of(PAIRS);
