@@ -52,25 +52,11 @@ typedef unsigned short u16;
 #define ROWS_PER_WARP 2
 // Q6_K's down: blocks of DWARPS warps of DROWS rows each (the same rows a block), whose rows of
 // fewer than 32 blocks spread their terms over the lanes (`rows_dot_q8_spread`): a Q4_K_M
-// file's down (expert FFN 768 is 24 blocks a row) left a quarter of the lanes idle. With
-// DOWN_TILE_ALL, every block format's down takes these tiles (Q4_K's short rows spread too,
-// Q8_0's are staged four rows a warp). The crate reads each kernel's block size from its launch
-// bounds.
+// file's down (expert FFN 768 is 24 blocks a row) left a quarter of the lanes idle. The crate
+// reads each kernel's block size from its launch bounds.
 #define Q6_K_SPREAD 1
-#ifndef DOWN_TILE_ALL
-#define DOWN_TILE_ALL 0
-#endif
-#ifndef DWARPS
 #define DWARPS 4
-#endif
 #define DROWS (WARPS * ROWS_PER_WARP / DWARPS)
-// A block format's down's launch bounds: its threads, and with DOWN_MIN_BLOCKS the fewest of its
-// blocks an SM must hold at once (which caps its registers; without it the compiler chooses).
-#ifdef DOWN_MIN_BLOCKS
-#define DOWN_BOUNDS(FMT) __launch_bounds__(DownTile<FMT>::warps * 32, DOWN_MIN_BLOCKS)
-#else
-#define DOWN_BOUNDS(FMT) __launch_bounds__(DownTile<FMT>::warps * 32)
-#endif
 #define CHUNK 8
 #define BLOCK (32 * CHUNK)
 
@@ -81,11 +67,9 @@ typedef unsigned short u16;
 // The warps of a block of down and the rows of each.
 template <int FMT>
 struct DownTile {
-    // Short rows spread their terms over the lanes (Q8_0's are staged instead).
-    static constexpr bool spread = Q6_K_SPREAD && (FMT == FMT_Q6_K || (DOWN_TILE_ALL && FMT == FMT_Q4_K));
-    static constexpr bool tile = spread || (DOWN_TILE_ALL && FMT >= FMT_Q8_0);
-    static constexpr int warps = tile ? DWARPS : WARPS;
-    static constexpr int rows = tile ? DROWS : ROWS_PER_WARP;
+    static constexpr bool spread = Q6_K_SPREAD && FMT == FMT_Q6_K;
+    static constexpr int warps = spread ? DWARPS : WARPS;
+    static constexpr int rows = spread ? DROWS : ROWS_PER_WARP;
 };
 
 __device__ __forceinline__ float bf16_to_f32(u32 bits16) { return __uint_as_float(bits16 << 16); }
@@ -394,8 +378,8 @@ __device__ __forceinline__ int quantize_one(float x, float d) {
 // warps), a lane eight consecutive elements (a block of 32 is four lanes; warp w takes elements
 // 256·w, 256·w + 256·W, ...), so a warp's loads go out together: the block's largest magnitude
 // by the four lanes' maxima (a NaN counts as 0), d = amax / 127, the bytes, the half-blocks'
-// sums (two lanes each). Maxima and integer sums are exact in any order, so the bytes, scales and sums are
-// those of one lane per element. `cols` is a multiple of 32. Every thread of the block calls it.
+// sums (two lanes each). Maxima and integer sums are exact in any order, so the bytes, scales
+// and sums are those of one lane per element. `cols` is a multiple of 32. Every thread of the block calls it.
 template <int W>
 __device__ __forceinline__ void quantize_shared(const float* x, int cols) {
     const int lane = threadIdx.x & 31;
@@ -752,7 +736,7 @@ __device__ __forceinline__ void rows_dot_q8(bool wide, const unsigned char* cons
     if constexpr (FMT == FMT_Q8_0) {
         if (wide) rows_dot_q8_0_staged<MATS, R>(mats, rows, rb, cols, out);
         else rows_dot_q8_as<FMT, MATS, R, false>(mats, rows, rb, cols, out);
-    } else if constexpr (DownTile<FMT>::spread && MATS == 1) {
+    } else if constexpr (Q6_K_SPREAD && FMT == FMT_Q6_K && MATS == 1) {
         // Down's rows of fewer than 32 blocks: their terms spread over the lanes.
         if (cols / Q8_BLOCK < 32) {
             if (wide) rows_dot_q8_spread<FMT, MATS, R, true>(mats, rows, rb, cols, out);
@@ -966,7 +950,7 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32)
     gate_up<FMT_Q8_0>(layer, step, pairs);
 }
 
-extern "C" __global__ void DOWN_BOUNDS(FMT_Q8_0)
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
     moe_down_q8_0(const LayerArgs layer, const StepArgs step, const int* pairs) {
     down<FMT_Q8_0>(layer, step, pairs);
 }
@@ -976,7 +960,7 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32)
     gate_up<FMT_Q4_K>(layer, step, pairs);
 }
 
-extern "C" __global__ void DOWN_BOUNDS(FMT_Q4_K)
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
     moe_down_q4_k(const LayerArgs layer, const StepArgs step, const int* pairs) {
     down<FMT_Q4_K>(layer, step, pairs);
 }
@@ -986,7 +970,7 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32)
     gate_up<FMT_Q6_K>(layer, step, pairs);
 }
 
-extern "C" __global__ void DOWN_BOUNDS(FMT_Q6_K)
+extern "C" __global__ void __launch_bounds__(DownTile<FMT_Q6_K>::warps * 32)
     moe_down_q6_k(const LayerArgs layer, const StepArgs step, const int* pairs) {
     down<FMT_Q6_K>(layer, step, pairs);
 }
