@@ -6,7 +6,8 @@
 //! formats), with the bytes read per second; `expert_ffn_cold` 1, 2 and 8 pairs a call over 64
 //! experts taken in turn, read from memory rather than cache, beside
 //! `read_cold`, the same bytes only read; `expert_ffn_cold_format` 8 pairs a call in BF16, Q8_0
-//! and Q4_K_M's mix over 512 MiB of experts; `one_thread_in_cache` (BF16) and
+//! and Q4_K_M's mix over 512 MiB of experts; `one_thread_pair_format` one pair of this shape per
+//! block format on one thread; `one_thread_in_cache` (BF16) and
 //! `one_thread_in_cache_format` (the block formats) one small pair on one thread from the
 //! cache, what one core computes. Run with `cargo bench -p
 //! expertslab-std --bench ffn`.
@@ -252,6 +253,27 @@ fn expert_ffn_cold_format(bencher: Bencher, name: &str) {
         next = (next + PAIRS) % experts;
         ffn.parts(&p, &x, &mut parts).expect("parts")
     });
+}
+
+/// One pair of the real shape in each block format on a pool of one thread, the same pair every
+/// call (from the cache): what one core computes of a pair, where `one_thread_in_cache_format`'s
+/// small expert has short rows. Bytes read per second.
+#[divan::bench(args = ["q8_0", "q4_K", "q4_K+q6_K"])]
+fn one_thread_pair_format(bencher: Bencher, name: &str) {
+    let formats = formats_named(name);
+    let pool = std::sync::Arc::new(rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool"));
+    let slabs = format_slabs(formats, HIDDEN, FFN, 1, NORMAL_SCALE);
+    let ffn = ExpertFfn::new(HIDDEN, FFN, formats.0)
+        .and_then(|f| f.with_down_format(formats.1))
+        .expect("ffn")
+        .with_pool(pool);
+    let p: Vec<PairSlabs<'_>> = slabs.iter().map(|[g, u, d]| PairSlabs { gate: g, up: u, down: d, token: 0 }).collect();
+    let x: Vec<f32> = (0..HIDDEN).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+    let bytes: usize = slabs.iter().flatten().map(Vec::len).sum();
+    let mut parts = vec![0.0f32; HIDDEN];
+    bencher
+        .counter(divan::counter::BytesCount::new(bytes))
+        .bench_local(|| ffn.parts(&p, &x, &mut parts).expect("parts"));
 }
 
 /// The 8 pairs of a Q4_K_M file's mix with every block's scales a normal half (2^−12) and a
