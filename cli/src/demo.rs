@@ -90,7 +90,8 @@ pub struct Args {
     staging_slots: Option<usize>,
     /// Take the experts of this GGUF model file (its MoE layers' gate, up and down stacks, F32,
     /// BF16, Q8_0, Q4_K or Q6_K, down's format may differ as in Q4_K_M files), read in place
-    /// from a memory map, instead of building a model; the file sets the shape. On the CPU the file's routers (`ffn_gate_inp`, F32) route the tokens.
+    /// from a memory map, instead of building a model; the file sets the shape. On the CPU the
+    /// file's routers (`ffn_gate_inp`, F32) route the tokens.
     #[arg(long)]
     model: Option<PathBuf>,
 }

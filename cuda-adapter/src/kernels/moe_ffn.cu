@@ -379,7 +379,8 @@ __device__ __forceinline__ int quantize_one(float x, float d) {
 // 256·w, 256·w + 256·W, ...), so a warp's loads go out together: the block's largest magnitude
 // by the four lanes' maxima (a NaN counts as 0), d = amax / 127, the bytes, the half-blocks'
 // sums (two lanes each). Maxima and integer sums are exact in any order, so the bytes, scales
-// and sums are those of one lane per element. `cols` is a multiple of 32. Every thread of the block calls it.
+// and sums are those of one lane per element. `cols` is a multiple of 32. Every thread of the
+// block calls it.
 template <int W>
 __device__ __forceinline__ void quantize_shared(const float* x, int cols) {
     const int lane = threadIdx.x & 31;
