@@ -95,9 +95,10 @@ fn prefetch(bytes: &[u8]) {
 }
 
 /// Bytes of each matrix the row loops keep on their way from memory ([`prefetch`]): at least a
-/// row, and the rows that make up a KiB, which cover a memory access on a thread computing a
-/// few GB/s.
-const PREFETCH_BYTES: usize = 1 << 10;
+/// row, and the rows that make up 2 KiB, which a thread computing a few GB/s takes longer to
+/// compute than a loaded server's memory takes to answer (1, 2 and 4 KiB measured; 2 the
+/// fastest by a few percent, BENCHMARKS.md).
+const PREFETCH_BYTES: usize = 2 << 10;
 
 /// Rows of `rb` bytes of format `R` fetched ahead: enough for [`PREFETCH_BYTES`], at least one;
 /// none for formats that do not fetch ahead ([`RowFormat::FETCH_AHEAD`]).
@@ -105,13 +106,13 @@ const fn rows_ahead<R: RowFormat>(rb: usize) -> usize {
     if !R::FETCH_AHEAD {
         return 0;
     }
-    // At least one: a KiB is not empty.
+    // At least one: PREFETCH_BYTES is not 0.
     PREFETCH_BYTES.div_ceil(if rb == 0 { 1 } else { rb })
 }
 
 /// Rows of gate and up: `h[r] = silu_mul(gate_r · x, up_r · x)` for the rows of `h`, which
-/// start at row `first`; accumulators `GROUP` at a time. The rows of the next KiB or so of each
-/// matrix are fetched ([`prefetch`], [`rows_ahead`]) while a row is computed.
+/// start at row `first`; accumulators `GROUP` at a time. The next [`PREFETCH_BYTES`] or so of
+/// each matrix are fetched ([`prefetch`], [`rows_ahead`]) while a row is computed.
 #[inline(always)]
 fn gate_up_rows<R: RowFormat, const GROUP: usize>(
     gate: &[u8],
@@ -139,7 +140,7 @@ fn gate_up_rows<R: RowFormat, const GROUP: usize>(
 }
 
 /// Rows of down: `part[r] = down_r · h` for the rows of `part`, starting at row `first`, the
-/// next KiB or so of rows fetched while a row is computed.
+/// next [`PREFETCH_BYTES`] or so of rows fetched while a row is computed.
 #[inline(always)]
 fn down_rows<R: RowFormat, const GROUP: usize>(
     down: &[u8],
