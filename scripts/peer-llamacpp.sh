@@ -10,7 +10,8 @@
 #     DIR/bin/expertslab,
 #     and copies this script, scripts/make-moe-gguf.py and the session scripts
 #     (gpu-session.sh, gpu-session-type.sh: the runs of docs/gpu-runs/2026-12-06c; gpu-session-g.sh:
-#     the decode bench's G rows) into DIR.
+#     the decode bench's G rows; gpu-session-host.sh: the host path alone, optionally beside an
+#     earlier pack's binaries) into DIR.
 #   bash DIR/peer-llamacpp.sh build               on the GPU machine
 #     Builds llama-bench for sm_90 (CUDA, flash attention off) into BUILD (default DIR/build; its
 #     log is BUILD.log), kept there.
@@ -79,7 +80,8 @@ for l in sys.stdin:
   # The command line, whose CPU demo runs the host FFN over a model file with no GPU.
   (cd "$root" && cargo build --release --quiet -p expertslab-cli)
   cp "$root/target/release/expertslab" "$dir/bin/expertslab" && strip "$dir/bin/expertslab" 2>/dev/null || true
-  cp "$here/peer-llamacpp.sh" "$here/make-moe-gguf.py" "$here/gpu-session.sh" "$here/gpu-session-type.sh" "$here/gpu-session-g.sh" "$dir/"
+  cp "$here/peer-llamacpp.sh" "$here/make-moe-gguf.py" "$here/gpu-session.sh" "$here/gpu-session-type.sh" \
+    "$here/gpu-session-g.sh" "$here/gpu-session-host.sh" "$dir/"
   du -sh "$dir/llama.cpp.tar.gz" "$dir/py" "$dir/bin"
   echo "packed into $dir; on the GPU machine: bash $dir/peer-llamacpp.sh all"
 }
