@@ -24,6 +24,51 @@ const HOST_WARM: Duration = Duration::from_millis(5);
 /// the work is done.
 const WAIT_SPINNING: Duration = Duration::from_millis(2);
 
+/// The weight of a record in a layer's [`ReadBack`] rate of host use: about the last eight
+/// records count.
+const USE_WEIGHT: f32 = 1.0 / 8.0;
+
+/// The rate of host use (the share of a layer's recent records that computed pairs on the host)
+/// from which the record before each of them copies its output back. A copy on the stream
+/// costs every record a few µs before its event; a record whose host pairs find no copy
+/// fetches its input itself, a synchronous copy of tens of µs: copying back pays where about a
+/// quarter of the records use it.
+const READ_BACK_RATE: f32 = 0.25;
+
+/// Where a record's output goes for the next layer's host pairs, under a rule that may use the
+/// host: page-locked memory it is copied into on the compute stream before the record's event,
+/// so the next record's host pairs find their input on the host once that event completed. A
+/// record copies back only when the next layer's recent records computed pairs on the host
+/// ([`READ_BACK_RATE`]): under a rule that seldom uses the host, the copy on every record
+/// cost more than the few inputs it saved.
+pub(super) struct ReadBack<P> {
+    pinned: P,
+    /// The device address and bytes the last record's copy read, if it copied.
+    copied: Option<(u64, usize)>,
+    /// Per layer, the share of its recent records that computed pairs on the host (each record
+    /// weighs [`USE_WEIGHT`]; 1 at the start, so the first records copy back).
+    rate: Vec<f32>,
+}
+
+impl<P> ReadBack<P> {
+    /// Copies into `pinned`, for `layers` layers.
+    pub(super) fn new(pinned: P, layers: usize) -> Self {
+        Self { pinned, copied: None, rate: vec![1.0; layers] }
+    }
+
+    /// Counts a record of `layer` that computed pairs on the host (`used`) or not.
+    fn count(&mut self, layer: usize, used: bool) {
+        if let Some(rate) = self.rate.get_mut(layer) {
+            *rate += (if used { 1.0 } else { 0.0 } - *rate) * USE_WEIGHT;
+        }
+    }
+
+    /// Whether the record before a record of `layer` copies its output back for it.
+    fn wanted(&self, layer: usize) -> bool {
+        self.rate.get(layer).is_some_and(|&rate| rate >= READ_BACK_RATE)
+    }
+}
+
 /// Work handed to the host FFN's pool by [`spawn_on`]: its result, when the pool sends it.
 pub(crate) struct Pending<T> {
     done: Receiver<T>,
@@ -115,9 +160,9 @@ impl<D: Driver + Clone, K: Kernels<D>> Runner<'_, D, K> {
         let to_f32 = |bytes: &[u8]| -> Vec<f32> {
             bytes.chunks_exact(4).map(|b| b.try_into().map_or(f32::NAN, f32::from_le_bytes)).collect()
         };
-        let read_back = match (&self.readback, self.read_back) {
+        let read_back = match &self.readback {
             // Copied on the compute stream before the previous record's event, which completed.
-            (Some(pinned), Some((at, bytes))) if at == x && bytes >= len * 4 => {
+            Some(ReadBack { pinned, copied: Some((at, bytes)), .. }) if *at == x && *bytes >= len * 4 => {
                 Some(to_f32(pinned.bytes()?.get(..len * 4).ok_or(CudaError::UnknownLayer { layer })?))
             }
             _ => None,
@@ -160,25 +205,27 @@ impl<D: Driver + Clone, K: Kernels<D>> Runner<'_, D, K> {
         }))
     }
 
-    /// After a record's combine into `y` (`tokens` rows), before its event: when the next layer
-    /// may miss (a rule that may use the host, a next layer that does not hold every expert),
-    /// enqueues the copy of `y` into the page-locked `readback` on the compute stream, so the
-    /// next record's host pairs ([`Runner::host_start`]) read their input from host memory once
-    /// this record's event completed, without a copy of their own.
+    /// After a record's combine into `y` (`tokens` rows), before its event: counts whether the
+    /// record computed pairs on the host, then, when the next layer may miss and its records
+    /// used the host lately ([`ReadBack`]), enqueues the copy of `y` into the page-locked block
+    /// on the compute stream, so the next record's host pairs ([`Runner::host_start`]) read
+    /// their input from host memory once this record's event completed, without a copy of their
+    /// own.
     pub(super) fn read_back_output(&mut self, layer: usize, y: u64, tokens: usize) -> Result<(), CudaError> {
-        self.read_back = None;
         // No readback block: the rule never uses the host (nothing to check per record).
-        let Some(pinned) = self.readback.as_mut() else { return Ok(()) };
+        let Some(readback) = self.readback.as_mut() else { return Ok(()) };
+        readback.copied = None;
+        readback.count(layer, !self.host_pairs.is_empty() || !self.split_pairs.is_empty());
         let next = layer + 1;
-        if next >= self.model.layers || self.placement.holds_all(next, self.model.experts) {
+        if next >= self.model.layers || self.placement.holds_all(next, self.model.experts) || !readback.wanted(next) {
             return Ok(());
         }
         let len = tokens * self.model.shape.hidden * 4;
         // SAFETY: `y` is this record's output, `tokens × hidden` f32 of a live buffer; the host
-        // reads `pinned` only after the event recorded after this copy completed (`host_start`,
+        // reads the block only after the event recorded after this copy completed (`host_start`,
         // which copies it out before the next record's copy is enqueued).
-        unsafe { self.driver.copy_to_pinned(pinned, y, len, &self.compute)? };
-        self.read_back = Some((y, len));
+        unsafe { self.driver.copy_to_pinned(&mut readback.pinned, y, len, &self.compute)? };
+        readback.copied = Some((y, len));
         Ok(())
     }
 

@@ -38,8 +38,9 @@
 //!    split pairs' intermediate rows too, and then their down launched ([`Phase::Split`]).
 //!    The combine then writes the layer's output, the next layer's input (when no pair is on
 //!    the host, the down launches have combined already and nothing is launched). Under a rule
-//!    that may use the host, when the next layer may miss, the output is then copied into
-//!    page-locked host memory on the compute stream, for that layer's host pairs.
+//!    that may use the host, when the next layer may miss and its records computed pairs on
+//!    the host lately, the output is then copied into page-locked host memory on the compute
+//!    stream, for that layer's host pairs (`ReadBack`).
 //! 6. **Reads marked**: [`CudaSlotSink::after_reads`] and [`DeviceSlotTable::after_reads`], and
 //!    the event the next record waits on.
 //! 7. **Speculative copies** ([`super::RunConfig::prefetch`], the `speculate` module): the
@@ -159,13 +160,10 @@ pub(crate) struct Runner<'m, D: Driver, K> {
     /// copied only).
     scratch_pairs: Vec<(usize, bool)>,
     host_x: Vec<u8>,
-    /// Under a rule that may serve misses on the host: page-locked memory each record's output
-    /// is copied into on the compute stream before the record's event, when the next layer may
-    /// miss, so the next record's host pairs find their input on the host once the event
-    /// completed; and the device address and bytes that copy read. Declared after the device
-    /// buffers, whose drop waits for the device: freed after any copy into it ended.
-    readback: Option<D::Pinned>,
-    read_back: Option<(u64, usize)>,
+    /// Under a rule that may serve misses on the host: where records copy their output back
+    /// for the next layer's host pairs ([`ReadBack`]). Declared after the device buffers, whose
+    /// drop waits for the device: freed after any copy into it ended.
+    readback: Option<ReadBack<D::Pinned>>,
     host_parts: Vec<f32>,
     host_h: Vec<f32>,
     /// The model's store, shared with the host's pairs computing on the thread pool.
@@ -272,7 +270,7 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
             None
         };
         let readback = match (&model.host, run.miss.may_use_host()) {
-            (Some(_), true) => Some(driver.alloc_readback(out_bytes.max(4))?),
+            (Some(_), true) => Some(ReadBack::new(driver.alloc_readback(out_bytes.max(4))?, layers)),
             _ => None,
         };
         let mut runner = Self {
@@ -298,7 +296,6 @@ impl<'m, D: Driver + Clone, K: Kernels<D>> Runner<'m, D, K> {
             scratch_pairs: Vec::new(),
             host_x: Vec::new(),
             readback,
-            read_back: None,
             host_parts: Vec::new(),
             host_h: Vec::new(),
             host_store: std::sync::Arc::new(model.store.clone()),
@@ -593,6 +590,7 @@ mod sources;
 mod speculate;
 
 pub(crate) use host::spawn_on;
+use host::ReadBack;
 pub(crate) use kernels::Kernels;
 
 #[cfg(test)]

@@ -318,6 +318,51 @@ fn a_layer_s_work_is_enqueued_only_after_the_previous_layer_s_event() {
     }
 }
 
+/// Under a rule that may use the host but finds it too dear (a host pair costs a million copies),
+/// every miss is copied, no record computes on the host, and records stop copying their output
+/// back once the next layer's records have gone without the host for a while; with no slots
+/// and every miss on the host, every record with a next layer copies back.
+#[test]
+fn records_copy_their_output_back_only_for_layers_that_use_the_host() {
+    let (store, layout) = store();
+    let trace = SyntheticTrace { steps: 40, prefill_tokens: 0, ..ROUTING }.trace().unwrap();
+    let dear =
+        MissCosts { copy: 1.0, resident_pair: 0.0, bus_pair: 9.0, host_pair: 1e6, host_step: 0.0, down_share: 0.0 };
+    for (slots, miss, host) in
+        [(3, MissRule::Balanced(dear, FetchCap::Uncapped), false), (0, MissRule::Always(MissAction::Host), true)]
+    {
+        let (driver, mut runner) = runner(&store, &layout, &RunConfig::new(slots, Policy::Lru, miss), slots, 6, &trace);
+        driver.clear_ops();
+        let report = runner.run(&trace).unwrap();
+        assert_eq!(report.host_pairs > 0, host, "{miss:?}: {report:?}");
+        let ops = driver.ops();
+        let done = *runner.done_event();
+        // Each record's ops end with its event; a record copies back at most once.
+        let mut from = 0;
+        let mut copied = Vec::new();
+        for (at, _) in
+            ops.iter().enumerate().filter(|(_, op)| matches!(op, MockOp::Record { event, .. } if *event == done))
+        {
+            copied.push(ops[from..at].iter().filter(|op| matches!(op, MockOp::ReadBackAsync { .. })).count());
+            from = at;
+        }
+        let layers: Vec<usize> = trace.records().iter().map(|r| r.layer as usize).collect();
+        assert_eq!(copied.len(), layers.len());
+        let with_next = |i: &usize| layers[*i] + 1 < LAYERS;
+        if host {
+            // Every record with a next layer copies back, and no host pair copies its input itself.
+            assert!((0..copied.len()).filter(with_next).all(|i| copied[i] == 1), "{copied:?}");
+            assert!(!ops.iter().any(|op| matches!(op, MockOp::ReadBack { .. })), "a synchronous read");
+        } else {
+            // The first records copy back (no history yet); the last steps' records do not.
+            let first: usize = copied.iter().take(LAYERS).sum();
+            let last: usize = copied.iter().rev().take(10 * LAYERS).sum();
+            assert_eq!(first, LAYERS - 1, "{copied:?}");
+            assert_eq!(last, 0, "{copied:?}");
+        }
+    }
+}
+
 /// Work handed to the host FFN's pool comes back whether it ends while the waiter still checks
 /// without sleeping or after it went to sleep, on the pool's own threads.
 #[test]
