@@ -26,7 +26,8 @@
 //!    The host's pairs start as soon as they are planned, before the scratch copies and the
 //!    GPU's work are enqueued: the layer's input is on the host already (the previous record
 //!    copied its output into page-locked memory on the compute stream before its event, which
-//!    was waited on), and the pairs are computed on the thread pool
+//!    was waited on, where the layer's records used the host lately; otherwise it is copied
+//!    now), and the pairs are computed on the thread pool
 //!    ([`expertslab_std::ffn::ExpertFfn`], from the model's host memory) while this thread
 //!    enqueues the scratch copies and steps 4 and 5, and the copy engine copies.
 //! 4. **Kernels in place**, on the compute stream: gate/up and down of the pairs whose expert
