@@ -226,7 +226,7 @@ fn formats_named(name: &str) -> (Format, Format) {
 #[divan::bench(args = ["bf16", "q8_0", "q4_K", "q6_K", "q4_K+q6_K"])]
 fn expert_ffn_format(bencher: Bencher, name: &str) {
     let formats = formats_named(name);
-    format_bench(bencher, formats, NORMAL_SCALE);
+    format_bench(bencher, formats, NORMAL_SCALE, PAIRS, None);
 }
 
 /// Bytes of experts the cold benches cycle through: more than a host's last-level cache holds.
@@ -260,20 +260,8 @@ fn expert_ffn_cold_format(bencher: Bencher, name: &str) {
 /// small expert has short rows. Bytes read per second.
 #[divan::bench(args = ["q8_0", "q4_K", "q4_K+q6_K"])]
 fn one_thread_pair_format(bencher: Bencher, name: &str) {
-    let formats = formats_named(name);
     let pool = std::sync::Arc::new(rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool"));
-    let slabs = format_slabs(formats, HIDDEN, FFN, 1, NORMAL_SCALE);
-    let ffn = ExpertFfn::new(HIDDEN, FFN, formats.0)
-        .and_then(|f| f.with_down_format(formats.1))
-        .expect("ffn")
-        .with_pool(pool);
-    let p: Vec<PairSlabs<'_>> = slabs.iter().map(|[g, u, d]| PairSlabs { gate: g, up: u, down: d, token: 0 }).collect();
-    let x: Vec<f32> = (0..HIDDEN).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
-    let bytes: usize = slabs.iter().flatten().map(Vec::len).sum();
-    let mut parts = vec![0.0f32; HIDDEN];
-    bencher
-        .counter(divan::counter::BytesCount::new(bytes))
-        .bench_local(|| ffn.parts(&p, &x, &mut parts).expect("parts"));
+    format_bench(bencher, formats_named(name), NORMAL_SCALE, 1, Some(pool));
 }
 
 /// The 8 pairs of a Q4_K_M file's mix with every block's scales a normal half (2^−12) and a
@@ -283,16 +271,28 @@ fn one_thread_pair_format(bencher: Bencher, name: &str) {
 #[divan::bench(args = ["normal", "subnormal"])]
 fn expert_ffn_scales(bencher: Bencher, scales: &str) {
     let scale = if scales == "normal" { NORMAL_SCALE } else { 0x0100 };
-    format_bench(bencher, (Format::Q4_K, Format::Q6_K), scale);
+    format_bench(bencher, (Format::Q4_K, Format::Q6_K), scale, PAIRS, None);
 }
 
-fn format_bench(bencher: Bencher, formats: (Format, Format), scale: u16) {
-    let slabs = format_slabs(formats, HIDDEN, FFN, PAIRS, scale);
+/// `pairs` pairs of `formats` (block scales `scale`), the same every call, on `pool` (rayon's
+/// global pool without one); bytes read per second.
+fn format_bench(
+    bencher: Bencher,
+    formats: (Format, Format),
+    scale: u16,
+    pairs: usize,
+    pool: Option<std::sync::Arc<rayon::ThreadPool>>,
+) {
+    let slabs = format_slabs(formats, HIDDEN, FFN, pairs, scale);
     let ffn = ExpertFfn::new(HIDDEN, FFN, formats.0).and_then(|f| f.with_down_format(formats.1)).expect("ffn");
+    let ffn = match pool {
+        Some(pool) => ffn.with_pool(pool),
+        None => ffn,
+    };
     let p: Vec<PairSlabs<'_>> = slabs.iter().map(|[g, u, d]| PairSlabs { gate: g, up: u, down: d, token: 0 }).collect();
     let x: Vec<f32> = (0..HIDDEN).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
     let bytes: usize = slabs.iter().flatten().map(Vec::len).sum();
-    let mut parts = vec![0.0f32; PAIRS * HIDDEN];
+    let mut parts = vec![0.0f32; pairs * HIDDEN];
     bencher
         .counter(divan::counter::BytesCount::new(bytes))
         .bench_local(|| ffn.parts(&p, &x, &mut parts).expect("parts"));

@@ -397,8 +397,9 @@ pub(crate) fn raw<T>(slice: &CudaSlice<T>, stream: &CudaStream) -> u64 {
 }
 
 /// Launches a kernel of a step's pairs (down, after its gate/up) as a programmatic dependent
-/// of the kernel launched before it on `stream` (`CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION`): it may start
-/// before that kernel finishes, and waits for it inside (`griddepcontrol.wait`). cudarc's
+/// of the kernel launched before it on `stream`
+/// (`CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION`): it may start before that kernel
+/// finishes, and waits for it inside (`griddepcontrol.wait`). cudarc's
 /// launch builder takes no launch attributes, so this calls `cuLaunchKernelEx` itself.
 ///
 /// # Safety

@@ -110,6 +110,16 @@ const fn rows_ahead<R: RowFormat>(rb: usize) -> usize {
     PREFETCH_BYTES.div_ceil(if rb == 0 { 1 } else { rb })
 }
 
+/// Row `r` of `rb` bytes of each matrix of `matrices` fetched ([`prefetch`]), if they have it.
+#[inline(always)]
+fn prefetch_row(matrices: &[&[u8]], rb: usize, r: usize) {
+    for m in matrices {
+        if let Some(row) = m.get(r.saturating_mul(rb)..r.saturating_add(1).saturating_mul(rb)) {
+            prefetch(row);
+        }
+    }
+}
+
 /// Rows of gate and up: `h[r] = silu_mul(gate_r · x, up_r · x)` for the rows of `h`, which
 /// start at row `first`; accumulators `GROUP` at a time. The next [`PREFETCH_BYTES`] or so of
 /// each matrix are fetched ([`prefetch`], [`rows_ahead`]) while a row is computed.
@@ -125,16 +135,19 @@ fn gate_up_rows<R: RowFormat, const GROUP: usize>(
     let rb = R::row_bytes(cols).max(1);
     let at = first.saturating_mul(rb);
     let (gate, up) = (gate.get(at..).unwrap_or_default(), up.get(at..).unwrap_or_default());
-    let ahead = rows_ahead::<R>(rb);
-    let mut fetch =
-        gate.chunks_exact(rb).zip(up.chunks_exact(rb)).take(h.len()).skip(1).take_while(|_| ahead > 0).map(|(g, u)| {
-            prefetch(g);
-            prefetch(u);
-        });
-    // The rows after the first on their way; then one more with each row computed.
-    fetch.by_ref().take(ahead.saturating_sub(1)).for_each(drop);
-    for (out, (g, u)) in h.iter_mut().zip(gate.chunks_exact(rb).zip(up.chunks_exact(rb))) {
-        fetch.next();
+    let (ahead, rows) = (rows_ahead::<R>(rb), h.len());
+    // The rows after the first on their way; then one more with each row computed, within the
+    // rows of `h`.
+    let fetch = |r: usize| {
+        if r < rows {
+            prefetch_row(&[gate, up], rb, r);
+        }
+    };
+    (1..ahead).for_each(fetch);
+    for (r, (out, (g, u))) in h.iter_mut().zip(gate.chunks_exact(rb).zip(up.chunks_exact(rb))).enumerate() {
+        if ahead > 0 {
+            fetch(r.saturating_add(ahead));
+        }
         *out = silu_mul(R::dot::<GROUP>(g, cols, xt), R::dot::<GROUP>(u, cols, xt));
     }
 }
@@ -151,11 +164,17 @@ fn down_rows<R: RowFormat, const GROUP: usize>(
 ) {
     let rb = R::row_bytes(cols).max(1);
     let down = down.get(first.saturating_mul(rb)..).unwrap_or_default();
-    let ahead = rows_ahead::<R>(rb);
-    let mut fetch = down.chunks_exact(rb).take(part.len()).skip(1).take_while(|_| ahead > 0).map(prefetch);
-    fetch.by_ref().take(ahead.saturating_sub(1)).for_each(drop);
-    for (out, d) in part.iter_mut().zip(down.chunks_exact(rb)) {
-        fetch.next();
+    let (ahead, rows) = (rows_ahead::<R>(rb), part.len());
+    let fetch = |r: usize| {
+        if r < rows {
+            prefetch_row(&[down], rb, r);
+        }
+    };
+    (1..ahead).for_each(fetch);
+    for (r, (out, d)) in part.iter_mut().zip(down.chunks_exact(rb)).enumerate() {
+        if ahead > 0 {
+            fetch(r.saturating_add(ahead));
+        }
         *out = R::dot::<GROUP>(d, cols, ht);
     }
 }
